@@ -1,0 +1,43 @@
+# mlcycle: `make demo` runs the churn lifecycle through Airflow; `make test` runs the tests.
+# Both install what they need first (`make setup`): a .venv with the pinned stack.
+SHELL := /bin/bash
+PYTHON ?= python3.11
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.mlcycle-installed
+export MLCYCLE_STATE_DIR ?= $(CURDIR)/.mlcycle
+
+.PHONY: setup demo test test-unit lint bench clean-state stop
+setup: $(STAMP)
+
+$(STAMP): requirements.txt requirements-dev.txt pyproject.toml
+	@command -v $(PYTHON) >/dev/null || { echo "need $(PYTHON) (Python 3.11)"; exit 1; }
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	@# torch is pinned exactly: an unpinned torch resolves to a multi-GB CUDA build
+	$(PY) -m pip install --quiet torch==2.13.0 -r requirements.txt -r requirements-dev.txt
+	$(PY) -m pip install --quiet --no-deps --no-build-isolation -e .
+	touch $(STAMP)
+
+demo: setup
+	$(VENV)/bin/mlcycle demo
+
+test: setup
+	$(VENV)/bin/pytest --cov --cov-report=term
+
+test-unit: setup
+	$(VENV)/bin/pytest tests/unit
+
+lint: setup
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check pipelines operators feature_repo dags tests bench
+	$(VENV)/bin/mypy pipelines operators feature_repo dags
+
+bench: setup
+	$(PY) bench/features.py
+
+stop:
+	-$(VENV)/bin/mlcycle db stop
+
+clean-state: stop
+	rm -rf $(MLCYCLE_STATE_DIR)

@@ -1,0 +1,5 @@
+"""Airflow operators of mlcycle: one operator, two runtimes, one pod spec."""
+
+from operators.step import PipelineStepOperator
+
+__all__ = ["PipelineStepOperator"]

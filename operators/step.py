@@ -1,0 +1,117 @@
+"""`PipelineStepOperator`: one lifecycle step as one Kubernetes pod, or the same pod run locally.
+
+The operator is small on purpose: it renders the pod at run time from the worker's settings
+(`operators.pod`, pure) and hands it to a runtime: `kubernetes` delegates to the cncf.kubernetes
+provider's `KubernetesPodOperator` (logs, XCom sidecar, pod cleanup), `local` runs the container's
+command as a process (`operators.local`). Nothing heavy is imported when a DAG file is parsed.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Literal
+
+from airflow.sdk import BaseOperator
+
+if TYPE_CHECKING:
+    from airflow.sdk import Context
+
+Runtime = Literal["local", "kubernetes"]
+
+NO_RETRY_EXIT_CODES = frozenset({2, 3})
+"""`mlcycle` exits 2 on a bad spec or argument and 3 on rejected data: retrying cannot help."""
+
+
+class PipelineStepOperator(BaseOperator):
+    """Run `mlcycle step <step> --pipeline <pipeline> --run-id <run>`.
+
+    Args:
+        pipeline: the pipeline (a spec in the settings' pipelines directory).
+        step: the lifecycle step.
+        runtime: `local` or `kubernetes`; default from the settings (`MLCYCLE_RUNTIME`, else
+            `local` in the embedded profile and `kubernetes` in the cluster profile).
+        run_key: the run id the step writes under (templated; default the DAG run's id).
+    """
+
+    template_fields = ("run_key",)
+    ui_color = "#e8f0fe"
+
+    def __init__(self, *, pipeline: str, step: str, runtime: Runtime | None = None,
+                 run_key: str = "{{ run_id }}", **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.pipeline = pipeline
+        self.step = step
+        self.runtime = runtime
+        self.run_key = run_key
+        self._local: Any = None
+        self._pod_operator: Any = None
+
+    # ------------------------------------------------------------------------- building (pure)
+    def render_pod(self, run_id: str, airflow: dict[str, str] | None = None) -> dict[str, Any]:
+        """The pod this task runs, from the current settings and the pipeline's spec."""
+        from operators.pod import pod_manifest
+        from pipelines.runner import spec_for
+        from pipelines.settings import load_settings
+
+        settings = load_settings()
+        return pod_manifest(spec_for(settings, self.pipeline), self.step, run_id, settings, airflow)
+
+    def dry_run(self) -> None:
+        """Print the pod this task would run, as YAML."""
+        import yaml
+
+        print(yaml.safe_dump(self.render_pod(self.run_key), sort_keys=False))
+
+    # ------------------------------------------------------------------------------------- I/O
+    def execute(self, context: Context) -> Any:
+        from pipelines.settings import load_settings
+
+        ti = context["ti"]
+        airflow_env = {
+            "MLCYCLE_AIRFLOW_DAG_ID": ti.dag_id,
+            "MLCYCLE_AIRFLOW_RUN_ID": str(context["run_id"]),
+            "MLCYCLE_AIRFLOW_TRY_NUMBER": str(ti.try_number),
+        }
+        manifest = self.render_pod(self.run_key, airflow_env)
+        settings = load_settings()
+        runtime = self.runtime or settings.effective_runtime
+        self.log.info("step %s of %s, run %s, runtime %s", self.step, self.pipeline, self.run_key, runtime)
+        if runtime == "local":
+            from operators.local import LocalProcess
+
+            from operators.local import StepFailed
+
+            self._local = LocalProcess(manifest)
+            try:
+                return self._local.run(self.log.info, cwd=str(settings.project_dir))
+            except StepFailed as err:
+                if err.returncode in NO_RETRY_EXIT_CODES:
+                    from airflow.sdk.exceptions import AirflowFailException
+
+                    raise AirflowFailException(str(err)) from err
+                raise
+        return self._run_on_kubernetes(manifest, settings, context)
+
+    def _run_on_kubernetes(self, manifest: dict[str, Any], settings: Any, context: Context) -> Any:
+        from airflow.providers.cncf.kubernetes.operators.pod import KubernetesPodOperator
+
+        from operators.pod import to_v1pod
+
+        self._pod_operator = KubernetesPodOperator(
+            task_id=f"{self.task_id}__pod",
+            full_pod_spec=to_v1pod(manifest),
+            namespace=settings.k8s_namespace,
+            kubernetes_conn_id=settings.k8s_conn_id,
+            get_logs=True,
+            do_xcom_push=True,
+            on_finish_action="delete_pod",
+            startup_timeout_seconds=settings.k8s_startup_timeout_s,
+            schedule_timeout_seconds=settings.k8s_schedule_timeout_s,
+            log_events_on_failure=True,
+        )
+        return self._pod_operator.execute(context)
+
+    def on_kill(self) -> None:
+        if self._local is not None:
+            self._local.terminate()
+        if self._pod_operator is not None:
+            self._pod_operator.on_kill()

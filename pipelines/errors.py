@@ -1,0 +1,39 @@
+"""Typed errors for everything a user can cause.
+
+Each carries a message that says what is wrong and where. The CLI turns them into one readable line
+and a non-zero exit code, never a traceback.
+"""
+
+from __future__ import annotations
+
+
+class MlcycleError(Exception):
+    """Base class of every error a user can cause (bad spec, bad data, bad request)."""
+
+    exit_code = 2
+
+
+class SpecError(MlcycleError):
+    """A pipeline spec is missing, unreadable or invalid."""
+
+
+class SettingsError(MlcycleError):
+    """The environment does not describe a usable installation."""
+
+
+class SourceError(MlcycleError):
+    """The data source cannot be read (missing, empty, truncated, unreachable)."""
+
+
+class DataQualityError(MlcycleError):
+    """The data breaks its contract beyond what the spec tolerates."""
+
+    exit_code = 3
+
+
+class StepInputError(MlcycleError):
+    """A step's input from an earlier step is missing: run the earlier step first."""
+
+
+class InvalidArgument(MlcycleError):
+    """A command-line argument is malformed (a run id, a step name)."""

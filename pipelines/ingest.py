@@ -1,0 +1,211 @@
+"""`ingest`: read the source into a run-scoped Parquet snapshot with a manifest.
+
+Outputs (under `<pipeline>/<run_id>/ingest/`): `snapshot.parquet` and `manifest.json` (content hash,
+rows, schema fingerprint, source). The manifest is written last, so its presence means the snapshot
+is complete: a retry of the same run reuses it instead of reading the source again, and a run's data
+never changes under it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from pipelines.context import StepContext
+from pipelines.errors import SourceError
+from pipelines.spec import FileSource, PostgresSource, S3Source, Source, SyntheticSource
+from pipelines.storage import parquet_bytes, parse_s3_uri, read_json, write_json
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from pipelines.settings import Settings
+
+STEP = "ingest"
+
+
+# ----------------------------------------------------------------------------------- pure core
+def normalize_frame(df: pd.DataFrame) -> pd.DataFrame:
+    """Make a frame storable as Parquet without losing what validation must see.
+
+    Object columns that mix Python types (a number column with a stray `"n/a"`) become strings, so
+    the bad values reach `validate` as they were instead of failing the write. Column names become
+    strings; the index is dropped.
+    """
+    out = df.reset_index(drop=True)
+    out.columns = [str(c) for c in out.columns]
+    for col in out.columns:
+        s = out[col]
+        if s.dtype == object:
+            kinds = {type(v) for v in s.dropna()}
+            if len(kinds) > 1:
+                out[col] = s.map(lambda v: None if v is None or v != v else str(v)).astype(object)
+    return out
+
+
+def content_hash(df: pd.DataFrame) -> str:
+    """A hash of the data itself (values, column names and dtypes), not of a file's bytes."""
+    import pandas as pd
+
+    h = hashlib.sha256()
+    h.update(json.dumps([[c, str(t)] for c, t in df.dtypes.items()]).encode())
+    h.update(pd.util.hash_pandas_object(df, index=False).to_numpy().tobytes())
+    return "sha256:" + h.hexdigest()
+
+
+def schema_fingerprint(df: pd.DataFrame) -> str:
+    """A short hash of the column names and types, in order."""
+    text = json.dumps([[c, str(t)] for c, t in df.dtypes.items()])
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def build_manifest(df: pd.DataFrame, source: Source, snapshot_uri: str) -> dict[str, Any]:
+    ts_cols = [c for c, t in df.dtypes.items() if "datetime" in str(t)]
+    manifest: dict[str, Any] = {
+        "step": STEP,
+        "snapshot": snapshot_uri,
+        "rows": len(df),
+        "columns": list(df.columns),
+        "content_hash": content_hash(df),
+        "schema_fingerprint": schema_fingerprint(df),
+        "source": source.model_dump(),
+    }
+    if ts_cols:
+        manifest["time_range"] = {c: [str(df[c].min()), str(df[c].max())] for c in ts_cols}
+    return manifest
+
+
+def infer_format(name: str, declared: str | None) -> str:
+    if declared:
+        return declared
+    lower = name.lower()
+    for ext, fmt in ((".parquet", "parquet"), (".pq", "parquet"), (".csv", "csv"), (".csv.gz", "csv")):
+        if lower.endswith(ext):
+            return fmt
+    raise SourceError(f"{name}: cannot tell the format from the name; set source.format (csv|parquet)")
+
+
+def parse_bytes(data: bytes, fmt: str, where: str) -> pd.DataFrame:
+    """A frame from file bytes, with a clear error for empty, truncated or malformed input."""
+    import pandas as pd
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    if not data:
+        raise SourceError(f"{where}: the file is empty (0 bytes)")
+    try:
+        if fmt == "parquet":
+            df = pq.read_table(io.BytesIO(data)).to_pandas()
+        else:
+            df = pd.read_csv(io.BytesIO(data), compression="infer")
+    except (pa.ArrowInvalid, OSError) as err:
+        raise SourceError(f"{where}: not a readable Parquet file (truncated or corrupt?): {err}") from None
+    except (pd.errors.EmptyDataError, pd.errors.ParserError, UnicodeDecodeError) as err:
+        raise SourceError(f"{where}: not a readable CSV file: {err}") from None
+    if len(df) == 0:
+        raise SourceError(f"{where}: the source has no rows")
+    return df
+
+
+# ------------------------------------------------------------------------------------- sources
+def read_source(source: Source, settings: Settings) -> pd.DataFrame:
+    """Read the spec's source into a frame."""
+    if isinstance(source, FileSource):
+        path = Path(source.path).expanduser()
+        if not path.is_absolute():
+            path = settings.project_dir / path
+        try:
+            data = path.read_bytes()
+        except OSError as err:
+            raise SourceError(f"source.path: cannot read {path}: {err.strerror}") from None
+        return parse_bytes(data, infer_format(path.name, source.format), str(path))
+    if isinstance(source, S3Source):
+        return parse_bytes(_read_s3(source.uri, settings), infer_format(source.uri, source.format), source.uri)
+    if isinstance(source, PostgresSource):
+        return _read_postgres(source, settings)
+    if isinstance(source, SyntheticSource):
+        from pipelines.datagen import ChurnConfig, generate_churn
+
+        return generate_churn(ChurnConfig(**source.model_dump(exclude={"kind"})))
+    raise AssertionError(f"unhandled source {source!r}")
+
+
+def _read_s3(uri: str, settings: Settings) -> bytes:
+    import boto3
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    bucket, key = parse_s3_uri(uri)
+    client = boto3.client("s3", endpoint_url=settings.s3_endpoint_url, region_name=settings.s3_region)
+    try:
+        data: bytes = client.get_object(Bucket=bucket, Key=key)["Body"].read()
+    except ClientError as err:
+        code = err.response.get("Error", {}).get("Code", "?")
+        raise SourceError(f"source.uri: cannot read {uri}: {code}") from None
+    except BotoCoreError as err:
+        raise SourceError(f"source.uri: cannot reach S3 for {uri}: {err}") from None
+    return data
+
+
+def _read_postgres(source: PostgresSource, settings: Settings) -> pd.DataFrame:
+    """Run the query in a read-only transaction; the URL comes from `url_env` or the platform DB."""
+    import pandas as pd
+    import psycopg
+
+    from pipelines.db import database_url
+
+    if source.url_env:
+        url = os.environ.get(source.url_env)
+        if not url:
+            raise SourceError(f"source.url_env: environment variable {source.url_env} is not set")
+    else:
+        url = database_url(settings)
+    try:
+        with psycopg.connect(url) as conn:
+            conn.read_only = True
+            cur = conn.execute(source.query)  # type: ignore[arg-type]
+            if cur.description is None:
+                raise SourceError("source.query: the statement returns no rows (not a SELECT?)")
+            cols = [d.name for d in cur.description]
+            rows = cur.fetchall()
+    except psycopg.Error as err:
+        raise SourceError(f"source.query: {str(err).strip()}") from None
+    if not rows:
+        raise SourceError("source.query: the query returned no rows")
+    return pd.DataFrame.from_records(rows, columns=cols)
+
+
+# ----------------------------------------------------------------------------------------- step
+def run(ctx: StepContext) -> dict[str, Any]:
+    """Snapshot the source for this run, or reuse the snapshot a previous attempt completed."""
+    manifest_key = ctx.key("manifest.json")
+    if ctx.storage.exists(manifest_key) and not ctx.extra.get("force"):
+        manifest: dict[str, Any] = read_json(ctx.storage, manifest_key)
+        manifest["reused"] = True
+        return manifest
+    df = normalize_frame(read_source(ctx.spec.source, ctx.settings))
+    uri = ctx.storage.write_bytes(ctx.key("snapshot.parquet"), parquet_bytes(df))
+    manifest = build_manifest(df, ctx.spec.source, uri)
+    write_json(ctx.storage, manifest_key, manifest)
+    _record_snapshot(ctx, manifest)
+    manifest["reused"] = False
+    return manifest
+
+
+def _record_snapshot(ctx: StepContext, manifest: dict[str, Any]) -> None:
+    from pipelines.db import connect
+
+    with connect(ctx.settings) as conn:
+        conn.execute(
+            "INSERT INTO dataset_snapshots"
+            " (pipeline, run_id, content_hash, rows, schema_fingerprint, uri, source)"
+            " VALUES (%s, %s, %s, %s, %s, %s, %s)"
+            " ON CONFLICT (pipeline, run_id) DO UPDATE SET content_hash = EXCLUDED.content_hash,"
+            " rows = EXCLUDED.rows, schema_fingerprint = EXCLUDED.schema_fingerprint,"
+            " uri = EXCLUDED.uri, source = EXCLUDED.source",
+            (ctx.pipeline, ctx.run_id, manifest["content_hash"], manifest["rows"],
+             manifest["schema_fingerprint"], manifest["snapshot"], json.dumps(manifest["source"])),
+        )

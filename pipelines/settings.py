@@ -1,0 +1,111 @@
+"""Installation settings, read from `MLCYCLE_*` environment variables (never from code).
+
+Two profiles:
+
+* `embedded` (default): everything on one machine under a state directory (`.mlcycle/`): the
+  artifact root, Feast's files and a real PostgreSQL with pgvector that mlcycle starts itself.
+* `cluster`: an external PostgreSQL (`MLCYCLE_DATABASE_URL`), S3 (`MLCYCLE_ARTIFACT_ROOT=s3://...`,
+  `MLCYCLE_S3_ENDPOINT_URL`), Redis and Kubernetes (namespace, image, service account).
+
+Secrets (database password, S3 keys) come from the environment: in pods from a Kubernetes Secret
+named by `MLCYCLE_K8S_ENV_SECRET`, never from files in the repository.
+"""
+
+from __future__ import annotations
+
+from functools import cached_property
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from pipelines.errors import SettingsError
+
+PROJECT_DIR = Path(__file__).resolve().parents[1]
+"""The repository root (or the image's install root): holds include/, feature_repo/, dags/."""
+
+
+class Settings(BaseSettings):
+    """What an installation looks like. Frozen; build one per process with `Settings()`."""
+
+    model_config = SettingsConfigDict(env_prefix="MLCYCLE_", frozen=True, extra="ignore")
+
+    profile: Literal["embedded", "cluster"] = "embedded"
+    project_dir: Path = PROJECT_DIR
+    state_dir: Path = Field(default=Path(".mlcycle"))
+    pipelines_dir: Path | None = None
+    database_url: str | None = None
+    artifact_root: str | None = None
+    s3_endpoint_url: str | None = None
+    s3_region: str = "us-east-1"
+    redis_url: str | None = None
+    runtime: Literal["local", "kubernetes"] | None = None
+    # Kubernetes: what the rendered pods look like.
+    image: str = "mlcycle-step:latest"
+    image_pull_policy: Literal["Always", "IfNotPresent", "Never"] = "IfNotPresent"
+    k8s_namespace: str = "mlcycle"
+    k8s_service_account: str = "mlcycle-steps"
+    k8s_env_secret: str | None = None
+    k8s_conn_id: str = "kubernetes_default"
+    k8s_startup_timeout_s: int = 600
+    k8s_schedule_timeout_s: int = 1800
+
+    @model_validator(mode="after")
+    def _cluster_needs_externals(self) -> Settings:
+        if self.profile == "cluster":
+            missing = [
+                f"MLCYCLE_{name.upper()}"
+                for name in ("database_url", "artifact_root")
+                if getattr(self, name) is None
+            ]
+            if missing:
+                raise SettingsError(f"the cluster profile needs {', '.join(missing)}")
+        return self
+
+    @cached_property
+    def state_path(self) -> Path:
+        """The state directory, absolute (relative paths are taken from the project dir)."""
+        p = self.state_dir.expanduser()
+        return p if p.is_absolute() else (self.project_dir / p).resolve()
+
+    @property
+    def specs_path(self) -> Path:
+        return self.pipelines_dir or self.project_dir / "include" / "pipelines"
+
+    @property
+    def artifact_uri(self) -> str:
+        """Where run-scoped artifacts live: a local directory or `s3://bucket/prefix`."""
+        return self.artifact_root or str(self.state_path / "artifacts")
+
+    @property
+    def effective_runtime(self) -> Literal["local", "kubernetes"]:
+        if self.runtime is not None:
+            return self.runtime
+        return "local" if self.profile == "embedded" else "kubernetes"
+
+    def pod_env(self) -> dict[str, str]:
+        """The non-secret settings a step pod needs; secrets come from `k8s_env_secret`."""
+        env = {"MLCYCLE_PROFILE": self.profile}
+        if self.profile == "embedded":
+            env["MLCYCLE_STATE_DIR"] = str(self.state_path)
+        optional = {
+            "MLCYCLE_ARTIFACT_ROOT": self.artifact_root,
+            "MLCYCLE_S3_ENDPOINT_URL": self.s3_endpoint_url,
+            "MLCYCLE_REDIS_URL": self.redis_url,
+            "MLCYCLE_PIPELINES_DIR": str(self.pipelines_dir) if self.pipelines_dir else None,
+        }
+        env.update({k: v for k, v in optional.items() if v is not None})
+        if self.s3_endpoint_url is not None:
+            env["MLCYCLE_S3_REGION"] = self.s3_region
+        return env
+
+
+def load_settings() -> Settings:
+    """Settings from the environment, with errors a user can read."""
+    try:
+        return Settings()
+    except SettingsError:
+        raise
+    except ValueError as err:  # pydantic.ValidationError is a ValueError
+        raise SettingsError(f"invalid MLCYCLE_* settings: {err}") from None
