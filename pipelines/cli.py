@@ -21,7 +21,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from pipelines.errors import MlcycleError
+from pipelines.errors import InvalidArgument, MlcycleError
 
 
 def _cmd_spec_validate(args: argparse.Namespace) -> int:
@@ -63,7 +63,10 @@ def _cmd_pod_render(args: argparse.Namespace) -> int:
     from operators.pod import pod_manifest
     from pipelines.runner import spec_for
     from pipelines.settings import load_settings
+    from pipelines.spec import STEPS
 
+    if args.step not in STEPS:
+        raise InvalidArgument(f"unknown step '{args.step}'; steps are {list(STEPS)}")
     settings = load_settings()
     manifest = pod_manifest(spec_for(settings, args.pipeline), args.step, args.run_id, settings)
     print(yaml.safe_dump(manifest, sort_keys=False), end="")

@@ -13,7 +13,6 @@ named by `MLCYCLE_K8S_ENV_SECRET`, never from files in the repository.
 
 from __future__ import annotations
 
-from functools import cached_property
 from pathlib import Path
 from typing import Literal
 
@@ -63,7 +62,7 @@ class Settings(BaseSettings):
                 raise SettingsError(f"the cluster profile needs {', '.join(missing)}")
         return self
 
-    @cached_property
+    @property
     def state_path(self) -> Path:
         """The state directory, absolute (relative paths are taken from the project dir)."""
         p = self.state_dir.expanduser()

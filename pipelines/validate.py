@@ -40,30 +40,27 @@ def coerce_column(s: pd.Series, col: ColumnContract) -> tuple[pd.Series, pd.Seri
     import pandas as pd
 
     was_null = s.isna()
+    reasons = pd.Series("", index=s.index, dtype=object)
+
+    def flag(bad: pd.Series, reason: str) -> None:
+        reasons[bad] = [f"{s.name}: {reason} ({v!r})" for v in s[bad]]
+
     if col.dtype in ("int", "float"):
         out = pd.to_numeric(s, errors="coerce").astype("float64")
-        bad = out.isna() & ~was_null
-        reason = "not a number"
+        flag(out.isna() & ~was_null, "not a number")
         if col.dtype == "int":
-            frac = out.notna() & (np.floor(out) != out)
-            bad |= frac
-            out = out.where(~frac)
-            reason = "not an integer"
+            fractional = out.notna() & (np.floor(out) != out)
+            flag(fractional, "not an integer")
+            out = out.where(~fractional)
     elif col.dtype == "datetime":
         out = pd.to_datetime(s, utc=True, errors="coerce", format="mixed")
-        bad = out.isna() & ~was_null
-        reason = "not a timestamp"
+        flag(out.isna() & ~was_null, "not a timestamp")
     elif col.dtype == "bool":
         mapping = {"true": True, "false": False, "1": True, "0": False}
         out = s.map(lambda v: v if isinstance(v, bool) or v is None else mapping.get(str(v).lower()))
-        bad = out.isna() & ~was_null
-        reason = "not a boolean"
+        flag(out.isna() & ~was_null, "not a boolean")
     else:
         out = s.map(lambda v: v if v is None or v != v else str(v)).astype(object)
-        bad = pd.Series(False, index=s.index)
-        reason = ""
-    reasons = pd.Series("", index=s.index, dtype=object)
-    reasons[bad] = [f"{s.name}: {reason} ({v!r})" for v in s[bad]]
     return out, reasons
 
 

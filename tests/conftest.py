@@ -1,0 +1,91 @@
+"""Shared fixtures: specs written to temporary pipeline directories, the real embedded PostgreSQL
+and a real S3 server (SeaweedFS), each started once per session on 127.0.0.1 and stopped after."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import tempfile
+
+# Airflow reads its home at import: keep tests away from ~/airflow.
+os.environ.setdefault("AIRFLOW_HOME", tempfile.mkdtemp(prefix="mlcycle-airflow-home-"))
+os.environ.setdefault("AIRFLOW__CORE__LOAD_EXAMPLES", "False")
+
+import pandas as pd  # noqa: E402
+import pytest  # noqa: E402
+import yaml  # noqa: E402
+
+from pipelines.datagen import ChurnConfig, generate_churn  # noqa: E402
+from pipelines.settings import PROJECT_DIR, Settings  # noqa: E402
+from tests.services import S3Server, seaweedfs  # noqa: E402
+
+CHURN_SPEC = PROJECT_DIR / "include" / "pipelines" / "churn.yaml"
+
+
+def churn_spec_dict(**overrides: Any) -> dict[str, Any]:
+    """The bundled churn spec as a dict, with top-level keys replaced."""
+    data: dict[str, Any] = yaml.safe_load(CHURN_SPEC.read_text())
+    data.update(overrides)
+    return data
+
+
+def write_spec(directory: Path, name: str = "churn", **overrides: Any) -> Path:
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(churn_spec_dict(name=name, **overrides), sort_keys=False))
+    return path
+
+
+@pytest.fixture(scope="session")
+def churn_df() -> pd.DataFrame:
+    """A small clean churn dataset (about 4,500 rows over 12 months)."""
+    return generate_churn(ChurnConfig(customers=800, months=12, seed=11))
+
+
+@pytest.fixture(scope="session")
+def platform(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Settings]:
+    """The real embedded PostgreSQL (+ pgvector) of a session state dir, migrated."""
+    from pipelines import db
+
+    state = tmp_path_factory.mktemp("state")
+    saved = os.environ.get("MLCYCLE_STATE_DIR")
+    os.environ["MLCYCLE_STATE_DIR"] = str(state)  # child processes (local runtime) share it
+    settings = Settings(state_dir=state)
+    db.migrate(settings)
+    try:
+        yield settings
+    finally:
+        db.stop_embedded(settings)
+        if saved is None:
+            os.environ.pop("MLCYCLE_STATE_DIR", None)
+        else:
+            os.environ["MLCYCLE_STATE_DIR"] = saved
+
+
+@pytest.fixture
+def workspace(platform: Settings, tmp_path: Path) -> Settings:
+    """Settings on the session database with this test's own pipelines dir and artifact root."""
+    (tmp_path / "pipelines").mkdir()
+    return platform.model_copy(update={"pipelines_dir": tmp_path / "pipelines",
+                                       "artifact_root": str(tmp_path / "artifacts")})
+
+
+@pytest.fixture(scope="session")
+def s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
+    """A real S3 API (SeaweedFS) on 127.0.0.1 with credentials in the standard AWS variables."""
+    keys = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION")
+    saved = {k: os.environ.get(k) for k in keys}
+    with seaweedfs(tmp_path_factory.mktemp("seaweedfs")) as server:
+        os.environ.update({"AWS_ACCESS_KEY_ID": server.access_key,
+                           "AWS_SECRET_ACCESS_KEY": server.secret_key, "AWS_DEFAULT_REGION": "us-east-1"})
+        try:
+            yield server
+        finally:
+            for k, v in saved.items():
+                if v is None:
+                    os.environ.pop(k, None)
+                else:
+                    os.environ[k] = v

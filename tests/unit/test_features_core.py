@@ -1,0 +1,56 @@
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+
+from pipelines.errors import DataQualityError
+from pipelines.features import SPLITS, entity_rows, feast_env, time_split
+from pipelines.spec import Split, load_spec
+from tests.conftest import CHURN_SPEC
+
+
+def test_time_split_orders_and_never_straddles(churn_df: pd.DataFrame) -> None:
+    assigned = time_split(churn_df, "event_timestamp", Split())
+    ts = churn_df["event_timestamp"]
+    ranges = {s: (ts[assigned == s].min(), ts[assigned == s].max()) for s in SPLITS}
+    assert ranges["train"][1] < ranges["validation"][0]
+    assert ranges["validation"][1] < ranges["test"][0]
+    assert churn_df.groupby("event_timestamp").apply(lambda g: assigned[g.index].nunique(), include_groups=False).max() == 1
+    share = assigned.value_counts(normalize=True)
+    assert 0.55 < share["train"] < 0.85
+
+
+def test_time_split_fine_grained_timestamps_hit_the_fractions() -> None:
+    df = pd.DataFrame({"t": pd.date_range("2025-01-01", periods=1000, freq="h", tz="UTC")})
+    share = time_split(df, "t", Split(train=0.6, validation=0.2, test=0.2)).value_counts(normalize=True)
+    assert share["train"] == pytest.approx(0.6, abs=0.002)
+    assert share["test"] == pytest.approx(0.2, abs=0.002)
+
+
+def test_time_split_refuses_too_few_timestamps() -> None:
+    df = pd.DataFrame({"t": pd.to_datetime(["2025-01-01"] * 5 + ["2025-02-01"] * 5, utc=True)})
+    with pytest.raises(DataQualityError, match="too few distinct t values"):
+        time_split(df, "t", Split())
+
+
+def test_entity_rows(churn_df: pd.DataFrame) -> None:
+    spec = load_spec(CHURN_SPEC)
+    rows = entity_rows(churn_df, spec)
+    assert list(rows.columns) == ["customer_id", "event_timestamp", "churned"]
+
+
+def test_feast_env_from_a_socket_url() -> None:
+    env = feast_env("churn", "postgresql+psycopg://postgres:@/postgres?host=/s/pg", "postgresql://postgres:@/postgres?host=/s/pg")
+    assert env["MLCYCLE_FEAST_PG_HOST"] == "/s/pg"
+    assert env["MLCYCLE_FEAST_PG_SSLMODE"] == "disable"
+    assert env["MLCYCLE_FEAST_PG_PASSWORD"] == ""
+    assert env["MLCYCLE_FEAST_PROJECT"] == "churn"
+
+
+def test_feast_env_from_a_network_url() -> None:
+    url = "postgresql://ml:s3cret@db.internal:6543/platform?sslmode=require"
+    env = feast_env("churn", url, url)
+    assert (env["MLCYCLE_FEAST_PG_HOST"], env["MLCYCLE_FEAST_PG_PORT"]) == ("db.internal", "6543")
+    assert (env["MLCYCLE_FEAST_PG_USER"], env["MLCYCLE_FEAST_PG_PASSWORD"]) == ("ml", "s3cret")
+    assert env["MLCYCLE_FEAST_PG_DATABASE"] == "platform"
+    assert env["MLCYCLE_FEAST_PG_SSLMODE"] == "require"

@@ -1,0 +1,64 @@
+from __future__ import annotations
+
+import io
+
+import pandas as pd
+import pytest
+
+from pipelines.errors import SourceError
+from pipelines.ingest import build_manifest, content_hash, infer_format, normalize_frame, parse_bytes, schema_fingerprint
+from pipelines.spec import SyntheticSource
+from pipelines.storage import parquet_bytes
+
+
+def test_normalize_keeps_bad_values_as_text() -> None:
+    df = pd.DataFrame({"n": [1, "n/a", 3, None], "s": ["a", "b", None, "d"]}, index=[5, 6, 7, 8])
+    out = normalize_frame(df)
+    assert list(out.index) == [0, 1, 2, 3]
+    assert out["n"].tolist() == ["1", "n/a", "3", None]
+    assert out["s"].tolist() == ["a", "b", None, "d"]
+    parquet_bytes(out)  # storable
+
+
+def test_content_hash_is_about_data(churn_df: pd.DataFrame) -> None:
+    h = content_hash(churn_df)
+    assert h == content_hash(churn_df.copy())
+    changed = churn_df.copy()
+    changed.loc[0, "monthly_charges"] += 0.01
+    assert content_hash(changed) != h
+    assert content_hash(churn_df.astype({"tenure_months": "float64"})) != h
+    assert schema_fingerprint(churn_df) == schema_fingerprint(changed)
+
+
+def test_parquet_bytes_are_deterministic(churn_df: pd.DataFrame) -> None:
+    assert parquet_bytes(churn_df) == parquet_bytes(churn_df.copy())
+
+
+def test_manifest(churn_df: pd.DataFrame) -> None:
+    m = build_manifest(churn_df, SyntheticSource(kind="synthetic"), "/x/snapshot.parquet")
+    assert m["rows"] == len(churn_df)
+    assert m["source"]["kind"] == "synthetic"
+    assert m["time_range"]["event_timestamp"][0].startswith("2025-01-31")
+
+
+def test_infer_format() -> None:
+    assert infer_format("a/b.PARQUET", None) == "parquet"
+    assert infer_format("b.csv.gz", None) == "csv"
+    assert infer_format("b.data", "csv") == "csv"
+    with pytest.raises(SourceError, match="set source.format"):
+        infer_format("b.data", None)
+
+
+def test_parse_bytes_errors(churn_df: pd.DataFrame) -> None:
+    with pytest.raises(SourceError, match="empty"):
+        parse_bytes(b"", "csv", "x.csv")
+    data = parquet_bytes(churn_df)
+    with pytest.raises(SourceError, match="truncated or corrupt"):
+        parse_bytes(data[: len(data) // 2], "parquet", "x.parquet")
+    with pytest.raises(SourceError, match="no rows"):
+        parse_bytes(b"a,b\n", "csv", "x.csv")
+    with pytest.raises(SourceError, match="not a readable CSV"):
+        parse_bytes(b'a,b\n1,"2\n', "csv", "x.csv")
+    buf = io.BytesIO()
+    churn_df.head(3).to_csv(buf, index=False)
+    assert len(parse_bytes(buf.getvalue(), "csv", "x.csv")) == 3

@@ -1,0 +1,97 @@
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from pipelines.cli import main
+from pipelines.errors import SpecError
+from pipelines.spec import PipelineSpec, load_spec, load_specs, parse_spec
+from tests.conftest import CHURN_SPEC, churn_spec_dict, write_spec
+
+
+def test_bundled_churn_spec_is_valid() -> None:
+    spec = load_spec(CHURN_SPEC)
+    assert spec.name == "churn"
+    assert spec.source.kind == "synthetic"
+    assert spec.features.feature_service == "churn_features_v1"
+    assert spec.resources.for_step("train").gpu == 1
+    assert spec.resources.for_step("ingest").gpu == 0
+    assert spec.canary.steps[-1] == 100
+
+
+def test_spec_models_are_frozen() -> None:
+    spec = load_spec(CHURN_SPEC)
+    with pytest.raises(Exception, match="frozen"):
+        spec.name = "other"  # type: ignore[misc]
+
+
+@pytest.mark.parametrize(
+    ("mutate", "path", "message"),
+    [
+        (lambda d: d["contract"]["columns"]["plan"].update(dtype="text"), "contract.columns.plan.dtype", "Input should be"),
+        (lambda d: d.update(colour="blue"), "colour", "Extra inputs are not permitted"),
+        (lambda d: d["training"].update(n_trials=0), "training.n_trials", "greater than or equal to 1"),
+        (lambda d: d["canary"].update(steps=[5, 50, 25, 100]), "canary.steps", "steps must increase"),
+        (lambda d: d["canary"].update(steps=[5, 50]), "canary.steps", "last step must be 100"),
+        (lambda d: d["source"].update(kind="ftp"), "source", "does not match any of the expected tags"),
+        (lambda d: d["source"].update(customers=-3), "source.customers", "greater than or equal to 10"),
+        (lambda d: d["resources"]["steps"]["train"].update(gpu=-1), "resources.steps.train.gpu", "greater than or equal"),
+        (lambda d: d["resources"]["steps"].update(trian={"cpu": "1"}), "resources.steps", "unknown steps ['trian']"),
+        (lambda d: d["features"]["split"].update(train=0.9), "features.split", "must be 1"),
+        (lambda d: d["model"]["search_space"]["layers"].update(low=5, high=1), "model.search_space", "low (5) is greater"),
+        (lambda d: d["contract"]["columns"].pop("churned"), "<root>", "not in the contract: ['churned']"),
+        (lambda d: d["features"].update(feature_service="churn_features"), "features.feature_service", "should match pattern"),
+        (lambda d: d["contract"]["columns"]["region"].update(min=3), "contract.columns.region", "min/max apply to int and float"),
+    ],
+)
+def test_bad_specs_name_the_field(mutate, path: str, message: str) -> None:  # type: ignore[no-untyped-def]
+    data = churn_spec_dict()
+    mutate(data)
+    with pytest.raises(SpecError) as err:
+        parse_spec(data, "churn.yaml")
+    text = str(err.value)
+    assert f"churn.yaml: {path}: " in text, text
+    assert message in text, text
+
+
+def test_spec_file_errors(tmp_path: Path) -> None:
+    with pytest.raises(SpecError, match="cannot read the spec"):
+        load_spec(tmp_path / "missing.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: [unclosed")
+    with pytest.raises(SpecError, match="not valid YAML"):
+        load_spec(bad)
+    bad.write_text("- a list")
+    with pytest.raises(SpecError, match="a YAML mapping"):
+        load_spec(bad)
+    other = write_spec(tmp_path, "churn")
+    renamed = other.rename(tmp_path / "retention.yaml")
+    with pytest.raises(SpecError, match="must match the file name 'retention'"):
+        load_spec(renamed)
+
+
+def test_load_specs_reads_every_spec(tmp_path: Path) -> None:
+    write_spec(tmp_path, "alpha")
+    write_spec(tmp_path, "beta")
+    (tmp_path / "README.md").write_text("not a spec")
+    assert [s.name for s in load_specs(tmp_path)] == ["alpha", "beta"]
+
+
+def test_cli_validate_and_schema(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["spec", "validate", str(CHURN_SPEC)]) == 0
+    assert "ok (churn" in capsys.readouterr().out
+    data = churn_spec_dict()
+    data["contract"]["max_bad_fraction"] = 2
+    path = tmp_path / "churn.yaml"
+    import yaml
+
+    path.write_text(yaml.safe_dump(data))
+    assert main(["spec", "validate", str(path)]) == 2
+    assert "contract.max_bad_fraction: Input should be less than or equal to 1" in capsys.readouterr().err
+    assert main(["spec", "schema"]) == 0
+    schema = json.loads(capsys.readouterr().out)
+    assert schema["title"] == "PipelineSpec"
+    assert {"source", "contract", "features", "training", "canary", "drift"} <= set(schema["properties"])
+    assert schema == PipelineSpec.model_json_schema()

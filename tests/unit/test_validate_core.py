@@ -1,0 +1,117 @@
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from pipelines.errors import SpecError
+from pipelines.spec import Contract, Expectation, load_spec
+from pipelines.validate import (
+    expectation_class_name,
+    finalize_types,
+    missing_columns,
+    reason_counts,
+    render_html,
+    row_reasons,
+    run_expectations,
+    verdict,
+)
+from tests.conftest import CHURN_SPEC
+
+CONTRACT = load_spec(CHURN_SPEC).contract
+
+
+def _as_text(df: pd.DataFrame) -> pd.DataFrame:
+    """What a CSV with stray strings looks like after ingest: object columns of text."""
+    return df.astype(object).where(df.notna(), None)
+
+
+def test_clean_rows_have_no_reasons(churn_df: pd.DataFrame) -> None:
+    coerced, reasons = row_reasons(churn_df, CONTRACT)
+    assert (reasons == "").all()
+    final = finalize_types(coerced, CONTRACT)
+    assert final["customer_id"].dtype == np.int64
+    assert str(final["event_timestamp"].dtype) == "datetime64[ns, UTC]"
+    assert list(final.columns) == list(CONTRACT.columns)
+
+
+def test_each_fault_gets_its_reason(churn_df: pd.DataFrame) -> None:
+    df = _as_text(churn_df.head(20).copy())
+    df.loc[1, "usage_hours_30d"] = None
+    df.loc[2, "monthly_charges"] = -5.0
+    df.loc[3, "plan"] = "platinum"
+    df.loc[4, "support_calls_30d"] = "n/a"
+    df.loc[5, "tenure_months"] = 2.5
+    df.loc[6, "event_timestamp"] = "yesterday"
+    df.loc[7, "customer_id"] = df.loc[8, "customer_id"]
+    df.loc[7, "event_timestamp"] = df.loc[8, "event_timestamp"]
+    df.loc[9, "churned"] = 7
+    _, reasons = row_reasons(df, CONTRACT)
+    assert reasons[0] == ""
+    assert reasons[1] == "usage_hours_30d: is null"
+    assert reasons[2] == "monthly_charges: below the minimum (-5.0)"
+    assert reasons[3] == "plan: not an allowed value ('platinum')"
+    assert reasons[4] == "support_calls_30d: not a number ('n/a')"
+    assert reasons[5] == "tenure_months: not an integer (2.5)"
+    assert reasons[6] == "event_timestamp: not a timestamp ('yesterday')"
+    assert reasons[7] == "" and reasons[8] == "duplicate key customer_id, event_timestamp"
+    assert reasons[9] == "churned: above the maximum (7.0)"
+    assert (reasons[10:] == "").all()
+
+
+def test_several_problems_in_one_row_are_all_named(churn_df: pd.DataFrame) -> None:
+    df = _as_text(churn_df.head(3).copy())
+    df.loc[0, "plan"] = "gold"
+    df.loc[0, "monthly_charges"] = 5000.0
+    _, reasons = row_reasons(df, CONTRACT)
+    assert "plan: not an allowed value ('gold')" in reasons[0]
+    assert "monthly_charges: above the maximum (5000.0)" in reasons[0]
+
+
+def test_missing_columns(churn_df: pd.DataFrame) -> None:
+    assert missing_columns(churn_df.drop(columns=["plan", "region"]), CONTRACT) == ["plan", "region"]
+    assert missing_columns(churn_df, CONTRACT) == []
+
+
+def test_reason_counts() -> None:
+    reasons = pd.Series(["", "a: is null", "a: is null; b: below the minimum (-1)", "b: below the minimum (-2)"])
+    assert reason_counts(reasons) == {"a: is null": 2, "b: below the minimum": 2}
+
+
+def test_verdict() -> None:
+    contract = Contract.model_validate({"columns": {"a": {"dtype": "int"}}, "max_bad_fraction": 0.1, "min_rows": 5})
+    assert verdict(100, 10, contract, []) == []
+    assert "11 of 100 rows (11.00%)" in verdict(100, 11, contract, [])[0]
+    assert any("fewer than contract.min_rows=5" in p for p in verdict(5, 1, contract, []))
+    failed = [{"success": False, "severity": "error", "expectation": "expect_x", "kwargs": {}, "observed": {}},
+              {"success": False, "severity": "warning", "expectation": "expect_y", "kwargs": {}, "observed": {}}]
+    problems = verdict(100, 0, contract, failed)
+    assert len(problems) == 1 and "expect_x" in problems[0]
+
+
+def test_expectations_run_with_great_expectations(churn_df: pd.DataFrame) -> None:
+    exps = [
+        Expectation(expectation="expect_column_mean_to_be_between", kwargs={"column": "churned", "min_value": 0.0, "max_value": 0.5}),
+        Expectation(expectation="expect_column_mean_to_be_between", kwargs={"column": "monthly_charges", "min_value": 500, "max_value": 600}),
+        Expectation(expectation="expect_column_quantile_values_to_be_between", severity="warning",
+                    kwargs={"column": "tenure_months", "quantile_ranges": {"quantiles": [0.5], "value_ranges": [[0, 1000]]}}),
+    ]
+    results = run_expectations(churn_df, exps)
+    assert [r["success"] for r in results] == [True, False, True]
+    assert 30 < results[1]["observed"]["observed_value"] < 120
+    with pytest.raises(SpecError, match=r"expectations\[0\].expectation: unknown expectation"):
+        run_expectations(churn_df, [Expectation(expectation="expect_the_unexpected")])
+    with pytest.raises(SpecError, match=r"expectations\[0\].kwargs"):
+        run_expectations(churn_df, [Expectation(expectation="expect_column_mean_to_be_between", kwargs={"colum": "x"})])
+
+
+def test_expectation_class_name() -> None:
+    assert expectation_class_name("expect_column_mean_to_be_between") == "ExpectColumnMeanToBeBetween"
+
+
+def test_html_report_escapes() -> None:
+    report = {"pipeline": "p", "run_id": "<r>", "passed": False, "rows": 2, "bad_rows": 1, "bad_fraction": 0.5,
+              "max_bad_fraction": 0.1, "content_hash": "h", "reasons": {"plan: <b>": 1},
+              "expectations": [], "problems": ["1 of 2 rows <bad>"]}
+    page = render_html(report)
+    assert "&lt;r&gt;" in page and "&lt;b&gt;" in page and "<bad>" not in page and "FAILED" in page
