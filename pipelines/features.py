@@ -131,9 +131,10 @@ def run(ctx: StepContext) -> dict[str, Any]:
     validated_key = ctx.require("validate", "validated.parquet")
     df = read_parquet(ctx.storage, validated_key)
     spec = ctx.spec
+    entities = entity_rows(df, spec)
     with feature_store(spec, ctx.settings) as store:
         apply_and_materialize(store, spec, ctx.storage.uri(validated_key), df)
-        training = historical_features(store, spec, entity_rows(df, spec))
+        training = historical_features(store, spec, entities)
     ts = spec.entity.timestamp
     training = training.sort_values([ts, spec.entity.join_key], kind="stable").reset_index(drop=True)
     assigned = time_split(training, ts, spec.features.split)
@@ -145,6 +146,9 @@ def run(ctx: StepContext) -> dict[str, Any]:
         "feast_project": spec.name,
         "source": ctx.storage.uri(validated_key),
         "content_hash": validation["content_hash"],
+        # Feast's file offline store drops entity rows no view answers within its TTL.
+        "entity_rows": len(entities),
+        "dropped_entity_rows": len(entities) - len(training),
         "splits": {},
     }
     for name in SPLITS:

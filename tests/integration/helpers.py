@@ -1,0 +1,28 @@
+"""Running steps in-process against real services, on small specs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from pipelines.runner import run_step
+from pipelines.settings import Settings
+from tests.conftest import churn_spec_dict, write_spec
+
+
+def small_spec(settings: Settings, source: dict[str, Any], name: str = "churn", **overrides: Any) -> Path:
+    """The churn spec on `source`, sized for tests (fewer rows required)."""
+    assert settings.pipelines_dir is not None
+    contract = churn_spec_dict()["contract"]
+    contract["min_rows"] = 100
+    overrides.setdefault("contract", contract)
+    return write_spec(settings.pipelines_dir, name, source=source, **overrides)
+
+
+def run(settings: Settings, step: str, run_id: str, pipeline: str = "churn", **kw: Any) -> dict[str, Any]:
+    return run_step(step, pipeline, run_id, settings, **kw)
+
+
+def run_through(settings: Settings, run_id: str, steps: tuple[str, ...] = ("ingest", "validate", "features"),
+                pipeline: str = "churn") -> dict[str, dict[str, Any]]:
+    return {s: run(settings, s, run_id, pipeline) for s in steps}

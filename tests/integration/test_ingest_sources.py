@@ -1,0 +1,101 @@
+"""`ingest` from every kind of source, and idempotent re-runs, on real services."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import boto3
+import pandas as pd
+import pytest
+
+from pipelines import db
+from pipelines.errors import SourceError
+from pipelines.ingest import content_hash
+from pipelines.settings import Settings
+from pipelines.storage import open_storage, read_parquet
+from tests.integration.helpers import run, small_spec
+from tests.services import S3Server
+
+pytestmark = pytest.mark.integration
+
+
+def _snapshot(settings: Settings, run_id: str) -> pd.DataFrame:
+    return read_parquet(open_storage(settings), f"churn/{run_id}/ingest/snapshot.parquet")
+
+
+def test_csv_and_parquet_files(workspace: Settings, churn_df: pd.DataFrame, tmp_path: Path) -> None:
+    churn_df.to_csv(tmp_path / "churn.csv", index=False)
+    churn_df.to_parquet(tmp_path / "churn.parquet", index=False)
+    small_spec(workspace, {"kind": "file", "path": str(tmp_path / "churn.parquet")})
+    m = run(workspace, "ingest", "file-pq")
+    assert m["rows"] == len(churn_df)
+    assert m["content_hash"] == content_hash(churn_df)
+    pd.testing.assert_frame_equal(_snapshot(workspace, "file-pq"), churn_df)
+    small_spec(workspace, {"kind": "file", "path": str(tmp_path / "churn.csv")})
+    m = run(workspace, "ingest", "file-csv")
+    assert m["rows"] == len(churn_df)
+    assert m["source"] == {"kind": "file", "path": str(tmp_path / "churn.csv"), "format": None}
+
+
+def test_s3_object(workspace: Settings, s3: S3Server, churn_df: pd.DataFrame) -> None:
+    buf = io.BytesIO()
+    churn_df.to_parquet(buf, index=False)
+    client = boto3.client("s3", endpoint_url=s3.endpoint, region_name="us-east-1")
+    client.put_object(Bucket=s3.bucket, Key="sources/churn.parquet", Body=buf.getvalue())
+    settings = workspace.model_copy(update={"s3_endpoint_url": s3.endpoint})
+    small_spec(settings, {"kind": "s3", "uri": f"s3://{s3.bucket}/sources/churn.parquet"})
+    m = run(settings, "ingest", "s3-1")
+    assert m["content_hash"] == content_hash(churn_df)
+    small_spec(settings, {"kind": "s3", "uri": f"s3://{s3.bucket}/sources/missing.parquet"})
+    with pytest.raises(SourceError, match="cannot read s3://.*missing.parquet"):
+        run(settings, "ingest", "s3-2")
+
+
+def test_postgres_query(workspace: Settings, churn_df: pd.DataFrame, monkeypatch: pytest.MonkeyPatch) -> None:
+    cols = ", ".join(f"{c} {'timestamptz' if c == 'event_timestamp' else 'text' if churn_df[c].dtype == object else 'double precision' if churn_df[c].dtype.kind == 'f' else 'bigint'}" for c in churn_df.columns)
+    with db.connect(workspace) as conn:
+        conn.execute("DROP TABLE IF EXISTS churn_source")
+        conn.execute(f"CREATE TABLE churn_source ({cols})")  # type: ignore[arg-type]
+        with conn.cursor().copy(f"COPY churn_source ({', '.join(churn_df.columns)}) FROM STDIN") as copy:  # type: ignore[arg-type]
+            for row in churn_df.itertuples(index=False):
+                copy.write_row(row)
+    small_spec(workspace, {"kind": "postgres", "query": "SELECT * FROM churn_source ORDER BY event_timestamp, customer_id"})
+    m = run(workspace, "ingest", "pg-1")
+    snap = _snapshot(workspace, "pg-1")
+    assert m["rows"] == len(churn_df) == len(snap)
+    assert snap["customer_id"].tolist() == churn_df["customer_id"].tolist()
+    assert snap["plan"].tolist() == churn_df["plan"].tolist()
+    # The query runs read-only: a source can never change the database it reads.
+    small_spec(workspace, {"kind": "postgres", "query": "DELETE FROM churn_source RETURNING *"})
+    with pytest.raises(SourceError, match="read-only transaction"):
+        run(workspace, "ingest", "pg-2")
+    small_spec(workspace, {"kind": "postgres", "query": "SELECT 1", "url_env": "CHURN_DB_URL"})
+    monkeypatch.delenv("CHURN_DB_URL", raising=False)
+    with pytest.raises(SourceError, match="CHURN_DB_URL is not set"):
+        run(workspace, "ingest", "pg-3")
+    small_spec(workspace, {"kind": "postgres", "query": "SELECT * FROM churn_source WHERE false"})
+    with pytest.raises(SourceError, match="returned no rows"):
+        run(workspace, "ingest", "pg-4")
+
+
+def test_rerun_with_the_same_run_id_is_identical_and_not_duplicated(workspace: Settings, tmp_path: Path,
+                                                                     churn_df: pd.DataFrame) -> None:
+    src = tmp_path / "churn.parquet"
+    churn_df.to_parquet(src, index=False)
+    small_spec(workspace, {"kind": "file", "path": str(src)})
+    storage = open_storage(workspace)
+    first = {s: run(workspace, s, "same-1") for s in ("ingest", "validate", "features")}
+    files = {k: storage.read_bytes(k) for k in storage.list("churn/same-1")}
+    # The source changes under the run: a retry of the run still sees the run's snapshot.
+    churn_df.head(100).to_parquet(src, index=False)
+    again = {s: run(workspace, s, "same-1") for s in ("ingest", "validate", "features")}
+    assert again["ingest"]["reused"] is True
+    assert again["ingest"]["content_hash"] == first["ingest"]["content_hash"]
+    assert {k: storage.read_bytes(k) for k in storage.list("churn/same-1")} == files
+    with db.connect(workspace) as conn:
+        count = conn.execute("SELECT count(*) FROM dataset_snapshots WHERE pipeline='churn' AND run_id='same-1'").fetchone()
+    assert count == (1,)
+    # --force takes a new snapshot of the changed source.
+    forced = run(workspace, "ingest", "same-1", force=True)
+    assert forced["rows"] == 100
