@@ -30,8 +30,8 @@ test-unit: setup
 
 lint: setup
 	$(VENV)/bin/ruff check .
-	$(VENV)/bin/ruff format --check pipelines operators feature_repo dags tests bench
-	$(VENV)/bin/mypy pipelines operators feature_repo dags
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy pipelines operators feature_repo dags/lifecycle.py
 
 bench: setup
 	$(PY) bench/features.py

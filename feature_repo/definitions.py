@@ -13,8 +13,7 @@ from typing import Any
 
 from pipelines.spec import PipelineSpec
 
-_FEAST_TYPES = {"int": "Int64", "float": "Float64", "string": "String", "bool": "Bool",
-                "datetime": "UnixTimestamp"}
+_FEAST_TYPES = {"int": "Int64", "float": "Float64", "string": "String", "bool": "Bool", "datetime": "UnixTimestamp"}
 
 
 def build_definitions(spec: PipelineSpec, source_path: str) -> list[Any]:
@@ -35,14 +34,13 @@ def build_definitions(spec: PipelineSpec, source_path: str) -> list[Any]:
         timestamp_field=spec.entity.timestamp,
         description="the validated snapshot of the lifecycle run that last applied this repo",
     )
-    views = [
+    views: list[Any] = [
         FeatureView(
             name=view.name,
             entities=[entity],
             ttl=timedelta(days=view.ttl_days),
             schema=[
-                Field(name=f, dtype=getattr(ft, _FEAST_TYPES[spec.contract.columns[f].dtype]))
-                for f in view.features
+                Field(name=f, dtype=getattr(ft, _FEAST_TYPES[spec.contract.columns[f].dtype])) for f in view.features
             ],
             online=True,
             source=source,

@@ -42,7 +42,9 @@ def resolve_executable(name: str) -> str:
     raise FileNotFoundError(f"{name}: not on PATH nor in {beside.parent}")
 
 
-def local_argv_env(manifest: dict[str, Any], base_env: dict[str, str], xcom_file: str) -> tuple[list[str], dict[str, str]]:
+def local_argv_env(
+    manifest: dict[str, Any], base_env: dict[str, str], xcom_file: str
+) -> tuple[list[str], dict[str, str]]:
     """The argv and environment that reproduce the pod's container on this host. Pure."""
     c = container_of(manifest)
     argv = [*c.get("command", []), *c.get("args", [])]
@@ -70,8 +72,14 @@ class LocalProcess:
             argv[0] = resolve_executable(argv[0])
             tail: list[str] = []
             self.proc = subprocess.Popen(
-                argv, env=env, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                text=True, bufsize=1, start_new_session=True,
+                argv,
+                env=env,
+                cwd=cwd,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+                bufsize=1,
+                start_new_session=True,
             )
             try:
                 assert self.proc.stdout is not None

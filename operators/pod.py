@@ -51,8 +51,9 @@ def tolerations(res: Resources) -> list[dict[str, Any]]:
     return out
 
 
-def pod_manifest(spec: PipelineSpec, step: str, run_id: str, settings: Settings,
-                 airflow: dict[str, str] | None = None) -> dict[str, Any]:
+def pod_manifest(
+    spec: PipelineSpec, step: str, run_id: str, settings: Settings, airflow: dict[str, str] | None = None
+) -> dict[str, Any]:
     """The step's pod as a plain Kubernetes manifest (a dict). Pure."""
     res = spec.resources.for_step(step)
     command, args = step_command(spec.name, step, run_id)
@@ -86,8 +87,12 @@ def pod_manifest(spec: PipelineSpec, step: str, run_id: str, settings: Settings,
     pod_spec: dict[str, Any] = {
         "restartPolicy": "Never",
         "serviceAccountName": settings.k8s_service_account,
-        "securityContext": {"runAsNonRoot": True, "runAsUser": STEP_UID, "fsGroup": STEP_UID,
-                            "seccompProfile": {"type": "RuntimeDefault"}},
+        "securityContext": {
+            "runAsNonRoot": True,
+            "runAsUser": STEP_UID,
+            "fsGroup": STEP_UID,
+            "seccompProfile": {"type": "RuntimeDefault"},
+        },
         "containers": [container],
     }
     if res.node_selector:

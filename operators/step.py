@@ -35,8 +35,9 @@ class PipelineStepOperator(BaseOperator):
     template_fields = ("run_key",)
     ui_color = "#e8f0fe"
 
-    def __init__(self, *, pipeline: str, step: str, runtime: Runtime | None = None,
-                 run_key: str = "{{ run_id }}", **kwargs: Any) -> None:
+    def __init__(
+        self, *, pipeline: str, step: str, runtime: Runtime | None = None, run_key: str = "{{ run_id }}", **kwargs: Any
+    ) -> None:
         super().__init__(**kwargs)
         self.pipeline = pipeline
         self.step = step
@@ -76,9 +77,7 @@ class PipelineStepOperator(BaseOperator):
         runtime = self.runtime or settings.effective_runtime
         self.log.info("step %s of %s, run %s, runtime %s", self.step, self.pipeline, self.run_key, runtime)
         if runtime == "local":
-            from operators.local import LocalProcess
-
-            from operators.local import StepFailed
+            from operators.local import LocalProcess, StepFailed
 
             self._local = LocalProcess(manifest)
             try:

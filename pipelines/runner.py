@@ -55,8 +55,9 @@ def run_step(step: str, pipeline: str, run_id: str, settings: Settings, *, force
     from pipelines import db
 
     db.migrate(settings)
-    ctx = StepContext(spec=spec, settings=settings, run_id=run_id, storage=open_storage(settings),
-                      step=step, extra={"force": force})
+    ctx = StepContext(
+        spec=spec, settings=settings, run_id=run_id, storage=open_storage(settings), step=step, extra={"force": force}
+    )
     attempt = _start(settings, pipeline, run_id, step)
     started = time.monotonic()
     try:
@@ -89,8 +90,16 @@ def _start(settings: Settings, pipeline: str, run_id: str, step: str) -> int:
     return attempt
 
 
-def _finish(settings: Settings, pipeline: str, run_id: str, step: str, attempt: int, status: str,
-            outputs: dict[str, Any], error: str | None) -> None:
+def _finish(
+    settings: Settings,
+    pipeline: str,
+    run_id: str,
+    step: str,
+    attempt: int,
+    status: str,
+    outputs: dict[str, Any],
+    error: str | None,
+) -> None:
     from pipelines.db import connect
 
     try:

@@ -54,9 +54,7 @@ class Settings(BaseSettings):
     def _cluster_needs_externals(self) -> Settings:
         if self.profile == "cluster":
             missing = [
-                f"MLCYCLE_{name.upper()}"
-                for name in ("database_url", "artifact_root")
-                if getattr(self, name) is None
+                f"MLCYCLE_{name.upper()}" for name in ("database_url", "artifact_root") if getattr(self, name) is None
             ]
             if missing:
                 raise SettingsError(f"the cluster profile needs {', '.join(missing)}")
@@ -85,7 +83,7 @@ class Settings(BaseSettings):
 
     def pod_env(self) -> dict[str, str]:
         """The non-secret settings a step pod needs; secrets come from `k8s_env_secret`."""
-        env = {"MLCYCLE_PROFILE": self.profile}
+        env: dict[str, str] = {"MLCYCLE_PROFILE": self.profile}
         if self.profile == "embedded":
             env["MLCYCLE_STATE_DIR"] = str(self.state_path)
         optional = {

@@ -9,6 +9,7 @@ the path of the bad field.
 
 from __future__ import annotations
 
+import itertools
 import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -82,9 +83,7 @@ class SyntheticSource(Model):
     fault_rate: float = Field(default=0.0, ge=0.0, le=0.5)
 
 
-Source = Annotated[
-    FileSource | S3Source | PostgresSource | SyntheticSource, Field(discriminator="kind")
-]
+Source = Annotated[FileSource | S3Source | PostgresSource | SyntheticSource, Field(discriminator="kind")]
 
 
 # ------------------------------------------------------------------------------------ contract
@@ -310,7 +309,7 @@ class Canary(Model):
     def _increasing(cls, v: list[int]) -> list[int]:
         if any(not 0 < s <= 100 for s in v):
             raise ValueError("every step is a percentage in (0, 100]")
-        if any(b <= a for a, b in zip(v, v[1:], strict=False)):
+        if any(b <= a for a, b in itertools.pairwise(v)):
             raise ValueError("steps must increase")
         if v[-1] != 100:
             raise ValueError("the last step must be 100")

@@ -82,9 +82,7 @@ class LocalStorage:
         if not base.exists():
             return []
         return sorted(
-            p.relative_to(self.root).as_posix()
-            for p in base.rglob("*")
-            if p.is_file() and not p.name.endswith(".tmp")
+            p.relative_to(self.root).as_posix() for p in base.rglob("*") if p.is_file() and not p.name.endswith(".tmp")
         )
 
 
@@ -94,8 +92,15 @@ class S3Storage:
     The client is created lazily; credentials come from the standard AWS environment variables.
     """
 
-    def __init__(self, bucket: str, prefix: str = "", *, endpoint_url: str | None = None,
-                 region: str = "us-east-1", client: Any = None) -> None:
+    def __init__(
+        self,
+        bucket: str,
+        prefix: str = "",
+        *,
+        endpoint_url: str | None = None,
+        region: str = "us-east-1",
+        client: Any = None,
+    ) -> None:
         self.bucket = bucket
         self.prefix = prefix.strip("/")
         self.endpoint_url = endpoint_url
@@ -143,7 +148,7 @@ class S3Storage:
         strip = f"{self.prefix}/" if self.prefix else ""
         out: list[str] = []
         for page in self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=full):
-            out += [o["Key"][len(strip):] for o in page.get("Contents", [])]
+            out += [o["Key"][len(strip) :] for o in page.get("Contents", [])]
         return sorted(out)
 
 
@@ -151,7 +156,7 @@ def parse_s3_uri(uri: str) -> tuple[str, str]:
     """`s3://bucket/some/key` -> (`bucket`, `some/key`). Pure."""
     if not uri.startswith("s3://"):
         raise ValueError(f"not an s3:// URI: {uri!r}")
-    bucket, _, key = uri[len("s3://"):].partition("/")
+    bucket, _, key = uri[len("s3://") :].partition("/")
     if len(bucket) < 3:
         raise ValueError(f"invalid S3 bucket in {uri!r}: at least 3 characters")
     return bucket, key

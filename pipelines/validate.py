@@ -68,8 +68,7 @@ def contract_schema(contract: Contract, *, with_dtypes: bool) -> Any:
     """The pandera schema of the contract: value checks always, dtypes when `with_dtypes`."""
     import pandera.pandas as pa
 
-    dtypes = {"int": "int64", "float": "float64", "string": object, "bool": bool,
-              "datetime": "datetime64[ns, UTC]"}
+    dtypes = {"int": "int64", "float": "float64", "string": object, "bool": bool, "datetime": "datetime64[ns, UTC]"}
     columns = {}
     for name, col in contract.columns.items():
         checks = []
@@ -121,7 +120,8 @@ def row_reasons(df: pd.DataFrame, contract: Contract) -> tuple[pd.DataFrame, pd.
         per_row = pd.Series("", index=df.index, dtype=object)
         for idx, group in fc.groupby("index", sort=True):
             per_row[idx] = "; ".join(
-                _check_text(c, col, v) for c, col, v in zip(group["check"], group["column"], group["failure_case"], strict=True)
+                _check_text(c, col, v)
+                for c, col, v in zip(group["check"], group["column"], group["failure_case"], strict=True)
             )
         # A value that could not be coerced is null now; its type reason already says why.
         per_row = per_row.where(reasons == "", "")
@@ -239,12 +239,12 @@ def render_html(report: dict[str, Any]) -> str:
     )
     problems = "".join(f"<li>{esc(p)}</li>" for p in report["problems"]) or "<li>none</li>"
     return f"""<!doctype html><html><head><meta charset="utf-8">
-<title>{esc(report['pipeline'])} {esc(report['run_id'])} validation</title>
+<title>{esc(report["pipeline"])} {esc(report["run_id"])} validation</title>
 <style>body{{font-family:sans-serif;margin:2em}}table{{border-collapse:collapse}}
 td,th{{border:1px solid #ccc;padding:4px 8px;text-align:left}}</style></head><body>
-<h1>{esc(report['pipeline'])} / {esc(report['run_id'])}: <span style="color:{color}">{status}</span></h1>
-<p>{report['rows']} rows, {report['bad_rows']} quarantined ({report['bad_fraction']:.2%}),
-tolerance {report['max_bad_fraction']:.2%}. Snapshot {esc(report['content_hash'])}.</p>
+<h1>{esc(report["pipeline"])} / {esc(report["run_id"])}: <span style="color:{color}">{status}</span></h1>
+<p>{report["rows"]} rows, {report["bad_rows"]} quarantined ({report["bad_fraction"]:.2%}),
+tolerance {report["max_bad_fraction"]:.2%}. Snapshot {esc(report["content_hash"])}.</p>
 <h2>Problems</h2><ul>{problems}</ul>
 <h2>Quarantine reasons (rows)</h2><table><tr><th>reason</th><th>rows</th></tr>{rows}</table>
 <h2>Expectations</h2><table><tr><th></th><th>expectation</th><th>arguments</th><th>observed</th>
@@ -267,11 +267,19 @@ def run(ctx: StepContext) -> dict[str, Any]:
     }
     missing = missing_columns(df, contract)
     if missing:
-        report = {**base, "passed": False, "bad_rows": len(df), "bad_fraction": 1.0, "reasons": {},
-                  "expectations": [], "problems": [f"columns missing from the data: {missing}"]}
+        report = {
+            **base,
+            "passed": False,
+            "bad_rows": len(df),
+            "bad_fraction": 1.0,
+            "reasons": {},
+            "expectations": [],
+            "problems": [f"columns missing from the data: {missing}"],
+        }
         _write_report(ctx, report)
-        raise DataQualityError(f"{ctx.pipeline}/{ctx.run_id}: {report['problems'][0]}; "
-                               f"report: {ctx.storage.uri(ctx.key('report.html'))}")
+        raise DataQualityError(
+            f"{ctx.pipeline}/{ctx.run_id}: {report['problems'][0]}; report: {ctx.storage.uri(ctx.key('report.html'))}"
+        )
 
     coerced, reasons = row_reasons(df, contract)
     bad_mask = reasons != ""
@@ -297,7 +305,8 @@ def run(ctx: StepContext) -> dict[str, Any]:
     if problems:
         _write_report(ctx, report)
         raise DataQualityError(
-            f"{ctx.pipeline}/{ctx.run_id}: the data is rejected:\n  - " + "\n  - ".join(problems)
+            f"{ctx.pipeline}/{ctx.run_id}: the data is rejected:\n  - "
+            + "\n  - ".join(problems)
             + f"\nreport: {ctx.storage.uri(ctx.key('report.html'))}"
         )
     report["validated"] = write_parquet(ctx.storage, validated_key, clean)

@@ -4,23 +4,22 @@ and a real S3 server (SeaweedFS), each started once per session on 127.0.0.1 and
 from __future__ import annotations
 
 import os
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
-
-import tempfile
 
 # Airflow reads its home at import: keep tests away from ~/airflow.
 os.environ.setdefault("AIRFLOW_HOME", tempfile.mkdtemp(prefix="mlcycle-airflow-home-"))
 os.environ.setdefault("AIRFLOW__CORE__LOAD_EXAMPLES", "False")
 
-import pandas as pd  # noqa: E402
-import pytest  # noqa: E402
-import yaml  # noqa: E402
+import pandas as pd
+import pytest
+import yaml
 
-from pipelines.datagen import ChurnConfig, generate_churn  # noqa: E402
-from pipelines.settings import PROJECT_DIR, Settings  # noqa: E402
-from tests.services import S3Server, seaweedfs  # noqa: E402
+from pipelines.datagen import ChurnConfig, generate_churn
+from pipelines.settings import PROJECT_DIR, Settings
+from tests.services import S3Server, seaweedfs
 
 CHURN_SPEC = PROJECT_DIR / "include" / "pipelines" / "churn.yaml"
 
@@ -69,8 +68,9 @@ def platform(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Settings]:
 def workspace(platform: Settings, tmp_path: Path) -> Settings:
     """Settings on the session database with this test's own pipelines dir and artifact root."""
     (tmp_path / "pipelines").mkdir()
-    return platform.model_copy(update={"pipelines_dir": tmp_path / "pipelines",
-                                       "artifact_root": str(tmp_path / "artifacts")})
+    return platform.model_copy(
+        update={"pipelines_dir": tmp_path / "pipelines", "artifact_root": str(tmp_path / "artifacts")}
+    )
 
 
 @pytest.fixture(scope="session")
@@ -79,8 +79,13 @@ def s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
     keys = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION")
     saved = {k: os.environ.get(k) for k in keys}
     with seaweedfs(tmp_path_factory.mktemp("seaweedfs")) as server:
-        os.environ.update({"AWS_ACCESS_KEY_ID": server.access_key,
-                           "AWS_SECRET_ACCESS_KEY": server.secret_key, "AWS_DEFAULT_REGION": "us-east-1"})
+        os.environ.update(
+            {
+                "AWS_ACCESS_KEY_ID": server.access_key,
+                "AWS_SECRET_ACCESS_KEY": server.secret_key,
+                "AWS_DEFAULT_REGION": "us-east-1",
+            }
+        )
         try:
             yield server
         finally:

@@ -55,8 +55,16 @@ def seaweedfs(data_dir: Path, bucket: str = "mlcycle-test") -> Iterator[S3Server
     access, secret = "mlcycle-access", "mlcycle-secret-key-for-tests"
     env = {**os.environ, "AWS_ACCESS_KEY_ID": access, "AWS_SECRET_ACCESS_KEY": secret, "S3_BUCKET": bucket}
     data_dir.mkdir(parents=True, exist_ok=True)
-    argv = [str(weed), "mini", f"-dir={data_dir}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
-            "-s3.port.iceberg=0", "-s3.port.lance=0", "-debug.port=0"]
+    argv = [
+        str(weed),
+        "mini",
+        f"-dir={data_dir}",
+        "-ip=127.0.0.1",
+        "-ip.bind=127.0.0.1",
+        "-s3.port.iceberg=0",
+        "-s3.port.lance=0",
+        "-debug.port=0",
+    ]
     argv += [f"-{name}.port={port}" for name, port in ports.items()]
     log = open(data_dir / "weed.log", "wb")  # noqa: SIM115 - closed below
     proc = subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
@@ -74,12 +82,20 @@ def seaweedfs(data_dir: Path, bucket: str = "mlcycle-test") -> Iterator[S3Server
         log.close()
 
 
-def _wait_for_bucket(endpoint: str, access: str, secret: str, bucket: str, proc: subprocess.Popen[bytes],
-                     log: Path, timeout_s: float = 60.0) -> None:
+def _wait_for_bucket(
+    endpoint: str,
+    access: str,
+    secret: str,
+    bucket: str,
+    proc: subprocess.Popen[bytes],
+    log: Path,
+    timeout_s: float = 60.0,
+) -> None:
     import boto3
 
-    client = boto3.client("s3", endpoint_url=endpoint, aws_access_key_id=access,
-                          aws_secret_access_key=secret, region_name="us-east-1")
+    client = boto3.client(
+        "s3", endpoint_url=endpoint, aws_access_key_id=access, aws_secret_access_key=secret, region_name="us-east-1"
+    )
     deadline = time.monotonic() + timeout_s
     last: Exception | None = None
     while time.monotonic() < deadline:

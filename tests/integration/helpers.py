@@ -23,6 +23,10 @@ def run(settings: Settings, step: str, run_id: str, pipeline: str = "churn", **k
     return run_step(step, pipeline, run_id, settings, **kw)
 
 
-def run_through(settings: Settings, run_id: str, steps: tuple[str, ...] = ("ingest", "validate", "features"),
-                pipeline: str = "churn") -> dict[str, dict[str, Any]]:
+def run_through(
+    settings: Settings,
+    run_id: str,
+    steps: tuple[str, ...] = ("ingest", "validate", "features"),
+    pipeline: str = "churn",
+) -> dict[str, dict[str, Any]]:
     return {s: run(settings, s, run_id, pipeline) for s in steps}

@@ -123,8 +123,13 @@ def test_empty_and_truncated_files_fail_at_ingest(workspace: Settings, churn_df:
     assert not storage.list("churn/trunc-1") and not storage.list("churn/empty-1")
 
 
-def test_cli_exit_codes_and_messages(workspace: Settings, churn_df: pd.DataFrame, tmp_path: Path,
-                                     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+def test_cli_exit_codes_and_messages(
+    workspace: Settings,
+    churn_df: pd.DataFrame,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
     from pipelines.cli import main
 
     df = churn_df.copy()

@@ -52,9 +52,13 @@ def test_point_in_time_join_never_looks_ahead(applied) -> None:  # type: ignore[
     rows = df[df["customer_id"] == cid].sort_values("event_timestamp")
     t1, t2 = rows["event_timestamp"].iloc[0], rows["event_timestamp"].iloc[1]
     mid = t1 + (t2 - t1) / 2
-    entities = pd.DataFrame({"customer_id": [cid, cid, cid],
-                             "event_timestamp": [mid, t2, rows["event_timestamp"].iloc[-1] + pd.Timedelta(days=60)],
-                             "churned": [0, 0, 0]})
+    entities = pd.DataFrame(
+        {
+            "customer_id": [cid, cid, cid],
+            "event_timestamp": [mid, t2, rows["event_timestamp"].iloc[-1] + pd.Timedelta(days=60)],
+            "churned": [0, 0, 0],
+        }
+    )
     with feature_store(spec, settings) as store:
         out = historical_features(store, spec, entities).sort_values("event_timestamp").reset_index(drop=True)
     assert out.loc[0, "usage_hours_30d"] == rows["usage_hours_30d"].iloc[0]
@@ -71,10 +75,14 @@ def test_online_store_serves_the_latest_values(applied) -> None:  # type: ignore
     latest = df.sort_values("event_timestamp").groupby("customer_id").tail(1).set_index("customer_id")
     ids = [int(i) for i in latest.index[:5]]
     with feature_store(spec, settings) as store:
-        online = store.get_online_features(
-            features=store.get_feature_service(spec.features.feature_service),
-            entity_rows=[{"customer_id": i} for i in ids],
-        ).to_df().set_index("customer_id")
+        online = (
+            store.get_online_features(
+                features=store.get_feature_service(spec.features.feature_service),
+                entity_rows=[{"customer_id": i} for i in ids],
+            )
+            .to_df()
+            .set_index("customer_id")
+        )
     for i in ids:
         assert online.loc[i, "usage_hours_30d"] == pytest.approx(latest.loc[i, "usage_hours_30d"])
         assert online.loc[i, "plan"] == latest.loc[i, "plan"]

@@ -53,14 +53,19 @@ def test_s3_object(workspace: Settings, s3: S3Server, churn_df: pd.DataFrame) ->
 
 
 def test_postgres_query(workspace: Settings, churn_df: pd.DataFrame, monkeypatch: pytest.MonkeyPatch) -> None:
-    cols = ", ".join(f"{c} {'timestamptz' if c == 'event_timestamp' else 'text' if churn_df[c].dtype == object else 'double precision' if churn_df[c].dtype.kind == 'f' else 'bigint'}" for c in churn_df.columns)
+    cols = ", ".join(
+        f"{c} {'timestamptz' if c == 'event_timestamp' else 'text' if churn_df[c].dtype == object else 'double precision' if churn_df[c].dtype.kind == 'f' else 'bigint'}"
+        for c in churn_df.columns
+    )
     with db.connect(workspace) as conn:
         conn.execute("DROP TABLE IF EXISTS churn_source")
         conn.execute(f"CREATE TABLE churn_source ({cols})")  # type: ignore[arg-type]
         with conn.cursor().copy(f"COPY churn_source ({', '.join(churn_df.columns)}) FROM STDIN") as copy:  # type: ignore[arg-type]
             for row in churn_df.itertuples(index=False):
                 copy.write_row(row)
-    small_spec(workspace, {"kind": "postgres", "query": "SELECT * FROM churn_source ORDER BY event_timestamp, customer_id"})
+    small_spec(
+        workspace, {"kind": "postgres", "query": "SELECT * FROM churn_source ORDER BY event_timestamp, customer_id"}
+    )
     m = run(workspace, "ingest", "pg-1")
     snap = _snapshot(workspace, "pg-1")
     assert m["rows"] == len(churn_df) == len(snap)
@@ -79,8 +84,9 @@ def test_postgres_query(workspace: Settings, churn_df: pd.DataFrame, monkeypatch
         run(workspace, "ingest", "pg-4")
 
 
-def test_rerun_with_the_same_run_id_is_identical_and_not_duplicated(workspace: Settings, tmp_path: Path,
-                                                                     churn_df: pd.DataFrame) -> None:
+def test_rerun_with_the_same_run_id_is_identical_and_not_duplicated(
+    workspace: Settings, tmp_path: Path, churn_df: pd.DataFrame
+) -> None:
     src = tmp_path / "churn.parquet"
     churn_df.to_parquet(src, index=False)
     small_spec(workspace, {"kind": "file", "path": str(src)})
@@ -94,7 +100,9 @@ def test_rerun_with_the_same_run_id_is_identical_and_not_duplicated(workspace: S
     assert again["ingest"]["content_hash"] == first["ingest"]["content_hash"]
     assert {k: storage.read_bytes(k) for k in storage.list("churn/same-1")} == files
     with db.connect(workspace) as conn:
-        count = conn.execute("SELECT count(*) FROM dataset_snapshots WHERE pipeline='churn' AND run_id='same-1'").fetchone()
+        count = conn.execute(
+            "SELECT count(*) FROM dataset_snapshots WHERE pipeline='churn' AND run_id='same-1'"
+        ).fetchone()
     assert count == (1,)
     # --force takes a new snapshot of the changed source.
     forced = run(workspace, "ingest", "same-1", force=True)

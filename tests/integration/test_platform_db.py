@@ -34,5 +34,8 @@ def test_every_attempt_is_recorded(workspace: Settings) -> None:
             "SELECT step, attempt, status, error IS NOT NULL, outputs ? 'content_hash'"
             " FROM step_runs WHERE pipeline='churn' AND run_id='rec-1' ORDER BY started_at, attempt"
         ).fetchall()
-    assert rows == [("validate", 1, "failed", True, False), ("ingest", 1, "succeeded", False, True),
-                    ("ingest", 2, "reused", False, True)]
+    assert rows == [
+        ("validate", 1, "failed", True, False),
+        ("ingest", 1, "succeeded", False, True),
+        ("ingest", 2, "reused", False, True),
+    ]

@@ -43,8 +43,13 @@ def test_large_objects_go_up_in_parts(s3: S3Server) -> None:
 
 
 def test_wrong_credentials_are_refused(s3: S3Server) -> None:
-    client = boto3.client("s3", endpoint_url=s3.endpoint, aws_access_key_id="intruder",
-                          aws_secret_access_key="wrong-secret", region_name="us-east-1")
+    client = boto3.client(
+        "s3",
+        endpoint_url=s3.endpoint,
+        aws_access_key_id="intruder",
+        aws_secret_access_key="wrong-secret",
+        region_name="us-east-1",
+    )
     st = S3Storage(s3.bucket, "refused", client=client)
     with pytest.raises(ClientError, match="InvalidAccessKeyId"):
         st.write_bytes("x", b"data")

@@ -13,8 +13,21 @@ from pipelines.settings import PROJECT_DIR
 from tests.conftest import write_spec
 
 DAGS = PROJECT_DIR / "dags"
-HEAVY = ["torch", "feast", "mlflow", "ray", "great_expectations", "pandera", "evidently", "optuna",
-         "psycopg", "pandas", "pyarrow", "kubernetes", "boto3"]
+HEAVY = [
+    "torch",
+    "feast",
+    "mlflow",
+    "ray",
+    "great_expectations",
+    "pandera",
+    "evidently",
+    "optuna",
+    "psycopg",
+    "pandas",
+    "pyarrow",
+    "kubernetes",
+    "boto3",
+]
 
 
 @pytest.fixture(scope="module")
@@ -56,8 +69,12 @@ def test_parsing_imports_nothing_heavy_and_touches_no_database(tmp_path: Path) -
         f"print(json.dumps({{'heavy': [m for m in {HEAVY!r} if m in sys.modules],"
         " 'dags': sorted(k for k in g if k.endswith('_lifecycle'))}))\n"
     )
-    env = {"PATH": "/usr/bin:/bin", "AIRFLOW_HOME": str(tmp_path / "af"), "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
-           "MLCYCLE_STATE_DIR": str(tmp_path / "state")}
+    env = {
+        "PATH": "/usr/bin:/bin",
+        "AIRFLOW_HOME": str(tmp_path / "af"),
+        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+        "MLCYCLE_STATE_DIR": str(tmp_path / "state"),
+    }
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
     report = json.loads(out.stdout.strip().splitlines()[-1])
     assert report == {"heavy": [], "dags": ["churn_lifecycle"]}

@@ -46,7 +46,13 @@ def test_drift_phase_ramps_over_the_second_half() -> None:
 def test_covariate_drift_moves_features_late_only(churn_df: pd.DataFrame) -> None:
     drifted = generate_churn(ChurnConfig(customers=800, months=12, seed=11, covariate_drift=1.0))
     early = drifted["event_timestamp"] < "2025-06-30"
-    assert abs(drifted.loc[early, "usage_hours_30d"].mean() - churn_df.loc[churn_df["event_timestamp"] < "2025-06-30", "usage_hours_30d"].mean()) < 1e-9
+    assert (
+        abs(
+            drifted.loc[early, "usage_hours_30d"].mean()
+            - churn_df.loc[churn_df["event_timestamp"] < "2025-06-30", "usage_hours_30d"].mean()
+        )
+        < 1e-9
+    )
     late_base = churn_df[churn_df["event_timestamp"] > "2025-10-01"]
     late = drifted[drifted["event_timestamp"] > "2025-10-01"]
     assert late["usage_hours_30d"].mean() < 0.75 * late_base["usage_hours_30d"].mean()

@@ -15,7 +15,10 @@ def test_time_split_orders_and_never_straddles(churn_df: pd.DataFrame) -> None:
     ranges = {s: (ts[assigned == s].min(), ts[assigned == s].max()) for s in SPLITS}
     assert ranges["train"][1] < ranges["validation"][0]
     assert ranges["validation"][1] < ranges["test"][0]
-    assert churn_df.groupby("event_timestamp").apply(lambda g: assigned[g.index].nunique(), include_groups=False).max() == 1
+    assert (
+        churn_df.groupby("event_timestamp").apply(lambda g: assigned[g.index].nunique(), include_groups=False).max()
+        == 1
+    )
     share = assigned.value_counts(normalize=True)
     assert 0.55 < share["train"] < 0.85
 
@@ -40,7 +43,9 @@ def test_entity_rows(churn_df: pd.DataFrame) -> None:
 
 
 def test_feast_env_from_a_socket_url() -> None:
-    env = feast_env("churn", "postgresql+psycopg://postgres:@/postgres?host=/s/pg", "postgresql://postgres:@/postgres?host=/s/pg")
+    env = feast_env(
+        "churn", "postgresql+psycopg://postgres:@/postgres?host=/s/pg", "postgresql://postgres:@/postgres?host=/s/pg"
+    )
     assert env["MLCYCLE_FEAST_PG_HOST"] == "/s/pg"
     assert env["MLCYCLE_FEAST_PG_SSLMODE"] == "disable"
     assert env["MLCYCLE_FEAST_PG_PASSWORD"] == ""

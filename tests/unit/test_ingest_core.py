@@ -6,7 +6,14 @@ import pandas as pd
 import pytest
 
 from pipelines.errors import SourceError
-from pipelines.ingest import build_manifest, content_hash, infer_format, normalize_frame, parse_bytes, schema_fingerprint
+from pipelines.ingest import (
+    build_manifest,
+    content_hash,
+    infer_format,
+    normalize_frame,
+    parse_bytes,
+    schema_fingerprint,
+)
 from pipelines.spec import SyntheticSource
 from pipelines.storage import parquet_bytes
 

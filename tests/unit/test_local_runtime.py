@@ -13,12 +13,24 @@ from operators.pod import XCOM_PATH
 
 def _pod(command: list[str], args: list[str], env: dict[str, str] | None = None) -> dict[str, Any]:
     env = {"MLCYCLE_XCOM_PATH": XCOM_PATH, **(env or {})}
-    return {"spec": {"containers": [{"name": "base", "command": command, "args": args,
-                                     "env": [{"name": k, "value": v} for k, v in env.items()]}]}}
+    return {
+        "spec": {
+            "containers": [
+                {
+                    "name": "base",
+                    "command": command,
+                    "args": args,
+                    "env": [{"name": k, "value": v} for k, v in env.items()],
+                }
+            ]
+        }
+    }
 
 
 def test_argv_env_reproduce_the_container() -> None:
-    argv, env = local_argv_env(_pod(["mlcycle"], ["step", "ingest"], {"A": "1"}), {"PATH": "/bin", "A": "0"}, "/tmp/x.json")
+    argv, env = local_argv_env(
+        _pod(["mlcycle"], ["step", "ingest"], {"A": "1"}), {"PATH": "/bin", "A": "0"}, "/tmp/x.json"
+    )
     assert argv == ["mlcycle", "step", "ingest"]
     assert env["A"] == "1"  # the pod's env wins over the host's
     assert env["PATH"] == "/bin"

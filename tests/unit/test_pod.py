@@ -17,9 +17,16 @@ K8S_VERSION = "1.34"
 
 
 def _cluster(**kw: object) -> Settings:
-    base = {"profile": "cluster", "database_url": "postgresql://u@db/p", "artifact_root": "s3://bucket/prefix",
-            "s3_endpoint_url": "http://s3:8333", "image": "registry.example/mlcycle-step:1.2.3",
-            "k8s_namespace": "ml", "k8s_service_account": "steps", "k8s_env_secret": "mlcycle-env"}
+    base = {
+        "profile": "cluster",
+        "database_url": "postgresql://u@db/p",
+        "artifact_root": "s3://bucket/prefix",
+        "s3_endpoint_url": "http://s3:8333",
+        "image": "registry.example/mlcycle-step:1.2.3",
+        "k8s_namespace": "ml",
+        "k8s_service_account": "steps",
+        "k8s_env_secret": "mlcycle-env",
+    }
     return Settings(**{**base, **kw})  # type: ignore[arg-type]
 
 
@@ -43,8 +50,13 @@ def test_cpu_step_has_no_gpu_and_no_gpu_toleration() -> None:
 
 
 def test_pod_runs_the_step_command_with_settings_env_and_secret_ref() -> None:
-    pod = pod_manifest(SPEC, "validate", "manual__2026-01-01T00:00:00+00:00", _cluster(),
-                       airflow={"MLCYCLE_AIRFLOW_DAG_ID": "churn_lifecycle"})
+    pod = pod_manifest(
+        SPEC,
+        "validate",
+        "manual__2026-01-01T00:00:00+00:00",
+        _cluster(),
+        airflow={"MLCYCLE_AIRFLOW_DAG_ID": "churn_lifecycle"},
+    )
     c = container_of(pod)
     assert c["image"] == "registry.example/mlcycle-step:1.2.3"
     assert c["command"] == ["mlcycle"]
@@ -85,7 +97,9 @@ def test_v1pod_round_trip() -> None:
 
 def test_pure_helpers() -> None:
     assert pod_name("Churn_V2", "train") == "mlcycle-churn-v2-train"
-    res = Resources(gpu=2, tolerations=[{"key": "nvidia.com/gpu", "operator": "Equal", "value": "a100", "effect": "NoSchedule"}])
+    res = Resources(
+        gpu=2, tolerations=[{"key": "nvidia.com/gpu", "operator": "Equal", "value": "a100", "effect": "NoSchedule"}]
+    )
     assert tolerations(res) == [{"key": "nvidia.com/gpu", "operator": "Equal", "value": "a100", "effect": "NoSchedule"}]
     assert resource_requirements(Resources(gpu=2, gpu_resource="amd.com/gpu"))["limits"]["amd.com/gpu"] == "2"
 

@@ -30,20 +30,40 @@ def test_spec_models_are_frozen() -> None:
 @pytest.mark.parametrize(
     ("mutate", "path", "message"),
     [
-        (lambda d: d["contract"]["columns"]["plan"].update(dtype="text"), "contract.columns.plan.dtype", "Input should be"),
+        (
+            lambda d: d["contract"]["columns"]["plan"].update(dtype="text"),
+            "contract.columns.plan.dtype",
+            "Input should be",
+        ),
         (lambda d: d.update(colour="blue"), "colour", "Extra inputs are not permitted"),
         (lambda d: d["training"].update(n_trials=0), "training.n_trials", "greater than or equal to 1"),
         (lambda d: d["canary"].update(steps=[5, 50, 25, 100]), "canary.steps", "steps must increase"),
         (lambda d: d["canary"].update(steps=[5, 50]), "canary.steps", "last step must be 100"),
         (lambda d: d["source"].update(kind="ftp"), "source", "does not match any of the expected tags"),
         (lambda d: d["source"].update(customers=-3), "source.customers", "greater than or equal to 10"),
-        (lambda d: d["resources"]["steps"]["train"].update(gpu=-1), "resources.steps.train.gpu", "greater than or equal"),
+        (
+            lambda d: d["resources"]["steps"]["train"].update(gpu=-1),
+            "resources.steps.train.gpu",
+            "greater than or equal",
+        ),
         (lambda d: d["resources"]["steps"].update(trian={"cpu": "1"}), "resources.steps", "unknown steps ['trian']"),
         (lambda d: d["features"]["split"].update(train=0.9), "features.split", "must be 1"),
-        (lambda d: d["model"]["search_space"]["layers"].update(low=5, high=1), "model.search_space", "low (5) is greater"),
+        (
+            lambda d: d["model"]["search_space"]["layers"].update(low=5, high=1),
+            "model.search_space",
+            "low (5) is greater",
+        ),
         (lambda d: d["contract"]["columns"].pop("churned"), "<root>", "not in the contract: ['churned']"),
-        (lambda d: d["features"].update(feature_service="churn_features"), "features.feature_service", "should match pattern"),
-        (lambda d: d["contract"]["columns"]["region"].update(min=3), "contract.columns.region", "min/max apply to int and float"),
+        (
+            lambda d: d["features"].update(feature_service="churn_features"),
+            "features.feature_service",
+            "should match pattern",
+        ),
+        (
+            lambda d: d["contract"]["columns"]["region"].update(min=3),
+            "contract.columns.region",
+            "min/max apply to int and float",
+        ),
     ],
 )
 def test_bad_specs_name_the_field(mutate, path: str, message: str) -> None:  # type: ignore[no-untyped-def]

@@ -83,18 +83,29 @@ def test_verdict() -> None:
     assert verdict(100, 10, contract, []) == []
     assert "11 of 100 rows (11.00%)" in verdict(100, 11, contract, [])[0]
     assert any("fewer than contract.min_rows=5" in p for p in verdict(5, 1, contract, []))
-    failed = [{"success": False, "severity": "error", "expectation": "expect_x", "kwargs": {}, "observed": {}},
-              {"success": False, "severity": "warning", "expectation": "expect_y", "kwargs": {}, "observed": {}}]
+    failed = [
+        {"success": False, "severity": "error", "expectation": "expect_x", "kwargs": {}, "observed": {}},
+        {"success": False, "severity": "warning", "expectation": "expect_y", "kwargs": {}, "observed": {}},
+    ]
     problems = verdict(100, 0, contract, failed)
     assert len(problems) == 1 and "expect_x" in problems[0]
 
 
 def test_expectations_run_with_great_expectations(churn_df: pd.DataFrame) -> None:
     exps = [
-        Expectation(expectation="expect_column_mean_to_be_between", kwargs={"column": "churned", "min_value": 0.0, "max_value": 0.5}),
-        Expectation(expectation="expect_column_mean_to_be_between", kwargs={"column": "monthly_charges", "min_value": 500, "max_value": 600}),
-        Expectation(expectation="expect_column_quantile_values_to_be_between", severity="warning",
-                    kwargs={"column": "tenure_months", "quantile_ranges": {"quantiles": [0.5], "value_ranges": [[0, 1000]]}}),
+        Expectation(
+            expectation="expect_column_mean_to_be_between",
+            kwargs={"column": "churned", "min_value": 0.0, "max_value": 0.5},
+        ),
+        Expectation(
+            expectation="expect_column_mean_to_be_between",
+            kwargs={"column": "monthly_charges", "min_value": 500, "max_value": 600},
+        ),
+        Expectation(
+            expectation="expect_column_quantile_values_to_be_between",
+            severity="warning",
+            kwargs={"column": "tenure_months", "quantile_ranges": {"quantiles": [0.5], "value_ranges": [[0, 1000]]}},
+        ),
     ]
     results = run_expectations(churn_df, exps)
     assert [r["success"] for r in results] == [True, False, True]
@@ -110,8 +121,18 @@ def test_expectation_class_name() -> None:
 
 
 def test_html_report_escapes() -> None:
-    report = {"pipeline": "p", "run_id": "<r>", "passed": False, "rows": 2, "bad_rows": 1, "bad_fraction": 0.5,
-              "max_bad_fraction": 0.1, "content_hash": "h", "reasons": {"plan: <b>": 1},
-              "expectations": [], "problems": ["1 of 2 rows <bad>"]}
+    report = {
+        "pipeline": "p",
+        "run_id": "<r>",
+        "passed": False,
+        "rows": 2,
+        "bad_rows": 1,
+        "bad_fraction": 0.5,
+        "max_bad_fraction": 0.1,
+        "content_hash": "h",
+        "reasons": {"plan: <b>": 1},
+        "expectations": [],
+        "problems": ["1 of 2 rows <bad>"],
+    }
     page = render_html(report)
     assert "&lt;r&gt;" in page and "&lt;b&gt;" in page and "<bad>" not in page and "FAILED" in page

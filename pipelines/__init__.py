@@ -1,0 +1,1 @@
+"""mlcycle steps: pure cores, thin I/O adapters, the `mlcycle` CLI."""

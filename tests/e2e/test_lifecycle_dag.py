@@ -1,0 +1,84 @@
+"""Whole DAG runs through Airflow (`airflow dags test`), every task on the local runtime."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from pipelines import db
+from pipelines.demo import airflow_env
+from pipelines.settings import Settings
+from pipelines.storage import open_storage, read_parquet
+from tests.integration.helpers import small_spec
+
+pytestmark = pytest.mark.e2e
+
+
+@pytest.fixture(scope="module")
+def airflow_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("airflow")
+
+
+def _airflow(args: list[str], settings: Settings, home: Path) -> subprocess.CompletedProcess[str]:
+    env = airflow_env(settings, dict(os.environ))
+    env.update(
+        {
+            "AIRFLOW_HOME": str(home),
+            "MLCYCLE_PIPELINES_DIR": str(settings.pipelines_dir),
+            "MLCYCLE_ARTIFACT_ROOT": str(settings.artifact_root),
+        }
+    )
+    exe = str(Path(sys.executable).parent / "airflow")
+    return subprocess.run([exe, *args], env=env, capture_output=True, text=True, timeout=600)
+
+
+def _latest_run(settings: Settings) -> tuple[str, dict[str, tuple[str, int]]]:
+    with db.connect(settings) as conn:
+        row = conn.execute(
+            "SELECT run_id FROM step_runs WHERE pipeline='churn' AND run_id LIKE 'manual__%%'"
+            " ORDER BY started_at DESC LIMIT 1"
+        ).fetchone()
+        assert row is not None
+        steps = conn.execute(
+            "SELECT DISTINCT ON (step) step, status, attempt FROM step_runs"
+            " WHERE pipeline='churn' AND run_id=%s ORDER BY step, attempt DESC",
+            (row[0],),
+        ).fetchall()
+    return row[0], {s: (status, attempt) for s, status, attempt in steps}
+
+
+def test_lifecycle_dag_runs_end_to_end(workspace: Settings, airflow_home: Path) -> None:
+    small_spec(workspace, {"kind": "synthetic", "customers": 500, "months": 8, "seed": 21})
+    assert _airflow(["db", "migrate"], workspace, airflow_home).returncode == 0
+    done = _airflow(["dags", "test", "churn_lifecycle"], workspace, airflow_home)
+    assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-4000:]
+    run_id, steps = _latest_run(workspace)
+    assert steps == {"ingest": ("succeeded", 1), "validate": ("succeeded", 1), "features": ("succeeded", 1)}
+    storage = open_storage(workspace)
+    train = read_parquet(storage, f"churn/{run_id}/features/train.parquet")
+    assert len(train) > 500 and "usage_hours_30d" in train.columns
+    assert storage.exists(f"churn/{run_id}/validate/report.html")
+    # The step output reached the task log.
+    assert "MLCYCLE_RESULT" in done.stdout + done.stderr
+
+
+def test_rejected_data_fails_the_run_without_retries(
+    workspace: Settings, airflow_home: Path, churn_df: pd.DataFrame, tmp_path: Path
+) -> None:
+    bad = churn_df.copy()
+    bad["plan"] = "unknown"
+    bad.to_parquet(tmp_path / "bad.parquet", index=False)
+    small_spec(workspace, {"kind": "file", "path": str(tmp_path / "bad.parquet")})
+    assert _airflow(["db", "migrate"], workspace, airflow_home).returncode == 0
+    done = _airflow(["dags", "test", "churn_lifecycle"], workspace, airflow_home)
+    assert done.returncode != 0
+    run_id, steps = _latest_run(workspace)
+    # Bad data is not worth retrying: validate failed once, features never ran.
+    assert steps == {"ingest": ("succeeded", 1), "validate": ("failed", 1)}
+    assert "the data is rejected" in done.stdout + done.stderr
+    assert not open_storage(workspace).list(f"churn/{run_id}/features")

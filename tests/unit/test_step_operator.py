@@ -1,0 +1,94 @@
+"""The operator's kubernetes runtime hands the provider exactly the rendered pod.
+
+No cluster here: the provider's own pod construction (`build_pod_request_obj`, pure) stands in for
+the launch, and the pod it would send to the API server is checked against the Kubernetes schema.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import kubernetes_validate
+import pytest
+from airflow.providers.cncf.kubernetes.operators.pod import KubernetesPodOperator
+from kubernetes.client import ApiClient
+
+from operators import PipelineStepOperator
+
+
+@pytest.fixture
+def cluster_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("MLCYCLE_PROFILE", "cluster")
+    monkeypatch.setenv("MLCYCLE_DATABASE_URL", "postgresql://u:p@db/x")
+    monkeypatch.setenv("MLCYCLE_ARTIFACT_ROOT", "s3://mlcycle-artifacts/runs")
+    monkeypatch.setenv("MLCYCLE_IMAGE", "registry.example/mlcycle-step:0.1.0")
+    monkeypatch.setenv("MLCYCLE_K8S_NAMESPACE", "ml")
+    monkeypatch.setenv("MLCYCLE_K8S_ENV_SECRET", "mlcycle-env")
+
+
+def _context(run_id: str) -> dict[str, Any]:
+    ti = SimpleNamespace(dag_id="churn_lifecycle", task_id="train", try_number=2, map_index=-1)
+    return {"ti": ti, "run_id": run_id, "dag": SimpleNamespace(dag_id="churn_lifecycle")}
+
+
+def test_kubernetes_runtime_launches_the_rendered_pod(cluster_env: None, monkeypatch: pytest.MonkeyPatch) -> None:
+    sent: dict[str, Any] = {}
+
+    def fake_execute(self: KubernetesPodOperator, context: Any) -> dict[str, int]:
+        pod = self.build_pod_request_obj(context, dry_run=True)  # dry_run: no kube config here
+        sent["pod"] = ApiClient().sanitize_for_serialization(pod)
+        sent["namespace"] = self.namespace
+        return {"rows": 1}
+
+    monkeypatch.setattr(KubernetesPodOperator, "execute", fake_execute)
+    op = PipelineStepOperator(task_id="train", pipeline="churn", step="train")
+    op.run_key = "scheduled__2026-11-25T00:00:00+00:00"  # what templating renders
+    assert op.execute(_context(op.run_key)) == {"rows": 1}
+
+    pod = sent["pod"]
+    kubernetes_validate.validate(pod, "1.34", strict=True)
+    base = next(c for c in pod["spec"]["containers"] if c["name"] == "base")
+    assert base["image"] == "registry.example/mlcycle-step:0.1.0"
+    assert base["args"] == ["step", "train", "--pipeline", "churn", "--run-id", "scheduled__2026-11-25T00:00:00+00:00"]
+    assert base["resources"]["limits"]["nvidia.com/gpu"] == "1"
+    env = {e["name"]: e.get("value") for e in base["env"]}
+    assert env["MLCYCLE_AIRFLOW_DAG_ID"] == "churn_lifecycle"
+    assert env["MLCYCLE_AIRFLOW_TRY_NUMBER"] == "2"
+    assert base["envFrom"] == [{"secretRef": {"name": "mlcycle-env"}}]
+    assert pod["spec"]["nodeSelector"] == {"mlcycle.io/pool": "gpu"}
+    assert pod["metadata"]["namespace"] == sent["namespace"] == "ml"
+    # The provider adds its XCom sidecar, which reads what the step writes to MLCYCLE_XCOM_PATH.
+    assert any(c["name"] == "airflow-xcom-sidecar" for c in pod["spec"]["containers"])
+
+
+def test_local_runtime_failure_codes(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    from airflow.sdk.exceptions import AirflowFailException
+
+    from operators.local import LocalProcess, StepFailed
+
+    monkeypatch.setenv("MLCYCLE_STATE_DIR", str(tmp_path))
+    codes = iter([3, 1])
+
+    def fail(self: LocalProcess, log: Any, cwd: str | None = None) -> None:
+        raise StepFailed(["mlcycle"], next(codes), ["boom"])
+
+    monkeypatch.setattr(LocalProcess, "run", fail)
+    op = PipelineStepOperator(task_id="validate", pipeline="churn", step="validate", runtime="local")
+    op.run_key = "r1"
+    with pytest.raises(AirflowFailException):  # rejected data: no retry
+        op.execute(_context("r1"))
+    with pytest.raises(StepFailed):  # anything else: Airflow retries
+        op.execute(_context("r1"))
+
+
+def test_dry_run_prints_the_pod(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    import yaml
+
+    monkeypatch.setenv("MLCYCLE_STATE_DIR", str(tmp_path))
+    PipelineStepOperator(task_id="ingest", pipeline="churn", step="ingest").dry_run()
+    pod = yaml.safe_load(capsys.readouterr().out)
+    assert pod["spec"]["containers"][0]["args"][-1] == "{{ run_id }}"
