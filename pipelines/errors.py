@@ -37,3 +37,16 @@ class StepInputError(MlcycleError):
 
 class InvalidArgument(MlcycleError):
     """A command-line argument is malformed (a run id, a step name)."""
+
+
+class GateError(MlcycleError):
+    """A model fails a hard check (e.g. ONNX/torch parity): it is not registered."""
+
+    exit_code = 3
+
+
+class StepSkipped(MlcycleError):
+    """Not an error: the step has nothing to do (a failed promotion gate). Airflow marks the task
+    skipped, and the rest of the run with it."""
+
+    exit_code = 100

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from pipelines.context import StepContext, check_run_id
-from pipelines.errors import InvalidArgument, SpecError
+from pipelines.errors import InvalidArgument, SpecError, StepSkipped
 from pipelines.settings import Settings
 from pipelines.spec import STEPS, PipelineSpec, load_spec
 from pipelines.storage import open_storage, to_json
@@ -27,6 +27,9 @@ STEP_MODULES: dict[str, str] = {
     "ingest": "pipelines.ingest",
     "validate": "pipelines.validate",
     "features": "pipelines.features",
+    "train": "pipelines.train",
+    "evaluate": "pipelines.evaluate",
+    "promote": "pipelines.promote",
 }
 """The steps this version implements, in lifecycle order."""
 
@@ -63,6 +66,9 @@ def run_step(step: str, pipeline: str, run_id: str, settings: Settings, *, force
     try:
         module = importlib.import_module(STEP_MODULES[step])
         result: dict[str, Any] = module.run(ctx)
+    except StepSkipped as err:
+        _finish(settings, pipeline, run_id, step, attempt, "skipped", {"reason": str(err)}, None)
+        raise
     except BaseException as err:
         _finish(settings, pipeline, run_id, step, attempt, "failed", {}, f"{type(err).__name__}: {err}")
         raise

@@ -215,6 +215,16 @@ class ModelSpec(Model):
     categorical_features: list[str] = Field(default_factory=list)
     search_space: dict[str, Param] = Field(default_factory=dict)
 
+    @model_validator(mode="after")
+    def _has_inputs(self) -> ModelSpec:
+        if not self.numeric_features or not self.categorical_features:
+            raise ValueError("tabular_mlp needs at least one numeric and one categorical feature")
+        known = {"learning_rate", "hidden_units", "layers", "dropout", "weight_decay"}
+        unknown = sorted(set(self.search_space) - known)
+        if unknown:
+            raise ValueError(f"unknown search-space parameters {unknown}; tabular_mlp tunes {sorted(known)}")
+        return self
+
     @field_validator("search_space")
     @classmethod
     def _ranges(cls, v: dict[str, Param]) -> dict[str, Param]:
@@ -235,6 +245,7 @@ class Training(Model):
     pruner: Literal["median", "hyperband", "none"] = "median"
     checkpoint_minutes: float = Field(default=10.0, gt=0.0)
     seed: int = 42
+    device: Literal["auto", "cpu", "cuda"] = "auto"
 
     @model_validator(mode="after")
     def _has_budget(self) -> Training:
@@ -353,7 +364,7 @@ class PipelineSpec(Model):
     contract: Contract
     expectations: list[Expectation] = Field(default_factory=list)
     features: Features
-    model: ModelSpec = ModelSpec()
+    model: ModelSpec
     training: Training = Training()
     resources: StepResources = StepResources()
     evaluation: Evaluation = Evaluation()

@@ -12,8 +12,10 @@ import pytest
 
 from pipelines import db
 from pipelines.demo import airflow_env
+from pipelines.registry import audit
 from pipelines.settings import Settings
 from pipelines.storage import open_storage, read_parquet
+from tests.conftest import churn_spec_dict
 from tests.integration.helpers import small_spec
 
 pytestmark = pytest.mark.e2e
@@ -52,19 +54,48 @@ def _latest_run(settings: Settings) -> tuple[str, dict[str, tuple[str, int]]]:
     return row[0], {s: (status, attempt) for s, status, attempt in steps}
 
 
-def test_lifecycle_dag_runs_end_to_end(workspace: Settings, airflow_home: Path) -> None:
-    small_spec(workspace, {"kind": "synthetic", "customers": 500, "months": 8, "seed": 21})
+FAST = {"n_trials": 3, "max_epochs": 4, "early_stopping_patience": 2, "pruner": "median", "batch_size": 128}
+EVAL = {"min_primary": 0.6, "bootstrap_samples": 200, "max_latency_ms_per_row": 50.0}
+
+
+def test_lifecycle_dag_runs_to_a_champion_then_rejects_a_worse_model(workspace: Settings, airflow_home: Path) -> None:
+    source = {"kind": "synthetic", "customers": 500, "months": 8, "seed": 21}
+    small_spec(workspace, source, training=FAST, evaluation=EVAL)
     assert _airflow(["db", "migrate"], workspace, airflow_home).returncode == 0
     done = _airflow(["dags", "test", "churn_lifecycle"], workspace, airflow_home)
     assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-4000:]
     run_id, steps = _latest_run(workspace)
-    assert steps == {"ingest": ("succeeded", 1), "validate": ("succeeded", 1), "features": ("succeeded", 1)}
+    assert steps == {s: ("succeeded", 1) for s in ("ingest", "validate", "features", "train", "evaluate", "promote")}
     storage = open_storage(workspace)
     train = read_parquet(storage, f"churn/{run_id}/features/train.parquet")
     assert len(train) > 500 and "usage_hours_30d" in train.columns
     assert storage.exists(f"churn/{run_id}/validate/report.html")
-    # The step output reached the task log.
-    assert "MLCYCLE_RESULT" in done.stdout + done.stderr
+    assert storage.exists(f"churn/{run_id}/evaluate/report.html")
+    assert "MLCYCLE_RESULT" in done.stdout + done.stderr  # the step output reached the task log
+    rows = audit(workspace, "churn")
+    assert [(r["alias"], r["to_version"], r["run_id"]) for r in rows] == [
+        ("challenger", 1, run_id),
+        ("champion", 1, run_id),
+    ]
+
+    # A second run whose model is worse: the gate rejects it, promote is skipped, the champion stays.
+    crippled = churn_spec_dict()["model"]
+    crippled["search_space"] = {"learning_rate": {"type": "float", "low": 1e-7, "high": 1.1e-7}}
+    small_spec(
+        workspace,
+        source,
+        training={**FAST, "n_trials": 1, "max_epochs": 1, "pruner": "none"},
+        evaluation=EVAL,
+        model=crippled,
+    )
+    done = _airflow(["dags", "test", "churn_lifecycle"], workspace, airflow_home)
+    assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-4000:]
+    second, steps = _latest_run(workspace)
+    assert second != run_id
+    assert steps["evaluate"] == ("succeeded", 1)
+    assert steps["promote"] == ("skipped", 1)
+    assert "the champion stays" in done.stdout + done.stderr
+    assert audit(workspace, "churn") == rows
 
 
 def test_rejected_data_fails_the_run_without_retries(

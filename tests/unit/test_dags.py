@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import subprocess
 import sys
@@ -44,9 +45,10 @@ def test_no_import_errors(dagbag) -> None:  # type: ignore[no-untyped-def]
 
 def test_lifecycle_wiring(dagbag) -> None:  # type: ignore[no-untyped-def]
     dag = dagbag.dags["churn_lifecycle"]
-    assert [t.task_id for t in dag.topological_sort()] == ["ingest", "validate", "features"]
-    assert dag.get_task("validate").upstream_task_ids == {"ingest"}
-    assert dag.get_task("features").upstream_task_ids == {"validate"}
+    order = ["ingest", "validate", "features", "train", "evaluate", "promote"]
+    assert [t.task_id for t in dag.topological_sort()] == order
+    for before, after in itertools.pairwise(order):
+        assert dag.get_task(after).upstream_task_ids == {before}
     assert {"mlcycle", "churn"} <= set(dag.tags)
     assert dag.doc_md and "churn_features_v1" in dag.doc_md
     assert dag.max_active_runs == 1

@@ -1,0 +1,229 @@
+"""The tabular model: preprocessing inside the module, exported to ONNX that takes raw columns.
+
+* `FeatureEncoding` (pure, fitted on the training split): per numeric feature its mean and standard
+  deviation; per categorical feature its vocabulary (index 0 is the unknown bucket).
+* `TabularMLP` (torch): the scaling statistics are buffers, each categorical feature an embedding;
+  `forward(numeric, codes)` returns logits.
+* `to_onnx()`: the exported graph takes one input per raw feature column (`float` for numeric,
+  `string` for categorical, shape `[N, 1]`), maps strings to codes with `ai.onnx.ml.LabelEncoder`
+  (unknown -> 0) and returns the churn probability `score`. Nothing else is needed at serving time,
+  so training and serving cannot skew.
+"""
+
+from __future__ import annotations
+
+import io
+from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+if TYPE_CHECKING:
+    import onnx
+    import pandas as pd
+    import torch
+
+
+@dataclass(frozen=True)
+class FeatureEncoding:
+    numeric: list[str]
+    categorical: list[str]
+    means: list[float]
+    stds: list[float]
+    vocab: dict[str, list[str]]
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> FeatureEncoding:
+        return cls(**d)
+
+
+def fit_encoding(df: pd.DataFrame, numeric: list[str], categorical: list[str]) -> FeatureEncoding:
+    """Statistics and vocabularies of the training split. Pure."""
+    means = [float(df[c].astype(float).mean()) for c in numeric]
+    stds = [float(df[c].astype(float).std(ddof=0)) or 1.0 for c in numeric]
+    vocab = {c: sorted(str(v) for v in df[c].dropna().unique()) for c in categorical}
+    return FeatureEncoding(list(numeric), list(categorical), means, stds, vocab)
+
+
+def encode(df: pd.DataFrame, enc: FeatureEncoding) -> tuple[np.ndarray, np.ndarray]:
+    """Raw numeric values (float32, scaled inside the model) and category codes (int64). Pure."""
+    numeric = df[enc.numeric].to_numpy(dtype=np.float32) if enc.numeric else np.zeros((len(df), 0), np.float32)
+    codes = np.zeros((len(df), len(enc.categorical)), dtype=np.int64)
+    for j, c in enumerate(enc.categorical):
+        index = {v: i + 1 for i, v in enumerate(enc.vocab[c])}
+        codes[:, j] = [index.get(str(v), 0) for v in df[c]]
+    return numeric, codes
+
+
+def select_device(preference: str = "auto") -> str:
+    """`cuda` when asked for or available (auto), else `cpu`; asking for CUDA without one fails."""
+    import torch
+
+    if preference == "cpu":
+        return "cpu"
+    if torch.cuda.is_available():
+        return "cuda"
+    if preference == "cuda":
+        raise RuntimeError("training.device is 'cuda' but torch sees no CUDA device")
+    return "cpu"
+
+
+def onnx_providers(available: list[str]) -> list[str]:
+    """The ONNX Runtime execution providers to use, CUDA first when present. Pure."""
+    order = ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    return [p for p in order if p in available] or ["CPUExecutionProvider"]
+
+
+def build_module(
+    enc: FeatureEncoding, hidden_units: int = 64, layers: int = 2, dropout: float = 0.1
+) -> torch.nn.Module:
+    import torch
+    from torch import nn
+
+    class TabularMLP(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.register_buffer("mean", torch.tensor(enc.means, dtype=torch.float32))
+            self.register_buffer("std", torch.tensor(enc.stds, dtype=torch.float32))
+            dims = [min(8, (len(enc.vocab[c]) + 2) // 2 + 1) for c in enc.categorical]
+            self.embeddings = nn.ModuleList(
+                nn.Embedding(len(enc.vocab[c]) + 1, dim) for c, dim in zip(enc.categorical, dims, strict=True)
+            )
+            width = len(enc.numeric) + sum(dims)
+            blocks: list[nn.Module] = []
+            for _ in range(layers):
+                blocks += [nn.Linear(width, hidden_units), nn.ReLU(), nn.Dropout(dropout)]
+                width = hidden_units
+            blocks.append(nn.Linear(width, 1))
+            self.mlp = nn.Sequential(*blocks)
+
+        def forward(self, numeric: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
+            parts = [(numeric - self.get_buffer("mean")) / self.get_buffer("std")]
+            parts += [emb(codes[:, j]) for j, emb in enumerate(self.embeddings)]
+            out: torch.Tensor = self.mlp(torch.cat(parts, dim=1)).squeeze(1)
+            return out
+
+    return TabularMLP()
+
+
+def predict(module: torch.nn.Module, enc: FeatureEncoding, df: pd.DataFrame, device: str = "cpu") -> np.ndarray:
+    """Churn probabilities from torch, on raw columns."""
+    import torch
+
+    numeric, codes = encode(df, enc)
+    module.eval()
+    with torch.no_grad():
+        logits = module(torch.from_numpy(numeric).to(device), torch.from_numpy(codes).to(device))
+        return np.asarray(torch.sigmoid(logits).cpu().numpy(), dtype=np.float64)
+
+
+def to_onnx(module: torch.nn.Module, enc: FeatureEncoding, opset: int = 17) -> onnx.ModelProto:
+    """Export with preprocessing in the graph: raw columns in, `score` out."""
+    import onnx
+    import torch
+    from onnx import TensorProto, helper
+
+    class Scorer(torch.nn.Module):
+        def __init__(self, inner: torch.nn.Module) -> None:
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, numeric: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
+            return torch.sigmoid(self.inner(numeric, codes))
+
+    scorer = Scorer(module).cpu().eval()
+    buf = io.BytesIO()
+    example = (torch.zeros(2, len(enc.numeric)), torch.zeros(2, len(enc.categorical), dtype=torch.long))
+    torch.onnx.export(
+        scorer,
+        example,
+        buf,  # type: ignore[arg-type]
+        input_names=["numeric", "codes"],
+        output_names=["score"],
+        dynamic_axes={"numeric": {0: "n"}, "codes": {0: "n"}, "score": {0: "n"}},
+        opset_version=opset,
+        dynamo=False,
+    )
+    model = onnx.load_from_string(buf.getvalue())
+    graph = model.graph
+    front = [helper.make_node("Concat", enc.numeric, ["numeric"], axis=1, name="concat_numeric")]
+    for c in enc.categorical:
+        front.append(
+            helper.make_node(
+                "LabelEncoder",
+                [c],
+                [f"{c}__code"],
+                domain="ai.onnx.ml",
+                name=f"encode_{c}",
+                keys_strings=enc.vocab[c],
+                values_int64s=list(range(1, len(enc.vocab[c]) + 1)),
+                default_int64=0,
+            )
+        )
+    front.append(
+        helper.make_node("Concat", [f"{c}__code" for c in enc.categorical], ["codes"], axis=1, name="concat_codes")
+    )
+    inputs = [helper.make_tensor_value_info(c, TensorProto.FLOAT, ["n", 1]) for c in enc.numeric]
+    inputs += [helper.make_tensor_value_info(c, TensorProto.STRING, ["n", 1]) for c in enc.categorical]
+    kept = [n for n in graph.node]
+    del graph.node[:]
+    graph.node.extend(front + kept)
+    del graph.input[:]
+    graph.input.extend(inputs)
+    model.opset_import.append(helper.make_opsetid("ai.onnx.ml", 2))
+    model.doc_string = "mlcycle tabular model: raw feature columns in, churn probability out"
+    onnx.checker.check_model(model)
+    return model
+
+
+def onnx_session(model_bytes: bytes) -> Any:
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    return ort.InferenceSession(model_bytes, opts, providers=onnx_providers(ort.get_available_providers()))
+
+
+def session_feed(session: Any, df: pd.DataFrame) -> dict[str, np.ndarray]:
+    """Inputs for any model exported by `to_onnx`, from its own input names and types."""
+    feed: dict[str, np.ndarray] = {}
+    for i in session.get_inputs():
+        if i.type == "tensor(string)":
+            feed[i.name] = df[[i.name]].astype(str).to_numpy(dtype=object)
+        else:
+            feed[i.name] = df[[i.name]].to_numpy(dtype=np.float32)
+    return feed
+
+
+def predict_onnx(session: Any, df: pd.DataFrame) -> np.ndarray:
+    """Probabilities from an exported model, on raw columns (it needs nothing else)."""
+    (score,) = session.run(["score"], session_feed(session, df))
+    return np.asarray(score, dtype=np.float64)
+
+
+def module_bytes(module: torch.nn.Module, enc: FeatureEncoding, params: dict[str, Any]) -> bytes:
+    """A self-describing torch checkpoint: weights, encoding and architecture parameters."""
+    import torch
+
+    buf = io.BytesIO()
+    torch.save({"state_dict": module.state_dict(), "encoding": enc.to_dict(), "params": params}, buf)
+    return buf.getvalue()
+
+
+def load_module(data: bytes) -> tuple[torch.nn.Module, FeatureEncoding, dict[str, Any]]:
+    import torch
+
+    blob = torch.load(io.BytesIO(data), map_location="cpu", weights_only=False)
+    enc = FeatureEncoding.from_dict(blob["encoding"])
+    params = blob["params"]
+    module = build_module(enc, **architecture(params))
+    module.load_state_dict(blob["state_dict"])
+    return module.eval(), enc, params
+
+
+def architecture(params: dict[str, Any]) -> dict[str, Any]:
+    """The architecture parameters among a trial's parameters. Pure."""
+    return {k: params[k] for k in ("hidden_units", "layers", "dropout") if k in params}

@@ -1,0 +1,208 @@
+"""train -> evaluate -> promote on real MLflow tracking and Optuna storage in the platform database."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import pytest
+
+from pipelines import db
+from pipelines.errors import StepSkipped
+from pipelines.registry import audit, model_name
+from pipelines.settings import Settings
+from pipelines.tracking import code_version, setup_mlflow
+from tests.integration.helpers import run, run_through, small_spec
+
+pytestmark = pytest.mark.integration
+
+LIFECYCLE = ("ingest", "validate", "features", "train", "evaluate", "promote")
+FAST = {"n_trials": 4, "max_epochs": 5, "early_stopping_patience": 2, "pruner": "median", "batch_size": 128, "seed": 3}
+EVAL = {
+    "primary_metric": "roc_auc",
+    "min_primary": 0.6,
+    "min_improvement": 0.0,
+    "bootstrap_samples": 200,
+    "slices": ["plan", "contract"],
+    "max_latency_ms_per_row": 50.0,
+    "onnx_parity_tolerance": 0.0001,
+}
+SOURCE = {"kind": "synthetic", "customers": 700, "months": 10, "seed": 5}
+
+
+def _spec(settings: Settings, name: str, **overrides: Any) -> None:
+    small_spec(
+        settings,
+        overrides.pop("source", SOURCE),
+        name=name,
+        training=overrides.pop("training", FAST),
+        evaluation=overrides.pop("evaluation", EVAL),
+        **overrides,
+    )
+
+
+def test_first_model_becomes_champion_with_lineage(workspace: Settings) -> None:
+    _spec(workspace, "churn_first")
+    out = run_through(workspace, "first-1", LIFECYCLE, pipeline="churn_first")
+    name = model_name("churn_first")
+    promoted = out["promote"]
+    assert promoted["version"] == 1
+    assert promoted["aliases"] == ["challenger", "champion"]
+    assert promoted["parity"]["passed"] and promoted["parity"]["max_abs_diff"] <= 1e-4
+
+    setup_mlflow(workspace, "churn_first")
+    client = mlflow.MlflowClient()
+    champion = client.get_model_version_by_alias(name, "champion")
+    tags = champion.tags
+    assert tags["mlcycle.data_hash"] == out["ingest"]["content_hash"]
+    assert tags["mlcycle.feature_service"] == "churn_features_v1"
+    assert tags["mlcycle.run_id"] == "first-1"
+    assert tags["mlcycle.code_version"] == code_version(workspace) != "unknown"
+    assert tags["mlcycle.training_run"] == out["train"]["mlflow_run_id"]
+    assert tags["mlcycle.verdict"] == "passed"
+
+    # The parent run carries the lineage; every trial is a child run with per-epoch metrics.
+    parent = client.get_run(out["train"]["mlflow_run_id"])
+    assert parent.data.tags["mlcycle.data_hash"] == out["ingest"]["content_hash"]
+    assert parent.data.tags["mlcycle.verdict"] == "passed"
+    assert parent.data.tags["mlcycle.best_trial"] == str(out["train"]["best_trial"])
+    children = client.search_runs(
+        [parent.info.experiment_id], filter_string=f"tags.mlflow.parentRunId = '{parent.info.run_id}'"
+    )
+    trials = out["train"]["trials"]
+    assert len(children) == trials["complete"] + trials["pruned"] == FAST["n_trials"]
+    assert {c.data.tags["mlcycle.trial_state"] for c in children} <= {"complete", "pruned"}
+    history = client.get_metric_history(children[0].info.run_id, "val_roc_auc")
+    assert len(history) >= 1 and [m.step for m in history] == list(range(len(history)))
+
+    rows = audit(workspace, "churn_first")
+    assert [(r["alias"], r["from_version"], r["to_version"]) for r in rows] == [
+        ("challenger", None, 1),
+        ("champion", None, 1),
+    ]
+    assert all(r["actor"] == "churn_first/first-1/promote" for r in rows)
+
+    # A retry of promote reuses the version it registered and moves no alias.
+    again = run(workspace, "promote", "first-1", pipeline="churn_first")
+    assert again["version"] == 1
+    assert len(audit(workspace, "churn_first")) == 2
+
+
+def test_a_worse_model_is_rejected_and_the_champion_stays(workspace: Settings) -> None:
+    _spec(workspace, "churn_gate")
+    run_through(workspace, "gate-1", LIFECYCLE, pipeline="churn_gate")
+    before = audit(workspace, "churn_gate")
+    # Same data, a crippled search: one epoch at a learning rate too small to learn anything.
+    crippled = churn_spec_search({"learning_rate": {"type": "float", "low": 1e-7, "high": 1.1e-7}})
+    _spec(workspace, "churn_gate", training={**FAST, "n_trials": 2, "max_epochs": 1, "pruner": "none"}, model=crippled)
+    out = run_through(workspace, "gate-2", LIFECYCLE[:5], pipeline="churn_gate")
+    verdict = out["evaluate"]["verdict"]
+    assert verdict["passed"] is False
+    assert out["evaluate"]["champion_version"] == 1
+    assert any("does not beat the champion" in r for r in verdict["reasons"])
+    with pytest.raises(StepSkipped, match="the champion stays"):
+        run(workspace, "promote", "gate-2", pipeline="churn_gate")
+    setup_mlflow(workspace, "churn_gate")
+    client = mlflow.MlflowClient()
+    assert int(client.get_model_version_by_alias(model_name("churn_gate"), "champion").version) == 1
+    assert len(client.search_model_versions(f"name = '{model_name('churn_gate')}'")) == 1
+    assert audit(workspace, "churn_gate") == before
+    with db.connect(workspace) as conn:
+        status = conn.execute(
+            "SELECT status FROM step_runs WHERE pipeline='churn_gate' AND run_id='gate-2' AND step='promote'"
+        ).fetchone()
+    assert status == ("skipped",)
+
+
+def churn_spec_search(space: dict[str, Any]) -> dict[str, Any]:
+    from tests.conftest import churn_spec_dict
+
+    model = churn_spec_dict()["model"]
+    model["search_space"] = space
+    return model
+
+
+def _finished(settings: Settings, study: str) -> dict[int, float]:
+    with db.connect(settings) as conn:
+        if conn.execute("SELECT to_regclass('optuna.trial_values')").fetchone() == (None,):
+            return {}  # the study's tables are not created yet
+        rows = conn.execute(
+            "SELECT t.number, v.value FROM optuna.trials t JOIN optuna.studies s ON s.study_id = t.study_id"
+            " JOIN optuna.trial_values v ON v.trial_id = t.trial_id"
+            " WHERE s.study_name = %s AND t.state = 'COMPLETE'",
+            (study,),
+        ).fetchall()
+    return {int(n): float(v) for n, v in rows}
+
+
+def test_a_killed_train_task_resumes_its_study(workspace: Settings) -> None:
+    # A checkpoint after every epoch, and trials long enough to be caught in the middle.
+    training = {
+        **FAST,
+        "n_trials": 6,
+        "max_epochs": 20,
+        "early_stopping_patience": 20,
+        "pruner": "none",
+        "checkpoint_minutes": 0.00001,
+    }
+    _spec(workspace, "churn_resume", training=training)
+    run_through(workspace, "kill-1", ("ingest", "validate", "features"), pipeline="churn_resume")
+    env = {
+        **os.environ,
+        "MLCYCLE_PIPELINES_DIR": str(workspace.pipelines_dir),
+        "MLCYCLE_ARTIFACT_ROOT": str(workspace.artifact_root),
+        "MLCYCLE_STATE_DIR": str(workspace.state_path),
+    }
+    exe = os.path.join(os.path.dirname(sys.executable), "mlcycle")
+    proc = subprocess.Popen(
+        [exe, "step", "train", "--pipeline", "churn_resume", "--run-id", "kill-1"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    checkpoints = Path(str(workspace.artifact_root)) / "churn_resume" / "kill-1" / "train" / "checkpoints"
+    deadline = time.monotonic() + 240
+    try:
+        # Kill while the third trial runs, after it wrote at least one checkpoint.
+        while len(_finished(workspace, "churn_resume:kill-1")) < 2 or not (checkpoints / "trial-2.pt").exists():
+            assert proc.poll() is None, "the train step ended before it could be killed"
+            assert time.monotonic() < deadline, "no two finished trials in time"
+            time.sleep(0.05)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    kept = _finished(workspace, "churn_resume:kill-1")
+    assert 2 <= len(kept) < 6
+
+    result = run(workspace, "train", "kill-1", pipeline="churn_resume")
+    assert result["finished_before_this_attempt"] == len(kept)
+    assert result["trials"]["complete"] == 6  # the budget counts the trials kept from the killed attempt
+    # The trial that was running is failed and run again from its checkpoint, not from scratch.
+    assert result["recovered_trials"] == [2]
+    assert result["trials"]["fail"] == 1
+    import optuna
+
+    from pipelines.tracking import optuna_url
+
+    study = optuna.load_study(study_name="churn_resume:kill-1", storage=optuna_url(workspace))
+    resumed = [t for t in study.trials if t.user_attrs.get("resume_from") == 2]
+    assert len(resumed) == 1
+    assert resumed[0].state.name == "COMPLETE"
+    assert resumed[0].user_attrs["resumed_at_epoch"] >= 1
+    after = _finished(workspace, "churn_resume:kill-1")
+    assert {n: after[n] for n in kept} == kept  # finished trials kept, not rerun
+    assert len(after) == 6
+    # One MLflow parent run for the study, across both attempts.
+    setup_mlflow(workspace, "churn_resume")
+    parents = mlflow.MlflowClient().search_runs(
+        [result["mlflow_experiment_id"]],
+        filter_string="tags.`mlcycle.run_id` = 'kill-1' and tags.`mlcycle.step` = 'train'",
+    )
+    assert [p.info.run_id for p in parents] == [result["mlflow_run_id"]]
