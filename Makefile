@@ -35,6 +35,7 @@ lint: setup
 
 bench: setup
 	$(PY) bench/features.py
+	$(PY) bench/training.py
 
 stop:
 	-$(VENV)/bin/mlcycle db stop

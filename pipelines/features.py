@@ -12,7 +12,6 @@
 
 from __future__ import annotations
 
-import os
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
@@ -90,19 +89,11 @@ def feature_store(spec: PipelineSpec, settings: Settings) -> Iterator[Any]:
     from feast import FeatureStore
 
     from pipelines.db import database_url, sqlalchemy_url
+    from pipelines.settings import scoped_environ
 
     url = database_url(settings)
-    env = feast_env(spec.name, sqlalchemy_url(url), url)
-    saved = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
-    try:
+    with scoped_environ(feast_env(spec.name, sqlalchemy_url(url), url)):
         yield FeatureStore(repo_path=str(settings.project_dir / "feature_repo"))
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
 
 
 def apply_and_materialize(store: Any, spec: PipelineSpec, source_uri: str, df: pd.DataFrame) -> None:

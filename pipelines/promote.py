@@ -85,29 +85,23 @@ def run(ctx: StepContext) -> dict[str, Any]:
             name, info.model_uri, run_id=trained["mlflow_run_id"], tags=lineage, description=f"run {ctx.run_id}"
         )
     number = int(version.version)
-    actor = f"{ctx.pipeline}/{ctx.run_id}/{STEP}"
-    move_alias(
-        ctx.settings,
-        client,
-        pipeline=ctx.pipeline,
-        alias=CHALLENGER,
-        version=number,
-        actor=actor,
-        run_id=ctx.run_id,
-        reason="; ".join(verdict["reasons"]),
-    )
-    champion = alias_version(client, name, CHAMPION)
-    if champion is None:
+
+    def point(alias: str, reason: str) -> None:
         move_alias(
             ctx.settings,
             client,
             pipeline=ctx.pipeline,
-            alias=CHAMPION,
+            alias=alias,
             version=number,
-            actor=actor,
+            actor=f"{ctx.pipeline}/{ctx.run_id}/{STEP}",
             run_id=ctx.run_id,
-            reason="first model of the pipeline",
+            reason=reason,
         )
+
+    point(CHALLENGER, "; ".join(verdict["reasons"]))
+    champion = alias_version(client, name, CHAMPION)
+    if champion is None:
+        point(CHAMPION, "first model of the pipeline")
         champion = alias_version(client, name, CHAMPION)
     aliases = sorted(client.get_model_version(name, str(number)).aliases)
     manifest = {

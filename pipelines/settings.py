@@ -13,6 +13,9 @@ named by `MLCYCLE_K8S_ENV_SECRET`, never from files in the repository.
 
 from __future__ import annotations
 
+import os
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Literal
 
@@ -106,3 +109,18 @@ def load_settings() -> Settings:
         raise
     except ValueError as err:  # pydantic.ValidationError is a ValueError
         raise SettingsError(f"invalid MLCYCLE_* settings: {err}") from None
+
+
+@contextmanager
+def scoped_environ(values: Mapping[str, str]) -> Iterator[None]:
+    """Set environment variables for the duration of the block, then restore what was there."""
+    saved = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v

@@ -18,7 +18,7 @@ import pytest
 import yaml
 
 from pipelines.datagen import ChurnConfig, generate_churn
-from pipelines.settings import PROJECT_DIR, Settings
+from pipelines.settings import PROJECT_DIR, Settings, scoped_environ
 from tests.services import S3Server, seaweedfs
 
 CHURN_SPEC = PROJECT_DIR / "include" / "pipelines" / "churn.yaml"
@@ -50,18 +50,14 @@ def platform(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Settings]:
     from pipelines import db
 
     state = tmp_path_factory.mktemp("state")
-    saved = os.environ.get("MLCYCLE_STATE_DIR")
-    os.environ["MLCYCLE_STATE_DIR"] = str(state)  # child processes (local runtime) share it
     settings = Settings(state_dir=state)
-    db.migrate(settings)
-    try:
-        yield settings
-    finally:
-        db.stop_embedded(settings)
-        if saved is None:
-            os.environ.pop("MLCYCLE_STATE_DIR", None)
-        else:
-            os.environ["MLCYCLE_STATE_DIR"] = saved
+    # Child processes (the local runtime, airflow) share the state dir.
+    with scoped_environ({"MLCYCLE_STATE_DIR": str(state)}):
+        db.migrate(settings)
+        try:
+            yield settings
+        finally:
+            db.stop_embedded(settings)
 
 
 @pytest.fixture
@@ -76,21 +72,11 @@ def workspace(platform: Settings, tmp_path: Path) -> Settings:
 @pytest.fixture(scope="session")
 def s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
     """A real S3 API (SeaweedFS) on 127.0.0.1 with credentials in the standard AWS variables."""
-    keys = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION")
-    saved = {k: os.environ.get(k) for k in keys}
     with seaweedfs(tmp_path_factory.mktemp("seaweedfs")) as server:
-        os.environ.update(
-            {
-                "AWS_ACCESS_KEY_ID": server.access_key,
-                "AWS_SECRET_ACCESS_KEY": server.secret_key,
-                "AWS_DEFAULT_REGION": "us-east-1",
-            }
-        )
-        try:
+        credentials = {
+            "AWS_ACCESS_KEY_ID": server.access_key,
+            "AWS_SECRET_ACCESS_KEY": server.secret_key,
+            "AWS_DEFAULT_REGION": "us-east-1",
+        }
+        with scoped_environ(credentials):
             yield server
-        finally:
-            for k, v in saved.items():
-                if v is None:
-                    os.environ.pop(k, None)
-                else:
-                    os.environ[k] = v

@@ -40,6 +40,7 @@ def test_kubernetes_runtime_launches_the_rendered_pod(cluster_env: None, monkeyp
         pod = self.build_pod_request_obj(context, dry_run=True)  # dry_run: no kube config here
         sent["pod"] = ApiClient().sanitize_for_serialization(pod)
         sent["namespace"] = self.namespace
+        sent["skip_on_exit_code"] = list(self.skip_on_exit_code)
         return {"rows": 1}
 
     monkeypatch.setattr(KubernetesPodOperator, "execute", fake_execute)
@@ -61,15 +62,16 @@ def test_kubernetes_runtime_launches_the_rendered_pod(cluster_env: None, monkeyp
     assert pod["metadata"]["namespace"] == sent["namespace"] == "ml"
     # The provider adds its XCom sidecar, which reads what the step writes to MLCYCLE_XCOM_PATH.
     assert any(c["name"] == "airflow-xcom-sidecar" for c in pod["spec"]["containers"])
+    assert sent["skip_on_exit_code"] == [100]
 
 
 def test_local_runtime_failure_codes(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    from airflow.sdk.exceptions import AirflowFailException
+    from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
     from operators.local import LocalProcess, StepFailed
 
     monkeypatch.setenv("MLCYCLE_STATE_DIR", str(tmp_path))
-    codes = iter([3, 1])
+    codes = iter([100, 3, 1])
 
     def fail(self: LocalProcess, log: Any, cwd: str | None = None) -> None:
         raise StepFailed(["mlcycle"], next(codes), ["boom"])
@@ -77,6 +79,8 @@ def test_local_runtime_failure_codes(monkeypatch: pytest.MonkeyPatch, tmp_path: 
     monkeypatch.setattr(LocalProcess, "run", fail)
     op = PipelineStepOperator(task_id="validate", pipeline="churn", step="validate", runtime="local")
     op.run_key = "r1"
+    with pytest.raises(AirflowSkipException, match="boom"):  # a failed gate: skip the rest of the run
+        op.execute(_context("r1"))
     with pytest.raises(AirflowFailException):  # rejected data: no retry
         op.execute(_context("r1"))
     with pytest.raises(StepFailed):  # anything else: Airflow retries

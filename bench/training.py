@@ -1,0 +1,112 @@
+"""Training benchmarks on the bundled dataset.
+
+1. The same Optuna search (same sampler seed, same trials budget) with the median pruner and with
+   none: wall time and best validation ROC AUC, and their ratios.
+2. Scoring latency of the best model: ONNX Runtime against torch eager, at batch 1 and batch 64
+   (median of many calls, inputs prepared beforehand), and the ratio. The ONNX graph starts from raw
+   columns, so its time includes the string-to-code lookups that torch is handed precomputed.
+
+    .venv/bin/python bench/training.py [--trials 12]
+
+It runs the lifecycle steps in a throw-away state directory and stops its database afterwards.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import shutil
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import yaml
+
+from pipelines import db
+from pipelines.runner import run_step
+from pipelines.settings import PROJECT_DIR, Settings
+
+
+def write_spec(directory: Path, name: str, pruner: str, trials: int) -> None:
+    spec = yaml.safe_load((PROJECT_DIR / "include" / "pipelines" / "churn.yaml").read_text())
+    spec["name"] = name
+    spec["training"].update({"pruner": pruner, "n_trials": trials, "timeout_s": None})
+    (directory / f"{name}.yaml").write_text(yaml.safe_dump(spec))
+
+
+def median_ms(fn, repeats: int) -> float:  # type: ignore[no-untyped-def]
+    for _ in range(20):
+        fn()
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return statistics.median(times) * 1000
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--trials", type=int, default=12)
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.WARNING)
+    state = Path(tempfile.mkdtemp(prefix="mlcycle-bench-"))
+    specs = state / "pipelines"
+    specs.mkdir()
+    settings = Settings(state_dir=state, pipelines_dir=specs)
+    try:
+        db.migrate(settings)
+        # Import what the train step needs before timing, so neither search pays for it.
+        import mlflow  # noqa: F401
+        import onnx  # noqa: F401
+        import optuna  # noqa: F401
+        import torch
+
+        results = {}
+        for pruner in ("median", "none"):
+            name = f"bench_{pruner}"
+            write_spec(specs, name, pruner, args.trials)
+            for step in ("ingest", "validate", "features"):
+                run_step(step, name, "bench", settings)
+            started = time.perf_counter()
+            out = run_step("train", name, "bench", settings)
+            results[pruner] = (time.perf_counter() - started, out["best_value"], out["trials"])
+        (tp, bp, cp), (tn, bn, cn) = results["median"], results["none"]
+        print(f"Optuna search, {args.trials} trials, churn spec (2 cores, CPU):")
+        print(f"  no pruning (baseline): {tn:6.1f}s  best val ROC AUC {bn:.4f}  {cn}")
+        print(f"  median pruner:         {tp:6.1f}s  best val ROC AUC {bp:.4f}  {cp}")
+        print(f"  ratio pruned / unpruned: wall time {tp / tn:.2f}x, best metric {bp / bn:.4f}x")
+
+        from pipelines.model import encode, load_module, onnx_session, session_feed
+        from pipelines.storage import open_storage, read_parquet
+
+        storage = open_storage(settings)
+        module, enc, _ = load_module(storage.read_bytes("bench_none/bench/train/model.pt"))
+        session = onnx_session(storage.read_bytes("bench_none/bench/train/model.onnx"))
+        test = read_parquet(storage, "bench_none/bench/features/test.parquet")
+        torch.set_num_threads(1)
+        print("scoring latency, median per call (inputs prepared beforehand):")
+        for batch in (1, 64):
+            rows = test.head(batch)
+            num, codes = encode(rows, enc)
+            x_num, x_cat = torch.from_numpy(num), torch.from_numpy(codes)
+            feed = session_feed(session, rows)
+
+            def eager(x_num: torch.Tensor = x_num, x_cat: torch.Tensor = x_cat) -> None:
+                with torch.no_grad():
+                    torch.sigmoid(module(x_num, x_cat))
+
+            t_torch = median_ms(eager, 500)
+            t_onnx = median_ms(lambda: session.run(["score"], feed), 500)  # noqa: B023
+            print(
+                f"  batch {batch:>2}: torch eager (baseline) {t_torch:.4f} ms, ONNX Runtime {t_onnx:.4f} ms, "
+                f"ratio ONNX / torch {t_onnx / t_torch:.2f}x"
+            )
+    finally:
+        db.stop_embedded(settings)
+        shutil.rmtree(state, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
