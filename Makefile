@@ -31,7 +31,7 @@ test-unit: setup
 lint: setup
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
-	$(VENV)/bin/mypy pipelines operators feature_repo dags/lifecycle.py
+	$(VENV)/bin/mypy pipelines operators feature_repo serving dags/lifecycle.py
 
 bench: setup
 	$(PY) bench/features.py

@@ -128,11 +128,15 @@ def gate(
     if champion is not None and difference is not None:
         gain = difference["difference"] if higher else -difference["difference"]
         lower = difference["lower"] if higher else -difference["upper"]
-        beats = gain >= cfg.min_improvement and lower > 0
+        # Superiority (min_improvement >= 0): the interval must clear zero. Non-inferiority
+        # (min_improvement < 0, "no worse than the champion by more than the margin"): it must
+        # clear the margin.
+        bound = min(0.0, cfg.min_improvement)
+        beats = gain >= cfg.min_improvement and lower > bound
         reasons.append(
             f"{'beats' if beats else 'does not beat'} the champion: {name} {champion[name]:.4f} -> {value:.4f}, "
             f"improvement {gain:+.4f} (needed {cfg.min_improvement:+.4f}), {difference['confidence']:.0%} CI lower "
-            f"bound {lower:+.4f} (needed > 0)"
+            f"bound {lower:+.4f} (needed > {bound:+.4f})"
         )
         passed &= beats
     else:

@@ -43,6 +43,10 @@ class Settings(BaseSettings):
     s3_region: str = "us-east-1"
     redis_url: str | None = None
     runtime: Literal["local", "kubernetes"] | None = None
+    # Ray Serve: the cluster to deploy to (None: start or reuse the embedded one) and its HTTP port.
+    ray_address: str | None = None
+    serve_host: str = "127.0.0.1"
+    serve_port: int = 8000
     # Kubernetes: what the rendered pods look like.
     image: str = "mlcycle-step:latest"
     image_pull_policy: Literal["Always", "IfNotPresent", "Never"] = "IfNotPresent"

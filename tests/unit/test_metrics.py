@@ -76,6 +76,15 @@ def test_gate() -> None:
     assert not small["passed"]
 
 
+def test_gate_non_inferiority() -> None:
+    cfg = Evaluation(primary_metric="roc_auc", min_primary=0.7, min_improvement=-0.02)
+    champ = {"roc_auc": 0.80}
+    close = {"difference": -0.005, "lower": -0.015, "upper": 0.005, "confidence": 0.95}
+    assert gate(cfg, {"roc_auc": 0.795}, champ, close, None)["passed"]
+    far = {"difference": -0.01, "lower": -0.03, "upper": 0.01, "confidence": 0.95}
+    assert not gate(cfg, {"roc_auc": 0.79}, champ, far, None)["passed"]
+
+
 def test_gate_lower_is_better() -> None:
     cfg = Evaluation(primary_metric="log_loss", min_primary=0.4, min_improvement=0.0)
     assert gate(cfg, {"log_loss": 0.3}, None, None, None)["passed"]

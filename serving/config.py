@@ -1,0 +1,59 @@
+"""The serving application's typed arguments: a canary is configuration, not code."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+
+class VersionConfig(BaseModel):
+    """One model version in the application: its traffic weight (percent) or shadow role."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    version: int = Field(ge=1)
+    weight: float = Field(default=0.0, ge=0.0, le=100.0)
+    shadow: bool = False
+
+
+class ServingArgs(BaseModel):
+    """Everything `build_app` needs. Weights and batching can change at run time (user_config)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    pipeline: str
+    model_name: str
+    entity_key: str
+    features: list[str] = Field(min_length=1)
+    versions: list[VersionConfig] = Field(min_length=1)
+    api_keys_env: str = "MLCYCLE_SERVING_API_KEYS"
+    max_payload_bytes: int = Field(default=1_048_576, ge=1024)
+    max_instances: int = Field(default=1000, ge=1)
+    max_batch_size: int = Field(default=32, ge=1)
+    batch_wait_timeout_s: float = Field(default=0.005, ge=0.0)
+    online_features: bool = True
+    log_requests: bool = True
+    replica_cpus: float = Field(default=0.25, gt=0.0)
+    canary: dict[str, object] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _weights(self) -> ServingArgs:
+        served = [v for v in self.versions if not v.shadow]
+        if not served:
+            raise ValueError("at least one version must serve traffic (not shadow)")
+        if abs(sum(v.weight for v in served) - 100.0) > 1e-6:
+            raise ValueError(f"weights of the served versions must add up to 100, got {sum(v.weight for v in served)}")
+        if any(v.shadow and v.weight for v in self.versions):
+            raise ValueError("a shadow version takes no weight")
+        if len({v.version for v in self.versions}) != len(self.versions):
+            raise ValueError("each version appears once")
+        return self
+
+    @property
+    def route_prefix(self) -> str:
+        return f"/v1/pipelines/{self.pipeline}"
+
+    def weights(self) -> dict[int, float]:
+        return {v.version: v.weight for v in self.versions if not v.shadow}
+
+    def shadow(self) -> int | None:
+        return next((v.version for v in self.versions if v.shadow), None)

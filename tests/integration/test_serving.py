@@ -1,0 +1,202 @@
+"""The Ray Serve application against a real local Ray, with models from the real registry."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import pytest
+
+from pipelines import db
+from pipelines.registry import model_name
+from pipelines.runner import spec_for
+from pipelines.settings import Settings, scoped_environ
+from serving.config import VersionConfig
+from serving.deploy import connect, deploy, endpoint, serving_args
+from tests.integration.helpers import run_through, small_spec
+from tests.services import free_port_pairs
+
+pytestmark = pytest.mark.integration
+
+PIPELINE = "churn_serve"
+KEY = "test-key-1"
+LIFECYCLE = ("ingest", "validate", "features", "train", "evaluate", "promote")
+FAST = {"n_trials": 2, "max_epochs": 3, "early_stopping_patience": 2, "pruner": "none", "batch_size": 128}
+# Non-inferiority: a retrain on the same data may register as challenger.
+EVAL = {"min_primary": 0.6, "min_improvement": -0.2, "bootstrap_samples": 100, "max_latency_ms_per_row": 50.0}
+
+
+@pytest.fixture(scope="module")
+def served(platform: Settings, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Settings]:
+    import ray
+    from ray import serve
+
+    tmp = tmp_path_factory.mktemp("serving")
+    (tmp / "pipelines").mkdir()
+    settings = platform.model_copy(
+        update={
+            "pipelines_dir": tmp / "pipelines",
+            "artifact_root": str(tmp / "artifacts"),
+            "serve_port": free_port_pairs(1)[0],
+        }
+    )
+    small_spec(
+        settings,
+        {"kind": "synthetic", "customers": 600, "months": 8, "seed": 4},
+        name=PIPELINE,
+        training=FAST,
+        evaluation=EVAL,
+    )
+    assert run_through(settings, "serve-1", LIFECYCLE, PIPELINE)["promote"]["version"] == 1
+    assert run_through(settings, "serve-2", LIFECYCLE, PIPELINE)["promote"]["version"] == 2
+    env = {
+        "MLCYCLE_PIPELINES_DIR": str(settings.pipelines_dir),
+        "MLCYCLE_ARTIFACT_ROOT": str(settings.artifact_root),
+        "MLCYCLE_SERVING_API_KEYS": f"{KEY},another-key",
+    }
+    with scoped_environ(env):
+        ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False, namespace="mlcycle")
+        try:
+            connect(settings)
+            yield settings
+        finally:
+            serve.shutdown()
+            ray.shutdown()
+
+
+def _deploy(settings: Settings, weights: dict[int, float], shadow: int | None = None) -> None:
+    versions = [VersionConfig(version=v, weight=w) for v, w in weights.items()]
+    if shadow is not None:
+        versions.append(VersionConfig(version=shadow, shadow=True))
+    deploy(serving_args(spec_for(settings, PIPELINE), versions, model_name(PIPELINE)))
+
+
+def _client(settings: Settings) -> httpx.Client:
+    return httpx.Client(base_url=endpoint(settings, PIPELINE), headers={"x-api-key": KEY}, timeout=30)
+
+
+def _predict(client: httpx.Client, ids: list[int], **extra: Any) -> httpx.Response:
+    return client.post("/predict", json={"instances": [{"entity_id": i} for i in ids], **extra})
+
+
+def test_predict_returns_a_version_and_is_logged(served: Settings) -> None:
+    _deploy(served, {1: 100})
+    with _client(served) as c:
+        assert c.get("/healthz").json() == {"status": "ok"}
+        r = _predict(c, [1, 2, 3])
+        assert r.status_code == 200, r.text
+        body = r.json()
+        assert [p["version"] for p in body["predictions"]] == [1, 1, 1]
+        assert all(0 < p["score"] < 1 for p in body["predictions"])
+        # Request-time features override the online store's.
+        over = c.post("/predict", json={"instances": [{"entity_id": 1, "features": {"support_calls_30d": 40}}]})
+        assert over.json()["predictions"][0]["score"] != body["predictions"][0]["score"]
+        info = c.get("/").json()
+        assert info["weights"] == {"1": 100.0}
+    rows = _wait_for_rows(served, body["request_id"], 3)
+    assert {(r[0], r[1], r[2]) for r in rows} == {("1", 1, "ok"), ("2", 1, "ok"), ("3", 1, "ok")}
+    assert all(r[3]["usage_hours_30d"] is not None for r in rows)  # the features used are logged
+    (overridden,) = _wait_for_rows(served, over.json()["request_id"], 1)
+    assert overridden[3]["support_calls_30d"] == 40
+
+
+def _wait_for_rows(settings: Settings, request_id: str, n: int, shadow: bool | None = None) -> list[tuple[Any, ...]]:
+    deadline = time.monotonic() + 15
+    while True:
+        with db.connect(settings) as conn:
+            rows = conn.execute(
+                "SELECT entity_id, model_version, status, features, score, shadow FROM inference_requests"
+                " WHERE request_id = %s AND (%s::bool IS NULL OR shadow = %s)",
+                (request_id, shadow, shadow),
+            ).fetchall()
+        if len(rows) >= n or time.monotonic() > deadline:
+            return rows
+        time.sleep(0.2)
+
+
+def test_auth_validation_and_size_limits(served: Settings) -> None:
+    _deploy(served, {1: 100})
+    with httpx.Client(base_url=endpoint(served, PIPELINE), timeout=30) as anon:
+        assert anon.post("/predict", json={"instances": [{"entity_id": 1}]}).status_code == 401
+        bad = anon.post("/predict", json={"instances": [{"entity_id": 1}]}, headers={"x-api-key": "wrong"})
+        assert bad.status_code == 401
+        bearer = anon.post(
+            "/predict", json={"instances": [{"entity_id": 1}]}, headers={"authorization": "Bearer another-key"}
+        )
+        assert bearer.status_code == 200
+    with _client(served) as c:
+        r = c.post("/predict", json={"instances": [{"entity_id": {"nested": 1}}]})
+        assert r.status_code == 422
+        assert r.json()["detail"][0]["field"].startswith("instances[0].entity_id")
+        r = c.post("/predict", json={"instances": []})
+        assert r.status_code == 422 and r.json()["detail"][0]["field"] == "instances"
+        r = c.post("/predict", content=b"{not json", headers={"content-type": "application/json"})
+        assert r.status_code == 422
+        r = c.post("/predict", json={"instances": [{"entity_id": 999999}]})  # unknown entity: no online features
+        assert r.status_code == 422 and "missing features" in r.json()["detail"][0]["message"]
+        big = {"instances": [{"entity_id": 1, "features": {"plan": "x" * 2_000_000}}]}
+        assert c.post("/predict", json=big).status_code == 413
+
+
+def test_weighted_split_is_sticky_and_monotone(served: Settings) -> None:
+    _deploy(served, {1: 70, 2: 30})
+    ids = list(range(1, 601)) * 5  # 3,000 predictions over 600 entities
+    seen: dict[int, set[int]] = {}
+    with _client(served) as c:
+        for i in range(0, len(ids), 100):
+            r = _predict(c, ids[i : i + 100])
+            assert r.status_code == 200, r.text
+            for p in r.json()["predictions"]:
+                seen.setdefault(int(p["entity_id"]), set()).add(p["version"])
+    assert all(len(v) == 1 for v in seen.values())  # one entity, one version
+    on_v2 = {e for e, v in seen.items() if v == {2}}
+    assert abs(len(on_v2) / len(seen) - 0.30) < 0.06
+    _deploy(served, {1: 50, 2: 50})
+    with _client(served) as c:
+        now = {int(p["entity_id"]): p["version"] for p in _predict(c, sorted(on_v2)).json()["predictions"]}
+    assert set(now.values()) == {2}  # a growing canary keeps the entities it had
+
+
+def test_shadow_answers_are_logged_not_returned(served: Settings) -> None:
+    _deploy(served, {1: 100}, shadow=2)
+    with _client(served) as c:
+        r = _predict(c, [5, 6])
+        assert {p["version"] for p in r.json()["predictions"]} == {1}
+    shadow_rows = _wait_for_rows(served, r.json()["request_id"], 2, shadow=True)
+    assert {(row[1], row[5]) for row in shadow_rows} == {(2, True)}
+    assert all(row[4] is not None for row in shadow_rows)
+
+
+def test_no_failed_request_while_weights_change(served: Settings) -> None:
+    # Both versions stay deployed; only the weights move (what the canary step does).
+    _deploy(served, {1: 100, 2: 0})
+    failures: list[str] = []
+    done = threading.Event()
+    count = [0]
+
+    def load() -> None:
+        with _client(served) as c:
+            deadline = time.monotonic() + 60
+            while not done.is_set() and time.monotonic() < deadline and count[0] < 2000:
+                try:
+                    r = _predict(c, [count[0] % 500 + 1])
+                    if r.status_code != 200:
+                        failures.append(f"{r.status_code} {r.text[:200]}")
+                except httpx.HTTPError as err:
+                    failures.append(repr(err))
+                count[0] += 1
+
+    t = threading.Thread(target=load)
+    t.start()
+    try:
+        for weights in ({1: 95, 2: 5}, {1: 75, 2: 25}, {1: 50, 2: 50}, {1: 0, 2: 100}, {1: 100, 2: 0}):
+            _deploy(served, weights)
+            time.sleep(0.5)
+    finally:
+        done.set()
+        t.join(90)
+    assert count[0] > 20
+    assert failures == []
