@@ -8,6 +8,7 @@
     mlcycle db migrate | url | stop        the platform database
     mlcycle runs show --pipeline P [--run-id R]
     mlcycle status P                       champion, challenger, last lifecycle runs
+    mlcycle serve start | stop             the embedded Ray Serve on 127.0.0.1
     mlcycle demo                           the churn lifecycle through Airflow, embedded
 
 Errors a user can cause print one readable message and exit 2 (3 for rejected data).
@@ -189,6 +190,23 @@ def _cmd_status(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_serve(args: argparse.Namespace) -> int:
+    from pipelines.settings import load_settings
+    from serving import embedded
+    from serving.deploy import endpoint
+
+    settings = load_settings()
+    if args.action == "stop":
+        embedded.stop()
+        print("stopped")
+        return 0
+    key = embedded.start(settings)
+    print(f"Ray Serve on http://{settings.serve_host}:{settings.serve_port}")
+    for spec_name in sorted(p.stem for p in settings.specs_path.glob("*.yaml")):
+        print(f"  {spec_name}: {endpoint(settings, spec_name)} (header x-api-key: {key[:4]}…)")
+    return 0
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     from pipelines.demo import run_demo
 
@@ -240,6 +258,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pipeline", required=True)
     p.add_argument("--run-id")
     p.set_defaults(func=_cmd_runs_show)
+
+    p = sub.add_parser("serve", help="the embedded Ray Serve (a local Ray head on 127.0.0.1)")
+    p.add_argument("action", choices=["start", "stop"])
+    p.set_defaults(func=_cmd_serve)
 
     p = sub.add_parser("status", help="a pipeline's champion, challenger and recent runs")
     p.add_argument("pipeline")

@@ -48,6 +48,10 @@ def run_demo(pipeline: str = "churn") -> int:
     started = time.monotonic()
     print(f"==> Airflow metadata in {env['AIRFLOW_HOME']}", flush=True)
     _airflow(["db", "migrate"], env, quiet=True)
+    from serving import embedded
+
+    print(f"==> Ray Serve on http://{settings.serve_host}:{settings.serve_port} (a local Ray head)", flush=True)
+    key = embedded.start(settings)
     print(f"==> running {pipeline}_lifecycle through Airflow (runtime local)", flush=True)
     try:
         _airflow(["dags", "test", f"{pipeline}_lifecycle"], env)
@@ -66,4 +70,12 @@ def run_demo(pipeline: str = "churn") -> int:
         f"\n==> the MLflow UI on the demo's database (runs, trials, the registry and its aliases):\n"
         f"    {mlflow} ui --host 127.0.0.1 --port 5000 --backend-store-uri '{mlflow_uri(settings)}'"
     )
+    from serving.deploy import endpoint
+
+    url = endpoint(settings, pipeline)
+    body = '{"instances": [{"entity_id": 42}]}'
+    print(f"\n==> the champion on Ray Serve (the key is in {settings.state_path / 'serving-api-key'}):")
+    print(f"    curl -s -H 'x-api-key: {key}' -H 'content-type: application/json' -d '{body}' {url}/predict")
+    print(f"    curl -s {url}/      # versions, weights, canary state")
+    print("    `make stop` stops Ray and the database")
     return code

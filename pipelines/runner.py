@@ -30,6 +30,7 @@ STEP_MODULES: dict[str, str] = {
     "train": "pipelines.train",
     "evaluate": "pipelines.evaluate",
     "promote": "pipelines.promote",
+    "canary": "pipelines.canary",
 }
 """The steps this version implements, in lifecycle order."""
 

@@ -227,48 +227,60 @@ class Ingress:
             shadow_call = self.handles[shadow].predict.remote(instances)
             asyncio.get_running_loop().create_task(self._shadow(shadow, shadow_call, instances, request_id, started))
         results: list[dict[str, Any] | None] = [None] * len(instances)
-        for version, call in calls.items():
-            idx = groups[version]
-            try:
-                out = await call
-            except Exception as err:  # the version failed: log it, answer 503
-                elapsed = (time.perf_counter() - started) * 1000
-                for n in idx:
-                    self._log(request_id, version, instances[n], None, elapsed, "error", repr(err)[:500], False)
-                self.requests.inc(
-                    len(idx),
-                    tags={
-                        "pipeline": self.args.pipeline,
-                        "version": str(version),
-                        "status": "error",
-                        "shadow": "false",
-                    },
-                )
+        for version, idx in groups.items():
+            answered, out = await self._answer(
+                version, calls[version], [instances[n] for n in idx], request_id, started
+            )
+            if out is None:
                 return JSONResponse(
-                    {"error": f"model version {version} failed", "request_id": str(request_id)}, status_code=503
+                    {"error": "no model version could answer", "request_id": str(request_id)}, status_code=503
                 )
             if "missing" in out:
-                return JSONResponse(
-                    {
-                        "error": "invalid request",
-                        "detail": [
-                            {"field": f"instances[entity_id={e}].features", "message": f"missing features {m}"}
-                            for e, m in out["missing"].items()
-                        ],
-                    },
-                    status_code=422,
-                )
+                detail = [
+                    {"field": f"instances[entity_id={e}].features", "message": f"missing features {m}"}
+                    for e, m in out["missing"].items()
+                ]
+                return JSONResponse({"error": "invalid request", "detail": detail}, status_code=422)
             for j, n in enumerate(idx):
-                results[n] = {"entity_id": instances[n]["entity_id"], "version": version, "score": out["scores"][j]}
+                results[n] = {"entity_id": instances[n]["entity_id"], "version": answered, "score": out["scores"][j]}
                 instances[n]["_features"] = out["features"][j]
         elapsed = (time.perf_counter() - started) * 1000
-        for version, idx in groups.items():
+        for n, result in enumerate(results):
+            assert result is not None
+            self._log(request_id, result["version"], instances[n], result["score"], elapsed, "ok", None, False)
+        for version in {r["version"] for r in results if r is not None}:
             tags = {"pipeline": self.args.pipeline, "version": str(version)}
-            self.requests.inc(len(idx), tags={**tags, "status": "ok", "shadow": "false"})
+            served = sum(1 for r in results if r is not None and r["version"] == version)
+            self.requests.inc(served, tags={**tags, "status": "ok", "shadow": "false"})
             self.latency.observe(elapsed, tags=tags)
-            for n in idx:
-                self._log(request_id, version, instances[n], results[n]["score"], elapsed, "ok", None, False)  # type: ignore[index]
         return JSONResponse({"request_id": str(request_id), "predictions": results})
+
+    async def _answer(
+        self, version: int, call: Any, instances: list[dict[str, Any]], request_id: uuid.UUID, started: float
+    ) -> tuple[int, dict[str, Any] | None]:
+        """The version's answer; if it raises or times out, the failure is logged against it (the
+        canary reads that) and the fallback version answers, so clients do not pay for a bad
+        canary. Returns the version that answered and its output (None: nobody could)."""
+        try:
+            return version, await asyncio.wait_for(call, self.args.request_timeout_s)
+        except Exception as err:
+            elapsed = (time.perf_counter() - started) * 1000
+            reason = "timeout" if isinstance(err, TimeoutError) else repr(err)[:500]
+            for inst in instances:
+                self._log(request_id, version, inst, None, elapsed, "error", reason, False)
+            self.requests.inc(
+                len(instances),
+                tags={"pipeline": self.args.pipeline, "version": str(version), "status": "error", "shadow": "false"},
+            )
+        fallback = self.args.fallback(version)
+        if fallback is None or fallback not in self.handles:
+            return version, None
+        try:
+            call = self.handles[fallback].predict.remote(instances)
+            return fallback, await asyncio.wait_for(call, self.args.request_timeout_s)
+        except Exception:
+            log.exception("fallback version %s failed too", fallback)
+            return fallback, None
 
     # ------------------------------------------------------------------------- off the hot path
     async def _shadow(

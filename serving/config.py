@@ -33,6 +33,7 @@ class ServingArgs(BaseModel):
     online_features: bool = True
     log_requests: bool = True
     replica_cpus: float = Field(default=0.25, gt=0.0)
+    request_timeout_s: float = Field(default=10.0, gt=0.0)
     canary: dict[str, object] = Field(default_factory=dict)
 
     @model_validator(mode="after")
@@ -54,6 +55,13 @@ class ServingArgs(BaseModel):
 
     def weights(self) -> dict[int, float]:
         return {v.version: v.weight for v in self.versions if not v.shadow}
+
+    def fallback(self, failed: int) -> int | None:
+        """The version that answers when `failed` raises or times out: the heaviest other one."""
+        others = [(w, v) for v, w in self.weights().items() if v != failed and w > 0]
+        if not others:
+            others = [(0.0, v.version) for v in self.versions if v.version != failed and not v.shadow]
+        return max(others)[1] if others else None
 
     def shadow(self) -> int | None:
         return next((v.version for v in self.versions if v.shadow), None)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from typing import TYPE_CHECKING, Any
 
 from serving.config import ServingArgs, VersionConfig
@@ -34,13 +35,25 @@ def serving_args(
 
 
 def connect(settings: Settings) -> None:
-    """Join the Ray cluster of the settings (`MLCYCLE_RAY_ADDRESS`, else `auto`) and make sure
-    Serve's HTTP proxy listens where the settings say."""
+    """Join the Ray cluster of the settings (`MLCYCLE_RAY_ADDRESS`; embedded default: the local
+    head of `mlcycle serve start`) and make sure Serve's HTTP proxy listens where they say."""
+    # Ray clusters require a token (~/.ray/auth_token); a client must say it uses one, before
+    # Ray reads its configuration.
+    os.environ.setdefault("RAY_AUTH_MODE", "token")
     import ray
     from ray import serve
 
+    from pipelines.errors import SettingsError
+
     if not ray.is_initialized():
-        ray.init(address=settings.ray_address or "auto", namespace="mlcycle", log_to_driver=False)
+        address = settings.ray_address or ("127.0.0.1:6380" if settings.profile == "embedded" else "auto")
+        try:
+            ray.init(address=address, namespace="mlcycle", log_to_driver=False)
+        except ConnectionError as err:
+            raise SettingsError(
+                f"no Ray cluster at {address} ({err}); on one machine start it with "
+                "`mlcycle serve start`, or set MLCYCLE_RAY_ADDRESS"
+            ) from None
     serve.start(http_options={"host": settings.serve_host, "port": settings.serve_port})
 
 

@@ -5,20 +5,26 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pandas as pd
 import pytest
 
 from pipelines import db
 from pipelines.demo import airflow_env
 from pipelines.registry import audit
-from pipelines.settings import Settings
+from pipelines.settings import Settings, scoped_environ
 from pipelines.storage import open_storage, read_parquet
 from tests.conftest import churn_spec_dict
 from tests.integration.helpers import small_spec
+from tests.services import free_port_pairs
 
 pytestmark = pytest.mark.e2e
+
+
+KEY = "e2e-serving-key"
 
 
 @pytest.fixture(scope="module")
@@ -26,13 +32,42 @@ def airflow_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("airflow")
 
 
-def _airflow(args: list[str], settings: Settings, home: Path) -> subprocess.CompletedProcess[str]:
+@pytest.fixture(scope="module")
+def ray_head(platform: Settings) -> Iterator[dict[str, str]]:
+    """A local Ray head with Serve on 127.0.0.1, as `mlcycle serve start` makes one."""
+    from serving import embedded
+
+    gcs, http = free_port_pairs(2)
+    settings = platform.model_copy(update={"ray_address": f"127.0.0.1:{gcs}", "serve_port": http})
+    env = {
+        "RAY_AUTH_MODE": "token",
+        "MLCYCLE_RAY_ADDRESS": f"127.0.0.1:{gcs}",
+        "MLCYCLE_SERVE_PORT": str(http),
+        "MLCYCLE_SERVING_API_KEYS": KEY,
+    }
+    with scoped_environ(env):
+        embedded.start(settings)
+        import ray
+        from ray import serve
+
+        try:
+            yield env
+        finally:
+            serve.shutdown()
+            ray.shutdown()
+            embedded.stop()
+
+
+def _airflow(
+    args: list[str], settings: Settings, home: Path, extra: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
     env = airflow_env(settings, dict(os.environ))
     env.update(
         {
             "AIRFLOW_HOME": str(home),
             "MLCYCLE_PIPELINES_DIR": str(settings.pipelines_dir),
             "MLCYCLE_ARTIFACT_ROOT": str(settings.artifact_root),
+            **(extra or {}),
         }
     )
     exe = str(Path(sys.executable).parent / "airflow")
@@ -58,14 +93,24 @@ FAST = {"n_trials": 3, "max_epochs": 4, "early_stopping_patience": 2, "pruner": 
 EVAL = {"min_primary": 0.6, "bootstrap_samples": 200, "max_latency_ms_per_row": 50.0}
 
 
-def test_lifecycle_dag_runs_to_a_champion_then_rejects_a_worse_model(workspace: Settings, airflow_home: Path) -> None:
+def test_lifecycle_dag_runs_to_a_served_champion_then_rejects_a_worse_model(
+    workspace: Settings, airflow_home: Path, ray_head: dict[str, str]
+) -> None:
     source = {"kind": "synthetic", "customers": 500, "months": 8, "seed": 21}
     small_spec(workspace, source, training=FAST, evaluation=EVAL)
     assert _airflow(["db", "migrate"], workspace, airflow_home).returncode == 0
-    done = _airflow(["dags", "test", "churn_lifecycle"], workspace, airflow_home)
+    done = _airflow(["dags", "test", "churn_lifecycle"], workspace, airflow_home, ray_head)
     assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-4000:]
     run_id, steps = _latest_run(workspace)
-    assert steps == {s: ("succeeded", 1) for s in ("ingest", "validate", "features", "train", "evaluate", "promote")}
+    lifecycle = ("ingest", "validate", "features", "train", "evaluate", "promote", "canary")
+    assert steps == {s: ("succeeded", 1) for s in lifecycle}
+    # The champion answers on Ray Serve with its version, behind the API key.
+    url = f"http://127.0.0.1:{ray_head['MLCYCLE_SERVE_PORT']}/v1/pipelines/churn/predict"
+    body = {"instances": [{"entity_id": 3}]}
+    assert httpx.post(url, json=body, timeout=30).status_code == 401
+    served = httpx.post(url, json=body, headers={"x-api-key": KEY}, timeout=30)
+    assert served.status_code == 200, served.text
+    assert served.json()["predictions"][0]["version"] == 1
     storage = open_storage(workspace)
     train = read_parquet(storage, f"churn/{run_id}/features/train.parquet")
     assert len(train) > 500 and "usage_hours_30d" in train.columns
@@ -88,9 +133,10 @@ def test_lifecycle_dag_runs_to_a_champion_then_rejects_a_worse_model(workspace: 
         evaluation=EVAL,
         model=crippled,
     )
-    done = _airflow(["dags", "test", "churn_lifecycle"], workspace, airflow_home)
+    done = _airflow(["dags", "test", "churn_lifecycle"], workspace, airflow_home, ray_head)
     assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-4000:]
     second, steps = _latest_run(workspace)
+    assert "canary" not in steps  # skipped by Airflow with promote: it never ran
     assert second != run_id
     assert steps["evaluate"] == ("succeeded", 1)
     assert steps["promote"] == ("skipped", 1)

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -58,7 +60,8 @@ def served(platform: Settings, tmp_path_factory: pytest.TempPathFactory) -> Iter
         "MLCYCLE_SERVING_API_KEYS": f"{KEY},another-key",
     }
     with scoped_environ(env):
-        ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False, namespace="mlcycle")
+        # A cluster of the test's own, even where `mlcycle serve start` runs one already.
+        ray.init(address="local", num_cpus=4, include_dashboard=False, log_to_driver=False, namespace="mlcycle")
         try:
             connect(settings)
             yield settings
@@ -200,3 +203,152 @@ def test_no_failed_request_while_weights_change(served: Settings) -> None:
         t.join(90)
     assert count[0] > 20
     assert failures == []
+
+
+# ------------------------------------------------------------------------------------- canary
+CANARY = {
+    "steps": [20, 100],
+    "dwell_s": 4,
+    "min_requests": 15,
+    "max_error_rate": 0.05,
+    "max_p99_latency_ms": 3000,
+    "max_score_shift": 0.3,
+}
+
+
+class Load:
+    """Steady single-entity traffic in a thread, bounded in count and time; counts client failures."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings, self.done = settings, threading.Event()
+        self.sent, self.failures = 0, []
+        self.thread = threading.Thread(target=self._run)
+
+    def _run(self) -> None:
+        with _client(self.settings) as c:
+            deadline = time.monotonic() + 180
+            while not self.done.is_set() and time.monotonic() < deadline and self.sent < 20_000:
+                try:
+                    r = _predict(c, [self.sent % 500 + 1])
+                    if r.status_code != 200:
+                        self.failures.append(f"{r.status_code} {r.text[:200]}")
+                except httpx.HTTPError as err:
+                    self.failures.append(repr(err))
+                self.sent += 1
+
+    def __enter__(self) -> Load:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.done.set()
+        self.thread.join(60)
+
+
+def _register_faulty(settings: Settings) -> int:
+    """A release that fails at run time: the champion's graph with a reshape no batch fits."""
+    import mlflow
+    import mlflow.onnx
+    from onnx import TensorProto, helper
+
+    from pipelines.registry import CHALLENGER, move_alias
+    from pipelines.tracking import setup_mlflow
+
+    setup_mlflow(settings, PIPELINE)
+    model = mlflow.onnx.load_model(f"models:/{model_name(PIPELINE)}@champion")
+    g = model.graph
+    g.output[0].name = "score_raw"
+    for node in g.node:
+        node.output[:] = ["score_raw" if o == "score" else o for o in node.output]
+    g.initializer.append(helper.make_tensor("bad_shape", TensorProto.INT64, [2], [-1, 1000003]))
+    g.node.append(helper.make_node("Reshape", ["score_raw", "bad_shape"], ["score"]))
+    del g.output[:]
+    g.output.append(helper.make_tensor_value_info("score", TensorProto.FLOAT, ["n", 1000003]))
+    client = mlflow.MlflowClient()
+    with mlflow.start_run(run_name="faulty release"):
+        info = mlflow.onnx.log_model(model, name="model")
+    version = int(client.create_model_version(model_name(PIPELINE), info.model_uri).version)
+    move_alias(
+        settings,
+        client,
+        pipeline=PIPELINE,
+        alias=CHALLENGER,
+        version=version,
+        actor="test",
+        run_id="faulty",
+        reason="a release that raises",
+    )
+    return version
+
+
+def test_a_raising_challenger_is_rolled_back(served: Settings) -> None:
+    from pipelines.canary import CanaryRolledBack
+    from pipelines.registry import alias_version
+    from tests.integration.helpers import run
+
+    small_spec(
+        served,
+        {"kind": "synthetic", "customers": 600, "months": 8, "seed": 4},
+        name=PIPELINE,
+        training=FAST,
+        evaluation=EVAL,
+        canary=CANARY,
+    )
+    faulty = _register_faulty(served)
+    _deploy(served, {1: 100})
+    with Load(served) as load, pytest.raises(CanaryRolledBack, match=f"v{faulty} rolled back at 20%"):
+        run(served, "canary", "serve-2", pipeline=PIPELINE)
+    assert load.sent > 50
+    assert len(load.failures) / load.sent < 0.001, load.failures[:3]
+    import mlflow
+
+    client = mlflow.MlflowClient()
+    assert int(alias_version(client, model_name(PIPELINE), "champion").version) == 1
+    assert int(alias_version(client, model_name(PIPELINE), "challenger").version) == faulty  # the alias stays
+    with _client(served) as c:
+        info = c.get("/").json()
+    assert info["weights"] == {"1": 100.0} and info["canary"]["state"] == "rolled back"
+    report = json.loads(Path(str(served.artifact_root), PIPELINE, "serve-2", "canary", "report.json").read_text())
+    assert report["outcome"] == "rolled_back"
+    assert "error rate" in report["steps"][0]["reasons"][0]
+
+
+def test_a_healthy_challenger_is_promoted(served: Settings) -> None:
+    import mlflow
+
+    from pipelines.registry import CHALLENGER, alias_version, audit, move_alias
+    from tests.integration.helpers import run
+
+    small_spec(
+        served,
+        {"kind": "synthetic", "customers": 600, "months": 8, "seed": 4},
+        name=PIPELINE,
+        training=FAST,
+        evaluation=EVAL,
+        canary=CANARY,
+    )
+    client = mlflow.MlflowClient()
+    move_alias(
+        served,
+        client,
+        pipeline=PIPELINE,
+        alias=CHALLENGER,
+        version=2,
+        actor="test",
+        run_id="serve-2",
+        reason="retry the canary of v2",
+    )
+    _deploy(served, {1: 100})
+    with Load(served) as load:
+        out = run(served, "canary", "serve-2", pipeline=PIPELINE)
+    assert out["outcome"] == "promoted"
+    assert [s["percent"] for s in out["steps"]] == [20, 100]
+    assert all(s["decision"] == "advance" for s in out["steps"])
+    assert load.failures == []
+    assert int(alias_version(client, model_name(PIPELINE), "champion").version) == 2
+    assert alias_version(client, model_name(PIPELINE), "challenger") is None
+    moves = [(r["alias"], r["from_version"], r["to_version"]) for r in audit(served, PIPELINE)][-2:]
+    assert moves == [("champion", 1, 2), ("challenger", 2, None)]
+    with _client(served) as c:
+        assert c.get("/").json()["weights"] == {"2": 100.0}
+        assert {p["version"] for p in _predict(c, [1, 2, 3]).json()["predictions"]} == {2}

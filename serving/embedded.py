@@ -1,0 +1,88 @@
+"""The embedded profile's Ray: a local head started by `mlcycle serve start`, on 127.0.0.1.
+
+Ray's workers inherit the environment of `ray start`, so the settings (state dir, pipelines dir)
+and the serving API keys reach the replicas. Without `MLCYCLE_SERVING_API_KEYS` in the
+environment, one key is generated into `<state_dir>/serving-api-key` (mode 600) and reused.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import subprocess
+import sys
+from pathlib import Path
+
+from pipelines.settings import Settings
+
+RAY_PORT = 6380
+
+
+def ray_port(settings: Settings) -> int:
+    """The GCS port of the embedded head: from `MLCYCLE_RAY_ADDRESS` (`host:port`), else 6380."""
+    if settings.ray_address and ":" in settings.ray_address:
+        return int(settings.ray_address.rsplit(":", 1)[1])
+    return RAY_PORT
+
+
+def api_key(settings: Settings) -> str:
+    """The first serving API key: from the environment, else the state dir's (made once)."""
+    env = os.environ.get("MLCYCLE_SERVING_API_KEYS", "")
+    if env.strip():
+        return env.split(",")[0].strip()
+    path = settings.state_path / "serving-api-key"
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            fh.write(secrets.token_urlsafe(24))
+    return path.read_text().strip()
+
+
+def ray_running(settings: Settings) -> bool:
+    ray = Path(sys.executable).parent / "ray"
+    address = f"127.0.0.1:{ray_port(settings)}"
+    env = {**os.environ, "RAY_AUTH_MODE": "token"}
+    status = subprocess.run([str(ray), "status", f"--address={address}"], capture_output=True, timeout=60, env=env)
+    return status.returncode == 0
+
+
+def start(settings: Settings) -> str:
+    """Start the local Ray head (if none runs) and Serve's HTTP proxy; returns the API key."""
+    key = api_key(settings)
+    if not ray_running(settings):
+        env = {
+            **os.environ,
+            "MLCYCLE_SERVING_API_KEYS": os.environ.get("MLCYCLE_SERVING_API_KEYS") or key,
+            "MLCYCLE_STATE_DIR": str(settings.state_path),
+            "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1",
+            "RAY_AUTH_MODE": "token",
+        }
+        if settings.pipelines_dir:
+            env["MLCYCLE_PIPELINES_DIR"] = str(settings.pipelines_dir)
+        ray = Path(sys.executable).parent / "ray"
+        subprocess.run(
+            [
+                str(ray),
+                "start",
+                "--head",
+                f"--port={ray_port(settings)}",
+                "--num-cpus=4",
+                "--include-dashboard=false",
+                "--disable-usage-stats",
+                "--node-ip-address=127.0.0.1",
+            ],
+            env=env,
+            check=True,
+            capture_output=True,
+            timeout=180,
+        )
+    from serving.deploy import connect
+
+    connect(settings.model_copy(update={"ray_address": f"127.0.0.1:{ray_port(settings)}"}))
+    return key
+
+
+def stop() -> None:
+    ray = Path(sys.executable).parent / "ray"
+    subprocess.run([str(ray), "stop", "--force"], capture_output=True, timeout=120)

@@ -1,0 +1,79 @@
+from __future__ import annotations
+
+import pytest
+from pydantic import ValidationError
+
+from pipelines.canary import figures, judge, plan_weights
+from pipelines.spec import Canary
+from serving.app import PredictRequest, validation_detail
+from serving.config import ServingArgs, VersionConfig
+from serving.router import bucket, choose
+
+
+def _args(*versions: VersionConfig) -> ServingArgs:
+    return ServingArgs(
+        pipeline="churn", model_name="mlcycle-churn", entity_key="customer_id", features=["a"], versions=list(versions)
+    )
+
+
+def test_routing_is_sticky_weighted_and_monotone() -> None:
+    ids = [str(i) for i in range(20_000)]
+    assert all(0 <= bucket(i) < 1 for i in ids[:100])
+    five = {i for i in ids if choose(i, {1: 95, 2: 5}) == 2}
+    quarter = {i for i in ids if choose(i, {1: 75, 2: 25}) == 2}
+    assert abs(len(five) / len(ids) - 0.05) < 0.01
+    assert abs(len(quarter) / len(ids) - 0.25) < 0.015
+    assert five <= quarter  # entities on the canary stay on it as it grows
+    assert {choose("42", {1: 50, 2: 50}) for _ in range(10)} == {choose("42", {1: 50, 2: 50})}
+    assert choose("x", {1: 0, 2: 100}) == 2
+    with pytest.raises(ValueError, match="no version has traffic"):
+        choose("x", {1: 0})
+
+
+def test_serving_args_validate_weights() -> None:
+    args = _args(
+        VersionConfig(version=1, weight=80), VersionConfig(version=2, weight=20), VersionConfig(version=3, shadow=True)
+    )
+    assert args.weights() == {1: 80, 2: 20}
+    assert args.shadow() == 3
+    assert args.fallback(2) == 1
+    assert args.route_prefix == "/v1/pipelines/churn"
+    with pytest.raises(ValidationError, match="add up to 100"):
+        _args(VersionConfig(version=1, weight=80))
+    with pytest.raises(ValidationError, match="takes no weight"):
+        _args(VersionConfig(version=1, weight=100), VersionConfig(version=2, weight=5, shadow=True))
+    with pytest.raises(ValidationError, match="each version appears once"):
+        _args(VersionConfig(version=1, weight=50), VersionConfig(version=1, weight=50))
+
+
+def test_validation_detail_names_the_field() -> None:
+    with pytest.raises(ValidationError) as err:
+        PredictRequest.model_validate({"instances": [{"entity_id": 1}, {"entity_id": [1], "extra": 2}]})
+    fields = {d["field"] for d in validation_detail(err.value)}
+    assert "instances[1].extra" in fields
+    assert any(f.startswith("instances[1].entity_id") for f in fields)
+
+
+def test_figures_and_judgement() -> None:
+    rows = [(1, "ok", 0.1, 10.0)] * 100 + [(2, "ok", 0.12, 12.0)] * 40 + [(2, "error", None, 30.0)] * 10
+    f = figures(rows)
+    assert f[1]["requests"] == 100 and f[1]["error_rate"] == 0
+    assert f[2]["errors"] == 10 and f[2]["error_rate"] == pytest.approx(0.2)
+    cfg = Canary(
+        steps=[10, 100], dwell_s=5, min_requests=30, max_error_rate=0.05, max_p99_latency_ms=100, max_score_shift=0.1
+    )
+    decision, reasons = judge(cfg, f[1], f[2], final=False)
+    assert decision == "rollback" and "error rate 20.00%" in reasons[0]
+    healthy = figures([(2, "ok", 0.12, 12.0)] * 40)[2]
+    assert judge(cfg, f[1], healthy, final=False)[0] == "wait"
+    assert judge(cfg, f[1], healthy, final=True)[0] == "advance"
+    few = figures([(2, "ok", 0.12, 12.0)] * 5)[2]
+    assert judge(cfg, f[1], few, final=False)[0] == "wait"
+    assert judge(cfg, f[1], few, final=True)[0] == "rollback"
+    assert judge(cfg, f[1], None, final=True) == ("rollback", ["the challenger received no traffic in this step"])
+    shifted = figures([(2, "ok", 0.5, 12.0)] * 40)[2]
+    decision, reasons = judge(cfg, f[1], shifted, final=True)
+    assert decision == "rollback" and "mean score moved" in reasons[0]
+    slow = figures([(2, "ok", 0.12, 500.0)] * 40)[2]
+    assert "p99" in judge(cfg, f[1], slow, final=False)[1][0]
+    assert plan_weights(1, 2, 25) == {1: 75.0, 2: 25.0}
