@@ -61,7 +61,9 @@ def start(settings: Settings) -> str:
         if settings.pipelines_dir:
             env["MLCYCLE_PIPELINES_DIR"] = str(settings.pipelines_dir)
         ray = Path(sys.executable).parent / "ray"
-        subprocess.run(
+        # Token authentication: make the token (~/.ray/auth_token) the head and clients share.
+        subprocess.run([str(ray), "get-auth-token", "--generate"], env=env, check=True, capture_output=True, timeout=60)
+        started = subprocess.run(
             [
                 str(ray),
                 "start",
@@ -73,10 +75,14 @@ def start(settings: Settings) -> str:
                 "--node-ip-address=127.0.0.1",
             ],
             env=env,
-            check=True,
             capture_output=True,
+            text=True,
             timeout=180,
         )
+        if started.returncode != 0:
+            from pipelines.errors import SettingsError
+
+            raise SettingsError(f"`ray start` failed ({started.returncode}): {started.stderr[-2000:]}")
     from serving.deploy import connect
 
     connect(settings.model_copy(update={"ray_address": f"127.0.0.1:{ray_port(settings)}"}))
