@@ -203,26 +203,21 @@ def run(ctx: StepContext) -> dict[str, Any]:
                 f"{name} v{challenger} rolled back at {percent}%: {'; '.join(reasons)}; "
                 f"v{champion} serves all traffic and stays champion"
             )
-    move_alias(
-        ctx.settings,
-        client,
-        pipeline=ctx.pipeline,
-        alias=CHAMPION,
-        version=challenger,
-        actor=actor,
-        run_id=ctx.run_id,
-        reason=f"canary passed {cfg.steps}",
-    )
-    move_alias(
-        ctx.settings,
-        client,
-        pipeline=ctx.pipeline,
-        alias=CHALLENGER,
-        version=None,
-        actor=actor,
-        run_id=ctx.run_id,
-        reason="promoted to champion",
-    )
+
+    def point(alias: str, version: int | None, reason: str) -> None:
+        move_alias(
+            ctx.settings,
+            client,
+            pipeline=ctx.pipeline,
+            alias=alias,
+            version=version,
+            actor=actor,
+            run_id=ctx.run_id,
+            reason=reason,
+        )
+
+    point(CHAMPION, challenger, f"canary passed {cfg.steps}")
+    point(CHALLENGER, None, "promoted to champion")
     serve_weights({challenger: 100.0}, {"state": "serving", "champion": challenger, "retired": champion})
     report.update(outcome="promoted", reason=f"v{challenger} passed every step; v{champion} retired")
     return _finish(ctx, report)

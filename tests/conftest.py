@@ -12,6 +12,9 @@ from typing import Any
 # Airflow reads its home at import: keep tests away from ~/airflow.
 os.environ.setdefault("AIRFLOW_HOME", tempfile.mkdtemp(prefix="mlcycle-airflow-home-"))
 os.environ.setdefault("AIRFLOW__CORE__LOAD_EXAMPLES", "False")
+# Ray reads its authentication mode when first imported (test collection imports it): clusters
+# use token authentication, so every Ray client in the session must know it.
+os.environ.setdefault("RAY_AUTH_MODE", "token")
 
 import pandas as pd
 import pytest

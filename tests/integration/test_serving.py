@@ -24,6 +24,7 @@ from tests.services import free_port_pairs
 pytestmark = pytest.mark.integration
 
 PIPELINE = "churn_serve"
+SOURCE = {"kind": "synthetic", "customers": 600, "months": 8, "seed": 4}
 KEY = "test-key-1"
 LIFECYCLE = ("ingest", "validate", "features", "train", "evaluate", "promote")
 FAST = {"n_trials": 2, "max_epochs": 3, "early_stopping_patience": 2, "pruner": "none", "batch_size": 128}
@@ -47,7 +48,7 @@ def served(platform: Settings, tmp_path_factory: pytest.TempPathFactory) -> Iter
     )
     small_spec(
         settings,
-        {"kind": "synthetic", "customers": 600, "months": 8, "seed": 4},
+        SOURCE,
         name=PIPELINE,
         training=FAST,
         evaluation=EVAL,
@@ -281,19 +282,17 @@ def _register_faulty(settings: Settings) -> int:
     return version
 
 
+def _canary_spec(settings: Settings) -> None:
+    """The fixture's spec, with a short canary plan."""
+    small_spec(settings, SOURCE, name=PIPELINE, training=FAST, evaluation=EVAL, canary=CANARY)
+
+
 def test_a_raising_challenger_is_rolled_back(served: Settings) -> None:
     from pipelines.canary import CanaryRolledBack
     from pipelines.registry import alias_version
     from tests.integration.helpers import run
 
-    small_spec(
-        served,
-        {"kind": "synthetic", "customers": 600, "months": 8, "seed": 4},
-        name=PIPELINE,
-        training=FAST,
-        evaluation=EVAL,
-        canary=CANARY,
-    )
+    _canary_spec(served)
     faulty = _register_faulty(served)
     _deploy(served, {1: 100})
     with Load(served) as load, pytest.raises(CanaryRolledBack, match=f"v{faulty} rolled back at 20%"):
@@ -319,14 +318,7 @@ def test_a_healthy_challenger_is_promoted(served: Settings) -> None:
     from pipelines.registry import CHALLENGER, alias_version, audit, move_alias
     from tests.integration.helpers import run
 
-    small_spec(
-        served,
-        {"kind": "synthetic", "customers": 600, "months": 8, "seed": 4},
-        name=PIPELINE,
-        training=FAST,
-        evaluation=EVAL,
-        canary=CANARY,
-    )
+    _canary_spec(served)
     client = mlflow.MlflowClient()
     move_alias(
         served,
