@@ -207,12 +207,14 @@ def test_no_failed_request_while_weights_change(served: Settings) -> None:
 
 
 # ------------------------------------------------------------------------------------- canary
+# The latency SLO is wide on purpose: these tests are about errors and the promotion mechanics,
+# and on a loaded 2-core CI machine the p99 of a replica taking all traffic reached 5 s once.
 CANARY = {
     "steps": [20, 100],
     "dwell_s": 4,
     "min_requests": 15,
     "max_error_rate": 0.05,
-    "max_p99_latency_ms": 3000,
+    "max_p99_latency_ms": 30000,
     "max_score_shift": 0.3,
 }
 
