@@ -110,28 +110,18 @@ def read_figures(settings: Settings, pipeline: str, since: float) -> dict[int, d
 
 
 def plot(report: dict[str, Any]) -> bytes:
-    import io
-
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    """Error rate and p99 latency of both versions at each canary step, as PNG."""
+    from pipelines.plots import png_bytes, two_panels
 
     steps = report["steps"]
     x = [s["percent"] for s in steps]
-    fig, (a, b) = plt.subplots(1, 2, figsize=(10, 4))
+    fig, (a, b) = two_panels(10, 4)
     for role in ("champion", "challenger"):
         a.plot(x, [s["figures"].get(role, {}).get("error_rate", np.nan) for s in steps], marker="o", label=role)
         b.plot(x, [s["figures"].get(role, {}).get("p99_ms", np.nan) for s in steps], marker="o", label=role)
     a.set(title="error rate by canary step", xlabel="challenger traffic (%)")
     b.set(title="p99 latency (ms) by canary step", xlabel="challenger traffic (%)")
-    a.legend()
-    b.legend()
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=80)
-    plt.close(fig)
-    return buf.getvalue()
+    return png_bytes(fig, dpi=80)
 
 
 def run(ctx: StepContext) -> dict[str, Any]:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import base64
 import html
-import io
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -41,14 +40,12 @@ def onnx_latency_ms(session: Any, df: pd.DataFrame, repeats: int = 200) -> float
 
 def plots_png(y: np.ndarray, scores: dict[str, np.ndarray]) -> str:
     """A ROC curve and a calibration plot of each model, as a base64 PNG."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     from sklearn.calibration import calibration_curve
     from sklearn.metrics import roc_curve
 
-    fig, (roc, cal) = plt.subplots(1, 2, figsize=(10, 4.2))
+    from pipelines.plots import png_bytes, two_panels
+
+    fig, (roc, cal) = two_panels(10, 4.2)
     for label, p in scores.items():
         fpr, tpr, _ = roc_curve(y, p)
         roc.plot(fpr, tpr, label=label)
@@ -58,13 +55,7 @@ def plots_png(y: np.ndarray, scores: dict[str, np.ndarray]) -> str:
     roc.set(title="ROC", xlabel="false positive rate", ylabel="true positive rate")
     cal.plot([0, 1], [0, 1], "k:", lw=1)
     cal.set(title="Calibration", xlabel="mean predicted probability", ylabel="observed frequency")
-    roc.legend()
-    cal.legend()
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=90)
-    plt.close(fig)
-    return base64.b64encode(buf.getvalue()).decode()
+    return base64.b64encode(png_bytes(fig, dpi=90)).decode()
 
 
 def render_html(report: dict[str, Any], png: str) -> str:

@@ -77,3 +77,20 @@ def test_figures_and_judgement() -> None:
     slow = figures([(2, "ok", 0.12, 500.0)] * 40)[2]
     assert "p99" in judge(cfg, f[1], slow, final=False)[1][0]
     assert plan_weights(1, 2, 25) == {1: 75.0, 2: 25.0}
+
+
+def test_canary_plot_is_a_png() -> None:
+    from pipelines.canary import plot
+
+    report = {
+        "steps": [
+            {
+                "percent": 5,
+                "figures": {
+                    "champion": {"error_rate": 0.0, "p99_ms": 10.0},
+                    "challenger": {"error_rate": 0.1, "p99_ms": 30.0},
+                },
+            }
+        ]
+    }
+    assert plot(report).startswith(b"\x89PNG")
