@@ -9,12 +9,14 @@ stays, the step fails with the reason (exit 3, no retry). Passing the last step 
 challenger `champion` (audited) and retires the old champion's deployment. The first model of a
 pipeline has nothing to compare against: it is deployed as the champion.
 
-The decisions and the figures of every step are the report (`report.json`, `report.png`).
+The decisions and the figures of every step are the report (`report.json`, `report.png`), with the
+A/B result on the labels that arrived during the canary.
 """
 
 from __future__ import annotations
 
 import time
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -70,7 +72,7 @@ def judge(
     if challenger["p99_ms"] > cfg.max_p99_latency_ms:
         reasons.append(f"challenger p99 {challenger['p99_ms']:.1f} ms over {cfg.max_p99_latency_ms:.1f} ms")
     enough = challenger["requests"] >= cfg.min_requests
-    if reasons and (enough or challenger["errors"] >= 5):
+    if reasons and (enough or challenger["errors"] >= 5 or final):
         return "rollback", reasons
     if not enough:
         if final:
@@ -127,6 +129,7 @@ def plot(report: dict[str, Any]) -> bytes:
 def run(ctx: StepContext) -> dict[str, Any]:
     import mlflow
 
+    from pipelines.abtest import ab_results
     from pipelines.registry import CHALLENGER, CHAMPION, alias_version, model_name, move_alias
     from pipelines.tracking import setup_mlflow
     from serving.config import VersionConfig
@@ -161,6 +164,7 @@ def run(ctx: StepContext) -> dict[str, Any]:
         return _finish(ctx, report)
 
     actor = f"{ctx.pipeline}/{ctx.run_id}/{STEP}"
+    began_canary = datetime.now(UTC)
     for percent in cfg.steps:
         state = {"state": "canary", "champion": champion, "challenger": challenger, "percent": percent}
         serve_weights(plan_weights(champion, challenger, percent), state)
@@ -188,6 +192,7 @@ def run(ctx: StepContext) -> dict[str, Any]:
                 {"state": "rolled back", "champion": champion, "rolled_back": challenger, "reasons": reasons},
             )
             report.update(outcome="rolled_back", reason="; ".join(reasons))
+            report["ab"] = ab_results(ctx.settings, ctx.pipeline, champion, challenger, since=began_canary)
             _finish(ctx, report)
             raise CanaryRolledBack(
                 f"{name} v{challenger} rolled back at {percent}%: {'; '.join(reasons)}; "
@@ -210,6 +215,8 @@ def run(ctx: StepContext) -> dict[str, Any]:
     point(CHALLENGER, None, "promoted to champion")
     serve_weights({challenger: 100.0}, {"state": "serving", "champion": challenger, "retired": champion})
     report.update(outcome="promoted", reason=f"v{challenger} passed every step; v{champion} retired")
+    # Labels often arrive after the canary: GET /v1/pipelines/<name> shows the A/B as they do.
+    report["ab"] = ab_results(ctx.settings, ctx.pipeline, champion, challenger, since=began_canary)
     return _finish(ctx, report)
 
 

@@ -9,6 +9,8 @@
     mlcycle runs show --pipeline P [--run-id R]
     mlcycle status P                       champion, challenger, last lifecycle runs
     mlcycle serve start | stop             the embedded Ray Serve on 127.0.0.1
+    mlcycle labels load --pipeline P SRC   delayed labels (file, s3:// or SELECT) into the labels table
+    mlcycle serve config [--check]         the Serve config of the pipelines (include/serve/serve.yaml)
     mlcycle demo                           the churn lifecycle through Airflow, embedded
 
 Errors a user can cause print one readable message and exit 2 (3 for rejected data).
@@ -22,9 +24,12 @@ import logging
 import sys
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pipelines.errors import InvalidArgument, MlcycleError, StepSkipped
+
+if TYPE_CHECKING:
+    from pipelines.settings import Settings
 
 
 def _cmd_spec_validate(args: argparse.Namespace) -> int:
@@ -182,6 +187,27 @@ def _locations(step: str, out: dict[str, Any]) -> list[tuple[str, Any]]:
     return []
 
 
+def _cmd_labels_load(args: argparse.Namespace) -> int:
+    from pydantic import TypeAdapter
+
+    from pipelines.labels import load_labels
+    from pipelines.runner import spec_for
+    from pipelines.settings import load_settings
+    from pipelines.spec import Source
+
+    settings = load_settings()
+    if args.source.startswith("s3://"):
+        raw: dict[str, Any] = {"kind": "s3", "uri": args.source}
+    elif args.source.lower().startswith("select"):
+        raw = {"kind": "postgres", "query": args.source, "url_env": args.url_env}
+    else:
+        raw = {"kind": "file", "path": str(Path(args.source).resolve())}
+    source = TypeAdapter(Source).validate_python(raw)
+    loaded = load_labels(settings, spec_for(settings, args.pipeline), source)
+    print(f"{args.pipeline}: {loaded} labels loaded")
+    return 0
+
+
 def _cmd_status(args: argparse.Namespace) -> int:
     from pipelines.settings import load_settings
     from pipelines.status import pipeline_status, render_status
@@ -196,6 +222,8 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     from serving.deploy import endpoint
 
     settings = load_settings()
+    if args.action == "config":
+        return _serve_config(settings, args.check)
     if args.action == "stop":
         embedded.stop()
         print("stopped")
@@ -207,10 +235,34 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def _serve_config(settings: Settings, check: bool) -> int:
+    from pipelines.spec import load_spec
+    from serving.deploy import render_serve_config
+
+    out = settings.project_dir / "include" / "serve" / "serve.yaml"
+    text = render_serve_config([load_spec(p) for p in sorted(settings.specs_path.glob("*.yaml"))])
+    if check:
+        if not out.exists() or out.read_text() != text:
+            print(f"{out} is stale: run `mlcycle serve config` and commit it", file=sys.stderr)
+            return 1
+        print(f"{out} is up to date")
+        return 0
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(text)
+    print(f"wrote {out}")
+    return 0
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     from pipelines.demo import run_demo
 
     return run_demo()
+
+
+def _cmd_drift_demo(args: argparse.Namespace) -> int:
+    from pipelines.demo import run_drift_demo
+
+    return run_drift_demo(port=args.port)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -259,8 +311,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--run-id")
     p.set_defaults(func=_cmd_runs_show)
 
-    p = sub.add_parser("serve", help="the embedded Ray Serve (a local Ray head on 127.0.0.1)")
-    p.add_argument("action", choices=["start", "stop"])
+    labels = sub.add_parser("labels", help="delayed ground truth").add_subparsers(dest="action", required=True)
+    p = labels.add_parser("load", help="load labels (entity_id, label[, request_id, observed_at])")
+    p.add_argument("--pipeline", required=True)
+    p.add_argument("source", help="a .csv/.parquet path, an s3:// URI, or a SELECT query")
+    p.add_argument("--url-env", help="with a query: the env variable holding the database URL")
+    p.set_defaults(func=_cmd_labels_load)
+
+    p = sub.add_parser("serve", help="the embedded Ray Serve (a local Ray head on 127.0.0.1); its config")
+    p.add_argument("action", choices=["start", "stop", "config"], help="config: write include/serve/serve.yaml")
+    p.add_argument("--check", action="store_true", help="with config: fail when the checked-in file is stale")
     p.set_defaults(func=_cmd_serve)
 
     p = sub.add_parser("status", help="a pipeline's champion, challenger and recent runs")
@@ -268,6 +328,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_status)
 
     sub.add_parser("demo", help="run the churn lifecycle through Airflow").set_defaults(func=_cmd_demo)
+    p = sub.add_parser("drift-demo", help="after demo: drifted traffic, the drift DAG, the retraining it starts")
+    p.add_argument("--port", type=int, default=8080, help="the Airflow api-server's port on 127.0.0.1")
+    p.set_defaults(func=_cmd_drift_demo)
     return parser
 
 

@@ -107,6 +107,43 @@ def bootstrap_difference(
     }
 
 
+def ab_difference(
+    a: tuple[np.ndarray, np.ndarray],
+    b: tuple[np.ndarray, np.ndarray],
+    metric: Metric,
+    samples: int,
+    confidence: float,
+    seed: int = 0,
+) -> dict[str, float]:
+    """`metric(b) - metric(a)` for two independent groups of (labels, scores): an A/B test, where
+    each version served its own entities. Unpaired bootstrap (each group resampled on its own):
+    the interval, and the two-sided p-value of "no difference" as twice the smaller tail of the
+    bootstrap distribution around zero (floored at one over the samples drawn)."""
+    rng = np.random.default_rng(seed)
+    (ya, pa), (yb, pb) = a, b
+    diffs = []
+    for _ in range(samples):
+        i, j = rng.integers(0, len(ya), len(ya)), rng.integers(0, len(yb), len(yb))
+        d = metric(yb[j], pb[j]) - metric(ya[i], pa[i])
+        if not np.isnan(d):
+            diffs.append(d)
+    if not diffs:
+        nan = float("nan")
+        return {"difference": nan, "lower": nan, "upper": nan, "p_value": nan, "confidence": confidence, "samples": 0}
+    arr = np.asarray(diffs)
+    alpha = (1 - confidence) / 2
+    lo, hi = np.quantile(arr, [alpha, 1 - alpha])
+    tail = min(float(np.mean(arr <= 0)), float(np.mean(arr >= 0)))
+    return {
+        "difference": metric(yb, pb) - metric(ya, pa),
+        "lower": float(lo),
+        "upper": float(hi),
+        "p_value": min(1.0, max(2 * tail, 1 / len(arr))),
+        "confidence": confidence,
+        "samples": float(len(arr)),
+    }
+
+
 def gate(
     cfg: Evaluation,
     challenger: dict[str, float],

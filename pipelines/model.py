@@ -179,11 +179,16 @@ def to_onnx(module: torch.nn.Module, enc: FeatureEncoding, opset: int = 17) -> o
     return model
 
 
-def onnx_session(model_bytes: bytes) -> Any:
+def onnx_session(model_bytes: bytes, threads: int | None = None) -> Any:
+    """An ONNX Runtime session on the best provider here; `threads` caps its intra-op threads
+    (a serving replica given one CPU must not run a thread per core of the host)."""
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
     opts.log_severity_level = 3
+    if threads is not None:
+        opts.intra_op_num_threads = threads
+        opts.inter_op_num_threads = 1
     return ort.InferenceSession(model_bytes, opts, providers=onnx_providers(ort.get_available_providers()))
 
 

@@ -334,6 +334,10 @@ class Serving(Model):
     batch_wait_timeout_s: float = Field(default=0.005, ge=0.0)
     max_payload_bytes: int = Field(default=1_048_576, ge=1024)
     replicas: int = Field(default=1, ge=1)
+    request_timeout_s: float = Field(
+        default=2.0, gt=0.0, description="a version that has not answered by then races the fallback version"
+    )
+    request_deadline_s: float = Field(default=30.0, gt=0.0, description="when the ingress gives up (503)")
 
 
 class Drift(Model):

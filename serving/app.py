@@ -33,6 +33,7 @@ from serving.router import choose
 log = logging.getLogger("mlcycle.serving")
 FLUSH_EVERY_S = 0.2
 MAX_PENDING_LOG_ROWS = 100_000
+AB_REFRESH_S = 10.0
 
 
 class Instance(BaseModel):
@@ -77,7 +78,8 @@ class ModelVersion:
         settings = load_settings()
         setup_mlflow(settings, static["pipeline"])
         model = mlflow.onnx.load_model(f"models:/{static['model_name']}/{version}")
-        self.session = onnx_session(model.SerializeToString())
+        # As many threads as the CPUs Ray gave the replica, at least one.
+        self.session = onnx_session(model.SerializeToString(), threads=max(1, round(static["replica_cpus"])))
         self.inputs = [(i.name, i.type) for i in self.session.get_inputs()]
         self.store = None
         if static["online_features"]:
@@ -126,7 +128,8 @@ class ModelVersion:
                 feed[name] = np.array([str(v) for v in values], dtype=object).reshape(-1, 1)
             else:
                 feed[name] = np.array(values, dtype=np.float32).reshape(-1, 1)
-        (scores,) = self.session.run(["score"], feed)
+        # Off the event loop: a long inference must not stall Serve's health checks and shutdown.
+        (scores,) = await asyncio.to_thread(self.session.run, ["score"], feed)
         return [float(s) for s in scores]
 
 
@@ -179,7 +182,7 @@ class Ingress:
         return {"status": "ready", "versions": sorted(self.handles)}
 
     @app.get("/")
-    def info(self) -> dict[str, Any]:
+    async def info(self) -> dict[str, Any]:
         return {
             "pipeline": self.args.pipeline,
             "model": self.args.model_name,
@@ -188,7 +191,27 @@ class Ingress:
             "shadow": self.args.shadow(),
             "canary": self.args.canary,
             "request_log": {"pending": len(self.pending), "dropped": self.dropped},
+            "ab": await self._ab(),
         }
+
+    async def _ab(self) -> dict[str, Any] | None:
+        """The A/B result on labels that have arrived, recomputed at most every AB_REFRESH_S."""
+        pair = self.args.ab_pair()
+        if pair is None:
+            return None
+        cached = getattr(self, "_ab_cache", None)
+        if cached and cached[0] == pair and time.monotonic() - cached[1] < AB_REFRESH_S:
+            return cached[2]  # type: ignore[no-any-return]
+        from pipelines.abtest import ab_results
+        from pipelines.settings import load_settings
+
+        try:
+            result = await asyncio.to_thread(ab_results, load_settings(), self.args.pipeline, *pair)
+        except Exception as err:
+            log.exception("A/B results failed")
+            result = {"status": "error", "reason": repr(err)[:300]}
+        self._ab_cache = (pair, time.monotonic(), result)
+        return result
 
     @app.post("/predict")
     async def predict(self, request: Request) -> JSONResponse:
@@ -258,29 +281,48 @@ class Ingress:
     async def _answer(
         self, version: int, call: Any, instances: list[dict[str, Any]], request_id: uuid.UUID, started: float
     ) -> tuple[int, dict[str, Any] | None]:
-        """The version's answer; if it raises or times out, the failure is logged against it (the
-        canary reads that) and the fallback version answers, so clients do not pay for a bad
-        canary. Returns the version that answered and its output (None: nobody could)."""
-        try:
-            return version, await asyncio.wait_for(call, self.args.request_timeout_s)
-        except Exception as err:
-            elapsed = (time.perf_counter() - started) * 1000
-            reason = "timeout" if isinstance(err, TimeoutError) else repr(err)[:500]
-            for inst in instances:
-                self._log(request_id, version, inst, None, elapsed, "error", reason, False)
-            self.requests.inc(
-                len(instances),
-                tags={"pipeline": self.args.pipeline, "version": str(version), "status": "error", "shadow": "false"},
-            )
+        """The version's answer, hedged. If it raises, or has not answered within
+        `request_timeout_s`, the fallback version is asked too and the first good answer before
+        `request_deadline_s` wins (a late answer from the version itself still counts). A version
+        that raised or lost the race is logged with an error against it (the canary reads that),
+        so clients do not pay for a bad canary, nor for a busy moment of the champion. Returns
+        the version that answered and its output (None: nobody could)."""
+        timeout, began = self.args.request_timeout_s, time.monotonic()
+        primary = asyncio.ensure_future(call)
+        done, _ = await asyncio.wait({primary}, timeout=timeout)
+        if done and primary.exception() is None:
+            return version, primary.result()
+        reason = "timeout" if not done else repr(primary.exception())[:500]
+        racing = {primary: version} if not done else {}
         fallback = self.args.fallback(version)
-        if fallback is None or fallback not in self.handles:
-            return version, None
-        try:
-            call = self.handles[fallback].predict.remote(instances)
-            return fallback, await asyncio.wait_for(call, self.args.request_timeout_s)
-        except Exception:
-            log.exception("fallback version %s failed too", fallback)
-            return fallback, None
+        if fallback is not None and fallback in self.handles:
+            racing[asyncio.ensure_future(self.handles[fallback].predict.remote(instances))] = fallback
+        winner: tuple[int, dict[str, Any]] | None = None
+        deadline = began + self.args.request_deadline_s
+        while racing and winner is None and time.monotonic() < deadline:
+            finished, _ = await asyncio.wait(racing, timeout=deadline - time.monotonic(), return_when="FIRST_COMPLETED")
+            for task in finished:
+                answered = racing.pop(task)
+                if task.exception() is None and winner is None:
+                    winner = (answered, task.result())
+                elif task.exception() is not None and answered != version:
+                    log.warning("fallback version %s failed too: %r", answered, task.exception())
+        for task in racing:
+            task.cancel()
+        if winner is None or winner[0] != version:
+            self._failed(request_id, version, instances, started, reason)
+        return winner if winner is not None else (version, None)
+
+    def _failed(
+        self, request_id: uuid.UUID, version: int, instances: list[dict[str, Any]], started: float, reason: str
+    ) -> None:
+        elapsed = (time.perf_counter() - started) * 1000
+        for inst in instances:
+            self._log(request_id, version, inst, None, elapsed, "error", reason, False)
+        self.requests.inc(
+            len(instances),
+            tags={"pipeline": self.args.pipeline, "version": str(version), "status": "error", "shadow": "false"},
+        )
 
     # ------------------------------------------------------------------------- off the hot path
     async def _shadow(
@@ -375,17 +417,22 @@ class Ingress:
 def build_app(args: dict[str, Any]) -> Any:
     """The application for `args` (a `ServingArgs` dict): `serve run serving.app:build_app`."""
     parsed = ServingArgs.model_validate(args)
+    if not parsed.versions:
+        from serving.deploy import champion_versions
+
+        parsed = parsed.model_copy(update={"versions": champion_versions(parsed.pipeline, parsed.model_name)})
     # Constructor arguments never change with weights or batching (a change there would restart
     # replicas); what does change is `user_config`, applied by `reconfigure` in place.
     static = parsed.model_dump(
-        include={"pipeline", "model_name", "entity_key", "features", "api_keys_env", "online_features"}
+        include={"pipeline", "model_name", "entity_key", "features", "api_keys_env", "online_features", "replica_cpus"}
     )
     batching = parsed.model_dump(include={"max_batch_size", "batch_wait_timeout_s"})
-    options = {"ray_actor_options": {"num_cpus": parsed.replica_cpus}}
+    options = {"ray_actor_options": {"num_cpus": parsed.replica_cpus}, "num_replicas": parsed.replicas}
     versions = {
         f"v{v.version}": ModelVersion.options(name=f"model_v{v.version}", user_config=batching, **options).bind(  # type: ignore[attr-defined]
             static, v.version
         )
         for v in parsed.versions
     }
-    return Ingress.options(name="ingress", user_config=parsed.model_dump(), **options).bind(static, **versions)  # type: ignore[attr-defined]
+    ingress = Ingress.options(name="ingress", user_config=parsed.model_dump(mode="json"), **options)  # type: ignore[attr-defined]
+    return ingress.bind(static, **versions)

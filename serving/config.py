@@ -24,7 +24,9 @@ class ServingArgs(BaseModel):
     model_name: str
     entity_key: str
     features: list[str] = Field(min_length=1)
-    versions: list[VersionConfig] = Field(min_length=1)
+    # Empty: the registry decides at build time (the `champion` alias takes all traffic); this is
+    # what the checked-in Serve config says, so `serve deploy` and KubeRay serve the champion.
+    versions: list[VersionConfig] = Field(default_factory=list)
     api_keys_env: str = "MLCYCLE_SERVING_API_KEYS"
     max_payload_bytes: int = Field(default=1_048_576, ge=1024)
     max_instances: int = Field(default=1000, ge=1)
@@ -33,11 +35,17 @@ class ServingArgs(BaseModel):
     online_features: bool = True
     log_requests: bool = True
     replica_cpus: float = Field(default=0.25, gt=0.0)
-    request_timeout_s: float = Field(default=10.0, gt=0.0)
+    replicas: int = Field(default=1, ge=1)
+    request_timeout_s: float = Field(default=2.0, gt=0.0)
+    request_deadline_s: float = Field(default=30.0, gt=0.0)
     canary: dict[str, object] = Field(default_factory=dict)
 
     @model_validator(mode="after")
     def _weights(self) -> ServingArgs:
+        if self.request_deadline_s < self.request_timeout_s:
+            raise ValueError("request_deadline_s must be at least request_timeout_s")
+        if not self.versions:
+            return self
         served = [v for v in self.versions if not v.shadow]
         if not served:
             raise ValueError("at least one version must serve traffic (not shadow)")
@@ -65,3 +73,17 @@ class ServingArgs(BaseModel):
 
     def shadow(self) -> int | None:
         return next((v.version for v in self.versions if v.shadow), None)
+
+    def ab_pair(self) -> tuple[int, int] | None:
+        """(champion, challenger) to compare on labels: the canary's pair while it runs or after
+        it ended (rolled back, or promoted with the old champion retired), else the two heaviest
+        served versions. None with one version and no canary history."""
+        c = self.canary
+        champion = c.get("champion")
+        other = c.get("challenger") or c.get("rolled_back")
+        if isinstance(champion, int) and isinstance(other, int):
+            return champion, other
+        if isinstance(champion, int) and isinstance(c.get("retired"), int):
+            return int(c["retired"]), champion  # type: ignore[call-overload]
+        served = sorted(self.weights().items(), key=lambda vw: (-vw[1], vw[0]))
+        return (served[0][0], served[1][0]) if len(served) > 1 else None

@@ -9,6 +9,18 @@ from pipelines.runner import run_step
 from pipelines.settings import Settings
 from tests.conftest import churn_spec_dict, write_spec
 
+# A canary plan for tests: two steps, seconds of dwell. The latency SLO is wide on purpose: the
+# tests are about errors and the promotion mechanics, and on a loaded 2-core CI machine the p99
+# of a replica taking all traffic reached 5 s once.
+SHORT_CANARY = {
+    "steps": [20, 100],
+    "dwell_s": 4,
+    "min_requests": 15,
+    "max_error_rate": 0.05,
+    "max_p99_latency_ms": 30000,
+    "max_score_shift": 0.3,
+}
+
 
 def small_spec(settings: Settings, source: dict[str, Any], name: str = "churn", **overrides: Any) -> Path:
     """The churn spec on `source`, sized for tests (fewer rows required)."""

@@ -76,6 +76,11 @@ def test_figures_and_judgement() -> None:
     assert decision == "rollback" and "mean score moved" in reasons[0]
     slow = figures([(2, "ok", 0.12, 500.0)] * 40)[2]
     assert "p99" in judge(cfg, f[1], slow, final=False)[1][0]
+    # a step that ends with few requests but errors among them rolls back for the errors
+    two_errors = figures([(2, "ok", 0.12, 12.0)] * 3 + [(2, "error", None, 1000.0)] * 2)[2]
+    assert judge(cfg, f[1], two_errors, final=False)[0] == "wait"
+    decision, reasons = judge(cfg, f[1], two_errors, final=True)
+    assert decision == "rollback" and "error rate 40.00%" in reasons[0]
     assert plan_weights(1, 2, 25) == {1: 75.0, 2: 25.0}
 
 
