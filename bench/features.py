@@ -13,23 +13,15 @@ from __future__ import annotations
 import argparse
 import logging
 import random
-import shutil
-import statistics
-import tempfile
 import time
 from collections.abc import Callable
-from pathlib import Path
+
+from common import bench_state, percentiles, write_spec
 
 from pipelines import db
 from pipelines.features import feature_store
 from pipelines.runner import run_step, spec_for
-from pipelines.settings import Settings
 from pipelines.storage import open_storage, read_parquet
-
-
-def percentiles(samples_s: list[float]) -> tuple[float, float]:
-    ms = sorted(s * 1000 for s in samples_s)
-    return statistics.median(ms), ms[min(len(ms) - 1, round(0.99 * (len(ms) - 1)))]
 
 
 def timed(fn: Callable[[int], object], ids: list[int], warmup: int = 50) -> list[float]:
@@ -48,10 +40,8 @@ def main() -> None:
     parser.add_argument("--lookups", type=int, default=1000)
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
-    state = Path(tempfile.mkdtemp(prefix="mlcycle-bench-"))
-    settings = Settings(state_dir=state)
-    try:
-        db.migrate(settings)
+    with bench_state() as settings:
+        write_spec(settings, "churn")
         started = time.perf_counter()
         for step in ("ingest", "validate", "features"):
             run_step(step, "churn", "bench", settings)
@@ -94,9 +84,6 @@ def main() -> None:
         print(f"  ratio Feast / baseline:                p50 {f50 / r50:.1f}x  p99 {f99 / r99:.1f}x")
         b50, _ = percentiles(batch)
         print(f"  Feast, 100 entities in one call:       p50 {b50:.2f} ms ({b50 / 100 * 1000:.1f} us per entity)")
-    finally:
-        db.stop_embedded(settings)
-        shutil.rmtree(state, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -15,24 +15,12 @@ from __future__ import annotations
 
 import argparse
 import logging
-import shutil
 import statistics
-import tempfile
 import time
-from pathlib import Path
 
-import yaml
+from common import bench_state, write_spec
 
-from pipelines import db
 from pipelines.runner import run_step
-from pipelines.settings import PROJECT_DIR, Settings
-
-
-def write_spec(directory: Path, name: str, pruner: str, trials: int) -> None:
-    spec = yaml.safe_load((PROJECT_DIR / "include" / "pipelines" / "churn.yaml").read_text())
-    spec["name"] = name
-    spec["training"].update({"pruner": pruner, "n_trials": trials, "timeout_s": None})
-    (directory / f"{name}.yaml").write_text(yaml.safe_dump(spec))
 
 
 def median_ms(fn, repeats: int) -> float:  # type: ignore[no-untyped-def]
@@ -51,12 +39,7 @@ def main() -> None:
     parser.add_argument("--trials", type=int, default=12)
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
-    state = Path(tempfile.mkdtemp(prefix="mlcycle-bench-"))
-    specs = state / "pipelines"
-    specs.mkdir()
-    settings = Settings(state_dir=state, pipelines_dir=specs)
-    try:
-        db.migrate(settings)
+    with bench_state() as settings:
         # Import what the train step needs before timing, so neither search pays for it.
         import mlflow  # noqa: F401
         import onnx  # noqa: F401
@@ -66,7 +49,7 @@ def main() -> None:
         results = {}
         for pruner in ("median", "none"):
             name = f"bench_{pruner}"
-            write_spec(specs, name, pruner, args.trials)
+            write_spec(settings, name, training={"pruner": pruner, "n_trials": args.trials, "timeout_s": None})
             for step in ("ingest", "validate", "features"):
                 run_step(step, name, "bench", settings)
             started = time.perf_counter()
@@ -103,9 +86,6 @@ def main() -> None:
                 f"  batch {batch:>2}: torch eager (baseline) {t_torch:.4f} ms, ONNX Runtime {t_onnx:.4f} ms, "
                 f"ratio ONNX / torch {t_onnx / t_torch:.2f}x"
             )
-    finally:
-        db.stop_embedded(settings)
-        shutil.rmtree(state, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,77 @@
+"""What the benchmarks share: a throw-away platform state and latency percentiles."""
+
+from __future__ import annotations
+
+import shutil
+import statistics
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from pipelines import db
+from pipelines.settings import PROJECT_DIR, Settings
+
+
+@contextmanager
+def bench_state() -> Iterator[Settings]:
+    """Settings on a fresh state directory with its own migrated embedded database and a
+    pipelines directory for the bench's specs; both are removed afterwards."""
+    state = Path(tempfile.mkdtemp(prefix="mlcycle-bench-"))
+    (state / "pipelines").mkdir()
+    settings = Settings(state_dir=state, pipelines_dir=state / "pipelines")
+    try:
+        db.migrate(settings)
+        yield settings
+    finally:
+        db.stop_embedded(settings)
+        shutil.rmtree(state, ignore_errors=True)
+
+
+def write_spec(settings: Settings, name: str, **sections: dict[str, Any]) -> None:
+    """The bundled churn spec under another name, with sections updated key by key."""
+    assert settings.pipelines_dir is not None
+    spec = yaml.safe_load((PROJECT_DIR / "include" / "pipelines" / "churn.yaml").read_text())
+    spec["name"] = name
+    for section, values in sections.items():
+        spec[section] = {**spec[section], **values} if isinstance(spec.get(section), dict) else values
+    (settings.pipelines_dir / f"{name}.yaml").write_text(yaml.safe_dump(spec))
+
+
+def percentiles(samples_s: list[float]) -> tuple[float, float]:
+    """p50 and p99 in milliseconds."""
+    ms = sorted(s * 1000 for s in samples_s)
+    return statistics.median(ms), ms[min(len(ms) - 1, round(0.99 * (len(ms) - 1)))]
+
+
+def free_port() -> int:
+    """A port free on 127.0.0.1 now."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+SMALL = {
+    "source": {"kind": "synthetic", "customers": 1000, "months": 6, "seed": 3},
+    "training": {"n_trials": 2, "max_epochs": 5, "pruner": "none"},
+    "contract": {"min_rows": 100},
+}
+
+
+def train_champion(settings: Settings, name: str, **sections: dict[str, Any]) -> float:
+    """A small churn pipeline run from ingest to promote (its model registered as v1, the
+    champion); returns the seconds it took."""
+    import time
+
+    from pipelines.runner import run_step
+
+    write_spec(settings, name, **{**SMALL, **sections})
+    started = time.perf_counter()
+    for step in ("ingest", "validate", "features", "train", "evaluate", "promote"):
+        run_step(step, name, "bench", settings)
+    return time.perf_counter() - started
