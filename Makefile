@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.mlcycle-installed
 export MLCYCLE_STATE_DIR ?= $(CURDIR)/.mlcycle
 
-.PHONY: setup demo test test-unit lint bench clean-state stop
+.PHONY: setup demo drift-demo test test-unit lint bench clean-state stop
 setup: $(STAMP)
 
 $(STAMP): requirements.txt requirements-dev.txt pyproject.toml
@@ -21,6 +21,9 @@ $(STAMP): requirements.txt requirements-dev.txt pyproject.toml
 
 demo: setup
 	$(VENV)/bin/mlcycle demo
+
+drift-demo: setup
+	$(VENV)/bin/mlcycle drift-demo
 
 test: setup
 	$(VENV)/bin/pytest --cov --cov-report=term
@@ -36,8 +39,11 @@ lint: setup
 bench: setup
 	$(PY) bench/features.py
 	$(PY) bench/training.py
+	$(PY) bench/serving.py
+	$(PY) bench/drift.py
 
 stop:
+	-$(VENV)/bin/mlcycle serve stop
 	-$(VENV)/bin/mlcycle db stop
 
 clean-state: stop

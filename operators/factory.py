@@ -6,11 +6,12 @@ Parse-time work is reading small YAML files; no database, no network, no heavy i
 from __future__ import annotations
 
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
-from airflow.sdk import DAG
+from airflow.sdk import DAG, AssetOrTimeSchedule, CronTriggerTimetable
 
 from operators.step import PipelineStepOperator
+from operators.trigger import RetrainingTrigger, retraining_asset
 
 if TYPE_CHECKING:
     from pipelines.spec import PipelineSpec
@@ -30,11 +31,19 @@ def doc_md(spec: PipelineSpec, steps: list[str]) -> str:
     )
 
 
+def lifecycle_schedule(spec: PipelineSpec) -> Any:
+    """The retraining Asset, or the spec's cron as well: whichever comes first starts a run."""
+    asset = retraining_asset(spec.name)
+    if spec.schedule is None:
+        return [asset]
+    return AssetOrTimeSchedule(timetable=CronTriggerTimetable(spec.schedule, timezone="UTC"), assets=asset)
+
+
 def lifecycle_dag(spec: PipelineSpec, steps: list[str]) -> DAG:
     """`<name>_lifecycle`: the steps in order, one PipelineStepOperator each."""
     with DAG(
         dag_id=f"{spec.name}_lifecycle",
-        schedule=spec.schedule,
+        schedule=lifecycle_schedule(spec),
         start_date=START,
         catchup=False,
         max_active_runs=1,
@@ -56,6 +65,29 @@ def lifecycle_dag(spec: PipelineSpec, steps: list[str]) -> DAG:
     return dag
 
 
+def drift_dag(spec: PipelineSpec) -> DAG:
+    """`<name>_drift`: the drift check on its schedule, then the retraining Asset if it asks."""
+    with DAG(
+        dag_id=f"{spec.name}_drift",
+        schedule=spec.drift.schedule,
+        start_date=START,
+        catchup=False,
+        max_active_runs=1,
+        tags=["mlcycle", spec.name, "drift"],
+        doc_md=(
+            f"### {spec.name} drift\n\nCompares the served champion's last {spec.drift.window_hours:g} h of "
+            "requests with its training reference (Evidently, PSI, KS/chi-squared, live metric on labels). "
+            f"When it asks for retraining, `trigger_retraining` emits the `{spec.name}_retraining` Asset "
+            f"that schedules `{spec.name}_lifecycle`; otherwise that task is skipped."
+        ),
+        default_args={"owner": spec.owner, "retries": 1, "retry_delay": timedelta(seconds=30)},
+    ) as dag:
+        PipelineStepOperator(task_id="drift", pipeline=spec.name, step="drift") >> RetrainingTrigger(
+            task_id="trigger_retraining", pipeline=spec.name
+        )
+    return dag
+
+
 def build_dags() -> dict[str, DAG]:
     """Every pipeline's DAGs, by dag id."""
     from pipelines.runner import lifecycle_steps
@@ -63,5 +95,7 @@ def build_dags() -> dict[str, DAG]:
     from pipelines.spec import load_specs
 
     steps = lifecycle_steps()
-    dags = [lifecycle_dag(spec, steps) for spec in load_specs(load_settings().specs_path)]
+    dags = []
+    for spec in load_specs(load_settings().specs_path):
+        dags += [lifecycle_dag(spec, steps), drift_dag(spec)]
     return {d.dag_id: d for d in dags}

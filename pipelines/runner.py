@@ -31,6 +31,7 @@ STEP_MODULES: dict[str, str] = {
     "evaluate": "pipelines.evaluate",
     "promote": "pipelines.promote",
     "canary": "pipelines.canary",
+    "drift": "pipelines.drift",
 }
 """The steps this version implements, in lifecycle order."""
 

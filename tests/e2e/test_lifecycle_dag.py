@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -15,47 +14,18 @@ import pytest
 from pipelines import db
 from pipelines.demo import airflow_env
 from pipelines.registry import audit
-from pipelines.settings import Settings, scoped_environ
+from pipelines.settings import Settings
 from pipelines.storage import open_storage, read_parquet
 from tests.conftest import churn_spec_dict
+from tests.e2e.conftest import KEY
 from tests.integration.helpers import small_spec
-from tests.services import free_port_pairs
 
 pytestmark = pytest.mark.e2e
-
-
-KEY = "e2e-serving-key"
 
 
 @pytest.fixture(scope="module")
 def airflow_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("airflow")
-
-
-@pytest.fixture(scope="module")
-def ray_head(platform: Settings) -> Iterator[dict[str, str]]:
-    """A local Ray head with Serve on 127.0.0.1, as `mlcycle serve start` makes one."""
-    from serving import embedded
-
-    gcs, http = free_port_pairs(2)
-    settings = platform.model_copy(update={"ray_address": f"127.0.0.1:{gcs}", "serve_port": http})
-    env = {
-        "RAY_AUTH_MODE": "token",
-        "MLCYCLE_RAY_ADDRESS": f"127.0.0.1:{gcs}",
-        "MLCYCLE_SERVE_PORT": str(http),
-        "MLCYCLE_SERVING_API_KEYS": KEY,
-    }
-    with scoped_environ(env):
-        embedded.start(settings)
-        import ray
-        from ray import serve
-
-        try:
-            yield env
-        finally:
-            serve.shutdown()
-            ray.shutdown()
-            embedded.stop()
 
 
 def _airflow(

@@ -69,7 +69,7 @@ def test_parsing_imports_nothing_heavy_and_touches_no_database(tmp_path: Path) -
         "import json, runpy, sys\n"
         f"g = runpy.run_path({str(DAGS / 'lifecycle.py')!r})\n"
         f"print(json.dumps({{'heavy': [m for m in {HEAVY!r} if m in sys.modules],"
-        " 'dags': sorted(k for k in g if k.endswith('_lifecycle'))}))\n"
+        " 'dags': sorted(k for k in g if k.startswith('churn_'))}))\n"
     )
     env = {
         "PATH": "/usr/bin:/bin",
@@ -79,7 +79,7 @@ def test_parsing_imports_nothing_heavy_and_touches_no_database(tmp_path: Path) -
     }
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
     report = json.loads(out.stdout.strip().splitlines()[-1])
-    assert report == {"heavy": [], "dags": ["churn_lifecycle"]}
+    assert report == {"heavy": [], "dags": ["churn_drift", "churn_lifecycle"]}
     assert not (tmp_path / "state").exists()  # no embedded database started at parse time
 
 
@@ -90,5 +90,29 @@ def test_one_dag_per_spec(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> No
     write_spec(tmp_path, "beta", schedule=None, retries=0)
     monkeypatch.setenv("MLCYCLE_PIPELINES_DIR", str(tmp_path))
     dags = build_dags()
-    assert sorted(dags) == ["alpha_lifecycle", "beta_lifecycle"]
+    assert sorted(dags) == ["alpha_drift", "alpha_lifecycle", "beta_drift", "beta_lifecycle"]
     assert dags["beta_lifecycle"].get_task("ingest").retries == 0
+
+
+def test_lifecycle_is_scheduled_on_the_retraining_asset_and_its_cron(dagbag) -> None:  # type: ignore[no-untyped-def]
+    from airflow.sdk import AssetOrTimeSchedule
+
+    from operators.trigger import retraining_asset
+
+    lifecycle = dagbag.dags["churn_lifecycle"]
+    assert isinstance(lifecycle.timetable, AssetOrTimeSchedule)  # @weekly or drift, whichever first
+    assert lifecycle.timetable.asset_condition == retraining_asset("churn")
+    drift = dagbag.dags["churn_drift"]
+    assert [t.task_id for t in drift.topological_sort()] == ["drift", "trigger_retraining"]
+    assert drift.get_task("trigger_retraining").outlets == [retraining_asset("churn")]
+    assert drift.timetable.expression == "0 * * * *"  # the spec's @hourly
+
+
+def test_a_spec_without_cron_is_scheduled_on_the_asset_alone(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from airflow.sdk.definitions.timetables.assets import AssetTriggeredTimetable
+
+    from operators.factory import build_dags
+
+    write_spec(tmp_path, "gamma", schedule=None)
+    monkeypatch.setenv("MLCYCLE_PIPELINES_DIR", str(tmp_path))
+    assert isinstance(build_dags()["gamma_lifecycle"].timetable, AssetTriggeredTimetable)

@@ -1,0 +1,143 @@
+"""The drift step against the real platform database and registry.
+
+The request log is filled the way the serving ingress fills it (the ingress itself is tested in
+test_serving.py): rows from the generator, scored by the champion's ONNX model, written to
+`inference_requests`; labels go through `mlcycle labels load`.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pytest
+
+from pipelines import db
+from pipelines.datagen import ChurnConfig, generate_churn
+from pipelines.settings import Settings, scoped_environ
+from tests.integration.helpers import run, run_through, small_spec
+
+pytestmark = pytest.mark.integration
+
+PIPELINE = "churn_monitor"
+SOURCE = {"kind": "synthetic", "customers": 1500, "months": 8, "seed": 5}
+FAST = {"n_trials": 2, "max_epochs": 6, "early_stopping_patience": 2, "pruner": "none", "batch_size": 128}
+DRIFT = {"window_hours": 1, "min_requests": 300, "cooldown_hours": 1, "max_drift_share": 0.3, "psi_threshold": 0.2}
+LIFECYCLE = ("ingest", "validate", "features", "train", "evaluate", "promote")
+
+
+@pytest.fixture(scope="module")
+def monitored(platform: Settings, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Settings]:
+    tmp = tmp_path_factory.mktemp("drift")
+    (tmp / "pipelines").mkdir()
+    settings = platform.model_copy(update={"pipelines_dir": tmp / "pipelines", "artifact_root": str(tmp / "artifacts")})
+    small_spec(settings, SOURCE, name=PIPELINE, training=FAST, drift=DRIFT)
+    assert run_through(settings, "train-1", LIFECYCLE, PIPELINE)["promote"]["version"] == 1
+    with scoped_environ(settings.pod_env()):
+        yield settings
+
+
+def traffic(seed: int, n: int, **drift: float) -> pd.DataFrame:
+    """`n` rows of the last three months of a generated history (drift, when asked, is strongest
+    there), one per customer."""
+    df = generate_churn(ChurnConfig(customers=3000, months=8, seed=seed, **drift))
+    recent = df[df["event_timestamp"] >= sorted(df["event_timestamp"].unique())[-3]]
+    return recent.drop_duplicates("customer_id").sample(n, random_state=seed).reset_index(drop=True)
+
+
+def serve_log(settings: Settings, rows: pd.DataFrame, version: int = 1) -> list[str]:
+    """Score the rows with the champion and write them to the request log; their request ids."""
+    import mlflow.onnx
+
+    from pipelines.model import onnx_session, session_feed
+    from pipelines.registry import model_name
+    from pipelines.tracking import setup_mlflow
+
+    setup_mlflow(settings, PIPELINE)
+    session = onnx_session(mlflow.onnx.load_model(f"models:/{model_name(PIPELINE)}/{version}").SerializeToString())
+    (scores,) = session.run(["score"], session_feed(session, rows))
+    inputs = [i.name for i in session.get_inputs()]
+    ids = [str(uuid.uuid4()) for _ in range(len(rows))]
+    records = [
+        (rid, PIPELINE, version, str(r["customer_id"]), json.dumps({k: _plain(r[k]) for k in inputs}), float(s), 2.0)
+        for rid, (_, r), s in zip(ids, rows.iterrows(), scores.reshape(-1), strict=True)
+    ]
+    with db.connect(settings) as conn, conn.cursor() as cur:
+        cur.executemany(
+            "INSERT INTO inference_requests (request_id, pipeline, model_version, entity_id, features, score,"
+            " latency_ms, status) VALUES (%s, %s, %s, %s, %s, %s, %s, 'ok')",
+            records,
+        )
+    return ids
+
+
+def _plain(v: Any) -> Any:
+    return v.item() if hasattr(v, "item") else v
+
+
+def reset(settings: Settings) -> None:
+    with db.connect(settings) as conn:
+        for table in ("inference_requests", "labels", "drift_checks", "model_performance_metrics"):
+            conn.execute(f"DELETE FROM {table} WHERE pipeline = %s", (PIPELINE,))  # type: ignore[arg-type]
+
+
+def test_no_drift_no_retraining(monitored: Settings) -> None:
+    reset(monitored)
+    serve_log(monitored, traffic(seed=11, n=600))
+    out = run(monitored, "drift", "check-calm", PIPELINE)
+    assert out["status"] == "ok" and not out["retrain"], out["reasons"]
+    assert out["requests"] == 600 and out["performance"] is None
+    html = Path(out["report"]).read_bytes()
+    assert html.lstrip().startswith(b"<!DOCTYPE html") and b"usage_hours_30d" in html
+    with db.connect(monitored) as conn:
+        (status, retrain) = conn.execute(
+            "SELECT status, retrain FROM drift_checks WHERE pipeline = %s AND run_id = 'check-calm'", (PIPELINE,)
+        ).fetchone()
+        metrics = dict(
+            conn.execute(
+                "SELECT metric || coalesce(':' || feature, ''), value FROM model_performance_metrics"
+                " WHERE pipeline = %s AND run_id = 'check-calm'",
+                (PIPELINE,),
+            ).fetchall()
+        )
+    assert (status, retrain) == ("ok", False)
+    assert metrics["requests"] == 600 and "psi:usage_hours_30d" in metrics and "prediction_psi" in metrics
+
+
+def test_covariate_drift_asks_for_retraining_then_cools_down(monitored: Settings) -> None:
+    reset(monitored)
+    serve_log(monitored, traffic(seed=12, n=600, covariate_drift=1.0))
+    out = run(monitored, "drift", "check-drifted", PIPELINE)
+    assert out["status"] == "drift" and out["retrain"], out["reasons"]
+    assert {"usage_hours_30d", "support_calls_30d"} <= set(out["drifted"])
+    assert "features drifted" in out["reasons"][0]
+    again = run(monitored, "drift", "check-drifted-again", PIPELINE)
+    assert again["status"] == "drift" and not again["retrain"]
+    assert "cooldown" in again["reasons"][-1]
+
+
+def test_concept_drift_is_found_through_labels(monitored: Settings, tmp_path: Path) -> None:
+    from pipelines.cli import main
+
+    reset(monitored)
+    rows = traffic(seed=13, n=800, concept_drift=1.0)
+    ids = serve_log(monitored, rows)
+    labels = pd.DataFrame({"request_id": ids, "entity_id": rows["customer_id"], "label": rows["churned"]})
+    labels.to_csv(tmp_path / "labels.csv", index=False)
+    assert main(["labels", "load", "--pipeline", PIPELINE, str(tmp_path / "labels.csv")]) == 0
+    out = run(monitored, "drift", "check-concept", PIPELINE)
+    assert out["status"] == "performance" and out["retrain"], out["reasons"]
+    assert out["performance"]["labelled"] == 800 and out["performance"]["drop"] > 0.05
+    assert any("live roc_auc" in r for r in out["reasons"])
+
+
+def test_too_few_requests_is_insufficient_data(monitored: Settings) -> None:
+    reset(monitored)
+    serve_log(monitored, traffic(seed=14, n=50, covariate_drift=1.0))
+    out = run(monitored, "drift", "check-few", PIPELINE)
+    assert out["status"] == "insufficient_data" and not out["retrain"]
+    assert "50 requests" in out["reasons"][0] and "report" not in out

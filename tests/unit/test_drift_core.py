@@ -1,0 +1,97 @@
+"""The drift check's pure parts: PSI, the two-sample tests, Evidently's results, the verdict."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import numpy as np
+import pytest
+
+from operators.trigger import event_extra
+from pipelines.drift import evidently_columns, live_performance, psi, two_sample_test, verdict
+from pipelines.spec import Drift, Evaluation
+
+NOW = datetime(2026, 11, 25, 12, tzinfo=UTC)
+CFG = Drift(min_requests=100, max_drift_share=0.3, psi_threshold=0.2, max_performance_drop=0.05, cooldown_hours=24)
+
+
+def test_psi_is_near_zero_for_the_same_distribution_and_grows_with_a_shift() -> None:
+    rng = np.random.default_rng(0)
+    ref = rng.normal(0, 1, 5000)
+    assert psi(ref, rng.normal(0, 1, 5000), categorical=False) < 0.02
+    small, large = psi(ref, rng.normal(0.2, 1, 5000), False), psi(ref, rng.normal(1.0, 1, 5000), False)
+    assert 0.02 < small < large and large > 0.5
+    cats = rng.choice(["a", "b", "c"], 5000)
+    assert psi(cats, rng.choice(["a", "b", "c"], 5000), categorical=True) < 0.01
+    assert psi(cats, rng.choice(["a", "b", "c"], 5000, p=[0.8, 0.1, 0.1]), categorical=True) > 0.3
+    # a category never seen in training counts as drift, not as an error
+    assert psi(cats, np.array(["new"] * 100), categorical=True) > 1
+
+
+def test_two_sample_tests() -> None:
+    rng = np.random.default_rng(1)
+    same = two_sample_test(rng.normal(0, 1, 2000), rng.normal(0, 1, 2000), categorical=False)
+    moved = two_sample_test(rng.normal(0, 1, 2000), rng.normal(0.3, 1, 2000), categorical=False)
+    assert same["test"] == "ks" and same["p_value"] > 0.01 and moved["p_value"] < 1e-6
+    chi = two_sample_test(np.array(["a", "b"] * 500), np.array(["a"] * 900 + ["b"] * 100), categorical=True)
+    assert chi["test"] == "chi2" and chi["p_value"] < 1e-6
+    assert two_sample_test(np.array(["a"] * 10), np.array(["a"] * 10), categorical=True)["p_value"] == 1.0
+
+
+def test_evidently_columns_reads_the_snapshot() -> None:
+    import pandas as pd
+    from evidently import DataDefinition, Dataset, Report
+    from evidently.presets import DataDriftPreset
+
+    rng = np.random.default_rng(2)
+    ref = pd.DataFrame({"x": rng.normal(0, 1, 400), "c": rng.choice(["a", "b"], 400)})
+    cur = pd.DataFrame({"x": rng.normal(2, 1, 300), "c": rng.choice(["a", "b"], 300)})
+    definition = DataDefinition(numerical_columns=["x"], categorical_columns=["c"])
+    snap = Report([DataDriftPreset()], include_tests=True).run(
+        Dataset.from_pandas(cur, data_definition=definition), Dataset.from_pandas(ref, data_definition=definition)
+    )
+    cols = evidently_columns(snap.dict())
+    assert set(cols) == {"x", "c"}
+    assert cols["x"]["drifted"] and not cols["c"]["drifted"]
+    assert cols["x"]["method"] and isinstance(cols["x"]["score"], float)
+
+
+def _features(drifted: int, total: int = 10) -> dict[str, dict[str, bool]]:
+    return {f"f{i}": {"drifted": i < drifted} for i in range(total)}
+
+
+def test_verdict() -> None:
+    few = verdict(CFG, 99, _features(10), 5.0, None, None, NOW)
+    assert few["status"] == "insufficient_data" and not few["retrain"] and "insufficient" in few["reasons"][0]
+    calm = verdict(CFG, 500, _features(2), 0.05, None, None, NOW)
+    assert calm["status"] == "ok" and not calm["retrain"] and calm["drift_share"] == 0.2
+    shifted = verdict(CFG, 500, _features(4), 0.05, None, None, NOW)
+    assert shifted["status"] == "drift" and shifted["retrain"] and "4 of 10 features drifted" in shifted["reasons"][0]
+    prediction = verdict(CFG, 500, _features(0), 0.3, None, None, NOW)
+    assert prediction["retrain"] and "prediction PSI 0.300" in prediction["reasons"][0]
+    perf = {"metric": "roc_auc", "value": 0.70, "reference": 0.80, "drop": 0.10, "labelled": 400}
+    concept = verdict(CFG, 500, _features(0), 0.01, perf, None, NOW)
+    assert concept["status"] == "performance" and concept["retrain"] and "live roc_auc 0.7000" in concept["reasons"][0]
+    slight = verdict(CFG, 500, _features(0), 0.01, {**perf, "value": 0.78, "drop": 0.02}, None, NOW)
+    assert slight["status"] == "ok"
+    cooling = verdict(CFG, 500, _features(5), 0.01, None, NOW - timedelta(hours=3), NOW)
+    assert cooling["status"] == "drift" and not cooling["retrain"] and "cooldown" in cooling["reasons"][-1]
+    cooled = verdict(CFG, 500, _features(5), 0.01, None, NOW - timedelta(hours=25), NOW)
+    assert cooled["retrain"]
+
+
+def test_live_performance_needs_labels_of_both_classes() -> None:
+    cfg = Evaluation()
+    rows = [(1, 0.9, 1.0)] * 20 + [(1, 0.1, 0.0)] * 20
+    assert live_performance(cfg, rows[:20], 0.8) is None
+    assert live_performance(cfg, rows[:29], 0.8) is None
+    perf = live_performance(cfg, rows, 0.8)
+    assert perf is not None and perf["value"] == pytest.approx(1.0) and perf["drop"] == pytest.approx(-0.2)
+    lower_better = live_performance(Evaluation(primary_metric="log_loss"), rows, 0.05)
+    assert lower_better is not None and lower_better["drop"] == pytest.approx(lower_better["value"] - 0.05)
+
+
+def test_event_extra_carries_the_reasons() -> None:
+    result = {"pipeline": "churn", "status": "drift", "reasons": ["r"], "champion": 3, "requests": 900, "x": 1}
+    extra = event_extra(result, "scheduled__2026-11-25")
+    assert extra["reasons"] == ["r"] and extra["drift_run_id"] == "scheduled__2026-11-25" and "x" not in extra
