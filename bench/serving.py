@@ -26,6 +26,9 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+# This file is bench/serving.py: put the project first on the path so `serving` is the package.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
 import httpx
 from common import bench_state, free_port, percentiles, train_champion
 
@@ -77,7 +80,8 @@ def wait_http(url: str, proc: subprocess.Popen[bytes] | None = None, timeout: fl
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc is not None and proc.poll() is not None:
-            raise RuntimeError(f"{url}: the server exited with {proc.returncode}")
+            err = proc.stderr.read().decode(errors="replace")[-3000:] if proc.stderr else ""
+            raise RuntimeError(f"{url}: the server exited with {proc.returncode}: {err}")
         try:
             if httpx.get(url, timeout=2).status_code < 500:
                 return
@@ -170,7 +174,10 @@ def run_all(settings: Settings, total: int, levels: list[int]) -> None:
         "--port",
         str(port),
     ]
-    with process(mlflow_cmd, f"http://127.0.0.1:{port}/ping", {"MLFLOW_TRACKING_URI": mlflow_uri(settings)}):
+    # mlflow execs `uvicorn` by name: the venv's bin must be on PATH.
+    bin_dir = str(Path(sys.executable).parent)
+    env = {"MLFLOW_TRACKING_URI": mlflow_uri(settings), "PATH": f"{bin_dir}:{os.environ.get('PATH', '')}"}
+    with process(mlflow_cmd, f"http://127.0.0.1:{port}/ping", env):
         results["mlflow models serve"] = {c: measure(mlflow_post, f"http://127.0.0.1:{port}", c, total) for c in levels}
 
     results.update(ray_serve(settings, ours, total, levels))
@@ -190,6 +197,9 @@ def ray_serve(
 
     out = {}
     settings = settings.model_copy(update={"serve_port": free_port()})
+    # As `mlcycle serve start` runs Serve. (RAY_SERVE_ENABLE_HA_PROXY would be faster still, but it
+    # binds every interface, and servers here listen on 127.0.0.1 only.)
+    os.environ["RAY_SERVE_THROUGHPUT_OPTIMIZED"] = "1"
     ray.init(address="local", num_cpus=4, include_dashboard=False, log_to_driver=False, namespace="mlcycle")
     try:
         connect(settings)

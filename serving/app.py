@@ -34,6 +34,7 @@ log = logging.getLogger("mlcycle.serving")
 FLUSH_EVERY_S = 0.2
 MAX_PENDING_LOG_ROWS = 100_000
 AB_REFRESH_S = 10.0
+INGRESS_ONGOING = 256
 
 
 class Instance(BaseModel):
@@ -428,11 +429,16 @@ def build_app(args: dict[str, Any]) -> Any:
     )
     batching = parsed.model_dump(include={"max_batch_size", "batch_wait_timeout_s"})
     options = {"ray_actor_options": {"num_cpus": parsed.replica_cpus}, "num_replicas": parsed.replicas}
+    # Serve's default of 5 ongoing requests per replica would cap every batch at 5 and queue the
+    # rest behind the proxy's backoff: a version admits two full batches, the (async) ingress many.
+    per_version = max(16, 2 * parsed.max_batch_size)
     versions = {
-        f"v{v.version}": ModelVersion.options(name=f"model_v{v.version}", user_config=batching, **options).bind(  # type: ignore[attr-defined]
-            static, v.version
-        )
+        f"v{v.version}": ModelVersion.options(  # type: ignore[attr-defined]
+            name=f"model_v{v.version}", user_config=batching, max_ongoing_requests=per_version, **options
+        ).bind(static, v.version)
         for v in parsed.versions
     }
-    ingress = Ingress.options(name="ingress", user_config=parsed.model_dump(mode="json"), **options)  # type: ignore[attr-defined]
+    ingress = Ingress.options(  # type: ignore[attr-defined]
+        name="ingress", user_config=parsed.model_dump(mode="json"), max_ongoing_requests=INGRESS_ONGOING, **options
+    )
     return ingress.bind(static, **versions)
