@@ -85,6 +85,8 @@ def run_drift_demo(pipeline: str = "churn", port: int = 8080) -> int:
     """After `mlcycle demo`: drifted traffic to the served champion, the drift DAG, and the
     retraining run its Asset event starts, all through a real Airflow (api-server, scheduler,
     dag-processor) on 127.0.0.1:`port`."""
+    import logging
+
     from pipelines.datagen import ChurnConfig, generate_churn
     from pipelines.local_airflow import LocalAirflow
     from pipelines.runner import spec_for
@@ -92,6 +94,7 @@ def run_drift_demo(pipeline: str = "churn", port: int = 8080) -> int:
     from serving import embedded
     from serving.deploy import endpoint
 
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per poll otherwise
     settings = load_settings()
     spec = spec_for(settings, pipeline)
     started = time.monotonic()
@@ -103,6 +106,7 @@ def run_drift_demo(pipeline: str = "churn", port: int = 8080) -> int:
             f"    UI login: admin / the password in {airflow.env['AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE']}"
         )
         airflow.wait_for_dag(f"{pipeline}_drift")
+        airflow.wait_for_dag(f"{pipeline}_lifecycle")
         cfg = spec.source.model_dump() if spec.source.kind == "synthetic" else {"customers": 3000, "months": 12}
         history = generate_churn(
             ChurnConfig(

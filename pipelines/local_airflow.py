@@ -27,6 +27,9 @@ from pipelines.demo import airflow_env
 from pipelines.settings import Settings
 
 COMPONENTS = ("api-server", "scheduler", "dag-processor")
+# The scheduler's log server would listen on every interface; the api-server reads the task logs
+# from the shared local log folder instead.
+ARGS = {"scheduler": ["--skip-serve-logs"]}
 TERMINAL = {"success", "failed"}
 
 
@@ -86,7 +89,8 @@ class LocalAirflow:
         logs.mkdir(parents=True, exist_ok=True)
         for name in COMPONENTS:
             log = open(logs / f"{name}.log", "ab")  # noqa: SIM115 (closed with the process)
-            self.procs.append(subprocess.Popen([exe, name], env=self.env, stdout=log, stderr=subprocess.STDOUT))
+            argv = [exe, name, *ARGS.get(name, [])]
+            self.procs.append(subprocess.Popen(argv, env=self.env, stdout=log, stderr=subprocess.STDOUT))
         deadline = time.monotonic() + timeout
         while not self._healthy():
             self._check_alive()
@@ -149,11 +153,13 @@ class LocalAirflow:
         return r.json() if r.content else None
 
     def wait_for_dag(self, dag_id: str, timeout: float = 180) -> None:
-        """Until the dag-processor has parsed the DAG."""
+        """Until the dag-processor has parsed the DAG; then unpause it (a DAG that `airflow dags
+        test` registered first stays paused, and a paused DAG neither runs nor reacts to Assets)."""
         deadline = time.monotonic() + timeout
         while True:
             try:
-                self.api("GET", f"/dags/{dag_id}")
+                if self.api("GET", f"/dags/{dag_id}")["is_paused"]:
+                    self.api("PATCH", f"/dags/{dag_id}", json={"is_paused": False})
                 return
             except RuntimeError:
                 self._check_alive()
