@@ -42,12 +42,16 @@ def resource_requirements(res: Resources) -> dict[str, dict[str, str]]:
     return {"requests": requests, "limits": limits}
 
 
-def tolerations(res: Resources) -> list[dict[str, Any]]:
-    """The spec's tolerations; a GPU step also tolerates the usual GPU-node taint
-    (`<gpu_resource>: NoSchedule`) unless the spec already names that key. Pure."""
+def tolerations(res: Resources, pool: list[dict[str, str]] | None = None) -> list[dict[str, Any]]:
+    """The spec's tolerations; a GPU step also gets the GPU pool's (`pool`, from the settings) and
+    tolerates the usual GPU-node taint (`<gpu_resource>: NoSchedule`), each key once, the
+    spec's first. Pure."""
     out = [t.model_dump(exclude_none=True) for t in res.tolerations]
-    if res.gpu and not any(t["key"] == res.gpu_resource for t in out):
-        out.append({"key": res.gpu_resource, "operator": "Exists", "effect": "NoSchedule"})
+    if res.gpu:
+        extra = [*(pool or []), {"key": res.gpu_resource, "operator": "Exists", "effect": "NoSchedule"}]
+        for t in extra:
+            if not any(o.get("key") == t.get("key") for o in out):
+                out.append(dict(t))
     return out
 
 
@@ -95,9 +99,10 @@ def pod_manifest(
         },
         "containers": [container],
     }
-    if res.node_selector:
-        pod_spec["nodeSelector"] = dict(res.node_selector)
-    tols = tolerations(res)
+    selector = {**(settings.k8s_gpu_node_selector if res.gpu else {}), **res.node_selector}
+    if selector:
+        pod_spec["nodeSelector"] = selector
+    tols = tolerations(res, settings.k8s_gpu_tolerations)
     if tols:
         pod_spec["tolerations"] = tols
     return {

@@ -9,6 +9,7 @@
     mlcycle runs show --pipeline P [--run-id R]
     mlcycle status P                       champion, challenger, last lifecycle runs
     mlcycle serve start | stop             the embedded Ray Serve on 127.0.0.1
+    mlcycle mlflow-server [--host --port]  the MLflow tracking server and UI on the platform database
     mlcycle labels load --pipeline P SRC   delayed labels (file, s3:// or SELECT) into the labels table
     mlcycle serve config [--check]         the Serve config of the pipelines (include/serve/serve.yaml)
     mlcycle demo                           the churn lifecycle through Airflow, embedded
@@ -239,18 +240,39 @@ def _serve_config(settings: Settings, check: bool) -> int:
     from pipelines.spec import load_spec
     from serving.deploy import render_serve_config
 
-    out = settings.project_dir / "include" / "serve" / "serve.yaml"
+    # The local copy, and the chart's (the RayService's serveConfigV2): one text, two places.
+    outs = [settings.project_dir / p for p in ("include/serve/serve.yaml", "helm/mlcycle/files/serve.yaml")]
     text = render_serve_config([load_spec(p) for p in sorted(settings.specs_path.glob("*.yaml"))])
     if check:
-        if not out.exists() or out.read_text() != text:
-            print(f"{out} is stale: run `mlcycle serve config` and commit it", file=sys.stderr)
+        stale = [str(o) for o in outs if not o.exists() or o.read_text() != text]
+        if stale:
+            print(f"stale: {', '.join(stale)}: run `mlcycle serve config` and commit", file=sys.stderr)
             return 1
-        print(f"{out} is up to date")
+        print("the Serve config is up to date")
         return 0
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(text)
-    print(f"wrote {out}")
+    for out in outs:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(text)
+        print(f"wrote {out}")
     return 0
+
+
+def _cmd_mlflow_server(args: argparse.Namespace) -> int:
+    import os
+    import shutil
+
+    from pipelines.db import migrate
+    from pipelines.settings import load_settings
+    from pipelines.tracking import server_command
+
+    settings = load_settings()
+    migrate(settings)  # the mlflow schema exists before MLflow's own migrations run in it
+    cmd = server_command(settings, args.host, args.port)
+    if settings.s3_endpoint_url:
+        os.environ.setdefault("MLFLOW_S3_ENDPOINT_URL", settings.s3_endpoint_url)
+    exe = shutil.which("mlflow") or str(Path(sys.executable).parent / "mlflow")
+    os.execv(exe, [exe, *cmd[1:]])
+    return 0  # not reached
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
@@ -326,6 +348,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("status", help="a pipeline's champion, challenger and recent runs")
     p.add_argument("pipeline")
     p.set_defaults(func=_cmd_status)
+
+    p = sub.add_parser("mlflow-server", help="the MLflow tracking server and UI on the platform database")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=5000)
+    p.set_defaults(func=_cmd_mlflow_server)
 
     sub.add_parser("demo", help="run the churn lifecycle through Airflow").set_defaults(func=_cmd_demo)
     p = sub.add_parser("drift-demo", help="after demo: drifted traffic, the drift DAG, the retraining it starts")

@@ -56,6 +56,10 @@ class Settings(BaseSettings):
     k8s_conn_id: str = "kubernetes_default"
     k8s_startup_timeout_s: int = 600
     k8s_schedule_timeout_s: int = 1800
+    # The cluster's GPU node pool (JSON in the environment; the Helm chart sets them from its
+    # values): added to every step that asks for a GPU, under what the spec itself says.
+    k8s_gpu_node_selector: dict[str, str] = {}
+    k8s_gpu_tolerations: list[dict[str, str]] = []
 
     @model_validator(mode="after")
     def _cluster_needs_externals(self) -> Settings:

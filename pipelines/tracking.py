@@ -35,6 +35,24 @@ def artifact_location(settings: Settings, pipeline: str) -> str:
     return f"{root}/mlflow/{pipeline}" if root.startswith("s3://") else f"file://{root}/mlflow/{pipeline}"
 
 
+def server_command(settings: Settings, host: str, port: int) -> list[str]:
+    """`mlflow server` on the platform's tracking schema and artifact root. Pure."""
+    root = settings.artifact_uri.rstrip("/")
+    artifacts = f"{root}/mlflow" if root.startswith("s3://") else f"file://{root}/mlflow"
+    return [
+        "mlflow",
+        "server",
+        "--backend-store-uri",
+        mlflow_uri(settings),
+        "--default-artifact-root",
+        artifacts,
+        "--host",
+        host,
+        "--port",
+        str(port),
+    ]
+
+
 def experiment_name(pipeline: str) -> str:
     return f"mlcycle/{pipeline}"
 

@@ -42,6 +42,23 @@ def test_train_pod_asks_for_a_gpu_node() -> None:
     assert env["NVIDIA_VISIBLE_DEVICES"] == "all"
 
 
+def test_the_gpu_pool_from_the_settings_reaches_gpu_steps_only(monkeypatch: pytest.MonkeyPatch) -> None:
+    # What the Helm chart's settings ConfigMap gives Airflow's workers, as JSON.
+    monkeypatch.setenv("MLCYCLE_K8S_GPU_NODE_SELECTOR", '{"cloud.google.com/gke-accelerator": "nvidia-l4"}')
+    monkeypatch.setenv(
+        "MLCYCLE_K8S_GPU_TOLERATIONS",
+        '[{"key": "dedicated", "operator": "Equal", "value": "ml", "effect": "NoSchedule"}]',
+    )
+    settings = _cluster()
+    train = pod_manifest(SPEC, "train", "run-1", settings)
+    # the spec's selector wins a shared key; the pool's keys are added
+    assert train["spec"]["nodeSelector"] == {"cloud.google.com/gke-accelerator": "nvidia-l4", "mlcycle.io/pool": "gpu"}
+    keys = [t["key"] for t in train["spec"]["tolerations"]]
+    assert keys == ["nvidia.com/gpu", "dedicated"]  # the spec's own first, each key once
+    ingest = pod_manifest(SPEC, "ingest", "run-1", settings)
+    assert "nodeSelector" not in ingest["spec"] and "tolerations" not in ingest["spec"]
+
+
 def test_cpu_step_has_no_gpu_and_no_gpu_toleration() -> None:
     pod = pod_manifest(SPEC, "ingest", "run-1", _cluster())
     c = container_of(pod)

@@ -1,0 +1,88 @@
+{{- define "mlcycle.fullname" -}}
+{{- if contains .Chart.Name .Release.Name -}}
+{{- .Release.Name | trunc 50 | trimSuffix "-" -}}
+{{- else -}}
+{{- printf "%s-%s" .Release.Name .Chart.Name | trunc 50 | trimSuffix "-" -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "mlcycle.labels" -}}
+app.kubernetes.io/name: {{ .Chart.Name }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
+{{- end -}}
+
+{{- define "mlcycle.selector" -}}
+app.kubernetes.io/name: {{ .root.Chart.Name }}
+app.kubernetes.io/instance: {{ .root.Release.Name }}
+app.kubernetes.io/component: {{ .component }}
+{{- end -}}
+
+{{- define "mlcycle.image" -}}
+{{- printf "%s:%s" .repository .tag -}}
+{{- end -}}
+
+{{/* Every container: non-root, no privilege escalation, no capabilities. */}}
+{{- define "mlcycle.containerSecurity" -}}
+securityContext:
+  runAsNonRoot: true
+  runAsUser: {{ .Values.securityContext.runAsUser }}
+  runAsGroup: {{ .Values.securityContext.runAsGroup }}
+  allowPrivilegeEscalation: false
+  capabilities:
+    drop: ["ALL"]
+{{- end -}}
+
+{{- define "mlcycle.podSecurity" -}}
+securityContext:
+  runAsNonRoot: true
+  runAsUser: {{ .Values.securityContext.runAsUser }}
+  runAsGroup: {{ .Values.securityContext.runAsGroup }}
+  fsGroup: {{ .Values.securityContext.fsGroup }}
+  seccompProfile:
+    type: RuntimeDefault
+{{- end -}}
+
+{{/* The platform settings and the secret, as every mlcycle container reads them. */}}
+{{- define "mlcycle.env" -}}
+envFrom:
+  - configMapRef:
+      name: {{ include "mlcycle.fullname" . }}-settings
+  - secretRef:
+      name: {{ .Values.existingSecret }}
+{{- end -}}
+
+{{/* One Ray container (head or worker): .root, .resources, .ports (head only). */}}
+{{- define "mlcycle.rayContainer" -}}
+- name: ray
+  image: {{ include "mlcycle.image" .root.Values.images.serving | quote }}
+  imagePullPolicy: {{ .root.Values.images.pullPolicy }}
+  {{- include "mlcycle.env" .root | nindent 2 }}
+  env:
+    - name: RAY_SERVE_THROUGHPUT_OPTIMIZED
+      value: "1"
+  {{- if .ports }}
+  ports:
+    - {name: gcs, containerPort: 6379}
+    - {name: dashboard, containerPort: 8265}
+    - {name: serve, containerPort: 8000}
+  {{- end }}
+  # The raylet's health (and the GCS's on the head), as KubeRay itself probes them.
+  readinessProbe:
+    exec:
+      command: ["python", "-c", "import urllib.request as u; u.urlopen('http://127.0.0.1:52365/api/local_raylet_healthz', timeout=2)"]
+    periodSeconds: 10
+    timeoutSeconds: 5
+  livenessProbe:
+    exec:
+      command: ["python", "-c", "import urllib.request as u; u.urlopen('http://127.0.0.1:52365/api/local_raylet_healthz', timeout=2)"]
+    initialDelaySeconds: 30
+    periodSeconds: 20
+    timeoutSeconds: 5
+    failureThreshold: 6
+  resources:
+    {{- toYaml .resources | nindent 4 }}
+  {{- include "mlcycle.containerSecurity" .root | nindent 2 }}
+{{- end -}}

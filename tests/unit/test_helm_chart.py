@@ -1,0 +1,185 @@
+"""The Helm chart, rendered by the real helm and checked against the Kubernetes API schema."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import kubernetes_validate
+import pytest
+import yaml
+
+from operators.pod import pod_manifest
+from pipelines.settings import Settings
+from pipelines.spec import load_spec
+from serving.deploy import serve_config
+from tests.conftest import CHURN_SPEC
+
+PROJECT = Path(__file__).resolve().parents[2]
+CHART = PROJECT / "helm" / "mlcycle"
+K8S_VERSION = "1.34"
+GPU_VALUES = [
+    "gpu.nodeSelector.cloud\\.google\\.com/gke-accelerator=nvidia-l4",
+    "gpu.tolerations[0].key=nvidia.com/gpu",
+    "gpu.tolerations[0].operator=Exists",
+    "gpu.tolerations[0].effect=NoSchedule",
+    "gpu.tolerations[1].key=dedicated",
+    "gpu.tolerations[1].operator=Equal",
+    "gpu.tolerations[1].value=ml",
+    "gpu.tolerations[1].effect=NoSchedule",
+    "serving.gpuWorkers.gpus=2",
+    "serving.gpuWorkers.replicas=1",
+]
+
+
+def helm() -> str:
+    found = shutil.which("helm") or str(Path(sys.executable).parent / "helm")
+    if not Path(found).exists():
+        pytest.fail("helm is not installed: `make setup` installs it")
+    return found
+
+
+def run_helm(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([helm(), *args], capture_output=True, text=True, timeout=120)
+
+
+def render(*sets: str) -> list[dict[str, Any]]:
+    argv = ["template", "rel", str(CHART), "--namespace", "ml"]
+    for s in sets:
+        argv += ["--set", s]
+    out = run_helm(*argv)
+    assert out.returncode == 0, out.stderr
+    return [d for d in yaml.safe_load_all(out.stdout) if d]
+
+
+def kinds(docs: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    return {f"{d['kind']}/{d['metadata']['name']}": d for d in docs}
+
+
+def pod_specs(docs: list[dict[str, Any]]) -> list[tuple[str, dict[str, Any]]]:
+    """Every pod spec the chart makes: Deployments' and the RayService's head and workers."""
+    out = []
+    for d in docs:
+        if d["kind"] == "Deployment":
+            out.append((d["metadata"]["name"], d["spec"]["template"]["spec"]))
+        if d["kind"] == "RayService":
+            cluster = d["spec"]["rayClusterConfig"]
+            out.append(("head", cluster["headGroupSpec"]["template"]["spec"]))
+            out += [(g["groupName"], g["template"]["spec"]) for g in cluster["workerGroupSpecs"]]
+    return out
+
+
+def test_lint_strict() -> None:
+    out = run_helm("lint", "--strict", str(CHART))
+    assert out.returncode == 0, out.stdout + out.stderr
+
+
+@pytest.mark.parametrize("variant", ["default", "gpu", "external-secret"])
+def test_every_object_and_ray_pod_is_valid_kubernetes(variant: str) -> None:
+    sets = {"default": [], "gpu": GPU_VALUES, "external-secret": ["existingSecret=team-ml-secrets"]}[variant]
+    docs = render(*sets)
+    assert {d["kind"] for d in docs} >= {
+        "ConfigMap",
+        "ServiceAccount",
+        "Role",
+        "RoleBinding",
+        "Deployment",
+        "RayService",
+    }
+    for d in docs:
+        if d["kind"] != "RayService":  # a custom resource: its pods are checked below
+            kubernetes_validate.validate(d, K8S_VERSION, strict=True)
+    for name, spec in pod_specs(docs):
+        pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": f"x-{name}"}, "spec": spec}
+        kubernetes_validate.validate(pod, K8S_VERSION, strict=True)
+
+
+def test_probes_resources_and_non_root_everywhere() -> None:
+    for name, spec in pod_specs(render(*GPU_VALUES)):
+        assert spec["securityContext"]["runAsNonRoot"] is True, name
+        assert spec["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}, name
+        for c in spec["containers"]:
+            assert c["readinessProbe"] and c["livenessProbe"], name
+            assert c["resources"]["requests"] and c["resources"]["limits"], name
+            assert c["securityContext"]["runAsNonRoot"] is True, name
+            assert c["securityContext"]["allowPrivilegeEscalation"] is False, name
+
+
+def test_rbac_is_namespaced_and_names_every_verb() -> None:
+    docs = render()
+    assert not [d for d in docs if d["kind"] in ("ClusterRole", "ClusterRoleBinding")]
+    (role,) = [d for d in docs if d["kind"] == "Role"]
+    for rule in role["rules"]:
+        for field in ("apiGroups", "resources", "verbs"):
+            assert "*" not in rule[field], rule
+    granted = {(r, v) for rule in role["rules"] for r in rule["resources"] for v in rule["verbs"]}
+    assert {("pods", "create"), ("pods", "delete"), ("pods/log", "get"), ("pods/exec", "create")} <= granted
+    assert not any(r in {"secrets", "configmaps", "nodes"} for r, _ in granted)
+    (binding,) = [d for d in docs if d["kind"] == "RoleBinding"]
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "airflow-worker", "namespace": "ml"}]
+
+
+def test_no_secret_values_in_a_render() -> None:
+    docs = render("existingSecret=team-ml-secrets")
+    assert not [d for d in docs if d["kind"] == "Secret"]
+    text = yaml.safe_dump_all(docs)
+    assert not re.search(r"(?i)(password|secret_access_key|api_keys)\s*[:=]\s*\S", text.replace("secretRef", ""))
+    refs = {
+        e["secretRef"]["name"]
+        for _, spec in pod_specs(docs)
+        for c in spec["containers"]
+        for e in c.get("envFrom", [])
+        if "secretRef" in e
+    }
+    assert refs == {"team-ml-secrets"}
+    settings = kinds(docs)["ConfigMap/rel-mlcycle-settings"]["data"]
+    assert settings["MLCYCLE_K8S_ENV_SECRET"] == "team-ml-secrets"  # step pods get it by reference too
+
+
+def test_gpu_pool_reaches_ray_gpu_workers_and_the_training_pod(monkeypatch: pytest.MonkeyPatch) -> None:
+    docs = render(*GPU_VALUES)
+    cluster = next(d for d in docs if d["kind"] == "RayService")["spec"]["rayClusterConfig"]
+    gpu = next(g for g in cluster["workerGroupSpecs"] if g["groupName"] == "gpu")
+    spec = gpu["template"]["spec"]
+    assert spec["nodeSelector"] == {"cloud.google.com/gke-accelerator": "nvidia-l4"}
+    assert [t["key"] for t in spec["tolerations"]] == ["nvidia.com/gpu", "dedicated"]
+    (ray,) = spec["containers"]
+    assert ray["resources"]["limits"]["nvidia.com/gpu"] == "2" and gpu["rayStartParams"]["num-gpus"] == "2"
+    cpu = next(g for g in cluster["workerGroupSpecs"] if g["groupName"] == "cpu")
+    assert "nvidia.com/gpu" not in cpu["template"]["spec"]["containers"][0]["resources"]["limits"]
+    # The ConfigMap is what Airflow's workers read: through Settings it reaches the train pod.
+    for key, value in kinds(docs)["ConfigMap/rel-mlcycle-settings"]["data"].items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.setenv("MLCYCLE_DATABASE_URL", "postgresql://u@db/mlcycle")
+    pod = pod_manifest(load_spec(CHURN_SPEC), "train", "r1", Settings())
+    assert pod["spec"]["nodeSelector"]["cloud.google.com/gke-accelerator"] == "nvidia-l4"
+    assert "dedicated" in [t["key"] for t in pod["spec"]["tolerations"]]
+    assert pod["spec"]["containers"][0]["image"] == "mlcycle-step:0.1.0"
+    assert pod["metadata"]["namespace"] == "ml"
+
+
+def test_serve_config_v2_is_the_generated_serve_config() -> None:
+    rayservice = next(d for d in render() if d["kind"] == "RayService")
+    specs = [load_spec(p) for p in sorted((PROJECT / "include" / "pipelines").glob("*.yaml"))]
+    assert yaml.safe_load(rayservice["spec"]["serveConfigV2"]) == json.loads(json.dumps(serve_config(specs)))
+
+
+@pytest.mark.parametrize(
+    ("setting", "message"),
+    [
+        ("images.step.repository=", "/images/step/repository"),
+        ("serving.gpuWorkers.gpus=-1", "/serving/gpuWorkers/gpus"),
+        ("mlflow.replicas=-2", "/mlflow/replicas"),
+        ("colour=blue", "additional properties 'colour' not allowed"),
+        ("existingSecret=", "/existingSecret"),
+    ],
+)
+def test_bad_values_are_refused_by_helm(setting: str, message: str) -> None:
+    out = run_helm("template", "rel", str(CHART), "--set", setting)
+    assert out.returncode != 0
+    assert message in out.stderr
