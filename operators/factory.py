@@ -12,6 +12,7 @@ from airflow.sdk import DAG, AssetOrTimeSchedule, CronTriggerTimetable
 
 from operators.step import PipelineStepOperator
 from operators.trigger import RetrainingTrigger, retraining_asset
+from pipelines.params import airflow_params
 
 if TYPE_CHECKING:
     from pipelines.spec import PipelineSpec
@@ -49,6 +50,7 @@ def lifecycle_dag(spec: PipelineSpec, steps: list[str]) -> DAG:
         max_active_runs=1,
         tags=["mlcycle", spec.name, *spec.tags],
         doc_md=doc_md(spec, steps),
+        params=airflow_params(),
         default_args={
             "owner": spec.owner,
             "retries": spec.retries,

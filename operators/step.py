@@ -8,9 +8,12 @@ command as a process (`operators.local`). Nothing heavy is imported when a DAG f
 
 from __future__ import annotations
 
+import json
 from typing import TYPE_CHECKING, Any, Literal
 
 from airflow.sdk import BaseOperator
+
+from operators.links import MlflowLink, ReportLink
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
@@ -38,6 +41,7 @@ class PipelineStepOperator(BaseOperator):
 
     template_fields = ("run_key",)
     ui_color = "#e8f0fe"
+    operator_extra_links = (MlflowLink(), ReportLink())
 
     def __init__(
         self, *, pipeline: str, step: str, runtime: Runtime | None = None, run_key: str = "{{ run_id }}", **kwargs: Any
@@ -48,6 +52,7 @@ class PipelineStepOperator(BaseOperator):
         self.runtime = runtime
         self.run_key = run_key
         self._local: Any = None
+        self.result: Any = None  # the step's result, for the extra links
         self._pod_operator: Any = None
 
     # ------------------------------------------------------------------------- building (pure)
@@ -76,6 +81,12 @@ class PipelineStepOperator(BaseOperator):
             "MLCYCLE_AIRFLOW_RUN_ID": str(context["run_id"]),
             "MLCYCLE_AIRFLOW_TRY_NUMBER": str(ti.try_number),
         }
+        from pipelines.params import ENV, RunParams
+
+        given = context.get("params") or {}
+        params = {k: v for k, v in given.items() if k in RunParams.model_fields and v is not None}
+        if params:  # the Trigger DAG form's values, validated by Airflow, for every step pod
+            airflow_env[ENV] = json.dumps(params, sort_keys=True)
         manifest = self.render_pod(self.run_key, airflow_env)
         settings = load_settings()
         runtime = self.runtime or settings.effective_runtime
@@ -85,7 +96,8 @@ class PipelineStepOperator(BaseOperator):
 
             self._local = LocalProcess(manifest)
             try:
-                return self._local.run(self.log.info, cwd=str(settings.project_dir))
+                self.result = self._local.run(self.log.info, cwd=str(settings.project_dir))
+                return self.result
             except StepFailed as err:
                 if err.returncode == SKIP_EXIT_CODE:
                     from airflow.sdk.exceptions import AirflowSkipException
@@ -96,7 +108,8 @@ class PipelineStepOperator(BaseOperator):
 
                     raise AirflowFailException(str(err)) from err
                 raise
-        return self._run_on_kubernetes(manifest, settings, context)
+        self.result = self._run_on_kubernetes(manifest, settings, context)
+        return self.result
 
     def _run_on_kubernetes(self, manifest: dict[str, Any], settings: Any, context: Context) -> Any:
         from airflow.providers.cncf.kubernetes.operators.pod import KubernetesPodOperator

@@ -21,8 +21,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from pipelines.context import StepContext
-from pipelines.errors import MlcycleError
+from pipelines.context import StepContext, dry_run
+from pipelines.errors import MlcycleError, StepSkipped
 from pipelines.storage import write_json
 
 if TYPE_CHECKING:
@@ -136,6 +136,8 @@ def run(ctx: StepContext) -> dict[str, Any]:
     from serving.deploy import connect, deploy, serving_args
 
     spec, cfg = ctx.spec, ctx.spec.canary
+    if dry_run(ctx):
+        raise StepSkipped("dry run: nothing is deployed")
     ctx.manifest("promote")  # the canary follows a promotion of this run
     setup_mlflow(ctx.settings, ctx.pipeline)
     client = mlflow.MlflowClient()

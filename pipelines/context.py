@@ -54,3 +54,8 @@ class StepContext:
         """The manifest an earlier step of this run wrote."""
         data: dict[str, Any] = read_json(self.storage, self.require(step, "manifest.json"))
         return data
+
+
+def dry_run(ctx: StepContext) -> bool:
+    """Whether this run was triggered as a dry run (register and serve nothing)."""
+    return bool(getattr(ctx.extra.get("params"), "dry_run", False))

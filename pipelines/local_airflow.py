@@ -136,7 +136,8 @@ class LocalAirflow:
         )
         return data["admin"]
 
-    def api(self, method: str, path: str, **kwargs: Any) -> Any:
+    def auth_headers(self) -> dict[str, str]:
+        """A bearer token of the admin, from a login."""
         import httpx
 
         if self._token is None:
@@ -145,9 +146,12 @@ class LocalAirflow:
             )
             login.raise_for_status()
             self._token = login.json()["access_token"]
-        r = httpx.request(
-            method, f"{self.url}/api/v2{path}", headers={"Authorization": f"Bearer {self._token}"}, timeout=30, **kwargs
-        )
+        return {"Authorization": f"Bearer {self._token}"}
+
+    def api(self, method: str, path: str, **kwargs: Any) -> Any:
+        import httpx
+
+        r = httpx.request(method, f"{self.url}/api/v2{path}", headers=self.auth_headers(), timeout=30, **kwargs)
         if r.status_code >= 400:
             raise RuntimeError(f"{method} {path}: {r.status_code} {r.text[:500]}")
         return r.json() if r.content else None
@@ -168,6 +172,7 @@ class LocalAirflow:
                 time.sleep(2)
 
     def trigger(self, dag_id: str, conf: dict[str, Any] | None = None) -> str:
+        """A manual run, as the UI's Trigger DAG form makes one (`conf` holds the params)."""
         run = self.api("POST", f"/dags/{dag_id}/dagRuns", json={"logical_date": None, "conf": conf or {}})
         return str(run["dag_run_id"])
 

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from pipelines.context import StepContext
+from pipelines.context import StepContext, dry_run
 from pipelines.errors import GateError, StepSkipped
 from pipelines.model import load_module, onnx_session, predict, predict_onnx
 from pipelines.storage import read_parquet, write_json
@@ -37,6 +37,8 @@ def run(ctx: StepContext) -> dict[str, Any]:
     from pipelines.tracking import airflow_tags, code_version, setup_mlflow
 
     evaluation = ctx.manifest("evaluate")
+    if dry_run(ctx):
+        raise StepSkipped("dry run: the challenger was trained and evaluated, nothing is registered or served")
     verdict = evaluation["verdict"]
     if not verdict["passed"]:
         raise StepSkipped("the challenger failed its gates, the champion stays: " + "; ".join(verdict["reasons"]))

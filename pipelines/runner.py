@@ -56,12 +56,18 @@ def run_step(step: str, pipeline: str, run_id: str, settings: Settings, *, force
     if step not in STEP_MODULES:
         raise InvalidArgument(f"unknown step '{step}'; this version runs {list(STEP_MODULES)}")
     check_run_id(run_id)
-    spec = spec_for(settings, pipeline)
-    from pipelines import db
+    from pipelines import db, params
 
+    run_params = params.from_env(dict(os.environ))
+    spec = params.apply(spec_for(settings, pipeline), run_params)
     db.migrate(settings)
     ctx = StepContext(
-        spec=spec, settings=settings, run_id=run_id, storage=open_storage(settings), step=step, extra={"force": force}
+        spec=spec,
+        settings=settings,
+        run_id=run_id,
+        storage=open_storage(settings),
+        step=step,
+        extra={"force": force, "params": run_params},
     )
     attempt = _start(settings, pipeline, run_id, step)
     started = time.monotonic()

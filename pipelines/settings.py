@@ -47,6 +47,8 @@ class Settings(BaseSettings):
     ray_address: str | None = None
     serve_host: str = "127.0.0.1"
     serve_port: int = 8000
+    # Where users open the MLflow UI (the operator's extra links point there).
+    mlflow_ui_url: str = "http://127.0.0.1:5000"
     # Kubernetes: what the rendered pods look like.
     image: str = "mlcycle-step:latest"
     image_pull_policy: Literal["Always", "IfNotPresent", "Never"] = "IfNotPresent"

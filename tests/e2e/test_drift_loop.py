@@ -14,6 +14,7 @@ import httpx
 import pandas as pd
 import pytest
 
+from pipelines import db
 from pipelines.datagen import CATEGORICAL, NUMERIC, ChurnConfig, generate_churn
 from pipelines.local_airflow import LocalAirflow
 from pipelines.registry import audit
@@ -71,6 +72,15 @@ def test_drift_triggers_retraining_through_airflow(
     )
     served = httpx.post(f"{url}/predict", json={"instances": [{"entity_id": 3}]}, headers={"x-api-key": KEY})
     assert served.json()["predictions"][0]["version"] == 1
+    # Extra links: the validation report opens through the plugin, behind Airflow's login.
+    links = airflow.api("GET", f"/dags/churn_lifecycle/dagRuns/{first}/taskInstances/validate/links")
+    report = links["extra_links"]["Report"]
+    assert report.startswith("/mlcycle/artifacts/churn_lifecycle/")
+    assert httpx.get(airflow.url + report, timeout=30).status_code in (401, 403)
+    opened = httpx.get(airflow.url + report, headers=airflow.auth_headers(), timeout=30)
+    assert opened.status_code == 200 and opened.headers["content-type"].startswith("text/html")
+    train_links = airflow.api("GET", f"/dags/churn_lifecycle/dagRuns/{first}/taskInstances/train/links")
+    assert "/#/experiments/" in train_links["extra_links"]["MLflow"]
 
     # Calm traffic: the check runs, finds nothing, and its trigger task is skipped: no event.
     predict_rows(url, KEY, _traffic(seed=41, n=300), "customer_id", FEATURES)
@@ -100,3 +110,17 @@ def test_drift_triggers_retraining_through_airflow(
     answer = httpx.post(f"{url}/predict", json={"instances": [{"entity_id": 3}]}, headers={"x-api-key": KEY})
     assert answer.json()["predictions"][0]["version"] == 2
     assert steady.failed == 0 and steady.sent > 10
+
+    # A dry run with a small trial budget, as the Trigger DAG form sends it: trained and
+    # evaluated, nothing registered or served.
+    dry = airflow.trigger("churn_lifecycle", {"dry_run": True, "n_trials": 1})
+    assert airflow.wait_run("churn_lifecycle", dry)["state"] == "success"
+    states = airflow.task_states("churn_lifecycle", dry)
+    assert states["evaluate"] == "success" and states["promote"] == states["canary"] == "skipped"
+    assert [(r["alias"], r["to_version"]) for r in audit(workspace, "churn")] == moves
+    with db.connect(workspace) as conn:
+        (trials,) = conn.execute(
+            "SELECT outputs->'trials' FROM step_runs WHERE run_id = %s AND step = 'train' AND status = 'succeeded'",
+            (dry,),
+        ).fetchone()
+    assert sum(trials.values()) == 1, trials  # the form's budget, not the spec's

@@ -6,6 +6,7 @@ the launch, and the pod it would send to the API server is checked against the K
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -28,9 +29,9 @@ def cluster_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setenv("MLCYCLE_K8S_ENV_SECRET", "mlcycle-env")
 
 
-def _context(run_id: str) -> dict[str, Any]:
+def _context(run_id: str, params: dict[str, Any] | None = None) -> dict[str, Any]:
     ti = SimpleNamespace(dag_id="churn_lifecycle", task_id="train", try_number=2, map_index=-1)
-    return {"ti": ti, "run_id": run_id, "dag": SimpleNamespace(dag_id="churn_lifecycle")}
+    return {"ti": ti, "run_id": run_id, "dag": SimpleNamespace(dag_id="churn_lifecycle"), "params": params or {}}
 
 
 def test_kubernetes_runtime_launches_the_rendered_pod(cluster_env: None, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -46,7 +47,8 @@ def test_kubernetes_runtime_launches_the_rendered_pod(cluster_env: None, monkeyp
     monkeypatch.setattr(KubernetesPodOperator, "execute", fake_execute)
     op = PipelineStepOperator(task_id="train", pipeline="churn", step="train")
     op.run_key = "scheduled__2026-11-25T00:00:00+00:00"  # what templating renders
-    assert op.execute(_context(op.run_key)) == {"rows": 1}
+    params = {"n_trials": 3, "dry_run": True, "source_uri": None}  # the Trigger DAG form
+    assert op.execute(_context(op.run_key, params)) == {"rows": 1}
 
     pod = sent["pod"]
     kubernetes_validate.validate(pod, "1.34", strict=True)
@@ -57,6 +59,7 @@ def test_kubernetes_runtime_launches_the_rendered_pod(cluster_env: None, monkeyp
     env = {e["name"]: e.get("value") for e in base["env"]}
     assert env["MLCYCLE_AIRFLOW_DAG_ID"] == "churn_lifecycle"
     assert env["MLCYCLE_AIRFLOW_TRY_NUMBER"] == "2"
+    assert json.loads(env["MLCYCLE_RUN_PARAMS"]) == {"dry_run": True, "n_trials": 3}
     assert base["envFrom"] == [{"secretRef": {"name": "mlcycle-env"}}]
     assert pod["spec"]["nodeSelector"] == {"mlcycle.io/pool": "gpu"}
     assert pod["metadata"]["namespace"] == sent["namespace"] == "ml"

@@ -1,0 +1,71 @@
+"""Extra links of a step's task in the Airflow UI: its MLflow run or model version, its reports.
+
+Airflow computes them in the worker when the task ends (`get_link` on the operator that just ran)
+and stores them in XCom, so they come from the step's own result. Reports are served by the
+`mlcycle` plugin (plugins/mlcycle_plugin.py) under the api-server, behind Airflow's own login:
+`/mlcycle/artifacts/<dag_id>/<run_id>/<step>/<file>`.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+from urllib.parse import quote
+
+import attrs
+from airflow.sdk import BaseOperatorLink
+
+if TYPE_CHECKING:
+    from airflow.sdk import BaseOperator
+    from airflow.sdk.types import TaskInstanceKey
+
+REPORTS = {
+    "validate": ("Validation report", "report.html"),
+    "evaluate": ("Evaluation report", "report.html"),
+    "canary": ("Canary report", "report.png"),
+    "drift": ("Evidently report", "report.html"),
+}
+"""The report of each step that has one, as the link's name and the artifact's file name."""
+ARTIFACT_PREFIX = "/mlcycle/artifacts"
+
+
+def report_url(dag_id: str, run_id: str, step: str) -> str:
+    """The plugin's URL of a step's report, relative to the api-server. Pure."""
+    return f"{ARTIFACT_PREFIX}/{quote(dag_id)}/{quote(run_id, safe='')}/{step}/{REPORTS[step][1]}"
+
+
+def mlflow_url(base: str, step: str, result: dict[str, Any]) -> str:
+    """The MLflow UI page of a step's result: the training run, or the registered version. Pure."""
+    base = base.rstrip("/")
+    if step == "train" and result.get("mlflow_run_id") and result.get("mlflow_experiment_id"):
+        return f"{base}/#/experiments/{result['mlflow_experiment_id']}/runs/{result['mlflow_run_id']}"
+    if step == "promote" and result.get("model") and result.get("version"):
+        return f"{base}/#/models/{quote(result['model'])}/versions/{result['version']}"
+    return ""
+
+
+def _result(operator: BaseOperator) -> dict[str, Any]:
+    result = getattr(operator, "result", None)
+    return result if isinstance(result, dict) else {}
+
+
+@attrs.define
+class MlflowLink(BaseOperatorLink):
+    name = "MLflow"
+
+    def get_link(self, operator: BaseOperator, *, ti_key: TaskInstanceKey) -> str:
+        from pipelines.settings import load_settings
+
+        return mlflow_url(load_settings().mlflow_ui_url, str(getattr(operator, "step", "")), _result(operator))
+
+
+@attrs.define
+class ReportLink(BaseOperatorLink):
+    """The step's report, when the step has one and wrote it."""
+
+    name = "Report"
+
+    def get_link(self, operator: BaseOperator, *, ti_key: TaskInstanceKey) -> str:
+        step = str(getattr(operator, "step", ""))
+        if step not in REPORTS or not _result(operator):
+            return ""
+        return report_url(ti_key.dag_id, ti_key.run_id, step)

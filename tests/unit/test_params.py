@@ -1,0 +1,60 @@
+"""Run parameters: the Trigger DAG form's values, validated by Airflow and applied to the spec."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from pipelines.errors import InvalidArgument
+from pipelines.params import ENV, RunParams, apply, from_env
+from pipelines.spec import FileSource, S3Source, load_spec
+from tests.conftest import CHURN_SPEC
+
+SPEC = load_spec(CHURN_SPEC)
+
+
+def test_no_params_leave_the_spec_alone() -> None:
+    assert apply(SPEC, from_env({})) is SPEC
+
+
+def test_source_override_and_trial_budget() -> None:
+    s3 = apply(SPEC, RunParams(source_uri="s3://data-bucket/churn/2026-11.parquet", n_trials=3))
+    assert isinstance(s3.source, S3Source) and s3.source.uri == "s3://data-bucket/churn/2026-11.parquet"
+    assert s3.training.n_trials == 3 and s3.training.max_epochs == SPEC.training.max_epochs
+    local = apply(SPEC, from_env({ENV: json.dumps({"source_uri": "/data/churn.csv", "n_trials": None})}))
+    assert isinstance(local.source, FileSource) and local.source.path == "/data/churn.csv"
+    assert local.training == SPEC.training
+
+
+@pytest.mark.parametrize(
+    ("raw", "message"),
+    [
+        ('{"n_trials": 0}', "greater than or equal to 1"),
+        ('{"source_uri": "/data/churn.xlsx"}', "a .csv or .parquet file"),
+        ('{"colour": "blue"}', "Extra inputs are not permitted"),
+        ("{not json", "MLCYCLE_RUN_PARAMS"),
+    ],
+)
+def test_bad_params_are_refused_with_the_reason(raw: str, message: str) -> None:
+    with pytest.raises(InvalidArgument, match=message):
+        from_env({ENV: raw})
+
+
+def test_a_bad_s3_uri_is_refused_by_the_spec() -> None:
+    with pytest.raises(InvalidArgument, match="run parameters"):
+        apply(SPEC, RunParams(source_uri="s3://X/churn.csv"))
+
+
+def test_airflow_validates_the_form_before_a_run() -> None:
+    from airflow.sdk.definitions.param import ParamsDict
+
+    from pipelines.params import airflow_params
+
+    form = ParamsDict(airflow_params())
+    assert form.validate() == {"source_uri": None, "n_trials": None, "dry_run": False}
+    form["n_trials"] = 5
+    assert form.validate()["n_trials"] == 5
+    bad = ParamsDict(airflow_params())
+    with pytest.raises(ValueError, match="n_trials"):  # refused as it is set, before any run
+        bad["n_trials"] = -1
