@@ -141,3 +141,31 @@ def test_too_few_requests_is_insufficient_data(monitored: Settings) -> None:
     out = run(monitored, "drift", "check-few", PIPELINE)
     assert out["status"] == "insufficient_data" and not out["retrain"]
     assert "50 requests" in out["reasons"][0] and "report" not in out
+
+
+def test_labels_load_from_a_postgres_query_all_or_nothing(monitored: Settings) -> None:
+    """Delayed labels from a SQL source (here a table of the platform database); a bad row refuses
+    the whole load."""
+    from pipelines.cli import main
+
+    reset(monitored)
+    rows = traffic(seed=15, n=40)
+    ids = serve_log(monitored, rows)
+    with db.connect(monitored) as conn:
+        conn.execute("DROP TABLE IF EXISTS outcomes")
+        conn.execute("CREATE TABLE outcomes (request_id uuid, customer_id bigint, churned int)")
+        with conn.cursor() as cur:
+            cur.executemany(
+                "INSERT INTO outcomes VALUES (%s, %s, %s)",
+                [(i, int(c), int(y)) for i, c, y in zip(ids, rows["customer_id"], rows["churned"], strict=True)],
+            )
+    query = "SELECT request_id, customer_id, churned FROM outcomes"
+    assert main(["labels", "load", "--pipeline", PIPELINE, query]) == 0
+    with db.connect(monitored) as conn:
+        (n,) = conn.execute("SELECT count(*) FROM labels WHERE pipeline = %s", (PIPELINE,)).fetchone()
+        conn.execute("UPDATE outcomes SET churned = 7 WHERE customer_id = %s", (int(rows["customer_id"][0]),))
+    assert n == 40
+    assert main(["labels", "load", "--pipeline", PIPELINE, query]) == 2  # refused: churned 7 is not a label
+    with db.connect(monitored) as conn:
+        (after,) = conn.execute("SELECT count(*) FROM labels WHERE pipeline = %s AND label > 1", (PIPELINE,)).fetchone()
+    assert after == 0
