@@ -35,11 +35,9 @@ FEATURES = list(NUMERIC + CATEGORICAL)
 
 @pytest.fixture
 def airflow(workspace: Settings, ray_head: dict[str, str]) -> Iterator[LocalAirflow]:
-    # A pipeline of its own: the session's registry is shared with the other e2e module's `churn`.
     small_spec(
         workspace,
         SOURCE,
-        name="loop",
         schedule=None,
         training=FAST,
         evaluation=EVAL,
@@ -53,9 +51,28 @@ def airflow(workspace: Settings, ray_head: dict[str, str]) -> Iterator[LocalAirf
     }
     af = LocalAirflow(workspace, port=free_port_pairs(1)[0], extra_env=env)
     with af:
-        af.wait_for_dag("loop_lifecycle")
-        af.wait_for_dag("loop_drift")
-        yield af
+        af.wait_for_dag("churn_lifecycle")
+        af.wait_for_dag("churn_drift")
+        try:
+            yield af
+        finally:
+            _forget_churn(workspace)
+
+
+def _forget_churn(settings: Settings) -> None:
+    """The session's registry and audit are shared with the other e2e module, whose first run of
+    `churn` must meet no champion: remove what this test registered."""
+    import mlflow
+
+    from pipelines.registry import model_name
+    from pipelines.tracking import setup_mlflow
+
+    setup_mlflow(settings, "churn")
+    client = mlflow.MlflowClient()
+    if client.search_registered_models(f"name = '{model_name('churn')}'"):
+        client.delete_registered_model(model_name("churn"))
+    with db.connect(settings) as conn:
+        conn.execute("DELETE FROM alias_audit WHERE pipeline = 'churn'")
 
 
 def _traffic(seed: int, n: int, **drift: float) -> pd.DataFrame:
@@ -67,45 +84,47 @@ def _traffic(seed: int, n: int, **drift: float) -> pd.DataFrame:
 def test_drift_triggers_retraining_through_airflow(
     workspace: Settings, airflow: LocalAirflow, ray_head: dict[str, str]
 ) -> None:
-    url = f"http://127.0.0.1:{ray_head['MLCYCLE_SERVE_PORT']}/v1/pipelines/loop"
-    first = airflow.trigger("loop_lifecycle")
-    assert airflow.wait_run("loop_lifecycle", first)["state"] == "success", airflow.task_states("loop_lifecycle", first)
+    url = f"http://127.0.0.1:{ray_head['MLCYCLE_SERVE_PORT']}/v1/pipelines/churn"
+    first = airflow.trigger("churn_lifecycle")
+    assert airflow.wait_run("churn_lifecycle", first)["state"] == "success", airflow.task_states(
+        "churn_lifecycle", first
+    )
     served = httpx.post(f"{url}/predict", json={"instances": [{"entity_id": 3}]}, headers={"x-api-key": KEY})
     assert served.json()["predictions"][0]["version"] == 1
     # Extra links: the validation report opens through the plugin, behind Airflow's login.
-    links = airflow.api("GET", f"/dags/loop_lifecycle/dagRuns/{first}/taskInstances/validate/links")
+    links = airflow.api("GET", f"/dags/churn_lifecycle/dagRuns/{first}/taskInstances/validate/links")
     report = links["extra_links"]["Report"]
-    assert report.startswith("/mlcycle/artifacts/loop_lifecycle/")
+    assert report.startswith("/mlcycle/artifacts/churn_lifecycle/")
     assert httpx.get(airflow.url + report, timeout=30).status_code in (401, 403)
     opened = httpx.get(airflow.url + report, headers=airflow.auth_headers(), timeout=30)
     assert opened.status_code == 200 and opened.headers["content-type"].startswith("text/html")
-    train_links = airflow.api("GET", f"/dags/loop_lifecycle/dagRuns/{first}/taskInstances/train/links")
+    train_links = airflow.api("GET", f"/dags/churn_lifecycle/dagRuns/{first}/taskInstances/train/links")
     assert "/#/experiments/" in train_links["extra_links"]["MLflow"]
 
     # Calm traffic: the check runs, finds nothing, and its trigger task is skipped: no event.
     predict_rows(url, KEY, _traffic(seed=41, n=300), "customer_id", FEATURES)
     time.sleep(1.5)  # the request log is written in batches, off the request path
-    calm = airflow.trigger("loop_drift")
-    assert airflow.wait_run("loop_drift", calm)["state"] == "success"
-    assert airflow.task_states("loop_drift", calm) == {"drift": "success", "trigger_retraining": "skipped"}
-    assert airflow.asset_events("loop_retraining") == []
+    calm = airflow.trigger("churn_drift")
+    assert airflow.wait_run("churn_drift", calm)["state"] == "success"
+    assert airflow.task_states("churn_drift", calm) == {"drift": "success", "trigger_retraining": "skipped"}
+    assert airflow.asset_events("churn_retraining") == []
 
     # Drifted traffic: the check asks for retraining; the event starts the lifecycle.
     predict_rows(url, KEY, _traffic(seed=42, n=600, covariate_drift=1.0), "customer_id", FEATURES)
     time.sleep(1.5)
-    drifted = airflow.trigger("loop_drift")
-    assert airflow.wait_run("loop_drift", drifted)["state"] == "success"
-    assert airflow.task_states("loop_drift", drifted) == {"drift": "success", "trigger_retraining": "success"}
-    (event,) = airflow.asset_events("loop_retraining")
+    drifted = airflow.trigger("churn_drift")
+    assert airflow.wait_run("churn_drift", drifted)["state"] == "success"
+    assert airflow.task_states("churn_drift", drifted) == {"drift": "success", "trigger_retraining": "success"}
+    (event,) = airflow.asset_events("churn_retraining")
     assert event["extra"]["status"] == "drift" and "features drifted" in event["extra"]["reasons"][0]
     with SteadyTraffic(url, KEY) as steady:  # the retraining run's canary needs live traffic
         deadline = time.monotonic() + 120
-        while not (retrain := [r for r in airflow.runs("loop_lifecycle") if r["run_type"] == "asset_triggered"]):
+        while not (retrain := [r for r in airflow.runs("churn_lifecycle") if r["run_type"] == "asset_triggered"]):
             assert time.monotonic() < deadline, "the scheduler started no lifecycle run from the event"
             time.sleep(3)
-        run = airflow.wait_run("loop_lifecycle", retrain[0]["dag_run_id"])
-        assert run["state"] == "success", airflow.task_states("loop_lifecycle", retrain[0]["dag_run_id"])
-    moves = [(r["alias"], r["to_version"]) for r in audit(workspace, "loop")]
+        run = airflow.wait_run("churn_lifecycle", retrain[0]["dag_run_id"])
+        assert run["state"] == "success", airflow.task_states("churn_lifecycle", retrain[0]["dag_run_id"])
+    moves = [(r["alias"], r["to_version"]) for r in audit(workspace, "churn")]
     assert ("champion", 2) in moves  # the retrained model passed its canary
     answer = httpx.post(f"{url}/predict", json={"instances": [{"entity_id": 3}]}, headers={"x-api-key": KEY})
     assert answer.json()["predictions"][0]["version"] == 2
@@ -113,11 +132,11 @@ def test_drift_triggers_retraining_through_airflow(
 
     # A dry run with a small trial budget, as the Trigger DAG form sends it: trained and
     # evaluated, nothing registered or served.
-    dry = airflow.trigger("loop_lifecycle", {"dry_run": True, "n_trials": 1})
-    assert airflow.wait_run("loop_lifecycle", dry)["state"] == "success"
-    states = airflow.task_states("loop_lifecycle", dry)
+    dry = airflow.trigger("churn_lifecycle", {"dry_run": True, "n_trials": 1})
+    assert airflow.wait_run("churn_lifecycle", dry)["state"] == "success"
+    states = airflow.task_states("churn_lifecycle", dry)
     assert states["evaluate"] == "success" and states["promote"] == states["canary"] == "skipped"
-    assert [(r["alias"], r["to_version"]) for r in audit(workspace, "loop")] == moves
+    assert [(r["alias"], r["to_version"]) for r in audit(workspace, "churn")] == moves
     with db.connect(workspace) as conn:
         (trials,) = conn.execute(
             "SELECT outputs->'trials' FROM step_runs WHERE run_id = %s AND step = 'train' AND status = 'succeeded'",
