@@ -60,11 +60,11 @@ def local_argv_env(
 class LocalProcess:
     """One run of a pod's container as a local process; `terminate()` from another thread."""
 
-    def __init__(self, manifest: dict[str, Any]) -> None:
-        self.manifest = manifest
+    def __init__(self, manifest: dict[str, Any], cwd: str | None = None) -> None:
+        self.manifest, self.cwd = manifest, cwd
         self.proc: subprocess.Popen[str] | None = None
 
-    def run(self, log: Callable[[str], None], cwd: str | None = None) -> Any:
+    def run(self, log: Callable[[str], None]) -> Any:
         """Run to completion; returns the step's XCom result (or None); raises StepFailed."""
         with tempfile.TemporaryDirectory(prefix="mlcycle-xcom-") as tmp:
             xcom = os.path.join(tmp, "return.json")
@@ -74,7 +74,7 @@ class LocalProcess:
             self.proc = subprocess.Popen(
                 argv,
                 env=env,
-                cwd=cwd,
+                cwd=self.cwd,
                 stdout=subprocess.PIPE,
                 stderr=subprocess.STDOUT,
                 text=True,

@@ -18,7 +18,7 @@ from operators.links import MlflowLink, ReportLink
 if TYPE_CHECKING:
     from airflow.sdk import Context
 
-Runtime = Literal["local", "kubernetes"]
+Runtime = Literal["local", "docker", "kubernetes"]
 
 NO_RETRY_EXIT_CODES = frozenset({2, 3})
 """`mlcycle` exits 2 on a bad spec or argument and 3 on rejected data or a failed hard check:
@@ -34,7 +34,7 @@ class PipelineStepOperator(BaseOperator):
     Args:
         pipeline: the pipeline (a spec in the settings' pipelines directory).
         step: the lifecycle step.
-        runtime: `local` or `kubernetes`; default from the settings (`MLCYCLE_RUNTIME`, else
+        runtime: `local`, `docker` or `kubernetes`; default from the settings (`MLCYCLE_RUNTIME`, else
             `local` in the embedded profile and `kubernetes` in the cluster profile).
         run_key: the run id the step writes under (templated; default the DAG run's id).
     """
@@ -51,7 +51,7 @@ class PipelineStepOperator(BaseOperator):
         self.step = step
         self.runtime = runtime
         self.run_key = run_key
-        self._local: Any = None
+        self._runner: Any = None
         self.result: Any = None  # the step's result, for the extra links
         self._pod_operator: Any = None
 
@@ -91,25 +91,39 @@ class PipelineStepOperator(BaseOperator):
         settings = load_settings()
         runtime = self.runtime or settings.effective_runtime
         self.log.info("step %s of %s, run %s, runtime %s", self.step, self.pipeline, self.run_key, runtime)
-        if runtime == "local":
-            from operators.local import LocalProcess, StepFailed
+        if runtime == "kubernetes":
+            self.result = self._run_on_kubernetes(manifest, settings, context)
+            return self.result
+        from operators.local import StepFailed
 
-            self._local = LocalProcess(manifest)
-            try:
-                self.result = self._local.run(self.log.info, cwd=str(settings.project_dir))
-                return self.result
-            except StepFailed as err:
-                if err.returncode == SKIP_EXIT_CODE:
-                    from airflow.sdk.exceptions import AirflowSkipException
+        self._runner = self._runner_for(runtime, manifest, settings)
+        try:
+            self.result = self._runner.run(self.log.info)
+            return self.result
+        except StepFailed as err:
+            if err.returncode == SKIP_EXIT_CODE:
+                from airflow.sdk.exceptions import AirflowSkipException
 
-                    raise AirflowSkipException(err.tail[-1] if err.tail else "skipped") from err
-                if err.returncode in NO_RETRY_EXIT_CODES:
-                    from airflow.sdk.exceptions import AirflowFailException
+                raise AirflowSkipException(err.tail[-1] if err.tail else "skipped") from err
+            if err.returncode in NO_RETRY_EXIT_CODES:
+                from airflow.sdk.exceptions import AirflowFailException
 
-                    raise AirflowFailException(str(err)) from err
-                raise
-        self.result = self._run_on_kubernetes(manifest, settings, context)
-        return self.result
+                raise AirflowFailException(str(err)) from err
+            raise
+
+    @staticmethod
+    def _runner_for(runtime: str, manifest: dict[str, Any], settings: Any) -> Any:
+        """The process (`local`) or container (`docker`) that runs the pod's step container."""
+        if runtime == "docker":
+            import os
+
+            from operators.container import DockerContainer, container_config
+
+            config = container_config(manifest, os.environ, settings.docker_env_from, settings.docker_network)
+            return DockerContainer(manifest, config, settings.image_pull_policy)
+        from operators.local import LocalProcess
+
+        return LocalProcess(manifest, cwd=str(settings.project_dir))
 
     def _run_on_kubernetes(self, manifest: dict[str, Any], settings: Any, context: Context) -> Any:
         from airflow.providers.cncf.kubernetes.operators.pod import KubernetesPodOperator
@@ -132,7 +146,7 @@ class PipelineStepOperator(BaseOperator):
         return self._pod_operator.execute(context)
 
     def on_kill(self) -> None:
-        if self._local is not None:
-            self._local.terminate()
+        if self._runner is not None:
+            self._runner.terminate()
         if self._pod_operator is not None:
             self._pod_operator.on_kill()

@@ -42,7 +42,7 @@ class Settings(BaseSettings):
     s3_endpoint_url: str | None = None
     s3_region: str = "us-east-1"
     redis_url: str | None = None
-    runtime: Literal["local", "kubernetes"] | None = None
+    runtime: Literal["local", "docker", "kubernetes"] | None = None
     # Ray Serve: the cluster to deploy to (None: start or reuse the embedded one) and its HTTP port.
     ray_address: str | None = None
     serve_host: str = "127.0.0.1"
@@ -58,6 +58,16 @@ class Settings(BaseSettings):
     k8s_conn_id: str = "kubernetes_default"
     k8s_startup_timeout_s: int = 600
     k8s_schedule_timeout_s: int = 1800
+    # Runtime `docker`: the network the step containers join (the Compose stack's) and the
+    # variables they take from the worker's environment, as a pod takes `k8s_env_secret`.
+    docker_network: str | None = None
+    docker_env_from: list[str] = [
+        "MLCYCLE_DATABASE_URL",
+        "AWS_ACCESS_KEY_ID",
+        "AWS_SECRET_ACCESS_KEY",
+        "MLCYCLE_SERVING_API_KEYS",
+        "RAY_AUTH_TOKEN",
+    ]
     # The cluster's GPU node pool (JSON in the environment; the Helm chart sets them from its
     # values): added to every step that asks for a GPU, under what the spec itself says.
     k8s_gpu_node_selector: dict[str, str] = {}
@@ -89,7 +99,7 @@ class Settings(BaseSettings):
         return self.artifact_root or str(self.state_path / "artifacts")
 
     @property
-    def effective_runtime(self) -> Literal["local", "kubernetes"]:
+    def effective_runtime(self) -> Literal["local", "docker", "kubernetes"]:
         if self.runtime is not None:
             return self.runtime
         return "local" if self.profile == "embedded" else "kubernetes"

@@ -76,7 +76,7 @@ def test_local_runtime_failure_codes(monkeypatch: pytest.MonkeyPatch, tmp_path: 
     monkeypatch.setenv("MLCYCLE_STATE_DIR", str(tmp_path))
     codes = iter([100, 3, 1])
 
-    def fail(self: LocalProcess, log: Any, cwd: str | None = None) -> None:
+    def fail(self: LocalProcess, log: Any) -> None:
         raise StepFailed(["mlcycle"], next(codes), ["boom"])
 
     monkeypatch.setattr(LocalProcess, "run", fail)

@@ -1,0 +1,192 @@
+"""Runtime `docker`: the step's rendered pod as one container, through the Docker Engine API.
+
+The pod stays the single source of truth: its container's image, command (the entrypoint), args,
+env, CPU and memory limits, GPU limit (a device request), user and dropped capabilities become
+the container's; its labels and run id become labels. Secrets, which reach a pod by `envFrom`,
+reach the container from the worker's environment, by name (`MLCYCLE_DOCKER_ENV_FROM`). Output
+is streamed line by line to the task log, the exit code is the task's result, the XCom file is
+read back from the stopped container, and the container is removed whatever happened.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import re
+import secrets
+import tarfile
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from operators.local import StepFailed
+from operators.pod import XCOM_PATH, container_of
+
+_QUANTITY = re.compile(r"^([0-9]+(?:\.[0-9]+)?)([A-Za-z]*)$")
+_MEMORY_UNITS = {
+    "": 1,
+    "k": 10**3,
+    "M": 10**6,
+    "G": 10**9,
+    "T": 10**12,
+    "Ki": 2**10,
+    "Mi": 2**20,
+    "Gi": 2**30,
+    "Ti": 2**40,
+}
+
+
+def nano_cpus(quantity: str) -> int:
+    """A Kubernetes CPU quantity ("2", "0.5", "500m") in Docker's nano-CPUs. Pure."""
+    m = _QUANTITY.match(str(quantity).strip())
+    if not m or m.group(2) not in ("", "m"):
+        raise ValueError(f"not a CPU quantity: {quantity!r}")
+    value = float(m.group(1)) / (1000 if m.group(2) == "m" else 1)
+    return round(value * 1e9)
+
+
+def memory_bytes(quantity: str) -> int:
+    """A Kubernetes memory quantity ("512Mi", "4Gi", "1G", "1000") in bytes. Pure."""
+    m = _QUANTITY.match(str(quantity).strip())
+    if not m or m.group(2) not in _MEMORY_UNITS:
+        raise ValueError(f"not a memory quantity: {quantity!r}")
+    return int(float(m.group(1)) * _MEMORY_UNITS[m.group(2)])
+
+
+def container_config(
+    manifest: dict[str, Any],
+    worker_env: Mapping[str, str],
+    env_from: list[str],
+    network: str | None = None,
+) -> dict[str, Any]:
+    """The keyword arguments of `docker.containers.create` for the pod's step container. Pure.
+
+    `env_from` names the variables taken from `worker_env` (the secrets a pod gets by
+    `envFrom`); the pod's own env wins over them. GPU limits become one device request."""
+    c = container_of(manifest)
+    meta = manifest["metadata"]
+    env = {name: worker_env[name] for name in env_from if name in worker_env}
+    env.update({item["name"]: item["value"] for item in c.get("env", [])})
+    limits = c.get("resources", {}).get("limits", {})
+    security = c.get("securityContext", {})
+    labels = {**meta.get("labels", {}), **meta.get("annotations", {})}
+    config: dict[str, Any] = {
+        "image": c["image"],
+        "entrypoint": c.get("command"),
+        "command": c.get("args"),
+        "environment": env,
+        "labels": labels,
+        "name": f"{meta['name']}-{secrets.token_hex(3)}",
+        "detach": True,
+    }
+    if "cpu" in limits:
+        config["nano_cpus"] = nano_cpus(limits["cpu"])
+    if "memory" in limits:
+        config["mem_limit"] = memory_bytes(limits["memory"])
+    gpus = sum(int(v) for k, v in limits.items() if k.endswith("/gpu"))
+    if gpus:
+        config["device_requests"] = [{"Driver": "nvidia", "Count": gpus, "Capabilities": [["gpu"]]}]
+    if "runAsUser" in security:
+        config["user"] = str(security["runAsUser"])
+    if "ALL" in security.get("capabilities", {}).get("drop", []):
+        config["cap_drop"] = ["ALL"]
+    if security.get("allowPrivilegeEscalation") is False:
+        config["security_opt"] = ["no-new-privileges"]
+    if network:
+        config["network"] = network
+    return config
+
+
+def read_xcom(archive: bytes) -> Any:
+    """The step's result from `get_archive(XCOM_PATH)`'s tar stream (None when empty). Pure."""
+    with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
+        member = next((m for m in tar.getmembers() if m.isfile()), None)
+        if member is None:
+            return None
+        fh = tar.extractfile(member)
+        data = fh.read() if fh else b""
+    return json.loads(data) if data.strip() else None
+
+
+class DockerContainer:
+    """One run of a pod's step container on a Docker engine; `terminate()` from another thread."""
+
+    def __init__(self, manifest: dict[str, Any], config: dict[str, Any], pull_policy: str = "IfNotPresent") -> None:
+        self.manifest, self.config, self.pull_policy = manifest, config, pull_policy
+        self.container: Any = None
+
+    def run(self, log: Callable[[str], None], client: Any = None) -> Any:
+        """Run to completion; returns the step's XCom result (or None); raises StepFailed."""
+        import docker
+
+        client = client or docker.from_env()
+        self._ensure_image(client)
+        c = container_of(self.manifest)
+        argv = [*(c.get("command") or []), *(c.get("args") or [])]
+        self.container = client.containers.create(**self.config)
+        tail: list[str] = []
+        try:
+            self.container.start()
+            buf = b""
+            for chunk in self.container.logs(stream=True, follow=True):
+                buf += chunk
+                *lines, buf = buf.split(b"\n")
+                for raw in lines:
+                    line = raw.decode("utf-8", "replace").rstrip("\r")
+                    log(line)
+                    tail = [*tail[-49:], line]
+            if buf:
+                line = buf.decode("utf-8", "replace")
+                log(line)
+                tail = [*tail[-49:], line]
+            code = int(self.container.wait()["StatusCode"])
+            if code != 0:
+                raise StepFailed(argv, code, tail)
+            return self._xcom()
+        finally:
+            self._remove()
+
+    def _ensure_image(self, client: Any) -> None:
+        import docker
+
+        image = self.config["image"]
+        try:
+            client.images.get(image)
+            if self.pull_policy != "Always":
+                return
+        except docker.errors.ImageNotFound:
+            if self.pull_policy == "Never":
+                raise RuntimeError(
+                    f"image {image} is not on this Docker engine and the pull policy is Never: "
+                    "build it with `make images`"
+                ) from None
+        try:
+            client.images.pull(image)
+        except docker.errors.APIError as err:
+            raise RuntimeError(f"image {image} could not be pulled ({err}); build it with `make images`") from None
+
+    def _xcom(self) -> Any:
+        import docker
+
+        try:
+            stream, _ = self.container.get_archive(XCOM_PATH)
+        except docker.errors.NotFound:
+            return None
+        return read_xcom(b"".join(stream))
+
+    def _remove(self) -> None:
+        import docker
+
+        if self.container is None:
+            return
+        with contextlib.suppress(docker.errors.NotFound):
+            self.container.remove(force=True)
+
+    def terminate(self, grace_s: int = 10) -> None:
+        """Stop the container (SIGTERM, SIGKILL after `grace_s`); `run` then removes it."""
+        import docker
+
+        if self.container is None:
+            return
+        with contextlib.suppress(docker.errors.NotFound):
+            self.container.stop(timeout=grace_s)
