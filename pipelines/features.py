@@ -96,6 +96,22 @@ def feature_store(spec: PipelineSpec, settings: Settings) -> Iterator[Any]:
         yield FeatureStore(repo_path=str(settings.project_dir / "feature_repo"))
 
 
+@contextmanager
+def offline_source(uri: str, df: pd.DataFrame) -> Iterator[str]:
+    """The path Feast's file offline store reads the validated snapshot from: the snapshot itself
+    when it is a local file; for an object-store snapshot, a local copy for the step's lifetime
+    (Feast reads s3:// through s3fs, whose aiobotocore cannot sit beside the pinned boto3)."""
+    if "://" not in uri or uri.startswith("file://"):
+        yield uri
+        return
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="mlcycle-offline-") as tmp:
+        path = f"{tmp}/validated.parquet"
+        df.to_parquet(path, index=False)
+        yield path
+
+
 def apply_and_materialize(store: Any, spec: PipelineSpec, source_uri: str, df: pd.DataFrame) -> None:
     from datetime import timedelta
 
@@ -123,8 +139,8 @@ def run(ctx: StepContext) -> dict[str, Any]:
     df = read_parquet(ctx.storage, validated_key)
     spec = ctx.spec
     entities = entity_rows(df, spec)
-    with feature_store(spec, ctx.settings) as store:
-        apply_and_materialize(store, spec, ctx.storage.uri(validated_key), df)
+    with feature_store(spec, ctx.settings) as store, offline_source(ctx.storage.uri(validated_key), df) as path:
+        apply_and_materialize(store, spec, path, df)
         training = historical_features(store, spec, entities)
     ts = spec.entity.timestamp
     training = training.sort_values([ts, spec.entity.join_key], kind="stable").reset_index(drop=True)

@@ -12,6 +12,7 @@ from pipelines.runner import spec_for
 from pipelines.settings import Settings
 from pipelines.storage import open_storage, read_parquet
 from tests.integration.helpers import run_through, small_spec
+from tests.services import S3Server
 
 pytestmark = pytest.mark.integration
 
@@ -86,3 +87,21 @@ def test_online_store_serves_the_latest_values(applied) -> None:  # type: ignore
     for i in ids:
         assert online.loc[i, "usage_hours_30d"] == pytest.approx(latest.loc[i, "usage_hours_30d"])
         assert online.loc[i, "plan"] == latest.loc[i, "plan"]
+
+
+def test_features_with_artifacts_on_s3(
+    workspace: Settings, s3: S3Server, churn_df: pd.DataFrame, tmp_path: Path
+) -> None:
+    """The cluster layout: snapshots on S3 (SeaweedFS). Feast's file offline store reads a local
+    copy of the validated snapshot; the training set is the same as with local artifacts."""
+    churn_df.to_parquet(tmp_path / "churn.parquet", index=False)
+    settings = workspace.model_copy(
+        update={"artifact_root": f"s3://{s3.bucket}/features-s3", "s3_endpoint_url": s3.endpoint}
+    )
+    small_spec(settings, {"kind": "file", "path": str(tmp_path / "churn.parquet")})
+    manifest = run_through(settings, "feast-s3")["features"]
+    assert manifest["source"].startswith(f"s3://{s3.bucket}/features-s3/")
+    assert manifest["dropped_entity_rows"] == 0
+    train = read_parquet(open_storage(settings), "churn/feast-s3/features/train.parquet")
+    assert len(train) == manifest["splits"]["train"]["rows"] > 0
+    assert not train[manifest["features"]].isna().any().any()
