@@ -5,7 +5,7 @@ Parse-time work is reading small YAML files; no database, no network, no heavy i
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
+from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
 from airflow.sdk import DAG, AssetOrTimeSchedule, CronTriggerTimetable
@@ -16,8 +16,6 @@ from pipelines.params import airflow_params
 
 if TYPE_CHECKING:
     from pipelines.spec import PipelineSpec
-
-START = datetime(2025, 1, 1)
 
 
 def doc_md(spec: PipelineSpec, steps: list[str]) -> str:
@@ -33,7 +31,10 @@ def doc_md(spec: PipelineSpec, steps: list[str]) -> str:
 
 
 def lifecycle_schedule(spec: PipelineSpec) -> Any:
-    """The retraining Asset, or the spec's cron as well: whichever comes first starts a run."""
+    """The retraining Asset, or the spec's cron as well: whichever comes first starts a run.
+
+    No DAG has a start date, so a cron schedule waits for its next time: a new deployment does not
+    start the latest "missed" run (with a start date in the past, Airflow would)."""
     asset = retraining_asset(spec.name)
     if spec.schedule is None:
         return [asset]
@@ -45,7 +46,6 @@ def lifecycle_dag(spec: PipelineSpec, steps: list[str]) -> DAG:
     with DAG(
         dag_id=f"{spec.name}_lifecycle",
         schedule=lifecycle_schedule(spec),
-        start_date=START,
         catchup=False,
         max_active_runs=1,
         tags=["mlcycle", spec.name, *spec.tags],
@@ -71,8 +71,7 @@ def drift_dag(spec: PipelineSpec) -> DAG:
     """`<name>_drift`: the drift check on its schedule, then the retraining Asset if it asks."""
     with DAG(
         dag_id=f"{spec.name}_drift",
-        schedule=spec.drift.schedule,
-        start_date=START,
+        schedule=CronTriggerTimetable(spec.drift.schedule, timezone="UTC") if spec.drift.schedule else None,
         catchup=False,
         max_active_runs=1,
         tags=["mlcycle", spec.name, "drift"],
