@@ -97,6 +97,25 @@ def container_config(
     return config
 
 
+def fit_to_engine(config: dict[str, Any], ncpu: int, has_gpu: bool, gpu_policy: str = "auto") -> list[str]:
+    """Fit `config` (in place) to the engine that runs it; returns what was changed, for the log.
+
+    A CPU limit above the engine's CPUs is refused by Docker: it is lowered to what there is. A GPU
+    request on an engine without the NVIDIA runtime runs on the CPU (the steps pick CUDA or CPU
+    at run time) unless `gpu_policy` is `require`; `off` never asks for one. Pure."""
+    notes: list[str] = []
+    if config.get("nano_cpus", 0) > ncpu * 10**9:
+        notes.append(f"CPU limit {config['nano_cpus'] / 1e9:g} lowered to the engine's {ncpu} CPUs")
+        config["nano_cpus"] = ncpu * 10**9
+    if "device_requests" in config and (gpu_policy == "off" or not has_gpu):
+        if gpu_policy == "require":
+            raise RuntimeError("the step asks for a GPU and this Docker engine has no NVIDIA runtime")
+        count = sum(int(r.get("Count", 0)) for r in config.pop("device_requests"))
+        why = "MLCYCLE_DOCKER_GPU=off" if gpu_policy == "off" else "this Docker engine has no NVIDIA runtime"
+        notes.append(f"asks for {count} GPU(s); {why}: running on the CPU")
+    return notes
+
+
 def read_xcom(archive: bytes) -> Any:
     """The step's result from `get_archive(XCOM_PATH)`'s tar stream (None when empty). Pure."""
     with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
@@ -111,8 +130,10 @@ def read_xcom(archive: bytes) -> Any:
 class DockerContainer:
     """One run of a pod's step container on a Docker engine; `terminate()` from another thread."""
 
-    def __init__(self, manifest: dict[str, Any], config: dict[str, Any], pull_policy: str = "IfNotPresent") -> None:
-        self.manifest, self.config, self.pull_policy = manifest, config, pull_policy
+    def __init__(
+        self, manifest: dict[str, Any], config: dict[str, Any], pull_policy: str = "IfNotPresent", gpu: str = "auto"
+    ) -> None:
+        self.manifest, self.config, self.pull_policy, self.gpu = manifest, config, pull_policy, gpu
         self.container: Any = None
 
     def run(self, log: Callable[[str], None], client: Any = None) -> Any:
@@ -121,6 +142,10 @@ class DockerContainer:
 
         client = client or docker.from_env()
         self._ensure_image(client)
+        info = client.info()
+        has_gpu = "nvidia" in (info.get("Runtimes") or {})
+        for note in fit_to_engine(self.config, int(info.get("NCPU") or 1), has_gpu, self.gpu):
+            log(f"[mlcycle] {note}")
         c = container_of(self.manifest)
         argv = [*(c.get("command") or []), *(c.get("args") or [])]
         self.container = client.containers.create(**self.config)

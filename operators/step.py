@@ -120,7 +120,7 @@ class PipelineStepOperator(BaseOperator):
             from operators.container import DockerContainer, container_config
 
             config = container_config(manifest, os.environ, settings.docker_env_from, settings.docker_network)
-            return DockerContainer(manifest, config, settings.image_pull_policy)
+            return DockerContainer(manifest, config, settings.image_pull_policy, settings.docker_gpu)
         from operators.local import LocalProcess
 
         return LocalProcess(manifest, cwd=str(settings.project_dir))

@@ -8,7 +8,7 @@ import tarfile
 
 import pytest
 
-from operators.container import container_config, memory_bytes, nano_cpus, read_xcom
+from operators.container import container_config, fit_to_engine, memory_bytes, nano_cpus, read_xcom
 from operators.pod import XCOM_PATH, container_of, pod_manifest
 from pipelines.settings import Settings
 from pipelines.spec import load_spec
@@ -102,3 +102,28 @@ def test_xcom_from_the_container_archive() -> None:
     assert read_xcom(_tar("return.json", b"")) is None
     with pytest.raises(json.JSONDecodeError):
         read_xcom(_tar("return.json", b"{not json"))
+
+
+def test_the_container_is_fitted_to_a_small_cpu_only_engine() -> None:
+    cfg = container_config(pod_manifest(SPEC, "train", "r", _settings()), {}, SECRETS)
+    wanted = cfg["nano_cpus"]
+    assert wanted == 4 * 10**9 and "device_requests" in cfg
+    notes = fit_to_engine(cfg, ncpu=2, has_gpu=False)
+    assert cfg["nano_cpus"] == 2 * 10**9 and "device_requests" not in cfg
+    assert notes == [
+        "CPU limit 4 lowered to the engine's 2 CPUs",
+        "asks for 1 GPU(s); this Docker engine has no NVIDIA runtime: running on the CPU",
+    ]
+
+
+def test_a_gpu_engine_keeps_the_request_and_policy_is_honoured() -> None:
+    cfg = container_config(pod_manifest(SPEC, "train", "r", _settings()), {}, SECRETS)
+    assert fit_to_engine(dict(cfg), ncpu=64, has_gpu=True) == []
+    kept = dict(cfg)
+    fit_to_engine(kept, ncpu=64, has_gpu=True)
+    assert kept["device_requests"] == cfg["device_requests"]
+    with pytest.raises(RuntimeError, match="no NVIDIA runtime"):
+        fit_to_engine(dict(cfg), ncpu=64, has_gpu=False, gpu_policy="require")
+    off = dict(cfg)
+    assert "MLCYCLE_DOCKER_GPU=off" in fit_to_engine(off, ncpu=64, has_gpu=True, gpu_policy="off")[0]
+    assert "device_requests" not in off
