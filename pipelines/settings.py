@@ -61,6 +61,9 @@ class Settings(BaseSettings):
     # Runtime `docker`: the network the step containers join (the Compose stack's) and the
     # variables they take from the worker's environment, as a pod takes `k8s_env_secret`.
     docker_network: str | None = None
+    # A step that asks for a GPU, on an engine without the NVIDIA runtime: run on the CPU (`auto`),
+    # fail (`require`); `off` never asks for one.
+    docker_gpu: Literal["auto", "require", "off"] = "auto"
     docker_env_from: list[str] = [
         "MLCYCLE_DATABASE_URL",
         "AWS_ACCESS_KEY_ID",
@@ -114,10 +117,15 @@ class Settings(BaseSettings):
             "MLCYCLE_S3_ENDPOINT_URL": self.s3_endpoint_url,
             "MLCYCLE_REDIS_URL": self.redis_url,
             "MLCYCLE_PIPELINES_DIR": str(self.pipelines_dir) if self.pipelines_dir else None,
+            # the canary step deploys to the cluster's Ray Serve
+            "MLCYCLE_RAY_ADDRESS": self.ray_address,
         }
         env.update({k: v for k, v in optional.items() if v is not None})
         if self.s3_endpoint_url is not None:
             env["MLCYCLE_S3_REGION"] = self.s3_region
+        if self.ray_address is not None:
+            env["MLCYCLE_SERVE_HOST"] = self.serve_host
+            env["MLCYCLE_SERVE_PORT"] = str(self.serve_port)
         return env
 
 

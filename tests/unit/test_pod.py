@@ -131,3 +131,14 @@ def test_cli_pod_render(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.
     assert "unknown step 'trian'" in capsys.readouterr().err
     assert main(["pod", "render", "--pipeline", "nope", "--step", "train"]) == 2
     assert "no pipeline 'nope'" in capsys.readouterr().err
+
+
+def test_the_canary_pod_knows_the_ray_cluster() -> None:
+    """The canary step deploys to Ray Serve: its pod carries the cluster's address."""
+    pod = pod_manifest(SPEC, "canary", "run-1", _cluster(ray_address="ray://ray-head:10001", serve_port=8001))
+    env = {e["name"]: e["value"] for e in container_of(pod)["env"]}
+    assert env["MLCYCLE_RAY_ADDRESS"] == "ray://ray-head:10001"
+    assert env["MLCYCLE_SERVE_PORT"] == "8001"
+    assert "MLCYCLE_RAY_ADDRESS" not in {
+        e["name"] for e in container_of(pod_manifest(SPEC, "canary", "r", _cluster()))["env"]
+    }
