@@ -13,6 +13,8 @@
     mlcycle labels load --pipeline P SRC   delayed labels (file, s3:// or SELECT) into the labels table
     mlcycle serve config [--check]         the Serve config of the pipelines (include/serve/serve.yaml)
     mlcycle demo                           the churn lifecycle through Airflow, embedded
+    mlcycle stack env | up | down | status the Compose stack: its .env of secrets, health
+    mlcycle statsd-exporter                Airflow's StatsD metrics for Prometheus (the stack runs it)
 
 Errors a user can cause print one readable message and exit 2 (3 for rejected data).
 """
@@ -257,6 +259,41 @@ def _serve_config(settings: Settings, check: bool) -> int:
     return 0
 
 
+def _cmd_statsd_exporter(args: argparse.Namespace) -> int:
+    from pipelines.statsd_exporter import Bridge
+
+    print(f"StatsD on udp://{args.host}:{args.udp_port}, /metrics on http://{args.host}:{args.http_port}", flush=True)
+    Bridge().serve(args.host, args.udp_port, args.http_port)
+    return 0
+
+
+def _cmd_stack(args: argparse.Namespace) -> int:
+    from pipelines import stack
+    from pipelines.settings import PROJECT_DIR
+
+    if args.action == "env":
+        values = stack.write_env(args.env_file, args.project, args.free_ports)
+        print(f"{args.env_file}: {len(values)} values, mode 600 (project {values['COMPOSE_PROJECT_NAME']})")
+        return 0
+    s = stack.Stack(PROJECT_DIR, args.env_file)
+    if args.action == "up":
+        seconds = s.up(args.timeout)
+        print(f"stack {s.project} healthy in {seconds:.0f}s")
+        print(f"  Airflow UI   http://127.0.0.1:{s.port('AIRFLOW_PORT')}  (admin / AIRFLOW_ADMIN_PASSWORD in .env)")
+        print(f"  MLflow UI    http://127.0.0.1:{s.port('MLFLOW_PORT')}")
+        serve = f"http://127.0.0.1:{s.port('SERVE_PORT')}/v1/pipelines/<name>"
+        print(f"  Ray Serve    {serve}  (X-API-Key: SERVING_API_KEYS in .env)")
+        print(f"  Ray dashboard http://127.0.0.1:{s.port('RAY_DASHBOARD_PORT')}")
+        print(f"  Prometheus   http://127.0.0.1:{s.port('PROMETHEUS_PORT')}")
+        return 0
+    if args.action == "down":
+        s.down(volumes=args.volumes)
+        return 0
+    for service, health in sorted(s.health().items()):
+        print(f"{service:24} {health}")
+    return 0
+
+
 def _cmd_mlflow_server(args: argparse.Namespace) -> int:
     import os
     import shutil
@@ -353,6 +390,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=5000)
     p.set_defaults(func=_cmd_mlflow_server)
+
+    p = sub.add_parser("statsd-exporter", help="Airflow's StatsD metrics as a Prometheus /metrics endpoint")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--udp-port", type=int, default=9125)
+    p.add_argument("--http-port", type=int, default=9102)
+    p.set_defaults(func=_cmd_statsd_exporter)
+
+    p = sub.add_parser("stack", help="the Compose stack: its .env of secrets, up, down, status")
+    p.add_argument("action", choices=["env", "up", "down", "status"])
+    p.add_argument("--env-file", type=Path, default=Path(".env"), help="default: .env")
+    p.add_argument("--project", default="mlcycle", help="with env: the Compose project name")
+    p.add_argument("--free-ports", action="store_true", help="with env: publish on free ports (tests)")
+    p.add_argument("--volumes", action="store_true", help="with down: also delete the data volumes")
+    p.add_argument("--timeout", type=float, default=900, help="with up: seconds to wait for health")
+    p.set_defaults(func=_cmd_stack)
 
     sub.add_parser("demo", help="run the churn lifecycle through Airflow").set_defaults(func=_cmd_demo)
     p = sub.add_parser("drift-demo", help="after demo: drifted traffic, the drift DAG, the retraining it starts")

@@ -70,71 +70,21 @@ def services_env(settings: Settings, port: int, base: dict[str, str] | None = No
     return env
 
 
-class LocalAirflow:
-    """The Airflow services as child processes, and a small REST client for them."""
+class AirflowClient:
+    """Airflow's REST API v2 as a user drives it: a login (`POST /auth/token`), then bearer calls.
+    Used against `LocalAirflow` and the Compose stack alike."""
 
-    def __init__(self, settings: Settings, port: int = 8080, extra_env: dict[str, str] | None = None) -> None:
-        self.settings, self.port = settings, port
-        self.env = services_env(settings, port, {**os.environ, **(extra_env or {})})
-        self.home = Path(self.env["AIRFLOW_HOME"])
-        self.url = f"http://127.0.0.1:{port}"
-        self.procs: list[subprocess.Popen[bytes]] = []
+    def __init__(self, url: str, password: str | None = None, username: str = "admin") -> None:
+        self.url, self.username, self._password = url.rstrip("/"), username, password
         self._token: str | None = None
 
-    # ------------------------------------------------------------------------------- lifecycle
-    def start(self, timeout: float = 240) -> LocalAirflow:
-        exe = str(Path(sys.executable).parent / "airflow")
-        subprocess.run([exe, "db", "migrate"], env=self.env, check=True, capture_output=True, timeout=600)
-        logs = self.home / "services"
-        logs.mkdir(parents=True, exist_ok=True)
-        for name in COMPONENTS:
-            log = open(logs / f"{name}.log", "ab")  # noqa: SIM115 (closed with the process)
-            argv = [exe, name, *ARGS.get(name, [])]
-            self.procs.append(subprocess.Popen(argv, env=self.env, stdout=log, stderr=subprocess.STDOUT))
-        deadline = time.monotonic() + timeout
-        while not self._healthy():
-            self._check_alive()
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"Airflow did not become healthy in {timeout:.0f}s; logs in {logs}")
-            time.sleep(2)
-        return self
-
-    def stop(self) -> None:
-        for p in self.procs:
-            p.terminate()
-        for p in self.procs:
-            try:
-                p.wait(60)
-            except subprocess.TimeoutExpired:
-                p.kill()
-        self.procs = []
-
-    def __enter__(self) -> LocalAirflow:
-        return self.start()
-
-    def __exit__(self, kind: type[BaseException] | None, err: BaseException | None, tb: TracebackType | None) -> None:
-        self.stop()
+    def password(self) -> str:
+        if self._password is None:
+            raise RuntimeError("no Airflow password given")
+        return self._password
 
     def _check_alive(self) -> None:
-        for name, p in zip(COMPONENTS, self.procs, strict=True):
-            if p.poll() is not None:
-                raise RuntimeError(f"airflow {name} exited with {p.returncode}; see {self.home / 'services'}")
-
-    def _healthy(self) -> bool:
-        import httpx
-
-        try:
-            health = httpx.get(f"{self.url}/api/v2/monitor/health", timeout=5).json()
-        except (httpx.HTTPError, ValueError):
-            return False
-        return bool(health.get("scheduler", {}).get("status") == "healthy")
-
-    # ------------------------------------------------------------------------------ REST API
-    def password(self) -> str:
-        data: dict[str, str] = json.loads(
-            Path(self.env["AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE"]).read_text()
-        )
-        return data["admin"]
+        """Raise when the services are known to be gone (a subclass that runs them knows)."""
 
     def auth_headers(self) -> dict[str, str]:
         """A bearer token of the admin, from a login."""
@@ -142,7 +92,7 @@ class LocalAirflow:
 
         if self._token is None:
             login = httpx.post(
-                f"{self.url}/auth/token", json={"username": "admin", "password": self.password()}, timeout=30
+                f"{self.url}/auth/token", json={"username": self.username, "password": self.password()}, timeout=30
             )
             login.raise_for_status()
             self._token = login.json()["access_token"]
@@ -202,3 +152,68 @@ class LocalAirflow:
             return []
         events: list[dict[str, Any]] = self.api("GET", "/assets/events", params={"asset_id": ids[0]})["asset_events"]
         return events
+
+
+class LocalAirflow(AirflowClient):
+    """The Airflow services as child processes, and the REST client for them."""
+
+    def __init__(self, settings: Settings, port: int = 8080, extra_env: dict[str, str] | None = None) -> None:
+        super().__init__(f"http://127.0.0.1:{port}")
+        self.settings, self.port = settings, port
+        self.env = services_env(settings, port, {**os.environ, **(extra_env or {})})
+        self.home = Path(self.env["AIRFLOW_HOME"])
+        self.procs: list[subprocess.Popen[bytes]] = []
+
+    def password(self) -> str:
+        data: dict[str, str] = json.loads(
+            Path(self.env["AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE"]).read_text()
+        )
+        return data["admin"]
+
+    # ------------------------------------------------------------------------------- lifecycle
+    def start(self, timeout: float = 240) -> LocalAirflow:
+        exe = str(Path(sys.executable).parent / "airflow")
+        subprocess.run([exe, "db", "migrate"], env=self.env, check=True, capture_output=True, timeout=600)
+        logs = self.home / "services"
+        logs.mkdir(parents=True, exist_ok=True)
+        for name in COMPONENTS:
+            log = open(logs / f"{name}.log", "ab")  # noqa: SIM115 (closed with the process)
+            argv = [exe, name, *ARGS.get(name, [])]
+            self.procs.append(subprocess.Popen(argv, env=self.env, stdout=log, stderr=subprocess.STDOUT))
+        deadline = time.monotonic() + timeout
+        while not self._healthy():
+            self._check_alive()
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"Airflow did not become healthy in {timeout:.0f}s; logs in {logs}")
+            time.sleep(2)
+        return self
+
+    def stop(self) -> None:
+        for p in self.procs:
+            p.terminate()
+        for p in self.procs:
+            try:
+                p.wait(60)
+            except subprocess.TimeoutExpired:
+                p.kill()
+        self.procs = []
+
+    def __enter__(self) -> LocalAirflow:
+        return self.start()
+
+    def __exit__(self, kind: type[BaseException] | None, err: BaseException | None, tb: TracebackType | None) -> None:
+        self.stop()
+
+    def _check_alive(self) -> None:
+        for name, p in zip(COMPONENTS, self.procs, strict=True):
+            if p.poll() is not None:
+                raise RuntimeError(f"airflow {name} exited with {p.returncode}; see {self.home / 'services'}")
+
+    def _healthy(self) -> bool:
+        import httpx
+
+        try:
+            health = httpx.get(f"{self.url}/api/v2/monitor/health", timeout=5).json()
+        except (httpx.HTTPError, ValueError):
+            return False
+        return bool(health.get("scheduler", {}).get("status") == "healthy")

@@ -1,0 +1,44 @@
+"""The Compose stack under test: `make test-stack` built the images; this starts a project of its
+own (`mlcycletest`, free ports on 127.0.0.1, its own volumes) and removes it all at the end."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from pipelines import stack as stack_mod
+
+ROOT = Path(__file__).resolve().parents[2]
+TIMINGS: dict[str, float] = {}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:  # one stack, one story: keep the file's order
+        item.add_marker(pytest.mark.timeout(1800))
+
+
+@pytest.fixture(scope="session")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[stack_mod.Stack]:
+    if shutil.which("docker") is None or subprocess.run(["docker", "info"], capture_output=True).returncode:
+        pytest.fail("no Docker engine: `bash tools/docker_engine.sh` installs and starts one")
+    env = tmp_path_factory.mktemp("stack") / "stack.env"
+    stack_mod.write_env(env, "mlcycletest", free_ports=True)
+    s = stack_mod.Stack(ROOT, env)
+    try:
+        TIMINGS["stack_up_s"] = s.up(timeout=900)
+        yield s
+    finally:
+        s.down(volumes=True)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _report_timings() -> Iterator[None]:
+    started = time.monotonic()
+    yield
+    TIMINGS["session_s"] = time.monotonic() - started
+    print("\nstack timings: " + ", ".join(f"{k}={v:.0f}" for k, v in TIMINGS.items()))

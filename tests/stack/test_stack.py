@@ -1,0 +1,248 @@
+"""The whole platform as Compose runs it, driven the way its users reach it.
+
+In order, on one stack: every service healthy and published on 127.0.0.1 only; one step on
+runtime `docker` from the `step` image gives what the local runtime gives; `churn_lifecycle`
+triggered through Airflow's REST API v2 with params (what the UI's Trigger form sends) succeeds
+with every step in a container of its own; MLflow's REST API names the champion, whose artifacts
+are in SeaweedFS; Ray Serve answers with that version given an API key, 401 without; after
+`down` and `up` the champion still serves and nothing is lost.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Any
+
+import httpx
+
+from pipelines.stack import Stack
+from tests.stack.conftest import ROOT, TIMINGS
+
+PIPELINE = "churn"
+MODEL = "mlcycle-churn"
+STATE: dict[str, Any] = {}
+
+
+def _url(stack: Stack, key: str, path: str = "") -> str:
+    return f"http://127.0.0.1:{stack.port(key)}{path}"
+
+
+def _airflow(stack: Stack) -> Any:
+    from pipelines.local_airflow import AirflowClient
+
+    return AirflowClient(_url(stack, "AIRFLOW_PORT"), stack.values["AIRFLOW_ADMIN_PASSWORD"])
+
+
+def _predict(stack: Stack, key: str | None) -> httpx.Response:
+    headers = {"x-api-key": key} if key else {}
+    body = {"instances": [{"entity_id": 7}, {"entity_id": 42}]}
+    return httpx.post(_url(stack, "SERVE_PORT", f"/v1/pipelines/{PIPELINE}/predict"), json=body, headers=headers)
+
+
+def _champion(stack: Stack) -> dict[str, Any]:
+    r = httpx.get(
+        _url(stack, "MLFLOW_PORT", "/api/2.0/mlflow/registered-models/alias"),
+        params={"name": MODEL, "alias": "champion"},
+        timeout=30,
+    )
+    r.raise_for_status()
+    version: dict[str, Any] = r.json()["model_version"]
+    return version
+
+
+def _host_env(stack: Stack) -> dict[str, str]:
+    """The stack's settings as seen from this host (published ports on 127.0.0.1)."""
+    v = stack.values
+    return {
+        **os.environ,
+        "MLCYCLE_PROFILE": "cluster",
+        "MLCYCLE_DATABASE_URL": f"postgresql://mlcycle:{v['POSTGRES_PASSWORD']}@127.0.0.1:{stack.port('POSTGRES_PORT')}/mlcycle",
+        "MLCYCLE_ARTIFACT_ROOT": "s3://mlcycle/artifacts",
+        "MLCYCLE_S3_ENDPOINT_URL": _url(stack, "S3_PORT"),
+        "AWS_ACCESS_KEY_ID": v["S3_ACCESS_KEY"],
+        "AWS_SECRET_ACCESS_KEY": v["S3_SECRET_KEY"],
+    }
+
+
+def test_every_service_is_healthy_and_on_loopback_only(stack: Stack) -> None:
+    health = stack.health()
+    expected = {
+        "postgres",
+        "seaweedfs",
+        "redis",
+        "statsd-exporter",
+        "prometheus",
+        "mlflow",
+        "ray-head",
+        "airflow-init",
+        "airflow-apiserver",
+        "airflow-scheduler",
+        "airflow-dag-processor",
+        "airflow-triggerer",
+    }
+    assert set(health) == expected
+    assert health.pop("airflow-init") == "exited(0)"
+    assert set(health.values()) == {"healthy"}, health
+    published = 0
+    for c in stack.containers():
+        for bindings in (c.attrs["HostConfig"].get("PortBindings") or {}).values():
+            for b in bindings:
+                assert b["HostIp"] == "127.0.0.1", (c.name, b)
+                published += 1
+    assert published == 7
+    # a request without credentials is refused by every authenticated surface
+    assert httpx.get(_url(stack, "AIRFLOW_PORT", "/api/v2/dags")).status_code == 401
+    assert httpx.get(_url(stack, "S3_PORT", "/mlcycle/")).status_code == 403
+
+
+def test_a_step_on_runtime_docker_gives_what_the_local_runtime_gives(stack: Stack) -> None:
+    """`ingest` of one pipeline, once as a container of the `step` image on the stack's network,
+    once as a process on this host against the published ports: the same snapshot."""
+    from operators.container import DockerContainer, container_config
+    from operators.local import LocalProcess
+    from operators.pod import pod_manifest
+    from pipelines.runner import spec_for
+    from pipelines.settings import Settings, scoped_environ
+
+    host_env = _host_env(stack)
+    with scoped_environ(host_env):
+        settings = Settings()
+    spec = spec_for(settings, PIPELINE)
+    v = stack.values
+    in_stack = {
+        "MLCYCLE_DATABASE_URL": f"postgresql://mlcycle:{v['POSTGRES_PASSWORD']}@postgres:5432/mlcycle",
+        "AWS_ACCESS_KEY_ID": v["S3_ACCESS_KEY"],
+        "AWS_SECRET_ACCESS_KEY": v["S3_SECRET_KEY"],
+    }
+    docker_settings = settings.model_copy(
+        update={"s3_endpoint_url": "http://seaweedfs:8333", "image": "mlcycle-step:latest"}
+    )
+    manifest = pod_manifest(spec, "ingest", "runtime-docker", docker_settings)
+    config = container_config(manifest, in_stack, docker_settings.docker_env_from, f"{stack.project}_default")
+    lines: list[str] = []
+    in_container = DockerContainer(manifest, config, "Never").run(lines.append)
+    assert any("ingest" in line for line in lines)
+
+    local_manifest = pod_manifest(spec, "ingest", "runtime-local", settings)
+    saved = dict(os.environ)
+    try:
+        os.environ.update(host_env)
+        local = LocalProcess(local_manifest, cwd=str(ROOT)).run(lambda _: None)
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+    volatile = {"snapshot", "seconds", "reused"}
+    assert in_container["rows"] > 0
+    assert {k: v for k, v in in_container.items() if k not in volatile} == {
+        k: v for k, v in local.items() if k not in volatile
+    }
+    assert in_container["snapshot"].startswith("s3://mlcycle/artifacts/")
+    assert in_container["snapshot"].replace("runtime-docker", "runtime-local") == local["snapshot"]
+
+
+def test_the_lifecycle_triggered_through_the_rest_api(stack: Stack) -> None:
+    import docker
+
+    airflow = _airflow(stack)
+    dag_id = f"{PIPELINE}_lifecycle"
+    airflow.wait_for_dag(dag_id, timeout=300)
+    since = int(time.time()) - 1
+    started = time.monotonic()
+    run_id = airflow.trigger(dag_id, conf={"n_trials": 2})
+    run = airflow.wait_run(dag_id, run_id, timeout=1800)
+    TIMINGS["lifecycle_s"] = time.monotonic() - started
+    states = airflow.task_states(dag_id, run_id)
+    assert run["state"] == "success", states
+    assert run["conf"] == {"n_trials": 2}
+    assert set(states.values()) == {"success"}, states
+    # every step ran in a container of its own, from the step image, since removed
+    client = docker.from_env()
+    events = client.events(
+        since=since, until=int(time.time()) + 1, decode=True, filters={"event": "start", "label": "mlcycle.io/pipeline"}
+    )
+    started_steps = [e["Actor"]["Attributes"] for e in events]
+    mine = [a for a in started_steps if a.get("mlcycle.io/run-id") == run_id]
+    assert sorted(a["mlcycle.io/step"] for a in mine) == sorted(states), mine
+    assert {a["image"] for a in mine} == {"mlcycle-step:latest"}
+    assert client.containers.list(all=True, filters={"label": f"mlcycle.io/run-id={run_id}"}) == []
+    STATE["run_id"] = run_id
+
+
+def test_mlflow_names_the_champion_and_its_artifacts_are_in_seaweedfs(stack: Stack) -> None:
+    import boto3
+
+    champion = _champion(stack)
+    assert int(champion["version"]) == 1
+    run = httpx.get(_url(stack, "MLFLOW_PORT", "/api/2.0/mlflow/runs/get"), params={"run_id": champion["run_id"]})
+    run.raise_for_status()
+    assert run.json()["run"]["info"]["status"] == "FINISHED"
+    source = champion["source"]
+    assert source.startswith("s3://mlcycle/") or source.startswith("models:/"), source
+    s3 = boto3.client(
+        "s3",
+        endpoint_url=_url(stack, "S3_PORT"),
+        aws_access_key_id=stack.values["S3_ACCESS_KEY"],
+        aws_secret_access_key=stack.values["S3_SECRET_KEY"],
+        region_name="us-east-1",
+    )
+    keys = [o["Key"] for o in s3.list_objects_v2(Bucket="mlcycle", Prefix="artifacts/mlflow/").get("Contents", [])]
+    assert any(k.endswith("model.onnx") for k in keys), keys[:20]
+    snapshots = s3.list_objects_v2(Bucket="mlcycle", Prefix=f"artifacts/{PIPELINE}/{STATE['run_id']}/")
+    assert snapshots.get("KeyCount", 0) > 0
+    STATE["champion"] = champion["version"]
+
+
+def _served_version(stack: Stack, timeout: float = 300) -> int:
+    key = stack.values["SERVING_API_KEYS"].split(",")[0]
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            r = _predict(stack, key)
+            if r.status_code == 200:
+                versions = {p["version"] for p in r.json()["predictions"]}
+                assert len(versions) == 1, versions
+                return int(versions.pop())
+        except httpx.HTTPError:
+            pass
+        if time.monotonic() > deadline:
+            raise TimeoutError("the champion is not served")
+        time.sleep(3)
+
+
+def test_ray_serve_answers_with_the_champion_given_a_key(stack: Stack) -> None:
+    assert _served_version(stack) == int(STATE["champion"])
+    assert _predict(stack, None).status_code == 401
+    assert _predict(stack, "not-a-key").status_code == 401
+
+
+def test_prometheus_scrapes_serving_and_airflow(stack: Stack) -> None:
+    """Ray's metrics (Serve's request counter after the predictions above) and Airflow's StatsD
+    metrics (through `mlcycle statsd-exporter`) reach Prometheus."""
+
+    def query(q: str) -> list[Any]:
+        r = httpx.get(_url(stack, "PROMETHEUS_PORT", "/api/v1/query"), params={"query": q}, timeout=10)
+        result: list[Any] = r.json()["data"]["result"]
+        return result
+
+    deadline = time.monotonic() + 180
+    while True:
+        targets = httpx.get(_url(stack, "PROMETHEUS_PORT", "/api/v1/targets")).json()["data"]["activeTargets"]
+        up = {t["labels"]["job"]: t["health"] for t in targets}
+        serve = query("ray_serve_num_http_requests_total")
+        airflow = query('{__name__=~"airflow_.+", job="airflow"}')
+        if up.get("ray") == up.get("airflow") == "up" and serve and airflow:
+            break
+        assert time.monotonic() < deadline, (up, len(serve), len(airflow))
+        time.sleep(5)
+
+
+def test_down_and_up_keeps_everything(stack: Stack) -> None:
+    stack.down()
+    assert stack.containers() == []
+    TIMINGS["restart_s"] = stack.up(timeout=900)
+    assert _champion(stack)["version"] == STATE["champion"]
+    assert _served_version(stack) == int(STATE["champion"])
+    airflow = _airflow(stack)
+    run = airflow.api("GET", f"/dags/{PIPELINE}_lifecycle/dagRuns/{STATE['run_id']}")
+    assert run["state"] == "success"
