@@ -161,6 +161,14 @@ def test_gpu_pool_reaches_ray_gpu_workers_and_the_training_pod(monkeypatch: pyte
     assert "dedicated" in [t["key"] for t in pod["spec"]["tolerations"]]
     assert pod["spec"]["containers"][0]["image"] == "mlcycle-step:0.1.0"
     assert pod["metadata"]["namespace"] == "ml"
+    # the canary pod reaches the RayService head through its Ray Client port, which the head exposes
+    canary = {
+        e["name"]: e["value"]
+        for e in pod_manifest(load_spec(CHURN_SPEC), "canary", "r1", Settings())["spec"]["containers"][0]["env"]
+    }
+    assert canary["MLCYCLE_RAY_ADDRESS"] == "ray://rel-mlcycle-head-svc.ml.svc:10001"
+    (head,) = cluster["headGroupSpec"]["template"]["spec"]["containers"]
+    assert {"name": "client", "containerPort": 10001} in head["ports"]
 
 
 def test_serve_config_v2_is_the_generated_serve_config() -> None:

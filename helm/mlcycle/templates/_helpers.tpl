@@ -67,6 +67,7 @@ envFrom:
   ports:
     - {name: gcs, containerPort: 6379}
     - {name: dashboard, containerPort: 8265}
+    - {name: client, containerPort: 10001}
     - {name: serve, containerPort: 8000}
   {{- end }}
   # The raylet's health (and the GCS's on the head), as KubeRay itself probes them.
