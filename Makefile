@@ -68,14 +68,16 @@ clean-state: stop
 # requirements, so that `docker build` installs offline. Rebuilt when the requirements change.
 wheels: $(WHEELS)/constraints.txt
 
-$(WHEELS)/constraints.txt: $(STAMP) requirements.txt include/images/*.txt
+$(WHEELS)/constraints.txt: $(STAMP) requirements.txt include/images/*.txt Makefile
 	mkdir -p $(WHEELS)
 	$(PY) -m pip freeze --exclude-editable | grep -v ' @ ' | sed 's/+cpu$$//' > $(WHEELS)/constraints.tmp
 	@if [ "$(VARIANT)" = gpu ]; then \
 	  PIP_FIND_LINKS= $(PY) -m pip wheel --quiet -w $(WHEELS) --index-url https://pypi.org/simple \
 	    -c $(WHEELS)/constraints.tmp torch==2.13.0 onnxruntime-gpu==1.32.0; fi
+	@# + what the images' Python (Debian's 3.11.2) needs beyond this venv's: redis asks for
+	@# async-timeout below 3.11.3
 	$(PY) -m pip wheel --quiet -w $(WHEELS) -c $(WHEELS)/constraints.tmp torch==2.13.0 \
-	  -r requirements.txt -r include/images/services.txt 2> >(grep -v 'is ignored' >&2)
+	  -r requirements.txt -r include/images/services.txt 'async-timeout>=4.0.3' 2> >(grep -v 'is ignored' >&2)
 	mv $(WHEELS)/constraints.tmp $(WHEELS)/constraints.txt
 	@du -sh $(WHEELS)
 

@@ -2,8 +2,9 @@
 
 1. `apply` the pipeline's Feast objects (entity, source on this run's validated snapshot, views,
    the versioned feature service) to the SQL registry in the platform database;
-2. materialize the snapshot's time range into the Postgres online store (an explicit range:
-   `materialize_incremental` starts at now - TTL and would skip historical data);
+2. materialize the snapshot's time range into the online store, Postgres (pgvector) or, where
+   `MLCYCLE_REDIS_URL` is set, Redis (an explicit range: `materialize_incremental` starts at
+   now - TTL and would skip historical data);
 3. build a point-in-time correct training set with `get_historical_features` for the feature
    service, from the entity rows (key, event time, label) of the validated snapshot;
 4. split it by time into train, validation and test (oldest to newest; one timestamp never spans
@@ -31,7 +32,34 @@ STEP = "features"
 SPLITS = ("train", "validation", "test")
 
 
+REPO_YAML = "feature_store.yaml"
+REDIS_REPO_YAML = "feature_store.redis.yaml"
+
+
 # ----------------------------------------------------------------------------------- pure core
+def redis_connection_string(url: str) -> str:
+    """Feast's Redis `connection_string` (`host:port,password=...,db=N[,ssl=true]`) from a
+    `redis://[:password@]host[:port][/db]` or `rediss://` URL. Pure."""
+    from urllib.parse import unquote, urlsplit
+
+    parts = urlsplit(url)
+    if parts.scheme not in ("redis", "rediss") or not parts.hostname:
+        raise ValueError(f"MLCYCLE_REDIS_URL: expected redis://[:password@]host[:port][/db], got {url!r}")
+    out = [f"{parts.hostname}:{parts.port or 6379}"]
+    if parts.password:
+        out.append(f"password={unquote(parts.password)}")
+    if parts.username:
+        out.append(f"username={unquote(parts.username)}")
+    db = parts.path.strip("/")
+    if db:
+        if not db.isdigit():
+            raise ValueError(f"MLCYCLE_REDIS_URL: the database must be a number, got {db!r}")
+        out.append(f"db={db}")
+    if parts.scheme == "rediss":
+        out.append("ssl=true")
+    return ",".join(out)
+
+
 def feast_env(project: str, sqlalchemy_url: str, libpq_url: str) -> dict[str, str]:
     """The variables `feature_repo/feature_store.yaml` reads, from the platform database URL."""
     from psycopg.conninfo import conninfo_to_dict
@@ -85,15 +113,22 @@ def entity_rows(df: pd.DataFrame, spec: PipelineSpec) -> pd.DataFrame:
 # -------------------------------------------------------------------------------------- Feast I/O
 @contextmanager
 def feature_store(spec: PipelineSpec, settings: Settings) -> Iterator[Any]:
-    """A FeatureStore on `feature_repo/`, its variables set from the settings for its lifetime."""
+    """A FeatureStore on `feature_repo/`, its variables set from the settings for its lifetime; the
+    online store is Redis where the settings name one (`feature_store.redis.yaml`)."""
     from feast import FeatureStore
 
     from pipelines.db import database_url, sqlalchemy_url
     from pipelines.settings import scoped_environ
 
     url = database_url(settings)
-    with scoped_environ(feast_env(spec.name, sqlalchemy_url(url), url)):
-        yield FeatureStore(repo_path=str(settings.project_dir / "feature_repo"))
+    env = feast_env(spec.name, sqlalchemy_url(url), url)
+    repo = settings.project_dir / "feature_repo"
+    yaml_file = repo / REPO_YAML
+    if settings.redis_url:
+        env["MLCYCLE_FEAST_REDIS"] = redis_connection_string(settings.redis_url)
+        yaml_file = repo / REDIS_REPO_YAML
+    with scoped_environ(env):
+        yield FeatureStore(repo_path=str(repo), fs_yaml_file=yaml_file)
 
 
 @contextmanager

@@ -59,3 +59,38 @@ def test_feast_env_from_a_network_url() -> None:
     assert (env["MLCYCLE_FEAST_PG_USER"], env["MLCYCLE_FEAST_PG_PASSWORD"]) == ("ml", "s3cret")
     assert env["MLCYCLE_FEAST_PG_DATABASE"] == "platform"
     assert env["MLCYCLE_FEAST_PG_SSLMODE"] == "require"
+
+
+@pytest.mark.parametrize(
+    ("url", "expected"),
+    [
+        ("redis://redis:6379/0", "redis:6379,db=0"),
+        ("redis://:s3cr%40t@redis", "redis:6379,password=s3cr@t"),
+        ("rediss://user:pw@cache.example.com:6380/2", "cache.example.com:6380,password=pw,username=user,db=2,ssl=true"),
+    ],
+)
+def test_redis_url_to_feast_connection_string(url: str, expected: str) -> None:
+    from pipelines.features import redis_connection_string
+
+    assert redis_connection_string(url) == expected
+
+
+@pytest.mark.parametrize("url", ["http://redis:6379", "redis://", "redis://redis/zero"])
+def test_bad_redis_urls_are_refused(url: str) -> None:
+    from pipelines.features import redis_connection_string
+
+    with pytest.raises(ValueError, match="MLCYCLE_REDIS_URL"):
+        redis_connection_string(url)
+
+
+def test_the_redis_variant_differs_only_in_the_online_store() -> None:
+    import yaml
+
+    from pipelines.settings import PROJECT_DIR
+
+    repo = PROJECT_DIR / "feature_repo"
+    base = yaml.safe_load((repo / "feature_store.yaml").read_text())
+    redis = yaml.safe_load((repo / "feature_store.redis.yaml").read_text())
+    assert redis.pop("online_store") == {"type": "redis", "connection_string": "${MLCYCLE_FEAST_REDIS}"}
+    base.pop("online_store")
+    assert redis == base
