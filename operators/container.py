@@ -16,7 +16,7 @@ import json
 import re
 import secrets
 import tarfile
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
 from operators.local import StepFailed
@@ -116,6 +116,19 @@ def fit_to_engine(config: dict[str, Any], ncpu: int, has_gpu: bool, gpu_policy: 
     return notes
 
 
+def split_lines(chunks: Iterable[bytes]) -> Iterator[str]:
+    """The lines of a byte stream cut anywhere (Docker's log chunks split lines and characters);
+    a last line without its newline too. Pure."""
+    buf = b""
+    for chunk in chunks:
+        buf += chunk
+        *lines, buf = buf.split(b"\n")
+        for raw in lines:
+            yield raw.decode("utf-8", "replace").rstrip("\r")
+    if buf:
+        yield buf.decode("utf-8", "replace")
+
+
 def read_xcom(archive: bytes) -> Any:
     """The step's result from `get_archive(XCOM_PATH)`'s tar stream (None when empty). Pure."""
     with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
@@ -152,16 +165,7 @@ class DockerContainer:
         tail: list[str] = []
         try:
             self.container.start()
-            buf = b""
-            for chunk in self.container.logs(stream=True, follow=True):
-                buf += chunk
-                *lines, buf = buf.split(b"\n")
-                for raw in lines:
-                    line = raw.decode("utf-8", "replace").rstrip("\r")
-                    log(line)
-                    tail = [*tail[-49:], line]
-            if buf:
-                line = buf.decode("utf-8", "replace")
+            for line in split_lines(self.container.logs(stream=True, follow=True)):
                 log(line)
                 tail = [*tail[-49:], line]
             code = int(self.container.wait()["StatusCode"])

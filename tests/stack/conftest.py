@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import shutil
 import subprocess
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -36,9 +35,6 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[stack_mod.Stack]
         s.down(volumes=True)
 
 
-@pytest.fixture(scope="session", autouse=True)
-def _report_timings() -> Iterator[None]:
-    started = time.monotonic()
-    yield
-    TIMINGS["session_s"] = time.monotonic() - started
-    print("\nstack timings: " + ", ".join(f"{k}={v:.0f}" for k, v in TIMINGS.items()))
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    if TIMINGS:
+        terminalreporter.write_line("stack timings (s): " + ", ".join(f"{k}={v:.0f}" for k, v in TIMINGS.items()))

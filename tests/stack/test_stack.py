@@ -4,13 +4,16 @@ In order, on one stack: every service healthy and published on 127.0.0.1 only; o
 runtime `docker` from the `step` image gives what the local runtime gives; `churn_lifecycle`
 triggered through Airflow's REST API v2 with params (what the UI's Trigger form sends) succeeds
 with every step in a container of its own; MLflow's REST API names the champion, whose artifacts
-are in SeaweedFS; Ray Serve answers with that version given an API key, 401 without; after
-`down` and `up` the champion still serves and nothing is lost.
+are in SeaweedFS; the online features are in Redis; Ray Serve answers with that version given an
+API key, 401 without; Prometheus has Serve's and Airflow's metrics; after `down` and `up` the
+champion still serves and nothing is lost.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
+import threading
 import time
 from typing import Any
 
@@ -141,32 +144,52 @@ def test_a_step_on_runtime_docker_gives_what_the_local_runtime_gives(stack: Stac
     assert in_container["snapshot"].replace("runtime-docker", "runtime-local") == local["snapshot"]
 
 
+class StepStarts:
+    """The step containers started while it listens (the Docker engine's live event stream; its
+    buffer of past events is too short, healthchecks fill it)."""
+
+    def __init__(self) -> None:
+        import docker
+
+        self.started: list[dict[str, str]] = []
+        self.stream = docker.from_env().events(decode=True, filters={"event": "start", "label": "mlcycle.io/step"})
+        self.thread = threading.Thread(target=self._listen, daemon=True)
+        self.thread.start()
+
+    def _listen(self) -> None:
+        with contextlib.suppress(Exception):  # the stream ends with close()
+            for event in self.stream:
+                self.started.append(event["Actor"]["Attributes"])
+
+    def close(self) -> None:
+        self.stream.close()
+        self.thread.join(10)
+
+
 def test_the_lifecycle_triggered_through_the_rest_api(stack: Stack) -> None:
     import docker
 
     airflow = _airflow(stack)
     dag_id = f"{PIPELINE}_lifecycle"
     airflow.wait_for_dag(dag_id, timeout=300)
-    since = int(time.time()) - 1
+    starts = StepStarts()
     started = time.monotonic()
-    run_id = airflow.trigger(dag_id, conf={"n_trials": 2})
-    run = airflow.wait_run(dag_id, run_id, timeout=1800)
+    try:
+        run_id = STATE["run_id"] = airflow.trigger(dag_id, conf={"n_trials": 2})
+        run = airflow.wait_run(dag_id, run_id, timeout=1800)
+    finally:
+        starts.close()
     TIMINGS["lifecycle_s"] = time.monotonic() - started
     states = airflow.task_states(dag_id, run_id)
     assert run["state"] == "success", states
     assert run["conf"] == {"n_trials": 2}
     assert set(states.values()) == {"success"}, states
     # every step ran in a container of its own, from the step image, since removed
-    client = docker.from_env()
-    events = client.events(
-        since=since, until=int(time.time()) + 1, decode=True, filters={"event": "start", "label": "mlcycle.io/pipeline"}
-    )
-    started_steps = [e["Actor"]["Attributes"] for e in events]
-    mine = [a for a in started_steps if a.get("mlcycle.io/run-id") == run_id]
+    mine = [a for a in starts.started if a.get("mlcycle.io/run-id") == run_id]
     assert sorted(a["mlcycle.io/step"] for a in mine) == sorted(states), mine
     assert {a["image"] for a in mine} == {"mlcycle-step:latest"}
+    client = docker.from_env()
     assert client.containers.list(all=True, filters={"label": f"mlcycle.io/run-id={run_id}"}) == []
-    STATE["run_id"] = run_id
 
 
 def test_mlflow_names_the_champion_and_its_artifacts_are_in_seaweedfs(stack: Stack) -> None:
@@ -191,6 +214,12 @@ def test_mlflow_names_the_champion_and_its_artifacts_are_in_seaweedfs(stack: Sta
     snapshots = s3.list_objects_v2(Bucket="mlcycle", Prefix=f"artifacts/{PIPELINE}/{STATE['run_id']}/")
     assert snapshots.get("KeyCount", 0) > 0
     STATE["champion"] = champion["version"]
+
+
+def test_the_online_features_are_in_redis(stack: Stack) -> None:
+    """The cluster profile's Feast online store is the stack's Redis (MLCYCLE_REDIS_URL)."""
+    out = stack.compose("exec", "-T", "redis", "redis-cli", "dbsize", capture=True).stdout
+    assert int(out.strip()) > 0, out
 
 
 def _served_version(stack: Stack, timeout: float = 300) -> int:

@@ -8,7 +8,7 @@ import tarfile
 
 import pytest
 
-from operators.container import container_config, fit_to_engine, memory_bytes, nano_cpus, read_xcom
+from operators.container import container_config, fit_to_engine, memory_bytes, nano_cpus, read_xcom, split_lines
 from operators.pod import XCOM_PATH, container_of, pod_manifest
 from pipelines.settings import Settings
 from pipelines.spec import load_spec
@@ -127,3 +127,11 @@ def test_a_gpu_engine_keeps_the_request_and_policy_is_honoured() -> None:
     off = dict(cfg)
     assert "MLCYCLE_DOCKER_GPU=off" in fit_to_engine(off, ncpu=64, has_gpu=True, gpu_policy="off")[0]
     assert "device_requests" not in off
+
+
+def test_log_chunks_become_whole_lines() -> None:
+    text = "première ligne\r\nsecond\n\nlast without newline".encode()
+    for size in (1, 2, 3, 7, len(text)):  # cut anywhere, in the middle of a character too
+        chunks = [text[i : i + size] for i in range(0, len(text), size)]
+        assert list(split_lines(chunks)) == ["première ligne", "second", "", "last without newline"]
+    assert list(split_lines([])) == []
