@@ -148,6 +148,7 @@ class DockerContainer:
     ) -> None:
         self.manifest, self.config, self.pull_policy, self.gpu = manifest, config, pull_policy, gpu
         self.container: Any = None
+        self.code: int | None = None
 
     def run(self, log: Callable[[str], None], client: Any = None) -> Any:
         """Run to completion; returns the step's XCom result (or None); raises StepFailed."""
@@ -165,15 +166,26 @@ class DockerContainer:
         tail: list[str] = []
         try:
             self.container.start()
-            for line in split_lines(self.container.logs(stream=True, follow=True)):
+            for line in split_lines(self._output()):
                 log(line)
                 tail = [*tail[-49:], line]
-            code = int(self.container.wait()["StatusCode"])
+            code = -1 if self.code is None else self.code  # set by _output once the container exits
             if code != 0:
                 raise StepFailed(argv, code, tail)
             return self._xcom()
         finally:
             self._remove()
+
+    def _output(self) -> Iterator[bytes]:
+        """The container's output as it comes, then (once it has exited, with its exit code kept)
+        whatever the follow stream ended without: the engine may write an unterminated last line
+        only at exit, after the stream closed."""
+        seen = 0
+        for chunk in self.container.logs(stream=True, follow=True):
+            seen += len(chunk)
+            yield chunk
+        self.code = int(self.container.wait()["StatusCode"])
+        yield self.container.logs(stdout=True, stderr=True)[seen:]
 
     def _ensure_image(self, client: Any) -> None:
         import docker
