@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import logging
 import os
+import time
 from typing import TYPE_CHECKING, Any
 
 from serving.config import ServingArgs, VersionConfig
+
+log = logging.getLogger(__name__)
 
 if TYPE_CHECKING:
     from pipelines.settings import Settings
@@ -38,6 +42,7 @@ def serving_args(
 
 
 IMPORT_PATH = "serving.app:build_app"
+CONNECT_ATTEMPTS = 3
 
 
 def serve_config(specs: list[PipelineSpec]) -> dict[str, Any]:
@@ -100,13 +105,22 @@ def connect(settings: Settings) -> None:
 
     if not ray.is_initialized():
         address = settings.ray_address or ("127.0.0.1:6380" if settings.profile == "embedded" else "auto")
-        try:
-            ray.init(address=address, namespace="mlcycle", log_to_driver=False)
-        except ConnectionError as err:
-            raise SettingsError(
-                f"no Ray cluster at {address} ({err}); on one machine start it with "
-                "`mlcycle serve start`, or set MLCYCLE_RAY_ADDRESS"
-            ) from None
+        for attempt in range(1, CONNECT_ATTEMPTS + 1):
+            try:
+                ray.init(address=address, namespace="mlcycle", log_to_driver=False)
+                break
+            except ConnectionError as err:
+                if not address.startswith("ray://"):
+                    raise SettingsError(
+                        f"no Ray cluster at {address} ({err}); on one machine start it with "
+                        "`mlcycle serve start`, or set MLCYCLE_RAY_ADDRESS"
+                    ) from None
+                # The head's Ray Client server starts a server process per client, and that start
+                # fails now and then (seen on a loaded host): try again, then let the task retry.
+                if attempt == CONNECT_ATTEMPTS:
+                    raise ConnectionError(f"Ray Client at {address} failed {attempt} times: {err}") from None
+                log.warning("Ray Client at %s failed (%s); retrying in %ds", address, err, 5 * attempt)
+                time.sleep(5 * attempt)
     serve.start(http_options={"host": settings.serve_host, "port": settings.serve_port})
 
 

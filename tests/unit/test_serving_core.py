@@ -99,3 +99,48 @@ def test_canary_plot_is_a_png() -> None:
         ]
     }
     assert plot(report).startswith(b"\x89PNG")
+
+
+def _flaky_ray(monkeypatch: pytest.MonkeyPatch, failures: int) -> list[str]:
+    import ray
+    from ray import serve
+
+    from serving import deploy
+
+    calls: list[str] = []
+
+    def init(address: str, **_: object) -> None:
+        calls.append(address)
+        if len(calls) <= failures:
+            raise ConnectionError("Starting Ray client server failed")
+
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    monkeypatch.setattr(ray, "init", init)
+    monkeypatch.setattr(serve, "start", lambda **_: None)
+    monkeypatch.setattr(deploy.time, "sleep", lambda _: None)
+    return calls
+
+
+def test_a_flaky_ray_client_start_is_retried(monkeypatch: pytest.MonkeyPatch) -> None:
+    from pipelines.settings import Settings
+    from serving.deploy import CONNECT_ATTEMPTS, connect
+
+    calls = _flaky_ray(monkeypatch, failures=CONNECT_ATTEMPTS - 1)
+    connect(Settings(ray_address="ray://ray-head:10001"))
+    assert calls == ["ray://ray-head:10001"] * CONNECT_ATTEMPTS
+
+
+def test_ray_client_failures_stay_retryable_and_a_missing_local_head_is_a_settings_error(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from pipelines.errors import SettingsError
+    from pipelines.settings import Settings
+    from serving.deploy import CONNECT_ATTEMPTS, connect
+
+    calls = _flaky_ray(monkeypatch, failures=99)
+    with pytest.raises(ConnectionError, match=f"failed {CONNECT_ATTEMPTS} times"):  # Airflow retries the task
+        connect(Settings(ray_address="ray://ray-head:10001"))
+    calls.clear()
+    with pytest.raises(SettingsError, match="mlcycle serve start"):  # no retry: nothing will start it
+        connect(Settings(ray_address="127.0.0.1:6380"))
+    assert calls == ["127.0.0.1:6380"]
