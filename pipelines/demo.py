@@ -58,6 +58,10 @@ def run_demo(pipeline: str = "churn") -> int:
     except subprocess.CalledProcessError:
         print("mlcycle demo: the DAG run failed; see the task output above", file=sys.stderr)
         return 1
+    from serving.deploy import serve_champion_if_idle
+
+    if serve_champion_if_idle(settings, pipeline):  # the run's canary was skipped on a fresh head
+        print(f"==> deployed {pipeline}'s champion from the registry on Ray Serve", flush=True)
     print(f"\n==> done in {time.monotonic() - started:.0f}s. Outputs of the run:")
     from pipelines.cli import main
     from pipelines.tracking import mlflow_uri

@@ -133,6 +133,23 @@ def deploy(args: ServingArgs) -> None:
     serve.run(build_app(args.model_dump()), name=args.pipeline, route_prefix=args.route_prefix)
 
 
+def serve_champion_if_idle(settings: Settings, pipeline: str) -> bool:
+    """Deploy the registry's champion when the pipeline's application is not running (a Ray head
+    started afresh, and a lifecycle run whose canary was skipped). Returns whether it deployed."""
+    from ray import serve
+
+    from pipelines.registry import model_name
+    from pipelines.runner import spec_for
+
+    connect(settings)
+    app = serve.status().applications.get(pipeline)
+    if app is not None and app.status == "RUNNING":
+        return False
+    model = model_name(pipeline)
+    deploy(serving_args(spec_for(settings, pipeline), champion_versions(pipeline, model), model))
+    return True
+
+
 def undeploy(pipeline: str) -> None:
     from ray import serve
 
