@@ -465,3 +465,18 @@ def test_a_healthy_challenger_is_promoted(served: Settings) -> None:
     with _client(served) as c:
         assert c.get("/").json()["weights"] == {"2": 100.0}
         assert {p["version"] for p in _predict(c, [1, 2, 3]).json()["predictions"]} == {2}
+
+
+def test_an_idle_pipeline_gets_its_champion_and_a_running_one_is_left_alone(served: Settings) -> None:
+    """`make demo` on a fresh Ray head whose run deployed nothing: the registry's champion is served."""
+    import mlflow
+
+    from pipelines.registry import alias_version
+    from serving.deploy import serve_champion_if_idle, undeploy
+
+    champion = int(alias_version(mlflow.MlflowClient(), model_name(PIPELINE), "champion").version)
+    undeploy(PIPELINE)
+    assert serve_champion_if_idle(served, PIPELINE) is True
+    with _client(served) as c:
+        assert {p["version"] for p in _predict(c, [1, 2, 3]).json()["predictions"]} == {champion}
+    assert serve_champion_if_idle(served, PIPELINE) is False
