@@ -10,6 +10,7 @@ long that took. Works with Docker Compose v2 (`docker compose`) and 1.29 (`docke
 from __future__ import annotations
 
 import base64
+import functools
 import os
 import secrets
 import shutil
@@ -141,14 +142,15 @@ def read_env(path: Path) -> dict[str, str]:
     return values
 
 
-def compose_command() -> list[str]:
-    """`docker compose` (v2) where the plugin answers, else `docker-compose` (1.29)."""
+@functools.cache
+def compose_command() -> tuple[str, ...]:
+    """`docker compose` (v2) where the plugin answers, else `docker-compose` (1.29); asked once."""
     docker = shutil.which("docker")
     if docker and subprocess.run([docker, "compose", "version"], capture_output=True).returncode == 0:
-        return [docker, "compose"]
+        return (docker, "compose")
     legacy = shutil.which("docker-compose")
     if legacy:
-        return [legacy]
+        return (legacy,)
     raise SettingsError("neither `docker compose` nor `docker-compose` is installed")
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -108,3 +109,10 @@ def _wait_for_bucket(
             last = err
             time.sleep(0.3)
     raise RuntimeError(f"SeaweedFS S3 not ready after {timeout_s}s: {last}\n{log.read_text()[-3000:]}")
+
+
+def docker_engine_running() -> bool:
+    """A Docker client on PATH whose engine answers."""
+    return (
+        shutil.which("docker") is not None and subprocess.run(["docker", "info"], capture_output=True).returncode == 0
+    )

@@ -4,7 +4,6 @@ the `step` image itself runs in tests/stack."""
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 import threading
 import time
@@ -15,6 +14,7 @@ import pytest
 from operators.container import DockerContainer, container_config
 from operators.local import StepFailed
 from operators.pod import XCOM_PATH
+from tests.services import docker_engine_running
 
 pytestmark = [pytest.mark.integration, pytest.mark.docker]
 IMAGE = "debian:bookworm-slim"
@@ -22,7 +22,7 @@ IMAGE = "debian:bookworm-slim"
 
 @pytest.fixture(scope="module")
 def client() -> Any:
-    if shutil.which("docker") is None or subprocess.run(["docker", "info"], capture_output=True).returncode:
+    if not docker_engine_running():
         pytest.skip("no Docker engine here (`bash tools/docker_engine.sh` installs one; CI runs it)")
     subprocess.run(["bash", "tools/base_image.sh"], check=True)
     import docker

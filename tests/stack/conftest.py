@@ -3,14 +3,13 @@ own (`mlcycletest`, free ports on 127.0.0.1, its own volumes) and removes it all
 
 from __future__ import annotations
 
-import shutil
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from pipelines import stack as stack_mod
+from tests.services import docker_engine_running
 
 ROOT = Path(__file__).resolve().parents[2]
 TIMINGS: dict[str, float] = {}
@@ -23,7 +22,7 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 
 @pytest.fixture(scope="session")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[stack_mod.Stack]:
-    if shutil.which("docker") is None or subprocess.run(["docker", "info"], capture_output=True).returncode:
+    if not docker_engine_running():
         pytest.fail("no Docker engine: `bash tools/docker_engine.sh` installs and starts one")
     env = tmp_path_factory.mktemp("stack") / "stack.env"
     stack_mod.write_env(env, "mlcycletest", free_ports=True)

@@ -128,13 +128,8 @@ def test_a_step_on_runtime_docker_gives_what_the_local_runtime_gives(stack: Stac
     assert any("ingest" in line for line in lines)
 
     local_manifest = pod_manifest(spec, "ingest", "runtime-local", settings)
-    saved = dict(os.environ)
-    try:
-        os.environ.update(host_env)
+    with scoped_environ(host_env):
         local = LocalProcess(local_manifest, cwd=str(ROOT)).run(lambda _: None)
-    finally:
-        os.environ.clear()
-        os.environ.update(saved)
     volatile = {"snapshot", "seconds", "reused"}
     assert in_container["rows"] > 0
     assert {k: v for k, v in in_container.items() if k not in volatile} == {
