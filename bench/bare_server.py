@@ -15,7 +15,7 @@ import numpy as np
 import uvicorn
 from fastapi import FastAPI
 
-from pipelines.model import onnx_session
+from pipelines.ml.model import onnx_session
 
 
 def build(model_path: str) -> FastAPI:

@@ -12,8 +12,8 @@ from typing import Any
 
 import yaml
 
-from pipelines import db
-from pipelines.settings import PROJECT_DIR, Settings
+from pipelines.core.settings import PROJECT_DIR, Settings
+from pipelines.io import db
 
 
 @contextmanager
@@ -68,7 +68,7 @@ def train_champion(settings: Settings, name: str, **sections: dict[str, Any]) ->
     champion); returns the seconds it took."""
     import time
 
-    from pipelines.runner import run_step
+    from pipelines.steps.runner import run_step
 
     write_spec(settings, name, **{**SMALL, **sections})
     started = time.perf_counter()

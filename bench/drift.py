@@ -20,10 +20,11 @@ import uuid
 import numpy as np
 from common import bench_state, train_champion
 
-from pipelines import db
-from pipelines.datagen import ChurnConfig, generate_churn
-from pipelines.runner import run_step, spec_for
-from pipelines.settings import Settings
+from pipelines.core.settings import Settings
+from pipelines.core.spec import spec_for
+from pipelines.io import db
+from pipelines.ml.datagen import ChurnConfig, generate_churn
+from pipelines.steps.runner import run_step
 
 PIPELINE = "bench_drift"
 
@@ -67,7 +68,7 @@ def main() -> None:
         )
         from datetime import UTC, datetime, timedelta
 
-        from pipelines.drift import served_window
+        from pipelines.steps.drift import served_window
 
         spec = spec_for(settings, PIPELINE)
         features = spec.model.numeric_features + spec.model.categorical_features

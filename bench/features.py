@@ -18,10 +18,11 @@ from collections.abc import Callable
 
 from common import bench_state, percentiles, write_spec
 
-from pipelines import db
-from pipelines.features import feature_store
-from pipelines.runner import run_step, spec_for
-from pipelines.storage import open_storage, read_parquet
+from pipelines.core.spec import spec_for
+from pipelines.io import db
+from pipelines.io.featurestore import feature_store
+from pipelines.io.storage import open_storage, read_parquet
+from pipelines.steps.runner import run_step
 
 
 def timed(fn: Callable[[int], object], ids: list[int], warmup: int = 50) -> list[float]:

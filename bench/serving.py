@@ -32,7 +32,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import httpx
 from common import bench_state, free_port, percentiles, train_champion
 
-from pipelines.settings import Settings, scoped_environ
+from pipelines.core.settings import Settings, scoped_environ
+from pipelines.core.system import stop_processes
 
 PIPELINE = "bench_serving"
 KEY = "bench-key"
@@ -98,11 +99,7 @@ def process(cmd: list[str], health: str, env: dict[str, str] | None = None) -> I
         wait_http(health, proc)
         yield
     finally:
-        proc.terminate()
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        stop_processes([proc])
 
 
 def main() -> None:
@@ -119,8 +116,8 @@ def main() -> None:
 
 
 def sample_rows(settings: Settings, n: int = 500) -> list[dict[str, Any]]:
-    from pipelines.runner import spec_for
-    from pipelines.storage import open_storage, read_parquet
+    from pipelines.core.spec import spec_for
+    from pipelines.io.storage import open_storage, read_parquet
 
     spec = spec_for(settings, PIPELINE)
     test = read_parquet(open_storage(settings), f"{PIPELINE}/bench/features/test.parquet").head(n)
@@ -134,8 +131,8 @@ def sample_rows(settings: Settings, n: int = 500) -> list[dict[str, Any]]:
 def run_all(settings: Settings, total: int, levels: list[int]) -> None:
     import mlflow.onnx
 
-    from pipelines.registry import model_name
-    from pipelines.tracking import mlflow_uri, setup_mlflow
+    from pipelines.io.registry import model_name
+    from pipelines.io.tracking import mlflow_uri, setup_mlflow
 
     rows = sample_rows(settings)
     setup_mlflow(settings, PIPELINE)
@@ -190,8 +187,8 @@ def ray_serve(
     import ray
     from ray import serve
 
-    from pipelines.registry import model_name
-    from pipelines.runner import spec_for
+    from pipelines.core.spec import spec_for
+    from pipelines.io.registry import model_name
     from serving.config import VersionConfig
     from serving.deploy import connect, deploy, endpoint, serving_args
 

@@ -20,7 +20,7 @@ import time
 
 from common import bench_state, write_spec
 
-from pipelines.runner import run_step
+from pipelines.steps.runner import run_step
 
 
 def median_ms(fn, repeats: int) -> float:  # type: ignore[no-untyped-def]
@@ -61,8 +61,8 @@ def main() -> None:
         print(f"  median pruner:         {tp:6.1f}s  best val ROC AUC {bp:.4f}  {cp}")
         print(f"  ratio pruned / unpruned: wall time {tp / tn:.2f}x, best metric {bp / bn:.4f}x")
 
-        from pipelines.model import encode, load_module, onnx_session, session_feed
-        from pipelines.storage import open_storage, read_parquet
+        from pipelines.io.storage import open_storage, read_parquet
+        from pipelines.ml.model import encode, load_module, onnx_session, session_feed
 
         storage = open_storage(settings)
         module, enc, _ = load_module(storage.read_bytes("bench_none/bench/train/model.pt"))

@@ -11,7 +11,7 @@ from __future__ import annotations
 from datetime import timedelta
 from typing import Any
 
-from pipelines.spec import PipelineSpec
+from pipelines.core.spec import PipelineSpec
 
 _FEAST_TYPES = {"int": "Int64", "float": "Float64", "string": "String", "bool": "Bool", "datetime": "UnixTimestamp"}
 

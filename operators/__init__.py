@@ -1,6 +1,6 @@
 """Airflow operators of mlcycle: one operator, two runtimes, one pod spec.
 
-`PipelineStepOperator` is loaded lazily so that `operators.pod` (pure pod rendering, used by the
+`PipelineStepOperator` is loaded lazily so that `pipelines.core.pod` (pure pod rendering, used by the
 CLI) does not import Airflow.
 """
 

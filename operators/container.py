@@ -20,7 +20,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
 from operators.local import StepFailed
-from operators.pod import XCOM_PATH, container_of
+from pipelines.core.pod import XCOM_PATH, container_of
 
 _QUANTITY = re.compile(r"^([0-9]+(?:\.[0-9]+)?)([A-Za-z]*)$")
 _MEMORY_UNITS = {

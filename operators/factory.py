@@ -12,10 +12,13 @@ from airflow.sdk import DAG, AssetOrTimeSchedule, CronTriggerTimetable
 
 from operators.step import PipelineStepOperator
 from operators.trigger import RetrainingTrigger, retraining_asset
-from pipelines.params import airflow_params
+from pipelines.core.params import airflow_params
+from pipelines.core.settings import load_settings
+from pipelines.core.spec import load_specs
+from pipelines.core.steps import LIFECYCLE
 
 if TYPE_CHECKING:
-    from pipelines.spec import PipelineSpec
+    from pipelines.core.spec import PipelineSpec
 
 
 def doc_md(spec: PipelineSpec, steps: list[str]) -> str:
@@ -91,11 +94,7 @@ def drift_dag(spec: PipelineSpec) -> DAG:
 
 def build_dags() -> dict[str, DAG]:
     """Every pipeline's DAGs, by dag id."""
-    from pipelines.runner import lifecycle_steps
-    from pipelines.settings import load_settings
-    from pipelines.spec import load_specs
-
-    steps = lifecycle_steps()
+    steps = list(LIFECYCLE)
     dags = []
     for spec in load_specs(load_settings().specs_path):
         dags += [lifecycle_dag(spec, steps), drift_dag(spec)]

@@ -14,23 +14,22 @@ from urllib.parse import quote
 import attrs
 from airflow.sdk import BaseOperatorLink
 
+from pipelines.core.settings import load_settings
+from pipelines.core.steps import BY_NAME
+
 if TYPE_CHECKING:
     from airflow.sdk import BaseOperator
     from airflow.sdk.types import TaskInstanceKey
 
-REPORTS = {
-    "validate": ("Validation report", "report.html"),
-    "evaluate": ("Evaluation report", "report.html"),
-    "canary": ("Canary report", "report.png"),
-    "drift": ("Evidently report", "report.html"),
-}
-"""The report of each step that has one, as the link's name and the artifact's file name."""
 ARTIFACT_PREFIX = "/mlcycle/artifacts"
 
 
 def report_url(dag_id: str, run_id: str, step: str) -> str:
     """The plugin's URL of a step's report, relative to the api-server. Pure."""
-    return f"{ARTIFACT_PREFIX}/{quote(dag_id)}/{quote(run_id, safe='')}/{step}/{REPORTS[step][1]}"
+    report = BY_NAME[step].report
+    if report is None:
+        raise ValueError(f"step '{step}' writes no report")
+    return f"{ARTIFACT_PREFIX}/{quote(dag_id)}/{quote(run_id, safe='')}/{step}/{report.file}"
 
 
 def mlflow_url(base: str, step: str, result: dict[str, Any]) -> str:
@@ -53,8 +52,6 @@ class MlflowLink(BaseOperatorLink):
     name = "MLflow"
 
     def get_link(self, operator: BaseOperator, *, ti_key: TaskInstanceKey) -> str:
-        from pipelines.settings import load_settings
-
         return mlflow_url(load_settings().mlflow_ui_url, str(getattr(operator, "step", "")), _result(operator))
 
 
@@ -66,6 +63,7 @@ class ReportLink(BaseOperatorLink):
 
     def get_link(self, operator: BaseOperator, *, ti_key: TaskInstanceKey) -> str:
         step = str(getattr(operator, "step", ""))
-        if step not in REPORTS or not _result(operator):
+        info = BY_NAME.get(step)
+        if info is None or info.report is None or not _result(operator):
             return ""
         return report_url(ti_key.dag_id, ti_key.run_id, step)

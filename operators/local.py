@@ -9,16 +9,14 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import subprocess
-import sys
 import tempfile
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
-from operators.pod import XCOM_PATH, container_of
+from pipelines.core.pod import XCOM_PATH, container_of
+from pipelines.core.system import executable
 
 
 class StepFailed(RuntimeError):
@@ -29,17 +27,6 @@ class StepFailed(RuntimeError):
         self.tail = tail
         last = "\n".join(tail[-15:])
         super().__init__(f"`{' '.join(argv)}` exited with {returncode}; last lines:\n{last}")
-
-
-def resolve_executable(name: str) -> str:
-    """A command on PATH, or beside this Python (the venv's bin/) when PATH lacks it."""
-    found = shutil.which(name)
-    if found:
-        return found
-    beside = Path(sys.executable).parent / name
-    if beside.exists():
-        return str(beside)
-    raise FileNotFoundError(f"{name}: not on PATH nor in {beside.parent}")
 
 
 def local_argv_env(
@@ -69,7 +56,7 @@ class LocalProcess:
         with tempfile.TemporaryDirectory(prefix="mlcycle-xcom-") as tmp:
             xcom = os.path.join(tmp, "return.json")
             argv, env = local_argv_env(self.manifest, dict(os.environ), xcom)
-            argv[0] = resolve_executable(argv[0])
+            argv[0] = executable(argv[0], path_first=True)
             tail: list[str] = []
             self.proc = subprocess.Popen(
                 argv,

@@ -1,7 +1,7 @@
 """`PipelineStepOperator`: one lifecycle step as one Kubernetes pod, or the same pod run locally.
 
 The operator is small on purpose: it renders the pod at run time from the worker's settings
-(`operators.pod`, pure) and hands it to a runtime: `kubernetes` delegates to the cncf.kubernetes
+(`pipelines.core.pod`, pure) and hands it to a runtime: `kubernetes` delegates to the cncf.kubernetes
 provider's `KubernetesPodOperator` (logs, XCom sidecar, pod cleanup), `local` runs the container's
 command as a process (`operators.local`). Nothing heavy is imported when a DAG file is parsed.
 """
@@ -13,7 +13,13 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from airflow.sdk import BaseOperator
 
+from operators.container import DockerContainer, container_config
 from operators.links import MlflowLink, ReportLink
+from operators.local import LocalProcess, StepFailed
+from pipelines.core.params import ENV, RunParams
+from pipelines.core.pod import pod_manifest, to_v1pod
+from pipelines.core.settings import load_settings
+from pipelines.core.spec import spec_for
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
@@ -58,10 +64,6 @@ class PipelineStepOperator(BaseOperator):
     # ------------------------------------------------------------------------- building (pure)
     def render_pod(self, run_id: str, airflow: dict[str, str] | None = None) -> dict[str, Any]:
         """The pod this task runs, from the current settings and the pipeline's spec."""
-        from operators.pod import pod_manifest
-        from pipelines.runner import spec_for
-        from pipelines.settings import load_settings
-
         settings = load_settings()
         return pod_manifest(spec_for(settings, self.pipeline), self.step, run_id, settings, airflow)
 
@@ -73,15 +75,12 @@ class PipelineStepOperator(BaseOperator):
 
     # ------------------------------------------------------------------------------------- I/O
     def execute(self, context: Context) -> Any:
-        from pipelines.settings import load_settings
-
         ti = context["ti"]
         airflow_env = {
             "MLCYCLE_AIRFLOW_DAG_ID": ti.dag_id,
             "MLCYCLE_AIRFLOW_RUN_ID": str(context["run_id"]),
             "MLCYCLE_AIRFLOW_TRY_NUMBER": str(ti.try_number),
         }
-        from pipelines.params import ENV, RunParams
 
         given = context.get("params") or {}
         params = {k: v for k, v in given.items() if k in RunParams.model_fields and v is not None}
@@ -94,7 +93,6 @@ class PipelineStepOperator(BaseOperator):
         if runtime == "kubernetes":
             self.result = self._run_on_kubernetes(manifest, settings, context)
             return self.result
-        from operators.local import StepFailed
 
         self._runner = self._runner_for(runtime, manifest, settings)
         try:
@@ -117,18 +115,13 @@ class PipelineStepOperator(BaseOperator):
         if runtime == "docker":
             import os
 
-            from operators.container import DockerContainer, container_config
-
             config = container_config(manifest, os.environ, settings.docker_env_from, settings.docker_network)
             return DockerContainer(manifest, config, settings.image_pull_policy, settings.docker_gpu)
-        from operators.local import LocalProcess
 
         return LocalProcess(manifest, cwd=str(settings.project_dir))
 
     def _run_on_kubernetes(self, manifest: dict[str, Any], settings: Any, context: Context) -> Any:
         from airflow.providers.cncf.kubernetes.operators.pod import KubernetesPodOperator
-
-        from operators.pod import to_v1pod
 
         self._pod_operator = KubernetesPodOperator(
             task_id=f"{self.task_id}__pod",

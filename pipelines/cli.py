@@ -29,15 +29,32 @@ import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from pipelines.errors import InvalidArgument, MlcycleError, StepSkipped
+from pipelines.core.errors import MlcycleError, StepSkipped
+from pipelines.core.pod import pod_manifest
+from pipelines.core.settings import PROJECT_DIR, load_settings
+from pipelines.core.spec import Source, json_schema, load_spec, spec_for
+from pipelines.core.steps import step as step_info
+from pipelines.core.system import executable
+from pipelines.io import db
+from pipelines.io.labels import load_labels
+from pipelines.io.runs import latest_run_id, render_run, run_steps
+from pipelines.io.sources import normalize_frame
+from pipelines.io.status import pipeline_status, render_status
+from pipelines.io.storage import to_json
+from pipelines.io.tracking import server_command
+from pipelines.local import stack
+from pipelines.local.demo import run_demo, run_drift_demo
+from pipelines.local.statsd_exporter import Bridge
+from pipelines.ml.datagen import ChurnConfig, generate_churn
+from pipelines.steps.runner import RESULT_PREFIX, run_step
+from serving import embedded
+from serving.deploy import endpoint, render_serve_config
 
 if TYPE_CHECKING:
-    from pipelines.settings import Settings
+    from pipelines.core.settings import Settings
 
 
 def _cmd_spec_validate(args: argparse.Namespace) -> int:
-    from pipelines.spec import load_spec
-
     failed = 0
     for path in args.files:
         try:
@@ -53,17 +70,11 @@ def _cmd_spec_validate(args: argparse.Namespace) -> int:
 
 
 def _cmd_spec_schema(args: argparse.Namespace) -> int:
-    from pipelines.spec import json_schema
-
     print(json.dumps(json_schema(), indent=2))
     return 0
 
 
 def _cmd_step(args: argparse.Namespace) -> int:
-    from pipelines.runner import RESULT_PREFIX, run_step
-    from pipelines.settings import load_settings
-    from pipelines.storage import to_json
-
     result = run_step(args.name, args.pipeline, args.run_id, load_settings(), force=args.force)
     print(RESULT_PREFIX + to_json(result))
     return 0
@@ -72,13 +83,7 @@ def _cmd_step(args: argparse.Namespace) -> int:
 def _cmd_pod_render(args: argparse.Namespace) -> int:
     import yaml
 
-    from operators.pod import pod_manifest
-    from pipelines.runner import spec_for
-    from pipelines.settings import load_settings
-    from pipelines.spec import STEPS
-
-    if args.step not in STEPS:
-        raise InvalidArgument(f"unknown step '{args.step}'; steps are {list(STEPS)}")
+    step_info(args.step)  # an unknown step is a clear error
     settings = load_settings()
     manifest = pod_manifest(spec_for(settings, args.pipeline), args.step, args.run_id, settings)
     print(yaml.safe_dump(manifest, sort_keys=False), end="")
@@ -86,8 +91,6 @@ def _cmd_pod_render(args: argparse.Namespace) -> int:
 
 
 def _cmd_data_generate(args: argparse.Namespace) -> int:
-    from pipelines.datagen import ChurnConfig, generate_churn
-
     cfg = ChurnConfig(
         customers=args.customers,
         months=args.months,
@@ -102,17 +105,12 @@ def _cmd_data_generate(args: argparse.Namespace) -> int:
     if out.suffix == ".csv":
         df.to_csv(out, index=False)
     else:
-        from pipelines.ingest import normalize_frame
-
         normalize_frame(df).to_parquet(out, index=False)
     print(f"{out}: {len(df)} rows, churn rate {df['churned'].mean():.3f}")
     return 0
 
 
 def _cmd_db(args: argparse.Namespace) -> int:
-    from pipelines import db
-    from pipelines.settings import load_settings
-
     settings = load_settings()
     if args.action == "migrate":
         applied = db.migrate(settings)
@@ -125,78 +123,17 @@ def _cmd_db(args: argparse.Namespace) -> int:
 
 
 def _cmd_runs_show(args: argparse.Namespace) -> int:
-    from pipelines.db import connect
-    from pipelines.settings import load_settings
-
-    with connect(load_settings()) as conn:
-        run_id = args.run_id
-        if run_id is None:
-            row = conn.execute(
-                "SELECT run_id FROM step_runs WHERE pipeline=%s ORDER BY started_at DESC LIMIT 1",
-                (args.pipeline,),
-            ).fetchone()
-            if row is None:
-                print(f"no runs of {args.pipeline} yet")
-                return 0
-            run_id = row[0]
-        rows = conn.execute(
-            "SELECT DISTINCT ON (step) step, status, attempt, finished_at - started_at, outputs"
-            " FROM step_runs WHERE pipeline=%s AND run_id=%s ORDER BY step, attempt DESC",
-            (args.pipeline, run_id),
-        ).fetchall()
-    print(f"{args.pipeline} run {run_id}")
-    order = {s: i for i, s in enumerate(("ingest", "validate", "features", "train", "evaluate", "promote", "canary"))}
-    for step, status, attempt, took, outputs in sorted(rows, key=lambda r: order.get(r[0], 99)):
-        secs = f"{took.total_seconds():.1f}s" if took else "-"
-        print(f"  {step:<9} {status:<9} attempt {attempt}  {secs}")
-        for label, value in _locations(step, outputs or {}):
-            print(f"      {label}: {value}")
+    settings = load_settings()
+    run_id = args.run_id or latest_run_id(settings, args.pipeline)
+    if run_id is None:
+        print(f"no runs of {args.pipeline} yet")
+        return 0
+    print(render_run(args.pipeline, run_id, run_steps(settings, args.pipeline, run_id)))
     return 0
-
-
-SPLITS = ("train", "validation", "test")
-
-
-def _locations(step: str, out: dict[str, Any]) -> list[tuple[str, Any]]:
-    if step == "ingest":
-        return [("snapshot", out.get("snapshot")), ("rows", out.get("rows")), ("content hash", out.get("content_hash"))]
-    if step == "validate":
-        return [
-            ("report", out.get("report_html")),
-            ("quarantine", f"{out.get('quarantine')} ({out.get('bad_rows')} rows)"),
-        ]
-    if step == "features":
-        splits = out.get("splits", {})
-        return [(f"{n} set", f"{splits[n]['uri']} ({splits[n]['rows']} rows)") for n in SPLITS if n in splits]
-    if step == "train":
-        trials = out.get("trials", {})
-        return [
-            ("study", f"{out.get('study')} ({trials.get('complete', 0)} complete, {trials.get('pruned', 0)} pruned)"),
-            ("best", f"trial {out.get('best_trial')}: {out.get('metric')}={out.get('best_value', 0):.4f}"),
-            ("MLflow run", out.get("mlflow_run_id")),
-            ("ONNX model", out.get("onnx")),
-        ]
-    if step == "evaluate":
-        verdict = out.get("verdict", {})
-        return [
-            ("verdict", "passed" if verdict.get("passed") else "failed"),
-            *[("  reason", r) for r in verdict.get("reasons", [])],
-            ("report", out.get("report")),
-        ]
-    if step == "promote":
-        return [("model version", f"{out.get('model')} v{out.get('version')} aliases {out.get('aliases')}")]
-    if "reason" in out:
-        return [("reason", out["reason"])]
-    return []
 
 
 def _cmd_labels_load(args: argparse.Namespace) -> int:
     from pydantic import TypeAdapter
-
-    from pipelines.labels import load_labels
-    from pipelines.runner import spec_for
-    from pipelines.settings import load_settings
-    from pipelines.spec import Source
 
     settings = load_settings()
     if args.source.startswith("s3://"):
@@ -212,18 +149,11 @@ def _cmd_labels_load(args: argparse.Namespace) -> int:
 
 
 def _cmd_status(args: argparse.Namespace) -> int:
-    from pipelines.settings import load_settings
-    from pipelines.status import pipeline_status, render_status
-
     print(render_status(pipeline_status(load_settings(), args.pipeline)))
     return 0
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
-    from pipelines.settings import load_settings
-    from serving import embedded
-    from serving.deploy import endpoint
-
     settings = load_settings()
     if args.action == "config":
         return _serve_config(settings, args.check)
@@ -239,9 +169,6 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 
 
 def _serve_config(settings: Settings, check: bool) -> int:
-    from pipelines.spec import load_spec
-    from serving.deploy import render_serve_config
-
     # The local copy, and the chart's (the RayService's serveConfigV2): one text, two places.
     outs = [settings.project_dir / p for p in ("include/serve/serve.yaml", "helm/mlcycle/files/serve.yaml")]
     text = render_serve_config([load_spec(p) for p in sorted(settings.specs_path.glob("*.yaml"))])
@@ -260,17 +187,12 @@ def _serve_config(settings: Settings, check: bool) -> int:
 
 
 def _cmd_statsd_exporter(args: argparse.Namespace) -> int:
-    from pipelines.statsd_exporter import Bridge
-
     print(f"StatsD on udp://{args.host}:{args.udp_port}, /metrics on http://{args.host}:{args.http_port}", flush=True)
     Bridge().serve(args.host, args.udp_port, args.http_port)
     return 0
 
 
 def _cmd_stack(args: argparse.Namespace) -> int:
-    from pipelines import stack
-    from pipelines.settings import PROJECT_DIR
-
     if args.action == "env":
         values = stack.write_env(args.env_file, args.project, args.free_ports)
         print(f"{args.env_file}: {len(values)} values, mode 600 (project {values['COMPOSE_PROJECT_NAME']})")
@@ -296,31 +218,22 @@ def _cmd_stack(args: argparse.Namespace) -> int:
 
 def _cmd_mlflow_server(args: argparse.Namespace) -> int:
     import os
-    import shutil
-
-    from pipelines.db import migrate
-    from pipelines.settings import load_settings
-    from pipelines.tracking import server_command
 
     settings = load_settings()
-    migrate(settings)  # the mlflow schema exists before MLflow's own migrations run in it
+    db.migrate(settings)  # the mlflow schema exists before MLflow's own migrations run in it
     cmd = server_command(settings, args.host, args.port)
     if settings.s3_endpoint_url:
         os.environ.setdefault("MLFLOW_S3_ENDPOINT_URL", settings.s3_endpoint_url)
-    exe = shutil.which("mlflow") or str(Path(sys.executable).parent / "mlflow")
+    exe = executable("mlflow", path_first=True)
     os.execv(exe, [exe, *cmd[1:]])
     return 0  # not reached
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    from pipelines.demo import run_demo
-
     return run_demo()
 
 
 def _cmd_drift_demo(args: argparse.Namespace) -> int:
-    from pipelines.demo import run_drift_demo
-
     return run_drift_demo(port=args.port)
 
 

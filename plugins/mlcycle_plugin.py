@@ -12,7 +12,12 @@ from typing import Any
 
 from airflow.plugins_manager import AirflowPlugin
 
-from operators.links import REPORTS, MlflowLink, ReportLink
+from operators.links import MlflowLink, ReportLink
+from pipelines.core.errors import InvalidArgument
+from pipelines.core.settings import load_settings
+from pipelines.core.steps import BY_NAME, REPORT_FILES
+from pipelines.io.storage import open_storage, run_key
+from pipelines.steps.context import check_run_id
 
 CONTENT_TYPES = {".html": "text/html; charset=utf-8", ".png": "image/png", ".json": "application/json"}
 
@@ -30,12 +35,8 @@ def _app() -> Any:
         dependencies=[Depends(requires_access_dag("GET", DagAccessEntity.RUN))],
     )
     def artifact(dag_id: str, run_id: str, step: str, name: str) -> Response:
-        from pipelines.context import check_run_id
-        from pipelines.errors import InvalidArgument
-        from pipelines.settings import load_settings
-        from pipelines.storage import open_storage, run_key
-
-        if step not in REPORTS or name not in {"report.html", "report.png", "report.json"}:
+        info = BY_NAME.get(step)
+        if info is None or info.report is None or name not in REPORT_FILES:
             raise HTTPException(404, "not a report")
         pipeline = dag_id.rsplit("_", 1)[0]
         try:

@@ -27,7 +27,15 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
-from serving.config import ServingArgs
+from pipelines.core.settings import load_settings
+from pipelines.core.spec import spec_for
+from pipelines.io.db import database_url
+from pipelines.io.featurestore import feature_store
+from pipelines.io.registry import champion_version
+from pipelines.io.requestlog import ab_results
+from pipelines.io.tracking import setup_mlflow
+from pipelines.ml.model import onnx_session
+from serving.config import ServingArgs, VersionConfig
 from serving.router import choose
 
 log = logging.getLogger("mlcycle.serving")
@@ -67,12 +75,6 @@ class ModelVersion:
 
     def __init__(self, static: dict[str, Any], version: int) -> None:
         import mlflow.onnx
-
-        from pipelines.features import feature_store
-        from pipelines.model import onnx_session
-        from pipelines.runner import spec_for
-        from pipelines.settings import load_settings
-        from pipelines.tracking import setup_mlflow
 
         self.static = static
         self.version = version
@@ -203,8 +205,6 @@ class Ingress:
         cached = getattr(self, "_ab_cache", None)
         if cached and cached[0] == pair and time.monotonic() - cached[1] < AB_REFRESH_S:
             return cached[2]  # type: ignore[no-any-return]
-        from pipelines.abtest import ab_results
-        from pipelines.settings import load_settings
 
         try:
             result = await asyncio.to_thread(ab_results, load_settings(), self.args.pipeline, *pair)
@@ -394,9 +394,6 @@ class Ingress:
     def _write(self, rows: list[tuple[Any, ...]]) -> None:
         import psycopg
 
-        from pipelines.db import database_url
-        from pipelines.settings import load_settings
-
         if not hasattr(self, "_db_url"):
             self._db_url = database_url(load_settings())
         with psycopg.connect(self._db_url) as conn, conn.cursor() as cur:
@@ -419,9 +416,8 @@ def build_app(args: dict[str, Any]) -> Any:
     """The application for `args` (a `ServingArgs` dict): `serve run serving.app:build_app`."""
     parsed = ServingArgs.model_validate(args)
     if not parsed.versions:
-        from serving.deploy import champion_versions
-
-        parsed = parsed.model_copy(update={"versions": champion_versions(parsed.pipeline, parsed.model_name)})
+        champion = VersionConfig(version=champion_version(load_settings(), parsed.pipeline), weight=100.0)
+        parsed = parsed.model_copy(update={"versions": [champion]})
     # Constructor arguments never change with weights or batching (a change there would restart
     # replicas); what does change is `user_config`, applied by `reconfigure` in place.
     static = parsed.model_dump(

@@ -7,13 +7,16 @@ import os
 import time
 from typing import TYPE_CHECKING, Any
 
+from pipelines.core.errors import SettingsError
+from pipelines.core.spec import spec_for
+from pipelines.io.registry import champion_version, model_name
 from serving.config import ServingArgs, VersionConfig
 
 log = logging.getLogger(__name__)
 
 if TYPE_CHECKING:
-    from pipelines.settings import Settings
-    from pipelines.spec import PipelineSpec
+    from pipelines.core.settings import Settings
+    from pipelines.core.spec import PipelineSpec
 
 
 def serving_args(
@@ -48,7 +51,6 @@ CONNECT_ATTEMPTS = 3
 def serve_config(specs: list[PipelineSpec]) -> dict[str, Any]:
     """The Serve config of the pipelines: one application each, versions left to the registry.
     `serve deploy` takes it as is, and it is the `serveConfigV2` of a KubeRay RayService. Pure."""
-    from pipelines.registry import model_name
 
     apps = []
     for spec in sorted(specs, key=lambda s: s.name):
@@ -65,6 +67,7 @@ def serve_config(specs: list[PipelineSpec]) -> dict[str, Any]:
 
 
 def render_serve_config(specs: list[PipelineSpec]) -> str:
+    """The Serve config as the checked-in YAML, with a header that says where it comes from."""
     import yaml
 
     header = (
@@ -76,22 +79,6 @@ def render_serve_config(specs: list[PipelineSpec]) -> str:
     return header + yaml.safe_dump(serve_config(specs), sort_keys=False)
 
 
-def champion_versions(pipeline: str, model: str) -> list[VersionConfig]:
-    """The registry's view when a config names no versions: the champion takes all traffic."""
-    import mlflow
-
-    from pipelines.errors import SettingsError
-    from pipelines.registry import CHAMPION, alias_version
-    from pipelines.settings import load_settings
-    from pipelines.tracking import setup_mlflow
-
-    setup_mlflow(load_settings(), pipeline)
-    champion = alias_version(mlflow.MlflowClient(), model, CHAMPION)
-    if champion is None:
-        raise SettingsError(f"{model} has no `champion` alias yet: run the lifecycle before serving it")
-    return [VersionConfig(version=int(champion.version), weight=100.0)]
-
-
 def connect(settings: Settings) -> None:
     """Join the Ray cluster of the settings (`MLCYCLE_RAY_ADDRESS`; embedded default: the local
     head of `mlcycle serve start`) and make sure Serve's HTTP proxy listens where they say."""
@@ -100,8 +87,6 @@ def connect(settings: Settings) -> None:
     os.environ.setdefault("RAY_AUTH_MODE", "token")
     import ray
     from ray import serve
-
-    from pipelines.errors import SettingsError
 
     if not ray.is_initialized():
         address = settings.ray_address or ("127.0.0.1:6380" if settings.profile == "embedded" else "auto")
@@ -128,7 +113,7 @@ def deploy(args: ServingArgs) -> None:
     """Create or update the application; a change of weights only reconfigures the replicas."""
     from ray import serve
 
-    from serving.app import build_app
+    from serving.app import build_app  # heavy: ray
 
     serve.run(build_app(args.model_dump()), name=args.pipeline, route_prefix=args.route_prefix)
 
@@ -138,15 +123,12 @@ def serve_champion_if_idle(settings: Settings, pipeline: str) -> bool:
     started afresh, and a lifecycle run whose canary was skipped). Returns whether it deployed."""
     from ray import serve
 
-    from pipelines.registry import model_name
-    from pipelines.runner import spec_for
-
     connect(settings)
     app = serve.status().applications.get(pipeline)
     if app is not None and app.status == "RUNNING":
         return False
-    model = model_name(pipeline)
-    deploy(serving_args(spec_for(settings, pipeline), champion_versions(pipeline, model), model))
+    champion = VersionConfig(version=champion_version(settings, pipeline), weight=100.0)
+    deploy(serving_args(spec_for(settings, pipeline), [champion], model_name(pipeline)))
     return True
 
 

@@ -10,10 +10,11 @@ from __future__ import annotations
 import os
 import secrets
 import subprocess
-import sys
-from pathlib import Path
 
-from pipelines.settings import Settings
+from pipelines.core.errors import SettingsError
+from pipelines.core.settings import Settings
+from pipelines.core.system import executable, secret_file
+from serving.deploy import connect
 
 RAY_PORT = 6380
 
@@ -30,17 +31,11 @@ def api_key(settings: Settings) -> str:
     env = os.environ.get("MLCYCLE_SERVING_API_KEYS", "")
     if env.strip():
         return env.split(",")[0].strip()
-    path = settings.state_path / "serving-api-key"
-    if not path.exists():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w") as fh:
-            fh.write(secrets.token_urlsafe(24))
-    return path.read_text().strip()
+    return secret_file(settings.state_path / "serving-api-key", lambda: secrets.token_urlsafe(24))
 
 
 def ray_running(settings: Settings) -> bool:
-    ray = Path(sys.executable).parent / "ray"
+    ray = executable("ray")
     address = f"127.0.0.1:{ray_port(settings)}"
     env = {**os.environ, "RAY_AUTH_MODE": "token"}
     status = subprocess.run([str(ray), "status", f"--address={address}"], capture_output=True, timeout=60, env=env)
@@ -60,7 +55,7 @@ def start(settings: Settings) -> str:
         }
         if settings.pipelines_dir:
             env["MLCYCLE_PIPELINES_DIR"] = str(settings.pipelines_dir)
-        ray = Path(sys.executable).parent / "ray"
+        ray = executable("ray")
         # Token authentication: make the token (~/.ray/auth_token) the head and clients share.
         subprocess.run([str(ray), "get-auth-token", "--generate"], env=env, check=True, capture_output=True, timeout=60)
         started = subprocess.run(
@@ -80,15 +75,12 @@ def start(settings: Settings) -> str:
             timeout=180,
         )
         if started.returncode != 0:
-            from pipelines.errors import SettingsError
-
             raise SettingsError(f"`ray start` failed ({started.returncode}): {started.stderr[-2000:]}")
-    from serving.deploy import connect
 
     connect(settings.model_copy(update={"ray_address": f"127.0.0.1:{ray_port(settings)}"}))
     return key
 
 
 def stop() -> None:
-    ray = Path(sys.executable).parent / "ray"
+    ray = executable("ray")
     subprocess.run([str(ray), "stop", "--force"], capture_output=True, timeout=120)

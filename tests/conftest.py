@@ -20,8 +20,8 @@ import pandas as pd
 import pytest
 import yaml
 
-from pipelines.datagen import ChurnConfig, generate_churn
-from pipelines.settings import PROJECT_DIR, Settings, scoped_environ
+from pipelines.core.settings import PROJECT_DIR, Settings, scoped_environ
+from pipelines.ml.datagen import ChurnConfig, generate_churn
 from tests.services import S3Server, seaweedfs
 
 CHURN_SPEC = PROJECT_DIR / "include" / "pipelines" / "churn.yaml"
@@ -50,7 +50,7 @@ def churn_df() -> pd.DataFrame:
 @pytest.fixture(scope="session")
 def platform(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Settings]:
     """The real embedded PostgreSQL (+ pgvector) of a session state dir, migrated."""
-    from pipelines import db
+    from pipelines.io import db
 
     state = tmp_path_factory.mktemp("state")
     settings = Settings(state_dir=state)

@@ -13,6 +13,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from pipelines.core.system import stop_processes
+
 
 def _free(port: int) -> bool:
     with socket.socket() as s:
@@ -74,12 +76,7 @@ def seaweedfs(data_dir: Path, bucket: str = "mlcycle-test") -> Iterator[S3Server
         _wait_for_bucket(endpoint, access, secret, bucket, proc, data_dir / "weed.log")
         yield S3Server(endpoint, access, secret, bucket)
     finally:
-        proc.terminate()
-        try:
-            proc.wait(15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_processes([proc], 15)
         log.close()
 
 

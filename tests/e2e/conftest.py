@@ -6,7 +6,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from pipelines.settings import Settings, scoped_environ
+from pipelines.core.settings import Settings, scoped_environ
 from tests.services import free_port_pairs
 
 KEY = "e2e-serving-key"

@@ -14,12 +14,12 @@ import httpx
 import pandas as pd
 import pytest
 
-from pipelines import db
-from pipelines.datagen import CATEGORICAL, NUMERIC, ChurnConfig, generate_churn
-from pipelines.local_airflow import LocalAirflow
-from pipelines.registry import audit
-from pipelines.settings import Settings
-from pipelines.traffic import SteadyTraffic, predict_rows
+from pipelines.core.settings import Settings
+from pipelines.io import db
+from pipelines.io.registry import audit
+from pipelines.local.local_airflow import LocalAirflow
+from pipelines.local.traffic import SteadyTraffic, predict_rows
+from pipelines.ml.datagen import CATEGORICAL, NUMERIC, ChurnConfig, generate_churn
 from tests.e2e.conftest import KEY
 from tests.integration.helpers import SHORT_CANARY, small_spec
 from tests.services import free_port_pairs
@@ -64,8 +64,8 @@ def _forget_churn(settings: Settings) -> None:
     `churn` must meet no champion: remove what this test registered."""
     import mlflow
 
-    from pipelines.registry import model_name
-    from pipelines.tracking import setup_mlflow
+    from pipelines.io.registry import model_name
+    from pipelines.io.tracking import setup_mlflow
 
     setup_mlflow(settings, "churn")
     client = mlflow.MlflowClient()

@@ -11,11 +11,11 @@ import httpx
 import pandas as pd
 import pytest
 
-from pipelines import db
-from pipelines.demo import airflow_env
-from pipelines.registry import audit
-from pipelines.settings import Settings
-from pipelines.storage import open_storage, read_parquet
+from pipelines.core.settings import Settings
+from pipelines.io import db
+from pipelines.io.registry import audit
+from pipelines.io.storage import open_storage, read_parquet
+from pipelines.local.demo import airflow_env
 from tests.conftest import churn_spec_dict
 from tests.e2e.conftest import KEY
 from tests.integration.helpers import small_spec

@@ -11,8 +11,8 @@ import pandas as pd
 import pytest
 import torch
 
-from pipelines.datagen import CATEGORICAL, NUMERIC
-from pipelines.model import build_module, fit_encoding, onnx_session, predict, predict_onnx, select_device, to_onnx
+from pipelines.ml.datagen import CATEGORICAL, NUMERIC
+from pipelines.ml.model import build_module, fit_encoding, onnx_session, predict, predict_onnx, select_device, to_onnx
 
 pytestmark = [
     pytest.mark.gpu,
@@ -24,7 +24,7 @@ def test_training_runs_on_cuda(churn_df: pd.DataFrame) -> None:
     assert select_device("auto") == "cuda"
     enc = fit_encoding(churn_df, list(NUMERIC), list(CATEGORICAL))
     module = build_module(enc, hidden_units=32, layers=2, dropout=0.0).to("cuda")
-    from pipelines.model import encode
+    from pipelines.ml.model import encode
 
     num, codes = encode(churn_df, enc)
     x_num, x_cat = torch.from_numpy(num).cuda(), torch.from_numpy(codes).cuda()

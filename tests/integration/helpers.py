@@ -5,8 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from pipelines.runner import run_step
-from pipelines.settings import Settings
+from pipelines.core.settings import Settings
+from pipelines.steps.runner import run_step
 from tests.conftest import churn_spec_dict, write_spec
 
 # A canary plan for tests: two steps, seconds of dwell. The latency SLO is wide on purpose: the

@@ -7,9 +7,9 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from pipelines.errors import DataQualityError, SourceError, StepInputError
-from pipelines.settings import Settings
-from pipelines.storage import open_storage, read_json, read_parquet
+from pipelines.core.errors import DataQualityError, SourceError, StepInputError
+from pipelines.core.settings import Settings
+from pipelines.io.storage import open_storage, read_json, read_parquet
 from tests.integration.helpers import run, small_spec
 
 pytestmark = pytest.mark.integration

@@ -13,7 +13,7 @@ import pytest
 
 from operators.container import DockerContainer, container_config
 from operators.local import StepFailed
-from operators.pod import XCOM_PATH
+from pipelines.core.pod import XCOM_PATH
 from tests.services import docker_engine_running
 
 pytestmark = [pytest.mark.integration, pytest.mark.docker]

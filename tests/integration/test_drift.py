@@ -16,9 +16,9 @@ from typing import Any
 import pandas as pd
 import pytest
 
-from pipelines import db
-from pipelines.datagen import ChurnConfig, generate_churn
-from pipelines.settings import Settings, scoped_environ
+from pipelines.core.settings import Settings, scoped_environ
+from pipelines.io import db
+from pipelines.ml.datagen import ChurnConfig, generate_churn
 from tests.integration.helpers import run, run_through, small_spec
 
 pytestmark = pytest.mark.integration
@@ -53,9 +53,9 @@ def serve_log(settings: Settings, rows: pd.DataFrame, version: int = 1) -> list[
     """Score the rows with the champion and write them to the request log; their request ids."""
     import mlflow.onnx
 
-    from pipelines.model import onnx_session, session_feed
-    from pipelines.registry import model_name
-    from pipelines.tracking import setup_mlflow
+    from pipelines.io.registry import model_name
+    from pipelines.io.tracking import setup_mlflow
+    from pipelines.ml.model import onnx_session, session_feed
 
     setup_mlflow(settings, PIPELINE)
     session = onnx_session(mlflow.onnx.load_model(f"models:/{model_name(PIPELINE)}/{version}").SerializeToString())

@@ -7,10 +7,10 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from pipelines.features import feature_store, historical_features
-from pipelines.runner import spec_for
-from pipelines.settings import Settings
-from pipelines.storage import open_storage, read_parquet
+from pipelines.core.settings import Settings
+from pipelines.core.spec import spec_for
+from pipelines.io.featurestore import feature_store, historical_features
+from pipelines.io.storage import open_storage, read_parquet
 from tests.integration.helpers import run_through, small_spec
 from tests.services import S3Server
 

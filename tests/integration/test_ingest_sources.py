@@ -9,11 +9,11 @@ import boto3
 import pandas as pd
 import pytest
 
-from pipelines import db
-from pipelines.errors import SourceError
-from pipelines.ingest import content_hash
-from pipelines.settings import Settings
-from pipelines.storage import open_storage, read_parquet
+from pipelines.core.errors import SourceError
+from pipelines.core.settings import Settings
+from pipelines.io import db
+from pipelines.io.storage import open_storage, read_parquet
+from pipelines.steps.ingest import content_hash
 from tests.integration.helpers import run, small_spec
 from tests.services import S3Server
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 
 from operators.local import LocalProcess
-from operators.pod import container_of, pod_manifest
-from pipelines.runner import spec_for
-from pipelines.settings import Settings
-from pipelines.storage import open_storage, read_json
+from pipelines.core.pod import container_of, pod_manifest
+from pipelines.core.settings import Settings
+from pipelines.core.spec import spec_for
+from pipelines.io.storage import open_storage, read_json
 from tests.integration.helpers import small_spec
 
 pytestmark = pytest.mark.integration

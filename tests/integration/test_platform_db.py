@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from pipelines import db
-from pipelines.errors import StepInputError
-from pipelines.settings import Settings
+from pipelines.core.errors import StepInputError
+from pipelines.core.settings import Settings
+from pipelines.io import db
 from tests.integration.helpers import run, small_spec
 
 pytestmark = pytest.mark.integration

@@ -14,10 +14,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pipelines import db
-from pipelines.registry import model_name
-from pipelines.runner import spec_for
-from pipelines.settings import Settings, scoped_environ
+from pipelines.core.settings import Settings, scoped_environ
+from pipelines.core.spec import spec_for
+from pipelines.io import db
+from pipelines.io.registry import model_name
 from serving.config import VersionConfig
 from serving.deploy import connect, deploy, endpoint, serving_args
 from tests.integration.helpers import SHORT_CANARY, run_through, small_spec
@@ -170,7 +170,7 @@ def test_labels_give_ab_results_on_the_info_endpoint(served: Settings, tmp_path:
     """Labels loaded later (by request id, or by entity and time) join the served predictions;
     GET /v1/pipelines/<name> shows the champion/challenger difference with its p-value."""
     from pipelines.cli import main
-    from pipelines.datagen import ChurnConfig, generate_churn
+    from pipelines.ml.datagen import ChurnConfig, generate_churn
 
     truth = generate_churn(ChurnConfig(**{k: v for k, v in SOURCE.items() if k != "kind"}))
     latest = truth.sort_values("event_timestamp").groupby("customer_id").tail(1).set_index("customer_id")
@@ -292,7 +292,7 @@ def _champion_graph(settings: Settings) -> Any:
     """The champion's ONNX model with its output renamed `score_raw`, to build variants on."""
     import mlflow.onnx
 
-    from pipelines.tracking import setup_mlflow
+    from pipelines.io.tracking import setup_mlflow
 
     setup_mlflow(settings, PIPELINE)
     model = mlflow.onnx.load_model(f"models:/{model_name(PIPELINE)}@champion")
@@ -307,7 +307,7 @@ def _register_challenger(settings: Settings, model: Any, reason: str) -> int:
     import mlflow
     import mlflow.onnx
 
-    from pipelines.registry import CHALLENGER, move_alias
+    from pipelines.io.registry import CHALLENGER, move_alias
 
     client = mlflow.MlflowClient()
     with mlflow.start_run(run_name=reason):
@@ -368,8 +368,8 @@ def _canary_spec(settings: Settings) -> None:
 
 
 def test_a_raising_challenger_is_rolled_back(served: Settings) -> None:
-    from pipelines.canary import CanaryRolledBack
-    from pipelines.registry import alias_version
+    from pipelines.io.registry import alias_version
+    from pipelines.steps.canary import CanaryRolledBack
     from tests.integration.helpers import run
 
     _canary_spec(served)
@@ -395,7 +395,7 @@ def test_a_raising_challenger_is_rolled_back(served: Settings) -> None:
 def test_a_slow_challenger_is_rolled_back(served: Settings) -> None:
     """A challenger slower than the request timeout: its requests are answered by the champion
     (the fallback), logged against it as timeouts, and the canary rolls it back."""
-    from pipelines.canary import CanaryRolledBack
+    from pipelines.steps.canary import CanaryRolledBack
     from tests.integration.helpers import run
 
     small_spec(
@@ -436,7 +436,7 @@ def test_a_slow_challenger_is_rolled_back(served: Settings) -> None:
 def test_a_healthy_challenger_is_promoted(served: Settings) -> None:
     import mlflow
 
-    from pipelines.registry import CHALLENGER, alias_version, audit, move_alias
+    from pipelines.io.registry import CHALLENGER, alias_version, audit, move_alias
     from tests.integration.helpers import run
 
     _canary_spec(served)
@@ -471,7 +471,7 @@ def test_an_idle_pipeline_gets_its_champion_and_a_running_one_is_left_alone(serv
     """`make demo` on a fresh Ray head whose run deployed nothing: the registry's champion is served."""
     import mlflow
 
-    from pipelines.registry import alias_version
+    from pipelines.io.registry import alias_version
     from serving.deploy import serve_champion_if_idle, undeploy
 
     champion = int(alias_version(mlflow.MlflowClient(), model_name(PIPELINE), "champion").version)

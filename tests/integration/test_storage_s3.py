@@ -8,8 +8,8 @@ import boto3
 import pytest
 from botocore.exceptions import ClientError
 
-from pipelines.settings import Settings
-from pipelines.storage import S3Storage, open_storage, read_json, read_parquet, write_json, write_parquet
+from pipelines.core.settings import Settings
+from pipelines.io.storage import S3Storage, open_storage, read_json, read_parquet, write_json, write_parquet
 from tests.services import S3Server
 
 pytestmark = pytest.mark.integration

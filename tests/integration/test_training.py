@@ -13,11 +13,11 @@ from typing import Any
 import mlflow
 import pytest
 
-from pipelines import db
-from pipelines.errors import StepSkipped
-from pipelines.registry import audit, model_name
-from pipelines.settings import Settings
-from pipelines.tracking import code_version, setup_mlflow
+from pipelines.core.errors import StepSkipped
+from pipelines.core.settings import Settings
+from pipelines.io import db
+from pipelines.io.registry import audit, model_name
+from pipelines.io.tracking import code_version, setup_mlflow
 from tests.integration.helpers import run, run_through, small_spec
 
 pytestmark = pytest.mark.integration
@@ -189,7 +189,7 @@ def test_a_killed_train_task_resumes_its_study(workspace: Settings) -> None:
     assert result["trials"]["fail"] == 1
     import optuna
 
-    from pipelines.tracking import optuna_url
+    from pipelines.io.tracking import optuna_url
 
     study = optuna.load_study(study_name="churn_resume:kill-1", storage=optuna_url(workspace))
     resumed = [t for t in study.trials if t.user_attrs.get("resume_from") == 2]

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from pipelines import stack as stack_mod
+from pipelines.local import stack as stack_mod
 from tests.services import docker_engine_running
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -19,7 +19,7 @@ from typing import Any
 
 import httpx
 
-from pipelines.stack import Stack
+from pipelines.local.stack import Stack
 from tests.stack.conftest import ROOT, TIMINGS
 
 PIPELINE = "churn"
@@ -32,7 +32,7 @@ def _url(stack: Stack, key: str, path: str = "") -> str:
 
 
 def _airflow(stack: Stack) -> Any:
-    from pipelines.local_airflow import AirflowClient
+    from pipelines.local.local_airflow import AirflowClient
 
     return AirflowClient(_url(stack, "AIRFLOW_PORT"), stack.values["AIRFLOW_ADMIN_PASSWORD"])
 
@@ -104,9 +104,9 @@ def test_a_step_on_runtime_docker_gives_what_the_local_runtime_gives(stack: Stac
     once as a process on this host against the published ports: the same snapshot."""
     from operators.container import DockerContainer, container_config
     from operators.local import LocalProcess
-    from operators.pod import pod_manifest
-    from pipelines.runner import spec_for
-    from pipelines.settings import Settings, scoped_environ
+    from pipelines.core.pod import pod_manifest
+    from pipelines.core.settings import Settings, scoped_environ
+    from pipelines.core.spec import spec_for
 
     host_env = _host_env(stack)
     with scoped_environ(host_env):

@@ -10,11 +10,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pipelines.abtest import compare
-from pipelines.errors import InvalidArgument
-from pipelines.labels import label_rows
-from pipelines.metrics import ab_difference, roc_auc
-from pipelines.spec import Evaluation, PipelineSpec, load_spec
+from pipelines.core.errors import InvalidArgument
+from pipelines.core.spec import Evaluation, PipelineSpec, load_spec
+from pipelines.io.labels import label_rows
+from pipelines.ml.abtest import compare
+from pipelines.ml.metrics import ab_difference, roc_auc
 from serving.config import ServingArgs, VersionConfig
 from serving.deploy import render_serve_config, serve_config
 from tests.conftest import CHURN_SPEC

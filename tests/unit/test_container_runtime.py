@@ -9,9 +9,9 @@ import tarfile
 import pytest
 
 from operators.container import container_config, fit_to_engine, memory_bytes, nano_cpus, read_xcom, split_lines
-from operators.pod import XCOM_PATH, container_of, pod_manifest
-from pipelines.settings import Settings
-from pipelines.spec import load_spec
+from pipelines.core.pod import XCOM_PATH, container_of, pod_manifest
+from pipelines.core.settings import Settings
+from pipelines.core.spec import load_spec
 from tests.conftest import CHURN_SPEC
 
 SPEC = load_spec(CHURN_SPEC)

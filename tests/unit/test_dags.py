@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from pipelines.settings import PROJECT_DIR
+from pipelines.core.settings import PROJECT_DIR
 from tests.conftest import write_spec
 
 DAGS = PROJECT_DIR / "dags"

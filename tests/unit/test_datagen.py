@@ -3,7 +3,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from pipelines.datagen import CATEGORICAL, NUMERIC, ChurnConfig, drift_phase, generate_churn, true_logit
+from pipelines.ml.datagen import CATEGORICAL, NUMERIC, ChurnConfig, drift_phase, generate_churn, true_logit
 
 
 def _auc(score: np.ndarray, label: np.ndarray) -> float:

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from operators.trigger import event_extra
-from pipelines.drift import evidently_columns, live_performance, psi, two_sample_test, verdict
-from pipelines.spec import Drift, Evaluation
+from pipelines.core.spec import Drift, Evaluation
+from pipelines.steps.drift import evidently_columns, live_performance, psi, two_sample_test, verdict
 
 NOW = datetime(2026, 11, 25, 12, tzinfo=UTC)
 CFG = Drift(min_requests=100, max_drift_share=0.3, psi_threshold=0.2, max_performance_drop=0.05, cooldown_hours=24)

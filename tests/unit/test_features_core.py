@@ -3,9 +3,10 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
-from pipelines.errors import DataQualityError
-from pipelines.features import SPLITS, entity_rows, feast_env, time_split
-from pipelines.spec import Split, load_spec
+from pipelines.core.errors import DataQualityError
+from pipelines.core.spec import Split, load_spec
+from pipelines.io.featurestore import feast_env, redis_connection_string
+from pipelines.steps.features import SPLITS, entity_rows, time_split
 from tests.conftest import CHURN_SPEC
 
 
@@ -70,15 +71,11 @@ def test_feast_env_from_a_network_url() -> None:
     ],
 )
 def test_redis_url_to_feast_connection_string(url: str, expected: str) -> None:
-    from pipelines.features import redis_connection_string
-
     assert redis_connection_string(url) == expected
 
 
 @pytest.mark.parametrize("url", ["http://redis:6379", "redis://", "redis://redis/zero"])
 def test_bad_redis_urls_are_refused(url: str) -> None:
-    from pipelines.features import redis_connection_string
-
     with pytest.raises(ValueError, match="MLCYCLE_REDIS_URL"):
         redis_connection_string(url)
 
@@ -86,7 +83,7 @@ def test_bad_redis_urls_are_refused(url: str) -> None:
 def test_the_redis_variant_differs_only_in_the_online_store() -> None:
     import yaml
 
-    from pipelines.settings import PROJECT_DIR
+    from pipelines.core.settings import PROJECT_DIR
 
     repo = PROJECT_DIR / "feature_repo"
     base = yaml.safe_load((repo / "feature_store.yaml").read_text())

@@ -14,9 +14,9 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from operators.pod import pod_manifest
-from pipelines.settings import Settings
-from pipelines.spec import load_spec
+from pipelines.core.pod import pod_manifest
+from pipelines.core.settings import Settings
+from pipelines.core.spec import load_spec
 from serving.deploy import serve_config
 from tests.conftest import CHURN_SPEC
 

@@ -5,17 +5,11 @@ import io
 import pandas as pd
 import pytest
 
-from pipelines.errors import SourceError
-from pipelines.ingest import (
-    build_manifest,
-    content_hash,
-    infer_format,
-    normalize_frame,
-    parse_bytes,
-    schema_fingerprint,
-)
-from pipelines.spec import SyntheticSource
-from pipelines.storage import parquet_bytes
+from pipelines.core.errors import SourceError
+from pipelines.core.spec import SyntheticSource
+from pipelines.io.sources import infer_format, normalize_frame, parse_bytes
+from pipelines.io.storage import parquet_bytes
+from pipelines.steps.ingest import build_manifest, content_hash, schema_fingerprint
 
 
 def test_normalize_keeps_bad_values_as_text() -> None:

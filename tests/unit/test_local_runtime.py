@@ -7,8 +7,9 @@ from typing import Any
 
 import pytest
 
-from operators.local import LocalProcess, StepFailed, local_argv_env, resolve_executable
-from operators.pod import XCOM_PATH
+from operators.local import LocalProcess, StepFailed, local_argv_env
+from pipelines.core.pod import XCOM_PATH
+from pipelines.core.system import executable
 
 
 def _pod(command: list[str], args: list[str], env: dict[str, str] | None = None) -> dict[str, Any]:
@@ -81,6 +82,6 @@ def test_terminate_stops_the_process_group() -> None:
 
 
 def test_resolve_executable_finds_the_venv_script() -> None:
-    assert resolve_executable("mlcycle").endswith("mlcycle")
+    assert executable("mlcycle", path_first=True).endswith("mlcycle")
     with pytest.raises(FileNotFoundError):
-        resolve_executable("surely-not-a-command-here")
+        executable("surely-not-a-command-here", path_first=True)

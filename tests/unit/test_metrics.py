@@ -5,8 +5,17 @@ import pytest
 from sklearn.metrics import f1_score, roc_auc_score
 from sklearn.metrics import log_loss as sk_log_loss
 
-from pipelines.metrics import bootstrap_difference, calibration_error, f1_at, gate, log_loss, overall, roc_auc, slices
-from pipelines.spec import Evaluation
+from pipelines.core.spec import Evaluation
+from pipelines.ml.metrics import (
+    bootstrap_difference,
+    calibration_error,
+    f1_at,
+    gate,
+    log_loss,
+    overall,
+    roc_auc,
+    slices,
+)
 
 
 @pytest.fixture

@@ -5,8 +5,9 @@ import pandas as pd
 import pytest
 import torch
 
-from pipelines.datagen import CATEGORICAL, NUMERIC
-from pipelines.model import (
+from pipelines.io.status import outcome
+from pipelines.ml.datagen import CATEGORICAL, NUMERIC
+from pipelines.ml.model import (
     build_module,
     encode,
     fit_encoding,
@@ -19,8 +20,7 @@ from pipelines.model import (
     select_device,
     to_onnx,
 )
-from pipelines.status import outcome
-from pipelines.train import EarlyStopping, remaining_budget, study_name
+from pipelines.steps.train import EarlyStopping, remaining_budget, study_name
 
 
 @pytest.fixture(scope="module")

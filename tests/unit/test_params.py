@@ -6,9 +6,9 @@ import json
 
 import pytest
 
-from pipelines.errors import InvalidArgument
-from pipelines.params import ENV, RunParams, apply, from_env
-from pipelines.spec import FileSource, S3Source, load_spec
+from pipelines.core.errors import InvalidArgument
+from pipelines.core.params import ENV, RunParams, apply, from_env
+from pipelines.core.spec import FileSource, S3Source, load_spec
 from tests.conftest import CHURN_SPEC
 
 SPEC = load_spec(CHURN_SPEC)
@@ -49,7 +49,7 @@ def test_a_bad_s3_uri_is_refused_by_the_spec() -> None:
 def test_airflow_validates_the_form_before_a_run() -> None:
     from airflow.sdk.definitions.param import ParamsDict
 
-    from pipelines.params import airflow_params
+    from pipelines.core.params import airflow_params
 
     form = ParamsDict(airflow_params())
     assert form.validate() == {"source_uri": None, "n_trials": None, "dry_run": False}

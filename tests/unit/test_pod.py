@@ -6,10 +6,18 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from operators.pod import XCOM_PATH, container_of, pod_manifest, pod_name, resource_requirements, to_v1pod, tolerations
 from pipelines.cli import main
-from pipelines.settings import Settings
-from pipelines.spec import Resources, load_spec
+from pipelines.core.pod import (
+    XCOM_PATH,
+    container_of,
+    pod_manifest,
+    pod_name,
+    resource_requirements,
+    to_v1pod,
+    tolerations,
+)
+from pipelines.core.settings import Settings
+from pipelines.core.spec import Resources, load_spec
 from tests.conftest import CHURN_SPEC
 
 SPEC = load_spec(CHURN_SPEC)

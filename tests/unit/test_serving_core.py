@@ -3,8 +3,8 @@ from __future__ import annotations
 import pytest
 from pydantic import ValidationError
 
-from pipelines.canary import figures, judge, plan_weights
-from pipelines.spec import Canary
+from pipelines.core.spec import Canary
+from pipelines.steps.canary import figures, judge, plan_weights
 from serving.app import PredictRequest, validation_detail
 from serving.config import ServingArgs, VersionConfig
 from serving.router import bucket, choose
@@ -85,7 +85,7 @@ def test_figures_and_judgement() -> None:
 
 
 def test_canary_plot_is_a_png() -> None:
-    from pipelines.canary import plot
+    from pipelines.steps.canary import plot
 
     report = {
         "steps": [
@@ -122,7 +122,7 @@ def _flaky_ray(monkeypatch: pytest.MonkeyPatch, failures: int) -> list[str]:
 
 
 def test_a_flaky_ray_client_start_is_retried(monkeypatch: pytest.MonkeyPatch) -> None:
-    from pipelines.settings import Settings
+    from pipelines.core.settings import Settings
     from serving.deploy import CONNECT_ATTEMPTS, connect
 
     calls = _flaky_ray(monkeypatch, failures=CONNECT_ATTEMPTS - 1)
@@ -133,8 +133,8 @@ def test_a_flaky_ray_client_start_is_retried(monkeypatch: pytest.MonkeyPatch) ->
 def test_ray_client_failures_stay_retryable_and_a_missing_local_head_is_a_settings_error(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    from pipelines.errors import SettingsError
-    from pipelines.settings import Settings
+    from pipelines.core.errors import SettingsError
+    from pipelines.core.settings import Settings
     from serving.deploy import CONNECT_ATTEMPTS, connect
 
     calls = _flaky_ray(monkeypatch, failures=99)

@@ -4,11 +4,11 @@ from pathlib import Path
 
 import pytest
 
-from pipelines.context import check_run_id
-from pipelines.db import available_migrations, pending_migrations, sqlalchemy_url
-from pipelines.errors import InvalidArgument, SettingsError
-from pipelines.settings import Settings, load_settings
-from pipelines.storage import LocalStorage, S3Storage, open_storage, parse_s3_uri, read_json, run_key, write_json
+from pipelines.core.errors import InvalidArgument, SettingsError
+from pipelines.core.settings import Settings, load_settings
+from pipelines.io.db import available_migrations, pending_migrations, sqlalchemy_url
+from pipelines.io.storage import LocalStorage, S3Storage, open_storage, parse_s3_uri, read_json, run_key, write_json
+from pipelines.steps.context import check_run_id
 
 
 def test_embedded_is_the_default(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:

@@ -6,8 +6,8 @@ from pathlib import Path
 import pytest
 
 from pipelines.cli import main
-from pipelines.errors import SpecError
-from pipelines.spec import PipelineSpec, load_spec, load_specs, parse_spec
+from pipelines.core.errors import SpecError
+from pipelines.core.spec import PipelineSpec, load_spec, load_specs, parse_spec
 from tests.conftest import CHURN_SPEC, churn_spec_dict, write_spec
 
 

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pipelines import stack
-from pipelines.errors import SettingsError
+from pipelines.core.errors import SettingsError
+from pipelines.local import stack
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from pipelines.statsd_exporter import Bridge, Sample, metric_name, parse
+from pipelines.local.statsd_exporter import Bridge, Sample, metric_name, parse
 
 
 def test_parse_each_kind() -> None:

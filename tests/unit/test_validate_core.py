@@ -4,9 +4,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pipelines.errors import SpecError
-from pipelines.spec import Contract, Expectation, load_spec
-from pipelines.validate import (
+from pipelines.core.errors import SpecError
+from pipelines.core.spec import Contract, Expectation, load_spec
+from pipelines.steps.validate import (
     expectation_class_name,
     finalize_types,
     missing_columns,

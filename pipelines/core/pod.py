@@ -1,0 +1,134 @@
+"""The pod of a step, built purely from the spec, the step, the run and the settings.
+
+The pod is the single source of truth for both runtimes: `kubernetes` launches it, `local` runs its
+container's command, args and env as a subprocess. Nothing here talks to a cluster.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from kubernetes.client import models as k8s
+
+    from pipelines.core.settings import Settings
+    from pipelines.core.spec import PipelineSpec, Resources
+
+XCOM_PATH = "/airflow/xcom/return.json"
+CONTAINER = "base"  # the name KubernetesPodOperator reads logs and XCom from
+STEP_UID = 10001
+
+
+def pod_name(pipeline: str, step: str) -> str:
+    """A DNS-1123 name prefix (KubernetesPodOperator appends a random suffix). Pure."""
+    name = re.sub(r"[^a-z0-9-]+", "-", f"mlcycle-{pipeline}-{step}".lower()).strip("-")
+    return name[:50].rstrip("-")
+
+
+def step_command(pipeline: str, step: str, run_id: str) -> tuple[list[str], list[str]]:
+    """The container's command and args: the one console script every runtime runs. Pure."""
+    return ["mlcycle"], ["step", step, "--pipeline", pipeline, "--run-id", run_id]
+
+
+def resource_requirements(res: Resources) -> dict[str, dict[str, str]]:
+    """Requests and limits of a step. CPU and memory are requested as limited (Guaranteed QoS for
+    a step that asks for a GPU); a GPU is an extended resource, so request equals limit. Pure."""
+    requests = {"cpu": res.cpu, "memory": res.memory}
+    limits = {"cpu": res.cpu, "memory": res.memory}
+    if res.gpu:
+        requests[res.gpu_resource] = str(res.gpu)
+        limits[res.gpu_resource] = str(res.gpu)
+    return {"requests": requests, "limits": limits}
+
+
+def tolerations(res: Resources, pool: list[dict[str, str]] | None = None) -> list[dict[str, Any]]:
+    """The spec's tolerations; a GPU step also gets the GPU pool's (`pool`, from the settings) and
+    tolerates the usual GPU-node taint (`<gpu_resource>: NoSchedule`), each key once, the
+    spec's first. Pure."""
+    out = [t.model_dump(exclude_none=True) for t in res.tolerations]
+    if res.gpu:
+        extra = [*(pool or []), {"key": res.gpu_resource, "operator": "Exists", "effect": "NoSchedule"}]
+        for t in extra:
+            if not any(o.get("key") == t.get("key") for o in out):
+                out.append(dict(t))
+    return out
+
+
+def pod_manifest(
+    spec: PipelineSpec, step: str, run_id: str, settings: Settings, airflow: dict[str, str] | None = None
+) -> dict[str, Any]:
+    """The step's pod as a plain Kubernetes manifest (a dict). Pure."""
+    res = spec.resources.for_step(step)
+    command, args = step_command(spec.name, step, run_id)
+    env = {**settings.pod_env(), "MLCYCLE_XCOM_PATH": XCOM_PATH, **(airflow or {})}
+    if res.gpu:
+        env["NVIDIA_VISIBLE_DEVICES"] = "all"
+        env["NVIDIA_DRIVER_CAPABILITIES"] = "compute,utility"
+    container: dict[str, Any] = {
+        "name": CONTAINER,
+        "image": settings.image,
+        "imagePullPolicy": settings.image_pull_policy,
+        "command": command,
+        "args": args,
+        "env": [{"name": k, "value": v} for k, v in sorted(env.items())],
+        "resources": resource_requirements(res),
+        "securityContext": {
+            "allowPrivilegeEscalation": False,
+            "capabilities": {"drop": ["ALL"]},
+            "runAsNonRoot": True,
+            "runAsUser": STEP_UID,
+        },
+    }
+    if settings.k8s_env_secret:
+        container["envFrom"] = [{"secretRef": {"name": settings.k8s_env_secret}}]
+    labels = {
+        "app.kubernetes.io/name": "mlcycle",
+        "app.kubernetes.io/component": "step",
+        "mlcycle.io/pipeline": spec.name,
+        "mlcycle.io/step": step,
+    }
+    pod_spec: dict[str, Any] = {
+        "restartPolicy": "Never",
+        "serviceAccountName": settings.k8s_service_account,
+        "securityContext": {
+            "runAsNonRoot": True,
+            "runAsUser": STEP_UID,
+            "fsGroup": STEP_UID,
+            "seccompProfile": {"type": "RuntimeDefault"},
+        },
+        "containers": [container],
+    }
+    selector = {**(settings.k8s_gpu_node_selector if res.gpu else {}), **res.node_selector}
+    if selector:
+        pod_spec["nodeSelector"] = selector
+    tols = tolerations(res, settings.k8s_gpu_tolerations)
+    if tols:
+        pod_spec["tolerations"] = tols
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {
+            "name": pod_name(spec.name, step),
+            "namespace": settings.k8s_namespace,
+            "labels": labels,
+            "annotations": {"mlcycle.io/run-id": run_id},
+        },
+        "spec": pod_spec,
+    }
+
+
+def to_v1pod(manifest: dict[str, Any]) -> k8s.V1Pod:
+    """The manifest as the kubernetes client's `V1Pod` (for KubernetesPodOperator)."""
+    import json
+
+    from kubernetes.client import ApiClient
+
+    response = type("Response", (), {"data": json.dumps(manifest)})()
+    pod: k8s.V1Pod = ApiClient().deserialize(response, "V1Pod")
+    return pod
+
+
+def container_of(manifest: dict[str, Any]) -> dict[str, Any]:
+    containers: list[dict[str, Any]] = manifest["spec"]["containers"]
+    return next(c for c in containers if c["name"] == CONTAINER)

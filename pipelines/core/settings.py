@@ -1,0 +1,154 @@
+"""Installation settings, read from `MLCYCLE_*` environment variables (never from code).
+
+Two profiles:
+
+* `embedded` (default): everything on one machine under a state directory (`.mlcycle/`): the
+  artifact root, Feast's files and a real PostgreSQL with pgvector that mlcycle starts itself.
+* `cluster`: an external PostgreSQL (`MLCYCLE_DATABASE_URL`), S3 (`MLCYCLE_ARTIFACT_ROOT=s3://...`,
+  `MLCYCLE_S3_ENDPOINT_URL`), Redis and Kubernetes (namespace, image, service account).
+
+Secrets (database password, S3 keys) come from the environment: in pods from a Kubernetes Secret
+named by `MLCYCLE_K8S_ENV_SECRET`, never from files in the repository.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from pipelines.core.errors import SettingsError
+
+PROJECT_DIR = Path(__file__).resolve().parents[2]
+"""The repository root (or the image's install root): holds include/, feature_repo/, dags/."""
+
+
+class Settings(BaseSettings):
+    """What an installation looks like. Frozen; build one per process with `Settings()`."""
+
+    model_config = SettingsConfigDict(env_prefix="MLCYCLE_", frozen=True, extra="ignore")
+
+    profile: Literal["embedded", "cluster"] = "embedded"
+    project_dir: Path = PROJECT_DIR
+    state_dir: Path = Field(default=Path(".mlcycle"))
+    pipelines_dir: Path | None = None
+    database_url: str | None = None
+    artifact_root: str | None = None
+    s3_endpoint_url: str | None = None
+    s3_region: str = "us-east-1"
+    redis_url: str | None = None
+    runtime: Literal["local", "docker", "kubernetes"] | None = None
+    # Ray Serve: the cluster to deploy to (None: start or reuse the embedded one) and its HTTP port.
+    ray_address: str | None = None
+    serve_host: str = "127.0.0.1"
+    serve_port: int = 8000
+    # Where users open the MLflow UI (the operator's extra links point there).
+    mlflow_ui_url: str = "http://127.0.0.1:5000"
+    # Kubernetes: what the rendered pods look like.
+    image: str = "mlcycle-step:latest"
+    image_pull_policy: Literal["Always", "IfNotPresent", "Never"] = "IfNotPresent"
+    k8s_namespace: str = "mlcycle"
+    k8s_service_account: str = "mlcycle-steps"
+    k8s_env_secret: str | None = None
+    k8s_conn_id: str = "kubernetes_default"
+    k8s_startup_timeout_s: int = 600
+    k8s_schedule_timeout_s: int = 1800
+    # Runtime `docker`: the network the step containers join (the Compose stack's) and the
+    # variables they take from the worker's environment, as a pod takes `k8s_env_secret`.
+    docker_network: str | None = None
+    # A step that asks for a GPU, on an engine without the NVIDIA runtime: run on the CPU (`auto`),
+    # fail (`require`); `off` never asks for one.
+    docker_gpu: Literal["auto", "require", "off"] = "auto"
+    docker_env_from: list[str] = [
+        "MLCYCLE_DATABASE_URL",
+        "AWS_ACCESS_KEY_ID",
+        "AWS_SECRET_ACCESS_KEY",
+        "MLCYCLE_SERVING_API_KEYS",
+        "RAY_AUTH_TOKEN",
+    ]
+    # The cluster's GPU node pool (JSON in the environment; the Helm chart sets them from its
+    # values): added to every step that asks for a GPU, under what the spec itself says.
+    k8s_gpu_node_selector: dict[str, str] = {}
+    k8s_gpu_tolerations: list[dict[str, str]] = []
+
+    @model_validator(mode="after")
+    def _cluster_needs_externals(self) -> Settings:
+        if self.profile == "cluster":
+            missing = [
+                f"MLCYCLE_{name.upper()}" for name in ("database_url", "artifact_root") if getattr(self, name) is None
+            ]
+            if missing:
+                raise SettingsError(f"the cluster profile needs {', '.join(missing)}")
+        return self
+
+    @property
+    def state_path(self) -> Path:
+        """The state directory, absolute (relative paths are taken from the project dir)."""
+        p = self.state_dir.expanduser()
+        return p if p.is_absolute() else (self.project_dir / p).resolve()
+
+    @property
+    def specs_path(self) -> Path:
+        return self.pipelines_dir or self.project_dir / "include" / "pipelines"
+
+    @property
+    def artifact_uri(self) -> str:
+        """Where run-scoped artifacts live: a local directory or `s3://bucket/prefix`."""
+        return self.artifact_root or str(self.state_path / "artifacts")
+
+    @property
+    def effective_runtime(self) -> Literal["local", "docker", "kubernetes"]:
+        if self.runtime is not None:
+            return self.runtime
+        return "local" if self.profile == "embedded" else "kubernetes"
+
+    def pod_env(self) -> dict[str, str]:
+        """The non-secret settings a step pod needs; secrets come from `k8s_env_secret`."""
+        env: dict[str, str] = {"MLCYCLE_PROFILE": self.profile}
+        if self.profile == "embedded":
+            env["MLCYCLE_STATE_DIR"] = str(self.state_path)
+        optional = {
+            "MLCYCLE_ARTIFACT_ROOT": self.artifact_root,
+            "MLCYCLE_S3_ENDPOINT_URL": self.s3_endpoint_url,
+            "MLCYCLE_REDIS_URL": self.redis_url,
+            "MLCYCLE_PIPELINES_DIR": str(self.pipelines_dir) if self.pipelines_dir else None,
+            # the canary step deploys to the cluster's Ray Serve
+            "MLCYCLE_RAY_ADDRESS": self.ray_address,
+        }
+        env.update({k: v for k, v in optional.items() if v is not None})
+        if self.s3_endpoint_url is not None:
+            env["MLCYCLE_S3_REGION"] = self.s3_region
+        if self.ray_address is not None:
+            env["MLCYCLE_SERVE_HOST"] = self.serve_host
+            env["MLCYCLE_SERVE_PORT"] = str(self.serve_port)
+        return env
+
+
+def load_settings() -> Settings:
+    """Settings from the environment, with errors a user can read."""
+    try:
+        return Settings()
+    except SettingsError:
+        raise
+    except ValueError as err:  # pydantic.ValidationError is a ValueError
+        raise SettingsError(f"invalid MLCYCLE_* settings: {err}") from None
+
+
+@contextmanager
+def scoped_environ(values: Mapping[str, str]) -> Iterator[None]:
+    """Set environment variables for the duration of the block, then restore what was there."""
+    saved = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v

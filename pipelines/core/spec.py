@@ -1,0 +1,466 @@
+"""The pipeline spec: one YAML document per pipeline, validated into frozen pydantic models.
+
+A spec declares everything the lifecycle needs: where the data comes from, its contract, the
+distribution-level expectations, the Feast entity and feature service, the label, the model's
+search space and training budget, pod resources per step, the evaluation gates, the canary plan,
+the drift thresholds and the schedule. Every model forbids unknown keys, so a typo fails loudly with
+the path of the bad field.
+"""
+
+from __future__ import annotations
+
+import itertools
+import re
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from pipelines.core.errors import SpecError
+from pipelines.core.steps import STEP_NAMES
+
+if TYPE_CHECKING:
+    from pipelines.core.settings import Settings
+
+
+_NAME = r"^[a-z][a-z0-9_]{1,40}$"
+_K8S_QUANTITY = r"^[0-9]+(\.[0-9]+)?(m|k|M|G|T|Ki|Mi|Gi|Ti)?$"
+
+
+class Model(BaseModel):
+    """Base of every spec model: frozen, strict about unknown keys."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+# --------------------------------------------------------------------------------------- source
+class FileSource(Model):
+    """A CSV or Parquet file on the local disk."""
+
+    kind: Literal["file"]
+    path: str
+    format: Literal["csv", "parquet"] | None = None
+
+
+class S3Source(Model):
+    """A CSV or Parquet object in S3 (endpoint and credentials come from the settings)."""
+
+    kind: Literal["s3"]
+    uri: str = Field(pattern=r"^s3://[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9]/.+")
+    format: Literal["csv", "parquet"] | None = None
+
+
+class PostgresSource(Model):
+    """A SQL query against PostgreSQL.
+
+    The connection URL is read from the environment variable `url_env`, so no secret lives in a
+    spec; when unset the platform database is used.
+    """
+
+    kind: Literal["postgres"]
+    query: str = Field(min_length=1)
+    url_env: str | None = Field(default=None, pattern=r"^[A-Z_][A-Z0-9_]*$")
+
+
+class SyntheticSource(Model):
+    """The bundled churn generator: deterministic data for demos, tests and benchmarks."""
+
+    kind: Literal["synthetic"]
+    customers: int = Field(default=2000, ge=10, le=5_000_000)
+    months: int = Field(default=12, ge=2, le=120)
+    seed: int = 7
+    start: str = Field(default="2025-01-01", pattern=r"^\d{4}-\d{2}-\d{2}$")
+    covariate_drift: float = Field(default=0.0, ge=0.0, le=1.0)
+    concept_drift: float = Field(default=0.0, ge=0.0, le=1.0)
+    fault_rate: float = Field(default=0.0, ge=0.0, le=0.5)
+
+
+Source = Annotated[FileSource | S3Source | PostgresSource | SyntheticSource, Field(discriminator="kind")]
+
+
+# ------------------------------------------------------------------------------------ contract
+class ColumnContract(Model):
+    """One column of the data contract (checked by pandera)."""
+
+    dtype: Literal["int", "float", "string", "bool", "datetime"]
+    nullable: bool = False
+    min: float | None = None
+    max: float | None = None
+    allowed: list[str] | None = None
+
+    @model_validator(mode="after")
+    def _bounds(self) -> ColumnContract:
+        if self.min is not None and self.max is not None and self.min > self.max:
+            raise ValueError(f"min ({self.min}) is greater than max ({self.max})")
+        if self.allowed is not None and self.dtype != "string":
+            raise ValueError("allowed values apply to string columns only")
+        if (self.min is not None or self.max is not None) and self.dtype not in ("int", "float"):
+            raise ValueError("min/max apply to int and float columns only")
+        return self
+
+
+class Contract(Model):
+    """The data contract: types, ranges, nullability and uniqueness, plus the tolerance."""
+
+    columns: dict[str, ColumnContract] = Field(min_length=1)
+    unique: list[str] = Field(default_factory=list)
+    max_bad_fraction: float = Field(default=0.01, ge=0.0, le=1.0)
+    min_rows: int = Field(default=1, ge=1)
+
+    @model_validator(mode="after")
+    def _unique_columns_declared(self) -> Contract:
+        missing = [c for c in self.unique if c not in self.columns]
+        if missing:
+            raise ValueError(f"unique names undeclared columns: {missing}")
+        return self
+
+
+class Expectation(Model):
+    """One Great Expectations expectation, by its snake_case name, e.g.
+    `expect_column_mean_to_be_between`, with its keyword arguments."""
+
+    expectation: str = Field(pattern=r"^expect_[a-z0-9_]+$")
+    kwargs: dict[str, Any] = Field(default_factory=dict)
+    severity: Literal["error", "warning"] = "error"
+
+
+# ------------------------------------------------------------------------- entity and features
+class Entity(Model):
+    """The Feast entity the pipeline predicts for, and the event-time column."""
+
+    name: str = Field(pattern=_NAME)
+    join_key: str
+    timestamp: str = "event_timestamp"
+
+
+class FeatureView(Model):
+    """A Feast feature view over the validated snapshot."""
+
+    name: str = Field(pattern=_NAME)
+    features: list[str] = Field(min_length=1)
+    ttl_days: int = Field(default=90, ge=1)
+
+
+SPLITS: tuple[str, ...] = ("train", "validation", "test")
+"""The data splits, oldest data first."""
+
+
+class Split(Model):
+    """Fractions of the time range for train, validation and test (oldest to newest)."""
+
+    train: float = Field(default=0.7, gt=0.0, lt=1.0)
+    validation: float = Field(default=0.15, gt=0.0, lt=1.0)
+    test: float = Field(default=0.15, gt=0.0, lt=1.0)
+
+    @model_validator(mode="after")
+    def _sums_to_one(self) -> Split:
+        total = self.train + self.validation + self.test
+        if abs(total - 1.0) > 1e-6:
+            raise ValueError(f"train + validation + test must be 1, got {total:g}")
+        return self
+
+
+class Features(Model):
+    """The Feast side: feature views and the versioned feature service the model reads."""
+
+    feature_service: str = Field(pattern=r"^[a-z][a-z0-9_]*_v[0-9]+$")
+    views: list[FeatureView] = Field(min_length=1)
+    split: Split = Split()
+
+    @property
+    def feature_names(self) -> list[str]:
+        """All features of the service, in view order."""
+        return [f for v in self.views for f in v.features]
+
+
+class Label(Model):
+    """The label column and what kind of target it is."""
+
+    column: str
+    kind: Literal["binary"] = "binary"
+
+
+# ------------------------------------------------------------------------ model and training
+class FloatParam(Model):
+    type: Literal["float"]
+    low: float
+    high: float
+    log: bool = False
+
+
+class IntParam(Model):
+    type: Literal["int"]
+    low: int
+    high: int
+    log: bool = False
+
+
+class CategoricalParam(Model):
+    type: Literal["categorical"]
+    choices: list[int | float | str] = Field(min_length=1)
+
+
+Param = Annotated[FloatParam | IntParam | CategoricalParam, Field(discriminator="type")]
+
+
+class ModelSpec(Model):
+    """The model family, its inputs and its search space."""
+
+    kind: Literal["tabular_mlp"] = "tabular_mlp"
+    numeric_features: list[str] = Field(default_factory=list)
+    categorical_features: list[str] = Field(default_factory=list)
+    search_space: dict[str, Param] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _has_inputs(self) -> ModelSpec:
+        if not self.numeric_features or not self.categorical_features:
+            raise ValueError("tabular_mlp needs at least one numeric and one categorical feature")
+        known = {"learning_rate", "hidden_units", "layers", "dropout", "weight_decay"}
+        unknown = sorted(set(self.search_space) - known)
+        if unknown:
+            raise ValueError(f"unknown search-space parameters {unknown}; tabular_mlp tunes {sorted(known)}")
+        return self
+
+    @field_validator("search_space")
+    @classmethod
+    def _ranges(cls, v: dict[str, Param]) -> dict[str, Param]:
+        for name, p in v.items():
+            if isinstance(p, FloatParam | IntParam) and p.low > p.high:
+                raise ValueError(f"{name}: low ({p.low}) is greater than high ({p.high})")
+        return v
+
+
+class Training(Model):
+    """The training budget, pruning, early stopping and checkpointing."""
+
+    n_trials: int | None = Field(default=20, ge=1)
+    timeout_s: int | None = Field(default=None, ge=1)
+    max_epochs: int = Field(default=30, ge=1)
+    batch_size: int = Field(default=256, ge=1)
+    early_stopping_patience: int = Field(default=5, ge=1)
+    pruner: Literal["median", "hyperband", "none"] = "median"
+    checkpoint_minutes: float = Field(default=10.0, gt=0.0)
+    seed: int = 42
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+
+    @model_validator(mode="after")
+    def _has_budget(self) -> Training:
+        if self.n_trials is None and self.timeout_s is None:
+            raise ValueError("set n_trials, timeout_s or both: the study needs a budget")
+        return self
+
+
+class Toleration(Model):
+    key: str
+    operator: Literal["Exists", "Equal"] = "Exists"
+    value: str | None = None
+    effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = None
+
+
+class Resources(Model):
+    """Pod resources of a step: requests equal limits unless `limit_*` widen them."""
+
+    cpu: str = Field(default="1", pattern=_K8S_QUANTITY)
+    memory: str = Field(default="2Gi", pattern=_K8S_QUANTITY)
+    gpu: int = Field(default=0, ge=0, le=16)
+    gpu_resource: str = "nvidia.com/gpu"
+    node_selector: dict[str, str] = Field(default_factory=dict)
+    tolerations: list[Toleration] = Field(default_factory=list)
+
+
+class StepResources(Model):
+    """Resources per step; a step without its own entry uses `default`."""
+
+    default: Resources = Resources()
+    steps: dict[str, Resources] = Field(default_factory=dict)
+
+    @field_validator("steps")
+    @classmethod
+    def _known_steps(cls, v: dict[str, Resources]) -> dict[str, Resources]:
+        unknown = sorted(set(v) - set(STEP_NAMES))
+        if unknown:
+            raise ValueError(f"unknown steps {unknown}; steps are {list(STEP_NAMES)}")
+        return v
+
+    def for_step(self, step: str) -> Resources:
+        return self.steps.get(step, self.default)
+
+
+# ------------------------------------------------------------------ evaluation, canary, drift
+class Evaluation(Model):
+    """The promotion gates."""
+
+    primary_metric: Literal["roc_auc", "pr_auc", "log_loss", "f1"] = "roc_auc"
+    min_primary: float = 0.6
+    min_improvement: float = 0.0
+    bootstrap_samples: int = Field(default=500, ge=50)
+    confidence: float = Field(default=0.95, gt=0.5, lt=1.0)
+    threshold: float = Field(default=0.5, gt=0.0, lt=1.0)
+    slices: list[str] = Field(default_factory=list)
+    max_latency_ms_per_row: float | None = Field(default=None, gt=0.0)
+    onnx_parity_tolerance: float = Field(default=1e-4, gt=0.0)
+
+
+class Canary(Model):
+    """The canary plan: traffic percentages with a dwell time each, and the SLOs."""
+
+    steps: list[int] = Field(default_factory=lambda: [5, 25, 50, 100], min_length=1)
+    dwell_s: float = Field(default=60.0, gt=0.0)
+    min_requests: int = Field(default=50, ge=1)
+    max_error_rate: float = Field(default=0.01, ge=0.0, le=1.0)
+    max_p99_latency_ms: float = Field(default=250.0, gt=0.0)
+    max_score_shift: float = Field(default=0.2, gt=0.0)
+
+    @field_validator("steps")
+    @classmethod
+    def _increasing(cls, v: list[int]) -> list[int]:
+        if any(not 0 < s <= 100 for s in v):
+            raise ValueError("every step is a percentage in (0, 100]")
+        if any(b <= a for a, b in itertools.pairwise(v)):
+            raise ValueError("steps must increase")
+        if v[-1] != 100:
+            raise ValueError("the last step must be 100")
+        return v
+
+
+class Serving(Model):
+    """Ray Serve settings of the model deployments."""
+
+    max_batch_size: int = Field(default=32, ge=1)
+    batch_wait_timeout_s: float = Field(default=0.005, ge=0.0)
+    max_payload_bytes: int = Field(default=1_048_576, ge=1024)
+    replicas: int = Field(default=1, ge=1)
+    request_timeout_s: float = Field(
+        default=2.0, gt=0.0, description="a version that has not answered by then races the fallback version"
+    )
+    request_deadline_s: float = Field(default=30.0, gt=0.0, description="when the ingress gives up (503)")
+
+
+class Drift(Model):
+    """The drift check: its schedule, window and thresholds."""
+
+    schedule: str | None = "@hourly"
+    window_hours: float = Field(default=24.0, gt=0.0)
+    min_requests: int = Field(default=500, ge=1)
+    max_drift_share: float = Field(default=0.3, ge=0.0, le=1.0)
+    psi_threshold: float = Field(default=0.2, gt=0.0)
+    max_performance_drop: float = Field(default=0.05, ge=0.0)
+    cooldown_hours: float = Field(default=24.0, ge=0.0)
+
+
+# ------------------------------------------------------------------------------------ the spec
+class PipelineSpec(Model):
+    """One pipeline: the whole lifecycle declared in one document."""
+
+    name: str = Field(pattern=_NAME)
+    description: str = ""
+    owner: str = "ml-platform"
+    tags: list[str] = Field(default_factory=list)
+    schedule: str | None = None
+    retries: int = Field(default=2, ge=0, le=10)
+    source: Source
+    entity: Entity
+    label: Label
+    contract: Contract
+    expectations: list[Expectation] = Field(default_factory=list)
+    features: Features
+    model: ModelSpec
+    training: Training = Training()
+    resources: StepResources = StepResources()
+    evaluation: Evaluation = Evaluation()
+    canary: Canary = Canary()
+    serving: Serving = Serving()
+    drift: Drift = Drift()
+
+    @model_validator(mode="after")
+    def _consistent(self) -> PipelineSpec:
+        cols = self.contract.columns
+        required = [self.entity.join_key, self.entity.timestamp, self.label.column]
+        required += self.features.feature_names
+        required += self.model.numeric_features + self.model.categorical_features
+        missing = [c for c in dict.fromkeys(required) if c not in cols]
+        if missing:
+            raise ValueError(f"columns used by entity/label/features/model are not in the contract: {missing}")
+        if cols[self.entity.timestamp].dtype != "datetime":
+            raise ValueError(f"contract.columns.{self.entity.timestamp} must be a datetime column")
+        served = set(self.features.feature_names)
+        unserved = [c for c in self.model.numeric_features + self.model.categorical_features if c not in served]
+        if unserved:
+            raise ValueError(f"model features not in the feature service: {unserved}")
+        return self
+
+
+# --------------------------------------------------------------------------------------- loading
+def _loc(loc: tuple[int | str, ...]) -> str:
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out or "<root>"
+
+
+def format_validation_error(err: ValidationError, where: str) -> str:
+    """One line per problem: `<file>: <dotted.path>: <message>`.
+
+    Discriminated-union tags (e.g. `file`, `synthetic`) are dropped from the path so it names the
+    field as the user wrote it.
+    """
+    lines = []
+    for e in err.errors():
+        loc = tuple(p for p in e["loc"] if not (isinstance(p, str) and p in _UNION_TAGS))
+        lines.append(f"{where}: {_loc(loc)}: {e['msg']}")
+    return "\n".join(lines)
+
+
+_UNION_TAGS = {"file", "s3", "postgres", "synthetic", "float", "int", "categorical"}
+
+
+def parse_spec(data: Any, where: str = "<spec>") -> PipelineSpec:
+    """Validate a parsed YAML document into a `PipelineSpec`, or raise `SpecError`."""
+    if not isinstance(data, dict):
+        raise SpecError(f"{where}: a pipeline spec is a YAML mapping, got {type(data).__name__}")
+    try:
+        return PipelineSpec.model_validate(data)
+    except ValidationError as err:
+        raise SpecError(format_validation_error(err, where)) from None
+
+
+def load_spec(path: str | Path) -> PipelineSpec:
+    """Read and validate one spec file."""
+    p = Path(path)
+    try:
+        text = p.read_text()
+    except OSError as err:
+        raise SpecError(f"{p}: cannot read the spec: {err.strerror}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        raise SpecError(f"{p}: not valid YAML: {err}") from None
+    spec = parse_spec(data, str(p))
+    if spec.name != p.stem:
+        raise SpecError(f"{p}: name: '{spec.name}' must match the file name '{p.stem}'")
+    return spec
+
+
+def spec_paths(directory: str | Path) -> list[Path]:
+    """The spec files of a directory, sorted by name."""
+    return sorted(p for p in Path(directory).glob("*.yaml") if re.match(_NAME, p.stem))
+
+
+def spec_for(settings: Settings, pipeline: str) -> PipelineSpec:
+    """The spec of one pipeline of the settings' pipelines directory, or an error naming the known ones."""
+    path = settings.specs_path / f"{pipeline}.yaml"
+    if not path.exists():
+        known = [p.stem for p in spec_paths(settings.specs_path)]
+        raise SpecError(f"no pipeline '{pipeline}' in {settings.specs_path} (known: {known})")
+    return load_spec(path)
+
+
+def load_specs(directory: str | Path) -> list[PipelineSpec]:
+    """Load every spec of a directory; the first invalid one raises."""
+    return [load_spec(p) for p in spec_paths(directory)]
+
+
+def json_schema() -> dict[str, Any]:
+    """The JSON schema of a pipeline spec (for editors and `mlcycle spec schema`)."""
+    return PipelineSpec.model_json_schema()

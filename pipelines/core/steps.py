@@ -1,0 +1,80 @@
+"""The one table of steps: every fact about a step that other code looks up. Pure data.
+
+The spec validates step names against it, the runner imports `module`, the DAG factory wires the
+steps with `lifecycle` in this order, the CLI shows a run in this order, and the operator's
+"Report" link and the plugin's artifact view serve `report`. It lives in `core` because the spec
+(the lowest layer that names steps) reads it; `pipelines.steps` re-exports it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from pipelines.core.errors import InvalidArgument
+
+
+@dataclass(frozen=True)
+class Report:
+    """A step's report: the link's name in the Airflow UI and the artifact's file name."""
+
+    title: str
+    file: str
+
+
+@dataclass(frozen=True)
+class Step:
+    """One step: its name, the module whose `run(ctx)` it calls, its report and what it does."""
+
+    name: str
+    module: str
+    summary: str
+    report: Report | None = None
+    lifecycle: bool = True
+    """In the lifecycle DAG (`drift` has a DAG of its own)."""
+
+
+STEPS: tuple[Step, ...] = (
+    Step("ingest", "pipelines.steps.ingest", "source -> Parquet snapshot, content hash, manifest"),
+    Step(
+        "validate",
+        "pipelines.steps.validate",
+        "data contract (pandera) and expectations (Great Expectations); bad rows quarantined",
+        Report("Validation report", "report.html"),
+    ),
+    Step("features", "pipelines.steps.features", "Feast apply, materialize, point-in-time training set, time split"),
+    Step("train", "pipelines.steps.train", "Optuna study of torch trials, tracked in MLflow; ONNX of the best"),
+    Step(
+        "evaluate",
+        "pipelines.steps.evaluate",
+        "challenger vs champion on one test set: bootstrap CIs, slices, gates",
+        Report("Evaluation report", "report.html"),
+    ),
+    Step("promote", "pipelines.steps.promote", "register the version, ONNX parity, alias `challenger`"),
+    Step(
+        "canary",
+        "pipelines.steps.canary",
+        "challenger beside champion on Ray Serve, weighted; promote or roll back",
+        Report("Canary report", "report.png"),
+    ),
+    Step(
+        "drift",
+        "pipelines.steps.drift",
+        "served traffic vs the training reference (Evidently, PSI/KS); drift triggers retraining",
+        Report("Evidently report", "report.html"),
+        lifecycle=False,
+    ),
+)
+"""Every step, in lifecycle order."""
+
+STEP_NAMES: tuple[str, ...] = tuple(s.name for s in STEPS)
+BY_NAME: dict[str, Step] = {s.name: s for s in STEPS}
+LIFECYCLE: tuple[str, ...] = tuple(s.name for s in STEPS if s.lifecycle)
+REPORT_FILES: frozenset[str] = frozenset({"report.json", *(s.report.file for s in STEPS if s.report)})
+"""The files the plugin serves from a step's folder (`report.json` beside each rendered report)."""
+
+
+def step(name: str) -> Step:
+    """The step called `name`, or a clear error listing the steps. Pure."""
+    if name not in BY_NAME:
+        raise InvalidArgument(f"unknown step '{name}'; steps are {list(STEP_NAMES)}")
+    return BY_NAME[name]

@@ -1,0 +1,65 @@
+"""The request log (`inference_requests`) joined with the delayed labels (`labels`).
+
+A label belongs to a prediction by its request id, or, when it has none, to the latest prediction
+served to its entity at or before the time the outcome was observed. Shadow answers and failed
+requests never count: the A/B compares what clients were given.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from pipelines.core.settings import Settings
+from pipelines.core.spec import spec_for
+from pipelines.io.db import connect
+from pipelines.ml.abtest import compare
+
+LABELLED_SQL = """
+SELECT r.model_version, r.score, l.label, r.created_at
+FROM labels l
+JOIN LATERAL (
+    SELECT model_version, score, created_at FROM inference_requests r
+    WHERE r.pipeline = l.pipeline AND r.entity_id = l.entity_id AND NOT r.shadow AND r.status = 'ok'
+      AND (l.request_id IS NULL OR r.request_id = l.request_id)
+      AND (l.request_id IS NOT NULL OR r.created_at <= l.observed_at)
+      AND (%(since)s::timestamptz IS NULL OR r.created_at >= %(since)s)
+      AND (%(until)s::timestamptz IS NULL OR r.created_at < %(until)s)
+    ORDER BY r.created_at DESC LIMIT 1
+) r ON true
+WHERE l.pipeline = %(pipeline)s AND (%(versions)s::int[] IS NULL OR r.model_version = ANY(%(versions)s))
+"""
+
+
+def labelled(
+    settings: Settings,
+    pipeline: str,
+    versions: list[int] | None = None,
+    since: datetime | None = None,
+    until: datetime | None = None,
+) -> list[tuple[int, float, float]]:
+    """(version, score, label) of the served predictions that have a label."""
+    with connect(settings) as conn:
+        rows = conn.execute(
+            LABELLED_SQL, {"pipeline": pipeline, "versions": versions, "since": since, "until": until}
+        ).fetchall()
+    return [(int(v), float(s), float(y)) for v, s, y, _ in rows]
+
+
+def ab_results(
+    settings: Settings, pipeline: str, champion: int, challenger: int, since: datetime | None = None
+) -> dict[str, Any]:
+    """The A/B comparison of two served versions from the labels that arrived for them."""
+    cfg = spec_for(settings, pipeline).evaluation
+    return compare(cfg, labelled(settings, pipeline, [champion, challenger], since), champion, challenger)
+
+
+def served_since(settings: Settings, pipeline: str, since: float) -> list[tuple[int, str, float | None, float]]:
+    """(version, status, score, latency_ms) of the predictions served (not shadow) since a Unix time."""
+    with connect(settings) as conn:
+        rows = conn.execute(
+            "SELECT model_version, status, score, latency_ms FROM inference_requests"
+            " WHERE pipeline = %s AND NOT shadow AND created_at >= to_timestamp(%s)",
+            (pipeline, since),
+        ).fetchall()
+    return [(int(v), s, sc, lat) for v, s, sc, lat in rows]

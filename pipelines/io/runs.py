@@ -1,0 +1,151 @@
+"""The `step_runs` table: every attempt of every step, with its outcome and outputs."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import Any
+
+from pipelines.core.settings import Settings
+from pipelines.core.spec import SPLITS
+from pipelines.core.steps import STEP_NAMES
+from pipelines.io.db import connect
+from pipelines.io.storage import to_json
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Attempt:
+    """One attempt of one step of one run."""
+
+    pipeline: str
+    run_id: str
+    step: str
+    number: int
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """How an attempt ended: `succeeded`, `reused`, `skipped` or `failed`."""
+
+    status: str
+    outputs: dict[str, Any] = field(default_factory=dict)
+    error: str | None = None
+
+
+@dataclass(frozen=True)
+class StepRow:
+    """The latest attempt of a step, as `mlcycle runs show` prints it."""
+
+    step: str
+    status: str
+    attempt: int
+    took: timedelta | None
+    outputs: dict[str, Any]
+
+
+def start_attempt(settings: Settings, pipeline: str, run_id: str, step: str) -> Attempt:
+    """Record a new attempt (numbered after the earlier ones of the same step) as running."""
+    with connect(settings) as conn:
+        conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (f"{pipeline}/{run_id}/{step}",))
+        row = conn.execute(
+            "SELECT coalesce(max(attempt), 0) + 1 FROM step_runs WHERE pipeline=%s AND run_id=%s AND step=%s",
+            (pipeline, run_id, step),
+        ).fetchone()
+        number = int(row[0]) if row else 1
+        conn.execute(
+            "INSERT INTO step_runs (pipeline, run_id, step, status, attempt) VALUES (%s, %s, %s, 'running', %s)",
+            (pipeline, run_id, step, number),
+        )
+    return Attempt(pipeline, run_id, step, number)
+
+
+def finish_attempt(settings: Settings, attempt: Attempt, outcome: Outcome) -> None:
+    """Record how an attempt ended; a failure to record is logged, never raised (it must not
+    hide the step's own error)."""
+    try:
+        with connect(settings) as conn:
+            conn.execute(
+                "UPDATE step_runs SET status=%s, finished_at=now(), outputs=%s, error=%s"
+                " WHERE pipeline=%s AND run_id=%s AND step=%s AND attempt=%s",
+                (
+                    outcome.status,
+                    to_json(outcome.outputs),
+                    outcome.error,
+                    attempt.pipeline,
+                    attempt.run_id,
+                    attempt.step,
+                    attempt.number,
+                ),
+            )
+    except Exception:
+        log.exception("could not record the outcome of %s/%s/%s", attempt.pipeline, attempt.run_id, attempt.step)
+
+
+def latest_run_id(settings: Settings, pipeline: str) -> str | None:
+    """The run of a pipeline whose step started last, or None when it has none."""
+    with connect(settings) as conn:
+        row = conn.execute(
+            "SELECT run_id FROM step_runs WHERE pipeline=%s ORDER BY started_at DESC LIMIT 1", (pipeline,)
+        ).fetchone()
+    return str(row[0]) if row else None
+
+
+def run_steps(settings: Settings, pipeline: str, run_id: str) -> list[StepRow]:
+    """The latest attempt of each step of a run."""
+    with connect(settings) as conn:
+        rows = conn.execute(
+            "SELECT DISTINCT ON (step) step, status, attempt, finished_at - started_at, outputs"
+            " FROM step_runs WHERE pipeline=%s AND run_id=%s ORDER BY step, attempt DESC",
+            (pipeline, run_id),
+        ).fetchall()
+    return [StepRow(r[0], r[1], int(r[2]), r[3], r[4] or {}) for r in rows]
+
+
+def render_run(pipeline: str, run_id: str | None, rows: list[StepRow]) -> str:
+    """A run's steps in lifecycle order, each with its status, time and where its outputs are. Pure."""
+    if run_id is None:
+        return f"no runs of {pipeline} yet"
+    lines = [f"{pipeline} run {run_id}"]
+    order = {s: i for i, s in enumerate(STEP_NAMES)}
+    for row in sorted(rows, key=lambda r: order.get(r.step, len(order))):
+        secs = f"{row.took.total_seconds():.1f}s" if row.took else "-"
+        lines.append(f"  {row.step:<9} {row.status:<9} attempt {row.attempt}  {secs}")
+        lines += [f"      {label}: {value}" for label, value in outputs_summary(row.step, row.outputs)]
+    return "\n".join(lines)
+
+
+def outputs_summary(step: str, out: dict[str, Any]) -> list[tuple[str, Any]]:
+    """(label, value) lines of where a step's outputs are and what it decided. Pure."""
+    if step == "ingest":
+        return [("snapshot", out.get("snapshot")), ("rows", out.get("rows")), ("content hash", out.get("content_hash"))]
+    if step == "validate":
+        return [
+            ("report", out.get("report_html")),
+            ("quarantine", f"{out.get('quarantine')} ({out.get('bad_rows')} rows)"),
+        ]
+    if step == "features":
+        splits = out.get("splits", {})
+        return [(f"{n} set", f"{splits[n]['uri']} ({splits[n]['rows']} rows)") for n in SPLITS if n in splits]
+    if step == "train":
+        trials = out.get("trials", {})
+        return [
+            ("study", f"{out.get('study')} ({trials.get('complete', 0)} complete, {trials.get('pruned', 0)} pruned)"),
+            ("best", f"trial {out.get('best_trial')}: {out.get('metric')}={out.get('best_value', 0):.4f}"),
+            ("MLflow run", out.get("mlflow_run_id")),
+            ("ONNX model", out.get("onnx")),
+        ]
+    if step == "evaluate":
+        verdict = out.get("verdict", {})
+        return [
+            ("verdict", "passed" if verdict.get("passed") else "failed"),
+            *[("  reason", r) for r in verdict.get("reasons", [])],
+            ("report", out.get("report")),
+        ]
+    if step == "promote":
+        return [("model version", f"{out.get('model')} v{out.get('version')} aliases {out.get('aliases')}")]
+    if "reason" in out:
+        return [("reason", out["reason"])]
+    return []

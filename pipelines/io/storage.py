@@ -1,0 +1,213 @@
+"""One small storage adapter for run-scoped artifacts, on a local path or on S3.
+
+Keys are relative, `/`-separated paths such as `churn/<run_id>/ingest/snapshot.parquet`. Every
+write is atomic: a local write goes to a temporary name in the same directory and is renamed; an
+S3 write is one PUT or one completed multipart upload, so a reader sees the whole object or none.
+A retried step therefore never sees half a file.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import tempfile
+from pathlib import Path, PurePosixPath
+from typing import TYPE_CHECKING, Any, Protocol
+
+from pipelines.core.errors import SettingsError
+from pipelines.core.settings import Settings
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+
+def run_key(pipeline: str, run_id: str, step: str, name: str) -> str:
+    """The key of one artifact of one step of one run. Pure."""
+    return f"{pipeline}/{run_id}/{step}/{name}"
+
+
+def _check_key(key: str) -> str:
+    parts = PurePosixPath(key).parts
+    if not parts or key.startswith("/") or any(p in ("..", ".") for p in parts):
+        raise ValueError(f"invalid storage key {key!r}: relative, no '.' or '..' segments")
+    return key
+
+
+class Storage(Protocol):
+    """Where artifacts live. `uri()` names an object so other tools (Feast, MLflow) can read it."""
+
+    def uri(self, key: str) -> str: ...
+    def exists(self, key: str) -> bool: ...
+    def read_bytes(self, key: str) -> bytes: ...
+    def write_bytes(self, key: str, data: bytes) -> str: ...
+    def list(self, prefix: str) -> list[str]: ...
+
+
+class LocalStorage:
+    """Artifacts under a local directory."""
+
+    def __init__(self, root: str | Path) -> None:
+        self.root = Path(root).expanduser().resolve()
+
+    def _path(self, key: str) -> Path:
+        return self.root / _check_key(key)
+
+    def uri(self, key: str) -> str:
+        return str(self._path(key))
+
+    def exists(self, key: str) -> bool:
+        return self._path(key).is_file()
+
+    def read_bytes(self, key: str) -> bytes:
+        return self._path(key).read_bytes()
+
+    def write_bytes(self, key: str, data: bytes) -> str:
+        path = self._path(key)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        try:
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(data)
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        return str(path)
+
+    def list(self, prefix: str) -> list[str]:
+        base = self.root / prefix if prefix else self.root
+        if not base.exists():
+            return []
+        return sorted(
+            p.relative_to(self.root).as_posix() for p in base.rglob("*") if p.is_file() and not p.name.endswith(".tmp")
+        )
+
+
+class S3Storage:
+    """Artifacts under `s3://bucket/prefix` (any S3 API: AWS, SeaweedFS, MinIO).
+
+    The client is created lazily; credentials come from the standard AWS environment variables.
+    """
+
+    def __init__(
+        self,
+        bucket: str,
+        prefix: str = "",
+        *,
+        endpoint_url: str | None = None,
+        region: str = "us-east-1",
+        client: Any = None,
+    ) -> None:
+        self.bucket = bucket
+        self.prefix = prefix.strip("/")
+        self.endpoint_url = endpoint_url
+        self.region = region
+        self._client = client
+
+    @property
+    def client(self) -> Any:
+        if self._client is None:
+            import boto3
+
+            self._client = boto3.client("s3", endpoint_url=self.endpoint_url, region_name=self.region)
+        return self._client
+
+    def _key(self, key: str) -> str:
+        _check_key(key)
+        return f"{self.prefix}/{key}" if self.prefix else key
+
+    def uri(self, key: str) -> str:
+        return f"s3://{self.bucket}/{self._key(key)}"
+
+    def exists(self, key: str) -> bool:
+        from botocore.exceptions import ClientError
+
+        try:
+            self.client.head_object(Bucket=self.bucket, Key=self._key(key))
+        except ClientError as err:
+            if err.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
+                return False
+            raise
+        return True
+
+    def read_bytes(self, key: str) -> bytes:
+        body = self.client.get_object(Bucket=self.bucket, Key=self._key(key))["Body"]
+        data: bytes = body.read()
+        return data
+
+    def write_bytes(self, key: str, data: bytes) -> str:
+        # upload_fileobj switches to multipart above 8 MiB; the object appears only on completion.
+        self.client.upload_fileobj(io.BytesIO(data), self.bucket, self._key(key))
+        return self.uri(key)
+
+    def list(self, prefix: str) -> list[str]:
+        full = self._key(prefix) if prefix else self.prefix
+        strip = f"{self.prefix}/" if self.prefix else ""
+        out: list[str] = []
+        for page in self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=full):
+            out += [o["Key"][len(strip) :] for o in page.get("Contents", [])]
+        return sorted(out)
+
+
+def parse_s3_uri(uri: str) -> tuple[str, str]:
+    """`s3://bucket/some/key` -> (`bucket`, `some/key`). Pure."""
+    if not uri.startswith("s3://"):
+        raise ValueError(f"not an s3:// URI: {uri!r}")
+    bucket, _, key = uri[len("s3://") :].partition("/")
+    if len(bucket) < 3:
+        raise ValueError(f"invalid S3 bucket in {uri!r}: at least 3 characters")
+    return bucket, key
+
+
+def open_storage(settings: Settings) -> Storage:
+    """The artifact storage of this installation."""
+    root = settings.artifact_uri
+    if root.startswith("s3://"):
+        bucket, prefix = parse_s3_uri(root)
+        return S3Storage(bucket, prefix, endpoint_url=settings.s3_endpoint_url, region=settings.s3_region)
+    if "://" in root:
+        raise SettingsError(f"MLCYCLE_ARTIFACT_ROOT: unsupported scheme in {root!r} (a path or s3://)")
+    return LocalStorage(root)
+
+
+# ------------------------------------------------------------------------- typed helpers
+def json_default(obj: Any) -> Any:
+    """JSON for numpy scalars and arrays (as Python values) and anything else (as text)."""
+    item = getattr(obj, "tolist", None)
+    return item() if callable(item) else str(obj)
+
+
+def to_json(obj: Any, *, indent: int | None = None) -> str:
+    return json.dumps(obj, indent=indent, sort_keys=True, default=json_default)
+
+
+def write_json(storage: Storage, key: str, obj: Any) -> str:
+    return storage.write_bytes(key, to_json(obj, indent=2).encode())
+
+
+def read_json(storage: Storage, key: str) -> Any:
+    return json.loads(storage.read_bytes(key))
+
+
+def parquet_bytes(df: pd.DataFrame) -> bytes:
+    """Deterministic Parquet bytes of a frame (same frame, same bytes)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    table = pa.Table.from_pandas(df, preserve_index=False)
+    buf = io.BytesIO()
+    pq.write_table(table, buf, compression="zstd", write_statistics=True)
+    return buf.getvalue()
+
+
+def write_parquet(storage: Storage, key: str, df: pd.DataFrame) -> str:
+    return storage.write_bytes(key, parquet_bytes(df))
+
+
+def read_parquet(storage: Storage, key: str) -> pd.DataFrame:
+    import pyarrow.parquet as pq
+
+    return pq.read_table(io.BytesIO(storage.read_bytes(key))).to_pandas()

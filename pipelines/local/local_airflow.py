@@ -1,0 +1,221 @@
+"""A real Airflow on one machine: api-server (UI + REST API v2), scheduler and dag-processor with
+the LocalExecutor, metadata in SQLite under the state directory, everything on 127.0.0.1.
+
+`airflow dags test` (what `make demo` uses) runs one DAG in one process and has no scheduler, so
+nothing reacts to Asset events there. The drift loop needs the scheduler: `<name>_drift` emits
+`<name>_retraining` and the scheduler starts `<name>_lifecycle`. `make drift-demo` and the
+closed-loop test use this class; the Compose stack and the Helm chart run the same components
+as services.
+
+The REST API is used as a user would: a login (`POST /auth/token`) with the generated admin
+password (mode 600 in the state directory), then `Authorization: Bearer`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import subprocess
+import time
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+from pipelines.core.settings import Settings
+from pipelines.core.system import executable, secret_file, stop_processes
+
+COMPONENTS = ("api-server", "scheduler", "dag-processor")
+# The scheduler's log server would listen on every interface; the api-server reads the task logs
+# from the shared local log folder instead.
+ARGS = {"scheduler": ["--skip-serve-logs"]}
+TERMINAL = {"success", "failed"}
+
+
+def airflow_env(settings: Settings, base: dict[str, str] | None = None) -> dict[str, str]:
+    """The environment of an embedded Airflow rooted in the state directory. Pure."""
+    env = dict(os.environ if base is None else base)
+    home = settings.state_path / "airflow"
+    env.update(
+        {
+            "AIRFLOW_HOME": str(home),
+            "AIRFLOW__CORE__DAGS_FOLDER": str(settings.project_dir / "dags"),
+            "AIRFLOW__CORE__PLUGINS_FOLDER": str(settings.project_dir / "plugins"),
+            "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+            "AIRFLOW__CORE__UNIT_TEST_MODE": "False",
+            "AIRFLOW__LOGGING__LOGGING_LEVEL": "INFO",
+            "MLCYCLE_STATE_DIR": str(settings.state_path),
+            "MLCYCLE_PROFILE": settings.profile,
+        }
+    )
+    return env
+
+
+def services_env(settings: Settings, port: int, base: dict[str, str] | None = None) -> dict[str, str]:
+    """The environment of the three services (and of the tasks they run). Writes the secrets."""
+    env = airflow_env(settings, base)
+    home = Path(env["AIRFLOW_HOME"])
+    jwt = secret_file(home / "jwt-secret", lambda: secrets.token_urlsafe(32))
+    passwords = home / "simple_auth_manager_passwords.json"
+    secret_file(passwords, lambda: json.dumps({"admin": secrets.token_urlsafe(16)}))
+    env.update(
+        {
+            "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
+            "AIRFLOW__CORE__PARALLELISM": "2",
+            "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "False",
+            "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"http://127.0.0.1:{port}/execution/",
+            "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": "admin:admin",
+            "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": str(passwords),
+            "AIRFLOW__API__HOST": "127.0.0.1",
+            "AIRFLOW__API__PORT": str(port),
+            "AIRFLOW__API__BASE_URL": f"http://127.0.0.1:{port}",
+            "AIRFLOW__API_AUTH__JWT_SECRET": jwt,
+            "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "10",
+            "AIRFLOW__DAG_PROCESSOR__MIN_FILE_PROCESS_INTERVAL": "10",
+            "AIRFLOW__SCHEDULER__SCHEDULER_HEARTBEAT_SEC": "2",
+        }
+    )
+    return env
+
+
+class AirflowClient:
+    """Airflow's REST API v2 as a user drives it: a login (`POST /auth/token`), then bearer calls.
+    Used against `LocalAirflow` and the Compose stack alike."""
+
+    def __init__(self, url: str, password: str | None = None, username: str = "admin") -> None:
+        self.url, self.username, self._password = url.rstrip("/"), username, password
+        self._token: str | None = None
+
+    def password(self) -> str:
+        if self._password is None:
+            raise RuntimeError("no Airflow password given")
+        return self._password
+
+    def _check_alive(self) -> None:
+        """Raise when the services are known to be gone (a subclass that runs them knows)."""
+
+    def auth_headers(self) -> dict[str, str]:
+        """A bearer token of the admin, from a login."""
+        import httpx
+
+        if self._token is None:
+            login = httpx.post(
+                f"{self.url}/auth/token", json={"username": self.username, "password": self.password()}, timeout=30
+            )
+            login.raise_for_status()
+            self._token = login.json()["access_token"]
+        return {"Authorization": f"Bearer {self._token}"}
+
+    def api(self, method: str, path: str, **kwargs: Any) -> Any:
+        import httpx
+
+        r = httpx.request(method, f"{self.url}/api/v2{path}", headers=self.auth_headers(), timeout=30, **kwargs)
+        if r.status_code >= 400:
+            raise RuntimeError(f"{method} {path}: {r.status_code} {r.text[:500]}")
+        return r.json() if r.content else None
+
+    def wait_for_dag(self, dag_id: str, timeout: float = 180) -> None:
+        """Until the dag-processor has parsed the DAG; then unpause it (a DAG that `airflow dags
+        test` registered first stays paused, and a paused DAG neither runs nor reacts to Assets)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                if self.api("GET", f"/dags/{dag_id}")["is_paused"]:
+                    self.api("PATCH", f"/dags/{dag_id}", json={"is_paused": False})
+                return
+            except RuntimeError:
+                self._check_alive()
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"{dag_id} was not parsed in {timeout:.0f}s") from None
+                time.sleep(2)
+
+    def trigger(self, dag_id: str, conf: dict[str, Any] | None = None) -> str:
+        """A manual run, as the UI's Trigger DAG form makes one (`conf` holds the params)."""
+        run = self.api("POST", f"/dags/{dag_id}/dagRuns", json={"logical_date": None, "conf": conf or {}})
+        return str(run["dag_run_id"])
+
+    def runs(self, dag_id: str) -> list[dict[str, Any]]:
+        out: list[dict[str, Any]] = self.api("GET", f"/dags/{dag_id}/dagRuns")["dag_runs"]
+        return out
+
+    def wait_run(self, dag_id: str, run_id: str, timeout: float = 900) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout
+        while True:
+            run: dict[str, Any] = self.api("GET", f"/dags/{dag_id}/dagRuns/{run_id}")
+            if run["state"] in TERMINAL:
+                return run
+            self._check_alive()
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{dag_id} {run_id} still {run['state']} after {timeout:.0f}s")
+            time.sleep(3)
+
+    def task_states(self, dag_id: str, run_id: str) -> dict[str, str | None]:
+        tis = self.api("GET", f"/dags/{dag_id}/dagRuns/{run_id}/taskInstances")["task_instances"]
+        return {t["task_id"]: t["state"] for t in tis}
+
+    def asset_events(self, name: str) -> list[dict[str, Any]]:
+        assets = self.api("GET", "/assets", params={"name_pattern": name})["assets"]
+        ids = [a["id"] for a in assets if a["name"] == name]
+        if not ids:
+            return []
+        events: list[dict[str, Any]] = self.api("GET", "/assets/events", params={"asset_id": ids[0]})["asset_events"]
+        return events
+
+
+class LocalAirflow(AirflowClient):
+    """The Airflow services as child processes, and the REST client for them."""
+
+    def __init__(self, settings: Settings, port: int = 8080, extra_env: dict[str, str] | None = None) -> None:
+        super().__init__(f"http://127.0.0.1:{port}")
+        self.settings, self.port = settings, port
+        self.env = services_env(settings, port, {**os.environ, **(extra_env or {})})
+        self.home = Path(self.env["AIRFLOW_HOME"])
+        self.procs: list[subprocess.Popen[bytes]] = []
+
+    def password(self) -> str:
+        data: dict[str, str] = json.loads(
+            Path(self.env["AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE"]).read_text()
+        )
+        return data["admin"]
+
+    # ------------------------------------------------------------------------------- lifecycle
+    def start(self, timeout: float = 240) -> LocalAirflow:
+        exe = executable("airflow")
+        subprocess.run([exe, "db", "migrate"], env=self.env, check=True, capture_output=True, timeout=600)
+        logs = self.home / "services"
+        logs.mkdir(parents=True, exist_ok=True)
+        for name in COMPONENTS:
+            log = open(logs / f"{name}.log", "ab")  # noqa: SIM115 (closed with the process)
+            argv = [exe, name, *ARGS.get(name, [])]
+            self.procs.append(subprocess.Popen(argv, env=self.env, stdout=log, stderr=subprocess.STDOUT))
+        deadline = time.monotonic() + timeout
+        while not self._healthy():
+            self._check_alive()
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"Airflow did not become healthy in {timeout:.0f}s; logs in {logs}")
+            time.sleep(2)
+        return self
+
+    def stop(self) -> None:
+        stop_processes(self.procs, 60)
+        self.procs = []
+
+    def __enter__(self) -> LocalAirflow:
+        return self.start()
+
+    def __exit__(self, kind: type[BaseException] | None, err: BaseException | None, tb: TracebackType | None) -> None:
+        self.stop()
+
+    def _check_alive(self) -> None:
+        for name, p in zip(COMPONENTS, self.procs, strict=True):
+            if p.poll() is not None:
+                raise RuntimeError(f"airflow {name} exited with {p.returncode}; see {self.home / 'services'}")
+
+    def _healthy(self) -> bool:
+        import httpx
+
+        try:
+            health = httpx.get(f"{self.url}/api/v2/monitor/health", timeout=5).json()
+        except (httpx.HTTPError, ValueError):
+            return False
+        return bool(health.get("scheduler", {}).get("status") == "healthy")

@@ -1,0 +1,61 @@
+"""A/B comparison of champion and challenger from labelled served predictions: the difference in
+the primary metric and its significance. Pure (the predictions come from
+`pipelines.io.requestlog`)."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from pipelines.ml.metrics import HIGHER_IS_BETTER, ab_difference, metric_functions
+
+if TYPE_CHECKING:
+    from pipelines.core.spec import Evaluation
+
+MIN_LABELLED = 30  # per version, and both classes present
+
+
+# ----------------------------------------------------------------------------------- pure core
+def compare(
+    cfg: Evaluation,
+    rows: list[tuple[int, float, float]],
+    champion: int,
+    challenger: int,
+    min_labelled: int = MIN_LABELLED,
+) -> dict[str, Any]:
+    """The A/B result of `challenger` against `champion` from (version, score, label) rows."""
+    metric = metric_functions(cfg.threshold)[cfg.primary_metric]
+    groups: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+    counts: dict[int, dict[str, Any]] = {}
+    for version in (champion, challenger):
+        mine = [(s, y) for v, s, y in rows if v == version]
+        y = np.array([m[1] for m in mine], dtype=float)
+        p = np.array([m[0] for m in mine], dtype=float)
+        groups[version] = (y, p)
+        counts[version] = {"labelled": len(mine), "positives": int(y.sum()), "value": metric(y, p) if mine else None}
+    out: dict[str, Any] = {
+        "metric": cfg.primary_metric,
+        "higher_is_better": HIGHER_IS_BETTER[cfg.primary_metric],
+        "champion": {"version": champion, **counts[champion]},
+        "challenger": {"version": challenger, **counts[challenger]},
+    }
+    short = [
+        f"v{v}: {c['labelled']} labelled ({c['positives']} positive)"
+        for v, c in counts.items()
+        if c["labelled"] < min_labelled or c["positives"] in (0, c["labelled"])
+    ]
+    if short:
+        return {
+            **out,
+            "status": "insufficient",
+            "reason": f"need {min_labelled} labelled of both classes; " + ", ".join(short),
+        }
+    diff = ab_difference(
+        groups[champion], groups[challenger], metric, cfg.bootstrap_samples, cfg.confidence, seed=challenger
+    )
+    alpha = 1 - cfg.confidence
+    significant = bool(diff["p_value"] < alpha)
+    better = diff["difference"] > 0 if out["higher_is_better"] else diff["difference"] < 0
+    verdict = ("challenger better" if better else "challenger worse") if significant else "no significant difference"
+    return {**out, "status": "ok", **diff, "significant": significant, "verdict": verdict}

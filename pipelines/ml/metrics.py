@@ -1,0 +1,188 @@
+"""Evaluation as small pure functions, composed into one result; the promotion gate is a pure
+comparison. Nothing here does I/O."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from pipelines.core.spec import Evaluation
+
+Metric = Callable[[np.ndarray, np.ndarray], float]
+HIGHER_IS_BETTER = {"roc_auc": True, "pr_auc": True, "f1": True, "log_loss": False, "calibration_error": False}
+
+
+def roc_auc(y: np.ndarray, p: np.ndarray) -> float:
+    from sklearn.metrics import roc_auc_score
+
+    return float(roc_auc_score(y, p)) if len(np.unique(y)) == 2 else float("nan")
+
+
+def pr_auc(y: np.ndarray, p: np.ndarray) -> float:
+    from sklearn.metrics import average_precision_score
+
+    return float(average_precision_score(y, p)) if len(np.unique(y)) == 2 else float("nan")
+
+
+def log_loss(y: np.ndarray, p: np.ndarray) -> float:
+    q = np.clip(p, 1e-7, 1 - 1e-7)
+    return float(-np.mean(y * np.log(q) + (1 - y) * np.log(1 - q)))
+
+
+def f1_at(threshold: float) -> Metric:
+    def f1(y: np.ndarray, p: np.ndarray) -> float:
+        pred = p >= threshold
+        tp = float(np.sum(pred & (y == 1)))
+        denom = 2 * tp + float(np.sum(pred & (y == 0))) + float(np.sum(~pred & (y == 1)))
+        return 2 * tp / denom if denom else 0.0
+
+    return f1
+
+
+def calibration_error(y: np.ndarray, p: np.ndarray, bins: int = 10) -> float:
+    """Expected calibration error over equal-width probability bins."""
+    edges = np.linspace(0, 1, bins + 1)
+    idx = np.clip(np.digitize(p, edges[1:-1]), 0, bins - 1)
+    total = 0.0
+    for b in range(bins):
+        mask = idx == b
+        if mask.any():
+            total += mask.mean() * abs(float(p[mask].mean()) - float(y[mask].mean()))
+    return total
+
+
+def metric_functions(threshold: float) -> dict[str, Metric]:
+    return {
+        "roc_auc": roc_auc,
+        "pr_auc": pr_auc,
+        "log_loss": log_loss,
+        "f1": f1_at(threshold),
+        "calibration_error": calibration_error,
+    }
+
+
+def overall(y: np.ndarray, p: np.ndarray, threshold: float) -> dict[str, float]:
+    return {name: fn(y, p) for name, fn in metric_functions(threshold).items()}
+
+
+def slices(
+    df: pd.DataFrame, y: np.ndarray, p: np.ndarray, columns: list[str], threshold: float, min_rows: int = 30
+) -> dict[str, dict[str, dict[str, float]]]:
+    """Metrics per value of each slice column (values with fewer than `min_rows` rows skipped)."""
+    out: dict[str, dict[str, dict[str, float]]] = {}
+    for col in columns:
+        out[col] = {}
+        for value in sorted(df[col].astype(str).unique()):
+            mask = (df[col].astype(str) == value).to_numpy()
+            if mask.sum() >= min_rows:
+                out[col][value] = {"rows": float(mask.sum()), **overall(y[mask], p[mask], threshold)}
+    return out
+
+
+def bootstrap_difference(
+    y: np.ndarray, p_new: np.ndarray, p_old: np.ndarray, metric: Metric, samples: int, confidence: float, seed: int = 0
+) -> dict[str, float]:
+    """Paired bootstrap of `metric(new) - metric(old)` over the same rows: estimate and interval."""
+    rng = np.random.default_rng(seed)
+    n = len(y)
+    diffs = []
+    for _ in range(samples):
+        i = rng.integers(0, n, n)
+        d = metric(y[i], p_new[i]) - metric(y[i], p_old[i])
+        if not np.isnan(d):
+            diffs.append(d)
+    alpha = (1 - confidence) / 2
+    lo, hi = np.quantile(diffs, [alpha, 1 - alpha]) if diffs else (float("nan"), float("nan"))
+    return {
+        "difference": metric(y, p_new) - metric(y, p_old),
+        "lower": float(lo),
+        "upper": float(hi),
+        "confidence": confidence,
+        "samples": float(len(diffs)),
+    }
+
+
+def ab_difference(
+    a: tuple[np.ndarray, np.ndarray],
+    b: tuple[np.ndarray, np.ndarray],
+    metric: Metric,
+    samples: int,
+    confidence: float,
+    seed: int = 0,
+) -> dict[str, float]:
+    """`metric(b) - metric(a)` for two independent groups of (labels, scores): an A/B test, where
+    each version served its own entities. Unpaired bootstrap (each group resampled on its own):
+    the interval, and the two-sided p-value of "no difference" as twice the smaller tail of the
+    bootstrap distribution around zero (floored at one over the samples drawn)."""
+    rng = np.random.default_rng(seed)
+    (ya, pa), (yb, pb) = a, b
+    diffs = []
+    for _ in range(samples):
+        i, j = rng.integers(0, len(ya), len(ya)), rng.integers(0, len(yb), len(yb))
+        d = metric(yb[j], pb[j]) - metric(ya[i], pa[i])
+        if not np.isnan(d):
+            diffs.append(d)
+    if not diffs:
+        nan = float("nan")
+        return {"difference": nan, "lower": nan, "upper": nan, "p_value": nan, "confidence": confidence, "samples": 0}
+    arr = np.asarray(diffs)
+    alpha = (1 - confidence) / 2
+    lo, hi = np.quantile(arr, [alpha, 1 - alpha])
+    tail = min(float(np.mean(arr <= 0)), float(np.mean(arr >= 0)))
+    return {
+        "difference": metric(yb, pb) - metric(ya, pa),
+        "lower": float(lo),
+        "upper": float(hi),
+        "p_value": min(1.0, max(2 * tail, 1 / len(arr))),
+        "confidence": confidence,
+        "samples": float(len(arr)),
+    }
+
+
+def gate(
+    cfg: Evaluation,
+    challenger: dict[str, float],
+    champion: dict[str, float] | None,
+    difference: dict[str, float] | None,
+    latency_ms_per_row: float | None,
+) -> dict[str, Any]:
+    """The promotion verdict with its reasons. A metric where lower is better is compared
+    the other way round."""
+    name = cfg.primary_metric
+    higher = HIGHER_IS_BETTER[name]
+    value = challenger[name]
+    reasons: list[str] = []
+    passed = True
+    ok = value >= cfg.min_primary if higher else value <= cfg.min_primary
+    word = "minimum" if higher else "maximum"
+    reasons.append(f"{name} {value:.4f} {'meets' if ok else 'misses'} the {word} {cfg.min_primary:.4f}")
+    passed &= ok
+    if champion is not None and difference is not None:
+        gain = difference["difference"] if higher else -difference["difference"]
+        lower = difference["lower"] if higher else -difference["upper"]
+        # Superiority (min_improvement >= 0): the interval must clear zero. Non-inferiority
+        # (min_improvement < 0, "no worse than the champion by more than the margin"): it must
+        # clear the margin.
+        bound = min(0.0, cfg.min_improvement)
+        beats = gain >= cfg.min_improvement and lower > bound
+        reasons.append(
+            f"{'beats' if beats else 'does not beat'} the champion: {name} {champion[name]:.4f} -> {value:.4f}, "
+            f"improvement {gain:+.4f} (needed {cfg.min_improvement:+.4f}), {difference['confidence']:.0%} CI lower "
+            f"bound {lower:+.4f} (needed > {bound:+.4f})"
+        )
+        passed &= beats
+    else:
+        reasons.append("no champion yet: the first model that meets the minimum becomes champion")
+    if cfg.max_latency_ms_per_row is not None and latency_ms_per_row is not None:
+        fast = latency_ms_per_row <= cfg.max_latency_ms_per_row
+        reasons.append(
+            f"ONNX latency {latency_ms_per_row:.3f} ms/row {'within' if fast else 'above'} "
+            f"{cfg.max_latency_ms_per_row:.3f}"
+        )
+        passed &= fast
+    return {"passed": bool(passed), "primary_metric": name, "reasons": reasons}

@@ -1,0 +1,354 @@
+"""`drift`: the serving champion's recent requests against its training reference.
+
+The window is the last `drift.window_hours` of the request log (served, not shadow, answered by
+the champion). It is compared with the training set of the champion's own lifecycle run (its
+registry tag `mlcycle.run_id`), and the champion's scores on that set with its scores in the
+window:
+
+* Evidently's data drift (`DataDriftPreset`: a test per feature, the method chosen by column
+  type and sample size) and the share of drifted features;
+* our PSI per feature and for the prediction, with KS (numeric) or chi-squared (categorical)
+  beside it: PSI is an effect size that does not flag trivial shifts on large windows, which is
+  where p-value tests do;
+* where labels arrived, the champion's live primary metric against its evaluation figure.
+
+A window with fewer than `drift.min_requests` requests is "insufficient data", never an alarm.
+A drift or performance finding asks for retraining unless an earlier check asked less than
+`drift.cooldown_hours` ago. The verdict and reasons go to `drift_checks`, the figures to
+`model_performance_metrics`, the Evidently report to `report.html`; the drift DAG emits the
+retraining Asset event from the result.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from pipelines.core.errors import MlcycleError
+from pipelines.io.db import connect
+from pipelines.io.registry import CHAMPION, alias_version, model_name
+from pipelines.io.requestlog import labelled
+from pipelines.io.storage import read_parquet, write_json
+from pipelines.io.tracking import setup_mlflow
+from pipelines.ml.metrics import HIGHER_IS_BETTER, metric_functions
+from pipelines.ml.model import onnx_session, session_feed
+from pipelines.steps.context import StepContext
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from pipelines.core.settings import Settings
+    from pipelines.core.spec import Drift, Evaluation
+
+STEP = "drift"
+REFERENCE_ROWS = 20_000
+MIN_LABELLED = 30
+EPS = 1e-4
+
+
+# ----------------------------------------------------------------------------------- pure core
+def psi(reference: np.ndarray, current: np.ndarray, categorical: bool, bins: int = 10) -> float:
+    """Population stability index of `current` against `reference`: decile bins of the
+    reference for numbers, the categories for strings (unseen ones share one bin)."""
+    if categorical:
+        ref, cur = reference.astype(str), current.astype(str)
+        cats = np.unique(ref)
+        ref_share = np.array([np.mean(ref == c) for c in cats] + [0.0])
+        cur_share = np.array([np.mean(cur == c) for c in cats] + [np.mean(~np.isin(cur, cats))])
+    else:
+        ref, cur = reference.astype(float), current.astype(float)
+        edges = np.unique(np.quantile(ref, np.linspace(0, 1, bins + 1)[1:-1]))
+        ref_share = np.bincount(np.searchsorted(edges, ref, side="right"), minlength=len(edges) + 1) / len(ref)
+        cur_share = np.bincount(np.searchsorted(edges, cur, side="right"), minlength=len(edges) + 1) / len(cur)
+    r, c = np.clip(ref_share, EPS, None), np.clip(cur_share, EPS, None)
+    return float(np.sum((c - r) * np.log(c / r)))
+
+
+def two_sample_test(reference: np.ndarray, current: np.ndarray, categorical: bool) -> dict[str, float | str]:
+    """KS for numbers, chi-squared on the category counts for strings: statistic and p-value."""
+    from scipy import stats
+
+    if categorical:
+        ref, cur = reference.astype(str), current.astype(str)
+        cats = np.union1d(np.unique(ref), np.unique(cur))
+        table = np.array([[np.sum(ref == c) for c in cats], [np.sum(cur == c) for c in cats]])
+        if len(cats) < 2:
+            return {"test": "chi2", "statistic": 0.0, "p_value": 1.0}
+        chi2, p, _, _ = stats.chi2_contingency(table)
+        return {"test": "chi2", "statistic": float(chi2), "p_value": float(p)}
+    res = stats.ks_2samp(reference.astype(float), current.astype(float))
+    return {"test": "ks", "statistic": float(res.statistic), "p_value": float(res.pvalue)}
+
+
+def evidently_columns(snapshot: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Per column of an Evidently DataDriftPreset snapshot (`Snapshot.dict()` with tests): its
+    method, score, threshold and whether its drift test failed."""
+    out = {}
+    for test in snapshot.get("tests", []):
+        params = test.get("metric_config", {}).get("params", {})
+        if params.get("type") != "evidently:metric_v2:ValueDrift":
+            continue
+        out[params["column"]] = {
+            "method": params.get("method"),
+            "threshold": params.get("threshold"),
+            "drifted": test.get("status") == "FAIL",
+        }
+    for metric in snapshot.get("metrics", []):
+        column = metric.get("config", {}).get("column")
+        if column in out:
+            out[column]["score"] = metric.get("value")
+    return out
+
+
+def live_performance(
+    cfg: Evaluation, rows: list[tuple[int, float, float]], reference: float | None
+) -> dict[str, Any] | None:
+    """The champion's primary metric on labelled served predictions, and its drop from the
+    evaluation figure (positive: worse). None without enough labels of both classes."""
+    y = np.array([r[2] for r in rows], dtype=float)
+    if len(rows) < MIN_LABELLED or len(np.unique(y)) < 2:
+        return None
+    value = metric_functions(cfg.threshold)[cfg.primary_metric](y, np.array([r[1] for r in rows], dtype=float))
+    drop = None
+    if reference is not None:
+        drop = reference - value if HIGHER_IS_BETTER[cfg.primary_metric] else value - reference
+    return {"metric": cfg.primary_metric, "value": value, "reference": reference, "drop": drop, "labelled": len(rows)}
+
+
+def verdict(
+    cfg: Drift,
+    requests: int,
+    features: dict[str, dict[str, Any]],
+    prediction_psi: float | None,
+    performance: dict[str, Any] | None,
+    last_trigger: datetime | None,
+    now: datetime,
+) -> dict[str, Any]:
+    """status (ok | drift | performance | insufficient_data), retrain, reasons."""
+    if requests < cfg.min_requests:
+        reason = f"{requests} requests in the window, drift.min_requests is {cfg.min_requests}: insufficient data"
+        return {"status": "insufficient_data", "retrain": False, "reasons": [reason]}
+    drifted = sorted(f for f, v in features.items() if v["drifted"])
+    share = len(drifted) / len(features) if features else 0.0
+    reasons = []
+    if share >= cfg.max_drift_share and drifted:
+        reasons.append(
+            f"{len(drifted)} of {len(features)} features drifted ({share:.0%}, "
+            f"limit {cfg.max_drift_share:.0%}): {drifted}"
+        )
+    if prediction_psi is not None and prediction_psi > cfg.psi_threshold:
+        reasons.append(f"prediction PSI {prediction_psi:.3f} over {cfg.psi_threshold:.3f}")
+    status = "drift" if reasons else "ok"
+    if performance is not None and performance["drop"] is not None and performance["drop"] > cfg.max_performance_drop:
+        reasons.append(
+            f"live {performance['metric']} {performance['value']:.4f} on {performance['labelled']} labels, "
+            f"{performance['drop']:.4f} below the evaluation's {performance['reference']:.4f} "
+            f"(limit {cfg.max_performance_drop:.4f})"
+        )
+        status = "drift" if status == "drift" else "performance"
+    retrain = status in ("drift", "performance")
+    if retrain and last_trigger is not None and now - last_trigger < timedelta(hours=cfg.cooldown_hours):
+        retrain = False
+        reasons.append(
+            f"cooldown: retraining was asked at {last_trigger.isoformat(timespec='seconds')}, "
+            f"less than drift.cooldown_hours ({cfg.cooldown_hours:g}) ago"
+        )
+    if not reasons:
+        reasons.append(f"{len(drifted)} of {len(features)} features drifted ({share:.0%}); prediction stable")
+    return {"status": status, "retrain": retrain, "reasons": reasons, "drift_share": share, "drifted": drifted}
+
+
+def feature_figures(
+    reference: pd.DataFrame,
+    current: pd.DataFrame,
+    numeric: list[str],
+    categorical: list[str],
+    evidently: dict[str, Any],
+) -> dict[str, dict[str, Any]]:
+    """Per feature: Evidently's test, our PSI and KS/chi-squared."""
+    out = {}
+    for f in numeric + categorical:
+        cat = f in categorical
+        ref, cur = reference[f].dropna().to_numpy(), current[f].dropna().to_numpy()
+        out[f] = {
+            "psi": psi(ref, cur, cat),
+            **two_sample_test(ref, cur, cat),
+            "evidently": evidently.get(f, {}),
+        }
+    return out
+
+
+# ------------------------------------------------------------------------------------- I/O
+def champion_reference(ctx: StepContext) -> tuple[int, str, float | None, Any]:
+    """The serving champion: its version, lifecycle run id, evaluation figure and ONNX model."""
+    import mlflow
+    import mlflow.onnx
+
+    setup_mlflow(ctx.settings, ctx.pipeline)
+    champion = alias_version(mlflow.MlflowClient(), model_name(ctx.pipeline), CHAMPION)
+    if champion is None:
+        raise MlcycleError(f"{model_name(ctx.pipeline)} has no champion: nothing is served to check")
+    run_id = champion.tags.get("mlcycle.run_id")
+    if not run_id:
+        raise MlcycleError(f"{model_name(ctx.pipeline)} v{champion.version} has no mlcycle.run_id tag")
+    figure = champion.tags.get("mlcycle.primary_metric", "")
+    reference = float(figure.split("=", 1)[1]) if "=" in figure else None
+    model = mlflow.onnx.load_model(f"models:/{model_name(ctx.pipeline)}/{champion.version}")
+    return int(champion.version), run_id, reference, model
+
+
+def served_window(
+    settings: Settings, pipeline: str, version: int, features: list[str], start: datetime, end: datetime
+) -> pd.DataFrame:
+    """The champion's served requests in the window: one column per feature, and the score."""
+    import pandas as pd
+
+    cols = ", ".join(f"features->>%s AS {f}" for f in features)
+    with connect(settings) as conn:
+        cur = conn.execute(
+            f"SELECT {cols}, score FROM inference_requests WHERE pipeline = %s AND model_version = %s"
+            " AND NOT shadow AND status = 'ok' AND created_at >= %s AND created_at < %s",
+            (*features, pipeline, version, start, end),
+        )
+        return pd.DataFrame(cur.fetchall(), columns=[*features, "score"])
+
+
+def last_trigger(settings: Settings, pipeline: str, run_id: str) -> datetime | None:
+    with connect(settings) as conn:
+        row = conn.execute(
+            "SELECT max(checked_at) FROM drift_checks WHERE pipeline = %s AND retrain AND run_id <> %s",
+            (pipeline, run_id),
+        ).fetchone()
+    return row[0] if row else None
+
+
+def run(ctx: StepContext) -> dict[str, Any]:
+    import pandas as pd
+
+    spec, cfg = ctx.spec, ctx.spec.drift
+    numeric, categorical = spec.model.numeric_features, spec.model.categorical_features
+    features = numeric + categorical
+    end = datetime.now(UTC)
+    start = end - timedelta(hours=cfg.window_hours)
+    version, champion_run, reference_metric, model = champion_reference(ctx)
+    current = served_window(ctx.settings, ctx.pipeline, version, features, start, end)
+    for f in numeric:
+        current[f] = pd.to_numeric(current[f], errors="coerce")
+    result: dict[str, Any] = {
+        "step": STEP,
+        "pipeline": ctx.pipeline,
+        "champion": version,
+        "reference_run": champion_run,
+        "window_start": start.isoformat(),
+        "window_end": end.isoformat(),
+        "requests": len(current),
+    }
+    rows = labelled(ctx.settings, ctx.pipeline, [version], since=start, until=end)
+    performance = live_performance(spec.evaluation, rows, reference_metric)
+    figures: dict[str, dict[str, Any]] = {}
+    prediction_psi = None
+    if len(current) >= cfg.min_requests:
+        reference = read_parquet(ctx.storage, f"{ctx.pipeline}/{champion_run}/features/train.parquet")
+        if len(reference) > REFERENCE_ROWS:
+            reference = reference.sample(REFERENCE_ROWS, random_state=0)
+        session = onnx_session(model.SerializeToString())
+        (scores,) = session.run(["score"], session_feed(session, reference))
+        reference = reference[features].assign(score=np.asarray(scores, dtype=float).reshape(-1))
+        report, evidently = evidently_report(reference, current, numeric, categorical, cfg.max_drift_share)
+        result["report"] = ctx.storage.write_bytes(ctx.key("report.html"), report)
+        figures = feature_figures(reference, current, numeric, categorical, evidently)
+        for fig in figures.values():  # drifted: Evidently's test failed, or the effect is large
+            fig["drifted"] = bool(fig["evidently"].get("drifted")) or fig["psi"] > cfg.psi_threshold
+        prediction_psi = psi(reference["score"].to_numpy(), current["score"].to_numpy(), False)
+        result["prediction"] = {
+            "psi": prediction_psi,
+            **two_sample_test(reference["score"].to_numpy(), current["score"].to_numpy(), False),
+            "mean_reference": float(reference["score"].mean()),
+            "mean_current": float(current["score"].mean()),
+        }
+    decided = verdict(
+        cfg,
+        len(current),
+        figures,
+        prediction_psi,
+        performance,
+        last_trigger(ctx.settings, ctx.pipeline, ctx.run_id),
+        end,
+    )
+    result.update(decided, features=figures, performance=performance)
+    record(ctx, result, start, end)
+    write_json(ctx.storage, ctx.key("manifest.json"), result)
+    return result
+
+
+def evidently_report(
+    reference: pd.DataFrame, current: pd.DataFrame, numeric: list[str], categorical: list[str], drift_share: float
+) -> tuple[bytes, dict[str, Any]]:
+    """Evidently's data drift report on the features and the score: HTML, and per column."""
+    import tempfile
+    from pathlib import Path
+
+    from evidently import DataDefinition, Dataset, Report
+    from evidently.presets import DataDriftPreset
+
+    definition = DataDefinition(numerical_columns=[*numeric, "score"], categorical_columns=categorical)
+    snapshot = Report([DataDriftPreset(drift_share=drift_share)], include_tests=True).run(
+        Dataset.from_pandas(current, data_definition=definition),
+        Dataset.from_pandas(reference, data_definition=definition),
+    )
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "report.html"
+        snapshot.save_html(str(path))
+        html = path.read_bytes()
+    return html, evidently_columns(snapshot.dict())
+
+
+def record(ctx: StepContext, result: dict[str, Any], start: datetime, end: datetime) -> None:
+    """The check's row in `drift_checks` and its figures in `model_performance_metrics`."""
+    import json
+
+    version, n = result["champion"], result["requests"]
+    metrics: list[tuple[str, str | None, float | None]] = [("requests", None, float(n))]
+    if "drift_share" in result and result["status"] != "insufficient_data":
+        metrics.append(("drift_share", None, result["drift_share"]))
+    if "prediction" in result:
+        metrics += [
+            ("prediction_psi", None, result["prediction"]["psi"]),
+            ("mean_score", None, result["prediction"]["mean_current"]),
+        ]
+    for f, fig in result["features"].items():
+        metrics += [("psi", f, fig["psi"]), (f"{fig['test']}_p_value", f, fig["p_value"])]
+        if "score" in fig["evidently"]:
+            metrics.append((f"evidently_{fig['evidently']['method']}", f, fig["evidently"]["score"]))
+    if result["performance"] is not None:
+        metrics.append((f"live_{result['performance']['metric']}", None, result["performance"]["value"]))
+    with connect(ctx.settings) as conn, conn.cursor() as cur:
+        cur.executemany(
+            "INSERT INTO model_performance_metrics (pipeline, model_version, run_id, metric, feature, value,"
+            " window_start, window_end, rows) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)"
+            " ON CONFLICT (pipeline, run_id, metric, feature) DO UPDATE SET value = EXCLUDED.value,"
+            " window_start = EXCLUDED.window_start, window_end = EXCLUDED.window_end, rows = EXCLUDED.rows",
+            [(ctx.pipeline, version, ctx.run_id, m, f, v, start, end, n) for m, f, v in metrics],
+        )
+        cur.execute(
+            "INSERT INTO drift_checks (pipeline, run_id, model_version, window_start, window_end, requests, status,"
+            " retrain, reasons, report_uri) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"
+            " ON CONFLICT (pipeline, run_id) DO UPDATE SET model_version = EXCLUDED.model_version,"
+            " window_start = EXCLUDED.window_start, window_end = EXCLUDED.window_end, requests = EXCLUDED.requests,"
+            " status = EXCLUDED.status, retrain = EXCLUDED.retrain, reasons = EXCLUDED.reasons,"
+            " report_uri = EXCLUDED.report_uri, checked_at = now()",
+            (
+                ctx.pipeline,
+                ctx.run_id,
+                version,
+                start,
+                end,
+                n,
+                result["status"],
+                result["retrain"],
+                json.dumps(result["reasons"]),
+                result.get("report"),
+            ),
+        )

@@ -1,0 +1,161 @@
+"""`evaluate`: the challenger (this run's best model) against the champion on the same test set.
+
+Both models are scored through ONNX Runtime on raw columns, exactly as they would be served.
+Overall and per-slice metrics, a paired bootstrap confidence interval of the primary metric's
+difference, the ONNX latency per row, and the spec's gates give a verdict with reasons. The report
+(JSON, and HTML with a ROC curve and a calibration plot) is logged to the training run in MLflow,
+which also gets the verdict as the tag `mlcycle.verdict`.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import time
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from pipelines.io.registry import CHAMPION, alias_version, model_name
+from pipelines.io.storage import read_parquet, write_json
+from pipelines.io.tracking import setup_mlflow
+from pipelines.ml.metrics import bootstrap_difference, gate, metric_functions, overall, slices
+from pipelines.ml.model import onnx_session, predict_onnx, session_feed
+from pipelines.ml.plots import png_bytes, two_panels
+from pipelines.steps.context import StepContext
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+STEP = "evaluate"
+
+
+def onnx_latency_ms(session: Any, df: pd.DataFrame, repeats: int = 200) -> float:
+    """Median wall time of the model scoring one row (inputs prepared beforehand), in ms."""
+    feeds = [session_feed(session, df.iloc[[i % len(df)]]) for i in range(repeats)]
+    times = []
+    for feed in feeds:
+        t = time.perf_counter()
+        session.run(["score"], feed)
+        times.append(time.perf_counter() - t)
+    return float(np.median(times) * 1000)
+
+
+def plots_png(y: np.ndarray, scores: dict[str, np.ndarray]) -> str:
+    """A ROC curve and a calibration plot of each model, as a base64 PNG."""
+    from sklearn.calibration import calibration_curve
+    from sklearn.metrics import roc_curve
+
+    fig, (roc, cal) = two_panels(10, 4.2)
+    for label, p in scores.items():
+        fpr, tpr, _ = roc_curve(y, p)
+        roc.plot(fpr, tpr, label=label)
+        frac, mean = calibration_curve(y, p, n_bins=10, strategy="quantile")
+        cal.plot(mean, frac, marker="o", label=label)
+    roc.plot([0, 1], [0, 1], "k:", lw=1)
+    roc.set(title="ROC", xlabel="false positive rate", ylabel="true positive rate")
+    cal.plot([0, 1], [0, 1], "k:", lw=1)
+    cal.set(title="Calibration", xlabel="mean predicted probability", ylabel="observed frequency")
+    return base64.b64encode(png_bytes(fig, dpi=90)).decode()
+
+
+def render_html(report: dict[str, Any], png: str) -> str:
+    esc = html.escape
+    v = report["verdict"]
+    color = "#1a7f37" if v["passed"] else "#cf222e"
+    models = [m for m in ("challenger", "champion") if report.get(m)]
+    names = list(report["challenger"]["metrics"])
+    head = "".join(f"<th>{m}</th>" for m in models)
+    rows = "".join(
+        f"<tr><td>{esc(n)}</td>" + "".join(f"<td>{report[m]['metrics'][n]:.4f}</td>" for m in models) + "</tr>"
+        for n in names
+    )
+    slice_rows = "".join(
+        f"<tr><td>{esc(col)}={esc(val)}</td><td>{int(m['rows'])}</td><td>{m['roc_auc']:.4f}</td>"
+        f"<td>{m['log_loss']:.4f}</td></tr>"
+        for col, vals in report["challenger"]["slices"].items()
+        for val, m in vals.items()
+    )
+    reasons = "".join(f"<li>{esc(r)}</li>" for r in v["reasons"])
+    return f"""<!doctype html><html><head><meta charset="utf-8"><title>{esc(report["pipeline"])} evaluation</title>
+<style>body{{font-family:sans-serif;margin:2em}}table{{border-collapse:collapse}}td,th{{border:1px solid #ccc;
+padding:4px 8px}}</style></head><body>
+<h1>{esc(report["pipeline"])} / {esc(report["run_id"])}:
+<span style="color:{color}">{"PASSED" if v["passed"] else "FAILED"}</span></h1><ul>{reasons}</ul>
+<h2>Test set ({report["test_rows"]} rows)</h2><table><tr><th>metric</th>{head}</tr>{rows}</table>
+<img src="data:image/png;base64,{png}" alt="ROC and calibration">
+<h2>Challenger by slice</h2><table><tr><th>slice</th><th>rows</th><th>roc_auc</th><th>log_loss</th></tr>
+{slice_rows}</table></body></html>"""
+
+
+def run(ctx: StepContext) -> dict[str, Any]:
+    import mlflow
+
+    spec = ctx.spec
+    cfg = spec.evaluation
+    trained = ctx.manifest("train")
+    test = read_parquet(ctx.storage, ctx.require("features", "test.parquet"))
+    y = test[spec.label.column].to_numpy()
+    challenger = onnx_session(ctx.storage.read_bytes(ctx.require("train", "model.onnx")))
+    p_new = predict_onnx(challenger, test)
+    report: dict[str, Any] = {
+        "step": STEP,
+        "pipeline": ctx.pipeline,
+        "run_id": ctx.run_id,
+        "test_rows": len(test),
+        "challenger": {
+            "metrics": overall(y, p_new, cfg.threshold),
+            "slices": slices(test, y, p_new, cfg.slices, cfg.threshold),
+        },
+        "champion": None,
+        "difference": None,
+    }
+    setup_mlflow(ctx.settings, ctx.pipeline)
+    client = mlflow.MlflowClient()
+    champion = alias_version(client, model_name(ctx.pipeline), CHAMPION)
+    scores = {"challenger": p_new}
+    if champion is not None:
+        import mlflow.onnx
+
+        session = onnx_session(
+            mlflow.onnx.load_model(f"models:/{model_name(ctx.pipeline)}@{CHAMPION}").SerializeToString()
+        )
+        p_old = predict_onnx(session, test)
+        scores[f"champion v{champion.version}"] = p_old
+        report["champion"] = {
+            "version": int(champion.version),
+            "metrics": overall(y, p_old, cfg.threshold),
+            "slices": slices(test, y, p_old, cfg.slices, cfg.threshold),
+        }
+        metric = metric_functions(cfg.threshold)[cfg.primary_metric]
+        report["difference"] = bootstrap_difference(
+            y, p_new, p_old, metric, cfg.bootstrap_samples, cfg.confidence, seed=spec.training.seed
+        )
+    report["onnx_latency_ms_per_row"] = onnx_latency_ms(challenger, test)
+    report["verdict"] = gate(
+        cfg,
+        report["challenger"]["metrics"],
+        report["champion"]["metrics"] if report["champion"] else None,
+        report["difference"],
+        report["onnx_latency_ms_per_row"],
+    )
+    page = render_html(report, plots_png(y, scores))
+    report["report_html"] = ctx.storage.write_bytes(ctx.key("report.html"), page.encode())
+    write_json(ctx.storage, ctx.key("report.json"), report)
+    with mlflow.start_run(run_id=trained["mlflow_run_id"]):
+        mlflow.log_dict(report, "evaluation/report.json")
+        mlflow.log_text(page, "evaluation/report.html")
+        mlflow.log_metrics({f"test_{k}": v for k, v in report["challenger"]["metrics"].items() if v == v})
+        mlflow.set_tag("mlcycle.verdict", "passed" if report["verdict"]["passed"] else "failed")
+        mlflow.set_tag("mlcycle.verdict_reasons", "; ".join(report["verdict"]["reasons"])[:5000])
+    manifest = {
+        "step": STEP,
+        "verdict": report["verdict"],
+        "report": report["report_html"],
+        "primary": report["challenger"]["metrics"][cfg.primary_metric],
+        "champion_version": report["champion"]["version"] if report["champion"] else None,
+        "difference": report["difference"],
+        "mlflow_run_id": trained["mlflow_run_id"],
+    }
+    write_json(ctx.storage, ctx.key("manifest.json"), manifest)
+    return manifest

@@ -1,0 +1,129 @@
+"""`promote`: register the challenger in MLflow, with lineage, only on a passing verdict.
+
+A failing verdict skips the step (exit code 100; Airflow shows the task as skipped with the
+reasons, and the rest of the run is skipped): the champion is untouched. Otherwise: check ONNX
+against torch on the test set (max absolute difference within `evaluation.onnx_parity_tolerance`),
+log the ONNX model to the training run, register it as a new version of `mlcycle-<pipeline>` with
+lineage tags, and point the alias `challenger` at it. The first model of a pipeline also becomes
+`champion`. Every alias move is audited. A retry of the same run reuses the version it registered.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from pipelines.core.errors import GateError, StepSkipped
+from pipelines.io.registry import CHALLENGER, CHAMPION, Registry, open_registry
+from pipelines.io.storage import read_parquet, write_json
+from pipelines.io.tracking import airflow_tags, code_version
+from pipelines.ml.model import load_module, onnx_session, predict, predict_onnx
+from pipelines.steps.context import StepContext
+
+STEP = "promote"
+
+
+def parity(torch_scores: np.ndarray, onnx_scores: np.ndarray, tolerance: float) -> dict[str, Any]:
+    """How far ONNX is from torch on the same rows. Pure."""
+    diff = float(np.max(np.abs(torch_scores - onnx_scores))) if len(torch_scores) else 0.0
+    return {"max_abs_diff": diff, "tolerance": tolerance, "passed": diff <= tolerance, "rows": len(torch_scores)}
+
+
+def lineage_tags(
+    ctx: StepContext, trained: dict[str, Any], evaluation: dict[str, Any], check: dict[str, Any], code: str
+) -> dict[str, str]:
+    """The tags a registered version carries: where its data, features, code and verdict came from. Pure."""
+    verdict = evaluation["verdict"]
+    return {
+        "mlcycle.pipeline": ctx.pipeline,
+        "mlcycle.run_id": ctx.run_id,
+        "mlcycle.data_hash": trained["content_hash"],
+        "mlcycle.feature_service": trained["feature_service"],
+        "mlcycle.code_version": code,
+        "mlcycle.training_run": trained["mlflow_run_id"],
+        "mlcycle.verdict": "passed",
+        "mlcycle.verdict_reasons": "; ".join(verdict["reasons"])[:5000],
+        "mlcycle.primary_metric": f"{ctx.spec.evaluation.primary_metric}={evaluation['primary']:.6f}",
+        "mlcycle.onnx_parity_max_abs_diff": f"{check['max_abs_diff']:.3e}",
+    }
+
+
+def run(ctx: StepContext) -> dict[str, Any]:
+    evaluation = ctx.manifest("evaluate")
+    if ctx.dry_run:
+        raise StepSkipped("dry run: the challenger was trained and evaluated, nothing is registered or served")
+    verdict = evaluation["verdict"]
+    if not verdict["passed"]:
+        raise StepSkipped("the challenger failed its gates, the champion stays: " + "; ".join(verdict["reasons"]))
+    trained = ctx.manifest("train")
+    onnx_bytes = ctx.storage.read_bytes(ctx.require("train", "model.onnx"))
+    check = check_parity(ctx, onnx_bytes)
+    registry = open_registry(ctx.settings, ctx.pipeline, ctx.run_id, STEP)
+    tags = {**lineage_tags(ctx, trained, evaluation, check, code_version(ctx.settings)), **airflow_tags()}
+    number = register(ctx, registry, onnx_bytes, trained["mlflow_run_id"], tags, check)
+    registry.point(CHALLENGER, number, "; ".join(verdict["reasons"]))
+    champion = registry.version(CHAMPION)
+    if champion is None:
+        registry.point(CHAMPION, number, "first model of the pipeline")
+        champion = number
+    manifest = {
+        "step": STEP,
+        "model": registry.name,
+        "version": number,
+        "aliases": sorted(registry.client.get_model_version(registry.name, str(number)).aliases),
+        "champion_version": champion,
+        "parity": check,
+        "model_uri": f"models:/{registry.name}/{number}",
+        "mlflow_run_id": trained["mlflow_run_id"],
+    }
+    write_json(ctx.storage, ctx.key("manifest.json"), manifest)
+    return manifest
+
+
+def check_parity(ctx: StepContext, onnx_bytes: bytes) -> dict[str, Any]:
+    """ONNX against torch on the test set; a difference beyond the tolerance registers nothing."""
+    test = read_parquet(ctx.storage, ctx.require("features", "test.parquet"))
+    module, enc, _ = load_module(ctx.storage.read_bytes(ctx.require("train", "model.pt")))
+    check = parity(
+        predict(module, enc, test),
+        predict_onnx(onnx_session(onnx_bytes), test),
+        ctx.spec.evaluation.onnx_parity_tolerance,
+    )
+    if not check["passed"]:
+        raise GateError(
+            f"ONNX differs from torch by {check['max_abs_diff']:.2e} on the test set "
+            f"(tolerance {check['tolerance']:.1e}); nothing registered"
+        )
+    return check
+
+
+def register(
+    ctx: StepContext,
+    registry: Registry,
+    onnx_bytes: bytes,
+    training_run: str,
+    tags: dict[str, str],
+    check: dict[str, Any],
+) -> int:
+    """The version this run registered: found by its run id on a retry, else logged to the training
+    run and registered now (the registered model created with the pipeline's first version)."""
+    import mlflow  # heavy: mlflow, onnx
+    import mlflow.onnx
+    import onnx
+
+    client, name = registry.client, registry.name
+    existing = client.search_model_versions(f"name = '{name}' and tag.`mlcycle.run_id` = '{ctx.run_id}'")
+    if existing:
+        return int(existing[0].version)
+    if not client.search_registered_models(f"name = '{name}'"):
+        client.create_registered_model(
+            name, description=f"mlcycle pipeline {ctx.pipeline}", tags={"mlcycle.pipeline": ctx.pipeline}
+        )
+    with mlflow.start_run(run_id=training_run):
+        info = mlflow.onnx.log_model(onnx.load_from_string(onnx_bytes), name="model")
+        mlflow.log_dict(check, "evaluation/onnx_parity.json")
+    version = client.create_model_version(
+        name, info.model_uri, run_id=training_run, tags=tags, description=f"run {ctx.run_id}"
+    )
+    return int(version.version)

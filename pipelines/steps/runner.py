@@ -1,0 +1,67 @@
+"""Runs one step of one run: the body of `mlcycle step <name> --pipeline P --run-id R`.
+
+It loads the spec and the settings, applies pending migrations, records the attempt in the
+`step_runs` table, calls the step's `run(ctx)` and records the outcome. The step's result (small:
+URIs, hashes, counts) is printed as the last line of output and, when `MLCYCLE_XCOM_PATH` is set,
+written there: the pod's `/airflow/xcom/return.json` on Kubernetes, a temporary file locally.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+from pipelines.core import params
+from pipelines.core.errors import StepSkipped
+from pipelines.core.settings import Settings
+from pipelines.core.spec import spec_for
+from pipelines.core.steps import step as step_info
+from pipelines.io import db
+from pipelines.io.runs import Outcome, finish_attempt, start_attempt
+from pipelines.io.storage import open_storage, to_json
+from pipelines.steps.context import StepContext, check_run_id
+
+RESULT_PREFIX = "MLCYCLE_RESULT "
+
+
+def run_step(step: str, pipeline: str, run_id: str, settings: Settings, *, force: bool = False) -> dict[str, Any]:
+    """Run one step and return its result; the attempt is recorded whatever happens."""
+    info = step_info(step)
+    check_run_id(run_id)
+    run_params = params.from_env(dict(os.environ))
+    spec = params.apply(spec_for(settings, pipeline), run_params)
+    db.migrate(settings)
+    ctx = StepContext(
+        spec=spec,
+        settings=settings,
+        run_id=run_id,
+        storage=open_storage(settings),
+        step=step,
+        force=force,
+        params=run_params,
+    )
+    attempt = start_attempt(settings, pipeline, run_id, step)
+    started = time.monotonic()
+    try:
+        module = importlib.import_module(info.module)
+        result: dict[str, Any] = module.run(ctx)
+    except StepSkipped as err:
+        finish_attempt(settings, attempt, Outcome("skipped", {"reason": str(err)}))
+        raise
+    except BaseException as err:
+        finish_attempt(settings, attempt, Outcome("failed", error=f"{type(err).__name__}: {err}"))
+        raise
+    result["seconds"] = round(time.monotonic() - started, 3)
+    finish_attempt(settings, attempt, Outcome("reused" if result.get("reused") else "succeeded", result))
+    _write_xcom(result)
+    return result
+
+
+def _write_xcom(result: dict[str, Any]) -> None:
+    path = os.environ.get("MLCYCLE_XCOM_PATH")
+    if path:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        Path(path).write_text(to_json(result))

@@ -1,0 +1,389 @@
+"""`train`: an Optuna study over the spec's search space, every trial an MLflow child run.
+
+The study lives in the platform database (schema `optuna`), named from the pipeline and run id, so
+a retried or killed task resumes it: finished trials (complete or pruned) are kept and count
+against the budget; a trial that was running when the task died is marked failed and enqueued
+again with its parameters, resuming from its last checkpoint (written every
+`training.checkpoint_minutes` and at the end of every trial). The MLflow parent run is found again
+by its tags, so a retry logs into the same run.
+
+Outputs: `model.pt` (the best trial's weights, encoding and parameters), `model.onnx` (raw columns
+in, probability out) and `manifest.json`.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from typing import TYPE_CHECKING, Any, Literal
+
+import numpy as np
+
+from pipelines.core.errors import MlcycleError
+from pipelines.io.storage import read_parquet, write_json
+from pipelines.io.tracking import airflow_tags, code_version, find_run, optuna_url, setup_mlflow
+from pipelines.ml.metrics import HIGHER_IS_BETTER, metric_functions
+from pipelines.ml.model import (
+    FeatureEncoding,
+    architecture,
+    build_module,
+    encode,
+    fit_encoding,
+    load_module,
+    module_bytes,
+    select_device,
+    to_onnx,
+)
+from pipelines.steps.context import StepContext
+
+if TYPE_CHECKING:
+    import optuna
+    import pandas as pd
+    import torch
+
+    from pipelines.core.spec import Param, PipelineSpec
+
+STEP = "train"
+log = logging.getLogger(__name__)
+FINISHED = ("COMPLETE", "PRUNED")
+
+
+# ----------------------------------------------------------------------------------- pure core
+def study_name(pipeline: str, run_id: str) -> str:
+    return f"{pipeline}:{run_id}"
+
+
+def suggest(trial: optuna.Trial, space: dict[str, Param]) -> dict[str, Any]:
+    params: dict[str, Any] = {}
+    for name, p in space.items():
+        if p.type == "float":
+            params[name] = trial.suggest_float(name, p.low, p.high, log=p.log)
+        elif p.type == "int":
+            params[name] = trial.suggest_int(name, p.low, p.high, log=p.log)
+        else:
+            params[name] = trial.suggest_categorical(name, p.choices)
+    return params
+
+
+def remaining_budget(n_trials: int | None, finished: int) -> int | None:
+    """How many more trials to run (None: no trial cap, the timeout decides). Pure."""
+    return None if n_trials is None else max(0, n_trials - finished)
+
+
+class EarlyStopping:
+    """Stop after `patience` epochs without improvement of the validation metric."""
+
+    def __init__(self, patience: int, higher_is_better: bool) -> None:
+        self.patience = patience
+        self.sign = 1.0 if higher_is_better else -1.0
+        self.best = -math.inf
+        self.bad_epochs = 0
+
+    def step(self, value: float) -> bool:
+        """Record an epoch's value; True when it is the best so far."""
+        if not math.isnan(value) and self.sign * value > self.best:
+            self.best = self.sign * value
+            self.bad_epochs = 0
+            return True
+        self.bad_epochs += 1
+        return False
+
+    @property
+    def should_stop(self) -> bool:
+        return self.bad_epochs >= self.patience
+
+    @property
+    def best_value(self) -> float:
+        return self.sign * self.best
+
+
+def make_pruner(kind: str) -> optuna.pruners.BasePruner:
+    import optuna
+
+    if kind == "median":
+        return optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=2)
+    if kind == "hyperband":
+        return optuna.pruners.HyperbandPruner(min_resource=2)
+    return optuna.pruners.NopPruner()
+
+
+# ------------------------------------------------------------------------------------ training
+class Trainer:
+    """Trains one trial's model; checkpoints to the run's storage."""
+
+    def __init__(
+        self, ctx: StepContext, enc: FeatureEncoding, train: pd.DataFrame, val: pd.DataFrame, device: str
+    ) -> None:
+        import torch
+
+        spec = ctx.spec
+        self.ctx = ctx
+        self.enc = enc
+        self.device = device
+        self.cfg = spec.training
+        self.metric_name = spec.evaluation.primary_metric
+        self.metric = metric_functions(spec.evaluation.threshold)[self.metric_name]
+        self.higher = HIGHER_IS_BETTER[self.metric_name]
+        num, codes = encode(train, enc)
+        self.x_num = torch.from_numpy(num).to(device)
+        self.x_cat = torch.from_numpy(codes).to(device)
+        self.y = torch.from_numpy(train[spec.label.column].to_numpy(np.float32)).to(device)
+        vnum, vcodes = encode(val, enc)
+        self.v_num = torch.from_numpy(vnum).to(device)
+        self.v_cat = torch.from_numpy(vcodes).to(device)
+        self.v_y = val[spec.label.column].to_numpy()
+
+    def checkpoint_key(self, number: int) -> str:
+        return self.ctx.key(f"checkpoints/trial-{number}.pt")
+
+    def validate(self, module: torch.nn.Module) -> float:
+        import torch
+
+        module.eval()
+        with torch.no_grad():
+            p = torch.sigmoid(module(self.v_num, self.v_cat)).cpu().numpy()
+        return float(self.metric(self.v_y, p))
+
+    def fit(self, trial: optuna.Trial, params: dict[str, Any], log_metrics: Any) -> tuple[float, bytes]:
+        """Train to early stopping (or pruning); returns the best validation value and weights."""
+        import optuna
+        import torch
+
+        torch.manual_seed(self.cfg.seed + trial.number)
+        module = build_module(self.enc, **architecture(params)).to(self.device)
+        opt = torch.optim.AdamW(
+            module.parameters(), lr=params.get("learning_rate", 1e-3), weight_decay=params.get("weight_decay", 0.0)
+        )
+        stopper = EarlyStopping(self.cfg.early_stopping_patience, self.higher)
+        best_state: dict[str, Any] = {k: v.detach().clone() for k, v in module.state_dict().items()}
+        start_epoch = self._resume(trial, module, opt, stopper, best_state)
+        gen = torch.Generator().manual_seed(self.cfg.seed * 1000 + trial.number)
+        loss_fn = torch.nn.BCEWithLogitsLoss()
+        last_checkpoint = time.monotonic()
+        n = len(self.y)
+        for epoch in range(start_epoch, self.cfg.max_epochs):
+            module.train()
+            order = torch.randperm(n, generator=gen).to(self.device)
+            total = 0.0
+            for i in range(0, n, self.cfg.batch_size):
+                idx = order[i : i + self.cfg.batch_size]
+                opt.zero_grad()
+                loss = loss_fn(module(self.x_num[idx], self.x_cat[idx]), self.y[idx])
+                loss.backward()
+                opt.step()
+                total += loss.item() * len(idx)
+            value = self.validate(module)
+            if stopper.step(value):
+                best_state = {k: v.detach().clone() for k, v in module.state_dict().items()}
+            log_metrics({"train_loss": total / n, f"val_{self.metric_name}": value}, epoch)
+            trial.report(value, epoch)
+            if time.monotonic() - last_checkpoint >= self.cfg.checkpoint_minutes * 60:
+                self._checkpoint(trial.number, module, opt, stopper, best_state, epoch + 1)
+                last_checkpoint = time.monotonic()
+            if trial.should_prune():
+                raise optuna.TrialPruned(f"pruned at epoch {epoch}: val_{self.metric_name}={value:.4f}")
+            if stopper.should_stop:
+                break
+        module.load_state_dict(best_state)
+        self._checkpoint(trial.number, module, opt, stopper, best_state, self.cfg.max_epochs)
+        return stopper.best_value, module_bytes(module.cpu(), self.enc, params)
+
+    def _checkpoint(
+        self, number: int, module: Any, opt: Any, stopper: EarlyStopping, best: dict[str, Any], next_epoch: int
+    ) -> None:
+        import io
+
+        import torch
+
+        buf = io.BytesIO()
+        torch.save(
+            {
+                "module": module.state_dict(),
+                "opt": opt.state_dict(),
+                "best": best,
+                "stopper": (stopper.best, stopper.bad_epochs),
+                "next_epoch": next_epoch,
+            },
+            buf,
+        )
+        self.ctx.storage.write_bytes(self.checkpoint_key(number), buf.getvalue())
+
+    def _resume(self, trial: optuna.Trial, module: Any, opt: Any, stopper: EarlyStopping, best: dict[str, Any]) -> int:
+        import io
+
+        import torch
+
+        previous = trial.user_attrs.get("resume_from")
+        if previous is None or not self.ctx.storage.exists(self.checkpoint_key(int(previous))):
+            return 0
+        blob = torch.load(
+            io.BytesIO(self.ctx.storage.read_bytes(self.checkpoint_key(int(previous)))),
+            map_location=self.device,
+            weights_only=False,
+        )
+        module.load_state_dict(blob["module"])
+        opt.load_state_dict(blob["opt"])
+        best.update(blob["best"])
+        stopper.best, stopper.bad_epochs = blob["stopper"]
+        log.info("trial %s resumes trial %s from epoch %s", trial.number, previous, blob["next_epoch"])
+        trial.set_user_attr("resumed_at_epoch", int(blob["next_epoch"]))
+        return int(blob["next_epoch"])
+
+
+def recover_interrupted(study: optuna.Study) -> list[int]:
+    """Trials left RUNNING by a killed task: mark them failed and enqueue their parameters again
+    (resuming from their checkpoint). Returns their numbers."""
+    from optuna.trial import TrialState
+
+    recovered = []
+    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        study._storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
+        study.enqueue_trial(t.params, user_attrs={"resume_from": t.number}, skip_if_exists=False)
+        recovered.append(t.number)
+    return recovered
+
+
+# ----------------------------------------------------------------------------------------- step
+def run(ctx: StepContext) -> dict[str, Any]:
+    import mlflow  # heavy: mlflow
+
+    spec = ctx.spec
+    features = ctx.manifest("features")
+    train = read_parquet(ctx.storage, ctx.require("features", "train.parquet"))
+    val = read_parquet(ctx.storage, ctx.require("features", "validation.parquet"))
+    enc = fit_encoding(train, spec.model.numeric_features, spec.model.categorical_features)
+    device = select_device(spec.training.device)
+    trainer = Trainer(ctx, enc, train, val, device)
+    study = open_study(ctx, trainer.higher)
+    recovered = recover_interrupted(study)
+    finished_before = len(study.get_trials(states=_states(FINISHED)))
+    todo = remaining_budget(spec.training.n_trials, finished_before)
+
+    exp_id = setup_mlflow(ctx.settings, ctx.pipeline)
+    tags = {"mlcycle.pipeline": ctx.pipeline, "mlcycle.run_id": ctx.run_id, "mlcycle.step": STEP}
+    existing = find_run(exp_id, tags)
+    lineage = {
+        "mlcycle.data_hash": features["content_hash"],
+        "mlcycle.feature_service": spec.features.feature_service,
+        "mlcycle.code_version": code_version(ctx.settings),
+        "mlcycle.device": device,
+        "mlcycle.optuna_study": study.study_name,
+        **airflow_tags(),
+    }
+    with mlflow.start_run(
+        run_id=existing.info.run_id if existing else None,
+        run_name=None if existing else f"train {ctx.run_id}",
+        tags={**tags, **lineage},
+    ) as parent:
+        if todo != 0:
+            study.optimize(
+                _objective(trainer, spec, parent.info.run_id),
+                n_trials=todo,
+                timeout=spec.training.timeout_s,
+                gc_after_trial=True,
+            )
+        best = export_best(ctx, study, trainer)
+    manifest = {
+        "step": STEP,
+        "study": study.study_name,
+        "finished_before_this_attempt": finished_before,
+        "recovered_trials": recovered,
+        **best,
+        "metric": f"val_{trainer.metric_name}",
+        "device": device,
+        "mlflow_run_id": parent.info.run_id,
+        "mlflow_experiment_id": exp_id,
+        "content_hash": features["content_hash"],
+        "feature_service": spec.features.feature_service,
+        "encoding": enc.to_dict(),
+    }
+    write_json(ctx.storage, ctx.key("manifest.json"), manifest)
+    return {k: v for k, v in manifest.items() if k != "encoding"}
+
+
+def open_study(ctx: StepContext, higher_is_better: bool) -> optuna.Study:
+    """The run's study in the platform database: created, or loaded as a retry left it."""
+    import optuna  # heavy: optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    direction: Literal["maximize", "minimize"] = "maximize" if higher_is_better else "minimize"
+    return optuna.create_study(
+        study_name=study_name(ctx.pipeline, ctx.run_id),
+        storage=optuna.storages.RDBStorage(optuna_url(ctx.settings)),
+        direction=direction,
+        pruner=make_pruner(ctx.spec.training.pruner),
+        sampler=optuna.samplers.TPESampler(seed=ctx.spec.training.seed),
+        load_if_exists=True,
+    )
+
+
+def export_best(ctx: StepContext, study: optuna.Study, trainer: Trainer) -> dict[str, Any]:
+    """The best trial's model as the run's `model.pt` and `model.onnx`, logged to the active
+    (parent) MLflow run with the trial counts; the manifest's fields about it."""
+    import mlflow  # heavy: mlflow
+
+    if not study.get_trials(states=_states(("COMPLETE",))):
+        raise MlcycleError(f"{ctx.pipeline}/{ctx.run_id}: no trial completed (all pruned or failed)")
+    best = study.best_trial
+    model_blob = ctx.storage.read_bytes(ctx.key(f"trials/trial-{best.number}.pt"))
+    module, _, params = load_module(model_blob)
+    onnx_bytes = to_onnx(module, trainer.enc).SerializeToString()
+    model_uri = ctx.storage.write_bytes(ctx.key("model.pt"), model_blob)
+    onnx_uri = ctx.storage.write_bytes(ctx.key("model.onnx"), onnx_bytes)
+    counts = {s.lower(): len(study.get_trials(states=_states((s,)))) for s in ("COMPLETE", "PRUNED", "FAIL")}
+    mlflow.log_params({f"best.{k}": v for k, v in params.items()})
+    mlflow.log_metrics(
+        {
+            f"best_val_{trainer.metric_name}": float(best.value or 0.0),
+            **{f"trials_{k}": float(v) for k, v in counts.items()},
+        }
+    )
+    mlflow.set_tags(
+        {
+            "mlcycle.best_trial": str(best.number),
+            "mlcycle.best_trial_run_id": str(best.user_attrs.get("mlflow_run_id", "")),
+        }
+    )
+    mlflow.log_dict(trainer.enc.to_dict(), "encoding.json")
+    return {
+        "trials": counts,
+        "best_trial": best.number,
+        "best_value": best.value,
+        "best_params": params,
+        "model": model_uri,
+        "onnx": onnx_uri,
+    }
+
+
+def _states(names: tuple[str, ...]) -> tuple[Any, ...]:
+    from optuna.trial import TrialState
+
+    return tuple(TrialState[n] for n in names)
+
+
+def _objective(trainer: Trainer, spec: PipelineSpec, parent_run_id: str) -> Any:
+    import mlflow
+    import optuna
+
+    def objective(trial: optuna.Trial) -> float:
+        params = suggest(trial, spec.model.search_space)
+        with mlflow.start_run(
+            run_name=f"trial-{trial.number}",
+            nested=True,
+            parent_run_id=parent_run_id,
+            tags={"mlcycle.trial": str(trial.number)},
+        ) as child:
+            trial.set_user_attr("mlflow_run_id", child.info.run_id)
+            mlflow.log_params(params)
+            try:
+                value, blob = trainer.fit(trial, params, lambda m, step: mlflow.log_metrics(m, step=step))
+            except optuna.TrialPruned:
+                mlflow.set_tag("mlcycle.trial_state", "pruned")
+                raise
+            trainer.ctx.storage.write_bytes(trainer.ctx.key(f"trials/trial-{trial.number}.pt"), blob)
+            mlflow.set_tag("mlcycle.trial_state", "complete")
+            mlflow.log_metric(f"best_val_{trainer.metric_name}", value)
+        return value
+
+    return objective
