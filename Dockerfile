@@ -14,7 +14,8 @@
 
 FROM debian:bookworm-slim AS base
 ENV PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1 \
-    LANG=C.UTF-8 PATH=/opt/venv/bin:$PATH PYTHONPATH=/opt/mlcycle MLCYCLE_PROJECT_DIR=/opt/mlcycle
+    LANG=C.UTF-8 PATH=/opt/venv/bin:$PATH PYTHONPATH=/opt/mlcycle MLCYCLE_PROJECT_DIR=/opt/mlcycle \
+    HOME=/home/mlcycle
 RUN apt-get update \
  && apt-get install -y --no-install-recommends python3 ca-certificates libgomp1 \
  && rm -rf /var/lib/apt/lists/* \
@@ -54,23 +55,23 @@ COPY serving /opt/mlcycle/serving
 COPY include /opt/mlcycle/include
 COPY dags /opt/mlcycle/dags
 COPY plugins /opt/mlcycle/plugins
-RUN find /opt/mlcycle -name __pycache__ -prune -exec rm -rf {} + && chmod -R a+rX,go-w /opt/mlcycle
+# the commit the images were built from (MLflow's lineage tag `mlcycle.code_version`)
+ARG GIT_COMMIT=unknown
+RUN find /opt/mlcycle -name __pycache__ -prune -exec rm -rf {} + && echo "$GIT_COMMIT" > /opt/mlcycle/GIT_COMMIT \
+ && chmod -R a+rX,go-w /opt/mlcycle
 
 # ---------------------------------------------------------------------------- the images
 FROM base AS step
-ENV HOME=/home/mlcycle
 COPY --from=step-venv /opt/venv /opt/venv
 COPY --from=source /opt/mlcycle /opt/mlcycle
 # where a step writes its result (KubernetesPodOperator mounts its XCom volume here)
 RUN install -d -o 10001 -g 10001 /airflow /airflow/xcom
 WORKDIR /opt/mlcycle
 USER 10001:10001
-ARG GIT_COMMIT=unknown
-ENV MLCYCLE_GIT_COMMIT=${GIT_COMMIT}
 CMD ["mlcycle", "--help"]
 
 FROM base AS airflow
-ENV HOME=/home/mlcycle AIRFLOW_HOME=/opt/airflow \
+ENV AIRFLOW_HOME=/opt/airflow \
     AIRFLOW__CORE__DAGS_FOLDER=/opt/mlcycle/dags AIRFLOW__CORE__PLUGINS_FOLDER=/opt/mlcycle/plugins \
     AIRFLOW__CORE__LOAD_EXAMPLES=False
 COPY --from=airflow-venv /opt/venv /opt/venv
@@ -78,18 +79,14 @@ COPY --from=source /opt/mlcycle /opt/mlcycle
 RUN install -d -o 10001 -g 10001 /opt/airflow /opt/airflow/logs
 WORKDIR /opt/airflow
 USER 10001:10001
-ARG GIT_COMMIT=unknown
-ENV MLCYCLE_GIT_COMMIT=${GIT_COMMIT}
 CMD ["airflow", "version"]
 
 FROM base AS serving
-ENV HOME=/home/mlcycle RAY_USAGE_STATS_ENABLED=0
+ENV RAY_USAGE_STATS_ENABLED=0
 COPY --from=serving-venv /opt/venv /opt/venv
 COPY --from=source /opt/mlcycle /opt/mlcycle
 WORKDIR /opt/mlcycle
 USER 10001:10001
-ARG GIT_COMMIT=unknown
-ENV MLCYCLE_GIT_COMMIT=${GIT_COMMIT}
 CMD ["ray", "--version"]
 
 FROM base AS services

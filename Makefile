@@ -71,8 +71,10 @@ wheels: $(WHEELS)/constraints.txt
 $(WHEELS)/constraints.txt: $(STAMP) requirements.txt include/images/*.txt Makefile
 	mkdir -p $(WHEELS)
 	$(PY) -m pip freeze --exclude-editable | grep -v ' @ ' | sed 's/+cpu$$//' > $(WHEELS)/constraints.tmp
+	@# gpu: CUDA torch and onnxruntime-gpu from pip's configured index (PIP_INDEX_URL /
+	@# PIP_EXTRA_INDEX_URL name the one with CUDA wheels), never the CPU wheel on this disk
 	@if [ "$(VARIANT)" = gpu ]; then \
-	  PIP_FIND_LINKS= $(PY) -m pip wheel --quiet -w $(WHEELS) --index-url https://pypi.org/simple \
+	  PIP_FIND_LINKS= $(PY) -m pip wheel --quiet -w $(WHEELS) \
 	    -c $(WHEELS)/constraints.tmp torch==2.13.0 onnxruntime-gpu==1.32.0; fi
 	@# + what the images' Python (Debian's 3.11.2) needs beyond this venv's: redis asks for
 	@# async-timeout below 3.11.3

@@ -4,16 +4,18 @@ from __future__ import annotations
 
 import shutil
 import statistics
+import sys
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-import yaml
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the project root, for tests.specs
 
-from pipelines.core.settings import PROJECT_DIR, Settings
+from pipelines.core.settings import Settings
 from pipelines.io import db
+from tests import specs
 
 
 @contextmanager
@@ -34,11 +36,7 @@ def bench_state() -> Iterator[Settings]:
 def write_spec(settings: Settings, name: str, **sections: dict[str, Any]) -> None:
     """The bundled churn spec under another name, with sections updated key by key."""
     assert settings.pipelines_dir is not None
-    spec = yaml.safe_load((PROJECT_DIR / "include" / "pipelines" / "churn.yaml").read_text())
-    spec["name"] = name
-    for section, values in sections.items():
-        spec[section] = {**spec[section], **values} if isinstance(spec.get(section), dict) else values
-    (settings.pipelines_dir / f"{name}.yaml").write_text(yaml.safe_dump(spec))
+    specs.write_spec(settings.pipelines_dir, name, merge=True, **sections)
 
 
 def percentiles(samples_s: list[float]) -> tuple[float, float]:

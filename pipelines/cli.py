@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any
 from pipelines.core.errors import MlcycleError, StepSkipped
 from pipelines.core.pod import pod_manifest
 from pipelines.core.settings import PROJECT_DIR, load_settings
-from pipelines.core.spec import Source, json_schema, load_spec, spec_for
+from pipelines.core.spec import Source, json_schema, load_spec, load_specs, spec_for, spec_paths
 from pipelines.core.steps import step as step_info
 from pipelines.core.system import executable
 from pipelines.io import db
@@ -163,7 +163,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         return 0
     key = embedded.start(settings)
     print(f"Ray Serve on http://{settings.serve_host}:{settings.serve_port}")
-    for spec_name in sorted(p.stem for p in settings.specs_path.glob("*.yaml")):
+    for spec_name in (p.stem for p in spec_paths(settings.specs_path)):
         print(f"  {spec_name}: {endpoint(settings, spec_name)} (header x-api-key: {key[:4]}…)")
     return 0
 
@@ -171,7 +171,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 def _serve_config(settings: Settings, check: bool) -> int:
     # The local copy, and the chart's (the RayService's serveConfigV2): one text, two places.
     outs = [settings.project_dir / p for p in ("include/serve/serve.yaml", "helm/mlcycle/files/serve.yaml")]
-    text = render_serve_config([load_spec(p) for p in sorted(settings.specs_path.glob("*.yaml"))])
+    text = render_serve_config(load_specs(settings.specs_path))
     if check:
         stale = [str(o) for o in outs if not o.exists() or o.read_text() != text]
         if stale:

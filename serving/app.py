@@ -27,6 +27,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
+from pipelines.core.errors import field_path
 from pipelines.core.settings import load_settings
 from pipelines.core.spec import spec_for
 from pipelines.io.db import database_url
@@ -60,13 +61,7 @@ class PredictRequest(BaseModel):
 
 def validation_detail(err: ValidationError) -> list[dict[str, str]]:
     """Pydantic errors as `{"field": "instances[0].entity_id", "message": ...}`. Pure."""
-    out = []
-    for e in err.errors():
-        field = ""
-        for part in e["loc"]:
-            field += f"[{part}]" if isinstance(part, int) else (f".{part}" if field else str(part))
-        out.append({"field": field or "<body>", "message": e["msg"]})
-    return out
+    return [{"field": field_path(e["loc"], "<body>"), "message": e["msg"]} for e in err.errors()]
 
 
 @serve.deployment

@@ -7,7 +7,6 @@ import os
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 # Airflow reads its home at import: keep tests away from ~/airflow.
 os.environ.setdefault("AIRFLOW_HOME", tempfile.mkdtemp(prefix="mlcycle-airflow-home-"))
@@ -18,27 +17,13 @@ os.environ.setdefault("RAY_AUTH_MODE", "token")
 
 import pandas as pd
 import pytest
-import yaml
 
-from pipelines.core.settings import PROJECT_DIR, Settings, scoped_environ
+from pipelines.core.settings import Settings, scoped_environ
 from pipelines.ml.datagen import ChurnConfig, generate_churn
 from tests.services import S3Server, seaweedfs
+from tests.specs import CHURN_SPEC, churn_spec_dict, write_spec
 
-CHURN_SPEC = PROJECT_DIR / "include" / "pipelines" / "churn.yaml"
-
-
-def churn_spec_dict(**overrides: Any) -> dict[str, Any]:
-    """The bundled churn spec as a dict, with top-level keys replaced."""
-    data: dict[str, Any] = yaml.safe_load(CHURN_SPEC.read_text())
-    data.update(overrides)
-    return data
-
-
-def write_spec(directory: Path, name: str = "churn", **overrides: Any) -> Path:
-    directory.mkdir(parents=True, exist_ok=True)
-    path = directory / f"{name}.yaml"
-    path.write_text(yaml.safe_dump(churn_spec_dict(name=name, **overrides), sort_keys=False))
-    return path
+__all__ = ["CHURN_SPEC", "churn_spec_dict", "write_spec"]
 
 
 @pytest.fixture(scope="session")

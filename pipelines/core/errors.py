@@ -50,3 +50,11 @@ class StepSkipped(MlcycleError):
     skipped, and the rest of the run with it."""
 
     exit_code = 100
+
+
+def field_path(loc: tuple[int | str, ...], root: str = "<root>") -> str:
+    """A pydantic error location as a user writes the field: `instances[0].entity_id`. Pure."""
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out or root

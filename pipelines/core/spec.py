@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from pipelines.core.errors import SpecError
+from pipelines.core.errors import SpecError, field_path
 from pipelines.core.steps import STEP_NAMES
 
 if TYPE_CHECKING:
@@ -392,13 +392,6 @@ class PipelineSpec(Model):
 
 
 # --------------------------------------------------------------------------------------- loading
-def _loc(loc: tuple[int | str, ...]) -> str:
-    out = ""
-    for part in loc:
-        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
-    return out or "<root>"
-
-
 def format_validation_error(err: ValidationError, where: str) -> str:
     """One line per problem: `<file>: <dotted.path>: <message>`.
 
@@ -408,7 +401,7 @@ def format_validation_error(err: ValidationError, where: str) -> str:
     lines = []
     for e in err.errors():
         loc = tuple(p for p in e["loc"] if not (isinstance(p, str) and p in _UNION_TAGS))
-        lines.append(f"{where}: {_loc(loc)}: {e['msg']}")
+        lines.append(f"{where}: {field_path(loc)}: {e['msg']}")
     return "\n".join(lines)
 
 

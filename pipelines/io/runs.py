@@ -119,6 +119,8 @@ def render_run(pipeline: str, run_id: str | None, rows: list[StepRow]) -> str:
 
 def outputs_summary(step: str, out: dict[str, Any]) -> list[tuple[str, Any]]:
     """(label, value) lines of where a step's outputs are and what it decided. Pure."""
+    if list(out) == ["reason"]:  # a skipped step: why
+        return [("reason", out["reason"])]
     if step == "ingest":
         return [("snapshot", out.get("snapshot")), ("rows", out.get("rows")), ("content hash", out.get("content_hash"))]
     if step == "validate":

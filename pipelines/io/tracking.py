@@ -74,10 +74,14 @@ def setup_mlflow(settings: Settings, pipeline: str) -> str:
 
 
 def code_version(settings: Settings) -> str:
-    """The git commit of the code (MLCYCLE_GIT_COMMIT in images, else `git rev-parse HEAD`)."""
+    """The git commit of the code: MLCYCLE_GIT_COMMIT, else the `GIT_COMMIT` file an image's build
+    writes into the project directory, else `git rev-parse HEAD`."""
     env = os.environ.get("MLCYCLE_GIT_COMMIT")
     if env:
         return env
+    stamped = settings.project_dir / "GIT_COMMIT"
+    if stamped.is_file() and stamped.read_text().strip() not in ("", "unknown"):
+        return stamped.read_text().strip()
     try:
         out = subprocess.run(
             ["git", "rev-parse", "HEAD"],

@@ -107,3 +107,15 @@ def test_sqlalchemy_url() -> None:
     assert sqlalchemy_url("postgresql://u:p@h/d") == "postgresql+psycopg://u:p@h/d"
     assert sqlalchemy_url("postgres://u@h/d") == "postgresql+psycopg://u@h/d"
     assert sqlalchemy_url("postgresql+psycopg2://u@h/d") == "postgresql+psycopg://u@h/d"
+
+
+def test_code_version_reads_the_commit_an_image_build_stamped(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    from pipelines.io.tracking import code_version
+
+    monkeypatch.delenv("MLCYCLE_GIT_COMMIT", raising=False)
+    settings = Settings(project_dir=tmp_path)
+    assert code_version(settings) == "unknown"  # no git checkout, no stamp
+    (tmp_path / "GIT_COMMIT").write_text("abc123\n")
+    assert code_version(settings) == "abc123"
+    monkeypatch.setenv("MLCYCLE_GIT_COMMIT", "def456")
+    assert code_version(settings) == "def456"

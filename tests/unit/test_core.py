@@ -1,0 +1,77 @@
+"""pipelines.core: the table of steps and the OS helpers."""
+
+from __future__ import annotations
+
+import stat
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from pipelines.core.errors import InvalidArgument
+from pipelines.core.spec import STEP_NAMES as SPEC_STEP_NAMES
+from pipelines.core.steps import BY_NAME, LIFECYCLE, STEP_NAMES, STEPS, step
+from pipelines.core.system import executable, secret_file, stop_processes, write_private
+
+
+def test_the_table_of_steps_is_the_lifecycle_in_order() -> None:
+    assert STEP_NAMES == ("ingest", "validate", "features", "train", "evaluate", "promote", "canary", "drift")
+    assert STEP_NAMES[:-1] == LIFECYCLE  # drift has a DAG of its own
+    assert SPEC_STEP_NAMES is STEP_NAMES  # the spec validates against the same table
+    assert all(s.module == f"pipelines.steps.{s.name}" for s in STEPS)
+    assert {s.name for s in STEPS if s.report} == {"validate", "evaluate", "canary", "drift"}
+
+
+def test_every_step_module_has_a_run_function() -> None:
+    import importlib
+
+    for s in STEPS:
+        assert callable(importlib.import_module(s.module).run), s.name
+
+
+def test_an_unknown_step_is_a_clear_error() -> None:
+    assert step("train") is BY_NAME["train"]
+    with pytest.raises(InvalidArgument, match=r"unknown step 'trian'; steps are \['ingest'"):
+        step("trian")
+
+
+def test_secret_file_is_made_once_and_private(tmp_path: Path) -> None:
+    path = tmp_path / "sub" / "key"
+    made = []
+    assert secret_file(path, lambda: made.append(1) or "s3cret") == "s3cret"
+    assert secret_file(path, lambda: made.append(1) or "other") == "s3cret"
+    assert made == [1]
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+
+
+def test_write_private_replaces_the_file_mode_600(tmp_path: Path) -> None:
+    path = tmp_path / ".env"
+    path.write_text("old")
+    path.chmod(0o644)
+    write_private(path, "A=1\n")
+    assert path.read_text() == "A=1\n"
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert not (tmp_path / ".env.tmp").exists()
+
+
+def test_executable_prefers_this_environment() -> None:
+    assert Path(executable("mlcycle")).parent == Path(sys.executable).parent
+    with pytest.raises(FileNotFoundError, match="surely-not-a-command"):
+        executable("surely-not-a-command")
+
+
+def test_stop_processes_kills_what_ignores_sigterm() -> None:
+    stubborn = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); print(1, flush=True); time.sleep(60)",
+        ],
+        stdout=subprocess.PIPE,
+    )
+    assert stubborn.stdout is not None and stubborn.stdout.readline()  # the handler is set
+    polite = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    stop_processes([stubborn, polite], grace_s=0.5)
+    assert polite.returncode == -15
+    assert stubborn.returncode == -9
