@@ -13,7 +13,7 @@ WHEELS := .wheels/$(VARIANT)
 IMAGE_TAG ?= latest
 IMAGE_TARGETS := step airflow serving services
 
-.PHONY: setup demo drift-demo test test-unit lint bench clean-state stop wheels images stack-env stack-up stack-down test-stack
+.PHONY: setup tools demo drift-demo test test-unit lint bench clean-state stop wheels images stack-env stack-up stack-down test-stack
 setup: $(STAMP)
 
 $(STAMP): requirements.txt requirements-dev.txt pyproject.toml tools/k8s_binaries.py
@@ -39,7 +39,11 @@ demo: setup
 drift-demo: setup
 	$(VENV)/bin/mlcycle drift-demo
 
-test: setup
+# wrk (Debian's C load generator) drives the serving load tests and bench/serving.py
+tools:
+	@bash tools/wrk.sh >/dev/null
+
+test: setup tools
 	$(VENV)/bin/pytest --cov --cov-report=term
 
 test-unit: setup
@@ -50,7 +54,7 @@ lint: setup
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy pipelines operators feature_repo serving dags/lifecycle.py
 
-bench: setup
+bench: setup tools
 	$(PY) bench/features.py
 	$(PY) bench/training.py
 	$(PY) bench/serving.py

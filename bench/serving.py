@@ -1,83 +1,55 @@
-"""Serving throughput and latency: our Ray Serve endpoint against `mlflow models serve` and a bare
-FastAPI + ONNX Runtime server, all on the same registered ONNX model and the same machine.
+"""Serving throughput and latency, measured with `wrk` (C): our Ray Serve endpoint against
+`mlflow models serve` and a bare FastAPI + ONNX Runtime server, on the same registered ONNX model.
 
-    .venv/bin/python bench/serving.py [--requests 400] [--concurrency 1 8 32]
+    .venv/bin/python bench/serving.py [--seconds 8] [--levels 1 16 64] [--json FILE] [--variants]
 
-It trains a small churn model in a throw-away state directory (registered as v1 in MLflow), then
-for each server and each concurrency level sends `--requests` single-instance predictions from
-that many client threads (one HTTP connection each) and reports throughput, p50 and p99, and their
-ratios against the bare server (the baseline, measured in the same run). Every server is given
-the features in the request, so the comparison is of serving, not of feature lookups; our
-endpoint still logs every prediction to the platform database (off the hot path). Servers listen
-on 127.0.0.1 and are stopped afterwards. The clients run on the same cores as the servers.
+It trains a small churn model in a throw-away state directory (registered as v1 and, for the
+canary figure, the same model again as v2), then drives each server for `--seconds` at each
+connection level and reports req/s, p50, p99, p99.9 and non-2xx answers, with ratios against the
+bare server and against `mlflow models serve` measured in the same run. Scenarios:
+
+  request_features  every feature in the request (serving alone; every server gets the same rows)
+  online_features   entity id only, features from the online store (our endpoint only)
+
+`mlcycle` is the endpoint exactly as `make demo` runs it (the embedded head's environment:
+HAProxy ingress, throughput-optimized, one hop). `--variants` adds the levers switched off one
+at a time. Last, the load-during-canary figure: 64 connections while the weights walk 5 -> 25 ->
+50 -> 100 % and then roll back. Servers listen on 127.0.0.1 and are stopped afterwards.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
-import subprocess
 import sys
-import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-# This file is bench/serving.py: put the project first on the path so `serving` is the package.
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
 import httpx
-from common import bench_state, free_port, percentiles, train_champion
+from common import bench_state, free_port, train_champion
 
 from pipelines.core.settings import Settings, scoped_environ
-from pipelines.core.system import stop_processes
+from pipelines.core.spec import spec_for
+from pipelines.core.system import executable, stop_processes
+from pipelines.io.registry import model_name
+from pipelines.io.storage import open_storage, read_parquet
+from pipelines.io.tracking import mlflow_uri, setup_mlflow
+from serving.config import VersionConfig
+from serving.deploy import connect, deploy, endpoint, serve_env, serving_args
+from tests import loadgen
 
 PIPELINE = "bench_serving"
 KEY = "bench-key"
 BARE_SERVER = Path(__file__).with_name("bare_server.py")
+Rows = list[dict[str, Any]]
 
 
-def measure(
-    post: Callable[[httpx.Client, int], httpx.Response], base_url: str, concurrency: int, total: int
-) -> dict[str, float]:
-    """`total` requests from `concurrency` threads; throughput (req/s), p50 and p99 (ms), errors."""
-    latencies: list[float] = []
-    errors = [0]
-    lock = threading.Lock()
-    next_id = [0]
-
-    def worker() -> None:
-        with httpx.Client(base_url=base_url, timeout=60, headers={"x-api-key": KEY}) as client:
-            for _ in range(5):  # warm the connection
-                post(client, 1)
-            while True:
-                with lock:
-                    if next_id[0] >= total:
-                        return
-                    next_id[0] += 1
-                    n = next_id[0]
-                t = time.perf_counter()
-                r = post(client, n)
-                elapsed = time.perf_counter() - t
-                with lock:
-                    latencies.append(elapsed)
-                    errors[0] += r.status_code != 200
-
-    threads = [threading.Thread(target=worker) for _ in range(concurrency)]
-    started = time.perf_counter()
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(600)
-    wall = time.perf_counter() - started
-    p50, p99 = percentiles(latencies)
-    return {"rps": len(latencies) / wall, "p50": p50, "p99": p99, "errors": float(errors[0])}
-
-
-def wait_http(url: str, proc: subprocess.Popen[bytes] | None = None, timeout: float = 120) -> None:
+def wait_http(url: str, proc: Any = None, timeout: float = 120) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc is not None and proc.poll() is not None:
@@ -94,6 +66,8 @@ def wait_http(url: str, proc: subprocess.Popen[bytes] | None = None, timeout: fl
 
 @contextmanager
 def process(cmd: list[str], health: str, env: dict[str, str] | None = None) -> Iterator[None]:
+    import subprocess
+
     proc = subprocess.Popen(cmd, env={**os.environ, **(env or {})}, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
         wait_http(health, proc)
@@ -102,132 +76,192 @@ def process(cmd: list[str], health: str, env: dict[str, str] | None = None) -> I
         stop_processes([proc])
 
 
+def sample_rows(settings: Settings, n: int = 500) -> tuple[list[Any], Rows]:
+    """Entity ids and feature rows of the test set (the entities are in the online store)."""
+    spec = spec_for(settings, PIPELINE)
+    test = read_parquet(open_storage(settings), f"{PIPELINE}/bench/features/test.parquet").head(n)
+    cols = spec.model.numeric_features + spec.model.categorical_features
+    rows = [
+        {c: (v.item() if hasattr(v, "item") else v) for c, v in zip(cols, row, strict=True)}
+        for row in test[cols].itertuples(index=False)
+    ]
+    return [v.item() if hasattr(v, "item") else v for v in test[spec.entity.join_key]], rows
+
+
+def ours_bodies(ids: list[Any], rows: Rows | None) -> list[str]:
+    if rows is None:
+        return [json.dumps({"instances": [{"entity_id": i}]}) for i in ids]
+    return [json.dumps({"instances": [{"entity_id": i, "features": r}]}) for i, r in zip(ids, rows, strict=True)]
+
+
+def mlflow_bodies(rows: Rows) -> list[str]:
+    # MLflow's ONNX flavour feeds a DataFrame column as a 1-d array; our graph takes one [n, 1]
+    # tensor per raw column, so the request names the tensors ("inputs").
+    return [json.dumps({"inputs": {c: [[v if isinstance(v, str) else float(v)]] for c, v in r.items()}}) for r in rows]
+
+
+Measure = Callable[[str, str, list[str]], list[dict[str, Any]]]
+
+
+def measurer(levels: list[int], seconds: float) -> Measure:
+    def measure(server: str, url: str, bodies: list[str], scenario: str = "request_features") -> list[dict[str, Any]]:
+        loadgen.run(url, bodies, {"x-api-key": KEY}, 1, 2)  # warm up
+        out = []
+        for c in levels:
+            r = loadgen.run(url, bodies, {"x-api-key": KEY}, c, seconds)
+            out.append({"scenario": scenario, "server": server, **r.as_dict()})
+            print(
+                f"  {scenario:16} {server:34} c={c:<3} {r.rps:8.1f} req/s  p50 {r.p50_ms:7.2f}  p99 {r.p99_ms:8.2f}"
+                f"  p99.9 {r.p999_ms:8.2f} ms  non-2xx {r.non_2xx}",
+                flush=True,
+            )
+        return out
+
+    return measure  # type: ignore[return-value]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--requests", type=int, default=400)
-    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32])
+    parser.add_argument("--seconds", type=float, default=8.0)
+    parser.add_argument("--levels", type=int, nargs="+", default=[1, 16, 64])
+    parser.add_argument("--json", type=Path, help="write the measurements here, a JSON list")
+    parser.add_argument("--variants", action="store_true", help="also our endpoint with each lever off")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
+    loadgen.wrk_binary()
     with bench_state() as settings:
         took = train_champion(settings, PIPELINE)
         print(f"setup (lifecycle to a registered ONNX model): {took:.0f}s")
         with scoped_environ({**settings.pod_env(), "MLCYCLE_SERVING_API_KEYS": KEY}):
-            run_all(settings, args.requests, args.concurrency)
+            results = run_all(settings, measurer(args.levels, args.seconds), args.variants)
+    report(results, args.levels)
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=1))
+        print(f"wrote {args.json}")
 
 
-def sample_rows(settings: Settings, n: int = 500) -> list[dict[str, Any]]:
-    from pipelines.core.spec import spec_for
-    from pipelines.io.storage import open_storage, read_parquet
-
-    spec = spec_for(settings, PIPELINE)
-    test = read_parquet(open_storage(settings), f"{PIPELINE}/bench/features/test.parquet").head(n)
-    cols = spec.model.numeric_features + spec.model.categorical_features
-    return [
-        {c: (v.item() if hasattr(v, "item") else v) for c, v in zip(cols, row, strict=True)}
-        for row in test[cols].itertuples(index=False)
-    ]
-
-
-def run_all(settings: Settings, total: int, levels: list[int]) -> None:
+def run_all(settings: Settings, measure: Any, variants: bool) -> list[dict[str, Any]]:
+    import mlflow
     import mlflow.onnx
 
-    from pipelines.io.registry import model_name
-    from pipelines.io.tracking import mlflow_uri, setup_mlflow
-
-    rows = sample_rows(settings)
+    ids, rows = sample_rows(settings)
     setup_mlflow(settings, PIPELINE)
     model_path = settings.state_path / "model.onnx"
     model_path.write_bytes(mlflow.onnx.load_model(f"models:/{model_name(PIPELINE)}/1").SerializeToString())
+    v1 = mlflow.MlflowClient().get_model_version(model_name(PIPELINE), "1")
+    mlflow.MlflowClient().create_model_version(model_name(PIPELINE), v1.source, run_id=v1.run_id)  # v2, for the canary
 
-    def ours(client: httpx.Client, n: int) -> httpx.Response:
-        row = rows[n % len(rows)]
-        return client.post("/predict", json={"instances": [{"entity_id": n, "features": row}]})
-
-    def mlflow_post(client: httpx.Client, n: int) -> httpx.Response:
-        # MLflow's ONNX flavour feeds a DataFrame column as a 1-d array; our graph takes one
-        # [n, 1] tensor per raw column, so the request names the tensors ("inputs").
-        row = rows[n % len(rows)]
-        tensors = {c: [[v if isinstance(v, str) else float(v)]] for c, v in row.items()}
-        return client.post("/invocations", json={"inputs": tensors})
-
-    results: dict[str, dict[int, dict[str, float]]] = {}
+    results: list[dict[str, Any]] = []
     port = free_port()
     with process([sys.executable, str(BARE_SERVER), str(model_path), str(port)], f"http://127.0.0.1:{port}/healthz"):
-        results["bare FastAPI + ORT (baseline)"] = {
-            c: measure(ours, f"http://127.0.0.1:{port}", c, total) for c in levels
-        }
+        results += measure("bare", f"http://127.0.0.1:{port}/predict", ours_bodies(ids, rows))
 
     port = free_port()
-    mlflow_cmd = [
-        str(Path(sys.executable).parent / "mlflow"),
-        "models",
-        "serve",
-        "-m",
-        f"models:/{model_name(PIPELINE)}/1",
-        "--env-manager",
-        "local",
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-    ]
+    mlflow_cmd = [executable("mlflow"), "models", "serve", "-m", f"models:/{model_name(PIPELINE)}/1"]
+    mlflow_cmd += ["--env-manager", "local", "--host", "127.0.0.1", "--port", str(port)]
     # mlflow execs `uvicorn` by name: the venv's bin must be on PATH.
     bin_dir = str(Path(sys.executable).parent)
     env = {"MLFLOW_TRACKING_URI": mlflow_uri(settings), "PATH": f"{bin_dir}:{os.environ.get('PATH', '')}"}
     with process(mlflow_cmd, f"http://127.0.0.1:{port}/ping", env):
-        results["mlflow models serve"] = {c: measure(mlflow_post, f"http://127.0.0.1:{port}", c, total) for c in levels}
+        results += measure("mlflow", f"http://127.0.0.1:{port}/invocations", mlflow_bodies(rows))
 
-    results.update(ray_serve(settings, ours, total, levels))
-    report(results, levels, total)
+    configs: list[tuple[str, dict[str, str], dict[str, Any]]] = [("mlcycle", {}, {})]
+    if variants:
+        configs += [
+            ("mlcycle, Python proxy (no HAProxy)", {"RAY_SERVE_ENABLE_HA_PROXY": "0"}, {}),
+            ("mlcycle, a deployment per version", {}, {"version_deployments": True}),
+            ("mlcycle, batches of 1", {}, {"max_batch_size": 1}),
+        ]
+    for name, env_over, args_over in configs:
+        with ray_serve(settings, env_over) as url:
+            spec = spec_for(settings, PIPELINE)
+            one = [VersionConfig(version=1, weight=100)]
+            deploy(serving_args(spec, one, model_name(PIPELINE), **args_over))
+            wait_http(url + "/readyz")
+            results += measure(name, url + "/predict", ours_bodies(ids, rows))
+            if name == "mlcycle":
+                results += measure(name, url + "/predict", ours_bodies(ids, None), "online_features")
+                results.append(canary_under_load(settings, url, ours_bodies(ids, rows)))
+    return results
 
 
-def ray_serve(
-    settings: Settings, post: Callable[[httpx.Client, int], httpx.Response], total: int, levels: list[int]
-) -> dict[str, dict[int, dict[str, float]]]:
+@contextmanager
+def ray_serve(settings: Settings, env_over: dict[str, str]) -> Iterator[str]:
+    """A Ray of the bench's own, started as `mlcycle serve start` starts the embedded head."""
     import ray
     from ray import serve
 
-    from pipelines.core.spec import spec_for
-    from pipelines.io.registry import model_name
-    from serving.config import VersionConfig
-    from serving.deploy import connect, deploy, endpoint, serving_args
+    settings = settings.model_copy(
+        update={
+            "serve_port": free_port(),
+            "haproxy_stats_port": free_port(),
+            "haproxy_metrics_port": free_port(),
+            "serve_fallback_port": free_port(),
+        }
+    )
+    env = {**serve_env(settings, executable("mlcycle-haproxy"), str(settings.state_path)), **env_over}
+    with scoped_environ(env):
+        ray.init(address="local", num_cpus=4, include_dashboard=False, log_to_driver=False, namespace="mlcycle")
+        try:
+            connect(settings)
+            yield endpoint(settings, PIPELINE)
+        finally:
+            serve.shutdown()
+            ray.shutdown()
 
-    out = {}
-    settings = settings.model_copy(update={"serve_port": free_port()})
-    # As `mlcycle serve start` runs Serve. (RAY_SERVE_ENABLE_HA_PROXY would be faster still, but it
-    # binds every interface, and servers here listen on 127.0.0.1 only.)
-    os.environ["RAY_SERVE_THROUGHPUT_OPTIMIZED"] = "1"
-    ray.init(address="local", num_cpus=4, include_dashboard=False, log_to_driver=False, namespace="mlcycle")
-    try:
-        connect(settings)
-        spec = spec_for(settings, PIPELINE)
-        for label, batch in (("Ray Serve, batching on", spec.serving.max_batch_size), ("Ray Serve, batching off", 1)):
-            args = serving_args(
-                spec, [VersionConfig(version=1, weight=100)], model_name(PIPELINE), online_features=False
-            ).model_copy(update={"max_batch_size": batch})
-            deploy(args)
-            wait_http(endpoint(settings, PIPELINE) + "/readyz")
-            out[f"{label} (max batch {batch})"] = {
-                c: measure(post, endpoint(settings, PIPELINE), c, total) for c in levels
-            }
-    finally:
-        serve.shutdown()
-        ray.shutdown()
+
+def canary_under_load(settings: Settings, url: str, bodies: list[str], connections: int = 64) -> dict[str, Any]:
+    """64 connections while the weights walk 5 -> 25 -> 50 -> 100 % and back (a rollback)."""
+    spec = spec_for(settings, PIPELINE)
+    plan = [(95, 5), (75, 25), (50, 50), (0, 100), (100, 0)]
+    seconds = 3.0 * len(plan) + 6
+    proc, work = loadgen.start(url + "/predict", bodies, {"x-api-key": KEY}, connections, seconds)
+    time.sleep(3)
+    for w1, w2 in plan:
+        versions = [VersionConfig(version=1, weight=w1), VersionConfig(version=2, weight=w2)]
+        deploy(serving_args(spec, versions, model_name(PIPELINE), canary={"state": "canary", "percent": w2}))
+        time.sleep(3)
+    r = loadgen.finish(proc, work, connections, seconds)
+    out = {"scenario": "canary_walk", "server": "mlcycle", **r.as_dict()}
+    print(
+        f"  canary walk 5->25->50->100% and rollback under {connections} connections: {r.requests} requests,"
+        f" non-2xx {r.non_2xx}, socket errors {r.socket_errors}, p99 {r.p99_ms:.1f} ms, max {r.max_ms:.1f} ms"
+    )
     return out
 
 
-def report(results: dict[str, dict[int, dict[str, float]]], levels: list[int], total: int) -> None:
-    base = results["bare FastAPI + ORT (baseline)"]
-    print(f"\n{total} single-instance predictions per level; ratios against the bare server in this run")
-    head = f"{'server':44} {'conc':>4} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8} {'err':>4}"
-    print(f"{head}   {'req/s x':>7} {'p50 x':>6} {'p99 x':>6}")
-    for name, by_level in results.items():
-        for c in levels:
-            r, b = by_level[c], base[c]
-            print(
-                f"{name:44} {c:>4} {r['rps']:8.1f} {r['p50']:8.2f} {r['p99']:8.2f} {int(r['errors']):>4}   "
-                f"{r['rps'] / b['rps']:7.2f} {r['p50'] / b['p50']:6.2f} {r['p99'] / b['p99']:6.2f}"
-            )
+def report(results: list[dict[str, Any]], levels: list[int]) -> None:
+    def find(server: str, scenario: str, c: int) -> dict[str, Any] | None:
+        return next(
+            (r for r in results if (r["server"], r["scenario"], r["connections"]) == (server, scenario, c)), None
+        )
+
+    print("\nreq/s and latency per level; x bare and x mlflow are ratios against those servers in this run")
+    print(
+        f"{'scenario':16} {'server':36} {'conn':>4} {'req/s':>8} {'p50':>7} {'p99':>8} {'p99.9':>8} {'non2xx':>6}"
+        f" {'x bare':>7} {'x mlflow':>8} {'p99 x mlflow':>12}"
+    )
+    for r in results:
+        if r["scenario"] == "canary_walk":
+            continue
+        bare, mlf = (
+            find("bare", "request_features", r["connections"]),
+            find("mlflow", "request_features", r["connections"]),
+        )
+        xb = f"{r['rps'] / bare['rps']:7.2f}" if bare else "      -"
+        xm = f"{r['rps'] / mlf['rps']:8.2f}" if mlf else "       -"
+        pm = f"{r['p99_ms'] / mlf['p99_ms']:12.2f}" if mlf else "           -"
+        print(
+            f"{r['scenario']:16} {r['server']:36} {r['connections']:>4} {r['rps']:8.1f} {r['p50_ms']:7.2f}"
+            f" {r['p99_ms']:8.2f} {r['p999_ms']:8.2f} {r['non_2xx']:>6} {xb} {xm} {pm}"
+        )
+    a, b = find("mlcycle", "request_features", levels[0]), find("mlcycle", "online_features", levels[0])
+    if a and b:
+        print(f"\nonline features add {b['p50_ms'] - a['p50_ms']:+.2f} ms at p50 with {levels[0]} connection(s)")
+    if len(levels) > 1:
+        hi, lo = find("mlcycle", "request_features", levels[-1]), find("mlcycle", "request_features", levels[-2])
+        if hi and lo:
+            print(f"p99 at {levels[-1]} connections / p99 at {levels[-2]}: {hi['p99_ms'] / lo['p99_ms']:.2f}")
 
 
 if __name__ == "__main__":

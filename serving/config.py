@@ -31,7 +31,7 @@ class ServingArgs(BaseModel):
     max_payload_bytes: int = Field(default=1_048_576, ge=1024)
     max_instances: int = Field(default=1000, ge=1)
     max_batch_size: int = Field(default=32, ge=1)
-    batch_wait_timeout_s: float = Field(default=0.005, ge=0.0)
+    version_deployments: bool = False
     online_features: bool = True
     log_requests: bool = True
     replica_cpus: float = Field(default=0.25, gt=0.0)

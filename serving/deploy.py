@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
+import tempfile
 import time
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pipelines.core.errors import SettingsError
@@ -35,13 +38,48 @@ def serving_args(
         versions=versions,
         max_payload_bytes=spec.serving.max_payload_bytes,
         max_batch_size=spec.serving.max_batch_size,
-        batch_wait_timeout_s=spec.serving.batch_wait_timeout_s,
+        version_deployments=spec.serving.version_deployments,
         replicas=spec.serving.replicas,
         request_timeout_s=spec.serving.request_timeout_s,
         request_deadline_s=spec.serving.request_deadline_s,
         canary=canary or {},
         **overrides,
     )
+
+
+def haproxy_dir(instance: str) -> Path:
+    """A short directory for one Ray instance's HAProxy files: Serve adds the 56-character node id
+    and HAProxy allows admin socket paths of 97 characters at most. Pure."""
+    digest = hashlib.sha256(instance.encode()).hexdigest()[:10]
+    return Path(tempfile.gettempdir()) / f"mlcycle-hap-{digest}"
+
+
+def serve_env(settings: Settings, haproxy: str, instance: str | None = None) -> dict[str, str]:
+    """The environment of a Ray node that serves (the head of `mlcycle serve start`, the Compose
+    stack's, a RayService's): HAProxy as Serve's ingress with one thread (`haproxy` is the path of
+    `mlcycle-haproxy`, which keeps every listener on Serve's host), user code on the replica's
+    event loop (throughput-optimized); with `instance` (e.g. the state directory), HAProxy's files
+    in a directory of that instance's own, so two Ray instances on one host do not share them. Pure."""
+    env = {
+        "RAY_SERVE_ENABLE_HA_PROXY": "1",
+        "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1",
+        "RAY_SERVE_HAPROXY_NBTHREAD": "1",
+        "RAY_SERVE_HAPROXY_BINARY_PATH": haproxy,
+        "RAY_SERVE_HAPROXY_STATS_PORT": str(settings.haproxy_stats_port),
+        "RAY_SERVE_HAPROXY_METRICS_PORT": str(settings.haproxy_metrics_port),
+        "RAY_SERVE_FALLBACK_PROXY_HTTP_PORT": str(settings.serve_fallback_port),
+    }
+    if instance is not None:
+        state = haproxy_dir(instance)
+        env.update(
+            {
+                "RAY_SERVE_HAPROXY_CONFIG_FILE_LOC": str(state / "haproxy.cfg"),
+                "RAY_SERVE_HAPROXY_SOCKET_PATH": str(state / "admin.sock"),
+                "RAY_SERVE_HAPROXY_SERVER_STATE_BASE": str(state),
+                "RAY_SERVE_HAPROXY_SERVER_STATE_FILE": str(state / "server-state"),
+            }
+        )
+    return env
 
 
 IMPORT_PATH = "serving.app:build_app"

@@ -14,7 +14,7 @@ import subprocess
 from pipelines.core.errors import SettingsError
 from pipelines.core.settings import Settings
 from pipelines.core.system import executable, secret_file
-from serving.deploy import connect
+from serving.deploy import connect, serve_env
 
 RAY_PORT = 6380
 
@@ -50,7 +50,7 @@ def start(settings: Settings) -> str:
             **os.environ,
             "MLCYCLE_SERVING_API_KEYS": os.environ.get("MLCYCLE_SERVING_API_KEYS") or key,
             "MLCYCLE_STATE_DIR": str(settings.state_path),
-            "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1",
+            **serve_env(settings, executable("mlcycle-haproxy"), str(settings.state_path)),
             "RAY_AUTH_MODE": "token",
         }
         if settings.pipelines_dir:

@@ -113,3 +113,22 @@ def docker_engine_running() -> bool:
     return (
         shutil.which("docker") is not None and subprocess.run(["docker", "info"], capture_output=True).returncode == 0
     )
+
+
+def ray_listeners(gcs_port: int) -> list[tuple[str, str, int]]:
+    """(process, address, port) of every listening TCP socket of the Ray instance whose GCS is on
+    `gcs_port`: its gcs_server and raylets (found by the port on their command line) and all their
+    descendants (workers, Serve's proxy and its HAProxy, the dashboard agent)."""
+    import psutil
+
+    roots = [
+        p
+        for p in psutil.process_iter(["name", "cmdline"])
+        if any(f":{gcs_port}" in part or part == f"--gcs_server_port={gcs_port}" for part in (p.info["cmdline"] or []))
+    ]
+    procs = {p.pid: p for root in roots for p in [root, *root.children(recursive=True)]}
+    out = []
+    for conn in psutil.net_connections(kind="tcp"):
+        if conn.status == psutil.CONN_LISTEN and conn.pid in procs:
+            out.append((procs[conn.pid].name(), conn.laddr.ip, conn.laddr.port))
+    return sorted(set(out))

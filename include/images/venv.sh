@@ -9,7 +9,11 @@ if [ "$VARIANT" = gpu ] && pip show onnxruntime >/dev/null 2>&1; then
   pip uninstall -y --quiet onnxruntime
   pip install --quiet --no-index --find-links /wheels onnxruntime-gpu
 fi
-# the project's code lives once, in /opt/mlcycle (PYTHONPATH); no copy in site-packages
-printf '%s\n' '#!/opt/venv/bin/python' 'import sys' 'from pipelines.cli import main' 'sys.exit(main())' \
-  > /opt/venv/bin/mlcycle
-chmod 755 /opt/venv/bin/mlcycle
+# the project's code lives once, in /opt/mlcycle (PYTHONPATH); no copy in site-packages. Its console
+# scripts (pyproject.toml): `mlcycle`, and `mlcycle-haproxy` (Serve's HAProxy, see serving/haproxy.py)
+script() {
+  printf '%s\n' '#!/opt/venv/bin/python' 'import sys' "from $2 import main" 'sys.exit(main())' > "/opt/venv/bin/$1"
+  chmod 755 "/opt/venv/bin/$1"
+}
+script mlcycle pipelines.cli
+script mlcycle-haproxy serving.haproxy

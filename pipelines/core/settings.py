@@ -47,6 +47,10 @@ class Settings(BaseSettings):
     ray_address: str | None = None
     serve_host: str = "127.0.0.1"
     serve_port: int = 8000
+    # Serve's HAProxy: its stats page and Prometheus exporter (on serve_host, see serving/haproxy.py)
+    haproxy_stats_port: int = 8404
+    haproxy_metrics_port: int = 9101
+    serve_fallback_port: int = 8500  # Serve's Python proxy, behind HAProxy as its backup
     # Where users open the MLflow UI (the operator's extra links point there).
     mlflow_ui_url: str = "http://127.0.0.1:5000"
     # Kubernetes: what the rendered pods look like.

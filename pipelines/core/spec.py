@@ -325,16 +325,32 @@ class Canary(Model):
 
 
 class Serving(Model):
-    """Ray Serve settings of the model deployments."""
+    """Ray Serve settings of the pipeline's application."""
 
-    max_batch_size: int = Field(default=32, ge=1)
-    batch_wait_timeout_s: float = Field(default=0.005, ge=0.0)
+    max_batch_size: int = Field(
+        default=32, ge=1, description="a batch takes what queued while the previous one ran, up to this many"
+    )
+    version_deployments: bool = Field(
+        default=False,
+        description="each version in a Serve deployment of its own (its own resources, e.g. a GPU replica); "
+        "default: the versions are scored in the ingress's process (one hop)",
+    )
     max_payload_bytes: int = Field(default=1_048_576, ge=1024)
     replicas: int = Field(default=1, ge=1)
     request_timeout_s: float = Field(
         default=2.0, gt=0.0, description="a version that has not answered by then races the fallback version"
     )
     request_deadline_s: float = Field(default=30.0, gt=0.0, description="when the ingress gives up (503)")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _removed(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "batch_wait_timeout_s" in data:
+            raise ValueError(
+                "batch_wait_timeout_s was removed: a batch takes what queued while the previous one ran, "
+                "so a lone request never waits; delete the key"
+            )
+        return data
 
 
 class Drift(Model):

@@ -114,6 +114,15 @@ def champion_version(settings: Settings, pipeline: str) -> int:
     return int(champion.version)
 
 
+def load_onnx_model(settings: Settings, pipeline: str, model: str, version: int) -> bytes:
+    """The serialized ONNX model of a registered version of a pipeline's model."""
+    import mlflow.onnx  # heavy: mlflow
+
+    setup_mlflow(settings, pipeline)
+    loaded = mlflow.onnx.load_model(f"models:/{model}/{version}")
+    return bytes(loaded.SerializeToString())
+
+
 def audit(settings: Settings, pipeline: str) -> list[dict[str, Any]]:
     with connect(settings) as conn:
         cur = conn.execute(

@@ -17,12 +17,24 @@ def ray_head(platform: Settings) -> Iterator[dict[str, str]]:
     """A local Ray head with Serve on 127.0.0.1, as `mlcycle serve start` makes one."""
     from serving import embedded
 
-    gcs, http = free_port_pairs(2)
-    settings = platform.model_copy(update={"ray_address": f"127.0.0.1:{gcs}", "serve_port": http})
+    gcs, http, stats, metrics, fallback = free_port_pairs(5)
+    settings = platform.model_copy(
+        update={
+            "ray_address": f"127.0.0.1:{gcs}",
+            "serve_port": http,
+            "haproxy_stats_port": stats,
+            "haproxy_metrics_port": metrics,
+            "serve_fallback_port": fallback,
+        }
+    )
     env = {
         "RAY_AUTH_MODE": "token",
         "MLCYCLE_RAY_ADDRESS": f"127.0.0.1:{gcs}",
         "MLCYCLE_SERVE_PORT": str(http),
+        "MLCYCLE_HAPROXY_STATS_PORT": str(stats),
+        "MLCYCLE_HAPROXY_METRICS_PORT": str(metrics),
+        "MLCYCLE_SERVE_FALLBACK_PORT": str(fallback),
+        "MLCYCLE_TEST_GCS_PORT": str(gcs),
         "MLCYCLE_SERVING_API_KEYS": KEY,
     }
     with scoped_environ(env):

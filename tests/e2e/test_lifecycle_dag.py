@@ -15,10 +15,11 @@ from pipelines.core.settings import Settings
 from pipelines.io import db
 from pipelines.io.registry import audit
 from pipelines.io.storage import open_storage, read_parquet
-from pipelines.local.demo import airflow_env
+from pipelines.local.local_airflow import airflow_env
 from tests.conftest import churn_spec_dict
 from tests.e2e.conftest import KEY
 from tests.integration.helpers import small_spec
+from tests.services import ray_listeners
 
 pytestmark = pytest.mark.e2e
 
@@ -59,6 +60,26 @@ def _latest_run(settings: Settings) -> tuple[str, dict[str, tuple[str, int]]]:
     return row[0], {s: (status, attempt) for s, status, attempt in steps}
 
 
+SERVE_PROCESSES = ("haproxy", "ray::ProxyActor", "ray::HAProxyManager", "ray::ServeController", "ray::ServeReplica")
+LOOPBACK = ("127.0.0.1", "::ffff:127.0.0.1", "::1")
+
+
+def _assert_serve_listens_on_loopback(gcs_port: int) -> None:
+    """Every socket that Serve opens on the embedded head is on 127.0.0.1, but one per Ray worker
+    process: Ray's core-worker gRPC port, which Ray binds on every interface and guards with its
+    token (README: "What listens where"). Before serving/binds.py, the ingress replica had a second
+    one, Serve's inter-deployment gRPC server, open to every interface without authentication."""
+    listeners = ray_listeners(gcs_port)
+    serve = [(name, ip, port) for name, ip, port in listeners if name.startswith(SERVE_PROCESSES)]
+    assert {name for name, _, _ in serve} >= {"haproxy", "ray::ServeReplica:churn:ingress"}, listeners
+    assert all(ip in LOOPBACK for name, ip, _ in serve if name == "haproxy"), serve
+    wide: dict[str, int] = {}
+    for name, ip, _ in serve:
+        if ip not in LOOPBACK:
+            wide[name] = wide.get(name, 0) + 1
+    assert all(n == 1 for n in wide.values()), serve
+
+
 FAST = {"n_trials": 3, "max_epochs": 4, "early_stopping_patience": 2, "pruner": "median", "batch_size": 128}
 EVAL = {"min_primary": 0.6, "bootstrap_samples": 200, "max_latency_ms_per_row": 50.0}
 
@@ -81,6 +102,7 @@ def test_lifecycle_dag_runs_to_a_served_champion_then_rejects_a_worse_model(
     served = httpx.post(url, json=body, headers={"x-api-key": KEY}, timeout=30)
     assert served.status_code == 200, served.text
     assert served.json()["predictions"][0]["version"] == 1
+    _assert_serve_listens_on_loopback(int(ray_head["MLCYCLE_TEST_GCS_PORT"]))
     storage = open_storage(workspace)
     train = read_parquet(storage, f"churn/{run_id}/features/train.parquet")
     assert len(train) > 500 and "usage_hours_30d" in train.columns

@@ -16,10 +16,12 @@ import pytest
 
 from pipelines.core.settings import Settings, scoped_environ
 from pipelines.core.spec import spec_for
+from pipelines.core.system import executable
 from pipelines.io import db
 from pipelines.io.registry import model_name
 from serving.config import VersionConfig
-from serving.deploy import connect, deploy, endpoint, serving_args
+from serving.deploy import connect, deploy, endpoint, serve_env, serving_args
+from tests import loadgen
 from tests.integration.helpers import SHORT_CANARY, run_through, small_spec
 from tests.services import free_port_pairs
 
@@ -41,11 +43,15 @@ def served(platform: Settings, tmp_path_factory: pytest.TempPathFactory) -> Iter
 
     tmp = tmp_path_factory.mktemp("serving")
     (tmp / "pipelines").mkdir()
+    serve_port, stats_port, metrics_port, fallback_port = free_port_pairs(4)
     settings = platform.model_copy(
         update={
             "pipelines_dir": tmp / "pipelines",
             "artifact_root": str(tmp / "artifacts"),
-            "serve_port": free_port_pairs(1)[0],
+            "serve_port": serve_port,
+            "haproxy_stats_port": stats_port,
+            "haproxy_metrics_port": metrics_port,
+            "serve_fallback_port": fallback_port,
         }
     )
     small_spec(
@@ -61,6 +67,8 @@ def served(platform: Settings, tmp_path_factory: pytest.TempPathFactory) -> Iter
         "MLCYCLE_PIPELINES_DIR": str(settings.pipelines_dir),
         "MLCYCLE_ARTIFACT_ROOT": str(settings.artifact_root),
         "MLCYCLE_SERVING_API_KEYS": f"{KEY},another-key",
+        # Serve as `mlcycle serve start` runs it: HAProxy, throughput-optimized, one hop
+        **serve_env(settings, executable("mlcycle-haproxy"), str(tmp)),
     }
     with scoped_environ(env):
         # A cluster of the test's own, even where `mlcycle serve start` runs one already.
@@ -223,36 +231,26 @@ def test_shadow_answers_are_logged_not_returned(served: Settings) -> None:
     assert all(row[4] is not None for row in shadow_rows)
 
 
-def test_no_failed_request_while_weights_change(served: Settings) -> None:
-    # Both versions stay deployed; only the weights move (what the canary step does).
-    _deploy(served, {1: 100, 2: 0})
-    failures: list[str] = []
-    done = threading.Event()
-    count = [0]
-
-    def load() -> None:
-        with _client(served) as c:
-            deadline = time.monotonic() + 60
-            while not done.is_set() and time.monotonic() < deadline and count[0] < 2000:
-                try:
-                    r = _predict(c, [count[0] % 500 + 1])
-                    if r.status_code != 200:
-                        failures.append(f"{r.status_code} {r.text[:200]}")
-                except httpx.HTTPError as err:
-                    failures.append(repr(err))
-                count[0] += 1
-
-    t = threading.Thread(target=load)
-    t.start()
-    try:
-        for weights in ({1: 95, 2: 5}, {1: 75, 2: 25}, {1: 50, 2: 50}, {1: 0, 2: 100}, {1: 100, 2: 0}):
-            _deploy(served, weights)
-            time.sleep(0.5)
-    finally:
-        done.set()
-        t.join(90)
-    assert count[0] > 20
-    assert failures == []
+def test_no_request_lost_while_a_canary_walks_and_rolls_back_under_64_connections(served: Settings) -> None:
+    """What the canary step does to the application, under 64 connections of wrk: the challenger
+    is loaded beside the champion, its weight walks 5 -> 25 -> 50 -> 100 %, then it is rolled
+    back and removed. No answer may be other than 200, none slower than the request timeout."""
+    _deploy(served, {1: 100})
+    bodies = [json.dumps({"instances": [{"entity_id": i}]}) for i in range(1, 501)]
+    url = endpoint(served, PIPELINE) + "/predict"
+    plan = [{1: 100, 2: 0}, {1: 95, 2: 5}, {1: 75, 2: 25}, {1: 50, 2: 50}, {1: 0, 2: 100}, {1: 100, 2: 0}, {1: 100}]
+    seconds = 2.0 * len(plan) + 4
+    proc, work = loadgen.start(url, bodies, {"x-api-key": KEY}, connections=64, seconds=seconds)
+    time.sleep(2)
+    for weights in plan:
+        _deploy(served, weights)
+        time.sleep(2)
+    result = loadgen.finish(proc, work, 64, seconds)
+    with _client(served) as c:
+        assert c.get("/").json()["weights"] == {"1": 100.0}
+    assert result.requests > 500
+    assert (result.non_2xx, result.socket_errors) == (0, 0), result
+    assert result.max_ms < spec_for(served, PIPELINE).serving.request_timeout_s * 1000, result
 
 
 # ------------------------------------------------------------------------------------- canary

@@ -191,3 +191,26 @@ def test_bad_values_are_refused_by_helm(setting: str, message: str) -> None:
     out = run_helm("template", "rel", str(CHART), "--set", setting)
     assert out.returncode != 0
     assert message in out.stderr
+
+
+def test_every_ray_node_of_the_chart_and_compose_serves_as_the_embedded_head() -> None:
+    """The chart's Ray containers and the Compose stack's head run Serve with the environment of
+    `mlcycle serve start` (serving.deploy.serve_env), the wrapper at its path in the images."""
+    from pipelines.core.settings import Settings
+    from serving.deploy import serve_env
+
+    wanted = serve_env(Settings(), "/opt/venv/bin/mlcycle-haproxy")
+    for port_key in (
+        "RAY_SERVE_HAPROXY_STATS_PORT",
+        "RAY_SERVE_HAPROXY_METRICS_PORT",
+        "RAY_SERVE_FALLBACK_PROXY_HTTP_PORT",
+    ):
+        wanted.pop(port_key)  # Serve's defaults in a container of its own
+    rays = [(name, c) for name, spec in pod_specs(render()) for c in spec["containers"] if c["name"] == "ray"]
+    assert len(rays) >= 2  # the head and the workers
+    for name, ray in rays:
+        env = {e["name"]: e.get("value") for e in ray.get("env", [])}
+        assert {k: env.get(k) for k in wanted} == wanted, name
+    script = (PROJECT / "include" / "stack" / "ray-head.sh").read_text()
+    for key, value in wanted.items():
+        assert f"{key}={value}" in script, key

@@ -60,9 +60,17 @@ envFrom:
   image: {{ include "mlcycle.image" .root.Values.images.serving | quote }}
   imagePullPolicy: {{ .root.Values.images.pullPolicy }}
   {{- include "mlcycle.env" .root | nindent 2 }}
+  # Serve as `mlcycle serve start` runs it (serving/deploy.py serve_env): HAProxy as the ingress
+  # proxy, one thread; user code on the replicas' event loops
   env:
+    - name: RAY_SERVE_ENABLE_HA_PROXY
+      value: "1"
     - name: RAY_SERVE_THROUGHPUT_OPTIMIZED
       value: "1"
+    - name: RAY_SERVE_HAPROXY_NBTHREAD
+      value: "1"
+    - name: RAY_SERVE_HAPROXY_BINARY_PATH
+      value: /opt/venv/bin/mlcycle-haproxy
   {{- if .ports }}
   ports:
     - {name: gcs, containerPort: 6379}

@@ -1,0 +1,157 @@
+"""Model versions as the ingress calls them: `await version.predict(instances)`.
+
+A `LocalVersion` scores in the calling process: its ONNX Runtime session behind a greedy
+batcher, and one online-feature lookup per batch for the instances that did not bring every
+feature, both in a worker thread. The ingress holds one per served version (one hop). A version
+that needs resources of its own (a GPU replica, another node) runs as a `ModelVersion`
+deployment around the same `LocalVersion`, and the ingress calls it through a `RemoteVersion`.
+
+`predict` answers `{"version", "scores", "features"}`, or `{"missing": {entity: [features]}}` when
+some instance lacks features (the ingress answers 422).
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Sequence
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from pipelines.core.settings import Settings
+from pipelines.core.spec import PipelineSpec
+from pipelines.io.featurestore import feature_store
+from pipelines.io.registry import load_onnx_model
+from pipelines.ml.model import onnx_session
+from serving.batching import GreedyBatcher
+
+
+@dataclass(frozen=True)
+class Scored:
+    score: float
+    features: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Missing:
+    absent: list[str]
+
+
+def onnx_feed(inputs: Sequence[tuple[str, str]], rows: Sequence[dict[str, Any]]) -> dict[str, np.ndarray]:
+    """ONNX Runtime's feed for rows of raw columns: one [n, 1] tensor per input, strings for
+    `tensor(string)` inputs, float32 otherwise. Pure."""
+    feed = {}
+    for name, kind in inputs:
+        values = [r[name] for r in rows]
+        if kind == "tensor(string)":
+            feed[name] = np.array([str(v) for v in values], dtype=object).reshape(-1, 1)
+        else:
+            feed[name] = np.array(values, dtype=np.float32).reshape(-1, 1)
+    return feed
+
+
+def merge_features(
+    names: Sequence[str], instance: dict[str, Any], online: dict[str, Any] | None
+) -> tuple[dict[str, Any], list[str]]:
+    """An instance's input row (its own features override the online store's) and the names of
+    the inputs that neither has. Pure."""
+    row = {**(online or {}), **instance.get("features", {})}
+    return row, [n for n in names if row.get(n) is None]
+
+
+def answer(version: int, results: Sequence[Scored | Missing], instances: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """The reply of `predict` from per-instance results. Pure."""
+    missing = {str(i["entity_id"]): r.absent for i, r in zip(instances, results, strict=True) if isinstance(r, Missing)}
+    if missing:
+        return {"missing": missing}
+    scored = [r for r in results if isinstance(r, Scored)]
+    return {"version": version, "scores": [r.score for r in scored], "features": [r.features for r in scored]}
+
+
+class OnlineFeatures:
+    """The pipeline's Feast online store, looked up for many entities in one call (thread-safe)."""
+
+    def __init__(self, spec: PipelineSpec, settings: Settings, features: Sequence[str]) -> None:
+        self._ctx: AbstractContextManager[Any] = feature_store(spec, settings)
+        self.store = self._ctx.__enter__()
+        self.service = self.store.get_feature_service(spec.features.feature_service)
+        self.key = spec.entity.join_key
+        self.key_is_int = spec.contract.columns[self.key].dtype == "int"
+        self.features = list(features)
+        self.lock = threading.Lock()
+
+    def lookup(self, entity_ids: Sequence[str | int]) -> list[dict[str, Any]]:
+        rows = [{self.key: int(e) if self.key_is_int else str(e)} for e in entity_ids]
+        with self.lock:
+            found = self.store.get_online_features(features=self.service, entity_rows=rows).to_dict()
+        return [{f: found[f][i] for f in self.features if f in found} for i in range(len(rows))]
+
+    def close(self) -> None:
+        self._ctx.__exit__(None, None, None)
+
+
+class LocalVersion:
+    """One registered version scored in this process."""
+
+    def __init__(self, version: int, session: Any, online: OnlineFeatures | None, max_batch_size: int) -> None:
+        self.version = version
+        self.session = session
+        self.inputs = [(i.name, i.type) for i in session.get_inputs()]
+        self.names = [name for name, _ in self.inputs]
+        self.online = online
+        self.batcher: GreedyBatcher[dict[str, Any], Scored | Missing] = GreedyBatcher(self.run_batch, max_batch_size)
+
+    @classmethod
+    def load(
+        cls,
+        settings: Settings,
+        static: dict[str, Any],
+        version: int,
+        online: OnlineFeatures | None,
+        max_batch_size: int,
+    ) -> LocalVersion:
+        """Load the version's ONNX model from the registry (blocking: call it in a thread), with as
+        many ONNX Runtime threads as the CPUs the replica was given, at least one."""
+        model = load_onnx_model(settings, static["pipeline"], static["model_name"], version)
+        session = onnx_session(model, threads=max(1, round(static["replica_cpus"])))
+        return cls(version, session, online, max_batch_size)
+
+    async def predict(self, instances: list[dict[str, Any]]) -> dict[str, Any]:
+        return answer(self.version, await self.batcher.submit_many(instances), instances)
+
+    def run_batch(self, instances: Sequence[dict[str, Any]]) -> list[Scored | Missing]:
+        """Score a batch (in a worker thread): one online lookup for the instances that need it."""
+        need = [n for n, i in enumerate(instances) if any(i.get("features", {}).get(f) is None for f in self.names)]
+        online: dict[int, dict[str, Any]] = {}
+        if need and self.online is not None:
+            found = self.online.lookup([instances[n]["entity_id"] for n in need])
+            online = dict(zip(need, found, strict=True))
+        results: list[Scored | Missing] = []
+        complete: list[tuple[int, dict[str, Any]]] = []
+        for n, inst in enumerate(instances):
+            row, absent = merge_features(self.names, inst, online.get(n))
+            results.append(Missing(absent))
+            if not absent:
+                complete.append((n, {name: row[name] for name in self.names}))
+        if complete:
+            (scores,) = self.session.run(["score"], onnx_feed(self.inputs, [row for _, row in complete]))
+            for (n, row), score in zip(complete, scores, strict=True):
+                results[n] = Scored(float(np.asarray(score).reshape(-1)[0]), row)
+        return results
+
+    def resize(self, max_batch_size: int) -> None:
+        self.batcher.max_batch_size = max_batch_size
+
+
+class RemoteVersion:
+    """A version in a deployment of its own, through its Serve handle."""
+
+    def __init__(self, version: int, handle: Any) -> None:
+        self.version = version
+        self.handle = handle
+
+    async def predict(self, instances: list[dict[str, Any]]) -> dict[str, Any]:
+        out: dict[str, Any] = await self.handle.predict.remote(instances)
+        return out

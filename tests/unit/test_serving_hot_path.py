@@ -1,0 +1,163 @@
+"""The serving hot path's pure parts: greedy batching, feature merging, the ONNX feed, HAProxy's
+config rewrite, the Serve environment, metrics aggregation."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from pipelines.core.settings import Settings
+from serving.batching import GreedyBatcher
+from serving.deploy import haproxy_dir, serve_env
+from serving.haproxy import bind_like_frontend, config_path, frontend_host
+from serving.telemetry import Metrics
+from serving.versions import Missing, Scored, answer, merge_features, onnx_feed
+
+
+def test_a_lone_request_is_run_at_once_and_queued_ones_share_a_batch() -> None:
+    calls: list[list[int]] = []
+    gate = threading.Event()
+
+    def fn(items: Sequence[int]) -> list[int]:
+        calls.append(list(items))
+        if len(calls) == 1:
+            gate.wait(5)  # the first batch runs while more requests queue
+        return [i * 10 for i in items]
+
+    async def main() -> list[int]:
+        b: GreedyBatcher[int, int] = GreedyBatcher(fn, max_batch_size=3)
+        first = asyncio.ensure_future(b.submit(1))
+        await asyncio.sleep(0.05)  # the worker took request 1 alone, without waiting for company
+        assert calls == [[1]]
+        rest = [asyncio.ensure_future(b.submit(i)) for i in (2, 3, 4, 5)]
+        await asyncio.sleep(0.05)
+        gate.set()
+        return [await first, *[await r for r in rest]]
+
+    assert asyncio.run(main()) == [10, 20, 30, 40, 50]
+    assert calls == [[1], [2, 3, 4], [5]]  # what queued, up to the batch size
+
+
+def test_an_idle_batcher_adds_no_wait() -> None:
+    async def main() -> float:
+        b: GreedyBatcher[int, int] = GreedyBatcher(lambda items: list(items), max_batch_size=32)
+        await b.submit(0)
+        started = time.perf_counter()
+        for i in range(20):
+            await b.submit(i)
+        return (time.perf_counter() - started) / 20
+
+    assert asyncio.run(main()) < 0.005  # a 5 ms batch wait per request would show here
+
+
+def test_a_failing_batch_fails_its_items_and_the_next_batch_runs() -> None:
+    def fn(items: Sequence[int]) -> list[int]:
+        if 13 in items:
+            raise ValueError("unlucky")
+        return list(items)
+
+    async def main() -> None:
+        b: GreedyBatcher[int, int] = GreedyBatcher(fn, max_batch_size=1)
+        with pytest.raises(ValueError, match="unlucky"):
+            await b.submit(13)
+        assert await b.submit(7) == 7
+
+    asyncio.run(main())
+
+
+def test_a_batch_function_must_answer_every_item() -> None:
+    async def main() -> None:
+        b: GreedyBatcher[int, int] = GreedyBatcher(lambda items: [1], max_batch_size=4)
+        with pytest.raises(RuntimeError, match="returned 1 results for 2 items"):
+            await b.submit_many([1, 2])
+
+    asyncio.run(main())
+
+
+def test_request_features_override_the_online_store_and_gaps_are_named() -> None:
+    row, absent = merge_features(["a", "b", "c"], {"features": {"a": 5}}, {"a": 1, "b": 2})
+    assert row == {"a": 5, "b": 2} and absent == ["c"]
+    assert merge_features(["a"], {}, None) == ({}, ["a"])
+
+
+def test_answer_is_the_scores_or_every_missing_entity() -> None:
+    inst = [{"entity_id": 1}, {"entity_id": 2}]
+    ok = answer(3, [Scored(0.1, {"a": 1}), Scored(0.2, {"a": 2})], inst)
+    assert ok == {"version": 3, "scores": [0.1, 0.2], "features": [{"a": 1}, {"a": 2}]}
+    assert answer(3, [Scored(0.1, {}), Missing(["b"])], inst) == {"missing": {"2": ["b"]}}
+
+
+def test_onnx_feed_is_one_column_tensor_per_input() -> None:
+    feed = onnx_feed(
+        [("age", "tensor(float)"), ("plan", "tensor(string)")], [{"age": 3, "plan": "x"}, {"age": 4.5, "plan": 7}]
+    )
+    assert feed["age"].dtype == np.float32 and feed["age"].shape == (2, 1)
+    assert feed["plan"].tolist() == [["x"], ["7"]]
+
+
+CONFIG = """global
+    stats socket /tmp/x/admin.sock mode 666 level admin
+frontend prometheus
+    bind :9101
+    mode http
+frontend http_frontend
+    bind 127.0.0.1:8000
+    default_backend b
+listen stats
+  bind *:8404
+  stats enable
+"""
+
+
+def test_haproxy_listeners_follow_the_frontend_host() -> None:
+    assert frontend_host(CONFIG) == "127.0.0.1"
+    fixed = bind_like_frontend(CONFIG)
+    assert "bind 127.0.0.1:9101" in fixed and "bind 127.0.0.1:8404" in fixed and "bind 127.0.0.1:8000" in fixed
+    assert "bind :" not in fixed and "bind *" not in fixed
+    cluster = CONFIG.replace("127.0.0.1:8000", "0.0.0.0:8000")
+    assert bind_like_frontend(cluster) == cluster  # a frontend on every interface: nothing to narrow
+
+
+def test_haproxy_config_path_from_serves_arguments() -> None:
+    assert config_path(["-db", "-f", "/a/haproxy.cfg", "-dR"]) == "/a/haproxy.cfg"
+    assert config_path(["-v"]) is None
+
+
+def test_serve_env_turns_on_haproxy_with_our_wrapper_and_a_short_state_dir() -> None:
+    s = Settings(serve_port=8000, haproxy_stats_port=18404, haproxy_metrics_port=19101)
+    env = serve_env(s, "/venv/bin/mlcycle-haproxy", "/a/very/long/state/directory/" + "x" * 80)
+    assert env["RAY_SERVE_ENABLE_HA_PROXY"] == "1" and env["RAY_SERVE_THROUGHPUT_OPTIMIZED"] == "1"
+    assert env["RAY_SERVE_HAPROXY_NBTHREAD"] == "1"
+    assert env["RAY_SERVE_HAPROXY_BINARY_PATH"] == "/venv/bin/mlcycle-haproxy"
+    assert env["RAY_SERVE_HAPROXY_STATS_PORT"] == "18404" and env["RAY_SERVE_HAPROXY_METRICS_PORT"] == "19101"
+    socket = Path(env["RAY_SERVE_HAPROXY_SOCKET_PATH"])
+    assert len(str(socket.parent / ("n" * 56) / socket.name)) <= 97  # Serve adds the node id
+    assert haproxy_dir("a") != haproxy_dir("b") and haproxy_dir("a") == haproxy_dir("a")
+    assert "RAY_SERVE_HAPROXY_SOCKET_PATH" not in serve_env(s, "/h")
+
+
+def test_metrics_are_aggregated_until_drained() -> None:
+    m = Metrics("churn")
+    m.count(1, 3, "ok", False)
+    m.count(1, 2, "ok", False)
+    m.count(2, 1, "error", False)
+    m.observe(1, 4.0)
+    counts, latencies = m.drain()
+    assert counts == {(1, "ok", False): 5, (2, "error", False): 1} and latencies == {1: [4.0]}
+    assert m.drain() == ({}, {})
+
+
+def test_replica_grpc_binds_narrow_only_wildcards() -> None:
+    from serving.binds import is_loopback, narrowed
+
+    assert narrowed("[::]:0", "127.0.0.1") == "127.0.0.1:0"
+    assert narrowed("0.0.0.0:9000", "10.1.2.3") == "10.1.2.3:9000"
+    assert narrowed("[::]:0", "fd00::5") == "[fd00::5]:0"
+    assert narrowed("10.0.0.1:0", "127.0.0.1") == "10.0.0.1:0"  # an explicit address is kept
+    assert is_loopback("127.0.0.1") and is_loopback("::1") and not is_loopback("0.0.0.0")
