@@ -357,7 +357,7 @@ class Ingress:
                 self.args.pipeline,
                 version,
                 str(inst["entity_id"]),
-                json.dumps(features, default=str),
+                features,
                 score,
                 latency_ms,
                 status,

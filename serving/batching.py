@@ -20,13 +20,21 @@ R = TypeVar("R")
 class GreedyBatcher(Generic[T, R]):
     """Runs `fn(items) -> results` (one result per item, in order) on batches of submitted items.
 
+    A batch runs in a worker thread, or on the event loop itself where `inline(items)` says so (a
+    batch known to take a fraction of a millisecond costs less than the two thread switches).
     An exception of `fn` fails every item of its batch; the worker goes on with the next batch.
     """
 
-    def __init__(self, fn: Callable[[Sequence[T]], Sequence[R]], max_batch_size: int) -> None:
+    def __init__(
+        self,
+        fn: Callable[[Sequence[T]], Sequence[R]],
+        max_batch_size: int,
+        inline: Callable[[Sequence[T]], bool] | None = None,
+    ) -> None:
         if max_batch_size < 1:
             raise ValueError("max_batch_size must be at least 1")
         self.fn = fn
+        self.inline = inline
         self.max_batch_size = max_batch_size
         self.queue: asyncio.Queue[tuple[T, asyncio.Future[R]]] = asyncio.Queue()
         self.worker: asyncio.Task[None] | None = None
@@ -59,8 +67,13 @@ class GreedyBatcher(Generic[T, R]):
                 continue
             self.batches += 1
             self.items += len(batch)
+            items = [item for item, _ in batch]
             try:
-                results = await asyncio.to_thread(self.fn, [item for item, _ in batch])
+                if self.inline is not None and self.inline(items):
+                    results = self.fn(items)
+                    await asyncio.sleep(0)  # let the callers and the next requests run
+                else:
+                    results = await asyncio.to_thread(self.fn, items)
                 if len(results) != len(batch):
                     raise RuntimeError(f"the batch function returned {len(results)} results for {len(batch)} items")
             except Exception as err:

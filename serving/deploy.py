@@ -29,22 +29,23 @@ def serving_args(
     canary: dict[str, Any] | None = None,
     **overrides: Any,
 ) -> ServingArgs:
-    """The application's arguments for a pipeline and a set of versions. Pure."""
-    return ServingArgs(
-        pipeline=spec.name,
-        model_name=model_name,
-        entity_key=spec.entity.join_key,
-        features=spec.model.numeric_features + spec.model.categorical_features,
-        versions=versions,
-        max_payload_bytes=spec.serving.max_payload_bytes,
-        max_batch_size=spec.serving.max_batch_size,
-        version_deployments=spec.serving.version_deployments,
-        replicas=spec.serving.replicas,
-        request_timeout_s=spec.serving.request_timeout_s,
-        request_deadline_s=spec.serving.request_deadline_s,
-        canary=canary or {},
-        **overrides,
-    )
+    """The application's arguments for a pipeline and a set of versions; `overrides` replace any
+    of them (the bench's variants, tests). Pure."""
+    args: dict[str, Any] = {
+        "pipeline": spec.name,
+        "model_name": model_name,
+        "entity_key": spec.entity.join_key,
+        "features": spec.model.numeric_features + spec.model.categorical_features,
+        "versions": versions,
+        "max_payload_bytes": spec.serving.max_payload_bytes,
+        "max_batch_size": spec.serving.max_batch_size,
+        "version_deployments": spec.serving.version_deployments,
+        "replicas": spec.serving.replicas,
+        "request_timeout_s": spec.serving.request_timeout_s,
+        "request_deadline_s": spec.serving.request_deadline_s,
+        "canary": canary or {},
+    }
+    return ServingArgs(**{**args, **overrides})
 
 
 def haproxy_dir(instance: str) -> Path:

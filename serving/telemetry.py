@@ -9,6 +9,7 @@ latencies to Ray's metrics (Prometheus), in aggregate.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 from collections import Counter
 from collections.abc import Callable
@@ -34,6 +35,7 @@ COLUMNS = (
     "shadow",
     "created_at",
 )
+FEATURES = COLUMNS.index("features")
 
 
 @dataclass
@@ -101,7 +103,8 @@ class RequestLog:
         self.pending.append(row)
 
     def write(self, rows: list[tuple[Any, ...]]) -> None:
-        """Write rows in one transaction (blocking: call it in a thread)."""
+        """Write rows in one transaction (blocking: call it in a thread); a `features` value that is
+        not yet JSON text is serialized here, off the request path."""
         import psycopg
 
         if self.database_url is None:
@@ -115,6 +118,8 @@ class RequestLog:
                 )
                 with cur.copy(f"COPY requests_in ({', '.join(COLUMNS)}) FROM STDIN") as copy:
                     for row in rows:
+                        if not isinstance(row[FEATURES], str):
+                            row = (*row[:FEATURES], json.dumps(row[FEATURES], default=str), *row[FEATURES + 1 :])
                         copy.write_row(row)
                 cur.execute(
                     f"INSERT INTO inference_requests ({', '.join(COLUMNS)}) SELECT {', '.join(COLUMNS)}"

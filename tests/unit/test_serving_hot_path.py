@@ -161,3 +161,14 @@ def test_replica_grpc_binds_narrow_only_wildcards() -> None:
     assert narrowed("[::]:0", "fd00::5") == "[fd00::5]:0"
     assert narrowed("10.0.0.1:0", "127.0.0.1") == "10.0.0.1:0"  # an explicit address is kept
     assert is_loopback("127.0.0.1") and is_loopback("::1") and not is_loopback("0.0.0.0")
+
+
+def test_the_deployment_version_follows_fixed_arguments_not_weights() -> None:
+    """Serve restarts replicas when a deployment's version changes: a canary step's weights must
+    not change it, a new pipeline or feature list must."""
+    from serving.app import STATIC_KEYS, code_version
+
+    static = {k: None for k in STATIC_KEYS} | {"pipeline": "churn", "features": ["a", "b"]}
+    assert code_version(static) == code_version(dict(static))
+    assert code_version(static) != code_version({**static, "features": ["a"]})
+    assert "versions" not in STATIC_KEYS and "max_batch_size" not in STATIC_KEYS
