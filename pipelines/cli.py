@@ -16,7 +16,9 @@
     mlcycle stack env | up | down | status the Compose stack: its .env of secrets, health
     mlcycle statsd-exporter                Airflow's StatsD metrics for Prometheus (the stack runs it)
 
-Errors a user can cause print one readable message and exit 2 (3 for rejected data).
+Errors a user can cause print one readable message and exit 2 (3 for rejected data). Every image
+runs this command and installs only its role's libraries, so a subcommand imports what needs
+numpy, pandas and the like when it runs (tests/unit/test_architecture.py keeps it so).
 """
 
 from __future__ import annotations
@@ -36,16 +38,12 @@ from pipelines.core.spec import Source, json_schema, load_spec, load_specs, spec
 from pipelines.core.steps import step as step_info
 from pipelines.core.system import executable
 from pipelines.io import db
-from pipelines.io.labels import load_labels
 from pipelines.io.runs import latest_run_id, render_run, run_steps
-from pipelines.io.sources import normalize_frame
 from pipelines.io.status import pipeline_status, render_status
 from pipelines.io.storage import to_json
 from pipelines.io.tracking import server_command
 from pipelines.local import stack
-from pipelines.local.demo import run_demo, run_drift_demo
 from pipelines.local.statsd_exporter import Bridge
-from pipelines.ml.datagen import ChurnConfig, generate_churn
 from pipelines.steps.runner import RESULT_PREFIX, run_step
 from serving import embedded
 from serving.deploy import endpoint, render_serve_config
@@ -91,6 +89,8 @@ def _cmd_pod_render(args: argparse.Namespace) -> int:
 
 
 def _cmd_data_generate(args: argparse.Namespace) -> int:
+    from pipelines.ml.datagen import ChurnConfig, generate_churn  # heavy: numpy, pandas
+
     cfg = ChurnConfig(
         customers=args.customers,
         months=args.months,
@@ -105,6 +105,8 @@ def _cmd_data_generate(args: argparse.Namespace) -> int:
     if out.suffix == ".csv":
         df.to_csv(out, index=False)
     else:
+        from pipelines.io.sources import normalize_frame  # heavy: pandas
+
         normalize_frame(df).to_parquet(out, index=False)
     print(f"{out}: {len(df)} rows, churn rate {df['churned'].mean():.3f}")
     return 0
@@ -143,6 +145,8 @@ def _cmd_labels_load(args: argparse.Namespace) -> int:
     else:
         raw = {"kind": "file", "path": str(Path(args.source).resolve())}
     source = TypeAdapter(Source).validate_python(raw)
+    from pipelines.io.labels import load_labels  # heavy: pandas
+
     loaded = load_labels(settings, spec_for(settings, args.pipeline), source)
     print(f"{args.pipeline}: {loaded} labels loaded")
     return 0
@@ -230,10 +234,14 @@ def _cmd_mlflow_server(args: argparse.Namespace) -> int:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
+    from pipelines.local.demo import run_demo  # heavy: numpy (the demo's traffic)
+
     return run_demo()
 
 
 def _cmd_drift_demo(args: argparse.Namespace) -> int:
+    from pipelines.local.demo import run_drift_demo  # heavy: numpy (the demo's traffic)
+
     return run_drift_demo(port=args.port)
 
 

@@ -34,10 +34,11 @@ HEAVY = frozenset(
     {
         "airflow", "boto3", "docker", "evidently", "fastapi", "feast", "great_expectations", "kubernetes",
         "matplotlib", "mlflow", "onnx", "onnxruntime", "optuna", "pandas", "pandera", "pyarrow", "ray",
-        "scipy", "sklearn", "torch",
+        "scipy", "sklearn", "torch", "numpy",
     }
 )  # fmt: skip
-"""Third-party libraries that take a noticeable time to import (measured: 0.2-7 s each)."""
+"""Third-party libraries that take a noticeable time to import (measured: 0.2-7 s each), and numpy,
+which the airflow image does not install (the CLI runs there: `mlcycle statsd-exporter`)."""
 
 
 @dataclass(frozen=True)
@@ -204,6 +205,19 @@ def test_function_level_first_party_imports_only_defer_heavy_libraries() -> None
         if e.in_function and not e.type_only and (fp := first_party(e.target, known)) and fp not in heavy
     ]
     assert not needless, "\n".join(needless)
+
+
+def test_the_cli_imports_nothing_heavy_so_it_runs_in_every_image() -> None:
+    """`mlcycle` is the entry point of every image, and each image installs only its role's
+    libraries: a subcommand imports what it needs when it runs."""
+    mods, edges = graph()
+    known = set(mods)
+    heavy = heavy_at_import(mods, edges)
+    assert "pipelines.cli" not in heavy, sorted(
+        fp
+        for e in edges
+        if e.source == "pipelines.cli" and not e.in_function and (fp := first_party(e.target, known)) in heavy
+    )
 
 
 def test_the_heavy_check_sees_a_real_heavy_module() -> None:
