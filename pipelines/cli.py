@@ -162,7 +162,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     if args.action == "config":
         return _serve_config(settings, args.check)
     if args.action == "stop":
-        embedded.stop()
+        embedded.stop(settings)
         print("stopped")
         return 0
     key = embedded.start(settings)

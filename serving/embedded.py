@@ -14,7 +14,7 @@ import subprocess
 from pipelines.core.errors import SettingsError
 from pipelines.core.settings import Settings
 from pipelines.core.system import executable, secret_file
-from serving.deploy import connect, serve_env
+from serving.deploy import connect, haproxy_dir, serve_env
 
 RAY_PORT = 6380
 
@@ -81,6 +81,26 @@ def start(settings: Settings) -> str:
     return key
 
 
-def stop() -> None:
+def stop(settings: Settings) -> None:
+    """Stop the local Ray, and the HAProxy that Serve ran for this state directory: `ray stop`
+    kills Serve's proxy actor without letting it stop its HAProxy, which would go on holding the
+    HTTP port for the next head."""
     ray = executable("ray")
     subprocess.run([str(ray), "stop", "--force"], capture_output=True, timeout=120)
+    stop_haproxy(str(haproxy_dir(str(settings.state_path))))
+
+
+def stop_haproxy(config_dir: str) -> int:
+    """Terminate the HAProxy processes whose config lies in `config_dir`; returns how many."""
+    import psutil  # heavy: only `serve stop` needs it
+
+    found = []
+    for proc in psutil.process_iter(["name", "cmdline"]):
+        cmdline = proc.info["cmdline"] or []
+        if proc.info["name"] == "haproxy" and any(arg.startswith(config_dir + os.sep) for arg in cmdline):
+            proc.terminate()
+            found.append(proc)
+    _, alive = psutil.wait_procs(found, timeout=10)
+    for proc in alive:
+        proc.kill()
+    return len(found)

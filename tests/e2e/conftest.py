@@ -47,4 +47,4 @@ def ray_head(platform: Settings) -> Iterator[dict[str, str]]:
         finally:
             serve.shutdown()
             ray.shutdown()
-            embedded.stop()
+            embedded.stop(settings)

@@ -172,3 +172,27 @@ def test_the_deployment_version_follows_fixed_arguments_not_weights() -> None:
     assert code_version(static) == code_version(dict(static))
     assert code_version(static) != code_version({**static, "features": ["a"]})
     assert "versions" not in STATIC_KEYS and "max_batch_size" not in STATIC_KEYS
+
+
+def test_serve_stop_ends_the_haproxy_of_its_own_state_dir_only(tmp_path: Path) -> None:
+    """`ray stop` kills Serve's proxy actor and leaves its HAProxy holding the port: `mlcycle serve
+    stop` ends the HAProxy whose config is in this state dir's HAProxy directory, and no other."""
+    import shutil
+    import subprocess
+
+    from serving.embedded import stop_haproxy
+
+    procs = {}
+    for name in ("mine", "other"):
+        (tmp_path / name).mkdir()
+        fake = tmp_path / name / "haproxy"  # a process named haproxy, its binary inside the dir
+        shutil.copy(shutil.which("sleep") or "/bin/sleep", fake)
+        procs[name] = subprocess.Popen([str(fake), "60"])
+    try:
+        assert stop_haproxy(str(tmp_path / "mine")) == 1
+        assert procs["mine"].wait(10) is not None
+        assert procs["other"].poll() is None
+    finally:
+        for p in procs.values():
+            p.kill()
+            p.wait()
