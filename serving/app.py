@@ -24,6 +24,7 @@ import logging
 import os
 import time
 import uuid
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -42,7 +43,7 @@ from pipelines.io.requestlog import ab_results
 from serving.binds import bind_replica_grpc
 from serving.config import ServingArgs, VersionConfig
 from serving.router import choose
-from serving.telemetry import RayMetrics, Recorder, now
+from serving.telemetry import RayMetrics, Recorder
 from serving.versions import LocalVersion, OnlineFeatures, RemoteVersion
 
 log = logging.getLogger("mlcycle.serving")
@@ -363,7 +364,7 @@ class Ingress:
                 status,
                 reason,
                 shadow,
-                now(),
+                datetime.now(UTC),
             )
         )
 

@@ -14,7 +14,6 @@ import logging
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import Any
 
 log = logging.getLogger("mlcycle.serving")
@@ -133,10 +132,6 @@ class RequestLog:
     def close(self) -> None:
         if self._conn is not None:
             self._conn.close()
-
-
-def now() -> datetime:
-    return datetime.now(UTC)
 
 
 class Recorder:
