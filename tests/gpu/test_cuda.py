@@ -1,4 +1,5 @@
-"""GPU checks: the train step on CUDA and ONNX Runtime's CUDA execution provider.
+"""GPU checks: the train step's trainer on CUDA (trials, checkpoints, resume) and ONNX Runtime's
+CUDA execution provider.
 
 They run where torch sees a CUDA device (and, for ONNX, where onnxruntime-gpu is installed) and
 skip with the reason everywhere else; the CPU side of the same code is covered by the other tiers.
@@ -6,13 +7,24 @@ skip with the reason everywhere else; the CPU side of the same code is covered b
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 import pytest
 import torch
 
 from pipelines.ml.datagen import CATEGORICAL, NUMERIC
-from pipelines.ml.model import build_module, fit_encoding, onnx_session, predict, predict_onnx, select_device, to_onnx
+from pipelines.ml.model import (
+    build_module,
+    fit_encoding,
+    load_module,
+    onnx_session,
+    predict,
+    predict_onnx,
+    select_device,
+    to_onnx,
+)
 
 pytestmark = [
     pytest.mark.gpu,
@@ -54,3 +66,41 @@ def test_onnx_runtime_cuda_provider(churn_df: pd.DataFrame) -> None:
     assert session.get_providers()[0] == "CUDAExecutionProvider"
     diff = np.abs(predict(module, enc, churn_df.head(500)) - predict_onnx(session, churn_df.head(500)))
     assert diff.max() < 1e-4
+
+
+def test_train_step_trainer_on_cuda(churn_df: pd.DataFrame, tmp_path: Path) -> None:
+    """The train step's own Trainer: a trial trains on the GPU, checkpoints, a second trial resumes
+    from that checkpoint (map_location cuda), and the weights come back loadable on the CPU."""
+    import optuna
+
+    from pipelines.core.settings import Settings
+    from pipelines.core.spec import parse_spec
+    from pipelines.io.storage import LocalStorage
+    from pipelines.steps.context import StepContext
+    from pipelines.steps.train import Trainer
+    from tests.specs import churn_spec_dict
+
+    spec = parse_spec(churn_spec_dict(merge=True, training={"max_epochs": 4, "device": "cuda"}))
+    ctx = StepContext(spec, Settings(state_dir=tmp_path), "gpu-check", LocalStorage(tmp_path / "art"), "train")
+    enc = fit_encoding(churn_df, spec.model.numeric_features, spec.model.categorical_features)
+    train, val = churn_df.iloc[:3500], churn_df.iloc[3500:]
+    trainer = Trainer(ctx, enc, train, val, select_device(spec.training.device))
+    assert trainer.x_num.is_cuda and trainer.y.is_cuda
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(direction="maximize" if trainer.higher else "minimize")
+    params = {"hidden_units": 32, "layers": 2, "dropout": 0.1, "learning_rate": 3e-3}
+    first = study.ask()
+    value, blob = trainer.fit(first, params, lambda metrics, step: None)
+    assert np.isfinite(value)
+    assert ctx.storage.exists(trainer.checkpoint_key(first.number))
+
+    study.enqueue_trial(params, user_attrs={"resume_from": first.number})
+    second = study.ask()
+    trainer.fit(second, params, lambda metrics, step: None)
+    assert second.user_attrs["resumed_at_epoch"] == spec.training.max_epochs
+
+    module, enc_back, _ = load_module(blob)
+    scores = predict(module, enc_back, val.head(100))
+    assert not next(module.parameters()).is_cuda
+    assert ((scores > 0) & (scores < 1)).all()
