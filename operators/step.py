@@ -16,7 +16,8 @@ from airflow.sdk import BaseOperator
 from operators.container import DockerContainer, container_config
 from operators.links import MlflowLink, ReportLink
 from operators.local import LocalProcess, StepFailed
-from pipelines.core.params import ENV, RunParams
+from operators.trigger import retraining_asset
+from pipelines.core.params import ENV, run_params
 from pipelines.core.pod import pod_manifest, to_v1pod
 from pipelines.core.settings import load_settings
 from pipelines.core.spec import spec_for
@@ -73,6 +74,24 @@ class PipelineStepOperator(BaseOperator):
 
         print(yaml.safe_dump(self.render_pod(self.run_key), sort_keys=False))
 
+    def run_params(self, context: Context) -> dict[str, Any]:
+        """The step pods' run parameters, from the run's form values, type, interval and the
+        retraining Asset's events that triggered it."""
+        dag_run = context["dag_run"]
+        asset = retraining_asset(self.pipeline).name
+        events = [
+            (e.timestamp, e.extra or {})
+            for e in getattr(dag_run, "consumed_asset_events", None) or []
+            if getattr(e.asset, "name", None) == asset
+        ]
+        return run_params(
+            context.get("params") or {},
+            str(dag_run.run_type),
+            getattr(dag_run, "data_interval_end", None),
+            dag_run.run_after,
+            events,
+        )
+
     # ------------------------------------------------------------------------------------- I/O
     def execute(self, context: Context) -> Any:
         ti = context["ti"]
@@ -82,10 +101,12 @@ class PipelineStepOperator(BaseOperator):
             "MLCYCLE_AIRFLOW_TRY_NUMBER": str(ti.try_number),
         }
 
-        given = context.get("params") or {}
-        params = {k: v for k, v in given.items() if k in RunParams.model_fields and v is not None}
-        if params:  # the Trigger DAG form's values, validated by Airflow, for every step pod
-            airflow_env[ENV] = json.dumps(params, sort_keys=True)
+        # the Trigger DAG form's values (validated by Airflow), the run's as_of and its cause
+        params = self.run_params(context)
+        airflow_env[ENV] = json.dumps(params, sort_keys=True, default=str)
+        if params.get("cause"):
+            self.log.info("retraining because: %s", "; ".join(params["cause"].get("reasons") or ["(no reason given)"]))
+        self.log.info("data as of %s (%s run)", params["as_of"], params["trigger"])
         manifest = self.render_pod(self.run_key, airflow_env)
         settings = load_settings()
         runtime = self.runtime or settings.effective_runtime

@@ -22,12 +22,19 @@ def retraining_asset(pipeline: str) -> Asset:
 
 def event_extra(result: dict[str, Any], run_id: str) -> dict[str, Any]:
     """What the Asset event carries: the finding and why. Pure."""
+    performance = result.get("performance")
     return {
         "pipeline": result["pipeline"],
         "status": result["status"],
         "reasons": result["reasons"],
+        "drifted": result.get("drifted", []),
         "champion": result["champion"],
         "requests": result["requests"],
+        "window_start": result.get("window_start"),
+        "window_end": result.get("window_end"),
+        "live_metric": {k: performance.get(k) for k in ("metric", "value", "reference", "labelled")}
+        if performance
+        else None,
         "drift_run_id": run_id,
         "report": result.get("report"),
     }

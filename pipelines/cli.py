@@ -26,12 +26,14 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pipelines.core.errors import MlcycleError, StepSkipped
+from pipelines.core.params import ENV as PARAMS_ENV
 from pipelines.core.pod import pod_manifest
 from pipelines.core.settings import PROJECT_DIR, load_settings
 from pipelines.core.spec import Source, json_schema, load_spec, load_specs, spec_for, spec_paths
@@ -73,6 +75,8 @@ def _cmd_spec_schema(args: argparse.Namespace) -> int:
 
 
 def _cmd_step(args: argparse.Namespace) -> int:
+    if args.as_of:  # a run parameter, as the operator passes it to every step pod
+        os.environ[PARAMS_ENV] = json.dumps({**json.loads(os.environ.get(PARAMS_ENV) or "{}"), "as_of": args.as_of})
     result = run_step(args.name, args.pipeline, args.run_id, load_settings(), force=args.force)
     print(RESULT_PREFIX + to_json(result))
     return 0
@@ -261,6 +265,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pipeline", required=True)
     p.add_argument("--run-id", required=True)
     p.add_argument("--force", action="store_true", help="redo a step whose outputs exist")
+    p.add_argument("--as-of", help="the run's data instant (ISO 8601; default: now, or the run's own)")
     p.set_defaults(func=_cmd_step)
 
     pod = sub.add_parser("pod", help="step pods").add_subparsers(dest="action", required=True)

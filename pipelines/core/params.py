@@ -1,14 +1,18 @@
 """Run parameters: what a user may change for one run of `<name>_lifecycle` from Airflow's
 "Trigger DAG" form (or the REST API's `conf`), without editing the spec.
 
-Airflow validates them against the DAG's `params` before the run starts; the operator hands them
-to every step pod as `MLCYCLE_RUN_PARAMS` (JSON), and the runner applies them to the spec here.
+Airflow validates them against the DAG's `params` before the run starts; the operator adds what
+the run itself says (`run_params`: its `as_of` instant, what triggered it, and for a drift-triggered
+run the drift check's findings from the Asset event), hands them to every step pod as
+`MLCYCLE_RUN_PARAMS` (JSON), and the runner applies them to the spec here.
 """
 
 from __future__ import annotations
 
 import json
-from typing import Any
+from collections.abc import Iterable, Mapping
+from datetime import datetime
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
@@ -26,6 +30,17 @@ class RunParams(BaseModel):
     )
     n_trials: int | None = Field(default=None, ge=1, le=10_000, description="the Optuna trial budget of this run")
     dry_run: bool = Field(default=False, description="train and evaluate, but register and serve nothing")
+    as_of: datetime | None = Field(
+        default=None,
+        description="read the data up to this instant (ISO 8601); default: the run's own time "
+        "(its data interval end, or the drift event's time)",
+    )
+    trigger: Literal["manual", "scheduled", "asset"] | None = Field(
+        default=None, description="what started the run (set by the operator)"
+    )
+    cause: dict[str, Any] | None = Field(
+        default=None, description="why a drift-triggered run retrains: the drift check's findings (set by the operator)"
+    )
 
     @field_validator("source_uri")
     @classmethod
@@ -53,7 +68,45 @@ def airflow_params() -> dict[str, Any]:
             description=fields["n_trials"].description,
         ),
         "dry_run": Param(False, type="boolean", title="Dry run", description=fields["dry_run"].description),
+        "as_of": Param(
+            None,
+            type=["null", "string"],
+            format="date-time",
+            title="Data as of",
+            description=fields["as_of"].description,
+        ),
     }
+
+
+FORM = ("source_uri", "n_trials", "dry_run", "as_of")
+"""What a user may set for a run; `trigger` and `cause` come from the run itself."""
+TRIGGERS = {"manual": "manual", "scheduled": "scheduled", "asset_triggered": "asset", "backfill": "scheduled"}
+
+
+def run_params(
+    given: Mapping[str, Any],
+    run_type: str,
+    data_interval_end: datetime | None,
+    run_after: datetime,
+    events: Iterable[tuple[datetime, Mapping[str, Any]]] = (),
+) -> dict[str, Any]:
+    """The run parameters every step pod gets: the form's (or `conf`'s) values, what started the
+    run, its `as_of` and, for an Asset-triggered run, the newest event's findings. Pure.
+
+    as_of: the form's value, else the newest triggering event's time (a drift-triggered run reads
+    up to the moment the drift was found), else the data interval end (scheduled), else the time
+    the run was due (manual). Every attempt of every step of one run gets the same value."""
+    params = {k: v for k, v in given.items() if k in FORM and v is not None}
+    params["trigger"] = TRIGGERS.get(str(run_type).split(".")[-1].lower(), "manual")
+    newest = max(events, key=lambda e: e[0], default=None)
+    if newest is not None and params["trigger"] == "asset":
+        params["cause"] = dict(newest[1])
+    if not params.get("as_of"):
+        moment = newest[0] if newest is not None else (data_interval_end or run_after)
+        params["as_of"] = moment.isoformat()
+    elif isinstance(params["as_of"], datetime):
+        params["as_of"] = params["as_of"].isoformat()
+    return params
 
 
 def from_env(environ: dict[str, str]) -> RunParams:
@@ -73,7 +126,8 @@ def apply(spec: PipelineSpec, params: RunParams) -> PipelineSpec:
     if params.source_uri:
         kind = "s3" if params.source_uri.startswith("s3://") else "file"
         key = "uri" if kind == "s3" else "path"
-        update["source"] = {"kind": kind, key: params.source_uri}
+        keep = {"lookback_days": spec.source.lookback_days, "feedback": spec.source.feedback}
+        update["source"] = {"kind": kind, key: params.source_uri, **keep}
     if params.n_trials is not None:
         update["training"] = {**spec.training.model_dump(), "n_trials": params.n_trials}
     if not update:

@@ -19,6 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from pipelines.core.errors import SpecError, field_path
 from pipelines.core.steps import STEP_NAMES
+from pipelines.core.window import query_params, template_fields
 
 if TYPE_CHECKING:
     from pipelines.core.settings import Settings
@@ -35,25 +36,55 @@ class Model(BaseModel):
 
 
 # --------------------------------------------------------------------------------------- source
-class FileSource(Model):
-    """A CSV or Parquet file on the local disk."""
+class SourceBase(Model):
+    """What every source kind shares: which time window a run reads, and whether the platform's
+    own labelled traffic joins it.
+
+    A run reads up to its `as_of` instant (see `pipelines.core.window`); `lookback_days` bounds
+    how far back. Rows are kept by the entity timestamp, so a run never sees data from after its
+    own time, and a run of next month reads next month's data."""
+
+    lookback_days: float | None = Field(default=None, gt=0, description="read at most this many days before as_of")
+    feedback: bool = Field(
+        default=False,
+        description="add the served predictions that got a label (request log joined with labels) in the window, "
+        "with the features exactly as they were served",
+    )
+
+
+def _check_template(value: str) -> str:
+    template_fields(value)
+    return value
+
+
+class FileSource(SourceBase):
+    """A CSV or Parquet file on the local disk, or a directory of them (rows kept by the entity
+    timestamp). The path may name the window: `data/churn/dt={as_of:%Y-%m-%d}.parquet`."""
 
     kind: Literal["file"]
     path: str
     format: Literal["csv", "parquet"] | None = None
 
+    _template = field_validator("path")(_check_template)
 
-class S3Source(Model):
-    """A CSV or Parquet object in S3 (endpoint and credentials come from the settings)."""
+
+class S3Source(SourceBase):
+    """A CSV or Parquet object in S3, or every such object under a prefix ending in `/` (endpoint
+    and credentials come from the settings). The URI may name the window:
+    `s3://bucket/churn/dt={as_of:%Y-%m-%d}/`."""
 
     kind: Literal["s3"]
     uri: str = Field(pattern=r"^s3://[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9]/.+")
     format: Literal["csv", "parquet"] | None = None
 
+    _template = field_validator("uri")(_check_template)
 
-class PostgresSource(Model):
+
+class PostgresSource(SourceBase):
     """A SQL query against PostgreSQL.
 
+    The query may bind the window as parameters, `%(start)s`, `%(end)s` and `%(as_of)s` (never
+    formatted into the text): `SELECT * FROM snapshots WHERE ts > %(start)s AND ts <= %(end)s`.
     The connection URL is read from the environment variable `url_env`, so no secret lives in a
     spec; when unset the platform database is used.
     """
@@ -62,9 +93,17 @@ class PostgresSource(Model):
     query: str = Field(min_length=1)
     url_env: str | None = Field(default=None, pattern=r"^[A-Z_][A-Z0-9_]*$")
 
+    @field_validator("query")
+    @classmethod
+    def _params(cls, v: str) -> str:
+        query_params(v)
+        return v
 
-class SyntheticSource(Model):
-    """The bundled churn generator: deterministic data for demos, tests and benchmarks."""
+
+class SyntheticSource(SourceBase):
+    """The bundled churn generator: deterministic data for demos, tests and benchmarks. Its months
+    run from `start`; a run reads those up to its as_of (later months exist once their time has
+    come), and the injected drifts ramp in over the second half of the range."""
 
     kind: Literal["synthetic"]
     customers: int = Field(default=2000, ge=10, le=5_000_000)
@@ -363,6 +402,11 @@ class Drift(Model):
     psi_threshold: float = Field(default=0.2, gt=0.0)
     max_performance_drop: float = Field(default=0.05, ge=0.0)
     cooldown_hours: float = Field(default=24.0, ge=0.0)
+    ignore: list[str] = Field(
+        default_factory=list,
+        description="features whose drift is expected (they grow with time, or are volatile): reported, "
+        "never counted towards max_drift_share",
+    )
 
 
 # ------------------------------------------------------------------------------------ the spec
@@ -404,6 +448,10 @@ class PipelineSpec(Model):
         unserved = [c for c in self.model.numeric_features + self.model.categorical_features if c not in served]
         if unserved:
             raise ValueError(f"model features not in the feature service: {unserved}")
+        model_features = self.model.numeric_features + self.model.categorical_features
+        unknown = [f for f in self.drift.ignore if f not in model_features]
+        if unknown:
+            raise ValueError(f"drift.ignore names features the model does not use: {unknown}")
         return self
 
 

@@ -5,7 +5,9 @@ spec's label column, 0 or 1), and optionally the request it answers (`request_id
 outcome was observed (`observed_at` or the spec's timestamp column; default: now). A label without
 a request id belongs to the latest prediction served to its entity at or before `observed_at`
 (see `pipelines.ml.abtest`). A load is all or nothing: one bad row refuses the load and names the
-rows; loading the same labels again changes nothing, a corrected label replaces the old one.
+rows; loading the same labels again changes nothing, a corrected label replaces the old one. A
+label's key is its entity, instant and request: two outcomes of one entity at one instant for two
+requests are two labels.
 """
 
 from __future__ import annotations
@@ -89,8 +91,7 @@ def load_labels(settings: Settings, spec: PipelineSpec, source: Source) -> int:
             "INSERT INTO labels (pipeline, request_id, entity_id, label, observed_at)"
             " SELECT %(p)s, %(r)s, %(e)s, %(y)s, COALESCE(%(at)s::timestamptz, (SELECT max(created_at)"
             " FROM inference_requests WHERE request_id = %(r)s AND entity_id = %(e)s), now())"
-            " ON CONFLICT (pipeline, entity_id, observed_at)"
-            " DO UPDATE SET label = EXCLUDED.label, request_id = EXCLUDED.request_id",
+            " ON CONFLICT (pipeline, entity_id, observed_at, request_key) DO UPDATE SET label = EXCLUDED.label",
             [dict(zip(("p", "r", "e", "y", "at"), row, strict=True)) for row in rows],
         )
     return len(rows)

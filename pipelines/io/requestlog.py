@@ -2,7 +2,8 @@
 
 A label belongs to a prediction by its request id, or, when it has none, to the latest prediction
 served to its entity at or before the time the outcome was observed. Shadow answers and failed
-requests never count: the A/B compares what clients were given.
+requests never count: the A/B compares what clients were given, and served traffic becomes
+training data (`feedback`) with the features exactly as they were served, at the instant served.
 """
 
 from __future__ import annotations
@@ -16,10 +17,10 @@ from pipelines.io.db import connect
 from pipelines.ml.abtest import compare
 
 LABELLED_SQL = """
-SELECT r.model_version, r.score, l.label, r.created_at
+SELECT r.model_version, r.score, l.label, r.created_at, l.entity_id, r.features
 FROM labels l
 JOIN LATERAL (
-    SELECT model_version, score, created_at FROM inference_requests r
+    SELECT model_version, score, created_at, features FROM inference_requests r
     WHERE r.pipeline = l.pipeline AND r.entity_id = l.entity_id AND NOT r.shadow AND r.status = 'ok'
       AND (l.request_id IS NULL OR r.request_id = l.request_id)
       AND (l.request_id IS NOT NULL OR r.created_at <= l.observed_at)
@@ -43,7 +44,22 @@ def labelled(
         rows = conn.execute(
             LABELLED_SQL, {"pipeline": pipeline, "versions": versions, "since": since, "until": until}
         ).fetchall()
-    return [(int(v), float(s), float(y)) for v, s, y, _ in rows]
+    return [(int(v), float(s), float(y)) for v, s, y, *_ in rows]
+
+
+def feedback(settings: Settings, pipeline: str, since: datetime | None, until: datetime) -> list[dict[str, Any]]:
+    """The labelled served predictions in `(since, until]`: entity, the instant served, the
+    features as served and the label; one row per entity and instant."""
+    with connect(settings) as conn:
+        rows = conn.execute(
+            LABELLED_SQL, {"pipeline": pipeline, "versions": None, "since": since, "until": until}
+        ).fetchall()
+    out: dict[tuple[str, datetime], dict[str, Any]] = {}
+    for _, _, label, served_at, entity, features in rows:
+        if since is not None and served_at <= since:
+            continue  # the window is (since, until]; the shared query's lower bound is inclusive
+        out[(entity, served_at)] = {"entity_id": entity, "served_at": served_at, "label": label, "features": features}
+    return list(out.values())
 
 
 def ab_results(

@@ -1,16 +1,23 @@
 """Source readers: a spec's (or a labels load's) source read into a frame, with clear errors for
-missing, empty, truncated or malformed input. Files, S3 objects, Postgres queries, synthetic data."""
+missing, empty, truncated or malformed input. Files (or a directory of them), S3 objects (or every
+object under a prefix), Postgres queries (the window as bound parameters), synthetic data.
+
+With a window (`pipelines.core.window`), a location template is rendered for it and the rows are
+kept by the entity timestamp: `(start, end]`. A row whose timestamp cannot be read is kept, so
+that validation sees it and says so.
+"""
 
 from __future__ import annotations
 
 import io
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from pipelines.core.errors import SourceError
 from pipelines.core.settings import Settings
-from pipelines.core.spec import FileSource, PostgresSource, S3Source, Source, SyntheticSource
+from pipelines.core.spec import FileSource, PipelineSpec, PostgresSource, S3Source, Source, SyntheticSource
+from pipelines.core.window import Window, query_params, render_location
 from pipelines.io.db import database_url
 from pipelines.io.storage import parse_s3_uri
 from pipelines.ml.datagen import ChurnConfig, generate_churn
@@ -69,24 +76,115 @@ def parse_bytes(data: bytes, fmt: str, where: str) -> pd.DataFrame:
     return df
 
 
-def read_source(source: Source, settings: Settings) -> pd.DataFrame:
-    """Read the spec's source into a frame."""
+def instants(values: pd.Series) -> pd.Series:
+    """A column as UTC instants (NaT where a value is not a time), whatever mix of ISO forms. Pure."""
+    import pandas as pd
+
+    if pd.api.types.is_datetime64_any_dtype(values):
+        return pd.to_datetime(values, utc=True)
+    return pd.to_datetime(values, utc=True, errors="coerce", format="mixed")
+
+
+def within(df: pd.DataFrame, column: str, window: Window) -> pd.DataFrame:
+    """The rows of the window by `column`; rows whose time cannot be read stay (validation
+    rejects them with a reason). Pure."""
+    import pandas as pd
+
+    if column not in df.columns:
+        raise SourceError(f"the source has no {column} column to read a time window by (columns: {list(df.columns)})")
+    ts = instants(df[column])
+    keep = ts.isna() | (ts <= pd.Timestamp(window.end))
+    if window.start is not None:
+        keep &= ts.isna() | (ts > pd.Timestamp(window.start))
+    return df[keep.to_numpy()].reset_index(drop=True)
+
+
+def read_source(source: Source, settings: Settings, window: Window | None = None, timestamp: str = "") -> pd.DataFrame:
+    """Read the spec's source into a frame; with a window, only its rows (by the `timestamp`
+    column), or a SourceError saying which window found none."""
+    df = _read(source, settings, window)
+    if window is None:
+        return df
+    kept = within(df, timestamp, window)
+    if len(kept) == 0:
+        span = instants(df[timestamp])
+        raise SourceError(
+            f"no rows in the window {window.to_dict()['start'] or '-inf'} .. {window.end.isoformat()} "
+            f"(the source's {timestamp} spans {span.min()} .. {span.max()})"
+        )
+    return kept
+
+
+def _read(source: Source, settings: Settings, window: Window | None) -> pd.DataFrame:
     if isinstance(source, FileSource):
-        path = Path(source.path).expanduser()
+        path = Path(render_location(source.path, window) if window else source.path).expanduser()
         if not path.is_absolute():
             path = settings.project_dir / path
-        try:
-            data = path.read_bytes()
-        except OSError as err:
-            raise SourceError(f"source.path: cannot read {path}: {err.strerror}") from None
-        return parse_bytes(data, infer_format(path.name, source.format), str(path))
+        if path.is_dir():
+            files = sorted(f for f in path.iterdir() if f.is_file() and _data_file(f.name))
+            if not files:
+                raise SourceError(f"source.path: {path} holds no .csv or .parquet file")
+            return _concat([_read_file(f, source.format) for f in files])
+        return _read_file(path, source.format)
     if isinstance(source, S3Source):
-        return parse_bytes(_read_s3(source.uri, settings), infer_format(source.uri, source.format), source.uri)
+        uri = render_location(source.uri, window) if window else source.uri
+        if uri.endswith("/"):
+            keys = [k for k in _list_s3(uri, settings) if _data_file(k)]
+            if not keys:
+                raise SourceError(f"source.uri: no .csv or .parquet object under {uri}")
+            bucket, _ = parse_s3_uri(uri)
+            return _concat(
+                [parse_bytes(_read_s3(f"s3://{bucket}/{k}", settings), infer_format(k, source.format), k) for k in keys]
+            )
+        return parse_bytes(_read_s3(uri, settings), infer_format(uri, source.format), uri)
     if isinstance(source, PostgresSource):
-        return _read_postgres(source, settings)
+        return _read_postgres(source, settings, window)
     if isinstance(source, SyntheticSource):
-        return generate_churn(ChurnConfig(**source.model_dump(exclude={"kind"})))
+        return generate_churn(ChurnConfig(**source.model_dump(exclude={"kind", "lookback_days", "feedback"})))
     raise AssertionError(f"unhandled source {source!r}")
+
+
+DATA_SUFFIXES = (".csv", ".csv.gz", ".parquet", ".pq")
+
+
+def _data_file(name: str) -> bool:
+    return name.lower().endswith(DATA_SUFFIXES)
+
+
+def _read_file(path: Path, declared: str | None) -> pd.DataFrame:
+    try:
+        data = path.read_bytes()
+    except OSError as err:
+        raise SourceError(f"source.path: cannot read {path}: {err.strerror}") from None
+    return parse_bytes(data, infer_format(path.name, declared), str(path))
+
+
+def _concat(frames: list[pd.DataFrame]) -> pd.DataFrame:
+    import pandas as pd
+
+    columns = {tuple(f.columns) for f in frames}
+    if len(columns) > 1:
+        raise SourceError(f"the files of the source have different columns: {sorted(columns)}")
+    return pd.concat(frames, ignore_index=True)
+
+
+def _list_s3(prefix_uri: str, settings: Settings) -> list[str]:
+    import boto3  # heavy: boto3
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    bucket, prefix = parse_s3_uri(prefix_uri)
+    client = boto3.client("s3", endpoint_url=settings.s3_endpoint_url, region_name=settings.s3_region)
+    keys: list[str] = []
+    try:
+        for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
+            keys += [o["Key"] for o in page.get("Contents", [])]
+    except ClientError as err:
+        raise SourceError(
+            f"source.uri: cannot list {prefix_uri}: {err.response.get('Error', {}).get('Code', '?')}"
+        ) from None
+    except BotoCoreError as err:
+        raise SourceError(f"source.uri: cannot reach S3 for {prefix_uri}: {err}") from None
+    return sorted(keys)
 
 
 def _read_s3(uri: str, settings: Settings) -> bytes:
@@ -105,8 +203,9 @@ def _read_s3(uri: str, settings: Settings) -> bytes:
     return data
 
 
-def _read_postgres(source: PostgresSource, settings: Settings) -> pd.DataFrame:
-    """Run the query in a read-only transaction; the URL comes from `url_env` or the platform DB."""
+def _read_postgres(source: PostgresSource, settings: Settings, window: Window | None) -> pd.DataFrame:
+    """Run the query in a read-only transaction, the window's instants bound as parameters (never
+    formatted into the text); the URL comes from `url_env` or the platform DB."""
     import pandas as pd  # heavy: pandas
     import psycopg
 
@@ -119,7 +218,12 @@ def _read_postgres(source: PostgresSource, settings: Settings) -> pd.DataFrame:
     try:
         with psycopg.connect(url) as conn:
             conn.read_only = True
-            cur = conn.execute(source.query)
+            params: dict[str, Any] | None = None
+            if query_params(source.query):
+                if window is None:
+                    raise SourceError("source.query: binds the run's window, and this read has none")
+                params = window.names()
+            cur = conn.execute(source.query, params)
             if cur.description is None:
                 raise SourceError("source.query: the statement returns no rows (not a SELECT?)")
             cols = [d.name for d in cur.description]
@@ -129,3 +233,38 @@ def _read_postgres(source: PostgresSource, settings: Settings) -> pd.DataFrame:
     if not rows:
         raise SourceError("source.query: the query returned no rows")
     return pd.DataFrame.from_records(rows, columns=cols)
+
+
+def feedback_frame(records: list[dict[str, Any]], spec: PipelineSpec) -> pd.DataFrame:
+    """Labelled served predictions (`pipelines.io.requestlog.feedback`) as rows of the spec's
+    source: the entity key, the instant served as the entity timestamp, the features exactly as
+    served, the label; columns typed as the contract declares (a value that does not parse
+    stays as it was, for validation to reject with its reason). Pure."""
+    import pandas as pd
+
+    contract = spec.contract.columns
+    key, ts, label = spec.entity.join_key, spec.entity.timestamp, spec.label.column
+    rows = [
+        {
+            **{c: r["features"].get(c) for c in contract if c not in (key, ts, label)},
+            key: r["entity_id"],
+            ts: r["served_at"],
+            label: r["label"],
+        }
+        for r in records
+    ]
+    df = pd.DataFrame(rows, columns=list(contract))
+    for column, declared in contract.items():
+        values = df[column]
+        if declared.dtype in ("int", "float", "bool"):
+            number = pd.to_numeric(values, errors="coerce")
+            if number.notna().sum() == values.notna().sum():  # all parsed: typed, else left as served
+                whole = declared.dtype in ("int", "bool") and number.notna().all() and (number % 1 == 0).all()
+                df[column] = number.astype("int64") if whole else number
+                if declared.dtype == "bool" and whole:
+                    df[column] = df[column].astype(bool)
+        elif declared.dtype == "datetime":
+            df[column] = pd.to_datetime(values, utc=True, errors="coerce")
+        else:
+            df[column] = values.map(lambda v: None if v is None else str(v)).astype(object)
+    return df

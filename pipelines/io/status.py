@@ -33,11 +33,14 @@ def pipeline_status(settings: Settings, pipeline: str, runs: int = 5) -> dict[st
                 "metric": mv.tags.get("mlcycle.primary_metric"),
                 "data_hash": mv.tags.get("mlcycle.data_hash"),
                 "run_id": mv.tags.get("mlcycle.run_id"),
+                "data_window": mv.tags.get("mlcycle.data_window"),
+                "drift_check": mv.tags.get("mlcycle.drift_check"),
                 "since": str(row[0]) if row else None,
                 "by": row[1] if row else None,
             }
         recent = conn.execute(
-            "SELECT run_id, min(started_at), string_agg(step || ':' || status, ' ' ORDER BY started_at, attempt)"
+            "SELECT run_id, min(started_at), string_agg(step || ':' || status, ' ' ORDER BY started_at, attempt),"
+            " max(outputs->>'cause_line') FILTER (WHERE step = 'ingest')"
             " FROM step_runs WHERE pipeline=%s GROUP BY run_id ORDER BY min(started_at) DESC LIMIT %s",
             (pipeline, runs),
         ).fetchall()
@@ -45,7 +48,9 @@ def pipeline_status(settings: Settings, pipeline: str, runs: int = 5) -> dict[st
         "pipeline": pipeline,
         "model": name,
         **models,
-        "runs": [{"run_id": r, "started": str(t), "outcome": outcome(steps)} for r, t, steps in recent],
+        "runs": [
+            {"run_id": r, "started": str(t), "outcome": outcome(steps), "cause": cause} for r, t, steps, cause in recent
+        ],
     }
 
 
@@ -60,6 +65,8 @@ def outcome(steps: str) -> str:
         return f"failed at {failed[-1]}"
     if any(s == "running" for s in latest.values()):
         return "running"
+    if latest.get("ingest") == "skipped":
+        return "stopped: no new data"
     if latest.get("promote") == "skipped":
         return "rejected by the gate"
     last = list(latest)[-1] if latest else "-"
@@ -77,6 +84,15 @@ def render_status(status: dict[str, Any]) -> str:
                 f"  {alias:<10} v{m['version']}  {m['metric']}  data {str(m['data_hash'])[:19]}…  "
                 f"since {m['since']}  (run {m['run_id']})"
             )
+            if m.get("data_window"):
+                lines.append(f"  {'':<10} data window {m['data_window']}")
+            if m.get("drift_check"):
+                lines.append(f"  {'':<10} retrained after drift check {m['drift_check']}")
     lines.append("  last runs:")
-    lines += [f"    {r['started'][:19]}  {r['run_id']}  {r['outcome']}" for r in status["runs"]] or ["    none"]
+    for r in status["runs"]:
+        lines.append(f"    {r['started'][:19]}  {r['run_id']}  {r['outcome']}")
+        if r.get("cause"):
+            lines.append(f"      {r['cause']}")
+    if not status["runs"]:
+        lines.append("    none")
     return "\n".join(lines)

@@ -130,12 +130,14 @@ def verdict(
     if requests < cfg.min_requests:
         reason = f"{requests} requests in the window, drift.min_requests is {cfg.min_requests}: insufficient data"
         return {"status": "insufficient_data", "retrain": False, "reasons": [reason]}
-    drifted = sorted(f for f, v in features.items() if v["drifted"])
-    share = len(drifted) / len(features) if features else 0.0
+    counted = {f: v for f, v in features.items() if f not in cfg.ignore}  # drift.ignore: expected drift
+    drifted = sorted(f for f, v in counted.items() if v["drifted"])
+    expected = sorted(f for f, v in features.items() if f in cfg.ignore and v["drifted"])
+    share = len(drifted) / len(counted) if counted else 0.0
     reasons = []
     if share >= cfg.max_drift_share and drifted:
         reasons.append(
-            f"{len(drifted)} of {len(features)} features drifted ({share:.0%}, "
+            f"{len(drifted)} of {len(counted)} features drifted ({share:.0%}, "
             f"limit {cfg.max_drift_share:.0%}): {drifted}"
         )
     if prediction_psi is not None and prediction_psi > cfg.psi_threshold:
@@ -156,8 +158,15 @@ def verdict(
             f"less than drift.cooldown_hours ({cfg.cooldown_hours:g}) ago"
         )
     if not reasons:
-        reasons.append(f"{len(drifted)} of {len(features)} features drifted ({share:.0%}); prediction stable")
-    return {"status": status, "retrain": retrain, "reasons": reasons, "drift_share": share, "drifted": drifted}
+        reasons.append(f"{len(drifted)} of {len(counted)} features drifted ({share:.0%}); prediction stable")
+    return {
+        "status": status,
+        "retrain": retrain,
+        "reasons": reasons,
+        "drift_share": share,
+        "drifted": drifted,
+        "expected_drift": expected,
+    }
 
 
 def feature_figures(

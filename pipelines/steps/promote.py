@@ -31,7 +31,12 @@ def parity(torch_scores: np.ndarray, onnx_scores: np.ndarray, tolerance: float) 
 
 
 def lineage_tags(
-    ctx: StepContext, trained: dict[str, Any], evaluation: dict[str, Any], check: dict[str, Any], code: str
+    ctx: StepContext,
+    trained: dict[str, Any],
+    evaluation: dict[str, Any],
+    check: dict[str, Any],
+    code: str,
+    ingested: dict[str, Any],
 ) -> dict[str, str]:
     """The tags a registered version carries: where its data, features, code and verdict came from. Pure."""
     verdict = evaluation["verdict"]
@@ -46,7 +51,25 @@ def lineage_tags(
         "mlcycle.verdict_reasons": "; ".join(verdict["reasons"])[:5000],
         "mlcycle.primary_metric": f"{ctx.spec.evaluation.primary_metric}={evaluation['primary']:.6f}",
         "mlcycle.onnx_parity_max_abs_diff": f"{check['max_abs_diff']:.3e}",
+        **window_tags(ingested),
     }
+
+
+def window_tags(ingested: dict[str, Any]) -> dict[str, str]:
+    """The data window a version was trained on, and the drift check that asked for it. Pure."""
+    tags = {}
+    window = ingested.get("window")
+    if window:
+        tags["mlcycle.data_window"] = f"{window['start'] or '-'} .. {window['end']}"
+    if ingested.get("feedback_rows"):
+        tags["mlcycle.feedback_rows"] = str(ingested["feedback_rows"])
+    if ingested.get("trigger"):
+        tags["mlcycle.trigger"] = ingested["trigger"]
+    cause = ingested.get("cause") or {}
+    if cause.get("drift_run_id"):
+        tags["mlcycle.drift_check"] = str(cause["drift_run_id"])
+        tags["mlcycle.retraining_reasons"] = "; ".join(cause.get("reasons") or [])[:5000]
+    return tags
 
 
 def run(ctx: StepContext) -> dict[str, Any]:
@@ -60,7 +83,8 @@ def run(ctx: StepContext) -> dict[str, Any]:
     onnx_bytes = ctx.storage.read_bytes(ctx.require("train", "model.onnx"))
     check = check_parity(ctx, onnx_bytes)
     registry = open_registry(ctx.settings, ctx.pipeline, ctx.run_id, STEP)
-    tags = {**lineage_tags(ctx, trained, evaluation, check, code_version(ctx.settings)), **airflow_tags()}
+    lineage = lineage_tags(ctx, trained, evaluation, check, code_version(ctx.settings), ctx.manifest("ingest"))
+    tags = {**lineage, **airflow_tags()}
     number = register(ctx, registry, onnx_bytes, trained["mlflow_run_id"], tags, check)
     registry.point(CHALLENGER, number, "; ".join(verdict["reasons"]))
     champion = registry.version(CHAMPION)

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import numpy as np
 
 from pipelines.core.errors import MlcycleError
+from pipelines.io.registry import CHAMPION, alias_version, model_name
 from pipelines.io.storage import read_parquet, write_json
 from pipelines.io.tracking import airflow_tags, code_version, find_run, optuna_url, setup_mlflow
 from pipelines.ml.metrics import HIGHER_IS_BETTER, metric_functions
@@ -63,6 +64,27 @@ def suggest(trial: optuna.Trial, space: dict[str, Param]) -> dict[str, Any]:
             params[name] = trial.suggest_int(name, p.low, p.high, log=p.log)
         else:
             params[name] = trial.suggest_categorical(name, p.choices)
+    return params
+
+
+def warm_start(best: dict[str, str], space: dict[str, Param]) -> dict[str, Any] | None:
+    """The champion's best hyperparameters (as MLflow logged them: strings) as a trial of this
+    search space, or None where one is missing or outside the space (the spec changed). Pure."""
+    params: dict[str, Any] = {}
+    for name, p in space.items():
+        raw = best.get(name)
+        if raw is None:
+            return None
+        try:
+            if p.type == "categorical":
+                value: Any = next(c for c in p.choices if str(c) == raw)
+            else:
+                value = int(float(raw)) if p.type == "int" else float(raw)
+                if not p.low <= value <= p.high:
+                    return None
+        except (StopIteration, ValueError):
+            return None
+        params[name] = value
     return params
 
 
@@ -257,6 +279,7 @@ def run(ctx: StepContext) -> dict[str, Any]:
     trainer = Trainer(ctx, enc, train, val, device)
     study = open_study(ctx, trainer.higher)
     recovered = recover_interrupted(study)
+    warm = enqueue_champion(ctx, study)
     finished_before = len(study.get_trials(states=_states(FINISHED)))
     todo = remaining_budget(spec.training.n_trials, finished_before)
 
@@ -289,6 +312,7 @@ def run(ctx: StepContext) -> dict[str, Any]:
         "study": study.study_name,
         "finished_before_this_attempt": finished_before,
         "recovered_trials": recovered,
+        "warm_start": warm,
         **best,
         "metric": f"val_{trainer.metric_name}",
         "device": device,
@@ -300,6 +324,29 @@ def run(ctx: StepContext) -> dict[str, Any]:
     }
     write_json(ctx.storage, ctx.key("manifest.json"), manifest)
     return {k: v for k, v in manifest.items() if k != "encoding"}
+
+
+def enqueue_champion(ctx: StepContext, study: optuna.Study) -> dict[str, Any] | None:
+    """A new study's first trial is the champion's best hyperparameters (a warm start that costs
+    one trial of the budget): a retraining on new data starts from what won last time."""
+    import mlflow  # heavy: mlflow
+
+    if study.get_trials(deepcopy=False):
+        return None  # a retry: the study already has its first trials
+    setup_mlflow(ctx.settings, ctx.pipeline)
+    client = mlflow.MlflowClient()
+    champion = alias_version(client, model_name(ctx.pipeline), CHAMPION)
+    training_run = champion.tags.get("mlcycle.training_run") if champion else None
+    if not training_run:
+        return None
+    logged = client.get_run(training_run).data.params
+    params = warm_start({k.removeprefix("best."): v for k, v in logged.items()}, ctx.spec.model.search_space)
+    if params is None:
+        log.info("the champion's hyperparameters do not fit this search space: no warm start")
+        return None
+    study.enqueue_trial(params, user_attrs={"warm_start": f"champion v{champion.version}"})
+    log.info("warm start: trial 0 is champion v%s's hyperparameters %s", champion.version, params)
+    return {"champion": int(champion.version), "params": params}
 
 
 def open_study(ctx: StepContext, higher_is_better: bool) -> optuna.Study:

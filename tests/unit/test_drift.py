@@ -95,3 +95,32 @@ def test_event_extra_carries_the_reasons() -> None:
     result = {"pipeline": "churn", "status": "drift", "reasons": ["r"], "champion": 3, "requests": 900, "x": 1}
     extra = event_extra(result, "scheduled__2026-11-25")
     assert extra["reasons"] == ["r"] and extra["drift_run_id"] == "scheduled__2026-11-25" and "x" not in extra
+
+
+def test_expected_drift_is_reported_but_not_counted() -> None:
+    """drift.ignore: tenure grows with time; its drift alone is no alarm, and it leaves the share."""
+    ignoring = CFG.model_copy(update={"ignore": ["f0", "f1"]})
+    features = _features(3)  # f0, f1, f2 drifted
+    out = verdict(ignoring, 500, features, 0.05, None, None, NOW)
+    assert out["drifted"] == ["f2"] and out["expected_drift"] == ["f0", "f1"]
+    assert out["drift_share"] == pytest.approx(1 / 8) and out["status"] == "ok" and not out["retrain"]
+    assert verdict(CFG, 500, features, 0.05, None, None, NOW)["retrain"]  # counted, the same is an alarm
+
+
+def test_event_extra_carries_the_window_and_the_live_metric() -> None:
+    perf = {"metric": "roc_auc", "value": 0.61, "reference": 0.8, "drop": 0.19, "labelled": 300}
+    result = {
+        "pipeline": "churn",
+        "status": "performance",
+        "reasons": ["live roc_auc"],
+        "champion": 1,
+        "requests": 900,
+        "window_start": "2026-11-25T00:00:00+00:00",
+        "window_end": "2026-11-26T00:00:00+00:00",
+        "performance": perf,
+        "drifted": ["usage_hours_30d"],
+    }
+    extra = event_extra(result, "manual__1")
+    assert extra["window_end"] == "2026-11-26T00:00:00+00:00" and extra["drifted"] == ["usage_hours_30d"]
+    assert extra["live_metric"] == {"metric": "roc_auc", "value": 0.61, "reference": 0.8, "labelled": 300}
+    assert event_extra({**result, "performance": None}, "manual__1")["live_metric"] is None

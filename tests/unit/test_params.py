@@ -52,7 +52,7 @@ def test_airflow_validates_the_form_before_a_run() -> None:
     from pipelines.core.params import airflow_params
 
     form = ParamsDict(airflow_params())
-    assert form.validate() == {"source_uri": None, "n_trials": None, "dry_run": False}
+    assert form.validate() == {"source_uri": None, "n_trials": None, "dry_run": False, "as_of": None}
     form["n_trials"] = 5
     assert form.validate()["n_trials"] == 5
     bad = ParamsDict(airflow_params())

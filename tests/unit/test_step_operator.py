@@ -7,6 +7,7 @@ the launch, and the pod it would send to the API server is checked against the K
 from __future__ import annotations
 
 import json
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -29,9 +30,25 @@ def cluster_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setenv("MLCYCLE_K8S_ENV_SECRET", "mlcycle-env")
 
 
-def _context(run_id: str, params: dict[str, Any] | None = None) -> dict[str, Any]:
+INTERVAL_END = datetime(2026, 11, 25, tzinfo=UTC)
+
+
+def _context(run_id: str, params: dict[str, Any] | None = None, **dag_run: Any) -> dict[str, Any]:
     ti = SimpleNamespace(dag_id="churn_lifecycle", task_id="train", try_number=2, map_index=-1)
-    return {"ti": ti, "run_id": run_id, "dag": SimpleNamespace(dag_id="churn_lifecycle"), "params": params or {}}
+    run = {
+        "run_type": "scheduled",
+        "data_interval_end": INTERVAL_END,
+        "run_after": INTERVAL_END + timedelta(minutes=1),
+        "consumed_asset_events": [],
+        **dag_run,
+    }
+    return {
+        "ti": ti,
+        "run_id": run_id,
+        "dag": SimpleNamespace(dag_id="churn_lifecycle"),
+        "params": params or {},
+        "dag_run": SimpleNamespace(**run),
+    }
 
 
 def test_kubernetes_runtime_launches_the_rendered_pod(cluster_env: None, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -59,7 +76,12 @@ def test_kubernetes_runtime_launches_the_rendered_pod(cluster_env: None, monkeyp
     env = {e["name"]: e.get("value") for e in base["env"]}
     assert env["MLCYCLE_AIRFLOW_DAG_ID"] == "churn_lifecycle"
     assert env["MLCYCLE_AIRFLOW_TRY_NUMBER"] == "2"
-    assert json.loads(env["MLCYCLE_RUN_PARAMS"]) == {"dry_run": True, "n_trials": 3}
+    assert json.loads(env["MLCYCLE_RUN_PARAMS"]) == {
+        "dry_run": True,
+        "n_trials": 3,
+        "trigger": "scheduled",
+        "as_of": INTERVAL_END.isoformat(),  # a scheduled run reads up to its data interval's end
+    }
     assert base["envFrom"] == [{"secretRef": {"name": "mlcycle-env"}}]
     assert pod["spec"]["nodeSelector"] == {"mlcycle.io/pool": "gpu"}
     assert pod["metadata"]["namespace"] == sent["namespace"] == "ml"
@@ -99,3 +121,28 @@ def test_dry_run_prints_the_pod(
     PipelineStepOperator(task_id="ingest", pipeline="churn", step="ingest").dry_run()
     pod = yaml.safe_load(capsys.readouterr().out)
     assert pod["spec"]["containers"][0]["args"][-1] == "{{ run_id }}"
+
+
+def test_a_drift_triggered_run_carries_the_events_findings() -> None:
+    """The retraining Asset's newest event: its time is the run's as_of, its extra the run's cause;
+    another Asset's events are not this pipeline's findings."""
+    op = PipelineStepOperator(task_id="ingest", pipeline="churn", step="ingest")
+    found = datetime(2026, 11, 26, 8, tzinfo=UTC)
+
+    def event(name: str, at: datetime, reasons: list[str]) -> SimpleNamespace:
+        return SimpleNamespace(asset=SimpleNamespace(name=name), timestamp=at, extra={"reasons": reasons})
+
+    context = _context(
+        "asset_triggered__x",
+        run_type="asset_triggered",
+        data_interval_end=None,
+        consumed_asset_events=[
+            event("churn_retraining", found - timedelta(hours=2), ["older"]),
+            event("churn_retraining", found, ["live roc_auc 0.61"]),
+            event("other_retraining", found + timedelta(hours=1), ["not ours"]),
+        ],
+    )
+    params = op.run_params(context)
+    assert params == {"trigger": "asset", "as_of": found.isoformat(), "cause": {"reasons": ["live roc_auc 0.61"]}}
+    manual = op.run_params(_context("manual__x", {"as_of": "2026-06-30T00:00:00+00:00"}, run_type="manual"))
+    assert manual == {"trigger": "manual", "as_of": "2026-06-30T00:00:00+00:00"}  # the form's as_of wins
