@@ -35,7 +35,13 @@ def test_csv_and_parquet_files(workspace: Settings, churn_df: pd.DataFrame, tmp_
     small_spec(workspace, {"kind": "file", "path": str(tmp_path / "churn.csv")})
     m = run(workspace, "ingest", "file-csv")
     assert m["rows"] == len(churn_df)
-    assert m["source"] == {"kind": "file", "path": str(tmp_path / "churn.csv"), "format": None}
+    assert m["source"] == {
+        "kind": "file",
+        "path": str(tmp_path / "churn.csv"),
+        "format": None,
+        "lookback_days": None,
+        "feedback": False,
+    }
 
 
 def test_s3_object(workspace: Settings, s3: S3Server, churn_df: pd.DataFrame) -> None:
