@@ -14,10 +14,11 @@ CHURN_SPEC = PROJECT_DIR / "include" / "pipelines" / "churn.yaml"
 
 def churn_spec_dict(*, merge: bool = False, **sections: Any) -> dict[str, Any]:
     """The bundled churn spec as a dict. Each given top-level section replaces the bundled one or,
-    with `merge`, updates it key by key (`training={"n_trials": 2}` keeps the other training keys)."""
+    with `merge`, updates it key by key (`training={"n_trials": 2}` keeps the other training keys);
+    a `source` always replaces the bundled one (its keys depend on its kind)."""
     data: dict[str, Any] = yaml.safe_load(CHURN_SPEC.read_text())
     for key, value in sections.items():
-        both_maps = isinstance(value, dict) and isinstance(data.get(key), dict)
+        both_maps = isinstance(value, dict) and isinstance(data.get(key), dict) and key != "source"
         data[key] = {**data[key], **value} if merge and both_maps else value
     return data
 

@@ -102,16 +102,19 @@ class PostgresSource(SourceBase):
 
 class SyntheticSource(SourceBase):
     """The bundled churn generator: deterministic data for demos, tests and benchmarks. Its months
-    run from `start`; a run reads those up to its as_of (later months exist once their time has
-    come), and the injected drifts ramp in over the second half of the range."""
+    run from `start` (`auto`: the `months` that end with the last full month, by the calendar); a
+    run reads those up to its as_of, and the injected drifts ramp in from `drift_from_month` over
+    `drift_ramp_months` (default: over the second half of the range)."""
 
     kind: Literal["synthetic"]
     customers: int = Field(default=2000, ge=10, le=5_000_000)
     months: int = Field(default=12, ge=2, le=120)
     seed: int = 7
-    start: str = Field(default="2025-01-01", pattern=r"^\d{4}-\d{2}-\d{2}$")
+    start: str = Field(default="2025-01-01", pattern=r"^(\d{4}-\d{2}-\d{2}|auto)$")
     covariate_drift: float = Field(default=0.0, ge=0.0, le=1.0)
     concept_drift: float = Field(default=0.0, ge=0.0, le=1.0)
+    drift_from_month: int | None = Field(default=None, ge=0)
+    drift_ramp_months: int | None = Field(default=None, ge=1)
     fault_rate: float = Field(default=0.0, ge=0.0, le=0.5)
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import io
 import os
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -20,7 +21,7 @@ from pipelines.core.spec import FileSource, PipelineSpec, PostgresSource, S3Sour
 from pipelines.core.window import Window, query_params, render_location
 from pipelines.io.db import database_url
 from pipelines.io.storage import parse_s3_uri
-from pipelines.ml.datagen import ChurnConfig, generate_churn
+from pipelines.ml.datagen import ChurnConfig, auto_start, generate_churn
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -140,7 +141,10 @@ def _read(source: Source, settings: Settings, window: Window | None) -> pd.DataF
     if isinstance(source, PostgresSource):
         return _read_postgres(source, settings, window)
     if isinstance(source, SyntheticSource):
-        return generate_churn(ChurnConfig(**source.model_dump(exclude={"kind", "lookback_days", "feedback"})))
+        cfg = source.model_dump(exclude={"kind", "lookback_days", "feedback"})
+        if cfg["start"] == "auto":
+            cfg["start"] = auto_start(source.months, datetime.now(UTC).date())
+        return generate_churn(ChurnConfig(**cfg))
     raise AssertionError(f"unhandled source {source!r}")
 
 

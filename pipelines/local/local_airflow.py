@@ -153,6 +153,12 @@ class AirflowClient:
         tis = self.api("GET", f"/dags/{dag_id}/dagRuns/{run_id}/taskInstances")["task_instances"]
         return {t["task_id"]: t["state"] for t in tis}
 
+    def task_durations(self, dag_id: str, run_id: str) -> dict[str, float]:
+        """Seconds each task of a run took (its last try), in the order they started."""
+        tis = self.api("GET", f"/dags/{dag_id}/dagRuns/{run_id}/taskInstances")["task_instances"]
+        done = sorted((t for t in tis if t.get("duration") is not None), key=lambda t: t["start_date"] or "")
+        return {t["task_id"]: float(t["duration"]) for t in done}
+
     def asset_events(self, name: str) -> list[dict[str, Any]]:
         assets = self.api("GET", "/assets", params={"name_pattern": name})["assets"]
         ids = [a["id"] for a in assets if a["name"] == name]

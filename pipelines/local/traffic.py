@@ -40,8 +40,17 @@ class SteadyTraffic:
     """Single-entity predictions on the online features, in a thread, until stopped (at most
     `max_requests` or `max_s`); counts what failed."""
 
-    def __init__(self, url: str, key: str, entities: int = 400, max_requests: int = 50_000, max_s: float = 900) -> None:
-        self.url, self.key, self.entities = url, key, entities
+    def __init__(
+        self,
+        url: str,
+        key: str,
+        entities: int | list[int] = 400,
+        max_requests: int = 50_000,
+        max_s: float = 900,
+    ) -> None:
+        """`entities`: the ids to cycle through, or how many of 1, 2, ... (they need online features)."""
+        self.url, self.key = url, key
+        self.entities = list(range(1, entities + 1)) if isinstance(entities, int) else list(entities)
         self.max_requests, self.max_s = max_requests, max_s
         self.sent = self.failed = 0
         self._done = threading.Event()
@@ -53,7 +62,7 @@ class SteadyTraffic:
         deadline = time.monotonic() + self.max_s
         with httpx.Client(headers={"x-api-key": self.key}, timeout=60) as client:
             while not self._done.is_set() and time.monotonic() < deadline and self.sent < self.max_requests:
-                body = {"instances": [{"entity_id": self.sent % self.entities + 1}]}
+                body = {"instances": [{"entity_id": self.entities[self.sent % len(self.entities)]}]}
                 try:
                     self.failed += client.post(f"{self.url}/predict", json=body).status_code != 200
                 except httpx.HTTPError:
@@ -68,3 +77,13 @@ class SteadyTraffic:
     def __exit__(self, kind: type[BaseException] | None, err: BaseException | None, tb: TracebackType | None) -> None:
         self._done.set()
         self._thread.join(60)
+
+
+def known_entities(world: pd.DataFrame, key: str, timestamp: str, as_of: Any, n: int = 400) -> list[Any]:
+    """Entities the online store knows since `as_of` and that are still active at the world's last
+    snapshot: live traffic for them is answered by every champion from that time on. Pure."""
+    import pandas as pd
+
+    before = set(world.loc[world[timestamp] < pd.Timestamp(as_of), key])
+    last = world[world[timestamp] == world[timestamp].max()][key]
+    return [_plain(k) for k in sorted(k for k in last.unique() if k in before)][:n]

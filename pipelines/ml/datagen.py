@@ -8,10 +8,12 @@ month.
 
 Options inject what production data does to models:
 
-* `covariate_drift` (0..1): over the second half of the time range, activity falls, support calls
-  rise, the plan mix moves to `basic` and a new region share appears;
-* `concept_drift` (0..1): over the second half, the relationship itself changes (usage stops
-  protecting against churn, price sensitivity doubles); the features' distribution does not;
+* `covariate_drift` (0..1): activity falls, support calls rise, the plan mix moves to `basic` and a
+  new region share appears;
+* `concept_drift` (0..1): the relationship itself changes (usage stops protecting against churn,
+  price sensitivity doubles); the features' distribution does not;
+* both ramp in from month `drift_from_month` over `drift_ramp_months` (default: over the second
+  half of the range);
 * `fault_rate` (0..0.5): data-quality faults in that share of rows: nulls, out-of-range values,
   unknown categories, non-numeric strings in numeric columns, duplicated keys.
 
@@ -21,6 +23,7 @@ The same arguments always give the same frame.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import date
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -54,6 +57,14 @@ class ChurnConfig:
     covariate_drift: float = 0.0
     concept_drift: float = 0.0
     fault_rate: float = 0.0
+    drift_from_month: int | None = None
+    drift_ramp_months: int | None = None
+
+
+def auto_start(months: int, today: date) -> str:
+    """The first day of the `months` that end with the last full month before `today`. Pure."""
+    month = today.year * 12 + today.month - 1 - months
+    return f"{month // 12:04d}-{month % 12 + 1:02d}-01"
 
 
 def true_logit(df: pd.DataFrame, concept: np.ndarray | float = 0.0) -> np.ndarray:
@@ -77,11 +88,13 @@ def true_logit(df: pd.DataFrame, concept: np.ndarray | float = 0.0) -> np.ndarra
     return np.asarray(logit, dtype=float)
 
 
-def drift_phase(month: int, months: int) -> float:
-    """How much of an injected drift is in force in a month: none over the first half of the range,
-    then a ramp to all of it by the last month. Pure."""
-    half = months / 2
-    return max(0.0, min(1.0, (month + 1 - half) / half))
+def drift_phase(month: int, months: int, start: int | None = None, ramp: int | None = None) -> float:
+    """How much of an injected drift is in force in a month: none before month `start` (default:
+    the middle of the range), then a ramp over `ramp` months (default: the rest of the range) to
+    all of it. Pure."""
+    begin = months / 2 if start is None else start
+    length = max(1.0, months / 2 if ramp is None else ramp)
+    return max(0.0, min(1.0, (month + 1 - begin) / length))
 
 
 def _choice(rng: np.random.Generator, values: tuple[str, ...], p: np.ndarray, n: int) -> np.ndarray:
@@ -119,7 +132,7 @@ def generate_churn(cfg: ChurnConfig = ChurnConfig()) -> pd.DataFrame:
         if idx.size == 0:
             continue
         k = idx.size
-        phase = drift_phase(m, cfg.months)
+        phase = drift_phase(m, cfg.months, cfg.drift_from_month, cfg.drift_ramp_months)
         cov = cfg.covariate_drift * phase
         concept = cfg.concept_drift * phase
         p = profile.iloc[idx]

@@ -1,35 +1,57 @@
 """The closed loop, all through a real Airflow (api-server, scheduler, dag-processor):
 
-lifecycle (REST trigger) -> champion served -> calm traffic -> drift DAG: no Asset event ->
-drifted traffic -> drift DAG: Asset event -> the scheduler starts the lifecycle -> new challenger
--> canary under live traffic -> promoted.
+lifecycle as of four months ago (REST trigger) -> champion served -> calm traffic -> drift DAG: no
+Asset event -> the world drifts (covariates and concept), its traffic is served and its labels
+arrive -> drift DAG: Asset event -> the scheduler starts the lifecycle, which reads the new window
+plus the labelled traffic, warm-starts from the champion, beats it on the recent test window, walks
+the canary under live traffic and is promoted -> a second check right after is quiet (cooldown).
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
 
 import httpx
 import pandas as pd
 import pytest
 
 from pipelines.core.settings import Settings
+from pipelines.core.spec import FileSource, spec_for
 from pipelines.io import db
+from pipelines.io.labels import load_labels
 from pipelines.io.registry import audit
+from pipelines.io.status import pipeline_status, render_status
 from pipelines.local.local_airflow import LocalAirflow
-from pipelines.local.traffic import SteadyTraffic, predict_rows
+from pipelines.local.traffic import SteadyTraffic, known_entities, predict_rows
 from pipelines.ml.datagen import CATEGORICAL, NUMERIC, ChurnConfig, generate_churn
+from tests.conftest import churn_spec_dict
 from tests.e2e.conftest import KEY
 from tests.integration.helpers import SHORT_CANARY, small_spec
 from tests.services import free_port_pairs
 
 pytestmark = pytest.mark.e2e
 
-SOURCE = {"kind": "synthetic", "customers": 600, "months": 8, "seed": 31}
-FAST = {"n_trials": 2, "max_epochs": 4, "early_stopping_patience": 2, "pruner": "none", "batch_size": 128}
-EVAL = {"min_primary": 0.6, "min_improvement": -0.2, "bootstrap_samples": 100, "max_latency_ms_per_row": 50.0}
-DRIFT = {"schedule": None, "window_hours": 1, "min_requests": 200, "cooldown_hours": 1}
+# The world: ten months ending with the last full month, both drifts in full force from its sixth;
+# a run reads the 160 days (five monthly snapshots) up to its as_of, plus the labelled traffic.
+START = (pd.Timestamp.now(tz="UTC").normalize().replace(day=1) - pd.DateOffset(months=10)).strftime("%Y-%m-%d")
+WORLD = {
+    "customers": 1500,
+    "months": 10,
+    "start": START,
+    "covariate_drift": 1.0,
+    "concept_drift": 1.0,
+    "drift_from_month": 5,
+    "drift_ramp_months": 1,
+}
+SOURCE = {"kind": "synthetic", "seed": 31, "lookback_days": 160, "feedback": True, **WORLD}
+BEFORE_DRIFT = (pd.Timestamp(START, tz="UTC") + pd.DateOffset(months=5)).isoformat()  # months 0-4: no drift
+SPLIT = {"train": 0.6, "validation": 0.2, "test": 0.2}  # five snapshots: three, one and one
+FAST = {"n_trials": 3, "max_epochs": 6, "early_stopping_patience": 2, "pruner": "none", "batch_size": 128}
+EVAL = {"min_primary": 0.6, "min_improvement": 0.0, "bootstrap_samples": 200, "max_latency_ms_per_row": 50.0}
+DRIFT = {"schedule": None, "window_hours": 1, "min_requests": 200, "cooldown_hours": 1, "ignore": ["tenure_months"]}
 FEATURES = list(NUMERIC + CATEGORICAL)
 
 
@@ -43,6 +65,7 @@ def airflow(workspace: Settings, ray_head: dict[str, str]) -> Iterator[LocalAirf
         evaluation=EVAL,
         canary={**SHORT_CANARY, "steps": [50, 100]},
         drift=DRIFT,
+        features={**churn_spec_dict()["features"], "split": SPLIT},
     )
     env = {
         **ray_head,
@@ -75,22 +98,38 @@ def _forget_churn(settings: Settings) -> None:
         conn.execute("DELETE FROM alias_audit WHERE pipeline = 'churn'")
 
 
-def _traffic(seed: int, n: int, **drift: float) -> pd.DataFrame:
-    df = generate_churn(ChurnConfig(customers=2000, months=8, seed=seed, **drift))
-    recent = df[df["event_timestamp"] >= sorted(df["event_timestamp"].unique())[-3]]
-    return recent.sample(n, random_state=seed)
+def _traffic(seed: int, n: int, months: slice) -> pd.DataFrame:
+    """Customers of the same world (another sample of it: no row of the source is served again)."""
+    df = generate_churn(ChurnConfig(**{**WORLD, "customers": 3000}, seed=seed))
+    stamps = sorted(df["event_timestamp"].unique())[months]
+    return df[df["event_timestamp"].isin(stamps)].sample(n, random_state=seed)
 
 
-def test_drift_triggers_retraining_through_airflow(
-    workspace: Settings, airflow: LocalAirflow, ray_head: dict[str, str]
+def _known_entities() -> list[int]:
+    """Customers the first run's features know that are still active: live traffic for them is
+    answered from the first champion on."""
+    world = generate_churn(ChurnConfig(**WORLD, seed=SOURCE["seed"]))
+    return known_entities(world, "customer_id", "event_timestamp", BEFORE_DRIFT, 300)
+
+
+def _label(settings: Settings, rows: pd.DataFrame, tmp_path: Path) -> int:
+    """The outcomes of served customers arrive (as `mlcycle labels load` loads them)."""
+    path = tmp_path / "labels.csv"
+    rows[["customer_id", "churned"]].to_csv(path, index=False)
+    return load_labels(settings, spec_for(settings, "churn"), FileSource(kind="file", path=str(path)))
+
+
+def test_drift_triggers_retraining_on_fresh_data_through_airflow(
+    workspace: Settings, airflow: LocalAirflow, ray_head: dict[str, str], tmp_path: Path
 ) -> None:
     url = f"http://127.0.0.1:{ray_head['MLCYCLE_SERVE_PORT']}/v1/pipelines/churn"
-    first = airflow.trigger("churn_lifecycle")
+    first = airflow.trigger("churn_lifecycle", {"as_of": BEFORE_DRIFT})
     assert airflow.wait_run("churn_lifecycle", first)["state"] == "success", airflow.task_states(
         "churn_lifecycle", first
     )
-    served = httpx.post(f"{url}/predict", json={"instances": [{"entity_id": 3}]}, headers={"x-api-key": KEY})
-    assert served.json()["predictions"][0]["version"] == 1
+    entities = _known_entities()
+    served = httpx.post(f"{url}/predict", json={"instances": [{"entity_id": entities[0]}]}, headers={"x-api-key": KEY})
+    assert served.status_code == 200 and served.json()["predictions"][0]["version"] == 1, served.text
     # Extra links: the validation report opens through the plugin, behind Airflow's login.
     links = airflow.api("GET", f"/dags/churn_lifecycle/dagRuns/{first}/taskInstances/validate/links")
     report = links["extra_links"]["Report"]
@@ -102,33 +141,57 @@ def test_drift_triggers_retraining_through_airflow(
     assert "/#/experiments/" in train_links["extra_links"]["MLflow"]
 
     # Calm traffic: the check runs, finds nothing, and its trigger task is skipped: no event.
-    predict_rows(url, KEY, _traffic(seed=41, n=300), "customer_id", FEATURES)
+    predict_rows(url, KEY, _traffic(seed=41, n=300, months=slice(1, 4)), "customer_id", FEATURES)
     time.sleep(1.5)  # the request log is written in batches, off the request path
     calm = airflow.trigger("churn_drift")
     assert airflow.wait_run("churn_drift", calm)["state"] == "success"
     assert airflow.task_states("churn_drift", calm) == {"drift": "success", "trigger_retraining": "skipped"}
     assert airflow.asset_events("churn_retraining") == []
 
-    # Drifted traffic: the check asks for retraining; the event starts the lifecycle.
-    predict_rows(url, KEY, _traffic(seed=42, n=600, covariate_drift=1.0), "customer_id", FEATURES)
+    # The world drifts: its customers are served, and their outcomes arrive.
+    drifted_rows = _traffic(seed=42, n=700, months=slice(-2, None))
+    predict_rows(url, KEY, drifted_rows, "customer_id", FEATURES)
+    assert _label(workspace, drifted_rows, tmp_path) == len(drifted_rows)
     time.sleep(1.5)
     drifted = airflow.trigger("churn_drift")
     assert airflow.wait_run("churn_drift", drifted)["state"] == "success"
     assert airflow.task_states("churn_drift", drifted) == {"drift": "success", "trigger_retraining": "success"}
     (event,) = airflow.asset_events("churn_retraining")
-    assert event["extra"]["status"] == "drift" and "features drifted" in event["extra"]["reasons"][0]
-    with SteadyTraffic(url, KEY) as steady:  # the retraining run's canary needs live traffic
+    assert event["extra"]["status"] in ("drift", "performance") and event["extra"]["drift_run_id"] == drifted
+    assert event["extra"]["window_end"] and event["extra"]["live_metric"]["labelled"] > 100
+    with SteadyTraffic(url, KEY, entities) as steady:  # the retraining run's canary needs live traffic
         deadline = time.monotonic() + 120
         while not (retrain := [r for r in airflow.runs("churn_lifecycle") if r["run_type"] == "asset_triggered"]):
             assert time.monotonic() < deadline, "the scheduler started no lifecycle run from the event"
             time.sleep(3)
-        run = airflow.wait_run("churn_lifecycle", retrain[0]["dag_run_id"])
-        assert run["state"] == "success", airflow.task_states("churn_lifecycle", retrain[0]["dag_run_id"])
-    moves = [(r["alias"], r["to_version"]) for r in audit(workspace, "churn")]
-    assert ("champion", 2) in moves  # the retrained model passed its canary
-    answer = httpx.post(f"{url}/predict", json={"instances": [{"entity_id": 3}]}, headers={"x-api-key": KEY})
-    assert answer.json()["predictions"][0]["version"] == 2
+        retrain_id = retrain[0]["dag_run_id"]
+        run = airflow.wait_run("churn_lifecycle", retrain_id)
+        assert run["state"] == "success", airflow.task_states("churn_lifecycle", retrain_id)
     assert steady.failed == 0 and steady.sent > 10
+    moves = [(r["alias"], r["to_version"]) for r in audit(workspace, "churn")]
+    assert ("champion", 2) in moves  # the retrained model beat the champion and passed its canary
+    answer = httpx.post(f"{url}/predict", json={"instances": [{"entity_id": entities[0]}]}, headers={"x-api-key": KEY})
+    assert answer.json()["predictions"][0]["version"] == 2
+
+    # The new champion is linked to its run, its data window and the check that asked for it.
+    outputs = _outputs(workspace, retrain_id)
+    ingest, train, evaluate = outputs["ingest"], outputs["train"], outputs["evaluate"]
+    assert ingest["trigger"] == "asset" and ingest["cause"]["drift_run_id"] == drifted
+    assert ingest["window"]["end"] > BEFORE_DRIFT and ingest["feedback_rows"] >= 600
+    assert ingest["cause_line"].startswith("retraining because: ")
+    assert train["warm_start"]["champion"] == 1  # trial 0: the champion's hyperparameters
+    assert evaluate["verdict"]["passed"] and evaluate["champion_version"] == 1 and evaluate["difference"]["lower"] > 0
+    tags = _version_tags(workspace, 2)
+    assert tags["mlcycle.run_id"] == retrain_id and tags["mlcycle.drift_check"] == drifted
+    assert tags["mlcycle.data_window"].endswith(ingest["window"]["end"]) and tags["mlcycle.trigger"] == "asset"
+    status = render_status(pipeline_status(workspace, "churn"))
+    assert f"retrained after drift check {drifted}" in status and "retraining because: " in status
+
+    # Right after, the new champion's check is quiet (cooldown), and starts nothing.
+    quiet = airflow.trigger("churn_drift")
+    assert airflow.wait_run("churn_drift", quiet)["state"] == "success"
+    assert airflow.task_states("churn_drift", quiet)["trigger_retraining"] == "skipped"
+    assert len(airflow.asset_events("churn_retraining")) == 1
 
     # A dry run with a small trial budget, as the Trigger DAG form sends it: trained and
     # evaluated, nothing registered or served.
@@ -143,3 +206,23 @@ def test_drift_triggers_retraining_through_airflow(
             (dry,),
         ).fetchone()
     assert sum(trials.values()) == 1, trials  # the form's budget, not the spec's
+
+
+def _outputs(settings: Settings, run_id: str) -> dict[str, dict[str, Any]]:
+    with db.connect(settings) as conn:
+        rows = conn.execute(
+            "SELECT step, outputs FROM step_runs WHERE run_id = %s AND status IN ('succeeded', 'reused')"
+            " ORDER BY attempt",
+            (run_id,),
+        ).fetchall()
+    return {step: outputs for step, outputs in rows}
+
+
+def _version_tags(settings: Settings, version: int) -> dict[str, str]:
+    import mlflow
+
+    from pipelines.io.registry import model_name
+    from pipelines.io.tracking import setup_mlflow
+
+    setup_mlflow(settings, "churn")
+    return dict(mlflow.MlflowClient().get_model_version(model_name("churn"), str(version)).tags)

@@ -83,3 +83,19 @@ def test_faults_are_injected() -> None:
     assert (df["plan"] == "platinum").sum() > 0
     assert (df["support_calls_30d"] == "n/a").sum() > 0
     assert df.duplicated(["customer_id", "event_timestamp"]).sum() > 0
+
+
+def test_a_drift_can_start_at_a_month_and_ramp_over_a_few() -> None:
+    assert [drift_phase(m, 10, start=5, ramp=1) for m in range(10)] == [0.0] * 5 + [1.0] * 5
+    assert [drift_phase(m, 10, start=5, ramp=2) for m in (4, 5, 6)] == [0.0, 0.5, 1.0]
+
+
+def test_an_auto_world_ends_with_the_last_full_month() -> None:
+    from datetime import date
+
+    from pipelines.ml.datagen import auto_start
+
+    assert auto_start(12, date(2026, 11, 26)) == "2025-11-01"  # Nov 2025 .. Oct 2026
+    assert auto_start(3, date(2026, 1, 1)) == "2025-10-01"
+    df = generate_churn(ChurnConfig(customers=50, months=3, start=auto_start(3, date(2026, 1, 1))))
+    assert str(df["event_timestamp"].max().date()) == "2025-12-31"
