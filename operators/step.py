@@ -17,6 +17,7 @@ from operators.container import DockerContainer, container_config
 from operators.links import MlflowLink, ReportLink
 from operators.local import LocalProcess, StepFailed
 from operators.trigger import retraining_asset
+from pipelines.core.errors import NO_RETRY_EXIT_CODES, SKIP_EXIT_CODE
 from pipelines.core.params import ENV, run_params
 from pipelines.core.pod import pod_manifest, to_v1pod
 from pipelines.core.settings import load_settings
@@ -26,13 +27,6 @@ if TYPE_CHECKING:
     from airflow.sdk import Context
 
 Runtime = Literal["local", "docker", "kubernetes"]
-
-NO_RETRY_EXIT_CODES = frozenset({2, 3})
-"""`mlcycle` exits 2 on a bad spec or argument and 3 on rejected data or a failed hard check:
-retrying cannot help."""
-SKIP_EXIT_CODE = 100
-"""`mlcycle` exits 100 when a step has nothing to do (a failed promotion gate): the task is
-skipped, and so is the rest of the run."""
 
 
 class PipelineStepOperator(BaseOperator):
@@ -142,9 +136,9 @@ class PipelineStepOperator(BaseOperator):
         return LocalProcess(manifest, cwd=str(settings.project_dir))
 
     def _run_on_kubernetes(self, manifest: dict[str, Any], settings: Any, context: Context) -> Any:
-        from airflow.providers.cncf.kubernetes.operators.pod import KubernetesPodOperator
+        from operators.kubernetes import StepPodOperator  # heavy: the cncf.kubernetes provider
 
-        self._pod_operator = KubernetesPodOperator(
+        self._pod_operator = StepPodOperator(
             task_id=f"{self.task_id}__pod",
             full_pod_spec=to_v1pod(manifest),
             namespace=settings.k8s_namespace,
@@ -155,7 +149,6 @@ class PipelineStepOperator(BaseOperator):
             startup_timeout_seconds=settings.k8s_startup_timeout_s,
             schedule_timeout_seconds=settings.k8s_schedule_timeout_s,
             log_events_on_failure=True,
-            skip_on_exit_code=SKIP_EXIT_CODE,
         )
         return self._pod_operator.execute(context)
 

@@ -58,3 +58,10 @@ def field_path(loc: tuple[int | str, ...], root: str = "<root>") -> str:
     for part in loc:
         out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
     return out or root
+
+
+NO_RETRY_EXIT_CODES = frozenset({MlcycleError.exit_code, DataQualityError.exit_code})
+"""`mlcycle` exits 2 on a bad spec or argument and 3 on rejected data or a failed hard check:
+retrying cannot help, so no runtime retries them."""
+SKIP_EXIT_CODE = StepSkipped.exit_code
+"""`mlcycle` exits 100 when a step has nothing to do: the task is skipped, and so is the rest of the run."""

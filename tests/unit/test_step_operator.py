@@ -146,3 +146,71 @@ def test_a_drift_triggered_run_carries_the_events_findings() -> None:
     assert params == {"trigger": "asset", "as_of": found.isoformat(), "cause": {"reasons": ["live roc_auc 0.61"]}}
     manual = op.run_params(_context("manual__x", {"as_of": "2026-06-30T00:00:00+00:00"}, run_type="manual"))
     assert manual == {"trigger": "manual", "as_of": "2026-06-30T00:00:00+00:00"}  # the form's as_of wins
+
+
+def _finished_pod(code: int) -> Any:
+    from kubernetes.client import models as k8s
+
+    terminated = k8s.V1ContainerStateTerminated(exit_code=code)
+    status = k8s.V1ContainerStatus(
+        name="base",
+        image="i",
+        image_id="",
+        ready=False,
+        restart_count=0,
+        state=k8s.V1ContainerState(terminated=terminated),
+    )
+    return k8s.V1Pod(
+        metadata=k8s.V1ObjectMeta(name="mlcycle-churn-train-abc", namespace="ml", labels={}),
+        status=k8s.V1PodStatus(phase="Succeeded" if code == 0 else "Failed", container_statuses=[status]),
+    )
+
+
+def test_kubernetes_runtime_keeps_the_exit_code_contract(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The provider's own cleanup decides; no API server here, so its calls to one are stubbed."""
+    from airflow.sdk.exceptions import AirflowException, AirflowFailException, AirflowSkipException
+
+    from operators.kubernetes import StepPodOperator, exit_code
+
+    monkeypatch.setattr(StepPodOperator, "patch_already_checked", lambda self, pod, reraise=True: None)
+    monkeypatch.setattr(StepPodOperator, "process_pod_deletion", lambda self, pod, reraise=True: None)
+    monkeypatch.setattr(StepPodOperator, "is_istio_enabled", lambda self, pod: False)
+    op = StepPodOperator(task_id="train__pod", name="p", image="i", do_xcom_push=False, log_events_on_failure=False)
+    assert exit_code(_finished_pod(3), "base") == 3 and exit_code(_finished_pod(3), "other") is None
+    with pytest.raises(AirflowFailException, match="exited 2: retrying cannot help"):  # a bad spec
+        op.cleanup(_finished_pod(2), _finished_pod(2))
+    with pytest.raises(AirflowFailException, match="exited 3"):  # rejected data
+        op.cleanup(_finished_pod(3), _finished_pod(3))
+    with pytest.raises(AirflowSkipException):  # nothing to do
+        op.cleanup(_finished_pod(100), _finished_pod(100))
+    with pytest.raises(AirflowException) as err:  # anything else: Airflow retries
+        op.cleanup(_finished_pod(1), _finished_pod(1))
+    assert not isinstance(err.value, AirflowFailException | AirflowSkipException)
+    op.cleanup(_finished_pod(0), _finished_pod(0))
+
+
+def test_a_retried_task_finds_its_running_pod_instead_of_starting_another(cluster_env: None) -> None:
+    """The labels the provider puts on the pod of try 1 match the selector try 2 searches with."""
+    from operators.kubernetes import StepPodOperator
+    from pipelines.core.pod import pod_manifest, to_v1pod
+    from pipelines.core.settings import load_settings
+    from pipelines.core.spec import spec_for
+
+    settings = load_settings()
+    manifest = pod_manifest(spec_for(settings, "churn"), "train", "manual__1", settings)
+    op = StepPodOperator(task_id="train__pod", full_pod_spec=to_v1pod(manifest), namespace="ml")
+    assert op.durable and op.reattach_on_restart
+    first = _context("manual__1")
+    pod = op.build_pod_request_obj(first, dry_run=True)
+    labels = pod.metadata.labels
+    second = {**first, "ti": SimpleNamespace(**{**vars(first["ti"]), "try_number": 3})}
+    selector = op._build_find_pod_label_selector(second)
+    for term in selector.split(","):
+        key, _, value = term.partition("=")
+        if term.startswith("!"):  # not a pod of an Airflow worker (KubernetesExecutor)
+            assert term[1:] not in labels
+        elif key.endswith("!"):  # already_checked!=True: a pod not yet processed by a finished try
+            assert labels.get(key[:-1]) != value
+        else:
+            assert labels.get(key) == value, (key, labels)
+    assert labels["mlcycle.io/step"] == "train" and labels["try_number"] == "2"
