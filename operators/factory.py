@@ -33,6 +33,14 @@ def doc_md(spec: PipelineSpec, steps: list[str]) -> str:
     )
 
 
+def cron(expression: str) -> CronTriggerTimetable:
+    """A cron schedule in UTC that never starts the latest "missed" run on a new deployment:
+    `run_immediately=False` is read by the scheduler as "within 10% of the interval (at least five
+    minutes)", so an hourly check deployed at 10:05 would run for 10:00 at once; a zero buffer
+    waits for the next time."""
+    return CronTriggerTimetable(expression, timezone="UTC", run_immediately=timedelta(0))
+
+
 def lifecycle_schedule(spec: PipelineSpec) -> Any:
     """The retraining Asset, or the spec's cron as well: whichever comes first starts a run.
 
@@ -41,7 +49,7 @@ def lifecycle_schedule(spec: PipelineSpec) -> Any:
     asset = retraining_asset(spec.name)
     if spec.schedule is None:
         return [asset]
-    return AssetOrTimeSchedule(timetable=CronTriggerTimetable(spec.schedule, timezone="UTC"), assets=asset)
+    return AssetOrTimeSchedule(timetable=cron(spec.schedule), assets=asset)
 
 
 def lifecycle_dag(spec: PipelineSpec, steps: list[str]) -> DAG:
@@ -74,7 +82,7 @@ def drift_dag(spec: PipelineSpec) -> DAG:
     """`<name>_drift`: the drift check on its schedule, then the retraining Asset if it asks."""
     with DAG(
         dag_id=f"{spec.name}_drift",
-        schedule=CronTriggerTimetable(spec.drift.schedule, timezone="UTC") if spec.drift.schedule else None,
+        schedule=cron(spec.drift.schedule) if spec.drift.schedule else None,
         catchup=False,
         max_active_runs=1,
         tags=["mlcycle", spec.name, "drift"],

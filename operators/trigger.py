@@ -52,7 +52,7 @@ class RetrainingTrigger(BaseOperator):
         self.check_task_id = check_task_id
 
     def execute(self, context: Context) -> dict[str, Any]:
-        from airflow.exceptions import AirflowFailException, AirflowSkipException
+        from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
         result = context["ti"].xcom_pull(task_ids=self.check_task_id)
         if not isinstance(result, dict) or "retrain" not in result:

@@ -7,17 +7,18 @@ container's command, args and env as a subprocess. Nothing here talks to a clust
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from kubernetes.client import models as k8s
 
+    from pipelines.core.k8s import Toleration
     from pipelines.core.settings import Settings
     from pipelines.core.spec import PipelineSpec, Resources
 
 XCOM_PATH = "/airflow/xcom/return.json"
 CONTAINER = "base"  # the name KubernetesPodOperator reads logs and XCom from
-STEP_UID = 10001
 
 
 def pod_name(pipeline: str, step: str) -> str:
@@ -31,27 +32,31 @@ def step_command(pipeline: str, step: str, run_id: str) -> tuple[list[str], list
     return ["mlcycle"], ["step", step, "--pipeline", pipeline, "--run-id", run_id]
 
 
-def resource_requirements(res: Resources) -> dict[str, dict[str, str]]:
+def resource_requirements(res: Resources, gpu_resource: str = "nvidia.com/gpu") -> dict[str, dict[str, str]]:
     """Requests and limits of a step. CPU and memory are requested as limited (Guaranteed QoS for
-    a step that asks for a GPU); a GPU is an extended resource, so request equals limit. Pure."""
+    a step that asks for a GPU); a GPU is an extended resource (the spec's name, else the
+    platform's `gpu_resource`), so request equals limit. Pure."""
     requests = {"cpu": res.cpu, "memory": res.memory}
     limits = {"cpu": res.cpu, "memory": res.memory}
     if res.gpu:
-        requests[res.gpu_resource] = str(res.gpu)
-        limits[res.gpu_resource] = str(res.gpu)
+        name = res.gpu_resource or gpu_resource
+        requests[name] = str(res.gpu)
+        limits[name] = str(res.gpu)
     return {"requests": requests, "limits": limits}
 
 
-def tolerations(res: Resources, pool: list[dict[str, str]] | None = None) -> list[dict[str, Any]]:
+def tolerations(
+    res: Resources, pool: Sequence[Toleration] = (), gpu_resource: str = "nvidia.com/gpu"
+) -> list[dict[str, Any]]:
     """The spec's tolerations; a GPU step also gets the GPU pool's (`pool`, from the settings) and
-    tolerates the usual GPU-node taint (`<gpu_resource>: NoSchedule`), each key once, the
+    tolerates the usual GPU-node taint (`<gpu resource>: NoSchedule`), each key once, the
     spec's first. Pure."""
-    out = [t.model_dump(exclude_none=True) for t in res.tolerations]
+    out = [t.manifest() for t in res.tolerations]
     if res.gpu:
-        extra = [*(pool or []), {"key": res.gpu_resource, "operator": "Exists", "effect": "NoSchedule"}]
-        for t in extra:
+        taint = {"key": res.gpu_resource or gpu_resource, "operator": "Exists", "effect": "NoSchedule"}
+        for t in [*(p.manifest() for p in pool), taint]:
             if not any(o.get("key") == t.get("key") for o in out):
-                out.append(dict(t))
+                out.append(t)
     return out
 
 
@@ -72,12 +77,13 @@ def pod_manifest(
         "command": command,
         "args": args,
         "env": [{"name": k, "value": v} for k, v in sorted(env.items())],
-        "resources": resource_requirements(res),
+        "resources": resource_requirements(res, settings.k8s_gpu_resource),
         "securityContext": {
             "allowPrivilegeEscalation": False,
             "capabilities": {"drop": ["ALL"]},
             "runAsNonRoot": True,
-            "runAsUser": STEP_UID,
+            "runAsUser": settings.k8s_run_as_user,
+            "runAsGroup": settings.k8s_run_as_group,
         },
     }
     if settings.k8s_env_secret:
@@ -93,16 +99,19 @@ def pod_manifest(
         "serviceAccountName": settings.k8s_service_account,
         "securityContext": {
             "runAsNonRoot": True,
-            "runAsUser": STEP_UID,
-            "fsGroup": STEP_UID,
+            "runAsUser": settings.k8s_run_as_user,
+            "runAsGroup": settings.k8s_run_as_group,
+            "fsGroup": settings.k8s_fs_group,
             "seccompProfile": {"type": "RuntimeDefault"},
         },
         "containers": [container],
     }
+    if settings.k8s_image_pull_secrets:
+        pod_spec["imagePullSecrets"] = [{"name": n} for n in settings.k8s_image_pull_secrets]
     selector = {**(settings.k8s_gpu_node_selector if res.gpu else {}), **res.node_selector}
     if selector:
         pod_spec["nodeSelector"] = selector
-    tols = tolerations(res, settings.k8s_gpu_tolerations)
+    tols = tolerations(res, settings.k8s_gpu_tolerations, settings.k8s_gpu_resource)
     if tols:
         pod_spec["tolerations"] = tols
     return {

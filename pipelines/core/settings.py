@@ -23,6 +23,7 @@ from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from pipelines.core.errors import SettingsError
+from pipelines.core.k8s import Toleration
 
 PROJECT_DIR = Path(__file__).resolve().parents[2]
 """The repository root (or the image's install root): holds include/, feature_repo/, dags/."""
@@ -78,7 +79,13 @@ class Settings(BaseSettings):
     # The cluster's GPU node pool (JSON in the environment; the Helm chart sets them from its
     # values): added to every step that asks for a GPU, under what the spec itself says.
     k8s_gpu_node_selector: dict[str, str] = {}
-    k8s_gpu_tolerations: list[dict[str, str]] = []
+    k8s_gpu_tolerations: list[Toleration] = []
+    k8s_gpu_resource: str = "nvidia.com/gpu"
+    # Every step pod: the registry's pull secrets and the identity its processes run as.
+    k8s_image_pull_secrets: list[str] = []
+    k8s_run_as_user: int = Field(default=10001, ge=1)
+    k8s_run_as_group: int = Field(default=10001, ge=0)
+    k8s_fs_group: int = Field(default=10001, ge=0)
 
     @model_validator(mode="after")
     def _cluster_needs_externals(self) -> Settings:

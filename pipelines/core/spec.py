@@ -18,6 +18,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from pipelines.core.errors import SpecError, field_path
+from pipelines.core.k8s import Toleration
 from pipelines.core.steps import STEP_NAMES
 from pipelines.core.window import query_params, template_fields
 
@@ -293,21 +294,19 @@ class Training(Model):
         return self
 
 
-class Toleration(Model):
-    key: str
-    operator: Literal["Exists", "Equal"] = "Exists"
-    value: str | None = None
-    effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = None
-
-
 class Resources(Model):
     """Pod resources of a step: requests equal limits unless `limit_*` widen them."""
 
     cpu: str = Field(default="1", pattern=_K8S_QUANTITY)
     memory: str = Field(default="2Gi", pattern=_K8S_QUANTITY)
     gpu: int = Field(default=0, ge=0, le=16)
-    gpu_resource: str = "nvidia.com/gpu"
-    node_selector: dict[str, str] = Field(default_factory=dict)
+    gpu_resource: str | None = Field(
+        default=None,
+        description="the GPU's extended resource; default: the platform's (nvidia.com/gpu, or the chart's)",
+    )
+    node_selector: dict[str, str] = Field(
+        default_factory=dict, description="more labels, on top of the platform's GPU pool (avoid naming cluster labels)"
+    )
     tolerations: list[Toleration] = Field(default_factory=list)
 
 

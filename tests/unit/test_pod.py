@@ -44,27 +44,61 @@ def test_train_pod_asks_for_a_gpu_node() -> None:
     assert c["resources"]["limits"]["nvidia.com/gpu"] == "1"
     assert c["resources"]["requests"]["nvidia.com/gpu"] == "1"
     assert c["resources"]["limits"]["memory"] == "16Gi"
-    assert pod["spec"]["nodeSelector"] == {"mlcycle.io/pool": "gpu"}
+    assert "nodeSelector" not in pod["spec"]  # the bundled spec names no cluster label
     assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in pod["spec"]["tolerations"]
     env = {e["name"]: e["value"] for e in c["env"]}
     assert env["NVIDIA_VISIBLE_DEVICES"] == "all"
 
 
-def test_the_gpu_pool_from_the_settings_reaches_gpu_steps_only(monkeypatch: pytest.MonkeyPatch) -> None:
-    # What the Helm chart's settings ConfigMap gives Airflow's workers, as JSON.
-    monkeypatch.setenv("MLCYCLE_K8S_GPU_NODE_SELECTOR", '{"cloud.google.com/gke-accelerator": "nvidia-l4"}')
-    monkeypatch.setenv(
-        "MLCYCLE_K8S_GPU_TOLERATIONS",
-        '[{"key": "dedicated", "operator": "Equal", "value": "ml", "effect": "NoSchedule"}]',
-    )
+# A real cluster's placement, as the Helm chart's settings ConfigMap gives it to Airflow's workers:
+# a GPU pool labelled pool=a100 and tainted gpu=true:NoSchedule (and NoExecute with a grace), AMD
+# GPUs, a private registry, the cluster's own UID.
+POOL = {
+    "MLCYCLE_K8S_GPU_NODE_SELECTOR": '{"pool": "a100"}',
+    "MLCYCLE_K8S_GPU_TOLERATIONS": '[{"key": "gpu", "operator": "Equal", "value": "true", "effect": "NoSchedule"},'
+    ' {"key": "gpu", "operator": "Equal", "value": "true", "effect": "NoExecute", "tolerationSeconds": 300}]',
+    "MLCYCLE_K8S_GPU_RESOURCE": "amd.com/gpu",
+    "MLCYCLE_K8S_IMAGE_PULL_SECRETS": '["registry-creds"]',
+    "MLCYCLE_K8S_RUN_AS_USER": "20001",
+    "MLCYCLE_K8S_RUN_AS_GROUP": "20001",
+    "MLCYCLE_K8S_FS_GROUP": "20001",
+}
+
+
+def test_the_platforms_gpu_pool_places_gpu_steps(monkeypatch: pytest.MonkeyPatch) -> None:
+    for k, v in POOL.items():
+        monkeypatch.setenv(k, v)
     settings = _cluster()
     train = pod_manifest(SPEC, "train", "run-1", settings)
-    # the spec's selector wins a shared key; the pool's keys are added
-    assert train["spec"]["nodeSelector"] == {"cloud.google.com/gke-accelerator": "nvidia-l4", "mlcycle.io/pool": "gpu"}
-    keys = [t["key"] for t in train["spec"]["tolerations"]]
-    assert keys == ["nvidia.com/gpu", "dedicated"]  # the spec's own first, each key once
+    kubernetes_validate.validate(train, K8S_VERSION, strict=True)
+    assert train["spec"]["nodeSelector"] == {"pool": "a100"}  # the pool's label alone
+    assert train["spec"]["tolerations"] == [
+        {"key": "gpu", "operator": "Equal", "value": "true", "effect": "NoSchedule"},
+        {"key": "amd.com/gpu", "operator": "Exists", "effect": "NoSchedule"},
+    ]  # one toleration per key: the pool's first (its NoExecute one shares the key)
+    assert container_of(train)["resources"]["limits"]["amd.com/gpu"] == "1"
+    assert train["spec"]["imagePullSecrets"] == [{"name": "registry-creds"}]
+    assert train["spec"]["securityContext"]["runAsUser"] == train["spec"]["securityContext"]["fsGroup"] == 20001
+    assert container_of(train)["securityContext"]["runAsUser"] == 20001
     ingest = pod_manifest(SPEC, "ingest", "run-1", settings)
     assert "nodeSelector" not in ingest["spec"] and "tolerations" not in ingest["spec"]
+    assert ingest["spec"]["imagePullSecrets"] == [{"name": "registry-creds"}]  # every step's image
+    # A pipeline may add to the pool's placement without repeating it.
+    mine = SPEC.model_copy(
+        update={"resources": SPEC.resources.model_validate({"default": {"gpu": 1, "node_selector": {"zone": "b"}}})}
+    )
+    assert pod_manifest(mine, "ingest", "r", settings)["spec"]["nodeSelector"] == {"pool": "a100", "zone": "b"}
+
+
+def test_settings_take_every_toleration_field_and_refuse_a_bad_one(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MLCYCLE_K8S_GPU_TOLERATIONS", POOL["MLCYCLE_K8S_GPU_TOLERATIONS"])
+    (_, grace) = _cluster().k8s_gpu_tolerations
+    assert grace.manifest()["tolerationSeconds"] == 300
+    monkeypatch.setenv(
+        "MLCYCLE_K8S_GPU_TOLERATIONS", '[{"key": "gpu", "effect": "NoSchedule", "tolerationSeconds": 5}]'
+    )
+    with pytest.raises(ValueError, match="tolerationSeconds applies to effect NoExecute only"):
+        _cluster()
 
 
 def test_cpu_step_has_no_gpu_and_no_gpu_toleration() -> None:
@@ -116,7 +150,7 @@ def test_v1pod_round_trip() -> None:
     v1 = to_v1pod(pod)
     assert v1.spec.containers[0].resources.limits["nvidia.com/gpu"] == "1"
     assert v1.spec.tolerations[0].key == "nvidia.com/gpu"
-    assert v1.spec.node_selector == {"mlcycle.io/pool": "gpu"}
+    assert v1.spec.node_selector is None
     assert v1.spec.containers[0].args[-1] == "r"
 
 
