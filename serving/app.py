@@ -57,6 +57,7 @@ STATIC_KEYS = {
     "api_keys_env",
     "online_features",
     "replica_cpus",
+    "replica_gpus",
     "version_deployments",
 }
 """The arguments fixed for a replica's life (a change restarts replicas); the rest is `user_config`."""
@@ -384,6 +385,12 @@ def code_version(static: dict[str, Any]) -> str:
     return digest.hexdigest()[:16]
 
 
+def actor_resources(cpus: float, gpus: float) -> dict[str, float]:
+    """What a replica asks Ray for: its CPUs and, for GPU serving, its GPUs (Ray places it on a
+    GPU node and sets CUDA_VISIBLE_DEVICES; KubeRay's autoscaler adds a GPU worker for it). Pure."""
+    return {"num_cpus": cpus, **({"num_gpus": gpus} if gpus > 0 else {})}
+
+
 def build_app(args: dict[str, Any]) -> Any:
     """The application for `args` (a `ServingArgs` dict): `serve run serving.app:build_app`."""
     parsed = ServingArgs.model_validate(args)
@@ -393,7 +400,7 @@ def build_app(args: dict[str, Any]) -> Any:
     static = parsed.model_dump(include=STATIC_KEYS)
     version = code_version(static)
     options: dict[str, Any] = {
-        "ray_actor_options": {"num_cpus": parsed.replica_cpus},
+        "ray_actor_options": actor_resources(parsed.replica_cpus, parsed.replica_gpus),
         "num_replicas": parsed.replicas,
         # Serve's per-request access log costs more than it tells: the request log has every request.
         "logging_config": {"enable_access_log": False},

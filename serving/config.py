@@ -35,6 +35,7 @@ class ServingArgs(BaseModel):
     online_features: bool = True
     log_requests: bool = True
     replica_cpus: float = Field(default=0.25, gt=0.0)
+    replica_gpus: float = Field(default=0.0, ge=0.0)
     replicas: int = Field(default=1, ge=1)
     request_timeout_s: float = Field(default=2.0, gt=0.0)
     request_deadline_s: float = Field(default=30.0, gt=0.0)

@@ -41,6 +41,7 @@ def serving_args(
         "max_batch_size": spec.serving.max_batch_size,
         "version_deployments": spec.serving.version_deployments,
         "replicas": spec.serving.replicas,
+        "replica_gpus": spec.serving.gpus,
         "request_timeout_s": spec.serving.request_timeout_s,
         "request_deadline_s": spec.serving.request_deadline_s,
         "canary": canary or {},

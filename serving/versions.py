@@ -12,6 +12,7 @@ some instance lacks features (the ingress answers 422).
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Sequence
@@ -27,6 +28,8 @@ from pipelines.io.featurestore import feature_store
 from pipelines.io.registry import load_onnx_model
 from pipelines.ml.model import onnx_session
 from serving.batching import GreedyBatcher
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -51,6 +54,16 @@ def onnx_feed(inputs: Sequence[tuple[str, str]], rows: Sequence[dict[str, Any]])
         else:
             feed[name] = np.array(values, dtype=np.float32).reshape(-1, 1)
     return feed
+
+
+def gpu_fallback(gpus: float, providers: list[str]) -> str | None:
+    """Why a replica given a GPU scores on the CPU, or None. Pure."""
+    if gpus <= 0 or (providers and providers[0] == "CUDAExecutionProvider"):
+        return None
+    return (
+        f"serving.gpus is {gpus:g} but ONNX Runtime scores with {providers[0] if providers else 'no provider'}: "
+        "scoring on the CPU (install onnxruntime-gpu, the `gpu` image variant, on GPU workers)"
+    )
 
 
 def merge_features(
@@ -124,6 +137,9 @@ class LocalVersion:
         many ONNX Runtime threads as the CPUs the replica was given, at least one."""
         model = load_onnx_model(settings, static["pipeline"], static["model_name"], version)
         session = onnx_session(model, threads=max(1, round(static["replica_cpus"])))
+        fallback = gpu_fallback(static.get("replica_gpus", 0.0), session.get_providers())
+        if fallback:
+            log.warning("v%s: %s", version, fallback)
         return cls(version, session, online, max_batch_size)
 
     async def predict(self, instances: list[dict[str, Any]]) -> dict[str, Any]:

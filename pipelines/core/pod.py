@@ -49,13 +49,13 @@ def tolerations(
     res: Resources, pool: Sequence[Toleration] = (), gpu_resource: str = "nvidia.com/gpu"
 ) -> list[dict[str, Any]]:
     """The spec's tolerations; a GPU step also gets the GPU pool's (`pool`, from the settings) and
-    tolerates the usual GPU-node taint (`<gpu resource>: NoSchedule`), each key once, the
-    spec's first. Pure."""
+    tolerates the usual GPU-node taint (`<gpu resource>: NoSchedule`): one toleration per taint
+    (key and effect), the spec's first. Pure."""
     out = [t.manifest() for t in res.tolerations]
     if res.gpu:
         taint = {"key": res.gpu_resource or gpu_resource, "operator": "Exists", "effect": "NoSchedule"}
         for t in [*(p.manifest() for p in pool), taint]:
-            if not any(o.get("key") == t.get("key") for o in out):
+            if not any((o.get("key"), o.get("effect")) == (t.get("key"), t.get("effect")) for o in out):
                 out.append(t)
     return out
 

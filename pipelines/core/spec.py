@@ -378,6 +378,13 @@ class Serving(Model):
     )
     max_payload_bytes: int = Field(default=1_048_576, ge=1024)
     replicas: int = Field(default=1, ge=1)
+    gpus: float = Field(
+        default=0.0,
+        ge=0.0,
+        le=8.0,
+        description="GPUs per replica (a fraction shares one): the replica lands on a Ray GPU worker and scores with "
+        "ONNX Runtime's CUDA provider; without a usable one it scores on the CPU and logs why",
+    )
     request_timeout_s: float = Field(
         default=2.0, gt=0.0, description="a version that has not answered by then races the fallback version"
     )

@@ -14,6 +14,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
+from pipelines.cli import main
 from pipelines.core.pod import pod_manifest
 from pipelines.core.settings import Settings
 from pipelines.core.spec import load_spec
@@ -48,8 +49,10 @@ def run_helm(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([helm(), *args], capture_output=True, text=True, timeout=120)
 
 
-def render(*sets: str) -> list[dict[str, Any]]:
-    argv = ["template", "rel", str(CHART), "--namespace", "ml"]
+def render(*sets: str, values: Path | None = None, release: str = "rel", namespace: str = "ml") -> list[dict[str, Any]]:
+    argv = ["template", release, str(CHART), "--namespace", namespace]
+    if values is not None:
+        argv += ["-f", str(values)]
     for s in sets:
         argv += ["--set", s]
     out = run_helm(*argv)
@@ -185,6 +188,14 @@ def test_serve_config_v2_is_the_generated_serve_config() -> None:
         ("mlflow.replicas=-2", "/mlflow/replicas"),
         ("colour=blue", "additional properties 'colour' not allowed"),
         ("existingSecret=", "/existingSecret"),
+        ("gpu.tolerations[0].tolerationSeconds=30", "/gpu/tolerations/0"),  # NoSchedule takes no seconds
+        ("gpu.tolerations[0].tolerationSeconds=soon", "/gpu/tolerations/0/tolerationSeconds"),
+        ("serving.cpuWorkers.minReplicas=5", "serving.cpuWorkers: minReplicas (5) is greater than maxReplicas (4)"),
+        (
+            "serving.gpuWorkers.replicas=3",
+            "serving.gpuWorkers: replicas (3) is outside minReplicas..maxReplicas (0..2)",
+        ),
+        ("images.pullSecrets[0]=Not_A_Name", "/images/pullSecrets/0"),
     ],
 )
 def test_bad_values_are_refused_by_helm(setting: str, message: str) -> None:
@@ -214,3 +225,80 @@ def test_every_ray_node_of_the_chart_and_compose_serves_as_the_embedded_head() -
     script = (PROJECT / "include" / "stack" / "ray-head.sh").read_text()
     for key, value in wanted.items():
         assert f"{key}={value}" in script, key
+
+
+EXAMPLE = PROJECT / "helm" / "examples" / "values-gpu-pool.yaml"
+
+
+def test_a_gpu_pool_values_example_places_step_pods_and_ray_gpu_workers(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The README's example of a real cluster: pool=a100 tainted gpu=true, a private registry, the
+    cluster's UID. The step pod that `mlcycle pod render` prints under the rendered settings, and
+    the Ray GPU group, get the same placement, pull secrets and identity."""
+    docs = render(values=EXAMPLE, release="mlcycle", namespace="ml-prod")
+    for d in docs:
+        if d["kind"] != "RayService":
+            kubernetes_validate.validate(d, K8S_VERSION, strict=True)
+    objects = kinds(docs)
+    settings = objects["ConfigMap/mlcycle-settings"]["data"]
+    for key, value in settings.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.setenv("MLCYCLE_DATABASE_URL", "postgresql://u@db/mlcycle")
+    assert main(["pod", "render", "--pipeline", "churn", "--step", "train", "--run-id", "r1"]) == 0
+    pod = yaml.safe_load(capsys.readouterr().out)
+    kubernetes_validate.validate(pod, K8S_VERSION, strict=True)
+    pool = [
+        {"key": "gpu", "operator": "Equal", "value": "true", "effect": "NoSchedule"},
+        {"key": "gpu", "operator": "Equal", "value": "true", "effect": "NoExecute", "tolerationSeconds": 600},
+    ]
+    assert pod["spec"]["nodeSelector"] == {"pool": "a100"}
+    assert pod["spec"]["tolerations"][:2] == pool
+    assert pod["spec"]["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == "1"
+    assert pod["spec"]["imagePullSecrets"] == [{"name": "registry-creds"}]
+    assert pod["spec"]["securityContext"]["runAsUser"] == 20001 and pod["spec"]["securityContext"]["fsGroup"] == 20001
+    assert pod["spec"]["containers"][0]["image"] == "registry.example.com/ml/mlcycle-step:0.1.0"
+    assert pod["metadata"]["namespace"] == "ml-prod"
+    assert settings["MLCYCLE_MLFLOW_UI_URL"] == "https://mlflow.ml.example.com"
+    assert settings["MLCYCLE_REDIS_URL"] == "redis://redis.ml-prod.svc:6379/0"
+    assert settings["MLCYCLE_SERVE_HOST"] == "serve.ml.example.com" and settings["RAY_AUTH_MODE"] == "token"
+
+    cluster = objects["RayService/mlcycle"]["spec"]["rayClusterConfig"]
+    assert cluster["enableInTreeAutoscaling"] is True  # the GPU group grows from zero for GPU replicas
+    gpu = next(g for g in cluster["workerGroupSpecs"] if g["groupName"] == "gpu")
+    assert (gpu["replicas"], gpu["minReplicas"], gpu["maxReplicas"]) == (0, 0, 4)
+    spec = gpu["template"]["spec"]
+    assert spec["nodeSelector"] == {"pool": "a100"} and spec["tolerations"] == pool
+    assert spec["imagePullSecrets"] == [{"name": "registry-creds"}]
+    assert spec["securityContext"]["runAsUser"] == 20001
+    assert spec["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == "1"
+    for name, pod_spec in pod_specs(docs):
+        assert pod_spec["imagePullSecrets"] == [{"name": "registry-creds"}], name
+
+
+def test_the_ray_head_is_closed_to_the_cluster_but_its_clients() -> None:
+    policy = kinds(render())["NetworkPolicy/rel-mlcycle-ray-head"]["spec"]
+    assert policy["podSelector"]["matchLabels"]["app.kubernetes.io/component"] == "ray-head"
+    control, serve, nodes = policy["ingress"]
+    assert {p["port"] for p in control["ports"]} == {6379, 8265, 10001}
+    sources = [f["podSelector"]["matchLabels"] for f in control["from"]]
+    assert {"app.kubernetes.io/name": "mlcycle", "app.kubernetes.io/component": "step"} in sources
+    assert {"component": "worker", "release": "airflow"} in sources
+    assert [p["port"] for p in serve["ports"]] == [8000]
+    assert nodes["from"] == [{"podSelector": {"matchLabels": {"app.kubernetes.io/instance": "rel"}}}]
+    assert "NetworkPolicy/rel-mlcycle-ray-head" not in kinds(render("networkPolicy.enabled=false"))
+
+
+def test_airflow_values_follow_the_release_the_secret_and_the_namespace() -> None:
+    docs = render("existingSecret=team-secret", "images.pullSecrets[0]=regcred", release="ml", namespace="ml-prod")
+    values = yaml.safe_load(kinds(docs)["ConfigMap/ml-mlcycle-airflow-values"]["data"]["values.yaml"])
+    refs = yaml.safe_load(values["extraEnvFrom"])
+    settings = kinds(docs)
+    assert refs == [{"configMapRef": {"name": "ml-mlcycle-settings"}}, {"secretRef": {"name": "team-secret"}}]
+    assert "ConfigMap/ml-mlcycle-settings" in settings  # the name Airflow's pods reference exists
+    assert values["config"]["kubernetes_executor"]["namespace"] == "ml-prod"
+    assert values["workers"]["serviceAccount"]["name"] == "airflow-worker"
+    (binding,) = [d for d in docs if d["kind"] == "RoleBinding"]
+    assert binding["subjects"][0]["name"] == values["workers"]["serviceAccount"]["name"]
+    assert values["registry"] == {"secretName": "regcred"}
+    assert values["images"]["airflow"]["repository"] == "mlcycle-airflow"

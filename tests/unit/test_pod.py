@@ -74,8 +74,9 @@ def test_the_platforms_gpu_pool_places_gpu_steps(monkeypatch: pytest.MonkeyPatch
     assert train["spec"]["nodeSelector"] == {"pool": "a100"}  # the pool's label alone
     assert train["spec"]["tolerations"] == [
         {"key": "gpu", "operator": "Equal", "value": "true", "effect": "NoSchedule"},
+        {"key": "gpu", "operator": "Equal", "value": "true", "effect": "NoExecute", "tolerationSeconds": 300},
         {"key": "amd.com/gpu", "operator": "Exists", "effect": "NoSchedule"},
-    ]  # one toleration per key: the pool's first (its NoExecute one shares the key)
+    ]  # one toleration per taint (key and effect)
     assert container_of(train)["resources"]["limits"]["amd.com/gpu"] == "1"
     assert train["spec"]["imagePullSecrets"] == [{"name": "registry-creds"}]
     assert train["spec"]["securityContext"]["runAsUser"] == train["spec"]["securityContext"]["fsGroup"] == 20001

@@ -144,3 +144,21 @@ def test_ray_client_failures_stay_retryable_and_a_missing_local_head_is_a_settin
     with pytest.raises(SettingsError, match="mlcycle serve start"):  # no retry: nothing will start it
         connect(Settings(ray_address="127.0.0.1:6380"))
     assert calls == ["127.0.0.1:6380"]
+
+
+def test_gpu_serving_asks_ray_for_a_gpu_and_says_when_it_scores_on_the_cpu() -> None:
+    from pipelines.core.spec import parse_spec
+    from serving.app import actor_resources
+    from serving.deploy import serving_args
+    from serving.versions import gpu_fallback
+    from tests.specs import churn_spec_dict
+
+    spec = parse_spec(churn_spec_dict(merge=True, serving={"gpus": 0.5}))
+    args = serving_args(spec, [], "mlcycle-churn")
+    assert args.replica_gpus == 0.5
+    assert actor_resources(args.replica_cpus, args.replica_gpus) == {"num_cpus": 0.25, "num_gpus": 0.5}
+    assert actor_resources(1.0, 0.0) == {"num_cpus": 1.0}  # a CPU replica never asks for a GPU
+    assert gpu_fallback(0.5, ["CUDAExecutionProvider", "CPUExecutionProvider"]) is None
+    assert gpu_fallback(0.0, ["CPUExecutionProvider"]) is None
+    why = gpu_fallback(1.0, ["CPUExecutionProvider"])
+    assert why is not None and "scoring on the CPU" in why and "onnxruntime-gpu" in why

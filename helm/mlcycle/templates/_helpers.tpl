@@ -95,3 +95,24 @@ envFrom:
     {{- toYaml .resources | nindent 4 }}
   {{- include "mlcycle.containerSecurity" .root | nindent 2 }}
 {{- end -}}
+
+
+{{/* The registry's pull secrets, in every pod of the chart. */}}
+{{- define "mlcycle.pullSecrets" -}}
+{{- with .Values.images.pullSecrets }}
+imagePullSecrets:
+{{- range . }}
+  - name: {{ . }}
+{{- end }}
+{{- end }}
+{{- end -}}
+
+{{/* A worker group's replicas within its bounds, or a clear failure naming the values. */}}
+{{- define "mlcycle.checkReplicas" -}}
+{{- if gt (int .group.minReplicas) (int .group.maxReplicas) -}}
+{{- fail (printf "serving.%s: minReplicas (%d) is greater than maxReplicas (%d)" .name (int .group.minReplicas) (int .group.maxReplicas)) -}}
+{{- end -}}
+{{- if or (lt (int .group.replicas) (int .group.minReplicas)) (gt (int .group.replicas) (int .group.maxReplicas)) -}}
+{{- fail (printf "serving.%s: replicas (%d) is outside minReplicas..maxReplicas (%d..%d)" .name (int .group.replicas) (int .group.minReplicas) (int .group.maxReplicas)) -}}
+{{- end -}}
+{{- end -}}
