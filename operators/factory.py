@@ -69,8 +69,15 @@ def lifecycle_dag(spec: PipelineSpec, steps: list[str]) -> DAG:
             "retry_exponential_backoff": True,
         },
     ) as dag:
-        previous = None
+        previous: Any = None
         for step in steps:
+            if step == "train" and spec.training.parallelism > 1:
+                # N trial workers (dynamic task mapping: one pod each), then `train` exports the best
+                workers = PipelineStepOperator.partial(task_id="trials", pipeline=spec.name, step="trials").expand(
+                    worker=list(range(spec.training.parallelism))
+                )
+                previous >> workers
+                previous = workers
             task = PipelineStepOperator(task_id=step, pipeline=spec.name, step=step)
             if previous is not None:
                 previous >> task

@@ -38,6 +38,7 @@ class PipelineStepOperator(BaseOperator):
         runtime: `local`, `docker` or `kubernetes`; default from the settings (`MLCYCLE_RUNTIME`, else
             `local` in the embedded profile and `kubernetes` in the cluster profile).
         run_key: the run id the step writes under (templated; default the DAG run's id).
+        worker: which trial worker (step `trials`, mapped over `range(training.parallelism)`).
     """
 
     template_fields = ("run_key",)
@@ -45,11 +46,19 @@ class PipelineStepOperator(BaseOperator):
     operator_extra_links = (MlflowLink(), ReportLink())
 
     def __init__(
-        self, *, pipeline: str, step: str, runtime: Runtime | None = None, run_key: str = "{{ run_id }}", **kwargs: Any
+        self,
+        *,
+        pipeline: str,
+        step: str,
+        runtime: Runtime | None = None,
+        run_key: str = "{{ run_id }}",
+        worker: int | None = None,
+        **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
         self.pipeline = pipeline
         self.step = step
+        self.worker = worker
         self.runtime = runtime
         self.run_key = run_key
         self._runner: Any = None
@@ -60,7 +69,7 @@ class PipelineStepOperator(BaseOperator):
     def render_pod(self, run_id: str, airflow: dict[str, str] | None = None) -> dict[str, Any]:
         """The pod this task runs, from the current settings and the pipeline's spec."""
         settings = load_settings()
-        return pod_manifest(spec_for(settings, self.pipeline), self.step, run_id, settings, airflow)
+        return pod_manifest(spec_for(settings, self.pipeline), self.step, run_id, settings, airflow, self.worker)
 
     def dry_run(self) -> None:
         """Print the pod this task would run, as YAML."""

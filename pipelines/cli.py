@@ -77,7 +77,7 @@ def _cmd_spec_schema(args: argparse.Namespace) -> int:
 def _cmd_step(args: argparse.Namespace) -> int:
     if args.as_of:  # a run parameter, as the operator passes it to every step pod
         os.environ[PARAMS_ENV] = json.dumps({**json.loads(os.environ.get(PARAMS_ENV) or "{}"), "as_of": args.as_of})
-    result = run_step(args.name, args.pipeline, args.run_id, load_settings(), force=args.force)
+    result = run_step(args.name, args.pipeline, args.run_id, load_settings(), force=args.force, worker=args.worker)
     print(RESULT_PREFIX + to_json(result))
     return 0
 
@@ -266,6 +266,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--run-id", required=True)
     p.add_argument("--force", action="store_true", help="redo a step whose outputs exist")
     p.add_argument("--as-of", help="the run's data instant (ISO 8601; default: now, or the run's own)")
+    p.add_argument("--worker", type=int, help="which trial worker this is (step `trials`)")
     p.set_defaults(func=_cmd_step)
 
     pod = sub.add_parser("pod", help="step pods").add_subparsers(dest="action", required=True)

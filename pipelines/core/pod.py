@@ -21,15 +21,17 @@ XCOM_PATH = "/airflow/xcom/return.json"
 CONTAINER = "base"  # the name KubernetesPodOperator reads logs and XCom from
 
 
-def pod_name(pipeline: str, step: str) -> str:
+def pod_name(pipeline: str, step: str, worker: int | None = None) -> str:
     """A DNS-1123 name prefix (KubernetesPodOperator appends a random suffix). Pure."""
+    suffix = f"-{worker}" if worker is not None else ""
     name = re.sub(r"[^a-z0-9-]+", "-", f"mlcycle-{pipeline}-{step}".lower()).strip("-")
-    return name[:50].rstrip("-")
+    return name[: 50 - len(suffix)].rstrip("-") + suffix
 
 
-def step_command(pipeline: str, step: str, run_id: str) -> tuple[list[str], list[str]]:
+def step_command(pipeline: str, step: str, run_id: str, worker: int | None = None) -> tuple[list[str], list[str]]:
     """The container's command and args: the one console script every runtime runs. Pure."""
-    return ["mlcycle"], ["step", step, "--pipeline", pipeline, "--run-id", run_id]
+    args = ["step", step, "--pipeline", pipeline, "--run-id", run_id]
+    return ["mlcycle"], args + (["--worker", str(worker)] if worker is not None else [])
 
 
 def resource_requirements(res: Resources, gpu_resource: str = "nvidia.com/gpu") -> dict[str, dict[str, str]]:
@@ -61,11 +63,16 @@ def tolerations(
 
 
 def pod_manifest(
-    spec: PipelineSpec, step: str, run_id: str, settings: Settings, airflow: dict[str, str] | None = None
+    spec: PipelineSpec,
+    step: str,
+    run_id: str,
+    settings: Settings,
+    airflow: dict[str, str] | None = None,
+    worker: int | None = None,
 ) -> dict[str, Any]:
-    """The step's pod as a plain Kubernetes manifest (a dict). Pure."""
+    """The step's pod (one trial worker's, with `worker`) as a plain Kubernetes manifest. Pure."""
     res = spec.resources.for_step(step)
-    command, args = step_command(spec.name, step, run_id)
+    command, args = step_command(spec.name, step, run_id, worker)
     env = {**settings.pod_env(), "MLCYCLE_XCOM_PATH": XCOM_PATH, **(airflow or {})}
     if res.gpu:
         env["NVIDIA_VISIBLE_DEVICES"] = "all"
@@ -94,6 +101,8 @@ def pod_manifest(
         "mlcycle.io/pipeline": spec.name,
         "mlcycle.io/step": step,
     }
+    if worker is not None:
+        labels["mlcycle.io/worker"] = str(worker)
     pod_spec: dict[str, Any] = {
         "restartPolicy": "Never",
         "serviceAccountName": settings.k8s_service_account,
@@ -118,7 +127,7 @@ def pod_manifest(
         "apiVersion": "v1",
         "kind": "Pod",
         "metadata": {
-            "name": pod_name(spec.name, step),
+            "name": pod_name(spec.name, step, worker),
             "namespace": settings.k8s_namespace,
             "labels": labels,
             "annotations": {"mlcycle.io/run-id": run_id},

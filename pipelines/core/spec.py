@@ -286,6 +286,13 @@ class Training(Model):
     checkpoint_minutes: float = Field(default=10.0, gt=0.0)
     seed: int = 42
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    parallelism: int = Field(
+        default=1,
+        ge=1,
+        le=64,
+        description="trial workers: N > 1 fans the study out into N `trials` pods (each with the train step's "
+        "resources, a GPU too) sharing the run's one Optuna study; `train` then exports the best",
+    )
 
     @model_validator(mode="after")
     def _has_budget(self) -> Training:
@@ -325,7 +332,12 @@ class StepResources(Model):
         return v
 
     def for_step(self, step: str) -> Resources:
-        return self.steps.get(step, self.default)
+        """A step's resources; a trial worker has the train step's unless it has its own."""
+        if step in self.steps:
+            return self.steps[step]
+        if step == "trials" and "train" in self.steps:
+            return self.steps["train"]
+        return self.default
 
 
 # ------------------------------------------------------------------ evaluation, canary, drift

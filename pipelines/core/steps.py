@@ -30,7 +30,8 @@ class Step:
     summary: str
     report: Report | None = None
     lifecycle: bool = True
-    """In the lifecycle DAG (`drift` has a DAG of its own)."""
+    """In every lifecycle DAG (`drift` has a DAG of its own; `trials` fans out before `train` where
+    a spec asks for parallel trial workers)."""
 
 
 STEPS: tuple[Step, ...] = (
@@ -42,6 +43,12 @@ STEPS: tuple[Step, ...] = (
         Report("Validation report", "report.html"),
     ),
     Step("features", "pipelines.steps.features", "Feast apply, materialize, point-in-time training set, time split"),
+    Step(
+        "trials",
+        "pipelines.steps.trials",
+        "one of `training.parallelism` trial workers on the run's one Optuna study",
+        lifecycle=False,
+    ),
     Step("train", "pipelines.steps.train", "Optuna study of torch trials, tracked in MLflow; ONNX of the best"),
     Step(
         "evaluate",

@@ -88,6 +88,18 @@ def connect(settings: Settings, *, autocommit: bool = False) -> Iterator[psycopg
         yield conn
 
 
+@contextmanager
+def advisory_lock(settings: Settings, name: str) -> Iterator[None]:
+    """Hold a session-level advisory lock named `name` while the block runs: concurrent steps (trial
+    workers on a fresh database) take turns creating what a library creates on first use."""
+    with connect(settings, autocommit=True) as conn:
+        conn.execute("SELECT pg_advisory_lock(hashtext(%s))", (name,))
+        try:
+            yield
+        finally:
+            conn.execute("SELECT pg_advisory_unlock(hashtext(%s))", (name,))
+
+
 def pending_migrations(available: list[str], applied: set[str]) -> list[str]:
     """The migration versions to apply, in order. Pure."""
     return sorted(v for v in available if v not in applied)

@@ -13,7 +13,10 @@ from typing import Any
 from urllib.parse import quote
 
 from pipelines.core.settings import Settings
-from pipelines.io.db import database_url, sqlalchemy_url
+from pipelines.io.db import advisory_lock, database_url, sqlalchemy_url
+
+_initialized: dict[tuple[str, str], str] = {}
+"""The ids of the experiments this process found or created (later calls skip the lock)."""
 
 
 def schema_url(url: str, schema: str) -> str:
@@ -66,9 +69,15 @@ def setup_mlflow(settings: Settings, pipeline: str) -> str:
     mlflow.set_tracking_uri(mlflow_uri(settings))
     mlflow.set_registry_uri(mlflow_uri(settings))
     name = experiment_name(pipeline)
-    client = mlflow.MlflowClient()
-    exp = client.get_experiment_by_name(name)
-    exp_id = exp.experiment_id if exp else client.create_experiment(name, artifact_location(settings, pipeline))
+    known = (mlflow_uri(settings), name)
+    if known in _initialized:
+        exp_id = _initialized[known]
+    else:  # MLflow creates its tables (and we the experiment) on first use: one process at a time
+        with advisory_lock(settings, "mlflow"):
+            client = mlflow.MlflowClient()
+            exp = client.get_experiment_by_name(name)
+            exp_id = exp.experiment_id if exp else client.create_experiment(name, artifact_location(settings, pipeline))
+        _initialized[known] = exp_id
     mlflow.set_experiment(experiment_id=exp_id)
     return str(exp_id)
 

@@ -35,6 +35,8 @@ class StepContext:
     """Redo the step even where its outputs exist (`mlcycle step --force`)."""
     params: RunParams | None = None
     """The run's parameters (the trigger form's or `conf`'s), where it has any."""
+    worker: int | None = None
+    """Which of the run's trial workers this is (`mlcycle step trials --worker K`)."""
 
     @property
     def pipeline(self) -> str:

@@ -27,7 +27,9 @@ from pipelines.steps.context import StepContext, check_run_id
 RESULT_PREFIX = "MLCYCLE_RESULT "
 
 
-def run_step(step: str, pipeline: str, run_id: str, settings: Settings, *, force: bool = False) -> dict[str, Any]:
+def run_step(
+    step: str, pipeline: str, run_id: str, settings: Settings, *, force: bool = False, worker: int | None = None
+) -> dict[str, Any]:
     """Run one step and return its result; the attempt is recorded whatever happens."""
     info = step_info(step)
     check_run_id(run_id)
@@ -42,6 +44,7 @@ def run_step(step: str, pipeline: str, run_id: str, settings: Settings, *, force
         step=step,
         force=force,
         params=run_params,
+        worker=worker,
     )
     attempt = start_attempt(settings, pipeline, run_id, step)
     started = time.monotonic()

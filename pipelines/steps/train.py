@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import numpy as np
 
 from pipelines.core.errors import MlcycleError
+from pipelines.io.db import advisory_lock
 from pipelines.io.registry import CHAMPION, alias_version, model_name
 from pipelines.io.storage import read_parquet, write_json
 from pipelines.io.tracking import airflow_tags, code_version, find_run, optuna_url, setup_mlflow
@@ -157,7 +158,7 @@ class Trainer:
         self.v_y = val[spec.label.column].to_numpy()
 
     def checkpoint_key(self, number: int) -> str:
-        return self.ctx.key(f"checkpoints/trial-{number}.pt")
+        return self.ctx.key(f"checkpoints/trial-{number}.pt", STEP)  # the train step's, whichever worker
 
     def validate(self, module: torch.nn.Module) -> float:
         import torch
@@ -253,13 +254,16 @@ class Trainer:
         return int(blob["next_epoch"])
 
 
-def recover_interrupted(study: optuna.Study) -> list[int]:
+def recover_interrupted(study: optuna.Study, worker: int | None = None) -> list[int]:
     """Trials left RUNNING by a killed task: mark them failed and enqueue their parameters again
-    (resuming from their checkpoint). Returns their numbers."""
+    (resuming from their checkpoint). A trial worker recovers its own trials only (the others'
+    are running); the train step, after every worker, recovers all. Returns their numbers."""
     from optuna.trial import TrialState
 
     recovered = []
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        if worker is not None and t.user_attrs.get("worker") != worker:
+            continue
         study._storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
         study.enqueue_trial(t.params, user_attrs={"resume_from": t.number}, skip_if_exists=False)
         recovered.append(t.number)
@@ -267,20 +271,26 @@ def recover_interrupted(study: optuna.Study) -> list[int]:
 
 
 # ----------------------------------------------------------------------------------------- step
+def prepare(ctx: StepContext) -> tuple[Trainer, optuna.Study]:
+    """The run's training data on its device, and the run's one study (shared by trial workers)."""
+    spec = ctx.spec
+    train = read_parquet(ctx.storage, ctx.require("features", "train.parquet"))
+    val = read_parquet(ctx.storage, ctx.require("features", "validation.parquet"))
+    enc = fit_encoding(train, spec.model.numeric_features, spec.model.categorical_features)
+    trainer = Trainer(ctx, enc, train, val, select_device(spec.training.device))
+    return trainer, open_study(ctx, trainer.higher)
+
+
 def run(ctx: StepContext) -> dict[str, Any]:
     import mlflow  # heavy: mlflow
 
     spec = ctx.spec
     features = ctx.manifest("features")
-    train = read_parquet(ctx.storage, ctx.require("features", "train.parquet"))
-    val = read_parquet(ctx.storage, ctx.require("features", "validation.parquet"))
-    enc = fit_encoding(train, spec.model.numeric_features, spec.model.categorical_features)
-    device = select_device(spec.training.device)
-    trainer = Trainer(ctx, enc, train, val, device)
-    study = open_study(ctx, trainer.higher)
+    trainer, study = prepare(ctx)
+    enc, device = trainer.enc, trainer.device
     recovered = recover_interrupted(study)
     warm = enqueue_champion(ctx, study)
-    finished_before = len(study.get_trials(states=_states(FINISHED)))
+    finished_before = len(study.get_trials(states=trial_states(FINISHED)))
     todo = remaining_budget(spec.training.n_trials, finished_before)
 
     exp_id = setup_mlflow(ctx.settings, ctx.pipeline)
@@ -301,7 +311,7 @@ def run(ctx: StepContext) -> dict[str, Any]:
     ) as parent:
         if todo != 0:
             study.optimize(
-                _objective(trainer, spec, parent.info.run_id),
+                objective_for(trainer, spec, parent.info.run_id),
                 n_trials=todo,
                 timeout=spec.training.timeout_s,
                 gc_after_trial=True,
@@ -355,14 +365,16 @@ def open_study(ctx: StepContext, higher_is_better: bool) -> optuna.Study:
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     direction: Literal["maximize", "minimize"] = "maximize" if higher_is_better else "minimize"
-    return optuna.create_study(
-        study_name=study_name(ctx.pipeline, ctx.run_id),
-        storage=optuna.storages.RDBStorage(optuna_url(ctx.settings)),
-        direction=direction,
-        pruner=make_pruner(ctx.spec.training.pruner),
-        sampler=optuna.samplers.TPESampler(seed=ctx.spec.training.seed),
-        load_if_exists=True,
-    )
+    seed = ctx.spec.training.seed + 1000 * (ctx.worker or 0)  # trial workers sample apart
+    with advisory_lock(ctx.settings, "optuna"):  # Optuna creates its tables on first use
+        return optuna.create_study(
+            study_name=study_name(ctx.pipeline, ctx.run_id),
+            storage=optuna.storages.RDBStorage(optuna_url(ctx.settings)),
+            direction=direction,
+            pruner=make_pruner(ctx.spec.training.pruner),
+            sampler=optuna.samplers.TPESampler(seed=seed),
+            load_if_exists=True,
+        )
 
 
 def export_best(ctx: StepContext, study: optuna.Study, trainer: Trainer) -> dict[str, Any]:
@@ -370,15 +382,15 @@ def export_best(ctx: StepContext, study: optuna.Study, trainer: Trainer) -> dict
     (parent) MLflow run with the trial counts; the manifest's fields about it."""
     import mlflow  # heavy: mlflow
 
-    if not study.get_trials(states=_states(("COMPLETE",))):
+    if not study.get_trials(states=trial_states(("COMPLETE",))):
         raise MlcycleError(f"{ctx.pipeline}/{ctx.run_id}: no trial completed (all pruned or failed)")
     best = study.best_trial
-    model_blob = ctx.storage.read_bytes(ctx.key(f"trials/trial-{best.number}.pt"))
+    model_blob = ctx.storage.read_bytes(ctx.key(f"trials/trial-{best.number}.pt", STEP))
     module, _, params = load_module(model_blob)
     onnx_bytes = to_onnx(module, trainer.enc).SerializeToString()
     model_uri = ctx.storage.write_bytes(ctx.key("model.pt"), model_blob)
     onnx_uri = ctx.storage.write_bytes(ctx.key("model.onnx"), onnx_bytes)
-    counts = {s.lower(): len(study.get_trials(states=_states((s,)))) for s in ("COMPLETE", "PRUNED", "FAIL")}
+    counts = {s.lower(): len(study.get_trials(states=trial_states((s,)))) for s in ("COMPLETE", "PRUNED", "FAIL")}
     mlflow.log_params({f"best.{k}": v for k, v in params.items()})
     mlflow.log_metrics(
         {
@@ -403,17 +415,19 @@ def export_best(ctx: StepContext, study: optuna.Study, trainer: Trainer) -> dict
     }
 
 
-def _states(names: tuple[str, ...]) -> tuple[Any, ...]:
+def trial_states(names: tuple[str, ...]) -> tuple[Any, ...]:
     from optuna.trial import TrialState
 
     return tuple(TrialState[n] for n in names)
 
 
-def _objective(trainer: Trainer, spec: PipelineSpec, parent_run_id: str) -> Any:
+def objective_for(trainer: Trainer, spec: PipelineSpec, parent_run_id: str, worker: int | None = None) -> Any:
     import mlflow
     import optuna
 
     def objective(trial: optuna.Trial) -> float:
+        if worker is not None:
+            trial.set_user_attr("worker", worker)
         params = suggest(trial, spec.model.search_space)
         with mlflow.start_run(
             run_name=f"trial-{trial.number}",
@@ -428,7 +442,7 @@ def _objective(trainer: Trainer, spec: PipelineSpec, parent_run_id: str) -> Any:
             except optuna.TrialPruned:
                 mlflow.set_tag("mlcycle.trial_state", "pruned")
                 raise
-            trainer.ctx.storage.write_bytes(trainer.ctx.key(f"trials/trial-{trial.number}.pt"), blob)
+            trainer.ctx.storage.write_bytes(trainer.ctx.key(f"trials/trial-{trial.number}.pt", STEP), blob)
             mlflow.set_tag("mlcycle.trial_state", "complete")
             mlflow.log_metric(f"best_val_{trainer.metric_name}", value)
         return value

@@ -206,3 +206,58 @@ def test_a_killed_train_task_resumes_its_study(workspace: Settings) -> None:
         filter_string="tags.`mlcycle.run_id` = 'kill-1' and tags.`mlcycle.step` = 'train'",
     )
     assert [p.info.run_id for p in parents] == [result["mlflow_run_id"]]
+
+
+def test_parallel_trial_workers_share_one_study_and_budget(workspace: Settings) -> None:
+    """Two worker processes (as two pods run them) on the run's one study in PostgreSQL spend one
+    budget between them; a worker recovers only its own interrupted trials; train exports the best
+    without running more."""
+    import optuna
+    from optuna.trial import TrialState
+
+    from pipelines.io.tracking import optuna_url
+    from pipelines.steps.train import recover_interrupted
+
+    training = {**FAST, "n_trials": 6, "parallelism": 2, "pruner": "none"}
+    _spec(workspace, "churn_par", training=training)
+    run_through(workspace, "par-1", ("ingest", "validate", "features"), pipeline="churn_par")
+    env = {
+        **os.environ,
+        "MLCYCLE_PIPELINES_DIR": str(workspace.pipelines_dir),
+        "MLCYCLE_ARTIFACT_ROOT": str(workspace.artifact_root),
+        "MLCYCLE_STATE_DIR": str(workspace.state_path),
+    }
+    exe = os.path.join(os.path.dirname(sys.executable), "mlcycle")
+    workers = [
+        subprocess.Popen(
+            [exe, "step", "trials", "--pipeline", "churn_par", "--run-id", "par-1", "--worker", str(k)],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for k in (0, 1)
+    ]
+    outs = [w.communicate(timeout=600)[0] for w in workers]
+    assert [w.returncode for w in workers] == [0, 0], "\n".join(o[-6000:] for o in outs)
+    study = optuna.load_study(study_name="churn_par:par-1", storage=optuna_url(workspace))
+    finished = [t for t in study.trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
+    assert 6 <= len(finished) <= 7  # one budget; a worker may finish the trial it had started
+    by_worker = {k: sum(t.user_attrs.get("worker") == k for t in finished) for k in (0, 1)}
+    assert by_worker[0] >= 1 and by_worker[1] >= 1, by_worker
+    assert sum(by_worker.values()) == len(finished)
+
+    # A worker killed mid-trial leaves it RUNNING: only that worker's retry (or train) recovers it.
+    orphan = study.ask()
+    orphan.set_user_attr("worker", 1)
+    assert recover_interrupted(study, worker=0) == []
+    assert recover_interrupted(study, worker=1) == [orphan.number]
+
+    result = run(workspace, "train", "par-1", pipeline="churn_par")
+    assert result["finished_before_this_attempt"] >= 6
+    assert result["trials"]["complete"] == len(finished)  # the budget was spent: nothing more runs
+    assert result["trials"]["fail"] == 1  # the orphan, recovered (failed, its parameters queued again)
+    best = max(t.value for t in study.trials if t.state == TrialState.COMPLETE and t.value is not None)
+    assert result["best_value"] == pytest.approx(best)
+    with pytest.raises(Exception, match="--worker K"):
+        run(workspace, "trials", "par-1", pipeline="churn_par", worker=2)

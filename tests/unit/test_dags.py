@@ -125,3 +125,26 @@ def test_a_spec_without_cron_is_scheduled_on_the_asset_alone(tmp_path: Path, mon
     write_spec(tmp_path, "gamma", schedule=None)
     monkeypatch.setenv("MLCYCLE_PIPELINES_DIR", str(tmp_path))
     assert isinstance(build_dags()["gamma_lifecycle"].timetable, AssetTriggeredTimetable)
+
+
+def test_parallel_trials_fan_out_into_mapped_worker_pods(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """training.parallelism: 3 puts a `trials` task mapped over three workers between features and
+    train; each worker's pod runs `--worker K` with the train step's resources (its GPU)."""
+    from operators.factory import build_dags
+    from pipelines.core.pod import container_of, pod_manifest
+    from pipelines.core.settings import load_settings
+    from pipelines.core.spec import spec_for
+
+    write_spec(tmp_path, "delta", merge=True, schedule=None, training={"parallelism": 3})
+    write_spec(tmp_path, "epsilon", schedule=None)
+    monkeypatch.setenv("MLCYCLE_PIPELINES_DIR", str(tmp_path))
+    dags = build_dags()
+    delta = dags["delta_lifecycle"]
+    trials = delta.get_task("trials")
+    assert trials.expand_input.value == {"worker": [0, 1, 2]}
+    assert trials.upstream_task_ids == {"features"} and delta.get_task("train").upstream_task_ids == {"trials"}
+    assert "trials" not in dags["epsilon_lifecycle"].task_ids  # one worker: train runs the study itself
+    pod = pod_manifest(spec_for(load_settings(), "delta"), "trials", "r1", load_settings(), worker=2)
+    assert container_of(pod)["args"][-2:] == ["--worker", "2"] and pod["metadata"]["name"].endswith("-2")
+    assert pod["metadata"]["labels"]["mlcycle.io/worker"] == "2"
+    assert container_of(pod)["resources"]["limits"]["nvidia.com/gpu"] == "1"  # the train step's GPU
