@@ -5,8 +5,11 @@
 2. Scoring latency of the best model: ONNX Runtime against torch eager, at batch 1 and batch 64
    (median of many calls, inputs prepared beforehand), and the ratio. The ONNX graph starts from raw
    columns, so its time includes the string-to-code lookups that torch is handed precomputed.
+3. Parallel trial workers (`training.parallelism`): the same budget by one worker (the train step
+   alone) and by 2 workers (two `mlcycle step trials --worker K` processes, as two pods run them,
+   then train exporting the best), each with one CPU's threads: wall time and the speed-up.
 
-    .venv/bin/python bench/training.py [--trials 12]
+    .venv/bin/python bench/training.py [--trials 12] [--worker-trials 32] [--only workers]
 
 It runs the lifecycle steps in a throw-away state directory and stops its database afterwards.
 """
@@ -15,7 +18,10 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import statistics
+import subprocess
+import sys
 import time
 
 from common import bench_state, write_spec
@@ -34,11 +40,54 @@ def median_ms(fn, repeats: int) -> float:  # type: ignore[no-untyped-def]
     return statistics.median(times) * 1000
 
 
+def workers(settings, trials: int) -> None:  # type: ignore[no-untyped-def]
+    """One worker against two at the same trial budget, one CPU's threads each."""
+    env = {
+        **os.environ,
+        "MLCYCLE_STATE_DIR": str(settings.state_path),
+        "MLCYCLE_PIPELINES_DIR": str(settings.pipelines_dir),
+    }
+    exe = os.path.join(os.path.dirname(sys.executable), "mlcycle")
+    one_cpu = {"cpu": "1", "memory": "2Gi"}
+    walls = {}
+    for n in (1, 2):
+        name = f"bench_workers_{n}"
+        training = {"pruner": "none", "n_trials": trials, "timeout_s": None, "parallelism": n}
+        write_spec(settings, name, training=training, resources={"steps": {"train": one_cpu, "trials": one_cpu}})
+        for step in ("ingest", "validate", "features"):
+            run_step(step, name, "bench", settings)
+        started = time.perf_counter()
+        if n > 1:
+            procs = [
+                subprocess.Popen(
+                    [exe, "step", "trials", "--pipeline", name, "--run-id", "bench", "--worker", str(k)],
+                    env=env,
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.DEVNULL,
+                )
+                for k in range(n)
+            ]
+            assert [p.wait() for p in procs] == [0] * n, "a trial worker failed"
+        out = run_step("train", name, "bench", settings)
+        walls[n] = (time.perf_counter() - started, out["best_value"], out["trials"])
+    (t1, b1, c1), (t2, b2, c2) = walls[1], walls[2]
+    print(f"trial workers, {trials} trials, one CPU's threads each ({os.cpu_count()} cores here):")
+    print(f"  1 worker (baseline): {t1:6.1f}s  best val ROC AUC {b1:.4f}  {c1}")
+    print(f"  2 workers:           {t2:6.1f}s  best val ROC AUC {b2:.4f}  {c2}")
+    print(f"  speed-up 2 vs 1: {t1 / t2:.2f}x")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--trials", type=int, default=12)
+    parser.add_argument("--only", choices=["workers"], help="run one part")
+    parser.add_argument("--worker-trials", type=int, default=32, help="the budget of the workers' comparison")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
+    if args.only == "workers":
+        with bench_state() as settings:
+            workers(settings, args.worker_trials)
+        return
     with bench_state() as settings:
         # Import what the train step needs before timing, so neither search pays for it.
         import mlflow  # noqa: F401
@@ -86,6 +135,7 @@ def main() -> None:
                 f"  batch {batch:>2}: torch eager (baseline) {t_torch:.4f} ms, ONNX Runtime {t_onnx:.4f} ms, "
                 f"ratio ONNX / torch {t_onnx / t_torch:.2f}x"
             )
+        workers(settings, args.worker_trials)
 
 
 if __name__ == "__main__":

@@ -31,3 +31,10 @@ class Toleration(BaseModel):
     def manifest(self) -> dict[str, Any]:
         """As it goes into a pod spec."""
         return self.model_dump(by_alias=True, exclude_none=True)
+
+
+def cpu_threads(quantity: str, available: int | None) -> int:
+    """How many compute threads a step with this CPU request should use: the whole CPUs of the
+    request (`500m` -> 1, `4` -> 4), no more than the machine has, at least one. Pure."""
+    cpus = float(quantity[:-1]) / 1000 if quantity.endswith("m") else float(quantity)
+    return max(1, min(int(cpus), available or 1))

@@ -15,12 +15,14 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import time
 from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
 from pipelines.core.errors import MlcycleError
+from pipelines.core.k8s import cpu_threads
 from pipelines.io.db import advisory_lock
 from pipelines.io.registry import CHAMPION, alias_version, model_name
 from pipelines.io.storage import read_parquet, write_json
@@ -273,7 +275,11 @@ def recover_interrupted(study: optuna.Study, worker: int | None = None) -> list[
 # ----------------------------------------------------------------------------------------- step
 def prepare(ctx: StepContext) -> tuple[Trainer, optuna.Study]:
     """The run's training data on its device, and the run's one study (shared by trial workers)."""
+    import torch
+
     spec = ctx.spec
+    # as many threads as the pod's CPUs: two workers on one node do not fight over every core
+    torch.set_num_threads(cpu_threads(spec.resources.for_step(ctx.step).cpu, os.cpu_count()))
     train = read_parquet(ctx.storage, ctx.require("features", "train.parquet"))
     val = read_parquet(ctx.storage, ctx.require("features", "validation.parquet"))
     enc = fit_encoding(train, spec.model.numeric_features, spec.model.categorical_features)

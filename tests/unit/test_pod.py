@@ -185,3 +185,12 @@ def test_the_canary_pod_knows_the_ray_cluster() -> None:
     assert "MLCYCLE_RAY_ADDRESS" not in {
         e["name"] for e in container_of(pod_manifest(SPEC, "canary", "r", _cluster()))["env"]
     }
+
+
+def test_a_step_uses_as_many_threads_as_its_cpus() -> None:
+    from pipelines.core.k8s import cpu_threads
+
+    assert cpu_threads("4", 16) == 4
+    assert cpu_threads("4", 2) == 2  # never more than the machine has
+    assert cpu_threads("500m", 8) == 1 and cpu_threads("2500m", 8) == 2
+    assert cpu_threads("1", None) == 1
