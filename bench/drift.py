@@ -1,6 +1,12 @@
-"""Drift step time against the size of the request log window.
+"""Drift step time against the size of the request log window; and, with `--loop`, the closed loop
+end to end: from the first drifted request to the new champion serving, split by stage.
 
     .venv/bin/python bench/drift.py [--sizes 10000 100000 1000000]
+    .venv/bin/python bench/drift.py --loop     # `mlcycle demo` + `mlcycle drift-demo` in a fresh state dir
+
+The loop needs 127.0.0.1:8000 (Serve), :8080 (Airflow) and Ray's port free, so nothing else of
+mlcycle may run beside it. It prints each stage's seconds and share of the whole (the baseline
+measured in the same run), and both champions' metric on the same labelled customers of today.
 
 Trains a small churn champion in a throw-away state directory, then for each size fills the
 request log with that many served predictions (the pipeline's 10 features each, covariate drift
@@ -54,11 +60,49 @@ def fill(settings: Settings, n: int) -> None:
         conn.execute("ANALYZE inference_requests")
 
 
+def loop() -> None:
+    """`mlcycle demo` then `mlcycle drift-demo` in a throw-away state directory; the stage table."""
+    import os
+    import shutil
+    import subprocess
+    import sys
+    import tempfile
+    from pathlib import Path
+
+    state = Path(tempfile.mkdtemp(prefix="mlcycle-bench-loop-"))
+    env = {**os.environ, "MLCYCLE_STATE_DIR": str(state)}
+    exe = str(Path(sys.executable).parent / "mlcycle")
+    try:
+        for command in (["demo"], ["drift-demo"]):
+            done = subprocess.run([exe, *command], env=env, capture_output=True, text=True, timeout=3600)
+            if done.returncode != 0:
+                raise SystemExit(f"mlcycle {command[0]} failed ({done.returncode}):\n{done.stdout[-3000:]}")
+        record = json.loads((state / "drift-demo.json").read_text())
+    finally:
+        subprocess.run([exe, "serve", "stop"], env=env, capture_output=True, timeout=300)
+        subprocess.run([exe, "db", "stop"], env=env, capture_output=True, timeout=300)
+        shutil.rmtree(state, ignore_errors=True)
+    stages = record["stages_s"]
+    total = stages.pop("first drifted request to the new champion (wall)")
+    print(f"the closed loop, first drifted request -> new champion serving: {total:.1f} s (= 1.00)")
+    for stage, seconds in stages.items():
+        print(f"  {stage:<40} {seconds:7.1f} s  {seconds / total:5.2f}")
+    for who in ("old_champion", "new_champion"):
+        if who in record:
+            got = record[who]
+            figures = {k: v for k, v in got.items() if k not in ("version", "customers")}
+            print(f"  {who.replace('_', ' ')} v{got['version']}: {figures} on {got['customers']} customers")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000, 1_000_000])
+    parser.add_argument("--loop", action="store_true", help="the closed loop end to end, by stage")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
+    if args.loop:
+        loop()
+        return
     with bench_state() as settings:
         train_champion(
             settings,

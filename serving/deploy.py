@@ -146,7 +146,10 @@ def connect(settings: Settings) -> None:
                     raise ConnectionError(f"Ray Client at {address} failed {attempt} times: {err}") from None
                 log.warning("Ray Client at %s failed (%s); retrying in %ds", address, err, 5 * attempt)
                 time.sleep(5 * attempt)
-    serve.start(http_options={"host": settings.serve_host, "port": settings.serve_port})
+    # One machine (the embedded profile): one proxy, on the head; its other nodes share the host and
+    # could not bind the port again. A cluster runs one per node (the chart's serve config).
+    location = "HeadOnly" if settings.profile == "embedded" else "EveryNode"
+    serve.start(http_options={"host": settings.serve_host, "port": settings.serve_port}, proxy_location=location)
 
 
 def deploy(args: ServingArgs) -> None:

@@ -185,6 +185,7 @@ def run_drift_demo(pipeline: str = "churn", port: int = 8080) -> int:
     for stage, seconds in stages.items():
         print(f"    {stage:<52} {seconds:7.1f} s")
     after = champion_version(settings, pipeline)
+    record: dict[str, Any] = {"state": state, "before": before, "after": after, "stages_s": stages}
     if after != before:
         holdout = drifted_world(spec.source, 2, today)  # customers neither model has seen
         y = holdout[spec.label.column].to_numpy()
@@ -193,7 +194,10 @@ def run_drift_demo(pipeline: str = "churn", port: int = 8080) -> int:
         for label, version in (("old champion", before), ("new champion", after)):
             session = onnx_session(load_onnx_model(settings, pipeline, name, version))
             value = metric(y, predict_onnx(session, holdout))
+            record[label.replace(" ", "_")] = {"version": version, metric_name: value, "customers": len(holdout)}
             print(f"    {label} v{version}: {metric_name} {value:.4f} on {len(holdout)} labelled customers of today")
+    # what bench/drift.py --loop reports
+    (settings.state_path / "drift-demo.json").write_text(json.dumps(record, indent=2))
     print(render_status(pipeline_status(settings, pipeline)))
     print(f"\n==> drift demo done in {time.monotonic() - started:.0f}s")
     return 0 if state == "success" and after != before else 1

@@ -48,3 +48,20 @@ def ray_head(platform: Settings) -> Iterator[dict[str, str]]:
             serve.shutdown()
             ray.shutdown()
             embedded.stop(settings)
+
+
+def forget_pipeline(settings: Settings, pipeline: str) -> None:
+    """The session's registry and audit are shared by the e2e modules, and the first run of a
+    pipeline in another module must meet no champion: remove what a module registered."""
+    import mlflow
+
+    from pipelines.io import db
+    from pipelines.io.registry import model_name
+    from pipelines.io.tracking import setup_mlflow
+
+    setup_mlflow(settings, pipeline)
+    client = mlflow.MlflowClient()
+    if client.search_registered_models(f"name = '{model_name(pipeline)}'"):
+        client.delete_registered_model(model_name(pipeline))
+    with db.connect(settings) as conn:
+        conn.execute("DELETE FROM alias_audit WHERE pipeline = %s", (pipeline,))

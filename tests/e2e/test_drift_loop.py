@@ -28,7 +28,7 @@ from pipelines.local.local_airflow import LocalAirflow
 from pipelines.local.traffic import SteadyTraffic, known_entities, predict_rows
 from pipelines.ml.datagen import CATEGORICAL, NUMERIC, ChurnConfig, generate_churn
 from tests.conftest import churn_spec_dict
-from tests.e2e.conftest import KEY
+from tests.e2e.conftest import KEY, forget_pipeline
 from tests.integration.helpers import SHORT_CANARY, small_spec
 from tests.services import free_port_pairs
 
@@ -79,23 +79,7 @@ def airflow(workspace: Settings, ray_head: dict[str, str]) -> Iterator[LocalAirf
         try:
             yield af
         finally:
-            _forget_churn(workspace)
-
-
-def _forget_churn(settings: Settings) -> None:
-    """The session's registry and audit are shared with the other e2e module, whose first run of
-    `churn` must meet no champion: remove what this test registered."""
-    import mlflow
-
-    from pipelines.io.registry import model_name
-    from pipelines.io.tracking import setup_mlflow
-
-    setup_mlflow(settings, "churn")
-    client = mlflow.MlflowClient()
-    if client.search_registered_models(f"name = '{model_name('churn')}'"):
-        client.delete_registered_model(model_name("churn"))
-    with db.connect(settings) as conn:
-        conn.execute("DELETE FROM alias_audit WHERE pipeline = 'churn'")
+            forget_pipeline(workspace, "churn")
 
 
 def _traffic(seed: int, n: int, months: slice) -> pd.DataFrame:

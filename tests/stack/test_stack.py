@@ -12,6 +12,7 @@ champion still serves and nothing is lost.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import threading
 import time
@@ -104,6 +105,7 @@ def test_a_step_on_runtime_docker_gives_what_the_local_runtime_gives(stack: Stac
     once as a process on this host against the published ports: the same snapshot."""
     from operators.container import DockerContainer, container_config
     from operators.local import LocalProcess
+    from pipelines.core.params import ENV
     from pipelines.core.pod import pod_manifest
     from pipelines.core.settings import Settings, scoped_environ
     from pipelines.core.spec import spec_for
@@ -121,13 +123,15 @@ def test_a_step_on_runtime_docker_gives_what_the_local_runtime_gives(stack: Stac
     docker_settings = settings.model_copy(
         update={"s3_endpoint_url": "http://seaweedfs:8333", "image": "mlcycle-step:latest"}
     )
-    manifest = pod_manifest(spec, "ingest", "runtime-docker", docker_settings)
+    # one run's parameters for both, as the operator hands them to every pod of a run: one window
+    params = {ENV: json.dumps({"as_of": "2026-11-01T00:00:00+00:00", "trigger": "manual"})}
+    manifest = pod_manifest(spec, "ingest", "runtime-docker", docker_settings, params)
     config = container_config(manifest, in_stack, docker_settings.docker_env_from, f"{stack.project}_default")
     lines: list[str] = []
     in_container = DockerContainer(manifest, config, "Never").run(lines.append)
     assert any("ingest" in line for line in lines)
 
-    local_manifest = pod_manifest(spec, "ingest", "runtime-local", settings)
+    local_manifest = pod_manifest(spec, "ingest", "runtime-local", settings, params)
     with scoped_environ(host_env):
         local = LocalProcess(local_manifest, cwd=str(ROOT)).run(lambda _: None)
     volatile = {"snapshot", "seconds", "reused"}
@@ -137,6 +141,7 @@ def test_a_step_on_runtime_docker_gives_what_the_local_runtime_gives(stack: Stac
     }
     assert in_container["snapshot"].startswith("s3://mlcycle/artifacts/")
     assert in_container["snapshot"].replace("runtime-docker", "runtime-local") == local["snapshot"]
+    assert in_container["window"]["end"] == "2026-11-01T00:00:00+00:00"
 
 
 class StepStarts:
