@@ -12,7 +12,6 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pandas as pd
@@ -23,6 +22,7 @@ from pipelines.core.spec import FileSource, spec_for
 from pipelines.io import db
 from pipelines.io.labels import load_labels
 from pipelines.io.registry import audit
+from pipelines.io.runs import run_steps
 from pipelines.io.status import pipeline_status, render_status
 from pipelines.local.local_airflow import LocalAirflow
 from pipelines.local.traffic import SteadyTraffic, known_entities, predict_rows
@@ -158,7 +158,7 @@ def test_drift_triggers_retraining_on_fresh_data_through_airflow(
     assert answer.json()["predictions"][0]["version"] == 2
 
     # The new champion is linked to its run, its data window and the check that asked for it.
-    outputs = _outputs(workspace, retrain_id)
+    outputs = {row.step: row.outputs for row in run_steps(workspace, "churn", retrain_id)}
     ingest, train, evaluate = outputs["ingest"], outputs["train"], outputs["evaluate"]
     assert ingest["trigger"] == "asset" and ingest["cause"]["drift_run_id"] == drifted
     assert ingest["window"]["end"] > BEFORE_DRIFT and ingest["feedback_rows"] >= 600
@@ -190,16 +190,6 @@ def test_drift_triggers_retraining_on_fresh_data_through_airflow(
             (dry,),
         ).fetchone()
     assert sum(trials.values()) == 1, trials  # the form's budget, not the spec's
-
-
-def _outputs(settings: Settings, run_id: str) -> dict[str, dict[str, Any]]:
-    with db.connect(settings) as conn:
-        rows = conn.execute(
-            "SELECT step, outputs FROM step_runs WHERE run_id = %s AND status IN ('succeeded', 'reused')"
-            " ORDER BY attempt",
-            (run_id,),
-        ).fetchall()
-    return {step: outputs for step, outputs in rows}
 
 
 def _version_tags(settings: Settings, version: int) -> dict[str, str]:

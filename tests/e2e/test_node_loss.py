@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import signal
 import subprocess
 import time
@@ -28,7 +27,7 @@ from serving.config import VersionConfig
 from serving.deploy import deploy, serving_args, undeploy
 from tests import loadgen
 from tests.e2e.conftest import KEY, forget_pipeline
-from tests.integration.helpers import run_through, small_spec
+from tests.integration.helpers import run_through, small_spec, workspace_env
 
 pytestmark = pytest.mark.e2e
 
@@ -65,13 +64,7 @@ def _ingress_states() -> dict[str, int]:
 def _join_node(ray_head: dict[str, str], workspace: Settings) -> dict[str, Any]:
     """A new Ray node on this host: its own raylet with 3 CPUs, joined to the head."""
     before = {n["NodeID"] for n in _alive_nodes()}
-    env = {
-        **os.environ,
-        **ray_head,
-        "MLCYCLE_STATE_DIR": str(workspace.state_path),
-        "MLCYCLE_PIPELINES_DIR": str(workspace.pipelines_dir),
-        "MLCYCLE_ARTIFACT_ROOT": str(workspace.artifact_root),
-    }
+    env = {**workspace_env(workspace), **ray_head}
     started = subprocess.run(
         [
             str(executable("ray")),

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -42,3 +45,19 @@ def run_through(
     pipeline: str = "churn",
 ) -> dict[str, dict[str, Any]]:
     return {s: run(settings, s, run_id, pipeline) for s in steps}
+
+
+def workspace_env(settings: Settings) -> dict[str, str]:
+    """The environment a child process (a step, a Ray node) needs to work on the test's workspace."""
+    return {
+        **os.environ,
+        "MLCYCLE_PIPELINES_DIR": str(settings.pipelines_dir),
+        "MLCYCLE_ARTIFACT_ROOT": str(settings.artifact_root),
+        "MLCYCLE_STATE_DIR": str(settings.state_path),
+    }
+
+
+def step_process(settings: Settings, *args: str, **popen: Any) -> subprocess.Popen[str]:
+    """`mlcycle step <args>` as its own process, as a pod runs it."""
+    exe = os.path.join(os.path.dirname(sys.executable), "mlcycle")
+    return subprocess.Popen([exe, "step", *args], env=workspace_env(settings), text=True, **popen)

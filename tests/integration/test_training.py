@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -18,7 +17,7 @@ from pipelines.core.settings import Settings
 from pipelines.io import db
 from pipelines.io.registry import audit, model_name
 from pipelines.io.tracking import code_version, setup_mlflow
-from tests.integration.helpers import run, run_through, small_spec
+from tests.integration.helpers import run, run_through, small_spec, step_process
 
 pytestmark = pytest.mark.integration
 
@@ -153,16 +152,9 @@ def test_a_killed_train_task_resumes_its_study(workspace: Settings) -> None:
     }
     _spec(workspace, "churn_resume", training=training)
     run_through(workspace, "kill-1", ("ingest", "validate", "features"), pipeline="churn_resume")
-    env = {
-        **os.environ,
-        "MLCYCLE_PIPELINES_DIR": str(workspace.pipelines_dir),
-        "MLCYCLE_ARTIFACT_ROOT": str(workspace.artifact_root),
-        "MLCYCLE_STATE_DIR": str(workspace.state_path),
-    }
-    exe = os.path.join(os.path.dirname(sys.executable), "mlcycle")
-    proc = subprocess.Popen(
-        [exe, "step", "train", "--pipeline", "churn_resume", "--run-id", "kill-1"],
-        env=env,
+    proc = step_process(
+        workspace,
+        *("train", "--pipeline", "churn_resume", "--run-id", "kill-1"),
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
         start_new_session=True,
@@ -221,20 +213,12 @@ def test_parallel_trial_workers_share_one_study_and_budget(workspace: Settings) 
     training = {**FAST, "n_trials": 6, "parallelism": 2, "pruner": "none"}
     _spec(workspace, "churn_par", training=training)
     run_through(workspace, "par-1", ("ingest", "validate", "features"), pipeline="churn_par")
-    env = {
-        **os.environ,
-        "MLCYCLE_PIPELINES_DIR": str(workspace.pipelines_dir),
-        "MLCYCLE_ARTIFACT_ROOT": str(workspace.artifact_root),
-        "MLCYCLE_STATE_DIR": str(workspace.state_path),
-    }
-    exe = os.path.join(os.path.dirname(sys.executable), "mlcycle")
     workers = [
-        subprocess.Popen(
-            [exe, "step", "trials", "--pipeline", "churn_par", "--run-id", "par-1", "--worker", str(k)],
-            env=env,
+        step_process(
+            workspace,
+            *("trials", "--pipeline", "churn_par", "--run-id", "par-1", "--worker", str(k)),
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
-            text=True,
         )
         for k in (0, 1)
     ]
