@@ -89,7 +89,9 @@ def _join_node(ray_head: dict[str, str], workspace: Settings) -> dict[str, Any]:
 
 @pytest.fixture
 def forget(workspace: Settings) -> Iterator[None]:
-    """The registry and audit are the e2e session's: another module's first run must meet no champion."""
+    """The registry and audit are the e2e session's: this test's run, and another module's first
+    run, must meet no champion of `churn` left by someone else."""
+    forget_pipeline(workspace, PIPELINE)
     yield
     forget_pipeline(workspace, PIPELINE)
     undeploy(PIPELINE)
