@@ -161,7 +161,7 @@ def run_drift_demo(pipeline: str = "churn", port: int = 8080) -> int:
         for reason in events[-1]["extra"]["reasons"]:
             print(f"    asset event reason: {reason}")
         print(f"    Evidently report: {events[-1]['extra'].get('report')}")
-        entities = _known_since(spec.source, demo_as_of(spec.source, today), today, join, ts)
+        entities = known_since(spec.source, demo_as_of(spec.source, today), today, join, ts)
         with SteadyTraffic(url, key, entities, max_s=1800) as steady:
             print("==> waiting for the retraining run the event starts (live traffic runs for its canary)", flush=True)
             mark = time.monotonic()
@@ -203,7 +203,9 @@ def run_drift_demo(pipeline: str = "churn", port: int = 8080) -> int:
     return 0 if state == "success" and after != before else 1
 
 
-def _known_since(source: SyntheticSource, as_of: datetime | None, today: date, join: str, ts: str) -> list[Any]:
+def known_since(source: SyntheticSource, as_of: datetime | None, today: date, join: str, ts: str) -> list[Any]:
+    """Customers of the spec's synthetic world the online store knows since `as_of` (any time,
+    without) and still active at its last snapshot: every champion from then on answers for them."""
     cfg = source.model_dump(exclude={"kind", "lookback_days", "feedback"})
     if cfg["start"] == "auto":
         cfg["start"] = auto_start(source.months, today)

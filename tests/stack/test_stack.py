@@ -38,9 +38,22 @@ def _airflow(stack: Stack) -> Any:
     return AirflowClient(_url(stack, "AIRFLOW_PORT"), stack.values["AIRFLOW_ADMIN_PASSWORD"])
 
 
+def _known_customers() -> list[int]:
+    """Two customers of the bundled world that every run's window (and so the online store) holds."""
+    from datetime import UTC, datetime
+
+    from pipelines.core.spec import SyntheticSource, load_spec
+    from pipelines.local.demo import known_since
+
+    spec = load_spec(ROOT / "include" / "pipelines" / f"{PIPELINE}.yaml")
+    assert isinstance(spec.source, SyntheticSource)
+    ids = known_since(spec.source, None, datetime.now(UTC).date(), spec.entity.join_key, spec.entity.timestamp)
+    return [int(i) for i in ids[:2]]
+
+
 def _predict(stack: Stack, key: str | None) -> httpx.Response:
     headers = {"x-api-key": key} if key else {}
-    body = {"instances": [{"entity_id": 7}, {"entity_id": 42}]}
+    body = {"instances": [{"entity_id": e} for e in _known_customers()]}
     return httpx.post(_url(stack, "SERVE_PORT", f"/v1/pipelines/{PIPELINE}/predict"), json=body, headers=headers)
 
 
