@@ -26,7 +26,7 @@ import uuid
 import numpy as np
 from common import bench_state, train_champion
 
-from pipelines.core.settings import Settings
+from pipelines.core.settings import PROJECT_DIR, Settings
 from pipelines.core.spec import spec_for
 from pipelines.io import db
 from pipelines.ml.datagen import ChurnConfig, generate_churn
@@ -74,13 +74,17 @@ def loop() -> None:
     exe = str(Path(sys.executable).parent / "mlcycle")
     try:
         for command in (["demo"], ["drift-demo"]):
-            done = subprocess.run([exe, *command], env=env, capture_output=True, text=True, timeout=3600)
+            # from the project's root: Ray's workers import `serving` from their working directory,
+            # and bench/ has a serving.py of its own
+            done = subprocess.run(
+                [exe, *command], env=env, cwd=PROJECT_DIR, capture_output=True, text=True, timeout=3600
+            )
             if done.returncode != 0:
                 raise SystemExit(f"mlcycle {command[0]} failed ({done.returncode}):\n{done.stdout[-3000:]}")
         record = json.loads((state / "drift-demo.json").read_text())
     finally:
-        subprocess.run([exe, "serve", "stop"], env=env, capture_output=True, timeout=300)
-        subprocess.run([exe, "db", "stop"], env=env, capture_output=True, timeout=300)
+        subprocess.run([exe, "serve", "stop"], env=env, cwd=PROJECT_DIR, capture_output=True, timeout=300)
+        subprocess.run([exe, "db", "stop"], env=env, cwd=PROJECT_DIR, capture_output=True, timeout=300)
         shutil.rmtree(state, ignore_errors=True)
     stages = record["stages_s"]
     total = stages.pop("first drifted request to the new champion (wall)")
