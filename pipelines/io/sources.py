@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import io
 import os
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -141,14 +141,20 @@ def _read(source: Source, settings: Settings, window: Window | None) -> pd.DataF
     if isinstance(source, PostgresSource):
         return _read_postgres(source, settings, window)
     if isinstance(source, SyntheticSource):
-        cfg = source.model_dump(exclude={"kind", "lookback_days", "feedback"})
-        if cfg["start"] == "auto":
-            cfg["start"] = auto_start(source.months, datetime.now(UTC).date())
-        return generate_churn(ChurnConfig(**cfg))
+        return generate_churn(synthetic_config(source, datetime.now(UTC).date()))
     raise AssertionError(f"unhandled source {source!r}")
 
 
 DATA_SUFFIXES = (".csv", ".csv.gz", ".parquet", ".pq")
+
+
+def synthetic_config(source: SyntheticSource, today: date, seed_offset: int = 0) -> ChurnConfig:
+    """The generator's configuration of a synthetic source (`start: auto` resolved for `today`);
+    `seed_offset` draws other customers of the same world. Pure."""
+    cfg = source.model_dump(exclude={"kind", "lookback_days", "feedback"})
+    if cfg["start"] == "auto":
+        cfg["start"] = auto_start(source.months, today)
+    return ChurnConfig(**{**cfg, "seed": source.seed + seed_offset})
 
 
 def _data_file(name: str) -> bool:

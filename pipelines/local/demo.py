@@ -23,11 +23,12 @@ from pipelines.core.spec import FileSource, Source, SyntheticSource, spec_for
 from pipelines.core.system import executable
 from pipelines.io.registry import champion_version, load_onnx_model, model_name
 from pipelines.io.runs import latest_run_id, render_run, run_steps
+from pipelines.io.sources import synthetic_config
 from pipelines.io.status import pipeline_status, render_status
 from pipelines.io.tracking import mlflow_uri
 from pipelines.local.local_airflow import LocalAirflow, airflow_env
 from pipelines.local.traffic import SteadyTraffic, known_entities, predict_rows
-from pipelines.ml.datagen import ChurnConfig, auto_start, generate_churn
+from pipelines.ml.datagen import auto_start, generate_churn
 from serving import embedded
 from serving.deploy import endpoint, serve_champion_if_idle
 
@@ -97,10 +98,7 @@ def run_demo(pipeline: str = "churn") -> int:
 def drifted_world(source: SyntheticSource, seed_offset: int, today: date) -> pd.DataFrame:
     """Other customers of the spec's own synthetic world (another seed): its last two snapshots,
     which the drift has reached."""
-    cfg = source.model_dump(exclude={"kind", "lookback_days", "feedback"})
-    if cfg["start"] == "auto":
-        cfg["start"] = auto_start(source.months, today)
-    world = generate_churn(ChurnConfig(**{**cfg, "seed": source.seed + seed_offset}))
+    world = generate_churn(synthetic_config(source, today, seed_offset))
     stamps = sorted(world["event_timestamp"].unique())[-2:]
     return world[world["event_timestamp"].isin(stamps)]
 
@@ -206,8 +204,5 @@ def run_drift_demo(pipeline: str = "churn", port: int = 8080) -> int:
 def known_since(source: SyntheticSource, as_of: datetime | None, today: date, join: str, ts: str) -> list[Any]:
     """Customers of the spec's synthetic world the online store knows since `as_of` (any time,
     without) and still active at its last snapshot: every champion from then on answers for them."""
-    cfg = source.model_dump(exclude={"kind", "lookback_days", "feedback"})
-    if cfg["start"] == "auto":
-        cfg["start"] = auto_start(source.months, today)
-    world = generate_churn(ChurnConfig(**cfg))
+    world = generate_churn(synthetic_config(source, today))
     return known_entities(world, join, ts, as_of or world[ts].max())

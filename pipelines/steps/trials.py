@@ -58,18 +58,14 @@ def run(ctx: StepContext) -> dict[str, Any]:
                 callbacks=stop,
                 gc_after_trial=True,
             )
-    mine = [
-        t
-        for t in study.get_trials(deepcopy=False, states=trial_states(FINISHED))
-        if t.user_attrs.get("worker") == ctx.worker
-    ]
+    finished = study.get_trials(deepcopy=False, states=trial_states(FINISHED))
     return {
         "step": STEP,
         "worker": ctx.worker,
         "workers": workers,
         "study": study.study_name,
-        "trials_by_this_worker": len(mine),
-        "finished_in_study": len(study.get_trials(deepcopy=False, states=trial_states(FINISHED))),
+        "trials_by_this_worker": sum(t.user_attrs.get("worker") == ctx.worker for t in finished),
+        "finished_in_study": len(finished),
         "recovered_trials": recovered,
         "warm_start": warm,
         "device": trainer.device,
