@@ -2,7 +2,8 @@
 
 Builds the churn lifecycle's features in a throw-away state directory (ingest -> validate ->
 features on the bundled generator), then times 1,000 online lookups of one entity x the feature
-service's features, and, as the baseline measured in the same run, the same rows read by primary
+service's features (through Feast's SDK, and through serving's direct async read of Feast's
+tables), and, as the baseline measured in the same run, the same rows read by primary
 key with raw psycopg from a plain table. Prints p50/p99 and the ratio to the baseline.
 
     .venv/bin/python bench/features.py [--lookups 1000] [--customers 3000]
@@ -11,6 +12,7 @@ key with raw psycopg from a plain table. Prints p50/p99 and the ratio to the bas
 from __future__ import annotations
 
 import argparse
+import asyncio
 import logging
 import random
 import time
@@ -23,6 +25,7 @@ from pipelines.io import db
 from pipelines.io.featurestore import feature_store
 from pipelines.io.storage import open_storage, read_parquet
 from pipelines.steps.runner import run_step
+from serving.online import PostgresOnlineTables
 
 
 def timed(fn: Callable[[int], object], ids: list[int], warmup: int = 50) -> list[float]:
@@ -78,11 +81,31 @@ def main() -> None:
                 store.get_online_features(features=service, entity_rows=[{"customer_id": i} for i in chunk]).to_dict()
                 batch.append(time.perf_counter() - t)
 
-        (r50, r99), (f50, f99) = percentiles(raw), percentiles(feast)
+            direct_reader = PostgresOnlineTables(spec, settings, features)
+
+            async def direct_lookups() -> list[float]:
+                async def one(i: int) -> object:
+                    return await direct_reader.lookup([i])
+
+                for i in ids[:50]:
+                    await one(i)
+                out = []
+                for i in ids:
+                    t = time.perf_counter()
+                    await one(i)
+                    out.append(time.perf_counter() - t)
+                return out
+
+            direct = asyncio.run(direct_lookups())
+            direct_reader.close()
+
+        (r50, r99), (f50, f99), (d50, d99) = percentiles(raw), percentiles(feast), percentiles(direct)
         print(f"online lookup, 1 entity x {len(features)} features, {len(ids)} lookups:")
         print(f"  raw psycopg by primary key (baseline): p50 {r50:.3f} ms  p99 {r99:.3f} ms")
         print(f"  Feast get_online_features:             p50 {f50:.3f} ms  p99 {f99:.3f} ms")
         print(f"  ratio Feast / baseline:                p50 {f50 / r50:.1f}x  p99 {f99 / r99:.1f}x")
+        print(f"  serving's direct read (async, Feast's tables): p50 {d50:.3f} ms  p99 {d99:.3f} ms")
+        print(f"  ratio direct / baseline:               p50 {d50 / r50:.1f}x  p99 {d99 / r99:.1f}x")
         b50, _ = percentiles(batch)
         print(f"  Feast, 100 entities in one call:       p50 {b50:.2f} ms ({b50 / 100 * 1000:.1f} us per entity)")
 

@@ -3,7 +3,7 @@
     request ─► HAProxy (Serve's ingress proxy) ─► Ingress replica
                API key, size limit, validation, sticky weighted routing, shadow copy, hedging
                └─► the versions it routes to, in the same process: an ONNX Runtime session each,
-                   greedy batches, one online-feature lookup per batch, in worker threads
+                   greedy batches, one online-feature lookup per batch awaited on the loop
                request log and metrics recorded in memory, flushed off the request path
 
 The versions, their weights, the shadow and batching live in `user_config`: a canary step
@@ -42,9 +42,10 @@ from pipelines.io.registry import champion_version
 from pipelines.io.requestlog import ab_results
 from serving.binds import bind_replica_grpc
 from serving.config import ServingArgs, VersionConfig
+from serving.online import OnlineFeatures, open_online_features
 from serving.router import choose
 from serving.telemetry import RayMetrics, Recorder
-from serving.versions import LocalVersion, OnlineFeatures, RemoteVersion
+from serving.versions import LocalVersion, RemoteVersion
 
 log = logging.getLogger("mlcycle.serving")
 AB_REFRESH_S = 10.0
@@ -113,7 +114,7 @@ class ModelVersion:
 def _online_features(static: dict[str, Any], settings: Any) -> OnlineFeatures | None:
     if not static["online_features"]:
         return None
-    return OnlineFeatures(spec_for(settings, static["pipeline"]), settings, static["features"])
+    return open_online_features(spec_for(settings, static["pipeline"]), settings, static["features"])
 
 
 app = FastAPI(title="mlcycle serving")

@@ -2,9 +2,10 @@
 
 A `LocalVersion` scores in the calling process: its ONNX Runtime session behind a greedy
 batcher, and one online-feature lookup per batch for the instances that did not bring every
-feature, both in a worker thread. The ingress holds one per served version (one hop). A version
-that needs resources of its own (a GPU replica, another node) runs as a `ModelVersion`
-deployment around the same `LocalVersion`, and the ingress calls it through a `RemoteVersion`.
+feature, awaited on the event loop (`serving.online`); the model runs in a worker thread unless it
+is measured to score a batch in a fraction of a millisecond. The ingress holds one per served
+version (one hop). A version that needs resources of its own (a GPU replica, another node) runs
+as a `ModelVersion` deployment around the same `LocalVersion`, and the ingress calls it through a `RemoteVersion`.
 
 `predict` answers `{"version", "scores", "features"}`, or `{"missing": {entity: [features]}}` when
 some instance lacks features (the ingress answers 422).
@@ -13,21 +14,18 @@ some instance lacks features (the ingress answers 422).
 from __future__ import annotations
 
 import logging
-import threading
 import time
 from collections.abc import Sequence
-from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from pipelines.core.settings import Settings
-from pipelines.core.spec import PipelineSpec
-from pipelines.io.featurestore import feature_store
 from pipelines.io.registry import load_onnx_model
 from pipelines.ml.model import onnx_session
 from serving.batching import GreedyBatcher
+from serving.online import OnlineFeatures
 
 log = logging.getLogger(__name__)
 
@@ -84,28 +82,6 @@ def answer(version: int, results: Sequence[Scored | Missing], instances: Sequenc
     return {"version": version, "scores": [r.score for r in scored], "features": [r.features for r in scored]}
 
 
-class OnlineFeatures:
-    """The pipeline's Feast online store, looked up for many entities in one call (thread-safe)."""
-
-    def __init__(self, spec: PipelineSpec, settings: Settings, features: Sequence[str]) -> None:
-        self._ctx: AbstractContextManager[Any] = feature_store(spec, settings)
-        self.store = self._ctx.__enter__()
-        self.service = self.store.get_feature_service(spec.features.feature_service)
-        self.key = spec.entity.join_key
-        self.key_is_int = spec.contract.columns[self.key].dtype == "int"
-        self.features = list(features)
-        self.lock = threading.Lock()
-
-    def lookup(self, entity_ids: Sequence[str | int]) -> list[dict[str, Any]]:
-        rows = [{self.key: int(e) if self.key_is_int else str(e)} for e in entity_ids]
-        with self.lock:
-            found = self.store.get_online_features(features=self.service, entity_rows=rows).to_dict()
-        return [{f: found[f][i] for f in self.features if f in found} for i in range(len(rows))]
-
-    def close(self) -> None:
-        self._ctx.__exit__(None, None, None)
-
-
 INLINE_BUDGET_S = 0.0005
 """A batch whose model has scored in less than this (on average) runs on the event loop."""
 
@@ -121,7 +97,7 @@ class LocalVersion:
         self.online = online
         self.score_s: float | None = None  # moving average of the model's time per batch
         self.batcher: GreedyBatcher[dict[str, Any], Scored | Missing] = GreedyBatcher(
-            self.run_batch, max_batch_size, inline=self.fast_enough
+            self.run_batch, max_batch_size, inline=self.fast_enough, prepare=self.attach_online if online else None
         )
 
     @classmethod
@@ -150,23 +126,26 @@ class LocalVersion:
         return any(features.get(f) is None for f in self.names)
 
     def fast_enough(self, instances: Sequence[dict[str, Any]]) -> bool:
-        """Whether a batch may run on the event loop: no online lookup (I/O) and a model measured
-        to score a batch well under a millisecond."""
-        if self.score_s is None or self.score_s > INLINE_BUDGET_S:
-            return False
-        return not (self.online is not None and any(self.needs_lookup(i) for i in instances))
+        """Whether a batch may run on the event loop: a model measured to score a batch well
+        under a millisecond (the online lookup is already done, awaited)."""
+        return self.score_s is not None and self.score_s <= INLINE_BUDGET_S
+
+    async def attach_online(self, instances: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+        """The instances, those that need it with their online features (`"online"`): one lookup."""
+        need = [n for n, i in enumerate(instances) if self.needs_lookup(i)]
+        out = list(instances)
+        if need and self.online is not None:
+            found = await self.online.lookup([instances[n]["entity_id"] for n in need])
+            for n, features in zip(need, found, strict=True):
+                out[n] = {**instances[n], "online": features}
+        return out
 
     def run_batch(self, instances: Sequence[dict[str, Any]]) -> list[Scored | Missing]:
-        """Score a batch: one online lookup for the instances that need it."""
-        need = [n for n, i in enumerate(instances) if self.needs_lookup(i)]
-        online: dict[int, dict[str, Any]] = {}
-        if need and self.online is not None:
-            found = self.online.lookup([instances[n]["entity_id"] for n in need])
-            online = dict(zip(need, found, strict=True))
+        """Score a batch (online features already attached)."""
         results: list[Scored | Missing] = []
         complete: list[tuple[int, dict[str, Any]]] = []
         for n, inst in enumerate(instances):
-            row, absent = merge_features(self.names, inst, online.get(n))
+            row, absent = merge_features(self.names, inst, inst.get("online"))
             results.append(Missing(absent))
             if not absent:
                 complete.append((n, {name: row[name] for name in self.names}))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 import pandas as pd
@@ -9,8 +10,10 @@ import pytest
 
 from pipelines.core.settings import Settings
 from pipelines.core.spec import spec_for
+from pipelines.io import db
 from pipelines.io.featurestore import feature_store, historical_features
 from pipelines.io.storage import open_storage, read_parquet
+from serving.online import FeastSdk, PostgresOnlineTables
 from tests.integration.helpers import run_through, small_spec
 from tests.services import S3Server
 
@@ -89,6 +92,38 @@ def test_online_store_serves_the_latest_values(applied) -> None:  # type: ignore
         assert online.loc[i, "plan"] == latest.loc[i, "plan"]
 
 
+def test_the_direct_online_read_answers_what_feasts_sdk_answers(applied) -> None:  # type: ignore[no-untyped-def]
+    """Serving reads Feast's PostgreSQL online tables itself (one prepared async statement); the
+    SDK is the reference: every feature of every entity equal, an unknown entity all None, and a
+    connection the database dropped replaced on the next read."""
+    settings, df, _ = applied
+    spec = spec_for(settings, "churn")
+    features = spec.model.numeric_features + spec.model.categorical_features
+    ids: list[str | int] = [int(i) for i in df["customer_id"].drop_duplicates().head(40)] + [987_654_321]
+    sdk = FeastSdk(spec, settings, features)
+    direct = PostgresOnlineTables(spec, settings, features)
+
+    async def read_twice_across_a_dropped_connection() -> tuple[list[dict], list[dict]]:  # type: ignore[type-arg]
+        first = await direct.lookup(ids)
+        pid = direct._conn.info.backend_pid
+        with db.connect(settings, autocommit=True) as conn:
+            conn.execute("SELECT pg_terminate_backend(%s)", (pid,))
+        second = await direct.lookup(ids)
+        assert direct._conn.info.backend_pid != pid
+        return first, second
+
+    try:
+        expected = sdk.lookup_blocking(ids)
+        first, second = asyncio.run(read_twice_across_a_dropped_connection())
+    finally:
+        sdk.close()
+        direct.close()
+    assert first == expected and second == expected
+    assert expected[-1] == dict.fromkeys(features)  # the unknown entity
+    assert all(v is not None for row in expected[:-1] for v in row.values())
+    assert sorted(expected[0]) == sorted(features)
+
+
 def test_features_with_artifacts_on_s3(
     workspace: Settings, s3: S3Server, churn_df: pd.DataFrame, tmp_path: Path
 ) -> None:
@@ -105,3 +140,4 @@ def test_features_with_artifacts_on_s3(
     train = read_parquet(open_storage(settings), "churn/feast-s3/features/train.parquet")
     assert len(train) == manifest["splits"]["train"]["rows"] > 0
     assert not train[manifest["features"]].isna().any().any()
+

@@ -16,6 +16,7 @@ from pipelines.core.settings import Settings
 from serving.batching import GreedyBatcher
 from serving.deploy import haproxy_dir, serve_env
 from serving.haproxy import bind_like_frontend, config_path, frontend_host
+from serving.online import ViewRead, assemble, lookup_sql
 from serving.telemetry import Metrics
 from serving.versions import Missing, Scored, answer, merge_features, onnx_feed
 
@@ -196,3 +197,56 @@ def test_serve_stop_ends_the_haproxy_of_its_own_state_dir_only(tmp_path: Path) -
         for p in procs.values():
             p.kill()
             p.wait()
+
+
+def test_prepare_completes_a_batch_on_the_loop_before_it_runs() -> None:
+    seen: list[list[tuple[int, int]]] = []
+
+    async def attach(items: Sequence[int]) -> list[int]:
+        await asyncio.sleep(0)  # an awaited read, no thread
+        return [i + 100 for i in items]
+
+    def fn(items: Sequence[int]) -> list[int]:
+        seen.append([(i, threading.get_ident()) for i in items])
+        return list(items)
+
+    async def main() -> list[int]:
+        b: GreedyBatcher[int, int] = GreedyBatcher(fn, max_batch_size=8, inline=lambda _: True, prepare=attach)
+        return await b.submit_many([1, 2])
+
+    assert asyncio.run(main()) == [101, 102]
+    assert [i for i, _ in seen[0]] == [101, 102] and seen[0][0][1] == threading.get_ident()  # inline
+
+
+def test_a_failing_prepare_fails_its_batch_only() -> None:
+    async def attach(items: Sequence[int]) -> Sequence[int]:
+        if 13 in items:
+            raise ConnectionError("online store down")
+        return items
+
+    async def main() -> None:
+        b: GreedyBatcher[int, int] = GreedyBatcher(lambda items: list(items), max_batch_size=1, prepare=attach)
+        with pytest.raises(ConnectionError, match="online store down"):
+            await b.submit(13)
+        assert await b.submit(7) == 7
+
+    asyncio.run(main())
+
+
+def test_one_statement_reads_every_view_of_the_service() -> None:
+    views = [ViewRead("churn_profile", ("plan", "tenure")), ViewRead('odd"name', ("usage",))]
+    sql = lookup_sql(views)
+    assert sql.count("UNION ALL") == 1 and sql.count("ANY(%s)") == 4
+    assert sql.startswith('SELECT 0 AS view, entity_key, feature_name, value FROM "churn_profile" ')
+    assert 'FROM "odd""name"' in sql  # identifiers quoted, never pasted raw
+
+
+def test_assemble_orders_by_key_and_fills_gaps_with_none() -> None:
+    views = [ViewRead("p", ("plan",)), ViewRead("a", ("usage",))]
+    rows = [(1, b"k2", "usage", 3.5), (0, b"k1", "plan", "gold"), (0, b"k2", "plan", "basic"), (1, b"k1", "stale", 1)]
+    out = assemble([b"k1", b"k2", b"k3"], views, rows, ["plan", "usage"])
+    assert out == [
+        {"plan": "gold", "usage": None},  # no usage row for k1; a feature not of its view is ignored
+        {"plan": "basic", "usage": 3.5},
+        {"plan": None, "usage": None},  # an unknown entity
+    ]
