@@ -257,8 +257,11 @@ class ModelSpec(Model):
 
     @model_validator(mode="after")
     def _has_inputs(self) -> ModelSpec:
-        if not self.numeric_features or not self.categorical_features:
-            raise ValueError("tabular_mlp needs at least one numeric and one categorical feature")
+        if not self.numeric_features and not self.categorical_features:
+            raise ValueError("tabular_mlp needs at least one feature (numeric_features, categorical_features or both)")
+        both = sorted(set(self.numeric_features) & set(self.categorical_features))
+        if both:
+            raise ValueError(f"{both} listed as numeric and as categorical; a feature is one or the other")
         known = {"learning_rate", "hidden_units", "layers", "dropout", "weight_decay"}
         unknown = sorted(set(self.search_space) - known)
         if unknown:

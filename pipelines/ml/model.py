@@ -100,9 +100,12 @@ def build_module(
             blocks.append(nn.Linear(width, 1))
             self.mlp = nn.Sequential(*blocks)
 
-        def forward(self, numeric: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
-            parts = [(numeric - self.get_buffer("mean")) / self.get_buffer("std")]
-            parts += [emb(codes[:, j]) for j, emb in enumerate(self.embeddings)]
+        def forward(self, numeric: torch.Tensor | None, codes: torch.Tensor | None) -> torch.Tensor:
+            parts = []
+            if enc.numeric and numeric is not None:
+                parts.append((numeric - self.get_buffer("mean")) / self.get_buffer("std"))
+            if codes is not None:
+                parts += [emb(codes[:, j]) for j, emb in enumerate(self.embeddings)]
             out: torch.Tensor = self.mlp(torch.cat(parts, dim=1)).squeeze(1)
             return out
 
@@ -126,30 +129,38 @@ def to_onnx(module: torch.nn.Module, enc: FeatureEncoding, opset: int = 17) -> o
     import torch
     from onnx import TensorProto, helper
 
+    groups = [g for g, cols in (("numeric", enc.numeric), ("codes", enc.categorical)) if cols]
+
     class Scorer(torch.nn.Module):
+        """The graph's inputs are the groups the model has: numeric, codes, or both."""
+
         def __init__(self, inner: torch.nn.Module) -> None:
             super().__init__()
             self.inner = inner
 
-        def forward(self, numeric: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
-            return torch.sigmoid(self.inner(numeric, codes))
+        def forward(self, *tensors: torch.Tensor) -> torch.Tensor:
+            given = dict(zip(groups, tensors, strict=True))
+            return torch.sigmoid(self.inner(given.get("numeric"), given.get("codes")))
 
     scorer = Scorer(module).cpu().eval()
     buf = io.BytesIO()
-    example = (torch.zeros(2, len(enc.numeric)), torch.zeros(2, len(enc.categorical), dtype=torch.long))
+    examples = {
+        "numeric": torch.zeros(2, len(enc.numeric)),
+        "codes": torch.zeros(2, len(enc.categorical), dtype=torch.long),
+    }
     torch.onnx.export(
         scorer,
-        example,
+        tuple(examples[g] for g in groups),
         buf,  # type: ignore[arg-type]
-        input_names=["numeric", "codes"],
+        input_names=groups,
         output_names=["score"],
-        dynamic_axes={"numeric": {0: "n"}, "codes": {0: "n"}, "score": {0: "n"}},
+        dynamic_axes={**{g: {0: "n"} for g in groups}, "score": {0: "n"}},
         opset_version=opset,
         dynamo=False,
     )
     model = onnx.load_from_string(buf.getvalue())
     graph = model.graph
-    front = [helper.make_node("Concat", enc.numeric, ["numeric"], axis=1, name="concat_numeric")]
+    front = [helper.make_node("Concat", enc.numeric, ["numeric"], axis=1, name="concat_numeric")] if enc.numeric else []
     for c in enc.categorical:
         front.append(
             helper.make_node(
@@ -163,9 +174,9 @@ def to_onnx(module: torch.nn.Module, enc: FeatureEncoding, opset: int = 17) -> o
                 default_int64=0,
             )
         )
-    front.append(
-        helper.make_node("Concat", [f"{c}__code" for c in enc.categorical], ["codes"], axis=1, name="concat_codes")
-    )
+    if enc.categorical:
+        codes = [f"{c}__code" for c in enc.categorical]
+        front.append(helper.make_node("Concat", codes, ["codes"], axis=1, name="concat_codes"))
     inputs = [helper.make_tensor_value_info(c, TensorProto.FLOAT, ["n", 1]) for c in enc.numeric]
     inputs += [helper.make_tensor_value_info(c, TensorProto.STRING, ["n", 1]) for c in enc.categorical]
     kept = [n for n in graph.node]

@@ -54,6 +54,26 @@ def test_onnx_takes_raw_columns_and_matches_torch(churn_df: pd.DataFrame, fitted
     assert ((onnx_p > 0) & (onnx_p < 1)).all()
 
 
+@pytest.mark.parametrize(("numeric", "categorical"), [(list(NUMERIC), []), ([], list(CATEGORICAL))])
+def test_a_model_of_numeric_or_categorical_features_only_exports_and_matches(
+    churn_df: pd.DataFrame, numeric: list[str], categorical: list[str]
+) -> None:
+    enc = fit_encoding(churn_df, numeric, categorical)
+    torch.manual_seed(0)
+    module = build_module(enc, hidden_units=8, layers=1)
+    x_num, x_cat = encode(churn_df.head(200), enc)
+    loss = torch.nn.functional.binary_cross_entropy_with_logits(
+        module(torch.from_numpy(x_num), torch.from_numpy(x_cat)), torch.ones(200)
+    )
+    loss.backward()  # trainable on its inputs alone
+    session = onnx_session(to_onnx(module, enc).SerializeToString())
+    assert {i.name for i in session.get_inputs()} == set(numeric) | set(categorical)
+    df = churn_df.head(100)
+    assert np.max(np.abs(predict(module, enc, df) - predict_onnx(session, df))) < 1e-5
+    loaded, _, _ = load_module(module_bytes(module, enc, {"hidden_units": 8, "layers": 1}))
+    np.testing.assert_allclose(predict(loaded, enc, df), predict(module, enc, df))
+
+
 def test_checkpoint_round_trip(churn_df: pd.DataFrame, fitted) -> None:  # type: ignore[no-untyped-def]
     enc, module = fitted
     params = {"hidden_units": 16, "layers": 2, "dropout": 0.1, "learning_rate": 0.01}

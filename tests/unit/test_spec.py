@@ -64,6 +64,16 @@ def test_spec_models_are_frozen() -> None:
             "contract.columns.region",
             "min/max apply to int and float",
         ),
+        (
+            lambda d: d["model"].update(numeric_features=[], categorical_features=[]),
+            "model",
+            "needs at least one feature",
+        ),
+        (
+            lambda d: d["model"].update(categorical_features=["plan", "tenure_months"]),
+            "model",
+            "['tenure_months'] listed as numeric and as categorical",
+        ),
     ],
 )
 def test_bad_specs_name_the_field(mutate, path: str, message: str) -> None:  # type: ignore[no-untyped-def]
@@ -74,6 +84,15 @@ def test_bad_specs_name_the_field(mutate, path: str, message: str) -> None:  # t
     text = str(err.value)
     assert f"churn.yaml: {path}: " in text, text
     assert message in text, text
+
+
+@pytest.mark.parametrize("drop", ["numeric_features", "categorical_features"])
+def test_a_model_may_take_one_kind_of_feature_only(drop: str) -> None:
+    data = churn_spec_dict()
+    data["model"][drop] = []
+    data["drift"]["ignore"] = []
+    spec = parse_spec(data, "churn.yaml")
+    assert getattr(spec.model, drop) == []
 
 
 def test_spec_file_errors(tmp_path: Path) -> None:
