@@ -8,6 +8,7 @@
     mlcycle db migrate | url | stop        the platform database
     mlcycle runs show --pipeline P [--run-id R]
     mlcycle status P                       champion, challenger, last lifecycle runs
+    mlcycle env [--pipeline P]             exports for plain clients: MLflow, Feast SDK, psql, boto3
     mlcycle serve start | stop             the embedded Ray Serve on 127.0.0.1
     mlcycle mlflow-server [--host --port]  the MLflow tracking server and UI on the platform database
     mlcycle labels load --pipeline P SRC   delayed labels (file, s3:// or SELECT) into the labels table
@@ -32,7 +33,7 @@ import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from pipelines.core.errors import MlcycleError, StepSkipped
+from pipelines.core.errors import InvalidArgument, MlcycleError, StepSkipped
 from pipelines.core.params import ENV as PARAMS_ENV
 from pipelines.core.pod import pod_manifest
 from pipelines.core.settings import PROJECT_DIR, load_settings
@@ -40,6 +41,8 @@ from pipelines.core.spec import Source, json_schema, load_spec, load_specs, spec
 from pipelines.core.steps import step as step_info
 from pipelines.core.system import executable
 from pipelines.io import db
+from pipelines.io.clientenv import client_env
+from pipelines.io.clientenv import render_env as render_client_env
 from pipelines.io.runs import latest_run_id, render_run, run_steps
 from pipelines.io.status import pipeline_status, render_status
 from pipelines.io.storage import to_json
@@ -125,6 +128,18 @@ def _cmd_db(args: argparse.Namespace) -> int:
         print(db.database_url(settings))
     else:
         print("stopped" if db.stop_embedded(settings) else "not running")
+    return 0
+
+
+def _cmd_env(args: argparse.Namespace) -> int:
+    settings = load_settings()
+    names = [p.stem for p in spec_paths(settings.specs_path)]
+    pipeline = args.pipeline or (names[0] if names else None)
+    if pipeline is None:
+        raise InvalidArgument(f"no pipeline specs in {settings.specs_path}")
+    spec_for(settings, pipeline)  # one that exists, or an error naming the known ones
+    print(f'# mlcycle env for pipeline {pipeline}: eval "$(mlcycle env)" in a shell, then use the plain clients')
+    print(render_client_env(client_env(settings, db.database_url(settings), pipeline)))
     return 0
 
 
@@ -308,6 +323,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("action", choices=["start", "stop", "config"], help="config: write include/serve/serve.yaml")
     p.add_argument("--check", action="store_true", help="with config: fail when the checked-in file is stale")
     p.set_defaults(func=_cmd_serve)
+
+    p = sub.add_parser("env", help="the variables plain clients need (MLflow, Feast SDK, psql, boto3), as exports")
+    p.add_argument("--pipeline", help="the Feast project to name (default: the first pipeline)")
+    p.set_defaults(func=_cmd_env)
 
     p = sub.add_parser("status", help="a pipeline's champion, challenger and recent runs")
     p.add_argument("pipeline")

@@ -3,8 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import json
+import os
+import shlex
+import subprocess
+import sys
 from pathlib import Path
 
+import mlflow
 import pandas as pd
 import pytest
 
@@ -13,6 +19,7 @@ from pipelines.core.spec import spec_for
 from pipelines.io import db
 from pipelines.io.featurestore import feature_store, historical_features
 from pipelines.io.storage import open_storage, read_parquet
+from pipelines.io.tracking import mlflow_uri
 from serving.online import FeastSdk, PostgresOnlineTables
 from tests.integration.helpers import run_through, small_spec
 from tests.services import S3Server
@@ -141,3 +148,40 @@ def test_features_with_artifacts_on_s3(
     assert len(train) == manifest["splits"]["train"]["rows"] > 0
     assert not train[manifest["features"]].isna().any().any()
 
+
+PLAIN_CLIENTS = """
+import json, os
+import mlflow, psycopg
+from feast import FeatureStore
+store = FeatureStore(repo_path=os.environ["REPO"])
+online = store.get_online_features(
+    features=store.get_feature_service("churn_features_v1"), entity_rows=[{"customer_id": int(os.environ["ID"])}]
+).to_dict()
+experiments = [e.name for e in mlflow.MlflowClient().search_experiments()]
+with psycopg.connect("") as conn:  # libpq reads PGHOST & co.
+    tables = conn.execute("SELECT count(*) FROM pg_tables WHERE tablename LIKE 'churn_%'").fetchone()[0]
+print(json.dumps({"plan": online["plan"][0], "experiments": experiments, "tables": tables}))
+"""
+
+
+def test_mlcycle_env_is_all_a_plain_client_needs(applied) -> None:  # type: ignore[no-untyped-def]
+    """The README's way to the plain clients: `eval "$(mlcycle env)"`, then the Feast SDK on
+    feature_repo/, the MLflow client and libpq, in a process that has no MLCYCLE_* setting."""
+    settings, df, _ = applied
+    mlflow.MlflowClient(tracking_uri=mlflow_uri(settings)).create_experiment("env-check")
+    exports = subprocess.run(
+        [sys.executable, "-m", "pipelines.cli", "env"],
+        env={**os.environ, **settings.pod_env()},
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLCYCLE_", "MLFLOW_", "PG"))}
+    env.update(dict(t.split("=", 1) for t in shlex.split(exports, comments=True) if t != "export"))
+    latest = df.sort_values("event_timestamp").groupby("customer_id").tail(1).iloc[0]
+    env.update(REPO=str(settings.project_dir / "feature_repo"), ID=str(int(latest["customer_id"])))
+    out = subprocess.run([sys.executable, "-c", PLAIN_CLIENTS], env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    answer = json.loads(out.stdout.strip().splitlines()[-1])
+    assert answer["plan"] == latest["plan"] and answer["tables"] >= 2
+    assert "env-check" in answer["experiments"]  # made by this process, seen by the plain client
