@@ -15,7 +15,7 @@ WHEELS := .wheels/$(VARIANT)
 IMAGE_TAG ?= latest
 IMAGE_TARGETS := step airflow serving services
 
-.PHONY: setup tools demo drift-demo test test-unit lint bench clean-state stop wheels images stack-env stack-up stack-down test-stack
+.PHONY: setup tools demo up down ps drift-demo test test-unit lint bench clean-state stop wheels images stack-env stack-up stack-down test-stack
 setup: $(STAMP)
 
 $(STAMP): requirements.txt requirements-dev.txt pyproject.toml tools/k8s_binaries.py
@@ -35,8 +35,18 @@ $(STAMP): requirements.txt requirements-dev.txt pyproject.toml tools/k8s_binarie
 	fi
 	touch $(STAMP)
 
+# The platform stays up after `make demo`: `make down` stops it (the data stays)
 demo: setup
 	$(VENV)/bin/mlcycle demo
+
+up: setup
+	$(VENV)/bin/mlcycle up
+
+down: setup
+	$(VENV)/bin/mlcycle down
+
+ps: setup
+	$(VENV)/bin/mlcycle ps
 
 drift-demo: setup
 	$(VENV)/bin/mlcycle drift-demo
@@ -63,6 +73,7 @@ bench: setup tools
 	$(PY) bench/drift.py
 
 stop:
+	-$(VENV)/bin/mlcycle down
 	-$(VENV)/bin/mlcycle serve stop
 	-$(VENV)/bin/mlcycle db stop
 

@@ -83,8 +83,7 @@ def loop() -> None:
                 raise SystemExit(f"mlcycle {command[0]} failed ({done.returncode}):\n{done.stdout[-3000:]}")
         record = json.loads((state / "drift-demo.json").read_text())
     finally:
-        subprocess.run([exe, "serve", "stop"], env=env, cwd=PROJECT_DIR, capture_output=True, timeout=300)
-        subprocess.run([exe, "db", "stop"], env=env, cwd=PROJECT_DIR, capture_output=True, timeout=300)
+        subprocess.run([exe, "down"], env=env, cwd=PROJECT_DIR, capture_output=True, timeout=300)
         shutil.rmtree(state, ignore_errors=True)
     stages = record["stages_s"]
     total = stages.pop("first drifted request to the new champion (wall)")

@@ -9,7 +9,9 @@
     mlcycle runs show --pipeline P [--run-id R]
     mlcycle status P                       champion, challenger, last lifecycle runs
     mlcycle env [--pipeline P]             exports for plain clients: MLflow, Feast SDK, psql, boto3
-    mlcycle serve start | stop             the embedded Ray Serve on 127.0.0.1
+    mlcycle up | down | ps                 the embedded platform's services under supervisord
+    mlcycle run P [--conf k=v] [--wait]    trigger P's lifecycle on the running platform, follow it
+    mlcycle serve start | stop | sync      the embedded Ray Serve on 127.0.0.1; every champion on it
     mlcycle mlflow-server [--host --port]  the MLflow tracking server and UI on the platform database
     mlcycle labels load --pipeline P SRC   delayed labels (file, s3:// or SELECT) into the labels table
     mlcycle serve config [--check]         the Serve config of the pipelines (include/serve/serve.yaml)
@@ -29,6 +31,7 @@ import json
 import logging
 import os
 import sys
+import time
 import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -47,11 +50,11 @@ from pipelines.io.runs import latest_run_id, render_run, run_steps
 from pipelines.io.status import pipeline_status, render_status
 from pipelines.io.storage import to_json
 from pipelines.io.tracking import server_command
-from pipelines.local import stack
+from pipelines.local import follow, platform, stack
 from pipelines.local.statsd_exporter import Bridge
 from pipelines.steps.runner import RESULT_PREFIX, run_step
 from serving import embedded
-from serving.deploy import endpoint, render_serve_config
+from serving.deploy import endpoint, render_serve_config, serve_champions
 
 if TYPE_CHECKING:
     from pipelines.core.settings import Settings
@@ -184,11 +187,41 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         embedded.stop(settings)
         print("stopped")
         return 0
+    pipelines = [p.stem for p in spec_paths(settings.specs_path)]
+    if args.action == "sync":
+        return _serve_sync(settings, pipelines, args.watch)
     key = embedded.start(settings)
+    served = serve_champions(settings, pipelines)
     print(f"Ray Serve on http://{settings.serve_host}:{settings.serve_port}")
-    for spec_name in (p.stem for p in spec_paths(settings.specs_path)):
-        print(f"  {spec_name}: {endpoint(settings, spec_name)} (header x-api-key: {key[:4]}…)")
+    for name in pipelines:
+        print(f"  {name}: {endpoint(settings, name)} ({served[name]}; header x-api-key: {key[:4]}…)")
     return 0
+
+
+def _serve_sync(settings: Settings, pipelines: list[str], watch: float | None) -> int:
+    """Every champion on Serve; with --watch, again every N seconds (the platform's serve-sync).
+    A failure ends the process (supervisord starts it again): a Ray client that lost its head, or
+    met one not ready yet, does not recover inside one process."""
+    if settings.ray_address is None and not embedded.ray_running(settings):
+        # connect only to a head that answers: a client that met none keeps failing (its token)
+        print("serve sync: waiting for the Ray head", file=sys.stderr, flush=True)
+        time.sleep(min(watch or 0, 5))
+        return 1
+    last: dict[str, str] = {}
+    while True:
+        try:
+            served = serve_champions(settings, [p.stem for p in spec_paths(settings.specs_path)])
+        except Exception as err:
+            print(f"serve sync: {type(err).__name__}: {err}", file=sys.stderr, flush=True)
+            if watch is not None:
+                time.sleep(min(watch, 5))
+            return 1
+        if served != last:
+            print(json.dumps(served), flush=True)
+            last = served
+        if watch is None:
+            return 0
+        time.sleep(watch)
 
 
 def _serve_config(settings: Settings, check: bool) -> int:
@@ -252,6 +285,44 @@ def _cmd_mlflow_server(args: argparse.Namespace) -> int:
     return 0  # not reached
 
 
+def _cmd_up(args: argparse.Namespace) -> int:
+    settings = load_settings()
+    if args.exec:
+        platform.exec_service(settings, args.exec)  # does not return
+    plat = platform.Platform(settings)
+    health = plat.up(timeout=args.timeout)
+    print(platform.render_ps(health))
+    print(platform.open_these(plat))
+    return 0
+
+
+def _cmd_down(args: argparse.Namespace) -> int:
+    stopped = platform.Platform(load_settings()).down()
+    print(f"stopped: {', '.join(stopped)}" if stopped else "nothing was running")
+    print("the data stays in the state directory (`make clean-state` removes it)")
+    return 0
+
+
+def _cmd_ps(args: argparse.Namespace) -> int:
+    health = platform.Platform(load_settings()).health()
+    print(platform.render_ps(health))
+    return 0 if all(h["healthy"] for h in health.values()) else 1
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    settings = load_settings()
+    spec_for(settings, args.pipeline)  # one that exists, or an error naming the known ones
+    plat = platform.Platform(settings)
+    if not plat.supervisor_running():
+        raise InvalidArgument("the platform is not running: `mlcycle up` first")
+    run_id, state = follow.run_pipeline(plat.client(), settings, args.pipeline, follow.parse_conf(args.conf), args.wait)
+    if args.wait:
+        print(f"\n==> {args.pipeline}_lifecycle {run_id}: {state}")
+        print(follow.summary(settings, args.pipeline, run_id))
+        print(platform.open_these(plat, args.pipeline))
+    return 0 if state in ("success", "queued") else 1
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     from pipelines.local.demo import run_demo  # heavy: numpy (the demo's traffic)
 
@@ -261,7 +332,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 def _cmd_drift_demo(args: argparse.Namespace) -> int:
     from pipelines.local.demo import run_drift_demo  # heavy: numpy (the demo's traffic)
 
-    return run_drift_demo(port=args.port)
+    return run_drift_demo()
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -320,7 +391,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_labels_load)
 
     p = sub.add_parser("serve", help="the embedded Ray Serve (a local Ray head on 127.0.0.1); its config")
-    p.add_argument("action", choices=["start", "stop", "config"], help="config: write include/serve/serve.yaml")
+    p.add_argument(
+        "action",
+        choices=["start", "stop", "config", "sync"],
+        help="start: the head and every champion; config: write include/serve/serve.yaml; sync: every champion",
+    )
+    p.add_argument("--watch", type=float, help="with sync: again every N seconds")
     p.add_argument("--check", action="store_true", help="with config: fail when the checked-in file is stale")
     p.set_defaults(func=_cmd_serve)
 
@@ -352,9 +428,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--timeout", type=float, default=900, help="with up: seconds to wait for health")
     p.set_defaults(func=_cmd_stack)
 
+    p = sub.add_parser("up", help="the embedded platform's services (Airflow, MLflow UI, Ray Serve) under supervisord")
+    p.add_argument("--timeout", type=float, default=600, help="seconds to wait for every service to be healthy")
+    p.add_argument("--exec", metavar="SERVICE", help=argparse.SUPPRESS)  # supervisord's program command
+    p.set_defaults(func=_cmd_up)
+    sub.add_parser("down", help="stop the platform's services and its database (the data stays)").set_defaults(
+        func=_cmd_down
+    )
+    sub.add_parser("ps", help="the platform's services, their URLs and health").set_defaults(func=_cmd_ps)
+    p = sub.add_parser("run", help="trigger <pipeline>_lifecycle on the running platform (REST API v2)")
+    p.add_argument("pipeline")
+    p.add_argument("--conf", action="append", default=[], metavar="KEY=VALUE", help="a run param (repeatable)")
+    p.add_argument("--wait", action="store_true", help="follow the run task by task to its end")
+    p.set_defaults(func=_cmd_run)
+
     sub.add_parser("demo", help="run the churn lifecycle through Airflow").set_defaults(func=_cmd_demo)
     p = sub.add_parser("drift-demo", help="after demo: drifted traffic, the drift DAG, the retraining it starts")
-    p.add_argument("--port", type=int, default=8080, help="the Airflow api-server's port on 127.0.0.1")
     p.set_defaults(func=_cmd_drift_demo)
     return parser
 

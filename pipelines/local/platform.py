@@ -1,0 +1,402 @@
+"""`mlcycle up | down | ps`: the embedded platform as long-running services on 127.0.0.1.
+
+    PostgreSQL (+ pgvector)   the platform database; Airflow's metadata in its `airflow` database
+    airflow-api-server        the Airflow UI, the REST API v2 and the mlcycle plugin (:8080)
+    airflow-scheduler         LocalExecutor: every task is the step's pod command as a process
+    airflow-dag-processor     parses dags/
+    airflow-triggerer         deferrable tasks, Asset watchers
+    mlflow                    the MLflow UI and tracking server on the platform database (:5000)
+    ray                       the Ray head; Serve's HTTP proxy answers on :8000
+    serve-sync                serves every pipeline's champion where Serve serves none (a fresh
+                              or restarted head, a pipeline that just got its first champion)
+
+The services run under supervisord (a real process supervisor: a service that dies is started
+again; one log file per service under `<state>/platform/logs/`; it talks to `mlcycle` through a
+Unix socket of mode 700, never TCP). supervisord runs `mlcycle up --exec NAME`, which builds the
+service's environment from the settings and `exec`s it, so no secret is written into its config.
+PostgreSQL is the embedded server of the state directory (its own daemon); `ps` shows it too and
+`down` stops it with the rest. The data stays in the state directory.
+
+`up` is idempotent: it starts what is not running, rewrites the config when it changed, and
+waits until every service answers its health check.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import secrets
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+from psycopg.conninfo import conninfo_to_dict
+
+from pipelines.core.errors import SettingsError
+from pipelines.core.settings import Settings
+from pipelines.core.spec import spec_paths
+from pipelines.core.system import executable, secret_file, write_private
+from pipelines.io import db
+from pipelines.io.tracking import server_command
+from pipelines.local.local_airflow import AirflowClient, services_env
+from serving import embedded
+from serving.deploy import endpoint
+
+AIRFLOW_COMPONENTS = ("api-server", "scheduler", "dag-processor", "triggerer")
+SERVE_SYNC_INTERVAL_S = 10
+
+
+@dataclass(frozen=True)
+class Service:
+    name: str
+    url: str | None  # what a person opens; None for a background service
+    priority: int = 500  # supervisord starts lower numbers first
+
+
+def services(settings: Settings) -> list[Service]:
+    """The supervised services of the embedded platform. Pure."""
+    airflow = f"http://127.0.0.1:{settings.airflow_port}"
+    out = [Service("ray", f"http://{settings.serve_host}:{settings.serve_port}", 100)]
+    out += [Service(f"airflow-{c}", airflow if c == "api-server" else None, 200) for c in AIRFLOW_COMPONENTS]
+    out += [Service("mlflow", f"http://127.0.0.1:{settings.mlflow_port}", 300), Service("serve-sync", None, 900)]
+    return out
+
+
+def platform_dir(settings: Settings) -> Path:
+    return settings.state_path / "platform"
+
+
+def airflow_db_url(libpq_url: str, dbname: str = "airflow", driver: str = "psycopg") -> str:
+    """The SQLAlchemy URL (psycopg 3; `psycopg_async` for async engines) of database `dbname` on
+    the server of a libpq URL. Pure."""
+    info = conninfo_to_dict(libpq_url)
+    user = quote(str(info.get("user") or "postgres"), safe="")
+    password = quote(str(info.get("password") or ""), safe="")
+    host = str(info.get("host") or "127.0.0.1")
+    port = str(info.get("port") or 5432)
+    if host.startswith("/"):  # a Unix socket directory goes in the query
+        return f"postgresql+{driver}://{user}:{password}@/{dbname}?host={quote(host, safe='/')}&port={port}"
+    return f"postgresql+{driver}://{user}:{password}@{host}:{port}/{dbname}"
+
+
+def supervisord_conf(settings: Settings, mlcycle: str, env: Mapping[str, str]) -> str:
+    """supervisord's config: its Unix socket (mode 700), one program per service running
+    `mlcycle up --exec NAME`, restarted whenever it exits, killed with its process group, its
+    output in `logs/NAME.log`. `env` (non-secret settings) is every program's environment. Pure."""
+    home = platform_dir(settings)
+
+    def value(v: str) -> str:  # supervisord expands %(name)s: escape the percent sign
+        return v.replace("%", "%%")
+
+    environment = ",".join(f'{k}="{value(v)}"' for k, v in sorted(env.items()))
+    lines = [
+        "; written by `mlcycle up`; edits are overwritten",
+        "[unix_http_server]",
+        f"file={home / 'supervisor.sock'}",
+        "chmod=0700",
+        "",
+        "[supervisord]",
+        f"logfile={home / 'logs' / 'supervisord.log'}",
+        f"pidfile={home / 'supervisord.pid'}",
+        f"directory={settings.project_dir}",
+        "logfile_maxbytes=10MB",
+        "",
+        "[rpcinterface:supervisor]",
+        "supervisor.rpcinterface_factory = supervisor.rpcinterface:make_main_rpcinterface",
+        "",
+        "[supervisorctl]",
+        f"serverurl=unix://{home / 'supervisor.sock'}",
+    ]
+    for svc in services(settings):
+        lines += [
+            "",
+            f"[program:{svc.name}]",
+            f"command={value(mlcycle)} up --exec {svc.name}",
+            f"priority={svc.priority}",
+            "autostart=true",
+            "autorestart=true",
+            "startsecs=3",
+            "startretries=1000",
+            "stopasgroup=true",
+            "killasgroup=true",
+            # `ray start --block` takes its time to stop its children: the group is killed sooner
+            f"stopwaitsecs={10 if svc.name == 'ray' else 30}",
+            "redirect_stderr=true",
+            f"stdout_logfile={home / 'logs' / svc.name}.log",
+            "stdout_logfile_maxbytes=20MB",
+            "stdout_logfile_backups=2",
+            f"environment={environment}",
+        ]
+    return "\n".join(lines) + "\n"
+
+
+def parse_status(text: str) -> dict[str, dict[str, str]]:
+    """`supervisorctl status` lines -> {name: {"state", "detail"}}. Pure."""
+    out = {}
+    for line in text.splitlines():
+        parts = line.split(None, 2)
+        if len(parts) >= 2 and parts[1].isupper():
+            out[parts[0]] = {"state": parts[1], "detail": parts[2] if len(parts) > 2 else ""}
+    return out
+
+
+# ------------------------------------------------------------------------- the services' commands
+def base_env(settings: Settings) -> dict[str, str]:
+    """The non-secret settings every service gets (supervisord's config holds these)."""
+    env = {"MLCYCLE_STATE_DIR": str(settings.state_path), "MLCYCLE_PROFILE": settings.profile, "RAY_AUTH_MODE": "token"}
+    if settings.pipelines_dir:
+        env["MLCYCLE_PIPELINES_DIR"] = str(settings.pipelines_dir)
+    for name in ("airflow_port", "mlflow_port", "serve_port"):
+        env[f"MLCYCLE_{name.upper()}"] = str(getattr(settings, name))
+    env["PATH"] = f"{Path(sys.executable).parent}:{os.environ.get('PATH', '/usr/bin:/bin')}"
+    return env
+
+
+def airflow_service_env(settings: Settings, database_url: str) -> dict[str, str]:
+    """The Airflow services' environment (and that of the tasks they run): the embedded Airflow of
+    `services_env` with its metadata in PostgreSQL and one api-server worker (2 cores)."""
+    env = services_env(settings, settings.airflow_port)
+    env.update(
+        {
+            "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": airflow_db_url(database_url),
+            # Airflow's async engine would default to asyncpg; psycopg 3 does both
+            "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN_ASYNC": airflow_db_url(database_url, driver="psycopg_async"),
+            "AIRFLOW__API__WORKERS": "1",
+            "AIRFLOW__CORE__MAX_ACTIVE_RUNS_PER_DAG": "4",
+            # a scheduler killed hard leaves its running tasks orphaned: the new one resets them
+            # (they run again) at its next orphan check, every 30 s here (default 300 s); a task
+            # without heartbeats is failed (and retried) after a minute (default 300 s)
+            "AIRFLOW__SCHEDULER__ORPHANED_TASKS_CHECK_INTERVAL": "30",
+            "AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT": "60",
+        }
+    )
+    return env
+
+
+def service_argv(settings: Settings, name: str, database_url: str) -> tuple[list[str], dict[str, str]]:
+    """What `mlcycle up --exec NAME` execs, and its environment."""
+    if name.startswith("airflow-"):
+        component = name.removeprefix("airflow-")
+        args = ["--skip-serve-logs"] if component in ("scheduler", "triggerer") else []
+        return [executable("airflow"), component, *args], airflow_service_env(settings, database_url)
+    if name == "mlflow":
+        argv = server_command(settings, "127.0.0.1", settings.mlflow_port)
+        # MLflow 3's job runner (GenAI jobs: a Huey consumer per job kind) is not used here
+        env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+        return [executable("mlflow"), *argv[1:], "--workers", "1"], env
+    if name == "ray":
+        return embedded.head_command(settings, block=True)
+    if name == "serve-sync":
+        mlcycle = executable("mlcycle")
+        return [mlcycle, "serve", "sync", "--watch", str(SERVE_SYNC_INTERVAL_S)], dict(os.environ)
+    raise SettingsError(f"no service {name!r}; the services are {[s.name for s in services(settings)]}")
+
+
+def exec_service(settings: Settings, name: str) -> None:
+    """Replace this process with the service (supervisord's program command)."""
+    argv, env = service_argv(settings, name, db.database_url(settings))
+    if name == "ray":
+        embedded.clear_leftovers(settings)  # a head that died hard leaves its GCS holding the port
+    sys.stdout.flush()
+    os.execvpe(argv[0], argv, env)
+
+
+# ------------------------------------------------------------------------------------ control
+class Platform:
+    """supervisord and the services of one state directory."""
+
+    def __init__(self, settings: Settings) -> None:
+        if settings.profile != "embedded":
+            raise SettingsError("`mlcycle up` runs the embedded platform; a cluster runs the Helm chart")
+        self.settings = settings
+        self.home = platform_dir(settings)
+        self.conf = self.home / "supervisord.conf"
+        self.airflow_url = f"http://127.0.0.1:{settings.airflow_port}"
+
+    def ctl(self, *args: str, check: bool = False) -> subprocess.CompletedProcess[str]:
+        argv = [executable("supervisorctl"), "-c", str(self.conf), *args]
+        return subprocess.run(argv, capture_output=True, text=True, timeout=120, check=check)
+
+    def supervisor_running(self) -> bool:
+        return self.conf.exists() and self.ctl("pid").stdout.strip().isdigit()
+
+    def status(self) -> dict[str, dict[str, str]]:
+        return parse_status(self.ctl("status").stdout) if self.supervisor_running() else {}
+
+    def passwords_file(self) -> Path:
+        return self.settings.state_path / "airflow" / "simple_auth_manager_passwords.json"
+
+    def airflow_password(self) -> str:
+        data: dict[str, str] = json.loads(self.passwords_file().read_text())
+        return data["admin"]
+
+    def client(self) -> AirflowClient:
+        return AirflowClient(self.airflow_url, self.airflow_password())
+
+    # -------------------------------------------------------------------------------- up
+    def up(self, timeout: float = 600, say: Callable[[str], None] = print) -> dict[str, dict[str, Any]]:
+        started = time.monotonic()
+        (self.home / "logs").mkdir(parents=True, exist_ok=True)
+        url = db.database_url(self.settings)
+        applied = db.migrate(self.settings)
+        say(
+            f"==> PostgreSQL (+ pgvector) in {db.pgdata_path(self.settings)}"
+            + (f"; {applied} migrations" if applied else "")
+        )
+        ensure_database(url, "airflow")
+        env = airflow_service_env(self.settings, url)  # makes the Airflow secrets once (mode 600)
+        secret_file(self.settings.state_path / "serving-api-key", lambda: secrets.token_urlsafe(24))
+        say("==> Airflow metadata: `airflow db migrate` on the `airflow` database")
+        subprocess.run([executable("airflow"), "db", "migrate"], env=env, check=True, capture_output=True, timeout=900)
+        conf = supervisord_conf(self.settings, executable("mlcycle"), base_env(self.settings))
+        changed = not self.conf.exists() or self.conf.read_text() != conf
+        if changed:
+            write_private(self.conf, conf)
+        if not self.supervisor_running():
+            say(f"==> supervisord ({self.conf})")
+            subprocess.run([executable("supervisord"), "-c", str(self.conf)], check=True, timeout=60)
+        else:
+            if changed:
+                self.ctl("reread", check=True)
+                self.ctl("update", check=True)
+            self.ctl("start", "all")
+        say("==> waiting for every service to answer")
+        health = self.wait_healthy(timeout)
+        say(f"==> up in {time.monotonic() - started:.0f}s")
+        return health
+
+    def wait_healthy(self, timeout: float) -> dict[str, dict[str, Any]]:
+        deadline = time.monotonic() + timeout
+        while True:
+            health = self.health()
+            if all(h["healthy"] for h in health.values()):
+                return health
+            if time.monotonic() > deadline:
+                bad = {k: v for k, v in health.items() if not v["healthy"]}
+                raise TimeoutError(f"not healthy after {timeout:.0f}s: {bad}; logs in {self.home / 'logs'}")
+            time.sleep(2)
+
+    # ------------------------------------------------------------------------------- down
+    def down(self) -> list[str]:
+        stopped = []
+        if self.supervisor_running():
+            self.ctl("stop", "all")
+            self.ctl("shutdown")
+            stopped.append("supervisord and its services")
+        if embedded.ray_running(self.settings):  # what the head left (Serve's actors, HAProxy)
+            embedded.stop(self.settings)
+        strays = stop_strays(self.settings)
+        if strays:
+            stopped.append(f"{strays} orphaned Airflow processes")
+        if db.stop_embedded(self.settings):
+            stopped.append("PostgreSQL")
+        return stopped
+
+    # ------------------------------------------------------------------------------- health
+    def health(self) -> dict[str, dict[str, Any]]:
+        """Per service: supervisor state, URL, and whether it answers its own health check."""
+        import httpx
+
+        logging.getLogger("httpx").setLevel(logging.WARNING)
+        states = self.status()
+        out: dict[str, dict[str, Any]] = {}
+        pg = db.pgdata_path(self.settings)
+        out["postgresql"] = {"state": "RUNNING" if db.embedded_running(self.settings) else "STOPPED", "url": str(pg)}
+        out["postgresql"]["healthy"] = out["postgresql"]["state"] == "RUNNING"
+        airflow: dict[str, Any] = {}
+        with contextlib.suppress(httpx.HTTPError, ValueError):
+            airflow = httpx.get(f"{self.airflow_url}/api/v2/monitor/health", timeout=5).json()
+        for svc in services(self.settings):
+            state = states.get(svc.name, {}).get("state", "STOPPED")
+            row: dict[str, Any] = {"state": state, "url": svc.url, "healthy": state == "RUNNING"}
+            if svc.name == "airflow-api-server":
+                row["healthy"] = row["healthy"] and airflow.get("metadatabase", {}).get("status") == "healthy"
+            elif svc.name.startswith("airflow-"):
+                key = svc.name.removeprefix("airflow-").replace("-", "_")
+                row["healthy"] = row["healthy"] and airflow.get(key, {}).get("status") == "healthy"
+            elif svc.name == "mlflow":
+                row["healthy"] = row["healthy"] and answers(f"{svc.url}/health")
+            elif svc.name == "ray":
+                # the head answers, and Serve's ingress answers HTTP (503 while it serves nothing)
+                row["healthy"] = row["healthy"] and answers(f"{svc.url}/-/healthz", any_status=True)
+                row["healthy"] = row["healthy"] and embedded.ray_running(self.settings)
+            out[svc.name] = row
+        return out
+
+
+def stop_strays(settings: Settings) -> int:
+    """Terminate LocalExecutor workers that outlived their scheduler (a scheduler killed hard
+    leaves them, idle, with no parent but init): this platform's run in its project directory.
+    Their environment cannot tell (Airflow rewrites the process title over it). Returns how many."""
+    import psutil
+
+    found = []
+    for proc in psutil.process_iter(["pid", "ppid", "cmdline"]):
+        try:
+            title = " ".join(proc.info["cmdline"] or [])
+            orphan = title.startswith("airflow worker -- LocalExecutor") and proc.info["ppid"] == 1
+            if orphan and proc.cwd() == str(settings.project_dir):
+                proc.terminate()
+                found.append(proc)
+        except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+            continue
+    _, alive = psutil.wait_procs(found, timeout=10)
+    for proc in alive:
+        proc.kill()
+    return len(found)
+
+
+def answers(url: str, any_status: bool = False) -> bool:
+    """Whether `url` answers 200 (with `any_status`: answers HTTP at all)."""
+    import httpx
+
+    try:
+        code = httpx.get(url, timeout=5).status_code
+    except httpx.HTTPError:
+        return False
+    return any_status or code == 200
+
+
+def ensure_database(libpq_url: str, name: str) -> None:
+    """Create database `name` on the server when it has none of that name."""
+    import psycopg
+    from psycopg import sql
+
+    with psycopg.connect(libpq_url, autocommit=True) as conn:
+        if conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone() is None:
+            conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+
+
+def render_ps(health: Mapping[str, Mapping[str, Any]]) -> str:
+    """The `mlcycle ps` table. Pure."""
+    lines = [f"{'service':<24} {'state':<10} {'health':<9} url"]
+    for name, h in health.items():
+        lines.append(f"{name:<24} {h['state']:<10} {'healthy' if h['healthy'] else 'DOWN':<9} {h.get('url') or ''}")
+    return "\n".join(lines)
+
+
+def open_these(plat: Platform, pipeline: str | None = None) -> str:
+    """What to open, and where the credentials are. Pure but for reading nothing: paths only."""
+    settings = plat.settings
+    names = [pipeline] if pipeline else [p.stem for p in spec_paths(settings.specs_path)]
+    lines = [
+        "==> open:",
+        f"    Airflow UI and REST API  {plat.airflow_url}",
+        f"                             user admin, password in {plat.passwords_file()}",
+        f"    MLflow UI                http://127.0.0.1:{settings.mlflow_port}",
+    ]
+    lines += [f"    {name} endpoint  {endpoint(settings, name)}/predict" for name in names]
+    key = settings.state_path / "serving-api-key"
+    body = '{"instances": [{"entity_id": 42}]}'
+    if names:
+        lines.append(f"    curl -s -H \"x-api-key: $(cat {key})\" -H 'content-type: application/json' \\")
+        lines.append(f"      -d '{body}' {endpoint(settings, names[0])}/predict")
+    lines.append("    `mlcycle ps` shows the services, `mlcycle down` (or `make down`) stops them; the data stays")
+    return "\n".join(lines)

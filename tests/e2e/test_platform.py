@@ -1,0 +1,179 @@
+"""The embedded platform as a user runs it: `mlcycle up`, a pipeline of their own added the way
+the README says and run with `mlcycle run`, its champion served and read back with the plain
+clients, a service killed mid-run, `mlcycle down`.
+
+Everything runs as the `mlcycle` command in a state directory of this module's own, on free ports
+on 127.0.0.1 (its own PostgreSQL, supervisord, Airflow on PostgreSQL, MLflow UI, Ray head).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import signal
+import stat
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from pipelines.core.settings import PROJECT_DIR
+from tests.services import free_port_pairs
+from tests.specs import tumour_pipeline, write_spec
+
+pytestmark = pytest.mark.e2e
+
+MLCYCLE = str(Path(sys.executable).parent / "mlcycle")
+SERVICES = {
+    "postgresql",
+    "ray",
+    "airflow-api-server",
+    "airflow-scheduler",
+    "airflow-dag-processor",
+    "airflow-triggerer",
+    "mlflow",
+    "serve-sync",
+}
+
+
+def mlcycle(env: dict[str, str], *args: str, timeout: float = 900) -> subprocess.CompletedProcess[str]:
+    # from the project's root, as a user runs it (Ray's workers import `serving` from there)
+    return subprocess.run([MLCYCLE, *args], env=env, cwd=PROJECT_DIR, capture_output=True, text=True, timeout=timeout)
+
+
+def services(env: dict[str, str]) -> dict[str, tuple[str, str]]:
+    """`mlcycle ps` as {service: (state, health)}."""
+    out = mlcycle(env, "ps", timeout=120).stdout
+    rows = [line.split() for line in out.splitlines()[1:] if line.strip()]
+    return {r[0]: (r[1], r[2]) for r in rows}
+
+
+@pytest.fixture(scope="module")
+def up(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
+    root = tmp_path_factory.mktemp("platform")
+    pipelines = root / "pipelines"
+    write_spec(pipelines, "churn", merge=True, training={"n_trials": 2, "max_epochs": 5, "pruner": "none"})
+    tumour_pipeline(pipelines, root / "data")
+    airflow, mlflow, serve, gcs, stats, metrics, fallback = free_port_pairs(7)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLCYCLE_", "RAY_", "AIRFLOW", "MLFLOW_"))}
+    env.update(
+        {
+            "MLCYCLE_STATE_DIR": str(root / "state"),
+            "MLCYCLE_PIPELINES_DIR": str(pipelines),
+            "MLCYCLE_AIRFLOW_PORT": str(airflow),
+            "MLCYCLE_MLFLOW_PORT": str(mlflow),
+            "MLCYCLE_MLFLOW_UI_URL": f"http://127.0.0.1:{mlflow}",
+            "MLCYCLE_SERVE_PORT": str(serve),
+            "MLCYCLE_RAY_ADDRESS": f"127.0.0.1:{gcs}",
+            "MLCYCLE_HAPROXY_STATS_PORT": str(stats),
+            "MLCYCLE_HAPROXY_METRICS_PORT": str(metrics),
+            "MLCYCLE_SERVE_FALLBACK_PORT": str(fallback),
+        }
+    )
+    started = mlcycle(env, "up")
+    try:
+        assert started.returncode == 0, started.stdout[-3000:] + started.stderr[-3000:]
+        yield env
+    finally:
+        mlcycle(env, "down", timeout=300)
+
+
+def test_up_starts_every_service_healthy_and_a_second_up_reuses_them(up: dict[str, str]) -> None:
+    assert services(up) == {name: ("RUNNING", "healthy") for name in SERVICES}
+    home = Path(up["MLCYCLE_STATE_DIR"]) / "platform"
+    ctl = [str(Path(sys.executable).parent / "supervisorctl"), "-c", str(home / "supervisord.conf"), "pid"]
+    pids = {
+        name: subprocess.run([*ctl, name], capture_output=True, text=True).stdout for name in SERVICES - {"postgresql"}
+    }
+    again = mlcycle(up, "up")
+    assert again.returncode == 0 and "==> supervisord" not in again.stdout, again.stdout  # nothing started anew
+    assert services(up) == {name: ("RUNNING", "healthy") for name in SERVICES}
+    for name in ("ray", "airflow-api-server", "airflow-scheduler", "mlflow"):  # the same processes
+        assert subprocess.run([*ctl, name], capture_output=True, text=True).stdout == pids[name]
+    # secrets: mode 600; supervisord's socket: its owner only; one log file per service
+    state = Path(up["MLCYCLE_STATE_DIR"])
+    for secret in (state / "airflow" / "simple_auth_manager_passwords.json", state / "serving-api-key"):
+        assert stat.S_IMODE(secret.stat().st_mode) == 0o600
+    assert stat.S_IMODE((home / "supervisor.sock").stat().st_mode) == 0o700
+    assert {p.stem for p in (home / "logs").glob("*.log")} >= SERVICES - {"postgresql"}
+    assert "password" not in (home / "supervisord.conf").read_text().lower()
+
+
+def test_a_users_numeric_pipeline_runs_with_mlcycle_run_and_is_served(up: dict[str, str]) -> None:
+    """A file source, 30 numeric features and no categorical one, added as the README says."""
+    done = mlcycle(up, "run", "tumours", "--wait")
+    assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-3000:]
+    for step in ("ingest", "validate", "features", "train", "evaluate", "promote", "canary"):
+        assert f"  {step}" in done.stdout
+    assert "success" in done.stdout and "mlcycle-tumours v1" in done.stdout
+    # the endpoint serves the champion: entity id only (features from the online store)
+    key = (Path(up["MLCYCLE_STATE_DIR"]) / "serving-api-key").read_text().strip()
+    url = f"http://127.0.0.1:{up['MLCYCLE_SERVE_PORT']}/v1/pipelines/tumours/predict"
+    deadline = time.monotonic() + 60
+    while True:
+        answer = httpx.post(url, json={"instances": [{"entity_id": 569}]}, headers={"x-api-key": key}, timeout=30)
+        if answer.status_code == 200 or time.monotonic() > deadline:
+            break
+        time.sleep(2)
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["predictions"][0]["version"] == 1
+    # the plain clients, configured by `mlcycle env` alone
+    exports = mlcycle(up, "env", "--pipeline", "tumours").stdout
+    plain = {k: v for k, v in up.items() if not k.startswith("MLCYCLE_")}
+    plain.update(dict(t.split("=", 1) for t in shlex.split(exports, comments=True) if t != "export"))
+    script = (
+        "import json, mlflow\n"
+        "from feast import FeatureStore\n"
+        f"store = FeatureStore(repo_path={str(PROJECT_DIR / 'feature_repo')!r})\n"
+        "online = store.get_online_features(features=store.get_feature_service('tumours_features_v1'),\n"
+        "    entity_rows=[{'patient_id': 569}]).to_dict()\n"
+        "champion = mlflow.MlflowClient().get_model_version_by_alias('mlcycle-tumours', 'champion')\n"
+        "print(json.dumps({'radius': online['mean_radius'][0], 'champion': champion.version}))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", script], env=plain, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    got = json.loads(out.stdout.strip().splitlines()[-1])
+    assert str(got["champion"]) == "1" and got["radius"] == pytest.approx(7.76)  # the dataset's last patient
+
+
+def test_a_killed_scheduler_is_back_within_30s_and_the_run_in_flight_finishes(up: dict[str, str]) -> None:
+    triggered = mlcycle(up, "run", "churn")
+    assert triggered.returncode == 0, triggered.stderr[-3000:]
+    home = Path(up["MLCYCLE_STATE_DIR"]) / "platform"
+    ctl = [str(Path(sys.executable).parent / "supervisorctl"), "-c", str(home / "supervisord.conf")]
+    time.sleep(10)  # the run is in its first tasks
+    pid = int(subprocess.run([*ctl, "pid", "airflow-scheduler"], capture_output=True, text=True).stdout)
+    os.kill(pid, signal.SIGKILL)
+    killed = time.monotonic()
+    while True:
+        new = subprocess.run([*ctl, "pid", "airflow-scheduler"], capture_output=True, text=True).stdout.strip()
+        if new.isdigit() and int(new) not in (0, pid) and services(up)["airflow-scheduler"] == ("RUNNING", "healthy"):
+            break
+        assert time.monotonic() - killed < 30, "the scheduler is not back within 30 s"
+        time.sleep(1)
+    # the run goes on to its end (a task whose process died with the scheduler is retried)
+    run_id = triggered.stdout.split()[2]
+    script = (
+        "import sys\n"
+        "from pipelines.core.settings import load_settings\n"
+        "from pipelines.local.platform import Platform\n"
+        "c = Platform(load_settings()).client()\n"
+        f"print(c.wait_run('churn_lifecycle', {run_id!r}, timeout=900)['state'])\n"
+    )
+    out = subprocess.run([sys.executable, "-c", script], env=up, cwd=PROJECT_DIR, capture_output=True, text=True)
+    assert out.stdout.strip().splitlines()[-1] == "success", out.stdout[-2000:] + out.stderr[-2000:]
+
+
+def test_down_stops_everything_and_keeps_the_data(up: dict[str, str]) -> None:
+    down = mlcycle(up, "down", timeout=300)
+    assert down.returncode == 0, down.stderr
+    assert all(state != "RUNNING" for state, _ in services(up).values())
+    with pytest.raises(httpx.HTTPError):
+        httpx.get(f"http://127.0.0.1:{up['MLCYCLE_AIRFLOW_PORT']}/api/v2/monitor/health", timeout=5)
+    state = Path(up["MLCYCLE_STATE_DIR"])
+    assert (state / "pg" / "PG_VERSION").exists() and any((state / "artifacts" / "tumours").iterdir())

@@ -1,0 +1,93 @@
+"""The embedded platform's pure parts: supervisord's config, Airflow's database URL, `supervisorctl
+status`, `mlcycle run`'s conf and live view, `mlcycle env`."""
+
+from __future__ import annotations
+
+import configparser
+import shlex
+from pathlib import Path
+
+import pytest
+
+from pipelines.core.errors import InvalidArgument
+from pipelines.core.settings import Settings
+from pipelines.io.clientenv import client_env, render_env
+from pipelines.io.runs import headline
+from pipelines.local.follow import changes, parse_conf, task_key, task_line
+from pipelines.local.platform import airflow_db_url, parse_status, render_ps, services, supervisord_conf
+
+
+def test_supervisord_runs_every_service_restarted_and_logged_on_its_socket(tmp_path: Path) -> None:
+    settings = Settings(state_dir=tmp_path)
+    text = supervisord_conf(settings, "/venv/bin/mlcycle", {"MLCYCLE_STATE_DIR": str(tmp_path), "X": "a%20b"})
+    conf = configparser.RawConfigParser()
+    conf.read_string(text)
+    programs = {s.removeprefix("program:") for s in conf.sections() if s.startswith("program:")}
+    assert programs == {s.name for s in services(settings)}
+    assert conf["unix_http_server"]["chmod"] == "0700" and "inet_http_server" not in conf
+    scheduler = conf["program:airflow-scheduler"]
+    assert scheduler["command"] == "/venv/bin/mlcycle up --exec airflow-scheduler"
+    assert scheduler["autorestart"] == "true" and scheduler["killasgroup"] == "true"
+    assert scheduler["stdout_logfile"] == str(tmp_path / "platform" / "logs" / "airflow-scheduler.log")
+    assert 'X="a%%20b"' in scheduler["environment"]  # supervisord would expand a bare %
+    assert int(conf["program:ray"]["priority"]) < int(conf["program:serve-sync"]["priority"])
+
+
+def test_airflow_metadata_url_on_the_embedded_socket_or_a_server() -> None:
+    socket = airflow_db_url("postgresql://postgres:@/postgres?host=/state/pg")
+    assert socket == "postgresql+psycopg://postgres:@/airflow?host=/state/pg&port=5432"
+    tcp = airflow_db_url("postgresql://ml:p%40ss@db:5433/platform", driver="psycopg_async")
+    assert tcp == "postgresql+psycopg_async://ml:p%40ss@db:5433/airflow"
+
+
+def test_supervisorctl_status_and_the_ps_table() -> None:
+    out = "ray                RUNNING   pid 12, uptime 0:01:02\nmlflow             BACKOFF   Exited too quickly\n"
+    assert parse_status(out) == {
+        "ray": {"state": "RUNNING", "detail": "pid 12, uptime 0:01:02"},
+        "mlflow": {"state": "BACKOFF", "detail": "Exited too quickly"},
+    }
+    table = render_ps({"ray": {"state": "RUNNING", "healthy": True, "url": "http://127.0.0.1:8000"}})
+    assert "ray" in table and "healthy" in table and "http://127.0.0.1:8000" in table
+
+
+def test_run_conf_values_read_as_json_else_strings() -> None:
+    conf = parse_conf(["n_trials=4", "as_of=2026-06-30", "source_uri=s3://b/x.csv", "force=true", "x="])
+    assert conf == {"n_trials": 4, "as_of": "2026-06-30", "source_uri": "s3://b/x.csv", "force": True, "x": ""}
+    with pytest.raises(InvalidArgument, match="expected key=value"):
+        parse_conf(["n_trials"])
+
+
+def test_the_live_view_prints_each_change_once_in_start_order() -> None:
+    seen: dict[str, str | None] = {}
+    tis = [
+        {"task_id": "ingest", "map_index": -1, "state": "success", "start_date": "1", "duration": 0.5},
+        {"task_id": "trials", "map_index": 1, "state": "running", "start_date": "3", "duration": None},
+        {"task_id": "validate", "map_index": -1, "state": "running", "start_date": "2", "duration": None},
+        {"task_id": "train", "map_index": -1, "state": None, "start_date": None, "duration": None},
+    ]
+    assert [task_key(t) for t in changes(seen, tis)] == ["ingest", "validate", "trials[1]"]
+    assert changes(seen, tis) == []
+    tis[2]["state"] = "success"
+    assert [task_key(t) for t in changes(seen, tis)] == ["validate"]
+    assert task_line(tis[0], "rows: 10").split() == ["ingest", "success", "0.5s", "rows:", "10"]
+
+
+def test_headline_is_the_steps_result_in_one_line() -> None:
+    assert headline("train", {"best_trial": 3, "metric": "val_roc_auc", "best_value": 0.81}) == (
+        "best: trial 3: val_roc_auc=0.8100"
+    )
+    assert headline("evaluate", {"verdict": {"passed": False, "reasons": ["worse"]}}) == "verdict: failed"
+    assert headline("canary", {"outcome": "rolled_back", "reason": "p99"}) == "rolled_back: p99"
+    assert headline("ingest", {"reason": "no new data"}) == "skipped: no new data"
+
+
+def test_mlcycle_env_names_what_each_plain_client_reads(tmp_path: Path) -> None:
+    settings = Settings(state_dir=tmp_path, s3_endpoint_url="http://127.0.0.1:8333", artifact_root="s3://b/ml")
+    text = render_env(client_env(settings, "postgresql://ml:s3cr%20t@db:5433/platform", "churn"))
+    values = dict(t.split("=", 1) for t in shlex.split(text, comments=True) if t != "export")
+    assert values["MLFLOW_TRACKING_URI"].startswith("postgresql+psycopg://ml:s3cr%20t@db:5433/platform?options=")
+    assert values["MLCYCLE_FEAST_PROJECT"] == "churn" and values["MLCYCLE_FEAST_PG_PORT"] == "5433"
+    assert values["PGHOST"] == "db" and values["PGPASSWORD"] == "s3cr t" and values["PGDATABASE"] == "platform"
+    assert values["AWS_ENDPOINT_URL_S3"] == "http://127.0.0.1:8333" and values["MLFLOW_S3_ENDPOINT_URL"]
+    assert values["MLCYCLE_ARTIFACT_ROOT"] == "s3://b/ml"
+    assert "# psql and any libpq client" in text
