@@ -61,7 +61,7 @@ def lifecycle_dag(spec: PipelineSpec, steps: list[str]) -> DAG:
         max_active_runs=1,
         tags=["mlcycle", spec.name, *spec.tags],
         doc_md=doc_md(spec, steps),
-        params=airflow_params(),
+        params=airflow_params(spec),
         default_args={
             "owner": spec.owner,
             "retries": spec.retries,

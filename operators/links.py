@@ -3,7 +3,8 @@
 Airflow computes them in the worker when the task ends (`get_link` on the operator that just ran)
 and stores them in XCom, so they come from the step's own result. Reports are served by the
 `mlcycle` plugin (plugins/mlcycle_plugin.py) under the api-server, behind Airflow's own login:
-`/mlcycle/artifacts/<dag_id>/<run_id>/<step>/<file>`.
+`/mlcycle/reports/<dag_id>/<run_id>/<step>` (the report in a page that links back to the run) and
+`/mlcycle/artifacts/<dag_id>/<run_id>/<step>/<file>` (the files).
 """
 
 from __future__ import annotations
@@ -22,20 +23,27 @@ if TYPE_CHECKING:
     from airflow.sdk.types import TaskInstanceKey
 
 ARTIFACT_PREFIX = "/mlcycle/artifacts"
+REPORT_PREFIX = "/mlcycle/reports"
+
+
+def artifact_url(dag_id: str, run_id: str, step: str, name: str) -> str:
+    """The plugin's URL of one report file of a step, relative to the api-server. Pure."""
+    return f"{ARTIFACT_PREFIX}/{quote(dag_id)}/{quote(run_id, safe='')}/{step}/{name}"
 
 
 def report_url(dag_id: str, run_id: str, step: str) -> str:
-    """The plugin's URL of a step's report, relative to the api-server. Pure."""
-    report = BY_NAME[step].report
-    if report is None:
+    """The plugin's page of a step's report (the report with a way back to the run), relative to
+    the api-server. Pure."""
+    if BY_NAME[step].report is None:
         raise ValueError(f"step '{step}' writes no report")
-    return f"{ARTIFACT_PREFIX}/{quote(dag_id)}/{quote(run_id, safe='')}/{step}/{report.file}"
+    return f"{REPORT_PREFIX}/{quote(dag_id)}/{quote(run_id, safe='')}/{step}"
 
 
 def mlflow_url(base: str, step: str, result: dict[str, Any]) -> str:
-    """The MLflow UI page of a step's result: the training run, or the registered version. Pure."""
+    """The MLflow UI page of a step's result: the training run (where evaluate logs too), or the
+    registered version. Pure."""
     base = base.rstrip("/")
-    if step == "train" and result.get("mlflow_run_id") and result.get("mlflow_experiment_id"):
+    if step in ("train", "evaluate") and result.get("mlflow_run_id") and result.get("mlflow_experiment_id"):
         return f"{base}/#/experiments/{result['mlflow_experiment_id']}/runs/{result['mlflow_run_id']}"
     if step == "promote" and result.get("model") and result.get("version"):
         return f"{base}/#/models/{quote(result['model'])}/versions/{result['version']}"

@@ -1,18 +1,23 @@
 """The mlcycle Airflow plugin: the operator's extra links, and the reports they open.
 
 The reports (validation, evaluation, canary, Evidently) live in the artifact store, local or S3.
-This plugin serves them read-only under the api-server at `/mlcycle/artifacts/...`, to users
+This plugin serves them read-only under the api-server at `/mlcycle/reports/...` (a page per
+step's report, with a link back to the run: the canary's first deployment has only its decisions,
+`report.json`) and `/mlcycle/artifacts/...` (the files), to users
 allowed to read the DAG's runs (Airflow's own login and auth manager decide), and only the report
 files of the steps that write one.
 """
 
 from __future__ import annotations
 
+import json
+from html import escape
 from typing import Any
+from urllib.parse import quote
 
 from airflow.plugins_manager import AirflowPlugin
 
-from operators.links import MlflowLink, ReportLink
+from operators.links import MlflowLink, ReportLink, artifact_url
 from pipelines.core.errors import InvalidArgument
 from pipelines.core.settings import load_settings
 from pipelines.core.steps import BY_NAME, REPORT_FILES
@@ -26,7 +31,7 @@ def _app() -> Any:
     from airflow.api_fastapi.auth.managers.models.resource_details import DagAccessEntity
     from airflow.api_fastapi.core_api.security import requires_access_dag
     from fastapi import Depends, FastAPI, HTTPException
-    from fastapi.responses import Response
+    from fastapi.responses import HTMLResponse, Response
 
     app = FastAPI(title="mlcycle artifacts")
 
@@ -48,7 +53,54 @@ def _app() -> Any:
             raise HTTPException(404, f"{key}: not written (the step did not run or wrote no report)")
         return Response(storage.read_bytes(key), media_type=CONTENT_TYPES[name[name.rindex(".") :]])
 
+    @app.get(
+        "/reports/{dag_id}/{run_id}/{step}",
+        dependencies=[Depends(requires_access_dag("GET", DagAccessEntity.RUN))],
+        response_class=HTMLResponse,
+    )
+    def report_page(dag_id: str, run_id: str, step: str) -> HTMLResponse:
+        info = BY_NAME.get(step)
+        if info is None or info.report is None:
+            raise HTTPException(404, "not a step with a report")
+        pipeline = dag_id.rsplit("_", 1)[0]
+        try:
+            keys = {
+                name: run_key(pipeline, check_run_id(run_id), step, name) for name in (info.report.file, "report.json")
+            }
+        except InvalidArgument as err:
+            raise HTTPException(404, str(err)) from None
+        storage = open_storage(load_settings())
+        written = [name for name, key in keys.items() if storage.exists(key)]
+        if not written:
+            raise HTTPException(404, f"{step} of {run_id} wrote no report (the step did not run, or was skipped)")
+        json_text = storage.read_bytes(keys["report.json"]).decode() if "report.json" in written else None
+        page = report_page_html(dag_id, run_id, step, info.report.title, written, json_text)
+        return HTMLResponse(page)
+
     return app
+
+
+def report_page_html(dag_id: str, run_id: str, step: str, title: str, written: list[str], json_text: str | None) -> str:
+    """A step's report with a way back: the HTML report framed, the plot as an image, else the
+    decisions of `report.json`. Pure."""
+    run_page = f"/dags/{quote(dag_id)}/runs/{quote(run_id, safe='')}"
+    files = " · ".join(f'<a href="{artifact_url(dag_id, run_id, step, n)}">{escape(n)}</a>' for n in written)
+    main = written[0]
+    if main.endswith(".html"):
+        body = f'<iframe src="{artifact_url(dag_id, run_id, step, main)}" title="{escape(title)}"></iframe>'
+    elif main.endswith(".png"):
+        body = f'<img src="{artifact_url(dag_id, run_id, step, main)}" alt="{escape(title)}">'
+    else:
+        body = f"<pre>{escape(json.dumps(json.loads(json_text or '{}'), indent=2))}</pre>"
+    return f"""<!doctype html>
+<html><head><meta charset="utf-8"><title>{escape(title)}: {escape(dag_id)}</title>
+<style>body{{font-family:system-ui,sans-serif;margin:0}} header{{padding:.6em 1em;background:#f3f4f6;
+border-bottom:1px solid #ddd}} iframe{{border:0;width:100%;height:calc(100vh - 3.5em)}}
+img{{max-width:100%;margin:1em}} pre{{margin:1em;white-space:pre-wrap}}</style></head>
+<body><header><a href="{run_page}">&larr; back to the run</a> · <b>{escape(title)}</b> of
+{escape(dag_id)} {escape(run_id)} · files: {files}</header>
+{body}
+</body></html>"""
 
 
 class MlcyclePlugin(AirflowPlugin):

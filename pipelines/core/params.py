@@ -50,29 +50,40 @@ class RunParams(BaseModel):
         return v or None
 
 
-def airflow_params() -> dict[str, Any]:
-    """The lifecycle DAG's `params` (Airflow validates them against these JSON schemas)."""
+SOURCE_URI_PATTERN = r"\.([cC][sS][vV](\.[gG][zZ])?|[pP][aA][rR][qQ][uU][eE][tT]|[pP][qQ])$"
+"""What `RunParams.source_uri` accepts, as the form's JSON-schema pattern (no flags there)."""
+
+
+def airflow_params(spec: PipelineSpec | None = None) -> dict[str, Any]:
+    """The lifecycle DAG's `params` (Airflow validates them against these JSON schemas). The form's
+    labels are the parameter names (what `conf`, `mlcycle run --conf` and the docs say), and with a
+    spec, the defaults are the spec's own (the trial budget shows 12, not an empty field)."""
     from airflow.sdk import Param
 
     fields = RunParams.model_fields
+    source = f" (default: the spec's {spec.source.kind} source)" if spec else ""
     return {
         "source_uri": Param(
-            None, type=["null", "string"], title="Data source override", description=fields["source_uri"].description
+            None,
+            type=["null", "string"],
+            pattern=SOURCE_URI_PATTERN,
+            title="source_uri",
+            description=f"{fields['source_uri'].description}{source}",
         ),
         "n_trials": Param(
-            None,
+            spec.training.n_trials if spec else None,
             type=["null", "integer"],
             minimum=1,
             maximum=10_000,
-            title="Trial budget",
+            title="n_trials",
             description=fields["n_trials"].description,
         ),
-        "dry_run": Param(False, type="boolean", title="Dry run", description=fields["dry_run"].description),
+        "dry_run": Param(False, type="boolean", title="dry_run", description=fields["dry_run"].description),
         "as_of": Param(
             None,
             type=["null", "string"],
             format="date-time",
-            title="Data as of",
+            title="as_of",
             description=fields["as_of"].description,
         ),
     }

@@ -156,6 +156,7 @@ def run(ctx: StepContext) -> dict[str, Any]:
         "champion_version": report["champion"]["version"] if report["champion"] else None,
         "difference": report["difference"],
         "mlflow_run_id": trained["mlflow_run_id"],
+        "mlflow_experiment_id": trained.get("mlflow_experiment_id"),
     }
     write_json(ctx.storage, ctx.key("manifest.json"), manifest)
     return manifest

@@ -114,15 +114,29 @@ def test_drift_triggers_retraining_on_fresh_data_through_airflow(
     entities = _known_entities()
     served = httpx.post(f"{url}/predict", json={"instances": [{"entity_id": entities[0]}]}, headers={"x-api-key": KEY})
     assert served.status_code == 200 and served.json()["predictions"][0]["version"] == 1, served.text
-    # Extra links: the validation report opens through the plugin, behind Airflow's login.
-    links = airflow.api("GET", f"/dags/churn_lifecycle/dagRuns/{first}/taskInstances/validate/links")
-    report = links["extra_links"]["Report"]
-    assert report.startswith("/mlcycle/artifacts/churn_lifecycle/")
+
+    # Extra links: the validation report opens through the plugin, behind Airflow's login, in a
+    # page that leads back to the run; the canary's first deployment has a report too (its
+    # decisions); evaluate and train link to their MLflow run.
+    def links(task: str) -> dict[str, str]:
+        got: dict[str, str] = airflow.api("GET", f"/dags/churn_lifecycle/dagRuns/{first}/taskInstances/{task}/links")[
+            "extra_links"
+        ]
+        return got
+
+    report = links("validate")["Report"]
+    assert report.startswith("/mlcycle/reports/churn_lifecycle/")
     assert httpx.get(airflow.url + report, timeout=30).status_code in (401, 403)
     opened = httpx.get(airflow.url + report, headers=airflow.auth_headers(), timeout=30)
     assert opened.status_code == 200 and opened.headers["content-type"].startswith("text/html")
-    train_links = airflow.api("GET", f"/dags/churn_lifecycle/dagRuns/{first}/taskInstances/train/links")
-    assert "/#/experiments/" in train_links["extra_links"]["MLflow"]
+    assert "back to the run" in opened.text and "/dags/churn_lifecycle/runs/" in opened.text
+    framed = opened.text.split('<iframe src="', 1)[1].split('"', 1)[0]
+    inner = httpx.get(airflow.url + framed, headers=airflow.auth_headers(), timeout=30)
+    assert inner.status_code == 200 and "<html" in inner.text.lower()
+    canary = httpx.get(airflow.url + links("canary")["Report"], headers=airflow.auth_headers(), timeout=30)
+    assert canary.status_code == 200 and "first model of the pipeline" in canary.text
+    assert "/#/experiments/" in links("train")["MLflow"]
+    assert links("evaluate")["MLflow"] == links("train")["MLflow"]
 
     # Calm traffic: the check runs, finds nothing, and its trigger task is skipped: no event.
     predict_rows(url, KEY, _traffic(seed=41, n=300, months=slice(1, 4)), "customer_id", FEATURES)

@@ -58,3 +58,17 @@ def test_airflow_validates_the_form_before_a_run() -> None:
     bad = ParamsDict(airflow_params())
     with pytest.raises(ValueError, match="n_trials"):  # refused as it is set, before any run
         bad["n_trials"] = -1
+    with pytest.raises(ValueError, match="source_uri"):  # not a CSV/Parquet file: refused by the form
+        bad["source_uri"] = "s3://bucket/data.json"
+    bad["source_uri"] = "s3://bucket/DATA.CSV.gz"
+
+
+def test_the_form_shows_the_param_names_and_the_specs_defaults() -> None:
+    from airflow.sdk.definitions.param import ParamsDict
+
+    from pipelines.core.params import FORM, airflow_params
+
+    params = airflow_params(SPEC)
+    assert [params[name].schema["title"] for name in FORM] == list(FORM)
+    assert ParamsDict(params).validate()["n_trials"] == SPEC.training.n_trials
+    assert "the spec's synthetic source" in params["source_uri"].description
