@@ -15,12 +15,17 @@ from html import escape
 from typing import Any
 from urllib.parse import quote
 
+from airflow.api_fastapi.core_api.security import GetUserDep
 from airflow.plugins_manager import AirflowPlugin
+from pydantic import BaseModel
 
 from operators.links import MlflowLink, ReportLink, artifact_url
-from pipelines.core.errors import InvalidArgument
+from pipelines.core.errors import InvalidArgument, SpecError
+from pipelines.core.params import FORM, RunParams
 from pipelines.core.settings import load_settings
+from pipelines.core.spec import spec_for, spec_paths
 from pipelines.core.steps import BY_NAME, REPORT_FILES
+from pipelines.io import catalog
 from pipelines.io.storage import open_storage, run_key
 from pipelines.steps.context import check_run_id
 
@@ -103,7 +108,120 @@ img{{max-width:100%;margin:1em}} pre{{margin:1em;white-space:pre-wrap}}</style><
 </body></html>"""
 
 
+class TriggerBody(BaseModel):
+    """A training run's params, as `conf` (what the Trigger form and `POST /api/v2/.../dagRuns` take)."""
+
+    conf: dict[str, Any] = {}
+
+
+def _api() -> Any:
+    """The platform API, `/api/ml/*`: behind Airflow's login, each pipeline behind its lifecycle
+    DAG's permissions (read: the DAG's runs; trigger: creating runs). Errors are JSON
+    `{"error", "reason"}`; lists are pages (`limit`, `offset`, `total`, `next_offset`)."""
+    from airflow.api_fastapi.app import get_auth_manager
+    from airflow.api_fastapi.auth.managers.models.resource_details import DagAccessEntity, DagDetails
+    from fastapi import Depends, FastAPI, HTTPException, Query, Request
+    from fastapi.responses import JSONResponse
+    from pydantic import ValidationError
+    from starlette.exceptions import HTTPException as StarletteHTTPException
+
+    app = FastAPI(
+        title="mlcycle platform API",
+        version="1",
+        description="Pipelines, model versions and their lineage, drift, prediction traces, training runs.",
+    )
+
+    @app.exception_handler(StarletteHTTPException)
+    async def as_json(request: Request, err: StarletteHTTPException) -> JSONResponse:
+        reason = err.detail if isinstance(err.detail, str) else json.dumps(err.detail)
+        return JSONResponse({"error": err.status_code, "reason": reason}, status_code=err.status_code)
+
+    def allowed(user: Any, method: str, pipeline: str) -> bool:
+        details = DagDetails(id=f"{pipeline}_lifecycle")
+        return bool(
+            get_auth_manager().is_authorized_dag(
+                method=method, access_entity=DagAccessEntity.RUN, details=details, user=user
+            )
+        )
+
+    def readable(method: str = "GET") -> Any:
+        def check(pipeline: str, user: GetUserDep) -> str:
+            settings = load_settings()
+            try:
+                spec_for(settings, pipeline)
+            except SpecError as err:
+                raise HTTPException(404, str(err)) from None
+            if not allowed(user, method, pipeline):
+                raise HTTPException(
+                    403, f"no {'trigger' if method == 'POST' else 'read'} access to {pipeline}_lifecycle"
+                )
+            return pipeline
+
+        return check
+
+    Limit = Query(50, ge=1, le=500)
+    Offset = Query(0, ge=0)
+
+    @app.get("/pipelines")
+    def pipelines(user: GetUserDep, limit: int = Limit, offset: int = Offset) -> dict[str, Any]:
+        settings = load_settings()
+        names = [p.stem for p in spec_paths(settings.specs_path) if allowed(user, "GET", p.stem)]
+        listed = catalog.page(names, limit, offset)
+        listed["items"] = [catalog.pipeline_summary(settings, n) for n in listed["items"]]
+        return listed
+
+    @app.get("/pipelines/{pipeline}")
+    def pipeline(name: str = Depends(readable())) -> dict[str, Any]:
+        return catalog.pipeline_detail(load_settings(), name)
+
+    @app.get("/pipelines/{pipeline}/models")
+    def models(name: str = Depends(readable()), limit: int = Limit, offset: int = Offset) -> dict[str, Any]:
+        return catalog.page(catalog.model_versions(load_settings(), name), limit, offset)
+
+    @app.get("/pipelines/{pipeline}/drift")
+    def drift(name: str = Depends(readable()), limit: int = Limit, offset: int = Offset) -> dict[str, Any]:
+        return catalog.page(catalog.drift_history(load_settings(), name), limit, offset)
+
+    @app.get("/predictions/{request_id}")
+    def prediction(request_id: str, user: GetUserDep) -> dict[str, Any]:
+        settings = load_settings()
+        names = {p.stem for p in spec_paths(settings.specs_path) if allowed(user, "GET", p.stem)}
+        answers = catalog.trace(settings, request_id, names)
+        if answers is None:
+            raise HTTPException(404, f"no prediction {request_id!r} in a pipeline you may read")
+        return {"request_id": request_id, "answers": answers}
+
+    @app.post("/pipelines/{pipeline}/runs", status_code=201)
+    def trigger(body: TriggerBody, user: GetUserDep, name: str = Depends(readable("POST"))) -> dict[str, Any]:
+        from airflow.api.common.trigger_dag import trigger_dag
+        from airflow.utils.types import DagRunTriggeredByType
+
+        unknown = sorted(set(body.conf) - set(FORM))
+        if unknown:
+            raise HTTPException(422, f"unknown run params {unknown}; a run takes {list(FORM)}")
+        try:
+            RunParams(**body.conf)
+        except ValidationError as err:
+            raise HTTPException(
+                422, f"invalid run params: {err.errors()[0]['loc']}: {err.errors()[0]['msg']}"
+            ) from None
+        run = trigger_dag(
+            f"{name}_lifecycle",
+            triggered_by=DagRunTriggeredByType.REST_API,
+            triggering_user_name=user.get_name(),
+            conf=body.conf,
+        )
+        if run is None:
+            raise HTTPException(409, "no run was created")
+        return {"pipeline": name, "dag_id": run.dag_id, "run_id": run.run_id, "state": str(run.state)}
+
+    return app
+
+
 class MlcyclePlugin(AirflowPlugin):
     name = "mlcycle"
     operator_extra_links = [MlflowLink(), ReportLink()]  # noqa: RUF012 (AirflowPlugin's interface)
-    fastapi_apps = [{"app": _app(), "url_prefix": "/mlcycle", "name": "mlcycle artifacts"}]  # noqa: RUF012
+    fastapi_apps = [  # noqa: RUF012 (AirflowPlugin's interface)
+        {"app": _app(), "url_prefix": "/mlcycle", "name": "mlcycle artifacts"},
+        {"app": _api(), "url_prefix": "/api/ml", "name": "mlcycle platform API"},
+    ]

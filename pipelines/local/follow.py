@@ -61,13 +61,17 @@ def task_line(ti: dict[str, Any], result: str) -> str:
     return f"{line}  {result}" if result else line
 
 
+def say_now(line: str) -> None:
+    print(line, flush=True)  # live, also into a pipe or a log file
+
+
 def run_pipeline(
     client: AirflowClient,
     settings: Settings,
     pipeline: str,
     conf: dict[str, Any],
     wait: bool,
-    say: Callable[[str], None] = print,
+    say: Callable[[str], None] = say_now,
     timeout: float = 3600,
 ) -> tuple[str, str]:
     """Trigger the pipeline's lifecycle DAG; with `wait`, follow it to its end. Returns the run id

@@ -57,14 +57,15 @@ def services_env(settings: Settings, port: int, base: dict[str, str] | None = No
     home = Path(env["AIRFLOW_HOME"])
     jwt = secret_file(home / "jwt-secret", lambda: secrets.token_urlsafe(32))
     passwords = home / "simple_auth_manager_passwords.json"
-    secret_file(passwords, lambda: json.dumps({"admin": secrets.token_urlsafe(16)}))
+    # an admin, and a read-only account (the viewer may read every DAG and trigger none)
+    secret_file(passwords, lambda: json.dumps({u: secrets.token_urlsafe(16) for u in ("admin", "viewer")}))
     env.update(
         {
             "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
             "AIRFLOW__CORE__PARALLELISM": "2",
             "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "False",
             "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"http://127.0.0.1:{port}/execution/",
-            "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": "admin:admin",
+            "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": "admin:admin,viewer:viewer",
             "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": str(passwords),
             "AIRFLOW__API__HOST": "127.0.0.1",
             "AIRFLOW__API__PORT": str(port),

@@ -45,6 +45,7 @@ from pipelines.core.spec import spec_paths
 from pipelines.core.system import executable, secret_file, write_private
 from pipelines.io import db
 from pipelines.io.tracking import server_command
+from pipelines.local.follow import say_now
 from pipelines.local.local_airflow import AirflowClient, services_env
 from serving import embedded
 from serving.deploy import endpoint
@@ -241,7 +242,7 @@ class Platform:
         return AirflowClient(self.airflow_url, self.airflow_password())
 
     # -------------------------------------------------------------------------------- up
-    def up(self, timeout: float = 600, say: Callable[[str], None] = print) -> dict[str, dict[str, Any]]:
+    def up(self, timeout: float = 600, say: Callable[[str], None] = say_now) -> dict[str, dict[str, Any]]:
         started = time.monotonic()
         (self.home / "logs").mkdir(parents=True, exist_ok=True)
         url = db.database_url(self.settings)

@@ -141,6 +141,89 @@ def test_a_users_numeric_pipeline_runs_with_mlcycle_run_and_is_served(up: dict[s
     assert str(got["champion"]) == "1" and got["radius"] == pytest.approx(7.76)  # the dataset's last patient
 
 
+def token(env: dict[str, str], user: str) -> dict[str, str]:
+    passwords = json.loads(
+        (Path(env["MLCYCLE_STATE_DIR"]) / "airflow" / "simple_auth_manager_passwords.json").read_text()
+    )
+    url = f"http://127.0.0.1:{env['MLCYCLE_AIRFLOW_PORT']}/auth/token"
+    login = httpx.post(url, json={"username": user, "password": passwords[user]}, timeout=30)
+    login.raise_for_status()
+    return {"Authorization": f"Bearer {login.json()['access_token']}"}
+
+
+def test_the_platform_api_answers_from_the_records_behind_airflows_login(up: dict[str, str]) -> None:
+    """`/api/ml/*` after the tumours run: checked against the run records and the registry."""
+    api = f"http://127.0.0.1:{up['MLCYCLE_AIRFLOW_PORT']}/api/ml"
+    admin, viewer = token(up, "admin"), token(up, "viewer")
+    denied = httpx.get(f"{api}/pipelines", timeout=30)
+    assert denied.status_code == 401 and denied.json()["reason"]
+    listed = httpx.get(f"{api}/pipelines", params={"limit": 1}, headers=admin, timeout=60).json()
+    assert listed["total"] == 2 and listed["next_offset"] == 1 and len(listed["items"]) == 1
+    second = httpx.get(f"{api}/pipelines", params={"limit": 1, "offset": 1}, headers=admin, timeout=60).json()
+    assert [p["pipeline"] for p in listed["items"] + second["items"]] == ["churn", "tumours"]
+    assert second["items"][0]["champion"] == 1 and second["next_offset"] is None
+
+    detail = httpx.get(f"{api}/pipelines/tumours", headers=viewer, timeout=60).json()
+    assert detail["champion"]["version"] == 1 and detail["last_drift_check"] is None
+    run_id = detail["champion"]["run_id"]
+    models = httpx.get(f"{api}/pipelines/tumours/models", headers=admin, timeout=60).json()
+    assert models["total"] == 1
+    lineage = models["items"][0]["lineage"]
+    assert models["items"][0]["aliases"] == ["challenger", "champion"] and lineage["lifecycle_run"] == run_id
+    script = (
+        "import json\n"
+        "from pipelines.core.settings import load_settings\n"
+        "from pipelines.io.runs import run_steps\n"
+        f"rows = run_steps(load_settings(), 'tumours', {run_id!r})\n"
+        "print(json.dumps({r.step: r.outputs.get('content_hash') for r in rows}))\n"
+    )
+    records = subprocess.run([sys.executable, "-c", script], env=up, cwd=PROJECT_DIR, capture_output=True, text=True)
+    hashes = json.loads(records.stdout.strip().splitlines()[-1])
+    assert lineage["data_hash"] == hashes["validate"] or lineage["data_hash"] == hashes["ingest"]
+    report = httpx.get(f"http://127.0.0.1:{up['MLCYCLE_AIRFLOW_PORT']}{lineage['validation_report']}", headers=viewer)
+    assert report.status_code == 200 and "back to the run" in report.text
+
+    # the trace of one served prediction: request id -> version -> training run -> data -> report
+    key = (Path(up["MLCYCLE_STATE_DIR"]) / "serving-api-key").read_text().strip()
+    served = httpx.post(
+        f"http://127.0.0.1:{up['MLCYCLE_SERVE_PORT']}/v1/pipelines/tumours/predict",
+        json={"instances": [{"entity_id": 7}]},
+        headers={"x-api-key": key},
+        timeout=30,
+    ).json()
+    deadline = time.monotonic() + 30
+    while (
+        got := httpx.get(f"{api}/predictions/{served['request_id']}", headers=viewer, timeout=60)
+    ).status_code == 404:
+        assert time.monotonic() < deadline, got.text  # the request log is flushed off the request path
+        time.sleep(1)
+    answer = got.json()["answers"][0]
+    assert answer["entity_id"] == "7" and answer["score"] == pytest.approx(served["predictions"][0]["score"])
+    assert answer["model"]["version"] == 1 and answer["model"]["lineage"]["lifecycle_run"] == run_id
+    assert httpx.get(f"{api}/predictions/not-a-uuid", headers=admin).status_code == 404
+
+    drift = httpx.get(f"{api}/pipelines/tumours/drift", headers=admin, timeout=60).json()
+    assert drift["total"] == 0 and drift["items"] == []
+    missing = httpx.get(f"{api}/pipelines/nope", headers=admin, timeout=60)
+    assert missing.status_code == 404 and "known" in missing.json()["reason"]
+
+    # triggering: the viewer may not; a bad param is refused; the admin's run exists in Airflow
+    body = {"conf": {"n_trials": 1, "dry_run": True}}
+    assert httpx.post(f"{api}/pipelines/tumours/runs", json=body, headers=viewer, timeout=60).status_code == 403
+    bad = httpx.post(f"{api}/pipelines/tumours/runs", json={"conf": {"n_trials": 0}}, headers=admin, timeout=60)
+    assert bad.status_code == 422 and "n_trials" in bad.json()["reason"]
+    made = httpx.post(f"{api}/pipelines/tumours/runs", json=body, headers=admin, timeout=60)
+    assert made.status_code == 201, made.text
+    dag_run = httpx.get(
+        f"http://127.0.0.1:{up['MLCYCLE_AIRFLOW_PORT']}/api/v2/dags/tumours_lifecycle/dagRuns/{made.json()['run_id']}",
+        headers=admin,
+        timeout=60,
+    ).json()
+    assert dag_run["conf"] == body["conf"]
+    openapi = httpx.get(f"{api}/openapi.json", timeout=30)
+    assert openapi.status_code == 200 and "/pipelines/{pipeline}/runs" in openapi.json()["paths"]
+
+
 def test_a_killed_scheduler_is_back_within_30s_and_the_run_in_flight_finishes(up: dict[str, str]) -> None:
     triggered = mlcycle(up, "run", "churn")
     assert triggered.returncode == 0, triggered.stderr[-3000:]

@@ -91,3 +91,17 @@ def test_mlcycle_env_names_what_each_plain_client_reads(tmp_path: Path) -> None:
     assert values["AWS_ENDPOINT_URL_S3"] == "http://127.0.0.1:8333" and values["MLFLOW_S3_ENDPOINT_URL"]
     assert values["MLCYCLE_ARTIFACT_ROOT"] == "s3://b/ml"
     assert "# psql and any libpq client" in text
+
+
+def test_the_platform_api_wants_a_login_and_answers_errors_as_json() -> None:
+    from fastapi.testclient import TestClient
+
+    from plugins.mlcycle_plugin import MlcyclePlugin
+
+    apps = {a["url_prefix"]: a["app"] for a in MlcyclePlugin.fastapi_apps}
+    client = TestClient(apps["/api/ml"])
+    for method, path in [("GET", "/pipelines"), ("GET", "/pipelines/churn/models"), ("POST", "/pipelines/churn/runs")]:
+        answer = client.request(method, path, json={"conf": {}})
+        assert answer.status_code == 401 and answer.json() == {"error": 401, "reason": "Not authenticated"}
+    listing = apps["/api/ml"].openapi()["paths"]["/pipelines"]["get"]
+    assert [p["name"] for p in listing["parameters"]] == ["limit", "offset"]  # paged; the user is no parameter
