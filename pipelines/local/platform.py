@@ -48,7 +48,7 @@ from pipelines.io.tracking import server_command
 from pipelines.local.follow import say_now
 from pipelines.local.local_airflow import AirflowClient, services_env
 from serving import embedded
-from serving.deploy import endpoint
+from serving.deploy import endpoint, haproxy_dir
 
 AIRFLOW_COMPONENTS = ("api-server", "scheduler", "dag-processor", "triggerer")
 SERVE_SYNC_INTERVAL_S = 10
@@ -291,8 +291,11 @@ class Platform:
             self.ctl("stop", "all")
             self.ctl("shutdown")
             stopped.append("supervisord and its services")
-        if embedded.ray_running(self.settings):  # what the head left (Serve's actors, HAProxy)
+        if embedded.ray_running(self.settings):  # what the head left (Serve's actors)
             embedded.stop(self.settings)
+        # Serve's HAProxy is not a child of the head: killing Ray leaves it holding the HTTP port
+        if embedded.stop_haproxy(str(haproxy_dir(str(self.settings.state_path)))):
+            stopped.append("Serve's HAProxy")
         strays = stop_strays(self.settings)
         if strays:
             stopped.append(f"{strays} orphaned Airflow processes")
