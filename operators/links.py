@@ -16,27 +16,11 @@ import attrs
 from airflow.sdk import BaseOperatorLink
 
 from pipelines.core.settings import load_settings
-from pipelines.core.steps import BY_NAME
+from pipelines.core.steps import BY_NAME, report_url
 
 if TYPE_CHECKING:
     from airflow.sdk import BaseOperator
     from airflow.sdk.types import TaskInstanceKey
-
-ARTIFACT_PREFIX = "/mlcycle/artifacts"
-REPORT_PREFIX = "/mlcycle/reports"
-
-
-def artifact_url(dag_id: str, run_id: str, step: str, name: str) -> str:
-    """The plugin's URL of one report file of a step, relative to the api-server. Pure."""
-    return f"{ARTIFACT_PREFIX}/{quote(dag_id)}/{quote(run_id, safe='')}/{step}/{name}"
-
-
-def report_url(dag_id: str, run_id: str, step: str) -> str:
-    """The plugin's page of a step's report (the report with a way back to the run), relative to
-    the api-server. Pure."""
-    if BY_NAME[step].report is None:
-        raise ValueError(f"step '{step}' writes no report")
-    return f"{REPORT_PREFIX}/{quote(dag_id)}/{quote(run_id, safe='')}/{step}"
 
 
 def mlflow_url(base: str, step: str, result: dict[str, Any]) -> str:

@@ -40,7 +40,7 @@ from pipelines.core.errors import InvalidArgument, MlcycleError, StepSkipped
 from pipelines.core.params import ENV as PARAMS_ENV
 from pipelines.core.pod import pod_manifest
 from pipelines.core.settings import PROJECT_DIR, load_settings
-from pipelines.core.spec import Source, json_schema, load_spec, load_specs, spec_for, spec_paths
+from pipelines.core.spec import Source, json_schema, load_spec, load_specs, pipeline_names, spec_for
 from pipelines.core.steps import step as step_info
 from pipelines.core.system import executable
 from pipelines.io import db
@@ -136,7 +136,7 @@ def _cmd_db(args: argparse.Namespace) -> int:
 
 def _cmd_env(args: argparse.Namespace) -> int:
     settings = load_settings()
-    names = [p.stem for p in spec_paths(settings.specs_path)]
+    names = pipeline_names(settings)
     pipeline = args.pipeline or (names[0] if names else None)
     if pipeline is None:
         raise InvalidArgument(f"no pipeline specs in {settings.specs_path}")
@@ -187,9 +187,9 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         embedded.stop(settings)
         print("stopped")
         return 0
-    pipelines = [p.stem for p in spec_paths(settings.specs_path)]
     if args.action == "sync":
-        return _serve_sync(settings, pipelines, args.watch)
+        return _serve_sync(settings, args.watch)
+    pipelines = pipeline_names(settings)
     key = embedded.start(settings)
     served = serve_champions(settings, pipelines)
     print(f"Ray Serve on http://{settings.serve_host}:{settings.serve_port}")
@@ -198,7 +198,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
-def _serve_sync(settings: Settings, pipelines: list[str], watch: float | None) -> int:
+def _serve_sync(settings: Settings, watch: float | None) -> int:
     """Every champion on Serve; with --watch, again every N seconds (the platform's serve-sync).
     A failure ends the process (supervisord starts it again): a Ray client that lost its head, or
     met one not ready yet, does not recover inside one process."""
@@ -210,7 +210,7 @@ def _serve_sync(settings: Settings, pipelines: list[str], watch: float | None) -
     last: dict[str, str] = {}
     while True:
         try:
-            served = serve_champions(settings, [p.stem for p in spec_paths(settings.specs_path)])
+            served = serve_champions(settings, pipeline_names(settings))  # read anew: new pipelines join
         except Exception as err:
             print(f"serve sync: {type(err).__name__}: {err}", file=sys.stderr, flush=True)
             if watch is not None:

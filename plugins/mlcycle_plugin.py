@@ -19,12 +19,12 @@ from airflow.api_fastapi.core_api.security import GetUserDep
 from airflow.plugins_manager import AirflowPlugin
 from pydantic import BaseModel
 
-from operators.links import MlflowLink, ReportLink, artifact_url
+from operators.links import MlflowLink, ReportLink
 from pipelines.core.errors import InvalidArgument, SpecError
 from pipelines.core.params import FORM, RunParams
 from pipelines.core.settings import load_settings
-from pipelines.core.spec import spec_for, spec_paths
-from pipelines.core.steps import BY_NAME, REPORT_FILES
+from pipelines.core.spec import pipeline_names, spec_for
+from pipelines.core.steps import BY_NAME, REPORT_FILES, artifact_url
 from pipelines.io import catalog
 from pipelines.io.storage import open_storage, run_key
 from pipelines.steps.context import check_run_id
@@ -165,7 +165,7 @@ def _api() -> Any:
     @app.get("/pipelines")
     def pipelines(user: GetUserDep, limit: int = Limit, offset: int = Offset) -> dict[str, Any]:
         settings = load_settings()
-        names = [p.stem for p in spec_paths(settings.specs_path) if allowed(user, "GET", p.stem)]
+        names = [n for n in pipeline_names(settings) if allowed(user, "GET", n)]
         listed = catalog.page(names, limit, offset)
         listed["items"] = [catalog.pipeline_summary(settings, n) for n in listed["items"]]
         return listed
@@ -185,7 +185,7 @@ def _api() -> Any:
     @app.get("/predictions/{request_id}")
     def prediction(request_id: str, user: GetUserDep) -> dict[str, Any]:
         settings = load_settings()
-        names = {p.stem for p in spec_paths(settings.specs_path) if allowed(user, "GET", p.stem)}
+        names = {n for n in pipeline_names(settings) if allowed(user, "GET", n)}
         answers = catalog.trace(settings, request_id, names)
         if answers is None:
             raise HTTPException(404, f"no prediction {request_id!r} in a pipeline you may read")

@@ -528,11 +528,16 @@ def spec_paths(directory: str | Path) -> list[Path]:
     return sorted(p for p in Path(directory).glob("*.yaml") if re.match(_NAME, p.stem))
 
 
+def pipeline_names(settings: Settings) -> list[str]:
+    """The pipelines of the settings' pipelines directory (its spec files' names), sorted."""
+    return [p.stem for p in spec_paths(settings.specs_path)]
+
+
 def spec_for(settings: Settings, pipeline: str) -> PipelineSpec:
     """The spec of one pipeline of the settings' pipelines directory, or an error naming the known ones."""
     path = settings.specs_path / f"{pipeline}.yaml"
     if not path.exists():
-        known = [p.stem for p in spec_paths(settings.specs_path)]
+        known = pipeline_names(settings)
         raise SpecError(f"no pipeline '{pipeline}' in {settings.specs_path} (known: {known})")
     return load_spec(path)
 

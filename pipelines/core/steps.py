@@ -9,6 +9,7 @@ steps with `lifecycle` in this order, the CLI shows a run in this order, and the
 from __future__ import annotations
 
 from dataclasses import dataclass
+from urllib.parse import quote
 
 from pipelines.core.errors import InvalidArgument
 
@@ -78,6 +79,23 @@ BY_NAME: dict[str, Step] = {s.name: s for s in STEPS}
 LIFECYCLE: tuple[str, ...] = tuple(s.name for s in STEPS if s.lifecycle)
 REPORT_FILES: frozenset[str] = frozenset({"report.json", *(s.report.file for s in STEPS if s.report)})
 """The files the plugin serves from a step's folder (`report.json` beside each rendered report)."""
+
+
+ARTIFACT_PREFIX = "/mlcycle/artifacts"
+REPORT_PREFIX = "/mlcycle/reports"
+
+
+def artifact_url(dag_id: str, run_id: str, step: str, name: str) -> str:
+    """The mlcycle plugin's URL of one report file of a step, relative to the api-server. Pure."""
+    return f"{ARTIFACT_PREFIX}/{quote(dag_id)}/{quote(run_id, safe='')}/{step}/{name}"
+
+
+def report_url(dag_id: str, run_id: str, step: str) -> str:
+    """The mlcycle plugin's page of a step's report (the report with a way back to the run),
+    relative to the api-server: what the Report link and the platform API point to. Pure."""
+    if BY_NAME[step].report is None:
+        raise ValueError(f"step '{step}' writes no report")
+    return f"{REPORT_PREFIX}/{quote(dag_id)}/{quote(run_id, safe='')}/{step}"
 
 
 def step(name: str) -> Step:

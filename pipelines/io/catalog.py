@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import uuid
 from typing import Any
-from urllib.parse import quote
 
 from pipelines.core.settings import Settings
-from pipelines.io.db import connect
+from pipelines.core.steps import report_url
+from pipelines.io.db import connect, fetch_dicts
 from pipelines.io.registry import model_name
 from pipelines.io.status import pipeline_status
 from pipelines.io.tracking import setup_mlflow
@@ -26,12 +26,7 @@ def page(items: list[Any], limit: int, offset: int) -> dict[str, Any]:
     return {"items": chunk, "total": len(items), "limit": limit, "offset": offset, "next_offset": following}
 
 
-def report_path(pipeline: str, run_id: str, step: str) -> str:
-    """The plugin's page of a step's report. Pure."""
-    return f"/mlcycle/reports/{quote(pipeline)}_lifecycle/{quote(run_id, safe='')}/{step}"
-
-
-def version_record(mv: Any, aliases: dict[str, Any]) -> dict[str, Any]:
+def version_record(pipeline: str, mv: Any, aliases: dict[str, Any]) -> dict[str, Any]:
     """A registered version as the API shows it: metrics, lineage, and the aliases (of the
     registered model's `alias -> version`) that point to it. Pure (on its fields)."""
     tags = dict(mv.tags or {})
@@ -48,7 +43,7 @@ def version_record(mv: Any, aliases: dict[str, Any]) -> dict[str, Any]:
             "data_window": tags.get("mlcycle.data_window"),
             "trigger": tags.get("mlcycle.trigger"),
             "drift_check": tags.get("mlcycle.drift_check"),
-            "validation_report": report_path(mv.name.removeprefix("mlcycle-"), run_id, "validate") if run_id else None,
+            "validation_report": report_url(f"{pipeline}_lifecycle", run_id, "validate") if run_id else None,
         },
     }
 
@@ -63,7 +58,7 @@ def model_versions(settings: Settings, pipeline: str) -> list[dict[str, Any]]:
     if not found:
         return []
     aliases = dict(client.get_registered_model(model_name(pipeline)).aliases or {})  # search leaves them out
-    return sorted((version_record(mv, aliases) for mv in found), key=lambda v: -v["version"])
+    return sorted((version_record(pipeline, mv, aliases) for mv in found), key=lambda v: -v["version"])
 
 
 def pipeline_summary(settings: Settings, pipeline: str) -> dict[str, Any]:
@@ -97,15 +92,13 @@ def pipeline_detail(settings: Settings, pipeline: str) -> dict[str, Any]:
 def drift_history(settings: Settings, pipeline: str) -> list[dict[str, Any]]:
     """The pipeline's drift checks, newest first."""
     with connect(settings) as conn:
-        rows = conn.execute(
+        rows = fetch_dicts(
+            conn,
             "SELECT run_id, model_version, window_start, window_end, requests, status, retrain, reasons"
             " FROM drift_checks WHERE pipeline = %s ORDER BY window_end DESC",
             (pipeline,),
-        ).fetchall()
-    keys = ("run_id", "model_version", "window_start", "window_end", "requests", "status", "retrain", "reasons")
-    return [
-        {k: (v.isoformat() if hasattr(v, "isoformat") else v) for k, v in zip(keys, row, strict=True)} for row in rows
-    ]
+        )
+    return [{k: (v.isoformat() if hasattr(v, "isoformat") else v) for k, v in row.items()} for row in rows]
 
 
 def trace(settings: Settings, request_id: str, allowed: set[str]) -> list[dict[str, Any]] | None:
@@ -128,12 +121,11 @@ def trace(settings: Settings, request_id: str, allowed: set[str]) -> list[dict[s
     rows = [r for r in rows if r[0] in allowed]
     if not rows:
         return None
-    versions: dict[tuple[str, int], dict[str, Any]] = {}
+    registered: dict[str, dict[int, dict[str, Any]]] = {}  # per pipeline, read once
     out = []
     for pipeline, version, entity, score, status, shadow, at, label in rows:
-        if (pipeline, version) not in versions:
-            found = [v for v in model_versions(settings, pipeline) if v["version"] == version]
-            versions[(pipeline, version)] = found[0] if found else {"version": version, "lineage": None}
+        if pipeline not in registered:
+            registered[pipeline] = {v["version"]: v for v in model_versions(settings, pipeline)}
         out.append(
             {
                 "pipeline": pipeline,
@@ -143,7 +135,7 @@ def trace(settings: Settings, request_id: str, allowed: set[str]) -> list[dict[s
                 "shadow": shadow,
                 "served_at": at.isoformat(),
                 "label": label,
-                "model": versions[(pipeline, version)],
+                "model": registered[pipeline].get(version, {"version": version, "lineage": None}),
             }
         )
     return out

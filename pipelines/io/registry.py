@@ -11,7 +11,7 @@ from typing import Any
 
 from pipelines.core.errors import SettingsError
 from pipelines.core.settings import Settings
-from pipelines.io.db import connect
+from pipelines.io.db import connect, fetch_dicts
 from pipelines.io.tracking import setup_mlflow
 
 CHAMPION = "champion"
@@ -125,10 +125,9 @@ def load_onnx_model(settings: Settings, pipeline: str, model: str, version: int)
 
 def audit(settings: Settings, pipeline: str) -> list[dict[str, Any]]:
     with connect(settings) as conn:
-        cur = conn.execute(
+        return fetch_dicts(
+            conn,
             "SELECT alias, from_version, to_version, actor, run_id, reason, changed_at FROM alias_audit"
             " WHERE pipeline = %s ORDER BY id",
             (pipeline,),
         )
-        cols = [d.name for d in cur.description or []]
-        return [dict(zip(cols, row, strict=True)) for row in cur.fetchall()]

@@ -51,12 +51,22 @@ def airflow_env(settings: Settings, base: dict[str, str] | None = None) -> dict[
     return env
 
 
+def passwords_file(settings: Settings) -> Path:
+    """The simple auth manager's passwords (mode 600) of the embedded Airflow. Pure."""
+    return settings.state_path / "airflow" / "simple_auth_manager_passwords.json"
+
+
+def read_password(path: Path, user: str = "admin") -> str:
+    data: dict[str, str] = json.loads(path.read_text())
+    return data[user]
+
+
 def services_env(settings: Settings, port: int, base: dict[str, str] | None = None) -> dict[str, str]:
     """The environment of the three services (and of the tasks they run). Writes the secrets."""
     env = airflow_env(settings, base)
     home = Path(env["AIRFLOW_HOME"])
     jwt = secret_file(home / "jwt-secret", lambda: secrets.token_urlsafe(32))
-    passwords = home / "simple_auth_manager_passwords.json"
+    passwords = passwords_file(settings)
     # an admin, and a read-only account (the viewer may read every DAG and trigger none)
     secret_file(passwords, lambda: json.dumps({u: secrets.token_urlsafe(16) for u in ("admin", "viewer")}))
     env.update(
@@ -180,10 +190,7 @@ class LocalAirflow(AirflowClient):
         self.procs: list[subprocess.Popen[bytes]] = []
 
     def password(self) -> str:
-        data: dict[str, str] = json.loads(
-            Path(self.env["AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE"]).read_text()
-        )
-        return data["admin"]
+        return read_password(Path(self.env["AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE"]))
 
     # ------------------------------------------------------------------------------- lifecycle
     def start(self, timeout: float = 240) -> LocalAirflow:

@@ -24,7 +24,6 @@ waits until every service answers its health check.
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import os
 import secrets
@@ -41,12 +40,12 @@ from psycopg.conninfo import conninfo_to_dict
 
 from pipelines.core.errors import SettingsError
 from pipelines.core.settings import Settings
-from pipelines.core.spec import spec_paths
+from pipelines.core.spec import pipeline_names
 from pipelines.core.system import executable, secret_file, write_private
 from pipelines.io import db
 from pipelines.io.tracking import server_command
 from pipelines.local.follow import say_now
-from pipelines.local.local_airflow import AirflowClient, services_env
+from pipelines.local.local_airflow import AirflowClient, passwords_file, read_password, services_env
 from serving import embedded
 from serving.deploy import endpoint, haproxy_dir
 
@@ -232,14 +231,10 @@ class Platform:
         return parse_status(self.ctl("status").stdout) if self.supervisor_running() else {}
 
     def passwords_file(self) -> Path:
-        return self.settings.state_path / "airflow" / "simple_auth_manager_passwords.json"
-
-    def airflow_password(self) -> str:
-        data: dict[str, str] = json.loads(self.passwords_file().read_text())
-        return data["admin"]
+        return passwords_file(self.settings)
 
     def client(self) -> AirflowClient:
-        return AirflowClient(self.airflow_url, self.airflow_password())
+        return AirflowClient(self.airflow_url, read_password(self.passwords_file()))
 
     # -------------------------------------------------------------------------------- up
     def up(self, timeout: float = 600, say: Callable[[str], None] = say_now) -> dict[str, dict[str, Any]]:
@@ -389,7 +384,7 @@ def render_ps(health: Mapping[str, Mapping[str, Any]]) -> str:
 def open_these(plat: Platform, pipeline: str | None = None) -> str:
     """What to open, and where the credentials are. Pure but for reading nothing: paths only."""
     settings = plat.settings
-    names = [pipeline] if pipeline else [p.stem for p in spec_paths(settings.specs_path)]
+    names = [pipeline] if pipeline else pipeline_names(settings)
     lines = [
         "==> open:",
         f"    Airflow UI and REST API  {plat.airflow_url}",

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from types import SimpleNamespace
 
-from operators.links import MlflowLink, ReportLink, artifact_url, mlflow_url, report_url
+from operators.links import MlflowLink, ReportLink, mlflow_url
+from pipelines.core.steps import artifact_url, report_url
 
 
 def test_mlflow_url_of_a_training_run_and_of_a_registered_version() -> None:
