@@ -11,12 +11,14 @@ files of the steps that write one.
 from __future__ import annotations
 
 import json
+from datetime import UTC, datetime
 from html import escape
-from typing import Any
+from typing import Any, Literal
 from urllib.parse import quote
 
 from airflow.api_fastapi.core_api.security import GetUserDep
 from airflow.plugins_manager import AirflowPlugin
+from mlcycle_page import PAGE_PATH, empty_page, page_html  # beside this file: Airflow puts the folder on sys.path
 from pydantic import BaseModel
 
 from operators.links import MlflowLink, ReportLink
@@ -32,6 +34,17 @@ from pipelines.steps.context import check_run_id
 CONTENT_TYPES = {".html": "text/html; charset=utf-8", ".png": "image/png", ".json": "application/json"}
 
 
+def allowed(user: Any, method: Literal["GET", "POST"], pipeline: str) -> bool:
+    """Whether Airflow's auth manager lets `user` read (GET) or create (POST) the runs of the
+    pipeline's lifecycle DAG: what every answer about a pipeline is behind."""
+    from airflow.api_fastapi.app import get_auth_manager
+    from airflow.api_fastapi.auth.managers.models.resource_details import DagAccessEntity, DagDetails
+
+    details = DagDetails(id=f"{pipeline}_lifecycle")
+    manager = get_auth_manager()
+    return bool(manager.is_authorized_dag(method=method, access_entity=DagAccessEntity.RUN, details=details, user=user))
+
+
 def _app() -> Any:
     from airflow.api_fastapi.auth.managers.models.resource_details import DagAccessEntity
     from airflow.api_fastapi.core_api.security import requires_access_dag
@@ -39,6 +52,35 @@ def _app() -> Any:
     from fastapi.responses import HTMLResponse, Response
 
     app = FastAPI(title="mlcycle artifacts")
+
+    @app.get("/page", response_class=HTMLResponse)
+    def page(user: GetUserDep, pipeline: str | None = None, request_id: str = "") -> HTMLResponse:
+        """The mlcycle page of one pipeline (the first the user may read when none is named)."""
+        settings = load_settings()
+        names = [n for n in pipeline_names(settings) if allowed(user, "GET", n)]
+        if not names:
+            return HTMLResponse(empty_page("No pipeline's lifecycle DAG is readable by you."), status_code=403)
+        selected = pipeline or names[0]
+        if selected not in names:
+            raise HTTPException(404, f"no pipeline {selected!r} that you may read (yours: {names})")
+        spec = spec_for(settings, selected)
+        trace, error = None, None
+        if request_id.strip():
+            trace = catalog.trace(settings, request_id.strip(), set(names))
+            if trace is None:
+                error = f"no prediction {request_id.strip()!r} in a pipeline you may read"
+        html = page_html(
+            pipelines=names,
+            selected=selected,
+            data=catalog.overview(settings, selected),
+            mlflow_base=settings.mlflow_ui_url,
+            psi_threshold=spec.drift.psi_threshold,
+            drift_ignored=frozenset(spec.drift.ignore),
+            trace_query=request_id,
+            trace=trace,
+            trace_error=error,
+        )
+        return HTMLResponse(html)
 
     @app.get(
         "/artifacts/{dag_id}/{run_id}/{step}/{name}",
@@ -108,6 +150,13 @@ img{{max-width:100%;margin:1em}} pre{{margin:1em;white-space:pre-wrap}}</style><
 </body></html>"""
 
 
+class LabelsBody(BaseModel):
+    """Labels of served predictions: rows of `entity_id` (or the spec's join key), `label` (or the
+    spec's label column), and optionally `request_id` and `observed_at`."""
+
+    labels: list[dict[str, Any]] = []
+
+
 class TriggerBody(BaseModel):
     """A training run's params, as `conf` (what the Trigger form and `POST /api/v2/.../dagRuns` take)."""
 
@@ -118,8 +167,6 @@ def _api() -> Any:
     """The platform API, `/api/ml/*`: behind Airflow's login, each pipeline behind its lifecycle
     DAG's permissions (read: the DAG's runs; trigger: creating runs). Errors are JSON
     `{"error", "reason"}`; lists are pages (`limit`, `offset`, `total`, `next_offset`)."""
-    from airflow.api_fastapi.app import get_auth_manager
-    from airflow.api_fastapi.auth.managers.models.resource_details import DagAccessEntity, DagDetails
     from fastapi import Depends, FastAPI, HTTPException, Query, Request
     from fastapi.responses import JSONResponse
     from pydantic import ValidationError
@@ -136,15 +183,7 @@ def _api() -> Any:
         reason = err.detail if isinstance(err.detail, str) else json.dumps(err.detail)
         return JSONResponse({"error": err.status_code, "reason": reason}, status_code=err.status_code)
 
-    def allowed(user: Any, method: str, pipeline: str) -> bool:
-        details = DagDetails(id=f"{pipeline}_lifecycle")
-        return bool(
-            get_auth_manager().is_authorized_dag(
-                method=method, access_entity=DagAccessEntity.RUN, details=details, user=user
-            )
-        )
-
-    def readable(method: str = "GET") -> Any:
+    def readable(method: Literal["GET", "POST"] = "GET") -> Any:
         def check(pipeline: str, user: GetUserDep) -> str:
             settings = load_settings()
             try:
@@ -152,9 +191,8 @@ def _api() -> Any:
             except SpecError as err:
                 raise HTTPException(404, str(err)) from None
             if not allowed(user, method, pipeline):
-                raise HTTPException(
-                    403, f"no {'trigger' if method == 'POST' else 'read'} access to {pipeline}_lifecycle"
-                )
+                what = "write" if method == "POST" else "read"
+                raise HTTPException(403, f"no {what} access to {pipeline}_lifecycle's runs")
             return pipeline
 
         return check
@@ -191,6 +229,22 @@ def _api() -> Any:
             raise HTTPException(404, f"no prediction {request_id!r} in a pipeline you may read")
         return {"request_id": request_id, "answers": answers}
 
+    @app.post("/pipelines/{pipeline}/labels", status_code=201)
+    def labels(body: LabelsBody, name: str = Depends(readable("POST"))) -> dict[str, Any]:
+        """Ground truth for served predictions: all rows or none (a bad row is named in the 422)."""
+        import pandas as pd
+
+        from pipelines.io.labels import label_rows, upsert_labels  # pandas, through the sources
+
+        settings = load_settings()
+        if not body.labels:
+            raise HTTPException(422, "no labels: `labels` is a list of {entity_id, label[, request_id, observed_at]}")
+        try:
+            rows = label_rows(pd.DataFrame(body.labels), spec_for(settings, name), datetime.now(UTC))
+        except InvalidArgument as err:
+            raise HTTPException(422, str(err)) from None
+        return {"pipeline": name, "loaded": upsert_labels(settings, rows)}
+
     @app.post("/pipelines/{pipeline}/runs", status_code=201)
     def trigger(body: TriggerBody, user: GetUserDep, name: str = Depends(readable("POST"))) -> dict[str, Any]:
         from airflow.api.common.trigger_dag import trigger_dag
@@ -221,6 +275,9 @@ def _api() -> Any:
 class MlcyclePlugin(AirflowPlugin):
     name = "mlcycle"
     operator_extra_links = [MlflowLink(), ReportLink()]  # noqa: RUF012 (AirflowPlugin's interface)
+    external_views = [  # noqa: RUF012 (AirflowPlugin's interface)
+        {"name": "mlcycle", "href": PAGE_PATH, "url_route": "mlcycle", "destination": "nav", "category": None}
+    ]
     fastapi_apps = [  # noqa: RUF012 (AirflowPlugin's interface)
         {"app": _app(), "url_prefix": "/mlcycle", "name": "mlcycle artifacts"},
         {"app": _api(), "url_prefix": "/api/ml", "name": "mlcycle platform API"},

@@ -90,6 +90,11 @@ def artifact_url(dag_id: str, run_id: str, step: str, name: str) -> str:
     return f"{ARTIFACT_PREFIX}/{quote(dag_id)}/{quote(run_id, safe='')}/{step}/{name}"
 
 
+def dag_of_run(pipeline: str, steps: set[str]) -> str:
+    """The DAG a run belongs to, from the steps it ran: a drift check has a DAG of its own. Pure."""
+    return f"{pipeline}_drift" if steps == {"drift"} else f"{pipeline}_lifecycle"
+
+
 def report_url(dag_id: str, run_id: str, step: str) -> str:
     """The mlcycle plugin's page of a step's report (the report with a way back to the run),
     relative to the api-server: what the Report link and the platform API point to. Pure."""

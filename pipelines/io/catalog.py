@@ -1,5 +1,6 @@
 """What the platform API (`/api/ml/*`, served by the mlcycle Airflow plugin) answers: pipelines,
-their model versions with lineage, drift history, and the trace of one served prediction.
+their model versions with lineage, drift history, the canary's walk, and the trace of one served
+prediction; and what the mlcycle page draws (drift per feature over time, the live metric).
 
 Every answer comes from the platform's own records (the database, MLflow's registry): a
 prediction's request id leads to the model version that answered, its MLflow run, the lifecycle
@@ -8,14 +9,16 @@ run that trained it, the data hash of its snapshot and the validation report of 
 
 from __future__ import annotations
 
+import json
 import uuid
 from typing import Any
 
 from pipelines.core.settings import Settings
-from pipelines.core.steps import report_url
+from pipelines.core.steps import BY_NAME, dag_of_run, report_url
 from pipelines.io.db import connect, fetch_dicts
 from pipelines.io.registry import model_name
 from pipelines.io.status import pipeline_status
+from pipelines.io.storage import open_storage, run_key
 from pipelines.io.tracking import setup_mlflow
 
 
@@ -78,14 +81,133 @@ def pipeline_detail(settings: Settings, pipeline: str) -> dict[str, Any]:
     out = pipeline_status(settings, pipeline)
     checks = drift_history(settings, pipeline)
     out["last_drift_check"] = checks[0] if checks else None
+    live = live_metric_history(settings, pipeline)
+    out["live_metric"] = live[-1] if live else None
+    out["canary"] = last_canary(settings, pipeline)
+    return out
+
+
+def overview(settings: Settings, pipeline: str) -> dict[str, Any]:
+    """What the mlcycle page shows of a pipeline: its detail, versions, live metric over time,
+    drift per feature, and its last runs' steps and links."""
+    detail = pipeline_detail(settings, pipeline)
+    return {
+        "detail": detail,
+        "versions": model_versions(settings, pipeline),
+        "live": live_metric_history(settings, pipeline),
+        "drift": drift_by_feature(settings, pipeline),
+        "runs": run_steps_overview(settings, pipeline, [r["run_id"] for r in detail["runs"]]),
+    }
+
+
+def canary_state(status: str, report: dict[str, Any]) -> dict[str, Any]:
+    """Where a canary stands from its step's status and report: the outcome and the traffic
+    weights per version it left (or, while it runs, of its last recorded step). Pure."""
+    champion, challenger = report.get("champion"), report.get("challenger")
+    steps = report.get("steps", [])
+    outcome = report.get("outcome") or ("running" if status == "running" else status)
+    if outcome == "promoted":
+        weights = {str(challenger): 100.0}
+    elif outcome in ("deployed", "rolled_back") or not steps:
+        weights = {str(champion): 100.0} if champion is not None else {}
+    else:
+        percent = float(steps[-1]["percent"])
+        weights = {str(champion): 100.0 - percent, str(challenger): percent}
+    return {"outcome": outcome, "reason": report.get("reason"), "weights": weights}
+
+
+def last_canary(settings: Settings, pipeline: str) -> dict[str, Any] | None:
+    """The pipeline's latest canary: its outcome, the weights it left, and its walk (each step's
+    challenger share, decision, time and figures), from the step's record and report."""
     with connect(settings) as conn:
         row = conn.execute(
-            "SELECT metric, value, rows, computed_at FROM model_performance_metrics"
-            " WHERE pipeline = %s AND feature IS NULL AND metric LIKE 'live_%%'"
-            " ORDER BY computed_at DESC LIMIT 1",
+            "SELECT run_id, status, started_at FROM step_runs WHERE pipeline = %s AND step = 'canary'"
+            " AND status <> 'skipped' ORDER BY started_at DESC, attempt DESC LIMIT 1",
             (pipeline,),
         ).fetchone()
-    out["live_metric"] = {"metric": row[0], "value": row[1], "rows": row[2], "at": row[3].isoformat()} if row else None
+    if row is None:
+        return None
+    run_id, status, started = row
+    storage = open_storage(settings)
+    key = run_key(pipeline, run_id, "canary", "report.json")
+    report = json.loads(storage.read_bytes(key)) if storage.exists(key) else {}
+    return {
+        "run_id": run_id,
+        "status": status,
+        "started": started.isoformat(),
+        "champion": report.get("champion"),
+        "challenger": report.get("challenger"),
+        **canary_state(status, report),
+        "steps": [
+            {k: step.get(k) for k in ("percent", "decision", "reasons", "seconds", "figures")}
+            for step in report.get("steps", [])
+        ],
+    }
+
+
+def drift_matrix(rows: list[tuple[Any, ...]]) -> dict[str, Any]:
+    """Per feature, its PSI at each drift check, oldest check first: `rows` are (check run id,
+    window end, status, feature, psi), ordered by window end. Pure."""
+    checks: dict[str, dict[str, Any]] = {}
+    values: dict[str, dict[str, float | None]] = {}
+    for run_id, at, status, feature, value in rows:
+        checks.setdefault(run_id, {"run_id": run_id, "at": at.isoformat(), "status": status})
+        values.setdefault(feature, {})[run_id] = value
+    order = list(checks)
+    return {
+        "checks": list(checks.values()),
+        "features": {f: [v.get(r) for r in order] for f, v in sorted(values.items())},
+    }
+
+
+def drift_by_feature(settings: Settings, pipeline: str, checks: int = 12) -> dict[str, Any]:
+    """The PSI of every feature over the pipeline's last `checks` drift checks."""
+    with connect(settings) as conn:
+        rows = conn.execute(
+            "SELECT d.run_id, d.window_end, d.status, m.feature, m.value FROM drift_checks d"
+            " JOIN model_performance_metrics m ON m.pipeline = d.pipeline AND m.run_id = d.run_id"
+            " WHERE d.pipeline = %s AND m.metric = 'psi' AND m.feature IS NOT NULL AND d.run_id IN"
+            " (SELECT run_id FROM drift_checks WHERE pipeline = %s ORDER BY window_end DESC LIMIT %s)"
+            " ORDER BY d.window_end, m.feature",
+            (pipeline, pipeline, checks),
+        ).fetchall()
+    return drift_matrix(rows)
+
+
+def live_metric_history(settings: Settings, pipeline: str) -> list[dict[str, Any]]:
+    """The served champion's primary metric on labelled predictions at each drift check, oldest first."""
+    with connect(settings) as conn:
+        rows = fetch_dicts(
+            conn,
+            "SELECT model_version AS version, metric, value, rows, window_end AS at FROM model_performance_metrics"
+            " WHERE pipeline = %s AND feature IS NULL AND metric LIKE 'live\\_%%' ORDER BY window_end",
+            (pipeline,),
+        )
+    return [{**r, "metric": r["metric"].removeprefix("live_"), "at": r["at"].isoformat()} for r in rows]
+
+
+def run_steps_overview(settings: Settings, pipeline: str, run_ids: list[str]) -> dict[str, dict[str, Any]]:
+    """Per run, each step's latest status and the links its record allows: the report page of a
+    step that ran, and the MLflow run of training."""
+    with connect(settings) as conn:
+        rows = conn.execute(
+            "SELECT DISTINCT ON (run_id, step) run_id, step, status, outputs->>'mlflow_run_id',"
+            " outputs->>'mlflow_experiment_id' FROM step_runs WHERE pipeline = %s AND run_id = ANY(%s)"
+            " ORDER BY run_id, step, attempt DESC",
+            (pipeline, run_ids),
+        ).fetchall()
+    out: dict[str, dict[str, Any]] = {r: {"steps": {}, "reports": {}, "mlflow": None} for r in run_ids}
+    for run_id, step, status, mlflow_run, experiment in rows:
+        out[run_id]["steps"][step] = status
+        if step == "train" and mlflow_run and experiment:
+            out[run_id]["mlflow"] = {"mlflow_run_id": mlflow_run, "mlflow_experiment_id": experiment}
+    for run_id, entry in out.items():
+        entry["dag_id"] = dag_of_run(pipeline, set(entry["steps"]))
+        entry["reports"] = {
+            step: report_url(entry["dag_id"], run_id, step)
+            for step, status in entry["steps"].items()
+            if BY_NAME[step].report is not None and status in ("succeeded", "failed", "reused")
+        }
     return out
 
 

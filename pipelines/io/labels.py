@@ -84,8 +84,11 @@ def label_rows(df: pd.DataFrame, spec: PipelineSpec, now: datetime) -> list[tupl
 
 def load_labels(settings: Settings, spec: PipelineSpec, source: Source) -> int:
     """Read labels from `source` and upsert them in one transaction; returns the rows loaded."""
+    return upsert_labels(settings, label_rows(read_source(source, settings), spec, datetime.now(UTC)))
 
-    rows = label_rows(read_source(source, settings), spec, datetime.now(UTC))
+
+def upsert_labels(settings: Settings, rows: list[tuple[Any, ...]]) -> int:
+    """Write `label_rows`' rows in one transaction (a corrected label replaces the old one)."""
     with connect(settings) as conn, conn.cursor() as cur:
         cur.executemany(
             "INSERT INTO labels (pipeline, request_id, entity_id, label, observed_at)"

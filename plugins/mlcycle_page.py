@@ -1,0 +1,395 @@
+"""The mlcycle page of the Airflow UI, as HTML: a pipeline's life at a glance.
+
+Champion and challenger with their figures and lineage, where the canary stands and its walk
+plotted, the live metric from labels against each version's evaluation figure, the PSI of every
+feature over the last drift checks, the last runs with their reports and MLflow, and a lookup of
+one served prediction's trace. Plain HTML and inline SVG, no script: every function here is pure
+and takes what `pipelines.io.catalog` answers. The plugin serves it at `/mlcycle/page`, and the
+Airflow UI frames it under its own navigation (`/plugin/mlcycle`).
+"""
+
+from __future__ import annotations
+
+from html import escape
+from typing import Any
+from urllib.parse import quote, urlencode
+
+from operators.links import mlflow_url
+from pipelines.core.steps import report_url
+from pipelines.io.registry import model_name
+
+PAGE_PATH = "/mlcycle/page"
+COLOURS = ("#2563eb", "#d97706", "#059669", "#7c3aed", "#dc2626", "#0891b2")
+DECISION_COLOURS = {"advance": "#059669", "rollback": "#dc2626", "wait": "#6b7280"}
+STATUS_COLOURS = {"ok": "#d1fae5", "drift": "#fde68a", "performance": "#fecaca", "insufficient_data": "#e5e7eb"}
+
+STYLE = """
+body{font-family:system-ui,sans-serif;margin:0 1.2em 2em;color:#111827;font-size:14px}
+h1{font-size:1.3em;margin:.8em 0 .2em} h2{font-size:1.05em;margin:1.4em 0 .4em;border-bottom:1px solid #e5e7eb}
+nav a{margin-right:1em} nav a.on{font-weight:700;text-decoration:none;color:#111827}
+.cards{display:flex;gap:1em;flex-wrap:wrap} .card{border:1px solid #e5e7eb;border-radius:6px;padding:.6em 1em;
+min-width:18em} .card b.big{font-size:1.4em} .muted{color:#6b7280} table{border-collapse:collapse}
+td,th{padding:.25em .6em;border-bottom:1px solid #f3f4f6;text-align:left;vertical-align:top}
+td.num{text-align:right;font-variant-numeric:tabular-nums} .heat td.cell{text-align:center;min-width:3.2em}
+svg text{font-size:11px;fill:#374151} td.when{white-space:nowrap} tr.ignored th{font-weight:400;font-style:italic}
+.bad{color:#b91c1c} input[type=text]{width:26em}
+"""
+
+
+def page_url(pipeline: str, **params: str) -> str:
+    """The page of one pipeline (with a trace lookup's request id, say), relative to the api-server. Pure."""
+    return f"{PAGE_PATH}?{urlencode({'pipeline': pipeline, **params})}"
+
+
+def run_page(dag_id: str, run_id: str) -> str:
+    """The Airflow UI's page of a DAG run. Pure."""
+    return f"/dags/{quote(dag_id)}/runs/{quote(run_id, safe='')}"
+
+
+def link(href: str | None, text: str, *, top: bool = True) -> str:
+    """An anchor that leaves the frame (`_top`: an Airflow page) or opens a new tab (elsewhere)."""
+    if not href:
+        return escape(text)
+    return f'<a href="{escape(href)}" target="{"_top" if top else "_blank"}">{escape(text)}</a>'
+
+
+def metric_value(figure: str | None) -> tuple[str, float] | None:
+    """`roc_auc=0.839512` (the registry tag) as ("roc_auc", 0.8395...). Pure."""
+    if not figure or "=" not in figure:
+        return None
+    name, _, value = figure.partition("=")
+    try:
+        return name, float(value)
+    except ValueError:
+        return None
+
+
+def window_dates(window: str | None) -> str:
+    """`2026-06-19T09:58:53+00:00 .. 2026-11-26T09:58:53+00:00` as `2026-06-19 .. 2026-11-26`. Pure."""
+    if not window:
+        return "–"
+    return " .. ".join(part.strip()[:10] for part in window.split(".."))
+
+
+def fmt(value: float | None, digits: int = 4) -> str:
+    return "–" if value is None else f"{value:.{digits}f}"
+
+
+# ------------------------------------------------------------------------------------ charts
+def svg_frame(width: int, height: int, body: str, label: str) -> str:
+    return (
+        f'<svg width="{width}" height="{height}" viewBox="0 0 {width} {height}" role="img" '
+        f'aria-label="{escape(label)}" xmlns="http://www.w3.org/2000/svg">{body}</svg>'
+    )
+
+
+def canary_walk_svg(steps: list[dict[str, Any]], outcome: str, width: int = 520, height: int = 170) -> str:
+    """The challenger's share of traffic over the canary's time, one segment per step, each ended
+    by its decision (green advance, red rollback). Pure."""
+    if not steps:
+        return ""
+    left, right, top, bottom = 40, 10, 10, 28
+    total = sum(float(s.get("seconds") or 0) for s in steps) or 1.0
+
+    def x_of(t: float) -> float:
+        return left + (width - left - right) * t / total
+
+    def y_of(p: float) -> float:
+        return top + (height - top - bottom) * (1 - p / 100)
+
+    parts = [
+        f'<line x1="{left}" y1="{y_of(p):.1f}" x2="{width - right}" y2="{y_of(p):.1f}" stroke="#f3f4f6"/>'
+        f'<text x="{left - 4}" y="{y_of(p) + 4:.1f}" text-anchor="end">{p}%</text>'
+        for p in (0, 25, 50, 75, 100)
+    ]
+    t, path = 0.0, list[str]()
+    for s in steps:
+        x0, x1, y = x_of(t), x_of(t + float(s.get("seconds") or 0)), y_of(float(s["percent"]))
+        path.append(f"{'L' if path else 'M'}{x0:.1f},{y:.1f} L{x1:.1f},{y:.1f}")
+        colour = DECISION_COLOURS.get(str(s.get("decision")), "#6b7280")
+        parts.append(
+            f'<circle cx="{x1:.1f}" cy="{y:.1f}" r="4" fill="{colour}"><title>{escape(str(s["percent"]))}%: '
+            f"{escape(str(s.get('decision')))} after {escape(str(s.get('seconds')))} s</title></circle>"
+        )
+        t += float(s.get("seconds") or 0)
+    parts.insert(0, f'<path d="{" ".join(path)}" stroke="#d97706" stroke-width="2.5" fill="none"/>')
+    parts.append(
+        f'<text x="{left}" y="{height - 8}">0 s</text><text x="{width - right}" y="{height - 8}" '
+        f'text-anchor="end">{total:.0f} s · {escape(outcome)}</text>'
+    )
+    return svg_frame(width, height, "".join(parts), "the canary's walk: challenger traffic share over time")
+
+
+def live_metric_svg(
+    points: list[dict[str, Any]], references: dict[int, float], width: int = 520, height: int = 170
+) -> str:
+    """The live metric at each drift check (a dot per check, coloured by version) against each
+    version's evaluation figure (a dashed line of the same colour). Pure."""
+    if not points:
+        return ""
+    left, right, top, bottom = 46, 10, 10, 28
+    values = [float(p["value"]) for p in points if p["value"] is not None] + list(references.values())
+    low, high = min(values), max(values)
+    pad = max((high - low) * 0.15, 0.01)
+    low, high = low - pad, high + pad
+    n = len(points)
+
+    def x_of(i: int) -> float:
+        return left + (width - left - right) * ((i + 0.5) / n)
+
+    def y_of(v: float) -> float:
+        return top + (height - top - bottom) * (1 - (v - low) / (high - low))
+
+    versions = sorted({int(p["version"]) for p in points} | set(references))
+    colour = {v: COLOURS[i % len(COLOURS)] for i, v in enumerate(versions)}
+    parts = [
+        f'<text x="{left - 4}" y="{y_of(v) + 4:.1f}" text-anchor="end">{v:.3f}</text>'
+        f'<line x1="{left}" y1="{y_of(v):.1f}" x2="{width - right}" y2="{y_of(v):.1f}" stroke="#f3f4f6"/>'
+        for v in (low + pad, high - pad)
+    ]
+    for version, figure in sorted(references.items()):
+        parts.append(
+            f'<line x1="{left}" y1="{y_of(figure):.1f}" x2="{width - right}" y2="{y_of(figure):.1f}" '
+            f'stroke="{colour[version]}" stroke-dasharray="5,4"><title>v{version} evaluation {figure:.4f}'
+            "</title></line>"
+        )
+    for i, p in enumerate(points):
+        if p["value"] is None:
+            continue
+        parts.append(
+            f'<circle cx="{x_of(i):.1f}" cy="{y_of(float(p["value"])):.1f}" r="4" fill="{colour[int(p["version"])]}">'
+            f"<title>v{p['version']} live {float(p['value']):.4f} on {p['rows']} labels, {escape(p['at'][:16])}"
+            "</title></circle>"
+        )
+    legend = " ".join(f'<tspan fill="{colour[v]}">■ v{v}</tspan>' for v in versions)  # one colour per version
+    parts.append(f'<text x="{left}" y="{height - 8}">{legend} · dots: live, dashes: evaluation</text>')
+    return svg_frame(width, height, "".join(parts), "live metric from labels against the evaluation figure")
+
+
+def heat(psi: float | None, threshold: float) -> str:
+    """A cell's background: white at 0, amber towards the PSI threshold, red past it. Pure."""
+    if psi is None:
+        return "#f9fafb"
+    if psi > threshold:
+        return "#fca5a5"
+    share = max(0.0, min(1.0, psi / threshold))
+    return f"rgba(245,158,11,{0.08 + 0.5 * share:.2f})"
+
+
+# ---------------------------------------------------------------------------------- sections
+def models_section(detail: dict[str, Any], versions: list[dict[str, Any]], mlflow_base: str) -> str:
+    by_version = {v["version"]: v for v in versions}
+    cards = []
+    for alias in ("champion", "challenger"):
+        m = detail.get(alias)
+        if m is None:
+            cards.append(f'<div class="card"><div class="muted">{alias}</div><b class="big">none</b></div>')
+            continue
+        figure = metric_value(m.get("metric"))
+        lineage = by_version.get(m["version"], {}).get("lineage") or {}
+        links = [
+            link(
+                mlflow_url(mlflow_base, "promote", {"model": detail["model"], "version": m["version"]}),
+                "MLflow",
+                top=False,
+            )
+        ]
+        if m.get("run_id"):
+            links.insert(0, link(run_page(f"{detail['pipeline']}_lifecycle", m["run_id"]), "training run"))
+        if lineage.get("validation_report"):
+            links.insert(1, link(lineage["validation_report"], "validation report"))
+        score = f"{escape(figure[0])} <b>{figure[1]:.4f}</b>" if figure else ""
+        cards.append(
+            f'<div class="card" data-alias="{alias}"><div class="muted">{alias}</div>'
+            f'<b class="big">v{m["version"]}</b> {score}'
+            f'<div class="muted">since {escape(str(m.get("since") or "–")[:19])} · '
+            f"by {escape(str(m.get('by') or '–'))}</div>"
+            f"<div>data {escape(window_dates(m.get('data_window')))} · "
+            f"{escape(str(m.get('data_hash') or '')[:19])}</div>"
+            f"<div>{' · '.join(links)}</div></div>"
+        )
+    return f'<h2>Models</h2><div class="cards">{"".join(cards)}</div>'
+
+
+def canary_section(pipeline: str, canary: dict[str, Any] | None) -> str:
+    if canary is None:
+        return "<h2>Serving</h2><p class='muted'>No canary has run: nothing is served yet.</p>"
+    weights = ", ".join(f"v{v} {w:g}%" for v, w in canary["weights"].items()) or "–"
+    run = link(run_page(f"{pipeline}_lifecycle", canary["run_id"]), canary["run_id"])
+    head = (
+        f"<h2>Serving</h2><p>Last canary ({run}): "
+        f"<b>{escape(str(canary['outcome']))}</b>, traffic now {escape(weights)}"
+        + (f" — <span class='muted'>{escape(str(canary['reason']))}</span>" if canary.get("reason") else "")
+        + "</p>"
+    )
+    if not canary["steps"]:
+        return head
+    rows = "".join(
+        f"<tr><td class='num'>{s['percent']:g}%</td><td style='color:{DECISION_COLOURS.get(str(s['decision']), '')}'>"
+        f"{escape(str(s['decision']))}</td><td class='num'>{s.get('seconds')}</td>"
+        + "".join(
+            f"<td class='num'>{int((s.get('figures') or {}).get(role, {}).get('requests', 0))}</td>"
+            f"<td class='num'>{fmt((s.get('figures') or {}).get(role, {}).get('error_rate'), 3)}</td>"
+            f"<td class='num'>{fmt((s.get('figures') or {}).get(role, {}).get('p99_ms'), 1)}</td>"
+            for role in ("champion", "challenger")
+        )
+        + f"<td class='muted'>{escape('; '.join(s.get('reasons') or []))}</td></tr>"
+        for s in canary["steps"]
+    )
+    table = (
+        "<table><tr><th>challenger</th><th>decision</th><th>s</th><th colspan=3>champion: requests, errors, p99 ms"
+        "</th><th colspan=3>challenger: requests, errors, p99 ms</th><th>why</th></tr>" + rows + "</table>"
+    )
+    walk = canary_walk_svg(canary["steps"], str(canary["outcome"]))
+    return f"{head}<p>v{canary['champion']} → v{canary['challenger']}</p>{walk}{table}"
+
+
+def live_section(detail: dict[str, Any], live: list[dict[str, Any]], versions: list[dict[str, Any]]) -> str:
+    if not live:
+        return "<h2>Live metric</h2><p class='muted'>No drift check has scored labelled predictions yet.</p>"
+    shown = {int(p["version"]) for p in live}
+    references = {
+        v["version"]: figure[1]
+        for v in versions
+        if v["version"] in shown and (figure := metric_value(v.get("metric"))) is not None
+    }
+    last = live[-1]
+    reference = references.get(int(last["version"]))
+    summary = (
+        f"v{last['version']}: live {escape(last['metric'])} <b>{fmt(last['value'])}</b> on {last['rows']} labels"
+        + (f" against its evaluation {reference:.4f}" if reference is not None else "")
+        + f" <span class='muted'>({escape(last['at'][:16])})</span>"
+    )
+    return f"<h2>Live metric</h2><p>{summary}</p>{live_metric_svg(live, references)}"
+
+
+def drift_section(pipeline: str, drift: dict[str, Any], threshold: float, ignored: frozenset[str]) -> str:
+    if not drift["checks"]:
+        return "<h2>Drift per feature</h2><p class='muted'>No drift check yet.</p>"
+    head = "".join(
+        f"<th style='background:{STATUS_COLOURS.get(c['status'], '')}' title='{escape(c['run_id'])}: "
+        f"{escape(c['status'])}'>{link(report_url(f'{pipeline}_drift', c['run_id'], 'drift'), when(c['at']))}</th>"
+        for c in drift["checks"]
+    )
+    rows = "".join(
+        f"<tr{' class=ignored' if feature in ignored else ''}><th>{escape(feature)}"
+        f"{' (ignored)' if feature in ignored else ''}</th>"
+        + "".join(
+            f"<td class='cell' style='background:{heat(v, threshold) if feature not in ignored else '#f9fafb'}'>"
+            f"{fmt(v, 2)}</td>"
+            for v in values
+        )
+        + "</tr>"
+        for feature, values in drift["features"].items()
+    )
+    return (
+        f"<h2>Drift per feature</h2><p class='muted'>PSI per feature at each check (window end, UTC; a column "
+        f"opens the check's Evidently report, its colour is the verdict); red past {threshold:g}; features the "
+        f"spec's <code>drift.ignore</code> names are shown, never counted.</p>"
+        f"<table class='heat'><tr><th></th>{head}</tr>{rows}</table>"
+    )
+
+
+def when(iso: str) -> str:
+    """`2026-11-26T09:58:53+00:00` as `11-26 09:58`. Pure."""
+    return iso[5:16].replace("T", " ")
+
+
+def runs_section(
+    pipeline: str, runs: list[dict[str, Any]], overview: dict[str, dict[str, Any]], mlflow_base: str
+) -> str:
+    if not runs:
+        return "<h2>Last runs</h2><p class='muted'>No run yet.</p>"
+    rows = []
+    for r in runs:
+        more = overview.get(r["run_id"], {})
+        reports = " · ".join(link(url, step) for step, url in more.get("reports", {}).items())
+        mlflow = mlflow_url(mlflow_base, "train", more["mlflow"]) if more.get("mlflow") else ""
+        run = link(run_page(more.get("dag_id", f"{pipeline}_lifecycle"), r["run_id"]), r["run_id"])
+        rows.append(
+            f"<tr><td class='when'>{escape(r['started'][:19])}</td><td>{run}</td>"
+            f"<td>{escape(r['outcome'])}</td><td class='reports'>{reports or '–'}</td>"
+            f"<td>{link(mlflow, 'MLflow', top=False) if mlflow else '–'}</td>"
+            f"<td class='muted'>{escape(r.get('cause') or '')}</td></tr>"
+        )
+    return (
+        "<h2>Last runs</h2><table><tr><th>started</th><th>run</th><th>outcome</th><th>reports</th>"
+        f"<th>training</th><th>cause</th></tr>{''.join(rows)}</table>"
+    )
+
+
+def trace_section(
+    pipeline: str, query: str, answers: list[dict[str, Any]] | None, error: str | None, mlflow_base: str
+) -> str:
+    form = (
+        f"<h2 id='trace-lookup'>Trace a prediction</h2><form method='get' action='{PAGE_PATH}#trace-lookup'>"
+        f"<input type='hidden' name='pipeline' value='{escape(pipeline)}'>"
+        f"<input type='text' name='request_id' value='{escape(query)}' placeholder='request id (UUID)' "
+        "aria-label='request id'> <button type='submit'>Trace</button></form>"
+    )
+    if error:
+        return f"{form}<p class='bad' id='trace-error'>{escape(error)}</p>"
+    if not answers:
+        return form
+    rows = []
+    for a in answers:
+        model = a.get("model") or {}
+        lineage = model.get("lineage") or {}
+        run = lineage.get("lifecycle_run")
+        registered = {"model": model_name(a["pipeline"]), "version": model.get("version")}
+        mlflow = mlflow_url(mlflow_base, "promote", registered)
+        label = "–" if a["label"] is None else str(a["label"])
+        trained_by = link(run_page(f"{a['pipeline']}_lifecycle", run), run) if run else "–"
+        rows.append(
+            f"<tr><td>{escape(a['pipeline'])}</td><td>{escape(str(a['entity_id']))}</td>"
+            f"<td class='num'>{fmt(a['score'])}</td><td>{escape(a['status'])}{' (shadow)' if a['shadow'] else ''}</td>"
+            f"<td>{escape(a['served_at'][:23])}</td><td>{escape(label)}</td>"
+            f"<td>v{model.get('version')} {escape(' '.join(model.get('aliases') or []))}</td>"
+            f"<td>{trained_by}</td>"
+            f"<td>{escape(str(lineage.get('data_hash') or '–')[:19])}</td>"
+            f"<td>{link(lineage.get('validation_report'), 'validation') if lineage.get('validation_report') else '–'}"
+            f" · {link(mlflow, 'MLflow', top=False)}</td></tr>"
+        )
+    return (
+        f"{form}<table id='trace'><tr><th>pipeline</th><th>entity</th><th>score</th><th>status</th><th>served</th>"
+        "<th>label</th><th>version</th><th>trained by</th><th>data</th><th>reports</th></tr>"
+        f"{''.join(rows)}</table>"
+    )
+
+
+def page_html(
+    *,
+    pipelines: list[str],
+    selected: str,
+    data: dict[str, Any],
+    mlflow_base: str,
+    psi_threshold: float,
+    drift_ignored: frozenset[str] = frozenset(),
+    trace_query: str = "",
+    trace: list[dict[str, Any]] | None = None,
+    trace_error: str | None = None,
+) -> str:
+    """The page of one pipeline (`data`: `catalog.overview`), with tabs for the others. Pure."""
+    detail = data["detail"]
+    tabs = " ".join(
+        f'<a href="{escape(page_url(p))}"{" class=on" if p == selected else ""}>{escape(p)}</a>' for p in pipelines
+    )
+    return f"""<!doctype html>
+<html><head><meta charset="utf-8"><title>mlcycle: {escape(selected)}</title><style>{STYLE}</style></head>
+<body><h1>mlcycle · {escape(selected)} <span class="muted">({escape(detail["model"])})</span></h1>
+<nav>{tabs}</nav>
+{models_section(detail, data["versions"], mlflow_base)}
+{canary_section(selected, detail.get("canary"))}
+{live_section(detail, data["live"], data["versions"])}
+{drift_section(selected, data["drift"], psi_threshold, drift_ignored)}
+{runs_section(selected, detail["runs"], data["runs"], mlflow_base)}
+{trace_section(selected, trace_query, trace, trace_error, mlflow_base)}
+</body></html>"""
+
+
+def empty_page(reason: str) -> str:
+    """What a user with no readable pipeline sees. Pure."""
+    return (
+        f"<!doctype html><html><head><meta charset='utf-8'><title>mlcycle</title><style>{STYLE}</style></head>"
+        f"<body><h1>mlcycle</h1><p>{escape(reason)}</p></body></html>"
+    )
