@@ -51,9 +51,11 @@ ps: setup
 drift-demo: setup
 	$(VENV)/bin/mlcycle drift-demo
 
-# wrk (Debian's C load generator) drives the serving load tests and bench/serving.py
+# wrk (Debian's C load generator) drives the serving load tests and bench/serving.py; Debian's
+# headless Chromium and its driver run the browser test of the Airflow UI
 tools:
 	@bash tools/wrk.sh >/dev/null
+	@bash tools/browser.sh >/dev/null
 
 test: setup tools
 	$(VENV)/bin/pytest --cov --cov-report=term

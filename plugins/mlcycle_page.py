@@ -3,9 +3,12 @@
 Champion and challenger with their figures and lineage, where the canary stands and its walk
 plotted, the live metric from labels against each version's evaluation figure, the PSI of every
 feature over the last drift checks, the last runs with their reports and MLflow, and a lookup of
-one served prediction's trace. Plain HTML and inline SVG, no script: every function here is pure
-and takes what `pipelines.io.catalog` answers. The plugin serves it at `/mlcycle/page`, and the
-Airflow UI frames it under its own navigation (`/plugin/mlcycle`).
+one served prediction's trace. Plain HTML and inline SVG: every function here is pure and takes
+what `pipelines.io.catalog` answers. The plugin serves it at `/mlcycle/page`, and the Airflow UI
+frames it under its own navigation (`/plugin/mlcycle`) in a sandboxed iframe that may run scripts
+as its own origin but not navigate the window: `LEAVE_FRAME`, the page's one script, lets a link
+to an Airflow page or a report replace the UI (and an MLflow link open a tab) from the UI's own
+document.
 """
 
 from __future__ import annotations
@@ -33,6 +36,18 @@ td,th{padding:.25em .6em;border-bottom:1px solid #f3f4f6;text-align:left;vertica
 td.num{text-align:right;font-variant-numeric:tabular-nums} .heat td.cell{text-align:center;min-width:3.2em}
 svg text{font-size:11px;fill:#374151} td.when{white-space:nowrap} tr.ignored th{font-weight:400;font-style:italic}
 .bad{color:#b91c1c} input[type=text]{width:26em}
+"""
+
+
+LEAVE_FRAME = """
+document.addEventListener("click", (event) => {
+  const a = event.target.closest("a[target]");
+  if (!a || window.top === window) return;
+  event.preventDefault();
+  const out = window.top.document.createElement("a");
+  out.href = a.href; out.target = a.target; out.rel = "noopener";
+  window.top.document.body.appendChild(out); out.click(); out.remove();
+});
 """
 
 
@@ -322,7 +337,7 @@ def trace_section(
     pipeline: str, query: str, answers: list[dict[str, Any]] | None, error: str | None, mlflow_base: str
 ) -> str:
     form = (
-        f"<h2 id='trace-lookup'>Trace a prediction</h2><form method='get' action='{PAGE_PATH}#trace-lookup'>"
+        f"<h2>Trace a prediction</h2><form method='get' action='{PAGE_PATH}'>"
         f"<input type='hidden' name='pipeline' value='{escape(pipeline)}'>"
         f"<input type='text' name='request_id' value='{escape(query)}' placeholder='request id (UUID)' "
         "aria-label='request id'> <button type='submit'>Trace</button></form>"
@@ -375,15 +390,16 @@ def page_html(
         f'<a href="{escape(page_url(p))}"{" class=on" if p == selected else ""}>{escape(p)}</a>' for p in pipelines
     )
     return f"""<!doctype html>
-<html><head><meta charset="utf-8"><title>mlcycle: {escape(selected)}</title><style>{STYLE}</style></head>
+<html><head><meta charset="utf-8"><title>mlcycle: {escape(selected)}</title><style>{STYLE}</style>
+<script>{LEAVE_FRAME}</script></head>
 <body><h1>mlcycle · {escape(selected)} <span class="muted">({escape(detail["model"])})</span></h1>
 <nav>{tabs}</nav>
+{trace_section(selected, trace_query, trace, trace_error, mlflow_base)}
 {models_section(detail, data["versions"], mlflow_base)}
 {canary_section(selected, detail.get("canary"))}
 {live_section(detail, data["live"], data["versions"])}
 {drift_section(selected, data["drift"], psi_threshold, drift_ignored)}
 {runs_section(selected, detail["runs"], data["runs"], mlflow_base)}
-{trace_section(selected, trace_query, trace, trace_error, mlflow_base)}
 </body></html>"""
 
 

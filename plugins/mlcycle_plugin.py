@@ -168,6 +168,7 @@ def _api() -> Any:
     DAG's permissions (read: the DAG's runs; trigger: creating runs). Errors are JSON
     `{"error", "reason"}`; lists are pages (`limit`, `offset`, `total`, `next_offset`)."""
     from fastapi import Depends, FastAPI, HTTPException, Query, Request
+    from fastapi.exceptions import RequestValidationError
     from fastapi.responses import JSONResponse
     from pydantic import ValidationError
     from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -182,6 +183,11 @@ def _api() -> Any:
     async def as_json(request: Request, err: StarletteHTTPException) -> JSONResponse:
         reason = err.detail if isinstance(err.detail, str) else json.dumps(err.detail)
         return JSONResponse({"error": err.status_code, "reason": reason}, status_code=err.status_code)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid_as_json(request: Request, err: RequestValidationError) -> JSONResponse:
+        reason = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in err.errors())
+        return JSONResponse({"error": 422, "reason": reason}, status_code=422)
 
     def readable(method: Literal["GET", "POST"] = "GET") -> Any:
         def check(pipeline: str, user: GetUserDep) -> str:

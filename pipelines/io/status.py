@@ -40,7 +40,8 @@ def pipeline_status(settings: Settings, pipeline: str, runs: int = 5) -> dict[st
             }
         recent = conn.execute(
             "SELECT run_id, min(started_at), string_agg(step || ':' || status, ' ' ORDER BY started_at, attempt),"
-            " max(outputs->>'cause_line') FILTER (WHERE step = 'ingest')"
+            " max(outputs->>'cause_line') FILTER (WHERE step = 'ingest'),"
+            " max(outputs->>'reason') FILTER (WHERE step = 'promote' AND status = 'skipped')"
             " FROM step_runs WHERE pipeline=%s GROUP BY run_id ORDER BY min(started_at) DESC LIMIT %s",
             (pipeline, runs),
         ).fetchall()
@@ -49,13 +50,15 @@ def pipeline_status(settings: Settings, pipeline: str, runs: int = 5) -> dict[st
         "model": name,
         **models,
         "runs": [
-            {"run_id": r, "started": str(t), "outcome": outcome(steps), "cause": cause} for r, t, steps, cause in recent
+            {"run_id": r, "started": str(t), "outcome": outcome(steps, skipped), "cause": cause}
+            for r, t, steps, cause, skipped in recent
         ],
     }
 
 
-def outcome(steps: str) -> str:
-    """A run's outcome from its steps' latest statuses (`step:status ...`, oldest first). Pure."""
+def outcome(steps: str, promote_skipped: str | None = None) -> str:
+    """A run's outcome from its steps' latest statuses (`step:status ...`, oldest first) and, where
+    promote was skipped, its reason (a dry run, or the gate). Pure."""
     latest: dict[str, str] = {}
     for item in steps.split():
         step, _, status = item.partition(":")
@@ -68,7 +71,8 @@ def outcome(steps: str) -> str:
     if latest.get("ingest") == "skipped":
         return "stopped: no new data"
     if latest.get("promote") == "skipped":
-        return "rejected by the gate"
+        dry = (promote_skipped or "").startswith("dry run")
+        return "dry run: nothing registered" if dry else "rejected by the gate"
     last = list(latest)[-1] if latest else "-"
     return f"ok through {last}"
 

@@ -389,6 +389,7 @@ def open_these(plat: Platform, pipeline: str | None = None) -> str:
         "==> open:",
         f"    Airflow UI and REST API  {plat.airflow_url}",
         f"                             user admin, password in {plat.passwords_file()}",
+        f"    the mlcycle page         {plat.airflow_url}/plugin/mlcycle",
         f"    MLflow UI                http://127.0.0.1:{settings.mlflow_port}",
     ]
     lines += [f"    {name} endpoint  {endpoint(settings, name)}/predict" for name in names]

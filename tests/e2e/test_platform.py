@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shlex
+import shutil
 import signal
 import stat
 import subprocess
@@ -18,15 +20,18 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
+import yaml
 
 from pipelines.core.settings import PROJECT_DIR
 from tests.services import free_port_pairs
 from tests.specs import tumour_pipeline, write_spec
 
 pytestmark = pytest.mark.e2e
+TRIGGERED = "tumours"  # the pipeline the browser test triggers from the form
 
 MLCYCLE = str(Path(sys.executable).parent / "mlcycle")
 SERVICES = {
@@ -112,16 +117,7 @@ def test_a_users_numeric_pipeline_runs_with_mlcycle_run_and_is_served(up: dict[s
         assert f"  {step}" in done.stdout
     assert "success" in done.stdout and "mlcycle-tumours v1" in done.stdout
     # the endpoint serves the champion: entity id only (features from the online store)
-    key = (Path(up["MLCYCLE_STATE_DIR"]) / "serving-api-key").read_text().strip()
-    url = f"http://127.0.0.1:{up['MLCYCLE_SERVE_PORT']}/v1/pipelines/tumours/predict"
-    deadline = time.monotonic() + 60
-    while True:
-        answer = httpx.post(url, json={"instances": [{"entity_id": 569}]}, headers={"x-api-key": key}, timeout=30)
-        if answer.status_code == 200 or time.monotonic() > deadline:
-            break
-        time.sleep(2)
-    assert answer.status_code == 200, answer.text
-    assert answer.json()["predictions"][0]["version"] == 1
+    assert predict(up, "tumours", 569)["predictions"][0]["version"] == 1
     # the plain clients, configured by `mlcycle env` alone
     exports = mlcycle(up, "env", "--pipeline", "tumours").stdout
     plain = {k: v for k, v in up.items() if not k.startswith("MLCYCLE_")}
@@ -139,6 +135,21 @@ def test_a_users_numeric_pipeline_runs_with_mlcycle_run_and_is_served(up: dict[s
     assert out.returncode == 0, out.stderr[-3000:]
     got = json.loads(out.stdout.strip().splitlines()[-1])
     assert str(got["champion"]) == "1" and got["radius"] == pytest.approx(7.76)  # the dataset's last patient
+
+
+def predict(env: dict[str, str], pipeline: str, entity_id: int) -> dict[str, Any]:
+    """One prediction by entity id from the platform's endpoint, once it serves the pipeline (the
+    canary or serve-sync may be deploying it)."""
+    key = (Path(env["MLCYCLE_STATE_DIR"]) / "serving-api-key").read_text().strip()
+    url = f"http://127.0.0.1:{env['MLCYCLE_SERVE_PORT']}/v1/pipelines/{pipeline}/predict"
+    deadline = time.monotonic() + 60
+    while True:
+        answer = httpx.post(url, json={"instances": [{"entity_id": entity_id}]}, headers={"x-api-key": key}, timeout=30)
+        if answer.status_code == 200 or time.monotonic() > deadline:
+            break
+        time.sleep(2)
+    assert answer.status_code == 200, answer.text
+    return dict(answer.json())
 
 
 def token(env: dict[str, str], user: str) -> dict[str, str]:
@@ -165,6 +176,8 @@ def test_the_platform_api_answers_from_the_records_behind_airflows_login(up: dic
 
     detail = httpx.get(f"{api}/pipelines/tumours", headers=viewer, timeout=60).json()
     assert detail["champion"]["version"] == 1 and detail["last_drift_check"] is None
+    canary = detail["canary"]  # the first model: deployed as champion, no walk
+    assert canary["outcome"] == "deployed" and canary["weights"] == {"1": 100.0} and canary["steps"] == []
     run_id = detail["champion"]["run_id"]
     models = httpx.get(f"{api}/pipelines/tumours/models", headers=admin, timeout=60).json()
     assert models["total"] == 1
@@ -184,13 +197,7 @@ def test_the_platform_api_answers_from_the_records_behind_airflows_login(up: dic
     assert report.status_code == 200 and "back to the run" in report.text
 
     # the trace of one served prediction: request id -> version -> training run -> data -> report
-    key = (Path(up["MLCYCLE_STATE_DIR"]) / "serving-api-key").read_text().strip()
-    served = httpx.post(
-        f"http://127.0.0.1:{up['MLCYCLE_SERVE_PORT']}/v1/pipelines/tumours/predict",
-        json={"instances": [{"entity_id": 7}]},
-        headers={"x-api-key": key},
-        timeout=30,
-    ).json()
+    served = predict(up, "tumours", 7)
     deadline = time.monotonic() + 30
     while (
         got := httpx.get(f"{api}/predictions/{served['request_id']}", headers=viewer, timeout=60)
@@ -202,8 +209,21 @@ def test_the_platform_api_answers_from_the_records_behind_airflows_login(up: dic
     assert answer["model"]["version"] == 1 and answer["model"]["lineage"]["lifecycle_run"] == run_id
     assert httpx.get(f"{api}/predictions/not-a-uuid", headers=admin).status_code == 404
 
+    # labels for served predictions: all rows or none; the trace then shows the outcome
+    labels = {"labels": [{"entity_id": 7, "label": 0, "request_id": served["request_id"]}]}
+    assert httpx.post(f"{api}/pipelines/tumours/labels", json=labels, headers=viewer, timeout=60).status_code == 403
+    bad = {"labels": [*labels["labels"], {"entity_id": 8, "label": 3}]}
+    refused = httpx.post(f"{api}/pipelines/tumours/labels", json=bad, headers=admin, timeout=60)
+    assert refused.status_code == 422 and "row 1: label 3 is not 0 or 1" in refused.json()["reason"]
+    assert httpx.get(f"{api}/predictions/{served['request_id']}", headers=viewer).json()["answers"][0]["label"] is None
+    loaded = httpx.post(f"{api}/pipelines/tumours/labels", json=labels, headers=admin, timeout=60)
+    assert loaded.status_code == 201 and loaded.json()["loaded"] == 1
+    assert httpx.get(f"{api}/predictions/{served['request_id']}", headers=viewer).json()["answers"][0]["label"] == 0
+
     drift = httpx.get(f"{api}/pipelines/tumours/drift", headers=admin, timeout=60).json()
     assert drift["total"] == 0 and drift["items"] == []
+    not_a_page = httpx.get(f"{api}/pipelines", params={"limit": 0}, headers=admin, timeout=60)
+    assert not_a_page.status_code == 422 and not_a_page.json()["reason"].startswith("query.limit:")
     missing = httpx.get(f"{api}/pipelines/nope", headers=admin, timeout=60)
     assert missing.status_code == 404 and "known" in missing.json()["reason"]
 
@@ -250,6 +270,130 @@ def test_a_killed_scheduler_is_back_within_30s_and_the_run_in_flight_finishes(up
     )
     out = subprocess.run([sys.executable, "-c", script], env=up, cwd=PROJECT_DIR, capture_output=True, text=True)
     assert out.stdout.strip().splitlines()[-1] == "success", out.stdout[-2000:] + out.stderr[-2000:]
+
+
+ARTIFACTS = Path(os.environ.get("MLCYCLE_TEST_ARTIFACTS", PROJECT_DIR / ".test-artifacts")) / "browser"
+
+
+@pytest.fixture
+def browser() -> Iterator[Any]:
+    """Debian's Chromium, headless, through its WebDriver (`make tools` installs both)."""
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    chromium, driver = shutil.which("chromium"), shutil.which("chromedriver")
+    assert chromium and driver, "no chromium/chromedriver: `make tools` installs Debian's (tools/browser.sh)"
+    options = webdriver.ChromeOptions()
+    options.binary_location = chromium
+    for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1400,1000"):
+        options.add_argument(arg)
+    session = webdriver.Chrome(options=options, service=Service(driver))
+    session.implicitly_wait(20)
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    try:
+        yield session
+    finally:
+        session.save_screenshot(str(ARTIFACTS / "last.png"))  # where it stood, pass or fail
+        session.quit()
+
+
+def test_the_mlcycle_page_in_a_real_browser(up: dict[str, str], browser: Any) -> None:
+    """Log in to the Airflow UI, open the mlcycle page, see the demo pipeline's champion, follow a
+    Report link and a trace lookup, and trigger a run from the Trigger form with a changed param."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+
+    base = f"http://127.0.0.1:{up['MLCYCLE_AIRFLOW_PORT']}"
+    passwords = json.loads(
+        (Path(up["MLCYCLE_STATE_DIR"]) / "airflow" / "simple_auth_manager_passwords.json").read_text()
+    )
+    browser.get(f"{base}/auth/login")
+    browser.find_element(By.NAME, "username").send_keys("admin")
+    browser.find_element(By.NAME, "password").send_keys(passwords["admin"])
+    browser.find_element(By.CSS_SELECTOR, "button[type=submit]").click()
+    wait_for(lambda: "/auth/login" not in browser.current_url, "the login did not leave the login page")
+
+    # the page, under the UI's own navigation: churn (the demo's pipeline, run by the test before)
+    browser.get(f"{base}/plugin/mlcycle")
+    browser.switch_to.frame(browser.find_element(By.CSS_SELECTOR, "iframe"))
+    champion = browser.find_element(By.CSS_SELECTOR, "[data-alias=champion]").text
+    recorded = httpx.get(f"{base}/api/ml/pipelines/churn", headers=token(up, "viewer"), timeout=60).json()["champion"]
+    assert champion.startswith(f"champion\nv{recorded['version']} roc_auc {recorded['metric'][8:14]}"), champion
+    timing = browser.execute_script(
+        "const n = performance.getEntriesByType('navigation')[0];"
+        "return {response_ms: n.responseEnd - n.startTime, load_ms: n.loadEventEnd - n.startTime};"
+    )
+    (ARTIFACTS / "page-timing.json").write_text(json.dumps(timing))
+    browser.switch_to.default_content()
+    browser.save_screenshot(str(ARTIFACTS / "page.png"))
+
+    # a trace lookup of a prediction served now (by the user's pipeline: the lookup spans the pipelines)
+    served = predict(up, "tumours", 8)
+    tumours = httpx.get(f"{base}/api/ml/pipelines/tumours", headers=token(up, "viewer"), timeout=60).json()
+    browser.switch_to.frame(browser.find_element(By.CSS_SELECTOR, "iframe"))
+    deadline = time.monotonic() + 30  # the request log is flushed off the request path
+    while True:
+        field = browser.find_element(By.NAME, "request_id")
+        field.clear()
+        field.send_keys(served["request_id"], Keys.ENTER)
+        wait_for(lambda: served["request_id"] in browser.current_url, "the trace form was not submitted")
+        if browser.find_elements(By.ID, "trace") or time.monotonic() > deadline:
+            break
+        time.sleep(2)
+    trace = browser.find_element(By.ID, "trace").text
+    assert "tumours 8" in trace and re.search(rf"v{tumours['champion']['version']} (challenger )?champion ", trace), (
+        trace
+    )
+    browser.save_screenshot(str(ARTIFACTS / "trace.png"))
+
+    # a Report link of the last runs leaves the frame for the report page, which leads back
+    browser.find_element(By.CSS_SELECTOR, "td.reports a[href$='/validate']").click()
+    browser.switch_to.default_content()
+    wait_for(lambda: "/mlcycle/reports/" in browser.current_url, "the Report link did not open the report page")
+    assert "back to the run" in browser.find_element(By.TAG_NAME, "header").text
+    assert browser.find_element(By.CSS_SELECTOR, "iframe").get_attribute("src").endswith("/validate/report.html")
+    browser.save_screenshot(str(ARTIFACTS / "report.png"))
+
+    # the Trigger form, with a changed param: the run it makes succeeds
+    browser.get(f"{base}/dags/{TRIGGERED}_lifecycle")
+    browser.find_element(By.CSS_SELECTOR, "button[aria-label='Trigger Dag']").click()
+    spec = yaml.safe_load((Path(up["MLCYCLE_PIPELINES_DIR"]) / f"{TRIGGERED}.yaml").read_text())
+    default = int(spec["training"]["n_trials"])
+    changed = 1 if default != 1 else 2
+    trials = browser.find_element(By.NAME, "element_n_trials")
+    assert trials.get_attribute("value") == str(default)  # the form shows the spec's default
+    trials.send_keys(Keys.CONTROL, "a")
+    trials.send_keys(str(changed))
+    browser.find_element(By.CSS_SELECTOR, "[id='switch:element_dry_run']").click()
+    browser.save_screenshot(str(ARTIFACTS / "trigger-form.png"))
+    buttons = browser.find_elements(By.CSS_SELECTOR, "[role=dialog] button")
+    next(b for b in buttons if b.text.strip() == "Trigger").click()
+    admin = token(up, "admin")
+    runs_url = f"{base}/api/v2/dags/{TRIGGERED}_lifecycle/dagRuns"
+
+    def made() -> dict[str, Any] | None:
+        runs = httpx.get(runs_url, params={"order_by": "-run_after", "limit": 5}, headers=admin, timeout=30).json()
+        mine = (r for r in runs["dag_runs"] if r["triggered_by"] == "ui" and r["conf"].get("n_trials") == changed)
+        return next(mine, None)
+
+    wait_for(lambda: made() is not None, f"no run with n_trials {changed} was made by the form")
+    run = made()
+    assert run is not None and run["conf"]["dry_run"] is True, run
+    deadline = time.monotonic() + 600
+    while (state := httpx.get(f"{runs_url}/{run['dag_run_id']}", headers=admin, timeout=30).json()["state"]) not in (
+        "success",
+        "failed",
+    ):
+        assert time.monotonic() < deadline, f"the run from the form is still {state}"
+        time.sleep(5)
+    assert state == "success"
+
+
+def wait_for(condition: Any, message: str, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, message
+        time.sleep(0.5)
 
 
 def test_down_stops_everything_and_keeps_the_data(up: dict[str, str]) -> None:

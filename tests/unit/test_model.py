@@ -120,3 +120,5 @@ def test_small_helpers() -> None:
     assert outcome("ingest:succeeded validate:failed validate:succeeded features:succeeded") == "ok through features"
     assert outcome("ingest:succeeded validate:failed") == "failed at validate"
     assert outcome("train:succeeded evaluate:succeeded promote:skipped") == "rejected by the gate"
+    dry = "dry run: the challenger was trained and evaluated, nothing is registered or served"
+    assert outcome("train:succeeded evaluate:succeeded promote:skipped", dry) == "dry run: nothing registered"
