@@ -52,10 +52,12 @@ drift-demo: setup
 	$(VENV)/bin/mlcycle drift-demo
 
 # wrk (Debian's C load generator) drives the serving load tests and bench/serving.py; Debian's
-# headless Chromium and its driver run the browser test of the Airflow UI
+# headless Chromium and its driver run the browser test of the Airflow UI; Debian's Prometheus
+# joins `mlcycle up` where installed
 tools:
 	@bash tools/wrk.sh >/dev/null
 	@bash tools/browser.sh >/dev/null
+	@bash tools/prometheus.sh >/dev/null
 
 test: setup tools
 	$(VENV)/bin/pytest --cov --cov-report=term

@@ -42,7 +42,9 @@ def ray_running(settings: Settings) -> bool:
     return status.returncode == 0
 
 
-def head_command(settings: Settings, block: bool = False) -> tuple[list[str], dict[str, str]]:
+def head_command(
+    settings: Settings, block: bool = False, metrics_port: int | None = None
+) -> tuple[list[str], dict[str, str]]:
     """`ray start --head` of the embedded head and its environment (the settings and the serving
     keys reach the replicas through it); `block` keeps it in the foreground (under supervisord)."""
     key = api_key(settings)
@@ -65,6 +67,8 @@ def head_command(settings: Settings, block: bool = False) -> tuple[list[str], di
         "--disable-usage-stats",
         "--node-ip-address=127.0.0.1",
     ]
+    if metrics_port is not None:  # where Prometheus scrapes it (`mlcycle up` with Prometheus)
+        argv.append(f"--metrics-export-port={metrics_port}")
     # Token authentication: make the token (~/.ray/auth_token) the head and clients share.
     subprocess.run(
         [executable("ray"), "get-auth-token", "--generate"], env=env, check=True, capture_output=True, timeout=60

@@ -57,6 +57,12 @@ class Settings(BaseSettings):
     # `mlcycle up` (embedded): where the Airflow api-server (UI, REST API v2) and the MLflow UI listen
     airflow_port: int = 8080
     mlflow_port: int = 5000
+    # ... and, where Prometheus is installed, Prometheus, the StatsD bridge of Airflow's metrics
+    # (UDP in, /metrics out) and the Ray head's metrics export port (Serve and mlcycle_* metrics)
+    prometheus_port: int = 9090
+    statsd_udp_port: int = 9125
+    statsd_http_port: int = 9102
+    ray_metrics_port: int = 9103
     # Kubernetes: what the rendered pods look like.
     image: str = "mlcycle-step:latest"
     image_pull_policy: Literal["Always", "IfNotPresent", "Never"] = "IfNotPresent"

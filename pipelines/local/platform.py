@@ -27,6 +27,7 @@ import contextlib
 import logging
 import os
 import secrets
+import shutil
 import subprocess
 import sys
 import time
@@ -60,13 +61,38 @@ class Service:
     priority: int = 500  # supervisord starts lower numbers first
 
 
-def services(settings: Settings) -> list[Service]:
-    """The supervised services of the embedded platform. Pure."""
+def services(settings: Settings, prometheus: bool = False) -> list[Service]:
+    """The supervised services of the embedded platform (with Prometheus and the StatsD bridge of
+    Airflow's metrics where Prometheus is installed). Pure."""
     airflow = f"http://127.0.0.1:{settings.airflow_port}"
     out = [Service("ray", f"http://{settings.serve_host}:{settings.serve_port}", 100)]
+    if prometheus:
+        out.append(Service("statsd-exporter", None, 150))
     out += [Service(f"airflow-{c}", airflow if c == "api-server" else None, 200) for c in AIRFLOW_COMPONENTS]
     out += [Service("mlflow", f"http://127.0.0.1:{settings.mlflow_port}", 300), Service("serve-sync", None, 900)]
+    if prometheus:
+        out.append(Service("prometheus", f"http://127.0.0.1:{settings.prometheus_port}", 950))
     return out
+
+
+def prometheus_binary() -> str | None:
+    """Prometheus where installed (Debian's `prometheus`; `make tools` installs it)."""
+    return shutil.which("prometheus")
+
+
+def prometheus_config(settings: Settings) -> str:
+    """Prometheus's scrape config: the Ray head (Serve's request counts and latencies, the
+    application's mlcycle_* metrics), Serve's HAProxy, Airflow through the StatsD bridge, itself. Pure."""
+    jobs = {
+        "ray": settings.ray_metrics_port,
+        "haproxy": settings.haproxy_metrics_port,
+        "airflow": settings.statsd_http_port,
+        "prometheus": settings.prometheus_port,
+    }
+    lines = ["# written by `mlcycle up`; edits are overwritten", "global:", "  scrape_interval: 15s", "scrape_configs:"]
+    for job, port in jobs.items():
+        lines += [f"  - job_name: {job}", "    static_configs:", f'      - targets: ["127.0.0.1:{port}"]']
+    return "\n".join(lines) + "\n"
 
 
 def platform_dir(settings: Settings) -> Path:
@@ -86,7 +112,7 @@ def airflow_db_url(libpq_url: str, dbname: str = "airflow", driver: str = "psyco
     return f"postgresql+{driver}://{user}:{password}@{host}:{port}/{dbname}"
 
 
-def supervisord_conf(settings: Settings, mlcycle: str, env: Mapping[str, str]) -> str:
+def supervisord_conf(settings: Settings, mlcycle: str, env: Mapping[str, str], prometheus: bool = False) -> str:
     """supervisord's config: its Unix socket (mode 700), one program per service running
     `mlcycle up --exec NAME`, restarted whenever it exits, killed with its process group, its
     output in `logs/NAME.log`. `env` (non-secret settings) is every program's environment. Pure."""
@@ -114,7 +140,7 @@ def supervisord_conf(settings: Settings, mlcycle: str, env: Mapping[str, str]) -
         "[supervisorctl]",
         f"serverurl=unix://{home / 'supervisor.sock'}",
     ]
-    for svc in services(settings):
+    for svc in services(settings, prometheus):
         lines += [
             "",
             f"[program:{svc.name}]",
@@ -159,9 +185,10 @@ def base_env(settings: Settings) -> dict[str, str]:
     return env
 
 
-def airflow_service_env(settings: Settings, database_url: str) -> dict[str, str]:
+def airflow_service_env(settings: Settings, database_url: str, statsd: bool = False) -> dict[str, str]:
     """The Airflow services' environment (and that of the tasks they run): the embedded Airflow of
-    `services_env` with its metadata in PostgreSQL and one api-server worker (2 cores)."""
+    `services_env` with its metadata in PostgreSQL and one api-server worker (2 cores); with
+    `statsd`, its metrics go to the StatsD bridge that Prometheus scrapes."""
     env = services_env(settings, settings.airflow_port)
     env.update(
         {
@@ -177,26 +204,52 @@ def airflow_service_env(settings: Settings, database_url: str) -> dict[str, str]
             "AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT": "60",
         }
     )
+    if statsd:
+        env.update(
+            {
+                "AIRFLOW__METRICS__STATSD_ON": "True",
+                "AIRFLOW__METRICS__STATSD_HOST": "127.0.0.1",
+                "AIRFLOW__METRICS__STATSD_PORT": str(settings.statsd_udp_port),
+                "AIRFLOW__METRICS__STATSD_PREFIX": "airflow",
+            }
+        )
     return env
 
 
 def service_argv(settings: Settings, name: str, database_url: str) -> tuple[list[str], dict[str, str]]:
     """What `mlcycle up --exec NAME` execs, and its environment."""
+    prometheus = prometheus_binary()
     if name.startswith("airflow-"):
         component = name.removeprefix("airflow-")
         args = ["--skip-serve-logs"] if component in ("scheduler", "triggerer") else []
-        return [executable("airflow"), component, *args], airflow_service_env(settings, database_url)
+        return [executable("airflow"), component, *args], airflow_service_env(
+            settings, database_url, statsd=prometheus is not None
+        )
     if name == "mlflow":
         argv = server_command(settings, "127.0.0.1", settings.mlflow_port)
         # MLflow 3's job runner (GenAI jobs: a Huey consumer per job kind) is not used here
         env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
         return [executable("mlflow"), *argv[1:], "--workers", "1"], env
     if name == "ray":
-        return embedded.head_command(settings, block=True)
+        metrics = settings.ray_metrics_port if prometheus else None
+        return embedded.head_command(settings, block=True, metrics_port=metrics)
     if name == "serve-sync":
         mlcycle = executable("mlcycle")
         return [mlcycle, "serve", "sync", "--watch", str(SERVE_SYNC_INTERVAL_S)], dict(os.environ)
-    raise SettingsError(f"no service {name!r}; the services are {[s.name for s in services(settings)]}")
+    if name == "statsd-exporter":
+        ports = ["--udp-port", str(settings.statsd_udp_port), "--http-port", str(settings.statsd_http_port)]
+        return [executable("mlcycle"), "statsd-exporter", "--host", "127.0.0.1", *ports], dict(os.environ)
+    if name == "prometheus" and prometheus is not None:
+        home = platform_dir(settings)
+        return [
+            prometheus,
+            f"--config.file={home / 'prometheus.yml'}",
+            f"--storage.tsdb.path={settings.state_path / 'prometheus'}",
+            "--storage.tsdb.retention.time=15d",
+            f"--web.listen-address=127.0.0.1:{settings.prometheus_port}",
+        ], dict(os.environ)
+    known = [s.name for s in services(settings, prometheus is not None)]
+    raise SettingsError(f"no service {name!r}; the services are {known}")
 
 
 def exec_service(settings: Settings, name: str) -> None:
@@ -219,6 +272,7 @@ class Platform:
         self.home = platform_dir(settings)
         self.conf = self.home / "supervisord.conf"
         self.airflow_url = f"http://127.0.0.1:{settings.airflow_port}"
+        self.prometheus = prometheus_binary() is not None
 
     def ctl(self, *args: str, check: bool = False) -> subprocess.CompletedProcess[str]:
         argv = [executable("supervisorctl"), "-c", str(self.conf), *args]
@@ -251,10 +305,12 @@ class Platform:
         secret_file(self.settings.state_path / "serving-api-key", lambda: secrets.token_urlsafe(24))
         say("==> Airflow metadata: `airflow db migrate` on the `airflow` database")
         subprocess.run([executable("airflow"), "db", "migrate"], env=env, check=True, capture_output=True, timeout=900)
-        conf = supervisord_conf(self.settings, executable("mlcycle"), base_env(self.settings))
+        conf = supervisord_conf(self.settings, executable("mlcycle"), base_env(self.settings), self.prometheus)
         changed = not self.conf.exists() or self.conf.read_text() != conf
         if changed:
             write_private(self.conf, conf)
+        if self.prometheus:
+            write_private(self.home / "prometheus.yml", prometheus_config(self.settings))
         if not self.supervisor_running():
             say(f"==> supervisord ({self.conf})")
             subprocess.run([executable("supervisord"), "-c", str(self.conf)], check=True, timeout=60)
@@ -312,7 +368,7 @@ class Platform:
         airflow: dict[str, Any] = {}
         with contextlib.suppress(httpx.HTTPError, ValueError):
             airflow = httpx.get(f"{self.airflow_url}/api/v2/monitor/health", timeout=5).json()
-        for svc in services(self.settings):
+        for svc in services(self.settings, self.prometheus):
             state = states.get(svc.name, {}).get("state", "STOPPED")
             row: dict[str, Any] = {"state": state, "url": svc.url, "healthy": state == "RUNNING"}
             if svc.name == "airflow-api-server":
@@ -322,6 +378,12 @@ class Platform:
                 row["healthy"] = row["healthy"] and airflow.get(key, {}).get("status") == "healthy"
             elif svc.name == "mlflow":
                 row["healthy"] = row["healthy"] and answers(f"{svc.url}/health")
+            elif svc.name == "prometheus":
+                row["healthy"] = row["healthy"] and answers(f"{svc.url}/-/ready")
+            elif svc.name == "statsd-exporter":
+                row["healthy"] = row["healthy"] and answers(
+                    f"http://127.0.0.1:{self.settings.statsd_http_port}/metrics"
+                )
             elif svc.name == "ray":
                 # the head answers, and Serve's ingress answers HTTP (503 while it serves nothing)
                 row["healthy"] = row["healthy"] and answers(f"{svc.url}/-/healthz", any_status=True)

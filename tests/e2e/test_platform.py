@@ -36,6 +36,8 @@ TRIGGERED = "tumours"  # the pipeline the browser test triggers from the form
 MLCYCLE = str(Path(sys.executable).parent / "mlcycle")
 SERVICES = {
     "postgresql",
+    "statsd-exporter",  # with Prometheus, which `make tools` installs
+    "prometheus",
     "ray",
     "airflow-api-server",
     "airflow-scheduler",
@@ -64,7 +66,7 @@ def up(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
     pipelines = root / "pipelines"
     write_spec(pipelines, "churn", merge=True, training={"n_trials": 2, "max_epochs": 5, "pruner": "none"})
     tumour_pipeline(pipelines, root / "data")
-    airflow, mlflow, serve, gcs, stats, metrics, fallback = free_port_pairs(7)
+    airflow, mlflow, serve, gcs, stats, metrics, fallback, prom, statsd, statsd_http, ray_metrics = free_port_pairs(11)
     env = {k: v for k, v in os.environ.items() if not k.startswith(("MLCYCLE_", "RAY_", "AIRFLOW", "MLFLOW_"))}
     env.update(
         {
@@ -78,6 +80,10 @@ def up(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
             "MLCYCLE_HAPROXY_STATS_PORT": str(stats),
             "MLCYCLE_HAPROXY_METRICS_PORT": str(metrics),
             "MLCYCLE_SERVE_FALLBACK_PORT": str(fallback),
+            "MLCYCLE_PROMETHEUS_PORT": str(prom),
+            "MLCYCLE_STATSD_UDP_PORT": str(statsd),
+            "MLCYCLE_STATSD_HTTP_PORT": str(statsd_http),
+            "MLCYCLE_RAY_METRICS_PORT": str(ray_metrics),
         }
     )
     started = mlcycle(env, "up")
@@ -107,6 +113,21 @@ def test_up_starts_every_service_healthy_and_a_second_up_reuses_them(up: dict[st
     assert stat.S_IMODE((home / "supervisor.sock").stat().st_mode) == 0o700
     assert {p.stem for p in (home / "logs").glob("*.log")} >= SERVICES - {"postgresql"}
     assert "password" not in (home / "supervisord.conf").read_text().lower()
+
+
+def test_prometheus_scrapes_ray_serve_haproxy_and_airflow(up: dict[str, str]) -> None:
+    prometheus = f"http://127.0.0.1:{up['MLCYCLE_PROMETHEUS_PORT']}/api/v1"
+    deadline = time.monotonic() + 90  # a scrape every 15 s
+    while True:
+        targets = httpx.get(f"{prometheus}/targets", timeout=10).json()["data"]["activeTargets"]
+        health = {t["labels"]["job"]: t["health"] for t in targets}
+        if set(health.values()) == {"up"} or time.monotonic() > deadline:
+            break
+        time.sleep(3)
+    assert health == {"ray": "up", "haproxy": "up", "airflow": "up", "prometheus": "up"}, targets
+    for query in ('count({job="airflow", __name__=~"airflow_.+"})', 'count({__name__=~"ray_serve_.+"})'):
+        result = httpx.get(f"{prometheus}/query", params={"query": query}, timeout=10).json()["data"]["result"]
+        assert result and float(result[0]["value"][1]) > 0, query
 
 
 def test_a_users_numeric_pipeline_runs_with_mlcycle_run_and_is_served(up: dict[str, str]) -> None:

@@ -14,7 +14,15 @@ from pipelines.core.settings import Settings
 from pipelines.io.clientenv import client_env, render_env
 from pipelines.io.runs import headline
 from pipelines.local.follow import changes, parse_conf, task_key, task_line
-from pipelines.local.platform import airflow_db_url, parse_status, render_ps, services, supervisord_conf
+from pipelines.local.platform import (
+    airflow_db_url,
+    airflow_service_env,
+    parse_status,
+    prometheus_config,
+    render_ps,
+    services,
+    supervisord_conf,
+)
 
 
 def test_supervisord_runs_every_service_restarted_and_logged_on_its_socket(tmp_path: Path) -> None:
@@ -31,6 +39,38 @@ def test_supervisord_runs_every_service_restarted_and_logged_on_its_socket(tmp_p
     assert scheduler["stdout_logfile"] == str(tmp_path / "platform" / "logs" / "airflow-scheduler.log")
     assert 'X="a%%20b"' in scheduler["environment"]  # supervisord would expand a bare %
     assert int(conf["program:ray"]["priority"]) < int(conf["program:serve-sync"]["priority"])
+
+
+def test_with_prometheus_installed_it_and_the_statsd_bridge_are_services_and_scrape_the_platform(
+    tmp_path: Path,
+) -> None:
+    import yaml
+
+    settings = Settings(state_dir=tmp_path, prometheus_port=19090, statsd_http_port=19102, ray_metrics_port=19103)
+    assert {s.name for s in services(settings, prometheus=True)} - {s.name for s in services(settings)} == {
+        "prometheus",
+        "statsd-exporter",
+    }
+    text = supervisord_conf(settings, "/venv/bin/mlcycle", {}, prometheus=True)
+    conf = configparser.RawConfigParser()
+    conf.read_string(text)
+    assert conf["program:prometheus"]["command"] == "/venv/bin/mlcycle up --exec prometheus"
+    # the bridge starts before Airflow sends to it
+    assert int(conf["program:statsd-exporter"]["priority"]) < int(conf["program:airflow-scheduler"]["priority"])
+    scraped = yaml.safe_load(prometheus_config(settings))
+    targets = {j["job_name"]: j["static_configs"][0]["targets"] for j in scraped["scrape_configs"]}
+    assert targets == {
+        "ray": ["127.0.0.1:19103"],
+        "haproxy": [f"127.0.0.1:{settings.haproxy_metrics_port}"],
+        "airflow": ["127.0.0.1:19102"],
+        "prometheus": ["127.0.0.1:19090"],
+    }
+    env = airflow_service_env(settings, "postgresql://postgres:@/postgres?host=/pg", statsd=True)
+    assert env["AIRFLOW__METRICS__STATSD_ON"] == "True"
+    assert env["AIRFLOW__METRICS__STATSD_PORT"] == str(settings.statsd_udp_port)
+    assert "AIRFLOW__METRICS__STATSD_ON" not in airflow_service_env(
+        settings, "postgresql://postgres:@/postgres?host=/pg"
+    )
 
 
 def test_airflow_metadata_url_on_the_embedded_socket_or_a_server() -> None:
