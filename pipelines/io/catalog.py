@@ -174,16 +174,22 @@ def drift_by_feature(settings: Settings, pipeline: str, checks: int = 12) -> dic
     return drift_matrix(rows)
 
 
+def records(settings: Settings, query: str, params: tuple[Any, ...]) -> list[dict[str, Any]]:
+    """The rows of a query as dicts, times in ISO 8601 (as the API answers them)."""
+    with connect(settings) as conn:
+        rows = fetch_dicts(conn, query, params)
+    return [{k: (v.isoformat() if hasattr(v, "isoformat") else v) for k, v in row.items()} for row in rows]
+
+
 def live_metric_history(settings: Settings, pipeline: str) -> list[dict[str, Any]]:
     """The served champion's primary metric on labelled predictions at each drift check, oldest first."""
-    with connect(settings) as conn:
-        rows = fetch_dicts(
-            conn,
-            "SELECT model_version AS version, metric, value, rows, window_end AS at FROM model_performance_metrics"
-            " WHERE pipeline = %s AND feature IS NULL AND metric LIKE 'live\\_%%' ORDER BY window_end",
-            (pipeline,),
-        )
-    return [{**r, "metric": r["metric"].removeprefix("live_"), "at": r["at"].isoformat()} for r in rows]
+    rows = records(
+        settings,
+        "SELECT model_version AS version, metric, value, rows, window_end AS at FROM model_performance_metrics"
+        " WHERE pipeline = %s AND feature IS NULL AND metric LIKE 'live\\_%%' ORDER BY window_end",
+        (pipeline,),
+    )
+    return [{**r, "metric": r["metric"].removeprefix("live_")} for r in rows]
 
 
 def run_steps_overview(settings: Settings, pipeline: str, run_ids: list[str]) -> dict[str, dict[str, Any]]:
@@ -213,14 +219,12 @@ def run_steps_overview(settings: Settings, pipeline: str, run_ids: list[str]) ->
 
 def drift_history(settings: Settings, pipeline: str) -> list[dict[str, Any]]:
     """The pipeline's drift checks, newest first."""
-    with connect(settings) as conn:
-        rows = fetch_dicts(
-            conn,
-            "SELECT run_id, model_version, window_start, window_end, requests, status, retrain, reasons"
-            " FROM drift_checks WHERE pipeline = %s ORDER BY window_end DESC",
-            (pipeline,),
-        )
-    return [{k: (v.isoformat() if hasattr(v, "isoformat") else v) for k, v in row.items()} for row in rows]
+    return records(
+        settings,
+        "SELECT run_id, model_version, window_start, window_end, requests, status, retrain, reasons"
+        " FROM drift_checks WHERE pipeline = %s ORDER BY window_end DESC",
+        (pipeline,),
+    )
 
 
 def trace(settings: Settings, request_id: str, allowed: set[str]) -> list[dict[str, Any]] | None:
