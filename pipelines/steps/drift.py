@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from pipelines.core.errors import MlcycleError
+from pipelines.core.errors import MlcycleError, StepSkipped
 from pipelines.io.db import connect
 from pipelines.io.registry import CHAMPION, alias_version, model_name
 from pipelines.io.requestlog import labelled
@@ -198,7 +198,7 @@ def champion_reference(ctx: StepContext) -> tuple[int, str, float | None, Any]:
     setup_mlflow(ctx.settings, ctx.pipeline)
     champion = alias_version(mlflow.MlflowClient(), model_name(ctx.pipeline), CHAMPION)
     if champion is None:
-        raise MlcycleError(f"{model_name(ctx.pipeline)} has no champion: nothing is served to check")
+        raise StepSkipped(f"{model_name(ctx.pipeline)} has no champion yet: nothing is served to check")
     run_id = champion.tags.get("mlcycle.run_id")
     if not run_id:
         raise MlcycleError(f"{model_name(ctx.pipeline)} v{champion.version} has no mlcycle.run_id tag")

@@ -169,3 +169,17 @@ def test_labels_load_from_a_postgres_query_all_or_nothing(monitored: Settings) -
     with db.connect(monitored) as conn:
         (after,) = conn.execute("SELECT count(*) FROM labels WHERE pipeline = %s AND label > 1", (PIPELINE,)).fetchone()
     assert after == 0
+
+
+def test_a_pipeline_with_no_champion_yet_skips_its_drift_check_with_the_reason(monitored: Settings) -> None:
+    """A fresh deployment: the drift DAG's hourly check has nothing served to check; it is skipped
+    (exit 100: Airflow marks the task skipped, no Asset event), not failed every hour."""
+    from pipelines.core.errors import StepSkipped
+    from pipelines.io.runs import run_steps
+
+    small_spec(monitored, SOURCE, name="churn_unserved", training=FAST, drift=DRIFT)
+    with pytest.raises(StepSkipped, match="has no champion yet") as skipped:
+        run(monitored, "drift", "check-fresh", "churn_unserved")
+    assert skipped.value.exit_code == 100
+    (row,) = run_steps(monitored, "churn_unserved", "check-fresh")
+    assert row.status == "skipped" and "no champion" in row.outputs["reason"]
