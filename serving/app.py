@@ -179,7 +179,10 @@ class Ingress:
         return {"status": "ready", "versions": sorted(self.versions)}
 
     @app.get("/")
-    async def info(self) -> dict[str, Any]:
+    async def info(self, request: Request) -> Any:
+        """Versions, weights, the canary's state and the A/B result: behind the API key, like predict."""
+        if not self._authorized(request):
+            return error(401, "missing or invalid API key")
         return {
             "pipeline": self.args.pipeline,
             "model": self.args.model_name,
@@ -242,10 +245,13 @@ class Ingress:
         self._record(request_id, instances, results, started)
         return JSONResponse({"request_id": str(request_id), "predictions": results})
 
+    def _authorized(self, request: Request) -> bool:
+        key = request.headers.get("x-api-key") or request.headers.get("authorization", "").removeprefix("Bearer ")
+        return bool(key) and key in self.api_keys
+
     def _refuse(self, request: Request) -> JSONResponse | None:
         """401 without a known API key; 413 when the declared body is over the limit."""
-        key = request.headers.get("x-api-key") or request.headers.get("authorization", "").removeprefix("Bearer ")
-        if not key or key not in self.api_keys:
+        if not self._authorized(request):
             return error(401, "missing or invalid API key")
         declared = request.headers.get("content-length")
         if declared and declared.isdigit() and int(declared) > self.args.max_payload_bytes:

@@ -110,6 +110,8 @@ def test_predict_returns_a_version_and_is_logged(served: Settings) -> None:
         assert over.json()["predictions"][0]["score"] != body["predictions"][0]["score"]
         info = c.get("/").json()
         assert info["weights"] == {"1": 100.0}
+    anonymous = httpx.get(f"{endpoint(served, PIPELINE)}/", timeout=30)  # versions and canary: behind the key
+    assert anonymous.status_code == 401 and "API key" in anonymous.text
     rows = _wait_for_rows(served, body["request_id"], 3)
     assert {(r[0], r[1], r[2]) for r in rows} == {("1", 1, "ok"), ("2", 1, "ok"), ("3", 1, "ok")}
     assert all(r[3]["usage_hours_30d"] is not None for r in rows)  # the features used are logged
