@@ -13,6 +13,7 @@ from __future__ import annotations
 import html
 import logging
 import re
+from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from pipelines.core.errors import DataQualityError, SpecError
@@ -55,6 +56,12 @@ def coerce_column(s: pd.Series, col: ColumnContract) -> tuple[pd.Series, pd.Seri
     elif col.dtype == "datetime":
         out = pd.to_datetime(s, utc=True, errors="coerce", format="mixed")
         flag(out.isna() & ~was_null, "not a timestamp")
+        zoned = s.map(has_zone)
+        if zoned.any() and (zoned == False).any():  # noqa: E712 (None: null or not a timestamp)
+            # naive instants are read as UTC only where no row says otherwise
+            naive = (zoned == False) & out.notna()  # noqa: E712
+            flag(naive, "a timestamp without a time zone, where other rows have one")
+            out = out.where(~naive)
     elif col.dtype == "bool":
         mapping = {"true": True, "false": False, "1": True, "0": False}
         out = s.map(lambda v: v if isinstance(v, bool) or v is None else mapping.get(str(v).lower()))
@@ -62,6 +69,22 @@ def coerce_column(s: pd.Series, col: ColumnContract) -> tuple[pd.Series, pd.Seri
     else:
         out = s.map(lambda v: v if v is None or v != v else str(v)).astype(object)
     return out, reasons
+
+
+ZONE = re.compile(r"(?:Z|UTC|[+-]\d{2}(?::?\d{2})?)$", re.IGNORECASE)
+
+
+def has_zone(value: Any) -> bool | None:
+    """Whether a timestamp names its time zone (None for a null or a value that is no timestamp
+    text). Pure."""
+    if value is None or (isinstance(value, float) and value != value):
+        return None
+    if isinstance(value, datetime):
+        return value.tzinfo is not None
+    text = str(value).strip()
+    if not text or not text[:4].isdigit():
+        return None
+    return bool(ZONE.search(text)) if ("T" in text or " " in text) else False
 
 
 def contract_schema(contract: Contract, *, with_dtypes: bool) -> Any:
@@ -95,9 +118,10 @@ def _check_text(check: str, column: str, value: Any) -> str:
     return f"{column}: {text}" + ("" if base == "not_nullable" else f" ({value!r})")
 
 
-def row_reasons(df: pd.DataFrame, contract: Contract) -> tuple[pd.DataFrame, pd.Series]:
-    """Coerce every contract column and check every row. Returns the coerced frame (contract
-    columns only, in contract order) and the reasons per row ('' for a good row). Pure."""
+def row_reasons(df: pd.DataFrame, contract: Contract, label: str | None = None) -> tuple[pd.DataFrame, pd.Series]:
+    """Coerce every contract column and check every row (and that the binary `label` is 0 or 1,
+    whatever bounds the contract gives it). Returns the coerced frame (contract columns only, in
+    contract order) and the reasons per row ('' for a good row). Pure."""
     import pandas as pd
     import pandera.errors as pe
 
@@ -126,6 +150,12 @@ def row_reasons(df: pd.DataFrame, contract: Contract) -> tuple[pd.DataFrame, pd.
         # A value that could not be coerced is null now; its type reason already says why.
         per_row = per_row.where(reasons == "", "")
         add(per_row)
+    if label is not None and label in coerced:
+        values = coerced[label]
+        binary = values.isna() | values.isin([0, 1])  # a null label: the contract's nullability decides
+        raw = df[label]  # the value as read, for the reason
+        why = [f"{label}: not a binary label ({v!r})" if not ok else "" for ok, v in zip(binary, raw, strict=True)]
+        add(pd.Series(why, index=df.index).where(reasons == "", ""))
     if contract.unique:
         dup = coerced.duplicated(subset=contract.unique, keep="first")
         add(pd.Series(["duplicate key " + ", ".join(contract.unique) if d else "" for d in dup], index=df.index))
@@ -281,7 +311,7 @@ def run(ctx: StepContext) -> dict[str, Any]:
             f"{ctx.pipeline}/{ctx.run_id}: {report['problems'][0]}; report: {ctx.storage.uri(ctx.key('report.html'))}"
         )
 
-    coerced, reasons = row_reasons(df, contract)
+    coerced, reasons = row_reasons(df, contract, ctx.spec.label.column)
     bad_mask = reasons != ""
     quarantine = df[bad_mask].copy()
     quarantine[REASONS] = reasons[bad_mask]

@@ -9,6 +9,7 @@ from pipelines.core.spec import Contract, Expectation, load_spec
 from pipelines.steps.validate import (
     expectation_class_name,
     finalize_types,
+    has_zone,
     missing_columns,
     reason_counts,
     render_html,
@@ -57,6 +58,49 @@ def test_each_fault_gets_its_reason(churn_df: pd.DataFrame) -> None:
     assert reasons[7] == "" and reasons[8] == "duplicate key customer_id, event_timestamp"
     assert reasons[9] == "churned: above the maximum (7.0)"
     assert (reasons[10:] == "").all()
+
+
+def test_a_binary_label_is_0_or_1_even_where_the_contract_gives_it_no_bounds(churn_df: pd.DataFrame) -> None:
+    """A third class would train a classifier of two (a -inf objective, a raw scikit-learn error)."""
+    label = CONTRACT.columns["churned"].model_copy(update={"max": None})
+    unbounded = CONTRACT.model_copy(update={"columns": {**CONTRACT.columns, "churned": label}})
+    df = _as_text(churn_df.head(6).copy())
+    df.loc[1, "churned"] = 2
+    df.loc[2, "churned"] = 7
+    df.loc[3, "churned"] = "x"  # not a number: that reason, once
+    _, reasons = row_reasons(df, unbounded, "churned")
+    assert reasons[1] == "churned: not a binary label (2)" and reasons[2] == "churned: not a binary label (7)"
+    assert reasons[3] == "churned: not a number ('x')" and reasons[0] == reasons[4] == reasons[5] == ""
+    assert (row_reasons(df, unbounded)[1][[1, 2]] == "").all()  # without the label named, only the contract
+
+
+def test_naive_timestamps_among_zoned_ones_are_refused_not_read_as_utc(churn_df: pd.DataFrame) -> None:
+    df = _as_text(churn_df.head(4).copy())
+    df["event_timestamp"] = ["2026-01-05T10:00:00+02:00", "2026-01-05 10:00:00", "2026-01-05T08:00:00Z", None]
+    coerced, reasons = row_reasons(df, CONTRACT)
+    assert reasons[1] == (
+        "event_timestamp: a timestamp without a time zone, where other rows have one ('2026-01-05 10:00:00')"
+    )
+    assert reasons[0] == reasons[2] == "" and coerced["event_timestamp"][0] == coerced["event_timestamp"][2]
+    naive = _as_text(churn_df.head(2).copy())
+    naive["event_timestamp"] = ["2026-01-05 10:00:00", "2026-01-05"]  # all naive: UTC, as documented
+    assert (row_reasons(naive, CONTRACT)[1] == "").all()
+
+
+@pytest.mark.parametrize(
+    ("value", "zoned"),
+    [
+        ("2026-01-05T10:00:00-05", True),
+        ("2026-01-05T10:00:00.123+0530", True),
+        ("2026-01-05 10:00 UTC", True),
+        ("2026-01-05T10:00:00", False),
+        ("2026-01-05", False),
+        (None, None),
+        ("soon", None),
+    ],
+)
+def test_has_zone(value: object, zoned: bool | None) -> None:
+    assert has_zone(value) is zoned
 
 
 def test_several_problems_in_one_row_are_all_named(churn_df: pd.DataFrame) -> None:
