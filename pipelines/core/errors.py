@@ -22,7 +22,21 @@ class SettingsError(MlcycleError):
 
 
 class SourceError(MlcycleError):
-    """The data source cannot be read (missing, empty, truncated, unreachable)."""
+    """The data source cannot be read as the spec describes it (a missing file, a bad query)."""
+
+
+class SourceDataError(SourceError):
+    """The source was read and holds nothing usable (empty, truncated, malformed, no rows in the
+    window): rejected data, like a contract's."""
+
+    exit_code = 3
+
+
+class SourceUnavailable(SourceError):
+    """The source's service did not answer (S3, PostgreSQL down): worth retrying, so not exit 2
+    or 3, which the operator never retries."""
+
+    exit_code = 1
 
 
 class DataQualityError(MlcycleError):

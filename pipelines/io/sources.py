@@ -15,7 +15,7 @@ from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from pipelines.core.errors import SourceError
+from pipelines.core.errors import SourceDataError, SourceError, SourceUnavailable
 from pipelines.core.settings import Settings
 from pipelines.core.spec import FileSource, PipelineSpec, PostgresSource, S3Source, Source, SyntheticSource
 from pipelines.core.window import Window, query_params, render_location
@@ -62,18 +62,18 @@ def parse_bytes(data: bytes, fmt: str, where: str) -> pd.DataFrame:
     import pyarrow.parquet as pq
 
     if not data:
-        raise SourceError(f"{where}: the file is empty (0 bytes)")
+        raise SourceDataError(f"{where}: the file is empty (0 bytes)")
     try:
         if fmt == "parquet":
             df = pq.read_table(io.BytesIO(data)).to_pandas()
         else:
             df = pd.read_csv(io.BytesIO(data), compression="infer")
     except (pa.ArrowInvalid, OSError) as err:
-        raise SourceError(f"{where}: not a readable Parquet file (truncated or corrupt?): {err}") from None
+        raise SourceDataError(f"{where}: not a readable Parquet file (truncated or corrupt?): {err}") from None
     except (pd.errors.EmptyDataError, pd.errors.ParserError, UnicodeDecodeError) as err:
-        raise SourceError(f"{where}: not a readable CSV file: {err}") from None
+        raise SourceDataError(f"{where}: not a readable CSV file: {err}") from None
     if len(df) == 0:
-        raise SourceError(f"{where}: the source has no rows")
+        raise SourceDataError(f"{where}: the source has no rows")
     return df
 
 
@@ -92,7 +92,8 @@ def within(df: pd.DataFrame, column: str, window: Window) -> pd.DataFrame:
     import pandas as pd
 
     if column not in df.columns:
-        raise SourceError(f"the source has no {column} column to read a time window by (columns: {list(df.columns)})")
+        columns = list(df.columns)
+        raise SourceDataError(f"the source has no {column} column to read a time window by (columns: {columns})")
     ts = instants(df[column])
     keep = ts.isna() | (ts <= pd.Timestamp(window.end))
     if window.start is not None:
@@ -109,7 +110,7 @@ def read_source(source: Source, settings: Settings, window: Window | None = None
     kept = within(df, timestamp, window)
     if len(kept) == 0:
         span = instants(df[timestamp])
-        raise SourceError(
+        raise SourceDataError(
             f"no rows in the window {window.to_dict()['start'] or '-inf'} .. {window.end.isoformat()} "
             f"(the source's {timestamp} spans {span.min()} .. {span.max()})"
         )
@@ -174,7 +175,7 @@ def _concat(frames: list[pd.DataFrame]) -> pd.DataFrame:
 
     columns = {tuple(f.columns) for f in frames}
     if len(columns) > 1:
-        raise SourceError(f"the files of the source have different columns: {sorted(columns)}")
+        raise SourceDataError(f"the files of the source have different columns: {sorted(columns)}")
     return pd.concat(frames, ignore_index=True)
 
 
@@ -193,7 +194,7 @@ def _list_s3(prefix_uri: str, settings: Settings) -> list[str]:
             f"source.uri: cannot list {prefix_uri}: {err.response.get('Error', {}).get('Code', '?')}"
         ) from None
     except BotoCoreError as err:
-        raise SourceError(f"source.uri: cannot reach S3 for {prefix_uri}: {err}") from None
+        raise SourceUnavailable(f"source.uri: cannot reach S3 for {prefix_uri}: {err}") from None
     return sorted(keys)
 
 
@@ -209,7 +210,7 @@ def _read_s3(uri: str, settings: Settings) -> bytes:
         code = err.response.get("Error", {}).get("Code", "?")
         raise SourceError(f"source.uri: cannot read {uri}: {code}") from None
     except BotoCoreError as err:
-        raise SourceError(f"source.uri: cannot reach S3 for {uri}: {err}") from None
+        raise SourceUnavailable(f"source.uri: cannot reach S3 for {uri}: {err}") from None
     return data
 
 
@@ -238,10 +239,12 @@ def _read_postgres(source: PostgresSource, settings: Settings, window: Window | 
                 raise SourceError("source.query: the statement returns no rows (not a SELECT?)")
             cols = [d.name for d in cur.description]
             rows = cur.fetchall()
+    except psycopg.OperationalError as err:  # the server: down, restarting, unreachable
+        raise SourceUnavailable(f"source.query: {str(err).strip()}") from None
     except psycopg.Error as err:
         raise SourceError(f"source.query: {str(err).strip()}") from None
     if not rows:
-        raise SourceError("source.query: the query returned no rows")
+        raise SourceDataError("source.query: the query returned no rows")
     return pd.DataFrame.from_records(rows, columns=cols)
 
 

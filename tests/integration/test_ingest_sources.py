@@ -15,7 +15,7 @@ from pipelines.io import db
 from pipelines.io.storage import open_storage, read_parquet
 from pipelines.steps.ingest import content_hash
 from tests.integration.helpers import run, small_spec
-from tests.services import S3Server
+from tests.services import S3Server, free_port_pairs
 
 pytestmark = pytest.mark.integration
 
@@ -56,6 +56,12 @@ def test_s3_object(workspace: Settings, s3: S3Server, churn_df: pd.DataFrame) ->
     small_spec(settings, {"kind": "s3", "uri": f"s3://{s3.bucket}/sources/missing.parquet"})
     with pytest.raises(SourceError, match="cannot read s3://.*missing.parquet"):
         run(settings, "ingest", "s3-2")
+    # S3 down: exit 1, which the operator retries (2 and 3 it never does)
+    down = settings.model_copy(update={"s3_endpoint_url": f"http://127.0.0.1:{free_port_pairs(1)[0]}"})
+    small_spec(down, {"kind": "s3", "uri": f"s3://{s3.bucket}/sources/churn.parquet"})
+    with pytest.raises(SourceError, match="cannot reach S3") as unreachable:
+        run(down, "ingest", "s3-3")
+    assert unreachable.value.exit_code == 1
 
 
 def test_postgres_query(workspace: Settings, churn_df: pd.DataFrame, monkeypatch: pytest.MonkeyPatch) -> None:
