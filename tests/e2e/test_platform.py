@@ -115,21 +115,6 @@ def test_up_starts_every_service_healthy_and_a_second_up_reuses_them(up: dict[st
     assert "password" not in (home / "supervisord.conf").read_text().lower()
 
 
-def test_prometheus_scrapes_ray_serve_haproxy_and_airflow(up: dict[str, str]) -> None:
-    prometheus = f"http://127.0.0.1:{up['MLCYCLE_PROMETHEUS_PORT']}/api/v1"
-    deadline = time.monotonic() + 90  # a scrape every 15 s
-    while True:
-        targets = httpx.get(f"{prometheus}/targets", timeout=10).json()["data"]["activeTargets"]
-        health = {t["labels"]["job"]: t["health"] for t in targets}
-        if set(health.values()) == {"up"} or time.monotonic() > deadline:
-            break
-        time.sleep(3)
-    assert health == {"ray": "up", "haproxy": "up", "airflow": "up", "prometheus": "up"}, targets
-    for query in ('count({job="airflow", __name__=~"airflow_.+"})', 'count({__name__=~"ray_serve_.+"})'):
-        result = httpx.get(f"{prometheus}/query", params={"query": query}, timeout=10).json()["data"]["result"]
-        assert result and float(result[0]["value"][1]) > 0, query
-
-
 def test_a_users_numeric_pipeline_runs_with_mlcycle_run_and_is_served(up: dict[str, str]) -> None:
     """A file source, 30 numeric features and no categorical one, added as the README says."""
     done = mlcycle(up, "run", "tumours", "--wait")
@@ -156,6 +141,26 @@ def test_a_users_numeric_pipeline_runs_with_mlcycle_run_and_is_served(up: dict[s
     assert out.returncode == 0, out.stderr[-3000:]
     got = json.loads(out.stdout.strip().splitlines()[-1])
     assert str(got["champion"]) == "1" and got["radius"] == pytest.approx(7.76)  # the dataset's last patient
+
+
+def test_prometheus_scrapes_ray_serve_haproxy_and_airflow(up: dict[str, str]) -> None:
+    """After the tumours run and its predictions: every target up, Airflow's and Serve's series in."""
+    prometheus = f"http://127.0.0.1:{up['MLCYCLE_PROMETHEUS_PORT']}/api/v1"
+
+    def count(query: str) -> float:
+        result = httpx.get(f"{prometheus}/query", params={"query": query}, timeout=10).json()["data"]["result"]
+        return float(result[0]["value"][1]) if result else 0.0
+
+    airflow, serve = 'count({job="airflow", __name__=~"airflow_.+"})', 'count({__name__=~"ray_serve_deployment_.+"})'
+    deadline = time.monotonic() + 120  # Ray reports every few seconds, Prometheus scrapes every 15 s
+    while True:
+        targets = httpx.get(f"{prometheus}/targets", timeout=10).json()["data"]["activeTargets"]
+        health = {t["labels"]["job"]: t["health"] for t in targets}
+        if (set(health.values()) == {"up"} and count(airflow) and count(serve)) or time.monotonic() > deadline:
+            break
+        time.sleep(5)
+    assert health == {"ray": "up", "haproxy": "up", "airflow": "up", "prometheus": "up"}, targets
+    assert count(airflow) > 0 and count(serve) > 0
 
 
 def predict(env: dict[str, str], pipeline: str, entity_id: int) -> dict[str, Any]:
