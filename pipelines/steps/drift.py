@@ -331,15 +331,18 @@ def record(ctx: StepContext, result: dict[str, Any], start: datetime, end: datet
         metrics += [("psi", f, fig["psi"]), (f"{fig['test']}_p_value", f, fig["p_value"])]
         if "score" in fig["evidently"]:
             metrics.append((f"evidently_{fig['evidently']['method']}", f, fig["evidently"]["score"]))
+    rows = dict.fromkeys((m for m, _, _ in metrics), n)  # the rows each figure was computed on
     if result["performance"] is not None:
-        metrics.append((f"live_{result['performance']['metric']}", None, result["performance"]["value"]))
+        live = f"live_{result['performance']['metric']}"
+        metrics.append((live, None, result["performance"]["value"]))
+        rows[live] = result["performance"]["labelled"]  # the labelled requests only
     with connect(ctx.settings) as conn, conn.cursor() as cur:
         cur.executemany(
             "INSERT INTO model_performance_metrics (pipeline, model_version, run_id, metric, feature, value,"
             " window_start, window_end, rows) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)"
             " ON CONFLICT (pipeline, run_id, metric, feature) DO UPDATE SET value = EXCLUDED.value,"
             " window_start = EXCLUDED.window_start, window_end = EXCLUDED.window_end, rows = EXCLUDED.rows",
-            [(ctx.pipeline, version, ctx.run_id, m, f, v, start, end, n) for m, f, v in metrics],
+            [(ctx.pipeline, version, ctx.run_id, m, f, v, start, end, rows[m]) for m, f, v in metrics],
         )
         cur.execute(
             "INSERT INTO drift_checks (pipeline, run_id, model_version, window_start, window_end, requests, status,"

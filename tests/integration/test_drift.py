@@ -183,3 +183,42 @@ def test_a_pipeline_with_no_champion_yet_skips_its_drift_check_with_the_reason(m
     assert skipped.value.exit_code == 100
     (row,) = run_steps(monitored, "churn_unserved", "check-fresh")
     assert row.status == "skipped" and "no champion" in row.outputs["reason"]
+
+
+def test_the_platform_api_and_the_page_read_the_records_of_checks_and_runs(monitored: Settings) -> None:
+    """`catalog.overview` (what the mlcycle page and `/api/ml/pipelines/{p}` show) on the real
+    records: the champion, its runs with their reports and DAGs, the PSI per feature, the live metric."""
+    from mlcycle_page import page_html
+
+    from pipelines.core.spec import spec_for
+    from pipelines.io import catalog
+    from pipelines.io.labels import label_rows, upsert_labels
+
+    reset(monitored)
+    ids = serve_log(monitored, traffic(seed=13, n=600))
+    labels = pd.DataFrame({"request_id": ids[:400], "entity_id": "x", "label": [i % 2 for i in range(400)]})
+    with db.connect(monitored) as conn, conn.cursor() as cur:  # outcomes of the served customers
+        cur.execute("SELECT request_id, entity_id FROM inference_requests WHERE request_id = ANY(%s)", (ids[:400],))
+        entity = {str(r): e for r, e in cur.fetchall()}
+    labels["entity_id"] = labels["request_id"].map(entity)
+    upsert_labels(monitored, label_rows(labels, spec_for(monitored, PIPELINE), pd.Timestamp.now(tz="UTC")))
+    check = run(monitored, "drift", "check-page", PIPELINE)
+    seen = catalog.overview(monitored, PIPELINE)
+    detail = seen["detail"]
+    assert detail["champion"]["version"] == 1 and detail["last_drift_check"]["run_id"] == "check-page"
+    assert detail["live_metric"]["value"] == pytest.approx(check["performance"]["value"])
+    assert seen["live"][-1]["rows"] == 400 and seen["live"][-1]["metric"] == "roc_auc"
+    assert [c["run_id"] for c in seen["drift"]["checks"]] == ["check-page"]
+    psi = {f: values[0] for f, values in seen["drift"]["features"].items()}
+    assert psi == pytest.approx({f: fig["psi"] for f, fig in check["features"].items()})
+    assert seen["runs"]["check-page"] == catalog.run_steps_overview(monitored, PIPELINE, ["check-page"])["check-page"]
+    runs = catalog.run_steps_overview(monitored, PIPELINE, ["train-1", "check-page"])
+    assert runs["train-1"]["dag_id"] == f"{PIPELINE}_lifecycle" and set(runs["train-1"]["reports"]) == {
+        "validate",
+        "evaluate",
+    }
+    assert runs["train-1"]["mlflow"]["mlflow_run_id"]
+    assert runs["check-page"]["dag_id"] == f"{PIPELINE}_drift" and set(runs["check-page"]["reports"]) == {"drift"}
+    assert [v["version"] for v in seen["versions"]] == [1]
+    html = page_html(pipelines=[PIPELINE], selected=PIPELINE, data=seen, mlflow_base="http://m", psi_threshold=0.2)
+    assert f'href="/mlcycle/reports/{PIPELINE}_drift/check-page/drift"' in html and "usage_hours_30d" in html
