@@ -233,10 +233,14 @@ class Ingress:
         for idx, (answered, out) in zip(groups.values(), answers, strict=True):
             if out is None:
                 return error(503, "no model version could answer", request_id=str(request_id))
-            if "missing" in out:
+            if "missing" in out:  # the client's fault: 422, and nothing against the version
                 detail = [
                     {"field": f"instances[entity_id={e}].features", "message": f"missing features {m}"}
                     for e, m in out["missing"].items()
+                ]
+                detail += [
+                    {"field": f"instances[entity_id={e}].features", "message": "; ".join(reasons)}
+                    for e, reasons in out.get("invalid", {}).items()
                 ]
                 return error(422, "invalid request", detail=detail)
             for j, n in enumerate(idx):

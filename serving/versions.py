@@ -7,8 +7,9 @@ is measured to score a batch in a fraction of a millisecond. The ingress holds o
 version (one hop). A version that needs resources of its own (a GPU replica, another node) runs
 as a `ModelVersion` deployment around the same `LocalVersion`, and the ingress calls it through a `RemoteVersion`.
 
-`predict` answers `{"version", "scores", "features"}`, or `{"missing": {entity: [features]}}` when
-some instance lacks features (the ingress answers 422).
+`predict` answers `{"version", "scores", "features"}`, or `{"missing": {entity: [features]},
+"invalid": {entity: [reasons]}}` when some instance lacks features or brings a value that is no
+number for a numeric input (the ingress answers 422: the client's fault, never the version's).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -38,7 +39,24 @@ class Scored:
 
 @dataclass(frozen=True)
 class Missing:
+    """An instance the model cannot score: inputs absent, or values that are no number."""
+
     absent: list[str]
+    invalid: list[str] = field(default_factory=list)
+
+
+def not_numbers(inputs: Sequence[tuple[str, str]], row: dict[str, Any]) -> list[str]:
+    """Why the numeric inputs of a row cannot be fed ('x: not a number ...'), none if they can. Pure."""
+    bad = []
+    for name, kind in inputs:
+        value = row.get(name)
+        if kind == "tensor(string)" or value is None:
+            continue
+        try:
+            float(value)
+        except (TypeError, ValueError):
+            bad.append(f"{name}: not a number ({value!r})")
+    return bad
 
 
 def onnx_feed(inputs: Sequence[tuple[str, str]], rows: Sequence[dict[str, Any]]) -> dict[str, np.ndarray]:
@@ -75,9 +93,12 @@ def merge_features(
 
 def answer(version: int, results: Sequence[Scored | Missing], instances: Sequence[dict[str, Any]]) -> dict[str, Any]:
     """The reply of `predict` from per-instance results. Pure."""
-    missing = {str(i["entity_id"]): r.absent for i, r in zip(instances, results, strict=True) if isinstance(r, Missing)}
-    if missing:
-        return {"missing": missing}
+    refused = {str(i["entity_id"]): r for i, r in zip(instances, results, strict=True) if isinstance(r, Missing)}
+    if refused:
+        return {
+            "missing": {e: r.absent for e, r in refused.items() if r.absent},
+            "invalid": {e: r.invalid for e, r in refused.items() if r.invalid},
+        }
     scored = [r for r in results if isinstance(r, Scored)]
     return {"version": version, "scores": [r.score for r in scored], "features": [r.features for r in scored]}
 
@@ -146,8 +167,9 @@ class LocalVersion:
         complete: list[tuple[int, dict[str, Any]]] = []
         for n, inst in enumerate(instances):
             row, absent = merge_features(self.names, inst, inst.get("online"))
-            results.append(Missing(absent))
-            if not absent:
+            invalid = not_numbers(self.inputs, row)
+            results.append(Missing(absent, invalid))
+            if not absent and not invalid:
                 complete.append((n, {name: row[name] for name in self.names}))
         if complete:
             started = time.perf_counter()

@@ -21,6 +21,7 @@ from pipelines.io import db
 from pipelines.io.registry import model_name
 from serving.config import VersionConfig
 from serving.deploy import connect, deploy, endpoint, serve_env, serving_args
+from serving.telemetry import FLUSH_EVERY_S
 from tests import loadgen
 from tests.integration.helpers import SHORT_CANARY, run_through, small_spec
 from tests.services import free_port_pairs
@@ -153,6 +154,17 @@ def test_auth_validation_and_size_limits(served: Settings) -> None:
         assert r.status_code == 422
         r = c.post("/predict", json={"instances": [{"entity_id": 999999}]})  # unknown entity: no online features
         assert r.status_code == 422 and "missing features" in r.json()["detail"][0]["message"]
+        # a value of the wrong type is the client's fault: 422, never an error of the serving version
+        typed = c.post("/predict", json={"instances": [{"entity_id": 5, "features": {"usage_hours_30d": "abc"}}]})
+        assert typed.status_code == 422, typed.text
+        assert typed.json()["detail"][0]["message"] == "usage_hours_30d: not a number ('abc')"
+        time.sleep(10 * FLUSH_EVERY_S)  # the request log is written off the request path
+        with db.connect(served) as conn:
+            errors = conn.execute(
+                "SELECT count(*) FROM inference_requests WHERE pipeline = %s AND entity_id = '5' AND status = 'error'",
+                (PIPELINE,),
+            ).fetchone()
+        assert errors == (0,)
         big = {"instances": [{"entity_id": 1, "features": {"plan": "x" * 2_000_000}}]}
         assert c.post("/predict", json=big).status_code == 413
 

@@ -18,7 +18,7 @@ from serving.deploy import haproxy_dir, serve_env
 from serving.haproxy import bind_like_frontend, config_path, frontend_host
 from serving.online import ViewRead, assemble, lookup_sql
 from serving.telemetry import Metrics
-from serving.versions import Missing, Scored, answer, merge_features, onnx_feed
+from serving.versions import Missing, Scored, answer, merge_features, not_numbers, onnx_feed
 
 
 def test_a_lone_request_is_run_at_once_and_queued_ones_share_a_batch() -> None:
@@ -91,7 +91,16 @@ def test_answer_is_the_scores_or_every_missing_entity() -> None:
     inst = [{"entity_id": 1}, {"entity_id": 2}]
     ok = answer(3, [Scored(0.1, {"a": 1}), Scored(0.2, {"a": 2})], inst)
     assert ok == {"version": 3, "scores": [0.1, 0.2], "features": [{"a": 1}, {"a": 2}]}
-    assert answer(3, [Scored(0.1, {}), Missing(["b"])], inst) == {"missing": {"2": ["b"]}}
+    assert answer(3, [Scored(0.1, {}), Missing(["b"])], inst) == {"missing": {"2": ["b"]}, "invalid": {}}
+    bad = answer(3, [Missing([], ["a: not a number ('abc')"]), Scored(0.2, {})], inst)
+    assert bad == {"missing": {}, "invalid": {"1": ["a: not a number ('abc')"]}}
+
+
+def test_numeric_inputs_must_be_numbers_and_strings_may_be_anything() -> None:
+    inputs = [("usage", "tensor(float)"), ("plan", "tensor(string)"), ("calls", "tensor(float)")]
+    row = {"usage": "abc", "plan": 3, "calls": "4"}
+    assert not_numbers(inputs, row) == ["usage: not a number ('abc')"]  # "4" feeds as 4.0
+    assert not_numbers(inputs, {"usage": [1], "calls": None}) == ["usage: not a number ([1])"]
 
 
 def test_onnx_feed_is_one_column_tensor_per_input() -> None:
