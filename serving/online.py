@@ -29,6 +29,8 @@ log = logging.getLogger(__name__)
 
 
 class OnlineFeatures(Protocol):
+    key_is_int: bool  # the entity's join key is an integer (ids must read as integers)
+
     async def lookup(self, entity_ids: Sequence[str | int]) -> list[dict[str, Any]]: ...
 
     def close(self) -> None: ...

@@ -45,6 +45,17 @@ class Missing:
     invalid: list[str] = field(default_factory=list)
 
 
+def entity_problem(key_is_int: bool, entity_id: str | int) -> str | None:
+    """Why an entity id cannot be looked up under an integer join key, or None. Pure."""
+    if not key_is_int or isinstance(entity_id, int):
+        return None
+    try:
+        int(str(entity_id))
+    except ValueError:
+        return f"entity_id: not an integer ({entity_id!r})"
+    return None
+
+
 def not_numbers(inputs: Sequence[tuple[str, str]], row: dict[str, Any]) -> list[str]:
     """Why the numeric inputs of a row cannot be fed ('x: not a number ...'), none if they can. Pure."""
     bad = []
@@ -156,7 +167,12 @@ class LocalVersion:
         need = [n for n, i in enumerate(instances) if self.needs_lookup(i)]
         out = list(instances)
         if need and self.online is not None:
-            found = await self.online.lookup([instances[n]["entity_id"] for n in need])
+            problems = {n: entity_problem(self.online.key_is_int, instances[n]["entity_id"]) for n in need}
+            for n, problem in problems.items():
+                if problem:  # the client's id, not the store's fault: no lookup, a 422
+                    out[n] = {**instances[n], "entity_problem": problem}
+            need = [n for n in need if not problems[n]]
+            found = await self.online.lookup([instances[n]["entity_id"] for n in need]) if need else []
             for n, features in zip(need, found, strict=True):
                 out[n] = {**instances[n], "online": features}
         return out
@@ -166,6 +182,9 @@ class LocalVersion:
         results: list[Scored | Missing] = []
         complete: list[tuple[int, dict[str, Any]]] = []
         for n, inst in enumerate(instances):
+            if inst.get("entity_problem"):
+                results.append(Missing([], [inst["entity_problem"]]))
+                continue
             row, absent = merge_features(self.names, inst, inst.get("online"))
             invalid = not_numbers(self.inputs, row)
             results.append(Missing(absent, invalid))

@@ -158,6 +158,9 @@ def test_auth_validation_and_size_limits(served: Settings) -> None:
         typed = c.post("/predict", json={"instances": [{"entity_id": 5, "features": {"usage_hours_30d": "abc"}}]})
         assert typed.status_code == 422, typed.text
         assert typed.json()["detail"][0]["message"] == "usage_hours_30d: not a number ('abc')"
+        named = c.post("/predict", json={"instances": [{"entity_id": "x"}]})  # the key is an integer
+        assert named.status_code == 422, named.text
+        assert named.json()["detail"][0]["message"] == "entity_id: not an integer ('x')"
         time.sleep(10 * FLUSH_EVERY_S)  # the request log is written off the request path
         with db.connect(served) as conn:
             errors = conn.execute(

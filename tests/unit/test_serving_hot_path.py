@@ -18,7 +18,7 @@ from serving.deploy import haproxy_dir, serve_env
 from serving.haproxy import bind_like_frontend, config_path, frontend_host
 from serving.online import ViewRead, assemble, lookup_sql
 from serving.telemetry import Metrics
-from serving.versions import Missing, Scored, answer, merge_features, not_numbers, onnx_feed
+from serving.versions import Missing, Scored, answer, entity_problem, merge_features, not_numbers, onnx_feed
 
 
 def test_a_lone_request_is_run_at_once_and_queued_ones_share_a_batch() -> None:
@@ -94,6 +94,12 @@ def test_answer_is_the_scores_or_every_missing_entity() -> None:
     assert answer(3, [Scored(0.1, {}), Missing(["b"])], inst) == {"missing": {"2": ["b"]}, "invalid": {}}
     bad = answer(3, [Missing([], ["a: not a number ('abc')"]), Scored(0.2, {})], inst)
     assert bad == {"missing": {}, "invalid": {"1": ["a: not a number ('abc')"]}}
+
+
+def test_an_entity_id_must_read_as_an_integer_under_an_integer_key() -> None:
+    assert entity_problem(True, "x") == "entity_id: not an integer ('x')"
+    assert entity_problem(True, "42") is None and entity_problem(True, 42) is None
+    assert entity_problem(False, "x") is None
 
 
 def test_numeric_inputs_must_be_numbers_and_strings_may_be_anything() -> None:
