@@ -76,12 +76,13 @@ def pipeline_summary(settings: Settings, pipeline: str) -> dict[str, Any]:
     }
 
 
-def pipeline_detail(settings: Settings, pipeline: str) -> dict[str, Any]:
-    """Champion, challenger, the last runs, the last drift verdict and the live metric."""
+def pipeline_detail(settings: Settings, pipeline: str, live: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    """Champion, challenger, the last runs, the last drift verdict and the live metric (the last
+    of `live`, the live metric's history, read here unless the caller has it)."""
     out = pipeline_status(settings, pipeline)
     checks = drift_history(settings, pipeline)
     out["last_drift_check"] = checks[0] if checks else None
-    live = live_metric_history(settings, pipeline)
+    live = live_metric_history(settings, pipeline) if live is None else live
     out["live_metric"] = live[-1] if live else None
     out["canary"] = last_canary(settings, pipeline)
     return out
@@ -90,11 +91,12 @@ def pipeline_detail(settings: Settings, pipeline: str) -> dict[str, Any]:
 def overview(settings: Settings, pipeline: str) -> dict[str, Any]:
     """What the mlcycle page shows of a pipeline: its detail, versions, live metric over time,
     drift per feature, and its last runs' steps and links."""
-    detail = pipeline_detail(settings, pipeline)
+    live = live_metric_history(settings, pipeline)
+    detail = pipeline_detail(settings, pipeline, live)
     return {
         "detail": detail,
         "versions": model_versions(settings, pipeline),
-        "live": live_metric_history(settings, pipeline),
+        "live": live,
         "drift": drift_by_feature(settings, pipeline),
         "runs": run_steps_overview(settings, pipeline, [r["run_id"] for r in detail["runs"]]),
     }
