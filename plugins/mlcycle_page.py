@@ -61,6 +61,11 @@ def run_page(dag_id: str, run_id: str) -> str:
     return f"/dags/{quote(dag_id)}/runs/{quote(run_id, safe='')}"
 
 
+def mlflow_version(base: str, pipeline: str, version: int | None) -> str:
+    """The MLflow UI page of a registered version of the pipeline's model. Pure."""
+    return mlflow_url(base, "promote", {"model": model_name(pipeline), "version": version})
+
+
 def link(href: str | None, text: str, *, top: bool = True) -> str:
     """An anchor that leaves the frame (`_top`: an Airflow page) or opens a new tab (elsewhere)."""
     if not href:
@@ -202,13 +207,7 @@ def models_section(detail: dict[str, Any], versions: list[dict[str, Any]], mlflo
             continue
         figure = metric_value(m.get("metric"))
         lineage = by_version.get(m["version"], {}).get("lineage") or {}
-        links = [
-            link(
-                mlflow_url(mlflow_base, "promote", {"model": detail["model"], "version": m["version"]}),
-                "MLflow",
-                top=False,
-            )
-        ]
+        links = [link(mlflow_version(mlflow_base, detail["pipeline"], m["version"]), "MLflow", top=False)]
         if m.get("run_id"):
             links.insert(0, link(run_page(f"{detail['pipeline']}_lifecycle", m["run_id"]), "training run"))
         if lineage.get("validation_report"):
@@ -351,8 +350,7 @@ def trace_section(
         model = a.get("model") or {}
         lineage = model.get("lineage") or {}
         run = lineage.get("lifecycle_run")
-        registered = {"model": model_name(a["pipeline"]), "version": model.get("version")}
-        mlflow = mlflow_url(mlflow_base, "promote", registered)
+        mlflow = mlflow_version(mlflow_base, a["pipeline"], model.get("version"))
         label = "–" if a["label"] is None else str(a["label"])
         trained_by = link(run_page(f"{a['pipeline']}_lifecycle", run), run) if run else "–"
         rows.append(

@@ -45,6 +45,11 @@ def allowed(user: Any, method: Literal["GET", "POST"], pipeline: str) -> bool:
     return bool(manager.is_authorized_dag(method=method, access_entity=DagAccessEntity.RUN, details=details, user=user))
 
 
+def readable_pipelines(user: Any) -> list[str]:
+    """The pipelines whose runs `user` may read, in name order."""
+    return [n for n in pipeline_names(load_settings()) if allowed(user, "GET", n)]
+
+
 def _app() -> Any:
     from airflow.api_fastapi.auth.managers.models.resource_details import DagAccessEntity
     from airflow.api_fastapi.core_api.security import requires_access_dag
@@ -57,18 +62,18 @@ def _app() -> Any:
     def page(user: GetUserDep, pipeline: str | None = None, request_id: str = "") -> HTMLResponse:
         """The mlcycle page of one pipeline (the first the user may read when none is named)."""
         settings = load_settings()
-        names = [n for n in pipeline_names(settings) if allowed(user, "GET", n)]
+        names = readable_pipelines(user)
         if not names:
             return HTMLResponse(empty_page("No pipeline's lifecycle DAG is readable by you."), status_code=403)
         selected = pipeline or names[0]
         if selected not in names:
             raise HTTPException(404, f"no pipeline {selected!r} that you may read (yours: {names})")
         spec = spec_for(settings, selected)
-        trace, error = None, None
-        if request_id.strip():
-            trace = catalog.trace(settings, request_id.strip(), set(names))
+        trace, error, wanted = None, None, request_id.strip()
+        if wanted:
+            trace = catalog.trace(settings, wanted, set(names))
             if trace is None:
-                error = f"no prediction {request_id.strip()!r} in a pipeline you may read"
+                error = f"no prediction {wanted!r} in a pipeline you may read"
         html = page_html(
             pipelines=names,
             selected=selected,
@@ -209,8 +214,7 @@ def _api() -> Any:
     @app.get("/pipelines")
     def pipelines(user: GetUserDep, limit: int = Limit, offset: int = Offset) -> dict[str, Any]:
         settings = load_settings()
-        names = [n for n in pipeline_names(settings) if allowed(user, "GET", n)]
-        listed = catalog.page(names, limit, offset)
+        listed = catalog.page(readable_pipelines(user), limit, offset)
         listed["items"] = [catalog.pipeline_summary(settings, n) for n in listed["items"]]
         return listed
 
@@ -229,7 +233,7 @@ def _api() -> Any:
     @app.get("/predictions/{request_id}")
     def prediction(request_id: str, user: GetUserDep) -> dict[str, Any]:
         settings = load_settings()
-        names = {n for n in pipeline_names(settings) if allowed(user, "GET", n)}
+        names = set(readable_pipelines(user))
         answers = catalog.trace(settings, request_id, names)
         if answers is None:
             raise HTTPException(404, f"no prediction {request_id!r} in a pipeline you may read")
