@@ -68,7 +68,7 @@ test-unit: setup
 lint: setup
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
-	$(VENV)/bin/mypy pipelines operators feature_repo serving plugins dags/lifecycle.py
+	$(VENV)/bin/mypy pipelines operators feature_repo serving plugins dags
 
 bench: setup tools
 	$(PY) bench/features.py

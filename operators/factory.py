@@ -12,9 +12,10 @@ from airflow.sdk import DAG, AssetOrTimeSchedule, CronTriggerTimetable
 
 from operators.step import PipelineStepOperator
 from operators.trigger import RetrainingTrigger, retraining_asset
+from pipelines.core.errors import SpecError
 from pipelines.core.params import airflow_params
 from pipelines.core.settings import load_settings
-from pipelines.core.spec import load_specs
+from pipelines.core.spec import read_specs
 from pipelines.core.steps import LIFECYCLE
 
 if TYPE_CHECKING:
@@ -108,9 +109,23 @@ def drift_dag(spec: PipelineSpec) -> DAG:
 
 
 def build_dags() -> dict[str, DAG]:
-    """Every pipeline's DAGs, by dag id."""
+    """The DAGs of every valid pipeline spec, by dag id: an invalid spec costs only its own DAGs
+    (`raise_spec_errors` names it)."""
     steps = list(LIFECYCLE)
     dags = []
-    for spec in load_specs(load_settings().specs_path):
+    specs, _ = read_specs(load_settings().specs_path)
+    for spec in specs:
         dags += [lifecycle_dag(spec, steps), drift_dag(spec)]
     return {d.dag_id: d for d in dags}
+
+
+def raise_spec_errors() -> None:
+    """Raise one error naming every invalid spec and why, if any: raised by a DAG file of its own
+    (dags/spec_errors.py), it is an import error of that file in Airflow's UI and API, while
+    dags/lifecycle.py keeps the DAGs of the valid specs."""
+    _, errors = read_specs(load_settings().specs_path)
+    if errors:
+        raise SpecError(
+            f"{len(errors)} invalid pipeline spec(s); their DAGs are not loaded, the others are:\n"
+            + "\n".join(str(e) for e in errors)
+        )

@@ -459,24 +459,56 @@ class PipelineSpec(Model):
 
     @model_validator(mode="after")
     def _consistent(self) -> PipelineSpec:
-        cols = self.contract.columns
-        required = [self.entity.join_key, self.entity.timestamp, self.label.column]
-        required += self.features.feature_names
-        required += self.model.numeric_features + self.model.categorical_features
-        missing = [c for c in dict.fromkeys(required) if c not in cols]
-        if missing:
-            raise ValueError(f"columns used by entity/label/features/model are not in the contract: {missing}")
-        if cols[self.entity.timestamp].dtype != "datetime":
-            raise ValueError(f"contract.columns.{self.entity.timestamp} must be a datetime column")
-        served = set(self.features.feature_names)
-        unserved = [c for c in self.model.numeric_features + self.model.categorical_features if c not in served]
-        if unserved:
-            raise ValueError(f"model features not in the feature service: {unserved}")
-        model_features = self.model.numeric_features + self.model.categorical_features
-        unknown = [f for f in self.drift.ignore if f not in model_features]
-        if unknown:
-            raise ValueError(f"drift.ignore names features the model does not use: {unknown}")
+        problems = cross_section_problems(self)
+        if problems:
+            raise CrossSectionErrors(problems)
         return self
+
+
+Loc = tuple[int | str, ...]
+
+
+class CrossSectionErrors(ValueError):
+    """Problems between two sections, each at the field the user edits to fix it: pydantic places a
+    model validator's error at the document's root, so `format_validation_error` unpacks these."""
+
+    def __init__(self, problems: list[tuple[Loc, str]]) -> None:
+        self.problems = problems
+        super().__init__("; ".join(f"{field_path(loc)}: {msg}" for loc, msg in problems))
+
+
+def cross_section_problems(spec: PipelineSpec) -> list[tuple[Loc, str]]:
+    """Every reference from one section to another that does not resolve, at the referring field. Pure."""
+    cols = spec.contract.columns
+    problems: list[tuple[Loc, str]] = []
+
+    def column(loc: Loc, name: str, used_as: str) -> None:
+        if name not in cols:
+            problems.append((loc, f"'{name}' ({used_as}) is not a column of the contract (contract.columns)"))
+
+    column(("entity", "join_key"), spec.entity.join_key, "the entity's join key")
+    column(("entity", "timestamp"), spec.entity.timestamp, "the event timestamp")
+    column(("label", "column"), spec.label.column, "the label")
+    for v, view in enumerate(spec.features.views):
+        for i, name in enumerate(view.features):
+            column(("features", "views", v, "features", i), name, f"a feature of view '{view.name}'")
+    served = set(spec.features.feature_names)
+    for section in ("numeric_features", "categorical_features"):
+        for i, name in enumerate(getattr(spec.model, section)):
+            loc: Loc = ("model", section, i)
+            column(loc, name, "a model feature")
+            if name not in served:
+                problems.append((loc, f"'{name}' is not a feature of any view of the feature service (features.views)"))
+    ts = cols.get(spec.entity.timestamp)
+    if ts is not None and ts.dtype != "datetime":
+        problems.append(
+            (("contract", "columns", spec.entity.timestamp, "dtype"), "the event timestamp must be a datetime column")
+        )
+    model_features = spec.model.numeric_features + spec.model.categorical_features
+    for i, name in enumerate(spec.drift.ignore):
+        if name not in model_features:
+            problems.append((("drift", "ignore", i), f"'{name}' is not a feature the model uses"))
+    return problems
 
 
 # --------------------------------------------------------------------------------------- loading
@@ -488,6 +520,10 @@ def format_validation_error(err: ValidationError, where: str) -> str:
     """
     lines = []
     for e in err.errors():
+        cause = e.get("ctx", {}).get("error")
+        if isinstance(cause, CrossSectionErrors):
+            lines += [f"{where}: {field_path(loc)}: {msg}" for loc, msg in cause.problems]
+            continue
         loc = tuple(p for p in e["loc"] if not (isinstance(p, str) and p in _UNION_TAGS))
         lines.append(f"{where}: {field_path(loc)}: {e['msg']}")
     return "\n".join(lines)
@@ -542,9 +578,25 @@ def spec_for(settings: Settings, pipeline: str) -> PipelineSpec:
     return load_spec(path)
 
 
+def read_specs(directory: str | Path) -> tuple[list[PipelineSpec], list[SpecError]]:
+    """Every spec of a directory: the valid ones, and apart the error of each invalid one, so one bad
+    spec costs only itself (the DAG factory builds the others)."""
+    specs: list[PipelineSpec] = []
+    errors: list[SpecError] = []
+    for path in spec_paths(directory):
+        try:
+            specs.append(load_spec(path))
+        except SpecError as err:
+            errors.append(err)
+    return specs, errors
+
+
 def load_specs(directory: str | Path) -> list[PipelineSpec]:
-    """Load every spec of a directory; the first invalid one raises."""
-    return [load_spec(p) for p in spec_paths(directory)]
+    """Every spec of a directory, or one error naming every invalid spec."""
+    specs, errors = read_specs(directory)
+    if errors:
+        raise SpecError("\n".join(str(e) for e in errors))
+    return specs
 
 
 def json_schema() -> dict[str, Any]:

@@ -103,6 +103,26 @@ def test_one_dag_per_spec(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> No
     assert dags["beta_lifecycle"].get_task("ingest").retries == 0
 
 
+def test_a_bad_spec_costs_only_its_own_dags_and_is_an_import_error_naming_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Airflow's own DagBag over the dags folder: the valid spec's DAGs load; the invalid spec is an
+    import error of dags/spec_errors.py naming its file, field and problem."""
+    from airflow.dag_processing.dagbag import DagBag
+
+    write_spec(tmp_path, "alpha")
+    bad = write_spec(tmp_path, "beta", merge=True, training={"n_trials": 0})
+    (tmp_path / "gamma.yaml").write_text("name: gamma\nsource: [unclosed\n")
+    monkeypatch.setenv("MLCYCLE_PIPELINES_DIR", str(tmp_path))
+    bag = DagBag(dag_folder=str(DAGS))
+    assert sorted(bag.dags) == ["alpha_drift", "alpha_lifecycle"]
+    assert [Path(f).name for f in bag.import_errors] == ["spec_errors.py"]
+    error = next(iter(bag.import_errors.values()))
+    assert "2 invalid pipeline spec(s)" in error
+    assert f"{bad}: training.n_trials: Input should be greater than or equal to 1" in error
+    assert f"{tmp_path / 'gamma.yaml'}: not valid YAML" in error
+
+
 def test_lifecycle_is_scheduled_on_the_retraining_asset_and_its_cron(dagbag) -> None:  # type: ignore[no-untyped-def]
     from airflow.sdk import AssetOrTimeSchedule
 

@@ -53,7 +53,23 @@ def test_spec_models_are_frozen() -> None:
             "model.search_space",
             "low (5) is greater",
         ),
-        (lambda d: d["contract"]["columns"].pop("churned"), "<root>", "not in the contract: ['churned']"),
+        (lambda d: d["contract"]["columns"].pop("churned"), "label.column", "'churned' (the label) is not a column"),
+        (
+            lambda d: d["features"]["views"][1]["features"].append("spend_90d"),
+            "features.views[1].features[4]",
+            "'spend_90d' (a feature of view 'customer_activity') is not a column of the contract",
+        ),
+        (
+            lambda d: d["model"]["numeric_features"].append("customer_id"),
+            "model.numeric_features[6]",
+            "'customer_id' is not a feature of any view of the feature service (features.views)",
+        ),
+        (lambda d: d["drift"].update(ignore=["plan", "colour"]), "drift.ignore[1]", "'colour' is not a feature"),
+        (
+            lambda d: d["contract"]["columns"]["event_timestamp"].update(dtype="string"),
+            "contract.columns.event_timestamp.dtype",
+            "must be a datetime column",
+        ),
         (
             lambda d: d["features"].update(feature_service="churn_features"),
             "features.feature_service",
