@@ -19,6 +19,18 @@ from pipelines.core.pod import XCOM_PATH, container_of
 from pipelines.core.system import executable
 
 
+def exit_description(returncode: int) -> str:
+    """How a process ended, as an operator reads it: a signal by name (a negative code from
+    `subprocess`, 128 + N from a container's shell), else the code. Pure."""
+    number = -returncode if returncode < 0 else returncode - 128 if 128 < returncode < 128 + 65 else 0
+    if number:
+        try:
+            return f"{returncode} ({signal.Signals(number).name})"
+        except ValueError:
+            pass
+    return str(returncode)
+
+
 class StepFailed(RuntimeError):
     """The step's process exited non-zero."""
 
@@ -26,7 +38,7 @@ class StepFailed(RuntimeError):
         self.returncode = returncode
         self.tail = tail
         last = "\n".join(tail[-15:])
-        super().__init__(f"`{' '.join(argv)}` exited with {returncode}; last lines:\n{last}")
+        super().__init__(f"`{' '.join(argv)}` exited with {exit_description(returncode)}; last lines:\n{last}")
 
 
 def local_argv_env(

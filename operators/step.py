@@ -15,13 +15,14 @@ from airflow.sdk import BaseOperator
 
 from operators.container import DockerContainer, container_config
 from operators.links import MlflowLink, ReportLink
-from operators.local import LocalProcess, StepFailed
+from operators.local import LocalProcess, StepFailed, exit_description
 from operators.trigger import retraining_asset
 from pipelines.core.errors import NO_RETRY_EXIT_CODES, SKIP_EXIT_CODE
 from pipelines.core.params import ENV, run_params
 from pipelines.core.pod import pod_manifest, to_v1pod
 from pipelines.core.settings import load_settings
 from pipelines.core.spec import spec_for
+from pipelines.io.runs import interrupt_running
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
@@ -115,7 +116,11 @@ class PipelineStepOperator(BaseOperator):
         runtime = self.runtime or settings.effective_runtime
         self.log.info("step %s of %s, run %s, runtime %s", self.step, self.pipeline, self.run_key, runtime)
         if runtime == "kubernetes":
-            self.result = self._run_on_kubernetes(manifest, settings, context)
+            try:
+                self.result = self._run_on_kubernetes(manifest, settings, context)
+            except Exception as err:
+                self._record_lost(settings, f"its pod failed without recording its outcome: {err}")
+                raise
             return self.result
 
         self._runner = self._runner_for(runtime, manifest, settings)
@@ -123,6 +128,9 @@ class PipelineStepOperator(BaseOperator):
             self.result = self._runner.run(self.log.info)
             return self.result
         except StepFailed as err:
+            self._record_lost(
+                settings, f"its process ended with {exit_description(err.returncode)} without recording its outcome"
+            )
             if err.returncode == SKIP_EXIT_CODE:
                 from airflow.sdk.exceptions import AirflowSkipException
 
@@ -132,6 +140,17 @@ class PipelineStepOperator(BaseOperator):
 
                 raise AirflowFailException(str(err)) from err
             raise
+
+    def _record_lost(self, settings: Any, reason: str) -> None:
+        """The step's process is gone: an attempt it left `running` (killed before it could record
+        how it ended) is marked `interrupted` with the reason; a no-op when it recorded its outcome."""
+        try:
+            marked = interrupt_running(settings, self.pipeline, self.run_key, self.step, self.worker, reason)
+        except Exception as err:  # the record is best effort: the task's own error is what matters
+            self.log.warning("could not mark the step's attempt interrupted: %s", err)
+            return
+        if marked:
+            self.log.error("step %s %s; its attempt is marked interrupted", self.step, reason)
 
     @staticmethod
     def _runner_for(runtime: str, manifest: dict[str, Any], settings: Any) -> Any:

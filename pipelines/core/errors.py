@@ -32,9 +32,15 @@ class SourceDataError(SourceError):
     exit_code = 3
 
 
-class SourceUnavailable(SourceError):
-    """The source's service did not answer (S3, PostgreSQL down): worth retrying, so not exit 2
+class ServiceUnavailable(MlcycleError):
+    """A service the step needs did not answer (S3, PostgreSQL down): worth retrying, so not exit 2
     or 3, which the operator never retries."""
+
+    exit_code = 1
+
+
+class SourceUnavailable(SourceError, ServiceUnavailable):
+    """The data source's service did not answer."""
 
     exit_code = 1
 

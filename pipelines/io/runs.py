@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
 
+from pipelines.core.errors import ServiceUnavailable
 from pipelines.core.settings import Settings
 from pipelines.core.spec import SPLITS
 from pipelines.core.steps import STEP_NAMES
@@ -24,6 +26,7 @@ class Attempt:
     run_id: str
     step: str
     number: int
+    worker: int | None = None
 
 
 @dataclass(frozen=True)
@@ -44,10 +47,16 @@ class StepRow:
     attempt: int
     took: timedelta | None
     outputs: dict[str, Any]
+    error: str | None = None
 
 
-def start_attempt(settings: Settings, pipeline: str, run_id: str, step: str) -> Attempt:
-    """Record a new attempt (numbered after the earlier ones of the same step) as running."""
+LOST = "ended without recording its outcome (killed: SIGKILL, out of memory, a lost node)"
+
+
+def start_attempt(settings: Settings, pipeline: str, run_id: str, step: str, worker: int | None = None) -> Attempt:
+    """Record a new attempt (numbered after the earlier ones of the same step) as running; an
+    earlier attempt of the same step (and trial worker) still `running` never recorded how it
+    ended: it is marked `interrupted`, this attempt taking over."""
     with connect(settings) as conn:
         conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (f"{pipeline}/{run_id}/{step}",))
         row = conn.execute(
@@ -55,33 +64,81 @@ def start_attempt(settings: Settings, pipeline: str, run_id: str, step: str) -> 
             (pipeline, run_id, step),
         ).fetchone()
         number = int(row[0]) if row else 1
+        _interrupt(conn, pipeline, run_id, step, worker, f"{LOST}; attempt {number} took over")
         conn.execute(
-            "INSERT INTO step_runs (pipeline, run_id, step, status, attempt) VALUES (%s, %s, %s, 'running', %s)",
-            (pipeline, run_id, step, number),
+            "INSERT INTO step_runs (pipeline, run_id, step, status, attempt, worker)"
+            " VALUES (%s, %s, %s, 'running', %s, %s)",
+            (pipeline, run_id, step, number, worker),
         )
-    return Attempt(pipeline, run_id, step, number)
+    return Attempt(pipeline, run_id, step, number, worker)
 
 
-def finish_attempt(settings: Settings, attempt: Attempt, outcome: Outcome) -> None:
-    """Record how an attempt ended; a failure to record is logged, never raised (it must not
-    hide the step's own error)."""
-    try:
-        with connect(settings) as conn:
-            conn.execute(
-                "UPDATE step_runs SET status=%s, finished_at=now(), outputs=%s, error=%s"
-                " WHERE pipeline=%s AND run_id=%s AND step=%s AND attempt=%s",
-                (
-                    outcome.status,
-                    to_json(outcome.outputs),
-                    outcome.error,
-                    attempt.pipeline,
-                    attempt.run_id,
-                    attempt.step,
-                    attempt.number,
-                ),
-            )
-    except Exception:
-        log.exception("could not record the outcome of %s/%s/%s", attempt.pipeline, attempt.run_id, attempt.step)
+def interrupt_running(
+    settings: Settings, pipeline: str, run_id: str, step: str, worker: int | None, reason: str
+) -> int:
+    """Mark the attempts of a step (and trial worker) still `running` as `interrupted`: called by
+    the operator once the step's process has ended, so a no-op when the step recorded its outcome.
+    Returns how many it marked."""
+    with connect(settings) as conn:
+        conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (f"{pipeline}/{run_id}/{step}",))
+        return _interrupt(conn, pipeline, run_id, step, worker, reason)
+
+
+def _interrupt(conn: Any, pipeline: str, run_id: str, step: str, worker: int | None, reason: str) -> int:
+    cur = conn.execute(
+        "UPDATE step_runs SET status='interrupted', finished_at=now(), error=%s"
+        " WHERE pipeline=%s AND run_id=%s AND step=%s AND worker IS NOT DISTINCT FROM %s AND status='running'",
+        (reason, pipeline, run_id, step, worker),
+    )
+    return int(cur.rowcount)
+
+
+RECORD_TRIES = 6
+"""Tries to record an outcome, 1 s apart and doubling: a PostgreSQL restart (~10 s) is waited out."""
+
+
+def finish_attempt(settings: Settings, attempt: Attempt, outcome: Outcome, *, required: bool = True) -> None:
+    """Record how an attempt ended, retrying while the database is unreachable. A required record
+    (a success: what later steps and `runs show` read) that cannot be written raises
+    `ServiceUnavailable`, so the task fails and is retried (steps reuse their finished work)
+    rather than showing success over a row left `running`; a failure's record is best effort and
+    only logged, never hiding the step's own error."""
+    import psycopg  # heavy: psycopg
+
+    for tried in range(1, RECORD_TRIES + 1):
+        try:
+            _record(settings, attempt, outcome)
+            return
+        except psycopg.OperationalError as err:
+            if tried == RECORD_TRIES or not required:
+                if required:
+                    raise ServiceUnavailable(
+                        f"{attempt.pipeline}/{attempt.run_id}/{attempt.step}: the step {outcome.status} but its "
+                        f"outcome could not be recorded (the platform database: {str(err).strip()}); retry the task"
+                    ) from err
+                log.exception(
+                    "could not record the outcome of %s/%s/%s", attempt.pipeline, attempt.run_id, attempt.step
+                )
+                return
+            log.warning("recording the outcome of %s: %s; try %d of %d", attempt.step, err, tried, RECORD_TRIES)
+            time.sleep(min(2 ** (tried - 1), 8))
+
+
+def _record(settings: Settings, attempt: Attempt, outcome: Outcome) -> None:
+    with connect(settings) as conn:
+        conn.execute(
+            "UPDATE step_runs SET status=%s, finished_at=now(), outputs=%s, error=%s"
+            " WHERE pipeline=%s AND run_id=%s AND step=%s AND attempt=%s",
+            (
+                outcome.status,
+                to_json(outcome.outputs),
+                outcome.error,
+                attempt.pipeline,
+                attempt.run_id,
+                attempt.step,
+                attempt.number,
+            ),
+        )
 
 
 def latest_run_id(settings: Settings, pipeline: str) -> str | None:
@@ -97,11 +154,11 @@ def run_steps(settings: Settings, pipeline: str, run_id: str) -> list[StepRow]:
     """The latest attempt of each step of a run."""
     with connect(settings) as conn:
         rows = conn.execute(
-            "SELECT DISTINCT ON (step) step, status, attempt, finished_at - started_at, outputs"
+            "SELECT DISTINCT ON (step) step, status, attempt, finished_at - started_at, outputs, error"
             " FROM step_runs WHERE pipeline=%s AND run_id=%s ORDER BY step, attempt DESC",
             (pipeline, run_id),
         ).fetchall()
-    return [StepRow(r[0], r[1], int(r[2]), r[3], r[4] or {}) for r in rows]
+    return [StepRow(r[0], r[1], int(r[2]), r[3], r[4] or {}, r[5]) for r in rows]
 
 
 def render_run(pipeline: str, run_id: str | None, rows: list[StepRow]) -> str:
@@ -114,11 +171,16 @@ def render_run(pipeline: str, run_id: str | None, rows: list[StepRow]) -> str:
         secs = f"{row.took.total_seconds():.1f}s" if row.took else "-"
         lines.append(f"  {row.step:<9} {row.status:<9} attempt {row.attempt}  {secs}")
         lines += [f"      {label}: {value}" for label, value in outputs_summary(row.step, row.outputs)]
+        if row.error and row.status in ("failed", "interrupted"):
+            lines.append(f"      error: {row.error}")
     return "\n".join(lines)
 
 
 def outputs_summary(step: str, out: dict[str, Any]) -> list[tuple[str, Any]]:
-    """(label, value) lines of where a step's outputs are and what it decided. Pure."""
+    """(label, value) lines of where a step's outputs are and what it decided (none for an attempt
+    that wrote none: running, failed, interrupted). Pure."""
+    if not out:
+        return []
     if list(out) == ["reason"]:  # a skipped step: why
         return [("reason", out["reason"])]
     if step == "ingest":

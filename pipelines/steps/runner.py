@@ -46,7 +46,7 @@ def run_step(
         params=run_params,
         worker=worker,
     )
-    attempt = start_attempt(settings, pipeline, run_id, step)
+    attempt = start_attempt(settings, pipeline, run_id, step, worker)
     started = time.monotonic()
     try:
         module = importlib.import_module(info.module)
@@ -55,12 +55,32 @@ def run_step(
         finish_attempt(settings, attempt, Outcome("skipped", {"reason": str(err)}))
         raise
     except BaseException as err:
-        finish_attempt(settings, attempt, Outcome("failed", error=f"{type(err).__name__}: {err}"))
+        finish_attempt(settings, attempt, Outcome("failed", error=describe_error(err)), required=False)
         raise
     result["seconds"] = round(time.monotonic() - started, 3)
     finish_attempt(settings, attempt, Outcome("reused" if result.get("reused") else "succeeded", result))
     _write_xcom(result)
     return result
+
+
+def describe_error(err: BaseException) -> str:
+    """`Type: message`, and the first cause in its chain when that is what happened: a library's
+    wrapper ("invalid data in the commit") over the database shutdown that caused it. Pure."""
+    text = f"{type(err).__name__}: {err}".strip()
+    root: BaseException = err
+    cause, seen = _cause(err), {id(err)}
+    while cause is not None and id(cause) not in seen:
+        seen.add(id(cause))
+        root = cause
+        cause = _cause(cause)
+    if len(seen) > 1:
+        text += f" (caused by {type(root).__name__}: {str(root).strip()})"
+    return text
+
+
+def _cause(err: BaseException) -> BaseException | None:
+    """What Python's traceback would print as the cause (`from None` hides the context)."""
+    return err.__cause__ if err.__cause__ is not None or err.__suppress_context__ else err.__context__
 
 
 def _write_xcom(result: dict[str, Any]) -> None:

@@ -257,16 +257,21 @@ class Trainer:
 
 
 def recover_interrupted(study: optuna.Study, worker: int | None = None) -> list[int]:
-    """Trials left RUNNING by a killed task: mark them failed and enqueue their parameters again
-    (resuming from their checkpoint). A trial worker recovers its own trials only (the others'
-    are running); the train step, after every worker, recovers all. Returns their numbers."""
+    """Trials left RUNNING by a killed task: mark them failed, end their MLflow runs KILLED (the
+    killed process could not end them) and enqueue their parameters again (resuming from their
+    checkpoint). A trial worker recovers its own trials only (the others' are running); the train
+    step, after every worker, recovers all. Returns their numbers."""
+    import mlflow  # heavy: mlflow
     from optuna.trial import TrialState
 
     recovered = []
+    client = mlflow.MlflowClient()
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         if worker is not None and t.user_attrs.get("worker") != worker:
             continue
         study._storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
+        if t.user_attrs.get("mlflow_run_id"):
+            client.set_terminated(t.user_attrs["mlflow_run_id"], status="KILLED")
         study.enqueue_trial(t.params, user_attrs={"resume_from": t.number}, skip_if_exists=False)
         recovered.append(t.number)
     return recovered
@@ -294,12 +299,12 @@ def run(ctx: StepContext) -> dict[str, Any]:
     features = ctx.manifest("features")
     trainer, study = prepare(ctx)
     enc, device = trainer.enc, trainer.device
+    exp_id = setup_mlflow(ctx.settings, ctx.pipeline)
     recovered = recover_interrupted(study)
     warm = enqueue_champion(ctx, study)
     finished_before = len(study.get_trials(states=trial_states(FINISHED)))
     todo = remaining_budget(spec.training.n_trials, finished_before)
 
-    exp_id = setup_mlflow(ctx.settings, ctx.pipeline)
     tags = {"mlcycle.pipeline": ctx.pipeline, "mlcycle.run_id": ctx.run_id, "mlcycle.step": STEP}
     existing = find_run(exp_id, tags)
     lineage = {
@@ -375,7 +380,8 @@ def open_study(ctx: StepContext, higher_is_better: bool) -> optuna.Study:
     with advisory_lock(ctx.settings, "optuna"):  # Optuna creates its tables on first use
         return optuna.create_study(
             study_name=study_name(ctx.pipeline, ctx.run_id),
-            storage=optuna.storages.RDBStorage(optuna_url(ctx.settings)),
+            # pre-ping: a connection the database dropped (a restart) is replaced, not failed on
+            storage=optuna.storages.RDBStorage(optuna_url(ctx.settings), engine_kwargs={"pool_pre_ping": True}),
             direction=direction,
             pruner=make_pruner(ctx.spec.training.pruner),
             sampler=optuna.samplers.TPESampler(seed=seed),
@@ -435,6 +441,7 @@ def objective_for(trainer: Trainer, spec: PipelineSpec, parent_run_id: str, work
         if worker is not None:
             trial.set_user_attr("worker", worker)
         params = suggest(trial, spec.model.search_space)
+        pruned: optuna.TrialPruned | None = None
         with mlflow.start_run(
             run_name=f"trial-{trial.number}",
             nested=True,
@@ -445,12 +452,17 @@ def objective_for(trainer: Trainer, spec: PipelineSpec, parent_run_id: str, work
             mlflow.log_params(params)
             try:
                 value, blob = trainer.fit(trial, params, lambda m, step: mlflow.log_metrics(m, step=step))
-            except optuna.TrialPruned:
+            except optuna.TrialPruned as err:
+                # stopped early by the pruner, as asked: the MLflow run ends FINISHED, tagged pruned
+                # (raised inside the block, MLflow would end it FAILED)
                 mlflow.set_tag("mlcycle.trial_state", "pruned")
-                raise
-            trainer.ctx.storage.write_bytes(trainer.ctx.key(f"trials/trial-{trial.number}.pt", STEP), blob)
-            mlflow.set_tag("mlcycle.trial_state", "complete")
-            mlflow.log_metric(f"best_val_{trainer.metric_name}", value)
+                pruned = err
+            else:
+                trainer.ctx.storage.write_bytes(trainer.ctx.key(f"trials/trial-{trial.number}.pt", STEP), blob)
+                mlflow.set_tag("mlcycle.trial_state", "complete")
+                mlflow.log_metric(f"best_val_{trainer.metric_name}", value)
+        if pruned is not None:
+            raise pruned
         return value
 
     return objective

@@ -36,11 +36,11 @@ def run(ctx: StepContext) -> dict[str, Any]:
     if ctx.worker is None or not 0 <= ctx.worker < workers:
         raise InvalidArgument(f"step trials needs --worker K with 0 <= K < training.parallelism ({workers})")
     trainer, study = prepare(ctx)
+    exp_id = setup_mlflow(ctx.settings, ctx.pipeline)
     recovered = recover_interrupted(study, ctx.worker)
     warm = enqueue_champion(ctx, study) if ctx.worker == 0 else None
     budget = ctx.spec.training.n_trials
     before = len(study.get_trials(deepcopy=False, states=trial_states(FINISHED)))
-    exp_id = setup_mlflow(ctx.settings, ctx.pipeline)
     tags = {"mlcycle.pipeline": ctx.pipeline, "mlcycle.run_id": ctx.run_id, "mlcycle.step": STEP}
     tags["mlcycle.worker"] = str(ctx.worker)
     existing = find_run(exp_id, tags)

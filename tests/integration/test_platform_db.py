@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import socket
+
 import pytest
 
-from pipelines.core.errors import StepInputError
+from pipelines.core.errors import ServiceUnavailable, StepInputError
 from pipelines.core.settings import Settings
-from pipelines.io import db
+from pipelines.io import db, runs
 from tests.integration.helpers import run, small_spec
 
 pytestmark = pytest.mark.integration
@@ -39,3 +41,53 @@ def test_every_attempt_is_recorded(workspace: Settings) -> None:
         ("ingest", 1, "succeeded", False, True),
         ("ingest", 2, "reused", False, True),
     ]
+
+
+def test_an_attempt_left_running_is_interrupted_by_the_next_and_by_the_operator(workspace: Settings) -> None:
+    """A killed step never records how it ended: its next attempt marks it `interrupted` (taking
+    over); a trial worker's retry marks only its own; the operator marks the last one, a no-op
+    when the step recorded its outcome."""
+    first = runs.start_attempt(workspace, "churn", "int-1", "train")
+    other_worker = runs.start_attempt(workspace, "churn", "int-1", "trials", worker=1)
+    runs.start_attempt(workspace, "churn", "int-1", "trials", worker=0)
+    runs.start_attempt(workspace, "churn", "int-1", "trials", worker=0)  # worker 0's retry
+    second = runs.start_attempt(workspace, "churn", "int-1", "train")
+    runs.finish_attempt(workspace, second, runs.Outcome("succeeded", {"study": "s"}))
+    assert runs.interrupt_running(workspace, "churn", "int-1", "train", None, "gone") == 0  # it recorded
+    assert runs.interrupt_running(workspace, "churn", "int-1", "trials", 0, "exit -9 (SIGKILL)") == 1
+    with db.connect(workspace) as conn:
+        rows = conn.execute(
+            "SELECT step, worker, attempt, status, error FROM step_runs WHERE run_id='int-1' ORDER BY step, attempt"
+        ).fetchall()
+    assert [r[:4] for r in rows] == [
+        ("train", None, first.number, "interrupted"),
+        ("train", None, second.number, "succeeded"),
+        ("trials", 1, other_worker.number, "running"),  # another worker's live attempt is left alone
+        ("trials", 0, 2, "interrupted"),
+        ("trials", 0, 3, "interrupted"),
+    ]
+    assert rows[0][4] == f"{runs.LOST}; attempt 2 took over"
+    assert rows[3][4] == f"{runs.LOST}; attempt 3 took over" and rows[4][4] == "exit -9 (SIGKILL)"
+
+
+def test_a_success_that_cannot_be_recorded_fails_the_task_instead_of_hiding(
+    workspace: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The platform database gone at a step's last write: the success is retried, then raises
+    ServiceUnavailable (exit 1, the task retried, the step reusing its work) naming the database; a
+    failure's record is best effort and never hides the step's own error."""
+    attempt = runs.start_attempt(workspace, "churn", "gone-1", "ingest")
+    monkeypatch.setattr(runs, "RECORD_TRIES", 2)
+    with socket.socket() as closed:  # a port nothing listens on: PostgreSQL is down
+        closed.bind(("127.0.0.1", 0))
+        down = workspace.model_copy(update={"database_url": f"postgresql://x@127.0.0.1:{closed.getsockname()[1]}/x"})
+    with pytest.raises(ServiceUnavailable, match="the step succeeded but its outcome could not be recorded") as err:
+        runs.finish_attempt(down, attempt, runs.Outcome("succeeded", {"rows": 1}))
+    assert err.value.exit_code == 1 and "127.0.0.1" in str(err.value)
+    runs.finish_attempt(down, attempt, runs.Outcome("failed", error="boom"), required=False)  # logged only
+    runs.finish_attempt(workspace, attempt, runs.Outcome("succeeded", {"rows": 1}))  # the retry records it
+    assert run_steps_status(workspace, "gone-1") == [("ingest", "succeeded")]
+
+
+def run_steps_status(settings: Settings, run_id: str) -> list[tuple[str, str]]:
+    return [(r.step, r.status) for r in runs.run_steps(settings, "churn", run_id)]

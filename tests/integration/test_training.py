@@ -14,8 +14,10 @@ import pytest
 
 from pipelines.core.errors import StepSkipped
 from pipelines.core.settings import Settings
+from pipelines.core.spec import parse_spec
 from pipelines.io import db
 from pipelines.io.registry import audit, model_name
+from pipelines.io.runs import render_run, run_steps
 from pipelines.io.tracking import code_version, setup_mlflow
 from tests.integration.helpers import run, run_through, small_spec, step_process
 
@@ -77,6 +79,7 @@ def test_first_model_becomes_champion_with_lineage(workspace: Settings) -> None:
     trials = out["train"]["trials"]
     assert len(children) == trials["complete"] + trials["pruned"] == FAST["n_trials"]
     assert {c.data.tags["mlcycle.trial_state"] for c in children} <= {"complete", "pruned"}
+    assert {c.info.status for c in children} == {"FINISHED"}  # a pruned trial too: it stopped as asked
     history = client.get_metric_history(children[0].info.run_id, "val_roc_auc")
     assert len(history) >= 1 and [m.step for m in history] == list(range(len(history)))
 
@@ -172,6 +175,9 @@ def test_a_killed_train_task_resumes_its_study(workspace: Settings) -> None:
         proc.wait()
     kept = _finished(workspace, "churn_resume:kill-1")
     assert 2 <= len(kept) < 6
+    # The killed attempt could record nothing: `runs show` says so, without made-up figures.
+    shown = render_run("churn_resume", "kill-1", run_steps(workspace, "churn_resume", "kill-1"))
+    assert "  train     running   attempt 1" in shown and "None" not in shown, shown
 
     result = run(workspace, "train", "kill-1", pipeline="churn_resume")
     assert result["finished_before_this_attempt"] == len(kept)
@@ -198,6 +204,52 @@ def test_a_killed_train_task_resumes_its_study(workspace: Settings) -> None:
         filter_string="tags.`mlcycle.run_id` = 'kill-1' and tags.`mlcycle.step` = 'train'",
     )
     assert [p.info.run_id for p in parents] == [result["mlflow_run_id"]]
+    # The killed attempt is marked interrupted by the one that took over; the MLflow run of the trial
+    # it was running is ended KILLED, and no trial's run is left RUNNING.
+    with db.connect(workspace) as conn:
+        attempts = conn.execute(
+            "SELECT attempt, status, error FROM step_runs WHERE pipeline='churn_resume' AND run_id='kill-1'"
+            " AND step='train' ORDER BY attempt"
+        ).fetchall()
+    assert [(a, s) for a, s, _ in attempts] == [(1, "interrupted"), (2, "succeeded")]
+    assert "ended without recording its outcome" in attempts[0][2] and "attempt 2 took over" in attempts[0][2]
+    client = mlflow.MlflowClient()
+    killed = next(t for t in study.trials if t.number == 2)
+    assert client.get_run(killed.user_attrs["mlflow_run_id"]).info.status == "KILLED"
+    children = client.search_runs(
+        [result["mlflow_experiment_id"]], filter_string=f"tags.mlflow.parentRunId = '{result['mlflow_run_id']}'"
+    )
+    assert len(children) == 7 and "RUNNING" not in {c.info.status for c in children}
+
+
+def test_a_pruned_trial_is_a_finished_mlflow_run_tagged_pruned(workspace: Settings) -> None:
+    """The pruner stopping a trial is the search working: its MLflow run ends FINISHED (tagged
+    `pruned`), not FAILED beside the trials that crashed."""
+    import optuna
+
+    from pipelines.steps.train import objective_for
+    from tests.specs import churn_spec_dict
+
+    class PrunedEveryTime:  # a trainer whose every trial the pruner stops after its first epoch
+        metric_name = "roc_auc"
+
+        def fit(self, trial: optuna.Trial, params: dict[str, Any], log_metrics: Any) -> tuple[float, bytes]:
+            log_metrics({"val_roc_auc": 0.5}, 0)
+            raise optuna.TrialPruned("stopped at epoch 0")
+
+    spec = parse_spec(churn_spec_dict())
+    exp_id = setup_mlflow(workspace, "churn_pruned")
+    with mlflow.start_run(experiment_id=exp_id) as parent:
+        study = optuna.create_study(direction="maximize")
+        study.optimize(objective_for(PrunedEveryTime(), spec, parent.info.run_id), n_trials=2)  # type: ignore[arg-type]
+    assert [t.state.name for t in study.trials] == ["PRUNED", "PRUNED"]
+    children = mlflow.MlflowClient().search_runs(
+        [exp_id], filter_string=f"tags.mlflow.parentRunId = '{parent.info.run_id}'"
+    )
+    assert sorted((c.info.status, c.data.tags["mlcycle.trial_state"]) for c in children) == [
+        ("FINISHED", "pruned"),
+        ("FINISHED", "pruned"),
+    ]
 
 
 def test_parallel_trial_workers_share_one_study_and_budget(workspace: Settings) -> None:

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from operators.local import LocalProcess, StepFailed, local_argv_env
+from operators.local import LocalProcess, StepFailed, exit_description, local_argv_env
 from pipelines.core.pod import XCOM_PATH
 from pipelines.core.system import executable
 
@@ -85,3 +85,11 @@ def test_resolve_executable_finds_the_venv_script() -> None:
     assert executable("mlcycle", path_first=True).endswith("mlcycle")
     with pytest.raises(FileNotFoundError):
         executable("surely-not-a-command-here", path_first=True)
+
+
+@pytest.mark.parametrize(
+    ("code", "text"),
+    [(-9, "-9 (SIGKILL)"), (137, "137 (SIGKILL)"), (143, "143 (SIGTERM)"), (1, "1"), (3, "3"), (255, "255")],
+)
+def test_an_exit_names_the_signal_that_ended_the_process(code: int, text: str) -> None:
+    assert exit_description(code) == text

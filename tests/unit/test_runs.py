@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from datetime import timedelta
 
+import pytest
+
 from pipelines.io.runs import StepRow, outputs_summary, render_run
 
 
@@ -40,3 +42,40 @@ def test_no_run_yet() -> None:
 def test_a_skipped_step_shows_its_reason() -> None:
     assert outputs_summary("promote", {"reason": "gate failed"}) == [("reason", "gate failed")]
     assert outputs_summary("canary", {"reason": "dry run"}) == [("reason", "dry run")]
+
+
+def test_an_attempt_that_wrote_nothing_shows_no_made_up_figures_and_its_error() -> None:
+    """A train attempt killed mid-study (or failed) has no outputs: no `study: None ... None=0.0000`."""
+    assert outputs_summary("train", {}) == []
+    text = render_run(
+        "churn",
+        "r1",
+        [
+            StepRow("train", "interrupted", 1, timedelta(seconds=40), {}, "ended without recording its outcome"),
+            StepRow("evaluate", "failed", 1, None, {}, "GateError: parity 0.1 > 0.0001"),
+        ],
+    )
+    assert "None" not in text
+    assert "      error: ended without recording its outcome" in text
+    assert "      error: GateError: parity 0.1 > 0.0001" in text
+
+
+def test_a_failure_is_recorded_with_the_cause_a_library_wrapped() -> None:
+    """Optuna's "invalid data in the commit" over the database shutdown that caused it: both."""
+    from pipelines.steps.runner import describe_error
+
+    def commit(hide_cause: bool) -> None:
+        try:
+            raise ConnectionError("terminating connection due to administrator command")
+        except ConnectionError as cause:
+            raise RuntimeError("An exception is raised during the commit") from (None if hide_cause else cause)
+
+    with pytest.raises(RuntimeError) as hidden:
+        commit(hide_cause=True)
+    assert describe_error(hidden.value) == "RuntimeError: An exception is raised during the commit"
+    with pytest.raises(RuntimeError) as wrapped:
+        commit(hide_cause=False)
+    assert describe_error(wrapped.value) == (
+        "RuntimeError: An exception is raised during the commit"
+        " (caused by ConnectionError: terminating connection due to administrator command)"
+    )
