@@ -58,25 +58,32 @@ def _check_template(value: str) -> str:
     return value
 
 
-class FileSource(SourceBase):
+class FilesBase(SourceBase):
+    """What file and object sources share: the format and, for CSV, the field separator."""
+
+    format: Literal["csv", "parquet"] | None = Field(default=None, description="default: from the file's suffix")
+    delimiter: str = Field(
+        default=",", min_length=1, max_length=1, description="CSV's field separator (e.g. ';' or a tab)"
+    )
+
+
+class FileSource(FilesBase):
     """A CSV or Parquet file on the local disk, or a directory of them (rows kept by the entity
     timestamp). The path may name the window: `data/churn/dt={as_of:%Y-%m-%d}.parquet`."""
 
     kind: Literal["file"]
     path: str
-    format: Literal["csv", "parquet"] | None = None
 
     _template = field_validator("path")(_check_template)
 
 
-class S3Source(SourceBase):
+class S3Source(FilesBase):
     """A CSV or Parquet object in S3, or every such object under a prefix ending in `/` (endpoint
     and credentials come from the settings). The URI may name the window:
     `s3://bucket/churn/dt={as_of:%Y-%m-%d}/`."""
 
     kind: Literal["s3"]
     uri: str = Field(pattern=r"^s3://[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9]/.+")
-    format: Literal["csv", "parquet"] | None = None
 
     _template = field_validator("uri")(_check_template)
 

@@ -55,8 +55,9 @@ def infer_format(name: str, declared: str | None) -> str:
     raise SourceError(f"{name}: cannot tell the format from the name; set source.format (csv|parquet)")
 
 
-def parse_bytes(data: bytes, fmt: str, where: str) -> pd.DataFrame:
-    """A frame from file bytes, with a clear error for empty, truncated or malformed input."""
+def parse_bytes(data: bytes, fmt: str, where: str, delimiter: str = ",") -> pd.DataFrame:
+    """A frame from file bytes, with a clear error for empty, truncated or malformed input. A CSV's
+    UTF-8 byte order mark is not part of its first column's name."""
     import pandas as pd  # heavy: pandas, pyarrow
     import pyarrow as pa
     import pyarrow.parquet as pq
@@ -67,14 +68,36 @@ def parse_bytes(data: bytes, fmt: str, where: str) -> pd.DataFrame:
         if fmt == "parquet":
             df = pq.read_table(io.BytesIO(data)).to_pandas()
         else:
-            df = pd.read_csv(io.BytesIO(data), compression="infer")
+            df = pd.read_csv(io.BytesIO(data), compression="infer", sep=delimiter, encoding="utf-8-sig")
     except (pa.ArrowInvalid, OSError) as err:
         raise SourceDataError(f"{where}: not a readable Parquet file (truncated or corrupt?): {err}") from None
     except (pd.errors.EmptyDataError, pd.errors.ParserError, UnicodeDecodeError) as err:
         raise SourceDataError(f"{where}: not a readable CSV file: {err}") from None
+    if fmt == "csv":
+        hint = delimiter_hint(list(df.columns), delimiter)
+        if hint:
+            raise SourceDataError(f"{where}: {hint}")
     if len(df) == 0:
         raise SourceDataError(f"{where}: the source has no rows")
     return df
+
+
+DELIMITERS = (";", "\t", "|", ",")
+
+
+def delimiter_hint(columns: list[str], delimiter: str) -> str | None:
+    """Why a CSV read as one column is read wrong: its header holds another separator. Pure."""
+    if len(columns) != 1:
+        return None
+    header = str(columns[0])
+    for other in DELIMITERS:
+        if other != delimiter and other in header:
+            shown = "\\t" if other == "\t" else other
+            return (
+                f"read as one column '{header[:60]}': the file looks separated by '{shown}', not "
+                f"'{delimiter}'; set source.delimiter: '{shown}' in the spec"
+            )
+    return None
 
 
 def instants(values: pd.Series) -> pd.Series:
@@ -126,8 +149,8 @@ def _read(source: Source, settings: Settings, window: Window | None) -> pd.DataF
             files = sorted(f for f in path.iterdir() if f.is_file() and _data_file(f.name))
             if not files:
                 raise SourceError(f"source.path: {path} holds no .csv or .parquet file")
-            return _concat([_read_file(f, source.format) for f in files])
-        return _read_file(path, source.format)
+            return _concat([_read_file(f, source) for f in files])
+        return _read_file(path, source)
     if isinstance(source, S3Source):
         uri = render_location(source.uri, window) if window else source.uri
         if uri.endswith("/"):
@@ -136,9 +159,14 @@ def _read(source: Source, settings: Settings, window: Window | None) -> pd.DataF
                 raise SourceError(f"source.uri: no .csv or .parquet object under {uri}")
             bucket, _ = parse_s3_uri(uri)
             return _concat(
-                [parse_bytes(_read_s3(f"s3://{bucket}/{k}", settings), infer_format(k, source.format), k) for k in keys]
+                [
+                    parse_bytes(
+                        _read_s3(f"s3://{bucket}/{k}", settings), infer_format(k, source.format), k, source.delimiter
+                    )
+                    for k in keys
+                ]
             )
-        return parse_bytes(_read_s3(uri, settings), infer_format(uri, source.format), uri)
+        return parse_bytes(_read_s3(uri, settings), infer_format(uri, source.format), uri, source.delimiter)
     if isinstance(source, PostgresSource):
         return _read_postgres(source, settings, window)
     if isinstance(source, SyntheticSource):
@@ -162,12 +190,12 @@ def _data_file(name: str) -> bool:
     return name.lower().endswith(DATA_SUFFIXES)
 
 
-def _read_file(path: Path, declared: str | None) -> pd.DataFrame:
+def _read_file(path: Path, source: FileSource) -> pd.DataFrame:
     try:
         data = path.read_bytes()
     except OSError as err:
         raise SourceError(f"source.path: cannot read {path}: {err.strerror}") from None
-    return parse_bytes(data, infer_format(path.name, declared), str(path))
+    return parse_bytes(data, infer_format(path.name, source.format), str(path), source.delimiter)
 
 
 def _concat(frames: list[pd.DataFrame]) -> pd.DataFrame:

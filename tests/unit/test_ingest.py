@@ -5,7 +5,7 @@ import io
 import pandas as pd
 import pytest
 
-from pipelines.core.errors import SourceError
+from pipelines.core.errors import SourceDataError, SourceError
 from pipelines.core.spec import SyntheticSource
 from pipelines.io.sources import infer_format, normalize_frame, parse_bytes
 from pipelines.io.storage import parquet_bytes
@@ -63,3 +63,22 @@ def test_parse_bytes_errors(churn_df: pd.DataFrame) -> None:
     buf = io.BytesIO()
     churn_df.head(3).to_csv(buf, index=False)
     assert len(parse_bytes(buf.getvalue(), "csv", "x.csv")) == 3
+
+
+def test_a_csv_of_another_separator_is_named_and_read_with_source_delimiter(churn_df: pd.DataFrame) -> None:
+    """A semicolon CSV (a European spreadsheet's export) read with ',' is one column: the error says
+    which separator it looks like and the spec key that reads it; with `delimiter` it reads."""
+    text = churn_df.head(3).to_csv(index=False, sep=";").encode()
+    with pytest.raises(SourceDataError, match=r"looks separated by ';', not ','; set source.delimiter: ';'"):
+        parse_bytes(text, "csv", "x.csv")
+    assert list(parse_bytes(text, "csv", "x.csv", ";").columns) == list(churn_df.columns)
+    tabs = churn_df.head(3).to_csv(index=False, sep="\t").encode()
+    with pytest.raises(SourceDataError, match=r"separated by '\\t'"):
+        parse_bytes(tabs, "csv", "x.csv")
+    with pytest.raises(SourceDataError, match="separated by ','"):  # the other way round
+        parse_bytes(churn_df.head(3).to_csv(index=False).encode(), "csv", "x.csv", ";")
+
+
+def test_a_utf8_byte_order_mark_is_not_part_of_the_first_column(churn_df: pd.DataFrame) -> None:
+    data = b"\xef\xbb\xbf" + churn_df.head(3).to_csv(index=False).encode()
+    assert list(parse_bytes(data, "csv", "x.csv").columns) == list(churn_df.columns)
