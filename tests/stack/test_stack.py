@@ -82,6 +82,10 @@ def _host_env(stack: Stack) -> dict[str, str]:
     }
 
 
+def _service(stack: Stack, name: str) -> Any:
+    return next(c for c in stack.containers() if c.labels.get("com.docker.compose.service") == name)
+
+
 def test_every_service_is_healthy_and_on_loopback_only(stack: Stack) -> None:
     health = stack.health()
     expected = {
@@ -108,6 +112,11 @@ def test_every_service_is_healthy_and_on_loopback_only(stack: Stack) -> None:
                 assert b["HostIp"] == "127.0.0.1", (c.name, b)
                 published += 1
     assert published == 7
+    # the same PostgreSQL as the embedded profile's
+    version = _service(stack, "postgres").exec_run(
+        ["psql", "-h", "/tmp", "-U", "mlcycle", "-tAc", "SHOW server_version_num"]
+    )
+    assert version.exit_code == 0 and int(version.output) >= 180000, version.output
     # a request without credentials is refused by every authenticated surface
     assert httpx.get(_url(stack, "AIRFLOW_PORT", "/api/v2/dags")).status_code == 401
     assert httpx.get(_url(stack, "S3_PORT", "/mlcycle/")).status_code == 403
@@ -280,9 +289,16 @@ def test_prometheus_scrapes_serving_and_airflow(stack: Stack) -> None:
 
 
 def test_down_and_up_keeps_everything(stack: Stack) -> None:
+    started = time.monotonic()
     stack.down()
+    TIMINGS["down_s"] = round(time.monotonic() - started, 1)
     assert stack.containers() == []
     TIMINGS["restart_s"] = stack.up(timeout=900)
+    # PostgreSQL was stopped cleanly (SIGINT, its fast shutdown), not killed after Docker's grace
+    # period: it starts without crash recovery
+    postgres = _service(stack, "postgres")
+    log = postgres.logs().decode()
+    assert "database system was shut down at" in log and "not properly shut down" not in log, log[-3000:]
     assert _champion(stack)["version"] == STATE["champion"]
     assert _served_version(stack) == int(STATE["champion"])
     airflow = _airflow(stack)

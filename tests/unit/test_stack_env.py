@@ -111,3 +111,11 @@ def test_compose_waits_for_what_each_service_needs() -> None:
             assert cond == {"condition": expected}, (name, dep)
     assert services["airflow-scheduler"]["depends_on"]["airflow-apiserver"] == {"condition": "service_healthy"}
     assert set(services["airflow-init"]["depends_on"]) == {"postgres"}
+
+
+def test_compose_stops_postgres_with_its_fast_shutdown() -> None:
+    """SIGTERM is PostgreSQL's smart shutdown, which waits for Airflow's pooled connections: Docker
+    killed it after 10 s and every start recovered from a crash."""
+    postgres = _compose()["services"]["postgres"]
+    assert postgres["stop_signal"] == "SIGINT"
+    assert postgres["stop_grace_period"] == "30s"
