@@ -14,7 +14,9 @@ bare server and against `mlflow models serve` measured in the same run. Scenario
 `mlcycle` is the endpoint exactly as `make demo` runs it (the embedded head's environment:
 HAProxy ingress, throughput-optimized, one hop). `--variants` adds the levers switched off one
 at a time. Last, the load-during-canary figure: 64 connections while the weights walk 5 -> 25 ->
-50 -> 100 % and then roll back. Servers listen on 127.0.0.1 and are stopped afterwards.
+50 -> 100 % and then roll back. Then overload: 64, 256 and 512 connections against the replica's
+bound of 128 requests: answered req/s, the share shed with 503 + Retry-After, the admitted
+requests' p99. Servers listen on 127.0.0.1 and are stopped afterwards.
 """
 
 from __future__ import annotations
@@ -41,6 +43,7 @@ from pipelines.io.storage import open_storage, read_parquet
 from pipelines.io.tracking import mlflow_uri, setup_mlflow
 from serving.config import VersionConfig
 from serving.deploy import connect, deploy, endpoint, serve_env, serving_args
+from serving.telemetry import FLUSH_EVERY_S
 from tests import loadgen
 
 PIPELINE = "bench_serving"
@@ -179,6 +182,7 @@ def run_all(settings: Settings, measure: Callable[..., list[dict[str, Any]]], va
             if name == "mlcycle":
                 results += measure(name, url + "/predict", ours_bodies(ids, None), "online_features")
                 results.append(canary_under_load(settings, url, ours_bodies(ids, rows)))
+                results += overload(settings, url, ours_bodies(ids, rows))
     return results
 
 
@@ -227,6 +231,51 @@ def canary_under_load(settings: Settings, url: str, bodies: list[str], connectio
     return out
 
 
+OVERLOAD_LEVELS = (64, 256, 512)
+
+
+def overload(settings: Settings, url: str, bodies: list[str], seconds: float = 6.0) -> list[dict[str, Any]]:
+    """Past the replica's bound (`serving.max_concurrent_requests`): at each level, the answered
+    req/s, the share shed (503 + Retry-After) and the p99 of the admitted requests, server-side
+    (the request log's latency from the ingress's first byte to its answer: wrk's own histogram
+    mixes in the sub-millisecond 503s)."""
+    from pipelines.io import db
+
+    bound = spec_for(settings, PIPELINE).serving.max_concurrent_requests
+    out = []
+    for c in OVERLOAD_LEVELS:
+        with db.connect(settings) as conn:
+            (since,) = conn.execute("SELECT now()").fetchone() or (None,)
+        r = loadgen.run(url + "/predict", bodies, {"x-api-key": KEY}, c, seconds, statuses=True)
+        time.sleep(FLUSH_EVERY_S + 1.5)  # the request log is written in batches
+        with db.connect(settings) as conn:
+            (p99,) = conn.execute(
+                "SELECT percentile_cont(0.99) WITHIN GROUP (ORDER BY l) FROM (SELECT max(latency_ms) AS l"
+                " FROM inference_requests WHERE pipeline=%s AND created_at >= %s GROUP BY request_id) AS t",
+                (PIPELINE, since),
+            ).fetchone() or (None,)
+        statuses = r.statuses or {}
+        answered = statuses.get(200, 0)
+        row = {
+            "scenario": "overload",
+            "server": "mlcycle",
+            **r.as_dict(),
+            "bound": bound,
+            "answered_rps": round(answered / r.seconds, 1) if r.seconds else 0.0,
+            "shed_share": round(statuses.get(503, 0) / max(1, sum(statuses.values())), 4),
+            "admitted_p99_ms": round(float(p99), 2) if p99 is not None else None,
+        }
+        out.append(row)
+        print(
+            f"  overload  c={c:<4} bound {bound}: answered {row['answered_rps']:8.1f} req/s,"
+            f" shed {row['shed_share']:.1%} (503s with Retry-After: {r.retry_after}),"
+            f" other statuses {sorted(set(statuses) - {200, 503})},"
+            f" admitted p99 {row['admitted_p99_ms']} ms (server-side), socket errors {r.socket_errors}",
+            flush=True,
+        )
+    return out
+
+
 def report(results: list[dict[str, Any]], levels: list[int]) -> None:
     def find(server: str, scenario: str, c: int) -> dict[str, Any] | None:
         return next(
@@ -239,7 +288,7 @@ def report(results: list[dict[str, Any]], levels: list[int]) -> None:
         f" {'x bare':>7} {'x mlflow':>8} {'p99 x mlflow':>12}"
     )
     for r in results:
-        if r["scenario"] == "canary_walk":
+        if r["scenario"] in ("canary_walk", "overload"):
             continue
         bare, mlf = (
             find("bare", "request_features", r["connections"]),
@@ -259,6 +308,22 @@ def report(results: list[dict[str, Any]], levels: list[int]) -> None:
         hi, lo = find("mlcycle", "request_features", levels[-1]), find("mlcycle", "request_features", levels[-2])
         if hi and lo:
             print(f"p99 at {levels[-1]} connections / p99 at {levels[-2]}: {hi['p99_ms'] / lo['p99_ms']:.2f}")
+    shed = [r for r in results if r["scenario"] == "overload"]
+    if shed:
+        base = shed[0]
+        print(f"\noverload (bound {base['bound']} per replica), ratios against c={base['connections']} in this run:")
+        for r in shed:
+            p99 = (
+                r["admitted_p99_ms"] / base["admitted_p99_ms"]
+                if r["admitted_p99_ms"] and base["admitted_p99_ms"]
+                else 0
+            )
+            kept = r["answered_rps"] / base["answered_rps"]
+            print(
+                f"  c={r['connections']:<4} answered {r['answered_rps']:8.1f} req/s (x {kept:.2f}),"
+                f" shed {r['shed_share']:.1%}, admitted p99 {r['admitted_p99_ms']} ms (x {p99:.2f})"
+            )
+        print(f"  max sustained (answered) req/s: {max(r['answered_rps'] for r in shed):.1f}")
 
 
 if __name__ == "__main__":

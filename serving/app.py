@@ -90,8 +90,21 @@ def route(instances: list[dict[str, Any]], weights: dict[int, float]) -> dict[in
     return groups
 
 
-def error(status: int, message: str, **extra: Any) -> JSONResponse:
-    return JSONResponse({"error": message, **extra}, status_code=status)
+def error(status: int, message: str, headers: dict[str, str] | None = None, **extra: Any) -> JSONResponse:
+    return JSONResponse({"error": message, **extra}, status_code=status, headers=headers)
+
+
+RETRY_AFTER_S = 1
+
+
+def overloaded(limit: int) -> JSONResponse:
+    """The answer past a replica's capacity: 503 with `Retry-After`, at once. Pure."""
+    return error(
+        503,
+        "overloaded",
+        headers={"Retry-After": str(RETRY_AFTER_S)},
+        reason=f"this replica holds {limit} requests (serving.max_concurrent_requests); retry after {RETRY_AFTER_S} s",
+    )
 
 
 @serve.deployment
@@ -142,6 +155,7 @@ class Ingress:
             log.warning("%s is empty: every predict request is refused", static["api_keys_env"])
         self.recorder = Recorder(static["pipeline"], lambda: database_url(self.settings), RayMetrics())
         self._ab_cache: tuple[tuple[int, int], float, dict[str, Any]] | None = None
+        self.inflight = 0  # predict requests admitted and not yet answered (the event loop's only)
 
     async def reconfigure(self, config: dict[str, Any]) -> None:
         """Apply new arguments: versions new to this replica are loaded first (in a thread, while
@@ -217,6 +231,18 @@ class Ingress:
         refused = self._refuse(request)
         if refused is not None:
             return refused
+        limit = self.args.max_concurrent_requests
+        if self.inflight >= limit:  # a bounded queue: shed at once, the admitted keep their latency
+            self.recorder.metrics.count(0, 1, "shed", False)
+            self.recorder.touch()
+            return overloaded(limit)
+        self.inflight += 1
+        try:
+            return await self._predict(request, started)
+        finally:
+            self.inflight -= 1
+
+    async def _predict(self, request: Request, started: float) -> JSONResponse:
         parsed = self._parse(await request.body())
         if isinstance(parsed, JSONResponse):
             return parsed
@@ -436,7 +462,8 @@ def build_app(args: dict[str, Any]) -> Any:
         version=version,
         _internal=True,  # Serve's own flag for setting `version`, which serve.run honours
         user_config=parsed.model_dump(mode="json"),
-        max_ongoing_requests=INGRESS_ONGOING,
+        # above the app's own bound, so the app sheds (503 + Retry-After) before Serve would
+        max_ongoing_requests=max(INGRESS_ONGOING, parsed.max_concurrent_requests + 64),
         **options,
     )
     return ingress.bind(static, **handles)

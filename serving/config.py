@@ -31,6 +31,7 @@ class ServingArgs(BaseModel):
     max_payload_bytes: int = Field(default=1_048_576, ge=1024)
     max_instances: int = Field(default=1000, ge=1)
     max_batch_size: int = Field(default=32, ge=1)
+    max_concurrent_requests: int = Field(default=128, ge=1, le=4096)
     version_deployments: bool = False
     online_features: bool = True
     log_requests: bool = True

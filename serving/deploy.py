@@ -39,6 +39,7 @@ def serving_args(
         "versions": versions,
         "max_payload_bytes": spec.serving.max_payload_bytes,
         "max_batch_size": spec.serving.max_batch_size,
+        "max_concurrent_requests": spec.serving.max_concurrent_requests,
         "version_deployments": spec.serving.version_deployments,
         "replicas": spec.serving.replicas,
         "replica_gpus": spec.serving.gpus,

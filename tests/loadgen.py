@@ -31,6 +31,8 @@ class Result:
     max_ms: float
     non_2xx: int
     socket_errors: int
+    statuses: dict[int, int] | None = None  # with `statuses=True`: responses by status
+    retry_after: int | None = None  # and how many 503s carried a Retry-After header
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -45,9 +47,22 @@ def lua_string(text: str) -> str:
     return f"[{eq}[{text}]{eq}]"
 
 
-def script(bodies: Sequence[str], headers: dict[str, str], path: str) -> str:
+STATUSES = """
+statuses = {}
+retry_after = 0
+function response(status, headers, body)
+  local k = tostring(status)
+  statuses[k] = (statuses[k] or 0) + 1
+  if status == 503 and (headers["Retry-After"] or headers["retry-after"]) then retry_after = retry_after + 1 end
+end
+"""
+"""Counting by status (only when asked: wrk then hands every response to Lua, which costs)."""
+
+
+def script(bodies: Sequence[str], headers: dict[str, str], path: str, statuses: bool = False) -> str:
     """The Lua script: POST `path` with the bodies in turn (each connection starts elsewhere in the
-    list), the headers, and a JSON summary printed at the end. Pure."""
+    list), the headers, and a JSON summary printed at the end; with `statuses`, the responses by
+    status too. Pure."""
     lines = ["local bodies = {"]
     lines += [f"  {lua_string(b)}," for b in bodies]
     lines.append("}")
@@ -58,9 +73,11 @@ def script(bodies: Sequence[str], headers: dict[str, str], path: str) -> str:
         f"""
 local counter = 0
 local path = {lua_string(path)}
+local threads = {{}}
 function setup(thread)
   thread:set("offset", counter * 7919)
   counter = counter + 1
+  table.insert(threads, thread)
 end
 local n = 0
 function request()
@@ -70,14 +87,24 @@ function request()
 end
 function done(summary, latency, requests)
   local e = summary.errors
+  local by_status, retry = {{}}, 0
+  for _, t in ipairs(threads) do
+    for k, n in pairs(t:get("statuses") or {{}}) do by_status[k] = (by_status[k] or 0) + n end
+    retry = retry + (t:get("retry_after") or 0)
+  end
+  local parts = {{}}
+  for k, n in pairs(by_status) do table.insert(parts, string.format('"%s": %d', k, n)) end
   io.write(string.format(
     '{MARK}{{"requests": %d, "duration_us": %d, "non_2xx": %d, "socket_errors": %d, '
-    .. '"p50_us": %d, "p99_us": %d, "p999_us": %d, "max_us": %d}}\\n',
+    .. '"p50_us": %d, "p99_us": %d, "p999_us": %d, "max_us": %d, "statuses": {{%s}}, "retry_after": %d}}\\n',
     summary.requests, summary.duration, e.status, e.connect + e.read + e.write + e.timeout,
-    latency:percentile(50), latency:percentile(99), latency:percentile(99.9), latency.max))
+    latency:percentile(50), latency:percentile(99), latency:percentile(99.9), latency.max,
+    table.concat(parts, ", "), retry))
 end
 """
     )
+    if statuses:
+        lines.append(STATUSES)
     return "\n".join(lines)
 
 
@@ -99,6 +126,8 @@ def parse(output: str, connections: int) -> Result:
         max_ms=d["max_us"] / 1000,
         non_2xx=d["non_2xx"],
         socket_errors=d["socket_errors"],
+        statuses={int(k): n for k, n in d["statuses"].items()} if d.get("statuses") else None,
+        retry_after=d["retry_after"] if d.get("statuses") else None,
     )
 
 
@@ -116,12 +145,15 @@ def start(
     connections: int,
     seconds: float,
     timeout_s: float = 10.0,
+    statuses: bool = False,
 ) -> tuple[subprocess.Popen[str], Path]:
     """Start wrk against `url` (scheme://host:port/path) in the background; `finish` reads it."""
     scheme, rest = url.split("://", 1)
     host, _, path = rest.partition("/")
     work = Path(tempfile.mkdtemp(prefix="mlcycle-wrk-"))
-    (work / "post.lua").write_text(script(bodies, {"Content-Type": "application/json", **headers}, "/" + path))
+    (work / "post.lua").write_text(
+        script(bodies, {"Content-Type": "application/json", **headers}, "/" + path, statuses)
+    )
     argv = [
         wrk_binary(),
         "-t1",
@@ -144,7 +176,14 @@ def finish(proc: subprocess.Popen[str], work: Path, connections: int, seconds: f
     return parse(out, connections)
 
 
-def run(url: str, bodies: Sequence[str], headers: dict[str, str], connections: int, seconds: float) -> Result:
+def run(
+    url: str,
+    bodies: Sequence[str],
+    headers: dict[str, str],
+    connections: int,
+    seconds: float,
+    statuses: bool = False,
+) -> Result:
     """One fixed-duration level of load; blocks until wrk ends."""
-    proc, work = start(url, bodies, headers, connections, seconds)
+    proc, work = start(url, bodies, headers, connections, seconds, statuses=statuses)
     return finish(proc, work, connections, seconds)

@@ -399,6 +399,13 @@ class Serving(Model):
         "default: the versions are scored in the ingress's process (one hop)",
     )
     max_payload_bytes: int = Field(default=1_048_576, ge=1024)
+    max_concurrent_requests: int = Field(
+        default=128,
+        ge=1,
+        le=4096,
+        description="requests a replica holds at once (being answered or waiting for their batch); past it "
+        "the endpoint answers 503 with Retry-After at once instead of queueing without bound",
+    )
     replicas: int = Field(default=1, ge=1)
     gpus: float = Field(
         default=0.0,

@@ -270,6 +270,36 @@ def test_no_request_lost_while_a_canary_walks_and_rolls_back_under_64_connection
     assert result.max_ms < spec_for(served, PIPELINE).serving.request_timeout_s * 1000, result
 
 
+def test_overload_is_shed_with_503_and_retry_after_and_the_endpoint_recovers(served: Settings) -> None:
+    """Past a replica's bound (here 4 requests held at once) wrk's 64 connections get 503 with
+    `Retry-After` at once, never a 500 or a timeout; the admitted are answered; when the load
+    drops the next request is answered."""
+    deploy(
+        serving_args(
+            spec_for(served, PIPELINE), [VersionConfig(version=1, weight=100)], model_name(PIPELINE),
+            max_concurrent_requests=4,
+        )
+    )  # fmt: skip
+    bodies = [json.dumps({"instances": [{"entity_id": i} for i in range(n, n + 20)]}) for n in range(1, 481, 20)]
+    url = endpoint(served, PIPELINE) + "/predict"
+    proc, work = loadgen.start(url, bodies, {"x-api-key": KEY}, connections=64, seconds=4, statuses=True)
+    shed = None
+    with _client(served) as c:
+        deadline = time.monotonic() + 3.5
+        while shed is None and time.monotonic() < deadline:  # one refusal, as a client reads it
+            r = _predict(c, list(range(1, 21)))
+            shed = r if r.status_code == 503 else None
+    result = loadgen.finish(proc, work, 64, 4)
+    assert result.statuses is not None and set(result.statuses) == {200, 503}, result
+    assert result.statuses[503] == result.retry_after > 0 and result.statuses[200] > 0, result
+    assert result.socket_errors == 0, result
+    assert shed is not None, "no request was shed under 64 connections"
+    assert shed.headers["retry-after"] == "1"
+    assert shed.json()["error"] == "overloaded" and "max_concurrent_requests" in shed.json()["reason"]
+    with _client(served) as c:
+        assert _predict(c, [1, 2]).status_code == 200
+
+
 # ------------------------------------------------------------------------------------- canary
 CANARY = SHORT_CANARY
 

@@ -34,6 +34,8 @@ class _Echo(BaseHTTPRequestHandler):
         body = self.rfile.read(int(self.headers["Content-Length"]))
         _Echo.seen.append((self.path, self.headers.get("x-api-key", ""), body))
         self.send_response(200 if body != b'{"n": 2}' else 503)
+        if body == b'{"n": 2}' and self.path == "/retry":
+            self.send_header("Retry-After", "1")
         self.send_header("Content-Length", "0")
         self.end_headers()
 
@@ -52,3 +54,18 @@ def test_wrk_posts_the_bodies_with_the_headers_and_counts_non_2xx() -> None:
     assert r.requests > 10 and r.non_2xx > 0 and r.non_2xx < r.requests
     paths, keys, bodies = zip(*_Echo.seen, strict=True)
     assert set(paths) == {"/v1/predict"} and set(keys) == {"k"} and set(bodies) == {b'{"n": 1}', b'{"n": 2}'}
+
+
+def test_wrk_counts_responses_by_status_and_the_503s_that_say_when_to_retry() -> None:
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Echo)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        base = f"http://127.0.0.1:{server.server_address[1]}"
+        r = loadgen.run(f"{base}/retry", ['{"n": 1}', '{"n": 2}'], {}, connections=2, seconds=1, statuses=True)
+        plain = loadgen.run(f"{base}/plain", ['{"n": 2}'], {}, connections=1, seconds=1, statuses=True)
+    finally:
+        server.shutdown()
+    assert r.statuses is not None and set(r.statuses) == {200, 503}
+    assert sum(r.statuses.values()) >= r.requests - 2  # wrk stops mid-response on at most a connection each
+    assert r.statuses[503] == r.non_2xx == r.retry_after
+    assert plain.statuses is not None and plain.retry_after == 0 and set(plain.statuses) == {503}
