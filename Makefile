@@ -65,10 +65,14 @@ test: setup tools
 test-unit: setup
 	$(VENV)/bin/pytest tests/unit
 
+# ruff's S rules are bandit's security checks; detect-secrets scans every tracked file for keys,
+# tokens and passwords (.secrets.baseline: the reviewed false positives, names of secrets and test
+# fixtures; `detect-secrets scan $$(git ls-files) > .secrets.baseline` after reviewing a new one)
 lint: setup
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy pipelines operators feature_repo serving plugins dags
+	git ls-files -z | xargs -0 $(VENV)/bin/detect-secrets-hook --baseline .secrets.baseline
 
 bench: setup tools
 	$(PY) bench/features.py

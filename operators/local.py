@@ -81,8 +81,7 @@ class LocalProcess:
                 start_new_session=True,
             )
             try:
-                assert self.proc.stdout is not None
-                for line in self.proc.stdout:
+                for line in self.proc.stdout or ():  # a pipe: stdout=PIPE
                     line = line.rstrip("\n")
                     log(line)
                     tail = [*tail[-49:], line]

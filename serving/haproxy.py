@@ -1,5 +1,5 @@
 """`mlcycle-haproxy`: the HAProxy that Ray Serve runs as its ingress proxy, every listener on the
-host Serve's HTTP frontend was given.
+host Serve's HTTP frontend was given, and a bounded queue in front of every application.
 
 Serve 2.60 writes HAProxy's config with the HTTP frontend on `http_options.host`, but its stats
 page (`bind *:8404`) and Prometheus exporter (`bind :9101`) on every interface, and lets only
@@ -7,14 +7,28 @@ their ports be set. Serve runs the binary named by `RAY_SERVE_HAPROXY_BINARY_PAT
 <config>`; this wrapper is that binary: it rewrites the config's wildcard binds to the frontend's
 host (127.0.0.1 on one machine; 0.0.0.0 in a cluster, where Prometheus scrapes it) and `exec`s the
 HAProxy bundled with Ray, so the PID Serve watches is HAProxy's own.
+
+Overload is answered in HAProxy, in C, before it costs the replicas anything: Serve sends every
+request to a replica at once, so a replica's event loop queued without bound and spent itself
+refusing what it could not answer. The wrapper gives each replica of a pipeline's application
+`maxconn` = its spec's `serving.max_concurrent_requests`; as many again wait in HAProxy's queue
+(at most `serving.request_deadline_s`); past that the request is answered 503 with `Retry-After`
+at once. A 503 of HAProxy's own (a queue timeout, no replica up) says the same, where Serve's
+error file turned it into a 500.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import sys
+from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
+
+from pipelines.core.settings import load_settings
+from pipelines.core.spec import read_specs
 
 FRONTEND = re.compile(r"^frontend http_frontend\s*\n\s*bind\s+(\S+):\d+", re.M)
 WILDCARD_BIND = re.compile(r"^(\s*bind\s+)(?:\*|0\.0\.0\.0|::|\[::\])?:(\d+)\b", re.M)
@@ -29,9 +43,85 @@ def frontend_host(config: str) -> str | None:
 def bind_like_frontend(config: str) -> str:
     """The config with every wildcard `bind` on the HTTP frontend's host. Pure."""
     host = frontend_host(config)
-    if host is None or host in ("*", "0.0.0.0", "::", "[::]"):
+    if host is None or host in ("*", "0.0.0.0", "::", "[::]"):  # noqa: S104 (recognised, not bound)
         return config
     return WILDCARD_BIND.sub(lambda m: f"{m.group(1)}{host}:{m.group(2)}", config)
+
+
+RETRY_AFTER_S = 1
+BACKEND = re.compile(r"^backend (http-(\S+))\n((?:[ \t]+\S.*\n?)*)", re.M)
+REPLICA = re.compile(r"^(\s*server SERVE_REPLICA_\S+ .*?)$", re.M)
+ERRORFILE_503 = re.compile(r"^(\s*errorfile 503 )\S+$", re.M)
+
+
+@dataclass(frozen=True)
+class Admission:
+    """How much one application's replicas take at once, and how long a request may wait."""
+
+    max_concurrent: int = 128
+    queue_timeout_s: int = 30
+
+
+def shed_rule(backend: str, bound: int) -> str:
+    """The frontend rule that answers 503 + Retry-After once `bound` requests wait. Pure."""
+    body = json.dumps(
+        {
+            "error": "overloaded",
+            "reason": f"{bound} requests are waiting for a replica (serving.max_concurrent_requests); "
+            f"retry after {RETRY_AFTER_S} s",
+        }
+    ).replace('"', '\\"')
+    return (
+        f"    http-request return status 503 content-type application/json hdr Retry-After {RETRY_AFTER_S} "
+        f'string "{body}" if is_{backend} {{ queue({backend}) ge {bound} }}'
+    )
+
+
+def with_admission(config: str, admissions: Mapping[str, Admission], default: Admission, error_503: str) -> str:
+    """The config with a bounded queue per application backend (`http-<app>`): `maxconn` on each
+    replica, a queue timeout, a rule that sheds past the bound, and `error_503` (a file) as the 503
+    HAProxy itself answers. Already rewritten configs are left as they are. Pure."""
+    if "mlcycle admission" in config:
+        return config
+    rules: list[tuple[str, str]] = []
+
+    def backend(m: re.Match[str]) -> str:
+        name, app, body = m.group(1), m.group(2), m.group(3)
+        a = admissions.get(app, default)
+        body = REPLICA.sub(lambda r: f"{r.group(1)} maxconn {a.max_concurrent}", body)
+        rules.append((name, shed_rule(name, a.max_concurrent)))
+        return f"backend {name}\n    # mlcycle admission\n    timeout queue {a.queue_timeout_s}s\n{body}"
+
+    out = BACKEND.sub(backend, config)
+    for name, rule in rules:
+        use = f"    use_backend {name} if is_{name}"
+        out = out.replace(use, f"{rule}\n{use}", 1)
+    return ERRORFILE_503.sub(lambda m: m.group(1) + error_503, out)
+
+
+def error_503_response() -> str:
+    """HAProxy's own 503 (queue timeout, no replica up), as an HTTP response file. Pure."""
+    body = json.dumps(
+        {
+            "error": "unavailable",
+            "reason": "no replica could take the request in time (overloaded or restarting); "
+            f"retry after {RETRY_AFTER_S} s",
+        }
+    )
+    head = (
+        "HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n"
+        f"Retry-After: {RETRY_AFTER_S}\r\nContent-Length: {len(body)}\r\nConnection: close\r\n\r\n"
+    )
+    return head + body
+
+
+def spec_admissions() -> dict[str, Admission]:
+    """Each pipeline's bound, from the specs this node sees (invalid specs are skipped: their
+    applications get the default)."""
+    specs, _ = read_specs(load_settings().specs_path)
+    return {
+        s.name: Admission(s.serving.max_concurrent_requests, max(1, round(s.serving.request_deadline_s))) for s in specs
+    }
 
 
 def config_path(argv: list[str]) -> str | None:
@@ -63,7 +153,14 @@ def main() -> None:
     path = config_path(argv)
     if path is not None and Path(path).is_file():
         text = Path(path).read_text()
-        fixed = bind_like_frontend(text)
+        error_503 = Path(path).with_name("503.http")
+        error_503.write_bytes(error_503_response().encode())
+        try:
+            admissions = spec_admissions()
+        except Exception as err:  # the specs are unreadable here: every application gets the default
+            print(f"mlcycle-haproxy: default admission for every application: {err}", file=sys.stderr)
+            admissions = {}
+        fixed = with_admission(bind_like_frontend(text), admissions, Admission(), str(error_503))
         if fixed != text:
             tmp = Path(path + ".mlcycle")
             tmp.write_text(fixed)

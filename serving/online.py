@@ -52,7 +52,7 @@ def lookup_sql(views: Sequence[ViewRead]) -> str:
         return '"' + name.replace('"', '""') + '"'
 
     branches = [
-        f"SELECT {n} AS view, entity_key, feature_name, value FROM {ident(v.table)} "
+        f"SELECT {n} AS view, entity_key, feature_name, value FROM {ident(v.table)} "  # noqa: S608 (quoted)
         f"WHERE entity_key = ANY(%s) AND feature_name = ANY(%s)"
         for n, v in enumerate(views)
     ]

@@ -121,8 +121,8 @@ class RequestLog:
                             row = (*row[:FEATURES], json.dumps(row[FEATURES], default=str), *row[FEATURES + 1 :])
                         copy.write_row(row)
                 cur.execute(
-                    f"INSERT INTO inference_requests ({', '.join(COLUMNS)}) SELECT {', '.join(COLUMNS)}"
-                    " FROM requests_in ON CONFLICT DO NOTHING"
+                    f"INSERT INTO inference_requests ({', '.join(COLUMNS)}) SELECT {', '.join(COLUMNS)}"  # noqa: S608
+                    " FROM requests_in ON CONFLICT DO NOTHING"  # (COLUMNS: the module's constant names)
                 )
         except psycopg.Error:
             self._conn.close()

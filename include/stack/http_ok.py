@@ -9,8 +9,10 @@ import urllib.request
 for arg in sys.argv[1:]:
     any_status = arg.startswith("any:")
     url = arg[4:] if any_status else arg
+    if not url.startswith(("http://", "https://")):
+        sys.exit(f"{url}: not an http(s) URL")
     try:
-        urllib.request.urlopen(url, timeout=4).close()
+        urllib.request.urlopen(url, timeout=4).close()  # noqa: S310 (http(s) only, checked above)
     except urllib.error.HTTPError as err:
         if not any_status:
             sys.exit(f"{url}: HTTP {err.code}")

@@ -29,9 +29,13 @@ if TYPE_CHECKING:
 SHOW_BAD_ROWS = 5
 
 
-def _column(df: pd.DataFrame, names: tuple[str, ...], required: bool) -> str | None:
-    found = next((n for n in names if n in df.columns), None)
-    if found is None and required:
+def _column(df: pd.DataFrame, names: tuple[str, ...]) -> str | None:
+    return next((n for n in names if n in df.columns), None)
+
+
+def _required_column(df: pd.DataFrame, names: tuple[str, ...]) -> str:
+    found = _column(df, names)
+    if found is None:
         raise InvalidArgument(f"labels: no column {' or '.join(names)} (columns: {sorted(map(str, df.columns))})")
     return found
 
@@ -42,12 +46,10 @@ def label_rows(df: pd.DataFrame, spec: PipelineSpec, now: datetime) -> list[tupl
     that prediction, so loading the same file again finds the same key."""
     import pandas as pd
 
-    entity = _column(df, ("entity_id", spec.entity.join_key), True)
-    label = _column(df, ("label", spec.label.column), True)
-    observed = _column(df, ("observed_at", spec.entity.timestamp), False)
-    request = _column(df, ("request_id",), False)
-    assert entity is not None
-    assert label is not None
+    entity = _required_column(df, ("entity_id", spec.entity.join_key))
+    label = _required_column(df, ("label", spec.label.column))
+    observed = _column(df, ("observed_at", spec.entity.timestamp))
+    request = _column(df, ("request_id",))
     rows, bad = [], []
     for n, rec in enumerate(df.to_dict("records")):
         problems = []

@@ -8,6 +8,7 @@ go under the artifact root: a local directory or `s3://...` (endpoint from the s
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 from typing import Any
 from urllib.parse import quote
@@ -91,9 +92,12 @@ def code_version(settings: Settings) -> str:
     stamped = settings.project_dir / "GIT_COMMIT"
     if stamped.is_file() and stamped.read_text().strip() not in ("", "unknown"):
         return stamped.read_text().strip()
+    git = shutil.which("git")
+    if git is None:
+        return "unknown"
     try:
         out = subprocess.run(
-            ["git", "rev-parse", "HEAD"],
+            [git, "rev-parse", "HEAD"],
             cwd=settings.project_dir,
             capture_output=True,
             text=True,

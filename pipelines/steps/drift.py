@@ -214,10 +214,12 @@ def served_window(
     """The champion's served requests in the window: one column per feature, and the score."""
     import pandas as pd
 
-    cols = ", ".join(f"features->>%s AS {f}" for f in features)
+    # the feature names are bound as parameters; the frame names its columns (a contract's column
+    # may be any string: interpolated as an alias, one with a space broke the query)
+    cols = ", ".join("features->>%s" for _ in features)
     with connect(settings) as conn:
         cur = conn.execute(
-            f"SELECT {cols}, score FROM inference_requests WHERE pipeline = %s AND model_version = %s"
+            f"SELECT {cols}, score FROM inference_requests WHERE pipeline = %s AND model_version = %s"  # noqa: S608
             " AND NOT shadow AND status = 'ok' AND created_at >= %s AND created_at < %s",
             (*features, pipeline, version, start, end),
         )

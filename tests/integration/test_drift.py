@@ -222,3 +222,26 @@ def test_the_platform_api_and_the_page_read_the_records_of_checks_and_runs(monit
     assert [v["version"] for v in seen["versions"]] == [1]
     html = page_html(pipelines=[PIPELINE], selected=PIPELINE, data=seen, mlflow_base="http://m", psi_threshold=0.2)
     assert f'href="/mlcycle/reports/{PIPELINE}_drift/check-page/drift"' in html and "usage_hours_30d" in html
+
+
+def test_the_served_window_reads_features_whatever_their_names(platform: Settings) -> None:
+    """A contract's column may be any string: the feature names are bound as parameters, not
+    interpolated into the query (a name with a space or a quote broke it, and could inject SQL)."""
+    from datetime import UTC, datetime, timedelta
+
+    from pipelines.steps.drift import served_window
+
+    names = ["monthly charges", 'plan"; DROP TABLE labels; --', "tenure"]
+    request = uuid.uuid4()
+    with db.connect(platform) as conn:
+        conn.execute(
+            "INSERT INTO inference_requests (request_id, pipeline, model_version, entity_id, features, score,"
+            " latency_ms, status) VALUES (%s, 'odd_names', 1, '7', %s, 0.25, 1.0, 'ok')",
+            (request, json.dumps({names[0]: 70.5, names[1]: "basic", names[2]: 12})),
+        )
+    now = datetime.now(UTC)
+    frame = served_window(platform, "odd_names", 1, names, now - timedelta(hours=1), now + timedelta(minutes=1))
+    assert list(frame.columns) == [*names, "score"]
+    assert frame.iloc[0].tolist() == ["70.5", "basic", "12", 0.25]
+    with db.connect(platform) as conn:
+        assert conn.execute("SELECT to_regclass('labels')").fetchone() != (None,)

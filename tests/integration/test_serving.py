@@ -300,6 +300,53 @@ def test_overload_is_shed_with_503_and_retry_after_and_the_endpoint_recovers(ser
         assert _predict(c, [1, 2]).status_code == 200
 
 
+def test_haproxy_bounds_each_replica_by_its_spec_and_sheds_before_the_replica_sees_it(served: Settings) -> None:
+    """A pipeline whose spec says serving.max_concurrent_requests: 4: HAProxy (Serve's ingress
+    proxy, through mlcycle-haproxy) gives its replica at most 4 requests, queues 4 more and answers
+    the rest 503 + Retry-After itself; the replica refuses nothing."""
+    path = small_spec(
+        served, SOURCE, name="churn_tight", training=FAST, evaluation=EVAL, serving={"max_concurrent_requests": 4}
+    )
+    try:
+        _tight(served)
+    finally:
+        from ray import serve
+
+        serve.delete("churn_tight")
+        path.unlink()
+
+
+def _tight(served: Settings) -> None:
+    from pipelines.ml.datagen import ChurnConfig, generate_churn
+
+    spec = spec_for(served, "churn_tight")
+    features = spec.model.numeric_features + spec.model.categorical_features
+    rows = generate_churn(ChurnConfig(customers=50, months=2, seed=9)).head(40)
+    bodies = [
+        json.dumps({"instances": [{"entity_id": int(r["customer_id"]), "features": {f: r[f] for f in features}}]})
+        for r in rows.to_dict("records")
+    ]
+    # the model of churn_serve, the features in the request (no feature store for this pipeline)
+    deploy(serving_args(spec, [VersionConfig(version=1, weight=100)], model_name(PIPELINE), online_features=False))
+    url = endpoint(served, "churn_tight") + "/predict"
+    with httpx.Client(headers={"x-api-key": KEY}, timeout=30) as c:
+        assert c.post(url, content=bodies[0]).status_code == 200
+    proc, work = loadgen.start(url, bodies, {"x-api-key": KEY}, connections=64, seconds=4, statuses=True)
+    shed = None
+    with httpx.Client(headers={"x-api-key": KEY}, timeout=30) as c:
+        deadline = time.monotonic() + 3.5
+        while shed is None and time.monotonic() < deadline:
+            r = c.post(url, content=bodies[1])
+            shed = r if r.status_code == 503 else None
+    result = loadgen.finish(proc, work, 64, 4)
+    assert result.statuses is not None and set(result.statuses) == {200, 503}, result
+    assert result.statuses[503] == result.retry_after > 0 and result.statuses[200] > 0, result
+    assert shed is not None and shed.headers["retry-after"] == "1"
+    assert "are waiting for a replica" in shed.json()["reason"], shed.text  # HAProxy's answer, not the app's
+    with httpx.Client(headers={"x-api-key": KEY}, timeout=30) as c:
+        assert c.post(url, content=bodies[2]).status_code == 200
+
+
 # ------------------------------------------------------------------------------------- canary
 CANARY = SHORT_CANARY
 

