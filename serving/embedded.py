@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import secrets
+import socket
 import subprocess
 
 from pipelines.core.errors import SettingsError
@@ -35,6 +36,12 @@ def api_key(settings: Settings) -> str:
 
 
 def ray_running(settings: Settings) -> bool:
+    """Whether a Ray head answers on the embedded port: nothing listening there is a quick no
+    (`ray status` takes ~40 s to give up on a closed port)."""
+    with socket.socket() as probe:
+        probe.settimeout(1.0)
+        if probe.connect_ex(("127.0.0.1", ray_port(settings))) != 0:
+            return False
     ray = executable("ray")
     address = f"127.0.0.1:{ray_port(settings)}"
     env = {**os.environ, "RAY_AUTH_MODE": "token"}
@@ -54,6 +61,10 @@ def head_command(
         "MLCYCLE_STATE_DIR": str(settings.state_path),
         **serve_env(settings, executable("mlcycle-haproxy"), str(settings.state_path)),
         "RAY_AUTH_MODE": "token",
+        # `--node-ip-address=127.0.0.1` alone is "resolved" to the host's routable address, and
+        # Ray binds its servers (GCS, raylet, workers, agents) on the node address or every
+        # interface: a single-node head is the case where Ray keeps loopback (as on macOS)
+        "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
     }
     if settings.pipelines_dir:
         env["MLCYCLE_PIPELINES_DIR"] = str(settings.pipelines_dir)
@@ -78,9 +89,13 @@ def head_command(
 
 def clear_leftovers(settings: Settings) -> None:
     """Before a supervised head starts: what a head that was killed hard left behind (its GCS on
-    the port, Serve's HAProxy on the HTTP port) is stopped."""
+    the port, Serve's HAProxy on the HTTP port) is stopped. A stopped head leaves its HAProxy too:
+    Ray kills the actor that ran it, not HAProxy, which went on holding the HTTP port with the
+    dead head's routes."""
     if ray_running(settings):
         stop(settings)
+    else:
+        stop_haproxy(str(haproxy_dir(str(settings.state_path))))
 
 
 def start(settings: Settings) -> str:

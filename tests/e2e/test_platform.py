@@ -8,6 +8,7 @@ on 127.0.0.1 (its own PostgreSQL, supervisord, Airflow on PostgreSQL, MLflow UI,
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -113,6 +114,46 @@ def test_up_starts_every_service_healthy_and_a_second_up_reuses_them(up: dict[st
     assert stat.S_IMODE((home / "supervisor.sock").stat().st_mode) == 0o700
     assert {p.stem for p in (home / "logs").glob("*.log")} >= SERVICES - {"postgresql"}
     assert "password" not in (home / "supervisord.conf").read_text().lower()
+
+
+LOOPBACK = ("127.0.0.1", "::1", "::ffff:127.0.0.1")
+
+
+def platform_processes(state_dir: str) -> set[int]:
+    """Every process of the platform: those that name its state directory (supervisord, the
+    embedded PostgreSQL) or carry it in their environment, and all their children."""
+    import psutil
+
+    pids: set[int] = set()
+    for p in psutil.process_iter(["cmdline", "environ"]):
+        with contextlib.suppress(psutil.Error):
+            if (
+                state_dir in " ".join(p.info["cmdline"] or [])
+                or (p.info["environ"] or {}).get("MLCYCLE_STATE_DIR") == state_dir
+            ):
+                pids |= {p.pid, *(c.pid for c in p.children(recursive=True))}
+    return pids
+
+
+def test_every_socket_the_platform_listens_on_is_on_loopback(up: dict[str, str]) -> None:
+    """Airflow, MLflow, Prometheus, the StatsD bridge, Serve's HAProxy, and Ray's own servers (GCS,
+    raylet, workers, agents, the client server) listen on 127.0.0.1 only; PostgreSQL on a Unix
+    socket. (Clients' UDP sockets, e.g. Airflow's StatsD sender, listen for nothing.)"""
+    import psutil
+
+    pids = platform_processes(up["MLCYCLE_STATE_DIR"])
+    listening = [
+        c
+        for c in psutil.net_connections(kind="inet")
+        if c.pid in pids and (c.status == psutil.CONN_LISTEN or c.laddr.port == int(up["MLCYCLE_STATSD_UDP_PORT"]))
+    ]
+    ports = {c.laddr.port for c in listening}
+    for port in ("MLCYCLE_AIRFLOW_PORT", "MLCYCLE_MLFLOW_PORT", "MLCYCLE_SERVE_PORT", "MLCYCLE_STATSD_UDP_PORT"):
+        assert int(up[port]) in ports, (port, sorted(ports))  # the services are in what was looked at
+    wide = sorted(
+        {(c.laddr.ip, c.laddr.port, psutil.Process(c.pid).name()) for c in listening if c.laddr.ip not in LOOPBACK}
+    )
+    assert wide == [], wide
 
 
 def test_a_users_numeric_pipeline_runs_with_mlcycle_run_and_is_served(up: dict[str, str]) -> None:

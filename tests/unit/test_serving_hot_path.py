@@ -216,6 +216,37 @@ def test_serve_stop_ends_the_haproxy_of_its_own_state_dir_only(tmp_path: Path) -
             p.wait()
 
 
+def test_a_new_head_ends_the_haproxy_a_stopped_head_left_on_the_port(tmp_path: Path) -> None:
+    """Ray kills the actor that ran HAProxy, not HAProxy: after a stopped head (no Ray on the port)
+    the next head's start ends the HAProxy of its state dir, which held the HTTP port with the dead
+    head's routes. No Ray on the port is found at once (`ray status` took ~40 s to say so)."""
+    import shutil
+    import socket
+
+    from serving.deploy import haproxy_dir
+    from serving.embedded import clear_leftovers, ray_running
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        free = s.getsockname()[1]
+    settings = Settings(state_dir=tmp_path / "state", ray_address=f"127.0.0.1:{free}")
+    config_dir = Path(haproxy_dir(str(settings.state_path)))
+    config_dir.mkdir(parents=True, exist_ok=True)
+    fake = config_dir / "haproxy"
+    shutil.copy(shutil.which("sleep") or "/bin/sleep", fake)
+    proc = subprocess.Popen([str(fake), "60"])
+    try:
+        started = time.monotonic()
+        assert ray_running(settings) is False
+        clear_leftovers(settings)
+        assert time.monotonic() - started < 15
+        assert proc.wait(10) is not None
+    finally:
+        proc.kill()
+        proc.wait()
+        shutil.rmtree(config_dir, ignore_errors=True)
+
+
 def test_prepare_completes_a_batch_on_the_loop_before_it_runs() -> None:
     seen: list[list[tuple[int, int]]] = []
 
