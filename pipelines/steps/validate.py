@@ -239,14 +239,23 @@ def reason_counts(reasons: pd.Series) -> dict[str, int]:
     return dict(sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])))
 
 
-def verdict(total: int, bad: int, contract: Contract, expectations: list[dict[str, Any]]) -> list[str]:
-    """Why the data is rejected (empty list: it passes). Pure."""
+def verdict(
+    total: int,
+    bad: int,
+    contract: Contract,
+    expectations: list[dict[str, Any]],
+    reasons: dict[str, int] | None = None,
+) -> list[str]:
+    """Why the data is rejected (empty list: it passes), with the commonest reasons rows broke
+    the contract (`reason_counts`). Pure."""
     problems = []
     fraction = bad / total if total else 1.0
     if fraction > contract.max_bad_fraction:
+        common = "; ".join(f"{kind} ({n} rows)" for kind, n in list((reasons or {}).items())[:3])
         problems.append(
             f"{bad} of {total} rows ({fraction:.2%}) break the contract; the spec tolerates "
             f"{contract.max_bad_fraction:.2%} (contract.max_bad_fraction)"
+            + (f"; most often: {common}" if common else "")
         )
     if total - bad < contract.min_rows:
         problems.append(f"{total - bad} valid rows, fewer than contract.min_rows={contract.min_rows}")
@@ -320,13 +329,14 @@ def run(ctx: StepContext) -> dict[str, Any]:
     contract_schema(contract, with_dtypes=True).validate(clean)  # the clean rows obey the contract
 
     expectations = run_expectations(clean, ctx.spec.expectations)
-    problems = verdict(len(df), int(bad_mask.sum()), contract, expectations)
+    counts = reason_counts(reasons)
+    problems = verdict(len(df), int(bad_mask.sum()), contract, expectations, counts)
     report = {
         **base,
         "passed": not problems,
         "bad_rows": int(bad_mask.sum()),
         "bad_fraction": float(bad_mask.mean()),
-        "reasons": reason_counts(reasons),
+        "reasons": counts,
         "expectations": expectations,
         "problems": problems,
         "quarantine": ctx.storage.uri(ctx.key("quarantine.parquet")),

@@ -126,6 +126,10 @@ def test_verdict() -> None:
     contract = Contract.model_validate({"columns": {"a": {"dtype": "int"}}, "max_bad_fraction": 0.1, "min_rows": 5})
     assert verdict(100, 10, contract, []) == []
     assert "11 of 100 rows (11.00%)" in verdict(100, 11, contract, [])[0]
+    common = {"plan: not allowed": 9, "tenure_months: not an int": 3, "churned: missing": 2, "x: y": 1}
+    assert verdict(100, 11, contract, [], common)[0].endswith(
+        "; most often: plan: not allowed (9 rows); tenure_months: not an int (3 rows); churned: missing (2 rows)"
+    )
     assert any("fewer than contract.min_rows=5" in p for p in verdict(5, 1, contract, []))
     failed = [
         {"success": False, "severity": "error", "expectation": "expect_x", "kwargs": {}, "observed": {}},
