@@ -172,6 +172,24 @@ def test_auth_validation_and_size_limits(served: Settings) -> None:
         assert c.post("/predict", json=big).status_code == 413
 
 
+def test_the_serving_api_fuzzed_from_its_openapi_answers_no_5xx_and_every_4xx_says_why(served: Settings) -> None:
+    """Schemathesis: requests generated from the app's own OpenAPI description and against it
+    (wrong types, missing fields, out-of-range values), with the key and, for POST, without it too."""
+    from tests.fuzz import fuzz
+
+    _deploy(served, {1: 100})
+    base = endpoint(served, PIPELINE)
+    schema = httpx.get(f"{base}/openapi.json", timeout=30).json()
+    assert {"/predict", "/"} <= set(schema["paths"]), schema["paths"]
+    keyed = fuzz(schema, base, {"GET": {"x-api-key": KEY}, "POST": {"x-api-key": KEY}}, examples=40)
+    anonymous = fuzz(schema, base, examples=10)
+    assert keyed.problems == [] and anonymous.problems == [], (keyed.problems + anonymous.problems)[:5]
+    assert keyed.statuses[200] > 0 and keyed.statuses[422] > 0, keyed.statuses  # both kinds of request were sent
+    assert anonymous.statuses[401] > 0, anonymous.statuses
+    with _client(served) as c:
+        assert _predict(c, [1]).status_code == 200  # and it still answers
+
+
 def test_weighted_split_is_sticky_and_monotone(served: Settings) -> None:
     _deploy(served, {1: 70, 2: 30})
     ids = list(range(1, 601)) * 5  # 3,000 predictions over 600 entities
