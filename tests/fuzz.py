@@ -61,6 +61,7 @@ def _probe(
     operation: Any, mode: Any, base_url: str, headers: dict[str, str], examples: int, result: FuzzResult
 ) -> None:
     from hypothesis import HealthCheck, given, settings
+    from hypothesis.errors import Unsatisfiable
 
     @settings(
         max_examples=examples, deadline=None, database=None, derandomize=True, suppress_health_check=list(HealthCheck)
@@ -76,4 +77,8 @@ def _probe(
         elif response.status_code >= 400 and not says_why(response.content):
             result.problems.append(f"{label} without a reason: {response.content[:300]!r}")
 
-    probe()
+    try:
+        probe()
+    except Unsatisfiable:  # nothing to negate: an operation without parameters or body
+        if mode.value == "positive":
+            raise
