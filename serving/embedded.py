@@ -61,10 +61,6 @@ def head_command(
         "MLCYCLE_STATE_DIR": str(settings.state_path),
         **serve_env(settings, executable("mlcycle-haproxy"), str(settings.state_path)),
         "RAY_AUTH_MODE": "token",
-        # `--node-ip-address=127.0.0.1` alone is "resolved" to the host's routable address, and
-        # Ray binds its servers (GCS, raylet, workers, agents) on the node address or every
-        # interface: a single-node head is the case where Ray keeps loopback (as on macOS)
-        "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
     }
     if settings.pipelines_dir:
         env["MLCYCLE_PIPELINES_DIR"] = str(settings.pipelines_dir)
