@@ -96,11 +96,15 @@ def sqlalchemy_url(url: str) -> str:
 
 
 @contextmanager
-def connect(settings: Settings, *, autocommit: bool = False) -> Iterator[psycopg.Connection[Any]]:
-    """A connection to the platform database, closed on exit (committed unless it raised)."""
+def connect(
+    settings: Settings, *, autocommit: bool = False, timeout_s: int | None = None
+) -> Iterator[psycopg.Connection[Any]]:
+    """A connection to the platform database, closed on exit (committed unless it raised);
+    `timeout_s` bounds the connection attempt (libpq's default waits on the network)."""
     import psycopg
 
-    with psycopg.connect(database_url(settings), autocommit=autocommit) as conn:
+    extra: dict[str, Any] = {"connect_timeout": timeout_s} if timeout_s else {}
+    with psycopg.connect(database_url(settings), autocommit=autocommit, **extra) as conn:
         yield conn
 
 

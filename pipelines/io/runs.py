@@ -78,8 +78,8 @@ def interrupt_running(
 ) -> int:
     """Mark the attempts of a step (and trial worker) still `running` as `interrupted`: called by
     the operator once the step's process has ended, so a no-op when the step recorded its outcome.
-    Returns how many it marked."""
-    with connect(settings) as conn:
+    Returns how many it marked. Bounded: a database out of reach must not hold up the task's retry."""
+    with connect(settings, timeout_s=10) as conn:
         conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (f"{pipeline}/{run_id}/{step}",))
         return _interrupt(conn, pipeline, run_id, step, worker, reason)
 
