@@ -39,6 +39,7 @@ def test_csv_and_parquet_files(workspace: Settings, churn_df: pd.DataFrame, tmp_
         "kind": "file",
         "path": str(tmp_path / "churn.csv"),
         "format": None,
+        "delimiter": ",",
         "lookback_days": None,
         "feedback": False,
     }
