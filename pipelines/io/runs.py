@@ -98,29 +98,31 @@ RECORD_TRIES = 6
 
 
 def finish_attempt(settings: Settings, attempt: Attempt, outcome: Outcome, *, required: bool = True) -> None:
-    """Record how an attempt ended, retrying while the database is unreachable. A required record
-    (a success: what later steps and `runs show` read) that cannot be written raises
-    `ServiceUnavailable`, so the task fails and is retried (steps reuse their finished work)
-    rather than showing success over a row left `running`; a failure's record is best effort and
-    only logged, never hiding the step's own error."""
+    """Record how an attempt ended. A required record (a success: what later steps and `runs
+    show` read) is retried while the database is unreachable, then raises `ServiceUnavailable`, so
+    the task fails and is retried (steps reuse their finished work) rather than showing success
+    over a row left `running`. A failure's record is tried once, and whatever goes wrong is only
+    logged: it must never hide the step's own error."""
     import psycopg  # heavy: psycopg
 
+    where = f"{attempt.pipeline}/{attempt.run_id}/{attempt.step}"
+    if not required:
+        try:
+            _record(settings, attempt, outcome)
+        except Exception:
+            log.exception("could not record the outcome of %s", where)
+        return
     for tried in range(1, RECORD_TRIES + 1):
         try:
             _record(settings, attempt, outcome)
             return
         except psycopg.OperationalError as err:
-            if tried == RECORD_TRIES or not required:
-                if required:
-                    raise ServiceUnavailable(
-                        f"{attempt.pipeline}/{attempt.run_id}/{attempt.step}: the step {outcome.status} but its "
-                        f"outcome could not be recorded (the platform database: {str(err).strip()}); retry the task"
-                    ) from err
-                log.exception(
-                    "could not record the outcome of %s/%s/%s", attempt.pipeline, attempt.run_id, attempt.step
-                )
-                return
-            log.warning("recording the outcome of %s: %s; try %d of %d", attempt.step, err, tried, RECORD_TRIES)
+            if tried == RECORD_TRIES:
+                raise ServiceUnavailable(
+                    f"{where}: the step {outcome.status} but its outcome could not be recorded "
+                    f"(the platform database: {str(err).strip()}); retry the task"
+                ) from err
+            log.warning("recording the outcome of %s: %s; try %d of %d", where, err, tried, RECORD_TRIES)
             time.sleep(min(2 ** (tried - 1), 8))
 
 
