@@ -41,7 +41,7 @@ from pipelines.io.db import database_url
 from pipelines.io.registry import champion_version
 from pipelines.io.requestlog import ab_results
 from serving.binds import bind_replica_grpc
-from serving.config import ServingArgs, VersionConfig
+from serving.config import RETRY_AFTER_S, ServingArgs, VersionConfig
 from serving.online import OnlineFeatures, open_online_features
 from serving.router import choose
 from serving.telemetry import RayMetrics, Recorder
@@ -92,9 +92,6 @@ def route(instances: list[dict[str, Any]], weights: dict[int, float]) -> dict[in
 
 def error(status: int, message: str, headers: dict[str, str] | None = None, **extra: Any) -> JSONResponse:
     return JSONResponse({"error": message, **extra}, status_code=status, headers=headers)
-
-
-RETRY_AFTER_S = 1
 
 
 def overloaded(limit: int) -> JSONResponse:

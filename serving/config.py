@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+RETRY_AFTER_S = 1
+"""What an overloaded endpoint tells a client to wait (`Retry-After`), from the replica or HAProxy."""
+
 
 class VersionConfig(BaseModel):
     """One model version in the application: its traffic weight (percent) or shadow role."""

@@ -28,7 +28,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pipelines.core.settings import load_settings
-from pipelines.core.spec import read_specs
+from pipelines.core.spec import Serving, read_specs
+from serving.config import RETRY_AFTER_S
 
 FRONTEND = re.compile(r"^frontend http_frontend\s*\n\s*bind\s+(\S+):\d+", re.M)
 WILDCARD_BIND = re.compile(r"^(\s*bind\s+)(?:\*|0\.0\.0\.0|::|\[::\])?:(\d+)\b", re.M)
@@ -48,7 +49,6 @@ def bind_like_frontend(config: str) -> str:
     return WILDCARD_BIND.sub(lambda m: f"{m.group(1)}{host}:{m.group(2)}", config)
 
 
-RETRY_AFTER_S = 1
 BACKEND = re.compile(r"^backend (http-(\S+))\n((?:[ \t]+\S.*\n?)*)", re.M)
 REPLICA = re.compile(r"^(\s*server SERVE_REPLICA_\S+ .*?)$", re.M)
 ERRORFILE_503 = re.compile(r"^(\s*errorfile 503 )\S+$", re.M)
@@ -58,8 +58,13 @@ ERRORFILE_503 = re.compile(r"^(\s*errorfile 503 )\S+$", re.M)
 class Admission:
     """How much one application's replicas take at once, and how long a request may wait."""
 
-    max_concurrent: int = 128
-    queue_timeout_s: int = 30
+    max_concurrent: int
+    queue_timeout_s: int
+
+
+def admission(serving: Serving) -> Admission:
+    """A pipeline's admission, from its spec's serving section. Pure."""
+    return Admission(serving.max_concurrent_requests, max(1, round(serving.request_deadline_s)))
 
 
 def shed_rule(backend: str, bound: int) -> str:
@@ -119,9 +124,7 @@ def spec_admissions() -> dict[str, Admission]:
     """Each pipeline's bound, from the specs this node sees (invalid specs are skipped: their
     applications get the default)."""
     specs, _ = read_specs(load_settings().specs_path)
-    return {
-        s.name: Admission(s.serving.max_concurrent_requests, max(1, round(s.serving.request_deadline_s))) for s in specs
-    }
+    return {s.name: admission(s.serving) for s in specs}
 
 
 def config_path(argv: list[str]) -> str | None:
@@ -160,7 +163,7 @@ def main() -> None:
         except Exception as err:  # the specs are unreadable here: every application gets the default
             print(f"mlcycle-haproxy: default admission for every application: {err}", file=sys.stderr)
             admissions = {}
-        fixed = with_admission(bind_like_frontend(text), admissions, Admission(), str(error_503))
+        fixed = with_admission(bind_like_frontend(text), admissions, admission(Serving()), str(error_503))
         if fixed != text:
             tmp = Path(path + ".mlcycle")
             tmp.write_text(fixed)

