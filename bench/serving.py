@@ -42,7 +42,7 @@ from pipelines.io.registry import model_name
 from pipelines.io.storage import open_storage, read_parquet
 from pipelines.io.tracking import mlflow_uri, setup_mlflow
 from serving.config import VersionConfig
-from serving.deploy import connect, deploy, endpoint, serve_env, serving_args
+from serving.deploy import connect, deploy, endpoint, serve_env, serving_args, wait_direct_route
 from serving.telemetry import FLUSH_EVERY_S
 from tests import loadgen
 
@@ -195,6 +195,7 @@ def overload_only(settings: Settings) -> list[dict[str, Any]]:
     with ray_serve(settings, {}) as url:
         deploy(serving_args(spec_for(settings, PIPELINE), [VersionConfig(version=1, weight=100)], model_name(PIPELINE)))
         wait_http(url + "/readyz")
+        wait_direct_route(settings, PIPELINE)
         loadgen.run(url + "/predict", ours_bodies(ids, rows), {"x-api-key": KEY}, 1, 2)  # warm up
         return overload(settings, url, ours_bodies(ids, rows))
 

@@ -195,5 +195,27 @@ def undeploy(pipeline: str) -> None:
     serve.delete(pipeline)
 
 
+def wait_direct_route(settings: Settings, pipeline: str, timeout_s: float = 60) -> int:
+    """Wait until HAProxy (Serve's ingress) routes the application straight to a replica, not
+    through its backup (the Serve proxy), and return how many replicas it routes to. A deployment
+    is answered through the backup at first, without HAProxy's bounded queue."""
+    import httpx
+
+    from serving.haproxy import replicas_up
+
+    url = f"http://127.0.0.1:{settings.haproxy_stats_port}/stats;csv"
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            up = replicas_up(httpx.get(url, timeout=5).text, pipeline)
+        except httpx.HTTPError:
+            up = 0
+        if up:
+            return up
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"HAProxy routes no request of {pipeline} straight to a replica after {timeout_s:.0f}s")
+        time.sleep(0.5)
+
+
 def endpoint(settings: Settings, pipeline: str) -> str:
     return f"http://{settings.serve_host}:{settings.serve_port}/v1/pipelines/{pipeline}"

@@ -19,6 +19,8 @@ error file turned it into a 500.
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import os
 import re
@@ -118,6 +120,21 @@ def error_503_response() -> str:
         f"Retry-After: {RETRY_AFTER_S}\r\nContent-Length: {len(body)}\r\nConnection: close\r\n\r\n"
     )
     return head + body
+
+
+def replicas_up(stats_csv: str, app: str) -> int:
+    """How many of an application's replicas HAProxy sends requests to directly and finds UP, from
+    its stats page's CSV (`/stats;csv`). Right after a deployment Serve routes through its backup
+    server (the head's Serve proxy) until the replicas are in HAProxy's config; that path carries
+    no admission of HAProxy's. Pure."""
+    rows = csv.DictReader(io.StringIO(stats_csv.removeprefix("# ")))
+    return sum(
+        1
+        for r in rows
+        if r.get("pxname") == f"http-{app}"
+        and (r.get("svname") or "").startswith("SERVE_REPLICA_")
+        and (r.get("status") or "").startswith("UP")
+    )
 
 
 def spec_admissions() -> dict[str, Admission]:

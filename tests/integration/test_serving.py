@@ -20,7 +20,7 @@ from pipelines.core.system import executable
 from pipelines.io import db
 from pipelines.io.registry import model_name
 from serving.config import VersionConfig
-from serving.deploy import connect, deploy, endpoint, serve_env, serving_args
+from serving.deploy import connect, deploy, endpoint, serve_env, serving_args, wait_direct_route
 from serving.telemetry import FLUSH_EVERY_S
 from tests import loadgen
 from tests.integration.helpers import SHORT_CANARY, run_through, small_spec
@@ -347,6 +347,7 @@ def _tight(served: Settings) -> None:
     # the model of churn_serve, the features in the request (no feature store for this pipeline)
     deploy(serving_args(spec, [VersionConfig(version=1, weight=100)], model_name(PIPELINE), online_features=False))
     url = endpoint(served, "churn_tight") + "/predict"
+    assert wait_direct_route(served, "churn_tight") == 1  # not yet through Serve's backup proxy
     with httpx.Client(headers={"x-api-key": KEY}, timeout=30) as c:
         assert c.post(url, content=bodies[0]).status_code == 200
     proc, work = loadgen.start(url, bodies, {"x-api-key": KEY}, connections=64, seconds=4, statuses=True)

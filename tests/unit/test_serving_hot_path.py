@@ -371,3 +371,22 @@ def test_every_application_gets_a_bounded_queue_that_haproxy_accepts(tmp_path: P
         [str(get_haproxy_binary()), "-c", "-f", str(tmp_path / "haproxy.cfg")], capture_output=True, text=True
     )
     assert check.returncode == 0, check.stdout + check.stderr
+
+
+def test_replicas_up_counts_an_applications_direct_replicas_that_haproxy_finds_up() -> None:
+    from serving.haproxy import replicas_up
+
+    stats = (
+        "# pxname,svname,qcur,status,\n"
+        "http_frontend,FRONTEND,,OPEN,\n"
+        "http-churn,SERVE_REPLICA_churn-a,0,UP,\n"
+        "http-churn,SERVE_REPLICA_churn-b,0,DOWN,\n"
+        "http-churn,SERVE_REPLICA_churn-c,0,UP 1/2,\n"
+        "http-churn,fallback,0,UP,\n"
+        "http-churn,BACKEND,0,UP,\n"
+        "http-churn_tight,SERVE_REPLICA_churn_tight-a,0,UP,\n"
+    )
+    assert replicas_up(stats, "churn") == 2  # a replica going down counts while it is still UP
+    assert replicas_up(stats, "churn_tight") == 1
+    assert replicas_up(stats, "other") == 0
+    assert replicas_up("", "churn") == 0
