@@ -175,7 +175,19 @@ class AirflowClient:
         ids = [a["id"] for a in assets if a["name"] == name]
         if not ids:
             return []
-        events: list[dict[str, Any]] = self.api("GET", "/assets/events", params={"asset_id": ids[0]})["asset_events"]
+        # Airflow 3.3 answers 500 while a run that an event created is queued: the event lists the
+        # runs it created, and the response model requires a start_date, which a queued run has
+        # not. The run starts within seconds; ask again until then.
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                found = self.api("GET", "/assets/events", params={"asset_id": ids[0]})
+                break
+            except RuntimeError as err:
+                if ": 500 " not in str(err) or time.monotonic() > deadline:
+                    raise
+                time.sleep(2)
+        events: list[dict[str, Any]] = found["asset_events"]
         return events
 
 
