@@ -42,7 +42,7 @@ from pipelines.io.registry import champion_version
 from pipelines.io.requestlog import ab_results
 from serving.binds import bind_replica_grpc
 from serving.config import RETRY_AFTER_S, ServingArgs, VersionConfig
-from serving.online import OnlineFeatures, open_online_features
+from serving.online import FeaturesUnavailable, OnlineFeatures, open_online_features
 from serving.router import choose
 from serving.telemetry import RayMetrics, Recorder
 from serving.versions import LocalVersion, RemoteVersion
@@ -101,6 +101,14 @@ def overloaded(limit: int) -> JSONResponse:
         "overloaded",
         headers={"Retry-After": str(RETRY_AFTER_S)},
         reason=f"this replica holds {limit} requests (serving.max_concurrent_requests); retry after {RETRY_AFTER_S} s",
+    )
+
+
+def features_unavailable(reason: str, request_id: str) -> JSONResponse:
+    """The answer while the online feature store cannot be read: 503 with the reason and
+    `Retry-After`; no prediction is made with features missing. Pure."""
+    return error(
+        503, "features_unavailable", headers={"Retry-After": str(RETRY_AFTER_S)}, reason=reason, request_id=request_id
     )
 
 
@@ -256,6 +264,10 @@ class Ingress:
         for idx, (answered, out) in zip(groups.values(), answers, strict=True):
             if out is None:
                 return error(503, "no model version could answer", request_id=str(request_id))
+            if "unavailable" in out:  # the online store is down: nothing is scored, no version blamed
+                self.recorder.metrics.count(0, len(instances), "unavailable", False)
+                self.recorder.touch()
+                return features_unavailable(out["unavailable"], str(request_id))
             if "missing" in out:  # the client's fault: 422, and nothing against the version
                 detail = [
                     {"field": f"instances[entity_id={e}].features", "message": f"missing features {m}"}
@@ -311,12 +323,15 @@ class Ingress:
         done, _ = await asyncio.wait({primary}, timeout=args.request_timeout_s)
         if done and primary.exception() is None:
             return version, primary.result()
+        if done and isinstance(primary.exception(), FeaturesUnavailable):  # the fallback reads the same store
+            return version, {"unavailable": str(primary.exception())}
         reason = "timeout" if not done else repr(primary.exception())[:500]
         racing = {primary: version} if not done else {}
         fallback = args.fallback(version)
         if fallback is not None and fallback in self.versions:
             racing[asyncio.ensure_future(self.versions[fallback].predict(instances))] = fallback
         winner: tuple[int, dict[str, Any]] | None = None
+        store_down: str | None = None
         deadline = began + args.request_deadline_s
         while racing and winner is None and time.monotonic() < deadline:
             finished, _ = await asyncio.wait(racing, timeout=deadline - time.monotonic(), return_when="FIRST_COMPLETED")
@@ -324,10 +339,14 @@ class Ingress:
                 answered = racing.pop(task)
                 if task.exception() is None and winner is None:
                     winner = (answered, task.result())
+                elif isinstance(task.exception(), FeaturesUnavailable):
+                    store_down = str(task.exception())
                 elif task.exception() is not None and answered != version:
                     log.warning("fallback version %s failed too: %r", answered, task.exception())
         for task in racing:
             task.cancel()
+        if winner is None and store_down is not None:
+            return version, {"unavailable": store_down}
         if winner is None or winner[0] != version:
             self._failed(request_id, version, instances, started, reason)
         return winner if winner is not None else (version, None)

@@ -28,6 +28,20 @@ from pipelines.io.featurestore import feature_store
 log = logging.getLogger(__name__)
 
 
+class FeaturesUnavailable(RuntimeError):
+    """The online store could not be read (down, unreachable). No version can answer without it
+    and none is to blame: the request is answered 503 with the reason, counted against no version
+    (an outage of the store never rolls a canary back), and nothing is scored with features
+    missing."""
+
+
+def unavailable(store: str, err: BaseException) -> FeaturesUnavailable:
+    """The error a failed read becomes, naming the store and the cause. Pure."""
+    return FeaturesUnavailable(
+        f"the online feature store ({store}) could not be read: {type(err).__name__}: {err}"[:400]
+    )
+
+
 class OnlineFeatures(Protocol):
     key_is_int: bool  # the entity's join key is an integer (ids must read as integers)
 
@@ -131,15 +145,18 @@ class PostgresOnlineTables:
         for view in self.views:
             params += [keys, list(view.features)]
         for attempt in (1, 2):
-            conn = await self._connection()
+            try:
+                conn = await self._connection()
+            except psycopg.OperationalError as err:
+                raise unavailable("PostgreSQL", err) from err
             try:
                 cursor = await conn.execute(self.sql, params, prepare=True)
                 raw = await cursor.fetchall()
                 break
-            except psycopg.OperationalError:
+            except psycopg.OperationalError as err:
                 await conn.close()
                 if attempt == 2:
-                    raise
+                    raise unavailable("PostgreSQL", err) from err
                 log.warning("online store connection lost; reconnecting")
         rows = []
         for view, key, name, blob in raw:
@@ -165,6 +182,7 @@ class FeastSdk:
         self.key_is_int = spec.contract.columns[self.key].dtype == "int"
         self.features = list(features)
         self.lock = threading.Lock()
+        self.store_kind = str(self.store.config.online_store.type)
 
     def lookup_blocking(self, entity_ids: Sequence[str | int]) -> list[dict[str, Any]]:
         rows = [{self.key: int(e) if self.key_is_int else str(e)} for e in entity_ids]
@@ -173,7 +191,10 @@ class FeastSdk:
         return [{f: found[f][i] if f in found else None for f in self.features} for i in range(len(rows))]
 
     async def lookup(self, entity_ids: Sequence[str | int]) -> list[dict[str, Any]]:
-        return await asyncio.to_thread(self.lookup_blocking, entity_ids)
+        try:
+            return await asyncio.to_thread(self.lookup_blocking, entity_ids)
+        except Exception as err:  # the SDK's stores raise their own errors (redis, ...)
+            raise unavailable(self.store_kind, err) from err
 
     def close(self) -> None:
         self._ctx.__exit__(None, None, None)

@@ -390,3 +390,21 @@ def test_replicas_up_counts_an_applications_direct_replicas_that_haproxy_finds_u
     assert replicas_up(stats, "churn_tight") == 1
     assert replicas_up(stats, "other") == 0
     assert replicas_up("", "churn") == 0
+
+
+def test_an_online_store_outage_is_its_own_503_naming_the_store_and_the_cause() -> None:
+    import json as _json
+
+    from serving.app import features_unavailable
+    from serving.online import FeaturesUnavailable, unavailable
+
+    err = unavailable("redis", ConnectionError("Error 111 connecting to redis:6379. Connection refused."))
+    assert isinstance(err, FeaturesUnavailable)
+    assert str(err) == (
+        "the online feature store (redis) could not be read: ConnectionError: "
+        "Error 111 connecting to redis:6379. Connection refused."
+    )
+    assert len(str(unavailable("redis", ValueError("x" * 2000)))) == 400
+    answer = features_unavailable(str(err), "r-1")
+    assert answer.status_code == 503 and answer.headers["retry-after"] == "1"
+    assert _json.loads(answer.body) == {"error": "features_unavailable", "reason": str(err), "request_id": "r-1"}
