@@ -140,6 +140,15 @@ def read_xcom(archive: bytes) -> Any:
     return json.loads(data) if data.strip() else None
 
 
+SAME_STEP = ("mlcycle.io/pipeline", "mlcycle.io/step", "mlcycle.io/worker", "mlcycle.io/run-id")
+
+
+def same_step_filters(labels: dict[str, str]) -> list[str]:
+    """Docker label filters that find the containers of one step of one run (and trial worker).
+    Pure."""
+    return [f"{k}={labels[k]}" for k in SAME_STEP if k in labels]
+
+
 class DockerContainer:
     """One run of a pod's step container on a Docker engine; `terminate()` from another thread."""
 
@@ -162,6 +171,7 @@ class DockerContainer:
             log(f"[mlcycle] {note}")
         c = container_of(self.manifest)
         argv = [*(c.get("command") or []), *(c.get("args") or [])]
+        self._remove_leftovers(client, log)
         self.container = client.containers.create(**self.config)
         tail: list[str] = []
         try:
@@ -175,6 +185,20 @@ class DockerContainer:
             return self._xcom()
         finally:
             self._remove()
+
+    def _remove_leftovers(self, client: Any, log: Callable[[str], None]) -> None:
+        """Remove the containers an earlier try of this step left: a try whose task process died
+        (the scheduler killed, its node lost) leaves its container running, which would go on
+        writing beside this one. The step resumes from what that one recorded."""
+        import docker
+
+        filters = same_step_filters(self.config.get("labels") or {})
+        if not any(f.startswith("mlcycle.io/run-id=") for f in filters):
+            return
+        for old in client.containers.list(all=True, filters={"label": filters}):
+            log(f"[mlcycle] removing container {old.name} ({old.status}), left by an earlier try of this step")
+            with contextlib.suppress(docker.errors.NotFound):
+                old.remove(force=True)
 
     def _output(self) -> Iterator[bytes]:
         """The container's output as it comes, then (once it has exited, with its exit code kept)

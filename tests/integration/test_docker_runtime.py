@@ -4,6 +4,7 @@ the `step` image itself runs in tests/stack."""
 
 from __future__ import annotations
 
+import contextlib
 import subprocess
 import threading
 import time
@@ -123,3 +124,23 @@ def test_terminate_stops_a_running_step(client: Any) -> None:
     assert isinstance(errors[0], StepFailed) and errors[0].returncode in (137, 143)
     assert time.monotonic() - started < 60
     assert _leftovers(client, "docker-stop") == []
+
+
+def test_a_container_left_running_by_an_earlier_try_is_removed_before_the_step_runs_again(client: Any) -> None:
+    """The task process of a try died (its scheduler killed): its container went on running. The
+    next try removes it first, and only it: another run's container of the same step is kept."""
+    pod = _pod("sleep 120", "docker-orphan")
+    other = _pod("sleep 120", "docker-orphan-other")
+    orphan = client.containers.run(**{**container_config(pod, {}, []), "detach": True})
+    neighbour = client.containers.run(**{**container_config(other, {}, []), "detach": True})
+    try:
+        _, lines, _ = _run(client, _pod("echo again", "docker-orphan"))
+        assert "again" in lines
+        assert any(orphan.name in line and "earlier try" in line for line in lines), lines
+        assert _leftovers(client, "docker-orphan") == []
+        neighbour.reload()
+        assert neighbour.status == "running"
+    finally:
+        for c in (orphan, neighbour):
+            with contextlib.suppress(Exception):
+                c.remove(force=True)

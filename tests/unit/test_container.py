@@ -135,3 +135,17 @@ def test_log_chunks_become_whole_lines() -> None:
         chunks = [text[i : i + size] for i in range(0, len(text), size)]
         assert list(split_lines(chunks)) == ["première ligne", "second", "", "last without newline"]
     assert list(split_lines([])) == []
+
+
+def test_the_containers_of_one_step_are_found_by_pipeline_step_worker_and_run() -> None:
+    from operators.container import same_step_filters
+
+    pod = pod_manifest(SPEC, "train", "run-1", _settings(), {}, worker=1)
+    labels = container_config(pod, {}, [])["labels"]
+    assert same_step_filters(labels) == [
+        "mlcycle.io/pipeline=churn",
+        "mlcycle.io/step=train",
+        "mlcycle.io/worker=1",
+        "mlcycle.io/run-id=run-1",
+    ]
+    assert same_step_filters({"mlcycle.io/step": "t"}) == ["mlcycle.io/step=t"]
