@@ -59,10 +59,13 @@ end
 """Counting by status (only when asked: wrk then hands every response to Lua, which costs)."""
 
 
-def script(bodies: Sequence[str], headers: dict[str, str], path: str, statuses: bool = False) -> str:
+def script(
+    bodies: Sequence[str], headers: dict[str, str], path: str, statuses: bool = False, delay_ms: int = 0
+) -> str:
     """The Lua script: POST `path` with the bodies in turn (each connection starts elsewhere in the
     list), the headers, and a JSON summary printed at the end; with `statuses`, the responses by
-    status too. Pure."""
+    status too; with `delay_ms`, each connection waits that long before each request (a paced
+    load: at most connections x 1000 / delay_ms requests a second). Pure."""
     lines = ["local bodies = {"]
     lines += [f"  {lua_string(b)}," for b in bodies]
     lines.append("}")
@@ -105,6 +108,8 @@ end
     )
     if statuses:
         lines.append(STATUSES)
+    if delay_ms:
+        lines.append(f"function delay() return {int(delay_ms)} end")
     return "\n".join(lines)
 
 
@@ -146,13 +151,14 @@ def start(
     seconds: float,
     timeout_s: float = 10.0,
     statuses: bool = False,
+    delay_ms: int = 0,
 ) -> tuple[subprocess.Popen[str], Path]:
     """Start wrk against `url` (scheme://host:port/path) in the background; `finish` reads it."""
     scheme, rest = url.split("://", 1)
     host, _, path = rest.partition("/")
     work = Path(tempfile.mkdtemp(prefix="mlcycle-wrk-"))
     (work / "post.lua").write_text(
-        script(bodies, {"Content-Type": "application/json", **headers}, "/" + path, statuses)
+        script(bodies, {"Content-Type": "application/json", **headers}, "/" + path, statuses, delay_ms)
     )
     argv = [
         wrk_binary(),

@@ -69,3 +69,15 @@ def test_wrk_counts_responses_by_status_and_the_503s_that_say_when_to_retry() ->
     assert sum(r.statuses.values()) >= r.requests - 2  # wrk stops mid-response on at most a connection each
     assert r.statuses[503] == r.non_2xx == r.retry_after
     assert plain.statuses is not None and plain.retry_after == 0 and set(plain.statuses) == {503}
+
+
+def test_a_paced_load_sends_at_most_a_request_per_delay_and_connection() -> None:
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Echo)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/v1/predict"
+        proc, work = loadgen.start(url, ['{"n": 1}'], {}, connections=2, seconds=2, delay_ms=100)
+        paced = loadgen.finish(proc, work, 2, 2)
+    finally:
+        server.shutdown()
+    assert 10 <= paced.requests <= 2 * 2 * 10 + 2  # 2 connections, 2 s, one request per 100 ms each
