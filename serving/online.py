@@ -183,6 +183,9 @@ class FeastSdk:
         self.features = list(features)
         self.lock = threading.Lock()
         self.store_kind = str(self.store.config.online_store.type)
+        # a store that is down may hang a read (DNS, connect retries with backoff): the request
+        # waits no longer than a version may take before the fallback races it
+        self.timeout_s = spec.serving.request_timeout_s
 
     def lookup_blocking(self, entity_ids: Sequence[str | int]) -> list[dict[str, Any]]:
         rows = [{self.key: int(e) if self.key_is_int else str(e)} for e in entity_ids]
@@ -192,7 +195,10 @@ class FeastSdk:
 
     async def lookup(self, entity_ids: Sequence[str | int]) -> list[dict[str, Any]]:
         try:
-            return await asyncio.to_thread(self.lookup_blocking, entity_ids)
+            return await asyncio.wait_for(asyncio.to_thread(self.lookup_blocking, entity_ids), self.timeout_s)
+        except TimeoutError as err:
+            why = TimeoutError(f"no answer within {self.timeout_s:g} s (serving.request_timeout_s)")
+            raise unavailable(self.store_kind, why) from err
         except Exception as err:  # the SDK's stores raise their own errors (redis, ...)
             raise unavailable(self.store_kind, err) from err
 

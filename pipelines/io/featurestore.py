@@ -26,6 +26,7 @@ if TYPE_CHECKING:
 
 REPO_YAML = "feature_store.yaml"
 REDIS_REPO_YAML = "feature_store.redis.yaml"
+REDIS_CONNECT_TIMEOUT_S, REDIS_SOCKET_TIMEOUT_S = 2, 30
 
 
 def redis_connection_string(url: str) -> str:
@@ -46,6 +47,8 @@ def redis_connection_string(url: str) -> str:
         out.append(f"db={db}")
     if parts.scheme == "rediss":
         out.append("ssl=true")
+    # bounded: a Redis that is down fails a read in seconds instead of hanging it
+    out += [f"socket_connect_timeout={REDIS_CONNECT_TIMEOUT_S}", f"socket_timeout={REDIS_SOCKET_TIMEOUT_S}"]
     return ",".join(out)
 
 

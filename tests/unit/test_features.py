@@ -71,7 +71,8 @@ def test_feast_env_from_a_network_url() -> None:
     ],
 )
 def test_redis_url_to_feast_connection_string(url: str, expected: str) -> None:
-    assert redis_connection_string(url) == expected
+    # every client is bounded in time: a Redis that is down fails a read in seconds
+    assert redis_connection_string(url) == expected + ",socket_connect_timeout=2,socket_timeout=30"
 
 
 @pytest.mark.parametrize("url", ["http://redis:6379", "redis://", "redis://redis/zero"])
