@@ -15,7 +15,7 @@ WHEELS := .wheels/$(VARIANT)
 IMAGE_TAG ?= latest
 IMAGE_TARGETS := step airflow serving services
 
-.PHONY: setup tools demo up down ps drift-demo test test-unit lint bench clean-state stop wheels images stack-env stack-up stack-down test-stack
+.PHONY: setup tools demo up down ps drift-demo test test-unit lint bench clean-state stop wheels images stack-env stack-up stack-down test-stack test-faults
 setup: $(STAMP)
 
 $(STAMP): requirements.txt requirements-dev.txt pyproject.toml tools/k8s_binaries.py
@@ -133,3 +133,8 @@ stack-down: setup
 # through Airflow's REST API, down/up persistence, then everything removed.
 test-stack: images
 	$(VENV)/bin/pytest tests/stack
+
+# Faults injected into a stack of its own while the lifecycle runs and the endpoint is under a
+# paced load: a table of what happened (also .test-artifacts/faults.md).
+test-faults: images
+	$(VENV)/bin/pytest tests/faults

@@ -59,9 +59,7 @@ end
 """Counting by status (only when asked: wrk then hands every response to Lua, which costs)."""
 
 
-def script(
-    bodies: Sequence[str], headers: dict[str, str], path: str, statuses: bool = False, delay_ms: int = 0
-) -> str:
+def script(bodies: Sequence[str], headers: dict[str, str], path: str, statuses: bool = False, delay_ms: int = 0) -> str:
     """The Lua script: POST `path` with the bodies in turn (each connection starts elsewhere in the
     list), the headers, and a JSON summary printed at the end; with `statuses`, the responses by
     status too; with `delay_ms`, each connection waits that long before each request (a paced
