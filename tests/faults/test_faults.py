@@ -3,8 +3,8 @@
 Run 1 (the first model: no endpoint to load yet): a step container SIGKILLed mid-`features`,
 PostgreSQL restarted mid-`promote`. Run 2 (a retrain, with the champion served under a paced wrk
 load around every fault): SeaweedFS stopped for 60 s during `validate`, PostgreSQL restarted
-mid-`train` (after a finished trial), Redis stopped for 20 s, a Serve replica killed with
-SIGKILL, the Airflow scheduler killed with SIGKILL and restarted.
+mid-`train` (after a finished trial), the Airflow scheduler killed with SIGKILL while a task
+runs, Redis stopped for 20 s, a Serve replica killed with SIGKILL.
 
 For each fault the table says where it landed (the tasks running), how it ended (the task's
 state and tries), the serving figures during it (requests, non-2xx, p99) and the seconds from its
@@ -341,6 +341,21 @@ def test_a_retrain_under_serving_load_survives_storage_database_cache_replica_an
         pg_recovery = _until_served(stack, pg_back[0])
     pg_row = _row("PostgreSQL restart", where, **w.figures())
 
+    # the scheduler killed with SIGKILL mid-run (its LocalExecutor's tasks with it), then started
+    where = _wait_any_running(airflow, run_id)
+    scheduler = _service(stack, "airflow-scheduler")
+    with Window(stack, 30) as w:
+        pid = int(scheduler.attrs["State"]["Pid"])
+        os.kill(pid, signal.SIGKILL)  # a crash, as the kernel's OOM killer would do it
+        time.sleep(3)
+        scheduler.reload()
+        restarted_by = "Docker's restart policy"
+        if scheduler.status != "running":
+            scheduler.start()
+            restarted_by = "the test (docker start)"
+        sched_back = _now()
+    sched_row = _row("Airflow scheduler SIGKILL", where, **w.figures())
+
     # Redis (the online store) stopped for 20 s under load: 503 features_unavailable, never a
     # prediction made without its features; the same score once it is back
     redis = _service(stack, "redis")
@@ -411,19 +426,6 @@ def test_a_retrain_under_serving_load_survives_storage_database_cache_replica_an
         **{"recovery s": f"{replica_recovery:.1f}", "data check": "-"},
     )
 
-    # the scheduler killed with SIGKILL mid-run (its LocalExecutor's tasks with it), then started
-    where = _wait_any_running(airflow, run_id)
-    scheduler = _service(stack, "airflow-scheduler")
-    with Window(stack, 30) as w:
-        pid = int(scheduler.attrs["State"]["Pid"])
-        os.kill(pid, signal.SIGKILL)  # a crash, as the kernel's OOM killer would do it
-        time.sleep(3)
-        scheduler.reload()
-        if scheduler.status != "running":
-            scheduler.start()
-        sched_back = _now()
-    sched_row = _row("Airflow scheduler SIGKILL", where, **w.figures())
-
     run = _run_state(airflow, run_id)
     tasks = _tasks(airflow, run_id) or {}
     problems = _integrity(stack, run_id, trials_before)
@@ -433,6 +435,7 @@ def test_a_retrain_under_serving_load_survives_storage_database_cache_replica_an
     pg_row["recovery s"] = f"serving {pg_recovery:.1f}; " + pg_row.get("recovery s", "-")
     hit = where[-1]
     sched_row.update(_outcome(airflow, run_id, hit, *sched_back), **{"data check": check})
+    sched_row["outcome"] += f"; restarted by {restarted_by}"
     states = {t: (ti["state"], ti["try_number"]) for t, ti in tasks.items()}
     assert run["state"] == "success", states
     assert not problems, problems
