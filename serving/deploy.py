@@ -14,6 +14,7 @@ from pipelines.core.errors import SettingsError
 from pipelines.core.spec import spec_for
 from pipelines.io.registry import champion_version, model_name
 from serving.config import ServingArgs, VersionConfig
+from serving.haproxy import replicas_up
 
 log = logging.getLogger(__name__)
 
@@ -200,8 +201,6 @@ def wait_direct_route(settings: Settings, pipeline: str, timeout_s: float = 60) 
     through its backup (the Serve proxy), and return how many replicas it routes to. A deployment
     is answered through the backup at first, without HAProxy's bounded queue."""
     import httpx
-
-    from serving.haproxy import replicas_up
 
     url = f"http://127.0.0.1:{settings.haproxy_stats_port}/stats;csv"
     deadline = time.monotonic() + timeout_s
