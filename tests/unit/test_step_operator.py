@@ -102,6 +102,10 @@ def test_local_runtime_failure_codes(monkeypatch: pytest.MonkeyPatch, tmp_path: 
         raise StepFailed(["mlcycle"], next(codes), ["boom"])
 
     monkeypatch.setattr(LocalProcess, "run", fail)
+    # the attempt the process left is marked interrupted (the database is the integration tests'
+    # business: a real one here would start the embedded PostgreSQL and leave it running)
+    marked: list[str] = []
+    monkeypatch.setattr("operators.step.interrupt_running", lambda *args: marked.append(args[-1]) or 0)
     op = PipelineStepOperator(task_id="validate", pipeline="churn", step="validate", runtime="local")
     op.run_key = "r1"
     with pytest.raises(AirflowSkipException, match="boom"):  # a failed gate: skip the rest of the run
@@ -110,6 +114,7 @@ def test_local_runtime_failure_codes(monkeypatch: pytest.MonkeyPatch, tmp_path: 
         op.execute(_context("r1"))
     with pytest.raises(StepFailed):  # anything else: Airflow retries
         op.execute(_context("r1"))
+    assert marked == [f"its process ended with {c} without recording its outcome" for c in (100, 3, 1)]
 
 
 def test_dry_run_prints_the_pod(
