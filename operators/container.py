@@ -192,10 +192,10 @@ class DockerContainer:
         writing beside this one. The step resumes from what that one recorded."""
         import docker
 
-        filters = same_step_filters(self.config.get("labels") or {})
-        if not any(f.startswith("mlcycle.io/run-id=") for f in filters):
+        labels = self.config.get("labels") or {}
+        if "mlcycle.io/run-id" not in labels:  # not a run's step: nothing identifies an earlier try
             return
-        for old in client.containers.list(all=True, filters={"label": filters}):
+        for old in client.containers.list(all=True, filters={"label": same_step_filters(labels)}):
             log(f"[mlcycle] removing container {old.name} ({old.status}), left by an earlier try of this step")
             with contextlib.suppress(docker.errors.NotFound):
                 old.remove(force=True)
