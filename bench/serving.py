@@ -177,7 +177,7 @@ def run_all(settings: Settings, measure: Callable[..., list[dict[str, Any]]], va
             ("mlcycle, batches of 1", {}, {"max_batch_size": 1}),
         ]
     for name, env_over, args_over in configs:
-        with ray_serve(settings, env_over) as url:
+        with ray_serve(settings, env_over) as (url, _):
             spec = spec_for(settings, PIPELINE)
             one = [VersionConfig(version=1, weight=100)]
             deploy(serving_args(spec, one, model_name(PIPELINE), **args_over))
@@ -192,17 +192,18 @@ def run_all(settings: Settings, measure: Callable[..., list[dict[str, Any]]], va
 
 def overload_only(settings: Settings) -> list[dict[str, Any]]:
     ids, rows = sample_rows(settings)
-    with ray_serve(settings, {}) as url:
+    with ray_serve(settings, {}) as (url, served):
         deploy(serving_args(spec_for(settings, PIPELINE), [VersionConfig(version=1, weight=100)], model_name(PIPELINE)))
         wait_http(url + "/readyz")
-        wait_direct_route(settings, PIPELINE)
+        wait_direct_route(served, PIPELINE)  # the ports of the bench's own Ray
         loadgen.run(url + "/predict", ours_bodies(ids, rows), {"x-api-key": KEY}, 1, 2)  # warm up
         return overload(settings, url, ours_bodies(ids, rows))
 
 
 @contextmanager
-def ray_serve(settings: Settings, env_over: dict[str, str]) -> Iterator[str]:
-    """A Ray of the bench's own, started as `mlcycle serve start` starts the embedded head."""
+def ray_serve(settings: Settings, env_over: dict[str, str]) -> Iterator[tuple[str, Settings]]:
+    """A Ray of the bench's own, started as `mlcycle serve start` starts the embedded head: the
+    endpoint, and the settings with its free ports."""
     import ray
     from ray import serve
 
@@ -219,7 +220,7 @@ def ray_serve(settings: Settings, env_over: dict[str, str]) -> Iterator[str]:
         ray.init(address="local", num_cpus=4, include_dashboard=False, log_to_driver=False, namespace="mlcycle")
         try:
             connect(settings)
-            yield endpoint(settings, PIPELINE)
+            yield endpoint(settings, PIPELINE), settings
         finally:
             serve.shutdown()
             ray.shutdown()
