@@ -9,11 +9,16 @@ that validation sees it and says so.
 
 from __future__ import annotations
 
-import io
+import functools
 import os
+import shutil
+import tempfile
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import AbstractContextManager, contextmanager
+from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, BinaryIO, cast
 
 from pipelines.core.errors import SourceDataError, SourceError, SourceUnavailable
 from pipelines.core.settings import Settings
@@ -55,31 +60,57 @@ def infer_format(name: str, declared: str | None) -> str:
     raise SourceError(f"{name}: cannot tell the format from the name; set source.format (csv|parquet)")
 
 
-def parse_bytes(data: bytes, fmt: str, where: str, delimiter: str = ",") -> pd.DataFrame:
-    """A frame from file bytes, with a clear error for empty, truncated or malformed input. A CSV's
-    UTF-8 byte order mark is not part of its first column's name."""
+CHUNK_ROWS = 100_000  # rows a file is read by: tens of MB of frame, whatever the file's size
+
+
+def file_frames(
+    stream: BinaryIO, fmt: str, where: str, delimiter: str = ",", rows: int = CHUNK_ROWS
+) -> Iterator[pd.DataFrame]:
+    """A file's rows in frames of at most `rows` (CSV in chunks, Parquet in record batches), so that
+    memory holds one chunk and never the whole file; a clear error for empty, truncated or malformed
+    input. A CSV's UTF-8 byte order mark is not part of its first column's name; `.gz` is gunzipped."""
     import pandas as pd  # heavy: pandas, pyarrow
     import pyarrow as pa
-    import pyarrow.parquet as pq
 
-    if not data:
+    if not stream.read(1):
         raise SourceDataError(f"{where}: the file is empty (0 bytes)")
+    stream.seek(0)
+    count = 0
     try:
-        if fmt == "parquet":
-            df = pq.read_table(io.BytesIO(data)).to_pandas()
-        else:
-            df = pd.read_csv(io.BytesIO(data), compression="infer", sep=delimiter, encoding="utf-8-sig")
-    except (pa.ArrowInvalid, OSError) as err:
-        raise SourceDataError(f"{where}: not a readable Parquet file (truncated or corrupt?): {err}") from None
+        for frame in _parquet_frames(stream, rows) if fmt == "parquet" else _csv_frames(stream, where, delimiter, rows):
+            count += len(frame)
+            yield frame
+    except (pa.ArrowInvalid, OSError, EOFError) as err:  # EOFError: a truncated gzip
+        kind = "Parquet" if fmt == "parquet" else "CSV"
+        raise SourceDataError(f"{where}: not a readable {kind} file (truncated or corrupt?): {err}") from None
     except (pd.errors.EmptyDataError, pd.errors.ParserError, UnicodeDecodeError) as err:
         raise SourceDataError(f"{where}: not a readable CSV file: {err}") from None
-    if fmt == "csv":
-        hint = delimiter_hint(list(df.columns), delimiter)
-        if hint:
-            raise SourceDataError(f"{where}: {hint}")
-    if len(df) == 0:
+    if count == 0:
         raise SourceDataError(f"{where}: the source has no rows")
-    return df
+
+
+def _parquet_frames(stream: BinaryIO, rows: int) -> Iterator[pd.DataFrame]:
+    import pyarrow as pa  # heavy: pyarrow
+    import pyarrow.parquet as pq
+
+    parquet = pq.ParquetFile(stream)
+    for batch in parquet.iter_batches(batch_size=rows):
+        yield pa.Table.from_batches([batch], schema=parquet.schema_arrow).to_pandas()
+
+
+def _csv_frames(stream: BinaryIO, where: str, delimiter: str, rows: int) -> Iterator[pd.DataFrame]:
+    import pandas as pd  # heavy: pandas
+
+    compression = "gzip" if where.lower().endswith(".gz") else None
+    reader = pd.read_csv(
+        stream, sep=delimiter, encoding="utf-8-sig", compression=compression, chunksize=rows, low_memory=False
+    )
+    with reader:
+        for n, frame in enumerate(reader):
+            hint = delimiter_hint(list(frame.columns), delimiter) if n == 0 else None
+            if hint:
+                raise SourceDataError(f"{where}: {hint}")
+            yield frame
 
 
 DELIMITERS = (";", "\t", "|", ",")
@@ -101,77 +132,130 @@ def delimiter_hint(columns: list[str], delimiter: str) -> str | None:
 
 
 def instants(values: pd.Series) -> pd.Series:
-    """A column as UTC instants (NaT where a value is not a time), whatever mix of ISO forms. Pure."""
+    """A column as UTC instants (NaT where a value is not a time), whatever mix of ISO forms: the
+    vectorised ISO 8601 parser first, the per-value one only for what it could not read. Pure."""
     import pandas as pd
 
     if pd.api.types.is_datetime64_any_dtype(values):
         return pd.to_datetime(values, utc=True)
-    return pd.to_datetime(values, utc=True, errors="coerce", format="mixed")
+    out = pd.to_datetime(values, utc=True, errors="coerce", format="ISO8601")
+    rest = out.isna() & values.notna()
+    if rest.any():
+        out[rest] = pd.to_datetime(values[rest], utc=True, errors="coerce", format="mixed")
+    return out
 
 
-def within(df: pd.DataFrame, column: str, window: Window) -> pd.DataFrame:
-    """The rows of the window by `column`; rows whose time cannot be read stay (validation
-    rejects them with a reason). Pure."""
+def in_window(ts: pd.Series, window: Window) -> pd.Series:
+    """Which instants fall in the window `(start, end]`; an unreadable one (NaT) stays, for
+    validation to reject with a reason. Pure."""
     import pandas as pd
 
-    if column not in df.columns:
-        columns = list(df.columns)
-        raise SourceDataError(f"the source has no {column} column to read a time window by (columns: {columns})")
-    ts = instants(df[column])
     keep = ts.isna() | (ts <= pd.Timestamp(window.end))
     if window.start is not None:
         keep &= ts.isna() | (ts > pd.Timestamp(window.start))
-    return df[keep.to_numpy()].reset_index(drop=True)
+    return keep
+
+
+def within(df: pd.DataFrame, column: str, window: Window) -> pd.DataFrame:
+    """The rows of the window by `column`. Pure."""
+    return df[in_window(instants(_column(df, column)), window).to_numpy()].reset_index(drop=True)
+
+
+def _column(df: pd.DataFrame, column: str) -> pd.Series:
+    if column not in df.columns:
+        columns = list(df.columns)
+        raise SourceDataError(f"the source has no {column} column to read a time window by (columns: {columns})")
+    return df[column]
 
 
 def read_source(source: Source, settings: Settings, window: Window | None = None, timestamp: str = "") -> pd.DataFrame:
     """Read the spec's source into a frame; with a window, only its rows (by the `timestamp`
-    column), or a SourceError saying which window found none."""
-    df = _read(source, settings, window)
-    if window is None:
-        return df
-    kept = within(df, timestamp, window)
-    if len(kept) == 0:
-        span = instants(df[timestamp])
+    column), or a SourceError saying which window found none. Files are read chunk by chunk and
+    the window applied to each, so memory holds the window's rows, not the file."""
+    return gather(_frames(source, settings, window), window, timestamp)
+
+
+def gather(frames: Iterable[pd.DataFrame], window: Window | None, timestamp: str) -> pd.DataFrame:
+    """One frame of the rows of `frames` in the window (every row without one); the frames must
+    have the same columns. Holds only the kept rows of the frames read so far."""
+    import pandas as pd  # heavy: pandas
+
+    kept: list[pd.DataFrame] = []
+    columns: list[str] | None = None
+    span: tuple[Any, Any] | None = None  # the earliest and latest readable instants seen
+    for frame in frames:
+        if columns is None:
+            columns = list(frame.columns)
+        elif list(frame.columns) != columns:
+            other = list(frame.columns)
+            raise SourceDataError(f"the files of the source have different columns: {columns} and {other}")
+        if window is not None:
+            ts = instants(_column(frame, timestamp))
+            span = widened(span, ts.min(), ts.max())
+            frame = frame[in_window(ts, window).to_numpy()]
+        if len(frame):
+            kept.append(frame)
+    if not kept and window is not None:
+        spans = f"spans {span[0]} .. {span[1]}" if span else "holds no readable time"
         raise SourceDataError(
             f"no rows in the window {window.to_dict()['start'] or '-inf'} .. {window.end.isoformat()} "
-            f"(the source's {timestamp} spans {span.min()} .. {span.max()})"
+            f"(the source's {timestamp} {spans})"
         )
-    return kept
+    if not kept:
+        raise SourceDataError("the source has no rows")
+    return pd.concat(kept, ignore_index=True) if len(kept) > 1 else kept[0].reset_index(drop=True)
 
 
-def _read(source: Source, settings: Settings, window: Window | None) -> pd.DataFrame:
+def widened(span: tuple[Any, Any] | None, lo: Any, hi: Any) -> tuple[Any, Any] | None:
+    """The span `(earliest, latest)` grown by a chunk's; a chunk with no readable time (NaT) leaves
+    it as it was. Pure."""
+    if lo is None or lo != lo:  # NaT is not equal to itself
+        return span
+    return (lo, hi) if span is None else (min(span[0], lo), max(span[1], hi))
+
+
+@dataclass(frozen=True)
+class DataFile:
+    """One file of a file or S3 source: where it is (for errors), its format, how to open it."""
+
+    where: str
+    fmt: str
+    open: Callable[[], AbstractContextManager[BinaryIO]]
+
+
+def _frames(source: Source, settings: Settings, window: Window | None) -> Iterator[pd.DataFrame]:
+    if isinstance(source, (FileSource, S3Source)):
+        for f in _files(source, settings, window):
+            with f.open() as stream:
+                yield from file_frames(stream, f.fmt, f.where, source.delimiter)
+    elif isinstance(source, PostgresSource):
+        yield _read_postgres(source, settings, window)
+    elif isinstance(source, SyntheticSource):
+        yield generate_churn(synthetic_config(source, datetime.now(UTC).date()))
+    else:
+        raise AssertionError(f"unhandled source {source!r}")
+
+
+def _files(source: FileSource | S3Source, settings: Settings, window: Window | None) -> list[DataFile]:
+    """The files a file source (a path or a directory) or an S3 source (an object or a prefix) names."""
     if isinstance(source, FileSource):
         path = Path(render_location(source.path, window) if window else source.path).expanduser()
         if not path.is_absolute():
             path = settings.project_dir / path
+        paths = [path]
         if path.is_dir():
-            files = sorted(f for f in path.iterdir() if f.is_file() and _data_file(f.name))
-            if not files:
+            paths = sorted(f for f in path.iterdir() if f.is_file() and _data_file(f.name))
+            if not paths:
                 raise SourceError(f"source.path: {path} holds no .csv or .parquet file")
-            return _concat([_read_file(f, source) for f in files])
-        return _read_file(path, source)
-    if isinstance(source, S3Source):
-        uri = render_location(source.uri, window) if window else source.uri
-        if uri.endswith("/"):
-            keys = [k for k in _list_s3(uri, settings) if _data_file(k)]
-            if not keys:
-                raise SourceError(f"source.uri: no .csv or .parquet object under {uri}")
-            bucket, _ = parse_s3_uri(uri)
-            return _concat(
-                [
-                    parse_bytes(
-                        _read_s3(f"s3://{bucket}/{k}", settings), infer_format(k, source.format), k, source.delimiter
-                    )
-                    for k in keys
-                ]
-            )
-        return parse_bytes(_read_s3(uri, settings), infer_format(uri, source.format), uri, source.delimiter)
-    if isinstance(source, PostgresSource):
-        return _read_postgres(source, settings, window)
-    if isinstance(source, SyntheticSource):
-        return generate_churn(synthetic_config(source, datetime.now(UTC).date()))
-    raise AssertionError(f"unhandled source {source!r}")
+        return [DataFile(str(p), infer_format(p.name, source.format), functools.partial(_open_file, p)) for p in paths]
+    uri = render_location(source.uri, window) if window else source.uri
+    uris = [uri]
+    if uri.endswith("/"):
+        bucket, _ = parse_s3_uri(uri)
+        uris = [f"s3://{bucket}/{k}" for k in _list_s3(uri, settings) if _data_file(k)]
+        if not uris:
+            raise SourceError(f"source.uri: no .csv or .parquet object under {uri}")
+    return [DataFile(u, infer_format(u, source.format), functools.partial(_open_s3, u, settings)) for u in uris]
 
 
 DATA_SUFFIXES = (".csv", ".csv.gz", ".parquet", ".pq")
@@ -188,23 +272,6 @@ def synthetic_config(source: SyntheticSource, today: date, seed_offset: int = 0)
 
 def _data_file(name: str) -> bool:
     return name.lower().endswith(DATA_SUFFIXES)
-
-
-def _read_file(path: Path, source: FileSource) -> pd.DataFrame:
-    try:
-        data = path.read_bytes()
-    except OSError as err:
-        raise SourceError(f"source.path: cannot read {path}: {err.strerror}") from None
-    return parse_bytes(data, infer_format(path.name, source.format), str(path), source.delimiter)
-
-
-def _concat(frames: list[pd.DataFrame]) -> pd.DataFrame:
-    import pandas as pd
-
-    columns = {tuple(f.columns) for f in frames}
-    if len(columns) > 1:
-        raise SourceDataError(f"the files of the source have different columns: {sorted(columns)}")
-    return pd.concat(frames, ignore_index=True)
 
 
 def _list_s3(prefix_uri: str, settings: Settings) -> list[str]:
@@ -226,20 +293,39 @@ def _list_s3(prefix_uri: str, settings: Settings) -> list[str]:
     return sorted(keys)
 
 
-def _read_s3(uri: str, settings: Settings) -> bytes:
+@contextmanager
+def _open_file(path: Path) -> Iterator[BinaryIO]:
+    try:
+        stream = path.open("rb")
+    except OSError as err:
+        raise SourceError(f"source.path: cannot read {path}: {err.strerror}") from None
+    with stream:
+        yield stream
+
+
+SPOOL_BYTES = 32 << 20  # an S3 object larger than this is spooled to a temporary file, not memory
+
+
+@contextmanager
+def _open_s3(uri: str, settings: Settings) -> Iterator[BinaryIO]:
+    """The object's bytes as a seekable file (Parquet needs one): copied as they arrive into a
+    temporary file that stays in memory up to SPOOL_BYTES."""
     import boto3  # heavy: boto3
     from botocore.exceptions import BotoCoreError, ClientError
 
     bucket, key = parse_s3_uri(uri)
     client = boto3.client("s3", endpoint_url=settings.s3_endpoint_url, region_name=settings.s3_region)
-    try:
-        data: bytes = client.get_object(Bucket=bucket, Key=key)["Body"].read()
-    except ClientError as err:
-        code = err.response.get("Error", {}).get("Code", "?")
-        raise SourceError(f"source.uri: cannot read {uri}: {code}") from None
-    except BotoCoreError as err:
-        raise SourceUnavailable(f"source.uri: cannot reach S3 for {uri}: {err}") from None
-    return data
+    with tempfile.SpooledTemporaryFile(max_size=SPOOL_BYTES) as spool:
+        try:
+            body = client.get_object(Bucket=bucket, Key=key)["Body"]
+            shutil.copyfileobj(body, spool, 1 << 20)
+        except ClientError as err:
+            code = err.response.get("Error", {}).get("Code", "?")
+            raise SourceError(f"source.uri: cannot read {uri}: {code}") from None
+        except BotoCoreError as err:
+            raise SourceUnavailable(f"source.uri: cannot reach S3 for {uri}: {err}") from None
+        spool.seek(0)
+        yield cast(BinaryIO, spool)
 
 
 def _read_postgres(source: PostgresSource, settings: Settings, window: Window | None) -> pd.DataFrame:

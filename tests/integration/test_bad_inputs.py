@@ -11,8 +11,11 @@ goes to `.test-artifacts/bad-inputs.md` (or `$MLCYCLE_TEST_ARTIFACTS`), the coun
 from __future__ import annotations
 
 import io
+import json
 import os
 import re
+import subprocess
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,7 +26,9 @@ import pytest
 import yaml
 
 from pipelines.cli import main
+from pipelines.core.params import ENV
 from pipelines.core.settings import PROJECT_DIR, Settings, scoped_environ
+from pipelines.io.storage import open_storage, read_parquet
 from pipelines.ml.datagen import ChurnConfig, generate_churn
 from tests.integration.helpers import small_spec, workspace_env
 from tests.specs import churn_spec_dict
@@ -264,12 +269,77 @@ def test_bad_specs_are_refused_with_the_field(
     assert code == 2 and case.says in err, err
 
 
+# Run in a small Python of its own: a process's peak memory counts what its parent held when it was
+# forked (Linux keeps it across exec), so a step forked from pytest would report pytest's.
+MEASURED = (
+    "import os, subprocess, sys; p = subprocess.Popen(sys.argv[1:]); _, status, usage = os.wait4(p.pid, 0); "
+    "print('PEAK_KIB', usage.ru_maxrss, os.waitstatus_to_exitcode(status))"
+)
+
+
+def _measured_step(settings: Settings, env: dict[str, str], *args: str) -> tuple[int, float, str]:
+    """`mlcycle step <args>` as its own process: its exit code, its peak resident memory (MiB), its
+    stderr."""
+    exe = os.path.join(os.path.dirname(sys.executable), "mlcycle")
+    done = subprocess.run(
+        [sys.executable, "-c", MEASURED, exe, "step", *args],
+        env={**workspace_env(settings), **env},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    _, kib, code = done.stdout.strip().splitlines()[-1].split()
+    return int(code), int(kib) / 1024, done.stderr
+
+
+def test_a_file_larger_than_the_steps_memory_is_read_by_its_window(
+    good_rows: pd.DataFrame, workspace: Settings, tmp_path: Path
+) -> None:
+    """A CSV of 320 MB, of which the run's window holds a small file's rows: `mlcycle step ingest`,
+    as its own process, snapshots exactly the small file's rows, and needs less than a quarter of
+    the file's size in memory beyond what the small file needs (a whole read needs several times
+    the file: its bytes, then a frame of Python strings)."""
+    stamps = good_rows["event_timestamp"]
+    params = {ENV: json.dumps({"as_of": stamps.max().isoformat()})}
+    small = _csv(good_rows, tmp_path / "small.csv")
+    old = good_rows.assign(event_timestamp=stamps - pd.Timedelta(days=3 * 365))  # years before the window
+    block = old.to_csv(index=False, header=False).encode()
+    big = tmp_path / "big.csv"
+    with big.open("wb") as out:
+        out.write(small.read_bytes().split(b"\n", 1)[0] + b"\n")
+        for _ in range((320 << 20) // len(block)):
+            out.write(block)
+        out.write(small.read_bytes().split(b"\n", 1)[1])
+    size_mib = big.stat().st_size / (1 << 20)
+    peaks, rows = {}, {}
+    for name, path in (("small", small), ("big", big)):
+        small_spec(workspace, {"kind": "file", "path": str(path), "lookback_days": 400}, name=name)
+        code, peaks[name], err = _measured_step(
+            workspace, params, "ingest", "--pipeline", name, "--run-id", f"{name}-1"
+        )
+        assert code == 0, err[-3000:]
+        rows[name] = len(read_parquet(open_storage(workspace), f"{name}/{name}-1/ingest/snapshot.parquet"))
+    extra = peaks["big"] - peaks["small"]
+    ROWS.append(
+        (
+            "data",
+            f"a {size_mib:.0f} MB CSV whose window holds {rows['big']} rows",
+            0,
+            0 if rows["big"] == rows["small"] and extra < size_mib / 4 else 1,
+            f"read in chunks: peak memory {peaks['big']:.0f} MiB, {extra:.0f} MiB more than a "
+            f"{small.stat().st_size >> 10} KB file's {peaks['small']:.0f} MiB",
+        )
+    )
+    assert rows["big"] == rows["small"] == len(good_rows)
+    assert extra < size_mib / 4, (peaks, size_mib)
+
+
 def test_the_catalogue_is_counted() -> None:
     """Runs last in this module: the table of every input tried, and the count the README gives."""
     bad = [r for r in ROWS if r[2] != 0]
     refused = [r for r in bad if r[3] == r[2]]
     read = [r for r in ROWS if r[2] == 0 and r[3] == 0]
-    assert len(ROWS) == len(DATA) + len(SPECS), "run the whole module"
+    assert len(ROWS) == len(DATA) + len(SPECS) + 1, "run the whole module"
     lines = [
         f"{len(bad)} bad inputs tried, {len(refused)} refused with a clear error and the README's exit code, "
         f"0 trained; {len(read)} awkward but valid inputs read correctly.",

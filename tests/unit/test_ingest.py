@@ -1,13 +1,17 @@
 from __future__ import annotations
 
+import gzip
 import io
+import re
+from datetime import timedelta
 
 import pandas as pd
 import pytest
 
 from pipelines.core.errors import SourceDataError, SourceError
 from pipelines.core.spec import SyntheticSource
-from pipelines.io.sources import infer_format, normalize_frame, parse_bytes
+from pipelines.core.window import data_window
+from pipelines.io.sources import file_frames, gather, infer_format, normalize_frame, widened, within
 from pipelines.io.storage import parquet_bytes
 from pipelines.steps.ingest import build_manifest, content_hash, schema_fingerprint
 
@@ -50,6 +54,10 @@ def test_infer_format() -> None:
         infer_format("b.data", None)
 
 
+def parse_bytes(data: bytes, fmt: str, where: str, delimiter: str = ",", rows: int = 1000) -> pd.DataFrame:
+    return gather(file_frames(io.BytesIO(data), fmt, where, delimiter, rows), None, "")
+
+
 def test_parse_bytes_errors(churn_df: pd.DataFrame) -> None:
     with pytest.raises(SourceError, match="empty"):
         parse_bytes(b"", "csv", "x.csv")
@@ -82,3 +90,38 @@ def test_a_csv_of_another_separator_is_named_and_read_with_source_delimiter(chur
 def test_a_utf8_byte_order_mark_is_not_part_of_the_first_column(churn_df: pd.DataFrame) -> None:
     data = b"\xef\xbb\xbf" + churn_df.head(3).to_csv(index=False).encode()
     assert list(parse_bytes(data, "csv", "x.csv").columns) == list(churn_df.columns)
+
+
+def test_a_file_read_in_chunks_is_the_whole_file_and_the_window_applies_to_every_chunk(churn_df: pd.DataFrame) -> None:
+    """Chunks of 97 rows (CSV, gzipped CSV, Parquet record batches) give the frame a whole read
+    gives; the window keeps the same rows; a window with none names the span of every chunk."""
+    text = churn_df.to_csv(index=False).encode()
+    whole = parse_bytes(text, "csv", "x.csv", rows=10**9)
+    pd.testing.assert_frame_equal(parse_bytes(text, "csv", "x.csv", rows=97), whole)
+    pd.testing.assert_frame_equal(parse_bytes(gzip.compress(text), "csv", "x.csv.gz", rows=97), whole)
+    pd.testing.assert_frame_equal(parse_bytes(parquet_bytes(churn_df), "parquet", "x.parquet", rows=97), churn_df)
+
+    stamps = churn_df["event_timestamp"]
+    window = data_window(stamps.iloc[len(stamps) // 2].to_pydatetime(), 30)
+    chunked = gather(file_frames(io.BytesIO(text), "csv", "x.csv", rows=97), window, "event_timestamp")
+    assert len(chunked) > 0
+    pd.testing.assert_frame_equal(chunked, within(whole, "event_timestamp", window))
+
+    past = data_window(stamps.min().to_pydatetime() - timedelta(days=400), 30)
+    with pytest.raises(SourceDataError, match=re.escape(f"spans {stamps.min()} .. {stamps.max()}")):
+        gather(file_frames(io.BytesIO(text), "csv", "x.csv", rows=97), past, "event_timestamp")
+
+
+def test_the_span_grows_by_each_chunk_and_a_chunk_without_time_leaves_it() -> None:
+    a, b, c = (pd.Timestamp(f"2026-0{m}-01", tz="UTC") for m in (1, 2, 3))
+    assert widened(None, pd.NaT, pd.NaT) is None
+    assert widened(None, b, b) == (b, b)
+    assert widened((b, b), a, c) == (a, c)
+    assert widened((a, c), pd.NaT, pd.NaT) == (a, c)
+
+
+def test_a_header_only_file_has_no_rows_in_chunks_too() -> None:
+    with pytest.raises(SourceDataError, match="x.csv: the source has no rows"):
+        parse_bytes(b"a,b\n", "csv", "x.csv", rows=1)
+    with pytest.raises(SourceDataError, match="not a readable CSV file .truncated or corrupt"):
+        parse_bytes(gzip.compress(b"a,b\n1,2\n")[:10], "csv", "x.csv.gz")
