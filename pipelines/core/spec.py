@@ -19,7 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from pipelines.core.errors import SpecError, field_path
 from pipelines.core.k8s import Toleration
-from pipelines.core.steps import STEP_NAMES
+from pipelines.core.steps import STEP_NAMES, STEPS
 from pipelines.core.window import query_params, template_fields
 
 if TYPE_CHECKING:
@@ -447,6 +447,36 @@ class Drift(Model):
     )
 
 
+class Embeddings(Model):
+    """Vectors the model writes beside its score: the `embedding` output of its ONNX model, one
+    pgvector space per model version, filled by the `embed` step and switched with the champion."""
+
+    layer: Literal["last_hidden"] = Field(
+        default="last_hidden", description="the tabular model's last hidden layer (its width: the trial's hidden_units)"
+    )
+    dimension: int | None = Field(
+        default=None, ge=1, le=2000, description="checked against the model's embedding width when given"
+    )
+    distance: Literal["cosine", "l2", "inner_product"] = "cosine"
+    index: Literal["hnsw", "ivfflat"] = "hnsw"
+    min_recall_at_10: float = Field(
+        default=0.9, gt=0.0, le=1.0, description="the index's recall@10 against exact search, on a sample: a gate"
+    )
+    recall_sample: int = Field(default=200, ge=10, le=10_000)
+    batch_rows: int = Field(default=10_000, ge=100, description="entities embedded and copied per batch")
+    retain_hours: float = Field(
+        default=168.0, ge=0.0, description="how long a retired champion's space is kept before it is dropped"
+    )
+    drift_roc_auc: float | None = Field(
+        default=None,
+        gt=0.5,
+        lt=1.0,
+        description="the drift check reports embedding drift (how well a classifier tells served vectors from "
+        "training ones, ROC AUC); above this it counts as drift and asks for retraining (default: reported only, "
+        "since features expected to move, drift.ignore, move the vectors too)",
+    )
+
+
 # ------------------------------------------------------------------------------------ the spec
 class PipelineSpec(Model):
     """One pipeline: the whole lifecycle declared in one document."""
@@ -470,6 +500,11 @@ class PipelineSpec(Model):
     canary: Canary = Canary()
     serving: Serving = Serving()
     drift: Drift = Drift()
+    embeddings: Embeddings | None = None
+
+    def lifecycle_steps(self) -> list[str]:
+        """The steps of this pipeline's lifecycle DAG, in order (`embed` only with `embeddings`)."""
+        return [s.name for s in STEPS if s.lifecycle and (s.needs is None or getattr(self, s.needs) is not None)]
 
     @model_validator(mode="after")
     def _consistent(self) -> PipelineSpec:
@@ -522,7 +557,35 @@ def cross_section_problems(spec: PipelineSpec) -> list[tuple[Loc, str]]:
     for i, name in enumerate(spec.drift.ignore):
         if name not in model_features:
             problems.append((("drift", "ignore", i), f"'{name}' is not a feature the model uses"))
+    emb = spec.embeddings
+    if emb is not None and emb.dimension is not None:
+        widths = hidden_widths(spec.model.search_space)
+        if widths != {emb.dimension}:
+            shown = f"{widths.start}..{widths.stop - 1}" if isinstance(widths, range) else sorted(widths, key=str)
+            problems.append(
+                (
+                    ("embeddings", "dimension"),
+                    f"{emb.dimension}, but the last hidden layer can be {shown} wide "
+                    f"(model.search_space.hidden_units); pin it with {{type: categorical, choices: [{emb.dimension}]}}"
+                    " or drop embeddings.dimension",
+                )
+            )
     return problems
+
+
+DEFAULT_HIDDEN_UNITS = 64
+
+
+def hidden_widths(space: dict[str, Any]) -> set[Any] | range:
+    """The widths the search can give the last hidden layer (the embedding's dimension). Pure."""
+    p = space.get("hidden_units")
+    if p is None:
+        return {DEFAULT_HIDDEN_UNITS}
+    if isinstance(p, CategoricalParam):
+        return set(p.choices)
+    if isinstance(p, IntParam):
+        return {p.low} if p.low == p.high else range(p.low, p.high + 1)
+    return {"a float"}
 
 
 # --------------------------------------------------------------------------------------- loading

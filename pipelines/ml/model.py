@@ -18,6 +18,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from pipelines.core.spec import DEFAULT_HIDDEN_UNITS
+
 if TYPE_CHECKING:
     import onnx
     import pandas as pd
@@ -78,7 +80,7 @@ def onnx_providers(available: list[str]) -> list[str]:
 
 
 def build_module(
-    enc: FeatureEncoding, hidden_units: int = 64, layers: int = 2, dropout: float = 0.1
+    enc: FeatureEncoding, hidden_units: int = DEFAULT_HIDDEN_UNITS, layers: int = 2, dropout: float = 0.1
 ) -> torch.nn.Module:
     import torch
     from torch import nn
@@ -100,13 +102,19 @@ def build_module(
             blocks.append(nn.Linear(width, 1))
             self.mlp = nn.Sequential(*blocks)
 
-        def forward(self, numeric: torch.Tensor | None, codes: torch.Tensor | None) -> torch.Tensor:
+        def hidden(self, numeric: torch.Tensor | None, codes: torch.Tensor | None) -> torch.Tensor:
+            """The last hidden layer before its ReLU: the entity's embedding (`[n, hidden_units]`;
+            before the ReLU, so that no entity's vector is all zeros)."""
             parts = []
             if enc.numeric and numeric is not None:
                 parts.append((numeric - self.get_buffer("mean")) / self.get_buffer("std"))
             if codes is not None:
                 parts += [emb(codes[:, j]) for j, emb in enumerate(self.embeddings)]
-            out: torch.Tensor = self.mlp(torch.cat(parts, dim=1)).squeeze(1)
+            out: torch.Tensor = self.mlp[:-3](torch.cat(parts, dim=1))
+            return out
+
+        def forward(self, numeric: torch.Tensor | None, codes: torch.Tensor | None) -> torch.Tensor:
+            out: torch.Tensor = self.mlp[-3:](self.hidden(numeric, codes)).squeeze(1)
             return out
 
     return TabularMLP()
@@ -123,8 +131,25 @@ def predict(module: torch.nn.Module, enc: FeatureEncoding, df: pd.DataFrame, dev
         return np.asarray(torch.sigmoid(logits).cpu().numpy(), dtype=np.float64)
 
 
-def to_onnx(module: torch.nn.Module, enc: FeatureEncoding, opset: int = 17) -> onnx.ModelProto:
-    """Export with preprocessing in the graph: raw columns in, `score` out."""
+def embeddings(module: torch.nn.Module, enc: FeatureEncoding, df: pd.DataFrame, device: str = "cpu") -> np.ndarray:
+    """The model's embedding of each row (its last hidden layer before the ReLU), from torch, on
+    raw columns (float32)."""
+    import torch
+
+    numeric, codes = encode(df, enc)
+    module.eval()
+    with torch.no_grad():
+        hidden = module.hidden(torch.from_numpy(numeric).to(device), torch.from_numpy(codes).to(device))  # type: ignore[operator]
+        return np.asarray(hidden.cpu().numpy(), dtype=np.float32)
+
+
+EMBEDDING = "embedding"
+"""The ONNX output of the entity's embedding, beside `score`, in a model exported with embeddings."""
+
+
+def to_onnx(module: torch.nn.Module, enc: FeatureEncoding, opset: int = 17, embedding: bool = False) -> onnx.ModelProto:
+    """Export with preprocessing in the graph: raw columns in, `score` out (and, with `embedding`,
+    the last hidden layer before its ReLU as the `embedding` output, `[n, hidden_units]`)."""
     import onnx
     import torch
     from onnx import TensorProto, helper
@@ -138,9 +163,12 @@ def to_onnx(module: torch.nn.Module, enc: FeatureEncoding, opset: int = 17) -> o
             super().__init__()
             self.inner = inner
 
-        def forward(self, *tensors: torch.Tensor) -> torch.Tensor:
+        def forward(self, *tensors: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
             given = dict(zip(groups, tensors, strict=True))
-            return torch.sigmoid(self.inner(given.get("numeric"), given.get("codes")))
+            inner: Any = self.inner
+            hidden = inner.hidden(given.get("numeric"), given.get("codes"))
+            score = torch.sigmoid(inner.mlp[-3:](hidden).squeeze(1))
+            return (score, hidden) if embedding else score
 
     scorer = Scorer(module).cpu().eval()
     buf = io.BytesIO()
@@ -153,8 +181,12 @@ def to_onnx(module: torch.nn.Module, enc: FeatureEncoding, opset: int = 17) -> o
         tuple(examples[g] for g in groups),
         buf,  # type: ignore[arg-type]
         input_names=groups,
-        output_names=["score"],
-        dynamic_axes={**{g: {0: "n"} for g in groups}, "score": {0: "n"}},
+        output_names=["score", EMBEDDING] if embedding else ["score"],
+        dynamic_axes={
+            **{g: {0: "n"} for g in groups},
+            "score": {0: "n"},
+            **({EMBEDDING: {0: "n"}} if embedding else {}),
+        },
         opset_version=opset,
         dynamo=False,
     )
@@ -212,6 +244,20 @@ def session_feed(session: Any, df: pd.DataFrame) -> dict[str, np.ndarray]:
         else:
             feed[i.name] = df[[i.name]].to_numpy(dtype=np.float32)
     return feed
+
+
+def embed_onnx(session: Any, df: pd.DataFrame) -> np.ndarray:
+    """Embeddings from an exported model's `embedding` output, on raw columns (float32)."""
+    (vectors,) = session.run([EMBEDDING], session_feed(session, df))
+    return np.asarray(vectors, dtype=np.float32)
+
+
+def embedding_dimension(session: Any) -> int | None:
+    """The width of a model's `embedding` output, None when it has none. Pure."""
+    for out in session.get_outputs():
+        if out.name == EMBEDDING:
+            return int(out.shape[1])
+    return None
 
 
 def predict_onnx(session: Any, df: pd.DataFrame) -> np.ndarray:

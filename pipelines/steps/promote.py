@@ -18,7 +18,15 @@ from pipelines.core.errors import GateError, StepSkipped
 from pipelines.io.registry import CHALLENGER, CHAMPION, Registry, open_registry
 from pipelines.io.storage import read_parquet, write_json
 from pipelines.io.tracking import airflow_tags, code_version
-from pipelines.ml.model import load_module, onnx_session, predict, predict_onnx
+from pipelines.ml.model import (
+    embed_onnx,
+    embedding_dimension,
+    embeddings,
+    load_module,
+    onnx_session,
+    predict,
+    predict_onnx,
+)
 from pipelines.steps.context import StepContext
 
 STEP = "promote"
@@ -106,14 +114,18 @@ def run(ctx: StepContext) -> dict[str, Any]:
 
 
 def check_parity(ctx: StepContext, onnx_bytes: bytes) -> dict[str, Any]:
-    """ONNX against torch on the test set; a difference beyond the tolerance registers nothing."""
+    """ONNX against torch on the test set (the scores, and the embeddings where the model has
+    them); a difference beyond the tolerance registers nothing."""
     test = read_parquet(ctx.storage, ctx.require("features", "test.parquet"))
     module, enc, _ = load_module(ctx.storage.read_bytes(ctx.require("train", "model.pt")))
-    check = parity(
-        predict(module, enc, test),
-        predict_onnx(onnx_session(onnx_bytes), test),
-        ctx.spec.evaluation.onnx_parity_tolerance,
-    )
+    session = onnx_session(onnx_bytes)
+    tolerance = ctx.spec.evaluation.onnx_parity_tolerance
+    check = parity(predict(module, enc, test), predict_onnx(session, test), tolerance)
+    if embedding_dimension(session) is not None:
+        vectors = parity(embeddings(module, enc, test).ravel(), embed_onnx(session, test).ravel(), tolerance)
+        check["embedding"] = vectors
+        check["passed"] = check["passed"] and vectors["passed"]
+        check["max_abs_diff"] = max(check["max_abs_diff"], vectors["max_abs_diff"])
     if not check["passed"]:
         raise GateError(
             f"ONNX differs from torch by {check['max_abs_diff']:.2e} on the test set "

@@ -399,7 +399,7 @@ def export_best(ctx: StepContext, study: optuna.Study, trainer: Trainer) -> dict
     best = study.best_trial
     model_blob = ctx.storage.read_bytes(ctx.key(f"trials/trial-{best.number}.pt", STEP))
     module, _, params = load_module(model_blob)
-    onnx_bytes = to_onnx(module, trainer.enc).SerializeToString()
+    onnx_bytes = to_onnx(module, trainer.enc, embedding=ctx.spec.embeddings is not None).SerializeToString()
     model_uri = ctx.storage.write_bytes(ctx.key("model.pt"), model_blob)
     onnx_uri = ctx.storage.write_bytes(ctx.key("model.onnx"), onnx_bytes)
     counts = {s.lower(): len(study.get_trials(states=trial_states((s,)))) for s in ("COMPLETE", "PRUNED", "FAIL")}
