@@ -16,7 +16,6 @@ from pipelines.core.errors import SpecError
 from pipelines.core.params import airflow_params
 from pipelines.core.settings import load_settings
 from pipelines.core.spec import read_specs
-from pipelines.core.steps import LIFECYCLE
 
 if TYPE_CHECKING:
     from pipelines.core.spec import PipelineSpec
@@ -111,11 +110,10 @@ def drift_dag(spec: PipelineSpec) -> DAG:
 def build_dags() -> dict[str, DAG]:
     """The DAGs of every valid pipeline spec, by dag id: an invalid spec costs only its own DAGs
     (`raise_spec_errors` names it)."""
-    steps = list(LIFECYCLE)
     dags = []
     specs, _ = read_specs(load_settings().specs_path)
     for spec in specs:
-        dags += [lifecycle_dag(spec, steps), drift_dag(spec)]
+        dags += [lifecycle_dag(spec, spec.lifecycle_steps()), drift_dag(spec)]
     return {d.dag_id: d for d in dags}
 
 

@@ -31,8 +31,10 @@ class Step:
     summary: str
     report: Report | None = None
     lifecycle: bool = True
-    """In every lifecycle DAG (`drift` has a DAG of its own; `trials` fans out before `train` where
+    """In the lifecycle DAG (`drift` has a DAG of its own; `trials` fans out before `train` where
     a spec asks for parallel trial workers)."""
+    needs: str | None = None
+    """The spec section without which the step is left out of a pipeline's lifecycle."""
 
 
 STEPS: tuple[Step, ...] = (
@@ -58,6 +60,12 @@ STEPS: tuple[Step, ...] = (
         Report("Evaluation report", "report.html"),
     ),
     Step("promote", "pipelines.steps.promote", "register the version, ONNX parity, alias `challenger`"),
+    Step(
+        "embed",
+        "pipelines.steps.embed",
+        "the challenger's pgvector space: every entity embedded, COPYed, indexed; recall@10 gate",
+        needs="embeddings",
+    ),
     Step(
         "canary",
         "pipelines.steps.canary",

@@ -5,9 +5,11 @@ of `canary.steps`, the weights change through Serve's config (`reconfigure`, no 
 dwells `canary.dwell_s`, and the live figures of both versions since the step began (error rate,
 p99 latency, mean score, from the request log) are judged against the spec's SLOs. A breach rolls
 back at once: weights return to the champion, the challenger's deployment is removed, its alias
-stays, the step fails with the reason (exit 3, no retry). Passing the last step (100 %) makes the
-challenger `champion` (audited) and retires the old champion's deployment. The first model of a
-pipeline has nothing to compare against: it is deployed as the champion.
+stays, its vector space (`embed`) is dropped, the step fails with the reason (exit 3, no retry).
+Passing the last step (100 %) makes the challenger `champion` (audited: similarity reads switch to
+its space with the alias) and retires the old champion's deployment and space (kept
+`embeddings.retain_hours`). The first model of a pipeline has nothing to compare against: it is
+deployed as the champion.
 
 The decisions and the figures of every step are the report (`report.json`, `report.png`), with the
 A/B result on the labels that arrived during the canary.
@@ -23,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from pipelines.core.errors import MlcycleError, StepSkipped
+from pipelines.io import vectors
 from pipelines.io.registry import CHALLENGER, CHAMPION, open_registry
 from pipelines.io.requestlog import ab_results, served_since
 from pipelines.io.storage import write_json
@@ -189,6 +192,9 @@ def run(ctx: StepContext) -> dict[str, Any]:
         report["steps"].append(step)
         if step["decision"] == "rollback":
             walk.roll_back(step["reasons"])
+            report["vector_space_dropped"] = vectors.drop_space(
+                ctx.settings, ctx.pipeline, challenger, "rolled back: " + "; ".join(step["reasons"])
+            )
             report.update(outcome="rolled_back", reason="; ".join(step["reasons"]))
             report["ab"] = ab_results(ctx.settings, ctx.pipeline, champion, challenger, since=began_canary)
             _finish(ctx, report)
@@ -200,6 +206,7 @@ def run(ctx: StepContext) -> dict[str, Any]:
     registry.point(CHAMPION, challenger, f"canary passed {ctx.spec.canary.steps}")
     registry.point(CHALLENGER, None, "promoted to champion")
     walk.serve({challenger: 100.0}, {"state": "serving", "champion": challenger, "retired": champion})
+    report["vector_space_retired"] = vectors.retire_space(ctx.settings, ctx.pipeline, champion)
     report.update(outcome="promoted", reason=f"v{challenger} passed every step; v{champion} retired")
     # Labels often arrive after the canary: GET /v1/pipelines/<name> shows the A/B as they do.
     report["ab"] = ab_results(ctx.settings, ctx.pipeline, champion, challenger, since=began_canary)

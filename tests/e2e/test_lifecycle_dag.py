@@ -93,7 +93,7 @@ def test_lifecycle_dag_runs_to_a_served_champion_then_rejects_a_worse_model(
     done = _airflow(["dags", "test", "churn_lifecycle"], workspace, airflow_home, ray_head)
     assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-4000:]
     run_id, steps = _latest_run(workspace)
-    lifecycle = ("ingest", "validate", "features", "train", "evaluate", "promote", "canary")
+    lifecycle = ("ingest", "validate", "features", "train", "evaluate", "promote", "embed", "canary")
     assert steps == {s: ("succeeded", 1) for s in lifecycle}
     # The champion answers on Ray Serve with its version, behind the API key.
     url = f"http://127.0.0.1:{ray_head['MLCYCLE_SERVE_PORT']}/v1/pipelines/churn/predict"
@@ -102,6 +102,12 @@ def test_lifecycle_dag_runs_to_a_served_champion_then_rejects_a_worse_model(
     served = httpx.post(url, json=body, headers={"x-api-key": KEY}, timeout=30)
     assert served.status_code == 200, served.text
     assert served.json()["predictions"][0]["version"] == 1
+    # The champion's vector space answers similarity queries, with its version.
+    similar = httpx.get(
+        url.replace("/predict", "/similar"), params={"entity_id": 3, "k": 5}, headers={"x-api-key": KEY}
+    )
+    assert similar.status_code == 200, similar.text
+    assert similar.json()["version"] == 1 and len(similar.json()["neighbours"]) == 5
     _assert_serve_listens_on_loopback(int(ray_head["MLCYCLE_TEST_GCS_PORT"]))
     storage = open_storage(workspace)
     train = read_parquet(storage, f"churn/{run_id}/features/train.parquet")

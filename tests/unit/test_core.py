@@ -11,8 +11,10 @@ import pytest
 
 from pipelines.core.errors import InvalidArgument
 from pipelines.core.spec import STEP_NAMES as SPEC_STEP_NAMES
+from pipelines.core.spec import parse_spec
 from pipelines.core.steps import BY_NAME, LIFECYCLE, STEP_NAMES, STEPS, step
 from pipelines.core.system import executable, secret_file, stop_processes, write_private
+from tests.specs import churn_spec_dict
 
 
 def test_the_table_of_steps_is_the_lifecycle_in_order() -> None:
@@ -24,11 +26,17 @@ def test_the_table_of_steps_is_the_lifecycle_in_order() -> None:
         "train",
         "evaluate",
         "promote",
+        "embed",
         "canary",
         "drift",
     )
-    # drift has a DAG of its own; trials fans out before train only where a spec asks for workers
-    assert LIFECYCLE == ("ingest", "validate", "features", "train", "evaluate", "promote", "canary")
+    # drift has a DAG of its own; trials fans out before train only where a spec asks for workers;
+    # embed is in the lifecycle of a spec with `embeddings` only
+    assert LIFECYCLE == ("ingest", "validate", "features", "train", "evaluate", "promote", "embed", "canary")
+    with_vectors = parse_spec(churn_spec_dict())
+    assert with_vectors.embeddings is not None and with_vectors.lifecycle_steps() == list(LIFECYCLE)
+    without = parse_spec({k: v for k, v in churn_spec_dict().items() if k != "embeddings"})
+    assert "embed" not in without.lifecycle_steps() and without.lifecycle_steps()[-1] == "canary"
     assert SPEC_STEP_NAMES is STEP_NAMES  # the spec validates against the same table
     assert all(s.module == f"pipelines.steps.{s.name}" for s in STEPS)
     assert {s.name for s in STEPS if s.report} == {"validate", "evaluate", "canary", "drift"}

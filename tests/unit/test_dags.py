@@ -45,7 +45,7 @@ def test_no_import_errors(dagbag) -> None:  # type: ignore[no-untyped-def]
 
 def test_lifecycle_wiring(dagbag) -> None:  # type: ignore[no-untyped-def]
     dag = dagbag.dags["churn_lifecycle"]
-    order = ["ingest", "validate", "features", "train", "evaluate", "promote", "canary"]
+    order = ["ingest", "validate", "features", "train", "evaluate", "promote", "embed", "canary"]
     assert [t.task_id for t in dag.topological_sort()] == order
     for before, after in itertools.pairwise(order):
         assert dag.get_task(after).upstream_task_ids == {before}
