@@ -4,7 +4,9 @@
                API key, size limit, validation, sticky weighted routing, shadow copy, hedging
                └─► the versions it routes to, in the same process: an ONNX Runtime session each,
                    greedy batches, one online-feature lookup per batch awaited on the loop
-               request log and metrics recorded in memory, flushed off the request path
+               request log and metrics recorded in memory, flushed off the request path (with the
+               scored entities' embeddings, into each version's vector space)
+    GET /similar ─► the champion's vector space in PostgreSQL + pgvector (`pipelines.io.vectors`)
 
 The versions, their weights, the shadow and batching live in `user_config`: a canary step
 changes them through Serve's config and `reconfigure` loads a new version beside the running
@@ -22,14 +24,17 @@ import hashlib
 import json
 import logging
 import os
+import threading
 import time
 import uuid
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import psycopg
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
+from psycopg_pool import ConnectionPool, PoolTimeout
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from ray import serve
 from ray.serve.handle import DeploymentHandle
@@ -40,6 +45,7 @@ from pipelines.core.spec import spec_for
 from pipelines.io.db import database_url
 from pipelines.io.registry import champion_version
 from pipelines.io.requestlog import ab_results
+from pipelines.io.vectors import NotInSpace, SpaceError, similar
 from serving.binds import bind_replica_grpc
 from serving.config import RETRY_AFTER_S, ServingArgs, VersionConfig
 from serving.online import FeaturesUnavailable, OnlineFeatures, open_online_features
@@ -88,6 +94,22 @@ def route(instances: list[dict[str, Any]], weights: dict[int, float]) -> dict[in
     for n, inst in enumerate(instances):
         groups.setdefault(choose(str(inst["entity_id"]), weights), []).append(n)
     return groups
+
+
+SIMILAR_MAX_K = 100
+
+
+def similar_query(params: dict[str, str]) -> tuple[str, int] | list[dict[str, str]]:
+    """`(entity_id, k)` from a similarity request's query string, or what is wrong with it. Pure."""
+    problems = [{"field": name, "message": "unknown parameter"} for name in params if name not in ("entity_id", "k")]
+    entity = params.get("entity_id", "").strip()
+    if not entity or len(entity) > 256:
+        problems.append({"field": "entity_id", "message": "required: the entity's id (1-256 characters)"})
+    raw_k = params.get("k", "10")
+    k = int(raw_k) if raw_k.isdigit() else 0
+    if not 1 <= k <= SIMILAR_MAX_K:
+        problems.append({"field": "k", "message": f"an integer from 1 to {SIMILAR_MAX_K}, got {raw_k[:20]!r}"})
+    return problems or (entity, k)
 
 
 def error(status: int, message: str, headers: dict[str, str] | None = None, **extra: Any) -> JSONResponse:
@@ -161,6 +183,8 @@ class Ingress:
         self.recorder = Recorder(static["pipeline"], lambda: database_url(self.settings), RayMetrics())
         self._ab_cache: tuple[tuple[int, int], float, dict[str, Any]] | None = None
         self.inflight = 0  # predict requests admitted and not yet answered (the event loop's only)
+        self._pool: ConnectionPool | None = None
+        self._pool_lock = threading.Lock()
 
     async def reconfigure(self, config: dict[str, Any]) -> None:
         """Apply new arguments: versions new to this replica are loaded first (in a thread, while
@@ -230,6 +254,45 @@ class Ingress:
         self._ab_cache = (pair, time.monotonic(), result)
         return result
 
+    @app.get("/similar")
+    async def similar(self, request: Request, entity_id: str = "", k: str = "10") -> JSONResponse:
+        """The `k` (1-100, default 10) entities nearest `entity_id` in the vector space of the
+        version the `champion` alias names (resolved in the database for each request), with that
+        version and the space's distance; nearest first."""
+        if not self._authorized(request):
+            return error(401, "missing or invalid API key")
+        query = similar_query(dict(request.query_params))
+        if isinstance(query, list):
+            return error(422, "invalid request", detail=query)
+        try:
+            found = await asyncio.to_thread(self._similar, *query)
+        except NotInSpace as err:
+            return error(404, "not_in_space", reason=str(err))
+        except SpaceError as err:
+            return error(404, "no_vector_space", reason=str(err))
+        except (psycopg.OperationalError, PoolTimeout) as err:
+            reason = f"the platform database could not be read: {str(err).strip()[:300]}"
+            return error(503, "database_unavailable", headers={"Retry-After": str(RETRY_AFTER_S)}, reason=reason)
+        return JSONResponse({"entity_id": query[0], "k": query[1], **found})
+
+    def _similar(self, entity_id: str, k: int) -> dict[str, Any]:
+        with self._db_pool().connection() as conn:
+            return similar(conn, self.static["pipeline"], self.static["model_name"], entity_id, k)
+
+    def _db_pool(self) -> ConnectionPool:
+        """The replica's few connections for similarity reads, opened at the first one."""
+        with self._pool_lock:
+            if self._pool is None:
+                self._pool = ConnectionPool(
+                    database_url(self.settings),
+                    min_size=1,
+                    max_size=4,
+                    timeout=5.0,
+                    kwargs={"connect_timeout": 3},
+                    open=True,
+                )
+            return self._pool
+
     @app.post("/predict")
     async def predict(self, request: Request) -> JSONResponse:
         started = time.perf_counter()
@@ -278,9 +341,12 @@ class Ingress:
                     for e, reasons in out.get("invalid", {}).items()
                 ]
                 return error(422, "invalid request", detail=detail)
+            embedded = out.get("embeddings")
             for j, n in enumerate(idx):
                 results[n] = {"entity_id": instances[n]["entity_id"], "version": answered, "score": out["scores"][j]}
                 instances[n]["_features"] = out["features"][j]
+                if embedded is not None:
+                    instances[n]["_embedding"] = embedded[j]
         self._record(request_id, instances, results, started)
         return JSONResponse({"request_id": str(request_id), "predictions": results})
 
@@ -360,6 +426,8 @@ class Ingress:
         for inst, result in zip(instances, results, strict=True):
             self._log(request_id, result["version"], inst, result["score"], elapsed, "ok", None, False)
             served[result["version"]] = served.get(result["version"], 0) + 1
+            if "_embedding" in inst:  # dual write: the entity's vector in the space of the version that scored it
+                self.recorder.log.add_vector(result["version"], str(inst["entity_id"]), inst["_embedding"])
         for version, n in served.items():
             self.recorder.metrics.count(version, n, "ok", False)
             self.recorder.metrics.observe(version, elapsed)

@@ -16,6 +16,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from pipelines.io.vectors import latest_vectors, write_served
+
 log = logging.getLogger("mlcycle.serving")
 
 FLUSH_EVERY_S = 0.2
@@ -86,13 +88,24 @@ class RayMetrics:
 
 
 class RequestLog:
-    """Rows of `inference_requests`, kept in memory and written in batches by `flush()`."""
+    """Rows of `inference_requests`, kept in memory and written in batches by `flush()`, with the
+    embeddings of the entities scored (`(version, entity_id, vector)`), written into each
+    version's vector space in the same transaction (`pipelines.io.vectors.write_served`)."""
 
-    def __init__(self, database_url: Callable[[], str] | None) -> None:
+    def __init__(self, database_url: Callable[[], str] | None, pipeline: str = "") -> None:
         self.database_url = database_url  # asked at the first write: serving starts without the database
+        self.pipeline = pipeline
         self.pending: list[tuple[Any, ...]] = []
+        self.vectors: list[tuple[int, str, Any]] = []
         self.dropped = 0
         self._conn: Any = None
+
+    def add_vector(self, version: int, entity_id: str, vector: Any) -> None:
+        """Queue an entity's embedding for its version's space; the oldest is dropped past the cap."""
+        if len(self.vectors) >= MAX_PENDING_LOG_ROWS:
+            self.vectors.pop(0)
+            self.dropped += 1
+        self.vectors.append((version, entity_id, vector))
 
     def add(self, row: tuple[Any, ...]) -> None:
         """Queue a row (the `COLUMNS`, `created_at` last); the oldest is dropped past the cap."""
@@ -101,9 +114,10 @@ class RequestLog:
             self.dropped += 1
         self.pending.append(row)
 
-    def write(self, rows: list[tuple[Any, ...]]) -> None:
-        """Write rows in one transaction (blocking: call it in a thread); a `features` value that is
-        not yet JSON text is serialized here, off the request path."""
+    def write(self, rows: list[tuple[Any, ...]], vectors: list[tuple[int, str, Any]] | None = None) -> None:
+        """Write rows (and embeddings) in one transaction (blocking: call it in a thread); a
+        `features` value that is not yet JSON text, and a vector, are serialized here, off the
+        request path."""
         import psycopg
 
         if self.database_url is None:
@@ -124,6 +138,8 @@ class RequestLog:
                     f"INSERT INTO inference_requests ({', '.join(COLUMNS)}) SELECT {', '.join(COLUMNS)}"  # noqa: S608
                     " FROM requests_in ON CONFLICT DO NOTHING"  # (COLUMNS: the module's constant names)
                 )
+                if vectors:
+                    write_served(self._conn, self.pipeline, latest_vectors(vectors))
         except psycopg.Error:
             self._conn.close()
             self._conn = None
@@ -138,7 +154,7 @@ class Recorder:
     """The request log and the metrics of one ingress, with the task that flushes both."""
 
     def __init__(self, pipeline: str, database_url: Callable[[], str] | None, ray_metrics: RayMetrics | None) -> None:
-        self.log = RequestLog(database_url)
+        self.log = RequestLog(database_url, pipeline)
         self.metrics = Metrics(pipeline)
         self.ray_metrics = ray_metrics
         self.flusher: asyncio.Task[None] | None = None
@@ -149,7 +165,7 @@ class Recorder:
             self.flusher = asyncio.get_running_loop().create_task(self._loop())
 
     async def _loop(self) -> None:
-        while self.log.pending or self.metrics.counts:
+        while self.log.pending or self.log.vectors or self.metrics.counts:
             await asyncio.sleep(FLUSH_EVERY_S)
             self._export_metrics()
             try:
@@ -169,11 +185,13 @@ class Recorder:
     async def flush(self) -> int:
         """Write what is pending now; on failure the rows go back in front of the queue."""
         batch, self.log.pending = self.log.pending, []
-        if not batch:
+        vectors, self.log.vectors = self.log.vectors, []
+        if not batch and not vectors:
             return 0
         try:
-            await asyncio.to_thread(self.log.write, batch)
+            await asyncio.to_thread(self.log.write, batch, vectors)
         except Exception:
             self.log.pending = batch + self.log.pending
+            self.log.vectors = vectors + self.log.vectors
             raise
         return len(batch)

@@ -7,9 +7,11 @@ is measured to score a batch in a fraction of a millisecond. The ingress holds o
 version (one hop). A version that needs resources of its own (a GPU replica, another node) runs
 as a `ModelVersion` deployment around the same `LocalVersion`, and the ingress calls it through a `RemoteVersion`.
 
-`predict` answers `{"version", "scores", "features"}`, or `{"missing": {entity: [features]},
-"invalid": {entity: [reasons]}}` when some instance lacks features or brings a value that is no
-number for a numeric input (the ingress answers 422: the client's fault, never the version's).
+`predict` answers `{"version", "scores", "features"}` (and `"embeddings"`, the rows' vectors, for
+a model with an `embedding` output: the ingress writes them into the version's vector space), or
+`{"missing": {entity: [features]}, "invalid": {entity: [reasons]}}` when some instance lacks
+features or brings a value that is no number for a numeric input (the ingress answers 422: the
+client's fault, never the version's).
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ import numpy as np
 
 from pipelines.core.settings import Settings
 from pipelines.io.registry import load_onnx_model
-from pipelines.ml.model import onnx_session
+from pipelines.ml.model import EMBEDDING, onnx_session
 from serving.batching import GreedyBatcher
 from serving.online import OnlineFeatures
 
@@ -35,6 +37,7 @@ log = logging.getLogger(__name__)
 class Scored:
     score: float
     features: dict[str, Any]
+    embedding: np.ndarray | None = None  # the model's `embedding` output for the row, where it has one
 
 
 @dataclass(frozen=True)
@@ -111,7 +114,10 @@ def answer(version: int, results: Sequence[Scored | Missing], instances: Sequenc
             "invalid": {e: r.invalid for e, r in refused.items() if r.invalid},
         }
     scored = [r for r in results if isinstance(r, Scored)]
-    return {"version": version, "scores": [r.score for r in scored], "features": [r.features for r in scored]}
+    out = {"version": version, "scores": [r.score for r in scored], "features": [r.features for r in scored]}
+    if scored and scored[0].embedding is not None:
+        out["embeddings"] = [r.embedding for r in scored]
+    return out
 
 
 INLINE_BUDGET_S = 0.0005
@@ -126,6 +132,7 @@ class LocalVersion:
         self.session = session
         self.inputs = [(i.name, i.type) for i in session.get_inputs()]
         self.names = [name for name, _ in self.inputs]
+        self.outputs = ["score", *(o.name for o in session.get_outputs() if o.name == EMBEDDING)]
         self.online = online
         self.score_s: float | None = None  # moving average of the model's time per batch
         self.batcher: GreedyBatcher[dict[str, Any], Scored | Missing] = GreedyBatcher(
@@ -192,11 +199,12 @@ class LocalVersion:
                 complete.append((n, {name: row[name] for name in self.names}))
         if complete:
             started = time.perf_counter()
-            (scores,) = self.session.run(["score"], onnx_feed(self.inputs, [row for _, row in complete]))
+            scores, *embedded = self.session.run(self.outputs, onnx_feed(self.inputs, [row for _, row in complete]))
             took = time.perf_counter() - started
             self.score_s = took if self.score_s is None else 0.9 * self.score_s + 0.1 * took
-            for (n, row), score in zip(complete, scores, strict=True):
-                results[n] = Scored(float(np.asarray(score).reshape(-1)[0]), row)
+            for j, ((n, row), score) in enumerate(zip(complete, scores, strict=True)):
+                vector = embedded[0][j] if embedded else None
+                results[n] = Scored(float(np.asarray(score).reshape(-1)[0]), row, vector)
         return results
 
     def resize(self, max_batch_size: int) -> None:

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 from pipelines.core.settings import Settings, load_settings
 from pipelines.core.spec import FileSource, Source, SyntheticSource, spec_for
+from pipelines.io import vectors
 from pipelines.io.registry import champion_version, load_onnx_model, model_name
 from pipelines.io.sources import synthetic_config
 from pipelines.io.status import pipeline_status, render_status
@@ -63,6 +64,8 @@ def run_demo(pipeline: str = "churn") -> int:
     print(render_status(pipeline_status(settings, pipeline)))
     if state == "success":
         wait_serving(settings, pipeline)
+        if spec_for(settings, pipeline).embeddings is not None:
+            print(similar_example(settings, pipeline))
     print()
     print(open_these(plat, pipeline))
     return 0 if state == "success" else 1
@@ -83,6 +86,27 @@ def wait_serving(settings: Settings, pipeline: str, timeout: float = 120) -> Non
             pass
         time.sleep(2)
     print(f"    {url} does not answer yet; see `mlcycle ps` and {settings.state_path / 'platform' / 'logs'}")
+
+
+def similar_example(settings: Settings, pipeline: str, k: int = 5) -> str:
+    """A similarity query on the endpoint for an entity of the champion's vector space, and its answer."""
+    import httpx
+
+    entity = vectors.champion_entity(settings, pipeline, model_name(pipeline))
+    if entity is None:
+        return "    the champion has no vector space yet (see the run's `embed` task)"
+    url = f"{endpoint(settings, pipeline)}/similar"
+    answer = httpx.get(
+        url, params={"entity_id": entity, "k": k}, headers={"x-api-key": embedded.api_key(settings)}, timeout=30
+    )
+    if answer.status_code != 200:
+        return f"    GET {url}?entity_id={entity}&k={k} answered {answer.status_code}: {answer.text[:300]}"
+    body = answer.json()
+    near = ", ".join(f"{n['entity_id']} ({n['distance']:.3f})" for n in body["neighbours"])
+    return (
+        f"\n==> GET {url}?entity_id={entity}&k={k}: v{body['version']}'s space ({body['distance']}) answers\n"
+        f"    the {k} customers nearest {entity}: {near}"
+    )
 
 
 def drifted_world(source: SyntheticSource, seed_offset: int, today: date) -> pd.DataFrame:

@@ -460,5 +460,9 @@ def open_these(plat: Platform, pipeline: str | None = None) -> str:
     if names:
         lines.append(f"    curl -s -H \"x-api-key: $(cat {key})\" -H 'content-type: application/json' \\")
         lines.append(f"      -d '{body}' {endpoint(settings, names[0])}/predict")
+        lines.append(
+            f"    curl -s -H \"x-api-key: $(cat {key})\" '{endpoint(settings, names[0])}/similar?entity_id=42&k=5'"
+            "   (a spec with `embeddings`)"
+        )
     lines.append("    `mlcycle ps` shows the services, `mlcycle down` (or `make down`) stops them; the data stays")
     return "\n".join(lines)

@@ -120,6 +120,40 @@ def test_predict_returns_a_version_and_is_logged(served: Settings) -> None:
     assert overridden[3]["support_calls_30d"] == 40
 
 
+def test_similar_reads_the_champions_space_and_scored_entities_are_written_to_it(served: Settings) -> None:
+    from tests.integration.helpers import run
+
+    assert run(served, "embed", "serve-1", pipeline=PIPELINE)["state"] == "ready"
+    _deploy(served, {1: 100})
+    with _client(served) as c:
+        near = c.get("/similar", params={"entity_id": 1, "k": 5})
+        assert near.status_code == 200, near.text
+        body = near.json()
+        assert (body["version"], body["distance"], body["k"]) == (1, "cosine", 5)
+        distances = [n["distance"] for n in body["neighbours"]]
+        assert (
+            len(distances) == 5
+            and distances == sorted(distances)
+            and "1" not in {n["entity_id"] for n in body["neighbours"]}
+        )
+        unknown = c.get("/similar", params={"entity_id": "nobody"})
+        assert unknown.status_code == 404 and "'nobody' has no vector in v1" in unknown.json()["reason"]
+        bad = c.get("/similar", params={"entity_id": 1, "k": 1000})
+        assert bad.status_code == 422 and bad.json()["detail"][0]["field"] == "k"
+        # dual write: a scored entity's vector is refreshed in the space of the version that scored it
+        scored = c.post("/predict", json={"instances": [{"entity_id": 1, "features": {"support_calls_30d": 40}}]})
+        assert scored.status_code == 200
+    assert httpx.get(f"{endpoint(served, PIPELINE)}/similar?entity_id=1", timeout=30).status_code == 401
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:
+        with db.connect(served) as conn:
+            row = conn.execute(f'SELECT source FROM vectors."{PIPELINE}_v1" WHERE entity_id = %s', ("1",)).fetchone()
+        if row and row[0] == "served":
+            break
+        time.sleep(0.2)
+    assert row is not None and row[0] == "served"
+
+
 def _wait_for_rows(settings: Settings, request_id: str, n: int, shadow: bool | None = None) -> list[tuple[Any, ...]]:
     deadline = time.monotonic() + 15
     while True:
