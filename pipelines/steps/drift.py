@@ -10,7 +10,10 @@ window:
 * our PSI per feature and for the prediction, with KS (numeric) or chi-squared (categorical)
   beside it: PSI is an effect size that does not flag trivial shifts on large windows, which is
   where p-value tests do;
-* where labels arrived, the champion's live primary metric against its evaluation figure.
+* where labels arrived, the champion's live primary metric against its evaluation figure;
+* with `embeddings`, drift in the champion's embedding space: how well a logistic regression tells
+  its vectors of the served window from those of the reference (cross-validated ROC AUC), counted
+  as drift above `embeddings.drift_roc_auc`.
 
 A window with fewer than `drift.min_requests` requests is "insufficient data", never an alarm.
 A drift or performance finding asks for retraining unless an earlier check asked less than
@@ -33,7 +36,7 @@ from pipelines.io.requestlog import labelled
 from pipelines.io.storage import read_parquet, write_json
 from pipelines.io.tracking import setup_mlflow
 from pipelines.ml.metrics import HIGHER_IS_BETTER, metric_functions
-from pipelines.ml.model import onnx_session, session_feed
+from pipelines.ml.model import embed_onnx, embedding_dimension, onnx_session, session_feed
 from pipelines.steps.context import StepContext
 
 if TYPE_CHECKING:
@@ -117,6 +120,22 @@ def live_performance(
     return {"metric": cfg.primary_metric, "value": value, "reference": reference, "drop": drop, "labelled": len(rows)}
 
 
+def domain_classifier_auc(reference: np.ndarray, current: np.ndarray, rows: int = 2000, seed: int = 0) -> float:
+    """How well a logistic regression tells `current` vectors from `reference` ones: its
+    cross-validated ROC AUC on a balanced sample (0.5: indistinguishable, 1.0: apart). Pure."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import cross_val_score
+
+    rng = np.random.default_rng(seed)
+    n = min(len(reference), len(current), rows)
+    ref = reference[rng.choice(len(reference), n, replace=False)]
+    cur = current[rng.choice(len(current), n, replace=False)]
+    x = np.vstack([ref, cur]).astype(np.float64)
+    y = np.r_[np.zeros(n), np.ones(n)]
+    scores = cross_val_score(LogisticRegression(max_iter=500), x, y, cv=3, scoring="roc_auc")
+    return float(np.mean(scores))
+
+
 def verdict(
     cfg: Drift,
     requests: int,
@@ -125,8 +144,10 @@ def verdict(
     performance: dict[str, Any] | None,
     last_trigger: datetime | None,
     now: datetime,
+    embedding: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """status (ok | drift | performance | insufficient_data), retrain, reasons."""
+    """status (ok | drift | performance | insufficient_data), retrain, reasons. Embedding drift
+    counts where it has a threshold (`embeddings.drift_roc_auc`)."""
     if requests < cfg.min_requests:
         reason = f"{requests} requests in the window, drift.min_requests is {cfg.min_requests}: insufficient data"
         return {"status": "insufficient_data", "retrain": False, "reasons": [reason]}
@@ -142,6 +163,11 @@ def verdict(
         )
     if prediction_psi is not None and prediction_psi > cfg.psi_threshold:
         reasons.append(f"prediction PSI {prediction_psi:.3f} over {cfg.psi_threshold:.3f}")
+    if embedding is not None and embedding.get("drifted"):
+        reasons.append(
+            f"embedding drift: a classifier tells served vectors from training ones with ROC AUC "
+            f"{embedding['roc_auc']:.3f} (embeddings.drift_roc_auc {embedding['threshold']:.3f})"
+        )
     status = "drift" if reasons else "ok"
     if performance is not None and performance["drop"] is not None and performance["drop"] > cfg.max_performance_drop:
         reasons.append(
@@ -272,6 +298,8 @@ def run(ctx: StepContext) -> dict[str, Any]:
         figures = feature_figures(reference, current, numeric, categorical, evidently)
         for fig in figures.values():  # drifted: Evidently's test failed, or the effect is large
             fig["drifted"] = bool(fig["evidently"].get("drifted")) or fig["psi"] > cfg.psi_threshold
+        if spec.embeddings is not None and embedding_dimension(session) is not None:
+            result["embedding"] = embedding_drift(session, reference, current, spec.embeddings.drift_roc_auc)
         prediction_psi = psi(reference["score"].to_numpy(), current["score"].to_numpy(), False)
         result["prediction"] = {
             "psi": prediction_psi,
@@ -287,11 +315,26 @@ def run(ctx: StepContext) -> dict[str, Any]:
         performance,
         last_trigger(ctx.settings, ctx.pipeline, ctx.run_id),
         end,
+        result.get("embedding"),
     )
     result.update(decided, features=figures, performance=performance)
     record(ctx, result, start, end)
     write_json(ctx.storage, ctx.key("manifest.json"), result)
     return result
+
+
+def embedding_drift(
+    session: Any, reference: pd.DataFrame, current: pd.DataFrame, threshold: float | None
+) -> dict[str, Any]:
+    """Drift in the champion's embedding space: its vectors of the training reference against
+    those of the served window, told apart by a domain classifier."""
+    auc = domain_classifier_auc(embed_onnx(session, reference), embed_onnx(session, current))
+    return {
+        "method": "domain_classifier",
+        "roc_auc": auc,
+        "threshold": threshold,
+        "drifted": threshold is not None and auc > threshold,
+    }
 
 
 def evidently_report(
