@@ -79,6 +79,7 @@ bench: setup tools
 	$(PY) bench/training.py
 	$(PY) bench/serving.py
 	$(PY) bench/drift.py
+	$(PY) bench/embeddings.py
 
 stop:
 	-$(VENV)/bin/mlcycle down
