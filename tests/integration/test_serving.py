@@ -17,7 +17,7 @@ import pytest
 from pipelines.core.settings import Settings, scoped_environ
 from pipelines.core.spec import spec_for
 from pipelines.core.system import executable
-from pipelines.io import db
+from pipelines.io import db, vectors
 from pipelines.io.registry import model_name
 from serving.config import VersionConfig
 from serving.deploy import connect, deploy, endpoint, serve_env, serving_args, wait_direct_route
@@ -519,6 +519,8 @@ def test_a_raising_challenger_is_rolled_back(served: Settings) -> None:
 
     _canary_spec(served)
     faulty = _register_faulty(served)
+    space = vectors.open_space(served, PIPELINE, faulty, 4, "cosine", "hnsw", "serve-2")  # as `embed` made it
+    vectors.copy_vectors(served, space, ["1", "2"], np.ones((2, 4), dtype=np.float32))
     _deploy(served, {1: 100})
     with Load(served) as load, pytest.raises(CanaryRolledBack, match=f"v{faulty} rolled back at 20%"):
         run(served, "canary", "serve-2", pipeline=PIPELINE)
@@ -533,6 +535,9 @@ def test_a_raising_challenger_is_rolled_back(served: Settings) -> None:
         info = c.get("/").json()
     assert info["weights"] == {"1": 100.0} and info["canary"]["state"] == "rolled back"
     report = json.loads(Path(str(served.artifact_root), PIPELINE, "serve-2", "canary", "report.json").read_text())
+    dropped = vectors.space_info(served, PIPELINE, faulty)  # the rolled-back challenger's space is gone
+    assert report["vector_space_dropped"] is True and dropped is not None and dropped["state"] == "dropped"
+    assert dropped["reason"].startswith("rolled back: ")
     assert report["outcome"] == "rolled_back"
     assert "error rate" in report["steps"][0]["reasons"][0]
 
