@@ -372,6 +372,8 @@ def record(ctx: StepContext, result: dict[str, Any], start: datetime, end: datet
             ("prediction_psi", None, result["prediction"]["psi"]),
             ("mean_score", None, result["prediction"]["mean_current"]),
         ]
+    if "embedding" in result:
+        metrics.append(("embedding_drift_roc_auc", None, result["embedding"]["roc_auc"]))
     for f, fig in result["features"].items():
         metrics += [("psi", f, fig["psi"]), (f"{fig['test']}_p_value", f, fig["p_value"])]
         if "score" in fig["evidently"]:

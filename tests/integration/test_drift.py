@@ -85,6 +85,9 @@ def reset(settings: Settings) -> None:
             conn.execute(f"DELETE FROM {table} WHERE pipeline = %s", (PIPELINE,))  # type: ignore[arg-type]
 
 
+CALM_EMBEDDING_AUC: list[float] = []  # the calm check's, for the drifted one to compare with
+
+
 def test_no_drift_no_retraining(monitored: Settings) -> None:
     reset(monitored)
     serve_log(monitored, traffic(seed=11, n=600))
@@ -106,6 +109,10 @@ def test_no_drift_no_retraining(monitored: Settings) -> None:
         )
     assert (status, retrain) == ("ok", False)
     assert metrics["requests"] == 600 and "psi:usage_hours_30d" in metrics and "prediction_psi" in metrics
+    # embedding drift (the spec declares embeddings): reported, never counted without a threshold
+    assert out["embedding"]["method"] == "domain_classifier" and out["embedding"]["drifted"] is False
+    assert metrics["embedding_drift_roc_auc"] == pytest.approx(out["embedding"]["roc_auc"])
+    CALM_EMBEDDING_AUC.append(out["embedding"]["roc_auc"])
 
 
 def test_covariate_drift_asks_for_retraining_then_cools_down(monitored: Settings) -> None:
@@ -114,6 +121,8 @@ def test_covariate_drift_asks_for_retraining_then_cools_down(monitored: Settings
     out = run(monitored, "drift", "check-drifted", PIPELINE)
     assert out["status"] == "drift" and out["retrain"], out["reasons"]
     assert {"usage_hours_30d", "support_calls_30d"} <= set(out["drifted"])
+    # the drifted traffic moves the champion's vectors: a classifier tells them apart better
+    assert out["embedding"]["roc_auc"] > 0.6 and all(out["embedding"]["roc_auc"] > a + 0.05 for a in CALM_EMBEDDING_AUC)
     assert "features drifted" in out["reasons"][0]
     again = run(monitored, "drift", "check-drifted-again", PIPELINE)
     assert again["status"] == "drift" and not again["retrain"]
