@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from pipelines.core.errors import MlcycleError, StepSkipped
+from pipelines.io import vectors
 from pipelines.io.db import connect
 from pipelines.io.registry import CHAMPION, alias_version, model_name
 from pipelines.io.requestlog import labelled
@@ -319,6 +320,10 @@ def run(ctx: StepContext) -> dict[str, Any]:
     )
     result.update(decided, features=figures, performance=performance)
     record(ctx, result, start, end)
+    if spec.embeddings is not None:  # hourly: a retired champion's space goes when its time is up
+        result["vector_spaces_dropped"] = vectors.sweep_retired(
+            ctx.settings, ctx.pipeline, spec.embeddings.retain_hours, end
+        )
     write_json(ctx.storage, ctx.key("manifest.json"), result)
     return result
 
