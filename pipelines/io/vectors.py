@@ -16,6 +16,8 @@ snapshot, and an alias moved in MLflow's UI moves the reads too.
 
 from __future__ import annotations
 
+import dataclasses
+import math
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -77,6 +79,12 @@ def index_options(kind: str, rows: int) -> dict[str, int]:
     if kind == "hnsw":
         return dict(HNSW)
     return {"lists": max(1, rows // 1000)}
+
+
+def probes(lists: int) -> int:
+    """How many IVFFlat lists a query visits: all of them up to 10, then the square root (at least
+    10), as pgvector suggests; the recall gate measures with the same number the endpoint uses. Pure."""
+    return min(lists, max(10, math.isqrt(lists)))
 
 
 def recall(approximate: Sequence[Sequence[float]], exact: Sequence[Sequence[float]], k: int) -> float:
@@ -246,6 +254,15 @@ def neighbours_sql(space: Space) -> Any:
     ).format(op=sql.SQL(OPERATORS[space.distance][0]), t=_table(space))
 
 
+def search_settings(conn: psycopg.Connection[Any], space: Space) -> None:
+    """The session's search settings for the space's index (IVFFlat: the lists to visit)."""
+    from psycopg import sql
+
+    if space.index_kind == "ivfflat":
+        lists = index_options("ivfflat", space.rows)["lists"]
+        conn.execute(sql.SQL("SET ivfflat.probes = {}").format(sql.SQL(str(probes(lists)))))
+
+
 def query_vector(conn: psycopg.Connection[Any], space: Space, entity_id: str) -> str | None:
     from psycopg import sql
 
@@ -268,9 +285,9 @@ def measure_recall(settings: Settings, space: Space, sample: int, k: int = 10) -
                 sql.SQL("SELECT entity_id FROM {} ORDER BY md5(entity_id) LIMIT %s").format(_table(space)), (sample,)
             )
         ]
-        if space.index_kind == "ivfflat":
-            lists = index_options("ivfflat", space.rows)["lists"]
-            conn.execute(sql.SQL("SET ivfflat.probes = {}").format(sql.SQL(str(max(1, int(lists**0.5))))))
+        counted = conn.execute(sql.SQL("SELECT count(*) FROM {}").format(_table(space))).fetchone()
+        space = dataclasses.replace(space, rows=int(counted[0]) if counted else 0)
+        search_settings(conn, space)
         query = neighbours_sql(space)
         conn.execute("SET LOCAL enable_seqscan = off")  # the index, even where a small table would be scanned
         for entity in ids:
@@ -370,6 +387,7 @@ def similar(conn: psycopg.Connection[Any], pipeline: str, model: str, entity_id:
     q = query_vector(conn, space, entity_id)
     if q is None:
         raise NotInSpace(f"entity {entity_id!r} has no vector in v{space.version}'s space")
+    search_settings(conn, space)
     rows = conn.execute(neighbours_sql(space), {"q": q, "id": entity_id, "k": k}).fetchall()
     return {
         "version": space.version,

@@ -85,8 +85,8 @@ def _registered(settings: Any, pipeline: str, versions: int) -> Any:
     return client
 
 
-def _space(settings: Any, pipeline: str, version: int, matrix: np.ndarray) -> vectors.Space:
-    space = vectors.open_space(settings, pipeline, version, matrix.shape[1], "cosine", "hnsw", "test")
+def _space(settings: Any, pipeline: str, version: int, matrix: np.ndarray, index: str = "hnsw") -> vectors.Space:
+    space = vectors.open_space(settings, pipeline, version, matrix.shape[1], "cosine", index, "test")
     vectors.copy_vectors(settings, space, [str(i) for i in range(len(matrix))], matrix)
     vectors.build_index(settings, space)
     vectors.mark_ready(settings, space, vectors.measure_recall(settings, space, 50))
@@ -171,3 +171,20 @@ def test_similarity_follows_the_champion_alias_under_load_and_never_mixes_versio
     assert "vec_switch_v2" in left and not {"vec_switch_v1", "vec_switch_v3"} & left
     with db.connect(workspace) as conn, pytest.raises(vectors.NotInSpace, match="'nobody' has no vector in v2"):
         vectors.similar(conn, pipeline, model_name(pipeline), "nobody", 5)
+
+
+def test_an_ivfflat_space_is_searched_with_the_probes_its_gate_measured(workspace: Any) -> None:
+    """12,000 vectors: 12 lists; the recall check and the endpoint's query visit 10 of them."""
+    pipeline = "vec_ivf"
+    client = _registered(workspace, pipeline, 1)
+    matrix = np.random.default_rng(3).normal(size=(12_000, 8)).astype(np.float32)
+    _space(workspace, pipeline, 1, matrix, index="ivfflat")
+    info = vectors.space_info(workspace, pipeline, 1)
+    assert info is not None and info["state"] == "ready" and info["recall_at_10"] >= 0.9, info
+    move_alias(workspace, client, pipeline=pipeline, alias="champion", version=1, actor="t", run_id="t", reason="t")
+    with db.connect(workspace) as conn:
+        answer = vectors.similar(conn, pipeline, model_name(pipeline), "5", 10)
+        assert conn.execute("SHOW ivfflat.probes").fetchone() == ("10",)
+    exact = sorted(range(len(matrix)), key=lambda i: _cosine(matrix[5], matrix[i]))[1:11]
+    found = [int(n["entity_id"]) for n in answer["neighbours"]]
+    assert len(set(found) & set(exact)) >= 8, (found, exact)

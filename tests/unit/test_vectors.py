@@ -11,7 +11,7 @@ import pytest
 
 from pipelines.core.errors import SpecError
 from pipelines.core.spec import hidden_widths, parse_spec
-from pipelines.io.vectors import expired, index_options, latest_vectors, recall, space_table, vector_text
+from pipelines.io.vectors import expired, index_options, latest_vectors, probes, recall, space_table, vector_text
 from pipelines.ml.model import (
     build_module,
     embed_onnx,
@@ -72,6 +72,7 @@ def test_spaces_names_index_options_retention_and_served_vectors() -> None:
     assert space_table("churn", 7) == "churn_v7"
     assert index_options("hnsw", 10) == {"m": 16, "ef_construction": 64}
     assert index_options("ivfflat", 500) == {"lists": 1} and index_options("ivfflat", 250_000) == {"lists": 250}
+    assert (probes(1), probes(12), probes(250), probes(1000)) == (1, 10, 15, 31)
     now = datetime(2026, 11, 27, tzinfo=UTC)
     retired = [(1, now - timedelta(hours=200)), (2, now - timedelta(hours=10))]
     assert expired(retired, 168, now) == [1] and expired(retired, 0, now) == [1, 2]
