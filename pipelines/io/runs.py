@@ -212,6 +212,15 @@ def outputs_summary(step: str, out: dict[str, Any]) -> list[tuple[str, Any]]:
         ]
     if step == "promote":
         return [("model version", f"{out.get('model')} v{out.get('version')} aliases {out.get('aliases')}")]
+    if step == "embed":
+        space = f"v{out.get('version')}: {out.get('entities', out.get('rows'))} entities x {out.get('dimension')} dims"
+        return [
+            (
+                "vector space",
+                f"{space} ({out.get('distance')}), {out.get('state')}{', reused' if out.get('reused') else ''}",
+            ),
+            ("recall@10", f"{out.get('recall_at_10')} against exact search"),
+        ]
     if "reason" in out:
         return [("reason", out["reason"])]
     return []

@@ -6,7 +6,7 @@ from datetime import timedelta
 
 import pytest
 
-from pipelines.io.runs import StepRow, outputs_summary, render_run
+from pipelines.io.runs import StepRow, headline, outputs_summary, render_run
 
 
 def test_a_run_is_shown_in_lifecycle_order_with_its_outputs() -> None:
@@ -79,3 +79,16 @@ def test_a_failure_is_recorded_with_the_cause_a_library_wrapped() -> None:
         "RuntimeError: An exception is raised during the commit"
         " (caused by ConnectionError: terminating connection due to administrator command)"
     )
+
+
+def test_the_embed_step_is_summarised_by_its_space() -> None:
+    out = {
+        "version": 3,
+        "entities": 2000,
+        "dimension": 32,
+        "distance": "cosine",
+        "state": "ready",
+        "recall_at_10": 0.99,
+    }
+    assert headline("embed", out) == "vector space: v3: 2000 entities x 32 dims (cosine), ready"
+    assert dict(outputs_summary("embed", out))["recall@10"] == "0.99 against exact search"
