@@ -53,7 +53,7 @@ def main() -> None:
     figures: dict[str, object] = {"entities": len(entities), "dimension": args.dim}
 
     with bench_state() as settings:
-        space = vectors.open_space(settings, "bench", 1, args.dim, "cosine", "hnsw", "bench")
+        space = vectors.open_space(settings, "bench", 1, args.dim, "cosine", "hnsw", "bench", "bench-model")
         embed_s = 0.0
         started = time.perf_counter()
         for lo, hi in batch_bounds(len(entities), batch_rows):

@@ -17,6 +17,7 @@ snapshot, and an alias moved in MLflow's UI moves the reads too.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import math
 import time
 from collections.abc import Sequence
@@ -31,6 +32,8 @@ from pipelines.io.db import connect, fetch_dicts
 if TYPE_CHECKING:
     import numpy as np
     import psycopg
+
+log = logging.getLogger(__name__)
 
 SCHEMA = "vectors"
 OPERATORS = {
@@ -138,10 +141,19 @@ def space_info(settings: Settings, pipeline: str, version: int) -> dict[str, Any
 
 
 def open_space(
-    settings: Settings, pipeline: str, version: int, dimension: int, distance: str, index_kind: str, run_id: str
+    settings: Settings,
+    pipeline: str,
+    version: int,
+    dimension: int,
+    distance: str,
+    index_kind: str,
+    run_id: str,
+    model_sha256: str,
 ) -> Space:
     """The version's space, created (its table and its row, `filling`) when new. A space of the
-    version with another dimension or distance, or one already dropped, is an error."""
+    version with another dimension or distance, or one already dropped, is an error; a space left
+    by another model under the same version number (the registered model deleted and made again)
+    is stale: it is dropped and made anew."""
     from psycopg import sql
 
     with connect(settings) as conn:
@@ -149,6 +161,15 @@ def open_space(
         found = fetch_dicts(
             conn, "SELECT * FROM vector_spaces WHERE pipeline = %s AND model_version = %s", (pipeline, version)
         )
+        if found and found[0]["model_sha256"] != model_sha256:
+            log.warning(
+                "%s v%s: the space of another model (%s) is replaced", pipeline, version, found[0]["model_sha256"]
+            )
+            conn.execute(
+                sql.SQL("DROP TABLE IF EXISTS {}").format(sql.Identifier(SCHEMA, space_table(pipeline, version)))
+            )
+            conn.execute("DELETE FROM vector_spaces WHERE pipeline = %s AND model_version = %s", (pipeline, version))
+            found = []
         if found:
             space = _space(found[0])
             if (space.dimension, space.distance) != (dimension, distance):
@@ -168,9 +189,9 @@ def open_space(
             ).format(_table(space), sql.SQL(str(int(dimension))))
         )
         conn.execute(
-            "INSERT INTO vector_spaces (pipeline, model_version, table_name, dimension, distance, index_kind, state,"
-            " run_id) VALUES (%s, %s, %s, %s, %s, %s, 'filling', %s)",
-            (pipeline, version, f"{SCHEMA}.{space.table}", dimension, distance, index_kind, run_id),
+            "INSERT INTO vector_spaces (pipeline, model_version, model_sha256, table_name, dimension, distance,"
+            " index_kind, state, run_id) VALUES (%s, %s, %s, %s, %s, %s, %s, 'filling', %s)",
+            (pipeline, version, model_sha256, f"{SCHEMA}.{space.table}", dimension, distance, index_kind, run_id),
         )
     return space
 

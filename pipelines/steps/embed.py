@@ -15,6 +15,7 @@ the index built, and a ready space is reused. It also drops the retired spaces k
 
 from __future__ import annotations
 
+import hashlib
 import time
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
@@ -50,7 +51,8 @@ def run(ctx: StepContext) -> dict[str, Any]:
         raise StepSkipped("dry run: nothing is registered, so nothing is embedded")
     promoted = ctx.manifest("promote")
     version = int(promoted["version"])
-    session = onnx_session(ctx.storage.read_bytes(ctx.require("train", "model.onnx")))
+    model = ctx.storage.read_bytes(ctx.require("train", "model.onnx"))  # the registered version's bytes
+    session = onnx_session(model)
     dimension = embedding_dimension(session)
     if dimension is None:
         raise StepInputError(f"{ctx.pipeline} v{version}: the model has no `embedding` output; retrain it")
@@ -58,7 +60,16 @@ def run(ctx: StepContext) -> dict[str, Any]:
         raise StepInputError(
             f"v{version}'s embedding has {dimension} dimensions; embeddings.dimension is {cfg.dimension}"
         )
-    space = vectors.open_space(ctx.settings, ctx.pipeline, version, dimension, cfg.distance, cfg.index, ctx.run_id)
+    space = vectors.open_space(
+        ctx.settings,
+        ctx.pipeline,
+        version,
+        dimension,
+        cfg.distance,
+        cfg.index,
+        ctx.run_id,
+        hashlib.sha256(model).hexdigest(),
+    )
     manifest: dict[str, Any] = {"step": STEP, "version": version, "dimension": dimension, "distance": cfg.distance}
     if space.state in ("ready", "retired") and not ctx.force:
         info = vectors.space_info(ctx.settings, ctx.pipeline, version) or {}

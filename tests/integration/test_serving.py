@@ -519,7 +519,7 @@ def test_a_raising_challenger_is_rolled_back(served: Settings) -> None:
 
     _canary_spec(served)
     faulty = _register_faulty(served)
-    space = vectors.open_space(served, PIPELINE, faulty, 4, "cosine", "hnsw", "serve-2")  # as `embed` made it
+    space = vectors.open_space(served, PIPELINE, faulty, 4, "cosine", "hnsw", "serve-2", "faulty")  # as `embed` made it
     vectors.copy_vectors(served, space, ["1", "2"], np.ones((2, 4), dtype=np.float32))
     _deploy(served, {1: 100})
     with Load(served) as load, pytest.raises(CanaryRolledBack, match=f"v{faulty} rolled back at 20%"):

@@ -86,7 +86,9 @@ def _registered(settings: Any, pipeline: str, versions: int) -> Any:
 
 
 def _space(settings: Any, pipeline: str, version: int, matrix: np.ndarray, index: str = "hnsw") -> vectors.Space:
-    space = vectors.open_space(settings, pipeline, version, matrix.shape[1], "cosine", index, "test")
+    space = vectors.open_space(
+        settings, pipeline, version, matrix.shape[1], "cosine", index, "test", f"model-{version}"
+    )
     vectors.copy_vectors(settings, space, [str(i) for i in range(len(matrix))], matrix)
     vectors.build_index(settings, space)
     vectors.mark_ready(settings, space, vectors.measure_recall(settings, space, 50))
@@ -160,7 +162,11 @@ def test_similarity_follows_the_champion_alias_under_load_and_never_mixes_versio
     assert vectors.drop_space(workspace, pipeline, 3, "rolled back: p99 over the SLO") is True
     assert vectors.drop_space(workspace, pipeline, 3, "again") is False
     with pytest.raises(vectors.SpaceError, match="was dropped .rolled back: p99"):
-        vectors.open_space(workspace, pipeline, 3, 4, "cosine", "hnsw", "test")
+        vectors.open_space(workspace, pipeline, 3, 4, "cosine", "hnsw", "test", "model-3")
+    # another model registered as v3 (the registered model deleted and made again): a space anew
+    fresh = vectors.open_space(workspace, pipeline, 3, 6, "cosine", "hnsw", "again", "another-model")
+    assert (fresh.dimension, fresh.state, _count(workspace, "vec_switch_v3")) == (6, "filling", 0)
+    assert vectors.drop_space(workspace, pipeline, 3, "test done") is True
     now = datetime.now(UTC)
     assert vectors.sweep_retired(workspace, pipeline, 168, now) == []
     assert vectors.sweep_retired(workspace, pipeline, 168, now + timedelta(hours=169)) == [1]

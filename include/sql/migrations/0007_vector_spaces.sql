@@ -9,6 +9,7 @@ CREATE SCHEMA IF NOT EXISTS vectors;
 CREATE TABLE IF NOT EXISTS vector_spaces (
     pipeline        text        NOT NULL,
     model_version   integer     NOT NULL,
+    model_sha256    text        NOT NULL,   -- the version's ONNX model: a space is never reused for another
     table_name      text        NOT NULL,
     dimension       integer     NOT NULL CHECK (dimension > 0),
     distance        text        NOT NULL CHECK (distance IN ('cosine', 'l2', 'inner_product')),
