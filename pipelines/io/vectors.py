@@ -122,12 +122,7 @@ def _table(space: Space) -> Any:
     return sql.Identifier(SCHEMA, space.table)
 
 
-def _row(settings: Settings, pipeline: str, version: int) -> dict[str, Any] | None:
-    with connect(settings) as conn:
-        rows = fetch_dicts(
-            conn, "SELECT * FROM vector_spaces WHERE pipeline = %s AND model_version = %s", (pipeline, version)
-        )
-    return rows[0] if rows else None
+SPACE_ROW = "SELECT * FROM vector_spaces WHERE pipeline = %s AND model_version = %s"
 
 
 def _space(row: dict[str, Any]) -> Space:
@@ -137,7 +132,9 @@ def _space(row: dict[str, Any]) -> Space:
 
 def space_info(settings: Settings, pipeline: str, version: int) -> dict[str, Any] | None:
     """The `vector_spaces` row of a version's space, or None."""
-    return _row(settings, pipeline, version)
+    with connect(settings) as conn:
+        rows = fetch_dicts(conn, SPACE_ROW, (pipeline, version))
+    return rows[0] if rows else None
 
 
 def open_space(
@@ -158,9 +155,7 @@ def open_space(
 
     with connect(settings) as conn:
         conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (f"vectors:{pipeline}:{version}",))
-        found = fetch_dicts(
-            conn, "SELECT * FROM vector_spaces WHERE pipeline = %s AND model_version = %s", (pipeline, version)
-        )
+        found = fetch_dicts(conn, SPACE_ROW, (pipeline, version))
         if found and found[0]["model_sha256"] != model_sha256:
             log.warning(
                 "%s v%s: the space of another model (%s) is replaced", pipeline, version, found[0]["model_sha256"]
@@ -311,13 +306,12 @@ def measure_recall(settings: Settings, space: Space, sample: int, k: int = 10) -
         search_settings(conn, space)
         query = neighbours_sql(space)
         conn.execute("SET LOCAL enable_seqscan = off")  # the index, even where a small table would be scanned
-        for entity in ids:
-            params = {"q": query_vector(conn, space, entity), "id": entity, "k": k}
+        queries = [{"q": query_vector(conn, space, entity), "id": entity, "k": k} for entity in ids]
+        for params in queries:
             approximate.append([float(r[1]) for r in conn.execute(query, params)])
         conn.execute("SET LOCAL enable_seqscan = on")
         conn.execute("SET LOCAL enable_indexscan = off")
-        for entity in ids:
-            params = {"q": query_vector(conn, space, entity), "id": entity, "k": k}
+        for params in queries:
             exact.append([float(r[1]) for r in conn.execute(query, params)])
     return recall(approximate, exact, k)
 
