@@ -16,7 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from pipelines.io.vectors import latest_vectors, write_served
+from pipelines.io.vectors import write_served
 
 log = logging.getLogger("mlcycle.serving")
 
@@ -139,7 +139,7 @@ class RequestLog:
                     " FROM requests_in ON CONFLICT DO NOTHING"  # (COLUMNS: the module's constant names)
                 )
                 if vectors:
-                    write_served(self._conn, self.pipeline, latest_vectors(vectors))
+                    write_served(self._conn, self.pipeline, vectors)
         except psycopg.Error:
             self._conn.close()
             self._conn = None

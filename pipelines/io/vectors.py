@@ -110,10 +110,12 @@ def vector_text(values: Sequence[float]) -> str:
     return "[" + ",".join(repr(float(v)) for v in values) + "]"
 
 
-def latest_vectors(rows: Sequence[tuple[int, str, Sequence[float]]]) -> list[tuple[int, str, str]]:
-    """The last vector queued per (version, entity), in pgvector's text form. Pure."""
-    last = {(version, entity): vector for version, entity, vector in rows}
-    return [(version, entity, vector_text(vector)) for (version, entity), vector in last.items()]
+def latest_vectors(rows: Sequence[tuple[int, str, Any]]) -> dict[int, dict[str, Any]]:
+    """The last vector queued per entity, by version. Pure."""
+    out: dict[int, dict[str, Any]] = {}
+    for version, entity, vector in rows:
+        out.setdefault(version, {})[entity] = vector
+    return out
 
 
 def _table(space: Space) -> Any:
@@ -438,17 +440,16 @@ def writable_versions(conn: psycopg.Connection[Any], pipeline: str) -> dict[int,
     }
 
 
-def write_served(conn: psycopg.Connection[Any], pipeline: str, rows: Sequence[tuple[int, str, str]]) -> int:
-    """Upsert served embeddings `(version, entity_id, vector text)` into the spaces that take
-    writes (the newest vector of an entity wins); rows of versions without one are dropped.
-    Returns the rows written."""
+def write_served(conn: psycopg.Connection[Any], pipeline: str, rows: Sequence[tuple[int, str, Any]]) -> int:
+    """Upsert served embeddings `(version, entity_id, vector)` into the spaces that take writes
+    (the newest vector of an entity wins); rows of versions without one are dropped before any is
+    formatted. Returns the rows written."""
     from psycopg import sql
 
     spaces = writable_versions(conn, pipeline)
     written = 0
-    for version, dimension in spaces.items():
-        mine = [(entity, text) for v, entity, text in rows if v == version]
-        if not mine:
+    for version, latest in latest_vectors(rows).items():
+        if version not in spaces:
             continue
         table = sql.Identifier(SCHEMA, space_table(pipeline, version))
         with conn.cursor() as cur:
@@ -457,8 +458,8 @@ def write_served(conn: psycopg.Connection[Any], pipeline: str, rows: Sequence[tu
                     "INSERT INTO {} (entity_id, embedding, source) VALUES (%s, %s::vector({}), 'served')"
                     " ON CONFLICT (entity_id) DO UPDATE SET embedding = EXCLUDED.embedding, source = 'served',"
                     " written_at = now()"
-                ).format(table, sql.SQL(str(int(dimension)))),
-                mine,
+                ).format(table, sql.SQL(str(int(spaces[version])))),
+                [(entity, vector_text(vector)) for entity, vector in latest.items()],
             )
-        written += len(mine)
+        written += len(latest)
     return written

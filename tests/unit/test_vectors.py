@@ -78,7 +78,7 @@ def test_spaces_names_index_options_retention_and_served_vectors() -> None:
     assert expired(retired, 168, now) == [1] and expired(retired, 0, now) == [1, 2]
     assert vector_text(np.array([0.5, -1.0], dtype=np.float32)) == "[0.5,-1.0]"
     rows = [(1, "a", [1.0]), (1, "a", [2.0]), (2, "a", [3.0])]
-    assert latest_vectors(rows) == [(1, "a", "[2.0]"), (2, "a", "[3.0]")]
+    assert latest_vectors(rows) == {1: {"a": [2.0]}, 2: {"a": [3.0]}}
 
 
 def test_the_backfill_embeds_each_entitys_latest_row_in_batches() -> None:
