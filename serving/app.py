@@ -196,6 +196,7 @@ class Ingress:
                 unknown = wanted - set(self.remote)
                 if unknown:
                     raise ValueError(f"weights name versions without a deployment: {sorted(unknown)}")
+                self.recorder.log.watch_spaces = True  # whether a remote version embeds is not known here
                 self.args = new
                 return
             if self.static["online_features"] and self.online is None:
@@ -209,6 +210,11 @@ class Ingress:
             for v in versions.values():
                 if isinstance(v, LocalVersion):
                     v.resize(new.max_batch_size)
+                    v.wants_embedding = self.recorder.log.takes_vectors
+            embedding = {v for v, m in versions.items() if isinstance(m, LocalVersion) and m.has_embedding}
+            if embedding - set(self.versions):  # a new version may have a space: queue its vectors until a write says
+                self.recorder.log.spaces = None
+            self.recorder.log.watch_spaces = bool(embedding & wanted)
             self.versions = {v: versions[v] for v in wanted}
             self.args = new
 
@@ -426,7 +432,8 @@ class Ingress:
         for inst, result in zip(instances, results, strict=True):
             self._log(request_id, result["version"], inst, result["score"], elapsed, "ok", None, False)
             served[result["version"]] = served.get(result["version"], 0) + 1
-            if "_embedding" in inst:  # dual write: the entity's vector in the space of the version that scored it
+            # dual write: the entity's vector in the space of the version that scored it, while it has one
+            if "_embedding" in inst and self.recorder.log.takes_vectors(result["version"]):
                 self.recorder.log.add_vector(result["version"], str(inst["entity_id"]), inst["_embedding"])
         for version, n in served.items():
             self.recorder.metrics.count(version, n, "ok", False)

@@ -16,7 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from pipelines.io.vectors import write_served
+from pipelines.io.vectors import writable_versions, write_served
 
 log = logging.getLogger("mlcycle.serving")
 
@@ -90,7 +90,12 @@ class RayMetrics:
 class RequestLog:
     """Rows of `inference_requests`, kept in memory and written in batches by `flush()`, with the
     embeddings of the entities scored (`(version, entity_id, vector)`), written into each
-    version's vector space in the same transaction (`pipelines.io.vectors.write_served`)."""
+    version's vector space in the same transaction (`pipelines.io.vectors.write_served`).
+
+    Which versions have a space that takes writes is read at each write (`spaces`) while the
+    ingress watches for them (`watch_spaces`): until it is known every vector is queued, after it
+    only those of such versions, so a pipeline whose versions have no space pays nothing per
+    request for its embeddings."""
 
     def __init__(self, database_url: Callable[[], str] | None, pipeline: str = "") -> None:
         self.database_url = database_url  # asked at the first write: serving starts without the database
@@ -98,7 +103,13 @@ class RequestLog:
         self.pending: list[tuple[Any, ...]] = []
         self.vectors: list[tuple[int, str, Any]] = []
         self.dropped = 0
+        self.spaces: set[int] | None = None if database_url is not None else set()
+        self.watch_spaces = False
         self._conn: Any = None
+
+    def takes_vectors(self, version: int) -> bool:
+        """Whether the version's embeddings are wanted: its space takes writes, or that is not yet known."""
+        return self.spaces is None or version in self.spaces
 
     def add_vector(self, version: int, entity_id: str, vector: Any) -> None:
         """Queue an entity's embedding for its version's space; the oldest is dropped past the cap."""
@@ -138,8 +149,10 @@ class RequestLog:
                     f"INSERT INTO inference_requests ({', '.join(COLUMNS)}) SELECT {', '.join(COLUMNS)}"  # noqa: S608
                     " FROM requests_in ON CONFLICT DO NOTHING"  # (COLUMNS: the module's constant names)
                 )
-                if vectors:
-                    write_served(self._conn, self.pipeline, vectors)
+                if vectors or self.watch_spaces:
+                    spaces = writable_versions(self._conn, self.pipeline)
+                    write_served(self._conn, self.pipeline, vectors or [], spaces)
+                    self.spaces = set(spaces)
         except psycopg.Error:
             self._conn.close()
             self._conn = None

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -132,7 +132,8 @@ class LocalVersion:
         self.session = session
         self.inputs = [(i.name, i.type) for i in session.get_inputs()]
         self.names = [name for name, _ in self.inputs]
-        self.outputs = ["score", *(o.name for o in session.get_outputs() if o.name == EMBEDDING)]
+        self.has_embedding = any(o.name == EMBEDDING for o in session.get_outputs())
+        self.wants_embedding: Callable[[int], bool] = lambda version: True  # the ingress: only while a space takes it
         self.online = online
         self.score_s: float | None = None  # moving average of the model's time per batch
         self.batcher: GreedyBatcher[dict[str, Any], Scored | Missing] = GreedyBatcher(
@@ -199,7 +200,8 @@ class LocalVersion:
                 complete.append((n, {name: row[name] for name in self.names}))
         if complete:
             started = time.perf_counter()
-            scores, *embedded = self.session.run(self.outputs, onnx_feed(self.inputs, [row for _, row in complete]))
+            outputs = ["score", EMBEDDING] if self.has_embedding and self.wants_embedding(self.version) else ["score"]
+            scores, *embedded = self.session.run(outputs, onnx_feed(self.inputs, [row for _, row in complete]))
             took = time.perf_counter() - started
             self.score_s = took if self.score_s is None else 0.9 * self.score_s + 0.1 * took
             for j, ((n, row), score) in enumerate(zip(complete, scores, strict=True)):

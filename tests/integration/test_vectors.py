@@ -147,8 +147,10 @@ def test_similarity_follows_the_champion_alias_under_load_and_never_mixes_versio
 
     # Dual write: served vectors go to the spaces that take writes (v2), not to the retired v1.
     log = RequestLog(lambda: db.database_url(workspace), pipeline)
+    assert log.takes_vectors(1) and log.takes_vectors(2)  # which spaces take writes is not known before a write
     log.write([], [(2, "new-entity", spaces[2][0]), (1, "new-entity", spaces[1][0]), (2, "new-entity", spaces[2][1])])
     log.close()
+    assert (log.spaces, log.takes_vectors(1), log.takes_vectors(2)) == ({2}, False, True)  # v1's are no longer queued
     with db.connect(workspace) as conn:
         got = conn.execute(
             'SELECT source, embedding::text FROM vectors."vec_switch_v2" WHERE entity_id = %s', ("new-entity",)
