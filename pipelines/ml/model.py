@@ -152,7 +152,7 @@ def to_onnx(module: torch.nn.Module, enc: FeatureEncoding, opset: int = 17, embe
     the last hidden layer before its ReLU as the `embedding` output, `[n, hidden_units]`)."""
     import onnx
     import torch
-    from onnx import TensorProto, helper
+    from onnx import helper
 
     groups = [g for g, cols in (("numeric", enc.numeric), ("codes", enc.categorical)) if cols]
 
@@ -192,6 +192,24 @@ def to_onnx(module: torch.nn.Module, enc: FeatureEncoding, opset: int = 17, embe
     )
     model = onnx.load_from_string(buf.getvalue())
     graph = model.graph
+    front, inputs = raw_front(enc)
+    kept = [n for n in graph.node]
+    del graph.node[:]
+    graph.node.extend(front + kept)
+    del graph.input[:]
+    graph.input.extend(inputs)
+    model.opset_import.append(helper.make_opsetid("ai.onnx.ml", 2))
+    model.doc_string = "mlcycle tabular model: raw feature columns in, churn probability out"
+    onnx.checker.check_model(model)
+    return model
+
+
+def raw_front(enc: FeatureEncoding) -> tuple[list[onnx.NodeProto], list[onnx.ValueInfoProto]]:
+    """The graph's front shared by every family: one `[N, 1]` input per raw column (float for a
+    numeric feature, string for a categorical one), the numeric columns concatenated as `numeric`
+    and the categories mapped to codes (`ai.onnx.ml.LabelEncoder`, unknown -> 0) as `codes`. Pure."""
+    from onnx import TensorProto, helper
+
     front = [helper.make_node("Concat", enc.numeric, ["numeric"], axis=1, name="concat_numeric")] if enc.numeric else []
     for c in enc.categorical:
         front.append(
@@ -211,15 +229,7 @@ def to_onnx(module: torch.nn.Module, enc: FeatureEncoding, opset: int = 17, embe
         front.append(helper.make_node("Concat", codes, ["codes"], axis=1, name="concat_codes"))
     inputs = [helper.make_tensor_value_info(c, TensorProto.FLOAT, ["n", 1]) for c in enc.numeric]
     inputs += [helper.make_tensor_value_info(c, TensorProto.STRING, ["n", 1]) for c in enc.categorical]
-    kept = [n for n in graph.node]
-    del graph.node[:]
-    graph.node.extend(front + kept)
-    del graph.input[:]
-    graph.input.extend(inputs)
-    model.opset_import.append(helper.make_opsetid("ai.onnx.ml", 2))
-    model.doc_string = "mlcycle tabular model: raw feature columns in, churn probability out"
-    onnx.checker.check_model(model)
-    return model
+    return front, inputs
 
 
 def onnx_session(model_bytes: bytes, threads: int | None = None) -> Any:

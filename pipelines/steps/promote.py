@@ -18,24 +18,17 @@ from pipelines.core.errors import GateError, StepSkipped
 from pipelines.io.registry import CHALLENGER, CHAMPION, Registry, open_registry
 from pipelines.io.storage import read_parquet, write_json
 from pipelines.io.tracking import airflow_tags, code_version
-from pipelines.ml.model import (
-    embed_onnx,
-    embedding_dimension,
-    embeddings,
-    load_module,
-    onnx_session,
-    predict,
-    predict_onnx,
-)
+from pipelines.ml.families import load_trained
+from pipelines.ml.model import embed_onnx, embedding_dimension, onnx_session, predict_onnx
 from pipelines.steps.context import StepContext
 
 STEP = "promote"
 
 
-def parity(torch_scores: np.ndarray, onnx_scores: np.ndarray, tolerance: float) -> dict[str, Any]:
-    """How far ONNX is from torch on the same rows. Pure."""
-    diff = float(np.max(np.abs(torch_scores - onnx_scores))) if len(torch_scores) else 0.0
-    return {"max_abs_diff": diff, "tolerance": tolerance, "passed": diff <= tolerance, "rows": len(torch_scores)}
+def parity(native_scores: np.ndarray, onnx_scores: np.ndarray, tolerance: float) -> dict[str, Any]:
+    """How far ONNX is from the model's own predictions on the same rows. Pure."""
+    diff = float(np.max(np.abs(native_scores - onnx_scores))) if len(native_scores) else 0.0
+    return {"max_abs_diff": diff, "tolerance": tolerance, "passed": diff <= tolerance, "rows": len(native_scores)}
 
 
 def lineage_tags(
@@ -114,21 +107,23 @@ def run(ctx: StepContext) -> dict[str, Any]:
 
 
 def check_parity(ctx: StepContext, onnx_bytes: bytes) -> dict[str, Any]:
-    """ONNX against torch on the test set (the scores, and the embeddings where the model has
-    them); a difference beyond the tolerance registers nothing."""
+    """ONNX against the family's own predictions (torch, LightGBM, scikit-learn) on the test set
+    (the scores, and the embeddings where the model has them); a difference beyond the tolerance
+    registers nothing."""
     test = read_parquet(ctx.storage, ctx.require("features", "test.parquet"))
-    module, enc, _ = load_module(ctx.storage.read_bytes(ctx.require("train", "model.pt")))
+    trained = load_trained(ctx.storage.read_bytes(ctx.require("train", "model.bin")))
     session = onnx_session(onnx_bytes)
     tolerance = ctx.spec.evaluation.onnx_parity_tolerance
-    check = parity(predict(module, enc, test), predict_onnx(session, test), tolerance)
-    if embedding_dimension(session) is not None:
-        vectors = parity(embeddings(module, enc, test).ravel(), embed_onnx(session, test).ravel(), tolerance)
+    check = parity(trained.predict(test), predict_onnx(session, test), tolerance)
+    native = trained.embeddings(test) if embedding_dimension(session) is not None else None
+    if native is not None:
+        vectors = parity(native.ravel(), embed_onnx(session, test).ravel(), tolerance)
         check["embedding"] = vectors
         check["passed"] = check["passed"] and vectors["passed"]
         check["max_abs_diff"] = max(check["max_abs_diff"], vectors["max_abs_diff"])
     if not check["passed"]:
         raise GateError(
-            f"ONNX differs from torch by {check['max_abs_diff']:.2e} on the test set "
+            f"ONNX differs from the {trained.family} model by {check['max_abs_diff']:.2e} on the test set "
             f"(tolerance {check['tolerance']:.1e}); nothing registered"
         )
     return check

@@ -1,4 +1,14 @@
-"""`train`: an Optuna study over the spec's search space, every trial an MLflow child run.
+"""`train`: an Optuna study over the spec's model families and their search spaces, every trial
+an MLflow child run tagged with its family.
+
+With several families (`model.kind: auto` or a list), the study samples `family` first and then
+that family's own parameters (named `<family>.<param>` in Optuna, so each family's space is its
+own); a new study tries the families once each, cheapest first, before the sampler moves the
+trials to the families that win. The pruner compares a trial only with trials of its own family
+(an epoch and ten boosting rounds are not the same step). `training.time_budget_s` bounds the
+seconds spent in trials, summed over the study (each trial records its elapsed seconds as it
+goes, so a killed run resumes with the budget it had left); a trial running when the budget is
+spent stops with its best so far.
 
 The study lives in the platform database (schema `optuna`), named from the pipeline and run id, so
 a retried or killed task resumes it: finished trials (complete or pruned) are kept and count
@@ -7,8 +17,8 @@ again with its parameters, resuming from its last checkpoint (written every
 `training.checkpoint_minutes` and at the end of every trial). The MLflow parent run is found again
 by its tags, so a retry logs into the same run.
 
-Outputs: `model.pt` (the best trial's weights, encoding and parameters), `model.onnx` (raw columns
-in, probability out) and `manifest.json`.
+Outputs: `model.bin` (the best trial's model, encoding and parameters: `pipelines.ml.families`),
+`model.onnx` (raw columns in, probability out) and `manifest.json` (with per-family figures).
 """
 
 from __future__ import annotations
@@ -17,6 +27,7 @@ import logging
 import math
 import os
 import time
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
@@ -27,6 +38,7 @@ from pipelines.io.db import advisory_lock
 from pipelines.io.registry import CHAMPION, alias_version, model_name
 from pipelines.io.storage import read_parquet, write_json
 from pipelines.io.tracking import airflow_tags, code_version, find_run, optuna_url, setup_mlflow
+from pipelines.ml.families import Fitting, fit_lightgbm, fit_linear, load_trained, matrix, mlp_artifact
 from pipelines.ml.metrics import HIGHER_IS_BETTER, metric_functions
 from pipelines.ml.model import (
     FeatureEncoding,
@@ -34,10 +46,7 @@ from pipelines.ml.model import (
     build_module,
     encode,
     fit_encoding,
-    load_module,
-    module_bytes,
     select_device,
-    to_onnx,
 )
 from pipelines.steps.context import StepContext
 
@@ -46,7 +55,7 @@ if TYPE_CHECKING:
     import pandas as pd
     import torch
 
-    from pipelines.core.spec import Param, PipelineSpec
+    from pipelines.core.spec import ModelSpec, Param, PipelineSpec
 
 STEP = "train"
 log = logging.getLogger(__name__)
@@ -58,23 +67,40 @@ def study_name(pipeline: str, run_id: str) -> str:
     return f"{pipeline}:{run_id}"
 
 
-def suggest(trial: optuna.Trial, space: dict[str, Param]) -> dict[str, Any]:
+def suggest(trial: optuna.Trial, space: dict[str, Param], prefix: str = "") -> dict[str, Any]:
+    """A trial's parameters from a space (named `prefix + name` in the study, returned by name)."""
     params: dict[str, Any] = {}
     for name, p in space.items():
+        key = prefix + name
         if p.type == "float":
-            params[name] = trial.suggest_float(name, p.low, p.high, log=p.log)
+            params[name] = trial.suggest_float(key, p.low, p.high, log=p.log)
         elif p.type == "int":
-            params[name] = trial.suggest_int(name, p.low, p.high, log=p.log)
+            params[name] = trial.suggest_int(key, p.low, p.high, log=p.log)
         else:
-            params[name] = trial.suggest_categorical(name, p.choices)
+            params[name] = trial.suggest_categorical(key, p.choices)
     return params
 
 
-def warm_start(best: dict[str, str], space: dict[str, Param]) -> dict[str, Any] | None:
-    """The champion's best hyperparameters (as MLflow logged them: strings) as a trial of this
-    search space, or None where one is missing or outside the space (the spec changed). Pure."""
-    params: dict[str, Any] = {}
-    for name, p in space.items():
+def choose(trial: optuna.Trial, model: ModelSpec) -> tuple[str, dict[str, Any]]:
+    """The trial's family and that family's parameters (one family: no `family` parameter, and
+    the parameters under their own names, as studies were before families)."""
+    families = model.families
+    if len(families) == 1:
+        return families[0], suggest(trial, model.space_of(families[0]))
+    family = str(trial.suggest_categorical("family", list(families)))
+    return family, suggest(trial, model.space_of(family), prefix=f"{family}.")
+
+
+def warm_start(best: dict[str, str], model: ModelSpec) -> dict[str, Any] | None:
+    """The champion's best hyperparameters (as MLflow logged them: strings, with its `family`) as
+    a trial of this search, or None where its family is not searched or a parameter is missing or
+    outside the space (the spec changed). Pure."""
+    family = best.get("family", "tabular_mlp")
+    if family not in model.families:
+        return None
+    several = len(model.families) > 1
+    params: dict[str, Any] = {"family": family} if several else {}
+    for name, p in model.space_of(family).items():
         raw = best.get(name)
         if raw is None:
             return None
@@ -87,8 +113,37 @@ def warm_start(best: dict[str, str], space: dict[str, Param]) -> dict[str, Any] 
                     return None
         except (StopIteration, ValueError):
             return None
-        params[name] = value
+        params[f"{family}.{name}" if several else name] = value
     return params
+
+
+def spent_seconds(elapsed: list[float | None]) -> float:
+    """The seconds a study has spent in trials: each trial's last recorded `elapsed_s` (a killed
+    trial's too, up to its last report). Pure."""
+    return float(sum(e for e in elapsed if e is not None))
+
+
+def budget_left(time_budget_s: int | None, spent: float) -> float | None:
+    """What is left of the time budget (None: no budget). The search starts no trial once it is
+    0; a trial stops when it runs out. Pure."""
+    return None if time_budget_s is None else max(0.0, time_budget_s - spent)
+
+
+def family_summary(trials: list[tuple[str, str, float | None, float | None]], higher: bool) -> dict[str, Any]:
+    """Per family: trials by state, the best value and the seconds spent, from
+    `(family, state, value, elapsed_s)`. Pure."""
+    out: dict[str, Any] = {}
+    for family, state, value, elapsed in trials:
+        f = out.setdefault(family, {"trials": 0, "complete": 0, "pruned": 0, "failed": 0, "best": None, "seconds": 0.0})
+        f["trials"] += 1
+        key = {"COMPLETE": "complete", "PRUNED": "pruned"}.get(state, "failed" if state == "FAIL" else None)
+        if key:
+            f[key] += 1
+        f["seconds"] = round(f["seconds"] + (elapsed or 0.0), 1)
+        done = state == "COMPLETE" and value is not None and not math.isnan(value)
+        if done and (f["best"] is None or (value > f["best"] if higher else value < f["best"])):
+            f["best"] = value
+    return out
 
 
 def remaining_budget(n_trials: int | None, finished: int) -> int | None:
@@ -123,14 +178,41 @@ class EarlyStopping:
         return self.sign * self.best
 
 
-def make_pruner(kind: str) -> optuna.pruners.BasePruner:
+def make_pruner(kind: str, by_family: bool = False) -> Any:
+    """The spec's pruner; `by_family`: the median pruner compares a trial only with trials of its
+    own family (Hyperband's brackets are the study's own and stay shared)."""
     import optuna
 
     if kind == "median":
-        return optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=2)
+        median = optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=2)
+        return FamilyPruner(median) if by_family else median
     if kind == "hyperband":
         return optuna.pruners.HyperbandPruner(min_resource=2)
     return optuna.pruners.NopPruner()
+
+
+class _FamilyView:
+    """A study as a pruner reads it, holding only one family's trials."""
+
+    def __init__(self, study: optuna.Study, family: Any) -> None:
+        self._study, self._family = study, family
+
+    def get_trials(self, deepcopy: bool = True, states: Any = None) -> list[Any]:
+        trials = self._study.get_trials(deepcopy=deepcopy, states=states)
+        return [t for t in trials if t.params.get("family") == self._family]
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._study, name)
+
+
+class FamilyPruner:
+    """Wraps a pruner so that it judges a trial against its own family's trials only."""
+
+    def __init__(self, inner: optuna.pruners.BasePruner) -> None:
+        self.inner = inner
+
+    def prune(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> bool:
+        return bool(self.inner.prune(_FamilyView(study, trial.params.get("family")), trial))  # type: ignore[arg-type]
 
 
 # ------------------------------------------------------------------------------------ training
@@ -158,6 +240,29 @@ class Trainer:
         self.v_num = torch.from_numpy(vnum).to(device)
         self.v_cat = torch.from_numpy(vcodes).to(device)
         self.v_y = val[spec.label.column].to_numpy()
+        self.threads = cpu_threads(spec.resources.for_step(ctx.step).cpu, os.cpu_count())
+        # the raw columns' matrices of the other families (numeric values as they are, codes)
+        self.train_xy = (np.hstack([num, codes.astype(np.float32)]), train[spec.label.column].to_numpy(np.float32))
+        self.val_xy = (matrix(val, enc), self.v_y.astype(np.float32))
+
+    def fit_family(
+        self, trial: optuna.Trial, family: str, params: dict[str, Any], log_metrics: Any, clock: TrialClock
+    ) -> tuple[float, bytes]:
+        """Train one trial of any family; returns the best validation value and the artifact."""
+        if family == "tabular_mlp":
+            return self.fit(trial, params, log_metrics, clock)
+        fitting = Fitting(
+            metric=self.metric,
+            higher=self.higher,
+            seed=self.cfg.seed + trial.number,
+            patience=self.cfg.early_stopping_patience,
+            report=clock.report,
+            log=lambda metrics, step: log_metrics({f"val_{self.metric_name}": metrics["val_metric"]}, step),
+            deadline=clock.deadline,
+            threads=self.threads,
+        )
+        fit = {"lightgbm": fit_lightgbm, "linear": fit_linear}[family]
+        return fit(self.enc, params, self.train_xy, self.val_xy, fitting)
 
     def checkpoint_key(self, number: int) -> str:
         return self.ctx.key(f"checkpoints/trial-{number}.pt", STEP)  # the train step's, whichever worker
@@ -170,11 +275,14 @@ class Trainer:
             p = torch.sigmoid(module(self.v_num, self.v_cat)).cpu().numpy()
         return float(self.metric(self.v_y, p))
 
-    def fit(self, trial: optuna.Trial, params: dict[str, Any], log_metrics: Any) -> tuple[float, bytes]:
-        """Train to early stopping (or pruning); returns the best validation value and weights."""
-        import optuna
+    def fit(
+        self, trial: optuna.Trial, params: dict[str, Any], log_metrics: Any, clock: TrialClock | None = None
+    ) -> tuple[float, bytes]:
+        """Train the MLP to early stopping (or pruning, or the deadline); returns the best
+        validation value and the artifact."""
         import torch
 
+        clock = clock or TrialClock(trial, self.metric_name)
         torch.manual_seed(self.cfg.seed + trial.number)
         module = build_module(self.enc, **architecture(params)).to(self.device)
         opt = torch.optim.AdamW(
@@ -202,17 +310,15 @@ class Trainer:
             if stopper.step(value):
                 best_state = {k: v.detach().clone() for k, v in module.state_dict().items()}
             log_metrics({"train_loss": total / n, f"val_{self.metric_name}": value}, epoch)
-            trial.report(value, epoch)
             if time.monotonic() - last_checkpoint >= self.cfg.checkpoint_minutes * 60:
                 self._checkpoint(trial.number, module, opt, stopper, best_state, epoch + 1)
                 last_checkpoint = time.monotonic()
-            if trial.should_prune():
-                raise optuna.TrialPruned(f"pruned at epoch {epoch}: val_{self.metric_name}={value:.4f}")
-            if stopper.should_stop:
+            clock.report(value, epoch)
+            if stopper.should_stop or clock.out_of_time():
                 break
         module.load_state_dict(best_state)
         self._checkpoint(trial.number, module, opt, stopper, best_state, self.cfg.max_epochs)
-        return stopper.best_value, module_bytes(module.cpu(), self.enc, params)
+        return stopper.best_value, mlp_artifact(module.cpu(), self.enc, params)
 
     def _checkpoint(
         self, number: int, module: Any, opt: Any, stopper: EarlyStopping, best: dict[str, Any], next_epoch: int
@@ -254,6 +360,40 @@ class Trainer:
         log.info("trial %s resumes trial %s from epoch %s", trial.number, previous, blob["next_epoch"])
         trial.set_user_attr("resumed_at_epoch", int(blob["next_epoch"]))
         return int(blob["next_epoch"])
+
+
+ELAPSED_EVERY_S = 5.0
+"""A trial records its elapsed seconds (what the time budget counts) at most this often, and at its end."""
+
+
+class TrialClock:
+    """A trial's reports to the pruner, its elapsed seconds recorded in the study as it goes (a
+    killed trial's time still counts against the budget), and its deadline (the budget)."""
+
+    def __init__(
+        self, trial: optuna.Trial, metric_name: str, deadline: float | None = None, started: float | None = None
+    ) -> None:
+        self.trial, self.metric_name, self.deadline = trial, metric_name, deadline
+        self.started = time.monotonic() if started is None else started
+        self.recorded = -math.inf
+
+    def tick(self, force: bool = False) -> None:
+        now = time.monotonic()
+        if force or now - self.recorded >= ELAPSED_EVERY_S:
+            self.trial.set_user_attr("elapsed_s", round(now - self.started, 2))
+            self.recorded = now
+
+    def out_of_time(self) -> bool:
+        return self.deadline is not None and time.monotonic() >= self.deadline
+
+    def report(self, value: float, step: int) -> None:
+        """An intermediate value; raises `optuna.TrialPruned` when the pruner says so."""
+        import optuna
+
+        self.trial.report(value, step)
+        self.tick()
+        if self.trial.should_prune():
+            raise optuna.TrialPruned(f"pruned at step {step}: val_{self.metric_name}={value:.4f}")
 
 
 def recover_interrupted(study: optuna.Study, worker: int | None = None) -> list[int]:
@@ -304,6 +444,8 @@ def run(ctx: StepContext) -> dict[str, Any]:
     warm = enqueue_champion(ctx, study)
     finished_before = len(study.get_trials(states=trial_states(FINISHED)))
     todo = remaining_budget(spec.training.n_trials, finished_before)
+    spent_before = study_spent(study)
+    left = budget_left(spec.training.time_budget_s, spent_before)
 
     tags = {"mlcycle.pipeline": ctx.pipeline, "mlcycle.run_id": ctx.run_id, "mlcycle.step": STEP}
     existing = find_run(exp_id, tags)
@@ -320,11 +462,12 @@ def run(ctx: StepContext) -> dict[str, Any]:
         run_name=None if existing else f"train {ctx.run_id}",
         tags={**tags, **lineage},
     ) as parent:
-        if todo != 0:
+        if todo != 0 and left != 0:
             study.optimize(
                 objective_for(trainer, spec, parent.info.run_id),
                 n_trials=todo,
                 timeout=spec.training.timeout_s,
+                callbacks=budget_callbacks(spec.training.time_budget_s),
                 gc_after_trial=True,
             )
         best = export_best(ctx, study, trainer)
@@ -332,6 +475,7 @@ def run(ctx: StepContext) -> dict[str, Any]:
         "step": STEP,
         "study": study.study_name,
         "finished_before_this_attempt": finished_before,
+        "budget_spent_before_this_attempt_s": round(spent_before, 1),
         "recovered_trials": recovered,
         "warm_start": warm,
         **best,
@@ -349,24 +493,37 @@ def run(ctx: StepContext) -> dict[str, Any]:
 
 def enqueue_champion(ctx: StepContext, study: optuna.Study) -> dict[str, Any] | None:
     """A new study's first trial is the champion's best hyperparameters (a warm start that costs
-    one trial of the budget): a retraining on new data starts from what won last time."""
-    import mlflow  # heavy: mlflow
+    one trial of the budget): a retraining on new data starts from what won last time. With several
+    families, each is then tried once, cheapest first."""
 
     if study.get_trials(deepcopy=False):
         return None  # a retry: the study already has its first trials
+    warm = champion_params(ctx)
+    if warm is not None:
+        study.enqueue_trial(warm["params"], user_attrs={"warm_start": f"champion v{warm['champion']}"})
+        log.info("warm start: trial 0 is champion v%s's hyperparameters %s", warm["champion"], warm["params"])
+    families = ctx.spec.model.families
+    if len(families) > 1:  # each family once, cheapest first; then the sampler follows the winners
+        for family in families:
+            study.enqueue_trial({"family": family}, user_attrs={"first_of_family": family})
+    return warm
+
+
+def champion_params(ctx: StepContext) -> dict[str, Any] | None:
+    """The champion's best hyperparameters as a trial of this search, or None."""
+    import mlflow  # heavy: mlflow
+
     setup_mlflow(ctx.settings, ctx.pipeline)
     client = mlflow.MlflowClient()
     champion = alias_version(client, model_name(ctx.pipeline), CHAMPION)
     training_run = champion.tags.get("mlcycle.training_run") if champion else None
-    if not training_run:
+    if not champion or not training_run:
         return None
     logged = client.get_run(training_run).data.params
-    params = warm_start({k.removeprefix("best."): v for k, v in logged.items()}, ctx.spec.model.search_space)
+    params = warm_start({k.removeprefix("best."): v for k, v in logged.items()}, ctx.spec.model)
     if params is None:
-        log.info("the champion's hyperparameters do not fit this search space: no warm start")
+        log.info("the champion's hyperparameters do not fit this search: no warm start")
         return None
-    study.enqueue_trial(params, user_attrs={"warm_start": f"champion v{champion.version}"})
-    log.info("warm start: trial 0 is champion v%s's hyperparameters %s", champion.version, params)
     return {"champion": int(champion.version), "params": params}
 
 
@@ -383,37 +540,43 @@ def open_study(ctx: StepContext, higher_is_better: bool) -> optuna.Study:
             # pre-ping: a connection the database dropped (a restart) is replaced, not failed on
             storage=optuna.storages.RDBStorage(optuna_url(ctx.settings), engine_kwargs={"pool_pre_ping": True}),
             direction=direction,
-            pruner=make_pruner(ctx.spec.training.pruner),
+            pruner=make_pruner(ctx.spec.training.pruner, by_family=len(ctx.spec.model.families) > 1),
             sampler=optuna.samplers.TPESampler(seed=seed),
             load_if_exists=True,
         )
 
 
 def export_best(ctx: StepContext, study: optuna.Study, trainer: Trainer) -> dict[str, Any]:
-    """The best trial's model as the run's `model.pt` and `model.onnx`, logged to the active
-    (parent) MLflow run with the trial counts; the manifest's fields about it."""
+    """The best trial's model as the run's `model.bin` and `model.onnx`, logged to the active
+    (parent) MLflow run with the trial counts and the per-family figures; the manifest's fields
+    about it."""
     import mlflow  # heavy: mlflow
 
     if not study.get_trials(states=trial_states(("COMPLETE",))):
         raise MlcycleError(f"{ctx.pipeline}/{ctx.run_id}: no trial completed (all pruned or failed)")
     best = study.best_trial
-    model_blob = ctx.storage.read_bytes(ctx.key(f"trials/trial-{best.number}.pt", STEP))
-    module, _, params = load_module(model_blob)
-    onnx_bytes = to_onnx(module, trainer.enc, embedding=ctx.spec.embeddings is not None).SerializeToString()
-    model_uri = ctx.storage.write_bytes(ctx.key("model.pt"), model_blob)
+    blob = ctx.storage.read_bytes(ctx.key(f"trials/trial-{best.number}.bin", STEP))
+    trained = load_trained(blob)
+    onnx_bytes = trained.to_onnx(embedding=ctx.spec.embeddings is not None).SerializeToString()
+    model_uri = ctx.storage.write_bytes(ctx.key("model.bin"), blob)
     onnx_uri = ctx.storage.write_bytes(ctx.key("model.onnx"), onnx_bytes)
     counts = {s.lower(): len(study.get_trials(states=trial_states((s,)))) for s in ("COMPLETE", "PRUNED", "FAIL")}
-    mlflow.log_params({f"best.{k}": v for k, v in params.items()})
+    families = study_families(study, ctx.spec.model.families, trainer.higher)
+    params = {k: v for k, v in trained.params.items() if k != "rounds"}
+    mlflow.log_params({f"best.{k}": v for k, v in {"family": trained.family, **params}.items()})
     mlflow.log_metrics(
         {
             f"best_val_{trainer.metric_name}": float(best.value or 0.0),
             **{f"trials_{k}": float(v) for k, v in counts.items()},
+            **{f"{f}_seconds": float(v["seconds"]) for f, v in families.items()},
+            **{f"{f}_best_val_{trainer.metric_name}": float(v["best"]) for f, v in families.items() if v["best"]},
         }
     )
     mlflow.set_tags(
         {
             "mlcycle.best_trial": str(best.number),
             "mlcycle.best_trial_run_id": str(best.user_attrs.get("mlflow_run_id", "")),
+            "mlcycle.family": trained.family,
         }
     )
     mlflow.log_dict(trainer.enc.to_dict(), "encoding.json")
@@ -421,10 +584,38 @@ def export_best(ctx: StepContext, study: optuna.Study, trainer: Trainer) -> dict
         "trials": counts,
         "best_trial": best.number,
         "best_value": best.value,
-        "best_params": params,
+        "best_family": trained.family,
+        "best_params": trained.params,
+        "families": families,
+        "budget_spent_s": round(study_spent(study), 1),
         "model": model_uri,
         "onnx": onnx_uri,
     }
+
+
+def study_families(study: optuna.Study, families: Sequence[str], higher: bool) -> dict[str, Any]:
+    """The per-family figures of a study (a one-family study's trials have no `family` parameter)."""
+    rows = [
+        (str(t.params.get("family", families[0])), t.state.name, t.value, t.user_attrs.get("elapsed_s"))
+        for t in study.get_trials(deepcopy=False)
+    ]
+    return family_summary(rows, higher)
+
+
+def study_spent(study: optuna.Study) -> float:
+    return spent_seconds([t.user_attrs.get("elapsed_s") for t in study.get_trials(deepcopy=False)])
+
+
+def budget_callbacks(time_budget_s: int | None) -> list[Any]:
+    """Stop the study once its trials have spent the time budget (every worker's trials count)."""
+    if time_budget_s is None:
+        return []
+
+    def stop_when_spent(study: optuna.Study, _trial: Any) -> None:
+        if study_spent(study) >= time_budget_s:
+            study.stop()
+
+    return [stop_when_spent]
 
 
 def trial_states(names: tuple[str, ...]) -> tuple[Any, ...]:
@@ -437,30 +628,38 @@ def objective_for(trainer: Trainer, spec: PipelineSpec, parent_run_id: str, work
     import mlflow
     import optuna
 
+    budget = spec.training.time_budget_s
+
     def objective(trial: optuna.Trial) -> float:
         if worker is not None:
             trial.set_user_attr("worker", worker)
-        params = suggest(trial, spec.model.search_space)
+        started = time.monotonic()
+        family, params = choose(trial, spec.model)
+        left = budget_left(budget, study_spent(trial.study))
+        clock = TrialClock(trial, trainer.metric_name, None if left is None else started + left, started)
         pruned: optuna.TrialPruned | None = None
         with mlflow.start_run(
-            run_name=f"trial-{trial.number}",
+            run_name=f"trial-{trial.number} {family}",
             nested=True,
             parent_run_id=parent_run_id,
-            tags={"mlcycle.trial": str(trial.number)},
+            tags={"mlcycle.trial": str(trial.number), "mlcycle.family": family},
         ) as child:
             trial.set_user_attr("mlflow_run_id", child.info.run_id)
-            mlflow.log_params(params)
+            mlflow.log_params({"family": family, **params})
             try:
-                value, blob = trainer.fit(trial, params, lambda m, step: mlflow.log_metrics(m, step=step))
+                value, blob = trainer.fit_family(
+                    trial, family, params, lambda m, step: mlflow.log_metrics(m, step=step), clock
+                )
             except optuna.TrialPruned as err:
                 # stopped early by the pruner, as asked: the MLflow run ends FINISHED, tagged pruned
                 # (raised inside the block, MLflow would end it FAILED)
                 mlflow.set_tag("mlcycle.trial_state", "pruned")
                 pruned = err
             else:
-                trainer.ctx.storage.write_bytes(trainer.ctx.key(f"trials/trial-{trial.number}.pt", STEP), blob)
+                trainer.ctx.storage.write_bytes(trainer.ctx.key(f"trials/trial-{trial.number}.bin", STEP), blob)
                 mlflow.set_tag("mlcycle.trial_state", "complete")
                 mlflow.log_metric(f"best_val_{trainer.metric_name}", value)
+        clock.tick(force=True)  # the whole trial, its MLflow run and artifact included, counts
         if pruned is not None:
             raise pruned
         return value

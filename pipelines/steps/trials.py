@@ -17,11 +17,14 @@ from pipelines.io.tracking import find_run, setup_mlflow
 from pipelines.steps.context import StepContext
 from pipelines.steps.train import (
     FINISHED,
+    budget_callbacks,
+    budget_left,
     enqueue_champion,
     objective_for,
     prepare,
     recover_interrupted,
     remaining_budget,
+    study_spent,
     trial_states,
 )
 
@@ -49,13 +52,16 @@ def run(ctx: StepContext) -> dict[str, Any]:
         run_name=None if existing else f"trials {ctx.run_id} worker {ctx.worker}",
         tags={**tags, "mlcycle.optuna_study": study.study_name},
     ) as parent:
-        if remaining_budget(budget, before) != 0:
-            # the budget is shared: stop once the study as a whole has finished that many
+        training = ctx.spec.training
+        left = budget_left(training.time_budget_s, study_spent(study))
+        if remaining_budget(budget, before) != 0 and left != 0:
+            # the budgets are shared: stop once the study as a whole has finished that many
+            # trials, or spent the time budget
             stop = [MaxTrialsCallback(budget, states=trial_states(FINISHED))] if budget is not None else []
             study.optimize(
                 objective_for(trainer, ctx.spec, parent.info.run_id, ctx.worker),
-                timeout=ctx.spec.training.timeout_s,
-                callbacks=stop,
+                timeout=training.timeout_s,
+                callbacks=stop + budget_callbacks(training.time_budget_s),
                 gc_after_trial=True,
             )
     finished = study.get_trials(deepcopy=False, states=trial_states(FINISHED))

@@ -15,10 +15,10 @@ import pytest
 import torch
 
 from pipelines.ml.datagen import CATEGORICAL, NUMERIC
+from pipelines.ml.families import load_trained
 from pipelines.ml.model import (
     build_module,
     fit_encoding,
-    load_module,
     onnx_session,
     predict,
     predict_onnx,
@@ -100,7 +100,7 @@ def test_train_step_trainer_on_cuda(churn_df: pd.DataFrame, tmp_path: Path) -> N
     trainer.fit(second, params, lambda metrics, step: None)
     assert second.user_attrs["resumed_at_epoch"] == spec.training.max_epochs
 
-    module, enc_back, _ = load_module(blob)
-    scores = predict(module, enc_back, val.head(100))
-    assert not next(module.parameters()).is_cuda
+    trained = load_trained(blob)
+    scores = trained.predict(val.head(100))
+    assert trained.family == "tabular_mlp" and not next(trained.module.parameters()).is_cuda
     assert ((scores > 0) & (scores < 1)).all()

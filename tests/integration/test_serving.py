@@ -633,3 +633,45 @@ def test_an_idle_pipeline_gets_its_champion_and_a_running_one_is_left_alone(serv
     with _client(served) as c:
         assert {p["version"] for p in _predict(c, [1, 2, 3]).json()["predictions"]} == {champion}
     assert serve_champion_if_idle(served, PIPELINE) is False
+
+
+def test_a_tree_model_goes_through_evaluate_promote_and_the_canary_and_is_served(served: Settings) -> None:
+    """A LightGBM model (`model.kind: lightgbm`) takes the path the MLP takes: evaluate against the
+    champion, promote with the ONNX parity check, the canary under live traffic, then the endpoint."""
+    import mlflow
+    import onnx
+
+    from pipelines.io.registry import alias_version, load_onnx_model
+    from tests.integration.helpers import run
+    from tests.specs import churn_spec_dict
+
+    model = {k: v for k, v in churn_spec_dict()["model"].items() if k != "search_space"}
+    small_spec(
+        served,
+        SOURCE,
+        name=PIPELINE,
+        training=FAST,
+        evaluation=EVAL,
+        canary=CANARY,
+        model={**model, "kind": "lightgbm"},
+        embeddings=None,
+    )
+    client = mlflow.MlflowClient()
+    champion = int(alias_version(client, model_name(PIPELINE), "champion").version)
+    _deploy(served, {champion: 100})
+    out = run_through(served, "serve-tree", LIFECYCLE, PIPELINE)
+    assert out["train"]["best_family"] == "lightgbm"
+    assert out["evaluate"]["verdict"]["passed"] and out["evaluate"]["champion_version"] == champion
+    assert out["promote"]["parity"]["passed"] and out["promote"]["parity"]["max_abs_diff"] <= 1e-4
+    version = out["promote"]["version"]
+    graph = onnx.load_from_string(load_onnx_model(served, PIPELINE, model_name(PIPELINE), version))
+    assert "TreeEnsembleClassifier" in {n.op_type for n in graph.graph.node}
+    with Load(served) as load:
+        canary = run(served, "canary", "serve-tree", pipeline=PIPELINE)
+    assert canary["outcome"] == "promoted", canary
+    assert load.sent > 50 and load.failures == []
+    assert int(alias_version(client, model_name(PIPELINE), "champion").version) == version
+    with _client(served) as c:
+        predictions = _predict(c, [1, 2, 3]).json()["predictions"]
+    assert {p["version"] for p in predictions} == {version}
+    assert all(0.0 < p["score"] < 1.0 for p in predictions)

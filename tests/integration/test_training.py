@@ -222,6 +222,93 @@ def test_a_killed_train_task_resumes_its_study(workspace: Settings) -> None:
     assert len(children) == 7 and "RUNNING" not in {c.info.status for c in children}
 
 
+def _study_trials(settings: Settings, study: str) -> list[Any]:
+    import optuna
+
+    from pipelines.io.tracking import optuna_url
+
+    return optuna.load_study(study_name=study, storage=optuna_url(settings)).get_trials(deepcopy=False)
+
+
+def test_a_killed_auto_search_resumes_with_its_finished_trials_and_spent_budget(workspace: Settings) -> None:
+    """`model.kind: auto` under `training.time_budget_s`: the families are tried once each, cheapest
+    first; a kill keeps the finished trials and the seconds spent; the resumed search spends what is
+    left, and its best model (whatever family) passes evaluate and promote's ONNX parity check."""
+    from tests.specs import churn_spec_dict
+
+    model = {k: v for k, v in churn_spec_dict()["model"].items() if k != "search_space"}
+    model["kind"] = "auto"
+    model["search_spaces"] = {"tabular_mlp": {"hidden_units": {"type": "categorical", "choices": [16]}}}
+    budget = 40
+    training = {
+        **FAST,
+        "n_trials": None,
+        "time_budget_s": budget,
+        "max_epochs": 30,
+        "early_stopping_patience": 30,
+        "checkpoint_minutes": 0.00001,
+    }
+    _spec(workspace, "auto_resume", training=training, model=model, embeddings=None)
+    run_through(workspace, "kill-1", ("ingest", "validate", "features"), pipeline="auto_resume")
+    proc = step_process(
+        workspace,
+        *("train", "--pipeline", "auto_resume", "--run-id", "kill-1"),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    deadline = time.monotonic() + 240
+    try:
+        while len(_finished(workspace, "auto_resume:kill-1")) < 3:  # one trial of each family
+            assert proc.poll() is None, "the train step ended before it could be killed"
+            assert time.monotonic() < deadline, "no three finished trials in time"
+            time.sleep(0.05)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    before = _study_trials(workspace, "auto_resume:kill-1")
+    kept = _finished(workspace, "auto_resume:kill-1")
+    spent = sum(t.user_attrs.get("elapsed_s", 0.0) for t in before)
+    assert [t.params["family"] for t in sorted(before, key=lambda t: t.number)[:3]] == [
+        "linear",
+        "lightgbm",
+        "tabular_mlp",
+    ]  # cheapest first
+    assert 0 < spent < budget
+
+    result = run(workspace, "train", "kill-1", pipeline="auto_resume")
+    assert result["finished_before_this_attempt"] >= len(kept)
+    assert result["budget_spent_before_this_attempt_s"] == pytest.approx(
+        spent, abs=0.2
+    )  # the killed attempt's time counts
+    after = _study_trials(workspace, "auto_resume:kill-1")
+    assert {n: v for n, v in _finished(workspace, "auto_resume:kill-1").items() if n in kept} == kept  # not rerun
+    # the budget is spent, not overrun by more than a trial's last report, and no more
+    assert budget <= result["budget_spent_s"] <= budget + 15
+    assert result["budget_spent_s"] == pytest.approx(sum(t.user_attrs.get("elapsed_s", 0.0) for t in after), abs=0.5)
+    families = result["families"]
+    assert set(families) == {"linear", "lightgbm", "tabular_mlp"}
+    assert sum(f["trials"] for f in families.values()) == len(after)
+    assert result["best_family"] in families and families[result["best_family"]]["best"] == pytest.approx(
+        result["best_value"]
+    )
+    # each trial an MLflow child run tagged with its family
+    setup_mlflow(workspace, "auto_resume")
+    children = mlflow.MlflowClient().search_runs(
+        [result["mlflow_experiment_id"]], filter_string=f"tags.mlflow.parentRunId = '{result['mlflow_run_id']}'"
+    )
+    assert {c.data.tags["mlcycle.family"] for c in children} == set(families)
+    assert all(c.data.params["family"] == c.data.tags["mlcycle.family"] for c in children)
+
+    evaluated = run(workspace, "evaluate", "kill-1", pipeline="auto_resume")
+    assert evaluated["verdict"]["passed"], evaluated
+    promoted = run(workspace, "promote", "kill-1", pipeline="auto_resume")
+    assert promoted["version"] == 1 and promoted["parity"]["passed"]
+    setup_mlflow(workspace, "auto_resume")
+    trained = mlflow.MlflowClient().get_run(result["mlflow_run_id"])
+    assert trained.data.params["best.family"] == result["best_family"]
+
+
 def test_a_pruned_trial_is_a_finished_mlflow_run_tagged_pruned(workspace: Settings) -> None:
     """The pruner stopping a trial is the search working: its MLflow run ends FINISHED (tagged
     `pruned`), not FAILED beside the trials that crashed."""

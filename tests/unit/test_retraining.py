@@ -3,7 +3,7 @@ logs and status, and the lineage tags that link a new version to its window and 
 
 from __future__ import annotations
 
-from pipelines.core.spec import CategoricalParam, FloatParam, IntParam
+from pipelines.core.spec import CategoricalParam, FloatParam, IntParam, ModelSpec
 from pipelines.io.status import outcome, render_status
 from pipelines.steps.ingest import cause_line
 from pipelines.steps.promote import window_tags
@@ -12,17 +12,30 @@ from pipelines.steps.train import warm_start
 SPACE = {
     "learning_rate": FloatParam(type="float", low=1e-4, high=1e-1, log=True),
     "layers": IntParam(type="int", low=1, high=3),
-    "activation": CategoricalParam(type="categorical", choices=["relu", "gelu"]),
+    "hidden_units": CategoricalParam(type="categorical", choices=[32, 64]),
 }
+MLP = ModelSpec(kind="tabular_mlp", numeric_features=["x"], search_space=SPACE)
+AUTO = ModelSpec(kind="auto", numeric_features=["x"], search_spaces={"tabular_mlp": SPACE})
 
 
 def test_the_champions_hyperparameters_as_a_trial_of_this_space() -> None:
-    logged = {"learning_rate": "0.003", "layers": "2", "activation": "gelu", "dropout": "0.1"}
-    assert warm_start(logged, SPACE) == {"learning_rate": 0.003, "layers": 2, "activation": "gelu"}
-    assert warm_start({**logged, "layers": "5"}, SPACE) is None  # the space shrank since
-    assert warm_start({**logged, "activation": "tanh"}, SPACE) is None
-    assert warm_start({"learning_rate": "0.003", "layers": "2"}, SPACE) is None  # a new parameter
-    assert warm_start({**logged, "layers": "two"}, SPACE) is None
+    logged = {"learning_rate": "0.003", "layers": "2", "hidden_units": "64", "dropout": "0.1"}
+    assert warm_start(logged, MLP) == {"learning_rate": 0.003, "layers": 2, "hidden_units": 64}
+    assert warm_start({**logged, "layers": "5"}, MLP) is None  # the space shrank since
+    assert warm_start({**logged, "hidden_units": "128"}, MLP) is None
+    assert warm_start({"learning_rate": "0.003", "layers": "2"}, MLP) is None  # a new parameter
+    assert warm_start({**logged, "layers": "two"}, MLP) is None
+    # a champion of a family this search does not try: no warm start
+    assert warm_start({**logged, "family": "lightgbm"}, MLP) is None
+    # several families: the champion's family, its parameters under `<family>.<name>` as the study names them
+    assert warm_start({**logged, "family": "tabular_mlp"}, AUTO) == {
+        "family": "tabular_mlp",
+        "tabular_mlp.learning_rate": 0.003,
+        "tabular_mlp.layers": 2,
+        "tabular_mlp.hidden_units": 64,
+    }
+    lgbm = {"learning_rate": "0.1", "num_leaves": "31", "min_child_samples": "20", "feature_fraction": "0.8"}
+    assert warm_start({**lgbm, "lambda_l2": "1.0", "family": "lightgbm"}, AUTO)["lightgbm.num_leaves"] == 31
 
 
 def test_the_cause_of_a_retraining_run() -> None:

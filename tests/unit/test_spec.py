@@ -90,6 +90,48 @@ def test_spec_models_are_frozen() -> None:
             "model",
             "['tenure_months'] listed as numeric and as categorical",
         ),
+        (lambda d: d["model"].update(kind="forest"), "model.kind", "'forest': not a model family; kind is one of"),
+        (lambda d: d["model"].update(kind=["linear", "auto"]), "model.kind", "'auto': not a model family"),
+        (
+            lambda d: d["model"].update(kind=["lightgbm", "lightgbm"]),
+            "model",
+            "names a family twice",
+        ),
+        (
+            lambda d: (d["model"].update(kind="auto"), d.pop("embeddings")),
+            "model",
+            "search_space is the space of a pinned family; with several, use search_spaces",
+        ),
+        (
+            lambda d: (
+                d["model"].update(
+                    kind="auto", search_spaces={"lightgbm": {"depth": {"type": "int", "low": 1, "high": 3}}}
+                ),
+                d["model"].pop("search_space"),
+                d.pop("embeddings"),
+            ),
+            "model",
+            "unknown search-space parameters ['depth']; lightgbm tunes",
+        ),
+        (
+            lambda d: (
+                d["model"].update(kind=["linear"], search_spaces={"lightgbm": {}}),
+                d["model"].pop("search_space"),
+                d.pop("embeddings"),
+            ),
+            "model",
+            "search_spaces names ['lightgbm'], which the search does not try (['linear'])",
+        ),
+        (
+            lambda d: (d["model"].update(kind="auto"), d["model"].pop("search_space")),
+            "model.kind",
+            "auto: embeddings need the tabular_mlp family",
+        ),
+        (
+            lambda d: d["training"].update(n_trials=None, timeout_s=None, time_budget_s=None),
+            "training",
+            "set n_trials, time_budget_s (or timeout_s)",
+        ),
     ],
 )
 def test_bad_specs_name_the_field(mutate, path: str, message: str) -> None:  # type: ignore[no-untyped-def]
@@ -100,6 +142,23 @@ def test_bad_specs_name_the_field(mutate, path: str, message: str) -> None:  # t
     text = str(err.value)
     assert f"churn.yaml: {path}: " in text, text
     assert message in text, text
+
+
+def test_auto_searches_every_family_cheapest_first_each_in_its_own_space() -> None:
+    data = churn_spec_dict()
+    data.pop("embeddings")
+    data["model"].pop("search_space")
+    data["model"]["kind"] = "auto"
+    data["model"]["search_spaces"] = {"lightgbm": {"num_leaves": {"type": "int", "low": 8, "high": 16}}}
+    data["training"].update(n_trials=None, time_budget_s=600)
+    spec = parse_spec(data, "churn.yaml")
+    assert spec.model.families == ["linear", "lightgbm", "tabular_mlp"]
+    assert set(spec.model.space_of("lightgbm")) == {"num_leaves"}  # the spec's, not the default
+    assert "alpha" in spec.model.space_of("linear") and "hidden_units" in spec.model.space_of("tabular_mlp")
+    data["model"]["kind"] = ["tabular_mlp", "lightgbm"]
+    assert parse_spec(data, "churn.yaml").model.families == ["lightgbm", "tabular_mlp"]  # cheapest first
+    bundled = parse_spec(churn_spec_dict(), "churn.yaml").model
+    assert bundled.families == ["tabular_mlp"] and bundled.space_of("tabular_mlp") == bundled.search_space
 
 
 @pytest.mark.parametrize("drop", ["numeric_features", "categorical_features"])

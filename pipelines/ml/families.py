@@ -1,0 +1,370 @@
+"""Model families of one search: the torch MLP (`pipelines.ml.model`), LightGBM and a regularised
+linear model, interchangeable downstream.
+
+* Every family reads the same `FeatureEncoding`. LightGBM and the linear model fit on the raw
+  columns' matrix (`matrix`: numeric values as they are, NaN kept; categorical codes, 0 for a
+  category unseen in training); the linear model imputes (median), scales and one-hot encodes
+  inside its scikit-learn pipeline.
+* Every family reports intermediate values (epochs, boosting rounds, SGD passes) through
+  `Fitting.report`, which the pruner acts on, and stops at `Fitting.deadline` (the search's time
+  budget) with the best it has.
+* Every family exports ONNX with the same raw-column inputs and `score` output (`wrap_classifier`
+  puts the shared string-to-code front, `raw_front`, before the converted model), so evaluate,
+  promote, the parity check and serving take any family unchanged.
+* A trained model travels as one artifact (`pack` / `load_trained`): a JSON header (family,
+  encoding, parameters) and the family's payload: the MLP's torch checkpoint, LightGBM's model
+  text, the linear pipeline as scikit-learn saves models (pickle; written and read only by our own
+  steps, in the run's storage).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Protocol
+
+import numpy as np
+
+from pipelines.ml.model import (
+    FeatureEncoding,
+    embeddings,
+    encode,
+    load_module,
+    module_bytes,
+    predict,
+    raw_front,
+    to_onnx,
+)
+
+if TYPE_CHECKING:
+    import onnx
+    import pandas as pd
+    import torch
+
+REPORT_EVERY_ROUNDS = 10
+"""LightGBM reports (and may be pruned, and checks the deadline) every this many boosting rounds."""
+MAX_ROUNDS = 2000
+LINEAR_MAX_PASSES = 50
+
+
+@dataclass
+class Fitting:
+    """What a trial's fit needs from the search."""
+
+    metric: Callable[[np.ndarray, np.ndarray], float]
+    higher: bool
+    seed: int
+    patience: int  # reports without improvement before a fit stops
+    report: Callable[[float, int], None]  # an intermediate value at a step; raises optuna.TrialPruned when pruned
+    log: Callable[[dict[str, float], int], None]
+    deadline: float | None = None  # time.monotonic() past which a fit stops with its best so far
+    threads: int = 1
+
+    def better(self, value: float, best: float) -> bool:
+        if math.isnan(value):
+            return False
+        return math.isnan(best) or (value > best if self.higher else value < best)
+
+    def out_of_time(self) -> bool:
+        return self.deadline is not None and time.monotonic() >= self.deadline
+
+
+def matrix(df: pd.DataFrame, enc: FeatureEncoding) -> np.ndarray:
+    """The raw columns as one float32 matrix: numeric values (NaN kept), then category codes. Pure."""
+    numeric, codes = encode(df, enc)
+    return np.hstack([numeric, codes.astype(np.float32)])
+
+
+# ------------------------------------------------------------------------------------- artifacts
+def pack(family: str, enc: FeatureEncoding, params: dict[str, Any], payload: bytes) -> bytes:
+    """A trained model as one self-describing artifact. Pure."""
+    header = json.dumps({"family": family, "encoding": enc.to_dict(), "params": params}, default=str)
+    return header.encode() + b"\n" + payload
+
+
+class Trained(Protocol):
+    family: str
+    enc: FeatureEncoding
+    params: dict[str, Any]
+
+    def predict(self, df: pd.DataFrame) -> np.ndarray:
+        """Probabilities of the positive class, natively (not through ONNX)."""
+
+    def embeddings(self, df: pd.DataFrame) -> np.ndarray | None:
+        """The rows' embeddings natively, None for a family without them."""
+
+    def to_onnx(self, embedding: bool = False) -> onnx.ModelProto:
+        """Raw columns in, `score` out (and `embedding`, where the family has it)."""
+
+
+def load_trained(blob: bytes) -> Trained:
+    header_bytes, payload = blob.split(b"\n", 1)
+    header = json.loads(header_bytes)
+    family, enc, params = header["family"], FeatureEncoding.from_dict(header["encoding"]), header["params"]
+    if family == "tabular_mlp":
+        return MLPModel(family, enc, params, load_module(payload)[0])
+    if family == "lightgbm":
+        import lightgbm as lgb
+
+        return LightGBMModel(family, enc, params, lgb.Booster(model_str=payload.decode()))
+    if family == "linear":
+        import pickle
+
+        # our own artifact, written by this platform's train step into the run's storage
+        return LinearModel(family, enc, params, pickle.loads(payload))  # noqa: S301
+    raise ValueError(f"unknown model family {family!r} in the artifact")
+
+
+@dataclass
+class MLPModel:
+    family: str
+    enc: FeatureEncoding
+    params: dict[str, Any]
+    module: torch.nn.Module
+
+    def predict(self, df: pd.DataFrame) -> np.ndarray:
+        return predict(self.module, self.enc, df)
+
+    def embeddings(self, df: pd.DataFrame) -> np.ndarray | None:
+        return embeddings(self.module, self.enc, df)
+
+    def to_onnx(self, embedding: bool = False) -> onnx.ModelProto:
+        return to_onnx(self.module, self.enc, embedding=embedding)
+
+
+@dataclass
+class LightGBMModel:
+    family: str
+    enc: FeatureEncoding
+    params: dict[str, Any]
+    booster: Any
+
+    def predict(self, df: pd.DataFrame) -> np.ndarray:
+        return np.asarray(self.booster.predict(matrix(df, self.enc)), dtype=np.float64)
+
+    def embeddings(self, df: pd.DataFrame) -> np.ndarray | None:
+        return None
+
+    def to_onnx(self, embedding: bool = False) -> onnx.ModelProto:
+        from onnxmltools import convert_lightgbm
+        from onnxmltools.convert.common.data_types import FloatTensorType
+
+        width = len(self.enc.numeric) + len(self.enc.categorical)
+        inner = convert_lightgbm(
+            self.booster, initial_types=[("X", FloatTensorType([None, width]))], zipmap=False, target_opset=15
+        )
+        return wrap_classifier(inner, self.enc, "mlcycle lightgbm model")
+
+
+@dataclass
+class LinearModel:
+    family: str
+    enc: FeatureEncoding
+    params: dict[str, Any]
+    pipeline: Any
+
+    def predict(self, df: pd.DataFrame) -> np.ndarray:
+        return np.asarray(self.pipeline.predict_proba(matrix(df, self.enc))[:, 1], dtype=np.float64)
+
+    def embeddings(self, df: pd.DataFrame) -> np.ndarray | None:
+        return None
+
+    def to_onnx(self, embedding: bool = False) -> onnx.ModelProto:
+        from skl2onnx import convert_sklearn
+        from skl2onnx.common.data_types import FloatTensorType
+
+        width = len(self.enc.numeric) + len(self.enc.categorical)
+        inner = convert_sklearn(
+            self.pipeline,
+            initial_types=[("X", FloatTensorType([None, width]))],
+            options={id(self.pipeline.steps[-1][1]): {"zipmap": False}},
+            target_opset={"": 17, "ai.onnx.ml": 3},
+        )
+        return wrap_classifier(inner, self.enc, "mlcycle linear model")
+
+
+def wrap_classifier(inner: onnx.ModelProto, enc: FeatureEncoding, doc: str) -> onnx.ModelProto:
+    """A converted scikit-learn / LightGBM classifier (input `X`, output `probabilities`) behind
+    the raw-column front: one input per feature column, `score` (the positive class's
+    probability, `[n]`) the only output."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    inner = onnx.compose.add_prefix(inner, "model/")  # the converter's names never meet ours (it has a `score`)
+    nodes, inputs = raw_front(enc)
+    parts = []
+    if enc.numeric:
+        parts.append("numeric")
+    if enc.categorical:
+        nodes.append(helper.make_node("Cast", ["codes"], ["codes_f"], to=TensorProto.FLOAT, name="codes_to_float"))
+        parts.append("codes_f")
+    nodes.append(helper.make_node("Concat", parts, ["model/X"], axis=1, name="concat_x"))
+    graph = inner.graph
+    kept = list(graph.node)
+    del graph.node[:]
+    graph.node.extend([*nodes, *kept])
+    graph.initializer.append(helper.make_tensor("positive_class", TensorProto.INT64, [], [1]))
+    graph.node.append(
+        helper.make_node("Gather", ["model/probabilities", "positive_class"], ["score"], axis=1, name="score")
+    )
+    del graph.input[:]
+    graph.input.extend(inputs)
+    del graph.output[:]
+    graph.output.append(helper.make_tensor_value_info("score", TensorProto.FLOAT, ["n"]))
+    for opset in inner.opset_import:
+        if opset.domain == "ai.onnx.ml":
+            opset.version = max(opset.version, 2)  # LabelEncoder with string keys
+    if not any(o.domain == "ai.onnx.ml" for o in inner.opset_import):
+        inner.opset_import.append(helper.make_opsetid("ai.onnx.ml", 2))
+    inner.doc_string = f"{doc}: raw feature columns in, probability out"
+    onnx.checker.check_model(inner)
+    return inner
+
+
+# ------------------------------------------------------------------------------------------- fits
+def fit_lightgbm(
+    enc: FeatureEncoding,
+    params: dict[str, Any],
+    train: tuple[np.ndarray, np.ndarray],
+    val: tuple[np.ndarray, np.ndarray],
+    fitting: Fitting,
+) -> tuple[float, bytes]:
+    """Boost until the validation metric has not improved for `patience` reports (a report every
+    `REPORT_EVERY_ROUNDS` rounds), the pruner stops it, or the deadline; keeps the best round."""
+    import lightgbm as lgb
+
+    (x, y), (xv, yv) = train, val
+    booster_params = {
+        "objective": "binary",
+        "metric": "None",
+        "verbosity": -1,
+        "seed": fitting.seed,
+        "deterministic": True,
+        "num_threads": fitting.threads,
+        **{k: v for k, v in params.items() if k != "max_rounds"},
+    }
+    state = {"best": math.nan, "best_round": 0, "bad": 0, "calls": 0}
+
+    def feval(preds: np.ndarray, data: Any) -> tuple[str, float, bool]:
+        state["calls"] += 1  # only every REPORT_EVERY_ROUNDS-th round is scored (the rest is not read)
+        value = fitting.metric(yv, preds) if state["calls"] % REPORT_EVERY_ROUNDS == 0 else math.nan
+        return "primary", value, fitting.higher
+
+    def callback(env: Any) -> None:
+        done = env.iteration + 1
+        if done % REPORT_EVERY_ROUNDS:
+            return
+        value = float(env.evaluation_result_list[0][2])
+        fitting.log({"val_metric": value}, done)
+        if fitting.better(value, state["best"]):
+            state.update(best=value, best_round=done, bad=0)
+        else:
+            state["bad"] += 1
+        fitting.report(value, done)
+        if state["bad"] >= fitting.patience or fitting.out_of_time():
+            raise lgb.callback.EarlyStopException(max(0, int(state["best_round"]) - 1), [])
+
+    booster = lgb.train(
+        booster_params,
+        lgb.Dataset(x, y, free_raw_data=False),
+        num_boost_round=int(params.get("max_rounds", MAX_ROUNDS)),
+        valid_sets=[lgb.Dataset(xv, yv, free_raw_data=False)],
+        feval=feval,
+        callbacks=[callback],
+    )
+    best_round = int(state["best_round"]) or booster.current_iteration()
+    text = float32_thresholds(booster.model_to_string(num_iteration=best_round))
+    return float(state["best"]), pack("lightgbm", enc, {**params, "rounds": best_round}, text.encode())
+
+
+def float32_thresholds(model_text: str) -> str:
+    """LightGBM's split thresholds (doubles) rounded down to float32. ONNX Runtime compares a
+    float32 input with a float32 threshold: rounded to nearest, a threshold just below an input
+    value can become that value, and `x <= t` flips (seen: 0.003 apart on one row in 300). Rounded
+    down, `x <= t` is unchanged for every float32 `x`, so the booster predicts exactly as before
+    on float32 inputs and ONNX agrees with it. Pure."""
+    lines = []
+    for line in model_text.split("\n"):
+        if line.startswith("tree_sizes="):
+            continue  # the trees' byte sizes change; without them LightGBM reads the trees in order
+        if line.startswith("threshold="):
+            values = []
+            for raw in line.removeprefix("threshold=").split():
+                t = float(raw)
+                down = np.float32(t)
+                if float(down) > t:
+                    down = np.nextafter(down, np.float32(-np.inf), dtype=np.float32)
+                values.append(repr(float(down)))
+            line = "threshold=" + " ".join(values)
+        lines.append(line)
+    return "\n".join(lines)
+
+
+def linear_pipeline(enc: FeatureEncoding, params: dict[str, Any], seed: int) -> Any:
+    """Median imputation and scaling of the numeric columns, one-hot codes (an unseen category:
+    all zeros), an elastic-net logistic regression fitted by SGD. Pure (unfitted)."""
+    from sklearn.compose import ColumnTransformer
+    from sklearn.impute import SimpleImputer
+    from sklearn.linear_model import SGDClassifier
+    from sklearn.pipeline import Pipeline
+    from sklearn.preprocessing import OneHotEncoder, StandardScaler
+
+    n_num = len(enc.numeric)
+    parts: list[tuple[str, Any, list[int]]] = []
+    if enc.numeric:
+        numeric = Pipeline([("impute", SimpleImputer(strategy="median")), ("scale", StandardScaler())])
+        parts.append(("numeric", numeric, list(range(n_num))))
+    if enc.categorical:
+        onehot = OneHotEncoder(handle_unknown="ignore", sparse_output=False)
+        parts.append(("categorical", onehot, list(range(n_num, n_num + len(enc.categorical)))))
+    model = SGDClassifier(
+        loss="log_loss",
+        penalty="elasticnet",
+        alpha=float(params.get("alpha", 1e-4)),
+        l1_ratio=float(params.get("l1_ratio", 0.15)),
+        random_state=seed,
+    )
+    return Pipeline([("prepare", ColumnTransformer(parts)), ("model", model)])
+
+
+def fit_linear(
+    enc: FeatureEncoding,
+    params: dict[str, Any],
+    train: tuple[np.ndarray, np.ndarray],
+    val: tuple[np.ndarray, np.ndarray],
+    fitting: Fitting,
+) -> tuple[float, bytes]:
+    """Passes of SGD over the prepared training matrix, one report per pass; keeps the best pass."""
+    import copy
+    import pickle
+
+    (x, y), (xv, yv) = train, val
+    pipeline = linear_pipeline(enc, params, fitting.seed)
+    prepare, model = pipeline.steps[0][1], pipeline.steps[1][1]
+    xt, xvt = prepare.fit_transform(x), prepare.transform(xv)
+    classes = np.array([0, 1])
+    best, best_model, bad = math.nan, None, 0
+    for n in range(1, LINEAR_MAX_PASSES + 1):
+        model.partial_fit(xt, y, classes=classes)
+        value = fitting.metric(yv, model.predict_proba(xvt)[:, 1])
+        fitting.log({"val_metric": value}, n)
+        if fitting.better(value, best):
+            best, best_model, bad = value, copy.deepcopy(model), 0
+        else:
+            bad += 1
+        fitting.report(value, n)
+        if bad >= fitting.patience or fitting.out_of_time():
+            break
+    pipeline.steps[1] = ("model", best_model if best_model is not None else model)
+    buf = io.BytesIO()
+    pickle.dump(pipeline, buf)
+    return float(best), pack("linear", enc, params, buf.getvalue())
+
+
+def mlp_artifact(module: torch.nn.Module, enc: FeatureEncoding, params: dict[str, Any]) -> bytes:
+    """The MLP's torch checkpoint as an artifact."""
+    return pack("tabular_mlp", enc, params, module_bytes(module, enc, params))

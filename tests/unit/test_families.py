@@ -1,0 +1,209 @@
+"""Model families: each exports ONNX that matches its own predictions on raw columns (unknown
+categories and missing values included), reports intermediate values that a pruner acts on, and
+stops at the search's deadline; the search's budget and per-family figures are pure arithmetic."""
+
+from __future__ import annotations
+
+import math
+import time
+from typing import Any
+
+import numpy as np
+import optuna
+import pandas as pd
+import pytest
+import torch
+
+from pipelines.core.spec import ModelSpec, default_spaces
+from pipelines.ml.datagen import CATEGORICAL, NUMERIC
+from pipelines.ml.families import Fitting, fit_lightgbm, fit_linear, load_trained, matrix, mlp_artifact
+from pipelines.ml.metrics import roc_auc
+from pipelines.ml.model import build_module, fit_encoding, onnx_session, predict_onnx
+from pipelines.steps.train import (
+    FamilyPruner,
+    budget_left,
+    choose,
+    family_summary,
+    spent_seconds,
+)
+
+TOLERANCE = 1e-4  # the bundled spec's evaluation.onnx_parity_tolerance
+
+
+@pytest.fixture(scope="module")
+def split(churn_df: pd.DataFrame):  # type: ignore[no-untyped-def]
+    df = churn_df.copy()
+    rng = np.random.default_rng(0)
+    df.loc[rng.random(len(df)) < 0.1, "monthly_charges"] = np.nan  # missing values in training too
+    train, val = df.iloc[:3000], df.iloc[3000:]
+    enc = fit_encoding(train, list(NUMERIC), list(CATEGORICAL))
+    xy = (matrix(train, enc), train["churned"].to_numpy(np.float32))
+    vxy = (matrix(val, enc), val["churned"].to_numpy(np.float32))
+    return enc, xy, vxy, val
+
+
+def awkward(val: pd.DataFrame) -> pd.DataFrame:
+    """Rows a served model meets: categories never seen in training, and missing numbers."""
+    rows = val.head(300).copy()
+    rows.loc[rows.index[:40], "plan"] = "platinum"
+    rows.loc[rows.index[20:60], "contract"] = "weekly"
+    rows.loc[rows.index[50:90], "tenure_months"] = np.nan
+    return rows
+
+
+def fitting(**kw: Any) -> Fitting:
+    base: dict[str, Any] = {
+        "metric": roc_auc,
+        "higher": True,
+        "seed": 1,
+        "patience": 3,
+        "report": lambda value, step: None,
+        "log": lambda metrics, step: None,
+    }
+    return Fitting(**{**base, **kw})
+
+
+@pytest.mark.parametrize(
+    ("fit", "params"),
+    [
+        (fit_lightgbm, {"learning_rate": 0.1, "num_leaves": 15, "min_child_samples": 10}),
+        (fit_linear, {"alpha": 1e-4, "l1_ratio": 0.2}),
+    ],
+)
+def test_each_family_exports_onnx_matching_its_own_predictions_on_awkward_raw_rows(split, fit, params) -> None:  # type: ignore[no-untyped-def]
+    enc, xy, vxy, val = split
+    value, blob = fit(enc, params, xy, vxy, fitting())
+    assert 0.6 < value <= 1.0
+    trained = load_trained(blob)
+    rows = awkward(val)
+    native = trained.predict(rows)
+    session = onnx_session(trained.to_onnx().SerializeToString())
+    assert [i.name for i in session.get_inputs()] == list(NUMERIC) + list(CATEGORICAL)  # raw columns, as the MLP
+    assert [o.name for o in session.get_outputs()] == ["score"]
+    scored = predict_onnx(session, rows)
+    assert np.isfinite(native).all() and np.isfinite(scored).all()  # missing values are imputed / routed, not NaN
+    assert np.abs(native - scored).max() <= TOLERANCE
+    assert len(np.unique(np.round(scored, 6))) > 10  # not a constant
+    assert trained.embeddings(rows) is None
+
+
+def test_the_mlp_artifact_exports_the_same_graph_as_before_and_matches_torch(split) -> None:  # type: ignore[no-untyped-def]
+    enc, _, _, val = split
+    torch.manual_seed(0)
+    module = build_module(enc, hidden_units=8, layers=1, dropout=0.0)
+    trained = load_trained(mlp_artifact(module, enc, {"hidden_units": 8, "layers": 1}))
+    rows = awkward(val).dropna()  # the MLP has no imputation: serving refuses a missing feature (422)
+    session = onnx_session(trained.to_onnx(embedding=True).SerializeToString())
+    assert [o.name for o in session.get_outputs()] == ["score", "embedding"]
+    assert np.abs(trained.predict(rows) - predict_onnx(session, rows)).max() <= TOLERANCE
+    assert trained.embeddings(rows).shape == (len(rows), 8)
+
+
+def test_an_artifact_of_an_unknown_family_is_refused(split) -> None:  # type: ignore[no-untyped-def]
+    enc, xy, vxy, _ = split
+    _, blob = fit_linear(enc, {}, xy, vxy, fitting())
+    with pytest.raises(ValueError, match="unknown model family 'forest'"):
+        load_trained(blob.replace(b'"family": "linear"', b'"family": "forest"', 1))
+
+
+@pytest.mark.parametrize("fit", [fit_lightgbm, fit_linear])
+def test_every_family_reports_steps_and_stops_when_pruned_or_out_of_time(split, fit) -> None:  # type: ignore[no-untyped-def]
+    enc, xy, vxy, _ = split
+    steps: list[int] = []
+
+    def prune_at_third(value: float, step: int) -> None:
+        steps.append(step)
+        assert not math.isnan(value)
+        if len(steps) == 3:
+            raise optuna.TrialPruned("pruned")
+
+    with pytest.raises(optuna.TrialPruned):
+        fit(enc, {}, xy, vxy, fitting(report=prune_at_third, patience=100))
+    assert len(steps) == 3 and steps == sorted(steps)
+
+    reported: list[int] = []
+    past = time.monotonic() - 1  # the budget is already spent: the fit ends after its first report
+    value, blob = fit(enc, {}, xy, vxy, fitting(report=lambda v, s: reported.append(s), patience=100, deadline=past))
+    assert len(reported) == 1 and not math.isnan(value)
+    assert load_trained(blob).predict(pd.DataFrame({c: [1.0] for c in NUMERIC} | {c: ["x"] for c in CATEGORICAL}))
+
+
+def test_auto_samples_a_family_then_its_own_space() -> None:
+    model = ModelSpec(kind="auto", numeric_features=["x"])
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    seen = {}
+    for _ in range(30):
+        trial = study.ask()
+        family, params = choose(trial, model)
+        seen[family] = params
+        assert set(params) == set(default_spaces()[family])
+        assert set(trial.params) == {"family"} | {f"{family}.{p}" for p in params}
+        study.tell(trial, 0.5)
+    assert set(seen) == {"linear", "lightgbm", "tabular_mlp"}
+    pinned = optuna.create_study().ask()
+    assert choose(pinned, ModelSpec(numeric_features=["x"])) == ("tabular_mlp", {})  # as before families
+
+
+def _trial_of(study: optuna.Study, family: str) -> optuna.Trial:
+    study.enqueue_trial({"family": family})
+    trial = study.ask()
+    assert trial.suggest_categorical("family", ["linear", "lightgbm"]) == family
+    return trial
+
+
+def test_the_median_pruner_compares_a_trial_with_its_own_family_only() -> None:
+    pruner = FamilyPruner(optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=0))
+    study = optuna.create_study(direction="maximize", pruner=pruner)
+    for family, value in (("lightgbm", 0.9), ("lightgbm", 0.9), ("linear", 0.6), ("linear", 0.6)):
+        t = _trial_of(study, family)
+        t.report(value, 0)
+        study.tell(t, value)
+    linear = _trial_of(study, "linear")
+    linear.report(0.65, 0)
+    assert not linear.should_prune()  # above its family's median (0.6), below the study's (0.75)
+    lgbm = _trial_of(study, "lightgbm")
+    lgbm.report(0.65, 0)
+    assert lgbm.should_prune()  # below its family's median (0.9)
+    plain = optuna.create_study(direction="maximize", pruner=optuna.pruners.MedianPruner(2, 0))
+    for t in study.trials[:4]:
+        plain.add_trial(t)
+    unfair = _trial_of(plain, "linear")
+    unfair.report(0.65, 0)
+    assert unfair.should_prune()  # without the family view, linear is judged against lightgbm
+
+
+def test_the_time_budget_is_what_the_trials_spent_kept_across_attempts() -> None:
+    assert spent_seconds([12.5, None, 30.0]) == 42.5  # a trial that recorded nothing yet counts nothing
+    assert budget_left(60, 42.5) == 17.5
+    assert budget_left(60, 75.0) == 0.0  # spent (a trial overran it): no trial starts
+    assert budget_left(None, 75.0) is None
+
+
+def test_per_family_figures() -> None:
+    rows = [
+        ("linear", "COMPLETE", 0.70, 1.5),
+        ("lightgbm", "COMPLETE", 0.82, 6.0),
+        ("lightgbm", "PRUNED", 0.75, 2.0),
+        ("lightgbm", "COMPLETE", 0.84, 7.25),
+        ("tabular_mlp", "FAIL", None, 3.0),
+        ("tabular_mlp", "RUNNING", None, None),
+    ]
+    out = family_summary(rows, higher=True)
+    assert out["lightgbm"] == {"trials": 3, "complete": 2, "pruned": 1, "failed": 0, "best": 0.84, "seconds": 15.2}
+    assert out["tabular_mlp"] == {"trials": 2, "complete": 0, "pruned": 0, "failed": 1, "best": None, "seconds": 3.0}
+    assert family_summary(rows, higher=False)["lightgbm"]["best"] == 0.82
+
+
+def test_thresholds_rounded_down_to_float32_change_no_prediction_on_float32_inputs(split) -> None:  # type: ignore[no-untyped-def]
+    import lightgbm as lgb
+
+    from pipelines.ml.families import float32_thresholds
+
+    _, (x, y), (xv, _), _ = split
+    booster = lgb.train({"objective": "binary", "verbosity": -1, "num_leaves": 31}, lgb.Dataset(x, y), 60)
+    text = booster.model_to_string()
+    adjusted = float32_thresholds(text)
+    assert adjusted != text
+    before = booster.predict(np.vstack([x, xv]))
+    after = lgb.Booster(model_str=adjusted).predict(np.vstack([x, xv]))
+    assert np.array_equal(before, after)
