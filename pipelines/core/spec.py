@@ -396,7 +396,7 @@ class Training(Model):
     max_epochs: int = Field(default=30, ge=1)
     batch_size: int = Field(default=256, ge=1)
     early_stopping_patience: int = Field(default=5, ge=1)
-    pruner: Literal["median", "hyperband", "none"] = "median"
+    pruner: Literal["median", "successive_halving", "hyperband", "none"] = "median"
     checkpoint_minutes: float = Field(default=10.0, gt=0.0)
     seed: int = 42
     device: Literal["auto", "cpu", "cuda"] = "auto"

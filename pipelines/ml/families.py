@@ -120,10 +120,19 @@ def load_trained(blob: bytes) -> Trained:
 
 
 @dataclass
-class MLPModel:
+class TrainedBase:
+    """What every family's trained model carries; no embeddings unless the family has them."""
+
     family: str
     enc: FeatureEncoding
     params: dict[str, Any]
+
+    def embeddings(self, df: pd.DataFrame) -> np.ndarray | None:
+        return None
+
+
+@dataclass
+class MLPModel(TrainedBase):
     module: torch.nn.Module
 
     def predict(self, df: pd.DataFrame) -> np.ndarray:
@@ -137,17 +146,11 @@ class MLPModel:
 
 
 @dataclass
-class LightGBMModel:
-    family: str
-    enc: FeatureEncoding
-    params: dict[str, Any]
+class LightGBMModel(TrainedBase):
     booster: Any
 
     def predict(self, df: pd.DataFrame) -> np.ndarray:
         return np.asarray(self.booster.predict(matrix(df, self.enc)), dtype=np.float64)
-
-    def embeddings(self, df: pd.DataFrame) -> np.ndarray | None:
-        return None
 
     def to_onnx(self, embedding: bool = False) -> onnx.ModelProto:
         from onnxmltools import convert_lightgbm
@@ -161,17 +164,11 @@ class LightGBMModel:
 
 
 @dataclass
-class LinearModel:
-    family: str
-    enc: FeatureEncoding
-    params: dict[str, Any]
+class LinearModel(TrainedBase):
     pipeline: Any
 
     def predict(self, df: pd.DataFrame) -> np.ndarray:
         return np.asarray(self.pipeline.predict_proba(matrix(df, self.enc))[:, 1], dtype=np.float64)
-
-    def embeddings(self, df: pd.DataFrame) -> np.ndarray | None:
-        return None
 
     def to_onnx(self, embedding: bool = False) -> onnx.ModelProto:
         from skl2onnx import convert_sklearn

@@ -179,16 +179,25 @@ class EarlyStopping:
 
 
 def make_pruner(kind: str, by_family: bool = False) -> Any:
-    """The spec's pruner; `by_family`: the median pruner compares a trial only with trials of its
-    own family (Hyperband's brackets are the study's own and stay shared)."""
+    """The spec's pruner. `median`: a trial past its first 2 steps stops when its best value is
+    worse than the median of earlier trials at the same step (after 3 trials).
+    `successive_halving` (asynchronous, Optuna's): at 1, 3, 9, ... steps a trial goes on only if it
+    is in the top third of the trials that reached that step; the cheapest, and the first trials
+    decide more. `hyperband`: successive halving in brackets of different aggressiveness.
+    `by_family`: median and successive halving compare a trial only with trials of its own family
+    (Hyperband's brackets are the study's own and stay shared)."""
     import optuna
 
+    pruner: Any
     if kind == "median":
-        median = optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=2)
-        return FamilyPruner(median) if by_family else median
-    if kind == "hyperband":
+        pruner = optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=2)
+    elif kind == "successive_halving":
+        pruner = optuna.pruners.SuccessiveHalvingPruner(min_resource=1, reduction_factor=3)
+    elif kind == "hyperband":
         return optuna.pruners.HyperbandPruner(min_resource=2)
-    return optuna.pruners.NopPruner()
+    else:
+        return optuna.pruners.NopPruner()
+    return FamilyPruner(pruner) if by_family else pruner
 
 
 class _FamilyView:
@@ -313,7 +322,7 @@ class Trainer:
             if time.monotonic() - last_checkpoint >= self.cfg.checkpoint_minutes * 60:
                 self._checkpoint(trial.number, module, opt, stopper, best_state, epoch + 1)
                 last_checkpoint = time.monotonic()
-            clock.report(value, epoch)
+            clock.report(value, epoch + 1)  # the step is the training done: epochs, as rounds and passes are
             if stopper.should_stop or clock.out_of_time():
                 break
         module.load_state_dict(best_state)

@@ -510,9 +510,9 @@ def _register_slow(settings: Settings, matmuls: int = 400) -> int:
     return _register_challenger(settings, model, "a release that is slow")
 
 
-def _canary_spec(settings: Settings) -> None:
-    """The fixture's spec, with a short canary plan."""
-    small_spec(settings, SOURCE, name=PIPELINE, training=FAST, evaluation=EVAL, canary=CANARY)
+def _canary_spec(settings: Settings, **sections: Any) -> None:
+    """The fixture's spec, with a short canary plan (and other sections replaced)."""
+    small_spec(settings, SOURCE, name=PIPELINE, training=FAST, evaluation=EVAL, canary=CANARY, **sections)
 
 
 def test_a_raising_challenger_is_rolled_back(served: Settings) -> None:
@@ -551,15 +551,7 @@ def test_a_slow_challenger_is_rolled_back(served: Settings) -> None:
     from pipelines.steps.canary import CanaryRolledBack
     from tests.integration.helpers import run
 
-    small_spec(
-        served,
-        SOURCE,
-        name=PIPELINE,
-        training=FAST,
-        evaluation=EVAL,
-        canary=CANARY,
-        serving={"request_timeout_s": 1.0, "max_batch_size": 4},
-    )
+    _canary_spec(served, serving={"request_timeout_s": 1.0, "max_batch_size": 4})
     slow = _register_slow(served)
     _deploy(served, {1: 100})
     try:
@@ -646,16 +638,7 @@ def test_a_tree_model_goes_through_evaluate_promote_and_the_canary_and_is_served
     from tests.specs import churn_spec_dict
 
     model = {k: v for k, v in churn_spec_dict()["model"].items() if k != "search_space"}
-    small_spec(
-        served,
-        SOURCE,
-        name=PIPELINE,
-        training=FAST,
-        evaluation=EVAL,
-        canary=CANARY,
-        model={**model, "kind": "lightgbm"},
-        embeddings=None,
-    )
+    _canary_spec(served, model={**model, "kind": "lightgbm"}, embeddings=None)
     client = mlflow.MlflowClient()
     champion = int(alias_version(client, model_name(PIPELINE), "champion").version)
     _deploy(served, {champion: 100})

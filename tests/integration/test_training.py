@@ -143,6 +143,18 @@ def _finished(settings: Settings, study: str) -> dict[int, float]:
     return {int(n): float(v) for n, v in rows}
 
 
+def _start_train(settings: Settings, pipeline: str) -> subprocess.Popen[str]:
+    """Run kill-1's data steps, then start its train step as a process of its own (to be killed)."""
+    run_through(settings, "kill-1", ("ingest", "validate", "features"), pipeline=pipeline)
+    return step_process(
+        settings,
+        *("train", "--pipeline", pipeline, "--run-id", "kill-1"),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+
+
 def test_a_killed_train_task_resumes_its_study(workspace: Settings) -> None:
     # A checkpoint after every epoch, and trials long enough to be caught in the middle.
     training = {
@@ -154,14 +166,7 @@ def test_a_killed_train_task_resumes_its_study(workspace: Settings) -> None:
         "checkpoint_minutes": 0.00001,
     }
     _spec(workspace, "churn_resume", training=training)
-    run_through(workspace, "kill-1", ("ingest", "validate", "features"), pipeline="churn_resume")
-    proc = step_process(
-        workspace,
-        *("train", "--pipeline", "churn_resume", "--run-id", "kill-1"),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
+    proc = _start_train(workspace, "churn_resume")
     checkpoints = Path(str(workspace.artifact_root)) / "churn_resume" / "kill-1" / "train" / "checkpoints"
     deadline = time.monotonic() + 240
     try:
@@ -249,14 +254,7 @@ def test_a_killed_auto_search_resumes_with_its_finished_trials_and_spent_budget(
         "checkpoint_minutes": 0.00001,
     }
     _spec(workspace, "auto_resume", training=training, model=model, embeddings=None)
-    run_through(workspace, "kill-1", ("ingest", "validate", "features"), pipeline="auto_resume")
-    proc = step_process(
-        workspace,
-        *("train", "--pipeline", "auto_resume", "--run-id", "kill-1"),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
+    proc = _start_train(workspace, "auto_resume")
     deadline = time.monotonic() + 240
     try:
         while len(_finished(workspace, "auto_resume:kill-1")) < 3:  # one trial of each family

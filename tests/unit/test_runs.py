@@ -92,3 +92,24 @@ def test_the_embed_step_is_summarised_by_its_space() -> None:
     }
     assert headline("embed", out) == "vector space: v3: 2000 entities x 32 dims (cosine), ready"
     assert dict(outputs_summary("embed", out))["recall@10"] == "0.99 against exact search"
+
+
+def test_an_auto_search_is_summarised_by_its_winning_family_and_each_family() -> None:
+    out = {
+        "study": "churn:r1",
+        "trials": {"complete": 9, "pruned": 3},
+        "best_trial": 4,
+        "best_family": "lightgbm",
+        "metric": "val_roc_auc",
+        "best_value": 0.84321,
+        "families": {
+            "linear": {"trials": 5, "best": 0.8211, "seconds": 3.2},
+            "lightgbm": {"trials": 6, "best": 0.84321, "seconds": 20.9},
+            "tabular_mlp": {"trials": 1, "best": None, "seconds": 7.0},
+        },
+    }
+    summary = dict(outputs_summary("train", out))
+    assert summary["best"] == "trial 4 (lightgbm): val_roc_auc=0.8432"
+    assert summary["families"] == (
+        "linear 5 trials best 0.8211 in 3s; lightgbm 6 trials best 0.8432 in 21s; tabular_mlp 1 trials best - in 7s"
+    )
