@@ -328,7 +328,7 @@ def test_no_request_lost_while_a_canary_walks_and_rolls_back_under_64_connection
 def test_overload_is_shed_with_503_and_retry_after_and_the_endpoint_recovers(served: Settings) -> None:
     """Past a replica's bound (here 4 requests held at once) wrk's 64 connections get 503 with
     `Retry-After` at once, never a 500 or a timeout; the admitted are answered; when the load
-    drops the next request is answered."""
+    drops the endpoint answers again within seconds."""
     deploy(
         serving_args(
             spec_for(served, PIPELINE), [VersionConfig(version=1, weight=100)], model_name(PIPELINE),
@@ -351,8 +351,13 @@ def test_overload_is_shed_with_503_and_retry_after_and_the_endpoint_recovers(ser
     assert shed is not None, "no request was shed under 64 connections"
     assert shed.headers["retry-after"] == "1"
     assert shed.json()["error"] == "overloaded" and "max_concurrent_requests" in shed.json()["reason"]
-    with _client(served) as c:
-        assert _predict(c, [1, 2]).status_code == 200
+    with _client(served) as c:  # recovered within seconds of the load's end (bounded: 25 tries)
+        for _ in range(25):
+            after = _predict(c, [1, 2])
+            if after.status_code == 200:
+                break
+            time.sleep(0.2)
+        assert after.status_code == 200, (after.status_code, after.headers, after.text)
 
 
 def test_haproxy_bounds_each_replica_by_its_spec_and_sheds_before_the_replica_sees_it(served: Settings) -> None:

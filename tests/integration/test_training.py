@@ -318,7 +318,9 @@ def test_a_pruned_trial_is_a_finished_mlflow_run_tagged_pruned(workspace: Settin
     class PrunedEveryTime:  # a trainer whose every trial the pruner stops after its first epoch
         metric_name = "roc_auc"
 
-        def fit(self, trial: optuna.Trial, params: dict[str, Any], log_metrics: Any) -> tuple[float, bytes]:
+        def fit_family(
+            self, trial: optuna.Trial, family: str, params: dict[str, Any], log_metrics: Any, clock: Any
+        ) -> tuple[float, bytes]:
             log_metrics({"val_roc_auc": 0.5}, 0)
             raise optuna.TrialPruned("stopped at epoch 0")
 
