@@ -444,14 +444,14 @@ def write_served(
     conn: psycopg.Connection[Any],
     pipeline: str,
     rows: Sequence[tuple[int, str, Any]],
-    spaces: dict[int, int] | None = None,
+    spaces: dict[int, int],
 ) -> int:
     """Upsert served embeddings `(version, entity_id, vector)` into the spaces that take writes
-    (`spaces`, read from the table when not given; the newest vector of an entity wins); rows of
-    versions without one are dropped before any is formatted. Returns the rows written."""
+    (`spaces`: `writable_versions`, read in the same transaction; the newest vector of an entity
+    wins); rows of versions without one are dropped before any is formatted. Returns the rows
+    written."""
     from psycopg import sql
 
-    spaces = writable_versions(conn, pipeline) if spaces is None else spaces
     written = 0
     for version, latest in latest_vectors(rows).items():
         if version not in spaces:

@@ -75,7 +75,11 @@ class Fitting:
 
 def matrix(df: pd.DataFrame, enc: FeatureEncoding) -> np.ndarray:
     """The raw columns as one float32 matrix: numeric values (NaN kept), then category codes. Pure."""
-    numeric, codes = encode(df, enc)
+    return stack(*encode(df, enc))
+
+
+def stack(numeric: np.ndarray, codes: np.ndarray) -> np.ndarray:
+    """Encoded numeric values and category codes as one float32 matrix. Pure."""
     return np.hstack([numeric, codes.astype(np.float32)])
 
 

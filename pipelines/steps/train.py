@@ -28,6 +28,7 @@ import math
 import os
 import time
 from collections.abc import Sequence
+from functools import cached_property
 from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
@@ -38,7 +39,7 @@ from pipelines.io.db import advisory_lock
 from pipelines.io.registry import CHAMPION, alias_version, model_name
 from pipelines.io.storage import read_parquet, write_json
 from pipelines.io.tracking import airflow_tags, code_version, find_run, optuna_url, setup_mlflow
-from pipelines.ml.families import Fitting, fit_lightgbm, fit_linear, load_trained, matrix, mlp_artifact
+from pipelines.ml.families import Fitting, fit_lightgbm, fit_linear, load_trained, mlp_artifact, stack
 from pipelines.ml.metrics import HIGHER_IS_BETTER, metric_functions
 from pipelines.ml.model import (
     FeatureEncoding,
@@ -250,9 +251,16 @@ class Trainer:
         self.v_cat = torch.from_numpy(vcodes).to(device)
         self.v_y = val[spec.label.column].to_numpy()
         self.threads = cpu_threads(spec.resources.for_step(ctx.step).cpu, os.cpu_count())
-        # the raw columns' matrices of the other families (numeric values as they are, codes)
-        self.train_xy = (np.hstack([num, codes.astype(np.float32)]), train[spec.label.column].to_numpy(np.float32))
-        self.val_xy = (matrix(val, enc), self.v_y.astype(np.float32))
+
+    # the raw columns' matrices of LightGBM and the linear model, from the encoded tensors, made
+    # only when such a trial runs (an MLP-only search holds no second copy of the data)
+    @cached_property
+    def train_xy(self) -> tuple[np.ndarray, np.ndarray]:
+        return stack(self.x_num.cpu().numpy(), self.x_cat.cpu().numpy()), self.y.cpu().numpy()
+
+    @cached_property
+    def val_xy(self) -> tuple[np.ndarray, np.ndarray]:
+        return stack(self.v_num.cpu().numpy(), self.v_cat.cpu().numpy()), self.v_y.astype(np.float32)
 
     def fit_family(
         self, trial: optuna.Trial, family: str, params: dict[str, Any], log_metrics: Any, clock: TrialClock
