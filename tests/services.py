@@ -25,7 +25,13 @@ def _free(port: int) -> bool:
     return True
 
 
-def free_port_pairs(n: int, start: int = 20000) -> list[int]:
+# Ports below Linux's ephemeral range (32768-60999), so that neither p nor p + 10000 can be taken
+# by an outgoing connection between the check and the server's bind, and above Ray's worker ports
+# (10002-19999).
+PORTS = range(20000, 32768 - 10000)
+
+
+def free_port_pairs(n: int) -> list[int]:
     """`n` distinct free ports p whose gRPC companions p + 10000 are free too (SeaweedFS's
     convention)."""
     import random
@@ -33,7 +39,7 @@ def free_port_pairs(n: int, start: int = 20000) -> list[int]:
     rng = random.Random()
     picked: list[int] = []
     for _ in range(1000):
-        p = rng.randrange(start, 30000)
+        p = rng.choice(PORTS)
         if p not in picked and _free(p) and _free(p + 10000):
             picked.append(p)
             if len(picked) == n:
@@ -50,62 +56,78 @@ class S3Server:
 
 
 @contextmanager
-def seaweedfs(data_dir: Path, bucket: str = "mlcycle-test") -> Iterator[S3Server]:
-    """SeaweedFS (`weed mini`) with its S3 API on 127.0.0.1, credentials required."""
-    weed = Path(sys.executable).parent / "weed"
-    names = ("master", "volume", "filer", "s3", "admin", "webdav")
-    ports = dict(zip(names, free_port_pairs(len(names)), strict=True))
+def seaweedfs(data_dir: Path, bucket: str = "mlcycle-test", attempts: int = 3) -> Iterator[S3Server]:
+    """SeaweedFS with its S3 API on 127.0.0.1, credentials required, started by the Compose
+    stack's own script once it takes a write (a bucket answers before a volume server has
+    joined). A start that does not get there is tried again on other ports; the error holds each
+    start's log."""
     access, secret = "mlcycle-access", "mlcycle-secret-key-for-tests"
-    env = {**os.environ, "AWS_ACCESS_KEY_ID": access, "AWS_SECRET_ACCESS_KEY": secret, "S3_BUCKET": bucket}
-    data_dir.mkdir(parents=True, exist_ok=True)
-    argv = [
-        str(weed),
-        "mini",
-        f"-dir={data_dir}",
-        "-ip=127.0.0.1",
-        "-ip.bind=127.0.0.1",
-        "-s3.port.iceberg=0",
-        "-s3.port.lance=0",
-        "-debug.port=0",
-    ]
-    argv += [f"-{name}.port={port}" for name, port in ports.items()]
-    log = open(data_dir / "weed.log", "wb")  # noqa: SIM115 - closed below
-    proc = subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    endpoint = f"http://127.0.0.1:{ports['s3']}"
-    try:
-        _wait_for_bucket(endpoint, access, secret, bucket, proc, data_dir / "weed.log")
-        yield S3Server(endpoint, access, secret, bucket)
-    finally:
-        stop_processes([proc], 15)
-        log.close()
+    failures: list[str] = []
+    for attempt in range(1, attempts + 1):
+        workdir = data_dir / f"start-{attempt}"
+        workdir.mkdir(parents=True, exist_ok=True)
+        ports = dict(zip(("MASTER", "VOLUME", "FILER", "S3"), free_port_pairs(4), strict=True))
+        env = {
+            **os.environ,
+            "AWS_ACCESS_KEY_ID": access,
+            "AWS_SECRET_ACCESS_KEY": secret,
+            "S3_BUCKET": bucket,
+            "WEED": str(Path(sys.executable).parent / "weed"),
+            "WEED_DIR": str(workdir),
+            "WEED_IP": "127.0.0.1",
+            "WEED_BIND": "127.0.0.1",
+            **{f"WEED_{name}_PORT": str(port) for name, port in ports.items()},
+        }
+        endpoint = f"http://127.0.0.1:{ports['S3']}"
+        log_path = workdir / "weed.log"
+        log = open(log_path, "wb")  # noqa: SIM115 - closed below
+        proc = subprocess.Popen(
+            ["bash", str(SEAWEEDFS_SCRIPT)], env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
+        try:
+            failure = _wait_for_writes(endpoint, access, secret, bucket, proc)
+            if failure is None:
+                yield S3Server(endpoint, access, secret, bucket)
+                return
+            failures.append(f"start {attempt} (ports {ports}): {failure}\n{log_path.read_text()[-3000:]}")
+        finally:
+            stop_processes([proc], 30)
+            log.close()
+    raise RuntimeError("SeaweedFS did not take a write:\n" + "\n".join(failures))
 
 
-def _wait_for_bucket(
-    endpoint: str,
-    access: str,
-    secret: str,
-    bucket: str,
-    proc: subprocess.Popen[bytes],
-    log: Path,
-    timeout_s: float = 60.0,
-) -> None:
+SEAWEEDFS_SCRIPT = Path(__file__).resolve().parents[1] / "include" / "stack" / "seaweedfs.sh"
+
+
+def _wait_for_writes(
+    endpoint: str, access: str, secret: str, bucket: str, proc: subprocess.Popen[bytes], timeout_s: float = 60.0
+) -> str | None:
+    """None once `bucket` exists and takes an object, else why not."""
     import boto3
+    from botocore.config import Config
 
     client = boto3.client(
-        "s3", endpoint_url=endpoint, aws_access_key_id=access, aws_secret_access_key=secret, region_name="us-east-1"
+        "s3",
+        endpoint_url=endpoint,
+        aws_access_key_id=access,
+        aws_secret_access_key=secret,
+        region_name="us-east-1",
+        config=Config(retries={"max_attempts": 1}, connect_timeout=2, read_timeout=5),
     )
     deadline = time.monotonic() + timeout_s
     last: Exception | None = None
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise RuntimeError(f"weed exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
+            return f"seaweedfs.sh exited with {proc.returncode}"
         try:
             client.head_bucket(Bucket=bucket)
-            return
+            client.put_object(Bucket=bucket, Key=".mlcycle-probe", Body=b"ready")
+            client.delete_object(Bucket=bucket, Key=".mlcycle-probe")
+            return None
         except Exception as err:  # not up yet
             last = err
             time.sleep(0.3)
-    raise RuntimeError(f"SeaweedFS S3 not ready after {timeout_s}s: {last}\n{log.read_text()[-3000:]}")
+    return f"not ready after {timeout_s}s: {last}"
 
 
 def docker_engine_running() -> bool:
