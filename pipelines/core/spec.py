@@ -126,7 +126,21 @@ class SyntheticSource(SourceBase):
     fault_rate: float = Field(default=0.0, ge=0.0, le=0.5)
 
 
-Source = Annotated[FileSource | S3Source | PostgresSource | SyntheticSource, Field(discriminator="kind")]
+class DatasetSource(SourceBase):
+    """An example dataset that ships inside an installed package, no download
+    (`pipelines.ml.datasets`): `diabetes` (regression, 442 rows), dated over the `months` that end
+    at `end` (`auto`: today)."""
+
+    kind: Literal["dataset"]
+    name: Literal["diabetes"]
+    months: int = Field(default=6, ge=1, le=120)
+    seed: int = 7
+    end: str = Field(default="auto", pattern=r"^(\d{4}-\d{2}-\d{2}|auto)$")
+
+
+Source = Annotated[
+    FileSource | S3Source | PostgresSource | SyntheticSource | DatasetSource, Field(discriminator="kind")
+]
 
 
 # ------------------------------------------------------------------------------------ contract
@@ -224,11 +238,28 @@ class Features(Model):
         return [f for v in self.views for f in v.features]
 
 
+LabelKind = Literal["binary", "regression"]
+
+TASK_METRICS: dict[str, tuple[str, ...]] = {
+    "binary": ("roc_auc", "pr_auc", "log_loss", "f1", "calibration_error"),
+    "regression": ("rmse", "mae", "r2"),
+}
+"""The metrics of each label kind (`evaluation.primary_metric` is one of its kind's)."""
+
+TASK_DEFAULTS: dict[str, dict[str, Any]] = {
+    "binary": {"primary_metric": "roc_auc", "min_primary": 0.6},
+    "regression": {"primary_metric": "rmse", "min_primary": None},
+}
+"""What `evaluation` defaults to for each label kind (a regression error has the label's units:
+no default bound)."""
+
+
 class Label(Model):
-    """The label column and what kind of target it is."""
+    """The label column and what kind of target it is: `binary` (0 or 1; the model's `score` is the
+    probability of 1) or `regression` (a number; `score` is the predicted value)."""
 
     column: str
-    kind: Literal["binary"] = "binary"
+    kind: LabelKind = "binary"
 
 
 # ------------------------------------------------------------------------ model and training
@@ -458,15 +489,26 @@ class StepResources(Model):
 class Evaluation(Model):
     """The promotion gates."""
 
-    primary_metric: Literal["roc_auc", "pr_auc", "log_loss", "f1"] = "roc_auc"
-    min_primary: float = 0.6
+    primary_metric: Literal["roc_auc", "pr_auc", "log_loss", "f1", "rmse", "mae", "r2"] = Field(
+        default="roc_auc", description="default: roc_auc for a binary label, rmse for a regression one"
+    )
+    min_primary: float | None = Field(
+        default=0.6,
+        description="the bound the primary metric must meet (a minimum, or a maximum where lower is better); "
+        "default: 0.6 for a binary label, none for a regression one",
+    )
     min_improvement: float = 0.0
     bootstrap_samples: int = Field(default=500, ge=50)
     confidence: float = Field(default=0.95, gt=0.5, lt=1.0)
     threshold: float = Field(default=0.5, gt=0.0, lt=1.0)
     slices: list[str] = Field(default_factory=list)
     max_latency_ms_per_row: float | None = Field(default=None, gt=0.0)
-    onnx_parity_tolerance: float = Field(default=1e-4, gt=0.0)
+    onnx_parity_tolerance: float = Field(
+        default=1e-4,
+        gt=0.0,
+        description="the largest difference between ONNX and the model's own scores; for a regression label, "
+        "relative to the largest score's magnitude",
+    )
 
 
 class Canary(Model):
@@ -610,6 +652,18 @@ class PipelineSpec(Model):
         """The steps of this pipeline's lifecycle DAG, in order (`embed` only with `embeddings`)."""
         return [s.name for s in STEPS if s.lifecycle and (s.needs is None or getattr(self, s.needs) is not None)]
 
+    @model_validator(mode="before")
+    @classmethod
+    def _task_defaults(cls, data: Any) -> Any:
+        """The evaluation defaults of the label's kind, under what the document sets."""
+        if not isinstance(data, dict):
+            return data
+        label, evaluation = data.get("label"), data.get("evaluation", {})
+        kind = label.get("kind", "binary") if isinstance(label, dict) else getattr(label, "kind", "binary")
+        if kind in TASK_DEFAULTS and isinstance(evaluation, dict):
+            return {**data, "evaluation": {**TASK_DEFAULTS[kind], **evaluation}}
+        return data
+
     @model_validator(mode="after")
     def _consistent(self) -> PipelineSpec:
         problems = cross_section_problems(self)
@@ -642,6 +696,20 @@ def cross_section_problems(spec: PipelineSpec) -> list[tuple[Loc, str]]:
     column(("entity", "join_key"), spec.entity.join_key, "the entity's join key")
     column(("entity", "timestamp"), spec.entity.timestamp, "the event timestamp")
     column(("label", "column"), spec.label.column, "the label")
+    kind = spec.label.kind
+    if spec.evaluation.primary_metric not in TASK_METRICS[kind]:
+        problems.append(
+            (
+                ("evaluation", "primary_metric"),
+                f"{spec.evaluation.primary_metric} is not a metric of a {kind} label; "
+                f"one of {', '.join(TASK_METRICS[kind])}",
+            )
+        )
+    label_col = cols.get(spec.label.column)
+    if kind == "regression" and label_col is not None and label_col.dtype not in ("int", "float"):
+        problems.append(
+            (("contract", "columns", spec.label.column, "dtype"), "a regression label must be an int or float column")
+        )
     for v, view in enumerate(spec.features.views):
         for i, name in enumerate(view.features):
             column(("features", "views", v, "features", i), name, f"a feature of view '{view.name}'")

@@ -1,17 +1,18 @@
 """Delayed ground truth: labels from a file, S3 or a Postgres query into the `labels` table.
 
 A label row names its entity (`entity_id` or the spec's join key), its outcome (`label` or the
-spec's label column, 0 or 1), and optionally the request it answers (`request_id`) and when the
-outcome was observed (`observed_at` or the spec's timestamp column; default: now). A label without
-a request id belongs to the latest prediction served to its entity at or before `observed_at`
-(see `pipelines.ml.abtest`). A load is all or nothing: one bad row refuses the load and names the
-rows; loading the same labels again changes nothing, a corrected label replaces the old one. A
-label's key is its entity, instant and request: two outcomes of one entity at one instant for two
-requests are two labels.
+spec's label column: 0 or 1, or a number for a regression label), and optionally the request it
+answers (`request_id`) and when the outcome was observed (`observed_at` or the spec's timestamp
+column; default: now). A label without a request id belongs to the latest prediction served to
+its entity at or before `observed_at` (see `pipelines.ml.abtest`). A load is all or nothing: one
+bad row refuses the load and names the rows; loading the same labels again changes nothing, a
+corrected label replaces the old one. A label's key is its entity, instant and request: two
+outcomes of one entity at one instant for two requests are two labels.
 """
 
 from __future__ import annotations
 
+import math
 import uuid
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
@@ -57,7 +58,10 @@ def label_rows(df: pd.DataFrame, spec: PipelineSpec, now: datetime) -> list[tupl
         if ent is None or (isinstance(ent, float) and pd.isna(ent)) or str(ent).strip() == "":
             problems.append(f"{entity} is empty")
         y = pd.to_numeric(pd.Series([rec[label]]), errors="coerce").iloc[0]
-        if pd.isna(y) or y not in (0, 1):
+        if spec.label.kind == "regression":
+            if pd.isna(y) or not math.isfinite(y):
+                problems.append(f"{label} {rec[label]!r} is not a finite number")
+        elif pd.isna(y) or y not in (0, 1):
             problems.append(f"{label} {rec[label]!r} is not 0 or 1")
         rid = None
         if request and not pd.isna(rec[request]):

@@ -66,8 +66,9 @@ def ab_results(
     settings: Settings, pipeline: str, champion: int, challenger: int, since: datetime | None = None
 ) -> dict[str, Any]:
     """The A/B comparison of two served versions from the labels that arrived for them."""
-    cfg = spec_for(settings, pipeline).evaluation
-    return compare(cfg, labelled(settings, pipeline, [champion, challenger], since), champion, challenger)
+    spec = spec_for(settings, pipeline)
+    rows = labelled(settings, pipeline, [champion, challenger], since)
+    return compare(spec.evaluation, rows, champion, challenger, kind=spec.label.kind)
 
 
 def served_since(settings: Settings, pipeline: str, since: float) -> list[tuple[int, str, float | None, float]]:

@@ -22,11 +22,20 @@ from typing import TYPE_CHECKING, Any, BinaryIO, cast
 
 from pipelines.core.errors import SourceDataError, SourceError, SourceUnavailable
 from pipelines.core.settings import Settings
-from pipelines.core.spec import FileSource, PipelineSpec, PostgresSource, S3Source, Source, SyntheticSource
+from pipelines.core.spec import (
+    DatasetSource,
+    FileSource,
+    PipelineSpec,
+    PostgresSource,
+    S3Source,
+    Source,
+    SyntheticSource,
+)
 from pipelines.core.window import Window, query_params, render_location
 from pipelines.io.db import database_url
 from pipelines.io.storage import parse_s3_uri
 from pipelines.ml.datagen import ChurnConfig, auto_start, generate_churn
+from pipelines.ml.datasets import DATASETS
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -232,6 +241,9 @@ def _frames(source: Source, settings: Settings, window: Window | None) -> Iterat
         yield _read_postgres(source, settings, window)
     elif isinstance(source, SyntheticSource):
         yield generate_churn(synthetic_config(source, datetime.now(UTC).date()))
+    elif isinstance(source, DatasetSource):
+        end = datetime.now(UTC).date() if source.end == "auto" else date.fromisoformat(source.end)
+        yield DATASETS[source.name](source.months, end, source.seed)
     else:
         raise AssertionError(f"unhandled source {source!r}")
 

@@ -220,7 +220,7 @@ def run_drift_demo(pipeline: str = "churn") -> int:
     if after != before:
         holdout = drifted_world(spec.source, 2, today)  # customers neither model has seen
         y = holdout[spec.label.column].to_numpy()
-        metric = metric_functions(spec.evaluation.threshold)[spec.evaluation.primary_metric]
+        metric = metric_functions(spec.evaluation.threshold, spec.label.kind)[spec.evaluation.primary_metric]
         name, metric_name = model_name(pipeline), spec.evaluation.primary_metric
         for label, version in (("old champion", before), ("new champion", after)):
             session = onnx_session(load_onnx_model(settings, pipeline, name, version))

@@ -13,7 +13,7 @@ from pipelines.ml.metrics import HIGHER_IS_BETTER, ab_difference, metric_functio
 if TYPE_CHECKING:
     from pipelines.core.spec import Evaluation
 
-MIN_LABELLED = 30  # per version, and both classes present
+MIN_LABELLED = 30  # per version, and both classes present for a binary label
 
 
 # ----------------------------------------------------------------------------------- pure core
@@ -23,9 +23,10 @@ def compare(
     champion: int,
     challenger: int,
     min_labelled: int = MIN_LABELLED,
+    kind: str = "binary",
 ) -> dict[str, Any]:
     """The A/B result of `challenger` against `champion` from (version, score, label) rows."""
-    metric = metric_functions(cfg.threshold)[cfg.primary_metric]
+    metric = metric_functions(cfg.threshold, kind)[cfg.primary_metric]
     groups: dict[int, tuple[np.ndarray, np.ndarray]] = {}
     counts: dict[int, dict[str, Any]] = {}
     for version in (champion, challenger):
@@ -33,24 +34,27 @@ def compare(
         y = np.array([m[1] for m in mine], dtype=float)
         p = np.array([m[0] for m in mine], dtype=float)
         groups[version] = (y, p)
-        counts[version] = {"labelled": len(mine), "positives": int(y.sum()), "value": metric(y, p) if mine else None}
+        counts[version] = {"labelled": len(mine), "value": metric(y, p) if mine else None}
+        if kind == "binary":
+            counts[version]["positives"] = int(y.sum())
     out: dict[str, Any] = {
         "metric": cfg.primary_metric,
         "higher_is_better": HIGHER_IS_BETTER[cfg.primary_metric],
         "champion": {"version": champion, **counts[champion]},
         "challenger": {"version": challenger, **counts[challenger]},
     }
-    short = [
-        f"v{v}: {c['labelled']} labelled ({c['positives']} positive)"
-        for v, c in counts.items()
-        if c["labelled"] < min_labelled or c["positives"] in (0, c["labelled"])
-    ]
+    if kind == "binary":
+        short = [
+            f"v{v}: {c['labelled']} labelled ({c['positives']} positive)"
+            for v, c in counts.items()
+            if c["labelled"] < min_labelled or c["positives"] in (0, c["labelled"])
+        ]
+        need = f"need {min_labelled} labelled of both classes; "
+    else:
+        short = [f"v{v}: {c['labelled']} labelled" for v, c in counts.items() if c["labelled"] < min_labelled]
+        need = f"need {min_labelled} labelled; "
     if short:
-        return {
-            **out,
-            "status": "insufficient",
-            "reason": f"need {min_labelled} labelled of both classes; " + ", ".join(short),
-        }
+        return {**out, "status": "insufficient", "reason": need + ", ".join(short)}
     diff = ab_difference(
         groups[champion], groups[challenger], metric, cfg.bootstrap_samples, cfg.confidence, seed=challenger
     )

@@ -8,7 +8,7 @@ linear model, interchangeable downstream.
 * Every family reports intermediate values (epochs, boosting rounds, SGD passes) through
   `Fitting.report`, which the pruner acts on, and stops at `Fitting.deadline` (the search's time
   budget) with the best it has.
-* Every family exports ONNX with the same raw-column inputs and `score` output (`wrap_classifier`
+* Every family exports ONNX with the same raw-column inputs and `score` output (`wrap_converted`
   puts the shared string-to-code front, `raw_front`, before the converted model), so evaluate,
   promote, the parity check and serving take any family unchanged.
 * A trained model travels as one artifact (`pack` / `load_trained`): a JSON header (family,
@@ -63,6 +63,7 @@ class Fitting:
     log: Callable[[dict[str, float], int], None]
     deadline: float | None = None  # time.monotonic() past which a fit stops with its best so far
     threads: int = 1
+    kind: str = "binary"  # the label's: binary (score: probability of 1) or regression (score: the value)
 
     def better(self, value: float, best: float) -> bool:
         if math.isnan(value):
@@ -96,7 +97,7 @@ class Trained(Protocol):
     params: dict[str, Any]
 
     def predict(self, df: pd.DataFrame) -> np.ndarray:
-        """Probabilities of the positive class, natively (not through ONNX)."""
+        """The scores natively (not through ONNX): probabilities of the positive class, or values."""
 
     def embeddings(self, df: pd.DataFrame) -> np.ndarray | None:
         """The rows' embeddings natively, None for a family without them."""
@@ -164,7 +165,7 @@ class LightGBMModel(TrainedBase):
         inner = convert_lightgbm(
             self.booster, initial_types=[("X", FloatTensorType([None, width]))], zipmap=False, target_opset=15
         )
-        return wrap_classifier(inner, self.enc, "mlcycle lightgbm model")
+        return wrap_converted(inner, self.enc, "mlcycle lightgbm model")
 
 
 @dataclass
@@ -172,26 +173,35 @@ class LinearModel(TrainedBase):
     pipeline: Any
 
     def predict(self, df: pd.DataFrame) -> np.ndarray:
-        return np.asarray(self.pipeline.predict_proba(matrix(df, self.enc))[:, 1], dtype=np.float64)
+        x = matrix(df, self.enc)
+        if is_regressor(self.pipeline):
+            return np.asarray(self.pipeline.predict(x), dtype=np.float64)
+        return np.asarray(self.pipeline.predict_proba(x)[:, 1], dtype=np.float64)
 
     def to_onnx(self, embedding: bool = False) -> onnx.ModelProto:
         from skl2onnx import convert_sklearn
         from skl2onnx.common.data_types import FloatTensorType
 
         width = len(self.enc.numeric) + len(self.enc.categorical)
+        options = {} if is_regressor(self.pipeline) else {id(self.pipeline.steps[-1][1]): {"zipmap": False}}
         inner = convert_sklearn(
             self.pipeline,
             initial_types=[("X", FloatTensorType([None, width]))],
-            options={id(self.pipeline.steps[-1][1]): {"zipmap": False}},
+            options=options,
             target_opset={"": 17, "ai.onnx.ml": 3},
         )
-        return wrap_classifier(inner, self.enc, "mlcycle linear model")
+        return wrap_converted(inner, self.enc, "mlcycle linear model")
 
 
-def wrap_classifier(inner: onnx.ModelProto, enc: FeatureEncoding, doc: str) -> onnx.ModelProto:
-    """A converted scikit-learn / LightGBM classifier (input `X`, output `probabilities`) behind
-    the raw-column front: one input per feature column, `score` (the positive class's
-    probability, `[n]`) the only output."""
+def is_regressor(pipeline: Any) -> bool:
+    return not hasattr(pipeline.steps[-1][1], "predict_proba")
+
+
+def wrap_converted(inner: onnx.ModelProto, enc: FeatureEncoding, doc: str) -> onnx.ModelProto:
+    """A converted scikit-learn / LightGBM model (input `X`; output `probabilities` of a
+    classifier, `variable` of a regressor) behind the raw-column front: one input per feature
+    column, `score` (`[n]`: the positive class's probability, or the predicted value) the only
+    output."""
     import onnx
     from onnx import TensorProto, helper
 
@@ -208,10 +218,17 @@ def wrap_classifier(inner: onnx.ModelProto, enc: FeatureEncoding, doc: str) -> o
     kept = list(graph.node)
     del graph.node[:]
     graph.node.extend([*nodes, *kept])
-    graph.initializer.append(helper.make_tensor("positive_class", TensorProto.INT64, [], [1]))
-    graph.node.append(
-        helper.make_node("Gather", ["model/probabilities", "positive_class"], ["score"], axis=1, name="score")
-    )
+    produced = {o for n in kept for o in n.output}
+    if "model/probabilities" in produced:
+        graph.initializer.append(helper.make_tensor("positive_class", TensorProto.INT64, [], [1]))
+        graph.node.append(
+            helper.make_node("Gather", ["model/probabilities", "positive_class"], ["score"], axis=1, name="score")
+        )
+        what = "probability"
+    else:
+        graph.initializer.append(helper.make_tensor("flat", TensorProto.INT64, [1], [-1]))
+        graph.node.append(helper.make_node("Reshape", ["model/variable", "flat"], ["score"], name="score"))
+        what = "predicted value"
     del graph.input[:]
     graph.input.extend(inputs)
     del graph.output[:]
@@ -221,7 +238,7 @@ def wrap_classifier(inner: onnx.ModelProto, enc: FeatureEncoding, doc: str) -> o
             opset.version = max(opset.version, 2)  # LabelEncoder with string keys
     if not any(o.domain == "ai.onnx.ml" for o in inner.opset_import):
         inner.opset_import.append(helper.make_opsetid("ai.onnx.ml", 2))
-    inner.doc_string = f"{doc}: raw feature columns in, probability out"
+    inner.doc_string = f"{doc}: raw feature columns in, {what} out"
     onnx.checker.check_model(inner)
     return inner
 
@@ -240,7 +257,7 @@ def fit_lightgbm(
 
     (x, y), (xv, yv) = train, val
     booster_params = {
-        "objective": "binary",
+        "objective": "regression" if fitting.kind == "regression" else "binary",
         "metric": "None",
         "verbosity": -1,
         "seed": fitting.seed,
@@ -305,12 +322,13 @@ def float32_thresholds(model_text: str) -> str:
     return "\n".join(lines)
 
 
-def linear_pipeline(enc: FeatureEncoding, params: dict[str, Any], seed: int) -> Any:
+def linear_pipeline(enc: FeatureEncoding, params: dict[str, Any], seed: int, kind: str = "binary") -> Any:
     """Median imputation and scaling of the numeric columns, one-hot codes (an unseen category:
-    all zeros), an elastic-net logistic regression fitted by SGD. Pure (unfitted)."""
+    all zeros), an elastic-net logistic regression (a binary label) or least-squares regression
+    (a regression label) fitted by SGD. Pure (unfitted)."""
     from sklearn.compose import ColumnTransformer
     from sklearn.impute import SimpleImputer
-    from sklearn.linear_model import SGDClassifier
+    from sklearn.linear_model import SGDClassifier, SGDRegressor
     from sklearn.pipeline import Pipeline
     from sklearn.preprocessing import OneHotEncoder, StandardScaler
 
@@ -322,12 +340,16 @@ def linear_pipeline(enc: FeatureEncoding, params: dict[str, Any], seed: int) -> 
     if enc.categorical:
         onehot = OneHotEncoder(handle_unknown="ignore", sparse_output=False)
         parts.append(("categorical", onehot, list(range(n_num, n_num + len(enc.categorical)))))
-    model = SGDClassifier(
-        loss="log_loss",
-        penalty="elasticnet",
-        alpha=float(params.get("alpha", 1e-4)),
-        l1_ratio=float(params.get("l1_ratio", 0.15)),
-        random_state=seed,
+    regularised = {
+        "penalty": "elasticnet",
+        "alpha": float(params.get("alpha", 1e-4)),
+        "l1_ratio": float(params.get("l1_ratio", 0.15)),
+        "random_state": seed,
+    }
+    model = (
+        SGDRegressor(loss="squared_error", **regularised)
+        if kind == "regression"
+        else SGDClassifier(loss="log_loss", **regularised)
     )
     return Pipeline([("prepare", ColumnTransformer(parts)), ("model", model)])
 
@@ -339,19 +361,24 @@ def fit_linear(
     val: tuple[np.ndarray, np.ndarray],
     fitting: Fitting,
 ) -> tuple[float, bytes]:
-    """Passes of SGD over the prepared training matrix, one report per pass; keeps the best pass."""
+    """Passes of SGD over the prepared training matrix, one report per pass; keeps the best pass.
+    A regression model learns the standardised label and is rescaled to the label's units."""
     import copy
     import pickle
 
     (x, y), (xv, yv) = train, val
-    pipeline = linear_pipeline(enc, params, fitting.seed)
+    regression = fitting.kind == "regression"
+    pipeline = linear_pipeline(enc, params, fitting.seed, fitting.kind)
     prepare, model = pipeline.steps[0][1], pipeline.steps[1][1]
     xt, xvt = prepare.fit_transform(x), prepare.transform(xv)
-    classes = np.array([0, 1])
+    shift, scale = target_scaling(y) if regression else (0.0, 1.0)
+    y_fit = (y - shift) / scale if regression else y
+    fit_args: dict[str, Any] = {} if regression else {"classes": np.array([0, 1])}
     best, best_model, bad = math.nan, None, 0
     for n in range(1, LINEAR_MAX_PASSES + 1):
-        model.partial_fit(xt, y, classes=classes)
-        value = fitting.metric(yv, model.predict_proba(xvt)[:, 1])
+        model.partial_fit(xt, y_fit, **fit_args)
+        scores = model.predict(xvt) * scale + shift if regression else model.predict_proba(xvt)[:, 1]
+        value = fitting.metric(yv, scores)
         fitting.log({"val_metric": value}, n)
         if fitting.better(value, best):
             best, best_model, bad = value, copy.deepcopy(model), 0
@@ -360,10 +387,20 @@ def fit_linear(
         fitting.report(value, n)
         if bad >= fitting.patience or fitting.out_of_time():
             break
-    pipeline.steps[1] = ("model", best_model if best_model is not None else model)
+    final = best_model if best_model is not None else model
+    if regression:  # y = scale * y_std + shift: the same line in the label's units
+        final.coef_ = final.coef_ * scale
+        final.intercept_ = final.intercept_ * scale + shift
+    pipeline.steps[1] = ("model", final)
     buf = io.BytesIO()
     pickle.dump(pipeline, buf)
     return float(best), pack("linear", enc, params, buf.getvalue())
+
+
+def target_scaling(y: np.ndarray) -> tuple[float, float]:
+    """A regression label's mean and standard deviation (1 where it does not vary). Pure."""
+    std = float(np.std(y))
+    return float(np.mean(y)), std if std > 0 else 1.0
 
 
 def mlp_artifact(module: torch.nn.Module, enc: FeatureEncoding, params: dict[str, Any]) -> bytes:

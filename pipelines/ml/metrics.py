@@ -8,13 +8,24 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from pipelines.core.spec import TASK_METRICS
+
 if TYPE_CHECKING:
     import pandas as pd
 
     from pipelines.core.spec import Evaluation
 
 Metric = Callable[[np.ndarray, np.ndarray], float]
-HIGHER_IS_BETTER = {"roc_auc": True, "pr_auc": True, "f1": True, "log_loss": False, "calibration_error": False}
+HIGHER_IS_BETTER = {
+    "roc_auc": True,
+    "pr_auc": True,
+    "f1": True,
+    "log_loss": False,
+    "calibration_error": False,
+    "rmse": False,
+    "mae": False,
+    "r2": True,
+}
 
 
 def roc_auc(y: np.ndarray, p: np.ndarray) -> float:
@@ -56,22 +67,48 @@ def calibration_error(y: np.ndarray, p: np.ndarray, bins: int = 10) -> float:
     return total
 
 
-def metric_functions(threshold: float) -> dict[str, Metric]:
-    return {
+def rmse(y: np.ndarray, p: np.ndarray) -> float:
+    return float(np.sqrt(np.mean((np.asarray(y, float) - p) ** 2)))
+
+
+def mae(y: np.ndarray, p: np.ndarray) -> float:
+    return float(np.mean(np.abs(np.asarray(y, float) - p)))
+
+
+def r2(y: np.ndarray, p: np.ndarray) -> float:
+    """The coefficient of determination (NaN where the labels do not vary)."""
+    y = np.asarray(y, float)
+    total = float(np.sum((y - y.mean()) ** 2))
+    return 1.0 - float(np.sum((y - p) ** 2)) / total if total > 0 else float("nan")
+
+
+def metric_functions(threshold: float, kind: str = "binary") -> dict[str, Metric]:
+    """The metrics of a label kind (`TASK_METRICS`); `threshold` is the binary decision's."""
+    every: dict[str, Metric] = {
         "roc_auc": roc_auc,
         "pr_auc": pr_auc,
         "log_loss": log_loss,
         "f1": f1_at(threshold),
         "calibration_error": calibration_error,
+        "rmse": rmse,
+        "mae": mae,
+        "r2": r2,
     }
+    return {name: every[name] for name in TASK_METRICS[kind]}
 
 
-def overall(y: np.ndarray, p: np.ndarray, threshold: float) -> dict[str, float]:
-    return {name: fn(y, p) for name, fn in metric_functions(threshold).items()}
+def overall(y: np.ndarray, p: np.ndarray, threshold: float, kind: str = "binary") -> dict[str, float]:
+    return {name: fn(y, p) for name, fn in metric_functions(threshold, kind).items()}
 
 
 def slices(
-    df: pd.DataFrame, y: np.ndarray, p: np.ndarray, columns: list[str], threshold: float, min_rows: int = 30
+    df: pd.DataFrame,
+    y: np.ndarray,
+    p: np.ndarray,
+    columns: list[str],
+    threshold: float,
+    min_rows: int = 30,
+    kind: str = "binary",
 ) -> dict[str, dict[str, dict[str, float]]]:
     """Metrics per value of each slice column (values with fewer than `min_rows` rows skipped)."""
     out: dict[str, dict[str, dict[str, float]]] = {}
@@ -80,7 +117,7 @@ def slices(
         for value in sorted(df[col].astype(str).unique()):
             mask = (df[col].astype(str) == value).to_numpy()
             if mask.sum() >= min_rows:
-                out[col][value] = {"rows": float(mask.sum()), **overall(y[mask], p[mask], threshold)}
+                out[col][value] = {"rows": float(mask.sum()), **overall(y[mask], p[mask], threshold, kind)}
     return out
 
 
@@ -158,10 +195,13 @@ def gate(
     value = challenger[name]
     reasons: list[str] = []
     passed = True
-    ok = value >= cfg.min_primary if higher else value <= cfg.min_primary
-    word = "minimum" if higher else "maximum"
-    reasons.append(f"{name} {value:.4f} {'meets' if ok else 'misses'} the {word} {cfg.min_primary:.4f}")
-    passed &= ok
+    if cfg.min_primary is not None:
+        ok = value >= cfg.min_primary if higher else value <= cfg.min_primary
+        word = "minimum" if higher else "maximum"
+        reasons.append(f"{name} {value:.4f} {'meets' if ok else 'misses'} the {word} {cfg.min_primary:.4f}")
+        passed &= ok
+    else:
+        reasons.append(f"{name} {value:.4f} (no evaluation.min_primary set)")
     if champion is not None and difference is not None:
         gain = difference["difference"] if higher else -difference["difference"]
         lower = difference["lower"] if higher else -difference["upper"]
@@ -177,7 +217,7 @@ def gate(
         )
         passed &= beats
     else:
-        reasons.append("no champion yet: the first model that meets the minimum becomes champion")
+        reasons.append("no champion yet: the first model that passes the gates becomes champion")
     if cfg.max_latency_ms_per_row is not None and latency_ms_per_row is not None:
         fast = latency_ms_per_row <= cfg.max_latency_ms_per_row
         reasons.append(

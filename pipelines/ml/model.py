@@ -80,8 +80,15 @@ def onnx_providers(available: list[str]) -> list[str]:
 
 
 def build_module(
-    enc: FeatureEncoding, hidden_units: int = DEFAULT_HIDDEN_UNITS, layers: int = 2, dropout: float = 0.1
+    enc: FeatureEncoding,
+    hidden_units: int = DEFAULT_HIDDEN_UNITS,
+    layers: int = 2,
+    dropout: float = 0.1,
+    target: tuple[float, float] | None = None,
 ) -> torch.nn.Module:
+    """The MLP. Its head is a logit (a binary label), or with `target` (a regression label's mean
+    and standard deviation in training) the label standardised; `output` turns the head into the
+    `score`: the probability, or the value in the label's units."""
     import torch
     from torch import nn
 
@@ -90,6 +97,10 @@ def build_module(
             super().__init__()
             self.register_buffer("mean", torch.tensor(enc.means, dtype=torch.float32))
             self.register_buffer("std", torch.tensor(enc.stds, dtype=torch.float32))
+            self.regression = target is not None
+            if target is not None:
+                self.register_buffer("target_mean", torch.tensor(float(target[0])))
+                self.register_buffer("target_std", torch.tensor(float(target[1])))
             dims = [min(8, (len(enc.vocab[c]) + 2) // 2 + 1) for c in enc.categorical]
             self.embeddings = nn.ModuleList(
                 nn.Embedding(len(enc.vocab[c]) + 1, dim) for c, dim in zip(enc.categorical, dims, strict=True)
@@ -117,18 +128,23 @@ def build_module(
             out: torch.Tensor = self.mlp[-3:](self.hidden(numeric, codes)).squeeze(1)
             return out
 
+        def output(self, head: torch.Tensor) -> torch.Tensor:
+            if self.regression:
+                return head * self.get_buffer("target_std") + self.get_buffer("target_mean")
+            return torch.sigmoid(head)
+
     return TabularMLP()
 
 
 def predict(module: torch.nn.Module, enc: FeatureEncoding, df: pd.DataFrame, device: str = "cpu") -> np.ndarray:
-    """Churn probabilities from torch, on raw columns."""
+    """The scores from torch (probabilities, or values for a regression model), on raw columns."""
     import torch
 
     numeric, codes = encode(df, enc)
     module.eval()
     with torch.no_grad():
-        logits = module(torch.from_numpy(numeric).to(device), torch.from_numpy(codes).to(device))
-        return np.asarray(torch.sigmoid(logits).cpu().numpy(), dtype=np.float64)
+        head = module(torch.from_numpy(numeric).to(device), torch.from_numpy(codes).to(device))
+        return np.asarray(module.output(head).cpu().numpy(), dtype=np.float64)  # type: ignore[operator]
 
 
 def embeddings(module: torch.nn.Module, enc: FeatureEncoding, df: pd.DataFrame, device: str = "cpu") -> np.ndarray:
@@ -167,7 +183,7 @@ def to_onnx(module: torch.nn.Module, enc: FeatureEncoding, opset: int = 17, embe
             given = dict(zip(groups, tensors, strict=True))
             inner: Any = self.inner
             hidden = inner.hidden(given.get("numeric"), given.get("codes"))
-            score = torch.sigmoid(inner.mlp[-3:](hidden).squeeze(1))
+            score = inner.output(inner.mlp[-3:](hidden).squeeze(1))
             return (score, hidden) if embedding else score
 
     scorer = Scorer(module).cpu().eval()
@@ -199,7 +215,9 @@ def to_onnx(module: torch.nn.Module, enc: FeatureEncoding, opset: int = 17, embe
     del graph.input[:]
     graph.input.extend(inputs)
     model.opset_import.append(helper.make_opsetid("ai.onnx.ml", 2))
-    model.doc_string = "mlcycle tabular model: raw feature columns in, churn probability out"
+    model.doc_string = "mlcycle tabular model: raw feature columns in, " + (
+        "the predicted value out" if getattr(module, "regression", False) else "the probability out"
+    )
     onnx.checker.check_model(model)
     return model
 
@@ -291,8 +309,10 @@ def load_module(data: bytes) -> tuple[torch.nn.Module, FeatureEncoding, dict[str
     blob = torch.load(io.BytesIO(data), map_location="cpu", weights_only=False)
     enc = FeatureEncoding.from_dict(blob["encoding"])
     params = blob["params"]
-    module = build_module(enc, **architecture(params))
-    module.load_state_dict(blob["state_dict"])
+    state = blob["state_dict"]
+    target = (float(state["target_mean"]), float(state["target_std"])) if "target_mean" in state else None
+    module = build_module(enc, **architecture(params), target=target)
+    module.load_state_dict(state)
     return module.eval(), enc, params
 
 

@@ -49,7 +49,8 @@ class CanaryRolledBack(MlcycleError):
 
 # ----------------------------------------------------------------------------------- pure core
 def figures(rows: list[tuple[int, str, float | None, float]]) -> dict[int, dict[str, float]]:
-    """Per version: requests, errors, error rate, p99 latency (ms), mean score.
+    """Per version: requests, errors, error rate, p99 latency (ms), the scores' mean and standard
+    deviation.
     `rows` are (version, status, score, latency_ms) of served (not shadow) predictions."""
     out: dict[int, dict[str, float]] = {}
     for version in sorted({r[0] for r in rows}):
@@ -62,16 +63,23 @@ def figures(rows: list[tuple[int, str, float | None, float]]) -> dict[int, dict[
             "error_rate": errors / len(mine),
             "p99_ms": float(np.percentile([r[3] for r in mine], 99)),
             "mean_score": float(np.mean(scores)) if scores else float("nan"),
+            "std_score": float(np.std(scores)) if scores else float("nan"),
         }
     return out
 
 
 def judge(
-    cfg: Canary, champion: dict[str, float] | None, challenger: dict[str, float] | None, final: bool
+    cfg: Canary,
+    champion: dict[str, float] | None,
+    challenger: dict[str, float] | None,
+    final: bool,
+    kind: str = "binary",
 ) -> tuple[str, list[str]]:
     """`advance`, `wait` (not enough traffic yet) or `rollback`, with reasons. Errors and latency
     roll back as soon as they are seen; the other checks need `min_requests` first, and a step
-    that ends (`final`) without them rolls back: an unverified canary is not promoted."""
+    that ends (`final`) without them rolls back: an unverified canary is not promoted. The mean
+    score's shift is a probability's for a binary label, in the champion's standard deviations
+    of its scores for a regression one (a value has the label's units)."""
     if challenger is None or challenger["requests"] == 0:
         return ("rollback", ["the challenger received no traffic in this step"]) if final else ("wait", [])
     reasons = []
@@ -90,9 +98,13 @@ def judge(
         return "wait", []
     if champion is not None and champion["requests"] > 0:
         shift = abs(challenger["mean_score"] - champion["mean_score"])
+        unit = ""
+        if kind == "regression":
+            spread = champion.get("std_score", float("nan"))
+            shift, unit = (shift / spread if spread > 0 else shift), " standard deviations"
         if shift > cfg.max_score_shift:
             return "rollback", [
-                f"mean score moved by {shift:.3f} (champion {champion['mean_score']:.3f}), "
+                f"mean score moved by {shift:.3f}{unit} (champion {champion['mean_score']:.3f}), "
                 f"over canary.max_score_shift {cfg.max_score_shift:.3f}"
             ]
     checks = (
@@ -143,7 +155,9 @@ class Walk:
         while True:
             final = time.monotonic() >= deadline
             seen = figures(served_since(self.ctx.settings, self.ctx.pipeline, began))
-            decision, reasons = judge(cfg, seen.get(self.champion), seen.get(self.challenger), final)
+            decision, reasons = judge(
+                cfg, seen.get(self.champion), seen.get(self.challenger), final, self.ctx.spec.label.kind
+            )
             if decision != "wait" or final:
                 break
             time.sleep(POLL_S)

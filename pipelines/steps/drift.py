@@ -107,14 +107,16 @@ def evidently_columns(snapshot: dict[str, Any]) -> dict[str, dict[str, Any]]:
 
 
 def live_performance(
-    cfg: Evaluation, rows: list[tuple[int, float, float]], reference: float | None
+    cfg: Evaluation, rows: list[tuple[int, float, float]], reference: float | None, kind: str = "binary"
 ) -> dict[str, Any] | None:
     """The champion's primary metric on labelled served predictions, and its drop from the
-    evaluation figure (positive: worse). None without enough labels of both classes."""
+    evaluation figure (positive: worse). None without enough labels (of both classes, for a
+    binary label)."""
     y = np.array([r[2] for r in rows], dtype=float)
-    if len(rows) < MIN_LABELLED or len(np.unique(y)) < 2:
+    if len(rows) < MIN_LABELLED or (kind == "binary" and len(np.unique(y)) < 2):
         return None
-    value = metric_functions(cfg.threshold)[cfg.primary_metric](y, np.array([r[1] for r in rows], dtype=float))
+    metric = metric_functions(cfg.threshold, kind)[cfg.primary_metric]
+    value = metric(y, np.array([r[1] for r in rows], dtype=float))
     drop = None
     if reference is not None:
         drop = reference - value if HIGHER_IS_BETTER[cfg.primary_metric] else value - reference
@@ -284,7 +286,7 @@ def run(ctx: StepContext) -> dict[str, Any]:
         "requests": len(current),
     }
     rows = labelled(ctx.settings, ctx.pipeline, [version], since=start, until=end)
-    performance = live_performance(spec.evaluation, rows, reference_metric)
+    performance = live_performance(spec.evaluation, rows, reference_metric, spec.label.kind)
     figures: dict[str, dict[str, Any]] = {}
     prediction_psi = None
     if len(current) >= cfg.min_requests:

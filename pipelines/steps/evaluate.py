@@ -3,7 +3,8 @@
 Both models are scored through ONNX Runtime on raw columns, exactly as they would be served.
 Overall and per-slice metrics, a paired bootstrap confidence interval of the primary metric's
 difference, the ONNX latency per row, and the spec's gates give a verdict with reasons. The report
-(JSON, and HTML with a ROC curve and a calibration plot) is logged to the training run in MLflow,
+(JSON, and HTML with a ROC curve and a calibration plot for a binary label, predicted against
+actual and the residuals for a regression one) is logged to the training run in MLflow,
 which also gets the verdict as the tag `mlcycle.verdict`.
 """
 
@@ -41,8 +42,11 @@ def onnx_latency_ms(session: Any, df: pd.DataFrame, repeats: int = 200) -> float
     return float(np.median(times) * 1000)
 
 
-def plots_png(y: np.ndarray, scores: dict[str, np.ndarray]) -> str:
-    """A ROC curve and a calibration plot of each model, as a base64 PNG."""
+def plots_png(y: np.ndarray, scores: dict[str, np.ndarray], kind: str = "binary") -> str:
+    """A ROC curve and a calibration plot of each model (a regression model: predicted against
+    actual, and the residuals' distribution), as a base64 PNG."""
+    if kind == "regression":
+        return regression_png(y, scores)
     from sklearn.calibration import calibration_curve
     from sklearn.metrics import roc_curve
 
@@ -59,6 +63,18 @@ def plots_png(y: np.ndarray, scores: dict[str, np.ndarray]) -> str:
     return base64.b64encode(png_bytes(fig, dpi=90)).decode()
 
 
+def regression_png(y: np.ndarray, scores: dict[str, np.ndarray]) -> str:
+    fig, (fit, resid) = two_panels(10, 4.2)
+    lo, hi = float(np.min(y)), float(np.max(y))
+    for label, p in scores.items():
+        fit.scatter(y, p, s=8, alpha=0.6, label=label)
+        resid.hist(np.asarray(y, float) - p, bins=30, histtype="step", label=label)
+    fit.plot([lo, hi], [lo, hi], "k:", lw=1)
+    fit.set(title="Predicted against actual", xlabel="actual", ylabel="predicted")
+    resid.set(title="Residuals", xlabel="actual - predicted", ylabel="rows")
+    return base64.b64encode(png_bytes(fig, dpi=90)).decode()
+
+
 def render_html(report: dict[str, Any], png: str) -> str:
     esc = html.escape
     v = report["verdict"]
@@ -70,12 +86,15 @@ def render_html(report: dict[str, Any], png: str) -> str:
         f"<tr><td>{esc(n)}</td>" + "".join(f"<td>{report[m]['metrics'][n]:.4f}</td>" for m in models) + "</tr>"
         for n in names
     )
+    shown = names[:2]  # per slice: the kind's first two metrics (roc_auc, pr_auc / rmse, mae)
     slice_rows = "".join(
-        f"<tr><td>{esc(col)}={esc(val)}</td><td>{int(m['rows'])}</td><td>{m['roc_auc']:.4f}</td>"
-        f"<td>{m['log_loss']:.4f}</td></tr>"
+        f"<tr><td>{esc(col)}={esc(val)}</td><td>{int(m['rows'])}</td>"
+        + "".join(f"<td>{m[n]:.4f}</td>" for n in shown)
+        + "</tr>"
         for col, vals in report["challenger"]["slices"].items()
         for val, m in vals.items()
     )
+    slice_head = "".join(f"<th>{esc(n)}</th>" for n in shown)
     reasons = "".join(f"<li>{esc(r)}</li>" for r in v["reasons"])
     return f"""<!doctype html><html><head><meta charset="utf-8"><title>{esc(report["pipeline"])} evaluation</title>
 <style>body{{font-family:sans-serif;margin:2em}}table{{border-collapse:collapse}}td,th{{border:1px solid #ccc;
@@ -83,8 +102,8 @@ padding:4px 8px}}</style></head><body>
 <h1>{esc(report["pipeline"])} / {esc(report["run_id"])}:
 <span style="color:{color}">{"PASSED" if v["passed"] else "FAILED"}</span></h1><ul>{reasons}</ul>
 <h2>Test set ({report["test_rows"]} rows)</h2><table><tr><th>metric</th>{head}</tr>{rows}</table>
-<img src="data:image/png;base64,{png}" alt="ROC and calibration">
-<h2>Challenger by slice</h2><table><tr><th>slice</th><th>rows</th><th>roc_auc</th><th>log_loss</th></tr>
+<img src="data:image/png;base64,{png}" alt="model plots">
+<h2>Challenger by slice</h2><table><tr><th>slice</th><th>rows</th>{slice_head}</tr>
 {slice_rows}</table></body></html>"""
 
 
@@ -96,6 +115,7 @@ def run(ctx: StepContext) -> dict[str, Any]:
     trained = ctx.manifest("train")
     test = read_parquet(ctx.storage, ctx.require("features", "test.parquet"))
     y = test[spec.label.column].to_numpy()
+    kind = spec.label.kind
     challenger = onnx_session(ctx.storage.read_bytes(ctx.require("train", "model.onnx")))
     p_new = predict_onnx(challenger, test)
     report: dict[str, Any] = {
@@ -104,8 +124,8 @@ def run(ctx: StepContext) -> dict[str, Any]:
         "run_id": ctx.run_id,
         "test_rows": len(test),
         "challenger": {
-            "metrics": overall(y, p_new, cfg.threshold),
-            "slices": slices(test, y, p_new, cfg.slices, cfg.threshold),
+            "metrics": overall(y, p_new, cfg.threshold, kind),
+            "slices": slices(test, y, p_new, cfg.slices, cfg.threshold, kind=kind),
         },
         "champion": None,
         "difference": None,
@@ -124,10 +144,10 @@ def run(ctx: StepContext) -> dict[str, Any]:
         scores[f"champion v{champion.version}"] = p_old
         report["champion"] = {
             "version": int(champion.version),
-            "metrics": overall(y, p_old, cfg.threshold),
-            "slices": slices(test, y, p_old, cfg.slices, cfg.threshold),
+            "metrics": overall(y, p_old, cfg.threshold, kind),
+            "slices": slices(test, y, p_old, cfg.slices, cfg.threshold, kind=kind),
         }
-        metric = metric_functions(cfg.threshold)[cfg.primary_metric]
+        metric = metric_functions(cfg.threshold, kind)[cfg.primary_metric]
         report["difference"] = bootstrap_difference(
             y, p_new, p_old, metric, cfg.bootstrap_samples, cfg.confidence, seed=spec.training.seed
         )
@@ -139,7 +159,7 @@ def run(ctx: StepContext) -> dict[str, Any]:
         report["difference"],
         report["onnx_latency_ms_per_row"],
     )
-    page = render_html(report, plots_png(y, scores))
+    page = render_html(report, plots_png(y, scores, kind))
     report["report_html"] = ctx.storage.write_bytes(ctx.key("report.html"), page.encode())
     write_json(ctx.storage, ctx.key("report.json"), report)
     with mlflow.start_run(run_id=trained["mlflow_run_id"]):

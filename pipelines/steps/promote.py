@@ -25,9 +25,15 @@ from pipelines.steps.context import StepContext
 STEP = "promote"
 
 
-def parity(native_scores: np.ndarray, onnx_scores: np.ndarray, tolerance: float) -> dict[str, Any]:
-    """How far ONNX is from the model's own predictions on the same rows. Pure."""
+def parity(
+    native_scores: np.ndarray, onnx_scores: np.ndarray, tolerance: float, relative: bool = False
+) -> dict[str, Any]:
+    """How far ONNX is from the model's own predictions on the same rows. `relative` (a regression
+    score, in the label's units, computed in float32 by ONNX Runtime): the tolerance scales with
+    the largest score's magnitude (at least 1). Pure."""
     diff = float(np.max(np.abs(native_scores - onnx_scores))) if len(native_scores) else 0.0
+    if relative and len(native_scores):
+        tolerance = tolerance * max(1.0, float(np.max(np.abs(native_scores))))
     return {"max_abs_diff": diff, "tolerance": tolerance, "passed": diff <= tolerance, "rows": len(native_scores)}
 
 
@@ -114,7 +120,8 @@ def check_parity(ctx: StepContext, onnx_bytes: bytes) -> dict[str, Any]:
     trained = load_trained(ctx.storage.read_bytes(ctx.require("train", "model.bin")))
     session = onnx_session(onnx_bytes)
     tolerance = ctx.spec.evaluation.onnx_parity_tolerance
-    check = parity(trained.predict(test), predict_onnx(session, test), tolerance)
+    regression = ctx.spec.label.kind == "regression"
+    check = parity(trained.predict(test), predict_onnx(session, test), tolerance, relative=regression)
     native = trained.embeddings(test) if embedding_dimension(session) is not None else None
     if native is not None:
         vectors = parity(native.ravel(), embed_onnx(session, test).ravel(), tolerance)

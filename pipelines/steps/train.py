@@ -39,7 +39,7 @@ from pipelines.io.db import advisory_lock
 from pipelines.io.registry import CHAMPION, alias_version, model_name
 from pipelines.io.storage import read_parquet, write_json
 from pipelines.io.tracking import airflow_tags, code_version, find_run, optuna_url, setup_mlflow
-from pipelines.ml.families import Fitting, fit_lightgbm, fit_linear, load_trained, mlp_artifact, stack
+from pipelines.ml.families import Fitting, fit_lightgbm, fit_linear, load_trained, mlp_artifact, stack, target_scaling
 from pipelines.ml.metrics import HIGHER_IS_BETTER, metric_functions
 from pipelines.ml.model import (
     FeatureEncoding,
@@ -239,13 +239,18 @@ class Trainer:
         self.enc = enc
         self.device = device
         self.cfg = spec.training
+        self.kind = spec.label.kind
         self.metric_name = spec.evaluation.primary_metric
-        self.metric = metric_functions(spec.evaluation.threshold)[self.metric_name]
+        self.metric = metric_functions(spec.evaluation.threshold, self.kind)[self.metric_name]
         self.higher = HIGHER_IS_BETTER[self.metric_name]
         num, codes = encode(train, enc)
         self.x_num = torch.from_numpy(num).to(device)
         self.x_cat = torch.from_numpy(codes).to(device)
         self.y = torch.from_numpy(train[spec.label.column].to_numpy(np.float32)).to(device)
+        # a regression MLP learns the standardised label (its head is rescaled in the graph)
+        self.target = (
+            target_scaling(train[spec.label.column].to_numpy(np.float64)) if self.kind == "regression" else None
+        )
         vnum, vcodes = encode(val, enc)
         self.v_num = torch.from_numpy(vnum).to(device)
         self.v_cat = torch.from_numpy(vcodes).to(device)
@@ -277,6 +282,7 @@ class Trainer:
             log=lambda metrics, step: log_metrics({f"val_{self.metric_name}": metrics["val_metric"]}, step),
             deadline=clock.deadline,
             threads=self.threads,
+            kind=self.kind,
         )
         fit = {"lightgbm": fit_lightgbm, "linear": fit_linear}[family]
         return fit(self.enc, params, self.train_xy, self.val_xy, fitting)
@@ -289,7 +295,7 @@ class Trainer:
 
         module.eval()
         with torch.no_grad():
-            p = torch.sigmoid(module(self.v_num, self.v_cat)).cpu().numpy()
+            p = module.output(module(self.v_num, self.v_cat)).cpu().numpy()  # type: ignore[operator]
         return float(self.metric(self.v_y, p))
 
     def fit(
@@ -301,7 +307,7 @@ class Trainer:
 
         clock = clock or TrialClock(trial, self.metric_name)
         torch.manual_seed(self.cfg.seed + trial.number)
-        module = build_module(self.enc, **architecture(params)).to(self.device)
+        module = build_module(self.enc, **architecture(params), target=self.target).to(self.device)
         opt = torch.optim.AdamW(
             module.parameters(), lr=params.get("learning_rate", 1e-3), weight_decay=params.get("weight_decay", 0.0)
         )
@@ -309,7 +315,8 @@ class Trainer:
         best_state: dict[str, Any] = {k: v.detach().clone() for k, v in module.state_dict().items()}
         start_epoch = self._resume(trial, module, opt, stopper, best_state)
         gen = torch.Generator().manual_seed(self.cfg.seed * 1000 + trial.number)
-        loss_fn = torch.nn.BCEWithLogitsLoss()
+        loss_fn = torch.nn.MSELoss() if self.target else torch.nn.BCEWithLogitsLoss()
+        y = self.y if self.target is None else (self.y - self.target[0]) / self.target[1]
         last_checkpoint = time.monotonic()
         n = len(self.y)
         for epoch in range(start_epoch, self.cfg.max_epochs):
@@ -319,7 +326,7 @@ class Trainer:
             for i in range(0, n, self.cfg.batch_size):
                 idx = order[i : i + self.cfg.batch_size]
                 opt.zero_grad()
-                loss = loss_fn(module(self.x_num[idx], self.x_cat[idx]), self.y[idx])
+                loss = loss_fn(module(self.x_num[idx], self.x_cat[idx]), y[idx])
                 loss.backward()
                 opt.step()
                 total += loss.item() * len(idx)

@@ -118,10 +118,13 @@ def _check_text(check: str, column: str, value: Any) -> str:
     return f"{column}: {text}" + ("" if base == "not_nullable" else f" ({value!r})")
 
 
-def row_reasons(df: pd.DataFrame, contract: Contract, label: str | None = None) -> tuple[pd.DataFrame, pd.Series]:
-    """Coerce every contract column and check every row (and that the binary `label` is 0 or 1,
-    whatever bounds the contract gives it). Returns the coerced frame (contract columns only, in
-    contract order) and the reasons per row ('' for a good row). Pure."""
+def row_reasons(
+    df: pd.DataFrame, contract: Contract, label: str | None = None, kind: str = "binary"
+) -> tuple[pd.DataFrame, pd.Series]:
+    """Coerce every contract column and check every row (and the `label` by its kind, whatever
+    bounds the contract gives it: a binary label is 0 or 1, a regression label a finite number).
+    Returns the coerced frame (contract columns only, in contract order) and the reasons per row
+    ('' for a good row). Pure."""
     import pandas as pd
     import pandera.errors as pe
 
@@ -152,9 +155,15 @@ def row_reasons(df: pd.DataFrame, contract: Contract, label: str | None = None) 
         add(per_row)
     if label is not None and label in coerced:
         values = coerced[label]
-        binary = values.isna() | values.isin([0, 1])  # a null label: the contract's nullability decides
+        if kind == "regression":
+            numbers = pd.to_numeric(values, errors="coerce")
+            fine = values.isna() | numbers.abs().lt(float("inf"))  # a null label: the contract's nullability decides
+            what = "not a finite number"
+        else:
+            fine = values.isna() | values.isin([0, 1])
+            what = "not a binary label"
         raw = df[label]  # the value as read, for the reason
-        why = [f"{label}: not a binary label ({v!r})" if not ok else "" for ok, v in zip(binary, raw, strict=True)]
+        why = [f"{label}: {what} ({v!r})" if not ok else "" for ok, v in zip(fine, raw, strict=True)]
         add(pd.Series(why, index=df.index).where(reasons == "", ""))
     if contract.unique:
         dup = coerced.duplicated(subset=contract.unique, keep="first")
@@ -320,7 +329,7 @@ def run(ctx: StepContext) -> dict[str, Any]:
             f"{ctx.pipeline}/{ctx.run_id}: {report['problems'][0]}; report: {ctx.storage.uri(ctx.key('report.html'))}"
         )
 
-    coerced, reasons = row_reasons(df, contract, ctx.spec.label.column)
+    coerced, reasons = row_reasons(df, contract, ctx.spec.label.column, ctx.spec.label.kind)
     bad_mask = reasons != ""
     quarantine = df[bad_mask].copy()
     quarantine[REASONS] = reasons[bad_mask]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -11,14 +12,14 @@ import httpx
 import pandas as pd
 import pytest
 
-from pipelines.core.settings import Settings
+from pipelines.core.settings import PROJECT_DIR, Settings
 from pipelines.io import db
 from pipelines.io.registry import audit
 from pipelines.io.storage import open_storage, read_parquet
 from pipelines.local.local_airflow import airflow_env
 from tests.conftest import churn_spec_dict
 from tests.e2e.conftest import KEY
-from tests.integration.helpers import small_spec
+from tests.integration.helpers import SHORT_CANARY, small_spec
 from tests.services import ray_listeners
 
 pytestmark = pytest.mark.e2e
@@ -45,17 +46,18 @@ def _airflow(
     return subprocess.run([exe, *args], env=env, capture_output=True, text=True, timeout=600)
 
 
-def _latest_run(settings: Settings) -> tuple[str, dict[str, tuple[str, int]]]:
+def _latest_run(settings: Settings, pipeline: str = "churn") -> tuple[str, dict[str, tuple[str, int]]]:
     with db.connect(settings) as conn:
         row = conn.execute(
-            "SELECT run_id FROM step_runs WHERE pipeline='churn' AND run_id LIKE 'manual__%%'"
-            " ORDER BY started_at DESC LIMIT 1"
+            "SELECT run_id FROM step_runs WHERE pipeline=%s AND run_id LIKE 'manual__%%'"
+            " ORDER BY started_at DESC LIMIT 1",
+            (pipeline,),
         ).fetchone()
         assert row is not None
         steps = conn.execute(
             "SELECT DISTINCT ON (step) step, status, attempt FROM step_runs"
-            " WHERE pipeline='churn' AND run_id=%s ORDER BY step, attempt DESC",
-            (row[0],),
+            " WHERE pipeline=%s AND run_id=%s ORDER BY step, attempt DESC",
+            (pipeline, row[0]),
         ).fetchall()
     return row[0], {s: (status, attempt) for s, status, attempt in steps}
 
@@ -140,6 +142,46 @@ def test_lifecycle_dag_runs_to_a_served_champion_then_rejects_a_worse_model(
     assert steps["promote"] == ("skipped", 1)
     assert "the champion stays" in done.stdout + done.stderr
     assert audit(workspace, "churn") == rows
+
+
+def test_a_regression_pipeline_runs_its_lifecycle_to_a_served_champion_predicting_values(
+    workspace: Settings, airflow_home: Path, ray_head: dict[str, str]
+) -> None:
+    """The bundled diabetes pipeline (a regression label, data from a package's own files, every
+    model family in one search) through its whole DAG: the champion serves the predicted
+    progression, in the label's units, and the gates were errors."""
+    import yaml
+
+    assert workspace.pipelines_dir is not None
+    spec = yaml.safe_load((PROJECT_DIR / "include" / "pipelines" / "diabetes.yaml").read_text())
+    spec["training"].update(n_trials=6, time_budget_s=40, max_epochs=15)
+    spec["evaluation"].update(bootstrap_samples=100, max_latency_ms_per_row=50.0)
+    spec["canary"] = SHORT_CANARY
+    workspace.pipelines_dir.mkdir(parents=True, exist_ok=True)
+    (workspace.pipelines_dir / "diabetes.yaml").write_text(yaml.safe_dump(spec, sort_keys=False))
+    assert _airflow(["db", "migrate"], workspace, airflow_home).returncode == 0
+    done = _airflow(["dags", "test", "diabetes_lifecycle"], workspace, airflow_home, ray_head)
+    assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-4000:]
+    run_id, steps = _latest_run(workspace, "diabetes")
+    lifecycle = ("ingest", "validate", "features", "train", "evaluate", "promote", "canary")
+    assert steps == {s: ("succeeded", 1) for s in lifecycle}
+    storage = open_storage(workspace)
+    report = json.loads(storage.read_bytes(f"diabetes/{run_id}/evaluate/report.json"))
+    metrics = report["challenger"]["metrics"]
+    assert set(metrics) == {"rmse", "mae", "r2"} and report["verdict"]["primary_metric"] == "rmse"
+    assert metrics["rmse"] < 70 and metrics["r2"] > 0.1  # better than predicting the mean (std 77)
+    trained = json.loads(storage.read_bytes(f"diabetes/{run_id}/train/manifest.json"))
+    assert set(trained["families"]) == {"linear", "lightgbm", "tabular_mlp"}
+    url = f"http://127.0.0.1:{ray_head['MLCYCLE_SERVE_PORT']}/v1/pipelines/diabetes/predict"
+    served = httpx.post(url, json={"instances": [{"entity_id": 3}, {"entity_id": 400}]}, headers={"x-api-key": KEY})
+    assert served.status_code == 200, served.text
+    predictions = served.json()["predictions"]
+    assert [p["version"] for p in predictions] == [1, 1]
+    assert all(20 < p["score"] < 400 for p in predictions), predictions  # a progression, not a probability
+    assert [(r["alias"], r["to_version"]) for r in audit(workspace, "diabetes")] == [
+        ("challenger", 1),
+        ("champion", 1),
+    ]
 
 
 def test_rejected_data_fails_the_run_without_retries(

@@ -62,6 +62,31 @@ def _spec() -> PipelineSpec:
     return load_spec(CHURN_SPEC)
 
 
+def test_a_regression_ab_test_compares_errors_and_needs_no_classes() -> None:
+    rng = np.random.default_rng(3)
+    cfg = Evaluation(primary_metric="rmse", min_primary=None, bootstrap_samples=300)
+    y = rng.normal(150, 70, 400)
+    rows = [(1, float(v + rng.normal(0, 50)), float(v)) for v in y[:200]]  # the champion errs by 50
+    rows += [(2, float(v + rng.normal(0, 20)), float(v)) for v in y[200:]]  # the challenger by 20
+    out = compare(cfg, rows, champion=1, challenger=2, kind="regression")
+    assert out["status"] == "ok" and out["verdict"] == "challenger better" and out["difference"] < 0
+    assert "positives" not in out["champion"]
+    same = [(v, s, 150.0) for v, s, _ in rows[:40]] + [(2, 150.0, 150.0)] * 40  # one label value: fine
+    assert compare(cfg, same, 1, 2, kind="regression")["status"] == "ok"
+    few = compare(cfg, rows[:200] + rows[200:205], 1, 2, kind="regression")
+    assert few["status"] == "insufficient" and few["reason"] == "need 30 labelled; v2: 5 labelled"
+
+
+def test_regression_labels_are_finite_numbers() -> None:
+    spec = load_spec(PROJECT / "include" / "pipelines" / "diabetes.yaml")
+    now = datetime(2026, 11, 25, tzinfo=UTC)
+    rows = label_rows(pd.DataFrame({"patient_id": [1, 2], "progression": [151.0, "87.5"]}), spec, now)
+    assert [r[3] for r in rows] == [151.0, 87.5]
+    with pytest.raises(InvalidArgument, match="row 1: progression 'inf' is not a finite number") as err:
+        label_rows(pd.DataFrame({"patient_id": [1, 2, 3], "progression": [3, "inf", "n/a"]}), spec, now)
+    assert "row 2: progression 'n/a' is not a finite number" in str(err.value)
+
+
 def test_label_rows_accept_spec_or_generic_columns() -> None:
     now = datetime(2026, 11, 25, tzinfo=UTC)
     rid = uuid.uuid4()
@@ -95,7 +120,9 @@ def test_checked_in_serve_config_is_current_and_valid() -> None:
     assert checked_in == render_serve_config(specs), "stale: run `mlcycle serve config` and commit it"
     config = serve_config(specs)
     ServeDeploySchema.model_validate(config)
-    (app,) = config["applications"]
+    apps = {a["name"]: a for a in config["applications"]}
+    assert sorted(apps) == sorted(s.name for s in specs)  # one application per bundled pipeline
+    app = apps["churn"]
     assert app["route_prefix"] == "/v1/pipelines/churn" and app["import_path"] == "serving.app:build_app"
     args = ServingArgs.model_validate(app["args"])
     assert args.versions == [] and args.max_batch_size == specs[0].serving.max_batch_size

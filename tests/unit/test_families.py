@@ -17,7 +17,7 @@ import torch
 from pipelines.core.spec import ModelSpec, default_spaces
 from pipelines.ml.datagen import CATEGORICAL, NUMERIC
 from pipelines.ml.families import Fitting, fit_lightgbm, fit_linear, load_trained, matrix, mlp_artifact
-from pipelines.ml.metrics import roc_auc
+from pipelines.ml.metrics import rmse, roc_auc
 from pipelines.ml.model import build_module, fit_encoding, onnx_session, predict_onnx
 from pipelines.steps.train import (
     FamilyPruner,
@@ -207,3 +207,66 @@ def test_thresholds_rounded_down_to_float32_change_no_prediction_on_float32_inpu
     before = booster.predict(np.vstack([x, xv]))
     after = lgb.Booster(model_str=adjusted).predict(np.vstack([x, xv]))
     assert np.array_equal(before, after)
+
+
+# ------------------------------------------------------------------------------------ regression
+@pytest.fixture(scope="module")
+def regression_split():  # type: ignore[no-untyped-def]
+    """The bundled diabetes data (a package's own file), a tenth of a measurement missing."""
+    from datetime import date
+
+    from pipelines.ml.datasets import diabetes
+
+    df = diabetes(6, date(2026, 1, 1), 7)
+    df.loc[np.random.default_rng(0).random(len(df)) < 0.1, "bmi"] = np.nan
+    numeric = ["age", "bmi", "blood_pressure", "total_cholesterol", "ldl", "hdl", "log_triglycerides", "glucose"]
+    train, val = df.iloc[:340], df.iloc[340:]
+    enc = fit_encoding(train, numeric, ["sex"])
+    xy = (matrix(train, enc), train["progression"].to_numpy(np.float32))
+    vxy = (matrix(val, enc), val["progression"].to_numpy(np.float32))
+    return enc, xy, vxy, val
+
+
+def awkward_patients(val: pd.DataFrame) -> pd.DataFrame:
+    rows = val.copy()
+    rows.loc[rows.index[:15], "sex"] = "3"  # a code never seen in training
+    rows.loc[rows.index[10:30], "glucose"] = np.nan
+    return rows
+
+
+@pytest.mark.parametrize(
+    ("fit", "params"),
+    [
+        (fit_lightgbm, {"learning_rate": 0.05, "num_leaves": 8, "min_child_samples": 10}),
+        (fit_linear, {"alpha": 1e-4, "l1_ratio": 0.2}),
+    ],
+)
+def test_a_regression_family_predicts_values_and_its_onnx_matches_them_on_awkward_rows(
+    regression_split, fit, params
+) -> None:  # type: ignore[no-untyped-def]
+    enc, xy, vxy, val = regression_split
+    baseline = rmse(vxy[1], np.full(len(vxy[1]), xy[1].mean()))  # predicting the training mean
+    value, blob = fit(enc, params, xy, vxy, fitting(metric=rmse, higher=False, kind="regression", patience=5))
+    assert value < 0.9 * baseline  # learnt something: an RMSE in the label's units, below the mean's
+    trained = load_trained(blob)
+    rows = awkward_patients(val)
+    native = trained.predict(rows)
+    assert 25 < native.mean() < 350  # values in the label's units, not probabilities
+    session = onnx_session(trained.to_onnx().SerializeToString())
+    assert [o.name for o in session.get_outputs()] == ["score"]
+    scored = predict_onnx(session, rows)
+    assert np.isfinite(scored).all()
+    assert np.abs(native - scored).max() <= TOLERANCE * max(1.0, float(np.abs(native).max()))
+
+
+def test_a_regression_mlp_scales_its_head_to_the_label_and_onnx_matches_torch(regression_split) -> None:  # type: ignore[no-untyped-def]
+    enc, _, _, val = regression_split
+    torch.manual_seed(0)
+    module = build_module(enc, hidden_units=8, layers=1, dropout=0.0, target=(150.0, 75.0))
+    trained = load_trained(mlp_artifact(module, enc, {"hidden_units": 8, "layers": 1}))
+    assert trained.module.regression  # the target's scaling travels with the artifact
+    rows = awkward_patients(val).dropna()
+    native = trained.predict(rows)
+    assert abs(native.mean() - 150.0) < 75.0  # an untrained head is near the label's mean, not in [0, 1]
+    scored = predict_onnx(onnx_session(trained.to_onnx().SerializeToString()), rows)
+    assert np.abs(native - scored).max() <= TOLERANCE * 150.0

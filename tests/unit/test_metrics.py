@@ -12,6 +12,7 @@ from pipelines.ml.metrics import (
     f1_at,
     gate,
     log_loss,
+    metric_functions,
     overall,
     roc_auc,
     slices,
@@ -103,3 +104,26 @@ def test_gate_lower_is_better() -> None:
     assert gate(cfg, {"log_loss": 0.3}, {"log_loss": 0.32}, better, None)["passed"]
     worse = {"difference": 0.02, "lower": 0.01, "upper": 0.03, "confidence": 0.95}
     assert not gate(cfg, {"log_loss": 0.34}, {"log_loss": 0.32}, worse, None)["passed"]
+
+
+def test_regression_metrics_agree_with_references_and_gate_lower_errors() -> None:
+    from sklearn.metrics import mean_absolute_error, mean_squared_error, r2_score
+
+    rng = np.random.default_rng(1)
+    y = rng.normal(150, 70, 500)
+    p = y + rng.normal(0, 40, 500)
+    got = overall(y, p, 0.5, "regression")
+    assert set(got) == {"rmse", "mae", "r2"}
+    assert got["rmse"] == pytest.approx(np.sqrt(mean_squared_error(y, p)))
+    assert got["mae"] == pytest.approx(mean_absolute_error(y, p))
+    assert got["r2"] == pytest.approx(r2_score(y, p))
+    assert "roc_auc" not in metric_functions(0.5, "regression")
+    cfg = Evaluation(primary_metric="rmse", min_primary=None)
+    first = gate(cfg, got, None, None, None)
+    assert first["passed"] and "no evaluation.min_primary set" in first["reasons"][0]
+    better = bootstrap_difference(
+        y, y + rng.normal(0, 20, 500), p, metric_functions(0.5, "regression")["rmse"], 200, 0.95
+    )
+    assert better["upper"] < 0  # a smaller error: the difference is negative, and lower is better
+    assert gate(cfg, {"rmse": 20.0}, got, better, None)["passed"]
+    assert not gate(Evaluation(primary_metric="rmse", min_primary=30.0), got, None, None, None)["passed"]

@@ -84,6 +84,18 @@ def test_figures_and_judgement() -> None:
     assert plan_weights(1, 2, 25) == {1: 75.0, 2: 25.0}
 
 
+def test_a_regression_canary_measures_the_score_shift_in_the_champions_standard_deviations() -> None:
+    cfg = Canary(steps=[100], min_requests=10, max_score_shift=0.25)
+    values = [100.0, 140.0, 160.0, 200.0] * 10  # mean 150, std 36
+    champion = figures([(1, "ok", v, 5.0) for v in values])[1]
+    near = figures([(2, "ok", v + 5.0, 5.0) for v in values])[2]  # 5 units: 0.14 standard deviations
+    assert judge(cfg, champion, near, final=True, kind="regression")[0] == "advance"
+    assert judge(cfg, champion, near, final=True)[0] == "rollback"  # as a probability, 5 is far
+    far = figures([(2, "ok", v + 20.0, 5.0) for v in values])[2]
+    decision, reasons = judge(cfg, champion, far, final=True, kind="regression")
+    assert decision == "rollback" and "0.555 standard deviations" in reasons[0]
+
+
 def test_canary_plot_is_a_png() -> None:
     from pipelines.steps.canary import plot
 

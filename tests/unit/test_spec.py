@@ -132,6 +132,21 @@ def test_spec_models_are_frozen() -> None:
             "training",
             "set n_trials, time_budget_s (or timeout_s)",
         ),
+        (
+            lambda d: d["label"].update(kind="multiclass"),
+            "label.kind",
+            "Input should be 'binary' or 'regression'",
+        ),
+        (
+            lambda d: d["label"].update(kind="regression"),  # churn's gates name roc_auc
+            "evaluation.primary_metric",
+            "roc_auc is not a metric of a regression label; one of rmse, mae, r2",
+        ),
+        (
+            lambda d: (d["label"].update(kind="regression", column="plan"), d["evaluation"].pop("primary_metric")),
+            "contract.columns.plan.dtype",
+            "a regression label must be an int or float column",
+        ),
     ],
 )
 def test_bad_specs_name_the_field(mutate, path: str, message: str) -> None:  # type: ignore[no-untyped-def]
@@ -209,3 +224,15 @@ def test_cli_validate_and_schema(tmp_path: Path, capsys: pytest.CaptureFixture[s
     assert schema["title"] == "PipelineSpec"
     assert {"source", "contract", "features", "training", "canary", "drift"} <= set(schema["properties"])
     assert schema == PipelineSpec.model_json_schema()
+
+
+def test_the_bundled_regression_spec_takes_its_kinds_defaults() -> None:
+    spec = load_spec(Path(__file__).resolve().parents[2] / "include" / "pipelines" / "diabetes.yaml")
+    assert spec.label.kind == "regression" and spec.source.kind == "dataset"
+    assert spec.evaluation.primary_metric == "rmse" and spec.model.families == ["linear", "lightgbm", "tabular_mlp"]
+    data = churn_spec_dict()
+    data["label"] = {"column": "monthly_charges", "kind": "regression"}
+    data["evaluation"] = {k: v for k, v in data["evaluation"].items() if k not in ("primary_metric", "min_primary")}
+    plain = parse_spec(data, "charges.yaml")
+    assert plain.evaluation.primary_metric == "rmse" and plain.evaluation.min_primary is None  # no bound in units
+    assert parse_spec(churn_spec_dict(), "churn.yaml").evaluation.primary_metric == "roc_auc"

@@ -184,3 +184,14 @@ def test_html_report_escapes() -> None:
     }
     page = render_html(report)
     assert "&lt;r&gt;" in page and "&lt;b&gt;" in page and "<bad>" not in page and "FAILED" in page
+
+
+def test_a_regression_label_is_a_finite_number() -> None:
+    contract = Contract(columns={"id": {"dtype": "int"}, "y": {"dtype": "float"}}, min_rows=1)
+    df = pd.DataFrame({"id": [1, 2, 3, 4], "y": ["1.5", "inf", "abc", "-3"]})
+    _, reasons = row_reasons(df, contract, "y", "regression")
+    assert reasons.tolist() == ["", "y: not a finite number ('inf')", "y: not a number ('abc')", ""]
+    assert row_reasons(df.iloc[[0, 3]], contract, "y")[1].tolist() == [
+        "y: not a binary label ('1.5')",
+        "y: not a binary label ('-3')",
+    ]
