@@ -169,6 +169,15 @@ def families_line(out: dict[str, Any]) -> str:
     )
 
 
+def ensemble_line(out: dict[str, Any]) -> str:
+    blend = out.get("ensemble")
+    if not blend:
+        return out["model_family"]
+    weights = " + ".join(f"{w:.2f} {f}" for f, w in blend["weights"].items())
+    taken = "taken" if blend["chosen"] else "not taken"
+    return f"{out['model_family']} (ensemble {weights}: val {blend['value']:.4f} vs {blend['best_alone']:.4f}, {taken})"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--customers", type=int, default=200_000, help="the large generated set")
@@ -225,7 +234,8 @@ def main() -> None:
             print(f"  MLP only (baseline): test ROC AUC {mlp['test_auc']:.4f}  {families_line(mlp)}")
             print(f"  auto:                test ROC AUC {auto['test_auc']:.4f}  {families_line(auto)}")
             print(
-                f"  auto - MLP: {auto['test_auc'] - mlp['test_auc']:+.4f} ROC AUC; auto's best: {auto['best_family']};"
+                f"  auto - MLP: {auto['test_auc'] - mlp['test_auc']:+.4f} ROC AUC; auto's best trial: "
+                f"{auto['best_family']}, exported: {ensemble_line(auto)};"
                 f" spent {auto['budget_spent_s']:.0f}s / {mlp['budget_spent_s']:.0f}s"
             )
             result["auto_vs_mlp"].append(
@@ -235,6 +245,8 @@ def main() -> None:
                     "mlp_auc": mlp["test_auc"],
                     "budget_s": budget,
                     "auto_best_family": auto["best_family"],
+                    "auto_exported": auto["model_family"],
+                    "auto_ensemble": auto["ensemble"],
                     "auto_families": auto["families"],
                     "mlp_trials": mlp["trials"],
                 }

@@ -438,6 +438,11 @@ class Training(Model):
         description="trial workers: N > 1 fans the study out into N `trials` pods (each with the train step's "
         "resources, a GPU too) sharing the run's one Optuna study; `train` then exports the best",
     )
+    ensemble: bool = Field(
+        default=True,
+        description="with several families: export the weighted average of the families' best models (weights "
+        "chosen greedily on the validation rows) where it beats the best model alone there",
+    )
 
     @model_validator(mode="after")
     def _has_budget(self) -> Training:

@@ -205,6 +205,11 @@ def outputs_summary(step: str, out: dict[str, Any]) -> list[tuple[str, Any]]:
         families = out.get("families") or {}
         if len(families) > 1:
             lines.append(("families", family_line(families)))
+        blend = out.get("ensemble")
+        if blend:
+            weights = ", ".join(f"{f} x{w:.2f}" for f, w in blend["weights"].items())
+            verdict = "exported" if blend["chosen"] else "not exported: the best alone is as good"
+            lines.append(("ensemble", f"{weights}: {out.get('metric')}={blend['value']:.4f} ({verdict})"))
         return [*lines, ("MLflow run", out.get("mlflow_run_id")), ("ONNX model", out.get("onnx"))]
     if step == "evaluate":
         verdict = out.get("verdict", {})

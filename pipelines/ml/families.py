@@ -19,6 +19,7 @@ linear model, interchangeable downstream.
 
 from __future__ import annotations
 
+import base64
 import io
 import json
 import math
@@ -121,6 +122,15 @@ def load_trained(blob: bytes) -> Trained:
 
         # our own artifact, written by this platform's train step into the run's storage
         return LinearModel(family, enc, params, pickle.loads(payload))  # noqa: S301
+    if family == ENSEMBLE:
+        members = json.loads(payload)
+        return EnsembleModel(
+            family,
+            enc,
+            params,
+            [load_trained(base64.b64decode(m["artifact"])) for m in members],
+            [float(m["weight"]) for m in members],
+        )
     raise ValueError(f"unknown model family {family!r} in the artifact")
 
 
@@ -241,6 +251,88 @@ def wrap_converted(inner: onnx.ModelProto, enc: FeatureEncoding, doc: str) -> on
     inner.doc_string = f"{doc}: raw feature columns in, {what} out"
     onnx.checker.check_model(inner)
     return inner
+
+
+# ------------------------------------------------------------------------------------ ensembles
+ENSEMBLE = "ensemble"
+ENSEMBLE_ROUNDS = 20
+
+
+def greedy_ensemble(
+    scores: dict[str, np.ndarray],
+    y: np.ndarray,
+    metric: Callable[[np.ndarray, np.ndarray], float],
+    higher: bool,
+    rounds: int = ENSEMBLE_ROUNDS,
+) -> tuple[dict[str, float], float]:
+    """Ensemble selection (Caruana et al., 2004): `rounds` times, add (with replacement) the model
+    whose score most improves the average's metric on the validation rows. Returns the weights
+    (the share of rounds each model was picked) and the average's metric. Pure."""
+    names = sorted(scores)
+    picks: dict[str, int] = dict.fromkeys(names, 0)
+    total = np.zeros(len(y), dtype=np.float64)
+    value = math.nan
+    for n in range(1, rounds + 1):
+        tried = {name: metric(y, (total + scores[name]) / n) for name in names}
+        best = max(tried, key=lambda k: tried[k]) if higher else min(tried, key=lambda k: tried[k])
+        picks[best] += 1
+        total += scores[best]
+        value = tried[best]
+    return {name: count / rounds for name, count in picks.items() if count}, float(value)
+
+
+def pack_ensemble(enc: FeatureEncoding, members: list[tuple[bytes, float]], params: dict[str, Any]) -> bytes:
+    """Member artifacts and their weights as one artifact. Pure."""
+    payload = json.dumps([{"artifact": base64.b64encode(blob).decode(), "weight": w} for blob, w in members])
+    return pack(ENSEMBLE, enc, params, payload.encode())
+
+
+@dataclass
+class EnsembleModel(TrainedBase):
+    """A weighted average of other families' models (each with its own preprocessing)."""
+
+    members: list[Any]
+    weights: list[float]
+
+    def predict(self, df: pd.DataFrame) -> np.ndarray:
+        return np.asarray(sum(w * m.predict(df) for m, w in zip(self.members, self.weights, strict=True)))
+
+    def to_onnx(self, embedding: bool = False) -> onnx.ModelProto:
+        """One graph: each member's graph under its own prefix, fed the same raw columns, and
+        `score` the weighted sum of theirs."""
+        import onnx
+        from onnx import TensorProto, helper
+
+        graphs = [m.to_onnx() for m in self.members]
+        inputs = list(graphs[0].graph.input)
+        nodes: list[onnx.NodeProto] = []
+        initializers: list[onnx.TensorProto] = []
+        opsets: dict[str, int] = {}
+        weighted = []
+        for i, (graph, weight) in enumerate(zip(graphs, self.weights, strict=True)):
+            for o in graph.opset_import:
+                opsets[o.domain] = max(opsets.get(o.domain, 0), o.version)
+            member = onnx.compose.add_prefix(graph, f"m{i}/")
+            nodes += [helper.make_node("Identity", [v.name], [f"m{i}/{v.name}"]) for v in inputs]
+            nodes += list(member.graph.node)
+            initializers += list(member.graph.initializer)
+            initializers.append(helper.make_tensor(f"weight_{i}", TensorProto.FLOAT, [], [weight]))
+            nodes.append(helper.make_node("Mul", [f"m{i}/score", f"weight_{i}"], [f"weighted_{i}"]))
+            weighted.append(f"weighted_{i}")
+        nodes.append(helper.make_node("Sum", weighted, ["score"], name="score"))
+        graph = helper.make_graph(
+            nodes,
+            "mlcycle_ensemble",
+            inputs,
+            [helper.make_tensor_value_info("score", TensorProto.FLOAT, ["n"])],
+            initializer=initializers,
+        )
+        model = helper.make_model(graph, opset_imports=[helper.make_opsetid(d, v) for d, v in sorted(opsets.items())])
+        model.doc_string = "mlcycle ensemble: " + ", ".join(
+            f"{m.family} x{w:.2f}" for m, w in zip(self.members, self.weights, strict=True)
+        )
+        onnx.checker.check_model(model)
+        return model
 
 
 # ------------------------------------------------------------------------------------------- fits

@@ -39,7 +39,17 @@ from pipelines.io.db import advisory_lock
 from pipelines.io.registry import CHAMPION, alias_version, model_name
 from pipelines.io.storage import read_parquet, write_json
 from pipelines.io.tracking import airflow_tags, code_version, find_run, optuna_url, setup_mlflow
-from pipelines.ml.families import Fitting, fit_lightgbm, fit_linear, load_trained, mlp_artifact, stack, target_scaling
+from pipelines.ml.families import (
+    Fitting,
+    fit_lightgbm,
+    fit_linear,
+    greedy_ensemble,
+    load_trained,
+    mlp_artifact,
+    pack_ensemble,
+    stack,
+    target_scaling,
+)
 from pipelines.ml.metrics import HIGHER_IS_BETTER, metric_functions
 from pipelines.ml.model import (
     FeatureEncoding,
@@ -255,6 +265,7 @@ class Trainer:
         self.v_num = torch.from_numpy(vnum).to(device)
         self.v_cat = torch.from_numpy(vcodes).to(device)
         self.v_y = val[spec.label.column].to_numpy()
+        self.val = val  # the raw rows: the family bests score them natively to choose an ensemble
         self.threads = cpu_threads(spec.resources.for_step(ctx.step).cpu, os.cpu_count())
 
     # the raw columns' matrices of LightGBM and the linear model, from the encoded tensors, made
@@ -579,15 +590,20 @@ def export_best(ctx: StepContext, study: optuna.Study, trainer: Trainer) -> dict
     if not study.get_trials(states=trial_states(("COMPLETE",))):
         raise MlcycleError(f"{ctx.pipeline}/{ctx.run_id}: no trial completed (all pruned or failed)")
     best = study.best_trial
-    blob = ctx.storage.read_bytes(ctx.key(f"trials/trial-{best.number}.bin", STEP))
+    single = ctx.storage.read_bytes(ctx.key(f"trials/trial-{best.number}.bin", STEP))
+    blob, ensemble = blend(ctx, study, trainer, best.number, single)
     trained = load_trained(blob)
     onnx_bytes = trained.to_onnx(embedding=ctx.spec.embeddings is not None).SerializeToString()
     model_uri = ctx.storage.write_bytes(ctx.key("model.bin"), blob)
     onnx_uri = ctx.storage.write_bytes(ctx.key("model.onnx"), onnx_bytes)
     counts = {s.lower(): len(study.get_trials(states=trial_states((s,)))) for s in ("COMPLETE", "PRUNED", "FAIL")}
     families = study_families(study, ctx.spec.model.families, trainer.higher)
-    params = {k: v for k, v in trained.params.items() if k != "rounds"}
-    mlflow.log_params({f"best.{k}": v for k, v in {"family": trained.family, **params}.items()})
+    alone = load_trained(single)  # the best trial's own parameters: a later run's warm start
+    params = {k: v for k, v in alone.params.items() if k != "rounds"}
+    mlflow.log_params({f"best.{k}": v for k, v in {"family": alone.family, **params}.items()})
+    if ensemble is not None:
+        mlflow.log_param("ensemble", ", ".join(f"{f} x{w:.2f}" for f, w in ensemble["weights"].items()))
+        mlflow.log_metric(f"ensemble_val_{trainer.metric_name}", ensemble["value"])
     mlflow.log_metrics(
         {
             f"best_val_{trainer.metric_name}": float(best.value or 0.0),
@@ -608,13 +624,60 @@ def export_best(ctx: StepContext, study: optuna.Study, trainer: Trainer) -> dict
         "trials": counts,
         "best_trial": best.number,
         "best_value": best.value,
-        "best_family": trained.family,
-        "best_params": trained.params,
+        "best_family": alone.family,
+        "best_params": alone.params,
+        "model_family": trained.family,  # the exported model's: the best trial's family, or `ensemble`
+        "ensemble": ensemble,
         "families": families,
         "budget_spent_s": round(study_spent(study), 1),
         "model": model_uri,
         "onnx": onnx_uri,
     }
+
+
+def family_bests(study: optuna.Study, families: Sequence[str], higher: bool) -> dict[str, int]:
+    """Each family's best complete trial (its number)."""
+    bests: dict[str, tuple[float, int]] = {}
+    for t in study.get_trials(deepcopy=False, states=trial_states(("COMPLETE",))):
+        if t.value is None:
+            continue
+        family = str(t.params.get("family", families[0]))
+        held = bests.get(family)
+        if held is None or (t.value > held[0] if higher else t.value < held[0]):
+            bests[family] = (t.value, t.number)
+    return {family: number for family, (_, number) in bests.items()}
+
+
+def blend(
+    ctx: StepContext, study: optuna.Study, trainer: Trainer, best_number: int, single: bytes
+) -> tuple[bytes, dict[str, Any] | None]:
+    """The artifact to export: the best trial's, or (`training.ensemble`, several families
+    searched, no embeddings) the weighted average of every family's best where it beats the best
+    alone on the validation rows; with what was weighed (None where nothing was)."""
+    spec = ctx.spec
+    bests = family_bests(study, spec.model.families, trainer.higher)
+    if not spec.training.ensemble or spec.embeddings is not None or len(bests) < 2:
+        return single, None
+    blobs = {f: ctx.storage.read_bytes(ctx.key(f"trials/trial-{n}.bin", STEP)) for f, n in bests.items()}
+    scores = {f: load_trained(b).predict(trainer.val) for f, b in blobs.items()}
+    weights, value = greedy_ensemble(scores, trainer.v_y, trainer.metric, trainer.higher)
+    best_family = next(f for f, n in bests.items() if n == best_number)
+    alone = trainer.metric(trainer.v_y, scores[best_family])
+    chosen = len(weights) > 1 and (value > alone if trainer.higher else value < alone)
+    info = {"weights": weights, "value": value, "best_alone": alone, "chosen": chosen}
+    log.info(
+        "ensemble of the family bests %s: val %s %.4f against %.4f for %s alone: %s",
+        weights,
+        trainer.metric_name,
+        value,
+        alone,
+        best_family,
+        "exported" if chosen else "not better, the best model alone is exported",
+    )
+    if not chosen:
+        return single, info
+    members = [(blobs[f], w) for f, w in weights.items()]
+    return pack_ensemble(trainer.enc, members, {"members": weights}), info
 
 
 def study_families(study: optuna.Study, families: Sequence[str], higher: bool) -> dict[str, Any]:

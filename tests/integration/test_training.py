@@ -290,6 +290,12 @@ def test_a_killed_auto_search_resumes_with_its_finished_trials_and_spent_budget(
     assert result["best_family"] in families and families[result["best_family"]]["best"] == pytest.approx(
         result["best_value"]
     )
+    # the family bests were weighed as an ensemble on the validation rows; exported only if better
+    blend = result["ensemble"]
+    assert set(blend["weights"]) <= set(families) and sum(blend["weights"].values()) == pytest.approx(1.0)
+    better = blend["value"] > blend["best_alone"] and len(blend["weights"]) > 1
+    assert blend["chosen"] == better
+    assert result["model_family"] == ("ensemble" if better else result["best_family"])
     # each trial an MLflow child run tagged with its family
     setup_mlflow(workspace, "auto_resume")
     children = mlflow.MlflowClient().search_runs(

@@ -16,7 +16,16 @@ import torch
 
 from pipelines.core.spec import ModelSpec, default_spaces
 from pipelines.ml.datagen import CATEGORICAL, NUMERIC
-from pipelines.ml.families import Fitting, fit_lightgbm, fit_linear, load_trained, matrix, mlp_artifact
+from pipelines.ml.families import (
+    Fitting,
+    fit_lightgbm,
+    fit_linear,
+    greedy_ensemble,
+    load_trained,
+    matrix,
+    mlp_artifact,
+    pack_ensemble,
+)
 from pipelines.ml.metrics import rmse, roc_auc
 from pipelines.ml.model import build_module, fit_encoding, onnx_session, predict_onnx
 from pipelines.steps.train import (
@@ -270,3 +279,42 @@ def test_a_regression_mlp_scales_its_head_to_the_label_and_onnx_matches_torch(re
     assert abs(native.mean() - 150.0) < 75.0  # an untrained head is near the label's mean, not in [0, 1]
     scored = predict_onnx(onnx_session(trained.to_onnx().SerializeToString()), rows)
     assert np.abs(native - scored).max() <= TOLERANCE * 150.0
+
+
+# ------------------------------------------------------------------------------------- ensembles
+def test_greedy_ensemble_weighs_complementary_models_and_keeps_one_that_needs_no_help() -> None:
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 2, 2000).astype(float)
+    a, b = rng.normal(0, 1, 2000), rng.normal(0, 1, 2000)  # two models' independent errors
+    scores = {"first": y + a, "second": y + b, "noise": rng.normal(0, 1, 2000)}
+    weights, value = greedy_ensemble(scores, y, roc_auc, higher=True)
+    assert set(weights) == {"first", "second"} and sum(weights.values()) == pytest.approx(1.0)
+    assert value > max(roc_auc(y, scores["first"]), roc_auc(y, scores["second"])) + 0.02  # averaging pays
+    alone, _ = greedy_ensemble({"exact": y, "noise": scores["noise"]}, y, roc_auc, higher=True)
+    assert alone == {"exact": 1.0}
+    lower, _ = greedy_ensemble({"close": y + 0.1, "far": y + 5.0}, y, rmse, higher=False)
+    assert lower == {"close": 1.0}
+
+
+@pytest.mark.parametrize("kind", ["binary", "regression"])
+def test_an_ensemble_exports_one_onnx_graph_matching_its_weighted_members(split, regression_split, kind) -> None:  # type: ignore[no-untyped-def]
+    enc, xy, vxy, val = split if kind == "binary" else regression_split
+    metric, higher, rows = (roc_auc, True, awkward(val)) if kind == "binary" else (rmse, False, awkward_patients(val))
+    fit = fitting(metric=metric, higher=higher, kind=kind)
+    _, trees = fit_lightgbm(enc, {"learning_rate": 0.1, "num_leaves": 8}, xy, vxy, fit)
+    _, line = fit_linear(enc, {}, xy, vxy, fit)
+    torch.manual_seed(0)
+    target = (150.0, 75.0) if kind == "regression" else None
+    mlp = mlp_artifact(build_module(enc, hidden_units=8, layers=1, target=target), enc, {"hidden_units": 8, "layers": 1})
+    blob = pack_ensemble(enc, [(trees, 0.5), (line, 0.3), (mlp, 0.2)], {"members": {"lightgbm": 0.5}})
+    model = load_trained(blob)
+    assert model.family == "ensemble" and model.embeddings(rows) is None
+    rows = rows.dropna(subset=enc.numeric)  # the MLP member has no imputation (serving refuses a missing value)
+    members = [load_trained(b).predict(rows) for b in (trees, line, mlp)]
+    native = model.predict(rows)
+    assert np.allclose(native, 0.5 * members[0] + 0.3 * members[1] + 0.2 * members[2])
+    session = onnx_session(model.to_onnx().SerializeToString())
+    assert [i.name for i in session.get_inputs()] == enc.numeric + enc.categorical  # the raw columns, once
+    assert [o.name for o in session.get_outputs()] == ["score"]
+    scale = 1.0 if kind == "binary" else float(np.abs(native).max())
+    assert np.abs(native - predict_onnx(session, rows)).max() <= TOLERANCE * scale
