@@ -591,7 +591,7 @@ def export_best(ctx: StepContext, study: optuna.Study, trainer: Trainer) -> dict
         raise MlcycleError(f"{ctx.pipeline}/{ctx.run_id}: no trial completed (all pruned or failed)")
     best = study.best_trial
     single = ctx.storage.read_bytes(ctx.key(f"trials/trial-{best.number}.bin", STEP))
-    blob, ensemble = blend(ctx, study, trainer, best.number, single)
+    blob, ensemble = blend(ctx, study, trainer, str(best.params.get("family", ctx.spec.model.families[0])), single)
     trained = load_trained(blob)
     onnx_bytes = trained.to_onnx(embedding=ctx.spec.embeddings is not None).SerializeToString()
     model_uri = ctx.storage.write_bytes(ctx.key("model.bin"), blob)
@@ -649,7 +649,7 @@ def family_bests(study: optuna.Study, families: Sequence[str], higher: bool) -> 
 
 
 def blend(
-    ctx: StepContext, study: optuna.Study, trainer: Trainer, best_number: int, single: bytes
+    ctx: StepContext, study: optuna.Study, trainer: Trainer, best_family: str, single: bytes
 ) -> tuple[bytes, dict[str, Any] | None]:
     """The artifact to export: the best trial's, or (`training.ensemble`, several families
     searched, no embeddings) the weighted average of every family's best where it beats the best
@@ -661,7 +661,6 @@ def blend(
     blobs = {f: ctx.storage.read_bytes(ctx.key(f"trials/trial-{n}.bin", STEP)) for f, n in bests.items()}
     scores = {f: load_trained(b).predict(trainer.val) for f, b in blobs.items()}
     weights, value = greedy_ensemble(scores, trainer.v_y, trainer.metric, trainer.higher)
-    best_family = next(f for f, n in bests.items() if n == best_number)
     alone = trainer.metric(trainer.v_y, scores[best_family])
     chosen = len(weights) > 1 and (value > alone if trainer.higher else value < alone)
     info = {"weights": weights, "value": value, "best_alone": alone, "chosen": chosen}
