@@ -305,7 +305,9 @@ def test_an_ensemble_exports_one_onnx_graph_matching_its_weighted_members(split,
     _, line = fit_linear(enc, {}, xy, vxy, fit)
     torch.manual_seed(0)
     target = (150.0, 75.0) if kind == "regression" else None
-    mlp = mlp_artifact(build_module(enc, hidden_units=8, layers=1, target=target), enc, {"hidden_units": 8, "layers": 1})
+    mlp = mlp_artifact(
+        build_module(enc, hidden_units=8, layers=1, target=target), enc, {"hidden_units": 8, "layers": 1}
+    )
     blob = pack_ensemble(enc, [(trees, 0.5), (line, 0.3), (mlp, 0.2)], {"members": {"lightgbm": 0.5}})
     model = load_trained(blob)
     assert model.family == "ensemble" and model.embeddings(rows) is None
