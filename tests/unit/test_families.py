@@ -282,7 +282,7 @@ def test_a_regression_mlp_scales_its_head_to_the_label_and_onnx_matches_torch(re
 
 
 # ------------------------------------------------------------------------------------- ensembles
-def test_greedy_ensemble_weighs_complementary_models_and_keeps_one_that_needs_no_help() -> None:
+def test_greedy_ensemble_picks_complementary_models_and_keeps_one_that_needs_no_help() -> None:
     rng = np.random.default_rng(0)
     y = rng.integers(0, 2, 2000).astype(float)
     a, b = rng.normal(0, 1, 2000), rng.normal(0, 1, 2000)  # two models' independent errors
