@@ -33,6 +33,7 @@ from typing import Any
 
 from common import bench_state, write_spec
 
+from pipelines.io.runs import ensemble_line
 from pipelines.steps.runner import run_step
 
 MLP_ONLY = {"kind": "tabular_mlp"}
@@ -169,15 +170,6 @@ def families_line(out: dict[str, Any]) -> str:
     )
 
 
-def ensemble_line(out: dict[str, Any]) -> str:
-    blend = out.get("ensemble")
-    if not blend:
-        return out["model_family"]
-    weights = " + ".join(f"{w:.2f} {f}" for f, w in blend["weights"].items())
-    taken = "taken" if blend["chosen"] else "not taken"
-    return f"{out['model_family']} (ensemble {weights}: val {blend['value']:.4f} vs {blend['best_alone']:.4f}, {taken})"
-
-
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--customers", type=int, default=200_000, help="the large generated set")
@@ -235,7 +227,8 @@ def main() -> None:
             print(f"  auto:                test ROC AUC {auto['test_auc']:.4f}  {families_line(auto)}")
             print(
                 f"  auto - MLP: {auto['test_auc'] - mlp['test_auc']:+.4f} ROC AUC; auto's best trial: "
-                f"{auto['best_family']}, exported: {ensemble_line(auto)};"
+                f"{auto['best_family']}, exported: {auto['model_family']}"
+                f"{' (' + ensemble_line(auto) + ')' if auto['ensemble'] else ''};"
                 f" spent {auto['budget_spent_s']:.0f}s / {mlp['budget_spent_s']:.0f}s"
             )
             result["auto_vs_mlp"].append(

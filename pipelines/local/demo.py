@@ -146,7 +146,7 @@ def run_drift_demo(pipeline: str = "churn") -> int:
     import logging
 
     from pipelines.io.labels import load_labels
-    from pipelines.ml.metrics import metric_functions
+    from pipelines.ml.metrics import primary_metric
     from pipelines.ml.model import onnx_session, predict_onnx
 
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per poll otherwise
@@ -220,7 +220,7 @@ def run_drift_demo(pipeline: str = "churn") -> int:
     if after != before:
         holdout = drifted_world(spec.source, 2, today)  # customers neither model has seen
         y = holdout[spec.label.column].to_numpy()
-        metric = metric_functions(spec.evaluation.threshold, spec.label.kind)[spec.evaluation.primary_metric]
+        metric = primary_metric(spec.evaluation, spec.label.kind)
         name, metric_name = model_name(pipeline), spec.evaluation.primary_metric
         for label, version in (("old champion", before), ("new champion", after)):
             session = onnx_session(load_onnx_model(settings, pipeline, name, version))

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from pipelines.ml.metrics import HIGHER_IS_BETTER, ab_difference, metric_functions
+from pipelines.ml.metrics import HIGHER_IS_BETTER, ab_difference, primary_metric
 
 if TYPE_CHECKING:
     from pipelines.core.spec import Evaluation
@@ -26,7 +26,7 @@ def compare(
     kind: str = "binary",
 ) -> dict[str, Any]:
     """The A/B result of `challenger` against `champion` from (version, score, label) rows."""
-    metric = metric_functions(cfg.threshold, kind)[cfg.primary_metric]
+    metric = primary_metric(cfg, kind)
     groups: dict[int, tuple[np.ndarray, np.ndarray]] = {}
     counts: dict[int, dict[str, Any]] = {}
     for version in (champion, challenger):

@@ -97,6 +97,11 @@ def metric_functions(threshold: float, kind: str = "binary") -> dict[str, Metric
     return {name: every[name] for name in TASK_METRICS[kind]}
 
 
+def primary_metric(cfg: Evaluation, kind: str) -> Metric:
+    """The function of `evaluation.primary_metric` for the label's kind."""
+    return metric_functions(cfg.threshold, kind)[cfg.primary_metric]
+
+
 def overall(y: np.ndarray, p: np.ndarray, threshold: float, kind: str = "binary") -> dict[str, float]:
     return {name: fn(y, p) for name, fn in metric_functions(threshold, kind).items()}
 

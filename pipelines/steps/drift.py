@@ -36,7 +36,7 @@ from pipelines.io.registry import CHAMPION, alias_version, model_name
 from pipelines.io.requestlog import labelled
 from pipelines.io.storage import read_parquet, write_json
 from pipelines.io.tracking import setup_mlflow
-from pipelines.ml.metrics import HIGHER_IS_BETTER, metric_functions
+from pipelines.ml.metrics import HIGHER_IS_BETTER, primary_metric
 from pipelines.ml.model import embed_onnx, embedding_dimension, onnx_session, session_feed
 from pipelines.steps.context import StepContext
 
@@ -115,7 +115,7 @@ def live_performance(
     y = np.array([r[2] for r in rows], dtype=float)
     if len(rows) < MIN_LABELLED or (kind == "binary" and len(np.unique(y)) < 2):
         return None
-    metric = metric_functions(cfg.threshold, kind)[cfg.primary_metric]
+    metric = primary_metric(cfg, kind)
     value = metric(y, np.array([r[1] for r in rows], dtype=float))
     drop = None
     if reference is not None:

@@ -20,7 +20,7 @@ import numpy as np
 from pipelines.io.registry import CHAMPION, alias_version, model_name
 from pipelines.io.storage import read_parquet, write_json
 from pipelines.io.tracking import setup_mlflow
-from pipelines.ml.metrics import bootstrap_difference, gate, metric_functions, overall, slices
+from pipelines.ml.metrics import bootstrap_difference, gate, overall, primary_metric, slices
 from pipelines.ml.model import onnx_session, predict_onnx, session_feed
 from pipelines.ml.plots import png_bytes, two_panels
 from pipelines.steps.context import StepContext
@@ -147,7 +147,7 @@ def run(ctx: StepContext) -> dict[str, Any]:
             "metrics": overall(y, p_old, cfg.threshold, kind),
             "slices": slices(test, y, p_old, cfg.slices, cfg.threshold, kind=kind),
         }
-        metric = metric_functions(cfg.threshold, kind)[cfg.primary_metric]
+        metric = primary_metric(cfg, kind)
         report["difference"] = bootstrap_difference(
             y, p_new, p_old, metric, cfg.bootstrap_samples, cfg.confidence, seed=spec.training.seed
         )

@@ -50,7 +50,7 @@ from pipelines.ml.families import (
     stack,
     target_scaling,
 )
-from pipelines.ml.metrics import HIGHER_IS_BETTER, metric_functions
+from pipelines.ml.metrics import HIGHER_IS_BETTER, primary_metric
 from pipelines.ml.model import (
     FeatureEncoding,
     architecture,
@@ -140,12 +140,15 @@ def budget_left(time_budget_s: int | None, spent: float) -> float | None:
     return None if time_budget_s is None else max(0.0, time_budget_s - spent)
 
 
-def family_summary(trials: list[tuple[str, str, float | None, float | None]], higher: bool) -> dict[str, Any]:
-    """Per family: trials by state, the best value and the seconds spent, from
-    `(family, state, value, elapsed_s)`. Pure."""
+def family_summary(trials: list[tuple[str, str, float | None, float | None, int]], higher: bool) -> dict[str, Any]:
+    """Per family: trials by state, the best value and its trial, and the seconds spent, from
+    `(family, state, value, elapsed_s, number)`. Pure."""
     out: dict[str, Any] = {}
-    for family, state, value, elapsed in trials:
-        f = out.setdefault(family, {"trials": 0, "complete": 0, "pruned": 0, "failed": 0, "best": None, "seconds": 0.0})
+    for family, state, value, elapsed, number in trials:
+        f = out.setdefault(
+            family,
+            {"trials": 0, "complete": 0, "pruned": 0, "failed": 0, "best": None, "best_trial": None, "seconds": 0.0},
+        )
         f["trials"] += 1
         key = {"COMPLETE": "complete", "PRUNED": "pruned"}.get(state, "failed" if state == "FAIL" else None)
         if key:
@@ -153,7 +156,7 @@ def family_summary(trials: list[tuple[str, str, float | None, float | None]], hi
         f["seconds"] = round(f["seconds"] + (elapsed or 0.0), 1)
         done = state == "COMPLETE" and value is not None and not math.isnan(value)
         if done and (f["best"] is None or (value > f["best"] if higher else value < f["best"])):
-            f["best"] = value
+            f["best"], f["best_trial"] = value, number
     return out
 
 
@@ -251,7 +254,7 @@ class Trainer:
         self.cfg = spec.training
         self.kind = spec.label.kind
         self.metric_name = spec.evaluation.primary_metric
-        self.metric = metric_functions(spec.evaluation.threshold, self.kind)[self.metric_name]
+        self.metric = primary_metric(spec.evaluation, self.kind)
         self.higher = HIGHER_IS_BETTER[self.metric_name]
         num, codes = encode(train, enc)
         self.x_num = torch.from_numpy(num).to(device)
@@ -590,15 +593,15 @@ def export_best(ctx: StepContext, study: optuna.Study, trainer: Trainer) -> dict
     if not study.get_trials(states=trial_states(("COMPLETE",))):
         raise MlcycleError(f"{ctx.pipeline}/{ctx.run_id}: no trial completed (all pruned or failed)")
     best = study.best_trial
+    families = study_families(study, ctx.spec.model.families, trainer.higher)
     single = ctx.storage.read_bytes(ctx.key(f"trials/trial-{best.number}.bin", STEP))
-    blob, ensemble = blend(ctx, study, trainer, str(best.params.get("family", ctx.spec.model.families[0])), single)
-    trained = load_trained(blob)
+    alone = load_trained(single)  # the best trial's model; its parameters are a later run's warm start
+    blob, ensemble = blend(ctx, trainer, families, trial_family(best, ctx.spec.model.families), single)
+    trained = alone if blob is single else load_trained(blob)
     onnx_bytes = trained.to_onnx(embedding=ctx.spec.embeddings is not None).SerializeToString()
     model_uri = ctx.storage.write_bytes(ctx.key("model.bin"), blob)
     onnx_uri = ctx.storage.write_bytes(ctx.key("model.onnx"), onnx_bytes)
     counts = {s.lower(): len(study.get_trials(states=trial_states((s,)))) for s in ("COMPLETE", "PRUNED", "FAIL")}
-    families = study_families(study, ctx.spec.model.families, trainer.higher)
-    alone = load_trained(single)  # the best trial's own parameters: a later run's warm start
     params = {k: v for k, v in alone.params.items() if k != "rounds"}
     mlflow.log_params({f"best.{k}": v for k, v in {"family": alone.family, **params}.items()})
     if ensemble is not None:
@@ -635,27 +638,14 @@ def export_best(ctx: StepContext, study: optuna.Study, trainer: Trainer) -> dict
     }
 
 
-def family_bests(study: optuna.Study, families: Sequence[str], higher: bool) -> dict[str, int]:
-    """Each family's best complete trial (its number)."""
-    bests: dict[str, tuple[float, int]] = {}
-    for t in study.get_trials(deepcopy=False, states=trial_states(("COMPLETE",))):
-        if t.value is None:
-            continue
-        family = str(t.params.get("family", families[0]))
-        held = bests.get(family)
-        if held is None or (t.value > held[0] if higher else t.value < held[0]):
-            bests[family] = (t.value, t.number)
-    return {family: number for family, (_, number) in bests.items()}
-
-
 def blend(
-    ctx: StepContext, study: optuna.Study, trainer: Trainer, best_family: str, single: bytes
+    ctx: StepContext, trainer: Trainer, families: dict[str, Any], best_family: str, single: bytes
 ) -> tuple[bytes, dict[str, Any] | None]:
     """The artifact to export: the best trial's, or (`training.ensemble`, several families
-    searched, no embeddings) the weighted average of every family's best where it beats the best
-    alone on the validation rows; with what was weighed (None where nothing was)."""
+    searched, no embeddings) the weighted average of every family's best (`study_families`) where
+    it beats the best alone on the validation rows; with what was weighed (None where nothing was)."""
     spec = ctx.spec
-    bests = family_bests(study, spec.model.families, trainer.higher)
+    bests = {f: v["best_trial"] for f, v in families.items() if v["best_trial"] is not None}
     if not spec.training.ensemble or spec.embeddings is not None or len(bests) < 2:
         return single, None
     blobs = {f: ctx.storage.read_bytes(ctx.key(f"trials/trial-{n}.bin", STEP)) for f, n in bests.items()}
@@ -682,10 +672,15 @@ def blend(
 def study_families(study: optuna.Study, families: Sequence[str], higher: bool) -> dict[str, Any]:
     """The per-family figures of a study (a one-family study's trials have no `family` parameter)."""
     rows = [
-        (str(t.params.get("family", families[0])), t.state.name, t.value, t.user_attrs.get("elapsed_s"))
+        (trial_family(t, families), t.state.name, t.value, t.user_attrs.get("elapsed_s"), t.number)
         for t in study.get_trials(deepcopy=False)
     ]
     return family_summary(rows, higher)
+
+
+def trial_family(trial: optuna.trial.FrozenTrial, families: Sequence[str]) -> str:
+    """A trial's family (a one-family study's trials have no `family` parameter)."""
+    return str(trial.params.get("family", families[0]))
 
 
 def study_spent(study: optuna.Study) -> float:

@@ -190,17 +190,34 @@ def test_the_time_budget_is_what_the_trials_spent_kept_across_attempts() -> None
 
 def test_per_family_figures() -> None:
     rows = [
-        ("linear", "COMPLETE", 0.70, 1.5),
-        ("lightgbm", "COMPLETE", 0.82, 6.0),
-        ("lightgbm", "PRUNED", 0.75, 2.0),
-        ("lightgbm", "COMPLETE", 0.84, 7.25),
-        ("tabular_mlp", "FAIL", None, 3.0),
-        ("tabular_mlp", "RUNNING", None, None),
+        ("linear", "COMPLETE", 0.70, 1.5, 0),
+        ("lightgbm", "COMPLETE", 0.82, 6.0, 1),
+        ("lightgbm", "PRUNED", 0.75, 2.0, 2),
+        ("lightgbm", "COMPLETE", 0.84, 7.25, 3),
+        ("tabular_mlp", "FAIL", None, 3.0, 4),
+        ("tabular_mlp", "RUNNING", None, None, 5),
     ]
     out = family_summary(rows, higher=True)
-    assert out["lightgbm"] == {"trials": 3, "complete": 2, "pruned": 1, "failed": 0, "best": 0.84, "seconds": 15.2}
-    assert out["tabular_mlp"] == {"trials": 2, "complete": 0, "pruned": 0, "failed": 1, "best": None, "seconds": 3.0}
+    assert out["lightgbm"] == {
+        "trials": 3,
+        "complete": 2,
+        "pruned": 1,
+        "failed": 0,
+        "best": 0.84,
+        "best_trial": 3,
+        "seconds": 15.2,
+    }
+    assert out["tabular_mlp"] == {
+        "trials": 2,
+        "complete": 0,
+        "pruned": 0,
+        "failed": 1,
+        "best": None,
+        "best_trial": None,
+        "seconds": 3.0,
+    }
     assert family_summary(rows, higher=False)["lightgbm"]["best"] == 0.82
+    assert family_summary(rows, higher=False)["lightgbm"]["best_trial"] == 1
 
 
 def test_thresholds_rounded_down_to_float32_change_no_prediction_on_float32_inputs(split) -> None:  # type: ignore[no-untyped-def]
