@@ -128,11 +128,11 @@ class SyntheticSource(SourceBase):
 
 class DatasetSource(SourceBase):
     """An example dataset that ships inside an installed package, no download
-    (`pipelines.ml.datasets`): `diabetes` (regression, 442 rows), dated over the `months` that end
-    at `end` (`auto`: today)."""
+    (`pipelines.ml.datasets`): `diabetes` (regression, 442 rows) or `wine` (multiclass, 178 rows),
+    dated over the `months` that end at `end` (`auto`: today)."""
 
     kind: Literal["dataset"]
-    name: Literal["diabetes"]
+    name: Literal["diabetes", "wine"]
     months: int = Field(default=6, ge=1, le=120)
     seed: int = 7
     end: str = Field(default="auto", pattern=r"^(\d{4}-\d{2}-\d{2}|auto)$")
@@ -238,25 +238,29 @@ class Features(Model):
         return [f for v in self.views for f in v.features]
 
 
-LabelKind = Literal["binary", "regression"]
+LabelKind = Literal["binary", "multiclass", "regression"]
 
 TASK_METRICS: dict[str, tuple[str, ...]] = {
     "binary": ("roc_auc", "pr_auc", "log_loss", "f1", "calibration_error"),
+    "multiclass": ("macro_f1", "accuracy", "multi_log_loss"),
     "regression": ("rmse", "mae", "r2"),
 }
 """The metrics of each label kind (`evaluation.primary_metric` is one of its kind's)."""
 
 TASK_DEFAULTS: dict[str, dict[str, Any]] = {
     "binary": {"primary_metric": "roc_auc", "min_primary": 0.6},
+    "multiclass": {"primary_metric": "macro_f1", "min_primary": None},
     "regression": {"primary_metric": "rmse", "min_primary": None},
 }
-"""What `evaluation` defaults to for each label kind (a regression error has the label's units:
-no default bound)."""
+"""What `evaluation` defaults to for each label kind (a regression error has the label's units,
+chance in a multiclass one depends on the classes: no default bound)."""
 
 
 class Label(Model):
     """The label column and what kind of target it is: `binary` (0 or 1; the model's `score` is the
-    probability of 1) or `regression` (a number; `score` is the predicted value)."""
+    probability of 1), `multiclass` (one of the contract's `allowed` values of the label column, in
+    that order; the model answers each class's probability, the most likely class and its
+    probability as `score`) or `regression` (a number; `score` is the predicted value)."""
 
     column: str
     kind: LabelKind = "binary"
@@ -494,13 +498,16 @@ class StepResources(Model):
 class Evaluation(Model):
     """The promotion gates."""
 
-    primary_metric: Literal["roc_auc", "pr_auc", "log_loss", "f1", "rmse", "mae", "r2"] = Field(
-        default="roc_auc", description="default: roc_auc for a binary label, rmse for a regression one"
+    primary_metric: Literal[
+        "roc_auc", "pr_auc", "log_loss", "f1", "macro_f1", "accuracy", "multi_log_loss", "rmse", "mae", "r2"
+    ] = Field(
+        default="roc_auc",
+        description="default: roc_auc for a binary label, macro_f1 for a multiclass one, rmse for a regression one",
     )
     min_primary: float | None = Field(
         default=0.6,
         description="the bound the primary metric must meet (a minimum, or a maximum where lower is better); "
-        "default: 0.6 for a binary label, none for a regression one",
+        "default: 0.6 for a binary label, none for a multiclass or regression one",
     )
     min_improvement: float = 0.0
     bootstrap_samples: int = Field(default=500, ge=50)
@@ -653,6 +660,15 @@ class PipelineSpec(Model):
     drift: Drift = Drift()
     embeddings: Embeddings | None = None
 
+    @property
+    def classes(self) -> list[str]:
+        """A multiclass label's classes, in the order of the contract's `allowed` (duplicates
+        dropped): the order of the model's probabilities. Empty for any other kind."""
+        if self.label.kind != "multiclass":
+            return []
+        column = self.contract.columns.get(self.label.column)
+        return list(dict.fromkeys(column.allowed or [])) if column is not None else []
+
     def lifecycle_steps(self) -> list[str]:
         """The steps of this pipeline's lifecycle DAG, in order (`embed` only with `embeddings`)."""
         return [s.name for s in STEPS if s.lifecycle and (s.needs is None or getattr(self, s.needs) is not None)]
@@ -714,6 +730,14 @@ def cross_section_problems(spec: PipelineSpec) -> list[tuple[Loc, str]]:
     if kind == "regression" and label_col is not None and label_col.dtype not in ("int", "float"):
         problems.append(
             (("contract", "columns", spec.label.column, "dtype"), "a regression label must be an int or float column")
+        )
+    allowed = (label_col.allowed or []) if label_col is not None else []
+    if kind == "multiclass" and label_col is not None and (label_col.dtype != "string" or len(set(allowed)) < 2):
+        problems.append(
+            (
+                ("contract", "columns", spec.label.column, "allowed"),
+                "a multiclass label must be a string column whose `allowed` lists its classes (two or more)",
+            )
         )
     for v, view in enumerate(spec.features.views):
         for i, name in enumerate(view.features):

@@ -25,13 +25,15 @@ import json
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
 from pipelines.ml.model import (
+    PROBABILITIES,
     FeatureEncoding,
+    add_class_outputs,
     embeddings,
     encode,
     load_module,
@@ -65,6 +67,7 @@ class Fitting:
     deadline: float | None = None  # time.monotonic() past which a fit stops with its best so far
     threads: int = 1
     kind: str = "binary"  # the label's: binary (score: probability of 1) or regression (score: the value)
+    classes: list[str] = field(default_factory=list)  # a multiclass label's (scores: [n, K] probabilities)
 
     def better(self, value: float, best: float) -> bool:
         if math.isnan(value):
@@ -86,9 +89,13 @@ def stack(numeric: np.ndarray, codes: np.ndarray) -> np.ndarray:
 
 
 # ------------------------------------------------------------------------------------- artifacts
-def pack(family: str, enc: FeatureEncoding, params: dict[str, Any], payload: bytes) -> bytes:
-    """A trained model as one self-describing artifact. Pure."""
-    header = json.dumps({"family": family, "encoding": enc.to_dict(), "params": params}, default=str)
+def pack(
+    family: str, enc: FeatureEncoding, params: dict[str, Any], payload: bytes, classes: list[str] | None = None
+) -> bytes:
+    """A trained model as one self-describing artifact (with a multiclass model's class names). Pure."""
+    header = json.dumps(
+        {"family": family, "encoding": enc.to_dict(), "params": params, "classes": classes or []}, default=str
+    )
     return header.encode() + b"\n" + payload
 
 
@@ -98,30 +105,33 @@ class Trained(Protocol):
     params: dict[str, Any]
 
     def predict(self, df: pd.DataFrame) -> np.ndarray:
-        """The scores natively (not through ONNX): probabilities of the positive class, or values."""
+        """The scores natively (not through ONNX): probabilities of the positive class, values, or
+        a multiclass model's `[n, K]` probabilities."""
 
     def embeddings(self, df: pd.DataFrame) -> np.ndarray | None:
         """The rows' embeddings natively, None for a family without them."""
 
     def to_onnx(self, embedding: bool = False) -> onnx.ModelProto:
-        """Raw columns in, `score` out (and `embedding`, where the family has it)."""
+        """Raw columns in, `score` out (and `embedding`, where the family has it; a multiclass
+        model's `probabilities` and `class`)."""
 
 
 def load_trained(blob: bytes) -> Trained:
     header_bytes, payload = blob.split(b"\n", 1)
     header = json.loads(header_bytes)
     family, enc, params = header["family"], FeatureEncoding.from_dict(header["encoding"]), header["params"]
+    classes = list(header.get("classes") or [])
     if family == "tabular_mlp":
-        return MLPModel(family, enc, params, load_module(payload)[0])
+        return MLPModel(family, enc, params, load_module(payload)[0], classes=classes)
     if family == "lightgbm":
         import lightgbm as lgb
 
-        return LightGBMModel(family, enc, params, lgb.Booster(model_str=payload.decode()))
+        return LightGBMModel(family, enc, params, lgb.Booster(model_str=payload.decode()), classes=classes)
     if family == "linear":
         import pickle
 
         # our own artifact, written by this platform's train step into the run's storage
-        return LinearModel(family, enc, params, pickle.loads(payload))  # noqa: S301
+        return LinearModel(family, enc, params, pickle.loads(payload), classes=classes)  # noqa: S301
     if family == ENSEMBLE:
         members = json.loads(payload)
         return EnsembleModel(
@@ -130,6 +140,7 @@ def load_trained(blob: bytes) -> Trained:
             params,
             [load_trained(base64.b64decode(m["artifact"])) for m in members],
             [float(m["weight"]) for m in members],
+            classes=classes,
         )
     raise ValueError(f"unknown model family {family!r} in the artifact")
 
@@ -141,6 +152,7 @@ class TrainedBase:
     family: str
     enc: FeatureEncoding
     params: dict[str, Any]
+    classes: list[str] = field(default_factory=list, kw_only=True)  # a multiclass model's, in output order
 
     def embeddings(self, df: pd.DataFrame) -> np.ndarray | None:
         return None
@@ -157,7 +169,7 @@ class MLPModel(TrainedBase):
         return embeddings(self.module, self.enc, df)
 
     def to_onnx(self, embedding: bool = False) -> onnx.ModelProto:
-        return to_onnx(self.module, self.enc, embedding=embedding)
+        return to_onnx(self.module, self.enc, embedding=embedding, classes=self.classes or None)
 
 
 @dataclass
@@ -175,7 +187,7 @@ class LightGBMModel(TrainedBase):
         inner = convert_lightgbm(
             self.booster, initial_types=[("X", FloatTensorType([None, width]))], zipmap=False, target_opset=15
         )
-        return wrap_converted(inner, self.enc, "mlcycle lightgbm model")
+        return wrap_converted(inner, self.enc, "mlcycle lightgbm model", self.classes)
 
 
 @dataclass
@@ -186,7 +198,8 @@ class LinearModel(TrainedBase):
         x = matrix(df, self.enc)
         if is_regressor(self.pipeline):
             return np.asarray(self.pipeline.predict(x), dtype=np.float64)
-        return np.asarray(self.pipeline.predict_proba(x)[:, 1], dtype=np.float64)
+        probabilities = np.asarray(self.pipeline.predict_proba(x), dtype=np.float64)
+        return probabilities if self.classes else probabilities[:, 1]
 
     def to_onnx(self, embedding: bool = False) -> onnx.ModelProto:
         from skl2onnx import convert_sklearn
@@ -200,18 +213,20 @@ class LinearModel(TrainedBase):
             options=options,
             target_opset={"": 17, "ai.onnx.ml": 3},
         )
-        return wrap_converted(inner, self.enc, "mlcycle linear model")
+        return wrap_converted(inner, self.enc, "mlcycle linear model", self.classes)
 
 
 def is_regressor(pipeline: Any) -> bool:
     return not hasattr(pipeline.steps[-1][1], "predict_proba")
 
 
-def wrap_converted(inner: onnx.ModelProto, enc: FeatureEncoding, doc: str) -> onnx.ModelProto:
+def wrap_converted(
+    inner: onnx.ModelProto, enc: FeatureEncoding, doc: str, classes: list[str] | None = None
+) -> onnx.ModelProto:
     """A converted scikit-learn / LightGBM model (input `X`; output `probabilities` of a
     classifier, `variable` of a regressor) behind the raw-column front: one input per feature
     column, `score` (`[n]`: the positive class's probability, or the predicted value) the only
-    output."""
+    output; a multiclass model's (`classes`) outputs are `add_class_outputs`'."""
     import onnx
     from onnx import TensorProto, helper
 
@@ -229,7 +244,10 @@ def wrap_converted(inner: onnx.ModelProto, enc: FeatureEncoding, doc: str) -> on
     del graph.node[:]
     graph.node.extend([*nodes, *kept])
     produced = {o for n in kept for o in n.output}
-    if "model/probabilities" in produced:
+    if classes:
+        graph.node.append(helper.make_node("Identity", ["model/probabilities"], [PROBABILITIES], name="probabilities"))
+        what = "the classes' probabilities"
+    elif "model/probabilities" in produced:
         graph.initializer.append(helper.make_tensor("positive_class", TensorProto.INT64, [], [1]))
         graph.node.append(
             helper.make_node("Gather", ["model/probabilities", "positive_class"], ["score"], axis=1, name="score")
@@ -242,7 +260,11 @@ def wrap_converted(inner: onnx.ModelProto, enc: FeatureEncoding, doc: str) -> on
     del graph.input[:]
     graph.input.extend(inputs)
     del graph.output[:]
-    graph.output.append(helper.make_tensor_value_info("score", TensorProto.FLOAT, ["n"]))
+    if classes:
+        graph.output.append(helper.make_tensor_value_info(PROBABILITIES, TensorProto.FLOAT, ["n", len(classes)]))
+        add_class_outputs(inner, classes)
+    else:
+        graph.output.append(helper.make_tensor_value_info("score", TensorProto.FLOAT, ["n"]))
     for opset in inner.opset_import:
         if opset.domain == "ai.onnx.ml":
             opset.version = max(opset.version, 2)  # LabelEncoder with string keys
@@ -270,7 +292,7 @@ def greedy_ensemble(
     (the share of rounds each model was picked) and the average's metric. Pure."""
     names = sorted(scores)
     picks: dict[str, int] = dict.fromkeys(names, 0)
-    total = np.zeros(len(y), dtype=np.float64)
+    total = np.zeros(np.shape(scores[names[0]]), dtype=np.float64)  # [n], or [n, K] probabilities
     value = math.nan
     for n in range(1, rounds + 1):
         tried = {name: metric(y, (total + scores[name]) / n) for name in names}
@@ -281,10 +303,12 @@ def greedy_ensemble(
     return {name: count / rounds for name, count in picks.items() if count}, float(value)
 
 
-def pack_ensemble(enc: FeatureEncoding, members: list[tuple[bytes, float]], params: dict[str, Any]) -> bytes:
+def pack_ensemble(
+    enc: FeatureEncoding, members: list[tuple[bytes, float]], params: dict[str, Any], classes: list[str] | None = None
+) -> bytes:
     """Member artifacts and their weights as one artifact. Pure."""
     payload = json.dumps([{"artifact": base64.b64encode(blob).decode(), "weight": w} for blob, w in members])
-    return pack(ENSEMBLE, enc, params, payload.encode())
+    return pack(ENSEMBLE, enc, params, payload.encode(), classes)
 
 
 @dataclass
@@ -299,7 +323,8 @@ class EnsembleModel(TrainedBase):
 
     def to_onnx(self, embedding: bool = False) -> onnx.ModelProto:
         """One graph: each member's graph under its own prefix, fed the same raw columns, and
-        `score` the weighted sum of theirs."""
+        `score` the weighted sum of theirs (a multiclass model's `probabilities`, then its class
+        outputs)."""
         import onnx
         from onnx import TensorProto, helper
 
@@ -317,17 +342,21 @@ class EnsembleModel(TrainedBase):
             nodes += list(member.graph.node)
             initializers += list(member.graph.initializer)
             initializers.append(helper.make_tensor(f"weight_{i}", TensorProto.FLOAT, [], [weight]))
-            nodes.append(helper.make_node("Mul", [f"m{i}/score", f"weight_{i}"], [f"weighted_{i}"]))
+            summed = PROBABILITIES if self.classes else "score"
+            nodes.append(helper.make_node("Mul", [f"m{i}/{summed}", f"weight_{i}"], [f"weighted_{i}"]))
             weighted.append(f"weighted_{i}")
-        nodes.append(helper.make_node("Sum", weighted, ["score"], name="score"))
+        nodes.append(helper.make_node("Sum", weighted, [summed], name=summed))
+        shape: list[str | int | None] = ["n", len(self.classes)] if self.classes else ["n"]
         graph = helper.make_graph(
             nodes,
             "mlcycle_ensemble",
             inputs,
-            [helper.make_tensor_value_info("score", TensorProto.FLOAT, ["n"])],
+            [helper.make_tensor_value_info(summed, TensorProto.FLOAT, shape)],
             initializer=initializers,
         )
         model = helper.make_model(graph, opset_imports=[helper.make_opsetid(d, v) for d, v in sorted(opsets.items())])
+        if self.classes:
+            add_class_outputs(model, self.classes)
         model.doc_string = "mlcycle ensemble: " + ", ".join(
             f"{m.family} x{w:.2f}" for m, w in zip(self.members, self.weights, strict=True)
         )
@@ -348,8 +377,10 @@ def fit_lightgbm(
     import lightgbm as lgb
 
     (x, y), (xv, yv) = train, val
+    objective = {"regression": {"objective": "regression"}, "multiclass": {"objective": "multiclass"}}
     booster_params = {
-        "objective": "regression" if fitting.kind == "regression" else "binary",
+        **objective.get(fitting.kind, {"objective": "binary"}),
+        **({"num_class": len(fitting.classes)} if fitting.kind == "multiclass" else {}),
         "metric": "None",
         "verbosity": -1,
         "seed": fitting.seed,
@@ -388,7 +419,7 @@ def fit_lightgbm(
     )
     best_round = int(state["best_round"]) or booster.current_iteration()
     text = float32_thresholds(booster.model_to_string(num_iteration=best_round))
-    return float(state["best"]), pack("lightgbm", enc, {**params, "rounds": best_round}, text.encode())
+    return float(state["best"]), pack("lightgbm", enc, {**params, "rounds": best_round}, text.encode(), fitting.classes)
 
 
 def float32_thresholds(model_text: str) -> str:
@@ -416,8 +447,9 @@ def float32_thresholds(model_text: str) -> str:
 
 def linear_pipeline(enc: FeatureEncoding, params: dict[str, Any], seed: int, kind: str = "binary") -> Any:
     """Median imputation and scaling of the numeric columns, one-hot codes (an unseen category:
-    all zeros), an elastic-net logistic regression (a binary label) or least-squares regression
-    (a regression label) fitted by SGD. Pure (unfitted)."""
+    all zeros), an elastic-net logistic regression (a binary label; one against the rest per
+    class for a multiclass one) or least-squares regression (a regression label) fitted by SGD.
+    Pure (unfitted)."""
     from sklearn.compose import ColumnTransformer
     from sklearn.impute import SimpleImputer
     from sklearn.linear_model import SGDClassifier, SGDRegressor
@@ -465,11 +497,15 @@ def fit_linear(
     xt, xvt = prepare.fit_transform(x), prepare.transform(xv)
     shift, scale = target_scaling(y) if regression else (0.0, 1.0)
     y_fit = (y - shift) / scale if regression else y
-    fit_args: dict[str, Any] = {} if regression else {"classes": np.array([0, 1])}
+    classes = np.arange(len(fitting.classes)) if fitting.classes else np.array([0, 1])
+    fit_args: dict[str, Any] = {} if regression else {"classes": classes}
     best, best_model, bad = math.nan, None, 0
     for n in range(1, LINEAR_MAX_PASSES + 1):
         model.partial_fit(xt, y_fit, **fit_args)
-        scores = model.predict(xvt) * scale + shift if regression else model.predict_proba(xvt)[:, 1]
+        if regression:
+            scores = model.predict(xvt) * scale + shift
+        else:
+            scores = model.predict_proba(xvt) if fitting.classes else model.predict_proba(xvt)[:, 1]
         value = fitting.metric(yv, scores)
         fitting.log({"val_metric": value}, n)
         if fitting.better(value, best):
@@ -486,7 +522,7 @@ def fit_linear(
     pipeline.steps[1] = ("model", final)
     buf = io.BytesIO()
     pickle.dump(pipeline, buf)
-    return float(best), pack("linear", enc, params, buf.getvalue())
+    return float(best), pack("linear", enc, params, buf.getvalue(), fitting.classes)
 
 
 def target_scaling(y: np.ndarray) -> tuple[float, float]:
@@ -495,6 +531,8 @@ def target_scaling(y: np.ndarray) -> tuple[float, float]:
     return float(np.mean(y)), std if std > 0 else 1.0
 
 
-def mlp_artifact(module: torch.nn.Module, enc: FeatureEncoding, params: dict[str, Any]) -> bytes:
+def mlp_artifact(
+    module: torch.nn.Module, enc: FeatureEncoding, params: dict[str, Any], classes: list[str] | None = None
+) -> bytes:
     """The MLP's torch checkpoint as an artifact."""
-    return pack("tabular_mlp", enc, params, module_bytes(module, enc, params))
+    return pack("tabular_mlp", enc, params, module_bytes(module, enc, params), classes)

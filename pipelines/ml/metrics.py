@@ -22,6 +22,9 @@ HIGHER_IS_BETTER = {
     "f1": True,
     "log_loss": False,
     "calibration_error": False,
+    "macro_f1": True,
+    "accuracy": True,
+    "multi_log_loss": False,
     "rmse": False,
     "mae": False,
     "r2": True,
@@ -67,6 +70,42 @@ def calibration_error(y: np.ndarray, p: np.ndarray, bins: int = 10) -> float:
     return total
 
 
+def macro_f1(y: np.ndarray, p: np.ndarray) -> float:
+    """The mean F1 over the classes that occur among the labels or the predictions (the most
+    likely class of each row of probabilities `p`, `[n, K]`; `y` holds class indices)."""
+    pred = np.argmax(p, axis=1)
+    y = np.asarray(y, dtype=np.int64)
+    f1s = []
+    for c in np.union1d(y, pred):
+        tp = float(np.sum((pred == c) & (y == c)))
+        denom = 2 * tp + float(np.sum((pred == c) & (y != c))) + float(np.sum((pred != c) & (y == c)))
+        f1s.append(2 * tp / denom if denom else 0.0)
+    return float(np.mean(f1s)) if f1s else float("nan")
+
+
+def accuracy(y: np.ndarray, p: np.ndarray) -> float:
+    return float(np.mean(np.argmax(p, axis=1) == np.asarray(y, dtype=np.int64)))
+
+
+def multi_log_loss(y: np.ndarray, p: np.ndarray) -> float:
+    """The mean negative log probability of each row's true class."""
+    rows = np.arange(len(y))
+    return float(-np.mean(np.log(np.clip(p[rows, np.asarray(y, dtype=np.int64)], 1e-7, 1.0))))
+
+
+def encode_label(values: Any, classes: list[str]) -> np.ndarray:
+    """A label column as the models read it: class indices (int64, in the order of `classes`) for a
+    multiclass label, numbers (float64) otherwise. A value that is no class is an error naming it
+    (validation keeps such rows out of training). Pure."""
+    if not classes:
+        return np.asarray(values, dtype=np.float64)
+    index = {c: i for i, c in enumerate(classes)}
+    unknown = sorted({str(v) for v in values if str(v) not in index})
+    if unknown:
+        raise ValueError(f"label values {unknown[:5]} are not among the classes {classes}")
+    return np.array([index[str(v)] for v in values], dtype=np.int64)
+
+
 def rmse(y: np.ndarray, p: np.ndarray) -> float:
     return float(np.sqrt(np.mean((np.asarray(y, float) - p) ** 2)))
 
@@ -90,6 +129,9 @@ def metric_functions(threshold: float, kind: str = "binary") -> dict[str, Metric
         "log_loss": log_loss,
         "f1": f1_at(threshold),
         "calibration_error": calibration_error,
+        "macro_f1": macro_f1,
+        "accuracy": accuracy,
+        "multi_log_loss": multi_log_loss,
         "rmse": rmse,
         "mae": mae,
         "r2": r2,

@@ -85,10 +85,12 @@ def build_module(
     layers: int = 2,
     dropout: float = 0.1,
     target: tuple[float, float] | None = None,
+    classes: int = 0,
 ) -> torch.nn.Module:
-    """The MLP. Its head is a logit (a binary label), or with `target` (a regression label's mean
-    and standard deviation in training) the label standardised; `output` turns the head into the
-    `score`: the probability, or the value in the label's units."""
+    """The MLP. Its head is a logit (a binary label), with `target` (a regression label's mean
+    and standard deviation in training) the label standardised, or with `classes` (a multiclass
+    label's number of classes) one logit per class; `output` turns the head into the score: the
+    probability, the value in the label's units, or the classes' probabilities (`[n, classes]`)."""
     import torch
     from torch import nn
 
@@ -101,6 +103,9 @@ def build_module(
             if target is not None:
                 self.register_buffer("target_mean", torch.tensor(float(target[0])))
                 self.register_buffer("target_std", torch.tensor(float(target[1])))
+            self.classes = classes
+            if classes:
+                self.register_buffer("class_count", torch.tensor(classes))
             dims = [min(8, (len(enc.vocab[c]) + 2) // 2 + 1) for c in enc.categorical]
             self.embeddings = nn.ModuleList(
                 nn.Embedding(len(enc.vocab[c]) + 1, dim) for c, dim in zip(enc.categorical, dims, strict=True)
@@ -110,7 +115,7 @@ def build_module(
             for _ in range(layers):
                 blocks += [nn.Linear(width, hidden_units), nn.ReLU(), nn.Dropout(dropout)]
                 width = hidden_units
-            blocks.append(nn.Linear(width, 1))
+            blocks.append(nn.Linear(width, classes or 1))
             self.mlp = nn.Sequential(*blocks)
 
         def hidden(self, numeric: torch.Tensor | None, codes: torch.Tensor | None) -> torch.Tensor:
@@ -125,10 +130,12 @@ def build_module(
             return out
 
         def forward(self, numeric: torch.Tensor | None, codes: torch.Tensor | None) -> torch.Tensor:
-            out: torch.Tensor = self.mlp[-3:](self.hidden(numeric, codes)).squeeze(1)
-            return out
+            out: torch.Tensor = self.mlp[-3:](self.hidden(numeric, codes))
+            return out if self.classes else out.squeeze(1)
 
         def output(self, head: torch.Tensor) -> torch.Tensor:
+            if self.classes:
+                return torch.softmax(head, dim=1)
             if self.regression:
                 return head * self.get_buffer("target_std") + self.get_buffer("target_mean")
             return torch.sigmoid(head)
@@ -137,7 +144,8 @@ def build_module(
 
 
 def predict(module: torch.nn.Module, enc: FeatureEncoding, df: pd.DataFrame, device: str = "cpu") -> np.ndarray:
-    """The scores from torch (probabilities, or values for a regression model), on raw columns."""
+    """The scores from torch (probabilities; values for a regression model; `[n, classes]`
+    probabilities for a multiclass one), on raw columns."""
     import torch
 
     numeric, codes = encode(df, enc)
@@ -163,9 +171,16 @@ EMBEDDING = "embedding"
 """The ONNX output of the entity's embedding, beside `score`, in a model exported with embeddings."""
 
 
-def to_onnx(module: torch.nn.Module, enc: FeatureEncoding, opset: int = 17, embedding: bool = False) -> onnx.ModelProto:
+def to_onnx(
+    module: torch.nn.Module,
+    enc: FeatureEncoding,
+    opset: int = 17,
+    embedding: bool = False,
+    classes: list[str] | None = None,
+) -> onnx.ModelProto:
     """Export with preprocessing in the graph: raw columns in, `score` out (and, with `embedding`,
-    the last hidden layer before its ReLU as the `embedding` output, `[n, hidden_units]`)."""
+    the last hidden layer before its ReLU as the `embedding` output, `[n, hidden_units]`). A
+    multiclass model (`classes`, its class names) answers `class_outputs`."""
     import onnx
     import torch
     from onnx import helper
@@ -183,9 +198,11 @@ def to_onnx(module: torch.nn.Module, enc: FeatureEncoding, opset: int = 17, embe
             given = dict(zip(groups, tensors, strict=True))
             inner: Any = self.inner
             hidden = inner.hidden(given.get("numeric"), given.get("codes"))
-            score = inner.output(inner.mlp[-3:](hidden).squeeze(1))
+            head = inner.mlp[-3:](hidden)
+            score = inner.output(head if inner.classes else head.squeeze(1))
             return (score, hidden) if embedding else score
 
+    first = PROBABILITIES if classes else "score"
     scorer = Scorer(module).cpu().eval()
     buf = io.BytesIO()
     examples = {
@@ -197,10 +214,10 @@ def to_onnx(module: torch.nn.Module, enc: FeatureEncoding, opset: int = 17, embe
         tuple(examples[g] for g in groups),
         buf,  # type: ignore[arg-type]
         input_names=groups,
-        output_names=["score", EMBEDDING] if embedding else ["score"],
+        output_names=[first, EMBEDDING] if embedding else [first],
         dynamic_axes={
             **{g: {0: "n"} for g in groups},
-            "score": {0: "n"},
+            first: {0: "n"},
             **({EMBEDDING: {0: "n"}} if embedding else {}),
         },
         opset_version=opset,
@@ -215,11 +232,59 @@ def to_onnx(module: torch.nn.Module, enc: FeatureEncoding, opset: int = 17, embe
     del graph.input[:]
     graph.input.extend(inputs)
     model.opset_import.append(helper.make_opsetid("ai.onnx.ml", 2))
-    model.doc_string = "mlcycle tabular model: raw feature columns in, " + (
-        "the predicted value out" if getattr(module, "regression", False) else "the probability out"
-    )
+    what = "the predicted value" if getattr(module, "regression", False) else "the probability"
+    if classes:
+        add_class_outputs(model, classes)
+        what = "the classes' probabilities"
+    model.doc_string = f"mlcycle tabular model: raw feature columns in, {what} out"
     onnx.checker.check_model(model)
     return model
+
+
+PROBABILITIES = "probabilities"
+CLASS = "class"
+CLASSES_KEY = "mlcycle.classes"
+"""A multiclass model's outputs beside `score`: `probabilities` (`[n, K]`, in the order of the
+classes) and `class` (`[n]`, the most likely class's name); its metadata `mlcycle.classes` lists
+the class names (JSON)."""
+
+
+def add_class_outputs(model: onnx.ModelProto, classes: list[str]) -> None:
+    """Turn a graph whose only output is `probabilities` (`[n, K]`) into a multiclass model's:
+    `score` (the most likely class's probability), `probabilities` and `class`, with the class
+    names in the graph (a string constant indexed by the arg max) and in its metadata."""
+    import json
+
+    from onnx import TensorProto, helper
+
+    graph = model.graph
+    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 1)
+    graph.initializer.append(
+        helper.make_tensor("class_names", TensorProto.STRING, [len(classes)], [c.encode() for c in classes])  # type: ignore[misc]
+    )
+    if opset >= 18:  # ReduceMax's axes became an input
+        graph.initializer.append(helper.make_tensor("class_axis", TensorProto.INT64, [1], [1]))
+        top = helper.make_node("ReduceMax", [PROBABILITIES, "class_axis"], ["score"], keepdims=0, name="score")
+    else:
+        top = helper.make_node("ReduceMax", [PROBABILITIES], ["score"], axes=[1], keepdims=0, name="score")
+    graph.node.extend(
+        [
+            top,
+            helper.make_node("ArgMax", [PROBABILITIES], ["class_index"], axis=1, keepdims=0, name="class_index"),
+            helper.make_node("Gather", ["class_names", "class_index"], [CLASS], axis=0, name="class"),
+        ]
+    )
+    kept = [o for o in graph.output if o.name not in (PROBABILITIES, "score")]
+    del graph.output[:]
+    graph.output.extend(
+        [
+            helper.make_tensor_value_info("score", TensorProto.FLOAT, ["n"]),
+            helper.make_tensor_value_info(PROBABILITIES, TensorProto.FLOAT, ["n", len(classes)]),
+            helper.make_tensor_value_info(CLASS, TensorProto.STRING, ["n"]),
+            *kept,
+        ]
+    )
+    helper.set_model_props(model, {CLASSES_KEY: json.dumps(classes)})
 
 
 def raw_front(enc: FeatureEncoding) -> tuple[list[onnx.NodeProto], list[onnx.ValueInfoProto]]:
@@ -289,8 +354,10 @@ def embedding_dimension(session: Any) -> int | None:
 
 
 def predict_onnx(session: Any, df: pd.DataFrame) -> np.ndarray:
-    """Probabilities from an exported model, on raw columns (it needs nothing else)."""
-    (score,) = session.run(["score"], session_feed(session, df))
+    """The scores of an exported model, on raw columns (it needs nothing else): its
+    `probabilities` (`[n, K]`) where it has them (a multiclass model), else its `score`."""
+    names = {o.name for o in session.get_outputs()}
+    (score,) = session.run([PROBABILITIES if PROBABILITIES in names else "score"], session_feed(session, df))
     return np.asarray(score, dtype=np.float64)
 
 
@@ -311,7 +378,8 @@ def load_module(data: bytes) -> tuple[torch.nn.Module, FeatureEncoding, dict[str
     params = blob["params"]
     state = blob["state_dict"]
     target = (float(state["target_mean"]), float(state["target_std"])) if "target_mean" in state else None
-    module = build_module(enc, **architecture(params), target=target)
+    classes = int(state["class_count"]) if "class_count" in state else 0
+    module = build_module(enc, **architecture(params), target=target, classes=classes)
     module.load_state_dict(state)
     return module.eval(), enc, params
 

@@ -22,7 +22,8 @@ def png_bytes(fig: Any, dpi: int = 90) -> bytes:
     import matplotlib.pyplot as plt
 
     for ax in fig.axes:
-        ax.legend()
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend()
     fig.tight_layout()
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=dpi)

@@ -3,8 +3,9 @@
 Both models are scored through ONNX Runtime on raw columns, exactly as they would be served.
 Overall and per-slice metrics, a paired bootstrap confidence interval of the primary metric's
 difference, the ONNX latency per row, and the spec's gates give a verdict with reasons. The report
-(JSON, and HTML with a ROC curve and a calibration plot for a binary label, predicted against
-actual and the residuals for a regression one) is logged to the training run in MLflow,
+(JSON, and HTML with a ROC curve and a calibration plot for a binary label, the confusion matrix
+and each class's F1 for a multiclass one, predicted against actual and the residuals for a
+regression one) is logged to the training run in MLflow,
 which also gets the verdict as the tag `mlcycle.verdict`.
 """
 
@@ -20,7 +21,7 @@ import numpy as np
 from pipelines.io.registry import CHAMPION, alias_version, model_name
 from pipelines.io.storage import read_parquet, write_json
 from pipelines.io.tracking import setup_mlflow
-from pipelines.ml.metrics import bootstrap_difference, gate, overall, primary_metric, slices
+from pipelines.ml.metrics import bootstrap_difference, encode_label, gate, overall, primary_metric, slices
 from pipelines.ml.model import onnx_session, predict_onnx, session_feed
 from pipelines.ml.plots import png_bytes, two_panels
 from pipelines.steps.context import StepContext
@@ -42,11 +43,15 @@ def onnx_latency_ms(session: Any, df: pd.DataFrame, repeats: int = 200) -> float
     return float(np.median(times) * 1000)
 
 
-def plots_png(y: np.ndarray, scores: dict[str, np.ndarray], kind: str = "binary") -> str:
+def plots_png(
+    y: np.ndarray, scores: dict[str, np.ndarray], kind: str = "binary", classes: list[str] | None = None
+) -> str:
     """A ROC curve and a calibration plot of each model (a regression model: predicted against
-    actual, and the residuals' distribution), as a base64 PNG."""
+    actual, and the residuals' distribution; a multiclass one: `multiclass_png`), as a base64 PNG."""
     if kind == "regression":
         return regression_png(y, scores)
+    if kind == "multiclass":
+        return multiclass_png(y, scores, classes or [])
     from sklearn.calibration import calibration_curve
     from sklearn.metrics import roc_curve
 
@@ -75,6 +80,43 @@ def regression_png(y: np.ndarray, scores: dict[str, np.ndarray]) -> str:
     return base64.b64encode(png_bytes(fig, dpi=90)).decode()
 
 
+def confusion(y: np.ndarray, p: np.ndarray, k: int) -> np.ndarray:
+    """Rows: the true class, columns: the predicted (most likely) one; counts. Pure."""
+    out = np.zeros((k, k), dtype=np.int64)
+    np.add.at(out, (np.asarray(y, dtype=np.int64), np.argmax(p, axis=1)), 1)
+    return out
+
+
+def multiclass_png(y: np.ndarray, scores: dict[str, np.ndarray], classes: list[str]) -> str:
+    """The challenger's confusion matrix (each true class's row as shares, counts written in) and
+    every model's F1 per class."""
+    fig, (matrix, bars) = two_panels(11, 4.6)
+    k = len(classes)
+    counts = confusion(y, scores["challenger"], k)
+    shares = counts / np.maximum(counts.sum(axis=1, keepdims=True), 1)
+    matrix.imshow(shares, cmap="Blues", vmin=0, vmax=1)
+    for i in range(k):
+        for j in range(k):
+            matrix.text(
+                j, i, str(counts[i, j]), ha="center", va="center", color="black" if shares[i, j] < 0.6 else "white"
+            )
+    matrix.set(
+        title="Challenger: confusion matrix", xlabel="predicted", ylabel="actual", xticks=range(k), yticks=range(k)
+    )
+    matrix.set_xticklabels(classes, rotation=30, ha="right")
+    matrix.set_yticklabels(classes)
+    width = 0.8 / len(scores)
+    for n, (label, p) in enumerate(scores.items()):
+        c = confusion(y, p, k)
+        tp = np.diag(c).astype(float)
+        denom = c.sum(axis=0) + c.sum(axis=1)
+        f1 = np.divide(2 * tp, denom, out=np.zeros(k), where=denom > 0)
+        bars.bar(np.arange(k) + n * width, f1, width, label=label)
+    bars.set(title="F1 by class", ylabel="F1", ylim=(0, 1), xticks=np.arange(k) + 0.4 - width / 2)
+    bars.set_xticklabels(classes, rotation=30, ha="right")
+    return base64.b64encode(png_bytes(fig, dpi=90)).decode()
+
+
 def render_html(report: dict[str, Any], png: str) -> str:
     esc = html.escape
     v = report["verdict"]
@@ -86,7 +128,7 @@ def render_html(report: dict[str, Any], png: str) -> str:
         f"<tr><td>{esc(n)}</td>" + "".join(f"<td>{report[m]['metrics'][n]:.4f}</td>" for m in models) + "</tr>"
         for n in names
     )
-    shown = names[:2]  # per slice: the kind's first two metrics (roc_auc, pr_auc / rmse, mae)
+    shown = names[:2]  # per slice: the kind's first two metrics (roc_auc, pr_auc / macro_f1, accuracy / rmse, mae)
     slice_rows = "".join(
         f"<tr><td>{esc(col)}={esc(val)}</td><td>{int(m['rows'])}</td>"
         + "".join(f"<td>{m[n]:.4f}</td>" for n in shown)
@@ -114,7 +156,7 @@ def run(ctx: StepContext) -> dict[str, Any]:
     cfg = spec.evaluation
     trained = ctx.manifest("train")
     test = read_parquet(ctx.storage, ctx.require("features", "test.parquet"))
-    y = test[spec.label.column].to_numpy()
+    y = encode_label(test[spec.label.column], spec.classes)
     kind = spec.label.kind
     challenger = onnx_session(ctx.storage.read_bytes(ctx.require("train", "model.onnx")))
     p_new = predict_onnx(challenger, test)
@@ -159,7 +201,7 @@ def run(ctx: StepContext) -> dict[str, Any]:
         report["difference"],
         report["onnx_latency_ms_per_row"],
     )
-    page = render_html(report, plots_png(y, scores, kind))
+    page = render_html(report, plots_png(y, scores, kind, spec.classes))
     report["report_html"] = ctx.storage.write_bytes(ctx.key("report.html"), page.encode())
     write_json(ctx.storage, ctx.key("report.json"), report)
     with mlflow.start_run(run_id=trained["mlflow_run_id"]):

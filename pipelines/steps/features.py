@@ -53,6 +53,15 @@ def time_split(df: pd.DataFrame, ts_col: str, split: Split) -> pd.Series:
     return assigned
 
 
+def label_summary(labels: pd.Series, classes: list[str]) -> dict[str, Any]:
+    """A split's labels in brief: their mean (`label_rate`: the positive rate of a binary label),
+    or each class's share of a multiclass label (every class, in the classes' order). Pure."""
+    if not classes:
+        return {"label_rate": float(labels.mean())}
+    counts = labels.astype(str).value_counts()
+    return {"class_shares": {c: float(counts.get(c, 0)) / max(len(labels), 1) for c in classes}}
+
+
 def entity_rows(df: pd.DataFrame, spec: PipelineSpec) -> pd.DataFrame:
     """The entity dataframe for `get_historical_features`: key, event time and label."""
     cols = [spec.entity.join_key, spec.entity.timestamp, spec.label.column]
@@ -94,7 +103,7 @@ def run(ctx: StepContext) -> dict[str, Any]:
             "uri": uri,
             "rows": len(part),
             "time_range": [str(part[ts].min()), str(part[ts].max())],
-            "label_rate": float(part[spec.label.column].mean()),
+            **label_summary(part[spec.label.column], spec.classes),
         }
     write_json(ctx.storage, ctx.key("manifest.json"), manifest)
     return manifest

@@ -50,7 +50,7 @@ from pipelines.ml.families import (
     stack,
     target_scaling,
 )
-from pipelines.ml.metrics import HIGHER_IS_BETTER, primary_metric
+from pipelines.ml.metrics import HIGHER_IS_BETTER, encode_label, primary_metric
 from pipelines.ml.model import (
     FeatureEncoding,
     architecture,
@@ -259,15 +259,15 @@ class Trainer:
         num, codes = encode(train, enc)
         self.x_num = torch.from_numpy(num).to(device)
         self.x_cat = torch.from_numpy(codes).to(device)
-        self.y = torch.from_numpy(train[spec.label.column].to_numpy(np.float32)).to(device)
+        self.classes = spec.classes  # a multiclass label's: y holds class indices
+        y = encode_label(train[spec.label.column], self.classes)
+        self.y = torch.from_numpy(y if self.classes else y.astype(np.float32)).to(device)
         # a regression MLP learns the standardised label (its head is rescaled in the graph)
-        self.target = (
-            target_scaling(train[spec.label.column].to_numpy(np.float64)) if self.kind == "regression" else None
-        )
+        self.target = target_scaling(y) if self.kind == "regression" else None
         vnum, vcodes = encode(val, enc)
         self.v_num = torch.from_numpy(vnum).to(device)
         self.v_cat = torch.from_numpy(vcodes).to(device)
-        self.v_y = val[spec.label.column].to_numpy()
+        self.v_y = encode_label(val[spec.label.column], self.classes)
         self.val = val  # the raw rows: the family bests score them natively to choose an ensemble
         self.threads = cpu_threads(spec.resources.for_step(ctx.step).cpu, os.cpu_count())
 
@@ -297,6 +297,7 @@ class Trainer:
             deadline=clock.deadline,
             threads=self.threads,
             kind=self.kind,
+            classes=self.classes,
         )
         fit = {"lightgbm": fit_lightgbm, "linear": fit_linear}[family]
         return fit(self.enc, params, self.train_xy, self.val_xy, fitting)
@@ -321,7 +322,8 @@ class Trainer:
 
         clock = clock or TrialClock(trial, self.metric_name)
         torch.manual_seed(self.cfg.seed + trial.number)
-        module = build_module(self.enc, **architecture(params), target=self.target).to(self.device)
+        module = build_module(self.enc, **architecture(params), target=self.target, classes=len(self.classes))
+        module = module.to(self.device)
         opt = torch.optim.AdamW(
             module.parameters(), lr=params.get("learning_rate", 1e-3), weight_decay=params.get("weight_decay", 0.0)
         )
@@ -329,7 +331,13 @@ class Trainer:
         best_state: dict[str, Any] = {k: v.detach().clone() for k, v in module.state_dict().items()}
         start_epoch = self._resume(trial, module, opt, stopper, best_state)
         gen = torch.Generator().manual_seed(self.cfg.seed * 1000 + trial.number)
-        loss_fn = torch.nn.MSELoss() if self.target else torch.nn.BCEWithLogitsLoss()
+        loss_fn: torch.nn.Module = (
+            torch.nn.CrossEntropyLoss()
+            if self.classes
+            else torch.nn.MSELoss()
+            if self.target
+            else torch.nn.BCEWithLogitsLoss()
+        )
         y = self.y if self.target is None else (self.y - self.target[0]) / self.target[1]
         last_checkpoint = time.monotonic()
         n = len(self.y)
@@ -356,7 +364,7 @@ class Trainer:
                 break
         module.load_state_dict(best_state)
         self._checkpoint(trial.number, module, opt, stopper, best_state, self.cfg.max_epochs)
-        return stopper.best_value, mlp_artifact(module.cpu(), self.enc, params)
+        return stopper.best_value, mlp_artifact(module.cpu(), self.enc, params, self.classes)
 
     def _checkpoint(
         self, number: int, module: Any, opt: Any, stopper: EarlyStopping, best: dict[str, Any], next_epoch: int
@@ -666,7 +674,7 @@ def blend(
     if not chosen:
         return single, info
     members = [(blobs[f], w) for f, w in weights.items()]
-    return pack_ensemble(trainer.enc, members, {"members": weights}), info
+    return pack_ensemble(trainer.enc, members, {"members": weights}, trainer.classes), info
 
 
 def study_families(study: optuna.Study, families: Sequence[str], higher: bool) -> dict[str, Any]:

@@ -122,7 +122,8 @@ def row_reasons(
     df: pd.DataFrame, contract: Contract, label: str | None = None, kind: str = "binary"
 ) -> tuple[pd.DataFrame, pd.Series]:
     """Coerce every contract column and check every row (and the `label` by its kind, whatever
-    bounds the contract gives it: a binary label is 0 or 1, a regression label a finite number).
+    bounds the contract gives it: a binary label is 0 or 1, a regression label a finite number; a
+    multiclass label's classes are the contract's `allowed`).
     Returns the coerced frame (contract columns only, in contract order) and the reasons per row
     ('' for a good row). Pure."""
     import pandas as pd
@@ -153,7 +154,7 @@ def row_reasons(
         # A value that could not be coerced is null now; its type reason already says why.
         per_row = per_row.where(reasons == "", "")
         add(per_row)
-    if label is not None and label in coerced:
+    if label is not None and label in coerced and kind != "multiclass":  # a class: the contract's `allowed` checks it
         values = coerced[label]
         if kind == "regression":
             numbers = pd.to_numeric(values, errors="coerce")

@@ -4,6 +4,7 @@ stops at the search's deadline; the search's budget and per-family figures are p
 
 from __future__ import annotations
 
+import json
 import math
 import time
 from typing import Any
@@ -26,8 +27,8 @@ from pipelines.ml.families import (
     mlp_artifact,
     pack_ensemble,
 )
-from pipelines.ml.metrics import rmse, roc_auc
-from pipelines.ml.model import build_module, fit_encoding, onnx_session, predict_onnx
+from pipelines.ml.metrics import encode_label, macro_f1, rmse, roc_auc
+from pipelines.ml.model import build_module, fit_encoding, onnx_session, predict_onnx, session_feed
 from pipelines.steps.train import (
     FamilyPruner,
     budget_left,
@@ -337,3 +338,99 @@ def test_an_ensemble_exports_one_onnx_graph_matching_its_weighted_members(split,
     assert [o.name for o in session.get_outputs()] == ["score"]
     scale = 1.0 if kind == "binary" else float(np.abs(native).max())
     assert np.abs(native - predict_onnx(session, rows)).max() <= TOLERANCE * scale
+
+
+# ------------------------------------------------------------------------------------ multiclass
+@pytest.fixture(scope="module")
+def multiclass_split():  # type: ignore[no-untyped-def]
+    """The bundled wine data (a package's own file: three cultivars), with a categorical column
+    (the cellar, unrelated to the cultivar) and a tenth of one measurement missing."""
+    from datetime import date
+
+    from pipelines.ml.datasets import WINE_CULTIVARS, wine
+
+    df = wine(6, date(2026, 1, 1), 3)
+    rng = np.random.default_rng(0)
+    df["cellar"] = rng.choice(["north", "south", "east"], len(df))
+    df.loc[rng.random(len(df)) < 0.1, "magnesium"] = np.nan
+    numeric = ["alcohol", "malic_acid", "magnesium", "flavanoids", "color_intensity", "hue", "proline"]
+    train, val = df.iloc[:120], df.iloc[120:]
+    enc = fit_encoding(train, numeric, ["cellar"])
+    classes = list(WINE_CULTIVARS)
+    xy = (matrix(train, enc), encode_label(train["cultivar"], classes))
+    vxy = (matrix(val, enc), encode_label(val["cultivar"], classes))
+    return enc, xy, vxy, val, classes
+
+
+def awkward_wines(val: pd.DataFrame) -> pd.DataFrame:
+    rows = val.copy()
+    rows.loc[rows.index[:10], "cellar"] = "cave"  # a category never seen in training
+    rows.loc[rows.index[5:15], "hue"] = np.nan
+    return rows
+
+
+def multiclass_fitting(classes: list[str]) -> Fitting:
+    return fitting(metric=macro_f1, higher=True, kind="multiclass", classes=classes, patience=5)
+
+
+@pytest.mark.parametrize(
+    ("fit", "params"),
+    [
+        (fit_lightgbm, {"learning_rate": 0.1, "num_leaves": 8, "min_child_samples": 5}),
+        (fit_linear, {"alpha": 1e-3, "l1_ratio": 0.2}),
+    ],
+)
+def test_a_multiclass_family_answers_every_class_probability_and_its_onnx_names_the_class(
+    multiclass_split, fit, params
+) -> None:  # type: ignore[no-untyped-def]
+    enc, xy, vxy, val, classes = multiclass_split
+    value, blob = fit(enc, params, xy, vxy, multiclass_fitting(classes))
+    assert value > 0.8  # three cultivars told apart (chance: about 0.33)
+    trained = load_trained(blob)
+    assert trained.classes == classes  # the class names travel in the artifact
+    rows = awkward_wines(val)
+    native = trained.predict(rows)
+    assert native.shape == (len(rows), 3) and np.allclose(native.sum(axis=1), 1.0)
+    session = onnx_session(trained.to_onnx().SerializeToString())
+    assert [o.name for o in session.get_outputs()] == ["score", "probabilities", "class"]
+    probabilities = predict_onnx(session, rows)
+    assert np.abs(native - probabilities).max() <= TOLERANCE
+    score, names = session.run(["score", "class"], session_feed(session, rows))
+    assert list(names) == [classes[i] for i in np.argmax(native, axis=1)]
+    assert np.abs(score - native.max(axis=1)).max() <= TOLERANCE
+    assert json.loads(session.get_modelmeta().custom_metadata_map["mlcycle.classes"]) == classes
+
+
+def test_a_multiclass_mlp_and_an_ensemble_of_families_export_the_same_outputs(multiclass_split) -> None:  # type: ignore[no-untyped-def]
+    enc, xy, vxy, val, classes = multiclass_split
+    torch.manual_seed(0)
+    module = build_module(enc, hidden_units=8, layers=1, dropout=0.0, classes=3)
+    mlp = mlp_artifact(module, enc, {"hidden_units": 8, "layers": 1}, classes)
+    trained = load_trained(mlp)
+    rows = awkward_wines(val).dropna(subset=enc.numeric)  # the MLP has no imputation
+    native = trained.predict(rows)
+    assert native.shape == (len(rows), 3) and np.allclose(native.sum(axis=1), 1.0, atol=1e-6)
+    session = onnx_session(trained.to_onnx(embedding=True).SerializeToString())
+    assert [o.name for o in session.get_outputs()] == ["score", "probabilities", "class", "embedding"]
+    assert np.abs(native - predict_onnx(session, rows)).max() <= TOLERANCE
+    fit = multiclass_fitting(classes)
+    _, trees = fit_lightgbm(enc, {"learning_rate": 0.1, "num_leaves": 8, "min_child_samples": 5}, xy, vxy, fit)
+    _, line = fit_linear(enc, {}, xy, vxy, fit)
+    model = load_trained(pack_ensemble(enc, [(trees, 0.5), (line, 0.3), (mlp, 0.2)], {}, classes))
+    blended = model.predict(rows)
+    members = [load_trained(b).predict(rows) for b in (trees, line, mlp)]
+    assert np.allclose(blended, 0.5 * members[0] + 0.3 * members[1] + 0.2 * members[2])
+    session = onnx_session(model.to_onnx().SerializeToString())
+    assert [o.name for o in session.get_outputs()] == ["score", "probabilities", "class"]
+    assert np.abs(blended - predict_onnx(session, rows)).max() <= TOLERANCE
+    (names,) = session.run(["class"], session_feed(session, rows))
+    assert list(names) == [classes[i] for i in np.argmax(blended, axis=1)]
+
+
+def test_greedy_ensemble_weighs_class_probabilities() -> None:
+    rng = np.random.default_rng(1)
+    y = rng.integers(0, 3, 600)
+    exact = np.eye(3)[y] * 0.6 + 0.4 / 3
+    noise = rng.dirichlet(np.ones(3), 600)
+    weights, value = greedy_ensemble({"exact": exact, "noise": noise}, y, macro_f1, higher=True)
+    assert weights == {"exact": 1.0} and value == 1.0

@@ -127,3 +127,28 @@ def test_regression_metrics_agree_with_references_and_gate_lower_errors() -> Non
     assert better["upper"] < 0  # a smaller error: the difference is negative, and lower is better
     assert gate(cfg, {"rmse": 20.0}, got, better, None)["passed"]
     assert not gate(Evaluation(primary_metric="rmse", min_primary=30.0), got, None, None, None)["passed"]
+
+
+def test_multiclass_metrics_agree_with_references_and_take_every_slice_and_bootstrap() -> None:
+    import pandas as pd
+    from sklearn.metrics import accuracy_score
+
+    from pipelines.ml.metrics import encode_label
+
+    rng = np.random.default_rng(2)
+    y = rng.integers(0, 3, 900)
+    logits = rng.normal(0, 1, (900, 3)) + 1.5 * np.eye(3)[y]
+    p = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
+    result = overall(y, p, 0.5, kind="multiclass")
+    assert set(result) == {"macro_f1", "accuracy", "multi_log_loss"}
+    assert result["macro_f1"] == pytest.approx(f1_score(y, p.argmax(axis=1), average="macro"))
+    assert result["accuracy"] == pytest.approx(accuracy_score(y, p.argmax(axis=1)))
+    assert result["multi_log_loss"] == pytest.approx(sk_log_loss(y, p, labels=[0, 1, 2]))
+    by_region = slices(pd.DataFrame({"region": ["n", "s"] * 450}), y, p, ["region"], 0.5, kind="multiclass")
+    assert by_region["region"]["n"]["accuracy"] == pytest.approx(accuracy_score(y[::2], p[::2].argmax(axis=1)))
+    worse = np.roll(p, 1, axis=1)  # every row's probabilities on the wrong classes
+    diff = bootstrap_difference(y, p, worse, metric_functions(0.5, "multiclass")["macro_f1"], 200, 0.95)
+    assert diff["lower"] > 0.3  # rows resampled with their [K] probabilities
+    assert list(encode_label(["b", "a", "c"], ["a", "b", "c"])) == [1, 0, 2]
+    with pytest.raises(ValueError, match=r"label values \['z'\] are not among the classes"):
+        encode_label(["a", "z"], ["a", "b"])

@@ -133,9 +133,19 @@ def test_spec_models_are_frozen() -> None:
             "set n_trials, time_budget_s (or timeout_s)",
         ),
         (
-            lambda d: d["label"].update(kind="multiclass"),
+            lambda d: d["label"].update(kind="ordinal"),
             "label.kind",
-            "Input should be 'binary' or 'regression'",
+            "Input should be 'binary', 'multiclass' or 'regression'",
+        ),
+        (
+            lambda d: (d["label"].update(kind="multiclass"), d["evaluation"].pop("primary_metric")),
+            "contract.columns.churned.allowed",
+            "a multiclass label must be a string column whose `allowed` lists its classes (two or more)",
+        ),
+        (
+            lambda d: d["label"].update(kind="multiclass", column="plan"),  # churn's gates name roc_auc
+            "evaluation.primary_metric",
+            "roc_auc is not a metric of a multiclass label; one of macro_f1, accuracy, multi_log_loss",
         ),
         (
             lambda d: d["label"].update(kind="regression"),  # churn's gates name roc_auc
@@ -224,6 +234,18 @@ def test_cli_validate_and_schema(tmp_path: Path, capsys: pytest.CaptureFixture[s
     assert schema["title"] == "PipelineSpec"
     assert {"source", "contract", "features", "training", "canary", "drift"} <= set(schema["properties"])
     assert schema == PipelineSpec.model_json_schema()
+
+
+def test_a_multiclass_label_takes_its_classes_from_the_contract_and_its_kinds_defaults() -> None:
+    spec = load_spec(Path(__file__).resolve().parents[2] / "include" / "pipelines" / "wine.yaml")
+    assert spec.label.kind == "multiclass" and spec.classes == ["barolo", "grignolino", "barbera"]
+    data = churn_spec_dict()
+    data["label"] = {"column": "plan", "kind": "multiclass"}
+    data["evaluation"] = {k: v for k, v in data["evaluation"].items() if k not in ("primary_metric", "min_primary")}
+    plan = parse_spec(data, "plans.yaml")
+    assert plan.classes == data["contract"]["columns"]["plan"]["allowed"]  # in the contract's order
+    assert plan.evaluation.primary_metric == "macro_f1" and plan.evaluation.min_primary is None
+    assert parse_spec(churn_spec_dict(), "churn.yaml").classes == []  # a binary label has none
 
 
 def test_the_bundled_regression_spec_takes_its_kinds_defaults() -> None:

@@ -74,6 +74,22 @@ def test_a_binary_label_is_0_or_1_even_where_the_contract_gives_it_no_bounds(chu
     assert (row_reasons(df, unbounded)[1][[1, 2]] == "").all()  # without the label named, only the contract
 
 
+def test_a_multiclass_label_is_one_of_the_contracts_classes() -> None:
+    from datetime import date
+    from pathlib import Path
+
+    from pipelines.ml.datasets import wine
+
+    spec = load_spec(Path(CHURN_SPEC).parent / "wine.yaml")
+    df = _as_text(wine(6, date(2026, 1, 1), 11).head(5))
+    df.loc[1, "cultivar"] = "merlot"
+    df.loc[2, "cultivar"] = None
+    _, reasons = row_reasons(df, spec.contract, "cultivar", "multiclass")
+    assert reasons[1] == "cultivar: not an allowed value ('merlot')"  # the contract's `allowed` are the classes
+    assert reasons[2] == "cultivar: is null"
+    assert reasons[0] == reasons[3] == reasons[4] == ""
+
+
 def test_naive_timestamps_among_zoned_ones_are_refused_not_read_as_utc(churn_df: pd.DataFrame) -> None:
     df = _as_text(churn_df.head(4).copy())
     df["event_timestamp"] = ["2026-01-05T10:00:00+02:00", "2026-01-05 10:00:00", "2026-01-05T08:00:00Z", None]
