@@ -347,9 +347,12 @@ class Ingress:
                     for e, reasons in out.get("invalid", {}).items()
                 ]
                 return error(422, "invalid request", detail=detail)
-            embedded = out.get("embeddings")
+            embedded, labels = out.get("embeddings"), out.get("classes")
             for j, n in enumerate(idx):
-                results[n] = {"entity_id": instances[n]["entity_id"], "version": answered, "score": out["scores"][j]}
+                result = {"entity_id": instances[n]["entity_id"], "version": answered, "score": out["scores"][j]}
+                if labels is not None:  # a multiclass model: its class, and every class's probability
+                    result.update({"class": labels[j], "probabilities": out["probabilities"][j]})
+                results[n] = result
                 instances[n]["_features"] = out["features"][j]
                 if embedded is not None:
                     instances[n]["_embedding"] = embedded[j]
@@ -430,7 +433,7 @@ class Ingress:
         elapsed = (time.perf_counter() - started) * 1000
         served: dict[int, int] = {}
         for inst, result in zip(instances, results, strict=True):
-            self._log(request_id, result["version"], inst, result["score"], elapsed, "ok", None, False)
+            self._log(request_id, result["version"], inst, result["score"], elapsed, "ok", None, False, result)
             served[result["version"]] = served.get(result["version"], 0) + 1
             # dual write: the entity's vector in the space of the version that scored it, while it has one
             if "_embedding" in inst and self.recorder.log.takes_vectors(result["version"]):
@@ -462,8 +465,11 @@ class Ingress:
             status, reason = "error", f"missing features {out['missing']}"
         scores = out.get("scores") or [None] * len(instances)
         feats = out.get("features") or [{}] * len(instances)
-        for inst, score, f in zip(instances, scores, feats, strict=True):
-            self._log(request_id, version, {**inst, "_features": f}, score, elapsed, status, reason, True)
+        labels = out.get("classes") or [None] * len(instances)
+        probabilities = out.get("probabilities") or [None] * len(instances)
+        for inst, score, f, label, p in zip(instances, scores, feats, labels, probabilities, strict=True):
+            answer = {"class": label, "probabilities": p}
+            self._log(request_id, version, {**inst, "_features": f}, score, elapsed, status, reason, True, answer)
         self.recorder.metrics.count(version, len(instances), status, True)
         self.recorder.touch()
 
@@ -477,10 +483,13 @@ class Ingress:
         status: str,
         reason: str | None,
         shadow: bool,
+        answer: dict[str, Any] | None = None,
     ) -> None:
+        """Queue the request log's row; a multiclass `answer` adds its class and probabilities."""
         if not self.args.log_requests:
             return
         features = inst.get("_features") or inst.get("features") or {}
+        named = (answer or {}).get("probabilities")
         self.recorder.log.add(
             (
                 request_id,
@@ -494,6 +503,8 @@ class Ingress:
                 reason,
                 shadow,
                 datetime.now(UTC),
+                (answer or {}).get("class"),
+                list(named.values()) if named else None,  # in the classes' order, as the model answers them
             )
         )
 

@@ -35,6 +35,8 @@ COLUMNS = (
     "error",
     "shadow",
     "created_at",
+    "predicted_class",  # a multiclass model's (with `probabilities`); NULL for the others
+    "probabilities",
 )
 FEATURES = COLUMNS.index("features")
 
@@ -119,7 +121,7 @@ class RequestLog:
         self.vectors.append((version, entity_id, vector))
 
     def add(self, row: tuple[Any, ...]) -> None:
-        """Queue a row (the `COLUMNS`, `created_at` last); the oldest is dropped past the cap."""
+        """Queue a row (the `COLUMNS`, in order); the oldest is dropped past the cap."""
         if len(self.pending) >= MAX_PENDING_LOG_ROWS:
             self.pending.pop(0)
             self.dropped += 1

@@ -8,7 +8,9 @@ version (one hop). A version that needs resources of its own (a GPU replica, ano
 as a `ModelVersion` deployment around the same `LocalVersion`, and the ingress calls it through a `RemoteVersion`.
 
 `predict` answers `{"version", "scores", "features"}` (and `"embeddings"`, the rows' vectors, for
-a model with an `embedding` output: the ingress writes them into the version's vector space), or
+a model with an `embedding` output: the ingress writes them into the version's vector space; and
+`"classes"` and `"probabilities"`, each row's class and `{class: probability}`, for a multiclass
+model), or
 `{"missing": {entity: [features]}, "invalid": {entity: [reasons]}}` when some instance lacks
 features or brings a value that is no number for a numeric input (the ingress answers 422: the
 client's fault, never the version's).
@@ -26,7 +28,7 @@ import numpy as np
 
 from pipelines.core.settings import Settings
 from pipelines.io.registry import load_onnx_model
-from pipelines.ml.model import EMBEDDING, onnx_session
+from pipelines.ml.model import CLASS, CLASSES_KEY, EMBEDDING, PROBABILITIES, onnx_session
 from serving.batching import GreedyBatcher
 from serving.online import OnlineFeatures
 
@@ -38,6 +40,8 @@ class Scored:
     score: float
     features: dict[str, Any]
     embedding: np.ndarray | None = None  # the model's `embedding` output for the row, where it has one
+    label: str | None = None  # a multiclass model's predicted class (`score` is its probability)
+    probabilities: dict[str, float] | None = None  # and every class's probability
 
 
 @dataclass(frozen=True)
@@ -117,7 +121,20 @@ def answer(version: int, results: Sequence[Scored | Missing], instances: Sequenc
     out = {"version": version, "scores": [r.score for r in scored], "features": [r.features for r in scored]}
     if scored and scored[0].embedding is not None:
         out["embeddings"] = [r.embedding for r in scored]
+    if scored and scored[0].label is not None:
+        out["classes"] = [r.label for r in scored]
+        out["probabilities"] = [r.probabilities for r in scored]
     return out
+
+
+def model_classes(session: Any) -> list[str]:
+    """A multiclass model's class names, in the order of its `probabilities` (its metadata);
+    empty for any other model."""
+    import json
+
+    if CLASS not in {o.name for o in session.get_outputs()}:
+        return []
+    return list(json.loads(session.get_modelmeta().custom_metadata_map[CLASSES_KEY]))
 
 
 INLINE_BUDGET_S = 0.0005
@@ -133,6 +150,7 @@ class LocalVersion:
         self.inputs = [(i.name, i.type) for i in session.get_inputs()]
         self.names = [name for name, _ in self.inputs]
         self.has_embedding = any(o.name == EMBEDDING for o in session.get_outputs())
+        self.classes = model_classes(session)
         self.wants_embedding: Callable[[int], bool] = lambda version: True  # the ingress: only while a space takes it
         self.online = online
         self.score_s: float | None = None  # moving average of the model's time per batch
@@ -200,13 +218,18 @@ class LocalVersion:
                 complete.append((n, {name: row[name] for name in self.names}))
         if complete:
             started = time.perf_counter()
-            outputs = ["score", EMBEDDING] if self.has_embedding and self.wants_embedding(self.version) else ["score"]
-            scores, *embedded = self.session.run(outputs, onnx_feed(self.inputs, [row for _, row in complete]))
+            outputs = ["score", PROBABILITIES, CLASS] if self.classes else ["score"]
+            embed = self.has_embedding and self.wants_embedding(self.version)
+            feed = onnx_feed(self.inputs, [row for _, row in complete])
+            scores, *rest = self.session.run([*outputs, EMBEDDING] if embed else outputs, feed)
             took = time.perf_counter() - started
             self.score_s = took if self.score_s is None else 0.9 * self.score_s + 0.1 * took
             for j, ((n, row), score) in enumerate(zip(complete, scores, strict=True)):
-                vector = embedded[0][j] if embedded else None
-                results[n] = Scored(float(np.asarray(score).reshape(-1)[0]), row, vector)
+                label, named = None, None
+                if self.classes:  # rest: probabilities, class (then the embedding)
+                    label, named = str(rest[1][j]), dict(zip(self.classes, map(float, rest[0][j]), strict=True))
+                vector = rest[-1][j] if embed else None
+                results[n] = Scored(float(np.asarray(score).reshape(-1)[0]), row, vector, label, named)
         return results
 
     def resize(self, max_batch_size: int) -> None:

@@ -1,7 +1,8 @@
 """Delayed ground truth: labels from a file, S3 or a Postgres query into the `labels` table.
 
 A label row names its entity (`entity_id` or the spec's join key), its outcome (`label` or the
-spec's label column: 0 or 1, or a number for a regression label), and optionally the request it
+spec's label column: 0 or 1, a class of a multiclass label (stored as its index among the
+classes, the contract's `allowed`), or a number for a regression label), and optionally the request it
 answers (`request_id`) and when the outcome was observed (`observed_at` or the spec's timestamp
 column; default: now). A label without a request id belongs to the latest prediction served to
 its entity at or before `observed_at` (see `pipelines.ml.abtest`). A load is all or nothing: one
@@ -51,6 +52,7 @@ def label_rows(df: pd.DataFrame, spec: PipelineSpec, now: datetime) -> list[tupl
     label = _required_column(df, ("label", spec.label.column))
     observed = _column(df, ("observed_at", spec.entity.timestamp))
     request = _column(df, ("request_id",))
+    classes = spec.classes  # a multiclass label is stored as its class's index in `allowed`
     rows, bad = [], []
     for n, rec in enumerate(df.to_dict("records")):
         problems = []
@@ -58,7 +60,11 @@ def label_rows(df: pd.DataFrame, spec: PipelineSpec, now: datetime) -> list[tupl
         if ent is None or (isinstance(ent, float) and pd.isna(ent)) or str(ent).strip() == "":
             problems.append(f"{entity} is empty")
         y = pd.to_numeric(pd.Series([rec[label]]), errors="coerce").iloc[0]
-        if spec.label.kind == "regression":
+        if spec.label.kind == "multiclass":
+            y = classes.index(str(rec[label])) if str(rec[label]) in classes else None
+            if y is None:
+                problems.append(f"{label} {rec[label]!r} is not one of the classes {classes}")
+        elif spec.label.kind == "regression":
             if pd.isna(y) or not math.isfinite(y):
                 problems.append(f"{label} {rec[label]!r} is not a finite number")
         elif pd.isna(y) or y not in (0, 1):

@@ -17,10 +17,10 @@ from pipelines.io.db import connect
 from pipelines.ml.abtest import compare
 
 LABELLED_SQL = """
-SELECT r.model_version, r.score, l.label, r.created_at, l.entity_id, r.features
+SELECT r.model_version, r.score, l.label, r.created_at, l.entity_id, r.features, r.probabilities
 FROM labels l
 JOIN LATERAL (
-    SELECT model_version, score, created_at, features FROM inference_requests r
+    SELECT model_version, score, created_at, features, probabilities FROM inference_requests r
     WHERE r.pipeline = l.pipeline AND r.entity_id = l.entity_id AND NOT r.shadow AND r.status = 'ok'
       AND (l.request_id IS NULL OR r.request_id = l.request_id)
       AND (l.request_id IS NOT NULL OR r.created_at <= l.observed_at)
@@ -38,13 +38,15 @@ def labelled(
     versions: list[int] | None = None,
     since: datetime | None = None,
     until: datetime | None = None,
-) -> list[tuple[int, float, float]]:
-    """(version, score, label) of the served predictions that have a label."""
+) -> list[tuple[int, Any, float]]:
+    """(version, score, label) of the served predictions that have a label; a multiclass model's
+    score is every class's probability (a list, in the classes' order) and its label the class's
+    index."""
     with connect(settings) as conn:
         rows = conn.execute(
             LABELLED_SQL, {"pipeline": pipeline, "versions": versions, "since": since, "until": until}
         ).fetchall()
-    return [(int(v), float(s), float(y)) for v, s, y, *_ in rows]
+    return [(int(v), list(p) if p is not None else float(s), float(y)) for v, s, y, _, _, _, p in rows]
 
 
 def feedback(settings: Settings, pipeline: str, since: datetime | None, until: datetime) -> list[dict[str, Any]]:
@@ -55,7 +57,7 @@ def feedback(settings: Settings, pipeline: str, since: datetime | None, until: d
             LABELLED_SQL, {"pipeline": pipeline, "versions": None, "since": since, "until": until}
         ).fetchall()
     out: dict[tuple[str, datetime], dict[str, Any]] = {}
-    for _, _, label, served_at, entity, features in rows:
+    for _, _, label, served_at, entity, features, _ in rows:
         if since is not None and served_at <= since:
             continue  # the window is (since, until]; the shared query's lower bound is inclusive
         out[(entity, served_at)] = {"entity_id": entity, "served_at": served_at, "label": label, "features": features}
@@ -71,12 +73,15 @@ def ab_results(
     return compare(spec.evaluation, rows, champion, challenger, kind=spec.label.kind)
 
 
-def served_since(settings: Settings, pipeline: str, since: float) -> list[tuple[int, str, float | None, float]]:
-    """(version, status, score, latency_ms) of the predictions served (not shadow) since a Unix time."""
+def served_since(
+    settings: Settings, pipeline: str, since: float
+) -> list[tuple[int, str, float | None, float, str | None]]:
+    """(version, status, score, latency_ms, predicted class) of the predictions served (not
+    shadow) since a Unix time (the class: a multiclass model's, else None)."""
     with connect(settings) as conn:
         rows = conn.execute(
-            "SELECT model_version, status, score, latency_ms FROM inference_requests"
+            "SELECT model_version, status, score, latency_ms, predicted_class FROM inference_requests"
             " WHERE pipeline = %s AND NOT shadow AND created_at >= to_timestamp(%s)",
             (pipeline, since),
         ).fetchall()
-    return [(int(v), s, sc, lat) for v, s, sc, lat in rows]
+    return [(int(v), s, sc, lat, c) for v, s, sc, lat, c in rows]

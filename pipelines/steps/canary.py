@@ -3,7 +3,8 @@
 The application first serves both versions with the challenger at 0 %; then, for each percentage
 of `canary.steps`, the weights change through Serve's config (`reconfigure`, no restart), traffic
 dwells `canary.dwell_s`, and the live figures of both versions since the step began (error rate,
-p99 latency, mean score, from the request log) are judged against the spec's SLOs. A breach rolls
+p99 latency, mean score, or a multiclass model's predicted classes' shares, from the request log)
+are judged against the spec's SLOs. A breach rolls
 back at once: weights return to the champion, the challenger's deployment is removed, its alias
 stays, its vector space (`embed`) is dropped, the step fails with the reason (exit 3, no retry).
 Passing the last step (100 %) makes the challenger `champion` (audited: similarity reads switch to
@@ -18,6 +19,7 @@ A/B result on the labels that arrived during the canary.
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
@@ -48,11 +50,12 @@ class CanaryRolledBack(MlcycleError):
 
 
 # ----------------------------------------------------------------------------------- pure core
-def figures(rows: list[tuple[int, str, float | None, float]]) -> dict[int, dict[str, float]]:
+def figures(rows: Sequence[tuple[Any, ...]]) -> dict[int, dict[str, Any]]:
     """Per version: requests, errors, error rate, p99 latency (ms), the scores' mean and standard
-    deviation.
-    `rows` are (version, status, score, latency_ms) of served (not shadow) predictions."""
-    out: dict[int, dict[str, float]] = {}
+    deviation, and (a multiclass model) each predicted class's share of the answers.
+    `rows` are (version, status, score, latency_ms[, predicted class]) of served (not shadow)
+    predictions."""
+    out: dict[int, dict[str, Any]] = {}
     for version in sorted({r[0] for r in rows}):
         mine = [r for r in rows if r[0] == version]
         errors = sum(1 for r in mine if r[1] == "error")
@@ -65,13 +68,23 @@ def figures(rows: list[tuple[int, str, float | None, float]]) -> dict[int, dict[
             "mean_score": float(np.mean(scores)) if scores else float("nan"),
             "std_score": float(np.std(scores)) if scores else float("nan"),
         }
+        labels = [r[4] for r in mine if len(r) > 4 and r[4] is not None]
+        if labels:
+            out[version]["class_shares"] = {c: labels.count(c) / len(labels) for c in sorted(set(labels))}
     return out
+
+
+def class_shift(champion: dict[str, float], challenger: dict[str, float]) -> float:
+    """How far two versions' shares of predicted classes are apart: the total variation distance
+    (half the sum of the absolute differences; 0 the same, 1 disjoint). Pure."""
+    classes = set(champion) | set(challenger)
+    return 0.5 * sum(abs(champion.get(c, 0.0) - challenger.get(c, 0.0)) for c in classes)
 
 
 def judge(
     cfg: Canary,
-    champion: dict[str, float] | None,
-    challenger: dict[str, float] | None,
+    champion: dict[str, Any] | None,
+    challenger: dict[str, Any] | None,
     final: bool,
     kind: str = "binary",
 ) -> tuple[str, list[str]]:
@@ -79,7 +92,8 @@ def judge(
     roll back as soon as they are seen; the other checks need `min_requests` first, and a step
     that ends (`final`) without them rolls back: an unverified canary is not promoted. The mean
     score's shift is a probability's for a binary label, in the champion's standard deviations
-    of its scores for a regression one (a value has the label's units)."""
+    of its scores for a regression one (a value has the label's units); for a multiclass label the
+    shift is in the shares of the classes predicted (`class_shift`)."""
     if challenger is None or challenger["requests"] == 0:
         return ("rollback", ["the challenger received no traffic in this step"]) if final else ("wait", [])
     reasons = []
@@ -96,7 +110,15 @@ def judge(
                 f"only {int(challenger['requests'])} challenger requests, canary.min_requests is {cfg.min_requests}"
             ]
         return "wait", []
-    if champion is not None and champion["requests"] > 0:
+    if kind == "multiclass" and champion is not None and champion.get("class_shares"):
+        shift = class_shift(champion["class_shares"], challenger.get("class_shares", {}))
+        if shift > cfg.max_score_shift:
+            return "rollback", [
+                f"the predicted classes' shares moved by {shift:.3f} (total variation distance; champion "
+                f"{champion['class_shares']}, challenger {challenger.get('class_shares', {})}), "
+                f"over canary.max_score_shift {cfg.max_score_shift:.3f}"
+            ]
+    elif champion is not None and champion["requests"] > 0:
         shift = abs(challenger["mean_score"] - champion["mean_score"])
         unit = ""
         if kind == "regression":

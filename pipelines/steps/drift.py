@@ -7,9 +7,9 @@ window:
 
 * Evidently's data drift (`DataDriftPreset`: a test per feature, the method chosen by column
   type and sample size) and the share of drifted features;
-* our PSI per feature and for the prediction, with KS (numeric) or chi-squared (categorical)
-  beside it: PSI is an effect size that does not flag trivial shifts on large windows, which is
-  where p-value tests do;
+* our PSI per feature and for the prediction (the score; a multiclass model's predicted class),
+  with KS (numeric) or chi-squared (categorical) beside it: PSI is an effect size that does not
+  flag trivial shifts on large windows, which is where p-value tests do;
 * where labels arrived, the champion's live primary metric against its evaluation figure;
 * with `embeddings`, drift in the champion's embedding space: how well a logistic regression tells
   its vectors of the served window from those of the reference (cross-validated ROC AUC), counted
@@ -37,7 +37,7 @@ from pipelines.io.requestlog import labelled
 from pipelines.io.storage import read_parquet, write_json
 from pipelines.io.tracking import setup_mlflow
 from pipelines.ml.metrics import HIGHER_IS_BETTER, primary_metric
-from pipelines.ml.model import embed_onnx, embedding_dimension, onnx_session, session_feed
+from pipelines.ml.model import CLASS, embed_onnx, embedding_dimension, onnx_session, session_feed
 from pipelines.steps.context import StepContext
 
 if TYPE_CHECKING:
@@ -50,6 +50,7 @@ STEP = "drift"
 REFERENCE_ROWS = 20_000
 MIN_LABELLED = 30
 EPS = 1e-4
+PREDICTED = "predicted_class"
 
 
 # ----------------------------------------------------------------------------------- pure core
@@ -240,7 +241,8 @@ def champion_reference(ctx: StepContext) -> tuple[int, str, float | None, Any]:
 def served_window(
     settings: Settings, pipeline: str, version: int, features: list[str], start: datetime, end: datetime
 ) -> pd.DataFrame:
-    """The champion's served requests in the window: one column per feature, and the score."""
+    """The champion's served requests in the window: one column per feature, the score and the
+    predicted class (a multiclass model's; None for the others)."""
     import pandas as pd
 
     # the feature names are bound as parameters; the frame names its columns (a contract's column
@@ -248,11 +250,12 @@ def served_window(
     cols = ", ".join("features->>%s" for _ in features)
     with connect(settings) as conn:
         cur = conn.execute(
-            f"SELECT {cols}, score FROM inference_requests WHERE pipeline = %s AND model_version = %s"  # noqa: S608
+            f"SELECT {cols}, score, predicted_class FROM inference_requests"  # noqa: S608
+            " WHERE pipeline = %s AND model_version = %s"
             " AND NOT shadow AND status = 'ok' AND created_at >= %s AND created_at < %s",
             (*features, pipeline, version, start, end),
         )
-        return pd.DataFrame(cur.fetchall(), columns=[*features, "score"])
+        return pd.DataFrame(cur.fetchall(), columns=[*features, "score", PREDICTED])
 
 
 def last_trigger(settings: Settings, pipeline: str, run_id: str) -> datetime | None:
@@ -294,22 +297,22 @@ def run(ctx: StepContext) -> dict[str, Any]:
         if len(reference) > REFERENCE_ROWS:
             reference = reference.sample(REFERENCE_ROWS, random_state=0)
         session = onnx_session(model.SerializeToString())
-        (scores,) = session.run(["score"], session_feed(session, reference))
+        multiclass = spec.label.kind == "multiclass"
+        scores, *named = session.run(["score", CLASS] if multiclass else ["score"], session_feed(session, reference))
         reference = reference[features].assign(score=np.asarray(scores, dtype=float).reshape(-1))
-        report, evidently = evidently_report(reference, current, numeric, categorical, cfg.max_drift_share)
+        reference[PREDICTED] = np.asarray(named[0]).astype(str) if multiclass else None
+        scored = [*features, "score"]
+        report, evidently = evidently_report(
+            reference[scored], current[scored], numeric, categorical, cfg.max_drift_share
+        )
         result["report"] = ctx.storage.write_bytes(ctx.key("report.html"), report)
         figures = feature_figures(reference, current, numeric, categorical, evidently)
         for fig in figures.values():  # drifted: Evidently's test failed, or the effect is large
             fig["drifted"] = bool(fig["evidently"].get("drifted")) or fig["psi"] > cfg.psi_threshold
         if spec.embeddings is not None and embedding_dimension(session) is not None:
             result["embedding"] = embedding_drift(session, reference, current, spec.embeddings.drift_roc_auc)
-        prediction_psi = psi(reference["score"].to_numpy(), current["score"].to_numpy(), False)
-        result["prediction"] = {
-            "psi": prediction_psi,
-            **two_sample_test(reference["score"].to_numpy(), current["score"].to_numpy(), False),
-            "mean_reference": float(reference["score"].mean()),
-            "mean_current": float(current["score"].mean()),
-        }
+        result["prediction"] = prediction_figures(reference, current, multiclass)
+        prediction_psi = result["prediction"]["psi"]
     decided = verdict(
         cfg,
         len(current),
@@ -328,6 +331,24 @@ def run(ctx: StepContext) -> dict[str, Any]:
         )
     write_json(ctx.storage, ctx.key("manifest.json"), result)
     return result
+
+
+def prediction_figures(reference: pd.DataFrame, current: pd.DataFrame, multiclass: bool) -> dict[str, Any]:
+    """The prediction's drift: PSI and a test on the score, or on a multiclass model's predicted
+    class (with each class's share on both sides); the mean score either way. Pure."""
+    column = PREDICTED if multiclass else "score"
+    ref, cur = reference[column].to_numpy(), current[column].to_numpy()
+    out: dict[str, Any] = {
+        "on": "predicted class" if multiclass else "score",
+        "psi": psi(ref, cur, multiclass),
+        **two_sample_test(ref, cur, multiclass),
+        "mean_reference": float(reference["score"].mean()),
+        "mean_current": float(current["score"].mean()),
+    }
+    if multiclass:
+        out["shares_reference"] = reference[column].astype(str).value_counts(normalize=True).sort_index().to_dict()
+        out["shares_current"] = current[column].astype(str).value_counts(normalize=True).sort_index().to_dict()
+    return out
 
 
 def embedding_drift(

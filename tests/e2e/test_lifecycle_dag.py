@@ -6,7 +6,9 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pandas as pd
@@ -144,44 +146,106 @@ def test_lifecycle_dag_runs_to_a_served_champion_then_rejects_a_worse_model(
     assert audit(workspace, "churn") == rows
 
 
+def _bundled_lifecycle(
+    workspace: Settings, airflow_home: Path, ray_head: dict[str, str], name: str
+) -> tuple[str, dict[str, Any]]:
+    """Run a bundled pipeline's whole DAG (a short budget, a short canary): its run id and the
+    evaluation report; every lifecycle step succeeded at its first attempt and v1 is champion."""
+    import yaml
+
+    assert workspace.pipelines_dir is not None
+    spec = yaml.safe_load((PROJECT_DIR / "include" / "pipelines" / f"{name}.yaml").read_text())
+    spec["training"].update(n_trials=6, time_budget_s=40, max_epochs=15)
+    spec["evaluation"].update(bootstrap_samples=100, max_latency_ms_per_row=50.0)
+    spec["canary"] = SHORT_CANARY
+    workspace.pipelines_dir.mkdir(parents=True, exist_ok=True)
+    (workspace.pipelines_dir / f"{name}.yaml").write_text(yaml.safe_dump(spec, sort_keys=False))
+    assert _airflow(["db", "migrate"], workspace, airflow_home).returncode == 0
+    done = _airflow(["dags", "test", f"{name}_lifecycle"], workspace, airflow_home, ray_head)
+    assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-4000:]
+    run_id, steps = _latest_run(workspace, name)
+    lifecycle = ("ingest", "validate", "features", "train", "evaluate", "promote", "canary")
+    assert steps == {s: ("succeeded", 1) for s in lifecycle}
+    trained = json.loads(open_storage(workspace).read_bytes(f"{name}/{run_id}/train/manifest.json"))
+    assert set(trained["families"]) == {"linear", "lightgbm", "tabular_mlp"}  # every family searched
+    assert [(r["alias"], r["to_version"]) for r in audit(workspace, name)] == [("challenger", 1), ("champion", 1)]
+    return run_id, json.loads(open_storage(workspace).read_bytes(f"{name}/{run_id}/evaluate/report.json"))
+
+
 def test_a_regression_pipeline_runs_its_lifecycle_to_a_served_champion_predicting_values(
     workspace: Settings, airflow_home: Path, ray_head: dict[str, str]
 ) -> None:
     """The bundled diabetes pipeline (a regression label, data from a package's own files, every
     model family in one search) through its whole DAG: the champion serves the predicted
     progression, in the label's units, and the gates were errors."""
-    import yaml
-
-    assert workspace.pipelines_dir is not None
-    spec = yaml.safe_load((PROJECT_DIR / "include" / "pipelines" / "diabetes.yaml").read_text())
-    spec["training"].update(n_trials=6, time_budget_s=40, max_epochs=15)
-    spec["evaluation"].update(bootstrap_samples=100, max_latency_ms_per_row=50.0)
-    spec["canary"] = SHORT_CANARY
-    workspace.pipelines_dir.mkdir(parents=True, exist_ok=True)
-    (workspace.pipelines_dir / "diabetes.yaml").write_text(yaml.safe_dump(spec, sort_keys=False))
-    assert _airflow(["db", "migrate"], workspace, airflow_home).returncode == 0
-    done = _airflow(["dags", "test", "diabetes_lifecycle"], workspace, airflow_home, ray_head)
-    assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-4000:]
-    run_id, steps = _latest_run(workspace, "diabetes")
-    lifecycle = ("ingest", "validate", "features", "train", "evaluate", "promote", "canary")
-    assert steps == {s: ("succeeded", 1) for s in lifecycle}
-    storage = open_storage(workspace)
-    report = json.loads(storage.read_bytes(f"diabetes/{run_id}/evaluate/report.json"))
+    _, report = _bundled_lifecycle(workspace, airflow_home, ray_head, "diabetes")
     metrics = report["challenger"]["metrics"]
     assert set(metrics) == {"rmse", "mae", "r2"} and report["verdict"]["primary_metric"] == "rmse"
     assert metrics["rmse"] < 70 and metrics["r2"] > 0.1  # better than predicting the mean (std 77)
-    trained = json.loads(storage.read_bytes(f"diabetes/{run_id}/train/manifest.json"))
-    assert set(trained["families"]) == {"linear", "lightgbm", "tabular_mlp"}
     url = f"http://127.0.0.1:{ray_head['MLCYCLE_SERVE_PORT']}/v1/pipelines/diabetes/predict"
     served = httpx.post(url, json={"instances": [{"entity_id": 3}, {"entity_id": 400}]}, headers={"x-api-key": KEY})
     assert served.status_code == 200, served.text
     predictions = served.json()["predictions"]
     assert [p["version"] for p in predictions] == [1, 1]
     assert all(20 < p["score"] < 400 for p in predictions), predictions  # a progression, not a probability
-    assert [(r["alias"], r["to_version"]) for r in audit(workspace, "diabetes")] == [
-        ("challenger", 1),
-        ("champion", 1),
-    ]
+
+
+def test_a_multiclass_pipeline_serves_the_class_and_logs_what_labels_are_scored_against(
+    workspace: Settings, airflow_home: Path, ray_head: dict[str, str], tmp_path: Path
+) -> None:
+    """The bundled wine pipeline (three cultivars) through its whole DAG: the gates were macro F1,
+    the champion answers each wine's cultivar with every cultivar's probability, the request log
+    keeps them, and labels loaded as class names are scored against them (the A/B's and the
+    drift check's live metric)."""
+    from pipelines.core.spec import FileSource, load_spec
+    from pipelines.io.labels import load_labels
+    from pipelines.io.requestlog import labelled
+    from pipelines.steps.drift import live_performance
+
+    run_id, report = _bundled_lifecycle(workspace, airflow_home, ray_head, "wine")
+    metrics = report["challenger"]["metrics"]
+    assert (
+        set(metrics) == {"macro_f1", "accuracy", "multi_log_loss"} and report["verdict"]["primary_metric"] == "macro_f1"
+    )
+    assert metrics["macro_f1"] > 0.8  # chance is about 0.33
+    storage = open_storage(workspace)
+    assert storage.exists(f"wine/{run_id}/evaluate/report.html")
+    shares = json.loads(storage.read_bytes(f"wine/{run_id}/features/manifest.json"))["splits"]["train"]["class_shares"]
+    assert set(shares) == {"barolo", "grignolino", "barbera"} and sum(shares.values()) == pytest.approx(1.0)
+    truth = read_parquet(storage, f"wine/{run_id}/validate/validated.parquet").set_index("wine_id")["cultivar"]
+    url = f"http://127.0.0.1:{ray_head['MLCYCLE_SERVE_PORT']}/v1/pipelines/wine/predict"
+    ids = [int(i) for i in truth.index[:40]]
+    served = httpx.post(url, json={"instances": [{"entity_id": i} for i in ids]}, headers={"x-api-key": KEY})
+    assert served.status_code == 200, served.text
+    predictions = served.json()["predictions"]
+    assert {p["version"] for p in predictions} == {1}
+    for p in predictions:
+        assert set(p["probabilities"]) == {"barolo", "grignolino", "barbera"}
+        assert p["class"] == max(p["probabilities"], key=p["probabilities"].get)
+        assert p["score"] == pytest.approx(p["probabilities"][p["class"]], abs=1e-6)
+    right = sum(p["class"] == truth[p["entity_id"]] for p in predictions)
+    assert right >= 32, predictions  # the wines it trained on, mostly: told apart, not guessed
+    labels = tmp_path / "labels.csv"
+    pd.DataFrame({"wine_id": ids, "cultivar": [truth[i] for i in ids]}).to_csv(labels, index=False)
+    spec = load_spec(workspace.pipelines_dir / "wine.yaml")  # type: ignore[operator]
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:  # the request log is written off the request path
+        with db.connect(workspace) as conn:
+            logged = conn.execute(
+                "SELECT entity_id, predicted_class, probabilities FROM inference_requests WHERE pipeline = 'wine'"
+            ).fetchall()
+        if len(logged) >= len(ids):
+            break
+        time.sleep(0.5)
+    by_entity = {int(e): (c, p) for e, c, p in logged}
+    first = predictions[0]
+    assert by_entity[first["entity_id"]][0] == first["class"]
+    assert by_entity[first["entity_id"]][1] == pytest.approx([first["probabilities"][c] for c in spec.classes])
+    assert load_labels(workspace, spec, FileSource(kind="file", path=str(labels))) == len(ids)
+    rows = labelled(workspace, "wine", [1])
+    assert len(rows) == len(ids) and all(len(score) == 3 for _, score, _ in rows)
+    live = live_performance(spec.evaluation, rows, metrics["macro_f1"], "multiclass")
+    assert live is not None and live["metric"] == "macro_f1" and live["value"] > 0.7
 
 
 def test_rejected_data_fails_the_run_without_retries(

@@ -179,6 +179,8 @@ def test_feedback_rows_are_the_labelled_predictions_as_served(
             None,
             shadow,
             at,
+            None,
+            None,
         )
 
     rows = [row(i, now - timedelta(minutes=10 - i)) for i in range(4)]

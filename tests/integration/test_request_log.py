@@ -20,7 +20,7 @@ NOTE = 'a tab\there, a quote \' and a "double", a backslash \\'
 
 def _row(request_id: uuid.UUID, entity: str) -> tuple[object, ...]:
     features = json.dumps({"plan": "basic", "note": NOTE})
-    row = (request_id, "rl_test", 1, entity, features, 0.5, 1.25, "ok", None, False, datetime.now(UTC))
+    row = (request_id, "rl_test", 1, entity, features, 0.5, 1.25, "ok", None, False, datetime.now(UTC), None, None)
     assert len(row) == len(COLUMNS)
     return row
 

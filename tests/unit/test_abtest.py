@@ -141,3 +141,30 @@ def test_ab_pair_follows_the_canary() -> None:
     assert args(one, {"champion": 1, "rolled_back": 3}).ab_pair() == (1, 3)
     assert args([VersionConfig(version=3, weight=100)], {"champion": 3, "retired": 1}).ab_pair() == (1, 3)
     assert args(one, {"state": "serving", "champion": 1}).ab_pair() is None
+
+
+def test_a_multiclass_ab_test_scores_the_logged_probabilities_against_class_labels() -> None:
+    rng = np.random.default_rng(5)
+    cfg = Evaluation(primary_metric="macro_f1", min_primary=None, bootstrap_samples=300)
+    y = rng.integers(0, 3, 400)
+
+    def answered(label: int, right: float) -> list[float]:
+        guess = label if rng.random() < right else int(rng.integers(0, 3))
+        return [0.8 if c == guess else 0.1 for c in range(3)]
+
+    rows = [(1, answered(int(v), 0.5), float(v)) for v in y[:200]]  # the champion: right half the time
+    rows += [(2, answered(int(v), 0.9), float(v)) for v in y[200:]]  # the challenger: 90 %
+    out = compare(cfg, rows, champion=1, challenger=2, kind="multiclass")
+    assert out["status"] == "ok" and out["verdict"] == "challenger better" and out["difference"] > 0.2
+    assert "positives" not in out["champion"]
+
+
+def test_multiclass_labels_are_class_names_stored_as_their_index() -> None:
+    spec = load_spec(PROJECT / "include" / "pipelines" / "wine.yaml")
+    now = datetime(2026, 11, 25, tzinfo=UTC)
+    rows = label_rows(pd.DataFrame({"wine_id": [1, 2, 3], "cultivar": ["barolo", "barbera", "grignolino"]}), spec, now)
+    assert [r[3] for r in rows] == [0.0, 2.0, 1.0]  # the order of the contract's `allowed`
+    with pytest.raises(InvalidArgument, match="2 bad rows, nothing loaded") as err:
+        label_rows(pd.DataFrame({"wine_id": [1, 2, 3], "cultivar": ["barolo", "merlot", 1]}), spec, now)
+    assert "row 1: cultivar 'merlot' is not one of the classes ['barolo', 'grignolino', 'barbera']" in str(err.value)
+    assert "row 2: cultivar 1 is not one of the classes" in str(err.value)  # an index is no class name

@@ -174,3 +174,18 @@ def test_gpu_serving_asks_ray_for_a_gpu_and_says_when_it_scores_on_the_cpu() -> 
     assert gpu_fallback(0.0, ["CPUExecutionProvider"]) is None
     why = gpu_fallback(1.0, ["CPUExecutionProvider"])
     assert why is not None and "scoring on the CPU" in why and "onnxruntime-gpu" in why
+
+
+def test_a_multiclass_canary_judges_the_shift_in_the_predicted_classes_shares() -> None:
+    from pipelines.steps.canary import class_shift
+
+    cfg = Canary(steps=[100], min_requests=10, max_score_shift=0.2)
+    champion = figures([(1, "ok", 0.9, 5.0, c) for c in ["red", "white", "rose", "red"] * 10])[1]
+    assert champion["class_shares"] == {"red": 0.5, "rose": 0.25, "white": 0.25}
+    same_mix = figures([(2, "ok", 0.6, 5.0, c) for c in ["white", "red", "red", "rose"] * 10])[2]
+    # the mean score moved by 0.3, but a multiclass canary judges what was predicted
+    assert judge(cfg, champion, same_mix, final=True, kind="multiclass")[0] == "advance"
+    all_red = figures([(2, "ok", 0.9, 5.0, "red")] * 40)[2]
+    decision, reasons = judge(cfg, champion, all_red, final=True, kind="multiclass")
+    assert decision == "rollback" and "shares moved by 0.500 (total variation distance" in reasons[0]
+    assert class_shift({"a": 1.0}, {"b": 1.0}) == 1.0 and class_shift({"a": 0.5, "b": 0.5}, {"b": 0.5, "a": 0.5}) == 0

@@ -98,6 +98,18 @@ def test_answer_is_the_scores_or_every_missing_entity() -> None:
     assert bad == {"missing": {}, "invalid": {"1": ["a: not a number ('abc')"]}}
 
 
+def test_a_multiclass_answer_carries_each_rows_class_and_probabilities() -> None:
+    inst = [{"entity_id": 1}, {"entity_id": 2}]
+    rows = [
+        Scored(0.7, {"a": 1}, None, "red", {"red": 0.7, "white": 0.3}),
+        Scored(0.6, {"a": 2}, None, "white", {"red": 0.4, "white": 0.6}),
+    ]
+    out = answer(3, rows, inst)
+    assert out["scores"] == [0.7, 0.6] and out["classes"] == ["red", "white"]
+    assert out["probabilities"] == [{"red": 0.7, "white": 0.3}, {"red": 0.4, "white": 0.6}]
+    assert "classes" not in answer(3, [Scored(0.1, {}), Scored(0.2, {})], inst)  # a binary model's has none
+
+
 def test_an_entity_id_must_read_as_an_integer_under_an_integer_key() -> None:
     assert entity_problem(True, "x") == "entity_id: not an integer ('x')"
     assert entity_problem(True, "42") is None and entity_problem(True, 42) is None
