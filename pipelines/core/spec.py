@@ -266,6 +266,16 @@ class Label(Model):
     kind: LabelKind = "binary"
 
 
+def decode_label(value: float, classes: list[str]) -> Any:
+    """A label as the `labels` table holds it, back as the source has it: a multiclass label's
+    class name from its index (an index that is no class stays as stored, for validation to
+    reject). Pure."""
+    if not classes:
+        return value
+    index = int(value) if float(value).is_integer() else -1
+    return classes[index] if 0 <= index < len(classes) else value
+
+
 # ------------------------------------------------------------------------ model and training
 class FloatParam(Model):
     type: Literal["float"]

@@ -13,7 +13,9 @@ import json
 import uuid
 from typing import Any
 
+from pipelines.core.errors import SpecError
 from pipelines.core.settings import Settings
+from pipelines.core.spec import decode_label, spec_for
 from pipelines.core.steps import BY_NAME, dag_of_run, report_url
 from pipelines.io.db import connect, fetch_dicts
 from pipelines.io.registry import model_name
@@ -241,7 +243,7 @@ def trace(settings: Settings, request_id: str, allowed: set[str]) -> list[dict[s
     with connect(settings) as conn:
         rows = conn.execute(
             "SELECT r.pipeline, r.model_version, r.entity_id, r.score, r.status, r.shadow, r.created_at,"
-            " l.label FROM inference_requests r LEFT JOIN labels l"
+            " l.label, r.predicted_class FROM inference_requests r LEFT JOIN labels l"
             " ON l.pipeline = r.pipeline AND l.request_id = r.request_id AND l.entity_id = r.entity_id"
             " WHERE r.request_id = %s ORDER BY r.shadow, r.entity_id",
             (key,),
@@ -250,20 +252,31 @@ def trace(settings: Settings, request_id: str, allowed: set[str]) -> list[dict[s
     if not rows:
         return None
     registered: dict[str, dict[int, dict[str, Any]]] = {}  # per pipeline, read once
+    classes: dict[str, list[str]] = {}
     out = []
-    for pipeline, version, entity, score, status, shadow, at, label in rows:
+    for pipeline, version, entity, score, status, shadow, at, label, predicted in rows:
         if pipeline not in registered:
             registered[pipeline] = {v["version"]: v for v in model_versions(settings, pipeline)}
-        out.append(
-            {
-                "pipeline": pipeline,
-                "entity_id": entity,
-                "score": score,
-                "status": status,
-                "shadow": shadow,
-                "served_at": at.isoformat(),
-                "label": label,
-                "model": registered[pipeline].get(version, {"version": version, "lineage": None}),
-            }
-        )
+            classes[pipeline] = spec_classes(settings, pipeline)
+        answer = {
+            "pipeline": pipeline,
+            "entity_id": entity,
+            "score": score,
+            "status": status,
+            "shadow": shadow,
+            "served_at": at.isoformat(),
+            "label": label if label is None else decode_label(label, classes[pipeline]),
+            "model": registered[pipeline].get(version, {"version": version, "lineage": None}),
+        }
+        if predicted is not None:  # a multiclass model's answer
+            answer["class"] = predicted
+        out.append(answer)
     return out
+
+
+def spec_classes(settings: Settings, pipeline: str) -> list[str]:
+    """A pipeline's classes (a multiclass label's), none where its spec is gone or has none."""
+    try:
+        return spec_for(settings, pipeline).classes
+    except SpecError:
+        return []

@@ -30,6 +30,7 @@ from pipelines.core.spec import (
     S3Source,
     Source,
     SyntheticSource,
+    decode_label,
 )
 from pipelines.core.window import Window, query_params, render_location
 from pipelines.io.db import database_url
@@ -374,16 +375,6 @@ def _read_postgres(source: PostgresSource, settings: Settings, window: Window | 
     return pd.DataFrame.from_records(rows, columns=cols)
 
 
-def stored_label(value: float, classes: list[str]) -> Any:
-    """A label as the `labels` table holds it, back as the source has it: a multiclass label's
-    class name from its index (an index that is no class stays as stored, for validation to
-    reject). Pure."""
-    if not classes:
-        return value
-    index = int(value) if float(value).is_integer() else -1
-    return classes[index] if 0 <= index < len(classes) else value
-
-
 def feedback_frame(records: list[dict[str, Any]], spec: PipelineSpec) -> pd.DataFrame:
     """Labelled served predictions (`pipelines.io.requestlog.feedback`) as rows of the spec's
     source: the entity key, the instant served as the entity timestamp, the features exactly as
@@ -398,7 +389,7 @@ def feedback_frame(records: list[dict[str, Any]], spec: PipelineSpec) -> pd.Data
             **{c: r["features"].get(c) for c in contract if c not in (key, ts, label)},
             key: r["entity_id"],
             ts: r["served_at"],
-            label: stored_label(r["label"], spec.classes),
+            label: decode_label(r["label"], spec.classes),
         }
         for r in records
     ]

@@ -198,6 +198,7 @@ def test_a_multiclass_pipeline_serves_the_class_and_logs_what_labels_are_scored_
     keeps them, and labels loaded as class names are scored against them (the A/B's and the
     drift check's live metric)."""
     from pipelines.core.spec import FileSource, load_spec
+    from pipelines.io.catalog import trace
     from pipelines.io.labels import load_labels
     from pipelines.io.requestlog import labelled
     from pipelines.steps.drift import live_performance
@@ -226,7 +227,8 @@ def test_a_multiclass_pipeline_serves_the_class_and_logs_what_labels_are_scored_
     right = sum(p["class"] == truth[p["entity_id"]] for p in predictions)
     assert right >= 32, predictions  # the wines it trained on, mostly: told apart, not guessed
     labels = tmp_path / "labels.csv"
-    pd.DataFrame({"wine_id": ids, "cultivar": [truth[i] for i in ids]}).to_csv(labels, index=False)
+    rid = served.json()["request_id"]
+    pd.DataFrame({"wine_id": ids, "cultivar": [truth[i] for i in ids], "request_id": rid}).to_csv(labels, index=False)
     spec = load_spec(workspace.pipelines_dir / "wine.yaml")  # type: ignore[operator]
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:  # the request log is written off the request path
@@ -246,6 +248,10 @@ def test_a_multiclass_pipeline_serves_the_class_and_logs_what_labels_are_scored_
     assert len(rows) == len(ids) and all(len(score) == 3 for _, score, _ in rows)
     live = live_performance(spec.evaluation, rows, metrics["macro_f1"], "multiclass")
     assert live is not None and live["metric"] == "macro_f1" and live["value"] > 0.7
+    chain = trace(workspace, rid, {"wine"})
+    assert chain is not None
+    traced = {a["entity_id"]: a for a in chain}[str(first["entity_id"])]
+    assert traced["class"] == first["class"] and traced["label"] == truth[first["entity_id"]]  # names, not indices
 
 
 def test_rejected_data_fails_the_run_without_retries(

@@ -98,6 +98,24 @@ def test_feedback_rows_carry_the_served_features_typed_by_the_contract() -> None
     assert df["support_calls_30d"].tolist() == [3, "n/a"]  # left as served: validation says why
 
 
+def test_multiclass_feedback_comes_back_as_class_names() -> None:
+    from pipelines.core.spec import decode_label
+
+    data = churn_spec_dict()
+    data["label"] = {"column": "plan", "kind": "multiclass"}
+    data["evaluation"] = {k: v for k, v in data["evaluation"].items() if k not in ("primary_metric", "min_primary")}
+    data["model"]["categorical_features"].remove("plan")
+    spec = parse_spec(data)
+    served = datetime(2026, 11, 26, 7, tzinfo=UTC)
+    rows = [
+        {"entity_id": str(n), "served_at": served, "label": y, "features": {}} for n, y in enumerate([2.0, 0.0, 7.0])
+    ]
+    assert feedback_frame(rows, spec)["plan"].tolist() == ["premium", "basic", "7.0"]  # no class: validation says why
+    assert (
+        decode_label(1.0, ["a", "b"]) == "b" and decode_label(1.5, ["a", "b"]) == 1.5 and decode_label(1.0, []) == 1.0
+    )
+
+
 def test_run_params_say_when_and_why() -> None:
     end, due = datetime(2026, 11, 25, tzinfo=UTC), datetime(2026, 11, 25, 0, 5, tzinfo=UTC)
     assert run_params({}, "DagRunType.SCHEDULED", end, due) == {"trigger": "scheduled", "as_of": end.isoformat()}
