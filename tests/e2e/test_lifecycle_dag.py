@@ -21,7 +21,7 @@ from pipelines.io.storage import open_storage, read_parquet
 from pipelines.local.local_airflow import airflow_env
 from tests.conftest import churn_spec_dict
 from tests.e2e.conftest import KEY
-from tests.integration.helpers import SHORT_CANARY, small_spec
+from tests.integration.helpers import SHORT_CANARY, run, small_spec
 from tests.services import ray_listeners
 
 pytestmark = pytest.mark.e2e
@@ -149,7 +149,8 @@ def test_lifecycle_dag_runs_to_a_served_champion_then_rejects_a_worse_model(
 def _bundled_lifecycle(
     workspace: Settings, airflow_home: Path, ray_head: dict[str, str], name: str
 ) -> tuple[str, dict[str, Any]]:
-    """Run a bundled pipeline's whole DAG (a short budget, a short canary): its run id and the
+    """Run a bundled pipeline's whole DAG (a short budget, a short canary, drift checks from 30
+    requests): its run id and the
     evaluation report; every lifecycle step succeeded at its first attempt and v1 is champion."""
     import yaml
 
@@ -158,6 +159,7 @@ def _bundled_lifecycle(
     spec["training"].update(n_trials=6, time_budget_s=40, max_epochs=15)
     spec["evaluation"].update(bootstrap_samples=100, max_latency_ms_per_row=50.0)
     spec["canary"] = SHORT_CANARY
+    spec["drift"]["min_requests"] = 30
     workspace.pipelines_dir.mkdir(parents=True, exist_ok=True)
     (workspace.pipelines_dir / f"{name}.yaml").write_text(yaml.safe_dump(spec, sort_keys=False))
     assert _airflow(["db", "migrate"], workspace, airflow_home).returncode == 0
@@ -252,6 +254,10 @@ def test_a_multiclass_pipeline_serves_the_class_and_logs_what_labels_are_scored_
     assert chain is not None
     traced = {a["entity_id"]: a for a in chain}[str(first["entity_id"])]
     assert traced["class"] == first["class"] and traced["label"] == truth[first["entity_id"]]  # names, not indices
+    checked = run(workspace, "drift", "check-wine", pipeline="wine")  # the served window against training
+    assert checked["requests"] == len(ids) and checked["prediction"]["on"] == "predicted class"
+    assert set(checked["prediction"]["shares_current"]) <= set(spec.classes)
+    assert checked["performance"]["metric"] == "macro_f1" and checked["performance"]["labelled"] == len(ids)
 
 
 def test_rejected_data_fails_the_run_without_retries(

@@ -250,7 +250,7 @@ def test_the_served_window_reads_features_whatever_their_names(platform: Setting
         )
     now = datetime.now(UTC)
     frame = served_window(platform, "odd_names", 1, names, now - timedelta(hours=1), now + timedelta(minutes=1))
-    assert list(frame.columns) == [*names, "score"]
-    assert frame.iloc[0].tolist() == ["70.5", "basic", "12", 0.25]
+    assert list(frame.columns) == [*names, "score", "predicted_class"]
+    assert frame.iloc[0].tolist() == ["70.5", "basic", "12", 0.25, None]  # a binary model predicts no class
     with db.connect(platform) as conn:
         assert conn.execute("SELECT to_regclass('labels')").fetchone() != (None,)

@@ -205,4 +205,4 @@ def test_feedback_rows_are_the_labelled_predictions_as_served(
     assert fed["customer_id"].tolist() == served["customer_id"].head(4).tolist()
     assert fed["churned"].tolist() == [1, 0, 1, 0]
     pd.testing.assert_frame_equal(fed[served_features], served.head(4)[served_features], check_dtype=False)
-    assert [t.to_pydatetime() for t in fed["event_timestamp"]] == [r[-1] for r in rows[:4]]
+    assert [t.to_pydatetime() for t in fed["event_timestamp"]] == [r[COLUMNS.index("created_at")] for r in rows[:4]]

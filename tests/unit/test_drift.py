@@ -124,3 +124,22 @@ def test_event_extra_carries_the_window_and_the_live_metric() -> None:
     assert extra["window_end"] == "2026-11-26T00:00:00+00:00" and extra["drifted"] == ["usage_hours_30d"]
     assert extra["live_metric"] == {"metric": "roc_auc", "value": 0.61, "reference": 0.8, "labelled": 300}
     assert event_extra({**result, "performance": None}, "manual__1")["live_metric"] is None
+
+
+def test_a_multiclass_models_prediction_drift_is_on_its_predicted_class() -> None:
+    import pandas as pd
+
+    from pipelines.steps.drift import prediction_figures
+
+    reference = pd.DataFrame({"score": [0.9] * 300, "predicted_class": ["red", "white", "rose"] * 100})
+    same = pd.DataFrame({"score": [0.5] * 300, "predicted_class": ["white", "rose", "red"] * 100})
+    calm = prediction_figures(reference, same, multiclass=True)
+    assert calm["on"] == "predicted class" and calm["psi"] < 0.01 and calm["test"] == "chi2"
+    assert calm["mean_current"] == 0.5  # the score moved, the classes did not: no prediction drift
+    shifted = prediction_figures(
+        reference, pd.DataFrame({"score": [0.9] * 300, "predicted_class": ["red"] * 300}), True
+    )
+    assert shifted["psi"] > 1 and shifted["p_value"] < 1e-6
+    assert shifted["shares_current"] == {"red": 1.0} and shifted["shares_reference"]["rose"] == pytest.approx(1 / 3)
+    plain = prediction_figures(reference.assign(predicted_class=None), same.assign(predicted_class=None), False)
+    assert plain["on"] == "score" and plain["test"] == "ks" and "shares_current" not in plain
