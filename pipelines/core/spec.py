@@ -455,7 +455,13 @@ class Training(Model):
     ensemble: bool = Field(
         default=True,
         description="with several families: export the weighted average of the families' best models (weights "
-        "chosen greedily on the validation rows) where it beats the best model alone there",
+        "chosen greedily on the validation rows) where it beats the best model alone there by ensemble_min_gain",
+    )
+    ensemble_min_gain: float = Field(
+        default=0.001,
+        ge=0.0,
+        description="the relative gain in the primary metric on the validation rows an ensemble needs over the "
+        "best model alone to be exported (0.001: 0.1 %); an ensemble costs the sum of its members' latency",
     )
 
     @model_validator(mode="after")

@@ -660,7 +660,7 @@ def blend(
     scores = {f: load_trained(b).predict(trainer.val) for f, b in blobs.items()}
     weights, value = greedy_ensemble(scores, trainer.v_y, trainer.metric, trainer.higher)
     alone = trainer.metric(trainer.v_y, scores[best_family])
-    chosen = len(weights) > 1 and (value > alone if trainer.higher else value < alone)
+    chosen = len(weights) > 1 and ensemble_pays(value, alone, trainer.higher, spec.training.ensemble_min_gain)
     info = {"weights": weights, "value": value, "best_alone": alone, "chosen": chosen}
     log.info(
         "ensemble of the family bests %s: val %s %.4f against %.4f for %s alone: %s",
@@ -669,12 +669,19 @@ def blend(
         value,
         alone,
         best_family,
-        "exported" if chosen else "not better, the best model alone is exported",
+        "exported" if chosen else "not better by training.ensemble_min_gain: the best model alone is exported",
     )
     if not chosen:
         return single, info
     members = [(blobs[f], w) for f, w in weights.items()]
     return pack_ensemble(trainer.enc, members, {"members": weights}, trainer.classes), info
+
+
+def ensemble_pays(value: float, alone: float, higher: bool, min_gain: float) -> bool:
+    """Whether an ensemble's validation metric beats the best model alone by more than the
+    relative `min_gain` (of the best model's magnitude): what its extra latency buys. Pure."""
+    gain = value - alone if higher else alone - value
+    return gain > 0 and gain > min_gain * abs(alone)
 
 
 def study_families(study: optuna.Study, families: Sequence[str], higher: bool) -> dict[str, Any]:

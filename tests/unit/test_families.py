@@ -434,3 +434,13 @@ def test_greedy_ensemble_weighs_class_probabilities() -> None:
     noise = rng.dirichlet(np.ones(3), 600)
     weights, value = greedy_ensemble({"exact": exact, "noise": noise}, y, macro_f1, higher=True)
     assert weights == {"exact": 1.0} and value == 1.0
+
+
+def test_an_ensemble_is_exported_only_for_a_gain_worth_its_latency() -> None:
+    from pipelines.steps.train import ensemble_pays
+
+    assert ensemble_pays(0.8300, 0.8280, higher=True, min_gain=0.001)  # +0.0020 > 0.1 % of 0.828
+    assert not ensemble_pays(0.82643, 0.82638, higher=True, min_gain=0.001)  # +0.00005: not worth 3x latency
+    assert ensemble_pays(0.82643, 0.82638, higher=True, min_gain=0.0)
+    assert not ensemble_pays(0.8280, 0.8280, higher=True, min_gain=0.0)  # a tie is no gain
+    assert ensemble_pays(49.0, 50.0, higher=False, min_gain=0.001) and not ensemble_pays(49.99, 50.0, False, 0.001)
