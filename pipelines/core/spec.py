@@ -10,6 +10,7 @@ the path of the bad field.
 from __future__ import annotations
 
 import itertools
+import math
 import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Literal
@@ -264,6 +265,21 @@ class Label(Model):
 
     column: str
     kind: LabelKind = "binary"
+
+
+def label_problem(value: Any, kind: str, classes: list[str]) -> str | None:
+    """Why a value cannot be a label of its kind (`not 0 or 1`, `not a finite number`, `not one of
+    the classes [...]`), None where it can: the one judgement of validation (per row, beside the
+    contract) and of `mlcycle labels load`. Pure."""
+    if kind == "multiclass":
+        return None if str(value) in classes else f"not one of the classes {classes}"
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        number = math.nan
+    if kind == "regression":
+        return None if math.isfinite(number) else "not a finite number"
+    return None if number in (0.0, 1.0) else "not 0 or 1"
 
 
 def decode_label(value: float, classes: list[str]) -> Any:

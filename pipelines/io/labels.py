@@ -13,12 +13,12 @@ outcomes of one entity at one instant for two requests are two labels.
 
 from __future__ import annotations
 
-import math
 import uuid
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from pipelines.core.errors import InvalidArgument
+from pipelines.core.spec import label_problem
 from pipelines.io.db import connect
 from pipelines.io.sources import read_source
 
@@ -59,16 +59,9 @@ def label_rows(df: pd.DataFrame, spec: PipelineSpec, now: datetime) -> list[tupl
         ent = rec[entity]
         if ent is None or (isinstance(ent, float) and pd.isna(ent)) or str(ent).strip() == "":
             problems.append(f"{entity} is empty")
-        y = pd.to_numeric(pd.Series([rec[label]]), errors="coerce").iloc[0]
-        if spec.label.kind == "multiclass":
-            y = classes.index(str(rec[label])) if str(rec[label]) in classes else None
-            if y is None:
-                problems.append(f"{label} {rec[label]!r} is not one of the classes {classes}")
-        elif spec.label.kind == "regression":
-            if pd.isna(y) or not math.isfinite(y):
-                problems.append(f"{label} {rec[label]!r} is not a finite number")
-        elif pd.isna(y) or y not in (0, 1):
-            problems.append(f"{label} {rec[label]!r} is not 0 or 1")
+        problem = label_problem(rec[label], spec.label.kind, classes)
+        if problem:
+            problems.append(f"{label} {rec[label]!r} is {problem}")
         rid = None
         if request and not pd.isna(rec[request]):
             try:
@@ -87,7 +80,8 @@ def label_rows(df: pd.DataFrame, spec: PipelineSpec, now: datetime) -> list[tupl
             continue
         if isinstance(ent, float) and ent.is_integer():
             ent = int(ent)
-        rows.append((spec.name, rid, str(ent), float(y), at if at is not None or rid is not None else now))
+        y = float(classes.index(str(rec[label]))) if classes else float(rec[label])
+        rows.append((spec.name, rid, str(ent), y, at if at is not None or rid is not None else now))
     if bad:
         more = f" (and {len(bad) - SHOW_BAD_ROWS} more)" if len(bad) > SHOW_BAD_ROWS else ""
         raise InvalidArgument(f"labels: {len(bad)} bad rows, nothing loaded: {'; '.join(bad[:SHOW_BAD_ROWS])}{more}")

@@ -17,7 +17,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from pipelines.core.errors import DataQualityError, SpecError
-from pipelines.core.spec import ColumnContract, Contract, Expectation
+from pipelines.core.spec import ColumnContract, Contract, Expectation, label_problem
 from pipelines.io.storage import read_parquet, write_json, write_parquet
 from pipelines.steps.context import StepContext
 
@@ -154,17 +154,11 @@ def row_reasons(
         # A value that could not be coerced is null now; its type reason already says why.
         per_row = per_row.where(reasons == "", "")
         add(per_row)
-    if label is not None and label in coerced and kind != "multiclass":  # a class: the contract's `allowed` checks it
-        values = coerced[label]
-        if kind == "regression":
-            numbers = pd.to_numeric(values, errors="coerce")
-            fine = values.isna() | numbers.abs().lt(float("inf"))  # a null label: the contract's nullability decides
-            what = "not a finite number"
-        else:
-            fine = values.isna() | values.isin([0, 1])
-            what = "not a binary label"
-        raw = df[label]  # the value as read, for the reason
-        why = [f"{label}: {what} ({v!r})" if not ok else "" for ok, v in zip(fine, raw, strict=True)]
+    if label is not None and label in coerced:
+        classes = list(dict.fromkeys(contract.columns[label].allowed or [])) if kind == "multiclass" else []
+        # a null label: the contract's nullability decides; the value as read goes in the reason
+        problems = [None if pd.isna(v) else label_problem(v, kind, classes) for v in coerced[label]]
+        why = [f"{label}: {p} ({v!r})" if p else "" for p, v in zip(problems, df[label], strict=True)]
         add(pd.Series(why, index=df.index).where(reasons == "", ""))
     if contract.unique:
         dup = coerced.duplicated(subset=contract.unique, keep="first")

@@ -128,7 +128,7 @@ DATA: list[DataCase] = [
         "a third label class, the contract giving no bounds",
         lambda df, d: _csv(_rows_changed(df, "churned", 2, 7), d / "s.csv"),
         3,
-        "churned: not a binary label",
+        "churned: not 0 or 1",
         unbounded_label=True,
     ),
     DataCase(

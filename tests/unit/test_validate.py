@@ -69,7 +69,7 @@ def test_a_binary_label_is_0_or_1_even_where_the_contract_gives_it_no_bounds(chu
     df.loc[2, "churned"] = 7
     df.loc[3, "churned"] = "x"  # not a number: that reason, once
     _, reasons = row_reasons(df, unbounded, "churned")
-    assert reasons[1] == "churned: not a binary label (2)" and reasons[2] == "churned: not a binary label (7)"
+    assert reasons[1] == "churned: not 0 or 1 (2)" and reasons[2] == "churned: not 0 or 1 (7)"
     assert reasons[3] == "churned: not a number ('x')" and reasons[0] == reasons[4] == reasons[5] == ""
     assert (row_reasons(df, unbounded)[1][[1, 2]] == "").all()  # without the label named, only the contract
 
@@ -208,6 +208,6 @@ def test_a_regression_label_is_a_finite_number() -> None:
     _, reasons = row_reasons(df, contract, "y", "regression")
     assert reasons.tolist() == ["", "y: not a finite number ('inf')", "y: not a number ('abc')", ""]
     assert row_reasons(df.iloc[[0, 3]], contract, "y")[1].tolist() == [
-        "y: not a binary label ('1.5')",
-        "y: not a binary label ('-3')",
+        "y: not 0 or 1 ('1.5')",
+        "y: not 0 or 1 ('-3')",
     ]
