@@ -104,3 +104,30 @@ def test_train_step_trainer_on_cuda(churn_df: pd.DataFrame, tmp_path: Path) -> N
     scores = trained.predict(val.head(100))
     assert trained.family == "tabular_mlp" and not next(trained.module.parameters()).is_cuda
     assert ((scores > 0) & (scores < 1)).all()
+
+
+def test_a_multiclass_head_trains_on_cuda_and_exports_its_classes(churn_df: pd.DataFrame) -> None:
+    """Cross entropy on class indices on the GPU; the module's softmax and its ONNX agree on the CPU."""
+    numeric = list(NUMERIC)
+    enc = fit_encoding(churn_df, numeric, [])
+    classes = ["annual", "monthly", "two_year"]  # the contract column as the label (a multiclass stand-in)
+    y = torch.from_numpy(np.array([classes.index(c) for c in churn_df["contract"]])).cuda()
+    module = build_module(enc, hidden_units=16, layers=1, dropout=0.0, classes=3).cuda()
+    from pipelines.ml.model import encode
+
+    num, codes = encode(churn_df, enc)
+    x_num, x_cat = torch.from_numpy(num).cuda(), torch.from_numpy(codes).cuda()
+    opt = torch.optim.AdamW(module.parameters(), lr=0.01)
+    losses = []
+    for _ in range(20):
+        opt.zero_grad()
+        loss = torch.nn.functional.cross_entropy(module(x_num, x_cat), y)
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert losses[-1] < losses[0]
+    module = module.cpu()
+    native = predict(module, enc, churn_df.head(200))
+    assert native.shape == (200, 3) and np.allclose(native.sum(axis=1), 1.0, atol=1e-5)
+    session = onnx_session(to_onnx(module, enc, classes=classes).SerializeToString())
+    assert np.abs(native - predict_onnx(session, churn_df.head(200))).max() < 1e-4
