@@ -34,6 +34,7 @@ from typing import Any
 from common import bench_state, write_spec
 
 from pipelines.io.runs import ensemble_line
+from pipelines.ml.metrics import bootstrap_difference, roc_auc
 from pipelines.steps.runner import run_step
 
 MLP_ONLY = {"kind": "tabular_mlp"}
@@ -77,7 +78,6 @@ def prepare(settings, name: str, source: dict[str, Any] | None, training: dict[s
 def search(settings, name: str, run_id: str, model: dict[str, Any], training: dict[str, Any]) -> dict[str, Any]:  # type: ignore[no-untyped-def]
     """One train step on the dataset's split: its manifest, wall time and test ROC AUC."""
     from pipelines.io.storage import open_storage, read_parquet
-    from pipelines.ml.metrics import roc_auc
     from pipelines.ml.model import onnx_session, predict_onnx
 
     storage = open_storage(settings)
@@ -89,11 +89,11 @@ def search(settings, name: str, run_id: str, model: dict[str, Any], training: di
     wall = time.perf_counter() - started
     test = read_parquet(storage, f"{name}/{run_id}/features/test.parquet")
     session = onnx_session(storage.read_bytes(f"{name}/{run_id}/train/model.onnx"))
-    auc = roc_auc(test["churned"].to_numpy(), predict_onnx(session, test))
-    return {**out, "wall_s": wall, "test_auc": auc}
+    y, scores = test["churned"].to_numpy(), predict_onnx(session, test)
+    return {**out, "wall_s": wall, "test_auc": roc_auc(y, scores), "test_y": y, "test_scores": scores}
 
 
-def family_latency(settings, name: str, run_id: str, families: dict[str, Any]) -> dict[str, dict[str, float]]:  # type: ignore[no-untyped-def]
+def family_latency(settings, name: str, run_id: str, families: list[str]) -> dict[str, dict[str, float]]:  # type: ignore[no-untyped-def]
     """ONNX latency of each family's best trial of a study: ms per call at one row, and ms per row
     at 1,024 rows."""
     import optuna
@@ -111,7 +111,7 @@ def family_latency(settings, name: str, run_id: str, families: dict[str, Any]) -
         done = [t for t in study.trials if t.state.name == "COMPLETE" and t.params.get("family") == family]
         if not done:
             continue
-        best = max(done, key=lambda t: t.value)
+        best = max(done, key=lambda t: float(t.value or 0.0))
         trained = load_trained(storage.read_bytes(f"{name}/{run_id}/train/trials/trial-{best.number}.bin"))
         session = onnx_session(trained.to_onnx().SerializeToString(), threads=1)
         one, batch = session_feed(session, test.head(1)), session_feed(session, test.head(1024))
@@ -225,8 +225,14 @@ def main() -> None:
             print(f"{dataset} (split in {prepared:.0f}s), time budget {budget}s each, same seed:")
             print(f"  MLP only (baseline): test ROC AUC {mlp['test_auc']:.4f}  {families_line(mlp)}")
             print(f"  auto:                test ROC AUC {auto['test_auc']:.4f}  {families_line(auto)}")
+            # the two models scored the same test rows: a paired bootstrap says what the difference is worth
+            paired = bootstrap_difference(
+                auto["test_y"], auto["test_scores"], mlp["test_scores"], roc_auc, 1000, 0.95, seed=0
+            )
             print(
-                f"  auto - MLP: {auto['test_auc'] - mlp['test_auc']:+.4f} ROC AUC; auto's best trial: "
+                f"  auto - MLP: {auto['test_auc'] - mlp['test_auc']:+.4f} ROC AUC (95% CI "
+                f"[{paired['lower']:+.4f}, {paired['upper']:+.4f}] on {len(auto['test_y']):,} test rows); "
+                "auto's best trial: "
                 f"{auto['best_family']}, exported: {auto['model_family']}"
                 f"{' (' + ensemble_line(auto) + ')' if auto['ensemble'] else ''};"
                 f" spent {auto['budget_spent_s']:.0f}s / {mlp['budget_spent_s']:.0f}s"
@@ -236,6 +242,8 @@ def main() -> None:
                     "dataset": dataset,
                     "auto_auc": auto["test_auc"],
                     "mlp_auc": mlp["test_auc"],
+                    "auc_delta_ci95": [paired["lower"], paired["upper"]],
+                    "test_rows": len(auto["test_y"]),
                     "budget_s": budget,
                     "auto_best_family": auto["best_family"],
                     "auto_exported": auto["model_family"],
@@ -259,13 +267,19 @@ def main() -> None:
             prepare(settings, "bench_large", large_source, large)
         if args.only != "families":
             result["pruning"] = pruning(settings, args, large)
-    write_json(args.json, result)
+    write_json(args.json, result, keep=args.only is not None)
 
 
-def write_json(path: str | None, result: dict[str, Any]) -> None:
-    if path:
-        with open(path, "w") as fh:
-            json.dump(result, fh, indent=1, default=str)
+def write_json(path: str | None, result: dict[str, Any], keep: bool = False) -> None:
+    """Write the figures; with `keep` (one part run), the other parts' figures already in the file stay."""
+    if not path:
+        return
+    previous: dict[str, Any] = {}
+    if keep and os.path.exists(path):
+        with open(path) as fh:
+            previous = json.load(fh)
+    with open(path, "w") as fh:
+        json.dump({**previous, **result}, fh, indent=1, default=str)
 
 
 def pruning(settings, args: argparse.Namespace, large: dict[str, Any]) -> dict[str, Any]:  # type: ignore[no-untyped-def]
