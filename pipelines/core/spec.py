@@ -154,6 +154,11 @@ class ColumnContract(Model):
     max: float | None = None
     allowed: list[str] | None = None
 
+    @property
+    def classes(self) -> list[str]:
+        """The `allowed` values without repeats, in order: a multiclass label's classes."""
+        return list(dict.fromkeys(self.allowed or []))
+
     @model_validator(mode="after")
     def _bounds(self) -> ColumnContract:
         if self.min is not None and self.max is not None and self.min > self.max:
@@ -699,7 +704,7 @@ class PipelineSpec(Model):
         if self.label.kind != "multiclass":
             return []
         column = self.contract.columns.get(self.label.column)
-        return list(dict.fromkeys(column.allowed or [])) if column is not None else []
+        return column.classes if column is not None else []
 
     def lifecycle_steps(self) -> list[str]:
         """The steps of this pipeline's lifecycle DAG, in order (`embed` only with `embeddings`)."""
@@ -763,8 +768,7 @@ def cross_section_problems(spec: PipelineSpec) -> list[tuple[Loc, str]]:
         problems.append(
             (("contract", "columns", spec.label.column, "dtype"), "a regression label must be an int or float column")
         )
-    allowed = (label_col.allowed or []) if label_col is not None else []
-    if kind == "multiclass" and label_col is not None and (label_col.dtype != "string" or len(set(allowed)) < 2):
+    if kind == "multiclass" and label_col is not None and (label_col.dtype != "string" or len(label_col.classes) < 2):
         problems.append(
             (
                 ("contract", "columns", spec.label.column, "allowed"),

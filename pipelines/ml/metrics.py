@@ -3,7 +3,8 @@ comparison. Nothing here does I/O."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections import Counter
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -70,17 +71,35 @@ def calibration_error(y: np.ndarray, p: np.ndarray, bins: int = 10) -> float:
     return total
 
 
+def confusion(y: np.ndarray, p: np.ndarray) -> np.ndarray:
+    """Counts of (true class, predicted class): rows the labels (class indices), columns the most
+    likely class of each row of probabilities `p` (`[n, K]`). Pure."""
+    k = p.shape[1]
+    out = np.zeros((k, k), dtype=np.int64)
+    np.add.at(out, (np.asarray(y, dtype=np.int64), np.argmax(p, axis=1)), 1)
+    return out
+
+
+def class_f1(counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Each class's F1 from a confusion matrix, and whether the class occurs among the labels or
+    the predictions (an absent class's F1 is 0 and means nothing). Pure."""
+    tp = np.diag(counts).astype(float)
+    denom = counts.sum(axis=0) + counts.sum(axis=1)  # 2 tp + fp + fn
+    return np.divide(2 * tp, denom, out=np.zeros(len(tp)), where=denom > 0), denom > 0
+
+
 def macro_f1(y: np.ndarray, p: np.ndarray) -> float:
     """The mean F1 over the classes that occur among the labels or the predictions (the most
     likely class of each row of probabilities `p`, `[n, K]`; `y` holds class indices)."""
-    pred = np.argmax(p, axis=1)
-    y = np.asarray(y, dtype=np.int64)
-    f1s = []
-    for c in np.union1d(y, pred):
-        tp = float(np.sum((pred == c) & (y == c)))
-        denom = 2 * tp + float(np.sum((pred == c) & (y != c))) + float(np.sum((pred != c) & (y == c)))
-        f1s.append(2 * tp / denom if denom else 0.0)
-    return float(np.mean(f1s)) if f1s else float("nan")
+    f1, present = class_f1(confusion(y, p))
+    return float(np.mean(f1[present])) if present.any() else float("nan")
+
+
+def class_shares(values: Iterable[Any]) -> dict[str, float]:
+    """Each class's share of `values` (names, sorted), e.g. the classes a model predicted. Pure."""
+    counts = Counter(str(v) for v in values)
+    total = sum(counts.values())
+    return {c: counts[c] / total for c in sorted(counts)}
 
 
 def accuracy(y: np.ndarray, p: np.ndarray) -> float:

@@ -31,6 +31,7 @@ from pipelines.io import vectors
 from pipelines.io.registry import CHALLENGER, CHAMPION, open_registry
 from pipelines.io.requestlog import ab_results, served_since
 from pipelines.io.storage import write_json
+from pipelines.ml.metrics import class_shares
 from pipelines.ml.plots import png_bytes, two_panels
 from pipelines.steps.context import StepContext
 from serving.config import VersionConfig
@@ -70,7 +71,7 @@ def figures(rows: Sequence[tuple[Any, ...]]) -> dict[int, dict[str, Any]]:
         }
         labels = [r[4] for r in mine if len(r) > 4 and r[4] is not None]
         if labels:
-            out[version]["class_shares"] = {c: labels.count(c) / len(labels) for c in sorted(set(labels))}
+            out[version]["class_shares"] = class_shares(labels)
     return out
 
 

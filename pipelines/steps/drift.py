@@ -36,7 +36,7 @@ from pipelines.io.registry import CHAMPION, alias_version, model_name
 from pipelines.io.requestlog import labelled
 from pipelines.io.storage import read_parquet, write_json
 from pipelines.io.tracking import setup_mlflow
-from pipelines.ml.metrics import HIGHER_IS_BETTER, primary_metric
+from pipelines.ml.metrics import HIGHER_IS_BETTER, class_shares, primary_metric
 from pipelines.ml.model import CLASS, embed_onnx, embedding_dimension, onnx_session, session_feed
 from pipelines.steps.context import StepContext
 
@@ -346,8 +346,7 @@ def prediction_figures(reference: pd.DataFrame, current: pd.DataFrame, multiclas
         "mean_current": float(current["score"].mean()),
     }
     if multiclass:
-        out["shares_reference"] = reference[column].astype(str).value_counts(normalize=True).sort_index().to_dict()
-        out["shares_current"] = current[column].astype(str).value_counts(normalize=True).sort_index().to_dict()
+        out["shares_reference"], out["shares_current"] = class_shares(ref), class_shares(cur)
     return out
 
 

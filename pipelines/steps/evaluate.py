@@ -21,7 +21,16 @@ import numpy as np
 from pipelines.io.registry import CHAMPION, alias_version, model_name
 from pipelines.io.storage import read_parquet, write_json
 from pipelines.io.tracking import setup_mlflow
-from pipelines.ml.metrics import bootstrap_difference, encode_label, gate, overall, primary_metric, slices
+from pipelines.ml.metrics import (
+    bootstrap_difference,
+    class_f1,
+    confusion,
+    encode_label,
+    gate,
+    overall,
+    primary_metric,
+    slices,
+)
 from pipelines.ml.model import onnx_session, predict_onnx, session_feed
 from pipelines.ml.plots import png_bytes, two_panels
 from pipelines.steps.context import StepContext
@@ -80,19 +89,12 @@ def regression_png(y: np.ndarray, scores: dict[str, np.ndarray]) -> str:
     return base64.b64encode(png_bytes(fig, dpi=90)).decode()
 
 
-def confusion(y: np.ndarray, p: np.ndarray, k: int) -> np.ndarray:
-    """Rows: the true class, columns: the predicted (most likely) one; counts. Pure."""
-    out = np.zeros((k, k), dtype=np.int64)
-    np.add.at(out, (np.asarray(y, dtype=np.int64), np.argmax(p, axis=1)), 1)
-    return out
-
-
 def multiclass_png(y: np.ndarray, scores: dict[str, np.ndarray], classes: list[str]) -> str:
     """The challenger's confusion matrix (each true class's row as shares, counts written in) and
     every model's F1 per class."""
     fig, (matrix, bars) = two_panels(11, 4.6)
     k = len(classes)
-    counts = confusion(y, scores["challenger"], k)
+    counts = confusion(y, scores["challenger"])
     shares = counts / np.maximum(counts.sum(axis=1, keepdims=True), 1)
     matrix.imshow(shares, cmap="Blues", vmin=0, vmax=1)
     for i in range(k):
@@ -107,10 +109,7 @@ def multiclass_png(y: np.ndarray, scores: dict[str, np.ndarray], classes: list[s
     matrix.set_yticklabels(classes)
     width = 0.8 / len(scores)
     for n, (label, p) in enumerate(scores.items()):
-        c = confusion(y, p, k)
-        tp = np.diag(c).astype(float)
-        denom = c.sum(axis=0) + c.sum(axis=1)
-        f1 = np.divide(2 * tp, denom, out=np.zeros(k), where=denom > 0)
+        f1, _ = class_f1(confusion(y, p))
         bars.bar(np.arange(k) + n * width, f1, width, label=label)
     bars.set(title="F1 by class", ylabel="F1", ylim=(0, 1), xticks=np.arange(k) + 0.4 - width / 2)
     bars.set_xticklabels(classes, rotation=30, ha="right")

@@ -19,6 +19,7 @@ from pipelines.core.errors import DataQualityError, StepInputError
 from pipelines.core.spec import SPLITS, PipelineSpec, Split
 from pipelines.io.featurestore import apply_and_materialize, feature_store, historical_features, offline_source
 from pipelines.io.storage import read_parquet, write_json, write_parquet
+from pipelines.ml.metrics import class_shares
 from pipelines.steps.context import StepContext
 
 if TYPE_CHECKING:
@@ -58,8 +59,8 @@ def label_summary(labels: pd.Series, classes: list[str]) -> dict[str, Any]:
     or each class's share of a multiclass label (every class, in the classes' order). Pure."""
     if not classes:
         return {"label_rate": float(labels.mean())}
-    counts = labels.astype(str).value_counts()
-    return {"class_shares": {c: float(counts.get(c, 0)) / max(len(labels), 1) for c in classes}}
+    shares = class_shares(labels)
+    return {"class_shares": {c: shares.get(c, 0.0) for c in classes}}
 
 
 def entity_rows(df: pd.DataFrame, spec: PipelineSpec) -> pd.DataFrame:

@@ -155,7 +155,7 @@ def row_reasons(
         per_row = per_row.where(reasons == "", "")
         add(per_row)
     if label is not None and label in coerced:
-        classes = list(dict.fromkeys(contract.columns[label].allowed or [])) if kind == "multiclass" else []
+        classes = contract.columns[label].classes if kind == "multiclass" else []
         # a null label: the contract's nullability decides; the value as read goes in the reason
         problems = [None if pd.isna(v) else label_problem(v, kind, classes) for v in coerced[label]]
         why = [f"{label}: {p} ({v!r})" if p else "" for p, v in zip(problems, df[label], strict=True)]
