@@ -35,7 +35,7 @@ import psycopg
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from psycopg_pool import ConnectionPool, PoolTimeout
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, ValidationError
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
@@ -47,10 +47,11 @@ from pipelines.io.registry import champion_version
 from pipelines.io.requestlog import ab_results
 from pipelines.io.vectors import NotInSpace, SpaceError, similar
 from serving.binds import bind_replica_grpc
-from serving.config import RETRY_AFTER_S, ServingArgs, VersionConfig
+from serving.config import RETRY_AFTER_S, FeatureRuleArgs, ServingArgs, VersionConfig
+from serving.contract import Problem, RequestContract, contract_from_args, entity_problem, request_contract
 from serving.online import FeaturesUnavailable, OnlineFeatures, open_online_features
 from serving.router import choose
-from serving.telemetry import RayMetrics, Recorder
+from serving.telemetry import RayMetrics, Recorder, storable_features
 from serving.versions import LocalVersion, RemoteVersion
 
 log = logging.getLogger("mlcycle.serving")
@@ -66,6 +67,8 @@ STATIC_KEYS = {
     "replica_cpus",
     "replica_gpus",
     "version_deployments",
+    "contract",
+    "unknown_categories",
 }
 """The arguments fixed for a replica's life (a change restarts replicas); the rest is `user_config`."""
 
@@ -73,8 +76,9 @@ STATIC_KEYS = {
 class Instance(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    entity_id: str | int
-    features: dict[str, float | int | str] = Field(default_factory=dict)
+    entity_id: StrictStr | StrictInt
+    # any JSON value here: the pipeline's contract judges each (`serving.contract`), field by field
+    features: dict[str, Any] = Field(default_factory=dict)
 
 
 class PredictRequest(BaseModel):
@@ -86,6 +90,46 @@ class PredictRequest(BaseModel):
 def validation_detail(err: ValidationError) -> list[dict[str, str]]:
     """Pydantic errors as `{"field": "instances[0].entity_id", "message": ...}`. Pure."""
     return [{"field": field_path(e["loc"], "<body>"), "message": e["msg"]} for e in err.errors()]
+
+
+def judge_instances(payload: PredictRequest, contract: RequestContract) -> list[dict[str, Any]] | list[dict[str, str]]:
+    """The instances as the versions take them (`entity_id`, judged `features`, `off_contract`), or
+    every problem as `{"field", "message"}`. Pure."""
+    instances: list[dict[str, Any]] = []
+    problems: list[Problem] = []
+    for n, inst in enumerate(payload.instances):
+        bad_id = entity_problem(inst.entity_id)
+        if bad_id:
+            problems.append(Problem(f"instances[{n}].entity_id", f"entity_id: {bad_id}"))
+        judged = contract.judge(n, inst.features)
+        if isinstance(judged, list):
+            problems += judged
+        elif not bad_id:
+            instances.append(
+                {
+                    "entity_id": inst.entity_id,
+                    "features": judged.features,
+                    "off_contract": judged.off_contract,
+                    "position": n,
+                }
+            )
+    if problems:
+        return [{"field": p.field, "message": p.message} for p in problems]
+    return instances
+
+
+REQUEST_ID_HEADER = "x-request-id"
+
+
+def request_id_of(header: str | None) -> uuid.UUID:
+    """The request's id: the `x-request-id` it came with when that is a UUID (HAProxy's, or the
+    client's own), else a new one. Pure but for the random id."""
+    if header and len(header) <= 36:
+        try:
+            return uuid.UUID(header)
+        except ValueError:
+            pass
+    return uuid.uuid4()
 
 
 def route(instances: list[dict[str, Any]], weights: dict[int, float]) -> dict[int, list[int]]:
@@ -142,13 +186,23 @@ class ModelVersion:
         bind_replica_grpc()  # the ingress calls it at the node's address
         settings = load_settings()
         online = _online_features(static, settings)
-        self.local = LocalVersion.load(settings, static, version, online, 32)
+        nullable = static_contract(static, settings).nullable
+        self.local = LocalVersion.load(settings, static, version, online, 32, nullable)
 
     def reconfigure(self, config: dict[str, Any]) -> None:
         self.local.resize(int(config["max_batch_size"]))
 
     async def predict(self, instances: list[dict[str, Any]]) -> dict[str, Any]:
         return await self.local.predict(instances)
+
+
+def static_contract(static: dict[str, Any], settings: Any) -> RequestContract:
+    """The request contract the application was built with, or, where its arguments carry none
+    (a hand-written Serve config), the pipeline spec's."""
+    if static.get("contract"):
+        rules = {name: FeatureRuleArgs.model_validate(r) for name, r in static["contract"].items()}
+        return contract_from_args(rules, static.get("unknown_categories", "refuse"))
+    return request_contract(spec_for(settings, static["pipeline"]), static["features"])
 
 
 def _online_features(static: dict[str, Any], settings: Any) -> OnlineFeatures | None:
@@ -170,6 +224,7 @@ class Ingress:
         bind_replica_grpc(self.settings.serve_host)  # nothing calls the ingress but HTTP
         self.static = static
         self.args: ServingArgs  # set by reconfigure(), which Serve calls before any request
+        self.contract = static_contract(static, self.settings)
         self.remote = {
             int(name.removeprefix("v")): RemoteVersion(int(name.removeprefix("v")), h) for name, h in handles.items()
         }
@@ -204,7 +259,13 @@ class Ingress:
             versions = dict(self.versions)
             for version in sorted(wanted - set(versions)):
                 versions[version] = await asyncio.to_thread(
-                    LocalVersion.load, self.settings, self.static, version, self.online, new.max_batch_size
+                    LocalVersion.load,
+                    self.settings,
+                    self.static,
+                    version,
+                    self.online,
+                    new.max_batch_size,
+                    self.contract.nullable,
                 )
                 log.info("loaded %s v%s", self.static["model_name"], version)
             for v in versions.values():
@@ -239,7 +300,11 @@ class Ingress:
             "weights": self.args.weights(),
             "shadow": self.args.shadow(),
             "canary": self.args.canary,
-            "request_log": {"pending": len(self.recorder.log.pending), "dropped": self.recorder.log.dropped},
+            "request_log": {
+                "pending": len(self.recorder.log.pending),
+                "dropped": self.recorder.log.dropped,
+                "dead_letters": self.recorder.log.dead_letters,
+            },
             "batching": {v: m.batcher.stats() for v, m in self.versions.items() if isinstance(m, LocalVersion)},
             "ab": await self._ab(),
         }
@@ -253,7 +318,9 @@ class Ingress:
         if cached and cached[0] == pair and time.monotonic() - cached[1] < AB_REFRESH_S:
             return cached[2]
         try:
-            result = await asyncio.to_thread(ab_results, self.settings, self.args.pipeline, *pair)
+            result = await asyncio.to_thread(
+                ab_results, self.settings, self.args.pipeline, *pair, roles=self.args.ab_roles()
+            )
         except Exception as err:
             log.exception("A/B results failed")
             result = {"status": "error", "reason": repr(err)[:300]}
@@ -317,11 +384,10 @@ class Ingress:
             self.inflight -= 1
 
     async def _predict(self, request: Request, started: float) -> JSONResponse:
-        parsed = self._parse(await request.body())
-        if isinstance(parsed, JSONResponse):
-            return parsed
-        instances = [i.model_dump() for i in parsed.instances]
-        args, request_id = self.args, uuid.uuid4()
+        instances = self._parse(await request.body())
+        if isinstance(instances, JSONResponse):
+            return instances
+        args, request_id = self.args, request_id_of(request.headers.get(REQUEST_ID_HEADER))
         groups = route(instances, args.weights())
         shadow = args.shadow()
         if shadow is not None and shadow in self.versions:
@@ -346,7 +412,7 @@ class Ingress:
                     {"field": f"instances[entity_id={e}].features", "message": "; ".join(reasons)}
                     for e, reasons in out.get("invalid", {}).items()
                 ]
-                return error(422, "invalid request", detail=detail)
+                return error(422, "invalid request", detail=detail, request_id=str(request_id))
             embedded, labels = out.get("embeddings"), out.get("classes")
             for j, n in enumerate(idx):
                 result = {"entity_id": instances[n]["entity_id"], "version": answered, "score": out["scores"][j]}
@@ -357,7 +423,9 @@ class Ingress:
                 if embedded is not None:
                     instances[n]["_embedding"] = embedded[j]
         self._record(request_id, instances, results, started)
-        return JSONResponse({"request_id": str(request_id), "predictions": results})
+        return JSONResponse(
+            {"request_id": str(request_id), "predictions": results}, headers={REQUEST_ID_HEADER: str(request_id)}
+        )
 
     def _authorized(self, request: Request) -> bool:
         key = request.headers.get("x-api-key") or request.headers.get("authorization", "").removeprefix("Bearer ")
@@ -372,7 +440,8 @@ class Ingress:
             return error(413, f"payload over {self.args.max_payload_bytes} bytes")
         return None
 
-    def _parse(self, body: bytes) -> PredictRequest | JSONResponse:
+    def _parse(self, body: bytes) -> list[dict[str, Any]] | JSONResponse:
+        """The request's instances, judged against the contract, or the answer refusing it."""
         if len(body) > self.args.max_payload_bytes:
             return error(413, f"payload over {self.args.max_payload_bytes} bytes")
         try:
@@ -382,7 +451,10 @@ class Ingress:
         if len(payload.instances) > self.args.max_instances:
             detail = [{"field": "instances", "message": f"at most {self.args.max_instances} instances"}]
             return error(422, "invalid request", detail=detail)
-        return payload
+        judged = judge_instances(payload, self.contract)
+        if judged and "message" in judged[0]:
+            return error(422, "invalid request", detail=judged)
+        return judged
 
     async def _answer(
         self, version: int, instances: list[dict[str, Any]], request_id: uuid.UUID, started: float
@@ -485,10 +557,11 @@ class Ingress:
         shadow: bool,
         answer: dict[str, Any] | None = None,
     ) -> None:
-        """Queue the request log's row; a multiclass `answer` adds its class and probabilities."""
+        """Queue the request log's row; a multiclass `answer` adds its class and probabilities.
+        The features are made storable here (a NaN from the online store is logged as null)."""
         if not self.args.log_requests:
             return
-        features = inst.get("_features") or inst.get("features") or {}
+        features = storable_features(inst.get("_features") or inst.get("features") or {})
         named = (answer or {}).get("probabilities")
         self.recorder.log.add(
             (
@@ -505,6 +578,8 @@ class Ingress:
                 datetime.now(UTC),
                 (answer or {}).get("class"),
                 list(named.values()) if named else None,  # in the classes' order, as the model answers them
+                inst.get("position", 0),  # its place in the request: one entity may be asked for twice
+                inst.get("off_contract"),
             )
         )
 

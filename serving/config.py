@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 RETRY_AFTER_S = 1
@@ -16,6 +18,18 @@ class VersionConfig(BaseModel):
     version: int = Field(ge=1)
     weight: float = Field(default=0.0, ge=0.0, le=100.0)
     shadow: bool = False
+
+
+class FeatureRuleArgs(BaseModel):
+    """What one request-time feature may be (`serving.contract.FeatureRule`), from the data contract."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    kind: Literal["number", "integer", "category"]
+    nullable: bool = False
+    min: float | None = None
+    max: float | None = None
+    allowed: list[str] | None = None
 
 
 class ServingArgs(BaseModel):
@@ -44,6 +58,9 @@ class ServingArgs(BaseModel):
     request_timeout_s: float = Field(default=2.0, gt=0.0)
     request_deadline_s: float = Field(default=30.0, gt=0.0)
     canary: dict[str, object] = Field(default_factory=dict)
+    # The request-time features' contract (empty: read from the pipeline's spec when the ingress starts)
+    contract: dict[str, FeatureRuleArgs] = Field(default_factory=dict)
+    unknown_categories: Literal["refuse", "score"] = "refuse"
 
     @model_validator(mode="after")
     def _weights(self) -> ServingArgs:
@@ -92,3 +109,15 @@ class ServingArgs(BaseModel):
             return int(c["retired"]), champion  # type: ignore[call-overload]
         served = sorted(self.weights().items(), key=lambda vw: (-vw[1], vw[0]))
         return (served[0][0], served[1][0]) if len(served) > 1 else None
+
+    def ab_roles(self) -> tuple[str, str]:
+        """What the A/B result calls the two versions of `ab_pair`, as the canary block does: after a
+        promotion the old champion is `retired` and the new one `champion`; after a rollback the
+        challenger is `rolled_back`."""
+        c = self.canary
+        if isinstance(c.get("champion"), int) and not c.get("challenger"):
+            if isinstance(c.get("rolled_back"), int):
+                return ("champion", "rolled_back")
+            if isinstance(c.get("retired"), int):
+                return ("retired", "champion")
+        return ("champion", "challenger")

@@ -14,6 +14,7 @@ from pipelines.core.errors import SettingsError
 from pipelines.core.spec import spec_for
 from pipelines.io.registry import champion_version, model_name
 from serving.config import ServingArgs, VersionConfig
+from serving.contract import contract_args, request_contract
 from serving.haproxy import replicas_up
 
 log = logging.getLogger(__name__)
@@ -32,11 +33,12 @@ def serving_args(
 ) -> ServingArgs:
     """The application's arguments for a pipeline and a set of versions; `overrides` replace any
     of them (the bench's variants, tests). Pure."""
+    features = spec.model.numeric_features + spec.model.categorical_features
     args: dict[str, Any] = {
         "pipeline": spec.name,
         "model_name": model_name,
         "entity_key": spec.entity.join_key,
-        "features": spec.model.numeric_features + spec.model.categorical_features,
+        "features": features,
         "versions": versions,
         "max_payload_bytes": spec.serving.max_payload_bytes,
         "max_batch_size": spec.serving.max_batch_size,
@@ -47,6 +49,8 @@ def serving_args(
         "request_timeout_s": spec.serving.request_timeout_s,
         "request_deadline_s": spec.serving.request_deadline_s,
         "canary": canary or {},
+        "contract": contract_args(request_contract(spec, features)),
+        "unknown_categories": spec.serving.unknown_categories,
     }
     return ServingArgs(**{**args, **overrides})
 

@@ -15,6 +15,12 @@ refusing what it could not answer. The wrapper gives each replica of a pipeline'
 (at most `serving.request_deadline_s`); past that the request is answered 503 with `Retry-After`
 at once. A 503 of HAProxy's own (a queue timeout, no replica up) says the same, where Serve's
 error file turned it into a 500.
+
+Two more edits make the edge speak as the application does: a request for a path no application
+serves is answered 404 in the endpoint's JSON error shape (Serve's own is text/plain), and every
+request carries one request id, a UUID, in `x-request-id` (the client's own where it sent a UUID,
+else a new one; an over-long or malformed id is replaced, never echoed): the ingress answers and
+logs under that id, so the response header and the body's `request_id` are the same.
 """
 
 from __future__ import annotations
@@ -106,6 +112,40 @@ def with_admission(config: str, admissions: Mapping[str, Admission], default: Ad
     return ERRORFILE_503.sub(lambda m: m.group(1) + error_503, out)
 
 
+UUID_REGEX = "^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$"
+REQUEST_ID_RULES = (
+    "    # mlcycle request id: a UUID, the client's where it sent one, else HAProxy's own\n"
+    "    http-request del-header x-request-id if { req.hdr_cnt(x-request-id) gt 1 }\n"
+    f"    http-request del-header x-request-id if {{ req.hdr(x-request-id) -m found }} !{{ req.hdr(x-request-id) -m reg {UUID_REGEX} }}\n"  # noqa: E501
+    "    http-request set-header x-request-id %[uuid] unless { req.hdr(x-request-id) -m found }\n"
+)
+NOT_FOUND = re.compile(r"^(\s*)http-request return status 404 content-type text/plain .*$", re.M)
+
+
+def with_request_ids(config: str) -> str:
+    """The config with one UUID request id on every request of the HTTP frontend (see the module).
+    Already rewritten configs are left as they are. Pure."""
+    m = FRONTEND.search(config)
+    if m is None or "mlcycle request id" in config:
+        return config
+    return config[: m.end()] + "\n" + REQUEST_ID_RULES.rstrip("\n") + config[m.end() :]
+
+
+def with_json_not_found(config: str) -> str:
+    """The config with Serve's text/plain 404 (a path no application serves) in the endpoint's JSON
+    error shape. Pure."""
+    body = json.dumps(
+        {
+            "error": "not_found",
+            "reason": "no pipeline is served at this path: a pipeline's endpoint is /v1/pipelines/<name>/ "
+            "(its predict is POST /v1/pipelines/<name>/predict)",
+        }
+    ).replace('"', '\\"')
+    return NOT_FOUND.sub(
+        lambda m: f'{m.group(1)}http-request return status 404 content-type application/json string "{body}"', config
+    )
+
+
 def error_503_response() -> str:
     """HAProxy's own 503 (queue timeout, no replica up), as an HTTP response file. Pure."""
     body = json.dumps(
@@ -181,6 +221,7 @@ def main() -> None:
             print(f"mlcycle-haproxy: default admission for every application: {err}", file=sys.stderr)
             admissions = {}
         fixed = with_admission(bind_like_frontend(text), admissions, admission(Serving()), str(error_503))
+        fixed = with_json_not_found(with_request_ids(fixed))
         if fixed != text:
             tmp = Path(path + ".mlcycle")
             tmp.write_text(fixed)

@@ -79,13 +79,14 @@ def assemble(
     rows: Sequence[tuple[int, bytes, str, Any]],
     features: Sequence[str],
 ) -> list[dict[str, Any]]:
-    """Per key, in order: `features` -> decoded value, None where the store has none. `rows` hold
-    decoded values already. Pure."""
+    """Per key, in order: `features` -> decoded value, None where the store holds a null or none
+    of that feature; an empty dict for a key the store does not know at all (its features are
+    then missing, not null). `rows` hold decoded values already. Pure."""
     found: dict[bytes, dict[str, Any]] = {}
     for view, key, name, value in rows:
         if name in views[view].features:
             found.setdefault(bytes(key), {})[name] = value
-    return [{f: found.get(k, {}).get(f) for f in features} for k in keys]
+    return [{f: found[k].get(f) for f in features} if k in found else {} for k in keys]
 
 
 class PostgresOnlineTables:

@@ -4,6 +4,15 @@ Requests append rows and counts to memory; one background task flushes them ever
 `FLUSH_EVERY_S`: the rows through one kept connection with COPY (into a temporary table, then
 `INSERT ... ON CONFLICT DO NOTHING`, so a retried flush never duplicates a row), the counts and
 latencies to Ray's metrics (Prometheus), in aggregate.
+
+No row can stop the log. A row is made storable before it is queued (`storable_features`: a
+non-finite number becomes null) and checked when it is serialized (`serialize_row`); a batch the
+database refuses for its data (not for a lost connection, which keeps the batch for the next
+flush) is split in halves until each refused row stands alone (`isolate`): those rows go to
+`request_log_dead_letters` with the database's reason and the rest are written. The queue's
+depth, the rows dropped past its cap and the dead letters are metrics
+(`mlcycle_request_log_pending`, `_dropped_total`, `_dead_letters_total`) with alert rules
+(include/stack/alerts.yml).
 """
 
 from __future__ import annotations
@@ -11,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import math
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -37,8 +47,11 @@ COLUMNS = (
     "created_at",
     "predicted_class",  # a multiclass model's (with `probabilities`); NULL for the others
     "probabilities",
+    "position",  # the instance's place in its request (one entity may be asked for twice)
+    "off_contract",  # why a scored instance is outside the contract (feedback skips it), else NULL
 )
 FEATURES = COLUMNS.index("features")
+TEXT_COLUMNS = tuple(COLUMNS.index(c) for c in ("entity_id", "status", "error", "predicted_class", "off_contract"))
 
 
 @dataclass
@@ -61,6 +74,82 @@ class Metrics:
         return counts, latencies
 
 
+def storable_features(features: dict[str, Any]) -> dict[str, Any]:
+    """The features as the log stores them: a non-finite number (a NaN from the online store)
+    becomes null, as JSON has no NaN. Pure; returns the same dict when nothing changes."""
+    for value in features.values():
+        if type(value) is float and not math.isfinite(value):
+            return {k: None if type(v) is float and not math.isfinite(v) else v for k, v in features.items()}
+    return features
+
+
+def text_problem(value: str) -> str | None:
+    """Why PostgreSQL's text cannot hold a string (a NUL character, a lone surrogate), or None. Pure."""
+    if "\x00" in value:
+        return "a NUL character"
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return "a lone surrogate (not UTF-8)"
+    return None
+
+
+def serialize_row(row: tuple[Any, ...]) -> tuple[Any, ...] | str:
+    """The row ready for COPY (its features as strict JSON text), or why it cannot be stored. Pure."""
+    features = row[FEATURES]
+    if not isinstance(features, str):
+        try:
+            features = json.dumps(features, allow_nan=False, default=str)
+        except ValueError as err:
+            return f"features: {err}"
+    if "\\u0000" in features:
+        return "features: a NUL character (PostgreSQL's jsonb refuses it)"
+    problem = text_problem(features)
+    if problem:
+        return f"features: {problem}"
+    for n in TEXT_COLUMNS:
+        if isinstance(row[n], str):
+            problem = text_problem(row[n])
+            if problem:
+                return f"{COLUMNS[n]}: {problem}"
+    return (*row[:FEATURES], features, *row[FEATURES + 1 :])
+
+
+def row_json(row: tuple[Any, ...]) -> str:
+    """A row as ASCII JSON text that any text column takes (for the dead letters). Pure."""
+    return json.dumps(dict(zip(COLUMNS, row, strict=False)), default=str, ensure_ascii=True)
+
+
+def is_data_error(err: BaseException) -> bool:
+    """Whether the database refused a write for what it holds (a row's fault: bisect and go on)
+    rather than for the connection or the server (keep the batch and retry)."""
+    import psycopg
+
+    return isinstance(err, psycopg.DataError | psycopg.IntegrityError)
+
+
+Row = tuple[Any, ...]
+
+
+def isolate(rows: list[Row], write: Callable[[list[Row]], None]) -> list[tuple[Row, str]]:
+    """Write `rows`; where the database refuses the batch for its data, write each half on its own
+    until every refused row stands alone. Returns the refused rows with the database's reason; an
+    error that is not the data's (`is_data_error`) propagates. At most about 2 x log2(n) writes per
+    refused row."""
+    if not rows:
+        return []
+    try:
+        write(rows)
+        return []
+    except Exception as err:
+        if not is_data_error(err):
+            raise
+        if len(rows) == 1:
+            return [(rows[0], str(err).strip().splitlines()[0][:500] if str(err).strip() else repr(err)[:500])]
+    mid = len(rows) // 2
+    return isolate(rows[:mid], write) + isolate(rows[mid:], write)
+
+
 class RayMetrics:
     """Ray's metric objects (created in the replica, at run time)."""
 
@@ -78,6 +167,21 @@ class RayMetrics:
             boundaries=LATENCY_BUCKETS_MS,
             tag_keys=("pipeline", "version"),  # type: ignore[arg-type]
         )
+        self.pending = metrics.Gauge(
+            "mlcycle_request_log_pending",
+            description="request-log rows waiting to be written (per replica)",
+            tag_keys=("pipeline",),
+        )
+        self.dropped = metrics.Counter(
+            "mlcycle_request_log_dropped",
+            description="request-log rows dropped because the queue was full",
+            tag_keys=("pipeline",),
+        )
+        self.dead_letters = metrics.Counter(
+            "mlcycle_request_log_dead_letters",
+            description="request-log rows the database refused, kept in request_log_dead_letters",
+            tag_keys=("pipeline",),
+        )
 
     def export(self, pipeline: str, counts: Counter[tuple[int, str, bool]], latencies: dict[int, list[float]]) -> None:
         for (version, status, shadow), n in counts.items():
@@ -88,6 +192,15 @@ class RayMetrics:
             for value in values:
                 self.latency.observe(value, tags=tags)
 
+    def export_log(self, pipeline: str, pending: int, dropped: int, dead: int) -> None:
+        """The request log's queue depth, and the drops and dead letters since the last export."""
+        tags = {"pipeline": pipeline}
+        self.pending.set(pending, tags=tags)
+        if dropped:
+            self.dropped.inc(dropped, tags=tags)
+        if dead:
+            self.dead_letters.inc(dead, tags=tags)
+
 
 class RequestLog:
     """Rows of `inference_requests`, kept in memory and written in batches by `flush()`, with the
@@ -97,14 +210,19 @@ class RequestLog:
     Which versions have a space that takes writes is read at each write (`spaces`) while the
     ingress watches for them (`watch_spaces`): until it is known every vector is queued, after it
     only those of such versions, so a pipeline whose versions have no space pays nothing per
-    request for its embeddings."""
+    request for its embeddings.
+
+    A row that cannot be stored is never retried with its batch: it becomes a dead letter
+    (`dead`, written to `request_log_dead_letters` with its reason) and the batch goes on."""
 
     def __init__(self, database_url: Callable[[], str] | None, pipeline: str = "") -> None:
         self.database_url = database_url  # asked at the first write: serving starts without the database
         self.pipeline = pipeline
         self.pending: list[tuple[Any, ...]] = []
         self.vectors: list[tuple[int, str, Any]] = []
+        self.dead: list[tuple[Row, str]] = []  # refused rows not yet in the dead-letter table
         self.dropped = 0
+        self.dead_letters = 0  # refused rows written to the dead-letter table, in this replica's life
         self.spaces: set[int] | None = None if database_url is not None else set()
         self.watch_spaces = False
         self._conn: Any = None
@@ -127,42 +245,108 @@ class RequestLog:
             self.dropped += 1
         self.pending.append(row)
 
-    def write(self, rows: list[tuple[Any, ...]], vectors: list[tuple[int, str, Any]] | None = None) -> None:
-        """Write rows (and embeddings) in one transaction (blocking: call it in a thread); a
-        `features` value that is not yet JSON text, and a vector, are serialized here, off the
-        request path."""
+    def _connection(self) -> Any:
+        import psycopg
+
+        if self._conn is None or self._conn.closed:
+            self._conn = psycopg.connect(self.database_url())  # type: ignore[misc]
+        return self._conn
+
+    def write(self, rows: list[tuple[Any, ...]], vectors: list[tuple[int, str, Any]] | None = None) -> int:
+        """Write rows (and embeddings) (blocking: call it in a thread). Rows that cannot be stored
+        become dead letters, written with their reason; the others are written in one transaction
+        with the embeddings, or, when the database refuses that batch for its data, in halves.
+        Returns the dead letters of this write. A lost connection raises, and the caller keeps
+        the rows for the next flush."""
         import psycopg
 
         if self.database_url is None:
-            return
-        if self._conn is None or self._conn.closed:
-            self._conn = psycopg.connect(self.database_url())
+            return 0
+        ready: list[Row] = []
+        dead: list[tuple[Row, str]] = []
+        for row in rows:
+            out = serialize_row(row)
+            if isinstance(out, str):
+                dead.append((row, out))
+            else:
+                ready.append(out)
         try:
-            with self._conn.transaction(), self._conn.cursor() as cur:
+            try:
+                self._write_rows(ready, vectors or [])
+            except Exception as err:
+                if not is_data_error(err):
+                    raise
+                log.warning("the request log refused a batch of %d rows (%s): isolating the bad rows", len(ready), err)
+                dead += isolate(ready, lambda part: self._write_rows(part, []))
+                self._write_vectors(vectors or [])
+            self.dead += dead  # the batch is written: its refused rows are the dead letters' now
+            return self._write_dead()
+        except psycopg.Error:
+            if self._conn is not None:
+                self._conn.close()
+            self._conn = None
+            raise
+
+    def _write_rows(self, rows: list[Row], vectors: list[tuple[int, str, Any]]) -> None:
+        conn = self._connection()
+        with conn.transaction(), conn.cursor() as cur:  # a refused write rolls back; the connection stays usable
+            if rows:
                 cur.execute(
                     "CREATE TEMP TABLE IF NOT EXISTS requests_in (LIKE inference_requests) ON COMMIT DELETE ROWS"
                 )
                 with cur.copy(f"COPY requests_in ({', '.join(COLUMNS)}) FROM STDIN") as copy:
                     for row in rows:
-                        if not isinstance(row[FEATURES], str):
-                            row = (*row[:FEATURES], json.dumps(row[FEATURES], default=str), *row[FEATURES + 1 :])
                         copy.write_row(row)
                 cur.execute(
                     f"INSERT INTO inference_requests ({', '.join(COLUMNS)}) SELECT {', '.join(COLUMNS)}"  # noqa: S608
                     " FROM requests_in ON CONFLICT DO NOTHING"  # (COLUMNS: the module's constant names)
                 )
-                if vectors or self.watch_spaces:
-                    spaces = writable_versions(self._conn, self.pipeline)
-                    write_served(self._conn, self.pipeline, vectors or [], spaces)
-                    self.spaces = set(spaces)
-        except psycopg.Error:
-            self._conn.close()
-            self._conn = None
-            raise
+            if vectors or self.watch_spaces:
+                spaces = writable_versions(conn, self.pipeline)
+                write_served(conn, self.pipeline, vectors, spaces)
+                self.spaces = set(spaces)
+
+    def _write_vectors(self, vectors: list[tuple[int, str, Any]]) -> None:
+        """The embeddings of a batch whose rows were isolated; refused ones are dropped (counted)."""
+        if not vectors:
+            return
+        try:
+            self._write_rows([], vectors)
+        except Exception as err:
+            if not is_data_error(err):
+                raise
+            log.warning("dropped %d embeddings the database refused: %s", len(vectors), err)
+            self.dropped += len(vectors)
+
+    def _write_dead(self) -> int:
+        """Write the dead letters queued (a lost connection keeps them queued). Returns how many."""
+        if not self.dead:
+            return 0
+        dead, rid, entity = self.dead, COLUMNS.index("request_id"), COLUMNS.index("entity_id")
+        conn = self._connection()
+        with conn.transaction(), conn.cursor() as cur:
+            cur.executemany(
+                "INSERT INTO request_log_dead_letters (pipeline, request_id, entity_id, reason, row_json)"
+                " VALUES (%s, %s, %s, %s, %s)",
+                [
+                    (self.pipeline, str(row[rid]), _safe(str(row[entity])), _safe(reason), row_json(row))
+                    for row, reason in dead
+                ],
+            )
+        self.dead = []
+        self.dead_letters += len(dead)
+        for row, reason in dead:
+            log.error("request log: row of request %s refused (%s): kept in request_log_dead_letters", row[rid], reason)
+        return len(dead)
 
     def close(self) -> None:
         if self._conn is not None:
             self._conn.close()
+
+
+def _safe(text: str) -> str:
+    """Text any PostgreSQL text column takes (NUL and lone surrogates escaped). Pure."""
+    return text if text_problem(text) is None else json.dumps(text, ensure_ascii=True)[1:-1]
 
 
 class Recorder:
@@ -173,6 +357,7 @@ class Recorder:
         self.metrics = Metrics(pipeline)
         self.ray_metrics = ray_metrics
         self.flusher: asyncio.Task[None] | None = None
+        self._exported = (0, 0)  # (dropped, dead letters) already exported
 
     def touch(self) -> None:
         """Make sure the flusher runs (called on the event loop)."""
@@ -180,7 +365,7 @@ class Recorder:
             self.flusher = asyncio.get_running_loop().create_task(self._loop())
 
     async def _loop(self) -> None:
-        while self.log.pending or self.log.vectors or self.metrics.counts:
+        while self.log.pending or self.log.vectors or self.log.dead or self.metrics.counts:
             await asyncio.sleep(FLUSH_EVERY_S)
             self._export_metrics()
             try:
@@ -188,20 +373,29 @@ class Recorder:
             except Exception:
                 log.exception("request log write failed; %d rows kept for the next flush", len(self.log.pending))
                 await asyncio.sleep(1.0)
+        self._export_metrics()  # the queue's depth back at 0
 
     def _export_metrics(self) -> None:
         counts, latencies = self.metrics.drain()
-        if self.ray_metrics is not None and counts:
-            try:
+        if self.ray_metrics is None:
+            return
+        dropped, dead = self.log.dropped, self.log.dead_letters
+        try:
+            if counts:
                 self.ray_metrics.export(self.metrics.pipeline, counts, latencies)
-            except Exception:
-                log.exception("metrics export failed")
+            self.ray_metrics.export_log(
+                self.metrics.pipeline, len(self.log.pending), dropped - self._exported[0], dead - self._exported[1]
+            )
+            self._exported = (dropped, dead)
+        except Exception:
+            log.exception("metrics export failed")
 
     async def flush(self) -> int:
-        """Write what is pending now; on failure the rows go back in front of the queue."""
+        """Write what is pending now; on failure the rows go back in front of the queue. Returns
+        the rows taken off the queue (written, or dead letters)."""
         batch, self.log.pending = self.log.pending, []
         vectors, self.log.vectors = self.log.vectors, []
-        if not batch and not vectors:
+        if not batch and not vectors and not self.log.dead:
             return 0
         try:
             await asyncio.to_thread(self.log.write, batch, vectors)

@@ -64,29 +64,30 @@ def entity_problem(key_is_int: bool, entity_id: str | int) -> str | None:
 
 
 def not_numbers(inputs: Sequence[tuple[str, str]], row: dict[str, Any]) -> list[str]:
-    """Why the numeric inputs of a row cannot be fed ('x: not a number ...'), none if they can. Pure."""
+    """Why the numeric inputs of a row cannot be fed ('x: not a number ...'), none if they can: a
+    number (not a boolean, not a string) or null. The ingress has judged request-time features
+    against the contract already; this guards what the online store returned. Pure."""
     bad = []
     for name, kind in inputs:
         value = row.get(name)
         if kind == "tensor(string)" or value is None:
             continue
-        try:
-            float(value)
-        except (TypeError, ValueError):
+        if isinstance(value, bool) or not isinstance(value, int | float):
             bad.append(f"{name}: not a number ({value!r})")
     return bad
 
 
 def onnx_feed(inputs: Sequence[tuple[str, str]], rows: Sequence[dict[str, Any]]) -> dict[str, np.ndarray]:
     """ONNX Runtime's feed for rows of raw columns: one [n, 1] tensor per input, strings for
-    `tensor(string)` inputs, float32 otherwise. Pure."""
+    `tensor(string)` inputs, float32 otherwise. A null is fed as every family was trained to
+    read a missing value: NaN for a number, the empty string for a category (unseen). Pure."""
     feed = {}
     for name, kind in inputs:
         values = [r[name] for r in rows]
         if kind == "tensor(string)":
-            feed[name] = np.array([str(v) for v in values], dtype=object).reshape(-1, 1)
+            feed[name] = np.array(["" if v is None else str(v) for v in values], dtype=object).reshape(-1, 1)
         else:
-            feed[name] = np.array(values, dtype=np.float32).reshape(-1, 1)
+            feed[name] = np.array(values, dtype=np.float32).reshape(-1, 1)  # None reads as NaN
     return feed
 
 
@@ -101,12 +102,16 @@ def gpu_fallback(gpus: float, providers: list[str]) -> str | None:
 
 
 def merge_features(
-    names: Sequence[str], instance: dict[str, Any], online: dict[str, Any] | None
+    names: Sequence[str],
+    instance: dict[str, Any],
+    online: dict[str, Any] | None,
+    nullable: frozenset[str] = frozenset(),
 ) -> tuple[dict[str, Any], list[str]]:
     """An instance's input row (its own features override the online store's) and the names of
-    the inputs that neither has. Pure."""
+    the inputs missing from it: absent from both, or null where the contract does not allow a
+    null (a null of a `nullable` feature is scored as a missing value). Pure."""
     row = {**(online or {}), **instance.get("features", {})}
-    return row, [n for n in names if row.get(n) is None]
+    return row, [n for n in names if (row.get(n) is None and n not in nullable) or n not in row]
 
 
 def answer(version: int, results: Sequence[Scored | Missing], instances: Sequence[dict[str, Any]]) -> dict[str, Any]:
@@ -144,8 +149,16 @@ INLINE_BUDGET_S = 0.0005
 class LocalVersion:
     """One registered version scored in this process."""
 
-    def __init__(self, version: int, session: Any, online: OnlineFeatures | None, max_batch_size: int) -> None:
+    def __init__(
+        self,
+        version: int,
+        session: Any,
+        online: OnlineFeatures | None,
+        max_batch_size: int,
+        nullable: frozenset[str] = frozenset(),
+    ) -> None:
         self.version = version
+        self.nullable = nullable  # the features whose null the model scores (the contract's `nullable`)
         self.session = session
         self.inputs = [(i.name, i.type) for i in session.get_inputs()]
         self.names = [name for name, _ in self.inputs]
@@ -166,6 +179,7 @@ class LocalVersion:
         version: int,
         online: OnlineFeatures | None,
         max_batch_size: int,
+        nullable: frozenset[str] = frozenset(),
     ) -> LocalVersion:
         """Load the version's ONNX model from the registry (blocking: call it in a thread), with as
         many ONNX Runtime threads as the CPUs the replica was given, at least one."""
@@ -174,14 +188,15 @@ class LocalVersion:
         fallback = gpu_fallback(static.get("replica_gpus", 0.0), session.get_providers())
         if fallback:
             log.warning("v%s: %s", version, fallback)
-        return cls(version, session, online, max_batch_size)
+        return cls(version, session, online, max_batch_size, nullable)
 
     async def predict(self, instances: list[dict[str, Any]]) -> dict[str, Any]:
         return answer(self.version, await self.batcher.submit_many(instances), instances)
 
     def needs_lookup(self, instance: dict[str, Any]) -> bool:
+        """Whether an instance leaves out a feature (a null sent is a value: the client says it is missing)."""
         features = instance.get("features", {})
-        return any(features.get(f) is None for f in self.names)
+        return any(f not in features for f in self.names)
 
     def fast_enough(self, instances: Sequence[dict[str, Any]]) -> bool:
         """Whether a batch may run on the event loop: a model measured to score a batch well
@@ -211,7 +226,7 @@ class LocalVersion:
             if inst.get("entity_problem"):
                 results.append(Missing([], [inst["entity_problem"]]))
                 continue
-            row, absent = merge_features(self.names, inst, inst.get("online"))
+            row, absent = merge_features(self.names, inst, inst.get("online"), self.nullable)
             invalid = not_numbers(self.inputs, row)
             results.append(Missing(absent, invalid))
             if not absent and not invalid:

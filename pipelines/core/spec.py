@@ -613,6 +613,12 @@ class Serving(Model):
         default=2.0, gt=0.0, description="a version that has not answered by then races the fallback version"
     )
     request_deadline_s: float = Field(default=30.0, gt=0.0, description="when the ingress gives up (503)")
+    unknown_categories: Literal["refuse", "score"] = Field(
+        default="refuse",
+        description="a request-time categorical value outside the contract's `allowed`: `refuse` answers 422 "
+        "naming the field; `score` scores it as a category the model never saw and flags the logged row "
+        "(`off_contract`), so feedback never trains on it",
+    )
 
     @model_validator(mode="before")
     @classmethod

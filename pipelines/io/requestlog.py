@@ -3,7 +3,9 @@
 A label belongs to a prediction by its request id, or, when it has none, to the latest prediction
 served to its entity at or before the time the outcome was observed. Shadow answers and failed
 requests never count: the A/B compares what clients were given, and served traffic becomes
-training data (`feedback`) with the features exactly as they were served, at the instant served.
+training data (`feedback`) with the features exactly as they were served, at the instant served,
+except the answers scored outside the data contract (`off_contract`: an unknown category under
+`serving.unknown_categories: score`), which never train a model.
 """
 
 from __future__ import annotations
@@ -17,10 +19,10 @@ from pipelines.io.db import connect
 from pipelines.ml.abtest import compare
 
 LABELLED_SQL = """
-SELECT r.model_version, r.score, l.label, r.created_at, l.entity_id, r.features, r.probabilities
+SELECT r.model_version, r.score, l.label, r.created_at, l.entity_id, r.features, r.probabilities, r.off_contract
 FROM labels l
 JOIN LATERAL (
-    SELECT model_version, score, created_at, features, probabilities FROM inference_requests r
+    SELECT model_version, score, created_at, features, probabilities, off_contract FROM inference_requests r
     WHERE r.pipeline = l.pipeline AND r.entity_id = l.entity_id AND NOT r.shadow AND r.status = 'ok'
       AND (l.request_id IS NULL OR r.request_id = l.request_id)
       AND (l.request_id IS NOT NULL OR r.created_at <= l.observed_at)
@@ -46,7 +48,7 @@ def labelled(
         rows = conn.execute(
             LABELLED_SQL, {"pipeline": pipeline, "versions": versions, "since": since, "until": until}
         ).fetchall()
-    return [(int(v), list(p) if p is not None else float(s), float(y)) for v, s, y, _, _, _, p in rows]
+    return [(int(v), list(p) if p is not None else float(s), float(y)) for v, s, y, _, _, _, p, _ in rows]
 
 
 def feedback(settings: Settings, pipeline: str, since: datetime | None, until: datetime) -> list[dict[str, Any]]:
@@ -57,20 +59,28 @@ def feedback(settings: Settings, pipeline: str, since: datetime | None, until: d
             LABELLED_SQL, {"pipeline": pipeline, "versions": None, "since": since, "until": until}
         ).fetchall()
     out: dict[tuple[str, datetime], dict[str, Any]] = {}
-    for _, _, label, served_at, entity, features, _ in rows:
+    for _, _, label, served_at, entity, features, _, off_contract in rows:
         if since is not None and served_at <= since:
             continue  # the window is (since, until]; the shared query's lower bound is inclusive
+        if off_contract is not None:
+            continue  # scored outside the contract: never training data
         out[(entity, served_at)] = {"entity_id": entity, "served_at": served_at, "label": label, "features": features}
     return list(out.values())
 
 
 def ab_results(
-    settings: Settings, pipeline: str, champion: int, challenger: int, since: datetime | None = None
+    settings: Settings,
+    pipeline: str,
+    champion: int,
+    challenger: int,
+    since: datetime | None = None,
+    roles: tuple[str, str] = ("champion", "challenger"),
 ) -> dict[str, Any]:
-    """The A/B comparison of two served versions from the labels that arrived for them."""
+    """The A/B comparison of two served versions from the labels that arrived for them (`roles`:
+    what the result calls them)."""
     spec = spec_for(settings, pipeline)
     rows = labelled(settings, pipeline, [champion, challenger], since)
-    return compare(spec.evaluation, rows, champion, challenger, kind=spec.label.kind)
+    return compare(spec.evaluation, rows, champion, challenger, kind=spec.label.kind, roles=roles)
 
 
 def served_since(

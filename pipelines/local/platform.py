@@ -24,6 +24,7 @@ waits until every service answers its health check.
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 import secrets
@@ -89,7 +90,9 @@ def prometheus_config(settings: Settings) -> str:
         "airflow": settings.statsd_http_port,
         "prometheus": settings.prometheus_port,
     }
-    lines = ["# written by `mlcycle up`; edits are overwritten", "global:", "  scrape_interval: 15s", "scrape_configs:"]
+    rules = settings.project_dir / "include" / "stack" / "alerts.yml"  # the Compose stack's rules too
+    lines = ["# written by `mlcycle up`; edits are overwritten", "global:", "  scrape_interval: 15s"]
+    lines += [f"rule_files: [{json.dumps(str(rules))}]", "scrape_configs:"]
     for job, port in jobs.items():
         lines += [f"  - job_name: {job}", "    static_configs:", f'      - targets: ["127.0.0.1:{port}"]']
     return "\n".join(lines) + "\n"

@@ -24,8 +24,11 @@ def compare(
     challenger: int,
     min_labelled: int = MIN_LABELLED,
     kind: str = "binary",
+    roles: tuple[str, str] = ("champion", "challenger"),
 ) -> dict[str, Any]:
-    """The A/B result of `challenger` against `champion` from (version, score, label) rows."""
+    """The A/B result of `challenger` against `champion` from (version, score, label) rows.
+    `roles` name the two in the result (after a promotion: the `retired` champion and the new
+    `champion`); the difference is always the second's metric minus the first's."""
     metric = primary_metric(cfg, kind)
     groups: dict[int, tuple[np.ndarray, np.ndarray]] = {}
     counts: dict[int, dict[str, Any]] = {}
@@ -40,8 +43,8 @@ def compare(
     out: dict[str, Any] = {
         "metric": cfg.primary_metric,
         "higher_is_better": HIGHER_IS_BETTER[cfg.primary_metric],
-        "champion": {"version": champion, **counts[champion]},
-        "challenger": {"version": challenger, **counts[challenger]},
+        roles[0]: {"version": champion, **counts[champion]},
+        roles[1]: {"version": challenger, **counts[challenger]},
     }
     if kind == "binary":
         short = [
@@ -61,5 +64,5 @@ def compare(
     alpha = 1 - cfg.confidence
     significant = bool(diff["p_value"] < alpha)
     better = diff["difference"] > 0 if out["higher_is_better"] else diff["difference"] < 0
-    verdict = ("challenger better" if better else "challenger worse") if significant else "no significant difference"
+    verdict = f"{roles[1]} {'better' if better else 'worse'}" if significant else "no significant difference"
     return {**out, "status": "ok", **diff, "significant": significant, "verdict": verdict}

@@ -141,6 +141,20 @@ def test_ab_pair_follows_the_canary() -> None:
     assert args(one, {"champion": 1, "rolled_back": 3}).ab_pair() == (1, 3)
     assert args([VersionConfig(version=3, weight=100)], {"champion": 3, "retired": 1}).ab_pair() == (1, 3)
     assert args(one, {"state": "serving", "champion": 1}).ab_pair() is None
+    # the roles the A/B block names them by, as the canary block does
+    assert args(both, {"champion": 1, "challenger": 2}).ab_roles() == ("champion", "challenger")
+    assert args(one, {"champion": 1, "rolled_back": 3}).ab_roles() == ("champion", "rolled_back")
+    promoted = args([VersionConfig(version=3, weight=100)], {"state": "promoted", "champion": 3, "retired": 1})
+    assert promoted.ab_roles() == ("retired", "champion")  # v3 is the champion now, v1 retired
+
+
+def test_the_ab_result_names_the_versions_by_their_roles() -> None:
+    rng = np.random.default_rng(3)
+    y = rng.integers(0, 2, 400).astype(float)
+    rows = [(1, 0.5, float(t)) for t in y] + [(3, 0.9 * t + 0.05, float(t)) for t in y]
+    out = compare(Evaluation(bootstrap_samples=100), rows, 1, 3, roles=("retired", "champion"))
+    assert out["retired"]["version"] == 1 and out["champion"]["version"] == 3 and "challenger" not in out
+    assert out["verdict"] == "champion better" and out["difference"] > 0
 
 
 def test_a_multiclass_ab_test_scores_the_logged_probabilities_against_class_labels() -> None:

@@ -17,7 +17,14 @@ import pytest
 from pipelines.core.settings import Settings
 from serving.batching import GreedyBatcher
 from serving.deploy import haproxy_dir, serve_env
-from serving.haproxy import bind_like_frontend, config_path, frontend_host
+from serving.haproxy import (
+    bind_like_frontend,
+    config_path,
+    frontend_host,
+    real_binary,
+    with_json_not_found,
+    with_request_ids,
+)
 from serving.online import ViewRead, assemble, lookup_sql
 from serving.telemetry import Metrics
 from serving.versions import Missing, Scored, answer, entity_problem, merge_features, not_numbers, onnx_feed
@@ -119,8 +126,9 @@ def test_an_entity_id_must_read_as_an_integer_under_an_integer_key() -> None:
 def test_numeric_inputs_must_be_numbers_and_strings_may_be_anything() -> None:
     inputs = [("usage", "tensor(float)"), ("plan", "tensor(string)"), ("calls", "tensor(float)")]
     row = {"usage": "abc", "plan": 3, "calls": "4"}
-    assert not_numbers(inputs, row) == ["usage: not a number ('abc')"]  # "4" feeds as 4.0
+    assert not_numbers(inputs, row) == ["usage: not a number ('abc')", "calls: not a number ('4')"]
     assert not_numbers(inputs, {"usage": [1], "calls": None}) == ["usage: not a number ([1])"]
+    assert not_numbers(inputs, {"usage": True, "calls": 2}) == ["usage: not a number (True)"]
 
 
 def test_onnx_feed_is_one_column_tensor_per_input() -> None:
@@ -129,6 +137,20 @@ def test_onnx_feed_is_one_column_tensor_per_input() -> None:
     )
     assert feed["age"].dtype == np.float32 and feed["age"].shape == (2, 1)
     assert feed["plan"].tolist() == [["x"], ["7"]]
+
+
+def test_a_null_is_fed_as_each_family_reads_a_missing_value() -> None:
+    feed = onnx_feed([("age", "tensor(float)"), ("plan", "tensor(string)")], [{"age": None, "plan": None}])
+    assert np.isnan(feed["age"][0, 0]) and feed["plan"].tolist() == [[""]]  # NaN; "" is an unseen category
+
+
+def test_a_null_is_missing_unless_the_contract_lets_the_feature_be_null() -> None:
+    names = ["a", "b"]
+    assert merge_features(names, {"features": {"a": None}}, {"b": 2}) == ({"a": None, "b": 2}, ["a"])
+    assert merge_features(names, {"features": {"a": None}}, {"b": 2}, frozenset({"a"})) == ({"a": None, "b": 2}, [])
+    # a stored null of a nullable feature is scored; an entity the store does not know is missing
+    assert merge_features(names, {}, {"a": 1, "b": None}, frozenset({"b"}))[1] == []
+    assert merge_features(names, {}, {}, frozenset({"a", "b"}))[1] == ["a", "b"]
 
 
 CONFIG = """global
@@ -152,6 +174,54 @@ def test_haproxy_listeners_follow_the_frontend_host() -> None:
     assert "bind :" not in fixed and "bind *" not in fixed
     cluster = CONFIG.replace("127.0.0.1:8000", "0.0.0.0:8000")
     assert bind_like_frontend(cluster) == cluster  # a frontend on every interface: nothing to narrow
+
+
+SERVES_404_CONFIG = """global
+    maxconn 100
+defaults
+    mode http
+    timeout connect 5s
+    timeout client 5s
+    timeout server 5s
+frontend http_frontend
+    bind 127.0.0.1:18000
+    default_backend default_backend
+backend default_backend
+    http-request return status 404 content-type text/plain lf-string "Path \\'%[path]\\' not found. Ping http://.../-/routes for available routes."
+"""
+
+
+def test_haproxy_answers_unknown_paths_in_json_and_gives_every_request_one_uuid(tmp_path: Path) -> None:
+    fixed = with_json_not_found(with_request_ids(SERVES_404_CONFIG))
+    assert with_json_not_found(with_request_ids(fixed)) == fixed  # a rewritten config is left as it is
+    assert "text/plain" not in fixed and "content-type application/json" in fixed
+    frontend = fixed.split("frontend http_frontend\n")[1].split("backend")[0].splitlines()
+    assert frontend[0].strip() == "bind 127.0.0.1:18000"  # the rules follow the bind, before any routing
+    assert "del-header x-request-id" in frontend[2] and "set-header x-request-id %[uuid]" in frontend[4]
+    body = fixed.split('string "')[1].rsplit('"', 1)[0].replace('\\"', '"')
+    assert json.loads(body)["error"] == "not_found"
+    path = tmp_path / "haproxy.cfg"
+    path.write_text(fixed)
+    checked = subprocess.run([real_binary(), "-c", "-f", str(path)], capture_output=True, text=True, timeout=60)
+    assert checked.returncode == 0, checked.stdout + checked.stderr  # HAProxy itself takes the config
+
+
+def test_the_alert_rules_are_valid_and_watch_the_request_log(tmp_path: Path) -> None:
+    import shutil
+
+    import yaml
+
+    from pipelines.core.settings import PROJECT_DIR
+
+    rules = PROJECT_DIR / "include" / "stack" / "alerts.yml"
+    exprs = [r["expr"] for g in yaml.safe_load(rules.read_text())["groups"] for r in g["rules"]]
+    for metric in ("request_log_pending", "request_log_dropped_total", "request_log_dead_letters_total"):
+        assert any(f"ray_mlcycle_{metric}" in e for e in exprs), metric
+    promtool = shutil.which("promtool")  # Debian's prometheus package (`make tools`)
+    if promtool is None:
+        pytest.skip("promtool is not installed: `bash tools/prometheus.sh`")
+    checked = subprocess.run([promtool, "check", "rules", str(rules)], capture_output=True, text=True, timeout=60)
+    assert checked.returncode == 0, checked.stdout + checked.stderr
 
 
 def test_haproxy_config_path_from_serves_arguments() -> None:
@@ -308,7 +378,7 @@ def test_assemble_orders_by_key_and_fills_gaps_with_none() -> None:
     assert out == [
         {"plan": "gold", "usage": None},  # no usage row for k1; a feature not of its view is ignored
         {"plan": "basic", "usage": 3.5},
-        {"plan": None, "usage": None},  # an unknown entity
+        {},  # an entity the store does not know: its features are missing, not null
     ]
 
 
