@@ -323,7 +323,8 @@ class Ingress:
             )
         except Exception as err:
             log.exception("A/B results failed")
-            result = {"status": "error", "reason": repr(err)[:300]}
+            # the class only: a message may name the server's paths or database (the replica's log has it)
+            result = {"status": "error", "reason": f"the A/B result could not be computed ({type(err).__name__})"}
         self._ab_cache = (pair, time.monotonic(), result)
         return result
 
@@ -387,7 +388,8 @@ class Ingress:
         instances = self._parse(await request.body())
         if isinstance(instances, JSONResponse):
             return instances
-        args, request_id = self.args, request_id_of(request.headers.get(REQUEST_ID_HEADER))
+        args, sent_id = self.args, request.headers.get(REQUEST_ID_HEADER)
+        request_id = request_id_of(sent_id)
         groups = route(instances, args.weights())
         shadow = args.shadow()
         if shadow is not None and shadow in self.versions:
@@ -423,9 +425,10 @@ class Ingress:
                 if embedded is not None:
                     instances[n]["_embedding"] = embedded[j]
         self._record(request_id, instances, results, started)
-        return JSONResponse(
-            {"request_id": str(request_id), "predictions": results}, headers={REQUEST_ID_HEADER: str(request_id)}
-        )
+        # Serve echoes the id the request came with (HAProxy's UUID); behind another proxy an id
+        # that is no UUID was replaced here, and the answer says which one was logged
+        headers = None if (sent_id or "").lower() == str(request_id) else {REQUEST_ID_HEADER: str(request_id)}
+        return JSONResponse({"request_id": str(request_id), "predictions": results}, headers=headers)
 
     def _authorized(self, request: Request) -> bool:
         key = request.headers.get("x-api-key") or request.headers.get("authorization", "").removeprefix("Bearer ")

@@ -160,12 +160,12 @@ def test_feedback_rows_are_the_labelled_predictions_as_served(
     small_spec(workspace, {"kind": "file", "path": str(src), "feedback": True})
     spec = spec_for(workspace, "churn")
     now = datetime.now(UTC)
-    served = churn_df.tail(6).reset_index(drop=True)
+    served = churn_df.tail(7).reset_index(drop=True)
     log = RequestLog(lambda: db.database_url(workspace))
 
     served_features = [c for c in spec.contract.columns if c not in ("customer_id", "event_timestamp", "churned")]
 
-    def row(i: int, at: datetime, shadow: bool = False) -> tuple[object, ...]:
+    def row(i: int, at: datetime, shadow: bool = False, off_contract: str | None = None) -> tuple[object, ...]:
         feats = {f: getattr(v, "item", lambda v=v: v)() for f, v in served.loc[i, served_features].items()}
         return (
             uuid.uuid4(),
@@ -181,20 +181,23 @@ def test_feedback_rows_are_the_labelled_predictions_as_served(
             at,
             None,
             None,
+            0,
+            off_contract,
         )
 
     rows = [row(i, now - timedelta(minutes=10 - i)) for i in range(4)]
     rows.append(row(4, now + timedelta(minutes=1)))  # after the run's as_of
     rows.append(row(5, now - timedelta(minutes=1), shadow=True))  # a shadow answer is no feedback
+    rows.append(row(6, now - timedelta(minutes=2), off_contract="plan: unknown category 'gold'"))  # nor is this
     assert len(rows[0]) == len(COLUMNS)
     log.write(rows)
     log.close()
     labels = tmp_path / "labels.csv"
-    observed = [(now + timedelta(minutes=2)).isoformat()] * 6
-    pd.DataFrame({"entity_id": served["customer_id"], "label": [1, 0, 1, 0, 1, 1], "observed_at": observed}).to_csv(
+    observed = [(now + timedelta(minutes=2)).isoformat()] * 7
+    pd.DataFrame({"entity_id": served["customer_id"], "label": [1, 0, 1, 0, 1, 1, 1], "observed_at": observed}).to_csv(
         labels, index=False
     )
-    assert load_labels(workspace, spec, FileSource(kind="file", path=str(labels))) == 6
+    assert load_labels(workspace, spec, FileSource(kind="file", path=str(labels))) == 7
     small_spec(workspace, {"kind": "file", "path": str(src), "feedback": True, "lookback_days": 2000})
     with as_of(now):
         m = run(workspace, "ingest", "fb-1")

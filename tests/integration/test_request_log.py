@@ -20,7 +20,23 @@ NOTE = 'a tab\there, a quote \' and a "double", a backslash \\'
 
 def _row(request_id: uuid.UUID, entity: str) -> tuple[object, ...]:
     features = json.dumps({"plan": "basic", "note": NOTE})
-    row = (request_id, "rl_test", 1, entity, features, 0.5, 1.25, "ok", None, False, datetime.now(UTC), None, None)
+    row = (
+        request_id,
+        "rl_test",
+        1,
+        entity,
+        features,
+        0.5,
+        1.25,
+        "ok",
+        None,
+        False,
+        datetime.now(UTC),
+        None,
+        None,
+        0,
+        None,
+    )
     assert len(row) == len(COLUMNS)
     return row
 
@@ -42,4 +58,39 @@ def test_rows_are_copied_once_and_a_lost_connection_is_replaced(platform: Settin
             (rid,),
         ).fetchall()
     assert rows == [("1", NOTE, 0.5, True), ("2", NOTE, 0.5, True), ("3", NOTE, 0.5, True)]
+    log.close()
+
+
+def test_rows_the_database_refuses_become_dead_letters_and_the_rest_is_written(platform: Settings) -> None:
+    """A batch with a row a CHECK constraint refuses (the test's hook) and a row whose features are
+    no JSON: both are dead letters with their reason, every other row is written, and the log
+    takes the next batch as usual."""
+    log = RequestLog(lambda: db.database_url(platform), "rl_dead")
+    rid = uuid.uuid4()
+    rows = [(*_row(rid, str(n))[:1], "rl_dead", *_row(rid, str(n))[2:]) for n in range(40)]
+    rows[17] = (*rows[17][:3], "poison-17", *rows[17][4:])
+    bad_json = list(rows[30])
+    bad_json[COLUMNS.index("features")] = {"usage": float("nan")}
+    rows[30] = tuple(bad_json)
+    with db.connect(platform) as conn:
+        conn.execute(
+            "ALTER TABLE inference_requests ADD CONSTRAINT rl_poison CHECK (entity_id <> 'poison-17') NOT VALID"
+        )
+    try:
+        assert log.write(rows) == 2
+    finally:
+        with db.connect(platform) as conn:
+            conn.execute("ALTER TABLE inference_requests DROP CONSTRAINT rl_poison")
+    log.write([(*rows[0][:3], "after", *rows[0][4:])])
+    with db.connect(platform) as conn:
+        written = {r[0] for r in conn.execute("SELECT entity_id FROM inference_requests WHERE request_id = %s", (rid,))}
+        dead = conn.execute(
+            "SELECT entity_id, reason, row_json FROM request_log_dead_letters WHERE request_id = %s ORDER BY entity_id",
+            (str(rid),),
+        ).fetchall()
+    assert written == {str(n) for n in range(40) if n not in (17, 30)} | {"after"}
+    assert [(e, r.split(":")[0]) for e, r, _ in dead] == [("30", "features"), ("poison-17", dead[1][1].split(":")[0])]
+    assert "rl_poison" in dead[1][1] and "Out of range float" in dead[0][1]
+    assert json.loads(dead[1][2])["entity_id"] == "poison-17"  # the row, to inspect or replay
+    assert log.dead == [] and log.dead_letters == 2
     log.close()

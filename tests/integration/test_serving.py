@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import threading
 import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -93,8 +94,8 @@ def _client(settings: Settings) -> httpx.Client:
     return httpx.Client(base_url=endpoint(settings, PIPELINE), headers={"x-api-key": KEY}, timeout=30)
 
 
-def _predict(client: httpx.Client, ids: list[int], **extra: Any) -> httpx.Response:
-    return client.post("/predict", json={"instances": [{"entity_id": i} for i in ids], **extra})
+def _predict(client: httpx.Client, ids: list[int], headers: dict[str, str] | None = None) -> httpx.Response:
+    return client.post("/predict", json={"instances": [{"entity_id": i} for i in ids]}, headers=headers)
 
 
 def test_predict_returns_a_version_and_is_logged(served: Settings) -> None:
@@ -291,6 +292,159 @@ def test_labels_give_ab_results_on_the_info_endpoint(served: Settings, tmp_path:
     assert ab["metric"] == "roc_auc" and ab["champion"]["value"] > 0.6 and ab["challenger"]["value"] > 0.6
     assert 0 < ab["p_value"] <= 1 and ab["lower"] <= ab["difference"] <= ab["upper"]
     assert ab["verdict"] in {"no significant difference", "challenger better", "challenger worse"}
+
+
+def _full_features(settings: Settings) -> dict[str, Any]:
+    """Every feature of the fixture's model, within the contract (no online lookup needed)."""
+    spec = spec_for(settings, PIPELINE)
+    out: dict[str, Any] = {name: 1 for name in spec.model.numeric_features}
+    out.update({name: spec.contract.columns[name].classes[0] for name in spec.model.categorical_features})
+    return out
+
+
+def _log_rows(settings: Settings, sql: str, *params: Any) -> list[tuple[Any, ...]]:
+    with db.connect(settings) as conn:
+        return conn.execute(sql, params).fetchall()
+
+
+def test_the_endpoint_enforces_the_contract_and_answers_one_request_id(served: Settings) -> None:
+    """Every value the contract forbids is a 422 naming its field (none is scored or logged); a
+    request that names one entity twice is logged per answer; the request id of the header is
+    the body's; an over-long id is replaced, not echoed; an unknown pipeline answers JSON."""
+    _deploy(served, {1: 100})
+    full = _full_features(served)
+    bad = {
+        "plan": ("platinum", "plan: 'platinum' is not one of basic, premium, standard"),
+        "region": (7, "region: not a string (7)"),
+        "tenure_months": (-3, "tenure_months: -3 is below the minimum 0"),
+        "monthly_charges": ("NaN", "monthly_charges: not a number ('NaN')"),
+        "usage_hours_30d": (None, "usage_hours_30d: null, but the contract does not allow nulls for this feature"),
+        "colour": ("red", "'colour': unknown feature (the model takes contract, days_since_last_login"),
+    }
+    with _client(served) as c:
+        for name, (value, message) in bad.items():
+            r = c.post("/predict", json={"instances": [{"entity_id": 9_000_007, "features": {**full, name: value}}]})
+            assert r.status_code == 422, (name, r.text)
+            (detail,) = r.json()["detail"]
+            assert detail["field"] == f"instances[0].features.{name}" and detail["message"].startswith(message)
+        for token in (b"NaN", b"Infinity", b"-Infinity", b"1e999"):  # not JSON, yet sent by real clients
+            body = b'{"instances": [{"entity_id": 9000007, "features": {"usage_hours_30d": ' + token + b"}}]}"
+            r = c.post("/predict", content=body, headers={"content-type": "application/json"})
+            assert r.status_code == 422, (token, r.text)
+            assert r.json()["detail"][0]["field"] == "instances[0].features.usage_hours_30d"
+            assert "not a finite number" in r.json()["detail"][0]["message"]
+        twice = c.post("/predict", json={"instances": [{"entity_id": 8}, {"entity_id": 8, "features": full}]})
+        assert twice.status_code == 200, twice.text
+        assert twice.headers["x-request-id"] == twice.json()["request_id"]
+        mine = str(uuid.uuid4())
+        assert _predict(c, [9], headers={"x-request-id": mine}).json()["request_id"] == mine
+        long = _predict(c, [9], headers={"x-request-id": "x" * 10_000})
+        assert long.status_code == 200 and len(long.headers["x-request-id"]) == 36
+        assert long.headers["x-request-id"] == long.json()["request_id"]
+    rows = _wait_for_rows(served, twice.json()["request_id"], 2)
+    assert sorted(r[4] for r in rows) == sorted(p["score"] for p in twice.json()["predictions"])
+    refused = _log_rows(
+        served, "SELECT count(*) FROM inference_requests WHERE pipeline = %s AND entity_id = '9000007'", PIPELINE
+    )
+    assert refused == [(0,)]  # nothing refused reached the log
+    unknown = httpx.get(endpoint(served, "no_such_pipeline") + "/", timeout=30)
+    assert unknown.status_code == 404 and unknown.json()["error"] == "not_found", unknown.text
+
+
+def test_any_json_value_in_any_feature_is_answered_200_or_4xx_and_only_conforming_ones_are_logged(
+    served: Settings,
+) -> None:
+    """Hypothesis against the live endpoint: one feature of a full row replaced by any JSON value
+    (NaN and infinities too) is answered 200 or 422, never 5xx; a 200 only for a value within the
+    contract, and every logged row holds the value as sent."""
+    from hypothesis import HealthCheck, given
+    from hypothesis import settings as hyp
+    from hypothesis import strategies as st
+
+    from tests.unit.test_request_contract import JSON_VALUES
+
+    _deploy(served, {1: 100})
+    spec = spec_for(served, PIPELINE)
+    full = _full_features(served)
+    answered: list[tuple[str, str, Any]] = []
+
+    with _client(served) as c:
+
+        @hyp(max_examples=120, deadline=None, suppress_health_check=list(HealthCheck))
+        @given(name=st.sampled_from([*full, "not_a_feature"]), value=JSON_VALUES)
+        def one(name: str, value: Any) -> None:
+            body = json.dumps({"instances": [{"entity_id": 9_100_000, "features": {**full, name: value}}]})
+            r = c.post("/predict", content=body, headers={"content-type": "application/json"})
+            assert r.status_code in (200, 422), (name, value, r.status_code, r.text[:300])
+            column = spec.contract.columns.get(name)
+            if r.status_code == 200:
+                assert column is not None and value is not None, (name, value)
+                if name in spec.model.categorical_features:
+                    assert value in column.classes, (name, value)
+                else:
+                    assert isinstance(value, int | float) and not isinstance(value, bool)
+                    assert column.min is None or value >= column.min
+                    assert column.max is None or value <= column.max
+                answered.append((r.json()["request_id"], name, value))
+
+        one()
+    for request_id, name, value in answered[:20]:
+        (row,) = _wait_for_rows(served, request_id, 1)
+        assert row[2] == "ok" and row[3][name] == value
+
+
+def test_no_request_poisons_the_log_under_load(served: Settings) -> None:
+    """wrk sends 1,000 good requests in turn with one whose feature is NaN and one whose row the
+    database refuses (a CHECK constraint put in for the test): the NaN is a 422, every answered
+    request is logged, the refused row lands in the dead letters with the database's reason while
+    the rest of its batch is written, and the queue drains within 2 s of the load ending."""
+    _deploy(served, {1: 100})
+    full = _full_features(served)
+    poison = "424242"
+    bodies = [json.dumps({"instances": [{"entity_id": 10_000 + n, "features": full}]}) for n in range(1000)]
+    bodies.insert(500, '{"instances": [{"entity_id": 5, "features": {"usage_hours_30d": NaN}}]}')
+    bodies.insert(700, json.dumps({"instances": [{"entity_id": int(poison), "features": full}]}))
+    with db.connect(served) as conn:
+        conn.execute(
+            f"ALTER TABLE inference_requests ADD CONSTRAINT test_poison CHECK (entity_id <> '{poison}') NOT VALID"
+        )
+        (began,) = conn.execute("SELECT now()").fetchone()
+    try:
+        url = endpoint(served, PIPELINE) + "/predict"
+        result = loadgen.run(url, bodies, {"x-api-key": KEY}, connections=16, seconds=6, statuses=True)
+        ended = time.monotonic()
+        assert result.statuses is not None and set(result.statuses) == {200, 422}, result
+        assert result.requests > len(bodies), result  # every body was sent at least once
+        with _client(served) as c:
+            while (pending := c.get("/").json()["request_log"]["pending"]) and time.monotonic() < ended + 2:
+                time.sleep(0.05)
+        assert pending == 0
+        time.sleep(4 * FLUSH_EVERY_S)  # the last flush's dead letters
+        ((logged,),) = _log_rows(
+            served,
+            "SELECT count(*) FROM inference_requests WHERE pipeline = %s AND created_at >= %s AND NOT shadow",
+            PIPELINE,
+            began,
+        )
+        ((dead, reasons),) = _log_rows(
+            served,
+            "SELECT count(*), array_agg(DISTINCT reason) FROM request_log_dead_letters"
+            " WHERE pipeline = %s AND entity_id = %s AND failed_at >= %s",
+            PIPELINE,
+            poison,
+            began,
+        )
+    finally:
+        with db.connect(served) as conn:
+            conn.execute("ALTER TABLE inference_requests DROP CONSTRAINT IF EXISTS test_poison")
+    assert dead >= 1 and all("test_poison" in r for r in reasons), reasons
+    assert logged == result.statuses[200] - dead  # every answer logged but the refused ones
+    with _client(served) as c:
+        info = c.get("/").json()["request_log"]
+        assert info["dropped"] == 0 and info["dead_letters"] >= dead
+        after = _predict(c, [11])
+        assert after.status_code == 200  # and the log goes on
+    assert len(_wait_for_rows(served, after.json()["request_id"], 1)) == 1
 
 
 def test_shadow_answers_are_logged_not_returned(served: Settings) -> None:
