@@ -70,12 +70,15 @@ def finite_or(value: float, default: float) -> float:
     return value if np.isfinite(value) else default
 
 
-def category_strings(values: Iterable[Any]) -> list[str]:
-    """Categorical values as every family reads them: a null (None, NaN, pandas' NA) is the empty
-    string, anything else its `str`. Pure."""
+def category_strings(values: Iterable[Any]) -> np.ndarray:
+    """Categorical values as every family reads them (an object array of `str`): a null (None,
+    NaN, pandas' NA) is the empty string, anything else its `str`. Pure."""
     import pandas as pd
 
-    return [NULL_CATEGORY if v is None or (pd.api.types.is_scalar(v) and pd.isna(v)) else str(v) for v in values]
+    column = values if isinstance(values, pd.Series) else pd.Series(list(values), dtype=object)
+    out: np.ndarray = column.astype(object).astype(str).to_numpy(dtype=object)
+    out[column.isna().to_numpy()] = NULL_CATEGORY
+    return out
 
 
 def numeric_values(df: pd.DataFrame, columns: list[str]) -> np.ndarray:
@@ -105,11 +108,13 @@ def fit_encoding(
 def encode(df: pd.DataFrame, enc: FeatureEncoding) -> tuple[np.ndarray, np.ndarray]:
     """Raw numeric values (float32, NaN where missing: imputed and scaled inside the model) and
     category codes (int64; 0 for an unseen or null category). Pure."""
+    import pandas as pd
+
     numeric = numeric_values(df, enc.numeric)
     codes = np.zeros((len(df), len(enc.categorical)), dtype=np.int64)
     for j, c in enumerate(enc.categorical):
         index = {v: i + 1 for i, v in enumerate(enc.vocab[c])}
-        codes[:, j] = [index.get(v, 0) for v in category_strings(df[c])]
+        codes[:, j] = pd.Series(category_strings(df[c])).map(index).fillna(0).to_numpy(dtype=np.int64)
     return numeric, codes
 
 
@@ -399,7 +404,7 @@ def session_feed(session: Any, df: pd.DataFrame) -> dict[str, np.ndarray]:
     feed: dict[str, np.ndarray] = {}
     for i in session.get_inputs():
         if i.type == "tensor(string)":
-            feed[i.name] = np.array(category_strings(df[i.name]), dtype=object).reshape(-1, 1)
+            feed[i.name] = category_strings(df[i.name]).reshape(-1, 1)
         else:
             feed[i.name] = numeric_values(df, [i.name])
     return feed
