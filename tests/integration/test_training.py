@@ -450,3 +450,41 @@ def test_a_trial_whose_loss_is_not_finite_fails_with_its_reason_and_is_never_the
         study.optimize(objective_for(trainer, spec, parent.info.run_id), n_trials=1, catch=(TrialFailed,))
         with pytest.raises(MlcycleError, match=f"no trial completed \\(1 failed: {reason}\\)"):
             export_best(failing, study, trainer)
+
+
+def test_a_source_with_nulls_trains_every_family_and_beats_the_baseline(workspace: Settings, tmp_path: Path) -> None:
+    """A Parquet file of the wine data with nulls in two nullable measurements and a nullable
+    category, through ingest, validation, features, an `auto` search and evaluate: every family
+    completes its trials (none fails on a NaN loss) and the challenger passes the default gate
+    against the majority class, which the verdict names with its figure."""
+    import json
+    from datetime import UTC, datetime, timedelta
+
+    import pandas as pd
+    import yaml
+
+    from tests.unit.test_missing_values import nullable_wine_spec, wines_with_nulls
+
+    df = wines_with_nulls(end=(datetime.now(UTC) + timedelta(days=1)).date())
+    path = tmp_path / "wines.parquet"
+    df.to_parquet(path, index=False)
+    spec = nullable_wine_spec().model_dump(mode="json", exclude_none=True)
+    spec.update(name="wine_nulls", source={"kind": "file", "path": str(path), "lookback_days": 400})
+    spec["training"].update(n_trials=4, time_budget_s=120, max_epochs=30, pruner="none")
+    spec["evaluation"].update(min_primary=None, bootstrap_samples=100, max_latency_ms_per_row=50.0)
+    assert workspace.pipelines_dir is not None
+    (workspace.pipelines_dir / "wine_nulls.yaml").write_text(yaml.safe_dump(spec, sort_keys=False))
+    out = run_through(workspace, "nulls-1", LIFECYCLE[:5], pipeline="wine_nulls")
+    trained = out["train"]
+    assert trained["trials"]["fail"] == 0 and trained["failures"] == {}
+    assert set(trained["families"]) == {"linear", "lightgbm", "tabular_mlp"}
+    assert all(f["complete"] >= 1 and f["best"] > 0.5 for f in trained["families"].values())
+    run_dir = Path(str(workspace.artifact_root)) / "wine_nulls" / "nulls-1"
+    split = pd.read_parquet(run_dir / "features" / "train.parquet")
+    assert split[["magnesium", "hue", "color_band"]].isna().any().all()  # the nulls reached training
+    encoding = json.loads((run_dir / "train" / "manifest.json").read_text())["encoding"]
+    assert encoding["missing"] == ["magnesium", "hue"] and "" not in encoding["vocab"]["color_band"]
+    verdict = out["evaluate"]["verdict"]
+    assert verdict["passed"], verdict
+    assert verdict["baseline"]["name"] == "majority-class baseline" and verdict["baseline"]["macro_f1"] < 0.4
+    assert any("beats the majority-class baseline" in r for r in verdict["reasons"])

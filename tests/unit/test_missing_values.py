@@ -56,10 +56,10 @@ def nullable_wine_spec() -> PipelineSpec:
     return parse_spec(data)
 
 
-def wines_with_nulls(seed: int = 7) -> pd.DataFrame:
-    """The bundled wine data, a colour band derived from the colour intensity, and about a tenth
-    of two measurements and of the band set to null (seeded)."""
-    df = wine(6, date(2026, 1, 1), 3)
+def wines_with_nulls(seed: int = 7, end: date = date(2026, 1, 1)) -> pd.DataFrame:
+    """The bundled wine data (dated over the six months to `end`), a colour band derived from the
+    colour intensity, and about a tenth of two measurements and of the band set to null (seeded)."""
+    df = wine(6, end, 3)
     df["color_band"] = pd.cut(df["color_intensity"], [0, 3.5, 7.0, 20], labels=["pale", "medium", "deep"]).astype(
         object
     )
