@@ -547,6 +547,12 @@ class Evaluation(Model):
         "default: 0.6 for a binary label, none for a multiclass or regression one",
     )
     min_improvement: float = 0.0
+    beat_baseline: bool = Field(
+        default=True,
+        description="the challenger's primary metric must beat a trivial model's on the same test rows: the "
+        "training class prior for a binary label, the majority class for a multiclass one, the training mean "
+        "for a regression one (a chance-level model is never promoted)",
+    )
     bootstrap_samples: int = Field(default=500, ge=50)
     confidence: float = Field(default=0.95, gt=0.5, lt=1.0)
     threshold: float = Field(default=0.5, gt=0.0, lt=1.0)

@@ -5,6 +5,12 @@ linear model, interchangeable downstream.
   columns' matrix (`matrix`: numeric values as they are, NaN kept; categorical codes, 0 for a
   category unseen in training); the linear model imputes (median), scales and one-hot encodes
   inside its scikit-learn pipeline.
+* Missing values: LightGBM routes a NaN down each split's learnt default branch; the linear model
+  imputes the training median; the MLP imputes the median and adds a missing indicator inside its
+  module (`pipelines.ml.model`). A null category is the unknown code 0 in every family. Each
+  family's ONNX graph does the same on the wire convention (NaN, `""`).
+* A fit whose loss or scores are not finite raises `TrialFailed` with the reason: the search
+  marks the trial failed and never takes it for the best.
 * Every family reports intermediate values (epochs, boosting rounds, SGD passes) through
   `Fitting.report`, which the pruner acts on, and stops at `Fitting.deadline` (the search's time
   budget) with the best it has.
@@ -30,6 +36,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
+from pipelines.core.errors import MlcycleError
 from pipelines.ml.model import (
     PROBABILITIES,
     FeatureEncoding,
@@ -52,6 +59,31 @@ REPORT_EVERY_ROUNDS = 10
 """LightGBM reports (and may be pruned, and checks the deadline) every this many boosting rounds."""
 MAX_ROUNDS = 2000
 LINEAR_MAX_PASSES = 50
+
+
+class TrialFailed(MlcycleError):
+    """A trial's loss, scores or metric is not a finite number (e.g. NaN from a missing value):
+    the trial fails with this reason and is never the search's best."""
+
+
+def non_finite_reason(figures: dict[str, float], step: int, unit: str = "epoch") -> str | None:
+    """Why a trial fails where one of its figures is not finite (NaN, infinity), else None. Pure."""
+    bad = [f"{name} is {value}" for name, value in figures.items() if not math.isfinite(value)]
+    return f"{', '.join(bad)} at {unit} {step}" if bad else None
+
+
+def require_finite(figures: dict[str, float], step: int, unit: str = "epoch") -> None:
+    """Raise `TrialFailed` with the reason where a figure is not finite."""
+    reason = non_finite_reason(figures, step, unit)
+    if reason is not None:
+        raise TrialFailed(reason)
+
+
+def require_finite_scores(scores: np.ndarray, step: int, unit: str) -> None:
+    """Raise `TrialFailed` where a model scores a validation row NaN or infinite."""
+    bad = int(np.size(scores) - np.count_nonzero(np.isfinite(scores)))
+    if bad:
+        raise TrialFailed(f"{bad} validation scores are not finite at {unit} {step}")
 
 
 @dataclass
@@ -392,7 +424,10 @@ def fit_lightgbm(
 
     def feval(preds: np.ndarray, data: Any) -> tuple[str, float, bool]:
         state["calls"] += 1  # only every REPORT_EVERY_ROUNDS-th round is scored (the rest is not read)
-        value = fitting.metric(yv, preds) if state["calls"] % REPORT_EVERY_ROUNDS == 0 else math.nan
+        if state["calls"] % REPORT_EVERY_ROUNDS:
+            return "primary", math.nan, fitting.higher
+        require_finite_scores(preds, int(state["calls"]), "round")
+        value = fitting.metric(yv, preds)
         return "primary", value, fitting.higher
 
     def callback(env: Any) -> None:
@@ -506,6 +541,7 @@ def fit_linear(
             scores = model.predict(xvt) * scale + shift
         else:
             scores = model.predict_proba(xvt) if fitting.classes else model.predict_proba(xvt)[:, 1]
+        require_finite_scores(scores, n, "pass")
         value = fitting.metric(yv, scores)
         fitting.log({"val_metric": value}, n)
         if fitting.better(value, best):

@@ -247,15 +247,62 @@ def ab_difference(
     }
 
 
+BASELINE_NAMES = {
+    "binary": "class-prior baseline",
+    "multiclass": "majority-class baseline",
+    "regression": "training-mean baseline",
+}
+"""The trivial model of each label kind, as a verdict names it."""
+
+
+def baseline_scores(y_train: np.ndarray, rows: int, kind: str = "binary", classes: int = 0) -> np.ndarray:
+    """A trivial model's scores of `rows` rows, fitted on the training labels alone: the share of
+    1s (the prior) for a binary label; each class's share (`[rows, classes]`, so its most likely
+    class is the majority class) for a multiclass one; the mean for a regression one. Pure."""
+    y = np.asarray(y_train)
+    if kind == "multiclass":
+        shares = np.bincount(y.astype(np.int64), minlength=classes)[:classes] / max(len(y), 1)
+        return np.tile(shares.astype(np.float64), (rows, 1))
+    return np.full(rows, float(np.mean(y)) if len(y) else 0.0, dtype=np.float64)
+
+
+def baseline(
+    y_train: np.ndarray, y_test: np.ndarray, threshold: float, kind: str = "binary", classes: int = 0
+) -> dict[str, Any]:
+    """The kind's trivial model (`baseline_scores`) scored on the test rows: its name and metrics. Pure."""
+    scores = baseline_scores(y_train, len(y_test), kind, classes)
+    return {"name": BASELINE_NAMES[kind], "metrics": overall(y_test, scores, threshold, kind)}
+
+
+def beats_baseline(name: str, value: float, trivial: dict[str, Any]) -> tuple[bool, str]:
+    """Whether the challenger's primary metric `value` is strictly better than the trivial
+    model's, and the verdict's reason. A baseline that is not defined on these rows (NaN, e.g. a
+    ROC AUC of one class) gates nothing. Pure."""
+    higher = HIGHER_IS_BETTER[name]
+    other = float(trivial["metrics"][name])
+    label = trivial["name"]
+    if not np.isfinite(value):
+        return False, f"{name} is {value}: the model is not comparable with the {label}"
+    if not np.isfinite(other):
+        return True, f"the {label}'s {name} is not defined on these test rows ({other}): not compared"
+    ok = bool(value > other if higher else value < other)  # NaN is never better
+    word = "above" if higher else "below"
+    if ok:
+        return True, f"{name} {value:.4f} beats the {label} {other:.4f}"
+    return False, f"{name} {value:.4f} is not {word} the {label} {other:.4f}"
+
+
 def gate(
     cfg: Evaluation,
     challenger: dict[str, float],
     champion: dict[str, float] | None,
     difference: dict[str, float] | None,
     latency_ms_per_row: float | None,
+    trivial: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The promotion verdict with its reasons. A metric where lower is better is compared
-    the other way round."""
+    the other way round. `trivial` (`baseline`) is the kind's trivial model on the same test rows:
+    with `evaluation.beat_baseline`, the challenger must beat it."""
     name = cfg.primary_metric
     higher = HIGHER_IS_BETTER[name]
     value = challenger[name]
@@ -268,6 +315,10 @@ def gate(
         passed &= ok
     else:
         reasons.append(f"{name} {value:.4f} (no evaluation.min_primary set)")
+    if cfg.beat_baseline and trivial is not None:
+        ok, reason = beats_baseline(name, value, trivial)
+        reasons.append(reason)
+        passed &= ok
     if champion is not None and difference is not None:
         gain = difference["difference"] if higher else -difference["difference"]
         lower = difference["lower"] if higher else -difference["upper"]
@@ -291,4 +342,7 @@ def gate(
             f"{cfg.max_latency_ms_per_row:.3f}"
         )
         passed &= fast
-    return {"passed": bool(passed), "primary_metric": name, "reasons": reasons}
+    verdict: dict[str, Any] = {"passed": bool(passed), "primary_metric": name, "reasons": reasons}
+    if trivial is not None:
+        verdict["baseline"] = {"name": trivial["name"], name: trivial["metrics"][name]}
+    return verdict

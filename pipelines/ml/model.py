@@ -1,19 +1,28 @@
 """The tabular model: preprocessing inside the module, exported to ONNX that takes raw columns.
 
-* `FeatureEncoding` (pure, fitted on the training split): per numeric feature its mean and standard
-  deviation; per categorical feature its vocabulary (index 0 is the unknown bucket).
-* `TabularMLP` (torch): the scaling statistics are buffers, each categorical feature an embedding;
-  `forward(numeric, codes)` returns logits.
+* `FeatureEncoding` (pure, fitted on the training split): per numeric feature its mean, standard
+  deviation and median (of the values present); the numeric features that get a missing-indicator
+  input (`missing`: those the contract lets be null, and any with a null in training); per
+  categorical feature its vocabulary (index 0 is the unknown bucket; never a null token).
+* `TabularMLP` (torch): the statistics are buffers, each categorical feature an embedding;
+  `forward(numeric, codes)` returns logits. A missing numeric value (NaN) becomes the training
+  median, and each feature of `missing` adds an input that is 1 where the value was missing, inside
+  the module, so the exported graph does the same.
 * `to_onnx()`: the exported graph takes one input per raw feature column (`float` for numeric,
   `string` for categorical, shape `[N, 1]`), maps strings to codes with `ai.onnx.ml.LabelEncoder`
   (unknown -> 0) and returns the churn probability `score`. Nothing else is needed at serving time,
   so training and serving cannot skew.
+
+Missing values on the wire (every family's graph, `raw_front`): a null numeric value is NaN in its
+float input, a null category the empty string `""` in its string input (the unknown code 0).
+Offline, `encode` and `session_feed` map nulls the same way (`category_strings`).
 """
 
 from __future__ import annotations
 
 import io
-from dataclasses import asdict, dataclass
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -26,6 +35,12 @@ if TYPE_CHECKING:
     import torch
 
 
+NULL_CATEGORY = ""
+"""A null category as every graph takes it: the empty string (the unknown code 0)."""
+NULL_TOKENS = frozenset({NULL_CATEGORY, "nan", "NaN", "None", "<NA>", "NaT"})
+"""The strings a null turns into on its way through pandas or numpy: never a category of a vocabulary."""
+
+
 @dataclass(frozen=True)
 class FeatureEncoding:
     numeric: list[str]
@@ -33,30 +48,73 @@ class FeatureEncoding:
     means: list[float]
     stds: list[float]
     vocab: dict[str, list[str]]
+    medians: list[float] = field(default_factory=list)  # per numeric feature: what a missing value becomes
+    missing: list[str] = field(default_factory=list)  # the numeric features with a missing-indicator input
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> FeatureEncoding:
-        return cls(**d)
+        # an encoding saved before medians existed imputes nothing it ever saw: its means stand in
+        return cls(**{"medians": list(d.get("means", [])), "missing": [], **d})
+
+    @property
+    def fill(self) -> list[float]:
+        """What a missing value of each numeric feature becomes: its training median."""
+        return self.medians if len(self.medians) == len(self.numeric) else self.means
 
 
-def fit_encoding(df: pd.DataFrame, numeric: list[str], categorical: list[str]) -> FeatureEncoding:
-    """Statistics and vocabularies of the training split. Pure."""
-    means = [float(df[c].astype(float).mean()) for c in numeric]
-    stds = [float(df[c].astype(float).std(ddof=0)) or 1.0 for c in numeric]
-    vocab = {c: sorted(str(v) for v in df[c].dropna().unique()) for c in categorical}
-    return FeatureEncoding(list(numeric), list(categorical), means, stds, vocab)
+def finite_or(value: float, default: float) -> float:
+    """`value`, or `default` where it is NaN or infinite (a statistic of a column with no values). Pure."""
+    return value if np.isfinite(value) else default
+
+
+def category_strings(values: Iterable[Any]) -> np.ndarray:
+    """Categorical values as every family reads them (an object array of `str`): a null (None,
+    NaN, pandas' NA) is the empty string, anything else its `str`. Pure."""
+    import pandas as pd
+
+    column = values if isinstance(values, pd.Series) else pd.Series(list(values), dtype=object)
+    out: np.ndarray = column.astype(object).astype(str).to_numpy(dtype=object)
+    out[column.isna().to_numpy()] = NULL_CATEGORY
+    return out
+
+
+def numeric_values(df: pd.DataFrame, columns: list[str]) -> np.ndarray:
+    """Numeric columns as float32, a null (None, pandas' NA) as NaN. Pure."""
+    if not columns:
+        return np.zeros((len(df), 0), np.float32)
+    return np.asarray(df[columns].astype("float64").to_numpy(dtype=np.float32))
+
+
+def fit_encoding(
+    df: pd.DataFrame, numeric: list[str], categorical: list[str], nullable: Iterable[str] = ()
+) -> FeatureEncoding:
+    """Statistics and vocabularies of the training split, of the values present (a null is no
+    category). A missing-indicator input for each numeric feature in `nullable` (the contract's)
+    or with a null in training. Pure."""
+    values = numeric_values(df, numeric).astype(np.float64)
+    present = [v[~np.isnan(v)] for v in values.T]
+    means = [finite_or(float(v.mean()), 0.0) if len(v) else 0.0 for v in present]
+    stds = [finite_or(float(v.std()), 1.0) or 1.0 if len(v) else 1.0 for v in present]
+    medians = [finite_or(float(np.median(v)), 0.0) if len(v) else 0.0 for v in present]
+    allowed = set(nullable)
+    missing = [c for c, v in zip(numeric, values.T, strict=True) if c in allowed or bool(np.isnan(v).any())]
+    vocab = {c: sorted(set(category_strings(df[c])) - NULL_TOKENS) for c in categorical}
+    return FeatureEncoding(list(numeric), list(categorical), means, stds, vocab, medians, missing)
 
 
 def encode(df: pd.DataFrame, enc: FeatureEncoding) -> tuple[np.ndarray, np.ndarray]:
-    """Raw numeric values (float32, scaled inside the model) and category codes (int64). Pure."""
-    numeric = df[enc.numeric].to_numpy(dtype=np.float32) if enc.numeric else np.zeros((len(df), 0), np.float32)
+    """Raw numeric values (float32, NaN where missing: imputed and scaled inside the model) and
+    category codes (int64; 0 for an unseen or null category). Pure."""
+    import pandas as pd
+
+    numeric = numeric_values(df, enc.numeric)
     codes = np.zeros((len(df), len(enc.categorical)), dtype=np.int64)
     for j, c in enumerate(enc.categorical):
         index = {v: i + 1 for i, v in enumerate(enc.vocab[c])}
-        codes[:, j] = [index.get(str(v), 0) for v in df[c]]
+        codes[:, j] = pd.Series(category_strings(df[c])).map(index).fillna(0).to_numpy(dtype=np.int64)
     return numeric, codes
 
 
@@ -87,7 +145,9 @@ def build_module(
     target: tuple[float, float] | None = None,
     classes: int = 0,
 ) -> torch.nn.Module:
-    """The MLP. Its head is a logit (a binary label), with `target` (a regression label's mean
+    """The MLP. A missing numeric value (NaN) becomes its training median, and a feature of
+    `enc.missing` adds a missing-indicator input (both in the module, so in its ONNX graph). Its
+    head is a logit (a binary label), with `target` (a regression label's mean
     and standard deviation in training) the label standardised, or with `classes` (a multiclass
     label's number of classes) one logit per class; `output` turns the head into the score: the
     probability, the value in the label's units, or the classes' probabilities (`[n, classes]`)."""
@@ -99,6 +159,11 @@ def build_module(
             super().__init__()
             self.register_buffer("mean", torch.tensor(enc.means, dtype=torch.float32))
             self.register_buffer("std", torch.tensor(enc.stds, dtype=torch.float32))
+            # from the encoding (which the checkpoint carries), not the state dict: older
+            # checkpoints load unchanged
+            self.register_buffer("median", torch.tensor(enc.fill, dtype=torch.float32), persistent=False)
+            flagged = [enc.numeric.index(c) for c in enc.missing]
+            self.register_buffer("flagged", torch.tensor(flagged, dtype=torch.long), persistent=False)
             self.regression = target is not None
             if target is not None:
                 self.register_buffer("target_mean", torch.tensor(float(target[0])))
@@ -110,7 +175,7 @@ def build_module(
             self.embeddings = nn.ModuleList(
                 nn.Embedding(len(enc.vocab[c]) + 1, dim) for c, dim in zip(enc.categorical, dims, strict=True)
             )
-            width = len(enc.numeric) + sum(dims)
+            width = len(enc.numeric) + len(enc.missing) + sum(dims)
             blocks: list[nn.Module] = []
             for _ in range(layers):
                 blocks += [nn.Linear(width, hidden_units), nn.ReLU(), nn.Dropout(dropout)]
@@ -123,7 +188,11 @@ def build_module(
             before the ReLU, so that no entity's vector is all zeros)."""
             parts = []
             if enc.numeric and numeric is not None:
-                parts.append((numeric - self.get_buffer("mean")) / self.get_buffer("std"))
+                absent = torch.isnan(numeric)
+                filled = torch.where(absent, self.get_buffer("median"), numeric)
+                parts.append((filled - self.get_buffer("mean")) / self.get_buffer("std"))
+                if enc.missing:  # 1 where the value was missing, per feature of `missing`
+                    parts.append(torch.index_select(absent.to(numeric.dtype), 1, self.get_buffer("flagged")))
             if codes is not None:
                 parts += [emb(codes[:, j]) for j, emb in enumerate(self.embeddings)]
             out: torch.Tensor = self.mlp[:-3](torch.cat(parts, dim=1))
@@ -290,7 +359,8 @@ def add_class_outputs(model: onnx.ModelProto, classes: list[str]) -> None:
 def raw_front(enc: FeatureEncoding) -> tuple[list[onnx.NodeProto], list[onnx.ValueInfoProto]]:
     """The graph's front shared by every family: one `[N, 1]` input per raw column (float for a
     numeric feature, string for a categorical one), the numeric columns concatenated as `numeric`
-    and the categories mapped to codes (`ai.onnx.ml.LabelEncoder`, unknown -> 0) as `codes`. Pure."""
+    (a missing value is NaN: each family's model handles it) and the categories mapped to codes
+    (`ai.onnx.ml.LabelEncoder`, unknown or null `""` -> 0) as `codes`. Pure."""
     from onnx import TensorProto, helper
 
     front = [helper.make_node("Concat", enc.numeric, ["numeric"], axis=1, name="concat_numeric")] if enc.numeric else []
@@ -329,13 +399,14 @@ def onnx_session(model_bytes: bytes, threads: int | None = None) -> Any:
 
 
 def session_feed(session: Any, df: pd.DataFrame) -> dict[str, np.ndarray]:
-    """Inputs for any model exported by `to_onnx`, from its own input names and types."""
+    """Inputs for any model exported by `to_onnx`, from its own input names and types, nulls as
+    the graphs take them: NaN in a float input, `""` in a string input."""
     feed: dict[str, np.ndarray] = {}
     for i in session.get_inputs():
         if i.type == "tensor(string)":
-            feed[i.name] = df[[i.name]].astype(str).to_numpy(dtype=object)
+            feed[i.name] = category_strings(df[i.name]).reshape(-1, 1)
         else:
-            feed[i.name] = df[[i.name]].to_numpy(dtype=np.float32)
+            feed[i.name] = numeric_values(df, [i.name])
     return feed
 
 

@@ -1,7 +1,9 @@
 """`evaluate`: the challenger (this run's best model) against the champion on the same test set.
 
 Both models are scored through ONNX Runtime on raw columns, exactly as they would be served.
-Overall and per-slice metrics, a paired bootstrap confidence interval of the primary metric's
+Overall and per-slice metrics, the kind's trivial model on the same rows (`metrics.baseline`: the
+class prior, the majority class, the training mean; with `evaluation.beat_baseline` the challenger
+must beat it), a paired bootstrap confidence interval of the primary metric's
 difference, the ONNX latency per row, and the spec's gates give a verdict with reasons. The report
 (JSON, and HTML with a ROC curve and a calibration plot for a binary label, the confusion matrix
 and each class's F1 for a multiclass one, predicted against actual and the residuals for a
@@ -22,6 +24,7 @@ from pipelines.io.registry import CHAMPION, alias_version, model_name
 from pipelines.io.storage import read_parquet, write_json
 from pipelines.io.tracking import setup_mlflow
 from pipelines.ml.metrics import (
+    baseline,
     bootstrap_difference,
     class_f1,
     confusion,
@@ -120,9 +123,10 @@ def render_html(report: dict[str, Any], png: str) -> str:
     esc = html.escape
     v = report["verdict"]
     color = "#1a7f37" if v["passed"] else "#cf222e"
-    models = [m for m in ("challenger", "champion") if report.get(m)]
+    models = [m for m in ("challenger", "champion", "baseline") if report.get(m)]
     names = list(report["challenger"]["metrics"])
-    head = "".join(f"<th>{m}</th>" for m in models)
+    titles = {"baseline": report["baseline"]["name"] if report.get("baseline") else "baseline"}
+    head = "".join(f"<th>{esc(titles.get(m, m))}</th>" for m in models)
     rows = "".join(
         f"<tr><td>{esc(n)}</td>" + "".join(f"<td>{report[m]['metrics'][n]:.4f}</td>" for m in models) + "</tr>"
         for n in names
@@ -159,6 +163,8 @@ def run(ctx: StepContext) -> dict[str, Any]:
     kind = spec.label.kind
     challenger = onnx_session(ctx.storage.read_bytes(ctx.require("train", "model.onnx")))
     p_new = predict_onnx(challenger, test)
+    train = read_parquet(ctx.storage, ctx.require("features", "train.parquet"))  # its labels fit the baseline
+    y_train = encode_label(train[spec.label.column], spec.classes)
     report: dict[str, Any] = {
         "step": STEP,
         "pipeline": ctx.pipeline,
@@ -170,6 +176,7 @@ def run(ctx: StepContext) -> dict[str, Any]:
         },
         "champion": None,
         "difference": None,
+        "baseline": baseline(y_train, y, cfg.threshold, kind, len(spec.classes)),
     }
     setup_mlflow(ctx.settings, ctx.pipeline)
     client = mlflow.MlflowClient()
@@ -199,6 +206,7 @@ def run(ctx: StepContext) -> dict[str, Any]:
         report["champion"]["metrics"] if report["champion"] else None,
         report["difference"],
         report["onnx_latency_ms_per_row"],
+        report["baseline"],
     )
     page = render_html(report, plots_png(y, scores, kind, spec.classes))
     report["report_html"] = ctx.storage.write_bytes(ctx.key("report.html"), page.encode())
@@ -214,6 +222,7 @@ def run(ctx: StepContext) -> dict[str, Any]:
         "verdict": report["verdict"],
         "report": report["report_html"],
         "primary": report["challenger"]["metrics"][cfg.primary_metric],
+        "baseline": report["verdict"]["baseline"],
         "champion_version": report["champion"]["version"] if report["champion"] else None,
         "difference": report["difference"],
         "mlflow_run_id": trained["mlflow_run_id"],

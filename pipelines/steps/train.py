@@ -19,6 +19,11 @@ by its tags, so a retry logs into the same run.
 
 Outputs: `model.bin` (the best trial's model, encoding and parameters: `pipelines.ml.families`),
 `model.onnx` (raw columns in, probability out) and `manifest.json` (with per-family figures).
+
+A trial whose training loss, validation scores or best validation metric is not a finite number
+(`TrialFailed`) ends FAIL, its reason in the trial's `fail_reason` attribute, its MLflow run FAILED
+and tagged `mlcycle.fail_reason`; the search goes on and its best is among the complete trials only.
+When no trial completes, the step fails naming the reasons.
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ import logging
 import math
 import os
 import time
+from collections import Counter
 from collections.abc import Sequence
 from functools import cached_property
 from typing import TYPE_CHECKING, Any, Literal
@@ -41,12 +47,15 @@ from pipelines.io.storage import read_parquet, write_json
 from pipelines.io.tracking import airflow_tags, code_version, find_run, optuna_url, setup_mlflow
 from pipelines.ml.families import (
     Fitting,
+    TrialFailed,
     fit_lightgbm,
     fit_linear,
     greedy_ensemble,
     load_trained,
     mlp_artifact,
     pack_ensemble,
+    require_finite,
+    require_finite_scores,
     stack,
     target_scaling,
 )
@@ -160,6 +169,16 @@ def family_summary(trials: list[tuple[str, str, float | None, float | None, int]
     return out
 
 
+def failure_summary(reasons: list[str | None], pruned: int = 0) -> str:
+    """Why no trial of a search completed, from its failed trials' reasons (None: a trial that
+    failed without one, e.g. interrupted), the commonest first. Pure."""
+    counts = Counter(r or "failed without a recorded reason" for r in reasons)
+    parts = [f"{n} failed: {reason}" for reason, n in counts.most_common()]
+    if pruned:
+        parts.append(f"{pruned} pruned")
+    return "; ".join(parts) or "no trial ran"
+
+
 def remaining_budget(n_trials: int | None, finished: int) -> int | None:
     """How many more trials to run (None: no trial cap, the timeout decides). Pure."""
     return None if n_trials is None else max(0, n_trials - finished)
@@ -270,6 +289,7 @@ class Trainer:
         self.v_y = encode_label(val[spec.label.column], self.classes)
         self.val = val  # the raw rows: the family bests score them natively to choose an ensemble
         self.threads = cpu_threads(spec.resources.for_step(ctx.step).cpu, os.cpu_count())
+        self.epoch = 0  # the MLP's epoch being trained (1-based), for a failure's reason
 
     # the raw columns' matrices of LightGBM and the linear model, from the encoded tensors, made
     # only when such a trial runs (an MLP-only search holds no second copy of the data)
@@ -311,6 +331,7 @@ class Trainer:
         module.eval()
         with torch.no_grad():
             p = module.output(module(self.v_num, self.v_cat)).cpu().numpy()  # type: ignore[operator]
+        require_finite_scores(p, self.epoch, "epoch")
         return float(self.metric(self.v_y, p))
 
     def fit(
@@ -342,6 +363,7 @@ class Trainer:
         last_checkpoint = time.monotonic()
         n = len(self.y)
         for epoch in range(start_epoch, self.cfg.max_epochs):
+            self.epoch = epoch + 1
             module.train()
             order = torch.randperm(n, generator=gen).to(self.device)
             total = 0.0
@@ -352,6 +374,7 @@ class Trainer:
                 loss.backward()
                 opt.step()
                 total += loss.item() * len(idx)
+            require_finite({"train_loss": total / n}, epoch + 1)  # NaN weights would score nothing
             value = self.validate(module)
             if stopper.step(value):
                 best_state = {k: v.detach().clone() for k, v in module.state_dict().items()}
@@ -473,7 +496,8 @@ def prepare(ctx: StepContext) -> tuple[Trainer, optuna.Study]:
     torch.set_num_threads(cpu_threads(spec.resources.for_step(ctx.step).cpu, os.cpu_count()))
     train = read_parquet(ctx.storage, ctx.require("features", "train.parquet"))
     val = read_parquet(ctx.storage, ctx.require("features", "validation.parquet"))
-    enc = fit_encoding(train, spec.model.numeric_features, spec.model.categorical_features)
+    nullable = [name for name, column in spec.contract.columns.items() if column.nullable]
+    enc = fit_encoding(train, spec.model.numeric_features, spec.model.categorical_features, nullable)
     trainer = Trainer(ctx, enc, train, val, select_device(spec.training.device))
     return trainer, open_study(ctx, trainer.higher)
 
@@ -515,6 +539,7 @@ def run(ctx: StepContext) -> dict[str, Any]:
                 timeout=spec.training.timeout_s,
                 callbacks=budget_callbacks(spec.training.time_budget_s),
                 gc_after_trial=True,
+                catch=(TrialFailed,),  # the trial ends FAIL with its reason; the search goes on
             )
         best = export_best(ctx, study, trainer)
     manifest = {
@@ -599,7 +624,12 @@ def export_best(ctx: StepContext, study: optuna.Study, trainer: Trainer) -> dict
     import mlflow  # heavy: mlflow
 
     if not study.get_trials(states=trial_states(("COMPLETE",))):
-        raise MlcycleError(f"{ctx.pipeline}/{ctx.run_id}: no trial completed (all pruned or failed)")
+        failed = [t.user_attrs.get("fail_reason") for t in study.get_trials(states=trial_states(("FAIL",)))]
+        pruned = len(study.get_trials(states=trial_states(("PRUNED",))))
+        raise MlcycleError(
+            f"{ctx.pipeline}/{ctx.run_id}: no trial completed ({failure_summary(failed, pruned)}); "
+            "a loss or metric that is not finite usually means missing or non-numeric values the model cannot take"
+        )
     best = study.best_trial
     families = study_families(study, ctx.spec.model.families, trainer.higher)
     single = ctx.storage.read_bytes(ctx.key(f"trials/trial-{best.number}.bin", STEP))
@@ -610,6 +640,7 @@ def export_best(ctx: StepContext, study: optuna.Study, trainer: Trainer) -> dict
     model_uri = ctx.storage.write_bytes(ctx.key("model.bin"), blob)
     onnx_uri = ctx.storage.write_bytes(ctx.key("model.onnx"), onnx_bytes)
     counts = {s.lower(): len(study.get_trials(states=trial_states((s,)))) for s in ("COMPLETE", "PRUNED", "FAIL")}
+    reasons = Counter(t.user_attrs.get("fail_reason") for t in study.get_trials(states=trial_states(("FAIL",))))
     params = {k: v for k, v in alone.params.items() if k != "rounds"}
     mlflow.log_params({f"best.{k}": v for k, v in {"family": alone.family, **params}.items()})
     if ensemble is not None:
@@ -640,6 +671,7 @@ def export_best(ctx: StepContext, study: optuna.Study, trainer: Trainer) -> dict
         "model_family": trained.family,  # the exported model's: the best trial's family, or `ensemble`
         "ensemble": ensemble,
         "families": families,
+        "failures": {str(r or "no recorded reason"): n for r, n in reasons.items()},
         "budget_spent_s": round(study_spent(study), 1),
         "model": model_uri,
         "onnx": onnx_uri,
@@ -734,28 +766,40 @@ def objective_for(trainer: Trainer, spec: PipelineSpec, parent_run_id: str, work
         left = budget_left(budget, study_spent(trial.study))
         clock = TrialClock(trial, trainer.metric_name, None if left is None else started + left, started)
         pruned: optuna.TrialPruned | None = None
-        with mlflow.start_run(
-            run_name=f"trial-{trial.number} {family}",
-            nested=True,
-            parent_run_id=parent_run_id,
-            tags={"mlcycle.trial": str(trial.number), "mlcycle.family": family},
-        ) as child:
-            trial.set_user_attr("mlflow_run_id", child.info.run_id)
-            mlflow.log_params({"family": family, **params})
-            try:
-                value, blob = trainer.fit_family(
-                    trial, family, params, lambda m, step: mlflow.log_metrics(m, step=step), clock
-                )
-            except optuna.TrialPruned as err:
-                # stopped early by the pruner, as asked: the MLflow run ends FINISHED, tagged pruned
-                # (raised inside the block, MLflow would end it FAILED)
-                mlflow.set_tag("mlcycle.trial_state", "pruned")
-                pruned = err
-            else:
-                trainer.ctx.storage.write_bytes(trainer.ctx.key(f"trials/trial-{trial.number}.bin", STEP), blob)
-                mlflow.set_tag("mlcycle.trial_state", "complete")
-                mlflow.log_metric(f"best_val_{trainer.metric_name}", value)
-        clock.tick(force=True)  # the whole trial, its MLflow run and artifact included, counts
+        try:
+            with mlflow.start_run(
+                run_name=f"trial-{trial.number} {family}",
+                nested=True,
+                parent_run_id=parent_run_id,
+                tags={"mlcycle.trial": str(trial.number), "mlcycle.family": family},
+            ) as child:
+                trial.set_user_attr("mlflow_run_id", child.info.run_id)
+                mlflow.log_params({"family": family, **params})
+                try:
+                    value, blob = trainer.fit_family(
+                        trial, family, params, lambda m, step: mlflow.log_metrics(m, step=step), clock
+                    )
+                    if not math.isfinite(value):
+                        raise TrialFailed(f"its best val_{trainer.metric_name} is {value}: nothing to compare")
+                except optuna.TrialPruned as err:
+                    # stopped early by the pruner, as asked: the MLflow run ends FINISHED, tagged pruned
+                    # (raised inside the block, MLflow would end it FAILED)
+                    mlflow.set_tag("mlcycle.trial_state", "pruned")
+                    pruned = err
+                except TrialFailed as err:
+                    # raised on through the block: the MLflow run ends FAILED, the Optuna trial FAIL
+                    # (the study catches it and goes on), both with the reason
+                    reason = f"{family}: {err}"
+                    trial.set_user_attr("fail_reason", reason)
+                    mlflow.set_tags({"mlcycle.trial_state": "failed", "mlcycle.fail_reason": reason[:5000]})
+                    log.warning("trial %s failed: %s", trial.number, reason)
+                    raise TrialFailed(reason) from err
+                else:
+                    trainer.ctx.storage.write_bytes(trainer.ctx.key(f"trials/trial-{trial.number}.bin", STEP), blob)
+                    mlflow.set_tag("mlcycle.trial_state", "complete")
+                    mlflow.log_metric(f"best_val_{trainer.metric_name}", value)
+        finally:
+            clock.tick(force=True)  # the whole trial, its MLflow run and artifact included, counts
         if pruned is not None:
             raise pruned
         return value

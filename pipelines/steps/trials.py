@@ -14,6 +14,7 @@ from typing import Any
 
 from pipelines.core.errors import InvalidArgument
 from pipelines.io.tracking import find_run, setup_mlflow
+from pipelines.ml.families import TrialFailed
 from pipelines.steps.context import StepContext
 from pipelines.steps.train import (
     FINISHED,
@@ -63,6 +64,7 @@ def run(ctx: StepContext) -> dict[str, Any]:
                 timeout=training.timeout_s,
                 callbacks=stop + budget_callbacks(training.time_budget_s),
                 gc_after_trial=True,
+                catch=(TrialFailed,),  # the trial ends FAIL with its reason; the search goes on
             )
     finished = study.get_trials(deepcopy=False, states=trial_states(FINISHED))
     return {

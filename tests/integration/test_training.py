@@ -392,3 +392,99 @@ def test_parallel_trial_workers_share_one_study_and_budget(workspace: Settings) 
     assert result["best_value"] == pytest.approx(best)
     with pytest.raises(Exception, match="--worker K"):
         run(workspace, "trials", "par-1", pipeline="churn_par", worker=2)
+
+
+def test_a_trial_whose_loss_is_not_finite_fails_with_its_reason_and_is_never_the_best(
+    workspace: Settings, tmp_path: Path
+) -> None:
+    """The train step's objective, Trainer and export on real MLflow: MLP trials on numbers it
+    cannot take (an infinity, which no contract bound stopped) end FAIL with the reason, their MLflow
+    runs FAILED and tagged with it; the LightGBM trial beside them is the best; a search where
+    every trial failed is an error naming the reason."""
+    import numpy as np
+    import optuna
+
+    from pipelines.core.errors import MlcycleError
+    from pipelines.io.storage import LocalStorage
+    from pipelines.ml.families import TrialFailed
+    from pipelines.ml.model import fit_encoding
+    from pipelines.steps.context import StepContext
+    from pipelines.steps.train import Trainer, export_best, objective_for
+    from tests.unit.test_missing_values import nullable_wine_spec, wines_with_nulls
+
+    base = nullable_wine_spec().model_dump(mode="json", exclude_none=True)
+    base["model"]["kind"] = ["lightgbm", "tabular_mlp"]
+    spec = parse_spec({**base, "name": "wine_nan"})
+    ctx = StepContext(spec, workspace, "nan-1", LocalStorage(tmp_path / "artifacts"), "train")
+    df = wines_with_nulls()
+    train, val = df.iloc[:120].copy(), df.iloc[120:]
+    train.loc[train.index[:3], "proline"] = np.inf
+    enc = fit_encoding(train.iloc[3:], spec.model.numeric_features, spec.model.categorical_features)
+    trainer = Trainer(ctx, enc, train, val, "cpu")
+    mlp = {"family": "tabular_mlp", "tabular_mlp.layers": 1, "tabular_mlp.hidden_units": 32}
+    exp_id = setup_mlflow(workspace, "wine_nan")
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    with mlflow.start_run(experiment_id=exp_id) as parent:
+        study = optuna.create_study(direction="maximize")
+        for params in (mlp, {"family": "lightgbm"}, mlp):
+            study.enqueue_trial(params)
+        study.optimize(objective_for(trainer, spec, parent.info.run_id), n_trials=3, catch=(TrialFailed,))
+        best = export_best(ctx, study, trainer)
+    assert [t.state.name for t in study.trials] == ["FAIL", "COMPLETE", "FAIL"]
+    reason = "tabular_mlp: train_loss is nan at epoch 1"
+    assert study.trials[0].user_attrs["fail_reason"] == reason
+    assert study.best_trial.number == 1 and best["best_family"] == "lightgbm"
+    assert best["trials"] == {"complete": 1, "pruned": 0, "fail": 2} and best["failures"] == {reason: 2}
+    children = mlflow.MlflowClient().search_runs(
+        [exp_id], filter_string=f"tags.mlflow.parentRunId = '{parent.info.run_id}'"
+    )
+    states = sorted(
+        (c.info.status, c.data.tags["mlcycle.trial_state"], c.data.tags.get("mlcycle.fail_reason")) for c in children
+    )
+    assert states == [("FAILED", "failed", reason), ("FAILED", "failed", reason), ("FINISHED", "complete", None)]
+
+    failing = StepContext(spec, workspace, "nan-2", LocalStorage(tmp_path / "artifacts"), "train")
+    with mlflow.start_run(experiment_id=exp_id) as parent:
+        study = optuna.create_study(direction="maximize")
+        study.enqueue_trial(mlp)
+        study.optimize(objective_for(trainer, spec, parent.info.run_id), n_trials=1, catch=(TrialFailed,))
+        with pytest.raises(MlcycleError, match=f"no trial completed \\(1 failed: {reason}\\)"):
+            export_best(failing, study, trainer)
+
+
+def test_a_source_with_nulls_trains_every_family_and_beats_the_baseline(workspace: Settings, tmp_path: Path) -> None:
+    """A Parquet file of the wine data with nulls in two nullable measurements and a nullable
+    category, through ingest, validation, features, an `auto` search and evaluate: every family
+    completes its trials (none fails on a NaN loss) and the challenger passes the default gate
+    against the majority class, which the verdict names with its figure."""
+    import json
+    from datetime import UTC, datetime, timedelta
+
+    import pandas as pd
+    import yaml
+
+    from tests.unit.test_missing_values import nullable_wine_spec, wines_with_nulls
+
+    df = wines_with_nulls(end=(datetime.now(UTC) + timedelta(days=1)).date())
+    path = tmp_path / "wines.parquet"
+    df.to_parquet(path, index=False)
+    spec = nullable_wine_spec().model_dump(mode="json", exclude_none=True)
+    spec.update(name="wine_nulls", source={"kind": "file", "path": str(path), "lookback_days": 400})
+    spec["training"].update(n_trials=4, time_budget_s=120, max_epochs=30, pruner="none")
+    spec["evaluation"].update(min_primary=None, bootstrap_samples=100, max_latency_ms_per_row=50.0)
+    assert workspace.pipelines_dir is not None
+    (workspace.pipelines_dir / "wine_nulls.yaml").write_text(yaml.safe_dump(spec, sort_keys=False))
+    out = run_through(workspace, "nulls-1", LIFECYCLE[:5], pipeline="wine_nulls")
+    trained = out["train"]
+    assert trained["trials"]["fail"] == 0 and trained["failures"] == {}
+    assert set(trained["families"]) == {"linear", "lightgbm", "tabular_mlp"}
+    assert all(f["complete"] >= 1 and f["best"] > 0.5 for f in trained["families"].values())
+    run_dir = Path(str(workspace.artifact_root)) / "wine_nulls" / "nulls-1"
+    split = pd.read_parquet(run_dir / "features" / "train.parquet")
+    assert split[["magnesium", "hue", "color_band"]].isna().any().all()  # the nulls reached training
+    encoding = json.loads((run_dir / "train" / "manifest.json").read_text())["encoding"]
+    assert encoding["missing"] == ["magnesium", "hue"] and "" not in encoding["vocab"]["color_band"]
+    verdict = out["evaluate"]["verdict"]
+    assert verdict["passed"], verdict
+    assert verdict["baseline"]["name"] == "majority-class baseline" and verdict["baseline"]["macro_f1"] < 0.4
+    assert any("beats the majority-class baseline" in r for r in verdict["reasons"])

@@ -1,5 +1,5 @@
 """Model families: each exports ONNX that matches its own predictions on raw columns (unknown
-categories and missing values included), reports intermediate values that a pruner acts on, and
+categories, missing numbers (NaN) and null categories (None, sent as "") included), reports intermediate values that a pruner acts on, and
 stops at the search's deadline; the search's budget and per-family figures are pure arithmetic."""
 
 from __future__ import annotations
@@ -58,6 +58,8 @@ def awkward(val: pd.DataFrame) -> pd.DataFrame:
     rows.loc[rows.index[:40], "plan"] = "platinum"
     rows.loc[rows.index[20:60], "contract"] = "weekly"
     rows.loc[rows.index[50:90], "tenure_months"] = np.nan
+    rows["region"] = rows["region"].astype(object)
+    rows.loc[rows.index[80:110], "region"] = None  # a null category: the unseen code
     return rows
 
 
@@ -102,7 +104,7 @@ def test_the_mlp_artifact_exports_the_same_graph_as_before_and_matches_torch(spl
     torch.manual_seed(0)
     module = build_module(enc, hidden_units=8, layers=1, dropout=0.0)
     trained = load_trained(mlp_artifact(module, enc, {"hidden_units": 8, "layers": 1}))
-    rows = awkward(val).dropna()  # the MLP has no imputation: serving refuses a missing feature (422)
+    rows = awkward(val)  # the MLP imputes missing numbers inside its graph
     session = onnx_session(trained.to_onnx(embedding=True).SerializeToString())
     assert [o.name for o in session.get_outputs()] == ["score", "embedding"]
     assert np.abs(trained.predict(rows) - predict_onnx(session, rows)).max() <= TOLERANCE
@@ -258,6 +260,7 @@ def awkward_patients(val: pd.DataFrame) -> pd.DataFrame:
     rows = val.copy()
     rows.loc[rows.index[:15], "sex"] = "3"  # a code never seen in training
     rows.loc[rows.index[10:30], "glucose"] = np.nan
+    rows.loc[rows.index[25:35], "sex"] = None
     return rows
 
 
@@ -292,7 +295,7 @@ def test_a_regression_mlp_scales_its_head_to_the_label_and_onnx_matches_torch(re
     module = build_module(enc, hidden_units=8, layers=1, dropout=0.0, target=(150.0, 75.0))
     trained = load_trained(mlp_artifact(module, enc, {"hidden_units": 8, "layers": 1}))
     assert trained.module.regression  # the target's scaling travels with the artifact
-    rows = awkward_patients(val).dropna()
+    rows = awkward_patients(val)
     native = trained.predict(rows)
     assert abs(native.mean() - 150.0) < 75.0  # an untrained head is near the label's mean, not in [0, 1]
     scored = predict_onnx(onnx_session(trained.to_onnx().SerializeToString()), rows)
@@ -329,7 +332,7 @@ def test_an_ensemble_exports_one_onnx_graph_matching_its_weighted_members(split,
     blob = pack_ensemble(enc, [(trees, 0.5), (line, 0.3), (mlp, 0.2)], {"members": {"lightgbm": 0.5}})
     model = load_trained(blob)
     assert model.family == "ensemble" and model.embeddings(rows) is None
-    rows = rows.dropna(subset=enc.numeric)  # the MLP member has no imputation (serving refuses a missing value)
+    assert rows[enc.numeric].isna().any().any()  # every member scores missing values
     members = [load_trained(b).predict(rows) for b in (trees, line, mlp)]
     native = model.predict(rows)
     assert np.allclose(native, 0.5 * members[0] + 0.3 * members[1] + 0.2 * members[2])
@@ -366,6 +369,7 @@ def awkward_wines(val: pd.DataFrame) -> pd.DataFrame:
     rows = val.copy()
     rows.loc[rows.index[:10], "cellar"] = "cave"  # a category never seen in training
     rows.loc[rows.index[5:15], "hue"] = np.nan
+    rows.loc[rows.index[12:20], "cellar"] = None
     return rows
 
 
@@ -407,7 +411,7 @@ def test_a_multiclass_mlp_and_an_ensemble_of_families_export_the_same_outputs(mu
     module = build_module(enc, hidden_units=8, layers=1, dropout=0.0, classes=3)
     mlp = mlp_artifact(module, enc, {"hidden_units": 8, "layers": 1}, classes)
     trained = load_trained(mlp)
-    rows = awkward_wines(val).dropna(subset=enc.numeric)  # the MLP has no imputation
+    rows = awkward_wines(val)
     native = trained.predict(rows)
     assert native.shape == (len(rows), 3) and np.allclose(native.sum(axis=1), 1.0, atol=1e-6)
     session = onnx_session(trained.to_onnx(embedding=True).SerializeToString())

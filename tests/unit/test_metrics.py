@@ -7,6 +7,9 @@ from sklearn.metrics import log_loss as sk_log_loss
 
 from pipelines.core.spec import Evaluation
 from pipelines.ml.metrics import (
+    baseline,
+    baseline_scores,
+    beats_baseline,
     bootstrap_difference,
     calibration_error,
     f1_at,
@@ -152,3 +155,81 @@ def test_multiclass_metrics_agree_with_references_and_take_every_slice_and_boots
     assert list(encode_label(["b", "a", "c"], ["a", "b", "c"])) == [1, 0, 2]
     with pytest.raises(ValueError, match=r"label values \['z'\] are not among the classes"):
         encode_label(["a", "z"], ["a", "b"])
+
+
+# ------------------------------------------------------------------------------ trivial baselines
+def test_each_kinds_baseline_is_fitted_on_the_training_labels_alone() -> None:
+    binary = baseline_scores(np.array([0, 1, 1, 1]), 3, "binary")
+    assert binary.tolist() == [0.75, 0.75, 0.75]  # the prior
+    many = baseline_scores(np.array([2, 2, 0, 2, 1]), 2, "multiclass", classes=4)
+    assert many.shape == (2, 4) and many[0].tolist() == [0.2, 0.2, 0.6, 0.0]  # the majority class on top
+    assert baseline_scores(np.array([1.0, 2.0, 6.0]), 2, "regression").tolist() == [3.0, 3.0]
+
+
+def test_the_baseline_figures_are_a_trivial_models_on_the_test_rows() -> None:
+    rng = np.random.default_rng(3)
+    y_train, y_test = rng.integers(0, 2, 500), rng.integers(0, 2, 300)
+    binary = baseline(y_train, y_test, 0.5, "binary")
+    assert binary["name"] == "class-prior baseline"
+    assert binary["metrics"]["roc_auc"] == 0.5  # one score for every row ranks nothing
+    assert binary["metrics"]["log_loss"] == pytest.approx(sk_log_loss(y_test, np.full(300, y_train.mean())))
+    y3 = np.array([0] * 60 + [1] * 25 + [2] * 15)
+    multi = baseline(y3, y3, 0.5, "multiclass", 3)
+    assert multi["name"] == "majority-class baseline"
+    assert multi["metrics"]["accuracy"] == pytest.approx(0.6)
+    assert multi["metrics"]["macro_f1"] == pytest.approx(2 * 0.6 / 1.6 / 3)  # class 0's F1 and two zeros
+    values = rng.normal(100, 10, 400)
+    regression = baseline(values[:300], values[300:], 0.5, "regression")
+    assert regression["name"] == "training-mean baseline"
+    assert regression["metrics"]["rmse"] == pytest.approx(np.sqrt(np.mean((values[300:] - values[:300].mean()) ** 2)))
+
+
+def test_the_gate_fails_a_model_no_better_than_the_baseline_by_default() -> None:
+    cfg = Evaluation(primary_metric="macro_f1", min_primary=None)
+    trivial = {"name": "majority-class baseline", "metrics": {"macro_f1": 0.3333}}
+    chance = gate(cfg, {"macro_f1": 0.181}, None, None, None, trivial)
+    assert not chance["passed"]
+    assert "macro_f1 0.1810 is not above the majority-class baseline 0.3333" in chance["reasons"]
+    assert chance["baseline"] == {"name": "majority-class baseline", "macro_f1": 0.3333}
+    good = gate(cfg, {"macro_f1": 0.91}, None, None, None, trivial)
+    assert good["passed"] and "macro_f1 0.9100 beats the majority-class baseline 0.3333" in good["reasons"]
+    assert not gate(cfg, {"macro_f1": 0.3333}, None, None, None, trivial)["passed"]  # a tie is no better
+    off = Evaluation(primary_metric="macro_f1", min_primary=None, beat_baseline=False)
+    assert gate(off, {"macro_f1": 0.181}, None, None, None, trivial)["passed"]
+    errors = Evaluation(primary_metric="rmse", min_primary=None)
+    mean = {"name": "training-mean baseline", "metrics": {"rmse": 75.0}}
+    worse = gate(errors, {"rmse": 80.0}, None, None, None, mean)
+    assert not worse["passed"] and "rmse 80.0000 is not below the training-mean baseline 75.0000" in worse["reasons"]
+    assert gate(errors, {"rmse": 55.0}, None, None, None, mean)["passed"]
+
+
+def test_a_baseline_or_a_metric_that_is_not_a_number() -> None:
+    nan = float("nan")
+    ok, reason = beats_baseline("roc_auc", 0.7, {"name": "class-prior baseline", "metrics": {"roc_auc": nan}})
+    assert ok and "not defined on these test rows" in reason  # e.g. test rows of one class
+    ok, reason = beats_baseline("r2", nan, {"name": "training-mean baseline", "metrics": {"r2": -0.01}})
+    assert not ok and reason == "r2 is nan: the model is not comparable with the training-mean baseline"
+
+
+def test_the_evaluation_report_shows_the_baseline_beside_the_challenger() -> None:
+    from pipelines.steps.evaluate import render_html
+
+    rng = np.random.default_rng(5)
+    y_train, y = rng.integers(0, 3, 200), rng.integers(0, 3, 90)
+    p = rng.dirichlet(np.ones(3), 90)
+    cfg = Evaluation(primary_metric="macro_f1", min_primary=None)
+    trivial = baseline(y_train, y, 0.5, "multiclass", 3)
+    challenger = overall(y, p, 0.5, "multiclass")
+    report = {
+        "pipeline": "wine",
+        "run_id": "r1",
+        "test_rows": 90,
+        "challenger": {"metrics": challenger, "slices": {}},
+        "champion": None,
+        "baseline": trivial,
+        "verdict": gate(cfg, challenger, None, None, None, trivial),
+    }
+    page = render_html(report, "")
+    assert "<th>majority-class baseline</th>" in page
+    assert f"<td>{trivial['metrics']['macro_f1']:.4f}</td>" in page
+    assert "majority-class baseline" in report["verdict"]["reasons"][1]

@@ -8,6 +8,7 @@ import torch
 from pipelines.io.status import outcome
 from pipelines.ml.datagen import CATEGORICAL, NUMERIC
 from pipelines.ml.model import (
+    FeatureEncoding,
     build_module,
     encode,
     fit_encoding,
@@ -18,6 +19,7 @@ from pipelines.ml.model import (
     predict,
     predict_onnx,
     select_device,
+    session_feed,
     to_onnx,
 )
 from pipelines.steps.train import EarlyStopping, remaining_budget, study_name
@@ -122,3 +124,84 @@ def test_small_helpers() -> None:
     assert outcome("train:succeeded evaluate:succeeded promote:skipped") == "rejected by the gate"
     dry = "dry run: the challenger was trained and evaluated, nothing is registered or served"
     assert outcome("train:succeeded evaluate:succeeded promote:skipped", dry) == "dry run: nothing registered"
+
+
+# --------------------------------------------------------------------------------- missing values
+def with_nulls(df: pd.DataFrame, seed: int = 0) -> pd.DataFrame:
+    """A tenth of `tenure_months` and of `plan` null (None in an object column, as Parquet gives)."""
+    out = df.copy()
+    rng = np.random.default_rng(seed)
+    out["plan"] = out["plan"].astype(object)
+    out.loc[rng.random(len(out)) < 0.1, "tenure_months"] = np.nan
+    out.loc[rng.random(len(out)) < 0.1, "plan"] = None
+    return out
+
+
+def test_missing_numbers_take_the_training_median_and_an_indicator_and_null_categories_no_token(
+    churn_df: pd.DataFrame,
+) -> None:
+    train = with_nulls(churn_df)
+    train.loc[train.index[:5], "region"] = "nan"  # the string a null becomes through astype(str)
+    enc = fit_encoding(train, list(NUMERIC), list(CATEGORICAL), nullable=["monthly_charges", "plan"])
+    i = enc.numeric.index("tenure_months")
+    assert enc.medians[i] == pytest.approx(float(np.nanmedian(train["tenure_months"])))
+    assert enc.means[i] == pytest.approx(float(train["tenure_months"].mean()))  # of the values present
+    # an indicator for each numeric feature the contract lets be null or that had a null in training
+    assert enc.missing == ["tenure_months", "monthly_charges"]
+    assert all(not set(v) & {"", "nan", "None"} for v in enc.vocab.values())
+    assert enc.vocab["plan"] == ["basic", "premium", "standard"]
+    rows = churn_df.head(3).copy().astype({"plan": object})
+    rows.loc[rows.index[0], "plan"] = None
+    rows.loc[rows.index[1], "plan"] = np.nan
+    rows.loc[rows.index[2], "region"] = "nan"
+    _, codes = encode(rows, enc)
+    assert codes[0, 0] == 0 and codes[1, 0] == 0  # a null category is the unseen code
+    assert codes[2, enc.categorical.index("region")] == 0
+
+
+def test_the_mlp_imputes_the_median_inside_the_module_and_onnx_scores_nulls_as_torch(churn_df: pd.DataFrame) -> None:
+    train = with_nulls(churn_df)
+    enc = fit_encoding(train, list(NUMERIC), list(CATEGORICAL))
+    assert enc.missing == ["tenure_months"]
+    torch.manual_seed(0)
+    module = build_module(enc, hidden_units=16, layers=1, dropout=0.0)
+    rows = with_nulls(churn_df.head(400), seed=1)
+    rows.loc[rows.index[:40], "monthly_charges"] = np.nan  # null where training had none: no indicator
+    native = predict(module, enc, rows)
+    assert np.isfinite(native).all()
+    charges = enc.numeric.index("monthly_charges")
+    filled = rows.copy()
+    filled["monthly_charges"] = filled["monthly_charges"].fillna(enc.medians[charges])
+    np.testing.assert_allclose(predict(module, enc, filled), native, rtol=1e-6)  # the median, exactly
+    tenure = rows["tenure_months"].isna().to_numpy()
+    filled["tenure_months"] = filled["tenure_months"].fillna(enc.medians[enc.numeric.index("tenure_months")])
+    moved = np.abs(predict(module, enc, filled) - native) > 1e-7
+    assert moved[tenure].all() and not moved[~tenure].any()  # the indicator is an input of its own
+    session = onnx_session(to_onnx(module, enc, embedding=True).SerializeToString())
+    assert np.abs(predict_onnx(session, rows) - native).max() < 1e-5
+    loaded, enc2, _ = load_module(module_bytes(module, enc, {"hidden_units": 16, "layers": 1}))
+    assert enc2.medians == enc.medians and enc2.missing == enc.missing  # the checkpoint carries them
+    np.testing.assert_allclose(predict(loaded, enc2, rows), native)
+
+
+def test_session_feed_sends_nulls_as_the_graphs_take_them(churn_df: pd.DataFrame, fitted) -> None:  # type: ignore[no-untyped-def]
+    enc, module = fitted
+    session = onnx_session(to_onnx(module, enc).SerializeToString())
+    rows = churn_df.head(3).copy().astype({"plan": object, "tenure_months": object})
+    rows.loc[rows.index[0], "plan"] = None
+    rows.loc[rows.index[1], "plan"] = np.nan
+    rows.loc[rows.index[2], "tenure_months"] = None
+    feed = session_feed(session, rows)
+    assert list(feed["plan"][:2, 0]) == ["", ""] and feed["plan"].shape == (3, 1)
+    assert feed["tenure_months"].dtype == np.float32 and np.isnan(feed["tenure_months"][2, 0])
+
+
+def test_an_encoding_saved_before_medians_loads_and_imputes_with_its_means(churn_df: pd.DataFrame) -> None:
+    enc = fit_encoding(churn_df, list(NUMERIC), list(CATEGORICAL))
+    old = {k: v for k, v in enc.to_dict().items() if k not in ("medians", "missing")}
+    loaded = FeatureEncoding.from_dict(old)
+    assert loaded.missing == [] and loaded.fill == enc.means
+    module = build_module(loaded, hidden_units=8, layers=1)
+    first = next(p for p in module.parameters() if p.dim() == 2 and p.shape[0] == 8)
+    dims = sum(e.embedding_dim for e in module.embeddings)  # type: ignore[union-attr]
+    assert first.shape[1] == len(NUMERIC) + dims  # the width of a model trained before
