@@ -30,7 +30,10 @@ from tests.services import free_port_pairs
 pytestmark = pytest.mark.integration
 
 PIPELINE = "churn_serve"
-SOURCE = {"kind": "synthetic", "customers": 600, "months": 8, "seed": 4}
+SOURCE: dict[str, Any] = {}  # the fixture's file of generated churn data, with nulls (`_source`)
+NULLABLE = ("usage_hours_30d", "region")
+""""Nullable in the fixture's contract; about 8 % of them null for customers past 300 (the ones
+below keep every value: the tests that read their features rely on it)."""
 KEY = "test-key-1"
 LIFECYCLE = ("ingest", "validate", "features", "train", "evaluate", "promote")
 FAST = {"n_trials": 2, "max_epochs": 3, "early_stopping_patience": 2, "pruner": "none", "batch_size": 128}
@@ -56,13 +59,8 @@ def served(platform: Settings, tmp_path_factory: pytest.TempPathFactory) -> Iter
             "serve_fallback_port": fallback_port,
         }
     )
-    small_spec(
-        settings,
-        SOURCE,
-        name=PIPELINE,
-        training=FAST,
-        evaluation=EVAL,
-    )
+    SOURCE.update(_source(tmp))
+    small_spec(settings, SOURCE, name=PIPELINE, training=FAST, evaluation=EVAL, contract=_contract())
     assert run_through(settings, "serve-1", LIFECYCLE, PIPELINE)["promote"]["version"] == 1
     assert run_through(settings, "serve-2", LIFECYCLE, PIPELINE)["promote"]["version"] == 2
     env = {
@@ -81,6 +79,31 @@ def served(platform: Settings, tmp_path_factory: pytest.TempPathFactory) -> Iter
         finally:
             serve.shutdown()
             ray.shutdown()
+
+
+def _source(tmp: Path) -> dict[str, Any]:
+    """The churn generator's data (600 customers, 8 months) as a Parquet file source, with nulls in
+    the `NULLABLE` columns of some customers past 300."""
+    from pipelines.ml.datagen import ChurnConfig, generate_churn
+
+    df = generate_churn(ChurnConfig(customers=600, months=8, seed=4))
+    rng = np.random.default_rng(4)
+    for column in NULLABLE:
+        df[column] = df[column].astype(object if column == "region" else float)
+        df.loc[(df["customer_id"] > 300) & (rng.random(len(df)) < 0.08), column] = None
+    path = tmp / "churn.parquet"
+    df.to_parquet(path, index=False)
+    return {"kind": "file", "path": str(path)}
+
+
+def _contract() -> dict[str, Any]:
+    from tests.specs import churn_spec_dict
+
+    contract = churn_spec_dict()["contract"]
+    contract["min_rows"] = 100
+    for column in NULLABLE:
+        contract["columns"][column]["nullable"] = True
+    return contract
 
 
 def _deploy(settings: Settings, weights: dict[int, float], shadow: int | None = None) -> None:
@@ -251,9 +274,8 @@ def test_labels_give_ab_results_on_the_info_endpoint(served: Settings, tmp_path:
     """Labels loaded later (by request id, or by entity and time) join the served predictions;
     GET /v1/pipelines/<name> shows the champion/challenger difference with its p-value."""
     from pipelines.cli import main
-    from pipelines.ml.datagen import ChurnConfig, generate_churn
 
-    truth = generate_churn(ChurnConfig(**{k: v for k, v in SOURCE.items() if k != "kind"}))
+    truth = pd.read_parquet(SOURCE["path"])
     latest = truth.sort_values("event_timestamp").groupby("customer_id").tail(1).set_index("customer_id")
     _deploy(served, {1: 50, 2: 50})
     served_by: dict[int, tuple[str, int]] = {}
@@ -318,7 +340,7 @@ def test_the_endpoint_enforces_the_contract_and_answers_one_request_id(served: S
         "region": (7, "region: not a string (7)"),
         "tenure_months": (-3, "tenure_months: -3 is below the minimum 0"),
         "monthly_charges": ("NaN", "monthly_charges: not a number ('NaN')"),
-        "usage_hours_30d": (None, "usage_hours_30d: null, but the contract does not allow nulls for this feature"),
+        "support_calls_30d": (None, "support_calls_30d: null, but the contract does not allow nulls for this feature"),
         "colour": ("red", "'colour': unknown feature (the model takes contract, days_since_last_login"),
     }
     with _client(served) as c:
@@ -378,8 +400,10 @@ def test_any_json_value_in_any_feature_is_answered_200_or_4xx_and_only_conformin
             assert r.status_code in (200, 422), (name, value, r.status_code, r.text[:300])
             column = spec.contract.columns.get(name)
             if r.status_code == 200:
-                assert column is not None and value is not None, (name, value)
-                if name in spec.model.categorical_features:
+                assert column is not None, (name, value)
+                if value is None:
+                    assert column.nullable, name
+                elif name in spec.model.categorical_features:
                     assert value in column.classes, (name, value)
                 else:
                     assert isinstance(value, int | float) and not isinstance(value, bool)
@@ -391,6 +415,36 @@ def test_any_json_value_in_any_feature_is_answered_200_or_4xx_and_only_conformin
     for request_id, name, value in answered[:20]:
         (row,) = _wait_for_rows(served, request_id, 1)
         assert row[2] == "ok" and row[3][name] == value
+
+
+def test_a_stored_null_is_scored_as_the_model_scores_it_offline(served: Settings) -> None:
+    """An entity whose latest stored row has nulls in nullable columns is answered by id, with the
+    score the registered ONNX model gives that row offline; a null sent for a nullable feature is
+    scored the same way, and logged as null."""
+    from pipelines.io.registry import load_onnx_model
+    from pipelines.ml.model import onnx_session, predict_onnx
+
+    _deploy(served, {1: 100})
+    df = pd.read_parquet(SOURCE["path"])
+    latest = df.sort_values("event_timestamp").groupby("customer_id").tail(1)
+    holes = latest[latest["usage_hours_30d"].isna() & latest["region"].isna()]
+    if holes.empty:
+        holes = latest[latest["usage_hours_30d"].isna()]
+    row = holes.iloc[0]
+    spec = spec_for(served, PIPELINE)
+    names = spec.model.numeric_features + spec.model.categorical_features
+    session = onnx_session(load_onnx_model(served, PIPELINE, model_name(PIPELINE), 1))
+    offline = float(predict_onnx(session, pd.DataFrame([row[names].to_dict()]))[0])
+    sent = {n: (None if pd.isna(row[n]) else row[n].item() if hasattr(row[n], "item") else row[n]) for n in names}
+    with _client(served) as c:
+        by_id = _predict(c, [int(row["customer_id"])])
+        assert by_id.status_code == 200, by_id.text
+        assert by_id.json()["predictions"][0]["score"] == pytest.approx(offline, abs=1e-5)
+        r = c.post("/predict", json={"instances": [{"entity_id": 9_200_000, "features": sent}]})
+        assert r.status_code == 200, r.text
+        assert r.json()["predictions"][0]["score"] == pytest.approx(offline, abs=1e-5)
+    (logged,) = _wait_for_rows(served, by_id.json()["request_id"], 1)
+    assert logged[3]["usage_hours_30d"] is None  # a null, never NaN, in the log's JSON
 
 
 def test_no_request_poisons_the_log_under_load(served: Settings) -> None:
@@ -519,7 +573,13 @@ def test_haproxy_bounds_each_replica_by_its_spec_and_sheds_before_the_replica_se
     proxy, through mlcycle-haproxy) gives its replica at most 4 requests, queues 4 more and answers
     the rest 503 + Retry-After itself; the replica refuses nothing."""
     path = small_spec(
-        served, SOURCE, name="churn_tight", training=FAST, evaluation=EVAL, serving={"max_concurrent_requests": 4}
+        served,
+        SOURCE,
+        name="churn_tight",
+        training=FAST,
+        evaluation=EVAL,
+        serving={"max_concurrent_requests": 4},
+        contract=_contract(),
     )
     try:
         _tight(served)
@@ -671,6 +731,7 @@ def _register_slow(settings: Settings, matmuls: int = 400) -> int:
 
 def _canary_spec(settings: Settings, **sections: Any) -> None:
     """The fixture's spec, with a short canary plan (and other sections replaced)."""
+    sections.setdefault("contract", _contract())
     small_spec(settings, SOURCE, name=PIPELINE, training=FAST, evaluation=EVAL, canary=CANARY, **sections)
 
 
