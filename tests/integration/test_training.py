@@ -95,6 +95,29 @@ def test_first_model_becomes_champion_with_lineage(workspace: Settings) -> None:
     assert again["version"] == 1
     assert len(audit(workspace, "churn_first")) == 2
 
+    # The registered model carries a signature and an input example, and MLflow's pyfunc, loaded by
+    # the alias, scores a plain DataFrame of raw features (ints, floats, text, extra columns) as the
+    # ONNX model the endpoint loads does.
+    import numpy as np
+
+    from pipelines.io.registry import load_onnx_model
+    from pipelines.io.storage import open_storage, read_parquet
+    from pipelines.ml.model import onnx_session, predict_onnx
+
+    pyfunc = mlflow.pyfunc.load_model(f"models:/{name}@champion")
+    signature = pyfunc.metadata.get_input_schema()
+    assert signature is not None and "plan" in signature.input_names()
+    assert pyfunc.metadata.saved_input_example_info is not None  # an input example of raw features
+    assert {"onnx", "python_function"} <= set(pyfunc.metadata.flavors)
+    test = read_parquet(open_storage(workspace), "churn_first/first-1/features/test.parquet")
+    raw = test.drop(columns=["churned"]).head(200).reset_index(drop=True)
+    assert raw["tenure_months"].dtype.kind == "i" and raw["plan"].dtype == object
+    got = pyfunc.predict(raw)
+    session = onnx_session(load_onnx_model(workspace, "churn_first", name, 1))
+    expected = predict_onnx(session, raw)
+    assert isinstance(got, np.ndarray) and got.shape == (200,)
+    np.testing.assert_allclose(got, expected.reshape(-1), rtol=0, atol=1e-6)
+
 
 def test_a_worse_model_is_rejected_and_the_champion_stays(workspace: Settings) -> None:
     _spec(workspace, "churn_gate")
