@@ -1,7 +1,10 @@
 """The embedded profile's Ray: a local head started by `mlcycle serve start`, on 127.0.0.1.
 
 Ray's workers inherit the environment of `ray start`, so the settings (state dir, pipelines dir)
-and the serving API keys reach the replicas. Without `MLCYCLE_SERVING_API_KEYS` in the
+and the serving API keys reach the replicas. So does a mark made at each start
+(`MLCYCLE_RAY_HEAD`, recorded in `<state_dir>/ray-head.mark`): `stop` ends the processes that carry
+this state dir's mark (the head, its raylet, workers, Serve's actors and the HAProxy they run) and
+no other Ray of the host (`ray stop` would end them all). Without `MLCYCLE_SERVING_API_KEYS` in the
 environment, one key is generated into `<state_dir>/serving-api-key` (mode 600) and reused.
 """
 
@@ -11,13 +14,33 @@ import os
 import secrets
 import socket
 import subprocess
+from pathlib import Path
 
 from pipelines.core.errors import SettingsError
 from pipelines.core.settings import Settings
-from pipelines.core.system import executable, secret_file
+from pipelines.core.system import executable, secret_file, stop_marked, write_private
 from serving.deploy import connect, haproxy_dir, serve_env
 
 RAY_PORT = 6380
+HEAD_MARK = "MLCYCLE_RAY_HEAD"
+"""The variable every process of a head this platform started carries in its environment."""
+
+
+def mark_path(settings: Settings) -> Path:
+    return settings.state_path / "ray-head.mark"
+
+
+def new_mark(settings: Settings) -> str:
+    """A fresh mark for a head about to start, recorded (mode 600) for `stop`."""
+    mark = f"{settings.state_path}#{secrets.token_hex(8)}"
+    write_private(mark_path(settings), mark)
+    return mark
+
+
+def recorded_mark(settings: Settings) -> str | None:
+    """The mark of the last head this state dir started, if any."""
+    path = mark_path(settings)
+    return (path.read_text().strip() or None) if path.is_file() else None
 
 
 def ray_port(settings: Settings) -> int:
@@ -61,6 +84,7 @@ def head_command(
         "MLCYCLE_STATE_DIR": str(settings.state_path),
         **serve_env(settings, executable("mlcycle-haproxy"), str(settings.state_path)),
         "RAY_AUTH_MODE": "token",
+        HEAD_MARK: new_mark(settings),
     }
     if settings.pipelines_dir:
         env["MLCYCLE_PIPELINES_DIR"] = str(settings.pipelines_dir)
@@ -107,13 +131,16 @@ def start(settings: Settings) -> str:
     return key
 
 
-def stop(settings: Settings) -> None:
-    """Stop the local Ray, and the HAProxy that Serve ran for this state directory: `ray stop`
-    kills Serve's proxy actor without letting it stop its HAProxy, which would go on holding the
-    HTTP port for the next head."""
-    ray = executable("ray")
-    subprocess.run([str(ray), "stop", "--force"], capture_output=True, timeout=120)
+def stop(settings: Settings) -> int:
+    """Stop the Ray head this state directory started (every process carrying its mark: GCS,
+    raylet, workers, Serve's actors) and the HAProxy Serve ran for it, which a killed proxy actor
+    leaves holding the HTTP port; never another Ray of the host. Returns how many processes
+    carried the mark (0: none, or a head started before heads were marked, which `ray stop` on
+    its own address must end)."""
+    mark = recorded_mark(settings)
+    stopped = stop_marked(HEAD_MARK, mark) if mark else 0
     stop_haproxy(str(haproxy_dir(str(settings.state_path))))
+    return stopped
 
 
 def stop_haproxy(config_dir: str) -> int:

@@ -1,14 +1,17 @@
 """Small operating-system helpers every layer uses: a secret file, an executable of this
-environment, a child process stopped politely."""
+environment, a child process stopped politely, and the processes a start marked (by a variable in
+their environment, which every descendant inherits) stopped without touching any other."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import subprocess
 import sys
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
+from typing import Any
 
 
 def secret_file(path: Path, make: Callable[[], str]) -> str:
@@ -64,3 +67,45 @@ def stop_processes(procs: Iterable[subprocess.Popen[bytes] | subprocess.Popen[st
         except subprocess.TimeoutExpired:
             p.kill()
             p.wait()
+
+
+def carries_mark(environ: Mapping[str, str], name: str, value: str) -> bool:
+    """Whether a process's environment holds the mark `name=value` its starter gave it. Pure."""
+    return bool(value) and environ.get(name) == value
+
+
+def marked_processes(name: str, value: str) -> list[Any]:
+    """The processes (psutil) of this host whose environment carries `name=value`: everything a
+    process started with that variable set, and their children (a child inherits the environment),
+    whatever they renamed themselves to. Processes this user may not read are not ours."""
+    import psutil  # heavy: only stopping needs it
+
+    found = []
+    me = os.getpid()
+    for proc in psutil.process_iter():
+        if proc.pid == me:
+            continue
+        try:
+            environ = proc.environ()
+        except (psutil.AccessDenied, psutil.NoSuchProcess, psutil.ZombieProcess, OSError):
+            continue
+        if carries_mark(environ, name, value):
+            found.append(proc)
+    return found
+
+
+def stop_marked(name: str, value: str, grace_s: float = 15.0) -> int:
+    """SIGTERM the processes `marked_processes(name, value)` finds, wait up to `grace_s`, then
+    SIGKILL the ones still running; returns how many there were. No other process is signalled."""
+    import psutil  # heavy: only stopping needs it
+
+    procs = marked_processes(name, value)
+    for proc in procs:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            proc.terminate()
+    _, alive = psutil.wait_procs(procs, timeout=grace_s)
+    for proc in alive:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            proc.kill()
+    psutil.wait_procs(alive, timeout=grace_s)
+    return len(procs)

@@ -254,9 +254,9 @@ def service_argv(settings: Settings, name: str, database_url: str) -> tuple[list
 
 def exec_service(settings: Settings, name: str) -> None:
     """Replace this process with the service (supervisord's program command)."""
-    argv, env = service_argv(settings, name, db.database_url(settings))
-    if name == "ray":
+    if name == "ray":  # before its command: that records the new head's mark, and this stops the old one's
         embedded.clear_leftovers(settings)  # a head that died hard leaves its GCS holding the port
+    argv, env = service_argv(settings, name, db.database_url(settings))
     sys.stdout.flush()
     os.execvpe(argv[0], argv, env)
 
