@@ -10,6 +10,7 @@ import shutil
 import subprocess
 import sys
 from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -74,32 +75,74 @@ def carries_mark(environ: Mapping[str, str], name: str, value: str) -> bool:
     return bool(value) and environ.get(name) == value
 
 
-def marked_processes(name: str, value: str) -> list[Any]:
-    """The processes (psutil) of this host whose environment carries `name=value`: everything a
-    process started with that variable set, and their children (a child inherits the environment),
-    whatever they renamed themselves to. Processes this user may not read are not ours."""
+@dataclass(frozen=True)
+class Proc:
+    """What the selection needs to know of a process: its id, its parent's, its session's, and
+    whether its environment carries the mark."""
+
+    pid: int
+    ppid: int
+    sid: int
+    marked: bool
+
+
+def select_started(procs: Iterable[Proc], session: int | None = None) -> list[int]:
+    """The processes a start began: those carrying its mark, those of the session it recorded
+    (`session`, where it started its processes in a session of their own), and every descendant
+    of these (a process that rewrites its title, as Ray's agents do, can blank the environment
+    the kernel shows, not its parentage). Nothing else. Pure."""
+    table = list(procs)
+    chosen = {p.pid for p in table if p.marked or (session is not None and p.sid == session)}
+    children: dict[int, list[int]] = {}
+    for p in table:
+        children.setdefault(p.ppid, []).append(p.pid)
+    todo = list(chosen)
+    while todo:
+        for child in children.get(todo.pop(), []):
+            if child not in chosen:
+                chosen.add(child)
+                todo.append(child)
+    return sorted(chosen)
+
+
+def _proc_table(name: str, value: str) -> list[Proc]:
     import psutil  # heavy: only stopping needs it
 
-    found = []
-    me = os.getpid()
-    for proc in psutil.process_iter():
-        if proc.pid == me:
-            continue
+    table = []
+    for proc in psutil.process_iter(["pid", "ppid"]):
         try:
             environ = proc.environ()
         except (psutil.AccessDenied, psutil.NoSuchProcess, psutil.ZombieProcess, OSError):
+            environ = {}
+        try:
+            sid = os.getsid(proc.pid)
+        except OSError:
+            continue  # gone
+        table.append(Proc(proc.pid, proc.info["ppid"] or 0, sid, carries_mark(environ, name, value)))
+    return table
+
+
+def started_processes(name: str, value: str, session: int | None = None) -> list[Any]:
+    """The processes (psutil) `select_started` picks on this host for the mark `name=value`, the
+    calling process and its ancestors aside."""
+    import psutil  # heavy: only stopping needs it
+
+    mine = {os.getpid(), *(p.pid for p in psutil.Process().parents())}
+    found = []
+    for pid in select_started(_proc_table(name, value), session):
+        if pid in mine:
             continue
-        if carries_mark(environ, name, value):
-            found.append(proc)
+        with contextlib.suppress(psutil.NoSuchProcess):
+            found.append(psutil.Process(pid))
     return found
 
 
-def stop_marked(name: str, value: str, grace_s: float = 15.0) -> int:
-    """SIGTERM the processes `marked_processes(name, value)` finds, wait up to `grace_s`, then
-    SIGKILL the ones still running; returns how many there were. No other process is signalled."""
+def stop_started(name: str, value: str, session: int | None = None, grace_s: float = 15.0) -> int:
+    """SIGTERM the processes `started_processes` finds, wait up to `grace_s`, then SIGKILL the
+    ones still running; returns how many there were. No other process is signalled."""
     import psutil  # heavy: only stopping needs it
 
-    procs = marked_processes(name, value)
+    procs = started_processes(name, value, session)
     for proc in procs:
         with contextlib.suppress(psutil.NoSuchProcess):
             proc.terminate()

@@ -11,7 +11,7 @@ from pathlib import Path
 import psutil
 
 from pipelines.core.settings import Settings
-from pipelines.core.system import carries_mark, marked_processes
+from pipelines.core.system import Proc, carries_mark, select_started, started_processes
 from serving import embedded
 
 
@@ -20,6 +20,24 @@ def test_carries_mark() -> None:
     assert not carries_mark({"MLCYCLE_RAY_HEAD": "s#2"}, "MLCYCLE_RAY_HEAD", "s#1")  # another start's head
     assert not carries_mark({}, "MLCYCLE_RAY_HEAD", "s#1")
     assert not carries_mark({"MLCYCLE_RAY_HEAD": ""}, "MLCYCLE_RAY_HEAD", "")  # no mark marks nothing
+
+
+def test_a_start_is_its_marked_processes_its_session_and_their_descendants() -> None:
+    """Ray's agents rewrite their title over the environment the kernel shows: they are found as
+    children of the marked raylet; a daemon whose parent is gone, by the session it was started in."""
+    table = [
+        Proc(1, 0, 1, False),  # init
+        Proc(10, 1, 10, True),  # `ray start --block`, marked
+        Proc(11, 10, 10, True),  # gcs_server
+        Proc(12, 10, 10, False),  # ray::DashboardAgent: environment blanked by its title
+        Proc(13, 12, 10, False),  # a child of it
+        Proc(20, 1, 20, False),  # a user's own raylet
+        Proc(21, 20, 20, False),  # and its worker
+        Proc(30, 1, 30, False),  # an orphaned daemon of a head `serve start` ran in session 30
+    ]
+    assert select_started(table) == [10, 11, 12, 13]
+    assert select_started(table, session=30) == [10, 11, 12, 13, 30]
+    assert select_started([p for p in table if not p.marked]) == []
 
 
 def _looks_like_ray(tmp_path: Path, name: str, env: dict[str, str]) -> subprocess.Popen[bytes]:
@@ -48,7 +66,7 @@ def test_serve_stop_ends_its_own_heads_processes_and_no_other_ray(tmp_path: Path
         assert mark is not None and mark.startswith(str(settings.state_path))
         expected = [f"{tmp_path / 'mine' / 'raylet'} 300", "ray::IDLE 300"]
         for _ in range(200):  # the shell has forked the child and replaced itself with `raylet`
-            tree = marked_processes(embedded.HEAD_MARK, mark)
+            tree = started_processes(embedded.HEAD_MARK, mark)
             names = sorted(" ".join(p.cmdline()) for p in tree)
             if names == expected:
                 break
