@@ -36,16 +36,25 @@ import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from pipelines.core.errors import InvalidArgument, MlcycleError, StepSkipped
+from pipelines.core.errors import InvalidArgument, MlcycleError, SettingsError, StepSkipped
 from pipelines.core.params import ENV as PARAMS_ENV
 from pipelines.core.pod import pod_manifest
 from pipelines.core.settings import PROJECT_DIR, load_settings
-from pipelines.core.spec import Source, json_schema, load_spec, load_specs, pipeline_names, spec_for
+from pipelines.core.spec import (
+    Source,
+    SyntheticSource,
+    json_schema,
+    load_spec,
+    load_specs,
+    pipeline_names,
+    spec_for,
+)
 from pipelines.core.steps import step as step_info
 from pipelines.core.system import executable
 from pipelines.io import db
 from pipelines.io.clientenv import client_env
 from pipelines.io.clientenv import render_env as render_client_env
+from pipelines.io.registry import champion_version
 from pipelines.io.runs import latest_run_id, render_run, run_steps
 from pipelines.io.status import pipeline_status, render_status
 from pipelines.io.storage import to_json
@@ -99,8 +108,16 @@ def _cmd_pod_render(args: argparse.Namespace) -> int:
 
 
 def _cmd_data_generate(args: argparse.Namespace) -> int:
+    from pydantic import ValidationError
+
     from pipelines.ml.datagen import ChurnConfig, generate_churn  # heavy: numpy, pandas
 
+    sizes = {k: getattr(args, k) for k in ("customers", "months", "covariate_drift", "concept_drift", "fault_rate")}
+    try:  # the bounds of the spec's synthetic source, which generates the same data
+        SyntheticSource(kind="synthetic", seed=args.seed, **sizes)
+    except ValidationError as err:
+        lines = [line.replace("_", "-", line.index(":")) for line in follow.validation_lines(err)]
+        raise InvalidArgument("data generate: --" + "; --".join(lines)) from None
     cfg = ChurnConfig(
         customers=args.customers,
         months=args.months,
@@ -148,6 +165,8 @@ def _cmd_env(args: argparse.Namespace) -> int:
 
 def _cmd_runs_show(args: argparse.Namespace) -> int:
     settings = load_settings()
+    spec_for(settings, args.pipeline)  # one that exists, or an error naming the known ones
+    db.migrate(settings)  # a fresh state dir has no run tables yet
     run_id = args.run_id or latest_run_id(settings, args.pipeline)
     if run_id is None:
         print(f"no runs of {args.pipeline} yet")
@@ -157,7 +176,7 @@ def _cmd_runs_show(args: argparse.Namespace) -> int:
 
 
 def _cmd_labels_load(args: argparse.Namespace) -> int:
-    from pydantic import TypeAdapter
+    from pydantic import TypeAdapter, ValidationError
 
     settings = load_settings()
     if args.source.startswith("s3://"):
@@ -166,7 +185,10 @@ def _cmd_labels_load(args: argparse.Namespace) -> int:
         raw = {"kind": "postgres", "query": args.source, "url_env": args.url_env}
     else:
         raw = {"kind": "file", "path": str(Path(args.source).resolve())}
-    source = TypeAdapter(Source).validate_python(raw)
+    try:
+        source = TypeAdapter(Source).validate_python(raw)
+    except ValidationError as err:
+        raise InvalidArgument(f"labels load {args.source}: " + "; ".join(follow.validation_lines(err))) from None
     from pipelines.io.labels import load_labels  # heavy: pandas
 
     loaded = load_labels(settings, spec_for(settings, args.pipeline), source)
@@ -175,7 +197,10 @@ def _cmd_labels_load(args: argparse.Namespace) -> int:
 
 
 def _cmd_status(args: argparse.Namespace) -> int:
-    print(render_status(pipeline_status(load_settings(), args.pipeline)))
+    settings = load_settings()
+    spec_for(settings, args.pipeline)  # one that exists, or an error naming the known ones
+    db.migrate(settings)  # a fresh state dir has no tables yet
+    print(render_status(pipeline_status(settings, args.pipeline)))
     return 0
 
 
@@ -311,16 +336,30 @@ def _cmd_ps(args: argparse.Namespace) -> int:
 
 def _cmd_run(args: argparse.Namespace) -> int:
     settings = load_settings()
-    spec_for(settings, args.pipeline)  # one that exists, or an error naming the known ones
+    spec = spec_for(settings, args.pipeline)  # one that exists, or an error naming the known ones
+    conf = follow.parse_conf(args.conf)
+    follow.check_conf(conf, spec, settings)  # exit 2 with the reason before anything is triggered
     plat = platform.Platform(settings)
     if not plat.supervisor_running():
         raise InvalidArgument("the platform is not running: `mlcycle up` first")
-    run_id, state = follow.run_pipeline(plat.client(), settings, args.pipeline, follow.parse_conf(args.conf), args.wait)
+    run_id, state = follow.run_pipeline(plat.client(), settings, args.pipeline, conf, args.wait)
     if args.wait:
         print(f"\n==> {args.pipeline}_lifecycle {run_id}: {state}")
         print(follow.summary(settings, args.pipeline, run_id))
-        print(platform.open_these(plat, args.pipeline))
+        waiting = None
+        if _champion(settings, args.pipeline) is None:
+            steps = {row.step: row for row in run_steps(settings, args.pipeline, run_id)}
+            waiting = {args.pipeline: follow.no_champion_reason(steps, state)}
+        print(platform.open_these(plat, args.pipeline, waiting))
     return 0 if state in ("success", "queued") else 1
+
+
+def _champion(settings: Settings, pipeline: str) -> int | None:
+    """The champion's version, None where the pipeline has none yet."""
+    try:
+        return champion_version(settings, pipeline)
+    except SettingsError:
+        return None
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:

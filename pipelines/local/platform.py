@@ -443,10 +443,13 @@ def render_ps(health: Mapping[str, Mapping[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def open_these(plat: Platform, pipeline: str | None = None) -> str:
-    """What to open, and where the credentials are. Pure but for reading nothing: paths only."""
+def open_these(plat: Platform, pipeline: str | None = None, no_champion: Mapping[str, str] | None = None) -> str:
+    """What to open, and where the credentials are. Pure but for reading nothing: paths only.
+    `no_champion`: the pipelines that have no champion yet, and why: no endpoint URL for them (it
+    would answer 404), the reason instead."""
     settings = plat.settings
-    names = [pipeline] if pipeline else pipeline_names(settings)
+    waiting = dict(no_champion or {})
+    names = [n for n in ([pipeline] if pipeline else pipeline_names(settings)) if n not in waiting]
     lines = [
         "==> open:",
         f"    Airflow UI and REST API  {plat.airflow_url}",
@@ -455,6 +458,7 @@ def open_these(plat: Platform, pipeline: str | None = None) -> str:
         f"    MLflow UI                http://127.0.0.1:{settings.mlflow_port}",
     ]
     lines += [f"    {name} endpoint  {endpoint(settings, name)}/predict" for name in names]
+    lines += [f"    {name}: no champion yet ({why}), so no endpoint" for name, why in waiting.items()]
     key = settings.state_path / "serving-api-key"
     body = '{"instances": [{"entity_id": 42}]}'
     if names:
