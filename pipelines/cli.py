@@ -41,6 +41,7 @@ from pipelines.core.params import ENV as PARAMS_ENV
 from pipelines.core.pod import pod_manifest
 from pipelines.core.settings import PROJECT_DIR, load_settings
 from pipelines.core.spec import (
+    FileSource,
     Source,
     SyntheticSource,
     json_schema,
@@ -77,11 +78,25 @@ def _cmd_spec_validate(args: argparse.Namespace) -> int:
         except MlcycleError as err:
             print(err, file=sys.stderr)
             failed += 1
+            continue
+        problem = _source_problem(spec.source) if args.data else None
+        if problem:
+            print(f"{path}: {problem}", file=sys.stderr)
+            failed += 1
         else:
             print(
                 f"{path}: ok ({spec.name}: source {spec.source.kind}, feature service {spec.features.feature_service})"
             )
     return 2 if failed else 0
+
+
+def _source_problem(source: Source) -> str | None:
+    """Why a file source names no data here (its path resolved as ingest resolves it), else None."""
+    if not isinstance(source, FileSource):
+        return None
+    from pipelines.io.sources import file_source_problem  # heavy: pandas
+
+    return file_source_problem(source, load_settings())
 
 
 def _cmd_spec_schema(args: argparse.Namespace) -> int:
@@ -382,6 +397,12 @@ def build_parser() -> argparse.ArgumentParser:
     spec = sub.add_parser("spec", help="pipeline specs").add_subparsers(dest="action", required=True)
     p = spec.add_parser("validate", help="validate spec files")
     p.add_argument("files", nargs="+")
+    p.add_argument(
+        "--no-data",
+        dest="data",
+        action="store_false",
+        help="skip the check that a file source's path names data on this machine",
+    )
     p.set_defaults(func=_cmd_spec_validate)
     spec.add_parser("schema", help="print the JSON schema").set_defaults(func=_cmd_spec_schema)
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -341,6 +342,37 @@ def local_path(text: str, settings: Settings) -> Path:
 def fixed_part(template: str) -> str:
     """The part of a path before its first window field (`data/dt={as_of:%Y}.csv` -> `data/dt=`). Pure."""
     return template.split("{", 1)[0]
+
+
+def template_glob(template: str) -> str:
+    """A window template as the glob of the files it can name (`dt={as_of:%Y-%m-%d}.csv` ->
+    `dt=*.csv`). Pure."""
+    return re.sub(r"\{[^{}]*\}", "*", template)
+
+
+def file_source_problem(source: FileSource, settings: Settings) -> str | None:
+    """Why a file source's path names no data on this machine (None: it does), resolved as ingest
+    resolves it (`local_path`): a file that does not exist, a directory with no .csv or .parquet
+    file, a window template whose folder is missing or matches no file yet."""
+    templated = template_glob(source.path) != source.path
+    if templated:
+        pattern = local_path(template_glob(source.path), settings)
+        folder = local_path(fixed_part(source.path) or ".", settings)
+        folder = folder if fixed_part(source.path).endswith("/") else folder.parent
+        if not folder.is_dir():
+            return f"source.path: {source.path}: the folder {folder} does not exist"
+        if not any(folder.glob(str(pattern.relative_to(folder)))):
+            return f"source.path: {source.path}: no file matches {pattern} yet"
+        return None
+    path = local_path(source.path, settings)
+    where = source.path if str(path) == source.path else f"{source.path} ({path})"
+    if path.is_dir():
+        if not any(f.is_file() and _data_file(f.name) for f in path.iterdir()):
+            return f"source.path: {where}: the folder holds no .csv or .parquet file"
+        return None
+    if not path.exists():
+        return f"source.path: {where} does not exist (a relative path is read from {settings.project_dir})"
+    return None
 
 
 OVERRIDE_DIR = "data"

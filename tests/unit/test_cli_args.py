@@ -95,3 +95,48 @@ def test_an_airflow_api_error_is_read_for_its_detail() -> None:
     assert api_detail(body) == "body.conf.n_trials: not an integer"
     assert api_detail('{"detail": "DAG paused"}') == "DAG paused"
     assert api_detail("<html>bad gateway</html>") == "<html>bad gateway</html>"
+
+
+def _spec_file(tmp_path: Path, path: str) -> Path:
+    import yaml
+
+    from tests.specs import churn_spec_dict
+
+    data = churn_spec_dict()
+    data["source"] = {"kind": "file", "path": path}
+    spec = tmp_path / "churn.yaml"
+    spec.write_text(yaml.safe_dump(data))
+    return spec
+
+
+def test_spec_validate_checks_that_a_file_source_names_data(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Resolved as ingest resolves it: a relative path from the project directory
+    (`MLCYCLE_PROJECT_DIR`), never from the spec's folder or the current directory."""
+    project = tmp_path / "project"
+    (project / "data" / "churn").mkdir(parents=True)
+    (project / "data" / "churn" / "dt=2026-11-01.csv").write_text("customer_id\n1\n")
+    (project / "empty").mkdir()
+    monkeypatch.chdir(project / "data")  # where `churn/dt=…` would resolve from the current directory
+    ok = {
+        "data/churn/dt=2026-11-01.csv": "a file",
+        "data/churn": "a folder of data files",
+        "data/churn/dt={as_of:%Y-%m-%d}.csv": "a window template some file matches",
+        str(project / "data" / "churn") + "/": "an absolute folder",
+    }
+    bad = {
+        "churn/dt=2026-11-01.csv": f"does not exist (a relative path is read from {project})",
+        "empty": "the folder holds no .csv or .parquet file",
+        "data/churn/day={as_of:%Y-%m-%d}.parquet": "no file matches",
+        "missing/dt={as_of:%Y-%m-%d}.csv": f"the folder {project / 'missing'} does not exist",
+    }
+    with scoped_environ({"MLCYCLE_PROJECT_DIR": str(project), "MLCYCLE_STATE_DIR": str(tmp_path / "state")}):
+        for path, what in ok.items():
+            assert main(["spec", "validate", str(_spec_file(tmp_path, path))]) == 0, (what, capsys.readouterr().err)
+        for path, says in bad.items():
+            spec = _spec_file(tmp_path, path)
+            assert main(["spec", "validate", str(spec)]) == 2
+            err = capsys.readouterr().err
+            assert err.startswith(f"{spec}: source.path: {path}") and says in err, err
+            assert main(["spec", "validate", "--no-data", str(spec)]) == 0  # a spec for another machine's data
