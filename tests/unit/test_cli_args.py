@@ -140,3 +140,22 @@ def test_spec_validate_checks_that_a_file_source_names_data(
             err = capsys.readouterr().err
             assert err.startswith(f"{spec}: source.path: {path}") and says in err, err
             assert main(["spec", "validate", "--no-data", str(spec)]) == 0  # a spec for another machine's data
+
+
+def test_the_readmes_file_source_example_is_a_valid_source() -> None:
+    import re
+
+    import yaml
+    from pydantic import TypeAdapter
+
+    from pipelines.core.settings import PROJECT_DIR
+    from pipelines.core.spec import FeatureView, FileSource, Source
+
+    readme = (PROJECT_DIR / "README.md").read_text()
+    block = next(b for b in re.findall(r"```yaml\n(.*?)```", readme, re.S) if "kind: file" in b)
+    data = yaml.safe_load(block)
+    source = TypeAdapter(Source).validate_python(data["source"])
+    assert isinstance(source, FileSource) and source.delimiter == ";" and source.lookback_days == 90
+    assert [FeatureView.model_validate(v).ttl_days for v in data["features"]["views"]] == [45]
+    documented = set(re.findall(r"^  (\w+):", block, re.M)) | {"ttl_days"}
+    assert set(FileSource.model_fields) <= documented  # every field of a file source is in the example
