@@ -36,7 +36,7 @@ import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from pipelines.core.errors import InvalidArgument, MlcycleError, SettingsError, StepSkipped
+from pipelines.core.errors import InvalidArgument, MlcycleError, StepSkipped
 from pipelines.core.params import ENV as PARAMS_ENV
 from pipelines.core.pod import pod_manifest
 from pipelines.core.settings import PROJECT_DIR, load_settings
@@ -55,7 +55,6 @@ from pipelines.core.system import executable
 from pipelines.io import db
 from pipelines.io.clientenv import client_env
 from pipelines.io.clientenv import render_env as render_client_env
-from pipelines.io.registry import champion_version
 from pipelines.io.runs import latest_run_id, render_run, run_steps
 from pipelines.io.status import pipeline_status, render_status
 from pipelines.io.storage import to_json
@@ -361,20 +360,9 @@ def _cmd_run(args: argparse.Namespace) -> int:
     if args.wait:
         print(f"\n==> {args.pipeline}_lifecycle {run_id}: {state}")
         print(follow.summary(settings, args.pipeline, run_id))
-        waiting = None
-        if _champion(settings, args.pipeline) is None:
-            steps = {row.step: row for row in run_steps(settings, args.pipeline, run_id)}
-            waiting = {args.pipeline: follow.no_champion_reason(steps, state)}
+        waiting = follow.without_champion(settings, args.pipeline, run_id, state)
         print(platform.open_these(plat, args.pipeline, waiting))
     return 0 if state in ("success", "queued") else 1
-
-
-def _champion(settings: Settings, pipeline: str) -> int | None:
-    """The champion's version, None where the pipeline has none yet."""
-    try:
-        return champion_version(settings, pipeline)
-    except SettingsError:
-        return None
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:

@@ -16,10 +16,11 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from pipelines.core.errors import InvalidArgument
+from pipelines.core.errors import InvalidArgument, SettingsError
 from pipelines.core.params import FORM, RunParams, apply
 from pipelines.core.settings import Settings
 from pipelines.core.spec import PipelineSpec
+from pipelines.io.registry import champion_version
 from pipelines.io.runs import headline, render_run, run_steps
 from pipelines.local.local_airflow import TERMINAL, AirflowClient, ApiError
 
@@ -82,6 +83,17 @@ def no_champion_reason(steps: dict[str, Any], state: str) -> str:
             why = (row.outputs or {}).get("reason") if row.status == "skipped" else row.error
             return f"the run's {name} step {row.status}" + (f": {why}" if why else "")
     return f"the run ended {state} before a model was promoted"
+
+
+def without_champion(settings: Settings, pipeline: str, run_id: str, state: str) -> dict[str, str] | None:
+    """`{pipeline: why}` where the pipeline has no champion after the run (for `open_these`: no
+    endpoint URL, which would answer 404), else None."""
+    try:
+        champion_version(settings, pipeline)
+    except SettingsError:
+        steps = {row.step: row for row in run_steps(settings, pipeline, run_id)}
+        return {pipeline: no_champion_reason(steps, state)}
+    return None
 
 
 def task_key(ti: dict[str, Any]) -> str:

@@ -90,6 +90,10 @@ def test_first_model_becomes_champion_with_lineage(workspace: Settings) -> None:
     ]
     assert all(r["actor"] == "churn_first/first-1/promote" for r in rows)
 
+    from pipelines.local.follow import without_champion
+
+    assert without_champion(workspace, "churn_first", "first-1", "success") is None  # the links show the endpoint
+
     # A retry of promote reuses the version it registered and moves no alias.
     again = run(workspace, "promote", "first-1", pipeline="churn_first")
     assert again["version"] == 1
@@ -415,3 +419,27 @@ def test_parallel_trial_workers_share_one_study_and_budget(workspace: Settings) 
     assert result["best_value"] == pytest.approx(best)
     with pytest.raises(Exception, match="--worker K"):
         run(workspace, "trials", "par-1", pipeline="churn_par", worker=2)
+
+
+def test_a_first_model_rejected_by_its_gate_leaves_no_champion_and_the_links_say_why(workspace: Settings) -> None:
+    """`mlcycle run --wait` after a first run whose model fails its gates: no endpoint URL (it
+    would answer 404), "no champion yet" and the verdict instead."""
+    from pipelines.local.follow import without_champion
+    from pipelines.local.platform import Platform, open_these
+
+    _spec(
+        workspace,
+        "churn_nochamp",
+        training={**FAST, "n_trials": 2, "max_epochs": 2},
+        evaluation={**EVAL, "min_primary": 0.999},
+    )
+    out = run_through(workspace, "nochamp-1", LIFECYCLE[:5], pipeline="churn_nochamp")
+    assert out["evaluate"]["verdict"]["passed"] is False
+    with pytest.raises(StepSkipped):
+        run(workspace, "promote", "nochamp-1", pipeline="churn_nochamp")
+    waiting = without_champion(workspace, "churn_nochamp", "nochamp-1", "success")
+    assert waiting is not None and waiting["churn_nochamp"].startswith("the model failed its gates: ")
+    assert "0.999" in waiting["churn_nochamp"]
+    text = open_these(Platform(workspace), "churn_nochamp", waiting)
+    assert "churn_nochamp: no champion yet (the model failed its gates: " in text
+    assert "/v1/pipelines/churn_nochamp" not in text
