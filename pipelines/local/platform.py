@@ -44,6 +44,7 @@ from pipelines.core.settings import Settings
 from pipelines.core.spec import pipeline_names
 from pipelines.core.system import executable, secret_file, write_private
 from pipelines.io import db
+from pipelines.io.clientenv import tracking_server_url
 from pipelines.io.tracking import server_command
 from pipelines.local.follow import say_now
 from pipelines.local.local_airflow import AirflowClient, passwords_file, read_password, services_env
@@ -181,6 +182,7 @@ def base_env(settings: Settings) -> dict[str, str]:
         env["MLCYCLE_PIPELINES_DIR"] = str(settings.pipelines_dir)
     for name in ("airflow_port", "mlflow_port", "serve_port"):
         env[f"MLCYCLE_{name.upper()}"] = str(getattr(settings, name))
+    env["MLCYCLE_MLFLOW_UI_URL"] = tracking_server_url(settings)  # the tasks' MLflow links: this server
     env["PATH"] = f"{Path(sys.executable).parent}:{os.environ.get('PATH', '/usr/bin:/bin')}"
     return env
 
@@ -455,7 +457,7 @@ def open_these(plat: Platform, pipeline: str | None = None, no_champion: Mapping
         f"    Airflow UI and REST API  {plat.airflow_url}",
         f"                             user admin, password in {plat.passwords_file()}",
         f"    the mlcycle page         {plat.airflow_url}/plugin/mlcycle",
-        f"    MLflow UI                http://127.0.0.1:{settings.mlflow_port}",
+        f"    MLflow UI                {tracking_server_url(settings)}",
     ]
     lines += [f"    {name} endpoint  {endpoint(settings, name)}/predict" for name in names]
     lines += [f"    {name}: no champion yet ({why}), so no endpoint" for name, why in waiting.items()]

@@ -149,3 +149,15 @@ def test_the_platform_api_wants_a_login_and_answers_errors_as_json() -> None:
         assert answer.status_code == 401 and answer.json() == {"error": 401, "reason": "Not authenticated"}
     listing = apps["/api/ml"].openapi()["paths"]["/pipelines"]["get"]
     assert [p["name"] for p in listing["parameters"]] == ["limit", "offset"]  # paged; the user is no parameter
+
+
+def test_the_services_links_point_at_the_tracking_server_mlcycle_env_names(tmp_path: Path) -> None:
+    from pipelines.local.platform import base_env
+
+    settings = Settings(state_dir=tmp_path, mlflow_port=5123)
+    env = base_env(settings)
+    assert env["MLCYCLE_MLFLOW_UI_URL"] == "http://127.0.0.1:5123" and env["MLCYCLE_MLFLOW_PORT"] == "5123"
+    # a service reading its settings from that environment names the same server as `mlcycle env`
+    assert tracking_server_url(Settings(state_dir=tmp_path, mlflow_ui_url=env["MLCYCLE_MLFLOW_UI_URL"])) == (
+        "http://127.0.0.1:5123"
+    )
