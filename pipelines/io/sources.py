@@ -157,16 +157,17 @@ def columns_text(n: int) -> str:
     return f"{n} column" + ("" if n == 1 else "s")
 
 
-def no_column_text(n_columns: int, column: str, required: Sequence[str] = (), delimiter: str = ",") -> str:
-    """Why a file without the column a window is read by cannot be this pipeline's data: its count
-    of columns and what the contract needs, never the file's own header (its first line may be
-    anything, a copy of /etc/passwd included). Pure."""
-    needs = f"; the contract needs {', '.join(required)}" if required else ""
+def no_column_text(n_columns: int, column: str, required: Sequence[str] = (), delimiter: str | None = ",") -> str:
+    """Why data without the column a window is read by cannot be this pipeline's: its count of
+    columns and what the contract needs, never its own column names (a file's first line may be
+    anything, a copy of /etc/passwd included). `delimiter`: a file's (None: a query's rows). Pure."""
+    what = "the file" if delimiter is not None else "the source"
+    text = f"{what} has {columns_text(n_columns)} and none is {column}, the column the run's window is read by"
+    text += f"; the contract needs {', '.join(required)}" if required else ""
+    if delimiter is None:
+        return text
     shown = "\\t" if delimiter == "\t" else delimiter
-    return (
-        f"the file has {columns_text(n_columns)} and none is {column}, the column the run's window is read by"
-        f"{needs}: is it a CSV of this pipeline with a header, separated by '{shown}' (source.delimiter)?"
-    )
+    return f"{text}: is it a CSV of this pipeline with a header, separated by '{shown}' (source.delimiter)?"
 
 
 def instants(values: pd.Series) -> pd.Series:
@@ -201,7 +202,7 @@ def within(df: pd.DataFrame, column: str, window: Window) -> pd.DataFrame:
 
 def _column(df: pd.DataFrame, column: str, required: Sequence[str] = ()) -> pd.Series:
     if column not in df.columns:
-        raise SourceDataError(f"the source: {no_column_text(len(df.columns), column, required)}")
+        raise SourceDataError(no_column_text(len(df.columns), column, required, delimiter=None))
     return df[column]
 
 

@@ -162,7 +162,10 @@ def test_a_file_that_is_not_the_contracts_csv_is_refused_without_its_content(tmp
         "separated by ',' (source.delimiter)?"
     )
     assert "root" not in text.replace(str(tmp_path), "") and "bin" not in text
-    with pytest.raises(SourceDataError, match="the file has 3 columns and none is event_timestamp"):
+    with pytest.raises(
+        SourceDataError,
+        match="^the source has 3 columns and none is event_timestamp, the column the run's window is read by$",
+    ):
         gather([pd.DataFrame({"a": [1], "b": [2], "c": [3]})], window, "event_timestamp")
 
 
