@@ -61,12 +61,16 @@ from pipelines.io.storage import to_json
 from pipelines.io.tracking import server_command
 from pipelines.local import follow, platform, stack
 from pipelines.local.statsd_exporter import Bridge
+from pipelines.steps.context import check_run_id
 from pipelines.steps.runner import RESULT_PREFIX, run_step
 from serving import embedded
 from serving.deploy import endpoint, render_serve_config, serve_champions
 
 if TYPE_CHECKING:
     from pipelines.core.settings import Settings
+
+RUN_ID_TEMPLATE = "{{ run_id }}"
+"""`pod render`'s default run id: the Jinja template Airflow fills in."""
 
 
 def _cmd_spec_validate(args: argparse.Namespace) -> int:
@@ -115,6 +119,8 @@ def _cmd_pod_render(args: argparse.Namespace) -> int:
     import yaml
 
     step_info(args.step)  # an unknown step is a clear error
+    if args.run_id != RUN_ID_TEMPLATE:
+        check_run_id(args.run_id)
     settings = load_settings()
     manifest = pod_manifest(spec_for(settings, args.pipeline), args.step, args.run_id, settings)
     print(yaml.safe_dump(manifest, sort_keys=False), end="")
@@ -377,6 +383,28 @@ def _cmd_drift_demo(args: argparse.Namespace) -> int:
     return run_drift_demo()
 
 
+def port(text: str) -> int:
+    """An argparse type: a TCP/UDP port, 1-65535. Pure."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a port: {text!r}") from None
+    if not 1 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"not a port: {value} (1-65535)")
+    return value
+
+
+def seconds(text: str) -> float:
+    """An argparse type: a positive, finite number of seconds. Pure."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"not a positive number of seconds: {text}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mlcycle", description="DAG-first model lifecycle")
     parser.add_argument("-v", "--verbose", action="store_true")
@@ -407,7 +435,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = pod.add_parser("render", help="print a step's pod as YAML")
     p.add_argument("--pipeline", required=True)
     p.add_argument("--step", required=True)
-    p.add_argument("--run-id", default="{{ run_id }}")
+    p.add_argument("--run-id", default=RUN_ID_TEMPLATE)
     p.set_defaults(func=_cmd_pod_render)
 
     data = sub.add_parser("data", help="bundled data").add_subparsers(dest="action", required=True)
@@ -444,7 +472,7 @@ def build_parser() -> argparse.ArgumentParser:
         choices=["start", "stop", "config", "sync"],
         help="start: the head and every champion; config: write include/serve/serve.yaml; sync: every champion",
     )
-    p.add_argument("--watch", type=float, help="with sync: again every N seconds")
+    p.add_argument("--watch", type=seconds, help="with sync: again every N seconds")
     p.add_argument("--check", action="store_true", help="with config: fail when the checked-in file is stale")
     p.set_defaults(func=_cmd_serve)
 
@@ -458,13 +486,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("mlflow-server", help="the MLflow tracking server and UI on the platform database")
     p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=5000)
+    p.add_argument("--port", type=port, default=5000)
     p.set_defaults(func=_cmd_mlflow_server)
 
     p = sub.add_parser("statsd-exporter", help="Airflow's StatsD metrics as a Prometheus /metrics endpoint")
     p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--udp-port", type=int, default=9125)
-    p.add_argument("--http-port", type=int, default=9102)
+    p.add_argument("--udp-port", type=port, default=9125)
+    p.add_argument("--http-port", type=port, default=9102)
     p.set_defaults(func=_cmd_statsd_exporter)
 
     p = sub.add_parser("stack", help="the Compose stack: its .env of secrets, up, down, status")
@@ -473,11 +501,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--project", default="mlcycle", help="with env: the Compose project name")
     p.add_argument("--free-ports", action="store_true", help="with env: publish on free ports (tests)")
     p.add_argument("--volumes", action="store_true", help="with down: also delete the data volumes")
-    p.add_argument("--timeout", type=float, default=900, help="with up: seconds to wait for health")
+    p.add_argument("--timeout", type=seconds, default=900, help="with up: seconds to wait for health")
     p.set_defaults(func=_cmd_stack)
 
     p = sub.add_parser("up", help="the embedded platform's services (Airflow, MLflow UI, Ray Serve) under supervisord")
-    p.add_argument("--timeout", type=float, default=600, help="seconds to wait for every service to be healthy")
+    p.add_argument("--timeout", type=seconds, default=600, help="seconds to wait for every service to be healthy")
     p.add_argument("--exec", metavar="SERVICE", help=argparse.SUPPRESS)  # supervisord's program command
     p.set_defaults(func=_cmd_up)
     sub.add_parser("down", help="stop the platform's services and its database (the data stays)").set_defaults(

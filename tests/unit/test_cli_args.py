@@ -53,6 +53,7 @@ def test_a_runs_conf_is_checked_before_anything_is_triggered(tmp_path: Path) -> 
         (["runs", "show", "--pipeline", "nope"], "no pipeline 'nope'"),
         (["status", "nope"], "no pipeline 'nope'"),
         (["env", "--pipeline", "nope"], "no pipeline 'nope'"),
+        (["pod", "render", "--pipeline", "churn", "--step", "train", "--run-id", "bad id!"], "invalid run id"),
     ],
 )
 def test_a_bad_argument_exits_2_with_the_reason_and_no_traceback(
@@ -159,3 +160,19 @@ def test_the_readmes_file_source_example_is_a_valid_source() -> None:
     assert [FeatureView.model_validate(v).ttl_days for v in data["features"]["views"]] == [45]
     documented = set(re.findall(r"^  (\w+):", block, re.M)) | {"ttl_days"}
     assert set(FileSource.model_fields) <= documented  # every field of a file source is in the example
+
+
+@pytest.mark.parametrize(
+    ("argv", "says"),
+    [
+        (["serve", "sync", "--watch", "-5"], "argument --watch: not a positive number of seconds: -5"),
+        (["statsd-exporter", "--udp-port", "99999"], "argument --udp-port: not a port: 99999 (1-65535)"),
+        (["mlflow-server", "--port", "http"], "argument --port: not a port: 'http'"),
+        (["up", "--timeout", "nan"], "argument --timeout: not a positive number of seconds: nan"),
+    ],
+)
+def test_a_malformed_option_is_argparses_exit_2(argv: list[str], says: str, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exited:
+        main(argv)
+    err = capsys.readouterr().err
+    assert exited.value.code == 2 and says in err and "Traceback" not in err, err
