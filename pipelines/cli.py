@@ -229,8 +229,18 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     if args.action == "config":
         return _serve_config(settings, args.check)
     if args.action == "stop":
-        embedded.stop(settings)
-        print("stopped")
+        stopped = embedded.stop(settings)
+        print(
+            f"stopped {stopped} processes of this state dir's Ray head" if stopped else "no Ray head of this state dir"
+        )
+        if embedded.ray_running(settings):
+            print(
+                f"mlcycle: a Ray head still answers on 127.0.0.1:{embedded.ray_port(settings)} and is not this state "
+                "dir's (not started by mlcycle, or before heads were marked): stop it yourself (`ray stop` would "
+                "end every Ray of this host)",
+                file=sys.stderr,
+            )
+            return 1
         return 0
     if args.action == "sync":
         return _serve_sync(settings, args.watch)
