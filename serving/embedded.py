@@ -137,23 +137,28 @@ def start(settings: Settings) -> str:
     """Start the local Ray head (if none runs) and Serve's HTTP proxy; returns the API key."""
     key = api_key(settings)
     if not ray_running(settings):
-        argv, env = head_command(settings)
-        # a session of its own: the head's daemons stay in it when `ray start` exits, so `stop`
-        # finds them even where one blanks its environment and its parent is gone
-        with subprocess.Popen(
-            argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
-        ) as proc:
-            record_session(settings, proc.pid)
-            try:
-                _, stderr = proc.communicate(timeout=180)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                _, stderr = proc.communicate()
-        if proc.returncode != 0:
-            raise SettingsError(f"`ray start` failed ({proc.returncode}): {stderr[-2000:]}")
+        start_head(settings)
 
     connect(settings.model_copy(update={"ray_address": f"127.0.0.1:{ray_port(settings)}"}))
     return key
+
+
+def start_head(settings: Settings) -> None:
+    """`ray start --head` of the embedded head, its processes marked and in a session of their own
+    (the head's daemons stay in it when `ray start` exits, so `stop` finds them even where one
+    blanks its environment and its parent is gone)."""
+    argv, env = head_command(settings)
+    with subprocess.Popen(
+        argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
+    ) as proc:
+        record_session(settings, proc.pid)
+        try:
+            _, stderr = proc.communicate(timeout=180)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            _, stderr = proc.communicate()
+    if proc.returncode != 0:
+        raise SettingsError(f"`ray start` failed ({proc.returncode}): {stderr[-2000:]}")
 
 
 def stop(settings: Settings) -> int:
