@@ -40,7 +40,16 @@ from pipelines.core.errors import InvalidArgument, MlcycleError, StepSkipped
 from pipelines.core.params import ENV as PARAMS_ENV
 from pipelines.core.pod import pod_manifest
 from pipelines.core.settings import PROJECT_DIR, load_settings
-from pipelines.core.spec import Source, json_schema, load_spec, load_specs, pipeline_names, spec_for
+from pipelines.core.spec import (
+    FileSource,
+    Source,
+    SyntheticSource,
+    json_schema,
+    load_spec,
+    load_specs,
+    pipeline_names,
+    spec_for,
+)
 from pipelines.core.steps import step as step_info
 from pipelines.core.system import executable
 from pipelines.io import db
@@ -52,12 +61,16 @@ from pipelines.io.storage import to_json
 from pipelines.io.tracking import server_command
 from pipelines.local import follow, platform, stack
 from pipelines.local.statsd_exporter import Bridge
+from pipelines.steps.context import check_run_id
 from pipelines.steps.runner import RESULT_PREFIX, run_step
 from serving import embedded
 from serving.deploy import endpoint, render_serve_config, serve_champions
 
 if TYPE_CHECKING:
     from pipelines.core.settings import Settings
+
+RUN_ID_TEMPLATE = "{{ run_id }}"
+"""`pod render`'s default run id: the Jinja template Airflow fills in."""
 
 
 def _cmd_spec_validate(args: argparse.Namespace) -> int:
@@ -68,11 +81,25 @@ def _cmd_spec_validate(args: argparse.Namespace) -> int:
         except MlcycleError as err:
             print(err, file=sys.stderr)
             failed += 1
+            continue
+        problem = _source_problem(spec.source) if args.data else None
+        if problem:
+            print(f"{path}: {problem}", file=sys.stderr)
+            failed += 1
         else:
             print(
                 f"{path}: ok ({spec.name}: source {spec.source.kind}, feature service {spec.features.feature_service})"
             )
     return 2 if failed else 0
+
+
+def _source_problem(source: Source) -> str | None:
+    """Why a file source names no data here (its path resolved as ingest resolves it), else None."""
+    if not isinstance(source, FileSource):
+        return None
+    from pipelines.io.sources import file_source_problem  # heavy: pandas
+
+    return file_source_problem(source, load_settings())
 
 
 def _cmd_spec_schema(args: argparse.Namespace) -> int:
@@ -92,6 +119,8 @@ def _cmd_pod_render(args: argparse.Namespace) -> int:
     import yaml
 
     step_info(args.step)  # an unknown step is a clear error
+    if args.run_id != RUN_ID_TEMPLATE:
+        check_run_id(args.run_id)
     settings = load_settings()
     manifest = pod_manifest(spec_for(settings, args.pipeline), args.step, args.run_id, settings)
     print(yaml.safe_dump(manifest, sort_keys=False), end="")
@@ -99,8 +128,16 @@ def _cmd_pod_render(args: argparse.Namespace) -> int:
 
 
 def _cmd_data_generate(args: argparse.Namespace) -> int:
+    from pydantic import ValidationError
+
     from pipelines.ml.datagen import ChurnConfig, generate_churn  # heavy: numpy, pandas
 
+    sizes = {k: getattr(args, k) for k in ("customers", "months", "covariate_drift", "concept_drift", "fault_rate")}
+    try:  # the bounds of the spec's synthetic source, which generates the same data
+        SyntheticSource(kind="synthetic", seed=args.seed, **sizes)
+    except ValidationError as err:
+        lines = [line.replace("_", "-", line.index(":")) for line in follow.validation_lines(err)]
+        raise InvalidArgument("data generate: --" + "; --".join(lines)) from None
     cfg = ChurnConfig(
         customers=args.customers,
         months=args.months,
@@ -148,6 +185,8 @@ def _cmd_env(args: argparse.Namespace) -> int:
 
 def _cmd_runs_show(args: argparse.Namespace) -> int:
     settings = load_settings()
+    spec_for(settings, args.pipeline)  # one that exists, or an error naming the known ones
+    db.migrate(settings)  # a fresh state dir has no run tables yet
     run_id = args.run_id or latest_run_id(settings, args.pipeline)
     if run_id is None:
         print(f"no runs of {args.pipeline} yet")
@@ -157,7 +196,7 @@ def _cmd_runs_show(args: argparse.Namespace) -> int:
 
 
 def _cmd_labels_load(args: argparse.Namespace) -> int:
-    from pydantic import TypeAdapter
+    from pydantic import TypeAdapter, ValidationError
 
     settings = load_settings()
     if args.source.startswith("s3://"):
@@ -166,7 +205,10 @@ def _cmd_labels_load(args: argparse.Namespace) -> int:
         raw = {"kind": "postgres", "query": args.source, "url_env": args.url_env}
     else:
         raw = {"kind": "file", "path": str(Path(args.source).resolve())}
-    source = TypeAdapter(Source).validate_python(raw)
+    try:
+        source = TypeAdapter(Source).validate_python(raw)
+    except ValidationError as err:
+        raise InvalidArgument(f"labels load {args.source}: " + "; ".join(follow.validation_lines(err))) from None
     from pipelines.io.labels import load_labels  # heavy: pandas
 
     loaded = load_labels(settings, spec_for(settings, args.pipeline), source)
@@ -175,7 +217,10 @@ def _cmd_labels_load(args: argparse.Namespace) -> int:
 
 
 def _cmd_status(args: argparse.Namespace) -> int:
-    print(render_status(pipeline_status(load_settings(), args.pipeline)))
+    settings = load_settings()
+    spec_for(settings, args.pipeline)  # one that exists, or an error naming the known ones
+    db.migrate(settings)  # a fresh state dir has no tables yet
+    print(render_status(pipeline_status(settings, args.pipeline)))
     return 0
 
 
@@ -184,8 +229,18 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     if args.action == "config":
         return _serve_config(settings, args.check)
     if args.action == "stop":
-        embedded.stop(settings)
-        print("stopped")
+        stopped = embedded.stop(settings)
+        print(
+            f"stopped {stopped} processes of this state dir's Ray head" if stopped else "no Ray head of this state dir"
+        )
+        if embedded.ray_running(settings):
+            print(
+                f"mlcycle: a Ray head still answers on 127.0.0.1:{embedded.ray_port(settings)} and is not this state "
+                "dir's (not started by mlcycle, or before heads were marked): stop it yourself (`ray stop` would "
+                "end every Ray of this host)",
+                file=sys.stderr,
+            )
+            return 1
         return 0
     if args.action == "sync":
         return _serve_sync(settings, args.watch)
@@ -311,15 +366,18 @@ def _cmd_ps(args: argparse.Namespace) -> int:
 
 def _cmd_run(args: argparse.Namespace) -> int:
     settings = load_settings()
-    spec_for(settings, args.pipeline)  # one that exists, or an error naming the known ones
+    spec = spec_for(settings, args.pipeline)  # one that exists, or an error naming the known ones
+    conf = follow.parse_conf(args.conf)
+    follow.check_conf(conf, spec, settings)  # exit 2 with the reason before anything is triggered
     plat = platform.Platform(settings)
     if not plat.supervisor_running():
         raise InvalidArgument("the platform is not running: `mlcycle up` first")
-    run_id, state = follow.run_pipeline(plat.client(), settings, args.pipeline, follow.parse_conf(args.conf), args.wait)
+    run_id, state = follow.run_pipeline(plat.client(), settings, args.pipeline, conf, args.wait)
     if args.wait:
         print(f"\n==> {args.pipeline}_lifecycle {run_id}: {state}")
         print(follow.summary(settings, args.pipeline, run_id))
-        print(platform.open_these(plat, args.pipeline))
+        waiting = follow.without_champion(settings, args.pipeline, run_id, state)
+        print(platform.open_these(plat, args.pipeline, waiting))
     return 0 if state in ("success", "queued") else 1
 
 
@@ -335,6 +393,28 @@ def _cmd_drift_demo(args: argparse.Namespace) -> int:
     return run_drift_demo()
 
 
+def port(text: str) -> int:
+    """An argparse type: a TCP/UDP port, 1-65535. Pure."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a port: {text!r}") from None
+    if not 1 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"not a port: {value} (1-65535)")
+    return value
+
+
+def seconds(text: str) -> float:
+    """An argparse type: a positive, finite number of seconds. Pure."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"not a positive number of seconds: {text}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mlcycle", description="DAG-first model lifecycle")
     parser.add_argument("-v", "--verbose", action="store_true")
@@ -343,6 +423,12 @@ def build_parser() -> argparse.ArgumentParser:
     spec = sub.add_parser("spec", help="pipeline specs").add_subparsers(dest="action", required=True)
     p = spec.add_parser("validate", help="validate spec files")
     p.add_argument("files", nargs="+")
+    p.add_argument(
+        "--no-data",
+        dest="data",
+        action="store_false",
+        help="skip the check that a file source's path names data on this machine",
+    )
     p.set_defaults(func=_cmd_spec_validate)
     spec.add_parser("schema", help="print the JSON schema").set_defaults(func=_cmd_spec_schema)
 
@@ -359,7 +445,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = pod.add_parser("render", help="print a step's pod as YAML")
     p.add_argument("--pipeline", required=True)
     p.add_argument("--step", required=True)
-    p.add_argument("--run-id", default="{{ run_id }}")
+    p.add_argument("--run-id", default=RUN_ID_TEMPLATE)
     p.set_defaults(func=_cmd_pod_render)
 
     data = sub.add_parser("data", help="bundled data").add_subparsers(dest="action", required=True)
@@ -396,7 +482,7 @@ def build_parser() -> argparse.ArgumentParser:
         choices=["start", "stop", "config", "sync"],
         help="start: the head and every champion; config: write include/serve/serve.yaml; sync: every champion",
     )
-    p.add_argument("--watch", type=float, help="with sync: again every N seconds")
+    p.add_argument("--watch", type=seconds, help="with sync: again every N seconds")
     p.add_argument("--check", action="store_true", help="with config: fail when the checked-in file is stale")
     p.set_defaults(func=_cmd_serve)
 
@@ -410,13 +496,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("mlflow-server", help="the MLflow tracking server and UI on the platform database")
     p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=5000)
+    p.add_argument("--port", type=port, default=5000)
     p.set_defaults(func=_cmd_mlflow_server)
 
     p = sub.add_parser("statsd-exporter", help="Airflow's StatsD metrics as a Prometheus /metrics endpoint")
     p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--udp-port", type=int, default=9125)
-    p.add_argument("--http-port", type=int, default=9102)
+    p.add_argument("--udp-port", type=port, default=9125)
+    p.add_argument("--http-port", type=port, default=9102)
     p.set_defaults(func=_cmd_statsd_exporter)
 
     p = sub.add_parser("stack", help="the Compose stack: its .env of secrets, up, down, status")
@@ -425,11 +511,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--project", default="mlcycle", help="with env: the Compose project name")
     p.add_argument("--free-ports", action="store_true", help="with env: publish on free ports (tests)")
     p.add_argument("--volumes", action="store_true", help="with down: also delete the data volumes")
-    p.add_argument("--timeout", type=float, default=900, help="with up: seconds to wait for health")
+    p.add_argument("--timeout", type=seconds, default=900, help="with up: seconds to wait for health")
     p.set_defaults(func=_cmd_stack)
 
     p = sub.add_parser("up", help="the embedded platform's services (Airflow, MLflow UI, Ray Serve) under supervisord")
-    p.add_argument("--timeout", type=float, default=600, help="seconds to wait for every service to be healthy")
+    p.add_argument("--timeout", type=seconds, default=600, help="seconds to wait for every service to be healthy")
     p.add_argument("--exec", metavar="SERVICE", help=argparse.SUPPRESS)  # supervisord's program command
     p.set_defaults(func=_cmd_up)
     sub.add_parser("down", help="stop the platform's services and its database (the data stays)").set_defaults(

@@ -1,23 +1,61 @@
 """The embedded profile's Ray: a local head started by `mlcycle serve start`, on 127.0.0.1.
 
 Ray's workers inherit the environment of `ray start`, so the settings (state dir, pipelines dir)
-and the serving API keys reach the replicas. Without `MLCYCLE_SERVING_API_KEYS` in the
+and the serving API keys reach the replicas. So does a mark made at each start
+(`MLCYCLE_RAY_HEAD`, recorded in `<state_dir>/ray-head.mark` with the session `serve start` runs
+the head in): `stop` ends the processes that carry this state dir's mark, those of that session and
+their descendants (the head, its raylet, agents, workers, Serve's actors and the HAProxy they run),
+and no other Ray of the host (`ray stop` would end them all). Without `MLCYCLE_SERVING_API_KEYS` in the
 environment, one key is generated into `<state_dir>/serving-api-key` (mode 600) and reused.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
 import socket
 import subprocess
+from pathlib import Path
 
 from pipelines.core.errors import SettingsError
 from pipelines.core.settings import Settings
-from pipelines.core.system import executable, secret_file
+from pipelines.core.system import executable, secret_file, stop_started, write_private
 from serving.deploy import connect, haproxy_dir, serve_env
 
 RAY_PORT = 6380
+HEAD_MARK = "MLCYCLE_RAY_HEAD"
+"""The variable every process of a head this platform started carries in its environment."""
+
+
+def mark_path(settings: Settings) -> Path:
+    return settings.state_path / "ray-head.mark"
+
+
+def new_mark(settings: Settings) -> str:
+    """A fresh mark for a head about to start, recorded (mode 600) for `stop`."""
+    mark = f"{settings.state_path}#{secrets.token_hex(8)}"
+    write_private(mark_path(settings), json.dumps({"mark": mark, "session": None}))
+    return mark
+
+
+def record_session(settings: Settings, session: int) -> None:
+    """Add to the recorded mark the session the head's processes were started in."""
+    write_private(mark_path(settings), json.dumps({"mark": recorded_mark(settings), "session": session}))
+
+
+def recorded(settings: Settings) -> tuple[str | None, int | None]:
+    """The mark and the session (where one was made) of the last head this state dir started."""
+    path = mark_path(settings)
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None, None
+    return data.get("mark") or None, data.get("session")
+
+
+def recorded_mark(settings: Settings) -> str | None:
+    return recorded(settings)[0]
 
 
 def ray_port(settings: Settings) -> int:
@@ -61,6 +99,7 @@ def head_command(
         "MLCYCLE_STATE_DIR": str(settings.state_path),
         **serve_env(settings, executable("mlcycle-haproxy"), str(settings.state_path)),
         "RAY_AUTH_MODE": "token",
+        HEAD_MARK: new_mark(settings),
     }
     if settings.pipelines_dir:
         env["MLCYCLE_PIPELINES_DIR"] = str(settings.pipelines_dir)
@@ -98,22 +137,40 @@ def start(settings: Settings) -> str:
     """Start the local Ray head (if none runs) and Serve's HTTP proxy; returns the API key."""
     key = api_key(settings)
     if not ray_running(settings):
-        argv, env = head_command(settings)
-        started = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=180)
-        if started.returncode != 0:
-            raise SettingsError(f"`ray start` failed ({started.returncode}): {started.stderr[-2000:]}")
+        start_head(settings)
 
     connect(settings.model_copy(update={"ray_address": f"127.0.0.1:{ray_port(settings)}"}))
     return key
 
 
-def stop(settings: Settings) -> None:
-    """Stop the local Ray, and the HAProxy that Serve ran for this state directory: `ray stop`
-    kills Serve's proxy actor without letting it stop its HAProxy, which would go on holding the
-    HTTP port for the next head."""
-    ray = executable("ray")
-    subprocess.run([str(ray), "stop", "--force"], capture_output=True, timeout=120)
+def start_head(settings: Settings) -> None:
+    """`ray start --head` of the embedded head, its processes marked and in a session of their own
+    (the head's daemons stay in it when `ray start` exits, so `stop` finds them even where one
+    blanks its environment and its parent is gone)."""
+    argv, env = head_command(settings)
+    with subprocess.Popen(
+        argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
+    ) as proc:
+        record_session(settings, proc.pid)
+        try:
+            _, stderr = proc.communicate(timeout=180)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            _, stderr = proc.communicate()
+    if proc.returncode != 0:
+        raise SettingsError(f"`ray start` failed ({proc.returncode}): {stderr[-2000:]}")
+
+
+def stop(settings: Settings) -> int:
+    """Stop the Ray head this state directory started (every process carrying its mark: GCS,
+    raylet, workers, Serve's actors) and the HAProxy Serve ran for it, which a killed proxy actor
+    leaves holding the HTTP port; never another Ray of the host. Returns how many processes
+    carried the mark (0: none, or a head started before heads were marked, which `ray stop` on
+    its own address must end)."""
+    mark, session = recorded(settings)
+    stopped = stop_started(HEAD_MARK, mark, session) if mark else 0
     stop_haproxy(str(haproxy_dir(str(settings.state_path))))
+    return stopped
 
 
 def stop_haproxy(config_dir: str) -> int:

@@ -1,14 +1,18 @@
 """Small operating-system helpers every layer uses: a secret file, an executable of this
-environment, a child process stopped politely."""
+environment, a child process stopped politely, and the processes a start marked (by a variable in
+their environment, which every descendant inherits) stopped without touching any other."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import subprocess
 import sys
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 
 def secret_file(path: Path, make: Callable[[], str]) -> str:
@@ -64,3 +68,87 @@ def stop_processes(procs: Iterable[subprocess.Popen[bytes] | subprocess.Popen[st
         except subprocess.TimeoutExpired:
             p.kill()
             p.wait()
+
+
+def carries_mark(environ: Mapping[str, str], name: str, value: str) -> bool:
+    """Whether a process's environment holds the mark `name=value` its starter gave it. Pure."""
+    return bool(value) and environ.get(name) == value
+
+
+@dataclass(frozen=True)
+class Proc:
+    """What the selection needs to know of a process: its id, its parent's, its session's, and
+    whether its environment carries the mark."""
+
+    pid: int
+    ppid: int
+    sid: int
+    marked: bool
+
+
+def select_started(procs: Iterable[Proc], session: int | None = None) -> list[int]:
+    """The processes a start began: those carrying its mark, those of the session it recorded
+    (`session`, where it started its processes in a session of their own), and every descendant
+    of these (a process that rewrites its title, as Ray's agents do, can blank the environment
+    the kernel shows, not its parentage). Nothing else. Pure."""
+    table = list(procs)
+    chosen = {p.pid for p in table if p.marked or (session is not None and p.sid == session)}
+    children: dict[int, list[int]] = {}
+    for p in table:
+        children.setdefault(p.ppid, []).append(p.pid)
+    todo = list(chosen)
+    while todo:
+        for child in children.get(todo.pop(), []):
+            if child not in chosen:
+                chosen.add(child)
+                todo.append(child)
+    return sorted(chosen)
+
+
+def _proc_table(name: str, value: str) -> list[Proc]:
+    import psutil  # heavy: only stopping needs it
+
+    table = []
+    for proc in psutil.process_iter(["pid", "ppid"]):
+        try:
+            environ = proc.environ()
+        except (psutil.AccessDenied, psutil.NoSuchProcess, psutil.ZombieProcess, OSError):
+            environ = {}
+        try:
+            sid = os.getsid(proc.pid)
+        except OSError:
+            continue  # gone
+        table.append(Proc(proc.pid, proc.info["ppid"] or 0, sid, carries_mark(environ, name, value)))
+    return table
+
+
+def started_processes(name: str, value: str, session: int | None = None) -> list[Any]:
+    """The processes (psutil) `select_started` picks on this host for the mark `name=value`, the
+    calling process and its ancestors aside."""
+    import psutil  # heavy: only stopping needs it
+
+    mine = {os.getpid(), *(p.pid for p in psutil.Process().parents())}
+    found = []
+    for pid in select_started(_proc_table(name, value), session):
+        if pid in mine:
+            continue
+        with contextlib.suppress(psutil.NoSuchProcess):
+            found.append(psutil.Process(pid))
+    return found
+
+
+def stop_started(name: str, value: str, session: int | None = None, grace_s: float = 15.0) -> int:
+    """SIGTERM the processes `started_processes` finds, wait up to `grace_s`, then SIGKILL the
+    ones still running; returns how many there were. No other process is signalled."""
+    import psutil  # heavy: only stopping needs it
+
+    procs = started_processes(name, value, session)
+    for proc in procs:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            proc.terminate()
+    _, alive = psutil.wait_procs(procs, timeout=grace_s)
+    for proc in alive:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            proc.kill()
+    psutil.wait_procs(alive, timeout=grace_s)
+    return len(procs)

@@ -16,7 +16,6 @@ from psycopg.conninfo import conninfo_to_dict
 from pipelines.core.settings import Settings
 from pipelines.io.db import sqlalchemy_url
 from pipelines.io.featurestore import REDIS_REPO_YAML, feast_env, redis_connection_string
-from pipelines.io.tracking import schema_url
 
 
 @dataclass(frozen=True)
@@ -26,9 +25,19 @@ class Var:
     value: str
 
 
+def tracking_server_url(settings: Settings) -> str:
+    """The MLflow tracking server the UI runs: `MLCYCLE_MLFLOW_UI_URL` where it is set (a cluster's
+    MLflow service), else the embedded platform's own (`mlcycle up`: `mlflow server` on
+    127.0.0.1:`MLCYCLE_MLFLOW_PORT`), else the UI URL's default. Pure."""
+    if "mlflow_ui_url" not in settings.model_fields_set and settings.profile == "embedded":
+        return f"http://127.0.0.1:{settings.mlflow_port}"
+    return settings.mlflow_ui_url.rstrip("/")
+
+
 def client_env(settings: Settings, database_url: str, pipeline: str) -> list[Var]:
-    """The variables of every plain client, grouped by client. Pure."""
-    out = [Var("MLflow client (tracking and registry)", "MLFLOW_TRACKING_URI", schema_url(database_url, "mlflow"))]
+    """The variables of every plain client, grouped by client. Pure. The MLflow client talks to
+    the tracking server (what the UI shows, over HTTP), never to the database under it."""
+    out = [Var("MLflow client (tracking and registry)", "MLFLOW_TRACKING_URI", tracking_server_url(settings))]
     if settings.s3_endpoint_url:
         out.append(Var("MLflow client (tracking and registry)", "MLFLOW_S3_ENDPOINT_URL", settings.s3_endpoint_url))
     feast = f"Feast SDK: FeatureStore(repo_path='{settings.project_dir / 'feature_repo'}')"

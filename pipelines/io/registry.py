@@ -6,13 +6,18 @@ version to which, when and why in the platform table `alias_audit`.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from pipelines.core.errors import SettingsError
 from pipelines.core.settings import Settings
 from pipelines.io.db import connect, fetch_dicts
 from pipelines.io.tracking import setup_mlflow
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 CHAMPION = "champion"
 CHALLENGER = "challenger"
@@ -115,12 +120,118 @@ def champion_version(settings: Settings, pipeline: str) -> int:
 
 
 def load_onnx_model(settings: Settings, pipeline: str, model: str, version: int) -> bytes:
-    """The serialized ONNX model of a registered version of a pipeline's model."""
+    """The serialized ONNX model of a registered version of a pipeline's model (its `onnx` flavor:
+    the versions `log_onnx_model` logs and the older, ONNX-only ones alike)."""
     import mlflow.onnx  # heavy: mlflow
 
     setup_mlflow(settings, pipeline)
     loaded = mlflow.onnx.load_model(f"models:/{model}/{version}")
     return bytes(loaded.SerializeToString())
+
+
+PYFUNC_CODE = Path(__file__).with_name("onnx_pyfunc.py")
+"""The pyfunc MLflow copies into every logged model (see that module)."""
+PYFUNC_ARTIFACT = "model"
+PYFUNC_PACKAGES = ("mlflow", "onnx", "onnxruntime", "numpy", "pandas")
+
+
+MLFLOW_TYPES = {"int": "long", "float": "double", "bool": "boolean", "string": "string", "datetime": "datetime"}
+
+
+def pyfunc_inputs(inputs: list[tuple[str, str]], contract: Mapping[str, tuple[str, bool]]) -> list[tuple[str, str]]:
+    """The MLflow column type of each model input, as the contract declares it (`contract`: name ->
+    (dtype, nullable)): `long` for an int (`double` where it may be null: pandas holds such a column
+    as floats), `double`, `string`, `boolean`; an input the contract does not name, from its ONNX
+    type (`string` or `double`). Pure."""
+    out = []
+    for name, kind in inputs:
+        dtype, nullable = contract.get(name, ("string" if kind == "tensor(string)" else "float", True))
+        out.append((name, "double" if dtype == "int" and nullable else MLFLOW_TYPES[dtype]))
+    return out
+
+
+PANDAS_TYPES = {"long": "int64", "double": "float64", "boolean": "bool", "datetime": "datetime64[ns, UTC]"}
+
+
+def example_frame(df: pd.DataFrame, columns: list[tuple[str, str]], rows: int = 5) -> pd.DataFrame:
+    """A few rows of raw features, the model's input columns only, typed as the signature says
+    (`columns`: name -> MLflow type). Pure."""
+    out = df[[name for name, _ in columns]].head(rows).reset_index(drop=True)
+    for name, kind in columns:
+        out[name] = out[name].astype(str) if kind == "string" else out[name].astype(PANDAS_TYPES[kind])
+    return out
+
+
+class _OnnxPyfuncFlavor:
+    """What `mlflow.models.Model.log` calls to save a model: the pyfunc of `onnx_pyfunc.py` on the
+    ONNX file, with the `onnx` flavor added on the same file, so `mlflow.onnx.load_model` (serving,
+    evaluate, drift) and `mlflow.pyfunc.load_model(...).predict(dataframe)` both load it."""
+
+    __name__ = "mlcycle_onnx"
+
+    def save_model(self, path: str, mlflow_model: Any, *, onnx_file: str, signature: Any, example: Any) -> None:
+        import importlib.metadata
+
+        import mlflow.pyfunc  # heavy: mlflow
+        import onnx
+
+        requirements = [f"{p}=={importlib.metadata.version(p)}" for p in PYFUNC_PACKAGES]
+        mlflow.pyfunc.save_model(
+            path=path,
+            mlflow_model=mlflow_model,
+            python_model=str(PYFUNC_CODE),
+            artifacts={PYFUNC_ARTIFACT: onnx_file},
+            signature=signature,
+            input_example=example,
+            pip_requirements=requirements,
+        )
+        data = f"artifacts/{Path(onnx_file).name}"
+        if not (Path(path) / data).is_file():
+            raise AssertionError(f"MLflow saved the pyfunc's artifact elsewhere than {data}")
+        mlflow_model.add_flavor("onnx", onnx_version=onnx.__version__, data=data, providers=["CPUExecutionProvider"])
+        mlflow_model.save(str(Path(path) / "MLmodel"))
+
+
+def log_onnx_model(
+    onnx_bytes: bytes, features: pd.DataFrame, contract: Mapping[str, tuple[str, bool]], name: str = "model"
+) -> str:
+    """Log the ONNX model to the active MLflow run with a signature (the contract's types of its
+    inputs, `pyfunc_inputs`) and an input example (a few rows of `features`, raw columns as the
+    endpoint takes them); returns the logged model's URI."""
+    import tempfile
+
+    import mlflow  # heavy: mlflow, onnxruntime
+    import numpy as np
+    from mlflow.models import Model
+    from mlflow.models.signature import ModelSignature
+    from mlflow.types.schema import ColSpec, Schema, TensorSpec
+
+    from pipelines.ml.model import onnx_session, predict_onnx
+
+    session = onnx_session(onnx_bytes)
+    inputs = [(i.name, i.type) for i in session.get_inputs()]
+    columns = pyfunc_inputs(inputs, contract)
+    example = example_frame(features, columns)
+    scores = predict_onnx(session, example)
+    scores = scores.reshape(-1) if scores.ndim == 2 and scores.shape[1] == 1 else scores
+    signature = ModelSignature(
+        inputs=Schema([ColSpec(kind, column) for column, kind in columns]),
+        outputs=Schema([TensorSpec(np.dtype("float64"), (-1, *scores.shape[1:]))]),
+    )
+    with tempfile.TemporaryDirectory(prefix="mlcycle-onnx-") as tmp:
+        onnx_file = Path(tmp) / "model.onnx"
+        onnx_file.write_bytes(onnx_bytes)
+        info = Model.log(
+            artifact_path=None,
+            name=name,
+            flavor=_OnnxPyfuncFlavor(),
+            onnx_file=str(onnx_file),
+            signature=signature,
+            example=example,
+        )
+    if mlflow.active_run() is None:
+        raise AssertionError("log_onnx_model needs an active MLflow run")
+    return str(info.model_uri)
 
 
 def audit(settings: Settings, pipeline: str) -> list[dict[str, Any]]:

@@ -11,16 +11,17 @@ from __future__ import annotations
 
 import functools
 import os
+import re
 import shutil
 import tempfile
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO, cast
 
-from pipelines.core.errors import SourceDataError, SourceError, SourceUnavailable
+from pipelines.core.errors import InvalidArgument, SourceDataError, SourceError, SourceUnavailable
 from pipelines.core.settings import Settings
 from pipelines.core.spec import (
     DatasetSource,
@@ -93,7 +94,9 @@ def file_frames(
     except (pa.ArrowInvalid, OSError, EOFError) as err:  # EOFError: a truncated gzip
         kind = "Parquet" if fmt == "parquet" else "CSV"
         raise SourceDataError(f"{where}: not a readable {kind} file (truncated or corrupt?): {err}") from None
-    except (pd.errors.EmptyDataError, pd.errors.ParserError, UnicodeDecodeError) as err:
+    except UnicodeDecodeError as err:
+        raise SourceDataError(f"{where}: not a readable CSV file: not UTF-8 text (byte {err.start})") from None
+    except (pd.errors.EmptyDataError, pd.errors.ParserError) as err:
         raise SourceDataError(f"{where}: not a readable CSV file: {err}") from None
     if count == 0:
         raise SourceDataError(f"{where}: the source has no rows")
@@ -105,7 +108,15 @@ def _parquet_frames(stream: BinaryIO, rows: int) -> Iterator[pd.DataFrame]:
 
     parquet = pq.ParquetFile(stream)
     for batch in parquet.iter_batches(batch_size=rows):
-        yield pa.Table.from_batches([batch], schema=parquet.schema_arrow).to_pandas()
+        yield index_as_columns(pa.Table.from_batches([batch], schema=parquet.schema_arrow).to_pandas())
+
+
+def index_as_columns(df: pd.DataFrame) -> pd.DataFrame:
+    """A frame whose named index levels (pandas' `to_parquet` of `df.set_index("customer_id")`
+    stores the index with the data) are columns again, so no column is lost at ingest; an unnamed
+    index (a RangeIndex, a row number) is not data and stays an index. Pure."""
+    named = [n for n in df.index.names if n is not None and n not in df.columns]
+    return df.reset_index(level=named) if named else df
 
 
 def _csv_frames(stream: BinaryIO, where: str, delimiter: str, rows: int) -> Iterator[pd.DataFrame]:
@@ -135,10 +146,28 @@ def delimiter_hint(columns: list[str], delimiter: str) -> str | None:
         if other != delimiter and other in header:
             shown = "\\t" if other == "\t" else other
             return (
-                f"read as one column '{header[:60]}': the file looks separated by '{shown}', not "
-                f"'{delimiter}'; set source.delimiter: '{shown}' in the spec"
+                f"read as one column, and its header holds '{shown}': the file looks separated by '{shown}', "
+                f"not '{delimiter}'; set source.delimiter: '{shown}' in the spec"
             )
     return None
+
+
+def columns_text(n: int) -> str:
+    """ "1 column", "7 columns". Pure."""
+    return f"{n} column" + ("" if n == 1 else "s")
+
+
+def no_column_text(n_columns: int, column: str, required: Sequence[str] = (), delimiter: str | None = ",") -> str:
+    """Why data without the column a window is read by cannot be this pipeline's: its count of
+    columns and what the contract needs, never its own column names (a file's first line may be
+    anything, a copy of /etc/passwd included). `delimiter`: a file's (None: a query's rows). Pure."""
+    what = "the file" if delimiter is not None else "the source"
+    text = f"{what} has {columns_text(n_columns)} and none is {column}, the column the run's window is read by"
+    text += f"; the contract needs {', '.join(required)}" if required else ""
+    if delimiter is None:
+        return text
+    shown = "\\t" if delimiter == "\t" else delimiter
+    return f"{text}: is it a CSV of this pipeline with a header, separated by '{shown}' (source.delimiter)?"
 
 
 def instants(values: pd.Series) -> pd.Series:
@@ -171,21 +200,31 @@ def within(df: pd.DataFrame, column: str, window: Window) -> pd.DataFrame:
     return df[in_window(instants(_column(df, column)), window).to_numpy()].reset_index(drop=True)
 
 
-def _column(df: pd.DataFrame, column: str) -> pd.Series:
+def _column(df: pd.DataFrame, column: str, required: Sequence[str] = ()) -> pd.Series:
     if column not in df.columns:
-        columns = list(df.columns)
-        raise SourceDataError(f"the source has no {column} column to read a time window by (columns: {columns})")
+        raise SourceDataError(no_column_text(len(df.columns), column, required, delimiter=None))
     return df[column]
 
 
-def read_source(source: Source, settings: Settings, window: Window | None = None, timestamp: str = "") -> pd.DataFrame:
+def read_source(
+    source: Source,
+    settings: Settings,
+    window: Window | None = None,
+    timestamp: str = "",
+    required: Sequence[str] = (),
+) -> pd.DataFrame:
     """Read the spec's source into a frame; with a window, only its rows (by the `timestamp`
     column), or a SourceError saying which window found none. Files are read chunk by chunk and
-    the window applied to each, so memory holds the window's rows, not the file."""
-    return gather(_frames(source, settings, window), window, timestamp)
+    the window applied to each, so memory holds the window's rows, not the file. `required` (the
+    contract's columns) only words the error for a file that is not this pipeline's data; no error
+    quotes a file's content."""
+    frames = _frames(source, settings, window, timestamp if window is not None else "", required)
+    return gather(frames, window, timestamp, required)
 
 
-def gather(frames: Iterable[pd.DataFrame], window: Window | None, timestamp: str) -> pd.DataFrame:
+def gather(
+    frames: Iterable[pd.DataFrame], window: Window | None, timestamp: str, required: Sequence[str] = ()
+) -> pd.DataFrame:
     """One frame of the rows of `frames` in the window (every row without one); the frames must
     have the same columns. Holds only the kept rows of the frames read so far."""
     import pandas as pd  # heavy: pandas
@@ -197,10 +236,10 @@ def gather(frames: Iterable[pd.DataFrame], window: Window | None, timestamp: str
         if columns is None:
             columns = list(frame.columns)
         elif list(frame.columns) != columns:
-            other = list(frame.columns)
-            raise SourceDataError(f"the files of the source have different columns: {columns} and {other}")
+            differ = columns_differ(columns, list(frame.columns), required)
+            raise SourceDataError(f"the files of the source have different columns: {differ}")
         if window is not None:
-            ts = instants(_column(frame, timestamp))
+            ts = instants(_column(frame, timestamp, required))
             span = widened(span, ts.min(), ts.max())
             frame = frame[in_window(ts, window).to_numpy()]
         if len(frame):
@@ -214,6 +253,21 @@ def gather(frames: Iterable[pd.DataFrame], window: Window | None, timestamp: str
     if not kept:
         raise SourceDataError("the source has no rows")
     return pd.concat(kept, ignore_index=True) if len(kept) > 1 else kept[0].reset_index(drop=True)
+
+
+def columns_differ(first: list[str], other: list[str], required: Sequence[str] = ()) -> str:
+    """How two files' headers differ, naming only the contract's columns (a header is the file's
+    content). Pure."""
+    lost = [c for c in required if c in first and c not in other]
+    gained = [c for c in required if c not in first and c in other]
+    text = f"{columns_text(len(first))} in the first, {columns_text(len(other))} in a later one"
+    if lost:
+        text += f"; the later one lacks {', '.join(lost)}"
+    if gained:
+        text += f"; the first one lacks {', '.join(gained)}"
+    if not lost and not gained:
+        text += "; the names or their order differ"
+    return text
 
 
 def widened(span: tuple[Any, Any] | None, lo: Any, hi: Any) -> tuple[Any, Any] | None:
@@ -233,11 +287,17 @@ class DataFile:
     open: Callable[[], AbstractContextManager[BinaryIO]]
 
 
-def _frames(source: Source, settings: Settings, window: Window | None) -> Iterator[pd.DataFrame]:
+def _frames(
+    source: Source, settings: Settings, window: Window | None, timestamp: str = "", required: Sequence[str] = ()
+) -> Iterator[pd.DataFrame]:
     if isinstance(source, (FileSource, S3Source)):
         for f in _files(source, settings, window):
             with f.open() as stream:
-                yield from file_frames(stream, f.fmt, f.where, source.delimiter)
+                for n, frame in enumerate(file_frames(stream, f.fmt, f.where, source.delimiter)):
+                    if n == 0 and timestamp and timestamp not in frame.columns:
+                        problem = no_column_text(len(frame.columns), timestamp, required, source.delimiter)
+                        raise SourceDataError(f"{f.where}: {problem}")
+                    yield frame
     elif isinstance(source, PostgresSource):
         yield _read_postgres(source, settings, window)
     elif isinstance(source, SyntheticSource):
@@ -252,9 +312,7 @@ def _frames(source: Source, settings: Settings, window: Window | None) -> Iterat
 def _files(source: FileSource | S3Source, settings: Settings, window: Window | None) -> list[DataFile]:
     """The files a file source (a path or a directory) or an S3 source (an object or a prefix) names."""
     if isinstance(source, FileSource):
-        path = Path(render_location(source.path, window) if window else source.path).expanduser()
-        if not path.is_absolute():
-            path = settings.project_dir / path
+        path = local_path(render_location(source.path, window) if window else source.path, settings)
         paths = [path]
         if path.is_dir():
             paths = sorted(f for f in path.iterdir() if f.is_file() and _data_file(f.name))
@@ -272,6 +330,83 @@ def _files(source: FileSource | S3Source, settings: Settings, window: Window | N
 
 
 DATA_SUFFIXES = (".csv", ".csv.gz", ".parquet", ".pq")
+
+
+def local_path(text: str, settings: Settings) -> Path:
+    """A file source's path as the platform reads it: `~` expanded, a relative path taken from the
+    project directory (`MLCYCLE_PROJECT_DIR`, default the repository root or the image's install
+    root), never from the current directory."""
+    path = Path(text).expanduser()
+    return path if path.is_absolute() else settings.project_dir / path
+
+
+def fixed_part(template: str) -> str:
+    """The part of a path before its first window field (`data/dt={as_of:%Y}.csv` -> `data/dt=`). Pure."""
+    return template.split("{", 1)[0]
+
+
+def template_glob(template: str) -> str:
+    """A window template as the glob of the files it can name (`dt={as_of:%Y-%m-%d}.csv` ->
+    `dt=*.csv`). Pure."""
+    return re.sub(r"\{[^{}]*\}", "*", template)
+
+
+def file_source_problem(source: FileSource, settings: Settings) -> str | None:
+    """Why a file source's path names no data on this machine (None: it does), resolved as ingest
+    resolves it (`local_path`): a file that does not exist, a directory with no .csv or .parquet
+    file, a window template whose folder is missing or matches no file yet."""
+    templated = template_glob(source.path) != source.path
+    if templated:
+        pattern = local_path(template_glob(source.path), settings)
+        folder = local_path(fixed_part(source.path) or ".", settings)
+        folder = folder if fixed_part(source.path).endswith("/") else folder.parent
+        if not folder.is_dir():
+            return f"source.path: {source.path}: the folder {folder} does not exist"
+        if not any(folder.glob(str(pattern.relative_to(folder)))):
+            return f"source.path: {source.path}: no file matches {pattern} yet"
+        return None
+    path = local_path(source.path, settings)
+    where = source.path if str(path) == source.path else f"{source.path} ({path})"
+    if path.is_dir():
+        if not any(f.is_file() and _data_file(f.name) for f in path.iterdir()):
+            return f"source.path: {where}: the folder holds no .csv or .parquet file"
+        return None
+    if not path.exists():
+        return f"source.path: {where} does not exist (a relative path is read from {settings.project_dir})"
+    return None
+
+
+OVERRIDE_DIR = "data"
+"""The state directory's folder from which a run's `source_uri` may read any file."""
+
+
+def override_roots(source: Source, settings: Settings) -> list[Path]:
+    """The folders a run's local `source_uri` may read from: `<state dir>/data` and, where the
+    spec's own source is a file source, the folder it reads (a directory source: itself; a file or a
+    window template: the folder that holds it)."""
+    roots = [settings.state_path / OVERRIDE_DIR]
+    if isinstance(source, FileSource):
+        fixed = fixed_part(source.path)
+        spec_path = local_path(fixed or ".", settings)
+        templated = fixed != source.path
+        roots.append(spec_path if spec_path.is_dir() and not templated else spec_path.parent)
+    return roots
+
+
+def check_override(uri: str, source: Source, settings: Settings) -> None:
+    """Refuse a run's local `source_uri` outside `override_roots` (after symlinks are resolved), so
+    a run trigger cannot make ingest read any file on the host. An `s3://` URI is not limited
+    here: per-pipeline prefixes need the settings of the least-privilege issue (#34)."""
+    if uri.startswith("s3://"):
+        return
+    path = local_path(uri, settings).resolve()
+    roots = [r.resolve() for r in override_roots(source, settings)]
+    if not any(path.is_relative_to(r) for r in roots):
+        allowed = " or ".join(str(r) for r in roots)
+        raise InvalidArgument(
+            f"source_uri: {uri} is outside the folders a run may read from ({allowed}); copy the file there "
+            "or change the spec's source"
+        )
 
 
 def synthetic_config(source: SyntheticSource, today: date, seed_offset: int = 0) -> ChurnConfig:

@@ -25,7 +25,7 @@ from pipelines.io import vectors
 from pipelines.io.registry import champion_version, load_onnx_model, model_name
 from pipelines.io.sources import synthetic_config
 from pipelines.io.status import pipeline_status, render_status
-from pipelines.local.follow import run_pipeline, summary
+from pipelines.local.follow import run_pipeline, summary, without_champion
 from pipelines.local.platform import Platform, open_these
 from pipelines.local.traffic import SteadyTraffic, known_entities, predict_rows
 from pipelines.ml.datagen import auto_start, generate_churn
@@ -77,7 +77,7 @@ def run_demo(pipeline: str = "churn") -> int:
         if spec_for(settings, pipeline).embeddings is not None:
             print(similar_example(settings, pipeline))
     print()
-    print(open_these(plat, pipeline))
+    print(open_these(plat, pipeline, without_champion(settings, pipeline, run_id, state)))
     return 0 if state == "success" else 1
 
 

@@ -14,10 +14,15 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from pipelines.core.errors import InvalidArgument
+from pydantic import ValidationError
+
+from pipelines.core.errors import InvalidArgument, SettingsError
+from pipelines.core.params import FORM, RunParams, apply
 from pipelines.core.settings import Settings
+from pipelines.core.spec import PipelineSpec
+from pipelines.io.registry import champion_version
 from pipelines.io.runs import headline, render_run, run_steps
-from pipelines.local.local_airflow import TERMINAL, AirflowClient
+from pipelines.local.local_airflow import TERMINAL, AirflowClient, ApiError
 
 FINISHED = {"success", "failed", "skipped", "upstream_failed", "removed"}
 
@@ -35,6 +40,60 @@ def parse_conf(pairs: list[str]) -> dict[str, Any]:
         except ValueError:
             conf[key.strip()] = raw
     return conf
+
+
+def check_conf(conf: dict[str, Any], spec: PipelineSpec, settings: Settings) -> None:
+    """Refuse a run's conf before anything is triggered, with the message the trigger form or the
+    runner would give (InvalidArgument: exit 2): a key that is no run param, a value of the wrong
+    type or range, a spec the params break, a `source_uri` outside the folders a run may read."""
+    unknown = sorted(k for k in conf if k not in FORM)
+    if unknown:
+        raise InvalidArgument(f"--conf {', '.join(unknown)}: not a run param; the run params are {', '.join(FORM)}")
+    try:
+        params = RunParams.model_validate(conf)
+    except ValidationError as err:
+        raise InvalidArgument("--conf " + "; ".join(validation_lines(err))) from None
+    apply(spec, params)  # InvalidArgument where the run's spec would not validate
+    if params.source_uri:
+        from pipelines.io.sources import check_override  # heavy: pandas
+
+        check_override(params.source_uri, spec.source, settings)
+
+
+def validation_lines(err: ValidationError) -> list[str]:
+    """`field: message (given value)` per error of a pydantic validation. Pure."""
+    lines = []
+    for e in err.errors():
+        where = ".".join(str(part) for part in e["loc"]) or "value"
+        given = f" (given {e['input']!r})" if "input" in e and not isinstance(e["input"], dict) else ""
+        lines.append(f"{where}: {e['msg']}{given}")
+    return lines
+
+
+def no_champion_reason(steps: dict[str, Any], state: str) -> str:
+    """Why a pipeline that has no champion after this run has none: the evaluate step's verdict,
+    or the step where the run stopped and why. `steps`: the run's step rows (`StepRow`) by step
+    name, in lifecycle order. Pure."""
+    evaluate = steps.get("evaluate")
+    verdict = (evaluate.outputs or {}).get("verdict") if evaluate is not None else None
+    if verdict and not verdict.get("passed"):
+        return "the model failed its gates: " + "; ".join(verdict.get("reasons") or ["(no reason recorded)"])
+    for name, row in steps.items():  # in lifecycle order
+        if row.status in ("failed", "skipped", "interrupted"):
+            why = (row.outputs or {}).get("reason") if row.status == "skipped" else row.error
+            return f"the run's {name} step {row.status}" + (f": {why}" if why else "")
+    return f"the run ended {state} before a model was promoted"
+
+
+def without_champion(settings: Settings, pipeline: str, run_id: str, state: str) -> dict[str, str] | None:
+    """`{pipeline: why}` where the pipeline has no champion after the run (for `open_these`: no
+    endpoint URL, which would answer 404), else None."""
+    try:
+        champion_version(settings, pipeline)
+    except SettingsError:
+        steps = {row.step: row for row in run_steps(settings, pipeline, run_id)}
+        return {pipeline: no_champion_reason(steps, state)}
+    return None
 
 
 def task_key(ti: dict[str, Any]) -> str:
@@ -79,7 +138,12 @@ def run_pipeline(
     logging.getLogger("httpx").setLevel(logging.WARNING)  # a line per poll otherwise
     dag = f"{pipeline}_lifecycle"
     client.wait_for_dag(dag)
-    run_id = client.trigger(dag, conf)
+    try:
+        run_id = client.trigger(dag, conf)
+    except ApiError as err:
+        if err.status in (400, 422):  # the DAG's params refused the conf: the user's to fix
+            raise InvalidArgument(f"{dag}: Airflow refused the run's conf: {err.detail}") from None
+        raise
     say(f"==> {dag} {run_id}" + (f" conf {json.dumps(conf)}" if conf else ""))
     say(f"    {client.url}/dags/{dag}/runs/{run_id}")
     if not wait:

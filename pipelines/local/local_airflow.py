@@ -89,6 +89,33 @@ def services_env(settings: Settings, port: int, base: dict[str, str] | None = No
     return env
 
 
+class ApiError(RuntimeError):
+    """Airflow's REST API answered an error: its status and what it said."""
+
+    def __init__(self, method: str, path: str, status: int, text: str) -> None:
+        super().__init__(f"{method} {path}: {status} {text[:500]}")
+        self.status, self.detail = status, api_detail(text)
+
+
+def api_detail(text: str) -> str:
+    """The readable part of an Airflow API error body (`detail`, a string or pydantic-style
+    errors), else the text itself, cut short. Pure."""
+    try:
+        detail = json.loads(text).get("detail", text)
+    except (ValueError, AttributeError):
+        return text[:500]
+    if isinstance(detail, list):
+        parts = []
+        for e in detail:
+            where = ".".join(str(p) for p in e.get("loc", [])) if isinstance(e, dict) else ""
+            msg = e.get("msg", e) if isinstance(e, dict) else e
+            parts.append(f"{where}: {msg}" if where else str(msg))
+        return "; ".join(parts)[:500]
+    if isinstance(detail, dict):
+        return str(detail.get("message") or detail.get("reason") or detail)[:500]
+    return str(detail)[:500]
+
+
 class AirflowClient:
     """Airflow's REST API v2 as a user drives it: a login (`POST /auth/token`), then bearer calls.
     Used against `LocalAirflow` and the Compose stack alike."""
@@ -122,7 +149,7 @@ class AirflowClient:
 
         r = httpx.request(method, f"{self.url}/api/v2{path}", headers=self.auth_headers(), timeout=30, **kwargs)
         if r.status_code >= 400:
-            raise RuntimeError(f"{method} {path}: {r.status_code} {r.text[:500]}")
+            raise ApiError(method, path, r.status_code, r.text)
         return r.json() if r.content else None
 
     def wait_for_dag(self, dag_id: str, timeout: float = 180) -> None:

@@ -45,6 +45,7 @@ from pipelines.core.settings import Settings
 from pipelines.core.spec import pipeline_names
 from pipelines.core.system import executable, secret_file, write_private
 from pipelines.io import db
+from pipelines.io.clientenv import tracking_server_url
 from pipelines.io.tracking import server_command
 from pipelines.local.follow import say_now
 from pipelines.local.local_airflow import AirflowClient, passwords_file, read_password, services_env
@@ -184,6 +185,7 @@ def base_env(settings: Settings) -> dict[str, str]:
         env["MLCYCLE_PIPELINES_DIR"] = str(settings.pipelines_dir)
     for name in ("airflow_port", "mlflow_port", "serve_port"):
         env[f"MLCYCLE_{name.upper()}"] = str(getattr(settings, name))
+    env["MLCYCLE_MLFLOW_UI_URL"] = tracking_server_url(settings)  # the tasks' MLflow links: this server
     env["PATH"] = f"{Path(sys.executable).parent}:{os.environ.get('PATH', '/usr/bin:/bin')}"
     return env
 
@@ -257,9 +259,9 @@ def service_argv(settings: Settings, name: str, database_url: str) -> tuple[list
 
 def exec_service(settings: Settings, name: str) -> None:
     """Replace this process with the service (supervisord's program command)."""
-    argv, env = service_argv(settings, name, db.database_url(settings))
-    if name == "ray":
+    if name == "ray":  # before its command: that records the new head's mark, and this stops the old one's
         embedded.clear_leftovers(settings)  # a head that died hard leaves its GCS holding the port
+    argv, env = service_argv(settings, name, db.database_url(settings))
     sys.stdout.flush()
     os.execvpe(argv[0], argv, env)
 
@@ -446,18 +448,22 @@ def render_ps(health: Mapping[str, Mapping[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def open_these(plat: Platform, pipeline: str | None = None) -> str:
-    """What to open, and where the credentials are. Pure but for reading nothing: paths only."""
+def open_these(plat: Platform, pipeline: str | None = None, no_champion: Mapping[str, str] | None = None) -> str:
+    """What to open, and where the credentials are. Pure but for reading nothing: paths only.
+    `no_champion`: the pipelines that have no champion yet, and why: no endpoint URL for them (it
+    would answer 404), the reason instead."""
     settings = plat.settings
-    names = [pipeline] if pipeline else pipeline_names(settings)
+    waiting = dict(no_champion or {})
+    names = [n for n in ([pipeline] if pipeline else pipeline_names(settings)) if n not in waiting]
     lines = [
         "==> open:",
         f"    Airflow UI and REST API  {plat.airflow_url}",
         f"                             user admin, password in {plat.passwords_file()}",
         f"    the mlcycle page         {plat.airflow_url}/plugin/mlcycle",
-        f"    MLflow UI                http://127.0.0.1:{settings.mlflow_port}",
+        f"    MLflow UI                {tracking_server_url(settings)}",
     ]
     lines += [f"    {name} endpoint  {endpoint(settings, name)}/predict" for name in names]
+    lines += [f"    {name}: no champion yet ({why}), so no endpoint" for name, why in waiting.items()]
     key = settings.state_path / "serving-api-key"
     body = '{"instances": [{"entity_id": 42}]}'
     if names:

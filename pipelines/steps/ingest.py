@@ -23,11 +23,11 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from pipelines.core.errors import StepSkipped
-from pipelines.core.spec import Source
+from pipelines.core.spec import Source, spec_for
 from pipelines.core.window import Window, data_window
 from pipelines.io.db import connect
 from pipelines.io.requestlog import feedback
-from pipelines.io.sources import feedback_frame, normalize_frame, read_source
+from pipelines.io.sources import check_override, feedback_frame, normalize_frame, read_source
 from pipelines.io.storage import parquet_bytes, read_json, write_json
 from pipelines.steps.context import StepContext
 
@@ -99,7 +99,9 @@ def run(ctx: StepContext) -> dict[str, Any]:
             _require_new_data(ctx, manifest)
             return manifest
     spec = ctx.spec
-    df = read_source(spec.source, ctx.settings, window, spec.entity.timestamp)
+    if ctx.params and ctx.params.source_uri:  # the run reads another file than the spec's source
+        check_override(ctx.params.source_uri, spec_for(ctx.settings, ctx.pipeline).source, ctx.settings)
+    df = read_source(spec.source, ctx.settings, window, spec.entity.timestamp, list(spec.contract.columns))
     served = 0
     if spec.source.feedback:
         import pandas as pd

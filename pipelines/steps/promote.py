@@ -3,9 +3,11 @@
 A failing verdict skips the step (exit code 100; Airflow shows the task as skipped with the
 reasons, and the rest of the run is skipped): the champion is untouched. Otherwise: check ONNX
 against torch on the test set (max absolute difference within `evaluation.onnx_parity_tolerance`),
-log the ONNX model to the training run, register it as a new version of `mlcycle-<pipeline>` with
-lineage tags, and point the alias `challenger` at it. The first model of a pipeline also becomes
-`champion`. Every alias move is audited. A retry of the same run reuses the version it registered.
+log the ONNX model to the training run (an MLflow model with an `onnx` flavor and a pyfunc that
+takes a DataFrame of raw features, with its signature and an input example), register it as a new
+version of `mlcycle-<pipeline>` with lineage tags, and point the alias `challenger` at it. The
+first model of a pipeline also becomes `champion`. Every alias move is audited. A retry of the
+same run reuses the version it registered.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from pipelines.core.errors import GateError, StepSkipped
-from pipelines.io.registry import CHALLENGER, CHAMPION, Registry, open_registry
+from pipelines.io.registry import CHALLENGER, CHAMPION, Registry, log_onnx_model, open_registry
 from pipelines.io.storage import read_parquet, write_json
 from pipelines.io.tracking import airflow_tags, code_version
 from pipelines.ml.families import load_trained
@@ -146,9 +148,7 @@ def register(
 ) -> int:
     """The version this run registered: found by its run id on a retry, else logged to the training
     run and registered now (the registered model created with the pipeline's first version)."""
-    import mlflow  # heavy: mlflow, onnx
-    import mlflow.onnx
-    import onnx
+    import mlflow  # heavy: mlflow
 
     client, name = registry.client, registry.name
     existing = client.search_model_versions(f"name = '{name}' and tag.`mlcycle.run_id` = '{ctx.run_id}'")
@@ -158,10 +158,12 @@ def register(
         client.create_registered_model(
             name, description=f"mlcycle pipeline {ctx.pipeline}", tags={"mlcycle.pipeline": ctx.pipeline}
         )
+    test = read_parquet(ctx.storage, ctx.require("features", "test.parquet"))
     with mlflow.start_run(run_id=training_run):
-        info = mlflow.onnx.log_model(onnx.load_from_string(onnx_bytes), name="model")
+        contract = {n: (c.dtype, c.nullable) for n, c in ctx.spec.contract.columns.items()}
+        model_uri = log_onnx_model(onnx_bytes, test, contract)  # signed, with an input example of raw features
         mlflow.log_dict(check, "evaluation/onnx_parity.json")
     version = client.create_model_version(
-        name, info.model_uri, run_id=training_run, tags=tags, description=f"run {ctx.run_id}"
+        name, model_uri, run_id=training_run, tags=tags, description=f"run {ctx.run_id}"
     )
     return int(version.version)

@@ -161,9 +161,19 @@ def row_reasons(
         why = [f"{label}: {p} ({v!r})" if p else "" for p, v in zip(problems, df[label], strict=True)]
         add(pd.Series(why, index=df.index).where(reasons == "", ""))
     if contract.unique:
-        dup = coerced.duplicated(subset=contract.unique, keep="first")
+        dup = duplicate_keys(coerced, contract.unique)
         add(pd.Series(["duplicate key " + ", ".join(contract.unique) if d else "" for d in dup], index=df.index))
     return coerced, reasons
+
+
+def duplicate_keys(coerced: pd.DataFrame, key: list[str]) -> pd.Series:
+    """Per row, whether an earlier row has the same key, compared on the coerced values (instants
+    in UTC, numbers as numbers) of rows whose every key column parsed. A key value that is null
+    (never given, or not parsed: that row already has its reason) matches nothing, so refused
+    timestamps are never counted as duplicates of each other. Pure."""
+    parsed = coerced[key].notna().all(axis=1)
+    dup = coerced.loc[parsed].duplicated(subset=key, keep="first")
+    return dup.reindex(coerced.index, fill_value=False).astype(bool)
 
 
 def finalize_types(clean: pd.DataFrame, contract: Contract) -> pd.DataFrame:

@@ -49,6 +49,7 @@ class DataCase:
     says: str
     source: dict[str, Any] | None = None
     unbounded_label: bool = False  # the contract gives the label column no min or max
+    never_says: str = ""  # content of the file that no error may quote
 
 
 def _csv(df: pd.DataFrame, path: Path, **kw: Any) -> Path:
@@ -114,6 +115,13 @@ DATA: list[DataCase] = [
         "binary bytes named .csv", lambda df, d: _write(d / "s.csv", bytes(range(256)) * 40), 3, "not a readable CSV"
     ),
     DataCase("a truncated Parquet file", _truncated_parquet, 3, "truncated or corrupt"),
+    DataCase(
+        "a copy of /etc/passwd named .csv",
+        lambda df, d: _write(d / "s.csv", b"root:x:0:0:root:/root:/bin/bash\nbin:x:2:2:bin:/bin:/usr/sbin/nologin\n"),
+        3,
+        "the file has 1 column and none is event_timestamp",
+        never_says="root:x",
+    ),
     DataCase("two files with different columns", _two_files, 3, "different columns"),
     DataCase("a required column missing", lambda df, d: _csv(df.drop(columns=["plan"]), d / "s.csv"), 3, "plan"),
     DataCase("a column whose type flips half-way", lambda df, d: _csv(_flipped(df), d / "s.csv"), 3, "tenure_months"),
@@ -255,6 +263,8 @@ def test_bad_data_is_refused_before_anything_trains(
     assert code == case.code, err[-3000:]
     if case.code:
         assert "train" not in reached and case.says in err, err[-3000:]
+    if case.never_says:
+        assert case.never_says not in err + capsys.readouterr().out, err[-3000:]
 
 
 @pytest.mark.parametrize("case", SPECS, ids=[c.name for c in SPECS])

@@ -8,6 +8,7 @@ import os
 import shlex
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import mlflow
@@ -16,13 +17,14 @@ import pytest
 
 from pipelines.core.settings import Settings
 from pipelines.core.spec import spec_for
+from pipelines.core.system import stop_processes
 from pipelines.io import db
 from pipelines.io.featurestore import feature_store, historical_features
 from pipelines.io.storage import open_storage, read_parquet
-from pipelines.io.tracking import mlflow_uri
+from pipelines.io.tracking import mlflow_uri, server_command
 from serving.online import FeastSdk, PostgresOnlineTables
 from tests.integration.helpers import run_through, small_spec
-from tests.services import S3Server
+from tests.services import S3Server, free_port_pairs
 
 pytestmark = pytest.mark.integration
 
@@ -169,13 +171,35 @@ def test_mlcycle_env_is_all_a_plain_client_needs(applied) -> None:  # type: igno
     feature_repo/, the MLflow client and libpq, in a process that has no MLCYCLE_* setting."""
     settings, df, _ = applied
     mlflow.MlflowClient(tracking_uri=mlflow_uri(settings)).create_experiment("env-check")
+    # the tracking server `mlcycle up` runs (what the MLflow UI shows), on a port of this test
+    (port,) = free_port_pairs(1)
+    argv = server_command(settings, "127.0.0.1", port)
+    argv[0] = os.path.join(os.path.dirname(sys.executable), "mlflow")
+    server = subprocess.Popen([*argv, "--workers", "1"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        _plain_clients_answer(settings, df, port)
+    finally:
+        stop_processes([server])
+
+
+def _plain_clients_answer(settings: Settings, df: pd.DataFrame, port: int) -> None:
+    import httpx
+
+    for _ in range(600):  # the server's first start creates nothing (the schema is migrated)
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200:
+                break
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
     exports = subprocess.run(
         [sys.executable, "-m", "pipelines.cli", "env"],
-        env={**os.environ, **settings.pod_env()},
+        env={**os.environ, **settings.pod_env(), "MLCYCLE_MLFLOW_PORT": str(port)},
         capture_output=True,
         text=True,
         check=True,
     ).stdout
+    assert f"export MLFLOW_TRACKING_URI=http://127.0.0.1:{port}" in exports  # the server, not the database
     env = {k: v for k, v in os.environ.items() if not k.startswith(("MLCYCLE_", "MLFLOW_", "PG"))}
     env.update(dict(t.split("=", 1) for t in shlex.split(exports, comments=True) if t != "export"))
     latest = df.sort_values("event_timestamp").groupby("customer_id").tail(1).iloc[0]

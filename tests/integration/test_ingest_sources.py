@@ -120,3 +120,45 @@ def test_rerun_with_the_same_run_id_is_identical_and_not_duplicated(
     # --force takes a new snapshot of the changed source.
     forced = run(workspace, "ingest", "same-1", force=True)
     assert forced["rows"] == 100
+
+
+def test_a_runs_source_uri_is_read_only_from_the_allowed_folders_and_never_quoted(
+    workspace: Settings, churn_df: pd.DataFrame, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """`source_uri` (the trigger form's, `mlcycle run --conf`'s) names a file under the state dir's
+    `data/` folder or the spec's own source folder; anything else is refused (exit 2) before it is
+    opened. A file there that is not the contract's CSV (a copy of /etc/passwd) is refused (exit 3)
+    with its count of columns, and no log line or error quotes it."""
+    import json
+
+    from pipelines.core.errors import InvalidArgument, SourceDataError
+    from pipelines.core.params import ENV
+    from pipelines.core.settings import scoped_environ
+
+    spec_dir = tmp_path / "spec-data"
+    spec_dir.mkdir()
+    churn_df.to_csv(spec_dir / "churn.csv", index=False)
+    small_spec(workspace, {"kind": "file", "path": str(spec_dir / "churn.csv")})
+    outside = tmp_path / "elsewhere" / "churn.csv"
+    outside.parent.mkdir()
+    churn_df.to_csv(outside, index=False)
+    passwd = workspace.state_path / "data" / tmp_path.name / "passwd.csv"
+    passwd.parent.mkdir(parents=True)
+    passwd.write_bytes(b"root:x:0:0:root:/root:/bin/bash\ndaemon:x:1:1:daemon:/usr/sbin:/usr/sbin/nologin\n")
+    as_of = churn_df["event_timestamp"].max().isoformat()
+
+    def ingest(uri: str, run_id: str) -> dict[str, object]:
+        with scoped_environ({ENV: json.dumps({"source_uri": uri, "as_of": as_of})}):
+            return run(workspace, "ingest", run_id)
+
+    with pytest.raises(InvalidArgument, match=f"source_uri: {outside} is outside the folders"):
+        ingest(str(outside), "uri-outside")
+    with caplog.at_level("DEBUG"), pytest.raises(SourceDataError) as err:
+        ingest(str(passwd), "uri-passwd")
+    assert err.value.exit_code == 3
+    assert "the file has 1 column and none is event_timestamp" in str(err.value)
+    assert "the contract needs customer_id, event_timestamp, tenure_months" in str(err.value)
+    said = str(err.value) + "\n".join(r.getMessage() for r in caplog.records)
+    assert "root:x" not in said and "/bin/bash" not in said
+    churn_df.head(50).to_csv(spec_dir / "other.csv", index=False)  # beside the spec's own source: read
+    assert ingest(str(spec_dir / "other.csv"), "uri-beside")["rows"] == 50

@@ -90,10 +90,37 @@ def test_first_model_becomes_champion_with_lineage(workspace: Settings) -> None:
     ]
     assert all(r["actor"] == "churn_first/first-1/promote" for r in rows)
 
+    from pipelines.local.follow import without_champion
+
+    assert without_champion(workspace, "churn_first", "first-1", "success") is None  # the links show the endpoint
+
     # A retry of promote reuses the version it registered and moves no alias.
     again = run(workspace, "promote", "first-1", pipeline="churn_first")
     assert again["version"] == 1
     assert len(audit(workspace, "churn_first")) == 2
+
+    # The registered model carries a signature and an input example, and MLflow's pyfunc, loaded by
+    # the alias, scores a plain DataFrame of raw features (ints, floats, text, extra columns) as the
+    # ONNX model the endpoint loads does.
+    import numpy as np
+
+    from pipelines.io.registry import load_onnx_model
+    from pipelines.io.storage import open_storage, read_parquet
+    from pipelines.ml.model import onnx_session, predict_onnx
+
+    pyfunc = mlflow.pyfunc.load_model(f"models:/{name}@champion")
+    signature = pyfunc.metadata.get_input_schema()
+    assert signature is not None and "plan" in signature.input_names()
+    assert pyfunc.metadata.saved_input_example_info is not None  # an input example of raw features
+    assert {"onnx", "python_function"} <= set(pyfunc.metadata.flavors)
+    test = read_parquet(open_storage(workspace), "churn_first/first-1/features/test.parquet")
+    raw = test.drop(columns=["churned"]).head(200).reset_index(drop=True)
+    assert raw["tenure_months"].dtype.kind == "i" and raw["plan"].dtype == object
+    got = pyfunc.predict(raw)
+    session = onnx_session(load_onnx_model(workspace, "churn_first", name, 1))
+    expected = predict_onnx(session, raw)
+    assert isinstance(got, np.ndarray) and got.shape == (200,)
+    np.testing.assert_allclose(got, expected.reshape(-1), rtol=0, atol=1e-6)
 
 
 def test_a_worse_model_is_rejected_and_the_champion_stays(workspace: Settings) -> None:
@@ -488,3 +515,27 @@ def test_a_source_with_nulls_trains_every_family_and_beats_the_baseline(workspac
     assert verdict["passed"], verdict
     assert verdict["baseline"]["name"] == "majority-class baseline" and verdict["baseline"]["macro_f1"] < 0.4
     assert any("beats the majority-class baseline" in r for r in verdict["reasons"])
+
+
+def test_a_first_model_rejected_by_its_gate_leaves_no_champion_and_the_links_say_why(workspace: Settings) -> None:
+    """`mlcycle run --wait` after a first run whose model fails its gates: no endpoint URL (it
+    would answer 404), "no champion yet" and the verdict instead."""
+    from pipelines.local.follow import without_champion
+    from pipelines.local.platform import Platform, open_these
+
+    _spec(
+        workspace,
+        "churn_nochamp",
+        training={**FAST, "n_trials": 2, "max_epochs": 2},
+        evaluation={**EVAL, "min_primary": 0.999},
+    )
+    out = run_through(workspace, "nochamp-1", LIFECYCLE[:5], pipeline="churn_nochamp")
+    assert out["evaluate"]["verdict"]["passed"] is False
+    with pytest.raises(StepSkipped):
+        run(workspace, "promote", "nochamp-1", pipeline="churn_nochamp")
+    waiting = without_champion(workspace, "churn_nochamp", "nochamp-1", "success")
+    assert waiting is not None and waiting["churn_nochamp"].startswith("the model failed its gates: ")
+    assert "0.999" in waiting["churn_nochamp"]
+    text = open_these(Platform(workspace), "churn_nochamp", waiting)
+    assert "churn_nochamp: no champion yet (the model failed its gates: " in text
+    assert "/v1/pipelines/churn_nochamp" not in text

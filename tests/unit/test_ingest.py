@@ -3,15 +3,27 @@ from __future__ import annotations
 import gzip
 import io
 import re
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import pandas as pd
 import pytest
 
-from pipelines.core.errors import SourceDataError, SourceError
-from pipelines.core.spec import SyntheticSource
+from pipelines.core.errors import InvalidArgument, SourceDataError, SourceError
+from pipelines.core.settings import Settings
+from pipelines.core.spec import FileSource, SyntheticSource
 from pipelines.core.window import data_window
-from pipelines.io.sources import file_frames, gather, infer_format, normalize_frame, widened, within
+from pipelines.io.sources import (
+    check_override,
+    file_frames,
+    gather,
+    infer_format,
+    normalize_frame,
+    override_roots,
+    read_source,
+    widened,
+    within,
+)
 from pipelines.io.storage import parquet_bytes
 from pipelines.steps.ingest import build_manifest, content_hash, schema_fingerprint
 
@@ -125,3 +137,93 @@ def test_a_header_only_file_has_no_rows_in_chunks_too() -> None:
         parse_bytes(b"a,b\n", "csv", "x.csv", rows=1)
     with pytest.raises(SourceDataError, match="not a readable CSV file .truncated or corrupt"):
         parse_bytes(gzip.compress(b"a,b\n1,2\n")[:10], "csv", "x.csv.gz")
+
+
+PASSWD = b"root:x:0:0:root:/root:/bin/bash\ndaemon:x:1:1:daemon:/usr/sbin:/usr/sbin/nologin\nbin:x:2:2:bin:/bin:/usr/sbin/nologin\n"
+
+
+def _settings(tmp_path: Path) -> Settings:
+    return Settings(project_dir=tmp_path / "project", state_dir=tmp_path / "state")
+
+
+def test_a_file_that_is_not_the_contracts_csv_is_refused_without_its_content(tmp_path: Path) -> None:
+    """A copy of /etc/passwd named .csv: the error counts its columns and names what the contract
+    needs, and quotes nothing of the file."""
+    path = tmp_path / "passwd.csv"
+    path.write_bytes(PASSWD)
+    source = FileSource(kind="file", path=str(path))
+    window = data_window(datetime(2026, 12, 1, tzinfo=UTC), None)
+    with pytest.raises(SourceDataError) as err:
+        read_source(source, _settings(tmp_path), window, "event_timestamp", ["customer_id", "event_timestamp"])
+    text = str(err.value)
+    assert text == (
+        f"{path}: the file has 1 column and none is event_timestamp, the column the run's window is read by; "
+        "the contract needs customer_id, event_timestamp: is it a CSV of this pipeline with a header, "
+        "separated by ',' (source.delimiter)?"
+    )
+    assert "root" not in text.replace(str(tmp_path), "") and "bin" not in text
+    with pytest.raises(
+        SourceDataError,
+        match="^the source has 3 columns and none is event_timestamp, the column the run's window is read by$",
+    ):
+        gather([pd.DataFrame({"a": [1], "b": [2], "c": [3]})], window, "event_timestamp")
+
+
+def test_no_hint_or_column_error_quotes_the_header(churn_df: pd.DataFrame) -> None:
+    secret = b"s3cr3t;token\n1;2\n"
+    with pytest.raises(SourceDataError, match="looks separated by ';'") as err:
+        parse_bytes(secret, "csv", "x.csv")
+    assert "s3cr3t" not in str(err.value)
+    first, other = pd.DataFrame({"customer_id": [1], "plan": ["a"]}), pd.DataFrame({"customer_id": [1], "pw": ["a"]})
+    with pytest.raises(SourceDataError) as err:
+        gather([first, other], None, "", ["customer_id", "plan"])
+    assert str(err.value) == (
+        "the files of the source have different columns: 2 columns in the first, 2 columns in a later one; "
+        "the later one lacks plan"
+    )
+    with pytest.raises(SourceDataError, match="not UTF-8 text \\(byte 0\\)"):
+        parse_bytes(b"\xff\xfe" + b"a,b\n" * 3, "csv", "x.csv")
+
+
+def test_a_parquet_files_named_index_is_read_as_a_column(churn_df: pd.DataFrame, tmp_path: Path) -> None:
+    """`df.set_index("customer_id").to_parquet(p)` keeps customer_id in the file as the index; ingest
+    reads it as the column it was (validation would report it missing otherwise)."""
+    buf = io.BytesIO()
+    churn_df.set_index("customer_id").to_parquet(buf)
+    got = normalize_frame(parse_bytes(buf.getvalue(), "parquet", "x.parquet", rows=97))
+    assert sorted(got.columns) == sorted(churn_df.columns)
+    pd.testing.assert_frame_equal(got[list(churn_df.columns)], churn_df)
+    buf = io.BytesIO()
+    churn_df.set_index(["customer_id", "event_timestamp"]).to_parquet(buf)  # a MultiIndex too
+    assert sorted(parse_bytes(buf.getvalue(), "parquet", "x.parquet").columns) == sorted(churn_df.columns)
+    buf = io.BytesIO()
+    churn_df.iloc[5:].to_parquet(buf)  # an unnamed index is a row number, not data
+    assert list(parse_bytes(buf.getvalue(), "parquet", "x.parquet").columns) == list(churn_df.columns)
+
+
+def test_a_runs_source_uri_reads_only_under_the_allowed_folders(tmp_path: Path) -> None:
+    settings = _settings(tmp_path)
+    spec_dir = settings.project_dir / "data" / "churn"
+    (settings.state_path / "data").mkdir(parents=True)
+    spec_dir.mkdir(parents=True)
+    (tmp_path / "elsewhere").mkdir()
+    source = FileSource(kind="file", path="data/churn/dt={as_of:%Y-%m-%d}.csv")  # relative: the project dir
+    assert override_roots(source, settings) == [settings.state_path / "data", spec_dir]
+    check_override(str(settings.state_path / "data" / "x.csv"), source, settings)
+    check_override("data/churn/other.parquet", source, settings)
+    check_override(str(spec_dir / "sub" / "x.csv"), source, settings)
+    check_override("s3://bucket/any.csv", source, settings)  # S3 prefixes: issue #34
+    with pytest.raises(InvalidArgument, match="source_uri: /etc/passwd.csv is outside the folders a run may read"):
+        check_override("/etc/passwd.csv", source, settings)
+    with pytest.raises(InvalidArgument, match="outside"):
+        check_override(str(settings.state_path / "data" / ".." / "pg" / "x.csv"), source, settings)
+    link = settings.state_path / "data" / "link.csv"
+    link.symlink_to(tmp_path / "elsewhere" / "x.csv")
+    with pytest.raises(InvalidArgument, match="outside"):  # a link out of the folder is where it points
+        check_override(str(link), source, settings)
+    synthetic = SyntheticSource(kind="synthetic")
+    assert override_roots(synthetic, settings) == [settings.state_path / "data"]
+    with pytest.raises(InvalidArgument, match="outside"):
+        check_override("data/churn/other.parquet", synthetic, settings)
+    directory = FileSource(kind="file", path=str(spec_dir))
+    assert override_roots(directory, settings)[1] == spec_dir

@@ -11,7 +11,7 @@ import pytest
 
 from pipelines.core.errors import InvalidArgument
 from pipelines.core.settings import Settings
-from pipelines.io.clientenv import client_env, render_env
+from pipelines.io.clientenv import client_env, render_env, tracking_server_url
 from pipelines.io.runs import headline
 from pipelines.local.follow import changes, parse_conf, task_key, task_line
 from pipelines.local.platform import (
@@ -125,12 +125,16 @@ def test_mlcycle_env_names_what_each_plain_client_reads(tmp_path: Path) -> None:
     settings = Settings(state_dir=tmp_path, s3_endpoint_url="http://127.0.0.1:8333", artifact_root="s3://b/ml")
     text = render_env(client_env(settings, "postgresql://ml:s3cr%20t@db:5433/platform", "churn"))
     values = dict(t.split("=", 1) for t in shlex.split(text, comments=True) if t != "export")
-    assert values["MLFLOW_TRACKING_URI"].startswith("postgresql+psycopg://ml:s3cr%20t@db:5433/platform?options=")
+    assert values["MLFLOW_TRACKING_URI"] == "http://127.0.0.1:5000"  # the server the UI runs, not the database
     assert values["MLCYCLE_FEAST_PROJECT"] == "churn" and values["MLCYCLE_FEAST_PG_PORT"] == "5433"
     assert values["PGHOST"] == "db" and values["PGPASSWORD"] == "s3cr t" and values["PGDATABASE"] == "platform"
     assert values["AWS_ENDPOINT_URL_S3"] == "http://127.0.0.1:8333" and values["MLFLOW_S3_ENDPOINT_URL"]
     assert values["MLCYCLE_ARTIFACT_ROOT"] == "s3://b/ml"
     assert "# psql and any libpq client" in text
+    embedded = Settings(state_dir=tmp_path, mlflow_port=5123)
+    assert tracking_server_url(embedded) == "http://127.0.0.1:5123"  # `mlcycle up`'s `mlflow server`
+    cluster = Settings(state_dir=tmp_path, mlflow_ui_url="https://mlflow.ml.example.com/", mlflow_port=5123)
+    assert tracking_server_url(cluster) == "https://mlflow.ml.example.com"
 
 
 def test_the_platform_api_wants_a_login_and_answers_errors_as_json() -> None:
@@ -145,3 +149,15 @@ def test_the_platform_api_wants_a_login_and_answers_errors_as_json() -> None:
         assert answer.status_code == 401 and answer.json() == {"error": 401, "reason": "Not authenticated"}
     listing = apps["/api/ml"].openapi()["paths"]["/pipelines"]["get"]
     assert [p["name"] for p in listing["parameters"]] == ["limit", "offset"]  # paged; the user is no parameter
+
+
+def test_the_services_links_point_at_the_tracking_server_mlcycle_env_names(tmp_path: Path) -> None:
+    from pipelines.local.platform import base_env
+
+    settings = Settings(state_dir=tmp_path, mlflow_port=5123)
+    env = base_env(settings)
+    assert env["MLCYCLE_MLFLOW_UI_URL"] == "http://127.0.0.1:5123" and env["MLCYCLE_MLFLOW_PORT"] == "5123"
+    # a service reading its settings from that environment names the same server as `mlcycle env`
+    assert tracking_server_url(Settings(state_dir=tmp_path, mlflow_ui_url=env["MLCYCLE_MLFLOW_UI_URL"])) == (
+        "http://127.0.0.1:5123"
+    )

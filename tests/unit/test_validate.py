@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -211,3 +213,31 @@ def test_a_regression_label_is_a_finite_number() -> None:
         "y: not 0 or 1 ('1.5')",
         "y: not 0 or 1 ('-3')",
     ]
+
+
+def test_refused_naive_timestamps_are_not_counted_as_duplicates(churn_df: pd.DataFrame, tmp_path: Path) -> None:
+    """A file with no duplicate key whose naive timestamps sit among zoned ones: each naive row is
+    refused for its missing zone, none as a duplicate (the refused instants are not compared)."""
+    df = churn_df.sort_values(["customer_id", "event_timestamp"]).head(60).reset_index(drop=True)
+    stamps = pd.to_datetime(df["event_timestamp"], utc=True)
+    text = [
+        t.strftime("%Y-%m-%d %H:%M:%S") if i % 2 else t.isoformat() for i, t in enumerate(stamps)
+    ]  # every other row naive
+    df["event_timestamp"] = text
+    assert not df.duplicated(subset=["customer_id", "event_timestamp"]).any()
+    assert df["customer_id"].duplicated().any()  # several rows per customer: the old count's trap
+    path = tmp_path / "mixed.csv"
+    df.to_csv(path, index=False)
+    read = pd.read_csv(path)  # as ingest reads a CSV
+    _, reasons = row_reasons(read, CONTRACT)
+    counts = reason_counts(reasons)
+    assert counts == {"event_timestamp: a timestamp without a time zone, where other rows have one": 30}
+    assert not any("duplicate" in r for r in reasons)
+
+
+def test_a_duplicate_is_the_same_instant_whatever_its_text(churn_df: pd.DataFrame) -> None:
+    df = _as_text(churn_df.head(3).copy())
+    df["customer_id"] = [7, 7, 7]
+    df["event_timestamp"] = ["2026-01-05T10:00:00+02:00", "2026-01-05T08:00:00Z", "2026-01-05T09:00:00Z"]
+    _, reasons = row_reasons(df, CONTRACT)
+    assert list(reasons) == ["", "duplicate key customer_id, event_timestamp", ""]
