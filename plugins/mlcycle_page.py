@@ -240,10 +240,7 @@ def live_metric_svg(
     legend = " ".join(  # one colour per version, with its role
         f'<tspan fill="{colour[v]}">■ v{v}{" " + escape(roles[v]) if v in roles else ""}</tspan>' for v in versions
     )
-    parts.append(
-        f'<text x="{left}" y="{height - 8}">{legend} · dots: live at each check (ringed: now), '
-        "dashes: evaluation</text>"
-    )
+    parts.append(f'<text x="{left}" y="{height - 8}">{legend}</text>')
     return svg_frame(width, height, "".join(parts), "live metric from labels against the evaluation figure")
 
 
@@ -398,7 +395,7 @@ def live_summary(
         return (
             f"<p id='live-champion'>v{champion} (champion): live {escape(last['metric'])} "
             f"<b>{fmt(last['value'])}</b> on {last['rows']} labels{against} "
-            f"<span class='muted'>(drift check of {escape(last['at'][:16])})</span></p>"
+            f"<span class='muted'>(drift check of {escape(when(last['at']))})</span></p>"
         )
     why = current["short"] if current is not None and current.get("short") else "no labelled predictions yet"
     return (
@@ -428,12 +425,18 @@ def live_section(
     others = sorted({int(p["version"]) for p in points} - {champion} if champion is not None else set())
     history = "".join(
         f"<p class='muted'>v{v} ({escape(roles.get(v, 'retired'))}): last live "
-        f"{fmt(last['value'])} on {last['rows']} labels ({escape(last['at'][:16])})</p>"
+        f"{fmt(last['value'])} on {last['rows']} labels (drift check of {escape(when(last['at']))})</p>"
         for v in others
         if (last := [p for p in points if int(p["version"]) == v][-1])
     )
     chart = live_metric_svg(points, references, roles) if points else ""
-    return f"<h2>Live metric</h2>{summary}{history}{chart}"
+    caption = (
+        "<p class='muted'>Dots: the live metric at each drift check (ringed: the champion's now); dashes: each "
+        "version's evaluation figure.</p>"
+        if chart
+        else ""
+    )
+    return f"<h2>Live metric</h2>{summary}{history}{chart}{caption}"
 
 
 def drift_legend(threshold: float) -> str:

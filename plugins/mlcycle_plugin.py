@@ -144,6 +144,7 @@ def api_error(status: int, reason: str, field: str | None = None) -> Any:
 
 
 def _app() -> Any:
+    from airflow.api_fastapi.app import get_cookie_path
     from airflow.api_fastapi.auth.managers.models.resource_details import DagAccessEntity
     from airflow.api_fastapi.core_api.security import bearer_scheme, get_user, requires_access_dag
     from fastapi import Depends, FastAPI, HTTPException, Request
@@ -176,7 +177,8 @@ def _app() -> Any:
         browser without a session goes to Airflow's login, which brings it back here."""
         if user is None:
             back = request.url.path + (f"?{request.url.query}" if request.url.query else "")
-            return RedirectResponse(login_url(request.scope.get("root_path", ""), back), status_code=307)
+            # the server's base path (`[api] base_url`), not the scope's root path: that one ends in this mount
+            return RedirectResponse(login_url(get_cookie_path(), back), status_code=307)
         settings = load_settings()
         names = readable_pipelines(user)
         if not names:
