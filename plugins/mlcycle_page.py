@@ -13,6 +13,7 @@ document.
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from html import escape
 from typing import Any
 from urllib.parse import quote, urlencode
@@ -158,6 +159,12 @@ def version_roles(versions: list[dict[str, Any]], champion: int | None) -> dict[
     return roles
 
 
+def instant(iso: str) -> datetime:
+    """An ISO 8601 time as an aware instant (naive: UTC), to compare times written in any offset. Pure."""
+    at = datetime.fromisoformat(iso)
+    return at if at.tzinfo is not None else at.replace(tzinfo=UTC)
+
+
 def live_series(
     live: list[dict[str, Any]], champion: int | None, current: dict[str, Any] | None
 ) -> list[dict[str, Any]]:
@@ -172,7 +179,7 @@ def live_series(
         and int(current["version"]) == champion
     ):
         scored = [p for p in points if int(p["version"]) == champion]
-        if not scored or scored[-1]["at"] < current["at"]:
+        if not scored or instant(scored[-1]["at"]) < instant(current["at"]):
             points.append(
                 {
                     "version": champion,
@@ -422,12 +429,11 @@ def live_section(
     references = {v: figure[1] for v, figure in evaluation.items() if v in shown and figure is not None}
     roles = version_roles(versions, champion)
     summary = live_summary(champion, current, live, references.get(champion) if champion is not None else None)
-    others = sorted({int(p["version"]) for p in points} - {champion} if champion is not None else set())
+    latest = {int(p["version"]): p for p in points if int(p["version"]) != champion}  # oldest first: the last wins
     history = "".join(
         f"<p class='muted'>v{v} ({escape(roles.get(v, 'retired'))}): last live "
         f"{fmt(last['value'])} on {last['rows']} labels (drift check of {escape(when(last['at']))})</p>"
-        for v in others
-        if (last := [p for p in points if int(p["version"]) == v][-1])
+        for v, last in sorted(latest.items())
     )
     chart = live_metric_svg(points, references, roles) if points else ""
     caption = (

@@ -276,8 +276,14 @@ def test_after_a_promotion_the_live_chart_shows_the_champions_figure_and_the_ret
 def test_live_series_adds_the_champions_figure_now_unless_a_later_check_scored_it() -> None:
     points = live_series(LIVE_V1, 2, now(0.8, 40))
     assert [(p["version"], p["now"]) for p in points] == [(1, False), (1, False), (2, True)]
-    checked = [*LIVE_V1, {"version": 2, "metric": "roc_auc", "value": 0.82, "rows": 50, "at": "2026-11-26T13:00"}]
+    checked = [
+        *LIVE_V1,
+        {"version": 2, "metric": "roc_auc", "value": 0.82, "rows": 50, "at": "2026-11-26T13:00:00+00:00"},
+    ]
     assert [p["now"] for p in live_series(checked, 2, now(0.8, 40))] == [False, False, False]
+    later = {**checked[-1], "at": "2026-11-26T14:00:00+02:00"}  # 12:00 UTC: not after the figure of 12:00 UTC
+    assert live_series([later], 2, now(0.8, 40))[-1]["now"] is False
+    assert live_series([{**later, "at": "2026-11-26T13:59:00+02:00"}], 2, now(0.8, 40))[-1]["now"] is True
     assert len(live_series(LIVE_V1, 2, now(None, 3, "short"))) == 2  # no figure: nothing invented
     assert len(live_series(LIVE_V1, 1, now(0.8, 40))) == 2  # a figure of another version than the champion
     assert version_roles(PROMOTED, 2) == {2: "champion", 1: "retired"}
