@@ -18,8 +18,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 from urllib.parse import quote, urlencode
 
-from airflow.api_fastapi.core_api.security import GetUserDep
+from airflow.api_fastapi.core_api.security import GetUserDep, bearer_scheme, get_user
 from airflow.plugins_manager import AirflowPlugin
+from fastapi import Depends, HTTPException, Request  # as Airflow's own GetUserDep: FastAPI reads these annotations
+from fastapi.security import HTTPAuthorizationCredentials
 from mlcycle_page import PAGE_PATH, empty_page, page_html  # beside this file: Airflow puts the folder on sys.path
 from pydantic import BaseModel
 
@@ -106,7 +108,6 @@ def unknown_pipeline(pipeline: str, known: list[str]) -> str:
 def install_error_handlers(app: FastAPI) -> None:
     """Every error `app` answers in the one shape (`error_body`), scrubbed of server paths; an
     unexpected error as a bare 500 (its traceback stays in the api-server's log)."""
-    from fastapi import Request
     from fastapi.exceptions import RequestValidationError
     from fastapi.responses import JSONResponse
     from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -134,42 +135,43 @@ def install_error_handlers(app: FastAPI) -> None:
         return answer(500, "internal error: the api-server's log has the details", None)
 
 
-def api_error(status: int, reason: str, field: str | None = None) -> Any:
+def api_error(status: int, reason: str, field: str | None = None) -> HTTPException:
     """An HTTPException that carries the field at fault (for `error_body`)."""
-    from fastapi import HTTPException
-
     err = HTTPException(status, reason)
     err.field = field  # type: ignore[attr-defined]
     return err
 
 
+async def session_user(
+    request: Request, bearer: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer_scheme)]
+) -> Any:
+    """The user of the request's session or token; None where Airflow's UI would send the browser
+    to the login (no session, an expired or unreadable token)."""
+    try:
+        return await get_user(request, None, bearer)
+    except HTTPException as err:
+        if needs_login(err.status_code, err.detail):
+            return None
+        raise
+
+
+PageUserDep = Annotated[Any, Depends(session_user)]
+
+
 def _app() -> Any:
     from airflow.api_fastapi.app import get_cookie_path
     from airflow.api_fastapi.auth.managers.models.resource_details import DagAccessEntity
-    from airflow.api_fastapi.core_api.security import bearer_scheme, get_user, requires_access_dag
-    from fastapi import Depends, FastAPI, HTTPException, Request
+    from airflow.api_fastapi.core_api.security import requires_access_dag
+    from fastapi import FastAPI
     from fastapi.responses import HTMLResponse, RedirectResponse, Response
-    from fastapi.security import HTTPAuthorizationCredentials
 
     app = FastAPI(title="mlcycle artifacts")
     install_error_handlers(app)
 
-    async def session_user(
-        request: Request, bearer: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer_scheme)]
-    ) -> Any:
-        """The user of the request's session or token; None where Airflow's UI would send the
-        browser to the login (no session, an expired or unreadable token)."""
-        try:
-            return await get_user(request, None, bearer)
-        except HTTPException as err:
-            if needs_login(err.status_code, err.detail):
-                return None
-            raise
-
     @app.get("/page", response_class=HTMLResponse)
     def page(
         request: Request,
-        user: Annotated[Any, Depends(session_user)],
+        user: PageUserDep,
         pipeline: str | None = None,
         request_id: str = "",
     ) -> Response:
@@ -295,7 +297,7 @@ def _api() -> Any:
     DAG's permissions (read: the DAG's runs; trigger: creating runs). Errors are JSON
     `{"error": <status>, "reason": <text>, "field": <field or null>}` and name no server path;
     lists are pages (`limit`, `offset`, `total`, `next_offset`)."""
-    from fastapi import Depends, FastAPI, HTTPException, Query
+    from fastapi import FastAPI, Query
     from pydantic import ValidationError
 
     app = FastAPI(

@@ -122,3 +122,21 @@ def test_the_plugins_errors_share_one_shape_and_name_no_server_path(
     }
     assert client.get("/nowhere").json() == {"error": 404, "reason": "Not Found", "field": None}
     assert unknown_pipeline("nope", ["churn"]) == "no pipeline 'nope' that you may read (known: ['churn'])"
+
+
+def test_the_page_without_a_session_redirects_to_the_login_and_the_api_answers_401() -> None:
+    """The plugin's own apps, mounted as Airflow mounts them: no cookie, no token."""
+    from fastapi import FastAPI
+    from fastapi.testclient import TestClient
+
+    from plugins.mlcycle_plugin import _api, _app
+
+    server = FastAPI()
+    server.mount("/mlcycle", _app())
+    server.mount("/api/ml", _api())
+    client = TestClient(server)
+    page = client.get("/mlcycle/page", params={"pipeline": "churn"}, follow_redirects=False)
+    assert page.status_code == 307
+    assert page.headers["location"] == "/api/v2/auth/login?next=%2Fmlcycle%2Fpage%3Fpipeline%3Dchurn"
+    api = client.get("/api/ml/pipelines")
+    assert api.status_code == 401 and api.json() == {"error": 401, "reason": "Not authenticated", "field": None}
