@@ -406,9 +406,9 @@ def live_summary(
         )
     why = current["short"] if current is not None and current.get("short") else "no labelled predictions yet"
     return (
-        f"<p id='live-champion'>v{champion} (champion): no live figure yet — {escape(why)}"
-        + (f" in the last {current['window_hours']:g} h" if current is not None else "")
-        + f".{(' Its evaluation: ' + f'{reference:.4f}.') if reference is not None else ''}</p>"
+        f"<p id='live-champion'>v{champion} (champion): no live figure yet: {escape(why)}."
+        + (f" Its evaluation: {reference:.4f}." if reference is not None else "")
+        + "</p>"
     )
 
 

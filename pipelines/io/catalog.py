@@ -118,19 +118,25 @@ def last_of_version(live: list[dict[str, Any]], version: int | None) -> dict[str
 
 
 def live_figure(
-    rows: list[tuple[int, Any, float]], metric: str, kind: str, score: Any, need: int = MIN_LIVE_LABELS
+    rows: list[tuple[int, Any, float]],
+    metric: str,
+    kind: str,
+    score: Any,
+    need: int = MIN_LIVE_LABELS,
+    where: str = "",
 ) -> dict[str, Any]:
     """A version's live metric on its labelled predictions `rows` (version, score, label): the
-    value (`score(y, p)`, the spec's primary metric), or None with why, where there are fewer than
-    `need` (or one class only, for a binary label). Pure."""
+    value (`score(y, p)`, the spec's primary metric), or None with why (`where` says which
+    predictions: " in the last 24 h"), where there are fewer than `need` (or one class only, for a
+    binary label). Pure."""
     import numpy as np
 
     y = np.array([r[2] for r in rows], dtype=float)
     out: dict[str, Any] = {"metric": metric, "rows": len(rows), "need": need, "value": None, "short": None}
     if len(rows) < need:
-        out["short"] = f"{len(rows)} labelled predictions, a figure needs {need}"
+        out["short"] = f"{len(rows)} labelled predictions{where}, a figure needs {need}"
     elif kind == "binary" and len(np.unique(y)) < 2:
-        out["short"] = f"{len(rows)} labelled predictions, all of one class: a figure needs both"
+        out["short"] = f"{len(rows)} labelled predictions{where}, all of one class: a figure needs both"
     else:
         out["value"] = float(score(y, np.array([r[1] for r in rows], dtype=float)))
     return out
@@ -152,9 +158,9 @@ def champion_live(
     end = now or datetime.now(UTC)
     start = end - timedelta(hours=spec.drift.window_hours)
     rows = labelled(settings, pipeline, [version], since=start, until=end)
-    figure = live_figure(
-        rows, spec.evaluation.primary_metric, spec.label.kind, primary_metric(spec.evaluation, spec.label.kind)
-    )
+    score = primary_metric(spec.evaluation, spec.label.kind)
+    where = f" in the last {spec.drift.window_hours:g} h"
+    figure = live_figure(rows, spec.evaluation.primary_metric, spec.label.kind, score, where=where)
     return {**figure, "version": version, "at": end.isoformat(), "window_hours": spec.drift.window_hours}
 
 

@@ -137,7 +137,7 @@ def test_the_live_metric_is_drawn_against_each_versions_evaluation_figure() -> N
     html = render({**overview(), "live": live})
     assert "v2 (champion): live roc_auc <b>0.8300</b> on 500 labels against its evaluation 0.8395" in html
     assert "v1 (retired): last live 0.7100 on 300 labels" in html
-    assert "v2 (champion): no live figure yet — no labelled predictions yet" in render(overview())
+    assert "v2 (champion): no live figure yet: no labelled predictions yet." in render(overview())
     assert "No drift check has scored" in render(overview(champion=None))
 
 
@@ -268,8 +268,9 @@ def test_after_a_promotion_the_live_chart_shows_the_champions_figure_and_the_ret
     assert section.count('data-version="1">') == 3  # two checks of v1 and its evaluation line
     assert "■ v2 champion" in section and "■ v1 retired" in section
     # no labels for the champion yet: it says so, and still draws its evaluation line beside v1's history
-    waiting = render({**data, "champion_live": now(None, 12, "12 labelled predictions, a figure needs 30")})
-    assert "v2 (champion): no live figure yet — 12 labelled predictions, a figure needs 30 in the last 24 h" in waiting
+    short = "12 labelled predictions in the last 24 h, a figure needs 30"
+    waiting = render({**data, "champion_live": now(None, 12, short)})
+    assert f"v2 (champion): no live figure yet: {short}. Its evaluation: 0.8395." in waiting
     assert 'stroke-dasharray="5,4" data-version="2"' in waiting
 
 
@@ -303,8 +304,8 @@ def test_a_live_figure_needs_enough_labels_of_both_classes() -> None:
     figure = live_figure(rows, "accuracy", "binary", share_right)
     expected = sum((s > 0.5) == (y > 0.5) for _, s, y in rows) / 40
     assert figure["value"] == pytest.approx(expected) and figure["rows"] == 40 and figure["short"] is None
-    few = live_figure(rows[:29], "accuracy", "binary", share_right)
-    assert few["value"] is None and few["short"] == "29 labelled predictions, a figure needs 30"
+    few = live_figure(rows[:29], "accuracy", "binary", share_right, where=" in the last 24 h")
+    assert few["value"] is None and few["short"] == "29 labelled predictions in the last 24 h, a figure needs 30"
     one_class = live_figure([(2, 0.9, 1.0)] * 40, "accuracy", "binary", share_right)
     assert one_class["value"] is None and "one class" in one_class["short"]
     regression = live_figure([(2, 1.0, 1.0)] * 30, "mae", "regression", lambda y, p: float(abs(y - p).mean()))
