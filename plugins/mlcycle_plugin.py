@@ -15,12 +15,12 @@ from collections.abc import Iterable
 from datetime import UTC, datetime
 from html import escape
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, Literal
+from typing import Annotated, Any, Literal
 from urllib.parse import quote, urlencode
 
 from airflow.api_fastapi.core_api.security import GetUserDep, bearer_scheme, get_user
 from airflow.plugins_manager import AirflowPlugin
-from fastapi import Depends, HTTPException, Request  # as Airflow's own GetUserDep: FastAPI reads these annotations
+from fastapi import Depends, FastAPI, HTTPException, Request  # FastAPI reads these names from the module
 from fastapi.security import HTTPAuthorizationCredentials
 from mlcycle_page import PAGE_PATH, empty_page, page_html  # beside this file: Airflow puts the folder on sys.path
 from pydantic import BaseModel
@@ -34,9 +34,6 @@ from pipelines.core.steps import BY_NAME, REPORT_FILES, artifact_url
 from pipelines.io import catalog
 from pipelines.io.storage import open_storage, run_key
 from pipelines.steps.context import check_run_id
-
-if TYPE_CHECKING:
-    from fastapi import FastAPI
 
 CONTENT_TYPES = {".html": "text/html; charset=utf-8", ".png": "image/png", ".json": "application/json"}
 
@@ -162,7 +159,6 @@ def _app() -> Any:
     from airflow.api_fastapi.app import get_cookie_path
     from airflow.api_fastapi.auth.managers.models.resource_details import DagAccessEntity
     from airflow.api_fastapi.core_api.security import requires_access_dag
-    from fastapi import FastAPI
     from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
     app = FastAPI(title="mlcycle artifacts")
@@ -297,7 +293,7 @@ def _api() -> Any:
     DAG's permissions (read: the DAG's runs; trigger: creating runs). Errors are JSON
     `{"error": <status>, "reason": <text>, "field": <field or null>}` and name no server path;
     lists are pages (`limit`, `offset`, `total`, `next_offset`)."""
-    from fastapi import FastAPI, Query
+    from fastapi import Query
     from pydantic import ValidationError
 
     app = FastAPI(
