@@ -13,6 +13,7 @@ document.
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from html import escape
 from typing import Any
 from urllib.parse import quote, urlencode
@@ -140,19 +141,77 @@ def canary_walk_svg(steps: list[dict[str, Any]], outcome: str, width: int = 520,
     return svg_frame(width, height, "".join(parts), "the canary's walk: challenger traffic share over time")
 
 
+def version_roles(versions: list[dict[str, Any]], champion: int | None) -> dict[int, str]:
+    """Each registered version's role as the page names it: champion, challenger (while a canary
+    may still promote it), retired (a former champion or a version never promoted). Pure."""
+    roles = {}
+    for v in versions:
+        aliases = set(v.get("aliases") or [])
+        number = int(v["version"])
+        if number == champion or "champion" in aliases:
+            roles[number] = "champion"
+        elif "challenger" in aliases:
+            roles[number] = "challenger"
+        else:
+            roles[number] = "retired"
+    if champion is not None:
+        roles[champion] = "champion"
+    return roles
+
+
+def instant(iso: str) -> datetime:
+    """An ISO 8601 time as an aware instant (naive: UTC), to compare times written in any offset. Pure."""
+    at = datetime.fromisoformat(iso)
+    return at if at.tzinfo is not None else at.replace(tzinfo=UTC)
+
+
+def live_series(
+    live: list[dict[str, Any]], champion: int | None, current: dict[str, Any] | None
+) -> list[dict[str, Any]]:
+    """The points the live chart draws, oldest first: every drift check's figure of the version it
+    scored, then the champion's figure now (from its labels since the window start) where it has
+    one and no check has scored it at a later instant. Pure."""
+    points = [{**p, "now": False} for p in live if p["value"] is not None]
+    if (
+        champion is not None
+        and current is not None
+        and current.get("value") is not None
+        and int(current["version"]) == champion
+    ):
+        scored = [p for p in points if int(p["version"]) == champion]
+        if not scored or instant(scored[-1]["at"]) < instant(current["at"]):
+            points.append(
+                {
+                    "version": champion,
+                    "metric": current["metric"],
+                    "value": current["value"],
+                    "rows": current["rows"],
+                    "at": current["at"],
+                    "now": True,
+                }
+            )
+    return points
+
+
 def live_metric_svg(
-    points: list[dict[str, Any]], references: dict[int, float], width: int = 520, height: int = 170
+    points: list[dict[str, Any]],
+    references: dict[int, float],
+    roles: dict[int, str] | None = None,
+    width: int = 520,
+    height: int = 170,
 ) -> str:
-    """The live metric at each drift check (a dot per check, coloured by version) against each
-    version's evaluation figure (a dashed line of the same colour). Pure."""
-    if not points:
+    """The live metric at each drift check (a dot per check, coloured by version; the champion's
+    figure now a ringed dot) against each version's evaluation figure (a dashed line of the same
+    colour); the legend names each version's role. Pure."""
+    if not points and not references:
         return ""
+    roles = roles or {}
     left, right, top, bottom = 46, 10, 10, 28
     values = [float(p["value"]) for p in points if p["value"] is not None] + list(references.values())
     low, high = min(values), max(values)
     pad = max((high - low) * 0.15, 0.01)
     low, high = low - pad, high + pad
-    n = len(points)
+    n = max(len(points), 1)
 
     def x_of(i: int) -> float:
         return left + (width - left - right) * ((i + 0.5) / n)
@@ -170,30 +229,71 @@ def live_metric_svg(
     for version, figure in sorted(references.items()):
         parts.append(
             f'<line x1="{left}" y1="{y_of(figure):.1f}" x2="{width - right}" y2="{y_of(figure):.1f}" '
-            f'stroke="{colour[version]}" stroke-dasharray="5,4"><title>v{version} evaluation {figure:.4f}'
-            "</title></line>"
+            f'stroke="{colour[version]}" stroke-dasharray="5,4" data-version="{version}"><title>v{version} '
+            f"evaluation {figure:.4f}</title></line>"
         )
     for i, p in enumerate(points):
         if p["value"] is None:
             continue
+        version = int(p["version"])
+        ring = ' stroke="#111827" stroke-width="2" r="6"' if p.get("now") else ' r="4"'
+        when_text = "now" if p.get("now") else "drift check"
         parts.append(
-            f'<circle cx="{x_of(i):.1f}" cy="{y_of(float(p["value"])):.1f}" r="4" fill="{colour[int(p["version"])]}">'
-            f"<title>v{p['version']} live {float(p['value']):.4f} on {p['rows']} labels, {escape(p['at'][:16])}"
+            f'<circle cx="{x_of(i):.1f}" cy="{y_of(float(p["value"])):.1f}"{ring} fill="{colour[version]}" '
+            f'data-version="{version}"><title>v{version} ({escape(roles.get(version, "version"))}) live '
+            f"{float(p['value']):.4f} on {p['rows']} labels, {when_text} {escape(str(p['at'])[:16])}"
             "</title></circle>"
         )
-    legend = " ".join(f'<tspan fill="{colour[v]}">■ v{v}</tspan>' for v in versions)  # one colour per version
-    parts.append(f'<text x="{left}" y="{height - 8}">{legend} · dots: live, dashes: evaluation</text>')
+    legend = " ".join(  # one colour per version, with its role
+        f'<tspan fill="{colour[v]}">■ v{v}{" " + escape(roles[v]) if v in roles else ""}</tspan>' for v in versions
+    )
+    parts.append(f'<text x="{left}" y="{height - 8}">{legend}</text>')
     return svg_frame(width, height, "".join(parts), "live metric from labels against the evaluation figure")
 
 
-def heat(psi: float | None, threshold: float) -> str:
-    """A cell's background: white at 0, amber towards the PSI threshold, red past it. Pure."""
+DRIFTED_COLOUR = "#fca5a5"
+NOT_COUNTED_COLOUR = "#f9fafb"
+
+
+def drifted_cell(psi: float | None, judged: dict[str, Any] | None, threshold: float) -> bool | None:
+    """Whether a feature drifted at a check, by the rule the check's verdict counts: as the check
+    judged it (Evidently's test for the feature failed, or its PSI passed `drift.psi_threshold`),
+    else, for a check whose judgement cannot be read, its PSI past `threshold` (the spec's
+    `drift.psi_threshold`). None without a figure. Pure."""
+    if judged is not None:
+        return bool(judged["drifted"])
     if psi is None:
-        return "#f9fafb"
-    if psi > threshold:
-        return "#fca5a5"
-    share = max(0.0, min(1.0, psi / threshold))
+        return None
+    return psi > threshold
+
+
+def heat(psi: float | None, threshold: float, drifted: bool | None = None) -> str:
+    """A cell's background: red where the feature drifted (`drifted`, by `drifted_cell`; PSI past
+    the threshold where no judgement is given), else white at PSI 0 deepening to amber towards the
+    threshold. Pure."""
+    if psi is None and drifted is None:
+        return NOT_COUNTED_COLOUR
+    if drifted is None:
+        drifted = psi is not None and psi > threshold
+    if drifted:
+        return DRIFTED_COLOUR
+    share = max(0.0, min(1.0, (psi or 0.0) / threshold))
     return f"rgba(245,158,11,{0.08 + 0.5 * share:.2f})"
+
+
+def cell_title(feature: str, psi: float | None, judged: dict[str, Any] | None, drifted: bool | None) -> str:
+    """A heat cell's tooltip: the figures the judgement rests on. Pure."""
+    parts = [f"{feature}: PSI {fmt(psi, 3)}"]
+    test = (judged or {}).get("evidently") or {}
+    if test.get("method"):
+        verdict = "failed" if test.get("drifted") else "passed"
+        parts.append(
+            f"Evidently {test['method']} {fmt(test.get('score'), 3)} (threshold {test.get('threshold')}): {verdict}"
+        )
+    elif judged is None and psi is not None:
+        parts.append("no judgement recorded: PSI rule only")
+    parts.append("drifted" if drifted else "not drifted")
+    return "; ".join(parts)
 
 
 # ---------------------------------------------------------------------------------- sections
@@ -202,8 +302,9 @@ def models_section(detail: dict[str, Any], versions: list[dict[str, Any]], mlflo
     cards = []
     for alias in ("champion", "challenger"):
         m = detail.get(alias)
-        if m is None:
-            cards.append(f'<div class="card"><div class="muted">{alias}</div><b class="big">none</b></div>')
+        empty = empty_card(alias, detail.get("champion"), m)
+        if empty is not None or m is None:
+            cards.append(empty or "")
             continue
         figure = metric_value(m.get("metric"))
         lineage = by_version.get(m["version"], {}).get("lineage") or {}
@@ -223,6 +324,29 @@ def models_section(detail: dict[str, Any], versions: list[dict[str, Any]], mlflo
             f"<div>{' · '.join(links)}</div></div>"
         )
     return f'<h2>Models</h2><div class="cards">{"".join(cards)}</div>'
+
+
+def empty_card(alias: str, champion: dict[str, Any] | None, model: dict[str, Any] | None) -> str | None:
+    """The card of an alias with no model of its own, or None where it has one: no champion yet;
+    no challenger, where none is set or the challenger is the champion itself (a pipeline's first
+    model is both). Pure."""
+    if alias == "champion" and model is None:
+        what, why = "no champion yet", "nothing is served until a run passes its gate"
+    elif alias == "challenger" and (
+        model is None or (champion is not None and model["version"] == champion["version"])
+    ):
+        what = "no challenger"
+        why = (
+            f"v{champion['version']} is the champion; the next run that passes its gate becomes the challenger"
+            if champion is not None
+            else "no run has passed its gate"
+        )
+    else:
+        return None
+    return (
+        f'<div class="card" data-alias="{alias}"><div class="muted">{alias}</div><b class="big">{what}</b>'
+        f'<div class="muted">{escape(why)}</div></div>'
+    )
 
 
 def canary_section(pipeline: str, canary: dict[str, Any] | None) -> str:
@@ -258,23 +382,77 @@ def canary_section(pipeline: str, canary: dict[str, Any] | None) -> str:
     return f"{head}<p>v{canary['champion']} → v{canary['challenger']}</p>{walk}{table}"
 
 
-def live_section(detail: dict[str, Any], live: list[dict[str, Any]], versions: list[dict[str, Any]]) -> str:
-    if not live:
-        return "<h2>Live metric</h2><p class='muted'>No drift check has scored labelled predictions yet.</p>"
-    shown = {int(p["version"]) for p in live}
-    references = {
-        v["version"]: figure[1]
-        for v in versions
-        if v["version"] in shown and (figure := metric_value(v.get("metric"))) is not None
-    }
-    last = live[-1]
-    reference = references.get(int(last["version"]))
-    summary = (
-        f"v{last['version']}: live {escape(last['metric'])} <b>{fmt(last['value'])}</b> on {last['rows']} labels"
-        + (f" against its evaluation {reference:.4f}" if reference is not None else "")
-        + f" <span class='muted'>({escape(last['at'][:16])})</span>"
+def live_summary(
+    champion: int | None, current: dict[str, Any] | None, live: list[dict[str, Any]], reference: float | None
+) -> str:
+    """What the live section says of the champion: its live metric now (or why there is none yet),
+    against its evaluation figure; else the latest drift check's figure of it. Pure (HTML)."""
+    if champion is None:
+        return "<p class='muted'>No champion: nothing is served, so nothing is scored live.</p>"
+    against = f" against its evaluation {reference:.4f}" if reference is not None else ""
+    checked = [p for p in live if int(p["version"]) == champion and p["value"] is not None]
+    if current is not None and current.get("value") is not None:
+        return (
+            f"<p id='live-champion'>v{champion} (champion): live {escape(current['metric'])} "
+            f"<b>{fmt(current['value'])}</b> on {current['rows']} labels of the last "
+            f"{current['window_hours']:g} h{against} <span class='muted'>(now)</span></p>"
+        )
+    if checked:
+        last = checked[-1]
+        return (
+            f"<p id='live-champion'>v{champion} (champion): live {escape(last['metric'])} "
+            f"<b>{fmt(last['value'])}</b> on {last['rows']} labels{against} "
+            f"<span class='muted'>(drift check of {escape(when(last['at']))})</span></p>"
+        )
+    why = current["short"] if current is not None and current.get("short") else "no labelled predictions yet"
+    return (
+        f"<p id='live-champion'>v{champion} (champion): no live figure yet: {escape(why)}."
+        + (f" Its evaluation: {reference:.4f}." if reference is not None else "")
+        + "</p>"
     )
-    return f"<h2>Live metric</h2><p>{summary}</p>{live_metric_svg(live, references)}"
+
+
+def live_section(
+    detail: dict[str, Any],
+    live: list[dict[str, Any]],
+    versions: list[dict[str, Any]],
+    current: dict[str, Any] | None = None,
+) -> str:
+    """The champion's live metric (now, from its labels, or its latest drift check), and the chart
+    of every version's live figures at each check, each version labelled with its role. Pure."""
+    champion = int(detail["champion"]["version"]) if detail.get("champion") else None
+    points = live_series(live, champion, current)
+    if not points and champion is None:
+        return "<h2>Live metric</h2><p class='muted'>No drift check has scored labelled predictions yet.</p>"
+    shown = {int(p["version"]) for p in points} | ({champion} if champion is not None else set())
+    evaluation = {int(v["version"]): metric_value(v.get("metric")) for v in versions}
+    references = {v: figure[1] for v, figure in evaluation.items() if v in shown and figure is not None}
+    roles = version_roles(versions, champion)
+    summary = live_summary(champion, current, live, references.get(champion) if champion is not None else None)
+    latest = {int(p["version"]): p for p in points if int(p["version"]) != champion}  # oldest first: the last wins
+    history = "".join(
+        f"<p class='muted'>v{v} ({escape(roles.get(v, 'retired'))}): last live "
+        f"{fmt(last['value'])} on {last['rows']} labels (drift check of {escape(when(last['at']))})</p>"
+        for v, last in sorted(latest.items())
+    )
+    chart = live_metric_svg(points, references, roles) if points else ""
+    caption = (
+        "<p class='muted'>Dots: the live metric at each drift check (ringed: the champion's now); dashes: each "
+        "version's evaluation figure.</p>"
+        if chart
+        else ""
+    )
+    return f"<h2>Live metric</h2>{summary}{history}{chart}{caption}"
+
+
+def drift_legend(threshold: float) -> str:
+    """The rule the heat table's colours follow, in words (the rule of `drifted_cell`). Pure."""
+    return (
+        "A cell is red where the check counted the feature as drifted: Evidently's drift test for the "
+        f"feature failed, or its PSI passed {threshold:g} (the spec's <code>drift.psi_threshold</code>); "
+        "otherwise it deepens from white to amber as the PSI nears that threshold. "
+        "A check with no readable per-feature judgement is coloured by the PSI rule alone."
+    )
 
 
 def drift_section(pipeline: str, drift: dict[str, Any], threshold: float, ignored: frozenset[str]) -> str:
@@ -285,22 +463,28 @@ def drift_section(pipeline: str, drift: dict[str, Any], threshold: float, ignore
         f"{escape(c['status'])}'>{link(report_url(f'{pipeline}_drift', c['run_id'], 'drift'), when(c['at']))}</th>"
         for c in drift["checks"]
     )
-    rows = "".join(
-        f"<tr{' class=ignored' if feature in ignored else ''}><th>{escape(feature)}"
-        f"{' (ignored)' if feature in ignored else ''}</th>"
-        + "".join(
-            f"<td class='cell' style='background:{heat(v, threshold) if feature not in ignored else '#f9fafb'}'>"
-            f"{fmt(v, 2)}</td>"
-            for v in values
+    judged_all = drift.get("judged") or {}
+    rows = []
+    for feature, values in drift["features"].items():
+        judged = judged_all.get(feature) or [None] * len(values)
+        cells = []
+        for v, j in zip(values, judged, strict=True):
+            drifted = drifted_cell(v, j, threshold)
+            colour = NOT_COUNTED_COLOUR if feature in ignored else heat(v, threshold, drifted)
+            mark = " data-drifted" if drifted and feature not in ignored else ""
+            cells.append(
+                f"<td class='cell'{mark} style='background:{colour}' "
+                f"title='{escape(cell_title(feature, v, j, drifted))}'>{fmt(v, 2)}</td>"
+            )
+        rows.append(
+            f"<tr{' class=ignored' if feature in ignored else ''}><th>{escape(feature)}"
+            f"{' (ignored)' if feature in ignored else ''}</th>{''.join(cells)}</tr>"
         )
-        + "</tr>"
-        for feature, values in drift["features"].items()
-    )
     return (
         f"<h2>Drift per feature</h2><p class='muted'>PSI per feature at each check (window end, UTC; a column "
-        f"opens the check's Evidently report, its colour is the verdict); red past {threshold:g}; features the "
+        f"opens the check's Evidently report, its colour is the verdict). {drift_legend(threshold)} Features the "
         f"spec's <code>drift.ignore</code> names are shown, never counted.</p>"
-        f"<table class='heat'><tr><th></th>{head}</tr>{rows}</table>"
+        f"<table class='heat'><tr><th></th>{head}</tr>{''.join(rows)}</table>"
     )
 
 
@@ -395,7 +579,7 @@ def page_html(
 {trace_section(selected, trace_query, trace, trace_error, mlflow_base)}
 {models_section(detail, data["versions"], mlflow_base)}
 {canary_section(selected, detail.get("canary"))}
-{live_section(detail, data["live"], data["versions"])}
+{live_section(detail, data["live"], data["versions"], data.get("champion_live"))}
 {drift_section(selected, data["drift"], psi_threshold, drift_ignored)}
 {runs_section(selected, detail["runs"], data["runs"], mlflow_base)}
 </body></html>"""

@@ -11,20 +11,24 @@ files of the steps that write one.
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from datetime import UTC, datetime
 from html import escape
-from typing import Any, Literal
-from urllib.parse import quote
+from pathlib import Path
+from typing import Annotated, Any, Literal
+from urllib.parse import quote, urlencode
 
-from airflow.api_fastapi.core_api.security import GetUserDep
+from airflow.api_fastapi.core_api.security import GetUserDep, bearer_scheme, get_user
 from airflow.plugins_manager import AirflowPlugin
+from fastapi import Depends, FastAPI, HTTPException, Request  # FastAPI reads these names from the module
+from fastapi.security import HTTPAuthorizationCredentials
 from mlcycle_page import PAGE_PATH, empty_page, page_html  # beside this file: Airflow puts the folder on sys.path
 from pydantic import BaseModel
 
 from operators.links import MlflowLink, ReportLink
-from pipelines.core.errors import InvalidArgument, SpecError
+from pipelines.core.errors import InvalidArgument, SpecError, field_path
 from pipelines.core.params import FORM, RunParams
-from pipelines.core.settings import load_settings
+from pipelines.core.settings import Settings, load_settings
 from pipelines.core.spec import pipeline_names, spec_for
 from pipelines.core.steps import BY_NAME, REPORT_FILES, artifact_url
 from pipelines.io import catalog
@@ -50,25 +54,141 @@ def readable_pipelines(user: Any) -> list[str]:
     return [n for n in pipeline_names(load_settings()) if allowed(user, "GET", n)]
 
 
+LOGIN = "/api/v2/auth/login"
+"""Airflow's login entry: it checks `next` and sends the browser to the auth manager's login page."""
+
+
+def needs_login(status: int, detail: Any) -> bool:
+    """Whether Airflow refused a request for want of a valid session, where its UI sends the
+    browser to the login: no or an expired token (401), or a token it cannot read (403
+    "Invalid JWT token"); any other 403 is a real refusal. Pure."""
+    return status == 401 or (status == 403 and detail == "Invalid JWT token")
+
+
+def login_url(root_path: str, next_url: str) -> str:
+    """Airflow's login, returning to `next_url` (a path of this server) once logged in, as the UI
+    sends a browser without a session. Pure."""
+    return f"{root_path.rstrip('/')}{LOGIN}?{urlencode({'next': next_url})}"
+
+
+def error_body(status: int, reason: str, field: str | None = None) -> dict[str, Any]:
+    """Every error of the plugin's API: `{"error": <HTTP status>, "reason": <text>, "field": <the
+    request's field at fault, or null>}`. Pure."""
+    return {"error": status, "reason": reason, "field": field}
+
+
+def scrub(text: str, directories: Iterable[tuple[str, str]]) -> str:
+    """`text` with every server directory of `directories` ((path, name) pairs) replaced by its
+    name: no error tells a client where the server keeps its files. Pure."""
+    for path, name in sorted(directories, key=lambda d: -len(d[0])):
+        if path and path != "/":
+            text = text.replace(path.rstrip("/"), name)
+    return text
+
+
+def server_directories(settings: Settings) -> list[tuple[str, str]]:
+    """The directories of this installation that an error could name, with what to call them."""
+    return [
+        (str(settings.specs_path), "<pipelines dir>"),
+        (str(settings.state_path), "<state dir>"),
+        (str(settings.project_dir), "<project dir>"),
+        (str(Path.home()), "<home>"),
+    ]
+
+
+def unknown_pipeline(pipeline: str, known: list[str]) -> str:
+    """The 404 of a pipeline the user cannot read (or that does not exist): the pipelines they may
+    read, no server path. Pure."""
+    return f"no pipeline {pipeline!r} that you may read (known: {known})"
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    """Every error `app` answers in the one shape (`error_body`), scrubbed of server paths; an
+    unexpected error as a bare 500 (its traceback stays in the api-server's log)."""
+    from fastapi.exceptions import RequestValidationError
+    from fastapi.responses import JSONResponse
+    from starlette.exceptions import HTTPException as StarletteHTTPException
+
+    def answer(status: int, reason: str, field: str | None, headers: Any = None) -> JSONResponse:
+        try:
+            reason = scrub(reason, server_directories(load_settings()))
+        except Exception:  # no settings: nothing of theirs to scrub, and the answer must go out
+            reason = scrub(reason, [(str(Path.home()), "<home>")])
+        return JSONResponse(error_body(status, reason, field), status_code=status, headers=headers)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def as_json(request: Request, err: StarletteHTTPException) -> JSONResponse:
+        reason = err.detail if isinstance(err.detail, str) else json.dumps(err.detail)
+        return answer(err.status_code, reason, getattr(err, "field", None), getattr(err, "headers", None))
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid_as_json(request: Request, err: RequestValidationError) -> JSONResponse:
+        errors = err.errors()
+        reason = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in errors)
+        return answer(422, reason, field_path(tuple(errors[0]["loc"])) if errors else None)
+
+    @app.exception_handler(Exception)
+    async def unexpected(request: Request, err: Exception) -> JSONResponse:
+        return answer(500, "internal error: the api-server's log has the details", None)
+
+
+def api_error(status: int, reason: str, field: str | None = None) -> HTTPException:
+    """An HTTPException that carries the field at fault (for `error_body`)."""
+    err = HTTPException(status, reason)
+    err.field = field  # type: ignore[attr-defined]
+    return err
+
+
+async def session_user(
+    request: Request, bearer: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer_scheme)]
+) -> Any:
+    """The user of the request's session or token; None where Airflow's UI would send the browser
+    to the login (no session, an expired or unreadable token)."""
+    try:
+        return await get_user(request, None, bearer)
+    except HTTPException as err:
+        if needs_login(err.status_code, err.detail):
+            return None
+        raise
+
+
+PageUserDep = Annotated[Any, Depends(session_user)]
+
+
 def _app() -> Any:
+    from airflow.api_fastapi.app import get_cookie_path
     from airflow.api_fastapi.auth.managers.models.resource_details import DagAccessEntity
     from airflow.api_fastapi.core_api.security import requires_access_dag
-    from fastapi import Depends, FastAPI, HTTPException
-    from fastapi.responses import HTMLResponse, Response
+    from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
     app = FastAPI(title="mlcycle artifacts")
+    install_error_handlers(app)
 
     @app.get("/page", response_class=HTMLResponse)
-    def page(user: GetUserDep, pipeline: str | None = None, request_id: str = "") -> HTMLResponse:
-        """The mlcycle page of one pipeline (the first the user may read when none is named)."""
+    def page(
+        request: Request,
+        user: PageUserDep,
+        pipeline: str | None = None,
+        request_id: str = "",
+    ) -> Response:
+        """The mlcycle page of one pipeline (the first the user may read when none is named); a
+        browser without a session goes to Airflow's login, which brings it back here."""
+        if user is None:
+            back = request.url.path + (f"?{request.url.query}" if request.url.query else "")
+            # the server's base path (`[api] base_url`), not the scope's root path: that one ends in this mount
+            return RedirectResponse(login_url(get_cookie_path(), back), status_code=307)
         settings = load_settings()
         names = readable_pipelines(user)
         if not names:
             return HTMLResponse(empty_page("No pipeline's lifecycle DAG is readable by you."), status_code=403)
         selected = pipeline or names[0]
         if selected not in names:
-            raise HTTPException(404, f"no pipeline {selected!r} that you may read (yours: {names})")
-        spec = spec_for(settings, selected)
+            return HTMLResponse(empty_page(unknown_pipeline(selected, names)), status_code=404)
+        try:
+            spec = spec_for(settings, selected)
+        except SpecError:
+            reason = f"The spec of {selected} does not load: `mlcycle spec validate` names the problem."
+            return HTMLResponse(empty_page(reason), status_code=409)
         trace, error, wanted = None, None, request_id.strip()
         if wanted:
             trace = catalog.trace(settings, wanted, set(names))
@@ -94,12 +214,12 @@ def _app() -> Any:
     def artifact(dag_id: str, run_id: str, step: str, name: str) -> Response:
         info = BY_NAME.get(step)
         if info is None or info.report is None or name not in REPORT_FILES:
-            raise HTTPException(404, "not a report")
+            raise api_error(404, "not a report", "step" if info is None or info.report is None else "name")
         pipeline = dag_id.rsplit("_", 1)[0]
         try:
             key = run_key(pipeline, check_run_id(run_id), step, name)
         except InvalidArgument as err:
-            raise HTTPException(404, str(err)) from None
+            raise api_error(404, str(err), "run_id") from None
         storage = open_storage(load_settings())
         if not storage.exists(key):
             raise HTTPException(404, f"{key}: not written (the step did not run or wrote no report)")
@@ -113,14 +233,14 @@ def _app() -> Any:
     def report_page(dag_id: str, run_id: str, step: str) -> HTMLResponse:
         info = BY_NAME.get(step)
         if info is None or info.report is None:
-            raise HTTPException(404, "not a step with a report")
+            raise api_error(404, "not a step with a report", "step")
         pipeline = dag_id.rsplit("_", 1)[0]
         try:
             keys = {
                 name: run_key(pipeline, check_run_id(run_id), step, name) for name in (info.report.file, "report.json")
             }
         except InvalidArgument as err:
-            raise HTTPException(404, str(err)) from None
+            raise api_error(404, str(err), "run_id") from None
         storage = open_storage(load_settings())
         written = [name for name, key in keys.items() if storage.exists(key)]
         if not written:
@@ -171,39 +291,32 @@ class TriggerBody(BaseModel):
 def _api() -> Any:
     """The platform API, `/api/ml/*`: behind Airflow's login, each pipeline behind its lifecycle
     DAG's permissions (read: the DAG's runs; trigger: creating runs). Errors are JSON
-    `{"error", "reason"}`; lists are pages (`limit`, `offset`, `total`, `next_offset`)."""
-    from fastapi import Depends, FastAPI, HTTPException, Query, Request
-    from fastapi.exceptions import RequestValidationError
-    from fastapi.responses import JSONResponse
+    `{"error": <status>, "reason": <text>, "field": <field or null>}` and name no server path;
+    lists are pages (`limit`, `offset`, `total`, `next_offset`)."""
+    from fastapi import Query
     from pydantic import ValidationError
-    from starlette.exceptions import HTTPException as StarletteHTTPException
 
     app = FastAPI(
         title="mlcycle platform API",
         version="1",
         description="Pipelines, model versions and their lineage, drift, prediction traces, training runs.",
     )
-
-    @app.exception_handler(StarletteHTTPException)
-    async def as_json(request: Request, err: StarletteHTTPException) -> JSONResponse:
-        reason = err.detail if isinstance(err.detail, str) else json.dumps(err.detail)
-        return JSONResponse({"error": err.status_code, "reason": reason}, status_code=err.status_code)
-
-    @app.exception_handler(RequestValidationError)
-    async def invalid_as_json(request: Request, err: RequestValidationError) -> JSONResponse:
-        reason = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in err.errors())
-        return JSONResponse({"error": 422, "reason": reason}, status_code=422)
+    install_error_handlers(app)
 
     def readable(method: Literal["GET", "POST"] = "GET") -> Any:
         def check(pipeline: str, user: GetUserDep) -> str:
             settings = load_settings()
-            try:
-                spec_for(settings, pipeline)
-            except SpecError as err:
-                raise HTTPException(404, str(err)) from None
+            if pipeline not in pipeline_names(settings):  # a name, never a path to look for
+                raise api_error(404, unknown_pipeline(pipeline, readable_pipelines(user)), "pipeline")
             if not allowed(user, method, pipeline):
                 what = "write" if method == "POST" else "read"
                 raise HTTPException(403, f"no {what} access to {pipeline}_lifecycle's runs")
+            try:
+                spec_for(settings, pipeline)
+            except SpecError:
+                raise HTTPException(
+                    409, f"the spec of {pipeline} does not load: `mlcycle spec validate` says why"
+                ) from None
             return pipeline
 
         return check
@@ -236,7 +349,7 @@ def _api() -> Any:
         names = set(readable_pipelines(user))
         answers = catalog.trace(settings, request_id, names)
         if answers is None:
-            raise HTTPException(404, f"no prediction {request_id!r} in a pipeline you may read")
+            raise api_error(404, f"no prediction {request_id!r} in a pipeline you may read", "request_id")
         return {"request_id": request_id, "answers": answers}
 
     @app.post("/pipelines/{pipeline}/labels", status_code=201)
@@ -248,11 +361,13 @@ def _api() -> Any:
 
         settings = load_settings()
         if not body.labels:
-            raise HTTPException(422, "no labels: `labels` is a list of {entity_id, label[, request_id, observed_at]}")
+            raise api_error(
+                422, "no labels: `labels` is a list of {entity_id, label[, request_id, observed_at]}", "labels"
+            )
         try:
             rows = label_rows(pd.DataFrame(body.labels), spec_for(settings, name), datetime.now(UTC))
         except InvalidArgument as err:
-            raise HTTPException(422, str(err)) from None
+            raise api_error(422, str(err), "labels") from None
         return {"pipeline": name, "loaded": upsert_labels(settings, rows)}
 
     @app.post("/pipelines/{pipeline}/runs", status_code=201)
@@ -262,13 +377,13 @@ def _api() -> Any:
 
         unknown = sorted(set(body.conf) - set(FORM))
         if unknown:
-            raise HTTPException(422, f"unknown run params {unknown}; a run takes {list(FORM)}")
+            raise api_error(422, f"unknown run params {unknown}; a run takes {list(FORM)}", f"conf.{unknown[0]}")
         try:
             RunParams(**body.conf)
         except ValidationError as err:
-            raise HTTPException(
-                422, f"invalid run params: {err.errors()[0]['loc']}: {err.errors()[0]['msg']}"
-            ) from None
+            first = err.errors()[0]
+            where = field_path(("conf", *first["loc"]))
+            raise api_error(422, f"invalid run params: {where}: {first['msg']}", where) from None
         run = trigger_dag(
             f"{name}_lifecycle",
             triggered_by=DagRunTriggeredByType.REST_API,

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import uuid
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from pipelines.core.errors import SpecError
@@ -20,8 +21,11 @@ from pipelines.core.steps import BY_NAME, dag_of_run, report_url
 from pipelines.io.db import connect, fetch_dicts
 from pipelines.io.registry import model_name
 from pipelines.io.status import pipeline_status
-from pipelines.io.storage import open_storage, run_key
+from pipelines.io.storage import open_storage, read_json, run_key
 from pipelines.io.tracking import setup_mlflow
+
+MIN_LIVE_LABELS = 30
+"""Labelled predictions a live figure needs (of both classes for a binary label), as the drift check."""
 
 
 def page(items: list[Any], limit: int, offset: int) -> dict[str, Any]:
@@ -85,7 +89,7 @@ def pipeline_detail(settings: Settings, pipeline: str, live: list[dict[str, Any]
     checks = drift_history(settings, pipeline)
     out["last_drift_check"] = checks[0] if checks else None
     live = live_metric_history(settings, pipeline) if live is None else live
-    out["live_metric"] = live[-1] if live else None
+    out["live_metric"] = last_of_version(live, out["champion"]["version"] if out["champion"] else None)
     out["canary"] = last_canary(settings, pipeline)
     return out
 
@@ -95,13 +99,69 @@ def overview(settings: Settings, pipeline: str) -> dict[str, Any]:
     drift per feature, and its last runs' steps and links."""
     live = live_metric_history(settings, pipeline)
     detail = pipeline_detail(settings, pipeline, live)
+    champion = detail["champion"]["version"] if detail["champion"] else None
     return {
         "detail": detail,
         "versions": model_versions(settings, pipeline),
         "live": live,
+        "champion_live": champion_live(settings, pipeline, champion) if champion is not None else None,
         "drift": drift_by_feature(settings, pipeline),
         "runs": run_steps_overview(settings, pipeline, [r["run_id"] for r in detail["runs"]]),
     }
+
+
+def last_of_version(live: list[dict[str, Any]], version: int | None) -> dict[str, Any] | None:
+    """The latest point of `live` (oldest first) that scored `version`: the pipeline's live metric
+    is its champion's, never a retired version's. Pure."""
+    mine = [p for p in live if version is not None and int(p["version"]) == version]
+    return mine[-1] if mine else None
+
+
+def live_figure(
+    rows: list[tuple[int, Any, float]],
+    metric: str,
+    kind: str,
+    score: Any,
+    need: int = MIN_LIVE_LABELS,
+    where: str = "",
+) -> dict[str, Any]:
+    """A version's live metric on its labelled predictions `rows` (version, score, label): the
+    value (`score(y, p)`, the spec's primary metric), or None with why (`where` says which
+    predictions: " in the last 24 h"), where there are fewer than `need` (or one class only, for a
+    binary label). Pure."""
+    import numpy as np
+
+    y = np.array([r[2] for r in rows], dtype=float)
+    out: dict[str, Any] = {"metric": metric, "rows": len(rows), "need": need, "value": None, "short": None}
+    if len(rows) < need:
+        out["short"] = f"{len(rows)} labelled predictions{where}, a figure needs {need}"
+    elif kind == "binary" and len(np.unique(y)) < 2:
+        out["short"] = f"{len(rows)} labelled predictions{where}, all of one class: a figure needs both"
+    else:
+        out["value"] = float(score(y, np.array([r[1] for r in rows], dtype=float)))
+    return out
+
+
+def champion_live(
+    settings: Settings, pipeline: str, version: int, now: datetime | None = None
+) -> dict[str, Any] | None:
+    """The champion's live metric now, on the labels that arrived for its predictions of the drift
+    window (`drift.window_hours`, as its next drift check will compute it), so the page shows the
+    current champion's figure before a drift check has scored it. None where the spec is gone."""
+    from pipelines.io.requestlog import labelled  # numpy, through the A/B comparison
+    from pipelines.ml.metrics import primary_metric
+
+    try:
+        spec = spec_for(settings, pipeline)
+    except SpecError:
+        return None
+    end = now or datetime.now(UTC)
+    start = end - timedelta(hours=spec.drift.window_hours)
+    rows = labelled(settings, pipeline, [version], since=start, until=end)
+    score = primary_metric(spec.evaluation, spec.label.kind)
+    where = f" in the last {spec.drift.window_hours:g} h"
+    figure = live_figure(rows, spec.evaluation.primary_metric, spec.label.kind, score, where=where)
+    return {**figure, "version": version, "at": end.isoformat(), "window_hours": spec.drift.window_hours}
 
 
 def canary_state(status: str, report: dict[str, Any]) -> dict[str, Any]:
@@ -149,23 +209,46 @@ def last_canary(settings: Settings, pipeline: str) -> dict[str, Any] | None:
     }
 
 
-def drift_matrix(rows: list[tuple[Any, ...]]) -> dict[str, Any]:
-    """Per feature, its PSI at each drift check, oldest check first: `rows` are (check run id,
-    window end, status, feature, psi), ordered by window end. Pure."""
+def drift_matrix(
+    rows: list[tuple[Any, ...]], judged: dict[str, dict[str, dict[str, Any]]] | None = None
+) -> dict[str, Any]:
+    """Per feature, its PSI at each drift check, oldest check first, and how the check judged it:
+    `rows` are (check run id, window end, status, feature, psi), ordered by window end; `judged`
+    is, per check, `judged_features` of its manifest (a check without one judged nothing we can
+    read: None in its cells). Pure."""
     checks: dict[str, dict[str, Any]] = {}
     values: dict[str, dict[str, float | None]] = {}
     for run_id, at, status, feature, value in rows:
         checks.setdefault(run_id, {"run_id": run_id, "at": at.isoformat(), "status": status})
         values.setdefault(feature, {})[run_id] = value
     order = list(checks)
+    judged = judged or {}
     return {
         "checks": list(checks.values()),
         "features": {f: [v.get(r) for r in order] for f, v in sorted(values.items())},
+        "judged": {f: [judged.get(r, {}).get(f) for r in order] for f in sorted(values)},
     }
 
 
+def judged_features(manifest: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Per feature, what a drift check decided (its manifest's `features`): `drifted` (Evidently's
+    test failed, or the PSI passed the spec's `drift.psi_threshold`, as the check applied them),
+    and Evidently's test (method, score, threshold, whether it failed). Pure."""
+    out = {}
+    for feature, fig in (manifest.get("features") or {}).items():
+        if not isinstance(fig, dict) or "drifted" not in fig:
+            continue
+        evidently = fig.get("evidently") or {}
+        out[feature] = {
+            "drifted": bool(fig["drifted"]),
+            "evidently": {k: evidently.get(k) for k in ("method", "score", "threshold", "drifted")},
+        }
+    return out
+
+
 def drift_by_feature(settings: Settings, pipeline: str, checks: int = 12) -> dict[str, Any]:
-    """The PSI of every feature over the pipeline's last `checks` drift checks."""
+    """The PSI of every feature over the pipeline's last `checks` drift checks, and each check's
+    judgement of each feature (from the check's manifest)."""
     with connect(settings) as conn:
         rows = conn.execute(
             "SELECT d.run_id, d.window_end, d.status, m.feature, m.value FROM drift_checks d"
@@ -175,7 +258,13 @@ def drift_by_feature(settings: Settings, pipeline: str, checks: int = 12) -> dic
             " ORDER BY d.window_end, m.feature",
             (pipeline, pipeline, checks),
         ).fetchall()
-    return drift_matrix(rows)
+    storage = open_storage(settings)
+    judged = {}
+    for run_id in dict.fromkeys(r[0] for r in rows):
+        key = run_key(pipeline, run_id, "drift", "manifest.json")
+        if storage.exists(key):
+            judged[run_id] = judged_features(read_json(storage, key))
+    return drift_matrix(rows, judged)
 
 
 def records(settings: Settings, query: str, params: tuple[Any, ...]) -> list[dict[str, Any]]:

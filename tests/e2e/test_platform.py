@@ -315,6 +315,7 @@ def test_the_platform_api_answers_from_the_records_behind_airflows_login(up: dic
     assert not_a_page.status_code == 422 and not_a_page.json()["reason"].startswith("query.limit:")
     missing = httpx.get(f"{api}/pipelines/nope", headers=admin, timeout=60)
     assert missing.status_code == 404 and "known" in missing.json()["reason"]
+    assert missing.json()["field"] == "pipeline" and up["MLCYCLE_PIPELINES_DIR"] not in missing.text  # no server path
 
     # triggering: the viewer may not; a bad param is refused; the admin's run exists in Airflow
     body = {"conf": {"n_trials": 1, "dry_run": True}}
@@ -402,9 +403,40 @@ def browser() -> Iterator[Any]:
         session.quit()
 
 
+def serve_and_label(env: dict[str, str], pipeline: str, per_class: int = 20) -> dict[str, Any]:
+    """Live traffic whose outcomes arrive: `per_class` patients of each class served in one request
+    and their true labels posted for it through the platform API. Returns the served answer."""
+    import csv
+
+    spec = yaml.safe_load((Path(env["MLCYCLE_PIPELINES_DIR"]) / f"{pipeline}.yaml").read_text())
+    join, label = spec["entity"]["join_key"], spec["label"]["column"]
+    with open(spec["source"]["path"]) as f:
+        rows = [(int(r[join]), int(r[label])) for r in csv.DictReader(f)]
+    chosen = [r for r in rows if r[1] == 1][:per_class] + [r for r in rows if r[1] == 0][:per_class]
+    key = (Path(env["MLCYCLE_STATE_DIR"]) / "serving-api-key").read_text().strip()
+    url = f"http://127.0.0.1:{env['MLCYCLE_SERVE_PORT']}/v1/pipelines/{pipeline}/predict"
+    body = {"instances": [{"entity_id": e} for e, _ in chosen]}
+    answer = httpx.post(url, json=body, headers={"x-api-key": key}, timeout=60)
+    assert answer.status_code == 200, answer.text
+    served = dict(answer.json())
+    api = f"http://127.0.0.1:{env['MLCYCLE_AIRFLOW_PORT']}/api/ml"
+    labels = {"labels": [{"entity_id": e, "label": y, "request_id": served["request_id"]} for e, y in chosen]}
+    loaded = httpx.post(f"{api}/pipelines/{pipeline}/labels", json=labels, headers=token(env, "admin"), timeout=60)
+    assert loaded.status_code == 201 and loaded.json()["loaded"] == len(chosen), loaded.text
+    viewer = token(env, "viewer")
+    wait_for(  # the request log is flushed off the request path
+        lambda: httpx.get(f"{api}/predictions/{served['request_id']}", headers=viewer, timeout=60).status_code == 200,
+        "the labelled predictions never reached the request log",
+    )
+    return served
+
+
 def test_the_mlcycle_page_in_a_real_browser(up: dict[str, str], browser: Any) -> None:
-    """Log in to the Airflow UI, open the mlcycle page, see the demo pipeline's champion, follow a
-    Report link and a trace lookup, and trigger a run from the Trigger form with a changed param."""
+    """Open the mlcycle page without a session and be sent to Airflow's login, which leads back to
+    it; see the champion of the user's pipeline (promoted by its first run) with its live metric
+    from labelled traffic and no challenger; the demo pipeline's champion under the UI's own
+    navigation; follow a Report link and a trace lookup, and trigger a run from the Trigger form
+    with a changed param."""
     from selenium.webdriver.common.by import By
     from selenium.webdriver.common.keys import Keys
 
@@ -412,11 +444,30 @@ def test_the_mlcycle_page_in_a_real_browser(up: dict[str, str], browser: Any) ->
     passwords = json.loads(
         (Path(up["MLCYCLE_STATE_DIR"]) / "airflow" / "simple_auth_manager_passwords.json").read_text()
     )
-    browser.get(f"{base}/auth/login")
+    served = serve_and_label(up, TRIGGERED)  # the champion's traffic, and its outcomes
+
+    # no session: the page sends the browser to Airflow's login, as the UI does for its own pages
+    browser.get(f"{base}/mlcycle/page?pipeline={TRIGGERED}")
+    wait_for(lambda: "/auth/login" in browser.current_url, "the page without a session did not go to the login")
+    assert "next=" in browser.current_url and "mlcycle" in browser.current_url, browser.current_url
+    assert "Not authenticated" not in browser.page_source
+    browser.save_screenshot(str(ARTIFACTS / "login.png"))
     browser.find_element(By.NAME, "username").send_keys("admin")
     browser.find_element(By.NAME, "password").send_keys(passwords["admin"])
     browser.find_element(By.CSS_SELECTOR, "button[type=submit]").click()
-    wait_for(lambda: "/auth/login" not in browser.current_url, "the login did not leave the login page")
+    wait_for(lambda: "/mlcycle/page" in browser.current_url, "the login did not lead back to the page")
+    assert f"pipeline={TRIGGERED}" in browser.current_url
+
+    # after its first model's promotion: the champion's live metric, and no challenger beside it
+    recorded = httpx.get(f"{base}/api/ml/pipelines/{TRIGGERED}", headers=token(up, "viewer"), timeout=60).json()
+    version = recorded["champion"]["version"]
+    live = browser.find_element(By.ID, "live-champion").text
+    figure = re.match(rf"v{version} \(champion\): live roc_auc (0\.\d{{4}}|1\.0000) on (\d+) labels", live)
+    assert figure is not None and int(figure.group(2)) >= len(served["predictions"]), live
+    assert browser.find_elements(By.CSS_SELECTOR, f"circle[data-version='{version}'][r='6']")  # its point, ringed
+    challenger = browser.find_element(By.CSS_SELECTOR, "[data-alias=challenger]").text
+    assert "no challenger" in challenger and f"v{version} is the champion" in challenger, challenger
+    browser.save_screenshot(str(ARTIFACTS / "page-after-promotion.png"))
 
     # the page, under the UI's own navigation: churn (the demo's pipeline, run by the test before)
     browser.get(f"{base}/plugin/mlcycle")

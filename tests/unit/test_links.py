@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from types import SimpleNamespace
+
+import pytest
 
 from operators.links import MlflowLink, ReportLink, mlflow_url
 from pipelines.core.steps import artifact_url, report_url
@@ -47,3 +50,93 @@ def test_links_come_from_the_operator_that_ran() -> None:
     no_report = SimpleNamespace(step="features", result={"rows": 1})
     assert ReportLink().get_link(no_report, ti_key=key) == ""  # type: ignore[arg-type]
     assert MlflowLink().get_link(SimpleNamespace(step="train", result={}), ti_key=key) == ""  # type: ignore[arg-type]
+
+
+def test_a_browser_without_a_session_is_sent_to_airflows_login_and_back() -> None:
+    from plugins.mlcycle_plugin import login_url, needs_login
+
+    assert (
+        login_url("", "/mlcycle/page?pipeline=churn") == "/api/v2/auth/login?next=%2Fmlcycle%2Fpage%3Fpipeline%3Dchurn"
+    )
+    assert login_url("/airflow/", "/mlcycle/page").startswith("/airflow/api/v2/auth/login?next=")  # under a base path
+    assert needs_login(401, "Not authenticated") and needs_login(401, "Token Expired")
+    assert needs_login(403, "Invalid JWT token")  # a cookie this server cannot read: log in again
+    assert not needs_login(403, "Forbidden") and not needs_login(404, "Not Found")
+
+
+def test_the_plugins_errors_share_one_shape_and_name_no_server_path(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The handlers on a real FastAPI app: an error whose text names the specs directory (what
+    `spec_for` answers for an unknown pipeline) reaches the client without it."""
+    from fastapi import FastAPI
+    from fastapi.testclient import TestClient
+
+    from pipelines.core.errors import SpecError
+    from pipelines.core.settings import load_settings
+    from pipelines.core.spec import spec_for
+    from plugins.mlcycle_plugin import api_error, install_error_handlers, unknown_pipeline
+
+    specs = tmp_path / "srv" / "pipelines"
+    specs.mkdir(parents=True)
+    (specs / "churn.yaml").write_text("{}")
+    monkeypatch.setenv("MLCYCLE_PIPELINES_DIR", str(specs))
+    monkeypatch.setenv("MLCYCLE_STATE_DIR", str(tmp_path / "state"))
+    with pytest.raises(SpecError) as raised:
+        spec_for(load_settings(), "nope")
+    assert str(specs) in str(raised.value)  # what the API used to answer
+
+    app = FastAPI()
+    install_error_handlers(app)
+
+    @app.get("/spec/{name}")
+    def spec(name: str) -> dict[str, str]:
+        try:
+            spec_for(load_settings(), name)
+        except SpecError as err:
+            raise api_error(404, str(err), "pipeline") from None
+        return {}
+
+    @app.get("/page")
+    def page(limit: int) -> dict[str, int]:
+        return {"limit": limit}
+
+    @app.get("/boom")
+    def boom() -> None:
+        raise RuntimeError(f"cannot open {tmp_path / 'state' / 'secret'}")
+
+    client = TestClient(app, raise_server_exceptions=False)
+    missing = client.get("/spec/nope")
+    assert missing.status_code == 404
+    body = missing.json()
+    assert set(body) == {"error", "reason", "field"} and body["error"] == 404 and body["field"] == "pipeline"
+    assert str(tmp_path) not in missing.text and "nope" in body["reason"] and "<pipelines dir>" in body["reason"]
+    invalid = client.get("/page", params={"limit": "x"})
+    assert invalid.status_code == 422 and invalid.json()["field"] == "query.limit"
+    assert invalid.json()["reason"].startswith("query.limit:")
+    failed = client.get("/boom")
+    assert failed.status_code == 500 and failed.json() == {
+        "error": 500,
+        "reason": "internal error: the api-server's log has the details",
+        "field": None,
+    }
+    assert client.get("/nowhere").json() == {"error": 404, "reason": "Not Found", "field": None}
+    assert unknown_pipeline("nope", ["churn"]) == "no pipeline 'nope' that you may read (known: ['churn'])"
+
+
+def test_the_page_without_a_session_redirects_to_the_login_and_the_api_answers_401() -> None:
+    """The plugin's own apps, mounted as Airflow mounts them: no cookie, no token."""
+    from fastapi import FastAPI
+    from fastapi.testclient import TestClient
+
+    from plugins.mlcycle_plugin import _api, _app
+
+    server = FastAPI()
+    server.mount("/mlcycle", _app())
+    server.mount("/api/ml", _api())
+    client = TestClient(server)
+    page = client.get("/mlcycle/page", params={"pipeline": "churn"}, follow_redirects=False)
+    assert page.status_code == 307
+    assert page.headers["location"] == "/api/v2/auth/login?next=%2Fmlcycle%2Fpage%3Fpipeline%3Dchurn"
+    api = client.get("/api/ml/pipelines")
+    assert api.status_code == 401 and api.json() == {"error": 401, "reason": "Not authenticated", "field": None}

@@ -8,17 +8,21 @@ from typing import Any
 
 import pytest
 from mlcycle_page import (
+    DRIFTED_COLOUR,
     canary_walk_svg,
+    drifted_cell,
     heat,
     live_metric_svg,
+    live_series,
     metric_value,
     page_html,
     page_url,
+    version_roles,
     window_dates,
 )
 
 from pipelines.core.steps import dag_of_run
-from pipelines.io.catalog import canary_state, drift_matrix
+from pipelines.io.catalog import canary_state, drift_matrix, judged_features, last_of_version, live_figure
 
 WALK = [
     {"percent": 5, "decision": "advance", "seconds": 60, "reasons": ["ok"], "figures": {}},
@@ -84,7 +88,8 @@ def test_the_page_shows_the_champion_with_its_figure_and_links_that_leave_the_fr
     assert "v2</b> roc_auc <b>0.8395</b>" in card.group(0) and "2026-06-19 .. 2026-11-26" in card.group(0)
     assert '<a href="/dags/churn_lifecycle/runs/manual__1" target="_top">training run</a>' in card.group(0)
     assert 'href="http://m:5000/#/models/mlcycle-churn/versions/2" target="_blank">MLflow' in card.group(0)
-    assert '<div class="card"><div class="muted">challenger</div><b class="big">none</b>' in html
+    challenger = re.search(r'<div class="card" data-alias="challenger">.*?</div></div>', html, re.S)
+    assert challenger is not None and '<b class="big">no challenger</b>' in challenger.group(0)
     assert f'href="{page_url("tumours")}"' in html and " class=on>churn</a>" in html  # a tab per pipeline
 
 
@@ -130,8 +135,10 @@ def test_the_live_metric_is_drawn_against_each_versions_evaluation_figure() -> N
     svg = live_metric_svg(live, {1: 0.81, 2: 0.8395})
     assert svg.count('stroke-dasharray="5,4"') == 2 and svg.count("<circle") == 2
     html = render({**overview(), "live": live})
-    assert "v2: live roc_auc <b>0.8300</b> on 500 labels against its evaluation 0.8395" in html
-    assert "No drift check has scored" in render(overview())
+    assert "v2 (champion): live roc_auc <b>0.8300</b> on 500 labels against its evaluation 0.8395" in html
+    assert "v1 (retired): last live 0.7100 on 300 labels" in html
+    assert "v2 (champion): no live figure yet: no labelled predictions yet." in render(overview())
+    assert "No drift check has scored" in render(overview(champion=None))
 
 
 def test_drift_per_feature_is_a_heat_table_and_ignored_features_are_not_coloured() -> None:
@@ -204,3 +211,160 @@ def test_small_helpers() -> None:
     assert metric_value(None) is None and metric_value("garbled") is None and metric_value("a=b") is None
     assert window_dates(None) == "–"
     assert page_url("churn", request_id="r 1") == "/mlcycle/page?pipeline=churn&request_id=r+1"
+
+
+def card(html: str, alias: str) -> str:
+    found = re.search(rf'<div class="card" data-alias="{alias}">.*?</div></div>', html, re.S)
+    assert found is not None, html
+    return found.group(0)
+
+
+def test_a_first_model_that_is_champion_and_challenger_shows_no_challenger() -> None:
+    first = {"version": 1, "metric": "roc_auc=0.81", "run_id": "manual__1"}
+    html = render(overview(champion=first, challenger=dict(first)))
+    assert "v1</b>" in card(html, "champion")
+    assert '<b class="big">no challenger</b>' in card(html, "challenger") and "v1</b>" not in card(html, "challenger")
+    assert "v1 is the champion" in card(html, "challenger")
+    # a challenger of its own is shown as one
+    waiting = render(overview(challenger={"version": 3, "metric": "roc_auc=0.85", "run_id": "manual__3"}))
+    assert "v3</b> roc_auc <b>0.8500</b>" in card(waiting, "challenger")
+    nothing = render(overview(champion=None))
+    assert '<b class="big">no champion yet</b>' in card(nothing, "champion")
+    assert '<b class="big">no challenger</b>' in card(nothing, "challenger")
+
+
+LIVE_V1 = [
+    {"version": 1, "metric": "roc_auc", "value": 0.71, "rows": 300, "at": "2026-11-26T09:58:00+00:00"},
+    {"version": 1, "metric": "roc_auc", "value": 0.69, "rows": 320, "at": "2026-11-26T10:58:00+00:00"},
+]
+PROMOTED = [  # v2 promoted by the canary: v1 retired, no alias left on it
+    {"version": 2, "aliases": ["champion"], "metric": "roc_auc=0.8395", "lineage": {}},
+    {"version": 1, "aliases": [], "metric": "roc_auc=0.8100", "lineage": {}},
+]
+
+
+def now(value: float | None, rows: int, short: str | None = None) -> dict[str, Any]:
+    return {
+        "version": 2,
+        "metric": "roc_auc",
+        "value": value,
+        "rows": rows,
+        "need": 30,
+        "short": short,
+        "at": "2026-11-26T12:00:00+00:00",
+        "window_hours": 24.0,
+    }
+
+
+def test_after_a_promotion_the_live_chart_shows_the_champions_figure_and_the_retired_ones_history() -> None:
+    data = {**overview(), "versions": PROMOTED, "live": LIVE_V1, "champion_live": now(0.8123, 64)}
+    html = render(data)
+    section = html[html.index("<h2>Live metric</h2>") : html.index("<h2>Drift per feature</h2>")]
+    assert "v2 (champion): live roc_auc <b>0.8123</b> on 64 labels of the last 24 h against its evaluation 0.8395" in (
+        section
+    )
+    assert "v1 (retired): last live 0.6900 on 320 labels" in section
+    assert re.search(r'<circle [^>]*r="6" fill="[^"]+" data-version="2">', section)  # the champion's point, ringed
+    assert section.count('data-version="1">') == 3  # two checks of v1 and its evaluation line
+    assert "■ v2 champion" in section and "■ v1 retired" in section
+    # no labels for the champion yet: it says so, and still draws its evaluation line beside v1's history
+    short = "12 labelled predictions in the last 24 h, a figure needs 30"
+    waiting = render({**data, "champion_live": now(None, 12, short)})
+    assert f"v2 (champion): no live figure yet: {short}. Its evaluation: 0.8395." in waiting
+    assert 'stroke-dasharray="5,4" data-version="2"' in waiting
+
+
+def test_live_series_adds_the_champions_figure_now_unless_a_later_check_scored_it() -> None:
+    points = live_series(LIVE_V1, 2, now(0.8, 40))
+    assert [(p["version"], p["now"]) for p in points] == [(1, False), (1, False), (2, True)]
+    checked = [
+        *LIVE_V1,
+        {"version": 2, "metric": "roc_auc", "value": 0.82, "rows": 50, "at": "2026-11-26T13:00:00+00:00"},
+    ]
+    assert [p["now"] for p in live_series(checked, 2, now(0.8, 40))] == [False, False, False]
+    later = {**checked[-1], "at": "2026-11-26T14:00:00+02:00"}  # 12:00 UTC: not after the figure of 12:00 UTC
+    assert live_series([later], 2, now(0.8, 40))[-1]["now"] is False
+    assert live_series([{**later, "at": "2026-11-26T13:59:00+02:00"}], 2, now(0.8, 40))[-1]["now"] is True
+    assert len(live_series(LIVE_V1, 2, now(None, 3, "short"))) == 2  # no figure: nothing invented
+    assert len(live_series(LIVE_V1, 1, now(0.8, 40))) == 2  # a figure of another version than the champion
+    assert version_roles(PROMOTED, 2) == {2: "champion", 1: "retired"}
+    assert version_roles([{"version": 3, "aliases": ["challenger"]}, *PROMOTED], 2)[3] == "challenger"
+
+
+def test_the_pipelines_live_metric_is_its_champions_latest() -> None:
+    assert last_of_version(LIVE_V1, 1) == LIVE_V1[-1]
+    assert last_of_version(LIVE_V1, 2) is None and last_of_version(LIVE_V1, None) is None
+
+
+def test_a_live_figure_needs_enough_labels_of_both_classes() -> None:
+    def share_right(y: Any, p: Any) -> float:  # a metric of the rows given: the share of right answers
+        return float(((p > 0.5) == (y > 0.5)).mean())
+
+    rows = [(2, 0.9 if i % 3 else 0.2, float(i % 2)) for i in range(40)]
+    figure = live_figure(rows, "accuracy", "binary", share_right)
+    expected = sum((s > 0.5) == (y > 0.5) for _, s, y in rows) / 40
+    assert figure["value"] == pytest.approx(expected) and figure["rows"] == 40 and figure["short"] is None
+    few = live_figure(rows[:29], "accuracy", "binary", share_right, where=" in the last 24 h")
+    assert few["value"] is None and few["short"] == "29 labelled predictions in the last 24 h, a figure needs 30"
+    one_class = live_figure([(2, 0.9, 1.0)] * 40, "accuracy", "binary", share_right)
+    assert one_class["value"] is None and "one class" in one_class["short"]
+    regression = live_figure([(2, 1.0, 1.0)] * 30, "mae", "regression", lambda y, p: float(abs(y - p).mean()))
+    assert regression["value"] == 0.0
+
+
+def manifest(drifted: dict[str, tuple[bool, float, bool]]) -> dict[str, Any]:
+    """A drift check's manifest: per feature (Evidently's test failed, PSI, counted as drifted)."""
+    return {
+        "features": {
+            f: {
+                "psi": psi,
+                "test": "ks",
+                "p_value": 0.01,
+                "evidently": {"method": "wasserstein", "threshold": 0.1, "drifted": test, "score": 0.3},
+                "drifted": counted,
+            }
+            for f, (test, psi, counted) in drifted.items()
+        }
+    }
+
+
+def test_heat_cells_are_red_where_the_check_counted_the_feature_as_drifted() -> None:
+    """The verdict's rule: Evidently's test failed or PSI past the spec's threshold; a check says
+    drift with 2 of 3 features drifted by Evidently's tests while every PSI is under 0.2."""
+    at = datetime(2026, 11, 26, 10, 0, tzinfo=UTC)
+    rows = [("c1", at, "drift", "plan", 0.05), ("c1", at, "drift", "tenure", 0.12), ("c1", at, "drift", "age", 0.01)]
+    judged = {
+        "c1": judged_features(
+            manifest({"plan": (True, 0.05, True), "tenure": (True, 0.12, True), "age": (False, 0.01, False)})
+        )
+    }
+    matrix = drift_matrix(rows, judged)
+    assert matrix["judged"]["plan"][0]["drifted"] is True and matrix["judged"]["age"][0]["drifted"] is False
+    html = render({**overview(), "drift": matrix}, drift_ignored=frozenset({"tenure"}))
+    table = html[html.index("<table class='heat'>") :]
+    assert table.count(f"background:{DRIFTED_COLOUR}") == 1  # plan; tenure drifted too but is ignored
+    assert table.count("data-drifted") == 1
+    assert "Evidently's drift test for the feature failed, or its PSI passed 0.2 (the spec's" in html
+    assert "red past" not in html
+    # the rule itself
+    assert drifted_cell(0.05, {"drifted": True}, 0.2) is True
+    assert drifted_cell(0.5, {"drifted": False}, 0.2) is False  # the check's own judgement wins
+    assert drifted_cell(0.25, None, 0.2) is True and drifted_cell(0.15, None, 0.2) is False  # no judgement: PSI
+    assert drifted_cell(None, None, 0.2) is None
+    assert heat(0.05, 0.2, True) == DRIFTED_COLOUR and heat(0.31, 0.2, False) != DRIFTED_COLOUR
+    assert heat(0.31, 0.2) == DRIFTED_COLOUR and heat(0.1, 0.5) != DRIFTED_COLOUR  # the spec's threshold, not 0.2
+    # a check without a readable manifest is coloured by PSI alone, and its cell says so
+    bare = render({**overview(), "drift": drift_matrix([("c2", at, "ok", "plan", 0.3)])}, drift_ignored=frozenset())
+    assert "no judgement recorded: PSI rule only" in bare and f"background:{DRIFTED_COLOUR}" in bare
+
+
+def test_judged_features_reads_what_the_check_decided_per_feature() -> None:
+    got = judged_features(manifest({"plan": (True, 0.05, True)}))
+    assert got == {
+        "plan": {
+            "drifted": True,
+            "evidently": {"method": "wasserstein", "score": 0.3, "threshold": 0.1, "drifted": True},
+        }
+    }
+    assert judged_features({"status": "insufficient_data", "features": {}}) == {}
+    assert judged_features({"features": {"x": {"psi": 0.1}}}) == {}  # nothing judged: nothing claimed

@@ -146,7 +146,11 @@ def test_the_platform_api_wants_a_login_and_answers_errors_as_json() -> None:
     client = TestClient(apps["/api/ml"])
     for method, path in [("GET", "/pipelines"), ("GET", "/pipelines/churn/models"), ("POST", "/pipelines/churn/runs")]:
         answer = client.request(method, path, json={"conf": {}})
-        assert answer.status_code == 401 and answer.json() == {"error": 401, "reason": "Not authenticated"}
+        assert answer.status_code == 401 and answer.json() == {
+            "error": 401,
+            "reason": "Not authenticated",
+            "field": None,
+        }
     listing = apps["/api/ml"].openapi()["paths"]["/pipelines"]["get"]
     assert [p["name"] for p in listing["parameters"]] == ["limit", "offset"]  # paged; the user is no parameter
 
