@@ -24,7 +24,9 @@ PROBABILITIES = "probabilities"
 
 def onnx_feed(inputs: list[tuple[str, str]], df: pd.DataFrame) -> dict[str, np.ndarray]:
     """One `[n, 1]` tensor per model input from the frame's column of that name: text for a
-    `tensor(string)` input, float32 otherwise (a null is NaN). Pure."""
+    `tensor(string)` input, float32 otherwise. A null is fed as every family was trained to read a
+    missing value (`pipelines.ml.model.category_strings`, kept in step by a test): NaN for a
+    number, the empty string (an unseen category) for text. Pure."""
     missing = [name for name, _ in inputs if name not in df.columns]
     if missing:
         raise ValueError(f"the frame lacks the model's input columns {missing}")
@@ -32,7 +34,9 @@ def onnx_feed(inputs: list[tuple[str, str]], df: pd.DataFrame) -> dict[str, np.n
     for name, kind in inputs:
         column = df[name]
         if kind == "tensor(string)":
-            feed[name] = column.astype(str).to_numpy(dtype=object).reshape(-1, 1)
+            text = column.astype(object).astype(str).to_numpy(dtype=object)
+            text[column.isna().to_numpy()] = ""
+            feed[name] = text.reshape(-1, 1)
         else:
             feed[name] = pd.to_numeric(column, errors="raise").to_numpy(dtype=np.float32).reshape(-1, 1)
     return feed

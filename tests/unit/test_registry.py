@@ -96,3 +96,17 @@ def test_the_logged_model_scores_a_dataframe_as_its_onnx_session_does(classes: i
     assert got.shape == ((30, 2) if classes else (30,))
     np.testing.assert_allclose(got, expected.reshape(got.shape), rtol=0, atol=1e-7)
     assert onnx_flavor == onnx_bytes
+
+
+def test_the_pyfunc_feeds_nulls_as_the_families_read_them() -> None:
+    """The pyfunc file travels without mlcycle, so it has its own feed: it must map a null as
+    `pipelines.ml.model.session_feed` does (NaN for a number, "" for a category)."""
+    import numpy as np
+
+    from pipelines.io.onnx_pyfunc import onnx_feed
+    from pipelines.ml.model import category_strings
+
+    df = pd.DataFrame({"tenure_months": [1.0, None, 3.0], "plan": ["basic", None, float("nan")]})
+    feed = onnx_feed([("tenure_months", "tensor(float)"), ("plan", "tensor(string)")], df)
+    assert feed["plan"].reshape(-1).tolist() == category_strings(df["plan"]).tolist() == ["basic", "", ""]
+    assert np.isnan(feed["tenure_months"][1, 0]) and feed["tenure_months"].shape == (3, 1)
