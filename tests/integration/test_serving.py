@@ -469,10 +469,12 @@ def test_no_request_poisons_the_log_under_load(served: Settings) -> None:
         ended = time.monotonic()
         assert result.statuses is not None and set(result.statuses) == {200, 422}, result
         assert result.requests > len(bodies), result  # every body was sent at least once
+        seen = []
         with _client(served) as c:
             while (pending := c.get("/").json()["request_log"]["pending"]) and time.monotonic() < ended + 2:
+                seen.append((round(time.monotonic() - ended, 2), pending))
                 time.sleep(0.05)
-        assert pending == 0
+        assert pending == 0, seen
         time.sleep(4 * FLUSH_EVERY_S)  # the last flush's dead letters
         ((logged,),) = _log_rows(
             served,
@@ -492,7 +494,9 @@ def test_no_request_poisons_the_log_under_load(served: Settings) -> None:
         with db.connect(served) as conn:
             conn.execute("ALTER TABLE inference_requests DROP CONSTRAINT IF EXISTS test_poison")
     assert dead >= 1 and all("test_poison" in r for r in reasons), reasons
-    assert logged == result.statuses[200] - dead  # every answer logged but the refused ones
+    # every answer logged but the refused ones; wrk does not count the answers still in flight
+    # when it stops (at most one a connection), which the server answered and logged
+    assert result.statuses[200] - dead <= logged <= result.statuses[200] - dead + 16, (logged, result)
     with _client(served) as c:
         info = c.get("/").json()["request_log"]
         assert info["dropped"] == 0 and info["dead_letters"] >= dead

@@ -67,7 +67,7 @@ def test_rows_are_kept_by_their_time_and_unreadable_times_stay_for_validation() 
     kept = within(df, "ts", data_window(AS_OF, 30))
     assert kept["x"].tolist() == [1, 2, 4]  # (start, end]: the as_of instant is in, the future is out
     assert within(df, "ts", data_window(AS_OF, None))["x"].tolist() == [0, 1, 2, 4]
-    with pytest.raises(SourceError, match="no event_timestamp column"):
+    with pytest.raises(SourceError, match="none is event_timestamp"):
         within(df, "event_timestamp", data_window(AS_OF, None))
 
 
