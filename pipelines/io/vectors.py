@@ -389,7 +389,7 @@ def sweep_retired(settings: Settings, pipeline: str, retain_hours: float, now: d
 CHAMPION_SPACE = (
     "SELECT s.* FROM vector_spaces s JOIN mlflow.registered_model_aliases a"
     " ON a.name = %s AND a.alias = 'champion' AND a.version = s.model_version"
-    " WHERE s.pipeline = %s AND s.state IN ('ready', 'retired')"
+    f" WHERE s.pipeline = %s AND s.state IN ({', '.join(repr(state) for state in READABLE)})"
 )
 
 
