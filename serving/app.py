@@ -50,7 +50,8 @@ from serving.binds import bind_replica_grpc
 from serving.config import RETRY_AFTER_S, FeatureRuleArgs, ServingArgs, VersionConfig
 from serving.contract import Problem, RequestContract, contract_from_args, entity_problem, request_contract
 from serving.online import FeaturesUnavailable, OnlineFeatures, open_online_features
-from serving.router import choose
+from serving.records import Instance, LogRow, Refused, Result, Scored, Served
+from serving.router import version_for
 from serving.telemetry import RayMetrics, Recorder, storable_features
 from serving.versions import LocalVersion, RemoteVersion
 
@@ -65,7 +66,7 @@ STATIC_KEYS = {
     "api_keys_env",
     "online_features",
     "replica_cpus",
-    "replica_gpus",
+    "gpus",
     "version_deployments",
     "contract",
     "unknown_categories",
@@ -73,7 +74,9 @@ STATIC_KEYS = {
 """The arguments fixed for a replica's life (a change restarts replicas); the rest is `user_config`."""
 
 
-class Instance(BaseModel):
+class InstanceBody(BaseModel):
+    """One instance as the request's JSON has it (judged into an `Instance` by `judge_instances`)."""
+
     model_config = ConfigDict(extra="forbid")
 
     entity_id: StrictStr | StrictInt
@@ -84,7 +87,7 @@ class Instance(BaseModel):
 class PredictRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    instances: list[Instance] = Field(min_length=1)
+    instances: list[InstanceBody] = Field(min_length=1)
 
 
 def validation_detail(err: ValidationError) -> list[dict[str, str]]:
@@ -92,10 +95,10 @@ def validation_detail(err: ValidationError) -> list[dict[str, str]]:
     return [{"field": field_path(e["loc"], "<body>"), "message": e["msg"]} for e in err.errors()]
 
 
-def judge_instances(payload: PredictRequest, contract: RequestContract) -> list[dict[str, Any]] | list[dict[str, str]]:
-    """The instances as the versions take them (`entity_id`, judged `features`, `off_contract`), or
-    every problem as `{"field", "message"}`. Pure."""
-    instances: list[dict[str, Any]] = []
+def judge_instances(payload: PredictRequest, contract: RequestContract) -> list[Instance] | list[dict[str, str]]:
+    """The instances as the versions take them (judged features, their place, why off the
+    contract), or every problem as `{"field", "message"}`. Pure."""
+    instances: list[Instance] = []
     problems: list[Problem] = []
     for n, inst in enumerate(payload.instances):
         bad_id = entity_problem(inst.entity_id)
@@ -105,14 +108,7 @@ def judge_instances(payload: PredictRequest, contract: RequestContract) -> list[
         if isinstance(judged, list):
             problems += judged
         elif not bad_id:
-            instances.append(
-                {
-                    "entity_id": inst.entity_id,
-                    "features": judged.features,
-                    "off_contract": judged.off_contract,
-                    "position": n,
-                }
-            )
+            instances.append(Instance(inst.entity_id, judged.features, n, judged.off_contract))
     if problems:
         return [{"field": p.field, "message": p.message} for p in problems]
     return instances
@@ -132,12 +128,17 @@ def request_id_of(header: str | None) -> uuid.UUID:
     return uuid.uuid4()
 
 
-def route(instances: list[dict[str, Any]], weights: dict[int, float]) -> dict[int, list[int]]:
-    """The instances (by position) each version serves: sticky by entity id. Pure."""
-    groups: dict[int, list[int]] = {}
-    for n, inst in enumerate(instances):
-        groups.setdefault(choose(str(inst["entity_id"]), weights), []).append(n)
+def route(instances: list[Instance], weights: dict[int, float]) -> dict[int, list[Instance]]:
+    """The instances each version serves: sticky by entity id. Pure."""
+    groups: dict[int, list[Instance]] = {}
+    for inst in instances:
+        groups.setdefault(version_for(str(inst.entity_id), weights), []).append(inst)
     return groups
+
+
+def refusal_detail(refused: list[tuple[Instance, Refused]]) -> list[dict[str, str]]:
+    """The 422's detail for instances a version refused: each names its instance. Pure."""
+    return [{"field": f"instances[{i.position}].features", "message": r.message()} for i, r in refused]
 
 
 SIMILAR_MAX_K = 100
@@ -182,17 +183,17 @@ def features_unavailable(reason: str, request_id: str) -> JSONResponse:
 class ModelVersion:
     """One version in a deployment of its own (`serving.version_deployments`)."""
 
-    def __init__(self, static: dict[str, Any], version: int) -> None:
+    def __init__(self, static: dict[str, Any], version: int, max_batch_size: int) -> None:
         bind_replica_grpc()  # the ingress calls it at the node's address
         settings = load_settings()
         online = _online_features(static, settings)
         nullable = static_contract(static, settings).nullable
-        self.local = LocalVersion.load(settings, static, version, online, 32, nullable)
+        self.local = LocalVersion.load(settings, static, version, online, max_batch_size, nullable)
 
     def reconfigure(self, config: dict[str, Any]) -> None:
         self.local.resize(int(config["max_batch_size"]))
 
-    async def predict(self, instances: list[dict[str, Any]]) -> dict[str, Any]:
+    async def predict(self, instances: list[Instance]) -> list[Result]:
         return await self.local.predict(instances)
 
 
@@ -394,41 +395,34 @@ class Ingress:
         shadow = args.shadow()
         if shadow is not None and shadow in self.versions:
             asyncio.get_running_loop().create_task(self._shadow(shadow, instances, request_id, started))
-        answers = await asyncio.gather(
-            *(self._answer(v, [instances[n] for n in idx], request_id, started) for v, idx in groups.items())
-        )
-        results: list[dict[str, Any] | None] = [None] * len(instances)
-        for idx, (answered, out) in zip(groups.values(), answers, strict=True):
-            if out is None:
+        try:
+            answers = await asyncio.gather(
+                *(self._answer(v, group, request_id, started) for v, group in groups.items())
+            )
+        except FeaturesUnavailable as down:  # the online store is down: nothing is scored, no version blamed
+            self.recorder.metrics.count(0, len(instances), "unavailable", False)
+            self.recorder.touch()
+            return features_unavailable(str(down), str(request_id))
+        served: list[Served] = []
+        refused: list[tuple[Instance, Refused]] = []
+        for group, (answered, results) in zip(groups.values(), answers, strict=True):
+            if results is None:
                 return error(503, "no model version could answer", request_id=str(request_id))
-            if "unavailable" in out:  # the online store is down: nothing is scored, no version blamed
-                self.recorder.metrics.count(0, len(instances), "unavailable", False)
-                self.recorder.touch()
-                return features_unavailable(out["unavailable"], str(request_id))
-            if "missing" in out:  # the client's fault: 422, and nothing against the version
-                detail = [
-                    {"field": f"instances[entity_id={e}].features", "message": f"missing features {m}"}
-                    for e, m in out["missing"].items()
-                ]
-                detail += [
-                    {"field": f"instances[entity_id={e}].features", "message": "; ".join(reasons)}
-                    for e, reasons in out.get("invalid", {}).items()
-                ]
-                return error(422, "invalid request", detail=detail, request_id=str(request_id))
-            embedded, labels = out.get("embeddings"), out.get("classes")
-            for j, n in enumerate(idx):
-                result = {"entity_id": instances[n]["entity_id"], "version": answered, "score": out["scores"][j]}
-                if labels is not None:  # a multiclass model: its class, and every class's probability
-                    result.update({"class": labels[j], "probabilities": out["probabilities"][j]})
-                results[n] = result
-                instances[n]["_features"] = out["features"][j]
-                if embedded is not None:
-                    instances[n]["_embedding"] = embedded[j]
-        self._record(request_id, instances, results, started)
+            for inst, result in zip(group, results, strict=True):
+                if isinstance(result, Scored):
+                    served.append(Served(inst, answered, result))
+                else:
+                    refused.append((inst, result))
+        if refused:  # the client's fault: 422, and nothing against the version
+            detail = refusal_detail(sorted(refused, key=lambda ir: ir[0].position))
+            return error(422, "invalid request", detail=detail, request_id=str(request_id))
+        served.sort(key=lambda s: s.instance.position)
+        self._record(request_id, served, started)
         # Serve echoes the id the request came with (HAProxy's UUID); behind another proxy an id
         # that is no UUID was replaced here, and the answer says which one was logged
         headers = None if (sent_id or "").lower() == str(request_id) else {REQUEST_ID_HEADER: str(request_id)}
-        return JSONResponse({"request_id": str(request_id), "predictions": results}, headers=headers)
+        body = {"request_id": str(request_id), "predictions": [s.answer() for s in served]}
+        return JSONResponse(body, headers=headers)
 
     def _authorized(self, request: Request) -> bool:
         key = request.headers.get("x-api-key") or request.headers.get("authorization", "").removeprefix("Bearer ")
@@ -443,7 +437,7 @@ class Ingress:
             return error(413, f"payload over {self.args.max_payload_bytes} bytes")
         return None
 
-    def _parse(self, body: bytes) -> list[dict[str, Any]] | JSONResponse:
+    def _parse(self, body: bytes) -> list[Instance] | JSONResponse:
         """The request's instances, judged against the contract, or the answer refusing it."""
         if len(body) > self.args.max_payload_bytes:
             return error(413, f"payload over {self.args.max_payload_bytes} bytes")
@@ -455,71 +449,73 @@ class Ingress:
             detail = [{"field": "instances", "message": f"at most {self.args.max_instances} instances"}]
             return error(422, "invalid request", detail=detail)
         judged = judge_instances(payload, self.contract)
-        if judged and "message" in judged[0]:
+        if judged and isinstance(judged[0], dict):
             return error(422, "invalid request", detail=judged)
-        return judged
+        return judged  # type: ignore[return-value]
 
     async def _answer(
-        self, version: int, instances: list[dict[str, Any]], request_id: uuid.UUID, started: float
-    ) -> tuple[int, dict[str, Any] | None]:
+        self, version: int, instances: list[Instance], request_id: uuid.UUID, started: float
+    ) -> tuple[int, list[Result] | None]:
         """The version's answer, hedged. If it raises, or has not answered within
         `request_timeout_s`, the fallback version is asked too and the first good answer before
         `request_deadline_s` wins (a late answer from the version itself still counts). A version
         that raised or lost the race is logged with an error against it (the canary reads that),
         so clients do not pay for a bad canary, nor for a busy moment of the champion. Returns
-        the version that answered and its output (None: nobody could)."""
+        the version that answered and its results (None: nobody could); raises
+        `FeaturesUnavailable` when the online store could not be read (the fallback reads the
+        same store)."""
         args, began = self.args, time.monotonic()
         primary = asyncio.ensure_future(self.versions[version].predict(instances))
         done, _ = await asyncio.wait({primary}, timeout=args.request_timeout_s)
-        if done and primary.exception() is None:
+        failed = primary.exception() if done else None
+        if done and failed is None:
             return version, primary.result()
-        if done and isinstance(primary.exception(), FeaturesUnavailable):  # the fallback reads the same store
-            return version, {"unavailable": str(primary.exception())}
-        reason = "timeout" if not done else repr(primary.exception())[:500]
+        if isinstance(failed, FeaturesUnavailable):
+            raise failed
+        reason = "timeout" if not done else repr(failed)[:500]
         racing = {primary: version} if not done else {}
         fallback = args.fallback(version)
         if fallback is not None and fallback in self.versions:
             racing[asyncio.ensure_future(self.versions[fallback].predict(instances))] = fallback
-        winner: tuple[int, dict[str, Any]] | None = None
-        store_down: str | None = None
+        winner: tuple[int, list[Result]] | None = None
+        store_down: FeaturesUnavailable | None = None
         deadline = began + args.request_deadline_s
         while racing and winner is None and time.monotonic() < deadline:
             finished, _ = await asyncio.wait(racing, timeout=deadline - time.monotonic(), return_when="FIRST_COMPLETED")
             for task in finished:
                 answered = racing.pop(task)
-                if task.exception() is None and winner is None:
+                failure = task.exception()
+                if failure is None and winner is None:
                     winner = (answered, task.result())
-                elif isinstance(task.exception(), FeaturesUnavailable):
-                    store_down = str(task.exception())
-                elif task.exception() is not None and answered != version:
-                    log.warning("fallback version %s failed too: %r", answered, task.exception())
+                elif isinstance(failure, FeaturesUnavailable):
+                    store_down = failure
+                elif failure is not None and answered != version:
+                    log.warning("fallback version %s failed too: %r", answered, failure)
         for task in racing:
             task.cancel()
         if winner is None and store_down is not None:
-            return version, {"unavailable": store_down}
+            raise store_down
         if winner is None or winner[0] != version:
             self._failed(request_id, version, instances, started, reason)
         return winner if winner is not None else (version, None)
 
     # ------------------------------------------------------------------------- off the hot path
-    def _record(
-        self, request_id: uuid.UUID, instances: list[dict[str, Any]], results: list[Any], started: float
-    ) -> None:
+    def _record(self, request_id: uuid.UUID, served: list[Served], started: float) -> None:
         elapsed = (time.perf_counter() - started) * 1000
-        served: dict[int, int] = {}
-        for inst, result in zip(instances, results, strict=True):
-            self._log(request_id, result["version"], inst, result["score"], elapsed, "ok", None, False, result)
-            served[result["version"]] = served.get(result["version"], 0) + 1
+        counts: dict[int, int] = {}
+        for s in served:
+            self._log(request_id, s.version, s.instance, s.result, elapsed, "ok", None, False)
+            counts[s.version] = counts.get(s.version, 0) + 1
             # dual write: the entity's vector in the space of the version that scored it, while it has one
-            if "_embedding" in inst and self.recorder.log.takes_vectors(result["version"]):
-                self.recorder.log.add_vector(result["version"], str(inst["entity_id"]), inst["_embedding"])
-        for version, n in served.items():
+            if s.result.embedding is not None and self.recorder.log.takes_vectors(s.version):
+                self.recorder.log.add_vector(s.version, str(s.instance.entity_id), s.result.embedding)
+        for version, n in counts.items():
             self.recorder.metrics.count(version, n, "ok", False)
             self.recorder.metrics.observe(version, elapsed)
         self.recorder.touch()
 
     def _failed(
-        self, request_id: uuid.UUID, version: int, instances: list[dict[str, Any]], started: float, reason: str
+        self, request_id: uuid.UUID, version: int, instances: list[Instance], started: float, reason: str
     ) -> None:
         elapsed = (time.perf_counter() - started) * 1000
         for inst in instances:
@@ -527,71 +523,70 @@ class Ingress:
         self.recorder.metrics.count(version, len(instances), "error", False)
         self.recorder.touch()
 
-    async def _shadow(
-        self, version: int, instances: list[dict[str, Any]], request_id: uuid.UUID, started: float
-    ) -> None:
+    async def _shadow(self, version: int, instances: list[Instance], request_id: uuid.UUID, started: float) -> None:
+        """The shadow version's answers, logged and never returned; a refusal or a failure is an
+        error against it."""
+        results: list[Result | None]
         try:
-            out = await self.versions[version].predict(instances)
-            status, reason = "ok", None
+            results, failure = list(await self.versions[version].predict(instances)), None
         except Exception as err:
-            out, status, reason = {}, "error", repr(err)[:500]
+            results, failure = [None] * len(instances), repr(err)[:500]
         elapsed = (time.perf_counter() - started) * 1000
-        if "missing" in out:
-            status, reason = "error", f"missing features {out['missing']}"
-        scores = out.get("scores") or [None] * len(instances)
-        feats = out.get("features") or [{}] * len(instances)
-        labels = out.get("classes") or [None] * len(instances)
-        probabilities = out.get("probabilities") or [None] * len(instances)
-        for inst, score, f, label, p in zip(instances, scores, feats, labels, probabilities, strict=True):
-            answer = {"class": label, "probabilities": p}
-            self._log(request_id, version, {**inst, "_features": f}, score, elapsed, status, reason, True, answer)
-        self.recorder.metrics.count(version, len(instances), status, True)
+        bad = 0
+        for inst, result in zip(instances, results, strict=True):
+            if isinstance(result, Scored):
+                self._log(request_id, version, inst, result, elapsed, "ok", None, True)
+                continue
+            bad += 1
+            reason = result.message() if isinstance(result, Refused) else failure
+            self._log(request_id, version, inst, None, elapsed, "error", reason, True)
+        if bad < len(instances):
+            self.recorder.metrics.count(version, len(instances) - bad, "ok", True)
+        if bad:
+            self.recorder.metrics.count(version, bad, "error", True)
         self.recorder.touch()
 
     def _log(
         self,
         request_id: uuid.UUID,
         version: int,
-        inst: dict[str, Any],
-        score: float | None,
+        inst: Instance,
+        result: Scored | None,
         latency_ms: float,
         status: str,
         reason: str | None,
         shadow: bool,
-        answer: dict[str, Any] | None = None,
     ) -> None:
-        """Queue the request log's row; a multiclass `answer` adds its class and probabilities.
-        The features are made storable here (a NaN from the online store is logged as null)."""
+        """Queue the request log's row: the features the version scored (the request's where it
+        scored none), made storable (a NaN from the online store is logged as null)."""
         if not self.args.log_requests:
             return
-        features = storable_features(inst.get("_features") or inst.get("features") or {})
-        named = (answer or {}).get("probabilities")
-        self.recorder.log.add(
-            (
-                request_id,
-                self.args.pipeline,
-                version,
-                str(inst["entity_id"]),
-                features,
-                score,
-                latency_ms,
-                status,
-                reason,
-                shadow,
-                datetime.now(UTC),
-                (answer or {}).get("class"),
-                list(named.values()) if named else None,  # in the classes' order, as the model answers them
-                inst.get("position", 0),  # its place in the request: one entity may be asked for twice
-                inst.get("off_contract"),
-            )
+        named = result.probabilities if result is not None else None
+        row = LogRow(
+            request_id=request_id,
+            pipeline=self.args.pipeline,
+            model_version=version,
+            entity_id=str(inst.entity_id),
+            features=storable_features(result.features if result is not None else inst.features),
+            score=result.score if result is not None else None,
+            latency_ms=latency_ms,
+            status=status,
+            error=reason,
+            shadow=shadow,
+            created_at=datetime.now(UTC),
+            predicted_class=result.label if result is not None else None,
+            probabilities=list(named.values()) if named else None,
+            position=inst.position,
+            off_contract=inst.off_contract,
         )
+        self.recorder.log.add(row)
 
     async def flush(self) -> int:
         """Write what is pending now (for tests and shutdown); returns the rows written."""
         return await self.recorder.flush()
 
 
-def code_version(static: dict[str, Any]) -> str:
+def deployment_version(static: dict[str, Any]) -> str:
     """The deployments' version: the fixed arguments and the serving code. Serve restarts replicas
     when it changes, and only reconfigures them in place (`user_config`) when it does not;
     `serve.run` would otherwise draw a random version on every call and restart replicas for a
@@ -615,9 +610,9 @@ def build_app(args: dict[str, Any]) -> Any:
         champion = VersionConfig(version=champion_version(load_settings(), parsed.pipeline), weight=100.0)
         parsed = parsed.model_copy(update={"versions": [champion]})
     static = parsed.model_dump(include=STATIC_KEYS)
-    version = code_version(static)
+    version = deployment_version(static)
     options: dict[str, Any] = {
-        "ray_actor_options": actor_resources(parsed.replica_cpus, parsed.replica_gpus),
+        "ray_actor_options": actor_resources(parsed.replica_cpus, parsed.gpus),
         "num_replicas": parsed.replicas,
         # Serve's per-request access log costs more than it tells: the request log has every request.
         "logging_config": {"enable_access_log": False},
@@ -634,7 +629,7 @@ def build_app(args: dict[str, Any]) -> Any:
                 user_config={"max_batch_size": parsed.max_batch_size},
                 max_ongoing_requests=per_version,
                 **options,
-            ).bind(static, v.version)
+            ).bind(static, v.version, parsed.max_batch_size)
             for v in parsed.versions
         }
     ingress = Ingress.options(  # type: ignore[attr-defined]

@@ -6,6 +6,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from pipelines.core.spec import Serving
+
 RETRY_AFTER_S = 1
 """What an overloaded endpoint tells a client to wait (`Retry-After`), from the replica or HAProxy."""
 
@@ -32,8 +34,10 @@ class FeatureRuleArgs(BaseModel):
     allowed: list[str] | None = None
 
 
-class ServingArgs(BaseModel):
-    """Everything `build_app` needs. Weights and batching can change at run time (user_config)."""
+class ServingArgs(Serving):
+    """Everything `build_app` needs: the spec's `serving` section (its fields, bounds and
+    descriptions, inherited) and what the application adds. Weights and batching can change at
+    run time (user_config)."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
@@ -45,22 +49,13 @@ class ServingArgs(BaseModel):
     # what the checked-in Serve config says, so `serve deploy` and KubeRay serve the champion.
     versions: list[VersionConfig] = Field(default_factory=list)
     api_keys_env: str = "MLCYCLE_SERVING_API_KEYS"
-    max_payload_bytes: int = Field(default=1_048_576, ge=1024)
     max_instances: int = Field(default=1000, ge=1)
-    max_batch_size: int = Field(default=32, ge=1)
-    max_concurrent_requests: int = Field(default=128, ge=1, le=4096)
-    version_deployments: bool = False
     online_features: bool = True
     log_requests: bool = True
     replica_cpus: float = Field(default=0.25, gt=0.0)
-    replica_gpus: float = Field(default=0.0, ge=0.0)
-    replicas: int = Field(default=1, ge=1)
-    request_timeout_s: float = Field(default=2.0, gt=0.0)
-    request_deadline_s: float = Field(default=30.0, gt=0.0)
     canary: dict[str, object] = Field(default_factory=dict)
     # The request-time features' contract (empty: read from the pipeline's spec when the ingress starts)
     contract: dict[str, FeatureRuleArgs] = Field(default_factory=dict)
-    unknown_categories: Literal["refuse", "score"] = "refuse"
 
     @model_validator(mode="after")
     def _weights(self) -> ServingArgs:

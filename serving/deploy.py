@@ -35,22 +35,14 @@ def serving_args(
     of them (the bench's variants, tests). Pure."""
     features = spec.model.numeric_features + spec.model.categorical_features
     args: dict[str, Any] = {
+        **spec.serving.model_dump(),
         "pipeline": spec.name,
         "model_name": model_name,
         "entity_key": spec.entity.join_key,
         "features": features,
         "versions": versions,
-        "max_payload_bytes": spec.serving.max_payload_bytes,
-        "max_batch_size": spec.serving.max_batch_size,
-        "max_concurrent_requests": spec.serving.max_concurrent_requests,
-        "version_deployments": spec.serving.version_deployments,
-        "replicas": spec.serving.replicas,
-        "replica_gpus": spec.serving.gpus,
-        "request_timeout_s": spec.serving.request_timeout_s,
-        "request_deadline_s": spec.serving.request_deadline_s,
         "canary": canary or {},
         "contract": contract_args(request_contract(spec, features)),
-        "unknown_categories": spec.serving.unknown_categories,
     }
     return ServingArgs(**{**args, **overrides})
 

@@ -15,7 +15,7 @@ def bucket(entity_id: str, salt: str = "") -> float:
     return int.from_bytes(digest, "big") / 2**64
 
 
-def choose(entity_id: str, weights: dict[int, float], salt: str = "") -> int:
+def version_for(entity_id: str, weights: dict[int, float], salt: str = "") -> int:
     """The version that serves an entity, given percentage weights per version."""
     total = sum(w for w in weights.values() if w > 0)
     if total <= 0:

@@ -27,29 +27,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pipelines.io.vectors import writable_versions, write_served
+from serving.records import COLUMNS, LogRow
 
 log = logging.getLogger("mlcycle.serving")
 
 FLUSH_EVERY_S = 0.2
 MAX_PENDING_LOG_ROWS = 100_000
 LATENCY_BUCKETS_MS = [1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0, 200.0, 500.0, 1000.0, 2000.0]
-COLUMNS = (
-    "request_id",
-    "pipeline",
-    "model_version",
-    "entity_id",
-    "features",
-    "score",
-    "latency_ms",
-    "status",
-    "error",
-    "shadow",
-    "created_at",
-    "predicted_class",  # a multiclass model's (with `probabilities`); NULL for the others
-    "probabilities",
-    "position",  # the instance's place in its request (one entity may be asked for twice)
-    "off_contract",  # why a scored instance is outside the contract (feedback skips it), else NULL
-)
 FEATURES = COLUMNS.index("features")
 TEXT_COLUMNS = tuple(COLUMNS.index(c) for c in ("entity_id", "status", "error", "predicted_class", "off_contract"))
 
@@ -94,8 +78,10 @@ def text_problem(value: str) -> str | None:
     return None
 
 
-def serialize_row(row: tuple[Any, ...]) -> tuple[Any, ...] | str:
-    """The row ready for COPY (its features as strict JSON text), or why it cannot be stored. Pure."""
+def serialize_row(log_row: LogRow) -> tuple[Any, ...] | str:
+    """The row's values ready for COPY (its features as strict JSON text), or why it cannot be
+    stored. Pure."""
+    row = log_row.values()
     features = row[FEATURES]
     if not isinstance(features, str):
         try:
@@ -218,7 +204,7 @@ class RequestLog:
     def __init__(self, database_url: Callable[[], str] | None, pipeline: str = "") -> None:
         self.database_url = database_url  # asked at the first write: serving starts without the database
         self.pipeline = pipeline
-        self.pending: list[tuple[Any, ...]] = []
+        self.pending: list[LogRow] = []
         self.vectors: list[tuple[int, str, Any]] = []
         self.dead: list[tuple[Row, str]] = []  # refused rows not yet in the dead-letter table
         self.dropped = 0
@@ -238,8 +224,8 @@ class RequestLog:
             self.dropped += 1
         self.vectors.append((version, entity_id, vector))
 
-    def add(self, row: tuple[Any, ...]) -> None:
-        """Queue a row (the `COLUMNS`, in order); the oldest is dropped past the cap."""
+    def add(self, row: LogRow) -> None:
+        """Queue a row; the oldest is dropped past the cap."""
         if len(self.pending) >= MAX_PENDING_LOG_ROWS:
             self.pending.pop(0)
             self.dropped += 1
@@ -252,7 +238,7 @@ class RequestLog:
             self._conn = psycopg.connect(self.database_url())  # type: ignore[misc]
         return self._conn
 
-    def write(self, rows: list[tuple[Any, ...]], vectors: list[tuple[int, str, Any]] | None = None) -> int:
+    def write(self, rows: list[LogRow], vectors: list[tuple[int, str, Any]] | None = None) -> int:
         """Write rows (and embeddings) (blocking: call it in a thread). Rows that cannot be stored
         become dead letters, written with their reason; the others are written in one transaction
         with the embeddings, or, when the database refuses that batch for its data, in halves.
@@ -267,7 +253,7 @@ class RequestLog:
         for row in rows:
             out = serialize_row(row)
             if isinstance(out, str):
-                dead.append((row, out))
+                dead.append((row.values(), out))
             else:
                 ready.append(out)
         try:

@@ -7,13 +7,11 @@ is measured to score a batch in a fraction of a millisecond. The ingress holds o
 version (one hop). A version that needs resources of its own (a GPU replica, another node) runs
 as a `ModelVersion` deployment around the same `LocalVersion`, and the ingress calls it through a `RemoteVersion`.
 
-`predict` answers `{"version", "scores", "features"}` (and `"embeddings"`, the rows' vectors, for
-a model with an `embedding` output: the ingress writes them into the version's vector space; and
-`"classes"` and `"probabilities"`, each row's class and `{class: probability}`, for a multiclass
-model), or
-`{"missing": {entity: [features]}, "invalid": {entity: [reasons]}}` when some instance lacks
-features or brings a value that is no number for a numeric input (the ingress answers 422: the
-client's fault, never the version's).
+`predict` answers a `Scored` or a `Refused` (`serving.records`) per instance, in order: refused
+when an instance lacks features or brings a value the model cannot take (the ingress answers 422:
+the client's fault, never the version's). An online-store outage raises `FeaturesUnavailable`.
+The model's outputs are read by name (`score`; a multiclass model's `probabilities` and `class`;
+`embedding` where it has one).
 """
 
 from __future__ import annotations
@@ -21,7 +19,6 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -31,25 +28,9 @@ from pipelines.io.registry import load_onnx_model
 from pipelines.ml.model import CLASS, CLASSES_KEY, EMBEDDING, PROBABILITIES, onnx_session
 from serving.batching import GreedyBatcher
 from serving.online import OnlineFeatures
+from serving.records import Instance, Refused, Result, Scored
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class Scored:
-    score: float
-    features: dict[str, Any]
-    embedding: np.ndarray | None = None  # the model's `embedding` output for the row, where it has one
-    label: str | None = None  # a multiclass model's predicted class (`score` is its probability)
-    probabilities: dict[str, float] | None = None  # and every class's probability
-
-
-@dataclass(frozen=True)
-class Missing:
-    """An instance the model cannot score: inputs absent, or values that are no number."""
-
-    absent: list[str]
-    invalid: list[str] = field(default_factory=list)
 
 
 def entity_problem(key_is_int: bool, entity_id: str | int) -> str | None:
@@ -103,33 +84,26 @@ def gpu_fallback(gpus: float, providers: list[str]) -> str | None:
 
 def merge_features(
     names: Sequence[str],
-    instance: dict[str, Any],
+    features: dict[str, Any],
     online: dict[str, Any] | None,
     nullable: frozenset[str] = frozenset(),
 ) -> tuple[dict[str, Any], list[str]]:
     """An instance's input row (its own features override the online store's) and the names of
     the inputs missing from it: absent from both, or null where the contract does not allow a
     null (a null of a `nullable` feature is scored as a missing value). Pure."""
-    row = {**(online or {}), **instance.get("features", {})}
+    row = {**(online or {}), **features}
     return row, [n for n in names if (row.get(n) is None and n not in nullable) or n not in row]
 
 
-def answer(version: int, results: Sequence[Scored | Missing], instances: Sequence[dict[str, Any]]) -> dict[str, Any]:
-    """The reply of `predict` from per-instance results. Pure."""
-    refused = {str(i["entity_id"]): r for i, r in zip(instances, results, strict=True) if isinstance(r, Missing)}
-    if refused:
-        return {
-            "missing": {e: r.absent for e, r in refused.items() if r.absent},
-            "invalid": {e: r.invalid for e, r in refused.items() if r.invalid},
-        }
-    scored = [r for r in results if isinstance(r, Scored)]
-    out = {"version": version, "scores": [r.score for r in scored], "features": [r.features for r in scored]}
-    if scored and scored[0].embedding is not None:
-        out["embeddings"] = [r.embedding for r in scored]
-    if scored and scored[0].label is not None:
-        out["classes"] = [r.label for r in scored]
-        out["probabilities"] = [r.probabilities for r in scored]
-    return out
+class Pending:
+    """An instance on its way through a batch: the online features attached, or why it cannot be looked up."""
+
+    __slots__ = ("instance", "online", "problem")
+
+    def __init__(self, instance: Instance, online: dict[str, Any] | None = None, problem: str | None = None) -> None:
+        self.instance = instance
+        self.online = online
+        self.problem = problem
 
 
 def model_classes(session: Any) -> list[str]:
@@ -167,7 +141,8 @@ class LocalVersion:
         self.wants_embedding: Callable[[int], bool] = lambda version: True  # the ingress: only while a space takes it
         self.online = online
         self.score_s: float | None = None  # moving average of the model's time per batch
-        self.batcher: GreedyBatcher[dict[str, Any], Scored | Missing] = GreedyBatcher(
+        self.outputs = ["score", PROBABILITIES, CLASS] if self.classes else ["score"]
+        self.batcher: GreedyBatcher[Pending, Result] = GreedyBatcher(
             self.run_batch, max_batch_size, inline=self.fast_enough, prepare=self.attach_online if online else None
         )
 
@@ -185,66 +160,67 @@ class LocalVersion:
         many ONNX Runtime threads as the CPUs the replica was given, at least one."""
         model = load_onnx_model(settings, static["pipeline"], static["model_name"], version)
         session = onnx_session(model, threads=max(1, round(static["replica_cpus"])))
-        fallback = gpu_fallback(static.get("replica_gpus", 0.0), session.get_providers())
+        fallback = gpu_fallback(static.get("gpus", 0.0), session.get_providers())
         if fallback:
             log.warning("v%s: %s", version, fallback)
         return cls(version, session, online, max_batch_size, nullable)
 
-    async def predict(self, instances: list[dict[str, Any]]) -> dict[str, Any]:
-        return answer(self.version, await self.batcher.submit_many(instances), instances)
+    async def predict(self, instances: list[Instance]) -> list[Result]:
+        """A `Scored` or `Refused` per instance, in order; `FeaturesUnavailable` when the online
+        store cannot be read."""
+        return await self.batcher.submit_many([Pending(i) for i in instances])
 
-    def needs_lookup(self, instance: dict[str, Any]) -> bool:
+    def needs_lookup(self, instance: Instance) -> bool:
         """Whether an instance leaves out a feature (a null sent is a value: the client says it is missing)."""
-        features = instance.get("features", {})
-        return any(f not in features for f in self.names)
+        return any(f not in instance.features for f in self.names)
 
-    def fast_enough(self, instances: Sequence[dict[str, Any]]) -> bool:
+    def fast_enough(self, batch: Sequence[Pending]) -> bool:
         """Whether a batch may run on the event loop: a model measured to score a batch well
         under a millisecond (the online lookup is already done, awaited)."""
         return self.score_s is not None and self.score_s <= INLINE_BUDGET_S
 
-    async def attach_online(self, instances: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
-        """The instances, those that need it with their online features (`"online"`): one lookup."""
-        need = [n for n, i in enumerate(instances) if self.needs_lookup(i)]
-        out = list(instances)
+    async def attach_online(self, batch: Sequence[Pending]) -> list[Pending]:
+        """The batch, the instances that need it with their online features: one lookup."""
+        need = [p for p in batch if self.needs_lookup(p.instance)]
         if need and self.online is not None:
-            problems = {n: entity_problem(self.online.key_is_int, instances[n]["entity_id"]) for n in need}
-            for n, problem in problems.items():
-                if problem:  # the client's id, not the store's fault: no lookup, a 422
-                    out[n] = {**instances[n], "entity_problem": problem}
-            need = [n for n in need if not problems[n]]
-            found = await self.online.lookup([instances[n]["entity_id"] for n in need]) if need else []
-            for n, features in zip(need, found, strict=True):
-                out[n] = {**instances[n], "online": features}
-        return out
+            for p in need:  # the client's id, not the store's fault: no lookup, a 422
+                p.problem = entity_problem(self.online.key_is_int, p.instance.entity_id)
+            need = [p for p in need if p.problem is None]
+            found = await self.online.lookup([p.instance.entity_id for p in need]) if need else []
+            for p, features in zip(need, found, strict=True):
+                p.online = features
+        return list(batch)
 
-    def run_batch(self, instances: Sequence[dict[str, Any]]) -> list[Scored | Missing]:
+    def run_batch(self, batch: Sequence[Pending]) -> list[Result]:
         """Score a batch (online features already attached)."""
-        results: list[Scored | Missing] = []
+        results: list[Result] = []
         complete: list[tuple[int, dict[str, Any]]] = []
-        for n, inst in enumerate(instances):
-            if inst.get("entity_problem"):
-                results.append(Missing([], [inst["entity_problem"]]))
+        for n, p in enumerate(batch):
+            if p.problem:
+                results.append(Refused(invalid=(p.problem,)))
                 continue
-            row, absent = merge_features(self.names, inst, inst.get("online"), self.nullable)
+            row, absent = merge_features(self.names, p.instance.features, p.online, self.nullable)
             invalid = not_numbers(self.inputs, row)
-            results.append(Missing(absent, invalid))
+            results.append(Refused(tuple(absent), tuple(invalid)))
             if not absent and not invalid:
                 complete.append((n, {name: row[name] for name in self.names}))
         if complete:
             started = time.perf_counter()
-            outputs = ["score", PROBABILITIES, CLASS] if self.classes else ["score"]
             embed = self.has_embedding and self.wants_embedding(self.version)
-            feed = onnx_feed(self.inputs, [row for _, row in complete])
-            scores, *rest = self.session.run([*outputs, EMBEDDING] if embed else outputs, feed)
+            names = [*self.outputs, EMBEDDING] if embed else self.outputs
+            out = dict(
+                zip(names, self.session.run(names, onnx_feed(self.inputs, [r for _, r in complete])), strict=True)
+            )
             took = time.perf_counter() - started
             self.score_s = took if self.score_s is None else 0.9 * self.score_s + 0.1 * took
-            for j, ((n, row), score) in enumerate(zip(complete, scores, strict=True)):
+            scores = np.asarray(out["score"]).reshape(-1)
+            for j, (n, row) in enumerate(complete):
                 label, named = None, None
-                if self.classes:  # rest: probabilities, class (then the embedding)
-                    label, named = str(rest[1][j]), dict(zip(self.classes, map(float, rest[0][j]), strict=True))
-                vector = rest[-1][j] if embed else None
-                results[n] = Scored(float(np.asarray(score).reshape(-1)[0]), row, vector, label, named)
+                if self.classes:
+                    label = str(out[CLASS][j])
+                    named = dict(zip(self.classes, map(float, out[PROBABILITIES][j]), strict=True))
+                vector = out[EMBEDDING][j] if embed else None
+                results[n] = Scored(float(scores[j]), row, vector, label, named)
         return results
 
     def resize(self, max_batch_size: int) -> None:
@@ -258,6 +234,6 @@ class RemoteVersion:
         self.version = version
         self.handle = handle
 
-    async def predict(self, instances: list[dict[str, Any]]) -> dict[str, Any]:
-        out: dict[str, Any] = await self.handle.predict.remote(instances)
+    async def predict(self, instances: list[Instance]) -> list[Result]:
+        out: list[Result] = await self.handle.predict.remote(instances)
         return out

@@ -386,10 +386,10 @@ def sweep_retired(settings: Settings, pipeline: str, retain_hours: float, now: d
     return gone
 
 
-CHAMPION_SPACE = (
-    "SELECT s.* FROM vector_spaces s JOIN mlflow.registered_model_aliases a"
+CHAMPION_SPACE = (  # the readable states are the module's constants, never input
+    "SELECT s.* FROM vector_spaces s JOIN mlflow.registered_model_aliases a"  # noqa: S608
     " ON a.name = %s AND a.alias = 'champion' AND a.version = s.model_version"
-    " WHERE s.pipeline = %s AND s.state IN ('ready', 'retired')"
+    f" WHERE s.pipeline = %s AND s.state IN ({', '.join(repr(state) for state in READABLE)})"
 )
 
 

@@ -4,6 +4,7 @@ retry of a window reuses its snapshot, a new window reads again, and no new data
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import uuid
@@ -26,7 +27,8 @@ from pipelines.io import db
 from pipelines.io.labels import load_labels
 from pipelines.io.sources import read_source
 from pipelines.io.storage import open_storage, read_parquet
-from serving.telemetry import COLUMNS, RequestLog
+from serving.records import LogRow
+from serving.telemetry import RequestLog
 from tests.integration.helpers import run, small_spec
 from tests.services import S3Server
 
@@ -165,31 +167,16 @@ def test_feedback_rows_are_the_labelled_predictions_as_served(
 
     served_features = [c for c in spec.contract.columns if c not in ("customer_id", "event_timestamp", "churned")]
 
-    def row(i: int, at: datetime, shadow: bool = False, off_contract: str | None = None) -> tuple[object, ...]:
+    def row(i: int, at: datetime, shadow: bool = False, off_contract: str | None = None) -> LogRow:
         feats = {f: getattr(v, "item", lambda v=v: v)() for f, v in served.loc[i, served_features].items()}
-        return (
-            uuid.uuid4(),
-            "churn",
-            1,
-            str(served.loc[i, "customer_id"]),
-            json.dumps(feats),
-            0.3,
-            1.0,
-            "ok",
-            None,
-            shadow,
-            at,
-            None,
-            None,
-            0,
-            off_contract,
-        )
+        entity = str(served.loc[i, "customer_id"])
+        return LogRow(uuid.uuid4(), "churn", 1, entity, json.dumps(feats), 0.3, 1.0, "ok", None, shadow, at)
 
     rows = [row(i, now - timedelta(minutes=10 - i)) for i in range(4)]
     rows.append(row(4, now + timedelta(minutes=1)))  # after the run's as_of
     rows.append(row(5, now - timedelta(minutes=1), shadow=True))  # a shadow answer is no feedback
-    rows.append(row(6, now - timedelta(minutes=2), off_contract="plan: unknown category 'gold'"))  # nor is this
-    assert len(rows[0]) == len(COLUMNS)
+    off = dataclasses.replace(row(6, now - timedelta(minutes=2)), off_contract="plan: unknown category 'gold'")
+    rows.append(off)  # nor is an answer scored outside the contract
     log.write(rows)
     log.close()
     labels = tmp_path / "labels.csv"
@@ -208,4 +195,4 @@ def test_feedback_rows_are_the_labelled_predictions_as_served(
     assert fed["customer_id"].tolist() == served["customer_id"].head(4).tolist()
     assert fed["churned"].tolist() == [1, 0, 1, 0]
     pd.testing.assert_frame_equal(fed[served_features], served.head(4)[served_features], check_dtype=False)
-    assert [t.to_pydatetime() for t in fed["event_timestamp"]] == [r[COLUMNS.index("created_at")] for r in rows[:4]]
+    assert [t.to_pydatetime() for t in fed["event_timestamp"]] == [r.created_at for r in rows[:4]]

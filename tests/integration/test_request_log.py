@@ -3,6 +3,7 @@ duplicates ignored, a lost connection replaced."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import uuid
 from datetime import UTC, datetime
@@ -12,33 +13,17 @@ import pytest
 
 from pipelines.core.settings import Settings
 from pipelines.io import db
-from serving.telemetry import COLUMNS, RequestLog
+from serving.records import LogRow
+from serving.telemetry import RequestLog
 
 pytestmark = pytest.mark.integration
 NOTE = 'a tab\there, a quote \' and a "double", a backslash \\'
 
 
-def _row(request_id: uuid.UUID, entity: str) -> tuple[object, ...]:
+def _row(request_id: uuid.UUID, entity: str, pipeline: str = "rl_test", **changes: object) -> LogRow:
     features = json.dumps({"plan": "basic", "note": NOTE})
-    row = (
-        request_id,
-        "rl_test",
-        1,
-        entity,
-        features,
-        0.5,
-        1.25,
-        "ok",
-        None,
-        False,
-        datetime.now(UTC),
-        None,
-        None,
-        0,
-        None,
-    )
-    assert len(row) == len(COLUMNS)
-    return row
+    row = LogRow(request_id, pipeline, 1, entity, features, 0.5, 1.25, "ok", None, False, datetime.now(UTC))
+    return dataclasses.replace(row, **changes)  # type: ignore[arg-type]
 
 
 def test_rows_are_copied_once_and_a_lost_connection_is_replaced(platform: Settings) -> None:
@@ -67,11 +52,9 @@ def test_rows_the_database_refuses_become_dead_letters_and_the_rest_is_written(p
     takes the next batch as usual."""
     log = RequestLog(lambda: db.database_url(platform), "rl_dead")
     rid = uuid.uuid4()
-    rows = [(*_row(rid, str(n))[:1], "rl_dead", *_row(rid, str(n))[2:]) for n in range(40)]
-    rows[17] = (*rows[17][:3], "poison-17", *rows[17][4:])
-    bad_json = list(rows[30])
-    bad_json[COLUMNS.index("features")] = {"usage": float("nan")}
-    rows[30] = tuple(bad_json)
+    rows = [_row(rid, str(n), "rl_dead") for n in range(40)]
+    rows[17] = _row(rid, "poison-17", "rl_dead")
+    rows[30] = _row(rid, "30", "rl_dead", features={"usage": float("nan")})
     with db.connect(platform) as conn:
         conn.execute(
             "ALTER TABLE inference_requests ADD CONSTRAINT rl_poison CHECK (entity_id <> 'poison-17') NOT VALID"
@@ -81,7 +64,7 @@ def test_rows_the_database_refuses_become_dead_letters_and_the_rest_is_written(p
     finally:
         with db.connect(platform) as conn:
             conn.execute("ALTER TABLE inference_requests DROP CONSTRAINT rl_poison")
-    log.write([(*rows[0][:3], "after", *rows[0][4:])])
+    log.write([_row(rid, "after", "rl_dead")])
     with db.connect(platform) as conn:
         written = {r[0] for r in conn.execute("SELECT entity_id FROM inference_requests WHERE request_id = %s", (rid,))}
         dead = conn.execute(

@@ -4,6 +4,7 @@ stop the log."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import uuid
@@ -29,7 +30,8 @@ from serving.contract import (
     judge_value,
     request_contract,
 )
-from serving.telemetry import COLUMNS, isolate, serialize_row, storable_features
+from serving.records import COLUMNS, Instance, LogRow
+from serving.telemetry import isolate, serialize_row, storable_features
 from tests.specs import churn_spec_dict
 
 RULES = {
@@ -131,25 +133,23 @@ JSON_VALUES = st.recursive(
 NAMES = st.sampled_from([*RULES, "unknown", ""])
 
 
-def _row(inst: dict[str, Any]) -> tuple[Any, ...]:
-    row = {
-        "request_id": uuid.uuid4(),
-        "pipeline": "p",
-        "model_version": 1,
-        "entity_id": str(inst["entity_id"]),
-        "features": storable_features(inst["features"]),
-        "score": 0.5,
-        "latency_ms": 1.0,
-        "status": "ok",
-        "error": None,
-        "shadow": False,
-        "created_at": datetime.now(UTC),
-        "predicted_class": None,
-        "probabilities": None,
-        "position": inst["position"],
-        "off_contract": inst["off_contract"],
-    }
-    return tuple(row[c] for c in COLUMNS)
+def _row(inst: Instance, **changes: Any) -> LogRow:
+    row = LogRow(
+        request_id=uuid.uuid4(),
+        pipeline="p",
+        model_version=1,
+        entity_id=str(inst.entity_id),
+        features=storable_features(inst.features),
+        score=0.5,
+        latency_ms=1.0,
+        status="ok",
+        error=None,
+        shadow=False,
+        created_at=datetime.now(UTC),
+        position=inst.position,
+        off_contract=inst.off_contract,
+    )
+    return dataclasses.replace(row, **changes)
 
 
 def _conforms(rule: FeatureRule, value: Any, flagged: bool) -> bool:
@@ -179,30 +179,28 @@ def test_any_json_in_any_feature_is_refused_or_conforms_and_makes_a_storable_row
     except ValidationError:
         return
     out = judge_instances(payload, RequestContract(RULES, unknown))  # type: ignore[arg-type]
-    if out and "message" in out[0]:
-        assert all(p["field"].startswith("instances[0]") and p["message"] for p in out)
+    if out and isinstance(out[0], dict):
+        assert all(isinstance(p, dict) and p["field"].startswith("instances[0]") and p["message"] for p in out)
         return
     (inst,) = out
-    for name, value in inst["features"].items():
-        assert _conforms(RULES[name], value, inst["off_contract"] is not None), (name, value)
+    assert isinstance(inst, Instance)
+    for name, value in inst.features.items():
+        assert _conforms(RULES[name], value, inst.off_contract is not None), (name, value)
     assert not isinstance(serialize_row(_row(inst)), str)
 
 
 # ------------------------------------------------------------------------------ the log's rows
 def test_a_row_that_cannot_be_stored_is_named_with_its_reason() -> None:
-    good = {"entity_id": 1, "features": {"usage": 3.0}, "position": 0, "off_contract": None}
+    good = Instance(1, {"usage": 3.0})
     ready = serialize_row(_row(good))
     assert isinstance(ready, tuple) and json.loads(ready[COLUMNS.index("features")]) == {"usage": 3.0}
-    nan = _row({**good, "features": {"usage": math.nan}})
-    assert "null" in serialize_row(nan)[COLUMNS.index("features")]  # type: ignore[index]  # made storable first
-    raw = list(_row(good))
-    raw[COLUMNS.index("features")] = {"usage": math.inf}
-    assert serialize_row(tuple(raw)) == "features: Out of range float values are not JSON compliant"
-    raw[COLUMNS.index("features")] = {"note": "a\x00b"}
-    assert serialize_row(tuple(raw)) == "features: a NUL character (PostgreSQL's jsonb refuses it)"
-    raw[COLUMNS.index("features")] = {}
-    raw[COLUMNS.index("entity_id")] = "\ud800"
-    assert serialize_row(tuple(raw)) == "entity_id: a lone surrogate (not UTF-8)"
+    nan = serialize_row(_row(Instance(1, {"usage": math.nan})))
+    assert isinstance(nan, tuple) and json.loads(nan[COLUMNS.index("features")]) == {"usage": None}
+    inf = serialize_row(_row(good, features={"usage": math.inf}))
+    assert inf == "features: Out of range float values are not JSON compliant"
+    nul = serialize_row(_row(good, features={"note": "a\x00b"}))
+    assert nul == "features: a NUL character (PostgreSQL's jsonb refuses it)"
+    assert serialize_row(_row(good, entity_id="\ud800")) == "entity_id: a lone surrogate (not UTF-8)"
 
 
 def test_a_refused_batch_is_bisected_until_each_bad_row_stands_alone() -> None:

@@ -7,7 +7,7 @@ from pipelines.core.spec import Canary
 from pipelines.steps.canary import figures, judge, plan_weights
 from serving.app import PredictRequest, validation_detail
 from serving.config import ServingArgs, VersionConfig
-from serving.router import bucket, choose
+from serving.router import bucket, version_for
 
 
 def _args(*versions: VersionConfig) -> ServingArgs:
@@ -19,15 +19,15 @@ def _args(*versions: VersionConfig) -> ServingArgs:
 def test_routing_is_sticky_weighted_and_monotone() -> None:
     ids = [str(i) for i in range(20_000)]
     assert all(0 <= bucket(i) < 1 for i in ids[:100])
-    five = {i for i in ids if choose(i, {1: 95, 2: 5}) == 2}
-    quarter = {i for i in ids if choose(i, {1: 75, 2: 25}) == 2}
+    five = {i for i in ids if version_for(i, {1: 95, 2: 5}) == 2}
+    quarter = {i for i in ids if version_for(i, {1: 75, 2: 25}) == 2}
     assert abs(len(five) / len(ids) - 0.05) < 0.01
     assert abs(len(quarter) / len(ids) - 0.25) < 0.015
     assert five <= quarter  # entities on the canary stay on it as it grows
-    assert {choose("42", {1: 50, 2: 50}) for _ in range(10)} == {choose("42", {1: 50, 2: 50})}
-    assert choose("x", {1: 0, 2: 100}) == 2
+    assert {version_for("42", {1: 50, 2: 50}) for _ in range(10)} == {version_for("42", {1: 50, 2: 50})}
+    assert version_for("x", {1: 0, 2: 100}) == 2
     with pytest.raises(ValueError, match="no version has traffic"):
-        choose("x", {1: 0})
+        version_for("x", {1: 0})
 
 
 def test_serving_args_validate_weights() -> None:
@@ -167,8 +167,8 @@ def test_gpu_serving_asks_ray_for_a_gpu_and_says_when_it_scores_on_the_cpu() -> 
 
     spec = parse_spec(churn_spec_dict(merge=True, serving={"gpus": 0.5}))
     args = serving_args(spec, [], "mlcycle-churn")
-    assert args.replica_gpus == 0.5
-    assert actor_resources(args.replica_cpus, args.replica_gpus) == {"num_cpus": 0.25, "num_gpus": 0.5}
+    assert args.gpus == 0.5
+    assert actor_resources(args.replica_cpus, args.gpus) == {"num_cpus": 0.25, "num_gpus": 0.5}
     assert actor_resources(1.0, 0.0) == {"num_cpus": 1.0}  # a CPU replica never asks for a GPU
     assert gpu_fallback(0.5, ["CUDAExecutionProvider", "CPUExecutionProvider"]) is None
     assert gpu_fallback(0.0, ["CPUExecutionProvider"]) is None

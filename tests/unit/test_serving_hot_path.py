@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 from pipelines.core.settings import Settings
+from serving.app import refusal_detail, route
 from serving.batching import GreedyBatcher
 from serving.deploy import haproxy_dir, serve_env
 from serving.haproxy import (
@@ -26,8 +27,9 @@ from serving.haproxy import (
     with_request_ids,
 )
 from serving.online import ViewRead, assemble, lookup_sql
+from serving.records import COLUMNS, Instance, LogRow, Refused, Scored, Served
 from serving.telemetry import Metrics
-from serving.versions import Missing, Scored, answer, entity_problem, merge_features, not_numbers, onnx_feed
+from serving.versions import entity_problem, merge_features, not_numbers, onnx_feed
 
 
 def test_a_lone_request_is_run_at_once_and_queued_ones_share_a_batch() -> None:
@@ -91,30 +93,42 @@ def test_a_batch_function_must_answer_every_item() -> None:
 
 
 def test_request_features_override_the_online_store_and_gaps_are_named() -> None:
-    row, absent = merge_features(["a", "b", "c"], {"features": {"a": 5}}, {"a": 1, "b": 2})
+    row, absent = merge_features(["a", "b", "c"], {"a": 5}, {"a": 1, "b": 2})
     assert row == {"a": 5, "b": 2} and absent == ["c"]
     assert merge_features(["a"], {}, None) == ({}, ["a"])
 
 
-def test_answer_is_the_scores_or_every_missing_entity() -> None:
-    inst = [{"entity_id": 1}, {"entity_id": 2}]
-    ok = answer(3, [Scored(0.1, {"a": 1}), Scored(0.2, {"a": 2})], inst)
-    assert ok == {"version": 3, "scores": [0.1, 0.2], "features": [{"a": 1}, {"a": 2}]}
-    assert answer(3, [Scored(0.1, {}), Missing(["b"])], inst) == {"missing": {"2": ["b"]}, "invalid": {}}
-    bad = answer(3, [Missing([], ["a: not a number ('abc')"]), Scored(0.2, {})], inst)
-    assert bad == {"missing": {}, "invalid": {"1": ["a: not a number ('abc')"]}}
-
-
-def test_a_multiclass_answer_carries_each_rows_class_and_probabilities() -> None:
-    inst = [{"entity_id": 1}, {"entity_id": 2}]
-    rows = [
-        Scored(0.7, {"a": 1}, None, "red", {"red": 0.7, "white": 0.3}),
-        Scored(0.6, {"a": 2}, None, "white", {"red": 0.4, "white": 0.6}),
+def test_a_served_instance_answers_its_score_and_a_refused_one_names_its_place() -> None:
+    binary = Served(Instance(7, {}, 0), 3, Scored(0.1, {"a": 1}))
+    assert binary.answer() == {"entity_id": 7, "version": 3, "score": 0.1}  # a binary model's: no class
+    multi = Served(Instance("x", {}, 1), 3, Scored(0.7, {}, None, "red", {"red": 0.7, "white": 0.3}))
+    assert multi.answer() == {
+        "entity_id": "x",
+        "version": 3,
+        "score": 0.7,
+        "class": "red",
+        "probabilities": {"red": 0.7, "white": 0.3},
+    }
+    refused = [(Instance(1, {}, 4), Refused(("b", "c"), ("a: not a number ('abc')",)))]
+    assert refusal_detail(refused) == [
+        {"field": "instances[4].features", "message": "missing features ['b', 'c']; a: not a number ('abc')"}
     ]
-    out = answer(3, rows, inst)
-    assert out["scores"] == [0.7, 0.6] and out["classes"] == ["red", "white"]
-    assert out["probabilities"] == [{"red": 0.7, "white": 0.3}, {"red": 0.4, "white": 0.6}]
-    assert "classes" not in answer(3, [Scored(0.1, {}), Scored(0.2, {})], inst)  # a binary model's has none
+
+
+def test_routing_keeps_each_instance_with_its_place() -> None:
+    same = [Instance(42, {}, 0), Instance(42, {"a": 1}, 1)]  # one entity twice: both answered, both logged
+    (group,) = route(same, {1: 50, 2: 50}).values()
+    assert [i.position for i in group] == [0, 1]
+
+
+def test_a_log_row_is_the_tables_columns_in_order() -> None:
+    from datetime import UTC, datetime
+    from uuid import uuid4
+
+    row = LogRow(uuid4(), "p", 1, "e", {}, 0.5, 1.0, "ok", None, False, datetime.now(UTC), position=3)
+    values = row.values()
+    assert len(values) == len(COLUMNS) and values[COLUMNS.index("position")] == 3
+    assert COLUMNS[:4] == ("request_id", "pipeline", "model_version", "entity_id")
 
 
 def test_an_entity_id_must_read_as_an_integer_under_an_integer_key() -> None:
@@ -146,8 +160,8 @@ def test_a_null_is_fed_as_each_family_reads_a_missing_value() -> None:
 
 def test_a_null_is_missing_unless_the_contract_lets_the_feature_be_null() -> None:
     names = ["a", "b"]
-    assert merge_features(names, {"features": {"a": None}}, {"b": 2}) == ({"a": None, "b": 2}, ["a"])
-    assert merge_features(names, {"features": {"a": None}}, {"b": 2}, frozenset({"a"})) == ({"a": None, "b": 2}, [])
+    assert merge_features(names, {"a": None}, {"b": 2}) == ({"a": None, "b": 2}, ["a"])
+    assert merge_features(names, {"a": None}, {"b": 2}, frozenset({"a"})) == ({"a": None, "b": 2}, [])
     # a stored null of a nullable feature is scored; an entity the store does not know is missing
     assert merge_features(names, {}, {"a": 1, "b": None}, frozenset({"b"}))[1] == []
     assert merge_features(names, {}, {}, frozenset({"a", "b"}))[1] == ["a", "b"]
@@ -266,11 +280,11 @@ def test_replica_grpc_binds_narrow_only_wildcards() -> None:
 def test_the_deployment_version_follows_fixed_arguments_not_weights() -> None:
     """Serve restarts replicas when a deployment's version changes: a canary step's weights must
     not change it, a new pipeline or feature list must."""
-    from serving.app import STATIC_KEYS, code_version
+    from serving.app import STATIC_KEYS, deployment_version
 
     static = {k: None for k in STATIC_KEYS} | {"pipeline": "churn", "features": ["a", "b"]}
-    assert code_version(static) == code_version(dict(static))
-    assert code_version(static) != code_version({**static, "features": ["a"]})
+    assert deployment_version(static) == deployment_version(dict(static))
+    assert deployment_version(static) != deployment_version({**static, "features": ["a"]})
     assert "versions" not in STATIC_KEYS and "max_batch_size" not in STATIC_KEYS
 
 
