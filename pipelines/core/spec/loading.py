@@ -1,0 +1,110 @@
+"""Reading specs: parse a document, load a file or a directory, format validation errors as
+`<file>: <dotted.path>: <message>`, and the JSON schema."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import yaml
+from pydantic import ValidationError
+
+from pipelines.core.errors import SpecError, field_path
+from pipelines.core.spec.base import _NAME
+from pipelines.core.spec.pipeline import CrossSectionErrors, PipelineSpec
+
+if TYPE_CHECKING:
+    from pipelines.core.settings import Settings
+
+
+def format_validation_error(err: ValidationError, where: str) -> str:
+    """One line per problem: `<file>: <dotted.path>: <message>`.
+
+    Discriminated-union tags (e.g. `file`, `synthetic`) are dropped from the path so it names the
+    field as the user wrote it.
+    """
+    lines = []
+    for e in err.errors():
+        cause = e.get("ctx", {}).get("error")
+        if isinstance(cause, CrossSectionErrors):
+            lines += [f"{where}: {field_path(loc)}: {msg}" for loc, msg in cause.problems]
+            continue
+        loc = tuple(p for p in e["loc"] if not (isinstance(p, str) and p in _UNION_TAGS))
+        lines.append(f"{where}: {field_path(loc)}: {e['msg']}")
+    return "\n".join(lines)
+
+
+_UNION_TAGS = {"file", "s3", "postgres", "synthetic", "float", "int", "categorical"}
+
+
+def parse_spec(data: Any, where: str = "<spec>") -> PipelineSpec:
+    """Validate a parsed YAML document into a `PipelineSpec`, or raise `SpecError`."""
+    if not isinstance(data, dict):
+        raise SpecError(f"{where}: a pipeline spec is a YAML mapping, got {type(data).__name__}")
+    try:
+        return PipelineSpec.model_validate(data)
+    except ValidationError as err:
+        raise SpecError(format_validation_error(err, where)) from None
+
+
+def load_spec(path: str | Path) -> PipelineSpec:
+    """Read and validate one spec file."""
+    p = Path(path)
+    try:
+        text = p.read_text()
+    except OSError as err:
+        raise SpecError(f"{p}: cannot read the spec: {err.strerror}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        raise SpecError(f"{p}: not valid YAML: {err}") from None
+    spec = parse_spec(data, str(p))
+    if spec.name != p.stem:
+        raise SpecError(f"{p}: name: '{spec.name}' must match the file name '{p.stem}'")
+    return spec
+
+
+def spec_paths(directory: str | Path) -> list[Path]:
+    """The spec files of a directory, sorted by name."""
+    return sorted(p for p in Path(directory).glob("*.yaml") if re.match(_NAME, p.stem))
+
+
+def pipeline_names(settings: Settings) -> list[str]:
+    """The pipelines of the settings' pipelines directory (its spec files' names), sorted."""
+    return [p.stem for p in spec_paths(settings.specs_path)]
+
+
+def spec_for(settings: Settings, pipeline: str) -> PipelineSpec:
+    """The spec of one pipeline of the settings' pipelines directory, or an error naming the known ones."""
+    path = settings.specs_path / f"{pipeline}.yaml"
+    if not path.exists():
+        known = pipeline_names(settings)
+        raise SpecError(f"no pipeline '{pipeline}' in {settings.specs_path} (known: {known})")
+    return load_spec(path)
+
+
+def read_specs(directory: str | Path) -> tuple[list[PipelineSpec], list[SpecError]]:
+    """Every spec of a directory: the valid ones, and apart the error of each invalid one, so one bad
+    spec costs only itself (the DAG factory builds the others)."""
+    specs: list[PipelineSpec] = []
+    errors: list[SpecError] = []
+    for path in spec_paths(directory):
+        try:
+            specs.append(load_spec(path))
+        except SpecError as err:
+            errors.append(err)
+    return specs, errors
+
+
+def load_specs(directory: str | Path) -> list[PipelineSpec]:
+    """Every spec of a directory, or one error naming every invalid spec."""
+    specs, errors = read_specs(directory)
+    if errors:
+        raise SpecError("\n".join(str(e) for e in errors))
+    return specs
+
+
+def json_schema() -> dict[str, Any]:
+    """The JSON schema of a pipeline spec (for editors and `mlcycle spec schema`)."""
+    return PipelineSpec.model_json_schema()
