@@ -5,7 +5,7 @@ of its kind."""
 from __future__ import annotations
 
 import math
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 from pydantic import Field, model_validator
 
@@ -113,12 +113,19 @@ class Features(Model):
 
 LabelKind = Literal["binary", "multiclass", "regression"]
 
+BinaryMetric = Literal["roc_auc", "pr_auc", "log_loss", "f1", "calibration_error"]
+MulticlassMetric = Literal["macro_f1", "accuracy", "multi_log_loss"]
+RegressionMetric = Literal["rmse", "mae", "r2"]
+MetricName = Literal[BinaryMetric, MulticlassMetric, RegressionMetric]
+"""Every metric of every label kind: what `evaluation.primary_metric` may name."""
+
 TASK_METRICS: dict[str, tuple[str, ...]] = {
-    "binary": ("roc_auc", "pr_auc", "log_loss", "f1", "calibration_error"),
-    "multiclass": ("macro_f1", "accuracy", "multi_log_loss"),
-    "regression": ("rmse", "mae", "r2"),
+    "binary": get_args(BinaryMetric),
+    "multiclass": get_args(MulticlassMetric),
+    "regression": get_args(RegressionMetric),
 }
-"""The metrics of each label kind (`evaluation.primary_metric` is one of its kind's)."""
+"""The metrics of each label kind (`evaluation.primary_metric` is one of its kind's), read from the
+`Literal` types above: the names are written once."""
 
 TASK_DEFAULTS: dict[str, dict[str, Any]] = {
     "binary": {"primary_metric": "roc_auc", "min_primary": 0.6},

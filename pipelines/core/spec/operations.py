@@ -10,6 +10,7 @@ from pydantic import Field, field_validator, model_validator
 
 from pipelines.core.k8s import Toleration
 from pipelines.core.spec.base import _K8S_QUANTITY, Model
+from pipelines.core.spec.contract import MetricName
 from pipelines.core.steps import STEP_NAMES
 
 
@@ -55,9 +56,7 @@ class StepResources(Model):
 class Evaluation(Model):
     """The promotion gates."""
 
-    primary_metric: Literal[
-        "roc_auc", "pr_auc", "log_loss", "f1", "macro_f1", "accuracy", "multi_log_loss", "rmse", "mae", "r2"
-    ] = Field(
+    primary_metric: MetricName = Field(
         default="roc_auc",
         description="default: roc_auc for a binary label, macro_f1 for a multiclass one, rmse for a regression one",
     )
