@@ -15,13 +15,14 @@ from typing import Any
 
 from pipelines.core.errors import SpecError
 from pipelines.core.settings import Settings
-from pipelines.core.spec import decode_label, spec_for
+from pipelines.core.spec import spec_for
 from pipelines.core.steps import BY_NAME, dag_of_run, report_url
 from pipelines.io.db import connect, fetch_dicts
 from pipelines.io.registry import model_name
 from pipelines.io.status import pipeline_status
 from pipelines.io.storage import open_storage, run_key
 from pipelines.io.tracking import setup_mlflow
+from pipelines.ml.labels import decode_label
 
 
 def page(items: list[Any], limit: int, offset: int) -> dict[str, Any]:

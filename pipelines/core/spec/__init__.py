@@ -31,8 +31,6 @@ from pipelines.core.spec.contract import (
     Label,
     LabelKind,
     Split,
-    decode_label,
-    label_problem,
 )
 from pipelines.core.spec.loading import (
     format_validation_error,
@@ -125,12 +123,10 @@ __all__ = [
     "SyntheticSource",
     "Training",
     "cross_section_problems",
-    "decode_label",
     "default_spaces",
     "format_validation_error",
     "hidden_widths",
     "json_schema",
-    "label_problem",
     "load_spec",
     "load_specs",
     "parse_spec",
