@@ -14,8 +14,7 @@ import uuid
 from typing import Any
 
 from pipelines.core.errors import SpecError
-from pipelines.core.settings import Settings
-from pipelines.core.spec import spec_for
+from pipelines.core.settings import Settings, spec_for
 from pipelines.core.steps import BY_NAME, dag_of_run, report_url
 from pipelines.io.db import connect, fetch_dicts
 from pipelines.io.registry import model_name

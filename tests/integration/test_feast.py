@@ -14,8 +14,7 @@ import mlflow
 import pandas as pd
 import pytest
 
-from pipelines.core.settings import Settings
-from pipelines.core.spec import spec_for
+from pipelines.core.settings import Settings, spec_for
 from pipelines.io import db
 from pipelines.io.featurestore import feature_store, historical_features
 from pipelines.io.storage import open_storage, read_parquet

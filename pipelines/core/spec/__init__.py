@@ -38,9 +38,7 @@ from pipelines.core.spec.loading import (
     load_spec,
     load_specs,
     parse_spec,
-    pipeline_names,
     read_specs,
-    spec_for,
     spec_paths,
 )
 from pipelines.core.spec.model import (
@@ -130,8 +128,6 @@ __all__ = [
     "load_spec",
     "load_specs",
     "parse_spec",
-    "pipeline_names",
     "read_specs",
-    "spec_for",
     "spec_paths",
 ]

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, get_args, get_origin
+from typing import Annotated, Any, get_args, get_origin
 
 import yaml
 from pydantic import BaseModel, ValidationError
@@ -13,9 +13,6 @@ from pydantic import BaseModel, ValidationError
 from pipelines.core.errors import SpecError, field_path
 from pipelines.core.spec.base import _NAME
 from pipelines.core.spec.pipeline import CrossSectionErrors, PipelineSpec
-
-if TYPE_CHECKING:
-    from pipelines.core.settings import Settings
 
 
 def format_validation_error(err: ValidationError, where: str) -> str:
@@ -95,20 +92,6 @@ def load_spec(path: str | Path) -> PipelineSpec:
 def spec_paths(directory: str | Path) -> list[Path]:
     """The spec files of a directory, sorted by name."""
     return sorted(p for p in Path(directory).glob("*.yaml") if re.match(_NAME, p.stem))
-
-
-def pipeline_names(settings: Settings) -> list[str]:
-    """The pipelines of the settings' pipelines directory (its spec files' names), sorted."""
-    return [p.stem for p in spec_paths(settings.specs_path)]
-
-
-def spec_for(settings: Settings, pipeline: str) -> PipelineSpec:
-    """The spec of one pipeline of the settings' pipelines directory, or an error naming the known ones."""
-    path = settings.specs_path / f"{pipeline}.yaml"
-    if not path.exists():
-        known = pipeline_names(settings)
-        raise SpecError(f"no pipeline '{pipeline}' in {settings.specs_path} (known: {known})")
-    return load_spec(path)
 
 
 def read_specs(directory: str | Path) -> tuple[list[PipelineSpec], list[SpecError]]:
