@@ -279,3 +279,14 @@ def test_primary_metric_takes_every_metric_of_the_labels_kind_and_no_other() -> 
     data["evaluation"]["primary_metric"] = "brier"
     with pytest.raises(SpecError, match="evaluation.primary_metric: Input should be 'roc_auc'"):
         parse_spec(data, "churn.yaml")
+
+
+def test_every_field_of_the_schema_carries_a_description(capsys: pytest.CaptureFixture[str]) -> None:
+    """`mlcycle spec schema` documents the spec: an editor shows each field's description."""
+    assert main(["spec", "schema"]) == 0
+    schema = json.loads(capsys.readouterr().out)
+    models = {"PipelineSpec": schema, **schema["$defs"]}
+    fields = [(f"{model}.{name}", prop) for model, d in models.items() for name, prop in d["properties"].items()]
+    bare = [name for name, prop in fields if not str(prop.get("description", "")).strip()]
+    assert len(fields) > 150, len(fields)  # every model of the spec was read
+    assert not bare, f"{len(bare)} of {len(fields)} fields have no description: {bare}"

@@ -11,22 +11,28 @@ from pipelines.core.spec.base import Model
 
 
 class FloatParam(Model):
-    type: Literal["float"]
-    low: float
-    high: float
-    log: bool = False
+    """A real parameter searched between two bounds."""
+
+    type: Literal["float"] = Field(description="`float`: a real number between low and high")
+    low: float = Field(description="the smallest value tried, inclusive")
+    high: float = Field(description="the largest value tried, inclusive")
+    log: bool = Field(default=False, description="sample on a log scale (for rates and penalties spanning decades)")
 
 
 class IntParam(Model):
-    type: Literal["int"]
-    low: int
-    high: int
-    log: bool = False
+    """An integer parameter searched between two bounds."""
+
+    type: Literal["int"] = Field(description="`int`: a whole number between low and high")
+    low: int = Field(description="the smallest value tried, inclusive")
+    high: int = Field(description="the largest value tried, inclusive")
+    log: bool = Field(default=False, description="sample on a log scale (small values tried more often)")
 
 
 class CategoricalParam(Model):
-    type: Literal["categorical"]
-    choices: list[int | float | str] = Field(min_length=1)
+    """A parameter searched over a list of values."""
+
+    type: Literal["categorical"] = Field(description="`categorical`: one of the listed choices")
+    choices: list[int | float | str] = Field(min_length=1, description="the values tried")
 
 
 Param = Annotated[FloatParam | IntParam | CategoricalParam, Field(discriminator="type")]
@@ -75,9 +81,17 @@ class ModelSpec(Model):
     """The model family (or `auto`: every family in one search, or a list of families), its inputs
     and its search space."""
 
-    kind: Family | Literal["auto"] | list[Family] = "tabular_mlp"
-    numeric_features: list[str] = Field(default_factory=list)
-    categorical_features: list[str] = Field(default_factory=list)
+    kind: Family | Literal["auto"] | list[Family] = Field(
+        default="tabular_mlp",
+        description="the model family (`linear`, `lightgbm`, `tabular_mlp`), a list of them, or `auto`: every "
+        "family in one search, cheapest first",
+    )
+    numeric_features: list[str] = Field(
+        default_factory=list, description="features the model reads as numbers (each a feature of a view)"
+    )
+    categorical_features: list[str] = Field(
+        default_factory=list, description="features the model reads as categories (each a feature of a view)"
+    )
     search_space: dict[str, Param] = Field(
         default_factory=dict, description="the search space of a pinned family (`kind` names one)"
     )
@@ -163,21 +177,41 @@ class ModelSpec(Model):
 class Training(Model):
     """The training budget, pruning, early stopping and checkpointing."""
 
-    n_trials: int | None = Field(default=20, ge=1)
-    timeout_s: int | None = Field(default=None, ge=1)
+    n_trials: int | None = Field(
+        default=20, ge=1, description="trials the search runs (a retry counts those it already has); null: no limit"
+    )
+    timeout_s: int | None = Field(
+        default=None, ge=1, description="wall-clock seconds one attempt of the search may run; default: no limit"
+    )
     time_budget_s: int | None = Field(
         default=None,
         ge=1,
         description="seconds of training the search may spend, summed over its trials and kept across retries "
         "(a killed run resumes with what is left); a trial running when it is spent stops with its best so far",
     )
-    max_epochs: int = Field(default=30, ge=1)
-    batch_size: int = Field(default=256, ge=1)
-    early_stopping_patience: int = Field(default=5, ge=1)
-    pruner: Literal["median", "successive_halving", "hyperband", "none"] = "median"
-    checkpoint_minutes: float = Field(default=10.0, gt=0.0)
-    seed: int = 42
-    device: Literal["auto", "cpu", "cuda"] = "auto"
+    max_epochs: int = Field(default=30, ge=1, description="the most passes over the training rows an MLP trial makes")
+    batch_size: int = Field(default=256, ge=1, description="rows per gradient step of an MLP trial")
+    early_stopping_patience: int = Field(
+        default=5,
+        ge=1,
+        description="validation reports without improvement before a trial stops (an epoch for the MLP, "
+        "a few boosting rounds for LightGBM); it keeps its best",
+    )
+    pruner: Literal["median", "successive_halving", "hyperband", "none"] = Field(
+        default="median",
+        description="the Optuna pruner that stops unpromising trials early, against trials of the same family; "
+        "`none`: every trial runs to its end",
+    )
+    checkpoint_minutes: float = Field(
+        default=10.0,
+        gt=0.0,
+        description="minutes between checkpoints of a running trial (and one at its end): a retried task resumes there",
+    )
+    seed: int = Field(default=42, description="seeds the sampler, the models and the bootstrap: a rerun repeats itself")
+    device: Literal["auto", "cpu", "cuda"] = Field(
+        default="auto",
+        description="where the MLP trains: `auto` a GPU when torch sees one, else the CPU; `cuda` fails without one",
+    )
     parallelism: int = Field(
         default=1,
         ge=1,

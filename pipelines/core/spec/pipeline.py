@@ -19,26 +19,39 @@ from pipelines.core.steps import STEPS
 class PipelineSpec(Model):
     """One pipeline: the whole lifecycle declared in one document."""
 
-    name: str = Field(pattern=_NAME)
-    description: str = ""
-    owner: str = "ml-platform"
-    tags: list[str] = Field(default_factory=list)
-    schedule: str | None = None
-    retries: int = Field(default=2, ge=0, le=10)
-    source: Source
-    entity: Entity
-    label: Label
-    contract: Contract
-    expectations: list[Expectation] = Field(default_factory=list)
-    features: Features
-    model: ModelSpec
-    training: Training = Training()
-    resources: StepResources = StepResources()
-    evaluation: Evaluation = Evaluation()
-    canary: Canary = Canary()
-    serving: Serving = Serving()
-    drift: Drift = Drift()
-    embeddings: Embeddings | None = None
+    name: str = Field(
+        pattern=_NAME,
+        description="the pipeline's name, as its file's (`churn` in churn.yaml): lowercase, digits, underscores",
+    )
+    description: str = Field(default="", description="what the pipeline predicts, shown on its lifecycle DAG's page")
+    owner: str = Field(default="ml-platform", description="the team answering for it: the DAGs' owner")
+    tags: list[str] = Field(
+        default_factory=list, description="more tags for its lifecycle DAG, beside `mlcycle` and its name"
+    )
+    schedule: str | None = Field(
+        default=None,
+        description="a cron expression or Airflow preset that also starts the lifecycle; default: only when drift "
+        "asks for retraining (or by hand)",
+    )
+    retries: int = Field(default=2, ge=0, le=10, description="times Airflow retries a failed lifecycle task")
+    source: Source = Field(description="where the data comes from; `kind` picks file, s3, postgres, synthetic, dataset")
+    entity: Entity = Field(description="the Feast entity predicted for, and the event-time column")
+    label: Label = Field(description="the column the model predicts, and its kind")
+    contract: Contract = Field(description="the data contract every row must meet, checked by the validate step")
+    expectations: list[Expectation] = Field(
+        default_factory=list, description="Great Expectations checks on the whole snapshot, beside the contract"
+    )
+    features: Features = Field(description="the Feast feature views and service, and the split by time")
+    model: ModelSpec = Field(description="the model families searched, their inputs and search spaces")
+    training: Training = Field(default=Training(), description="the search's budget, early stopping and checkpoints")
+    resources: StepResources = Field(default=StepResources(), description="the pod resources of each step")
+    evaluation: Evaluation = Field(default=Evaluation(), description="the gates a challenger passes to be promoted")
+    canary: Canary = Field(default=Canary(), description="the traffic steps and SLOs of a challenger's rollout")
+    serving: Serving = Field(default=Serving(), description="the Ray Serve application that answers requests")
+    drift: Drift = Field(default=Drift(), description="the scheduled drift check that asks for retraining")
+    embeddings: Embeddings | None = Field(
+        default=None, description="vectors the model writes beside its score, in pgvector; default: none"
+    )
 
     @property
     def classes(self) -> list[str]:
