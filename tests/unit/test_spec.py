@@ -47,6 +47,11 @@ def test_spec_models_are_frozen() -> None:
             "greater than or equal to 1",
         ),
         (
+            lambda d: d["contract"]["columns"].update(dataset={"dtype": "text"}),  # a column named like a tag
+            "contract.columns.dataset.dtype",
+            "Input should be",
+        ),
+        (
             lambda d: d["model"]["search_space"].update(dropout={"type": "float", "low": "x", "high": 1}),
             "model.search_space.dropout.low",
             "valid number",

@@ -15,11 +15,12 @@ from pipelines.core.spec.base import _NAME
 from pipelines.core.spec.pipeline import CrossSectionErrors, PipelineSpec
 
 
-def format_validation_error(err: ValidationError, where: str) -> str:
+def format_validation_error(err: ValidationError, where: str, data: Any = None) -> str:
     """One line per problem: `<file>: <dotted.path>: <message>`.
 
     Discriminated-union tags (e.g. `file`, `synthetic`) are dropped from the path so it names the
-    field as the user wrote it.
+    field as the user wrote it; given the document (`data`), only where the tag is no key of the
+    document there (a contract column named `dataset` keeps its name).
     """
     lines = []
     for e in err.errors():
@@ -27,9 +28,24 @@ def format_validation_error(err: ValidationError, where: str) -> str:
         if isinstance(cause, CrossSectionErrors):
             lines += [f"{where}: {field_path(loc)}: {msg}" for loc, msg in cause.problems]
             continue
-        loc = tuple(p for p in e["loc"] if not (isinstance(p, str) and p in _UNION_TAGS))
-        lines.append(f"{where}: {field_path(loc)}: {e['msg']}")
+        lines.append(f"{where}: {field_path(user_loc(e['loc'], data))}: {e['msg']}")
     return "\n".join(lines)
+
+
+def user_loc(loc: tuple[int | str, ...], data: Any = None) -> tuple[int | str, ...]:
+    """A pydantic error location without its union tags, walking the document beside it: a part is
+    a tag where it is one and the document has no such key there. Pure."""
+    out: list[int | str] = []
+    node = data
+    for part in loc:
+        present = (isinstance(node, dict) and part in node) or (
+            isinstance(node, list) and isinstance(part, int) and 0 <= part < len(node)
+        )
+        if isinstance(part, str) and part in _UNION_TAGS and not present:
+            continue
+        out.append(part)
+        node = node[part] if present else None
+    return tuple(out)
 
 
 def union_tags(model: type[BaseModel]) -> frozenset[str]:
@@ -69,7 +85,7 @@ def parse_spec(data: Any, where: str = "<spec>") -> PipelineSpec:
     try:
         return PipelineSpec.model_validate(data)
     except ValidationError as err:
-        raise SpecError(format_validation_error(err, where)) from None
+        raise SpecError(format_validation_error(err, where, data)) from None
 
 
 def load_spec(path: str | Path) -> PipelineSpec:
