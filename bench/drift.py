@@ -26,8 +26,7 @@ import uuid
 import numpy as np
 from common import bench_state, train_champion
 
-from pipelines.core.settings import PROJECT_DIR, Settings
-from pipelines.core.spec import spec_for
+from pipelines.core.settings import PROJECT_DIR, Settings, spec_for
 from pipelines.io import db
 from pipelines.ml.datagen import ChurnConfig, generate_churn
 from pipelines.steps.runner import run_step

@@ -20,7 +20,7 @@ from collections.abc import Callable
 
 from common import bench_state, percentiles, write_spec
 
-from pipelines.core.spec import spec_for
+from pipelines.core.settings import spec_for
 from pipelines.io import db
 from pipelines.io.featurestore import feature_store
 from pipelines.io.storage import open_storage, read_parquet

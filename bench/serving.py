@@ -35,8 +35,7 @@ from typing import Any
 import httpx
 from common import bench_state, free_port, train_champion
 
-from pipelines.core.settings import Settings, scoped_environ
-from pipelines.core.spec import spec_for
+from pipelines.core.settings import Settings, scoped_environ, spec_for
 from pipelines.core.system import executable, stop_processes
 from pipelines.io.registry import model_name
 from pipelines.io.storage import open_storage, read_parquet

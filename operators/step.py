@@ -20,8 +20,7 @@ from operators.trigger import retraining_asset
 from pipelines.core.errors import NO_RETRY_EXIT_CODES, SKIP_EXIT_CODE
 from pipelines.core.params import ENV, run_params
 from pipelines.core.pod import pod_manifest, to_v1pod
-from pipelines.core.settings import load_settings
-from pipelines.core.spec import spec_for
+from pipelines.core.settings import load_settings, spec_for
 from pipelines.io.runs import interrupt_running
 
 if TYPE_CHECKING:

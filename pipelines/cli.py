@@ -39,17 +39,8 @@ from typing import TYPE_CHECKING, Any
 from pipelines.core.errors import InvalidArgument, MlcycleError, StepSkipped
 from pipelines.core.params import ENV as PARAMS_ENV
 from pipelines.core.pod import pod_manifest
-from pipelines.core.settings import PROJECT_DIR, load_settings
-from pipelines.core.spec import (
-    FileSource,
-    Source,
-    SyntheticSource,
-    json_schema,
-    load_spec,
-    load_specs,
-    pipeline_names,
-    spec_for,
-)
+from pipelines.core.settings import PROJECT_DIR, load_settings, pipeline_names, spec_for
+from pipelines.core.spec import FileSource, Source, SyntheticSource, json_schema, load_spec, load_specs
 from pipelines.core.steps import step as step_info
 from pipelines.core.system import executable
 from pipelines.io import db

@@ -28,8 +28,7 @@ from pydantic import BaseModel
 from operators.links import MlflowLink, ReportLink
 from pipelines.core.errors import InvalidArgument, SpecError, field_path
 from pipelines.core.params import FORM, RunParams
-from pipelines.core.settings import Settings, load_settings
-from pipelines.core.spec import pipeline_names, spec_for
+from pipelines.core.settings import Settings, load_settings, pipeline_names, spec_for
 from pipelines.core.steps import BY_NAME, REPORT_FILES, artifact_url
 from pipelines.io import catalog
 from pipelines.io.storage import open_storage, run_key

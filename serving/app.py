@@ -40,8 +40,7 @@ from ray import serve
 from ray.serve.handle import DeploymentHandle
 
 from pipelines.core.errors import field_path
-from pipelines.core.settings import load_settings
-from pipelines.core.spec import spec_for
+from pipelines.core.settings import load_settings, spec_for
 from pipelines.io.db import database_url
 from pipelines.io.registry import champion_version
 from pipelines.io.requestlog import ab_results

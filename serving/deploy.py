@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pipelines.core.errors import SettingsError
-from pipelines.core.spec import spec_for
+from pipelines.core.settings import spec_for
 from pipelines.io.registry import champion_version, model_name
 from serving.config import ServingArgs, VersionConfig
 from serving.contract import contract_args, request_contract

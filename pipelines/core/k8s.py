@@ -12,11 +12,19 @@ class Toleration(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True)
 
-    key: str | None = None
-    operator: Literal["Exists", "Equal"] = "Exists"
-    value: str | None = None
-    effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = None
-    toleration_seconds: int | None = Field(default=None, alias="tolerationSeconds")
+    key: str | None = Field(default=None, description="the taint's key; default: every key (with `Exists`)")
+    operator: Literal["Exists", "Equal"] = Field(
+        default="Exists", description="`Exists`: any value of the key; `Equal`: the value given"
+    )
+    value: str | None = Field(default=None, description="the taint's value (with `Equal` only)")
+    effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = Field(
+        default=None, description="the taint effect tolerated; default: every effect"
+    )
+    toleration_seconds: int | None = Field(
+        default=None,
+        alias="tolerationSeconds",
+        description="seconds the pod stays on a node after a NoExecute taint appears; default: for ever",
+    )
 
     @model_validator(mode="after")
     def _as_kubernetes_validates(self) -> Toleration:

@@ -9,6 +9,9 @@ Two profiles:
 
 Secrets (database password, S3 keys) come from the environment: in pods from a Kubernetes Secret
 named by `MLCYCLE_K8S_ENV_SECRET`, never from files in the repository.
+
+The pipelines of an installation live in its pipelines directory: `pipeline_names` lists them and
+`spec_for` loads one (the spec package itself knows nothing of settings).
 """
 
 from __future__ import annotations
@@ -22,8 +25,9 @@ from typing import Literal
 from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from pipelines.core.errors import SettingsError
+from pipelines.core.errors import SettingsError, SpecError
 from pipelines.core.k8s import Toleration
+from pipelines.core.spec import PipelineSpec, load_spec, spec_paths
 
 PROJECT_DIR = Path(__file__).resolve().parents[2]
 """The repository root (or the image's install root): holds include/, feature_repo/, dags/."""
@@ -157,6 +161,20 @@ def load_settings() -> Settings:
         raise
     except ValueError as err:  # pydantic.ValidationError is a ValueError
         raise SettingsError(f"invalid MLCYCLE_* settings: {err}") from None
+
+
+def pipeline_names(settings: Settings) -> list[str]:
+    """The pipelines of the settings' pipelines directory (its spec files' names), sorted."""
+    return [p.stem for p in spec_paths(settings.specs_path)]
+
+
+def spec_for(settings: Settings, pipeline: str) -> PipelineSpec:
+    """The spec of one pipeline of the settings' pipelines directory, or an error naming the known ones."""
+    path = settings.specs_path / f"{pipeline}.yaml"
+    if not path.exists():
+        known = pipeline_names(settings)
+        raise SpecError(f"no pipeline '{pipeline}' in {settings.specs_path} (known: {known})")
+    return load_spec(path)
 
 
 @contextmanager

@@ -15,14 +15,14 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from pipelines.core.errors import SpecError
-from pipelines.core.settings import Settings
-from pipelines.core.spec import decode_label, spec_for
+from pipelines.core.settings import Settings, spec_for
 from pipelines.core.steps import BY_NAME, dag_of_run, report_url
 from pipelines.io.db import connect, fetch_dicts
 from pipelines.io.registry import model_name
 from pipelines.io.status import pipeline_status
 from pipelines.io.storage import open_storage, read_json, run_key
 from pipelines.io.tracking import setup_mlflow
+from pipelines.ml.labels import decode_label
 
 MIN_LIVE_LABELS = 30
 """Labelled predictions a live figure needs (of both classes for a binary label), as the drift check."""

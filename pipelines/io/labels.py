@@ -18,9 +18,9 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from pipelines.core.errors import InvalidArgument
-from pipelines.core.spec import label_problem
 from pipelines.io.db import connect
 from pipelines.io.sources import read_source
+from pipelines.ml.labels import label_problem
 
 if TYPE_CHECKING:
     import pandas as pd

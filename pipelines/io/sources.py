@@ -31,13 +31,13 @@ from pipelines.core.spec import (
     S3Source,
     Source,
     SyntheticSource,
-    decode_label,
 )
 from pipelines.core.window import Window, query_params, render_location
 from pipelines.io.db import database_url
 from pipelines.io.storage import parse_s3_uri
 from pipelines.ml.datagen import ChurnConfig, auto_start, generate_churn
 from pipelines.ml.datasets import DATASETS
+from pipelines.ml.labels import decode_label
 
 if TYPE_CHECKING:
     import pandas as pd

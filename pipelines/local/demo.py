@@ -19,8 +19,8 @@ import time
 from datetime import UTC, date, datetime
 from typing import TYPE_CHECKING, Any
 
-from pipelines.core.settings import Settings, load_settings
-from pipelines.core.spec import FileSource, Source, SyntheticSource, spec_for
+from pipelines.core.settings import Settings, load_settings, spec_for
+from pipelines.core.spec import FileSource, Source, SyntheticSource
 from pipelines.io import vectors
 from pipelines.io.registry import champion_version, load_onnx_model, model_name
 from pipelines.io.sources import synthetic_config

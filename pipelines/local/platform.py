@@ -41,8 +41,7 @@ from urllib.parse import quote
 from psycopg.conninfo import conninfo_to_dict
 
 from pipelines.core.errors import SettingsError
-from pipelines.core.settings import Settings
-from pipelines.core.spec import pipeline_names
+from pipelines.core.settings import Settings, pipeline_names
 from pipelines.core.system import executable, secret_file, write_private
 from pipelines.io import db
 from pipelines.io.clientenv import tracking_server_url

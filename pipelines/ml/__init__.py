@@ -1,2 +1,2 @@
-"""Pure machine learning: the torch model and its ONNX export, metrics and gates, A/B statistics,
-the synthetic data generator, report plots. No database, no storage."""
+"""Pure machine learning: the torch model and its ONNX export, metrics and gates, label semantics,
+A/B statistics, the synthetic data generator, report plots. No database, no storage."""

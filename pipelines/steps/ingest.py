@@ -23,7 +23,8 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from pipelines.core.errors import StepSkipped
-from pipelines.core.spec import Source, spec_for
+from pipelines.core.settings import spec_for
+from pipelines.core.spec import Source
 from pipelines.core.window import Window, data_window
 from pipelines.io.db import connect
 from pipelines.io.requestlog import feedback

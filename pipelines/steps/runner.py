@@ -16,8 +16,7 @@ from typing import Any
 
 from pipelines.core import params
 from pipelines.core.errors import StepSkipped
-from pipelines.core.settings import Settings
-from pipelines.core.spec import spec_for
+from pipelines.core.settings import Settings, spec_for
 from pipelines.core.steps import step as step_info
 from pipelines.io import db
 from pipelines.io.runs import Outcome, finish_attempt, start_attempt

@@ -17,8 +17,9 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from pipelines.core.errors import DataQualityError, SpecError
-from pipelines.core.spec import ColumnContract, Contract, Expectation, label_problem
+from pipelines.core.spec import ColumnContract, Contract, Expectation
 from pipelines.io.storage import read_parquet, write_json, write_parquet
+from pipelines.ml.labels import label_problem
 from pipelines.steps.context import StepContext
 
 if TYPE_CHECKING:

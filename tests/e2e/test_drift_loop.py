@@ -17,8 +17,8 @@ import httpx
 import pandas as pd
 import pytest
 
-from pipelines.core.settings import Settings
-from pipelines.core.spec import FileSource, spec_for
+from pipelines.core.settings import Settings, spec_for
+from pipelines.core.spec import FileSource
 from pipelines.io import db
 from pipelines.io.labels import load_labels
 from pipelines.io.registry import audit

@@ -19,8 +19,7 @@ import httpx
 import psutil
 import pytest
 
-from pipelines.core.settings import Settings
-from pipelines.core.spec import spec_for
+from pipelines.core.settings import Settings, spec_for
 from pipelines.core.system import executable
 from pipelines.io.registry import model_name
 from serving.config import VersionConfig

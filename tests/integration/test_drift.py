@@ -199,7 +199,7 @@ def test_the_platform_api_and_the_page_read_the_records_of_checks_and_runs(monit
     records: the champion, its runs with their reports and DAGs, the PSI per feature, the live metric."""
     from mlcycle_page import page_html
 
-    from pipelines.core.spec import spec_for
+    from pipelines.core.settings import spec_for
     from pipelines.io import catalog
     from pipelines.io.labels import label_rows, upsert_labels
 

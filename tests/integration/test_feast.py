@@ -15,8 +15,7 @@ import mlflow
 import pandas as pd
 import pytest
 
-from pipelines.core.settings import Settings
-from pipelines.core.spec import spec_for
+from pipelines.core.settings import Settings, spec_for
 from pipelines.core.system import stop_processes
 from pipelines.io import db
 from pipelines.io.featurestore import feature_store, historical_features

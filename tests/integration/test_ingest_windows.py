@@ -20,8 +20,8 @@ import pytest
 
 from pipelines.core.errors import InvalidArgument, SourceError, StepSkipped
 from pipelines.core.params import ENV
-from pipelines.core.settings import Settings, scoped_environ
-from pipelines.core.spec import FileSource, PostgresSource, spec_for
+from pipelines.core.settings import Settings, scoped_environ, spec_for
+from pipelines.core.spec import FileSource, PostgresSource
 from pipelines.core.window import data_window
 from pipelines.io import db
 from pipelines.io.labels import load_labels

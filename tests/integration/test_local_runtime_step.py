@@ -6,8 +6,7 @@ import pytest
 
 from operators.local import LocalProcess
 from pipelines.core.pod import container_of, pod_manifest
-from pipelines.core.settings import Settings
-from pipelines.core.spec import spec_for
+from pipelines.core.settings import Settings, spec_for
 from pipelines.io.storage import open_storage, read_json
 from tests.integration.helpers import small_spec
 

@@ -15,8 +15,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pipelines.core.settings import Settings, scoped_environ
-from pipelines.core.spec import spec_for
+from pipelines.core.settings import Settings, scoped_environ, spec_for
 from pipelines.core.system import executable
 from pipelines.io import db, vectors
 from pipelines.io.registry import model_name

@@ -200,8 +200,7 @@ def test_a_step_on_runtime_docker_gives_what_the_local_runtime_gives(stack: Stac
     from operators.local import LocalProcess
     from pipelines.core.params import ENV
     from pipelines.core.pod import pod_manifest
-    from pipelines.core.settings import Settings, scoped_environ
-    from pipelines.core.spec import spec_for
+    from pipelines.core.settings import Settings, scoped_environ, spec_for
 
     host_env = _host_env(stack)
     with scoped_environ(host_env):

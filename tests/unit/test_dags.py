@@ -152,8 +152,7 @@ def test_parallel_trials_fan_out_into_mapped_worker_pods(tmp_path: Path, monkeyp
     train; each worker's pod runs `--worker K` with the train step's resources (its GPU)."""
     from operators.factory import build_dags
     from pipelines.core.pod import container_of, pod_manifest
-    from pipelines.core.settings import load_settings
-    from pipelines.core.spec import spec_for
+    from pipelines.core.settings import load_settings, spec_for
 
     write_spec(tmp_path, "delta", merge=True, schedule=None, training={"parallelism": 3})
     write_spec(tmp_path, "epsilon", schedule=None)

@@ -73,8 +73,7 @@ def test_the_plugins_errors_share_one_shape_and_name_no_server_path(
     from fastapi.testclient import TestClient
 
     from pipelines.core.errors import SpecError
-    from pipelines.core.settings import load_settings
-    from pipelines.core.spec import spec_for
+    from pipelines.core.settings import load_settings, spec_for
     from plugins.mlcycle_plugin import api_error, install_error_handlers, unknown_pipeline
 
     specs = tmp_path / "srv" / "pipelines"

@@ -5,8 +5,9 @@ import pytest
 from sklearn.metrics import f1_score, roc_auc_score
 from sklearn.metrics import log_loss as sk_log_loss
 
-from pipelines.core.spec import Evaluation
+from pipelines.core.spec import TASK_METRICS, Evaluation
 from pipelines.ml.metrics import (
+    HIGHER_IS_BETTER,
     baseline,
     baseline_scores,
     beats_baseline,
@@ -233,3 +234,9 @@ def test_the_evaluation_report_shows_the_baseline_beside_the_challenger() -> Non
     assert "<th>majority-class baseline</th>" in page
     assert f"<td>{trivial['metrics']['macro_f1']:.4f}</td>" in page
     assert "majority-class baseline" in report["verdict"]["reasons"][1]
+
+
+def test_every_metric_name_of_the_spec_has_a_function_and_a_direction_and_nothing_else_does() -> None:
+    for kind, names in TASK_METRICS.items():
+        assert tuple(metric_functions(0.5, kind)) == names
+    assert set(HIGHER_IS_BETTER) == {name for names in TASK_METRICS.values() for name in names}

@@ -7,7 +7,7 @@ import pytest
 
 from pipelines.cli import main
 from pipelines.core.errors import SpecError
-from pipelines.core.spec import PipelineSpec, load_spec, load_specs, parse_spec
+from pipelines.core.spec import TASK_METRICS, PipelineSpec, load_spec, load_specs, parse_spec
 from tests.conftest import CHURN_SPEC, churn_spec_dict, write_spec
 
 
@@ -41,6 +41,21 @@ def test_spec_models_are_frozen() -> None:
         (lambda d: d["canary"].update(steps=[5, 50]), "canary.steps", "last step must be 100"),
         (lambda d: d["source"].update(kind="ftp"), "source", "does not match any of the expected tags"),
         (lambda d: d["source"].update(customers=-3), "source.customers", "greater than or equal to 10"),
+        (
+            lambda d: d.update(source={"kind": "dataset", "name": "wine", "months": 0}),
+            "source.months",
+            "greater than or equal to 1",
+        ),
+        (
+            lambda d: d["contract"]["columns"].update(dataset={"dtype": "text"}),  # a column named like a tag
+            "contract.columns.dataset.dtype",
+            "Input should be",
+        ),
+        (
+            lambda d: d["model"]["search_space"].update(dropout={"type": "float", "low": "x", "high": 1}),
+            "model.search_space.dropout.low",
+            "valid number",
+        ),
         (
             lambda d: d["resources"]["steps"]["train"].update(gpu=-1),
             "resources.steps.train.gpu",
@@ -258,3 +273,25 @@ def test_the_bundled_regression_spec_takes_its_kinds_defaults() -> None:
     plain = parse_spec(data, "charges.yaml")
     assert plain.evaluation.primary_metric == "rmse" and plain.evaluation.min_primary is None  # no bound in units
     assert parse_spec(churn_spec_dict(), "churn.yaml").evaluation.primary_metric == "roc_auc"
+
+
+def test_primary_metric_takes_every_metric_of_the_labels_kind_and_no_other() -> None:
+    enum = PipelineSpec.model_json_schema()["$defs"]["Evaluation"]["properties"]["primary_metric"]["enum"]
+    assert enum == [m for kind in TASK_METRICS.values() for m in kind]  # one list, read from the types
+    data = churn_spec_dict()
+    data["evaluation"]["primary_metric"] = "calibration_error"  # a binary metric the old hand-kept list lacked
+    assert parse_spec(data, "churn.yaml").evaluation.primary_metric == "calibration_error"
+    data["evaluation"]["primary_metric"] = "brier"
+    with pytest.raises(SpecError, match="evaluation.primary_metric: Input should be 'roc_auc'"):
+        parse_spec(data, "churn.yaml")
+
+
+def test_every_field_of_the_schema_carries_a_description(capsys: pytest.CaptureFixture[str]) -> None:
+    """`mlcycle spec schema` documents the spec: an editor shows each field's description."""
+    assert main(["spec", "schema"]) == 0
+    schema = json.loads(capsys.readouterr().out)
+    models = {"PipelineSpec": schema, **schema["$defs"]}
+    fields = [(f"{model}.{name}", prop) for model, d in models.items() for name, prop in d["properties"].items()]
+    bare = [name for name, prop in fields if not str(prop.get("description", "")).strip()]
+    assert len(fields) > 150, len(fields)  # every model of the spec was read
+    assert not bare, f"{len(bare)} of {len(fields)} fields have no description: {bare}"

@@ -198,8 +198,7 @@ def test_a_retried_task_finds_its_running_pod_instead_of_starting_another(cluste
     """The labels the provider puts on the pod of try 1 match the selector try 2 searches with."""
     from operators.kubernetes import StepPodOperator
     from pipelines.core.pod import pod_manifest, to_v1pod
-    from pipelines.core.settings import load_settings
-    from pipelines.core.spec import spec_for
+    from pipelines.core.settings import load_settings, spec_for
 
     settings = load_settings()
     manifest = pod_manifest(spec_for(settings, "churn"), "train", "manual__1", settings)

@@ -99,7 +99,7 @@ def test_feedback_rows_carry_the_served_features_typed_by_the_contract() -> None
 
 
 def test_multiclass_feedback_comes_back_as_class_names() -> None:
-    from pipelines.core.spec import decode_label
+    from pipelines.ml.labels import decode_label
 
     data = churn_spec_dict()
     data["label"] = {"column": "plan", "kind": "multiclass"}

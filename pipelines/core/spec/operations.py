@@ -1,0 +1,276 @@
+"""How the pipeline runs and is operated: pod resources per step, the evaluation gates, the canary
+plan, Ray Serve, the drift check and embeddings."""
+
+from __future__ import annotations
+
+import itertools
+from typing import Any, Literal
+
+from pydantic import Field, field_validator, model_validator
+
+from pipelines.core.k8s import Toleration
+from pipelines.core.spec.base import _K8S_QUANTITY, Model
+from pipelines.core.spec.contract import MetricName
+from pipelines.core.steps import STEP_NAMES
+
+
+class Resources(Model):
+    """Pod resources of a step: each is requested and limited alike (Guaranteed QoS)."""
+
+    cpu: str = Field(
+        default="1", pattern=_K8S_QUANTITY, description="CPUs, as Kubernetes writes them (`1`, `500m`, `2.5`)"
+    )
+    memory: str = Field(
+        default="2Gi", pattern=_K8S_QUANTITY, description="memory, as Kubernetes writes it (`512Mi`, `2Gi`)"
+    )
+    gpu: int = Field(default=0, ge=0, le=16, description="whole GPUs; above 0 the pod lands on the platform's GPU pool")
+    gpu_resource: str | None = Field(
+        default=None,
+        description="the GPU's extended resource; default: the platform's (nvidia.com/gpu, or the chart's)",
+    )
+    node_selector: dict[str, str] = Field(
+        default_factory=dict, description="more labels, on top of the platform's GPU pool (avoid naming cluster labels)"
+    )
+    tolerations: list[Toleration] = Field(
+        default_factory=list, description="more tolerations, on top of the GPU taint's the platform adds"
+    )
+
+
+class StepResources(Model):
+    """Resources per step; a step without its own entry uses `default`."""
+
+    default: Resources = Field(default=Resources(), description="the resources of every step not named in `steps`")
+    steps: dict[str, Resources] = Field(
+        default_factory=dict,
+        description="a step's own resources, by step name (`train` with a GPU, say); `trials` falls back to `train`'s",
+    )
+
+    @field_validator("steps")
+    @classmethod
+    def _known_steps(cls, v: dict[str, Resources]) -> dict[str, Resources]:
+        unknown = sorted(set(v) - set(STEP_NAMES))
+        if unknown:
+            raise ValueError(f"unknown steps {unknown}; steps are {list(STEP_NAMES)}")
+        return v
+
+    def for_step(self, step: str) -> Resources:
+        """A step's resources; a trial worker has the train step's unless it has its own."""
+        if step in self.steps:
+            return self.steps[step]
+        if step == "trials" and "train" in self.steps:
+            return self.steps["train"]
+        return self.default
+
+
+class Evaluation(Model):
+    """The promotion gates."""
+
+    primary_metric: MetricName = Field(
+        default="roc_auc",
+        description="the metric the search optimises and the gates judge, one of the label kind's; "
+        "default: roc_auc for a binary label, macro_f1 for a multiclass one, rmse for a regression one",
+    )
+    min_primary: float | None = Field(
+        default=0.6,
+        description="the bound the primary metric must meet (a minimum, or a maximum where lower is better); "
+        "default: 0.6 for a binary label, none for a multiclass or regression one",
+    )
+    min_improvement: float = Field(
+        default=0.0,
+        description="the gain over the champion's primary metric the challenger needs on the same test rows, in "
+        "the metric's units (positive is better); 0: better with confidence; negative: no worse than this margin",
+    )
+    beat_baseline: bool = Field(
+        default=True,
+        description="the challenger's primary metric must beat a trivial model's on the same test rows: the "
+        "training class prior for a binary label, the majority class for a multiclass one, the training mean "
+        "for a regression one (a chance-level model is never promoted)",
+    )
+    bootstrap_samples: int = Field(
+        default=500, ge=50, description="resamples of the test rows behind the challenger-champion interval"
+    )
+    confidence: float = Field(
+        default=0.95, gt=0.5, lt=1.0, description="the level of that interval (0.95: a 95 % interval)"
+    )
+    threshold: float = Field(
+        default=0.5, gt=0.0, lt=1.0, description="a binary label's decision threshold on the probability (for f1)"
+    )
+    slices: list[str] = Field(
+        default_factory=list,
+        description="columns whose values get metrics of their own in the report (values under 30 rows skipped)",
+    )
+    max_latency_ms_per_row: float | None = Field(
+        default=None, gt=0.0, description="a gate on the ONNX model's scoring time per test row, ms; default: none"
+    )
+    onnx_parity_tolerance: float = Field(
+        default=1e-4,
+        gt=0.0,
+        description="the largest difference between ONNX and the model's own scores; for a regression label, "
+        "relative to the largest score's magnitude",
+    )
+
+
+class Canary(Model):
+    """The canary plan: traffic percentages with a dwell time each, and the SLOs."""
+
+    steps: list[int] = Field(
+        default_factory=lambda: [5, 25, 50, 100],
+        min_length=1,
+        description="the challenger's share of traffic at each step, percent, increasing and ending at 100",
+    )
+    dwell_s: float = Field(default=60.0, gt=0.0, description="seconds each step lasts before it is judged")
+    min_requests: int = Field(
+        default=50,
+        ge=1,
+        description="challenger requests a step needs before it is judged; the last step without them rolls back",
+    )
+    max_error_rate: float = Field(
+        default=0.01, ge=0.0, le=1.0, description="the challenger's largest share of failed requests (0.01: 1 %)"
+    )
+    max_p99_latency_ms: float = Field(
+        default=250.0, gt=0.0, description="the challenger's largest 99th-percentile latency, ms"
+    )
+    max_score_shift: float = Field(
+        default=0.2,
+        gt=0.0,
+        description="the largest move of the challenger's mean score from the champion's: a probability for a "
+        "binary label, champion standard deviations for a regression one, the predicted classes' shares "
+        "(total variation) for a multiclass one",
+    )
+
+    @field_validator("steps")
+    @classmethod
+    def _increasing(cls, v: list[int]) -> list[int]:
+        if any(not 0 < s <= 100 for s in v):
+            raise ValueError("every step is a percentage in (0, 100]")
+        if any(b <= a for a, b in itertools.pairwise(v)):
+            raise ValueError("steps must increase")
+        if v[-1] != 100:
+            raise ValueError("the last step must be 100")
+        return v
+
+
+class Serving(Model):
+    """Ray Serve settings of the pipeline's application."""
+
+    max_batch_size: int = Field(
+        default=32, ge=1, description="a batch takes what queued while the previous one ran, up to this many"
+    )
+    version_deployments: bool = Field(
+        default=False,
+        description="each version in a Serve deployment of its own (its own resources, e.g. a GPU replica); "
+        "default: the versions are scored in the ingress's process (one hop)",
+    )
+    max_payload_bytes: int = Field(
+        default=1_048_576, ge=1024, description="the largest request body, bytes; a larger one is answered 413"
+    )
+    max_concurrent_requests: int = Field(
+        default=128,
+        ge=1,
+        le=4096,
+        description="requests a replica holds at once (being answered or waiting for their batch); past it "
+        "the endpoint answers 503 with Retry-After at once instead of queueing without bound",
+    )
+    replicas: int = Field(default=1, ge=1, description="Serve replicas of the application's deployments")
+    gpus: float = Field(
+        default=0.0,
+        ge=0.0,
+        le=8.0,
+        description="GPUs per replica (a fraction shares one): the replica lands on a Ray GPU worker and scores with "
+        "ONNX Runtime's CUDA provider; without a usable one it scores on the CPU and logs why",
+    )
+    request_timeout_s: float = Field(
+        default=2.0, gt=0.0, description="a version that has not answered by then races the fallback version"
+    )
+    request_deadline_s: float = Field(default=30.0, gt=0.0, description="when the ingress gives up (503)")
+    unknown_categories: Literal["refuse", "score"] = Field(
+        default="refuse",
+        description="a request-time categorical value outside the contract's `allowed`: `refuse` answers 422 "
+        "naming the field; `score` scores it as a category the model never saw and flags the logged row "
+        "(`off_contract`), so feedback never trains on it",
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _removed(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "batch_wait_timeout_s" in data:
+            raise ValueError(
+                "batch_wait_timeout_s was removed: a batch takes what queued while the previous one ran, "
+                "so a lone request never waits; delete the key"
+            )
+        return data
+
+
+class Drift(Model):
+    """The drift check: its schedule, window and thresholds."""
+
+    schedule: str | None = Field(
+        default="@hourly",
+        description="when the drift DAG runs: a cron expression or an Airflow preset; null: only when triggered",
+    )
+    window_hours: float = Field(
+        default=24.0, gt=0.0, description="hours of recent served requests compared with the training data"
+    )
+    min_requests: int = Field(
+        default=500, ge=1, description="requests the window needs; fewer is insufficient data, never an alarm"
+    )
+    max_drift_share: float = Field(
+        default=0.3,
+        ge=0.0,
+        le=1.0,
+        description="the share of the model's features (not counting `ignore`) that may drift before the check "
+        "asks for retraining (0.3: 30 %)",
+    )
+    psi_threshold: float = Field(
+        default=0.2,
+        gt=0.0,
+        description="a population stability index above this is drift, for a feature and for the prediction",
+    )
+    max_performance_drop: float = Field(
+        default=0.05,
+        ge=0.0,
+        description="how far the primary metric on labelled requests may fall from the champion's evaluation, in "
+        "the metric's units, before retraining is asked",
+    )
+    cooldown_hours: float = Field(
+        default=24.0, ge=0.0, description="hours after a retraining request during which no other is made"
+    )
+    ignore: list[str] = Field(
+        default_factory=list,
+        description="features whose drift is expected (they grow with time, or are volatile): reported, "
+        "never counted towards max_drift_share",
+    )
+
+
+class Embeddings(Model):
+    """Vectors the model writes beside its score: the `embedding` output of its ONNX model, one
+    pgvector space per model version, filled by the `embed` step and switched with the champion."""
+
+    layer: Literal["last_hidden"] = Field(
+        default="last_hidden", description="the tabular model's last hidden layer (its width: the trial's hidden_units)"
+    )
+    dimension: int | None = Field(
+        default=None, ge=1, le=2000, description="checked against the model's embedding width when given"
+    )
+    distance: Literal["cosine", "l2", "inner_product"] = Field(
+        default="cosine", description="the pgvector distance searches and the index use"
+    )
+    index: Literal["hnsw", "ivfflat"] = Field(default="hnsw", description="the pgvector index kind built on the space")
+    min_recall_at_10: float = Field(
+        default=0.9, gt=0.0, le=1.0, description="the index's recall@10 against exact search, on a sample: a gate"
+    )
+    recall_sample: int = Field(
+        default=200, ge=10, le=10_000, description="entities sampled to measure the index's recall@10"
+    )
+    batch_rows: int = Field(default=10_000, ge=100, description="entities embedded and copied per batch")
+    retain_hours: float = Field(
+        default=168.0, ge=0.0, description="how long a retired champion's space is kept before it is dropped"
+    )
+    drift_roc_auc: float | None = Field(
+        default=None,
+        gt=0.5,
+        lt=1.0,
+        description="the drift check reports embedding drift (how well a classifier tells served vectors from "
+        "training ones, ROC AUC); above this it counts as drift and asks for retraining (default: reported only, "
+        "since features expected to move, drift.ignore, move the vectors too)",
+    )
