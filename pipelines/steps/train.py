@@ -478,7 +478,7 @@ def recover_interrupted(study: optuna.Study, worker: int | None = None) -> list[
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         if worker is not None and t.user_attrs.get("worker") != worker:
             continue
-        study._storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
+        study.tell(t.number, state=TrialState.FAIL)  # Optuna's public way to end a running trial
         if t.user_attrs.get("mlflow_run_id"):
             client.set_terminated(t.user_attrs["mlflow_run_id"], status="KILLED")
         study.enqueue_trial(t.params, user_attrs={"resume_from": t.number}, skip_if_exists=False)
