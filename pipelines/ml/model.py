@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from pipelines.core.spec import DEFAULT_HIDDEN_UNITS
+from pipelines.core.families import DEFAULT_HIDDEN_UNITS
 
 if TYPE_CHECKING:
     import onnx

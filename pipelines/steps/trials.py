@@ -15,19 +15,9 @@ from typing import Any
 from pipelines.core.errors import InvalidArgument
 from pipelines.io.tracking import find_run, setup_mlflow
 from pipelines.ml.families import TrialFailed
+from pipelines.ml.search import FINISHED, budget_callbacks, budget_left, remaining_budget, study_spent, trial_states
 from pipelines.steps.context import StepContext
-from pipelines.steps.train import (
-    FINISHED,
-    budget_callbacks,
-    budget_left,
-    enqueue_champion,
-    objective_for,
-    prepare,
-    recover_interrupted,
-    remaining_budget,
-    study_spent,
-    trial_states,
-)
+from pipelines.steps.train import enqueue_champion, objective_for, prepare, recover_interrupted
 
 STEP = "trials"
 

@@ -85,7 +85,7 @@ def test_train_step_trainer_on_cuda(churn_df: pd.DataFrame, tmp_path: Path) -> N
     enc = fit_encoding(churn_df, spec.model.numeric_features, spec.model.categorical_features)
     train, val = churn_df.iloc[:3500], churn_df.iloc[3500:]
     trainer = Trainer(ctx, enc, train, val, select_device(spec.training.device))
-    assert trainer.x_num.is_cuda and trainer.y.is_cuda
+    assert trainer.data.tensors.x_num.is_cuda and trainer.data.tensors.y.is_cuda
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study(direction="maximize" if trainer.higher else "minimize")

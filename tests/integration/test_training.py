@@ -539,3 +539,51 @@ def test_a_first_model_rejected_by_its_gate_leaves_no_champion_and_the_links_say
     text = open_these(Platform(workspace), "churn_nochamp", waiting)
     assert "churn_nochamp: no champion yet (the model failed its gates: " in text
     assert "/v1/pipelines/churn_nochamp" not in text
+
+
+def test_a_family_registered_by_a_test_is_searched_trained_evaluated_and_promoted(workspace: Settings) -> None:
+    """A new family is one module and one registry line: the test-only `plain_logistic`
+    (`tests/unit/plain_logistic.py`), registered here, is tried by an `auto` search beside the
+    built-in families (its trials are MLflow child runs like theirs) and its trial's ONNX graph
+    scores the test rows as the server feeds them; pinned, it is the run's model, which evaluate
+    gates and promote registers after its ONNX parity check."""
+    import numpy as np
+    import pandas as pd
+
+    from pipelines.ml.families import load_trained, register, trial_artifact, unregister
+    from pipelines.ml.model import onnx_session, session_feed
+    from tests.specs import churn_spec_dict
+    from tests.unit import plain_logistic
+
+    name = plain_logistic.NAME
+    model = {k: v for k, v in churn_spec_dict()["model"].items() if k != "search_space"}
+    model["search_spaces"] = {"tabular_mlp": {"hidden_units": {"type": "categorical", "choices": [16]}}}
+    training = {**FAST, "n_trials": 4, "pruner": "none", "ensemble": False}
+    register(plain_logistic.FAMILY)
+    try:
+        _spec(workspace, "fam_auto", training=training, model={**model, "kind": "auto"}, embeddings=None)
+        out = run_through(workspace, "auto-1", LIFECYCLE[:4], pipeline="fam_auto")
+        families = out["train"]["families"]
+        assert list(families) == ["linear", "lightgbm", "tabular_mlp", name]  # each tried once, the new one last
+        assert families[name]["complete"] == 1 and families[name]["best"] > 0.6
+        setup_mlflow(workspace, "fam_auto")
+        children = mlflow.MlflowClient().search_runs(
+            [out["train"]["mlflow_experiment_id"]],
+            filter_string=f"tags.mlflow.parentRunId = '{out['train']['mlflow_run_id']}'",
+        )
+        assert sorted(c.data.tags["mlcycle.family"] for c in children) == sorted(families)
+        run_dir = Path(str(workspace.artifact_root)) / "fam_auto" / "auto-1"
+        trained = load_trained((run_dir / "train" / trial_artifact(families[name]["best_trial"])).read_bytes())
+        session = onnx_session(trained.to_onnx().SerializeToString())
+        test = pd.read_parquet(run_dir / "features" / "test.parquet")
+        (served,) = session.run(["score"], session_feed(session, test))
+        assert np.abs(trained.predict(test) - served).max() <= EVAL["onnx_parity_tolerance"]
+
+        pinned = {**model, "kind": name, "search_space": {}, "search_spaces": {}}
+        _spec(workspace, "fam_pinned", training=training, model=pinned, embeddings=None)
+        done = run_through(workspace, "pin-1", LIFECYCLE, pipeline="fam_pinned")
+        assert done["train"]["model_family"] == name and done["train"]["best_family"] == name
+        assert done["evaluate"]["verdict"]["passed"], done["evaluate"]["verdict"]
+        assert done["promote"]["version"] == 1 and done["promote"]["parity"]["passed"]
+    finally:
+        unregister(name)

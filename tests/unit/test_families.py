@@ -17,25 +17,13 @@ import torch
 
 from pipelines.core.spec import ModelSpec, default_spaces
 from pipelines.ml.datagen import CATEGORICAL, NUMERIC
-from pipelines.ml.families import (
-    Fitting,
-    fit_lightgbm,
-    fit_linear,
-    greedy_ensemble,
-    load_trained,
-    matrix,
-    mlp_artifact,
-    pack_ensemble,
-)
-from pipelines.ml.metrics import encode_label, macro_f1, rmse, roc_auc
+from pipelines.ml.families import Fitting, TrainingData, greedy_ensemble, load_trained, pack_ensemble
+from pipelines.ml.families.lightgbm import fit_lightgbm
+from pipelines.ml.families.linear import fit_linear
+from pipelines.ml.families.mlp import mlp_artifact
+from pipelines.ml.metrics import macro_f1, rmse, roc_auc
 from pipelines.ml.model import build_module, fit_encoding, onnx_session, predict_onnx, session_feed
-from pipelines.steps.train import (
-    FamilyPruner,
-    budget_left,
-    choose,
-    family_summary,
-    spent_seconds,
-)
+from pipelines.ml.search import FamilyPruner, budget_left, choose, family_summary, spent_seconds
 
 TOLERANCE = 1e-4  # the bundled spec's evaluation.onnx_parity_tolerance
 
@@ -47,9 +35,7 @@ def split(churn_df: pd.DataFrame):  # type: ignore[no-untyped-def]
     df.loc[rng.random(len(df)) < 0.1, "monthly_charges"] = np.nan  # missing values in training too
     train, val = df.iloc[:3000], df.iloc[3000:]
     enc = fit_encoding(train, list(NUMERIC), list(CATEGORICAL))
-    xy = (matrix(train, enc), train["churned"].to_numpy(np.float32))
-    vxy = (matrix(val, enc), val["churned"].to_numpy(np.float32))
-    return enc, xy, vxy, val
+    return enc, TrainingData(enc, train, val, "churned", []), val
 
 
 def awkward(val: pd.DataFrame) -> pd.DataFrame:
@@ -83,8 +69,8 @@ def fitting(**kw: Any) -> Fitting:
     ],
 )
 def test_each_family_exports_onnx_matching_its_own_predictions_on_awkward_raw_rows(split, fit, params) -> None:  # type: ignore[no-untyped-def]
-    enc, xy, vxy, val = split
-    value, blob = fit(enc, params, xy, vxy, fitting())
+    _, data, val = split
+    value, blob = fit(data, params, fitting())
     assert 0.6 < value <= 1.0
     trained = load_trained(blob)
     rows = awkward(val)
@@ -100,7 +86,7 @@ def test_each_family_exports_onnx_matching_its_own_predictions_on_awkward_raw_ro
 
 
 def test_the_mlp_artifact_exports_the_same_graph_as_before_and_matches_torch(split) -> None:  # type: ignore[no-untyped-def]
-    enc, _, _, val = split
+    enc, _, val = split
     torch.manual_seed(0)
     module = build_module(enc, hidden_units=8, layers=1, dropout=0.0)
     trained = load_trained(mlp_artifact(module, enc, {"hidden_units": 8, "layers": 1}))
@@ -112,15 +98,15 @@ def test_the_mlp_artifact_exports_the_same_graph_as_before_and_matches_torch(spl
 
 
 def test_an_artifact_of_an_unknown_family_is_refused(split) -> None:  # type: ignore[no-untyped-def]
-    enc, xy, vxy, _ = split
-    _, blob = fit_linear(enc, {}, xy, vxy, fitting())
+    _, data, _ = split
+    _, blob = fit_linear(data, {}, fitting())
     with pytest.raises(ValueError, match="unknown model family 'forest'"):
         load_trained(blob.replace(b'"family": "linear"', b'"family": "forest"', 1))
 
 
 @pytest.mark.parametrize("fit", [fit_lightgbm, fit_linear])
 def test_every_family_reports_steps_and_stops_when_pruned_or_out_of_time(split, fit) -> None:  # type: ignore[no-untyped-def]
-    enc, xy, vxy, _ = split
+    _, data, _ = split
     steps: list[int] = []
 
     def prune_at_third(value: float, step: int) -> None:
@@ -130,12 +116,12 @@ def test_every_family_reports_steps_and_stops_when_pruned_or_out_of_time(split, 
             raise optuna.TrialPruned("pruned")
 
     with pytest.raises(optuna.TrialPruned):
-        fit(enc, {}, xy, vxy, fitting(report=prune_at_third, patience=100))
+        fit(data, {}, fitting(report=prune_at_third, patience=100))
     assert len(steps) == 3 and steps == sorted(steps)
 
     reported: list[int] = []
     past = time.monotonic() - 1  # the budget is already spent: the fit ends after its first report
-    value, blob = fit(enc, {}, xy, vxy, fitting(report=lambda v, s: reported.append(s), patience=100, deadline=past))
+    value, blob = fit(data, {}, fitting(report=lambda v, s: reported.append(s), patience=100, deadline=past))
     assert len(reported) == 1 and not math.isnan(value)
     assert load_trained(blob).predict(pd.DataFrame({c: [1.0] for c in NUMERIC} | {c: ["x"] for c in CATEGORICAL}))
 
@@ -226,9 +212,10 @@ def test_per_family_figures() -> None:
 def test_thresholds_rounded_down_to_float32_change_no_prediction_on_float32_inputs(split) -> None:  # type: ignore[no-untyped-def]
     import lightgbm as lgb
 
-    from pipelines.ml.families import float32_thresholds
+    from pipelines.ml.families.lightgbm import float32_thresholds
 
-    _, (x, y), (xv, _), _ = split
+    _, data, _ = split
+    (x, y), (xv, _) = data.train_xy, data.val_xy
     booster = lgb.train({"objective": "binary", "verbosity": -1, "num_leaves": 31}, lgb.Dataset(x, y), 60)
     text = booster.model_to_string()
     adjusted = float32_thresholds(text)
@@ -251,9 +238,7 @@ def regression_split():  # type: ignore[no-untyped-def]
     numeric = ["age", "bmi", "blood_pressure", "total_cholesterol", "ldl", "hdl", "log_triglycerides", "glucose"]
     train, val = df.iloc[:340], df.iloc[340:]
     enc = fit_encoding(train, numeric, ["sex"])
-    xy = (matrix(train, enc), train["progression"].to_numpy(np.float32))
-    vxy = (matrix(val, enc), val["progression"].to_numpy(np.float32))
-    return enc, xy, vxy, val
+    return enc, TrainingData(enc, train, val, "progression", []), val
 
 
 def awkward_patients(val: pd.DataFrame) -> pd.DataFrame:
@@ -274,9 +259,10 @@ def awkward_patients(val: pd.DataFrame) -> pd.DataFrame:
 def test_a_regression_family_predicts_values_and_its_onnx_matches_them_on_awkward_rows(
     regression_split, fit, params
 ) -> None:  # type: ignore[no-untyped-def]
-    enc, xy, vxy, val = regression_split
-    baseline = rmse(vxy[1], np.full(len(vxy[1]), xy[1].mean()))  # predicting the training mean
-    value, blob = fit(enc, params, xy, vxy, fitting(metric=rmse, higher=False, kind="regression", patience=5))
+    _, data, val = regression_split
+    (_, y), (_, yv) = data.train_xy, data.val_xy
+    baseline = rmse(yv, np.full(len(yv), y.mean()))  # predicting the training mean
+    value, blob = fit(data, params, fitting(metric=rmse, higher=False, kind="regression", patience=5))
     assert value < 0.9 * baseline  # learnt something: an RMSE in the label's units, below the mean's
     trained = load_trained(blob)
     rows = awkward_patients(val)
@@ -290,7 +276,7 @@ def test_a_regression_family_predicts_values_and_its_onnx_matches_them_on_awkwar
 
 
 def test_a_regression_mlp_scales_its_head_to_the_label_and_onnx_matches_torch(regression_split) -> None:  # type: ignore[no-untyped-def]
-    enc, _, _, val = regression_split
+    enc, _, val = regression_split
     torch.manual_seed(0)
     module = build_module(enc, hidden_units=8, layers=1, dropout=0.0, target=(150.0, 75.0))
     trained = load_trained(mlp_artifact(module, enc, {"hidden_units": 8, "layers": 1}))
@@ -319,11 +305,11 @@ def test_greedy_ensemble_picks_complementary_models_and_keeps_one_that_needs_no_
 
 @pytest.mark.parametrize("kind", ["binary", "regression"])
 def test_an_ensemble_exports_one_onnx_graph_matching_its_weighted_members(split, regression_split, kind) -> None:  # type: ignore[no-untyped-def]
-    enc, xy, vxy, val = split if kind == "binary" else regression_split
+    enc, data, val = split if kind == "binary" else regression_split
     metric, higher, rows = (roc_auc, True, awkward(val)) if kind == "binary" else (rmse, False, awkward_patients(val))
     fit = fitting(metric=metric, higher=higher, kind=kind)
-    _, trees = fit_lightgbm(enc, {"learning_rate": 0.1, "num_leaves": 8}, xy, vxy, fit)
-    _, line = fit_linear(enc, {}, xy, vxy, fit)
+    _, trees = fit_lightgbm(data, {"learning_rate": 0.1, "num_leaves": 8}, fit)
+    _, line = fit_linear(data, {}, fit)
     torch.manual_seed(0)
     target = (150.0, 75.0) if kind == "regression" else None
     mlp = mlp_artifact(
@@ -360,9 +346,7 @@ def multiclass_split():  # type: ignore[no-untyped-def]
     train, val = df.iloc[:120], df.iloc[120:]
     enc = fit_encoding(train, numeric, ["cellar"])
     classes = list(WINE_CULTIVARS)
-    xy = (matrix(train, enc), encode_label(train["cultivar"], classes))
-    vxy = (matrix(val, enc), encode_label(val["cultivar"], classes))
-    return enc, xy, vxy, val, classes
+    return enc, TrainingData(enc, train, val, "cultivar", classes), val, classes
 
 
 def awkward_wines(val: pd.DataFrame) -> pd.DataFrame:
@@ -387,8 +371,8 @@ def multiclass_fitting(classes: list[str]) -> Fitting:
 def test_a_multiclass_family_answers_every_class_probability_and_its_onnx_names_the_class(
     multiclass_split, fit, params
 ) -> None:  # type: ignore[no-untyped-def]
-    enc, xy, vxy, val, classes = multiclass_split
-    value, blob = fit(enc, params, xy, vxy, multiclass_fitting(classes))
+    _, data, val, classes = multiclass_split
+    value, blob = fit(data, params, multiclass_fitting(classes))
     assert value > 0.8  # three cultivars told apart (chance: about 0.33)
     trained = load_trained(blob)
     assert trained.classes == classes  # the class names travel in the artifact
@@ -406,7 +390,7 @@ def test_a_multiclass_family_answers_every_class_probability_and_its_onnx_names_
 
 
 def test_a_multiclass_mlp_and_an_ensemble_of_families_export_the_same_outputs(multiclass_split) -> None:  # type: ignore[no-untyped-def]
-    enc, xy, vxy, val, classes = multiclass_split
+    enc, data, val, classes = multiclass_split
     torch.manual_seed(0)
     module = build_module(enc, hidden_units=8, layers=1, dropout=0.0, classes=3)
     mlp = mlp_artifact(module, enc, {"hidden_units": 8, "layers": 1}, classes)
@@ -418,8 +402,8 @@ def test_a_multiclass_mlp_and_an_ensemble_of_families_export_the_same_outputs(mu
     assert [o.name for o in session.get_outputs()] == ["score", "probabilities", "class", "embedding"]
     assert np.abs(native - predict_onnx(session, rows)).max() <= TOLERANCE
     fit = multiclass_fitting(classes)
-    _, trees = fit_lightgbm(enc, {"learning_rate": 0.1, "num_leaves": 8, "min_child_samples": 5}, xy, vxy, fit)
-    _, line = fit_linear(enc, {}, xy, vxy, fit)
+    _, trees = fit_lightgbm(data, {"learning_rate": 0.1, "num_leaves": 8, "min_child_samples": 5}, fit)
+    _, line = fit_linear(data, {}, fit)
     model = load_trained(pack_ensemble(enc, [(trees, 0.5), (line, 0.3), (mlp, 0.2)], {}, classes))
     blended = model.predict(rows)
     members = [load_trained(b).predict(rows) for b in (trees, line, mlp)]
@@ -441,7 +425,7 @@ def test_greedy_ensemble_weighs_class_probabilities() -> None:
 
 
 def test_an_ensemble_is_exported_only_for_a_gain_worth_its_latency() -> None:
-    from pipelines.steps.train import ensemble_pays
+    from pipelines.ml.search import ensemble_pays
 
     assert ensemble_pays(0.8300, 0.8280, higher=True, min_gain=0.001)  # +0.0020 > 0.1 % of 0.828
     assert not ensemble_pays(0.82643, 0.82638, higher=True, min_gain=0.001)  # +0.00005: not worth 3x latency

@@ -20,17 +20,13 @@ from pipelines.core.settings import Settings
 from pipelines.core.spec import PipelineSpec, parse_spec
 from pipelines.io.storage import LocalStorage
 from pipelines.ml.datasets import wine
-from pipelines.ml.families import (
-    TrialFailed,
-    load_trained,
-    non_finite_reason,
-    pack_ensemble,
-    require_finite,
-)
+from pipelines.ml.families import TrialFailed, load_trained, pack_ensemble, require_finite
+from pipelines.ml.families.fitting import non_finite_reason
 from pipelines.ml.metrics import baseline, encode_label
 from pipelines.ml.model import fit_encoding, onnx_session, predict_onnx, session_feed
+from pipelines.ml.search import TrialClock, failure_summary
 from pipelines.steps.context import StepContext
-from pipelines.steps.train import Trainer, TrialClock, failure_summary
+from pipelines.steps.train import Trainer
 
 WINE_SPEC = Path(__file__).resolve().parents[2] / "include" / "pipelines" / "wine.yaml"
 NULLABLE_NUMERIC = ("magnesium", "hue")

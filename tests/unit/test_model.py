@@ -7,6 +7,7 @@ import torch
 
 from pipelines.io.status import outcome
 from pipelines.ml.datagen import CATEGORICAL, NUMERIC
+from pipelines.ml.families import EarlyStopping
 from pipelines.ml.model import (
     FeatureEncoding,
     build_module,
@@ -22,7 +23,8 @@ from pipelines.ml.model import (
     session_feed,
     to_onnx,
 )
-from pipelines.steps.train import EarlyStopping, remaining_budget, study_name
+from pipelines.ml.search import remaining_budget
+from pipelines.steps.train import study_name
 
 
 @pytest.fixture(scope="module")

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 from pipelines.core.spec import CategoricalParam, FloatParam, IntParam, ModelSpec
 from pipelines.io.status import outcome, render_status
+from pipelines.ml.search import warm_start
 from pipelines.steps.ingest import cause_line
 from pipelines.steps.promote import window_tags
-from pipelines.steps.train import warm_start
 
 SPACE = {
     "learning_rate": FloatParam(type="float", low=1e-4, high=1e-1, log=True),

@@ -17,6 +17,7 @@ import X` is the one import a caller needs:
 * `loading`: parse, load and read specs, the error format, the JSON schema
 """
 
+from pipelines.core.families import DEFAULT_HIDDEN_UNITS
 from pipelines.core.spec.base import Model
 from pipelines.core.spec.contract import (
     SPLITS,
@@ -42,9 +43,6 @@ from pipelines.core.spec.loading import (
     spec_paths,
 )
 from pipelines.core.spec.model import (
-    DEFAULT_HIDDEN_UNITS,
-    FAMILIES,
-    FAMILY_PARAMS,
     CategoricalParam,
     Family,
     FloatParam,
@@ -79,8 +77,6 @@ from pipelines.core.steps import STEP_NAMES
 
 __all__ = [
     "DEFAULT_HIDDEN_UNITS",
-    "FAMILIES",
-    "FAMILY_PARAMS",
     "SPLITS",
     "STEP_NAMES",
     "TASK_DEFAULTS",

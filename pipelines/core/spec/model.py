@@ -7,6 +7,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import Field, TypeAdapter, field_validator, model_validator
 
+from pipelines.core.families import DEFAULT_HIDDEN_UNITS, family_names
+from pipelines.core.families import card as family_card
 from pipelines.core.spec.base import Model
 
 
@@ -38,53 +40,36 @@ class CategoricalParam(Model):
 Param = Annotated[FloatParam | IntParam | CategoricalParam, Field(discriminator="type")]
 
 
-Family = Literal["linear", "lightgbm", "tabular_mlp"]
-FAMILIES: tuple[Family, ...] = ("linear", "lightgbm", "tabular_mlp")
-"""The model families, cheapest first (an `auto` search tries them in this order)."""
-
-FAMILY_PARAMS: dict[str, set[str]] = {
-    "linear": {"alpha", "l1_ratio"},
-    "lightgbm": {"learning_rate", "num_leaves", "min_child_samples", "feature_fraction", "lambda_l2", "max_rounds"},
-    "tabular_mlp": {"learning_rate", "hidden_units", "layers", "dropout", "weight_decay"},
-}
-"""What each family tunes."""
+Family = str
+"""A model family's name: one of the family table's (`pipelines.core.families`), cheapest first."""
 
 
-def _space(**params: dict[str, Any]) -> dict[str, Param]:
+def _space(**params: Any) -> dict[str, Param]:
     return {name: TypeAdapter(Param).validate_python(p) for name, p in params.items()}
 
 
 def default_spaces() -> dict[str, dict[str, Param]]:
-    """Each family's search space where the spec gives none (`model.search_spaces`)."""
-    return {
-        "linear": _space(
-            alpha={"type": "float", "low": 1e-6, "high": 1e-1, "log": True},
-            l1_ratio={"type": "float", "low": 0.0, "high": 1.0},
-        ),
-        "lightgbm": _space(
-            learning_rate={"type": "float", "low": 0.02, "high": 0.3, "log": True},
-            num_leaves={"type": "int", "low": 8, "high": 128, "log": True},
-            min_child_samples={"type": "int", "low": 5, "high": 100, "log": True},
-            feature_fraction={"type": "float", "low": 0.5, "high": 1.0},
-            lambda_l2={"type": "float", "low": 1e-3, "high": 10.0, "log": True},
-        ),
-        "tabular_mlp": _space(
-            learning_rate={"type": "float", "low": 1e-4, "high": 1e-2, "log": True},
-            hidden_units={"type": "categorical", "choices": [32, 64, 128]},
-            layers={"type": "int", "low": 1, "high": 3},
-            dropout={"type": "float", "low": 0.0, "high": 0.3},
-        ),
-    }
+    """Each family's search space where the spec gives none (`model.search_spaces`): its card's."""
+    return {name: _space(**family_card(name).space) for name in family_names()}
+
+
+def _unknown_families(names: list[Any], auto: bool) -> None:
+    unknown = [n for n in names if n not in family_names() and not (auto and n == "auto")]
+    if unknown:
+        raise ValueError(
+            f"{', '.join(map(repr, unknown))}: not a model family; kind is one of {list(family_names())}, "
+            "`auto` (all of them) or a list of families"
+        )
 
 
 class ModelSpec(Model):
     """The model family (or `auto`: every family in one search, or a list of families), its inputs
     and its search space."""
 
-    kind: Family | Literal["auto"] | list[Family] = Field(
+    kind: Family | list[Family] = Field(
         default="tabular_mlp",
-        description="the model family (`linear`, `lightgbm`, `tabular_mlp`), a list of them, or `auto`: every "
-        "family in one search, cheapest first",
+        description="the model family (`linear`, `lightgbm`, `tabular_mlp`, or one registered beside them), a "
+        "list of them, or `auto`: every family in one search, cheapest first",
     )
     numeric_features: list[str] = Field(
         default_factory=list, description="features the model reads as numbers (each a feature of a view)"
@@ -103,22 +88,16 @@ class ModelSpec(Model):
     @field_validator("kind", mode="before")
     @classmethod
     def _known_kind(cls, v: Any) -> Any:
-        names = v if isinstance(v, list) else [v]
-        unknown = [n for n in names if n not in FAMILIES and not (n == "auto" and not isinstance(v, list))]
-        if unknown:
-            raise ValueError(
-                f"{', '.join(map(repr, unknown))}: not a model family; kind is one of {list(FAMILIES)}, "
-                "`auto` (all of them) or a list of families"
-            )
+        _unknown_families(v if isinstance(v, list) else [v], auto=not isinstance(v, list))
         return v
 
     @property
     def families(self) -> list[Family]:
         """The families the search tries, cheapest first."""
         if self.kind == "auto":
-            return list(FAMILIES)
+            return list(family_names())
         if isinstance(self.kind, list):
-            return [f for f in FAMILIES if f in self.kind]
+            return [f for f in family_names() if f in self.kind]
         return [self.kind]
 
     def space_of(self, family: str) -> dict[str, Param]:
@@ -126,7 +105,7 @@ class ModelSpec(Model):
         `search_spaces`, else its default."""
         if not isinstance(self.kind, list) and self.kind == family:
             return self.search_space
-        return self.search_spaces.get(family) or default_spaces()[family]  # type: ignore[call-overload]
+        return self.search_spaces.get(family) or default_spaces()[family]
 
     @model_validator(mode="after")
     def _has_inputs(self) -> ModelSpec:
@@ -146,11 +125,10 @@ class ModelSpec(Model):
             )
         spaces = {**self.search_spaces, **({pinned: self.search_space} if pinned else {})}
         for family, space in spaces.items():
-            unknown = sorted(set(space) - FAMILY_PARAMS[family])
+            tuned = family_card(family).params
+            unknown = sorted(set(space) - tuned)
             if unknown:
-                raise ValueError(
-                    f"unknown search-space parameters {unknown}; {family} tunes {sorted(FAMILY_PARAMS[family])}"
-                )
+                raise ValueError(f"unknown search-space parameters {unknown}; {family} tunes {sorted(tuned)}")
         extra = sorted(set(self.search_spaces) - set(self.families))
         if extra:
             raise ValueError(f"search_spaces names {extra}, which the search does not try ({self.families})")
@@ -167,6 +145,7 @@ class ModelSpec(Model):
     @field_validator("search_spaces")
     @classmethod
     def _family_ranges(cls, v: dict[Family, dict[str, Param]]) -> dict[Family, dict[str, Param]]:
+        _unknown_families(list(v), auto=False)
         for family, space in v.items():
             for name, p in space.items():
                 if isinstance(p, FloatParam | IntParam) and p.low > p.high:
@@ -236,9 +215,6 @@ class Training(Model):
         if self.n_trials is None and self.timeout_s is None and self.time_budget_s is None:
             raise ValueError("set n_trials, time_budget_s (or timeout_s): the study needs a budget")
         return self
-
-
-DEFAULT_HIDDEN_UNITS = 64
 
 
 def hidden_widths(space: dict[str, Any]) -> set[Any] | range:
