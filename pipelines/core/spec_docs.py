@@ -30,9 +30,15 @@ def anchor(name: str) -> str:
     return re.sub(r"[^a-z0-9 _-]", "", name.lower()).replace(" ", "-")
 
 
+def _text(text: str) -> str:
+    """Prose on one line; outside code spans, a `<` that would open an HTML tag (`<name>`) as `&lt;`."""
+    parts = " ".join(text.split()).split("`")
+    return "`".join(re.sub(r"<(?=[A-Za-z/!])", "&lt;", p) if i % 2 == 0 else p for i, p in enumerate(parts))
+
+
 def _cell(text: str) -> str:
-    """One table cell: on one line, a `|` escaped (also inside code spans, as GFM tables need)."""
-    return " ".join(text.split()).replace("|", "\\|")
+    """One table cell: `_text`, with `|` escaped (also inside code spans, as GFM tables need)."""
+    return _text(text).replace("|", "\\|")
 
 
 _BOUNDS = (
@@ -158,7 +164,7 @@ def _section(title: str, node: Schema, where: list[str], given: dict[str, Any]) 
     if where:
         lines += ["At " + ", ".join(where) + ".", ""]
     if node.get("description"):
-        lines += [" ".join(node["description"].split()), ""]
+        lines += [_text(node["description"]), ""]
     properties = node.get("properties") or {}
     if not properties:
         return lines

@@ -36,6 +36,7 @@ def test_a_field_renders_its_type_default_and_description_and_a_blank_one_stays_
         "properties": {
             "name": {"type": "string", "pattern": "^[a-z]+$", "description": "the name | a pipe"},
             "size": {"type": "integer", "minimum": 1, "default": 3},
+            "path": {"type": "string", "default": "a", "description": "under <root>, `<root>/a`"},
             "part": {"$ref": "#/$defs/Part", "default": {"kind": "a"}},
         },
         "$defs": {
@@ -51,6 +52,7 @@ def test_a_field_renders_its_type_default_and_description_and_a_blank_one_stays_
     text = render(schema)
     assert "| `name` | string (matching `^[a-z]+$`) | required | the name \\| a pipe |" in text
     assert "| `size` | integer (>= 1) | `3` |  |" in text  # no description: a blank cell
+    assert "| under &lt;root>, `<root>/a` |" in text  # no HTML tag outside a code span
     assert "| `part` | [Part](#part) | its fields' defaults |  |" in text
     assert "## Part\n\nAt `part`.\n\nA part." in text
     assert '| `kind` | `"a"` or `"b"` | `"a"` |  |' in text  # the default its parent field gives
