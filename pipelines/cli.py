@@ -2,6 +2,7 @@
 
     mlcycle spec validate FILE...          validate specs; errors name the file and field path
     mlcycle spec schema                    the JSON schema of a pipeline spec
+    mlcycle spec docs [--check]            the configuration reference rendered from it (docs/configuration.md)
     mlcycle step NAME --pipeline P --run-id R [--force]
     mlcycle pod render --pipeline P --step S [--run-id R]
     mlcycle data generate --out FILE [--customers N ...]
@@ -36,6 +37,7 @@ import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from pipelines.core import spec_docs
 from pipelines.core.errors import InvalidArgument, MlcycleError, StepSkipped
 from pipelines.core.params import ENV as PARAMS_ENV
 from pipelines.core.pod import pod_manifest
@@ -95,6 +97,21 @@ def _source_problem(source: Source) -> str | None:
 
 def _cmd_spec_schema(args: argparse.Namespace) -> int:
     print(json.dumps(json_schema(), indent=2))
+    return 0
+
+
+def _cmd_spec_docs(args: argparse.Namespace) -> int:
+    out = PROJECT_DIR / "docs" / "configuration.md"
+    text = spec_docs.render(json_schema())
+    if args.check:
+        if not out.exists() or out.read_text() != text:
+            print(f"stale: {out}: run `{spec_docs.COMMAND}` and commit it", file=sys.stderr)
+            return 1
+        print("the configuration reference is up to date")
+        return 0
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(text)
+    print(f"wrote {out}")
     return 0
 
 
@@ -422,6 +439,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(func=_cmd_spec_validate)
     spec.add_parser("schema", help="print the JSON schema").set_defaults(func=_cmd_spec_schema)
+    p = spec.add_parser("docs", help="write the configuration reference (docs/configuration.md) from the schema")
+    p.add_argument("--check", action="store_true", help="fail when the checked-in file is stale")
+    p.set_defaults(func=_cmd_spec_docs)
 
     p = sub.add_parser("step", help="run one step of one run")
     p.add_argument("name")

@@ -34,7 +34,7 @@ def write_spec(directory: Path, name: str = "churn", *, merge: bool = False, **s
 def tumour_pipeline(directory: Path, data_dir: Path, name: str = "tumours") -> Path:
     """A user's own pipeline beside the bundled one: a real public dataset (the Wisconsin breast
     cancer set that ships inside scikit-learn: 569 patients, 30 numeric features, no categorical
-    one) as a CSV file source, a spec written the way the README's "Adding a pipeline" says.
+    one) as a CSV file source, a spec written the way docs/pipelines.md's "Adding a pipeline" says.
     Patient ids and examination days (the last 100 days) are added: Feast needs an entity and a
     timestamp. Returns the spec's path."""
     from datetime import UTC, datetime, timedelta

@@ -71,7 +71,7 @@ LOOPBACK = ("127.0.0.1", "::ffff:127.0.0.1", "::1")
 def _assert_serve_listens_on_loopback(gcs_port: int) -> None:
     """Every socket that Serve opens on the embedded head is on 127.0.0.1, but one per Ray worker
     process: Ray's core-worker gRPC port, which Ray binds on every interface and guards with its
-    token (README: "What listens where"). Before serving/binds.py, the ingress replica had a second
+    token (docs/serving.md: "What listens where"). Before serving/binds.py, the ingress replica had a second
     one, Serve's inter-deployment gRPC server, open to every interface without authentication."""
     listeners = ray_listeners(gcs_port)
     serve = [(name, ip, port) for name, ip, port in listeners if name.startswith(SERVE_PROCESSES)]

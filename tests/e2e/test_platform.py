@@ -1,5 +1,5 @@
 """The embedded platform as a user runs it: `mlcycle up`, a pipeline of their own added the way
-the README says and run with `mlcycle run`, its champion served and read back with the plain
+docs/pipelines.md says and run with `mlcycle run`, its champion served and read back with the plain
 clients, a service killed mid-run, `mlcycle down`.
 
 Everything runs as the `mlcycle` command in a state directory of this module's own, on free ports
@@ -153,8 +153,8 @@ def test_every_socket_the_platform_listens_on_is_on_loopback_but_rays_own(up: di
     """Airflow, MLflow, Prometheus, the StatsD bridge and Serve's HAProxy listen on 127.0.0.1
     only; PostgreSQL on a Unix socket. Ray 2.60's own servers (GCS, raylet, workers, agents, the
     client server) are the known exception: `--node-ip-address=127.0.0.1` is "resolved" to the
-    host's address, and they listen there or on every interface (guarded by Ray's token; see the
-    README). (Clients' UDP sockets, e.g. Airflow's StatsD sender, listen for nothing.)"""
+    host's address, and they listen there or on every interface (guarded by Ray's token; see
+    docs/reliability.md, "Security checks"). (Clients' UDP sockets, e.g. Airflow's StatsD sender, listen for nothing.)"""
     import psutil
 
     pids = platform_processes(up["MLCYCLE_STATE_DIR"])
@@ -179,7 +179,7 @@ def test_every_socket_the_platform_listens_on_is_on_loopback_but_rays_own(up: di
 
 
 def test_a_users_numeric_pipeline_runs_with_mlcycle_run_and_is_served(up: dict[str, str]) -> None:
-    """A file source, 30 numeric features and no categorical one, added as the README says."""
+    """A file source, 30 numeric features and no categorical one, added as docs/pipelines.md says."""
     done = mlcycle(up, "run", "tumours", "--wait")
     assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-3000:]
     for step in ("ingest", "validate", "features", "train", "evaluate", "promote", "canary"):

@@ -2,10 +2,10 @@
 run through the CLI exactly as a pod runs it (`mlcycle step ingest`, then `validate`, then
 `features` and `train` only if those passed; `mlcycle spec validate` for specs).
 
-Each bad input must end in the exit code the README defines (2: a bad spec or argument, 3:
+Each bad input must end in the exit code docs/platform.md defines (2: a bad spec or argument, 3:
 rejected data) with an error naming the problem, before anything trains. The inputs the platform
 reads correctly (a UTF-8 byte order mark, a few bad rows under the tolerance) must pass. The table
-goes to `.test-artifacts/bad-inputs.md` (or `$MLCYCLE_TEST_ARTIFACTS`), the count to the README.
+goes to `.test-artifacts/bad-inputs.md` (or `$MLCYCLE_TEST_ARTIFACTS`), the count to docs/reliability.md.
 """
 
 from __future__ import annotations
@@ -345,13 +345,13 @@ def test_a_file_larger_than_the_steps_memory_is_read_by_its_window(
 
 
 def test_the_catalogue_is_counted() -> None:
-    """Runs last in this module: the table of every input tried, and the count the README gives."""
+    """Runs last in this module: the table of every input tried, and the count docs/reliability.md gives."""
     bad = [r for r in ROWS if r[2] != 0]
     refused = [r for r in bad if r[3] == r[2]]
     read = [r for r in ROWS if r[2] == 0 and r[3] == 0]
     assert len(ROWS) == len(DATA) + len(SPECS) + 1, "run the whole module"
     lines = [
-        f"{len(bad)} bad inputs tried, {len(refused)} refused with a clear error and the README's exit code, "
+        f"{len(bad)} bad inputs tried, {len(refused)} refused with a clear error and the CLI's exit code, "
         f"0 trained; {len(read)} awkward but valid inputs read correctly.",
         "",
         "| kind | input | expected exit | exit | error |",

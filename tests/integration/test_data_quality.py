@@ -119,7 +119,7 @@ def test_empty_and_truncated_files_fail_at_ingest(workspace: Settings, churn_df:
     path.write_bytes(b"")
     with pytest.raises(SourceError, match=r"empty \(0 bytes\)") as empty:
         run(workspace, "ingest", "empty-1")
-    assert empty.value.exit_code == 3  # rejected data, as the README says; never retried
+    assert empty.value.exit_code == 3  # rejected data, as docs/platform.md says; never retried
     storage = open_storage(workspace)
     assert not storage.list("churn/trunc-1") and not storage.list("churn/empty-1")
 

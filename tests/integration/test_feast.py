@@ -166,7 +166,7 @@ print(json.dumps({"plan": online["plan"][0], "experiments": experiments, "tables
 
 
 def test_mlcycle_env_is_all_a_plain_client_needs(applied) -> None:  # type: ignore[no-untyped-def]
-    """The README's way to the plain clients: `eval "$(mlcycle env)"`, then the Feast SDK on
+    """docs/platform.md's way to the plain clients: `eval "$(mlcycle env)"`, then the Feast SDK on
     feature_repo/, the MLflow client and libpq, in a process that has no MLCYCLE_* setting."""
     settings, df, _ = applied
     mlflow.MlflowClient(tracking_uri=mlflow_uri(settings)).create_experiment("env-check")

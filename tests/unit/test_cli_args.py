@@ -143,7 +143,7 @@ def test_spec_validate_checks_that_a_file_source_names_data(
             assert main(["spec", "validate", "--no-data", str(spec)]) == 0  # a spec for another machine's data
 
 
-def test_the_readmes_file_source_example_is_a_valid_source() -> None:
+def test_the_docs_file_source_example_is_a_valid_source() -> None:
     import re
 
     import yaml
@@ -152,8 +152,8 @@ def test_the_readmes_file_source_example_is_a_valid_source() -> None:
     from pipelines.core.settings import PROJECT_DIR
     from pipelines.core.spec import FeatureView, FileSource, Source
 
-    readme = (PROJECT_DIR / "README.md").read_text()
-    block = next(b for b in re.findall(r"```yaml\n(.*?)```", readme, re.S) if "kind: file" in b)
+    page = (PROJECT_DIR / "docs" / "pipelines.md").read_text()  # "Adding a pipeline"
+    block = next(b for b in re.findall(r"```yaml\n(.*?)```", page, re.S) if "kind: file" in b)
     data = yaml.safe_load(block)
     source = TypeAdapter(Source).validate_python(data["source"])
     assert isinstance(source, FileSource) and source.delimiter == ";" and source.lookback_days == 90

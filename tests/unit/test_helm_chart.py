@@ -233,7 +233,7 @@ EXAMPLE = PROJECT / "helm" / "examples" / "values-gpu-pool.yaml"
 def test_a_gpu_pool_values_example_places_step_pods_and_ray_gpu_workers(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """The README's example of a real cluster: pool=a100 tainted gpu=true, a private registry, the
+    """docs/deployment.md's example of a real cluster: pool=a100 tainted gpu=true, a private registry, the
     cluster's UID. The step pod that `mlcycle pod render` prints under the rendered settings, and
     the Ray GPU group, get the same placement, pull secrets and identity."""
     docs = render(values=EXAMPLE, release="mlcycle", namespace="ml-prod")
