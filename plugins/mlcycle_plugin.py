@@ -26,7 +26,7 @@ from mlcycle_page import PAGE_PATH, empty_page, page_html  # beside this file: A
 from pydantic import BaseModel
 
 from operators.links import MlflowLink, ReportLink
-from pipelines.core.errors import InvalidArgument, SpecError, field_path
+from pipelines.core.errors import InvalidArgument, SpecError, error_body, field_path, status_code
 from pipelines.core.params import FORM, RunParams
 from pipelines.core.settings import Settings, load_settings, pipeline_names, spec_for
 from pipelines.core.steps import BY_NAME, REPORT_FILES, artifact_url
@@ -70,10 +70,10 @@ def login_url(root_path: str, next_url: str) -> str:
     return f"{root_path.rstrip('/')}{LOGIN}?{urlencode({'next': next_url})}"
 
 
-def error_body(status: int, reason: str, field: str | None = None) -> dict[str, Any]:
-    """Every error of the plugin's API: `{"error": <HTTP status>, "reason": <text>, "field": <the
-    request's field at fault, or null>}`. Pure."""
-    return {"error": status, "reason": reason, "field": field}
+def api_error_body(status: int, reason: str, field: str | None = None) -> dict[str, Any]:
+    """Every error of the plugin's API, in the one shape of mlcycle's HTTP APIs
+    (`pipelines.core.errors.error_body`): the code of the HTTP status, the reason, the field. Pure."""
+    return error_body(status_code(status), reason, field)
 
 
 def scrub(text: str, directories: Iterable[tuple[str, str]]) -> str:
@@ -113,7 +113,7 @@ def install_error_handlers(app: FastAPI) -> None:
             reason = scrub(reason, server_directories(load_settings()))
         except Exception:  # no settings: nothing of theirs to scrub, and the answer must go out
             reason = scrub(reason, [(str(Path.home()), "<home>")])
-        return JSONResponse(error_body(status, reason, field), status_code=status, headers=headers)
+        return JSONResponse(api_error_body(status, reason, field), status_code=status, headers=headers)
 
     @app.exception_handler(StarletteHTTPException)
     async def as_json(request: Request, err: StarletteHTTPException) -> JSONResponse:
@@ -123,7 +123,7 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(RequestValidationError)
     async def invalid_as_json(request: Request, err: RequestValidationError) -> JSONResponse:
         errors = err.errors()
-        reason = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in errors)
+        reason = "; ".join(f"{field_path(tuple(e['loc']))}: {e['msg']}" for e in errors)
         return answer(422, reason, field_path(tuple(errors[0]["loc"])) if errors else None)
 
     @app.exception_handler(Exception)

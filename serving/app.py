@@ -39,7 +39,7 @@ from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, Validat
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
-from pipelines.core.errors import field_path
+from pipelines.core.errors import error_body, field_path
 from pipelines.core.settings import load_settings, spec_for
 from pipelines.io.db import database_url
 from pipelines.io.registry import champion_version
@@ -156,8 +156,26 @@ def similar_query(params: dict[str, str]) -> tuple[str, int] | list[dict[str, st
     return problems or (entity, k)
 
 
-def error(status: int, message: str, headers: dict[str, str] | None = None, **extra: Any) -> JSONResponse:
-    return JSONResponse({"error": message, **extra}, status_code=status, headers=headers)
+def error(
+    status: int,
+    code: str,
+    reason: str,
+    field: str | None = None,
+    headers: dict[str, str] | None = None,
+    **extra: Any,
+) -> JSONResponse:
+    """An error answer in the one shape of mlcycle's HTTP APIs (`pipelines.core.errors.error_body`). Pure."""
+    return JSONResponse(error_body(code, reason, field, **extra), status_code=status, headers=headers)
+
+
+def invalid(detail: list[dict[str, str]], **extra: Any) -> JSONResponse:
+    """A 422 naming every field at fault (`detail`); `reason` and `field` are the first's. Pure."""
+    first = detail[0]
+    reason = first["message"] if len(detail) == 1 else f"{first['message']} (and {len(detail) - 1} more: see detail)"
+    return error(422, "invalid_request", reason, first["field"], detail=detail, **extra)
+
+
+UNAUTHORIZED = ("unauthorized", "missing or invalid API key: send `x-api-key` or `Authorization: Bearer`")
 
 
 def overloaded(limit: int) -> JSONResponse:
@@ -165,8 +183,8 @@ def overloaded(limit: int) -> JSONResponse:
     return error(
         503,
         "overloaded",
+        f"this replica holds {limit} requests (serving.max_concurrent_requests); retry after {RETRY_AFTER_S} s",
         headers={"Retry-After": str(RETRY_AFTER_S)},
-        reason=f"this replica holds {limit} requests (serving.max_concurrent_requests); retry after {RETRY_AFTER_S} s",
     )
 
 
@@ -174,7 +192,7 @@ def features_unavailable(reason: str, request_id: str) -> JSONResponse:
     """The answer while the online feature store cannot be read: 503 with the reason and
     `Retry-After`; no prediction is made with features missing. Pure."""
     return error(
-        503, "features_unavailable", headers={"Retry-After": str(RETRY_AFTER_S)}, reason=reason, request_id=request_id
+        503, "features_unavailable", reason, headers={"Retry-After": str(RETRY_AFTER_S)}, request_id=request_id
     )
 
 
@@ -292,7 +310,7 @@ class Ingress:
     async def info(self, request: Request) -> Any:
         """Versions, weights, the canary's state and the A/B result: behind the API key, like predict."""
         if not self._authorized(request):
-            return error(401, "missing or invalid API key")
+            return error(401, *UNAUTHORIZED)
         return {
             "pipeline": self.args.pipeline,
             "model": self.args.model_name,
@@ -334,19 +352,19 @@ class Ingress:
         version the `champion` alias names (resolved in the database for each request), with that
         version and the space's distance; nearest first."""
         if not self._authorized(request):
-            return error(401, "missing or invalid API key")
+            return error(401, *UNAUTHORIZED)
         query = similar_query(dict(request.query_params))
         if isinstance(query, list):
-            return error(422, "invalid request", detail=query)
+            return invalid(query)
         try:
             found = await asyncio.to_thread(self._similar, *query)
         except NotInSpace as err:
-            return error(404, "not_in_space", reason=str(err))
+            return error(404, "not_in_space", str(err), "entity_id")
         except SpaceError as err:
-            return error(404, "no_vector_space", reason=str(err))
+            return error(404, "no_vector_space", str(err))
         except (psycopg.OperationalError, PoolTimeout) as err:
             reason = f"the platform database could not be read: {str(err).strip()[:300]}"
-            return error(503, "database_unavailable", headers={"Retry-After": str(RETRY_AFTER_S)}, reason=reason)
+            return error(503, "database_unavailable", reason, headers={"Retry-After": str(RETRY_AFTER_S)})
         return JSONResponse({"entity_id": query[0], "k": query[1], **found})
 
     def _similar(self, entity_id: str, k: int) -> dict[str, Any]:
@@ -406,7 +424,8 @@ class Ingress:
         refused: list[tuple[Instance, Refused]] = []
         for group, (answered, results) in zip(groups.values(), answers, strict=True):
             if results is None:
-                return error(503, "no model version could answer", request_id=str(request_id))
+                reason = "no model version could answer in time (serving.request_deadline_s); retry"
+                return error(503, "no_answer", reason, request_id=str(request_id))
             for inst, result in zip(group, results, strict=True):
                 if isinstance(result, Scored):
                     served.append(Served(inst, answered, result))
@@ -414,7 +433,7 @@ class Ingress:
                     refused.append((inst, result))
         if refused:  # the client's fault: 422, and nothing against the version
             detail = refusal_detail(sorted(refused, key=lambda ir: ir[0].position))
-            return error(422, "invalid request", detail=detail, request_id=str(request_id))
+            return invalid(detail, request_id=str(request_id))
         served.sort(key=lambda s: s.instance.position)
         self._record(request_id, served, started)
         # Serve echoes the id the request came with (HAProxy's UUID); behind another proxy an id
@@ -430,26 +449,34 @@ class Ingress:
     def _refuse(self, request: Request) -> JSONResponse | None:
         """401 without a known API key; 413 when the declared body is over the limit."""
         if not self._authorized(request):
-            return error(401, "missing or invalid API key")
+            return error(401, *UNAUTHORIZED)
         declared = request.headers.get("content-length")
         if declared and declared.isdigit() and int(declared) > self.args.max_payload_bytes:
-            return error(413, f"payload over {self.args.max_payload_bytes} bytes")
+            return error(
+                413,
+                "payload_too_large",
+                f"payload over {self.args.max_payload_bytes} bytes (serving.max_payload_bytes)",
+            )
         return None
 
     def _parse(self, body: bytes) -> list[Instance] | JSONResponse:
         """The request's instances, judged against the contract, or the answer refusing it."""
         if len(body) > self.args.max_payload_bytes:
-            return error(413, f"payload over {self.args.max_payload_bytes} bytes")
+            return error(
+                413,
+                "payload_too_large",
+                f"payload over {self.args.max_payload_bytes} bytes (serving.max_payload_bytes)",
+            )
         try:
             payload = PredictRequest.model_validate_json(body)
         except ValidationError as err:
-            return error(422, "invalid request", detail=validation_detail(err))
+            return invalid(validation_detail(err))
         if len(payload.instances) > self.args.max_instances:
             detail = [{"field": "instances", "message": f"at most {self.args.max_instances} instances"}]
-            return error(422, "invalid request", detail=detail)
+            return invalid(detail)
         judged = judge_instances(payload, self.contract)
         if judged and isinstance(judged[0], dict):
-            return error(422, "invalid request", detail=judged)
+            return invalid(judged)
         return judged  # type: ignore[return-value]
 
     async def _answer(

@@ -6,6 +6,8 @@ and a non-zero exit code, never a traceback.
 
 from __future__ import annotations
 
+from typing import Any
+
 
 class MlcycleError(Exception):
     """Base class of every error a user can cause (bad spec, bad data, bad request)."""
@@ -85,3 +87,29 @@ NO_RETRY_EXIT_CODES = frozenset({MlcycleError.exit_code, DataQualityError.exit_c
 retrying cannot help, so no runtime retries them."""
 SKIP_EXIT_CODE = StepSkipped.exit_code
 """`mlcycle` exits 100 when a step has nothing to do: the task is skipped, and so is the rest of the run."""
+
+
+STATUS_CODES = {
+    400: "bad_request",
+    401: "unauthorized",
+    403: "forbidden",
+    404: "not_found",
+    405: "method_not_allowed",
+    409: "conflict",
+    413: "payload_too_large",
+    422: "invalid_request",
+    500: "internal_error",
+    503: "unavailable",
+}
+
+
+def error_body(code: str, reason: str, field: str | None = None, **extra: Any) -> dict[str, Any]:
+    """The one error shape of every HTTP API of mlcycle (the serving endpoint, the platform API):
+    `{"error": <code>, "reason": <text>, "field": <the request's field at fault, or null>}`, plus
+    what an error adds (a 422's `detail`: every field at fault; a request id). Pure."""
+    return {"error": code, "reason": reason, "field": field, **extra}
+
+
+def status_code(status: int) -> str:
+    """The error code of an HTTP status without a code of its own (`unavailable` for 503). Pure."""
+    return STATUS_CODES.get(status, "bad_request" if 400 <= status < 500 else "internal_error")

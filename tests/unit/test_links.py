@@ -108,18 +108,18 @@ def test_the_plugins_errors_share_one_shape_and_name_no_server_path(
     missing = client.get("/spec/nope")
     assert missing.status_code == 404
     body = missing.json()
-    assert set(body) == {"error", "reason", "field"} and body["error"] == 404 and body["field"] == "pipeline"
+    assert set(body) == {"error", "reason", "field"} and body["error"] == "not_found" and body["field"] == "pipeline"
     assert str(tmp_path) not in missing.text and "nope" in body["reason"] and "<pipelines dir>" in body["reason"]
     invalid = client.get("/page", params={"limit": "x"})
     assert invalid.status_code == 422 and invalid.json()["field"] == "query.limit"
     assert invalid.json()["reason"].startswith("query.limit:")
     failed = client.get("/boom")
     assert failed.status_code == 500 and failed.json() == {
-        "error": 500,
+        "error": "internal_error",
         "reason": "internal error: the api-server's log has the details",
         "field": None,
     }
-    assert client.get("/nowhere").json() == {"error": 404, "reason": "Not Found", "field": None}
+    assert client.get("/nowhere").json() == {"error": "not_found", "reason": "Not Found", "field": None}
     assert unknown_pipeline("nope", ["churn"]) == "no pipeline 'nope' that you may read (known: ['churn'])"
 
 
@@ -138,4 +138,8 @@ def test_the_page_without_a_session_redirects_to_the_login_and_the_api_answers_4
     assert page.status_code == 307
     assert page.headers["location"] == "/api/v2/auth/login?next=%2Fmlcycle%2Fpage%3Fpipeline%3Dchurn"
     api = client.get("/api/ml/pipelines")
-    assert api.status_code == 401 and api.json() == {"error": 401, "reason": "Not authenticated", "field": None}
+    assert api.status_code == 401 and api.json() == {
+        "error": "unauthorized",
+        "reason": "Not authenticated",
+        "field": None,
+    }

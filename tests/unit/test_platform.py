@@ -147,7 +147,7 @@ def test_the_platform_api_wants_a_login_and_answers_errors_as_json() -> None:
     for method, path in [("GET", "/pipelines"), ("GET", "/pipelines/churn/models"), ("POST", "/pipelines/churn/runs")]:
         answer = client.request(method, path, json={"conf": {}})
         assert answer.status_code == 401 and answer.json() == {
-            "error": 401,
+            "error": "unauthorized",
             "reason": "Not authenticated",
             "field": None,
         }

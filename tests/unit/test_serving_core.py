@@ -189,3 +189,26 @@ def test_a_multiclass_canary_judges_the_shift_in_the_predicted_classes_shares() 
     decision, reasons = judge(cfg, champion, all_red, final=True, kind="multiclass")
     assert decision == "rollback" and "shares moved by 0.500 (total variation distance" in reasons[0]
     assert class_shift({"a": 1.0}, {"b": 1.0}) == 1.0 and class_shift({"a": 0.5, "b": 0.5}, {"b": 0.5, "a": 0.5}) == 0
+
+
+def test_both_http_apis_answer_errors_in_one_shape() -> None:
+    """The serving endpoint and the platform API: `{"error": <code>, "reason", "field"}`, a 422 with
+    every field at fault in `detail`, the field paths written by one formatter."""
+    import json
+
+    from plugins.mlcycle_plugin import api_error_body
+    from serving.app import invalid
+
+    detail = [
+        {"field": "instances[0].features.plan", "message": "plan: not a string (7)"},
+        {"field": "instances[1].entity_id", "message": "entity_id: must not be empty"},
+    ]
+    body = json.loads(invalid(detail).body)
+    assert body == {
+        "error": "invalid_request",
+        "reason": "plan: not a string (7) (and 1 more: see detail)",
+        "field": "instances[0].features.plan",
+        "detail": detail,
+    }
+    assert set(api_error_body(404, "no pipeline 'x'", "pipeline")) == {"error", "reason", "field"}
+    assert api_error_body(422, "r")["error"] == body["error"]

@@ -503,4 +503,9 @@ def test_an_online_store_outage_is_its_own_503_naming_the_store_and_the_cause() 
     assert len(str(unavailable("redis", ValueError("x" * 2000)))) == 400
     answer = features_unavailable(str(err), "r-1")
     assert answer.status_code == 503 and answer.headers["retry-after"] == "1"
-    assert _json.loads(answer.body) == {"error": "features_unavailable", "reason": str(err), "request_id": "r-1"}
+    assert _json.loads(answer.body) == {
+        "error": "features_unavailable",
+        "reason": str(err),
+        "field": None,
+        "request_id": "r-1",
+    }
