@@ -20,38 +20,47 @@ deploy include/serve/serve.yaml` take the same arguments.
 from __future__ import annotations
 
 import asyncio
-import hashlib
-import json
 import logging
 import os
 import threading
 import time
 import uuid
-from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 import psycopg
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from psycopg_pool import ConnectionPool, PoolTimeout
-from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, ValidationError
+from pydantic import ValidationError
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
-from pipelines.core.errors import error_body, field_path
-from pipelines.core.settings import load_settings, spec_for
+from pipelines.core.settings import load_settings
 from pipelines.io.db import database_url
 from pipelines.io.registry import champion_version
 from pipelines.io.requestlog import ab_results
 from pipelines.io.vectors import NotInSpace, SpaceError, similar
 from serving.binds import bind_replica_grpc
-from serving.config import RETRY_AFTER_S, FeatureRuleArgs, ServingArgs, VersionConfig
-from serving.contract import Problem, RequestContract, contract_from_args, entity_problem, request_contract
-from serving.online import FeaturesUnavailable, OnlineFeatures, open_online_features
-from serving.records import Instance, LogRow, Refused, Result, Scored, Served
-from serving.router import version_for
-from serving.telemetry import RayMetrics, Recorder, storable_features
+from serving.config import RETRY_AFTER_S, ServingArgs, VersionConfig
+from serving.deployments import ModelVersion, actor_resources, deployment_version, online_features, static_contract
+from serving.http import (
+    REQUEST_ID_HEADER,
+    UNAUTHORIZED,
+    PredictRequest,
+    error,
+    features_unavailable,
+    invalid,
+    judge_instances,
+    overloaded,
+    refusal_detail,
+    request_id_of,
+    route,
+    similar_query,
+    validation_detail,
+)
+from serving.online import FeaturesUnavailable, OnlineFeatures
+from serving.records import Instance, Refused, Result, Scored, Served, log_row
+from serving.telemetry import RayMetrics, Recorder
 from serving.versions import LocalVersion, RemoteVersion
 
 log = logging.getLogger("mlcycle.serving")
@@ -71,162 +80,6 @@ STATIC_KEYS = {
     "unknown_categories",
 }
 """The arguments fixed for a replica's life (a change restarts replicas); the rest is `user_config`."""
-
-
-class InstanceBody(BaseModel):
-    """One instance as the request's JSON has it (judged into an `Instance` by `judge_instances`)."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    entity_id: StrictStr | StrictInt
-    # any JSON value here: the pipeline's contract judges each (`serving.contract`), field by field
-    features: dict[str, Any] = Field(default_factory=dict)
-
-
-class PredictRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    instances: list[InstanceBody] = Field(min_length=1)
-
-
-def validation_detail(err: ValidationError) -> list[dict[str, str]]:
-    """Pydantic errors as `{"field": "instances[0].entity_id", "message": ...}`. Pure."""
-    return [{"field": field_path(e["loc"], "<body>"), "message": e["msg"]} for e in err.errors()]
-
-
-def judge_instances(payload: PredictRequest, contract: RequestContract) -> list[Instance] | list[dict[str, str]]:
-    """The instances as the versions take them (judged features, their place, why off the
-    contract), or every problem as `{"field", "message"}`. Pure."""
-    instances: list[Instance] = []
-    problems: list[Problem] = []
-    for n, inst in enumerate(payload.instances):
-        bad_id = entity_problem(inst.entity_id)
-        if bad_id:
-            problems.append(Problem(f"instances[{n}].entity_id", f"entity_id: {bad_id}"))
-        judged = contract.judge(n, inst.features)
-        if isinstance(judged, list):
-            problems += judged
-        elif not bad_id:
-            instances.append(Instance(inst.entity_id, judged.features, n, judged.off_contract))
-    if problems:
-        return [{"field": p.field, "message": p.message} for p in problems]
-    return instances
-
-
-REQUEST_ID_HEADER = "x-request-id"
-
-
-def request_id_of(header: str | None) -> uuid.UUID:
-    """The request's id: the `x-request-id` it came with when that is a UUID (HAProxy's, or the
-    client's own), else a new one. Pure but for the random id."""
-    if header and len(header) <= 36:
-        try:
-            return uuid.UUID(header)
-        except ValueError:
-            pass
-    return uuid.uuid4()
-
-
-def route(instances: list[Instance], weights: dict[int, float]) -> dict[int, list[Instance]]:
-    """The instances each version serves: sticky by entity id. Pure."""
-    groups: dict[int, list[Instance]] = {}
-    for inst in instances:
-        groups.setdefault(version_for(str(inst.entity_id), weights), []).append(inst)
-    return groups
-
-
-def refusal_detail(refused: list[tuple[Instance, Refused]]) -> list[dict[str, str]]:
-    """The 422's detail for instances a version refused: each names its instance. Pure."""
-    return [{"field": f"instances[{i.position}].features", "message": r.message()} for i, r in refused]
-
-
-SIMILAR_MAX_K = 100
-
-
-def similar_query(params: dict[str, str]) -> tuple[str, int] | list[dict[str, str]]:
-    """`(entity_id, k)` from a similarity request's query string, or what is wrong with it. Pure."""
-    problems = [{"field": name, "message": "unknown parameter"} for name in params if name not in ("entity_id", "k")]
-    entity = params.get("entity_id", "").strip()
-    if not entity or len(entity) > 256:
-        problems.append({"field": "entity_id", "message": "required: the entity's id (1-256 characters)"})
-    raw_k = params.get("k", "10")
-    k = int(raw_k) if raw_k.isdigit() else 0
-    if not 1 <= k <= SIMILAR_MAX_K:
-        problems.append({"field": "k", "message": f"an integer from 1 to {SIMILAR_MAX_K}, got {raw_k[:20]!r}"})
-    return problems or (entity, k)
-
-
-def error(
-    status: int,
-    code: str,
-    reason: str,
-    field: str | None = None,
-    headers: dict[str, str] | None = None,
-    **extra: Any,
-) -> JSONResponse:
-    """An error answer in the one shape of mlcycle's HTTP APIs (`pipelines.core.errors.error_body`). Pure."""
-    return JSONResponse(error_body(code, reason, field, **extra), status_code=status, headers=headers)
-
-
-def invalid(detail: list[dict[str, str]], **extra: Any) -> JSONResponse:
-    """A 422 naming every field at fault (`detail`); `reason` and `field` are the first's. Pure."""
-    first = detail[0]
-    reason = first["message"] if len(detail) == 1 else f"{first['message']} (and {len(detail) - 1} more: see detail)"
-    return error(422, "invalid_request", reason, first["field"], detail=detail, **extra)
-
-
-UNAUTHORIZED = ("unauthorized", "missing or invalid API key: send `x-api-key` or `Authorization: Bearer`")
-
-
-def overloaded(limit: int) -> JSONResponse:
-    """The answer past a replica's capacity: 503 with `Retry-After`, at once. Pure."""
-    return error(
-        503,
-        "overloaded",
-        f"this replica holds {limit} requests (serving.max_concurrent_requests); retry after {RETRY_AFTER_S} s",
-        headers={"Retry-After": str(RETRY_AFTER_S)},
-    )
-
-
-def features_unavailable(reason: str, request_id: str) -> JSONResponse:
-    """The answer while the online feature store cannot be read: 503 with the reason and
-    `Retry-After`; no prediction is made with features missing. Pure."""
-    return error(
-        503, "features_unavailable", reason, headers={"Retry-After": str(RETRY_AFTER_S)}, request_id=request_id
-    )
-
-
-@serve.deployment
-class ModelVersion:
-    """One version in a deployment of its own (`serving.version_deployments`)."""
-
-    def __init__(self, static: dict[str, Any], version: int, max_batch_size: int) -> None:
-        bind_replica_grpc()  # the ingress calls it at the node's address
-        settings = load_settings()
-        online = _online_features(static, settings)
-        nullable = static_contract(static, settings).nullable
-        self.local = LocalVersion.load(settings, static, version, online, max_batch_size, nullable)
-
-    def reconfigure(self, config: dict[str, Any]) -> None:
-        self.local.resize(int(config["max_batch_size"]))
-
-    async def predict(self, instances: list[Instance]) -> list[Result]:
-        return await self.local.predict(instances)
-
-
-def static_contract(static: dict[str, Any], settings: Any) -> RequestContract:
-    """The request contract the application was built with, or, where its arguments carry none
-    (a hand-written Serve config), the pipeline spec's."""
-    if static.get("contract"):
-        rules = {name: FeatureRuleArgs.model_validate(r) for name, r in static["contract"].items()}
-        return contract_from_args(rules, static.get("unknown_categories", "refuse"))
-    return request_contract(spec_for(settings, static["pipeline"]), static["features"])
-
-
-def _online_features(static: dict[str, Any], settings: Any) -> OnlineFeatures | None:
-    if not static["online_features"]:
-        return None
-    return open_online_features(spec_for(settings, static["pipeline"]), settings, static["features"])
 
 
 app = FastAPI(title="mlcycle serving")
@@ -273,7 +126,7 @@ class Ingress:
                 self.args = new
                 return
             if self.static["online_features"] and self.online is None:
-                self.online = await asyncio.to_thread(_online_features, self.static, self.settings)
+                self.online = await asyncio.to_thread(online_features, self.static, self.settings)
             versions = dict(self.versions)
             for version in sorted(wanted - set(versions)):
                 versions[version] = await asyncio.to_thread(
@@ -587,46 +440,12 @@ class Ingress:
         scored none), made storable (a NaN from the online store is logged as null)."""
         if not self.args.log_requests:
             return
-        named = result.probabilities if result is not None else None
-        row = LogRow(
-            request_id=request_id,
-            pipeline=self.args.pipeline,
-            model_version=version,
-            entity_id=str(inst.entity_id),
-            features=storable_features(result.features if result is not None else inst.features),
-            score=result.score if result is not None else None,
-            latency_ms=latency_ms,
-            status=status,
-            error=reason,
-            shadow=shadow,
-            created_at=datetime.now(UTC),
-            predicted_class=result.label if result is not None else None,
-            probabilities=list(named.values()) if named else None,
-            position=inst.position,
-            off_contract=inst.off_contract,
-        )
+        row = log_row(request_id, self.args.pipeline, version, inst, result, latency_ms, status, reason, shadow)
         self.recorder.log.add(row)
 
     async def flush(self) -> int:
         """Write what is pending now (for tests and shutdown); returns the rows written."""
         return await self.recorder.flush()
-
-
-def deployment_version(static: dict[str, Any]) -> str:
-    """The deployments' version: the fixed arguments and the serving code. Serve restarts replicas
-    when it changes, and only reconfigures them in place (`user_config`) when it does not;
-    `serve.run` would otherwise draw a random version on every call and restart replicas for a
-    weight change."""
-    digest = hashlib.sha256(json.dumps(static, sort_keys=True).encode())
-    for path in sorted(Path(__file__).parent.glob("*.py")):
-        digest.update(path.read_bytes())
-    return digest.hexdigest()[:16]
-
-
-def actor_resources(cpus: float, gpus: float) -> dict[str, float]:
-    """What a replica asks Ray for: its CPUs and, for GPU serving, its GPUs (Ray places it on a
-    GPU node and sets CUDA_VISIBLE_DEVICES; KubeRay's autoscaler adds a GPU worker for it). Pure."""
-    return {"num_cpus": cpus, **({"num_gpus": gpus} if gpus > 0 else {})}
 
 
 def build_app(args: dict[str, Any]) -> Any:

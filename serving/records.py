@@ -12,10 +12,11 @@ the hedging. Pure: no I/O.
 
 from __future__ import annotations
 
+import math
 import operator
 import uuid
 from dataclasses import dataclass, fields
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 import numpy as np
@@ -107,3 +108,45 @@ class LogRow:
 
 COLUMNS: tuple[str, ...] = tuple(f.name for f in fields(LogRow))
 _VALUES = operator.attrgetter(*COLUMNS)
+
+
+def storable_features(features: dict[str, Any]) -> dict[str, Any]:
+    """The features as the log stores them: a non-finite number (a NaN from the online store)
+    becomes null, as JSON has no NaN. Pure; returns the same dict when nothing changes."""
+    for value in features.values():
+        if type(value) is float and not math.isfinite(value):
+            return {k: None if type(v) is float and not math.isfinite(v) else v for k, v in features.items()}
+    return features
+
+
+def log_row(
+    request_id: uuid.UUID,
+    pipeline: str,
+    version: int,
+    inst: Instance,
+    result: Scored | None,
+    latency_ms: float,
+    status: str,
+    reason: str | None,
+    shadow: bool,
+) -> LogRow:
+    """The request log's row of one answer: the features the version scored (the request's where
+    it scored none), made storable. Pure but for the clock."""
+    named = result.probabilities if result is not None else None
+    return LogRow(
+        request_id=request_id,
+        pipeline=pipeline,
+        model_version=version,
+        entity_id=str(inst.entity_id),
+        features=storable_features(result.features if result is not None else inst.features),
+        score=result.score if result is not None else None,
+        latency_ms=latency_ms,
+        status=status,
+        error=reason,
+        shadow=shadow,
+        created_at=datetime.now(UTC),
+        predicted_class=result.label if result is not None else None,
+        probabilities=list(named.values()) if named else None,
+        position=inst.position,
+        off_contract=inst.off_contract,
+    )

@@ -20,7 +20,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import math
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -56,15 +55,6 @@ class Metrics:
         counts, latencies = self.counts, self.latencies
         self.counts, self.latencies = Counter(), {}
         return counts, latencies
-
-
-def storable_features(features: dict[str, Any]) -> dict[str, Any]:
-    """The features as the log stores them: a non-finite number (a NaN from the online store)
-    becomes null, as JSON has no NaN. Pure; returns the same dict when nothing changes."""
-    for value in features.values():
-        if type(value) is float and not math.isfinite(value):
-            return {k: None if type(v) is float and not math.isfinite(v) else v for k, v in features.items()}
-    return features
 
 
 def text_problem(value: str) -> str | None:

@@ -18,7 +18,6 @@ from hypothesis import strategies as st
 from pydantic import ValidationError
 
 from pipelines.core.spec import parse_spec
-from serving.app import PredictRequest, judge_instances, request_id_of
 from serving.config import FeatureRuleArgs, ServingArgs, VersionConfig
 from serving.contract import (
     FeatureRule,
@@ -30,8 +29,9 @@ from serving.contract import (
     judge_value,
     request_contract,
 )
-from serving.records import COLUMNS, Instance, LogRow
-from serving.telemetry import isolate, serialize_row, storable_features
+from serving.http import PredictRequest, judge_instances, request_id_of
+from serving.records import COLUMNS, Instance, LogRow, storable_features
+from serving.telemetry import isolate, serialize_row
 from tests.specs import churn_spec_dict
 
 RULES = {

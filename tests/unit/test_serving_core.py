@@ -5,8 +5,8 @@ from pydantic import ValidationError
 
 from pipelines.core.spec import Canary
 from pipelines.steps.canary import figures, judge, plan_weights
-from serving.app import PredictRequest, validation_detail
 from serving.config import ServingArgs, VersionConfig
+from serving.http import PredictRequest, validation_detail
 from serving.router import bucket, version_for
 
 
@@ -160,8 +160,8 @@ def test_ray_client_failures_stay_retryable_and_a_missing_local_head_is_a_settin
 
 def test_gpu_serving_asks_ray_for_a_gpu_and_says_when_it_scores_on_the_cpu() -> None:
     from pipelines.core.spec import parse_spec
-    from serving.app import actor_resources
     from serving.deploy import serving_args
+    from serving.deployments import actor_resources
     from serving.versions import gpu_fallback
     from tests.specs import churn_spec_dict
 
@@ -197,7 +197,7 @@ def test_both_http_apis_answer_errors_in_one_shape() -> None:
     import json
 
     from plugins.mlcycle_plugin import api_error_body
-    from serving.app import invalid
+    from serving.http import invalid
 
     detail = [
         {"field": "instances[0].features.plan", "message": "plan: not a string (7)"},

@@ -15,7 +15,6 @@ import numpy as np
 import pytest
 
 from pipelines.core.settings import Settings
-from serving.app import refusal_detail, route
 from serving.batching import GreedyBatcher
 from serving.deploy import haproxy_dir, serve_env
 from serving.haproxy import (
@@ -26,6 +25,7 @@ from serving.haproxy import (
     with_json_not_found,
     with_request_ids,
 )
+from serving.http import refusal_detail, route
 from serving.online import ViewRead, assemble, lookup_sql
 from serving.records import COLUMNS, Instance, LogRow, Refused, Scored, Served
 from serving.telemetry import Metrics
@@ -280,7 +280,8 @@ def test_replica_grpc_binds_narrow_only_wildcards() -> None:
 def test_the_deployment_version_follows_fixed_arguments_not_weights() -> None:
     """Serve restarts replicas when a deployment's version changes: a canary step's weights must
     not change it, a new pipeline or feature list must."""
-    from serving.app import STATIC_KEYS, deployment_version
+    from serving.app import STATIC_KEYS
+    from serving.deployments import deployment_version
 
     static = {k: None for k in STATIC_KEYS} | {"pipeline": "churn", "features": ["a", "b"]}
     assert deployment_version(static) == deployment_version(dict(static))
@@ -491,7 +492,7 @@ def test_replicas_up_counts_an_applications_direct_replicas_that_haproxy_finds_u
 def test_an_online_store_outage_is_its_own_503_naming_the_store_and_the_cause() -> None:
     import json as _json
 
-    from serving.app import features_unavailable
+    from serving.http import features_unavailable
     from serving.online import FeaturesUnavailable, unavailable
 
     err = unavailable("redis", ConnectionError("Error 111 connecting to redis:6379. Connection refused."))

@@ -25,7 +25,7 @@ from pipelines.ml.model import (
 )
 from pipelines.steps.drift import domain_classifier_auc, verdict
 from pipelines.steps.embed import batch_bounds, latest_per_entity
-from serving.app import similar_query
+from serving.http import similar_query
 from tests.specs import churn_spec_dict
 
 NUMERIC = ["tenure_months", "monthly_charges"]
