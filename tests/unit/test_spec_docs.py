@@ -60,10 +60,10 @@ def test_a_field_renders_its_type_default_and_description_and_a_blank_one_stays_
 
 
 def test_spec_docs_check_fails_on_a_stale_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import pipelines.cli as cli
+    import pipelines.cli.commands as commands  # the `spec docs` handler's module
 
     (tmp_path / "docs").mkdir()
-    monkeypatch.setattr(cli, "PROJECT_DIR", tmp_path)
+    monkeypatch.setattr(commands, "PROJECT_DIR", tmp_path)
     assert main(["spec", "docs", "--check"]) == 1
     assert main(["spec", "docs"]) == 0
     assert (tmp_path / "docs" / "configuration.md").read_text() == REFERENCE.read_text()
