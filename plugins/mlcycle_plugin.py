@@ -155,13 +155,18 @@ PageUserDep = Annotated[Any, Depends(session_user)]
 
 
 def _app() -> Any:
-    from airflow.api_fastapi.app import get_cookie_path
-    from airflow.api_fastapi.auth.managers.models.resource_details import DagAccessEntity
-    from airflow.api_fastapi.core_api.security import requires_access_dag
-    from fastapi.responses import HTMLResponse, RedirectResponse, Response
-
+    """The `/mlcycle` app: the mlcycle page, and the steps' reports with their files."""
     app = FastAPI(title="mlcycle artifacts")
     install_error_handlers(app)
+    add_page_route(app)
+    add_report_routes(app)
+    return app
+
+
+def add_page_route(app: FastAPI) -> None:
+    """`/page`: the mlcycle page, behind Airflow's login (a browser without a session goes there)."""
+    from airflow.api_fastapi.app import get_cookie_path
+    from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
     @app.get("/page", response_class=HTMLResponse)
     def page(
@@ -206,6 +211,14 @@ def _app() -> Any:
         )
         return HTMLResponse(html)
 
+
+def add_report_routes(app: FastAPI) -> None:
+    """`/artifacts/...` (a report's files) and `/reports/...` (a step's report as a page), each
+    behind read access to the DAG's runs, and only the report files of the steps that write one."""
+    from airflow.api_fastapi.auth.managers.models.resource_details import DagAccessEntity
+    from airflow.api_fastapi.core_api.security import requires_access_dag
+    from fastapi.responses import HTMLResponse, Response
+
     @app.get(
         "/artifacts/{dag_id}/{run_id}/{step}/{name}",
         dependencies=[Depends(requires_access_dag("GET", DagAccessEntity.RUN))],
@@ -247,8 +260,6 @@ def _app() -> Any:
         json_text = storage.read_bytes(keys["report.json"]).decode() if "report.json" in written else None
         page = report_page_html(dag_id, run_id, step, info.report.title, written, json_text)
         return HTMLResponse(page)
-
-    return app
 
 
 def report_page_html(dag_id: str, run_id: str, step: str, title: str, written: list[str], json_text: str | None) -> str:
@@ -292,33 +303,44 @@ def _api() -> Any:
     DAG's permissions (read: the DAG's runs; trigger: creating runs). Errors are JSON
     `{"error": <status>, "reason": <text>, "field": <field or null>}` and name no server path;
     lists are pages (`limit`, `offset`, `total`, `next_offset`)."""
-    from fastapi import Query
-    from pydantic import ValidationError
-
     app = FastAPI(
         title="mlcycle platform API",
         version="1",
         description="Pipelines, model versions and their lineage, drift, prediction traces, training runs.",
     )
     install_error_handlers(app)
+    add_read_routes(app)
+    add_write_routes(app)
+    return app
 
-    def readable(method: Literal["GET", "POST"] = "GET") -> Any:
-        def check(pipeline: str, user: GetUserDep) -> str:
-            settings = load_settings()
-            if pipeline not in pipeline_names(settings):  # a name, never a path to look for
-                raise api_error(404, unknown_pipeline(pipeline, readable_pipelines(user)), "pipeline")
-            if not allowed(user, method, pipeline):
-                what = "write" if method == "POST" else "read"
-                raise HTTPException(403, f"no {what} access to {pipeline}_lifecycle's runs")
-            try:
-                spec_for(settings, pipeline)
-            except SpecError:
-                raise HTTPException(
-                    409, f"the spec of {pipeline} does not load: `mlcycle spec validate` says why"
-                ) from None
-            return pipeline
 
-        return check
+def readable(method: Literal["GET", "POST"] = "GET") -> Any:
+    """The dependency of a route under `/pipelines/{pipeline}`: the pipeline's name, once it is
+    known (404), the user may read or create (`method`) its lifecycle DAG's runs (403), and its spec
+    loads (409)."""
+
+    def check(pipeline: str, user: GetUserDep) -> str:
+        settings = load_settings()
+        if pipeline not in pipeline_names(settings):  # a name, never a path to look for
+            raise api_error(404, unknown_pipeline(pipeline, readable_pipelines(user)), "pipeline")
+        if not allowed(user, method, pipeline):
+            what = "write" if method == "POST" else "read"
+            raise HTTPException(403, f"no {what} access to {pipeline}_lifecycle's runs")
+        try:
+            spec_for(settings, pipeline)
+        except SpecError:
+            raise HTTPException(
+                409, f"the spec of {pipeline} does not load: `mlcycle spec validate` says why"
+            ) from None
+        return pipeline
+
+    return check
+
+
+def add_read_routes(app: FastAPI) -> None:
+    """The platform API's reads: the pipelines, one pipeline, its model versions, its drift
+    history, and the trace of a served prediction."""
+    from fastapi import Query
 
     Limit = Query(50, ge=1, le=500)
     Offset = Query(0, ge=0)
@@ -350,6 +372,11 @@ def _api() -> Any:
         if answers is None:
             raise api_error(404, f"no prediction {request_id!r} in a pipeline you may read", "request_id")
         return {"request_id": request_id, "answers": answers}
+
+
+def add_write_routes(app: FastAPI) -> None:
+    """The platform API's writes, behind creating the lifecycle DAG's runs: labels, training runs."""
+    from pydantic import ValidationError
 
     @app.post("/pipelines/{pipeline}/labels", status_code=201)
     def labels(body: LabelsBody, name: str = Depends(readable("POST"))) -> dict[str, Any]:
@@ -392,8 +419,6 @@ def _api() -> Any:
         if run is None:
             raise HTTPException(409, "no run was created")
         return {"pipeline": name, "dag_id": run.dag_id, "run_id": run.run_id, "state": str(run.state)}
-
-    return app
 
 
 class MlcyclePlugin(AirflowPlugin):
