@@ -168,7 +168,7 @@ def add_page_route(app: FastAPI) -> None:
     from airflow.api_fastapi.app import get_cookie_path
     from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
-    @app.get("/page", response_class=HTMLResponse)
+    @app.get("/page", response_class=HTMLResponse, response_model=None)
     def page(
         request: Request,
         user: PageUserDep,
@@ -222,6 +222,7 @@ def add_report_routes(app: FastAPI) -> None:
     @app.get(
         "/artifacts/{dag_id}/{run_id}/{step}/{name}",
         dependencies=[Depends(requires_access_dag("GET", DagAccessEntity.RUN))],
+        response_model=None,  # bytes of the artifact's own type (the return annotation is resolved late)
     )
     def artifact(dag_id: str, run_id: str, step: str, name: str) -> Response:
         info = BY_NAME.get(step)
@@ -241,6 +242,7 @@ def add_report_routes(app: FastAPI) -> None:
         "/reports/{dag_id}/{run_id}/{step}",
         dependencies=[Depends(requires_access_dag("GET", DagAccessEntity.RUN))],
         response_class=HTMLResponse,
+        response_model=None,
     )
     def report_page(dag_id: str, run_id: str, step: str) -> HTMLResponse:
         info = BY_NAME.get(step)

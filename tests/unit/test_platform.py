@@ -153,6 +153,8 @@ def test_the_platform_api_wants_a_login_and_answers_errors_as_json() -> None:
         }
     listing = apps["/api/ml"].openapi()["paths"]["/pipelines"]["get"]
     assert [p["name"] for p in listing["parameters"]] == ["limit", "offset"]  # paged; the user is no parameter
+    page_paths = apps["/mlcycle"].openapi()["paths"]  # the page app describes itself too
+    assert {"/page", "/artifacts/{dag_id}/{run_id}/{step}/{name}"} <= set(page_paths)
 
 
 def test_the_services_links_point_at_the_tracking_server_mlcycle_env_names(tmp_path: Path) -> None:
