@@ -50,6 +50,9 @@ def coerce_column(s: pd.Series, col: ColumnContract) -> tuple[pd.Series, pd.Seri
     if col.dtype in ("int", "float"):
         out = pd.to_numeric(s, errors="coerce").astype("float64")
         flag(out.isna() & ~was_null, "not a number")
+        infinite = np.isinf(out)  # no model trains on it, and the linear family's scaler refuses it
+        flag(infinite, "not a finite number")
+        out = out.where(~infinite)
         if col.dtype == "int":
             fractional = out.notna() & (np.floor(out) != out)
             flag(fractional, "not an integer")

@@ -425,7 +425,8 @@ def test_a_trial_whose_loss_is_not_finite_fails_with_its_reason_and_is_never_the
     workspace: Settings, tmp_path: Path
 ) -> None:
     """The train step's objective, Trainer and export on real MLflow: MLP trials on numbers it
-    cannot take (an infinity, which no contract bound stopped) end FAIL with the reason, their MLflow
+    cannot take (an infinity put into the training rows themselves: validation refuses one in the
+    data, this is the trainer's own guard) end FAIL with the reason, their MLflow
     runs FAILED and tagged with it; the LightGBM trial beside them is the best; a search where
     every trial failed is an error naming the reason."""
     import numpy as np

@@ -49,6 +49,8 @@ def test_each_fault_gets_its_reason(churn_df: pd.DataFrame) -> None:
     df.loc[7, "customer_id"] = df.loc[8, "customer_id"]
     df.loc[7, "event_timestamp"] = df.loc[8, "event_timestamp"]
     df.loc[9, "churned"] = 7
+    df.loc[10, "monthly_charges"] = "inf"
+    df.loc[11, "support_calls_30d"] = float("-inf")
     _, reasons = row_reasons(df, CONTRACT)
     assert reasons[0] == ""
     assert reasons[1] == "usage_hours_30d: is null"
@@ -59,7 +61,9 @@ def test_each_fault_gets_its_reason(churn_df: pd.DataFrame) -> None:
     assert reasons[6] == "event_timestamp: not a timestamp ('yesterday')"
     assert reasons[7] == "" and reasons[8] == "duplicate key customer_id, event_timestamp"
     assert reasons[9] == "churned: above the maximum (7.0)"
-    assert (reasons[10:] == "").all()
+    assert reasons[10] == "monthly_charges: not a finite number ('inf')"  # no model trains on it
+    assert reasons[11] == "support_calls_30d: not a finite number (-inf)"
+    assert (reasons[12:] == "").all()
 
 
 def test_a_binary_label_is_0_or_1_even_where_the_contract_gives_it_no_bounds(churn_df: pd.DataFrame) -> None:
