@@ -6,7 +6,8 @@ triggered through Airflow's REST API v2 with params (what the UI's Trigger form 
 with every step in a container of its own; MLflow's REST API names the champion, whose artifacts
 are in SeaweedFS; the online features are in Redis; Ray Serve answers with that version given an
 API key, 401 without; Prometheus has Serve's and Airflow's metrics; after `down` and `up` the
-champion still serves and nothing is lost.
+champion still serves and nothing is lost. Each test also passes alone (`pytest tests/stack -k
+<one>`): the lifecycle run and the champion they share are fixtures of conftest.py.
 """
 
 from __future__ import annotations
