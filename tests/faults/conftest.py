@@ -1,6 +1,7 @@
 """The fault-injection suite on the Compose stack: `make test-faults` (after `make images`). One
 stack of its own (the `stack` fixture of tests/stack), two lifecycle runs with faults injected,
-a paced serving load around each fault, and one table at the end."""
+a paced serving load around each fault, and one table at the end. What the tests share is a
+fixture of tests/stack (`champion`), not module state: each test also passes alone."""
 
 from __future__ import annotations
 
@@ -8,14 +9,17 @@ from pathlib import Path
 
 import pytest
 
-from tests.stack.conftest import ROOT, stack  # noqa: F401 (the fixture)
+from tests.stack.conftest import ROOT, champion, lifecycle, stack  # noqa: F401 (the fixtures)
 
 ROWS: list[dict[str, str]] = []
 COLUMNS = ("fault", "where", "outcome", "requests", "non-2xx", "p99 ms", "recovery s", "data check")
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    for item in items:  # one stack, one story: keep the file's order
+    # pytest keeps the file's order: one stack, one story. No test needs it (`champion` makes what
+    # the retrain needs when it runs alone), but it is the cheap order: run 1's faults make the
+    # first champion, which the retrain then reuses, two lifecycle runs in all.
+    for item in items:
         item.add_marker(pytest.mark.timeout(2400))
 
 

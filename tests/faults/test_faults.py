@@ -12,6 +12,10 @@ end until things worked again (a 200 for serving faults, the task's success for 
 run must end succeeded, and then nothing is half-written: every manifest's data exists, every
 registered version has its ONNX model, every alias names a version, no finished Optuna trial is
 lost, no step attempt is left `running`, and the champion still answers.
+
+Each test also passes alone (`pytest tests/faults -k retrain`): the retrain asks for the
+`champion` fixture (tests/stack/conftest.py), which in file order finds run 1's champion and,
+alone, makes one with a lifecycle run without faults first.
 """
 
 from __future__ import annotations
@@ -31,12 +35,9 @@ import httpx
 from pipelines.local.stack import Stack
 from tests import loadgen
 from tests.faults.conftest import ROWS
-from tests.stack.test_stack import _airflow, _champion, _known_customers, _service, _url
+from tests.stack.conftest import DAG, MODEL, PIPELINE, _airflow, _champion, _url
+from tests.stack.test_stack import _known_customers, _service
 
-PIPELINE = "churn"
-DAG = f"{PIPELINE}_lifecycle"
-MODEL = "mlcycle-churn"
-STATE: dict[str, Any] = {}
 LOAD_CONNECTIONS, LOAD_DELAY_MS = 2, 20  # paced: at most 100 requests a second, the lifecycle keeps its cores
 
 
@@ -272,7 +273,7 @@ def test_the_first_run_survives_a_killed_step_container_and_a_database_restart_m
 
     airflow = _airflow(stack)
     airflow.wait_for_dag(DAG, timeout=300)
-    run_id = STATE["run1"] = airflow.trigger(DAG, conf={"n_trials": 2})
+    run_id = airflow.trigger(DAG, conf={"n_trials": 2})
 
     # a step container SIGKILLed: the task fails with the signal, Airflow retries, the step reruns
     where = _wait_running(airflow, run_id, "features")
@@ -304,18 +305,20 @@ def test_the_first_run_survives_a_killed_step_container_and_a_database_restart_m
     assert run["state"] == "success", {t: (ti["state"], ti["try_number"]) for t, ti in tasks.items()}
     assert tasks["features"]["try_number"] >= 2  # the kill failed a try; a retry finished it
     assert not problems, problems
-    STATE["champion"] = int(_champion(stack)["version"])
+    assert int(_champion(stack)["version"]) >= 1
     assert _until_served(stack, time.monotonic()) >= 0
 
 
 def test_a_retrain_under_serving_load_survives_storage_database_cache_replica_and_scheduler_faults(
-    stack: Stack,
+    stack: Stack, champion: int
 ) -> None:
+    """A retrain of a served champion: the first run's, or, alone, the one `champion` makes."""
     airflow = _airflow(stack)
+    _until_served(stack, time.monotonic())
     reference = _probe(stack)
     assert reference is not None and reference.status_code == 200, reference
     score = reference.json()["predictions"][0]["score"]
-    run_id = STATE["run2"] = airflow.trigger(DAG, conf={"n_trials": 4})
+    run_id = airflow.trigger(DAG, conf={"n_trials": 4})
 
     # SeaweedFS stopped for 60 s while validate reads the snapshot
     where = _wait_running(airflow, run_id, "validate")
@@ -439,6 +442,6 @@ def test_a_retrain_under_serving_load_survives_storage_database_cache_replica_an
     assert run["state"] == "success", states
     assert not problems, problems
     # the champion kept serving: the retrain's challenger is promoted only through evaluate's gate
-    assert int(_champion(stack)["version"]) >= STATE["champion"]
+    assert int(_champion(stack)["version"]) >= champion
     final = _probe(stack)
     assert final is not None and final.status_code == 200, final

@@ -6,7 +6,8 @@ triggered through Airflow's REST API v2 with params (what the UI's Trigger form 
 with every step in a container of its own; MLflow's REST API names the champion, whose artifacts
 are in SeaweedFS; the online features are in Redis; Ray Serve answers with that version given an
 API key, 401 without; Prometheus has Serve's and Airflow's metrics; after `down` and `up` the
-champion still serves and nothing is lost.
+champion still serves and nothing is lost. Each test also passes alone (`pytest tests/stack -k
+<one>`): the lifecycle run and the champion they share are fixtures of conftest.py.
 """
 
 from __future__ import annotations
@@ -18,7 +19,6 @@ import os
 import re
 import subprocess
 import tarfile
-import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -28,21 +28,7 @@ import httpx
 from pipelines.core.system import executable
 from pipelines.local import stack as stack_mod
 from pipelines.local.stack import Stack
-from tests.stack.conftest import ROOT, TIMINGS
-
-PIPELINE = "churn"
-MODEL = "mlcycle-churn"
-STATE: dict[str, Any] = {}
-
-
-def _url(stack: Stack, key: str, path: str = "") -> str:
-    return f"http://127.0.0.1:{stack.port(key)}{path}"
-
-
-def _airflow(stack: Stack) -> Any:
-    from pipelines.local.local_airflow import AirflowClient
-
-    return AirflowClient(_url(stack, "AIRFLOW_PORT"), stack.values["AIRFLOW_ADMIN_PASSWORD"])
+from tests.stack.conftest import DAG, PIPELINE, ROOT, TIMINGS, Lifecycle, _airflow, _champion, _url
 
 
 def _known_customers() -> list[int]:
@@ -62,17 +48,6 @@ def _predict(stack: Stack, key: str | None) -> httpx.Response:
     headers = {"x-api-key": key} if key else {}
     body = {"instances": [{"entity_id": e} for e in _known_customers()]}
     return httpx.post(_url(stack, "SERVE_PORT", f"/v1/pipelines/{PIPELINE}/predict"), json=body, headers=headers)
-
-
-def _champion(stack: Stack) -> dict[str, Any]:
-    r = httpx.get(
-        _url(stack, "MLFLOW_PORT", "/api/2.0/mlflow/registered-models/alias"),
-        params={"name": MODEL, "alias": "champion"},
-        timeout=30,
-    )
-    r.raise_for_status()
-    version: dict[str, Any] = r.json()["model_version"]
-    return version
 
 
 def _host_env(stack: Stack) -> dict[str, str]:
@@ -236,55 +211,22 @@ def test_a_step_on_runtime_docker_gives_what_the_local_runtime_gives(stack: Stac
     assert in_container["window"]["end"] == "2026-11-01T00:00:00+00:00"
 
 
-class StepStarts:
-    """The step containers started while it listens (the Docker engine's live event stream; its
-    buffer of past events is too short, healthchecks fill it)."""
-
-    def __init__(self) -> None:
-        import docker
-
-        self.started: list[dict[str, str]] = []
-        self.stream = docker.from_env().events(decode=True, filters={"event": "start", "label": "mlcycle.io/step"})
-        self.thread = threading.Thread(target=self._listen, daemon=True)
-        self.thread.start()
-
-    def _listen(self) -> None:
-        with contextlib.suppress(Exception):  # the stream ends with close()
-            for event in self.stream:
-                self.started.append(event["Actor"]["Attributes"])
-
-    def close(self) -> None:
-        self.stream.close()
-        self.thread.join(10)
-
-
-def test_the_lifecycle_triggered_through_the_rest_api(stack: Stack) -> None:
+def test_the_lifecycle_triggered_through_the_rest_api(lifecycle: Lifecycle) -> None:
     import docker
 
-    airflow = _airflow(stack)
-    dag_id = f"{PIPELINE}_lifecycle"
-    airflow.wait_for_dag(dag_id, timeout=300)
-    starts = StepStarts()
-    started = time.monotonic()
-    try:
-        run_id = STATE["run_id"] = airflow.trigger(dag_id, conf={"n_trials": 2})
-        run = airflow.wait_run(dag_id, run_id, timeout=1800)
-    finally:
-        starts.close()
-    TIMINGS["lifecycle_s"] = time.monotonic() - started
-    states = airflow.task_states(dag_id, run_id)
+    run, states = lifecycle.run, lifecycle.states
     assert run["state"] == "success", states
-    assert run["conf"] == {"n_trials": 2}
+    assert run["conf"] == lifecycle.conf == {"n_trials": 2}
     assert set(states.values()) == {"success"}, states
     # every step ran in a container of its own, from the step image, since removed
-    mine = [a for a in starts.started if a.get("mlcycle.io/run-id") == run_id]
+    mine = lifecycle.started
     assert sorted(a["mlcycle.io/step"] for a in mine) == sorted(states), mine
     assert {a["image"] for a in mine} == {"mlcycle-step:latest"}
     client = docker.from_env()
-    assert client.containers.list(all=True, filters={"label": f"mlcycle.io/run-id={run_id}"}) == []
+    assert client.containers.list(all=True, filters={"label": f"mlcycle.io/run-id={lifecycle.run_id}"}) == []
 
 
-def test_mlflow_names_the_champion_and_its_artifacts_are_in_seaweedfs(stack: Stack) -> None:
+def test_mlflow_names_the_champion_and_its_artifacts_are_in_seaweedfs(stack: Stack, lifecycle: Lifecycle) -> None:
     import boto3
 
     champion = _champion(stack)
@@ -303,13 +245,13 @@ def test_mlflow_names_the_champion_and_its_artifacts_are_in_seaweedfs(stack: Sta
     )
     keys = [o["Key"] for o in s3.list_objects_v2(Bucket="mlcycle", Prefix="artifacts/mlflow/").get("Contents", [])]
     assert any(k.endswith("model.onnx") for k in keys), keys[:20]
-    snapshots = s3.list_objects_v2(Bucket="mlcycle", Prefix=f"artifacts/{PIPELINE}/{STATE['run_id']}/")
+    snapshots = s3.list_objects_v2(Bucket="mlcycle", Prefix=f"artifacts/{PIPELINE}/{lifecycle.run_id}/")
     assert snapshots.get("KeyCount", 0) > 0
-    STATE["champion"] = champion["version"]
 
 
-def test_the_online_features_are_in_redis(stack: Stack) -> None:
-    """The cluster profile's Feast online store is the stack's Redis (MLCYCLE_REDIS_URL)."""
+def test_the_online_features_are_in_redis(stack: Stack, lifecycle: Lifecycle) -> None:
+    """The cluster profile's Feast online store is the stack's Redis (MLCYCLE_REDIS_URL), which the
+    lifecycle's run materialized."""
     out = stack.compose("exec", "-T", "redis", "redis-cli", "dbsize", capture=True).stdout
     assert int(out.strip()) > 0, out
 
@@ -331,15 +273,16 @@ def _served_version(stack: Stack, timeout: float = 300) -> int:
         time.sleep(3)
 
 
-def test_ray_serve_answers_with_the_champion_given_a_key(stack: Stack) -> None:
-    assert _served_version(stack) == int(STATE["champion"])
+def test_ray_serve_answers_with_the_champion_given_a_key(stack: Stack, champion: int) -> None:
+    assert _served_version(stack) == champion
     assert _predict(stack, None).status_code == 401
     assert _predict(stack, "not-a-key").status_code == 401
 
 
-def test_prometheus_scrapes_serving_and_airflow(stack: Stack) -> None:
-    """Ray's metrics (Serve's request counter after the predictions above) and Airflow's StatsD
-    metrics (through `mlcycle statsd-exporter`) reach Prometheus."""
+def test_prometheus_scrapes_serving_and_airflow(stack: Stack, champion: int) -> None:
+    """Ray's metrics (Serve's request counter after a prediction of the champion) and Airflow's
+    StatsD metrics (through `mlcycle statsd-exporter`) reach Prometheus."""
+    assert _served_version(stack) == champion  # a request for the counter to count
 
     def query(q: str) -> list[Any]:
         r = httpx.get(_url(stack, "PROMETHEUS_PORT", "/api/v1/query"), params={"query": q}, timeout=10)
@@ -358,7 +301,7 @@ def test_prometheus_scrapes_serving_and_airflow(stack: Stack) -> None:
         time.sleep(5)
 
 
-def test_down_and_up_keeps_everything(stack: Stack) -> None:
+def test_down_and_up_keeps_everything(stack: Stack, lifecycle: Lifecycle, champion: int) -> None:
     started = time.monotonic()
     stack.down()
     TIMINGS["down_s"] = round(time.monotonic() - started, 1)
@@ -369,8 +312,8 @@ def test_down_and_up_keeps_everything(stack: Stack) -> None:
     postgres = _service(stack, "postgres")
     log = postgres.logs().decode()
     assert "database system was shut down at" in log and "not properly shut down" not in log, log[-3000:]
-    assert _champion(stack)["version"] == STATE["champion"]
-    assert _served_version(stack) == int(STATE["champion"])
+    assert int(_champion(stack)["version"]) == champion
+    assert _served_version(stack) == champion
     airflow = _airflow(stack)
-    run = airflow.api("GET", f"/dags/{PIPELINE}_lifecycle/dagRuns/{STATE['run_id']}")
+    run = airflow.api("GET", f"/dags/{DAG}/dagRuns/{lifecycle.run_id}")
     assert run["state"] == "success"
