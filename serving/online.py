@@ -79,14 +79,20 @@ def assemble(
     rows: Sequence[tuple[int, bytes, str, Any]],
     features: Sequence[str],
 ) -> list[dict[str, Any]]:
-    """Per key, in order: `features` -> decoded value, None where the store holds a null or none
-    of that feature; an empty dict for a key the store does not know at all (its features are
-    then missing, not null). `rows` hold decoded values already. Pure."""
+    """Per key, in order: `features` -> decoded value, None where the store has none (as Feast's
+    SDK answers). `rows` hold decoded values already. Pure."""
     found: dict[bytes, dict[str, Any]] = {}
     for view, key, name, value in rows:
         if name in views[view].features:
             found.setdefault(bytes(key), {})[name] = value
-    return [{f: found[k].get(f) for f in features} if k in found else {} for k in keys]
+    return [{f: found.get(k, {}).get(f) for f in features} for k in keys]
+
+
+def known(features: dict[str, Any]) -> dict[str, Any]:
+    """An entity's online features, or {} when the store holds none of them: an entity it does not
+    know (whose features are then missing, never null, whatever the contract allows). Feast's SDK
+    answers an unknown entity with every feature None, as the direct read does. Pure."""
+    return features if any(v is not None for v in features.values()) else {}
 
 
 class PostgresOnlineTables:

@@ -27,7 +27,7 @@ from pipelines.core.settings import Settings
 from pipelines.io.registry import load_onnx_model
 from pipelines.ml.model import CLASS, CLASSES_KEY, EMBEDDING, PROBABILITIES, onnx_session
 from serving.batching import GreedyBatcher
-from serving.online import OnlineFeatures
+from serving.online import OnlineFeatures, known
 from serving.records import Instance, Refused, Result, Scored
 
 log = logging.getLogger(__name__)
@@ -188,7 +188,7 @@ class LocalVersion:
             need = [p for p in need if p.problem is None]
             found = await self.online.lookup([p.instance.entity_id for p in need]) if need else []
             for p, features in zip(need, found, strict=True):
-                p.online = features
+                p.online = known(features)
         return list(batch)
 
     def run_batch(self, batch: Sequence[Pending]) -> list[Result]:

@@ -26,7 +26,7 @@ from serving.haproxy import (
     with_request_ids,
 )
 from serving.http import refusal_detail, route
-from serving.online import ViewRead, assemble, lookup_sql
+from serving.online import ViewRead, assemble, known, lookup_sql
 from serving.records import COLUMNS, Instance, LogRow, Refused, Scored, Served
 from serving.telemetry import Metrics
 from serving.versions import entity_problem, merge_features, not_numbers, onnx_feed
@@ -164,7 +164,8 @@ def test_a_null_is_missing_unless_the_contract_lets_the_feature_be_null() -> Non
     assert merge_features(names, {"a": None}, {"b": 2}, frozenset({"a"})) == ({"a": None, "b": 2}, [])
     # a stored null of a nullable feature is scored; an entity the store does not know is missing
     assert merge_features(names, {}, {"a": 1, "b": None}, frozenset({"b"}))[1] == []
-    assert merge_features(names, {}, {}, frozenset({"a", "b"}))[1] == ["a", "b"]
+    assert merge_features(names, {}, known({"a": None, "b": None}), frozenset({"a", "b"}))[1] == ["a", "b"]
+    assert known({"a": None, "b": 2}) == {"a": None, "b": 2}
 
 
 CONFIG = """global
@@ -393,7 +394,7 @@ def test_assemble_orders_by_key_and_fills_gaps_with_none() -> None:
     assert out == [
         {"plan": "gold", "usage": None},  # no usage row for k1; a feature not of its view is ignored
         {"plan": "basic", "usage": 3.5},
-        {},  # an entity the store does not know: its features are missing, not null
+        {"plan": None, "usage": None},  # an unknown entity
     ]
 
 
