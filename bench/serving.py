@@ -97,9 +97,13 @@ def ours_bodies(ids: list[Any], rows: Rows | None) -> list[str]:
 
 
 def mlflow_bodies(rows: Rows) -> list[str]:
-    # MLflow's ONNX flavour feeds a DataFrame column as a 1-d array; our graph takes one [n, 1]
-    # tensor per raw column, so the request names the tensors ("inputs").
-    return [json.dumps({"inputs": {c: [[v if isinstance(v, str) else float(v)]] for c, v in r.items()}}) for r in rows]
+    # The registered model's pyfunc takes a DataFrame of raw columns with the contract's types
+    # (its signature), as MLflow's scoring server's `dataframe_records` carries it.
+    # (an integral float reads as the `long` an int column's signature wants; a double takes it too)
+    def typed(v: Any) -> Any:
+        return int(v) if isinstance(v, float) and v.is_integer() else v
+
+    return [json.dumps({"dataframe_records": [{c: typed(v) for c, v in r.items()}]}) for r in rows]
 
 
 def measurer(levels: list[int], seconds: float) -> Callable[..., list[dict[str, Any]]]:

@@ -87,7 +87,8 @@ def _shown(value: Any) -> str:
 
 
 def _number(rule: FeatureRule, value: Any) -> tuple[Any, str | None]:
-    if isinstance(value, bool) or not isinstance(value, int | float):
+    kind = type(value)  # the common case (an exact float or int) decides on the type alone
+    if kind is not float and kind is not int and (isinstance(value, bool) or not isinstance(value, int | float)):
         return None, f"not a number ({_shown(value)})"
     try:
         number = float(value)
@@ -138,15 +139,15 @@ class RequestContract:
         out: dict[str, Any] = {}
         notes: list[str] = []
         for name, value in features.items():
-            where = f"instances[{index}].features.{name}"
             rule = self.rules.get(name)
             if rule is None:
                 known = ", ".join(sorted(self.rules))
+                where = f"instances[{index}].features.{name}"
                 problems.append(Problem(where, f"{_shown(name)[:60]}: unknown feature (the model takes {known})"))
                 continue
             scored, problem, note = judge_value(rule, value, self.unknown_categories)
             if problem:
-                problems.append(Problem(where, f"{name}: {problem}"))
+                problems.append(Problem(f"instances[{index}].features.{name}", f"{name}: {problem}"))
                 continue
             out[name] = scored
             if note:
