@@ -344,7 +344,7 @@ def test_a_retrain_under_serving_load_survives_storage_database_cache_replica_an
     pg_row = _row("PostgreSQL restart", where, **w.figures())
 
     # the scheduler killed with SIGKILL mid-run (its LocalExecutor's tasks with it), then started
-    where = _wait_any_running(airflow, run_id)
+    where = sched_where = _wait_any_running(airflow, run_id)
     scheduler = _service(stack, "airflow-scheduler")
     with Window(stack, 30) as w:
         pid = int(scheduler.attrs["State"]["Pid"])
@@ -435,7 +435,7 @@ def test_a_retrain_under_serving_load_survives_storage_database_cache_replica_an
     s3_row.update(_outcome(airflow, run_id, "validate", *s3_back), **{"data check": check})
     pg_row.update(_outcome(airflow, run_id, "train", *pg_back), **{"data check": check})
     pg_row["recovery s"] = f"serving {pg_recovery:.1f}; " + pg_row.get("recovery s", "-")
-    hit = where[-1]
+    hit = sched_where[-1]  # the task the scheduler's death hit (`where` has moved on since)
     sched_row.update(_outcome(airflow, run_id, hit, *sched_back), **{"data check": check})
     sched_row["outcome"] += f"; restarted by {restarted_by}"
     states = {t: (ti["state"], ti["try_number"]) for t, ti in tasks.items()}
