@@ -11,8 +11,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from pipelines.core.audit import ActorKind, AuditEvent
 from pipelines.core.errors import SettingsError
 from pipelines.core.settings import Settings
+from pipelines.io import audit as audit_trail
 from pipelines.io.db import connect, fetch_dicts
 from pipelines.io.tracking import setup_mlflow
 
@@ -47,8 +49,11 @@ def move_alias(
     actor: str,
     run_id: str,
     reason: str,
+    actor_kind: ActorKind = "lifecycle",
+    action: str = "alias",
 ) -> None:
-    """Point `alias` at `version` (None deletes it) and record the change."""
+    """Point `alias` at `version` (None deletes it) and record the change: in `alias_audit`, and as
+    one `audit_events` row (`action` names why: `alias` for the lifecycle, `rollback` for a person)."""
     name = model_name(pipeline)
     current = alias_version(client, name, alias)
     before = int(current.version) if current is not None else None
@@ -64,6 +69,9 @@ def move_alias(
             " VALUES (%s, %s, %s, %s, %s, %s, %s, %s)",
             (pipeline, name, alias, before, version, actor, run_id, reason),
         )
+        detail = {"alias": alias, "from_version": before, "to_version": version}
+        event = AuditEvent(actor, actor_kind, action, pipeline, version, run_id, reason, detail)
+        audit_trail.write(conn, event)
 
 
 @dataclass(frozen=True)

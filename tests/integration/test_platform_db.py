@@ -91,3 +91,31 @@ def test_a_success_that_cannot_be_recorded_fails_the_task_instead_of_hiding(
 
 def run_steps_status(settings: Settings, run_id: str) -> list[tuple[str, str]]:
     return [(r.step, r.status) for r in runs.run_steps(settings, "churn", run_id)]
+
+
+def test_the_audit_trail_keeps_who_did_what_and_the_table_refuses_a_malformed_row(platform: Settings) -> None:
+    import psycopg
+
+    from pipelines.core.audit import AuditError, AuditEvent
+    from pipelines.io import audit
+
+    pipeline = "audit-probe"
+    first = audit.record(platform, AuditEvent("alice", "user", "pin", pipeline, reason="release freeze"))
+    second = audit.record(platform, AuditEvent("key:k1", "key", "labels_loaded", pipeline, detail={"rows": 3}))
+    rows = audit.events(platform, pipeline)
+    assert [r["id"] for r in rows] == [second, first]  # newest first
+    assert (rows[1]["actor"], rows[1]["actor_kind"], rows[1]["action"], rows[1]["reason"]) == (
+        "alice",
+        "user",
+        "pin",
+        "release freeze",
+    )
+    assert rows[0]["detail"] == {"rows": 3}
+    assert [r["id"] for r in audit.events(platform, pipeline, action="pin")] == [first]
+    with pytest.raises(AuditError, match="unknown audit action"):
+        AuditEvent("alice", "user", "drop_table", pipeline)
+    with db.connect(platform) as conn, pytest.raises(psycopg.errors.CheckViolation):
+        conn.execute(
+            "INSERT INTO audit_events (actor, actor_kind, action, pipeline) VALUES ('x', 'root', 'pin', %s)",
+            (pipeline,),
+        )
