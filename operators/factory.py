@@ -10,8 +10,10 @@ from typing import TYPE_CHECKING, Any
 
 from airflow.sdk import DAG, AssetOrTimeSchedule, CronTriggerTimetable
 
+from operators.approval import PromotionApproval
 from operators.step import PipelineStepOperator
 from operators.trigger import RetrainingTrigger, retraining_asset
+from pipelines.core import approval
 from pipelines.core.errors import SpecError
 from pipelines.core.params import airflow_params
 from pipelines.core.settings import load_settings
@@ -53,7 +55,8 @@ def lifecycle_schedule(spec: PipelineSpec) -> Any:
 
 
 def lifecycle_dag(spec: PipelineSpec, steps: list[str]) -> DAG:
-    """`<name>_lifecycle`: the steps in order, one PipelineStepOperator each."""
+    """`<name>_lifecycle`: the steps in order, one PipelineStepOperator each; with an approval
+    (`promotion`), the `approval` task between `evaluate` and `promote`."""
     with DAG(
         dag_id=f"{spec.name}_lifecycle",
         schedule=lifecycle_schedule(spec),
@@ -78,6 +81,13 @@ def lifecycle_dag(spec: PipelineSpec, steps: list[str]) -> DAG:
                 )
                 previous >> workers
                 previous = workers
+            if step == "promote" and spec.promotion.asks_for_approval():
+                # a person (or the spec's conditions) lets the challenger through: Required actions
+                gate = PromotionApproval(
+                    task_id=approval.TASK_ID, pipeline=spec.name, timeout_h=spec.promotion.approval_timeout_h
+                )
+                previous >> gate
+                previous = gate
             task = PipelineStepOperator(task_id=step, pipeline=spec.name, step=step)
             if previous is not None:
                 previous >> task

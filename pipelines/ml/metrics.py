@@ -346,3 +346,41 @@ def gate(
     if trivial is not None:
         verdict["baseline"] = {"name": trivial["name"], name: trivial["metrics"][name]}
     return verdict
+
+
+def comparison(
+    name: str, challenger: dict[str, float], champion: dict[str, float], difference: dict[str, float]
+) -> dict[str, Any]:
+    """The primary metric, champion against challenger, with the gain and its interval turned so
+    that positive is better (a metric where lower is better is negated)."""
+    sign = 1.0 if HIGHER_IS_BETTER[name] else -1.0
+    lower, upper = sorted((sign * difference["lower"], sign * difference["upper"]))
+    return {
+        "metric": name,
+        "challenger": challenger[name],
+        "champion": champion[name],
+        "gain": sign * difference["difference"],
+        "lower": lower,
+        "upper": upper,
+        "confidence": difference["confidence"],
+    }
+
+
+def worse_slices(
+    name: str, challenger: dict[str, dict[str, dict[str, float]]], champion: dict[str, dict[str, dict[str, float]]]
+) -> list[dict[str, Any]]:
+    """The slices where the challenger's metric `name` is worse than the champion's on the same
+    rows, worst first, each with its gain (negative: worse)."""
+    sign = 1.0 if HIGHER_IS_BETTER[name] else -1.0
+    worse = []
+    for column, values in challenger.items():
+        for value, metrics in values.items():
+            old = champion.get(column, {}).get(value)
+            if old is None or not np.isfinite(metrics[name]) or not np.isfinite(old[name]):
+                continue
+            gain = sign * (metrics[name] - old[name])
+            if gain < 0:
+                worse.append(
+                    {"slice": f"{column}={value}", "challenger": metrics[name], "champion": old[name], "gain": gain}
+                )
+    return sorted(worse, key=lambda s: s["gain"])

@@ -27,12 +27,14 @@ from pipelines.ml.metrics import (
     baseline,
     bootstrap_difference,
     class_f1,
+    comparison,
     confusion,
     encode_label,
     gate,
     overall,
     primary_metric,
     slices,
+    worse_slices,
 )
 from pipelines.ml.model import onnx_session, predict_onnx, session_feed
 from pipelines.ml.plots import png_bytes, two_panels
@@ -152,6 +154,19 @@ padding:4px 8px}}</style></head><body>
 {slice_rows}</table></body></html>"""
 
 
+def approval_facts(name: str, report: dict[str, Any]) -> dict[str, Any]:
+    """What the approval gate reads (`pipelines.core.approval`): the primary metric champion against
+    challenger with its interval, and the slices where the challenger is worse. Pure."""
+    champion = report["champion"]
+    if champion is None or report["difference"] is None:
+        return {"comparison": None, "worse_slices": []}
+    new = report["challenger"]
+    return {
+        "comparison": comparison(name, new["metrics"], champion["metrics"], report["difference"]),
+        "worse_slices": worse_slices(name, new["slices"], champion["slices"]),
+    }
+
+
 def run(ctx: StepContext) -> dict[str, Any]:
     import mlflow
 
@@ -225,6 +240,7 @@ def run(ctx: StepContext) -> dict[str, Any]:
         "baseline": report["verdict"]["baseline"],
         "champion_version": report["champion"]["version"] if report["champion"] else None,
         "difference": report["difference"],
+        **approval_facts(cfg.primary_metric, report),
         "mlflow_run_id": trained["mlflow_run_id"],
         "mlflow_experiment_id": trained.get("mlflow_experiment_id"),
     }

@@ -167,3 +167,30 @@ def test_parallel_trials_fan_out_into_mapped_worker_pods(tmp_path: Path, monkeyp
     assert container_of(pod)["args"][-2:] == ["--worker", "2"] and pod["metadata"]["name"].endswith("-2")
     assert pod["metadata"]["labels"]["mlcycle.io/worker"] == "2"
     assert container_of(pod)["resources"]["limits"]["nvidia.com/gpu"] == "1"  # the train step's GPU
+
+
+def test_an_approval_sits_between_evaluate_and_promote_only_where_the_spec_asks(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """promotion.approval: manual (or auto with manual_when) puts Airflow's HITL ApprovalOperator
+    between evaluate and promote, rejecting on its timeout and skipping everything after a reject;
+    plain auto keeps evaluate -> promote."""
+    from airflow.providers.standard.operators.hitl import ApprovalOperator
+
+    from operators.factory import build_dags
+
+    write_spec(tmp_path, "manual", merge=True, promotion={"approval": "manual", "approval_timeout_h": 2})
+    write_spec(tmp_path, "gated", merge=True, promotion={"manual_when": {"primary_gain_below": 0.01}})
+    write_spec(tmp_path, "plain", schedule=None)
+    monkeypatch.setenv("MLCYCLE_PIPELINES_DIR", str(tmp_path))
+    dags = build_dags()
+    for name in ("manual", "gated"):
+        dag = dags[f"{name}_lifecycle"]
+        gate = dag.get_task("approval")
+        assert isinstance(gate, ApprovalOperator)
+        assert gate.upstream_task_ids == {"evaluate"} and dag.get_task("promote").upstream_task_ids == {"approval"}
+        assert gate.defaults == ["Reject"] and gate.ignore_downstream_trigger_rules is True
+        assert "reason" in gate.params
+    assert dags["manual_lifecycle"].get_task("approval").response_timeout.total_seconds() == 2 * 3600
+    plain = dags["plain_lifecycle"]
+    assert "approval" not in plain.task_ids and plain.get_task("promote").upstream_task_ids == {"evaluate"}

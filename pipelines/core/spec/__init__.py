@@ -12,7 +12,7 @@ import X` is the one import a caller needs:
 * `sources`: where the data comes from (file, S3, PostgreSQL, synthetic, bundled dataset)
 * `contract`: the data contract, expectations, entity, features and splits, the label and its metrics
 * `model`: the model families, their parameters and default spaces, the model section, training
-* `operations`: resources, evaluation, canary, serving, drift, embeddings
+* `operations`: resources, evaluation, promotion (approval), canary, serving, drift, embeddings
 * `pipeline`: `PipelineSpec` and the checks between its sections
 * `loading`: parse, load and read specs, the error format, the JSON schema
 """
@@ -58,6 +58,8 @@ from pipelines.core.spec.operations import (
     Drift,
     Embeddings,
     Evaluation,
+    ManualWhen,
+    Promotion,
     Resources,
     Serving,
     StepResources,
@@ -102,11 +104,13 @@ __all__ = [
     "Label",
     "LabelKind",
     "Loc",
+    "ManualWhen",
     "Model",
     "ModelSpec",
     "Param",
     "PipelineSpec",
     "PostgresSource",
+    "Promotion",
     "Resources",
     "S3Source",
     "Serving",

@@ -110,6 +110,53 @@ class Evaluation(Model):
     )
 
 
+class ManualWhen(Model):
+    """Conditions under which a run waits for a person even with `approval: auto`; none set: never."""
+
+    primary_gain_below: float | None = Field(
+        default=None,
+        description="the challenger's gain over the champion's primary metric on the same test rows is below this, "
+        "in the metric's units (positive is better; 0.01: less than a hundredth of ROC AUC)",
+    )
+    slice_worse: bool = Field(
+        default=False,
+        description="a slice (evaluation.slices) where the challenger's primary metric is worse than the "
+        "champion's by more than `slice_margin`",
+    )
+    slice_margin: float = Field(
+        default=0.0, ge=0.0, description="how much worse a slice may be before `slice_worse` counts it, metric units"
+    )
+    first_model: bool = Field(default=False, description="the pipeline has no champion yet (its first model)")
+
+    def any(self) -> bool:
+        """Whether any condition is set."""
+        return self.primary_gain_below is not None or self.slice_worse or self.first_model
+
+
+class Promotion(Model):
+    """Who lets a challenger that passed its gates be promoted: the lifecycle, or a person."""
+
+    approval: Literal["auto", "manual"] = Field(
+        default="auto",
+        description="`manual`: after `evaluate`, the run waits in Airflow's Required actions until a person "
+        "approves (promote runs) or rejects (promote and canary skip, the reason recorded); `auto`: promote "
+        "follows the gates, unless a `manual_when` condition holds",
+    )
+    manual_when: ManualWhen = Field(
+        default=ManualWhen(), description="with `approval: auto`, the conditions under which a person decides anyway"
+    )
+    approval_timeout_h: float = Field(
+        default=72.0,
+        gt=0.0,
+        le=24 * 90,
+        description="hours the approval waits for a person; then the challenger is rejected (and audited so)",
+    )
+
+    def asks_for_approval(self) -> bool:
+        """Whether the lifecycle DAG has an approval task (manual, or auto with conditions)."""
+        return self.approval == "manual" or self.manual_when.any()
+
+
 class Canary(Model):
     """The canary plan: traffic percentages with a dwell time each, and the SLOs."""
 

@@ -11,7 +11,7 @@ from pipelines.core.errors import field_path
 from pipelines.core.spec.base import _NAME, Model
 from pipelines.core.spec.contract import TASK_DEFAULTS, TASK_METRICS, Contract, Entity, Expectation, Features, Label
 from pipelines.core.spec.model import ModelSpec, Training, hidden_widths
-from pipelines.core.spec.operations import Canary, Drift, Embeddings, Evaluation, Serving, StepResources
+from pipelines.core.spec.operations import Canary, Drift, Embeddings, Evaluation, Promotion, Serving, StepResources
 from pipelines.core.spec.sources import Source
 from pipelines.core.steps import STEPS
 
@@ -46,6 +46,9 @@ class PipelineSpec(Model):
     training: Training = Field(default=Training(), description="the search's budget, early stopping and checkpoints")
     resources: StepResources = Field(default=StepResources(), description="the pod resources of each step")
     evaluation: Evaluation = Field(default=Evaluation(), description="the gates a challenger passes to be promoted")
+    promotion: Promotion = Field(
+        default=Promotion(), description="whether a person approves a challenger before it is promoted"
+    )
     canary: Canary = Field(default=Canary(), description="the traffic steps and SLOs of a challenger's rollout")
     serving: Serving = Field(default=Serving(), description="the Ray Serve application that answers requests")
     drift: Drift = Field(default=Drift(), description="the scheduled drift check that asks for retraining")
