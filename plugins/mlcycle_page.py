@@ -7,9 +7,9 @@ one served prediction's trace. Plain HTML and inline SVG (the charts, and the co
 heat table, are `mlcycle_charts`'s): every function here is pure and takes what
 `pipelines.io.catalog` answers. The plugin serves it at `/mlcycle/page`, and the Airflow UI
 frames it under its own navigation (`/plugin/mlcycle`) in a sandboxed iframe that may run scripts
-as its own origin but not navigate the window: `LEAVE_FRAME`, the page's one script, lets a link
-to an Airflow page or a report replace the UI (and an MLflow link open a tab) from the UI's own
-document.
+as its own origin but not navigate the window: `LEAVE_FRAME` lets a link to an Airflow page or a
+report replace the UI (and an MLflow link open a tab) from the UI's own document; `DECIDE`, there
+only while a run waits for approval, posts a person's answer to the platform API.
 """
 
 from __future__ import annotations
@@ -362,6 +362,40 @@ def trace_section(
     )
 
 
+DECIDE = """
+document.addEventListener("click", async (event) => {
+  const button = event.target.closest("button[data-decision]");
+  if (!button) return;
+  const form = button.closest("form.approval");
+  const reason = form.querySelector("input[name=reason]").value;
+  const body = {run_id: form.dataset.run, decision: button.dataset.decision, reason: reason};
+  const r = await fetch(form.dataset.api, {method: "POST", credentials: "same-origin",
+    headers: {"Content-Type": "application/json"}, body: JSON.stringify(body)});
+  const out = await r.json().catch(() => ({}));
+  form.querySelector("output").textContent = r.ok ? `${body.decision}d by ${out.responded_by}` : out.reason || r.status;
+  if (r.ok) form.querySelectorAll("button").forEach((b) => { b.disabled = true; });
+});
+"""
+
+
+def approvals_section(pipeline: str, waiting: list[dict[str, Any]]) -> str:
+    """The runs waiting for a person's approval, each with its summary, a reason and the two
+    buttons (the platform API's `POST .../approvals`, as the logged-in user). Pure."""
+    if not waiting:
+        return ""
+    api = f"/api/ml/pipelines/{quote(pipeline)}/approvals"
+    forms = "".join(
+        f'<form class="approval" data-run="{escape(a["run_id"])}" data-api="{escape(api)}" onsubmit="return false">'
+        f"<p><b>{escape(a['subject'])}</b> {link(run_page(f'{pipeline}_lifecycle', a['run_id']), 'run')}</p>"
+        f'<pre class="muted">{escape(a["body"] or "")}</pre>'
+        '<input type="text" name="reason" placeholder="reason (a reject needs one)"> '
+        '<button type="button" data-decision="approve">Approve</button> '
+        '<button type="button" data-decision="reject">Reject</button> <output></output></form>'
+        for a in waiting
+    )
+    return f"<h2>Waiting for approval</h2>{forms}<script>{DECIDE}</script>"
+
+
 def page_html(
     *,
     pipelines: list[str],
@@ -373,6 +407,7 @@ def page_html(
     trace_query: str = "",
     trace: list[dict[str, Any]] | None = None,
     trace_error: str | None = None,
+    approvals: list[dict[str, Any]] | None = None,
 ) -> str:
     """The page of one pipeline (`data`: `catalog.overview`), with tabs for the others. Pure."""
     detail = data["detail"]
@@ -385,6 +420,7 @@ def page_html(
 <body><h1>mlcycle · {escape(selected)} <span class="muted">({escape(detail["model"])})</span></h1>
 <nav>{tabs}</nav>
 {trace_section(selected, trace_query, trace, trace_error, mlflow_base)}
+{approvals_section(selected, approvals or [])}
 {models_section(detail, data["versions"], mlflow_base)}
 {canary_section(selected, detail.get("canary"))}
 {live_section(detail, data["live"], data["versions"], data.get("champion_live"))}

@@ -22,6 +22,7 @@ from airflow.api_fastapi.core_api.security import GetUserDep, bearer_scheme, get
 from airflow.plugins_manager import AirflowPlugin
 from fastapi import Depends, FastAPI, HTTPException, Request  # FastAPI reads these names from the module
 from fastapi.security import HTTPAuthorizationCredentials
+from mlcycle_approvals import add_approval_routes, may, requests  # beside this file (sys.path)
 from mlcycle_page import PAGE_PATH, empty_page, page_html  # beside this file: Airflow puts the folder on sys.path
 from pydantic import BaseModel
 
@@ -208,6 +209,7 @@ def add_page_route(app: FastAPI) -> None:
             trace_query=request_id,
             trace=trace,
             trace_error=error,
+            approvals=[a for a in requests(selected) if a["state"] == "waiting"] if may(user, "GET", selected) else [],
         )
         return HTMLResponse(html)
 
@@ -313,6 +315,7 @@ def _api() -> Any:
     install_error_handlers(app)
     add_read_routes(app)
     add_write_routes(app)
+    add_approval_routes(app, readable)
     return app
 
 

@@ -8,6 +8,7 @@ import argparse
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from pipelines.cli.approval_commands import add_model
 from pipelines.cli.commands import (
     RUN_ID_TEMPLATE,
     cmd_data_generate,
@@ -70,6 +71,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_records(sub)
     _add_services(sub)
     _add_platform(sub)
+    add_model(sub)
     return parser
 
 

@@ -176,3 +176,17 @@ def test_a_malformed_option_is_argparses_exit_2(argv: list[str], says: str, caps
         main(argv)
     err = capsys.readouterr().err
     assert exited.value.code == 2 and says in err and "Traceback" not in err, err
+
+
+def test_a_reject_without_a_reason_or_of_an_unknown_pipeline_exits_2_before_asking_airflow(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Nothing listens on the api-server's port here: a 2 means nothing was sent."""
+    env = {"MLCYCLE_STATE_DIR": str(tmp_path), "MLCYCLE_PIPELINES_DIR": str(CHURN_SPEC.parent)}
+    with scoped_environ(env):
+        assert main(["model", "reject", "churn", "--run", "manual__1"]) == 2
+        assert "reject needs a reason (--reason)" in capsys.readouterr().err
+        assert main(["model", "approve", "nope", "--run", "manual__1"]) == 2
+        assert "no pipeline 'nope'" in capsys.readouterr().err
+        assert main(["model", "approve", "churn", "--run", "manual__1", "--user", "carol"]) == 2
+        assert "no password of Airflow user 'carol'" in capsys.readouterr().err

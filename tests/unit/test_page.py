@@ -368,3 +368,25 @@ def test_judged_features_reads_what_the_check_decided_per_feature() -> None:
     }
     assert judged_features({"status": "insufficient_data", "features": {}}) == {}
     assert judged_features({"features": {"x": {"psi": 0.1}}}) == {}  # nothing judged: nothing claimed
+
+
+def test_a_run_waiting_for_approval_shows_its_summary_a_reason_and_the_two_buttons() -> None:
+    """Only while a run waits: its subject and body (escaped), a reason field, Approve and Reject
+    that post to the platform API's approvals of the pipeline, as the logged-in user."""
+    waiting = [
+        {
+            "run_id": "manual__3",
+            "subject": "Promote churn's challenger of run manual__3?",
+            "body": "**Why a person decides:** <manual>",
+        }
+    ]
+    assert "data-decision" not in render(overview()) and "Waiting for approval" not in render(overview())
+    html = render(overview(), approvals=waiting)
+    form = re.search(r'<form class="approval".*?</form>', html, re.S)
+    assert form is not None
+    assert 'data-run="manual__3" data-api="/api/ml/pipelines/churn/approvals"' in form.group(0)
+    assert "&lt;manual&gt;" in form.group(0) and "<manual>" not in html
+    assert '<button type="button" data-decision="approve">' in form.group(0)
+    assert '<button type="button" data-decision="reject">' in form.group(0)
+    assert 'href="/dags/churn_lifecycle/runs/manual__3"' in form.group(0)
+    assert 'fetch(form.dataset.api, {method: "POST", credentials: "same-origin"' in html
