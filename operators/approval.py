@@ -73,8 +73,8 @@ class PromotionApproval(ApprovalOperator):
             if evaluation["verdict"].get("passed"):
                 self._audit(approval.auto_event(self.pipeline, run_id, decided))
             return {"decision": "auto", "why": decided.why}
-        self.log.info("waiting for a person (%s): %s", "; ".join(decided.why), self.subject)
         self.subject = approval.subject(self.pipeline, run_id)
+        self.log.info("waiting for a person (%s): %s", "; ".join(decided.why), self.subject)
         self.body = approval.body(
             evaluation, decided.why, report_url(context["ti"].dag_id, run_id, "evaluate"), self.timeout_h
         )

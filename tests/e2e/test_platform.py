@@ -552,6 +552,122 @@ def wait_for(condition: Any, message: str, timeout: float = 30) -> None:
         time.sleep(0.5)
 
 
+GATED = "gated"  # a pipeline whose spec asks a person to approve each challenger
+
+
+def approval_events(env: dict[str, str], pipeline: str) -> list[tuple[str, str, str, str]]:
+    """The pipeline's approve/reject audit events, newest first: (action, actor, run, reason)."""
+    script = (
+        "import json\n"
+        "from pipelines.core.settings import load_settings\n"
+        "from pipelines.io.audit import events\n"
+        f"rows = [e for e in events(load_settings(), {pipeline!r}) if e['action'] in ('approve', 'reject')]\n"
+        "print(json.dumps([[e['action'], e['actor'], e['run_id'], e['reason']] for e in rows]))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", script], env=env, cwd=PROJECT_DIR, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr[-2000:]
+    return [tuple(e) for e in json.loads(out.stdout.strip().splitlines()[-1])]
+
+
+def test_a_manual_approval_waits_for_a_reviewer_whose_reject_skips_promotion_and_approval_promotes(
+    up: dict[str, str],
+) -> None:
+    """`promotion.approval: manual` on a tiny pipeline, one lifecycle run serving both answers: it
+    waits at its approval (Airflow's HITL task) with the evaluation summary; a viewer is refused
+    (Airflow's REST API, the platform API, the CLI); `mlcycle model reject --reason` skips promote
+    and the canary, and nothing is registered; the approval reopened (Airflow's Clear of the task)
+    is approved through Airflow's REST API as the admin: promote and the canary run, v1 is champion.
+    Each answer is audited with the Airflow user and the reason."""
+    from tests.integration.helpers import SHORT_CANARY
+
+    started = time.monotonic()
+    write_spec(
+        Path(up["MLCYCLE_PIPELINES_DIR"]),
+        GATED,
+        merge=True,
+        source={"kind": "synthetic", "customers": 300, "months": 6, "seed": 5},
+        training={"n_trials": 1, "max_epochs": 2, "pruner": "none"},
+        evaluation={"min_primary": 0.5, "bootstrap_samples": 50, "beat_baseline": False},
+        canary=SHORT_CANARY,
+        promotion={"approval": "manual", "approval_timeout_h": 1},
+    )
+    base = f"http://127.0.0.1:{up['MLCYCLE_AIRFLOW_PORT']}"
+    admin, viewer = token(up, "admin"), token(up, "viewer")
+    dag = f"{GATED}_lifecycle"
+    wait_for(
+        lambda: httpx.get(f"{base}/api/v2/dags/{dag}", headers=admin, timeout=60).status_code == 200, "not parsed", 180
+    )
+    httpx.patch(f"{base}/api/v2/dags/{dag}", json={"is_paused": False}, headers=admin, timeout=60).raise_for_status()
+    made = httpx.post(f"{base}/api/v2/dags/{dag}/dagRuns", json={"logical_date": None}, headers=admin, timeout=60)
+    run_id = made.json()["dag_run_id"]
+    api = f"{base}/api/ml/pipelines/{GATED}/approvals"
+    hitl = f"{base}/api/v2/dags/{dag}/dagRuns/{run_id}/taskInstances/approval/-1/hitlDetails"
+
+    def waiting() -> bool:
+        items = httpx.get(api, headers=viewer, timeout=60).json()["items"]
+        return any(a["run_id"] == run_id and a["state"] == "waiting" for a in items)
+
+    def finished() -> dict[str, str]:
+        wait_for(
+            lambda: (
+                httpx.get(f"{base}/api/v2/dags/{dag}/dagRuns/{run_id}", headers=admin, timeout=60).json()["state"]
+                in ("success", "failed")
+            ),
+            "the run did not end",
+            300,
+        )
+        tis = httpx.get(f"{base}/api/v2/dags/{dag}/dagRuns/{run_id}/taskInstances", headers=admin, timeout=60).json()
+        return {t["task_id"]: t["state"] for t in tis["task_instances"]}
+
+    wait_for(waiting, "the run never waited at its approval", 600)
+    task = httpx.get(
+        f"{base}/api/v2/dags/{dag}/dagRuns/{run_id}/taskInstances/approval", headers=viewer, timeout=60
+    ).json()
+    assert task["state"] == "awaiting_input", task
+    detail = httpx.get(hitl, headers=viewer, timeout=60).json()
+    assert detail["subject"] == f"Promote {GATED}'s challenger of run {run_id}?"
+    assert "No champion yet: the challenger's roc_auc is" in detail["body"] and "**Gates:**" in detail["body"]
+    assert f"[Evaluation report](/mlcycle/reports/{dag}/" in detail["body"]
+    # a viewer may read it, and answer it nowhere
+    refused = httpx.patch(
+        hitl, json={"chosen_options": ["Approve"], "params_input": {"reason": "x"}}, headers=viewer, timeout=60
+    )
+    assert refused.status_code == 403, refused.text
+    body = {"run_id": run_id, "decision": "approve", "reason": "x"}
+    assert httpx.post(api, json=body, headers=viewer, timeout=60).status_code == 403
+    as_viewer = mlcycle(up, "model", "approve", GATED, "--run", run_id, "--user", "viewer", timeout=120)
+    assert as_viewer.returncode == 1 and "refused (403)" in as_viewer.stdout, as_viewer.stdout + as_viewer.stderr
+    assert waiting()
+
+    rejected = mlcycle(up, "model", "reject", GATED, "--run", run_id, "--reason", "holdout looks off", timeout=120)
+    assert rejected.returncode == 0, rejected.stdout + rejected.stderr
+    states = finished()
+    assert (states["approval"], states["promote"], states["canary"]) == ("success", "skipped", "skipped"), states
+    assert httpx.get(f"{base}/api/ml/pipelines/{GATED}", headers=viewer, timeout=60).json()["champion"] is None
+    assert approval_events(up, GATED) == [("reject", "admin", run_id, "holdout looks off")]
+
+    # the reviewer reopens the request (Clear of the approval and what follows) and approves it
+    cleared = httpx.post(
+        f"{base}/api/v2/dags/{dag}/clearTaskInstances",
+        json={"dry_run": False, "dag_run_id": run_id, "task_ids": ["approval"], "include_downstream": True},
+        headers=admin,
+        timeout=60,
+    )
+    assert cleared.status_code == 200, cleared.text
+    wait_for(waiting, "the cleared approval did not ask again", 300)
+    answer = {"chosen_options": ["Approve"], "params_input": {"reason": "slices checked"}}
+    approved = httpx.patch(hitl, json=answer, headers=admin, timeout=60)
+    assert approved.status_code == 200 and approved.json()["responded_by"]["name"] == "admin", approved.text
+    states = finished()
+    assert (states["approval"], states["promote"], states["canary"]) == ("success", "success", "success"), states
+    assert httpx.get(f"{base}/api/ml/pipelines/{GATED}", headers=viewer, timeout=60).json()["champion"]["version"] == 1
+    assert approval_events(up, GATED) == [
+        ("approve", "admin", run_id, "slices checked"),
+        ("reject", "admin", run_id, "holdout looks off"),
+    ]
+    print(f"approval e2e: {time.monotonic() - started:.0f} s")
+
+
 def test_down_stops_everything_and_keeps_the_data(up: dict[str, str]) -> None:
     down = mlcycle(up, "down", timeout=300)
     assert down.returncode == 0, down.stderr
