@@ -649,11 +649,18 @@ def test_a_manual_approval_waits_for_a_reviewer_whose_reject_skips_promotion_and
     # the reviewer reopens the request (Clear of the approval and what follows) and approves it
     cleared = httpx.post(
         f"{base}/api/v2/dags/{dag}/clearTaskInstances",
-        json={"dry_run": False, "dag_run_id": run_id, "task_ids": ["approval"], "include_downstream": True},
+        json={
+            "dry_run": False,
+            "dag_run_id": run_id,
+            "task_ids": ["approval"],
+            "include_downstream": True,
+            "only_failed": False,
+        },
         headers=admin,
         timeout=60,
     )
     assert cleared.status_code == 200, cleared.text
+    assert {t["task_id"] for t in cleared.json()["task_instances"]} >= {"approval", "promote", "canary"}, cleared.text
     wait_for(waiting, "the cleared approval did not ask again", 300)
     answer = {"chosen_options": ["Approve"], "params_input": {"reason": "slices checked"}}
     approved = httpx.patch(hitl, json=answer, headers=admin, timeout=60)
