@@ -44,9 +44,10 @@ def may(user: Any, method: Literal["GET", "PUT"], pipeline: str) -> bool:
 
 
 def state_of(detail: dict[str, Any]) -> str:
-    """`waiting`, `approved`, `rejected`, or `timed_out` (rejected by the timeout). Pure."""
+    """`waiting` (parked for an answer), `pending` (asked, not parked: starting, or between tries),
+    `approved`, `rejected`, or `timed_out` (rejected by the timeout). Pure."""
     if detail["responded_at"] is None:
-        return "waiting"
+        return "waiting" if detail["task_state"] == "awaiting_input" else "pending"
     if detail["responded_by"] is None:
         return "timed_out"
     return "approved" if detail["chosen_options"] == [approval.APPROVE] else "rejected"
@@ -72,7 +73,7 @@ def requests(pipeline: str, run_id: str | None = None) -> list[dict[str, Any]]:
         for run, task_state, d in session.execute(query).all():
             item = {
                 "run_id": run,
-                "task_state": str(task_state) if task_state else None,
+                "task_state": getattr(task_state, "value", task_state),
                 "subject": d.subject,
                 "body": d.body,
                 "created_at": d.created_at.isoformat(),
@@ -94,8 +95,8 @@ def answer(pipeline: str, body: DecisionBody, user: Any) -> dict[str, Any]:
     found = requests(pipeline, body.run_id)
     if not found:
         raise HTTPException(404, f"run {body.run_id!r} of {pipeline} has no approval that asked a person")
-    if found[0]["state"] != "waiting":
-        raise HTTPException(409, f"the approval of run {body.run_id!r} is already {found[0]['state']}")
+    if found[0]["state"] != "waiting":  # an answer to a task not parked would be lost when it asks again
+        raise HTTPException(409, f"the approval of run {body.run_id!r} is {found[0]['state']}, not waiting")
     option = approval.APPROVE if body.decision == "approve" else approval.REJECT
     payload = UpdateHITLDetailPayload(chosen_options=[option], params_input={"reason": body.reason.strip()})
     with create_session() as session:

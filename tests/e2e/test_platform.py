@@ -569,15 +569,14 @@ def approval_events(env: dict[str, str], pipeline: str) -> list[tuple[str, str, 
     return [tuple(e) for e in json.loads(out.stdout.strip().splitlines()[-1])]
 
 
-def test_a_manual_approval_waits_for_a_reviewer_whose_reject_skips_promotion_and_approval_promotes(
+def test_a_manual_approval_waits_for_a_reviewer_whose_approval_promotes_and_whose_reject_skips_promotion(
     up: dict[str, str],
 ) -> None:
-    """`promotion.approval: manual` on a tiny pipeline, one lifecycle run serving both answers: it
-    waits at its approval (Airflow's HITL task) with the evaluation summary; a viewer is refused
-    (Airflow's REST API, the platform API, the CLI); `mlcycle model reject --reason` skips promote
-    and the canary, and nothing is registered; the approval reopened (Airflow's Clear of the task)
-    is approved through Airflow's REST API as the admin: promote and the canary run, v1 is champion.
-    Each answer is audited with the Airflow user and the reason."""
+    """`promotion.approval: manual` on a tiny pipeline: a run waits at its approval (Airflow's HITL
+    task) with the evaluation summary; a viewer is refused (Airflow's REST API, the platform API,
+    the CLI); the admin approves through Airflow's REST API: promote and the canary run, v1 is
+    champion. A second run, rejected with `mlcycle model reject --reason`, skips promote and the
+    canary: the champion stays v1. Each answer is audited with the Airflow user and the reason."""
     from tests.integration.helpers import SHORT_CANARY
 
     started = time.monotonic()
@@ -587,90 +586,68 @@ def test_a_manual_approval_waits_for_a_reviewer_whose_reject_skips_promotion_and
         merge=True,
         source={"kind": "synthetic", "customers": 300, "months": 6, "seed": 5},
         training={"n_trials": 1, "max_epochs": 2, "pruner": "none"},
-        evaluation={"min_primary": 0.5, "bootstrap_samples": 50, "beat_baseline": False},
+        evaluation={"min_primary": 0.5, "min_improvement": -1.0, "bootstrap_samples": 50, "beat_baseline": False},
         canary=SHORT_CANARY,
         promotion={"approval": "manual", "approval_timeout_h": 1},
     )
     base = f"http://127.0.0.1:{up['MLCYCLE_AIRFLOW_PORT']}"
     admin, viewer = token(up, "admin"), token(up, "viewer")
     dag = f"{GATED}_lifecycle"
-    wait_for(
-        lambda: httpx.get(f"{base}/api/v2/dags/{dag}", headers=admin, timeout=60).status_code == 200, "not parsed", 180
-    )
-    httpx.patch(f"{base}/api/v2/dags/{dag}", json={"is_paused": False}, headers=admin, timeout=60).raise_for_status()
-    made = httpx.post(f"{base}/api/v2/dags/{dag}/dagRuns", json={"logical_date": None}, headers=admin, timeout=60)
-    run_id = made.json()["dag_run_id"]
     api = f"{base}/api/ml/pipelines/{GATED}/approvals"
-    hitl = f"{base}/api/v2/dags/{dag}/dagRuns/{run_id}/taskInstances/approval/-1/hitlDetails"
+    wait_for(lambda: httpx.get(f"{base}/api/v2/dags/{dag}", headers=admin, timeout=60).status_code == 200, "", 180)
+    httpx.patch(f"{base}/api/v2/dags/{dag}", json={"is_paused": False}, headers=admin, timeout=60).raise_for_status()
 
-    def waiting() -> bool:
-        items = httpx.get(api, headers=viewer, timeout=60).json()["items"]
-        return any(a["run_id"] == run_id and a["state"] == "waiting" for a in items)
+    def waiting_run() -> str:
+        made = httpx.post(f"{base}/api/v2/dags/{dag}/dagRuns", json={"logical_date": None}, headers=admin, timeout=60)
+        run_id = str(made.json()["dag_run_id"])
 
-    def finished() -> dict[str, str]:
-        wait_for(
-            lambda: (
-                httpx.get(f"{base}/api/v2/dags/{dag}/dagRuns/{run_id}", headers=admin, timeout=60).json()["state"]
-                in ("success", "failed")
-            ),
-            "the run did not end",
-            300,
-        )
-        tis = httpx.get(f"{base}/api/v2/dags/{dag}/dagRuns/{run_id}/taskInstances", headers=admin, timeout=60).json()
-        return {t["task_id"]: t["state"] for t in tis["task_instances"]}
+        def waiting() -> bool:
+            items = httpx.get(api, headers=viewer, timeout=60).json()["items"]
+            return any(a["run_id"] == run_id and a["state"] == "waiting" for a in items)
 
-    wait_for(waiting, "the run never waited at its approval", 600)
-    task = httpx.get(
-        f"{base}/api/v2/dags/{dag}/dagRuns/{run_id}/taskInstances/approval", headers=viewer, timeout=60
-    ).json()
-    assert task["state"] == "awaiting_input", task
+        wait_for(waiting, "the run never waited at its approval", 600)
+        return run_id
+
+    def finished(run_id: str) -> tuple[str, str, str]:
+        runs = f"{base}/api/v2/dags/{dag}/dagRuns/{run_id}"
+        ended = ("success", "failed")
+        wait_for(lambda: httpx.get(runs, headers=admin, timeout=60).json()["state"] in ended, "no end", 300)
+        tis = httpx.get(f"{runs}/taskInstances", headers=admin, timeout=60).json()["task_instances"]
+        states = {t["task_id"]: t["state"] for t in tis}
+        return states["approval"], states["promote"], states["canary"]
+
+    def champion() -> int | None:
+        found = httpx.get(f"{base}/api/ml/pipelines/{GATED}", headers=viewer, timeout=60).json()["champion"]
+        return found["version"] if found else None
+
+    first = waiting_run()
+    hitl = f"{base}/api/v2/dags/{dag}/dagRuns/{first}/taskInstances/approval/-1/hitlDetails"
     detail = httpx.get(hitl, headers=viewer, timeout=60).json()
-    assert detail["subject"] == f"Promote {GATED}'s challenger of run {run_id}?"
+    assert detail["subject"] == f"Promote {GATED}'s challenger of run {first}?"
     assert "No champion yet: the challenger's roc_auc is" in detail["body"] and "**Gates:**" in detail["body"]
     assert f"[Evaluation report](/mlcycle/reports/{dag}/" in detail["body"]
     # a viewer may read it, and answer it nowhere
-    refused = httpx.patch(
-        hitl, json={"chosen_options": ["Approve"], "params_input": {"reason": "x"}}, headers=viewer, timeout=60
-    )
-    assert refused.status_code == 403, refused.text
-    body = {"run_id": run_id, "decision": "approve", "reason": "x"}
-    assert httpx.post(api, json=body, headers=viewer, timeout=60).status_code == 403
-    as_viewer = mlcycle(up, "model", "approve", GATED, "--run", run_id, "--user", "viewer", timeout=120)
-    assert as_viewer.returncode == 1 and "refused (403)" in as_viewer.stdout, as_viewer.stdout + as_viewer.stderr
-    assert waiting()
-
-    rejected = mlcycle(up, "model", "reject", GATED, "--run", run_id, "--reason", "holdout looks off", timeout=120)
-    assert rejected.returncode == 0, rejected.stdout + rejected.stderr
-    states = finished()
-    assert (states["approval"], states["promote"], states["canary"]) == ("success", "skipped", "skipped"), states
-    assert httpx.get(f"{base}/api/ml/pipelines/{GATED}", headers=viewer, timeout=60).json()["champion"] is None
-    assert approval_events(up, GATED) == [("reject", "admin", run_id, "holdout looks off")]
-
-    # the reviewer reopens the request (Clear of the approval and what follows) and approves it
-    cleared = httpx.post(
-        f"{base}/api/v2/dags/{dag}/clearTaskInstances",
-        json={
-            "dry_run": False,
-            "dag_run_id": run_id,
-            "task_ids": ["approval"],
-            "include_downstream": True,
-            "only_failed": False,
-        },
-        headers=admin,
-        timeout=60,
-    )
-    assert cleared.status_code == 200, cleared.text
-    assert {t["task_id"] for t in cleared.json()["task_instances"]} >= {"approval", "promote", "canary"}, cleared.text
-    wait_for(waiting, "the cleared approval did not ask again", 300)
     answer = {"chosen_options": ["Approve"], "params_input": {"reason": "slices checked"}}
+    assert httpx.patch(hitl, json=answer, headers=viewer, timeout=60).status_code == 403
+    body = {"run_id": first, "decision": "approve", "reason": "x"}
+    assert httpx.post(api, json=body, headers=viewer, timeout=60).status_code == 403
+    as_viewer = mlcycle(up, "model", "approve", GATED, "--run", first, "--user", "viewer", timeout=120)
+    assert as_viewer.returncode == 1 and "refused (403)" in as_viewer.stdout, as_viewer.stdout + as_viewer.stderr
     approved = httpx.patch(hitl, json=answer, headers=admin, timeout=60)
     assert approved.status_code == 200 and approved.json()["responded_by"]["name"] == "admin", approved.text
-    states = finished()
-    assert (states["approval"], states["promote"], states["canary"]) == ("success", "success", "success"), states
-    assert httpx.get(f"{base}/api/ml/pipelines/{GATED}", headers=viewer, timeout=60).json()["champion"]["version"] == 1
+    assert finished(first) == ("success", "success", "success")
+    assert champion() == 1
+
+    second = waiting_run()
+    items = httpx.get(api, headers=viewer, timeout=60).json()["items"]
+    assert "| roc_auc | champion v1 | challenger |" in next(a for a in items if a["run_id"] == second)["body"]
+    rejected = mlcycle(up, "model", "reject", GATED, "--run", second, "--reason", "holdout looks off", timeout=120)
+    assert rejected.returncode == 0, rejected.stdout + rejected.stderr
+    assert finished(second) == ("success", "skipped", "skipped")
+    assert champion() == 1
     assert approval_events(up, GATED) == [
-        ("approve", "admin", run_id, "slices checked"),
-        ("reject", "admin", run_id, "holdout looks off"),
+        ("reject", "admin", second, "holdout looks off"),
+        ("approve", "admin", first, "slices checked"),
     ]
     print(f"approval e2e: {time.monotonic() - started:.0f} s")
 

@@ -139,3 +139,17 @@ def test_the_evaluation_names_the_comparison_and_the_slices_that_got_worse_with_
         "comparison": None,
         "worse_slices": [],
     }
+
+
+def test_an_approval_is_waiting_only_while_its_task_is_parked_for_an_answer() -> None:
+    """An answer to a request whose task is not parked (starting, or between tries) would be reset
+    when the task asks again: the API and the page offer only `waiting` ones."""
+    from mlcycle_approvals import state_of
+
+    asked = {"responded_at": None, "responded_by": None, "chosen_options": None}
+    assert state_of({**asked, "task_state": "awaiting_input"}) == "waiting"
+    assert state_of({**asked, "task_state": "up_for_retry"}) == "pending"
+    answered = {"responded_at": "t", "task_state": "success"}
+    assert state_of({**answered, "responded_by": "admin", "chosen_options": ["Approve"]}) == "approved"
+    assert state_of({**answered, "responded_by": "admin", "chosen_options": ["Reject"]}) == "rejected"
+    assert state_of({**answered, "responded_by": None, "chosen_options": ["Reject"]}) == "timed_out"
