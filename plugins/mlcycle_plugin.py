@@ -22,7 +22,8 @@ from airflow.api_fastapi.core_api.security import GetUserDep, bearer_scheme, get
 from airflow.plugins_manager import AirflowPlugin
 from fastapi import Depends, FastAPI, HTTPException, Request  # FastAPI reads these names from the module
 from fastapi.security import HTTPAuthorizationCredentials
-from mlcycle_page import PAGE_PATH, empty_page, page_html  # beside this file: Airflow puts the folder on sys.path
+from mlcycle_audit import add_audit_routes, audited  # beside this file: Airflow puts the folder on sys.path
+from mlcycle_page import PAGE_PATH, empty_page, page_html
 from pydantic import BaseModel
 
 from operators.links import MlflowLink, ReportLink
@@ -313,6 +314,7 @@ def _api() -> Any:
     install_error_handlers(app)
     add_read_routes(app)
     add_write_routes(app)
+    add_audit_routes(app, readable())
     return app
 
 
@@ -381,7 +383,7 @@ def add_write_routes(app: FastAPI) -> None:
     from pydantic import ValidationError
 
     @app.post("/pipelines/{pipeline}/labels", status_code=201)
-    def labels(body: LabelsBody, name: str = Depends(readable("POST"))) -> dict[str, Any]:
+    def labels(body: LabelsBody, user: GetUserDep, name: str = Depends(readable("POST"))) -> dict[str, Any]:
         """Ground truth for served predictions: all rows or none (a bad row is named in the 422)."""
         import pandas as pd
 
@@ -396,7 +398,9 @@ def add_write_routes(app: FastAPI) -> None:
             rows = label_rows(pd.DataFrame(body.labels), spec_for(settings, name), datetime.now(UTC))
         except InvalidArgument as err:
             raise api_error(422, str(err), "labels") from None
-        return {"pipeline": name, "loaded": upsert_labels(settings, rows)}
+        loaded = upsert_labels(settings, rows)
+        audited(settings, user, "labels_loaded", name, detail={"rows": loaded, "via": "api"})
+        return {"pipeline": name, "loaded": loaded}
 
     @app.post("/pipelines/{pipeline}/runs", status_code=201)
     def trigger(body: TriggerBody, user: GetUserDep, name: str = Depends(readable("POST"))) -> dict[str, Any]:
@@ -420,6 +424,7 @@ def add_write_routes(app: FastAPI) -> None:
         )
         if run is None:
             raise HTTPException(409, "no run was created")
+        audited(load_settings(), user, "trigger", name, run_id=run.run_id, detail={"conf": body.conf, "via": "api"})
         return {"pipeline": name, "dag_id": run.dag_id, "run_id": run.run_id, "state": str(run.state)}
 
 

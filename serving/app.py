@@ -49,6 +49,7 @@ from serving.http import (
     PredictRequest,
     error,
     features_unavailable,
+    forbidden,
     invalid,
     judge_instances,
     overloaded,
@@ -58,6 +59,7 @@ from serving.http import (
     similar_query,
     validation_detail,
 )
+from serving.keys import KeyRing
 from serving.online import FeaturesUnavailable, OnlineFeatures
 from serving.records import Instance, Refused, Result, Scored, Served, log_row
 from serving.telemetry import RayMetrics, Recorder
@@ -102,10 +104,9 @@ class Ingress:
         self.versions: dict[int, LocalVersion | RemoteVersion] = dict(self.remote)
         self.online: OnlineFeatures | None = None
         self.loading = asyncio.Lock()
-        keys = os.environ.get(static["api_keys_env"], "")
-        self.api_keys = {k.strip() for k in keys.split(",") if k.strip()}
-        if not self.api_keys:
-            log.warning("%s is empty: every predict request is refused", static["api_keys_env"])
+        bootstrap = os.environ.get(static["api_keys_env"], "")  # the platform's keys: every pipeline
+        self.keys = KeyRing(bootstrap, lambda: database_url(self.settings), self.settings.serving_keys_reload_s)
+        self.keys.start()  # the table now, then reloaded in a thread: a request never waits on the database
         self.recorder = Recorder(static["pipeline"], lambda: database_url(self.settings), RayMetrics())
         self._ab_cache: tuple[tuple[int, int], float, dict[str, Any]] | None = None
         self.inflight = 0  # predict requests admitted and not yet answered (the event loop's only)
@@ -162,8 +163,9 @@ class Ingress:
     @app.get("/")
     async def info(self, request: Request) -> Any:
         """Versions, weights, the canary's state and the A/B result: behind the API key, like predict."""
-        if not self._authorized(request):
-            return error(401, *UNAUTHORIZED)
+        denied = self._authorize(request)
+        if isinstance(denied, JSONResponse):
+            return denied
         return {
             "pipeline": self.args.pipeline,
             "model": self.args.model_name,
@@ -204,8 +206,9 @@ class Ingress:
         """The `k` (1-100, default 10) entities nearest `entity_id` in the vector space of the
         version the `champion` alias names (resolved in the database for each request), with that
         version and the space's distance; nearest first."""
-        if not self._authorized(request):
-            return error(401, *UNAUTHORIZED)
+        denied = self._authorize(request)
+        if isinstance(denied, JSONResponse):
+            return denied
         query = similar_query(dict(request.query_params))
         if isinstance(query, list):
             return invalid(query)
@@ -241,9 +244,10 @@ class Ingress:
     @app.post("/predict")
     async def predict(self, request: Request) -> JSONResponse:
         started = time.perf_counter()
-        refused = self._refuse(request)
-        if refused is not None:
-            return refused
+        key_id = self._refuse(request)
+        if isinstance(key_id, JSONResponse):
+            return key_id
+        self.keys.asking.set(key_id)  # this request's tasks (its versions, its shadow) log it
         limit = self.args.max_concurrent_requests
         if self.inflight >= limit:  # a bounded queue: shed at once, the admitted keep their latency
             self.recorder.metrics.count(0, 1, "shed", False)
@@ -295,14 +299,19 @@ class Ingress:
         body = {"request_id": str(request_id), "predictions": [s.answer() for s in served]}
         return JSONResponse(body, headers=headers)
 
-    def _authorized(self, request: Request) -> bool:
+    def _authorize(self, request: Request) -> JSONResponse | str:
+        """The id of the request's key; 401 without a live key, 403 for a key of other pipelines."""
         key = request.headers.get("x-api-key") or request.headers.get("authorization", "").removeprefix("Bearer ")
-        return bool(key) and key in self.api_keys
+        status, key_id = self.keys.judge(key, self.static["pipeline"])
+        if status == 403:
+            return forbidden(self.static["pipeline"])
+        return key_id if status == 200 and key_id else error(401, *UNAUTHORIZED)
 
-    def _refuse(self, request: Request) -> JSONResponse | None:
-        """401 without a known API key; 413 when the declared body is over the limit."""
-        if not self._authorized(request):
-            return error(401, *UNAUTHORIZED)
+    def _refuse(self, request: Request) -> JSONResponse | str:
+        """The request's key id; else its key's refusal, or 413 when the declared body is over the limit."""
+        key_id = self._authorize(request)
+        if isinstance(key_id, JSONResponse):
+            return key_id
         declared = request.headers.get("content-length")
         if declared and declared.isdigit() and int(declared) > self.args.max_payload_bytes:
             return error(
@@ -310,7 +319,7 @@ class Ingress:
                 "payload_too_large",
                 f"payload over {self.args.max_payload_bytes} bytes (serving.max_payload_bytes)",
             )
-        return None
+        return key_id
 
     def _parse(self, body: bytes) -> list[Instance] | JSONResponse:
         """The request's instances, judged against the contract, or the answer refusing it."""
@@ -440,7 +449,8 @@ class Ingress:
         scored none), made storable (a NaN from the online store is logged as null)."""
         if not self.args.log_requests:
             return
-        row = log_row(request_id, self.args.pipeline, version, inst, result, latency_ms, status, reason, shadow)
+        pipeline, key_id = self.args.pipeline, self.keys.asking.get()
+        row = log_row(request_id, pipeline, version, inst, result, latency_ms, status, reason, shadow, key_id)
         self.recorder.log.add(row)
 
     async def flush(self) -> int:

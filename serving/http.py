@@ -122,6 +122,11 @@ def invalid(detail: list[dict[str, str]], **extra: Any) -> JSONResponse:
 UNAUTHORIZED = ("unauthorized", "missing or invalid API key: send `x-api-key` or `Authorization: Bearer`")
 
 
+def forbidden(pipeline: str) -> JSONResponse:
+    """The answer to a live key that does not open this pipeline (`mlcycle keys list`). Pure."""
+    return error(403, "forbidden", f"this API key does not open pipeline {pipeline!r}")
+
+
 def overloaded(limit: int) -> JSONResponse:
     """The answer past a replica's capacity: 503 with `Retry-After`, at once. Pure."""
     return error(

@@ -34,6 +34,7 @@ from pipelines.cli.platform_commands import (
     cmd_statsd_exporter,
     cmd_up,
 )
+from pipelines.cli.team_commands import add_team
 
 if TYPE_CHECKING:
     Subparsers = argparse._SubParsersAction[argparse.ArgumentParser]
@@ -70,6 +71,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_records(sub)
     _add_services(sub)
     _add_platform(sub)
+    add_team(sub)
     return parser
 
 
@@ -138,6 +140,7 @@ def _add_records(sub: Subparsers) -> None:
     p.add_argument("--pipeline", required=True)
     p.add_argument("source", help="a .csv/.parquet path, an s3:// URI, or a SELECT query")
     p.add_argument("--url-env", help="with a query: the env variable holding the database URL")
+    p.add_argument("--actor", help="who loads them, for the audit (default: the OS user)")
     p.set_defaults(func=cmd_labels_load)
 
 

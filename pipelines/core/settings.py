@@ -56,6 +56,8 @@ class Settings(BaseSettings):
     haproxy_stats_port: int = 8404
     haproxy_metrics_port: int = 9101
     serve_fallback_port: int = 8500  # Serve's Python proxy, behind HAProxy as its backup
+    # How often a serving replica reloads the serving keys (a revoked key is refused within this).
+    serving_keys_reload_s: float = Field(default=10.0, gt=0, le=3600)
     # Where users open the MLflow UI (the operator's extra links point there).
     mlflow_ui_url: str = "http://127.0.0.1:5000"
     # `mlcycle up` (embedded): where the Airflow api-server (UI, REST API v2) and the MLflow UI listen
