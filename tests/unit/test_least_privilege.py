@@ -299,12 +299,15 @@ def test_one_service_account_per_component_with_a_token_only_where_the_api_is_ca
     }
     statsd = airflow["statsd"]
     assert statsd["serviceAccount"]["automountServiceAccountToken"] is False
-    assert restricted_violations(
-        {
-            "securityContext": statsd["securityContexts"]["pod"],
-            "containers": [{"name": "statsd", "securityContext": statsd["securityContexts"]["container"]}],
-        }
-    ) == []
+    assert (
+        restricted_violations(
+            {
+                "securityContext": statsd["securityContexts"]["pod"],
+                "containers": [{"name": "statsd", "securityContext": statsd["securityContexts"]["container"]}],
+            }
+        )
+        == []
+    )
     assert airflow["rbac"]["create"] is False  # the official chart's pod-launcher role grants pods/exec
     assert airflow["networkPolicies"]["enabled"] is True
     assert (
