@@ -75,6 +75,9 @@ class Settings(BaseSettings):
     k8s_namespace: str = "mlcycle"
     k8s_service_account: str = "mlcycle-steps"
     k8s_env_secret: str | None = None
+    # The Secret holding RAY_AUTH_TOKEN: only the pods of the steps that drive Ray Serve (canary)
+    # get it; `k8s_env_secret` holds the database and S3 credentials every step needs, no more.
+    k8s_ray_secret: str | None = None
     k8s_conn_id: str = "kubernetes_default"
     k8s_startup_timeout_s: int = 600
     k8s_schedule_timeout_s: int = 1800
@@ -84,13 +87,9 @@ class Settings(BaseSettings):
     # A step that asks for a GPU, on an engine without the NVIDIA runtime: run on the CPU (`auto`),
     # fail (`require`); `off` never asks for one.
     docker_gpu: Literal["auto", "require", "off"] = "auto"
-    docker_env_from: list[str] = [
-        "MLCYCLE_DATABASE_URL",
-        "AWS_ACCESS_KEY_ID",
-        "AWS_SECRET_ACCESS_KEY",
-        "MLCYCLE_SERVING_API_KEYS",
-        "RAY_AUTH_TOKEN",
-    ]
+    docker_env_from: list[str] = ["MLCYCLE_DATABASE_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"]
+    # ... and those only the steps that drive Ray Serve (canary) take, as `k8s_ray_secret`
+    docker_ray_env_from: list[str] = ["RAY_AUTH_TOKEN"]
     # The cluster's GPU node pool (JSON in the environment; the Helm chart sets them from its
     # values): added to every step that asks for a GPU, under what the spec itself says.
     k8s_gpu_node_selector: dict[str, str] = {}

@@ -143,6 +143,21 @@ def _record(settings: Settings, attempt: Attempt, outcome: Outcome) -> None:
         )
 
 
+def step_outputs(settings: Settings, pipeline: str, run_id: str, step: str, worker: int | None) -> Any:
+    """What the latest attempt of a step (and trial worker) that succeeded or reused its work
+    recorded: the result it also wrote to MLCYCLE_XCOM_PATH. None when no attempt did. The
+    kubernetes runtime reads a step pod's result here, so Airflow needs no `pods/exec` (the
+    provider's XCom sidecar is read through it)."""
+    with connect(settings, timeout_s=10) as conn:
+        row = conn.execute(
+            "SELECT outputs FROM step_runs WHERE pipeline=%s AND run_id=%s AND step=%s"
+            " AND worker IS NOT DISTINCT FROM %s AND status IN ('succeeded', 'reused')"
+            " ORDER BY attempt DESC LIMIT 1",
+            (pipeline, run_id, step, worker),
+        ).fetchone()
+    return row[0] if row else None
+
+
 def latest_run_id(settings: Settings, pipeline: str) -> str | None:
     """The run of a pipeline whose step started last, or None when it has none."""
     with connect(settings) as conn:
