@@ -35,28 +35,32 @@ from pydantic import ValidationError
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
+from pipelines.core.errors import redact
 from pipelines.core.settings import load_settings
 from pipelines.io.db import database_url
 from pipelines.io.registry import champion_version
 from pipelines.io.requestlog import ab_results
 from pipelines.io.vectors import NotInSpace, SpaceError, similar
 from serving.binds import bind_replica_grpc
-from serving.config import RETRY_AFTER_S, ServingArgs, VersionConfig
+from serving.config import ServingArgs, VersionConfig
 from serving.deployments import ModelVersion, actor_resources, deployment_version, online_features, static_contract
 from serving.http import (
     REQUEST_ID_HEADER,
     UNAUTHORIZED,
     PredictRequest,
+    database_unavailable,
     error,
     features_unavailable,
     forbidden,
     invalid,
     judge_instances,
     overloaded,
+    read_limited,
     refusal_detail,
     request_id_of,
     route,
     similar_query,
+    too_large,
     validation_detail,
 )
 from serving.keys import KeyRing
@@ -157,7 +161,11 @@ class Ingress:
         return {"status": "ok"}
 
     @app.get("/readyz")
-    def readyz(self) -> dict[str, Any]:
+    def readyz(self, request: Request) -> dict[str, Any]:
+        """Ready, to anyone (a kubelet's probe sends no key); the versions loaded only with a key
+        of this pipeline."""
+        if isinstance(self._authorize(request), JSONResponse):
+            return {"status": "ready"}
         return {"status": "ready", "versions": sorted(self.versions)}
 
     @app.get("/")
@@ -219,8 +227,9 @@ class Ingress:
         except SpaceError as err:
             return error(404, "no_vector_space", str(err))
         except (psycopg.OperationalError, PoolTimeout) as err:
-            reason = f"the platform database could not be read: {str(err).strip()[:300]}"
-            return error(503, "database_unavailable", reason, headers={"Retry-After": str(RETRY_AFTER_S)})
+            request_id = str(request_id_of(request.headers.get(REQUEST_ID_HEADER)))
+            log.warning("request %s: the platform database could not be read: %s", request_id, redact(str(err)))
+            return database_unavailable(request_id)
         return JSONResponse({"entity_id": query[0], "k": query[1], **found})
 
     def _similar(self, entity_id: str, k: int) -> dict[str, Any]:
@@ -260,7 +269,10 @@ class Ingress:
             self.inflight -= 1
 
     async def _predict(self, request: Request, started: float) -> JSONResponse:
-        instances = self._parse(await request.body())
+        raw = await read_limited(request.stream(), self.args.max_payload_bytes)
+        if raw is None:
+            return too_large(self.args.max_payload_bytes)
+        instances = self._parse(raw)
         if isinstance(instances, JSONResponse):
             return instances
         args, sent_id = self.args, request.headers.get(REQUEST_ID_HEADER)
@@ -276,7 +288,8 @@ class Ingress:
         except FeaturesUnavailable as down:  # the online store is down: nothing is scored, no version blamed
             self.recorder.metrics.count(0, len(instances), "unavailable", False)
             self.recorder.touch()
-            return features_unavailable(str(down), str(request_id))
+            log.warning("request %s: %s", request_id, down)
+            return features_unavailable(down.store, str(request_id))
         served: list[Served] = []
         refused: list[tuple[Instance, Refused]] = []
         for group, (answered, results) in zip(groups.values(), answers, strict=True):
@@ -314,21 +327,11 @@ class Ingress:
             return key_id
         declared = request.headers.get("content-length")
         if declared and declared.isdigit() and int(declared) > self.args.max_payload_bytes:
-            return error(
-                413,
-                "payload_too_large",
-                f"payload over {self.args.max_payload_bytes} bytes (serving.max_payload_bytes)",
-            )
+            return too_large(self.args.max_payload_bytes)
         return key_id
 
     def _parse(self, body: bytes) -> list[Instance] | JSONResponse:
         """The request's instances, judged against the contract, or the answer refusing it."""
-        if len(body) > self.args.max_payload_bytes:
-            return error(
-                413,
-                "payload_too_large",
-                f"payload over {self.args.max_payload_bytes} bytes (serving.max_payload_bytes)",
-            )
         try:
             payload = PredictRequest.model_validate_json(body)
         except ValidationError as err:
