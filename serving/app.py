@@ -71,6 +71,7 @@ from serving.versions import LocalVersion, RemoteVersion
 
 log = logging.getLogger("mlcycle.serving")
 AB_REFRESH_S = 10.0
+OUTAGE_LOG_EVERY_S = 10
 INGRESS_ONGOING = 256
 STATIC_KEYS = {
     "pipeline",
@@ -116,6 +117,7 @@ class Ingress:
         self.inflight = 0  # predict requests admitted and not yet answered (the event loop's only)
         self._pool: ConnectionPool | None = None
         self._pool_lock = threading.Lock()
+        self._outage_logged = 0.0  # an outage's cause is logged once per OUTAGE_LOG_EVERY_S, not per request
 
     async def reconfigure(self, config: dict[str, Any]) -> None:
         """Apply new arguments: versions new to this replica are loaded first (in a thread, while
@@ -288,7 +290,9 @@ class Ingress:
         except FeaturesUnavailable as down:  # the online store is down: nothing is scored, no version blamed
             self.recorder.metrics.count(0, len(instances), "unavailable", False)
             self.recorder.touch()
-            log.warning("request %s: %s", request_id, down)
+            if time.monotonic() - self._outage_logged > OUTAGE_LOG_EVERY_S:
+                self._outage_logged = time.monotonic()
+                log.warning("request %s (and those of the next %ss): %s", request_id, OUTAGE_LOG_EVERY_S, down)
             return features_unavailable(down.store, str(request_id))
         served: list[Served] = []
         refused: list[tuple[Instance, Refused]] = []
