@@ -22,7 +22,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import threading
 import time
 import uuid
 from typing import Any
@@ -30,7 +29,7 @@ from typing import Any
 import psycopg
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
-from psycopg_pool import ConnectionPool, PoolTimeout
+from psycopg_pool import PoolTimeout
 from pydantic import ValidationError
 from ray import serve
 from ray.serve.handle import DeploymentHandle
@@ -40,7 +39,7 @@ from pipelines.core.settings import load_settings
 from pipelines.io.db import database_url
 from pipelines.io.registry import champion_version
 from pipelines.io.requestlog import ab_results
-from pipelines.io.vectors import NotInSpace, SpaceError, similar
+from pipelines.io.vectors import NotInSpace, SpaceError
 from serving.binds import bind_replica_grpc
 from serving.config import ServingArgs, VersionConfig
 from serving.deployments import ModelVersion, actor_resources, deployment_version, online_features, static_contract
@@ -66,6 +65,7 @@ from serving.http import (
 from serving.keys import KeyRing
 from serving.online import FeaturesUnavailable, OnlineFeatures
 from serving.records import Instance, Refused, Result, Scored, Served, log_row
+from serving.similarity import SimilarReader
 from serving.telemetry import RayMetrics, Recorder
 from serving.versions import LocalVersion, RemoteVersion
 
@@ -115,8 +115,9 @@ class Ingress:
         self.recorder = Recorder(static["pipeline"], lambda: database_url(self.settings), RayMetrics())
         self._ab_cache: tuple[tuple[int, int], float, dict[str, Any]] | None = None
         self.inflight = 0  # predict requests admitted and not yet answered (the event loop's only)
-        self._pool: ConnectionPool | None = None
-        self._pool_lock = threading.Lock()
+        self.similar_reads = SimilarReader(
+            lambda: database_url(self.settings), static["pipeline"], static["model_name"]
+        )
         self._outage_logged = 0.0  # an outage's cause is logged once per OUTAGE_LOG_EVERY_S, not per request
 
     async def reconfigure(self, config: dict[str, Any]) -> None:
@@ -223,7 +224,7 @@ class Ingress:
         if isinstance(query, list):
             return invalid(query)
         try:
-            found = await asyncio.to_thread(self._similar, *query)
+            found = await asyncio.to_thread(self.similar_reads.read, *query)
         except NotInSpace as err:
             return error(404, "not_in_space", str(err), "entity_id")
         except SpaceError as err:
@@ -233,24 +234,6 @@ class Ingress:
             log.warning("request %s: the platform database could not be read: %s", request_id, redact(str(err)))
             return database_unavailable(request_id)
         return JSONResponse({"entity_id": query[0], "k": query[1], **found})
-
-    def _similar(self, entity_id: str, k: int) -> dict[str, Any]:
-        with self._db_pool().connection() as conn:
-            return similar(conn, self.static["pipeline"], self.static["model_name"], entity_id, k)
-
-    def _db_pool(self) -> ConnectionPool:
-        """The replica's few connections for similarity reads, opened at the first one."""
-        with self._pool_lock:
-            if self._pool is None:
-                self._pool = ConnectionPool(
-                    database_url(self.settings),
-                    min_size=1,
-                    max_size=4,
-                    timeout=5.0,
-                    kwargs={"connect_timeout": 3},
-                    open=True,
-                )
-            return self._pool
 
     @app.post("/predict")
     async def predict(self, request: Request) -> JSONResponse:
