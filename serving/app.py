@@ -22,7 +22,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import threading
 import time
 import uuid
 from typing import Any
@@ -30,43 +29,49 @@ from typing import Any
 import psycopg
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
-from psycopg_pool import ConnectionPool, PoolTimeout
+from psycopg_pool import PoolTimeout
 from pydantic import ValidationError
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
+from pipelines.core.errors import redact
 from pipelines.core.settings import load_settings
 from pipelines.io.db import database_url
 from pipelines.io.registry import champion_version
 from pipelines.io.requestlog import ab_results
-from pipelines.io.vectors import NotInSpace, SpaceError, similar
+from pipelines.io.vectors import NotInSpace, SpaceError
 from serving.binds import bind_replica_grpc
-from serving.config import RETRY_AFTER_S, ServingArgs, VersionConfig
+from serving.config import ServingArgs, VersionConfig
 from serving.deployments import ModelVersion, actor_resources, deployment_version, online_features, static_contract
 from serving.http import (
     REQUEST_ID_HEADER,
     UNAUTHORIZED,
     PredictRequest,
+    database_unavailable,
     error,
     features_unavailable,
     forbidden,
     invalid,
     judge_instances,
     overloaded,
+    read_limited,
     refusal_detail,
     request_id_of,
     route,
     similar_query,
+    too_large,
     validation_detail,
 )
 from serving.keys import KeyRing
 from serving.online import FeaturesUnavailable, OnlineFeatures
 from serving.records import Instance, Refused, Result, Scored, Served, log_row
+from serving.similarity import SimilarReader
 from serving.telemetry import RayMetrics, Recorder
 from serving.versions import LocalVersion, RemoteVersion
 
 log = logging.getLogger("mlcycle.serving")
 AB_REFRESH_S = 10.0
+OUTAGE_LOG_EVERY_S = 10
 INGRESS_ONGOING = 256
 STATIC_KEYS = {
     "pipeline",
@@ -110,8 +115,10 @@ class Ingress:
         self.recorder = Recorder(static["pipeline"], lambda: database_url(self.settings), RayMetrics())
         self._ab_cache: tuple[tuple[int, int], float, dict[str, Any]] | None = None
         self.inflight = 0  # predict requests admitted and not yet answered (the event loop's only)
-        self._pool: ConnectionPool | None = None
-        self._pool_lock = threading.Lock()
+        self.similar_reads = SimilarReader(
+            lambda: database_url(self.settings), static["pipeline"], static["model_name"]
+        )
+        self._outage_logged = 0.0  # an outage's cause is logged once per OUTAGE_LOG_EVERY_S, not per request
 
     async def reconfigure(self, config: dict[str, Any]) -> None:
         """Apply new arguments: versions new to this replica are loaded first (in a thread, while
@@ -157,7 +164,11 @@ class Ingress:
         return {"status": "ok"}
 
     @app.get("/readyz")
-    def readyz(self) -> dict[str, Any]:
+    def readyz(self, request: Request) -> dict[str, Any]:
+        """Ready, to anyone (a kubelet's probe sends no key); the versions loaded only with a key
+        of this pipeline."""
+        if isinstance(self._authorize(request), JSONResponse):
+            return {"status": "ready"}
         return {"status": "ready", "versions": sorted(self.versions)}
 
     @app.get("/")
@@ -213,33 +224,16 @@ class Ingress:
         if isinstance(query, list):
             return invalid(query)
         try:
-            found = await asyncio.to_thread(self._similar, *query)
+            found = await asyncio.to_thread(self.similar_reads.read, *query)
         except NotInSpace as err:
             return error(404, "not_in_space", str(err), "entity_id")
         except SpaceError as err:
             return error(404, "no_vector_space", str(err))
         except (psycopg.OperationalError, PoolTimeout) as err:
-            reason = f"the platform database could not be read: {str(err).strip()[:300]}"
-            return error(503, "database_unavailable", reason, headers={"Retry-After": str(RETRY_AFTER_S)})
+            request_id = str(request_id_of(request.headers.get(REQUEST_ID_HEADER)))
+            log.warning("request %s: the platform database could not be read: %s", request_id, redact(str(err)))
+            return database_unavailable(request_id)
         return JSONResponse({"entity_id": query[0], "k": query[1], **found})
-
-    def _similar(self, entity_id: str, k: int) -> dict[str, Any]:
-        with self._db_pool().connection() as conn:
-            return similar(conn, self.static["pipeline"], self.static["model_name"], entity_id, k)
-
-    def _db_pool(self) -> ConnectionPool:
-        """The replica's few connections for similarity reads, opened at the first one."""
-        with self._pool_lock:
-            if self._pool is None:
-                self._pool = ConnectionPool(
-                    database_url(self.settings),
-                    min_size=1,
-                    max_size=4,
-                    timeout=5.0,
-                    kwargs={"connect_timeout": 3},
-                    open=True,
-                )
-            return self._pool
 
     @app.post("/predict")
     async def predict(self, request: Request) -> JSONResponse:
@@ -260,7 +254,10 @@ class Ingress:
             self.inflight -= 1
 
     async def _predict(self, request: Request, started: float) -> JSONResponse:
-        instances = self._parse(await request.body())
+        raw = await read_limited(request.stream(), self.args.max_payload_bytes)
+        if raw is None:
+            return too_large(self.args.max_payload_bytes)
+        instances = self._parse(raw)
         if isinstance(instances, JSONResponse):
             return instances
         args, sent_id = self.args, request.headers.get(REQUEST_ID_HEADER)
@@ -276,7 +273,10 @@ class Ingress:
         except FeaturesUnavailable as down:  # the online store is down: nothing is scored, no version blamed
             self.recorder.metrics.count(0, len(instances), "unavailable", False)
             self.recorder.touch()
-            return features_unavailable(str(down), str(request_id))
+            if time.monotonic() - self._outage_logged > OUTAGE_LOG_EVERY_S:
+                self._outage_logged = time.monotonic()
+                log.warning("request %s (and those of the next %ss): %s", request_id, OUTAGE_LOG_EVERY_S, down)
+            return features_unavailable(down.store, str(request_id))
         served: list[Served] = []
         refused: list[tuple[Instance, Refused]] = []
         for group, (answered, results) in zip(groups.values(), answers, strict=True):
@@ -314,21 +314,11 @@ class Ingress:
             return key_id
         declared = request.headers.get("content-length")
         if declared and declared.isdigit() and int(declared) > self.args.max_payload_bytes:
-            return error(
-                413,
-                "payload_too_large",
-                f"payload over {self.args.max_payload_bytes} bytes (serving.max_payload_bytes)",
-            )
+            return too_large(self.args.max_payload_bytes)
         return key_id
 
     def _parse(self, body: bytes) -> list[Instance] | JSONResponse:
         """The request's instances, judged against the contract, or the answer refusing it."""
-        if len(body) > self.args.max_payload_bytes:
-            return error(
-                413,
-                "payload_too_large",
-                f"payload over {self.args.max_payload_bytes} bytes (serving.max_payload_bytes)",
-            )
         try:
             payload = PredictRequest.model_validate_json(body)
         except ValidationError as err:

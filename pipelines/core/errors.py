@@ -6,6 +6,7 @@ and a non-zero exit code, never a traceback.
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 
@@ -113,3 +114,16 @@ def error_body(code: str, reason: str, field: str | None = None, **extra: Any) -
 def status_code(status: int) -> str:
     """The error code of an HTTP status without a code of its own (`unavailable` for 503). Pure."""
     return STATUS_CODES.get(status, "bad_request" if 400 <= status < 500 else "internal_error")
+
+
+_URL_CREDENTIALS = re.compile(r"(?P<scheme>\b[a-zA-Z][a-zA-Z0-9+.-]*://)[^/\s'\"]*@")
+_PASSWORD_KEYWORD = re.compile(r"(?P<key>\bpassword\s*=\s*)(?:'(?:[^'\\]|\\.)*'|[^\s,;]+)", re.IGNORECASE)
+
+
+def redact(text: str) -> str:
+    """`text` (a URL, a message, a connection string) with every credential replaced by `***`:
+    a URL's `user:password@` (`redis://:s3cret@redis:6379/0` -> `redis://***@redis:6379/0`) and a
+    `password=` keyword (libpq's conninfo, Feast's Redis connection string). Every message that
+    formats a connection string goes through it. Pure."""
+    text = _URL_CREDENTIALS.sub(lambda m: f"{m.group('scheme')}***@", text)
+    return _PASSWORD_KEYWORD.sub(lambda m: f"{m.group('key')}***", text)

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
 
-from pipelines.core.errors import ServiceUnavailable
+from pipelines.core.errors import ServiceUnavailable, redact
 from pipelines.core.settings import Settings
 from pipelines.core.spec import SPLITS
 from pipelines.core.steps import STEP_NAMES
@@ -120,7 +120,7 @@ def finish_attempt(settings: Settings, attempt: Attempt, outcome: Outcome, *, re
             if tried == RECORD_TRIES:
                 raise ServiceUnavailable(
                     f"{where}: the step {outcome.status} but its outcome could not be recorded "
-                    f"(the platform database: {str(err).strip()}); retry the task"
+                    f"(the platform database: {redact(str(err).strip())}); retry the task"
                 ) from err
             log.warning("recording the outcome of %s: %s; try %d of %d", where, err, tried, RECORD_TRIES)
             time.sleep(min(2 ** (tried - 1), 8))

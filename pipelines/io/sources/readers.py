@@ -9,7 +9,7 @@ from collections.abc import Iterator, Sequence
 from datetime import UTC, date, datetime
 from typing import TYPE_CHECKING, Any
 
-from pipelines.core.errors import SourceDataError, SourceError, SourceUnavailable
+from pipelines.core.errors import SourceDataError, SourceError, SourceUnavailable, redact
 from pipelines.core.settings import Settings
 from pipelines.core.spec import DatasetSource, FileSource, PostgresSource, S3Source, Source, SyntheticSource
 from pipelines.core.window import Window, query_params
@@ -87,9 +87,9 @@ def _read_postgres(source: PostgresSource, settings: Settings, window: Window | 
             cols = [d.name for d in cur.description]
             rows = cur.fetchall()
     except psycopg.OperationalError as err:  # the server: down, restarting, unreachable
-        raise SourceUnavailable(f"source.query: {str(err).strip()}") from None
+        raise SourceUnavailable(f"source.query: {redact(str(err).strip())}") from None
     except psycopg.Error as err:
-        raise SourceError(f"source.query: {str(err).strip()}") from None
+        raise SourceError(f"source.query: {redact(str(err).strip())}") from None
     if not rows:
         raise SourceDataError("source.query: the query returned no rows")
     return pd.DataFrame.from_records(rows, columns=cols)
