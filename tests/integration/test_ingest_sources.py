@@ -42,6 +42,7 @@ def test_csv_and_parquet_files(workspace: Settings, churn_df: pd.DataFrame, tmp_
         "delimiter": ",",
         "lookback_days": None,
         "feedback": False,
+        "allowed_uris": [],
     }
 
 
@@ -174,7 +175,6 @@ def test_a_postgres_source_runs_one_read_statement_as_the_read_only_role(workspa
     from pipelines.core.errors import SpecError
     from pipelines.core.spec import PostgresSource
     from pipelines.io.sources import read_source
-    from pipelines.io.sources.readers import SOURCE_ROLE, source_url
 
     with db.connect(workspace) as conn:
         conn.execute("DROP TABLE IF EXISTS x")
@@ -185,8 +185,8 @@ def test_a_postgres_source_runs_one_read_statement_as_the_read_only_role(workspa
         return PostgresSource.model_construct(kind="postgres", query=query, url_env=None, allowed_uris=[])
 
     # the spec refuses them, and the reader again before it connects
-    small_spec(workspace, {"kind": "postgres", "query": "SELECT 1; DROP TABLE x"})
-    with pytest.raises(SpecError, match="2 statements; the Postgres source runs exactly one read statement"):
+    small_spec(workspace, {"kind": "postgres", "query": "SELECT 1; COMMIT; DROP TABLE x"})  # out of READ ONLY
+    with pytest.raises(SpecError, match="3 statements; the Postgres source runs exactly one read statement"):
         run(workspace, "ingest", "pg-multi")
     with pytest.raises(SourceError, match="source.query: 2 statements"):
         read_source(unchecked("SELECT 1; DROP TABLE x"), workspace)
@@ -201,6 +201,8 @@ def test_a_postgres_source_runs_one_read_statement_as_the_read_only_role(workspa
         assert conn.execute("SELECT count(*) FROM x").fetchone() == (2,)  # x is still there, whole
 
     # the default connection: the platform database as its read-only role, never its superuser
+    from pipelines.io.sources.readers import SOURCE_ROLE, source_url
+
     who = read_source(
         unchecked("SELECT current_user AS who, r.rolsuper FROM pg_roles r WHERE r.rolname = current_user"), workspace
     )

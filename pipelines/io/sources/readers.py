@@ -11,7 +11,15 @@ from typing import TYPE_CHECKING, Any
 
 from pipelines.core.errors import SourceDataError, SourceError, SourceUnavailable
 from pipelines.core.settings import Settings
-from pipelines.core.spec import DatasetSource, FileSource, PostgresSource, S3Source, Source, SyntheticSource
+from pipelines.core.spec import (
+    DatasetSource,
+    FileSource,
+    PostgresSource,
+    S3Source,
+    Source,
+    SourceBase,
+    SyntheticSource,
+)
 from pipelines.core.sql import query_problem
 from pipelines.core.window import Window, query_params
 from pipelines.io.db import database_url
@@ -119,7 +127,7 @@ def _read_postgres(source: PostgresSource, settings: Settings, window: Window | 
 def synthetic_config(source: SyntheticSource, today: date, seed_offset: int = 0) -> ChurnConfig:
     """The generator's configuration of a synthetic source (`start: auto` resolved for `today`);
     `seed_offset` draws other customers of the same world. Pure."""
-    cfg = source.model_dump(exclude={"kind", "lookback_days", "feedback"})
+    cfg = source.model_dump(exclude={"kind", *SourceBase.model_fields})
     if cfg["start"] == "auto":
         cfg["start"] = auto_start(source.months, today)
     return ChurnConfig(**{**cfg, "seed": source.seed + seed_offset})
