@@ -218,3 +218,38 @@ def test_a_postgres_source_runs_one_read_statement_as_the_read_only_role(workspa
         with pytest.raises(psycopg.errors.ReadOnlySqlTransaction):  # its every transaction is READ ONLY
             conn.execute("INSERT INTO x VALUES (3)")
     assert not marker.exists()
+
+
+def test_a_runs_s3_source_uri_outside_its_pipelines_prefix_is_refused_before_anything_is_read(
+    workspace: Settings, s3: S3Server, churn_df: pd.DataFrame
+) -> None:
+    """On a real S3 (SeaweedFS): the spec reads `s3://<bucket>/churn/`; a run's `source_uri` naming
+    another pipeline's object in the same bucket, or the artifact root, is refused by ingest (exit
+    2, naming `source_uri`) though the object is there; one under the spec's prefix is read."""
+    import json
+
+    from pipelines.core.errors import InvalidArgument
+    from pipelines.core.params import ENV
+    from pipelines.core.settings import scoped_environ
+
+    buf = io.BytesIO()
+    churn_df.to_parquet(buf, index=False)
+    client = boto3.client("s3", endpoint_url=s3.endpoint, region_name="us-east-1")
+    for key in ("churn/in.parquet", "churn/other.parquet", "tumours/in.parquet", "ml/tumours/r1/train.parquet"):
+        client.put_object(Bucket=s3.bucket, Key=key, Body=buf.getvalue())
+    settings = workspace.model_copy(update={"s3_endpoint_url": s3.endpoint, "artifact_root": f"s3://{s3.bucket}/ml"})
+    small_spec(settings, {"kind": "s3", "uri": f"s3://{s3.bucket}/churn/in.parquet"})
+    as_of = churn_df["event_timestamp"].max().isoformat()
+
+    def ingest(uri: str, run_id: str) -> dict[str, object]:
+        with scoped_environ({ENV: json.dumps({"source_uri": uri, "as_of": as_of})}):
+            return run(settings, "ingest", run_id)
+
+    for uri, why in [
+        (f"s3://{s3.bucket}/tumours/in.parquet", "is outside the folders and prefixes"),
+        (f"s3://{s3.bucket}/ml/tumours/r1/train.parquet", "is inside the artifact root"),
+    ]:
+        with pytest.raises(InvalidArgument, match=f"source_uri: {uri} {why}") as err:
+            ingest(uri, "s3-uri-refused")
+        assert err.value.exit_code == 2
+    assert ingest(f"s3://{s3.bucket}/churn/other.parquet", "s3-uri-taken")["rows"] == len(churn_df)
