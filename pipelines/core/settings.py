@@ -43,10 +43,16 @@ class Settings(BaseSettings):
     state_dir: Path = Field(default=Path(".mlcycle"))
     pipelines_dir: Path | None = None
     database_url: str | None = None
+    # The read-only role a Postgres source without `url_env` connects as (default: the platform
+    # database's URL with the user `mlcycle_source` that migration 0014 creates, no password)
+    source_database_url: str | None = None
     artifact_root: str | None = None
     s3_endpoint_url: str | None = None
     s3_region: str = "us-east-1"
     redis_url: str | None = None
+    # More folders or s3:// prefixes a run's `source_uri` may read from, for every pipeline (JSON list;
+    # `{pipeline}` stands for the pipeline's name), besides what its spec allows (`source.allowed_uris`)
+    source_uri_prefixes: list[str] = []
     runtime: Literal["local", "docker", "kubernetes"] | None = None
     # Ray Serve: the cluster to deploy to (None: start or reuse the embedded one) and its HTTP port.
     ray_address: str | None = None

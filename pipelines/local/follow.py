@@ -59,7 +59,7 @@ def check_conf(conf: dict[str, Any], spec: PipelineSpec, settings: Settings) -> 
     if params.source_uri:
         from pipelines.io.sources import check_override  # heavy: pandas
 
-        check_override(params.source_uri, spec.source, settings)
+        check_override(params.source_uri, spec, settings)
 
 
 def validation_lines(err: ValidationError) -> list[str]:

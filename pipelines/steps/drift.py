@@ -51,6 +51,10 @@ REFERENCE_ROWS = 20_000
 MIN_LABELLED = 30
 EPS = 1e-4
 PREDICTED = "predicted_class"
+UNSEEN = "(unseen)"
+"""What the Evidently report shows for every served category its training reference never held:
+a value counted as unseen (`serving.unknown_categories: score`, or a column without `allowed`
+values) never reaches the report's HTML, where it could carry markup."""
 
 
 # ----------------------------------------------------------------------------------- pure core
@@ -69,6 +73,17 @@ def psi(reference: np.ndarray, current: np.ndarray, categorical: bool, bins: int
         cur_share = np.bincount(np.searchsorted(edges, cur, side="right"), minlength=len(edges) + 1) / len(cur)
     r, c = np.clip(ref_share, EPS, None), np.clip(cur_share, EPS, None)
     return float(np.sum((c - r) * np.log(c / r)))
+
+
+def unseen_as_one(reference: pd.DataFrame, current: pd.DataFrame, categorical: list[str]) -> pd.DataFrame:
+    """`current` with each categorical value that `reference` does not hold replaced by `UNSEEN`
+    (one bin, as `psi` counts them; a null stays null). Pure."""
+    out = current.copy()
+    for column in categorical:
+        known = set(reference[column].dropna().astype(str))
+        values = out[column]
+        out[column] = values.where(values.isna() | values.astype(str).isin(known), UNSEEN)
+    return out
 
 
 def two_sample_test(reference: np.ndarray, current: np.ndarray, categorical: bool) -> dict[str, float | str]:
@@ -302,9 +317,8 @@ def run(ctx: StepContext) -> dict[str, Any]:
         reference = reference[features].assign(score=np.asarray(scores, dtype=float).reshape(-1))
         reference[PREDICTED] = np.asarray(named[0]).astype(str) if multiclass else None
         scored = [*features, "score"]
-        report, evidently = evidently_report(
-            reference[scored], current[scored], numeric, categorical, cfg.max_drift_share
-        )
+        shown = unseen_as_one(reference, current[scored], categorical)
+        report, evidently = evidently_report(reference[scored], shown, numeric, categorical, cfg.max_drift_share)
         result["report"] = ctx.storage.write_bytes(ctx.key("report.html"), report)
         figures = feature_figures(reference, current, numeric, categorical, evidently)
         for fig in figures.values():  # drifted: Evidently's test failed, or the effect is large
