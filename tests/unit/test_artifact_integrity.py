@@ -68,7 +68,7 @@ def test_an_mlp_artifact_holding_code_is_refused_and_the_code_never_runs(split: 
 def test_a_training_checkpoint_holding_code_is_refused_at_resume_and_the_code_never_runs(
     split: Any, tmp_path: Path
 ) -> None:
-    enc, data = split
+    _, data = split
     marker = tmp_path / "ran"
 
     class Planted:
