@@ -655,7 +655,7 @@ def test_a_changed_trial_model_exported_model_or_promoted_model_is_refused_with_
 
     files = json.loads(mlflow.MlflowClient().get_model_version(name, "1").tags[FILES_TAG])
     assert files["artifacts/model.onnx"] == sha256_hex(original)  # the ONNX model and the pyfunc's files
-    assert {"MLmodel", "code/onnx_pyfunc.py"} <= set(files)  # the pyfunc MLflow runs, as it runs it
+    assert {"MLmodel", "onnx_pyfunc.py"} <= set(files)  # the pyfunc MLflow runs, as it runs it
     assert load_onnx_model(workspace, "churn_sealed", name, 1) == original
 
     stored = Path(ModelsArtifactRepository.get_underlying_uri(f"models:/{name}/1").removeprefix("file://"))
