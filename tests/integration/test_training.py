@@ -627,6 +627,7 @@ def test_a_changed_trial_model_exported_model_or_promoted_model_is_refused_with_
     step nor deployed. Put back, the same files train, evaluate and promote as before."""
     from pipelines.core.errors import ArtifactRefused
     from pipelines.core.integrity import sha256_hex
+    from pipelines.core.settings import spec_for
     from pipelines.io.registry import FILES_TAG, load_onnx_model
     from serving.config import VersionConfig
     from serving.deploy import deploy, serving_args
@@ -662,7 +663,7 @@ def test_a_changed_trial_model_exported_model_or_promoted_model_is_refused_with_
     _tampered(stored / "artifacts" / "model.onnx")
     with pytest.raises(ArtifactRefused, match=r"mlcycle-churn_sealed v1: .*changed \['artifacts/model.onnx'\]"):
         load_onnx_model(workspace, "churn_sealed", name, 1)
-    spec = parse_spec((workspace.pipelines_dir or Path()) / "churn_sealed.yaml")
+    spec = spec_for(workspace, "churn_sealed")
     with pytest.raises(ArtifactRefused, match="changed"):  # refused before Ray is asked for anything
         deploy(serving_args(spec, [VersionConfig(version=1, weight=100)], name), workspace)
     code, text = _step_exit(workspace, "drift", "churn_sealed", "drift-1")  # a step that loads the champion
