@@ -127,11 +127,13 @@ def load_onnx_model(settings: Settings, pipeline: str, model: str, version: int)
     the versions `log_onnx_model` logs and the older, ONNX-only ones alike), once every file of the
     version matches the sha256 recorded at registration (`seal_version`); `ArtifactRefused` otherwise."""
     import mlflow  # heavy: mlflow
+    import onnx
 
     setup_mlflow(settings, pipeline)
     with tempfile.TemporaryDirectory(prefix="mlcycle-model-") as tmp:
         root = verified_version(mlflow.MlflowClient(), model, version, Path(tmp))
-        return onnx_file(root).read_bytes()
+        # with the external data files of a version logged by `mlflow.onnx.log_model`, verified too
+        return bytes(onnx.load(str(onnx_file(root))).SerializeToString())
 
 
 FILES_TAG = "mlcycle.files_sha256"
