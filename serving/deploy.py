@@ -10,9 +10,9 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from pipelines.core.errors import SettingsError
-from pipelines.core.settings import spec_for
-from pipelines.io.registry import champion_version, model_name
+from pipelines.core.errors import ArtifactRefused, SettingsError
+from pipelines.core.settings import load_settings, spec_for
+from pipelines.io.registry import champion_version, model_name, verify_versions
 from serving.config import ServingArgs, VersionConfig
 from serving.contract import contract_args, request_contract
 from serving.haproxy import replicas_up
@@ -167,12 +167,16 @@ def connect(settings: Settings) -> None:
     serve.start(http_options={"host": settings.serve_host, "port": settings.serve_port}, proxy_location=location)
 
 
-def deploy(args: ServingArgs) -> None:
-    """Create or update the application; a change of weights only reconfigures the replicas."""
+def deploy(args: ServingArgs, settings: Settings | None = None) -> None:
+    """Create or update the application; a change of weights only reconfigures the replicas. A
+    version whose files differ from the digests recorded at registration is refused before anything
+    is deployed (`ArtifactRefused`: the application keeps serving what it served)."""
     from ray import serve
 
     from serving.app import build_app  # heavy: ray
 
+    settings = settings or load_settings()
+    verify_versions(settings, args.pipeline, args.model_name, [v.version for v in args.versions])
     serve.run(build_app(args.model_dump()), name=args.pipeline, route_prefix=args.route_prefix)
 
 
@@ -186,7 +190,7 @@ def serve_champion_if_idle(settings: Settings, pipeline: str) -> bool:
     if app is not None and app.status == "RUNNING":
         return False
     champion = VersionConfig(version=champion_version(settings, pipeline), weight=100.0)
-    deploy(serving_args(spec_for(settings, pipeline), [champion], model_name(pipeline)))
+    deploy(serving_args(spec_for(settings, pipeline), [champion], model_name(pipeline)), settings)
     return True
 
 
@@ -200,6 +204,8 @@ def serve_champions(settings: Settings, pipelines: list[str]) -> dict[str, str]:
             out[pipeline] = f"deployed v{champion_version(settings, pipeline)}" if deployed else "running"
         except SettingsError as err:
             out[pipeline] = "no champion yet" if "no `champion` alias" in str(err) else str(err)
+        except ArtifactRefused as err:  # its files differ from those registered: not served
+            out[pipeline] = f"refused: {err}"
     return out
 
 

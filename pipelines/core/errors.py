@@ -68,6 +68,14 @@ class GateError(MlcycleError):
     exit_code = 3
 
 
+class ArtifactRefused(MlcycleError):
+    """An artifact that must not be loaded: its bytes differ from the sha256 recorded when it was
+    written (swapped or changed in storage), no digest was recorded for it, or it is in a format
+    that could run code on load (a pickle). Retrying cannot help."""
+
+    exit_code = 3
+
+
 class StepSkipped(MlcycleError):
     """Not an error: the step has nothing to do (a failed promotion gate). Airflow marks the task
     skipped, and the rest of the run with it."""

@@ -167,7 +167,7 @@ class Walk:
     def serve(self, weights: dict[int, float], state: dict[str, Any]) -> None:
         """Deploy the application with these weights; `state` is what `GET /v1/pipelines/<p>` shows."""
         versions = [VersionConfig(version=v, weight=w) for v, w in sorted(weights.items())]
-        deploy(serving_args(self.ctx.spec, versions, self.model, canary=state))
+        deploy(serving_args(self.ctx.spec, versions, self.model, canary=state), self.ctx.settings)
 
     def dwell(self, percent: float) -> dict[str, Any]:
         """One step: the weights set, traffic watched until the judgement is made or the dwell ends."""

@@ -32,7 +32,7 @@ import numpy as np
 from pipelines.core.errors import MlcycleError, StepSkipped
 from pipelines.io import vectors
 from pipelines.io.db import connect
-from pipelines.io.registry import CHAMPION, alias_version, model_name
+from pipelines.io.registry import CHAMPION, alias_version, load_onnx_model, model_name
 from pipelines.io.requestlog import labelled
 from pipelines.io.storage import read_parquet, write_json
 from pipelines.io.tracking import setup_mlflow
@@ -235,10 +235,10 @@ def feature_figures(
 
 
 # ------------------------------------------------------------------------------------- I/O
-def champion_reference(ctx: StepContext) -> tuple[int, str, float | None, Any]:
-    """The serving champion: its version, lifecycle run id, evaluation figure and ONNX model."""
+def champion_reference(ctx: StepContext) -> tuple[int, str, float | None, bytes]:
+    """The serving champion: its version, lifecycle run id, evaluation figure and ONNX model (its
+    bytes, checked against the digests recorded at registration)."""
     import mlflow
-    import mlflow.onnx
 
     setup_mlflow(ctx.settings, ctx.pipeline)
     champion = alias_version(mlflow.MlflowClient(), model_name(ctx.pipeline), CHAMPION)
@@ -249,7 +249,7 @@ def champion_reference(ctx: StepContext) -> tuple[int, str, float | None, Any]:
         raise MlcycleError(f"{model_name(ctx.pipeline)} v{champion.version} has no mlcycle.run_id tag")
     figure = champion.tags.get("mlcycle.primary_metric", "")
     reference = float(figure.split("=", 1)[1]) if "=" in figure else None
-    model = mlflow.onnx.load_model(f"models:/{model_name(ctx.pipeline)}/{champion.version}")
+    model = load_onnx_model(ctx.settings, ctx.pipeline, model_name(ctx.pipeline), int(champion.version))
     return int(champion.version), run_id, reference, model
 
 
@@ -311,7 +311,7 @@ def run(ctx: StepContext) -> dict[str, Any]:
         reference = read_parquet(ctx.storage, f"{ctx.pipeline}/{champion_run}/features/train.parquet")
         if len(reference) > REFERENCE_ROWS:
             reference = reference.sample(REFERENCE_ROWS, random_state=0)
-        session = onnx_session(model.SerializeToString())
+        session = onnx_session(model)
         multiclass = spec.label.kind == "multiclass"
         scores, *named = session.run(["score", CLASS] if multiclass else ["score"], session_feed(session, reference))
         reference = reference[features].assign(score=np.asarray(scores, dtype=float).reshape(-1))

@@ -794,12 +794,13 @@ def _register_challenger(settings: Settings, model: Any, reason: str) -> int:
     import mlflow
     import mlflow.onnx
 
-    from pipelines.io.registry import CHALLENGER, move_alias
+    from pipelines.io.registry import CHALLENGER, move_alias, seal_version
 
     client = mlflow.MlflowClient()
     with mlflow.start_run(run_name=reason):
         info = mlflow.onnx.log_model(model, name="model")
     version = int(client.create_model_version(model_name(PIPELINE), info.model_uri).version)
+    seal_version(client, model_name(PIPELINE), version)  # as promote does: serving loads sealed versions only
     move_alias(
         settings, client, pipeline=PIPELINE, alias=CHALLENGER, version=version, actor="test", run_id="t", reason=reason
     )
