@@ -12,6 +12,10 @@ its space with the alias) and retires the old champion's deployment and space (k
 `embeddings.retain_hours`). The first model of a pipeline has nothing to compare against: it is
 deployed as the champion.
 
+With `canary.mode: shadow` the challenger instead gets a copy of every request and never answers
+(`pipelines.steps.shadow_run`): at the end of the window a comparison with the champion on the
+same requests decides by the same gates.
+
 The decisions and the figures of every step are the report (`report.json`, `report.png`), with the
 A/B result on the labels that arrived during the canary.
 """
@@ -33,6 +37,7 @@ from pipelines.io.storage import write_json
 from pipelines.ml.gates import class_shift, figures, judge
 from pipelines.ml.plots import png_bytes, two_panels
 from pipelines.steps.context import StepContext
+from pipelines.steps.shadow_run import shadow_run
 from serving.config import VersionConfig
 from serving.deploy import connect, deploy, endpoint, serving_args
 
@@ -75,9 +80,12 @@ class Walk:
     champion: int
     challenger: int
 
-    def serve(self, weights: dict[int, float], state: dict[str, Any]) -> None:
-        """Deploy the application with these weights; `state` is what `GET /v1/pipelines/<p>` shows."""
+    def serve(self, weights: dict[int, float], state: dict[str, Any], shadow: int | None = None) -> None:
+        """Deploy the application with these weights (and a shadow version that gets a copy of each
+        request); `state` is what `GET /v1/pipelines/<p>` shows."""
         versions = [VersionConfig(version=v, weight=w) for v, w in sorted(weights.items())]
+        if shadow is not None:
+            versions.append(VersionConfig(version=shadow, shadow=True))
         deploy(serving_args(self.ctx.spec, versions, self.model, canary=state))
 
     def dwell(self, percent: float) -> dict[str, Any]:
@@ -134,6 +142,14 @@ def run(ctx: StepContext) -> dict[str, Any]:
         report.update(outcome="deployed", reason="first model of the pipeline: served as champion")
         return _finish(ctx, report)
 
+    if ctx.spec.canary.mode == "shadow":
+        _finish(ctx, shadow_run(walk, registry, report))
+        if report["outcome"] == "rejected":
+            raise CanaryRolledBack(
+                f"{registry.name} v{challenger} rejected after its shadow run: {report['reason']}; "
+                f"v{champion} serves all traffic and stays champion"
+            )
+        return report
     began_canary = datetime.now(UTC)
     for percent in ctx.spec.canary.steps:
         step = walk.dwell(percent)
