@@ -157,3 +157,17 @@ def test_the_spec_bounds_a_shadow_window() -> None:
         Canary(mode="shadow", shadow_hours=24 * 8)  # a week at most
     with pytest.raises(ValidationError):
         Canary(mode="mirror")  # type: ignore[arg-type]
+
+
+def test_the_approval_hook_reads_promotion_approval() -> None:
+    """`promotion.approval: manual` turns a passing shadow run into `approval`; a spec without a
+    `promotion` section (or with `auto`) decides by itself."""
+    from types import SimpleNamespace
+
+    from pipelines.core.spec import PipelineSpec
+    from pipelines.steps.shadow_run import manual_approval
+    from tests.specs import churn_spec_dict
+
+    assert manual_approval(PipelineSpec.model_validate(churn_spec_dict())) is False
+    assert manual_approval(SimpleNamespace(promotion=SimpleNamespace(approval="auto"))) is False
+    assert manual_approval(SimpleNamespace(promotion=SimpleNamespace(approval="manual"))) is True
