@@ -66,6 +66,8 @@ def served(platform: Settings, tmp_path_factory: pytest.TempPathFactory) -> Iter
         "MLCYCLE_PIPELINES_DIR": str(settings.pipelines_dir),
         "MLCYCLE_ARTIFACT_ROOT": str(settings.artifact_root),
         "MLCYCLE_SERVING_API_KEYS": f"{KEY},another-key",
+        # the replicas connect as the serving role, as every runtime's do (it cannot write MLflow's tables)
+        "MLCYCLE_DATABASE_URL": db.enable_serving_role(settings),
         # Serve as `mlcycle serve start` runs it: HAProxy, throughput-optimized, one hop
         **serve_env(settings, executable("mlcycle-haproxy"), str(tmp)),
     }
