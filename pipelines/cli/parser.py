@@ -126,7 +126,7 @@ def _add_step_pod_data(sub: Subparsers) -> None:
 def _add_records(sub: Subparsers) -> None:
     """`db`, `runs show`, `labels load`: the platform database and what it records."""
     p = sub.add_parser("db", help="the platform database")
-    p.add_argument("action", choices=["migrate", "url", "stop"])
+    p.add_argument("action", choices=["migrate", "url", "stop", "serving-role"])
     p.set_defaults(func=cmd_db)
 
     runs = sub.add_parser("runs", help="lifecycle runs").add_subparsers(dest="action", required=True)

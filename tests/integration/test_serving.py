@@ -75,7 +75,11 @@ def served(platform: Settings, tmp_path_factory: pytest.TempPathFactory) -> Iter
     private_dir(haproxy_dir(str(tmp)))  # as `mlcycle serve start` makes it, before Ray writes into it
     with scoped_environ(env):
         # A cluster of the test's own, even where `mlcycle serve start` runs one already.
-        ray.init(address="local", num_cpus=4, include_dashboard=False, log_to_driver=False, namespace="mlcycle")
+        # its workers (the replicas) inherit the raylet's environment: they connect to the database
+        # as the serving role, as every runtime's do (it cannot write MLflow's tables); this
+        # process (labels, checks) keeps the platform's login
+        with scoped_environ({"MLCYCLE_DATABASE_URL": db.enable_serving_role(settings)}):
+            ray.init(address="local", num_cpus=4, include_dashboard=False, log_to_driver=False, namespace="mlcycle")
         try:
             connect(settings)
             yield settings
@@ -145,6 +149,9 @@ def test_predict_returns_a_version_and_is_logged(served: Settings) -> None:
     assert all(r[3]["usage_hours_30d"] is not None for r in rows)  # the features used are logged
     (overridden,) = _wait_for_rows(served, over.json()["request_id"], 1)
     assert overridden[3]["support_calls_30d"] == 40
+    with db.connect(served) as conn:  # the replicas wrote them as the serving role
+        users = {r[0] for r in conn.execute("SELECT usename FROM pg_stat_activity WHERE datname = current_database()")}
+    assert db.SERVING_ROLE in users, users
 
 
 def test_similar_reads_the_champions_space_and_scored_entities_are_written_to_it(served: Settings) -> None:

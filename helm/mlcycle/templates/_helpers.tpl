@@ -101,6 +101,10 @@ envFrom:
       value: "1"
     - name: RAY_SERVE_HAPROXY_BINARY_PATH
       value: /opt/venv/bin/mlcycle-haproxy
+    # the replicas read the registry as mlcycle_serving (it cannot write MLflow's tables)
+    - name: MLCYCLE_DATABASE_URL
+      valueFrom:
+        secretKeyRef: {name: {{ .root.Values.serving.databaseSecret }}, key: MLCYCLE_DATABASE_URL}
   {{- if .ports }}
   ports:
     - {name: gcs, containerPort: 6379}
