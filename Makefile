@@ -58,8 +58,11 @@ tools:
 	@bash tools/browser.sh >/dev/null
 	@bash tools/prometheus.sh >/dev/null
 
+# The unit tier on both cores (pytest-xdist), then the tiers with real services in one process
+# (they share session fixtures: the embedded PostgreSQL, SeaweedFS); one coverage figure for both
 test: setup tools
-	$(VENV)/bin/pytest --cov --cov-report=term
+	$(VENV)/bin/pytest -n 2 --cov --cov-report= --cov-fail-under=0 tests/unit
+	$(VENV)/bin/pytest --cov --cov-append --cov-report=term tests/integration tests/e2e tests/gpu
 
 test-unit: setup
 	$(VENV)/bin/pytest tests/unit
