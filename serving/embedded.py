@@ -20,7 +20,15 @@ from pathlib import Path
 
 from pipelines.core.errors import SettingsError
 from pipelines.core.settings import Settings
-from pipelines.core.system import executable, secret_file, stop_started, write_private
+from pipelines.core.system import (
+    executable,
+    private_dir,
+    private_state_dir,
+    secret_file,
+    stop_started,
+    write_private,
+)
+from pipelines.io import db
 from serving.deploy import connect, haproxy_dir, serve_env
 
 RAY_PORT = 6380
@@ -91,10 +99,15 @@ def head_command(
     settings: Settings, block: bool = False, metrics_port: int | None = None
 ) -> tuple[list[str], dict[str, str]]:
     """`ray start --head` of the embedded head and its environment (the settings and the serving
-    keys reach the replicas through it); `block` keeps it in the foreground (under supervisord)."""
+    keys reach the replicas through it; the platform database as the serving role, which cannot
+    write MLflow's tables); `block` keeps it in the foreground (under supervisord). The state dir
+    and HAProxy's folder are made private first: Ray would make the folder readable by all."""
+    private_state_dir(settings.state_path)
+    private_dir(haproxy_dir(str(settings.state_path)))
     key = api_key(settings)
     env = {
         **os.environ,
+        "MLCYCLE_DATABASE_URL": db.serving_database_url(settings),
         "MLCYCLE_SERVING_API_KEYS": os.environ.get("MLCYCLE_SERVING_API_KEYS") or key,
         "MLCYCLE_STATE_DIR": str(settings.state_path),
         **serve_env(settings, executable("mlcycle-haproxy"), str(settings.state_path)),

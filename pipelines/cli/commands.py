@@ -12,14 +12,16 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from pipelines.cli.team_commands import os_user
 from pipelines.core import spec_docs
+from pipelines.core.audit import AuditEvent
 from pipelines.core.errors import InvalidArgument, MlcycleError
 from pipelines.core.params import ENV as PARAMS_ENV
 from pipelines.core.pod import pod_manifest
 from pipelines.core.settings import PROJECT_DIR, load_settings, pipeline_names, spec_for
 from pipelines.core.spec import FileSource, Source, SyntheticSource, json_schema, load_spec
 from pipelines.core.steps import step as step_info
-from pipelines.io import db
+from pipelines.io import audit, db, mlflow_auth
 from pipelines.io.clientenv import client_env
 from pipelines.io.clientenv import render_env as render_client_env
 from pipelines.io.runs import latest_run_id, render_run, run_steps
@@ -141,6 +143,9 @@ def cmd_db(args: argparse.Namespace) -> int:
         print(f"applied {applied}" if applied else "up to date")
     elif args.action == "url":
         print(db.database_url(settings))
+    elif args.action == "serving-role":  # the platform's start: the serving path's login (migration 0013)
+        db.enable_serving_role(settings)
+        print(f"role {db.SERVING_ROLE} can log in")
     else:
         print("stopped" if db.stop_embedded(settings) else "not running")
     return 0
@@ -154,7 +159,8 @@ def cmd_env(args: argparse.Namespace) -> int:
         raise InvalidArgument(f"no pipeline specs in {settings.specs_path}")
     spec_for(settings, pipeline)  # one that exists, or an error naming the known ones
     print(f'# mlcycle env for pipeline {pipeline}: eval "$(mlcycle env)" in a shell, then use the plain clients')
-    print(render_client_env(client_env(settings, db.database_url(settings), pipeline)))
+    login = mlflow_auth.client_credentials(settings)
+    print(render_client_env(client_env(settings, db.database_url(settings), pipeline, login)))
     return 0
 
 
@@ -187,6 +193,8 @@ def cmd_labels_load(args: argparse.Namespace) -> int:
     from pipelines.io.labels import load_labels  # heavy: pandas
 
     loaded = load_labels(settings, spec_for(settings, args.pipeline), source)
+    detail = {"rows": loaded, "source": source.kind, "via": "cli"}
+    audit.record(settings, AuditEvent(args.actor or os_user(), "user", "labels_loaded", args.pipeline, detail=detail))
     print(f"{args.pipeline}: {loaded} labels loaded")
     return 0
 

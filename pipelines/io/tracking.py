@@ -40,12 +40,15 @@ def artifact_location(settings: Settings, pipeline: str) -> str:
 
 
 def server_command(settings: Settings, host: str, port: int) -> list[str]:
-    """`mlflow server` on the platform's tracking schema and artifact root. Pure."""
+    """`mlflow server` on the platform's tracking schema and artifact root, behind MLflow's
+    basic-auth app (its config and admin: `mlflow_auth.server_env`). Pure."""
     root = settings.artifact_uri.rstrip("/")
     artifacts = f"{root}/mlflow" if root.startswith("s3://") else f"file://{root}/mlflow"
     return [
         "mlflow",
         "server",
+        "--app-name",
+        "basic-auth",
         "--backend-store-uri",
         mlflow_uri(settings),
         "--default-artifact-root",

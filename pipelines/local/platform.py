@@ -42,8 +42,8 @@ from psycopg.conninfo import conninfo_to_dict
 
 from pipelines.core.errors import SettingsError
 from pipelines.core.settings import Settings, pipeline_names
-from pipelines.core.system import executable, secret_file, write_private
-from pipelines.io import db
+from pipelines.core.system import executable, private_state_dir, secret_file, write_private
+from pipelines.io import db, mlflow_auth
 from pipelines.io.clientenv import tracking_server_url
 from pipelines.io.tracking import server_command
 from pipelines.local.follow import say_now
@@ -233,6 +233,7 @@ def service_argv(settings: Settings, name: str, database_url: str) -> tuple[list
         argv = server_command(settings, "127.0.0.1", settings.mlflow_port)
         # MLflow 3's job runner (GenAI jobs: a Huey consumer per job kind) is not used here
         env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+        env.update(mlflow_auth.server_env(settings, database_url, platform_dir(settings)))
         return [executable("mlflow"), *argv[1:], "--workers", "1"], env
     if name == "ray":
         metrics = settings.ray_metrics_port if prometheus else None
@@ -297,9 +298,11 @@ class Platform:
     # -------------------------------------------------------------------------------- up
     def up(self, timeout: float = 600, say: Callable[[str], None] = say_now) -> dict[str, dict[str, Any]]:
         started = time.monotonic()
+        private_state_dir(self.settings.state_path)
         (self.home / "logs").mkdir(parents=True, exist_ok=True)
         url = db.database_url(self.settings)
         applied = db.migrate(self.settings)
+        db.enable_serving_role(self.settings)  # the Ray head's replicas connect as that role
         say(
             f"==> PostgreSQL (+ pgvector) in {db.pgdata_path(self.settings)}"
             + (f"; {applied} migrations" if applied else "")
@@ -460,6 +463,8 @@ def open_these(plat: Platform, pipeline: str | None = None, no_champion: Mapping
         f"                             user admin, password in {plat.passwords_file()}",
         f"    the mlcycle page         {plat.airflow_url}/plugin/mlcycle",
         f"    MLflow UI                {tracking_server_url(settings)}",
+        f"                             user {mlflow_auth.ADMIN_USER}, password in "
+        f"{mlflow_auth.admin_password_file(settings)}",
     ]
     lines += [f"    {name} endpoint  {endpoint(settings, name)}/predict" for name in names]
     lines += [f"    {name}: no champion yet ({why}), so no endpoint" for name, why in waiting.items()]

@@ -33,9 +33,16 @@ SECRETS: dict[str, Callable[[], str]] = {
     "SERVING_API_KEYS": lambda: "mlc_" + secrets.token_urlsafe(24),
     "RAY_AUTH_TOKEN": lambda: secrets.token_hex(32),
     "AIRFLOW_ADMIN_PASSWORD": lambda: secrets.token_urlsafe(16),
+    "MLFLOW_ADMIN_PASSWORD": lambda: secrets.token_urlsafe(18),  # the MLflow server's user admin
+    "SERVING_DB_PASSWORD": lambda: secrets.token_urlsafe(24),  # the database role of the Ray head's replicas
     # Airflow's Fernet key: 32 random bytes, url-safe base64
     "AIRFLOW_FERNET_KEY": lambda: base64.urlsafe_b64encode(secrets.token_bytes(32)).decode(),
     "AIRFLOW_JWT_SECRET": lambda: secrets.token_urlsafe(32),
+    # SeaweedFS's JWT signing keys (volume and filer, writes and reads)
+    "SEAWEEDFS_JWT_KEY": lambda: secrets.token_urlsafe(32),
+    "SEAWEEDFS_JWT_READ_KEY": lambda: secrets.token_urlsafe(32),
+    "SEAWEEDFS_FILER_JWT_KEY": lambda: secrets.token_urlsafe(32),
+    "SEAWEEDFS_FILER_JWT_READ_KEY": lambda: secrets.token_urlsafe(32),
 }
 PORTS = {
     "AIRFLOW_PORT": 8080,

@@ -32,6 +32,7 @@ from typing import Any
 
 import httpx
 
+from pipelines.core.settings import scoped_environ
 from pipelines.local.stack import Stack
 from tests import loadgen
 from tests.faults.conftest import ROWS
@@ -165,16 +166,19 @@ def _integrity(stack: Stack, run_id: str, trials_before: int | None = None) -> l
             if not _keys(s3, uri.removeprefix("s3://mlcycle/")):
                 problems.append(f"{key} names {uri}, which is not there")
     client = MlflowClient(tracking_uri=_url(stack, "MLFLOW_PORT"))
-    versions = {int(v.version): v for v in client.search_model_versions(f"name='{MODEL}'")}
-    for number, v in versions.items():
-        where = client.get_model_version_download_uri(MODEL, str(number))
-        if where.startswith("s3://mlcycle/") and not any(
-            k.endswith("model.onnx") for k in _keys(s3, where.removeprefix("s3://mlcycle/"))
-        ):
-            problems.append(f"version {number} has no model.onnx under {where}")
-        if v.status != "READY":
-            problems.append(f"version {number} is {v.status}")
-    for alias, number in client.get_registered_model(MODEL).aliases.items():
+    login = {"MLFLOW_TRACKING_USERNAME": "admin", "MLFLOW_TRACKING_PASSWORD": stack.values["MLFLOW_ADMIN_PASSWORD"]}
+    with scoped_environ(login):  # the server's basic-auth app
+        versions = {int(v.version): v for v in client.search_model_versions(f"name='{MODEL}'")}
+        for number, v in versions.items():
+            where = client.get_model_version_download_uri(MODEL, str(number))
+            if where.startswith("s3://mlcycle/") and not any(
+                k.endswith("model.onnx") for k in _keys(s3, where.removeprefix("s3://mlcycle/"))
+            ):
+                problems.append(f"version {number} has no model.onnx under {where}")
+            if v.status != "READY":
+                problems.append(f"version {number} is {v.status}")
+        aliases = client.get_registered_model(MODEL).aliases
+    for alias, number in aliases.items():
         if int(number) not in versions:
             problems.append(f"alias {alias} names version {number}, which does not exist")
     running = _sql(stack, "SELECT step, attempt FROM step_runs WHERE run_id = %s AND status = 'running'", (run_id,))

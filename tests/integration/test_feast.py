@@ -20,7 +20,8 @@ from pipelines.core.system import stop_processes
 from pipelines.io import db
 from pipelines.io.featurestore import feature_store, historical_features
 from pipelines.io.storage import open_storage, read_parquet
-from pipelines.io.tracking import mlflow_uri, server_command
+from pipelines.io.tracking import mlflow_uri
+from pipelines.local.platform import service_argv
 from serving.online import FeastSdk, PostgresOnlineTables
 from tests.integration.helpers import run_through, small_spec
 from tests.services import S3Server, free_port_pairs
@@ -170,11 +171,10 @@ def test_mlcycle_env_is_all_a_plain_client_needs(applied) -> None:  # type: igno
     feature_repo/, the MLflow client and libpq, in a process that has no MLCYCLE_* setting."""
     settings, df, _ = applied
     mlflow.MlflowClient(tracking_uri=mlflow_uri(settings)).create_experiment("env-check")
-    # the tracking server `mlcycle up` runs (what the MLflow UI shows), on a port of this test
+    # the tracking server `mlcycle up` runs (what the MLflow UI shows; it asks for a login), on a port of this test
     (port,) = free_port_pairs(1)
-    argv = server_command(settings, "127.0.0.1", port)
-    argv[0] = os.path.join(os.path.dirname(sys.executable), "mlflow")
-    server = subprocess.Popen([*argv, "--workers", "1"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    argv, env = service_argv(settings.model_copy(update={"mlflow_port": port}), "mlflow", db.database_url(settings))
+    server = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         _plain_clients_answer(settings, df, port)
     finally:

@@ -67,11 +67,17 @@ def _airflow(stack: stack_mod.Stack) -> Any:
     return AirflowClient(_url(stack, "AIRFLOW_PORT"), stack.values["AIRFLOW_ADMIN_PASSWORD"])
 
 
+def _mlflow_login(stack: stack_mod.Stack) -> tuple[str, str]:
+    """The MLflow server's admin (its basic-auth app refuses a request without a login)."""
+    return ("admin", stack.values["MLFLOW_ADMIN_PASSWORD"])
+
+
 def _champion(stack: stack_mod.Stack) -> dict[str, Any]:
     """The model version the `champion` alias names (MLflow's REST API); raises when there is none."""
     r = httpx.get(
         _url(stack, "MLFLOW_PORT", "/api/2.0/mlflow/registered-models/alias"),
         params={"name": MODEL, "alias": "champion"},
+        auth=_mlflow_login(stack),
         timeout=30,
     )
     r.raise_for_status()
@@ -82,7 +88,10 @@ def _champion(stack: stack_mod.Stack) -> dict[str, Any]:
 def _has_champion(stack: stack_mod.Stack) -> bool:
     """Whether the registry has the model and its `champion` alias (404: no model yet)."""
     r = httpx.get(
-        _url(stack, "MLFLOW_PORT", "/api/2.0/mlflow/registered-models/get"), params={"name": MODEL}, timeout=30
+        _url(stack, "MLFLOW_PORT", "/api/2.0/mlflow/registered-models/get"),
+        params={"name": MODEL},
+        auth=_mlflow_login(stack),
+        timeout=30,
     )
     if r.status_code == 404:
         return False

@@ -28,7 +28,7 @@ import httpx
 from pipelines.core.system import executable
 from pipelines.local import stack as stack_mod
 from pipelines.local.stack import Stack
-from tests.stack.conftest import DAG, PIPELINE, ROOT, TIMINGS, Lifecycle, _airflow, _champion, _url
+from tests.stack.conftest import DAG, PIPELINE, ROOT, TIMINGS, Lifecycle, _airflow, _champion, _mlflow_login, _url
 
 
 def _known_customers() -> list[int]:
@@ -79,6 +79,7 @@ def test_every_service_is_healthy_and_on_loopback_only(stack: Stack) -> None:
         "mlflow",
         "ray-head",
         "airflow-init",
+        "serving-role",
         "airflow-apiserver",
         "airflow-scheduler",
         "airflow-dag-processor",
@@ -86,6 +87,7 @@ def test_every_service_is_healthy_and_on_loopback_only(stack: Stack) -> None:
     }
     assert set(health) == expected
     assert health.pop("airflow-init") == "exited(0)"
+    assert health.pop("serving-role") == "exited(0)"
     assert set(health.values()) == {"healthy"}, health
     published = 0
     for c in stack.containers():
@@ -102,6 +104,7 @@ def test_every_service_is_healthy_and_on_loopback_only(stack: Stack) -> None:
     # a request without credentials is refused by every authenticated surface
     assert httpx.get(_url(stack, "AIRFLOW_PORT", "/api/v2/dags")).status_code == 401
     assert httpx.get(_url(stack, "S3_PORT", "/mlcycle/")).status_code == 403
+    assert httpx.get(_url(stack, "MLFLOW_PORT", "/api/2.0/mlflow/experiments/search")).status_code == 401
 
 
 SECRET_NAME = re.compile(r"PASSWORD|SECRET|TOKEN|API_KEYS?$|ACCESS_KEY", re.IGNORECASE)
@@ -231,7 +234,11 @@ def test_mlflow_names_the_champion_and_its_artifacts_are_in_seaweedfs(stack: Sta
 
     champion = _champion(stack)
     assert int(champion["version"]) == 1
-    run = httpx.get(_url(stack, "MLFLOW_PORT", "/api/2.0/mlflow/runs/get"), params={"run_id": champion["run_id"]})
+    run = httpx.get(
+        _url(stack, "MLFLOW_PORT", "/api/2.0/mlflow/runs/get"),
+        params={"run_id": champion["run_id"]},
+        auth=_mlflow_login(stack),
+    )
     run.raise_for_status()
     assert run.json()["run"]["info"]["status"] == "FINISHED"
     source = champion["source"]
