@@ -23,6 +23,7 @@ from airflow.plugins_manager import AirflowPlugin
 from fastapi import Depends, FastAPI, HTTPException, Request  # FastAPI reads these names from the module
 from fastapi.security import HTTPAuthorizationCredentials
 from mlcycle_page import PAGE_PATH, empty_page, page_html  # beside this file: Airflow puts the folder on sys.path
+from mlcycle_steering import add_steering_routes
 from pydantic import BaseModel
 
 from operators.links import MlflowLink, ReportLink
@@ -313,6 +314,7 @@ def _api() -> Any:
     install_error_handlers(app)
     add_read_routes(app)
     add_write_routes(app)
+    add_steering_routes(app, lambda method="POST": readable(method))
     return app
 
 

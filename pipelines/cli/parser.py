@@ -34,6 +34,7 @@ from pipelines.cli.platform_commands import (
     cmd_statsd_exporter,
     cmd_up,
 )
+from pipelines.cli.steering_commands import add_model
 
 if TYPE_CHECKING:
     Subparsers = argparse._SubParsersAction[argparse.ArgumentParser]
@@ -69,6 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_step_pod_data(sub)
     _add_records(sub)
     _add_services(sub)
+    add_model(sub)
     _add_platform(sub)
     return parser
 

@@ -10,7 +10,9 @@ stays, its vector space (`embed`) is dropped, the step fails with the reason (ex
 Passing the last step (100 %) makes the challenger `champion` (audited: similarity reads switch to
 its space with the alias) and retires the old champion's deployment and space (kept
 `embeddings.retain_hours`). The first model of a pipeline has nothing to compare against: it is
-deployed as the champion.
+deployed as the champion. A pinned pipeline (`mlcycle model pin`) skips the canary with the pin's
+who, when and why; a pin set, or the champion moved by a person, while the canary walks holds the
+challenger at the end: the champion serves alone again and the step ends skipped with the reason.
 
 The decisions and the figures of every step are the report (`report.json`, `report.png`), with the
 A/B result on the labels that arrived during the canary.
@@ -27,9 +29,11 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from pipelines.core.errors import MlcycleError, StepSkipped
+from pipelines.core.steering import blocked_promotion, pinned_outcome
 from pipelines.io import vectors
 from pipelines.io.registry import CHALLENGER, CHAMPION, open_registry
 from pipelines.io.requestlog import ab_results, served_since
+from pipelines.io.steering import current_pin
 from pipelines.io.storage import write_json
 from pipelines.ml.metrics import class_shares
 from pipelines.ml.plots import png_bytes, two_panels
@@ -208,6 +212,9 @@ def run(ctx: StepContext) -> dict[str, Any]:
     champion, challenger = registry.version(CHAMPION), registry.version(CHALLENGER)
     if champion is None or challenger is None:
         raise MlcycleError(f"{registry.name}: needs aliases champion and challenger; run promote first")
+    pin = current_pin(ctx.settings, ctx.pipeline)
+    if pin is not None:
+        raise StepSkipped(pinned_outcome(pin, champion, challenger))
     connect(ctx.settings)
     walk = Walk(ctx, registry.name, champion, challenger)
     report: dict[str, Any] = {
@@ -240,6 +247,9 @@ def run(ctx: StepContext) -> dict[str, Any]:
                 f"v{champion} serves all traffic and stays champion"
             )
 
+    blocked = blocked_promotion(current_pin(ctx.settings, ctx.pipeline), champion, registry.version(CHAMPION))
+    if blocked is not None:
+        hold(ctx, walk, report, registry.version(CHAMPION) or champion, blocked)
     registry.point(CHAMPION, challenger, f"canary passed {ctx.spec.canary.steps}")
     registry.point(CHALLENGER, None, "promoted to champion")
     walk.serve({challenger: 100.0}, {"state": "serving", "champion": challenger, "retired": champion})
@@ -248,6 +258,16 @@ def run(ctx: StepContext) -> dict[str, Any]:
     # Labels often arrive after the canary: GET /v1/pipelines/<name> shows the A/B as they do.
     report["ab"] = ab_results(ctx.settings, ctx.pipeline, champion, challenger, since=began_canary)
     return _finish(ctx, report)
+
+
+def hold(ctx: StepContext, walk: Walk, report: dict[str, Any], champion: int, reason: str) -> None:
+    """A challenger that passed every step but may not become champion (a pin set, or the champion
+    moved by a person while it walked): the champion serves alone again, the challenger keeps its
+    alias and its space, the step ends skipped with the reason."""
+    walk.serve({champion: 100.0}, {"state": "held", "champion": champion, "held": walk.challenger, "reason": reason})
+    report.update(outcome="held", reason=f"{reason}: v{walk.challenger} passed the canary and stays challenger")
+    _finish(ctx, report)
+    raise StepSkipped(f"{report['reason']}; v{champion} stays champion")
 
 
 def _finish(ctx: StepContext, report: dict[str, Any]) -> dict[str, Any]:
