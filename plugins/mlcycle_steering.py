@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import subprocess
 from collections.abc import Callable
-from typing import Any
+from typing import Annotated, Any
 
 from airflow.api_fastapi.core_api.security import GetUserDep
 from fastapi import Depends, FastAPI, HTTPException, Request  # FastAPI reads these names from the module
@@ -40,6 +40,10 @@ def json_only(request: Request) -> None:
         raise HTTPException(415, "send the body as application/json")
 
 
+JsonBody = Annotated[None, Depends(json_only)]
+"""Declared after the user and the pipeline: a request without a login is a 401 whatever its body."""
+
+
 def follow_on_serve() -> None:
     """One pass of `mlcycle serve sync` in the background: Serve moves to the champion alias."""
     subprocess.Popen(
@@ -55,9 +59,10 @@ def add_steering_routes(app: FastAPI, writable: Callable[..., Any]) -> None:
     """`POST /pipelines/{pipeline}/rollback | pin | unpin`, `GET /pipelines/{pipeline}/pin`;
     `writable(method="POST")` is the plugin's dependency that checks the user may write (or read)
     the pipeline's lifecycle DAG's runs."""
+    may = Depends(writable())
 
-    @app.post("/pipelines/{pipeline}/rollback", dependencies=[Depends(json_only)])
-    def rollback(body: SteerBody, user: GetUserDep, name: str = Depends(writable())) -> dict[str, Any]:
+    @app.post("/pipelines/{pipeline}/rollback")
+    def rollback(body: SteerBody, user: GetUserDep, _: JsonBody, name: str = may) -> dict[str, Any]:
         """The champion back to the previous (or the named) version; Serve follows in seconds."""
         try:
             done = steering.rollback_champion(load_settings(), name, body.to, user.get_name(), "user", body.reason)
@@ -66,8 +71,8 @@ def add_steering_routes(app: FastAPI, writable: Callable[..., Any]) -> None:
         follow_on_serve()
         return {**done, "by": user.get_name(), "serving": "serve-sync moves Serve to the restored version"}
 
-    @app.post("/pipelines/{pipeline}/pin", status_code=201, dependencies=[Depends(json_only)])
-    def pin(body: SteerBody, user: GetUserDep, name: str = Depends(writable())) -> dict[str, Any]:
+    @app.post("/pipelines/{pipeline}/pin", status_code=201)
+    def pin(body: SteerBody, user: GetUserDep, _: JsonBody, name: str = may) -> dict[str, Any]:
         """Freeze promotion: runs train and evaluate, the champion stays."""
         try:
             found = steering.pin(load_settings(), name, user.get_name(), "user", body.reason)
@@ -75,8 +80,8 @@ def add_steering_routes(app: FastAPI, writable: Callable[..., Any]) -> None:
             raise HTTPException(409, str(err)) from None
         return pin_json(found)
 
-    @app.post("/pipelines/{pipeline}/unpin", dependencies=[Depends(json_only)])
-    def unpin(body: SteerBody, user: GetUserDep, name: str = Depends(writable())) -> dict[str, Any]:
+    @app.post("/pipelines/{pipeline}/unpin")
+    def unpin(body: SteerBody, user: GetUserDep, _: JsonBody, name: str = may) -> dict[str, Any]:
         try:
             found = steering.unpin(load_settings(), name, user.get_name(), "user", body.reason)
         except InvalidArgument as err:

@@ -221,4 +221,7 @@ def test_a_pinned_pipelines_run_trains_and_evaluates_and_ends_with_the_champion_
         assert spec_for(steered, PIPELINE).name == PIPELINE
     finally:
         steering.unpin(steered, PIPELINE, "alice", "user", "freeze over")
-    assert [e["action"] for e in audit.events(steered, PIPELINE)[:2]] == ["unpin", "pin"]
+    steered_by = [
+        (e["action"], e["actor"], e["reason"]) for e in audit.events(steered, PIPELINE) if "pin" in e["action"]
+    ]
+    assert steered_by[:2] == [("unpin", "alice", "freeze over"), ("pin", "alice", "release freeze until Monday")]

@@ -91,3 +91,30 @@ def test_the_page_shows_the_pin_and_posts_each_action_as_json_to_the_api() -> No
     assert "data-pin='none'" in free and "value='pin'" in free
     assert "<form" not in steering_section("churn", None, None)  # no champion: nothing to steer
     assert "&lt;b&gt;" in steering_section("churn", {"line": "pinned by <b>x</b>"}, {"version": 1})
+
+
+def test_the_steering_routes_want_a_login_before_anything_and_take_json_only() -> None:
+    from fastapi import FastAPI, HTTPException
+    from fastapi.testclient import TestClient
+    from starlette.requests import Request
+
+    from plugins.mlcycle_plugin import MlcyclePlugin
+    from plugins.mlcycle_steering import json_only
+
+    api = {a["url_prefix"]: a["app"] for a in MlcyclePlugin.fastapi_apps}["/api/ml"]
+    client = TestClient(api)
+    for action in ("rollback", "pin", "unpin"):
+        answer = client.post(f"/pipelines/churn/{action}", data={"reason": "x"})  # a form, and no login
+        assert answer.status_code == 401 and answer.json()["error"] == "unauthorized"
+    paths = api.openapi()["paths"]
+    assert {"/pipelines/{pipeline}/rollback", "/pipelines/{pipeline}/pin", "/pipelines/{pipeline}/unpin"} <= set(paths)
+    assert isinstance(api, FastAPI)
+
+    def request(kind: str) -> Request:
+        return Request({"type": "http", "headers": [(b"content-type", kind.encode())]})
+
+    json_only(request("application/json; charset=utf-8"))
+    for kind in ("application/x-www-form-urlencoded", "text/plain", "multipart/form-data; boundary=x"):
+        with pytest.raises(HTTPException) as refused:
+            json_only(request(kind))
+        assert refused.value.status_code == 415
