@@ -67,12 +67,16 @@ def rollback(
     version alone, reconfigured in place. Returns what was done, with `serve_s` (alias moved to the
     application serving the restored version alone)."""
     done = steering.rollback_champion(settings, pipeline, to, actor, actor_kind, reason)
-    connect(settings)
+    try:
+        connect(settings)
+    except SettingsError as err:  # no Ray head: the alias moved, and a started Serve serves it
+        done.update(serve_s=None, serving=f"{err}; `mlcycle serve start` (or serve-sync) serves v{done['to']}")
+        return done
     started = time.monotonic()
     state = {"state": "serving", "champion": done["to"], "rolled_back": done["from"], "by": actor}
     serve_only(settings, pipeline, done["to"], state)
     wait_serving(settings, pipeline, done["to"])
-    done["serve_s"] = round(time.monotonic() - started, 3)
+    done.update(serve_s=round(time.monotonic() - started, 3), serving=f"v{done['to']} alone")
     return done
 
 

@@ -42,9 +42,10 @@ def cmd_model(args: argparse.Namespace) -> int:
     done = rollback(settings, args.pipeline, to, actor, "user", args.reason)
     if done["vector_space"] == "dropped" and done.get("run_id"):
         done["vector_space"] = rebuild_space(settings, args.pipeline, done["to"], done["run_id"])
+    serving = f"after {done['serve_s']:.1f}s" if done["serve_s"] is not None else f"not yet: {done['serving']}"
     print(
         f"{args.pipeline}: champion v{done['from']} -> v{done['to']} (rollback by {actor}); Serve answers with "
-        f"v{done['to']} alone after {done['serve_s']:.1f}s; vector space: {done['vector_space']}"
+        f"v{done['to']} alone {serving}; vector space: {done['vector_space']}"
     )
     print(json.dumps(done, default=str))
     return 0

@@ -118,3 +118,14 @@ def test_the_steering_routes_want_a_login_before_anything_and_take_json_only() -
         with pytest.raises(HTTPException) as refused:
             json_only(request(kind))
         assert refused.value.status_code == 415
+
+
+def test_the_model_commands_need_a_reason_and_read_a_version() -> None:
+    from pipelines.cli import build_parser
+
+    args = build_parser().parse_args(["model", "rollback", "churn", "--to", "v2", "--reason", "bad answers"])
+    assert (args.action, args.pipeline, parse_version(args.to), args.reason) == ("rollback", "churn", 2, "bad answers")
+    for argv in (["model", "pin", "churn"], ["model", "freeze", "churn", "--reason", "x"]):
+        with pytest.raises(SystemExit) as refused:
+            build_parser().parse_args(argv)
+        assert refused.value.code == 2
