@@ -24,7 +24,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import numpy as np
 
@@ -260,7 +260,7 @@ def run(ctx: StepContext) -> dict[str, Any]:
     return _finish(ctx, report)
 
 
-def hold(ctx: StepContext, walk: Walk, report: dict[str, Any], champion: int, reason: str) -> None:
+def hold(ctx: StepContext, walk: Walk, report: dict[str, Any], champion: int, reason: str) -> NoReturn:
     """A challenger that passed every step but may not become champion (a pin set, or the champion
     moved by a person while it walked): the champion serves alone again, the challenger keeps its
     alias and its space, the step ends skipped with the reason."""
