@@ -47,7 +47,7 @@ JsonBody = Annotated[None, Depends(json_only)]
 def follow_on_serve() -> None:
     """One pass of `mlcycle serve sync` in the background: Serve moves to the champion alias."""
     subprocess.Popen(
-        [executable("mlcycle", path_first=True), "serve", "sync"],
+        [executable("mlcycle"), "serve", "sync"],
         stdin=subprocess.DEVNULL,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
