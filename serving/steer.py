@@ -9,6 +9,7 @@ the canary step moves it.
 from __future__ import annotations
 
 import logging
+import os
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -37,12 +38,25 @@ def serve_only(settings: Settings, pipeline: str, version: int, state: dict[str,
     deploy(serving_args(spec, [VersionConfig(version=version, weight=100.0)], model_name(pipeline), canary=state))
 
 
+def serving_key(settings: Settings) -> str | None:
+    """A serving key of this installation (`MLCYCLE_SERVING_API_KEYS`'s first, else the embedded
+    head's key file where it exists): `/readyz` names the versions loaded only to a key."""
+    keys = [k.strip() for k in os.environ.get("MLCYCLE_SERVING_API_KEYS", "").split(",") if k.strip()]
+    if keys:
+        return keys[0]
+    path = settings.state_path / "serving-api-key"
+    return path.read_text().strip() if path.is_file() else None
+
+
 def served_versions(settings: Settings, pipeline: str) -> list[int] | None:
-    """The versions the application serves (its `/readyz`), or None where it does not answer."""
+    """The versions the application serves (its `/readyz`, asked with a key), or None where it
+    does not answer."""
     import httpx
 
+    key = serving_key(settings)
     try:
-        answer = httpx.get(endpoint(settings, pipeline) + "/readyz", timeout=5)
+        headers = {"x-api-key": key} if key else {}
+        answer = httpx.get(endpoint(settings, pipeline) + "/readyz", headers=headers, timeout=5)
     except httpx.HTTPError:
         return None
     if answer.status_code != 200:

@@ -4,6 +4,7 @@ says and whether it may move the champion, when serve-sync takes an alias for a 
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from pathlib import Path
 
 import pytest
 
@@ -129,3 +130,18 @@ def test_the_model_commands_need_a_reason_and_read_a_version() -> None:
         with pytest.raises(SystemExit) as refused:
             build_parser().parse_args(argv)
         assert refused.value.code == 2
+
+
+def test_serve_sync_asks_readyz_with_a_key_of_this_installation(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from pipelines.core.settings import Settings
+    from serving.steer import serving_key
+
+    settings = Settings(state_dir=tmp_path)
+    monkeypatch.delenv("MLCYCLE_SERVING_API_KEYS", raising=False)
+    assert serving_key(settings) is None  # none made up
+    (tmp_path / "serving-api-key").write_text("from-file\n")
+    assert serving_key(settings) == "from-file"
+    monkeypatch.setenv("MLCYCLE_SERVING_API_KEYS", " k1 , k2")
+    assert serving_key(settings) == "k1"
