@@ -5,8 +5,9 @@
 #   serving   a Ray node serving the pipelines: Ray Serve, ONNX Runtime, MLflow and Feast clients
 #   services  the stack's PostgreSQL+pgvector, SeaweedFS, Redis and Prometheus (no Docker Hub needed)
 #
-# Python packages come from a wheelhouse built on the host by `make wheels` (the exact versions
-# `make setup` installed, `constraints.txt`); nothing is downloaded from PyPI inside the build.
+# Python packages come from a wheelhouse built on the host by `make wheels` (the wheels of the
+# images' locks, include/images/<role>.lock) and are installed with `--require-hashes` from the
+# same locks; nothing is downloaded from PyPI inside the build.
 #   make wheels images                       # CPU variant, tags mlcycle-<target>:latest
 #   make wheels images VARIANT=gpu           # CUDA torch and onnxruntime-gpu in `step` and `serving`
 # `FROM debian:bookworm-slim` pulls normally; where no registry is reachable `make images` builds
@@ -30,20 +31,20 @@ COPY include/images/venv.sh /usr/local/bin/venv
 
 FROM wheelhouse AS step-venv
 ARG VARIANT=cpu
-COPY requirements.txt /images/step.txt
+COPY include/images/step*.lock /images/
 RUN sh /usr/local/bin/venv step
 
 FROM wheelhouse AS airflow-venv
-COPY include/images/airflow.txt /images/
+COPY include/images/airflow.lock /images/
 RUN sh /usr/local/bin/venv airflow
 
 FROM wheelhouse AS serving-venv
 ARG VARIANT=cpu
-COPY include/images/serving.txt /images/
+COPY include/images/serving*.lock /images/
 RUN sh /usr/local/bin/venv serving
 
 FROM wheelhouse AS services-venv
-COPY include/images/services.txt /images/
+COPY include/images/services.lock /images/
 RUN sh /usr/local/bin/venv services
 
 FROM base AS source

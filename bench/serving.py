@@ -37,7 +37,7 @@ from common import bench_state, free_port, train_champion
 
 from pipelines.core.settings import Settings, scoped_environ, spec_for
 from pipelines.core.system import executable, stop_processes
-from pipelines.io.registry import model_name
+from pipelines.io.registry import load_onnx_model, model_name, seal_version
 from pipelines.io.storage import open_storage, read_parquet
 from pipelines.io.tracking import mlflow_uri, setup_mlflow
 from serving.config import VersionConfig
@@ -149,14 +149,14 @@ def main() -> None:
 
 def run_all(settings: Settings, measure: Callable[..., list[dict[str, Any]]], variants: bool) -> list[dict[str, Any]]:
     import mlflow
-    import mlflow.onnx
 
     ids, rows = sample_rows(settings)
     setup_mlflow(settings, PIPELINE)
     model_path = settings.state_path / "model.onnx"
-    model_path.write_bytes(mlflow.onnx.load_model(f"models:/{model_name(PIPELINE)}/1").SerializeToString())
+    model_path.write_bytes(load_onnx_model(settings, PIPELINE, model_name(PIPELINE), 1))
     v1 = mlflow.MlflowClient().get_model_version(model_name(PIPELINE), "1")
-    mlflow.MlflowClient().create_model_version(model_name(PIPELINE), v1.source, run_id=v1.run_id)  # v2, for the canary
+    v2 = mlflow.MlflowClient().create_model_version(model_name(PIPELINE), v1.source, run_id=v1.run_id)  # the canary's
+    seal_version(mlflow.MlflowClient(), model_name(PIPELINE), int(v2.version))  # serving deploys sealed versions only
 
     results: list[dict[str, Any]] = []
     port = free_port()

@@ -18,6 +18,7 @@ from pipelines.core.settings import load_settings
 from pipelines.core.spec import read_specs
 
 if TYPE_CHECKING:
+    from pipelines.core.settings import Settings
     from pipelines.core.spec import PipelineSpec
 
 
@@ -52,7 +53,7 @@ def lifecycle_schedule(spec: PipelineSpec) -> Any:
     return AssetOrTimeSchedule(timetable=cron(spec.schedule), assets=asset)
 
 
-def lifecycle_dag(spec: PipelineSpec, steps: list[str]) -> DAG:
+def lifecycle_dag(spec: PipelineSpec, steps: list[str], settings: Settings | None = None) -> DAG:
     """`<name>_lifecycle`: the steps in order, one PipelineStepOperator each."""
     with DAG(
         dag_id=f"{spec.name}_lifecycle",
@@ -61,7 +62,7 @@ def lifecycle_dag(spec: PipelineSpec, steps: list[str]) -> DAG:
         max_active_runs=1,
         tags=["mlcycle", spec.name, *spec.tags],
         doc_md=doc_md(spec, steps),
-        params=airflow_params(spec),
+        params=airflow_params(spec, settings or load_settings()),
         default_args={
             "owner": spec.owner,
             "retries": spec.retries,
@@ -111,9 +112,10 @@ def build_dags() -> dict[str, DAG]:
     """The DAGs of every valid pipeline spec, by dag id: an invalid spec costs only its own DAGs
     (`raise_spec_errors` names it)."""
     dags = []
-    specs, _ = read_specs(load_settings().specs_path)
+    settings = load_settings()
+    specs, _ = read_specs(settings.specs_path)
     for spec in specs:
-        dags += [lifecycle_dag(spec, spec.lifecycle_steps()), drift_dag(spec)]
+        dags += [lifecycle_dag(spec, spec.lifecycle_steps(), settings), drift_dag(spec)]
     return {d.dag_id: d for d in dags}
 
 

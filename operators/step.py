@@ -19,9 +19,9 @@ from operators.local import LocalProcess, StepFailed, exit_description
 from operators.trigger import retraining_asset
 from pipelines.core.errors import NO_RETRY_EXIT_CODES, SKIP_EXIT_CODE
 from pipelines.core.params import ENV, run_params
-from pipelines.core.pod import pod_manifest, to_v1pod
+from pipelines.core.pod import docker_env_from, pod_manifest, to_v1pod
 from pipelines.core.settings import load_settings, spec_for
-from pipelines.io.runs import interrupt_running
+from pipelines.io.runs import interrupt_running, step_outputs
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
@@ -157,7 +157,8 @@ class PipelineStepOperator(BaseOperator):
         if runtime == "docker":
             import os
 
-            config = container_config(manifest, os.environ, settings.docker_env_from, settings.docker_network)
+            step = manifest["metadata"]["labels"]["mlcycle.io/step"]
+            config = container_config(manifest, os.environ, docker_env_from(settings, step), settings.docker_network)
             return DockerContainer(manifest, config, settings.image_pull_policy, settings.docker_gpu)
 
         return LocalProcess(manifest, cwd=str(settings.project_dir))
@@ -171,13 +172,16 @@ class PipelineStepOperator(BaseOperator):
             namespace=settings.k8s_namespace,
             kubernetes_conn_id=settings.k8s_conn_id,
             get_logs=True,
-            do_xcom_push=True,
+            # no XCom sidecar: the provider reads it through `pods/exec`, which Airflow is not
+            # granted; the step's result is what it recorded in `step_runs`
+            do_xcom_push=False,
             on_finish_action="delete_pod",
             startup_timeout_seconds=settings.k8s_startup_timeout_s,
             schedule_timeout_seconds=settings.k8s_schedule_timeout_s,
             log_events_on_failure=True,
         )
-        return self._pod_operator.execute(context)
+        self._pod_operator.execute(context)
+        return step_outputs(settings, self.pipeline, self.run_key, self.step, self.worker)
 
     def on_kill(self) -> None:
         if self._runner is not None:

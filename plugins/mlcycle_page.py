@@ -365,6 +365,24 @@ def runs_section(
     )
 
 
+def audit_section(events: list[dict[str, Any]]) -> str:
+    """Who did what on the pipeline, newest first (`pipelines.io.audit.events`). Pure."""
+    if not events:
+        return "<h2>Audit</h2><p class='muted'>No action recorded yet.</p>"
+    rows = "".join(
+        f"<tr><td class='when'>{escape(str(e['at'])[:19])}</td><td>{escape(e['actor'])}"
+        f" <span class='muted'>({escape(e['actor_kind'])})</span></td><td>{escape(e['action'])}</td>"
+        f"<td>{'v' + str(e['version']) if e['version'] is not None else ''} {escape(e['run_id'] or '')}</td>"
+        f"<td>{escape(e['reason'])}</td>"
+        f"<td class='muted'>{escape(' '.join(f'{k}={v}' for k, v in sorted(e['detail'].items())))}</td></tr>"
+        for e in events
+    )
+    return (
+        "<h2>Audit</h2><table class='audit'><tr><th>when</th><th>who</th><th>action</th><th>version / run</th>"
+        f"<th>reason</th><th>detail</th></tr>{rows}</table>"
+    )
+
+
 def trace_section(
     pipeline: str, query: str, answers: list[dict[str, Any]] | None, error: str | None, mlflow_base: str
 ) -> str:
@@ -432,6 +450,7 @@ def page_html(
 {live_section(detail, data["live"], data["versions"], data.get("champion_live"))}
 {drift_section(selected, data["drift"], psi_threshold, drift_ignored)}
 {runs_section(selected, detail["runs"], data["runs"], mlflow_base)}
+{audit_section(data.get("audit", []))}
 </body></html>"""
 
 

@@ -5,7 +5,9 @@ This plugin serves them read-only under the api-server at `/mlcycle/reports/...`
 step's report, with a link back to the run: the canary's first deployment has only its decisions,
 `report.json`) and `/mlcycle/artifacts/...` (the files), to users
 allowed to read the DAG's runs (Airflow's own login and auth manager decide), and only the report
-files of the steps that write one.
+files of the steps that write one, of a DAG the factory makes, for a run of that DAG. A report file
+is a sandboxed document of its own opaque origin (`REPORT_HEADERS`), framed `sandbox`ed: its
+scripts never run on Airflow's origin.
 """
 
 from __future__ import annotations
@@ -22,7 +24,8 @@ from airflow.api_fastapi.core_api.security import GetUserDep, bearer_scheme, get
 from airflow.plugins_manager import AirflowPlugin
 from fastapi import Depends, FastAPI, HTTPException, Request  # FastAPI reads these names from the module
 from fastapi.security import HTTPAuthorizationCredentials
-from mlcycle_page import PAGE_PATH, empty_page, page_html  # beside this file: Airflow puts the folder on sys.path
+from mlcycle_audit import add_audit_routes, audited  # beside this file: Airflow puts the folder on sys.path
+from mlcycle_page import PAGE_PATH, empty_page, page_html
 from mlcycle_steering import add_steering_routes
 from pydantic import BaseModel
 
@@ -31,11 +34,62 @@ from pipelines.core.errors import InvalidArgument, SpecError, error_body, field_
 from pipelines.core.params import FORM, RunParams
 from pipelines.core.settings import Settings, load_settings, pipeline_names, spec_for
 from pipelines.core.steps import BY_NAME, REPORT_FILES, artifact_url
+from pipelines.core.uris import allowed_prefixes, uri_problem
 from pipelines.io import catalog
 from pipelines.io.storage import open_storage, run_key
 from pipelines.steps.context import check_run_id
 
 CONTENT_TYPES = {".html": "text/html; charset=utf-8", ".png": "image/png", ".json": "application/json"}
+
+REPORT_HEADERS = {"Content-Security-Policy": "sandbox allow-scripts", "X-Content-Type-Options": "nosniff"}
+"""Every report file's answer: a document of its own opaque origin (its own scripts, such as
+Evidently's charts, run; they reach no cookie, storage, DOM or credentialed API of Airflow's
+origin, even when the file is opened directly), and no type sniffed from its bytes."""
+PAGE_CSP = (
+    "default-src 'none'; style-src 'unsafe-inline'; img-src 'self'; frame-src 'self'; "
+    "frame-ancestors 'self'; base-uri 'none'; form-action 'none'"
+)
+"""The report page's own policy: no script at all, the report framed from this server only."""
+FRAME_SANDBOX = "allow-scripts"
+"""The sandbox of the frame that shows a report: scripts without Airflow's origin."""
+DAG_SUFFIXES = {"lifecycle": "_lifecycle", "drift": "_drift"}
+
+
+def report_pipeline(dag_id: str, step: str, pipelines: Iterable[str]) -> str | None:
+    """The pipeline whose step's report `dag_id` may show: a DAG the factory makes for a known
+    pipeline (`<name>_lifecycle`, `<name>_drift`), and the step one of that DAG's (the drift check
+    in the drift DAG, every other step in the lifecycle). None: no such report. Pure."""
+    suffix = DAG_SUFFIXES["drift" if step == "drift" else "lifecycle"]
+    if not dag_id.endswith(suffix):
+        return None
+    pipeline = dag_id[: -len(suffix)]
+    return pipeline if pipeline in set(pipelines) else None
+
+
+def run_of_dag(dag_id: str, run_id: str) -> bool:
+    """Whether Airflow's metadata database holds the run `run_id` of `dag_id`."""
+    from airflow.models.dagrun import DagRun
+    from airflow.utils.session import create_session
+    from sqlalchemy import select
+
+    with create_session() as session:
+        found = session.scalar(select(DagRun.id).where(DagRun.dag_id == dag_id, DagRun.run_id == run_id).limit(1))
+    return found is not None
+
+
+def report_keys(dag_id: str, run_id: str, step: str, names: Iterable[str]) -> dict[str, str]:
+    """The artifact-store keys of a report's files: only for a DAG the factory makes for a known
+    pipeline, with the step in it, and a run of that DAG (404 otherwise, naming the field)."""
+    pipeline = report_pipeline(dag_id, step, pipeline_names(load_settings()))
+    if pipeline is None:
+        raise api_error(404, f"no report of {step} in {dag_id!r}: no DAG of a known pipeline runs it", "dag_id")
+    try:
+        keys = {name: run_key(pipeline, check_run_id(run_id), step, name) for name in names}
+    except InvalidArgument as err:
+        raise api_error(404, str(err), "run_id") from None
+    if not run_of_dag(dag_id, run_id):
+        raise api_error(404, f"no run {run_id!r} of {dag_id}", "run_id")
+    return keys
 
 
 def allowed(user: Any, method: Literal["GET", "POST"], pipeline: str) -> bool:
@@ -229,15 +283,12 @@ def add_report_routes(app: FastAPI) -> None:
         info = BY_NAME.get(step)
         if info is None or info.report is None or name not in REPORT_FILES:
             raise api_error(404, "not a report", "step" if info is None or info.report is None else "name")
-        pipeline = dag_id.rsplit("_", 1)[0]
-        try:
-            key = run_key(pipeline, check_run_id(run_id), step, name)
-        except InvalidArgument as err:
-            raise api_error(404, str(err), "run_id") from None
+        key = report_keys(dag_id, run_id, step, [name])[name]
         storage = open_storage(load_settings())
         if not storage.exists(key):
             raise HTTPException(404, f"{key}: not written (the step did not run or wrote no report)")
-        return Response(storage.read_bytes(key), media_type=CONTENT_TYPES[name[name.rindex(".") :]])
+        media_type = CONTENT_TYPES[name[name.rindex(".") :]]
+        return Response(storage.read_bytes(key), media_type=media_type, headers=REPORT_HEADERS)
 
     @app.get(
         "/reports/{dag_id}/{run_id}/{step}",
@@ -249,20 +300,14 @@ def add_report_routes(app: FastAPI) -> None:
         info = BY_NAME.get(step)
         if info is None or info.report is None:
             raise api_error(404, "not a step with a report", "step")
-        pipeline = dag_id.rsplit("_", 1)[0]
-        try:
-            keys = {
-                name: run_key(pipeline, check_run_id(run_id), step, name) for name in (info.report.file, "report.json")
-            }
-        except InvalidArgument as err:
-            raise api_error(404, str(err), "run_id") from None
+        keys = report_keys(dag_id, run_id, step, (info.report.file, "report.json"))
         storage = open_storage(load_settings())
         written = [name for name, key in keys.items() if storage.exists(key)]
         if not written:
             raise HTTPException(404, f"{step} of {run_id} wrote no report (the step did not run, or was skipped)")
         json_text = storage.read_bytes(keys["report.json"]).decode() if "report.json" in written else None
         page = report_page_html(dag_id, run_id, step, info.report.title, written, json_text)
-        return HTMLResponse(page)
+        return HTMLResponse(page, headers={"Content-Security-Policy": PAGE_CSP, "X-Content-Type-Options": "nosniff"})
 
 
 def report_page_html(dag_id: str, run_id: str, step: str, title: str, written: list[str], json_text: str | None) -> str:
@@ -272,7 +317,8 @@ def report_page_html(dag_id: str, run_id: str, step: str, title: str, written: l
     files = " · ".join(f'<a href="{artifact_url(dag_id, run_id, step, n)}">{escape(n)}</a>' for n in written)
     main = written[0]
     if main.endswith(".html"):
-        body = f'<iframe src="{artifact_url(dag_id, run_id, step, main)}" title="{escape(title)}"></iframe>'
+        src = artifact_url(dag_id, run_id, step, main)
+        body = f'<iframe src="{src}" sandbox="{FRAME_SANDBOX}" title="{escape(title)}"></iframe>'
     elif main.endswith(".png"):
         body = f'<img src="{artifact_url(dag_id, run_id, step, main)}" alt="{escape(title)}">'
     else:
@@ -314,6 +360,7 @@ def _api() -> Any:
     install_error_handlers(app)
     add_read_routes(app)
     add_write_routes(app)
+    add_audit_routes(app, readable())
     add_steering_routes(app, lambda method="POST": readable(method))
     return app
 
@@ -383,7 +430,7 @@ def add_write_routes(app: FastAPI) -> None:
     from pydantic import ValidationError
 
     @app.post("/pipelines/{pipeline}/labels", status_code=201)
-    def labels(body: LabelsBody, name: str = Depends(readable("POST"))) -> dict[str, Any]:
+    def labels(body: LabelsBody, user: GetUserDep, name: str = Depends(readable("POST"))) -> dict[str, Any]:
         """Ground truth for served predictions: all rows or none (a bad row is named in the 422)."""
         import pandas as pd
 
@@ -398,7 +445,9 @@ def add_write_routes(app: FastAPI) -> None:
             rows = label_rows(pd.DataFrame(body.labels), spec_for(settings, name), datetime.now(UTC))
         except InvalidArgument as err:
             raise api_error(422, str(err), "labels") from None
-        return {"pipeline": name, "loaded": upsert_labels(settings, rows)}
+        loaded = upsert_labels(settings, rows)
+        audited(settings, user, "labels_loaded", name, detail={"rows": loaded, "via": "api"})
+        return {"pipeline": name, "loaded": loaded}
 
     @app.post("/pipelines/{pipeline}/runs", status_code=201)
     def trigger(body: TriggerBody, user: GetUserDep, name: str = Depends(readable("POST"))) -> dict[str, Any]:
@@ -409,11 +458,17 @@ def add_write_routes(app: FastAPI) -> None:
         if unknown:
             raise api_error(422, f"unknown run params {unknown}; a run takes {list(FORM)}", f"conf.{unknown[0]}")
         try:
-            RunParams(**body.conf)
+            params = RunParams(**body.conf)
         except ValidationError as err:
             first = err.errors()[0]
             where = field_path(("conf", *first["loc"]))
             raise api_error(422, f"invalid run params: {where}: {first['msg']}", where) from None
+        if params.source_uri:  # only under the prefixes the pipeline allows (the form's own check)
+            settings = load_settings()
+            prefixes = allowed_prefixes(spec_for(settings, name).source, settings, name)
+            problem = uri_problem(params.source_uri, prefixes, settings)
+            if problem:
+                raise api_error(422, problem, "conf.source_uri")
         run = trigger_dag(
             f"{name}_lifecycle",
             triggered_by=DagRunTriggeredByType.REST_API,
@@ -422,6 +477,7 @@ def add_write_routes(app: FastAPI) -> None:
         )
         if run is None:
             raise HTTPException(409, "no run was created")
+        audited(load_settings(), user, "trigger", name, run_id=run.run_id, detail={"conf": body.conf, "via": "api"})
         return {"pipeline": name, "dag_id": run.dag_id, "run_id": run.run_id, "state": str(run.state)}
 
 

@@ -22,7 +22,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import threading
 import time
 import uuid
 from typing import Any
@@ -30,41 +29,49 @@ from typing import Any
 import psycopg
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
-from psycopg_pool import ConnectionPool, PoolTimeout
+from psycopg_pool import PoolTimeout
 from pydantic import ValidationError
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
+from pipelines.core.errors import redact
 from pipelines.core.settings import load_settings
 from pipelines.io.db import database_url
 from pipelines.io.registry import champion_version
 from pipelines.io.requestlog import ab_results
-from pipelines.io.vectors import NotInSpace, SpaceError, similar
+from pipelines.io.vectors import NotInSpace, SpaceError
 from serving.binds import bind_replica_grpc
-from serving.config import RETRY_AFTER_S, ServingArgs, VersionConfig
+from serving.config import ServingArgs, VersionConfig
 from serving.deployments import ModelVersion, actor_resources, deployment_version, online_features, static_contract
 from serving.http import (
     REQUEST_ID_HEADER,
     UNAUTHORIZED,
     PredictRequest,
+    database_unavailable,
     error,
     features_unavailable,
+    forbidden,
     invalid,
     judge_instances,
     overloaded,
+    read_limited,
     refusal_detail,
     request_id_of,
     route,
     similar_query,
+    too_large,
     validation_detail,
 )
+from serving.keys import KeyRing
 from serving.online import FeaturesUnavailable, OnlineFeatures
 from serving.records import Instance, Refused, Result, Scored, Served, log_row
+from serving.similarity import SimilarReader
 from serving.telemetry import RayMetrics, Recorder
 from serving.versions import LocalVersion, RemoteVersion
 
 log = logging.getLogger("mlcycle.serving")
 AB_REFRESH_S = 10.0
+OUTAGE_LOG_EVERY_S = 10
 INGRESS_ONGOING = 256
 STATIC_KEYS = {
     "pipeline",
@@ -102,15 +109,16 @@ class Ingress:
         self.versions: dict[int, LocalVersion | RemoteVersion] = dict(self.remote)
         self.online: OnlineFeatures | None = None
         self.loading = asyncio.Lock()
-        keys = os.environ.get(static["api_keys_env"], "")
-        self.api_keys = {k.strip() for k in keys.split(",") if k.strip()}
-        if not self.api_keys:
-            log.warning("%s is empty: every predict request is refused", static["api_keys_env"])
+        bootstrap = os.environ.get(static["api_keys_env"], "")  # the platform's keys: every pipeline
+        self.keys = KeyRing(bootstrap, lambda: database_url(self.settings), self.settings.serving_keys_reload_s)
+        self.keys.start()  # the table now, then reloaded in a thread: a request never waits on the database
         self.recorder = Recorder(static["pipeline"], lambda: database_url(self.settings), RayMetrics())
         self._ab_cache: tuple[tuple[int, int], float, dict[str, Any]] | None = None
         self.inflight = 0  # predict requests admitted and not yet answered (the event loop's only)
-        self._pool: ConnectionPool | None = None
-        self._pool_lock = threading.Lock()
+        self.similar_reads = SimilarReader(
+            lambda: database_url(self.settings), static["pipeline"], static["model_name"]
+        )
+        self._outage_logged = 0.0  # an outage's cause is logged once per OUTAGE_LOG_EVERY_S, not per request
 
     async def reconfigure(self, config: dict[str, Any]) -> None:
         """Apply new arguments: versions new to this replica are loaded first (in a thread, while
@@ -156,14 +164,19 @@ class Ingress:
         return {"status": "ok"}
 
     @app.get("/readyz")
-    def readyz(self) -> dict[str, Any]:
+    def readyz(self, request: Request) -> dict[str, Any]:
+        """Ready, to anyone (a kubelet's probe sends no key); the versions loaded only with a key
+        of this pipeline."""
+        if isinstance(self._authorize(request), JSONResponse):
+            return {"status": "ready"}
         return {"status": "ready", "versions": sorted(self.versions)}
 
     @app.get("/")
     async def info(self, request: Request) -> Any:
         """Versions, weights, the canary's state and the A/B result: behind the API key, like predict."""
-        if not self._authorized(request):
-            return error(401, *UNAUTHORIZED)
+        denied = self._authorize(request)
+        if isinstance(denied, JSONResponse):
+            return denied
         return {
             "pipeline": self.args.pipeline,
             "model": self.args.model_name,
@@ -204,46 +217,31 @@ class Ingress:
         """The `k` (1-100, default 10) entities nearest `entity_id` in the vector space of the
         version the `champion` alias names (resolved in the database for each request), with that
         version and the space's distance; nearest first."""
-        if not self._authorized(request):
-            return error(401, *UNAUTHORIZED)
+        denied = self._authorize(request)
+        if isinstance(denied, JSONResponse):
+            return denied
         query = similar_query(dict(request.query_params))
         if isinstance(query, list):
             return invalid(query)
         try:
-            found = await asyncio.to_thread(self._similar, *query)
+            found = await asyncio.to_thread(self.similar_reads.read, *query)
         except NotInSpace as err:
             return error(404, "not_in_space", str(err), "entity_id")
         except SpaceError as err:
             return error(404, "no_vector_space", str(err))
         except (psycopg.OperationalError, PoolTimeout) as err:
-            reason = f"the platform database could not be read: {str(err).strip()[:300]}"
-            return error(503, "database_unavailable", reason, headers={"Retry-After": str(RETRY_AFTER_S)})
+            request_id = str(request_id_of(request.headers.get(REQUEST_ID_HEADER)))
+            log.warning("request %s: the platform database could not be read: %s", request_id, redact(str(err)))
+            return database_unavailable(request_id)
         return JSONResponse({"entity_id": query[0], "k": query[1], **found})
-
-    def _similar(self, entity_id: str, k: int) -> dict[str, Any]:
-        with self._db_pool().connection() as conn:
-            return similar(conn, self.static["pipeline"], self.static["model_name"], entity_id, k)
-
-    def _db_pool(self) -> ConnectionPool:
-        """The replica's few connections for similarity reads, opened at the first one."""
-        with self._pool_lock:
-            if self._pool is None:
-                self._pool = ConnectionPool(
-                    database_url(self.settings),
-                    min_size=1,
-                    max_size=4,
-                    timeout=5.0,
-                    kwargs={"connect_timeout": 3},
-                    open=True,
-                )
-            return self._pool
 
     @app.post("/predict")
     async def predict(self, request: Request) -> JSONResponse:
         started = time.perf_counter()
-        refused = self._refuse(request)
-        if refused is not None:
-            return refused
+        key_id = self._refuse(request)
+        if isinstance(key_id, JSONResponse):
+            return key_id
+        self.keys.asking.set(key_id)  # this request's tasks (its versions, its shadow) log it
         limit = self.args.max_concurrent_requests
         if self.inflight >= limit:  # a bounded queue: shed at once, the admitted keep their latency
             self.recorder.metrics.count(0, 1, "shed", False)
@@ -256,7 +254,10 @@ class Ingress:
             self.inflight -= 1
 
     async def _predict(self, request: Request, started: float) -> JSONResponse:
-        instances = self._parse(await request.body())
+        raw = await read_limited(request.stream(), self.args.max_payload_bytes)
+        if raw is None:
+            return too_large(self.args.max_payload_bytes)
+        instances = self._parse(raw)
         if isinstance(instances, JSONResponse):
             return instances
         args, sent_id = self.args, request.headers.get(REQUEST_ID_HEADER)
@@ -272,7 +273,10 @@ class Ingress:
         except FeaturesUnavailable as down:  # the online store is down: nothing is scored, no version blamed
             self.recorder.metrics.count(0, len(instances), "unavailable", False)
             self.recorder.touch()
-            return features_unavailable(str(down), str(request_id))
+            if time.monotonic() - self._outage_logged > OUTAGE_LOG_EVERY_S:
+                self._outage_logged = time.monotonic()
+                log.warning("request %s (and those of the next %ss): %s", request_id, OUTAGE_LOG_EVERY_S, down)
+            return features_unavailable(down.store, str(request_id))
         served: list[Served] = []
         refused: list[tuple[Instance, Refused]] = []
         for group, (answered, results) in zip(groups.values(), answers, strict=True):
@@ -295,31 +299,26 @@ class Ingress:
         body = {"request_id": str(request_id), "predictions": [s.answer() for s in served]}
         return JSONResponse(body, headers=headers)
 
-    def _authorized(self, request: Request) -> bool:
+    def _authorize(self, request: Request) -> JSONResponse | str:
+        """The id of the request's key; 401 without a live key, 403 for a key of other pipelines."""
         key = request.headers.get("x-api-key") or request.headers.get("authorization", "").removeprefix("Bearer ")
-        return bool(key) and key in self.api_keys
+        status, key_id = self.keys.judge(key, self.static["pipeline"])
+        if status == 403:
+            return forbidden(self.static["pipeline"])
+        return key_id if status == 200 and key_id else error(401, *UNAUTHORIZED)
 
-    def _refuse(self, request: Request) -> JSONResponse | None:
-        """401 without a known API key; 413 when the declared body is over the limit."""
-        if not self._authorized(request):
-            return error(401, *UNAUTHORIZED)
+    def _refuse(self, request: Request) -> JSONResponse | str:
+        """The request's key id; else its key's refusal, or 413 when the declared body is over the limit."""
+        key_id = self._authorize(request)
+        if isinstance(key_id, JSONResponse):
+            return key_id
         declared = request.headers.get("content-length")
         if declared and declared.isdigit() and int(declared) > self.args.max_payload_bytes:
-            return error(
-                413,
-                "payload_too_large",
-                f"payload over {self.args.max_payload_bytes} bytes (serving.max_payload_bytes)",
-            )
-        return None
+            return too_large(self.args.max_payload_bytes)
+        return key_id
 
     def _parse(self, body: bytes) -> list[Instance] | JSONResponse:
         """The request's instances, judged against the contract, or the answer refusing it."""
-        if len(body) > self.args.max_payload_bytes:
-            return error(
-                413,
-                "payload_too_large",
-                f"payload over {self.args.max_payload_bytes} bytes (serving.max_payload_bytes)",
-            )
         try:
             payload = PredictRequest.model_validate_json(body)
         except ValidationError as err:
@@ -440,7 +439,8 @@ class Ingress:
         scored none), made storable (a NaN from the online store is logged as null)."""
         if not self.args.log_requests:
             return
-        row = log_row(request_id, self.args.pipeline, version, inst, result, latency_ms, status, reason, shadow)
+        pipeline, key_id = self.args.pipeline, self.keys.asking.get()
+        row = log_row(request_id, pipeline, version, inst, result, latency_ms, status, reason, shadow, key_id)
         self.recorder.log.add(row)
 
     async def flush(self) -> int:

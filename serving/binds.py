@@ -1,9 +1,12 @@
 """Serve's replicas on the node's own address, not on every interface.
 
 Ray Serve 2.60 starts a gRPC server in every replica for calls between deployments and binds it
-to `[::]:0`: every interface of the host, in plaintext, with no token check (only `RAY_USE_TLS`
-would secure it). Serve binds it after the deployment's constructor has run, so our constructors
-call `bind_replica_grpc()` first:
+to `[::]:0`: every interface of the host, in plaintext (only `RAY_USE_TLS` encrypts it). It is
+made by `create_grpc_server_with_interceptors`, which attaches Ray's token interceptor when the
+process runs with `RAY_AUTH_MODE=token` (every Ray node of mlcycle does: `serve start`, Compose, the
+chart): a call without the cluster's token is refused `UNAUTHENTICATED`; without token mode it
+takes any caller. Either way it need not be reachable beyond the node. Serve binds it after the
+deployment's constructor has run, so our constructors call `bind_replica_grpc()` first:
 - a version deployment (called by the ingress through its handle, at the node's address) binds
   the node's address only (Ray makes that the host's routable address even when told
   `--node-ip-address=127.0.0.1`);

@@ -10,9 +10,9 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from pipelines.core.errors import SettingsError
-from pipelines.core.settings import spec_for
-from pipelines.io.registry import champion_version, model_name
+from pipelines.core.errors import ArtifactRefused, SettingsError
+from pipelines.core.settings import load_settings, spec_for
+from pipelines.io.registry import champion_version, model_name, verify_versions
 from serving.config import ServingArgs, VersionConfig
 from serving.contract import contract_args, request_contract
 from serving.haproxy import replicas_up
@@ -47,19 +47,34 @@ def serving_args(
     return ServingArgs(**{**args, **overrides})
 
 
-def haproxy_dir(instance: str) -> Path:
-    """A short directory for one Ray instance's HAProxy files: Serve adds the 56-character node id
-    and HAProxy allows admin socket paths of 97 characters at most. Pure."""
-    digest = hashlib.sha256(instance.encode()).hexdigest()[:10]
-    return Path(tempfile.gettempdir()) / f"mlcycle-hap-{digest}"
+HAPROXY_SOCKET_MAX = 97
+"""The longest Unix socket path HAProxy takes (its admin socket: it appends `.<pid>.tmp` within the
+108 bytes of a socket address; its `log` target, Serve's metrics socket); Serve puts each node's
+files in a folder named by the 56-character node id."""
+NODE_ID_CHARS = 56
+SOCKETS = ("admin.sock", "log.sock")
+"""HAProxy's admin socket and Serve's metrics socket (HAProxy logs to it), in `haproxy_dir`."""
+
+
+def haproxy_dir(state_dir: str, uid: int | None = None) -> Path:
+    """The folder of one Ray instance's HAProxy files (config, admin socket, server state, metrics
+    socket): `<state_dir>/hap`. Where the state dir's path is too long for the admin socket, a
+    folder of this user's and this state dir's own in the system's temporary folder instead (either
+    is made mode 0700 and checked by `private_dir` before Ray or HAProxy use it). Pure."""
+    inside = Path(state_dir) / "hap"
+    if max(len(str(inside / ("n" * NODE_ID_CHARS) / name)) for name in SOCKETS) <= HAPROXY_SOCKET_MAX:
+        return inside
+    digest = hashlib.sha256(state_dir.encode()).hexdigest()[:10]
+    return Path(tempfile.gettempdir()) / f"mlcycle-hap-{os.geteuid() if uid is None else uid}-{digest}"
 
 
 def serve_env(settings: Settings, haproxy: str, instance: str | None = None) -> dict[str, str]:
     """The environment of a Ray node that serves (the head of `mlcycle serve start`, the Compose
     stack's, a RayService's): HAProxy as Serve's ingress with one thread (`haproxy` is the path of
     `mlcycle-haproxy`, which keeps every listener on Serve's host), user code on the replica's
-    event loop (throughput-optimized); with `instance` (e.g. the state directory), HAProxy's files
-    in a directory of that instance's own, so two Ray instances on one host do not share them. Pure."""
+    event loop (throughput-optimized); with `instance` (the state directory), HAProxy's files in
+    that instance's own folder (`haproxy_dir`, which `mlcycle-haproxy` checks is private), so two
+    Ray instances on one host do not share them and no other user reaches them. Pure."""
     env = {
         "RAY_SERVE_ENABLE_HA_PROXY": "1",
         "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1",
@@ -73,10 +88,12 @@ def serve_env(settings: Settings, haproxy: str, instance: str | None = None) -> 
         state = haproxy_dir(instance)
         env.update(
             {
+                "MLCYCLE_HAPROXY_DIR": str(state),
                 "RAY_SERVE_HAPROXY_CONFIG_FILE_LOC": str(state / "haproxy.cfg"),
-                "RAY_SERVE_HAPROXY_SOCKET_PATH": str(state / "admin.sock"),
+                "RAY_SERVE_HAPROXY_SOCKET_PATH": str(state / SOCKETS[0]),
                 "RAY_SERVE_HAPROXY_SERVER_STATE_BASE": str(state),
                 "RAY_SERVE_HAPROXY_SERVER_STATE_FILE": str(state / "server-state"),
+                "RAY_SERVE_HAPROXY_METRICS_SOCKET_PATH": str(state / SOCKETS[1]),
             }
         )
     return env
@@ -150,12 +167,16 @@ def connect(settings: Settings) -> None:
     serve.start(http_options={"host": settings.serve_host, "port": settings.serve_port}, proxy_location=location)
 
 
-def deploy(args: ServingArgs) -> None:
-    """Create or update the application; a change of weights only reconfigures the replicas."""
+def deploy(args: ServingArgs, settings: Settings | None = None) -> None:
+    """Create or update the application; a change of weights only reconfigures the replicas. A
+    version whose files differ from the digests recorded at registration is refused before anything
+    is deployed (`ArtifactRefused`: the application keeps serving what it served)."""
     from ray import serve
 
     from serving.app import build_app  # heavy: ray
 
+    settings = settings or load_settings()
+    verify_versions(settings, args.pipeline, args.model_name, [v.version for v in args.versions])
     serve.run(build_app(args.model_dump()), name=args.pipeline, route_prefix=args.route_prefix)
 
 
@@ -169,7 +190,7 @@ def serve_champion_if_idle(settings: Settings, pipeline: str) -> bool:
     if app is not None and app.status == "RUNNING":
         return False
     champion = VersionConfig(version=champion_version(settings, pipeline), weight=100.0)
-    deploy(serving_args(spec_for(settings, pipeline), [champion], model_name(pipeline)))
+    deploy(serving_args(spec_for(settings, pipeline), [champion], model_name(pipeline)), settings)
     return True
 
 
@@ -183,6 +204,8 @@ def serve_champions(settings: Settings, pipelines: list[str]) -> dict[str, str]:
             out[pipeline] = f"deployed v{champion_version(settings, pipeline)}" if deployed else "running"
         except SettingsError as err:
             out[pipeline] = "no champion yet" if "no `champion` alias" in str(err) else str(err)
+        except ArtifactRefused as err:  # its files differ from those registered: not served
+            out[pipeline] = f"refused: {err}"
     return out
 
 

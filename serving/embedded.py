@@ -20,7 +20,14 @@ from pathlib import Path
 
 from pipelines.core.errors import SettingsError
 from pipelines.core.settings import Settings
-from pipelines.core.system import executable, secret_file, stop_started, write_private
+from pipelines.core.system import (
+    executable,
+    private_dir,
+    private_state_dir,
+    secret_file,
+    stop_started,
+    write_private,
+)
 from serving.deploy import connect, haproxy_dir, serve_env
 
 RAY_PORT = 6380
@@ -91,7 +98,11 @@ def head_command(
     settings: Settings, block: bool = False, metrics_port: int | None = None
 ) -> tuple[list[str], dict[str, str]]:
     """`ray start --head` of the embedded head and its environment (the settings and the serving
-    keys reach the replicas through it); `block` keeps it in the foreground (under supervisord)."""
+    keys reach the replicas through it); `block` keeps it in the foreground (under supervisord).
+    The state dir and HAProxy's folder are made private first: Ray would make the folder readable
+    by all."""
+    private_state_dir(settings.state_path)
+    private_dir(haproxy_dir(str(settings.state_path)))
     key = api_key(settings)
     env = {
         **os.environ,

@@ -21,6 +21,13 @@ serves is answered 404 in the endpoint's JSON error shape (Serve's own is text/p
 request carries one request id, a UUID, in `x-request-id` (the client's own where it sent a UUID,
 else a new one; an over-long or malformed id is replaced, never echoed): the ingress answers and
 logs under that id, so the response header and the body's `request_id` are the same.
+
+Its files are no one else's: before HAProxy starts, the wrapper refuses a config whose folder (and
+`MLCYCLE_HAPROXY_DIR`, the instance's folder `serve_env` names) is a symbolic link or another
+user's, and makes them mode 0700; Serve's `stats socket ... mode 666 level admin` becomes `mode 600
+level user`: Serve itself only reads the socket (`show info`, `show stat`, `show servers state`)
+and takes the listeners over it on a reload (`-x`, which `expose-fd listeners` allows at any
+level), so nobody, the owner included, can re-point a backend through it.
 """
 
 from __future__ import annotations
@@ -35,8 +42,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from pipelines.core.errors import SettingsError
 from pipelines.core.settings import load_settings
 from pipelines.core.spec import Serving, read_specs
+from pipelines.core.system import private_dir
 from serving.config import RETRY_AFTER_S
 
 FRONTEND = re.compile(r"^frontend http_frontend\s*\n\s*bind\s+(\S+):\d+", re.M)
@@ -146,6 +155,32 @@ def with_json_not_found(config: str) -> str:
     )
 
 
+STATS_SOCKET = re.compile(r"^(\s*stats socket \S+)(.*)$", re.M)
+SOCKET_ACCESS = re.compile(r"\s+(?:mode|level)\s+\S+")
+
+
+def with_private_socket(config: str) -> str:
+    """The config with its admin socket (`stats socket`) of mode 600 at level `user` (read-only
+    commands, and the listeners' transfer that `expose-fd listeners` grants), whatever mode and
+    level Serve wrote. Pure."""
+
+    def private(m: re.Match[str]) -> str:
+        rest = SOCKET_ACCESS.sub("", m.group(2))
+        return f"{m.group(1)} mode 600 level user{rest}"
+
+    return STATS_SOCKET.sub(private, config)
+
+
+def check_private(config: Path, instance_dir: str | None) -> None:
+    """Refuse (`SettingsError`) a config whose folder, or the instance's HAProxy folder, is a
+    symbolic link, no folder or another user's; make both mode 0700."""
+    if instance_dir:
+        root = private_dir(Path(instance_dir))
+        if root.resolve() not in config.resolve().parents:
+            raise SettingsError(f"{config}: not under MLCYCLE_HAPROXY_DIR ({root})")
+    private_dir(config.parent)
+
+
 def error_503_response() -> str:
     """HAProxy's own 503 (queue timeout, no replica up), as an HTTP response file. Pure."""
     body = json.dumps(
@@ -212,6 +247,10 @@ def main() -> None:
     argv = sys.argv[1:]
     path = config_path(argv)
     if path is not None and Path(path).is_file():
+        try:
+            check_private(Path(path), os.environ.get("MLCYCLE_HAPROXY_DIR"))
+        except SettingsError as err:
+            raise SystemExit(f"mlcycle-haproxy: {err}") from None
         text = Path(path).read_text()
         error_503 = Path(path).with_name("503.http")
         error_503.write_bytes(error_503_response().encode())
@@ -221,7 +260,7 @@ def main() -> None:
             print(f"mlcycle-haproxy: default admission for every application: {err}", file=sys.stderr)
             admissions = {}
         fixed = with_admission(bind_like_frontend(text), admissions, admission(Serving()), str(error_503))
-        fixed = with_json_not_found(with_request_ids(fixed))
+        fixed = with_private_socket(with_json_not_found(with_request_ids(fixed)))
         if fixed != text:
             tmp = Path(path + ".mlcycle")
             tmp.write_text(fixed)

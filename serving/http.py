@@ -5,6 +5,7 @@ mlcycle's HTTP APIs: `pipelines.core.errors.error_body`). Pure: no I/O, no Ray."
 from __future__ import annotations
 
 import uuid
+from collections.abc import AsyncIterator
 from typing import Any
 
 from fastapi.responses import JSONResponse
@@ -122,6 +123,11 @@ def invalid(detail: list[dict[str, str]], **extra: Any) -> JSONResponse:
 UNAUTHORIZED = ("unauthorized", "missing or invalid API key: send `x-api-key` or `Authorization: Bearer`")
 
 
+def forbidden(pipeline: str) -> JSONResponse:
+    """The answer to a live key that does not open this pipeline (`mlcycle keys list`). Pure."""
+    return error(403, "forbidden", f"this API key does not open pipeline {pipeline!r}")
+
+
 def overloaded(limit: int) -> JSONResponse:
     """The answer past a replica's capacity: 503 with `Retry-After`, at once. Pure."""
     return error(
@@ -132,9 +138,36 @@ def overloaded(limit: int) -> JSONResponse:
     )
 
 
-def features_unavailable(reason: str, request_id: str) -> JSONResponse:
-    """The answer while the online feature store cannot be read: 503 with the reason and
-    `Retry-After`; no prediction is made with features missing. Pure."""
+def features_unavailable(store: str, request_id: str) -> JSONResponse:
+    """The answer while the online feature store cannot be read: 503 naming the store (its error
+    goes to the replica's log, under the request id), with `Retry-After`; no prediction is made
+    with features missing. Pure."""
+    reason = f"the online feature store ({store}) could not be read; retry after {RETRY_AFTER_S} s"
     return error(
         503, "features_unavailable", reason, headers={"Retry-After": str(RETRY_AFTER_S)}, request_id=request_id
     )
+
+
+def database_unavailable(request_id: str) -> JSONResponse:
+    """The answer while the platform database cannot be read: 503 with `Retry-After` and the
+    request id; the database's error goes to the replica's log, never to the client. Pure."""
+    reason = f"the platform database could not be read; retry after {RETRY_AFTER_S} s"
+    return error(
+        503, "database_unavailable", reason, headers={"Retry-After": str(RETRY_AFTER_S)}, request_id=request_id
+    )
+
+
+def too_large(limit: int) -> JSONResponse:
+    """The answer to a body over `serving.max_payload_bytes`. Pure."""
+    return error(413, "payload_too_large", f"payload over {limit} bytes (serving.max_payload_bytes)")
+
+
+async def read_limited(chunks: AsyncIterator[bytes], limit: int) -> bytes | None:
+    """The request body from its chunks as they arrive, or None as soon as it passes `limit`
+    bytes: a chunked body (no Content-Length) over the limit is refused without being read whole."""
+    body = bytearray()
+    async for chunk in chunks:
+        body += chunk
+        if len(body) > limit:
+            return None
+    return bytes(body)

@@ -20,6 +20,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from pipelines.core.errors import redact
 from pipelines.core.settings import Settings
 from pipelines.core.spec import PipelineSpec
 from pipelines.io.db import database_url
@@ -30,16 +31,22 @@ log = logging.getLogger(__name__)
 
 class FeaturesUnavailable(RuntimeError):
     """The online store could not be read (down, unreachable). No version can answer without it
-    and none is to blame: the request is answered 503 with the reason, counted against no version
-    (an outage of the store never rolls a canary back), and nothing is scored with features
-    missing."""
+    and none is to blame: the request is answered 503 naming the store (the cause goes to the
+    replica's log, never to the client), counted against no version (an outage of the store never
+    rolls a canary back), and nothing is scored with features missing."""
+
+    def __init__(self, detail: str, store: str = "online") -> None:
+        super().__init__(detail)
+        self.store = store
+
+    def __reduce__(self) -> tuple[type[FeaturesUnavailable], tuple[str, str]]:  # through Ray's handles
+        return (type(self), (str(self), self.store))
 
 
 def unavailable(store: str, err: BaseException) -> FeaturesUnavailable:
-    """The error a failed read becomes, naming the store and the cause. Pure."""
-    return FeaturesUnavailable(
-        f"the online feature store ({store}) could not be read: {type(err).__name__}: {err}"[:400]
-    )
+    """The error a failed read becomes, naming the store and the cause (credentials redacted). Pure."""
+    detail = redact(f"the online feature store ({store}) could not be read: {type(err).__name__}: {err}")
+    return FeaturesUnavailable(detail[:400], store)
 
 
 class OnlineFeatures(Protocol):

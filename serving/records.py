@@ -100,6 +100,7 @@ class LogRow:
     probabilities: list[float] | None = None  # in the classes' order, as the model answers them
     position: int = 0  # the instance's place in its request
     off_contract: str | None = None  # why a scored instance is outside the contract (feedback skips it)
+    key_id: str | None = None  # the serving key that asked (`serving_keys.id`, or `bootstrap`)
 
     def values(self) -> tuple[Any, ...]:
         """The row as COPY writes it, in `COLUMNS` order. Pure."""
@@ -129,6 +130,7 @@ def log_row(
     status: str,
     reason: str | None,
     shadow: bool,
+    key_id: str | None = None,
 ) -> LogRow:
     """The request log's row of one answer: the features the version scored (the request's where
     it scored none), made storable. Pure but for the clock."""
@@ -149,4 +151,5 @@ def log_row(
         probabilities=list(named.values()) if named else None,
         position=inst.position,
         off_contract=inst.off_contract,
+        key_id=key_id,
     )

@@ -10,7 +10,7 @@ import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from pipelines.core.system import stop_processes
@@ -53,10 +53,13 @@ class S3Server:
     access_key: str
     secret_key: str
     bucket: str
+    ports: dict[str, int] = field(default_factory=dict)  # MASTER, VOLUME, FILER, S3
 
 
 @contextmanager
-def seaweedfs(data_dir: Path, bucket: str = "mlcycle-test", attempts: int = 3) -> Iterator[S3Server]:
+def seaweedfs(
+    data_dir: Path, bucket: str = "mlcycle-test", attempts: int = 3, extra_env: dict[str, str] | None = None
+) -> Iterator[S3Server]:
     """SeaweedFS with its S3 API on 127.0.0.1, credentials required, started by the Compose
     stack's own script once it takes a write (a bucket answers before a volume server has
     joined). A start that does not get there is tried again on other ports; the error holds each
@@ -77,6 +80,7 @@ def seaweedfs(data_dir: Path, bucket: str = "mlcycle-test", attempts: int = 3) -
             "WEED_IP": "127.0.0.1",
             "WEED_BIND": "127.0.0.1",
             **{f"WEED_{name}_PORT": str(port) for name, port in ports.items()},
+            **(extra_env or {}),
         }
         endpoint = f"http://127.0.0.1:{ports['S3']}"
         log_path = workdir / "weed.log"
@@ -87,7 +91,7 @@ def seaweedfs(data_dir: Path, bucket: str = "mlcycle-test", attempts: int = 3) -
         try:
             failure = _wait_for_writes(endpoint, access, secret, bucket, proc)
             if failure is None:
-                yield S3Server(endpoint, access, secret, bucket)
+                yield S3Server(endpoint, access, secret, bucket, ports)
                 return
             failures.append(f"start {attempt} (ports {ports}): {failure}\n{log_path.read_text()[-3000:]}")
         finally:

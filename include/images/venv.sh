@@ -1,14 +1,12 @@
 #!/bin/sh
-# `venv <role>`: a virtualenv at /opt/venv with the packages of include/images/<role>.txt, from the
-# wheelhouse only (versions pinned by its constraints.txt), and the `mlcycle` console script.
-# VARIANT=gpu swaps onnxruntime for onnxruntime-gpu (the wheelhouse of `make wheels VARIANT=gpu`).
+# `venv <role>`: a virtualenv at /opt/venv with the packages of include/images/<role>.lock (made by
+# `make lock` from <role>.txt: every package pinned with its hashes), from the wheelhouse only.
+# VARIANT=gpu installs <role>-gpu.lock where there is one (CUDA torch, onnxruntime-gpu).
 set -e
 python3 -m venv /opt/venv
-pip install --quiet --no-index --find-links /wheels -c /wheels/constraints.txt -r "/images/$1.txt"
-if [ "$VARIANT" = gpu ] && pip show onnxruntime >/dev/null 2>&1; then
-  pip uninstall -y --quiet onnxruntime
-  pip install --quiet --no-index --find-links /wheels onnxruntime-gpu
-fi
+lock="/images/$1.lock"
+if [ "$VARIANT" = gpu ] && [ -f "/images/$1-gpu.lock" ]; then lock="/images/$1-gpu.lock"; fi
+pip install --quiet --no-index --find-links /wheels --require-hashes -r "$lock"
 # the project's code lives once, in /opt/mlcycle (PYTHONPATH); no copy in site-packages. Its console
 # scripts (pyproject.toml): `mlcycle`, and `mlcycle-haproxy` (Serve's HAProxy, see serving/haproxy.py)
 script() {

@@ -9,9 +9,15 @@
 # sparse, at most WEED_MAX_VOLUMES of them, and the volume server stops taking writes below
 # WEED_MIN_FREE_SPACE.
 #
-# Environment (defaults are the Compose service's): WEED (the binary), WEED_DIR (/data), WEED_IP
-# (the host name), WEED_BIND (0.0.0.0), WEED_MASTER_PORT (9333), WEED_VOLUME_PORT (8080),
-# WEED_FILER_PORT (8888), WEED_S3_PORT (8333), each gRPC port being the port + 10000.
+# Environment: WEED (the binary), WEED_DIR (/data), WEED_IP (the host name), WEED_BIND (0.0.0.0:
+# where the master, volume server and filer listen), WEED_S3_BIND (WEED_BIND: where the S3 API
+# listens), WEED_MASTER_PORT (9333), WEED_VOLUME_PORT (8080), WEED_FILER_PORT (8888), WEED_S3_PORT
+# (8333), each gRPC port being the port + 10000. The Compose stack keeps the master, volume server
+# and filer on the container's loopback (only the S3 API, which checks its credentials, answers the
+# network) and sets the JWT signing keys SeaweedFS reads from the environment (security.toml's
+# keys as WEED_JWT_SIGNING_KEY, WEED_JWT_SIGNING_READ_KEY, WEED_JWT_FILER_SIGNING_KEY,
+# WEED_JWT_FILER_SIGNING_READ_KEY): a volume or filer read or write without a token signed with
+# them is refused with 401.
 set -euo pipefail
 : "${AWS_ACCESS_KEY_ID:?}" "${AWS_SECRET_ACCESS_KEY:?}" "${S3_BUCKET:?}"
 weed=${WEED:-weed}
@@ -35,7 +41,7 @@ EOF
   -volume.port="${WEED_VOLUME_PORT:-8080}" -volume.max="${WEED_MAX_VOLUMES:-100}" \
   -volume.minFreeSpace="${WEED_MIN_FREE_SPACE:-256MiB}" -volume.preStopSeconds=1 \
   -filer -filer.port="${WEED_FILER_PORT:-8888}" \
-  -s3 -s3.port="${WEED_S3_PORT:-8333}" -s3.config="$config" -s3.port.iceberg=0 -s3.port.lance=0 \
+  -s3 -s3.port="${WEED_S3_PORT:-8333}" -s3.ip.bind="${WEED_S3_BIND:-${WEED_BIND:-0.0.0.0}}" -s3.config="$config" -s3.port.iceberg=0 -s3.port.lance=0 \
   -metricsPort=0 &
 server=$!
 trap 'kill -TERM "$server" 2>/dev/null' TERM INT

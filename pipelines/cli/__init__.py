@@ -21,6 +21,8 @@
     mlcycle demo                           the churn lifecycle through Airflow, embedded
     mlcycle stack env | up | down | status the Compose stack: its .env of secrets, health
     mlcycle statsd-exporter                Airflow's StatsD metrics for Prometheus (the stack runs it)
+    mlcycle keys create | list | revoke    serving keys per pipeline (shown once, stored hashed)
+    mlcycle audit P [--limit N] [--json]   who did what on a pipeline
 
 Errors a user can cause print one readable message and exit 2 (3 for rejected data). Every image
 runs this command and installs only its role's libraries, so a subcommand imports what needs

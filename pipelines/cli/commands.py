@@ -12,14 +12,16 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from pipelines.cli.team_commands import os_user
 from pipelines.core import spec_docs
+from pipelines.core.audit import AuditEvent
 from pipelines.core.errors import InvalidArgument, MlcycleError
 from pipelines.core.params import ENV as PARAMS_ENV
 from pipelines.core.pod import pod_manifest
 from pipelines.core.settings import PROJECT_DIR, load_settings, pipeline_names, spec_for
 from pipelines.core.spec import FileSource, Source, SyntheticSource, json_schema, load_spec
 from pipelines.core.steps import step as step_info
-from pipelines.io import db
+from pipelines.io import audit, db
 from pipelines.io.clientenv import client_env
 from pipelines.io.clientenv import render_env as render_client_env
 from pipelines.io.runs import latest_run_id, render_run, run_steps
@@ -187,6 +189,8 @@ def cmd_labels_load(args: argparse.Namespace) -> int:
     from pipelines.io.labels import load_labels  # heavy: pandas
 
     loaded = load_labels(settings, spec_for(settings, args.pipeline), source)
+    detail = {"rows": loaded, "source": source.kind, "via": "cli"}
+    audit.record(settings, AuditEvent(args.actor or os_user(), "user", "labels_loaded", args.pipeline, detail=detail))
     print(f"{args.pipeline}: {loaded} labels loaded")
     return 0
 

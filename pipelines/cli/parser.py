@@ -35,6 +35,7 @@ from pipelines.cli.platform_commands import (
     cmd_up,
 )
 from pipelines.cli.steering_commands import add_model
+from pipelines.cli.team_commands import add_team
 
 if TYPE_CHECKING:
     Subparsers = argparse._SubParsersAction[argparse.ArgumentParser]
@@ -72,6 +73,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_services(sub)
     add_model(sub)
     _add_platform(sub)
+    add_team(sub)
     return parser
 
 
@@ -140,6 +142,7 @@ def _add_records(sub: Subparsers) -> None:
     p.add_argument("--pipeline", required=True)
     p.add_argument("source", help="a .csv/.parquet path, an s3:// URI, or a SELECT query")
     p.add_argument("--url-env", help="with a query: the env variable holding the database URL")
+    p.add_argument("--actor", help="who loads them, for the audit (default: the OS user)")
     p.set_defaults(func=cmd_labels_load)
 
 

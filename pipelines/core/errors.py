@@ -6,6 +6,7 @@ and a non-zero exit code, never a traceback.
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 
@@ -67,6 +68,14 @@ class GateError(MlcycleError):
     exit_code = 3
 
 
+class ArtifactRefused(MlcycleError):
+    """An artifact that must not be loaded: its bytes differ from the sha256 recorded when it was
+    written (swapped or changed in storage), no digest was recorded for it, or it is in a format
+    that could run code on load (a pickle). Retrying cannot help."""
+
+    exit_code = 3
+
+
 class StepSkipped(MlcycleError):
     """Not an error: the step has nothing to do (a failed promotion gate). Airflow marks the task
     skipped, and the rest of the run with it."""
@@ -113,3 +122,16 @@ def error_body(code: str, reason: str, field: str | None = None, **extra: Any) -
 def status_code(status: int) -> str:
     """The error code of an HTTP status without a code of its own (`unavailable` for 503). Pure."""
     return STATUS_CODES.get(status, "bad_request" if 400 <= status < 500 else "internal_error")
+
+
+_URL_CREDENTIALS = re.compile(r"(?P<scheme>\b[a-zA-Z][a-zA-Z0-9+.-]*://)[^/\s'\"]*@")
+_PASSWORD_KEYWORD = re.compile(r"(?P<key>\bpassword\s*=\s*)(?:'(?:[^'\\]|\\.)*'|[^\s,;]+)", re.IGNORECASE)
+
+
+def redact(text: str) -> str:
+    """`text` (a URL, a message, a connection string) with every credential replaced by `***`:
+    a URL's `user:password@` (`redis://:s3cret@redis:6379/0` -> `redis://***@redis:6379/0`) and a
+    `password=` keyword (libpq's conninfo, Feast's Redis connection string). Every message that
+    formats a connection string goes through it. Pure."""
+    text = _URL_CREDENTIALS.sub(lambda m: f"{m.group('scheme')}***@", text)
+    return _PASSWORD_KEYWORD.sub(lambda m: f"{m.group('key')}***", text)

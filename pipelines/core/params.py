@@ -17,7 +17,9 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from pipelines.core.errors import InvalidArgument
+from pipelines.core.settings import Settings
 from pipelines.core.spec import PipelineSpec
+from pipelines.core.uris import allowed_prefixes, uri_pattern
 
 ENV = "MLCYCLE_RUN_PARAMS"
 
@@ -54,19 +56,26 @@ SOURCE_URI_PATTERN = r"\.([cC][sS][vV](\.[gG][zZ])?|[pP][aA][rR][qQ][uU][eE][tT]
 """What `RunParams.source_uri` accepts, as the form's JSON-schema pattern (no flags there)."""
 
 
-def airflow_params(spec: PipelineSpec | None = None) -> dict[str, Any]:
+def airflow_params(spec: PipelineSpec | None = None, settings: Settings | None = None) -> dict[str, Any]:
     """The lifecycle DAG's `params` (Airflow validates them against these JSON schemas). The form's
     labels are the parameter names (what `conf`, `mlcycle run --conf` and the docs say), and with a
-    spec, the defaults are the spec's own (the trial budget shows 12, not an empty field)."""
+    spec, the defaults are the spec's own (the trial budget shows 12, not an empty field); with the
+    settings too, `source_uri` takes only the prefixes the pipeline allows (`pipelines.core.uris`),
+    which its description lists."""
     from airflow.sdk import Param
 
     fields = RunParams.model_fields
     source = f" (default: the spec's {spec.source.kind} source)" if spec else ""
+    pattern = SOURCE_URI_PATTERN
+    if spec is not None and settings is not None:
+        prefixes = allowed_prefixes(spec.source, settings, spec.name)
+        pattern = uri_pattern(prefixes, settings, SOURCE_URI_PATTERN)
+        source += f"; only under {', '.join(prefixes)}"
     return {
         "source_uri": Param(
             None,
             type=["null", "string"],
-            pattern=SOURCE_URI_PATTERN,
+            pattern=pattern,
             title="source_uri",
             description=f"{fields['source_uri'].description}{source}",
         ),
@@ -137,7 +146,11 @@ def apply(spec: PipelineSpec, params: RunParams) -> PipelineSpec:
     if params.source_uri:
         kind = "s3" if params.source_uri.startswith("s3://") else "file"
         key = "uri" if kind == "s3" else "path"
-        keep = {"lookback_days": spec.source.lookback_days, "feedback": spec.source.feedback}
+        keep = {
+            "lookback_days": spec.source.lookback_days,
+            "feedback": spec.source.feedback,
+            "allowed_uris": spec.source.allowed_uris,
+        }
         update["source"] = {"kind": kind, key: params.source_uri, **keep}
     if params.n_trials is not None:
         update["training"] = {**spec.training.model_dump(), "n_trials": params.n_trials}

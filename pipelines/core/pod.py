@@ -18,7 +18,32 @@ if TYPE_CHECKING:
     from pipelines.core.spec import PipelineSpec, Resources
 
 XCOM_PATH = "/airflow/xcom/return.json"
-CONTAINER = "base"  # the name KubernetesPodOperator reads logs and XCom from
+CONTAINER = "base"  # the name KubernetesPodOperator reads logs from
+HOME = "/home/mlcycle"  # the images' HOME (Dockerfile)
+WRITABLE = {"tmp": "/tmp", "home": HOME, "results": XCOM_PATH.rsplit("/", 1)[0]}  # noqa: S108 - the pod's own emptyDir
+"""What a step writes outside the artifact store (temporary files, the libraries' caches under HOME,
+its result), each an emptyDir: the container's root filesystem is read-only."""
+RAY_STEPS = frozenset({"canary"})
+"""The steps that drive Ray Serve (deploy, move traffic): the only pods that get the Ray token."""
+
+
+def drives_ray(step: str) -> bool:
+    """Whether a step's pod gets the Ray cluster's token (`k8s_ray_secret`). Pure."""
+    return step in RAY_STEPS
+
+
+def docker_env_from(settings: Settings, step: str) -> list[str]:
+    """The variables a step container of runtime `docker` takes from the worker's environment, as
+    its pod takes its Secrets: the database and S3 for every step, the Ray token for the steps
+    that drive Ray Serve only. Pure."""
+    return [*settings.docker_env_from, *(settings.docker_ray_env_from if drives_ray(step) else [])]
+
+
+def secret_refs(settings: Settings, step: str) -> list[dict[str, Any]]:
+    """The step container's `envFrom`: the Secret of every step (database, S3) and, for a step that
+    drives Ray Serve, the Ray token's Secret; never the serving keys. Pure."""
+    names = [settings.k8s_env_secret, settings.k8s_ray_secret if drives_ray(step) else None]
+    return [{"secretRef": {"name": n}} for n in names if n]
 
 
 def pod_name(pipeline: str, step: str, worker: int | None = None) -> str:
@@ -88,13 +113,17 @@ def pod_manifest(
         "securityContext": {
             "allowPrivilegeEscalation": False,
             "capabilities": {"drop": ["ALL"]},
+            "readOnlyRootFilesystem": True,
             "runAsNonRoot": True,
             "runAsUser": settings.k8s_run_as_user,
             "runAsGroup": settings.k8s_run_as_group,
+            "seccompProfile": {"type": "RuntimeDefault"},
         },
+        "volumeMounts": [{"name": name, "mountPath": path} for name, path in WRITABLE.items()],
     }
-    if settings.k8s_env_secret:
-        container["envFrom"] = [{"secretRef": {"name": settings.k8s_env_secret}}]
+    refs = secret_refs(settings, step)
+    if refs:
+        container["envFrom"] = refs
     labels = {
         "app.kubernetes.io/name": "mlcycle",
         "app.kubernetes.io/component": "step",
@@ -114,6 +143,9 @@ def pod_manifest(
             "seccompProfile": {"type": "RuntimeDefault"},
         },
         "containers": [container],
+        "volumes": [{"name": name, "emptyDir": {}} for name in WRITABLE],
+        # a step calls no Kubernetes API: no token in the pod
+        "automountServiceAccountToken": False,
     }
     if settings.k8s_image_pull_secrets:
         pod_spec["imagePullSecrets"] = [{"name": n} for n in settings.k8s_image_pull_secrets]

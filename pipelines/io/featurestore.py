@@ -17,6 +17,7 @@ from urllib.parse import unquote, urlsplit
 from psycopg.conninfo import conninfo_to_dict
 
 from feature_repo.definitions import build_definitions
+from pipelines.core.errors import redact
 from pipelines.core.settings import Settings, scoped_environ
 from pipelines.core.spec import PipelineSpec
 from pipelines.io.db import database_url, sqlalchemy_url
@@ -34,7 +35,7 @@ def redis_connection_string(url: str) -> str:
     `redis://[:password@]host[:port][/db]` or `rediss://` URL. Pure."""
     parts = urlsplit(url)
     if parts.scheme not in ("redis", "rediss") or not parts.hostname:
-        raise ValueError(f"MLCYCLE_REDIS_URL: expected redis://[:password@]host[:port][/db], got {url!r}")
+        raise ValueError(f"MLCYCLE_REDIS_URL: expected redis://[:password@]host[:port][/db], got {redact(url)!r}")
     out = [f"{parts.hostname}:{parts.port or 6379}"]
     if parts.password:
         out.append(f"password={unquote(parts.password)}")

@@ -6,13 +6,16 @@ version to which, when and why in the platform table `alias_audit`.
 
 from __future__ import annotations
 
+import json
+import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pipelines.core.audit import ActorKind, AuditEvent
-from pipelines.core.errors import SettingsError
+from pipelines.core.errors import ArtifactRefused, SettingsError
+from pipelines.core.integrity import check_files, sha256_hex
 from pipelines.core.settings import Settings
 from pipelines.io import audit as audit_trail
 from pipelines.io.db import connect, fetch_dicts
@@ -142,12 +145,86 @@ def champion_version(settings: Settings, pipeline: str) -> int:
 
 def load_onnx_model(settings: Settings, pipeline: str, model: str, version: int) -> bytes:
     """The serialized ONNX model of a registered version of a pipeline's model (its `onnx` flavor:
-    the versions `log_onnx_model` logs and the older, ONNX-only ones alike)."""
-    import mlflow.onnx  # heavy: mlflow
+    the versions `log_onnx_model` logs and the older, ONNX-only ones alike), once every file of the
+    version matches the sha256 recorded at registration (`seal_version`); `ArtifactRefused` otherwise."""
+    import mlflow  # heavy: mlflow
+    import onnx
 
     setup_mlflow(settings, pipeline)
-    loaded = mlflow.onnx.load_model(f"models:/{model}/{version}")
-    return bytes(loaded.SerializeToString())
+    with tempfile.TemporaryDirectory(prefix="mlcycle-model-") as tmp:
+        root = verified_version(mlflow.MlflowClient(), model, version, Path(tmp))
+        # with the external data files of a version logged by `mlflow.onnx.log_model`, verified too
+        return bytes(onnx.load(str(onnx_file(root))).SerializeToString())
+
+
+FILES_TAG = "mlcycle.files_sha256"
+"""The model-version tag holding the sha256 of every file of the version (JSON: path -> digest)."""
+DOWNLOAD_META = "registered_model_meta"
+"""The file MLflow adds to a registered model it downloads (not one of the version's files)."""
+
+
+def file_digests(root: Path) -> dict[str, str]:
+    """The sha256 of every file under `root` by its relative path, MLflow's download note aside."""
+    files = (p for p in sorted(root.rglob("*")) if p.is_file() and p.relative_to(root).as_posix() != DOWNLOAD_META)
+    return {p.relative_to(root).as_posix(): sha256_hex(p.read_bytes()) for p in files}
+
+
+def download_version(name: str, version: int, dst: Path) -> Path:
+    import mlflow.artifacts  # heavy: mlflow
+
+    return Path(mlflow.artifacts.download_artifacts(artifact_uri=f"models:/{name}/{version}", dst_path=str(dst)))
+
+
+def onnx_file(root: Path) -> Path:
+    """The ONNX file of a downloaded model, as its `MLmodel` names it under the `onnx` flavor."""
+    import yaml
+
+    flavors = yaml.safe_load((root / "MLmodel").read_text()).get("flavors", {})
+    data = flavors.get("onnx", {}).get("data")
+    path = (root / str(data)).resolve()
+    if not data or not path.is_relative_to(root.resolve()) or not path.is_file():
+        raise ArtifactRefused(f"{root.name}: no ONNX file named by its MLmodel ({data!r})")
+    return path
+
+
+def seal_version(client: Any, name: str, version: int, onnx_bytes: bytes | None = None) -> dict[str, str]:
+    """Record the sha256 of every file of a registered version as its tag `FILES_TAG` (the ONNX
+    model and the pyfunc's files), read back as stored; `onnx_bytes` (the model the step meant to
+    register): its ONNX file must be those bytes. Returns the digests."""
+    with tempfile.TemporaryDirectory(prefix="mlcycle-seal-") as tmp:
+        root = download_version(name, version, Path(tmp))
+        digests = file_digests(root)
+        stored = onnx_file(root).relative_to(root.resolve()).as_posix()
+    if onnx_bytes is not None and digests.get(stored) != sha256_hex(onnx_bytes):
+        raise ArtifactRefused(f"{name} v{version}: its stored {stored} is not the model promote logged: not sealed")
+    client.set_model_version_tag(name, str(version), FILES_TAG, json.dumps(digests, sort_keys=True))
+    return digests
+
+
+def verified_version(client: Any, name: str, version: int, dst: Path) -> Path:
+    """A registered version's files downloaded under `dst`, each checked against the digests
+    recorded at registration; `ArtifactRefused` naming the version and its files otherwise."""
+    label = f"{name} v{version}"
+    raw = client.get_model_version(name, str(version)).tags.get(FILES_TAG)
+    if not raw:
+        raise ArtifactRefused(
+            f"{label}: no file digests recorded at registration (tag {FILES_TAG}; a version registered "
+            "before digests were recorded, or outside `promote`): refused; promote a retrained model"
+        )
+    root = download_version(name, version, dst)
+    check_files(file_digests(root), json.loads(raw), label)
+    return root
+
+
+def verify_versions(settings: Settings, pipeline: str, model: str, versions: list[int]) -> None:
+    """Every version's files match their recorded digests, before any is deployed."""
+    import mlflow  # heavy: mlflow
+
+    setup_mlflow(settings, pipeline)
+    client = mlflow.MlflowClient()
+    for version in versions:
+        with tempfile.TemporaryDirectory(prefix="mlcycle-verify-") as tmp:
+            onnx_file(verified_version(client, model, version, Path(tmp)))
 
 
 PYFUNC_CODE = Path(__file__).with_name("onnx_pyfunc.py")
@@ -219,8 +296,6 @@ def log_onnx_model(
     """Log the ONNX model to the active MLflow run with a signature (the contract's types of its
     inputs, `pyfunc_inputs`) and an input example (a few rows of `features`, raw columns as the
     endpoint takes them); returns the logged model's URI."""
-    import tempfile
-
     import mlflow  # heavy: mlflow, onnxruntime
     import numpy as np
     from mlflow.models import Model

@@ -16,12 +16,15 @@ from typing import Any
 from pipelines.core.settings import Settings, spec_for
 from pipelines.io.db import connect
 from pipelines.ml.abtest import compare
+from pipelines.ml.shadow import LogRow
 
 LABELLED_SQL = """
-SELECT r.model_version, r.score, l.label, r.created_at, l.entity_id, r.features, r.probabilities, r.off_contract
+SELECT r.model_version, r.score, l.label, r.created_at, l.entity_id, r.features, r.probabilities, r.off_contract,
+    r.request_id
 FROM labels l
 JOIN LATERAL (
-    SELECT model_version, score, created_at, features, probabilities, off_contract FROM inference_requests r
+    SELECT model_version, score, created_at, features, probabilities, off_contract, request_id
+    FROM inference_requests r
     WHERE r.pipeline = l.pipeline AND r.entity_id = l.entity_id AND NOT r.shadow AND r.status = 'ok'
       AND (l.request_id IS NULL OR r.request_id = l.request_id)
       AND (l.request_id IS NOT NULL OR r.created_at <= l.observed_at)
@@ -47,7 +50,7 @@ def labelled(
         rows = conn.execute(
             LABELLED_SQL, {"pipeline": pipeline, "versions": versions, "since": since, "until": until}
         ).fetchall()
-    return [(int(v), list(p) if p is not None else float(s), float(y)) for v, s, y, _, _, _, p, _ in rows]
+    return [(int(v), list(p) if p is not None else float(s), float(y)) for v, s, y, _, _, _, p, _, _ in rows]
 
 
 def feedback(settings: Settings, pipeline: str, since: datetime | None, until: datetime) -> list[dict[str, Any]]:
@@ -58,7 +61,7 @@ def feedback(settings: Settings, pipeline: str, since: datetime | None, until: d
             LABELLED_SQL, {"pipeline": pipeline, "versions": None, "since": since, "until": until}
         ).fetchall()
     out: dict[tuple[str, datetime], dict[str, Any]] = {}
-    for _, _, label, served_at, entity, features, _, off_contract in rows:
+    for _, _, label, served_at, entity, features, _, off_contract, _ in rows:
         if since is not None and served_at <= since:
             continue  # the window is (since, until]; the shared query's lower bound is inclusive
         if off_contract is not None:
@@ -94,3 +97,39 @@ def served_since(
             (pipeline, since),
         ).fetchall()
     return [(int(v), s, sc, lat, c) for v, s, sc, lat, c in rows]
+
+
+def shadow_count(settings: Settings, pipeline: str, version: int, since: float) -> int:
+    """The answers `version` gave as the shadow since a Unix time (one per instance)."""
+    with connect(settings) as conn:
+        row = conn.execute(
+            "SELECT count(*) FROM inference_requests WHERE pipeline = %s AND shadow AND model_version = %s"
+            " AND created_at >= to_timestamp(%s)",
+            (pipeline, version, since),
+        ).fetchone()
+    return int(row[0]) if row else 0
+
+
+def shadow_rows(settings: Settings, pipeline: str, champion: int, shadow: int, since: float) -> list[LogRow]:
+    """The champion's served answers and the shadow's copies of them since a Unix time."""
+    with connect(settings) as conn:
+        rows = conn.execute(
+            "SELECT request_id, entity_id, model_version, shadow, status, score, latency_ms, predicted_class,"
+            " probabilities FROM inference_requests WHERE pipeline = %s AND created_at >= to_timestamp(%s)"
+            " AND ((model_version = %s AND NOT shadow) OR (model_version = %s AND shadow))",
+            (pipeline, since, champion, shadow),
+        ).fetchall()
+    return [
+        LogRow(str(q), str(e), int(v), bool(sh), st, sc, float(lat), c, list(p) if p is not None else None)
+        for q, e, v, sh, st, sc, lat, c, p in rows
+    ]
+
+
+def labels_of_served(settings: Settings, pipeline: str, version: int, since: datetime) -> dict[tuple[str, str], float]:
+    """The labels that arrived for the predictions `version` served since `since`, by (request id,
+    entity id): a shadow's copy of the same request shares them."""
+    with connect(settings) as conn:
+        rows = conn.execute(
+            LABELLED_SQL, {"pipeline": pipeline, "versions": [version], "since": since, "until": None}
+        ).fetchall()
+    return {(str(row[8]), str(row[4])): float(row[2]) for row in rows}

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
 
-from pipelines.core.errors import ServiceUnavailable
+from pipelines.core.errors import ServiceUnavailable, redact
 from pipelines.core.settings import Settings
 from pipelines.core.spec import SPLITS
 from pipelines.core.steps import STEP_NAMES
@@ -120,7 +120,7 @@ def finish_attempt(settings: Settings, attempt: Attempt, outcome: Outcome, *, re
             if tried == RECORD_TRIES:
                 raise ServiceUnavailable(
                     f"{where}: the step {outcome.status} but its outcome could not be recorded "
-                    f"(the platform database: {str(err).strip()}); retry the task"
+                    f"(the platform database: {redact(str(err).strip())}); retry the task"
                 ) from err
             log.warning("recording the outcome of %s: %s; try %d of %d", where, err, tried, RECORD_TRIES)
             time.sleep(min(2 ** (tried - 1), 8))
@@ -141,6 +141,21 @@ def _record(settings: Settings, attempt: Attempt, outcome: Outcome) -> None:
                 attempt.number,
             ),
         )
+
+
+def step_outputs(settings: Settings, pipeline: str, run_id: str, step: str, worker: int | None) -> Any:
+    """What the latest attempt of a step (and trial worker) that succeeded or reused its work
+    recorded: the result it also wrote to MLCYCLE_XCOM_PATH. None when no attempt did. The
+    kubernetes runtime reads a step pod's result here, so Airflow needs no `pods/exec` (the
+    provider's XCom sidecar is read through it)."""
+    with connect(settings, timeout_s=10) as conn:
+        row = conn.execute(
+            "SELECT outputs FROM step_runs WHERE pipeline=%s AND run_id=%s AND step=%s"
+            " AND worker IS NOT DISTINCT FROM %s AND status IN ('succeeded', 'reused')"
+            " ORDER BY attempt DESC LIMIT 1",
+            (pipeline, run_id, step, worker),
+        ).fetchone()
+    return row[0] if row else None
 
 
 def latest_run_id(settings: Settings, pipeline: str) -> str | None:

@@ -16,10 +16,12 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from pipelines.core.audit import AuditEvent
 from pipelines.core.errors import InvalidArgument, SettingsError
 from pipelines.core.params import FORM, RunParams, apply
 from pipelines.core.settings import Settings
 from pipelines.core.spec import PipelineSpec
+from pipelines.io import audit
 from pipelines.io.registry import champion_version
 from pipelines.io.runs import headline, render_run, run_steps
 from pipelines.local.local_airflow import TERMINAL, AirflowClient, ApiError
@@ -57,7 +59,7 @@ def check_conf(conf: dict[str, Any], spec: PipelineSpec, settings: Settings) -> 
     if params.source_uri:
         from pipelines.io.sources import check_override  # heavy: pandas
 
-        check_override(params.source_uri, spec.source, settings)
+        check_override(params.source_uri, spec, settings)
 
 
 def validation_lines(err: ValidationError) -> list[str]:
@@ -144,6 +146,10 @@ def run_pipeline(
         if err.status in (400, 422):  # the DAG's params refused the conf: the user's to fix
             raise InvalidArgument(f"{dag}: Airflow refused the run's conf: {err.detail}") from None
         raise
+    trigger = AuditEvent(
+        client.username, "user", "trigger", pipeline, run_id=run_id, detail={"conf": conf, "via": "cli"}
+    )
+    audit.record(settings, trigger)  # the Airflow user the run was triggered as
     say(f"==> {dag} {run_id}" + (f" conf {json.dumps(conf)}" if conf else ""))
     say(f"    {client.url}/dags/{dag}/runs/{run_id}")
     if not wait:

@@ -42,7 +42,7 @@ from psycopg.conninfo import conninfo_to_dict
 
 from pipelines.core.errors import SettingsError
 from pipelines.core.settings import Settings, pipeline_names
-from pipelines.core.system import executable, secret_file, write_private
+from pipelines.core.system import executable, private_state_dir, secret_file, write_private
 from pipelines.io import db
 from pipelines.io.clientenv import tracking_server_url
 from pipelines.io.tracking import server_command
@@ -297,6 +297,7 @@ class Platform:
     # -------------------------------------------------------------------------------- up
     def up(self, timeout: float = 600, say: Callable[[str], None] = say_now) -> dict[str, dict[str, Any]]:
         started = time.monotonic()
+        private_state_dir(self.settings.state_path)
         (self.home / "logs").mkdir(parents=True, exist_ok=True)
         url = db.database_url(self.settings)
         applied = db.migrate(self.settings)

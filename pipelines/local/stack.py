@@ -36,6 +36,11 @@ SECRETS: dict[str, Callable[[], str]] = {
     # Airflow's Fernet key: 32 random bytes, url-safe base64
     "AIRFLOW_FERNET_KEY": lambda: base64.urlsafe_b64encode(secrets.token_bytes(32)).decode(),
     "AIRFLOW_JWT_SECRET": lambda: secrets.token_urlsafe(32),
+    # SeaweedFS's JWT signing keys (volume and filer, writes and reads)
+    "SEAWEEDFS_JWT_KEY": lambda: secrets.token_urlsafe(32),
+    "SEAWEEDFS_JWT_READ_KEY": lambda: secrets.token_urlsafe(32),
+    "SEAWEEDFS_FILER_JWT_KEY": lambda: secrets.token_urlsafe(32),
+    "SEAWEEDFS_FILER_JWT_READ_KEY": lambda: secrets.token_urlsafe(32),
 }
 PORTS = {
     "AIRFLOW_PORT": 8080,

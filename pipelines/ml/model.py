@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from pipelines.core.errors import ArtifactRefused
 from pipelines.core.families import DEFAULT_HIDDEN_UNITS
 
 if TYPE_CHECKING:
@@ -441,10 +442,25 @@ def module_bytes(module: torch.nn.Module, enc: FeatureEncoding, params: dict[str
     return buf.getvalue()
 
 
-def load_module(data: bytes) -> tuple[torch.nn.Module, FeatureEncoding, dict[str, Any]]:
+def load_tensors(data: bytes, map_location: Any = "cpu") -> Any:
+    """A torch checkpoint of tensors and plain values (dicts, lists, numbers, text) only: loaded with
+    `weights_only=True`, so a pickle that would build any other object (and run its code) is
+    refused (`ArtifactRefused`), never run."""
+    import pickle
+
     import torch
 
-    blob = torch.load(io.BytesIO(data), map_location="cpu", weights_only=False)
+    try:
+        return torch.load(io.BytesIO(data), map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ArtifactRefused(
+            f"a torch checkpoint that holds more than tensors and plain values (refused, weights_only): {first}"
+        ) from None
+
+
+def load_module(data: bytes) -> tuple[torch.nn.Module, FeatureEncoding, dict[str, Any]]:
+    blob = load_tensors(data)
     enc = FeatureEncoding.from_dict(blob["encoding"])
     params = blob["params"]
     state = blob["state_dict"]

@@ -14,6 +14,10 @@ deployed as the champion. A pinned pipeline (`mlcycle model pin`) skips the cana
 who, when and why; a pin set, or the champion moved by a person, while the canary walks holds the
 challenger at the end: the champion serves alone again and the step ends skipped with the reason.
 
+With `canary.mode: shadow` the challenger instead gets a copy of every request and never answers
+(`pipelines.steps.shadow_run`): at the end of the window a comparison with the champion on the
+same requests decides by the same gates.
+
 The decisions and the figures of every step are the report (`report.json`, `report.png`), with the
 A/B result on the labels that arrived during the canary.
 """
@@ -21,10 +25,9 @@ A/B result on the labels that arrived during the canary.
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any, NoReturn
+from typing import Any, NoReturn
 
 import numpy as np
 
@@ -35,17 +38,16 @@ from pipelines.io.registry import CHALLENGER, CHAMPION, open_registry
 from pipelines.io.requestlog import ab_results, served_since
 from pipelines.io.steering import current_pin
 from pipelines.io.storage import write_json
-from pipelines.ml.metrics import class_shares
+from pipelines.ml.gates import class_shift, figures, judge
 from pipelines.ml.plots import png_bytes, two_panels
 from pipelines.steps.context import StepContext
+from pipelines.steps.shadow_run import shadow_run
 from serving.config import VersionConfig
 from serving.deploy import connect, deploy, endpoint, serving_args
 
-if TYPE_CHECKING:
-    from pipelines.core.spec import Canary
-
 STEP = "canary"
 POLL_S = 1.0
+__all__ = ["CanaryRolledBack", "class_shift", "figures", "judge", "plan_weights", "run"]
 
 
 class CanaryRolledBack(MlcycleError):
@@ -55,92 +57,6 @@ class CanaryRolledBack(MlcycleError):
 
 
 # ----------------------------------------------------------------------------------- pure core
-def figures(rows: Sequence[tuple[Any, ...]]) -> dict[int, dict[str, Any]]:
-    """Per version: requests, errors, error rate, p99 latency (ms), the scores' mean and standard
-    deviation, and (a multiclass model) each predicted class's share of the answers.
-    `rows` are (version, status, score, latency_ms[, predicted class]) of served (not shadow)
-    predictions."""
-    out: dict[int, dict[str, Any]] = {}
-    for version in sorted({r[0] for r in rows}):
-        mine = [r for r in rows if r[0] == version]
-        errors = sum(1 for r in mine if r[1] == "error")
-        scores = [r[2] for r in mine if r[2] is not None]
-        out[version] = {
-            "requests": float(len(mine)),
-            "errors": float(errors),
-            "error_rate": errors / len(mine),
-            "p99_ms": float(np.percentile([r[3] for r in mine], 99)),
-            "mean_score": float(np.mean(scores)) if scores else float("nan"),
-            "std_score": float(np.std(scores)) if scores else float("nan"),
-        }
-        labels = [r[4] for r in mine if len(r) > 4 and r[4] is not None]
-        if labels:
-            out[version]["class_shares"] = class_shares(labels)
-    return out
-
-
-def class_shift(champion: dict[str, float], challenger: dict[str, float]) -> float:
-    """How far two versions' shares of predicted classes are apart: the total variation distance
-    (half the sum of the absolute differences; 0 the same, 1 disjoint). Pure."""
-    classes = set(champion) | set(challenger)
-    return 0.5 * sum(abs(champion.get(c, 0.0) - challenger.get(c, 0.0)) for c in classes)
-
-
-def judge(
-    cfg: Canary,
-    champion: dict[str, Any] | None,
-    challenger: dict[str, Any] | None,
-    final: bool,
-    kind: str = "binary",
-) -> tuple[str, list[str]]:
-    """`advance`, `wait` (not enough traffic yet) or `rollback`, with reasons. Errors and latency
-    roll back as soon as they are seen; the other checks need `min_requests` first, and a step
-    that ends (`final`) without them rolls back: an unverified canary is not promoted. The mean
-    score's shift is a probability's for a binary label, in the champion's standard deviations
-    of its scores for a regression one (a value has the label's units); for a multiclass label the
-    shift is in the shares of the classes predicted (`class_shift`)."""
-    if challenger is None or challenger["requests"] == 0:
-        return ("rollback", ["the challenger received no traffic in this step"]) if final else ("wait", [])
-    reasons = []
-    if challenger["error_rate"] > cfg.max_error_rate:
-        reasons.append(f"challenger error rate {challenger['error_rate']:.2%} over {cfg.max_error_rate:.2%}")
-    if challenger["p99_ms"] > cfg.max_p99_latency_ms:
-        reasons.append(f"challenger p99 {challenger['p99_ms']:.1f} ms over {cfg.max_p99_latency_ms:.1f} ms")
-    enough = challenger["requests"] >= cfg.min_requests
-    if reasons and (enough or challenger["errors"] >= 5 or final):
-        return "rollback", reasons
-    if not enough:
-        if final:
-            return "rollback", [
-                f"only {int(challenger['requests'])} challenger requests, canary.min_requests is {cfg.min_requests}"
-            ]
-        return "wait", []
-    if kind == "multiclass" and champion is not None and champion.get("class_shares"):
-        shift = class_shift(champion["class_shares"], challenger.get("class_shares", {}))
-        if shift > cfg.max_score_shift:
-            return "rollback", [
-                f"the predicted classes' shares moved by {shift:.3f} (total variation distance; champion "
-                f"{champion['class_shares']}, challenger {challenger.get('class_shares', {})}), "
-                f"over canary.max_score_shift {cfg.max_score_shift:.3f}"
-            ]
-    elif champion is not None and champion["requests"] > 0:
-        shift = abs(challenger["mean_score"] - champion["mean_score"])
-        unit = ""
-        if kind == "regression":
-            spread = champion.get("std_score", float("nan"))
-            shift, unit = (shift / spread if spread > 0 else shift), " standard deviations"
-        if shift > cfg.max_score_shift:
-            return "rollback", [
-                f"mean score moved by {shift:.3f}{unit} (champion {champion['mean_score']:.3f}), "
-                f"over canary.max_score_shift {cfg.max_score_shift:.3f}"
-            ]
-    checks = (
-        f"{int(challenger['requests'])} requests, error rate {challenger['error_rate']:.2%}, "
-        f"p99 {challenger['p99_ms']:.1f} ms"
-    )
-    return ("advance" if final else "wait"), [checks]
-
-
 def plan_weights(champion: int, challenger: int, percent: float) -> dict[int, float]:
     return {champion: 100.0 - percent, challenger: float(percent)}
 
@@ -168,10 +84,13 @@ class Walk:
     champion: int
     challenger: int
 
-    def serve(self, weights: dict[int, float], state: dict[str, Any]) -> None:
-        """Deploy the application with these weights; `state` is what `GET /v1/pipelines/<p>` shows."""
+    def serve(self, weights: dict[int, float], state: dict[str, Any], shadow: int | None = None) -> None:
+        """Deploy the application with these weights (and a shadow version that gets a copy of each
+        request); `state` is what `GET /v1/pipelines/<p>` shows."""
         versions = [VersionConfig(version=v, weight=w) for v, w in sorted(weights.items())]
-        deploy(serving_args(self.ctx.spec, versions, self.model, canary=state))
+        if shadow is not None:
+            versions.append(VersionConfig(version=shadow, shadow=True))
+        deploy(serving_args(self.ctx.spec, versions, self.model, canary=state), self.ctx.settings)
 
     def dwell(self, percent: float) -> dict[str, Any]:
         """One step: the weights set, traffic watched until the judgement is made or the dwell ends."""
@@ -212,9 +131,7 @@ def run(ctx: StepContext) -> dict[str, Any]:
     champion, challenger = registry.version(CHAMPION), registry.version(CHALLENGER)
     if champion is None or challenger is None:
         raise MlcycleError(f"{registry.name}: needs aliases champion and challenger; run promote first")
-    pin = current_pin(ctx.settings, ctx.pipeline)
-    if pin is not None:
-        raise StepSkipped(pinned_outcome(pin, champion, challenger))
+    refuse_pinned(ctx, champion, challenger)
     connect(ctx.settings)
     walk = Walk(ctx, registry.name, champion, challenger)
     report: dict[str, Any] = {
@@ -230,6 +147,14 @@ def run(ctx: StepContext) -> dict[str, Any]:
         report.update(outcome="deployed", reason="first model of the pipeline: served as champion")
         return _finish(ctx, report)
 
+    if ctx.spec.canary.mode == "shadow":
+        _finish(ctx, shadow_run(walk, registry, report))
+        if report["outcome"] == "rejected":
+            raise CanaryRolledBack(
+                f"{registry.name} v{challenger} rejected after its shadow run: {report['reason']}; "
+                f"v{champion} serves all traffic and stays champion"
+            )
+        return report
     began_canary = datetime.now(UTC)
     for percent in ctx.spec.canary.steps:
         step = walk.dwell(percent)
@@ -247,9 +172,7 @@ def run(ctx: StepContext) -> dict[str, Any]:
                 f"v{champion} serves all traffic and stays champion"
             )
 
-    blocked = blocked_promotion(current_pin(ctx.settings, ctx.pipeline), champion, registry.version(CHAMPION))
-    if blocked is not None:
-        hold(ctx, walk, report, registry.version(CHAMPION) or champion, blocked)
+    hold_if_blocked(ctx, walk, report, registry.version(CHAMPION))
     registry.point(CHAMPION, challenger, f"canary passed {ctx.spec.canary.steps}")
     registry.point(CHALLENGER, None, "promoted to champion")
     walk.serve({challenger: 100.0}, {"state": "serving", "champion": challenger, "retired": champion})
@@ -258,6 +181,21 @@ def run(ctx: StepContext) -> dict[str, Any]:
     # Labels often arrive after the canary: GET /v1/pipelines/<name> shows the A/B as they do.
     report["ab"] = ab_results(ctx.settings, ctx.pipeline, champion, challenger, since=began_canary)
     return _finish(ctx, report)
+
+
+def refuse_pinned(ctx: StepContext, champion: int, challenger: int) -> None:
+    """A pinned pipeline's canary ends skipped before it starts, saying who pinned it, when and why."""
+    pin = current_pin(ctx.settings, ctx.pipeline)
+    if pin is not None:
+        raise StepSkipped(pinned_outcome(pin, champion, challenger))
+
+
+def hold_if_blocked(ctx: StepContext, walk: Walk, report: dict[str, Any], champion_now: int | None) -> None:
+    """Before the passed canary moves the champion: hold it where a pin was set, or the champion
+    moved, while it walked (`hold`)."""
+    blocked = blocked_promotion(current_pin(ctx.settings, ctx.pipeline), walk.champion, champion_now)
+    if blocked is not None:
+        hold(ctx, walk, report, champion_now or walk.champion, blocked)
 
 
 def hold(ctx: StepContext, walk: Walk, report: dict[str, Any], champion: int, reason: str) -> NoReturn:

@@ -32,7 +32,7 @@ import numpy as np
 from pipelines.core.errors import MlcycleError, StepSkipped
 from pipelines.io import vectors
 from pipelines.io.db import connect
-from pipelines.io.registry import CHAMPION, alias_version, model_name
+from pipelines.io.registry import CHAMPION, alias_version, load_onnx_model, model_name
 from pipelines.io.requestlog import labelled
 from pipelines.io.storage import read_parquet, write_json
 from pipelines.io.tracking import setup_mlflow
@@ -51,6 +51,10 @@ REFERENCE_ROWS = 20_000
 MIN_LABELLED = 30
 EPS = 1e-4
 PREDICTED = "predicted_class"
+UNSEEN = "(unseen)"
+"""What the Evidently report shows for every served category its training reference never held:
+a value counted as unseen (`serving.unknown_categories: score`, or a column without `allowed`
+values) never reaches the report's HTML, where it could carry markup."""
 
 
 # ----------------------------------------------------------------------------------- pure core
@@ -69,6 +73,17 @@ def psi(reference: np.ndarray, current: np.ndarray, categorical: bool, bins: int
         cur_share = np.bincount(np.searchsorted(edges, cur, side="right"), minlength=len(edges) + 1) / len(cur)
     r, c = np.clip(ref_share, EPS, None), np.clip(cur_share, EPS, None)
     return float(np.sum((c - r) * np.log(c / r)))
+
+
+def unseen_as_one(reference: pd.DataFrame, current: pd.DataFrame, categorical: list[str]) -> pd.DataFrame:
+    """`current` with each categorical value that `reference` does not hold replaced by `UNSEEN`
+    (one bin, as `psi` counts them; a null stays null). Pure."""
+    out = current.copy()
+    for column in categorical:
+        known = set(reference[column].dropna().astype(str))
+        values = out[column]
+        out[column] = values.where(values.isna() | values.astype(str).isin(known), UNSEEN)
+    return out
 
 
 def two_sample_test(reference: np.ndarray, current: np.ndarray, categorical: bool) -> dict[str, float | str]:
@@ -220,10 +235,10 @@ def feature_figures(
 
 
 # ------------------------------------------------------------------------------------- I/O
-def champion_reference(ctx: StepContext) -> tuple[int, str, float | None, Any]:
-    """The serving champion: its version, lifecycle run id, evaluation figure and ONNX model."""
+def champion_reference(ctx: StepContext) -> tuple[int, str, float | None, bytes]:
+    """The serving champion: its version, lifecycle run id, evaluation figure and ONNX model (its
+    bytes, checked against the digests recorded at registration)."""
     import mlflow
-    import mlflow.onnx
 
     setup_mlflow(ctx.settings, ctx.pipeline)
     champion = alias_version(mlflow.MlflowClient(), model_name(ctx.pipeline), CHAMPION)
@@ -234,7 +249,7 @@ def champion_reference(ctx: StepContext) -> tuple[int, str, float | None, Any]:
         raise MlcycleError(f"{model_name(ctx.pipeline)} v{champion.version} has no mlcycle.run_id tag")
     figure = champion.tags.get("mlcycle.primary_metric", "")
     reference = float(figure.split("=", 1)[1]) if "=" in figure else None
-    model = mlflow.onnx.load_model(f"models:/{model_name(ctx.pipeline)}/{champion.version}")
+    model = load_onnx_model(ctx.settings, ctx.pipeline, model_name(ctx.pipeline), int(champion.version))
     return int(champion.version), run_id, reference, model
 
 
@@ -296,15 +311,14 @@ def run(ctx: StepContext) -> dict[str, Any]:
         reference = read_parquet(ctx.storage, f"{ctx.pipeline}/{champion_run}/features/train.parquet")
         if len(reference) > REFERENCE_ROWS:
             reference = reference.sample(REFERENCE_ROWS, random_state=0)
-        session = onnx_session(model.SerializeToString())
+        session = onnx_session(model)
         multiclass = spec.label.kind == "multiclass"
         scores, *named = session.run(["score", CLASS] if multiclass else ["score"], session_feed(session, reference))
         reference = reference[features].assign(score=np.asarray(scores, dtype=float).reshape(-1))
         reference[PREDICTED] = np.asarray(named[0]).astype(str) if multiclass else None
         scored = [*features, "score"]
-        report, evidently = evidently_report(
-            reference[scored], current[scored], numeric, categorical, cfg.max_drift_share
-        )
+        shown = unseen_as_one(reference, current[scored], categorical)
+        report, evidently = evidently_report(reference[scored], shown, numeric, categorical, cfg.max_drift_share)
         result["report"] = ctx.storage.write_bytes(ctx.key("report.html"), report)
         figures = feature_figures(reference, current, numeric, categorical, evidently)
         for fig in figures.values():  # drifted: Evidently's test failed, or the effect is large

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 from pipelines.core.errors import GateError, InvalidArgument, StepInputError, StepSkipped
 from pipelines.io import vectors
+from pipelines.io.artifacts import read_artifact
 from pipelines.io.storage import read_parquet, write_json
 from pipelines.ml.model import embed_onnx, embedding_dimension, onnx_session
 from pipelines.steps.context import StepContext
@@ -51,7 +52,8 @@ def run(ctx: StepContext) -> dict[str, Any]:
         raise StepSkipped("dry run: nothing is registered, so nothing is embedded")
     promoted = ctx.manifest("promote")
     version = int(promoted["version"])
-    model = ctx.storage.read_bytes(ctx.require("train", "model.onnx"))  # the registered version's bytes
+    # the registered version's bytes, as train wrote them
+    model = read_artifact(ctx.settings, ctx.storage, ctx.require("train", "model.onnx"))
     session = onnx_session(model)
     dimension = embedding_dimension(session)
     if dimension is None:

@@ -20,7 +20,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from pipelines.io.registry import CHAMPION, alias_version, model_name
+from pipelines.io.artifacts import read_artifact
+from pipelines.io.registry import CHAMPION, alias_version, load_onnx_model, model_name
 from pipelines.io.storage import read_parquet, write_json
 from pipelines.io.tracking import setup_mlflow
 from pipelines.ml.metrics import (
@@ -161,7 +162,7 @@ def run(ctx: StepContext) -> dict[str, Any]:
     test = read_parquet(ctx.storage, ctx.require("features", "test.parquet"))
     y = encode_label(test[spec.label.column], spec.classes)
     kind = spec.label.kind
-    challenger = onnx_session(ctx.storage.read_bytes(ctx.require("train", "model.onnx")))
+    challenger = onnx_session(read_artifact(ctx.settings, ctx.storage, ctx.require("train", "model.onnx")))
     p_new = predict_onnx(challenger, test)
     train = read_parquet(ctx.storage, ctx.require("features", "train.parquet"))  # its labels fit the baseline
     y_train = encode_label(train[spec.label.column], spec.classes)
@@ -183,11 +184,8 @@ def run(ctx: StepContext) -> dict[str, Any]:
     champion = alias_version(client, model_name(ctx.pipeline), CHAMPION)
     scores = {"challenger": p_new}
     if champion is not None:
-        import mlflow.onnx
-
-        session = onnx_session(
-            mlflow.onnx.load_model(f"models:/{model_name(ctx.pipeline)}@{CHAMPION}").SerializeToString()
-        )
+        name = model_name(ctx.pipeline)
+        session = onnx_session(load_onnx_model(ctx.settings, ctx.pipeline, name, int(champion.version)))
         p_old = predict_onnx(session, test)
         scores[f"champion v{champion.version}"] = p_old
         report["champion"] = {

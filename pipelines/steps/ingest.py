@@ -101,7 +101,7 @@ def run(ctx: StepContext) -> dict[str, Any]:
             return manifest
     spec = ctx.spec
     if ctx.params and ctx.params.source_uri:  # the run reads another file than the spec's source
-        check_override(ctx.params.source_uri, spec_for(ctx.settings, ctx.pipeline).source, ctx.settings)
+        check_override(ctx.params.source_uri, spec_for(ctx.settings, ctx.pipeline), ctx.settings)
     df = read_source(spec.source, ctx.settings, window, spec.entity.timestamp, list(spec.contract.columns))
     served = 0
     if spec.source.feedback:

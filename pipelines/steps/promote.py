@@ -5,10 +5,11 @@ reasons, and the rest of the run is skipped): the champion is untouched. Otherwi
 against torch on the test set (max absolute difference within `evaluation.onnx_parity_tolerance`),
 log the ONNX model to the training run (an MLflow model with an `onnx` flavor and a pyfunc that
 takes a DataFrame of raw features, with its signature and an input example), register it as a new
-version of `mlcycle-<pipeline>` with lineage tags, and point the alias `challenger` at it. The
-first model of a pipeline also becomes `champion` (not while pinned: `mlcycle model pin`; a pinned
-pipeline's version is registered as challenger, and the result says the pin). Every alias move is
-audited. A retry of the same run reuses the version it registered.
+version of `mlcycle-<pipeline>` with lineage tags, seal it (the sha256 of each of its files, the
+tag `mlcycle.files_sha256`, checked wherever a step or serving loads it), and point the alias
+`challenger` at it. The first model of a pipeline also becomes `champion` (not while pinned:
+`mlcycle model pin`; a pinned pipeline's version is registered as challenger, and the result says
+the pin). Every alias move is audited. A retry of the same run reuses the version it registered.
 """
 
 from __future__ import annotations
@@ -19,8 +20,18 @@ from typing import Any
 import numpy as np
 
 from pipelines.core.errors import GateError, StepSkipped
+from pipelines.core.integrity import sha256_hex
 from pipelines.core.steering import pinned_outcome
-from pipelines.io.registry import CHALLENGER, CHAMPION, Registry, log_onnx_model, open_registry
+from pipelines.io.artifacts import read_artifact
+from pipelines.io.registry import (
+    CHALLENGER,
+    CHAMPION,
+    FILES_TAG,
+    Registry,
+    log_onnx_model,
+    open_registry,
+    seal_version,
+)
 from pipelines.io.steering import current_pin
 from pipelines.io.storage import read_parquet, write_json
 from pipelines.io.tracking import airflow_tags, code_version
@@ -94,7 +105,7 @@ def run(ctx: StepContext) -> dict[str, Any]:
     if not verdict["passed"]:
         raise StepSkipped("the challenger failed its gates, the champion stays: " + "; ".join(verdict["reasons"]))
     trained = ctx.manifest("train")
-    onnx_bytes = ctx.storage.read_bytes(ctx.require("train", "model.onnx"))
+    onnx_bytes = read_artifact(ctx.settings, ctx.storage, ctx.require("train", "model.onnx"))
     check = check_parity(ctx, onnx_bytes)
     registry = open_registry(ctx.settings, ctx.pipeline, ctx.run_id, STEP)
     lineage = lineage_tags(ctx, trained, evaluation, check, code_version(ctx.settings), ctx.manifest("ingest"))
@@ -114,6 +125,7 @@ def run(ctx: StepContext) -> dict[str, Any]:
         "champion_version": champion,
         "parity": check,
         "model_uri": f"models:/{registry.name}/{number}",
+        "onnx_sha256": sha256_hex(onnx_bytes),
         "mlflow_run_id": trained["mlflow_run_id"],
     }
     if pin is not None:
@@ -128,7 +140,8 @@ def check_parity(ctx: StepContext, onnx_bytes: bytes) -> dict[str, Any]:
     (the scores, and the embeddings where the model has them); a difference beyond the tolerance
     registers nothing."""
     test = read_parquet(ctx.storage, ctx.require("features", "test.parquet"))
-    trained = load_trained(ctx.storage.read_bytes(ctx.require("train", "model.bin")))
+    key = ctx.require("train", "model.bin")
+    trained = load_trained(read_artifact(ctx.settings, ctx.storage, key), ctx.storage.uri(key))
     session = onnx_session(onnx_bytes)
     tolerance = ctx.spec.evaluation.onnx_parity_tolerance
     regression = ctx.spec.label.kind == "regression"
@@ -161,7 +174,9 @@ def register(
 
     client, name = registry.client, registry.name
     existing = client.search_model_versions(f"name = '{name}' and tag.`mlcycle.run_id` = '{ctx.run_id}'")
-    if existing:
+    if existing:  # sealed now where the attempt that registered it died before sealing it
+        if FILES_TAG not in existing[0].tags:
+            seal_version(client, name, int(existing[0].version), onnx_bytes)
         return int(existing[0].version)
     if not client.search_registered_models(f"name = '{name}'"):
         client.create_registered_model(
@@ -175,4 +190,5 @@ def register(
     version = client.create_model_version(
         name, model_uri, run_id=training_run, tags=tags, description=f"run {ctx.run_id}"
     )
+    seal_version(client, name, int(version.version), onnx_bytes)  # what serving and steps check on load
     return int(version.version)

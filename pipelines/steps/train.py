@@ -43,12 +43,17 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from pipelines.core.errors import MlcycleError
 from pipelines.core.families import TABULAR_MLP
+from pipelines.core.integrity import sha256_hex
 from pipelines.core.k8s import cpu_threads
+from pipelines.io.artifacts import read_checked, write_artifact
 from pipelines.io.db import advisory_lock
 from pipelines.io.registry import CHAMPION, alias_version, model_name
 from pipelines.io.storage import read_parquet, write_json
 from pipelines.io.tracking import airflow_tags, code_version, find_run, optuna_url, setup_mlflow
 from pipelines.ml.families import (
+    ARTIFACT_SHA256,
+    CHECKPOINT_SHA256,
+    RESUME_SHA256,
     Fitting,
     TrainingData,
     TrialFailed,
@@ -161,13 +166,19 @@ class TrialCheckpoints:
     trial: optuna.Trial
 
     def save(self, blob: bytes) -> None:
+        """Write the checkpoint, then record its sha256 on the trial (in the study's database)."""
         self.trainer.ctx.storage.write_bytes(self.trainer.checkpoint_key(self.trial.number), blob)
+        self.trial.set_user_attr(CHECKPOINT_SHA256, sha256_hex(blob))
 
     def resume(self) -> bytes | None:
+        """The checkpoint's bytes, once they match the sha256 the interrupted trial recorded for it
+        (`ArtifactRefused` otherwise)."""
         previous = self.trial.user_attrs.get("resume_from")
         key = None if previous is None else self.trainer.checkpoint_key(int(previous))
         storage = self.trainer.ctx.storage
-        return storage.read_bytes(key) if key is not None and storage.exists(key) else None
+        if key is None or not storage.exists(key):
+            return None
+        return read_checked(storage, key, self.trial.user_attrs.get(RESUME_SHA256))
 
     def resumed(self, epoch: int) -> None:
         previous = self.trial.user_attrs["resume_from"]
@@ -191,7 +202,8 @@ def recover_interrupted(study: optuna.Study, worker: int | None = None) -> list[
         study.tell(t.number, state=TrialState.FAIL)  # Optuna's public way to end a running trial
         if t.user_attrs.get("mlflow_run_id"):
             client.set_terminated(t.user_attrs["mlflow_run_id"], status="KILLED")
-        study.enqueue_trial(t.params, user_attrs={"resume_from": t.number}, skip_if_exists=False)
+        resume = {"resume_from": t.number, RESUME_SHA256: t.user_attrs.get(CHECKPOINT_SHA256)}
+        study.enqueue_trial(t.params, user_attrs=resume, skip_if_exists=False)
         recovered.append(t.number)
     return recovered
 
@@ -342,13 +354,14 @@ def export_best(ctx: StepContext, study: optuna.Study, trainer: Trainer) -> dict
         )
     best = study.best_trial
     families = study_families(study, ctx.spec.model.families, trainer.higher)
-    single = ctx.storage.read_bytes(ctx.key(trial_artifact(best.number), STEP))
-    alone = load_trained(single)  # the best trial's model; its parameters are a later run's warm start
-    blob, ensemble = blend(ctx, trainer, families, trial_family(best, ctx.spec.model.families), single)
+    trials = {t.number: t for t in study.get_trials(deepcopy=False)}
+    single, source = read_trial(ctx, trials[best.number])
+    alone = load_trained(single, source)  # the best trial's model; its parameters are a later run's warm start
+    blob, ensemble = blend(ctx, trainer, families, trial_family(best, ctx.spec.model.families), single, trials)
     trained = alone if blob is single else load_trained(blob)
     onnx_bytes = trained.to_onnx(embedding=ctx.spec.embeddings is not None).SerializeToString()
-    model_uri = ctx.storage.write_bytes(ctx.key("model.bin"), blob)
-    onnx_uri = ctx.storage.write_bytes(ctx.key("model.onnx"), onnx_bytes)
+    model_uri = write_artifact(ctx.settings, ctx.storage, ctx.key("model.bin"), blob)
+    onnx_uri = write_artifact(ctx.settings, ctx.storage, ctx.key("model.onnx"), onnx_bytes)
     counts = {s.lower(): len(study.get_trials(states=trial_states((s,)))) for s in ("COMPLETE", "PRUNED", "FAIL")}
     reasons = Counter(t.user_attrs.get("fail_reason") for t in study.get_trials(states=trial_states(("FAIL",))))
     params = {k: v for k, v in alone.params.items() if k != "rounds"}
@@ -388,8 +401,14 @@ def export_best(ctx: StepContext, study: optuna.Study, trainer: Trainer) -> dict
     }
 
 
+def read_trial(ctx: StepContext, trial: optuna.trial.FrozenTrial) -> tuple[bytes, str]:
+    """A complete trial's model artifact (once it matches the sha256 the trial recorded) and its URI."""
+    key = ctx.key(trial_artifact(trial.number), STEP)
+    return read_checked(ctx.storage, key, trial.user_attrs.get(ARTIFACT_SHA256)), ctx.storage.uri(key)
+
+
 def blend(
-    ctx: StepContext, trainer: Trainer, families: dict[str, Any], best_family: str, single: bytes
+    ctx: StepContext, trainer: Trainer, families: dict[str, Any], best: str, single: bytes, trials: dict[int, Any]
 ) -> tuple[bytes, dict[str, Any] | None]:
     """The artifact to export: the best trial's, or (`training.ensemble`, several families
     searched, no embeddings) the weighted average of every family's best (`study_families`) where
@@ -398,10 +417,11 @@ def blend(
     bests = {f: v["best_trial"] for f, v in families.items() if v["best_trial"] is not None}
     if not spec.training.ensemble or spec.embeddings is not None or len(bests) < 2:
         return single, None
-    blobs = {f: ctx.storage.read_bytes(ctx.key(trial_artifact(n), STEP)) for f, n in bests.items()}
-    scores = {f: load_trained(b).predict(trainer.val) for f, b in blobs.items()}
+    read = {f: read_trial(ctx, trials[n]) for f, n in bests.items()}
+    blobs = {f: blob for f, (blob, _) in read.items()}
+    scores = {f: load_trained(blob, source).predict(trainer.val) for f, (blob, source) in read.items()}
     weights, value = greedy_ensemble(scores, trainer.v_y, trainer.metric, trainer.higher)
-    alone = trainer.metric(trainer.v_y, scores[best_family])
+    alone = trainer.metric(trainer.v_y, scores[best])
     chosen = len(weights) > 1 and ensemble_pays(value, alone, trainer.higher, spec.training.ensemble_min_gain)
     info = {"weights": weights, "value": value, "best_alone": alone, "chosen": chosen}
     log.info(
@@ -410,7 +430,7 @@ def blend(
         trainer.metric_name,
         value,
         alone,
-        best_family,
+        best,
         "exported" if chosen else "not better by training.ensemble_min_gain: the best model alone is exported",
     )
     if not chosen:
@@ -463,6 +483,7 @@ def objective_for(trainer: Trainer, spec: PipelineSpec, parent_run_id: str, work
                     raise TrialFailed(reason) from err
                 else:
                     trainer.ctx.storage.write_bytes(trainer.ctx.key(trial_artifact(trial.number), STEP), blob)
+                    trial.set_user_attr(ARTIFACT_SHA256, sha256_hex(blob))
                     mlflow.set_tag("mlcycle.trial_state", "complete")
                     mlflow.log_metric(f"best_val_{trainer.metric_name}", value)
         finally:

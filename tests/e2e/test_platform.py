@@ -330,6 +330,9 @@ def test_the_platform_api_answers_from_the_records_behind_airflows_login(up: dic
         timeout=60,
     ).json()
     assert dag_run["conf"] == body["conf"]
+    trail = httpx.get(f"{api}/pipelines/tumours/audit", params={"action": "trigger"}, headers=viewer, timeout=60)
+    first = trail.json()["items"][0]  # the run just triggered, audited with the user who asked
+    assert (first["actor"], first["run_id"], first["detail"]["via"]) == ("admin", made.json()["run_id"], "api")
     openapi = httpx.get(f"{api}/openapi.json", timeout=30)
     assert openapi.status_code == 200 and "/pipelines/{pipeline}/runs" in openapi.json()["paths"]
 

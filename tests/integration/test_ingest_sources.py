@@ -42,6 +42,7 @@ def test_csv_and_parquet_files(workspace: Settings, churn_df: pd.DataFrame, tmp_
         "delimiter": ",",
         "lookback_days": None,
         "feedback": False,
+        "allowed_uris": [],
     }
 
 
@@ -84,10 +85,14 @@ def test_postgres_query(workspace: Settings, churn_df: pd.DataFrame, monkeypatch
     assert m["rows"] == len(churn_df) == len(snap)
     assert snap["customer_id"].tolist() == churn_df["customer_id"].tolist()
     assert snap["plan"].tolist() == churn_df["plan"].tolist()
-    # The query runs read-only: a source can never change the database it reads.
-    small_spec(workspace, {"kind": "postgres", "query": "DELETE FROM churn_source RETURNING *"})
+    # The query runs read-only: a source can never change the database it reads, not even by a
+    # write inside a WITH (the one statement is a read; the transaction refuses the DELETE in it).
+    write = "WITH gone AS (DELETE FROM churn_source RETURNING *) SELECT * FROM gone"
+    small_spec(workspace, {"kind": "postgres", "query": write})
     with pytest.raises(SourceError, match="read-only transaction"):
         run(workspace, "ingest", "pg-2")
+    with db.connect(workspace) as conn:
+        assert conn.execute("SELECT count(*) FROM churn_source").fetchone() == (len(churn_df),)
     small_spec(workspace, {"kind": "postgres", "query": "SELECT 1", "url_env": "CHURN_DB_URL"})
     monkeypatch.delenv("CHURN_DB_URL", raising=False)
     with pytest.raises(SourceError, match="CHURN_DB_URL is not set"):
@@ -162,3 +167,89 @@ def test_a_runs_source_uri_is_read_only_from_the_allowed_folders_and_never_quote
     assert "root:x" not in said and "/bin/bash" not in said
     churn_df.head(50).to_csv(spec_dir / "other.csv", index=False)  # beside the spec's own source: read
     assert ingest(str(spec_dir / "other.csv"), "uri-beside")["rows"] == 50
+
+
+def test_a_postgres_source_runs_one_read_statement_as_the_read_only_role(workspace: Settings, tmp_path: Path) -> None:
+    """Against the real embedded PostgreSQL: a second statement, a COPY to a program and a write
+    through a CTE are refused, and nothing they name happens; the default role is no superuser."""
+    from pipelines.core.errors import SpecError
+    from pipelines.core.spec import PostgresSource
+    from pipelines.io.sources import read_source
+
+    with db.connect(workspace) as conn:
+        conn.execute("DROP TABLE IF EXISTS x")
+        conn.execute("CREATE TABLE x (id bigint)")
+        conn.execute("INSERT INTO x VALUES (1), (2)")
+
+    def unchecked(query: str) -> PostgresSource:  # as a spec that skipped validation would give it
+        return PostgresSource.model_construct(kind="postgres", query=query, url_env=None, allowed_uris=[])
+
+    # the spec refuses them, and the reader again before it connects
+    small_spec(workspace, {"kind": "postgres", "query": "SELECT 1; COMMIT; DROP TABLE x"})  # out of READ ONLY
+    with pytest.raises(SpecError, match="3 statements; the Postgres source runs exactly one read statement"):
+        run(workspace, "ingest", "pg-multi")
+    with pytest.raises(SourceError, match="source.query: 2 statements"):
+        read_source(unchecked("SELECT 1; DROP TABLE x"), workspace)
+    with pytest.raises(SourceError, match="source.query: 3 statements"):  # a `;` in a literal separates nothing
+        read_source(unchecked("SELECT 'a;b' AS t; COMMIT; DROP TABLE x"), workspace)
+    marker = tmp_path / "ran"
+    with pytest.raises(SourceError, match="source.query: a COPY statement"):
+        read_source(unchecked(f"COPY (SELECT 1) TO PROGRAM 'touch {marker}'"), workspace)
+    with pytest.raises(SourceError, match="read-only transaction"):
+        read_source(unchecked("WITH d AS (DELETE FROM x RETURNING *) SELECT * FROM d"), workspace)
+    with db.connect(workspace) as conn:
+        assert conn.execute("SELECT count(*) FROM x").fetchone() == (2,)  # x is still there, whole
+
+    # the default connection: the platform database as its read-only role, never its superuser
+    from pipelines.io.sources.readers import SOURCE_ROLE, source_url
+
+    who = read_source(
+        unchecked("SELECT current_user AS who, r.rolsuper FROM pg_roles r WHERE r.rolname = current_user"), workspace
+    )
+    assert who.to_dict("records") == [{"who": SOURCE_ROLE, "rolsuper": False}]
+    assert read_source(unchecked("SELECT id FROM x ORDER BY id"), workspace)["id"].tolist() == [1, 2]
+    with pytest.raises(SourceError, match="permission denied"):  # the role runs no server program, reads no file
+        read_source(unchecked("SELECT pg_read_file('PG_VERSION') AS v"), workspace)
+    import psycopg
+
+    with psycopg.connect(source_url(unchecked("SELECT 1"), workspace), autocommit=True) as conn:
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            conn.execute(f"COPY (SELECT 1) TO PROGRAM 'touch {marker}'")  # type: ignore[arg-type]
+        with pytest.raises(psycopg.errors.ReadOnlySqlTransaction):  # its every transaction is READ ONLY
+            conn.execute("INSERT INTO x VALUES (3)")
+    assert not marker.exists()
+
+
+def test_a_runs_s3_source_uri_outside_its_pipelines_prefix_is_refused_before_anything_is_read(
+    workspace: Settings, s3: S3Server, churn_df: pd.DataFrame
+) -> None:
+    """On a real S3 (SeaweedFS): the spec reads `s3://<bucket>/churn/`; a run's `source_uri` naming
+    another pipeline's object in the same bucket, or the artifact root, is refused by ingest (exit
+    2, naming `source_uri`) though the object is there; one under the spec's prefix is read."""
+    import json
+
+    from pipelines.core.errors import InvalidArgument
+    from pipelines.core.params import ENV
+    from pipelines.core.settings import scoped_environ
+
+    buf = io.BytesIO()
+    churn_df.to_parquet(buf, index=False)
+    client = boto3.client("s3", endpoint_url=s3.endpoint, region_name="us-east-1")
+    for key in ("churn/in.parquet", "churn/other.parquet", "tumours/in.parquet", "ml/tumours/r1/train.parquet"):
+        client.put_object(Bucket=s3.bucket, Key=key, Body=buf.getvalue())
+    settings = workspace.model_copy(update={"s3_endpoint_url": s3.endpoint, "artifact_root": f"s3://{s3.bucket}/ml"})
+    small_spec(settings, {"kind": "s3", "uri": f"s3://{s3.bucket}/churn/in.parquet"})
+    as_of = churn_df["event_timestamp"].max().isoformat()
+
+    def ingest(uri: str, run_id: str) -> dict[str, object]:
+        with scoped_environ({ENV: json.dumps({"source_uri": uri, "as_of": as_of})}):
+            return run(settings, "ingest", run_id)
+
+    for uri, why in [
+        (f"s3://{s3.bucket}/tumours/in.parquet", "is outside the folders and prefixes"),
+        (f"s3://{s3.bucket}/ml/tumours/r1/train.parquet", "is inside the artifact root"),
+    ]:
+        with pytest.raises(InvalidArgument, match=f"source_uri: {uri} {why}") as err:
+            ingest(uri, "s3-uri-refused")
+        assert err.value.exit_code == 2
+    assert ingest(f"s3://{s3.bucket}/churn/other.parquet", "s3-uri-taken")["rows"] == len(churn_df)

@@ -70,6 +70,24 @@ def test_an_attempt_left_running_is_interrupted_by_the_next_and_by_the_operator(
     assert rows[3][4] == f"{runs.LOST}; attempt 3 took over" and rows[4][4] == "exit -9 (SIGKILL)"
 
 
+def test_a_step_pods_result_is_what_its_latest_successful_attempt_recorded(workspace: Settings) -> None:
+    """The kubernetes runtime reads a step pod's result from step_runs (no XCom sidecar, so no
+    pods/exec): the latest attempt that succeeded or reused its work, of that trial worker."""
+    assert runs.step_outputs(workspace, "churn", "out-1", "ingest", None) is None
+    first = runs.start_attempt(workspace, "churn", "out-1", "ingest")
+    runs.finish_attempt(workspace, first, runs.Outcome("succeeded", {"rows": 1, "snapshot": "s3://b/1"}))
+    failed = runs.start_attempt(workspace, "churn", "out-1", "ingest")
+    runs.finish_attempt(workspace, failed, runs.Outcome("failed", error="boom"), required=False)
+    assert runs.step_outputs(workspace, "churn", "out-1", "ingest", None) == {"rows": 1, "snapshot": "s3://b/1"}
+    reused = runs.start_attempt(workspace, "churn", "out-1", "ingest")
+    runs.finish_attempt(workspace, reused, runs.Outcome("reused", {"rows": 2, "reused": True}))
+    assert runs.step_outputs(workspace, "churn", "out-1", "ingest", None) == {"rows": 2, "reused": True}
+    worker = runs.start_attempt(workspace, "churn", "out-1", "trials", worker=1)
+    runs.finish_attempt(workspace, worker, runs.Outcome("succeeded", {"trials": 3}))
+    assert runs.step_outputs(workspace, "churn", "out-1", "trials", 1) == {"trials": 3}
+    assert runs.step_outputs(workspace, "churn", "out-1", "trials", 0) is None
+
+
 def test_a_success_that_cannot_be_recorded_fails_the_task_instead_of_hiding(
     workspace: Settings, monkeypatch: pytest.MonkeyPatch
 ) -> None:

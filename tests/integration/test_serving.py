@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import socket
+import stat
 import threading
 import time
 import uuid
@@ -16,11 +19,11 @@ import pandas as pd
 import pytest
 
 from pipelines.core.settings import Settings, scoped_environ, spec_for
-from pipelines.core.system import executable
+from pipelines.core.system import executable, private_dir
 from pipelines.io import db, vectors
 from pipelines.io.registry import model_name
 from serving.config import VersionConfig
-from serving.deploy import connect, deploy, endpoint, serve_env, serving_args, wait_direct_route
+from serving.deploy import connect, deploy, endpoint, haproxy_dir, serve_env, serving_args, wait_direct_route
 from serving.telemetry import FLUSH_EVERY_S
 from tests import loadgen
 from tests.integration.helpers import SHORT_CANARY, run_through, small_spec
@@ -69,6 +72,7 @@ def served(platform: Settings, tmp_path_factory: pytest.TempPathFactory) -> Iter
         # Serve as `mlcycle serve start` runs it: HAProxy, throughput-optimized, one hop
         **serve_env(settings, executable("mlcycle-haproxy"), str(tmp)),
     }
+    private_dir(haproxy_dir(str(tmp)))  # as `mlcycle serve start` makes it, before Ray writes into it
     with scoped_environ(env):
         # A cluster of the test's own, even where `mlcycle serve start` runs one already.
         ray.init(address="local", num_cpus=4, include_dashboard=False, log_to_driver=False, namespace="mlcycle")
@@ -230,6 +234,107 @@ def test_auth_validation_and_size_limits(served: Settings) -> None:
         assert errors == (0,)
         big = {"instances": [{"entity_id": 1, "features": {"plan": "x" * 2_000_000}}]}
         assert c.post("/predict", json=big).status_code == 413
+
+
+def test_readyz_tells_anyone_ready_and_only_a_key_holder_the_versions(served: Settings) -> None:
+    """A kubelet's probe sends no key: readiness answers it, with nothing but the status."""
+    _deploy(served, {1: 100})
+    anonymous = httpx.get(f"{endpoint(served, PIPELINE)}/readyz", timeout=30)
+    assert anonymous.status_code == 200 and anonymous.json() == {"status": "ready"}
+    wrong = httpx.get(f"{endpoint(served, PIPELINE)}/readyz", headers={"x-api-key": "wrong"}, timeout=30)
+    assert wrong.json() == {"status": "ready"}
+    with _client(served) as c:
+        assert c.get("/readyz").json() == {"status": "ready", "versions": [1]}
+
+
+def _read_head(conn: socket.socket) -> bytes:
+    got = b""
+    while b"\r\n\r\n" not in got:
+        chunk = conn.recv(65536)
+        if not chunk:
+            break
+        got += chunk
+    return got
+
+
+def test_a_chunked_body_over_the_limit_is_refused_before_the_rest_is_sent(served: Settings) -> None:
+    """A chunked body (no Content-Length) whose first chunks already pass serving.max_payload_bytes:
+    the 413 arrives while the body is still unfinished (no last chunk sent), so the endpoint never
+    waited for it, nor held it whole."""
+    _deploy(served, {1: 100})
+    limit = spec_for(served, PIPELINE).serving.max_payload_bytes
+    head = (
+        f"POST /v1/pipelines/{PIPELINE}/predict HTTP/1.1\r\nHost: {served.serve_host}\r\nx-api-key: {KEY}\r\n"
+        "Content-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n"
+    )
+    with socket.create_connection((served.serve_host, served.serve_port), timeout=20) as conn:
+        conn.sendall(head.encode())
+        chunk, sent = b'{"instances": [' + b" " * 65_000, 0
+        while sent <= limit:  # bounded: about 17 chunks of 64 KB
+            conn.sendall(f"{len(chunk):x}\r\n".encode() + chunk + b"\r\n")
+            sent += len(chunk)
+        answer = _read_head(conn)  # the body is unfinished: an endpoint that waits for it times out here
+        assert answer.startswith(b"HTTP/1.1 413"), answer[:300]
+        assert sent < 2 * limit
+
+
+def test_a_5xx_names_what_failed_and_the_request_id_never_the_database_error(served: Settings) -> None:
+    """The platform database unreachable (an application whose replica has a closed port as its
+    database URL, with a password): `/similar` answers 503 in the one error shape, with the
+    request id; no database error, address, password or exception is in the body."""
+    from ray import serve
+
+    from serving.app import STATIC_KEYS, Ingress
+
+    name = f"{PIPELINE}_nodb"
+    args = serving_args(spec_for(served, PIPELINE), [], model_name(PIPELINE), pipeline=name, online_features=False)
+    (closed,) = free_port_pairs(1)
+    url = f"postgresql://mlcycle:s3cret-pw@127.0.0.1:{closed}/mlcycle"
+    app = Ingress.options(  # type: ignore[attr-defined]
+        name="ingress",
+        user_config=args.model_dump(mode="json"),
+        ray_actor_options={"num_cpus": 0.25, "runtime_env": {"env_vars": {"MLCYCLE_DATABASE_URL": url}}},
+    ).bind(args.model_dump(include=STATIC_KEYS))
+    serve.run(app, name=name, route_prefix=args.route_prefix)
+    try:
+        sent_id = str(uuid.uuid4())
+        r = httpx.get(
+            f"{endpoint(served, name)}/similar",
+            params={"entity_id": 1},
+            headers={"x-api-key": KEY, "x-request-id": sent_id},
+            timeout=60,
+        )
+        assert r.status_code == 503, r.text
+        assert r.json() == {
+            "error": "database_unavailable",
+            "reason": "the platform database could not be read; retry after 1 s",
+            "field": None,
+            "request_id": sent_id,
+        }
+        for leak in ("s3cret", str(closed), "127.0.0.1", "connection", "Error", "/"):
+            assert leak not in r.json()["reason"], leak
+    finally:
+        serve.delete(name)
+
+
+def test_haproxys_files_are_private_and_its_admin_socket_read_only(served: Settings) -> None:
+    """The HAProxy Serve runs (through mlcycle-haproxy): its folders 0700, its admin socket 0600 at
+    level user, so not even the owner's other processes can re-point a backend through it."""
+    _deploy(served, {1: 100})
+    wait_direct_route(served, PIPELINE)
+    hap = haproxy_dir(str(Path(str(served.pipelines_dir)).parent))
+    sockets = list(hap.glob("*/admin.sock"))
+    assert sockets, list(hap.iterdir())
+    assert stat.S_IMODE(os.lstat(hap).st_mode) == 0o700
+    for sock in sockets:
+        assert stat.S_IMODE(os.lstat(sock).st_mode) == 0o600
+        assert stat.S_IMODE(os.lstat(sock.parent).st_mode) == 0o700
+        assert " mode 600 level user " in (sock.parent / "haproxy.cfg").read_text()
+        with socket.socket(socket.AF_UNIX) as s:
+            s.settimeout(5)
+            s.connect(str(sock))
+            s.sendall(f"disable server http-{PIPELINE}/x\n".encode())
+            assert b"Permission denied" in s.recv(4096)
 
 
 def test_the_serving_api_fuzzed_from_its_openapi_answers_no_5xx_and_every_4xx_says_why(served: Settings) -> None:
@@ -689,12 +794,13 @@ def _register_challenger(settings: Settings, model: Any, reason: str) -> int:
     import mlflow
     import mlflow.onnx
 
-    from pipelines.io.registry import CHALLENGER, move_alias
+    from pipelines.io.registry import CHALLENGER, move_alias, seal_version
 
     client = mlflow.MlflowClient()
     with mlflow.start_run(run_name=reason):
         info = mlflow.onnx.log_model(model, name="model")
     version = int(client.create_model_version(model_name(PIPELINE), info.model_uri).version)
+    seal_version(client, model_name(PIPELINE), version)  # as promote does: serving loads sealed versions only
     move_alias(
         settings, client, pipeline=PIPELINE, alias=CHALLENGER, version=version, actor="test", run_id="t", reason=reason
     )

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -182,6 +184,19 @@ def _start_train(settings: Settings, pipeline: str) -> subprocess.Popen[str]:
     )
 
 
+def _kill_when(proc: subprocess.Popen[str], ready: Callable[[], bool], what: str, timeout_s: float = 240) -> None:
+    """SIGKILL the step's process group once `ready()` holds (bounded: `what` failed to happen in time)."""
+    deadline = time.monotonic() + timeout_s
+    try:
+        while not ready():
+            assert proc.poll() is None, "the train step ended before it could be killed"
+            assert time.monotonic() < deadline, f"{what} in time"
+            time.sleep(0.05)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+
 def test_a_killed_train_task_resumes_its_study(workspace: Settings) -> None:
     # A checkpoint after every epoch, and trials long enough to be caught in the middle.
     training = {
@@ -195,16 +210,12 @@ def test_a_killed_train_task_resumes_its_study(workspace: Settings) -> None:
     _spec(workspace, "churn_resume", training=training)
     proc = _start_train(workspace, "churn_resume")
     checkpoints = Path(str(workspace.artifact_root)) / "churn_resume" / "kill-1" / "train" / "checkpoints"
-    deadline = time.monotonic() + 240
-    try:
-        # Kill while the third trial runs, after it wrote at least one checkpoint.
-        while len(_finished(workspace, "churn_resume:kill-1")) < 2 or not (checkpoints / "trial-2.pt").exists():
-            assert proc.poll() is None, "the train step ended before it could be killed"
-            assert time.monotonic() < deadline, "no two finished trials in time"
-            time.sleep(0.05)
-    finally:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
+    # Kill while the third trial runs, after it wrote at least one checkpoint.
+    _kill_when(
+        proc,
+        lambda: len(_finished(workspace, "churn_resume:kill-1")) >= 2 and (checkpoints / "trial-2.pt").exists(),
+        "no two finished trials",
+    )
     kept = _finished(workspace, "churn_resume:kill-1")
     assert 2 <= len(kept) < 6
     # The killed attempt could record nothing: `runs show` says so, without made-up figures.
@@ -588,3 +599,92 @@ def test_a_family_registered_by_a_test_is_searched_trained_evaluated_and_promote
         assert done["promote"]["version"] == 1 and done["promote"]["parity"]["passed"]
     finally:
         unregister(name)
+
+
+def _step_exit(settings: Settings, step: str, pipeline: str, run_id: str) -> tuple[int, str]:
+    """`mlcycle step <step>` as its own process (as a pod runs it): its exit code and output."""
+    proc = step_process(
+        settings,
+        *(step, "--pipeline", pipeline, "--run-id", run_id),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    out, _ = proc.communicate(timeout=300)
+    return proc.returncode, out
+
+
+def _tampered(path: Path) -> bytes:
+    """Change the file's bytes after it was written (one byte flipped); returns the original."""
+    original = path.read_bytes()
+    path.write_bytes(original[:-1] + bytes([original[-1] ^ 1]))
+    return original
+
+
+def test_a_changed_trial_model_exported_model_or_promoted_model_is_refused_with_exit_3(workspace: Settings) -> None:
+    """Every model artifact's sha256 is recorded where it is written and checked where it is read:
+    a byte changed in storage afterwards makes the step that reads it exit 3 (no retry) naming the
+    file, and a registered version whose ONNX file changed in MLflow's store is neither loaded by a
+    step nor deployed. Put back, the same files train, evaluate and promote as before."""
+    import onnx
+
+    from pipelines.core.errors import ArtifactRefused
+    from pipelines.core.integrity import sha256_hex
+    from pipelines.core.settings import spec_for
+    from pipelines.io.registry import FILES_TAG, load_onnx_model
+    from serving.config import VersionConfig
+    from serving.deploy import deploy, serving_args
+
+    _spec(workspace, "churn_sealed")
+    out = run_through(workspace, "seal-1", LIFECYCLE[:4], pipeline="churn_sealed")
+    run_dir = Path(str(workspace.artifact_root)) / "churn_sealed" / "seal-1"
+    trial = run_dir / "train" / "trials" / f"trial-{out['train']['best_trial']}.bin"
+    original = _tampered(trial)
+    code, text = _step_exit(workspace, "train", "churn_sealed", "seal-1")  # the study is done: it exports the best
+    assert code == 3, text[-3000:]
+    assert f"{trial}: its sha256 is" in text and "changed or swapped in storage" in text
+    trial.write_bytes(original)
+
+    onnx_file = run_dir / "train" / "model.onnx"
+    original = _tampered(onnx_file)
+    code, text = _step_exit(workspace, "evaluate", "churn_sealed", "seal-1")
+    assert code == 3 and f"{onnx_file}: its sha256 is" in text, text[-3000:]
+    onnx_file.write_bytes(original)
+
+    done = {s: run(workspace, s, "seal-1", pipeline="churn_sealed") for s in ("evaluate", "promote")}
+    assert done["promote"]["version"] == 1 and done["promote"]["onnx_sha256"] == sha256_hex(original)
+    name = model_name("churn_sealed")
+    setup_mlflow(workspace, "churn_sealed")
+    from mlflow.store.artifact.models_artifact_repo import ModelsArtifactRepository
+
+    files = json.loads(mlflow.MlflowClient().get_model_version(name, "1").tags[FILES_TAG])
+    assert files["artifacts/model.onnx"] == sha256_hex(original)  # the ONNX model and the pyfunc's files
+    assert {"MLmodel", "onnx_pyfunc.py"} <= set(files)  # the pyfunc MLflow runs, as it runs it
+    assert onnx.load_from_string(load_onnx_model(workspace, "churn_sealed", name, 1)) == onnx.load_from_string(original)
+
+    stored = Path(ModelsArtifactRepository.get_underlying_uri(f"models:/{name}/1").removeprefix("file://"))
+    _tampered(stored / "artifacts" / "model.onnx")
+    with pytest.raises(ArtifactRefused, match=r"mlcycle-churn_sealed v1: .*changed \['artifacts/model.onnx'\]"):
+        load_onnx_model(workspace, "churn_sealed", name, 1)
+    spec = spec_for(workspace, "churn_sealed")
+    with pytest.raises(ArtifactRefused, match="changed"):  # refused before Ray is asked for anything
+        deploy(serving_args(spec, [VersionConfig(version=1, weight=100)], name), workspace)
+    code, text = _step_exit(workspace, "drift", "churn_sealed", "drift-1")  # a step that loads the champion
+    assert code == 3 and "changed ['artifacts/model.onnx']" in text, text[-3000:]
+
+
+def test_a_changed_checkpoint_is_refused_at_resume_with_exit_3(workspace: Settings) -> None:
+    """A trial killed mid-way is resumed from its checkpoint only where the checkpoint's bytes are
+    those it recorded: changed in storage, the train step exits 3 naming the file."""
+    training = {**FAST, "n_trials": 3, "max_epochs": 20, "early_stopping_patience": 20, "pruner": "none"}
+    _spec(workspace, "churn_ckpt", training={**training, "checkpoint_minutes": 0.00001})
+    proc = _start_train(workspace, "churn_ckpt")
+    checkpoint = Path(str(workspace.artifact_root)) / "churn_ckpt" / "kill-1" / "train" / "checkpoints" / "trial-1.pt"
+    # killed while the second trial runs, after it wrote a checkpoint
+    _kill_when(proc, lambda: len(_finished(workspace, "churn_ckpt:kill-1")) >= 1 and checkpoint.exists(), "no trial")
+    original = _tampered(checkpoint)
+    code, text = _step_exit(workspace, "train", "churn_ckpt", "kill-1")
+    assert code == 3, text[-3000:]
+    assert f"{checkpoint}: its sha256 is" in text
+    checkpoint.write_bytes(original)
+    result = run(workspace, "train", "kill-1", pipeline="churn_ckpt")  # put back, the search goes on
+    assert result["trials"]["complete"] == 3

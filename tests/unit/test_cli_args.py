@@ -37,7 +37,10 @@ def test_a_runs_conf_is_checked_before_anything_is_triggered(tmp_path: Path) -> 
         check_conf({"n_trials": 0}, SPEC, settings)
     with pytest.raises(InvalidArgument, match="--conf colour, trigger: not a run param; the run params are source_uri"):
         check_conf({"colour": "blue", "trigger": "asset"}, SPEC, settings)  # sorted; `trigger` is the run's own
-    with pytest.raises(InvalidArgument, match="source_uri: /etc/passwd.csv is outside the folders a run may read"):
+    with pytest.raises(
+        InvalidArgument,
+        match="source_uri: /etc/passwd.csv is outside the folders and prefixes this pipeline.s runs may read",
+    ):
         check_conf({"source_uri": "/etc/passwd.csv"}, SPEC, settings)
 
 

@@ -143,3 +143,26 @@ def test_a_multiclass_models_prediction_drift_is_on_its_predicted_class() -> Non
     assert shifted["shares_current"] == {"red": 1.0} and shifted["shares_reference"]["rose"] == pytest.approx(1 / 3)
     plain = prediction_figures(reference.assign(predicted_class=None), same.assign(predicted_class=None), False)
     assert plain["on"] == "score" and plain["test"] == "ks" and "shares_current" not in plain
+
+
+PAYLOAD = "</script><script>window.top.__pwned=1</script>"
+
+
+def test_a_served_category_the_reference_never_held_reaches_the_report_as_unseen_not_as_markup() -> None:
+    """A value counted as unseen (`unknown_categories: score`, or a column without `allowed`
+    values) that carries markup: Evidently embeds the data in a `<script>` unescaped, so the
+    drift step shows it as `(unseen)`; a known value and a null stay."""
+    import pandas as pd
+
+    from pipelines.steps.drift import UNSEEN, evidently_report, unseen_as_one
+
+    rng = np.random.default_rng(3)
+    reference = pd.DataFrame({"plan": rng.choice(["basic", "pro"], 300), "score": rng.random(300)})
+    current = pd.DataFrame({"plan": ["basic", PAYLOAD, None, "pro"] * 50, "score": rng.random(200)})
+    shown = unseen_as_one(reference, current, ["plan"])
+    assert shown["plan"].tolist()[:4] == ["basic", UNSEEN, None, "pro"]
+    assert current["plan"].tolist()[1] == PAYLOAD  # the figures' own frame is left alone
+    raw, _ = evidently_report(reference, current, [], ["plan"], 0.5)
+    assert PAYLOAD.encode() in raw  # what the step used to write: the value closes Evidently's script
+    html, _ = evidently_report(reference, shown, [], ["plan"], 0.5)
+    assert b"__pwned" not in html and UNSEEN.encode() in html

@@ -116,15 +116,19 @@ def test_probes_resources_and_non_root_everywhere() -> None:
 def test_rbac_is_namespaced_and_names_every_verb() -> None:
     docs = render()
     assert not [d for d in docs if d["kind"] in ("ClusterRole", "ClusterRoleBinding")]
-    (role,) = [d for d in docs if d["kind"] == "Role"]
-    for rule in role["rules"]:
-        for field in ("apiGroups", "resources", "verbs"):
-            assert "*" not in rule[field], rule
-    granted = {(r, v) for rule in role["rules"] for r in rule["resources"] for v in rule["verbs"]}
-    assert {("pods", "create"), ("pods", "delete"), ("pods/log", "get"), ("pods/exec", "create")} <= granted
+    roles = {d["metadata"]["name"]: d for d in docs if d["kind"] == "Role"}
+    for role in roles.values():
+        for rule in role["rules"]:
+            for field in ("apiGroups", "resources", "verbs"):
+                assert "*" not in rule[field], rule
+    launcher = roles["rel-mlcycle-pod-launcher"]
+    granted = {(r, v) for rule in launcher["rules"] for r in rule["resources"] for v in rule["verbs"]}
+    assert {("pods", "create"), ("pods", "delete"), ("pods", "watch"), ("pods/log", "get")} <= granted
     assert not any(r in {"secrets", "configmaps", "nodes"} for r, _ in granted)
-    (binding,) = [d for d in docs if d["kind"] == "RoleBinding"]
-    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "airflow-worker", "namespace": "ml"}]
+    bindings = {d["metadata"]["name"]: d for d in docs if d["kind"] == "RoleBinding"}
+    assert bindings["rel-mlcycle-pod-launcher"]["subjects"] == [
+        {"kind": "ServiceAccount", "name": name, "namespace": "ml"} for name in ("airflow-scheduler", "airflow-worker")
+    ]
 
 
 def test_no_secret_values_in_a_render() -> None:
@@ -139,7 +143,7 @@ def test_no_secret_values_in_a_render() -> None:
         for e in c.get("envFrom", [])
         if "secretRef" in e
     }
-    assert refs == {"team-ml-secrets"}
+    assert refs == {"team-ml-secrets", "mlcycle-ray-token", "mlcycle-serving-keys"}
     settings = kinds(docs)["ConfigMap/rel-mlcycle-settings"]["data"]
     assert settings["MLCYCLE_K8S_ENV_SECRET"] == "team-ml-secrets"  # step pods get it by reference too
 
@@ -278,14 +282,17 @@ def test_a_gpu_pool_values_example_places_step_pods_and_ray_gpu_workers(
 
 def test_the_ray_head_is_closed_to_the_cluster_but_its_clients() -> None:
     policy = kinds(render())["NetworkPolicy/rel-mlcycle-ray-head"]["spec"]
-    assert policy["podSelector"]["matchLabels"]["app.kubernetes.io/component"] == "ray-head"
-    control, serve, nodes = policy["ingress"]
+    assert policy["podSelector"]["matchExpressions"][0]["values"] == ["ray-head"]
+    nodes, control, serve, _agent = policy["ingress"]
     assert {p["port"] for p in control["ports"]} == {6379, 8265, 10001}
     sources = [f["podSelector"]["matchLabels"] for f in control["from"]]
-    assert {"app.kubernetes.io/name": "mlcycle", "app.kubernetes.io/component": "step"} in sources
+    canary = {"app.kubernetes.io/name": "mlcycle", "app.kubernetes.io/component": "step", "mlcycle.io/step": "canary"}
+    assert canary in sources
     assert {"component": "worker", "release": "airflow"} in sources
     assert [p["port"] for p in serve["ports"]] == [8000]
-    assert nodes["from"] == [{"podSelector": {"matchLabels": {"app.kubernetes.io/instance": "rel"}}}]
+    (ray,) = nodes["from"]
+    assert ray["podSelector"]["matchLabels"] == {"app.kubernetes.io/instance": "rel"}
+    assert ray["podSelector"]["matchExpressions"][0]["values"] == ["ray-head", "ray-worker-cpu", "ray-worker-gpu"]
     assert "NetworkPolicy/rel-mlcycle-ray-head" not in kinds(render("networkPolicy.enabled=false"))
 
 
@@ -298,7 +305,7 @@ def test_airflow_values_follow_the_release_the_secret_and_the_namespace() -> Non
     assert "ConfigMap/ml-mlcycle-settings" in settings  # the name Airflow's pods reference exists
     assert values["config"]["kubernetes_executor"]["namespace"] == "ml-prod"
     assert values["workers"]["serviceAccount"]["name"] == "airflow-worker"
-    (binding,) = [d for d in docs if d["kind"] == "RoleBinding"]
-    assert binding["subjects"][0]["name"] == values["workers"]["serviceAccount"]["name"]
+    binding = kinds(docs)["RoleBinding/ml-mlcycle-pod-launcher"]
+    assert values["workers"]["serviceAccount"]["name"] in [s["name"] for s in binding["subjects"]]
     assert values["registry"] == {"secretName": "regcred"}
     assert values["images"]["airflow"]["repository"] == "mlcycle-airflow"

@@ -5,13 +5,15 @@ import io
 import re
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 import pytest
 
-from pipelines.core.errors import InvalidArgument, SourceDataError, SourceError
+from pipelines.core.errors import InvalidArgument, SourceDataError, SourceError, SpecError
 from pipelines.core.settings import Settings
-from pipelines.core.spec import FileSource, SyntheticSource
+from pipelines.core.spec import FileSource, PipelineSpec, SyntheticSource, parse_spec
+from pipelines.core.uris import allowed_prefixes
 from pipelines.core.window import data_window
 from pipelines.io.sources import (
     check_override,
@@ -19,13 +21,13 @@ from pipelines.io.sources import (
     gather,
     infer_format,
     normalize_frame,
-    override_roots,
     read_source,
     widened,
     within,
 )
 from pipelines.io.storage import parquet_bytes
 from pipelines.steps.ingest import build_manifest, content_hash, schema_fingerprint
+from tests.specs import churn_spec_dict
 
 
 def test_normalize_keeps_bad_values_as_text() -> None:
@@ -201,29 +203,71 @@ def test_a_parquet_files_named_index_is_read_as_a_column(churn_df: pd.DataFrame,
     assert list(parse_bytes(buf.getvalue(), "parquet", "x.parquet").columns) == list(churn_df.columns)
 
 
+def _spec(source: dict[str, Any]) -> PipelineSpec:
+    return parse_spec(churn_spec_dict(source=source))
+
+
 def test_a_runs_source_uri_reads_only_under_the_allowed_folders(tmp_path: Path) -> None:
     settings = _settings(tmp_path)
     spec_dir = settings.project_dir / "data" / "churn"
     (settings.state_path / "data").mkdir(parents=True)
     spec_dir.mkdir(parents=True)
     (tmp_path / "elsewhere").mkdir()
-    source = FileSource(kind="file", path="data/churn/dt={as_of:%Y-%m-%d}.csv")  # relative: the project dir
-    assert override_roots(source, settings) == [settings.state_path / "data", spec_dir]
-    check_override(str(settings.state_path / "data" / "x.csv"), source, settings)
-    check_override("data/churn/other.parquet", source, settings)
-    check_override(str(spec_dir / "sub" / "x.csv"), source, settings)
-    check_override("s3://bucket/any.csv", source, settings)  # S3 prefixes: issue #34
-    with pytest.raises(InvalidArgument, match="source_uri: /etc/passwd.csv is outside the folders a run may read"):
-        check_override("/etc/passwd.csv", source, settings)
+    spec = _spec({"kind": "file", "path": "data/churn/dt={as_of:%Y-%m-%d}.csv"})  # relative: the project dir
+    assert allowed_prefixes(spec.source, settings, "churn") == [str(settings.state_path / "data"), str(spec_dir)]
+    check_override(str(settings.state_path / "data" / "x.csv"), spec, settings)
+    check_override("data/churn/other.parquet", spec, settings)
+    check_override(str(spec_dir / "sub" / "x.csv"), spec, settings)
+    with pytest.raises(InvalidArgument, match="source_uri: /etc/passwd.csv is outside the folders and prefixes"):
+        check_override("/etc/passwd.csv", spec, settings)
     with pytest.raises(InvalidArgument, match="outside"):
-        check_override(str(settings.state_path / "data" / ".." / "pg" / "x.csv"), source, settings)
+        check_override(str(settings.state_path / "data" / ".." / "pg" / "x.csv"), spec, settings)
+    with pytest.raises(InvalidArgument, match="outside"):  # a sibling whose name starts alike
+        check_override(str(settings.project_dir / "data" / "churn-old" / "x.csv"), spec, settings)
     link = settings.state_path / "data" / "link.csv"
     link.symlink_to(tmp_path / "elsewhere" / "x.csv")
     with pytest.raises(InvalidArgument, match="outside"):  # a link out of the folder is where it points
-        check_override(str(link), source, settings)
-    synthetic = SyntheticSource(kind="synthetic")
-    assert override_roots(synthetic, settings) == [settings.state_path / "data"]
+        check_override(str(link), spec, settings)
+    synthetic = _spec({"kind": "synthetic"})
+    assert allowed_prefixes(synthetic.source, settings, "churn") == [str(settings.state_path / "data")]
     with pytest.raises(InvalidArgument, match="outside"):
         check_override("data/churn/other.parquet", synthetic, settings)
-    directory = FileSource(kind="file", path=str(spec_dir))
-    assert override_roots(directory, settings)[1] == spec_dir
+    directory = _spec({"kind": "file", "path": str(spec_dir)})
+    assert allowed_prefixes(directory.source, settings, "churn")[1] == str(spec_dir)
+
+
+def test_a_runs_s3_source_uri_reads_only_under_its_pipelines_prefixes(tmp_path: Path) -> None:
+    """Another pipeline's objects, the artifact root and a `..` key are refused; the spec's own
+    prefix, its `allowed_uris` and the settings' prefixes (per pipeline) are taken."""
+    settings = Settings(
+        project_dir=tmp_path / "project",
+        state_dir=tmp_path / "state",
+        artifact_root="s3://ml/artifacts",
+        source_uri_prefixes=["s3://landing/{pipeline}/"],
+    )
+    spec = _spec(
+        {"kind": "s3", "uri": "s3://data/churn/dt={as_of:%Y-%m-%d}.parquet", "allowed_uris": ["s3://shared/ref"]}
+    )
+    assert allowed_prefixes(spec.source, settings, "churn") == [
+        str(settings.state_path / "data"),
+        "s3://data/churn/",
+        "s3://shared/ref/",
+        "s3://landing/churn/",
+    ]
+    for taken in ("s3://data/churn/2026.csv", "s3://shared/ref/x.parquet", "s3://landing/churn/a/b.csv"):
+        check_override(taken, spec, settings)
+    for refused, why in [
+        ("s3://data/tumours/x.csv", "outside the folders and prefixes"),
+        ("s3://shared/reference/x.csv", "outside"),  # a prefix is a folder
+        ("s3://landing/tumours/x.csv", "outside"),
+        ("s3://ml/artifacts/tumours/r1/features/train.parquet", "inside the artifact root"),
+        ("s3://data/churn/../tumours/x.csv", "a `..` segment"),
+    ]:
+        with pytest.raises(InvalidArgument, match=f"source_uri: .*{re.escape(why)}"):
+            check_override(refused, spec, settings)
+    # a local artifact root too, even where a spec allows its parent
+    local = _spec({"kind": "file", "path": str(settings.state_path / "in.csv")})
+    with pytest.raises(InvalidArgument, match="inside the artifact root"):
+        check_override(str(settings.state_path / "artifacts" / "x.csv"), local, Settings(state_dir=settings.state_dir))
+    with pytest.raises(SpecError, match="allowed_uris"):
+        _spec({"kind": "synthetic", "allowed_uris": ["s3://data/../x/"]})

@@ -34,7 +34,7 @@ def test_the_report_page_frames_the_report_and_leads_back_to_the_run() -> None:
 
     html = report_page_html("churn_lifecycle", "r:1", "validate", "Validation report", ["report.html"], None)
     assert '<a href="/dags/churn_lifecycle/runs/r%3A1">' in html
-    assert '<iframe src="/mlcycle/artifacts/churn_lifecycle/r%3A1/validate/report.html"' in html
+    assert '<iframe src="/mlcycle/artifacts/churn_lifecycle/r%3A1/validate/report.html" sandbox="allow-scripts"' in html
     plot = report_page_html("churn_lifecycle", "r1", "canary", "Canary report", ["report.png", "report.json"], "{}")
     assert '<img src="/mlcycle/artifacts/churn_lifecycle/r1/canary/report.png"' in plot
     first = report_page_html("churn_lifecycle", "r1", "canary", "Canary report", ["report.json"], '{"outcome": "<x>"}')
@@ -143,3 +143,26 @@ def test_the_page_without_a_session_redirects_to_the_login_and_the_api_answers_4
         "reason": "Not authenticated",
         "field": None,
     }
+
+
+def test_a_report_is_only_of_a_dag_the_factory_makes_for_a_known_pipeline_with_that_step() -> None:
+    from plugins.mlcycle_plugin import report_pipeline
+
+    known = ["churn", "churn_v2", "tumours"]
+    assert report_pipeline("churn_lifecycle", "validate", known) == "churn"
+    assert report_pipeline("churn_v2_lifecycle", "evaluate", known) == "churn_v2"
+    assert report_pipeline("churn_drift", "drift", known) == "churn"
+    assert report_pipeline("churn_drift", "validate", known) is None  # the drift DAG runs no validate
+    assert report_pipeline("churn_lifecycle", "drift", known) is None  # nor the lifecycle a drift check
+    assert report_pipeline("nope_lifecycle", "validate", known) is None  # no such pipeline
+    assert report_pipeline("churn_v2_x_lifecycle", "validate", known) is None
+    assert report_pipeline("tumours_anything", "validate", known) is None  # what `<name>_*` used to allow
+    assert report_pipeline("_lifecycle", "validate", known) is None
+
+
+def test_every_report_file_is_its_own_sandboxed_origin_and_never_sniffed() -> None:
+    from plugins.mlcycle_plugin import PAGE_CSP, REPORT_HEADERS
+
+    assert REPORT_HEADERS == {"Content-Security-Policy": "sandbox allow-scripts", "X-Content-Type-Options": "nosniff"}
+    assert "allow-same-origin" not in REPORT_HEADERS["Content-Security-Policy"]
+    assert "default-src 'none'" in PAGE_CSP and "script-src" not in PAGE_CSP  # the page itself runs no script

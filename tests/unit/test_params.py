@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -72,3 +73,43 @@ def test_the_form_shows_the_param_names_and_the_specs_defaults() -> None:
     assert [params[name].schema["title"] for name in FORM] == list(FORM)
     assert ParamsDict(params).validate()["n_trials"] == SPEC.training.n_trials
     assert "the spec's synthetic source" in params["source_uri"].description
+
+
+def test_the_form_takes_a_source_uri_only_under_the_pipelines_prefixes(tmp_path: Path) -> None:
+    """The lifecycle DAG the factory builds: its `source_uri` param refuses another pipeline's
+    objects, any host file, the artifact root and `..`, as Airflow validates the Trigger form."""
+    from airflow.sdk.definitions.param import ParamsDict
+
+    from operators.factory import lifecycle_dag
+    from pipelines.core.settings import Settings
+    from pipelines.core.spec import parse_spec
+    from tests.specs import churn_spec_dict
+
+    settings = Settings(project_dir=tmp_path / "project", state_dir=tmp_path / "state", artifact_root="s3://lake/ml")
+    spec = parse_spec(churn_spec_dict(source={"kind": "s3", "uri": "s3://lake/churn/in.parquet"}))
+    dag = lifecycle_dag(spec, spec.lifecycle_steps(), settings)
+    data = tmp_path / "state" / "data"
+    for taken in ("s3://lake/churn/2026-12.parquet", f"{data}/x.csv", "s3://lake/churn/deep/X.CSV.gz", None):
+        form = ParamsDict(dag.params)
+        form["source_uri"] = taken
+        assert form.validate()["source_uri"] == taken
+    for refused in (
+        "s3://lake/tumours/in.parquet",  # another pipeline's data in the shared bucket
+        "s3://lake/ml/tumours/r1/features/train.parquet",  # the artifact root
+        "s3://lake/churn/../tumours/in.parquet",
+        "/etc/passwd.csv",
+        f"{data}/../pg/x.csv",
+        "s3://lake/churnier/in.parquet",
+    ):
+        with pytest.raises(ValueError, match="source_uri"):
+            ParamsDict(dag.params)["source_uri"] = refused
+    assert "only under" in dag.params.get_param("source_uri").description and "s3://lake/churn/" in (
+        dag.params.get_param("source_uri").description
+    )
+    # relative to the project dir, as ingest reads a relative path
+    local = parse_spec(churn_spec_dict(source={"kind": "file", "path": "data/churn/in.csv"}))
+    form = ParamsDict(lifecycle_dag(local, local.lifecycle_steps(), settings).params)
+    form["source_uri"] = "data/churn/2026.csv"
+    form["source_uri"] = str(settings.project_dir / "data" / "churn" / "2026.csv")
+    with pytest.raises(ValueError, match="source_uri"):
+        form["source_uri"] = "data/other/2026.csv"

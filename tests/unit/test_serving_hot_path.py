@@ -244,16 +244,27 @@ def test_haproxy_config_path_from_serves_arguments() -> None:
     assert config_path(["-v"]) is None
 
 
-def test_serve_env_turns_on_haproxy_with_our_wrapper_and_a_short_state_dir() -> None:
+def test_serve_env_turns_on_haproxy_with_our_wrapper_and_its_files_in_the_state_dir() -> None:
     s = Settings(serve_port=8000, haproxy_stats_port=18404, haproxy_metrics_port=19101)
-    env = serve_env(s, "/venv/bin/mlcycle-haproxy", "/a/very/long/state/directory/" + "x" * 80)
+    env = serve_env(s, "/venv/bin/mlcycle-haproxy", "/srv/mlcycle/.mlcycle")
     assert env["RAY_SERVE_ENABLE_HA_PROXY"] == "1" and env["RAY_SERVE_THROUGHPUT_OPTIMIZED"] == "1"
     assert env["RAY_SERVE_HAPROXY_NBTHREAD"] == "1"
     assert env["RAY_SERVE_HAPROXY_BINARY_PATH"] == "/venv/bin/mlcycle-haproxy"
     assert env["RAY_SERVE_HAPROXY_STATS_PORT"] == "18404" and env["RAY_SERVE_HAPROXY_METRICS_PORT"] == "19101"
-    socket = Path(env["RAY_SERVE_HAPROXY_SOCKET_PATH"])
-    assert len(str(socket.parent / ("n" * 56) / socket.name)) <= 97  # Serve adds the node id
-    assert haproxy_dir("a") != haproxy_dir("b") and haproxy_dir("a") == haproxy_dir("a")
+    # every file of HAProxy's in the state dir's own folder, none in Serve's default /tmp/haproxy-serve
+    assert env["MLCYCLE_HAPROXY_DIR"] == "/srv/mlcycle/.mlcycle/hap"
+    for key in ("CONFIG_FILE_LOC", "SOCKET_PATH", "SERVER_STATE_BASE", "SERVER_STATE_FILE", "METRICS_SOCKET_PATH"):
+        assert env[f"RAY_SERVE_HAPROXY_{key}"].startswith("/srv/mlcycle/.mlcycle/hap"), key
+    # a state dir too long for a Unix socket: this user's folder of its own in the temp dir
+    long = serve_env(s, "/h", "/a/very/long/state/directory/" + "x" * 80)
+    socket = Path(long["RAY_SERVE_HAPROXY_SOCKET_PATH"])
+    for key in ("SOCKET_PATH", "METRICS_SOCKET_PATH"):  # HAProxy takes 97 characters; Serve adds the node id
+        for e in (env, long):
+            path = Path(e[f"RAY_SERVE_HAPROXY_{key}"])
+            assert len(str(path.parent / ("n" * 56) / path.name)) <= 97, path
+    assert socket.parent == haproxy_dir("/a/very/long/state/directory/" + "x" * 80)
+    assert haproxy_dir("/" + "a" * 90, uid=5).name.startswith("mlcycle-hap-5-")
+    assert haproxy_dir("/" + "a" * 90) != haproxy_dir("/" + "b" * 90)
     assert "RAY_SERVE_HAPROXY_SOCKET_PATH" not in serve_env(s, "/h")
 
 
@@ -490,24 +501,28 @@ def test_replicas_up_counts_an_applications_direct_replicas_that_haproxy_finds_u
     assert replicas_up("", "churn") == 0
 
 
-def test_an_online_store_outage_is_its_own_503_naming_the_store_and_the_cause() -> None:
+def test_an_online_store_outage_is_its_own_503_naming_the_store_not_the_cause() -> None:
     import json as _json
+    import pickle
 
     from serving.http import features_unavailable
     from serving.online import FeaturesUnavailable, unavailable
 
-    err = unavailable("redis", ConnectionError("Error 111 connecting to redis:6379. Connection refused."))
-    assert isinstance(err, FeaturesUnavailable)
+    err = unavailable("redis", ConnectionError("Error 111 connecting to redis://:s3cret@redis:6379. Refused."))
+    assert isinstance(err, FeaturesUnavailable) and err.store == "redis"
+    # the log's detail: the cause, its credentials redacted
     assert str(err) == (
         "the online feature store (redis) could not be read: ConnectionError: "
-        "Error 111 connecting to redis:6379. Connection refused."
+        "Error 111 connecting to redis://***@redis:6379. Refused."
     )
     assert len(str(unavailable("redis", ValueError("x" * 2000)))) == 400
-    answer = features_unavailable(str(err), "r-1")
+    again = pickle.loads(pickle.dumps(err))  # noqa: S301 (its own bytes: as a deployment handle carries it)
+    assert (str(again), again.store) == (str(err), "redis")
+    answer = features_unavailable(err.store, "r-1")
     assert answer.status_code == 503 and answer.headers["retry-after"] == "1"
     assert _json.loads(answer.body) == {
         "error": "features_unavailable",
-        "reason": str(err),
+        "reason": "the online feature store (redis) could not be read; retry after 1 s",
         "field": None,
         "request_id": "r-1",
     }

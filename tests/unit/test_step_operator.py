@@ -54,18 +54,21 @@ def _context(run_id: str, params: dict[str, Any] | None = None, **dag_run: Any) 
 def test_kubernetes_runtime_launches_the_rendered_pod(cluster_env: None, monkeypatch: pytest.MonkeyPatch) -> None:
     sent: dict[str, Any] = {}
 
-    def fake_execute(self: KubernetesPodOperator, context: Any) -> dict[str, int]:
+    def fake_execute(self: KubernetesPodOperator, context: Any) -> None:
         pod = self.build_pod_request_obj(context, dry_run=True)  # dry_run: no kube config here
         sent["pod"] = ApiClient().sanitize_for_serialization(pod)
         sent["namespace"] = self.namespace
         sent["skip_on_exit_code"] = list(self.skip_on_exit_code)
-        return {"rows": 1}
 
+    # the step's result is what it recorded in step_runs (the database is the integration tests')
+    recorded: list[tuple[Any, ...]] = []
+    monkeypatch.setattr("operators.step.step_outputs", lambda _settings, *key: recorded.append(key) or {"rows": 1})
     monkeypatch.setattr(KubernetesPodOperator, "execute", fake_execute)
     op = PipelineStepOperator(task_id="train", pipeline="churn", step="train")
     op.run_key = "scheduled__2026-11-25T00:00:00+00:00"  # what templating renders
     params = {"n_trials": 3, "dry_run": True, "source_uri": None}  # the Trigger DAG form
     assert op.execute(_context(op.run_key, params)) == {"rows": 1}
+    assert recorded == [("churn", op.run_key, "train", None)]
 
     pod = sent["pod"]
     kubernetes_validate.validate(pod, "1.34", strict=True)
@@ -85,8 +88,8 @@ def test_kubernetes_runtime_launches_the_rendered_pod(cluster_env: None, monkeyp
     assert base["envFrom"] == [{"secretRef": {"name": "mlcycle-env"}}]
     assert not pod["spec"].get("nodeSelector")  # no GPU pool in these settings, none in the spec
     assert pod["metadata"]["namespace"] == sent["namespace"] == "ml"
-    # The provider adds its XCom sidecar, which reads what the step writes to MLCYCLE_XCOM_PATH.
-    assert any(c["name"] == "airflow-xcom-sidecar" for c in pod["spec"]["containers"])
+    # No XCom sidecar: the provider reads it through pods/exec, which Airflow is not granted.
+    assert [c["name"] for c in pod["spec"]["containers"]] == ["base"]
     assert sent["skip_on_exit_code"] == [100]
 
 

@@ -24,15 +24,20 @@ app.kubernetes.io/component: {{ .component }}
 {{- printf "%s:%s" .repository .tag -}}
 {{- end -}}
 
-{{/* Every container: non-root, no privilege escalation, no capabilities. */}}
+{{/* Every container: non-root, no privilege escalation, no capabilities, a read-only root
+filesystem (what it writes goes to the emptyDirs of mlcycle.writableMounts), the runtime's
+seccomp profile: Pod Security "restricted". */}}
 {{- define "mlcycle.containerSecurity" -}}
 securityContext:
   runAsNonRoot: true
   runAsUser: {{ .Values.securityContext.runAsUser }}
   runAsGroup: {{ .Values.securityContext.runAsGroup }}
   allowPrivilegeEscalation: false
+  readOnlyRootFilesystem: true
   capabilities:
     drop: ["ALL"]
+  seccompProfile:
+    type: RuntimeDefault
 {{- end -}}
 
 {{- define "mlcycle.podSecurity" -}}
@@ -45,7 +50,27 @@ securityContext:
     type: RuntimeDefault
 {{- end -}}
 
-{{/* The platform settings and the secret, as every mlcycle container reads them. */}}
+{{/* The writable paths of a container whose root filesystem is read-only: temporary files and
+HOME (the libraries' caches and configuration); a Ray node also its shared memory. .shm: Ray. */}}
+{{- define "mlcycle.writableVolumes" -}}
+volumes:
+  - {name: tmp, emptyDir: {}}
+  - {name: home, emptyDir: {}}
+  {{- if .shm }}
+  - {name: shm, emptyDir: {medium: Memory}}
+  {{- end }}
+{{- end -}}
+
+{{- define "mlcycle.writableMounts" -}}
+volumeMounts:
+  - {name: tmp, mountPath: /tmp}
+  - {name: home, mountPath: /home/mlcycle}
+  {{- if .shm }}
+  - {name: shm, mountPath: /dev/shm}
+  {{- end }}
+{{- end -}}
+
+{{/* The database and S3 credentials (every mlcycle container) and the settings. */}}
 {{- define "mlcycle.env" -}}
 envFrom:
   - configMapRef:
@@ -60,6 +85,11 @@ envFrom:
   image: {{ include "mlcycle.image" .root.Values.images.serving | quote }}
   imagePullPolicy: {{ .root.Values.images.pullPolicy }}
   {{- include "mlcycle.env" .root | nindent 2 }}
+    # a Ray node: the cluster's token and the endpoints' API keys
+    - secretRef:
+        name: {{ .root.Values.rayTokenSecret }}
+    - secretRef:
+        name: {{ .root.Values.servingKeysSecret }}
   # Serve as `mlcycle serve start` runs it (serving/deploy.py serve_env): HAProxy as the ingress
   # proxy, one thread; user code on the replicas' event loops
   env:
@@ -93,7 +123,29 @@ envFrom:
     failureThreshold: 6
   resources:
     {{- toYaml .resources | nindent 4 }}
+  {{- include "mlcycle.writableMounts" (dict "shm" true) | nindent 2 }}
   {{- include "mlcycle.containerSecurity" .root | nindent 2 }}
+{{- end -}}
+
+{{/* A Ray pod's spec (head or worker group): .root, .account, .ports, .resources, .gpu. */}}
+{{- define "mlcycle.rayPodSpec" -}}
+serviceAccountName: {{ .account }}
+automountServiceAccountToken: {{ and .ports .root.Values.serving.autoscaling.enabled | default false }}
+{{- include "mlcycle.pullSecrets" .root }}
+{{- include "mlcycle.podSecurity" .root | nindent 0 }}
+{{- if .gpu }}
+{{- with .root.Values.gpu.nodeSelector }}
+nodeSelector:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- with .root.Values.gpu.tolerations }}
+tolerations:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- end }}
+{{- include "mlcycle.writableVolumes" (dict "shm" true) | nindent 0 }}
+containers:
+  {{- include "mlcycle.rayContainer" (dict "root" .root "resources" .resources "ports" .ports) | nindent 2 }}
 {{- end -}}
 
 

@@ -111,8 +111,37 @@ class Evaluation(Model):
 
 
 class Canary(Model):
-    """The canary plan: traffic percentages with a dwell time each, and the SLOs."""
+    """The canary plan: traffic percentages with a dwell time each (or a shadow window), and the SLOs."""
 
+    mode: Literal["weighted", "shadow"] = Field(
+        default="weighted",
+        description="`weighted`: the challenger answers a growing share of traffic (`steps`); `shadow`: it gets a "
+        "copy of every request and never answers, the champion answers all, and at the end of the window "
+        "(`shadow_hours` or `shadow_requests`, whichever comes first) a comparison decides by the same SLOs",
+    )
+    shadow_hours: float = Field(
+        default=24.0, gt=0.0, le=168.0, description="the longest a shadow window lasts, hours (mode `shadow`)"
+    )
+    shadow_requests: int = Field(
+        default=1000,
+        ge=1,
+        le=10_000_000,
+        description="the shadow's answers (one per instance) after which the window ends early (mode `shadow`)",
+    )
+    min_agreement: float = Field(
+        default=0.8,
+        ge=0.0,
+        le=1.0,
+        description="a shadow run's least share of requests where the challenger agrees with the champion: the same "
+        "class (a binary label: the same side of `evaluation.threshold`), or for a regression label a "
+        "difference within `agreement_tolerance`; under it the challenger is rejected",
+    )
+    agreement_tolerance: float = Field(
+        default=0.1,
+        gt=0.0,
+        description="a regression label's largest difference between the two answers that still agrees, in the "
+        "champion's standard deviations of its scores over the window",
+    )
     steps: list[int] = Field(
         default_factory=lambda: [5, 25, 50, 100],
         min_length=1,

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import re
 from typing import Annotated, Literal
 
 from pydantic import Field, field_validator
 
 from pipelines.core.spec.base import Model
+from pipelines.core.sql import query_problem
 from pipelines.core.window import query_params, template_fields
 
 
@@ -24,6 +26,23 @@ class SourceBase(Model):
         description="add the served predictions that got a label (request log joined with labels) in the window, "
         "with the features exactly as they were served",
     )
+    allowed_uris: list[str] = Field(
+        default_factory=list,
+        max_length=32,
+        description="more folders (local: absolute or from the project dir) and `s3://bucket/prefix/` prefixes a run's "
+        "`source_uri` may read from, besides the spec's own source folder and `<state dir>/data`; never the "
+        "artifact root",
+    )
+
+    @field_validator("allowed_uris")
+    @classmethod
+    def _prefixes(cls, v: list[str]) -> list[str]:
+        for prefix in v:
+            if not prefix or "{" in prefix or ".." in prefix.split("/"):
+                raise ValueError(f"{prefix!r}: a folder or s3:// prefix, without `..` or window fields")
+            if prefix.startswith("s3://") and not re.match(r"^s3://[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9]/", prefix):
+                raise ValueError(f"{prefix!r}: an s3:// prefix is `s3://bucket/` and a key prefix")
+        return v
 
 
 def _check_template(value: str) -> str:
@@ -76,24 +95,30 @@ class PostgresSource(SourceBase):
     The query may bind the window as parameters, `%(start)s`, `%(end)s` and `%(as_of)s` (never
     formatted into the text): `SELECT * FROM snapshots WHERE ts > %(start)s AND ts <= %(end)s`.
     The connection URL is read from the environment variable `url_env`, so no secret lives in a
-    spec; when unset the platform database is used.
+    spec; when unset the platform database is read as its read-only role `mlcycle_source` (or
+    `MLCYCLE_SOURCE_DATABASE_URL`), never as the platform's own user. The query is one read statement
+    (`pipelines.core.sql`), run through the extended protocol in a READ ONLY transaction.
     """
 
     kind: Literal["postgres"] = Field(description="`postgres`: the rows a SQL query returns")
     query: str = Field(
         min_length=1,
-        description="the SQL query; binds the window as `%(start)s`, `%(end)s`, `%(as_of)s` (never formatted in)",
+        description="the SQL query, one read statement (SELECT, WITH, VALUES, TABLE); binds the window as "
+        "`%(start)s`, `%(end)s`, `%(as_of)s` (never formatted in)",
     )
     url_env: str | None = Field(
         default=None,
         pattern=r"^[A-Z_][A-Z0-9_]*$",
         description="the environment variable holding the connection URL (no secret in the spec); "
-        "default: the platform database",
+        "default: the platform database, as its read-only role `mlcycle_source`",
     )
 
     @field_validator("query")
     @classmethod
     def _params(cls, v: str) -> str:
+        problem = query_problem(v)
+        if problem:
+            raise ValueError(problem)
         query_params(v)
         return v
 

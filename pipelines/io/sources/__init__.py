@@ -44,7 +44,6 @@ from pipelines.io.sources.paths import (
     file_source_problem,
     fixed_part,
     local_path,
-    override_roots,
     template_glob,
 )
 from pipelines.io.sources.readers import (
@@ -75,7 +74,6 @@ __all__ = [
     "local_path",
     "no_column_text",
     "normalize_frame",
-    "override_roots",
     "read_source",
     "synthetic_config",
     "template_glob",

@@ -1,36 +1,35 @@
 """Where a file source's data is: a path as the platform resolves it (from the project directory),
-a window template's fixed part and glob, why a path names no data here, and the folders a run's own
-`source_uri` may read from.
+a window template's fixed part and glob, why a path names no data here, and the check of a run's own
+`source_uri` against the prefixes its pipeline allows (`pipelines.core.uris`), on the host.
 """
 
 from __future__ import annotations
 
 import re
-from pathlib import Path
-from typing import TYPE_CHECKING
 
 from pipelines.core.errors import InvalidArgument
 from pipelines.core.settings import Settings
-from pipelines.core.spec import FileSource, Source
+from pipelines.core.spec import FileSource, PipelineSpec
+from pipelines.core.uris import (
+    DATA_SUFFIXES,
+    OVERRIDE_DIR,
+    allowed_prefixes,
+    fixed_part,
+    is_data_file,
+    local_path,
+    uri_problem,
+)
 
-if TYPE_CHECKING:
-    pass
-
-
-DATA_SUFFIXES = (".csv", ".csv.gz", ".parquet", ".pq")
-
-
-def local_path(text: str, settings: Settings) -> Path:
-    """A file source's path as the platform reads it: `~` expanded, a relative path taken from the
-    project directory (`MLCYCLE_PROJECT_DIR`, default the repository root or the image's install
-    root), never from the current directory."""
-    path = Path(text).expanduser()
-    return path if path.is_absolute() else settings.project_dir / path
-
-
-def fixed_part(template: str) -> str:
-    """The part of a path before its first window field (`data/dt={as_of:%Y}.csv` -> `data/dt=`). Pure."""
-    return template.split("{", 1)[0]
+__all__ = [
+    "DATA_SUFFIXES",
+    "OVERRIDE_DIR",
+    "check_override",
+    "file_source_problem",
+    "fixed_part",
+    "is_data_file",
+    "local_path",
+    "template_glob",
+]
 
 
 def template_glob(template: str) -> str:
@@ -64,39 +63,10 @@ def file_source_problem(source: FileSource, settings: Settings) -> str | None:
     return None
 
 
-OVERRIDE_DIR = "data"
-"""The state directory's folder from which a run's `source_uri` may read any file."""
-
-
-def override_roots(source: Source, settings: Settings) -> list[Path]:
-    """The folders a run's local `source_uri` may read from: `<state dir>/data` and, where the
-    spec's own source is a file source, the folder it reads (a directory source: itself; a file or a
-    window template: the folder that holds it)."""
-    roots = [settings.state_path / OVERRIDE_DIR]
-    if isinstance(source, FileSource):
-        fixed = fixed_part(source.path)
-        spec_path = local_path(fixed or ".", settings)
-        templated = fixed != source.path
-        roots.append(spec_path if spec_path.is_dir() and not templated else spec_path.parent)
-    return roots
-
-
-def check_override(uri: str, source: Source, settings: Settings) -> None:
-    """Refuse a run's local `source_uri` outside `override_roots` (after symlinks are resolved), so
-    a run trigger cannot make ingest read any file on the host. An `s3://` URI is not limited
-    here: per-pipeline prefixes need the settings of the least-privilege issue (#34)."""
-    if uri.startswith("s3://"):
-        return
-    path = local_path(uri, settings).resolve()
-    roots = [r.resolve() for r in override_roots(source, settings)]
-    if not any(path.is_relative_to(r) for r in roots):
-        allowed = " or ".join(str(r) for r in roots)
-        raise InvalidArgument(
-            f"source_uri: {uri} is outside the folders a run may read from ({allowed}); copy the file there "
-            "or change the spec's source"
-        )
-
-
-def is_data_file(name: str) -> bool:
-    """A .csv, .csv.gz, .parquet or .pq file's name. Pure."""
-    return name.lower().endswith(DATA_SUFFIXES)
+def check_override(uri: str, spec: PipelineSpec, settings: Settings) -> None:
+    """Refuse a run's `source_uri` outside the prefixes its pipeline allows (`pipelines.core.uris`),
+    a local one after symlinks are resolved, so a run trigger cannot make ingest read any file on
+    the host or another pipeline's objects (InvalidArgument naming `source_uri`)."""
+    problem = uri_problem(uri, allowed_prefixes(spec.source, settings, spec.name), settings, resolve=True)
+    if problem:
+        raise InvalidArgument(problem)

@@ -9,9 +9,18 @@ from collections.abc import Iterator, Sequence
 from datetime import UTC, date, datetime
 from typing import TYPE_CHECKING, Any
 
-from pipelines.core.errors import SourceDataError, SourceError, SourceUnavailable
+from pipelines.core.errors import SourceDataError, SourceError, SourceUnavailable, redact
 from pipelines.core.settings import Settings
-from pipelines.core.spec import DatasetSource, FileSource, PostgresSource, S3Source, Source, SyntheticSource
+from pipelines.core.spec import (
+    DatasetSource,
+    FileSource,
+    PostgresSource,
+    S3Source,
+    Source,
+    SourceBase,
+    SyntheticSource,
+)
+from pipelines.core.sql import query_problem
 from pipelines.core.window import Window, query_params
 from pipelines.io.db import database_url
 from pipelines.io.sources.files import data_files, file_frames
@@ -61,18 +70,38 @@ def _frames(
         raise AssertionError(f"unhandled source {source!r}")
 
 
-def _read_postgres(source: PostgresSource, settings: Settings, window: Window | None) -> pd.DataFrame:
-    """Run the query in a read-only transaction, the window's instants bound as parameters (never
-    formatted into the text); the URL comes from `url_env` or the platform DB."""
-    import pandas as pd  # heavy: pandas
-    import psycopg
+SOURCE_ROLE = "mlcycle_source"
+"""The read-only role of the platform database (migration 0014) a Postgres source reads as by default."""
+
+
+def source_url(source: PostgresSource, settings: Settings) -> str:
+    """The connection URL of a Postgres source: `url_env`'s, else `MLCYCLE_SOURCE_DATABASE_URL`, else
+    the platform database's as its read-only role (no password: the embedded server trusts its
+    socket; a cluster sets the URL), never the platform's own user."""
+    from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
     if source.url_env:
         url = os.environ.get(source.url_env)
         if not url:
             raise SourceError(f"source.url_env: environment variable {source.url_env} is not set")
-    else:
-        url = database_url(settings)
+        return url
+    if settings.source_database_url:
+        return settings.source_database_url
+    params = {k: v for k, v in conninfo_to_dict(database_url(settings)).items() if k != "password"}
+    return make_conninfo(**{**params, "user": SOURCE_ROLE})  # type: ignore[arg-type]
+
+
+def _read_postgres(source: PostgresSource, settings: Settings, window: Window | None) -> pd.DataFrame:
+    """Run the query, one read statement (refused before connecting otherwise), through the extended
+    protocol (a prepared statement: one command at most) in a READ ONLY transaction, the window's
+    instants bound as parameters (never formatted into the text), as `source_url`'s role."""
+    import pandas as pd  # heavy: pandas
+    import psycopg
+
+    problem = query_problem(source.query)
+    if problem:
+        raise SourceError(f"source.query: {problem}")
+    url = source_url(source, settings)
     try:
         with psycopg.connect(url) as conn:
             conn.read_only = True
@@ -81,15 +110,15 @@ def _read_postgres(source: PostgresSource, settings: Settings, window: Window | 
                 if window is None:
                     raise SourceError("source.query: binds the run's window, and this read has none")
                 params = window.names()
-            cur = conn.execute(source.query, params)
+            cur = conn.execute(source.query, params, prepare=True)
             if cur.description is None:
                 raise SourceError("source.query: the statement returns no rows (not a SELECT?)")
             cols = [d.name for d in cur.description]
             rows = cur.fetchall()
     except psycopg.OperationalError as err:  # the server: down, restarting, unreachable
-        raise SourceUnavailable(f"source.query: {str(err).strip()}") from None
+        raise SourceUnavailable(f"source.query: {redact(str(err).strip())}") from None
     except psycopg.Error as err:
-        raise SourceError(f"source.query: {str(err).strip()}") from None
+        raise SourceError(f"source.query: {redact(str(err).strip())}") from None
     if not rows:
         raise SourceDataError("source.query: the query returned no rows")
     return pd.DataFrame.from_records(rows, columns=cols)
@@ -98,7 +127,7 @@ def _read_postgres(source: PostgresSource, settings: Settings, window: Window | 
 def synthetic_config(source: SyntheticSource, today: date, seed_offset: int = 0) -> ChurnConfig:
     """The generator's configuration of a synthetic source (`start: auto` resolved for `today`);
     `seed_offset` draws other customers of the same world. Pure."""
-    cfg = source.model_dump(exclude={"kind", "lookback_days", "feedback"})
+    cfg = source.model_dump(exclude={"kind", *SourceBase.model_fields})
     if cfg["start"] == "auto":
         cfg["start"] = auto_start(source.months, today)
     return ChurnConfig(**{**cfg, "seed": source.seed + seed_offset})

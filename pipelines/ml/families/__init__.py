@@ -28,6 +28,9 @@ from __future__ import annotations
 from pipelines.ml.families import ensemble, lightgbm, linear, mlp
 from pipelines.ml.families.ensemble import greedy_ensemble, pack_ensemble
 from pipelines.ml.families.fitting import (
+    ARTIFACT_SHA256,
+    CHECKPOINT_SHA256,
+    RESUME_SHA256,
     EarlyStopping,
     Fitting,
     TrainingData,
@@ -55,6 +58,9 @@ register(mlp.FAMILY)
 register(ensemble.FAMILY, searched=False)
 
 __all__ = [
+    "ARTIFACT_SHA256",
+    "CHECKPOINT_SHA256",
+    "RESUME_SHA256",
     "EarlyStopping",
     "Fitting",
     "ModelFamily",

@@ -57,6 +57,12 @@ def trial_checkpoint(number: int) -> str:
     return f"checkpoints/trial-{number}.pt"
 
 
+# a trial's attributes (in the study's database, out of a bucket writer's reach): the sha256 of
+ARTIFACT_SHA256 = "artifact_sha256"  # its model artifact, recorded as it is written
+CHECKPOINT_SHA256 = "checkpoint_sha256"  # its last checkpoint, recorded as it is written
+RESUME_SHA256 = "resume_sha256"  # the checkpoint of the interrupted trial it resumes
+
+
 class EarlyStopping:
     """The one early-stopping rule of every family's loop (epochs, boosting reports, SGD passes):
     stop after `patience` reports without improvement of the validation metric (NaN never

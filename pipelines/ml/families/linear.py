@@ -1,16 +1,17 @@
 """The regularised linear family: median imputation, scaling and one-hot codes inside a
 scikit-learn pipeline before an elastic-net logistic (or least-squares) model fitted by SGD. The
-payload is the pipeline as scikit-learn saves models (pickle; written and read only by our own
-steps, in the run's storage)."""
+payload is the fitted pipeline in skops' format, loaded with skops' own list of trusted
+scikit-learn types plus `TRUSTED_TYPES`: nothing else is built, no pickle runs (an artifact of an
+older version, a pickle, is refused)."""
 
 from __future__ import annotations
 
-import io
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from pipelines.core.errors import ArtifactRefused
 from pipelines.core.families import LINEAR, FamilyCard
 from pipelines.ml.families.converted import wrap_converted
 from pipelines.ml.families.fitting import Fitting, TrainingData, matrix, require_finite_scores, target_scaling
@@ -22,6 +23,8 @@ if TYPE_CHECKING:
     import pandas as pd
 
 NAME = LINEAR.name
+TRUSTED_TYPES = ["numpy.dtype"]
+"""What the fitted pipeline holds beyond the scikit-learn, NumPy and SciPy types skops trusts."""
 LINEAR_MAX_PASSES = 50
 
 
@@ -92,7 +95,8 @@ def fit_linear(data: TrainingData, params: dict[str, Any], fitting: Fitting) -> 
     """Passes of SGD over the prepared training matrix, one report per pass; keeps the best pass.
     A regression model learns the standardised label and is rescaled to the label's units."""
     import copy
-    import pickle
+
+    import skops.io
 
     enc, ((x, y), (xv, yv)) = data.enc, (data.train_xy, data.val_xy)
     regression = fitting.kind == "regression"
@@ -123,9 +127,8 @@ def fit_linear(data: TrainingData, params: dict[str, Any], fitting: Fitting) -> 
         final.coef_ = final.coef_ * scale
         final.intercept_ = final.intercept_ * scale + shift
     pipeline.steps[1] = ("model", final)
-    buf = io.BytesIO()
-    pickle.dump(pipeline, buf)
-    return float(stopper.best_or_nan), pack(NAME, enc, params, buf.getvalue(), fitting.classes)
+    payload = skops.io.dumps(pipeline)
+    return float(stopper.best_or_nan), pack(NAME, enc, params, payload, fitting.classes)
 
 
 class Linear:
@@ -135,11 +138,26 @@ class Linear:
         return fit_linear(data, params, fitting)
 
     def load(self, header: Header, payload: bytes) -> LinearModel:
-        import pickle
-
-        # our own artifact, written by this platform's train step into the run's storage
-        pipeline = pickle.loads(payload)  # noqa: S301
+        pipeline = load_pipeline(payload)
         return LinearModel(header.family, header.enc, header.params, pipeline, classes=header.classes)
+
+
+def load_pipeline(payload: bytes) -> Any:
+    """The fitted pipeline of a payload in skops' format; `ArtifactRefused` for anything else (a
+    pickle of an older version) or a type outside the trusted ones."""
+    import zipfile
+
+    import skops.io
+    from skops.io.exceptions import UntrustedTypesFoundException
+
+    try:
+        return skops.io.loads(payload, trusted=TRUSTED_TYPES)
+    except zipfile.BadZipFile:
+        raise ArtifactRefused(
+            "a linear model not in skops' format (a pickle of an older version?): refused; train it again"
+        ) from None
+    except UntrustedTypesFoundException as err:
+        raise ArtifactRefused(f"a linear model holding types outside the trusted ones: {err}") from None
 
 
 FAMILY = Linear()

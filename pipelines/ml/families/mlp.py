@@ -26,6 +26,7 @@ from pipelines.ml.model import (
     build_module,
     embeddings,
     load_module,
+    load_tensors,
     module_bytes,
     predict,
     to_onnx,
@@ -162,12 +163,10 @@ class Trainer:
 
     def resume(self) -> int:
         """The epoch to start from: 0, or where the checkpoint this trial resumes left off."""
-        import torch
-
         saved = self.fitting.checkpoints.resume() if self.fitting.checkpoints is not None else None
         if saved is None:
             return 0
-        blob = torch.load(io.BytesIO(saved), map_location=self.data.device, weights_only=False)
+        blob = load_tensors(saved, map_location=self.data.device)
         self.module.load_state_dict(blob["module"])
         self.opt.load_state_dict(blob["opt"])
         self.best_state.update(blob["best"])

@@ -9,6 +9,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
+from pipelines.core.errors import ArtifactRefused
 from pipelines.core.families import FamilyCard, add_card, remove_card
 from pipelines.ml.families.fitting import Fitting, TrainingData
 from pipelines.ml.model import FeatureEncoding
@@ -118,13 +119,21 @@ def families() -> Mapping[str, ModelFamily]:
     return dict(_FAMILIES)
 
 
-def load_trained(blob: bytes) -> Trained:
-    """Any family's artifact back as its trained model."""
+def load_trained(blob: bytes, source: str = "the artifact") -> Trained:
+    """Any family's artifact back as its trained model. Every family's payload is data only
+    (tensors, skops, LightGBM's text, JSON): one that could run code is refused (`ArtifactRefused`,
+    naming `source`: the artifact's file)."""
     header_bytes, payload = blob.split(b"\n", 1)
-    raw = json.loads(header_bytes)
+    try:
+        raw = json.loads(header_bytes)
+    except ValueError:
+        raise ArtifactRefused(f"{source}: not a model artifact (no JSON header): refused") from None
     header = Header(
         raw["family"], FeatureEncoding.from_dict(raw["encoding"]), raw["params"], list(raw.get("classes") or [])
     )
     if header.family not in _FAMILIES:
-        raise ValueError(f"unknown model family {header.family!r} in the artifact")
-    return _FAMILIES[header.family].load(header, payload)
+        raise ValueError(f"unknown model family {header.family!r} in {source}")
+    try:
+        return _FAMILIES[header.family].load(header, payload)
+    except ArtifactRefused as err:
+        raise ArtifactRefused(f"{source}: {err}") from None
