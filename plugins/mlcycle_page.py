@@ -190,6 +190,47 @@ def canary_section(pipeline: str, canary: dict[str, Any] | None) -> str:
     return f"{head}<p>v{canary['champion']} → v{canary['challenger']}</p>{walk}{table}"
 
 
+STEER = """
+document.addEventListener("submit", async (event) => {
+  const form = event.target.closest("form[data-steer]");
+  if (!form) return;
+  event.preventDefault();
+  const action = event.submitter.value, out = form.querySelector("output");
+  const body = {reason: form.reason.value};
+  if (action === "rollback" && form.to.value) body.to = Number(form.to.value.replace(/^v/i, ""));
+  const answer = await fetch(form.dataset.steer + "/" + action, {method: "POST", credentials: "same-origin",
+    headers: {"content-type": "application/json"}, body: JSON.stringify(body)});
+  const data = await answer.json().catch(() => ({}));
+  out.textContent = answer.ok ? action + ": done" : (data.reason || answer.status);
+  if (answer.ok) setTimeout(() => window.location.reload(), 1500);
+});
+"""
+"""The steering form's script: each button POSTs JSON to the platform API with the session's cookie
+(the API takes JSON only, so no other site can post it), then the page reloads."""
+
+
+def steering_section(pipeline: str, pin: dict[str, Any] | None, champion: dict[str, Any] | None) -> str:
+    """The pin (who, when, why) and the steering actions: roll back, pin or unpin, with a reason. Pure."""
+    state = (
+        f"<p data-pin='pinned'><b>Pinned</b>: {escape(str(pin['line']))} — runs train and evaluate, "
+        "the champion stays</p>"
+        if pin
+        else "<p class='muted' data-pin='none'>Not pinned: a run that passes its canary becomes champion.</p>"
+    )
+    if champion is None:
+        return f"<h2>Steering</h2>{state}"
+    toggle = "unpin" if pin else "pin"
+    api = f"../api/ml/pipelines/{quote(pipeline, safe='')}"
+    return (
+        f"<h2>Steering</h2>{state}<form data-steer='{escape(api)}'>"
+        "<input type='text' name='reason' required maxlength='2000' placeholder='reason (recorded in the audit)' "
+        "aria-label='reason'> <input type='text' name='to' size='5' placeholder='vN' aria-label='version' "
+        "style='width:4em'> <button type='submit' name='do' value='rollback'>Roll back</button> "
+        f"<button type='submit' name='do' value='{toggle}'>{toggle.capitalize()}</button> <output></output>"
+        f"</form><script>{STEER}</script>"
+    )
+
+
 def live_summary(
     champion: int | None, current: dict[str, Any] | None, live: list[dict[str, Any]], reference: float | None
 ) -> str:
@@ -440,6 +481,7 @@ def page_html(
 {trace_section(selected, trace_query, trace, trace_error, mlflow_base)}
 {approvals_section(selected, approvals or [])}
 {models_section(detail, data["versions"], mlflow_base)}
+{steering_section(selected, detail.get("pin"), detail.get("champion"))}
 {canary_section(selected, detail.get("canary"))}
 {live_section(detail, data["live"], data["versions"], data.get("champion_live"))}
 {drift_section(selected, data["drift"], psi_threshold, drift_ignored)}

@@ -27,6 +27,7 @@ from fastapi.security import HTTPAuthorizationCredentials
 from mlcycle_approvals import add_approval_routes, may, requests  # beside this file (sys.path)
 from mlcycle_audit import add_audit_routes, audited  # beside this file: Airflow puts the folder on sys.path
 from mlcycle_page import PAGE_PATH, empty_page, page_html
+from mlcycle_steering import add_steering_routes
 from pydantic import BaseModel
 
 from operators.links import MlflowLink, ReportLink
@@ -363,6 +364,7 @@ def _api() -> Any:
     add_write_routes(app)
     add_approval_routes(app, readable)
     add_audit_routes(app, readable())
+    add_steering_routes(app, lambda method="POST": readable(method))
     return app
 
 

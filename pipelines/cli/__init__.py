@@ -8,7 +8,9 @@
     mlcycle data generate --out FILE [--customers N ...]
     mlcycle db migrate | url | stop        the platform database
     mlcycle runs show --pipeline P [--run-id R]
-    mlcycle status P                       champion, challenger, last lifecycle runs
+    mlcycle status P                       champion, challenger, the pin, last lifecycle runs
+    mlcycle model rollback P [--to vN] --reason R   the champion back, Serve with it (audited)
+    mlcycle model pin | unpin P --reason R freeze promotion (runs train and evaluate) / allow it
     mlcycle env [--pipeline P]             exports for plain clients: MLflow, Feast SDK, psql, boto3
     mlcycle up | down | ps                 the embedded platform's services under supervisord
     mlcycle run P [--conf k=v] [--wait]    trigger P's lifecycle on the running platform, follow it

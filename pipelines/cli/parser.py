@@ -35,6 +35,7 @@ from pipelines.cli.platform_commands import (
     cmd_statsd_exporter,
     cmd_up,
 )
+from pipelines.cli.steering_commands import add_model
 from pipelines.cli.team_commands import add_team
 
 if TYPE_CHECKING:
@@ -71,6 +72,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_step_pod_data(sub)
     _add_records(sub)
     _add_services(sub)
+    add_model(sub)
     _add_platform(sub)
     add_model(sub)
     add_team(sub)

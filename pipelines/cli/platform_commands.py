@@ -22,6 +22,7 @@ from pipelines.local import follow, platform, stack
 from pipelines.local.statsd_exporter import Bridge
 from serving import embedded
 from serving.deploy import endpoint, render_serve_config, serve_champions
+from serving.steer import sync_champions
 
 if TYPE_CHECKING:
     from pipelines.core.settings import Settings
@@ -57,7 +58,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def _serve_sync(settings: Settings, watch: float | None) -> int:
-    """Every champion on Serve; with --watch, again every N seconds (the platform's serve-sync).
+    """Every champion on Serve, following a champion alias moved by hand (recorded as an external
+    move where mlcycle did not move it); with --watch, again every N seconds (the platform's serve-sync).
     A failure ends the process (supervisord starts it again): a Ray client that lost its head, or
     met one not ready yet, does not recover inside one process."""
     if settings.ray_address is None and not embedded.ray_running(settings):
@@ -68,7 +70,7 @@ def _serve_sync(settings: Settings, watch: float | None) -> int:
     last: dict[str, str] = {}
     while True:
         try:
-            served = serve_champions(settings, pipeline_names(settings))  # read anew: new pipelines join
+            served = sync_champions(settings, pipeline_names(settings))  # read anew: new pipelines join
         except Exception as err:
             print(f"serve sync: {type(err).__name__}: {err}", file=sys.stderr, flush=True)
             if watch is not None:

@@ -67,14 +67,27 @@ def move_alias(
     else:
         client.set_registered_model_alias(name, alias, str(version))
     with connect(settings) as conn:
-        conn.execute(
-            "INSERT INTO alias_audit (pipeline, model_name, alias, from_version, to_version, actor, run_id, reason)"
-            " VALUES (%s, %s, %s, %s, %s, %s, %s, %s)",
-            (pipeline, name, alias, before, version, actor, run_id, reason),
+        record_move(
+            conn,
+            pipeline,
+            alias,
+            before,
+            version,
+            AuditEvent(actor, actor_kind, action, pipeline, run_id=run_id, reason=reason),
         )
-        detail = {"alias": alias, "from_version": before, "to_version": version}
-        event = AuditEvent(actor, actor_kind, action, pipeline, version, run_id, reason, detail)
-        audit_trail.write(conn, event)
+
+
+def record_move(conn: Any, pipeline: str, alias: str, before: int | None, version: int | None, who: AuditEvent) -> None:
+    """Record one alias move on an open connection: its `alias_audit` row and its `audit_events`
+    row (`who`: the actor, kind, action, run and reason; the versions are filled in here)."""
+    conn.execute(
+        "INSERT INTO alias_audit (pipeline, model_name, alias, from_version, to_version, actor, run_id, reason)"
+        " VALUES (%s, %s, %s, %s, %s, %s, %s, %s)",
+        (pipeline, model_name(pipeline), alias, before, version, who.actor, who.run_id, who.reason),
+    )
+    detail = {"alias": alias, "from_version": before, "to_version": version}
+    event = AuditEvent(who.actor, who.actor_kind, who.action, pipeline, version, who.run_id, who.reason, detail)
+    audit_trail.write(conn, event)
 
 
 @dataclass(frozen=True)

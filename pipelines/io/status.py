@@ -7,6 +7,7 @@ from typing import Any
 from pipelines.core.settings import Settings
 from pipelines.io.db import connect
 from pipelines.io.registry import CHALLENGER, CHAMPION, alias_version, model_name
+from pipelines.io.steering import current_pin
 from pipelines.io.tracking import setup_mlflow
 
 
@@ -41,7 +42,8 @@ def pipeline_status(settings: Settings, pipeline: str, runs: int = 5) -> dict[st
         recent = conn.execute(
             "SELECT run_id, min(started_at), string_agg(step || ':' || status, ' ' ORDER BY started_at, attempt),"
             " max(outputs->>'cause_line') FILTER (WHERE step = 'ingest'),"
-            " max(outputs->>'reason') FILTER (WHERE step = 'promote' AND status = 'skipped')"
+            " max(outputs->>'reason') FILTER (WHERE step = 'promote' AND status = 'skipped'),"
+            " max(outputs->>'reason') FILTER (WHERE step = 'canary' AND status = 'skipped')"
             " FROM step_runs WHERE pipeline=%s GROUP BY run_id ORDER BY min(started_at) DESC LIMIT %s",
             (pipeline, runs),
         ).fetchall()
@@ -50,15 +52,24 @@ def pipeline_status(settings: Settings, pipeline: str, runs: int = 5) -> dict[st
         "model": name,
         **models,
         "runs": [
-            {"run_id": r, "started": str(t), "outcome": outcome(steps, skipped), "cause": cause}
-            for r, t, steps, cause, skipped in recent
+            {"run_id": r, "started": str(t), "outcome": outcome(steps, skipped, held), "cause": cause}
+            for r, t, steps, cause, skipped, held in recent
         ],
+        "pin": _pin(settings, pipeline),
     }
 
 
-def outcome(steps: str, promote_skipped: str | None = None) -> str:
+def _pin(settings: Settings, pipeline: str) -> dict[str, Any] | None:
+    pin = current_pin(settings, pipeline)
+    if pin is None:
+        return None
+    return {"by": pin.by, "at": str(pin.at), "reason": pin.reason, "version": pin.version, "line": pin.line()}
+
+
+def outcome(steps: str, promote_skipped: str | None = None, canary_skipped: str | None = None) -> str:
     """A run's outcome from its steps' latest statuses (`step:status ...`, oldest first) and, where
-    promote was skipped, its reason (a dry run, or the gate). Pure."""
+    promote was skipped, its reason (a dry run, or the gate); where the canary was (a pin, the
+    champion moved by a person), its reason. Pure."""
     latest: dict[str, str] = {}
     for item in steps.split():
         step, _, status = item.partition(":")
@@ -73,6 +84,8 @@ def outcome(steps: str, promote_skipped: str | None = None) -> str:
     if latest.get("promote") == "skipped":
         dry = (promote_skipped or "").startswith("dry run")
         return "dry run: nothing registered" if dry else "rejected by the gate"
+    if latest.get("canary") == "skipped" and canary_skipped:
+        return f"champion kept: {canary_skipped}"
     last = list(latest)[-1] if latest else "-"
     return f"ok through {last}"
 
@@ -92,6 +105,8 @@ def render_status(status: dict[str, Any]) -> str:
                 lines.append(f"  {'':<10} data window {m['data_window']}")
             if m.get("drift_check"):
                 lines.append(f"  {'':<10} retrained after drift check {m['drift_check']}")
+    if status.get("pin"):
+        lines.append(f"  {'pin':<10} {status['pin']['line']} (promotion frozen: runs train and evaluate)")
     lines.append("  last runs:")
     for r in status["runs"]:
         lines.append(f"    {r['started'][:19]}  {r['run_id']}  {r['outcome']}")

@@ -10,7 +10,9 @@ stays, its vector space (`embed`) is dropped, the step fails with the reason (ex
 Passing the last step (100 %) makes the challenger `champion` (audited: similarity reads switch to
 its space with the alias) and retires the old champion's deployment and space (kept
 `embeddings.retain_hours`). The first model of a pipeline has nothing to compare against: it is
-deployed as the champion.
+deployed as the champion. A pinned pipeline (`mlcycle model pin`) skips the canary with the pin's
+who, when and why; a pin set, or the champion moved by a person, while the canary walks holds the
+challenger at the end: the champion serves alone again and the step ends skipped with the reason.
 
 With `canary.mode: shadow` the challenger instead gets a copy of every request and never answers
 (`pipelines.steps.shadow_run`): at the end of the window a comparison with the champion on the
@@ -25,14 +27,16 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, NoReturn
 
 import numpy as np
 
 from pipelines.core.errors import MlcycleError, StepSkipped
+from pipelines.core.steering import blocked_promotion, pinned_outcome
 from pipelines.io import vectors
 from pipelines.io.registry import CHALLENGER, CHAMPION, open_registry
 from pipelines.io.requestlog import ab_results, served_since
+from pipelines.io.steering import current_pin
 from pipelines.io.storage import write_json
 from pipelines.ml.gates import class_shift, figures, judge
 from pipelines.ml.plots import png_bytes, two_panels
@@ -127,6 +131,7 @@ def run(ctx: StepContext) -> dict[str, Any]:
     champion, challenger = registry.version(CHAMPION), registry.version(CHALLENGER)
     if champion is None or challenger is None:
         raise MlcycleError(f"{registry.name}: needs aliases champion and challenger; run promote first")
+    refuse_pinned(ctx, champion, challenger)
     connect(ctx.settings)
     walk = Walk(ctx, registry.name, champion, challenger)
     report: dict[str, Any] = {
@@ -167,6 +172,7 @@ def run(ctx: StepContext) -> dict[str, Any]:
                 f"v{champion} serves all traffic and stays champion"
             )
 
+    hold_if_blocked(ctx, walk, report, registry.version(CHAMPION))
     registry.point(CHAMPION, challenger, f"canary passed {ctx.spec.canary.steps}")
     registry.point(CHALLENGER, None, "promoted to champion")
     walk.serve({challenger: 100.0}, {"state": "serving", "champion": challenger, "retired": champion})
@@ -175,6 +181,31 @@ def run(ctx: StepContext) -> dict[str, Any]:
     # Labels often arrive after the canary: GET /v1/pipelines/<name> shows the A/B as they do.
     report["ab"] = ab_results(ctx.settings, ctx.pipeline, champion, challenger, since=began_canary)
     return _finish(ctx, report)
+
+
+def refuse_pinned(ctx: StepContext, champion: int, challenger: int) -> None:
+    """A pinned pipeline's canary ends skipped before it starts, saying who pinned it, when and why."""
+    pin = current_pin(ctx.settings, ctx.pipeline)
+    if pin is not None:
+        raise StepSkipped(pinned_outcome(pin, champion, challenger))
+
+
+def hold_if_blocked(ctx: StepContext, walk: Walk, report: dict[str, Any], champion_now: int | None) -> None:
+    """Before the passed canary moves the champion: hold it where a pin was set, or the champion
+    moved, while it walked (`hold`)."""
+    blocked = blocked_promotion(current_pin(ctx.settings, ctx.pipeline), walk.champion, champion_now)
+    if blocked is not None:
+        hold(ctx, walk, report, champion_now or walk.champion, blocked)
+
+
+def hold(ctx: StepContext, walk: Walk, report: dict[str, Any], champion: int, reason: str) -> NoReturn:
+    """A challenger that passed every step but may not become champion (a pin set, or the champion
+    moved by a person while it walked): the champion serves alone again, the challenger keeps its
+    alias and its space, the step ends skipped with the reason."""
+    walk.serve({champion: 100.0}, {"state": "held", "champion": champion, "held": walk.challenger, "reason": reason})
+    report.update(outcome="held", reason=f"{reason}: v{walk.challenger} passed the canary and stays challenger")
+    _finish(ctx, report)
+    raise StepSkipped(f"{report['reason']}; v{champion} stays champion")
 
 
 def _finish(ctx: StepContext, report: dict[str, Any]) -> dict[str, Any]:

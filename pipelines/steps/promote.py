@@ -7,19 +7,21 @@ log the ONNX model to the training run (an MLflow model with an `onnx` flavor an
 takes a DataFrame of raw features, with its signature and an input example), register it as a new
 version of `mlcycle-<pipeline>` with lineage tags, seal it (the sha256 of each of its files, the
 tag `mlcycle.files_sha256`, checked wherever a step or serving loads it), and point the alias
-`challenger` at it. The
-first model of a pipeline also becomes `champion`. Every alias move is audited. A retry of the
-same run reuses the version it registered.
+`challenger` at it. The first model of a pipeline also becomes `champion` (not while pinned:
+`mlcycle model pin`; a pinned pipeline's version is registered as challenger, and the result says
+the pin). Every alias move is audited. A retry of the same run reuses the version it registered.
 """
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import numpy as np
 
 from pipelines.core.errors import GateError, StepSkipped
 from pipelines.core.integrity import sha256_hex
+from pipelines.core.steering import pinned_outcome
 from pipelines.io.artifacts import read_artifact
 from pipelines.io.registry import (
     CHALLENGER,
@@ -30,6 +32,7 @@ from pipelines.io.registry import (
     open_registry,
     seal_version,
 )
+from pipelines.io.steering import current_pin
 from pipelines.io.storage import read_parquet, write_json
 from pipelines.io.tracking import airflow_tags, code_version
 from pipelines.ml.families import load_trained
@@ -37,6 +40,7 @@ from pipelines.ml.model import embed_onnx, embedding_dimension, onnx_session, pr
 from pipelines.steps.context import StepContext
 
 STEP = "promote"
+log = logging.getLogger(__name__)
 
 
 def parity(
@@ -109,7 +113,8 @@ def run(ctx: StepContext) -> dict[str, Any]:
     number = register(ctx, registry, onnx_bytes, trained["mlflow_run_id"], tags, check)
     registry.point(CHALLENGER, number, "; ".join(verdict["reasons"]))
     champion = registry.version(CHAMPION)
-    if champion is None:
+    pin = current_pin(ctx.settings, ctx.pipeline)
+    if champion is None and pin is None:
         registry.point(CHAMPION, number, "first model of the pipeline")
         champion = number
     manifest = {
@@ -123,6 +128,9 @@ def run(ctx: StepContext) -> dict[str, Any]:
         "onnx_sha256": sha256_hex(onnx_bytes),
         "mlflow_run_id": trained["mlflow_run_id"],
     }
+    if pin is not None:
+        manifest["pinned"] = pinned_outcome(pin, champion, number)
+        log.warning("%s", manifest["pinned"])
     write_json(ctx.storage, ctx.key("manifest.json"), manifest)
     return manifest
 

@@ -337,6 +337,28 @@ def test_the_platform_api_answers_from_the_records_behind_airflows_login(up: dic
     assert openapi.status_code == 200 and "/pipelines/{pipeline}/runs" in openapi.json()["paths"]
 
 
+def test_steering_through_the_api_is_the_admins_with_a_reason_and_the_viewers_never(up: dict[str, str]) -> None:
+    """Pin, unpin and roll back through `/api/ml` as Airflow users: the viewer is refused (403),
+    the admin's actions are recorded with their name and reason (docs/steering.md)."""
+    api = f"http://127.0.0.1:{up['MLCYCLE_AIRFLOW_PORT']}/api/ml/pipelines/tumours"
+    admin, viewer = token(up, "admin"), token(up, "viewer")
+    why = {"reason": "release freeze"}
+    for action in ("pin", "unpin", "rollback"):
+        assert httpx.post(f"{api}/{action}", json=why, headers=viewer, timeout=60).status_code == 403
+    assert httpx.post(f"{api}/pin", json={}, headers=admin, timeout=60).status_code == 422  # no reason
+    form = httpx.post(f"{api}/pin", data=why, headers=admin, timeout=60)
+    assert form.status_code == 415 and "application/json" in form.json()["reason"]
+    pinned = httpx.post(f"{api}/pin", json=why, headers=admin, timeout=60)
+    assert pinned.status_code == 201 and (pinned.json()["by"], pinned.json()["version"]) == ("admin", 1)
+    assert httpx.post(f"{api}/pin", json=why, headers=admin, timeout=60).status_code == 409  # pinned already
+    shown = httpx.get(api, headers=viewer, timeout=60).json()["pin"]
+    assert (shown["by"], shown["reason"]) == ("admin", "release freeze")
+    assert httpx.post(f"{api}/unpin", json={"reason": "over"}, headers=admin, timeout=60).status_code == 200
+    assert httpx.get(f"{api}/pin", headers=viewer, timeout=60).json()["pin"] is None
+    first = httpx.post(f"{api}/rollback", json={"reason": "why not"}, headers=admin, timeout=60)
+    assert first.status_code == 409 and "first champion on record" in first.json()["reason"]
+
+
 def test_the_platform_api_fuzzed_from_its_openapi_answers_no_5xx_and_every_4xx_says_why(up: dict[str, str]) -> None:
     """Schemathesis against the running api-server: every `/api/ml` operation, with requests from
     its OpenAPI description and against it; reads as admin, writes as the viewer (refused 403, or

@@ -1,0 +1,129 @@
+"""Serve following the champion alias when a person moves it: a rollback (`mlcycle model rollback`,
+the platform API, the page), or an alias moved outside mlcycle (the MLflow UI) that serve-sync finds.
+
+Either way the pipeline's application is reconfigured in place to the champion alone (a pinned
+deployment version: the new version loads beside the serving one, then the switch is atomic), as
+the canary step moves it.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from typing import TYPE_CHECKING, Any
+
+from pipelines.core.audit import ActorKind
+from pipelines.core.errors import SettingsError
+from pipelines.core.settings import spec_for
+from pipelines.core.steering import follow_needed, moved_outside
+from pipelines.io import steering
+from pipelines.io.registry import champion_version, model_name
+from serving.config import VersionConfig
+from serving.deploy import connect, deploy, endpoint, serve_champion_if_idle, serving_args
+
+if TYPE_CHECKING:
+    from pipelines.core.settings import Settings
+
+log = logging.getLogger(__name__)
+
+RECHECK_S = 1.0
+"""How long serve-sync waits before it takes a champion alias the trail does not name for a move
+made outside mlcycle (mlcycle's own moves are recorded just after the registry has them)."""
+
+
+def serve_only(settings: Settings, pipeline: str, version: int, state: dict[str, Any]) -> None:
+    """Reconfigure the application to serve `version` alone (`state`: what `GET /` shows as `canary`)."""
+    spec = spec_for(settings, pipeline)
+    deploy(serving_args(spec, [VersionConfig(version=version, weight=100.0)], model_name(pipeline), canary=state))
+
+
+def serving_key(settings: Settings) -> str | None:
+    """A serving key of this installation (`MLCYCLE_SERVING_API_KEYS`'s first, else the embedded
+    head's key file where it exists): `/readyz` names the versions loaded only to a key."""
+    keys = [k.strip() for k in os.environ.get("MLCYCLE_SERVING_API_KEYS", "").split(",") if k.strip()]
+    if keys:
+        return keys[0]
+    path = settings.state_path / "serving-api-key"
+    return path.read_text().strip() if path.is_file() else None
+
+
+def served_versions(settings: Settings, pipeline: str) -> list[int] | None:
+    """The versions the application serves (its `/readyz`, asked with a key), or None where it
+    does not answer."""
+    import httpx
+
+    key = serving_key(settings)
+    try:
+        headers = {"x-api-key": key} if key else {}
+        answer = httpx.get(endpoint(settings, pipeline) + "/readyz", headers=headers, timeout=5)
+    except httpx.HTTPError:
+        return None
+    if answer.status_code != 200:
+        return None
+    return [int(v) for v in answer.json().get("versions", [])]
+
+
+def wait_serving(settings: Settings, pipeline: str, version: int, timeout_s: float = 60) -> float:
+    """Wait until the application serves `version` alone; returns the seconds it took."""
+    started = time.monotonic()
+    while served_versions(settings, pipeline) != [version]:
+        if time.monotonic() - started > timeout_s:
+            raise TimeoutError(f"{pipeline} does not serve v{version} alone after {timeout_s:.0f}s")
+        time.sleep(0.2)
+    return time.monotonic() - started
+
+
+def rollback(
+    settings: Settings, pipeline: str, to: int | None, actor: str, actor_kind: ActorKind, reason: str | None
+) -> dict[str, Any]:
+    """The champion moved back (`pipelines.io.steering.rollback_champion`), then Serve: the restored
+    version alone, reconfigured in place. Returns what was done, with `serve_s` (alias moved to the
+    application serving the restored version alone)."""
+    done = steering.rollback_champion(settings, pipeline, to, actor, actor_kind, reason)
+    try:
+        connect(settings)
+    except SettingsError as err:  # no Ray head: the alias moved, and a started Serve serves it
+        done.update(serve_s=None, serving=f"{err}; `mlcycle serve start` (or serve-sync) serves v{done['to']}")
+        return done
+    started = time.monotonic()
+    state = {"state": "serving", "champion": done["to"], "rolled_back": done["from"], "by": actor}
+    serve_only(settings, pipeline, done["to"], state)
+    wait_serving(settings, pipeline, done["to"])
+    done.update(serve_s=round(time.monotonic() - started, 3), serving=f"v{done['to']} alone")
+    return done
+
+
+def sync_champion(settings: Settings, pipeline: str) -> str:
+    """One pipeline of serve-sync: a champion alias moved outside mlcycle is recorded (audited as
+    `external_alias`) and followed; an application that serves versions without the champion is
+    moved to it; one that does not run gets the champion. Returns what happened."""
+    champion = champion_version(settings, pipeline)  # SettingsError: no champion yet
+    recorded = steering.last_recorded_champion(settings, pipeline)
+    if moved_outside(recorded, champion):
+        # mlcycle moves the alias, then records the move: a second look tells a move being recorded
+        time.sleep(RECHECK_S)
+        recorded = steering.last_recorded_champion(settings, pipeline)
+    external = moved_outside(recorded, champion)
+    if external:
+        steering.record_external(settings, pipeline, recorded, champion)
+        steering.swap_spaces(settings, pipeline, recorded, champion)
+        log.warning("%s: the champion alias was moved outside mlcycle to v%s; following it", pipeline, champion)
+    if serve_champion_if_idle(settings, pipeline):
+        return f"deployed v{champion}"
+    if follow_needed(champion, served_versions(settings, pipeline)):
+        state = {"state": "serving", "champion": champion, "followed": "external" if external else "alias"}
+        serve_only(settings, pipeline, champion, state)
+        return f"followed the champion alias to v{champion}" + (" (moved outside mlcycle)" if external else "")
+    return "running"
+
+
+def sync_champions(settings: Settings, pipelines: list[str]) -> dict[str, str]:
+    """`sync_champion` of every pipeline: what happened to each (or `no champion yet`, or the error)."""
+    out: dict[str, str] = {}
+    for pipeline in pipelines:
+        try:
+            out[pipeline] = sync_champion(settings, pipeline)
+        except SettingsError as err:
+            out[pipeline] = "no champion yet" if "no `champion` alias" in str(err) else str(err)
+    return out
