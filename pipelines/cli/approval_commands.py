@@ -64,11 +64,8 @@ def cmd_model_decide(args: argparse.Namespace) -> int:
     return 0
 
 
-def add_model(sub: Any) -> None:
-    """`model approve | reject`."""
-    model = sub.add_parser("model", help="a person's say over the pipeline's models").add_subparsers(
-        dest="action", required=True
-    )
+def add_decisions(model: Any) -> None:
+    """`model approve | reject` (beside steering's actions under `model`)."""
     for action, what in (("approve", "let the run's challenger be promoted"), ("reject", "skip its promotion")):
         p = model.add_parser(action, help=f"answer a run waiting at its approval: {what}")
         p.add_argument("pipeline")

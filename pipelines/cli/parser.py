@@ -8,7 +8,7 @@ import argparse
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from pipelines.cli.approval_commands import add_model
+from pipelines.cli.approval_commands import add_decisions
 from pipelines.cli.commands import (
     RUN_ID_TEMPLATE,
     cmd_data_generate,
@@ -35,7 +35,7 @@ from pipelines.cli.platform_commands import (
     cmd_statsd_exporter,
     cmd_up,
 )
-from pipelines.cli.steering_commands import add_model
+from pipelines.cli.steering_commands import add_steering
 from pipelines.cli.team_commands import add_team
 
 if TYPE_CHECKING:
@@ -72,9 +72,11 @@ def build_parser() -> argparse.ArgumentParser:
     _add_step_pod_data(sub)
     _add_records(sub)
     _add_services(sub)
-    add_model(sub)
     _add_platform(sub)
-    add_model(sub)
+    model = sub.add_parser("model", help="a person's say over a pipeline's models (audited)")
+    actions = model.add_subparsers(dest="action", required=True)
+    add_decisions(actions)
+    add_steering(actions)
     add_team(sub)
     return parser
 

@@ -38,7 +38,7 @@ def cmd_model(args: argparse.Namespace) -> int:
         pin = steering.unpin(settings, args.pipeline, actor, "user", args.reason)
         print(f"{args.pipeline}: unpinned (was {pin.line()}); promotion allowed again")
         return 0
-    to = parse_version(args.to) if args.to else None
+    to = parse_version(args.to) if getattr(args, "to", None) else None
     done = rollback(settings, args.pipeline, to, actor, "user", args.reason)
     if done["vector_space"] == "dropped" and done.get("run_id"):
         done["vector_space"] = rebuild_space(settings, args.pipeline, done["to"], done["run_id"])
@@ -59,11 +59,17 @@ def rebuild_space(settings: Settings, pipeline: str, version: int, run_id: str) 
     return f"rebuilt ({out.get('rows') or out.get('added')} vectors, recall@10 {out.get('recall_at_10')})"
 
 
-def add_model(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    """`model rollback | pin | unpin`."""
-    p = sub.add_parser("model", help="steer a pipeline's champion: roll it back, pin it, unpin it (audited)")
-    p.add_argument("action", choices=["rollback", "pin", "unpin"])
-    p.add_argument("pipeline")
-    p.add_argument("--to", metavar="vN", help="with rollback: the version to restore (default: the previous champion)")
-    p.add_argument("--reason", required=True, help="why (recorded in the audit trail)")
-    p.set_defaults(func=cmd_model)
+def add_steering(model: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """`model rollback | pin | unpin` (beside the approval's actions under `model`)."""
+    helps = {
+        "rollback": "move the champion back to the previous (or named) version",
+        "pin": "freeze promotion: runs train and evaluate, the champion stays",
+        "unpin": "allow promotion again",
+    }
+    for action, what in helps.items():
+        p = model.add_parser(action, help=what)
+        p.add_argument("pipeline")
+        if action == "rollback":
+            p.add_argument("--to", metavar="vN", help="the version to restore (default: the previous champion)")
+        p.add_argument("--reason", required=True, help="why (recorded in the audit trail)")
+        p.set_defaults(func=cmd_model)
