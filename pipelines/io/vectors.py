@@ -387,7 +387,7 @@ def sweep_retired(settings: Settings, pipeline: str, retain_hours: float, now: d
 
 
 CHAMPION_SPACE = (  # the readable states are the module's constants, never input
-    "SELECT s.* FROM vector_spaces s JOIN mlflow.registered_model_aliases a"  # noqa: S608
+    "SELECT s.* FROM vector_spaces s JOIN mlflow.registered_model_aliases a"  # noqa: S608 (constants only)
     " ON a.name = %s AND a.alias = 'champion' AND a.version = s.model_version"
     f" WHERE s.pipeline = %s AND s.state IN ({', '.join(repr(state) for state in READABLE)})"
 )
