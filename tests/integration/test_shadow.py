@@ -97,7 +97,7 @@ def _register(settings: Settings, flip: bool, reason: str) -> int:
     import mlflow.onnx
     from onnx import TensorProto, helper
 
-    from pipelines.io.registry import CHALLENGER, move_alias
+    from pipelines.io.registry import CHALLENGER, move_alias, seal_version
     from pipelines.io.tracking import setup_mlflow
 
     setup_mlflow(settings, PIPELINE)
@@ -112,6 +112,7 @@ def _register(settings: Settings, flip: bool, reason: str) -> int:
     with mlflow.start_run(run_name=reason):
         info = mlflow.onnx.log_model(model, name="model")
     version = int(client.create_model_version(model_name(PIPELINE), info.model_uri).version)
+    seal_version(client, model_name(PIPELINE), version)  # as promote does: serving loads sealed versions only
     move_alias(
         settings, client, pipeline=PIPELINE, alias=CHALLENGER, version=version, actor="test", run_id=RUN, reason=reason
     )
