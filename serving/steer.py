@@ -119,7 +119,10 @@ def sync_champion(settings: Settings, pipeline: str) -> str:
 
 
 def sync_champions(settings: Settings, pipelines: list[str]) -> dict[str, str]:
-    """`sync_champion` of every pipeline: what happened to each (or `no champion yet`, or the error)."""
+    """`sync_champion` of every pipeline: what happened to each (or `no champion yet`, or the error).
+    Serve's ingress is started first, champion or not: the platform's health check (and a client)
+    meets it answering 404/503 before the first model is served, never a closed port."""
+    connect(settings)
     out: dict[str, str] = {}
     for pipeline in pipelines:
         try:
