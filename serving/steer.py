@@ -33,8 +33,14 @@ made outside mlcycle (mlcycle's own moves are recorded just after the registry h
 
 
 def serve_only(settings: Settings, pipeline: str, version: int, state: dict[str, Any]) -> None:
-    """Reconfigure the application to serve `version` alone (`state`: what `GET /` shows as `canary`)."""
+    """Reconfigure the application to serve `version` alone (`state`: what `GET /` shows as `canary`).
+    As the canary's rollback does it, in two steps: `version` loaded beside what serves now and given
+    every request, then the others removed, so no request meets a replica whose versions change."""
     spec = spec_for(settings, pipeline)
+    others = [v for v in served_versions(settings, pipeline) or [] if v != version]
+    if others:
+        both = [VersionConfig(version=version, weight=100.0), *(VersionConfig(version=v, weight=0.0) for v in others)]
+        deploy(serving_args(spec, both, model_name(pipeline), canary=state))
     deploy(serving_args(spec, [VersionConfig(version=version, weight=100.0)], model_name(pipeline), canary=state))
 
 
