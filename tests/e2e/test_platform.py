@@ -372,7 +372,9 @@ def test_the_platform_api_fuzzed_from_its_openapi_answers_no_5xx_and_every_4xx_s
     anonymous = fuzz(schema, base, examples=3)
     assert signed.problems == [] and anonymous.problems == [], (signed.problems + anonymous.problems)[:5]
     assert signed.statuses[200] > 0 and signed.statuses[404] > 0 and signed.statuses[422] > 0, signed.statuses
-    assert set(anonymous.statuses) <= {401, 403, 404, 422} and anonymous.statuses[401] > 0, anonymous.statuses
+    # FastAPI reads a route's body before its dependencies (the login among them): a body it cannot
+    # decode at all (bytes that are not UTF-8) is a 400 "error parsing the body" before the 401
+    assert set(anonymous.statuses) <= {400, 401, 403, 404, 422} and anonymous.statuses[401] > 0, anonymous.statuses
 
 
 def test_a_killed_scheduler_is_back_within_30s_and_the_run_in_flight_finishes(up: dict[str, str]) -> None:
