@@ -70,7 +70,7 @@ test-unit: setup
 
 # ruff's S rules are bandit's security checks; detect-secrets scans every tracked file for keys,
 # tokens and passwords (.secrets.baseline: the reviewed false positives, names of secrets and test
-# fixtures; `detect-secrets scan $$(git ls-files) > .secrets.baseline` after reviewing a new one)
+# fixtures; `detect-secrets scan $$(git ls-files | grep -vx .secrets.baseline) > .secrets.baseline` after reviewing a new one)
 lint: setup
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
