@@ -47,6 +47,25 @@ def run_through(
     return {s: run(settings, s, run_id, pipeline) for s in steps}
 
 
+def serving_workspace(platform: Settings, tmp: Path) -> Settings:
+    """The platform's settings on a workspace of the test's own (`tmp`: its pipelines, its artifacts)
+    with free ports for a Serve of the test's own (HTTP, HAProxy's stats and metrics, the fallback)."""
+    from tests.services import free_port_pairs
+
+    (tmp / "pipelines").mkdir()
+    serve_port, stats_port, metrics_port, fallback_port = free_port_pairs(4)
+    return platform.model_copy(
+        update={
+            "pipelines_dir": tmp / "pipelines",
+            "artifact_root": str(tmp / "artifacts"),
+            "serve_port": serve_port,
+            "haproxy_stats_port": stats_port,
+            "haproxy_metrics_port": metrics_port,
+            "serve_fallback_port": fallback_port,
+        }
+    )
+
+
 def workspace_env(settings: Settings) -> dict[str, str]:
     """The environment a child process (a step, a Ray node) needs to work on the test's workspace."""
     return {

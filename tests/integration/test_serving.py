@@ -26,7 +26,7 @@ from serving.config import VersionConfig
 from serving.deploy import connect, deploy, endpoint, haproxy_dir, serve_env, serving_args, wait_direct_route
 from serving.telemetry import FLUSH_EVERY_S
 from tests import loadgen
-from tests.integration.helpers import SHORT_CANARY, run_through, small_spec
+from tests.integration.helpers import SHORT_CANARY, run_through, serving_workspace, small_spec
 from tests.services import free_port_pairs
 
 pytestmark = pytest.mark.integration
@@ -49,18 +49,7 @@ def served(platform: Settings, tmp_path_factory: pytest.TempPathFactory) -> Iter
     from ray import serve
 
     tmp = tmp_path_factory.mktemp("serving")
-    (tmp / "pipelines").mkdir()
-    serve_port, stats_port, metrics_port, fallback_port = free_port_pairs(4)
-    settings = platform.model_copy(
-        update={
-            "pipelines_dir": tmp / "pipelines",
-            "artifact_root": str(tmp / "artifacts"),
-            "serve_port": serve_port,
-            "haproxy_stats_port": stats_port,
-            "haproxy_metrics_port": metrics_port,
-            "serve_fallback_port": fallback_port,
-        }
-    )
+    settings = serving_workspace(platform, tmp)
     SOURCE.update(_source(tmp))
     small_spec(settings, SOURCE, name=PIPELINE, training=FAST, evaluation=EVAL, contract=_contract())
     assert run_through(settings, "serve-1", LIFECYCLE, PIPELINE)["promote"]["version"] == 1

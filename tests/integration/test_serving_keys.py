@@ -23,8 +23,7 @@ from pipelines.io import db
 from pipelines.io.registry import model_name
 from serving.config import VersionConfig
 from serving.deploy import connect, deploy, endpoint, serve_env, serving_args
-from tests.integration.helpers import run_through, small_spec
-from tests.services import free_port_pairs
+from tests.integration.helpers import run_through, serving_workspace, small_spec
 
 pytestmark = pytest.mark.integration
 
@@ -51,18 +50,7 @@ def keyed(platform: Settings, tmp_path_factory: pytest.TempPathFactory) -> Itera
     from pipelines.ml.datagen import ChurnConfig, generate_churn
 
     tmp = tmp_path_factory.mktemp("keys")
-    (tmp / "pipelines").mkdir()
-    serve_port, stats_port, metrics_port, fallback_port = free_port_pairs(4)
-    settings = platform.model_copy(
-        update={
-            "pipelines_dir": tmp / "pipelines",
-            "artifact_root": str(tmp / "artifacts"),
-            "serve_port": serve_port,
-            "haproxy_stats_port": stats_port,
-            "haproxy_metrics_port": metrics_port,
-            "serve_fallback_port": fallback_port,
-        }
-    )
+    settings = serving_workspace(platform, tmp)
     generate_churn(ChurnConfig(customers=400, months=6, seed=5)).to_parquet(tmp / "churn.parquet", index=False)
     source = {"kind": "file", "path": str(tmp / "churn.parquet")}
     for name in (SERVED, OTHER):

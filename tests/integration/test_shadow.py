@@ -19,8 +19,7 @@ from pipelines.core.system import executable
 from pipelines.io import audit, db
 from pipelines.io.registry import model_name
 from serving.deploy import connect, endpoint, serve_env
-from tests.integration.helpers import run, run_through, small_spec
-from tests.services import free_port_pairs
+from tests.integration.helpers import run, run_through, serving_workspace, small_spec
 
 pytestmark = pytest.mark.integration
 
@@ -50,18 +49,7 @@ def shadowed(platform: Settings, tmp_path_factory: pytest.TempPathFactory) -> It
     from pipelines.ml.datagen import ChurnConfig, generate_churn
 
     tmp = tmp_path_factory.mktemp("shadow")
-    (tmp / "pipelines").mkdir()
-    serve_port, stats_port, metrics_port, fallback_port = free_port_pairs(4)
-    settings = platform.model_copy(
-        update={
-            "pipelines_dir": tmp / "pipelines",
-            "artifact_root": str(tmp / "artifacts"),
-            "serve_port": serve_port,
-            "haproxy_stats_port": stats_port,
-            "haproxy_metrics_port": metrics_port,
-            "serve_fallback_port": fallback_port,
-        }
-    )
+    settings = serving_workspace(platform, tmp)
     path = tmp / "churn.parquet"
     generate_churn(ChurnConfig(customers=400, months=6, seed=7)).to_parquet(path, index=False)
     evaluation = {"min_primary": 0.55, "min_improvement": -0.5, "bootstrap_samples": 50}

@@ -21,7 +21,7 @@ from pipelines.io.registry import CHAMPION, alias_version, model_name, move_alia
 from serving.deploy import connect, endpoint, serve_env
 from serving.steer import rollback, serve_only, served_versions, sync_champion, wait_serving
 from tests import loadgen
-from tests.integration.helpers import SHORT_CANARY, run_through, small_spec, step_process
+from tests.integration.helpers import SHORT_CANARY, run_through, serving_workspace, small_spec, step_process
 from tests.integration.test_serving import EVAL, FAST, _contract, _source
 
 pytestmark = pytest.mark.integration
@@ -38,21 +38,8 @@ def steered(platform: Settings, tmp_path_factory: pytest.TempPathFactory) -> Ite
     import ray
     from ray import serve
 
-    from tests.services import free_port_pairs
-
     tmp = tmp_path_factory.mktemp("steering")
-    (tmp / "pipelines").mkdir()
-    serve_port, stats_port, metrics_port, fallback_port = free_port_pairs(4)
-    settings = platform.model_copy(
-        update={
-            "pipelines_dir": tmp / "pipelines",
-            "artifact_root": str(tmp / "artifacts"),
-            "serve_port": serve_port,
-            "haproxy_stats_port": stats_port,
-            "haproxy_metrics_port": metrics_port,
-            "serve_fallback_port": fallback_port,
-        }
-    )
+    settings = serving_workspace(platform, tmp)
     SOURCE.update(_source(tmp))
     small_spec(
         settings, SOURCE, name=PIPELINE, training=FAST, evaluation=EVAL, contract=_contract(), canary=SHORT_CANARY
