@@ -149,6 +149,8 @@ def run(ctx: StepContext) -> dict[str, Any]:
 
     if ctx.spec.canary.mode == "shadow":
         _finish(ctx, shadow_run(walk, registry, report))
+        if report["outcome"] == "held":
+            raise StepSkipped(f"{report['reason']}; v{registry.version(CHAMPION)} stays champion")
         if report["outcome"] == "rejected":
             raise CanaryRolledBack(
                 f"{registry.name} v{challenger} rejected after its shadow run: {report['reason']}; "

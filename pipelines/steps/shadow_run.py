@@ -6,6 +6,8 @@ keeps 100 % of the answers); the window ends after `canary.shadow_requests` shad
 primary metric on the requests whose labels arrived) and decided by the weighted canary's gates:
 
 * promote: the champion alias moves to the challenger (`registry.point`, audited), Serve serves it;
+  held instead where a pin was set, or the champion moved, during the window (the step is skipped
+  with the reason, as the weighted canary's);
 * reject: the shadow is removed, the champion untouched, the challenger's vector space dropped;
 * approval (the spec asks a person to sign off, `promotion.approval: manual`): the shadow is
   removed, the champion untouched and the `challenger` alias kept, for the reviewer.
@@ -25,9 +27,11 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from pipelines.core.audit import AuditEvent
+from pipelines.core.steering import blocked_promotion
 from pipelines.io import audit, vectors
 from pipelines.io.registry import CHALLENGER, CHAMPION, Registry
 from pipelines.io.requestlog import labels_of_served, shadow_count, shadow_rows
+from pipelines.io.steering import current_pin
 from pipelines.ml.plots import png_bytes, two_panels
 from pipelines.ml.shadow import LogRow, compare, decide, labelled_metric, pairs, render_html
 
@@ -74,9 +78,18 @@ def comparison(walk: Walk, began: float) -> tuple[dict[str, Any], list[LogRow]]:
 
 
 def act(walk: Walk, registry: Registry, decision: str, reasons: list[str]) -> dict[str, Any]:
-    """Carry the decision out on the registry and Serve; what the report records of it."""
+    """Carry the decision out on the registry and Serve; what the report records of it. A promotion
+    is held where a pin was set, or the champion moved, while the shadow ran: the champion (as it
+    is now) serves alone, the challenger keeps its alias and its space."""
     ctx, champion, challenger = walk.ctx, walk.champion, walk.challenger
     if decision == "promote":
+        now = registry.version(CHAMPION)
+        blocked = blocked_promotion(current_pin(ctx.settings, ctx.pipeline), champion, now)
+        if blocked is not None:
+            kept = now or champion
+            walk.serve({kept: 100.0}, {"state": "held", "champion": kept, "held": challenger, "reason": blocked})
+            why = f"{blocked}: v{challenger} passed its shadow run and stays challenger"
+            return {"outcome": "held", "reason": why}
         registry.point(CHAMPION, challenger, "shadow run passed: " + "; ".join(reasons))
         registry.point(CHALLENGER, None, "promoted to champion")
         walk.serve({challenger: 100.0}, {"state": "serving", "champion": challenger, "retired": champion})

@@ -213,3 +213,49 @@ def test_a_challenger_that_disagrees_is_rejected_and_the_champion_keeps_serving(
     assert info["weights"] == {str(champion): 100.0} and info["shadow"] is None
     (event,) = audit.events(shadowed, PIPELINE, action="shadow_decision", limit=1)
     assert (event["version"], event["detail"]["decision"]) == (flipped, "reject")
+
+
+def test_a_pin_set_while_the_shadow_runs_holds_the_promotion_it_earned(shadowed: Settings) -> None:
+    """A faithful challenger passes its shadow window, but the pipeline was pinned meanwhile (an
+    incident freeze): the champion alias does not move, the challenger keeps its alias, Serve serves
+    the champion alone, and the step ends skipped saying who pinned it."""
+    import mlflow
+
+    from pipelines.core.errors import StepSkipped
+    from pipelines.io import steering
+    from pipelines.io.registry import alias_version
+
+    champion = _champion(shadowed)
+    challenger = _register(shadowed, flip=False, reason="a release cut during the freeze")
+    info = f"{endpoint(shadowed, PIPELINE)}/"
+    pinned = threading.Event()
+
+    def pin_once_shadowed() -> None:  # bounded: the window is at most SHADOW's 3 minutes
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline:
+            if httpx.get(info, headers={"x-api-key": KEY}, timeout=30).json().get("shadow") == challenger:
+                steering.pin(shadowed, PIPELINE, "oncall", "user", "incident 42: freeze")
+                pinned.set()
+                return
+            time.sleep(0.2)
+
+    pinner = threading.Thread(target=pin_once_shadowed)
+    try:
+        with Clients(shadowed) as clients:
+            pinner.start()
+            with pytest.raises(StepSkipped, match=r"pinned by oncall .*: incident 42: freeze: .* stays challenger"):
+                run(shadowed, "canary", RUN, pipeline=PIPELINE)
+        pinner.join(60)
+        assert pinned.is_set() and clients.failures == []
+        report = _report(shadowed)
+        assert (report["decision"], report["outcome"]) == ("promote", "held"), report["reason"]
+        assert _champion(shadowed) == champion
+        held = alias_version(mlflow.MlflowClient(), model_name(PIPELINE), "challenger")
+        assert held is not None and int(held.version) == challenger
+        with httpx.Client(base_url=endpoint(shadowed, PIPELINE), headers={"x-api-key": KEY}, timeout=30) as c:
+            now = c.get("/").json()
+        assert now["weights"] == {str(champion): 100.0} and now["shadow"] is None
+    finally:
+        pinner.join(60)
+        if steering.current_pin(shadowed, PIPELINE) is not None:
+            steering.unpin(shadowed, PIPELINE, "oncall", "user", "freeze over")
