@@ -6,7 +6,8 @@ preflight, which this server does not grant: Airflow's session cookie alone neve
 champion), needs a reason, and records the Airflow user in the audit trail. A rollback moves the
 alias and the vector spaces here, then starts one pass of `mlcycle serve sync`, which reconfigures
 Serve to the restored version in place (the platform's serve-sync would follow within its
-interval anyway).
+interval anyway), and where the restored version's vector space was dropped, its run's `embed`
+step, which builds it again.
 """
 
 from __future__ import annotations
@@ -44,10 +45,11 @@ JsonBody = Annotated[None, Depends(json_only)]
 """Declared after the user and the pipeline: a request without a login is a 401 whatever its body."""
 
 
-def follow_on_serve() -> None:
-    """One pass of `mlcycle serve sync` in the background: Serve moves to the champion alias."""
+def in_background(*args: str) -> None:
+    """`mlcycle <args>` detached from the request: `serve sync` (one pass: Serve moves to the
+    champion alias), `step embed ...` (a restored version's dropped vector space built again)."""
     subprocess.Popen(
-        [executable("mlcycle"), "serve", "sync"],
+        [executable("mlcycle"), *args],
         stdin=subprocess.DEVNULL,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
@@ -68,7 +70,11 @@ def add_steering_routes(app: FastAPI, writable: Callable[..., Any]) -> None:
             done = steering.rollback_champion(load_settings(), name, body.to, user.get_name(), "user", body.reason)
         except InvalidArgument as err:
             raise HTTPException(409, str(err)) from None
-        follow_on_serve()
+        in_background("serve", "sync")
+        if done["vector_space"] == "dropped" and done.get("run_id"):
+            steering.forget_dropped_space(load_settings(), name, done["to"])
+            in_background("step", "embed", "--pipeline", name, "--run-id", done["run_id"], "--force")
+            done["vector_space"] = "rebuilding"  # the embed step of the run that registered it
         return {**done, "by": user.get_name(), "serving": "serve-sync moves Serve to the restored version"}
 
     @app.post("/pipelines/{pipeline}/pin", status_code=201)
