@@ -1,10 +1,11 @@
 """Who did what, in the platform API: `GET /api/ml/pipelines/{pipeline}/audit` (behind read access to
 the pipeline's lifecycle DAG's runs, like every read), and `audited`, which the API's own writes
 (labels, a run triggered) call to record the Airflow user who asked. The mlcycle page shows the
-same trail (`mlcycle_page.audit_section`)."""
+same trail (`audit_section`, here)."""
 
 from __future__ import annotations
 
+from html import escape
 from typing import Any
 
 from fastapi import Depends, FastAPI, Query
@@ -40,3 +41,21 @@ def add_audit_routes(app: FastAPI, readable: Any) -> None:
         listed = catalog.page(events, limit, offset)
         listed["pipeline"] = name
         return listed
+
+
+def audit_section(events: list[dict[str, Any]]) -> str:
+    """Who did what on the pipeline, newest first (`pipelines.io.audit.events`). Pure."""
+    if not events:
+        return "<h2>Audit</h2><p class='muted'>No action recorded yet.</p>"
+    rows = "".join(
+        f"<tr><td class='when'>{escape(str(e['at'])[:19])}</td><td>{escape(e['actor'])}"
+        f" <span class='muted'>({escape(e['actor_kind'])})</span></td><td>{escape(e['action'])}</td>"
+        f"<td>{'v' + str(e['version']) if e['version'] is not None else ''} {escape(e['run_id'] or '')}</td>"
+        f"<td>{escape(e['reason'])}</td>"
+        f"<td class='muted'>{escape(' '.join(f'{k}={v}' for k, v in sorted(e['detail'].items())))}</td></tr>"
+        for e in events
+    )
+    return (
+        "<h2>Audit</h2><table class='audit'><tr><th>when</th><th>who</th><th>action</th><th>version / run</th>"
+        f"<th>reason</th><th>detail</th></tr>{rows}</table>"
+    )

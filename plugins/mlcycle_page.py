@@ -18,6 +18,7 @@ from html import escape
 from typing import Any
 from urllib.parse import quote, urlencode
 
+from mlcycle_audit import audit_section  # beside this file
 from mlcycle_charts import (  # beside this file: Airflow puts the folder on sys.path
     DECISION_COLOURS,
     NOT_COUNTED_COLOUR,
@@ -157,16 +158,29 @@ def empty_card(alias: str, champion: dict[str, Any] | None, model: dict[str, Any
     )
 
 
-def canary_section(pipeline: str, canary: dict[str, Any] | None) -> str:
+def moved_since(canary: dict[str, Any], champion: int | None, audit: list[dict[str, Any]]) -> str:
+    """What serves now where the champion moved after the last canary ended (a rollback, an alias
+    moved outside mlcycle): Serve follows the alias, so the canary's weights are history. Pure."""
+    if champion is None or canary["outcome"] == "running" or canary["weights"] == {str(champion): 100.0}:
+        return ""
+    move = next((e for e in audit if e["action"] in ("rollback", "external_alias")), None)
+    why = f" ({move['action']} by {move['actor']}: {move['reason']})" if move else ""
+    return f"<p data-serving='moved'><b>Since then</b>: v{champion} is champion and serves all traffic{escape(why)}</p>"
+
+
+def canary_section(
+    pipeline: str, canary: dict[str, Any] | None, champion: int | None = None, audit: list[dict[str, Any]] | None = None
+) -> str:
     if canary is None:
         return "<h2>Serving</h2><p class='muted'>No canary has run: nothing is served yet.</p>"
     weights = ", ".join(f"v{v} {w:g}%" for v, w in canary["weights"].items()) or "–"
     run = link(run_page(f"{pipeline}_lifecycle", canary["run_id"]), canary["run_id"])
+    since = moved_since(canary, champion, audit or [])
     head = (
         f"<h2>Serving</h2><p>Last canary ({run}): "
-        f"<b>{escape(str(canary['outcome']))}</b>, traffic now {escape(weights)}"
+        f"<b>{escape(str(canary['outcome']))}</b>, traffic {'then' if since else 'now'} {escape(weights)}"
         + (f" — <span class='muted'>{escape(str(canary['reason']))}</span>" if canary.get("reason") else "")
-        + "</p>"
+        + f"</p>{since}"
     )
     if not canary["steps"]:
         return head
@@ -365,24 +379,6 @@ def runs_section(
     )
 
 
-def audit_section(events: list[dict[str, Any]]) -> str:
-    """Who did what on the pipeline, newest first (`pipelines.io.audit.events`). Pure."""
-    if not events:
-        return "<h2>Audit</h2><p class='muted'>No action recorded yet.</p>"
-    rows = "".join(
-        f"<tr><td class='when'>{escape(str(e['at'])[:19])}</td><td>{escape(e['actor'])}"
-        f" <span class='muted'>({escape(e['actor_kind'])})</span></td><td>{escape(e['action'])}</td>"
-        f"<td>{'v' + str(e['version']) if e['version'] is not None else ''} {escape(e['run_id'] or '')}</td>"
-        f"<td>{escape(e['reason'])}</td>"
-        f"<td class='muted'>{escape(' '.join(f'{k}={v}' for k, v in sorted(e['detail'].items())))}</td></tr>"
-        for e in events
-    )
-    return (
-        "<h2>Audit</h2><table class='audit'><tr><th>when</th><th>who</th><th>action</th><th>version / run</th>"
-        f"<th>reason</th><th>detail</th></tr>{rows}</table>"
-    )
-
-
 def trace_section(
     pipeline: str, query: str, answers: list[dict[str, Any]] | None, error: str | None, mlflow_base: str
 ) -> str:
@@ -482,7 +478,7 @@ def page_html(
 {approvals_section(selected, approvals or [])}
 {models_section(detail, data["versions"], mlflow_base)}
 {steering_section(selected, detail.get("pin"), detail.get("champion"))}
-{canary_section(selected, detail.get("canary"))}
+{canary_section(selected, detail.get("canary"), (detail.get("champion") or {}).get("version"), data.get("audit"))}
 {live_section(detail, data["live"], data["versions"], data.get("champion_live"))}
 {drift_section(selected, data["drift"], psi_threshold, drift_ignored)}
 {runs_section(selected, detail["runs"], data["runs"], mlflow_base)}

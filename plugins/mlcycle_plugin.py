@@ -28,6 +28,7 @@ from mlcycle_approvals import add_approval_routes, may, requests  # beside this 
 from mlcycle_audit import add_audit_routes, audited  # beside this file: Airflow puts the folder on sys.path
 from mlcycle_page import PAGE_PATH, empty_page, page_html
 from mlcycle_steering import add_steering_routes
+from mlcycle_triggers import TRIGGER_AUDIT
 from pydantic import BaseModel
 
 from operators.links import MlflowLink, ReportLink
@@ -486,6 +487,7 @@ def add_write_routes(app: FastAPI) -> None:
 
 class MlcyclePlugin(AirflowPlugin):
     name = "mlcycle"
+    listeners = [TRIGGER_AUDIT]  # noqa: RUF012 (AirflowPlugin's interface)
     operator_extra_links = [MlflowLink(), ReportLink()]  # noqa: RUF012 (AirflowPlugin's interface)
     external_views = [  # noqa: RUF012 (AirflowPlugin's interface)
         {"name": "mlcycle", "href": PAGE_PATH, "url_route": "mlcycle", "destination": "nav", "category": None}

@@ -70,6 +70,21 @@ def served_versions(settings: Settings, pipeline: str) -> list[int] | None:
     return [int(v) for v in answer.json().get("versions", [])]
 
 
+def wait_loaded(settings: Settings, pipeline: str, version: int, timeout_s: float = 120) -> float | None:
+    """Wait until the application has `version` loaded (a reconfigure loads a new version in the
+    replicas after `serve.run` returns); returns the seconds it took, or None where it cannot tell
+    (no serving key here to ask `/readyz` with: a step pod holds none) or it did not within
+    `timeout_s` (the caller goes on; what it measures then says so)."""
+    if serving_key(settings) is None:
+        return None
+    started = time.monotonic()
+    while version not in (served_versions(settings, pipeline) or []):
+        if time.monotonic() - started > timeout_s:
+            return None
+        time.sleep(0.2)
+    return time.monotonic() - started
+
+
 def wait_serving(settings: Settings, pipeline: str, version: int, timeout_s: float = 60) -> float:
     """Wait until the application serves `version` alone; returns the seconds it took."""
     started = time.monotonic()

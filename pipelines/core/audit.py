@@ -72,3 +72,19 @@ def require_reason(reason: str | None, action: str) -> str:
     if len(text) > MAX_REASON:
         raise AuditError(f"reason longer than {MAX_REASON} characters")
     return text
+
+
+LIFECYCLE_SUFFIX = "_lifecycle"
+
+
+def manual_trigger(
+    dag_id: str, run_id: str, run_type: object, user: str | None, triggered_by: object, conf: dict[str, Any] | None
+) -> AuditEvent | None:
+    """The `trigger` event of a lifecycle run a person started (Airflow's UI, its REST API, the
+    platform API, `mlcycle run`), as the scheduler sees it start: None for a scheduled, asset- or
+    backfill-made run, a run of another DAG, or one with no user on record. Pure."""
+    if not dag_id.endswith(LIFECYCLE_SUFFIX) or str(run_type).split(".")[-1].lower() != "manual" or not user:
+        return None
+    via = str(triggered_by or "unknown").split(".")[-1].lower()
+    pipeline = dag_id.removesuffix(LIFECYCLE_SUFFIX)
+    return AuditEvent(user[:200], "user", "trigger", pipeline, run_id=run_id, detail={"conf": conf or {}, "via": via})

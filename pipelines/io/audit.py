@@ -15,12 +15,14 @@ _SELECT = "SELECT id, at, actor, actor_kind, action, pipeline, version, run_id, 
 
 
 def write(conn: psycopg.Connection[Any], event: AuditEvent) -> int:
-    """Insert one event on an open connection (so it commits with the change it records)."""
+    """Insert one event on an open connection (so it commits with the change it records); returns
+    its id, or 0 where the event was recorded already (a run's `trigger`, seen by the API and by
+    the scheduler's listener: migration 0020)."""
     from psycopg.types.json import Jsonb
 
     row = conn.execute(
         "INSERT INTO audit_events (actor, actor_kind, action, pipeline, version, run_id, reason, detail)"
-        " VALUES (%s, %s, %s, %s, %s, %s, %s, %s) RETURNING id",
+        " VALUES (%s, %s, %s, %s, %s, %s, %s, %s) ON CONFLICT DO NOTHING RETURNING id",
         (
             event.actor,
             event.actor_kind,

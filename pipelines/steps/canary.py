@@ -44,6 +44,7 @@ from pipelines.steps.context import StepContext
 from pipelines.steps.shadow_run import shadow_run
 from serving.config import VersionConfig
 from serving.deploy import connect, deploy, endpoint, serving_args
+from serving.steer import wait_loaded
 
 STEP = "canary"
 POLL_S = 1.0
@@ -97,6 +98,9 @@ class Walk:
         cfg = self.ctx.spec.canary
         state = {"state": "canary", "champion": self.champion, "challenger": self.challenger, "percent": percent}
         self.serve(plan_weights(self.champion, self.challenger, percent), state)
+        # the dwell counts from the challenger loaded: `serve.run` returns before the replicas
+        # have reconfigured, which on a busy host took longer than a short dwell
+        loaded_s = wait_loaded(self.ctx.settings, self.ctx.pipeline, self.challenger)
         began, deadline = time.time(), time.monotonic() + cfg.dwell_s
         while True:
             final = time.monotonic() >= deadline
@@ -112,6 +116,7 @@ class Walk:
             "decision": decision,
             "reasons": reasons,
             "seconds": round(time.time() - began, 1),
+            "loaded_s": None if loaded_s is None else round(loaded_s, 1),
             "figures": {"champion": seen.get(self.champion, {}), "challenger": seen.get(self.challenger, {})},
         }
 

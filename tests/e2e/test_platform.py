@@ -28,6 +28,7 @@ import pytest
 import yaml
 
 from pipelines.core.settings import PROJECT_DIR
+from tests import loadgen
 from tests.services import free_port_pairs
 from tests.specs import tumour_pipeline, write_spec
 
@@ -242,9 +243,7 @@ def predict(env: dict[str, str], pipeline: str, entity_id: int) -> dict[str, Any
 
 
 def token(env: dict[str, str], user: str) -> dict[str, str]:
-    passwords = json.loads(
-        (Path(env["MLCYCLE_STATE_DIR"]) / "airflow" / "simple_auth_manager_passwords.json").read_text()
-    )
+    passwords = airflow_passwords(env)
     url = f"http://127.0.0.1:{env['MLCYCLE_AIRFLOW_PORT']}/auth/token"
     login = httpx.post(url, json={"username": user, "password": passwords[user]}, timeout=30)
     login.raise_for_status()
@@ -468,9 +467,7 @@ def test_the_mlcycle_page_in_a_real_browser(up: dict[str, str], browser: Any) ->
     from selenium.webdriver.common.keys import Keys
 
     base = f"http://127.0.0.1:{up['MLCYCLE_AIRFLOW_PORT']}"
-    passwords = json.loads(
-        (Path(up["MLCYCLE_STATE_DIR"]) / "airflow" / "simple_auth_manager_passwords.json").read_text()
-    )
+    passwords = airflow_passwords(up)
     served = serve_and_label(up, TRIGGERED)  # the champion's traffic, and its outcomes
 
     # no session: the page sends the browser to Airflow's login, as the UI does for its own pages
@@ -479,10 +476,7 @@ def test_the_mlcycle_page_in_a_real_browser(up: dict[str, str], browser: Any) ->
     assert "next=" in browser.current_url and "mlcycle" in browser.current_url, browser.current_url
     assert "Not authenticated" not in browser.page_source
     browser.save_screenshot(str(ARTIFACTS / "login.png"))
-    browser.find_element(By.NAME, "username").send_keys("admin")
-    browser.find_element(By.NAME, "password").send_keys(passwords["admin"])
-    browser.find_element(By.CSS_SELECTOR, "button[type=submit]").click()
-    wait_for(lambda: "/mlcycle/page" in browser.current_url, "the login did not lead back to the page")
+    log_in(browser, passwords["admin"])
     assert f"pipeline={TRIGGERED}" in browser.current_url
 
     # after its first model's promotion: the champion's live metric, and no challenger beside it
@@ -562,6 +556,8 @@ def test_the_mlcycle_page_in_a_real_browser(up: dict[str, str], browser: Any) ->
     wait_for(lambda: made() is not None, f"no run with n_trials {changed} was made by the form")
     run = made()
     assert run is not None and run["conf"]["dry_run"] is True, run
+    started_by = ("trigger", "admin", run["dag_run_id"], "ui")  # Airflow's own form, audited all the same
+    wait_for(lambda: started_by in approval_events(up, TRIGGERED, ("trigger",)), "the form's run was not audited", 120)
     deadline = time.monotonic() + 600
     while (state := httpx.get(f"{runs_url}/{run['dag_run_id']}", headers=admin, timeout=30).json()["state"]) not in (
         "success",
@@ -570,6 +566,31 @@ def test_the_mlcycle_page_in_a_real_browser(up: dict[str, str], browser: Any) ->
         assert time.monotonic() < deadline, f"the run from the form is still {state}"
         time.sleep(5)
     assert state == "success"
+
+
+def airflow_passwords(env: dict[str, str]) -> dict[str, str]:
+    """The users' passwords Airflow's simple auth manager generated for this platform."""
+    found = json.loads((Path(env["MLCYCLE_STATE_DIR"]) / "airflow" / "simple_auth_manager_passwords.json").read_text())
+    return dict(found)
+
+
+def log_in(browser: Any, password: str, user: str = "admin") -> None:
+    """Fill Airflow's login form, where an unauthenticated page sent the browser, and wait to be
+    led back to the mlcycle page."""
+    from selenium.webdriver.common.by import By
+
+    browser.find_element(By.NAME, "username").send_keys(user)
+    browser.find_element(By.NAME, "password").send_keys(password)
+    browser.find_element(By.CSS_SELECTOR, "button[type=submit]").click()
+    wait_for(lambda: "/mlcycle/page" in browser.current_url, "the login did not lead back to the page")
+
+
+def full_page_screenshot(browser: Any, path: Path) -> None:
+    """The whole page in one image: the window grown to the document's height for the shot."""
+    width, height = browser.get_window_size().values()
+    browser.set_window_size(width, max(height, browser.execute_script("return document.body.scrollHeight") + 120))
+    browser.save_screenshot(str(path))
+    browser.set_window_size(width, height)
 
 
 def wait_for(condition: Any, message: str, timeout: float = 30) -> None:
@@ -582,14 +603,18 @@ def wait_for(condition: Any, message: str, timeout: float = 30) -> None:
 GATED = "gated"  # a pipeline whose spec asks a person to approve each challenger
 
 
-def approval_events(env: dict[str, str], pipeline: str) -> list[tuple[str, str, str, str]]:
-    """The pipeline's approve/reject audit events, newest first: (action, actor, run, reason)."""
+def approval_events(
+    env: dict[str, str], pipeline: str, actions: tuple[str, ...] = ("approve", "reject")
+) -> list[tuple[str, str, str, str]]:
+    """The pipeline's audit events of `actions`, newest first: (action, actor, run, reason or, for
+    a trigger, how it came)."""
     script = (
         "import json\n"
         "from pipelines.core.settings import load_settings\n"
         "from pipelines.io.audit import events\n"
-        f"rows = [e for e in events(load_settings(), {pipeline!r}) if e['action'] in ('approve', 'reject')]\n"
-        "print(json.dumps([[e['action'], e['actor'], e['run_id'], e['reason']] for e in rows]))\n"
+        f"rows = [e for e in events(load_settings(), {pipeline!r}) if e['action'] in {actions!r}]\n"
+        "print(json.dumps([[e['action'], e['actor'], e['run_id'], e['reason'] or e['detail'].get('via')]"
+        " for e in rows]))\n"
     )
     out = subprocess.run([sys.executable, "-c", script], env=env, cwd=PROJECT_DIR, capture_output=True, text=True)
     assert out.returncode == 0, out.stderr[-2000:]
@@ -597,13 +622,17 @@ def approval_events(env: dict[str, str], pipeline: str) -> list[tuple[str, str, 
 
 
 def test_a_manual_approval_waits_for_a_reviewer_whose_approval_promotes_and_whose_reject_skips_promotion(
-    up: dict[str, str],
+    up: dict[str, str], browser: Any
 ) -> None:
     """`promotion.approval: manual` on a tiny pipeline: a run waits at its approval (Airflow's HITL
     task) with the evaluation summary; a viewer is refused (Airflow's REST API, the platform API,
     the CLI); the admin approves through Airflow's REST API: promote and the canary run, v1 is
     champion. A second run, rejected with `mlcycle model reject --reason`, skips promote and the
-    canary: the champion stays v1. Each answer is audited with the Airflow user and the reason."""
+    canary: the champion stays v1. A third is approved by clicking Approve on the mlcycle page, and
+    its champion rolled back by clicking Roll back there: v1 again. Each decision and the rollback
+    is audited with the Airflow user and the reason, and the page's audit shows them."""
+    from selenium.webdriver.common.by import By
+
     from tests.integration.helpers import SHORT_CANARY
 
     started = time.monotonic()
@@ -676,6 +705,53 @@ def test_a_manual_approval_waits_for_a_reviewer_whose_approval_promotes_and_whos
         ("reject", "admin", second, "holdout looks off"),
         ("approve", "admin", first, "slices checked"),
     ]
+
+    # the reviewer on the mlcycle page: the waiting run's summary, a reason, the Approve button
+    third = waiting_run()
+    page = f"{base}/mlcycle/page?pipeline={GATED}"
+    browser.get(page)
+    log_in(browser, airflow_passwords(up)["admin"])
+    form = browser.find_element(By.CSS_SELECTOR, f"form.approval[data-run='{third}']")
+    assert "| roc_auc | champion v1 | challenger |" in form.find_element(By.TAG_NAME, "pre").text
+    form.find_element(By.NAME, "reason").send_keys("reviewed on the page")
+    full_page_screenshot(browser, ARTIFACTS / "approval-waiting.png")
+    # the canary walks only on live traffic: wrk, gently, until the run ends (bounded)
+    key = (Path(up["MLCYCLE_STATE_DIR"]) / "serving-api-key").read_text().strip()
+    url = f"http://127.0.0.1:{up['MLCYCLE_SERVE_PORT']}/v1/pipelines/{GATED}/predict"
+    bodies = [json.dumps({"instances": [{"entity_id": e}]}) for e in range(1, 51)]
+    proc, work = loadgen.start(url, bodies, {"x-api-key": key}, connections=2, seconds=400, delay_ms=20)
+    try:
+        form.find_element(By.CSS_SELECTOR, "button[data-decision=approve]").click()
+        output = form.find_element(By.TAG_NAME, "output")
+        wait_for(lambda: output.text == "approved by admin", f"the page's approval was not taken: {output.text!r}")
+        assert finished(third) == ("success", "success", "success")
+    finally:
+        proc.send_signal(signal.SIGINT)  # wrk prints what it measured and ends
+    load = loadgen.finish(proc, work, 2, 0)
+    assert load.requests > 0 and load.non_2xx == 0 and load.socket_errors == 0, load
+    promoted = champion()
+    assert promoted is not None and promoted > 1
+
+    # ... and the Roll back button: the champion before it is restored
+    browser.get(page)
+    steer = browser.find_element(By.CSS_SELECTOR, "form[data-steer]")
+    assert browser.find_element(By.CSS_SELECTOR, "[data-alias=champion]").text.startswith(f"champion\nv{promoted} ")
+    steer.find_element(By.NAME, "reason").send_keys("page rollback drill")
+    steer.find_element(By.CSS_SELECTOR, "button[value=rollback]").click()
+    wait_for(lambda: champion() == 1, "the page's Roll back did not restore v1", 120)
+    wait_for(  # the page reloads itself after the action
+        lambda: browser.find_element(By.CSS_SELECTOR, "[data-alias=champion]").text.startswith("champion\nv1 "),
+        "the page did not show the restored champion",
+    )
+    serving = browser.find_element(By.CSS_SELECTOR, "[data-serving=moved]").text
+    assert serving == "Since then: v1 is champion and serves all traffic (rollback by admin: page rollback drill)"
+    audit = browser.find_element(By.CSS_SELECTOR, "table.audit").text.splitlines()[1:]  # newest first
+    assert "admin (user) rollback v1" in audit[0] and "page rollback drill" in audit[0], audit[:4]
+    assert any("admin (user) approve" in row and third in row and "reviewed on the page" in row for row in audit)
+    full_page_screenshot(browser, ARTIFACTS / "steering-audit.png")
+    # runs started through Airflow's own REST API are on the trail too (the scheduler's listener)
+    triggers = approval_events(up, GATED, ("trigger",))
+    assert triggers == [("trigger", "admin", run, "rest_api") for run in (third, second, first)], triggers
     print(f"approval e2e: {time.monotonic() - started:.0f} s")
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from pipelines.core.audit import ACTIONS, AuditError, AuditEvent, require_reason
+from pipelines.core.audit import ACTIONS, AuditError, AuditEvent, manual_trigger, require_reason
 
 
 def test_an_event_names_a_known_action_an_actor_and_a_pipeline() -> None:
@@ -26,3 +26,17 @@ def test_actions_that_change_what_serves_need_a_reason() -> None:
         require_reason("", "pin")
     with pytest.raises(AuditError, match="longer than"):
         require_reason("x" * 2001, "rollback")
+
+
+def test_the_scheduler_audits_lifecycle_runs_a_person_started_and_no_other() -> None:
+    from airflow.utils.types import DagRunTriggeredByType, DagRunType
+
+    form = manual_trigger("churn_lifecycle", "manual__1", DagRunType.MANUAL, "alice", DagRunTriggeredByType.UI, None)
+    assert form == AuditEvent("alice", "user", "trigger", "churn", run_id="manual__1", detail={"conf": {}, "via": "ui"})
+    rest = manual_trigger("churn_lifecycle", "r", "manual", "bob", DagRunTriggeredByType.REST_API, {"n_trials": 2})
+    assert rest is not None and rest.detail == {"conf": {"n_trials": 2}, "via": "rest_api"}
+    # the lifecycle's own runs, other DAGs and runs with no user on record are not a person's trigger
+    assert manual_trigger("churn_lifecycle", "s", DagRunType.SCHEDULED, "alice", None, {}) is None
+    assert manual_trigger("churn_lifecycle", "a", DagRunType.ASSET_TRIGGERED, None, None, {}) is None
+    assert manual_trigger("churn_drift", "m", DagRunType.MANUAL, "alice", DagRunTriggeredByType.UI, {}) is None
+    assert manual_trigger("churn_lifecycle", "m", DagRunType.MANUAL, None, DagRunTriggeredByType.CLI, {}) is None

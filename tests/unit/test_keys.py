@@ -41,7 +41,7 @@ def test_a_key_request_names_known_shaped_pipelines_and_a_short_label() -> None:
 
 
 def test_the_trail_prints_newest_first_with_actors_and_the_page_escapes_it() -> None:
-    from mlcycle_page import audit_section
+    from mlcycle_audit import audit_section
 
     from pipelines.cli.team_commands import render_events, render_keys
 

@@ -110,13 +110,29 @@ def test_the_canary_section_plots_the_walk_and_tables_each_step() -> None:
         "steps": WALK,
         **canary_state("failed", {"champion": 1, "challenger": 2, "steps": WALK, "outcome": "rolled_back"}),
     }
-    html = render(overview(canary=canary))
-    assert "<b>rolled_back</b>, traffic now v1 100%" in html
+    v1 = {**overview()["detail"]["champion"], "version": 1}
+    html = render(overview(canary=canary, champion=v1))
+    assert "<b>rolled_back</b>, traffic now v1 100%" in html and "Since then" not in html
     assert html.count("<circle") == 2 and "#dc2626" in html  # the rollback step in red
     assert "p99 over" in html
-    first = render(overview(canary={**canary, "steps": [], "outcome": "deployed", "weights": {"1": 100.0}}))
+    first = render(
+        overview(canary={**canary, "steps": [], "outcome": "deployed", "weights": {"1": 100.0}}, champion=v1)
+    )
     assert "<b>deployed</b>, traffic now v1 100%" in first and "<svg" not in first
     assert "No canary has run" in render(overview())
+
+
+def test_a_champion_moved_after_the_last_canary_is_what_the_serving_section_says_serves() -> None:
+    promoted = {"run_id": "manual__3", "champion": 1, "challenger": 2, "steps": []}
+    promoted.update(canary_state("success", {"champion": 1, "challenger": 2, "steps": [], "outcome": "promoted"}))
+    v1 = {**overview()["detail"]["champion"], "version": 1}  # rolled back from v2 since
+    rollback = {"at": "2026-12-06 17:13:13", "actor": "admin", "actor_kind": "user", "action": "rollback",
+                "version": 1, "run_id": "manual__1", "reason": "p99 <doubled>", "detail": {}}  # fmt: skip
+    html = render({**overview(canary=promoted, champion=v1), "audit": [rollback]})
+    assert "<b>promoted</b>, traffic then v2 100%" in html
+    assert "<b>Since then</b>: v1 is champion and serves all traffic (rollback by admin: p99 &lt;doubled&gt;)" in html
+    still = render({**overview(canary=promoted), "audit": [rollback]})  # v2 is champion: nothing moved
+    assert "traffic now v2 100%" in still and "Since then" not in still
 
 
 def test_the_walk_is_a_step_line_over_the_canarys_time() -> None:
