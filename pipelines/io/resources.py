@@ -173,21 +173,23 @@ def object_store_up(settings: Settings) -> tuple[bool, str]:
     return True, "answers reads" + (" (s3)" if settings.artifact_uri.startswith("s3://") else " (local directory)")
 
 
-def http_up(url: str) -> tuple[bool, str]:
+def http_up(url: str, any_status: bool = False) -> tuple[bool, str]:
+    """Whether `url` answers (below 500, or any status where an answer is what counts)."""
     import httpx
 
     answer = httpx.get(url, timeout=PROBE_BOUND_S)
-    return answer.status_code < 500, f"HTTP {answer.status_code}"
+    return any_status or answer.status_code < 500, f"HTTP {answer.status_code}"
 
 
 def platform_probes(settings: Settings) -> dict[str, Callable[[], tuple[bool, str]]]:
     """The services the platform needs, each with its probe (the scheduler's comes from Airflow)."""
-    serve = f"http://{settings.serve_host}:{settings.serve_port}/-/healthz"  # Serve's proxy
+    # Serve's ingress: it answers (503 while it serves no application yet: up, with nothing to serve)
+    serve = f"http://{settings.serve_host}:{settings.serve_port}/-/healthz"
     return {
         "database": lambda: database_up(settings),
         "object_store": lambda: object_store_up(settings),
         "mlflow": lambda: http_up(settings.mlflow_ui_url.rstrip("/") + "/health"),
-        "serve": lambda: http_up(serve),
+        "serve": lambda: http_up(serve, any_status=True),
     }
 
 
