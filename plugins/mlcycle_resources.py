@@ -85,7 +85,7 @@ def add_resource_routes(
     def experiments(
         user: GetUserDep, pipeline: str | None = OnePipeline, limit: int = Limit, offset: int = Offset
     ) -> dict[str, Any]:
-        return catalog.page(reads.studies(load_settings(), chosen(user, pipeline)), limit, offset)
+        return reads.studies(load_settings(), chosen(user, pipeline), limit, offset)
 
     @app.get("/features", summary="Feature views and services", description=FEATURES)
     def features(

@@ -18,6 +18,13 @@ SERVED_FIELDS = ("versions", "weights", "shadow", "canary")
 batching figures and A/B result stay behind the serving key)."""
 
 
+def page_of(items: list[Any], total: int, limit: int, offset: int) -> dict[str, Any]:
+    """One page of a list of `total` items (`items`: the page's own), with the next offset (None on
+    the last page): the shape of every list of the platform API."""
+    following = offset + limit if offset + limit < total else None
+    return {"items": items, "total": total, "limit": limit, "offset": offset, "next_offset": following}
+
+
 def model_summary(pipeline: str, model: str, versions: list[dict[str, Any]]) -> dict[str, Any]:
     """A registered model in `/models`: how many versions, the newest, and where each alias points
     (`versions`: the API's version records, newest first)."""

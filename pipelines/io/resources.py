@@ -66,10 +66,11 @@ def version_detail(settings: Settings, pipeline: str, version: int) -> dict[str,
 
 
 STUDIES = (
-    "SELECT s.study_id, s.study_name, d.direction FROM optuna.studies s"
+    "SELECT s.study_id, s.study_name, d.direction::text FROM optuna.studies s"
     " JOIN optuna.study_directions d ON d.study_id = s.study_id AND d.objective = 0"
-    " WHERE split_part(s.study_name, ':', 1) = ANY(%s) ORDER BY s.study_id DESC"
+    " WHERE split_part(s.study_name, ':', 1) = ANY(%s) ORDER BY s.study_id DESC LIMIT %s OFFSET %s"
 )
+COUNT_STUDIES = "SELECT count(*) FROM optuna.studies WHERE split_part(study_name, ':', 1) = ANY(%s)"
 TRIALS = (
     "SELECT t.study_id, t.number, t.state::text, v.value, v.value_type::text, t.datetime_start, t.datetime_complete,"
     " (SELECT json_object_agg(a.key, a.value_json) FROM optuna.trial_user_attributes a WHERE a.trial_id = t.trial_id),"
@@ -80,40 +81,49 @@ TRIALS = (
 TRIAL_ATTRS = ("mlflow_run_id", "family", "worker", "fail_reason", "warm_start", "elapsed_s")
 
 
-def studies(settings: Settings, pipelines: list[str]) -> list[dict[str, Any]]:
-    """The Optuna studies of `pipelines`, newest first, each with its trials and the training
-    step's MLflow run; none where Optuna has not created its tables yet (no run trained)."""
-    import json
+TRAINING_RUNS = (
+    "SELECT DISTINCT ON (pipeline, run_id) pipeline || ':' || run_id, outputs->>'mlflow_run_id' FROM step_runs"
+    " WHERE step = 'train' AND pipeline || ':' || run_id = ANY(%s) AND outputs ? 'mlflow_run_id'"
+    " ORDER BY pipeline, run_id, attempt DESC"
+)
 
+
+def studies(settings: Settings, pipelines: list[str], limit: int = 50, offset: int = 0) -> dict[str, Any]:
+    """A page of the Optuna studies of `pipelines`, newest first, each with its trials and the
+    training step's MLflow run (paged in the database: a study per lifecycle run adds up); none
+    where Optuna has not created its tables yet (no run trained)."""
     with connect(settings) as conn:
         if conn.execute("SELECT to_regclass('optuna.studies')").fetchone() in (None, (None,)):
-            return []
-        found = conn.execute(STUDIES, (pipelines,)).fetchall()
-        ids = [r[0] for r in found]
+            return resources.page_of([], 0, limit, offset)
+        counted = conn.execute(COUNT_STUDIES, (pipelines,)).fetchone()
+        found = conn.execute(STUDIES, (pipelines, limit, offset)).fetchall()
+        ids, names = [r[0] for r in found], [r[1] for r in found]
         rows = conn.execute(TRIALS, (ids,)).fetchall() if ids else []
-        runs = dict(
-            conn.execute(
-                "SELECT DISTINCT ON (pipeline, run_id) pipeline || ':' || run_id, outputs->>'mlflow_run_id'"
-                " FROM step_runs WHERE step = 'train' AND pipeline = ANY(%s) AND outputs ? 'mlflow_run_id'"
-                " ORDER BY pipeline, run_id, attempt DESC",
-                (pipelines,),
-            ).fetchall()
-        )
+        runs = dict(conn.execute(TRAINING_RUNS, (names,)).fetchall()) if names else {}
     trials: dict[int, list[dict[str, Any]]] = {i: [] for i in ids}
-    for study_id, number, state, value, kind, start, end, attrs, params in rows:
-        attrs = {k: json.loads(v) for k, v in (attrs or {}).items()}
-        trials[study_id].append(
-            {
-                "number": number,
-                "state": state,
-                "value": resources.trial_value(value, kind),
-                "params": params or {},
-                "started": resources.iso(start),
-                "completed": resources.iso(end),
-                **{k: attrs.get(k) for k in TRIAL_ATTRS},
-            }
-        )
-    return [resources.study_record(name, d, trials[i], runs.get(name)) for i, name, d in found]
+    for row in rows:
+        trials[row[0]].append(trial_row(*row[1:]))
+    items = [resources.study_record(name, d, trials[i], runs.get(name)) for i, name, d in found]
+    return resources.page_of(items, int(counted[0]) if counted else 0, limit, offset)
+
+
+def trial_row(
+    number: int, state: str, value: float | None, kind: str | None, start: Any, end: Any, attrs: Any, params: Any
+) -> dict[str, Any]:
+    """One trial from its row: number, state, value, params, times and the attributes the
+    training step records (its MLflow run, family, worker, why it failed)."""
+    import json
+
+    found = {k: json.loads(v) for k, v in (attrs or {}).items()}
+    return {
+        "number": number,
+        "state": state,
+        "value": resources.trial_value(value, kind),
+        "params": params or {},
+        "started": resources.iso(start),
+        "completed": resources.iso(end),
+        **{k: found.get(k) for k in TRIAL_ATTRS},
+    }
 
 
 def feature_views(settings: Settings, pipeline: str, now: datetime | None = None) -> dict[str, Any]:

@@ -35,9 +35,14 @@ def test_studies_are_read_from_optunas_tables_as_optuna_reads_them(workspace: Se
     study.optimize(objective, n_trials=4, catch=(ValueError,))
     other.optimize(lambda t: t.suggest_float("y", 0, 1), n_trials=1)
 
-    found = reads.studies(workspace, ["res_exp"])
-    assert [s["study"] for s in found] == ["res_exp:run-1"]  # only the pipelines asked for
-    got = found[0]
+    later = optuna.create_study(study_name="res_exp:run-2", storage=storage)
+    later.optimize(lambda t: t.suggest_float("x", 0, 1), n_trials=1)
+    found = reads.studies(workspace, ["res_exp"], limit=1, offset=1)  # paged in the database, newest first
+    assert (found["total"], found["next_offset"]) == (2, None) and [s["study"] for s in found["items"]] == [
+        "res_exp:run-1"
+    ]  # only the pipelines asked for
+    assert reads.studies(workspace, ["res_exp"], limit=1)["items"][0]["study"] == "res_exp:run-2"
+    got = found["items"][0]
     assert (got["pipeline"], got["run_id"], got["direction"]) == ("res_exp", "run-1", "minimize")
     assert got["states"] == {"COMPLETE": 3, "FAIL": 1}
     assert got["best"]["number"] == study.best_trial.number and got["best"]["value"] == study.best_value
@@ -45,7 +50,7 @@ def test_studies_are_read_from_optunas_tables_as_optuna_reads_them(workspace: Se
     for mine, theirs in zip(got["trials"], study.get_trials(), strict=True):
         assert (mine["number"], mine["state"], mine["value"]) == (theirs.number, theirs.state.name, theirs.value)
         assert mine["mlflow_run_id"] == f"child-{theirs.number}" and mine["started"] is not None
-    assert reads.studies(workspace, ["no_such_pipeline"]) == []
+    assert reads.studies(workspace, ["no_such_pipeline"])["items"] == []
 
 
 def test_a_versions_audit_events_are_its_own(workspace: Settings) -> None:
