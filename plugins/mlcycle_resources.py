@@ -15,6 +15,7 @@ from typing import Any
 
 from airflow.api_fastapi.core_api.security import GetUserDep
 from fastapi import Depends, FastAPI, Path, Query
+from pydantic import BaseModel, Field
 
 from pipelines.core import resources
 from pipelines.core.errors import SpecError
@@ -44,6 +45,51 @@ def api_section(pipeline: str) -> str:
     return f"<h2>API</h2><ul class='api'>{items}</ul>"
 
 
+class ErrorBody(BaseModel):
+    """Every error of the platform API."""
+
+    error: str = Field(description="the HTTP status's code: unauthorized, forbidden, not_found, invalid_request, ...")
+    reason: str = Field(description="what is wrong, in words")
+    field: str | None = Field(description="the request's field at fault, or null")
+
+
+ERRORS: dict[int | str, dict[str, Any]] = {
+    401: {"model": ErrorBody, "description": "no valid Airflow session or token"},
+    403: {"model": ErrorBody, "description": "the named pipeline's lifecycle DAG runs are not readable by you"},
+    404: {"model": ErrorBody, "description": "no such pipeline (or version) that you may read"},
+    422: {"model": ErrorBody, "description": "a parameter out of range, named in `field`"},
+}
+
+
+class ModelSummary(BaseModel):
+    pipeline: str
+    model: str = Field(description="the registered model's name in MLflow")
+    versions: int = Field(description="how many versions are registered")
+    latest: int | None = Field(description="the newest version (null: none registered)")
+    aliases: dict[str, int] = Field(description="alias -> version (champion, challenger)")
+
+
+class ModelPage(BaseModel):
+    items: list[ModelSummary]
+    total: int
+    limit: int
+    offset: int
+    next_offset: int | None = Field(description="the offset of the next page; null on the last")
+
+
+class ServiceHealth(BaseModel):
+    service: str = Field(description="database, object_store, mlflow, serve or airflow_scheduler")
+    up: bool
+    why: str = Field(description="what the probe saw: its answer, its error, or that none came in time")
+    seconds: float = Field(description="how long the probe took")
+
+
+class Health(BaseModel):
+    status: str = Field(description="`up` when every service is, else `degraded`")
+    down: list[str] = Field(description="the services that are down")
+    services: list[ServiceHealth]
+
+
 PER_PIPELINE = frozenset({"models", "deployments", "experiments", "features"})
 Limit = Query(50, ge=1, le=500, description="items per page")
 Offset = Query(0, ge=0, description="items to skip")
@@ -62,38 +108,49 @@ def add_resource_routes(
         """The pipelines a list covers: every one the user may read, or the one named (checked)."""
         return readable_pipelines(user) if pipeline is None else [readable()(pipeline, user)]
 
-    @app.get("/models", summary="Registered models", description=MODELS)
+    @app.get("/models", summary="Registered models", description=MODELS, response_model=ModelPage, responses=ERRORS)
     def models(
         user: GetUserDep, pipeline: str | None = OnePipeline, limit: int = Limit, offset: int = Offset
     ) -> dict[str, Any]:
         return per_pipeline(chosen(user, pipeline), limit, offset, reads.registered_model)
 
-    @app.get("/models/{pipeline}/versions/{version}", summary="One model version's lineage", description=VERSION)
+    @app.get(
+        "/models/{pipeline}/versions/{version}",
+        summary="One model version's lineage",
+        description=VERSION,
+        responses={**ERRORS, 409: {"model": ErrorBody, "description": "the pipeline's spec does not load"}},
+    )
     def version(name: str = Depends(readable()), version: int = Path(ge=1, le=2**31 - 1)) -> dict[str, Any]:
         found = reads.version_detail(load_settings(), name, version)
         if found is None:
             raise api_error(404, f"no version {version} of {name}'s model in the registry", "version")
         return found
 
-    @app.get("/deployments", summary="What Serve runs", description=DEPLOYMENTS)
+    @app.get("/deployments", summary="What Serve runs", description=DEPLOYMENTS, responses=ERRORS)
     def deployments(
         user: GetUserDep, pipeline: str | None = OnePipeline, limit: int = Limit, offset: int = Offset
     ) -> dict[str, Any]:
         return per_pipeline(chosen(user, pipeline), limit, offset, deployment_item)
 
-    @app.get("/experiments", summary="Optuna studies", description=EXPERIMENTS)
+    @app.get("/experiments", summary="Optuna studies", description=EXPERIMENTS, responses=ERRORS)
     def experiments(
         user: GetUserDep, pipeline: str | None = OnePipeline, limit: int = Limit, offset: int = Offset
     ) -> dict[str, Any]:
         return reads.studies(load_settings(), chosen(user, pipeline), limit, offset)
 
-    @app.get("/features", summary="Feature views and services", description=FEATURES)
+    @app.get("/features", summary="Feature views and services", description=FEATURES, responses=ERRORS)
     def features(
         user: GetUserDep, pipeline: str | None = OnePipeline, limit: int = Limit, offset: int = Offset
     ) -> dict[str, Any]:
         return per_pipeline(chosen(user, pipeline), limit, offset, feature_item)
 
-    @app.get("/health", summary="The platform's services", description=HEALTH)
+    @app.get(
+        "/health",
+        summary="The platform's services",
+        description=HEALTH,
+        response_model=Health,
+        responses={401: ERRORS[401]},
+    )
     def health(user: GetUserDep) -> dict[str, Any]:
         probes = reads.platform_probes(load_settings())
         probes["airflow_scheduler"] = scheduler_up

@@ -162,6 +162,10 @@ def test_the_platform_api_wants_a_login_and_answers_errors_as_json() -> None:
     for path in (*(p for _, p in resources[:4]), "/features", "/health"):
         operation = next(iter(described[path.replace("churn", "{pipeline}").replace("/1", "/{version}")].values()))
         assert operation["summary"] and len(operation["description"]) > 80, path
+        assert operation["responses"]["401"]["content"]["application/json"]["schema"]["$ref"].endswith("/ErrorBody")
+    schemas = apps["/api/ml"].openapi()["components"]["schemas"]
+    assert set(schemas["Health"]["properties"]) == {"status", "down", "services"}
+    assert {"next_offset", "total", "items"} <= set(schemas["ModelPage"]["properties"])
     page_paths = apps["/mlcycle"].openapi()["paths"]  # the page app describes itself too
     assert {"/page", "/artifacts/{dag_id}/{run_id}/{step}/{name}"} <= set(page_paths)
 
