@@ -161,3 +161,15 @@ def test_the_page_lists_the_api_resources_for_its_pipeline() -> None:
         assert f'href="/api/ml/{path}?pipeline=churn"' in html
     assert 'href="/api/ml/health"' in html and 'href="/api/ml/docs"' in html
     assert "pipeline=a&lt;b" in api_section("a<b")  # escaped
+
+
+def test_the_answers_of_models_and_health_match_the_shapes_their_openapi_declares() -> None:
+    from pipelines.io.resources import health
+    from plugins.mlcycle_resources import Health, ModelPage
+
+    summaries = [resources.model_summary("churn", "mlcycle-churn", [version(2, ["champion"])])]
+    summaries.append(resources.model_summary("wine", "mlcycle-wine", []))
+    page = ModelPage.model_validate(resources.page_of(summaries, 3, 2, 0))
+    assert page.next_offset == 2 and page.items[0].aliases == {"champion": 2} and page.items[1].latest is None
+    checked = Health.model_validate(health({"database": lambda: (True, "ok"), "serve": lambda: (False, "HTTP 503")}))
+    assert checked.status == "degraded" and checked.down == ["serve"] and checked.services[0].up
