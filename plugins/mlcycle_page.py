@@ -32,6 +32,7 @@ from mlcycle_charts import (  # beside this file: Airflow puts the folder on sys
     version_roles,
 )
 from mlcycle_charts import DRIFTED_COLOUR as DRIFTED_COLOUR  # the page's names, as before the charts moved
+from mlcycle_resources import api_section
 
 from operators.links import mlflow_url
 from pipelines.core.steps import report_url
@@ -483,6 +484,7 @@ def page_html(
 {drift_section(selected, data["drift"], psi_threshold, drift_ignored)}
 {runs_section(selected, detail["runs"], data["runs"], mlflow_base)}
 {audit_section(data.get("audit", []))}
+{api_section(selected)}
 </body></html>"""
 
 

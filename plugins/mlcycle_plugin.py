@@ -27,6 +27,7 @@ from fastapi.security import HTTPAuthorizationCredentials
 from mlcycle_approvals import add_approval_routes, may, requests  # beside this file (sys.path)
 from mlcycle_audit import add_audit_routes, audited  # beside this file: Airflow puts the folder on sys.path
 from mlcycle_page import PAGE_PATH, empty_page, page_html
+from mlcycle_resources import add_resource_routes
 from mlcycle_steering import add_steering_routes
 from mlcycle_triggers import TRIGGER_AUDIT
 from pydantic import BaseModel
@@ -358,7 +359,7 @@ def _api() -> Any:
     app = FastAPI(
         title="mlcycle platform API",
         version="1",
-        description="Pipelines, model versions and their lineage, drift, prediction traces, training runs.",
+        description="Pipelines, models and their lineage, deployments, experiments, features, health, drift, traces.",
     )
     install_error_handlers(app)
     add_read_routes(app)
@@ -366,6 +367,7 @@ def _api() -> Any:
     add_approval_routes(app, readable)
     add_audit_routes(app, readable())
     add_steering_routes(app, lambda method="POST": readable(method))
+    add_resource_routes(app, readable, readable_pipelines, api_error)
     return app
 
 

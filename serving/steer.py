@@ -85,6 +85,23 @@ def wait_loaded(settings: Settings, pipeline: str, version: int, timeout_s: floa
     return time.monotonic() - started
 
 
+def served_state(settings: Settings, pipeline: str, timeout_s: float = 5) -> tuple[dict[str, Any] | None, str]:
+    """What the application serves now (its `GET /`, asked with a key: versions, weights, shadow,
+    the canary's state), or None and why it gave nothing."""
+    import httpx
+
+    key = serving_key(settings)
+    if key is None:
+        return None, "this server holds no serving key (MLCYCLE_SERVING_API_KEYS) to ask Serve with"
+    try:
+        answer = httpx.get(endpoint(settings, pipeline) + "/", headers={"x-api-key": key}, timeout=timeout_s)
+    except httpx.HTTPError as err:
+        return None, f"Serve did not answer ({type(err).__name__})"
+    if answer.status_code != 200:
+        return None, f"Serve answered HTTP {answer.status_code}: the pipeline is not deployed"
+    return dict(answer.json()), "serving"
+
+
 def wait_serving(settings: Settings, pipeline: str, version: int, timeout_s: float = 60) -> float:
     """Wait until the application serves `version` alone; returns the seconds it took."""
     started = time.monotonic()

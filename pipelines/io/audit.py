@@ -43,8 +43,13 @@ def record(settings: Settings, event: AuditEvent) -> int:
         return write(conn, event)
 
 
-def events(settings: Settings, pipeline: str, *, limit: int = 200, action: str | None = None) -> list[dict[str, Any]]:
-    """A pipeline's newest events first (at most `limit`), optionally of one action."""
-    query = _SELECT + " WHERE pipeline = %s AND (%s::text IS NULL OR action = %s) ORDER BY id DESC LIMIT %s"
+def events(
+    settings: Settings, pipeline: str, *, limit: int = 200, action: str | None = None, version: int | None = None
+) -> list[dict[str, Any]]:
+    """A pipeline's newest events first (at most `limit`), optionally of one action, of one version."""
+    query = _SELECT + (
+        " WHERE pipeline = %s AND (%s::text IS NULL OR action = %s) AND (%s::int IS NULL OR version = %s)"
+        " ORDER BY id DESC LIMIT %s"
+    )
     with connect(settings) as conn:
-        return fetch_dicts(conn, query, (pipeline, action, action, max(1, min(limit, 10_000))))
+        return fetch_dicts(conn, query, (pipeline, action, action, version, version, max(1, min(limit, 10_000))))

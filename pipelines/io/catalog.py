@@ -15,6 +15,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from pipelines.core.errors import SpecError
+from pipelines.core.resources import page_of
 from pipelines.core.settings import Settings, spec_for
 from pipelines.core.steps import BY_NAME, dag_of_run, report_url
 from pipelines.io import audit
@@ -33,9 +34,7 @@ AUDIT_ON_PAGE = 20
 
 def page(items: list[Any], limit: int, offset: int) -> dict[str, Any]:
     """One page of a list, with the total and the next offset (None on the last page). Pure."""
-    chunk = items[offset : offset + limit]
-    following = offset + limit if offset + limit < len(items) else None
-    return {"items": chunk, "total": len(items), "limit": limit, "offset": offset, "next_offset": following}
+    return page_of(items[offset : offset + limit], len(items), limit, offset)
 
 
 def version_record(pipeline: str, mv: Any, aliases: dict[str, Any]) -> dict[str, Any]:

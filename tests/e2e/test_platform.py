@@ -284,6 +284,8 @@ def test_the_platform_api_answers_from_the_records_behind_airflows_login(up: dic
     report = httpx.get(f"http://127.0.0.1:{up['MLCYCLE_AIRFLOW_PORT']}{lineage['validation_report']}", headers=viewer)
     assert report.status_code == 200 and "back to the run" in report.text
 
+    resources_answer_from_the_same_records(api, admin, viewer, run_id, lineage["data_hash"])
+
     # the trace of one served prediction: request id -> version -> training run -> data -> report
     served = predict(up, "tumours", 7)
     deadline = time.monotonic() + 30
@@ -336,6 +338,63 @@ def test_the_platform_api_answers_from_the_records_behind_airflows_login(up: dic
     assert openapi.status_code == 200 and "/pipelines/{pipeline}/runs" in openapi.json()["paths"]
 
 
+def resources_answer_from_the_same_records(
+    api: str, admin: dict[str, str], viewer: dict[str, str], run_id: str, data_hash: str
+) -> None:
+    """`/api/ml/models`, `deployments`, `experiments`, `features`, `health` after the tumours run,
+    as the viewer: its registered version, what Serve runs, its study's trials, its feature views."""
+    models = httpx.get(f"{api}/models", headers=viewer, timeout=60).json()
+    by_name = {m["pipeline"]: m for m in models["items"]}
+    assert models["total"] == 2 and by_name["churn"]["versions"] == 0  # churn never trained here
+    assert (by_name["tumours"]["latest"], by_name["tumours"]["aliases"]) == (1, {"challenger": 1, "champion": 1})
+    v1 = httpx.get(f"{api}/models/tumours/versions/1", headers=viewer, timeout=60).json()
+    assert (v1["lineage"]["lifecycle_run"], v1["lineage"]["data_hash"]) == (run_id, data_hash)
+    assert (
+        v1["lineage"]["steps"]["promote"] == "succeeded" and v1["lineage"]["feature_service"] == "tumours_features_v1"
+    )
+    assert v1["artifacts"]["sealed"] and any(name.endswith(".onnx") for name in v1["artifacts"]["sha256"])
+    assert v1["metrics"] and v1["audit"] and {e["version"] for e in v1["audit"]} == {1}
+    missing = httpx.get(f"{api}/models/tumours/versions/99", headers=viewer, timeout=60)
+    assert missing.status_code == 404 and missing.json()["field"] == "version"
+    unknown = httpx.get(f"{api}/deployments", params={"pipeline": "nope"}, headers=viewer, timeout=60)
+    assert unknown.status_code == 404 and unknown.json()["field"] == "pipeline"
+
+    served = httpx.get(f"{api}/deployments", params={"pipeline": "tumours"}, headers=viewer, timeout=60).json()
+    deployment = served["items"][0]
+    assert deployment["serving"]["weights"] == {"1": 100.0} and deployment["unavailable"] is None, deployment
+    assert deployment["canary"]["outcome"] == "deployed" and deployment["canary"]["run_id"] == run_id
+
+    studies = httpx.get(f"{api}/experiments", params={"pipeline": "tumours"}, headers=viewer, timeout=60).json()
+    study = next(s for s in studies["items"] if s["run_id"] == run_id)
+    assert study["study"] == f"tumours:{run_id}" and study["mlflow_run_id"] == v1["lineage"]["training_run"]
+    assert sum(study["states"].values()) == len(study["trials"]) >= 1 and study["states"].get("COMPLETE", 0) >= 1
+    complete = [t for t in study["trials"] if t["state"] == "COMPLETE"]
+    assert all(t["mlflow_run_id"] and t["value"] is not None for t in complete)
+    best = max if study["direction"] == "maximize" else min
+    assert study["best"]["value"] == best(t["value"] for t in complete)
+
+    features = httpx.get(f"{api}/features", params={"pipeline": "tumours"}, headers=viewer, timeout=120).json()
+    tumours = features["items"][0]
+    assert tumours["versions"] == {"1": "tumours_features_v1"}
+    services = {s["name"]: s["feature_views"] for s in tumours["feature_services"]}
+    views = {v["name"]: v for v in tumours["feature_views"]}
+    assert services["tumours_features_v1"] and set(services["tumours_features_v1"]) <= set(views)
+    assert all(v["last_materialized"] and v["features"] for v in views.values())
+
+    health = httpx.get(f"{api}/health", headers=viewer, timeout=60).json()
+    assert health["status"] == "up", health
+    assert [r["service"] for r in health["services"]] == [
+        "database",
+        "object_store",
+        "mlflow",
+        "serve",
+        "airflow_scheduler",
+    ]
+    assert httpx.get(f"{api}/health", timeout=30).status_code == 401
+    page = httpx.get(f"{api.removesuffix('/api/ml')}/mlcycle/page", headers=admin, timeout=60)
+    assert page.status_code == 200 and '<a href="/api/ml/experiments?pipeline=churn">' in page.text
+
+
 def test_steering_through_the_api_is_the_admins_with_a_reason_and_the_viewers_never(up: dict[str, str]) -> None:
     """Pin, unpin and roll back through `/api/ml` as Airflow users: the viewer is refused (403),
     the admin's actions are recorded with their name and reason (docs/steering.md)."""
@@ -366,7 +425,8 @@ def test_the_platform_api_fuzzed_from_its_openapi_answers_no_5xx_and_every_4xx_s
 
     base = f"http://127.0.0.1:{up['MLCYCLE_AIRFLOW_PORT']}/api/ml"
     schema = httpx.get(f"{base}/openapi.json", headers=token(up, "admin"), timeout=60).json()
-    assert len(schema["paths"]) >= 6, schema["paths"]
+    resources = {"/models", "/models/{pipeline}/versions/{version}", "/deployments", "/experiments", "/features"}
+    assert resources | {"/health", "/pipelines"} <= set(schema["paths"]), schema["paths"]
     signed = fuzz(schema, base, {"GET": token(up, "admin"), "POST": token(up, "viewer")}, examples=15)
     anonymous = fuzz(schema, base, examples=3)
     assert signed.problems == [] and anonymous.problems == [], (signed.problems + anonymous.problems)[:5]

@@ -208,3 +208,27 @@ def _plain_clients_answer(settings: Settings, df: pd.DataFrame, port: int) -> No
     answer = json.loads(out.stdout.strip().splitlines()[-1])
     assert answer["plan"] == latest["plan"] and answer["tables"] >= 2
     assert "env-check" in answer["experiments"]  # made by this process, seen by the plain client
+
+
+def test_the_feature_resource_reads_views_services_and_their_materialization_from_the_registry(applied) -> None:  # type: ignore[no-untyped-def]
+    """`/api/ml/features`' read: what the features step applied and materialized, from Feast's
+    registry; a pipeline never applied has no views yet (not an error)."""
+    from pipelines.io.resources import feature_views
+
+    settings, df, _ = applied
+    spec = spec_for(settings, "churn")
+    got = feature_views(settings, "churn")
+    assert got["feature_service"] == spec.features.feature_service
+    services = {s["name"]: s["feature_views"] for s in got["feature_services"]}
+    assert spec.features.feature_service in services
+    views = {v["name"]: v for v in got["feature_views"]}
+    assert set(services[spec.features.feature_service]) <= set(views)
+    last = pd.Timestamp(df[spec.entity.timestamp].max()).to_pydatetime()
+    for view in views.values():
+        assert view["entities"] and view["features"] and view["online"]
+        materialized = pd.Timestamp(view["last_materialized"]).to_pydatetime()
+        assert abs((materialized - last).total_seconds()) <= 1.5  # the step materializes up to the newest row
+        assert view["age_s"] > 0 and view["fresh"] is (view["age_s"] <= view["ttl_s"] if view["ttl_s"] else None)
+    small_spec(settings, {"kind": "file", "path": "never.parquet"}, name="res_never")
+    never = feature_views(settings, "res_never")
+    assert never["feature_views"] == [] and never["versions"] == {}

@@ -144,7 +144,10 @@ def test_the_platform_api_wants_a_login_and_answers_errors_as_json() -> None:
 
     apps = {a["url_prefix"]: a["app"] for a in MlcyclePlugin.fastapi_apps}
     client = TestClient(apps["/api/ml"])
-    for method, path in [("GET", "/pipelines"), ("GET", "/pipelines/churn/models"), ("POST", "/pipelines/churn/runs")]:
+    resources = [("GET", p) for p in ("/models", "/models/churn/versions/1", "/deployments", "/experiments")]
+    resources += [("GET", "/features"), ("GET", "/health")]
+    reads = [("GET", "/pipelines"), ("GET", "/pipelines/churn/models"), ("POST", "/pipelines/churn/runs")]
+    for method, path in reads + resources:
         answer = client.request(method, path, json={"conf": {}})
         assert answer.status_code == 401 and answer.json() == {
             "error": "unauthorized",
@@ -153,6 +156,16 @@ def test_the_platform_api_wants_a_login_and_answers_errors_as_json() -> None:
         }
     listing = apps["/api/ml"].openapi()["paths"]["/pipelines"]["get"]
     assert [p["name"] for p in listing["parameters"]] == ["limit", "offset"]  # paged; the user is no parameter
+    described = apps["/api/ml"].openapi()["paths"]
+    for path in ("/models", "/deployments", "/experiments", "/features"):  # paged, one pipeline or all
+        assert [p["name"] for p in described[path]["get"]["parameters"]] == ["pipeline", "limit", "offset"]
+    for path in (*(p for _, p in resources[:4]), "/features", "/health"):
+        operation = next(iter(described[path.replace("churn", "{pipeline}").replace("/1", "/{version}")].values()))
+        assert operation["summary"] and len(operation["description"]) > 80, path
+        assert operation["responses"]["401"]["content"]["application/json"]["schema"]["$ref"].endswith("/ErrorBody")
+    schemas = apps["/api/ml"].openapi()["components"]["schemas"]
+    assert set(schemas["Health"]["properties"]) == {"status", "down", "services"}
+    assert {"next_offset", "total", "items"} <= set(schemas["ModelPage"]["properties"])
     page_paths = apps["/mlcycle"].openapi()["paths"]  # the page app describes itself too
     assert {"/page", "/artifacts/{dag_id}/{run_id}/{step}/{name}"} <= set(page_paths)
 
