@@ -5,9 +5,11 @@ while every registered version's run (the champion's snapshot, report and model 
 
 from __future__ import annotations
 
+import shutil
 import uuid
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
 import mlflow
 import pytest
@@ -109,6 +111,50 @@ def test_the_request_log_keeps_exactly_the_retained_days(settings: Settings) -> 
     log.write([row])
     log.close()
     assert sum(logged_days(settings).values()) == sum(kept.values()) + 1
+
+
+def test_the_migration_keeps_every_row_of_an_unpartitioned_log(platform: Settings, tmp_path: Path) -> None:
+    """A database at migration 0017 with rows over 3 days (one 40 days old): after 0018 every row is
+    there, each in its day's partition, the old key's duplicate still refused by the writer."""
+    with db.connect(platform, autocommit=True) as conn:
+        name = f"mig_{uuid.uuid4().hex[:8]}"
+        conn.execute(f"CREATE DATABASE {name}")
+    parts = urlsplit(db.database_url(platform))
+    url = urlunsplit(parts._replace(path=f"/{name}"))
+    older = tmp_path / "project"
+    (older / "include" / "sql" / "migrations").mkdir(parents=True)
+    for f in sorted(db.migrations_dir(platform).glob("*.sql")):
+        if f.name < "0018":
+            shutil.copy(f, older / "include" / "sql" / "migrations" / f.name)
+    before = platform.model_copy(update={"database_url": url, "project_dir": older})
+    db.migrate(before)
+    now = datetime.now(UTC)
+    rows = [(uuid.uuid4(), f"e{k}", now - timedelta(days=k)) for k in (0, 1, 2, 40)]
+    with db.connect(before) as conn:
+        for rid, entity, at in rows:
+            conn.execute(
+                "INSERT INTO inference_requests (request_id, pipeline, model_version, entity_id, latency_ms, status,"
+                " created_at) VALUES (%s, 'mig', 1, %s, 1.0, 'ok', %s)",
+                (rid, entity, at),
+            )
+    after = platform.model_copy(update={"database_url": url})
+    assert db.migrate(after) == ["0018"]
+    with db.connect(after) as conn:
+        found = conn.execute(
+            "SELECT request_id, entity_id, created_at, tableoid::regclass::text FROM inference_requests ORDER BY 2"
+        ).fetchall()
+        kind = conn.execute("SELECT relkind FROM pg_class WHERE relname = 'inference_requests'").fetchone()
+    assert [(r, e, t) for r, e, t, _ in found] == sorted(rows, key=lambda r: r[1])
+    assert {e: part for _, e, _, part in found} == {e: partition_name(t.astimezone(UTC).date()) for _, e, t in rows}
+    assert kind == ("p",)
+    log = RequestLog(lambda: url, "mig")
+    rid, entity, at = rows[3]
+    log.write([LogRow(rid, "mig", 1, entity, "{}", 0.5, 1.0, "ok", None, False, at + timedelta(seconds=1))])
+    log.close()
+    with db.connect(after) as conn:
+        assert conn.execute("SELECT count(*) FROM inference_requests").fetchone() == (4,)  # a retry: not written
+    with db.connect(platform, autocommit=True) as conn:
+        conn.execute(f"DROP DATABASE {name}")
 
 
 def test_labels_a_window_reads_survive(settings: Settings) -> None:
