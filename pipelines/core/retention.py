@@ -86,6 +86,19 @@ def label_window_days(spec: PipelineSpec) -> float | None:
     return max(windows)
 
 
+def request_log_shortfall(spec: PipelineSpec, request_log_days: int) -> str | None:
+    """Why the request log's retention is shorter than a window of the spec that reads it (labels
+    join the requests they answer: a label outlives its request uselessly), or None."""
+    window = label_window_days(spec)
+    if window is not None and window <= request_log_days:
+        return None
+    longest = "every day (source.feedback without lookback_days)" if window is None else f"{window:g} days"
+    return (
+        f"{spec.name} reads served requests over {longest}, the request log keeps {request_log_days} days "
+        "(MLCYCLE_RETENTION_REQUEST_LOG_DAYS): older labelled requests are gone for feedback and live metrics"
+    )
+
+
 def labels_cutoff(now: datetime, labels_days: int, window_days: float | None) -> datetime | None:
     """The instant before which a pipeline's labels (by `observed_at`) are deleted; None: keep all."""
     if window_days is None:

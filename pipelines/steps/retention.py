@@ -26,6 +26,7 @@ from pipelines.core.retention import (
     label_window_days,
     labels_cutoff,
     plan_partitions,
+    request_log_shortfall,
     run_folders,
 )
 from pipelines.core.settings import RetentionSettings, Settings
@@ -93,9 +94,11 @@ def runs(settings: Settings, storage: Storage, pipeline: str, now: datetime, cur
 
 def enforce(ctx: StepContext, now: datetime) -> dict[str, Any]:
     """The retention of one pipeline (and of the shared request log) at `now`."""
+    shortfall = request_log_shortfall(ctx.spec, ctx.settings.retention.request_log_days)
     return {
         "now": now.isoformat(),
         "settings": ctx.settings.retention.model_dump(),
+        "warnings": [shortfall] if shortfall else [],
         "request_log": request_log(ctx.settings, now),
         "labels": labels(ctx.settings, ctx.spec, now),
         "runs": runs(ctx.settings, ctx.storage, ctx.pipeline, now, ctx.run_id),

@@ -16,6 +16,7 @@ from pipelines.core.retention import (
     partition_day,
     partition_name,
     plan_partitions,
+    request_log_shortfall,
     run_folders,
     run_of,
 )
@@ -76,6 +77,14 @@ def test_the_label_window_is_the_longest_window_that_reads_labels() -> None:
     assert label_window_days(parse_spec(data)) == 200
     data["source"] = {**data["source"], "feedback": True, "lookback_days": None}
     assert label_window_days(parse_spec(data)) is None  # the feedback reads every label
+
+
+def test_a_request_log_shorter_than_a_label_window_is_reported() -> None:
+    assert request_log_shortfall(spec_with(drift={"window_hours": 48}), 30) is None
+    data = churn_spec_dict(merge=True)
+    data["source"] = {**data["source"], "feedback": True, "lookback_days": 160}
+    warning = request_log_shortfall(parse_spec(data), 30)
+    assert warning and "over 160 days, the request log keeps 30 days" in warning
 
 
 def test_labels_are_kept_for_the_longer_of_the_setting_and_the_window() -> None:
