@@ -16,7 +16,10 @@ HAProxy ingress, throughput-optimized, one hop). `--variants` adds the levers sw
 at a time. Last, the load-during-canary figure: 64 connections while the weights walk 5 -> 25 ->
 50 -> 100 % and then roll back. Then overload: 64, 256 and 512 connections against the replica's
 bound of 128 requests: answered req/s, the share shed with 503 + Retry-After, the admitted
-requests' p99. Servers listen on 127.0.0.1 and are stopped afterwards.
+requests' p99. Servers listen on 127.0.0.1 and are stopped afterwards. Last, the request log's
+bytes on disk per 1M logged requests (table, indexes, TOAST of its day partitions): synthetic rows
+of the churn contract written through the serving path's writer, extrapolated
+(`--request-log-only` measures only that, without training a model).
 """
 
 from __future__ import annotations
@@ -130,8 +133,16 @@ def main() -> None:
     parser.add_argument("--json", type=Path, help="write the measurements here, a JSON list")
     parser.add_argument("--variants", action="store_true", help="also our endpoint with each lever off")
     parser.add_argument("--overload-only", action="store_true", help="only our endpoint's overload figures")
+    parser.add_argument("--request-log-only", action="store_true", help="only the request log's bytes per 1M")
+    parser.add_argument("--log-rows", type=int, default=200_000, help="rows written to measure the request log")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
+    if args.request_log_only:
+        with bench_state() as settings:
+            results = [request_log_size(settings, args.log_rows)]
+        if args.json:
+            args.json.write_text(json.dumps(results, indent=1))
+        return
     loadgen.wrk_binary()
     with bench_state() as settings:
         took = train_champion(settings, PIPELINE)
@@ -190,7 +201,68 @@ def run_all(settings: Settings, measure: Callable[..., list[dict[str, Any]]], va
                 results += measure(name, url + "/predict", ours_bodies(ids, None), "online_features")
                 results.append(canary_under_load(settings, url, ours_bodies(ids, rows)))
                 results += overload(settings, url, ours_bodies(ids, rows))
+    results.append(request_log_size(settings))
     return results
+
+
+def request_log_size(settings: Settings, rows: int = 200_000, batch: int = 5_000) -> dict[str, Any]:
+    """Bytes on disk per 1M logged requests: `rows` rows (the churn contract's features as served,
+    a score, a key id) written with the ingress's own writer (COPY, then the insert that skips
+    duplicates), the growth of the request log's partitions (table, indexes, TOAST), extrapolated."""
+    import random
+    import uuid
+    from datetime import UTC, datetime, timedelta
+
+    from pipelines.core.spec import load_spec
+    from pipelines.io import db
+    from pipelines.ml.datagen import ChurnConfig, generate_churn
+    from serving.records import LogRow
+    from serving.telemetry import RequestLog
+
+    spec = load_spec(settings.project_dir / "include" / "pipelines" / "churn.yaml")
+    cols = spec.model.numeric_features + spec.model.categorical_features
+    frame = generate_churn(ChurnConfig(customers=2000, months=1, seed=5))
+    features = [
+        json.dumps({c: (v.item() if hasattr(v, "item") else v) for c, v in r.items()})
+        for r in frame[cols].to_dict("records")
+    ]
+    size_sql = (
+        "SELECT COALESCE(sum(pg_total_relation_size(inhrelid)), 0) FROM pg_inherits"
+        " WHERE inhparent = 'inference_requests'::regclass"
+    )
+    rng, now, log = random.Random(3), datetime.now(UTC), RequestLog(lambda: db.database_url(settings), "bench_log")
+    with db.connect(settings) as conn:
+        before = int(conn.execute(size_sql).fetchone()[0])  # type: ignore[index]
+    for start in range(0, rows, batch):
+        log.write(
+            [
+                LogRow(
+                    uuid.uuid4(),
+                    "bench_log",
+                    1,
+                    str(n % 2000),
+                    features[n % len(features)],
+                    rng.random(),
+                    rng.uniform(0.5, 20),
+                    "ok",
+                    None,
+                    False,
+                    now - timedelta(seconds=n * 3600 / rows),
+                    key_id="bootstrap",
+                )
+                for n in range(start, min(start + batch, rows))
+            ]
+        )
+    log.close()
+    with db.connect(settings, autocommit=True) as conn:
+        conn.execute("VACUUM ANALYZE inference_requests")  # the visibility map and free space map included
+        after = int(conn.execute(size_sql).fetchone()[0])  # type: ignore[index]
+    per_million = round((after - before) * 1_000_000 / rows)
+    print(
+        f"\nrequest log: {after - before:,} bytes for {rows:,} rows: {per_million:,} bytes per 1M requests"
+        f" ({per_million / 2**30:.2f} GiB; {(after - before) / rows:.0f} B/row)"
+    )
+    return {"scenario": "request_log", "bytes_per_million": per_million, "rows": rows}
 
 
 def overload_only(settings: Settings) -> list[dict[str, Any]]:
@@ -297,6 +369,8 @@ def overload(settings: Settings, url: str, bodies: list[str], seconds: float = 6
 
 
 def report(results: list[dict[str, Any]], levels: list[int]) -> None:
+    results = [r for r in results if r["scenario"] != "request_log"]  # printed when measured
+
     def find(server: str, scenario: str, c: int) -> dict[str, Any] | None:
         return next(
             (r for r in results if (r["server"], r["scenario"], r["connections"]) == (server, scenario, c)), None

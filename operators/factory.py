@@ -18,6 +18,7 @@ from pipelines.core.errors import SpecError
 from pipelines.core.params import airflow_params
 from pipelines.core.settings import load_settings
 from pipelines.core.spec import read_specs
+from pipelines.core.steps import RETENTION_DAG
 
 if TYPE_CHECKING:
     from pipelines.core.settings import Settings
@@ -118,6 +119,30 @@ def drift_dag(spec: PipelineSpec) -> DAG:
     return dag
 
 
+def retention_dag(specs: list[PipelineSpec]) -> DAG:
+    """`mlcycle_retention`: every hour, the retention step of each pipeline, one after another."""
+    with DAG(
+        dag_id=RETENTION_DAG,
+        schedule=cron("@hourly"),
+        catchup=False,
+        max_active_runs=1,
+        tags=["mlcycle", "retention"],
+        doc_md=(
+            "### mlcycle retention\n\nMakes the request log's day partitions ahead and drops them behind, "
+            "deletes labels no window reads and expires run folders (never a registered version's lineage), "
+            "as the installation's `MLCYCLE_RETENTION_*` settings say; each task reports what it removed."
+        ),
+        default_args={"owner": "mlcycle", "retries": 1, "retry_delay": timedelta(minutes=5)},
+    ) as dag:
+        previous = None
+        for spec in specs:
+            task = PipelineStepOperator(task_id=f"retention_{spec.name}", pipeline=spec.name, step="retention")
+            if previous is not None:
+                previous >> task
+            previous = task
+    return dag
+
+
 def build_dags() -> dict[str, DAG]:
     """The DAGs of every valid pipeline spec, by dag id: an invalid spec costs only its own DAGs
     (`raise_spec_errors` names it)."""
@@ -126,6 +151,8 @@ def build_dags() -> dict[str, DAG]:
     specs, _ = read_specs(settings.specs_path)
     for spec in specs:
         dags += [lifecycle_dag(spec, spec.lifecycle_steps(), settings), drift_dag(spec)]
+    if specs:
+        dags.append(retention_dag(specs))
     return {d.dag_id: d for d in dags}
 
 

@@ -2,7 +2,8 @@
 
 Requests append rows and counts to memory; one background task flushes them every
 `FLUSH_EVERY_S`: the rows through one kept connection with COPY (into a temporary table, then
-`INSERT ... ON CONFLICT DO NOTHING`, so a retried flush never duplicates a row), the counts and
+an `INSERT` that skips a row already in the log (`INSERT_NEW`), so a retried flush never
+duplicates a row), the counts and
 latencies to Ray's metrics (Prometheus), in aggregate.
 
 No row can stop the log. A row is made storable before it is queued (`storable_features`: a
@@ -105,6 +106,18 @@ def is_data_error(err: BaseException) -> bool:
 
 
 Row = tuple[Any, ...]
+
+ROW_KEY = ("request_id", "model_version", "entity_id", "position")
+"""What names one answer in the log. The table's key adds `created_at` (it is partitioned by day on
+it), so a retried flush is kept out by looking the row up, within a day of its time."""
+INSERT_NEW = (
+    f"INSERT INTO inference_requests ({', '.join(COLUMNS)})"  # noqa: S608 (the module's constant names)
+    f" SELECT DISTINCT ON ({', '.join(ROW_KEY)}) {', '.join(COLUMNS)} FROM requests_in i"
+    " WHERE NOT EXISTS (SELECT FROM inference_requests r WHERE "
+    + " AND ".join(f"r.{c} = i.{c}" for c in ROW_KEY)
+    + " AND r.created_at > i.created_at - interval '1 day' AND r.created_at < i.created_at + interval '1 day')"
+    " ON CONFLICT DO NOTHING"
+)
 
 
 def isolate(rows: list[Row], write: Callable[[list[Row]], None]) -> list[tuple[Row, str]]:
@@ -273,10 +286,7 @@ class RequestLog:
                 with cur.copy(f"COPY requests_in ({', '.join(COLUMNS)}) FROM STDIN") as copy:
                     for row in rows:
                         copy.write_row(row)
-                cur.execute(
-                    f"INSERT INTO inference_requests ({', '.join(COLUMNS)}) SELECT {', '.join(COLUMNS)}"  # noqa: S608
-                    " FROM requests_in ON CONFLICT DO NOTHING"  # (COLUMNS: the module's constant names)
-                )
+                cur.execute(INSERT_NEW)
             if vectors or self.watch_spaces:
                 spaces = writable_versions(conn, self.pipeline)
                 write_served(conn, self.pipeline, vectors, spaces)

@@ -33,6 +33,24 @@ PROJECT_DIR = Path(__file__).resolve().parents[2]
 """The repository root (or the image's install root): holds include/, feature_repo/, dags/."""
 
 
+class RetentionSettings(BaseSettings):
+    """How long the platform keeps what grows with use (`MLCYCLE_RETENTION_*`); the `retention`
+    step of the `mlcycle_retention` DAG enforces it every hour."""
+
+    model_config = SettingsConfigDict(env_prefix="MLCYCLE_RETENTION_", frozen=True, extra="ignore")
+
+    # Days of the request log kept: a day partition is dropped once all of it is older than this.
+    request_log_days: int = Field(default=30, ge=0, le=3650)
+    # Days of labels kept (by when they were observed), at least the longest window of the
+    # pipeline's spec that reads them (feedback lookback, drift window, shadow window).
+    labels_days: int = Field(default=90, ge=0, le=3650)
+    # Days a run's folder under the artifact root is kept after its last write, unless a version
+    # still in the registry was registered by that run (its snapshot, reports and model stay).
+    runs_days: int = Field(default=30, ge=0, le=3650)
+    # Day partitions of the request log made ahead of today.
+    partitions_ahead: int = Field(default=7, ge=1, le=90)
+
+
 class Settings(BaseSettings):
     """What an installation looks like. Frozen; build one per process with `Settings()`."""
 
@@ -106,6 +124,7 @@ class Settings(BaseSettings):
     k8s_run_as_user: int = Field(default=10001, ge=1)
     k8s_run_as_group: int = Field(default=10001, ge=0)
     k8s_fs_group: int = Field(default=10001, ge=0)
+    retention: RetentionSettings = Field(default_factory=RetentionSettings)
 
     @model_validator(mode="after")
     def _cluster_needs_externals(self) -> Settings:
@@ -152,6 +171,14 @@ class Settings(BaseSettings):
             "MLCYCLE_RAY_ADDRESS": self.ray_address,
         }
         env.update({k: v for k, v in optional.items() if v is not None})
+        defaults = RetentionSettings.model_fields
+        env.update(  # the retention step's pods; the defaults need no variable
+            {
+                f"MLCYCLE_RETENTION_{k.upper()}": str(v)
+                for k, v in self.retention.model_dump().items()
+                if v != defaults[k].default
+            }
+        )
         if self.s3_endpoint_url is not None:
             env["MLCYCLE_S3_REGION"] = self.s3_region
         if self.ray_address is not None:

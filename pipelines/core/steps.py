@@ -79,6 +79,12 @@ STEPS: tuple[Step, ...] = (
         Report("Evidently report", "report.html"),
         lifecycle=False,
     ),
+    Step(
+        "retention",
+        "pipelines.steps.retention",
+        "request-log partitions made and dropped, old labels and run folders removed (not a version's lineage)",
+        lifecycle=False,
+    ),
 )
 """Every step, in lifecycle order."""
 
@@ -88,6 +94,9 @@ LIFECYCLE: tuple[str, ...] = tuple(s.name for s in STEPS if s.lifecycle)
 REPORT_FILES: frozenset[str] = frozenset({"report.json", *(s.report.file for s in STEPS if s.report)})
 """The files the plugin serves from a step's folder (`report.json` beside each rendered report)."""
 
+
+RETENTION_DAG = "mlcycle_retention"
+"""The DAG of the retention step: one task per pipeline, every hour."""
 
 ARTIFACT_PREFIX = "/mlcycle/artifacts"
 REPORT_PREFIX = "/mlcycle/reports"
@@ -100,6 +109,8 @@ def artifact_url(dag_id: str, run_id: str, step: str, name: str) -> str:
 
 def dag_of_run(pipeline: str, steps: set[str]) -> str:
     """The DAG a run belongs to, from the steps it ran: a drift check has a DAG of its own. Pure."""
+    if steps == {"retention"}:
+        return RETENTION_DAG
     return f"{pipeline}_drift" if steps == {"drift"} else f"{pipeline}_lifecycle"
 
 

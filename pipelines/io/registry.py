@@ -143,6 +143,16 @@ def champion_version(settings: Settings, pipeline: str) -> int:
     return int(champion.version)
 
 
+def lineage_runs(settings: Settings, pipeline: str) -> set[str]:
+    """The lifecycle runs (`mlcycle.run_id` tags) of every version still in the pipeline's registry:
+    their run folders (snapshot, reports, model) are kept whatever their age."""
+    import mlflow  # heavy: mlflow
+
+    setup_mlflow(settings, pipeline)
+    found = mlflow.MlflowClient().search_model_versions(f"name = '{model_name(pipeline)}'")
+    return {str(mv.tags["mlcycle.run_id"]) for mv in found if (mv.tags or {}).get("mlcycle.run_id")}
+
+
 def load_onnx_model(settings: Settings, pipeline: str, model: str, version: int) -> bytes:
     """The serialized ONNX model of a registered version of a pipeline's model (its `onnx` flavor:
     the versions `log_onnx_model` logs and the older, ONNX-only ones alike), once every file of the

@@ -241,9 +241,28 @@ def outputs_summary(step: str, out: dict[str, Any]) -> list[tuple[str, Any]]:
             ),
             ("recall@10", f"{out.get('recall_at_10')} against exact search"),
         ]
+    if step == "retention":
+        return retention_lines(out)
     if "reason" in out:
         return [("reason", out["reason"])]
     return []
+
+
+def retention_lines(out: dict[str, Any]) -> list[tuple[str, Any]]:
+    """What a retention step removed, per kind. Pure."""
+    log, labels, runs = out.get("request_log", {}), out.get("labels", {}), out.get("runs", {})
+    return [
+        (
+            "request log",
+            f"{len(log.get('partitions_dropped', []))} day partition(s) dropped, {log.get('rows', 0)} rows, "
+            f"{log.get('bytes', 0)} bytes; {len(log.get('partitions_created', []))} made",
+        ),
+        (
+            "labels",
+            f"{labels.get('rows', 0)} rows, {labels.get('bytes', 0)} bytes (kept from {labels.get('kept_from')})",
+        ),
+        ("runs", f"{runs.get('folders', 0)} folder(s), {runs.get('objects', 0)} objects, {runs.get('bytes', 0)} bytes"),
+    ]
 
 
 def ensemble_line(out: dict[str, Any]) -> str:

@@ -12,6 +12,8 @@ import io
 import json
 import os
 import tempfile
+from collections.abc import Sequence
+from datetime import UTC, datetime
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -20,6 +22,10 @@ from pipelines.core.settings import Settings
 
 if TYPE_CHECKING:
     import pandas as pd
+
+
+Stats = list[tuple[str, int, datetime]]
+"""`(key, bytes, last modified)` of objects."""
 
 
 def run_key(pipeline: str, run_id: str, step: str, name: str) -> str:
@@ -42,6 +48,8 @@ class Storage(Protocol):
     def read_bytes(self, key: str) -> bytes: ...
     def write_bytes(self, key: str, data: bytes) -> str: ...
     def list(self, prefix: str) -> list[str]: ...
+    def stat(self, prefix: str) -> Stats: ...
+    def delete(self, keys: Sequence[str]) -> None: ...
 
 
 class LocalStorage:
@@ -84,6 +92,25 @@ class LocalStorage:
         return sorted(
             p.relative_to(self.root).as_posix() for p in base.rglob("*") if p.is_file() and not p.name.endswith(".tmp")
         )
+
+    def stat(self, prefix: str) -> Stats:
+        """`(key, bytes, last modified)` of every object under `prefix`."""
+        out = []
+        for key in self.list(prefix):
+            st = self._path(key).stat()
+            out.append((key, st.st_size, datetime.fromtimestamp(st.st_mtime, UTC)))
+        return out
+
+    def delete(self, keys: Sequence[str]) -> None:
+        """Remove objects (a missing one is no error), then the folders they leave empty."""
+        parents: set[Path] = set()
+        for key in keys:
+            path = self._path(key)
+            path.unlink(missing_ok=True)
+            parents.update(p for p in path.parents if p.is_relative_to(self.root) and p != self.root)
+        for folder in sorted(parents, key=lambda p: len(p.parts), reverse=True):
+            if folder.is_dir() and not any(folder.iterdir()):
+                folder.rmdir()
 
 
 class S3Storage:
@@ -150,6 +177,23 @@ class S3Storage:
         for page in self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=full):
             out += [o["Key"][len(strip) :] for o in page.get("Contents", [])]
         return sorted(out)
+
+    def stat(self, prefix: str) -> Stats:
+        """`(key, bytes, last modified)` of every object under `prefix`."""
+        full = self._key(prefix) if prefix else self.prefix
+        strip = f"{self.prefix}/" if self.prefix else ""
+        out: Stats = []
+        for page in self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=full):
+            out += [(o["Key"][len(strip) :], int(o["Size"]), o["LastModified"]) for o in page.get("Contents", [])]
+        return sorted(out)
+
+    def delete(self, keys: Sequence[str]) -> None:
+        """Remove objects, 1,000 per request (S3's limit); a missing one is no error."""
+        for start in range(0, len(keys), 1000):
+            chunk = [{"Key": self._key(k)} for k in keys[start : start + 1000]]
+            answer = self.client.delete_objects(Bucket=self.bucket, Delete={"Objects": chunk, "Quiet": True})
+            if answer.get("Errors"):
+                raise OSError(f"S3 refused to delete {len(answer['Errors'])} object(s): {answer['Errors'][:3]}")
 
 
 def parse_s3_uri(uri: str) -> tuple[str, str]:

@@ -99,8 +99,15 @@ def test_one_dag_per_spec(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> No
     write_spec(tmp_path, "beta", schedule=None, retries=0)
     monkeypatch.setenv("MLCYCLE_PIPELINES_DIR", str(tmp_path))
     dags = build_dags()
-    assert sorted(dags) == ["alpha_drift", "alpha_lifecycle", "beta_drift", "beta_lifecycle"]
+    assert sorted(dags) == ["alpha_drift", "alpha_lifecycle", "beta_drift", "beta_lifecycle", "mlcycle_retention"]
     assert dags["beta_lifecycle"].get_task("ingest").retries == 0
+    # one retention DAG for the installation: each pipeline's retention step, hourly, one at a time
+    retention = dags["mlcycle_retention"]
+    assert retention.timetable.expression == "0 * * * *"
+    assert [(t.task_id, t.pipeline, t.step) for t in retention.topological_sort()] == [
+        ("retention_alpha", "alpha", "retention"),
+        ("retention_beta", "beta", "retention"),
+    ]
 
 
 def test_a_bad_spec_costs_only_its_own_dags_and_is_an_import_error_naming_it(
@@ -115,7 +122,7 @@ def test_a_bad_spec_costs_only_its_own_dags_and_is_an_import_error_naming_it(
     (tmp_path / "gamma.yaml").write_text("name: gamma\nsource: [unclosed\n")
     monkeypatch.setenv("MLCYCLE_PIPELINES_DIR", str(tmp_path))
     bag = DagBag(dag_folder=str(DAGS))
-    assert sorted(bag.dags) == ["alpha_drift", "alpha_lifecycle"]
+    assert sorted(bag.dags) == ["alpha_drift", "alpha_lifecycle", "mlcycle_retention"]
     assert [Path(f).name for f in bag.import_errors] == ["spec_errors.py"]
     error = next(iter(bag.import_errors.values()))
     assert "2 invalid pipeline spec(s)" in error

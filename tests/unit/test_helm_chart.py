@@ -16,7 +16,7 @@ import yaml
 
 from pipelines.cli import main
 from pipelines.core.pod import pod_manifest
-from pipelines.core.settings import Settings
+from pipelines.core.settings import Settings, scoped_environ
 from pipelines.core.spec import load_spec
 from serving.deploy import serve_config
 from tests.conftest import CHURN_SPEC
@@ -184,6 +184,24 @@ def test_serve_config_v2_is_the_generated_serve_config() -> None:
     assert yaml.safe_load(rayservice["spec"]["serveConfigV2"]) == json.loads(json.dumps(serve_config(specs)))
 
 
+def test_the_retention_settings_reach_every_process_and_step_pod() -> None:
+    data = kinds(render("retention.requestLogDays=3", "retention.runsDays=0"))["ConfigMap/rel-mlcycle-settings"]["data"]
+    values = {k: v for k, v in data.items() if k.startswith("MLCYCLE_RETENTION_")}
+    assert values == {
+        "MLCYCLE_RETENTION_REQUEST_LOG_DAYS": "3",
+        "MLCYCLE_RETENTION_LABELS_DAYS": "90",
+        "MLCYCLE_RETENTION_RUNS_DAYS": "0",
+        "MLCYCLE_RETENTION_PARTITIONS_AHEAD": "7",
+    }
+    with scoped_environ(values):
+        assert Settings().retention.model_dump() == {
+            "request_log_days": 3,
+            "labels_days": 90,
+            "runs_days": 0,
+            "partitions_ahead": 7,
+        }
+
+
 @pytest.mark.parametrize(
     ("setting", "message"),
     [
@@ -200,6 +218,7 @@ def test_serve_config_v2_is_the_generated_serve_config() -> None:
             "serving.gpuWorkers: replicas (3) is outside minReplicas..maxReplicas (0..2)",
         ),
         ("images.pullSecrets[0]=Not_A_Name", "/images/pullSecrets/0"),
+        ("retention.runsDays=-1", "/retention/runsDays"),
     ],
 )
 def test_bad_values_are_refused_by_helm(setting: str, message: str) -> None:

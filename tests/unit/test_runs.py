@@ -113,3 +113,17 @@ def test_an_auto_search_is_summarised_by_its_winning_family_and_each_family() ->
     assert summary["families"] == (
         "linear 5 trials best 0.8211 in 3s; lightgbm 6 trials best 0.8432 in 21s; tabular_mlp 1 trials best - in 7s"
     )
+
+
+def test_a_retention_run_says_what_it_removed_per_kind() -> None:
+    out = {
+        "request_log": {"partitions_dropped": ["2026-11-01", "2026-11-02"], "partitions_created": ["2026-12-13"]}
+        | {"rows": 120, "bytes": 81920},
+        "labels": {"rows": 3, "bytes": 150, "kept_from": "2026-09-07T17:00:00+00:00"},
+        "runs": {"folders": 1, "objects": 3, "bytes": 4096},
+    }
+    assert outputs_summary("retention", out) == [
+        ("request log", "2 day partition(s) dropped, 120 rows, 81920 bytes; 1 made"),
+        ("labels", "3 rows, 150 bytes (kept from 2026-09-07T17:00:00+00:00)"),
+        ("runs", "1 folder(s), 3 objects, 4096 bytes"),
+    ]
