@@ -16,7 +16,9 @@ HAProxy ingress, throughput-optimized, one hop). `--variants` adds the levers sw
 at a time. Last, the load-during-canary figure: 64 connections while the weights walk 5 -> 25 ->
 50 -> 100 % and then roll back. Then overload: 64, 256 and 512 connections against the replica's
 bound of 128 requests: answered req/s, the share shed with 503 + Retry-After, the admitted
-requests' p99. Servers listen on 127.0.0.1 and are stopped afterwards.
+requests' p99. Last, autoscaling: 64 connections against one fixed ingress replica, then against the
+autoscaling ingress (1 to 4 replicas) once Serve has grown it, in the same Ray (`--autoscaling-only`:
+that figure alone). Servers listen on 127.0.0.1 and are stopped afterwards.
 """
 
 from __future__ import annotations
@@ -36,12 +38,13 @@ import httpx
 from common import bench_state, free_port, train_champion
 
 from pipelines.core.settings import Settings, scoped_environ, spec_for
+from pipelines.core.spec import Autoscaling
 from pipelines.core.system import executable, stop_processes
 from pipelines.io.registry import load_onnx_model, model_name, seal_version
 from pipelines.io.storage import open_storage, read_parquet
 from pipelines.io.tracking import mlflow_uri, setup_mlflow
 from serving.config import VersionConfig
-from serving.deploy import connect, deploy, endpoint, serve_env, serving_args, wait_direct_route
+from serving.deploy import connect, deploy, endpoint, running_replicas, serve_env, serving_args, wait_direct_route
 from serving.telemetry import FLUSH_EVERY_S
 from tests import loadgen
 
@@ -130,6 +133,7 @@ def main() -> None:
     parser.add_argument("--json", type=Path, help="write the measurements here, a JSON list")
     parser.add_argument("--variants", action="store_true", help="also our endpoint with each lever off")
     parser.add_argument("--overload-only", action="store_true", help="only our endpoint's overload figures")
+    parser.add_argument("--autoscaling-only", action="store_true", help="only the 1 replica / autoscaling figures")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     loadgen.wrk_binary()
@@ -137,8 +141,8 @@ def main() -> None:
         took = train_champion(settings, PIPELINE)
         print(f"setup (lifecycle to a registered ONNX model): {took:.0f}s")
         with scoped_environ({**settings.pod_env(), "MLCYCLE_SERVING_API_KEYS": KEY}):
-            if args.overload_only:
-                results = overload_only(settings)
+            if args.overload_only or args.autoscaling_only:
+                results = one_scenario(settings, overload if args.overload_only else autoscaling)
             else:
                 results = run_all(settings, measurer(args.levels, args.seconds), args.variants)
     report(results, args.levels)
@@ -180,7 +184,7 @@ def run_all(settings: Settings, measure: Callable[..., list[dict[str, Any]]], va
             ("mlcycle, batches of 1", {}, {"max_batch_size": 1}),
         ]
     for name, env_over, args_over in configs:
-        with ray_serve(settings, env_over) as (url, _):
+        with ray_serve(settings, env_over) as (url, served):
             spec = spec_for(settings, PIPELINE)
             one = [VersionConfig(version=1, weight=100)]
             deploy(serving_args(spec, one, model_name(PIPELINE), **args_over))
@@ -190,17 +194,19 @@ def run_all(settings: Settings, measure: Callable[..., list[dict[str, Any]]], va
                 results += measure(name, url + "/predict", ours_bodies(ids, None), "online_features")
                 results.append(canary_under_load(settings, url, ours_bodies(ids, rows)))
                 results += overload(settings, url, ours_bodies(ids, rows))
+                results += autoscaling(served, url, ours_bodies(ids, rows))
     return results
 
 
-def overload_only(settings: Settings) -> list[dict[str, Any]]:
+def one_scenario(settings: Settings, scenario: Callable[..., list[dict[str, Any]]]) -> list[dict[str, Any]]:
+    """One of our endpoint's figures alone (`overload`, `autoscaling`), on a Ray of its own."""
     ids, rows = sample_rows(settings)
     with ray_serve(settings, {}) as (url, served):
         deploy(serving_args(spec_for(settings, PIPELINE), [VersionConfig(version=1, weight=100)], model_name(PIPELINE)))
         wait_http(url + "/readyz")
         wait_direct_route(served, PIPELINE)  # the ports of the bench's own Ray
         loadgen.run(url + "/predict", ours_bodies(ids, rows), {"x-api-key": KEY}, 1, 2)  # warm up
-        return overload(settings, url, ours_bodies(ids, rows))
+        return scenario(served, url, ours_bodies(ids, rows))
 
 
 @contextmanager
@@ -296,6 +302,42 @@ def overload(settings: Settings, url: str, bodies: list[str], seconds: float = 6
     return out
 
 
+AUTOSCALING = Autoscaling(
+    min_replicas=1, max_replicas=4, target_ongoing_requests=16, upscale_delay_s=1, downscale_delay_s=5
+)
+RAMP_S = 60
+"""How long wrk loads the autoscaling ingress before it is measured: Serve's replicas report their
+load every 10 s and average it over 30 s, and a new replica loads its model first."""
+
+
+def autoscaling(
+    settings: Settings, url: str, bodies: list[str], seconds: float = 10.0, connections: int = 64
+) -> list[dict[str, Any]]:
+    """`connections` against one fixed ingress replica, then against the autoscaling ingress
+    (`AUTOSCALING`) after `RAMP_S` of the same load grew it: req/s and p99 of each, and the
+    replicas running while it was measured."""
+    args = serving_args(spec_for(settings, PIPELINE), [VersionConfig(version=1, weight=100)], model_name(PIPELINE))
+    out = []
+    for label, auto in (("1", None), ("auto", AUTOSCALING)):
+        deploy(args.model_copy(update={"replicas": 1, "autoscaling": auto}))
+        wait_direct_route(settings, PIPELINE)
+        if auto is not None:
+            loadgen.run(url + "/predict", bodies, {"x-api-key": KEY}, connections, RAMP_S)
+        grown = running_replicas(PIPELINE)
+        r = loadgen.run(url + "/predict", bodies, {"x-api-key": KEY}, connections, seconds)
+        replicas = min(grown, running_replicas(PIPELINE))
+        out.append(
+            {"scenario": "autoscaling", "server": "mlcycle", "replicas": label, "running": replicas, **r.as_dict()}
+        )
+        print(
+            f"  autoscaling replicas={label:<4} ({replicas} running) c={connections}: {r.rps:8.1f} req/s,"
+            f" p99 {r.p99_ms:.1f} ms, non-2xx {r.non_2xx}, socket errors {r.socket_errors}",
+            flush=True,
+        )
+    deploy(args)  # back to the spec's fixed replicas
+    return out
+
+
 def report(results: list[dict[str, Any]], levels: list[int]) -> None:
     def find(server: str, scenario: str, c: int) -> dict[str, Any] | None:
         return next(
@@ -308,7 +350,7 @@ def report(results: list[dict[str, Any]], levels: list[int]) -> None:
         f" {'x bare':>7} {'x mlflow':>8} {'p99 x mlflow':>12}"
     )
     for r in results:
-        if r["scenario"] in ("canary_walk", "overload"):
+        if r["scenario"] in ("canary_walk", "overload", "autoscaling"):
             continue
         bare, mlf = (
             find("bare", "request_features", r["connections"]),
@@ -344,6 +386,13 @@ def report(results: list[dict[str, Any]], levels: list[int]) -> None:
                 f" shed {r['shed_share']:.1%}, admitted p99 {r['admitted_p99_ms']} ms (x {p99:.2f})"
             )
         print(f"  max sustained (answered) req/s: {max(r['answered_rps'] for r in shed):.1f}")
+    scaled = {r["replicas"]: r for r in results if r["scenario"] == "autoscaling"}
+    if {"1", "auto"} <= set(scaled):
+        one, auto = scaled["1"], scaled["auto"]
+        print(
+            f"\nautoscaling at {auto['connections']} connections ({auto['running']} replicas running) vs 1 replica:"
+            f" req/s x {auto['rps'] / one['rps']:.2f}, p99 x {auto['p99_ms'] / one['p99_ms']:.2f}"
+        )
 
 
 if __name__ == "__main__":

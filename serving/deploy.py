@@ -218,6 +218,17 @@ def undeploy(pipeline: str) -> None:
     serve.delete(pipeline)
 
 
+def running_replicas(pipeline: str, deployment: str = "ingress") -> int:
+    """How many replicas of the application's deployment Serve runs now (`serve.status()`): the
+    count its autoscaler reached, or 0 where the application or deployment is not there."""
+    from ray import serve
+
+    app = serve.status().applications.get(pipeline)
+    if app is None or deployment not in app.deployments:
+        return 0
+    return int(app.deployments[deployment].replica_states.get("RUNNING", 0))  # type: ignore[call-overload]
+
+
 def wait_direct_route(settings: Settings, pipeline: str, timeout_s: float = 60) -> int:
     """Wait until HAProxy (Serve's ingress) routes the application straight to a replica, not
     through its backup (the Serve proxy), and return how many replicas it routes to. A deployment
