@@ -396,7 +396,7 @@ class Recorder:
             return 0
         try:
             await asyncio.to_thread(self.log.write, batch, vectors)
-        except Exception:
+        except BaseException:  # a failure, or a flush cancelled (a replica's bounded close): kept
             self.log.pending = batch + self.log.pending
             self.log.vectors = vectors + self.log.vectors
             raise
