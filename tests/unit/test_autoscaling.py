@@ -42,6 +42,9 @@ def test_min_above_max_is_refused_with_both_numbers() -> None:
         _spec(autoscaling={**AUTO, "min_replicas": 0})
     with pytest.raises(ValidationError):
         _spec(autoscaling={**AUTO, "target_ongoing_requests": 0})
+    with pytest.raises(ValidationError) as err:  # a replica sheds before it would reach the target
+        _spec(autoscaling={**AUTO, "target_ongoing_requests": 64}, max_concurrent_requests=64)
+    assert "target_ongoing_requests (64) must be below max_concurrent_requests (64)" in str(err.value)
 
 
 def test_the_spec_maps_to_serves_own_autoscaling_config() -> None:

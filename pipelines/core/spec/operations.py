@@ -245,8 +245,7 @@ class Autoscaling(Model):
         gt=0.0,
         le=4096.0,
         description="requests a replica should hold at once (being answered or waiting for their batch); above "
-        "it Serve adds replicas, below it removes them. Keep it under `max_concurrent_requests`, where a replica "
-        "starts to shed",
+        "it Serve adds replicas, below it removes them; below `max_concurrent_requests`, where a replica sheds",
     )
     upscale_delay_s: float = Field(
         default=30.0, ge=0.0, le=3600.0, description="how long the load must stay above the target before Serve adds"
@@ -315,6 +314,17 @@ class Serving(Model):
         "naming the field; `score` scores it as a category the model never saw and flags the logged row "
         "(`off_contract`), so feedback never trains on it",
     )
+
+    @model_validator(mode="after")
+    def _target_below_the_bound(self) -> Serving:
+        auto = self.autoscaling
+        if auto is not None and auto.target_ongoing_requests >= self.max_concurrent_requests:
+            raise ValueError(
+                f"serving.autoscaling.target_ongoing_requests ({auto.target_ongoing_requests:g}) must be below "
+                f"max_concurrent_requests ({self.max_concurrent_requests}): a replica sheds at that bound, so the "
+                "load would never reach the target and Serve would never add a replica"
+            )
+        return self
 
     @model_validator(mode="before")
     @classmethod
