@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 from ray.serve.config import AutoscalingConfig
+from ray.serve.schema import ServeDeploySchema
 
 from pipelines.core.spec import PipelineSpec
 from serving.app import build_app
@@ -91,3 +92,7 @@ def test_the_serve_config_names_the_ingress_autoscaling_only_where_the_spec_asks
         auto.serving.autoscaling)}]  # type: ignore[arg-type]  # fmt: skip
     assert apps["churn"]["args"]["autoscaling"]["max_replicas"] == 5  # what build_app maps
     assert "deployments" not in apps["fixed"] and apps["fixed"]["args"]["autoscaling"] is None
+    # `serve deploy` (the Compose stack's head) and a RayService take it: Serve's own schema reads it
+    parsed = ServeDeploySchema.model_validate(serve_config([auto, fixed]))
+    (ingress,) = next(a for a in parsed.applications if a.name == "churn").deployments
+    assert (ingress.name, ingress.autoscaling_config["max_replicas"]) == ("ingress", 5)
