@@ -16,10 +16,12 @@ HAProxy ingress, throughput-optimized, one hop). `--variants` adds the levers sw
 at a time. Last, the load-during-canary figure: 64 connections while the weights walk 5 -> 25 ->
 50 -> 100 % and then roll back. Then overload: 64, 256 and 512 connections against the replica's
 bound of 128 requests: answered req/s, the share shed with 503 + Retry-After, the admitted
-requests' p99. Servers listen on 127.0.0.1 and are stopped afterwards. Last, the request log's
-bytes on disk per 1M logged requests (table, indexes, TOAST of its day partitions): synthetic rows
-of the churn contract written through the serving path's writer, extrapolated
-(`--request-log-only` measures only that, without training a model).
+requests' p99. Then autoscaling: 64 connections against one fixed ingress replica, then against the
+autoscaling ingress (1 to 4 replicas) once Serve has grown it, in the same Ray (`--autoscaling-only`:
+that figure alone). Last, the request log's bytes on disk per 1M logged requests (table, indexes,
+TOAST of its day partitions): synthetic rows of the churn contract written through the serving
+path's writer, extrapolated (`--request-log-only` measures only that, without training a model).
+Servers listen on 127.0.0.1 and are stopped afterwards.
 """
 
 from __future__ import annotations
@@ -39,12 +41,13 @@ import httpx
 from common import bench_state, free_port, train_champion
 
 from pipelines.core.settings import Settings, scoped_environ, spec_for
+from pipelines.core.spec import Autoscaling
 from pipelines.core.system import executable, stop_processes
 from pipelines.io.registry import load_onnx_model, model_name, seal_version
 from pipelines.io.storage import open_storage, read_parquet
 from pipelines.io.tracking import mlflow_uri, setup_mlflow
 from serving.config import VersionConfig
-from serving.deploy import connect, deploy, endpoint, serve_env, serving_args, wait_direct_route
+from serving.deploy import connect, deploy, endpoint, running_replicas, serve_env, serving_args, wait_direct_route
 from serving.telemetry import FLUSH_EVERY_S
 from tests import loadgen
 
@@ -135,6 +138,7 @@ def main() -> None:
     parser.add_argument("--overload-only", action="store_true", help="only our endpoint's overload figures")
     parser.add_argument("--request-log-only", action="store_true", help="only the request log's bytes per 1M")
     parser.add_argument("--log-rows", type=int, default=200_000, help="rows written to measure the request log")
+    parser.add_argument("--autoscaling-only", action="store_true", help="only the 1 replica / autoscaling figures")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     if args.request_log_only:
@@ -148,8 +152,8 @@ def main() -> None:
         took = train_champion(settings, PIPELINE)
         print(f"setup (lifecycle to a registered ONNX model): {took:.0f}s")
         with scoped_environ({**settings.pod_env(), "MLCYCLE_SERVING_API_KEYS": KEY}):
-            if args.overload_only:
-                results = overload_only(settings)
+            if args.overload_only or args.autoscaling_only:
+                results = one_scenario(settings, overload if args.overload_only else autoscaling)
             else:
                 results = run_all(settings, measurer(args.levels, args.seconds), args.variants)
     report(results, args.levels)
@@ -191,7 +195,7 @@ def run_all(settings: Settings, measure: Callable[..., list[dict[str, Any]]], va
             ("mlcycle, batches of 1", {}, {"max_batch_size": 1}),
         ]
     for name, env_over, args_over in configs:
-        with ray_serve(settings, env_over) as (url, _):
+        with ray_serve(settings, env_over) as (url, served):
             spec = spec_for(settings, PIPELINE)
             one = [VersionConfig(version=1, weight=100)]
             deploy(serving_args(spec, one, model_name(PIPELINE), **args_over))
@@ -201,6 +205,7 @@ def run_all(settings: Settings, measure: Callable[..., list[dict[str, Any]]], va
                 results += measure(name, url + "/predict", ours_bodies(ids, None), "online_features")
                 results.append(canary_under_load(settings, url, ours_bodies(ids, rows)))
                 results += overload(settings, url, ours_bodies(ids, rows))
+                results += autoscaling(served, url, ours_bodies(ids, rows))
     results.append(request_log_size(settings))
     return results
 
@@ -265,14 +270,15 @@ def request_log_size(settings: Settings, rows: int = 200_000, batch: int = 5_000
     return {"scenario": "request_log", "bytes_per_million": per_million, "rows": rows}
 
 
-def overload_only(settings: Settings) -> list[dict[str, Any]]:
+def one_scenario(settings: Settings, scenario: Callable[..., list[dict[str, Any]]]) -> list[dict[str, Any]]:
+    """One of our endpoint's figures alone (`overload`, `autoscaling`), on a Ray of its own."""
     ids, rows = sample_rows(settings)
     with ray_serve(settings, {}) as (url, served):
         deploy(serving_args(spec_for(settings, PIPELINE), [VersionConfig(version=1, weight=100)], model_name(PIPELINE)))
         wait_http(url + "/readyz")
         wait_direct_route(served, PIPELINE)  # the ports of the bench's own Ray
         loadgen.run(url + "/predict", ours_bodies(ids, rows), {"x-api-key": KEY}, 1, 2)  # warm up
-        return overload(settings, url, ours_bodies(ids, rows))
+        return scenario(served, url, ours_bodies(ids, rows))
 
 
 @contextmanager
@@ -368,6 +374,50 @@ def overload(settings: Settings, url: str, bodies: list[str], seconds: float = 6
     return out
 
 
+AUTOSCALING = Autoscaling(
+    min_replicas=1, max_replicas=4, target_ongoing_requests=16, upscale_delay_s=1, downscale_delay_s=5
+)
+RAMP_MAX_S = 240
+"""The longest wrk loads the autoscaling ingress before it is measured (until `max_replicas` run):
+Serve sees the load within ~15 s, and a new replica loads its model first (over a minute on a
+loaded 2-core host)."""
+
+
+def autoscaling(
+    settings: Settings, url: str, bodies: list[str], seconds: float = 10.0, connections: int = 64
+) -> list[dict[str, Any]]:
+    """`connections` against one fixed ingress replica, then against the autoscaling ingress
+    (`AUTOSCALING`) once the same load grew it to `max_replicas` (at most `RAMP_MAX_S`): req/s and
+    p99 of each, and the replicas running while it was measured."""
+    args = serving_args(spec_for(settings, PIPELINE), [VersionConfig(version=1, weight=100)], model_name(PIPELINE))
+    out = []
+    for label, auto in (("1", None), ("auto", AUTOSCALING)):
+        deploy(args.model_copy(update={"replicas": 1, "autoscaling": auto}))
+        wait_direct_route(settings, PIPELINE)
+        if auto is not None:
+            proc, work = loadgen.start(url + "/predict", bodies, {"x-api-key": KEY}, connections, RAMP_MAX_S)
+            began = time.monotonic()
+            while running_replicas(PIPELINE) < auto.max_replicas and time.monotonic() - began < RAMP_MAX_S - 10:
+                time.sleep(1)
+            loadgen.stop(proc, work, connections)
+            print(
+                f"  autoscaling: {running_replicas(PIPELINE)} replicas after {time.monotonic() - began:.0f} s of load"
+            )
+        grown = running_replicas(PIPELINE)
+        r = loadgen.run(url + "/predict", bodies, {"x-api-key": KEY}, connections, seconds)
+        replicas = min(grown, running_replicas(PIPELINE))
+        out.append(
+            {"scenario": "autoscaling", "server": "mlcycle", "replicas": label, "running": replicas, **r.as_dict()}
+        )
+        print(
+            f"  autoscaling replicas={label:<4} ({replicas} running) c={connections}: {r.rps:8.1f} req/s,"
+            f" p99 {r.p99_ms:.1f} ms, non-2xx {r.non_2xx}, socket errors {r.socket_errors}",
+            flush=True,
+        )
+    deploy(args)  # back to the spec's fixed replicas
+    return out
+
+
 def report(results: list[dict[str, Any]], levels: list[int]) -> None:
     results = [r for r in results if r["scenario"] != "request_log"]  # printed when measured
 
@@ -382,7 +432,7 @@ def report(results: list[dict[str, Any]], levels: list[int]) -> None:
         f" {'x bare':>7} {'x mlflow':>8} {'p99 x mlflow':>12}"
     )
     for r in results:
-        if r["scenario"] in ("canary_walk", "overload"):
+        if r["scenario"] in ("canary_walk", "overload", "autoscaling"):
             continue
         bare, mlf = (
             find("bare", "request_features", r["connections"]),
@@ -418,6 +468,13 @@ def report(results: list[dict[str, Any]], levels: list[int]) -> None:
                 f" shed {r['shed_share']:.1%}, admitted p99 {r['admitted_p99_ms']} ms (x {p99:.2f})"
             )
         print(f"  max sustained (answered) req/s: {max(r['answered_rps'] for r in shed):.1f}")
+    scaled = {r["replicas"]: r for r in results if r["scenario"] == "autoscaling"}
+    if {"1", "auto"} <= set(scaled):
+        one, auto = scaled["1"], scaled["auto"]
+        print(
+            f"\nautoscaling at {auto['connections']} connections ({auto['running']} replicas running) vs 1 replica:"
+            f" req/s x {auto['rps'] / one['rps']:.2f}, p99 x {auto['p99_ms'] / one['p99_ms']:.2f}"
+        )
 
 
 if __name__ == "__main__":

@@ -41,7 +41,7 @@ from pipelines.io.registry import champion_version
 from pipelines.io.requestlog import ab_results
 from pipelines.io.vectors import NotInSpace, SpaceError
 from serving.binds import bind_replica_grpc
-from serving.config import ServingArgs, VersionConfig
+from serving.config import ServingArgs, VersionConfig, replica_options
 from serving.deployments import ModelVersion, actor_resources, deployment_version, online_features, static_contract
 from serving.http import (
     REQUEST_ID_HEADER,
@@ -447,6 +447,10 @@ class Ingress:
         """Write what is pending now (for tests and shutdown); returns the rows written."""
         return await self.recorder.flush()
 
+    async def __del__(self) -> None:
+        """Serve's graceful shutdown of this replica (a scale-down, a restart): its own queue is written first."""
+        await self.recorder.close()
+
 
 def build_app(args: dict[str, Any]) -> Any:
     """The application for `args` (a `ServingArgs` dict): `serve run serving.app:build_app`."""
@@ -458,7 +462,8 @@ def build_app(args: dict[str, Any]) -> Any:
     version = deployment_version(static)
     options: dict[str, Any] = {
         "ray_actor_options": actor_resources(parsed.replica_cpus, parsed.gpus),
-        "num_replicas": parsed.replicas,
+        # fixed, or Serve's autoscaling: not a static key, so a change of either keeps the replicas
+        **replica_options(parsed.replicas, parsed.autoscaling),
         # Serve's per-request access log costs more than it tells: the request log has every request.
         "logging_config": {"enable_access_log": False},
     }

@@ -2,14 +2,35 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from pipelines.core.spec import Serving
+from pipelines.core.spec import Autoscaling, Serving
 
 RETRY_AFTER_S = 1
 """What an overloaded endpoint tells a client to wait (`Retry-After`), from the replica or HAProxy."""
+
+
+def autoscaling_config(autoscaling: Autoscaling) -> dict[str, Any]:
+    """The spec's `serving.autoscaling` as Ray Serve's `autoscaling_config`. No `initial_replicas`:
+    Serve starts at `min_replicas`, and a redeploy (a canary's weight change, which only
+    reconfigures the replicas) keeps the count the autoscaler reached instead of resetting it. Pure."""
+    return {
+        "min_replicas": autoscaling.min_replicas,
+        "max_replicas": autoscaling.max_replicas,
+        "target_ongoing_requests": autoscaling.target_ongoing_requests,
+        "upscale_delay_s": autoscaling.upscale_delay_s,
+        "downscale_delay_s": autoscaling.downscale_delay_s,
+    }
+
+
+def replica_options(replicas: int, autoscaling: Autoscaling | None) -> dict[str, Any]:
+    """How many replicas a deployment runs: Serve's autoscaling where the spec asks for it, else
+    `replicas`, fixed. Pure."""
+    if autoscaling is None:
+        return {"num_replicas": replicas}
+    return {"autoscaling_config": autoscaling_config(autoscaling)}
 
 
 class VersionConfig(BaseModel):

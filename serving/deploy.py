@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 from pipelines.core.errors import ArtifactRefused, SettingsError
 from pipelines.core.settings import load_settings, spec_for
 from pipelines.io.registry import champion_version, model_name, verify_versions
-from serving.config import ServingArgs, VersionConfig
+from serving.config import ServingArgs, VersionConfig, autoscaling_config
 from serving.contract import contract_args, request_contract
 from serving.haproxy import replicas_up
 
@@ -104,20 +104,23 @@ CONNECT_ATTEMPTS = 3
 
 
 def serve_config(specs: list[PipelineSpec]) -> dict[str, Any]:
-    """The Serve config of the pipelines: one application each, versions left to the registry.
-    `serve deploy` takes it as is, and it is the `serveConfigV2` of a KubeRay RayService. Pure."""
+    """The Serve config of the pipelines: one application each, versions left to the registry, and
+    the ingress's `autoscaling_config` where the spec autoscales. `serve deploy` takes it as is, and
+    it is the `serveConfigV2` of a KubeRay RayService. Pure."""
 
     apps = []
     for spec in sorted(specs, key=lambda s: s.name):
         args = serving_args(spec, [], model_name(spec.name))
-        apps.append(
-            {
-                "name": spec.name,
-                "route_prefix": args.route_prefix,
-                "import_path": IMPORT_PATH,
-                "args": args.model_dump(mode="json", exclude={"versions", "canary"}),
-            }
-        )
+        app: dict[str, Any] = {
+            "name": spec.name,
+            "route_prefix": args.route_prefix,
+            "import_path": IMPORT_PATH,
+            "args": args.model_dump(mode="json", exclude={"versions", "canary"}),
+        }
+        if args.autoscaling is not None:
+            # what `build_app` gives the ingress, said where Serve and a RayService's reader look
+            app["deployments"] = [{"name": "ingress", "autoscaling_config": autoscaling_config(args.autoscaling)}]
+        apps.append(app)
     return {"proxy_location": "EveryNode", "applications": apps}
 
 
@@ -213,6 +216,17 @@ def undeploy(pipeline: str) -> None:
     from ray import serve
 
     serve.delete(pipeline)
+
+
+def running_replicas(pipeline: str, deployment: str = "ingress") -> int:
+    """How many replicas of the application's deployment Serve runs now (`serve.status()`): the
+    count its autoscaler reached, or 0 where the application or deployment is not there."""
+    from ray import serve
+
+    app = serve.status().applications.get(pipeline)
+    if app is None or deployment not in app.deployments:
+        return 0
+    return int(app.deployments[deployment].replica_states.get("RUNNING", 0))  # type: ignore[call-overload]
 
 
 def wait_direct_route(settings: Settings, pipeline: str, timeout_s: float = 60) -> int:

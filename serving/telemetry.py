@@ -4,7 +4,9 @@ Requests append rows and counts to memory; one background task flushes them ever
 `FLUSH_EVERY_S`: the rows through one kept connection with COPY (into a temporary table, then
 an `INSERT` that skips a row already in the log (`INSERT_NEW`), so a retried flush never
 duplicates a row), the counts and
-latencies to Ray's metrics (Prometheus), in aggregate.
+latencies to Ray's metrics (Prometheus), in aggregate. Each replica of the ingress (several where
+Serve autoscales) has its own queue, flusher and connection, and its metrics carry Serve's
+`replica` tag; a replica Serve stops (a scale-down) writes what it holds first (`Recorder.close`).
 
 No row can stop the log. A row is made storable before it is queued (`storable_features`: a
 non-finite number becomes null) and checked when it is serialized (`serialize_row`); a batch the
@@ -33,6 +35,8 @@ log = logging.getLogger("mlcycle.serving")
 
 FLUSH_EVERY_S = 0.2
 MAX_PENDING_LOG_ROWS = 100_000
+CLOSE_TIMEOUT_S = 10.0
+"""How long a stopping replica may take to write its queue (within Serve's graceful shutdown, 20 s)."""
 LATENCY_BUCKETS_MS = [1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0, 200.0, 500.0, 1000.0, 2000.0]
 FEATURES = COLUMNS.index("features")
 TEXT_COLUMNS = tuple(COLUMNS.index(c) for c in ("entity_id", "status", "error", "predicted_class", "off_contract"))
@@ -376,6 +380,23 @@ class Recorder:
         except Exception:
             log.exception("metrics export failed")
 
+    async def close(self, timeout_s: float = CLOSE_TIMEOUT_S) -> None:
+        """Before the replica goes (Serve drained it: a scale-down, a restart): the running flush
+        ends, what is left is written and exported, the connection closed. Bounded by `timeout_s`
+        (a database that is down loses the rows still queued, as a killed replica would)."""
+
+        async def drain() -> None:
+            if self.flusher is not None and not self.flusher.done():
+                await self.flusher
+            await self.flush()
+            self._export_metrics()
+
+        try:
+            await asyncio.wait_for(drain(), timeout_s)
+        except Exception:
+            log.exception("request log: %d rows not written before the replica stopped", len(self.log.pending))
+        await asyncio.to_thread(self.log.close)
+
     async def flush(self) -> int:
         """Write what is pending now; on failure the rows go back in front of the queue. Returns
         the rows taken off the queue (written, or dead letters)."""
@@ -385,7 +406,7 @@ class Recorder:
             return 0
         try:
             await asyncio.to_thread(self.log.write, batch, vectors)
-        except Exception:
+        except BaseException:  # a failure, or a flush cancelled (a replica's bounded close): kept
             self.log.pending = batch + self.log.pending
             self.log.vectors = vectors + self.log.vectors
             raise

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import signal
 import subprocess
 import tempfile
 from collections.abc import Sequence
@@ -178,6 +179,13 @@ def finish(proc: subprocess.Popen[str], work: Path, connections: int, seconds: f
     if proc.returncode != 0:
         raise RuntimeError(f"wrk exited with {proc.returncode}:\n{out[-2000:]}")
     return parse(out, connections)
+
+
+def stop(proc: subprocess.Popen[str], work: Path, connections: int) -> Result:
+    """End a wrk that `start` started before its duration (SIGINT: wrk still prints its summary,
+    over the time it ran) and read it."""
+    proc.send_signal(signal.SIGINT)
+    return finish(proc, work, connections, 0)
 
 
 def run(

@@ -3,8 +3,10 @@ duplicates ignored, a lost connection replaced."""
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import json
+import time
 import uuid
 from datetime import UTC, datetime
 
@@ -14,7 +16,7 @@ import pytest
 from pipelines.core.settings import Settings
 from pipelines.io import db
 from serving.records import LogRow
-from serving.telemetry import RequestLog
+from serving.telemetry import Recorder, RequestLog
 
 pytestmark = pytest.mark.integration
 NOTE = 'a tab\there, a quote \' and a "double", a backslash \\'
@@ -77,3 +79,30 @@ def test_rows_the_database_refuses_become_dead_letters_and_the_rest_is_written(p
     assert json.loads(dead[1][2])["entity_id"] == "poison-17"  # the row, to inspect or replay
     assert log.dead == [] and log.dead_letters == 2
     log.close()
+
+
+def test_a_stopping_replica_writes_its_own_queue_and_a_dead_database_does_not_hold_it(platform: Settings) -> None:
+    """`Recorder.close` (Serve's graceful shutdown of an ingress replica, e.g. a scale-down): rows
+    queued while the flusher runs are all written before it returns; against a database that does
+    not answer it gives up within its bound instead of holding the replica."""
+    rid = uuid.uuid4()
+
+    async def stop(recorder: Recorder, timeout_s: float = 10.0) -> None:
+        for n in range(100):
+            recorder.log.add(_row(rid, str(n), "rl_close"))
+        recorder.touch()  # the flusher is running (asleep until its first flush)
+        for n in range(100, 250):
+            recorder.log.add(_row(rid, str(n), "rl_close"))
+        await recorder.close(timeout_s)
+
+    recorder = Recorder("rl_close", lambda: db.database_url(platform), None)
+    asyncio.run(stop(recorder))
+    with db.connect(platform) as conn:
+        ((n,),) = conn.execute("SELECT count(*) FROM inference_requests WHERE request_id = %s", (rid,)).fetchall()
+    assert (n, recorder.log.pending) == (250, [])
+    assert recorder.log._conn is None or recorder.log._conn.closed
+
+    dead = Recorder("rl_close", lambda: "postgresql://nobody@127.0.0.1:9/none?connect_timeout=1", None)
+    began = time.monotonic()
+    asyncio.run(stop(dead, timeout_s=2.0))
+    assert time.monotonic() - began < 8 and len(dead.log.pending) == 250

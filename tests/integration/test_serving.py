@@ -19,11 +19,22 @@ import pandas as pd
 import pytest
 
 from pipelines.core.settings import Settings, scoped_environ, spec_for
+from pipelines.core.spec import Autoscaling
 from pipelines.core.system import executable, private_dir
 from pipelines.io import db, vectors
 from pipelines.io.registry import model_name
 from serving.config import VersionConfig
-from serving.deploy import connect, deploy, endpoint, haproxy_dir, serve_env, serving_args, wait_direct_route
+from serving.deploy import (
+    connect,
+    deploy,
+    endpoint,
+    haproxy_dir,
+    running_replicas,
+    serve_env,
+    serving_args,
+    wait_direct_route,
+)
+from serving.haproxy import replicas_up
 from serving.telemetry import FLUSH_EVERY_S
 from tests import loadgen
 from tests.integration.helpers import SHORT_CANARY, run_through, serving_workspace, small_spec
@@ -676,6 +687,79 @@ def test_overload_is_shed_with_503_and_retry_after_and_the_endpoint_recovers(ser
                 break
             time.sleep(0.2)
         assert after.status_code == 200, (after.status_code, after.headers, after.text)
+
+
+AUTOSCALE_MAX_LOAD_S = 240
+"""The longest wrk loads the autoscaling ingress: Serve sees the load within ~15 s, and a new
+replica loads its model before it runs (65-70 s seen on a loaded 2-core host); wrk is stopped
+once the second replica has served for a few seconds."""
+
+
+def _poll(until: Any, timeout_s: float, every_s: float = 0.5) -> tuple[Any, float]:
+    """`until()` every `every_s` until it is truthy or `timeout_s` passed: its last value and the seconds taken."""
+    began = time.monotonic()
+    while not (value := until()) and time.monotonic() - began < timeout_s:
+        time.sleep(every_s)
+    return value, round(time.monotonic() - began, 1)
+
+
+@pytest.mark.timeout(900)  # the module's fixture (two lifecycle runs) may run in this test's time
+def test_the_ingress_grows_under_load_and_shrinks_after_it_with_no_error(served: Settings) -> None:
+    """The spec's autoscaling (1 to 3 replicas, 4 requests each, up after 1 s, down after 5 s):
+    under 64 connections of wrk Serve starts a second ingress replica, HAProxy routes to both, a
+    weight change keeps them, and after the load Serve stops the extra ones. No answer but 2xx, and
+    every answer is in the request log: each replica writes its own queue, the stopped ones before
+    they go."""
+    auto = Autoscaling(
+        min_replicas=1, max_replicas=3, target_ongoing_requests=4, upscale_delay_s=1, downscale_delay_s=5
+    )
+    args = serving_args(spec_for(served, PIPELINE), [VersionConfig(version=1, weight=100)], model_name(PIPELINE))
+    args = args.model_copy(update={"autoscaling": auto})
+    deploy(args)
+    stats = f"http://127.0.0.1:{served.haproxy_stats_port}/stats;csv"
+    try:
+        assert _poll(lambda: running_replicas(PIPELINE) == 1, 60)[0], "the ingress did not start at min_replicas"
+        wait_direct_route(served, PIPELINE)
+        with db.connect(served) as conn:
+            (began,) = conn.execute("SELECT now()").fetchone()
+        bodies = [json.dumps({"instances": [{"entity_id": i}]}) for i in range(1, 501)]
+        url = endpoint(served, PIPELINE) + "/predict"
+        proc, work = loadgen.start(url, bodies, {"x-api-key": KEY}, connections=64, seconds=AUTOSCALE_MAX_LOAD_S)
+        try:
+            grown, grow_s = _poll(lambda: running_replicas(PIPELINE) >= 2, AUTOSCALE_MAX_LOAD_S - 60)
+            routed, _ = _poll(lambda: replicas_up(httpx.get(stats, timeout=5).text, PIPELINE) >= 2, 20)
+            # a canary's weight change while grown reconfigures the replicas in place: none restarts
+            # and the autoscaler's count stands (Serve would reset it to an `initial_replicas`)
+            two = [VersionConfig(version=1, weight=100), VersionConfig(version=2, weight=0)]
+            deploy(args.model_copy(update={"versions": two}))
+            kept = []
+            for _ in range(10):  # 5 s more of load on the grown ingress
+                kept.append(running_replicas(PIPELINE))
+                time.sleep(0.5)
+        finally:
+            result = loadgen.stop(proc, work, 64)
+        shrunk, shrink_s = _poll(lambda: running_replicas(PIPELINE) == 1, 150, every_s=1)
+        print(f"autoscaling: 2 replicas running after {grow_s} s of load (then {kept}), 1 again {shrink_s} s after it")
+        print(f"autoscaling: {result}")
+        assert grown, f"still {running_replicas(PIPELINE)} replica(s) after {grow_s} s of 64 connections"
+        assert routed, "HAProxy never routed to a second replica"
+        assert min(kept) >= 2, f"a weight change took the ingress back to {kept} replicas"
+        assert shrunk, f"still {running_replicas(PIPELINE)} replicas {shrink_s} s after the load"
+        assert result.requests > 500 and (result.non_2xx, result.socket_errors) == (0, 0), result
+        # every answer logged, the stopped replicas' too (wrk does not count the answers in
+        # flight when it stops, at most one a connection)
+        _poll(lambda: _logged_since(served, began) >= result.requests, 15)
+        count = _logged_since(served, began)
+        assert result.requests <= count <= result.requests + 64, (count, result)
+    finally:
+        _deploy(served, {1: 100})  # the fixed replica the other tests expect
+
+
+def _logged_since(settings: Settings, began: Any) -> int:
+    ((n,),) = _log_rows(
+        settings, "SELECT count(*) FROM inference_requests WHERE pipeline = %s AND created_at >= %s", PIPELINE, began
+    )
+    return int(n)
 
 
 def test_haproxy_bounds_each_replica_by_its_spec_and_sheds_before_the_replica_sees_it(served: Settings) -> None:

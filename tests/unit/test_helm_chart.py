@@ -328,3 +328,18 @@ def test_airflow_values_follow_the_release_the_secret_and_the_namespace() -> Non
     assert values["workers"]["serviceAccount"]["name"] in [s["name"] for s in binding["subjects"]]
     assert values["registry"] == {"secretName": "regcred"}
     assert values["images"]["airflow"]["repository"] == "mlcycle-airflow"
+
+
+def test_the_rayservice_carries_the_ingress_autoscaling_of_an_autoscaling_pipeline() -> None:
+    """The bundled wine pipeline autoscales: the RayService's serve config gives its ingress
+    Serve's `autoscaling_config` (KubeRay's autoscaler then adds the workers the replicas need)."""
+    from serving.config import autoscaling_config
+
+    cluster = next(d for d in render() if d["kind"] == "RayService")["spec"]
+    apps = {a["name"]: a for a in yaml.safe_load(cluster["serveConfigV2"])["applications"]}
+    wine = load_spec(PROJECT / "include" / "pipelines" / "wine.yaml").serving.autoscaling
+    assert wine is not None
+    (ingress,) = apps["wine"]["deployments"]
+    assert ingress == {"name": "ingress", "autoscaling_config": autoscaling_config(wine)}
+    assert ingress["autoscaling_config"]["max_replicas"] > ingress["autoscaling_config"]["min_replicas"]
+    assert cluster["rayClusterConfig"]["enableInTreeAutoscaling"] is True

@@ -54,6 +54,7 @@ from pipelines.core.spec.model import (
     hidden_widths,
 )
 from pipelines.core.spec.operations import (
+    Autoscaling,
     Canary,
     Drift,
     Embeddings,
@@ -83,6 +84,7 @@ __all__ = [
     "STEP_NAMES",
     "TASK_DEFAULTS",
     "TASK_METRICS",
+    "Autoscaling",
     "Canary",
     "CategoricalParam",
     "ColumnContract",

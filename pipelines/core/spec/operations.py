@@ -226,6 +226,47 @@ class Canary(Model):
         return v
 
 
+class Autoscaling(Model):
+    """Ray Serve's autoscaling of the application's deployments (the ingress, and each version's where
+    `version_deployments` is on): Serve adds a replica while the replicas hold more than
+    `target_ongoing_requests` each, and removes one while they hold fewer; on a cluster, KubeRay's
+    autoscaler adds the Ray workers the replicas need."""
+
+    min_replicas: int = Field(
+        default=1,
+        ge=1,
+        le=64,
+        description="replicas kept when idle, and started with (at least 1: HAProxy routes to a replica, so "
+        "there is no scale to zero)",
+    )
+    max_replicas: int = Field(default=4, ge=1, le=64, description="the most replicas Serve starts under load")
+    target_ongoing_requests: float = Field(
+        default=16.0,
+        gt=0.0,
+        le=4096.0,
+        description="requests a replica should hold at once (being answered or waiting for their batch); above "
+        "it Serve adds replicas, below it removes them; below `max_concurrent_requests`, where a replica sheds",
+    )
+    upscale_delay_s: float = Field(
+        default=30.0, ge=0.0, le=3600.0, description="how long the load must stay above the target before Serve adds"
+    )
+    downscale_delay_s: float = Field(
+        default=600.0,
+        ge=0.0,
+        le=86400.0,
+        description="how long the load must stay below the target before Serve removes a replica",
+    )
+
+    @model_validator(mode="after")
+    def _bounds(self) -> Autoscaling:
+        if self.min_replicas > self.max_replicas:
+            raise ValueError(
+                f"serving.autoscaling: min_replicas ({self.min_replicas}) is above max_replicas "
+                f"({self.max_replicas}); make max_replicas at least min_replicas"
+            )
+        return self
+
+
 class Serving(Model):
     """Ray Serve settings of the pipeline's application."""
 
@@ -247,7 +288,15 @@ class Serving(Model):
         description="requests a replica holds at once (being answered or waiting for their batch); past it "
         "the endpoint answers 503 with Retry-After at once instead of queueing without bound",
     )
-    replicas: int = Field(default=1, ge=1, description="Serve replicas of the application's deployments")
+    replicas: int = Field(
+        default=1,
+        ge=1,
+        description="Serve replicas of the application's deployments, fixed; ignored where `autoscaling` is set",
+    )
+    autoscaling: Autoscaling | None = Field(
+        default=None,
+        description="Serve's autoscaling of the replicas between a minimum and a maximum; absent: `replicas`, fixed",
+    )
     gpus: float = Field(
         default=0.0,
         ge=0.0,
@@ -265,6 +314,17 @@ class Serving(Model):
         "naming the field; `score` scores it as a category the model never saw and flags the logged row "
         "(`off_contract`), so feedback never trains on it",
     )
+
+    @model_validator(mode="after")
+    def _target_below_the_bound(self) -> Serving:
+        auto = self.autoscaling
+        if auto is not None and auto.target_ongoing_requests >= self.max_concurrent_requests:
+            raise ValueError(
+                f"serving.autoscaling.target_ongoing_requests ({auto.target_ongoing_requests:g}) must be below "
+                f"max_concurrent_requests ({self.max_concurrent_requests}): a replica sheds at that bound, so the "
+                "load would never reach the target and Serve would never add a replica"
+            )
+        return self
 
     @model_validator(mode="before")
     @classmethod
