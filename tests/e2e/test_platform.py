@@ -775,30 +775,40 @@ def test_a_manual_approval_waits_for_a_reviewer_whose_approval_promotes_and_whos
     assert "| roc_auc | champion v1 | challenger |" in form.find_element(By.TAG_NAME, "pre").text
     form.find_element(By.NAME, "reason").send_keys("reviewed on the page")
     full_page_screenshot(browser, ARTIFACTS / "approval-waiting.png")
-    # the canary walks only on live traffic: wrk, gently, until the run ends (bounded)
+    # live traffic from wrk, gently, through the canary and the rollback (bounded: SIGINT, 400 s at most)
     key = (Path(up["MLCYCLE_STATE_DIR"]) / "serving-api-key").read_text().strip()
-    url = f"http://127.0.0.1:{up['MLCYCLE_SERVE_PORT']}/v1/pipelines/{GATED}/predict"
+    endpoint = f"http://127.0.0.1:{up['MLCYCLE_SERVE_PORT']}/v1/pipelines/{GATED}"
     bodies = [json.dumps({"instances": [{"entity_id": e}]}) for e in range(1, 51)]
-    proc, work = loadgen.start(url, bodies, {"x-api-key": key}, connections=2, seconds=400, delay_ms=20)
+    proc, work = loadgen.start(
+        f"{endpoint}/predict", bodies, {"x-api-key": key}, connections=2, seconds=400, delay_ms=20
+    )
+
+    def loaded() -> list[int]:
+        return list(httpx.get(f"{endpoint}/readyz", headers={"x-api-key": key}, timeout=30).json()["versions"])
+
     try:
         form.find_element(By.CSS_SELECTOR, "button[data-decision=approve]").click()
         output = form.find_element(By.TAG_NAME, "output")
         wait_for(lambda: output.text == "approved by admin", f"the page's approval was not taken: {output.text!r}")
         assert finished(third) == ("success", "success", "success")
+        promoted = champion()
+        assert promoted is not None and promoted > 1
+
+        # ... and the Roll back button: the champion before it is restored, and served alone
+        browser.get(page)
+        steer = browser.find_element(By.CSS_SELECTOR, "form[data-steer]")
+        assert browser.find_element(By.CSS_SELECTOR, "[data-alias=champion]").text.startswith(f"champion\nv{promoted} ")
+        steer.find_element(By.NAME, "reason").send_keys("page rollback drill")
+        clicked = time.monotonic()
+        steer.find_element(By.CSS_SELECTOR, "button[value=rollback]").click()
+        wait_for(lambda: champion() == 1, "the page's Roll back did not restore v1", 120)
+        wait_for(lambda: loaded() == [1], "Serve did not serve v1 alone after the page's rollback", 120)
+        print(f"page rollback: click to v1 served alone in {time.monotonic() - clicked:.1f} s")
     finally:
         proc.send_signal(signal.SIGINT)  # wrk prints what it measured and ends
     load = loadgen.finish(proc, work, 2, 0)
     assert load.requests > 0 and load.non_2xx == 0 and load.socket_errors == 0, load
-    promoted = champion()
-    assert promoted is not None and promoted > 1
-
-    # ... and the Roll back button: the champion before it is restored
-    browser.get(page)
-    steer = browser.find_element(By.CSS_SELECTOR, "form[data-steer]")
-    assert browser.find_element(By.CSS_SELECTOR, "[data-alias=champion]").text.startswith(f"champion\nv{promoted} ")
-    steer.find_element(By.NAME, "reason").send_keys("page rollback drill")
-    steer.find_element(By.CSS_SELECTOR, "button[value=rollback]").click()
-    wait_for(lambda: champion() == 1, "the page's Roll back did not restore v1", 120)
+    print(f"wrk through the canary and the rollback: {load.requests} requests, {load.non_2xx} non-2xx")
     wait_for(  # the page reloads itself after the action
         lambda: browser.find_element(By.CSS_SELECTOR, "[data-alias=champion]").text.startswith("champion\nv1 "),
         "the page did not show the restored champion",
