@@ -14,7 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, Validat
 from pipelines.core.errors import error_body, field_path
 from serving.config import RETRY_AFTER_S
 from serving.contract import Problem, RequestContract, entity_problem
-from serving.records import Instance, Refused
+from serving.records import Instance, Refused, Served
 from serving.router import version_for
 
 
@@ -171,3 +171,8 @@ async def read_limited(chunks: AsyncIterator[bytes], limit: int) -> bytes | None
         if len(body) > limit:
             return None
     return bytes(body)
+
+
+def v1_answer(request_id: uuid.UUID, served: list[Served]) -> dict[str, Any]:
+    """The body of a `/v1` predict's answer. Pure."""
+    return {"request_id": str(request_id), "predictions": [s.answer() for s in served]}
