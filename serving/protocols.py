@@ -23,7 +23,7 @@ from fastapi.responses import JSONResponse, Response
 from pipelines.core.settings import Settings, spec_for
 from serving.config import ServingArgs
 from serving.contract import RequestContract
-from serving.http import InstanceBody, PredictRequest, judge_instances
+from serving.http import InstanceBody, PredictRequest, error, invalid, judge_instances
 from serving.mlflow_formats import invocation_rows, mlflow_error, predictions
 from serving.oip import ModelShape, ProtocolError, Rows, infer_response, infer_rows, model_metadata, model_shape
 from serving.oip import protocol_error as oip_error
@@ -72,17 +72,18 @@ class ProtocolRoutes:
             self._shape = model_shape(spec_for(self.settings, self.static["pipeline"]), self.contract.rules)
         return self._shape
 
-    def _parser(self, rows_of: Callable[[bytes], tuple[Any, Rows]], shape: Shape) -> Parse:
+    def _parser(self, rows_of: Callable[[bytes], tuple[Any, Rows]]) -> Parse:
+        """The body's judged instances, or the refusal in mlcycle's shape (`reshaped` turns it into
+        the protocol's)."""
+
         def parse(raw: bytes, request_id: uuid.UUID) -> list[Instance] | JSONResponse:
             try:
                 _, rows = rows_of(raw)
             except ProtocolError as err:
-                status, body = shape(err.status, {"reason": str(err)})
-                return JSONResponse(body, status_code=status)
+                return error(err.status, "invalid_request", str(err))
             instances = judged(rows, self.contract, request_id)
             if instances and isinstance(instances[0], dict):
-                status, body = shape(422, {"reason": instances[0]["message"], "detail": instances})
-                return JSONResponse(body, status_code=status)
+                return invalid(instances)
             return instances  # type: ignore[return-value]
 
         return parse
@@ -130,7 +131,7 @@ class ProtocolRoutes:
             return infer_response(shape, served, str(request_id), sent[0])
 
         pinned = int(version) if version else None
-        return reshaped(await self.serve_request(request, self._parser(rows_of, oip_error), answer, pinned), oip_error)
+        return reshaped(await self.serve_request(request, self._parser(rows_of), answer, pinned), oip_error)
 
     @router.post("/invocations")
     async def invocations(self, request: Request) -> Response:
@@ -143,7 +144,7 @@ class ProtocolRoutes:
         def rows_of(raw: bytes) -> tuple[Any, Rows]:
             return None, invocation_rows(raw, self.static["entity_key"], self.max_instances())
 
-        parse = self._parser(rows_of, mlflow_error)
+        parse = self._parser(rows_of)
         response = await self.serve_request(request, parse, lambda _, served: predictions(served, classes))
         return reshaped(response, mlflow_error)
 

@@ -215,3 +215,16 @@ def test_haproxy_answers_the_servers_routes_and_sends_a_models_to_its_pipeline()
     assert '{\\"ready\\":true}" if { path /v2/health/ready } { nbsrv(http-churn) ge 1 }' in out
     assert out.index("status 503") > out.index("nbsrv(http-churn)")  # not ready only when no app has a replica up
     assert '\\"version\\":\\"1.2\\"' in out and "{ path /v2/health/live }" in out
+
+
+def test_the_hot_paths_refusals_are_reshaped_into_each_protocol_once() -> None:
+    from serving.http import invalid, overloaded
+    from serving.protocols import reshaped
+
+    refused = invalid([{"field": "instances[0].features.tenure", "message": "tenure: not a number ('x')"}])
+    mlflow = reshaped(refused, mlflow_error)
+    assert mlflow.status_code == 400
+    assert json.loads(bytes(mlflow.body)) == {"error_code": "BAD_REQUEST", "message": "tenure: not a number ('x')"}
+    busy = reshaped(overloaded(4), protocol_error)
+    assert busy.status_code == 503 and busy.headers["retry-after"] == "1"
+    assert "holds 4 requests" in json.loads(bytes(busy.body))["error"]
