@@ -191,6 +191,8 @@ def loads(body: bytes) -> dict[str, Any]:
         raise
     except ValueError as err:
         raise ProtocolError(f"the body is not JSON: {err}") from None
+    except RecursionError:
+        raise ProtocolError("the body is nested too deeply") from None
     if not isinstance(payload, dict):
         raise ProtocolError("the body must be a JSON object")
     return payload

@@ -82,6 +82,7 @@ def test_tensors_are_columns_row_i_is_instance_i() -> None:
         (b'{"inputs": [{"name": "charges", "datatype": "FP64", "shape": [1], "data": [NaN]}]}', "NaN is not a JSON"),
         (b"[1]", "the body must be a JSON object"),
         (b"{", "the body is not JSON"),
+        (b'{"inputs": ' + b"[" * 100_000 + b"]" * 100_000 + b"}", "nested too deeply"),
     ],
 )
 def test_bad_tensors_are_refused_with_a_clear_message(raw: bytes, message: str) -> None:
