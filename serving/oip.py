@@ -116,6 +116,9 @@ def _rows(item: Mapping[str, Any]) -> tuple[str, str, list[Any]]:
 
 def _value(name: str, datatype: str, value: Any) -> Any:
     """One element as the contract judges it (None stays None: the contract decides). Pure."""
+    kind = type(value)  # the common cases decide on the type alone
+    if (kind is float and datatype.startswith("FP")) or (kind is str and datatype == "BYTES"):
+        return value
     if value is None:
         return None
     if datatype == "BYTES":

@@ -23,7 +23,7 @@ from fastapi.responses import JSONResponse, Response
 from pipelines.core.settings import Settings, spec_for
 from serving.config import ServingArgs
 from serving.contract import RequestContract
-from serving.http import InstanceBody, PredictRequest, error, invalid, judge_instances
+from serving.http import error, invalid, judge_rows
 from serving.mlflow_formats import invocation_rows, mlflow_error, predictions
 from serving.oip import ModelShape, ProtocolError, Rows, infer_response, infer_rows, model_metadata, model_shape
 from serving.oip import protocol_error as oip_error
@@ -38,11 +38,7 @@ Shape = Callable[[int, dict[str, Any]], tuple[int, dict[str, str]]]
 def judged(rows: Rows, contract: RequestContract, request_id: uuid.UUID) -> list[Instance] | list[dict[str, str]]:
     """The rows as judged instances, as `/v1` judges its body; a row without an entity id is named
     `<request id>/<row>` (routed and logged under that). Pure."""
-    bodies = [
-        InstanceBody.model_construct(entity_id=f"{request_id}/{i}" if e is None else e, features=f)
-        for i, (e, f) in enumerate(rows)
-    ]
-    return judge_instances(PredictRequest.model_construct(instances=bodies), contract)
+    return judge_rows([(f"{request_id}/{i}" if e is None else e, f) for i, (e, f) in enumerate(rows)], contract)
 
 
 def reshaped(response: Response, shape: Shape) -> Response:
