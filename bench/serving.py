@@ -10,6 +10,8 @@ bare server and against `mlflow models serve` measured in the same run. Scenario
 
   request_features  every feature in the request (serving alone; every server gets the same rows)
   online_features   entity id only, features from the online store (our endpoint only)
+  oip_infer         the request_features rows as Open Inference Protocol tensors, `/v2/models/<p>/infer`
+  mlflow_invocations  the same rows as MLflow's `dataframe_records`, our `/invocations`
 
 `mlcycle` is the endpoint exactly as `make demo` runs it (the embedded head's environment:
 HAProxy ingress, throughput-optimized, one hop). `--variants` adds the levers switched off one
@@ -112,6 +114,24 @@ def mlflow_bodies(rows: Rows) -> list[str]:
     return [json.dumps({"dataframe_records": [{c: typed(v) for c, v in r.items()}]}) for r in rows]
 
 
+def oip_bodies(ids: list[Any], rows: Rows) -> list[str]:
+    """One instance per request, one tensor per feature (the entity id too), as `/v2/.../infer` takes it."""
+
+    def tensor(name: str, value: Any) -> dict[str, Any]:
+        datatype = "BYTES" if isinstance(value, str) else "INT64" if isinstance(value, int) else "FP64"
+        return {"name": name, "datatype": datatype, "shape": [1], "data": [value]}
+
+    return [
+        json.dumps({"inputs": [tensor("entity_id", i), *(tensor(c, v) for c, v in r.items())]})
+        for i, r in zip(ids, rows, strict=True)
+    ]
+
+
+def invocation_bodies(ids: list[Any], rows: Rows) -> list[str]:
+    """One row per request in MLflow's `dataframe_records`, with its entity id, as `/invocations` takes it."""
+    return [json.dumps({"dataframe_records": [{"entity_id": i, **r}]}) for i, r in zip(ids, rows, strict=True)]
+
+
 def measurer(levels: list[int], seconds: float) -> Callable[..., list[dict[str, Any]]]:
     def measure(server: str, url: str, bodies: list[str], scenario: str = "request_features") -> list[dict[str, Any]]:
         loadgen.run(url, bodies, {"x-api-key": KEY}, 1, 2)  # warm up
@@ -203,6 +223,9 @@ def run_all(settings: Settings, measure: Callable[..., list[dict[str, Any]]], va
             results += measure(name, url + "/predict", ours_bodies(ids, rows))
             if name == "mlcycle":
                 results += measure(name, url + "/predict", ours_bodies(ids, None), "online_features")
+                v2 = f"{url.split('/v1/')[0]}/v2/models/{PIPELINE}/infer"
+                results += measure(name, v2, oip_bodies(ids, rows), "oip_infer")
+                results += measure(name, url + "/invocations", invocation_bodies(ids, rows), "mlflow_invocations")
                 results.append(canary_under_load(settings, url, ours_bodies(ids, rows)))
                 results += overload(settings, url, ours_bodies(ids, rows))
                 results += autoscaling(served, url, ours_bodies(ids, rows))
@@ -445,6 +468,12 @@ def report(results: list[dict[str, Any]], levels: list[int]) -> None:
             f"{r['scenario']:16} {r['server']:36} {r['connections']:>4} {r['rps']:8.1f} {r['p50_ms']:7.2f}"
             f" {r['p99_ms']:8.2f} {r['p999_ms']:8.2f} {r['non_2xx']:>6} {xb} {xm} {pm}"
         )
+    for c in levels:
+        v1 = find("mlcycle", "request_features", c)
+        for scenario in ("oip_infer", "mlflow_invocations"):
+            other = find("mlcycle", scenario, c)
+            if v1 and other:
+                print(f"{scenario} / v1 predict at c={c}: req/s x {other['rps'] / v1['rps']:.2f}")
     a, b = find("mlcycle", "request_features", levels[0]), find("mlcycle", "online_features", levels[0])
     if a and b:
         print(f"\nonline features add {b['p50_ms'] - a['p50_ms']:+.2f} ms at p50 with {levels[0]} connection(s)")
