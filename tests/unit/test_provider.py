@@ -74,7 +74,7 @@ CONN = {
     "conn_type": "mlcycle",
     "host": "db.cluster",
     "login": "mlcycle",
-    "password": "from-the-connection",
+    "password": "db-password-of-the-connection",
     "schema": "mlcycle",
     "extra": {"profile": "cluster", "artifact_root": "s3://from-the-connection/runs"},
 }
@@ -96,7 +96,7 @@ def test_the_connection_wins_over_the_environment_and_what_it_leaves_empty_falls
     monkeypatch.setenv("AIRFLOW_CONN_MLCYCLE_DEFAULT", json.dumps(CONN))
     settings = task_settings()
     assert settings.profile == "cluster"
-    assert settings.database_url == "postgresql://mlcycle:from-the-connection@db.cluster/mlcycle"
+    assert settings.database_url == "postgresql://mlcycle:db-password-of-the-connection@db.cluster/mlcycle"
     assert settings.artifact_root == "s3://from-the-connection/runs"
     assert settings.s3_endpoint_url == "http://store.env:8333"  # not in the connection
     assert load_settings().database_url == "postgresql://env@db.env/env"  # the environment is restored
@@ -168,3 +168,26 @@ def test_the_hook_widgets_of_older_airflow_are_the_same_fields() -> None:
     widgets = MlcycleHook.get_connection_form_widgets()
     assert set(widgets) == set(EXTRA_FIELDS)
     assert widgets["aws_secret_access_key"].field_class.__name__ == "PasswordField"
+
+
+@pytest.mark.usefixtures("environment")
+def test_on_kubernetes_the_connections_secrets_stay_out_of_the_pod(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """The worker reads the connection; the pod it renders names the Secret, never the values."""
+    from operators import PipelineStepOperator
+    from pipelines.core.settings import scoped_environ
+    from tests.specs import write_spec
+
+    write_spec(tmp_path)
+    extra = {**CONN["extra"], "aws_secret_access_key": "s3-secret-of-the-connection", "k8s_env_secret": "mlcycle-env"}
+    monkeypatch.setenv(
+        "AIRFLOW_CONN_MLCYCLE_DEFAULT", json.dumps({**CONN, "extra": {**extra, "pipelines_dir": str(tmp_path)}})
+    )
+    with scoped_environ(connection_settings_env()):
+        pod = PipelineStepOperator(task_id="ingest", pipeline="churn", step="ingest").render_pod("run-1")
+    (container,) = pod["spec"]["containers"]
+    rendered = json.dumps(pod)
+    assert "db-password-of-the-connection" not in rendered and "s3-secret-of-the-connection" not in rendered
+    assert {"name": "MLCYCLE_ARTIFACT_ROOT", "value": "s3://from-the-connection/runs"} in container["env"]
+    assert container["envFrom"] == [{"secretRef": {"name": "mlcycle-env"}}]
