@@ -12,6 +12,7 @@ Building the environment installs the whole stack from pip's configured sources 
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -72,6 +73,9 @@ def provider_venv(tmp_path_factory: pytest.TempPathFactory) -> Installed:
     (wheel,) = dist.glob("mlcycle-*.whl")
     venv = root / "venv"
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=300)
+    # pip as this machine configures it, but nothing of the checkout: on PYTHONPATH its
+    # mlcycle.egg-info would read as "mlcycle already installed"
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH" and not k.startswith(("MLCYCLE_", "AWS_"))}
     # no byte-compiling of the whole stack at install: Python compiles what it imports
     install = [
         str(venv / "bin" / "pip"),
@@ -82,7 +86,7 @@ def provider_venv(tmp_path_factory: pytest.TempPathFactory) -> Installed:
         str(wheel),
     ]
     with (root / "pip.log").open("w") as log:  # pip's warnings about the machine's indexes go there
-        done = subprocess.run(install, stdout=log, stderr=subprocess.STDOUT, timeout=1800, check=False)
+        done = subprocess.run(install, env=env, stdout=log, stderr=subprocess.STDOUT, timeout=1800, check=False)
     assert done.returncode == 0, (root / "pip.log").read_text()[-4000:]
     return Installed(venv, time.monotonic() - started)
 
