@@ -23,7 +23,7 @@ from pipelines.io.registry import model_name, seal_version
 from pipelines.io.tracking import mlflow_uri, setup_mlflow
 from serving.config import VersionConfig
 from serving.deploy import connect, deploy, endpoint, haproxy_dir, serve_env, serving_args
-from tests.integration.helpers import run_through, serving_workspace, small_spec
+from tests.integration.helpers import end_test_serve, run_through, serving_workspace, small_spec
 from tests.services import free_port_pairs
 
 pytestmark = pytest.mark.integration
@@ -43,7 +43,6 @@ def served(platform: Settings, tmp_path_factory: pytest.TempPathFactory) -> Iter
     loaded with weight 0: only a pinned request reaches it)."""
     import mlflow
     import ray
-    from ray import serve
 
     tmp = tmp_path_factory.mktemp("protocols")
     settings = serving_workspace(platform, tmp)
@@ -70,8 +69,7 @@ def served(platform: Settings, tmp_path_factory: pytest.TempPathFactory) -> Iter
             deploy(serving_args(spec_for(settings, PIPELINE), versions, model_name(PIPELINE)))
             yield settings
         finally:
-            serve.shutdown()
-            ray.shutdown()
+            end_test_serve(str(tmp))
 
 
 def _source(tmp: Path) -> dict[str, Any]:
