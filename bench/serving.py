@@ -10,6 +10,8 @@ bare server and against `mlflow models serve` measured in the same run. Scenario
 
   request_features  every feature in the request (serving alone; every server gets the same rows)
   online_features   entity id only, features from the online store (our endpoint only)
+  oip_infer         the request_features rows as Open Inference Protocol tensors, `/v2/models/<p>/infer`
+  mlflow_invocations  the same rows as MLflow's `dataframe_records`, our `/invocations`
 
 `mlcycle` is the endpoint exactly as `make demo` runs it (the embedded head's environment:
 HAProxy ingress, throughput-optimized, one hop). `--variants` adds the levers switched off one
@@ -39,6 +41,7 @@ from typing import Any
 
 import httpx
 from common import bench_state, free_port, train_champion
+from serving_report import report
 
 from pipelines.core.settings import Settings, scoped_environ, spec_for
 from pipelines.core.spec import Autoscaling
@@ -110,6 +113,24 @@ def mlflow_bodies(rows: Rows) -> list[str]:
         return int(v) if isinstance(v, float) and v.is_integer() else v
 
     return [json.dumps({"dataframe_records": [{c: typed(v) for c, v in r.items()}]}) for r in rows]
+
+
+def oip_bodies(ids: list[Any], rows: Rows) -> list[str]:
+    """One instance per request, one tensor per feature (the entity id too), as `/v2/.../infer` takes it."""
+
+    def tensor(name: str, value: Any) -> dict[str, Any]:
+        datatype = "BYTES" if isinstance(value, str) else "INT64" if isinstance(value, int) else "FP64"
+        return {"name": name, "datatype": datatype, "shape": [1], "data": [value]}
+
+    return [
+        json.dumps({"inputs": [tensor("entity_id", i), *(tensor(c, v) for c, v in r.items())]})
+        for i, r in zip(ids, rows, strict=True)
+    ]
+
+
+def invocation_bodies(ids: list[Any], rows: Rows) -> list[str]:
+    """One row per request in MLflow's `dataframe_records`, with its entity id, as `/invocations` takes it."""
+    return [json.dumps({"dataframe_records": [{"entity_id": i, **r}]}) for i, r in zip(ids, rows, strict=True)]
 
 
 def measurer(levels: list[int], seconds: float) -> Callable[..., list[dict[str, Any]]]:
@@ -203,6 +224,9 @@ def run_all(settings: Settings, measure: Callable[..., list[dict[str, Any]]], va
             results += measure(name, url + "/predict", ours_bodies(ids, rows))
             if name == "mlcycle":
                 results += measure(name, url + "/predict", ours_bodies(ids, None), "online_features")
+                v2 = f"{url.split('/v1/')[0]}/v2/models/{PIPELINE}/infer"
+                results += measure(name, v2, oip_bodies(ids, rows), "oip_infer")
+                results += measure(name, url + "/invocations", invocation_bodies(ids, rows), "mlflow_invocations")
                 results.append(canary_under_load(settings, url, ours_bodies(ids, rows)))
                 results += overload(settings, url, ours_bodies(ids, rows))
                 results += autoscaling(served, url, ours_bodies(ids, rows))
@@ -416,65 +440,6 @@ def autoscaling(
         )
     deploy(args)  # back to the spec's fixed replicas
     return out
-
-
-def report(results: list[dict[str, Any]], levels: list[int]) -> None:
-    results = [r for r in results if r["scenario"] != "request_log"]  # printed when measured
-
-    def find(server: str, scenario: str, c: int) -> dict[str, Any] | None:
-        return next(
-            (r for r in results if (r["server"], r["scenario"], r["connections"]) == (server, scenario, c)), None
-        )
-
-    print("\nreq/s and latency per level; x bare and x mlflow are ratios against those servers in this run")
-    print(
-        f"{'scenario':16} {'server':36} {'conn':>4} {'req/s':>8} {'p50':>7} {'p99':>8} {'p99.9':>8} {'non2xx':>6}"
-        f" {'x bare':>7} {'x mlflow':>8} {'p99 x mlflow':>12}"
-    )
-    for r in results:
-        if r["scenario"] in ("canary_walk", "overload", "autoscaling"):
-            continue
-        bare, mlf = (
-            find("bare", "request_features", r["connections"]),
-            find("mlflow", "request_features", r["connections"]),
-        )
-        xb = f"{r['rps'] / bare['rps']:7.2f}" if bare else "      -"
-        xm = f"{r['rps'] / mlf['rps']:8.2f}" if mlf else "       -"
-        pm = f"{r['p99_ms'] / mlf['p99_ms']:12.2f}" if mlf else "           -"
-        print(
-            f"{r['scenario']:16} {r['server']:36} {r['connections']:>4} {r['rps']:8.1f} {r['p50_ms']:7.2f}"
-            f" {r['p99_ms']:8.2f} {r['p999_ms']:8.2f} {r['non_2xx']:>6} {xb} {xm} {pm}"
-        )
-    a, b = find("mlcycle", "request_features", levels[0]), find("mlcycle", "online_features", levels[0])
-    if a and b:
-        print(f"\nonline features add {b['p50_ms'] - a['p50_ms']:+.2f} ms at p50 with {levels[0]} connection(s)")
-    if len(levels) > 1:
-        hi, lo = find("mlcycle", "request_features", levels[-1]), find("mlcycle", "request_features", levels[-2])
-        if hi and lo:
-            print(f"p99 at {levels[-1]} connections / p99 at {levels[-2]}: {hi['p99_ms'] / lo['p99_ms']:.2f}")
-    shed = [r for r in results if r["scenario"] == "overload"]
-    if shed:
-        base = shed[0]
-        print(f"\noverload (bound {base['bound']} per replica), ratios against c={base['connections']} in this run:")
-        for r in shed:
-            p99 = (
-                r["admitted_p99_ms"] / base["admitted_p99_ms"]
-                if r["admitted_p99_ms"] and base["admitted_p99_ms"]
-                else 0
-            )
-            kept = r["answered_rps"] / base["answered_rps"]
-            print(
-                f"  c={r['connections']:<4} answered {r['answered_rps']:8.1f} req/s (x {kept:.2f}),"
-                f" shed {r['shed_share']:.1%}, admitted p99 {r['admitted_p99_ms']} ms (x {p99:.2f})"
-            )
-        print(f"  max sustained (answered) req/s: {max(r['answered_rps'] for r in shed):.1f}")
-    scaled = {r["replicas"]: r for r in results if r["scenario"] == "autoscaling"}
-    if {"1", "auto"} <= set(scaled):
-        one, auto = scaled["1"], scaled["auto"]
-        print(
-            f"\nautoscaling at {auto['connections']} connections ({auto['running']} replicas running) vs 1 replica:"
-            f" req/s x {auto['rps'] / one['rps']:.2f}, p99 x {auto['p99_ms'] / one['p99_ms']:.2f}"
-        )
 
 
 if __name__ == "__main__":

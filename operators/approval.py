@@ -17,8 +17,9 @@ from typing import TYPE_CHECKING, Any
 from airflow.providers.standard.operators.hitl import ApprovalOperator
 from airflow.sdk import Param
 
+from operators.hook import task_settings
 from pipelines.core import approval
-from pipelines.core.settings import load_settings, spec_for
+from pipelines.core.settings import spec_for
 from pipelines.core.steps import report_url
 from pipelines.io import audit
 
@@ -65,7 +66,7 @@ class PromotionApproval(ApprovalOperator):
         evaluation = context["ti"].xcom_pull(task_ids=self.evaluate_task_id)
         if not isinstance(evaluation, dict) or "verdict" not in evaluation:
             raise AirflowFailException(f"task {self.evaluate_task_id!r} left no evaluation (XCom): {evaluation!r}")
-        promotion = spec_for(load_settings(), self.pipeline).promotion
+        promotion = spec_for(task_settings(), self.pipeline).promotion
         decided = approval.plan(promotion, evaluation)
         run_id = str(context["run_id"])
         if not decided.ask:
@@ -89,4 +90,4 @@ class PromotionApproval(ApprovalOperator):
         return super().execute_complete(context, event)
 
     def _audit(self, event: AuditEvent) -> None:
-        audit.record(load_settings(), event)
+        audit.record(task_settings(), event)

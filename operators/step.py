@@ -14,13 +14,14 @@ from typing import TYPE_CHECKING, Any, Literal
 from airflow.sdk import BaseOperator
 
 from operators.container import DockerContainer, container_config
+from operators.hook import connection_settings_env
 from operators.links import MlflowLink, ReportLink
 from operators.local import LocalProcess, StepFailed, exit_description
 from operators.trigger import retraining_asset
 from pipelines.core.errors import NO_RETRY_EXIT_CODES, SKIP_EXIT_CODE
 from pipelines.core.params import ENV, run_params
 from pipelines.core.pod import docker_env_from, pod_manifest, to_v1pod
-from pipelines.core.settings import load_settings, spec_for
+from pipelines.core.settings import load_settings, scoped_environ, spec_for
 from pipelines.io.runs import interrupt_running, step_outputs
 
 if TYPE_CHECKING:
@@ -97,6 +98,12 @@ class PipelineStepOperator(BaseOperator):
 
     # ------------------------------------------------------------------------------------- I/O
     def execute(self, context: Context) -> Any:
+        """Run the step with the settings of the `mlcycle` connection where the Airflow has one
+        (over the environment's), else the environment's."""
+        with scoped_environ(connection_settings_env()):
+            return self._execute(context)
+
+    def _execute(self, context: Context) -> Any:
         ti = context["ti"]
         airflow_env = {
             "MLCYCLE_AIRFLOW_DAG_ID": ti.dag_id,

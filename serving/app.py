@@ -60,11 +60,15 @@ from serving.http import (
     route,
     similar_query,
     too_large,
+    v1_answer,
     validation_detail,
 )
 from serving.keys import KeyRing
 from serving.online import FeaturesUnavailable, OnlineFeatures
-from serving.records import Instance, Refused, Result, Scored, Served, log_row
+from serving.protocols import Answer, Parse, ProtocolRoutes
+from serving.protocols import router as protocol_router
+from serving.recording import Recording
+from serving.records import Instance, Refused, Result, Scored, Served
 from serving.similarity import SimilarReader
 from serving.telemetry import RayMetrics, Recorder
 from serving.versions import LocalVersion, RemoteVersion
@@ -90,11 +94,12 @@ STATIC_KEYS = {
 
 
 app = FastAPI(title="mlcycle serving")
+app.include_router(protocol_router)  # the Open Inference Protocol and MLflow's /invocations
 
 
 @serve.deployment
 @serve.ingress(app)
-class Ingress:
+class Ingress(ProtocolRoutes, Recording):
     """HTTP in, routing, shadowing, hedging, recording. `user_config` holds the whole `ServingArgs`."""
 
     def __init__(self, static: dict[str, Any], **handles: DeploymentHandle[Any]) -> None:
@@ -237,6 +242,14 @@ class Ingress:
 
     @app.post("/predict")
     async def predict(self, request: Request) -> JSONResponse:
+        return await self.serve_request(request, lambda raw, _: self._parse(raw), v1_answer)
+
+    async def serve_request(
+        self, request: Request, parse: Parse, answer: Answer, pinned: int | None = None
+    ) -> JSONResponse:
+        """The hot path of every protocol: the key, the size limit, the bound on requests in flight,
+        then `parse` (the body as judged instances, or the answer refusing it), routing (to
+        `pinned` alone where given: no weights, no fallback), hedging, recording, and `answer`."""
         started = time.perf_counter()
         key_id = self._refuse(request)
         if isinstance(key_id, JSONResponse):
@@ -249,26 +262,30 @@ class Ingress:
             return overloaded(limit)
         self.inflight += 1
         try:
-            return await self._predict(request, started)
+            return await self._predict(request, started, parse, answer, pinned)
         finally:
             self.inflight -= 1
 
-    async def _predict(self, request: Request, started: float) -> JSONResponse:
+    async def _predict(
+        self, request: Request, started: float, parse: Parse, answer: Answer, pinned: int | None
+    ) -> JSONResponse:
         raw = await read_limited(request.stream(), self.args.max_payload_bytes)
         if raw is None:
             return too_large(self.args.max_payload_bytes)
-        instances = self._parse(raw)
-        if isinstance(instances, JSONResponse):
-            return instances
         args, sent_id = self.args, request.headers.get(REQUEST_ID_HEADER)
         request_id = request_id_of(sent_id)
-        groups = route(instances, args.weights())
+        instances = parse(raw, request_id)
+        if isinstance(instances, JSONResponse):
+            return instances
+        if pinned is not None and pinned not in self.versions:
+            return error(404, "version_not_served", f"version {pinned} is not served", request_id=str(request_id))
+        groups = {pinned: instances} if pinned is not None else route(instances, args.weights())
         shadow = args.shadow()
         if shadow is not None and shadow in self.versions:
             asyncio.get_running_loop().create_task(self._shadow(shadow, instances, request_id, started))
         try:
             answers = await asyncio.gather(
-                *(self._answer(v, group, request_id, started) for v, group in groups.items())
+                *(self._answer(v, group, request_id, started, pinned is None) for v, group in groups.items())
             )
         except FeaturesUnavailable as down:  # the online store is down: nothing is scored, no version blamed
             self.recorder.metrics.count(0, len(instances), "unavailable", False)
@@ -296,8 +313,7 @@ class Ingress:
         # Serve echoes the id the request came with (HAProxy's UUID); behind another proxy an id
         # that is no UUID was replaced here, and the answer says which one was logged
         headers = None if (sent_id or "").lower() == str(request_id) else {REQUEST_ID_HEADER: str(request_id)}
-        body = {"request_id": str(request_id), "predictions": [s.answer() for s in served]}
-        return JSONResponse(body, headers=headers)
+        return JSONResponse(answer(request_id, served), headers=headers)
 
     def _authorize(self, request: Request) -> JSONResponse | str:
         """The id of the request's key; 401 without a live key, 403 for a key of other pipelines."""
@@ -332,7 +348,7 @@ class Ingress:
         return judged  # type: ignore[return-value]
 
     async def _answer(
-        self, version: int, instances: list[Instance], request_id: uuid.UUID, started: float
+        self, version: int, instances: list[Instance], request_id: uuid.UUID, started: float, hedge: bool = True
     ) -> tuple[int, list[Result] | None]:
         """The version's answer, hedged. If it raises, or has not answered within
         `request_timeout_s`, the fallback version is asked too and the first good answer before
@@ -352,7 +368,7 @@ class Ingress:
             raise failed
         reason = "timeout" if not done else repr(failed)[:500]
         racing = {primary: version} if not done else {}
-        fallback = args.fallback(version)
+        fallback = args.fallback(version) if hedge else None  # a pinned version answers alone
         if fallback is not None and fallback in self.versions:
             racing[asyncio.ensure_future(self.versions[fallback].predict(instances))] = fallback
         winner: tuple[int, list[Result]] | None = None
@@ -376,72 +392,6 @@ class Ingress:
         if winner is None or winner[0] != version:
             self._failed(request_id, version, instances, started, reason)
         return winner if winner is not None else (version, None)
-
-    # ------------------------------------------------------------------------- off the hot path
-    def _record(self, request_id: uuid.UUID, served: list[Served], started: float) -> None:
-        elapsed = (time.perf_counter() - started) * 1000
-        counts: dict[int, int] = {}
-        for s in served:
-            self._log(request_id, s.version, s.instance, s.result, elapsed, "ok", None, False)
-            counts[s.version] = counts.get(s.version, 0) + 1
-            # dual write: the entity's vector in the space of the version that scored it, while it has one
-            if s.result.embedding is not None and self.recorder.log.takes_vectors(s.version):
-                self.recorder.log.add_vector(s.version, str(s.instance.entity_id), s.result.embedding)
-        for version, n in counts.items():
-            self.recorder.metrics.count(version, n, "ok", False)
-            self.recorder.metrics.observe(version, elapsed)
-        self.recorder.touch()
-
-    def _failed(
-        self, request_id: uuid.UUID, version: int, instances: list[Instance], started: float, reason: str
-    ) -> None:
-        elapsed = (time.perf_counter() - started) * 1000
-        for inst in instances:
-            self._log(request_id, version, inst, None, elapsed, "error", reason, False)
-        self.recorder.metrics.count(version, len(instances), "error", False)
-        self.recorder.touch()
-
-    async def _shadow(self, version: int, instances: list[Instance], request_id: uuid.UUID, started: float) -> None:
-        """The shadow version's answers, logged and never returned; a refusal or a failure is an
-        error against it."""
-        results: list[Result | None]
-        try:
-            results, failure = list(await self.versions[version].predict(instances)), None
-        except Exception as err:
-            results, failure = [None] * len(instances), repr(err)[:500]
-        elapsed = (time.perf_counter() - started) * 1000
-        bad = 0
-        for inst, result in zip(instances, results, strict=True):
-            if isinstance(result, Scored):
-                self._log(request_id, version, inst, result, elapsed, "ok", None, True)
-                continue
-            bad += 1
-            reason = result.message() if isinstance(result, Refused) else failure
-            self._log(request_id, version, inst, None, elapsed, "error", reason, True)
-        if bad < len(instances):
-            self.recorder.metrics.count(version, len(instances) - bad, "ok", True)
-        if bad:
-            self.recorder.metrics.count(version, bad, "error", True)
-        self.recorder.touch()
-
-    def _log(
-        self,
-        request_id: uuid.UUID,
-        version: int,
-        inst: Instance,
-        result: Scored | None,
-        latency_ms: float,
-        status: str,
-        reason: str | None,
-        shadow: bool,
-    ) -> None:
-        """Queue the request log's row: the features the version scored (the request's where it
-        scored none), made storable (a NaN from the online store is logged as null)."""
-        if not self.args.log_requests:
-            return
-        pipeline, key_id = self.args.pipeline, self.keys.asking.get()
-        row = log_row(request_id, pipeline, version, inst, result, latency_ms, status, reason, shadow, key_id)
-        self.recorder.log.add(row)
 
     async def flush(self) -> int:
         """Write what is pending now (for tests and shutdown); returns the rows written."""

@@ -155,6 +155,31 @@ def with_json_not_found(config: str) -> str:
     )
 
 
+def _json_return(status: int, body: dict[str, object], condition: str) -> str:
+    text = json.dumps(body, separators=(",", ":")).replace('"', '\\"')
+    return f'    http-request return status {status} content-type application/json string "{text}" if {condition}'
+
+
+def with_open_inference(config: str, version: str) -> str:
+    """The config with the Open Inference Protocol's server routes answered in HAProxy (`/v2`
+    metadata, `/v2/health/live`; `/v2/health/ready` while any application has a replica up) and a
+    model's routes, `/v2/models/<pipeline>/...`, sent to its pipeline's application as
+    `/v1/pipelines/<pipeline>/v2/models/<pipeline>/...` (`serving.protocols`). Already rewritten
+    configs are left as they are. Pure."""
+    m = FRONTEND.search(config)
+    if m is None or "mlcycle open inference" in config:
+        return config
+    rules = ["    # mlcycle open inference protocol (KServe v2): the server's routes here, a model's to its pipeline"]
+    rules.append(_json_return(200, {"name": "mlcycle", "version": version, "extensions": []}, "{ path /v2 /v2/ }"))
+    rules.append(_json_return(200, {"live": True}, "{ path /v2/health/live }"))
+    for backend in BACKEND.finditer(config):
+        up = f"{{ path /v2/health/ready }} {{ nbsrv({backend.group(1)}) ge 1 }}"
+        rules.append(_json_return(200, {"ready": True}, up))
+    rules.append(_json_return(503, {"ready": False}, "{ path /v2/health/ready }"))
+    rules.append(r"    http-request replace-path ^/v2/models/([^/]+)(/.*)?$ /v1/pipelines/\1/v2/models/\1\2")
+    return config[: m.end()] + "\n" + "\n".join(rules) + config[m.end() :]
+
+
 STATS_SOCKET = re.compile(r"^(\s*stats socket \S+)(.*)$", re.M)
 SOCKET_ACCESS = re.compile(r"\s+(?:mode|level)\s+\S+")
 
@@ -243,6 +268,16 @@ def real_binary() -> str:
     return found
 
 
+def package_version() -> str:
+    """mlcycle's version, as the protocol's server metadata says it."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("mlcycle")
+    except PackageNotFoundError:
+        return "0"
+
+
 def main() -> None:
     argv = sys.argv[1:]
     path = config_path(argv)
@@ -261,6 +296,7 @@ def main() -> None:
             admissions = {}
         fixed = with_admission(bind_like_frontend(text), admissions, admission(Serving()), str(error_503))
         fixed = with_private_socket(with_json_not_found(with_request_ids(fixed)))
+        fixed = with_open_inference(fixed, package_version())
         if fixed != text:
             tmp = Path(path + ".mlcycle")
             tmp.write_text(fixed)

@@ -5,7 +5,7 @@ mlcycle's HTTP APIs: `pipelines.core.errors.error_body`). Pure: no I/O, no Ray."
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import Any
 
 from fastapi.responses import JSONResponse
@@ -14,7 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, Validat
 from pipelines.core.errors import error_body, field_path
 from serving.config import RETRY_AFTER_S
 from serving.contract import Problem, RequestContract, entity_problem
-from serving.records import Instance, Refused
+from serving.records import Instance, Refused, Served
 from serving.router import version_for
 
 
@@ -42,17 +42,24 @@ def validation_detail(err: ValidationError) -> list[dict[str, str]]:
 def judge_instances(payload: PredictRequest, contract: RequestContract) -> list[Instance] | list[dict[str, str]]:
     """The instances as the versions take them (judged features, their place, why off the
     contract), or every problem as `{"field", "message"}`. Pure."""
+    return judge_rows([(inst.entity_id, inst.features) for inst in payload.instances], contract)
+
+
+def judge_rows(
+    rows: Sequence[tuple[Any, Mapping[str, Any]]], contract: RequestContract
+) -> list[Instance] | list[dict[str, str]]:
+    """`judge_instances` for `(entity id, features)` rows, whichever protocol carried them. Pure."""
     instances: list[Instance] = []
     problems: list[Problem] = []
-    for n, inst in enumerate(payload.instances):
-        bad_id = entity_problem(inst.entity_id)
+    for n, (entity_id, features) in enumerate(rows):
+        bad_id = entity_problem(entity_id)
         if bad_id:
             problems.append(Problem(f"instances[{n}].entity_id", f"entity_id: {bad_id}"))
-        judged = contract.judge(n, inst.features)
+        judged = contract.judge(n, features)
         if isinstance(judged, list):
             problems += judged
         elif not bad_id:
-            instances.append(Instance(inst.entity_id, judged.features, n, judged.off_contract))
+            instances.append(Instance(entity_id, judged.features, n, judged.off_contract))
     if problems:
         return [{"field": p.field, "message": p.message} for p in problems]
     return instances
@@ -171,3 +178,8 @@ async def read_limited(chunks: AsyncIterator[bytes], limit: int) -> bytes | None
         if len(body) > limit:
             return None
     return bytes(body)
+
+
+def v1_answer(request_id: uuid.UUID, served: list[Served]) -> dict[str, Any]:
+    """The body of a `/v1` predict's answer. Pure."""
+    return {"request_id": str(request_id), "predictions": [s.answer() for s in served]}

@@ -3,7 +3,7 @@
 Every operation of the description gets requests generated from its schema (valid ones) and
 against it (invalid bodies, parameters of the wrong type, values out of range), a bounded number
 of each. What must hold for every answer: no 5xx, and every 4xx is JSON that says why (a non-empty
-`reason`, `detail` or string `error`). Used by the serving and the platform API tests.
+`reason`, `detail`, `message` or string `error`). Used by the serving and the platform API tests.
 """
 
 from __future__ import annotations
@@ -29,7 +29,12 @@ def says_why(body: bytes) -> bool:
         return False
     if not isinstance(data, dict):
         return False
-    reason = data.get("reason") or data.get("detail") or (data["error"] if isinstance(data.get("error"), str) else "")
+    reason = (
+        data.get("reason")
+        or data.get("detail")
+        or data.get("message")  # MLflow's scoring protocol (`/invocations`): `error_code` and `message`
+        or (data["error"] if isinstance(data.get("error"), str) else "")
+    )
     return bool(reason)
 
 

@@ -40,12 +40,10 @@ def ray_head(platform: Settings) -> Iterator[dict[str, str]]:
     with scoped_environ(env):
         embedded.start(settings)
         import ray
-        from ray import serve
 
         try:
             yield env
-        finally:
-            serve.shutdown()
+        finally:  # the head's processes, Serve's and its HAProxy with them: no graceful Serve shutdown
             ray.shutdown()
             embedded.stop(settings)
 

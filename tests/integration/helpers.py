@@ -80,3 +80,17 @@ def step_process(settings: Settings, *args: str, **popen: Any) -> subprocess.Pop
     """`mlcycle step <args>` as its own process, as a pod runs it."""
     exe = os.path.join(os.path.dirname(sys.executable), "mlcycle")
     return subprocess.Popen([exe, "step", *args], env=workspace_env(settings), text=True, **popen)
+
+
+def end_test_serve(workdir: str) -> None:
+    """End the test's own Ray and its Serve without Serve's graceful shutdown, whose controller
+    waited 30 s for replicas a module's end no longer needs: the local cluster's processes
+    (`ray.shutdown` of the driver that started it), then the HAProxy Serve ran with its files in
+    `workdir`, which a killed proxy actor leaves running."""
+    import ray
+
+    from serving.deploy import haproxy_dir
+    from serving.embedded import stop_haproxy
+
+    ray.shutdown()
+    stop_haproxy(str(haproxy_dir(workdir)))

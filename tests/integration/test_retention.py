@@ -138,7 +138,7 @@ def test_the_migration_keeps_every_row_of_an_unpartitioned_log(platform: Setting
                 (rid, entity, at),
             )
     after = platform.model_copy(update={"database_url": url})
-    assert db.migrate(after) == ["0018"]
+    assert db.migrate(after)[0] == "0018"  # and any migration after it
     with db.connect(after) as conn:
         found = conn.execute(
             "SELECT request_id, entity_id, created_at, tableoid::regclass::text FROM inference_requests ORDER BY 2"

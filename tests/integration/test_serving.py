@@ -37,7 +37,7 @@ from serving.deploy import (
 from serving.haproxy import replicas_up
 from serving.telemetry import FLUSH_EVERY_S
 from tests import loadgen
-from tests.integration.helpers import SHORT_CANARY, run_through, serving_workspace, small_spec
+from tests.integration.helpers import SHORT_CANARY, end_test_serve, run_through, serving_workspace, small_spec
 from tests.services import free_port_pairs
 
 pytestmark = pytest.mark.integration
@@ -57,7 +57,6 @@ EVAL = {"min_primary": 0.6, "min_improvement": -0.2, "bootstrap_samples": 100, "
 @pytest.fixture(scope="module")
 def served(platform: Settings, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Settings]:
     import ray
-    from ray import serve
 
     tmp = tmp_path_factory.mktemp("serving")
     settings = serving_workspace(platform, tmp)
@@ -84,8 +83,7 @@ def served(platform: Settings, tmp_path_factory: pytest.TempPathFactory) -> Iter
             connect(settings)
             yield settings
         finally:
-            serve.shutdown()
-            ray.shutdown()
+            end_test_serve(str(tmp))
 
 
 def _source(tmp: Path) -> dict[str, Any]:

@@ -23,7 +23,7 @@ from pipelines.io import db
 from pipelines.io.registry import model_name
 from serving.config import VersionConfig
 from serving.deploy import connect, deploy, endpoint, serve_env, serving_args
-from tests.integration.helpers import run_through, serving_workspace, small_spec
+from tests.integration.helpers import end_test_serve, run_through, serving_workspace, small_spec
 
 pytestmark = pytest.mark.integration
 
@@ -45,7 +45,6 @@ def keyed(platform: Settings, tmp_path_factory: pytest.TempPathFactory) -> Itera
     """One version of `SERVED` on a Serve of the test's own, whose replicas reload the keys every
     `RELOAD_S`; `OTHER` is a second pipeline of the same installation."""
     import ray
-    from ray import serve
 
     from pipelines.ml.datagen import ChurnConfig, generate_churn
 
@@ -70,8 +69,7 @@ def keyed(platform: Settings, tmp_path_factory: pytest.TempPathFactory) -> Itera
             deploy(serving_args(spec_for(settings, SERVED), versions, model_name(SERVED)))
             yield settings
         finally:
-            serve.shutdown()
-            ray.shutdown()
+            end_test_serve(str(tmp))
 
 
 def mlcycle(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str]:

@@ -19,7 +19,7 @@ from pipelines.core.system import executable
 from pipelines.io import audit, db
 from pipelines.io.registry import model_name
 from serving.deploy import connect, endpoint, serve_env
-from tests.integration.helpers import run, run_through, serving_workspace, small_spec
+from tests.integration.helpers import end_test_serve, run, run_through, serving_workspace, small_spec
 
 pytestmark = pytest.mark.integration
 
@@ -44,7 +44,6 @@ SHADOW = {
 def shadowed(platform: Settings, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Settings]:
     """The churn pipeline trained once and its first model served as champion by the canary step."""
     import ray
-    from ray import serve
 
     from pipelines.ml.datagen import ChurnConfig, generate_churn
 
@@ -75,8 +74,7 @@ def shadowed(platform: Settings, tmp_path_factory: pytest.TempPathFactory) -> It
             assert run(settings, "canary", RUN, pipeline=PIPELINE)["outcome"] == "deployed"  # v1 is champion
             yield settings
         finally:
-            serve.shutdown()
-            ray.shutdown()
+            end_test_serve(str(tmp))
 
 
 def _register(settings: Settings, flip: bool, reason: str) -> int:

@@ -21,7 +21,14 @@ from pipelines.io.registry import CHAMPION, alias_version, model_name, move_alia
 from serving.deploy import connect, endpoint, serve_env
 from serving.steer import rollback, serve_only, served_versions, sync_champion, wait_serving
 from tests import loadgen
-from tests.integration.helpers import SHORT_CANARY, run_through, serving_workspace, small_spec, step_process
+from tests.integration.helpers import (
+    SHORT_CANARY,
+    end_test_serve,
+    run_through,
+    serving_workspace,
+    small_spec,
+    step_process,
+)
 from tests.integration.test_serving import EVAL, FAST, _contract, _source
 
 pytestmark = pytest.mark.integration
@@ -36,7 +43,6 @@ SOURCE: dict[str, Any] = {}
 def steered(platform: Settings, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Settings]:
     """Two registered versions of a small churn pipeline (v1 the champion) on a Ray of the test's own."""
     import ray
-    from ray import serve
 
     tmp = tmp_path_factory.mktemp("steering")
     settings = serving_workspace(platform, tmp)
@@ -58,8 +64,7 @@ def steered(platform: Settings, tmp_path_factory: pytest.TempPathFactory) -> Ite
             connect(settings)
             yield settings
         finally:
-            serve.shutdown()
-            ray.shutdown()
+            end_test_serve(str(tmp))
 
 
 def _champion(settings: Settings) -> int:
