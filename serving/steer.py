@@ -23,6 +23,8 @@ from serving.config import VersionConfig
 from serving.deploy import connect, deploy, endpoint, serve_champion_if_idle, serving_args
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from pipelines.core.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -70,6 +72,16 @@ def served_versions(settings: Settings, pipeline: str) -> list[int] | None:
     return [int(v) for v in answer.json().get("versions", [])]
 
 
+def _wait(settings: Settings, pipeline: str, done: Callable[[list[int]], bool], timeout_s: float) -> float | None:
+    """Poll the application's loaded versions until `done` holds; the seconds it took, or None."""
+    started = time.monotonic()
+    while not done(served_versions(settings, pipeline) or []):
+        if time.monotonic() - started > timeout_s:
+            return None
+        time.sleep(0.2)
+    return time.monotonic() - started
+
+
 def wait_loaded(settings: Settings, pipeline: str, version: int, timeout_s: float = 120) -> float | None:
     """Wait until the application has `version` loaded (a reconfigure loads a new version in the
     replicas after `serve.run` returns); returns the seconds it took, or None where it cannot tell
@@ -77,12 +89,7 @@ def wait_loaded(settings: Settings, pipeline: str, version: int, timeout_s: floa
     `timeout_s` (the caller goes on; what it measures then says so)."""
     if serving_key(settings) is None:
         return None
-    started = time.monotonic()
-    while version not in (served_versions(settings, pipeline) or []):
-        if time.monotonic() - started > timeout_s:
-            return None
-        time.sleep(0.2)
-    return time.monotonic() - started
+    return _wait(settings, pipeline, lambda loaded: version in loaded, timeout_s)
 
 
 def served_state(settings: Settings, pipeline: str, timeout_s: float = 5) -> tuple[dict[str, Any] | None, str]:
@@ -104,12 +111,10 @@ def served_state(settings: Settings, pipeline: str, timeout_s: float = 5) -> tup
 
 def wait_serving(settings: Settings, pipeline: str, version: int, timeout_s: float = 60) -> float:
     """Wait until the application serves `version` alone; returns the seconds it took."""
-    started = time.monotonic()
-    while served_versions(settings, pipeline) != [version]:
-        if time.monotonic() - started > timeout_s:
-            raise TimeoutError(f"{pipeline} does not serve v{version} alone after {timeout_s:.0f}s")
-        time.sleep(0.2)
-    return time.monotonic() - started
+    took = _wait(settings, pipeline, lambda loaded: loaded == [version], timeout_s)
+    if took is None:
+        raise TimeoutError(f"{pipeline} does not serve v{version} alone after {timeout_s:.0f}s")
+    return took
 
 
 def rollback(

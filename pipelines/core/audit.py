@@ -10,6 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from pipelines.core.params import enum_name
+
 ActorKind = Literal["user", "key", "lifecycle", "external"]
 
 # action -> what it records (the page and `mlcycle audit` print these words)
@@ -83,8 +85,8 @@ def manual_trigger(
     """The `trigger` event of a lifecycle run a person started (Airflow's UI, its REST API, the
     platform API, `mlcycle run`), as the scheduler sees it start: None for a scheduled, asset- or
     backfill-made run, a run of another DAG, or one with no user on record. Pure."""
-    if not dag_id.endswith(LIFECYCLE_SUFFIX) or str(run_type).split(".")[-1].lower() != "manual" or not user:
+    if not dag_id.endswith(LIFECYCLE_SUFFIX) or enum_name(run_type) != "manual" or not user:
         return None
-    via = str(triggered_by or "unknown").split(".")[-1].lower()
+    via = enum_name(triggered_by or "unknown")
     pipeline = dag_id.removesuffix(LIFECYCLE_SUFFIX)
     return AuditEvent(user[:200], "user", "trigger", pipeline, run_id=run_id, detail={"conf": conf or {}, "via": via})

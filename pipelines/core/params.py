@@ -103,6 +103,12 @@ FORM = ("source_uri", "n_trials", "dry_run", "as_of")
 TRIGGERS = {"manual": "manual", "scheduled": "scheduled", "asset_triggered": "asset", "backfill": "scheduled"}
 
 
+def enum_name(value: object) -> str:
+    """An Airflow enum's member as its lower-case name, given the member or its text
+    (`DagRunType.MANUAL`, `manual`, `DagRunTriggeredByType.UI` -> `manual`, `manual`, `ui`). Pure."""
+    return str(value).split(".")[-1].lower()
+
+
 def run_params(
     given: Mapping[str, Any],
     run_type: str,
@@ -117,7 +123,7 @@ def run_params(
     up to the moment the drift was found), else the data interval end (scheduled), else the time
     the run was due (manual). Every attempt of every step of one run gets the same value."""
     params = {k: v for k, v in given.items() if k in FORM and v is not None}
-    params["trigger"] = TRIGGERS.get(str(run_type).split(".")[-1].lower(), "manual")
+    params["trigger"] = TRIGGERS.get(enum_name(run_type), "manual")
     newest = max(events, key=lambda e: e[0], default=None)
     if newest is not None and params["trigger"] == "asset":
         params["cause"] = dict(newest[1])
