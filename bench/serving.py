@@ -160,6 +160,7 @@ def main() -> None:
     parser.add_argument("--request-log-only", action="store_true", help="only the request log's bytes per 1M")
     parser.add_argument("--log-rows", type=int, default=200_000, help="rows written to measure the request log")
     parser.add_argument("--autoscaling-only", action="store_true", help="only the 1 replica / autoscaling figures")
+    parser.add_argument("--canary-only", action="store_true", help="only the canary walk against its steady p99")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     if args.request_log_only:
@@ -173,8 +174,8 @@ def main() -> None:
         took = train_champion(settings, PIPELINE)
         print(f"setup (lifecycle to a registered ONNX model): {took:.0f}s")
         with scoped_environ({**settings.pod_env(), "MLCYCLE_SERVING_API_KEYS": KEY}):
-            if args.overload_only or args.autoscaling_only:
-                results = one_scenario(settings, overload if args.overload_only else autoscaling)
+            if args.overload_only or args.autoscaling_only or args.canary_only:
+                results = one_scenario(settings, only_scenario(args))
             else:
                 results = run_all(settings, measurer(args.levels, args.seconds), args.variants)
     report(results, args.levels)
@@ -183,16 +184,34 @@ def main() -> None:
         print(f"wrote {args.json}")
 
 
-def run_all(settings: Settings, measure: Callable[..., list[dict[str, Any]]], variants: bool) -> list[dict[str, Any]]:
+def canary_version() -> None:
+    """Version 2 of the champion's model, the same files (the canary's), sealed as serving wants."""
     import mlflow
+
+    client = mlflow.MlflowClient()
+    v1 = client.get_model_version(model_name(PIPELINE), "1")
+    v2 = client.create_model_version(model_name(PIPELINE), v1.source, run_id=v1.run_id)
+    seal_version(client, model_name(PIPELINE), int(v2.version))  # serving deploys sealed versions only
+
+
+def only_scenario(args: argparse.Namespace) -> Callable[..., list[dict[str, Any]]]:
+    if args.canary_only:
+
+        def walk(served: Settings, url: str, bodies: list[str]) -> list[dict[str, Any]]:
+            canary_version()
+            return [canary_under_load(served, url, bodies)]
+
+        return walk
+    return overload if args.overload_only else autoscaling
+
+
+def run_all(settings: Settings, measure: Callable[..., list[dict[str, Any]]], variants: bool) -> list[dict[str, Any]]:
 
     ids, rows = sample_rows(settings)
     setup_mlflow(settings, PIPELINE)
     model_path = settings.state_path / "model.onnx"
     model_path.write_bytes(load_onnx_model(settings, PIPELINE, model_name(PIPELINE), 1))
-    v1 = mlflow.MlflowClient().get_model_version(model_name(PIPELINE), "1")
-    v2 = mlflow.MlflowClient().create_model_version(model_name(PIPELINE), v1.source, run_id=v1.run_id)  # the canary's
-    seal_version(mlflow.MlflowClient(), model_name(PIPELINE), int(v2.version))  # serving deploys sealed versions only
+    canary_version()
 
     results: list[dict[str, Any]] = []
     port = free_port()
@@ -332,10 +351,12 @@ def ray_serve(settings: Settings, env_over: dict[str, str]) -> Iterator[tuple[st
 
 
 def canary_under_load(settings: Settings, url: str, bodies: list[str], connections: int = 64) -> dict[str, Any]:
-    """64 connections while the weights walk 5 -> 25 -> 50 -> 100 % and back (a rollback)."""
+    """64 connections while the weights walk 5 -> 25 -> 50 -> 100 % and back (a rollback), against
+    the steady p99 of the same connections just before it (v1 alone, nothing changing)."""
     spec = spec_for(settings, PIPELINE)
     plan = [(95, 5), (75, 25), (50, 50), (0, 100), (100, 0)]
     seconds = 3.0 * len(plan) + 6
+    steady = loadgen.run(url + "/predict", bodies, {"x-api-key": KEY}, connections, seconds)
     proc, work = loadgen.start(url + "/predict", bodies, {"x-api-key": KEY}, connections, seconds)
     time.sleep(3)
     for w1, w2 in plan:
@@ -343,10 +364,11 @@ def canary_under_load(settings: Settings, url: str, bodies: list[str], connectio
         deploy(serving_args(spec, versions, model_name(PIPELINE), canary={"state": "canary", "percent": w2}))
         time.sleep(3)
     r = loadgen.finish(proc, work, connections, seconds)
-    out = {"scenario": "canary_walk", "server": "mlcycle", **r.as_dict()}
+    out = {"scenario": "canary_walk", "server": "mlcycle", **r.as_dict(), "steady_p99_ms": steady.p99_ms}
     print(
         f"  canary walk 5->25->50->100% and rollback under {connections} connections: {r.requests} requests,"
-        f" non-2xx {r.non_2xx}, socket errors {r.socket_errors}, p99 {r.p99_ms:.1f} ms, max {r.max_ms:.1f} ms"
+        f" non-2xx {r.non_2xx}, socket errors {r.socket_errors}, p99 {r.p99_ms:.1f} ms, max {r.max_ms:.1f} ms;"
+        f" steady p99 before it {steady.p99_ms:.1f} ms: walk/steady {r.p99_ms / steady.p99_ms:.2f}x"
     )
     return out
 

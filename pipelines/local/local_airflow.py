@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import secrets
 import subprocess
 import time
@@ -89,11 +90,26 @@ def services_env(settings: Settings, port: int, base: dict[str, str] | None = No
     return env
 
 
+IDEMPOTENT = frozenset({"GET", "HEAD", "PUT", "PATCH", "DELETE"})
+
+
+def transient_database_error(status: int, text: str) -> bool:
+    """Airflow's answer to a database error in a request (`SQLAlchemyError` -> 500, reason
+    `Database error`). Pure."""
+    return status == 500 and '"Database error"' in text
+
+
+def error_id(text: str) -> str | None:
+    """The lookup id Airflow gives a database error's answer (`... look for ID xH16Fxu5`). Pure."""
+    found = re.search(r"look for ID (\w+)", text)
+    return found.group(1) if found else None
+
+
 class ApiError(RuntimeError):
     """Airflow's REST API answered an error: its status and what it said."""
 
-    def __init__(self, method: str, path: str, status: int, text: str) -> None:
-        super().__init__(f"{method} {path}: {status} {text[:500]}")
+    def __init__(self, method: str, path: str, status: int, text: str, server_log: str = "") -> None:
+        super().__init__(f"{method} {path}: {status} {text[:500]}{server_log}")
         self.status, self.detail = status, api_detail(text)
 
 
@@ -145,12 +161,23 @@ class AirflowClient:
         return {"Authorization": f"Bearer {self._token}"}
 
     def api(self, method: str, path: str, **kwargs: Any) -> Any:
+        """One call; an idempotent one is asked again (twice at most) where the database failed it
+        for a moment (Airflow's 500 `Database error`: a deadlock with the scheduler or the
+        dag-processor, which PostgreSQL resolves by failing one side)."""
         import httpx
 
-        r = httpx.request(method, f"{self.url}/api/v2{path}", headers=self.auth_headers(), timeout=30, **kwargs)
-        if r.status_code >= 400:
-            raise ApiError(method, path, r.status_code, r.text)
-        return r.json() if r.content else None
+        for attempt in range(3):
+            r = httpx.request(method, f"{self.url}/api/v2{path}", headers=self.auth_headers(), timeout=30, **kwargs)
+            if r.status_code < 400:
+                return r.json() if r.content else None
+            if not (method in IDEMPOTENT and transient_database_error(r.status_code, r.text)) or attempt == 2:
+                raise ApiError(method, path, r.status_code, r.text, self._server_log(r.text))
+            time.sleep(1 + attempt)
+        raise AssertionError("unreachable")
+
+    def _server_log(self, text: str) -> str:
+        """What the api-server logged of the error this answer names (a subclass that runs it knows)."""
+        return ""
 
     def wait_for_dag(self, dag_id: str, timeout: float = 180) -> None:
         """Until the dag-processor has parsed the DAG; then unpause it (a DAG that `airflow dags
@@ -258,6 +285,15 @@ class LocalAirflow(AirflowClient):
 
     def __exit__(self, kind: type[BaseException] | None, err: BaseException | None, tb: TracebackType | None) -> None:
         self.stop()
+
+    def _server_log(self, text: str) -> str:
+        """The api-server's log of the error this answer names: the statement and where it failed."""
+        found, log = error_id(text), self.home / "services" / "api-server.log"
+        if found is None or not log.exists():
+            return ""
+        lines = log.read_text(errors="replace").splitlines()
+        at = next((i for i in range(len(lines) - 1, -1, -1) if f"Error with id {found}" in lines[i]), None)
+        return "" if at is None else "\napi-server log:\n" + "\n".join(lines[at : at + 40])
 
     def _check_alive(self) -> None:
         for name, p in zip(COMPONENTS, self.procs, strict=True):

@@ -41,7 +41,7 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
-from pipelines.core.errors import MlcycleError
+from pipelines.core.errors import ArtifactRefused, MlcycleError
 from pipelines.core.families import TABULAR_MLP
 from pipelines.core.integrity import sha256_hex
 from pipelines.core.k8s import cpu_threads
@@ -153,32 +153,37 @@ class Trainer:
         clock = clock or TrialClock(trial, self.metric_name)
         return self.fit_family(trial, TABULAR_MLP.name, params, log_metrics, clock)
 
-    def checkpoint_key(self, number: int) -> str:
-        return self.ctx.key(trial_checkpoint(number), STEP)  # the train step's, whichever worker
+    def checkpoint_key(self, number: int, sha256: str) -> str:
+        return self.ctx.key(trial_checkpoint(number, sha256), STEP)  # the train step's, whichever worker
 
 
 @dataclass
 class TrialCheckpoints:
-    """A trial's checkpoints in the run's storage; a trial enqueued again by `recover_interrupted`
-    (`resume_from`) resumes the interrupted trial's."""
+    """A trial's checkpoints; a trial enqueued again by `recover_interrupted` resumes from them."""
 
     trainer: Trainer
     trial: optuna.Trial
 
     def save(self, blob: bytes) -> None:
-        """Write the checkpoint, then record its sha256 on the trial (in the study's database)."""
-        self.trainer.ctx.storage.write_bytes(self.trainer.checkpoint_key(self.trial.number), blob)
-        self.trial.set_user_attr(CHECKPOINT_SHA256, sha256_hex(blob))
+        """Write it under a key of its own, record its sha256 (in the study's database), then delete
+        the one recorded before: killed anywhere, the recorded digest names a file of those bytes."""
+        storage, number = self.trainer.ctx.storage, self.trial.number
+        before = self.trial.user_attrs.get(CHECKPOINT_SHA256)
+        storage.write_bytes(self.trainer.checkpoint_key(number, digest := sha256_hex(blob)), blob)
+        self.trial.set_user_attr(CHECKPOINT_SHA256, digest)
+        if before is not None and before != digest:
+            storage.delete([self.trainer.checkpoint_key(number, before)])
 
     def resume(self) -> bytes | None:
-        """The checkpoint's bytes, once they match the sha256 the interrupted trial recorded for it
-        (`ArtifactRefused` otherwise)."""
-        previous = self.trial.user_attrs.get("resume_from")
-        key = None if previous is None else self.trainer.checkpoint_key(int(previous))
-        storage = self.trainer.ctx.storage
-        if key is None or not storage.exists(key):
+        """The checkpoint the interrupted trial recorded last, once its bytes match the sha256
+        recorded for it (`ArtifactRefused` otherwise); None where it recorded none."""
+        previous, digest = self.trial.user_attrs.get("resume_from"), self.trial.user_attrs.get(RESUME_SHA256)
+        if previous is None or digest is None:
             return None
-        return read_checked(storage, key, self.trial.user_attrs.get(RESUME_SHA256))
+        storage, key = self.trainer.ctx.storage, self.trainer.checkpoint_key(int(previous), digest)
+        if storage.exists(key):
+            return read_checked(storage, key, digest)
+        raise ArtifactRefused(f"{storage.uri(key)}: the checkpoint its trial recorded is gone: refused")
 
     def resumed(self, epoch: int) -> None:
         previous = self.trial.user_attrs["resume_from"]

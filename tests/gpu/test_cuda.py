@@ -76,6 +76,7 @@ def test_train_step_trainer_on_cuda(churn_df: pd.DataFrame, tmp_path: Path) -> N
     from pipelines.core.settings import Settings
     from pipelines.core.spec import parse_spec
     from pipelines.io.storage import LocalStorage
+    from pipelines.ml.families import CHECKPOINT_SHA256, RESUME_SHA256
     from pipelines.steps.context import StepContext
     from pipelines.steps.train import Trainer
     from tests.specs import churn_spec_dict
@@ -93,9 +94,10 @@ def test_train_step_trainer_on_cuda(churn_df: pd.DataFrame, tmp_path: Path) -> N
     first = study.ask()
     value, blob = trainer.fit(first, params, lambda metrics, step: None)
     assert np.isfinite(value)
-    assert ctx.storage.exists(trainer.checkpoint_key(first.number))
+    digest = first.user_attrs[CHECKPOINT_SHA256]
+    assert ctx.storage.exists(trainer.checkpoint_key(first.number, digest))
 
-    study.enqueue_trial(params, user_attrs={"resume_from": first.number})
+    study.enqueue_trial(params, user_attrs={"resume_from": first.number, RESUME_SHA256: digest})
     second = study.ask()
     trainer.fit(second, params, lambda metrics, step: None)
     assert second.user_attrs["resumed_at_epoch"] == spec.training.max_epochs

@@ -160,3 +160,52 @@ def test_a_model_version_with_a_changed_missing_or_added_file_is_refused() -> No
         check_files({k: v for k, v in recorded.items() if k != "python_model.py"}, recorded, "m v1")
     with pytest.raises(ArtifactRefused, match=r"added \['extra.py'\]"):
         check_files({**recorded, "extra.py": "d"}, recorded, "m v1")
+
+
+class KilledAtRecord(Exception):
+    """Stands for the task being killed after a checkpoint's bytes were written, before its digest
+    was recorded."""
+
+
+def test_a_task_killed_between_a_checkpoints_write_and_its_record_resumes_from_the_recorded_one(
+    tmp_path: Path,
+) -> None:
+    import types
+
+    import optuna
+
+    from pipelines.io.storage import LocalStorage
+    from pipelines.ml.families import CHECKPOINT_SHA256, RESUME_SHA256, trial_checkpoint
+    from pipelines.steps.train import TrialCheckpoints
+
+    storage = LocalStorage(tmp_path)
+    trainer = types.SimpleNamespace(
+        ctx=types.SimpleNamespace(storage=storage), checkpoint_key=lambda n, d: f"p/r/train/{trial_checkpoint(n, d)}"
+    )
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study()
+    trial = study.ask()
+    saving = TrialCheckpoints(trainer, trial)  # type: ignore[arg-type]
+    saving.save(b"epoch 1")
+    saving.save(b"epoch 2")  # the one before is deleted once this one is recorded
+    assert storage.list("p/r/train/checkpoints") == [trainer.checkpoint_key(trial.number, sha256_hex(b"epoch 2"))]
+
+    recorded = trial.set_user_attr
+    trial.set_user_attr = lambda *a: (_ for _ in ()).throw(KilledAtRecord())  # type: ignore[method-assign]
+    with pytest.raises(KilledAtRecord):
+        saving.save(b"epoch 3")
+    trial.set_user_attr = recorded  # type: ignore[method-assign]
+    assert len(storage.list("p/r/train/checkpoints")) == 2  # epoch 3's bytes are there, unrecorded
+
+    digest = study.trials[0].user_attrs[CHECKPOINT_SHA256]
+    study.enqueue_trial({}, user_attrs={"resume_from": trial.number, RESUME_SHA256: digest})
+    assert TrialCheckpoints(trainer, study.ask()).resume() == b"epoch 2"  # type: ignore[arg-type]
+
+    storage.write_bytes(trainer.checkpoint_key(trial.number, digest), b"swapped")
+    study.enqueue_trial({}, user_attrs={"resume_from": trial.number, RESUME_SHA256: digest})
+    with pytest.raises(ArtifactRefused, match="its sha256 is"):
+        TrialCheckpoints(trainer, study.ask()).resume()  # type: ignore[arg-type]
+    storage.delete([trainer.checkpoint_key(trial.number, digest)])
+    study.enqueue_trial({}, user_attrs={"resume_from": trial.number, RESUME_SHA256: digest})
+    with pytest.raises(ArtifactRefused, match="the checkpoint its trial recorded is gone"):
+        TrialCheckpoints(trainer, study.ask()).resume()  # type: ignore[arg-type]

@@ -193,3 +193,17 @@ def test_a_reject_without_a_reason_or_of_an_unknown_pipeline_exits_2_before_aski
         assert "no pipeline 'nope'" in capsys.readouterr().err
         assert main(["model", "approve", "churn", "--run", "manual__1", "--user", "carol"]) == 2
         assert "no password of Airflow user 'carol'" in capsys.readouterr().err
+
+
+def test_only_airflows_database_error_answer_counts_as_transient_and_its_lookup_id_is_read() -> None:
+    from pipelines.local.local_airflow import error_id, transient_database_error
+
+    body = (
+        '{"detail":{"reason":"Database error","statement":"hidden","orig_error":"hidden","message":"Serious error '
+        "when handling your request. Check logs for more details - you will find it in api server when you look for "
+        'ID xH16Fxu5"}}'
+    )
+    assert transient_database_error(500, body) and error_id(body) == "xH16Fxu5"
+    assert not transient_database_error(409, body.replace("Database error", "Unique constraint violation"))
+    assert not transient_database_error(500, '{"detail":"An error occurred while trying to deserialize Dag"}')
+    assert error_id('{"detail":"Not Found"}') is None

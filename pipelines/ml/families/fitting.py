@@ -52,9 +52,11 @@ def trial_artifact(number: int) -> str:
     return f"trials/trial-{number}.bin"
 
 
-def trial_checkpoint(number: int) -> str:
-    """Where (under the train step's output) a trial's training checkpoint is written."""
-    return f"checkpoints/trial-{number}.pt"
+def trial_checkpoint(number: int, sha256: str) -> str:
+    """Where (under the train step's output) a trial's training checkpoint with these bytes is
+    written: named by its digest, so a checkpoint never overwrites the one its trial last recorded
+    (a task killed between the write and the record resumes from the recorded one)."""
+    return f"checkpoints/trial-{number}-{sha256[:16]}.pt"
 
 
 # a trial's attributes (in the study's database, out of a bucket writer's reach): the sha256 of
