@@ -289,7 +289,8 @@ def test_a_5xx_names_what_failed_and_the_request_id_never_the_database_error(ser
     request id; no database error, address, password or exception is in the body."""
     from ray import serve
 
-    from serving.app import STATIC_KEYS, Ingress
+    from serving.app import Ingress
+    from serving.deployments import STATIC_KEYS
 
     name = f"{PIPELINE}_nodb"
     args = serving_args(spec_for(served, PIPELINE), [], model_name(PIPELINE), pipeline=name, online_features=False)
@@ -630,26 +631,80 @@ def test_shadow_answers_are_logged_not_returned(served: Settings) -> None:
     assert all(row[4] is not None for row in shadow_rows)
 
 
+def _haproxy_pid(settings: Settings) -> int:
+    """The pid of the HAProxy process answering the admin socket now (a reload starts a new one)."""
+    (sock,) = haproxy_dir(str(Path(str(settings.pipelines_dir)).parent)).glob("*/admin.sock")
+    with socket.socket(socket.AF_UNIX) as s:
+        s.settimeout(5)
+        s.connect(str(sock))
+        s.sendall(b"show info\n")
+        info = b""
+        while chunk := s.recv(65536):
+            info += chunk
+    return int(next(line for line in info.decode().splitlines() if line.startswith("Pid:")).split(":")[1])
+
+
 def test_no_request_lost_while_a_canary_walks_and_rolls_back_under_64_connections(served: Settings) -> None:
     """What the canary step does to the application, under 64 connections of wrk: the challenger
     is loaded beside the champion, its weight walks 5 -> 25 -> 50 -> 100 %, then it is rolled
-    back and removed. No answer may be other than 200, none slower than the request timeout."""
+    back and removed. No answer may be other than 200, none slower than the request timeout. Each
+    step is applied in place by the replicas (a published generation, served when `deploy`
+    returns): Serve never reconfigures them, so HAProxy never loses its backend and never reloads."""
     _deploy(served, {1: 100})
+    wait_direct_route(served, PIPELINE)
+    pid = _haproxy_pid(served)
+    with _client(served) as c:
+        generation = c.get("/").json()["generation"]
     bodies = [json.dumps({"instances": [{"entity_id": i}]}) for i in range(1, 501)]
     url = endpoint(served, PIPELINE) + "/predict"
     plan = [{1: 100, 2: 0}, {1: 95, 2: 5}, {1: 75, 2: 25}, {1: 50, 2: 50}, {1: 0, 2: 100}, {1: 100, 2: 0}, {1: 100}]
     seconds = 2.0 * len(plan) + 4
     proc, work = loadgen.start(url, bodies, {"x-api-key": KEY}, connections=64, seconds=seconds)
     time.sleep(2)
-    for weights in plan:
-        _deploy(served, weights)
-        time.sleep(2)
+    with _client(served) as c:
+        for step, weights in enumerate(plan, start=1):
+            _deploy(served, weights)
+            served_now = c.get("/").json()  # served when deploy returned: no waiting
+            assert served_now["generation"] == generation + step, served_now
+            assert served_now["weights"] == {str(v): float(w) for v, w in weights.items()}
+            time.sleep(2)
     result = loadgen.finish(proc, work, 64, seconds)
+    assert _haproxy_pid(served) == pid  # not reloaded: the backend kept its replica throughout
     with _client(served) as c:
         assert c.get("/").json()["weights"] == {"1": 100.0}
     assert result.requests > 500
     assert (result.non_2xx, result.socket_errors) == (0, 0), result
     assert result.max_ms < spec_for(served, PIPELINE).serving.request_timeout_s * 1000, result
+
+
+def test_a_replica_serve_starts_again_serves_the_newest_generation_not_the_one_serve_holds(
+    served: Settings,
+) -> None:
+    """Generations applied in place leave Serve holding older arguments: a replica that Serve
+    starts again (a crash, a scale-up) reads the published row and serves the newest."""
+    import ray
+
+    _deploy(served, {1: 100})
+    _deploy(served, {1: 50, 2: 50})  # in place: Serve still holds the {1: 100} of its last redeploy
+    with _client(served) as c:
+        newest = c.get("/").json()["generation"]
+    (replica,) = [a for a in ray.util.list_named_actors(all_namespaces=True) if f"{PIPELINE}#ingress#" in a["name"]]
+    ray.kill(ray.get_actor(replica["name"], namespace=replica["namespace"]), no_restart=True)
+
+    def restarted() -> dict[str, Any] | None:
+        with _client(served) as c:
+            try:
+                info = c.get("/")
+            except httpx.HTTPError:
+                return None
+        names = [a["name"] for a in ray.util.list_named_actors(all_namespaces=True)]
+        fresh = [n for n in names if f"{PIPELINE}#ingress#" in n and n != replica["name"]]
+        return info.json() if info.status_code == 200 and fresh else None
+
+    info, _ = _poll(restarted, 120)
+    assert info is not None, "no replica came back"
+    assert (info["generation"], info["weights"]) == (newest, {"1": 50.0, "2": 50.0}), info
+    _deploy(served, {1: 100})
 
 
 def test_overload_is_shed_with_503_and_retry_after_and_the_endpoint_recovers(served: Settings) -> None:
