@@ -1,5 +1,5 @@
 """The handlers of the subcommands that run the platform's services: `serve`, `statsd-exporter`,
-`stack`, `mlflow-server`, `up`, `down`, `ps`, `run`, `demo`, `drift-demo`. Each takes the parsed
+`stack`, `mlflow-server`, `up`, `down`, `ps`, `alerts`, `run`, `demo`, `drift-demo`. Each takes the parsed
 arguments and returns the exit code; what needs numpy and the like is imported when it runs.
 """
 
@@ -12,11 +12,12 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from pipelines.core.alerts import by_pipeline, render_firing
 from pipelines.core.errors import InvalidArgument
 from pipelines.core.settings import PROJECT_DIR, load_settings, pipeline_names, spec_for
 from pipelines.core.spec import load_specs
 from pipelines.core.system import executable
-from pipelines.io import db, mlflow_auth
+from pipelines.io import alerts, db, mlflow_auth
 from pipelines.io.tracking import server_command
 from pipelines.local import follow, platform, stack
 from pipelines.local.statsd_exporter import Bridge
@@ -170,6 +171,23 @@ def cmd_ps(args: argparse.Namespace) -> int:
     health = platform.Platform(load_settings()).health()
     print(platform.render_ps(health))
     return 0 if all(h["healthy"] for h in health.values()) else 1
+
+
+def cmd_alerts(args: argparse.Namespace) -> int:
+    """What fires now, per pipeline (Alertmanager's active alerts)."""
+    import httpx
+
+    settings = load_settings()
+    url = settings.alertmanager_url or alerts.local_url(settings)
+    try:
+        rows = by_pipeline(alerts.firing(url))
+    except httpx.HTTPError as err:
+        print(f"mlcycle: no Alertmanager answers at {url} ({err}); `mlcycle up` runs one", file=sys.stderr)
+        return 1
+    if args.pipeline:
+        rows = {p: r for p, r in rows.items() if p == args.pipeline}
+    print(json.dumps(rows, indent=2) if args.json else render_firing(rows))
+    return 0
 
 
 def cmd_run(args: argparse.Namespace) -> int:
