@@ -202,7 +202,13 @@ def _add_platform(sub: Subparsers) -> None:
         func=cmd_down
     )
     sub.add_parser("ps", help="the platform's services, their URLs and health").set_defaults(func=cmd_ps)
-    p = sub.add_parser("alerts", help="what fires now, per pipeline (Alertmanager's active alerts)")
+    p = sub.add_parser(
+        "alerts",
+        help="what fires now, per pipeline (Alertmanager's active alerts); `rules`: write the chart's "
+        "PrometheusRule groups from the specs; `config`: print an Alertmanager config of MLCYCLE_ALERTS_*",
+    )
+    p.add_argument("action", nargs="?", choices=["rules", "config"])
+    p.add_argument("--check", action="store_true", help="with rules: exit 1 when the chart's copy is stale")
     p.add_argument("--pipeline", help="only this pipeline's")
     p.add_argument("--json", action="store_true", help="the rows as JSON")
     p.set_defaults(func=cmd_alerts)

@@ -122,10 +122,13 @@ def pipeline_rules(slo: Slo, timing: RuleTiming = RuleTiming()) -> list[dict[str
     return rules
 
 
-def render_rules(slo_list: Iterable[Slo], timing: RuleTiming = RuleTiming()) -> str:
-    """The rule file (one group per pipeline) for Prometheus's `rule_files`. Pure."""
-    groups = [{"name": f"mlcycle-{s.pipeline}", "rules": pipeline_rules(s, timing)} for s in slo_list]
-    head = "# written by `mlcycle up` from the pipelines' specs (pipelines/core/alerts.py); edits are overwritten\n"
+def render_rules(
+    slo_list: Iterable[Slo], timing: RuleTiming = RuleTiming(), before: Sequence[Mapping[str, Any]] = ()
+) -> str:
+    """The rule file (one group per pipeline, after the groups `before`) for Prometheus's
+    `rule_files` or a PrometheusRule's spec. Pure."""
+    groups = [*before, *({"name": f"mlcycle-{s.pipeline}", "rules": pipeline_rules(s, timing)} for s in slo_list)]
+    head = "# written by mlcycle from the pipelines' specs (pipelines/core/alerts.py); edits are overwritten\n"
     return head + yaml.safe_dump({"groups": groups}, sort_keys=False, width=200)
 
 
@@ -163,7 +166,7 @@ def alertmanager_config(
         "group_interval": group_interval,
         "repeat_interval": repeat_interval,
     }
-    head = "# written by `mlcycle up` from the MLCYCLE_ALERTS_* settings; edits are overwritten\n"
+    head = "# written by mlcycle from the MLCYCLE_ALERTS_* settings; edits are overwritten\n"
     return head + yaml.safe_dump({"route": route, "receivers": [receiver]}, sort_keys=False)
 
 

@@ -251,3 +251,10 @@ def test_up_runs_alertmanager_on_loopback_and_prometheus_sends_to_it_with_the_ru
     assert "http://127.0.0.1:1/h" in (tmp_path / "alertmanager.yml").read_text()
     assert (tmp_path / "alertmanager.yml").stat().st_mode & 0o077 == 0
     assert write_configs(settings, tmp_path, prometheus=True, alertmanager=True) == []  # unchanged: no restart
+    checks = [
+        [tool("promtool"), "check", "config", str(tmp_path / "prometheus.yml")],  # and the rule files it names
+        [tool("amtool"), "check-config", str(tmp_path / "alertmanager.yml")],
+    ]
+    for argv in checks:
+        check = subprocess.run(argv, capture_output=True, text=True, timeout=60)
+        assert check.returncode == 0, check.stdout + check.stderr

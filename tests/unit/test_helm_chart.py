@@ -219,6 +219,7 @@ def test_the_retention_settings_reach_every_process_and_step_pod() -> None:
         ),
         ("images.pullSecrets[0]=Not_A_Name", "/images/pullSecrets/0"),
         ("retention.runsDays=-1", "/retention/runsDays"),
+        ("alerts.alertmanagerUrl=am:9093", "/alerts/alertmanagerUrl"),
     ],
 )
 def test_bad_values_are_refused_by_helm(setting: str, message: str) -> None:
@@ -343,3 +344,35 @@ def test_the_rayservice_carries_the_ingress_autoscaling_of_an_autoscaling_pipeli
     assert ingress == {"name": "ingress", "autoscaling_config": autoscaling_config(wine)}
     assert ingress["autoscaling_config"]["max_replicas"] > ingress["autoscaling_config"]["min_replicas"]
     assert cluster["rayClusterConfig"]["enableInTreeAutoscaling"] is True
+
+
+def test_the_prometheus_rule_holds_the_request_logs_and_every_pipelines_rules_from_the_specs(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from pipelines.core.alerts import render_rules, slos
+
+    assert "PrometheusRule" not in {d["kind"] for d in render()}  # prometheus-operator's CRD: asked for
+    rule = kinds(render("alerts.prometheusRule.enabled=true", "alerts.prometheusRule.labels.release=kps"))
+    spec = rule["PrometheusRule/rel-mlcycle"]
+    assert spec["metadata"]["labels"]["release"] == "kps"
+    specs = [load_spec(p) for p in sorted((PROJECT / "include" / "pipelines").glob("*.yaml"))]
+    shipped = yaml.safe_load((PROJECT / "include" / "stack" / "alerts.yml").read_text())["groups"]
+    assert spec["spec"] == yaml.safe_load(render_rules(slos(specs), before=shipped))
+    names = [g["name"] for g in spec["spec"]["groups"]]
+    assert names == [g["name"] for g in shipped] + [f"mlcycle-{s.name}" for s in specs]
+    with scoped_environ({"MLCYCLE_PIPELINES_DIR": str(PROJECT / "include" / "pipelines")}):
+        assert main(["alerts", "rules", "--check"]) == 0, capsys.readouterr().err  # the chart's copy is fresh
+
+
+def test_the_alertmanager_url_reaches_the_settings_and_the_step_pods_may_reach_it() -> None:
+    docs = kinds(render("alerts.alertmanagerUrl=http://alertmanager-operated.monitoring.svc:9093"))
+    data = docs["ConfigMap/rel-mlcycle-settings"]["data"]
+    assert data["MLCYCLE_ALERTMANAGER_URL"] == "http://alertmanager-operated.monitoring.svc:9093"
+    egress = docs["NetworkPolicy/rel-mlcycle-steps"]["spec"]["egress"]
+    assert any({"port": 9093, "protocol": "TCP"} in rule.get("ports", []) for rule in egress)
+    plain = kinds(render())
+    assert "MLCYCLE_ALERTMANAGER_URL" not in plain["ConfigMap/rel-mlcycle-settings"]["data"]
+    assert not any(
+        {"port": 9093, "protocol": "TCP"} in rule.get("ports", [])
+        for rule in plain["NetworkPolicy/rel-mlcycle-steps"]["spec"]["egress"]
+    )
