@@ -116,3 +116,19 @@ def alertmanager(home: Path, port: int, webhook_url: str) -> Iterator[tuple[str,
         yield url, proc
     finally:
         stop_processes([proc], grace_s=20)
+
+
+@contextmanager
+def alert_receiver(home: Path) -> Iterator[tuple[str, Webhook]]:
+    """A webhook receiver and an Alertmanager routing to it: yields Alertmanager's URL (what
+    `MLCYCLE_ALERTMANAGER_URL` names) and the webhook."""
+    from tests.services import free_port_pairs
+
+    am_port, hook_port = free_port_pairs(2)
+    hook = Webhook()
+    server = start_webhook(hook, hook_port)
+    try:
+        with alertmanager(home, am_port, f"http://127.0.0.1:{hook_port}/hook") as (url, _):
+            yield url, hook
+    finally:
+        server.shutdown()

@@ -33,7 +33,7 @@ def send(settings: Settings, alerts: Sequence[dict[str, Any]]) -> bool:
         return False
     try:
         httpx.post(f"{url.rstrip('/')}/api/v2/alerts", json=list(alerts), timeout=TIMEOUT_S).raise_for_status()
-    except httpx.HTTPError as err:
+    except (httpx.HTTPError, httpx.InvalidURL) as err:  # a URL httpx cannot parse is no HTTPError
         log.warning("alerts %s not sent to %s: %s", names, url, err)
         return False
     log.info("alerts %s sent to %s", names, url)

@@ -19,11 +19,11 @@ from pipelines.io import db
 from pipelines.io.registry import audit
 from pipelines.io.storage import open_storage, read_parquet
 from pipelines.local.local_airflow import airflow_env
-from tests.alerting import Webhook, alertmanager, delay_s, start_webhook
+from tests.alerting import alert_receiver, delay_s
 from tests.conftest import churn_spec_dict
 from tests.e2e.conftest import KEY
 from tests.integration.helpers import SHORT_CANARY, run, small_spec
-from tests.services import free_port_pairs, ray_listeners
+from tests.services import ray_listeners
 
 pytestmark = pytest.mark.e2e
 
@@ -269,20 +269,13 @@ def test_rejected_data_fails_the_run_without_retries_and_alertmanager_is_told(
     bad.to_parquet(tmp_path / "bad.parquet", index=False)
     small_spec(workspace, {"kind": "file", "path": str(tmp_path / "bad.parquet")})
     assert _airflow(["db", "migrate"], workspace, airflow_home).returncode == 0
-    am_port, hook_port = free_port_pairs(2)
-    hook = Webhook()
-    server = start_webhook(hook, hook_port)
-    try:
-        with alertmanager(tmp_path, am_port, f"http://127.0.0.1:{hook_port}/hook") as (am, _):
-            began = time.time()
-            done = _airflow(
-                ["dags", "test", "churn_lifecycle"], workspace, airflow_home, {"MLCYCLE_ALERTMANAGER_URL": am}
-            )
-            # the task's on_failure_callback (operators/notifier.py), in the task's own process
-            hook.wait("MlcycleRunFailed", began)
-            arrived, alert = hook.firing("MlcycleRunFailed")[0]
-    finally:
-        server.shutdown()
+    with alert_receiver(tmp_path) as (am, hook):
+        began = time.time()
+        extra = {"MLCYCLE_ALERTMANAGER_URL": am}
+        done = _airflow(["dags", "test", "churn_lifecycle"], workspace, airflow_home, extra)
+        # the task's on_failure_callback (operators/notifier.py), in the task's own process
+        hook.wait("MlcycleRunFailed", began)
+        arrived, alert = hook.firing("MlcycleRunFailed")[0]
     print(f"\nfailed Airflow task -> MlcycleRunFailed at the webhook: {delay_s(alert, arrived):.1f}s after the failure")
     assert alert["labels"]["pipeline"] == "churn" and alert["labels"]["task_id"] == "validate"
     assert alert["labels"]["dag_id"] == "churn_lifecycle" and "/tasks/validate" in alert["annotations"]["log_url"]

@@ -215,3 +215,5 @@ def test_without_alertmanager_sending_is_a_logged_no_op_never_an_error(caplog: p
     with caplog.at_level(logging.WARNING, logger="mlcycle.alerts"):
         assert alerts_io.send(Settings(alertmanager_url=f"http://127.0.0.1:{closed}"), [alert]) is False
     assert "not sent to" in caplog.text
+    for bad in ("http://[::1", "not a url"):  # a mistyped setting costs a warning, not the step
+        assert alerts_io.send(Settings(alertmanager_url=bad), [alert]) is False
