@@ -43,6 +43,7 @@ def prometheus_config(settings: Settings, alertmanager: bool = False, home: Path
     if home is not None:
         rules.append(str(home / RULES_FILE))
     lines = ["# written by `mlcycle up`; edits are overwritten", "global:", "  scrape_interval: 15s"]
+    lines += ["  evaluation_interval: 15s"]  # the rules (Prometheus's default: a minute)
     lines += [f"rule_files: {json.dumps(rules)}"]
     if alertmanager:
         target = f"127.0.0.1:{settings.alertmanager_port}"

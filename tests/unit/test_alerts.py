@@ -247,6 +247,7 @@ def test_up_runs_alertmanager_on_loopback_and_prometheus_sends_to_it_with_the_ru
     assert prom["alerting"]["alertmanagers"][0]["static_configs"][0]["targets"] == ["127.0.0.1:19093"]
     assert str(tmp_path / "alerts.rules.yml") in prom["rule_files"]
     assert "alerting" not in yaml.safe_load(prometheus_config(settings))
+    assert prom["global"]["evaluation_interval"] == "15s"
     assert write_configs(settings, tmp_path, prometheus=True, alertmanager=True) == ["prometheus", "alertmanager"]
     assert "http://127.0.0.1:1/h" in (tmp_path / "alertmanager.yml").read_text()
     assert (tmp_path / "alertmanager.yml").stat().st_mode & 0o077 == 0
