@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 from airflow.sdk import DAG, AssetOrTimeSchedule, CronTriggerTimetable
 
 from operators.approval import PromotionApproval
+from operators.notifier import AlertNotifier
 from operators.step import PipelineStepOperator
 from operators.trigger import RetrainingTrigger, retraining_asset
 from pipelines.core import approval
@@ -72,6 +73,7 @@ def lifecycle_dag(spec: PipelineSpec, steps: list[str], settings: Settings | Non
             "retries": spec.retries,
             "retry_delay": timedelta(seconds=30),
             "retry_exponential_backoff": True,
+            "on_failure_callback": AlertNotifier(spec.name),
         },
     ) as dag:
         previous: Any = None
@@ -111,7 +113,12 @@ def drift_dag(spec: PipelineSpec) -> DAG:
             f"When it asks for retraining, `trigger_retraining` emits the `{spec.name}_retraining` Asset "
             f"that schedules `{spec.name}_lifecycle`; otherwise that task is skipped."
         ),
-        default_args={"owner": spec.owner, "retries": 1, "retry_delay": timedelta(seconds=30)},
+        default_args={
+            "owner": spec.owner,
+            "retries": 1,
+            "retry_delay": timedelta(seconds=30),
+            "on_failure_callback": AlertNotifier(spec.name),
+        },
     ) as dag:
         PipelineStepOperator(task_id="drift", pipeline=spec.name, step="drift") >> RetrainingTrigger(
             task_id="trigger_retraining", pipeline=spec.name
@@ -136,7 +143,12 @@ def retention_dag(specs: list[PipelineSpec]) -> DAG:
     ) as dag:
         previous = None
         for spec in specs:
-            task = PipelineStepOperator(task_id=f"retention_{spec.name}", pipeline=spec.name, step="retention")
+            task = PipelineStepOperator(
+                task_id=f"retention_{spec.name}",
+                pipeline=spec.name,
+                step="retention",
+                on_failure_callback=AlertNotifier(spec.name),
+            )
             if previous is not None:
                 previous >> task
             previous = task

@@ -993,9 +993,10 @@ def _canary_spec(settings: Settings, **sections: Any) -> None:
     small_spec(settings, SOURCE, name=PIPELINE, training=FAST, evaluation=EVAL, canary=CANARY, **sections)
 
 
-def test_a_raising_challenger_is_rolled_back(served: Settings) -> None:
+def test_a_raising_challenger_is_rolled_back_and_alertmanager_is_told(served: Settings, tmp_path: Path) -> None:
     from pipelines.io.registry import alias_version
     from pipelines.steps.canary import CanaryRolledBack
+    from tests.alerting import alert_receiver, delay_s
     from tests.integration.helpers import run
 
     _canary_spec(served)
@@ -1003,8 +1004,17 @@ def test_a_raising_challenger_is_rolled_back(served: Settings) -> None:
     space = vectors.open_space(served, PIPELINE, faulty, 4, "cosine", "hnsw", "serve-2", "faulty")  # as `embed` made it
     vectors.copy_vectors(served, space, ["1", "2"], np.ones((2, 4), dtype=np.float32))
     _deploy(served, {1: 100})
-    with Load(served) as load, pytest.raises(CanaryRolledBack, match=f"v{faulty} rolled back at 20%"):
-        run(served, "canary", "serve-2", pipeline=PIPELINE)
+    with alert_receiver(tmp_path) as (am, hook):
+        told = served.model_copy(update={"alertmanager_url": am})
+        with Load(served) as load, pytest.raises(CanaryRolledBack, match=f"v{faulty} rolled back at 20%"):
+            run(told, "canary", "serve-2", pipeline=PIPELINE)
+        hook.wait("MlcycleCanaryRolledBack", time.time() - 600)
+    arrived, alert = hook.firing("MlcycleCanaryRolledBack")[0]
+    print(
+        f"\ncanary rolled back -> MlcycleCanaryRolledBack at the webhook: {delay_s(alert, arrived):.1f}s after the decision"
+    )
+    assert alert["labels"]["pipeline"] == PIPELINE and alert["labels"]["version"] == str(faulty)
+    assert "error rate" in alert["annotations"]["summary"]
     assert load.sent > 50
     assert len(load.failures) / load.sent < 0.001, load.failures[:3]
     import mlflow

@@ -43,6 +43,16 @@ def test_no_import_errors(dagbag) -> None:  # type: ignore[no-untyped-def]
     assert "churn_lifecycle" in dagbag.dags
 
 
+def test_every_task_of_the_pipelines_dags_tells_alertmanager_when_it_fails_for_good(dagbag) -> None:  # type: ignore[no-untyped-def]
+    from operators.notifier import AlertNotifier
+
+    for dag_id in ("churn_lifecycle", "churn_drift", "mlcycle_retention"):
+        for task in dagbag.dags[dag_id].tasks:
+            notifiers = [c for c in task.on_failure_callback or [] if isinstance(c, AlertNotifier)]
+            assert len(notifiers) == 1, (dag_id, task.task_id)
+            assert notifiers[0].pipeline == ("churn" if dag_id.startswith("churn") else task.task_id.split("_", 1)[1])
+
+
 def test_lifecycle_wiring(dagbag) -> None:  # type: ignore[no-untyped-def]
     dag = dagbag.dags["churn_lifecycle"]
     order = ["ingest", "validate", "features", "train", "evaluate", "promote", "embed", "canary"]
