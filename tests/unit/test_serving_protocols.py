@@ -127,6 +127,7 @@ def test_well_formed_tensors_are_read_by_the_compiled_schema_as_the_checks_read_
         (body(t("tenure", "INT64", [3.0])), [(None, {"tenure": 3.0})]),  # an integral float
         (body(t("tenure", "INT64", [3]), id=5), [(None, {"tenure": 3})]),  # an id not a string is not echoed
         (body(t("tenure", "INT64", [3]), extension={"x": [1]}), [(None, {"tenure": 3})]),  # another field
+        (body(t("plan", "BYTES", ["x\ud800"])), [(None, {"plan": "x\ud800"})]),  # a lone surrogate
     ],
 )
 def test_what_the_schema_does_not_take_the_python_checks_still_take(raw: bytes, expected: list[Any]) -> None:
