@@ -464,8 +464,10 @@ def page_html(
     trace: list[dict[str, Any]] | None = None,
     trace_error: str | None = None,
     approvals: list[dict[str, Any]] | None = None,
+    alerts: str = "",
 ) -> str:
-    """The page of one pipeline (`data`: `catalog.overview`), with tabs for the others. Pure."""
+    """The page of one pipeline (`data`: `catalog.overview`; `alerts`: its Alerts section), with
+    tabs for the others. Pure."""
     detail = data["detail"]
     tabs = " ".join(
         f'<a href="{escape(page_url(p))}"{" class=on" if p == selected else ""}>{escape(p)}</a>' for p in pipelines
@@ -477,6 +479,7 @@ def page_html(
 <nav>{tabs}</nav>
 {trace_section(selected, trace_query, trace, trace_error, mlflow_base)}
 {approvals_section(selected, approvals or [])}
+{alerts}
 {models_section(detail, data["versions"], mlflow_base)}
 {steering_section(selected, detail.get("pin"), detail.get("champion"))}
 {canary_section(selected, detail.get("canary"), (detail.get("champion") or {}).get("version"), data.get("audit"))}

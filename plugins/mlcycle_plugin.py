@@ -24,6 +24,7 @@ from airflow.api_fastapi.core_api.security import GetUserDep, bearer_scheme, get
 from airflow.plugins_manager import AirflowPlugin
 from fastapi import Depends, FastAPI, HTTPException, Request  # FastAPI reads these names from the module
 from fastapi.security import HTTPAuthorizationCredentials
+from mlcycle_alerts import alerts_section, firing_for  # beside this file (sys.path)
 from mlcycle_approvals import add_approval_routes, may, requests  # beside this file (sys.path)
 from mlcycle_audit import add_audit_routes, audited  # beside this file: Airflow puts the folder on sys.path
 from mlcycle_page import PAGE_PATH, empty_page, page_html
@@ -123,8 +124,7 @@ def needs_login(status: int, detail: Any) -> bool:
 
 
 def login_url(root_path: str, next_url: str) -> str:
-    """Airflow's login, returning to `next_url` (a path of this server) once logged in, as the UI
-    sends a browser without a session. Pure."""
+    """Airflow's login, back to `next_url` (a path here) once logged in, as the UI does it. Pure."""
     return f"{root_path.rstrip('/')}{LOGIN}?{urlencode({'next': next_url})}"
 
 
@@ -154,8 +154,7 @@ def server_directories(settings: Settings) -> list[tuple[str, str]]:
 
 
 def unknown_pipeline(pipeline: str, known: list[str]) -> str:
-    """The 404 of a pipeline the user cannot read (or that does not exist): the pipelines they may
-    read, no server path. Pure."""
+    """The 404 of a pipeline the user cannot read (or none): those they may read, no path. Pure."""
     return f"no pipeline {pipeline!r} that you may read (known: {known})"
 
 
@@ -267,6 +266,7 @@ def add_page_route(app: FastAPI) -> None:
             trace=trace,
             trace_error=error,
             approvals=[a for a in requests(selected) if a["state"] == "waiting"] if may(user, "GET", selected) else [],
+            alerts=alerts_section(*firing_for(settings, selected)),
         )
         return HTMLResponse(html)
 

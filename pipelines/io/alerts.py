@@ -40,12 +40,12 @@ def send(settings: Settings, alerts: Sequence[dict[str, Any]]) -> bool:
     return True
 
 
-def firing(url: str) -> list[dict[str, Any]]:
+def firing(url: str, timeout_s: float = TIMEOUT_S) -> list[dict[str, Any]]:
     """The active alerts (neither silenced nor inhibited) of the Alertmanager at `url`."""
     import httpx
 
     params = {"active": "true", "silenced": "false", "inhibited": "false"}
-    answer = httpx.get(f"{url.rstrip('/')}/api/v2/alerts", params=params, timeout=TIMEOUT_S)
+    answer = httpx.get(f"{url.rstrip('/')}/api/v2/alerts", params=params, timeout=timeout_s)
     answer.raise_for_status()
     alerts: list[dict[str, Any]] = answer.json()
     return alerts

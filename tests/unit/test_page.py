@@ -406,3 +406,30 @@ def test_a_run_waiting_for_approval_shows_its_summary_a_reason_and_the_two_butto
     assert '<button type="button" data-decision="reject">' in form.group(0)
     assert 'href="/dags/churn_lifecycle/runs/manual__3"' in form.group(0)
     assert 'fetch(form.dataset.api, {method: "POST", credentials: "same-origin"' in html
+
+
+def test_the_alerts_section_lists_what_fires_escaped_or_says_why_it_cannot_tell() -> None:
+    from mlcycle_alerts import alerts_section, firing_for
+
+    from pipelines.core.alerts import by_pipeline
+    from pipelines.core.settings import Settings
+    from tests.services import free_port_pairs
+
+    (closed,) = free_port_pairs(1)
+    answer = [  # Alertmanager's GET /api/v2/alerts, an event posted by anyone who reaches it included
+        {
+            "labels": {"alertname": "MlcycleCanaryRolledBack", "pipeline": "churn", "severity": "warning"},
+            "annotations": {"summary": "v2 rolled back at 20% <script>alert(1)</script>"},
+            "startsAt": "2026-12-06T21:40:00.123Z",
+        },
+        {"labels": {"alertname": "MlcycleDriftFound", "pipeline": "wine"}, "startsAt": "2026-12-06T20:00:00Z"},
+    ]
+    html = alerts_section(by_pipeline(answer)["churn"])
+    assert "(1 firing)" in html and "MlcycleCanaryRolledBack" in html and "2026-12-06T21:40:00" in html
+    assert "<script>" not in html and "&lt;script&gt;" in html
+    assert "MlcycleDriftFound" not in html
+    assert "None fires." in alerts_section([])
+    unset, why = firing_for(Settings(alertmanager_url=None), "churn")
+    assert unset is None and "No Alertmanager is configured" in alerts_section(unset, why)
+    away, why = firing_for(Settings(alertmanager_url=f"http://127.0.0.1:{closed}"), "churn")
+    assert away is None and "Alertmanager did not answer (ConnectError)" in alerts_section(away, why)
