@@ -20,9 +20,10 @@ def firing_for(settings: Settings, pipeline: str) -> tuple[list[dict[str, str]] 
     if not url:
         return None, "No Alertmanager is configured (MLCYCLE_ALERTMANAGER_URL): nobody is told."
     try:
-        return by_pipeline(firing(url, PAGE_TIMEOUT_S)).get(pipeline, []), ""
+        grouped = by_pipeline(firing(url, PAGE_TIMEOUT_S))
     except Exception as err:  # an Alertmanager away, or an answer of another shape: the page is drawn
         return None, f"Alertmanager did not answer ({type(err).__name__}): firing alerts unknown."
+    return grouped.get(pipeline, []) + grouped.get("-", []), ""  # the platform's own (storage) too
 
 
 def alerts_section(rows: Sequence[Mapping[str, str]] | None, reason: str = "") -> str:

@@ -265,3 +265,21 @@ def render_firing(rows: Mapping[str, Sequence[Mapping[str, str]]]) -> str:
         lines.append(f"{pipeline}:")
         lines += [f"  {r['alertname']:<28} {r['severity']:<9} since {r['since']}  {r['summary']}" for r in alerts]
     return "\n".join(lines)
+
+
+def fill_alerts(usage: Mapping[str, int], limits: Mapping[str, int | None], now: datetime) -> list[dict[str, Any]]:
+    """`MlcyclePlatformStorageFull` for each store (`database`, `bucket`) whose bytes in `usage`
+    reached its limit (a None limit checks nothing): the platform's, so no pipeline label. Pure."""
+    out = []
+    for store, limit in limits.items():
+        used = usage.get(store)
+        if limit is None or used is None or used < limit:
+            continue
+        summary = (
+            f"the platform {store} holds {used:,} bytes, {used / limit:.0%} of "
+            f"MLCYCLE_ALERTS_{store.upper()}_MAX_BYTES ({limit:,}): expire more (MLCYCLE_RETENTION_*) or grow it"
+        )
+        alert = event_alert("MlcyclePlatformStorageFull", "-", summary, now, labels={"store": store})
+        del alert["labels"]["pipeline"]
+        out.append(alert)
+    return out

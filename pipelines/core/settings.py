@@ -102,6 +102,10 @@ class Settings(BaseSettings):
     alerts_email_to: str | None = None
     alerts_smtp_smarthost: str | None = None  # host:port
     alerts_email_from: str = "mlcycle@localhost"
+    # Bytes above which the hourly retention step alerts `MlcyclePlatformStorageFull` (None: no check):
+    # the platform database (pg_database_size) and the artifact store (every object under the root).
+    alerts_database_max_bytes: int | None = Field(default=None, gt=0)
+    alerts_bucket_max_bytes: int | None = Field(default=None, gt=0)
     # Kubernetes: what the rendered pods look like.
     image: str = "mlcycle-step:latest"
     image_pull_policy: Literal["Always", "IfNotPresent", "Never"] = "IfNotPresent"

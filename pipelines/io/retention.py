@@ -89,3 +89,9 @@ def running_runs(conn: Any, pipeline: str) -> set[str]:
 def forget_digests(conn: Any, keys: list[str]) -> int:
     """Delete the recorded sha256 of artifacts that were removed. Returns how many."""
     return int(conn.execute("DELETE FROM artifact_digests WHERE key = ANY(%s)", (keys,)).rowcount)
+
+
+def database_bytes(conn: Any) -> int:
+    """The platform database's size on disk (every table, index and TOAST of every schema)."""
+    row = conn.execute("SELECT pg_database_size(current_database())").fetchone()
+    return int(row[0])

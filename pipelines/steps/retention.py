@@ -12,7 +12,9 @@ Run every hour by the `mlcycle_retention` DAG, one task per pipeline:
   except the runs of the versions still in the registry (champion, challenger and every other:
   their snapshot, reports and model stay) and runs with a step running now.
 
-What it removed (rows or objects, and bytes, per kind) is its result and its `manifest.json`.
+What it removed (rows or objects, and bytes, per kind) is its result and its `manifest.json`; where
+`MLCYCLE_ALERTS_DATABASE_MAX_BYTES` or `..._BUCKET_MAX_BYTES` is set, it measures that store and
+alerts `MlcyclePlatformStorageFull` at or above the limit.
 MLflow's own artifacts (`<root>/mlflow/...`) are MLflow's to expire (`mlflow gc`).
 """
 
@@ -21,6 +23,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
+from pipelines.core.alerts import fill_alerts
 from pipelines.core.retention import (
     expired_runs,
     label_window_days,
@@ -32,6 +35,7 @@ from pipelines.core.retention import (
 from pipelines.core.settings import RetentionSettings, Settings
 from pipelines.core.spec import PipelineSpec
 from pipelines.io import retention as store
+from pipelines.io.alerts import send
 from pipelines.io.db import advisory_lock, connect
 from pipelines.io.registry import lineage_runs
 from pipelines.io.storage import Storage, write_json
@@ -92,6 +96,22 @@ def runs(settings: Settings, storage: Storage, pipeline: str, now: datetime, cur
     }
 
 
+def fill(settings: Settings, storage: Storage, now: datetime) -> dict[str, Any]:
+    """The platform database's and the artifact store's bytes, where a limit asks for them, and the
+    `MlcyclePlatformStorageFull` alerts sent for those at or above it."""
+    limits = {"database": settings.alerts_database_max_bytes, "bucket": settings.alerts_bucket_max_bytes}
+    usage: dict[str, int] = {}
+    if limits["database"] is not None:
+        with connect(settings) as conn:
+            usage["database"] = store.database_bytes(conn)
+    if limits["bucket"] is not None:
+        usage["bucket"] = sum(size for _, size, _ in storage.stat(""))
+    fired = fill_alerts(usage, limits, now)
+    if fired:
+        send(settings, fired)
+    return {"bytes": usage, "limits": limits, "alerts": [a["labels"]["store"] for a in fired]}
+
+
 def enforce(ctx: StepContext, now: datetime) -> dict[str, Any]:
     """The retention of one pipeline (and of the shared request log) at `now`."""
     shortfall = request_log_shortfall(ctx.spec, ctx.settings.retention.request_log_days)
@@ -102,6 +122,7 @@ def enforce(ctx: StepContext, now: datetime) -> dict[str, Any]:
         "request_log": request_log(ctx.settings, now),
         "labels": labels(ctx.settings, ctx.spec, now),
         "runs": runs(ctx.settings, ctx.storage, ctx.pipeline, now, ctx.run_id),
+        "fill": fill(ctx.settings, ctx.storage, now),
     }
 
 

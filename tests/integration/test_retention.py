@@ -214,3 +214,31 @@ def test_a_registered_versions_lineage_survives_a_runs_retention_of_zero_days(se
     assert (runs["folders"], runs["objects"], runs["removed"]) == (1, 3, ["orphan"])
     assert runs["bytes"] == sum(len(f"orphan {name}") for name in ARTIFACTS)
     assert runs["kept_for_lineage"] == sorted(LINEAGE)
+
+
+def test_a_store_at_its_fill_limit_is_alerted_and_one_below_it_is_not(settings: Settings, tmp_path: Path) -> None:
+    """The hourly step measures the platform database and the artifact store where a limit is set:
+    the database over a limit of 1 byte reaches the webhook as `MlcyclePlatformStorageFull`; the
+    store under a limit far above it does not."""
+    import time
+
+    from tests.alerting import alert_receiver
+
+    storage = open_storage(settings)
+    write_artifact(settings, storage, f"{PIPELINE}/fill/train/model.onnx", b"x" * 1000)
+    with alert_receiver(tmp_path) as (url, hook):
+        limited = keep(settings).model_copy(
+            update={"alertmanager_url": url, "alerts_database_max_bytes": 1, "alerts_bucket_max_bytes": 10**15}
+        )
+        began = time.time()
+        fill = run_step("retention", PIPELINE, "retention-fill", limited)["fill"]
+        assert fill["bytes"]["database"] > 1_000_000 and fill["bytes"]["bucket"] >= 1000, fill
+        assert fill["alerts"] == ["database"], fill
+        took, alert = hook.wait("MlcyclePlatformStorageFull", began)
+        print(f"\nthe database over its limit -> MlcyclePlatformStorageFull at the webhook: {took:.1f}s")
+        assert alert["labels"]["store"] == "database" and "pipeline" not in alert["labels"]
+        assert "MLCYCLE_ALERTS_DATABASE_MAX_BYTES" in alert["annotations"]["summary"]
+        assert [a["labels"]["store"] for _, a in hook.firing("MlcyclePlatformStorageFull")] == ["database"]
+    unset = run_step("retention", PIPELINE, "retention-nofill", keep(settings))["fill"]
+    assert unset == {"bytes": {}, "limits": {"database": None, "bucket": None}, "alerts": []}
+    assert Settings().alerts_database_max_bytes is None  # off unless asked for

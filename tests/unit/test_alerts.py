@@ -259,3 +259,15 @@ def test_up_runs_alertmanager_on_loopback_and_prometheus_sends_to_it_with_the_ru
     for argv in checks:
         check = subprocess.run(argv, capture_output=True, text=True, timeout=60)
         assert check.returncode == 0, check.stdout + check.stderr
+
+
+def test_a_store_at_or_over_its_limit_alerts_and_one_under_it_or_unlimited_does_not() -> None:
+    now = datetime(2026, 12, 6, 21, 0, tzinfo=UTC)
+    usage = {"database": 800, "bucket": 5_000}
+    assert alerts.fill_alerts(usage, {"database": 1_000, "bucket": None}, now) == []
+    (fired,) = alerts.fill_alerts(usage, {"database": 800, "bucket": 10_000}, now)
+    assert fired["labels"] == {"alertname": "MlcyclePlatformStorageFull", "severity": "warning", "store": "database"}
+    assert "800 bytes, 100% of MLCYCLE_ALERTS_DATABASE_MAX_BYTES (800)" in fired["annotations"]["summary"]
+    both = alerts.fill_alerts(usage, {"database": 1, "bucket": 4_000}, now)
+    assert [a["labels"]["store"] for a in both] == ["database", "bucket"]
+    assert alerts.fill_alerts({}, {"database": 1}, now) == []  # not measured: nothing said
