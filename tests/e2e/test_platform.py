@@ -397,18 +397,22 @@ def resources_answer_from_the_same_records(
     assert httpx.get(f"{api}/health", timeout=30).status_code == 401
     page = httpx.get(f"{api.removesuffix('/api/ml')}/mlcycle/page", headers=admin, timeout=60)
     assert page.status_code == 200 and '<a href="/api/ml/experiments?pipeline=churn">' in page.text
-    # the page's Alerts section reads the platform's Alertmanager: an event for churn shows there
+
+
+def test_the_page_shows_what_the_platforms_alertmanager_fires_for_the_pipeline(up: dict[str, str]) -> None:
+    """The page's Alerts section reads `mlcycle up`'s Alertmanager: an event for churn shows there, escaped."""
     from datetime import UTC, datetime
 
     from pipelines.core.alerts import rollback_alert
     from pipelines.core.settings import Settings
     from pipelines.io.alerts import send
 
-    assert "<h2>Alerts" in page.text
-    alertmanager = f"http://127.0.0.1:{up['MLCYCLE_ALERTMANAGER_PORT']}"
+    base, admin = f"http://127.0.0.1:{up['MLCYCLE_AIRFLOW_PORT']}", token(up, "admin")
+    page = httpx.get(f"{base}/mlcycle/page?pipeline=churn", headers=admin, timeout=60)
+    assert page.status_code == 200 and "<h2>Alerts" in page.text
     event = rollback_alert("churn", 9, 1, "page drill <b>", datetime.now(UTC))
-    assert send(Settings(alertmanager_url=alertmanager), [event])
-    page = httpx.get(f"{api.removesuffix('/api/ml')}/mlcycle/page?pipeline=churn", headers=admin, timeout=60)
+    assert send(Settings(alertmanager_url=f"http://127.0.0.1:{up['MLCYCLE_ALERTMANAGER_PORT']}"), [event])
+    page = httpx.get(f"{base}/mlcycle/page?pipeline=churn", headers=admin, timeout=60)
     assert "churn: v9 rolled back, v1 stays champion: page drill &lt;b&gt;" in page.text, page.text[:3000]
 
 
