@@ -64,7 +64,7 @@ tools:
 # (they share session fixtures: the embedded PostgreSQL, SeaweedFS); one coverage figure for both
 test: setup tools
 	$(VENV)/bin/pytest -n 2 --cov --cov-report= --cov-fail-under=0 tests/unit
-	$(VENV)/bin/pytest --cov --cov-append --cov-report=term tests/integration tests/e2e tests/gpu
+	$(VENV)/bin/pytest --durations=40 --cov --cov-append --cov-report=term tests/integration tests/e2e tests/gpu
 
 test-unit: setup
 	$(VENV)/bin/pytest tests/unit
@@ -138,9 +138,9 @@ stack-down: setup
 # Images, a stack of its own (project mlcycletest, free ports, its own volumes), the lifecycle
 # through Airflow's REST API, down/up persistence, then everything removed.
 test-stack: images
-	$(VENV)/bin/pytest tests/stack
+	$(VENV)/bin/pytest --durations=0 tests/stack
 
 # Faults injected into a stack of its own while the lifecycle runs and the endpoint is under a
 # paced load: a table of what happened (also .test-artifacts/faults.md).
 test-faults: images
-	$(VENV)/bin/pytest tests/faults
+	$(VENV)/bin/pytest --durations=0 tests/faults
