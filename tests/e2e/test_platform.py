@@ -724,7 +724,9 @@ def test_a_manual_approval_waits_for_a_reviewer_whose_approval_promotes_and_whos
         source={"kind": "synthetic", "customers": 300, "months": 6, "seed": 5},
         training={"n_trials": 1, "max_epochs": 2, "pruner": "none"},
         evaluation={"min_primary": 0.5, "min_improvement": -1.0, "bootstrap_samples": 50, "beat_baseline": False},
-        canary=SHORT_CANARY,
+        # 10 s at 20 %: the page's wrk (2 connections, 20 ms apart) gives the challenger its
+        # min_requests even where each answer takes 100 ms (4 s gave 14 of 15 on a busy host)
+        canary={**SHORT_CANARY, "dwell_s": 10},
         promotion={"approval": "manual", "approval_timeout_h": 1},
     )
     base = f"http://127.0.0.1:{up['MLCYCLE_AIRFLOW_PORT']}"
