@@ -64,6 +64,9 @@ def read_entities(spec: PipelineSpec, settings: Settings, as_of: datetime) -> pd
         df = df[pd.to_datetime(df[ts], utc=True) > pd.Timestamp(as_of - ttl)]
     else:
         df = read_source(entities, settings)
+        if entities.lookback_days is not None and ts in df.columns:
+            since = pd.Timestamp(as_of - timedelta(days=entities.lookback_days))
+            df = df[pd.to_datetime(df[ts], utc=True) > since]
     if key not in df.columns:
         raise SourceDataError(f"{spec.name}: the batch's entities have no column '{key}' (entity.join_key)")
     rows = latest_rows(df, key, ts, as_of)

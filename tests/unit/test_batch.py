@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from datetime import UTC, datetime, timedelta, timezone
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -241,3 +242,33 @@ def test_the_column_wise_check_never_passes_a_row_the_contract_refuses() -> None
     assert list(clean) == [j and r["_found"] for j, r in zip(judged, rows, strict=True)]
     # text ids, an unruled category: nothing is taken column-wise (each row judged on its own)
     assert not surely_clean(frame.assign(id="c-7"), CONTRACT, NAMES, "id").any()
+
+
+def test_source_entities_are_each_entitys_newest_row_within_the_lookback(tmp_path: Path) -> None:
+    """A file of entities read as ingest reads one: rows after as_of and before the lookback are
+    left out, one row per entity stays, and a file without the join key is refused by name."""
+    from pipelines.core.errors import SourceDataError
+    from pipelines.core.settings import Settings
+    from pipelines.io.batch import read_entities
+
+    t = datetime(2026, 1, 31, tzinfo=UTC)
+    path = tmp_path / "entities.csv"
+    pd.DataFrame(
+        {
+            "customer_id": [1, 1, 2, 3, 4],
+            "event_timestamp": [
+                t - timedelta(days=5),
+                t - timedelta(days=1),
+                t - timedelta(days=40),
+                t,
+                t + timedelta(days=1),
+            ],
+            "plan": ["basic", "premium", "basic", "standard", "basic"],
+        }
+    ).to_csv(path, index=False)
+    spec = _spec(entities={"kind": "file", "path": str(path), "lookback_days": 30})
+    rows = read_entities(spec, Settings(state_dir=tmp_path), t)
+    assert sorted(zip(rows["customer_id"], rows["plan"], strict=True)) == [(1, "premium"), (3, "standard")]
+    pd.DataFrame({"id": [1]}).to_csv(path, index=False)
+    with pytest.raises(SourceDataError, match="no column 'customer_id'"):
+        read_entities(spec, Settings(state_dir=tmp_path), t)
