@@ -1,8 +1,8 @@
 """`batch`: one partition of a batch run (`mlcycle step batch --worker N`), scored with the
 version `batch_pin` pinned.
 
-1. the batch's entities (a source, or every entity of the offline store), one row per entity,
-   those whose id hashes to this partition (`partition_of`);
+1. the partition's entities as `batch_pin` planned them (a source's rows or the offline store's
+   ids, one row per entity, those whose id hashes to this partition: `partition_of`);
 2. the features a row does not carry, point-in-time at the pinned as_of from Feast's offline store;
 3. each row judged by the pipeline's request contract (`serving.contract`, what the endpoint
    applies): a row outside it is quarantined with its reasons and counted, never scored;
@@ -24,9 +24,9 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from pipelines.core.errors import DataQualityError, InvalidArgument, SpecError
-from pipelines.io.batch import TABLE_COLUMNS, offline_features, read_entities, write_partition
+from pipelines.io.batch import TABLE_COLUMNS, offline_features, write_partition
 from pipelines.io.registry import load_onnx_model
-from pipelines.io.storage import write_json, write_parquet
+from pipelines.io.storage import read_parquet, write_json, write_parquet
 from pipelines.ml.model import CLASS, PROBABILITIES, onnx_session, session_feed
 from pipelines.steps.context import StepContext
 from serving.contract import RequestContract, entity_problem, request_contract
@@ -189,13 +189,6 @@ def score_rows(session: Any, rows: pd.DataFrame, ctx: StepContext, chunk_rows: i
     )
 
 
-def partition_rows(ctx: StepContext, parallelism: int, as_of: datetime) -> tuple[Any, int]:
-    """This partition's rows and how many entities the whole batch holds."""
-    rows = read_entities(ctx.spec, ctx.settings, as_of)
-    mine = rows[partition_of(rows[ctx.spec.entity.join_key], parallelism) == ctx.worker]
-    return mine.reset_index(drop=True), len(rows)
-
-
 def run(ctx: StepContext) -> dict[str, Any]:
     batch = ctx.spec.batch
     if batch is None:
@@ -207,7 +200,7 @@ def run(ctx: StepContext) -> dict[str, Any]:
     started = time.monotonic()
     as_of = datetime.fromisoformat(pin["as_of"])
     session = onnx_session(load_onnx_model(ctx.settings, ctx.pipeline, pin["model"], int(pin["version"])))
-    rows, total = partition_rows(ctx, parallelism, as_of)
+    rows = read_parquet(ctx.storage, ctx.require("batch_pin", f"entities-{n}.parquet"))
     rows = with_features(rows, ctx, [i.name for i in session.get_inputs()], as_of)
     scored, quarantined = score_rows(session, rows, ctx, batch.chunk_rows)
     if len(rows) and scored.empty:
@@ -229,7 +222,7 @@ def run(ctx: StepContext) -> dict[str, Any]:
         "partition": n,
         "version": int(pin["version"]),
         "as_of": pin["as_of"],
-        "entities": total,
+        "entities": int(pin["entities"]),
         "rows": len(rows),
         "rows_scored": len(scored),
         "rows_quarantined": len(quarantined),

@@ -1,6 +1,9 @@
-"""`batch_pin`: the first task of `<name>_batch`. It reads the champion's version and the run's
-as_of once and writes them down; every partition scores with exactly these, even when the
-`champion` alias moves while the run goes on. A retried pin keeps what its first attempt pinned."""
+"""`batch_pin`: the first task of `<name>_batch`, the run's plan. It reads the champion's version
+and the run's as_of once, reads the entities once (one row per entity) and splits them into
+`parallelism` partitions by a hash of their id (`entities-<n>.parquet`); every partition scores
+exactly these rows with exactly this version, even when the `champion` alias moves or the source
+changes while the run goes on. A retried pin keeps what its first attempt pinned (the manifest,
+written last, says it is complete)."""
 
 from __future__ import annotations
 
@@ -8,8 +11,10 @@ from datetime import UTC, datetime
 from typing import Any
 
 from pipelines.core.errors import SpecError
+from pipelines.io.batch import read_entities
 from pipelines.io.registry import champion_version, model_name
-from pipelines.io.storage import write_json
+from pipelines.io.storage import write_json, write_parquet
+from pipelines.steps.batch import partition_of
 from pipelines.steps.context import StepContext
 
 STEP = "batch_pin"
@@ -30,14 +35,26 @@ def run(ctx: StepContext) -> dict[str, Any]:
     if ctx.storage.exists(key) and not ctx.force:
         return {**ctx.manifest(STEP), "reused": True}
     run_as_of = ctx.params.as_of if ctx.params else None
+    pinned_at = datetime.now(UTC)
+    version = champion_version(ctx.settings, ctx.pipeline)
+    as_of = pinned_as_of(batch.as_of, run_as_of, pinned_at)
+    rows = read_entities(ctx.spec, ctx.settings, as_of)
+    parts = partition_of(rows[ctx.spec.entity.join_key], batch.parallelism)
+    sizes = []
+    for n in range(batch.parallelism):
+        mine = rows[parts == n].reset_index(drop=True)
+        write_parquet(ctx.storage, ctx.key(f"entities-{n}.parquet"), mine)
+        sizes.append(len(mine))
     pin = {
         "step": STEP,
         "pipeline": ctx.pipeline,
         "model": model_name(ctx.pipeline),
-        "version": champion_version(ctx.settings, ctx.pipeline),
-        "as_of": pinned_as_of(batch.as_of, run_as_of, datetime.now(UTC)).isoformat(),
+        "version": version,
+        "as_of": as_of.isoformat(),
         "parallelism": batch.parallelism,
-        "pinned_at": datetime.now(UTC).isoformat(),
+        "entities": len(rows),
+        "partition_rows": sizes,
+        "pinned_at": pinned_at.isoformat(),
     }
     write_json(ctx.storage, key, pin)
     return pin
