@@ -11,7 +11,8 @@ with `parallelism: 1` (`mlcycle step batch --worker 0`, as the DAG's task runs i
 only) and with `parallelism: 2` (both partitions at once). Each figure is the process's wall time,
 interpreter start included for both sides; peak RSS is the process's (`wait4`). `--big N` also
 scores N rows with one partition for its peak RSS alone. Keys of `--json`: `rows`,
-`script_rows_per_s`, `rows_per_s` by partitions (`{"1": ..., "2": ...}`), `peak_rss_mib` by rows.
+`script_rows_per_s`, `rows_per_s` by partitions (the pin, which reads and splits the entities,
+included) (`{"1": ..., "2": ...}`), `peak_rss_mib` by rows.
 """
 
 from __future__ import annotations
@@ -72,12 +73,13 @@ def measured(cmd: list[str], env: dict[str, str]) -> tuple[float, float]:
 
 
 def partitions(settings: Settings, env: dict[str, str], run_id: str, n: int) -> tuple[float, float]:
-    """Pin, then `n` partitions at once: (wall seconds of the partitions, their largest peak RSS MiB)."""
+    """Pin (in this process: no interpreter start), then `n` partitions at once: (wall seconds of
+    the pin and the partitions, the partitions' largest peak RSS MiB)."""
     from pipelines.steps.runner import run_step
 
-    run_step("batch_pin", PIPELINE, run_id, settings)
     exe = str(Path(sys.executable).parent / "mlcycle")
     started = time.perf_counter()
+    run_step("batch_pin", PIPELINE, run_id, settings)
     procs = [
         subprocess.Popen(
             [exe, "step", "batch", "--pipeline", PIPELINE, "--run-id", run_id, "--worker", str(k)],

@@ -23,15 +23,27 @@ TABLE_COLUMNS = ("entity_id", "score", "class", "probabilities")
 """A scored partition's frame: the entity id (text) and the endpoint's answer."""
 
 
-def latest_rows(df: pd.DataFrame, key: str, ts: str, as_of: datetime) -> pd.DataFrame:
-    """The newest row of each entity at or before `as_of` (every row where there is no `ts`
-    column: then each entity's last). Pure."""
+def latest_rows(df: pd.DataFrame, key: str, ts: str, as_of: datetime, since: datetime | None = None) -> pd.DataFrame:
+    """The newest row of each entity at or before `as_of` (and after `since`, where given); every
+    row where there is no `ts` column: then each entity's last. The frame is copied once, by
+    position (a copy of its text columns per filter was most of the time on a million rows). Pure."""
+    import numpy as np
     import pandas as pd
 
-    if ts in df.columns:
-        moments = pd.to_datetime(df[ts], utc=True)
-        df = df[moments <= pd.Timestamp(as_of)].assign(**{ts: moments}).sort_values(ts, kind="stable")
-    return df.drop_duplicates(key, keep="last").reset_index(drop=True)
+    if ts not in df.columns:
+        return df.drop_duplicates(key, keep="last").reset_index(drop=True)
+    moments = pd.to_datetime(df[ts], utc=True)
+    keep = (moments <= pd.Timestamp(as_of)).to_numpy()
+    if since is not None:
+        keep &= (moments > pd.Timestamp(since)).to_numpy()
+    positions = np.flatnonzero(keep)
+    instants = moments.to_numpy(dtype="datetime64[ns]")  # not Timestamp objects
+    kept = pd.DataFrame({"k": df[key].to_numpy()[positions], "t": instants[positions], "p": positions})
+    if not kept["k"].is_unique:
+        kept = kept.sort_values("t", kind="stable").drop_duplicates("k", keep="last").sort_values("p")
+    out = df.take(kept["p"].to_numpy())
+    out.index = pd.RangeIndex(len(out))
+    return out
 
 
 def offline_snapshot(store: Any, spec: PipelineSpec) -> str:
@@ -60,16 +72,13 @@ def read_entities(spec: PipelineSpec, settings: Settings, as_of: datetime) -> pd
     if isinstance(entities, OfflineStoreEntities):
         with feature_store(spec, settings) as store:
             df = pd.read_parquet(offline_snapshot(store, spec), columns=[key, ts])
-        ttl = timedelta(days=max(v.ttl_days for v in spec.features.views))
-        df = df[pd.to_datetime(df[ts], utc=True) > pd.Timestamp(as_of - ttl)]
+        since: datetime | None = as_of - timedelta(days=max(v.ttl_days for v in spec.features.views))
     else:
         df = read_source(entities, settings)
-        if entities.lookback_days is not None and ts in df.columns:
-            since = pd.Timestamp(as_of - timedelta(days=entities.lookback_days))
-            df = df[pd.to_datetime(df[ts], utc=True) > since]
+        since = as_of - timedelta(days=entities.lookback_days) if entities.lookback_days is not None else None
     if key not in df.columns:
         raise SourceDataError(f"{spec.name}: the batch's entities have no column '{key}' (entity.join_key)")
-    rows = latest_rows(df, key, ts, as_of)
+    rows = latest_rows(df, key, ts, as_of, since)
     if isinstance(entities, OfflineStoreEntities):
         rows = rows[[key]]
     if rows.empty:

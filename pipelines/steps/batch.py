@@ -43,11 +43,12 @@ NO_FEATURES = "no features for the entity at as_of in the offline store (none wi
 
 # ----------------------------------------------------------------------------------- pure core
 def partition_of(ids: pd.Series, parallelism: int) -> np.ndarray:
-    """The partition of each entity id: a stable hash of its text modulo `parallelism` (the same
-    in every process and on every run, so a retried partition scores the same entities). Pure."""
+    """The partition of each entity id: a stable hash of the id (of an integer id's value, of any
+    other's text) modulo `parallelism`, the same in every process and on every run. Pure."""
+    from pandas.api.types import is_integer_dtype
     from pandas.util import hash_pandas_object
 
-    hashed = hash_pandas_object(ids.astype(str), index=False).to_numpy()
+    hashed = hash_pandas_object(ids if is_integer_dtype(ids) else ids.astype(str), index=False).to_numpy()
     out: np.ndarray = (hashed % parallelism).astype("int64")
     return out
 

@@ -102,7 +102,7 @@ def test_two_partitions_score_every_entity_once_with_the_version_pinned_before_t
     assert set(rows["as_of"]) == {datetime.fromisoformat(AS_OF)}
     assert rows["score"].between(0, 1).all() and rows["class"].isna().all()
     # each row in the partition its id hashes to, and the partitions' counts add up
-    assert (rows["partition"].to_numpy() == partition_of(rows["entity_id"], 2)).all()
+    assert (rows["partition"].to_numpy() == partition_of(rows["entity_id"].astype("int64"), 2)).all()
     assert [p["rows_scored"] for p in parts] == [int((rows["partition"] == n).sum()) for n in (0, 1)]
     assert all(p["rows_quarantined"] == 0 and p["version"] == 1 for p in parts)
     assert published["rows_scored"] == len(rows) and published["rows_quarantined"] == 0

@@ -73,10 +73,13 @@ def test_every_entity_lands_in_exactly_one_partition_the_same_in_every_process()
     parts = partition_of(ids, 4)
     assert set(parts) == {0, 1, 2, 3}
     assert all(1500 < (parts == n).sum() < 3500 for n in range(4))  # spread, not all in one
-    # the same id, as an int or its text, in another order: the same partition (a retry scores the same rows)
+    # the same id in another order, or in a frame of its own: the same partition
     shuffled = ids.sample(frac=1, random_state=3)
-    again = dict(zip(shuffled.astype(str), partition_of(shuffled.astype(str), 4), strict=True))
-    assert all(again[str(i)] == p for i, p in zip(ids, parts, strict=True))
+    again = dict(zip(shuffled, partition_of(shuffled, 4), strict=True))
+    assert all(again[i] == p for i, p in zip(ids, parts, strict=True))
+    assert partition_of(pd.Series([7]), 4)[0] == parts[6]
+    text = partition_of(ids.astype(str), 4)  # text ids hash their text
+    assert set(text) == {0, 1, 2, 3} and (text == partition_of(ids.astype(str).sample(frac=1).sort_index(), 4)).all()
     assert set(partition_of(ids, 1)) == {0}
 
 
