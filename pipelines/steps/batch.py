@@ -115,13 +115,15 @@ def row_reasons(
     return None
 
 
-def answers(outputs: dict[str, Any], classes: list[str]) -> dict[str, list[Any]]:
+def answers(outputs: dict[str, Any], classes: list[str]) -> dict[str, Any]:
     """The endpoint's answer for each scored row: `score` (a binary model's probability, a
     regression's value, a multiclass model's top probability), and a multiclass model's `class`
-    and `probabilities` (JSON, by class). Pure."""
-    scores = [float(s) for s in outputs["score"].reshape(-1)]
+    and `probabilities` (JSON, by class); a column the model does not answer is left out (null). Pure."""
+    import numpy as np
+
+    scores = np.asarray(outputs["score"], dtype=np.float64).reshape(-1)
     if not classes:
-        return {"score": scores, "class": [None] * len(scores), "probabilities": [None] * len(scores)}
+        return {"score": scores}
     return {
         "score": scores,
         "class": [str(c) for c in outputs[CLASS].reshape(-1)],
@@ -182,12 +184,10 @@ def score_rows(session: Any, rows: pd.DataFrame, ctx: StepContext, chunk_rows: i
             continue
         out = dict(zip(outputs, session.run(outputs, session_feed(session, good)), strict=True))
         scored.append(pd.DataFrame({"entity_id": good[key].astype(str).tolist(), **answers(out, classes)}))
-    empty_scored = pd.DataFrame({c: [] for c in TABLE_COLUMNS})
-    empty_bad = pd.DataFrame({"entity_id": [], "reasons": []})
-    return (
-        pd.concat(scored, ignore_index=True) if scored else empty_scored,
-        pd.concat(quarantined, ignore_index=True) if quarantined else empty_bad,
-    )
+    out = pd.concat(scored, ignore_index=True) if scored else pd.DataFrame({"entity_id": [], "score": []})
+    out = out.assign(**{c: None for c in TABLE_COLUMNS if c not in out.columns})[list(TABLE_COLUMNS)]
+    bad = pd.concat(quarantined, ignore_index=True) if quarantined else pd.DataFrame({"entity_id": [], "reasons": []})
+    return out, bad
 
 
 def run(ctx: StepContext) -> dict[str, Any]:
