@@ -31,6 +31,7 @@ from common import SMALL, bench_state, train_champion, write_spec
 from pipelines.core.settings import Settings
 
 PIPELINE = "bench_batch"
+ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = """
 import sys, numpy as np, onnxruntime as ort, pandas as pd
 src, model, dst = sys.argv[1:4]
@@ -77,13 +78,14 @@ def partitions(settings: Settings, env: dict[str, str], run_id: str, n: int) -> 
     the pin and the partitions, the partitions' largest peak RSS MiB)."""
     from pipelines.steps.runner import run_step
 
-    exe = str(Path(sys.executable).parent / "mlcycle")
     started = time.perf_counter()
     run_step("batch_pin", PIPELINE, run_id, settings)
+    step = [sys.executable, "-m", "pipelines.cli", "step", "batch", "--pipeline", PIPELINE, "--run-id", run_id]
     procs = [
         subprocess.Popen(
-            [exe, "step", "batch", "--pipeline", PIPELINE, "--run-id", run_id, "--worker", str(k)],
+            [*step, "--worker", str(k)],
             env=env,
+            cwd=ROOT,  # not bench/, whose serving.py would shadow the package
             stdout=subprocess.DEVNULL,
         )
         for k in range(n)
@@ -127,7 +129,7 @@ def main() -> None:
             **os.environ,
             "MLCYCLE_STATE_DIR": str(state),
             "MLCYCLE_PIPELINES_DIR": str(settings.pipelines_dir),
-            "PYTHONPATH": str(Path(__file__).resolve().parents[1]),
+            "PYTHONPATH": str(ROOT),
         }
         script_s, script_rss = measured(
             [sys.executable, "-c", SCRIPT, str(path), str(state / "model.onnx"), str(state / "script.parquet")], env
