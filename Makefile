@@ -53,11 +53,12 @@ drift-demo: setup
 
 # wrk (Debian's C load generator) drives the serving load tests and bench/serving.py; Debian's
 # headless Chromium and its driver run the browser test of the Airflow UI; Debian's Prometheus
-# joins `mlcycle up` where installed
+# and Alertmanager join `mlcycle up` where installed
 tools:
 	@bash tools/wrk.sh >/dev/null
 	@bash tools/browser.sh >/dev/null
 	@bash tools/prometheus.sh >/dev/null
+	@bash tools/alertmanager.sh >/dev/null
 
 # The unit tier on both cores (pytest-xdist), then the tiers with real services in one process
 # (they share session fixtures: the embedded PostgreSQL, SeaweedFS); one coverage figure for both

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 from airflow.sdk import DAG, AssetOrTimeSchedule, CronTriggerTimetable
 
 from operators.approval import PromotionApproval
+from operators.notifier import AlertNotifier
 from operators.step import PipelineStepOperator
 from operators.trigger import RetrainingTrigger, predictions_asset, retraining_asset
 from pipelines.core import approval
@@ -58,12 +59,14 @@ def lifecycle_schedule(spec: PipelineSpec) -> Any:
 
 
 def step_defaults(spec: PipelineSpec) -> dict[str, Any]:
-    """The default arguments of a pipeline's step tasks: its owner, its retries, backing off."""
+    """The default arguments of a pipeline's step tasks: its owner, its retries, backing off, and
+    Alertmanager told of a task that failed for good."""
     return {
         "owner": spec.owner,
         "retries": spec.retries,
         "retry_delay": timedelta(seconds=30),
         "retry_exponential_backoff": True,
+        "on_failure_callback": AlertNotifier(spec.name),
     }
 
 
@@ -117,7 +120,12 @@ def drift_dag(spec: PipelineSpec) -> DAG:
             f"When it asks for retraining, `trigger_retraining` emits the `{spec.name}_retraining` Asset "
             f"that schedules `{spec.name}_lifecycle`; otherwise that task is skipped."
         ),
-        default_args={"owner": spec.owner, "retries": 1, "retry_delay": timedelta(seconds=30)},
+        default_args={
+            "owner": spec.owner,
+            "retries": 1,
+            "retry_delay": timedelta(seconds=30),
+            "on_failure_callback": AlertNotifier(spec.name),
+        },
     ) as dag:
         PipelineStepOperator(task_id="drift", pipeline=spec.name, step="drift") >> RetrainingTrigger(
             task_id="trigger_retraining", pipeline=spec.name
@@ -173,7 +181,12 @@ def retention_dag(specs: list[PipelineSpec]) -> DAG:
     ) as dag:
         previous = None
         for spec in specs:
-            task = PipelineStepOperator(task_id=f"retention_{spec.name}", pipeline=spec.name, step="retention")
+            task = PipelineStepOperator(
+                task_id=f"retention_{spec.name}",
+                pipeline=spec.name,
+                step="retention",
+                on_failure_callback=AlertNotifier(spec.name),
+            )
             if previous is not None:
                 previous >> task
             previous = task

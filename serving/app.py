@@ -39,10 +39,12 @@ from pipelines.core.settings import load_settings
 from pipelines.io.db import database_url
 from pipelines.io.registry import champion_version
 from pipelines.io.requestlog import ab_results
+from pipelines.io.servingargs import Published
 from pipelines.io.vectors import NotInSpace, SpaceError
 from serving.binds import bind_replica_grpc
-from serving.config import ServingArgs, VersionConfig, replica_options
-from serving.deployments import ModelVersion, actor_resources, deployment_version, online_features, static_contract
+from serving.config import ServingArgs, VersionConfig
+from serving.deployments import ModelVersion, deployment_plan, online_features, static_contract
+from serving.follow import ArgsFollower, newer_published
 from serving.http import (
     REQUEST_ID_HEADER,
     UNAUTHORIZED,
@@ -74,23 +76,9 @@ from serving.telemetry import RayMetrics, Recorder
 from serving.versions import LocalVersion, RemoteVersion
 
 log = logging.getLogger("mlcycle.serving")
+FOLLOW_TIMEOUT_S = 600.0  # a published generation's versions load within this, or it failed
 AB_REFRESH_S = 10.0
 OUTAGE_LOG_EVERY_S = 10
-INGRESS_ONGOING = 256
-STATIC_KEYS = {
-    "pipeline",
-    "model_name",
-    "entity_key",
-    "features",
-    "api_keys_env",
-    "online_features",
-    "replica_cpus",
-    "gpus",
-    "version_deployments",
-    "contract",
-    "unknown_categories",
-}
-"""The arguments fixed for a replica's life (a change restarts replicas); the rest is `user_config`."""
 
 
 app = FastAPI(title="mlcycle serving")
@@ -124,11 +112,38 @@ class Ingress(ProtocolRoutes, Recording):
             lambda: database_url(self.settings), static["pipeline"], static["model_name"]
         )
         self._outage_logged = 0.0  # an outage's cause is logged once per OUTAGE_LOG_EVERY_S, not per request
+        self.loop: asyncio.AbstractEventLoop | None = None
+        replica = serve.get_replica_context().replica_id.unique_id
+        self.follower = ArgsFollower(static["pipeline"], replica, lambda: database_url(self.settings), self._follow)
 
     async def reconfigure(self, config: dict[str, Any]) -> None:
-        """Apply new arguments: versions new to this replica are loaded first (in a thread, while
-        the current ones keep serving), then versions, weights and batching switch at once."""
+        """Apply new arguments, from Serve (`user_config`: a deploy that changed the layout, a
+        replica's start) or from the published row the replica follows (`serving.follow`): a newer
+        generation wins. Versions new to this replica are loaded first (in a thread, while the
+        current ones keep serving), then versions, weights and batching switch at once."""
         new = ServingArgs.model_validate(config)
+        if self.loop is None:  # a replica's start: the arguments Serve holds may be older than the row
+            self.loop = asyncio.get_running_loop()
+            new = await asyncio.to_thread(newer_published, new, lambda: database_url(self.settings))
+        current = getattr(self, "args", None)
+        if current is not None and new.generation < current.generation:
+            log.info("generation %s from Serve is older than the %s served: kept", new.generation, current.generation)
+            return
+        await self._apply(new)
+        self.follower.follow(new.layout, new.generation)
+
+    def _follow(self, published: Published) -> str:
+        """Apply a published generation (called in the follower's thread); "" or why it failed."""
+        config = {**published.args, "generation": published.generation, "layout": published.layout}
+        if self.loop is None:  # the thread starts after the first reconfigure sets it
+            return "the replica has not started"
+        try:
+            asyncio.run_coroutine_threadsafe(self.reconfigure(config), self.loop).result(timeout=FOLLOW_TIMEOUT_S)
+        except Exception as err:
+            return redact(f"{type(err).__name__}: {err}")[:500]
+        return ""
+
+    async def _apply(self, new: ServingArgs) -> None:
         wanted = {v.version for v in new.versions}
         async with self.loading:
             if self.static.get("version_deployments"):
@@ -174,7 +189,7 @@ class Ingress(ProtocolRoutes, Recording):
         of this pipeline."""
         if isinstance(self._authorize(request), JSONResponse):
             return {"status": "ready"}
-        return {"status": "ready", "versions": sorted(self.versions)}
+        return {"status": "ready", "versions": sorted(self.versions), "generation": self.args.generation}
 
     @app.get("/")
     async def info(self, request: Request) -> Any:
@@ -189,6 +204,7 @@ class Ingress(ProtocolRoutes, Recording):
             "weights": self.args.weights(),
             "shadow": self.args.shadow(),
             "canary": self.args.canary,
+            "generation": self.args.generation,
             "request_log": {
                 "pending": len(self.recorder.log.pending),
                 "dropped": self.recorder.log.dropped,
@@ -399,6 +415,7 @@ class Ingress(ProtocolRoutes, Recording):
 
     async def __del__(self) -> None:
         """Serve's graceful shutdown of this replica (a scale-down, a restart): its own queue is written first."""
+        self.follower.stop()
         await self.recorder.close()
 
 
@@ -408,37 +425,25 @@ def build_app(args: dict[str, Any]) -> Any:
     if not parsed.versions:
         champion = VersionConfig(version=champion_version(load_settings(), parsed.pipeline), weight=100.0)
         parsed = parsed.model_copy(update={"versions": [champion]})
-    static = parsed.model_dump(include=STATIC_KEYS)
-    version = deployment_version(static)
-    options: dict[str, Any] = {
-        "ray_actor_options": actor_resources(parsed.replica_cpus, parsed.gpus),
-        # fixed, or Serve's autoscaling: not a static key, so a change of either keeps the replicas
-        **replica_options(parsed.replicas, parsed.autoscaling),
-        # Serve's per-request access log costs more than it tells: the request log has every request.
-        "logging_config": {"enable_access_log": False},
+    plan = deployment_plan(parsed)
+    static, version, options = plan["static"], plan["version"], plan["options"]
+    handles = {
+        f"v{number}": ModelVersion.options(  # type: ignore[attr-defined]
+            name=f"model_v{number}",
+            version=f"{version}-v{number}",
+            _internal=True,
+            user_config={"max_batch_size": parsed.max_batch_size},
+            max_ongoing_requests=ongoing,
+            **options,
+        ).bind(static, number, parsed.max_batch_size)
+        for number, ongoing in plan["version_deployments"].items()
     }
-    handles = {}
-    if parsed.version_deployments:
-        # A version admits two full batches at a time (Serve's default of 5 would cap batches at 5).
-        per_version = max(16, 2 * parsed.max_batch_size)
-        handles = {
-            f"v{v.version}": ModelVersion.options(  # type: ignore[attr-defined]
-                name=f"model_v{v.version}",
-                version=f"{version}-v{v.version}",
-                _internal=True,
-                user_config={"max_batch_size": parsed.max_batch_size},
-                max_ongoing_requests=per_version,
-                **options,
-            ).bind(static, v.version, parsed.max_batch_size)
-            for v in parsed.versions
-        }
     ingress = Ingress.options(  # type: ignore[attr-defined]
         name="ingress",
         version=version,
         _internal=True,  # Serve's own flag for setting `version`, which serve.run honours
         user_config=parsed.model_dump(mode="json"),
-        # above the app's own bound, so the app sheds (503 + Retry-After) before Serve would
-        max_ongoing_requests=max(INGRESS_ONGOING, parsed.max_concurrent_requests + 64),
+        max_ongoing_requests=plan["ingress_ongoing"],
         **options,
     )
     return ingress.bind(static, **handles)

@@ -77,6 +77,10 @@ class ServingArgs(Serving):
     canary: dict[str, object] = Field(default_factory=dict)
     # The request-time features' contract (empty: read from the pipeline's spec when the ingress starts)
     contract: dict[str, FeatureRuleArgs] = Field(default_factory=dict)
+    # Which published generation these are, and the layout they need (`serving.deploy`): 0 and ""
+    # for arguments never published (a hand-written Serve config), which follow nothing.
+    generation: int = Field(default=0, ge=0)
+    layout: str = ""
 
     @model_validator(mode="after")
     def _weights(self) -> ServingArgs:

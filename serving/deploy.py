@@ -10,14 +10,18 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from pipelines.core.acks import AckTally
 from pipelines.core.errors import ArtifactRefused, SettingsError
 from pipelines.core.settings import load_settings, spec_for
+from pipelines.io import db, servingargs
 from pipelines.io.registry import champion_version, model_name, verify_versions
 from serving.config import ServingArgs, VersionConfig, autoscaling_config
 from serving.contract import contract_args, request_contract
 from serving.haproxy import replicas_up
 
 log = logging.getLogger(__name__)
+FOLLOW_S = 5.0  # every running replica says it follows a published generation within this
+APPLY_S = 600.0  # and serves it within this (its new versions loaded)
 
 if TYPE_CHECKING:
     from pipelines.core.settings import Settings
@@ -115,7 +119,7 @@ def serve_config(specs: list[PipelineSpec]) -> dict[str, Any]:
             "name": spec.name,
             "route_prefix": args.route_prefix,
             "import_path": IMPORT_PATH,
-            "args": args.model_dump(mode="json", exclude={"versions", "canary"}),
+            "args": args.model_dump(mode="json", exclude={"versions", "canary", "generation", "layout"}),
         }
         if args.autoscaling is not None:
             # what `build_app` gives the ingress, said where Serve and a RayService's reader look
@@ -171,16 +175,38 @@ def connect(settings: Settings) -> None:
 
 
 def deploy(args: ServingArgs, settings: Settings | None = None) -> None:
-    """Create or update the application; a change of weights only reconfigures the replicas. A
-    version whose files differ from the digests recorded at registration is refused before anything
-    is deployed (`ArtifactRefused`: the application keeps serving what it served)."""
+    """Serve `args`. They are published first (`serving_args`, a new generation); where the
+    application runs with the same layout (`serving.deployments.layout`: a change of versions,
+    weights, shadow, canary state or batching), its replicas apply them in place and this returns
+    once every running replica serves them: no Serve reconfigure, no replica out of HAProxy's
+    backend, no pause. Otherwise (a first deploy, a new layout, replicas that do not follow) Serve
+    redeploys the application with them. A version whose files differ from the digests recorded at
+    registration is refused before anything is published (`ArtifactRefused`: the application keeps
+    serving what it served); a replica that cannot load one fails the deploy (`DeployFailed`)."""
     from ray import serve
 
     from serving.app import build_app  # heavy: ray
+    from serving.deployments import layout
 
     settings = settings or load_settings()
     verify_versions(settings, args.pipeline, args.model_name, [v.version for v in args.versions])
-    serve.run(build_app(args.model_dump()), name=args.pipeline, route_prefix=args.route_prefix)
+    shape, running = layout(args), running_replicas(args.pipeline)
+    with db.connect(settings, autocommit=True) as listener:
+        listener.execute(f"LISTEN {servingargs.APPLIED}")
+        with db.connect(settings) as conn:  # committed (and the replicas notified) on exit
+            dynamic = args.model_dump(mode="json", exclude={"generation", "layout"})
+            generation, before = servingargs.publish(conn, args.pipeline, shape, dynamic)
+        if running and before == shape:
+            tally = AckTally(args.pipeline, generation)
+            started = time.monotonic()
+            if servingargs.applied(listener, tally, lambda: running_replicas(args.pipeline), FOLLOW_S, APPLY_S):
+                log.info(
+                    "%s: generation %s applied in place (%.2f s)", args.pipeline, generation, time.monotonic() - started
+                )
+                return
+            log.warning("%s: the replicas do not follow generation %s: Serve redeploys", args.pipeline, generation)
+    full = args.model_copy(update={"generation": generation, "layout": shape})
+    serve.run(build_app(full.model_dump()), name=args.pipeline, route_prefix=args.route_prefix)
 
 
 def serve_champion_if_idle(settings: Settings, pipeline: str) -> bool:

@@ -13,7 +13,7 @@ from ray import serve
 
 from pipelines.core.settings import load_settings, spec_for
 from serving.binds import bind_replica_grpc
-from serving.config import FeatureRuleArgs
+from serving.config import FeatureRuleArgs, ServingArgs, replica_options
 from serving.contract import RequestContract, contract_from_args, request_contract
 from serving.online import OnlineFeatures, open_online_features
 from serving.records import Instance, Result
@@ -68,3 +68,52 @@ def actor_resources(cpus: float, gpus: float) -> dict[str, float]:
     """What a replica asks Ray for: its CPUs and, for GPU serving, its GPUs (Ray places it on a
     GPU node and sets CUDA_VISIBLE_DEVICES; KubeRay's autoscaler adds a GPU worker for it). Pure."""
     return {"num_cpus": cpus, **({"num_gpus": gpus} if gpus > 0 else {})}
+
+
+INGRESS_ONGOING = 256
+STATIC_KEYS = {
+    "pipeline",
+    "model_name",
+    "entity_key",
+    "features",
+    "api_keys_env",
+    "online_features",
+    "replica_cpus",
+    "gpus",
+    "version_deployments",
+    "contract",
+    "unknown_categories",
+}
+"""The arguments fixed for a replica's life (a change restarts replicas); the rest is `user_config`."""
+
+
+def deployment_plan(parsed: ServingArgs) -> dict[str, Any]:
+    """What Serve is given for the application besides the ingress's `user_config`: the static
+    arguments, the deployments' version, their options and bounds, the version deployments. Pure."""
+    static = parsed.model_dump(include=STATIC_KEYS)
+    return {
+        "static": static,
+        "version": deployment_version(static),
+        "options": {
+            "ray_actor_options": actor_resources(parsed.replica_cpus, parsed.gpus),
+            # fixed, or Serve's autoscaling: not a static key, so a change of either keeps the replicas
+            **replica_options(parsed.replicas, parsed.autoscaling),
+            # Serve's per-request access log costs more than it tells: the request log has every request.
+            "logging_config": {"enable_access_log": False},
+        },
+        # above the app's own bound, so the app sheds (503 + Retry-After) before Serve would
+        "ingress_ongoing": max(INGRESS_ONGOING, parsed.max_concurrent_requests + 64),
+        # A version admits two full batches at a time (Serve's default of 5 would cap batches at 5).
+        "version_deployments": {
+            v.version: max(16, 2 * parsed.max_batch_size) for v in parsed.versions if parsed.version_deployments
+        },
+        "max_batch_size": parsed.max_batch_size if parsed.version_deployments else None,
+        "route_prefix": parsed.route_prefix,
+    }
+
+
+def layout(parsed: ServingArgs) -> str:
+    """The fingerprint of `deployment_plan`: two arguments of one layout differ only in what the
+    ingress replicas apply in place (versions, weights, shadow, canary, batching). Pure."""
+    plan = json.dumps(deployment_plan(parsed), sort_keys=True, default=str)
+    return hashlib.sha256(plan.encode()).hexdigest()[:16]

@@ -13,11 +13,14 @@ The binary tensor extension is not taken: `data` is JSON.
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from pydantic_core import from_json
+
 from serving.contract import FeatureRule
+from serving.oip_schema import compiled_tensors
 from serving.records import Served
 
 ENTITY = "entity_id"
@@ -145,31 +148,30 @@ def _check_type(name: str, datatype: str, rule: FeatureRule) -> None:
 
 Rows = list[tuple[Any, dict[str, Any]]]
 """`(entity id or None, features)` per instance, in the request's order."""
+Tensor = tuple[str, str, list[Any]]
+"""`(name, datatype, values)` of one input tensor, its shape checked."""
 
 
 def infer_rows(body: bytes, rules: Mapping[str, FeatureRule], entity_key: str, max_instances: int) -> tuple[Any, Rows]:
     """The request's `id` (None without one) and its rows; raises `ProtocolError` for anything the
-    protocol or the contract's types refuse. Pure."""
-    payload = loads(body)
-    inputs = payload.get("inputs")
-    if not isinstance(inputs, list) or not inputs or not all(isinstance(i, dict) for i in inputs):
-        raise ProtocolError("'inputs' must be a non-empty list of tensors")
-    columns: dict[str, list[Any]] = {}
-    entity: list[Any] | None = None
-    for item in inputs:
-        name, datatype, values = _rows(item)
-        if name in columns or (name in (ENTITY, entity_key) and entity is not None):
-            raise ProtocolError(f"input '{name}' is given twice")
-        if name in (ENTITY, entity_key):
-            if datatype not in ("BYTES", "INT64", "INT32", "UINT32", "UINT64"):
-                raise ProtocolError(f"input '{name}': the entity id is BYTES or INT64, got {datatype}")
-            entity = [_value(name, datatype, v) for v in values]
-            continue
-        rule = rules.get(name)
-        if rule is None:
-            raise ProtocolError(f"unknown input '{name}': the model takes {ENTITY}, {', '.join(sorted(rules))}")
-        _check_type(name, datatype, rule)
-        columns[name] = [_value(name, datatype, v) for v in values]
+    protocol or the contract's types refuse. Pure.
+
+    A well-formed request (flat data of FP*, INT*/UINT* or BYTES tensors, elements of their
+    datatype, nothing else in it but the protocol's `id`, `parameters` and `outputs`) is parsed
+    and type-checked by pydantic-core (`serving.oip_schema`) with no Python per element; any other
+    is parsed again with Python's checks, which take what the schema did not (nested data, BOOL, an
+    integral float for an INT tensor, other fields) and name the first fault of what they refuse."""
+    compiled = compiled_tensors(body)
+    if compiled is not None:
+        sent, tensors = compiled
+        columns, entity = _columns(tensors, rules, entity_key, typed=True)
+    else:
+        payload = loads(body)
+        inputs = payload.get("inputs")
+        if not isinstance(inputs, list) or not inputs or not all(isinstance(i, dict) for i in inputs):
+            raise ProtocolError("'inputs' must be a non-empty list of tensors")
+        columns, entity = _columns((_rows(item) for item in inputs), rules, entity_key, typed=False)
+        sent = payload.get("id")
     lengths = {len(v) for v in columns.values()} | ({len(entity)} if entity is not None else set())
     if len(lengths) != 1:
         raise ProtocolError(f"inputs of different lengths {sorted(lengths)}: row i of each is instance i")
@@ -177,28 +179,63 @@ def infer_rows(body: bytes, rules: Mapping[str, FeatureRule], entity_key: str, m
     if not 1 <= n <= max_instances:
         raise ProtocolError(f"from 1 to {max_instances} instances per request, got {n}")
     ids = entity if entity is not None else [None] * n
-    sent = payload.get("id")
-    rows = [(ids[i], {k: col[i] for k, col in columns.items()}) for i in range(n)]
+    names = list(columns)
+    features = [dict(zip(names, row, strict=True)) for row in zip(*columns.values(), strict=True)] if names else None
+    rows = [(ids[i], features[i] if features is not None else {}) for i in range(n)]
     return sent if isinstance(sent, str) else None, rows
 
 
-def loads(body: bytes) -> dict[str, Any]:
-    """The request's JSON object; NaN and infinities are refused (not JSON). Pure."""
+def _columns(
+    tensors: Iterable[Tensor], rules: Mapping[str, FeatureRule], entity_key: str, typed: bool
+) -> tuple[dict[str, list[Any]], list[Any] | None]:
+    """Each feature's values and the entity ids (None without them), tensor by tensor; `typed`:
+    the elements were checked against their datatype already. Pure."""
+    columns: dict[str, list[Any]] = {}
+    entity: list[Any] | None = None
+    entity_names = (ENTITY, entity_key)
+    for name, datatype, values in tensors:
+        rule = rules.get(name)
+        if rule is not None and name not in columns and name not in entity_names:  # a feature, first seen
+            if (rule.kind == "category") != (datatype == "BYTES"):
+                _check_type(name, datatype, rule)
+            columns[name] = values if typed else [_value(name, datatype, v) for v in values]
+            continue
+        if name in columns or (name in entity_names and entity is not None):
+            raise ProtocolError(f"input '{name}' is given twice")
+        if name not in entity_names:
+            raise ProtocolError(f"unknown input '{name}': the model takes {ENTITY}, {', '.join(sorted(rules))}")
+        if datatype not in ("BYTES", "INT64", "INT32", "UINT32", "UINT64"):
+            raise ProtocolError(f"input '{name}': the entity id is BYTES or INT64, got {datatype}")
+        entity = values if typed else [_value(name, datatype, v) for v in values]
+    return columns, entity
 
+
+def loads(body: bytes) -> dict[str, Any]:
+    """The request's JSON object; NaN and infinities are refused (not JSON). Pure.
+
+    pydantic-core's parser reads what is valid (it refuses NaN and infinities too); Python's
+    `json` reads again what it refused, to name the fault."""
+    try:
+        payload = from_json(body, allow_inf_nan=False)
+    except ValueError:
+        payload = _loads_slowly(body)
+    if not isinstance(payload, dict):
+        raise ProtocolError("the body must be a JSON object")
+    return payload
+
+
+def _loads_slowly(body: bytes) -> Any:
     def refuse(token: str) -> Any:
         raise ProtocolError(f"{token} is not a JSON number: send finite numbers")
 
     try:
-        payload = json.loads(body, parse_constant=refuse)
+        return json.loads(body, parse_constant=refuse)
     except ProtocolError:
         raise
     except ValueError as err:
         raise ProtocolError(f"the body is not JSON: {err}") from None
     except RecursionError:
         raise ProtocolError("the body is nested too deeply") from None
-    if not isinstance(payload, dict):
-        raise ProtocolError("the body must be a JSON object")
-    return payload
 
 
 def infer_response(shape: ModelShape, served: Sequence[Served], request_id: str, sent_id: str | None) -> dict[str, Any]:

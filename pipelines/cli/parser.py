@@ -25,6 +25,7 @@ from pipelines.cli.commands import (
     cmd_step,
 )
 from pipelines.cli.platform_commands import (
+    cmd_alerts,
     cmd_demo,
     cmd_down,
     cmd_drift_demo,
@@ -208,6 +209,16 @@ def _add_platform(sub: Subparsers) -> None:
         func=cmd_down
     )
     sub.add_parser("ps", help="the platform's services, their URLs and health").set_defaults(func=cmd_ps)
+    p = sub.add_parser(
+        "alerts",
+        help="what fires now, per pipeline (Alertmanager's active alerts); `rules`: write the chart's "
+        "PrometheusRule groups from the specs; `config`: print an Alertmanager config of MLCYCLE_ALERTS_*",
+    )
+    p.add_argument("action", nargs="?", choices=["rules", "config"])
+    p.add_argument("--check", action="store_true", help="with rules: exit 1 when the chart's copy is stale")
+    p.add_argument("--pipeline", help="only this pipeline's")
+    p.add_argument("--json", action="store_true", help="the rows as JSON")
+    p.set_defaults(func=cmd_alerts)
     p = sub.add_parser("run", help="trigger <pipeline>_lifecycle on the running platform (REST API v2)")
     p.add_argument("pipeline")
     p.add_argument("--conf", action="append", default=[], metavar="KEY=VALUE", help="a run param (repeatable)")

@@ -1,5 +1,5 @@
 """The handlers of the subcommands that run the platform's services: `serve`, `statsd-exporter`,
-`stack`, `mlflow-server`, `up`, `down`, `ps`, `run`, `demo`, `drift-demo`. Each takes the parsed
+`stack`, `mlflow-server`, `up`, `down`, `ps`, `alerts`, `run`, `demo`, `drift-demo`. Each takes the parsed
 arguments and returns the exit code; what needs numpy and the like is imported when it runs.
 """
 
@@ -12,13 +12,16 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import yaml
+
+from pipelines.core.alerts import alertmanager_config, by_pipeline, render_firing, render_rules, slos
 from pipelines.core.errors import InvalidArgument
 from pipelines.core.settings import PROJECT_DIR, load_settings, pipeline_names, spec_for
 from pipelines.core.spec import load_specs
 from pipelines.core.system import executable
-from pipelines.io import db, mlflow_auth
+from pipelines.io import alerts, db, mlflow_auth
 from pipelines.io.tracking import server_command
-from pipelines.local import follow, platform, stack
+from pipelines.local import follow, monitoring, platform, stack
 from pipelines.local.statsd_exporter import Bridge
 from serving import embedded
 from serving.deploy import endpoint, render_serve_config, serve_champions
@@ -170,6 +173,44 @@ def cmd_ps(args: argparse.Namespace) -> int:
     health = platform.Platform(load_settings()).health()
     print(platform.render_ps(health))
     return 0 if all(h["healthy"] for h in health.values()) else 1
+
+
+def cmd_alerts(args: argparse.Namespace) -> int:
+    """What fires now, per pipeline (Alertmanager's active alerts)."""
+    import httpx
+
+    settings = load_settings()
+    if args.action == "rules":
+        return _alert_rules(settings, args.check)
+    if args.action == "config":  # for an Alertmanager of your own (the chart's users)
+        print(alertmanager_config(monitoring.receivers(settings)), end="")
+        return 0
+    url = settings.alertmanager_url or alerts.local_url(settings)
+    try:
+        rows = by_pipeline(alerts.firing(url))
+    except httpx.HTTPError as err:
+        print(f"mlcycle: no Alertmanager answers at {url} ({err}); `mlcycle up` runs one", file=sys.stderr)
+        return 1
+    if args.pipeline:
+        rows = {p: r for p, r in rows.items() if p == args.pipeline}
+    print(json.dumps(rows, indent=2) if args.json else render_firing(rows))
+    return 0
+
+
+def _alert_rules(settings: Settings, check: bool) -> int:
+    """The chart's PrometheusRule groups: the shipped request-log rules and every pipeline's."""
+    out = settings.project_dir / "helm" / "mlcycle" / "files" / "alerts.rules.yml"
+    shipped = yaml.safe_load((settings.project_dir / "include" / "stack" / "alerts.yml").read_text())["groups"]
+    text = render_rules(slos(load_specs(settings.specs_path)), before=shipped)
+    if check:
+        if not out.exists() or out.read_text() != text:
+            print(f"stale: {out}: run `mlcycle alerts rules` and commit", file=sys.stderr)
+            return 1
+        print("the chart's alert rules are up to date")
+        return 0
+    out.write_text(text)
+    print(f"wrote {out}")
+    return 0
 
 
 def cmd_run(args: argparse.Namespace) -> int:

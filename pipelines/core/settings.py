@@ -93,6 +93,15 @@ class Settings(BaseSettings):
     statsd_udp_port: int = 9125
     statsd_http_port: int = 9102
     ray_metrics_port: int = 9103
+    # Alerts (docs/alerts.md): where `mlcycle up` runs Alertmanager where installed; where the steps
+    # and Airflow's notifier send their events (unset: not sent, a log line says so; `mlcycle up`
+    # sets it for its services); the receivers Alertmanager sends what fires to (a webhook, e-mail)
+    alertmanager_port: int = 9093
+    alertmanager_url: str | None = None
+    alerts_webhook_url: str | None = None
+    alerts_email_to: str | None = None
+    alerts_smtp_smarthost: str | None = None  # host:port
+    alerts_email_from: str = "mlcycle@localhost"
     # Kubernetes: what the rendered pods look like.
     image: str = "mlcycle-step:latest"
     image_pull_policy: Literal["Always", "IfNotPresent", "Never"] = "IfNotPresent"
@@ -169,6 +178,8 @@ class Settings(BaseSettings):
             "MLCYCLE_PIPELINES_DIR": str(self.pipelines_dir) if self.pipelines_dir else None,
             # the canary step deploys to the cluster's Ray Serve
             "MLCYCLE_RAY_ADDRESS": self.ray_address,
+            # the steps that find drift or roll a canary back tell Alertmanager
+            "MLCYCLE_ALERTMANAGER_URL": self.alertmanager_url,
         }
         env.update({k: v for k, v in optional.items() if v is not None})
         defaults = RetentionSettings.model_fields

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import json
+import math
 import os
 import tempfile
 from collections.abc import Sequence
@@ -222,6 +223,19 @@ def json_default(obj: Any) -> Any:
     """JSON for numpy scalars and arrays (as Python values) and anything else (as text)."""
     item = getattr(obj, "tolist", None)
     return item() if callable(item) else str(obj)
+
+
+def finite_json(obj: Any) -> Any:
+    """`obj` with every NaN or infinite float (numpy's too) as None: JSON has no such numbers, and
+    PostgreSQL's jsonb and Airflow's XCom refuse them (a step's outputs must be recordable). Pure."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: finite_json(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [finite_json(v) for v in obj]
+    item = getattr(obj, "tolist", None)  # numpy scalars and arrays
+    return finite_json(item()) if callable(item) and not isinstance(obj, str | bytes) else obj
 
 
 def to_json(obj: Any, *, indent: int | None = None) -> str:

@@ -9,6 +9,7 @@
     ray                       the Ray head; Serve's HTTP proxy answers on :8000
     serve-sync                serves every pipeline's champion where Serve serves none (a fresh
                               or restarted head, a pipeline that just got its first champion)
+    prometheus, statsd-exporter, alertmanager   where installed (pipelines/local/monitoring.py)
 
 The services run under supervisord (a real process supervisor: a service that dies is started
 again; one log file per service under `<state>/platform/logs/`; it talks to `mlcycle` through a
@@ -24,11 +25,9 @@ waits until every service answers its health check.
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import os
 import secrets
-import shutil
 import subprocess
 import sys
 import time
@@ -48,6 +47,7 @@ from pipelines.io.clientenv import tracking_server_url
 from pipelines.io.tracking import server_command
 from pipelines.local.follow import say_now
 from pipelines.local.local_airflow import AirflowClient, passwords_file, read_password, services_env
+from pipelines.local.monitoring import alertmanager_argv, alertmanager_binary, prometheus_binary, write_configs
 from serving import embedded
 from serving.deploy import endpoint, haproxy_dir
 
@@ -62,40 +62,20 @@ class Service:
     priority: int = 500  # supervisord starts lower numbers first
 
 
-def services(settings: Settings, prometheus: bool = False) -> list[Service]:
+def services(settings: Settings, prometheus: bool = False, alertmanager: bool = False) -> list[Service]:
     """The supervised services of the embedded platform (with Prometheus and the StatsD bridge of
-    Airflow's metrics where Prometheus is installed). Pure."""
+    Airflow's metrics where Prometheus is installed, Alertmanager where it is). Pure."""
     airflow = f"http://127.0.0.1:{settings.airflow_port}"
     out = [Service("ray", f"http://{settings.serve_host}:{settings.serve_port}", 100)]
     if prometheus:
         out.append(Service("statsd-exporter", None, 150))
     out += [Service(f"airflow-{c}", airflow if c == "api-server" else None, 200) for c in AIRFLOW_COMPONENTS]
     out += [Service("mlflow", f"http://127.0.0.1:{settings.mlflow_port}", 300), Service("serve-sync", None, 900)]
+    if alertmanager:
+        out.append(Service("alertmanager", f"http://127.0.0.1:{settings.alertmanager_port}", 940))
     if prometheus:
         out.append(Service("prometheus", f"http://127.0.0.1:{settings.prometheus_port}", 950))
     return out
-
-
-def prometheus_binary() -> str | None:
-    """Prometheus where installed (Debian's `prometheus`; `make tools` installs it)."""
-    return shutil.which("prometheus")
-
-
-def prometheus_config(settings: Settings) -> str:
-    """Prometheus's scrape config: the Ray head (Serve's request counts and latencies, the
-    application's mlcycle_* metrics), Serve's HAProxy, Airflow through the StatsD bridge, itself. Pure."""
-    jobs = {
-        "ray": settings.ray_metrics_port,
-        "haproxy": settings.haproxy_metrics_port,
-        "airflow": settings.statsd_http_port,
-        "prometheus": settings.prometheus_port,
-    }
-    rules = settings.project_dir / "include" / "stack" / "alerts.yml"  # the Compose stack's rules too
-    lines = ["# written by `mlcycle up`; edits are overwritten", "global:", "  scrape_interval: 15s"]
-    lines += [f"rule_files: [{json.dumps(str(rules))}]", "scrape_configs:"]
-    for job, port in jobs.items():
-        lines += [f"  - job_name: {job}", "    static_configs:", f'      - targets: ["127.0.0.1:{port}"]']
-    return "\n".join(lines) + "\n"
 
 
 def platform_dir(settings: Settings) -> Path:
@@ -115,7 +95,9 @@ def airflow_db_url(libpq_url: str, dbname: str = "airflow", driver: str = "psyco
     return f"postgresql+{driver}://{user}:{password}@{host}:{port}/{dbname}"
 
 
-def supervisord_conf(settings: Settings, mlcycle: str, env: Mapping[str, str], prometheus: bool = False) -> str:
+def supervisord_conf(
+    settings: Settings, mlcycle: str, env: Mapping[str, str], prometheus: bool = False, alertmanager: bool = False
+) -> str:
     """supervisord's config: its Unix socket (mode 700), one program per service running
     `mlcycle up --exec NAME`, restarted whenever it exits, killed with its process group, its
     output in `logs/NAME.log`. `env` (non-secret settings) is every program's environment. Pure."""
@@ -143,7 +125,7 @@ def supervisord_conf(settings: Settings, mlcycle: str, env: Mapping[str, str], p
         "[supervisorctl]",
         f"serverurl=unix://{home / 'supervisor.sock'}",
     ]
-    for svc in services(settings, prometheus):
+    for svc in services(settings, prometheus, alertmanager):
         lines += [
             "",
             f"[program:{svc.name}]",
@@ -177,8 +159,9 @@ def parse_status(text: str) -> dict[str, dict[str, str]]:
 
 
 # ------------------------------------------------------------------------- the services' commands
-def base_env(settings: Settings) -> dict[str, str]:
-    """The non-secret settings every service gets (supervisord's config holds these)."""
+def base_env(settings: Settings, alertmanager: bool = False) -> dict[str, str]:
+    """The non-secret settings every service gets (supervisord's config holds these); with
+    `alertmanager`, the tasks send their events to the one `mlcycle up` runs (unless set)."""
     env = {"MLCYCLE_STATE_DIR": str(settings.state_path), "MLCYCLE_PROFILE": settings.profile, "RAY_AUTH_MODE": "token"}
     if settings.pipelines_dir:
         env["MLCYCLE_PIPELINES_DIR"] = str(settings.pipelines_dir)
@@ -186,6 +169,8 @@ def base_env(settings: Settings) -> dict[str, str]:
         env[f"MLCYCLE_{name.upper()}"] = str(getattr(settings, name))
     env["MLCYCLE_MLFLOW_UI_URL"] = tracking_server_url(settings)  # the tasks' MLflow links: this server
     env["PATH"] = f"{Path(sys.executable).parent}:{os.environ.get('PATH', '/usr/bin:/bin')}"
+    if alertmanager and not settings.alertmanager_url:
+        env["MLCYCLE_ALERTMANAGER_URL"] = f"http://127.0.0.1:{settings.alertmanager_port}"
     return env
 
 
@@ -253,7 +238,10 @@ def service_argv(settings: Settings, name: str, database_url: str) -> tuple[list
             "--storage.tsdb.retention.time=15d",
             f"--web.listen-address=127.0.0.1:{settings.prometheus_port}",
         ], dict(os.environ)
-    known = [s.name for s in services(settings, prometheus is not None)]
+    alertmanager = alertmanager_binary()
+    if name == "alertmanager" and alertmanager is not None:
+        return alertmanager_argv(settings, alertmanager, platform_dir(settings)), dict(os.environ)
+    known = [s.name for s in services(settings, prometheus is not None, alertmanager is not None)]
     raise SettingsError(f"no service {name!r}; the services are {known}")
 
 
@@ -278,6 +266,7 @@ class Platform:
         self.conf = self.home / "supervisord.conf"
         self.airflow_url = f"http://127.0.0.1:{settings.airflow_port}"
         self.prometheus = prometheus_binary() is not None
+        self.alertmanager = alertmanager_binary() is not None
 
     def ctl(self, *args: str, check: bool = False) -> subprocess.CompletedProcess[str]:
         argv = [executable("supervisorctl"), "-c", str(self.conf), *args]
@@ -312,12 +301,12 @@ class Platform:
         secret_file(self.settings.state_path / "serving-api-key", lambda: secrets.token_urlsafe(24))
         say("==> Airflow metadata: `airflow db migrate` on the `airflow` database")
         subprocess.run([executable("airflow"), "db", "migrate"], env=env, check=True, capture_output=True, timeout=900)
-        conf = supervisord_conf(self.settings, executable("mlcycle"), base_env(self.settings), self.prometheus)
+        common = base_env(self.settings, self.alertmanager)
+        conf = supervisord_conf(self.settings, executable("mlcycle"), common, self.prometheus, self.alertmanager)
         changed = not self.conf.exists() or self.conf.read_text() != conf
         if changed:
             write_private(self.conf, conf)
-        if self.prometheus:
-            write_private(self.home / "prometheus.yml", prometheus_config(self.settings))
+        reconfigured = write_configs(self.settings, self.home, self.prometheus, self.alertmanager)
         if not self.supervisor_running():
             say(f"==> supervisord ({self.conf})")
             subprocess.run([executable("supervisord"), "-c", str(self.conf)], check=True, timeout=60)
@@ -326,6 +315,8 @@ class Platform:
                 self.ctl("reread", check=True)
                 self.ctl("update", check=True)
             self.ctl("start", "all")
+            for name in reconfigured:  # new rules, receivers
+                self.ctl("restart", name)
         say("==> waiting for every service to answer")
         health = self.wait_healthy(timeout)
         say(f"==> up in {time.monotonic() - started:.0f}s")
@@ -375,7 +366,7 @@ class Platform:
         airflow: dict[str, Any] = {}
         with contextlib.suppress(httpx.HTTPError, ValueError):
             airflow = httpx.get(f"{self.airflow_url}/api/v2/monitor/health", timeout=5).json()
-        for svc in services(self.settings, self.prometheus):
+        for svc in services(self.settings, self.prometheus, self.alertmanager):
             state = states.get(svc.name, {}).get("state", "STOPPED")
             row: dict[str, Any] = {"state": state, "url": svc.url, "healthy": state == "RUNNING"}
             if svc.name == "airflow-api-server":
@@ -385,7 +376,7 @@ class Platform:
                 row["healthy"] = row["healthy"] and airflow.get(key, {}).get("status") == "healthy"
             elif svc.name == "mlflow":
                 row["healthy"] = row["healthy"] and answers(f"{svc.url}/health")
-            elif svc.name == "prometheus":
+            elif svc.name in ("prometheus", "alertmanager"):
                 row["healthy"] = row["healthy"] and answers(f"{svc.url}/-/ready")
             elif svc.name == "statsd-exporter":
                 row["healthy"] = row["healthy"] and answers(

@@ -31,9 +31,10 @@ from typing import Any, NoReturn
 
 import numpy as np
 
+from pipelines.core.alerts import rollback_alert
 from pipelines.core.errors import MlcycleError, StepSkipped
 from pipelines.core.steering import blocked_promotion, pinned_outcome
-from pipelines.io import vectors
+from pipelines.io import alerts, vectors
 from pipelines.io.registry import CHALLENGER, CHAMPION, open_registry
 from pipelines.io.requestlog import ab_results, served_since
 from pipelines.io.steering import current_pin
@@ -215,7 +216,18 @@ def hold(ctx: StepContext, walk: Walk, report: dict[str, Any], champion: int, re
     raise StepSkipped(f"{report['reason']}; v{champion} stays champion")
 
 
+def alert_rollback(ctx: StepContext, report: dict[str, Any]) -> None:
+    """A challenger rolled back (or rejected after its shadow run): tell Alertmanager, where the
+    settings name one (never fails the step)."""
+    if report.get("outcome") in ("rolled_back", "rejected"):
+        alert = rollback_alert(
+            ctx.pipeline, report["challenger"], report["champion"], report["reason"], datetime.now(UTC)
+        )
+        alerts.send(ctx.settings, [alert])
+
+
 def _finish(ctx: StepContext, report: dict[str, Any]) -> dict[str, Any]:
+    alert_rollback(ctx, report)
     report["endpoint"] = endpoint(ctx.settings, ctx.pipeline)
     if report["steps"]:
         report["plot"] = ctx.storage.write_bytes(ctx.key("report.png"), plot(report))

@@ -29,8 +29,9 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from pipelines.core.alerts import drift_alert
 from pipelines.core.errors import MlcycleError, StepSkipped
-from pipelines.io import vectors
+from pipelines.io import alerts, vectors
 from pipelines.io.db import connect
 from pipelines.io.registry import CHAMPION, alias_version, load_onnx_model, model_name
 from pipelines.io.requestlog import labelled
@@ -339,6 +340,9 @@ def run(ctx: StepContext) -> dict[str, Any]:
     )
     result.update(decided, features=figures, performance=performance)
     record(ctx, result, start, end)
+    if result["status"] in ("drift", "performance"):  # found, whether or not it asks for retraining now
+        found = drift_alert(ctx.pipeline, version, result["status"], result["reasons"], end)
+        alerts.send(ctx.settings, [found])
     if spec.embeddings is not None:  # hourly: a retired champion's space goes when its time is up
         result["vector_spaces_dropped"] = vectors.sweep_retired(
             ctx.settings, ctx.pipeline, spec.embeddings.retain_hours, end

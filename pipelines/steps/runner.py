@@ -20,7 +20,7 @@ from pipelines.core.settings import Settings, spec_for
 from pipelines.core.steps import step as step_info
 from pipelines.io import db
 from pipelines.io.runs import Outcome, finish_attempt, start_attempt
-from pipelines.io.storage import open_storage, to_json
+from pipelines.io.storage import finite_json, open_storage, to_json
 from pipelines.steps.context import StepContext, check_run_id
 
 RESULT_PREFIX = "MLCYCLE_RESULT "
@@ -49,7 +49,7 @@ def run_step(
     started = time.monotonic()
     try:
         module = importlib.import_module(info.module)
-        result: dict[str, Any] = module.run(ctx)
+        result: dict[str, Any] = finite_json(module.run(ctx))  # NaN (an AUC of one class) recorded as null
     except StepSkipped as err:
         finish_attempt(settings, attempt, Outcome("skipped", {"reason": str(err)}))
         raise

@@ -19,6 +19,7 @@ from pipelines.io import db
 from pipelines.io.registry import audit
 from pipelines.io.storage import open_storage, read_parquet
 from pipelines.local.local_airflow import airflow_env
+from tests.alerting import alert_receiver, delay_s
 from tests.conftest import churn_spec_dict
 from tests.e2e.conftest import KEY
 from tests.integration.helpers import SHORT_CANARY, run, small_spec
@@ -260,7 +261,7 @@ def test_a_multiclass_pipeline_serves_the_class_and_logs_what_labels_are_scored_
     assert checked["performance"]["metric"] == "macro_f1" and checked["performance"]["labelled"] == len(ids)
 
 
-def test_rejected_data_fails_the_run_without_retries(
+def test_rejected_data_fails_the_run_without_retries_and_alertmanager_is_told(
     workspace: Settings, airflow_home: Path, churn_df: pd.DataFrame, tmp_path: Path
 ) -> None:
     bad = churn_df.copy()
@@ -268,7 +269,18 @@ def test_rejected_data_fails_the_run_without_retries(
     bad.to_parquet(tmp_path / "bad.parquet", index=False)
     small_spec(workspace, {"kind": "file", "path": str(tmp_path / "bad.parquet")})
     assert _airflow(["db", "migrate"], workspace, airflow_home).returncode == 0
-    done = _airflow(["dags", "test", "churn_lifecycle"], workspace, airflow_home)
+    with alert_receiver(tmp_path) as (am, hook):
+        began = time.time()
+        extra = {"MLCYCLE_ALERTMANAGER_URL": am}
+        done = _airflow(["dags", "test", "churn_lifecycle"], workspace, airflow_home, extra)
+        # the task's on_failure_callback (operators/notifier.py), in the task's own process
+        hook.wait("MlcycleRunFailed", began)
+        arrived, alert = hook.firing("MlcycleRunFailed")[0]
+    print(f"\nfailed Airflow task -> MlcycleRunFailed at the webhook: {delay_s(alert, arrived):.1f}s after the failure")
+    assert alert["labels"]["pipeline"] == "churn" and alert["labels"]["task_id"] == "validate"
+    assert alert["labels"]["dag_id"] == "churn_lifecycle" and "/tasks/validate" in alert["annotations"]["log_url"]
+    assert "the data is rejected" in alert["annotations"]["error"]
+    assert not hook.firing("MlcycleStepRetriesExhausted")  # one try: nothing was retried
     assert done.returncode != 0
     run_id, steps = _latest_run(workspace)
     # Bad data is not worth retrying: validate failed once, features never ran.

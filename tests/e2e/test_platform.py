@@ -40,6 +40,7 @@ SERVICES = {
     "postgresql",
     "statsd-exporter",  # with Prometheus, which `make tools` installs
     "prometheus",
+    "alertmanager",  # `make tools` installs it too
     "ray",
     "airflow-api-server",
     "airflow-scheduler",
@@ -68,7 +69,9 @@ def up(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
     pipelines = root / "pipelines"
     write_spec(pipelines, "churn", merge=True, training={"n_trials": 2, "max_epochs": 5, "pruner": "none"})
     tumour_pipeline(pipelines, root / "data")
-    airflow, mlflow, serve, gcs, stats, metrics, fallback, prom, statsd, statsd_http, ray_metrics = free_port_pairs(11)
+    airflow, mlflow, serve, gcs, stats, metrics, fallback, prom, statsd, statsd_http, ray_metrics, am = free_port_pairs(
+        12
+    )
     env = {k: v for k, v in os.environ.items() if not k.startswith(("MLCYCLE_", "RAY_", "AIRFLOW", "MLFLOW_"))}
     env.update(
         {
@@ -86,6 +89,7 @@ def up(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
             "MLCYCLE_STATSD_UDP_PORT": str(statsd),
             "MLCYCLE_STATSD_HTTP_PORT": str(statsd_http),
             "MLCYCLE_RAY_METRICS_PORT": str(ray_metrics),
+            "MLCYCLE_ALERTMANAGER_PORT": str(am),
         }
     )
     started = mlcycle(env, "up")

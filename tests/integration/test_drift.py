@@ -8,6 +8,7 @@ test_serving.py): rows from the generator, scored by the champion's ONNX model, 
 from __future__ import annotations
 
 import json
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,6 +20,7 @@ import pytest
 from pipelines.core.settings import Settings, scoped_environ
 from pipelines.io import db
 from pipelines.ml.datagen import ChurnConfig, generate_churn
+from tests.alerting import Webhook, alert_receiver, delay_s
 from tests.integration.helpers import run, run_through, small_spec
 
 pytestmark = pytest.mark.integration
@@ -88,11 +90,21 @@ def reset(settings: Settings) -> None:
 CALM_EMBEDDING_AUC: list[float] = []  # the calm check's, for the drifted one to compare with
 
 
-def test_no_drift_no_retraining(monitored: Settings) -> None:
+@pytest.fixture
+def receiver(tmp_path: Path) -> Iterator[tuple[str, Webhook]]:
+    """An Alertmanager (its URL) routing to a webhook of the test's own."""
+    with alert_receiver(tmp_path) as found:
+        yield found
+
+
+def test_no_drift_no_retraining(monitored: Settings, receiver: tuple[str, Webhook]) -> None:
     reset(monitored)
     serve_log(monitored, traffic(seed=11, n=600))
-    out = run(monitored, "drift", "check-calm", PIPELINE)
+    url, hook = receiver
+    out = run(monitored.model_copy(update={"alertmanager_url": url}), "drift", "check-calm", PIPELINE)
     assert out["status"] == "ok" and not out["retrain"], out["reasons"]
+    time.sleep(3)  # Alertmanager delivers within its group_wait (1 s): a calm check sends nothing
+    assert hook.received == []
     assert out["requests"] == 600 and out["performance"] is None
     html = Path(out["report"]).read_bytes()
     assert html.lstrip().startswith(b"<!DOCTYPE html") and b"usage_hours_30d" in html
@@ -115,11 +127,19 @@ def test_no_drift_no_retraining(monitored: Settings) -> None:
     CALM_EMBEDDING_AUC.append(out["embedding"]["roc_auc"])
 
 
-def test_covariate_drift_asks_for_retraining_then_cools_down(monitored: Settings) -> None:
+def test_covariate_drift_asks_for_retraining_then_cools_down(
+    monitored: Settings, receiver: tuple[str, Webhook]
+) -> None:
     reset(monitored)
     serve_log(monitored, traffic(seed=12, n=600, covariate_drift=1.0))
-    out = run(monitored, "drift", "check-drifted", PIPELINE)
+    url, hook = receiver
+    out = run(monitored.model_copy(update={"alertmanager_url": url}), "drift", "check-drifted", PIPELINE)
     assert out["status"] == "drift" and out["retrain"], out["reasons"]
+    hook.wait("MlcycleDriftFound", time.time() - 600)
+    arrived, alert = hook.firing("MlcycleDriftFound")[0]
+    print(f"\ndrift found -> MlcycleDriftFound at the webhook: {delay_s(alert, arrived):.1f}s after the check began")
+    assert alert["labels"]["pipeline"] == PIPELINE and alert["labels"]["finding"] == "drift"
+    assert "features drifted" in alert["annotations"]["summary"]
     assert {"usage_hours_30d", "support_calls_30d"} <= set(out["drifted"])
     # the drifted traffic moves the champion's vectors: a classifier tells them apart better
     assert out["embedding"]["roc_auc"] > 0.6 and all(out["embedding"]["roc_auc"] > a + 0.05 for a in CALM_EMBEDDING_AUC)

@@ -249,7 +249,8 @@ def test_readyz_tells_anyone_ready_and_only_a_key_holder_the_versions(served: Se
     wrong = httpx.get(f"{endpoint(served, PIPELINE)}/readyz", headers={"x-api-key": "wrong"}, timeout=30)
     assert wrong.json() == {"status": "ready"}
     with _client(served) as c:
-        assert c.get("/readyz").json() == {"status": "ready", "versions": [1]}
+        ready = c.get("/readyz").json()
+    assert ready == {"status": "ready", "versions": [1], "generation": ready["generation"]} and ready["generation"] >= 1
 
 
 def _read_head(conn: socket.socket) -> bytes:
@@ -289,7 +290,8 @@ def test_a_5xx_names_what_failed_and_the_request_id_never_the_database_error(ser
     request id; no database error, address, password or exception is in the body."""
     from ray import serve
 
-    from serving.app import STATIC_KEYS, Ingress
+    from serving.app import Ingress
+    from serving.deployments import STATIC_KEYS
 
     name = f"{PIPELINE}_nodb"
     args = serving_args(spec_for(served, PIPELINE), [], model_name(PIPELINE), pipeline=name, online_features=False)
@@ -334,7 +336,10 @@ def test_haproxys_files_are_private_and_its_admin_socket_read_only(served: Setti
     for sock in sockets:
         assert stat.S_IMODE(os.lstat(sock).st_mode) == 0o600
         assert stat.S_IMODE(os.lstat(sock.parent).st_mode) == 0o700
-        assert " mode 600 level user " in (sock.parent / "haproxy.cfg").read_text()
+        # Serve writes its config, then starts HAProxy through the wrapper, which rewrites it: a
+        # reload may be under way (an application deleted by the test before), so wait for it
+        config, _ = _poll(lambda p=sock.parent / "haproxy.cfg": " mode 600 level user " in p.read_text(), 30)
+        assert config, (sock.parent / "haproxy.cfg").read_text()
         with socket.socket(socket.AF_UNIX) as s:
             s.settimeout(5)
             s.connect(str(sock))
@@ -350,7 +355,8 @@ def test_the_serving_api_fuzzed_from_its_openapi_answers_no_5xx_and_every_4xx_sa
     _deploy(served, {1: 100})
     base = endpoint(served, PIPELINE)
     schema = httpx.get(f"{base}/openapi.json", timeout=30).json()
-    assert {"/predict", "/"} <= set(schema["paths"]), schema["paths"]
+    protocols = {"/v2/models/{model}/infer", "/v2/models/{model}", "/invocations"}  # OIP and MLflow's scoring
+    assert {"/predict", "/"} | protocols <= set(schema["paths"]), schema["paths"]
     keyed = fuzz(schema, base, {"GET": {"x-api-key": KEY}, "POST": {"x-api-key": KEY}}, examples=40)
     anonymous = fuzz(schema, base, examples=10)
     assert keyed.problems == [] and anonymous.problems == [], (keyed.problems + anonymous.problems)[:5]
@@ -630,26 +636,80 @@ def test_shadow_answers_are_logged_not_returned(served: Settings) -> None:
     assert all(row[4] is not None for row in shadow_rows)
 
 
+def _haproxy_pid(settings: Settings) -> int:
+    """The pid of the HAProxy process answering the admin socket now (a reload starts a new one)."""
+    (sock,) = haproxy_dir(str(Path(str(settings.pipelines_dir)).parent)).glob("*/admin.sock")
+    with socket.socket(socket.AF_UNIX) as s:
+        s.settimeout(5)
+        s.connect(str(sock))
+        s.sendall(b"show info\n")
+        info = b""
+        while chunk := s.recv(65536):
+            info += chunk
+    return int(next(line for line in info.decode().splitlines() if line.startswith("Pid:")).split(":")[1])
+
+
 def test_no_request_lost_while_a_canary_walks_and_rolls_back_under_64_connections(served: Settings) -> None:
     """What the canary step does to the application, under 64 connections of wrk: the challenger
     is loaded beside the champion, its weight walks 5 -> 25 -> 50 -> 100 %, then it is rolled
-    back and removed. No answer may be other than 200, none slower than the request timeout."""
+    back and removed. No answer may be other than 200, none slower than the request timeout. Each
+    step is applied in place by the replicas (a published generation, served when `deploy`
+    returns): Serve never reconfigures them, so HAProxy never loses its backend and never reloads."""
     _deploy(served, {1: 100})
+    wait_direct_route(served, PIPELINE)
+    pid = _haproxy_pid(served)
+    with _client(served) as c:
+        generation = c.get("/").json()["generation"]
     bodies = [json.dumps({"instances": [{"entity_id": i}]}) for i in range(1, 501)]
     url = endpoint(served, PIPELINE) + "/predict"
     plan = [{1: 100, 2: 0}, {1: 95, 2: 5}, {1: 75, 2: 25}, {1: 50, 2: 50}, {1: 0, 2: 100}, {1: 100, 2: 0}, {1: 100}]
     seconds = 2.0 * len(plan) + 4
     proc, work = loadgen.start(url, bodies, {"x-api-key": KEY}, connections=64, seconds=seconds)
     time.sleep(2)
-    for weights in plan:
-        _deploy(served, weights)
-        time.sleep(2)
+    with _client(served) as c:
+        for step, weights in enumerate(plan, start=1):
+            _deploy(served, weights)
+            served_now = c.get("/").json()  # served when deploy returned: no waiting
+            assert served_now["generation"] == generation + step, served_now
+            assert served_now["weights"] == {str(v): float(w) for v, w in weights.items()}
+            time.sleep(2)
     result = loadgen.finish(proc, work, 64, seconds)
+    assert _haproxy_pid(served) == pid  # not reloaded: the backend kept its replica throughout
     with _client(served) as c:
         assert c.get("/").json()["weights"] == {"1": 100.0}
     assert result.requests > 500
     assert (result.non_2xx, result.socket_errors) == (0, 0), result
     assert result.max_ms < spec_for(served, PIPELINE).serving.request_timeout_s * 1000, result
+
+
+def test_a_replica_serve_starts_again_serves_the_newest_generation_not_the_one_serve_holds(
+    served: Settings,
+) -> None:
+    """Generations applied in place leave Serve holding older arguments: a replica that Serve
+    starts again (a crash, a scale-up) reads the published row and serves the newest."""
+    import ray
+
+    _deploy(served, {1: 100})
+    _deploy(served, {1: 50, 2: 50})  # in place: Serve still holds the {1: 100} of its last redeploy
+    with _client(served) as c:
+        newest = c.get("/").json()["generation"]
+    (replica,) = [a for a in ray.util.list_named_actors(all_namespaces=True) if f"{PIPELINE}#ingress#" in a["name"]]
+    ray.kill(ray.get_actor(replica["name"], namespace=replica["namespace"]), no_restart=True)
+
+    def restarted() -> dict[str, Any] | None:
+        with _client(served) as c:
+            try:
+                info = c.get("/")
+            except httpx.HTTPError:
+                return None
+        names = [a["name"] for a in ray.util.list_named_actors(all_namespaces=True)]
+        fresh = [n for n in names if f"{PIPELINE}#ingress#" in n and n != replica["name"]]
+        return info.json() if info.status_code == 200 and fresh else None
+
+    info, _ = _poll(restarted, 120)
+    assert info is not None, "no replica came back"
+    assert (info["generation"], info["weights"]) == (newest, {"1": 50.0, "2": 50.0}), info
+    _deploy(served, {1: 100})
 
 
 def test_overload_is_shed_with_503_and_retry_after_and_the_endpoint_recovers(served: Settings) -> None:
@@ -934,9 +994,10 @@ def _canary_spec(settings: Settings, **sections: Any) -> None:
     small_spec(settings, SOURCE, name=PIPELINE, training=FAST, evaluation=EVAL, canary=CANARY, **sections)
 
 
-def test_a_raising_challenger_is_rolled_back(served: Settings) -> None:
+def test_a_raising_challenger_is_rolled_back_and_alertmanager_is_told(served: Settings, tmp_path: Path) -> None:
     from pipelines.io.registry import alias_version
     from pipelines.steps.canary import CanaryRolledBack
+    from tests.alerting import alert_receiver, delay_s
     from tests.integration.helpers import run
 
     _canary_spec(served)
@@ -944,8 +1005,17 @@ def test_a_raising_challenger_is_rolled_back(served: Settings) -> None:
     space = vectors.open_space(served, PIPELINE, faulty, 4, "cosine", "hnsw", "serve-2", "faulty")  # as `embed` made it
     vectors.copy_vectors(served, space, ["1", "2"], np.ones((2, 4), dtype=np.float32))
     _deploy(served, {1: 100})
-    with Load(served) as load, pytest.raises(CanaryRolledBack, match=f"v{faulty} rolled back at 20%"):
-        run(served, "canary", "serve-2", pipeline=PIPELINE)
+    with alert_receiver(tmp_path) as (am, hook):
+        told = served.model_copy(update={"alertmanager_url": am})
+        with Load(served) as load, pytest.raises(CanaryRolledBack, match=f"v{faulty} rolled back at 20%"):
+            run(told, "canary", "serve-2", pipeline=PIPELINE)
+        hook.wait("MlcycleCanaryRolledBack", time.time() - 600)
+    arrived, alert = hook.firing("MlcycleCanaryRolledBack")[0]
+    print(
+        f"\ncanary rolled back -> MlcycleCanaryRolledBack at the webhook: {delay_s(alert, arrived):.1f}s after the decision"
+    )
+    assert alert["labels"]["pipeline"] == PIPELINE and alert["labels"]["version"] == str(faulty)
+    assert "error rate" in alert["annotations"]["summary"]
     assert load.sent > 50
     assert len(load.failures) / load.sent < 0.001, load.failures[:3]
     import mlflow

@@ -1,6 +1,7 @@
 """The ecosystem's protocols on the real Serve endpoint: the Open Inference Protocol through the
-official `tritonclient.http`, and MLflow's `/invocations` against `mlflow models serve` of the same
-registered model, each answer compared with `/v1`'s."""
+official `tritonclient.http` (churn's binary champion, and a multiclass wine and a regression
+diabetes champion served beside it), and MLflow's `/invocations` against `mlflow models serve` of
+the same registered model, each answer compared with `/v1`'s."""
 
 from __future__ import annotations
 
@@ -95,9 +96,9 @@ def _rows(settings: Settings) -> list[dict[str, Any]]:
     return ROWS
 
 
-def _v1(settings: Settings, instances: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def _v1(settings: Settings, instances: list[dict[str, Any]], pipeline: str = PIPELINE) -> list[dict[str, Any]]:
     r = httpx.post(
-        f"{endpoint(settings, PIPELINE)}/predict", json={"instances": instances}, headers={"x-api-key": KEY}, timeout=30
+        f"{endpoint(settings, pipeline)}/predict", json={"instances": instances}, headers={"x-api-key": KEY}, timeout=30
     )
     assert r.status_code == 200, r.text
     return list(r.json()["predictions"])
@@ -187,6 +188,55 @@ def test_a_named_version_answers_though_it_takes_no_traffic(served: Settings) ->
         timeout=30,
     )
     assert missing.status_code == 404 and "version '9' is not served" in missing.json()["error"]
+
+
+KINDS = {"wine_oip": "wine", "diabetes_oip": "diabetes"}  # a multiclass and a regression champion
+
+
+@pytest.fixture(scope="module")
+def kinds(served: Settings) -> Settings:
+    """The bundled wine (multiclass) and diabetes (regression) pipelines, each trained fast (one
+    linear trial) through the lifecycle to a champion, served beside churn in the same Serve."""
+    import yaml
+
+    from pipelines.core.settings import PROJECT_DIR
+
+    assert served.pipelines_dir is not None
+    for name, bundled in KINDS.items():
+        spec = yaml.safe_load((PROJECT_DIR / "include" / "pipelines" / f"{bundled}.yaml").read_text())
+        spec["name"] = name
+        spec["model"]["kind"] = "linear"
+        spec["training"].update(n_trials=1, time_budget_s=30, pruner="none")
+        spec["evaluation"].update({**EVAL, "min_primary": None, "beat_baseline": False})  # any champion
+        spec["serving"] = {}
+        (served.pipelines_dir / f"{name}.yaml").write_text(yaml.safe_dump(spec, sort_keys=False))
+        assert run_through(served, f"{name}-1", LIFECYCLE, name)["promote"]["version"] == 1
+        deploy(serving_args(spec_for(served, name), [VersionConfig(version=1, weight=100)], model_name(name)))
+    return served
+
+
+@pytest.mark.parametrize("name", list(KINDS))
+def test_tritonclient_reads_a_multiclass_and_a_regression_champions_tensors_as_v1_answers(
+    kinds: Settings, name: str
+) -> None:
+    """Entity ids alone (the features from the online store): the named output tensors of each
+    task kind, read by the official client, equal `/v1`'s answers for the same entities."""
+    client, auth, ids = _triton(kinds), {"x-api-key": KEY}, [1, 2, 3, 4, 5]
+    meta = client.get_model_metadata(name, headers=auth)
+    expected = _v1(kinds, [{"entity_id": i} for i in ids], name)
+    result = client.infer(name, [_entity_input(ids)], headers=auth)
+    if KINDS[name] == "wine":
+        classes = spec_for(kinds, name).classes
+        assert [o["name"] for o in meta["outputs"]] == ["class", "probabilities", "version"]
+        assert meta["outputs"][1]["shape"] == [-1, len(classes)] == [-1, 3]
+        assert result.as_numpy("class").tolist() == [p["class"] for p in expected]
+        probabilities = result.as_numpy("probabilities")
+        assert probabilities.shape == (len(ids), 3)
+        np.testing.assert_allclose(probabilities, [[p["probabilities"][c] for c in classes] for p in expected])
+    else:
+        assert [o["name"] for o in meta["outputs"]] == ["value", "version"]
+        np.testing.assert_allclose(result.as_numpy("value"), [p["score"] for p in expected], rtol=1e-9)
+    assert result.as_numpy("version").tolist() == [1] * len(ids)
 
 
 @pytest.fixture(scope="module")

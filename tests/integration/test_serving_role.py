@@ -33,6 +33,9 @@ REFUSED = (
     "CREATE TABLE vectors.planted (id int)",
     "DELETE FROM inference_requests",
     "UPDATE vector_spaces SET state = 'ready'",
+    # what every replica serves (weights, versions): published by the platform's role only
+    "INSERT INTO serving_args (pipeline, generation, layout, args) VALUES ('p', 99, 'l', '{}')",
+    "UPDATE serving_args SET args = '{}'",
 )
 
 
@@ -60,6 +63,7 @@ def test_the_serving_role_reads_the_champion_and_cannot_move_it(workspace: Setti
     with psycopg.connect(url, autocommit=True) as conn:
         assert conn.execute("SELECT current_user").fetchone() == (db.SERVING_ROLE,)
         found = vectors.similar(conn, PIPELINE, model_name(PIPELINE), "0", 3)  # /similar's query
+        conn.execute("SELECT * FROM serving_args")  # followed by the replicas
         assert found["version"] == 1 and len(found["neighbours"]) == 3
         for statement in REFUSED:
             with pytest.raises(psycopg.errors.InsufficientPrivilege):

@@ -51,6 +51,16 @@ def test_the_bundled_churn_batch_scores_daily_in_two_mapped_partitions(dagbag) -
     assert all(t.retries >= 1 for t in dag.tasks)
 
 
+def test_every_task_of_the_pipelines_dags_tells_alertmanager_when_it_fails_for_good(dagbag) -> None:  # type: ignore[no-untyped-def]
+    from operators.notifier import AlertNotifier
+
+    for dag_id in ("churn_lifecycle", "churn_drift", "churn_batch", "mlcycle_retention"):
+        for task in dagbag.dags[dag_id].tasks:
+            notifiers = [c for c in task.on_failure_callback or [] if isinstance(c, AlertNotifier)]
+            assert len(notifiers) == 1, (dag_id, task.task_id)
+            assert notifiers[0].pipeline == ("churn" if dag_id.startswith("churn") else task.task_id.split("_", 1)[1])
+
+
 def test_lifecycle_wiring(dagbag) -> None:  # type: ignore[no-untyped-def]
     dag = dagbag.dags["churn_lifecycle"]
     order = ["ingest", "validate", "features", "train", "evaluate", "promote", "embed", "canary"]

@@ -219,6 +219,8 @@ def test_the_retention_settings_reach_every_process_and_step_pod() -> None:
         ),
         ("images.pullSecrets[0]=Not_A_Name", "/images/pullSecrets/0"),
         ("retention.runsDays=-1", "/retention/runsDays"),
+        ("alertmanager.url=am:9093", "/alertmanager/url"),
+        ("alertmanager.enabled=true", "alertmanager.enabled needs prometheus.operator.enabled"),
     ],
 )
 def test_bad_values_are_refused_by_helm(setting: str, message: str) -> None:
@@ -343,3 +345,54 @@ def test_the_rayservice_carries_the_ingress_autoscaling_of_an_autoscaling_pipeli
     assert ingress == {"name": "ingress", "autoscaling_config": autoscaling_config(wine)}
     assert ingress["autoscaling_config"]["max_replicas"] > ingress["autoscaling_config"]["min_replicas"]
     assert cluster["rayClusterConfig"]["enableInTreeAutoscaling"] is True
+
+
+def test_the_prometheus_rule_holds_the_request_logs_and_every_pipelines_rules_from_the_specs(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from pipelines.core.alerts import render_rules, slos
+
+    assert "PrometheusRule" not in {d["kind"] for d in render()}  # prometheus-operator's CRD: asked for
+    rule = kinds(render("prometheus.operator.enabled=true", "prometheus.operator.ruleLabels.release=kps"))
+    spec = rule["PrometheusRule/rel-mlcycle"]
+    assert spec["metadata"]["labels"]["release"] == "kps"
+    specs = [load_spec(p) for p in sorted((PROJECT / "include" / "pipelines").glob("*.yaml"))]
+    shipped = yaml.safe_load((PROJECT / "include" / "stack" / "alerts.yml").read_text())["groups"]
+    assert spec["spec"] == yaml.safe_load(render_rules(slos(specs), before=shipped))
+    names = [g["name"] for g in spec["spec"]["groups"]]
+    assert names == [g["name"] for g in shipped] + [f"mlcycle-{s.name}" for s in specs]
+    with scoped_environ({"MLCYCLE_PIPELINES_DIR": str(PROJECT / "include" / "pipelines")}):
+        assert main(["alerts", "rules", "--check"]) == 0, capsys.readouterr().err  # the chart's copy is fresh
+
+
+def _alertmanager_port_open(docs: dict[str, dict[str, Any]]) -> bool:
+    egress = docs["NetworkPolicy/rel-mlcycle-steps"]["spec"]["egress"]
+    return any({"port": 9093, "protocol": "TCP"} in rule.get("ports", []) for rule in egress)
+
+
+def test_an_alertmanager_url_reaches_the_settings_and_the_step_pods_may_reach_it() -> None:
+    docs = kinds(render("alertmanager.url=http://alertmanager.monitoring.svc:9093"))
+    data = docs["ConfigMap/rel-mlcycle-settings"]["data"]
+    assert data["MLCYCLE_ALERTMANAGER_URL"] == "http://alertmanager.monitoring.svc:9093"
+    assert _alertmanager_port_open(docs)
+    assert "Alertmanager" not in {d["kind"] for d in docs.values()}
+    plain = kinds(render())
+    assert "MLCYCLE_ALERTMANAGER_URL" not in plain["ConfigMap/rel-mlcycle-settings"]["data"]
+    assert not _alertmanager_port_open(plain)
+
+
+def test_the_charts_alertmanager_routes_every_alert_to_the_webhook_secret_and_receives_the_events() -> None:
+    docs = kinds(
+        render("prometheus.operator.enabled=true", "alertmanager.enabled=true", "alertmanager.webhookSecret=hook")
+    )
+    manager, config = docs["Alertmanager/rel-mlcycle"], docs["AlertmanagerConfig/rel-mlcycle"]
+    # the operator picks the config by its labels, and routes the steps' events (no namespace label)
+    assert manager["spec"]["alertmanagerConfigSelector"]["matchLabels"].items() <= config["metadata"]["labels"].items()
+    assert manager["spec"]["alertmanagerConfigMatcherStrategy"] == {"type": "None"}
+    assert manager["spec"]["securityContext"]["runAsNonRoot"] is True
+    route, (receiver,) = config["spec"]["route"], config["spec"]["receivers"]
+    assert route["receiver"] == receiver["name"] and route["groupBy"] == ["alertname", "pipeline"]
+    assert receiver["webhookConfigs"][0]["urlSecret"] == {"name": "hook", "key": "MLCYCLE_ALERTS_WEBHOOK_URL"}
+    data = docs["ConfigMap/rel-mlcycle-settings"]["data"]
+    assert data["MLCYCLE_ALERTMANAGER_URL"] == "http://alertmanager-operated.ml.svc:9093"
+    assert _alertmanager_port_open(docs)

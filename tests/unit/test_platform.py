@@ -14,11 +14,11 @@ from pipelines.core.settings import Settings
 from pipelines.io.clientenv import client_env, render_env, tracking_server_url
 from pipelines.io.runs import headline
 from pipelines.local.follow import changes, parse_conf, task_key, task_line
+from pipelines.local.monitoring import prometheus_config
 from pipelines.local.platform import (
     airflow_db_url,
     airflow_service_env,
     parse_status,
-    prometheus_config,
     render_ps,
     services,
     supervisord_conf,

@@ -292,8 +292,7 @@ def test_replica_grpc_binds_narrow_only_wildcards() -> None:
 def test_the_deployment_version_follows_fixed_arguments_not_weights() -> None:
     """Serve restarts replicas when a deployment's version changes: a canary step's weights must
     not change it, a new pipeline or feature list must."""
-    from serving.app import STATIC_KEYS
-    from serving.deployments import deployment_version
+    from serving.deployments import STATIC_KEYS, deployment_version
 
     static = {k: None for k in STATIC_KEYS} | {"pipeline": "churn", "features": ["a", "b"]}
     assert deployment_version(static) == deployment_version(dict(static))

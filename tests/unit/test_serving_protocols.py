@@ -14,6 +14,7 @@ from serving.contract import FeatureRule, RequestContract
 from serving.haproxy import with_open_inference
 from serving.mlflow_formats import invocation_rows, mlflow_error, predictions
 from serving.oip import ModelShape, ProtocolError, infer_response, infer_rows, model_metadata, protocol_error
+from serving.oip_schema import compiled_tensors
 from serving.protocols import judged
 from serving.records import Instance, Scored, Served
 
@@ -80,6 +81,8 @@ def test_tensors_are_columns_row_i_is_instance_i() -> None:
         (body(t("entity_id", "FP64", [1.0])), "the entity id is BYTES or INT64"),
         (body(), "'inputs' must be a non-empty list"),
         (b'{"inputs": [{"name": "charges", "datatype": "FP64", "shape": [1], "data": [NaN]}]}', "NaN is not a JSON"),
+        (b'{"inputs": [{"name": "charges", "datatype": "FP64", "shape": [1], "data": [-Infinity]}]}', "-Infinity is"),
+        (body(t("tenure", "INT64", [1]))[:-1] + b', "parameters": {"p": Infinity}}', "Infinity is not a JSON"),
         (b"[1]", "the body must be a JSON object"),
         (b"{", "the body is not JSON"),
         (b'{"inputs": ' + b"[" * 100_000 + b"]" * 100_000 + b"}", "nested too deeply"),
@@ -89,6 +92,47 @@ def test_bad_tensors_are_refused_with_a_clear_message(raw: bytes, message: str) 
     with pytest.raises(ProtocolError, match=None) as err:
         rows(raw)
     assert message in str(err.value) and err.value.status == 400
+
+
+def test_well_formed_tensors_are_read_by_the_compiled_schema_as_the_checks_read_them() -> None:
+    raw = body(
+        t("entity_id", "INT64", [7, 8]),
+        t("tenure", "INT64", [3, 4], [2, 1]),  # [n, 1] with flat data
+        t("charges", "FP32", [1, None]),  # an integer in an FP tensor stays an integer, as JSON has it
+        {**t("plan", "BYTES", ["basic", "pro"]), "parameters": {"content_type": "str"}},
+        id="req-1",
+        parameters={"priority": 1, "binary_data_output": False},
+        outputs=[{"name": "score", "parameters": {"binary_data": False}}],  # as tritonclient sends them
+    )
+    assert compiled_tensors(raw) == (
+        "req-1",
+        [
+            ("entity_id", "INT64", [7, 8]),
+            ("tenure", "INT64", [3, 4]),
+            ("charges", "FP32", [1, None]),
+            ("plan", "BYTES", ["basic", "pro"]),
+        ],
+    )
+    assert infer_rows(raw, RULES, "customer_id", 100) == (
+        "req-1",
+        [(7, {"tenure": 3, "charges": 1, "plan": "basic"}), (8, {"tenure": 4, "charges": None, "plan": "pro"})],
+    )
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        (body(t("tenure", "INT64", [[3], [4]], [2, 1])), [(None, {"tenure": 3}), (None, {"tenure": 4})]),  # nested
+        (body(t("tenure", "BOOL", [True, False])), [(None, {"tenure": 1}), (None, {"tenure": 0})]),
+        (body(t("tenure", "INT64", [3.0])), [(None, {"tenure": 3.0})]),  # an integral float
+        (body(t("tenure", "INT64", [3]), id=5), [(None, {"tenure": 3})]),  # an id not a string is not echoed
+        (body(t("tenure", "INT64", [3]), extension={"x": [1]}), [(None, {"tenure": 3})]),  # another field
+        (body(t("plan", "BYTES", ["x\ud800"])), [(None, {"plan": "x\ud800"})]),  # a lone surrogate
+    ],
+)
+def test_what_the_schema_does_not_take_the_python_checks_still_take(raw: bytes, expected: list[Any]) -> None:
+    assert compiled_tensors(raw) is None
+    assert infer_rows(raw, RULES, "customer_id", 100) == (None, expected)
 
 
 def test_too_many_instances_are_refused() -> None:
@@ -153,6 +197,23 @@ def test_answers_are_named_tensors_by_task_kind() -> None:
     }
 
 
+@pytest.mark.parametrize("kind", ["multiclass", "regression"])
+def test_tritonclient_decodes_each_task_kinds_output_tensors(kind: str) -> None:
+    """The official client's own decoding of a multiclass and a regression answer (the
+    integration test infers from a binary champion through it end to end)."""
+    from tritonclient.http import InferResult
+
+    result = InferResult.from_response_body(json.dumps(infer_response(shape(kind), served(kind), "rid", None)))
+    if kind == "multiclass":
+        assert result.as_numpy("class").tolist() == ["a", "b"]
+        probabilities = result.as_numpy("probabilities")
+        assert probabilities.shape == (2, 2) and probabilities.tolist() == [[0.3, 0.7], [0.9, 0.1]]  # classes b, a
+        assert result.as_numpy("version").tolist() == [2, 2] and result.get_response()["model_version"] == "2"
+    else:
+        assert result.as_numpy("value").tolist() == [0.25, 0.5] and result.as_numpy("score") is None
+        assert result.as_numpy("version").tolist() == [1, 2]
+
+
 def test_errors_take_each_protocols_shape() -> None:
     detail = [{"field": "instances[0].features.x", "message": "x: bad"}, {"field": "f", "message": "y: bad"}]
     assert protocol_error(422, {"error": "invalid_request", "reason": "x: bad", "detail": detail}) == (
@@ -194,6 +255,8 @@ def test_the_four_mlflow_formats_read_as_the_same_rows(payload: dict[str, Any]) 
         ({"inputs": {"a": [1, 2], "b": [1]}}, "columns of different lengths [1, 2]"),
         ({"instances": []}, "holds no rows"),
         ({"instances": [{"customer_id": 1, "entity_id": 1}]}, "names its entity twice"),
+        ({"dataframe_records": [{"tenure": float("nan")}]}, "NaN is not a JSON number"),
+        ({"inputs": {"tenure": [float("inf")]}}, "Infinity is not a JSON number"),
     ],
 )
 def test_bad_frames_are_refused_with_a_clear_message(payload: dict[str, Any], message: str) -> None:

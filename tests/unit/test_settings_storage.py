@@ -119,3 +119,32 @@ def test_code_version_reads_the_commit_an_image_build_stamped(monkeypatch: pytes
     assert code_version(settings) == "abc123"
     monkeypatch.setenv("MLCYCLE_GIT_COMMIT", "def456")
     assert code_version(settings) == "def456"
+
+
+def test_a_steps_outputs_hold_no_number_json_lacks() -> None:
+    """NaN and infinities (an AUC on labels of one class, numpy's too) become null: jsonb and XCom
+    refuse them, and a step's outcome must be recordable."""
+    import json
+
+    import numpy as np
+
+    from pipelines.io.storage import finite_json
+
+    outputs = {
+        "ab": {"value": float("nan"), "labelled": 3, "interval": [float("-inf"), 0.5]},
+        "scores": np.array([0.25, np.nan]),
+        "auc": np.float32("nan"),
+        "p": np.float64(0.5),
+        "name": "nan",
+        "n": np.int64(4),
+    }
+    safe = finite_json(outputs)
+    assert safe == {
+        "ab": {"value": None, "labelled": 3, "interval": [None, 0.5]},
+        "scores": [0.25, None],
+        "auc": None,
+        "p": 0.5,
+        "name": "nan",
+        "n": 4,
+    }
+    json.dumps(safe, allow_nan=False)  # raises on any NaN left

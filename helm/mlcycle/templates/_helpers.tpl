@@ -172,3 +172,13 @@ imagePullSecrets:
 {{- fail (printf "serving.%s: replicas (%d) is outside minReplicas..maxReplicas (%d..%d)" .name (int .group.replicas) (int .group.minReplicas) (int .group.maxReplicas)) -}}
 {{- end -}}
 {{- end -}}
+
+{{/* Where the steps and Airflow's failure notifier send their events: alertmanager.url, else the
+chart's Alertmanager (prometheus-operator's Service alertmanager-operated) where enabled, else "". */}}
+{{- define "mlcycle.alertmanagerUrl" -}}
+{{- if .Values.alertmanager.url -}}
+{{ .Values.alertmanager.url }}
+{{- else if .Values.alertmanager.enabled -}}
+{{ printf "http://alertmanager-operated.%s.svc:9093" .Release.Namespace }}
+{{- end -}}
+{{- end -}}
