@@ -1,4 +1,5 @@
-"""The one DAG factory: every spec in the pipelines directory becomes `<name>_lifecycle`.
+"""The one DAG factory: every spec in the pipelines directory becomes `<name>_lifecycle` and
+`<name>_drift` (and `<name>_batch` where it declares `batch`).
 
 Parse-time work is reading small YAML files; no database, no network, no heavy imports.
 """
@@ -13,7 +14,7 @@ from airflow.sdk import DAG, AssetOrTimeSchedule, CronTriggerTimetable
 from operators.approval import PromotionApproval
 from operators.notifier import AlertNotifier
 from operators.step import PipelineStepOperator
-from operators.trigger import RetrainingTrigger, retraining_asset
+from operators.trigger import RetrainingTrigger, predictions_asset, retraining_asset
 from pipelines.core import approval
 from pipelines.core.errors import SpecError
 from pipelines.core.params import airflow_params
@@ -57,6 +58,18 @@ def lifecycle_schedule(spec: PipelineSpec) -> Any:
     return AssetOrTimeSchedule(timetable=cron(spec.schedule), assets=asset)
 
 
+def step_defaults(spec: PipelineSpec) -> dict[str, Any]:
+    """The default arguments of a pipeline's step tasks: its owner, its retries, backing off, and
+    Alertmanager told of a task that failed for good."""
+    return {
+        "owner": spec.owner,
+        "retries": spec.retries,
+        "retry_delay": timedelta(seconds=30),
+        "retry_exponential_backoff": True,
+        "on_failure_callback": AlertNotifier(spec.name),
+    }
+
+
 def lifecycle_dag(spec: PipelineSpec, steps: list[str], settings: Settings | None = None) -> DAG:
     """`<name>_lifecycle`: the steps in order, one PipelineStepOperator each; with an approval
     (`promotion`), the `approval` task between `evaluate` and `promote`."""
@@ -68,13 +81,7 @@ def lifecycle_dag(spec: PipelineSpec, steps: list[str], settings: Settings | Non
         tags=["mlcycle", spec.name, *spec.tags],
         doc_md=doc_md(spec, steps),
         params=airflow_params(spec, settings or load_settings()),
-        default_args={
-            "owner": spec.owner,
-            "retries": spec.retries,
-            "retry_delay": timedelta(seconds=30),
-            "retry_exponential_backoff": True,
-            "on_failure_callback": AlertNotifier(spec.name),
-        },
+        default_args=step_defaults(spec),
     ) as dag:
         previous: Any = None
         for step in steps:
@@ -126,6 +133,37 @@ def drift_dag(spec: PipelineSpec) -> DAG:
     return dag
 
 
+def batch_dag(spec: PipelineSpec) -> DAG:
+    """`<name>_batch`: pin the champion and as_of, score the partitions as mapped tasks (one pod
+    or process each), then publish, whose outlet emits `mlcycle://<name>/predictions`."""
+    if spec.batch is None:
+        raise ValueError(f"{spec.name}: the spec has no `batch` section")
+    batch = spec.batch
+    with DAG(
+        dag_id=f"{spec.name}_batch",
+        schedule=cron(batch.schedule) if batch.schedule else None,
+        catchup=False,
+        max_active_runs=1,
+        tags=["mlcycle", spec.name, "batch"],
+        doc_md=(
+            f"### {spec.name} batch predictions\n\nThe champion (pinned once by `pin`) scores the "
+            f"`{batch.entities.kind}` entities in {batch.parallelism} partition(s) of `{batch.chunk_rows}`-row "
+            f"chunks; `publish` flips `{spec.name}_predictions_latest` and emits the "
+            f"`{predictions_asset(spec.name).uri}` Asset."
+        ),
+        default_args=step_defaults(spec),
+    ) as dag:
+        pin = PipelineStepOperator(task_id="pin", pipeline=spec.name, step="batch_pin")
+        score = PipelineStepOperator.partial(task_id="score", pipeline=spec.name, step="batch").expand(
+            worker=list(range(batch.parallelism))
+        )
+        done = PipelineStepOperator(
+            task_id="publish", pipeline=spec.name, step="batch_publish", outlets=[predictions_asset(spec.name)]
+        )
+        pin >> score >> done
+    return dag
+
+
 def retention_dag(specs: list[PipelineSpec]) -> DAG:
     """`mlcycle_retention`: every hour, the retention step of each pipeline, one after another."""
     with DAG(
@@ -163,6 +201,8 @@ def build_dags() -> dict[str, DAG]:
     specs, _ = read_specs(settings.specs_path)
     for spec in specs:
         dags += [lifecycle_dag(spec, spec.lifecycle_steps(), settings), drift_dag(spec)]
+        if spec.batch is not None:
+            dags.append(batch_dag(spec))
     if specs:
         dags.append(retention_dag(specs))
     return {d.dag_id: d for d in dags}

@@ -20,6 +20,11 @@ def retraining_asset(pipeline: str) -> Asset:
     return Asset(name=f"{pipeline}_retraining", uri=f"mlcycle://pipelines/{pipeline}/retraining", group="mlcycle")
 
 
+def predictions_asset(pipeline: str) -> Asset:
+    """The Asset `<name>_batch`'s publish task updates when a batch run's predictions land."""
+    return Asset(name=f"{pipeline}_predictions", uri=f"mlcycle://{pipeline}/predictions", group="mlcycle")
+
+
 def event_extra(result: dict[str, Any], run_id: str) -> dict[str, Any]:
     """What the Asset event carries: the finding and why. Pure."""
     performance = result.get("performance")

@@ -1,5 +1,5 @@
 """The handlers of the subcommands about pipelines and their data: `spec`, `step`, `pod`, `data`,
-`db`, `env`, `runs`, `labels`, `status`. Each takes the parsed arguments and returns the exit code;
+`db`, `env`, `runs`, `batch`, `labels`, `status`. Each takes the parsed arguments and returns the exit code;
 what needs numpy, pandas and the like is imported when it runs.
 """
 
@@ -196,6 +196,16 @@ def cmd_labels_load(args: argparse.Namespace) -> int:
     detail = {"rows": loaded, "source": source.kind, "via": "cli"}
     audit.record(settings, AuditEvent(args.actor or os_user(), "user", "labels_loaded", args.pipeline, detail=detail))
     print(f"{args.pipeline}: {loaded} labels loaded")
+    return 0
+
+
+def cmd_batch_show(args: argparse.Namespace) -> int:
+    from pipelines.io.batch import batch_runs, render_batch_runs
+
+    settings = load_settings()
+    spec_for(settings, args.pipeline)  # one that exists, or an error naming the known ones
+    db.migrate(settings)  # a fresh state dir has no batch tables yet
+    print(render_batch_runs(args.pipeline, batch_runs(settings, args.pipeline, args.limit)))
     return 0
 
 

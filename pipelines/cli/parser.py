@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 from pipelines.cli.approval_commands import add_decisions
 from pipelines.cli.commands import (
     RUN_ID_TEMPLATE,
+    cmd_batch_show,
     cmd_data_generate,
     cmd_db,
     cmd_env,
@@ -141,6 +142,12 @@ def _add_records(sub: Subparsers) -> None:
     p.add_argument("--pipeline", required=True)
     p.add_argument("--run-id")
     p.set_defaults(func=cmd_runs_show)
+
+    batch = sub.add_parser("batch", help="batch predictions").add_subparsers(dest="action", required=True)
+    p = batch.add_parser("show", help="a pipeline's published batch runs: version, rows, time, outputs")
+    p.add_argument("--pipeline", required=True)
+    p.add_argument("--limit", type=int, default=20, help="the newest runs shown (default 20)")
+    p.set_defaults(func=cmd_batch_show)
 
     labels = sub.add_parser("labels", help="delayed ground truth").add_subparsers(dest="action", required=True)
     p = labels.add_parser("load", help="load labels (entity_id, label[, request_id, observed_at])")

@@ -85,8 +85,29 @@ STEPS: tuple[Step, ...] = (
         "request-log partitions made and dropped, old labels and run folders removed (not a version's lineage)",
         lifecycle=False,
     ),
+    Step(
+        "batch_pin",
+        "pipelines.steps.batch_pin",
+        "a batch run's champion version and as_of, read once for every partition",
+        lifecycle=False,
+    ),
+    Step(
+        "batch",
+        "pipelines.steps.batch",
+        "one partition of the batch's entities: contract, point-in-time features, ONNX scores, written idempotently",
+        lifecycle=False,
+    ),
+    Step(
+        "batch_publish",
+        "pipelines.steps.batch_publish",
+        "every partition done: the run's summary recorded and its predictions published at once",
+        lifecycle=False,
+    ),
 )
 """Every step, in lifecycle order."""
+
+BATCH_STEPS: frozenset[str] = frozenset({"batch_pin", "batch", "batch_publish"})
+"""The steps of a pipeline's `<name>_batch` DAG."""
 
 STEP_NAMES: tuple[str, ...] = tuple(s.name for s in STEPS)
 BY_NAME: dict[str, Step] = {s.name: s for s in STEPS}
@@ -111,6 +132,8 @@ def dag_of_run(pipeline: str, steps: set[str]) -> str:
     """The DAG a run belongs to, from the steps it ran: a drift check has a DAG of its own. Pure."""
     if steps == {"retention"}:
         return RETENTION_DAG
+    if steps and steps <= BATCH_STEPS:
+        return f"{pipeline}_batch"
     return f"{pipeline}_drift" if steps == {"drift"} else f"{pipeline}_lifecycle"
 
 

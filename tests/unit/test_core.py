@@ -30,6 +30,9 @@ def test_the_table_of_steps_is_the_lifecycle_in_order() -> None:
         "canary",
         "drift",
         "retention",
+        "batch_pin",
+        "batch",
+        "batch_publish",
     )
     # drift has a DAG of its own; trials fans out before train only where a spec asks for workers;
     # embed is in the lifecycle of a spec with `embeddings` only

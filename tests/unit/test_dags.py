@@ -43,10 +43,18 @@ def test_no_import_errors(dagbag) -> None:  # type: ignore[no-untyped-def]
     assert "churn_lifecycle" in dagbag.dags
 
 
+def test_the_bundled_churn_batch_scores_daily_in_two_mapped_partitions(dagbag) -> None:  # type: ignore[no-untyped-def]
+    dag = dagbag.dags["churn_batch"]
+    assert [t.task_id for t in dag.topological_sort()] == ["pin", "score", "publish"]
+    assert dag.get_task("score").expand_input.value == {"worker": [0, 1]}
+    assert dag.timetable.expression == "0 0 * * *" and dag.max_active_runs == 1
+    assert all(t.retries >= 1 for t in dag.tasks)
+
+
 def test_every_task_of_the_pipelines_dags_tells_alertmanager_when_it_fails_for_good(dagbag) -> None:  # type: ignore[no-untyped-def]
     from operators.notifier import AlertNotifier
 
-    for dag_id in ("churn_lifecycle", "churn_drift", "mlcycle_retention"):
+    for dag_id in ("churn_lifecycle", "churn_drift", "churn_batch", "mlcycle_retention"):
         for task in dagbag.dags[dag_id].tasks:
             notifiers = [c for c in task.on_failure_callback or [] if isinstance(c, AlertNotifier)]
             assert len(notifiers) == 1, (dag_id, task.task_id)
@@ -76,7 +84,7 @@ def test_a_new_deployment_waits_for_the_next_scheduled_time(dagbag) -> None:  # 
     from airflow.timetables.base import TimeRestriction
 
     now = pendulum.now("UTC")
-    for dag_id in ("churn_lifecycle", "churn_drift"):
+    for dag_id in ("churn_lifecycle", "churn_drift", "churn_batch"):
         dag = DagSerialization.deserialize_dag(DagSerialization.serialize_dag(dagbag.dags[dag_id]))
         restriction = TimeRestriction(earliest=dag.start_date, latest=None, catchup=False)
         first = dag.timetable.next_dagrun_info(last_automated_data_interval=None, restriction=restriction)
@@ -98,7 +106,7 @@ def test_parsing_imports_nothing_heavy_and_touches_no_database(tmp_path: Path) -
     }
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
     report = json.loads(out.stdout.strip().splitlines()[-1])
-    assert report == {"heavy": [], "dags": ["churn_drift", "churn_lifecycle"]}
+    assert report == {"heavy": [], "dags": ["churn_batch", "churn_drift", "churn_lifecycle"]}
     assert not (tmp_path / "state").exists()  # no embedded database started at parse time
 
 
@@ -106,10 +114,17 @@ def test_one_dag_per_spec(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> No
     from operators.factory import build_dags
 
     write_spec(tmp_path, "alpha", schedule="@daily")
-    write_spec(tmp_path, "beta", schedule=None, retries=0)
+    write_spec(tmp_path, "beta", schedule=None, retries=0, batch=None)
     monkeypatch.setenv("MLCYCLE_PIPELINES_DIR", str(tmp_path))
     dags = build_dags()
-    assert sorted(dags) == ["alpha_drift", "alpha_lifecycle", "beta_drift", "beta_lifecycle", "mlcycle_retention"]
+    assert sorted(dags) == [
+        "alpha_batch",  # the bundled spec's batch section; beta has none
+        "alpha_drift",
+        "alpha_lifecycle",
+        "beta_drift",
+        "beta_lifecycle",
+        "mlcycle_retention",
+    ]
     assert dags["beta_lifecycle"].get_task("ingest").retries == 0
     # one retention DAG for the installation: each pipeline's retention step, hourly, one at a time
     retention = dags["mlcycle_retention"]
@@ -132,7 +147,7 @@ def test_a_bad_spec_costs_only_its_own_dags_and_is_an_import_error_naming_it(
     (tmp_path / "gamma.yaml").write_text("name: gamma\nsource: [unclosed\n")
     monkeypatch.setenv("MLCYCLE_PIPELINES_DIR", str(tmp_path))
     bag = DagBag(dag_folder=str(DAGS))
-    assert sorted(bag.dags) == ["alpha_drift", "alpha_lifecycle", "mlcycle_retention"]
+    assert sorted(bag.dags) == ["alpha_batch", "alpha_drift", "alpha_lifecycle", "mlcycle_retention"]
     assert [Path(f).name for f in bag.import_errors] == ["spec_errors.py"]
     error = next(iter(bag.import_errors.values()))
     assert "2 invalid pipeline spec(s)" in error
@@ -211,3 +226,36 @@ def test_an_approval_sits_between_evaluate_and_promote_only_where_the_spec_asks(
     assert dags["manual_lifecycle"].get_task("approval").response_timeout.total_seconds() == 2 * 3600
     plain = dags["plain_lifecycle"]
     assert "approval" not in plain.task_ids and plain.get_task("promote").upstream_task_ids == {"evaluate"}
+
+
+def test_a_batch_section_gives_a_batch_dag_pin_mapped_partitions_publish(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`batch:` adds `<name>_batch`: pin, then `score` mapped over the partitions (each runs
+    `mlcycle step batch --worker N`), then publish, whose outlet is `mlcycle://<name>/predictions`;
+    a spec without the section gets no batch DAG."""
+    from operators.factory import build_dags
+    from operators.trigger import predictions_asset
+    from pipelines.core.pod import container_of, pod_manifest
+    from pipelines.core.settings import load_settings, spec_for
+
+    write_spec(tmp_path, "scored", merge=True, batch={"schedule": "@daily", "parallelism": 3})
+    write_spec(tmp_path, "plain", schedule=None, batch=None)
+    monkeypatch.setenv("MLCYCLE_PIPELINES_DIR", str(tmp_path))
+    dags = build_dags()
+    assert "plain_batch" not in dags and "scored_batch" in dags
+    batch = dags["scored_batch"]
+    assert batch.timetable.expression == "0 0 * * *"
+    score = batch.get_task("score")
+    assert score.expand_input.value == {"worker": [0, 1, 2]}
+    assert score.upstream_task_ids == {"pin"} and batch.get_task("publish").upstream_task_ids == {"score"}
+    publish = batch.get_task("publish")
+    assert publish.outlets == [predictions_asset("scored")]
+    assert predictions_asset("scored").uri == "mlcycle://scored/predictions"
+    assert [(t.task_id, t.step) for t in (batch.get_task("pin"), publish)] == [
+        ("pin", "batch_pin"),
+        ("publish", "batch_publish"),
+    ]
+    pod = pod_manifest(spec_for(load_settings(), "scored"), "batch", "r1", load_settings(), worker=2)
+    assert container_of(pod)["args"][-2:] == ["--worker", "2"]
+    assert "batch" in container_of(pod)["args"]

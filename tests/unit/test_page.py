@@ -223,6 +223,8 @@ def test_canary_state(status: str, report: dict[str, Any], outcome: str, weights
 def test_small_helpers() -> None:
     assert dag_of_run("churn", {"drift"}) == "churn_drift"
     assert dag_of_run("churn", {"ingest", "validate"}) == "churn_lifecycle"
+    assert dag_of_run("churn", {"batch_pin", "batch", "batch_publish"}) == "churn_batch"
+    assert dag_of_run("churn", {"batch_pin"}) == "churn_batch"
     assert metric_value("roc_auc=0.8395") == ("roc_auc", 0.8395)
     assert metric_value(None) is None and metric_value("garbled") is None and metric_value("a=b") is None
     assert window_dates(None) == "–"

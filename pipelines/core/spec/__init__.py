@@ -13,12 +13,14 @@ import X` is the one import a caller needs:
 * `contract`: the data contract, expectations, entity, features and splits, the label and its metrics
 * `model`: the model families, their parameters and default spaces, the model section, training
 * `operations`: resources, evaluation, promotion (approval), canary, serving, drift, embeddings
+* `batch`: batch predictions (entities, as_of, outputs, partitions)
 * `pipeline`: `PipelineSpec` and the checks between its sections
 * `loading`: parse, load and read specs, the error format, the JSON schema
 """
 
 from pipelines.core.families import DEFAULT_HIDDEN_UNITS
 from pipelines.core.spec.base import Model
+from pipelines.core.spec.batch import Batch, BatchEntities, BatchOutputs, OfflineStoreEntities
 from pipelines.core.spec.contract import (
     SPLITS,
     TASK_DEFAULTS,
@@ -85,6 +87,9 @@ __all__ = [
     "TASK_DEFAULTS",
     "TASK_METRICS",
     "Autoscaling",
+    "Batch",
+    "BatchEntities",
+    "BatchOutputs",
     "Canary",
     "CategoricalParam",
     "ColumnContract",
@@ -109,6 +114,7 @@ __all__ = [
     "ManualWhen",
     "Model",
     "ModelSpec",
+    "OfflineStoreEntities",
     "Param",
     "PipelineSpec",
     "PostgresSource",

@@ -9,6 +9,7 @@ from pydantic import Field, model_validator
 
 from pipelines.core.errors import field_path
 from pipelines.core.spec.base import _NAME, Model
+from pipelines.core.spec.batch import Batch
 from pipelines.core.spec.contract import TASK_DEFAULTS, TASK_METRICS, Contract, Entity, Expectation, Features, Label
 from pipelines.core.spec.model import ModelSpec, Training, hidden_widths
 from pipelines.core.spec.operations import Canary, Drift, Embeddings, Evaluation, Promotion, Serving, StepResources
@@ -54,6 +55,10 @@ class PipelineSpec(Model):
     drift: Drift = Field(default=Drift(), description="the scheduled drift check that asks for retraining")
     embeddings: Embeddings | None = Field(
         default=None, description="vectors the model writes beside its score, in pgvector; default: none"
+    )
+    batch: Batch | None = Field(
+        default=None,
+        description="scheduled batch predictions of the champion (the `<name>_batch` DAG); default: none",
     )
 
     @property

@@ -1,0 +1,221 @@
+"""Batch predictions against the real platform database, registry and Feast offline store: a
+trained churn champion scores every entity in two partitions, with the version pinned before the
+alias moved, partitions replace only their own rows, bad rows are quarantined and counted, the
+answers equal the endpoint's scoring of the same features, and no valid row exits 3."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pytest
+
+from pipelines.core.errors import DataQualityError
+from pipelines.core.settings import Settings, scoped_environ
+from pipelines.io import db
+from pipelines.io.storage import open_storage, read_parquet, run_key
+from pipelines.steps.batch import NO_FEATURES, partition_of
+from tests.integration.helpers import run, run_through, small_spec, step_process
+
+pytestmark = pytest.mark.integration
+
+PIPELINE = "churn_batch"
+SOURCE = {"kind": "synthetic", "customers": 600, "months": 6, "seed": 5, "start": "2025-01-01"}
+FAST = {"n_trials": 1, "max_epochs": 4, "early_stopping_patience": 2, "pruner": "none", "batch_size": 128}
+LIFECYCLE = ("ingest", "validate", "features", "train", "evaluate", "promote")
+AS_OF = "2025-06-15T00:00:00+00:00"  # the last month (June) is within the views' 45-day TTL
+BATCH = {"as_of": AS_OF, "parallelism": 2, "chunk_rows": 100, "outputs": {"table": True, "parquet": True}}
+
+
+def write_batch(settings: Settings, **batch: Any) -> None:
+    small_spec(settings, SOURCE, name=PIPELINE, training=FAST, batch={**BATCH, **batch})
+
+
+@pytest.fixture(scope="module")
+def champion(platform: Settings, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Settings]:
+    tmp = tmp_path_factory.mktemp("batch")
+    (tmp / "pipelines").mkdir()
+    settings = platform.model_copy(update={"pipelines_dir": tmp / "pipelines", "artifact_root": str(tmp / "artifacts")})
+    write_batch(settings)
+    assert run_through(settings, "train-1", LIFECYCLE, PIPELINE)["promote"]["version"] == 1
+    with scoped_environ(settings.pod_env()):
+        yield settings
+
+
+def rows_of(settings: Settings, run_id: str) -> pd.DataFrame:
+    with db.connect(settings) as conn:
+        found = db.fetch_dicts(
+            conn,
+            "SELECT partition, entity_id, as_of, version, score, class, probabilities, scored_at"
+            " FROM batch_predictions WHERE pipeline=%s AND run_id=%s",
+            (PIPELINE, run_id),
+        )
+    return pd.DataFrame(
+        found, columns=["partition", "entity_id", "as_of", "version", "score", "class", "probabilities", "scored_at"]
+    )
+
+
+def expected_entities(settings: Settings) -> pd.DataFrame:
+    """Every customer with a snapshot row within 45 days before AS_OF, its newest such row:
+    what the offline store answers point-in-time, read here from the snapshot itself."""
+    snap = read_parquet(open_storage(settings), run_key(PIPELINE, "train-1", "validate", "validated.parquet"))
+    as_of = pd.Timestamp(AS_OF)
+    ts = pd.to_datetime(snap["event_timestamp"], utc=True)
+    recent = snap[(ts <= as_of) & (ts > as_of - timedelta(days=45))].assign(event_timestamp=ts)
+    return recent.sort_values("event_timestamp").drop_duplicates("customer_id", keep="last")
+
+
+def move_champion_to_a_copy(settings: Settings) -> None:
+    """Register v2 (v1's files and digests) and point `champion` at it: a partition that read the
+    alias instead of the pin would score with v2, and load it fine."""
+    import mlflow
+
+    from pipelines.io.registry import CHAMPION, FILES_TAG, model_name
+    from pipelines.io.tracking import setup_mlflow
+
+    setup_mlflow(settings, PIPELINE)
+    client = mlflow.MlflowClient()
+    name = model_name(PIPELINE)
+    v1 = client.get_model_version(name, "1")
+    v2 = client.create_model_version(name, v1.source, run_id=v1.run_id, tags={FILES_TAG: v1.tags[FILES_TAG]})
+    client.set_registered_model_alias(name, CHAMPION, v2.version)
+    assert int(client.get_model_version_by_alias(name, CHAMPION).version) == 2
+
+
+def test_two_partitions_score_every_entity_once_with_the_version_pinned_before_the_alias_moved(
+    champion: Settings,
+) -> None:
+    pin = run(champion, "batch_pin", "b1", PIPELINE)
+    assert (pin["version"], pin["as_of"], pin["parallelism"]) == (1, AS_OF, 2)
+    move_champion_to_a_copy(champion)
+    parts = [run(champion, "batch", "b1", PIPELINE, worker=n) for n in (0, 1)]
+    published = run(champion, "batch_publish", "b1", PIPELINE)
+
+    expected = expected_entities(champion)
+    rows = rows_of(champion, "b1")
+    assert len(expected) > 300
+    assert sorted(rows["entity_id"]) == sorted(expected["customer_id"].astype(str))  # each once, none missing
+    assert set(rows["version"]) == {1}  # the pinned version, though champion is v2 now
+    assert set(rows["as_of"]) == {datetime.fromisoformat(AS_OF)}
+    assert rows["score"].between(0, 1).all() and rows["class"].isna().all()
+    # each row in the partition its id hashes to, and the partitions' counts add up
+    assert (rows["partition"].to_numpy() == partition_of(rows["entity_id"].astype("int64"), 2)).all()
+    assert [p["rows_scored"] for p in parts] == [int((rows["partition"] == n).sum()) for n in (0, 1)]
+    assert all(p["rows_quarantined"] == 0 and p["version"] == 1 for p in parts)
+    assert published["rows_scored"] == len(rows) and published["rows_quarantined"] == 0
+    assert published["outputs"]["view"] == f"{PIPELINE}_predictions_latest"
+    # the Parquet output holds the same answers
+    frames = [pd.read_parquet(p) for p in published["outputs"]["parquet"]]
+    parquet = pd.concat(frames).set_index("entity_id")["score"].sort_index()
+    assert parquet.to_dict() == rows.set_index("entity_id")["score"].sort_index().to_dict()
+    with db.connect(champion) as conn:
+        latest = conn.execute(
+            f"SELECT count(*), min(run_id), max(run_id) FROM {PIPELINE}_predictions_latest"
+        ).fetchone()
+        summary = conn.execute(
+            "SELECT version, rows_scored, rows_quarantined, partitions, published_at IS NOT NULL FROM batch_runs"
+            " WHERE pipeline=%s AND run_id='b1'",
+            (PIPELINE,),
+        ).fetchone()
+    assert latest == (len(rows), "b1", "b1")
+    assert summary == (1, len(rows), 0, 2, True)
+
+
+def test_a_rerun_partition_replaces_only_its_own_rows(champion: Settings) -> None:
+    before = rows_of(champion, "b1").set_index("entity_id")
+    again = run(champion, "batch", "b1", PIPELINE, worker=1)
+    after = rows_of(champion, "b1").set_index("entity_id")
+    assert sorted(after.index) == sorted(before.index)  # nothing doubled, nothing lost
+    one = before["partition"] == 1
+    assert (after.loc[before.index[one], "scored_at"] > before.loc[one, "scored_at"]).all()  # replaced
+    assert (after.loc[before.index[~one], "scored_at"] == before.loc[~one, "scored_at"]).all()  # untouched
+    assert again["version"] == 1 and again["rows_scored"] == int(one.sum())
+
+
+def test_batch_answers_equal_the_endpoints_scoring_of_the_same_features(champion: Settings) -> None:
+    """The endpoint's own scoring code (`serving.versions.LocalVersion.run_batch`, contract judged
+    as the ingress judges a request) on the snapshot rows the offline store answered with."""
+    from pipelines.core.settings import spec_for
+    from pipelines.io.registry import load_onnx_model, model_name
+    from pipelines.ml.model import onnx_session
+    from serving.contract import Judged, request_contract
+    from serving.records import Instance, Scored
+    from serving.versions import LocalVersion, Pending
+
+    session = onnx_session(load_onnx_model(champion, PIPELINE, model_name(PIPELINE), 1))
+    spec = spec_for(champion, PIPELINE)
+    contract = request_contract(spec, [i.name for i in session.get_inputs()])
+    version = LocalVersion(1, session, None, 256, contract.nullable)
+    sample = expected_entities(champion).sample(200, random_state=1)
+    pending = []
+    for n, row in enumerate(sample[version.names].to_dict("records")):
+        judged = contract.judge(n, row)
+        assert isinstance(judged, Judged)
+        pending.append(Pending(Instance(int(sample["customer_id"].iloc[n]), judged.features)))
+    served = version.run_batch(pending)
+    assert all(isinstance(s, Scored) for s in served)
+    table = rows_of(champion, "b1").set_index("entity_id")["score"]
+    batch = table.loc[sample["customer_id"].astype(str)].to_numpy()
+    assert batch == pytest.approx([s.score for s in served], abs=1e-6)  # type: ignore[union-attr]
+
+
+def entities_file(champion: Settings, rows: list[dict[str, Any]]) -> str:
+    path = Path(str(champion.artifact_root)).parent / f"entities-{len(rows)}.csv"
+    pd.DataFrame(rows).to_csv(path, index=False)
+    return str(path)
+
+
+def test_rows_outside_the_contract_are_quarantined_with_reasons_and_counted(champion: Settings) -> None:
+    known = expected_entities(champion)["customer_id"].head(5).tolist()
+    path = entities_file(
+        champion,
+        [
+            {"customer_id": known[0]},  # every feature from the offline store
+            {"customer_id": known[1], "plan": "premium"},  # the row's own plan, the rest looked up
+            {"customer_id": known[2], "plan": "gold"},  # not one of the contract's plans
+            {"customer_id": known[3], "tenure_months": -3},  # below the contract's minimum
+            {"customer_id": 99_999_999},  # the offline store knows nothing of it
+        ],
+    )
+    write_batch(champion, entities={"kind": "file", "path": path}, parallelism=1)
+    run(champion, "batch_pin", "b2", PIPELINE)
+    out = run(champion, "batch", "b2", PIPELINE, worker=0)
+    assert (out["rows"], out["rows_scored"], out["rows_quarantined"]) == (5, 2, 3)
+    bad = pd.read_parquet(out["outputs"]["quarantine"]).set_index("entity_id")["reasons"].to_dict()
+    assert "plan: 'gold' is not one of" in bad[str(known[2])]
+    assert bad[str(known[3])] == "tenure_months: -3.0 is below the minimum 0"
+    assert bad["99999999"] == NO_FEATURES
+    assert sorted(rows_of(champion, "b2")["entity_id"]) == sorted(map(str, known[:2]))
+    published = run(champion, "batch_publish", "b2", PIPELINE)
+    assert (published["rows_scored"], published["rows_quarantined"]) == (2, 3)
+    with db.connect(champion) as conn:
+        (newest,) = conn.execute(f"SELECT DISTINCT run_id FROM {PIPELINE}_predictions_latest").fetchone()
+    assert newest == "b2"  # the view flipped to the newest published run
+
+
+def test_batch_show_lists_the_published_runs_newest_first(
+    champion: Settings, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from pipelines.cli import main
+
+    assert main(["batch", "show", "--pipeline", PIPELINE]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith(f"{PIPELINE}: batch runs, newest first")
+    assert [line.split()[0] for line in lines[1:]] == ["b2", "b1"]
+    assert "2 scored  3 quarantined  1 partition(s)" in lines[1] and "view churn_batch_predictions_latest" in lines[2]
+
+
+def test_no_valid_row_exits_3_and_writes_nothing(champion: Settings) -> None:
+    path = entities_file(champion, [{"customer_id": 99_999_998}, {"customer_id": 99_999_997, "plan": "gold"}])
+    write_batch(champion, entities={"kind": "file", "path": path}, parallelism=1)
+    run(champion, "batch_pin", "b3", PIPELINE)
+    with pytest.raises(DataQualityError, match="no valid row to score"):
+        run(champion, "batch", "b3", PIPELINE, worker=0)
+    proc = step_process(champion, "batch", "--pipeline", PIPELINE, "--run-id", "b3", "--worker", "0")
+    assert proc.wait(timeout=300) == 3
+    assert rows_of(champion, "b3").empty
+    assert not open_storage(champion).exists(run_key(PIPELINE, "b3", "batch", "manifest-0.json"))
+    write_batch(champion)  # the module's spec again
