@@ -47,15 +47,17 @@ class Webhook:
                 (t, a) for t, a in self.received if a["labels"]["alertname"] == alertname and a["status"] == "firing"
             ]
 
-    def wait(self, alertname: str, since: float) -> tuple[float, dict[str, Any]]:
-        """The first delivery of `alertname` and its seconds after `since` (`time.time()`)."""
-        deadline = time.monotonic() + DELIVERY_LIMIT_S
+    def wait(
+        self, alertname: str, since: float, limit_s: float = DELIVERY_LIMIT_S, **labels: str
+    ) -> tuple[float, dict[str, Any]]:
+        """The first delivery of `alertname` (with `labels`) and its seconds after `since` (`time.time()`)."""
+        deadline = time.monotonic() + limit_s
         while time.monotonic() < deadline:
-            found = self.firing(alertname)
+            found = [(t, a) for t, a in self.firing(alertname) if labels.items() <= a["labels"].items()]
             if found:
                 return found[0][0] - since, found[0][1]
             time.sleep(0.1)
-        raise AssertionError(f"{alertname} not delivered within {DELIVERY_LIMIT_S:.0f}s; got {self.received}")
+        raise AssertionError(f"{alertname} {labels} not delivered within {limit_s:.0f}s; got {self.received}")
 
 
 def serve(handler: type[BaseHTTPRequestHandler], port: int) -> ThreadingHTTPServer:

@@ -20,6 +20,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +30,7 @@ import yaml
 
 from pipelines.core.settings import PROJECT_DIR
 from tests import loadgen
+from tests.alerting import Webhook, start_webhook
 from tests.services import free_port_pairs
 from tests.specs import tumour_pipeline, write_spec
 
@@ -64,7 +66,20 @@ def services(env: dict[str, str]) -> dict[str, tuple[str, str]]:
 
 
 @pytest.fixture(scope="module")
-def up(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
+def team_webhook() -> Iterator[tuple[Webhook, str]]:
+    """The team's receiver, on 127.0.0.1: `mlcycle up` routes the platform's Alertmanager to it
+    (`MLCYCLE_ALERTS_WEBHOOK_URL`), as a team points it at its chat or pager."""
+    (port,) = free_port_pairs(1)
+    hook = Webhook()
+    server = start_webhook(hook, port)
+    try:
+        yield hook, f"http://127.0.0.1:{port}/hook"
+    finally:
+        server.shutdown()
+
+
+@pytest.fixture(scope="module")
+def up(tmp_path_factory: pytest.TempPathFactory, team_webhook: tuple[Webhook, str]) -> Iterator[dict[str, str]]:
     root = tmp_path_factory.mktemp("platform")
     pipelines = root / "pipelines"
     write_spec(pipelines, "churn", merge=True, training={"n_trials": 2, "max_epochs": 5, "pruner": "none"})
@@ -90,6 +105,7 @@ def up(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
             "MLCYCLE_STATSD_HTTP_PORT": str(statsd_http),
             "MLCYCLE_RAY_METRICS_PORT": str(ray_metrics),
             "MLCYCLE_ALERTMANAGER_PORT": str(am),
+            "MLCYCLE_ALERTS_WEBHOOK_URL": team_webhook[1],
         }
     )
     started = mlcycle(env, "up")
@@ -229,6 +245,19 @@ def test_prometheus_scrapes_ray_serve_haproxy_and_airflow(up: dict[str, str]) ->
         time.sleep(5)
     assert health == {"ray": "up", "haproxy": "up", "airflow": "up", "prometheus": "up"}, targets
     assert count(airflow) > 0 and count(serve) > 0
+
+
+def test_a_calm_platform_delivers_no_alert_while_its_rules_are_loaded(
+    up: dict[str, str], team_webhook: tuple[Webhook, str]
+) -> None:
+    """Up, the user's pipeline trained, promoted and served, Prometheus scraping: every pipeline's
+    burn-rate rules are loaded and healthy, none fires, and the team's webhook got nothing."""
+    prometheus = f"http://127.0.0.1:{up['MLCYCLE_PROMETHEUS_PORT']}/api/v1"
+    groups = httpx.get(f"{prometheus}/rules", timeout=10).json()["data"]["groups"]
+    burn = [r for g in groups for r in g["rules"] if r["name"] == "MlcycleErrorBudgetBurn"]
+    assert {r["labels"]["pipeline"] for r in burn} == {"churn", "tumours"}, burn
+    assert all(r["health"] == "ok" and r["state"] == "inactive" for r in burn), burn
+    assert team_webhook[0].received == [], "a calm platform delivered alerts"
 
 
 def predict(env: dict[str, str], pipeline: str, entity_id: int) -> dict[str, Any]:
@@ -846,6 +875,100 @@ def test_a_manual_approval_waits_for_a_reviewer_whose_approval_promotes_and_whos
     triggers = approval_events(up, GATED, ("trigger",))
     assert triggers == [("trigger", "admin", run, "rest_api") for run in (third, second, first)], triggers
     print(f"approval e2e: {time.monotonic() - started:.0f} s")
+
+
+def online_grant(env: dict[str, str], pipeline: str, action: str) -> list[str]:
+    """GRANT or REVOKE the serving role's SELECT on the pipeline's Feast online tables, as the
+    platform's owner (a broken grant: a fault the serving path meets as errors); returns them."""
+    script = (
+        "import json, sys\n"
+        "from psycopg import sql\n"
+        "from pipelines.core.settings import load_settings\n"
+        "from pipelines.core.spec.loading import load_spec\n"
+        "from pipelines.io import db\n"
+        "from serving.online import PostgresOnlineTables\n"
+        "settings = load_settings()\n"
+        f"spec = load_spec(settings.specs_path / '{pipeline}.yaml')\n"
+        "tables = [v.table for v in PostgresOnlineTables(spec, settings, []).views]\n"
+        f"verb = sql.SQL({'GRANT SELECT ON {} TO {}' if action == 'grant' else 'REVOKE SELECT ON {} FROM {}'!r})\n"
+        "with db.connect(settings, autocommit=True) as conn:\n"
+        "    for t in tables:\n"
+        "        conn.execute(verb.format(sql.Identifier(t), sql.Identifier(db.SERVING_ROLE)))\n"
+        "print(json.dumps(tables))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", script], env=env, cwd=PROJECT_DIR, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr[-3000:]
+    return list(json.loads(out.stdout.strip().splitlines()[-1]))
+
+
+def test_a_rolled_back_canary_its_failed_step_and_an_error_burst_reach_the_teams_webhook(
+    up: dict[str, str], team_webhook: tuple[Webhook, str]
+) -> None:
+    """On the running platform, each delivered by its Alertmanager to the team's webhook, with the
+    seconds from the event to the delivery printed:
+    - a lifecycle run of the user's pipeline whose canary cannot get its requests (no traffic,
+      min_requests out of reach) rolls back: `MlcycleCanaryRolledBack`, and its canary task,
+      failed for good, `MlcycleRunFailed` with the task and its log URL (Airflow's notifier);
+    - the serving role's read of the pipeline's online tables revoked (a broken grant) while
+      requests come: each answers 503 and counts as an error; Prometheus's burn-rate rule over
+      Ray's own counter fires `MlcycleErrorBudgetBurn`; the grant back, the endpoint answers."""
+    hook, _ = team_webhook
+    base = f"http://127.0.0.1:{up['MLCYCLE_AIRFLOW_PORT']}"
+    admin = token(up, "admin")
+    spec_path = Path(up["MLCYCLE_PIPELINES_DIR"]) / "tumours.yaml"
+    original = spec_path.read_text()
+    spec = yaml.safe_load(original)
+    spec["evaluation"] = {**spec.get("evaluation", {}), "min_improvement": -1.0, "beat_baseline": False}
+    spec["canary"] = {"steps": [50, 100], "dwell_s": 2, "min_requests": 1_000_000}
+    spec_path.write_text(yaml.safe_dump(spec, sort_keys=False))
+    try:
+        made = httpx.post(
+            f"{base}/api/v2/dags/tumours_lifecycle/dagRuns",
+            json={"logical_date": None, "conf": {"n_trials": 1}},
+            headers=admin,
+            timeout=60,
+        )
+        assert made.status_code == 200, made.text
+        run_id = made.json()["dag_run_id"]
+
+        # the error burst, while the run trains: a request every 0.2 s until the burn alert is
+        # delivered (Ray reports the counter, Prometheus scrapes and evaluates every 15 s,
+        # Alertmanager waits 30 s to group), 300 s at most
+        key = (Path(up["MLCYCLE_STATE_DIR"]) / "serving-api-key").read_text().strip()
+        url = f"http://127.0.0.1:{up['MLCYCLE_SERVE_PORT']}/v1/pipelines/tumours/predict"
+        tables = online_grant(up, "tumours", "revoke")
+        began, statuses = time.time(), []
+        try:
+            with httpx.Client(headers={"x-api-key": key}, timeout=30) as client:
+                while not hook.firing("MlcycleErrorBudgetBurn") and time.time() - began < 300:
+                    statuses.append(client.post(url, json={"instances": [{"entity_id": 7}]}).status_code)
+                    time.sleep(0.2)
+        finally:
+            online_grant(up, "tumours", "grant")
+        took, burn = hook.wait("MlcycleErrorBudgetBurn", began, limit_s=1, pipeline="tumours")
+        print(
+            f"\nerror burst ({len(statuses)} requests, {tables}) -> {burn['labels']['alertname']} at the webhook: {took:.1f}s"
+        )
+        assert set(statuses) == {503}, statuses
+        assert burn["labels"]["severity"] == "critical"
+        assert predict(up, "tumours", 7)["predictions"]  # the grant back: served again
+
+        # the rolled-back canary and its failed task
+        runs = f"{base}/api/v2/dags/tumours_lifecycle/dagRuns/{run_id}"
+        wait_for(
+            lambda: httpx.get(runs, headers=admin, timeout=60).json()["state"] in ("success", "failed"), "no end", 900
+        )
+        assert httpx.get(runs, headers=admin, timeout=60).json()["state"] == "failed"
+        for name in ("MlcycleCanaryRolledBack", "MlcycleRunFailed"):
+            _, alert = hook.wait(name, began, limit_s=120, pipeline="tumours")
+            sent = datetime.fromisoformat(alert["startsAt"].replace("Z", "+00:00")).timestamp()
+            delivered = next(t for t, a in hook.firing(name) if a["labels"].get("pipeline") == "tumours")
+            print(f"{name} -> at the webhook {delivered - sent:.1f}s after the event")
+        failed = next(a for _, a in hook.firing("MlcycleRunFailed") if a["labels"].get("pipeline") == "tumours")
+        assert failed["labels"]["task_id"] == "canary" and failed["labels"]["dag_id"] == "tumours_lifecycle"
+        assert "/dags/tumours_lifecycle/" in failed["annotations"]["log_url"], failed["annotations"]
+    finally:
+        spec_path.write_text(original)
 
 
 def test_down_stops_everything_and_keeps_the_data(up: dict[str, str]) -> None:
