@@ -103,6 +103,13 @@ def digits() -> pd.DataFrame:
     return frame
 
 
+def digits_rare() -> pd.DataFrame:
+    """Is the digit an 8? Every other digit, and as many 8s as keep the rate at 5 % (1,708 rows)."""
+    frame = digits()
+    frame["eight"] = (frame.pop("digit") == "d8").astype(int)
+    return rare_positives(frame, "eight", RARE_RATE, seed=5)
+
+
 def diabetes() -> pd.DataFrame:
     from pipelines.ml import datasets
 
@@ -150,6 +157,14 @@ DATASETS: dict[str, Dataset] = {
             "malignant",
             "breast_cancer with the malignant rows subsampled to 4.8 % positives (376 rows)",
             breast_cancer_rare,
+            metric="pr_auc",
+        ),
+        Dataset(
+            "digits_rare",
+            "binary",
+            "eight",
+            "digits as 8 against the rest, the 8s subsampled to 5.0 % positives (1,708 rows)",
+            digits_rare,
             metric="pr_auc",
         ),
         Dataset("synthetic_60k", "binary", "positive", "make_classification, 60,000 rows (synthetic)", synthetic_60k),

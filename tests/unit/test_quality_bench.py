@@ -42,7 +42,8 @@ def test_the_registry_covers_every_kind_the_bench_needs(frames: dict) -> None:
     large = {n for n, f in frames.items() if len(f) >= 50_000}
     assert {"penguins", "penguins_mass", "diabetes"} <= with_categoricals
     assert {"penguins", "penguins_mass"} <= with_nulls
-    assert rare == {"breast_cancer_rare"} and datasets["breast_cancer_rare"].primary == "pr_auc"
+    assert rare == {"breast_cancer_rare", "digits_rare"}
+    assert {datasets[n].primary for n in rare} == {"pr_auc"}
     assert large == {"synthetic_60k"}
     for name, frame in frames.items():
         assert frame["row_id"].is_unique and frame[datasets[name].label].notna().all(), name
