@@ -170,6 +170,7 @@ def measure(settings: Settings, dataset: Dataset, budget_s: int) -> dict[str, An
         **row,
         "flaml_estimator": estimator,
         "rows": {p: len(f) for p, f in split.items()},
+        "test_positives": int(y["test"].sum()) if dataset.task == "binary" else None,
         "mlcycle_best_family": out["train"]["best_family"],
         "mlcycle_budget_spent_s": out["train"]["budget_spent_s"],
         "platform_s": platform_s,
