@@ -84,6 +84,7 @@ bench: setup tools
 	$(PY) bench/serving.py
 	$(PY) bench/drift.py
 	$(PY) bench/embeddings.py
+	$(PY) bench/quality.py
 
 stop:
 	-$(VENV)/bin/mlcycle down
