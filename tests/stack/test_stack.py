@@ -76,6 +76,7 @@ def test_every_service_is_healthy_and_on_loopback_only(stack: Stack) -> None:
         "redis",
         "statsd-exporter",
         "prometheus",
+        "alertmanager",
         "mlflow",
         "ray-head",
         "airflow-init",
@@ -95,7 +96,7 @@ def test_every_service_is_healthy_and_on_loopback_only(stack: Stack) -> None:
             for b in bindings:
                 assert b["HostIp"] == "127.0.0.1", (c.name, b)
                 published += 1
-    assert published == 7
+    assert published == 8
     # the same PostgreSQL as the embedded profile's
     version = _service(stack, "postgres").exec_run(
         ["psql", "-h", "/tmp", "-U", "mlcycle", "-tAc", "SHOW server_version_num"]
@@ -306,6 +307,37 @@ def test_prometheus_scrapes_serving_and_airflow(stack: Stack, champion: int) -> 
             break
         assert time.monotonic() < deadline, (up, len(serve), len(airflow))
         time.sleep(5)
+
+
+def test_prometheus_evaluates_the_rules_and_the_scheduler_reaches_the_stacks_alertmanager(stack: Stack) -> None:
+    """Prometheus loads the request log's and the bundled pipelines' rules (all healthy) and sends
+    to the stack's Alertmanager; an event sent from the scheduler's container (where Airflow's
+    failure notifier runs) over the stack's network is what the Alertmanager lists on 127.0.0.1."""
+    groups = httpx.get(_url(stack, "PROMETHEUS_PORT", "/api/v1/rules"), timeout=10).json()["data"]["groups"]
+    assert {"mlcycle-request-log", f"mlcycle-{PIPELINE}"} <= {g["name"] for g in groups}, groups
+    assert all(r["health"] == "ok" for g in groups for r in g["rules"]), groups
+    deadline = time.monotonic() + 60
+    while not (
+        active := httpx.get(_url(stack, "PROMETHEUS_PORT", "/api/v1/alertmanagers"), timeout=10).json()["data"][
+            "activeAlertmanagers"
+        ]
+    ):
+        assert time.monotonic() < deadline, "Prometheus knows no Alertmanager"
+        time.sleep(2)
+    assert [a["url"].rsplit(":", 1)[-1] for a in active] == ["9093/api/v2/alerts"], active
+    script = (
+        "from datetime import UTC, datetime\n"
+        "from pipelines.core.alerts import drift_alert\n"
+        "from pipelines.core.settings import load_settings\n"
+        "from pipelines.io.alerts import send\n"
+        f"assert send(load_settings(), [drift_alert({PIPELINE!r}, 7, 'drift', ['stack drill'], datetime.now(UTC))])\n"
+    )
+    sent = _service(stack, "airflow-scheduler").exec_run(["python3", "-c", script])
+    assert sent.exit_code == 0, sent.output.decode()[-2000:]
+    listed = httpx.get(_url(stack, "ALERTMANAGER_PORT", "/api/v2/alerts"), timeout=10).json()
+    drill = [a for a in listed if a["labels"]["alertname"] == "MlcycleDriftFound"]
+    assert [a["labels"]["pipeline"] for a in drill] == [PIPELINE], listed
+    assert "stack drill" in drill[0]["annotations"]["summary"]
 
 
 def test_down_and_up_keeps_everything(stack: Stack, lifecycle: Lifecycle, champion: int) -> None:

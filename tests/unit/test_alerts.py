@@ -6,6 +6,7 @@ alerts, the failure notifier's reading of Airflow's context, `mlcycle alerts`' t
 from __future__ import annotations
 
 import configparser
+import json
 import shutil
 import subprocess
 from datetime import UTC, datetime
@@ -17,6 +18,7 @@ import pytest
 import yaml
 
 from pipelines.core import alerts
+from pipelines.core.settings import PROJECT_DIR as PROJECT
 from pipelines.core.settings import Settings
 from pipelines.core.spec import read_specs
 from pipelines.local.monitoring import alertmanager_argv, prometheus_config, write_configs
@@ -169,6 +171,52 @@ def test_alertmanager_config_routes_to_the_settings_receivers_and_amtool_accepts
         path.write_text(alerts.alertmanager_config(receivers))
         check = subprocess.run([tool("amtool"), "check-config", str(path)], capture_output=True, text=True, timeout=60)
         assert check.returncode == 0, check.stdout + check.stderr
+
+
+def _stack_alertmanager() -> Any:
+    """include/stack/alertmanager.py (the Compose stack's Alertmanager entry point) as a module."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("stack_alertmanager", PROJECT / "include/stack/alertmanager.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize(
+    "env",
+    [
+        {},
+        {"MLCYCLE_ALERTS_WEBHOOK_URL": "http://hooks.internal/mlcycle?token=a'b\"c"},
+        {
+            "MLCYCLE_ALERTS_WEBHOOK_URL": "https://chat.example.org/hook",
+            "MLCYCLE_ALERTS_EMAIL_TO": "ops@example.org",
+            "MLCYCLE_ALERTS_SMTP_SMARTHOST": "smtp.example.org:587",
+            "MLCYCLE_ALERTS_EMAIL_FROM": "ml@example.org",
+        },
+        {"MLCYCLE_ALERTS_EMAIL_TO": "ops@example.org", "MLCYCLE_ALERTS_EMAIL_FROM": ""},  # no smarthost: no e-mail
+    ],
+)
+def test_the_compose_stacks_alertmanager_routes_as_mlcycle_up_does_and_amtool_accepts_it(
+    env: dict[str, str], tmp_path: Path
+) -> None:
+    """The stack's entry point (standard library only, JSON) writes the config `mlcycle up` writes
+    from the same MLCYCLE_ALERTS_* values, quotes and all."""
+    written = _stack_alertmanager().config(env)
+    settings = Settings(
+        alerts_webhook_url=env.get("MLCYCLE_ALERTS_WEBHOOK_URL"),
+        alerts_email_to=env.get("MLCYCLE_ALERTS_EMAIL_TO"),
+        alerts_smtp_smarthost=env.get("MLCYCLE_ALERTS_SMTP_SMARTHOST"),
+        alerts_email_from=env.get("MLCYCLE_ALERTS_EMAIL_FROM") or "mlcycle@localhost",
+    )
+    from pipelines.local.monitoring import receivers
+
+    assert written == yaml.safe_load(alerts.alertmanager_config(receivers(settings)))
+    path = tmp_path / "am.yml"
+    path.write_text(json.dumps(written))
+    check = subprocess.run([tool("amtool"), "check-config", str(path)], capture_output=True, text=True, timeout=60)
+    assert check.returncode == 0, check.stdout + check.stderr
 
 
 def test_event_alerts_carry_the_pipeline_and_stay_active_for_the_hold() -> None:
