@@ -84,6 +84,7 @@ bench: setup tools
 	$(PY) bench/serving.py
 	$(PY) bench/drift.py
 	$(PY) bench/embeddings.py
+	$(PY) bench/scale.py
 
 stop:
 	-$(VENV)/bin/mlcycle down
