@@ -127,6 +127,25 @@ def table_lines(rows: list[dict[str, Any]]) -> list[str]:
     return lines
 
 
+def phase_seconds(stdout: str) -> dict[str, float]:
+    """The seconds a step's result reports for its phases (its top-level numeric keys that name
+    seconds, as embed's `fill_seconds` and `index_build_seconds`, train's `budget_spent_s`), from
+    the result line `mlcycle step` prints. Pure."""
+    from pipelines.steps.runner import RESULT_PREFIX
+
+    lines = [ln for ln in stdout.splitlines() if ln.startswith(RESULT_PREFIX)]
+    if not lines:
+        return {}
+    result = json.loads(lines[-1][len(RESULT_PREFIX) :])
+    return {
+        k: float(v)
+        for k, v in result.items()
+        if k != "seconds"
+        and (k.endswith("seconds") or (k.endswith("_s") and not k.endswith("_per_s")))
+        and isinstance(v, (int, float))
+    }
+
+
 def first_rows(df: pd.DataFrame, n: int, key: str, timestamp: str) -> pd.DataFrame:
     """Exactly `n` rows of `df` (fewer if it has fewer): whole histories of the entities in `key`
     order, the last one cut at its oldest rows, ordered by (timestamp, key) as the generator orders
@@ -171,7 +190,10 @@ def measure_size(settings, n: int, code: str, data_dir: Path, timeout: float) ->
     out = []
     for step in STEPS:
         done = measured_run([exe, "step", step, "--pipeline", name, "--run-id", "scale"], step_env(settings), timeout)
-        print(f"  {step:<9} {done.seconds:8.1f} s  {done.peak_rss_mib:8.0f} MiB  exit {done.code}", flush=True)
+        phases = ", ".join(f"{k} {v:.1f}" for k, v in phase_seconds(done.stdout).items())
+        print(
+            f"  {step:<9} {done.seconds:8.1f} s  {done.peak_rss_mib:8.0f} MiB  exit {done.code}  {phases}", flush=True
+        )
         if done.code != 0:
             print(done.stderr[-3000:], file=sys.stderr)
             break

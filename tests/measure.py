@@ -19,12 +19,13 @@ MEASURED = (
 
 @dataclass(frozen=True)
 class Measured:
-    """How a command ended: its exit code, wall seconds, peak RSS (MiB) and stderr."""
+    """How a command ended: its exit code, wall seconds, peak RSS (MiB), stderr and stdout."""
 
     code: int
     seconds: float
     peak_rss_mib: float
     stderr: str
+    stdout: str = ""
 
 
 def parse_measured(stdout: str) -> tuple[int, float, float]:
@@ -34,9 +35,9 @@ def parse_measured(stdout: str) -> tuple[int, float, float]:
 
 
 def measured_run(argv: list[str], env: dict[str, str], timeout: float) -> Measured:
-    """Run `argv` as a grandchild of this process, through MEASURED; its stdout is not kept."""
+    """Run `argv` as a grandchild of this process, through MEASURED."""
     done = subprocess.run(
         [sys.executable, "-c", MEASURED, *argv], env=env, capture_output=True, text=True, timeout=timeout
     )
     code, seconds, peak = parse_measured(done.stdout)
-    return Measured(code, seconds, peak, done.stderr)
+    return Measured(code, seconds, peak, done.stderr, done.stdout)

@@ -105,6 +105,16 @@ def test_the_window_is_exactly_n_rows_of_whole_histories(scale: ModuleType) -> N
     assert len(scale.first_rows(df, len(df) + 5, "customer_id", "event_timestamp")) == len(df)
 
 
+def test_a_steps_phases_come_from_its_result_line(scale: ModuleType) -> None:
+    out = (
+        "a log line\n"
+        'MLCYCLE_RESULT {"step": "embed", "seconds": 245.0, "fill_seconds": 30.5, "index_build_seconds": 200, '
+        '"budget_spent_s": 12, "entities": 5, "vectors_per_s": 9.0, "families": {"linear": {"seconds": 3}}}\n'
+    )
+    assert scale.phase_seconds(out) == {"fill_seconds": 30.5, "index_build_seconds": 200.0, "budget_spent_s": 12.0}
+    assert scale.phase_seconds("no result\n") == {}
+
+
 def test_parse_reads_the_wrappers_last_line() -> None:
     assert parse_measured("step output\nPEAK_KIB 204800 3 1.5\n") == (3, 1.5, 200.0)
 
