@@ -85,6 +85,7 @@ bench: setup tools
 	$(PY) bench/drift.py
 	$(PY) bench/embeddings.py
 	$(PY) bench/quality.py
+	$(PY) bench/scale.py
 
 stop:
 	-$(VENV)/bin/mlcycle down

@@ -39,6 +39,17 @@ def write_spec(settings: Settings, name: str, **sections: dict[str, Any]) -> Non
     specs.write_spec(settings.pipelines_dir, name, merge=True, **sections)
 
 
+def step_env(settings: Settings) -> dict[str, str]:
+    """The environment of an `mlcycle step` process on the bench's state (its database, its specs)."""
+    import os
+
+    return {
+        **os.environ,
+        "MLCYCLE_STATE_DIR": str(settings.state_path),
+        "MLCYCLE_PIPELINES_DIR": str(settings.pipelines_dir),
+    }
+
+
 def percentiles(samples_s: list[float]) -> tuple[float, float]:
     """p50 and p99 in milliseconds."""
     ms = sorted(s * 1000 for s in samples_s)

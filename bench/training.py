@@ -31,7 +31,7 @@ import sys
 import time
 from typing import Any
 
-from common import bench_state, write_spec
+from common import bench_state, step_env, write_spec
 
 from pipelines.io.runs import ensemble_line
 from pipelines.ml.metrics import bootstrap_difference, roc_auc
@@ -125,11 +125,7 @@ def family_latency(settings, name: str, run_id: str, families: list[str]) -> dic
 
 def workers(settings, trials: int) -> None:  # type: ignore[no-untyped-def]
     """One worker against two at the same trial budget, one CPU's threads each."""
-    env = {
-        **os.environ,
-        "MLCYCLE_STATE_DIR": str(settings.state_path),
-        "MLCYCLE_PIPELINES_DIR": str(settings.pipelines_dir),
-    }
+    env = step_env(settings)
     exe = os.path.join(os.path.dirname(sys.executable), "mlcycle")
     one_cpu = {"cpu": "1", "memory": "2Gi"}
     walls = {}

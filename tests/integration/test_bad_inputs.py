@@ -14,7 +14,6 @@ import io
 import json
 import os
 import re
-import subprocess
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -31,6 +30,7 @@ from pipelines.core.settings import PROJECT_DIR, Settings, scoped_environ
 from pipelines.io.storage import open_storage, read_parquet
 from pipelines.ml.datagen import ChurnConfig, generate_churn
 from tests.integration.helpers import small_spec, workspace_env
+from tests.measure import measured_run
 from tests.specs import churn_spec_dict
 
 pytestmark = pytest.mark.integration
@@ -279,27 +279,12 @@ def test_bad_specs_are_refused_with_the_field(
     assert code == 2 and case.says in err, err
 
 
-# Run in a small Python of its own: a process's peak memory counts what its parent held when it was
-# forked (Linux keeps it across exec), so a step forked from pytest would report pytest's.
-MEASURED = (
-    "import os, subprocess, sys; p = subprocess.Popen(sys.argv[1:]); _, status, usage = os.wait4(p.pid, 0); "
-    "print('PEAK_KIB', usage.ru_maxrss, os.waitstatus_to_exitcode(status))"
-)
-
-
 def _measured_step(settings: Settings, env: dict[str, str], *args: str) -> tuple[int, float, str]:
     """`mlcycle step <args>` as its own process: its exit code, its peak resident memory (MiB), its
     stderr."""
     exe = os.path.join(os.path.dirname(sys.executable), "mlcycle")
-    done = subprocess.run(
-        [sys.executable, "-c", MEASURED, exe, "step", *args],
-        env={**workspace_env(settings), **env},
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    _, kib, code = done.stdout.strip().splitlines()[-1].split()
-    return int(code), int(kib) / 1024, done.stderr
+    done = measured_run([exe, "step", *args], {**workspace_env(settings), **env}, timeout=300)
+    return done.code, done.peak_rss_mib, done.stderr
 
 
 def test_a_file_larger_than_the_steps_memory_is_read_by_its_window(
