@@ -121,16 +121,27 @@ def alertmanager(home: Path, port: int, webhook_url: str) -> Iterator[tuple[str,
 
 
 @contextmanager
+def webhook_receiver() -> Iterator[tuple[str, Webhook]]:
+    """A webhook receiver on a free port of 127.0.0.1: yields its URL (what Alertmanager's
+    `webhook_configs` or `MLCYCLE_ALERTS_WEBHOOK_URL` names) and what it received."""
+    from tests.services import free_port_pairs
+
+    (port,) = free_port_pairs(1)
+    hook = Webhook()
+    server = start_webhook(hook, port)
+    try:
+        yield f"http://127.0.0.1:{port}/hook", hook
+    finally:
+        server.shutdown()
+
+
+@contextmanager
 def alert_receiver(home: Path) -> Iterator[tuple[str, Webhook]]:
     """A webhook receiver and an Alertmanager routing to it: yields Alertmanager's URL (what
     `MLCYCLE_ALERTMANAGER_URL` names) and the webhook."""
     from tests.services import free_port_pairs
 
-    am_port, hook_port = free_port_pairs(2)
-    hook = Webhook()
-    server = start_webhook(hook, hook_port)
-    try:
-        with alertmanager(home, am_port, f"http://127.0.0.1:{hook_port}/hook") as (url, _):
+    with webhook_receiver() as (hook_url, hook):
+        (am_port,) = free_port_pairs(1)
+        with alertmanager(home, am_port, hook_url) as (url, _):
             yield url, hook
-    finally:
-        server.shutdown()

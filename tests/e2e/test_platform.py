@@ -30,7 +30,7 @@ import yaml
 
 from pipelines.core.settings import PROJECT_DIR
 from tests import loadgen
-from tests.alerting import Webhook, start_webhook
+from tests.alerting import Webhook, webhook_receiver
 from tests.services import free_port_pairs
 from tests.specs import tumour_pipeline, write_spec
 
@@ -69,13 +69,8 @@ def services(env: dict[str, str]) -> dict[str, tuple[str, str]]:
 def team_webhook() -> Iterator[tuple[Webhook, str]]:
     """The team's receiver, on 127.0.0.1: `mlcycle up` routes the platform's Alertmanager to it
     (`MLCYCLE_ALERTS_WEBHOOK_URL`), as a team points it at its chat or pager."""
-    (port,) = free_port_pairs(1)
-    hook = Webhook()
-    server = start_webhook(hook, port)
-    try:
-        yield hook, f"http://127.0.0.1:{port}/hook"
-    finally:
-        server.shutdown()
+    with webhook_receiver() as (url, hook):
+        yield hook, url
 
 
 @pytest.fixture(scope="module")
