@@ -29,6 +29,7 @@ from typing import Any
 from common import SMALL, bench_state, train_champion, write_spec
 
 from pipelines.core.settings import Settings
+from tests.measure import MEASURED, parse_measured
 
 PIPELINE = "bench_batch"
 ROOT = Path(__file__).resolve().parents[1]
@@ -63,14 +64,29 @@ def entities(path: Path, rows: int) -> str:
     return str(df["event_timestamp"].max().isoformat())
 
 
+def launch(cmd: list[str], env: dict[str, str]) -> subprocess.Popen[str]:
+    """`cmd` as a grandchild of this process, through `tests.measure.MEASURED` (a small Python of
+    its own: a child forked from this process, which holds the generated frame, would count this
+    process's memory as its own peak)."""
+    return subprocess.Popen(
+        [sys.executable, "-c", MEASURED, *cmd], env=env, cwd=ROOT, stdout=subprocess.PIPE, text=True
+    )  # cwd: not bench/, whose serving.py would shadow the package
+
+
+def finished(proc: subprocess.Popen[str], what: str) -> float:
+    """The peak RSS (MiB) of a launched command, once it ended with 0."""
+    out, _ = proc.communicate()
+    code, _, peak = parse_measured(out)
+    if code != 0:
+        raise SystemExit(f"{what} failed (exit {code})")
+    return peak
+
+
 def measured(cmd: list[str], env: dict[str, str]) -> tuple[float, float]:
     """(wall seconds, peak RSS MiB) of one process."""
     started = time.perf_counter()
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL)
-    _, status, usage = os.wait4(proc.pid, 0)
-    if os.waitstatus_to_exitcode(status) != 0:
-        raise SystemExit(f"{cmd} failed")
-    return time.perf_counter() - started, usage.ru_maxrss / 1024
+    peak = finished(launch(cmd, env), cmd[0])
+    return time.perf_counter() - started, peak
 
 
 def partitions(settings: Settings, env: dict[str, str], run_id: str, n: int) -> tuple[float, float]:
@@ -81,25 +97,14 @@ def partitions(settings: Settings, env: dict[str, str], run_id: str, n: int) -> 
     started = time.perf_counter()
     run_step("batch_pin", PIPELINE, run_id, settings)
     step = [sys.executable, "-m", "pipelines.cli", "step", "batch", "--pipeline", PIPELINE, "--run-id", run_id]
-    procs = [
-        subprocess.Popen(
-            [*step, "--worker", str(k)],
-            env=env,
-            cwd=ROOT,  # not bench/, whose serving.py would shadow the package
-            stdout=subprocess.DEVNULL,
-        )
-        for k in range(n)
-    ]
-    peaks = []
-    for proc in procs:
-        _, status, usage = os.wait4(proc.pid, 0)
-        if os.waitstatus_to_exitcode(status) != 0:
-            raise SystemExit(f"partition of {run_id} failed")
-        peaks.append(usage.ru_maxrss / 1024)
+    procs = [launch([*step, "--worker", str(k)], env) for k in range(n)]
+    peaks = [finished(proc, f"partition {k} of {run_id}") for k, proc in enumerate(procs)]
     return time.perf_counter() - started, max(peaks)
 
 
 def batch_spec(settings: Settings, path: Path, as_of: str, n: int) -> None:
+    """The batch of `path` in `n` partitions, each given the host's cores shared out (2 cores: one
+    partition on both, two on one each), as a pod's CPU request would give them."""
     batch = {
         "entities": {"kind": "file", "path": str(path)},
         "as_of": as_of,
@@ -107,7 +112,8 @@ def batch_spec(settings: Settings, path: Path, as_of: str, n: int) -> None:
         "parallelism": n,
         "chunk_rows": 50_000,
     }
-    write_spec(settings, PIPELINE, **SMALL, batch=batch)
+    cpus = str(max(1, (os.cpu_count() or 1) // n))
+    write_spec(settings, PIPELINE, **SMALL, batch=batch, resources={"steps": {"batch": {"cpu": cpus}}})
 
 
 def main() -> None:

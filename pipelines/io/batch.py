@@ -1,48 +1,69 @@
-"""Batch predictions' I/O: the entities to score, their point-in-time features from Feast's
-offline store, and the platform database's `batch_predictions` / `batch_runs` (migration 0022)."""
+"""Batch predictions' I/O: the entities staged in the run's storage and read back a chunk at a
+time, their point-in-time features from Feast's offline store, and a partition's outputs written as
+it scores (the platform database's `batch_predictions`, migration 0022; Parquet), then
+`batch_runs` and the latest view."""
 
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pipelines.core.errors import SourceDataError, StepInputError
 from pipelines.core.settings import Settings
-from pipelines.core.spec import OfflineStoreEntities, PipelineSpec
+from pipelines.core.spec import FileSource, OfflineStoreEntities, PipelineSpec, S3Source, Source
 from pipelines.io import db
 from pipelines.io.featurestore import feature_store, historical_features
-from pipelines.io.sources.readers import read_source
+from pipelines.io.sources.files import data_files, index_as_columns
+from pipelines.io.sources.frames import columns_differ
+from pipelines.io.sources.readers import source_frames
+from pipelines.io.storage import Storage, local_file, upload_file, write_parquet
 
 if TYPE_CHECKING:
+    import numpy as np
     import pandas as pd
 
 TABLE_COLUMNS = ("entity_id", "score", "class", "probabilities")
 """A scored partition's frame: the entity id (text) and the endpoint's answer."""
 
 
-def latest_rows(df: pd.DataFrame, key: str, ts: str, as_of: datetime, since: datetime | None = None) -> pd.DataFrame:
-    """The newest row of each entity at or before `as_of` (and after `since`, where given); every
-    row where there is no `ts` column: then each entity's last. The frame is copied once, by
-    position (a copy of its text columns per filter was most of the time on a million rows). Pure."""
+def partition_of(ids: pd.Series, parallelism: int) -> np.ndarray:
+    """The partition of each entity id: a stable hash of the id (of an integer id's value, of any
+    other's text) modulo `parallelism`, the same in every process and on every run. Pure."""
+    from pandas.api.types import is_integer_dtype
+    from pandas.util import hash_pandas_object
+
+    hashed = hash_pandas_object(ids if is_integer_dtype(ids) else ids.astype(str), index=False).to_numpy()
+    out: np.ndarray = (hashed % parallelism).astype("int64")
+    return out
+
+
+def newest_mask(
+    keys: pd.Series, moments: pd.Series | None, as_of: datetime, since: datetime | None = None
+) -> np.ndarray:
+    """Which rows are an entity's newest at or before `as_of` (and after `since`, where given): one
+    row per entity; where there is no time (`moments` None), each entity's last row. Pure."""
     import numpy as np
     import pandas as pd
 
-    if ts not in df.columns:
-        return df.drop_duplicates(key, keep="last").reset_index(drop=True)
-    moments = pd.to_datetime(df[ts], utc=True)
-    keep = (moments <= pd.Timestamp(as_of)).to_numpy()
+    if moments is None:
+        last: np.ndarray = ~keys.duplicated(keep="last").to_numpy()
+        return last
+    instants = pd.to_datetime(moments, utc=True)
+    ok = (instants <= pd.Timestamp(as_of)).to_numpy()
     if since is not None:
-        keep &= (moments > pd.Timestamp(since)).to_numpy()
-    positions = np.flatnonzero(keep)
-    instants = moments.to_numpy(dtype="datetime64[ns]")  # not Timestamp objects
-    kept = pd.DataFrame({"k": df[key].to_numpy()[positions], "t": instants[positions], "p": positions})
+        ok &= (instants > pd.Timestamp(since)).to_numpy()
+    positions = np.flatnonzero(ok)
+    kept = pd.DataFrame(
+        {"k": keys.to_numpy()[positions], "t": instants.to_numpy(dtype="datetime64[ns]")[positions], "p": positions}
+    )
     if not kept["k"].is_unique:
-        kept = kept.sort_values("t", kind="stable").drop_duplicates("k", keep="last").sort_values("p")
-    out = df.take(kept["p"].to_numpy())
-    out.index = pd.RangeIndex(len(out))
+        kept = kept.sort_values("t", kind="stable").drop_duplicates("k", keep="last")
+    out = np.zeros(len(keys), dtype=bool)
+    out[kept["p"].to_numpy()] = True
     return out
 
 
@@ -61,29 +82,112 @@ def offline_snapshot(store: Any, spec: PipelineSpec) -> str:
     return path
 
 
-def read_entities(spec: PipelineSpec, settings: Settings, as_of: datetime) -> pd.DataFrame:
-    """The rows to score, one per entity: the batch's source (read as ingest reads one; the newest
-    row of each entity at or before `as_of`), or the ids of every entity the offline store can
-    answer for at `as_of` (a row within the longest view's TTL), its features left to Feast."""
+@dataclass(frozen=True)
+class Staged:
+    """A batch run's entities as the pin staged them: Parquet files in the run's storage (their
+    keys, their rows) and which of their rows are scored (each entity's newest at as_of)."""
+
+    files: list[str]
+    rows: list[int]
+    keep: np.ndarray
+    partition_rows: list[int]
+
+
+def stage_entities(
+    spec: PipelineSpec, settings: Settings, storage: Storage, key_of: Callable[[str], str], as_of: datetime
+) -> Staged:
+    """Stage the entities to score in the run's storage, reading no more than a file chunk at a
+    time: a Parquet source's files copied byte for byte (only their id and time columns read), any
+    other source's rows written a chunk per file; the offline store's ids of every entity it can
+    answer for at `as_of` (a row within the longest view's TTL). One row per entity is kept: the
+    newest at or before `as_of` (and within the source's `lookback_days`)."""
+    import numpy as np
     import pandas as pd
 
     key, ts = spec.entity.join_key, spec.entity.timestamp
     entities = spec.batch.entities if spec.batch is not None else OfflineStoreEntities(kind="offline_store")
+    parallelism = spec.batch.parallelism if spec.batch is not None else 1
     if isinstance(entities, OfflineStoreEntities):
         with feature_store(spec, settings) as store:
             df = pd.read_parquet(offline_snapshot(store, spec), columns=[key, ts])
         since: datetime | None = as_of - timedelta(days=max(v.ttl_days for v in spec.features.views))
+        ids = df.loc[newest_mask(df[key], df[ts], as_of, since), [key]].reset_index(drop=True)
+        write_parquet(storage, key_of("entities-0.parquet"), ids)
+        files, columns = [key_of("entities-0.parquet")], [(ids[key], None)]
     else:
-        df = read_source(entities, settings)
         since = as_of - timedelta(days=entities.lookback_days) if entities.lookback_days is not None else None
-    if key not in df.columns:
-        raise SourceDataError(f"{spec.name}: the batch's entities have no column '{key}' (entity.join_key)")
-    rows = latest_rows(df, key, ts, as_of, since)
-    if isinstance(entities, OfflineStoreEntities):
-        rows = rows[[key]]
-    if rows.empty:
+        files, columns = _stage_source(entities, settings, storage, key_of, key, ts)
+    keys = pd.concat([k for k, _ in columns], ignore_index=True)
+    times = [t for _, t in columns]
+    moments = None if any(t is None for t in times) else pd.concat(times, ignore_index=True)
+    keep = newest_mask(keys, moments, as_of, since)
+    if not keep.any():
         raise SourceDataError(f"{spec.name}: no entity to score at or before {as_of.isoformat()}")
-    return rows
+    sizes, offset = np.zeros(parallelism, dtype="int64"), 0
+    for k, _ in columns:  # each file's ids as a partition reads them (their own dtype)
+        mine = keep[offset : offset + len(k)]
+        sizes += np.bincount(partition_of(k[mine], parallelism), minlength=parallelism)
+        offset += len(k)
+    return Staged(files, [len(k) for k, _ in columns], keep, [int(x) for x in sizes])
+
+
+Columns = list[tuple["pd.Series", "pd.Series | None"]]
+
+
+def _stage_source(
+    source: Source, settings: Settings, storage: Storage, key_of: Callable[[str], str], key: str, ts: str
+) -> tuple[list[str], Columns]:
+    """(the staged files' keys, each file's id and time columns): a source of Parquet files copied
+    as they are; any other source's frames (CSV chunks, a query's rows) written a file each."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    files: list[str] = []
+    columns: Columns = []
+    found = data_files(source, settings, None) if isinstance(source, (FileSource, S3Source)) else []
+    if found and all(f.fmt == "parquet" for f in found):
+        first: list[str] | None = None
+        for f in found:
+            files.append(key_of(f"entities-{len(files)}.parquet"))
+            with f.open() as stream:
+                storage.write_stream(files[-1], stream)
+            with local_file(storage, files[-1]) as path:
+                try:
+                    schema = pq.read_schema(path)
+                    names = [c for c in (key, ts) if c in schema.names]
+                    table = pq.read_table(path, columns=names)
+                except (pa.ArrowInvalid, OSError) as err:
+                    raise SourceDataError(
+                        f"{f.where}: not a readable Parquet file (truncated or corrupt?): {err}"
+                    ) from None
+            first = first or schema.names
+            if sorted(schema.names) != sorted(first):  # a stored index comes last
+                raise SourceDataError(
+                    f"the files of the source have different columns: {columns_differ(first, schema.names)}"
+                )
+            columns.append(_id_and_time(table.column_names, table.column, key, ts, f.where))
+        return files, columns
+    for frame in source_frames(source, settings, None):
+        files.append(key_of(f"entities-{len(files)}.parquet"))
+        write_parquet(storage, files[-1], frame)
+        columns.append(_id_and_time(list(frame.columns), frame.__getitem__, key, ts, "the batch's entities"))
+    return files, columns
+
+
+def _id_and_time(
+    names: list[str], column: Callable[[str], Any], key: str, ts: str, where: str
+) -> tuple[pd.Series, pd.Series | None]:
+    """A staged file's id and time columns (no time column: None), or a clear error without its id."""
+    import pandas as pd
+
+    if key not in names:
+        raise SourceDataError(f"{where}: no column '{key}' (entity.join_key)")
+
+    def series(name: str) -> pd.Series:
+        values = column(name)
+        return values if isinstance(values, pd.Series) else values.to_pandas()
+
+    return series(key), series(ts) if ts in names else None
 
 
 def offline_features(spec: PipelineSpec, settings: Settings, ids: Sequence[Any], as_of: datetime) -> pd.DataFrame:
@@ -99,23 +203,120 @@ def offline_features(spec: PipelineSpec, settings: Settings, ids: Sequence[Any],
     return out.drop(columns=[ts]).drop_duplicates(key, keep="last")
 
 
-def write_partition(
-    settings: Settings, pipeline: str, run_id: str, partition: int, meta: dict[str, Any], scored: pd.DataFrame
-) -> None:
-    """Replace a partition's rows in one transaction: its earlier attempt's rows are deleted, the
-    new ones copied in; readers see the old rows or the new, never both."""
-    with db.connect(settings) as conn, conn.cursor() as cur:
-        cur.execute(
-            "DELETE FROM batch_predictions WHERE pipeline=%s AND run_id=%s AND partition=%s",
-            (pipeline, run_id, partition),
-        )
-        with cur.copy(
-            "COPY batch_predictions (pipeline, run_id, partition, entity_id, as_of, version, score, class,"
-            " probabilities) FROM STDIN"
-        ) as copy:
-            head = (pipeline, run_id, partition)
-            for eid, score, cls, probs in scored[list(TABLE_COLUMNS)].itertuples(index=False, name=None):
-                copy.write_row((*head, eid, meta["as_of"], meta["version"], score, cls, probs))
+def partition_chunks(
+    storage: Storage, files: Sequence[str], keep: np.ndarray, key: str, parallelism: int, partition: int, rows: int
+) -> Iterator[pd.DataFrame]:
+    """A partition's rows of the staged files, at most `rows` at a time: each file read a record
+    batch at a time, the rows the pin kept whose id hashes to `partition` (as `partition_of`)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    offset = 0
+    for name in files:
+        with local_file(storage, name) as path:
+            parquet = pq.ParquetFile(path)
+            for batch in parquet.iter_batches(batch_size=rows):
+                mine = keep[offset : offset + batch.num_rows].copy()
+                offset += batch.num_rows
+                if mine.any():
+                    mine &= partition_of(batch.column(key).to_pandas(), parallelism) == partition
+                if mine.any():
+                    table = pa.Table.from_batches([batch.filter(pa.array(mine))], schema=parquet.schema_arrow)
+                    yield index_as_columns(table.to_pandas())
+    if offset != len(keep):
+        raise StepInputError(f"the staged entities hold {offset} rows, the pin planned {len(keep)}: changed since")
+
+
+COPY_ROWS = (
+    "COPY batch_predictions (pipeline, run_id, partition, entity_id, as_of, version, score, class, probabilities)"
+    " FROM STDIN"
+)
+
+
+class PartitionWriter:
+    """A partition's outputs, written as it scores: its rows of `batch_predictions` (its earlier
+    attempt's deleted, the new ones copied in chunk by chunk, one transaction committed when the
+    `with` block ends without an error: readers see the old rows or the new, never both), and
+    Parquet files of its answers and its quarantine (local files, uploaded by `finish`)."""
+
+    def __init__(self, settings: Settings, storage: Storage, meta: dict[str, Any], tmp: Path) -> None:
+        self.settings, self.storage, self.meta, self.tmp = settings, storage, meta, tmp
+        self.rows_scored = self.rows_quarantined = 0
+        self._writers: dict[str, Any] = {}
+        self._cursor: Any = None
+        self._stack: Any = None
+
+    def __enter__(self) -> PartitionWriter:
+        from contextlib import ExitStack
+
+        self._stack = ExitStack()
+        if self.meta["table"]:
+            conn = self._stack.enter_context(db.connect(self.settings))
+            self._cursor = self._stack.enter_context(conn.cursor())
+            self._cursor.execute(
+                "DELETE FROM batch_predictions WHERE pipeline=%s AND run_id=%s AND partition=%s",
+                (self.meta["pipeline"], self.meta["run_id"], self.meta["partition"]),
+            )
+        return self
+
+    def add(self, scored: pd.DataFrame, quarantined: pd.DataFrame) -> None:
+        """One chunk's answers (`TABLE_COLUMNS`) and quarantined rows (`entity_id`, `reasons`)."""
+        m = self.meta
+        self.rows_scored += len(scored)
+        self.rows_quarantined += len(quarantined)
+        if len(scored) and self._cursor is not None:
+            with self._cursor.copy(COPY_ROWS) as copy:
+                head = (m["pipeline"], m["run_id"], m["partition"])
+                for eid, score, cls, probs in scored[list(TABLE_COLUMNS)].itertuples(index=False, name=None):
+                    copy.write_row((*head, eid, m["as_of"], m["version"], score, cls, probs))
+        if len(scored) and m["parquet"]:
+            extra = {"as_of": m["as_of"], "version": m["version"], "run_id": m["run_id"], "partition": m["partition"]}
+            self._write("answers", scored.assign(**extra))
+        if len(quarantined):
+            self._write("quarantine", quarantined)
+
+    def _write(self, name: str, frame: pd.DataFrame) -> None:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        schema = OUTPUT_SCHEMAS[name]()
+        if name not in self._writers:
+            self._writers[name] = pq.ParquetWriter(self.tmp / f"{name}.parquet", schema, compression="zstd")
+        self._writers[name].write_table(pa.Table.from_pandas(frame[schema.names], schema=schema, preserve_index=False))
+
+    def finish(self, keys: dict[str, str]) -> dict[str, str]:
+        """Upload the Parquet files written (`keys`: `answers` and `quarantine` by their storage
+        key); what was written where. The table's rows commit when the `with` block ends."""
+        outputs = {"table": "batch_predictions"} if self._cursor is not None else {}
+        for name, writer in self._writers.items():
+            writer.close()
+            outputs["parquet" if name == "answers" else name] = upload_file(
+                self.storage, keys[name], self.tmp / f"{name}.parquet"
+            )
+        self._writers = {}
+        return outputs
+
+    def __exit__(self, *exc: object) -> None:
+        for writer in self._writers.values():
+            writer.close()
+        self._stack.__exit__(*exc)
+
+
+def _answers_schema() -> Any:
+    import pyarrow as pa
+
+    text, number = pa.string(), pa.int64()
+    answer = [("entity_id", text), ("score", pa.float64()), ("class", text), ("probabilities", text)]
+    return pa.schema([*answer, ("as_of", text), ("version", number), ("run_id", text), ("partition", number)])
+
+
+def _quarantine_schema() -> Any:
+    import pyarrow as pa
+
+    return pa.schema([("entity_id", pa.string()), ("reasons", pa.string())])
+
+
+OUTPUT_SCHEMAS: dict[str, Callable[[], Any]] = {"answers": _answers_schema, "quarantine": _quarantine_schema}
 
 
 def latest_view(pipeline: str) -> str:

@@ -12,11 +12,13 @@ import io
 import json
 import math
 import os
+import shutil
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path, PurePosixPath
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, BinaryIO, Protocol
 
 from pipelines.core.errors import SettingsError
 from pipelines.core.settings import Settings
@@ -48,6 +50,8 @@ class Storage(Protocol):
     def exists(self, key: str) -> bool: ...
     def read_bytes(self, key: str) -> bytes: ...
     def write_bytes(self, key: str, data: bytes) -> str: ...
+    def write_stream(self, key: str, stream: BinaryIO) -> str: ...
+    def download(self, key: str, path: Path) -> None: ...
     def list(self, prefix: str) -> list[str]: ...
     def stat(self, prefix: str) -> Stats: ...
     def delete(self, keys: Sequence[str]) -> None: ...
@@ -72,12 +76,16 @@ class LocalStorage:
         return self._path(key).read_bytes()
 
     def write_bytes(self, key: str, data: bytes) -> str:
+        return self.write_stream(key, io.BytesIO(data))
+
+    def write_stream(self, key: str, stream: BinaryIO) -> str:
+        """The object from a stream, copied a buffer at a time (memory holds no whole file)."""
         path = self._path(key)
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
         try:
             with os.fdopen(fd, "wb") as fh:
-                fh.write(data)
+                shutil.copyfileobj(stream, fh, 1 << 20)
                 fh.flush()
                 os.fsync(fh.fileno())
             os.replace(tmp, path)
@@ -85,6 +93,9 @@ class LocalStorage:
             Path(tmp).unlink(missing_ok=True)
             raise
         return str(path)
+
+    def download(self, key: str, path: Path) -> None:
+        shutil.copyfile(self._path(key), path)
 
     def list(self, prefix: str) -> list[str]:
         base = self.root / prefix if prefix else self.root
@@ -168,8 +179,15 @@ class S3Storage:
 
     def write_bytes(self, key: str, data: bytes) -> str:
         # upload_fileobj switches to multipart above 8 MiB; the object appears only on completion.
-        self.client.upload_fileobj(io.BytesIO(data), self.bucket, self._key(key))
+        return self.write_stream(key, io.BytesIO(data))
+
+    def write_stream(self, key: str, stream: BinaryIO) -> str:
+        """The object from a stream, uploaded in parts (memory holds a part, not the file)."""
+        self.client.upload_fileobj(stream, self.bucket, self._key(key))
         return self.uri(key)
+
+    def download(self, key: str, path: Path) -> None:
+        self.client.download_file(self.bucket, self._key(key), str(path))
 
     def list(self, prefix: str) -> list[str]:
         full = self._key(prefix) if prefix else self.prefix
@@ -240,6 +258,25 @@ def finite_json(obj: Any) -> Any:
 
 def to_json(obj: Any, *, indent: int | None = None) -> str:
     return json.dumps(obj, indent=indent, sort_keys=True, default=json_default)
+
+
+@contextmanager
+def local_file(storage: Storage, key: str) -> Iterator[Path]:
+    """A path on this machine to read an object from (seekable, as Parquet needs): the object's own
+    file in a local storage, a temporary download of it (removed afterwards) from S3."""
+    if isinstance(storage, LocalStorage):
+        yield storage._path(key)
+        return
+    with tempfile.TemporaryDirectory(prefix="mlcycle-object-") as tmp:
+        path = Path(tmp) / PurePosixPath(key).name
+        storage.download(key, path)
+        yield path
+
+
+def upload_file(storage: Storage, key: str, path: Path) -> str:
+    """A local file written as an object, streamed."""
+    with path.open("rb") as fh:
+        return storage.write_stream(key, fh)
 
 
 def write_json(storage: Storage, key: str, obj: Any) -> str:

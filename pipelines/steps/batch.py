@@ -1,15 +1,16 @@
 """`batch`: one partition of a batch run (`mlcycle step batch --worker N`), scored with the
-version `batch_pin` pinned.
+version `batch_pin` pinned, `chunk_rows` at a time (memory holds a chunk, not the partition):
 
-1. the partition's entities as `batch_pin` planned them (a source's rows or the offline store's
-   ids, one row per entity, those whose id hashes to this partition: `partition_of`);
+1. the partition's entities as `batch_pin` staged them (a source's rows or the offline store's
+   ids, one row per entity, those whose id hashes to this partition: `partition_of`), read a
+   record batch at a time;
 2. the features a row does not carry, point-in-time at the pinned as_of from Feast's offline store;
 3. each row judged by the pipeline's request contract (`serving.contract`, what the endpoint
    applies): a row outside it is quarantined with its reasons and counted, never scored;
-4. the rest scored by ONNX Runtime `chunk_rows` at a time, answered in the endpoint's shape (score;
-   a multiclass model's class and probabilities);
-5. written idempotently: the partition's rows of `batch_predictions` replaced in one transaction
-   and/or `batch/part-<n>.parquet`; the partition's manifest last.
+4. the rest scored by ONNX Runtime with the model the pin copied (its sha256 checked), answered in
+   the endpoint's shape (score; a multiclass model's class and probabilities);
+5. written idempotently as it goes: the partition's rows of `batch_predictions` replaced in one
+   transaction and/or `batch/part-<n>.parquet`; the partition's manifest last.
 
 No valid row exits 3 (`DataQualityError`): nothing of the partition is written.
 """
@@ -18,15 +19,20 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import datetime
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pipelines.core.errors import DataQualityError, InvalidArgument, SpecError
-from pipelines.io.batch import TABLE_COLUMNS, offline_features, write_partition
-from pipelines.io.registry import load_onnx_model
-from pipelines.io.storage import read_parquet, write_json, write_parquet
+from pipelines.core.integrity import check_digest
+from pipelines.core.k8s import cpu_threads
+from pipelines.io.batch import TABLE_COLUMNS, PartitionWriter, offline_features, partition_chunks, partition_of
+from pipelines.io.storage import write_json
 from pipelines.ml.model import CLASS, PROBABILITIES, onnx_session, session_feed
 from pipelines.steps.context import StepContext
 from serving.contract import RequestContract, entity_problem, request_contract
@@ -38,21 +44,11 @@ if TYPE_CHECKING:
 
 STEP = "batch"
 STORE = "__offline_store"
+__all__ = ["NO_FEATURES", "partition_of", "run"]
 NO_FEATURES = "no features for the entity at as_of in the offline store (none within the views' TTL)"
 
 
 # ----------------------------------------------------------------------------------- pure core
-def partition_of(ids: pd.Series, parallelism: int) -> np.ndarray:
-    """The partition of each entity id: a stable hash of the id (of an integer id's value, of any
-    other's text) modulo `parallelism`, the same in every process and on every run. Pure."""
-    from pandas.api.types import is_integer_dtype
-    from pandas.util import hash_pandas_object
-
-    hashed = hash_pandas_object(ids if is_integer_dtype(ids) else ids.astype(str), index=False).to_numpy()
-    out: np.ndarray = (hashed % parallelism).astype("int64")
-    return out
-
-
 def _plain(value: Any) -> Any:
     """A frame's missing value (NaN, NaT, NA, None) as None: a null, as a request sends one. Pure."""
     if value is None or (isinstance(value, float) and math.isnan(value)):
@@ -115,6 +111,20 @@ def row_reasons(
     return None
 
 
+def id_text(ids: pd.Series) -> np.ndarray:
+    """Entity ids as text (an object array of `str`), as the endpoint logs them: an integer id's
+    digits (Arrow's cast: a tenth of pandas' `astype(str)` on a million ids). Pure."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    from pandas.api.types import is_integer_dtype
+
+    if not is_integer_dtype(ids):
+        out: np.ndarray = ids.astype(str).to_numpy(dtype=object)
+        return out
+    text: np.ndarray = pc.cast(pa.array(ids.to_numpy()), pa.string()).to_numpy(zero_copy_only=False)
+    return text
+
+
 def answers(outputs: dict[str, Any], classes: list[str]) -> dict[str, Any]:
     """The endpoint's answer for each scored row: `score` (a binary model's probability, a
     regression's value, a multiclass model's top probability), and a multiclass model's `class`
@@ -129,12 +139,6 @@ def answers(outputs: dict[str, Any], classes: list[str]) -> dict[str, Any]:
         "class": [str(c) for c in outputs[CLASS].reshape(-1)],
         "probabilities": [json.dumps(dict(zip(classes, map(float, p), strict=True))) for p in outputs[PROBABILITIES]],
     }
-
-
-def chunks(n: int, size: int) -> Iterator[slice]:
-    """Slices of `range(n)`, `size` at a time. Pure."""
-    for start in range(0, n, size):
-        yield slice(start, min(start + size, n))
 
 
 # ----------------------------------------------------------------------------------------- step
@@ -156,38 +160,64 @@ def with_features(rows: pd.DataFrame, ctx: StepContext, names: list[str], as_of:
     return out.assign(_found=out["_found"].eq(True))
 
 
-def score_rows(session: Any, rows: pd.DataFrame, ctx: StepContext, chunk_rows: int) -> tuple[Any, Any]:
-    """(scored frame, quarantined frame): each chunk judged by the contract, its valid rows scored."""
-    import numpy as np
-    import pandas as pd
+@dataclass(frozen=True)
+class Scorer:
+    """What scoring a chunk needs, made once per partition: the session, its inputs and classes,
+    the request contract the endpoint applies, the entity key."""
 
-    key = ctx.spec.entity.join_key
-    names = [i.name for i in session.get_inputs()]
-    classes = model_classes(session)
-    contract = request_contract(ctx.spec, names)
-    outputs = ["score", PROBABILITIES, CLASS] if classes else ["score"]
-    scored, quarantined = [], []
-    for part in chunks(len(rows), chunk_rows):
-        chunk = rows.iloc[part]
-        ids = chunk[key].tolist()
+    session: Any
+    names: list[str]
+    classes: list[str]
+    contract: RequestContract
+    key: str
+
+    @classmethod
+    def of(cls, session: Any, ctx: StepContext) -> Scorer:
+        names = [i.name for i in session.get_inputs()]
+        return cls(session, names, model_classes(session), request_contract(ctx.spec, names), ctx.spec.entity.join_key)
+
+    def score(self, chunk: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+        """(answers, quarantined) of one chunk: each row judged by the contract (column-wise where
+        plainly clean, one by one otherwise), the valid ones scored."""
+        import numpy as np
+        import pandas as pd
+
+        ids = chunk[self.key].tolist()
         reasons: list[str | None] = [None] * len(chunk)
-        doubtful = np.flatnonzero(~surely_clean(chunk, contract, names, key))
-        records = chunk.iloc[doubtful][[*names, "_found"]].to_dict("records")
+        doubtful = np.flatnonzero(~surely_clean(chunk, self.contract, self.names, self.key))
+        records = chunk.iloc[doubtful][[*self.names, "_found"]].to_dict("records")
         for j, r in zip(doubtful, records, strict=True):
-            reasons[j] = row_reasons(contract, names, r, ids[j], bool(r["_found"]))
-        bad = pd.Series([r is not None for r in reasons], index=chunk.index)
-        if bad.any():
-            kept = [(str(i), r) for i, r in zip(ids, reasons, strict=True) if r is not None]
-            quarantined.append(pd.DataFrame(kept, columns=["entity_id", "reasons"]))
+            reasons[j] = row_reasons(self.contract, self.names, r, ids[j], bool(r["_found"]))
+        bad = np.array([r is not None for r in reasons], dtype=bool)
+        kept = [(str(i), r) for i, r in zip(ids, reasons, strict=True) if r is not None]
+        quarantined = pd.DataFrame(kept, columns=["entity_id", "reasons"])
         good = chunk[~bad]
-        if good.empty:
-            continue
-        out = dict(zip(outputs, session.run(outputs, session_feed(session, good)), strict=True))
-        scored.append(pd.DataFrame({"entity_id": good[key].astype(str).tolist(), **answers(out, classes)}))
-    out = pd.concat(scored, ignore_index=True) if scored else pd.DataFrame({"entity_id": [], "score": []})
-    out = out.assign(**{c: None for c in TABLE_COLUMNS if c not in out.columns})[list(TABLE_COLUMNS)]
-    bad = pd.concat(quarantined, ignore_index=True) if quarantined else pd.DataFrame({"entity_id": [], "reasons": []})
-    return out, bad
+        outputs = ["score", PROBABILITIES, CLASS] if self.classes else ["score"]
+        answered = (
+            dict(zip(outputs, self.session.run(outputs, session_feed(self.session, good)), strict=True))
+            if len(good)
+            else None
+        )
+        frame = pd.DataFrame({"entity_id": id_text(good[self.key])})
+        if answered is not None:
+            frame = frame.assign(**answers(answered, self.classes))
+        frame = frame.assign(**{c: None for c in TABLE_COLUMNS if c not in frame.columns})[list(TABLE_COLUMNS)]
+        return frame, quarantined
+
+
+def pinned_model(ctx: StepContext, pin: dict[str, Any]) -> bytes:
+    """The ONNX model the pin copied, refused unless its sha256 is the one the pin recorded."""
+    key = ctx.require("batch_pin", "model.onnx")
+    return check_digest(ctx.storage.read_bytes(key), pin.get("model_sha256"), key)
+
+
+def pinned_keep(ctx: StepContext, pin: dict[str, Any]) -> np.ndarray:
+    """Which staged rows the pin kept (one per entity)."""
+    import numpy as np
+
+    bits = np.frombuffer(ctx.storage.read_bytes(ctx.require("batch_pin", "keep.bin")), dtype=np.uint8)
+    keep: np.ndarray = np.unpackbits(bits, count=int(pin["staged_rows"])).astype(bool)
+    return keep
 
 
 def run(ctx: StepContext) -> dict[str, Any]:
@@ -200,33 +230,47 @@ def run(ctx: StepContext) -> dict[str, Any]:
         raise InvalidArgument(f"step batch scores one partition: --worker 0..{parallelism - 1}, got {n}")
     started = time.monotonic()
     as_of = datetime.fromisoformat(pin["as_of"])
-    session = onnx_session(load_onnx_model(ctx.settings, ctx.pipeline, pin["model"], int(pin["version"])))
-    rows = read_parquet(ctx.storage, ctx.require("batch_pin", f"entities-{n}.parquet"))
-    rows = with_features(rows, ctx, [i.name for i in session.get_inputs()], as_of)
-    scored, quarantined = score_rows(session, rows, ctx, batch.chunk_rows)
-    if len(rows) and scored.empty:
-        raise DataQualityError(
-            f"{ctx.pipeline}/{ctx.run_id} partition {n}: no valid row to score ({len(quarantined)} quarantined; "
-            f"first: {quarantined['reasons'].iloc[0]})"
+    threads = cpu_threads(ctx.spec.resources.for_step(STEP).cpu, os.cpu_count())  # the pod's CPUs, as train's
+    scorer = Scorer.of(onnx_session(pinned_model(ctx, pin), threads=threads), ctx)
+    chunks = partition_chunks(
+        ctx.storage, pin["staged"], pinned_keep(ctx, pin), scorer.key, parallelism, n, batch.chunk_rows
+    )
+    meta = {
+        "pipeline": ctx.pipeline,
+        "run_id": ctx.run_id,
+        "partition": n,
+        "as_of": pin["as_of"],
+        "version": int(pin["version"]),
+        "table": batch.outputs.table,
+        "parquet": batch.outputs.parquet,
+    }
+    rows, first_reason = 0, None
+    with (
+        tempfile.TemporaryDirectory(prefix="mlcycle-batch-") as tmp,
+        PartitionWriter(ctx.settings, ctx.storage, meta, Path(tmp)) as out,
+    ):
+        for chunk in chunks:
+            rows += len(chunk)
+            scored, quarantined = scorer.score(with_features(chunk, ctx, scorer.names, as_of))
+            first_reason = first_reason or (quarantined["reasons"].iloc[0] if len(quarantined) else None)
+            out.add(scored, quarantined)
+        if rows and not out.rows_scored:
+            raise DataQualityError(
+                f"{ctx.pipeline}/{ctx.run_id} partition {n}: no valid row to score ({out.rows_quarantined} "
+                f"quarantined; first: {first_reason})"
+            )
+        outputs = out.finish(
+            {"answers": ctx.key(f"part-{n}.parquet"), "quarantine": ctx.key(f"quarantine-{n}.parquet")}
         )
-    outputs: dict[str, Any] = {}
-    if len(quarantined):
-        outputs["quarantine"] = write_parquet(ctx.storage, ctx.key(f"quarantine-{n}.parquet"), quarantined)
-    if batch.outputs.table:
-        write_partition(ctx.settings, ctx.pipeline, ctx.run_id, n, pin, scored)
-        outputs["table"] = "batch_predictions"
-    if batch.outputs.parquet:
-        frame = scored.assign(as_of=pin["as_of"], version=int(pin["version"]), run_id=ctx.run_id, partition=n)
-        outputs["parquet"] = write_parquet(ctx.storage, ctx.key(f"part-{n}.parquet"), frame)
     result = {
         "step": STEP,
         "partition": n,
         "version": int(pin["version"]),
         "as_of": pin["as_of"],
         "entities": int(pin["entities"]),
-        "rows": len(rows),
-        "rows_scored": len(scored),
-        "rows_quarantined": len(quarantined),
+        "rows": rows,
+        "rows_scored": out.rows_scored,
+        "rows_quarantined": out.rows_quarantined,
         "outputs": outputs,
         "scoring_seconds": round(time.monotonic() - started, 3),
     }

@@ -1,9 +1,11 @@
 """`batch_pin`: the first task of `<name>_batch`, the run's plan. It reads the champion's version
-and the run's as_of once, reads the entities once (one row per entity) and splits them into
-`parallelism` partitions by a hash of their id (`entities-<n>.parquet`); every partition scores
-exactly these rows with exactly this version, even when the `champion` alias moves or the source
-changes while the run goes on. A retried pin keeps what its first attempt pinned (the manifest,
-written last, says it is complete)."""
+and the run's as_of once, copies that version's ONNX model (checked against the registry's sha256)
+beside the plan, and stages the entities once (`entities-<i>.parquet`, a Parquet source's files
+copied as they are) with a bitmap of the rows to score (`keep.bin`: each entity's newest row at
+as_of); a partition scores the kept rows whose id hashes to it. Every partition scores exactly
+these rows with exactly this version, even when the `champion` alias moves or the source changes
+while the run goes on. A retried pin keeps what its first attempt pinned (the manifest, written
+last, says it is complete)."""
 
 from __future__ import annotations
 
@@ -11,10 +13,10 @@ from datetime import UTC, datetime
 from typing import Any
 
 from pipelines.core.errors import SpecError
-from pipelines.io.batch import read_entities
-from pipelines.io.registry import champion_version, model_name
-from pipelines.io.storage import write_json, write_parquet
-from pipelines.steps.batch import partition_of
+from pipelines.core.integrity import sha256_hex
+from pipelines.io.batch import stage_entities
+from pipelines.io.registry import champion_version, load_onnx_model, model_name
+from pipelines.io.storage import write_json
 from pipelines.steps.context import StepContext
 
 STEP = "batch_pin"
@@ -28,6 +30,8 @@ def pinned_as_of(declared: datetime | None, run_as_of: datetime | None, now: dat
 
 
 def run(ctx: StepContext) -> dict[str, Any]:
+    import numpy as np
+
     batch = ctx.spec.batch
     if batch is None:
         raise SpecError(f"{ctx.pipeline}: the spec has no `batch` section")
@@ -38,13 +42,10 @@ def run(ctx: StepContext) -> dict[str, Any]:
     pinned_at = datetime.now(UTC)
     version = champion_version(ctx.settings, ctx.pipeline)
     as_of = pinned_as_of(batch.as_of, run_as_of, pinned_at)
-    rows = read_entities(ctx.spec, ctx.settings, as_of)
-    parts = partition_of(rows[ctx.spec.entity.join_key], batch.parallelism)
-    sizes = []
-    for n in range(batch.parallelism):
-        mine = rows[parts == n].reset_index(drop=True)
-        write_parquet(ctx.storage, ctx.key(f"entities-{n}.parquet"), mine)
-        sizes.append(len(mine))
+    model = load_onnx_model(ctx.settings, ctx.pipeline, model_name(ctx.pipeline), version)
+    ctx.storage.write_bytes(ctx.key("model.onnx"), model)
+    staged = stage_entities(ctx.spec, ctx.settings, ctx.storage, ctx.key, as_of)
+    ctx.storage.write_bytes(ctx.key("keep.bin"), np.packbits(staged.keep).tobytes())
     pin = {
         "step": STEP,
         "pipeline": ctx.pipeline,
@@ -52,8 +53,11 @@ def run(ctx: StepContext) -> dict[str, Any]:
         "version": version,
         "as_of": as_of.isoformat(),
         "parallelism": batch.parallelism,
-        "entities": len(rows),
-        "partition_rows": sizes,
+        "model_sha256": sha256_hex(model),
+        "entities": sum(staged.partition_rows),
+        "partition_rows": staged.partition_rows,
+        "staged": staged.files,
+        "staged_rows": len(staged.keep),
         "pinned_at": pinned_at.isoformat(),
     }
     write_json(ctx.storage, key, pin)

@@ -9,7 +9,16 @@ import pytest
 from botocore.exceptions import ClientError
 
 from pipelines.core.settings import Settings
-from pipelines.io.storage import S3Storage, open_storage, read_json, read_parquet, write_json, write_parquet
+from pipelines.io.storage import (
+    S3Storage,
+    local_file,
+    open_storage,
+    read_json,
+    read_parquet,
+    upload_file,
+    write_json,
+    write_parquet,
+)
 from tests.services import S3Server
 
 pytestmark = pytest.mark.integration
@@ -40,6 +49,18 @@ def test_large_objects_go_up_in_parts(s3: S3Server) -> None:
     head = st.client.head_object(Bucket=s3.bucket, Key="multipart/big.bin")
     assert "-" in head["ETag"]  # a multipart ETag: <md5>-<parts>
     assert st.read_bytes("big.bin") == data
+
+
+def test_a_file_streams_up_and_reads_back_as_a_local_file(s3: S3Server, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """A batch partition's way with objects: a local file uploaded as a stream, an object read
+    back through a temporary local copy that is gone afterwards."""
+    st = _storage(s3, "streams")
+    src = tmp_path / "part.bin"
+    src.write_bytes(os.urandom(9 * 1024 * 1024))
+    assert upload_file(st, "churn/r1/batch/part-0.bin", src) == f"s3://{s3.bucket}/streams/churn/r1/batch/part-0.bin"
+    with local_file(st, "churn/r1/batch/part-0.bin") as path:
+        assert path.read_bytes() == src.read_bytes() and path != src
+    assert not path.exists()
 
 
 def test_wrong_credentials_are_refused(s3: S3Server) -> None:

@@ -13,8 +13,8 @@ import pytest
 
 from pipelines.core.errors import SpecError, StepInputError
 from pipelines.core.spec import OfflineStoreEntities, PostgresSource, parse_spec
-from pipelines.io.batch import latest_rows
-from pipelines.steps.batch import NO_FEATURES, answers, chunks, partition_of, row_reasons, surely_clean
+from pipelines.io.batch import newest_mask
+from pipelines.steps.batch import NO_FEATURES, answers, partition_of, row_reasons, surely_clean
 from pipelines.steps.batch_pin import pinned_as_of
 from pipelines.steps.batch_publish import summarize
 from serving.contract import FeatureRule, RequestContract
@@ -83,12 +83,7 @@ def test_every_entity_lands_in_exactly_one_partition_the_same_in_every_process()
     assert set(partition_of(ids, 1)) == {0}
 
 
-def test_chunks_cover_every_row_once() -> None:
-    assert [(s.start, s.stop) for s in chunks(5, 2)] == [(0, 2), (2, 4), (4, 5)]
-    assert list(chunks(0, 2)) == []
-
-
-def test_latest_rows_keeps_each_entitys_newest_row_at_or_before_as_of() -> None:
+def test_newest_mask_keeps_each_entitys_newest_row_at_or_before_as_of() -> None:
     t = pd.Timestamp("2026-01-01", tz="UTC")
     df = pd.DataFrame(
         {
@@ -97,9 +92,12 @@ def test_latest_rows_keeps_each_entitys_newest_row_at_or_before_as_of() -> None:
             "x": [10, 11, 20, 21, 30],
         }
     )
-    out = latest_rows(df, "id", "ts", (t + timedelta(days=60)).to_pydatetime())
+    out = df[newest_mask(df["id"], df["ts"], (t + timedelta(days=60)).to_pydatetime())]
     assert sorted(zip(out["id"], out["x"], strict=True)) == [(1, 11), (2, 20)]  # 3 only exists later
-    no_time = latest_rows(pd.DataFrame({"id": [1, 1, 2], "x": [1, 2, 3]}), "id", "ts", t.to_pydatetime())
+    since = df[newest_mask(df["id"], df["ts"], (t + timedelta(days=90)).to_pydatetime(), t.to_pydatetime())]
+    assert sorted(zip(since["id"], since["x"], strict=True)) == [(1, 11), (2, 21), (3, 30)]
+    plain = pd.DataFrame({"id": [1, 1, 2], "x": [1, 2, 3]})
+    no_time = plain[newest_mask(plain["id"], None, t.to_pydatetime())]
     assert sorted(zip(no_time["id"], no_time["x"], strict=True)) == [(1, 2), (2, 3)]
 
 
@@ -247,12 +245,32 @@ def test_the_column_wise_check_never_passes_a_row_the_contract_refuses() -> None
     assert not surely_clean(frame.assign(id="c-7"), CONTRACT, NAMES, "id").any()
 
 
+def _staged_rows(spec, tmp_path: Path, t: datetime, parallelism: int = 1, rows: int = 2) -> list[pd.DataFrame]:  # type: ignore[no-untyped-def]
+    """Stage the spec's entities in a local storage, then read every partition back `rows` at a time."""
+    from pipelines.core.settings import Settings
+    from pipelines.io.batch import partition_chunks, stage_entities
+    from pipelines.io.storage import LocalStorage
+
+    storage = LocalStorage(tmp_path / "store")
+    staged = stage_entities(spec, Settings(state_dir=tmp_path), storage, lambda name: f"p/r/batch_pin/{name}", t)
+    key = spec.entity.join_key
+    parts = [
+        pd.concat(list(partition_chunks(storage, staged.files, staged.keep, key, parallelism, n, rows)))
+        for n in range(parallelism)
+    ]
+    assert [len(p) for p in parts] == staged.partition_rows  # the pin's counts are what partitions read
+    assert all(
+        len(c) <= rows
+        for n in range(parallelism)
+        for c in partition_chunks(storage, staged.files, staged.keep, key, parallelism, n, rows)
+    )
+    return parts
+
+
 def test_source_entities_are_each_entitys_newest_row_within_the_lookback(tmp_path: Path) -> None:
     """A file of entities read as ingest reads one: rows after as_of and before the lookback are
     left out, one row per entity stays, and a file without the join key is refused by name."""
     from pipelines.core.errors import SourceDataError
-    from pipelines.core.settings import Settings
-    from pipelines.io.batch import read_entities
 
     t = datetime(2026, 1, 31, tzinfo=UTC)
     path = tmp_path / "entities.csv"
@@ -270,8 +288,40 @@ def test_source_entities_are_each_entitys_newest_row_within_the_lookback(tmp_pat
         }
     ).to_csv(path, index=False)
     spec = _spec(entities={"kind": "file", "path": str(path), "lookback_days": 30})
-    rows = read_entities(spec, Settings(state_dir=tmp_path), t)
+    (rows,) = _staged_rows(spec, tmp_path, t)
     assert sorted(zip(rows["customer_id"], rows["plan"], strict=True)) == [(1, "premium"), (3, "standard")]
     pd.DataFrame({"id": [1]}).to_csv(path, index=False)
     with pytest.raises(SourceDataError, match="no column 'customer_id'"):
-        read_entities(spec, Settings(state_dir=tmp_path), t)
+        _staged_rows(spec, tmp_path, t)
+
+
+def test_parquet_entities_are_staged_as_they_are_and_read_back_a_chunk_at_a_time(tmp_path: Path) -> None:
+    """A directory of Parquet files (one storing its id as the frame's index) is copied, not
+    rewritten; every partition reads its own entities, each once, in chunks of at most 3 rows."""
+    import numpy as np
+
+    t = datetime(2026, 1, 31, tzinfo=UTC)
+    folder = tmp_path / "in"
+    folder.mkdir()
+    ids = np.arange(1, 41)
+    frame = pd.DataFrame({"customer_id": ids, "event_timestamp": t - timedelta(days=1), "plan": "basic"})
+    frame.iloc[:25].to_parquet(folder / "a.parquet", index=False)
+    frame.iloc[25:].set_index("customer_id").to_parquet(folder / "b.parquet")
+    spec = _spec(entities={"kind": "file", "path": str(folder)}, parallelism=3)
+    parts = _staged_rows(spec, tmp_path, t, parallelism=3, rows=3)
+    assert sorted(pd.concat(parts)["customer_id"]) == list(ids)  # each entity once
+    assert (
+        all(len(p) for p in parts)
+        and (tmp_path / "store/p/r/batch_pin/entities-1.parquet").read_bytes() == (folder / "b.parquet").read_bytes()
+    )
+    for n, part in enumerate(parts):
+        assert set(partition_of(part["customer_id"], 3)) == {n}
+
+
+def test_id_text_writes_an_integer_id_as_the_endpoint_logs_it() -> None:
+    from pipelines.steps.batch import id_text
+
+    ids = pd.Series([0, 7, -3, 2**62, 123456789], dtype="int64")
+    assert list(id_text(ids)) == [str(i) for i in ids.tolist()]
+    assert list(id_text(pd.Series(["c-1", "c-2"]))) == ["c-1", "c-2"]
+    assert list(id_text(pd.Series([1.0, 2.5]))) == ["1.0", "2.5"]  # what astype(str) writes

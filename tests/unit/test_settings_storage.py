@@ -63,6 +63,19 @@ def test_local_storage_writes_atomically(tmp_path: Path) -> None:
             st.write_bytes(bad, b"x")
 
 
+def test_local_storage_streams_a_file_and_reads_its_own_path(tmp_path: Path) -> None:
+    from pipelines.io.storage import local_file, upload_file
+
+    st = LocalStorage(tmp_path / "store")
+    src = tmp_path / "part.bin"
+    src.write_bytes(b"x" * (3 << 20))
+    assert upload_file(st, "p/r/batch/part-0.bin", src) == str(tmp_path / "store/p/r/batch/part-0.bin")
+    with local_file(st, "p/r/batch/part-0.bin") as path:
+        assert path == tmp_path / "store/p/r/batch/part-0.bin" and path.read_bytes() == src.read_bytes()
+    assert path.exists()  # the object's own file, not a copy that is removed
+    assert [p.name for p in (tmp_path / "store/p/r/batch").iterdir()] == ["part-0.bin"]  # no temporary left
+
+
 def test_local_storage_failed_write_leaves_nothing(tmp_path: Path) -> None:
     st = LocalStorage(tmp_path)
     st.write_bytes("a/data.bin", b"old")

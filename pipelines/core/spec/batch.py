@@ -70,5 +70,8 @@ class Batch(Model):
         default=1, ge=1, le=64, description="partitions scored as parallel tasks (entities split by a hash of their id)"
     )
     chunk_rows: int = Field(
-        default=50_000, ge=100, le=5_000_000, description="rows scored by ONNX Runtime at a time (bounds memory)"
+        default=50_000,
+        ge=100,
+        le=5_000_000,
+        description="rows a partition reads, judges and scores at a time (its memory holds one chunk)",
     )

@@ -44,11 +44,11 @@ def read_source(
     the window applied to each, so memory holds the window's rows, not the file. `required` (the
     contract's columns) only words the error for a file that is not this pipeline's data; no error
     quotes a file's content."""
-    frames = _frames(source, settings, window, timestamp if window is not None else "", required)
+    frames = source_frames(source, settings, window, timestamp if window is not None else "", required)
     return gather(frames, window, timestamp, required)
 
 
-def _frames(
+def source_frames(
     source: Source, settings: Settings, window: Window | None, timestamp: str = "", required: Sequence[str] = ()
 ) -> Iterator[pd.DataFrame]:
     if isinstance(source, (FileSource, S3Source)):
