@@ -133,6 +133,9 @@ def drift_dag(spec: PipelineSpec) -> DAG:
     return dag
 
 
+RUNTIMES = {"pods": "a task each", "ray": "a Ray Data job on the platform's Ray cluster"}
+
+
 def batch_dag(spec: PipelineSpec) -> DAG:
     """`<name>_batch`: pin the champion and as_of, score the partitions as mapped tasks (one pod
     or process each), then publish, whose outlet emits `mlcycle://<name>/predictions`."""
@@ -148,14 +151,18 @@ def batch_dag(spec: PipelineSpec) -> DAG:
         doc_md=(
             f"### {spec.name} batch predictions\n\nThe champion (pinned once by `pin`) scores the "
             f"`{batch.entities.kind}` entities in {batch.parallelism} partition(s) of `{batch.chunk_rows}`-row "
-            f"chunks; `publish` flips `{spec.name}_predictions_latest` and emits the "
+            f"chunks ({RUNTIMES[batch.runtime]}); `publish` flips `{spec.name}_predictions_latest` and emits the "
             f"`{predictions_asset(spec.name).uri}` Asset."
         ),
         default_args=step_defaults(spec),
     ) as dag:
         pin = PipelineStepOperator(task_id="pin", pipeline=spec.name, step="batch_pin")
-        score = PipelineStepOperator.partial(task_id="score", pipeline=spec.name, step="batch").expand(
-            worker=list(range(batch.parallelism))
+        score: Any = (
+            PipelineStepOperator(task_id="score", pipeline=spec.name, step="batch", worker=0)  # submits a Ray job
+            if batch.runtime == "ray"
+            else PipelineStepOperator.partial(task_id="score", pipeline=spec.name, step="batch").expand(
+                worker=list(range(batch.parallelism))
+            )
         )
         done = PipelineStepOperator(
             task_id="publish", pipeline=spec.name, step="batch_publish", outlets=[predictions_asset(spec.name)]

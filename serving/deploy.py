@@ -141,14 +141,13 @@ def render_serve_config(specs: list[PipelineSpec]) -> str:
     return header + yaml.safe_dump(serve_config(specs), sort_keys=False)
 
 
-def connect(settings: Settings) -> None:
+def join_ray(settings: Settings) -> None:
     """Join the Ray cluster of the settings (`MLCYCLE_RAY_ADDRESS`; embedded default: the local
-    head of `mlcycle serve start`) and make sure Serve's HTTP proxy listens where they say."""
+    head of `mlcycle serve start`), once per process."""
     # Ray clusters require a token (~/.ray/auth_token); a client must say it uses one, before
     # Ray reads its configuration.
     os.environ.setdefault("RAY_AUTH_MODE", "token")
     import ray
-    from ray import serve
 
     if not ray.is_initialized():
         address = settings.ray_address or ("127.0.0.1:6380" if settings.profile == "embedded" else "auto")
@@ -168,6 +167,14 @@ def connect(settings: Settings) -> None:
                     raise ConnectionError(f"Ray Client at {address} failed {attempt} times: {err}") from None
                 log.warning("Ray Client at %s failed (%s); retrying in %ds", address, err, 5 * attempt)
                 time.sleep(5 * attempt)
+
+
+def connect(settings: Settings) -> None:
+    """Join the Ray cluster of the settings (`join_ray`) and make sure Serve's HTTP proxy listens
+    where they say."""
+    join_ray(settings)
+    from ray import serve  # after join_ray set the token mode
+
     # One machine (the embedded profile): one proxy, on the head; its other nodes share the host and
     # could not bind the port again. A cluster runs one per node (the chart's serve config).
     location = "HeadOnly" if settings.profile == "embedded" else "EveryNode"

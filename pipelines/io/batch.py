@@ -94,19 +94,24 @@ class Staged:
 
 
 def stage_entities(
-    spec: PipelineSpec, settings: Settings, storage: Storage, key_of: Callable[[str], str], as_of: datetime
+    spec: PipelineSpec,
+    settings: Settings,
+    storage: Storage,
+    key_of: Callable[[str], str],
+    as_of: datetime,
+    parallelism: int = 1,
 ) -> Staged:
     """Stage the entities to score in the run's storage, reading no more than a file chunk at a
     time: a Parquet source's files copied byte for byte (only their id and time columns read), any
     other source's rows written a chunk per file; the offline store's ids of every entity it can
     answer for at `as_of` (a row within the longest view's TTL). One row per entity is kept: the
-    newest at or before `as_of` (and within the source's `lookback_days`)."""
+    newest at or before `as_of` (and within the source's `lookback_days`); counted by the partition
+    (of `parallelism`) its id hashes to."""
     import numpy as np
     import pandas as pd
 
     key, ts = spec.entity.join_key, spec.entity.timestamp
     entities = spec.batch.entities if spec.batch is not None else OfflineStoreEntities(kind="offline_store")
-    parallelism = spec.batch.parallelism if spec.batch is not None else 1
     if isinstance(entities, OfflineStoreEntities):
         with feature_store(spec, settings) as store:
             df = pd.read_parquet(offline_snapshot(store, spec), columns=[key, ts])

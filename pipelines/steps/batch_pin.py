@@ -44,7 +44,8 @@ def run(ctx: StepContext) -> dict[str, Any]:
     as_of = pinned_as_of(batch.as_of, run_as_of, pinned_at)
     model = load_onnx_model(ctx.settings, ctx.pipeline, model_name(ctx.pipeline), version)
     ctx.storage.write_bytes(ctx.key("model.onnx"), model)
-    staged = stage_entities(ctx.spec, ctx.settings, ctx.storage, ctx.key, as_of)
+    partitions = 1 if batch.runtime == "ray" else batch.parallelism  # ray: one task, its actors share the rows
+    staged = stage_entities(ctx.spec, ctx.settings, ctx.storage, ctx.key, as_of, partitions)
     ctx.storage.write_bytes(ctx.key("keep.bin"), np.packbits(staged.keep).tobytes())
     pin = {
         "step": STEP,
@@ -52,7 +53,8 @@ def run(ctx: StepContext) -> dict[str, Any]:
         "model": model_name(ctx.pipeline),
         "version": version,
         "as_of": as_of.isoformat(),
-        "parallelism": batch.parallelism,
+        "parallelism": partitions,
+        "runtime": batch.runtime,
         "model_sha256": sha256_hex(model),
         "entities": sum(staged.partition_rows),
         "partition_rows": staged.partition_rows,

@@ -1,9 +1,10 @@
-"""Serving across Ray nodes: a real two-node Ray cluster on this host (the head and a worker, each
-`ray start` on 127.0.0.1 with its own resources), the champion's two replicas spread over them (each
-asks for 2.5 CPUs: the head has 4, the worker 3), bounded load (wrk), and the worker node killed in
-the middle: the endpoint keeps answering on the replica that is left; when a node joins again (an
-autoscaler's new one), Serve reschedules the lost replica there. The failed requests are the
-figure (printed)."""
+"""Serving and batch scoring across Ray nodes: a real two-node Ray cluster on this host (the head
+and a worker, each `ray start` on 127.0.0.1 with its own resources). Serving: the champion's two
+replicas spread over them (each asks for 2.5 CPUs: the head has 4, the worker 3), bounded load
+(wrk), and the worker node killed in the middle: the endpoint keeps answering on the replica that
+is left; when a node joins again (an autoscaler's new one), Serve reschedules the lost replica
+there. The failed requests are the figure (printed). Batch: a `runtime: ray` run's Ray Data job
+loses the worker node while an actor there scores, and still writes every entity once."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import signal
 import subprocess
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -175,3 +177,90 @@ def test_the_endpoint_survives_the_loss_of_a_node(
             time.sleep(2)
         assert fresh["NodeID"] in _replica_nodes()
         assert [client.post(url, content=body).status_code for _ in range(20)] == [200] * 20
+
+
+RAY_BATCH = "churn_raybatch"
+
+
+def _ray_batch_entities(path: Path, rows: int) -> str:
+    """`rows` generated churn rows, each its own customer, in Parquet row groups of 2,000 (a Ray
+    Data row per group); returns their newest time (the batch's as_of)."""
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from pipelines.ml.datagen import ChurnConfig, generate_churn
+
+    base = generate_churn(ChurnConfig(customers=500, months=6, seed=23)).drop(columns=["churned"])
+    df = base.iloc[np.arange(rows) % len(base)].reset_index(drop=True)
+    df["customer_id"] = np.arange(1, rows + 1)
+    pq.write_table(pa.Table.from_pandas(df, preserve_index=False), path, row_group_size=2000)
+    return str(df["event_timestamp"].max().isoformat())
+
+
+def _scorers_on(node: dict[str, Any]) -> list[psutil.Process]:
+    """The Ray Data actors (`MapBatches(RowGroupScorer)`) running under a node's raylet."""
+    port = node["NodeManagerPort"]
+    for raylet in (p for p in psutil.process_iter(["name"]) if p.info["name"] == "raylet"):
+        with contextlib.suppress(psutil.Error):
+            if any(c.status == psutil.CONN_LISTEN and c.laddr.port == port for c in raylet.net_connections("tcp")):
+                return [
+                    p
+                    for p in raylet.children(recursive=True)
+                    if "RowGroupScorer" in " ".join(p.cmdline() or [p.name()])
+                ]
+    return []
+
+
+def test_a_ray_data_batch_scores_every_row_once_though_the_worker_node_is_lost(
+    workspace: Settings, ray_head: dict[str, str], worker_node: dict[str, Any], tmp_path: Path
+) -> None:
+    """`runtime: ray`: the batch's scoring as a Ray Data job (an actor per node, two at once); the
+    worker node is killed while its actor scores; Ray Data restarts the actor on the head and
+    retries its row groups; the run publishes every entity exactly once, with the pinned version."""
+    rows = 200_000
+    as_of = _ray_batch_entities(tmp_path / "entities.parquet", rows)
+    batch = {
+        "entities": {"kind": "file", "path": str(tmp_path / "entities.parquet")},
+        "as_of": as_of,
+        "runtime": "ray",
+        "parallelism": 2,
+        "chunk_rows": 500,
+        "outputs": {"table": True, "parquet": True},
+    }
+    small_spec(workspace, SOURCE, name=RAY_BATCH, schedule=None, training=FAST, evaluation=EVAL, batch=batch)
+    lifecycle = ("ingest", "validate", "features", "train", "evaluate", "promote", "batch_pin")
+    assert run_through(workspace, "raybatch-1", lifecycle, RAY_BATCH)["batch_pin"]["runtime"] == "ray"
+    env = {**workspace_env(workspace), **ray_head}
+    step = [str(executable("mlcycle")), "step", "batch", "--pipeline", RAY_BATCH, "--run-id", "raybatch-1"]
+    proc = subprocess.Popen([*step, "--worker", "0"], env=env, stdout=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 180
+        while not _scorers_on(worker_node):
+            assert proc.poll() is None, "the job ended before an actor ran on the worker node"
+            assert time.monotonic() < deadline, "no actor of the job ever ran on the worker node"
+            time.sleep(0.5)
+        time.sleep(2)  # scoring its first row groups
+        assert proc.poll() is None, "the job ended before the worker node could be lost"
+        killed = _kill_node(worker_node)
+        out, _ = proc.communicate(timeout=600)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, out[-3000:]
+    result = json.loads(out.strip().splitlines()[-1].removeprefix("MLCYCLE_RESULT "))
+    published = run_through(workspace, "raybatch-1", ("batch_publish",), RAY_BATCH)["batch_publish"]
+    from pipelines.io import db
+
+    with db.connect(workspace) as conn:
+        counts = conn.execute(
+            "SELECT count(*), count(DISTINCT entity_id), min(version), max(version) FROM batch_predictions"
+            " WHERE pipeline=%s AND run_id='raybatch-1'",
+            (RAY_BATCH,),
+        ).fetchone()
+    print(
+        f"\nray batch: {rows} rows in {result['ray_tasks']} row groups, {result['ray_seconds']:.1f} s with the "
+        f"worker node ({killed} processes) killed mid-run"
+    )
+    assert counts == (rows, rows, 1, 1)  # every entity once, the pinned version
+    assert result["rows_scored"] == rows and published["rows_scored"] == rows and result["ray_tasks"] == rows // 2000

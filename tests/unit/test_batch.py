@@ -252,7 +252,9 @@ def _staged_rows(spec, tmp_path: Path, t: datetime, parallelism: int = 1, rows: 
     from pipelines.io.storage import LocalStorage
 
     storage = LocalStorage(tmp_path / "store")
-    staged = stage_entities(spec, Settings(state_dir=tmp_path), storage, lambda name: f"p/r/batch_pin/{name}", t)
+    staged = stage_entities(
+        spec, Settings(state_dir=tmp_path), storage, lambda name: f"p/r/batch_pin/{name}", t, parallelism
+    )
     key = spec.entity.join_key
     parts = [
         pd.concat(list(partition_chunks(storage, staged.files, staged.keep, key, parallelism, n, rows)))
@@ -319,7 +321,7 @@ def test_parquet_entities_are_staged_as_they_are_and_read_back_a_chunk_at_a_time
 
 
 def test_id_text_writes_an_integer_id_as_the_endpoint_logs_it() -> None:
-    from pipelines.steps.batch import id_text
+    from pipelines.steps.batch_score import id_text
 
     ids = pd.Series([0, 7, -3, 2**62, 123456789], dtype="int64")
     assert list(id_text(ids)) == [str(i) for i in ids.tolist()]

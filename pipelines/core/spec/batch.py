@@ -67,7 +67,17 @@ class Batch(Model):
     )
     outputs: BatchOutputs = Field(default=BatchOutputs(), description="where the predictions are written")
     parallelism: int = Field(
-        default=1, ge=1, le=64, description="partitions scored as parallel tasks (entities split by a hash of their id)"
+        default=1,
+        ge=1,
+        le=64,
+        description="partitions scored as parallel tasks (entities split by a hash of their id); with `runtime: "
+        "ray`, the Ray Data actors that score at once",
+    )
+    runtime: Literal["pods", "ray"] = Field(
+        default="pods",
+        description="`pods`: each partition a task of its own (a pod on Kubernetes, a process on one machine); "
+        "`ray`: one task submits the scoring as a Ray Data job to the platform's Ray cluster "
+        "(`MLCYCLE_RAY_ADDRESS`) and writes what it streams back",
     )
     chunk_rows: int = Field(
         default=50_000,
