@@ -519,24 +519,39 @@ def in_platform(env: dict[str, str], code: str) -> Any:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def catch_partition_scoring(run_id: str, worker: int, timeout: float = 300) -> Any:
-    """The `mlcycle step batch ... --worker N` process of the run, once it has loaded ONNX Runtime
-    (it holds the pinned model: it is scoring, or about to): found by its command line."""
+def partition_process(run_id: str, worker: int) -> Any:
+    """The `mlcycle step batch ... --worker N` process of the run, found by its command line."""
     import psutil
 
     tail = ["step", "batch", "--pipeline", "churn", "--run-id", run_id, "--worker", str(worker)]
-    deadline = time.monotonic() + timeout
-    seen = None
-    while time.monotonic() < deadline:
-        for proc in psutil.process_iter(["cmdline"]):
-            if (proc.info["cmdline"] or [])[-len(tail) :] != tail:
-                continue
-            seen = proc
-            with contextlib.suppress(psutil.Error):
-                if any("onnxruntime" in m.path for m in proc.memory_maps()):
-                    return proc
-        time.sleep(0.1)
-    raise AssertionError(f"partition {worker} of {run_id} was not caught scoring (process seen: {seen})")
+    found = [p for p in psutil.process_iter(["cmdline"]) if (p.info["cmdline"] or [])[-len(tail) :] == tail]
+    assert len(found) == 1, found
+    return found[0]
+
+
+# Holds partition 1's attempt where it has scored and written its rows but not yet recorded its
+# outcome: its `step_runs` row locked (FOR UPDATE) once it runs, until the test says so.
+HOLD_PARTITION = """
+import sys, time
+from pipelines.core.settings import load_settings
+from pipelines.io import db
+run_id, deadline = sys.argv[1], time.monotonic() + 600
+mine = "pipeline='churn' AND run_id=%s AND step='batch' AND worker=1"
+with db.connect(load_settings()) as conn:
+    while not conn.execute(f"SELECT 1 FROM step_runs WHERE {mine} AND status='running' FOR UPDATE", (run_id,)).fetchone():
+        assert time.monotonic() < deadline, "partition 1 did not start"
+        time.sleep(0.2)
+    blocked = "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type='Lock' AND query LIKE 'UPDATE step_runs%%'"
+    while not conn.execute(blocked).fetchone()[0]:  # a snapshot in a transaction: cleared each time
+        conn.execute("SELECT pg_stat_clear_snapshot()")
+        assert time.monotonic() < deadline, "partition 1 did not finish its work"
+        time.sleep(0.2)
+    rows = conn.execute(
+        "SELECT count(*) FROM batch_predictions WHERE pipeline='churn' AND run_id=%s AND partition=1", (run_id,)
+    ).fetchone()[0]
+    print(rows, flush=True)
+    sys.stdin.readline()
+"""
 
 
 MOVE_CHAMPION = (
@@ -551,9 +566,11 @@ def test_a_batch_run_survives_a_killed_partition_and_scores_each_entity_once_wit
 ) -> None:
     """The bundled churn pipeline's `churn_batch` DAG (its champion trained by the run above) on
     the running platform: the offline store's customers in two partitions of 100-row chunks.
-    Right after `pin`, the `champion` alias moves to another version; partition 1's process is
-    SIGKILLed while it scores, and Airflow retries it (after the move). The published output, the
-    view and the run's rows, holds each pinned entity exactly once, every row with the pinned version.
+    Right after `pin`, the `champion` alias moves to another version. Partition 1's process is
+    held where it has scored and committed its rows but not recorded its outcome, and SIGKILLed
+    there; Airflow retries it (after the move), and the retry's rows must replace the first
+    attempt's. The published output, the view and the run's rows, holds each pinned entity exactly
+    once, every row with the pinned version.
     Needs the churn champion of `test_a_killed_scheduler_is_back_within_30s_and_the_run_in_flight_finishes`
     (alone: `-k "killed_scheduler or batch_run"`)."""
 
@@ -570,11 +587,19 @@ def test_a_batch_run_survives_a_killed_partition_and_scores_each_entity_once_wit
         "from pipelines.io.registry import champion_version\n"
         "print(champion_version(load_settings(), 'churn'))\n",
     )
-    mover = None
+    mover = holder = None
     try:
         made = httpx.post(f"{base}/dagRuns", json={"logical_date": None, "conf": {}}, headers=admin, timeout=60)
         assert made.status_code == 200, made.text
         run_id = made.json()["dag_run_id"]
+        holder = subprocess.Popen(
+            [sys.executable, "-c", HOLD_PARTITION, run_id],
+            env=up,
+            cwd=PROJECT_DIR,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
         tasks = f"{base}/dagRuns/{run_id}/taskInstances"
 
         def states() -> dict[tuple[str, int], dict[str, Any]]:
@@ -585,9 +610,12 @@ def test_a_batch_run_survives_a_killed_partition_and_scores_each_entity_once_wit
         mover = subprocess.Popen(
             [sys.executable, "-c", MOVE_CHAMPION], env=up, cwd=PROJECT_DIR, stdout=subprocess.PIPE, text=True
         )
-        victim = catch_partition_scoring(run_id, 1)
+        first_rows = (holder.stdout.readline() if holder.stdout else "").strip()  # partition 1 is held
+        assert first_rows.isdigit() and int(first_rows) > 0, f"partition 1 was not held: {first_rows!r}"
+        victim = partition_process(run_id, 1)
         victim.send_signal(signal.SIGKILL)
         victim.wait(30)  # gone (not our child: psutil cannot tell its status)
+        holder.communicate("go\n", timeout=60)
         moved_to = int((mover.communicate(timeout=300)[0] or "0").strip().splitlines()[-1])
         moved_at = datetime.now().astimezone()
         assert moved_to != champion
@@ -622,6 +650,8 @@ def test_a_batch_run_survives_a_killed_partition_and_scores_each_entity_once_wit
         assert got["view"] == [entities, entities, [champion], [run_id]]  # published: this run's rows alone
     finally:
         spec_path.write_text(original)
+        if holder is not None and holder.poll() is None:
+            holder.kill()
         if mover is not None:
             mover.wait(300)
             in_platform(  # the champion back where the run above left it (serve-sync follows it)
