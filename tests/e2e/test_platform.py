@@ -509,6 +509,161 @@ def test_a_killed_scheduler_is_back_within_30s_and_the_run_in_flight_finishes(up
     assert out.stdout.strip().splitlines()[-1] == "success", out.stdout[-2000:] + out.stderr[-2000:]
 
 
+def in_platform(env: dict[str, str], code: str) -> Any:
+    """Run `code` in a Python with the platform's settings (`load_settings()` on `mlcycle up`'s
+    environment, as a user's script has them); its last printed line, read as JSON."""
+    out = subprocess.run(
+        [sys.executable, "-c", code], env=env, cwd=PROJECT_DIR, capture_output=True, text=True, timeout=300
+    )
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-3000:]
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def partition_process(run_id: str, worker: int) -> Any:
+    """The `mlcycle step batch ... --worker N` process of the run, found by its command line."""
+    import psutil
+
+    tail = ["step", "batch", "--pipeline", "churn", "--run-id", run_id, "--worker", str(worker)]
+    found = [p for p in psutil.process_iter(["cmdline"]) if (p.info["cmdline"] or [])[-len(tail) :] == tail]
+    assert len(found) == 1, found
+    return found[0]
+
+
+# Holds partition 1's attempt where it has scored and written its rows but not yet recorded its
+# outcome: its `step_runs` row locked (FOR UPDATE) once it runs, until the test says so.
+HOLD_PARTITION = """
+import sys, time
+from pipelines.core.settings import load_settings
+from pipelines.io import db
+run_id, deadline = sys.argv[1], time.monotonic() + 600
+mine = "pipeline='churn' AND run_id=%s AND step='batch' AND worker=1"
+with db.connect(load_settings()) as conn:
+    while not conn.execute(f"SELECT 1 FROM step_runs WHERE {mine} AND status='running' FOR UPDATE", (run_id,)).fetchone():
+        assert time.monotonic() < deadline, "partition 1 did not start"
+        time.sleep(0.2)
+    blocked = "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type='Lock' AND query LIKE 'UPDATE step_runs%%'"
+    while not conn.execute(blocked).fetchone()[0]:  # a snapshot in a transaction: cleared each time
+        conn.execute("SELECT pg_stat_clear_snapshot()")
+        assert time.monotonic() < deadline, "partition 1 did not finish its work"
+        time.sleep(0.2)
+    rows = conn.execute(
+        "SELECT count(*) FROM batch_predictions WHERE pipeline='churn' AND run_id=%s AND partition=1", (run_id,)
+    ).fetchone()[0]
+    print(rows, flush=True)
+    sys.stdin.readline()
+"""
+
+
+MOVE_CHAMPION = (
+    "import json\nfrom pipelines.core.settings import load_settings\n"
+    "from tests.integration.helpers import copy_as_champion\n"
+    "print(json.dumps(copy_as_champion(load_settings(), 'churn')))\n"
+)
+
+
+def test_a_batch_run_survives_a_killed_partition_and_scores_each_entity_once_with_the_pinned_version(
+    up: dict[str, str],
+) -> None:
+    """The bundled churn pipeline's `churn_batch` DAG (its champion trained by the run above) on
+    the running platform: the offline store's customers in two partitions of 100-row chunks.
+    Right after `pin`, the `champion` alias moves to another version. Partition 1's process is
+    held where it has scored and committed its rows but not recorded its outcome, and SIGKILLed
+    there; Airflow retries it (after the move), and the retry's rows must replace the first
+    attempt's. The published output, the view and the run's rows, holds each pinned entity exactly
+    once, every row with the pinned version.
+    Needs the churn champion of `test_a_killed_scheduler_is_back_within_30s_and_the_run_in_flight_finishes`
+    (alone: `-k "killed_scheduler or batch_run"`)."""
+
+    base = f"http://127.0.0.1:{up['MLCYCLE_AIRFLOW_PORT']}/api/v2/dags/churn_batch"
+    admin = token(up, "admin")
+    spec_path = Path(up["MLCYCLE_PIPELINES_DIR"]) / "churn.yaml"
+    original = spec_path.read_text()
+    spec = yaml.safe_load(original)
+    spec["batch"] = {**spec["batch"], "parallelism": 2, "chunk_rows": 100}  # the least; read by each task
+    spec_path.write_text(yaml.safe_dump(spec, sort_keys=False))
+    champion = in_platform(
+        up,
+        "from pipelines.core.settings import load_settings\n"
+        "from pipelines.io.registry import champion_version\n"
+        "print(champion_version(load_settings(), 'churn'))\n",
+    )
+    mover = holder = None
+    try:
+        made = httpx.post(f"{base}/dagRuns", json={"logical_date": None, "conf": {}}, headers=admin, timeout=60)
+        assert made.status_code == 200, made.text
+        run_id = made.json()["dag_run_id"]
+        holder = subprocess.Popen(
+            [sys.executable, "-c", HOLD_PARTITION, run_id],
+            env=up,
+            cwd=PROJECT_DIR,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        tasks = f"{base}/dagRuns/{run_id}/taskInstances"
+
+        def states() -> dict[tuple[str, int], dict[str, Any]]:
+            found = httpx.get(tasks, headers=admin, timeout=60).json()["task_instances"]
+            return {(t["task_id"], t["map_index"]): t for t in found}
+
+        wait_for(lambda: states().get(("pin", -1), {}).get("state") == "success", "the pin did not succeed", 600)
+        mover = subprocess.Popen(
+            [sys.executable, "-c", MOVE_CHAMPION], env=up, cwd=PROJECT_DIR, stdout=subprocess.PIPE, text=True
+        )
+        first_rows = (holder.stdout.readline() if holder.stdout else "").strip()  # partition 1 is held
+        assert first_rows.isdigit() and int(first_rows) > 0, f"partition 1 was not held: {first_rows!r}"
+        victim = partition_process(run_id, 1)
+        victim.send_signal(signal.SIGKILL)
+        victim.wait(30)  # gone (not our child: psutil cannot tell its status)
+        holder.communicate("go\n", timeout=60)
+        moved_to = int((mover.communicate(timeout=300)[0] or "0").strip().splitlines()[-1])
+        moved_at = datetime.now().astimezone()
+        assert moved_to != champion
+
+        runs = f"{base}/dagRuns/{run_id}"
+        wait_for(
+            lambda: httpx.get(runs, headers=admin, timeout=60).json()["state"] in ("success", "failed"), "no end", 900
+        )
+        assert httpx.get(runs, headers=admin, timeout=60).json()["state"] == "success", states()
+        retried = states()[("score", 1)]
+        assert retried["try_number"] >= 2, retried  # Airflow ran the killed partition again
+        # ... after the alias moved: the retry could only have read the new champion
+        assert datetime.fromisoformat(retried["start_date"].replace("Z", "+00:00")) > moved_at, (retried, moved_at)
+
+        got = in_platform(
+            up,
+            "import json\nfrom pipelines.core.settings import load_settings\nfrom pipelines.io import db\n"
+            "from pipelines.io.registry import champion_version\nfrom pipelines.io.storage import open_storage\n"
+            "s = load_settings()\n"
+            f"pin = json.loads(open_storage(s).read_bytes('churn/{run_id}/batch_pin/manifest.json'))\n"
+            "with db.connect(s) as conn:\n"
+            '    rows = conn.execute("SELECT count(*), count(DISTINCT entity_id), array_agg(DISTINCT version)"\n'
+            f"        \" FROM batch_predictions WHERE pipeline='churn' AND run_id=%s\", ({run_id!r},)).fetchone()\n"
+            '    view = conn.execute("SELECT count(*), count(DISTINCT entity_id), array_agg(DISTINCT version),"\n'
+            '        " array_agg(DISTINCT run_id) FROM churn_predictions_latest").fetchone()\n'
+            "print(json.dumps({'pin': pin, 'rows': rows, 'view': view, 'champion': champion_version(s, 'churn')}))\n",
+        )
+        pin, entities = got["pin"], got["pin"]["entities"]
+        assert pin["version"] == champion and got["champion"] == moved_to  # pinned before the move
+        assert entities > 1000 and sum(pin["partition_rows"]) == entities
+        assert got["rows"] == [entities, entities, [champion]]  # each entity once, none lost, the pinned version
+        assert got["view"] == [entities, entities, [champion], [run_id]]  # published: this run's rows alone
+    finally:
+        spec_path.write_text(original)
+        if holder is not None and holder.poll() is None:
+            holder.kill()
+        if mover is not None:
+            mover.wait(300)
+            in_platform(  # the champion back where the run above left it (serve-sync follows it)
+                up,
+                "import mlflow\nfrom pipelines.core.settings import load_settings\n"
+                "from pipelines.io.registry import CHAMPION, model_name\nfrom pipelines.io.tracking import setup_mlflow\n"
+                "setup_mlflow(load_settings(), 'churn')\n"
+                f"mlflow.MlflowClient().set_registered_model_alias(model_name('churn'), CHAMPION, '{champion}')\n"
+                "print(1)\n",
+            )
+
+
 ARTIFACTS = Path(os.environ.get("MLCYCLE_TEST_ARTIFACTS", PROJECT_DIR / ".test-artifacts")) / "browser"
 
 

@@ -94,3 +94,22 @@ def end_test_serve(workdir: str) -> None:
 
     ray.shutdown()
     stop_haproxy(str(haproxy_dir(workdir)))
+
+
+def copy_as_champion(settings: Settings, pipeline: str, version: int = 1) -> int:
+    """Register a new version of the pipeline's model with `version`'s files and digests, and point
+    `champion` at it: a step that read the alias instead of what was pinned would load it fine, and
+    score with it. Returns the new version."""
+    import mlflow
+
+    from pipelines.io.registry import CHAMPION, FILES_TAG, model_name
+    from pipelines.io.tracking import setup_mlflow
+
+    setup_mlflow(settings, pipeline)
+    client = mlflow.MlflowClient()
+    name = model_name(pipeline)
+    old = client.get_model_version(name, str(version))
+    new = client.create_model_version(name, old.source, run_id=old.run_id, tags={FILES_TAG: old.tags[FILES_TAG]})
+    client.set_registered_model_alias(name, CHAMPION, new.version)
+    assert int(client.get_model_version_by_alias(name, CHAMPION).version) == int(new.version)
+    return int(new.version)

@@ -18,7 +18,7 @@ from pipelines.core.settings import Settings, scoped_environ
 from pipelines.io import db
 from pipelines.io.storage import open_storage, read_parquet, run_key
 from pipelines.steps.batch import NO_FEATURES, partition_of
-from tests.integration.helpers import run, run_through, small_spec, step_process
+from tests.integration.helpers import copy_as_champion, run, run_through, small_spec, step_process
 
 pytestmark = pytest.mark.integration
 
@@ -68,29 +68,12 @@ def expected_entities(settings: Settings) -> pd.DataFrame:
     return recent.sort_values("event_timestamp").drop_duplicates("customer_id", keep="last")
 
 
-def move_champion_to_a_copy(settings: Settings) -> None:
-    """Register v2 (v1's files and digests) and point `champion` at it: a partition that read the
-    alias instead of the pin would score with v2, and load it fine."""
-    import mlflow
-
-    from pipelines.io.registry import CHAMPION, FILES_TAG, model_name
-    from pipelines.io.tracking import setup_mlflow
-
-    setup_mlflow(settings, PIPELINE)
-    client = mlflow.MlflowClient()
-    name = model_name(PIPELINE)
-    v1 = client.get_model_version(name, "1")
-    v2 = client.create_model_version(name, v1.source, run_id=v1.run_id, tags={FILES_TAG: v1.tags[FILES_TAG]})
-    client.set_registered_model_alias(name, CHAMPION, v2.version)
-    assert int(client.get_model_version_by_alias(name, CHAMPION).version) == 2
-
-
 def test_two_partitions_score_every_entity_once_with_the_version_pinned_before_the_alias_moved(
     champion: Settings,
 ) -> None:
     pin = run(champion, "batch_pin", "b1", PIPELINE)
     assert (pin["version"], pin["as_of"], pin["parallelism"]) == (1, AS_OF, 2)
-    move_champion_to_a_copy(champion)
+    assert copy_as_champion(champion, PIPELINE) == 2
     parts = [run(champion, "batch", "b1", PIPELINE, worker=n) for n in (0, 1)]
     published = run(champion, "batch_publish", "b1", PIPELINE)
 
