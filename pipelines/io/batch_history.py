@@ -40,10 +40,14 @@ def published_page(settings: Settings, pipeline: str, limit: int, offset: int) -
     """One page of the pipeline's published batch runs, newest first (`page_of`'s shape)."""
     with db.connect(settings) as conn:
         (total,) = conn.execute(f"SELECT count(*) {PUBLISHED}", (pipeline,)).fetchone() or (0,)
-        rows = db.fetch_dicts(
-            conn,
-            f"SELECT {COLUMNS} {PUBLISHED} ORDER BY published_at DESC, run_id DESC LIMIT %s OFFSET %s",
-            (pipeline, limit, offset),
+        rows = (  # an offset past the end is not asked for (nor one past PostgreSQL's bigint)
+            db.fetch_dicts(
+                conn,
+                f"SELECT {COLUMNS} {PUBLISHED} ORDER BY published_at DESC, run_id DESC LIMIT %s OFFSET %s",
+                (pipeline, limit, offset),
+            )
+            if offset < total
+            else []
         )
     return page_of([run_json(r) for r in rows], int(total), limit, offset)
 
