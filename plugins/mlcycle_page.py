@@ -465,9 +465,9 @@ def page_html(
     trace_error: str | None = None,
     approvals: list[dict[str, Any]] | None = None,
     alerts: str = "",
+    batch: str = "",
 ) -> str:
-    """The page of one pipeline (`data`: `catalog.overview`; `alerts`: its Alerts section), with
-    tabs for the others. Pure."""
+    """One pipeline's page (`data`: `catalog.overview`; `alerts`, `batch`: those sections), tabs to others. Pure."""
     detail = data["detail"]
     tabs = " ".join(
         f'<a href="{escape(page_url(p))}"{" class=on" if p == selected else ""}>{escape(p)}</a>' for p in pipelines
@@ -486,6 +486,7 @@ def page_html(
 {live_section(detail, data["live"], data["versions"], data.get("champion_live"))}
 {drift_section(selected, data["drift"], psi_threshold, drift_ignored)}
 {runs_section(selected, detail["runs"], data["runs"], mlflow_base)}
+{batch}
 {audit_section(data.get("audit", []))}
 {api_section(selected)}
 </body></html>"""

@@ -27,6 +27,7 @@ from fastapi.security import HTTPAuthorizationCredentials
 from mlcycle_alerts import alerts_section, firing_for  # beside this file (sys.path)
 from mlcycle_approvals import add_approval_routes, may, requests  # beside this file (sys.path)
 from mlcycle_audit import add_audit_routes, audited  # beside this file: Airflow puts the folder on sys.path
+from mlcycle_batch import add_batch_routes, batch_for
 from mlcycle_page import PAGE_PATH, empty_page, page_html
 from mlcycle_resources import add_resource_routes
 from mlcycle_steering import add_steering_routes
@@ -267,6 +268,7 @@ def add_page_route(app: FastAPI) -> None:
             trace_error=error,
             approvals=[a for a in requests(selected) if a["state"] == "waiting"] if may(user, "GET", selected) else [],
             alerts=alerts_section(*firing_for(settings, selected)),
+            batch=batch_for(settings, spec),
         )
         return HTMLResponse(html)
 
@@ -339,8 +341,7 @@ img{{max-width:100%;margin:1em}} pre{{margin:1em;white-space:pre-wrap}}</style><
 
 
 class LabelsBody(BaseModel):
-    """Labels of served predictions: rows of `entity_id` (or the spec's join key), `label` (or the
-    spec's label column), and optionally `request_id` and `observed_at`."""
+    """Served predictions' labels: rows of entity_id, label[, request_id, observed_at] (or the spec's names)."""
 
     labels: list[dict[str, Any]] = []
 
@@ -363,6 +364,7 @@ def _api() -> Any:
     )
     install_error_handlers(app)
     add_read_routes(app)
+    add_batch_routes(app, readable)
     add_write_routes(app)
     add_approval_routes(app, readable)
     add_audit_routes(app, readable())
@@ -386,17 +388,15 @@ def readable(method: Literal["GET", "POST"] = "GET") -> Any:
         try:
             spec_for(settings, pipeline)
         except SpecError:
-            raise HTTPException(
-                409, f"the spec of {pipeline} does not load: `mlcycle spec validate` says why"
-            ) from None
+            why = f"the spec of {pipeline} does not load: `mlcycle spec validate` says why"
+            raise HTTPException(409, why) from None
         return pipeline
 
     return check
 
 
 def add_read_routes(app: FastAPI) -> None:
-    """The platform API's reads: the pipelines, one pipeline, its model versions, its drift
-    history, and the trace of a served prediction."""
+    """The platform API's reads: the pipelines, one pipeline, its versions, its drift, a prediction's trace."""
     from fastapi import Query
 
     Limit = Query(50, ge=1, le=500)

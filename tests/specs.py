@@ -31,12 +31,12 @@ def write_spec(directory: Path, name: str = "churn", *, merge: bool = False, **s
     return path
 
 
-def tumour_pipeline(directory: Path, data_dir: Path, name: str = "tumours") -> Path:
+def tumour_pipeline(directory: Path, data_dir: Path, name: str = "tumours", **sections: Any) -> Path:
     """A user's own pipeline beside the bundled one: a real public dataset (the Wisconsin breast
     cancer set that ships inside scikit-learn: 569 patients, 30 numeric features, no categorical
     one) as a CSV file source, a spec written the way docs/pipelines.md's "Adding a pipeline" says.
     Patient ids and examination days (the last 100 days) are added: Feast needs an entity and a
-    timestamp. Returns the spec's path."""
+    timestamp. `sections`: more of the spec's sections (`batch`). Returns the spec's path."""
     from datetime import UTC, datetime, timedelta
 
     from sklearn.datasets import load_breast_cancer
@@ -83,6 +83,7 @@ def tumour_pipeline(directory: Path, data_dir: Path, name: str = "tumours") -> P
         "training": {"n_trials": 3, "max_epochs": 15, "pruner": "none"},
         "evaluation": {"primary_metric": "roc_auc", "min_primary": 0.8, "bootstrap_samples": 100},
         "drift": {"schedule": None},
+        **sections,
     }
     directory.mkdir(parents=True, exist_ok=True)
     path = directory / f"{name}.yaml"

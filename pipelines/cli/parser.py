@@ -26,6 +26,7 @@ from pipelines.cli.commands import (
 )
 from pipelines.cli.platform_commands import (
     cmd_alerts,
+    cmd_batch_run,
     cmd_demo,
     cmd_down,
     cmd_drift_demo,
@@ -148,6 +149,11 @@ def _add_records(sub: Subparsers) -> None:
     p.add_argument("--pipeline", required=True)
     p.add_argument("--limit", type=int, default=20, help="the newest runs shown (default 20)")
     p.set_defaults(func=cmd_batch_show)
+    p = batch.add_parser("run", help="trigger <pipeline>_batch on the running platform (REST API v2)")
+    p.add_argument("--pipeline", required=True)
+    p.add_argument("--as-of", help="score as of this instant (ISO 8601, UTC where no zone; default: the run's time)")
+    p.add_argument("--wait", action="store_true", help="follow the run to its end and print its summary")
+    p.set_defaults(func=cmd_batch_run)
 
     labels = sub.add_parser("labels", help="delayed ground truth").add_subparsers(dest="action", required=True)
     p = labels.add_parser("load", help="load labels (entity_id, label[, request_id, observed_at])")

@@ -1,5 +1,5 @@
 """The handlers of the subcommands that run the platform's services: `serve`, `statsd-exporter`,
-`stack`, `mlflow-server`, `up`, `down`, `ps`, `alerts`, `run`, `demo`, `drift-demo`. Each takes the parsed
+`stack`, `mlflow-server`, `up`, `down`, `ps`, `alerts`, `run`, `batch run`, `demo`, `drift-demo`. Each takes the parsed
 arguments and returns the exit code; what needs numpy and the like is imported when it runs.
 """
 
@@ -218,9 +218,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     spec = spec_for(settings, args.pipeline)  # one that exists, or an error naming the known ones
     conf = follow.parse_conf(args.conf)
     follow.check_conf(conf, spec, settings)  # exit 2 with the reason before anything is triggered
-    plat = platform.Platform(settings)
-    if not plat.supervisor_running():
-        raise InvalidArgument("the platform is not running: `mlcycle up` first")
+    plat = running_platform(settings)
     run_id, state = follow.run_pipeline(plat.client(), settings, args.pipeline, conf, args.wait)
     if args.wait:
         print(f"\n==> {args.pipeline}_lifecycle {run_id}: {state}")
@@ -228,6 +226,27 @@ def cmd_run(args: argparse.Namespace) -> int:
         waiting = follow.without_champion(settings, args.pipeline, run_id, state)
         print(platform.open_these(plat, args.pipeline, waiting))
     return 0 if state in ("success", "queued") else 1
+
+
+def cmd_batch_run(args: argparse.Namespace) -> int:
+    """Trigger `<pipeline>_batch` as `mlcycle run` triggers the lifecycle; with --wait, its summary."""
+    settings = load_settings()
+    spec = spec_for(settings, args.pipeline)  # one that exists, or an error naming the known ones
+    conf = follow.batch_conf(spec, args.as_of)  # exit 2 with the reason before anything is triggered
+    plat, dag = running_platform(settings), f"{args.pipeline}_batch"
+    run_id, state = follow.run_pipeline(plat.client(), settings, args.pipeline, conf, args.wait, dag=dag)
+    if args.wait:
+        print(f"\n==> {dag} {run_id}: {state}")
+        print(follow.batch_summary(settings, args.pipeline, run_id, state))
+    return 0 if state in ("success", "queued") else 1
+
+
+def running_platform(settings: Settings) -> platform.Platform:
+    """The platform `mlcycle up` started; InvalidArgument (exit 2) where it is not running."""
+    plat = platform.Platform(settings)
+    if not plat.supervisor_running():
+        raise InvalidArgument("the platform is not running: `mlcycle up` first")
+    return plat
 
 
 def cmd_demo(args: argparse.Namespace) -> int:

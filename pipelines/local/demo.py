@@ -4,7 +4,8 @@ The platform's services start (or are reused), then one `churn_lifecycle` run is
 Airflow's REST API v2 and followed task by task (`mlcycle run churn --wait` does the same); each
 task runs through `PipelineStepOperator` on the local runtime, so every step is the same `mlcycle
 step ...` command a pod would run. The platform stays up: the Airflow UI, the MLflow UI and the
-endpoint are there to open.
+endpoint are there to open. Where the pipeline declares `batch:`, its `<name>_batch` run is then
+triggered too (beside the endpoint's start) and the demo says where its predictions landed.
 
 The bundled world drifts in its recent months: the demo trains the champion as of the month before
 (`demo_as_of`), and `mlcycle drift-demo` closes the loop up to today.
@@ -25,7 +26,8 @@ from pipelines.io import vectors
 from pipelines.io.registry import champion_version, load_onnx_model, model_name
 from pipelines.io.sources import synthetic_config
 from pipelines.io.status import pipeline_status, render_status
-from pipelines.local.follow import run_pipeline, summary, without_champion
+from pipelines.local.follow import batch_summary, run_pipeline, summary, without_champion
+from pipelines.local.local_airflow import AirflowClient
 from pipelines.local.platform import Platform, open_these
 from pipelines.local.traffic import SteadyTraffic, known_entities, predict_rows
 from pipelines.ml.datagen import auto_start, generate_churn
@@ -66,19 +68,40 @@ def run_demo(pipeline: str = "churn") -> int:
             entities = known_since(spec.source, as_of, today, spec.entity.join_key, spec.entity.timestamp)
         traffic = SteadyTraffic(endpoint(settings, pipeline), embedded.api_key(settings), entities, max_s=1800)
         print("==> a champion is served: live traffic runs beside the run, for its canary")
+    client = plat.client()
     with traffic:
-        run_id, state = run_pipeline(plat.client(), settings, pipeline, conf, wait=True)
+        run_id, state = run_pipeline(client, settings, pipeline, conf, wait=True)
     print(f"\n==> {pipeline}_lifecycle {run_id}: {state} ({time.monotonic() - started:.0f}s with the platform's start)")
     print(summary(settings, pipeline, run_id))
     print()
     print(render_status(pipeline_status(settings, pipeline)))
+    waiting = without_champion(settings, pipeline, run_id, state)
+    promoted = state == "success" and waiting is None and spec.batch is not None
+    batch = start_batch(client, settings, pipeline, conf) if promoted else None  # goes on while Serve starts
     if state == "success":
         wait_serving(settings, pipeline)
         if spec_for(settings, pipeline).embeddings is not None:
             print(similar_example(settings, pipeline))
+    ended = finish_batch(client, settings, pipeline, batch) if batch else None
     print()
-    print(open_these(plat, pipeline, without_champion(settings, pipeline, run_id, state)))
-    return 0 if state == "success" else 1
+    print(open_these(plat, pipeline, waiting))
+    return 0 if state == "success" and ended in (None, "success") else 1
+
+
+def start_batch(client: AirflowClient, settings: Settings, pipeline: str, conf: dict[str, Any]) -> str:
+    """Trigger the champion's `<pipeline>_batch` run, as of the lifecycle's own instant (the
+    offline store holds the entities of then); returns its run id."""
+    print()
+    run_id, _ = run_pipeline(client, settings, pipeline, conf, wait=False, dag=f"{pipeline}_batch")
+    return run_id
+
+
+def finish_batch(client: AirflowClient, settings: Settings, pipeline: str, run_id: str) -> str:
+    """Wait for the batch run; print what it scored and where its predictions landed. Its state."""
+    state = str(client.wait_run(f"{pipeline}_batch", run_id)["state"])
+    print(f"\n==> {pipeline}_batch {run_id}: {state}")
+    print(batch_summary(settings, pipeline, run_id, state))
+    return state
 
 
 def serving_now(settings: Settings, pipeline: str) -> bool:

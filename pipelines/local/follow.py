@@ -1,5 +1,6 @@
 """`mlcycle run <pipeline>`: trigger `<pipeline>_lifecycle` on the running platform through
-Airflow's REST API v2, as a user's script would, and follow it task by task.
+Airflow's REST API v2, as a user's script would, and follow it task by task (`mlcycle batch run`:
+`<pipeline>_batch`, the same way).
 
 The live view prints a line whenever a task changes state: the task, its state, how long it took
 and, once it has finished, the step's result in one line (read from the platform's run records).
@@ -12,6 +13,7 @@ import json
 import logging
 import time
 from collections.abc import Callable
+from datetime import UTC, datetime
 from typing import Any
 
 from pydantic import ValidationError
@@ -22,6 +24,7 @@ from pipelines.core.params import FORM, RunParams, apply
 from pipelines.core.settings import Settings
 from pipelines.core.spec import PipelineSpec
 from pipelines.io import audit
+from pipelines.io.batch_history import output_location, published_run
 from pipelines.io.registry import champion_version
 from pipelines.io.runs import headline, render_run, run_steps
 from pipelines.local.local_airflow import TERMINAL, AirflowClient, ApiError
@@ -60,6 +63,25 @@ def check_conf(conf: dict[str, Any], spec: PipelineSpec, settings: Settings) -> 
         from pipelines.io.sources import check_override  # heavy: pandas
 
         check_override(params.source_uri, spec, settings)
+
+
+def batch_conf(spec: PipelineSpec, as_of: str | None) -> dict[str, Any]:
+    """The conf of a `<name>_batch` run (`mlcycle batch run`): its `as_of` where given (UTC where
+    it names no zone). Refused before anything is triggered (InvalidArgument: exit 2) where the spec
+    declares no `batch`, the instant is not ISO 8601, or the spec's `batch.as_of` fixes it. Pure."""
+    if spec.batch is None:
+        raise InvalidArgument(
+            f"{spec.name} declares no `batch:` section, so there is no {spec.name}_batch DAG to run (docs/batch.md)"
+        )
+    if as_of is None:
+        return {}
+    if spec.batch.as_of is not None:
+        raise InvalidArgument(f"--as-of: {spec.name}'s batch.as_of ({spec.batch.as_of.isoformat()}) fixes every run's")
+    try:
+        moment = datetime.fromisoformat(as_of)
+    except ValueError:
+        raise InvalidArgument(f"--as-of {as_of!r}: not an ISO 8601 instant (2026-12-01T00:00:00+00:00)") from None
+    return {"as_of": (moment if moment.tzinfo else moment.replace(tzinfo=UTC)).isoformat()}
 
 
 def validation_lines(err: ValidationError) -> list[str]:
@@ -134,11 +156,12 @@ def run_pipeline(
     wait: bool,
     say: Callable[[str], None] = say_now,
     timeout: float = 3600,
+    dag: str | None = None,
 ) -> tuple[str, str]:
-    """Trigger the pipeline's lifecycle DAG; with `wait`, follow it to its end. Returns the run id
-    and its state (`queued` when not waiting)."""
+    """Trigger the pipeline's DAG `dag` (default: its lifecycle); with `wait`, follow it to its end.
+    Returns the run id and its state (`queued` when not waiting)."""
     logging.getLogger("httpx").setLevel(logging.WARNING)  # a line per poll otherwise
-    dag = f"{pipeline}_lifecycle"
+    dag = dag or f"{pipeline}_lifecycle"
     client.wait_for_dag(dag)
     try:
         run_id = client.trigger(dag, conf)
@@ -146,9 +169,8 @@ def run_pipeline(
         if err.status in (400, 422):  # the DAG's params refused the conf: the user's to fix
             raise InvalidArgument(f"{dag}: Airflow refused the run's conf: {err.detail}") from None
         raise
-    trigger = AuditEvent(
-        client.username, "user", "trigger", pipeline, run_id=run_id, detail={"conf": conf, "via": "cli"}
-    )
+    detail = {"conf": conf, "via": "cli"} | ({} if dag == f"{pipeline}_lifecycle" else {"dag": dag})
+    trigger = AuditEvent(client.username, "user", "trigger", pipeline, run_id=run_id, detail=detail)
     audit.record(settings, trigger)  # the Airflow user the run was triggered as
     say(f"==> {dag} {run_id}" + (f" conf {json.dumps(conf)}" if conf else ""))
     say(f"    {client.url}/dags/{dag}/runs/{run_id}")
@@ -175,3 +197,13 @@ def run_pipeline(
 
 def summary(settings: Settings, pipeline: str, run_id: str) -> str:
     return render_run(pipeline, run_id, run_steps(settings, pipeline, run_id))
+
+
+def batch_summary(settings: Settings, pipeline: str, run_id: str, state: str) -> str:
+    """A `<name>_batch` run as `mlcycle batch show` lists it, and where its predictions landed."""
+    from pipelines.io.batch import render_batch_runs  # heavy: the feature store's imports
+
+    run = published_run(settings, pipeline, run_id)
+    if run is None:
+        return f"{pipeline}_batch {run_id} ended {state} and published nothing: its tasks' logs say why"
+    return f"{render_batch_runs(pipeline, [run])}\n    predictions: {output_location(run['outputs'] or {})}"

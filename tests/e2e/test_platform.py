@@ -78,7 +78,7 @@ def up(tmp_path_factory: pytest.TempPathFactory, team_webhook: tuple[Webhook, st
     root = tmp_path_factory.mktemp("platform")
     pipelines = root / "pipelines"
     write_spec(pipelines, "churn", merge=True, training={"n_trials": 2, "max_epochs": 5, "pruner": "none"})
-    tumour_pipeline(pipelines, root / "data")
+    tumour_pipeline(pipelines, root / "data", batch={"parallelism": 1, "outputs": {"table": True, "parquet": True}})
     airflow, mlflow, serve, gcs, stats, metrics, fallback, prom, statsd, statsd_http, ray_metrics, am = free_port_pairs(
         12
     )
@@ -438,6 +438,48 @@ def test_the_page_shows_what_the_platforms_alertmanager_fires_for_the_pipeline(u
     assert send(Settings(alertmanager_url=f"http://127.0.0.1:{up['MLCYCLE_ALERTMANAGER_PORT']}"), [event])
     page = httpx.get(f"{base}/mlcycle/page?pipeline=churn", headers=admin, timeout=60)
     assert "churn: v9 rolled back, v1 stays champion: page drill &lt;b&gt;" in page.text, page.text[:3000]
+
+
+def test_mlcycle_batch_run_publishes_predictions_that_the_api_and_the_page_list(up: dict[str, str]) -> None:
+    """`mlcycle batch run --wait` after the tumours run: `tumours_batch` (pin, one partition,
+    publish) through the platform's Airflow, its summary printed; `/api/ml/pipelines/tumours/batch`
+    answers the run as the records hold it, behind the login, and the page lists it."""
+    done = mlcycle(up, "batch", "run", "--pipeline", "tumours", "--wait", timeout=600)
+    assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-3000:]
+    found = re.search(r"==> tumours_batch (\S+): success", done.stdout)
+    assert found, done.stdout[-3000:]
+    run_id = found.group(1)
+    assert f"  {run_id}  v1  " in done.stdout and "predictions: tumours_predictions_latest, " in done.stdout
+
+    base, viewer = f"http://127.0.0.1:{up['MLCYCLE_AIRFLOW_PORT']}", token(up, "viewer")
+    api = f"{base}/api/ml/pipelines"
+    listed = httpx.get(f"{api}/tumours/batch", headers=viewer, timeout=60).json()
+    assert (listed["pipeline"], listed["total"], listed["next_offset"]) == ("tumours", 1, None), listed
+    run = listed["items"][0]
+    assert (run["run_id"], run["version"], run["partitions"]) == (run_id, 1, 1)
+    assert run["rows_scored"] > 0 and run["rows_scored"] + run["rows_quarantined"] == 569  # every patient
+    assert run["outputs"]["view"] == "tumours_predictions_latest" and len(run["outputs"]["parquet"]) == 1
+    assert datetime.fromisoformat(run["published_at"]) > datetime.fromisoformat(run["as_of"]) and run["seconds"] > 0
+    script = (  # the records behind the answer: the latest view holds the run's rows
+        "from pipelines.core.settings import load_settings\nfrom pipelines.io import db\n"
+        "with db.connect(load_settings()) as conn:\n"
+        "    print(conn.execute('SELECT count(*), min(run_id) FROM tumours_predictions_latest').fetchone())\n"
+    )
+    rows = subprocess.run([sys.executable, "-c", script], env=up, cwd=PROJECT_DIR, capture_output=True, text=True)
+    assert rows.stdout.strip().splitlines()[-1] == str((run["rows_scored"], run_id)), rows.stderr[-2000:]
+    for past in (1, 2**64):  # past the end, and past PostgreSQL's bigint: an empty page
+        assert httpx.get(f"{api}/tumours/batch", params={"offset": past}, headers=viewer).json()["items"] == []
+    assert httpx.get(f"{api}/churn/batch", headers=viewer, timeout=60).json()["items"] == []  # no run published
+    assert httpx.get(f"{api}/tumours/batch", timeout=30).status_code == 401
+    missing = httpx.get(f"{api}/nope/batch", headers=viewer, timeout=60)
+    assert missing.status_code == 404 and missing.json() == httpx.get(f"{api}/nope", headers=viewer).json()
+    trail = httpx.get(f"{api}/tumours/audit", params={"action": "trigger"}, headers=viewer, timeout=60).json()
+    assert trail["items"][0]["run_id"] == run_id and trail["items"][0]["detail"]["dag"] == "tumours_batch"
+
+    page = httpx.get(f"{base}/mlcycle/page", params={"pipeline": "tumours"}, headers=viewer, timeout=60)
+    section = page.text[page.text.index("<h2>Batch predictions</h2>") :]
+    assert run_id in section and f"<td class='num'>{run['rows_scored']}</td>" in section
+    assert "tumours_predictions_latest" in section
 
 
 def test_steering_through_the_api_is_the_admins_with_a_reason_and_the_viewers_never(up: dict[str, str]) -> None:

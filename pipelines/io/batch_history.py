@@ -1,0 +1,60 @@
+"""Published batch runs as the platform API, the mlcycle page and `mlcycle batch run --wait` read
+them (`batch_runs`, migration 0022): a page of a pipeline's runs, newest first, or one run."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from datetime import datetime
+from typing import Any
+
+from pipelines.core.resources import page_of
+from pipelines.core.settings import Settings
+from pipelines.io import db
+
+PUBLISHED = "FROM batch_runs WHERE pipeline=%s AND published_at IS NOT NULL"
+COLUMNS = "run_id, version, as_of, partitions, rows_scored, rows_quarantined, seconds, outputs, published_at"
+
+
+def run_json(row: dict[str, Any]) -> dict[str, Any]:
+    """A `batch_runs` row as the platform API answers it: instants in ISO 8601, outputs as
+    published (`table`, `view`, `parquet` and `quarantine` files). Pure."""
+    out = {**row, "outputs": row.get("outputs") or {}}
+    for key in ("as_of", "published_at"):
+        if isinstance(out.get(key), datetime):
+            out[key] = out[key].isoformat()
+    return out
+
+
+def output_location(outputs: Mapping[str, Any]) -> str:
+    """Where a run's predictions are read: the latest view (else the table), and the folder of its
+    Parquet files where it wrote some. Pure."""
+    where = [str(outputs.get("view") or outputs.get("table") or "")]
+    parquet = list(outputs.get("parquet") or [])
+    if parquet:
+        folder = str(parquet[0]).rsplit("/", 1)[0]
+        where.append(f"{folder}/ ({len(parquet)} Parquet file{'s' if len(parquet) > 1 else ''})")
+    return ", ".join(w for w in where if w) or "–"
+
+
+def published_page(settings: Settings, pipeline: str, limit: int, offset: int) -> dict[str, Any]:
+    """One page of the pipeline's published batch runs, newest first (`page_of`'s shape)."""
+    with db.connect(settings) as conn:
+        (total,) = conn.execute(f"SELECT count(*) {PUBLISHED}", (pipeline,)).fetchone() or (0,)
+        rows = (  # an offset past the end is not asked for (nor one past PostgreSQL's bigint)
+            db.fetch_dicts(
+                conn,
+                f"SELECT {COLUMNS} {PUBLISHED} ORDER BY published_at DESC, run_id DESC LIMIT %s OFFSET %s",
+                (pipeline, limit, offset),
+            )
+            if offset < total
+            else []
+        )
+    return page_of([run_json(r) for r in rows], int(total), limit, offset)
+
+
+def published_run(settings: Settings, pipeline: str, run_id: str) -> dict[str, Any] | None:
+    """One published batch run (as `batch_runs` and `render_batch_runs` take it), or None where
+    the run was not published (it failed, or is still going)."""
+    with db.connect(settings) as conn:
+        rows = db.fetch_dicts(conn, f"SELECT {COLUMNS} {PUBLISHED} AND run_id=%s", (pipeline, run_id))
+    return rows[0] if rows else None
