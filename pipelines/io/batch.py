@@ -209,10 +209,18 @@ def offline_features(spec: PipelineSpec, settings: Settings, ids: Sequence[Any],
 
 
 def partition_chunks(
-    storage: Storage, files: Sequence[str], keep: np.ndarray, key: str, parallelism: int, partition: int, rows: int
+    storage: Storage,
+    files: Sequence[str],
+    keep: np.ndarray,
+    key: str,
+    parallelism: int,
+    partition: int,
+    rows: int,
+    threads: int = 1,
 ) -> Iterator[pd.DataFrame]:
     """A partition's rows of the staged files, at most `rows` at a time: each file read a record
-    batch at a time, the rows the pin kept whose id hashes to `partition` (as `partition_of`)."""
+    batch at a time (decoded on reader threads only where the step has more than one CPU), the
+    rows the pin kept whose id hashes to `partition` (as `partition_of`)."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -220,7 +228,7 @@ def partition_chunks(
     for name in files:
         with local_file(storage, name) as path:
             parquet = pq.ParquetFile(path)
-            for batch in parquet.iter_batches(batch_size=rows):
+            for batch in parquet.iter_batches(batch_size=rows, use_threads=threads > 1):
                 mine = keep[offset : offset + batch.num_rows].copy()
                 offset += batch.num_rows
                 if mine.any():

@@ -64,7 +64,7 @@ def score_partition(ctx: StepContext, batch: Batch, pin: dict[str, Any], meta: d
     scorer = Scorer.of(onnx_session(pinned_model(ctx, pin), threads=threads), ctx)
     keep = pinned_keep(ctx, pin)
     chunks = partition_chunks(
-        ctx.storage, pin["staged"], keep, scorer.key, int(pin["parallelism"]), n, batch.chunk_rows
+        ctx.storage, pin["staged"], keep, scorer.key, int(pin["parallelism"]), n, batch.chunk_rows, threads
     )
     rows, first = 0, None
     with (
