@@ -134,13 +134,19 @@ def open_registry(settings: Settings, pipeline: str, run_id: str, step: str) -> 
 
 def champion_version(settings: Settings, pipeline: str) -> int:
     """The version the `champion` alias points to, or a clear error when there is none yet."""
+    version = champion_or_none(settings, pipeline)
+    if version is None:
+        raise SettingsError(f"{model_name(pipeline)} has no `champion` alias yet: run the lifecycle before serving it")
+    return version
+
+
+def champion_or_none(settings: Settings, pipeline: str) -> int | None:
+    """The version the `champion` alias points to; None before the first promotion."""
     import mlflow  # heavy: mlflow
 
     setup_mlflow(settings, pipeline)
     champion = alias_version(mlflow.MlflowClient(), model_name(pipeline), CHAMPION)
-    if champion is None:
-        raise SettingsError(f"{model_name(pipeline)} has no `champion` alias yet: run the lifecycle before serving it")
-    return int(champion.version)
+    return None if champion is None else int(champion.version)
 
 
 def lineage_runs(settings: Settings, pipeline: str) -> set[str]:

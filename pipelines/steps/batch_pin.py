@@ -12,10 +12,10 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from pipelines.core.errors import SpecError
+from pipelines.core.errors import SpecError, StepSkipped
 from pipelines.core.integrity import sha256_hex
 from pipelines.io.batch import stage_entities
-from pipelines.io.registry import champion_version, load_onnx_model, model_name
+from pipelines.io.registry import champion_or_none, load_onnx_model, model_name
 from pipelines.io.storage import write_json
 from pipelines.steps.context import StepContext
 
@@ -40,7 +40,9 @@ def run(ctx: StepContext) -> dict[str, Any]:
         return {**ctx.manifest(STEP), "reused": True}
     run_as_of = ctx.params.as_of if ctx.params else None
     pinned_at = datetime.now(UTC)
-    version = champion_version(ctx.settings, ctx.pipeline)
+    version = champion_or_none(ctx.settings, ctx.pipeline)
+    if version is None:  # a schedule that starts before the first promotion: skipped, not failed
+        raise StepSkipped(f"{model_name(ctx.pipeline)} has no champion yet: nothing to score")
     as_of = pinned_as_of(batch.as_of, run_as_of, pinned_at)
     model = load_onnx_model(ctx.settings, ctx.pipeline, model_name(ctx.pipeline), version)
     ctx.storage.write_bytes(ctx.key("model.onnx"), model)

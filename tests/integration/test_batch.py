@@ -5,6 +5,7 @@ answers equal the endpoint's scoring of the same features, and no valid row exit
 
 from __future__ import annotations
 
+import subprocess
 from collections.abc import Iterator
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -202,3 +203,15 @@ def test_no_valid_row_exits_3_and_writes_nothing(champion: Settings) -> None:
     assert rows_of(champion, "b3").empty
     assert not open_storage(champion).exists(run_key(PIPELINE, "b3", "batch", "manifest-0.json"))
     write_batch(champion)  # the module's spec again
+
+
+def test_a_batch_run_before_the_first_promotion_is_skipped_not_failed(champion: Settings) -> None:
+    """A schedule that starts before a pipeline has a champion (a fresh platform's daily batch):
+    the pin exits 100, which the operators read as a skipped task, and pins nothing."""
+    small_spec(champion, SOURCE, name="churn_unpromoted", training=FAST, batch=BATCH)
+    proc = step_process(
+        champion, "batch_pin", "--pipeline", "churn_unpromoted", "--run-id", "b0", stderr=subprocess.PIPE
+    )
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 100 and "churn_unpromoted has no champion yet: nothing to score" in err
+    assert not open_storage(champion).exists(run_key("churn_unpromoted", "b0", "batch_pin", "manifest.json"))
