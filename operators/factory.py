@@ -64,7 +64,7 @@ def step_defaults(spec: PipelineSpec) -> dict[str, Any]:
     return {
         "owner": spec.owner,
         "retries": spec.retries,
-        "retry_delay": timedelta(seconds=30),
+        "retry_delay": timedelta(seconds=spec.retry_delay_s),
         "retry_exponential_backoff": True,
         "on_failure_callback": AlertNotifier(spec.name),
     }
@@ -123,7 +123,7 @@ def drift_dag(spec: PipelineSpec) -> DAG:
         default_args={
             "owner": spec.owner,
             "retries": 1,
-            "retry_delay": timedelta(seconds=30),
+            "retry_delay": timedelta(seconds=spec.retry_delay_s),
             "on_failure_callback": AlertNotifier(spec.name),
         },
     ) as dag:

@@ -622,6 +622,7 @@ def test_a_batch_run_survives_a_killed_partition_and_scores_each_entity_once_wit
     original = spec_path.read_text()
     spec = yaml.safe_load(original)
     spec["batch"] = {**spec["batch"], "parallelism": 2, "chunk_rows": 100}  # the least; read by each task
+    spec["retry_delay_s"] = 2  # the killed partition's retry comes soon
     spec_path.write_text(yaml.safe_dump(spec, sort_keys=False))
     champion = in_platform(
         up,

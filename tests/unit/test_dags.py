@@ -114,7 +114,7 @@ def test_one_dag_per_spec(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> No
     from operators.factory import build_dags
 
     write_spec(tmp_path, "alpha", schedule="@daily")
-    write_spec(tmp_path, "beta", schedule=None, retries=0, batch=None)
+    write_spec(tmp_path, "beta", schedule=None, retries=0, retry_delay_s=5, batch=None)
     monkeypatch.setenv("MLCYCLE_PIPELINES_DIR", str(tmp_path))
     dags = build_dags()
     assert sorted(dags) == [
@@ -126,6 +126,8 @@ def test_one_dag_per_spec(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> No
         "mlcycle_retention",
     ]
     assert dags["beta_lifecycle"].get_task("ingest").retries == 0
+    assert dags["beta_lifecycle"].get_task("ingest").retry_delay.total_seconds() == 5
+    assert dags["alpha_batch"].get_task("pin").retry_delay.total_seconds() == 30  # the default
     # one retention DAG for the installation: each pipeline's retention step, hourly, one at a time
     retention = dags["mlcycle_retention"]
     assert retention.timetable.expression == "0 * * * *"

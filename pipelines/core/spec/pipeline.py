@@ -35,6 +35,9 @@ class PipelineSpec(Model):
         "asks for retraining (or by hand)",
     )
     retries: int = Field(default=2, ge=0, le=10, description="times Airflow retries a failed lifecycle task")
+    retry_delay_s: float = Field(
+        default=30, ge=1, le=3600, description="seconds before a failed task's first retry (doubled for each next one)"
+    )
     source: Source = Field(description="where the data comes from; `kind` picks file, s3, postgres, synthetic, dataset")
     entity: Entity = Field(description="the Feast entity predicted for, and the event-time column")
     label: Label = Field(description="the column the model predicts, and its kind")
