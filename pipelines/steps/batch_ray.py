@@ -2,8 +2,9 @@
 submitted and followed by the step's one task (a pod, or a process).
 
 The step plans one Ray Data row per Parquet row group of the staged entities that holds a kept
-row (`row_group_tasks`) and runs `map_batches` over them on a pool of `parallelism` actors
-(`RowGroupScorer`: the pinned ONNX model, its sha256 checked, made a session once per actor). An
+row (`row_group_tasks`) and runs `map_batches` over them on a pool of `parallelism` actors spread
+over the cluster's nodes (`RowGroupScorer`: the pinned ONNX model, its sha256 checked, made a
+session once per actor). An
 actor reads its row group from the run's storage, keeps the rows the pin kept, looks up the
 features they lack and judges them as a partition does (`Scorer`), and streams back the answers
 and the quarantined rows; the step writes them as they arrive (`PartitionWriter`, partition 0:
@@ -119,6 +120,7 @@ def run(
         batch_format="pandas",
         concurrency=batch.parallelism,
         num_cpus=1,
+        scheduling_strategy="SPREAD",  # over the cluster's nodes, not packed on the head
     )
     rows, first = 0, None
     with (
