@@ -80,12 +80,15 @@ def _wait_running(airflow: Any, run_id: str, task: str, timeout: float = 900) ->
 def _wait_any_running(airflow: Any, run_id: str, timeout: float = 600) -> list[str]:
     """Until a task of the run runs (not between two tasks); returns those running."""
     deadline = time.monotonic() + timeout
+    tasks = None
     while time.monotonic() < deadline:
-        running = _running(_tasks(airflow, run_id))
+        tasks = _tasks(airflow, run_id) or tasks
+        running = _running(tasks)
         if running:
             return running
         time.sleep(0.5)
-    raise TimeoutError(f"no task of {run_id} ran within {timeout:.0f}s")
+    states = {t: (ti["state"], ti["try_number"]) for t, ti in (tasks or {}).items()}
+    raise TimeoutError(f"no task of {run_id} ran within {timeout:.0f}s; its tasks: {states}")
 
 
 def _run_state(airflow: Any, run_id: str, timeout: float = 1800) -> dict[str, Any]:

@@ -53,6 +53,11 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[stack_mod.Stack]
         TIMINGS["stack_up_s"] = s.up(timeout=900)
         yield s
     finally:
+        # the services' logs outlive the stack: what a failed run's reader needs first
+        logs = s.compose("logs", "--no-color", "--timestamps", check=False, capture=True)
+        out = ROOT / ".test-artifacts"
+        out.mkdir(exist_ok=True)
+        (out / "stack-logs.txt").write_text(logs.stdout + logs.stderr)
         s.down(volumes=True)
 
 
