@@ -86,10 +86,11 @@ def test_postgres_query(workspace: Settings, churn_df: pd.DataFrame, monkeypatch
     assert snap["customer_id"].tolist() == churn_df["customer_id"].tolist()
     assert snap["plan"].tolist() == churn_df["plan"].tolist()
     # The query runs read-only: a source can never change the database it reads, not even by a
-    # write inside a WITH (the one statement is a read; the transaction refuses the DELETE in it).
+    # write inside a WITH (the one statement is a read; its server-side cursor refuses the DELETE
+    # in it, and so would the READ ONLY transaction).
     write = "WITH gone AS (DELETE FROM churn_source RETURNING *) SELECT * FROM gone"
     small_spec(workspace, {"kind": "postgres", "query": write})
-    with pytest.raises(SourceError, match="read-only transaction"):
+    with pytest.raises(SourceError, match="must not contain data-modifying statements"):
         run(workspace, "ingest", "pg-2")
     with db.connect(workspace) as conn:
         assert conn.execute("SELECT count(*) FROM churn_source").fetchone() == (len(churn_df),)
@@ -195,7 +196,7 @@ def test_a_postgres_source_runs_one_read_statement_as_the_read_only_role(workspa
     marker = tmp_path / "ran"
     with pytest.raises(SourceError, match="source.query: a COPY statement"):
         read_source(unchecked(f"COPY (SELECT 1) TO PROGRAM 'touch {marker}'"), workspace)
-    with pytest.raises(SourceError, match="read-only transaction"):
+    with pytest.raises(SourceError, match="must not contain data-modifying statements"):  # the cursor's refusal
         read_source(unchecked("WITH d AS (DELETE FROM x RETURNING *) SELECT * FROM d"), workspace)
     with db.connect(workspace) as conn:
         assert conn.execute("SELECT count(*) FROM x").fetchone() == (2,)  # x is still there, whole
@@ -218,6 +219,12 @@ def test_a_postgres_source_runs_one_read_statement_as_the_read_only_role(workspa
         with pytest.raises(psycopg.errors.ReadOnlySqlTransaction):  # its every transaction is READ ONLY
             conn.execute("INSERT INTO x VALUES (3)")
     assert not marker.exists()
+
+    # the rows come a chunk at a time through a server-side cursor, all of them, in order
+    from pipelines.io.sources.readers import postgres_frames
+
+    chunks = postgres_frames(unchecked("SELECT g AS id FROM generate_series(1, 5) g ORDER BY g"), workspace, None, 2)
+    assert [c["id"].tolist() for c in chunks] == [[1, 2], [3, 4], [5]]
 
 
 def test_a_runs_s3_source_uri_outside_its_pipelines_prefix_is_refused_before_anything_is_read(

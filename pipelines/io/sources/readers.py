@@ -23,7 +23,7 @@ from pipelines.core.spec import (
 from pipelines.core.sql import query_problem
 from pipelines.core.window import Window, query_params
 from pipelines.io.db import database_url
-from pipelines.io.sources.files import data_files, file_frames
+from pipelines.io.sources.files import CHUNK_ROWS, data_files, file_frames
 from pipelines.io.sources.frames import gather, no_column_text
 from pipelines.ml.datagen import ChurnConfig, auto_start, generate_churn
 from pipelines.ml.datasets import DATASETS
@@ -60,7 +60,7 @@ def source_frames(
                         raise SourceDataError(f"{f.where}: {problem}")
                     yield frame
     elif isinstance(source, PostgresSource):
-        yield _read_postgres(source, settings, window)
+        yield from postgres_frames(source, settings, window)
     elif isinstance(source, SyntheticSource):
         yield generate_churn(synthetic_config(source, datetime.now(UTC).date()))
     elif isinstance(source, DatasetSource):
@@ -91,10 +91,14 @@ def source_url(source: PostgresSource, settings: Settings) -> str:
     return make_conninfo(**{**params, "user": SOURCE_ROLE})  # type: ignore[arg-type]
 
 
-def _read_postgres(source: PostgresSource, settings: Settings, window: Window | None) -> pd.DataFrame:
-    """Run the query, one read statement (refused before connecting otherwise), through the extended
-    protocol (a prepared statement: one command at most) in a READ ONLY transaction, the window's
-    instants bound as parameters (never formatted into the text), as `source_url`'s role."""
+def postgres_frames(
+    source: PostgresSource, settings: Settings, window: Window | None, rows: int = CHUNK_ROWS
+) -> Iterator[pd.DataFrame]:
+    """The query's rows, `rows` at a time, through a server-side cursor (DECLARE ... FETCH: the
+    server holds the result, this process one chunk of it) declared through the extended protocol
+    (one statement at most), in a READ ONLY transaction, the window's instants bound as parameters
+    (never formatted into the text), as `source_url`'s role. One read statement only, refused
+    before connecting otherwise; a write in a WITH is refused by the server."""
     import pandas as pd  # heavy: pandas
     import psycopg
 
@@ -102,6 +106,7 @@ def _read_postgres(source: PostgresSource, settings: Settings, window: Window | 
     if problem:
         raise SourceError(f"source.query: {problem}")
     url = source_url(source, settings)
+    read = 0
     try:
         with psycopg.connect(url) as conn:
             conn.read_only = True
@@ -110,18 +115,20 @@ def _read_postgres(source: PostgresSource, settings: Settings, window: Window | 
                 if window is None:
                     raise SourceError("source.query: binds the run's window, and this read has none")
                 params = window.names()
-            cur = conn.execute(source.query, params, prepare=True)
-            if cur.description is None:
-                raise SourceError("source.query: the statement returns no rows (not a SELECT?)")
-            cols = [d.name for d in cur.description]
-            rows = cur.fetchall()
+            with conn.cursor(name="mlcycle_source") as cur:
+                cur.execute(source.query, params)
+                if cur.description is None:
+                    raise SourceError("source.query: the statement returns no rows (not a SELECT?)")
+                cols = [d.name for d in cur.description]
+                while chunk := cur.fetchmany(rows):
+                    read += len(chunk)
+                    yield pd.DataFrame.from_records(chunk, columns=cols, coerce_float=True)
     except psycopg.OperationalError as err:  # the server: down, restarting, unreachable
         raise SourceUnavailable(f"source.query: {redact(str(err).strip())}") from None
     except psycopg.Error as err:
         raise SourceError(f"source.query: {redact(str(err).strip())}") from None
-    if not rows:
+    if not read:
         raise SourceDataError("source.query: the query returned no rows")
-    return pd.DataFrame.from_records(rows, columns=cols)
 
 
 def synthetic_config(source: SyntheticSource, today: date, seed_offset: int = 0) -> ChurnConfig:
