@@ -25,6 +25,8 @@ from pipelines.io.storage import Storage, local_file, upload_file, write_parquet
 if TYPE_CHECKING:
     import numpy as np
     import pandas as pd
+    import pyarrow as pa
+    import pyarrow.parquet as pq
 
 TABLE_COLUMNS = ("entity_id", "score", "class", "probabilities")
 """A scored partition's frame: the entity id (text) and the endpoint's answer."""
@@ -208,6 +210,32 @@ def offline_features(spec: PipelineSpec, settings: Settings, ids: Sequence[Any],
     return out.drop(columns=[ts]).drop_duplicates(key, keep="last")
 
 
+def kept_rows(
+    parquet: pq.ParquetFile,
+    keep: np.ndarray,
+    rows: int,
+    *,
+    offset: int = 0,
+    row_groups: Sequence[int] | None = None,
+    threads: int = 1,
+    also: Callable[[pa.RecordBatch], np.ndarray] | None = None,
+) -> Iterator[pd.DataFrame]:
+    """The rows of a staged file that the pin kept (`keep` from the file's first row at `offset`
+    among all staged rows; `also` narrows them further), read `rows` at a time (all its row groups,
+    or `row_groups`, which must then begin at `offset`), decoded on reader threads only where the
+    step has more than one CPU."""
+    import pyarrow as pa
+
+    for batch in parquet.iter_batches(batch_size=rows, row_groups=row_groups, use_threads=threads > 1):
+        mine = keep[offset : offset + batch.num_rows].copy()
+        offset += batch.num_rows
+        if mine.any() and also is not None:
+            mine &= also(batch)
+        if mine.any():
+            table = pa.Table.from_batches([batch.filter(pa.array(mine))], schema=parquet.schema_arrow)
+            yield index_as_columns(table.to_pandas())
+
+
 def partition_chunks(
     storage: Storage,
     files: Sequence[str],
@@ -218,24 +246,20 @@ def partition_chunks(
     rows: int,
     threads: int = 1,
 ) -> Iterator[pd.DataFrame]:
-    """A partition's rows of the staged files, at most `rows` at a time: each file read a record
-    batch at a time (decoded on reader threads only where the step has more than one CPU), the
-    rows the pin kept whose id hashes to `partition` (as `partition_of`)."""
-    import pyarrow as pa
+    """A partition's rows of the staged files, at most `rows` at a time: the rows the pin kept
+    whose id hashes to `partition` (as `partition_of`)."""
     import pyarrow.parquet as pq
+
+    def ours(batch: pa.RecordBatch) -> np.ndarray:
+        mask: np.ndarray = partition_of(batch.column(key).to_pandas(), parallelism) == partition
+        return mask
 
     offset = 0
     for name in files:
         with local_file(storage, name) as path:
             parquet = pq.ParquetFile(path)
-            for batch in parquet.iter_batches(batch_size=rows, use_threads=threads > 1):
-                mine = keep[offset : offset + batch.num_rows].copy()
-                offset += batch.num_rows
-                if mine.any():
-                    mine &= partition_of(batch.column(key).to_pandas(), parallelism) == partition
-                if mine.any():
-                    table = pa.Table.from_batches([batch.filter(pa.array(mine))], schema=parquet.schema_arrow)
-                    yield index_as_columns(table.to_pandas())
+            yield from kept_rows(parquet, keep, rows, offset=offset, threads=threads, also=ours)
+            offset += parquet.metadata.num_rows
     if offset != len(keep):
         raise StepInputError(f"the staged entities hold {offset} rows, the pin planned {len(keep)}: changed since")
 

@@ -25,8 +25,7 @@ from typing import TYPE_CHECKING, Any, cast
 
 from pipelines.core.settings import load_settings, scoped_environ, spec_for
 from pipelines.core.spec import Batch
-from pipelines.io.batch import TABLE_COLUMNS, PartitionWriter
-from pipelines.io.sources.files import index_as_columns
+from pipelines.io.batch import TABLE_COLUMNS, PartitionWriter, kept_rows
 from pipelines.io.storage import Storage, local_file, open_storage
 from pipelines.ml.model import onnx_session
 from pipelines.steps.batch_score import Scorer, pinned_keep, pinned_model, with_features
@@ -79,20 +78,16 @@ class RowGroupScorer:
 
     def __call__(self, tasks: pd.DataFrame) -> pd.DataFrame:
         import pandas as pd
-        import pyarrow as pa
         import pyarrow.parquet as pq
 
-        size = self.chunk_rows
         frames = []
         for name, group, offset in tasks[["file", "row_group", "offset"]].itertuples(index=False, name=None):
             with local_file(self.ctx.storage, name) as path:
-                table = pq.ParquetFile(path).read_row_group(int(group))
-            mine = self.keep[int(offset) : int(offset) + table.num_rows]
-            rows = index_as_columns(table.filter(pa.array(mine)).to_pandas())
-            for start in range(0, len(rows), size):
-                chunk = with_features(rows.iloc[start : start + size], self.ctx, self.scorer.names, self.as_of)
-                scored, quarantined = self.scorer.score(chunk)
-                frames += [scored.assign(**{REASONS: None}), quarantined.assign(score=float("nan"))]
+                parquet = pq.ParquetFile(path)
+                for rows in kept_rows(parquet, self.keep, self.chunk_rows, offset=int(offset), row_groups=[int(group)]):
+                    chunk = with_features(rows, self.ctx, self.scorer.names, self.as_of)
+                    scored, quarantined = self.scorer.score(chunk)
+                    frames += [scored.assign(**{REASONS: None}), quarantined.assign(score=float("nan"))]
         columns = [*TABLE_COLUMNS, REASONS]
         out = pd.concat(frames, ignore_index=True).reindex(columns=columns)
         return out.astype({c: object for c in columns if c != "score"})

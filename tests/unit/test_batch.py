@@ -266,7 +266,28 @@ def _staged_rows(spec, tmp_path: Path, t: datetime, parallelism: int = 1, rows: 
         for n in range(parallelism)
         for c in partition_chunks(storage, staged.files, staged.keep, key, parallelism, n, rows)
     )
+    # `runtime: ray` reads the same rows a row group at a time (its actors' tasks)
+    assert _row_group_rows(storage, staged.files, staged.keep, key, rows).equals(
+        pd.concat(parts).sort_values(key, kind="stable", ignore_index=True)
+    )
     return parts
+
+
+def _row_group_rows(storage, files, keep, key: str, rows: int) -> pd.DataFrame:  # type: ignore[no-untyped-def]
+    import pyarrow.parquet as pq
+
+    from pipelines.io.batch import kept_rows
+    from pipelines.io.storage import local_file
+    from pipelines.steps.batch_ray import row_group_tasks
+
+    found = []
+    for task in row_group_tasks(storage, files, keep):
+        with local_file(storage, task["file"]) as path:
+            parquet = pq.ParquetFile(path)
+            chunks = kept_rows(parquet, keep, rows, offset=task["offset"], row_groups=[task["row_group"]])
+            found += list(chunks)
+    assert all(len(c) <= rows for c in found)
+    return pd.concat(found).sort_values(key, kind="stable", ignore_index=True)
 
 
 def test_source_entities_are_each_entitys_newest_row_within_the_lookback(tmp_path: Path) -> None:
@@ -298,8 +319,9 @@ def test_source_entities_are_each_entitys_newest_row_within_the_lookback(tmp_pat
 
 
 def test_parquet_entities_are_staged_as_they_are_and_read_back_a_chunk_at_a_time(tmp_path: Path) -> None:
-    """A directory of Parquet files (one storing its id as the frame's index) is copied, not
-    rewritten; every partition reads its own entities, each once, in chunks of at most 3 rows."""
+    """A directory of Parquet files (one storing its id as the frame's index, one of row groups
+    with older rows of some entities) is copied, not rewritten; every partition reads its own
+    entities' newest rows, each once, in chunks of at most 3 rows."""
     import numpy as np
 
     t = datetime(2026, 1, 31, tzinfo=UTC)
@@ -307,11 +329,14 @@ def test_parquet_entities_are_staged_as_they_are_and_read_back_a_chunk_at_a_time
     folder.mkdir()
     ids = np.arange(1, 41)
     frame = pd.DataFrame({"customer_id": ids, "event_timestamp": t - timedelta(days=1), "plan": "basic"})
-    frame.iloc[:25].to_parquet(folder / "a.parquet", index=False)
+    older = frame.iloc[::3].assign(event_timestamp=t - timedelta(days=3))  # rows the pin leaves out
+    both = pd.concat([older, frame.iloc[:25]]).sort_values("customer_id", kind="stable")
+    both.to_parquet(folder / "a.parquet", index=False, row_group_size=7)  # several row groups
     frame.iloc[25:].set_index("customer_id").to_parquet(folder / "b.parquet")
     spec = _spec(entities={"kind": "file", "path": str(folder)}, parallelism=3)
     parts = _staged_rows(spec, tmp_path, t, parallelism=3, rows=3)
     assert sorted(pd.concat(parts)["customer_id"]) == list(ids)  # each entity once
+    assert set(pd.concat(parts)["event_timestamp"]) == {t - timedelta(days=1)}  # its newest row
     assert (
         all(len(p) for p in parts)
         and (tmp_path / "store/p/r/batch_pin/entities-1.parquet").read_bytes() == (folder / "b.parquet").read_bytes()
