@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Iterator, Sequence
+from contextlib import ExitStack
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -197,17 +198,33 @@ def _id_and_time(
     return series(key), series(ts) if ts in names else None
 
 
-def offline_features(spec: PipelineSpec, settings: Settings, ids: Sequence[Any], as_of: datetime) -> pd.DataFrame:
-    """The feature service's features of the entities point-in-time at `as_of` (Feast's
+class OfflineFeatures:
+    """The feature service's features of entities point-in-time at an instant (Feast's
     `get_historical_features`, as the features step builds the training set), one row per entity
-    the views answer within their TTL."""
-    import pandas as pd
+    the views answer within their TTL; the feature store opened on the first lookup and kept for
+    the next ones (a partition's every chunk), closed with the object."""
 
-    key, ts = spec.entity.join_key, spec.entity.timestamp
-    entity_df = pd.DataFrame({key: list(ids), ts: pd.Timestamp(as_of)})
-    with feature_store(spec, settings) as store:
-        out = historical_features(store, spec, entity_df)
-    return out.drop(columns=[ts]).drop_duplicates(key, keep="last")
+    def __init__(self, spec: PipelineSpec, settings: Settings) -> None:
+        self.spec, self.settings = spec, settings
+        self._open = ExitStack()
+        self._store: Any = None
+
+    def __call__(self, ids: Sequence[Any], as_of: datetime) -> pd.DataFrame:
+        import pandas as pd
+
+        if self._store is None:
+            self._store = self._open.enter_context(feature_store(self.spec, self.settings))
+        key, ts = self.spec.entity.join_key, self.spec.entity.timestamp
+        entity_df = pd.DataFrame({key: list(ids), ts: pd.Timestamp(as_of)})
+        out = historical_features(self._store, self.spec, entity_df)
+        return out.drop(columns=[ts]).drop_duplicates(key, keep="last")
+
+    def __enter__(self) -> OfflineFeatures:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._store = None
+        self._open.close()
 
 
 def kept_rows(

@@ -27,7 +27,7 @@ from typing import Any
 from pipelines.core.errors import DataQualityError, InvalidArgument, SpecError
 from pipelines.core.k8s import cpu_threads
 from pipelines.core.spec import Batch
-from pipelines.io.batch import PartitionWriter, partition_chunks, partition_of
+from pipelines.io.batch import OfflineFeatures, PartitionWriter, partition_chunks, partition_of
 from pipelines.io.storage import write_json
 from pipelines.ml.model import onnx_session
 from pipelines.steps import batch_ray
@@ -69,11 +69,12 @@ def score_partition(ctx: StepContext, batch: Batch, pin: dict[str, Any], meta: d
     rows, first = 0, None
     with (
         tempfile.TemporaryDirectory(prefix="mlcycle-batch-") as tmp,
+        OfflineFeatures(ctx.spec, ctx.settings) as lookup,
         PartitionWriter(ctx.settings, ctx.storage, meta, Path(tmp)) as out,
     ):
         for chunk in chunks:
             rows += len(chunk)
-            scored, quarantined = scorer.score(with_features(chunk, ctx, scorer.names, as_of))
+            scored, quarantined = scorer.score(with_features(chunk, lookup, scorer.names, as_of))
             first = first or (quarantined["reasons"].iloc[0] if len(quarantined) else None)
             out.add(scored, quarantined)
         no_valid_row(ctx, n, rows, out, first)

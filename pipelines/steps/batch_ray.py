@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any, cast
 
 from pipelines.core.settings import load_settings, scoped_environ, spec_for
 from pipelines.core.spec import Batch
-from pipelines.io.batch import TABLE_COLUMNS, PartitionWriter, kept_rows
+from pipelines.io.batch import TABLE_COLUMNS, OfflineFeatures, PartitionWriter, kept_rows
 from pipelines.io.storage import Storage, local_file, open_storage
 from pipelines.ml.model import onnx_session
 from pipelines.steps.batch_score import Scorer, pinned_keep, pinned_model, with_features
@@ -75,6 +75,7 @@ class RowGroupScorer:
         self.keep = pinned_keep(self.ctx, self.pin)
         self.scorer = Scorer.of(onnx_session(pinned_model(self.ctx, self.pin), threads=1), self.ctx)
         self.as_of = datetime.fromisoformat(self.pin["as_of"])
+        self.lookup = OfflineFeatures(self.ctx.spec, settings)  # the actor's store, for its life
 
     def __call__(self, tasks: pd.DataFrame) -> pd.DataFrame:
         import pandas as pd
@@ -85,7 +86,7 @@ class RowGroupScorer:
             with local_file(self.ctx.storage, name) as path:
                 parquet = pq.ParquetFile(path)
                 for rows in kept_rows(parquet, self.keep, self.chunk_rows, offset=int(offset), row_groups=[int(group)]):
-                    chunk = with_features(rows, self.ctx, self.scorer.names, self.as_of)
+                    chunk = with_features(rows, self.lookup, self.scorer.names, self.as_of)
                     scored, quarantined = self.scorer.score(chunk)
                     frames += [scored.assign(**{REASONS: None}), quarantined.assign(score=float("nan"))]
         columns = [*TABLE_COLUMNS, REASONS]

@@ -13,7 +13,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from pipelines.core.integrity import check_digest
-from pipelines.io.batch import TABLE_COLUMNS, offline_features
+from pipelines.io.batch import TABLE_COLUMNS, OfflineFeatures
 from pipelines.ml.model import CLASS, PROBABILITIES, session_feed
 from pipelines.steps.context import StepContext
 from serving.contract import RequestContract, entity_problem, request_contract
@@ -121,15 +121,15 @@ def answers(outputs: dict[str, Any], classes: list[str]) -> dict[str, Any]:
 
 
 # ----------------------------------------------------------------------------------------- step
-def with_features(rows: pd.DataFrame, ctx: StepContext, names: list[str], as_of: datetime) -> pd.DataFrame:
+def with_features(rows: pd.DataFrame, lookup: OfflineFeatures, names: list[str], as_of: datetime) -> pd.DataFrame:
     """The rows with the model inputs they do not carry (a column they lack, or a null in one)
     from the offline store at `as_of`, and `_found`: whether the store answered for the entity
     (True where nothing had to be asked). A value the row carries wins over the store's."""
-    key = ctx.spec.entity.join_key
+    key = lookup.spec.entity.join_key
     needs = [n for n in names if n not in rows.columns or rows[n].isna().any()]
     if not needs or rows.empty:
         return rows.assign(_found=True)
-    fetched = offline_features(ctx.spec, ctx.settings, rows[key].tolist(), as_of)
+    fetched = lookup(rows[key].tolist(), as_of)
     # Feast answers an entity it knows nothing of (within the TTL) with nulls, or leaves it out
     answered = fetched.drop(columns=[key]).notna().any(axis=1)
     out = rows.merge(fetched[[key, *needs]].assign(_found=answered), on=key, how="left", suffixes=("", STORE))
