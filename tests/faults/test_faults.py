@@ -2,9 +2,9 @@
 
 Run 1 (the first model: no endpoint to load yet): a step container SIGKILLed mid-`features`,
 PostgreSQL restarted mid-`promote`. Run 2 (a retrain, with the champion served under a paced wrk
-load around every fault): SeaweedFS stopped for 60 s during `validate`, PostgreSQL restarted
-mid-`train` (after a finished trial), the Airflow scheduler killed with SIGKILL while a task
-runs, Redis stopped for 20 s, a Serve replica killed with SIGKILL.
+load around every fault): SeaweedFS stopped for 60 s during `validate`, the Airflow scheduler
+killed with SIGKILL while `features` runs, PostgreSQL restarted mid-`train` (after a finished
+trial), Redis stopped for 20 s, a Serve replica killed with SIGKILL.
 
 For each fault the table says where it landed (the tasks running), how it ended (the task's
 state and tries), the serving figures during it (requests, non-2xx, p99) and the seconds from its
@@ -75,20 +75,6 @@ def _wait_running(airflow: Any, run_id: str, task: str, timeout: float = 900) ->
             raise AssertionError(f"{task} ended ({tasks[task]['state']}) before it was seen running")
         time.sleep(0.5)
     raise TimeoutError(f"{task} did not run within {timeout:.0f}s")
-
-
-def _wait_any_running(airflow: Any, run_id: str, timeout: float = 600) -> list[str]:
-    """Until a task of the run runs (not between two tasks); returns those running."""
-    deadline = time.monotonic() + timeout
-    tasks = None
-    while time.monotonic() < deadline:
-        tasks = _tasks(airflow, run_id) or tasks
-        running = _running(tasks)
-        if running:
-            return running
-        time.sleep(0.5)
-    states = {t: (ti["state"], ti["try_number"]) for t, ti in (tasks or {}).items()}
-    raise TimeoutError(f"no task of {run_id} ran within {timeout:.0f}s; its tasks: {states}")
 
 
 def _run_state(airflow: Any, run_id: str, timeout: float = 1800) -> dict[str, Any]:
@@ -337,21 +323,10 @@ def test_a_retrain_under_serving_load_survives_storage_database_cache_replica_an
         s3_back = _now()
     s3_row = _row("SeaweedFS stopped 60 s", where, **w.figures())
 
-    # PostgreSQL restarted mid-train, once a trial has finished
-    where = _wait_running(airflow, run_id, "train", timeout=1200)
-    deadline = time.monotonic() + 900
-    while _finished_trials(stack, run_id) < 1 and time.monotonic() < deadline:
-        time.sleep(1)
-    trials_before = _finished_trials(stack, run_id)
-    assert trials_before >= 1, "no trial finished"
-    with Window(stack, 30) as w:
-        _service(stack, "postgres").restart(timeout=30)
-        pg_back = _now()
-        pg_recovery = _until_served(stack, pg_back[0])
-    pg_row = _row("PostgreSQL restart", where, **w.figures())
-
-    # the scheduler killed with SIGKILL mid-run (its LocalExecutor's tasks with it), then started
-    where = sched_where = _wait_any_running(airflow, run_id)
+    # the scheduler killed with SIGKILL mid-`features` (its LocalExecutor's tasks with it), then
+    # started. A task that surely runs then: once train ends, a retrain whose challenger loses ends
+    # at evaluate within seconds, with nothing left running to kill
+    where = _wait_running(airflow, run_id, "features", timeout=1200)
     scheduler = _service(stack, "airflow-scheduler")
     with Window(stack, 30) as w:
         pid = int(scheduler.attrs["State"]["Pid"])
@@ -364,6 +339,19 @@ def test_a_retrain_under_serving_load_survives_storage_database_cache_replica_an
             restarted_by = "the test (docker start)"
         sched_back = _now()
     sched_row = _row("Airflow scheduler SIGKILL", where, **w.figures())
+
+    # PostgreSQL restarted mid-train, once a trial has finished
+    where = _wait_running(airflow, run_id, "train", timeout=1200)
+    deadline = time.monotonic() + 900
+    while _finished_trials(stack, run_id) < 1 and time.monotonic() < deadline:
+        time.sleep(1)
+    trials_before = _finished_trials(stack, run_id)
+    assert trials_before >= 1, "no trial finished"
+    with Window(stack, 30) as w:
+        _service(stack, "postgres").restart(timeout=30)
+        pg_back = _now()
+        pg_recovery = _until_served(stack, pg_back[0])
+    pg_row = _row("PostgreSQL restart", where, **w.figures())
 
     # Redis (the online store) stopped for 20 s under load: 503 features_unavailable, never a
     # prediction made without its features; the same score once it is back
@@ -442,8 +430,7 @@ def test_a_retrain_under_serving_load_survives_storage_database_cache_replica_an
     s3_row.update(_outcome(airflow, run_id, "validate", *s3_back), **{"data check": check})
     pg_row.update(_outcome(airflow, run_id, "train", *pg_back), **{"data check": check})
     pg_row["recovery s"] = f"serving {pg_recovery:.1f}; " + pg_row.get("recovery s", "-")
-    hit = sched_where[-1]  # the task the scheduler's death hit (`where` has moved on since)
-    sched_row.update(_outcome(airflow, run_id, hit, *sched_back), **{"data check": check})
+    sched_row.update(_outcome(airflow, run_id, "features", *sched_back), **{"data check": check})
     sched_row["outcome"] += f"; restarted by {restarted_by}"
     states = {t: (ti["state"], ti["try_number"]) for t, ti in tasks.items()}
     assert run["state"] == "success", states
