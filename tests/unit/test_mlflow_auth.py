@@ -17,8 +17,10 @@ URL = "postgresql://mlcycle:p%25ss%40word@db.internal:5432/mlcycle?sslmode=requi
 
 
 def test_the_server_runs_the_basic_auth_app(tmp_path: Path) -> None:
-    argv = server_command(Settings(state_dir=tmp_path), "127.0.0.1", 5000)
+    # a database URL given: no embedded PostgreSQL is started (and left running) for a unit test
+    argv = server_command(Settings(state_dir=tmp_path, database_url=URL), "127.0.0.1", 5000)
     assert argv[:4] == ["mlflow", "server", "--app-name", "basic-auth"]
+    assert not (tmp_path / "pg").exists()
 
 
 def test_mlflow_reads_the_config_the_platform_writes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
