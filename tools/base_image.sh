@@ -5,6 +5,11 @@
 set -euo pipefail
 image=debian:bookworm-slim
 docker image inspect "$image" >/dev/null 2>&1 && exit 0
+# one maker at a time (CI builds the images beside the tests, whose Docker test asks for it too):
+# a second caller waits for the first and finds the image made
+exec 9>"${TMPDIR:-/tmp}/mlcycle-base-image.lock"
+flock 9
+docker image inspect "$image" >/dev/null 2>&1 && exit 0
 if timeout 60 docker pull -q "$image" >/dev/null 2>&1; then exit 0; fi
 
 # The first Debian archive (not the security one) in apt's sources: deb822 files, then sources.list.
