@@ -319,3 +319,33 @@ def test_a_store_at_or_over_its_limit_alerts_and_one_under_it_or_unlimited_does_
     both = alerts.fill_alerts(usage, {"database": 1, "bucket": 4_000}, now)
     assert [a["labels"]["store"] for a in both] == ["database", "bucket"]
     assert alerts.fill_alerts({}, {"database": 1}, now) == []  # not measured: nothing said
+
+
+def test_a_dag_file_airflow_cannot_import_fires_after_five_minutes_and_not_before(tmp_path: Path) -> None:
+    """The shipped rules (include/stack/alerts.yml): an invalid spec's Broken DAG, as Airflow's
+    `dag_processing.import_errors` gauge reaches Prometheus through the StatsD bridge."""
+    from pipelines.local.statsd_exporter import metric_name
+
+    shipped = (Path(__file__).resolve().parents[2] / "include" / "stack" / "alerts.yml").read_text()
+    rule = next(
+        r for g in yaml.safe_load(shipped)["groups"] for r in g["rules"] if r["alert"] == "MlcycleDagImportErrors"
+    )
+    gauge = "airflow_" + metric_name("dag_processing.import_errors")
+    assert gauge in rule["expr"]
+    fired = {
+        "exp_labels": rule["labels"],
+        "exp_annotations": {"summary": rule["annotations"]["summary"].replace("{{ $value }}", "1")},
+    }
+    cases = [
+        {
+            "interval": "1m",
+            "input_series": [{"series": gauge, "values": "0x10 1x20"}],
+            "alert_rule_test": [
+                {"eval_time": "10m", "alertname": "MlcycleDagImportErrors", "exp_alerts": []},
+                {"eval_time": "14m", "alertname": "MlcycleDagImportErrors", "exp_alerts": []},  # within its `for`
+                {"eval_time": "16m", "alertname": "MlcycleDagImportErrors", "exp_alerts": [fired]},
+            ],
+        }
+    ]
+    run = promtool_test(tmp_path, shipped, cases)
+    assert run.returncode == 0, run.stdout + run.stderr
