@@ -1,11 +1,12 @@
-"""The scheduler's listener that audits a lifecycle run started by a person, however it was
-started: Airflow's Trigger form, its REST API, the platform API, `mlcycle run`.
+"""The scheduler's listener that audits a lifecycle or batch run started by a person, however it
+was started: Airflow's Trigger form, its REST API, the platform API, `mlcycle run`,
+`mlcycle batch run`.
 
 The platform API and the CLI write the run's `trigger` event as they create it (with how it came);
 this listener writes it when the scheduler starts the run, from Airflow's own record of who asked
 (`DagRun.triggering_user_name`), so a run from Airflow's UI or REST API is on the trail too. Either
 writer may be first: the table keeps one `trigger` per run (migration 0020). Scheduled, asset- and
-backfill-made runs are the lifecycle's, not a person's, and are not written here.
+backfill-made runs are the platform's, not a person's, and are not written here.
 """
 
 from __future__ import annotations

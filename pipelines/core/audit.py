@@ -77,16 +77,19 @@ def require_reason(reason: str | None, action: str) -> str:
 
 
 LIFECYCLE_SUFFIX = "_lifecycle"
+BATCH_SUFFIX = "_batch"
 
 
 def manual_trigger(
     dag_id: str, run_id: str, run_type: object, user: str | None, triggered_by: object, conf: dict[str, Any] | None
 ) -> AuditEvent | None:
-    """The `trigger` event of a lifecycle run a person started (Airflow's UI, its REST API, the
-    platform API, `mlcycle run`), as the scheduler sees it start: None for a scheduled, asset- or
-    backfill-made run, a run of another DAG, or one with no user on record. Pure."""
-    if not dag_id.endswith(LIFECYCLE_SUFFIX) or enum_name(run_type) != "manual" or not user:
+    """The `trigger` event of a lifecycle or batch run a person started (Airflow's UI, its REST API,
+    the platform API, `mlcycle run` / `mlcycle batch run`), as the scheduler sees it start: None
+    for a scheduled, asset- or backfill-made run, a run of another DAG, or one with no user on
+    record. A batch run's event names its DAG, as the CLI's does. Pure."""
+    suffix = next((s for s in (LIFECYCLE_SUFFIX, BATCH_SUFFIX) if dag_id.endswith(s)), None)
+    if suffix is None or enum_name(run_type) != "manual" or not user:
         return None
     via = enum_name(triggered_by or "unknown")
-    pipeline = dag_id.removesuffix(LIFECYCLE_SUFFIX)
-    return AuditEvent(user[:200], "user", "trigger", pipeline, run_id=run_id, detail={"conf": conf or {}, "via": via})
+    detail = {"conf": conf or {}, "via": via} | ({} if suffix == LIFECYCLE_SUFFIX else {"dag": dag_id})
+    return AuditEvent(user[:200], "user", "trigger", dag_id.removesuffix(suffix), run_id=run_id, detail=detail)

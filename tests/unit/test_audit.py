@@ -28,7 +28,7 @@ def test_actions_that_change_what_serves_need_a_reason() -> None:
         require_reason("x" * 2001, "rollback")
 
 
-def test_the_scheduler_audits_lifecycle_runs_a_person_started_and_no_other() -> None:
+def test_the_scheduler_audits_lifecycle_and_batch_runs_a_person_started_and_no_other() -> None:
     from airflow.utils.types import DagRunTriggeredByType, DagRunType
 
     form = manual_trigger("churn_lifecycle", "manual__1", DagRunType.MANUAL, "alice", DagRunTriggeredByType.UI, None)
@@ -40,3 +40,11 @@ def test_the_scheduler_audits_lifecycle_runs_a_person_started_and_no_other() -> 
     assert manual_trigger("churn_lifecycle", "a", DagRunType.ASSET_TRIGGERED, None, None, {}) is None
     assert manual_trigger("churn_drift", "m", DagRunType.MANUAL, "alice", DagRunTriggeredByType.UI, {}) is None
     assert manual_trigger("churn_lifecycle", "m", DagRunType.MANUAL, None, DagRunTriggeredByType.CLI, {}) is None
+    # a batch run a person started names its DAG, as `mlcycle batch run` writes it; its schedule's are not
+    batch = manual_trigger("churn_batch", "b", DagRunType.MANUAL, "carol", DagRunTriggeredByType.REST_API, None)
+    assert batch == AuditEvent(
+        "carol", "user", "trigger", "churn", run_id="b", detail={"conf": {}, "via": "rest_api", "dag": "churn_batch"}
+    )
+    assert manual_trigger("churn_batch", "s", DagRunType.SCHEDULED, "carol", None, {}) is None
+    lifecycle = manual_trigger("nightly_batch_lifecycle", "n", "manual", "dan", None, {})
+    assert lifecycle is not None and lifecycle.pipeline == "nightly_batch" and "dag" not in lifecycle.detail
