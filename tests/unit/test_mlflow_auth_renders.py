@@ -25,7 +25,8 @@ def _server_argv(command: list[str]) -> list[str]:
     own parser, through the command builder `cmd_mlflow_server` uses."""
     assert command[:2] == ["mlcycle", "mlflow-server"], command
     args = build_parser().parse_args(command[1:])
-    return server_command(Settings(), args.host, args.port)
+    # the pod's database is the chart's or the stack's: a URL here, so no embedded PostgreSQL starts
+    return server_command(Settings(database_url="postgresql://mlcycle@db:5432/mlcycle"), args.host, args.port)
 
 
 def _user(compose_url: str) -> str | None:
