@@ -225,6 +225,9 @@ def test_a_postgres_source_runs_one_read_statement_as_the_read_only_role(workspa
 
     chunks = postgres_frames(unchecked("SELECT g AS id FROM generate_series(1, 5) g ORDER BY g"), workspace, None, 2)
     assert [c["id"].tolist() for c in chunks] == [[1, 2], [3, 4], [5]]
+    # a numeric id past a float's 53 bits comes back exact, not rounded through a float
+    (big,) = postgres_frames(unchecked("SELECT 12345678901234567891::numeric AS id"), workspace, None)
+    assert str(big["id"].iloc[0]) == "12345678901234567891"
 
 
 def test_a_runs_s3_source_uri_outside_its_pipelines_prefix_is_refused_before_anything_is_read(

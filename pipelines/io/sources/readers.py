@@ -122,7 +122,7 @@ def postgres_frames(
                 cols = [d.name for d in cur.description]
                 while chunk := cur.fetchmany(rows):
                     read += len(chunk)
-                    yield pd.DataFrame.from_records(chunk, columns=cols, coerce_float=True)
+                    yield pd.DataFrame.from_records(chunk, columns=cols)  # Decimal stays exact (numeric ids)
     except psycopg.OperationalError as err:  # the server: down, restarting, unreachable
         raise SourceUnavailable(f"source.query: {redact(str(err).strip())}") from None
     except psycopg.Error as err:
