@@ -21,6 +21,7 @@ from pipelines.io import db
 from pipelines.io.registry import audit, model_name
 from pipelines.io.runs import render_run, run_steps
 from pipelines.io.tracking import code_version, setup_mlflow
+from pipelines.ml.families.fitting import CHECKPOINT_SHA256
 from tests.integration.helpers import run, run_through, small_spec, step_process
 
 pytestmark = pytest.mark.integration
@@ -159,6 +160,21 @@ def churn_spec_search(space: dict[str, Any]) -> dict[str, Any]:
     return model
 
 
+def _checkpointed(settings: Settings, study: str, number: int) -> bool:
+    """Whether trial `number` recorded a checkpoint's sha256 (a file written but not yet recorded
+    is not one a resume may use: the trial starts over)."""
+    with db.connect(settings) as conn:
+        if conn.execute("SELECT to_regclass('optuna.trial_user_attributes')").fetchone() == (None,):
+            return False
+        row = conn.execute(
+            "SELECT 1 FROM optuna.trial_user_attributes a JOIN optuna.trials t ON t.trial_id = a.trial_id"
+            " JOIN optuna.studies s ON s.study_id = t.study_id"
+            " WHERE s.study_name = %s AND t.number = %s AND a.key = %s",
+            (study, number, CHECKPOINT_SHA256),
+        ).fetchone()
+    return row is not None
+
+
 def _finished(settings: Settings, study: str) -> dict[int, float]:
     with db.connect(settings) as conn:
         if conn.execute("SELECT to_regclass('optuna.trial_values')").fetchone() == (None,):
@@ -209,11 +225,12 @@ def test_a_killed_train_task_resumes_its_study(workspace: Settings) -> None:
     }
     _spec(workspace, "churn_resume", training=training)
     proc = _start_train(workspace, "churn_resume")
-    checkpoints = Path(str(workspace.artifact_root)) / "churn_resume" / "kill-1" / "train" / "checkpoints"
-    # Kill while the third trial runs, after it wrote at least one checkpoint.
+    # Kill while the third trial runs, after it recorded at least one checkpoint.
     _kill_when(
         proc,
-        lambda: len(_finished(workspace, "churn_resume:kill-1")) >= 2 and any(checkpoints.glob("trial-2-*.pt")),
+        lambda: (
+            len(_finished(workspace, "churn_resume:kill-1")) >= 2 and _checkpointed(workspace, "churn_resume:kill-1", 2)
+        ),
         "no two finished trials",
     )
     kept = _finished(workspace, "churn_resume:kill-1")
@@ -679,10 +696,12 @@ def test_a_changed_checkpoint_is_refused_at_resume_with_exit_3(workspace: Settin
     _spec(workspace, "churn_ckpt", training={**training, "checkpoint_minutes": 0.00001})
     proc = _start_train(workspace, "churn_ckpt")
     checkpoints = Path(str(workspace.artifact_root)) / "churn_ckpt" / "kill-1" / "train" / "checkpoints"
-    # killed while the second trial runs, after it wrote a checkpoint
+    # killed while the second trial runs, after it recorded a checkpoint
     _kill_when(
         proc,
-        lambda: len(_finished(workspace, "churn_ckpt:kill-1")) >= 1 and any(checkpoints.glob("trial-1-*.pt")),
+        lambda: (
+            len(_finished(workspace, "churn_ckpt:kill-1")) >= 1 and _checkpointed(workspace, "churn_ckpt:kill-1", 1)
+        ),
         "no trial",
     )
     # the one it recorded, and at most one more (written, not yet recorded, when it was killed)
