@@ -10,7 +10,9 @@ the same permission, the DAG's `HITL_DETAIL` resource with `PUT` (a viewer has n
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
+from datetime import UTC, datetime
 from typing import Any, Literal
 
 from airflow.api_fastapi.core_api.security import GetUserDep
@@ -43,14 +45,29 @@ def may(user: Any, method: Literal["GET", "PUT"], pipeline: str) -> bool:
     )
 
 
-def state_of(detail: dict[str, Any]) -> str:
-    """`waiting` (parked for an answer), `pending` (asked, not parked: starting, or between tries),
-    `approved`, `rejected`, or `timed_out` (rejected by the timeout). Pure."""
+SETTLE_S = 5.0
+"""Seconds after its task parked before an approval is `waiting`: Airflow resumes an answered task
+under the same try number, and where the scheduler reads the executor's report of the parking
+process only after that resume (it reads them once a loop), it takes the resumed task for one
+killed externally and marks it for retry, which asks again and loses the answer (seen in CI with
+an answer a second after the park). An answer in this window waits for its end."""
+
+
+def state_of(detail: dict[str, Any], now: datetime) -> str:
+    """`waiting` (parked for an answer, `SETTLE_S` ago at least), `pending` (asked, not parked
+    or parked just now: starting, between tries, settling), `approved`, `rejected`, or
+    `timed_out` (rejected by the timeout). Pure."""
     if detail["responded_at"] is None:
-        return "waiting" if detail["task_state"] == "awaiting_input" else "pending"
+        parked = detail["task_state"] == "awaiting_input"
+        return "waiting" if parked and settle_left(detail, now) <= 0 else "pending"
     if detail["responded_by"] is None:
         return "timed_out"
     return "approved" if detail["chosen_options"] == [approval.APPROVE] else "rejected"
+
+
+def settle_left(detail: dict[str, Any], now: datetime) -> float:
+    """Seconds until a request asked at its `created_at` may be answered. Pure."""
+    return SETTLE_S - (now - datetime.fromisoformat(detail["created_at"])).total_seconds()
 
 
 def requests(pipeline: str, run_id: str | None = None) -> list[dict[str, Any]]:
@@ -82,7 +99,7 @@ def requests(pipeline: str, run_id: str | None = None) -> list[dict[str, Any]]:
                 "chosen_options": d.chosen_options,
                 "reason": (d.params_input or {}).get("reason", ""),
             }
-            out.append({**item, "state": state_of(item)})
+            out.append({**item, "state": state_of(item, datetime.now(UTC))})
     return out
 
 
@@ -93,6 +110,9 @@ def answer(pipeline: str, body: DecisionBody, user: Any) -> dict[str, Any]:
     from airflow.utils.session import create_session
 
     found = requests(pipeline, body.run_id)
+    if found and found[0]["task_state"] == "awaiting_input" and found[0]["responded_at"] is None:
+        time.sleep(min(SETTLE_S, max(0.0, settle_left(found[0], datetime.now(UTC)))))  # parked just now
+        found = requests(pipeline, body.run_id)
     if not found:
         raise HTTPException(404, f"run {body.run_id!r} of {pipeline} has no approval that asked a person")
     if found[0]["state"] != "waiting":  # an answer to a task not parked would be lost when it asks again

@@ -144,12 +144,19 @@ def test_the_evaluation_names_the_comparison_and_the_slices_that_got_worse_with_
 def test_an_approval_is_waiting_only_while_its_task_is_parked_for_an_answer() -> None:
     """An answer to a request whose task is not parked (starting, or between tries) would be reset
     when the task asks again: the API and the page offer only `waiting` ones."""
-    from mlcycle_approvals import state_of
+    from datetime import UTC, datetime, timedelta
 
-    asked = {"responded_at": None, "responded_by": None, "chosen_options": None}
-    assert state_of({**asked, "task_state": "awaiting_input"}) == "waiting"
-    assert state_of({**asked, "task_state": "up_for_retry"}) == "pending"
-    answered = {"responded_at": "t", "task_state": "success"}
-    assert state_of({**answered, "responded_by": "admin", "chosen_options": ["Approve"]}) == "approved"
-    assert state_of({**answered, "responded_by": "admin", "chosen_options": ["Reject"]}) == "rejected"
-    assert state_of({**answered, "responded_by": None, "chosen_options": ["Reject"]}) == "timed_out"
+    from mlcycle_approvals import SETTLE_S, state_of
+
+    t = datetime(2026, 12, 7, 9, 29, 56, tzinfo=UTC)
+    later = t + timedelta(seconds=SETTLE_S)
+    asked = {"responded_at": None, "responded_by": None, "chosen_options": None, "created_at": t.isoformat()}
+    assert state_of({**asked, "task_state": "awaiting_input"}, later) == "waiting"
+    assert state_of({**asked, "task_state": "up_for_retry"}, later) == "pending"
+    # parked a second ago: not yet (the scheduler may not have read the parking process's exit, and
+    # an answer now would be lost to a retry of the resumed task)
+    assert state_of({**asked, "task_state": "awaiting_input"}, t + timedelta(seconds=1)) == "pending"
+    answered = {"responded_at": "t", "task_state": "success", "created_at": t.isoformat()}
+    assert state_of({**answered, "responded_by": "admin", "chosen_options": ["Approve"]}, t) == "approved"
+    assert state_of({**answered, "responded_by": "admin", "chosen_options": ["Reject"]}, t) == "rejected"
+    assert state_of({**answered, "responded_by": None, "chosen_options": ["Reject"]}, t) == "timed_out"
