@@ -66,8 +66,11 @@ def state_of(detail: dict[str, Any], now: datetime) -> str:
 
 
 def settle_left(detail: dict[str, Any], now: datetime) -> float:
-    """Seconds until a request asked at its `created_at` may be answered. Pure."""
-    return SETTLE_S - (now - datetime.fromisoformat(detail["created_at"])).total_seconds()
+    """Seconds until a request may be answered: `SETTLE_S` after its task's try asked (`parked_at`:
+    the later of the request's `created_at` and the try's start, as Airflow keeps one request per
+    task instance across tries). Pure."""
+    asked = max(datetime.fromisoformat(detail["created_at"]), datetime.fromisoformat(detail["parked_at"]))
+    return SETTLE_S - (now - asked).total_seconds()
 
 
 def requests(pipeline: str, run_id: str | None = None) -> list[dict[str, Any]]:
@@ -78,7 +81,7 @@ def requests(pipeline: str, run_id: str | None = None) -> list[dict[str, Any]]:
     from sqlalchemy import select
 
     query = (
-        select(TaskInstance.run_id, TaskInstance.state, HITLDetail)
+        select(TaskInstance.run_id, TaskInstance.state, TaskInstance.start_date, HITLDetail)
         .join(HITLDetail, HITLDetail.ti_id == TaskInstance.id)
         .where(TaskInstance.dag_id == f"{pipeline}_lifecycle", TaskInstance.task_id == approval.TASK_ID)
         .order_by(HITLDetail.created_at.desc())
@@ -87,13 +90,14 @@ def requests(pipeline: str, run_id: str | None = None) -> list[dict[str, Any]]:
         query = query.where(TaskInstance.run_id == run_id)
     out = []
     with create_session() as session:
-        for run, task_state, d in session.execute(query).all():
+        for run, task_state, started, d in session.execute(query).all():
             item = {
                 "run_id": run,
                 "task_state": getattr(task_state, "value", task_state),
                 "subject": d.subject,
                 "body": d.body,
                 "created_at": d.created_at.isoformat(),
+                "parked_at": max(d.created_at, started or d.created_at).isoformat(),  # this try's ask
                 "responded_at": d.responded_at.isoformat() if d.responded_at else None,
                 "responded_by": (d.responded_by or {}).get("name"),
                 "chosen_options": d.chosen_options,

@@ -150,13 +150,23 @@ def test_an_approval_is_waiting_only_while_its_task_is_parked_for_an_answer() ->
 
     t = datetime(2026, 12, 7, 9, 29, 56, tzinfo=UTC)
     later = t + timedelta(seconds=SETTLE_S)
-    asked = {"responded_at": None, "responded_by": None, "chosen_options": None, "created_at": t.isoformat()}
+    asked = {
+        "responded_at": None,
+        "responded_by": None,
+        "chosen_options": None,
+        "created_at": t.isoformat(),
+        "parked_at": t.isoformat(),
+    }
     assert state_of({**asked, "task_state": "awaiting_input"}, later) == "waiting"
     assert state_of({**asked, "task_state": "up_for_retry"}, later) == "pending"
     # parked a second ago: not yet (the scheduler may not have read the parking process's exit, and
     # an answer now would be lost to a retry of the resumed task)
     assert state_of({**asked, "task_state": "awaiting_input"}, t + timedelta(seconds=1)) == "pending"
-    answered = {"responded_at": "t", "task_state": "success", "created_at": t.isoformat()}
+    # a second try parks under the first's request (Airflow keeps one per task instance): its own start counts
+    retried = {**asked, "task_state": "awaiting_input", "parked_at": (t + timedelta(minutes=2)).isoformat()}
+    assert state_of(retried, later + timedelta(minutes=2)) == "waiting"
+    assert state_of(retried, t + timedelta(minutes=2, seconds=1)) == "pending"
+    answered = {"responded_at": "t", "task_state": "success", "created_at": t.isoformat(), "parked_at": t.isoformat()}
     assert state_of({**answered, "responded_by": "admin", "chosen_options": ["Approve"]}, t) == "approved"
     assert state_of({**answered, "responded_by": "admin", "chosen_options": ["Reject"]}, t) == "rejected"
     assert state_of({**answered, "responded_by": None, "chosen_options": ["Reject"]}, t) == "timed_out"
