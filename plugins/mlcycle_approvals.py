@@ -66,11 +66,10 @@ def state_of(detail: dict[str, Any], now: datetime) -> str:
 
 
 def settle_left(detail: dict[str, Any], now: datetime) -> float:
-    """Seconds until a request may be answered: `SETTLE_S` after its task's try asked (`parked_at`:
-    the later of the request's `created_at` and the try's start, as Airflow keeps one request per
-    task instance across tries). Pure."""
-    asked = max(datetime.fromisoformat(detail["created_at"]), datetime.fromisoformat(detail["parked_at"]))
-    return SETTLE_S - (now - asked).total_seconds()
+    """Seconds until a request may be answered: `SETTLE_S` after its task's try asked (`parked_at`,
+    which `requests` takes as the later of the request's `created_at` and the try's start, as
+    Airflow keeps one request per task instance across tries). Pure."""
+    return SETTLE_S - (now - datetime.fromisoformat(detail["parked_at"])).total_seconds()
 
 
 def requests(pipeline: str, run_id: str | None = None) -> list[dict[str, Any]]:
