@@ -211,8 +211,14 @@ class AirflowClient:
                 return run
             self._check_alive()
             if time.monotonic() > deadline:
-                raise TimeoutError(f"{dag_id} {run_id} still {run['state']} after {timeout:.0f}s")
+                tries = self._task_tries(dag_id, run_id)
+                raise TimeoutError(f"{dag_id} {run_id} still {run['state']} after {timeout:.0f}s: {tries}")
             time.sleep(3)
+
+    def _task_tries(self, dag_id: str, run_id: str) -> str:
+        """Each task's state and try, for a message: `train=running#2 evaluate=None#0`."""
+        tis = self.api("GET", f"/dags/{dag_id}/dagRuns/{run_id}/taskInstances")["task_instances"]
+        return " ".join(f"{t['task_id']}={t['state']}#{t['try_number']}" for t in tis)
 
     def task_states(self, dag_id: str, run_id: str) -> dict[str, str | None]:
         tis = self.api("GET", f"/dags/{dag_id}/dagRuns/{run_id}/taskInstances")["task_instances"]
