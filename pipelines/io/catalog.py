@@ -149,7 +149,8 @@ def champion_live(
     settings: Settings, pipeline: str, version: int, now: datetime | None = None
 ) -> dict[str, Any] | None:
     """The champion's live metric now, on the labels that arrived for its predictions of the drift
-    window (`drift.window_hours`, as its next drift check will compute it), so the page shows the
+    window (served, or published by a batch run whose `as_of` is in the window; `drift.window_hours`,
+    as its next drift check will compute it), so the page shows the
     current champion's figure before a drift check has scored it. None where the spec is gone."""
     from pipelines.io.requestlog import labelled  # numpy, through the A/B comparison
     from pipelines.ml.metrics import primary_metric
@@ -160,7 +161,7 @@ def champion_live(
         return None
     end = now or datetime.now(UTC)
     start = end - timedelta(hours=spec.drift.window_hours)
-    rows = labelled(settings, pipeline, [version], since=start, until=end)
+    rows = labelled(settings, pipeline, [version], since=start, until=end, batch=True)
     score = primary_metric(spec.evaluation, spec.label.kind)
     where = f" in the last {spec.drift.window_hours:g} h"
     figure = live_figure(rows, spec.evaluation.primary_metric, spec.label.kind, score, where=where)

@@ -5,7 +5,8 @@ served to its entity at or before the time the outcome was observed. Shadow answ
 requests never count: the A/B compares what clients were given, and served traffic becomes
 training data (`feedback`) with the features exactly as they were served, at the instant served,
 except the answers scored outside the data contract (`off_contract`: an unknown category under
-`serving.unknown_categories: score`), which never train a model.
+`serving.unknown_categories: score`), which never train a model. The live metric (the page's and
+the drift check's) also counts the labels of published batch predictions (`labelled(batch=True)`).
 """
 
 from __future__ import annotations
@@ -23,17 +24,42 @@ SELECT r.model_version, r.score, l.label, r.created_at, l.entity_id, r.features,
     r.request_id
 FROM labels l
 JOIN LATERAL (
-    SELECT model_version, score, created_at, features, probabilities, off_contract, request_id
+    (SELECT model_version, score, created_at, features, probabilities, off_contract, request_id
     FROM inference_requests r
     WHERE r.pipeline = l.pipeline AND r.entity_id = l.entity_id AND NOT r.shadow AND r.status = 'ok'
       AND (l.request_id IS NULL OR r.request_id = l.request_id)
       AND (l.request_id IS NOT NULL OR r.created_at <= l.observed_at)
       AND (%(since)s::timestamptz IS NULL OR r.created_at >= %(since)s)
       AND (%(until)s::timestamptz IS NULL OR r.created_at < %(until)s)
-    ORDER BY r.created_at DESC LIMIT 1
+    ORDER BY r.created_at DESC LIMIT 1)
+    UNION ALL
+    (SELECT b.version, b.score, b.as_of, NULL::jsonb,
+        CASE WHEN b.probabilities IS NOT NULL THEN ARRAY(
+            SELECT (b.probabilities ->> c.name)::real FROM unnest(%(classes)s::text[]) WITH ORDINALITY c(name, n)
+            ORDER BY c.n) END,
+        NULL::text, NULL::uuid
+    FROM batch_runs br
+    JOIN batch_predictions b ON b.pipeline = br.pipeline AND b.run_id = br.run_id AND b.entity_id = l.entity_id
+    WHERE %(batch)s AND l.request_id IS NULL AND br.pipeline = l.pipeline AND br.published_at IS NOT NULL
+      AND b.as_of <= l.observed_at
+      AND (%(since)s::timestamptz IS NULL OR b.as_of >= %(since)s)
+      AND (%(until)s::timestamptz IS NULL OR b.as_of < %(until)s)
+    ORDER BY b.as_of DESC, br.published_at DESC LIMIT 1)
+    ORDER BY created_at DESC LIMIT 1
 ) r ON true
 WHERE l.pipeline = %(pipeline)s AND (%(versions)s::int[] IS NULL OR r.model_version = ANY(%(versions)s))
 """
+"""Each label with the prediction it scores: the latest served answer to its entity at or before
+the outcome was observed (or the one its request id names) and, where `batch` is true, the latest
+published batch prediction of that entity as of then, whichever is newer (a batch row's instant is
+its `as_of`; a multiclass batch row's probabilities in the order of `classes`). A batch row has no
+features and no request id: it is never training data and never matches a label that names a
+request."""
+
+
+def _query(pipeline: str, versions: list[int] | None, since: datetime | None, until: datetime | None) -> dict[str, Any]:
+    """LABELLED_SQL's parameters for the served predictions alone."""
+    return {"pipeline": pipeline, "versions": versions, "since": since, "until": until, "batch": False, "classes": []}
 
 
 def labelled(
@@ -42,14 +68,16 @@ def labelled(
     versions: list[int] | None = None,
     since: datetime | None = None,
     until: datetime | None = None,
+    batch: bool = False,
 ) -> list[tuple[int, Any, float]]:
-    """(version, score, label) of the served predictions that have a label; a multiclass model's
-    score is every class's probability (a list, in the classes' order) and its label the class's
-    index."""
+    """(version, score, label) of the served predictions that have a label (with `batch`, and of
+    the published batch predictions); a multiclass model's score is every class's probability (a
+    list, in the classes' order) and its label the class's index."""
+    query = _query(pipeline, versions, since, until)
+    if batch:
+        query.update(batch=True, classes=list(spec_for(settings, pipeline).classes or []))
     with connect(settings) as conn:
-        rows = conn.execute(
-            LABELLED_SQL, {"pipeline": pipeline, "versions": versions, "since": since, "until": until}
-        ).fetchall()
+        rows = conn.execute(LABELLED_SQL, query).fetchall()
     return [(int(v), list(p) if p is not None else float(s), float(y)) for v, s, y, _, _, _, p, _, _ in rows]
 
 
@@ -57,9 +85,7 @@ def feedback(settings: Settings, pipeline: str, since: datetime | None, until: d
     """The labelled served predictions in `(since, until]`: entity, the instant served, the
     features as served and the label; one row per entity and instant."""
     with connect(settings) as conn:
-        rows = conn.execute(
-            LABELLED_SQL, {"pipeline": pipeline, "versions": None, "since": since, "until": until}
-        ).fetchall()
+        rows = conn.execute(LABELLED_SQL, _query(pipeline, None, since, until)).fetchall()
     out: dict[tuple[str, datetime], dict[str, Any]] = {}
     for _, _, label, served_at, entity, features, _, off_contract, _ in rows:
         if since is not None and served_at <= since:
@@ -129,7 +155,5 @@ def labels_of_served(settings: Settings, pipeline: str, version: int, since: dat
     """The labels that arrived for the predictions `version` served since `since`, by (request id,
     entity id): a shadow's copy of the same request shares them."""
     with connect(settings) as conn:
-        rows = conn.execute(
-            LABELLED_SQL, {"pipeline": pipeline, "versions": [version], "since": since, "until": None}
-        ).fetchall()
+        rows = conn.execute(LABELLED_SQL, _query(pipeline, [version], since, None)).fetchall()
     return {(str(row[8]), str(row[4])): float(row[2]) for row in rows}

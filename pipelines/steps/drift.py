@@ -10,7 +10,8 @@ window:
 * our PSI per feature and for the prediction (the score; a multiclass model's predicted class),
   with KS (numeric) or chi-squared (categorical) beside it: PSI is an effect size that does not
   flag trivial shifts on large windows, which is where p-value tests do;
-* where labels arrived, the champion's live primary metric against its evaluation figure;
+* where labels arrived, the champion's live primary metric against its evaluation figure (on its
+  served answers and its published batch predictions of the window, `as_of` in it);
 * with `embeddings`, drift in the champion's embedding space: how well a logistic regression tells
   its vectors of the served window from those of the reference (cross-validated ROC AUC), counted
   as drift above `embeddings.drift_roc_auc`.
@@ -304,7 +305,7 @@ def run(ctx: StepContext) -> dict[str, Any]:
         "window_end": end.isoformat(),
         "requests": len(current),
     }
-    rows = labelled(ctx.settings, ctx.pipeline, [version], since=start, until=end)
+    rows = labelled(ctx.settings, ctx.pipeline, [version], since=start, until=end, batch=True)
     performance = live_performance(spec.evaluation, rows, reference_metric, spec.label.kind)
     figures: dict[str, dict[str, Any]] = {}
     prediction_psi = None

@@ -108,6 +108,37 @@ def test_two_partitions_score_every_entity_once_with_the_version_pinned_before_t
     assert summary == (1, len(rows), 0, 2, True)
 
 
+def test_labels_that_arrive_later_score_the_published_batch_predictions_for_the_live_metric(
+    champion: Settings,
+) -> None:
+    """Outcomes observed a month after `as_of`, without request ids (what a retention team loads):
+    each belongs to its entity's batch answer of run b1 (published above), so the champion's live
+    metric and the drift check's performance read them; the A/B of served traffic and the training
+    feedback never do (a batch row was not served and holds no features)."""
+    from pipelines.io.catalog import champion_live
+    from pipelines.io.labels import upsert_labels
+    from pipelines.io.requestlog import ab_results, feedback, labelled
+
+    scored = rows_of(champion, "b1").set_index("entity_id")["score"].head(200)
+    observed = datetime.fromisoformat(AS_OF) + timedelta(days=30)
+    outcome = {eid: float(n % 2) for n, eid in enumerate(scored.index)}
+    late = [(PIPELINE, None, eid, y, observed) for eid, y in outcome.items()]
+    early = [(PIPELINE, None, scored.index[0], 1.0, datetime.fromisoformat(AS_OF) - timedelta(days=1))]
+    assert upsert_labels(champion, late + early) == 201
+    window = (observed - timedelta(days=60), observed)
+
+    rows = labelled(champion, PIPELINE, [1], *window, batch=True)
+    assert sorted((s, y) for _, s, y in rows) == sorted((scored[e], outcome[e]) for e in scored.index)
+    assert labelled(champion, PIPELINE, [2], *window, batch=True) == []  # pinned v1 scored them, not v2
+    assert labelled(champion, PIPELINE, [1], *window) == []  # served predictions alone: none
+    assert feedback(champion, PIPELINE, None, observed) == []
+    ab = ab_results(champion, PIPELINE, 1, 2)
+    assert (ab["champion"]["labelled"], ab["challenger"]["labelled"]) == (0, 0)
+    # the live metric of the predictions made in the drift window that holds `as_of`
+    live = champion_live(champion, PIPELINE, 1, now=datetime.fromisoformat(AS_OF) + timedelta(hours=1))
+    assert live is not None and live["value"] is not None and live["rows"] == len(scored), live
+
+
 def test_a_rerun_partition_replaces_only_its_own_rows(champion: Settings) -> None:
     before = rows_of(champion, "b1").set_index("entity_id")
     again = run(champion, "batch", "b1", PIPELINE, worker=1)
