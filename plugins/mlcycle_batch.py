@@ -59,7 +59,7 @@ def batch_section(pipeline: str, runs: Sequence[Mapping[str, Any]]) -> str:
         f"<td>{link(run_page(f'{pipeline}_batch', str(r['run_id'])), str(r['run_id']))}</td>"
         f"<td>v{int(r['version'])}</td><td class='when'>{escape(str(r['as_of'])[:16].replace('T', ' '))}</td>"
         f"<td class='num'>{int(r['rows_scored'])}</td><td class='num'>{int(r['rows_quarantined'])}</td>"
-        f"<td class='num'>{float(r['seconds']):.1f}</td><td>{escape(output_location(r['outputs'] or {}))}</td></tr>"
+        f"<td class='num'>{float(r['seconds']):.1f}</td><td>{escape(output_location(r))}</td></tr>"
         for r in runs
     )
     return (

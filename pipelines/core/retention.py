@@ -11,6 +11,8 @@ the state (pipelines/io/retention.py), asks these functions what to drop and doe
 * A run's folder (`<pipeline>/<run_id>/` under the artifact root) expires `runs_days` after its
   last write, except a run that registered a version still in the registry, and a run with a step
   running now.
+* A batch run's rows of `batch_predictions` go `batch_predictions_days` after its last step,
+  except the newest published run's (the latest view's) and a run with a step running now.
 """
 
 from __future__ import annotations
@@ -146,3 +148,24 @@ def expired_runs(
     version's lineage, with no step running."""
     cutoff = now - timedelta(days=runs_days)
     return [f for f in folders if f.last_write <= cutoff and f.run_id not in lineage and f.run_id not in running]
+
+
+@dataclass(frozen=True)
+class BatchRun:
+    """A batch run of a pipeline as retention sees it: when its last step ended (or began, while
+    one runs), whether one runs now, and when it was published (None: never)."""
+
+    run_id: str
+    last_write: datetime
+    running: bool
+    published_at: datetime | None
+
+
+def expired_batch_runs(runs: Iterable[BatchRun], now: datetime, days: int) -> list[str]:
+    """The batch runs whose predictions go: last written more than `days` ago, with no step
+    running, other than the newest published run (what the latest view shows). Pure."""
+    runs = list(runs)
+    published = [r for r in runs if r.published_at is not None]
+    newest = max(published, key=lambda r: (r.published_at, r.run_id)).run_id if published else None
+    cutoff = now - timedelta(days=days)
+    return sorted(r.run_id for r in runs if r.last_write <= cutoff and not r.running and r.run_id != newest)

@@ -47,6 +47,9 @@ class RetentionSettings(BaseSettings):
     # Days a run's folder under the artifact root is kept after its last write, unless a version
     # still in the registry was registered by that run (its snapshot, reports and model stay).
     runs_days: int = Field(default=30, ge=0, le=3650)
+    # Days a batch run's rows of `batch_predictions` are kept after its last step, except the
+    # newest published run's (what `<pipeline>_predictions_latest` shows) and a run with a step running.
+    batch_predictions_days: int = Field(default=30, ge=0, le=3650)
     # Day partitions of the request log made ahead of today.
     partitions_ahead: int = Field(default=7, ge=1, le=90)
 

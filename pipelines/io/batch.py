@@ -421,8 +421,8 @@ def batch_runs(settings: Settings, pipeline: str, limit: int = 20) -> list[dict[
     with db.connect(settings) as conn:
         return db.fetch_dicts(
             conn,
-            "SELECT run_id, version, as_of, partitions, rows_scored, rows_quarantined, seconds, outputs, published_at"
-            " FROM batch_runs WHERE pipeline=%s ORDER BY published_at DESC NULLS LAST LIMIT %s",
+            "SELECT run_id, version, as_of, partitions, rows_scored, rows_quarantined, seconds, outputs, published_at,"
+            " rows_removed_at FROM batch_runs WHERE pipeline=%s ORDER BY published_at DESC NULLS LAST LIMIT %s",
             (pipeline, limit),
         )
 
@@ -435,6 +435,8 @@ def render_batch_runs(pipeline: str, runs: list[dict[str, Any]]) -> str:
     for r in runs:
         outputs = r["outputs"] or {}
         where = ", ".join(sorted(k if k != "view" else f"view {v}" for k, v in outputs.items()))
+        if r.get("rows_removed_at"):
+            where += f" (table rows removed {r['rows_removed_at']:%Y-%m-%d})"
         lines.append(
             f"  {r['run_id']}  v{r['version']}  as_of {r['as_of']:%Y-%m-%d %H:%M}  {r['rows_scored']} scored"
             f"  {r['rows_quarantined']} quarantined  {r['partitions']} partition(s)  {r['seconds']:.1f} s"

@@ -12,23 +12,30 @@ from pipelines.core.settings import Settings
 from pipelines.io import db
 
 PUBLISHED = "FROM batch_runs WHERE pipeline=%s AND published_at IS NOT NULL"
-COLUMNS = "run_id, version, as_of, partitions, rows_scored, rows_quarantined, seconds, outputs, published_at"
+COLUMNS = (
+    "run_id, version, as_of, partitions, rows_scored, rows_quarantined, seconds, outputs, published_at, rows_removed_at"
+)
 
 
 def run_json(row: dict[str, Any]) -> dict[str, Any]:
     """A `batch_runs` row as the platform API answers it: instants in ISO 8601, outputs as
-    published (`table`, `view`, `parquet` and `quarantine` files). Pure."""
+    published (`table`, `view`, `parquet` and `quarantine` files); `rows_removed_at`: when retention
+    removed its rows of the table (None: they are there). Pure."""
     out = {**row, "outputs": row.get("outputs") or {}}
-    for key in ("as_of", "published_at"):
+    for key in ("as_of", "published_at", "rows_removed_at"):
         if isinstance(out.get(key), datetime):
             out[key] = out[key].isoformat()
     return out
 
 
-def output_location(outputs: Mapping[str, Any]) -> str:
-    """Where a run's predictions are read: the latest view (else the table), and the folder of its
-    Parquet files where it wrote some. Pure."""
-    where = [str(outputs.get("view") or outputs.get("table") or "")]
+def output_location(run: Mapping[str, Any]) -> str:
+    """Where a run's predictions are read: the latest view (else the table; where retention removed
+    the run's rows, when), and the folder of its Parquet files where it wrote some. Pure."""
+    outputs, rows_removed_at = run.get("outputs") or {}, run.get("rows_removed_at")
+    table = str(outputs.get("view") or outputs.get("table") or "")
+    if table and rows_removed_at:
+        table = f"{outputs.get('table') or table} rows removed {str(rows_removed_at)[:10]}"
+    where = [table]
     parquet = list(outputs.get("parquet") or [])
     if parquet:
         folder = str(parquet[0]).rsplit("/", 1)[0]

@@ -1,6 +1,6 @@
 """What the `retention` step reads and removes in the platform database: the request log's day
-partitions (pipelines/core/retention.py decides which), DEFAULT-partition rows, labels, the run
-attempts that are running and the digests of deleted artifacts. Each function takes an open
+partitions (pipelines/core/retention.py decides which), DEFAULT-partition rows, labels, batch
+predictions, the run attempts that are running and the digests of deleted artifacts. Each function takes an open
 connection; the caller holds the transaction."""
 
 from __future__ import annotations
@@ -8,7 +8,9 @@ from __future__ import annotations
 from datetime import date, datetime
 from typing import Any
 
-from pipelines.core.retention import DEFAULT_PARTITION, day_bounds, partition_day, partition_name
+from pipelines.core.retention import DEFAULT_PARTITION, BatchRun, day_bounds, partition_day, partition_name
+
+BATCH_STEPS = ["batch_pin", "batch", "batch_publish"]
 
 LOCK = "mlcycle-retention-request-log"
 """The advisory lock under which one retention step at a time changes the request log's partitions."""
@@ -75,6 +77,32 @@ def delete_labels(conn: Any, pipeline: str, before: datetime) -> tuple[int, int]
         " RETURNING pg_column_size(l.*) AS n) SELECT count(*), COALESCE(sum(n), 0) FROM gone",
         (pipeline, before),
     ).fetchone()
+    return int(row[0]), int(row[1])
+
+
+def batch_runs(conn: Any, pipeline: str) -> list[BatchRun]:
+    """The pipeline's batch runs from their steps' records, with their publication."""
+    rows = conn.execute(
+        "SELECT s.run_id, max(COALESCE(s.finished_at, s.started_at)), bool_or(s.status = 'running'), b.published_at"
+        " FROM step_runs s LEFT JOIN batch_runs b ON b.pipeline = s.pipeline AND b.run_id = s.run_id"
+        " WHERE s.pipeline = %s AND s.step = ANY(%s) GROUP BY s.run_id, b.published_at",
+        (pipeline, BATCH_STEPS),
+    ).fetchall()
+    return [BatchRun(str(r), last, bool(running), published) for r, last, running, published in rows]
+
+
+def delete_batch_predictions(conn: Any, pipeline: str, runs: list[str]) -> tuple[int, int]:
+    """Delete the batch predictions of a pipeline's `runs` and mark those runs' summaries (they stay:
+    `mlcycle batch show` lists them with when their rows went). Returns the rows and bytes."""
+    row = conn.execute(
+        "WITH gone AS (DELETE FROM batch_predictions b WHERE pipeline = %s AND run_id = ANY(%s)"
+        " RETURNING pg_column_size(b.*) AS n) SELECT count(*), COALESCE(sum(n), 0) FROM gone",
+        (pipeline, runs),
+    ).fetchone()
+    conn.execute(
+        "UPDATE batch_runs SET rows_removed_at = clock_timestamp() WHERE pipeline = %s AND run_id = ANY(%s)",
+        (pipeline, runs),
+    )
     return int(row[0]), int(row[1])
 
 

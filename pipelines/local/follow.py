@@ -206,4 +206,4 @@ def batch_summary(settings: Settings, pipeline: str, run_id: str, state: str) ->
     run = published_run(settings, pipeline, run_id)
     if run is None:
         return f"{pipeline}_batch {run_id} ended {state} and published nothing: its tasks' logs say why"
-    return f"{render_batch_runs(pipeline, [run])}\n    predictions: {output_location(run['outputs'] or {})}"
+    return f"{render_batch_runs(pipeline, [run])}\n    predictions: {output_location(run)}"

@@ -8,6 +8,8 @@ Run every hour by the `mlcycle_retention` DAG, one task per pipeline:
   turns; the first does the work, the others find nothing to do);
 * the pipeline's labels older than `labels_days` and older than every window its spec reads them
   in (pipelines/core/retention.py);
+* the pipeline's batch runs' rows of `batch_predictions` older than `batch_predictions_days`,
+  except the newest published run's (what `<pipeline>_predictions_latest` shows);
 * the pipeline's run folders under the artifact root last written more than `runs_days` ago,
   except the runs of the versions still in the registry (champion, challenger and every other:
   their snapshot, reports and model stay) and runs with a step running now.
@@ -25,6 +27,7 @@ from typing import Any
 
 from pipelines.core.alerts import fill_alerts
 from pipelines.core.retention import (
+    expired_batch_runs,
     expired_runs,
     label_window_days,
     labels_cutoff,
@@ -76,6 +79,14 @@ def labels(settings: Settings, spec: PipelineSpec, now: datetime) -> dict[str, A
     return {"rows": rows, "bytes": size, "kept_from": before.isoformat(), "window_days": window}
 
 
+def batch_predictions(settings: Settings, pipeline: str, now: datetime) -> dict[str, Any]:
+    """Delete the rows of the pipeline's expired batch runs; what it removed."""
+    with connect(settings) as conn:
+        expired = expired_batch_runs(store.batch_runs(conn, pipeline), now, settings.retention.batch_predictions_days)
+        rows, size = store.delete_batch_predictions(conn, pipeline, expired) if expired else (0, 0)
+    return {"runs": expired, "rows": rows, "bytes": size}
+
+
 def runs(settings: Settings, storage: Storage, pipeline: str, now: datetime, current: str) -> dict[str, Any]:
     """Remove the pipeline's expired run folders (never the current run's); what it removed."""
     lineage = lineage_runs(settings, pipeline)  # raises when the registry cannot be read: nothing removed
@@ -121,6 +132,7 @@ def enforce(ctx: StepContext, now: datetime) -> dict[str, Any]:
         "warnings": [shortfall] if shortfall else [],
         "request_log": request_log(ctx.settings, now),
         "labels": labels(ctx.settings, ctx.spec, now),
+        "batch_predictions": batch_predictions(ctx.settings, ctx.pipeline, now),
         "runs": runs(ctx.settings, ctx.storage, ctx.pipeline, now, ctx.run_id),
         "fill": fill(ctx.settings, ctx.storage, now),
     }

@@ -246,3 +246,27 @@ def test_a_batch_run_before_the_first_promotion_is_skipped_not_failed(champion: 
     _, err = proc.communicate(timeout=300)
     assert proc.returncode == 100 and "churn_unpromoted has no champion yet: nothing to score" in err
     assert not open_storage(champion).exists(run_key("churn_unpromoted", "b0", "batch_pin", "manifest.json"))
+
+
+def test_retention_removes_the_rows_of_old_batch_runs_but_the_latest_views(
+    champion: Settings, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The hourly `retention` step: with 30 days nothing of this module's runs goes; with 0 days
+    the rows of b1 go (their summary stays, marked), b3 (failed: no rows) is counted, and b2, the
+    newest published run that `<p>_predictions_latest` shows, keeps every row."""
+    from pipelines.cli import main
+    from pipelines.core.settings import RetentionSettings
+
+    before = {r: len(rows_of(champion, r)) for r in ("b1", "b2")}
+    kept = run(champion, "retention", "r1", PIPELINE)["batch_predictions"]
+    assert (kept["runs"], kept["rows"]) == ([], 0)
+    zero = champion.model_copy(update={"retention": RetentionSettings(batch_predictions_days=0)})
+    removed = run(zero, "retention", "r2", PIPELINE)["batch_predictions"]
+    assert (removed["runs"], removed["rows"]) == (["b1", "b3"], before["b1"]) and removed["bytes"] > 0
+    assert rows_of(champion, "b1").empty and len(rows_of(champion, "b2")) == before["b2"] > 0
+    with db.connect(champion) as conn:
+        latest = conn.execute(f"SELECT count(*) FROM {PIPELINE}_predictions_latest").fetchone()
+    assert latest == (before["b2"],)
+    assert main(["batch", "show", "--pipeline", PIPELINE]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert "table rows removed" in lines[2] and "removed" not in lines[1], lines  # b1's line, not b2's

@@ -55,10 +55,15 @@ def test_a_run_answers_in_json_with_iso_instants_and_its_outputs() -> None:
 
 
 def test_the_output_location_is_the_view_and_the_parquet_folder() -> None:
-    assert output_location(RUN["outputs"]) == "churn_predictions_latest, s3://mlcycle/churn/r1/batch/ (2 Parquet files)"
-    assert output_location({"table": "batch_predictions"}) == "batch_predictions"
-    assert output_location({"parquet": ["/data/r1/batch/part-0.parquet"]}) == "/data/r1/batch/ (1 Parquet file)"
-    assert output_location({}) == "–"
+    assert output_location(RUN) == "churn_predictions_latest, s3://mlcycle/churn/r1/batch/ (2 Parquet files)"
+    assert output_location({"outputs": {"table": "batch_predictions"}}) == "batch_predictions"
+    parquet = {"outputs": {"parquet": ["/data/r1/batch/part-0.parquet"]}}
+    assert output_location(parquet) == "/data/r1/batch/ (1 Parquet file)"
+    assert output_location({"outputs": {}}) == "–"
+    removed = {**RUN, "rows_removed_at": "2026-12-07T10:00:00+00:00"}
+    assert output_location(removed) == (
+        "batch_predictions rows removed 2026-12-07, s3://mlcycle/churn/r1/batch/ (2 Parquet files)"
+    )
 
 
 def test_the_page_section_lists_each_run_escaped_newest_first_or_says_how_to_start_one() -> None:

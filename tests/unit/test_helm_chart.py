@@ -191,6 +191,7 @@ def test_the_retention_settings_reach_every_process_and_step_pod() -> None:
         "MLCYCLE_RETENTION_REQUEST_LOG_DAYS": "3",
         "MLCYCLE_RETENTION_LABELS_DAYS": "90",
         "MLCYCLE_RETENTION_RUNS_DAYS": "0",
+        "MLCYCLE_RETENTION_BATCH_PREDICTIONS_DAYS": "30",
         "MLCYCLE_RETENTION_PARTITIONS_AHEAD": "7",
     }
     with scoped_environ(values):
@@ -198,6 +199,7 @@ def test_the_retention_settings_reach_every_process_and_step_pod() -> None:
             "request_log_days": 3,
             "labels_days": 90,
             "runs_days": 0,
+            "batch_predictions_days": 30,
             "partitions_ahead": 7,
         }
 

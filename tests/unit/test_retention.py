@@ -8,7 +8,9 @@ from datetime import UTC, date, datetime, timedelta
 import pytest
 
 from pipelines.core.retention import (
+    BatchRun,
     RunFolder,
+    expired_batch_runs,
     expired_runs,
     first_kept_day,
     label_window_days,
@@ -134,3 +136,20 @@ def test_retention_settings_come_from_the_environment(monkeypatch: pytest.Monkey
     monkeypatch.setenv("MLCYCLE_RETENTION_LABELS_DAYS", "-1")
     with pytest.raises(ValueError, match="labels_days"):
         Settings()
+
+
+def test_old_batch_runs_expire_except_the_newest_published_and_a_running_one() -> None:
+    old, fresh = NOW - timedelta(days=31), NOW - timedelta(days=29)
+    runs = [
+        BatchRun("published-old", old, False, old),
+        BatchRun("latest-old", old, False, old + timedelta(hours=1)),  # the view's: stays however old
+        BatchRun("failed-old", old, False, None),
+        BatchRun("running-old", old, True, None),
+        BatchRun("fresh", fresh, False, fresh),
+    ]
+    assert expired_batch_runs(runs[:4], NOW, 30) == ["failed-old", "published-old"]
+    assert expired_batch_runs(runs[:4], NOW, 0) == ["failed-old", "published-old"]
+    # once `fresh` is published, it is the view's: the old latest goes with the rest
+    assert expired_batch_runs(runs, NOW, 30) == ["failed-old", "latest-old", "published-old"]
+    assert expired_batch_runs(runs, NOW, 0) == ["failed-old", "latest-old", "published-old"]
+    assert expired_batch_runs([], NOW, 0) == []
