@@ -187,7 +187,9 @@ def stop(settings: Settings) -> int:
 
 
 def stop_haproxy(config_dir: str) -> int:
-    """Terminate the HAProxy processes whose config lies in `config_dir`; returns how many."""
+    """Terminate the HAProxy processes whose config lies in `config_dir`, then remove the folder
+    (a subfolder per HAProxy Serve ever started: its config and admin socket) where it is this
+    user's own folder, not a link; returns how many processes there were."""
     import psutil  # heavy: only `serve stop` needs it
 
     found = []
@@ -199,4 +201,23 @@ def stop_haproxy(config_dir: str) -> int:
     _, alive = psutil.wait_procs(found, timeout=10)
     for proc in alive:
         proc.kill()
+    _, alive = psutil.wait_procs(alive, timeout=5)
+    if not alive:
+        remove_own_dir(Path(config_dir))
     return len(found)
+
+
+def remove_own_dir(path: Path) -> bool:
+    """Remove a folder and what it holds where it is a folder of this user's (never through a
+    link: `shutil.rmtree` refuses one, and walks by file descriptors); whether it went."""
+    import shutil
+    import stat
+
+    try:
+        st = path.lstat()
+    except FileNotFoundError:
+        return False
+    if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.geteuid():
+        return False
+    shutil.rmtree(path, ignore_errors=True)
+    return not path.exists()

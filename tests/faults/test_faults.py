@@ -67,14 +67,17 @@ def _running(tasks: dict[str, dict[str, Any]] | None) -> list[str]:
 def _wait_running(airflow: Any, run_id: str, task: str, timeout: float = 900) -> list[str]:
     """Until `task` runs; returns every task running then."""
     deadline = time.monotonic() + timeout
+    seen: dict[str, dict[str, Any]] = {}
     while time.monotonic() < deadline:
         tasks = _tasks(airflow, run_id)
+        seen = tasks or seen
         if tasks and tasks.get(task, {}).get("state") == "running":
             return _running(tasks)
         if tasks and tasks.get(task, {}).get("state") in ("success", "failed", "skipped", "upstream_failed"):
             raise AssertionError(f"{task} ended ({tasks[task]['state']}) before it was seen running")
         time.sleep(0.5)
-    raise TimeoutError(f"{task} did not run within {timeout:.0f}s")
+    states = {name: t.get("state") for name, t in seen.items()}
+    raise TimeoutError(f"{task} did not run within {timeout:.0f}s; the run's tasks: {states}")
 
 
 def _run_state(airflow: Any, run_id: str, timeout: float = 1800) -> dict[str, Any]:

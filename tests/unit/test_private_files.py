@@ -167,6 +167,40 @@ def test_haproxy_started_by_the_wrapper_has_a_private_folder_and_a_read_only_soc
         proc.wait(timeout=30)
 
 
+def test_stopping_serves_haproxy_removes_its_folder_and_never_follows_a_link(
+    hap_env: tuple[Path, dict[str, str]], tmp_path: Path
+) -> None:
+    """`stop_haproxy` (what `mlcycle down` and the head's stop call) ends the HAProxy whose config
+    lies in the instance's folder, then removes the folder: nothing of it is left in /tmp. A folder
+    that is a link is left alone, and so is what it points to."""
+    from serving.embedded import stop_haproxy
+
+    root, env = hap_env
+    node = root / "node"
+    node.mkdir()
+    cfg = node / "haproxy.cfg"
+    (port,) = free_port_pairs(1)
+    cfg.write_text(config(node / "admin.sock", port))
+    proc = subprocess.Popen([executable("mlcycle-haproxy"), "-db", "-f", str(cfg)], env=env)
+    deadline = time.monotonic() + 30
+    while not (node / "admin.sock").exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert (node / "admin.sock").exists()
+    assert stop_haproxy(str(root)) == 1
+    assert proc.wait(timeout=30) is not None and not root.exists()
+
+    target = tmp_path / "theirs"
+    target.mkdir()
+    (target / "keep.txt").write_text("x")
+    link = Path(f"{root}-link")
+    link.symlink_to(target)
+    try:
+        assert stop_haproxy(str(link)) == 0
+        assert link.is_symlink() and (target / "keep.txt").read_text() == "x"
+    finally:
+        link.unlink()
+
+
 def test_the_wrapper_refuses_a_haproxy_folder_that_is_a_link(hap_env: tuple[Path, dict[str, str]]) -> None:
     """A folder planted as a link (to where another user reads) is refused: HAProxy never starts."""
     root, env = hap_env
