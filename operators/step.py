@@ -164,8 +164,10 @@ class PipelineStepOperator(BaseOperator):
         if runtime == "docker":
             import os
 
-            step = manifest["metadata"]["labels"]["mlcycle.io/step"]
-            config = container_config(manifest, os.environ, docker_env_from(settings, step), settings.docker_network)
+            labels = manifest["metadata"]["labels"]
+            spec = spec_for(settings, labels["mlcycle.io/pipeline"])
+            taken = docker_env_from(settings, labels["mlcycle.io/step"], spec)
+            config = container_config(manifest, os.environ, taken, settings.docker_network)
             return DockerContainer(manifest, config, settings.image_pull_policy, settings.docker_gpu)
 
         return LocalProcess(manifest, cwd=str(settings.project_dir))

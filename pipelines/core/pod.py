@@ -24,25 +24,28 @@ WRITABLE = {"tmp": "/tmp", "home": HOME, "results": XCOM_PATH.rsplit("/", 1)[0]}
 """What a step writes outside the artifact store (temporary files, the libraries' caches under HOME,
 its result), each an emptyDir: the container's root filesystem is read-only."""
 RAY_STEPS = frozenset({"canary"})
-"""The steps that drive Ray Serve (deploy, move traffic): the only pods that get the Ray token."""
+"""The steps that drive Ray Serve (deploy, move traffic): pods that get the Ray token."""
 
 
-def drives_ray(step: str) -> bool:
-    """Whether a step's pod gets the Ray cluster's token (`k8s_ray_secret`). Pure."""
-    return step in RAY_STEPS
+def drives_ray(step: str, spec: PipelineSpec | None = None) -> bool:
+    """Whether a step's pod gets the Ray cluster's token (`k8s_ray_secret`): the steps that drive
+    Ray Serve, and the batch partition of a pipeline whose `batch.runtime` is `ray` (it submits
+    its Ray Data job to the cluster). Pure."""
+    batch = spec.batch if spec is not None else None
+    return step in RAY_STEPS or (step == "batch" and batch is not None and batch.runtime == "ray")
 
 
-def docker_env_from(settings: Settings, step: str) -> list[str]:
+def docker_env_from(settings: Settings, step: str, spec: PipelineSpec | None = None) -> list[str]:
     """The variables a step container of runtime `docker` takes from the worker's environment, as
     its pod takes its Secrets: the database and S3 for every step, the Ray token for the steps
-    that drive Ray Serve only. Pure."""
-    return [*settings.docker_env_from, *(settings.docker_ray_env_from if drives_ray(step) else [])]
+    that drive Ray only (`drives_ray`). Pure."""
+    return [*settings.docker_env_from, *(settings.docker_ray_env_from if drives_ray(step, spec) else [])]
 
 
-def secret_refs(settings: Settings, step: str) -> list[dict[str, Any]]:
+def secret_refs(settings: Settings, step: str, spec: PipelineSpec | None = None) -> list[dict[str, Any]]:
     """The step container's `envFrom`: the Secret of every step (database, S3) and, for a step that
-    drives Ray Serve, the Ray token's Secret; never the serving keys. Pure."""
-    names = [settings.k8s_env_secret, settings.k8s_ray_secret if drives_ray(step) else None]
+    drives Ray (`drives_ray`), the Ray token's Secret; never the serving keys. Pure."""
+    names = [settings.k8s_env_secret, settings.k8s_ray_secret if drives_ray(step, spec) else None]
     return [{"secretRef": {"name": n}} for n in names if n]
 
 
@@ -121,7 +124,7 @@ def pod_manifest(
         },
         "volumeMounts": [{"name": name, "mountPath": path} for name, path in WRITABLE.items()],
     }
-    refs = secret_refs(settings, step)
+    refs = secret_refs(settings, step, spec)
     if refs:
         container["envFrom"] = refs
     labels = {
@@ -132,6 +135,8 @@ def pod_manifest(
     }
     if worker is not None:
         labels["mlcycle.io/worker"] = str(worker)
+    if drives_ray(step, spec):  # what the chart's NetworkPolicy lets reach the Ray head
+        labels["mlcycle.io/ray-client"] = "true"
     pod_spec: dict[str, Any] = {
         "restartPolicy": "Never",
         "serviceAccountName": settings.k8s_service_account,

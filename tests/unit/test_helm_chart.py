@@ -309,7 +309,11 @@ def test_the_ray_head_is_closed_to_the_cluster_but_its_clients() -> None:
     nodes, control, serve, _agent = policy["ingress"]
     assert {p["port"] for p in control["ports"]} == {6379, 8265, 10001}
     sources = [f["podSelector"]["matchLabels"] for f in control["from"]]
-    canary = {"app.kubernetes.io/name": "mlcycle", "app.kubernetes.io/component": "step", "mlcycle.io/step": "canary"}
+    canary = {
+        "app.kubernetes.io/name": "mlcycle",
+        "app.kubernetes.io/component": "step",
+        "mlcycle.io/ray-client": "true",
+    }
     assert canary in sources
     assert {"component": "worker", "release": "airflow"} in sources
     assert [p["port"] for p in serve["ports"]] == [8000]

@@ -17,10 +17,11 @@ from kubernetes.client import ApiClient
 
 from pipelines.core.pod import pod_manifest
 from pipelines.core.settings import Settings
-from pipelines.core.spec import load_spec
+from pipelines.core.spec import load_spec, parse_spec
 from pipelines.core.steps import STEP_NAMES
 from pipelines.local.stack import SECRETS
 from tests.conftest import CHURN_SPEC
+from tests.specs import churn_spec_dict
 from tests.unit.test_helm_chart import EXAMPLE, GPU_VALUES, kinds, pod_specs, render
 
 PROJECT = Path(__file__).resolve().parents[2]
@@ -250,6 +251,25 @@ def test_step_pods_hold_no_serving_key_and_only_the_canary_the_ray_token(chart_s
         taken = set(docker_env_from(chart_settings, step))
         assert "MLCYCLE_SERVING_API_KEYS" not in taken, step
         assert ("RAY_AUTH_TOKEN" in taken) == (step == "canary"), step
+
+
+def test_a_ray_batch_partition_drives_ray_as_the_canary_does_and_no_other_step_does(chart_settings: Settings) -> None:
+    """`batch.runtime: ray`: the partition submits a Ray Data job, so its pod (and its container
+    under runtime docker) gets the Ray token and the label the chart's NetworkPolicy lets reach the
+    head's Ray Client port; with `runtime: pods` it gets neither."""
+    from pipelines.core.pod import docker_env_from
+
+    policies = [d for d in render() if d["kind"] == "NetworkPolicy"]
+    for runtime in ("ray", "pods"):
+        spec = parse_spec(churn_spec_dict(merge=True, batch={"runtime": runtime}))
+        for step in STEP_NAMES:
+            pod = pod_manifest(spec, step, "r1", chart_settings, worker=0 if step in ("trials", "batch") else None)
+            drives = step == "canary" or (step, runtime) == ("batch", "ray")
+            (c,) = pod["spec"]["containers"]
+            assert ("mlcycle-ray-token" in {e["secretRef"]["name"] for e in c["envFrom"]}) == drives, (step, runtime)
+            assert (pod["metadata"]["labels"].get("mlcycle.io/ray-client") == "true") == drives, (step, runtime)
+            assert ({10001, 8000} <= _egress_ports(policies, pod["metadata"]["labels"])) == drives, (step, runtime)
+            assert ("RAY_AUTH_TOKEN" in docker_env_from(chart_settings, step, spec)) == drives, (step, runtime)
 
 
 # --------------------------------------------------------------------- accounts and RBAC
