@@ -5,11 +5,14 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pipelines.core.resources import page_of
 from pipelines.core.settings import Settings
 from pipelines.io import db
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 PUBLISHED = "FROM batch_runs WHERE pipeline=%s AND published_at IS NOT NULL"
 COLUMNS = (
@@ -65,3 +68,28 @@ def published_run(settings: Settings, pipeline: str, run_id: str) -> dict[str, A
     with db.connect(settings) as conn:
         rows = db.fetch_dicts(conn, f"SELECT {COLUMNS} {PUBLISHED} AND run_id=%s", (pipeline, run_id))
     return rows[0] if rows else None
+
+
+def newest_answers(
+    settings: Settings, pipeline: str, version: int, start: datetime, end: datetime, rows: int
+) -> tuple[str, pd.DataFrame] | None:
+    """The newest published batch run of `version` whose `as_of` lies in `[start, end)`: its run
+    id and a random sample of at most `rows` of its answers (`score`, `predicted_class`: a
+    multiclass model's class); None where there is none (or its rows are gone)."""
+    import pandas as pd
+
+    with db.connect(settings) as conn:
+        found = conn.execute(
+            f"SELECT run_id {PUBLISHED} AND version = %s AND as_of >= %s AND as_of < %s AND rows_removed_at IS NULL"
+            " ORDER BY published_at DESC, run_id DESC LIMIT 1",
+            (pipeline, version, start, end),
+        ).fetchone()
+        if found is None:
+            return None
+        answers = conn.execute(
+            "SELECT score, class FROM batch_predictions WHERE pipeline = %s AND run_id = %s ORDER BY random() LIMIT %s",
+            (pipeline, found[0], rows),
+        ).fetchall()
+    if not answers:
+        return None
+    return str(found[0]), pd.DataFrame(answers, columns=["score", "predicted_class"])

@@ -12,6 +12,8 @@ window:
   flag trivial shifts on large windows, which is where p-value tests do;
 * where labels arrived, the champion's live primary metric against its evaluation figure (on its
   served answers and its published batch predictions of the window, `as_of` in it);
+* the newest published batch run of the window (its `as_of` in it): its scores (a sample) against
+  the champion's on the reference, PSI and a test, reported and recorded, not part of the verdict;
 * with `embeddings`, drift in the champion's embedding space: how well a logistic regression tells
   its vectors of the served window from those of the reference (cross-validated ROC AUC), counted
   as drift above `embeddings.drift_roc_auc`.
@@ -33,6 +35,7 @@ import numpy as np
 from pipelines.core.alerts import drift_alert
 from pipelines.core.errors import MlcycleError, StepSkipped
 from pipelines.io import alerts, vectors
+from pipelines.io.batch_history import newest_answers
 from pipelines.io.db import connect
 from pipelines.io.registry import CHAMPION, alias_version, load_onnx_model, model_name
 from pipelines.io.requestlog import labelled
@@ -309,15 +312,10 @@ def run(ctx: StepContext) -> dict[str, Any]:
     performance = live_performance(spec.evaluation, rows, reference_metric, spec.label.kind)
     figures: dict[str, dict[str, Any]] = {}
     prediction_psi = None
+    session, multiclass = onnx_session(model), spec.label.kind == "multiclass"
+    reference = None
     if len(current) >= cfg.min_requests:
-        reference = read_parquet(ctx.storage, f"{ctx.pipeline}/{champion_run}/features/train.parquet")
-        if len(reference) > REFERENCE_ROWS:
-            reference = reference.sample(REFERENCE_ROWS, random_state=0)
-        session = onnx_session(model)
-        multiclass = spec.label.kind == "multiclass"
-        scores, *named = session.run(["score", CLASS] if multiclass else ["score"], session_feed(session, reference))
-        reference = reference[features].assign(score=np.asarray(scores, dtype=float).reshape(-1))
-        reference[PREDICTED] = np.asarray(named[0]).astype(str) if multiclass else None
+        reference = scored_reference(ctx, champion_run, session, features, multiclass)
         scored = [*features, "score"]
         shown = unseen_as_one(reference, current[scored], categorical)
         report, evidently = evidently_report(reference[scored], shown, numeric, categorical, cfg.max_drift_share)
@@ -329,6 +327,11 @@ def run(ctx: StepContext) -> dict[str, Any]:
             result["embedding"] = embedding_drift(session, reference, current, spec.embeddings.drift_roc_auc)
         result["prediction"] = prediction_figures(reference, current, multiclass)
         prediction_psi = result["prediction"]["psi"]
+    answers = newest_answers(ctx.settings, ctx.pipeline, version, start, end, REFERENCE_ROWS)
+    if answers is not None:  # the newest batch run of the window: its scores against the reference's
+        if reference is None:
+            reference = scored_reference(ctx, champion_run, session, features, multiclass)
+        result["batch"] = batch_drift(reference, *answers, multiclass, cfg.psi_threshold)
     decided = verdict(
         cfg,
         len(current),
@@ -350,6 +353,30 @@ def run(ctx: StepContext) -> dict[str, Any]:
         )
     write_json(ctx.storage, ctx.key("manifest.json"), result)
     return result
+
+
+def scored_reference(
+    ctx: StepContext, champion_run: str, session: Any, features: list[str], multiclass: bool
+) -> pd.DataFrame:
+    """The champion's training reference (its lifecycle run's train set, at most REFERENCE_ROWS
+    rows) with the champion's scores on it (and a multiclass model's predicted class)."""
+    reference = read_parquet(ctx.storage, f"{ctx.pipeline}/{champion_run}/features/train.parquet")
+    if len(reference) > REFERENCE_ROWS:
+        reference = reference.sample(REFERENCE_ROWS, random_state=0)
+    scores, *named = session.run(["score", CLASS] if multiclass else ["score"], session_feed(session, reference))
+    reference = reference[features].assign(score=np.asarray(scores, dtype=float).reshape(-1))
+    reference[PREDICTED] = np.asarray(named[0]).astype(str) if multiclass else None
+    return reference
+
+
+def batch_drift(
+    reference: pd.DataFrame, run_id: str, answers: pd.DataFrame, multiclass: bool, threshold: float
+) -> dict[str, Any]:
+    """A batch run's answers (a sample: `score`, `predicted_class`) against the champion's on its
+    training reference: the prediction's figures, drifted above the PSI threshold. Reported and
+    recorded; the verdict reads the served window. Pure."""
+    figures = prediction_figures(reference, answers, multiclass)
+    return {"run_id": run_id, "rows": len(answers), **figures, "drifted": bool(figures["psi"] > threshold)}
 
 
 def prediction_figures(reference: pd.DataFrame, current: pd.DataFrame, multiclass: bool) -> dict[str, Any]:
@@ -425,6 +452,9 @@ def record(ctx: StepContext, result: dict[str, Any], start: datetime, end: datet
         if "score" in fig["evidently"]:
             metrics.append((f"evidently_{fig['evidently']['method']}", f, fig["evidently"]["score"]))
     rows = dict.fromkeys((m for m, _, _ in metrics), n)  # the rows each figure was computed on
+    if "batch" in result:  # on the batch run's sample, not the served window
+        metrics.append(("batch_prediction_psi", None, result["batch"]["psi"]))
+        rows["batch_prediction_psi"] = result["batch"]["rows"]
     if result["performance"] is not None:
         live = f"live_{result['performance']['metric']}"
         metrics.append((live, None, result["performance"]["value"]))

@@ -11,6 +11,7 @@ import json
 import time
 import uuid
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -51,8 +52,8 @@ def traffic(seed: int, n: int, **drift: float) -> pd.DataFrame:
     return recent.drop_duplicates("customer_id").sample(n, random_state=seed).reset_index(drop=True)
 
 
-def serve_log(settings: Settings, rows: pd.DataFrame, version: int = 1) -> list[str]:
-    """Score the rows with the champion and write them to the request log; their request ids."""
+def champion_scores(settings: Settings, rows: pd.DataFrame, version: int) -> tuple[Any, list[str]]:
+    """The version's scores of the rows, and its model's input names."""
     import mlflow.onnx
 
     from pipelines.io.registry import model_name
@@ -62,7 +63,33 @@ def serve_log(settings: Settings, rows: pd.DataFrame, version: int = 1) -> list[
     setup_mlflow(settings, PIPELINE)
     session = onnx_session(mlflow.onnx.load_model(f"models:/{model_name(PIPELINE)}/{version}").SerializeToString())
     (scores,) = session.run(["score"], session_feed(session, rows))
-    inputs = [i.name for i in session.get_inputs()]
+    return scores, [i.name for i in session.get_inputs()]
+
+
+def publish_batch(settings: Settings, run_id: str, rows: pd.DataFrame, version: int = 1) -> None:
+    """A published batch run of the rows, scored by the version, as of an hour ago (in the window):
+    its `batch_predictions` and its `batch_runs` summary, as `batch_publish` leaves them."""
+    scores, _ = champion_scores(settings, rows, version)
+    as_of = datetime.now(UTC) - timedelta(minutes=30)
+    with db.connect(settings) as conn, conn.cursor() as cur:
+        cur.executemany(
+            "INSERT INTO batch_predictions (pipeline, run_id, partition, entity_id, as_of, version, score)"
+            " VALUES (%s, %s, 0, %s, %s, %s, %s)",
+            [
+                (PIPELINE, run_id, str(c), as_of, version, float(s))
+                for c, s in zip(rows["customer_id"], scores.reshape(-1), strict=True)
+            ],
+        )
+        cur.execute(
+            "INSERT INTO batch_runs (pipeline, run_id, version, as_of, partitions, rows_scored, rows_quarantined,"
+            " seconds, outputs, published_at) VALUES (%s, %s, %s, %s, 1, %s, 0, 1, '{}', clock_timestamp())",
+            (PIPELINE, run_id, version, as_of, len(rows)),
+        )
+
+
+def serve_log(settings: Settings, rows: pd.DataFrame, version: int = 1) -> list[str]:
+    """Score the rows with the champion and write them to the request log; their request ids."""
+    scores, inputs = champion_scores(settings, rows, version)
     ids = [str(uuid.uuid4()) for _ in range(len(rows))]
     records = [
         (rid, PIPELINE, version, str(r["customer_id"]), json.dumps({k: _plain(r[k]) for k in inputs}), float(s), 2.0)
@@ -83,7 +110,8 @@ def _plain(v: Any) -> Any:
 
 def reset(settings: Settings) -> None:
     with db.connect(settings) as conn:
-        for table in ("inference_requests", "labels", "drift_checks", "model_performance_metrics"):
+        tables = ("inference_requests", "labels", "drift_checks", "model_performance_metrics", "batch_predictions")
+        for table in (*tables, "batch_runs"):
             conn.execute(f"DELETE FROM {table} WHERE pipeline = %s", (PIPELINE,))  # type: ignore[arg-type]
 
 
@@ -170,6 +198,32 @@ def test_too_few_requests_is_insufficient_data(monitored: Settings) -> None:
     out = run(monitored, "drift", "check-few", PIPELINE)
     assert out["status"] == "insufficient_data" and not out["retrain"]
     assert "50 requests" in out["reasons"][0] and "report" not in out
+
+
+def test_the_newest_batch_run_of_the_window_is_compared_with_the_reference_though_few_were_served(
+    monitored: Settings,
+) -> None:
+    """A published batch run of the champion whose as_of is in the window: its scores against the
+    champion's on its training reference, even where too few requests were served for a verdict;
+    customers whose features drifted move the figure past `psi_threshold`, calm ones do not; the
+    figure is recorded on the batch's rows. The verdict stays the served window's."""
+    reset(monitored)
+    publish_batch(monitored, "batch-calm", traffic(seed=15, n=600))
+    calm = run(monitored, "drift", "check-batch-calm", PIPELINE)
+    assert calm["status"] == "insufficient_data" and not calm["retrain"]
+    assert (calm["batch"]["run_id"], calm["batch"]["rows"], calm["batch"]["drifted"]) == ("batch-calm", 600, False)
+    publish_batch(monitored, "batch-drifted", traffic(seed=16, n=500, covariate_drift=1.0))
+    drifted = run(monitored, "drift", "check-batch-drifted", PIPELINE)
+    assert (drifted["batch"]["run_id"], drifted["batch"]["rows"]) == ("batch-drifted", 500)  # the newest
+    assert drifted["batch"]["drifted"] and drifted["batch"]["psi"] > calm["batch"]["psi"], drifted["batch"]
+    assert drifted["status"] == "insufficient_data" and not drifted["retrain"]
+    with db.connect(monitored) as conn:
+        recorded = conn.execute(
+            "SELECT value, rows FROM model_performance_metrics WHERE pipeline = %s AND run_id = 'check-batch-drifted'"
+            " AND metric = 'batch_prediction_psi'",
+            (PIPELINE,),
+        ).fetchone()
+    assert recorded == (pytest.approx(drifted["batch"]["psi"]), 500)
 
 
 def test_labels_load_from_a_postgres_query_all_or_nothing(monitored: Settings) -> None:

@@ -9,7 +9,7 @@ import pytest
 
 from operators.trigger import event_extra
 from pipelines.core.spec import Drift, Evaluation
-from pipelines.steps.drift import evidently_columns, live_performance, psi, two_sample_test, verdict
+from pipelines.steps.drift import batch_drift, evidently_columns, live_performance, psi, two_sample_test, verdict
 
 NOW = datetime(2026, 11, 25, 12, tzinfo=UTC)
 CFG = Drift(min_requests=100, max_drift_share=0.3, psi_threshold=0.2, max_performance_drop=0.05, cooldown_hours=24)
@@ -166,3 +166,20 @@ def test_a_served_category_the_reference_never_held_reaches_the_report_as_unseen
     assert PAYLOAD.encode() in raw  # what the step used to write: the value closes Evidently's script
     html, _ = evidently_report(reference, shown, [], ["plan"], 0.5)
     assert b"__pwned" not in html and UNSEEN.encode() in html
+
+
+def test_a_batch_runs_scores_are_drifted_past_the_psi_threshold_of_the_reference_scores() -> None:
+    import pandas as pd
+
+    rng = np.random.default_rng(1)
+    reference = pd.DataFrame({"score": rng.beta(2, 5, 4000), "predicted_class": None})
+    same = pd.DataFrame({"score": rng.beta(2, 5, 3000), "predicted_class": None})
+    moved = pd.DataFrame({"score": rng.beta(5, 2, 3000), "predicted_class": None})
+    calm, drifted = batch_drift(reference, "b1", same, False, 0.2), batch_drift(reference, "b2", moved, False, 0.2)
+    assert (calm["run_id"], calm["rows"], calm["drifted"], calm["on"]) == ("b1", 3000, False, "score")
+    assert drifted["drifted"] and drifted["psi"] > 0.2 > calm["psi"]
+    assert drifted["mean_current"] > drifted["mean_reference"] and drifted["test"] == "ks"
+    classes = pd.DataFrame({"score": 0.9, "predicted_class": rng.choice(["a", "b"], 4000)})
+    flipped = pd.DataFrame({"score": 0.9, "predicted_class": ["c"] * 2000})
+    multi = batch_drift(classes, "b3", flipped, True, 0.2)
+    assert multi["on"] == "predicted class" and multi["drifted"] and multi["shares_current"] == {"c": 1.0}
