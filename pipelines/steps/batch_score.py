@@ -161,14 +161,16 @@ class Scorer:
         import numpy as np
         import pandas as pd
 
-        ids = chunk[self.key].tolist()
-        reasons: list[str | None] = [None] * len(chunk)
         doubtful = np.flatnonzero(~surely_clean(chunk, self.contract, self.names, self.key))
+        ids = chunk[self.key].iloc[doubtful].tolist()  # only a doubtful row is judged one by one
         records = chunk.iloc[doubtful][[*self.names, "_found"]].to_dict("records")
-        for j, r in zip(doubtful, records, strict=True):
-            reasons[j] = row_reasons(self.contract, self.names, r, ids[j], bool(r["_found"]))
-        bad = np.array([r is not None for r in reasons], dtype=bool)
-        kept = [(str(i), r) for i, r in zip(ids, reasons, strict=True) if r is not None]
+        bad = np.zeros(len(chunk), dtype=bool)
+        kept = []
+        for j, i, r in zip(doubtful, ids, records, strict=True):
+            reason = row_reasons(self.contract, self.names, r, i, bool(r["_found"]))
+            if reason is not None:
+                bad[j] = True
+                kept.append((str(i), reason))
         quarantined = pd.DataFrame(kept, columns=["entity_id", "reasons"])
         good = chunk[~bad]
         outputs = ["score", PROBABILITIES, CLASS] if self.classes else ["score"]
