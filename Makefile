@@ -86,6 +86,7 @@ bench: setup tools
 	$(PY) bench/embeddings.py
 	$(PY) bench/quality.py
 	$(PY) bench/scale.py
+	$(PY) bench/batch.py --big 10000000
 
 stop:
 	-$(VENV)/bin/mlcycle down
