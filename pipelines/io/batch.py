@@ -240,8 +240,13 @@ def kept_rows(
     """The rows of a staged file that the pin kept (`keep` from the file's first row at `offset`
     among all staged rows; `also` narrows them further), read `rows` at a time (all its row groups,
     or `row_groups`, which must then begin at `offset`), decoded on reader threads only where the
-    step has more than one CPU."""
+    step has more than one CPU. Text columns stay Arrow strings (pandas' `string[pyarrow]`): no
+    Python object per value, nulls from the validity bitmap."""
+    import pandas as pd
     import pyarrow as pa
+
+    text = pd.StringDtype("pyarrow")
+    arrow_text = {pa.string(): text, pa.large_string(): text}.get
 
     for batch in parquet.iter_batches(batch_size=rows, row_groups=row_groups, use_threads=threads > 1):
         mine = keep[offset : offset + batch.num_rows].copy()
@@ -250,7 +255,7 @@ def kept_rows(
             mine &= also(batch)
         if mine.any():
             table = pa.Table.from_batches([batch.filter(pa.array(mine))], schema=parquet.schema_arrow)
-            yield index_as_columns(table.to_pandas())
+            yield index_as_columns(table.to_pandas(types_mapper=arrow_text))
 
 
 def partition_chunks(
@@ -325,18 +330,25 @@ class PartitionWriter:
                     copy.write_row((*head, eid, m["as_of"], m["version"], score, cls, probs))
         if len(scored) and m["parquet"]:
             extra = {"as_of": m["as_of"], "version": m["version"], "run_id": m["run_id"], "partition": m["partition"]}
-            self._write("answers", scored.assign(**extra))
+            self._write("answers", scored, extra)
         if len(quarantined):
             self._write("quarantine", quarantined)
 
-    def _write(self, name: str, frame: pd.DataFrame) -> None:
+    def _write(self, name: str, frame: pd.DataFrame, constants: dict[str, Any] | None = None) -> None:
+        """Append the frame's rows to the output's Parquet file; `constants`: columns of one value
+        for every row, made as Arrow arrays (not a column of Python objects per chunk)."""
         import pyarrow as pa
         import pyarrow.parquet as pq
 
         schema = OUTPUT_SCHEMAS[name]()
         if name not in self._writers:
             self._writers[name] = pq.ParquetWriter(self.tmp / f"{name}.parquet", schema, compression="zstd")
-        self._writers[name].write_table(pa.Table.from_pandas(frame[schema.names], schema=schema, preserve_index=False))
+        fields = [f for f in schema if f.name not in (constants or {})]
+        table = pa.Table.from_pandas(frame[[f.name for f in fields]], schema=pa.schema(fields), preserve_index=False)
+        columns = {f.name: table.column(f.name) for f in fields}
+        for key, value in (constants or {}).items():
+            columns[key] = pa.chunked_array([pa.repeat(pa.scalar(value, schema.field(key).type), len(frame))])
+        self._writers[name].write_table(pa.Table.from_arrays([columns[n] for n in schema.names], schema=schema))
 
     def finish(self, keys: dict[str, str]) -> dict[str, str]:
         """Upload the Parquet files written (`keys`: `answers` and `quarantine` by their storage

@@ -77,6 +77,12 @@ def category_strings(values: Iterable[Any]) -> np.ndarray:
     import pandas as pd
 
     column = values if isinstance(values, pd.Series) else pd.Series(list(values), dtype=object)
+    if isinstance(column.dtype, pd.StringDtype) and column.dtype.storage == "pyarrow":  # batch chunks
+        import pyarrow as pa
+        import pyarrow.compute as pc
+
+        text: np.ndarray = pc.fill_null(pa.array(column.array), NULL_CATEGORY).to_numpy(zero_copy_only=False)
+        return text
     out: np.ndarray = column.astype(object).astype(str).to_numpy(dtype=object)
     out[column.isna().to_numpy()] = NULL_CATEGORY
     return out

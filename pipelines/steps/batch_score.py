@@ -51,7 +51,6 @@ def surely_clean(chunk: pd.DataFrame, contract: RequestContract, names: Sequence
     ok = chunk["_found"].to_numpy(dtype=bool).copy()
     for name in names:
         rule, col = contract.rules[name], chunk[name]
-        null = col.isna().to_numpy()
         if rule.kind == "category":
             if rule.allowed is None:
                 return none
@@ -68,7 +67,9 @@ def surely_clean(chunk: pd.DataFrame, contract: RequestContract, names: Sequence
                     good &= values >= rule.low
                 if rule.high is not None:
                     good &= values <= rule.high
-        ok &= good | (null & rule.nullable)
+        if rule.nullable:  # a null is never `good` (not an allowed value, not finite): allowed here
+            good |= col.isna().to_numpy()
+        ok &= good
     out: np.ndarray = ok
     return out
 

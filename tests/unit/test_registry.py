@@ -109,4 +109,6 @@ def test_the_pyfunc_feeds_nulls_as_the_families_read_them() -> None:
     df = pd.DataFrame({"tenure_months": [1.0, None, 3.0], "plan": ["basic", None, float("nan")]})
     feed = onnx_feed([("tenure_months", "tensor(float)"), ("plan", "tensor(string)")], df)
     assert feed["plan"].reshape(-1).tolist() == category_strings(df["plan"]).tolist() == ["basic", "", ""]
+    arrow = df["plan"].astype(pd.StringDtype("pyarrow"))  # how a batch chunk reads text (io/batch.kept_rows)
+    assert category_strings(arrow).tolist() == ["basic", "", ""] and category_strings(arrow).dtype == object
     assert np.isnan(feed["tenure_months"][1, 0]) and feed["tenure_months"].shape == (3, 1)
