@@ -143,7 +143,7 @@ def clear_leftovers(settings: Settings) -> None:
     if ray_running(settings):
         stop(settings)
     else:
-        stop_haproxy(str(haproxy_dir(str(settings.state_path))))
+        stop_haproxy(str(haproxy_dir(str(settings.state_path))), remove=True)
 
 
 def start(settings: Settings) -> str:
@@ -182,14 +182,15 @@ def stop(settings: Settings) -> int:
     its own address must end)."""
     mark, session = recorded(settings)
     stopped = stop_started(HEAD_MARK, mark, session) if mark else 0
-    stop_haproxy(str(haproxy_dir(str(settings.state_path))))
+    stop_haproxy(str(haproxy_dir(str(settings.state_path))), remove=not ray_running(settings))
     return stopped
 
 
-def stop_haproxy(config_dir: str) -> int:
-    """Terminate the HAProxy processes whose config lies in `config_dir`, then remove the folder
-    (a subfolder per HAProxy Serve ever started: its config and admin socket) where it is this
-    user's own folder, not a link; returns how many processes there were."""
+def stop_haproxy(config_dir: str, remove: bool = False) -> int:
+    """Terminate the HAProxy processes whose config lies in `config_dir`; with `remove` (the
+    caller knows no Ray head of it runs, which would start HAProxy there again), then remove the
+    folder (a subfolder per HAProxy Serve ever started: its config and admin socket) where it is
+    this user's own folder, not a link. Returns how many processes there were."""
     import psutil  # heavy: only `serve stop` needs it
 
     found = []
@@ -202,7 +203,7 @@ def stop_haproxy(config_dir: str) -> int:
     for proc in alive:
         proc.kill()
     _, alive = psutil.wait_procs(alive, timeout=5)
-    if not alive:
+    if remove and not alive:
         remove_own_dir(Path(config_dir))
     return len(found)
 

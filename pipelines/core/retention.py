@@ -163,9 +163,17 @@ class BatchRun:
 
 def expired_batch_runs(runs: Iterable[BatchRun], now: datetime, days: int) -> list[str]:
     """The batch runs whose predictions go: last written more than `days` ago, with no step
-    running, other than the newest published run (what the latest view shows). Pure."""
+    running, other than the newest published run (what the latest view shows); a run never
+    published only once a run written after it was published (until then its publish task may
+    still run, and would show rows that are gone). Pure."""
     runs = list(runs)
     published = [r for r in runs if r.published_at is not None]
-    newest = max(published, key=lambda r: (r.published_at, r.run_id)).run_id if published else None
+    newest = max(published, key=lambda r: (r.published_at, r.run_id)) if published else None
     cutoff = now - timedelta(days=days)
-    return sorted(r.run_id for r in runs if r.last_write <= cutoff and not r.running and r.run_id != newest)
+
+    def expired(r: BatchRun) -> bool:
+        if r.running or r.last_write > cutoff or (newest is not None and r.run_id == newest.run_id):
+            return False
+        return r.published_at is not None or (newest is not None and newest.last_write > r.last_write)
+
+    return sorted(r.run_id for r in runs if expired(r))

@@ -403,7 +403,7 @@ def publish(settings: Settings, summary: dict[str, Any], view: bool) -> None:
             " ON CONFLICT (pipeline, run_id) DO UPDATE SET version=EXCLUDED.version, as_of=EXCLUDED.as_of,"
             " partitions=EXCLUDED.partitions, rows_scored=EXCLUDED.rows_scored,"
             " rows_quarantined=EXCLUDED.rows_quarantined, seconds=EXCLUDED.seconds, outputs=EXCLUDED.outputs,"
-            " published_at=EXCLUDED.published_at",
+            " published_at=EXCLUDED.published_at, rows_removed_at=NULL",
             (
                 p,
                 summary["run_id"],

@@ -81,7 +81,7 @@ def newest_answers(
     with db.connect(settings) as conn:
         found = conn.execute(
             f"SELECT run_id {PUBLISHED} AND version = %s AND as_of >= %s AND as_of < %s AND rows_removed_at IS NULL"
-            " ORDER BY published_at DESC, run_id DESC LIMIT 1",
+            " AND outputs ? 'table' ORDER BY published_at DESC, run_id DESC LIMIT 1",
             (pipeline, version, start, end),
         ).fetchone()
         if found is None:

@@ -41,7 +41,7 @@ JOIN LATERAL (
     FROM batch_runs br
     JOIN batch_predictions b ON b.pipeline = br.pipeline AND b.run_id = br.run_id AND b.entity_id = l.entity_id
     WHERE %(batch)s AND l.request_id IS NULL AND br.pipeline = l.pipeline AND br.published_at IS NOT NULL
-      AND b.as_of <= l.observed_at
+      AND b.as_of <= l.observed_at AND br.published_at <= l.observed_at
       AND (%(since)s::timestamptz IS NULL OR b.as_of >= %(since)s)
       AND (%(until)s::timestamptz IS NULL OR b.as_of < %(until)s)
     ORDER BY b.as_of DESC, br.published_at DESC LIMIT 1)
@@ -51,8 +51,9 @@ WHERE l.pipeline = %(pipeline)s AND (%(versions)s::int[] IS NULL OR r.model_vers
 """
 """Each label with the prediction it scores: the latest served answer to its entity at or before
 the outcome was observed (or the one its request id names) and, where `batch` is true, the latest
-published batch prediction of that entity as of then, whichever is newer (a batch row's instant is
-its `as_of`; a multiclass batch row's probabilities in the order of `classes`). A batch row has no
+batch prediction of that entity published before then, whichever is newer (a batch row's instant
+is its `as_of`; a run published after the outcome, a backfill, never takes its label; a
+multiclass batch row's probabilities in the order of `classes`). A batch row has no
 features and no request id: it is never training data and never matches a label that names a
 request."""
 

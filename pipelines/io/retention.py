@@ -81,11 +81,14 @@ def delete_labels(conn: Any, pipeline: str, before: datetime) -> tuple[int, int]
 
 
 def batch_runs(conn: Any, pipeline: str) -> list[BatchRun]:
-    """The pipeline's batch runs from their steps' records, with their publication."""
+    """The pipeline's batch runs that hold rows of `batch_predictions`, from their steps' records,
+    with their publication (a run whose rows went is not listed again)."""
     rows = conn.execute(
         "SELECT s.run_id, max(COALESCE(s.finished_at, s.started_at)), bool_or(s.status = 'running'), b.published_at"
         " FROM step_runs s LEFT JOIN batch_runs b ON b.pipeline = s.pipeline AND b.run_id = s.run_id"
-        " WHERE s.pipeline = %s AND s.step = ANY(%s) GROUP BY s.run_id, b.published_at",
+        " WHERE s.pipeline = %s AND s.step = ANY(%s)"
+        " AND EXISTS (SELECT 1 FROM batch_predictions p WHERE p.pipeline = s.pipeline AND p.run_id = s.run_id)"
+        " GROUP BY s.run_id, b.published_at",
         (pipeline, BATCH_STEPS),
     ).fetchall()
     return [BatchRun(str(r), last, bool(running), published) for r, last, running, published in rows]

@@ -343,7 +343,8 @@ class Platform:
         if embedded.ray_running(self.settings):  # what the head left (Serve's actors)
             embedded.stop(self.settings)
         # Serve's HAProxy is not a child of the head: killing Ray leaves it holding the HTTP port
-        if embedded.stop_haproxy(str(haproxy_dir(str(self.settings.state_path)))):
+        hap = str(haproxy_dir(str(self.settings.state_path)))
+        if embedded.stop_haproxy(hap, remove=not embedded.ray_running(self.settings)):
             stopped.append("Serve's HAProxy")
         strays = stop_strays(self.settings)
         if strays:

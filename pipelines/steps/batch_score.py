@@ -167,7 +167,7 @@ class Scorer:
         records = chunk.iloc[doubtful][[*self.names, "_found"]].to_dict("records")
         bad = np.zeros(len(chunk), dtype=bool)
         kept = []
-        for j, i, r in zip(doubtful, ids, records, strict=True):
+        for j, i, r in zip(doubtful, map(_plain, ids), records, strict=True):  # a null id: None, not NA
             reason = row_reasons(self.contract, self.names, r, i, bool(r["_found"]))
             if reason is not None:
                 bad[j] = True

@@ -93,7 +93,7 @@ def end_test_serve(workdir: str) -> None:
     from serving.embedded import stop_haproxy
 
     ray.shutdown()
-    stop_haproxy(str(haproxy_dir(workdir)))
+    stop_haproxy(str(haproxy_dir(workdir)), remove=True)
 
 
 def copy_as_champion(settings: Settings, pipeline: str, version: int = 1) -> int:

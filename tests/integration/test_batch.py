@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import subprocess
 from collections.abc import Iterator
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -111,21 +111,24 @@ def test_two_partitions_score_every_entity_once_with_the_version_pinned_before_t
 def test_labels_that_arrive_later_score_the_published_batch_predictions_for_the_live_metric(
     champion: Settings,
 ) -> None:
-    """Outcomes observed a month after `as_of`, without request ids (what a retention team loads):
-    each belongs to its entity's batch answer of run b1 (published above), so the champion's live
-    metric and the drift check's performance read them; the A/B of served traffic and the training
-    feedback never do (a batch row was not served and holds no features)."""
+    """Outcomes observed after run b1 was published (above), without request ids (what a retention
+    team loads): each belongs to its entity's batch answer of b1, so the champion's live metric and
+    the drift check's performance read them; the A/B of served traffic and the training feedback
+    never do (a batch row was not served and holds no features). An outcome observed before
+    `as_of`, or before the run was published (b1 is a backfill: its `as_of` is long past), is not
+    b1's."""
     from pipelines.io.catalog import champion_live
     from pipelines.io.labels import upsert_labels
     from pipelines.io.requestlog import ab_results, feedback, labelled
 
     scored = rows_of(champion, "b1").set_index("entity_id")["score"].head(200)
-    observed = datetime.fromisoformat(AS_OF) + timedelta(days=30)
+    as_of, observed = datetime.fromisoformat(AS_OF), datetime.now(UTC)
     outcome = {eid: float(n % 2) for n, eid in enumerate(scored.index)}
     late = [(PIPELINE, None, eid, y, observed) for eid, y in outcome.items()]
-    early = [(PIPELINE, None, scored.index[0], 1.0, datetime.fromisoformat(AS_OF) - timedelta(days=1))]
-    assert upsert_labels(champion, late + early) == 201
-    window = (observed - timedelta(days=60), observed)
+    early = [(PIPELINE, None, scored.index[0], 1.0, as_of - timedelta(days=1))]
+    before_published = [(PIPELINE, None, scored.index[1], 1.0, as_of + timedelta(days=30))]
+    assert upsert_labels(champion, late + early + before_published) == 202
+    window = (as_of - timedelta(days=1), as_of + timedelta(days=1))  # the predictions' instants
 
     rows = labelled(champion, PIPELINE, [1], *window, batch=True)
     assert sorted((s, y) for _, s, y in rows) == sorted((scored[e], outcome[e]) for e in scored.index)
@@ -252,8 +255,9 @@ def test_retention_removes_the_rows_of_old_batch_runs_but_the_latest_views(
     champion: Settings, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """The hourly `retention` step: with 30 days nothing of this module's runs goes; with 0 days
-    the rows of b1 go (their summary stays, marked), b3 (failed: no rows) is counted, and b2, the
-    newest published run that `<p>_predictions_latest` shows, keeps every row."""
+    the rows of b1 go (their summary stays, marked), and b2, the newest published run that
+    `<p>_predictions_latest` shows, keeps every row (b3 failed and wrote none). A second pass finds
+    nothing more to remove."""
     from pipelines.cli import main
     from pipelines.core.settings import RetentionSettings
 
@@ -262,7 +266,9 @@ def test_retention_removes_the_rows_of_old_batch_runs_but_the_latest_views(
     assert (kept["runs"], kept["rows"]) == ([], 0)
     zero = champion.model_copy(update={"retention": RetentionSettings(batch_predictions_days=0)})
     removed = run(zero, "retention", "r2", PIPELINE)["batch_predictions"]
-    assert (removed["runs"], removed["rows"]) == (["b1", "b3"], before["b1"]) and removed["bytes"] > 0
+    assert (removed["runs"], removed["rows"]) == (["b1"], before["b1"]) and removed["bytes"] > 0
+    again = run(zero, "retention", "r3", PIPELINE)["batch_predictions"]
+    assert (again["runs"], again["rows"]) == ([], 0)
     assert rows_of(champion, "b1").empty and len(rows_of(champion, "b2")) == before["b2"] > 0
     with db.connect(champion) as conn:
         latest = conn.execute(f"SELECT count(*) FROM {PIPELINE}_predictions_latest").fetchone()

@@ -82,8 +82,8 @@ def publish_batch(settings: Settings, run_id: str, rows: pd.DataFrame, version: 
         )
         cur.execute(
             "INSERT INTO batch_runs (pipeline, run_id, version, as_of, partitions, rows_scored, rows_quarantined,"
-            " seconds, outputs, published_at) VALUES (%s, %s, %s, %s, 1, %s, 0, 1, '{}', clock_timestamp())",
-            (PIPELINE, run_id, version, as_of, len(rows)),
+            " seconds, outputs, published_at) VALUES (%s, %s, %s, %s, 1, %s, 0, 1, %s, clock_timestamp())",
+            (PIPELINE, run_id, version, as_of, len(rows), json.dumps({"table": "batch_predictions"})),
         )
 
 

@@ -171,8 +171,8 @@ def test_stopping_serves_haproxy_removes_its_folder_and_never_follows_a_link(
     hap_env: tuple[Path, dict[str, str]], tmp_path: Path
 ) -> None:
     """`stop_haproxy` (what `mlcycle down` and the head's stop call) ends the HAProxy whose config
-    lies in the instance's folder, then removes the folder: nothing of it is left in /tmp. A folder
-    that is a link is left alone, and so is what it points to."""
+    lies in the instance's folder; asked to (no head runs), it removes the folder: nothing of it is
+    left in /tmp. A folder that is a link is left alone, and so is what it points to."""
     from serving.embedded import stop_haproxy
 
     root, env = hap_env
@@ -186,8 +186,9 @@ def test_stopping_serves_haproxy_removes_its_folder_and_never_follows_a_link(
     while not (node / "admin.sock").exists() and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.1)
     assert (node / "admin.sock").exists()
-    assert stop_haproxy(str(root)) == 1
-    assert proc.wait(timeout=30) is not None and not root.exists()
+    assert stop_haproxy(str(root)) == 1 and proc.wait(timeout=30) is not None
+    assert root.exists()  # a head may still run: without `remove`, its folder stays
+    assert stop_haproxy(str(root), remove=True) == 0 and not root.exists()
 
     target = tmp_path / "theirs"
     target.mkdir()
@@ -195,7 +196,7 @@ def test_stopping_serves_haproxy_removes_its_folder_and_never_follows_a_link(
     link = Path(f"{root}-link")
     link.symlink_to(target)
     try:
-        assert stop_haproxy(str(link)) == 0
+        assert stop_haproxy(str(link), remove=True) == 0
         assert link.is_symlink() and (target / "keep.txt").read_text() == "x"
     finally:
         link.unlink()
