@@ -14,6 +14,7 @@ import pytest
 
 from pipelines.core.settings import Settings
 from pipelines.core.system import started_processes
+from pipelines.io import db
 from serving import embedded
 from tests.services import free_port_pairs
 
@@ -61,5 +62,6 @@ def test_serve_stop_ends_its_heads_processes_and_leaves_a_ray_looking_one(tmp_pa
     finally:
         if embedded.recorded_mark(settings):  # whatever of this test's head is left, and nothing else
             embedded.stop(settings)
+        db.stop_embedded(settings)  # the head's command started the state dir's PostgreSQL
         lookalike.kill()
         lookalike.wait()
