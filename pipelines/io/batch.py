@@ -17,6 +17,7 @@ from pipelines.core.errors import SourceDataError, StepInputError
 from pipelines.core.settings import Settings
 from pipelines.core.spec import FileSource, OfflineStoreEntities, PipelineSpec, S3Source, Source
 from pipelines.io import db
+from pipelines.io.batch_history import COLUMNS
 from pipelines.io.featurestore import feature_store, historical_features
 from pipelines.io.sources.files import data_files, index_as_columns
 from pipelines.io.sources.frames import columns_differ
@@ -433,8 +434,7 @@ def batch_runs(settings: Settings, pipeline: str, limit: int = 20) -> list[dict[
     with db.connect(settings) as conn:
         return db.fetch_dicts(
             conn,
-            "SELECT run_id, version, as_of, partitions, rows_scored, rows_quarantined, seconds, outputs, published_at,"
-            " rows_removed_at FROM batch_runs WHERE pipeline=%s ORDER BY published_at DESC NULLS LAST LIMIT %s",
+            f"SELECT {COLUMNS} FROM batch_runs WHERE pipeline=%s ORDER BY published_at DESC NULLS LAST LIMIT %s",  # noqa: S608 (a constant)
             (pipeline, limit),
         )
 
