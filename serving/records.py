@@ -39,8 +39,9 @@ class Scored:
     score: float
     features: dict[str, Any]  # the row the model scored (request-time and online features)
     embedding: np.ndarray | None = None  # the model's `embedding` output for the row, where it has one
-    label: str | None = None  # a multiclass model's predicted class (`score` is its probability)
-    probabilities: dict[str, float] | None = None  # and every class's probability
+    label: str | None = None  # a multiclass model's predicted class (`score` is its probability); a binary
+    # model's decision ("1": `score` at or above its threshold, else "0")
+    probabilities: dict[str, float] | None = None  # a multiclass model's every class's probability
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,9 +76,11 @@ class Served:
             "version": self.version,
             "score": self.result.score,
         }
-        if self.result.label is not None:  # a multiclass model: its class, and every class's probability
+        if self.result.probabilities is not None:  # a multiclass model: its class, and every class's probability
             out["class"] = self.result.label
             out["probabilities"] = self.result.probabilities
+        elif self.result.label is not None:  # a binary model: its decision at its own threshold
+            out["class"] = int(self.result.label)
         return out
 
 
@@ -96,7 +99,7 @@ class LogRow:
     error: str | None
     shadow: bool
     created_at: datetime
-    predicted_class: str | None = None  # a multiclass model's (with `probabilities`); NULL for the others
+    predicted_class: str | None = None  # a multiclass model's (with `probabilities`), a binary one's decision
     probabilities: list[float] | None = None  # in the classes' order, as the model answers them
     position: int = 0  # the instance's place in its request
     off_contract: str | None = None  # why a scored instance is outside the contract (feedback skips it)

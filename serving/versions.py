@@ -11,7 +11,8 @@ as a `ModelVersion` deployment around the same `LocalVersion`, and the ingress c
 when an instance lacks features or brings a value the model cannot take (the ingress answers 422:
 the client's fault, never the version's). An online-store outage raises `FeaturesUnavailable`.
 The model's outputs are read by name (`score`; a multiclass model's `probabilities` and `class`;
-`embedding` where it has one).
+`embedding` where it has one); a binary model's decision is `score >= threshold`, the threshold its
+graph's metadata records.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ import numpy as np
 
 from pipelines.core.settings import Settings
 from pipelines.io.registry import load_onnx_model
+from pipelines.ml.imbalance import recorded_threshold
 from pipelines.ml.model import CLASS, CLASSES_KEY, EMBEDDING, PROBABILITIES, onnx_session
 from serving.batching import GreedyBatcher
 from serving.online import OnlineFeatures, known
@@ -138,6 +140,8 @@ class LocalVersion:
         self.names = [name for name, _ in self.inputs]
         self.has_embedding = any(o.name == EMBEDDING for o in session.get_outputs())
         self.classes = model_classes(session)
+        # a binary model's decision threshold (its graph's metadata): each answer's `class`
+        self.threshold = None if self.classes else recorded_threshold(session.get_modelmeta().custom_metadata_map)
         self.wants_embedding: Callable[[int], bool] = lambda version: True  # the ingress: only while a space takes it
         self.online = online
         self.score_s: float | None = None  # moving average of the model's time per batch
@@ -219,6 +223,8 @@ class LocalVersion:
                 if self.classes:
                     label = str(out[CLASS][j])
                     named = dict(zip(self.classes, map(float, out[PROBABILITIES][j]), strict=True))
+                elif self.threshold is not None:
+                    label = "1" if scores[j] >= self.threshold else "0"
                 vector = out[EMBEDDING][j] if embed else None
                 results[n] = Scored(float(scores[j]), row, vector, label, named)
         return results

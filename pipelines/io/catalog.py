@@ -361,7 +361,7 @@ def trace(settings: Settings, request_id: str, allowed: set[str]) -> list[dict[s
             "label": label if label is None else decode_label(label, classes[pipeline]),
             "model": registered[pipeline].get(version, {"version": version, "lineage": None}),
         }
-        if predicted is not None:  # a multiclass model's answer
+        if predicted is not None:  # a multiclass model's class, a binary one's decision ("1" or "0")
             answer["class"] = predicted
         out.append(answer)
     return out

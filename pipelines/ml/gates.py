@@ -18,7 +18,7 @@ if TYPE_CHECKING:
 
 def figures(rows: Sequence[tuple[Any, ...]]) -> dict[int, dict[str, Any]]:
     """Per version: requests, errors, error rate, p99 latency (ms), the scores' mean and standard
-    deviation, and (a multiclass model) each predicted class's share of the answers.
+    deviation, and (a model that answers a class) each predicted class's share of the answers.
     `rows` are (version, status, score, latency_ms[, predicted class]) of served (not shadow)
     predictions."""
     out: dict[int, dict[str, Any]] = {}
@@ -56,10 +56,12 @@ def judge(
 ) -> tuple[str, list[str]]:
     """`advance`, `wait` (not enough traffic yet) or `rollback`, with reasons. Errors and latency
     roll back as soon as they are seen; the other checks need `min_requests` first, and a step
-    that ends (`final`) without them rolls back: an unverified canary is not promoted. The mean
-    score's shift is a probability's for a binary label, in the champion's standard deviations
-    of its scores for a regression one (a value has the label's units); for a multiclass label the
-    shift is in the shares of the classes predicted (`class_shift`)."""
+    that ends (`final`) without them rolls back: an unverified canary is not promoted. Where both
+    versions answer a class (a multiclass model; a binary model deciding at its own threshold),
+    the shift is in the shares of the classes predicted (`class_shift`): a challenger trained with
+    class weights scores a rare class far higher than an unweighted champion while deciding alike.
+    Otherwise it is the mean score's: a probability's for a binary label, in the champion's
+    standard deviations of its scores for a regression one (a value has the label's units)."""
     if challenger is None or challenger["requests"] == 0:
         return ("rollback", ["the challenger received no traffic in this step"]) if final else ("wait", [])
     reasons = []
@@ -76,7 +78,8 @@ def judge(
                 f"only {int(challenger['requests'])} challenger requests, canary.min_requests is {cfg.min_requests}"
             ]
         return "wait", []
-    if kind == "multiclass" and champion is not None and champion.get("class_shares"):
+    shares = champion is not None and bool(champion.get("class_shares"))  # it answers classes
+    if champion is not None and shares and (kind == "multiclass" or bool(challenger.get("class_shares"))):
         shift = class_shift(champion["class_shares"], challenger.get("class_shares", {}))
         if shift > cfg.max_score_shift:
             return "rollback", [

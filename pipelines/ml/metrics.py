@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from pipelines.core.spec import TASK_METRICS
+from pipelines.ml.imbalance import best_f1
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -140,13 +141,14 @@ def r2(y: np.ndarray, p: np.ndarray) -> float:
     return 1.0 - float(np.sum((y - p) ** 2)) / total if total > 0 else float("nan")
 
 
-def metric_functions(threshold: float, kind: str = "binary") -> dict[str, Metric]:
-    """The metrics of a label kind (`TASK_METRICS`); `threshold` is the binary decision's."""
+def metric_functions(threshold: float | str, kind: str = "binary") -> dict[str, Metric]:
+    """The metrics of a label kind (`TASK_METRICS`); `threshold` is the binary decision's (`tuned`:
+    F1 at the best threshold of the rows scored, as the search judges a trial)."""
     every: dict[str, Metric] = {
         "roc_auc": roc_auc,
         "pr_auc": pr_auc,
         "log_loss": log_loss,
-        "f1": f1_at(threshold),
+        "f1": best_f1 if threshold == "tuned" else f1_at(float(threshold)),
         "calibration_error": calibration_error,
         "macro_f1": macro_f1,
         "accuracy": accuracy,
@@ -163,7 +165,7 @@ def primary_metric(cfg: Evaluation, kind: str) -> Metric:
     return metric_functions(cfg.threshold, kind)[cfg.primary_metric]
 
 
-def overall(y: np.ndarray, p: np.ndarray, threshold: float, kind: str = "binary") -> dict[str, float]:
+def overall(y: np.ndarray, p: np.ndarray, threshold: float | str, kind: str = "binary") -> dict[str, float]:
     return {name: fn(y, p) for name, fn in metric_functions(threshold, kind).items()}
 
 
@@ -172,7 +174,7 @@ def slices(
     y: np.ndarray,
     p: np.ndarray,
     columns: list[str],
-    threshold: float,
+    threshold: float | str,
     min_rows: int = 30,
     kind: str = "binary",
 ) -> dict[str, dict[str, dict[str, float]]]:
@@ -188,21 +190,30 @@ def slices(
 
 
 def bootstrap_difference(
-    y: np.ndarray, p_new: np.ndarray, p_old: np.ndarray, metric: Metric, samples: int, confidence: float, seed: int = 0
+    y: np.ndarray,
+    p_new: np.ndarray,
+    p_old: np.ndarray,
+    metric: Metric,
+    samples: int,
+    confidence: float,
+    seed: int = 0,
+    metric_old: Metric | None = None,
 ) -> dict[str, float]:
-    """Paired bootstrap of `metric(new) - metric(old)` over the same rows: estimate and interval."""
+    """Paired bootstrap of `metric(new) - metric(old)` over the same rows: estimate and interval
+    (`metric_old`: the old model's own, where it decides at a threshold of its own)."""
+    old_metric = metric_old or metric
     rng = np.random.default_rng(seed)
     n = len(y)
     diffs = []
     for _ in range(samples):
         i = rng.integers(0, n, n)
-        d = metric(y[i], p_new[i]) - metric(y[i], p_old[i])
+        d = metric(y[i], p_new[i]) - old_metric(y[i], p_old[i])
         if not np.isnan(d):
             diffs.append(d)
     alpha = (1 - confidence) / 2
     lo, hi = np.quantile(diffs, [alpha, 1 - alpha]) if diffs else (float("nan"), float("nan"))
     return {
-        "difference": metric(y, p_new) - metric(y, p_old),
+        "difference": metric(y, p_new) - old_metric(y, p_old),
         "lower": float(lo),
         "upper": float(hi),
         "confidence": confidence,
@@ -267,7 +278,7 @@ def baseline_scores(y_train: np.ndarray, rows: int, kind: str = "binary", classe
 
 
 def baseline(
-    y_train: np.ndarray, y_test: np.ndarray, threshold: float, kind: str = "binary", classes: int = 0
+    y_train: np.ndarray, y_test: np.ndarray, threshold: float | str, kind: str = "binary", classes: int = 0
 ) -> dict[str, Any]:
     """The kind's trivial model (`baseline_scores`) scored on the test rows: its name and metrics. Pure."""
     scores = baseline_scores(y_train, len(y_test), kind, classes)

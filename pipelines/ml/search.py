@@ -12,6 +12,8 @@ from collections import Counter
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
+from pipelines.ml.imbalance import CLASS_WEIGHT
+
 if TYPE_CHECKING:
     import optuna
 
@@ -34,14 +36,20 @@ def suggest(trial: optuna.Trial, space: dict[str, Param], prefix: str = "") -> d
     return params
 
 
-def choose(trial: optuna.Trial, model: ModelSpec) -> tuple[str, dict[str, Any]]:
+def choose(trial: optuna.Trial, model: ModelSpec, weightings: Sequence[str] = ("none",)) -> tuple[str, dict[str, Any]]:
     """The trial's family and that family's parameters (one family: no `family` parameter, and
-    the parameters under their own names, as studies were before families)."""
+    the parameters under their own names, as studies were before families), with its
+    `class_weight` where the search may weigh classes (`pipelines.ml.imbalance.weightings`:
+    searched where there are two, fixed where one is `balanced`)."""
     families = model.families
-    if len(families) == 1:
-        return families[0], suggest(trial, model.space_of(families[0]))
-    family = str(trial.suggest_categorical("family", list(families)))
-    return family, suggest(trial, model.space_of(family), prefix=f"{family}.")
+    family = families[0] if len(families) == 1 else str(trial.suggest_categorical("family", list(families)))
+    prefix = "" if len(families) == 1 else f"{family}."
+    params = suggest(trial, model.space_of(family), prefix=prefix)
+    if len(weightings) > 1:
+        params[CLASS_WEIGHT] = trial.suggest_categorical(prefix + CLASS_WEIGHT, list(weightings))
+    elif weightings[0] != "none":
+        params[CLASS_WEIGHT] = weightings[0]
+    return family, params
 
 
 def warm_start(best: dict[str, str], model: ModelSpec) -> dict[str, Any] | None:

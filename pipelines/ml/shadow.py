@@ -87,9 +87,10 @@ def pairs(rows: Sequence[LogRow], champion: int, shadow: int) -> list[tuple[LogR
 
 
 def agrees(c: LogRow, s: LogRow, kind: str, threshold: float, tolerance: float) -> bool:
-    """Whether two answers agree: the same class (binary: the same side of the threshold), or for a
-    regression label a difference within `tolerance` (in the label's units)."""
-    if kind == "multiclass":
+    """Whether two answers agree: the same class (binary: each version's decision where both
+    logged one, else the same side of `threshold`), or for a regression label a difference within
+    `tolerance` (in the label's units)."""
+    if kind == "multiclass" or (c.predicted_class is not None and s.predicted_class is not None):
         return c.predicted_class == s.predicted_class
     cs, ss = c.score or 0.0, s.score or 0.0  # a scored answer of these kinds has a score
     if kind == "regression":

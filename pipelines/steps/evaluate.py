@@ -24,6 +24,7 @@ from pipelines.io.artifacts import read_artifact
 from pipelines.io.registry import CHAMPION, alias_version, load_onnx_model, model_name
 from pipelines.io.storage import read_parquet, write_json
 from pipelines.io.tracking import setup_mlflow
+from pipelines.ml.imbalance import fixed_threshold, recorded_threshold
 from pipelines.ml.metrics import (
     baseline,
     bootstrap_difference,
@@ -32,8 +33,8 @@ from pipelines.ml.metrics import (
     confusion,
     encode_label,
     gate,
+    metric_functions,
     overall,
-    primary_metric,
     slices,
     worse_slices,
 )
@@ -134,6 +135,12 @@ def render_html(report: dict[str, Any], png: str) -> str:
         f"<tr><td>{esc(n)}</td>" + "".join(f"<td>{report[m]['metrics'][n]:.4f}</td>" for m in models) + "</tr>"
         for n in names
     )
+    if report["challenger"].get("threshold") is not None:  # a binary label: where each model decides
+        cells = (report[m].get("threshold") for m in models)
+        rows += "<tr><td>decision threshold</td>" + "".join(
+            f"<td>{'' if t is None else f'{t:.4f}'}</td>" for t in cells
+        )
+        rows += "</tr>"
     shown = names[:2]  # per slice: the kind's first two metrics (roc_auc, pr_auc / macro_f1, accuracy / rmse, mae)
     slice_rows = "".join(
         f"<tr><td>{esc(col)}={esc(val)}</td><td>{int(m['rows'])}</td>"
@@ -168,6 +175,13 @@ def approval_facts(name: str, report: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def own_threshold(session: Any, configured: float | str) -> float:
+    """The decision threshold a version's graph records, else the spec's fixed one (a version
+    from before thresholds: `imbalance.DEFAULT_THRESHOLD` where the spec says `tuned`)."""
+    recorded = recorded_threshold(session.get_modelmeta().custom_metadata_map)
+    return recorded if recorded is not None else fixed_threshold(configured)
+
+
 def run(ctx: StepContext) -> dict[str, Any]:
     import mlflow
 
@@ -179,6 +193,7 @@ def run(ctx: StepContext) -> dict[str, Any]:
     kind = spec.label.kind
     challenger = onnx_session(read_artifact(ctx.settings, ctx.storage, ctx.require("train", "model.onnx")))
     p_new = predict_onnx(challenger, test)
+    t_new = own_threshold(challenger, cfg.threshold)  # each version decides at its own
     train = read_parquet(ctx.storage, ctx.require("features", "train.parquet"))  # its labels fit the baseline
     y_train = encode_label(train[spec.label.column], spec.classes)
     report: dict[str, Any] = {
@@ -187,8 +202,9 @@ def run(ctx: StepContext) -> dict[str, Any]:
         "run_id": ctx.run_id,
         "test_rows": len(test),
         "challenger": {
-            "metrics": overall(y, p_new, cfg.threshold, kind),
-            "slices": slices(test, y, p_new, cfg.slices, cfg.threshold, kind=kind),
+            "metrics": overall(y, p_new, t_new, kind),
+            "slices": slices(test, y, p_new, cfg.slices, t_new, kind=kind),
+            "threshold": t_new if kind == "binary" else None,
         },
         "champion": None,
         "difference": None,
@@ -202,15 +218,17 @@ def run(ctx: StepContext) -> dict[str, Any]:
         name = model_name(ctx.pipeline)
         session = onnx_session(load_onnx_model(ctx.settings, ctx.pipeline, name, int(champion.version)))
         p_old = predict_onnx(session, test)
+        t_old = own_threshold(session, cfg.threshold)
         scores[f"champion v{champion.version}"] = p_old
         report["champion"] = {
             "version": int(champion.version),
-            "metrics": overall(y, p_old, cfg.threshold, kind),
-            "slices": slices(test, y, p_old, cfg.slices, cfg.threshold, kind=kind),
+            "metrics": overall(y, p_old, t_old, kind),
+            "slices": slices(test, y, p_old, cfg.slices, t_old, kind=kind),
+            "threshold": t_old if kind == "binary" else None,
         }
-        metric = primary_metric(cfg, kind)
+        new_metric, old_metric = (metric_functions(t, kind)[cfg.primary_metric] for t in (t_new, t_old))
         report["difference"] = bootstrap_difference(
-            y, p_new, p_old, metric, cfg.bootstrap_samples, cfg.confidence, seed=spec.training.seed
+            y, p_new, p_old, new_metric, cfg.bootstrap_samples, cfg.confidence, spec.training.seed, old_metric
         )
     report["onnx_latency_ms_per_row"] = onnx_latency_ms(challenger, test)
     report["verdict"] = gate(

@@ -32,6 +32,7 @@ from pipelines.io import audit, vectors
 from pipelines.io.registry import CHALLENGER, CHAMPION, Registry
 from pipelines.io.requestlog import labels_of_served, shadow_count, shadow_rows
 from pipelines.io.steering import current_pin
+from pipelines.ml.imbalance import fixed_threshold
 from pipelines.ml.plots import png_bytes, two_panels
 from pipelines.ml.shadow import LogRow, compare, decide, labelled_metric, pairs, render_html
 
@@ -68,7 +69,12 @@ def comparison(walk: Walk, began: float) -> tuple[dict[str, Any], list[LogRow]]:
     rows = shadow_rows(ctx.settings, ctx.pipeline, walk.champion, walk.challenger, began)
     kind = spec.label.kind
     out = compare(
-        rows, walk.champion, walk.challenger, kind, spec.evaluation.threshold, spec.canary.agreement_tolerance
+        rows,
+        walk.champion,
+        walk.challenger,
+        kind,
+        fixed_threshold(spec.evaluation.threshold),
+        spec.canary.agreement_tolerance,
     )
     labels = labels_of_served(ctx.settings, ctx.pipeline, walk.champion, datetime.fromtimestamp(began, UTC))
     out["labelled"] = labelled_metric(

@@ -58,12 +58,11 @@ from pipelines.ml.families import (
     TrainingData,
     TrialFailed,
     family,
-    greedy_ensemble,
     load_trained,
-    pack_ensemble,
     trial_artifact,
     trial_checkpoint,
 )
+from pipelines.ml.imbalance import CLASS_WEIGHT, balanced_weights, decision_threshold, set_threshold, weightings
 from pipelines.ml.metrics import HIGHER_IS_BETTER, primary_metric
 from pipelines.ml.model import FeatureEncoding, fit_encoding, select_device
 from pipelines.ml.search import (
@@ -72,7 +71,6 @@ from pipelines.ml.search import (
     budget_callbacks,
     budget_left,
     choose,
-    ensemble_pays,
     failure_summary,
     make_pruner,
     remaining_budget,
@@ -83,6 +81,7 @@ from pipelines.ml.search import (
     warm_start,
 )
 from pipelines.steps.context import StepContext
+from pipelines.steps.train_blend import blend, read_trial
 
 if TYPE_CHECKING:
     import optuna
@@ -116,6 +115,9 @@ class Trainer:
         self.classes = spec.classes  # a multiclass label's: y holds class indices
         self.data = TrainingData(enc, train, val, spec.label.column, self.classes, device)
         self.v_y, self.val = self.data.v_y, self.data.val
+        n_classes = len(self.classes)
+        self.weightings = weightings(self.cfg.class_weight, self.kind, self.data.y, n_classes, self.cfg.imbalance_rate)
+        self.class_weights = balanced_weights(self.data.y, n_classes) if self.kind != "regression" else None
         self.threads = cpu_threads(spec.resources.for_step(ctx.step).cpu, os.cpu_count())
 
     def fitting(self, trial: optuna.Trial, log_metrics: Any, clock: TrialClock) -> Fitting:
@@ -144,7 +146,9 @@ class Trainer:
         self, trial: optuna.Trial, name: str, params: dict[str, Any], log_metrics: Any, clock: TrialClock
     ) -> tuple[float, bytes]:
         """Train one trial of any family; returns the best validation value and the artifact."""
-        return family(name).fit(self.data, params, self.fitting(trial, log_metrics, clock))
+        fitting = self.fitting(trial, log_metrics, clock)
+        fitting.class_weights = self.class_weights if params.get(CLASS_WEIGHT) == "balanced" else None
+        return family(name).fit(self.data, params, fitting)
 
     def fit(
         self, trial: optuna.Trial, params: dict[str, Any], log_metrics: Any, clock: TrialClock | None = None
@@ -344,10 +348,23 @@ def open_study(ctx: StepContext, higher_is_better: bool) -> optuna.Study:
         )
 
 
+def export_graph(ctx: StepContext, trainer: Trainer, trained: Any) -> tuple[bytes, float | None]:
+    """The exported model's ONNX graph, with a binary model's decision threshold (the spec's, or
+    tuned on the validation rows) in its metadata and logged to the active MLflow run."""
+    import mlflow  # heavy: mlflow
+
+    scores = trained.predict(trainer.val)
+    threshold = decision_threshold(ctx.spec.evaluation.threshold, trainer.kind, trainer.v_y, scores)
+    graph = trained.to_onnx(embedding=ctx.spec.embeddings is not None)
+    if threshold is not None:  # the version serves its decisions with it
+        set_threshold(graph, threshold)
+        mlflow.log_metric("decision_threshold", threshold)
+    return graph.SerializeToString(), threshold
+
+
 def export_best(ctx: StepContext, study: optuna.Study, trainer: Trainer) -> dict[str, Any]:
-    """The best trial's model as the run's `model.bin` and `model.onnx`, logged to the active
-    (parent) MLflow run with the trial counts and the per-family figures; the manifest's fields
-    about it."""
+    """The best trial's model as the run's `model.bin` and `model.onnx`, logged to the active (parent)
+    MLflow run with the trial counts and the per-family figures; the manifest's fields about it."""
     import mlflow  # heavy: mlflow
 
     if not study.get_trials(states=trial_states(("COMPLETE",))):
@@ -364,7 +381,7 @@ def export_best(ctx: StepContext, study: optuna.Study, trainer: Trainer) -> dict
     alone = load_trained(single, source)  # the best trial's model; its parameters are a later run's warm start
     blob, ensemble = blend(ctx, trainer, families, trial_family(best, ctx.spec.model.families), single, trials)
     trained = alone if blob is single else load_trained(blob)
-    onnx_bytes = trained.to_onnx(embedding=ctx.spec.embeddings is not None).SerializeToString()
+    onnx_bytes, threshold = export_graph(ctx, trainer, trained)
     model_uri = write_artifact(ctx.settings, ctx.storage, ctx.key("model.bin"), blob)
     onnx_uri = write_artifact(ctx.settings, ctx.storage, ctx.key("model.onnx"), onnx_bytes)
     counts = {s.lower(): len(study.get_trials(states=trial_states((s,)))) for s in ("COMPLETE", "PRUNED", "FAIL")}
@@ -403,45 +420,8 @@ def export_best(ctx: StepContext, study: optuna.Study, trainer: Trainer) -> dict
         "budget_spent_s": round(study_spent(study), 1),
         "model": model_uri,
         "onnx": onnx_uri,
+        "threshold": threshold,  # a binary model's decision threshold (None for the other kinds)
     }
-
-
-def read_trial(ctx: StepContext, trial: optuna.trial.FrozenTrial) -> tuple[bytes, str]:
-    """A complete trial's model artifact (once it matches the sha256 the trial recorded) and its URI."""
-    key = ctx.key(trial_artifact(trial.number), STEP)
-    return read_checked(ctx.storage, key, trial.user_attrs.get(ARTIFACT_SHA256)), ctx.storage.uri(key)
-
-
-def blend(
-    ctx: StepContext, trainer: Trainer, families: dict[str, Any], best: str, single: bytes, trials: dict[int, Any]
-) -> tuple[bytes, dict[str, Any] | None]:
-    """The artifact to export: the best trial's, or (`training.ensemble`, several families
-    searched, no embeddings) the weighted average of every family's best (`study_families`) where
-    it beats the best alone on the validation rows; with what was weighed (None where nothing was)."""
-    spec = ctx.spec
-    bests = {f: v["best_trial"] for f, v in families.items() if v["best_trial"] is not None}
-    if not spec.training.ensemble or spec.embeddings is not None or len(bests) < 2:
-        return single, None
-    read = {f: read_trial(ctx, trials[n]) for f, n in bests.items()}
-    blobs = {f: blob for f, (blob, _) in read.items()}
-    scores = {f: load_trained(blob, source).predict(trainer.val) for f, (blob, source) in read.items()}
-    weights, value = greedy_ensemble(scores, trainer.v_y, trainer.metric, trainer.higher)
-    alone = trainer.metric(trainer.v_y, scores[best])
-    chosen = len(weights) > 1 and ensemble_pays(value, alone, trainer.higher, spec.training.ensemble_min_gain)
-    info = {"weights": weights, "value": value, "best_alone": alone, "chosen": chosen}
-    log.info(
-        "ensemble of the family bests %s: val %s %.4f against %.4f for %s alone: %s",
-        weights,
-        trainer.metric_name,
-        value,
-        alone,
-        best,
-        "exported" if chosen else "not better by training.ensemble_min_gain: the best model alone is exported",
-    )
-    if not chosen:
-        return single, info
-    members = [(blobs[f], w) for f, w in weights.items()]
-    return pack_ensemble(trainer.enc, members, {"members": weights}, trainer.classes), info
 
 
 def objective_for(trainer: Trainer, spec: PipelineSpec, parent_run_id: str, worker: int | None = None) -> Any:
@@ -454,7 +434,7 @@ def objective_for(trainer: Trainer, spec: PipelineSpec, parent_run_id: str, work
         if worker is not None:
             trial.set_user_attr("worker", worker)
         started = time.monotonic()
-        family, params = choose(trial, spec.model)
+        family, params = choose(trial, spec.model, trainer.weightings)
         left = budget_left(budget, study_spent(trial.study))
         clock = TrialClock(trial, trainer.metric_name, None if left is None else started + left, started)
         pruned: optuna.TrialPruned | None = None

@@ -127,6 +127,16 @@ def _predict(client: httpx.Client, ids: list[int], headers: dict[str, str] | Non
     return client.post("/predict", json={"instances": [{"entity_id": i} for i in ids]}, headers=headers)
 
 
+def version_threshold(settings: Settings, version: int) -> float | None:
+    """The decision threshold the registered version's ONNX graph records."""
+    from pipelines.io.registry import load_onnx_model
+    from pipelines.ml.imbalance import recorded_threshold
+    from pipelines.ml.model import onnx_session
+
+    session = onnx_session(load_onnx_model(settings, PIPELINE, model_name(PIPELINE), version))
+    return recorded_threshold(session.get_modelmeta().custom_metadata_map)
+
+
 def test_predict_returns_a_version_and_is_logged(served: Settings) -> None:
     _deploy(served, {1: 100})
     with _client(served) as c:
@@ -136,6 +146,9 @@ def test_predict_returns_a_version_and_is_logged(served: Settings) -> None:
         body = r.json()
         assert [p["version"] for p in body["predictions"]] == [1, 1, 1]
         assert all(0 < p["score"] < 1 for p in body["predictions"])
+        threshold = version_threshold(served, 1)  # tuned on the validation rows, recorded in the graph
+        assert threshold is not None and 0 < threshold < 1
+        assert [p["class"] for p in body["predictions"]] == [int(p["score"] >= threshold) for p in body["predictions"]]
         # Request-time features override the online store's.
         over = c.post("/predict", json={"instances": [{"entity_id": 1, "features": {"support_calls_30d": 40}}]})
         assert over.json()["predictions"][0]["score"] != body["predictions"][0]["score"]

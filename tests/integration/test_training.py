@@ -380,6 +380,7 @@ def test_a_pruned_trial_is_a_finished_mlflow_run_tagged_pruned(workspace: Settin
 
     class PrunedEveryTime:  # a trainer whose every trial the pruner stops after its first epoch
         metric_name = "roc_auc"
+        weightings = ("none",)  # no class weights searched
 
         def fit_family(
             self, trial: optuna.Trial, family: str, params: dict[str, Any], log_metrics: Any, clock: Any
@@ -714,3 +715,54 @@ def test_a_changed_checkpoint_is_refused_at_resume_with_exit_3(workspace: Settin
         path.write_bytes(original)
     result = run(workspace, "train", "kill-1", pipeline="churn_ckpt")  # put back, the search goes on
     assert result["trials"]["complete"] == 3
+
+
+def test_a_rare_positive_class_is_searched_with_class_weights_and_decided_at_the_tuned_threshold(
+    workspace: Settings, tmp_path: Path
+) -> None:
+    """Churn with 4 positives in a hundred: the search tries every family with and without
+    balanced class weights (the trials' MLflow parameters say which), the exported graph carries
+    the F1-best threshold of the validation rows, and evaluate judges F1 at that threshold."""
+    import numpy as np
+    import pandas as pd
+
+    from pipelines.ml.datagen import ChurnConfig, generate_churn
+    from pipelines.ml.imbalance import recorded_threshold
+    from pipelines.ml.metrics import f1_at
+    from pipelines.ml.model import onnx_session, predict_onnx
+    from tests.specs import churn_spec_dict
+
+    df = generate_churn(ChurnConfig(customers=1500, months=8, seed=7))
+    negatives = df[df["churned"] == 0]
+    rare = pd.concat([negatives, df[df["churned"] == 1].sample(n=len(negatives) * 4 // 96, random_state=1)])
+    rare.sort_values("event_timestamp").to_parquet(tmp_path / "rare.parquet", index=False)
+    model = {k: v for k, v in churn_spec_dict()["model"].items() if k != "search_space"}
+    training = {**FAST, "n_trials": 8, "pruner": "none", "ensemble": False}
+    evaluation = {**EVAL, "primary_metric": "pr_auc", "min_primary": None, "slices": []}
+    source = {"kind": "file", "path": str(tmp_path / "rare.parquet")}
+    _spec(workspace, "churn_rare", source=source, training=training, evaluation=evaluation,
+          model={**model, "kind": ["linear", "lightgbm"]}, embeddings=None)  # fmt: skip
+    out = run_through(workspace, "rare-1", LIFECYCLE[:5], pipeline="churn_rare")
+    trained = out["train"]
+    setup_mlflow(workspace, "churn_rare")
+    client = mlflow.MlflowClient()
+    children = client.search_runs(
+        [trained["mlflow_experiment_id"]], filter_string=f"tags.mlflow.parentRunId = '{trained['mlflow_run_id']}'"
+    )
+    weighed = {(c.data.params["family"], c.data.params.get("class_weight")) for c in children}
+    assert {w for _, w in weighed} == {"none", "balanced"}, weighed  # searched, not fixed
+    run_dir = Path(str(workspace.artifact_root)) / "churn_rare" / "rare-1"
+    session = onnx_session((run_dir / "train" / "model.onnx").read_bytes())
+    threshold = recorded_threshold(session.get_modelmeta().custom_metadata_map)
+    assert threshold is not None and threshold == trained["threshold"]
+    assert client.get_run(trained["mlflow_run_id"]).data.metrics["decision_threshold"] == threshold
+    val = pd.read_parquet(run_dir / "features" / "validation.parquet")
+    y_val, p_val = val["churned"].to_numpy(), predict_onnx(session, val)
+    best = max(f1_at(float(t))(y_val, p_val) for t in np.unique(p_val))
+    # the validation rows' best (tuned on the model's own float64 scores, here ONNX's float32 ones)
+    assert f1_at(threshold)(y_val, p_val) == pytest.approx(best, abs=0.01)
+    report = json.loads((run_dir / "evaluate" / "report.json").read_text())
+    assert report["challenger"]["threshold"] == threshold
+    test = pd.read_parquet(run_dir / "features" / "test.parquet")
+    f1 = f1_at(threshold)(test["churned"].to_numpy(), predict_onnx(session, test))
+    assert report["challenger"]["metrics"]["f1"] == pytest.approx(f1)  # judged at its own threshold

@@ -191,6 +191,23 @@ def test_a_multiclass_canary_judges_the_shift_in_the_predicted_classes_shares() 
     assert class_shift({"a": 1.0}, {"b": 1.0}) == 1.0 and class_shift({"a": 0.5, "b": 0.5}, {"b": 0.5, "a": 0.5}) == 0
 
 
+def test_a_binary_canary_with_rare_positives_judges_the_decisions_not_the_scores() -> None:
+    """A challenger trained with balanced class weights scores a 3 % class near 0.4 where the
+    unweighted champion scores it near 0.03; each decides at its own threshold, and alike."""
+    cfg = Canary(steps=[100], min_requests=10, max_score_shift=0.2)
+    decisions = ["1"] * 3 + ["0"] * 97
+    champion = figures([(1, "ok", 0.03, 5.0, d) for d in decisions])[1]
+    weighted = figures([(2, "ok", 0.4, 5.0, d) for d in decisions[::-1]])[2]
+    assert champion["class_shares"] == {"1": 0.03, "0": 0.97}
+    assert judge(cfg, champion, weighted, final=True, kind="binary")[0] == "advance"
+    flags_all = figures([(2, "ok", 0.4, 5.0, "1")] * 100)[2]  # decides 1 for everyone
+    decision, reasons = judge(cfg, champion, flags_all, final=True, kind="binary")
+    assert decision == "rollback" and "shares moved by 0.970" in reasons[0]
+    undecided = figures([(2, "ok", 0.4, 5.0)] * 100)[2]  # a version from before thresholds: the mean score
+    decision, reasons = judge(cfg, champion, undecided, final=True, kind="binary")
+    assert decision == "rollback" and "mean score moved by 0.370" in reasons[0]
+
+
 def test_both_http_apis_answer_errors_in_one_shape() -> None:
     """The serving endpoint and the platform API: `{"error": <code>, "reason", "field"}`, a 422 with
     every field at fault in `detail`, the field paths written by one formatter."""

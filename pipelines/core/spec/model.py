@@ -198,6 +198,20 @@ class Training(Model):
         description="trial workers: N > 1 fans the study out into N `trials` pods (each with the train step's "
         "resources, a GPU too) sharing the run's one Optuna study; `train` then exports the best",
     )
+    class_weight: Literal["auto", "balanced", "none"] = Field(
+        default="auto",
+        description="class weights of a classification label's training rows: `balanced` weighs each class by "
+        "n / (K * its rows), so every class counts the same; `auto` lets the search try both where the rarest "
+        "class is at most `imbalance_rate` of the training rows (the parameter `class_weight` of every family); "
+        "`none` never weighs",
+    )
+    imbalance_rate: float = Field(
+        default=0.1,
+        gt=0.0,
+        lt=0.5,
+        description="the rarest class's share of the training rows at or below which a label is imbalanced "
+        "(`class_weight: auto` searches weights)",
+    )
     ensemble: bool = Field(
         default=True,
         description="with several families: export the weighted average of the families' best models (weights "

@@ -92,8 +92,11 @@ class Evaluation(Model):
     confidence: float = Field(
         default=0.95, gt=0.5, lt=1.0, description="the level of that interval (0.95: a 95 % interval)"
     )
-    threshold: float = Field(
-        default=0.5, gt=0.0, lt=1.0, description="a binary label's decision threshold on the probability (for f1)"
+    threshold: float | Literal["tuned"] = Field(
+        default="tuned",
+        description="a binary model's decision threshold on the probability (`score >= threshold` decides 1): "
+        "`tuned` chooses it on the validation rows where the model's F1 is highest, and the version is served "
+        "with it (each answer's `class`); a number in (0, 1) fixes it",
     )
     slices: list[str] = Field(
         default_factory=list,
@@ -108,6 +111,13 @@ class Evaluation(Model):
         description="the largest difference between ONNX and the model's own scores; for a regression label, "
         "relative to the largest score's magnitude",
     )
+
+    @field_validator("threshold")
+    @classmethod
+    def _threshold_in_range(cls, v: float | str) -> float | str:
+        if not isinstance(v, str) and not 0.0 < v < 1.0:
+            raise ValueError(f"threshold: {v} is not in (0, 1); give a probability or `tuned`")
+        return v
 
 
 class ManualWhen(Model):
@@ -209,9 +219,10 @@ class Canary(Model):
     max_score_shift: float = Field(
         default=0.2,
         gt=0.0,
-        description="the largest move of the challenger's mean score from the champion's: a probability for a "
-        "binary label, champion standard deviations for a regression one, the predicted classes' shares "
-        "(total variation) for a multiclass one",
+        description="the largest move of the challenger's answers from the champion's: the predicted classes' "
+        "shares (total variation) for a multiclass label, or a binary one whose versions both decide at a "
+        "threshold of their own; else the mean score, a probability for a binary label, champion standard "
+        "deviations for a regression one",
     )
 
     @field_validator("steps")

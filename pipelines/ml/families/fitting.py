@@ -132,6 +132,7 @@ class Fitting:
     checkpoint_minutes: float = 10.0
     shuffle_seed: int = 0
     checkpoints: Checkpoints | None = None
+    class_weights: np.ndarray | None = None  # a weight per class index (`class_weight: balanced`), else None
 
     def stopper(self) -> EarlyStopping:
         return EarlyStopping(self.patience, self.higher)

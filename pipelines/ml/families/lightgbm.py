@@ -13,6 +13,7 @@ from pipelines.core.families import LIGHTGBM, FamilyCard
 from pipelines.ml.families.converted import wrap_converted
 from pipelines.ml.families.fitting import Fitting, TrainingData, matrix, require_finite_scores
 from pipelines.ml.families.registry import Header, TrainedBase, pack
+from pipelines.ml.imbalance import CLASS_WEIGHT, row_weights
 
 if TYPE_CHECKING:
     import onnx
@@ -57,7 +58,7 @@ def fit_lightgbm(data: TrainingData, params: dict[str, Any], fitting: Fitting) -
         "seed": fitting.seed,
         "deterministic": True,
         "num_threads": fitting.threads,
-        **{k: v for k, v in params.items() if k != "max_rounds"},
+        **{k: v for k, v in params.items() if k not in ("max_rounds", CLASS_WEIGHT)},
     }
     stopper = fitting.stopper()
     state = {"best_round": 0, "calls": 0}
@@ -84,7 +85,7 @@ def fit_lightgbm(data: TrainingData, params: dict[str, Any], fitting: Fitting) -
 
     booster = lgb.train(
         booster_params,
-        lgb.Dataset(x, y, free_raw_data=False),
+        lgb.Dataset(x, y, weight=row_weights(fitting.class_weights, y), free_raw_data=False),
         num_boost_round=int(params.get("max_rounds", MAX_ROUNDS)),
         valid_sets=[lgb.Dataset(xv, yv, free_raw_data=False)],
         feval=feval,

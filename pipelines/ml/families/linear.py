@@ -16,6 +16,7 @@ from pipelines.core.families import LINEAR, FamilyCard
 from pipelines.ml.families.converted import wrap_converted
 from pipelines.ml.families.fitting import Fitting, TrainingData, matrix, require_finite_scores, target_scaling
 from pipelines.ml.families.registry import Header, TrainedBase, pack
+from pipelines.ml.imbalance import row_weights
 from pipelines.ml.model import FeatureEncoding
 
 if TYPE_CHECKING:
@@ -107,6 +108,9 @@ def fit_linear(data: TrainingData, params: dict[str, Any], fitting: Fitting) -> 
     y_fit = (y - shift) / scale if regression else y
     classes = np.arange(len(fitting.classes)) if fitting.classes else np.array([0, 1])
     fit_args: dict[str, Any] = {} if regression else {"classes": classes}
+    weights = row_weights(fitting.class_weights, y)
+    if weights is not None:
+        fit_args["sample_weight"] = weights
     stopper, best_model = fitting.stopper(), None
     for n in range(1, LINEAR_MAX_PASSES + 1):
         model.partial_fit(xt, y_fit, **fit_args)

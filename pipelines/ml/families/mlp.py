@@ -89,9 +89,17 @@ class Trainer:
     def loss_fn(self) -> torch.nn.Module:
         import torch
 
+        weights = self.fitting.class_weights  # balanced: each class's total weight the same
         if self.classes:
-            return torch.nn.CrossEntropyLoss()
-        return torch.nn.MSELoss() if self.target else torch.nn.BCEWithLogitsLoss()
+            if weights is None:
+                return torch.nn.CrossEntropyLoss()
+            return torch.nn.CrossEntropyLoss(weight=torch.tensor(weights, dtype=torch.float32, device=self.data.device))
+        if self.target:
+            return torch.nn.MSELoss()
+        if weights is None:
+            return torch.nn.BCEWithLogitsLoss()
+        positive = torch.tensor(weights[1] / weights[0], dtype=torch.float32, device=self.data.device)
+        return torch.nn.BCEWithLogitsLoss(pos_weight=positive)
 
     def fit(self) -> tuple[float, bytes]:
         """Train to early stopping (or pruning, or the deadline); the best validation value and
