@@ -152,8 +152,8 @@ def champion_live(
     window (served, or published by a batch run whose `as_of` is in the window; `drift.window_hours`,
     as its next drift check will compute it), so the page shows the
     current champion's figure before a drift check has scored it. None where the spec is gone."""
-    from pipelines.io.requestlog import labelled  # numpy, through the A/B comparison
-    from pipelines.ml.metrics import primary_metric
+    from pipelines.io.requestlog import decided_at, labelled  # numpy, through the A/B comparison
+    from pipelines.ml.metrics import live_metric
 
     try:
         spec = spec_for(settings, pipeline)
@@ -162,7 +162,7 @@ def champion_live(
     end = now or datetime.now(UTC)
     start = end - timedelta(hours=spec.drift.window_hours)
     rows = labelled(settings, pipeline, [version], since=start, until=end, batch=True)
-    score = primary_metric(spec.evaluation, spec.label.kind)
+    score = live_metric(spec.evaluation, spec.label.kind, decided_at(settings, spec, [version]).get(version))
     where = f" in the last {spec.drift.window_hours:g} h"
     figure = live_figure(rows, spec.evaluation.primary_metric, spec.label.kind, score, where=where)
     return {**figure, "version": version, "at": end.isoformat(), "window_hours": spec.drift.window_hours}
@@ -361,8 +361,8 @@ def trace(settings: Settings, request_id: str, allowed: set[str]) -> list[dict[s
             "label": label if label is None else decode_label(label, classes[pipeline]),
             "model": registered[pipeline].get(version, {"version": version, "lineage": None}),
         }
-        if predicted is not None:  # a multiclass model's class, a binary one's decision ("1" or "0")
-            answer["class"] = predicted
+        if predicted is not None:  # a multiclass model's class, a binary one's decision (1 or 0, as served)
+            answer["class"] = predicted if classes[pipeline] else int(predicted)
         out.append(answer)
     return out
 

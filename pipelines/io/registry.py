@@ -149,6 +149,22 @@ def champion_or_none(settings: Settings, pipeline: str) -> int | None:
     return None if champion is None else int(champion.version)
 
 
+def version_thresholds(settings: Settings, pipeline: str, versions: list[int]) -> dict[int, float]:
+    """The decision threshold each of these versions of a binary model recorded at registration
+    (`mlcycle.threshold`); a version from before thresholds is left out (it decided at the spec's)."""
+    import mlflow  # heavy: mlflow
+
+    from pipelines.ml.imbalance import THRESHOLD_KEY  # numpy
+
+    setup_mlflow(settings, pipeline)
+    client, name, out = mlflow.MlflowClient(), model_name(pipeline), {}
+    for version in versions:
+        raw = (client.get_model_version(name, str(version)).tags or {}).get(THRESHOLD_KEY)
+        if raw is not None:
+            out[version] = float(raw)
+    return out
+
+
 def lineage_runs(settings: Settings, pipeline: str) -> set[str]:
     """The lifecycle runs (`mlcycle.run_id` tags) of every version still in the pipeline's registry:
     their run folders (snapshot, reports, model) are kept whatever their age."""

@@ -12,12 +12,16 @@ the drift check's) also counts the labels of published batch predictions (`label
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pipelines.core.settings import Settings, spec_for
 from pipelines.io.db import connect
+from pipelines.io.registry import version_thresholds
 from pipelines.ml.abtest import compare
 from pipelines.ml.shadow import LogRow
+
+if TYPE_CHECKING:
+    from pipelines.core.spec import PipelineSpec
 
 LABELLED_SQL = """
 SELECT r.model_version, r.score, l.label, r.created_at, l.entity_id, r.features, r.probabilities, r.off_contract,
@@ -109,7 +113,18 @@ def ab_results(
     what the result calls them)."""
     spec = spec_for(settings, pipeline)
     rows = labelled(settings, pipeline, [champion, challenger], since)
-    return compare(spec.evaluation, rows, champion, challenger, kind=spec.label.kind, roles=roles)
+    thresholds = decided_at(settings, spec, [champion, challenger])
+    return compare(
+        spec.evaluation, rows, champion, challenger, kind=spec.label.kind, roles=roles, thresholds=thresholds
+    )
+
+
+def decided_at(settings: Settings, spec: PipelineSpec, versions: list[int]) -> dict[int, float]:
+    """The thresholds these versions decided at, read from the registry only where the primary
+    metric depends on them (a binary label judged by F1)."""
+    if spec.label.kind != "binary" or spec.evaluation.primary_metric != "f1":
+        return {}
+    return version_thresholds(settings, spec.name, versions)
 
 
 def served_since(

@@ -169,7 +169,8 @@ def run_drift_demo(pipeline: str = "churn") -> int:
     import logging
 
     from pipelines.io.labels import load_labels
-    from pipelines.ml.metrics import primary_metric
+    from pipelines.ml.imbalance import recorded_threshold
+    from pipelines.ml.metrics import live_metric
     from pipelines.ml.model import onnx_session, predict_onnx
 
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per poll otherwise
@@ -243,11 +244,11 @@ def run_drift_demo(pipeline: str = "churn") -> int:
     if after != before:
         holdout = drifted_world(spec.source, 2, today)  # customers neither model has seen
         y = holdout[spec.label.column].to_numpy()
-        metric = primary_metric(spec.evaluation, spec.label.kind)
         name, metric_name = model_name(pipeline), spec.evaluation.primary_metric
         for label, version in (("old champion", before), ("new champion", after)):
             session = onnx_session(load_onnx_model(settings, pipeline, name, version))
-            value = metric(y, predict_onnx(session, holdout))
+            threshold = recorded_threshold(session.get_modelmeta().custom_metadata_map)
+            value = live_metric(spec.evaluation, spec.label.kind, threshold)(y, predict_onnx(session, holdout))
             record[label.replace(" ", "_")] = {"version": version, metric_name: value, "customers": len(holdout)}
             print(f"    {label} v{version}: {metric_name} {value:.4f} on {len(holdout)} labelled customers of today")
     # what bench/drift.py --loop reports

@@ -4,11 +4,12 @@ the primary metric and its significance. Pure (the predictions come from
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from pipelines.ml.metrics import HIGHER_IS_BETTER, ab_difference, primary_metric
+from pipelines.ml.metrics import HIGHER_IS_BETTER, ab_difference, live_metric
 
 if TYPE_CHECKING:
     from pipelines.core.spec import Evaluation
@@ -25,11 +26,13 @@ def compare(
     min_labelled: int = MIN_LABELLED,
     kind: str = "binary",
     roles: tuple[str, str] = ("champion", "challenger"),
+    thresholds: Mapping[int, float] | None = None,
 ) -> dict[str, Any]:
     """The A/B result of `challenger` against `champion` from (version, score, label) rows.
     `roles` name the two in the result (after a promotion: the `retired` champion and the new
-    `champion`); the difference is always the second's metric minus the first's."""
-    metric = primary_metric(cfg, kind)
+    `champion`); the difference is always the second's metric minus the first's. `thresholds`:
+    the binary decision threshold each version recorded (F1 is each one's at its own)."""
+    metrics = {v: live_metric(cfg, kind, (thresholds or {}).get(v)) for v in (champion, challenger)}
     groups: dict[int, tuple[np.ndarray, np.ndarray]] = {}
     counts: dict[int, dict[str, Any]] = {}
     for version in (champion, challenger):
@@ -37,7 +40,7 @@ def compare(
         y = np.array([m[1] for m in mine], dtype=float)
         p = np.array([m[0] for m in mine], dtype=float)
         groups[version] = (y, p)
-        counts[version] = {"labelled": len(mine), "value": metric(y, p) if mine else None}
+        counts[version] = {"labelled": len(mine), "value": metrics[version](y, p) if mine else None}
         if kind == "binary":
             counts[version]["positives"] = int(y.sum())
     out: dict[str, Any] = {
@@ -59,7 +62,13 @@ def compare(
     if short:
         return {**out, "status": "insufficient", "reason": need + ", ".join(short)}
     diff = ab_difference(
-        groups[champion], groups[challenger], metric, cfg.bootstrap_samples, cfg.confidence, seed=challenger
+        groups[champion],
+        groups[challenger],
+        metrics[champion],
+        cfg.bootstrap_samples,
+        cfg.confidence,
+        seed=challenger,
+        metric_b=metrics[challenger],
     )
     alpha = 1 - cfg.confidence
     significant = bool(diff["p_value"] < alpha)

@@ -16,11 +16,14 @@ if TYPE_CHECKING:
     from pipelines.core.spec import Canary
 
 
-def figures(rows: Sequence[tuple[Any, ...]]) -> dict[int, dict[str, Any]]:
+def figures(rows: Sequence[tuple[Any, ...]], decide_at: float | None = None) -> dict[int, dict[str, Any]]:
     """Per version: requests, errors, error rate, p99 latency (ms), the scores' mean and standard
     deviation, and (a model that answers a class) each predicted class's share of the answers.
     `rows` are (version, status, score, latency_ms[, predicted class]) of served (not shadow)
-    predictions."""
+    predictions. `decide_at` (a binary label's): an answer logged without a decision (a version
+    from before thresholds) decides `score >= decide_at`, as it was served."""
+    if decide_at is not None:
+        rows = [(*r[:4], decision_of(r[4] if len(r) > 4 else None, r[2], decide_at)) for r in rows]
     out: dict[int, dict[str, Any]] = {}
     for version in sorted({r[0] for r in rows}):
         mine = [r for r in rows if r[0] == version]
@@ -38,6 +41,14 @@ def figures(rows: Sequence[tuple[Any, ...]]) -> dict[int, dict[str, Any]]:
         if labels:
             out[version]["class_shares"] = class_shares(labels)
     return out
+
+
+def decision_of(logged: str | None, score: float | None, threshold: float) -> str | None:
+    """A binary answer's decision: the one logged, else its score's side of `threshold` (None for
+    an answer without a score: an error). Pure."""
+    if logged is not None or score is None:
+        return logged
+    return "1" if score >= threshold else "0"
 
 
 def class_shift(champion: dict[str, float], challenger: dict[str, float]) -> float:

@@ -2,7 +2,8 @@
 binary model is served with. Pure.
 
 * `training.class_weight: auto` searches `class_weight` (`none` or `balanced`) as a parameter of
-  every family where the training rows' rarest class is at most `training.imbalance_rate` of them;
+  every family where the training rows' rarest class, its share scaled to two classes
+  (`imbalance`), is at most `training.imbalance_rate`;
   `balanced` always weighs, `none` never. Balanced weights are scikit-learn's: `n / (K * n_k)`,
   so every class carries the same total weight.
 * A binary model decides `score >= threshold`. `evaluation.threshold: tuned` chooses it on the
@@ -23,6 +24,7 @@ if TYPE_CHECKING:
 Weighting = Literal["none", "balanced"]
 CLASS_WEIGHT = "class_weight"  # the parameter a trial's `params` carries
 DEFAULT_THRESHOLD = 0.5  # a binary model's decision threshold where none was recorded (older versions)
+MIN_TUNING_ROWS = 5  # validation rows of each class a tuned threshold needs
 
 
 def class_counts(y: np.ndarray, n_classes: int) -> np.ndarray:
@@ -45,14 +47,20 @@ def balanced_weights(y: np.ndarray, n_classes: int) -> np.ndarray:
     return weights
 
 
+def imbalance(y: np.ndarray, n_classes: int) -> float:
+    """The rarest class's share of the rows scaled to two classes (`share * K / 2`): a binary
+    label's positive rate where positives are rarer, 0.5 for any label split evenly. Pure."""
+    return rarest_share(y, n_classes) * max(n_classes, 2) / 2
+
+
 def weightings(mode: str, kind: str, y: np.ndarray, n_classes: int, imbalance_rate: float) -> tuple[Weighting, ...]:
     """The class weightings a search may try: `auto` tries both where the label is imbalanced
-    (a regression label: none ever). Pure."""
+    (`imbalance` at most `imbalance_rate`; a regression label: none ever). Pure."""
     if kind == "regression" or mode == "none":
         return ("none",)
     if mode == "balanced":
         return ("balanced",)
-    return ("none", "balanced") if rarest_share(y, n_classes) <= imbalance_rate else ("none",)
+    return ("none", "balanced") if imbalance(y, n_classes) <= imbalance_rate else ("none",)
 
 
 def row_weights(class_weights: np.ndarray | None, y: np.ndarray) -> np.ndarray | None:
@@ -81,10 +89,12 @@ def best_f1(y: np.ndarray, p: np.ndarray) -> float:
 
 def tuned_threshold(y: np.ndarray, p: np.ndarray) -> float:
     """The threshold with the highest F1 on these rows, halfway to the next lower score (so a
-    score a hair below the best one decides as it does); `DEFAULT_THRESHOLD` where no row is
-    positive or every row is. Pure."""
+    score a hair below the best one decides as it does); `DEFAULT_THRESHOLD` where fewer than
+    `MIN_TUNING_ROWS` rows are of either class (a threshold tuned on a handful of positives would
+    decide by their noise). Pure."""
     y = np.asarray(y)
-    if len(y) == 0 or y.min() == y.max():
+    positives = int(np.count_nonzero(y))
+    if min(positives, len(y) - positives) < MIN_TUNING_ROWS:
         return DEFAULT_THRESHOLD
     thresholds, f1 = f1_curve(y, p)
     best = int(np.argmax(f1))
@@ -92,12 +102,14 @@ def tuned_threshold(y: np.ndarray, p: np.ndarray) -> float:
     return float((thresholds[best] + lower) / 2)
 
 
-def decision_threshold(configured: float | str, kind: str, y: np.ndarray, p: np.ndarray) -> float | None:
-    """A binary model's threshold: the spec's number, or (`tuned`) the validation rows' best; None
-    for another label kind. Pure."""
-    if kind != "binary":
-        return None
+def binary_threshold(configured: float | str, y: np.ndarray, p: np.ndarray) -> float:
+    """A binary model's threshold: the spec's number, or (`tuned`) the validation rows' best. Pure."""
     return tuned_threshold(y, p) if configured == "tuned" else float(configured)
+
+
+def decision_threshold(configured: float | str, kind: str, y: np.ndarray, p: np.ndarray) -> float | None:
+    """`binary_threshold` for a binary label, None for another kind. Pure."""
+    return binary_threshold(configured, y, p) if kind == "binary" else None
 
 
 def fixed_threshold(configured: float | str) -> float:

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from pipelines.core.spec import TASK_METRICS
-from pipelines.ml.imbalance import best_f1
+from pipelines.ml.imbalance import best_f1, fixed_threshold
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -165,6 +165,15 @@ def primary_metric(cfg: Evaluation, kind: str) -> Metric:
     return metric_functions(cfg.threshold, kind)[cfg.primary_metric]
 
 
+def live_metric(cfg: Evaluation, kind: str, threshold: float | None = None) -> Metric:
+    """The primary metric of served answers: a binary F1 at the threshold the version decided at
+    (`threshold`: its recorded one; none recorded: the spec's fixed one), never the hindsight-best
+    F1 the search judges a trial by (`primary_metric`)."""
+    return metric_functions(fixed_threshold(cfg.threshold) if threshold is None else threshold, kind)[
+        cfg.primary_metric
+    ]
+
+
 def overall(y: np.ndarray, p: np.ndarray, threshold: float | str, kind: str = "binary") -> dict[str, float]:
     return {name: fn(y, p) for name, fn in metric_functions(threshold, kind).items()}
 
@@ -228,17 +237,20 @@ def ab_difference(
     samples: int,
     confidence: float,
     seed: int = 0,
+    metric_b: Metric | None = None,
 ) -> dict[str, float]:
     """`metric(b) - metric(a)` for two independent groups of (labels, scores): an A/B test, where
-    each version served its own entities. Unpaired bootstrap (each group resampled on its own):
-    the interval, and the two-sided p-value of "no difference" as twice the smaller tail of the
-    bootstrap distribution around zero (floored at one over the samples drawn)."""
+    each version served its own entities (`metric_b`: b's own, where it decides at a threshold of
+    its own). Unpaired bootstrap (each group resampled on its own): the interval, and the
+    two-sided p-value of "no difference" as twice the smaller tail of the bootstrap distribution
+    around zero (floored at one over the samples drawn)."""
+    of_b = metric_b or metric
     rng = np.random.default_rng(seed)
     (ya, pa), (yb, pb) = a, b
     diffs = []
     for _ in range(samples):
         i, j = rng.integers(0, len(ya), len(ya)), rng.integers(0, len(yb), len(yb))
-        d = metric(yb[j], pb[j]) - metric(ya[i], pa[i])
+        d = of_b(yb[j], pb[j]) - metric(ya[i], pa[i])
         if not np.isnan(d):
             diffs.append(d)
     if not diffs:
@@ -249,7 +261,7 @@ def ab_difference(
     lo, hi = np.quantile(arr, [alpha, 1 - alpha])
     tail = min(float(np.mean(arr <= 0)), float(np.mean(arr >= 0)))
     return {
-        "difference": metric(yb, pb) - metric(ya, pa),
+        "difference": of_b(yb, pb) - metric(ya, pa),
         "lower": float(lo),
         "upper": float(hi),
         "p_value": min(1.0, max(2 * tail, 1 / len(arr))),

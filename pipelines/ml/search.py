@@ -52,10 +52,11 @@ def choose(trial: optuna.Trial, model: ModelSpec, weightings: Sequence[str] = ("
     return family, params
 
 
-def warm_start(best: dict[str, str], model: ModelSpec) -> dict[str, Any] | None:
+def warm_start(best: dict[str, str], model: ModelSpec, weightings: Sequence[str] = ("none",)) -> dict[str, Any] | None:
     """The champion's best hyperparameters (as MLflow logged them: strings, with its `family`) as
     a trial of this search, or None where its family is not searched or a parameter is missing or
-    outside the space (the spec changed). Pure."""
+    outside the space (the spec changed). Its class weighting where the search tries several
+    (`none` for a champion that logged none: it was trained unweighted). Pure."""
     family = best.get("family", "tabular_mlp")
     if family not in model.families:
         return None
@@ -75,6 +76,9 @@ def warm_start(best: dict[str, str], model: ModelSpec) -> dict[str, Any] | None:
         except (StopIteration, ValueError):
             return None
         params[f"{family}.{name}" if several else name] = value
+    if len(weightings) > 1:
+        weighed = best.get(CLASS_WEIGHT, "none")
+        params[f"{family}.{CLASS_WEIGHT}" if several else CLASS_WEIGHT] = weighed if weighed in weightings else "none"
     return params
 
 

@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import html
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 
 from pipelines.ml.abtest import compare as ab_compare
-from pipelines.ml.gates import class_shift, figures, judge
+from pipelines.ml.gates import class_shift, decision_of, figures, judge
 
 if TYPE_CHECKING:
     from pipelines.core.spec import Canary, Evaluation
@@ -87,15 +87,15 @@ def pairs(rows: Sequence[LogRow], champion: int, shadow: int) -> list[tuple[LogR
 
 
 def agrees(c: LogRow, s: LogRow, kind: str, threshold: float, tolerance: float) -> bool:
-    """Whether two answers agree: the same class (binary: each version's decision where both
-    logged one, else the same side of `threshold`), or for a regression label a difference within
-    `tolerance` (in the label's units)."""
-    if kind == "multiclass" or (c.predicted_class is not None and s.predicted_class is not None):
+    """Whether two answers agree: the same class (binary: each version's decision, logged at its
+    own threshold, or its score's side of `threshold` where it logged none), or for a regression
+    label a difference within `tolerance` (in the label's units)."""
+    if kind == "multiclass":
         return c.predicted_class == s.predicted_class
     cs, ss = c.score or 0.0, s.score or 0.0  # a scored answer of these kinds has a score
     if kind == "regression":
         return abs(cs - ss) <= tolerance
-    return (cs >= threshold) == (ss >= threshold)
+    return decision_of(c.predicted_class, cs, threshold) == decision_of(s.predicted_class, ss, threshold)
 
 
 def agreement(matched: Sequence[tuple[LogRow, LogRow]], kind: str, threshold: float, tolerance: float) -> float | None:
@@ -116,16 +116,18 @@ def labelled_metric(
     champion: int,
     shadow: int,
     kind: str,
+    thresholds: Mapping[int, float] | None = None,
 ) -> dict[str, Any]:
     """The primary metric of both on the paired requests whose label arrived (`labels`: by
-    (request id, entity id)); the A/B comparison's result, `insufficient` without enough labels."""
+    (request id, entity id)); the A/B comparison's result, `insufficient` without enough labels.
+    `thresholds`: the binary decision threshold each version recorded."""
     rows: list[tuple[int, Any, float]] = []
     for c, s in matched:
         label = labels.get((c.request_id, c.entity_id))
         if label is not None:
             rows.append((champion, c.probabilities if kind == "multiclass" else c.score, label))
             rows.append((shadow, s.probabilities if kind == "multiclass" else s.score, label))
-    return ab_compare(cfg, rows, champion, shadow, kind=kind, roles=("champion", "shadow"))
+    return ab_compare(cfg, rows, champion, shadow, kind=kind, roles=("champion", "shadow"), thresholds=thresholds)
 
 
 # ---------------------------------------------------------------------------------- comparison
@@ -146,7 +148,7 @@ def compare(
         for r in rows
         if (r.version == champion and not r.shadow) or (r.version == shadow and r.shadow)
     ]
-    seen = figures(gate_rows)
+    seen = figures(gate_rows, threshold if kind == "binary" else None)
     matched = pairs(rows, champion, shadow)
     mine = [r for r in rows if r.version == shadow and r.shadow]
     out: dict[str, Any] = {

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from pipelines.core.integrity import check_digest
 from pipelines.io.batch import TABLE_COLUMNS, OfflineFeatures
+from pipelines.ml.imbalance import recorded_threshold
 from pipelines.ml.model import CLASS, PROBABILITIES, session_feed
 from pipelines.steps.context import StepContext
 from serving.contract import RequestContract, entity_problem, request_contract
@@ -105,15 +106,18 @@ def id_text(ids: pd.Series) -> np.ndarray:
     return text
 
 
-def answers(outputs: dict[str, Any], classes: list[str]) -> dict[str, Any]:
+def answers(outputs: dict[str, Any], classes: list[str], threshold: float | None = None) -> dict[str, Any]:
     """The endpoint's answer for each scored row: `score` (a binary model's probability, a
-    regression's value, a multiclass model's top probability), and a multiclass model's `class`
-    and `probabilities` (JSON, by class); a column the model does not answer is left out (null). Pure."""
+    regression's value, a multiclass model's top probability), a multiclass model's `class`
+    and `probabilities` (JSON, by class), a binary model's decision at its `threshold` as its
+    `class` ("1" or "0"); a column the model does not answer is left out (null). Pure."""
     import numpy as np
 
     scores = np.asarray(outputs["score"], dtype=np.float64).reshape(-1)
     if not classes:
-        return {"score": scores}
+        if threshold is None:
+            return {"score": scores}
+        return {"score": scores, "class": np.where(scores >= threshold, "1", "0").astype(object)}
     return {
         "score": scores,
         "class": [str(c) for c in outputs[CLASS].reshape(-1)],
@@ -150,11 +154,14 @@ class Scorer:
     classes: list[str]
     contract: RequestContract
     key: str
+    threshold: float | None = None  # a binary model's decision threshold (its graph's metadata)
 
     @classmethod
     def of(cls, session: Any, ctx: StepContext) -> Scorer:
         names = [i.name for i in session.get_inputs()]
-        return cls(session, names, model_classes(session), request_contract(ctx.spec, names), ctx.spec.entity.join_key)
+        contract, classes = request_contract(ctx.spec, names), model_classes(session)
+        threshold = None if classes else recorded_threshold(session.get_modelmeta().custom_metadata_map)
+        return cls(session, names, classes, contract, ctx.spec.entity.join_key, threshold)
 
     def score(self, chunk: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
         """(answers, quarantined) of one chunk: each row judged by the contract (column-wise where
@@ -182,7 +189,7 @@ class Scorer:
         )
         frame = pd.DataFrame({"entity_id": id_text(good[self.key])})
         if answered is not None:
-            frame = frame.assign(**answers(answered, self.classes))
+            frame = frame.assign(**answers(answered, self.classes, self.threshold))
         frame = frame.assign(**{c: None for c in TABLE_COLUMNS if c not in frame.columns})[list(TABLE_COLUMNS)]
         return frame, quarantined
 

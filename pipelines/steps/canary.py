@@ -40,6 +40,7 @@ from pipelines.io.requestlog import ab_results, served_since
 from pipelines.io.steering import current_pin
 from pipelines.io.storage import write_json
 from pipelines.ml.gates import class_shift, figures, judge
+from pipelines.ml.imbalance import fixed_threshold
 from pipelines.ml.plots import png_bytes, two_panels
 from pipelines.steps.context import StepContext
 from pipelines.steps.shadow_run import shadow_run
@@ -86,6 +87,12 @@ class Walk:
     champion: int
     challenger: int
 
+    @property
+    def decide_at(self) -> float | None:
+        """Where a binary answer logged without a decision (a version from before thresholds) decided."""
+        spec = self.ctx.spec
+        return fixed_threshold(spec.evaluation.threshold) if spec.label.kind == "binary" else None
+
     def serve(self, weights: dict[int, float], state: dict[str, Any], shadow: int | None = None) -> None:
         """Deploy the application with these weights (and a shadow version that gets a copy of each
         request); `state` is what `GET /v1/pipelines/<p>` shows."""
@@ -105,7 +112,7 @@ class Walk:
         began, deadline = time.time(), time.monotonic() + cfg.dwell_s
         while True:
             final = time.monotonic() >= deadline
-            seen = figures(served_since(self.ctx.settings, self.ctx.pipeline, began))
+            seen = figures(served_since(self.ctx.settings, self.ctx.pipeline, began), self.decide_at)
             decision, reasons = judge(
                 cfg, seen.get(self.champion), seen.get(self.challenger), final, self.ctx.spec.label.kind
             )

@@ -41,7 +41,8 @@ from pipelines.io.registry import CHAMPION, alias_version, load_onnx_model, mode
 from pipelines.io.requestlog import labelled
 from pipelines.io.storage import read_parquet, write_json
 from pipelines.io.tracking import setup_mlflow
-from pipelines.ml.metrics import HIGHER_IS_BETTER, class_shares, primary_metric
+from pipelines.ml.imbalance import recorded_threshold
+from pipelines.ml.metrics import HIGHER_IS_BETTER, class_shares, live_metric
 from pipelines.ml.model import CLASS, embed_onnx, embedding_dimension, onnx_session, session_feed
 from pipelines.steps.context import StepContext
 
@@ -128,15 +129,19 @@ def evidently_columns(snapshot: dict[str, Any]) -> dict[str, dict[str, Any]]:
 
 
 def live_performance(
-    cfg: Evaluation, rows: list[tuple[int, float, float]], reference: float | None, kind: str = "binary"
+    cfg: Evaluation,
+    rows: list[tuple[int, float, float]],
+    reference: float | None,
+    kind: str = "binary",
+    threshold: float | None = None,
 ) -> dict[str, Any] | None:
-    """The champion's primary metric on labelled served predictions, and its drop from the
-    evaluation figure (positive: worse). None without enough labels (of both classes, for a
-    binary label)."""
+    """The champion's primary metric on labelled served predictions (a binary F1 at the threshold
+    it decided at), and its drop from the evaluation figure (positive: worse). None without
+    enough labels (of both classes, for a binary label)."""
     y = np.array([r[2] for r in rows], dtype=float)
     if len(rows) < MIN_LABELLED or (kind == "binary" and len(np.unique(y)) < 2):
         return None
-    metric = primary_metric(cfg, kind)
+    metric = live_metric(cfg, kind, threshold)
     value = metric(y, np.array([r[1] for r in rows], dtype=float))
     drop = None
     if reference is not None:
@@ -309,10 +314,11 @@ def run(ctx: StepContext) -> dict[str, Any]:
         "requests": len(current),
     }
     rows = labelled(ctx.settings, ctx.pipeline, [version], since=start, until=end, batch=True)
-    performance = live_performance(spec.evaluation, rows, reference_metric, spec.label.kind)
+    session, multiclass = onnx_session(model), spec.label.kind == "multiclass"
+    threshold = recorded_threshold(session.get_modelmeta().custom_metadata_map)
+    performance = live_performance(spec.evaluation, rows, reference_metric, spec.label.kind, threshold)
     figures: dict[str, dict[str, Any]] = {}
     prediction_psi = None
-    session, multiclass = onnx_session(model), spec.label.kind == "multiclass"
     reference = None
     if len(current) >= cfg.min_requests:
         reference = scored_reference(ctx, champion_run, session, features, multiclass)

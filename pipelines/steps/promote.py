@@ -36,6 +36,7 @@ from pipelines.io.steering import current_pin
 from pipelines.io.storage import read_parquet, write_json
 from pipelines.io.tracking import airflow_tags, code_version
 from pipelines.ml.families import load_trained
+from pipelines.ml.imbalance import THRESHOLD_KEY
 from pipelines.ml.model import embed_onnx, embedding_dimension, onnx_session, predict_onnx
 from pipelines.steps.context import StepContext
 
@@ -76,6 +77,8 @@ def lineage_tags(
         "mlcycle.verdict_reasons": "; ".join(verdict["reasons"])[:5000],
         "mlcycle.primary_metric": f"{ctx.spec.evaluation.primary_metric}={evaluation['primary']:.6f}",
         "mlcycle.onnx_parity_max_abs_diff": f"{check['max_abs_diff']:.3e}",
+        # a binary model's decision threshold (also in its graph): live F1 is measured at it
+        **({THRESHOLD_KEY: repr(trained["threshold"])} if trained.get("threshold") is not None else {}),
         **window_tags(ingested),
     }
 

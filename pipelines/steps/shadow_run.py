@@ -30,7 +30,7 @@ from pipelines.core.audit import AuditEvent
 from pipelines.core.steering import blocked_promotion
 from pipelines.io import audit, vectors
 from pipelines.io.registry import CHALLENGER, CHAMPION, Registry
-from pipelines.io.requestlog import labels_of_served, shadow_count, shadow_rows
+from pipelines.io.requestlog import decided_at, labels_of_served, shadow_count, shadow_rows
 from pipelines.io.steering import current_pin
 from pipelines.ml.imbalance import fixed_threshold
 from pipelines.ml.plots import png_bytes, two_panels
@@ -77,8 +77,15 @@ def comparison(walk: Walk, began: float) -> tuple[dict[str, Any], list[LogRow]]:
         spec.canary.agreement_tolerance,
     )
     labels = labels_of_served(ctx.settings, ctx.pipeline, walk.champion, datetime.fromtimestamp(began, UTC))
+    thresholds = decided_at(ctx.settings, spec, [walk.champion, walk.challenger])
     out["labelled"] = labelled_metric(
-        spec.evaluation, pairs(rows, walk.champion, walk.challenger), labels, walk.champion, walk.challenger, kind
+        spec.evaluation,
+        pairs(rows, walk.champion, walk.challenger),
+        labels,
+        walk.champion,
+        walk.challenger,
+        kind,
+        thresholds,
     )
     return out, rows
 

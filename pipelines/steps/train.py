@@ -38,6 +38,7 @@ import math
 import os
 import time
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -62,9 +63,9 @@ from pipelines.ml.families import (
     trial_artifact,
     trial_checkpoint,
 )
-from pipelines.ml.imbalance import CLASS_WEIGHT, balanced_weights, decision_threshold, set_threshold, weightings
+from pipelines.ml.imbalance import CLASS_WEIGHT, balanced_weights, binary_threshold, set_threshold, weightings
 from pipelines.ml.metrics import HIGHER_IS_BETTER, primary_metric
-from pipelines.ml.model import FeatureEncoding, fit_encoding, select_device
+from pipelines.ml.model import FeatureEncoding, fit_encoding, onnx_session, predict_onnx, select_device
 from pipelines.ml.search import (
     FINISHED,
     TrialClock,
@@ -242,7 +243,7 @@ def run(ctx: StepContext) -> dict[str, Any]:
     enc, device = trainer.enc, trainer.device
     exp_id = setup_mlflow(ctx.settings, ctx.pipeline)
     recovered = recover_interrupted(study)
-    warm = enqueue_champion(ctx, study)
+    warm = enqueue_champion(ctx, study, trainer.weightings)
     finished_before = len(study.get_trials(states=trial_states(FINISHED)))
     todo = remaining_budget(spec.training.n_trials, finished_before)
     spent_before = study_spent(study)
@@ -293,14 +294,16 @@ def run(ctx: StepContext) -> dict[str, Any]:
     return {k: v for k, v in manifest.items() if k != "encoding"}
 
 
-def enqueue_champion(ctx: StepContext, study: optuna.Study) -> dict[str, Any] | None:
+def enqueue_champion(
+    ctx: StepContext, study: optuna.Study, weightings: Sequence[str] = ("none",)
+) -> dict[str, Any] | None:
     """A new study's first trial is the champion's best hyperparameters (a warm start that costs
     one trial of the budget): a retraining on new data starts from what won last time. With several
     families, each is then tried once, cheapest first."""
 
     if study.get_trials(deepcopy=False):
         return None  # a retry: the study already has its first trials
-    warm = champion_params(ctx)
+    warm = champion_params(ctx, weightings)
     if warm is not None:
         study.enqueue_trial(warm["params"], user_attrs={"warm_start": f"champion v{warm['champion']}"})
         log.info("warm start: trial 0 is champion v%s's hyperparameters %s", warm["champion"], warm["params"])
@@ -311,7 +314,7 @@ def enqueue_champion(ctx: StepContext, study: optuna.Study) -> dict[str, Any] | 
     return warm
 
 
-def champion_params(ctx: StepContext) -> dict[str, Any] | None:
+def champion_params(ctx: StepContext, weightings: Sequence[str] = ("none",)) -> dict[str, Any] | None:
     """The champion's best hyperparameters as a trial of this search, or None."""
     import mlflow  # heavy: mlflow
 
@@ -322,7 +325,7 @@ def champion_params(ctx: StepContext) -> dict[str, Any] | None:
     if not champion or not training_run:
         return None
     logged = client.get_run(training_run).data.params
-    params = warm_start({k.removeprefix("best."): v for k, v in logged.items()}, ctx.spec.model)
+    params = warm_start({k.removeprefix("best."): v for k, v in logged.items()}, ctx.spec.model, weightings)
     if params is None:
         log.info("the champion's hyperparameters do not fit this search: no warm start")
         return None
@@ -350,15 +353,17 @@ def open_study(ctx: StepContext, higher_is_better: bool) -> optuna.Study:
 
 def export_graph(ctx: StepContext, trainer: Trainer, trained: Any) -> tuple[bytes, float | None]:
     """The exported model's ONNX graph, with a binary model's decision threshold (the spec's, or
-    tuned on the validation rows) in its metadata and logged to the active MLflow run."""
+    tuned on the validation rows as ONNX Runtime scores them) in its metadata and logged to the
+    active MLflow run."""
     import mlflow  # heavy: mlflow
 
-    scores = trained.predict(trainer.val)
-    threshold = decision_threshold(ctx.spec.evaluation.threshold, trainer.kind, trainer.v_y, scores)
     graph = trained.to_onnx(embedding=ctx.spec.embeddings is not None)
-    if threshold is not None:  # the version serves its decisions with it
-        set_threshold(graph, threshold)
-        mlflow.log_metric("decision_threshold", threshold)
+    if trainer.kind != "binary":
+        return graph.SerializeToString(), None
+    scores = predict_onnx(onnx_session(graph.SerializeToString()), trainer.val)  # as the version will score
+    threshold = binary_threshold(ctx.spec.evaluation.threshold, trainer.v_y, scores)
+    set_threshold(graph, threshold)  # the version serves its decisions with it
+    mlflow.log_metric("decision_threshold", threshold)
     return graph.SerializeToString(), threshold
 
 

@@ -32,7 +32,7 @@ def run(ctx: StepContext) -> dict[str, Any]:
     trainer, study = prepare(ctx)
     exp_id = setup_mlflow(ctx.settings, ctx.pipeline)
     recovered = recover_interrupted(study, ctx.worker)
-    warm = enqueue_champion(ctx, study) if ctx.worker == 0 else None
+    warm = enqueue_champion(ctx, study, trainer.weightings) if ctx.worker == 0 else None
     budget = ctx.spec.training.n_trials
     before = len(study.get_trials(deepcopy=False, states=trial_states(FINISHED)))
     tags = {"mlcycle.pipeline": ctx.pipeline, "mlcycle.run_id": ctx.run_id, "mlcycle.step": STEP}

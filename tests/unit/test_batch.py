@@ -142,6 +142,8 @@ def test_a_row_outside_the_request_contract_is_quarantined_with_every_reason(
 def test_answers_have_the_endpoints_shape_score_or_class_with_probabilities() -> None:
     binary = answers({"score": np.array([[0.25], [0.75]], dtype=np.float32)}, [])
     assert list(binary) == ["score"] and binary["score"].tolist() == [0.25, 0.75]  # class, probabilities: null
+    decided = answers({"score": np.array([[0.25], [0.75], [0.3]], dtype=np.float32)}, [], threshold=0.3)
+    assert decided["class"].tolist() == ["0", "1", "1"]  # a binary model's decision at its own threshold
     multi = answers(
         {
             "score": np.array([0.5, 0.75], dtype=np.float32),

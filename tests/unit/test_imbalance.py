@@ -20,6 +20,7 @@ from pipelines.ml.imbalance import (
     best_f1,
     decision_threshold,
     fixed_threshold,
+    imbalance,
     rarest_share,
     recorded_threshold,
     row_weights,
@@ -61,11 +62,19 @@ def test_balanced_weights_give_every_class_the_same_total_weight() -> None:
         ("auto", "regression", 5, ("none",)),
     ],
 )
-def test_the_search_weighs_classes_only_where_the_label_is_imbalanced_or_the_spec_says(
+def test_the_search_tries_class_weights_only_where_the_label_is_imbalanced_or_the_spec_says(
     mode: str, kind: str, positives: int, expected: tuple[str, ...]
 ) -> None:
     y = np.array([1] * positives + [0] * (100 - positives))
     assert weightings(mode, kind, y, 0, Training().imbalance_rate) == expected
+
+
+def test_a_multiclass_label_is_imbalanced_by_its_rarest_share_against_an_even_split() -> None:
+    even = np.repeat(np.arange(12), 50)  # twelve classes, each 1/12 < 0.1 of the rows: balanced all the same
+    assert imbalance(even, 12) == 0.5 and weightings("auto", "multiclass", even, 12, 0.1) == ("none",)
+    rare = np.array([0] * 60 + [1] * 35 + [2] * 5)  # 5 % where an even split gives each a third
+    assert imbalance(rare, 3) == pytest.approx(0.075)
+    assert weightings("auto", "multiclass", rare, 3, 0.1) == ("none", "balanced")
 
 
 def test_choose_searches_class_weight_per_family_or_fixes_it() -> None:
@@ -101,8 +110,9 @@ def test_the_tuned_threshold_decides_at_the_best_f1_of_the_rows(seed: int) -> No
 
 
 def test_a_threshold_is_tuned_only_for_a_binary_label_and_a_fixed_one_is_kept() -> None:
-    y, p = np.array([0, 0, 1, 1]), np.array([0.1, 0.2, 0.3, 0.9])
-    assert 0.2 < decision_threshold("tuned", "binary", y, p) <= 0.3  # both positives, no negative
+    y, p = np.array([0] * 6 + [1] * 6), np.array([0.1] * 5 + [0.2] + [0.3] * 5 + [0.9])
+    assert 0.2 < decision_threshold("tuned", "binary", y, p) <= 0.3  # every positive, no negative
+    assert decision_threshold("tuned", "binary", y[2:-2], p[2:-2]) == DEFAULT_THRESHOLD  # four positives: too few
     assert decision_threshold(0.7, "binary", y, p) == 0.7
     assert decision_threshold("tuned", "multiclass", y, p) is None
     assert tuned_threshold(np.zeros(4), p) == DEFAULT_THRESHOLD  # nothing to tune on
@@ -169,3 +179,22 @@ def test_the_threshold_travels_in_the_onnx_graph_and_decides_each_served_answer(
     assert "class" not in Served(inst, 1, Scored(0.3, {})).answer()  # a regression model: no decision
     multi = Served(inst, 1, Scored(0.6, {}, label="b", probabilities={"a": 0.4, "b": 0.6})).answer()
     assert multi["class"] == "b" and multi["probabilities"] == {"a": 0.4, "b": 0.6}
+
+
+def test_live_f1_is_each_versions_at_the_threshold_it_decided_at_not_the_hindsight_best() -> None:
+    from pipelines.ml.abtest import compare
+    from pipelines.ml.metrics import live_metric
+
+    cfg = Evaluation(primary_metric="f1", bootstrap_samples=50)
+    rng = np.random.default_rng(1)
+    y = (rng.random(200) < 0.2).astype(float)
+    p = np.clip(0.1 + 0.3 * y + 0.4 * rng.random(200), 0, 1)
+    assert live_metric(cfg, "binary", 0.3)(y, p) == f1_at(0.3)(y, p)
+    assert live_metric(cfg, "binary")(y, p) == f1_at(DEFAULT_THRESHOLD)(y, p)  # none recorded: the spec's
+    assert live_metric(cfg, "binary")(y, p) < best_f1(y, p)  # what the search would have said
+    rows = [(1, float(s), float(t)) for s, t in zip(p, y, strict=True)] + [
+        (2, float(s), float(t)) for s, t in zip(p, y, strict=True)
+    ]
+    result = compare(cfg, rows, 1, 2, thresholds={1: 0.5, 2: 0.35})  # the same scores, decided apart
+    assert result["champion"]["value"] == f1_at(0.5)(y, p) and result["challenger"]["value"] == f1_at(0.35)(y, p)
+    assert result["difference"] == pytest.approx(f1_at(0.35)(y, p) - f1_at(0.5)(y, p))

@@ -36,6 +36,12 @@ def test_the_champions_hyperparameters_as_a_trial_of_this_space() -> None:
     }
     lgbm = {"learning_rate": "0.1", "num_leaves": "31", "min_child_samples": "20", "feature_fraction": "0.8"}
     assert warm_start({**lgbm, "lambda_l2": "1.0", "family": "lightgbm"}, AUTO)["lightgbm.num_leaves"] == 31
+    # a search that tries class weights: the champion's weighting (an unweighted one's: none)
+    both = ("none", "balanced")
+    assert warm_start({**logged, "class_weight": "balanced"}, MLP, both)["class_weight"] == "balanced"
+    assert warm_start(logged, MLP, both)["class_weight"] == "none"
+    assert warm_start({**logged, "family": "tabular_mlp"}, AUTO, both)["tabular_mlp.class_weight"] == "none"
+    assert "class_weight" not in warm_start({**logged, "class_weight": "balanced"}, MLP)  # not searched: left out
 
 
 def test_the_cause_of_a_retraining_run() -> None:

@@ -203,7 +203,11 @@ def test_a_binary_canary_with_rare_positives_judges_the_decisions_not_the_scores
     flags_all = figures([(2, "ok", 0.4, 5.0, "1")] * 100)[2]  # decides 1 for everyone
     decision, reasons = judge(cfg, champion, flags_all, final=True, kind="binary")
     assert decision == "rollback" and "shares moved by 0.970" in reasons[0]
-    undecided = figures([(2, "ok", 0.4, 5.0)] * 100)[2]  # a version from before thresholds: the mean score
+    # a champion from before thresholds logged no decision: it decided at the spec's fixed threshold
+    older = figures([(1, "ok", 0.03, 5.0, None)] * 100 + [(2, "ok", 0.4, 5.0, d) for d in decisions], decide_at=0.5)
+    assert older[1]["class_shares"] == {"0": 1.0}
+    assert judge(cfg, older[1], older[2], final=True, kind="binary")[0] == "advance"
+    undecided = figures([(2, "ok", 0.4, 5.0)] * 100)[2]  # nothing to decide with: the mean score
     decision, reasons = judge(cfg, champion, undecided, final=True, kind="binary")
     assert decision == "rollback" and "mean score moved by 0.370" in reasons[0]
 

@@ -62,6 +62,8 @@ def test_agreement_by_label_kind() -> None:
     # versions that decide at thresholds of their own: their decisions, not one threshold's sides
     decided = [pair(0.03, 0.45, "0", "0"), pair(0.2, 0.6, "1", "1"), pair(0.02, 0.7, "0", "1")]
     assert agreement(decided, "binary", 0.5, 0.1) == pytest.approx(2 / 3)
+    older = [pair(0.7, 0.45, None, "1"), pair(0.2, 0.3, None, "0")]  # a champion that logged no decision
+    assert agreement(older, "binary", 0.5, 0.1) == 1.0  # its score's side of the spec's threshold
     multi = [pair(None, None, "a", "a"), pair(None, None, "b", "c")]
     assert agreement(multi, "multiclass", 0.5, 0.1) == 0.5
     # regression: within 0.5 champion standard deviations (the champion's scores 0 and 10: std 5)

@@ -201,16 +201,16 @@ class Training(Model):
     class_weight: Literal["auto", "balanced", "none"] = Field(
         default="auto",
         description="class weights of a classification label's training rows: `balanced` weighs each class by "
-        "n / (K * its rows), so every class counts the same; `auto` lets the search try both where the rarest "
-        "class is at most `imbalance_rate` of the training rows (the parameter `class_weight` of every family); "
-        "`none` never weighs",
+        "n / (K * its rows), so every class counts the same; `auto` lets the search try both where the label "
+        "is imbalanced (`imbalance_rate`; the parameter `class_weight` of every family); `none` never weighs",
     )
     imbalance_rate: float = Field(
         default=0.1,
         gt=0.0,
         lt=0.5,
-        description="the rarest class's share of the training rows at or below which a label is imbalanced "
-        "(`class_weight: auto` searches weights)",
+        description="a label is imbalanced where its rarest class's share of the training rows, scaled to two "
+        "classes (share * K / 2: a binary label's positive rate), is at most this (`class_weight: auto` "
+        "searches weights)",
     )
     ensemble: bool = Field(
         default=True,

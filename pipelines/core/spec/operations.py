@@ -190,7 +190,7 @@ class Canary(Model):
         ge=0.0,
         le=1.0,
         description="a shadow run's least share of requests where the challenger agrees with the champion: the same "
-        "class (a binary label: the same side of `evaluation.threshold`), or for a regression label a "
+        "class (a binary label: the same decision, each version at its own threshold), or for a regression label a "
         "difference within `agreement_tolerance`; under it the challenger is rejected",
     )
     agreement_tolerance: float = Field(
