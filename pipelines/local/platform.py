@@ -82,17 +82,27 @@ def platform_dir(settings: Settings) -> Path:
     return settings.state_path / "platform"
 
 
+AIRFLOW_DB_OPTIONS = "options=-cidle_in_transaction_session_timeout=60s"
+"""Every Airflow session ends after 60 s idle inside a transaction. A scheduler killed inside its
+critical section leaves its transaction open, holding the pool rows' lock: its LocalExecutor
+workers, forked from it, keep its database socket, so PostgreSQL never sees the client go, and
+the restarted scheduler could never queue a task again. The timeout frees the lock within a
+minute (Airflow holds no transaction idle for long)."""
+
+
 def airflow_db_url(libpq_url: str, dbname: str = "airflow", driver: str = "psycopg") -> str:
     """The SQLAlchemy URL (psycopg 3; `psycopg_async` for async engines) of database `dbname` on
-    the server of a libpq URL. Pure."""
+    the server of a libpq URL, with `AIRFLOW_DB_OPTIONS`. Pure."""
     info = conninfo_to_dict(libpq_url)
     user = quote(str(info.get("user") or "postgres"), safe="")
     password = quote(str(info.get("password") or ""), safe="")
     host = str(info.get("host") or "127.0.0.1")
     port = str(info.get("port") or 5432)
     if host.startswith("/"):  # a Unix socket directory goes in the query
-        return f"postgresql+{driver}://{user}:{password}@/{dbname}?host={quote(host, safe='/')}&port={port}"
-    return f"postgresql+{driver}://{user}:{password}@{host}:{port}/{dbname}"
+        where = f"@/{dbname}?host={quote(host, safe='/')}&port={port}&"
+    else:
+        where = f"@{host}:{port}/{dbname}?"
+    return f"postgresql+{driver}://{user}:{password}{where}{AIRFLOW_DB_OPTIONS}"
 
 
 def supervisord_conf(

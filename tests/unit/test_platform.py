@@ -75,9 +75,10 @@ def test_with_prometheus_installed_it_and_the_statsd_bridge_are_services_and_scr
 
 def test_airflow_metadata_url_on_the_embedded_socket_or_a_server() -> None:
     socket = airflow_db_url("postgresql://postgres:@/postgres?host=/state/pg")
-    assert socket == "postgresql+psycopg://postgres:@/airflow?host=/state/pg&port=5432"
+    options = "options=-cidle_in_transaction_session_timeout=60s"  # a killed scheduler's lock is freed
+    assert socket == f"postgresql+psycopg://postgres:@/airflow?host=/state/pg&port=5432&{options}"
     tcp = airflow_db_url("postgresql://ml:p%40ss@db:5433/platform", driver="psycopg_async")
-    assert tcp == "postgresql+psycopg_async://ml:p%40ss@db:5433/airflow"
+    assert tcp == f"postgresql+psycopg_async://ml:p%40ss@db:5433/airflow?{options}"
 
 
 def test_supervisorctl_status_and_the_ps_table() -> None:
