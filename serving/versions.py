@@ -26,7 +26,7 @@ import numpy as np
 
 from pipelines.core.settings import Settings
 from pipelines.io.registry import load_onnx_model
-from pipelines.ml.imbalance import recorded_threshold
+from pipelines.ml.imbalance import session_threshold
 from pipelines.ml.model import CLASS, CLASSES_KEY, EMBEDDING, PROBABILITIES, onnx_session
 from serving.batching import GreedyBatcher
 from serving.online import OnlineFeatures, known
@@ -141,7 +141,7 @@ class LocalVersion:
         self.has_embedding = any(o.name == EMBEDDING for o in session.get_outputs())
         self.classes = model_classes(session)
         # a binary model's decision threshold (its graph's metadata): each answer's `class`
-        self.threshold = None if self.classes else recorded_threshold(session.get_modelmeta().custom_metadata_map)
+        self.threshold = None if self.classes else session_threshold(session)
         self.wants_embedding: Callable[[int], bool] = lambda version: True  # the ingress: only while a space takes it
         self.online = online
         self.score_s: float | None = None  # moving average of the model's time per batch

@@ -169,7 +169,7 @@ def run_drift_demo(pipeline: str = "churn") -> int:
     import logging
 
     from pipelines.io.labels import load_labels
-    from pipelines.ml.imbalance import recorded_threshold
+    from pipelines.ml.imbalance import session_threshold
     from pipelines.ml.metrics import live_metric
     from pipelines.ml.model import onnx_session, predict_onnx
 
@@ -247,7 +247,7 @@ def run_drift_demo(pipeline: str = "churn") -> int:
         name, metric_name = model_name(pipeline), spec.evaluation.primary_metric
         for label, version in (("old champion", before), ("new champion", after)):
             session = onnx_session(load_onnx_model(settings, pipeline, name, version))
-            threshold = recorded_threshold(session.get_modelmeta().custom_metadata_map)
+            threshold = session_threshold(session)
             value = live_metric(spec.evaluation, spec.label.kind, threshold)(y, predict_onnx(session, holdout))
             record[label.replace(" ", "_")] = {"version": version, metric_name: value, "customers": len(holdout)}
             print(f"    {label} v{version}: {metric_name} {value:.4f} on {len(holdout)} labelled customers of today")

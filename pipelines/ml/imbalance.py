@@ -14,7 +14,7 @@ binary model is served with. Pure.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
@@ -76,7 +76,7 @@ def f1_curve(y: np.ndarray, p: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     last = np.r_[np.flatnonzero(np.diff(scores)), len(scores) - 1]  # the last row of each distinct score
     tp = np.cumsum(hits)[last].astype(np.float64)
     decided = (last + 1).astype(np.float64)
-    f1 = np.divide(2 * tp, decided + hits.sum(), out=np.zeros_like(tp), where=(decided + hits.sum()) > 0)
+    f1 = 2 * tp / (decided + hits.sum())  # 2TP / (2TP + FP + FN); at least one row decided
     return scores[last], f1
 
 
@@ -107,11 +107,6 @@ def binary_threshold(configured: float | str, y: np.ndarray, p: np.ndarray) -> f
     return tuned_threshold(y, p) if configured == "tuned" else float(configured)
 
 
-def decision_threshold(configured: float | str, kind: str, y: np.ndarray, p: np.ndarray) -> float | None:
-    """`binary_threshold` for a binary label, None for another kind. Pure."""
-    return binary_threshold(configured, y, p) if kind == "binary" else None
-
-
 def fixed_threshold(configured: float | str) -> float:
     """The spec's threshold where a comparison needs one number and no version's own is at hand
     (`tuned`: `DEFAULT_THRESHOLD`). Pure."""
@@ -137,3 +132,8 @@ def recorded_threshold(metadata: dict[str, str]) -> float | None:
     None where it records none (another label kind, or a version from before thresholds). Pure."""
     raw = metadata.get(THRESHOLD_KEY)
     return None if raw is None else float(raw)
+
+
+def session_threshold(session: Any) -> float | None:
+    """`recorded_threshold` of an ONNX Runtime session's model."""
+    return recorded_threshold(session.get_modelmeta().custom_metadata_map)

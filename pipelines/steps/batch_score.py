@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from pipelines.core.integrity import check_digest
 from pipelines.io.batch import TABLE_COLUMNS, OfflineFeatures
-from pipelines.ml.imbalance import recorded_threshold
+from pipelines.ml.imbalance import session_threshold
 from pipelines.ml.model import CLASS, PROBABILITIES, session_feed
 from pipelines.steps.context import StepContext
 from serving.contract import RequestContract, entity_problem, request_contract
@@ -160,7 +160,7 @@ class Scorer:
     def of(cls, session: Any, ctx: StepContext) -> Scorer:
         names = [i.name for i in session.get_inputs()]
         contract, classes = request_contract(ctx.spec, names), model_classes(session)
-        threshold = None if classes else recorded_threshold(session.get_modelmeta().custom_metadata_map)
+        threshold = None if classes else session_threshold(session)
         return cls(session, names, classes, contract, ctx.spec.entity.join_key, threshold)
 
     def score(self, chunk: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:

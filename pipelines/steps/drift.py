@@ -41,7 +41,7 @@ from pipelines.io.registry import CHAMPION, alias_version, load_onnx_model, mode
 from pipelines.io.requestlog import labelled
 from pipelines.io.storage import read_parquet, write_json
 from pipelines.io.tracking import setup_mlflow
-from pipelines.ml.imbalance import recorded_threshold
+from pipelines.ml.imbalance import session_threshold
 from pipelines.ml.metrics import HIGHER_IS_BETTER, class_shares, live_metric
 from pipelines.ml.model import CLASS, embed_onnx, embedding_dimension, onnx_session, session_feed
 from pipelines.steps.context import StepContext
@@ -315,8 +315,7 @@ def run(ctx: StepContext) -> dict[str, Any]:
     }
     rows = labelled(ctx.settings, ctx.pipeline, [version], since=start, until=end, batch=True)
     session, multiclass = onnx_session(model), spec.label.kind == "multiclass"
-    threshold = recorded_threshold(session.get_modelmeta().custom_metadata_map)
-    performance = live_performance(spec.evaluation, rows, reference_metric, spec.label.kind, threshold)
+    performance = live_performance(spec.evaluation, rows, reference_metric, spec.label.kind, session_threshold(session))
     figures: dict[str, dict[str, Any]] = {}
     prediction_psi = None
     reference = None

@@ -24,7 +24,7 @@ from pipelines.io.artifacts import read_artifact
 from pipelines.io.registry import CHAMPION, alias_version, load_onnx_model, model_name
 from pipelines.io.storage import read_parquet, write_json
 from pipelines.io.tracking import setup_mlflow
-from pipelines.ml.imbalance import fixed_threshold, recorded_threshold
+from pipelines.ml.imbalance import fixed_threshold, session_threshold
 from pipelines.ml.metrics import (
     baseline,
     bootstrap_difference,
@@ -178,7 +178,7 @@ def approval_facts(name: str, report: dict[str, Any]) -> dict[str, Any]:
 def own_threshold(session: Any, configured: float | str) -> float:
     """The decision threshold a version's graph records, else the spec's fixed one (a version
     from before thresholds: `imbalance.DEFAULT_THRESHOLD` where the spec says `tuned`)."""
-    recorded = recorded_threshold(session.get_modelmeta().custom_metadata_map)
+    recorded = session_threshold(session)
     return recorded if recorded is not None else fixed_threshold(configured)
 
 

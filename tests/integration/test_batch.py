@@ -19,7 +19,7 @@ from pipelines.core.settings import Settings, scoped_environ
 from pipelines.io import db
 from pipelines.io.registry import load_onnx_model, model_name
 from pipelines.io.storage import open_storage, read_parquet, run_key
-from pipelines.ml.imbalance import recorded_threshold
+from pipelines.ml.imbalance import session_threshold
 from pipelines.ml.model import onnx_session
 from pipelines.steps.batch import NO_FEATURES, partition_of
 from tests.integration.helpers import copy_as_champion, run, run_through, small_spec, step_process
@@ -89,7 +89,7 @@ def test_two_partitions_score_every_entity_once_with_the_version_pinned_before_t
     assert set(rows["as_of"]) == {datetime.fromisoformat(AS_OF)}
     assert rows["score"].between(0, 1).all()
     session = onnx_session(load_onnx_model(champion, PIPELINE, model_name(PIPELINE), 1))
-    threshold = recorded_threshold(session.get_modelmeta().custom_metadata_map)
+    threshold = session_threshold(session)
     assert threshold is not None  # the pinned version decides at its own threshold, as it does served
     assert (rows["class"] == rows["score"].ge(threshold).map({True: "1", False: "0"})).all()
     # each row in the partition its id hashes to, and the partitions' counts add up

@@ -130,11 +130,11 @@ def _predict(client: httpx.Client, ids: list[int], headers: dict[str, str] | Non
 def version_threshold(settings: Settings, version: int) -> float | None:
     """The decision threshold the registered version's ONNX graph records."""
     from pipelines.io.registry import load_onnx_model
-    from pipelines.ml.imbalance import recorded_threshold
+    from pipelines.ml.imbalance import session_threshold
     from pipelines.ml.model import onnx_session
 
     session = onnx_session(load_onnx_model(settings, PIPELINE, model_name(PIPELINE), version))
-    return recorded_threshold(session.get_modelmeta().custom_metadata_map)
+    return session_threshold(session)
 
 
 def test_predict_returns_a_version_and_is_logged(served: Settings) -> None:

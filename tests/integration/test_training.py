@@ -727,7 +727,7 @@ def test_a_rare_positive_class_is_searched_with_class_weights_and_decided_at_the
     import pandas as pd
 
     from pipelines.ml.datagen import ChurnConfig, generate_churn
-    from pipelines.ml.imbalance import recorded_threshold
+    from pipelines.ml.imbalance import session_threshold
     from pipelines.ml.metrics import f1_at
     from pipelines.ml.model import onnx_session, predict_onnx
     from tests.specs import churn_spec_dict
@@ -753,7 +753,7 @@ def test_a_rare_positive_class_is_searched_with_class_weights_and_decided_at_the
     assert {w for _, w in weighed} == {"none", "balanced"}, weighed  # searched, not fixed
     run_dir = Path(str(workspace.artifact_root)) / "churn_rare" / "rare-1"
     session = onnx_session((run_dir / "train" / "model.onnx").read_bytes())
-    threshold = recorded_threshold(session.get_modelmeta().custom_metadata_map)
+    threshold = session_threshold(session)
     assert threshold is not None and threshold == trained["threshold"]
     assert client.get_run(trained["mlflow_run_id"]).data.metrics["decision_threshold"] == threshold
     val = pd.read_parquet(run_dir / "features" / "validation.parquet")

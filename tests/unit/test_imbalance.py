@@ -18,12 +18,13 @@ from pipelines.ml.imbalance import (
     DEFAULT_THRESHOLD,
     balanced_weights,
     best_f1,
-    decision_threshold,
+    binary_threshold,
     fixed_threshold,
     imbalance,
     rarest_share,
     recorded_threshold,
     row_weights,
+    session_threshold,
     set_threshold,
     tuned_threshold,
     weightings,
@@ -111,10 +112,9 @@ def test_the_tuned_threshold_decides_at_the_best_f1_of_the_rows(seed: int) -> No
 
 def test_a_threshold_is_tuned_only_for_a_binary_label_and_a_fixed_one_is_kept() -> None:
     y, p = np.array([0] * 6 + [1] * 6), np.array([0.1] * 5 + [0.2] + [0.3] * 5 + [0.9])
-    assert 0.2 < decision_threshold("tuned", "binary", y, p) <= 0.3  # every positive, no negative
-    assert decision_threshold("tuned", "binary", y[2:-2], p[2:-2]) == DEFAULT_THRESHOLD  # four positives: too few
-    assert decision_threshold(0.7, "binary", y, p) == 0.7
-    assert decision_threshold("tuned", "multiclass", y, p) is None
+    assert 0.2 < binary_threshold("tuned", y, p) <= 0.3  # every positive, no negative
+    assert binary_threshold("tuned", y[2:-2], p[2:-2]) == DEFAULT_THRESHOLD  # four positives: too few
+    assert binary_threshold(0.7, y, p) == 0.7
     assert tuned_threshold(np.zeros(4), p) == DEFAULT_THRESHOLD  # nothing to tune on
     assert fixed_threshold("tuned") == DEFAULT_THRESHOLD and fixed_threshold(0.3) == 0.3
     assert Evaluation().threshold == "tuned"
@@ -166,7 +166,7 @@ def test_the_threshold_travels_in_the_onnx_graph_and_decides_each_served_answer(
     set_threshold(graph, 0.25)
     set_threshold(graph, 0.125)  # recorded again: replaced, not doubled
     session = onnx_session(graph.SerializeToString())
-    assert recorded_threshold(session.get_modelmeta().custom_metadata_map) == 0.125
+    assert session_threshold(session) == 0.125
     assert [p.key for p in graph.metadata_props].count("mlcycle.threshold") == 1
     assert recorded_threshold({}) is None  # a version from before thresholds
     inst = Instance(7, {})
