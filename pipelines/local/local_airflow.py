@@ -220,6 +220,21 @@ class AirflowClient:
         tis = self.api("GET", f"/dags/{dag_id}/dagRuns/{run_id}/taskInstances")["task_instances"]
         return " ".join(f"{t['task_id']}={t['state']}#{t['try_number']}" for t in tis)
 
+    def failure(self, dag_id: str, run_id: str, lines: int = 40) -> str:
+        """What a failed run's message needs: each task's state and try, then the last `lines` of
+        each failed task's log (its last try), as the API serves them."""
+        tis = self.api("GET", f"/dags/{dag_id}/dagRuns/{run_id}/taskInstances")["task_instances"]
+        parts = [" ".join(f"{t['task_id']}={t['state']}#{t['try_number']}" for t in tis)]
+        for t in tis:
+            if t["state"] not in ("failed", "upstream_failed") or not t["try_number"]:
+                continue
+            path = f"/dags/{dag_id}/dagRuns/{run_id}/taskInstances/{t['task_id']}/logs/{t['try_number']}"
+            content = self.api("GET", path, params={"full_content": "true"}).get("content") or []
+            text = [m if isinstance(m, str) else str(m.get("event", m)) for m in content]
+            head = f"--- {t['task_id']} (try {t['try_number']}), its log's last lines:"
+            parts.append("\n".join([head, *text[-lines:]]))
+        return "\n".join(parts)
+
     def task_states(self, dag_id: str, run_id: str) -> dict[str, str | None]:
         tis = self.api("GET", f"/dags/{dag_id}/dagRuns/{run_id}/taskInstances")["task_instances"]
         return {t["task_id"]: t["state"] for t in tis}

@@ -5,8 +5,9 @@ window."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 
@@ -14,6 +15,10 @@ from pipelines.ml.metrics import class_shares
 
 if TYPE_CHECKING:
     from pipelines.core.spec import Canary
+
+# A shift rolls back when it is over `canary.max_score_shift` at one-sided 95 % confidence: a step
+# of `min_requests` answers moves a share or a mean by several hundredths on sampling noise alone.
+SHIFT_Z = 1.645
 
 
 def figures(rows: Sequence[tuple[Any, ...]], decide_at: float | None = None) -> dict[int, dict[str, Any]]:
@@ -36,10 +41,12 @@ def figures(rows: Sequence[tuple[Any, ...]], decide_at: float | None = None) -> 
             "p99_ms": float(np.percentile([r[3] for r in mine], 99)),
             "mean_score": float(np.mean(scores)) if scores else float("nan"),
             "std_score": float(np.std(scores)) if scores else float("nan"),
+            "scored": float(len(scores)),
         }
         labels = [r[4] for r in mine if len(r) > 4 and r[4] is not None]
         if labels:
             out[version]["class_shares"] = class_shares(labels)
+            out[version]["decided"] = float(len(labels))
     return out
 
 
@@ -67,12 +74,9 @@ def judge(
 ) -> tuple[str, list[str]]:
     """`advance`, `wait` (not enough traffic yet) or `rollback`, with reasons. Errors and latency
     roll back as soon as they are seen; the other checks need `min_requests` first, and a step
-    that ends (`final`) without them rolls back: an unverified canary is not promoted. Where both
-    versions answer a class (a multiclass model; a binary model deciding at its own threshold),
-    the shift is in the shares of the classes predicted (`class_shift`): a challenger trained with
-    class weights scores a rare class far higher than an unweighted champion while deciding alike.
-    Otherwise it is the mean score's: a probability's for a binary label, in the champion's
-    standard deviations of its scores for a regression one (a value has the label's units)."""
+    that ends (`final`) without them rolls back: an unverified canary is not promoted. The answers'
+    shift (`score_shift`) rolls back when even its 95 % lower confidence bound is over
+    `max_score_shift`."""
     if challenger is None or challenger["requests"] == 0:
         return ("rollback", ["the challenger received no traffic in this step"]) if final else ("wait", [])
     reasons = []
@@ -89,28 +93,64 @@ def judge(
                 f"only {int(challenger['requests'])} challenger requests, canary.min_requests is {cfg.min_requests}"
             ]
         return "wait", []
-    shares = champion is not None and bool(champion.get("class_shares"))  # it answers classes
-    if champion is not None and shares and (kind == "multiclass" or bool(challenger.get("class_shares"))):
-        shift = class_shift(champion["class_shares"], challenger.get("class_shares", {}))
-        if shift > cfg.max_score_shift:
+    if champion is not None and champion["requests"] > 0:
+        moved = score_shift(champion, challenger, kind)
+        if moved.floor > cfg.max_score_shift:
             return "rollback", [
-                f"the predicted classes' shares moved by {shift:.3f} (total variation distance; champion "
-                f"{champion['class_shares']}, challenger {challenger.get('class_shares', {})}), "
-                f"over canary.max_score_shift {cfg.max_score_shift:.3f}"
-            ]
-    elif champion is not None and champion["requests"] > 0:
-        shift = abs(challenger["mean_score"] - champion["mean_score"])
-        unit = ""
-        if kind == "regression":
-            spread = champion.get("std_score", float("nan"))
-            shift, unit = (shift / spread if spread > 0 else shift), " standard deviations"
-        if shift > cfg.max_score_shift:
-            return "rollback", [
-                f"mean score moved by {shift:.3f}{unit} (champion {champion['mean_score']:.3f}), "
-                f"over canary.max_score_shift {cfg.max_score_shift:.3f}"
+                f"{moved.what} moved by {moved.value:.3f}{moved.unit} ({moved.detail}; at least {moved.floor:.3f} "
+                f"at 95 % confidence), over canary.max_score_shift {cfg.max_score_shift:.3f}"
             ]
     checks = (
         f"{int(challenger['requests'])} requests, error rate {challenger['error_rate']:.2%}, "
         f"p99 {challenger['p99_ms']:.1f} ms"
     )
     return ("advance" if final else "wait"), [checks]
+
+
+class Shift(NamedTuple):
+    value: float  # the shift seen
+    floor: float  # its one-sided 95 % lower confidence bound
+    what: str  # what moved
+    unit: str
+    detail: str  # the figures behind it
+
+
+def score_shift(champion: dict[str, Any], challenger: dict[str, Any], kind: str) -> Shift:
+    """How far the challenger's answers moved from the champion's. Where both versions answer a class (a multiclass
+    model; a binary model deciding at its own threshold) it is the total variation distance of
+    the classes' shares (`class_shift`): a challenger trained with class weights scores a rare
+    class far higher than an unweighted champion while deciding alike. Otherwise it is the mean
+    score's: a probability's for a binary label, in the champion's standard deviations of its
+    scores for a regression one (a value has the label's units). The bound takes each share's or
+    mean's standard error off (`SHIFT_Z` of them): what a step's sample size cannot tell. Pure."""
+    mine, theirs = champion.get("class_shares"), challenger.get("class_shares")
+    if mine and (kind == "multiclass" or theirs):
+        theirs = theirs or {}
+        n_a, n_b = _count(champion, "decided"), _count(challenger, "decided")
+        floor = 0.0
+        for c in set(mine) | set(theirs):
+            p, q = mine.get(c, 0.0), theirs.get(c, 0.0)
+            se = math.sqrt(p * (1 - p) / n_a + q * (1 - q) / n_b)
+            floor += max(0.0, abs(p - q) - SHIFT_Z * se)
+        detail = f"total variation distance; champion {mine}, challenger {theirs}"
+        return Shift(class_shift(mine, theirs), floor / 2, "the predicted classes' shares", "", detail)
+    shift = abs(challenger["mean_score"] - champion["mean_score"])
+    se = math.sqrt(
+        _spread(champion) ** 2 / _count(champion, "scored") + _spread(challenger) ** 2 / _count(challenger, "scored")
+    )
+    floor = max(0.0, shift - SHIFT_Z * se)
+    detail = f"champion {champion['mean_score']:.3f}, challenger {challenger['mean_score']:.3f}"
+    spread = champion.get("std_score", float("nan"))
+    if kind == "regression" and spread > 0:
+        return Shift(shift / spread, floor / spread, "mean score", " standard deviations", detail)
+    return Shift(shift, floor, "mean score", "", detail)
+
+
+def _count(fig: dict[str, Any], key: str) -> float:
+    """The answers a share or a mean was taken over (`requests` for figures made without it)."""
+    return max(float(fig.get(key, fig["requests"])), 1.0)
+
+
+def _spread(fig: dict[str, Any]) -> float:
+    value = float(fig.get("std_score", 0.0))
+    return value if value == value else 0.0  # NaN: no scores

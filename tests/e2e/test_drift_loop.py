@@ -108,9 +108,7 @@ def test_drift_triggers_retraining_on_fresh_data_through_airflow(
 ) -> None:
     url = f"http://127.0.0.1:{ray_head['MLCYCLE_SERVE_PORT']}/v1/pipelines/churn"
     first = airflow.trigger("churn_lifecycle", {"as_of": BEFORE_DRIFT})
-    assert airflow.wait_run("churn_lifecycle", first)["state"] == "success", airflow.task_states(
-        "churn_lifecycle", first
-    )
+    assert airflow.wait_run("churn_lifecycle", first)["state"] == "success", airflow.failure("churn_lifecycle", first)
     entities = _known_entities()
     served = httpx.post(f"{url}/predict", json={"instances": [{"entity_id": entities[0]}]}, headers={"x-api-key": KEY})
     assert served.status_code == 200 and served.json()["predictions"][0]["version"] == 1, served.text
@@ -142,7 +140,7 @@ def test_drift_triggers_retraining_on_fresh_data_through_airflow(
     predict_rows(url, KEY, _traffic(seed=41, n=300, months=slice(1, 4)), "customer_id", FEATURES)
     time.sleep(1.5)  # the request log is written in batches, off the request path
     calm = airflow.trigger("churn_drift")
-    assert airflow.wait_run("churn_drift", calm)["state"] == "success"
+    assert airflow.wait_run("churn_drift", calm)["state"] == "success", airflow.failure("churn_drift", calm)
     assert airflow.task_states("churn_drift", calm) == {"drift": "success", "trigger_retraining": "skipped"}
     assert airflow.asset_events("churn_retraining") == []
 
@@ -152,7 +150,7 @@ def test_drift_triggers_retraining_on_fresh_data_through_airflow(
     assert _label(workspace, drifted_rows, tmp_path) == len(drifted_rows)
     time.sleep(1.5)
     drifted = airflow.trigger("churn_drift")
-    assert airflow.wait_run("churn_drift", drifted)["state"] == "success"
+    assert airflow.wait_run("churn_drift", drifted)["state"] == "success", airflow.failure("churn_drift", drifted)
     assert airflow.task_states("churn_drift", drifted) == {"drift": "success", "trigger_retraining": "success"}
     (event,) = airflow.asset_events("churn_retraining")
     assert event["extra"]["status"] in ("drift", "performance") and event["extra"]["drift_run_id"] == drifted
@@ -164,7 +162,7 @@ def test_drift_triggers_retraining_on_fresh_data_through_airflow(
             time.sleep(3)
         retrain_id = retrain[0]["dag_run_id"]
         run = airflow.wait_run("churn_lifecycle", retrain_id)
-        assert run["state"] == "success", airflow.task_states("churn_lifecycle", retrain_id)
+        assert run["state"] == "success", airflow.failure("churn_lifecycle", retrain_id)
     assert steady.failed == 0 and steady.sent > 10
     moves = [(r["alias"], r["to_version"]) for r in audit(workspace, "churn")]
     assert ("champion", 2) in moves  # the retrained model beat the champion and passed its canary
@@ -187,14 +185,14 @@ def test_drift_triggers_retraining_on_fresh_data_through_airflow(
 
     # Right after, the new champion's check is quiet (cooldown), and starts nothing.
     quiet = airflow.trigger("churn_drift")
-    assert airflow.wait_run("churn_drift", quiet)["state"] == "success"
+    assert airflow.wait_run("churn_drift", quiet)["state"] == "success", airflow.failure("churn_drift", quiet)
     assert airflow.task_states("churn_drift", quiet)["trigger_retraining"] == "skipped"
     assert len(airflow.asset_events("churn_retraining")) == 1
 
     # A dry run with a small trial budget, as the Trigger DAG form sends it: trained and
     # evaluated, nothing registered or served.
     dry = airflow.trigger("churn_lifecycle", {"dry_run": True, "n_trials": 1})
-    assert airflow.wait_run("churn_lifecycle", dry)["state"] == "success"
+    assert airflow.wait_run("churn_lifecycle", dry)["state"] == "success", airflow.failure("churn_lifecycle", dry)
     states = airflow.task_states("churn_lifecycle", dry)
     assert states["evaluate"] == "success" and states["promote"] == states["canary"] == "skipped"
     assert [(r["alias"], r["to_version"]) for r in audit(workspace, "churn")] == moves

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 from pydantic import ValidationError
 
@@ -86,7 +88,7 @@ def test_figures_and_judgement() -> None:
 
 def test_a_regression_canary_measures_the_score_shift_in_the_champions_standard_deviations() -> None:
     cfg = Canary(steps=[100], min_requests=10, max_score_shift=0.25)
-    values = [100.0, 140.0, 160.0, 200.0] * 10  # mean 150, std 36
+    values = [100.0, 140.0, 160.0, 200.0] * 100  # mean 150, std 36
     champion = figures([(1, "ok", v, 5.0) for v in values])[1]
     near = figures([(2, "ok", v + 5.0, 5.0) for v in values])[2]  # 5 units: 0.14 standard deviations
     assert judge(cfg, champion, near, final=True, kind="regression")[0] == "advance"
@@ -210,6 +212,24 @@ def test_a_binary_canary_with_rare_positives_judges_the_decisions_not_the_scores
     undecided = figures([(2, "ok", 0.4, 5.0)] * 100)[2]  # nothing to decide with: the mean score
     decision, reasons = judge(cfg, champion, undecided, final=True, kind="binary")
     assert decision == "rollback" and "mean score moved by 0.370" in reasons[0]
+
+
+def test_a_shift_that_a_small_step_cannot_tell_from_noise_does_not_roll_back() -> None:
+    """A retrained champion flags 12 % where the old one flagged 22 %. A step of 70 answers each
+    sees 0.22 vs 0.0 on bad luck no more often than a 0.2 limit allows; a step of 2000 answers
+    that still sees a 0.22 move has really moved."""
+    cfg = Canary(steps=[100], min_requests=50, max_score_shift=0.2)
+
+    def step(n: int, positive_share: float, version: int) -> dict[str, Any]:
+        k = round(n * positive_share)
+        return figures([(version, "ok", 0.3, 5.0, "1")] * k + [(version, "ok", 0.1, 5.0, "0")] * (n - k))[version]
+
+    decision, reasons = judge(cfg, step(70, 0.26, 1), step(70, 0.04, 2), final=True)
+    assert decision == "advance", reasons
+    decision, reasons = judge(cfg, step(2000, 0.26, 1), step(2000, 0.04, 2), final=True)
+    assert decision == "rollback" and "shares moved by 0.220" in reasons[0] and "95 % confidence" in reasons[0]
+    # a model that flags everyone is caught at any step size
+    assert judge(cfg, step(70, 0.26, 1), step(70, 1.0, 2), final=True)[0] == "rollback"
 
 
 def test_both_http_apis_answer_errors_in_one_shape() -> None:

@@ -103,7 +103,7 @@ def test_a_shadow_that_disagrees_is_rejected_even_with_the_same_mean() -> None:
 
 
 def test_a_shifted_shadow_is_rejected_by_the_canarys_score_shift_gate() -> None:
-    comp = compare(window(shift=0.3), CHAMP, SHADOW, "binary")
+    comp = compare(window(n=400, shift=0.3), CHAMP, SHADOW, "binary")
     assert comp["psi"] > 0.25 and comp["ks"] > 0.2
     decision, reasons = decide(CFG, comp, "binary")
     assert decision == "reject" and "max_score_shift" in reasons[0]

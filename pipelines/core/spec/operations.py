@@ -222,7 +222,7 @@ class Canary(Model):
         description="the largest move of the challenger's answers from the champion's: the predicted classes' "
         "shares (total variation) for a multiclass label, or a binary one whose versions both decide at a "
         "threshold of their own; else the mean score, a probability for a binary label, champion standard "
-        "deviations for a regression one",
+        "deviations for a regression one; judged at 95 % confidence (the shift's lower bound)",
     )
 
     @field_validator("steps")
