@@ -215,16 +215,20 @@ class AirflowClient:
                 raise TimeoutError(f"{dag_id} {run_id} still {run['state']} after {timeout:.0f}s: {tries}")
             time.sleep(3)
 
-    def _task_tries(self, dag_id: str, run_id: str) -> str:
+    def _task_instances(self, dag_id: str, run_id: str) -> list[dict[str, Any]]:
+        tis: list[dict[str, Any]] = self.api("GET", f"/dags/{dag_id}/dagRuns/{run_id}/taskInstances")["task_instances"]
+        return tis
+
+    def _task_tries(self, dag_id: str, run_id: str, tis: list[dict[str, Any]] | None = None) -> str:
         """Each task's state and try, for a message: `train=running#2 evaluate=None#0`."""
-        tis = self.api("GET", f"/dags/{dag_id}/dagRuns/{run_id}/taskInstances")["task_instances"]
+        tis = self._task_instances(dag_id, run_id) if tis is None else tis
         return " ".join(f"{t['task_id']}={t['state']}#{t['try_number']}" for t in tis)
 
     def failure(self, dag_id: str, run_id: str, lines: int = 40) -> str:
         """What a failed run's message needs: each task's state and try, then the last `lines` of
         each failed task's log (its last try), as the API serves them."""
-        tis = self.api("GET", f"/dags/{dag_id}/dagRuns/{run_id}/taskInstances")["task_instances"]
-        parts = [" ".join(f"{t['task_id']}={t['state']}#{t['try_number']}" for t in tis)]
+        tis = self._task_instances(dag_id, run_id)
+        parts = [self._task_tries(dag_id, run_id, tis)]
         for t in tis:
             if t["state"] not in ("failed", "upstream_failed") or not t["try_number"]:
                 continue

@@ -116,9 +116,9 @@ class Shift(NamedTuple):
 
 
 def score_shift(champion: dict[str, Any], challenger: dict[str, Any], kind: str) -> Shift:
-    """How far the challenger's answers moved from the champion's. Where both versions answer a class (a multiclass
-    model; a binary model deciding at its own threshold) it is the total variation distance of
-    the classes' shares (`class_shift`): a challenger trained with class weights scores a rare
+    """How far the challenger's answers moved from the champion's. Where both versions answer a
+    class (a multiclass model; a binary model deciding at its own threshold) it is the total
+    variation distance of the classes' shares (`class_shift`): a challenger trained with class weights scores a rare
     class far higher than an unweighted champion while deciding alike. Otherwise it is the mean
     score's: a probability's for a binary label, in the champion's standard deviations of its
     scores for a regression one (a value has the label's units). The bound takes each share's or
@@ -153,4 +153,4 @@ def _count(fig: dict[str, Any], key: str) -> float:
 
 def _spread(fig: dict[str, Any]) -> float:
     value = float(fig.get("std_score", 0.0))
-    return value if value == value else 0.0  # NaN: no scores
+    return 0.0 if math.isnan(value) else value  # NaN: no scores

@@ -215,9 +215,9 @@ def test_a_binary_canary_with_rare_positives_judges_the_decisions_not_the_scores
 
 
 def test_a_shift_that_a_small_step_cannot_tell_from_noise_does_not_roll_back() -> None:
-    """A retrained champion flags 12 % where the old one flagged 22 %. A step of 70 answers each
-    sees 0.22 vs 0.0 on bad luck no more often than a 0.2 limit allows; a step of 2000 answers
-    that still sees a 0.22 move has really moved."""
+    """The champion decides positive for 26 % of a step's answers, the challenger for 4 %: a 0.22
+    move. On 70 answers each its 95 % lower bound (about 0.13) is not over a 0.2 limit: that
+    much can be sampling noise. On 2000 answers each the bound is over it: it really moved."""
     cfg = Canary(steps=[100], min_requests=50, max_score_shift=0.2)
 
     def step(n: int, positive_share: float, version: int) -> dict[str, Any]:
