@@ -163,6 +163,8 @@ def apply(spec: PipelineSpec, params: RunParams) -> PipelineSpec:
     if not update:
         return spec
     try:
-        return PipelineSpec.model_validate({**spec.model_dump(), **update})
+        # what the document set, not every default: a default chosen later (the primary metric of a
+        # rare positive class, `Evaluation.for_positive_rate`) must still read as unset
+        return PipelineSpec.model_validate({**spec.model_dump(exclude_unset=True), **update})
     except ValidationError as err:
         raise InvalidArgument(f"run parameters: {err}") from None

@@ -102,11 +102,12 @@ def overview(settings: Settings, pipeline: str) -> dict[str, Any]:
     live = live_metric_history(settings, pipeline)
     detail = pipeline_detail(settings, pipeline, live)
     champion = detail["champion"]["version"] if detail["champion"] else None
+    figure = detail["champion"].get("metric") if detail["champion"] else None
     return {
         "detail": detail,
         "versions": model_versions(settings, pipeline),
         "live": live,
-        "champion_live": champion_live(settings, pipeline, champion) if champion is not None else None,
+        "champion_live": champion_live(settings, pipeline, champion, figure=figure) if champion is not None else None,
         "drift": drift_by_feature(settings, pipeline),
         "runs": run_steps_overview(settings, pipeline, [r["run_id"] for r in detail["runs"]]),
         "audit": audit.events(settings, pipeline, limit=AUDIT_ON_PAGE),
@@ -146,12 +147,13 @@ def live_figure(
 
 
 def champion_live(
-    settings: Settings, pipeline: str, version: int, now: datetime | None = None
+    settings: Settings, pipeline: str, version: int, now: datetime | None = None, figure: str | None = None
 ) -> dict[str, Any] | None:
     """The champion's live metric now, on the labels that arrived for its predictions of the drift
     window (served, or published by a batch run whose `as_of` is in the window; `drift.window_hours`,
     as its next drift check will compute it), so the page shows the
-    current champion's figure before a drift check has scored it. None where the spec is gone."""
+    current champion's figure before a drift check has scored it, on the metric of its `figure` (its
+    `mlcycle.primary_metric` tag) where given. None where the spec is gone."""
     from pipelines.io.requestlog import decided_at, labelled  # numpy, through the A/B comparison
     from pipelines.ml.metrics import live_metric
 
@@ -159,13 +161,15 @@ def champion_live(
         spec = spec_for(settings, pipeline)
     except SpecError:
         return None
+    if figure:  # judged as it was promoted (pr_auc for a rare positive class, by default)
+        spec = spec.model_copy(update={"evaluation": spec.evaluation.judged_by(figure)})
     end = now or datetime.now(UTC)
     start = end - timedelta(hours=spec.drift.window_hours)
     rows = labelled(settings, pipeline, [version], since=start, until=end, batch=True)
     score = live_metric(spec.evaluation, spec.label.kind, decided_at(settings, spec, [version]).get(version))
     where = f" in the last {spec.drift.window_hours:g} h"
-    figure = live_figure(rows, spec.evaluation.primary_metric, spec.label.kind, score, where=where)
-    return {**figure, "version": version, "at": end.isoformat(), "window_hours": spec.drift.window_hours}
+    live = live_figure(rows, spec.evaluation.primary_metric, spec.label.kind, score, where=where)
+    return {**live, "version": version, "at": end.isoformat(), "window_hours": spec.drift.window_hours}
 
 
 def canary_state(status: str, report: dict[str, Any]) -> dict[str, Any]:

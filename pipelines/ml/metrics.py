@@ -407,3 +407,12 @@ def worse_slices(
                     {"slice": f"{column}={value}", "challenger": metrics[name], "champion": old[name], "gain": gain}
                 )
     return sorted(worse, key=lambda s: s["gain"])
+
+
+def tagged_figure(tag: str) -> tuple[str | None, float | None]:
+    """The metric and its value from a version's `mlcycle.primary_metric` tag (`pr_auc=0.412300`). Pure."""
+    name, sep, value = tag.partition("=")
+    try:
+        return (name or None), (float(value) if sep else None)
+    except ValueError:
+        return (name or None), None

@@ -42,7 +42,7 @@ from pipelines.io.requestlog import labelled
 from pipelines.io.storage import read_parquet, write_json
 from pipelines.io.tracking import setup_mlflow
 from pipelines.ml.imbalance import session_threshold
-from pipelines.ml.metrics import HIGHER_IS_BETTER, class_shares, live_metric
+from pipelines.ml.metrics import HIGHER_IS_BETTER, class_shares, live_metric, tagged_figure
 from pipelines.ml.model import CLASS, embed_onnx, embedding_dimension, onnx_session, session_feed
 from pipelines.steps.context import StepContext
 
@@ -245,9 +245,9 @@ def feature_figures(
 
 
 # ------------------------------------------------------------------------------------- I/O
-def champion_reference(ctx: StepContext) -> tuple[int, str, float | None, bytes]:
-    """The serving champion: its version, lifecycle run id, evaluation figure and ONNX model (its
-    bytes, checked against the digests recorded at registration)."""
+def champion_reference(ctx: StepContext) -> tuple[int, str, tuple[str | None, float | None], bytes]:
+    """The serving champion: its version, lifecycle run id, evaluation figure (metric, value) and
+    ONNX model (its bytes, checked against the digests recorded at registration)."""
     import mlflow
 
     setup_mlflow(ctx.settings, ctx.pipeline)
@@ -257,10 +257,9 @@ def champion_reference(ctx: StepContext) -> tuple[int, str, float | None, bytes]
     run_id = champion.tags.get("mlcycle.run_id")
     if not run_id:
         raise MlcycleError(f"{model_name(ctx.pipeline)} v{champion.version} has no mlcycle.run_id tag")
-    figure = champion.tags.get("mlcycle.primary_metric", "")
-    reference = float(figure.split("=", 1)[1]) if "=" in figure else None
+    figure = tagged_figure(champion.tags.get("mlcycle.primary_metric", ""))
     model = load_onnx_model(ctx.settings, ctx.pipeline, model_name(ctx.pipeline), int(champion.version))
-    return int(champion.version), run_id, reference, model
+    return int(champion.version), run_id, figure, model
 
 
 def served_window(
@@ -300,7 +299,9 @@ def run(ctx: StepContext) -> dict[str, Any]:
     features = numeric + categorical
     end = datetime.now(UTC)
     start = end - timedelta(hours=cfg.window_hours)
-    version, champion_run, reference_metric, model = champion_reference(ctx)
+    version, champion_run, (judged_by, reference_metric), model = champion_reference(ctx)
+    # the metric the champion was promoted on (pr_auc for a rare positive class, by default)
+    evaluation = spec.evaluation.judged_by(judged_by) if judged_by else spec.evaluation
     current = served_window(ctx.settings, ctx.pipeline, version, features, start, end)
     for f in numeric:
         current[f] = pd.to_numeric(current[f], errors="coerce")
@@ -315,7 +316,7 @@ def run(ctx: StepContext) -> dict[str, Any]:
     }
     rows = labelled(ctx.settings, ctx.pipeline, [version], since=start, until=end, batch=True)
     session, multiclass = onnx_session(model), spec.label.kind == "multiclass"
-    performance = live_performance(spec.evaluation, rows, reference_metric, spec.label.kind, session_threshold(session))
+    performance = live_performance(evaluation, rows, reference_metric, spec.label.kind, session_threshold(session))
     figures: dict[str, dict[str, Any]] = {}
     prediction_psi = None
     reference = None

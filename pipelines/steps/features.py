@@ -106,5 +106,10 @@ def run(ctx: StepContext) -> dict[str, Any]:
             "time_range": [str(part[ts].min()), str(part[ts].max())],
             **label_summary(part[spec.label.column], spec.classes),
         }
+    # the metric the rest of the run is judged by (pr_auc for a rare positive class, unless the spec names one)
+    train_rate = manifest["splits"]["train"].get("label_rate")
+    manifest["primary_metric"] = spec.evaluation.for_positive_rate(
+        spec.label.kind, train_rate, spec.training.imbalance_rate
+    ).primary_metric
     write_json(ctx.storage, ctx.key("manifest.json"), manifest)
     return manifest

@@ -17,10 +17,11 @@ from typing import Any
 from pipelines.core import params
 from pipelines.core.errors import StepSkipped
 from pipelines.core.settings import Settings, spec_for
+from pipelines.core.spec import PipelineSpec
 from pipelines.core.steps import step as step_info
 from pipelines.io import db
 from pipelines.io.runs import Outcome, finish_attempt, start_attempt
-from pipelines.io.storage import finite_json, open_storage, to_json
+from pipelines.io.storage import Storage, finite_json, open_storage, read_json, run_key, to_json
 from pipelines.steps.context import StepContext, check_run_id
 
 RESULT_PREFIX = "MLCYCLE_RESULT "
@@ -33,13 +34,14 @@ def run_step(
     info = step_info(step)
     check_run_id(run_id)
     run_params = params.from_env(dict(os.environ))
-    spec = params.apply(spec_for(settings, pipeline), run_params)
+    storage = open_storage(settings)
+    spec = judged_as_chosen(params.apply(spec_for(settings, pipeline), run_params), storage, run_id, step)
     db.migrate(settings)
     ctx = StepContext(
         spec=spec,
         settings=settings,
         run_id=run_id,
-        storage=open_storage(settings),
+        storage=storage,
         step=step,
         force=force,
         params=run_params,
@@ -60,6 +62,18 @@ def run_step(
     finish_attempt(settings, attempt, Outcome("reused" if result.get("reused") else "succeeded", result))
     _write_xcom(result)
     return result
+
+
+def judged_as_chosen(spec: PipelineSpec, storage: Storage, run_id: str, step: str) -> PipelineSpec:
+    """The spec with the primary metric this run's features step chose for its label (pr_auc for a
+    rare positive class where the spec names none), for every step after it."""
+    key = run_key(spec.name, run_id, "features", "manifest.json")
+    if step in ("ingest", "validate", "features") or not storage.exists(key):
+        return spec
+    chosen = read_json(storage, key).get("primary_metric")
+    if not chosen:
+        return spec
+    return spec.model_copy(update={"evaluation": spec.evaluation.judged_by(str(chosen))})
 
 
 def describe_error(err: BaseException) -> str:

@@ -720,9 +720,11 @@ def test_a_changed_checkpoint_is_refused_at_resume_with_exit_3(workspace: Settin
 def test_a_rare_positive_class_is_searched_with_class_weights_and_decided_at_the_tuned_threshold(
     workspace: Settings, tmp_path: Path
 ) -> None:
-    """Churn with 4 positives in a hundred: the search tries every family with and without
-    balanced class weights (the trials' MLflow parameters say which), the exported graph carries
-    the F1-best threshold of the validation rows, and evaluate judges F1 at that threshold."""
+    """Churn with 4 positives in a hundred and a spec that names no primary metric: the run is
+    judged by PR AUC (the features manifest chooses it, the search optimises it, the gates judge
+    it with no ROC AUC bound), the search tries every family with and without balanced class
+    weights (the trials' MLflow parameters say which), the exported graph carries the F1-best
+    threshold of the validation rows, and evaluate judges F1 at that threshold."""
     import numpy as np
     import pandas as pd
 
@@ -738,11 +740,12 @@ def test_a_rare_positive_class_is_searched_with_class_weights_and_decided_at_the
     rare.sort_values("event_timestamp").to_parquet(tmp_path / "rare.parquet", index=False)
     model = {k: v for k, v in churn_spec_dict()["model"].items() if k != "search_space"}
     training = {**FAST, "n_trials": 8, "pruner": "none", "ensemble": False}
-    evaluation = {**EVAL, "primary_metric": "pr_auc", "min_primary": None, "slices": []}
+    evaluation = {k: v for k, v in EVAL.items() if k not in ("primary_metric", "min_primary")} | {"slices": []}
     source = {"kind": "file", "path": str(tmp_path / "rare.parquet")}
     _spec(workspace, "churn_rare", source=source, training=training, evaluation=evaluation,
           model={**model, "kind": ["linear", "lightgbm"]}, embeddings=None)  # fmt: skip
     out = run_through(workspace, "rare-1", LIFECYCLE[:5], pipeline="churn_rare")
+    assert out["features"]["splits"]["train"]["label_rate"] < 0.1 and out["features"]["primary_metric"] == "pr_auc"
     trained = out["train"]
     setup_mlflow(workspace, "churn_rare")
     client = mlflow.MlflowClient()
@@ -762,6 +765,10 @@ def test_a_rare_positive_class_is_searched_with_class_weights_and_decided_at_the
     # the validation rows' best (tuned on the model's own float64 scores, here ONNX's float32 ones)
     assert f1_at(threshold)(y_val, p_val) == pytest.approx(best, abs=0.01)
     report = json.loads((run_dir / "evaluate" / "report.json").read_text())
+    assert report["verdict"]["primary_metric"] == "pr_auc", report["verdict"]
+    # no bound by default: a ROC AUC's 0.6 means nothing on PR AUC, the baseline gate judges chance
+    assert any("(no evaluation.min_primary set)" in r for r in report["verdict"]["reasons"]), report["verdict"]
+    assert trained["metric"] == "val_pr_auc", trained
     assert report["challenger"]["threshold"] == threshold
     test = pd.read_parquet(run_dir / "features" / "test.parquet")
     f1 = f1_at(threshold)(test["churned"].to_numpy(), predict_onnx(session, test))

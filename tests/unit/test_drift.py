@@ -9,7 +9,15 @@ import pytest
 
 from operators.trigger import event_extra
 from pipelines.core.spec import Drift, Evaluation
-from pipelines.steps.drift import batch_drift, evidently_columns, live_performance, psi, two_sample_test, verdict
+from pipelines.ml.metrics import tagged_figure
+from pipelines.steps.drift import (
+    batch_drift,
+    evidently_columns,
+    live_performance,
+    psi,
+    two_sample_test,
+    verdict,
+)
 
 NOW = datetime(2026, 11, 25, 12, tzinfo=UTC)
 CFG = Drift(min_requests=100, max_drift_share=0.3, psi_threshold=0.2, max_performance_drop=0.05, cooldown_hours=24)
@@ -89,6 +97,18 @@ def test_live_performance_needs_labels_of_both_classes() -> None:
     assert perf is not None and perf["value"] == pytest.approx(1.0) and perf["drop"] == pytest.approx(-0.2)
     lower_better = live_performance(Evaluation(primary_metric="log_loss"), rows, 0.05)
     assert lower_better is not None and lower_better["drop"] == pytest.approx(lower_better["value"] - 0.05)
+
+
+def test_the_champions_tag_names_the_metric_its_live_figure_is_judged_by() -> None:
+    """A champion promoted on PR AUC by default (a rare positive class) is checked on PR AUC."""
+    assert tagged_figure("pr_auc=0.412300") == ("pr_auc", 0.4123)
+    assert tagged_figure("") == (None, None) and tagged_figure("roc_auc=x") == ("roc_auc", None)
+    name, reference = tagged_figure("pr_auc=0.5")
+    # (version, score, label): half the positives ranked first, then 10 negatives, then the rest
+    rows = [(1, 0.9, 1.0)] * 5 + [(1, 0.7, 0.0)] * 10 + [(1, 0.5, 1.0)] * 5 + [(1, 0.1, 0.0)] * 20
+    perf = live_performance(Evaluation().judged_by(str(name)), rows, reference)
+    assert perf is not None and perf["metric"] == "pr_auc" and perf["drop"] == pytest.approx(0.5 - perf["value"])
+    assert perf["value"] == pytest.approx(0.5 * 1.0 + 0.5 * 0.5)  # the precision at each positive found
 
 
 def test_event_extra_carries_the_reasons() -> None:

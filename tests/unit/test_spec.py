@@ -295,3 +295,33 @@ def test_every_field_of_the_schema_carries_a_description(capsys: pytest.CaptureF
     bare = [name for name, prop in fields if not str(prop.get("description", "")).strip()]
     assert len(fields) > 150, len(fields)  # every model of the spec was read
     assert not bare, f"{len(bare)} of {len(fields)} fields have no description: {bare}"
+
+
+def test_a_rare_positive_class_is_judged_by_pr_auc_unless_the_spec_names_a_metric() -> None:
+    """A binary spec that names no primary metric is judged by ROC AUC (bound 0.6) at a common
+    positive rate and by PR AUC (no default bound) at most `training.imbalance_rate`; a metric or
+    bound the document sets stays; other kinds never change; a run's parameters keep what was unset."""
+    from pipelines.core.params import RunParams, apply
+
+    data = churn_spec_dict()
+    data["evaluation"] = {k: v for k, v in data["evaluation"].items() if k not in ("primary_metric", "min_primary")}
+    unset = parse_spec(data, "churn.yaml").evaluation
+    assert (unset.primary_metric, unset.min_primary) == ("roc_auc", 0.6)
+    rare = unset.for_positive_rate("binary", 0.04, 0.1)
+    assert (rare.primary_metric, rare.min_primary) == ("pr_auc", None)
+    assert unset.for_positive_rate("binary", 0.1, 0.1) == rare  # at most the rate
+    assert (
+        unset.for_positive_rate("binary", 0.11, 0.1) == unset and unset.for_positive_rate("binary", None, 0.1) == unset
+    )
+    assert unset.judged_by("pr_auc=0.412300") == rare  # a version's tag names the metric it was promoted on
+    assert unset.judged_by("roc_auc=0.81") == unset
+    bounded = parse_spec({**data, "evaluation": {**data["evaluation"], "min_primary": 0.3}}, "churn.yaml").evaluation
+    kept = bounded.for_positive_rate("binary", 0.04, 0.1)
+    assert (kept.primary_metric, kept.min_primary) == ("pr_auc", 0.3)
+    named = parse_spec(churn_spec_dict(), "churn.yaml").evaluation  # the bundled spec names roc_auc
+    assert named.for_positive_rate("binary", 0.01, 0.1) == named and named.judged_by("pr_auc") == named
+    assert unset.for_positive_rate("regression", 0.01, 0.1) == unset
+    # a drift-triggered run's source override re-reads the spec: the metric stays a default
+    spec = apply(parse_spec(data, "churn.yaml"), RunParams(source_uri="s3://bucket/fresh.parquet", n_trials=2))
+    assert spec.training.n_trials == 2
+    assert spec.evaluation.for_positive_rate("binary", 0.04, 0.1).primary_metric == "pr_auc"

@@ -168,7 +168,7 @@ TASK_METRICS: dict[str, tuple[str, ...]] = {
 `Literal` types above: the names are written once."""
 
 TASK_DEFAULTS: dict[str, dict[str, Any]] = {
-    "binary": {"primary_metric": "roc_auc", "min_primary": 0.6},
+    "binary": {},  # Evaluation's own defaults: unset, `Evaluation.for_positive_rate` may choose pr_auc
     "multiclass": {"primary_metric": "macro_f1", "min_primary": None},
     "regression": {"primary_metric": "rmse", "min_primary": None},
 }

@@ -68,12 +68,15 @@ class Evaluation(Model):
     primary_metric: MetricName = Field(
         default="roc_auc",
         description="the metric the search optimises and the gates judge, one of the label kind's; "
-        "default: roc_auc for a binary label, macro_f1 for a multiclass one, rmse for a regression one",
+        "default: roc_auc for a binary label (pr_auc where its training positive rate is at most "
+        "`training.imbalance_rate`), "
+        "macro_f1 for a multiclass one, rmse for a regression one",
     )
     min_primary: float | None = Field(
         default=0.6,
         description="the bound the primary metric must meet (a minimum, or a maximum where lower is better); "
-        "default: 0.6 for a binary label, none for a multiclass or regression one",
+        "default: 0.6 for a binary label judged by roc_auc, none for one judged by pr_auc by default, none "
+        "for a multiclass or regression one",
     )
     min_improvement: float = Field(
         default=0.0,
@@ -111,6 +114,26 @@ class Evaluation(Model):
         description="the largest difference between ONNX and the model's own scores; for a regression label, "
         "relative to the largest score's magnitude",
     )
+
+    def for_positive_rate(self, kind: str, rate: float | None, imbalance_rate: float) -> Evaluation:
+        """The evaluation of a label of this kind whose training split has this positive rate:
+        `pr_auc` (and no default `min_primary`) for a rare positive class (at most
+        `training.imbalance_rate`: ROC AUC hides how a rare class is ranked), where the document
+        leaves `primary_metric` unset. Pure."""
+        rare = kind == "binary" and rate is not None and rate <= imbalance_rate
+        return self.judged_by("pr_auc") if rare else self
+
+    def judged_by(self, metric: str) -> Evaluation:
+        """This evaluation with the primary metric a run chose by default (`for_positive_rate`), by
+        its name or a version's `mlcycle.primary_metric` tag (`pr_auc=0.4123`); a metric the
+        document sets stays. Pure."""
+        metric = metric.partition("=")[0]
+        if "primary_metric" in self.model_fields_set or metric == self.primary_metric or metric != "pr_auc":
+            return self
+        update: dict[str, Any] = {"primary_metric": metric}
+        if "min_primary" not in self.model_fields_set:
+            update["min_primary"] = None  # the prior's PR AUC is the positive rate: beat_baseline judges chance
+        return self.model_copy(update=update)
 
     @field_validator("threshold")
     @classmethod
