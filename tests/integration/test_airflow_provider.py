@@ -76,12 +76,22 @@ def provider_venv(tmp_path_factory: pytest.TempPathFactory) -> Installed:
     # pip as this machine configures it, but nothing of the checkout: on PYTHONPATH its
     # mlcycle.egg-info would read as "mlcycle already installed"
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH" and not k.startswith(("MLCYCLE_", "AWS_"))}
+    # the versions the project is tested with as constraints, as Airflow's own install asks for its
+    # constraints file: pip's resolver then backtracks through no other versions (it fetched 19
+    # of fastapi's, 12 of cadwyn's and 8 of pandas' without; 20 % of the install's time)
+    frozen = subprocess.run(
+        [sys.executable, "-m", "pip", "freeze", "--exclude-editable"], capture_output=True, text=True, check=True
+    ).stdout.splitlines()
+    constraints = root / "constraints.txt"
+    constraints.write_text("".join(f"{line}\n" for line in frozen if not line.lower().startswith("mlcycle")))
     # no byte-compiling of the whole stack at install: Python compiles what it imports
     install = [
         str(venv / "bin" / "pip"),
         "install",
         "-q",
         "--no-compile",
+        "-c",
+        str(constraints),
         f"apache-airflow=={AIRFLOW_VERSION}",
         str(wheel),
     ]
