@@ -4,7 +4,8 @@ Both models are scored through ONNX Runtime on raw columns, exactly as they woul
 Overall and per-slice metrics, the kind's trivial model on the same rows (`metrics.baseline`: the
 class prior, the majority class, the training mean; with `evaluation.beat_baseline` the challenger
 must beat it), a paired bootstrap confidence interval of the primary metric's
-difference, the ONNX latency per row, and the spec's gates give a verdict with reasons. The report
+difference, the ONNX latency per row, the challenger's global importances (`importance`: the
+primary metric's drop when a feature is shuffled), and the spec's gates give a verdict with reasons. The report
 (JSON, and HTML with a ROC curve and a calibration plot for a binary label, the confusion matrix
 and each class's F1 for a multiclass one, predicted against actual and the residuals for a
 regression one) is logged to the training run in MLflow,
@@ -25,7 +26,9 @@ from pipelines.io.registry import CHAMPION, alias_version, load_onnx_model, mode
 from pipelines.io.storage import read_parquet, write_json
 from pipelines.io.tracking import setup_mlflow
 from pipelines.ml.imbalance import fixed_threshold, session_threshold
+from pipelines.ml.importance import permutation_importances
 from pipelines.ml.metrics import (
+    HIGHER_IS_BETTER,
     baseline,
     bootstrap_difference,
     class_f1,
@@ -151,6 +154,7 @@ def render_html(report: dict[str, Any], png: str) -> str:
     )
     slice_head = "".join(f"<th>{esc(n)}</th>" for n in shown)
     reasons = "".join(f"<li>{esc(r)}</li>" for r in v["reasons"])
+    importances = importance_html(report["challenger"].get("importances"), v["primary_metric"])
     return f"""<!doctype html><html><head><meta charset="utf-8"><title>{esc(report["pipeline"])} evaluation</title>
 <style>body{{font-family:sans-serif;margin:2em}}table{{border-collapse:collapse}}td,th{{border:1px solid #ccc;
 padding:4px 8px}}</style></head><body>
@@ -158,8 +162,32 @@ padding:4px 8px}}</style></head><body>
 <span style="color:{color}">{"PASSED" if v["passed"] else "FAILED"}</span></h1><ul>{reasons}</ul>
 <h2>Test set ({report["test_rows"]} rows)</h2><table><tr><th>metric</th>{head}</tr>{rows}</table>
 <img src="data:image/png;base64,{png}" alt="model plots">
-<h2>Challenger by slice</h2><table><tr><th>slice</th><th>rows</th>{slice_head}</tr>
+{importances}<h2>Challenger by slice</h2><table><tr><th>slice</th><th>rows</th>{slice_head}</tr>
 {slice_rows}</table></body></html>"""
+
+
+def importance_html(importances: dict[str, Any] | None, metric: str) -> str:
+    """The challenger's global importances as a table with a bar per feature. Pure."""
+    if not importances or not importances["features"]:
+        return ""
+    esc = html.escape
+    top = max((f["drop"] for f in importances["features"] if f["drop"] == f["drop"]), default=0.0)
+    rows = "".join(
+        f"<tr><td>{esc(f['feature'])}</td><td>{f['drop']:.4f}</td><td>{f['sd']:.4f}</td>"
+        f'<td><div style="background:#0969da;height:10px;width:{_bar(f["drop"], top)}px"></div></td></tr>'
+        for f in importances["features"]
+    )
+    return (
+        f"<h2>Challenger's global importances</h2><p>What {esc(metric)} loses when the feature's values are "
+        f"shuffled across {importances['rows']} test rows (mean and sd of {importances['repeats']} shuffles; "
+        f"0: the model does not use it)</p><table><tr><th>feature</th><th>{esc(metric)} drop</th><th>sd</th>"
+        f"<th></th></tr>{rows}</table>"
+    )
+
+
+def _bar(drop: float, top: float) -> int:
+    """The bar's width in pixels: 200 for the largest drop, none for a drop at or under 0. Pure."""
+    return int(200 * drop / top) if top > 0 and drop == drop and drop > 0 else 0
 
 
 def approval_facts(name: str, report: dict[str, Any]) -> dict[str, Any]:
@@ -230,6 +258,15 @@ def run(ctx: StepContext) -> dict[str, Any]:
         report["difference"] = bootstrap_difference(
             y, p_new, p_old, new_metric, cfg.bootstrap_samples, cfg.confidence, spec.training.seed, old_metric
         )
+    report["challenger"]["importances"] = permutation_importances(
+        lambda frame: predict_onnx(challenger, frame),
+        test,
+        y,
+        spec.model.numeric_features + spec.model.categorical_features,
+        metric_functions(t_new, kind)[cfg.primary_metric],
+        HIGHER_IS_BETTER[cfg.primary_metric],
+        seed=spec.training.seed,
+    )
     report["onnx_latency_ms_per_row"] = onnx_latency_ms(challenger, test)
     report["verdict"] = gate(
         cfg,

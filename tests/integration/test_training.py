@@ -766,6 +766,11 @@ def test_a_rare_positive_class_is_searched_with_class_weights_and_decided_at_the
     assert f1_at(threshold)(y_val, p_val) == pytest.approx(best, abs=0.01)
     report = json.loads((run_dir / "evaluate" / "report.json").read_text())
     assert report["verdict"]["primary_metric"] == "pr_auc", report["verdict"]
+    # global importances on the exported graph: every served feature, the largest PR AUC drop first
+    ranked = report["challenger"]["importances"]["features"]
+    assert {f["feature"] for f in ranked} == {*model["numeric_features"], *model["categorical_features"]}
+    assert ranked[0]["drop"] > 0 and [f["drop"] for f in ranked] == sorted((f["drop"] for f in ranked), reverse=True)
+    assert "Challenger's global importances" in (run_dir / "evaluate" / "report.html").read_text()
     # no bound by default: a ROC AUC's 0.6 means nothing on PR AUC, the baseline gate judges chance
     assert any("(no evaluation.min_primary set)" in r for r in report["verdict"]["reasons"]), report["verdict"]
     assert trained["metric"] == "val_pr_auc", trained
