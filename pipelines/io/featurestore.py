@@ -89,9 +89,9 @@ def feature_store(spec: PipelineSpec, settings: Settings) -> Iterator[Any]:
 
 @contextmanager
 def offline_source(uri: str, df: pd.DataFrame) -> Iterator[str]:
-    """The path Feast's file offline store reads the validated snapshot from: the snapshot itself
-    when it is a local file; for an object-store snapshot, a local copy for the step's lifetime
-    (Feast reads s3:// through s3fs, whose aiobotocore cannot sit beside the pinned boto3)."""
+    """The path Feast's offline store (DuckDB) reads the validated snapshot from: the snapshot
+    itself when it is a local file; for an object-store snapshot, a local copy for the step's
+    lifetime (DuckDB would read s3:// through its httpfs extension, which it downloads at first use)."""
     if "://" not in uri or uri.startswith("file://"):
         yield uri
         return
@@ -112,7 +112,10 @@ def apply_and_materialize(store: Any, spec: PipelineSpec, source_uri: str, df: p
 
 
 def historical_features(store: Any, spec: PipelineSpec, entities: pd.DataFrame) -> pd.DataFrame:
-    """The point-in-time correct features of the spec's feature service for the entity rows."""
+    """The point-in-time correct features of the spec's feature service for the entity rows that
+    some view answers within its TTL (Feast's DuckDB offline store answers the others with nulls
+    in every feature: they are left out, for the features step and batch scoring to count)."""
     service = store.get_feature_service(spec.features.feature_service)
     out: pd.DataFrame = store.get_historical_features(entity_df=entities, features=service).to_df()
-    return out
+    answered = out[spec.features.feature_names].notna().any(axis=1)
+    return out if bool(answered.all()) else out[answered].reset_index(drop=True)

@@ -92,7 +92,7 @@ def run(ctx: StepContext) -> dict[str, Any]:
         "feast_project": spec.name,
         "source": ctx.storage.uri(validated_key),
         "content_hash": validation["content_hash"],
-        # Feast's file offline store drops entity rows no view answers within its TTL.
+        # entity rows no view answers within its TTL (`historical_features` leaves them out)
         "entity_rows": len(entities),
         "dropped_entity_rows": len(entities) - len(training),
         "splits": {},

@@ -77,8 +77,8 @@ def test_point_in_time_join_never_looks_ahead(applied) -> None:  # type: ignore[
     assert out.loc[0, "usage_hours_30d"] == rows["usage_hours_30d"].iloc[0]
     assert out.loc[0, "tenure_months"] == rows["tenure_months"].iloc[0]
     assert out.loc[1, "usage_hours_30d"] == rows["usage_hours_30d"].iloc[1]
-    # Feast 0.67's file offline store drops an entity row that no view can answer within its TTL
-    # (rather than returning nulls); the features step counts such rows in its manifest.
+    # an entity row that no view can answer within its TTL is dropped (Feast's DuckDB store answers
+    # it with nulls; `historical_features` leaves it out); the features step counts such rows
     assert len(out) == 2
 
 
