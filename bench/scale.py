@@ -1,7 +1,7 @@
 """Data at scale: the lifecycle's data and training steps at growing windows, each step's wall time
 and peak resident memory, and how each grows per 10x rows.
 
-    .venv/bin/python bench/scale.py [--rows 100000,1000000] [--json FILE] [--code before|after]
+    .venv/bin/python bench/scale.py [--rows 100000,1000000] [--json FILE] [--code before|after] [--until STEP]
 
 For each size N the generated churn world (`pipelines.ml.datagen`, six months, whole customer
 histories in id order, cut at exactly N rows) is written as a Parquet file and read by a `file`
@@ -170,8 +170,11 @@ def world(n: int) -> pd.DataFrame:
         customers = math.ceil(customers * 1.2)
 
 
-def measure_size(settings, n: int, code: str, data_dir: Path, timeout: float) -> list[dict[str, Any]]:  # type: ignore[no-untyped-def]
-    """Every step of one size, each as its own measured process; stops at a step that fails."""
+def measure_size(  # type: ignore[no-untyped-def]
+    settings, n: int, code: str, data_dir: Path, timeout: float, steps: tuple[str, ...] = STEPS
+) -> list[dict[str, Any]]:
+    """The steps of one size (each needs the ones before it), each as its own measured process;
+    stops at a step that fails."""
     from common import step_env, write_spec
 
     from pipelines.io.sources import normalize_frame
@@ -188,7 +191,7 @@ def measure_size(settings, n: int, code: str, data_dir: Path, timeout: float) ->
     exe = os.path.join(os.path.dirname(sys.executable), "mlcycle")
     print(f"{n:,} rows ({customers:,} customers), {path.stat().st_size / 2**20:.1f} MiB of Parquet", flush=True)
     out = []
-    for step in STEPS:
+    for step in steps:
         done = measured_run([exe, "step", step, "--pipeline", name, "--run-id", "scale"], step_env(settings), timeout)
         phases = ", ".join(f"{k} {v:.1f}" for k, v in phase_seconds(done.stdout).items())
         print(
@@ -207,6 +210,9 @@ def main() -> None:
     parser.add_argument("--json", help="write (merge) the rows into this file")
     parser.add_argument("--code", choices=["before", "after"], default="before", help="a label of the rows")
     parser.add_argument("--timeout", type=float, default=3600, help="seconds one step may take")
+    parser.add_argument(
+        "--until", choices=STEPS, default=STEPS[-1], help="the last step to run (features: ingest, validate, features)"
+    )
     args = parser.parse_args()
     sizes = sorted(int(s.replace("_", "")) for s in args.rows.split(","))
     sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/common.py
@@ -217,7 +223,8 @@ def main() -> None:
         data_dir = settings.state_path / "data"
         data_dir.mkdir()
         for n in sizes:
-            size = measure_size(settings, n, args.code, data_dir, args.timeout)
+            steps = STEPS[: STEPS.index(args.until) + 1]
+            size = measure_size(settings, n, args.code, data_dir, args.timeout, steps)
             measured += size
             if args.json:  # after each size: a long run stopped later keeps what it measured
                 write_rows(Path(args.json), size)

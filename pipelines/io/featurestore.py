@@ -7,7 +7,6 @@ is set, Redis (`feature_store.redis.yaml`).
 
 from __future__ import annotations
 
-import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import timedelta
@@ -24,6 +23,7 @@ from pipelines.io.db import database_url, sqlalchemy_url
 
 if TYPE_CHECKING:
     import pandas as pd
+    import pyarrow as pa
 
 REPO_YAML = "feature_store.yaml"
 REDIS_REPO_YAML = "feature_store.redis.yaml"
@@ -87,27 +87,14 @@ def feature_store(spec: PipelineSpec, settings: Settings) -> Iterator[Any]:
         yield FeatureStore(repo_path=str(repo), fs_yaml_file=yaml_file)
 
 
-@contextmanager
-def offline_source(uri: str, df: pd.DataFrame) -> Iterator[str]:
-    """The path Feast's offline store (DuckDB) reads the validated snapshot from: the snapshot
-    itself when it is a local file; for an object-store snapshot, a local copy for the step's
-    lifetime (DuckDB would read s3:// through its httpfs extension, which it downloads at first use)."""
-    if "://" not in uri or uri.startswith("file://"):
-        yield uri
-        return
-    with tempfile.TemporaryDirectory(prefix="mlcycle-offline-") as tmp:
-        path = f"{tmp}/validated.parquet"
-        df.to_parquet(path, index=False)
-        yield path
-
-
-def apply_and_materialize(store: Any, spec: PipelineSpec, source_uri: str, df: pd.DataFrame) -> None:
-    """Apply the pipeline's Feast objects on `source_uri` and materialize the frame's time range
-    (explicitly: `materialize_incremental` starts at now - TTL and would skip historical data)."""
-    store.apply(build_definitions(spec, source_uri))
-    ts = df[spec.entity.timestamp]
-    start = ts.min().to_pydatetime() - timedelta(seconds=1)
-    end = ts.max().to_pydatetime() + timedelta(seconds=1)
+def apply_and_materialize(store: Any, spec: PipelineSpec, source_path: str, first: Any, last: Any) -> None:
+    """Apply the pipeline's Feast objects on the snapshot at `source_path` (a local Parquet file:
+    DuckDB would read s3:// through its httpfs extension, which it downloads at first use) and
+    materialize its time range, `first` to `last` event time (explicitly: `materialize_incremental`
+    starts at now - TTL and would skip historical data)."""
+    store.apply(build_definitions(spec, source_path))
+    start = first.to_pydatetime() - timedelta(seconds=1)
+    end = last.to_pydatetime() + timedelta(seconds=1)
     store.materialize(start_date=start, end_date=end)
 
 
@@ -119,3 +106,17 @@ def historical_features(store: Any, spec: PipelineSpec, entities: pd.DataFrame) 
     out: pd.DataFrame = store.get_historical_features(entity_df=entities, features=service).to_df()
     answered = out[spec.features.feature_names].notna().any(axis=1)
     return out if bool(answered.all()) else out[answered].reset_index(drop=True)
+
+
+def historical_table(store: Any, spec: PipelineSpec, entities: pd.DataFrame) -> pa.Table:
+    """`historical_features` as an Arrow table, in the offline store's own types (a nullable int
+    stays an int: the same schema whatever the rows), for a training set written in chunks."""
+    import pyarrow.compute as pc
+
+    service = store.get_feature_service(spec.features.feature_service)
+    table: pa.Table = store.get_historical_features(entity_df=entities, features=service).to_arrow()
+    valid = [pc.is_valid(table.column(f)) for f in spec.features.feature_names]
+    answered = valid[0]
+    for more in valid[1:]:
+        answered = pc.or_(answered, more)
+    return table.filter(answered)

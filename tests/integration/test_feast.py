@@ -56,6 +56,24 @@ def test_training_set_is_split_by_time_and_complete(applied) -> None:  # type: i
         assert (merged[f] == merged[f"{f}_src"]).all(), f
 
 
+def test_a_training_set_built_in_chunks_is_the_one_built_at_once(applied, monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]
+    """The point-in-time join of a chunk of entity rows never depends on another: in chunks of 700
+    rows the step writes the same splits, row for row and in the same order, as in one."""
+    from pipelines.steps import features
+
+    settings, df, outputs = applied
+    monkeypatch.setattr(features, "CHUNK_ROWS", 700)
+    chunked = run_through(settings, "feast-chunks")["features"]
+    assert chunked["chunks"] == -(-len(df) // 700) > 1 and outputs["features"]["chunks"] == 1
+    storage = open_storage(settings)
+    for name in ("train", "validation", "test"):
+        whole = read_parquet(storage, f"churn/feast-1/features/{name}.parquet")
+        parts = read_parquet(storage, f"churn/feast-chunks/features/{name}.parquet")
+        pd.testing.assert_frame_equal(parts, whole)
+        once, again = outputs["features"]["splits"][name], chunked["splits"][name]
+        assert {k: v for k, v in again.items() if k != "uri"} == {k: v for k, v in once.items() if k != "uri"}
+
+
 def test_point_in_time_join_never_looks_ahead(applied) -> None:  # type: ignore[no-untyped-def]
     settings, df, _ = applied
     spec = spec_for(settings, "churn")

@@ -6,7 +6,7 @@ import pytest
 from pipelines.core.errors import DataQualityError
 from pipelines.core.spec import Split, load_spec
 from pipelines.io.featurestore import feast_env, redis_connection_string
-from pipelines.steps.features import SPLITS, entity_rows, time_split
+from pipelines.steps.features import SPLITS, assign_split, entity_chunks, entity_rows, split_starts, time_split
 from tests.conftest import CHURN_SPEC
 
 
@@ -35,6 +35,17 @@ def test_time_split_refuses_too_few_timestamps() -> None:
     df = pd.DataFrame({"t": pd.to_datetime(["2025-01-01"] * 5 + ["2025-02-01"] * 5, utc=True)})
     with pytest.raises(DataQualityError, match="too few distinct t values"):
         time_split(df, "t", Split())
+
+
+def test_chunks_cover_every_row_once_in_order_and_a_later_chunk_splits_as_the_whole() -> None:
+    assert entity_chunks(0, 3) == [] and entity_chunks(7, 3) == [(0, 3), (3, 6), (6, 7)]
+    assert entity_chunks(6, 10) == [(0, 6)]
+    ts = pd.Series(pd.date_range("2025-01-01", periods=100, freq="D", tz="UTC"), name="t")
+    starts = split_starts(ts, Split(train=0.6, validation=0.2, test=0.2))
+    whole = assign_split(ts, starts)
+    for start, stop in entity_chunks(len(ts), 30):  # each chunk assigned alone, by the same cut points
+        assert (assign_split(ts.iloc[start:stop], starts) == whole.iloc[start:stop]).all()
+    assert starts == (ts[60], ts[80]) and list(whole.value_counts()[list(SPLITS)]) == [60, 20, 20]
 
 
 def test_entity_rows(churn_df: pd.DataFrame) -> None:
