@@ -11,6 +11,7 @@ from __future__ import annotations
 import importlib
 import os
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -34,14 +35,13 @@ def run_step(
     info = step_info(step)
     check_run_id(run_id)
     run_params = params.from_env(dict(os.environ))
-    storage = open_storage(settings)
-    spec = judged_as_chosen(params.apply(spec_for(settings, pipeline), run_params), storage, run_id, step)
+    spec = params.apply(spec_for(settings, pipeline), run_params)
     db.migrate(settings)
     ctx = StepContext(
         spec=spec,
         settings=settings,
         run_id=run_id,
-        storage=storage,
+        storage=open_storage(settings),
         step=step,
         force=force,
         params=run_params,
@@ -50,6 +50,8 @@ def run_step(
     attempt = start_attempt(settings, pipeline, run_id, step, worker)
     started = time.monotonic()
     try:
+        # read from this run's storage: a failure to reach it is this attempt's failure, recorded
+        ctx = replace(ctx, spec=judged_as_chosen(spec, ctx.storage, run_id, step))
         module = importlib.import_module(info.module)
         result: dict[str, Any] = finite_json(module.run(ctx))  # NaN (an AUC of one class) recorded as null
     except StepSkipped as err:
