@@ -109,14 +109,9 @@ def historical_features(store: Any, spec: PipelineSpec, entities: pd.DataFrame) 
 
 
 def historical_table(store: Any, spec: PipelineSpec, entities: pd.DataFrame) -> pa.Table:
-    """`historical_features` as an Arrow table, in the offline store's own types (a nullable int
-    stays an int: the same schema whatever the rows), for a training set written in chunks."""
-    import pyarrow.compute as pc
-
+    """The point-in-time correct features of the spec's feature service for every entity row, as
+    an Arrow table in the offline store's own types (a nullable int stays an int: the same schema
+    whatever the rows), for a training set written in chunks."""
     service = store.get_feature_service(spec.features.feature_service)
     table: pa.Table = store.get_historical_features(entity_df=entities, features=service).to_arrow()
-    valid = [pc.is_valid(table.column(f)) for f in spec.features.feature_names]
-    answered = valid[0]
-    for more in valid[1:]:
-        answered = pc.or_(answered, more)
-    return table.filter(answered)
+    return table

@@ -108,10 +108,12 @@ def ab_results(
     challenger: int,
     since: datetime | None = None,
     roles: tuple[str, str] = ("champion", "challenger"),
+    spec: PipelineSpec | None = None,
 ) -> dict[str, Any]:
     """The A/B comparison of two served versions from the labels that arrived for them (`roles`:
-    what the result calls them)."""
-    spec = spec_for(settings, pipeline)
+    what the result calls them), on the primary metric of `spec` (a run's, where the run chose
+    pr_auc for a rare positive class) or of the pipeline's spec as written."""
+    spec = spec or spec_for(settings, pipeline)
     rows = labelled(settings, pipeline, [champion, challenger], since)
     thresholds = decided_at(settings, spec, [champion, challenger])
     return compare(

@@ -180,7 +180,9 @@ def run(ctx: StepContext) -> dict[str, Any]:
                 ctx.settings, ctx.pipeline, challenger, "rolled back: " + "; ".join(step["reasons"])
             )
             report.update(outcome="rolled_back", reason="; ".join(step["reasons"]))
-            report["ab"] = ab_results(ctx.settings, ctx.pipeline, champion, challenger, since=began_canary)
+            report["ab"] = ab_results(
+                ctx.settings, ctx.pipeline, champion, challenger, since=began_canary, spec=ctx.spec
+            )
             _finish(ctx, report)
             raise CanaryRolledBack(
                 f"{registry.name} v{challenger} rolled back at {percent}%: {'; '.join(step['reasons'])}; "
@@ -194,7 +196,7 @@ def run(ctx: StepContext) -> dict[str, Any]:
     report["vector_space_retired"] = vectors.retire_space(ctx.settings, ctx.pipeline, champion)
     report.update(outcome="promoted", reason=f"v{challenger} passed every step; v{champion} retired")
     # Labels often arrive after the canary: GET /v1/pipelines/<name> shows the A/B as they do.
-    report["ab"] = ab_results(ctx.settings, ctx.pipeline, champion, challenger, since=began_canary)
+    report["ab"] = ab_results(ctx.settings, ctx.pipeline, champion, challenger, since=began_canary, spec=ctx.spec)
     return _finish(ctx, report)
 
 

@@ -302,6 +302,8 @@ def run(ctx: StepContext) -> dict[str, Any]:
     version, champion_run, (judged_by, reference_metric), model = champion_reference(ctx)
     # the metric the champion was promoted on (pr_auc for a rare positive class, by default)
     evaluation = spec.evaluation.judged_by(judged_by) if judged_by else spec.evaluation
+    if judged_by and judged_by != evaluation.primary_metric:  # the spec names another metric since
+        reference_metric = None
     current = served_window(ctx.settings, ctx.pipeline, version, features, start, end)
     for f in numeric:
         current[f] = pd.to_numeric(current[f], errors="coerce")

@@ -151,7 +151,8 @@ def run(ctx: StepContext) -> dict[str, Any]:
         # the entity rows only (key, event time, label), oldest first: each chunk a range of them
         entities = pd.read_parquet(path, columns=entity_columns(spec))
         entities = entities.sort_values([ts, key], kind="stable").reset_index(drop=True)
-        starts = split_starts(entities[ts], spec.features.split)
+        # cut points at the microseconds DuckDB's timestamps keep, so a row never crosses one
+        starts = split_starts(entities[ts].dt.floor("us"), spec.features.split)
         out = SplitFiles(Path(tmp), ts, spec.label.column)
         chunks = entity_chunks(len(entities), CHUNK_ROWS)
         try:
@@ -167,7 +168,7 @@ def run(ctx: StepContext) -> dict[str, Any]:
             out.close()
         empty = [name for name in SPLITS if not out.rows[name]]
         if empty:
-            raise DataQualityError(f"{empty} have no rows: no view answers their entity rows within its TTL")
+            raise DataQualityError(f"{empty} have no rows after the point-in-time join")
         manifest = features_manifest(ctx, spec, validation, validated_key, len(entities), out)
         manifest["chunks"] = len(chunks)
         for name in SPLITS:
@@ -194,7 +195,8 @@ def features_manifest(
         "source": ctx.storage.uri(validated_key),
         "content_hash": validation["content_hash"],
         "entity_rows": entities,
-        "dropped_entity_rows": entities - answered,  # no view answers them within its TTL
+        # each entity row is a row of the snapshot every view reads, so a view always answers it
+        "dropped_entity_rows": entities - answered,
         "splits": {},
     }
     for name in SPLITS:

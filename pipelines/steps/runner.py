@@ -51,7 +51,8 @@ def run_step(
     started = time.monotonic()
     try:
         # read from this run's storage: a failure to reach it is this attempt's failure, recorded
-        ctx = replace(ctx, spec=judged_as_chosen(spec, ctx.storage, run_id, step))
+        if info.lifecycle or step == "trials":  # a drift or batch run's id may be a lifecycle run's too
+            ctx = replace(ctx, spec=judged_as_chosen(spec, ctx.storage, run_id, step))
         module = importlib.import_module(info.module)
         result: dict[str, Any] = finite_json(module.run(ctx))  # NaN (an AUC of one class) recorded as null
     except StepSkipped as err:
@@ -68,7 +69,7 @@ def run_step(
 
 def judged_as_chosen(spec: PipelineSpec, storage: Storage, run_id: str, step: str) -> PipelineSpec:
     """The spec with the primary metric this run's features step chose for its label (pr_auc for a
-    rare positive class where the spec names none), for every step after it."""
+    rare positive class where the spec names none), for every lifecycle step after it."""
     key = run_key(spec.name, run_id, "features", "manifest.json")
     if step in ("ingest", "validate", "features") or not storage.exists(key):
         return spec

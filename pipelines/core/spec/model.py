@@ -210,7 +210,8 @@ class Training(Model):
         lt=0.5,
         description="a label is imbalanced where its rarest class's share of the training rows, scaled to two "
         "classes (share * K / 2: a binary label's positive rate), is at most this (`class_weight: auto` "
-        "searches weights; a binary label is judged by pr_auc where `evaluation.primary_metric` is not set)",
+        "searches weights; a binary label whose positive rate is at most this is judged by pr_auc where "
+        "`evaluation.primary_metric` is not set)",
     )
     ensemble: bool = Field(
         default=True,
