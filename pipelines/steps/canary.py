@@ -180,9 +180,7 @@ def run(ctx: StepContext) -> dict[str, Any]:
                 ctx.settings, ctx.pipeline, challenger, "rolled back: " + "; ".join(step["reasons"])
             )
             report.update(outcome="rolled_back", reason="; ".join(step["reasons"]))
-            report["ab"] = ab_results(
-                ctx.settings, ctx.pipeline, champion, challenger, since=began_canary, spec=ctx.spec
-            )
+            report["ab"] = _ab(ctx, champion, challenger, began_canary)
             _finish(ctx, report)
             raise CanaryRolledBack(
                 f"{registry.name} v{challenger} rolled back at {percent}%: {'; '.join(step['reasons'])}; "
@@ -196,8 +194,13 @@ def run(ctx: StepContext) -> dict[str, Any]:
     report["vector_space_retired"] = vectors.retire_space(ctx.settings, ctx.pipeline, champion)
     report.update(outcome="promoted", reason=f"v{challenger} passed every step; v{champion} retired")
     # Labels often arrive after the canary: GET /v1/pipelines/<name> shows the A/B as they do.
-    report["ab"] = ab_results(ctx.settings, ctx.pipeline, champion, challenger, since=began_canary, spec=ctx.spec)
+    report["ab"] = _ab(ctx, champion, challenger, began_canary)
     return _finish(ctx, report)
+
+
+def _ab(ctx: StepContext, champion: int, challenger: int, since: datetime) -> dict[str, Any]:
+    """The A/B of the two versions' labelled answers since the canary began, on the run's metric."""
+    return ab_results(ctx.settings, ctx.pipeline, champion, challenger, since=since, spec=ctx.spec)
 
 
 def refuse_pinned(ctx: StepContext, champion: int, challenger: int) -> None:

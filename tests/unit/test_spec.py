@@ -299,8 +299,8 @@ def test_every_field_of_the_schema_carries_a_description(capsys: pytest.CaptureF
 
 def test_a_rare_positive_class_is_judged_by_pr_auc_unless_the_spec_names_a_metric() -> None:
     """A binary spec that names no primary metric is judged by ROC AUC (bound 0.6) at a common
-    positive rate and by PR AUC (no default bound) at most `training.imbalance_rate`; a metric or
-    bound the document sets stays; other kinds never change; a run's parameters keep what was unset."""
+    positive rate and by PR AUC (no bound) at most `training.imbalance_rate`; a metric or a bound
+    the document sets keeps ROC AUC; other kinds never change; a run's parameters keep what was unset."""
     from pipelines.core.params import RunParams, apply
 
     data = churn_spec_dict()
@@ -315,9 +315,9 @@ def test_a_rare_positive_class_is_judged_by_pr_auc_unless_the_spec_names_a_metri
     )
     assert unset.judged_by("pr_auc=0.412300") == rare  # a version's tag names the metric it was promoted on
     assert unset.judged_by("roc_auc=0.81") == unset
-    bounded = parse_spec({**data, "evaluation": {**data["evaluation"], "min_primary": 0.3}}, "churn.yaml").evaluation
-    kept = bounded.for_positive_rate("binary", 0.04, 0.1)
-    assert (kept.primary_metric, kept.min_primary) == ("pr_auc", 0.3)
+    # a bound the document sets was written for the documented default: the metric stays roc_auc
+    bounded = parse_spec({**data, "evaluation": {**data["evaluation"], "min_primary": 0.7}}, "churn.yaml").evaluation
+    assert bounded.for_positive_rate("binary", 0.04, 0.1) == bounded and bounded.primary_metric == "roc_auc"
     named = parse_spec(churn_spec_dict(), "churn.yaml").evaluation  # the bundled spec names roc_auc
     assert named.for_positive_rate("binary", 0.01, 0.1) == named and named.judged_by("pr_auc") == named
     assert unset.for_positive_rate("regression", 0.01, 0.1) == unset

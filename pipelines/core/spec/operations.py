@@ -69,14 +69,14 @@ class Evaluation(Model):
         default="roc_auc",
         description="the metric the search optimises and the gates judge, one of the label kind's; "
         "default: roc_auc for a binary label (pr_auc where its training positive rate is at most "
-        "`training.imbalance_rate`), "
+        "`training.imbalance_rate` and `min_primary` is not set either), "
         "macro_f1 for a multiclass one, rmse for a regression one",
     )
     min_primary: float | None = Field(
         default=0.6,
         description="the bound the primary metric must meet (a minimum, or a maximum where lower is better); "
-        "default: 0.6 for a binary label judged by roc_auc, none for one judged by pr_auc by default, none "
-        "for a multiclass or regression one",
+        "default: 0.6 for a binary label judged by roc_auc, none for one judged by pr_auc by default (setting "
+        "it keeps roc_auc: the bound is read as the documented default's), none for a multiclass or regression one",
     )
     min_improvement: float = Field(
         default=0.0,
@@ -117,9 +117,9 @@ class Evaluation(Model):
 
     def for_positive_rate(self, kind: str, rate: float | None, imbalance_rate: float) -> Evaluation:
         """The evaluation of a label of this kind whose training split has this positive rate:
-        `pr_auc` (and no default `min_primary`) for a rare positive class (at most
+        `pr_auc` (and no `min_primary`) for a rare positive class (at most
         `training.imbalance_rate`: ROC AUC hides how a rare class is ranked), where the document
-        leaves `primary_metric` unset. Pure."""
+        sets neither `primary_metric` nor `min_primary`. Pure."""
         rare = kind == "binary" and rate is not None and rate <= imbalance_rate
         return self.judged_by("pr_auc") if rare else self
 
@@ -128,12 +128,12 @@ class Evaluation(Model):
         its name or a version's `mlcycle.primary_metric` tag (`pr_auc=0.4123`); a metric the
         document sets stays. Pure."""
         metric = metric.partition("=")[0]
-        if "primary_metric" in self.model_fields_set or metric == self.primary_metric or metric != "pr_auc":
+        # a bound the document sets was written for the metric it documents (roc_auc): it stays so
+        chosen = {"primary_metric", "min_primary"} & self.model_fields_set
+        if chosen or metric == self.primary_metric or metric != "pr_auc":
             return self
-        update: dict[str, Any] = {"primary_metric": metric}
-        if "min_primary" not in self.model_fields_set:
-            update["min_primary"] = None  # the prior's PR AUC is the positive rate: beat_baseline judges chance
-        return self.model_copy(update=update)
+        # no bound: the prior's PR AUC is the positive rate, so beat_baseline judges chance
+        return self.model_copy(update={"primary_metric": metric, "min_primary": None})
 
     @field_validator("threshold")
     @classmethod
