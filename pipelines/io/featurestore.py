@@ -101,9 +101,8 @@ def apply_and_materialize(store: Any, spec: PipelineSpec, source_path: str, firs
 def historical_features(store: Any, spec: PipelineSpec, entities: pd.DataFrame) -> pd.DataFrame:
     """The point-in-time correct features of the spec's feature service for the entity rows that
     some view answers within its TTL (Feast's DuckDB offline store answers the others with nulls
-    in every feature: they are left out, for the features step and batch scoring to count)."""
-    service = store.get_feature_service(spec.features.feature_service)
-    out: pd.DataFrame = store.get_historical_features(entity_df=entities, features=service).to_df()
+    in every feature: they are left out, for batch scoring to count)."""
+    out: pd.DataFrame = _retrieval(store, spec, entities).to_df()
     answered = out[spec.features.feature_names].notna().any(axis=1)
     return out if bool(answered.all()) else out[answered].reset_index(drop=True)
 
@@ -112,6 +111,11 @@ def historical_table(store: Any, spec: PipelineSpec, entities: pd.DataFrame) -> 
     """The point-in-time correct features of the spec's feature service for every entity row, as
     an Arrow table in the offline store's own types (a nullable int stays an int: the same schema
     whatever the rows), for a training set written in chunks."""
-    service = store.get_feature_service(spec.features.feature_service)
-    table: pa.Table = store.get_historical_features(entity_df=entities, features=service).to_arrow()
+    table: pa.Table = _retrieval(store, spec, entities).to_arrow()
     return table
+
+
+def _retrieval(store: Any, spec: PipelineSpec, entities: pd.DataFrame) -> Any:
+    """Feast's retrieval job of the spec's feature service for the entity rows."""
+    service = store.get_feature_service(spec.features.feature_service)
+    return store.get_historical_features(entity_df=entities, features=service)
